@@ -1,0 +1,89 @@
+//! Builds the guest providers in `guest-providers/` for `wasm32-wasip2` so the host
+//! can embed the built-in ones and tests can load the rest.
+//!
+//! The nested `cargo build` uses its own target directory under `OUT_DIR`, so it
+//! never fights the outer build for its lock. The wasm target is installed with
+//! rustup when missing, so a fresh machine needs no manual step.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-wasip2";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest_dir
+        .parent()
+        .expect("host/ has a parent")
+        .to_owned();
+    let guests = root.join("guest-providers");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
+    println!("cargo:rerun-if-changed={}", guests.display());
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
+
+    ensure_target();
+    let target_dir = out_dir.join("guest-target");
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("--release")
+        .arg("--workspace")
+        .arg(format!("--target={TARGET}"))
+        .arg("--manifest-path")
+        .arg(guests.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target_dir)
+        // Flags and wrappers meant for the host build (clippy, coverage) must not
+        // leak into the guest build.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_MAKEFLAGS");
+    let status = cmd.status().expect("running cargo for the guest providers");
+    assert!(
+        status.success(),
+        "building guest-providers for {TARGET} failed"
+    );
+
+    let built = target_dir.join(TARGET).join("release");
+    let mut consts = String::new();
+    for entry in std::fs::read_dir(&built).expect("guest build output") {
+        let path = entry.expect("guest build output entry").path();
+        if path.extension().is_some_and(|e| e == "wasm") {
+            let name = path.file_name().expect("file name").to_owned();
+            let dest = out_dir.join(&name);
+            std::fs::copy(&path, &dest).expect("copying a guest component");
+            let stem = Path::new(&name)
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .expect("utf-8 name")
+                .to_uppercase();
+            consts.push_str(&format!(
+                "/// Path of the built `{stem}` guest component.\npub const {stem}: &str = {:?};\n",
+                dest.display().to_string()
+            ));
+        }
+    }
+    std::fs::write(out_dir.join("guests.rs"), consts).expect("writing guests.rs");
+}
+
+/// Installs the wasm target with rustup if this toolchain lacks it.
+fn ensure_target() {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| PathBuf::from(s.trim()));
+    let installed = sysroot.is_some_and(|s| s.join("lib/rustlib").join(TARGET).exists());
+    if installed {
+        return;
+    }
+    println!("cargo:warning=installing the {TARGET} target with rustup");
+    let status = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status()
+        .expect("running rustup to install the wasm target");
+    assert!(status.success(), "`rustup target add {TARGET}` failed");
+}

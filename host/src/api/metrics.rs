@@ -1,0 +1,47 @@
+//! `/metrics`: Prometheus text, computed from live state at scrape time.
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::{ApiError, AppState};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let mut registry = Registry::with_prefix("tether");
+    let by_status = Family::<StatusLabel, Gauge>::default();
+    let connected = Gauge::<i64>::default();
+    let providers = Gauge::<i64>::default();
+    for env in s.manager.list() {
+        let status = serde_json::to_value(env.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        by_status.get_or_create(&StatusLabel { status }).inc();
+        if env.runtime.connected {
+            connected.inc();
+        }
+    }
+    providers.set(s.manager.engine().providers().len() as i64);
+    registry.register("environments", "Environments by live status", by_status);
+    registry.register("runtimes_connected", "Connected runtimes", connected);
+    registry.register("providers_loaded", "Loaded providers", providers);
+    let mut body = String::new();
+    encode(&mut body, &registry).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok((
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    ))
+}

@@ -1,0 +1,92 @@
+//! The HTTP surface: REST for environments and providers, WebSockets for apps and
+//! runtimes, `/healthz` and `/metrics`. Handlers only translate; every decision is
+//! the lifecycle manager's.
+
+mod environments;
+mod error;
+mod metrics;
+mod providers;
+mod ws;
+
+use axum::Router;
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+
+use crate::auth::ApiToken;
+use crate::lifecycle::Manager;
+pub use error::ApiError;
+
+/// Largest WebSocket message accepted, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The lifecycle manager.
+    pub manager: Manager,
+    /// The API token.
+    pub token: ApiToken,
+}
+
+/// The whole router; `main` only binds and serves it.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/api/v1/environments",
+            get(environments::list).post(environments::create),
+        )
+        .route(
+            "/api/v1/environments/{id}",
+            get(environments::get)
+                .patch(environments::patch)
+                .delete(environments::delete),
+        )
+        .route("/api/v1/environments/{id}/start", post(environments::start))
+        .route("/api/v1/environments/{id}/stop", post(environments::stop))
+        .route(
+            "/api/v1/environments/{id}/restart",
+            post(environments::restart),
+        )
+        .route("/api/v1/providers", get(providers::list))
+        .route("/api/v1/providers/{name}", get(providers::get))
+        .route("/ws/app/{id}", get(ws::app))
+        .route("/ws/runtime/{id}", get(ws::runtime))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::metrics))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(state)
+}
+
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// The bearer token of a request, if it carries one.
+pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Extractor that admits only requests carrying the API token.
+#[derive(Debug)]
+pub struct Authorized;
+
+impl FromRequestParts<AppState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match bearer(parts) {
+            Some(token) if state.token.verify(token) => Ok(Authorized),
+            Some(_) => Err(ApiError::unauthorized("invalid API token")),
+            None => Err(ApiError::unauthorized(
+                "missing API token: send `Authorization: Bearer <token>`",
+            )),
+        }
+    }
+}

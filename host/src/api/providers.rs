@@ -1,0 +1,48 @@
+//! `/api/v1/providers`: what each loaded provider is, asks for, and is granted.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Serialize;
+
+use super::{ApiError, AppState, Authorized};
+use crate::broker::Grant;
+use crate::engine::{LoadedProvider, ProviderDescription, ProviderSource};
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ProviderView {
+    #[serde(flatten)]
+    description: ProviderDescription,
+    source: ProviderSource,
+    sha256: String,
+    granted: Grant,
+}
+
+fn view(state: &AppState, p: &Arc<LoadedProvider>) -> ProviderView {
+    ProviderView {
+        description: p.description.clone(),
+        source: p.source.clone(),
+        sha256: p.sha256.clone(),
+        granted: state.manager.config().grant_for(&p.description.name),
+    }
+}
+
+pub(crate) async fn list(_: Authorized, State(s): State<AppState>) -> Json<Vec<ProviderView>> {
+    let providers = s.manager.engine().providers();
+    Json(providers.iter().map(|p| view(&s, p)).collect())
+}
+
+pub(crate) async fn get(
+    _: Authorized,
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ProviderView>, ApiError> {
+    let p = s
+        .manager
+        .engine()
+        .provider(&name)
+        .ok_or_else(|| ApiError::not_found(format!("no provider named {name:?} is loaded")))?;
+    Ok(Json(view(&s, &p)))
+}

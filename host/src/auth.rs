@@ -1,0 +1,215 @@
+//! Tokens: the API token that guards REST and app WebSockets, and the runtime tokens
+//! minted per environment start.
+//!
+//! A runtime token is `<generation>.<random>`; only its SHA-256 is persisted, so the
+//! records file never holds a usable secret. A token of an older generation (an
+//! earlier start) is refused.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Where the API token came from, for the start-up message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// The `TETHER_API_TOKEN` variable.
+    Environment,
+    /// Read from the token file.
+    File,
+    /// Generated now into the token file.
+    Generated,
+}
+
+/// Why the API token could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Reading or writing the token file failed.
+    #[error("API token file {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The token is too short to be a secret.
+    #[error("API token must be at least 16 characters")]
+    TooShort,
+}
+
+/// The API token.
+#[derive(Clone)]
+pub struct ApiToken(String);
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(..)")
+    }
+}
+
+impl ApiToken {
+    /// `from_env` if given, else the token in `file`, else a new one written there (0600).
+    pub fn load_or_create(
+        from_env: Option<String>,
+        file: &Path,
+    ) -> Result<(Self, TokenSource), TokenError> {
+        let io = |source| TokenError::Io {
+            path: file.to_owned(),
+            source,
+        };
+        if let Some(token) = from_env.filter(|t| !t.is_empty()) {
+            return Self::new(token).map(|t| (t, TokenSource::Environment));
+        }
+        match std::fs::read_to_string(file) {
+            Ok(text) => return Self::new(text.trim().to_owned()).map(|t| (t, TokenSource::File)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            Err(_) => {}
+        }
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let token = random_hex(32);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(file)
+            .map_err(io)?;
+        f.write_all(token.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        Ok((Self(token), TokenSource::Generated))
+    }
+
+    fn new(token: String) -> Result<Self, TokenError> {
+        if token.len() < 16 {
+            return Err(TokenError::TooShort);
+        }
+        Ok(Self(token))
+    }
+
+    /// The token itself, to print once at start-up.
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `presented` is this token (constant time).
+    pub fn verify(&self, presented: &str) -> bool {
+        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
+    }
+}
+
+/// A freshly minted runtime token.
+#[derive(Debug, Clone)]
+pub struct RuntimeToken {
+    /// The token handed to the provider (and so to the runtime).
+    pub token: String,
+    /// Its generation.
+    pub generation: u64,
+    /// SHA-256 of `token`, hex, for persisting.
+    pub sha256: String,
+}
+
+/// Mints the token of start number `generation`.
+pub fn mint_runtime_token(generation: u64) -> RuntimeToken {
+    let token = format!("{generation}.{}", random_hex(32));
+    let sha256 = sha256_hex(&token);
+    RuntimeToken {
+        token,
+        generation,
+        sha256,
+    }
+}
+
+/// Why a runtime token was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RuntimeTokenError {
+    /// Not a token of any start.
+    #[error("invalid runtime token")]
+    Invalid,
+    /// The token of an earlier start of this environment.
+    #[error("runtime token of generation {presented} is stale (current is {current})")]
+    Stale { presented: u64, current: u64 },
+}
+
+/// Checks `presented` against the persisted hash of generation `current`.
+pub fn verify_runtime_token(
+    presented: &str,
+    current: u64,
+    expected_sha256: &str,
+) -> Result<(), RuntimeTokenError> {
+    let generation = presented
+        .split_once('.')
+        .and_then(|(g, _)| g.parse::<u64>().ok())
+        .ok_or(RuntimeTokenError::Invalid)?;
+    let matches: bool = sha256_hex(presented)
+        .as_bytes()
+        .ct_eq(expected_sha256.as_bytes())
+        .into();
+    if matches && generation == current {
+        return Ok(());
+    }
+    if generation < current {
+        return Err(RuntimeTokenError::Stale {
+            presented: generation,
+            current,
+        });
+    }
+    Err(RuntimeTokenError::Invalid)
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn generated_token_is_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(".codebolt/api-token");
+        let (a, src) = ApiToken::load_or_create(None, &file).unwrap();
+        assert_eq!(src, TokenSource::Generated);
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (b, src) = ApiToken::load_or_create(None, &file).unwrap();
+        assert_eq!(src, TokenSource::File);
+        assert!(b.verify(a.reveal()));
+        assert!(!b.verify("wrong"));
+        let (c, src) = ApiToken::load_or_create(Some("x".repeat(20)), &file).unwrap();
+        assert_eq!(src, TokenSource::Environment);
+        assert!(c.verify(&"x".repeat(20)));
+        assert!(ApiToken::load_or_create(Some("short".into()), &file).is_err());
+    }
+
+    #[test]
+    fn runtime_tokens_are_bound_to_their_generation() {
+        let t1 = mint_runtime_token(1);
+        let t2 = mint_runtime_token(2);
+        assert_eq!(verify_runtime_token(&t2.token, 2, &t2.sha256), Ok(()));
+        assert_eq!(
+            verify_runtime_token(&t1.token, 2, &t2.sha256),
+            Err(RuntimeTokenError::Stale {
+                presented: 1,
+                current: 2
+            })
+        );
+        assert_eq!(
+            verify_runtime_token("2.forged", 2, &t2.sha256),
+            Err(RuntimeTokenError::Invalid)
+        );
+        assert_eq!(
+            verify_runtime_token("nonsense", 2, &t2.sha256),
+            Err(RuntimeTokenError::Invalid)
+        );
+    }
+}

@@ -1,0 +1,416 @@
+//! Brokered child processes: checked against the capabilities, started with a
+//! cleared environment in their own process group, capped in number, and killed
+//! (with everything they started) when their handle is dropped.
+
+use std::collections::VecDeque;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::{Capabilities, Denied};
+
+/// The program name that stands for this very binary (`tether runtime` et al.).
+pub const SELF_PROGRAM: &str = "tether";
+
+/// What a provider asks to spawn.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    /// Program name as granted.
+    pub program: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Variables set on top of the granted pass-through ones.
+    pub env: Vec<(String, String)>,
+    /// Host working directory; the workspace when absent.
+    pub cwd: Option<String>,
+}
+
+/// Why a spawn failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The broker refused it.
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// The operating system refused it.
+    #[error("spawning {program}: {source}")]
+    Io {
+        program: String,
+        source: std::io::Error,
+    },
+}
+
+/// Spawns processes for one environment.
+#[derive(Debug)]
+pub struct ProcessBroker {
+    env_id: String,
+    caps: Capabilities,
+    workspace: PathBuf,
+    live: Arc<AtomicUsize>,
+    max_processes: usize,
+    tail_bytes: usize,
+}
+
+impl ProcessBroker {
+    /// A broker for one environment whose children work inside `workspace`.
+    pub fn new(
+        env_id: String,
+        caps: Capabilities,
+        workspace: PathBuf,
+        max_processes: usize,
+        tail_bytes: usize,
+    ) -> Self {
+        Self {
+            env_id,
+            caps,
+            workspace,
+            live: Arc::new(AtomicUsize::new(0)),
+            max_processes,
+            tail_bytes,
+        }
+    }
+
+    /// Children of this environment that have not been reaped yet.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Checks `spec` and starts it.
+    pub fn spawn(&self, spec: SpawnSpec) -> Result<Child, SpawnError> {
+        self.caps.check_spawn(&spec.program, &spec.args)?;
+        let cwd = self.resolve_cwd(spec.cwd.as_deref())?;
+        let live = self.live.load(Ordering::SeqCst);
+        if live >= self.max_processes {
+            return Err(Denied::ProcessLimit(live).into());
+        }
+        let program = if spec.program == SELF_PROGRAM {
+            std::env::current_exe().map_err(|source| SpawnError::Io {
+                program: spec.program.clone(),
+                source,
+            })?
+        } else {
+            PathBuf::from(&spec.program)
+        };
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(&spec.args)
+            .env_clear()
+            .current_dir(&cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        for name in &self.caps.grant().env {
+            if let Ok(value) = std::env::var(name) {
+                cmd.env(name, value);
+            }
+        }
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+        let mut child = cmd.spawn().map_err(|source| SpawnError::Io {
+            program: spec.program.clone(),
+            source,
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let output = Arc::new(Mutex::new(Tail::new(self.tail_bytes)));
+        let mut pumps = Vec::with_capacity(2);
+        if let Some(out) = child.stdout.take() {
+            pumps.push(tokio::spawn(pump(out, output.clone())));
+        }
+        if let Some(err) = child.stderr.take() {
+            pumps.push(tokio::spawn(pump(err, output.clone())));
+        }
+        self.live.fetch_add(1, Ordering::SeqCst);
+        tracing::info!(env = %self.env_id, pid, program = %spec.program, "spawned");
+        Ok(Child {
+            pid,
+            inner: Some(child),
+            status: None,
+            output,
+            pumps,
+            live: self.live.clone(),
+        })
+    }
+
+    fn resolve_cwd(&self, cwd: Option<&str>) -> Result<PathBuf, Denied> {
+        let Some(cwd) = cwd else {
+            return Ok(self.workspace.clone());
+        };
+        let canonical = Path::new(cwd)
+            .canonicalize()
+            .map_err(|_| Denied::OutsidePath(cwd.to_owned()))?;
+        let root = self
+            .workspace
+            .canonicalize()
+            .map_err(|_| Denied::OutsidePath(cwd.to_owned()))?;
+        if canonical.starts_with(&root) {
+            Ok(canonical)
+        } else {
+            Err(Denied::OutsidePath(cwd.to_owned()))
+        }
+    }
+}
+
+/// A brokered child process. Dropping it kills its whole process group.
+#[derive(Debug)]
+pub struct Child {
+    pid: u32,
+    inner: Option<tokio::process::Child>,
+    status: Option<ExitStatus>,
+    output: Arc<Mutex<Tail>>,
+    pumps: Vec<tokio::task::JoinHandle<()>>,
+    live: Arc<AtomicUsize>,
+}
+
+/// How long `wait` lets output readers drain after the child exits; a grandchild
+/// holding the pipe open must not hold the caller.
+const DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Exited with a code.
+    Code(i32),
+    /// Ended by a signal.
+    Signal(i32),
+}
+
+impl From<ExitStatus> for Exit {
+    fn from(s: ExitStatus) -> Self {
+        match (s.code(), s.signal()) {
+            (Some(code), _) => Exit::Code(code),
+            (None, Some(sig)) => Exit::Signal(sig),
+            (None, None) => Exit::Code(-1),
+        }
+    }
+}
+
+impl Child {
+    /// Operating-system process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The exit status if it has ended.
+    pub fn try_wait(&mut self) -> Option<Exit> {
+        if let Some(status) = self.status {
+            return Some(status.into());
+        }
+        let child = self.inner.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => Some(self.reaped(status)),
+            _ => None,
+        }
+    }
+
+    /// Waits for it to end.
+    pub async fn wait(&mut self) -> Exit {
+        if let Some(status) = self.status {
+            return status.into();
+        }
+        let Some(child) = self.inner.as_mut() else {
+            return Exit::Code(-1);
+        };
+        let exit = match child.wait().await {
+            Ok(status) => self.reaped(status),
+            Err(_) => return Exit::Code(-1),
+        };
+        for pump in self.pumps.drain(..) {
+            let _ = tokio::time::timeout(DRAIN, pump).await;
+        }
+        exit
+    }
+
+    /// Kills it and its process group.
+    pub fn kill(&mut self) {
+        self.kill_group();
+        if let Some(child) = self.inner.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+
+    /// The last output it wrote, lossily decoded.
+    pub fn output_tail(&self) -> String {
+        match self.output.lock() {
+            Ok(tail) => tail.text(),
+            Err(_) => String::new(),
+        }
+    }
+
+    fn reaped(&mut self, status: ExitStatus) -> Exit {
+        if self.status.is_none() {
+            self.status = Some(status);
+            self.live.fetch_sub(1, Ordering::SeqCst);
+        }
+        status.into()
+    }
+
+    fn kill_group(&self) {
+        if let Ok(pid) = i32::try_from(self.pid)
+            && pid > 0
+        {
+            // The group outlives its leader; kill it even after the leader exited so
+            // nothing the child started is left behind.
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.kill_group();
+        if self.status.is_none() {
+            self.live.fetch_sub(1, Ordering::SeqCst);
+        }
+        // `kill_on_drop` kills the leader; tokio reaps dropped children in the background.
+    }
+}
+
+/// The last `cap` bytes written to a stream.
+#[derive(Debug)]
+struct Tail {
+    cap: usize,
+    buf: VecDeque<u8>,
+}
+
+impl Tail {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            buf: VecDeque::new(),
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let bytes = &bytes[bytes.len().saturating_sub(self.cap)..];
+        let overflow = (self.buf.len() + bytes.len()).saturating_sub(self.cap);
+        self.buf.drain(..overflow);
+        self.buf.extend(bytes);
+    }
+
+    fn text(&self) -> String {
+        let (a, b) = self.buf.as_slices();
+        let mut v = Vec::with_capacity(a.len() + b.len());
+        v.extend_from_slice(a);
+        v.extend_from_slice(b);
+        String::from_utf8_lossy(&v).into_owned()
+    }
+}
+
+async fn pump(mut stream: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if let Ok(mut t) = tail.lock() {
+                    t.push(&buf[..n]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{CommandPattern, Grant};
+
+    fn broker(dir: &Path, max: usize) -> ProcessBroker {
+        broker_with_tail(dir, max, 4096)
+    }
+
+    fn broker_with_tail(dir: &Path, max: usize, tail: usize) -> ProcessBroker {
+        let any = CommandPattern::new("*".into(), vec!["**".into()]).unwrap();
+        let caps = Capabilities::new(
+            vec![any.clone()],
+            Grant {
+                commands: vec![
+                    CommandPattern::new("sh".into(), vec!["-c".into(), "*".into()]).unwrap(),
+                ],
+                env: vec!["PATH".into()],
+            },
+        );
+        ProcessBroker::new("test".into(), caps, dir.to_owned(), max, tail)
+    }
+
+    fn sh(script: &str) -> SpawnSpec {
+        SpawnSpec {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![("GREETING".into(), "hi".into())],
+            cwd: None,
+        }
+    }
+
+    #[test]
+    fn tail_keeps_last_bytes() {
+        let mut t = Tail::new(4);
+        t.push(b"abc");
+        t.push(b"defgh");
+        assert_eq!(t.text(), "efgh");
+        t.push(b"i");
+        assert_eq!(t.text(), "fghi");
+    }
+
+    #[tokio::test]
+    async fn spawns_with_cleared_env_in_workspace_and_counts_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = broker(dir.path(), 1);
+        let mut child = b.spawn(sh("echo $GREETING $HOME; pwd")).unwrap();
+        assert_eq!(b.live(), 1);
+        let refused = b.spawn(sh("true"));
+        assert!(matches!(
+            refused,
+            Err(SpawnError::Denied(Denied::ProcessLimit(1)))
+        ));
+        assert_eq!(child.wait().await, Exit::Code(0));
+        assert_eq!(b.live(), 0);
+        // HOME is not granted, so it is empty in the child.
+        let cwd = dir.path().canonicalize().unwrap();
+        assert_eq!(child.output_tail(), format!("hi\n{}\n", cwd.display()));
+    }
+
+    #[tokio::test]
+    async fn output_tail_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = broker_with_tail(dir.path(), 1, 8);
+        let mut child = b.spawn(sh("seq 1 1000")).unwrap();
+        assert_eq!(child.wait().await, Exit::Code(0));
+        assert_eq!(child.output_tail(), "99\n1000\n");
+    }
+
+    #[tokio::test]
+    async fn refuses_ungranted_and_outside_cwd() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = broker(dir.path(), 4);
+        let mut bad = sh("true");
+        bad.program = "/bin/sh".into();
+        assert!(matches!(
+            b.spawn(bad),
+            Err(SpawnError::Denied(Denied::NotGranted(_)))
+        ));
+        let mut outside = sh("true");
+        outside.cwd = Some("/".into());
+        assert!(matches!(
+            b.spawn(outside),
+            Err(SpawnError::Denied(Denied::OutsidePath(_)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn dropping_kills_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = broker(dir.path(), 4);
+        let child = b.spawn(sh("sleep 30 & sleep 30")).unwrap();
+        let pid = child.pid() as i32;
+        drop(child);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // The group is gone: signalling it fails.
+        assert!(killpg(Pid::from_raw(pid), None).is_err());
+    }
+}

@@ -1,0 +1,86 @@
+//! Command-line entry: parses flags once into validated settings and runs a command.
+//!
+//! This is the binary's edge, so errors are `anyhow` here and typed everywhere below.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{DEFAULT_LISTEN, ServeConfig};
+use crate::reference_runtime::{self, RuntimeConfig};
+use crate::server;
+
+/// Tether: a control plane for remote agent environments.
+#[derive(Debug, Parser)]
+#[command(name = "tether", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the REST API, the WebSocket relay and the providers.
+    Serve {
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Directory holding `.codebolt/` (records, providers, tokens, workspaces).
+        #[arg(long, default_value = ".")]
+        data_dir: PathBuf,
+        /// Operator settings and grants; a missing file means the defaults.
+        #[arg(long, default_value = "tether.toml")]
+        config: PathBuf,
+    },
+    /// Run the reference runtime (reads TETHER_RUNTIME_URL and TETHER_RUNTIME_TOKEN).
+    Runtime,
+}
+
+/// Parses the command line, runs the command and turns its outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tether: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Serve {
+            listen,
+            data_dir,
+            config,
+        } => {
+            let settings = ServeConfig::load(listen, data_dir, &config)?;
+            rt.block_on(server::serve(settings, server::shutdown_signal()))?;
+        }
+        Command::Runtime => {
+            let config = RuntimeConfig::from_env()?;
+            rt.block_on(reference_runtime::run(config, server::shutdown_signal()))?;
+        }
+    }
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,322 @@
+//! Operator settings: command-line flags plus the optional `tether.toml`.
+//!
+//! Everything here is parsed and validated once at start-up, so the rest of the host
+//! never sees raw strings. Grants live here because they are the operator's word;
+//! nothing an API caller sends (an environment's `config`) can widen them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::broker::{CommandPattern, Grant};
+
+/// The default listen address of `tether serve`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:2719";
+
+/// Why the settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file exists but could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML of the expected shape.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    /// The data directory could not be created or resolved.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Settings of `tether serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Absolute data directory.
+    pub data_dir: PathBuf,
+    /// Timeouts of lifecycle steps.
+    pub lifecycle: LifecycleConfig,
+    /// Per-instance resource limits.
+    pub limits: LimitsConfig,
+    /// Operator grants by provider name; providers without an entry get their default.
+    pub grants: BTreeMap<String, Grant>,
+}
+
+/// Timeouts of lifecycle steps.
+#[derive(Debug, Clone)]
+pub struct LifecycleConfig {
+    /// Longest a provider's start may take.
+    pub start_timeout: Duration,
+    /// Longest a provider's stop may take.
+    pub stop_timeout: Duration,
+    /// Longest any other provider call may take.
+    pub call_timeout: Duration,
+}
+
+/// Per-instance resource limits.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Linear memory an instance may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// Live child processes per environment.
+    pub max_processes: usize,
+    /// Bytes of output kept per child process.
+    pub output_tail_bytes: usize,
+    /// Persisted provider state entries per environment.
+    pub max_state_entries: usize,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            start_timeout: Duration::from_secs(60),
+            stop_timeout: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 << 20,
+            max_processes: 32,
+            output_tail_bytes: 64 << 10,
+            max_state_entries: 64,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    lifecycle: FileLifecycle,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    providers: BTreeMap<String, FileGrant>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLifecycle {
+    start_timeout_secs: Option<u64>,
+    stop_timeout_secs: Option<u64>,
+    call_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    memory_mib: Option<usize>,
+    max_processes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGrant {
+    #[serde(default)]
+    commands: Vec<FileCommand>,
+    #[serde(default)]
+    env: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCommand {
+    program: String,
+    #[serde(default)]
+    args: Vec<String>,
+}
+
+impl ServeConfig {
+    /// Builds settings from flags and the config file at `config_path` (absent is fine).
+    pub fn load(
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        config_path: &Path,
+    ) -> Result<Self, ConfigError> {
+        let file = match std::fs::read_to_string(config_path) {
+            Ok(text) => toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                path: config_path.to_owned(),
+                source: Box::new(e),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileConfig::default(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: config_path.to_owned(),
+                    source,
+                });
+            }
+        };
+        std::fs::create_dir_all(&data_dir).map_err(|source| ConfigError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let data_dir = data_dir
+            .canonicalize()
+            .map_err(|source| ConfigError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })?;
+        let mut config = Self::defaults(listen, data_dir);
+        config.apply(file)?;
+        Ok(config)
+    }
+
+    /// Settings with every default, for a data directory that already exists.
+    pub fn defaults(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            data_dir,
+            lifecycle: LifecycleConfig::default(),
+            limits: LimitsConfig::default(),
+            grants: BTreeMap::new(),
+        }
+    }
+
+    fn apply(&mut self, file: FileConfig) -> Result<(), ConfigError> {
+        let secs = |v: Option<u64>, default: Duration, what: &str| match v {
+            Some(0) => Err(ConfigError::Invalid(format!(
+                "lifecycle.{what} must be > 0"
+            ))),
+            Some(n) => Ok(Duration::from_secs(n)),
+            None => Ok(default),
+        };
+        let l = &mut self.lifecycle;
+        l.start_timeout = secs(
+            file.lifecycle.start_timeout_secs,
+            l.start_timeout,
+            "start_timeout_secs",
+        )?;
+        l.stop_timeout = secs(
+            file.lifecycle.stop_timeout_secs,
+            l.stop_timeout,
+            "stop_timeout_secs",
+        )?;
+        l.call_timeout = secs(
+            file.lifecycle.call_timeout_secs,
+            l.call_timeout,
+            "call_timeout_secs",
+        )?;
+        if let Some(mib) = file.limits.memory_mib {
+            if mib == 0 {
+                return Err(ConfigError::Invalid("limits.memory_mib must be > 0".into()));
+            }
+            self.limits.memory_bytes = mib << 20;
+        }
+        if let Some(n) = file.limits.max_processes {
+            self.limits.max_processes = n;
+        }
+        for (name, grant) in file.providers {
+            let commands = grant
+                .commands
+                .into_iter()
+                .map(|c| CommandPattern::new(c.program, c.args))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ConfigError::Invalid(format!("providers.{name}: {e}")))?;
+            self.grants.insert(
+                name,
+                Grant {
+                    commands,
+                    env: grant.env,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The grant in force for `provider`: the operator's, else the built-in default.
+    pub fn grant_for(&self, provider: &str) -> Grant {
+        self.grants
+            .get(provider)
+            .cloned()
+            .unwrap_or_else(|| Grant::builtin_default(provider))
+    }
+
+    /// `.codebolt/` under the data directory.
+    pub fn codebolt_dir(&self) -> PathBuf {
+        self.data_dir.join(".codebolt")
+    }
+
+    /// Directory of drop-in provider components.
+    pub fn providers_dir(&self) -> PathBuf {
+        self.codebolt_dir().join("providers")
+    }
+
+    /// Workspace directory of the environment named `name`.
+    pub fn workspace_dir(&self, name: &str) -> PathBuf {
+        self.codebolt_dir().join("environments").join(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<ServeConfig, ConfigError> {
+        let dir = tempfile::tempdir().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let path = dir.path().join("tether.toml");
+        std::fs::write(&path, text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        ServeConfig::load(
+            "127.0.0.1:0"
+                .parse()
+                .map_err(|_| ConfigError::Invalid("addr".into()))?,
+            dir.path().to_owned(),
+            &path,
+        )
+    }
+
+    #[test]
+    fn missing_file_gives_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ServeConfig::load(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path().to_owned(),
+            &dir.path().join("nope.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.lifecycle.start_timeout, Duration::from_secs(60));
+        assert_eq!(c.grant_for("local-process").commands.len(), 1);
+        assert!(c.grant_for("someone-else").commands.is_empty());
+    }
+
+    #[test]
+    fn operator_grant_replaces_default() {
+        let c = load(
+            "[providers.local-process]\ncommands = [{ program = \"python3\", args = [\"-m\", \"*\"] }]\n",
+        )
+        .unwrap();
+        let g = c.grant_for("local-process");
+        assert_eq!(g.commands.len(), 1);
+        assert_eq!(g.commands[0].program(), "python3");
+    }
+
+    #[test]
+    fn unknown_keys_and_zero_timeouts_are_errors() {
+        assert!(matches!(
+            load("bogus = 1\n"),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            load("[lifecycle]\nstart_timeout_secs = 0\n"),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+}

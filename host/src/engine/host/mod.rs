@@ -1,0 +1,11 @@
+//! Host implementations of the provider world's imports, one file per interface.
+
+mod log;
+mod process;
+mod runtime;
+mod state;
+
+use super::bindings::types;
+use super::instance::HostState;
+
+impl types::Host for HostState {}

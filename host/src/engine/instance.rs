@@ -1,0 +1,349 @@
+//! One provider instance per started environment: a task owns its `Store` and takes
+//! calls through a channel, one at a time, each under a deadline.
+//!
+//! A trap or a timeout kills the instance (its `Store` is no longer trustworthy);
+//! later calls get [`CallError::Closed`] with the reason. Dropping the store drops the
+//! resource table, which kills every process the instance spawned.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::{ProviderWorld, ProviderWorldPre};
+use super::types::{
+    Call, CallError, ProviderEvent, ProviderFailure, Reply, RuntimePort, WORKSPACE_GUEST_DIR,
+};
+use super::{EngineError, TICK};
+use crate::broker::process::ProcessBroker;
+use crate::config::LimitsConfig;
+
+/// The data of one instance's `Store`: WASI, the resource table and the brokered
+/// capabilities of its environment.
+pub struct HostState {
+    wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    limits: StoreLimits,
+    pub(crate) env_id: String,
+    pub(crate) provider: String,
+    pub(crate) broker: Option<ProcessBroker>,
+    pub(crate) runtime: Arc<dyn RuntimePort>,
+    pub(crate) events: Option<mpsc::UnboundedSender<ProviderEvent>>,
+    pub(crate) state: BTreeMap<String, String>,
+    pub(crate) max_state_entries: usize,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl HostState {
+    /// State for an instance that serves no environment (reading `info`).
+    pub(crate) fn detached(provider: &str, limits: &LimitsConfig) -> Self {
+        Self::new(
+            WasiCtxBuilder::new().build(),
+            "-".into(),
+            provider.into(),
+            None,
+            Arc::new(super::types::NoRuntime),
+            None,
+            BTreeMap::new(),
+            limits,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        wasi: WasiCtx,
+        env_id: String,
+        provider: String,
+        broker: Option<ProcessBroker>,
+        runtime: Arc<dyn RuntimePort>,
+        events: Option<mpsc::UnboundedSender<ProviderEvent>>,
+        state: BTreeMap<String, String>,
+        limits: &LimitsConfig,
+    ) -> Self {
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .instances(16)
+                .tables(16)
+                .memories(4)
+                .table_elements(100_000)
+                .trap_on_grow_failure(true)
+                .build(),
+            env_id,
+            provider,
+            broker,
+            runtime,
+            events,
+            state,
+            max_state_entries: limits.max_state_entries,
+        }
+    }
+
+    /// Hands an event to the layers above; they may be gone during shutdown.
+    pub(crate) fn emit(&self, event: ProviderEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(event);
+        }
+    }
+}
+
+/// What an environment gives the instance that serves it.
+pub struct InstanceSetup {
+    /// Environment id (tags every log line and span).
+    pub env_id: String,
+    /// Host directory preopened as the workspace.
+    pub workspace: PathBuf,
+    /// Process broker for this environment.
+    pub broker: ProcessBroker,
+    /// The runtime connection.
+    pub runtime: Arc<dyn RuntimePort>,
+    /// Where the instance's events go.
+    pub events: mpsc::UnboundedSender<ProviderEvent>,
+    /// Persisted provider state.
+    pub state: BTreeMap<String, String>,
+}
+
+pub(crate) fn new_store(
+    engine: &wasmtime::Engine,
+    provider: &str,
+    setup: InstanceSetup,
+    limits: &LimitsConfig,
+) -> Result<Store<HostState>, EngineError> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.preopened_dir(&setup.workspace, WORKSPACE_GUEST_DIR, FsPerms::ReadWrite)
+        .map_err(|e| {
+            EngineError::Instantiate(format!("preopening {}: {e}", setup.workspace.display()))
+        })?;
+    let state = HostState::new(
+        wasi.build(),
+        setup.env_id,
+        provider.to_owned(),
+        Some(setup.broker),
+        setup.runtime,
+        Some(setup.events),
+        setup.state,
+        limits,
+    );
+    Ok(configured_store(engine, state))
+}
+
+pub(crate) fn configured_store(engine: &wasmtime::Engine, state: HostState) -> Store<HostState> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    store.epoch_deadline_trap();
+    store
+}
+
+struct Job {
+    call: Call,
+    timeout: Duration,
+    reply: oneshot::Sender<Result<Reply, CallError>>,
+}
+
+/// A cloneable front of one running provider instance.
+#[derive(Clone, Debug)]
+pub struct ProviderHandle {
+    tx: mpsc::Sender<Job>,
+    cancel: CancellationToken,
+    finished: watch::Receiver<bool>,
+    /// Provider name.
+    pub provider: String,
+    /// Provider version.
+    pub version: String,
+    /// SHA-256 of the component this instance runs.
+    pub sha256: String,
+}
+
+impl ProviderHandle {
+    /// Calls the instance, waiting at most `timeout` for the answer.
+    pub async fn call(&self, call: Call, timeout: Duration) -> Result<Reply, CallError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job {
+                call,
+                timeout,
+                reply,
+            })
+            .await
+            .map_err(|_| CallError::Closed("instance has shut down".into()))?;
+        rx.await
+            .map_err(|_| CallError::Closed("instance has shut down".into()))?
+    }
+
+    /// Ends the instance (abandoning a call in progress) and waits until its store,
+    /// and with it every process it spawned, is gone.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        let mut finished = self.finished.clone();
+        let _ = finished.wait_for(|done| *done).await;
+    }
+
+    /// Whether both handles front the same instance.
+    pub fn same_instance(&self, other: &ProviderHandle) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+}
+
+pub(crate) async fn instantiate(
+    pre: &ProviderWorldPre<HostState>,
+    mut store: Store<HostState>,
+    provider: String,
+    version: String,
+    sha256: String,
+) -> Result<ProviderHandle, EngineError> {
+    // Instantiation runs the guest's start-up code: bound it like any call.
+    store.set_epoch_deadline(ticks(Duration::from_secs(10)));
+    let env_id = store.data().env_id.clone();
+    let bindings = pre
+        .instantiate_async(&mut store)
+        .await
+        .map_err(|e| EngineError::Instantiate(format!("{e:#}")))?;
+    let (tx, rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let (done, finished) = watch::channel(false);
+    let span = tracing::info_span!("provider", env = %env_id, provider = %provider);
+    let actor_cancel = cancel.clone();
+    tokio::spawn(
+        async move {
+            run(store, bindings, rx, actor_cancel).await;
+            let _ = done.send(true);
+        }
+        .instrument(span),
+    );
+    Ok(ProviderHandle {
+        tx,
+        cancel,
+        finished,
+        provider,
+        version,
+        sha256,
+    })
+}
+
+fn ticks(timeout: Duration) -> u64 {
+    (timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1
+}
+
+async fn run(
+    mut store: Store<HostState>,
+    bindings: ProviderWorld,
+    mut rx: mpsc::Receiver<Job>,
+    cancel: CancellationToken,
+) {
+    let mut dead: Option<String> = None;
+    loop {
+        let job = tokio::select! {
+            _ = cancel.cancelled() => break,
+            job = rx.recv() => match job {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        if let Some(reason) = &dead {
+            let _ = job.reply.send(Err(CallError::Closed(reason.clone())));
+            continue;
+        }
+        store.set_epoch_deadline(ticks(job.timeout));
+        // The epoch deadline catches a spinning guest; the wall-clock timeout catches
+        // one parked in a host call. Either way the store is abandoned.
+        let grace = job.timeout + TICK * 5;
+        let call = tokio::time::timeout(grace, dispatch(&mut store, &bindings, job.call));
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => {
+                let _ = job.reply.send(Err(CallError::Closed("instance shut down".into())));
+                break;
+            }
+            outcome = call => outcome,
+        };
+        let result = match outcome {
+            Ok(Ok(r)) => r.map_err(CallError::Provider),
+            Ok(Err(trap)) => {
+                let err = if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                    CallError::TimedOut(job.timeout)
+                } else {
+                    CallError::Trapped(format!("{trap:#}"))
+                };
+                tracing::error!(error = %err, "provider instance failed");
+                dead = Some(err.to_string());
+                Err(err)
+            }
+            Err(_) => {
+                let err = CallError::TimedOut(job.timeout);
+                tracing::error!(error = %err, "provider instance failed");
+                dead = Some(err.to_string());
+                Err(err)
+            }
+        };
+        let _ = job.reply.send(result);
+    }
+    // Dropping the store drops the resource table: spawned processes are killed.
+    drop(store);
+    tracing::debug!("provider instance shut down");
+}
+
+async fn dispatch(
+    store: &mut Store<HostState>,
+    bindings: &ProviderWorld,
+    call: Call,
+) -> wasmtime::Result<Result<Reply, ProviderFailure>> {
+    let p = bindings.tether_provider_provider();
+    let unit = |r: Result<(), super::bindings::types::ProviderError>| {
+        r.map(|()| Reply::Unit).map_err(ProviderFailure::from)
+    };
+    Ok(match call {
+        Call::Start(init) => p
+            .call_on_provider_start(&mut *store, &(*init).into())
+            .await?
+            .map(|r| Reply::Started(r.into()))
+            .map_err(Into::into),
+        Call::AgentStart(msg) => unit(p.call_on_provider_agent_start(&mut *store, &msg).await?),
+        Call::Stop => unit(p.call_on_provider_stop(&mut *store).await?),
+        Call::Close { destroy } => unit(p.call_on_close_signal(&mut *store, destroy).await?),
+        Call::Raw(msg) => p
+            .call_on_raw_message(&mut *store, &msg)
+            .await?
+            .map(Reply::Text)
+            .map_err(Into::into),
+        Call::Health => Ok(Reply::Health(
+            p.call_check_health(&mut *store).await?.into(),
+        )),
+        Call::ReadFile(path) => p
+            .call_read_file(&mut *store, &path)
+            .await?
+            .map(Reply::Text)
+            .map_err(Into::into),
+        Call::WriteFile(path, content) => {
+            unit(p.call_write_file(&mut *store, &path, &content).await?)
+        }
+        Call::DeleteFile(path) => unit(p.call_delete_file(&mut *store, &path).await?),
+        Call::CreateFolder(path) => unit(p.call_create_folder(&mut *store, &path).await?),
+        Call::RenameItem(from, to) => unit(p.call_rename_item(&mut *store, &from, &to).await?),
+        Call::DiffFiles => p
+            .call_get_diff_files(&mut *store)
+            .await?
+            .map(|files| Reply::Diff(files.into_iter().map(Into::into).collect()))
+            .map_err(Into::into),
+        Call::MergePatch => p
+            .call_merge_as_patch(&mut *store)
+            .await?
+            .map(Reply::Text)
+            .map_err(Into::into),
+    })
+}

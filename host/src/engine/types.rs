@@ -1,0 +1,317 @@
+//! Host-side types of the provider world, and the conversions to and from the
+//! generated bindings. Everything above the engine sees only these.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::bindings::types as wit;
+use crate::broker::CommandPattern;
+
+/// What a provider says about itself.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderDescription {
+    /// Unique provider name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// One paragraph about it.
+    pub description: String,
+    /// Commands it asks to spawn.
+    pub commands: Vec<CommandPattern>,
+    /// URLs it asks to reach.
+    pub urls: Vec<String>,
+    /// Directories it asks for.
+    pub directories: Vec<String>,
+    /// JSON Schema of its config (`null` if it gave none or an invalid one).
+    pub config_schema: Value,
+    /// App message types it handles itself.
+    pub message_types: Vec<String>,
+}
+
+impl ProviderDescription {
+    pub(crate) fn from_wit(info: wit::ProviderInfo) -> Result<Self, String> {
+        let commands = info
+            .capabilities
+            .commands
+            .into_iter()
+            .map(|c| CommandPattern::new(c.program, c.args).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if info.name.is_empty() {
+            return Err("provider info has an empty name".into());
+        }
+        Ok(Self {
+            name: info.name,
+            version: info.version,
+            description: info.description,
+            commands,
+            urls: info.capabilities.urls,
+            directories: info.capabilities.directories,
+            config_schema: serde_json::from_str(&info.config_schema).unwrap_or(Value::Null),
+            message_types: info.message_types,
+        })
+    }
+}
+
+/// What a start hands the provider.
+#[derive(Debug, Clone)]
+pub struct InitVars {
+    /// Environment id.
+    pub environment_id: String,
+    /// Environment name.
+    pub environment_name: String,
+    /// Merged config, a JSON object.
+    pub config: serde_json::Map<String, Value>,
+    /// Persisted resource id, if any.
+    pub resource_id: Option<String>,
+    /// Where the runtime connects back.
+    pub runtime_url: String,
+    /// The runtime token of this start.
+    pub runtime_token: String,
+    /// Project path, if the config names one.
+    pub project_path: Option<String>,
+    /// Workspace as a host path.
+    pub workspace_host_path: String,
+}
+
+/// The guest path at which the workspace is preopened.
+pub const WORKSPACE_GUEST_DIR: &str = "/workspace";
+
+impl From<InitVars> for wit::InitVars {
+    fn from(v: InitVars) -> Self {
+        Self {
+            environment_id: v.environment_id,
+            environment_name: v.environment_name,
+            config: Value::Object(v.config).to_string(),
+            resource_id: v.resource_id,
+            runtime_url: v.runtime_url,
+            runtime_token: v.runtime_token,
+            project_path: v.project_path,
+            workspace_dir: WORKSPACE_GUEST_DIR.to_owned(),
+            workspace_host_path: v.workspace_host_path,
+        }
+    }
+}
+
+/// What a successful start reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartOutcome {
+    /// The resource, for reconnecting later.
+    pub resource_id: String,
+    /// Where the runtime works.
+    pub workspace_path: String,
+    /// Free-form facts.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl From<wit::StartResult> for StartOutcome {
+    fn from(r: wit::StartResult) -> Self {
+        Self {
+            resource_id: r.resource_id,
+            workspace_path: r.workspace_path,
+            metadata: r.metadata.into_iter().map(|e| (e.key, e.value)).collect(),
+        }
+    }
+}
+
+/// The kind of a provider's own error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Bad input.
+    InvalidInput,
+    /// Not there.
+    NotFound,
+    /// Refused.
+    Denied,
+    /// Not implemented by this provider.
+    Unsupported,
+    /// Anything else.
+    Failed,
+}
+
+/// An error the provider returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderFailure {
+    /// Its kind.
+    pub kind: FailureKind,
+    /// Its message.
+    pub message: String,
+}
+
+impl From<wit::ProviderError> for ProviderFailure {
+    fn from(e: wit::ProviderError) -> Self {
+        let (kind, message) = match e {
+            wit::ProviderError::InvalidInput(m) => (FailureKind::InvalidInput, m),
+            wit::ProviderError::NotFound(m) => (FailureKind::NotFound, m),
+            wit::ProviderError::Denied(m) => (FailureKind::Denied, m),
+            wit::ProviderError::Unsupported(m) => (FailureKind::Unsupported, m),
+            wit::ProviderError::Failed(m) => (FailureKind::Failed, m),
+        };
+        Self { kind, message }
+    }
+}
+
+/// Why a call into a provider did not return a value.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The provider returned an error.
+    #[error(transparent)]
+    Provider(#[from] ProviderFailure),
+    /// The instance trapped (a panic, a limit, a host-call misuse); it is now dead.
+    #[error("provider trapped: {0}")]
+    Trapped(String),
+    /// The call ran past its deadline; the instance is now dead.
+    #[error("provider call timed out after {0:?}")]
+    TimedOut(Duration),
+    /// The instance is gone (stopped, or dead after an earlier failure).
+    #[error("provider instance is not available: {0}")]
+    Closed(String),
+}
+
+/// Health as a provider reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    /// All good.
+    Healthy,
+    /// Working, with trouble.
+    Degraded,
+    /// Not working.
+    Unhealthy,
+}
+
+/// A health report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthReport {
+    /// The verdict.
+    pub state: HealthState,
+    /// Why, for a person.
+    pub detail: Option<String>,
+}
+
+impl From<wit::Health> for HealthReport {
+    fn from(h: wit::Health) -> Self {
+        let state = match h.state {
+            wit::HealthState::Healthy => HealthState::Healthy,
+            wit::HealthState::Degraded => HealthState::Degraded,
+            wit::HealthState::Unhealthy => HealthState::Unhealthy,
+        };
+        Self {
+            state,
+            detail: h.detail,
+        }
+    }
+}
+
+/// One changed file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiffFile {
+    /// Workspace-relative path.
+    pub path: String,
+    /// `added`, `modified`, `deleted` or `renamed`.
+    pub change: &'static str,
+    /// Unified diff.
+    pub diff: String,
+}
+
+impl From<wit::DiffFile> for DiffFile {
+    fn from(d: wit::DiffFile) -> Self {
+        let change = match d.change {
+            wit::ChangeKind::Added => "added",
+            wit::ChangeKind::Modified => "modified",
+            wit::ChangeKind::Deleted => "deleted",
+            wit::ChangeKind::Renamed => "renamed",
+        };
+        Self {
+            path: d.path,
+            change,
+            diff: d.diff,
+        }
+    }
+}
+
+/// A call into a provider instance.
+#[derive(Debug, Clone)]
+pub enum Call {
+    /// `on-provider-start`.
+    Start(Box<InitVars>),
+    /// `on-provider-agent-start` with a JSON message.
+    AgentStart(String),
+    /// `on-provider-stop`.
+    Stop,
+    /// `on-close-signal`.
+    Close {
+        /// Remove the resource too.
+        destroy: bool,
+    },
+    /// `on-raw-message` with a JSON message.
+    Raw(String),
+    /// `check-health`.
+    Health,
+    /// `read-file`.
+    ReadFile(String),
+    /// `write-file`.
+    WriteFile(String, String),
+    /// `delete-file`.
+    DeleteFile(String),
+    /// `create-folder`.
+    CreateFolder(String),
+    /// `rename-item`.
+    RenameItem(String, String),
+    /// `get-diff-files`.
+    DiffFiles,
+    /// `merge-as-patch`.
+    MergePatch,
+}
+
+/// What a call returned.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Nothing beyond success.
+    Unit,
+    /// Text: file content, a patch, a raw reply.
+    Text(String),
+    /// A start.
+    Started(StartOutcome),
+    /// A health report.
+    Health(HealthReport),
+    /// Changed files.
+    Diff(Vec<DiffFile>),
+}
+
+/// Something a provider did that the layers above must persist or show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderEvent {
+    /// `state.set-resource-id`.
+    ResourceId(String),
+    /// `state.set`.
+    StateSet(String, String),
+    /// `state.remove`.
+    StateRemoved(String),
+}
+
+/// The environment's runtime connection, as a provider instance may use it.
+pub trait RuntimePort: Send + Sync {
+    /// Sends (or queues) one JSON text message to the runtime.
+    fn send(&self, message: String) -> Result<(), String>;
+    /// Whether the runtime is connected now.
+    fn is_connected(&self) -> bool;
+}
+
+/// A runtime port with nobody behind it, for instances that serve no environment.
+#[derive(Debug, Default)]
+pub struct NoRuntime;
+
+impl RuntimePort for NoRuntime {
+    fn send(&self, _message: String) -> Result<(), String> {
+        Err("this instance serves no environment".into())
+    }
+    fn is_connected(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,137 @@
+//! App messages answered by the provider: mapping the contract's message types to
+//! provider calls, and provider replies to `remoteProviderEvent` frames that echo
+//! the request's `requestId`.
+
+use serde_json::{Map, Value, json};
+
+use crate::engine::{Call, CallError, FailureKind, Reply};
+
+/// The message types the provider answers (every other goes to the runtime).
+pub(super) const PROVIDER_TYPES: &[&str] = &[
+    "providerAgentStart",
+    "providerReadFile",
+    "providerWriteFile",
+    "providerDeleteFile",
+    "providerCreateFolder",
+    "providerRenameItem",
+    "providerGetDiffFiles",
+    "providerMergeAsPatch",
+];
+
+/// A request that could not be turned into a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct BadRequest(pub(super) String);
+
+fn field(msg: &Map<String, Value>, name: &str) -> Result<String, BadRequest> {
+    match msg.get(name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(BadRequest(format!("`{name}` must be a string"))),
+        None => Err(BadRequest(format!("`{name}` is required"))),
+    }
+}
+
+/// The call answering a provider-handled message of type `kind` (a type the provider
+/// declared in its `message-types` goes to `on-raw-message`).
+pub(super) fn to_call(kind: &str, msg: &Map<String, Value>) -> Result<Call, BadRequest> {
+    Ok(match kind {
+        "providerAgentStart" => Call::AgentStart(Value::Object(msg.clone()).to_string()),
+        "providerReadFile" => Call::ReadFile(field(msg, "path")?),
+        "providerWriteFile" => Call::WriteFile(field(msg, "path")?, field(msg, "content")?),
+        "providerDeleteFile" => Call::DeleteFile(field(msg, "path")?),
+        "providerCreateFolder" => Call::CreateFolder(field(msg, "path")?),
+        "providerRenameItem" => Call::RenameItem(field(msg, "oldPath")?, field(msg, "newPath")?),
+        "providerGetDiffFiles" => Call::DiffFiles,
+        "providerMergeAsPatch" => Call::MergePatch,
+        _ => Call::Raw(Value::Object(msg.clone()).to_string()),
+    })
+}
+
+/// The `message` of a successful reply.
+pub(super) fn reply_message(kind: &str, msg: &Map<String, Value>, reply: Reply) -> Value {
+    let path = msg.get("path").cloned().unwrap_or(Value::Null);
+    match (kind, reply) {
+        ("providerReadFile", Reply::Text(content)) => json!({"path": path, "content": content}),
+        ("providerMergeAsPatch", Reply::Text(patch)) => json!({"patch": patch}),
+        ("providerGetDiffFiles", Reply::Diff(files)) => json!({"files": files}),
+        ("providerAgentStart", _) => json!({"accepted": true}),
+        ("providerRenameItem", _) => json!({
+            "oldPath": msg.get("oldPath"), "newPath": msg.get("newPath"), "success": true
+        }),
+        (_, Reply::Text(raw)) => serde_json::from_str(&raw).unwrap_or(Value::String(raw)),
+        (_, _) => json!({"path": path, "success": true}),
+    }
+}
+
+/// The `error` of a failed reply: a code and a message for a person.
+pub(super) fn error_value(err: &CallError) -> Value {
+    let code = match err {
+        CallError::Provider(f) => match f.kind {
+            FailureKind::InvalidInput => "invalid_input",
+            FailureKind::NotFound => "not_found",
+            FailureKind::Denied => "denied",
+            FailureKind::Unsupported => "unsupported",
+            FailureKind::Failed => "failed",
+        },
+        CallError::Trapped(_) => "provider_trapped",
+        CallError::TimedOut(_) => "timeout",
+        CallError::Closed(_) => "not_running",
+    };
+    json!({"code": code, "message": err.to_string()})
+}
+
+/// A `remoteProviderEvent` frame answering `kind` with `requestId`.
+pub(super) fn event(kind: &str, request_id: &Value, outcome: Result<Value, Value>) -> String {
+    let mut frame = json!({
+        "type": "remoteProviderEvent",
+        "action": format!("{kind}Response"),
+        "requestId": request_id,
+    });
+    match outcome {
+        Ok(message) => frame["message"] = message,
+        Err(error) => frame["error"] = error,
+    }
+    frame.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn maps_requests_to_calls() {
+        let m = obj(json!({"type": "providerWriteFile", "path": "a.txt", "content": "x"}));
+        assert!(
+            matches!(to_call("providerWriteFile", &m), Ok(Call::WriteFile(p, c)) if p == "a.txt" && c == "x")
+        );
+        let missing = obj(json!({"type": "providerReadFile"}));
+        assert_eq!(
+            to_call("providerReadFile", &missing).err(),
+            Some(BadRequest("`path` is required".into()))
+        );
+        let wrong = obj(json!({"path": 3}));
+        assert_eq!(
+            to_call("providerReadFile", &wrong).err(),
+            Some(BadRequest("`path` must be a string".into()))
+        );
+    }
+
+    #[test]
+    fn replies_echo_the_request_id() {
+        let frame: Value = serde_json::from_str(&event(
+            "providerReadFile",
+            &json!("r1"),
+            Ok(json!({"content": "x"})),
+        ))
+        .unwrap();
+        assert_eq!(frame["type"], "remoteProviderEvent");
+        assert_eq!(frame["action"], "providerReadFileResponse");
+        assert_eq!(frame["requestId"], "r1");
+        assert_eq!(frame["message"]["content"], "x");
+        let err = error_value(&CallError::TimedOut(std::time::Duration::from_secs(1)));
+        assert_eq!(err["code"], "timeout");
+    }
+}

@@ -1,0 +1,113 @@
+//! How an environment is shown: the persisted record joined with its live state.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::store::{DesiredState, Record};
+
+/// Live status of an environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Never started by this host.
+    #[default]
+    Created,
+    /// The provider is starting it.
+    Starting,
+    /// The provider started it.
+    Running,
+    /// The provider is stopping it.
+    Stopping,
+    /// Stopped.
+    Stopped,
+    /// Being stopped and started again.
+    Restarting,
+    /// The last operation failed; see `lastError`.
+    Error,
+}
+
+/// The runtime's side of an environment.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuntimeView {
+    /// Whether its runtime is connected now.
+    pub connected: bool,
+}
+
+/// An environment as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentView {
+    /// Stable id.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Provider name.
+    pub provider: String,
+    /// Environment config.
+    pub config: Map<String, Value>,
+    /// What it should be.
+    pub desired_state: DesiredState,
+    /// What it is.
+    pub status: Status,
+    /// Its runtime connection.
+    pub runtime: RuntimeView,
+    /// The provider's resource.
+    pub resource_id: Option<String>,
+    /// Where the runtime works.
+    pub workspace_path: Option<String>,
+    /// Last failure.
+    pub last_error: Option<String>,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Facts the provider reported at start.
+    pub metadata: BTreeMap<String, String>,
+    /// Version of the provider instance serving it, while one does.
+    pub provider_version: Option<String>,
+    /// Creation time.
+    pub created_at: String,
+    /// Last change.
+    pub updated_at: String,
+}
+
+impl EnvironmentView {
+    pub(crate) fn new(
+        record: Record,
+        status: Status,
+        connected: bool,
+        metadata: BTreeMap<String, String>,
+        provider_version: Option<String>,
+    ) -> Self {
+        Self {
+            id: record.id,
+            name: record.name,
+            provider: record.provider,
+            config: record.config,
+            desired_state: record.desired_state,
+            status,
+            runtime: RuntimeView { connected },
+            resource_id: record.resource_id,
+            workspace_path: record.workspace_path,
+            last_error: record.last_error,
+            restarts: record.restarts,
+            metadata,
+            provider_version,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        }
+    }
+
+    /// The `environmentStatus` event sent to apps.
+    pub fn status_event(&self) -> String {
+        json!({
+            "type": "environmentStatus",
+            "environmentId": self.id,
+            "status": self.status,
+            "desiredState": self.desired_state,
+            "runtime": {"connected": self.runtime.connected},
+            "lastError": self.last_error,
+        })
+        .to_string()
+    }
+}

@@ -1,0 +1,7 @@
+//! The `tether` binary: a thin shell over [`tether::cli`].
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    tether::cli::main()
+}

@@ -1,0 +1,345 @@
+//! The reference runtime (`tether runtime`): the process that runs inside an environment's
+//! resource and connects back to the host over WebSocket at `TETHER_RUNTIME_URL`, presenting
+//! `TETHER_RUNTIME_TOKEN` as a bearer token. It answers `echo`, runs `exec` commands in its
+//! current directory (streaming their output), and reports anything else as an error. Lost
+//! connections are retried with capped exponential backoff; a refused handshake (401, 403,
+//! 404, 410) means the token is stale or the environment is gone, so it stops with an error.
+//! Replies produced while disconnected wait in the outgoing queue and go out after reconnecting;
+//! a message whose send fails is sent again on the next connection.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use serde_json::{Map, Value, json};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt},
+    process::Command,
+    sync::{Notify, mpsc},
+    task::JoinSet,
+};
+use tokio_tungstenite::{
+    connect_async,
+    tungstenite::{self, Message, client::IntoClientRequest, handshake::client::Request, http},
+};
+
+const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Outgoing messages buffered (while disconnected or writing) before exec output waits.
+const QUEUE: usize = 1024;
+
+/// Where the runtime connects and how it authenticates.
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    /// WebSocket URL of the host, e.g. `ws://127.0.0.1:2719/ws/runtime/<id>`.
+    pub url: String,
+    /// Runtime token of the current start generation, sent as `Authorization: Bearer <token>`.
+    pub token: String,
+}
+
+impl std::fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeConfig")
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl RuntimeConfig {
+    /// Reads `TETHER_RUNTIME_URL` and `TETHER_RUNTIME_TOKEN`; both must be set and non-empty.
+    pub fn from_env() -> Result<Self, RuntimeError> {
+        let var = |name: &'static str| match std::env::var(name) {
+            Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
+            _ => Err(RuntimeError::MissingVar(name)),
+        };
+        Ok(Self {
+            url: var("TETHER_RUNTIME_URL")?,
+            token: var("TETHER_RUNTIME_TOKEN")?,
+        })
+    }
+}
+
+/// Why the runtime stopped (or could not start).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A required environment variable is unset, empty or not valid Unicode.
+    #[error("environment variable {0} must be set to a non-empty UTF-8 string")]
+    MissingVar(&'static str),
+    /// The URL cannot be used to connect; the message names the URL and the problem.
+    #[error("invalid runtime URL {0}")]
+    InvalidUrl(String),
+    /// The token cannot be sent as an HTTP header value.
+    #[error("the runtime token contains characters not allowed in an HTTP header")]
+    InvalidToken,
+    /// The host refused the handshake for good: the token is stale or the environment is gone.
+    /// Carries the HTTP status of the refusal.
+    #[error("the host refused the runtime (HTTP {0}): stale token or environment gone")]
+    Refused(u16),
+}
+
+/// Runs the runtime until `shutdown` completes (then `Ok`) or the host refuses it for good.
+/// Running `exec` children are killed before this returns.
+pub async fn run(
+    config: RuntimeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RuntimeError> {
+    request(&config)?; // reject a malformed URL or token up front instead of retrying it forever
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let (mut tasks, mut out) = (JoinSet::new(), Outbox { rx, unsent: None });
+    let result = connect_loop(&config, &tx, &mut out, &mut tasks, std::pin::pin!(shutdown)).await;
+    tasks.shutdown().await; // aborting a task drops its `Child`, and `kill_on_drop` kills it
+    result
+}
+
+/// The single queue of outgoing messages, plus one taken from it whose send has not succeeded.
+struct Outbox {
+    rx: mpsc::Receiver<Value>,
+    unsent: Option<Value>,
+}
+
+fn request(config: &RuntimeConfig) -> Result<Request, RuntimeError> {
+    let invalid =
+        |why: &dyn std::fmt::Display| RuntimeError::InvalidUrl(format!("{:?}: {why}", config.url));
+    if !config.url.starts_with("ws://") {
+        return Err(invalid(&"only ws:// URLs are supported"));
+    }
+    let req = config.url.as_str().into_client_request();
+    let mut req = req.map_err(|e| invalid(&e))?;
+    let auth = http::HeaderValue::from_str(&format!("Bearer {}", config.token))
+        .map_err(|_| RuntimeError::InvalidToken)?;
+    req.headers_mut().insert(http::header::AUTHORIZATION, auth);
+    Ok(req)
+}
+
+async fn connect_loop(
+    config: &RuntimeConfig,
+    tx: &mpsc::Sender<Value>,
+    out: &mut Outbox,
+    tasks: &mut JoinSet<()>,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> Result<(), RuntimeError> {
+    let mut backoff = INITIAL_BACKOFF;
+    loop {
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect_async(request(config)?));
+        let outcome = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            outcome = attempt => outcome,
+        };
+        match outcome {
+            Ok(Ok((ws, _))) => {
+                tracing::info!(url = %config.url, "runtime connected to host");
+                let (since, (mut write, read)) = (Instant::now(), ws.split());
+                let ended = serve(&mut write, read, tx, out, tasks, shutdown.as_mut()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), write.close()).await;
+                if since.elapsed() >= MAX_BACKOFF {
+                    backoff = INITIAL_BACKOFF; // only a connection that held resets the backoff
+                }
+                match ended {
+                    None => return Ok(()),
+                    Some(reason) => tracing::warn!(%reason, "runtime connection to host lost"),
+                }
+            }
+            Ok(Err(tungstenite::Error::Http(resp)))
+                if matches!(resp.status().as_u16(), 401 | 403 | 404 | 410) =>
+            {
+                return Err(RuntimeError::Refused(resp.status().as_u16()));
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "runtime could not connect to host"),
+            Err(_) => tracing::warn!("runtime connection attempt timed out"),
+        }
+        let wait = backoff.mul_f64(rand::rng().random_range(0.9..1.1));
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tracing::debug!(?wait, "reconnecting");
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Serves one connection; `None` on shutdown, otherwise why the connection ended.
+async fn serve<W, R>(
+    write: &mut W,
+    mut read: R,
+    tx: &mpsc::Sender<Value>,
+    out: &mut Outbox,
+    tasks: &mut JoinSet<()>,
+    shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> Option<String>
+where
+    W: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
+    R: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    let flush = Notify::new(); // the reader asks the writer to flush queued pongs
+    let reader = async {
+        loop {
+            let reply = match read.next().await {
+                None => return "connection closed".to_owned(),
+                Some(Err(e)) => return e.to_string(),
+                Some(Ok(Message::Text(text))) => handle(&text, tx, tasks),
+                Some(Ok(Message::Binary(_))) => {
+                    Some(json!({"type": "error", "error": "binary frames are not supported"}))
+                }
+                Some(Ok(Message::Ping(_))) => {
+                    flush.notify_one();
+                    None
+                }
+                Some(Ok(Message::Close(f))) => {
+                    return format!("closed by host: {}", f.map_or(1005, |f| f.code.into()));
+                }
+                Some(Ok(_)) => None,
+            };
+            while tasks.try_join_next().is_some() {}
+            if let Some(reply) = reply {
+                let _ = tx.send(reply).await; // `run` holds the receiver, so this cannot fail
+            }
+        }
+    };
+    let writer = async {
+        loop {
+            let sent = if let Some(msg) = &out.unsent {
+                let sent = write.send(Message::text(msg.to_string())).await;
+                if sent.is_ok() {
+                    out.unsent = None;
+                }
+                sent
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = flush.notified() => write.flush().await,
+                    msg = out.rx.recv() => {
+                        out.unsent = msg;
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(e) = sent {
+                return e.to_string();
+            }
+        }
+    };
+    tokio::select! {
+        _ = shutdown => None,
+        reason = reader => Some(reason),
+        reason = writer => Some(reason),
+    }
+}
+
+/// `requestId` and `threadId` of a request, copied into every reply (omitted when absent).
+struct Ctx(Map<String, Value>);
+
+impl Ctx {
+    fn of(msg: &Value) -> Self {
+        let ids = ["requestId", "threadId"].map(|k| Some((k.into(), msg.get(k)?.clone())));
+        Self(ids.into_iter().flatten().collect())
+    }
+
+    fn reply(&self, kind: &str, fields: Value) -> Value {
+        let mut out = Map::from_iter([("type".to_owned(), Value::from(kind))]);
+        out.extend(self.0.clone());
+        if let Value::Object(fields) = fields {
+            out.extend(fields);
+        }
+        Value::Object(out)
+    }
+}
+
+/// Handles one text frame; returns the immediate reply, if any (exec replies come later).
+fn handle(text: &str, tx: &mpsc::Sender<Value>, tasks: &mut JoinSet<()>) -> Option<Value> {
+    let msg: Value = match serde_json::from_str(text) {
+        Ok(msg) => msg,
+        Err(e) => return Some(json!({"type": "error", "error": format!("invalid JSON: {e}")})),
+    };
+    let ctx = Ctx::of(&msg);
+    let error = match msg.get("type").and_then(Value::as_str) {
+        Some("echo") => return Some(ctx.reply("echoResponse", json!({"payload": msg["payload"]}))),
+        Some("exec") => {
+            tasks.spawn(exec(ctx, msg["command"].clone(), tx.clone()));
+            return None;
+        }
+        Some(other) => format!("unknown message type: {other}"),
+        None => "message has no string \"type\"".to_owned(),
+    };
+    Some(ctx.reply("error", json!({ "error": error })))
+}
+
+/// Runs one `exec` request to completion and reports its `execExit`.
+async fn exec(ctx: Ctx, command: Value, tx: mpsc::Sender<Value>) {
+    let exit = match run_command(&ctx, command, &tx).await {
+        Ok(code) => json!({ "code": code }),
+        Err(error) => json!({ "code": null, "error": error }),
+    };
+    let _ = tx.send(ctx.reply("execExit", exit)).await;
+}
+
+async fn run_command(
+    ctx: &Ctx,
+    command: Value,
+    tx: &mpsc::Sender<Value>,
+) -> Result<Option<i32>, String> {
+    let command: Vec<String> =
+        serde_json::from_value(command).map_err(|_| "command must be an array of strings")?;
+    let (program, args) = command.split_first().ok_or("empty command")?;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("failed to start {program:?}: {e}"))?;
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    tokio::join!(
+        pump(stdout, "stdout", ctx, tx),
+        pump(stderr, "stderr", ctx, tx)
+    );
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| format!("waiting for {program:?}: {e}"))?;
+    Ok(status.code()) // `None` when killed by a signal
+}
+
+/// Streams one output pipe as `execOutput` messages, never splitting a UTF-8 character.
+async fn pump(
+    src: Option<impl AsyncRead + Unpin>,
+    stream: &str,
+    ctx: &Ctx,
+    tx: &mpsc::Sender<Value>,
+) {
+    let Some(mut src) = src else { return };
+    let (mut buf, mut pending) = (vec![0u8; 8192], Vec::new());
+    loop {
+        let n = src.read(&mut buf).await.unwrap_or(0); // a read error ends the stream like EOF
+        pending.extend_from_slice(&buf[..n]);
+        // Hold back a character cut in half by this read, unless this is the end.
+        let tail = pending.split_off(pending.len() - incomplete_utf8_tail(&pending, n == 0));
+        if !pending.is_empty() {
+            let data = String::from_utf8_lossy(&pending).into_owned();
+            let msg = ctx.reply("execOutput", json!({ "stream": stream, "data": data }));
+            let _ = tx.send(msg).await;
+        }
+        if n == 0 {
+            return;
+        }
+        pending = tail;
+    }
+}
+
+/// Length of an incomplete (so far valid) UTF-8 sequence at the end of `bytes`; 0 at `eof`.
+fn incomplete_utf8_tail(bytes: &[u8], eof: bool) -> usize {
+    let incomplete = |k: usize| match std::str::from_utf8(&bytes[bytes.len() - k..]) {
+        Err(e) => e.valid_up_to() == 0 && e.error_len().is_none(),
+        Ok(_) => false,
+    };
+    (1..=bytes.len().min(3))
+        .find(|&k| !eof && incomplete(k))
+        .unwrap_or(0)
+}

@@ -1,0 +1,148 @@
+//! `tether serve`: wires store, engine, lifecycle and API together and serves them
+//! until a shutdown signal, then stops every provider instance before returning.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::auth::{ApiToken, TokenError, TokenSource};
+use crate::config::ServeConfig;
+use crate::engine::{Engine, EngineError};
+use crate::lifecycle::Manager;
+use crate::store::{Store, StoreError};
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Binding or serving the socket failed.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The API token could not be loaded or created.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The records file could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine could not start.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Binds `config.listen` and serves until `shutdown` resolves.
+pub async fn serve(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    run(listener, config, shutdown).await
+}
+
+/// Serves on a bound listener until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let token_file = config.codebolt_dir().join("api-token");
+    let (token, source) =
+        ApiToken::load_or_create(std::env::var("TETHER_API_TOKEN").ok(), &token_file)?;
+    let store = Store::open(config.codebolt_dir().join("environments.json"))?;
+    let engine = Engine::new(config.limits.clone())?;
+    engine.load_all(&config.providers_dir()).await;
+    let runtime_base = format!("ws://{}", reachable(addr));
+    let data_dir = config.data_dir.clone();
+    let manager = Manager::new(config, store, engine, runtime_base);
+    manager.recover();
+
+    // Tests and scripts read these two lines; keep their shape.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "tether listening on http://{addr}");
+    match source {
+        TokenSource::Generated => {
+            let _ = writeln!(
+                out,
+                "API token (saved to {}): {}",
+                token_file.display(),
+                token.reveal()
+            );
+        }
+        TokenSource::File => {
+            let _ = writeln!(out, "API token: in {}", token_file.display());
+        }
+        TokenSource::Environment => {
+            let _ = writeln!(out, "API token: from TETHER_API_TOKEN");
+        }
+    }
+    let _ = out.flush();
+    drop(out);
+    tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
+
+    let app = api::router(AppState {
+        manager: manager.clone(),
+        token,
+    });
+    let stopped = CancellationToken::new();
+    let stopping = stopped.clone();
+    let lifecycle = manager.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: stopping provider instances");
+        lifecycle.shutdown().await;
+        stopping.cancel();
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stopped.cancelled_owned())
+        .await
+        .map_err(|source| ServeError::Listen { addr, source })?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The address runtimes should dial: the listen address, with loopback standing in
+/// for an unspecified one.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,413 @@
+//! Environment records, persisted in `.codebolt/environments.json`.
+//!
+//! The file is the source of truth across restarts. Every write is atomic (temp file,
+//! fsync, rename, fsync of the directory), and fields the host does not know — on a
+//! record or at the top level — are kept on rewrite, so other tools can annotate it.
+//! Mutations update memory first, then persist; concurrent mutations share one write
+//! (the writer snapshots the newest state), and a mutation returns only once a write
+//! that contains it is durable.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Version of the file layout written by this host.
+const FORMAT_VERSION: u64 = 1;
+
+/// Whether an environment should be running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredState {
+    /// It should be running.
+    Running,
+    /// It should be stopped.
+    #[default]
+    Stopped,
+}
+
+/// One environment as persisted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    /// Stable id.
+    pub id: String,
+    /// Unique human name; also names the workspace directory.
+    pub name: String,
+    /// Provider name.
+    pub provider: String,
+    /// Environment config handed to the provider.
+    #[serde(default)]
+    pub config: Map<String, Value>,
+    /// What the operator wants.
+    #[serde(default)]
+    pub desired_state: DesiredState,
+    /// The provider's resource, for reconnecting after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
+    /// Where the runtime works, as reported by the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_path: Option<String>,
+    /// Small key/values the provider persisted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub provider_state: BTreeMap<String, String>,
+    /// Generation of the current runtime token (one per start).
+    #[serde(default)]
+    pub runtime_generation: u64,
+    /// SHA-256 of the current runtime token, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_token_sha256: Option<String>,
+    /// Last failure, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Restarts so far.
+    #[serde(default)]
+    pub restarts: u32,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// RFC 3339 time of the last change.
+    pub updated_at: String,
+    /// Fields this host does not know, kept as they were.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Document {
+    #[serde(default)]
+    version: u64,
+    #[serde(default)]
+    environments: Vec<Record>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading or writing the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not a valid records file.
+    #[error("{path} is invalid: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    /// Another record already has this name.
+    #[error("an environment named {0:?} already exists")]
+    NameTaken(String),
+    /// No record has this id.
+    #[error("no environment with id {0:?}")]
+    NotFound(String),
+}
+
+struct State {
+    doc: Document,
+    /// Bumped on every mutation; compared with what the writer last made durable.
+    version: u64,
+}
+
+/// The records file and its in-memory copy.
+pub struct Store {
+    path: PathBuf,
+    state: Mutex<State>,
+    /// Held while writing; holds the version last made durable.
+    writer: tokio::sync::Mutex<u64>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// The current time as RFC 3339.
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl Store {
+    /// Opens (or starts) the records file at `path`.
+    pub fn open(path: PathBuf) -> Result<Self, StoreError> {
+        let doc = match std::fs::read(&path) {
+            Ok(bytes) => parse(&path, &bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Document::default(),
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        Ok(Self {
+            path,
+            state: Mutex::new(State { doc, version: 0 }),
+            writer: tokio::sync::Mutex::new(0),
+        })
+    }
+
+    /// Path of the records file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every record, in file order.
+    pub fn list(&self) -> Vec<Record> {
+        self.with(|s| s.doc.environments.clone())
+    }
+
+    /// The record with `id`.
+    pub fn get(&self, id: &str) -> Option<Record> {
+        self.with(|s| s.doc.environments.iter().find(|r| r.id == id).cloned())
+    }
+
+    /// Adds a record; its name must be unused.
+    pub async fn insert(&self, record: Record) -> Result<(), StoreError> {
+        self.mutate(|doc| {
+            if doc.environments.iter().any(|r| r.name == record.name) {
+                return Err(StoreError::NameTaken(record.name.clone()));
+            }
+            doc.environments.push(record);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Changes the record with `id` and stamps `updatedAt`; returns the new record.
+    pub async fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Record),
+    ) -> Result<Record, StoreError> {
+        self.mutate(|doc| {
+            let record = doc
+                .environments
+                .iter_mut()
+                .find(|r| r.id == id)
+                .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+            change(record);
+            record.updated_at = now();
+            Ok(record.clone())
+        })
+        .await
+    }
+
+    /// Removes the record with `id`, returning it.
+    pub async fn remove(&self, id: &str) -> Result<Record, StoreError> {
+        self.mutate(|doc| {
+            let pos = doc
+                .environments
+                .iter()
+                .position(|r| r.id == id)
+                .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+            Ok(doc.environments.remove(pos))
+        })
+        .await
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        // A panic while holding the lock cannot leave a half-applied record (each
+        // closure mutates one Vec slot), so a poisoned lock is still usable.
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    async fn mutate<R>(
+        &self,
+        f: impl FnOnce(&mut Document) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let out = self.with(|s| {
+            let out = f(&mut s.doc)?;
+            s.version += 1;
+            Ok::<_, StoreError>(out)
+        })?;
+        self.persist().await?;
+        Ok(out)
+    }
+
+    /// Makes the newest in-memory state durable unless a write already covered it.
+    async fn persist(&self) -> Result<(), StoreError> {
+        let mut written = self.writer.lock().await;
+        let (version, bytes) = self.with(|s| {
+            s.doc.version = FORMAT_VERSION;
+            (s.version, serde_json::to_vec_pretty(&s.doc))
+        });
+        if version <= *written {
+            return Ok(());
+        }
+        let bytes = bytes.map_err(|e| StoreError::Invalid {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| StoreError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other(e),
+            })??;
+        *written = version;
+        Ok(())
+    }
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<Document, StoreError> {
+    let invalid = |reason: String| StoreError::Invalid {
+        path: path.to_owned(),
+        reason,
+    };
+    let doc: Document = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+    let mut ids = std::collections::HashSet::new();
+    let mut names = std::collections::HashSet::new();
+    for r in &doc.environments {
+        if r.id.is_empty() || r.name.is_empty() || r.provider.is_empty() {
+            return Err(invalid("a record has an empty id, name or provider".into()));
+        }
+        if !ids.insert(r.id.as_str()) {
+            return Err(invalid(format!("duplicate id {:?}", r.id)));
+        }
+        if !names.insert(r.name.as_str()) {
+            return Err(invalid(format!("duplicate name {:?}", r.name)));
+        }
+    }
+    Ok(doc)
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".environments.json.")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, name: &str) -> Record {
+        Record {
+            id: id.into(),
+            name: name.into(),
+            provider: "local-process".into(),
+            config: Map::new(),
+            desired_state: DesiredState::Stopped,
+            resource_id: None,
+            workspace_path: None,
+            provider_state: BTreeMap::new(),
+            runtime_generation: 0,
+            runtime_token_sha256: None,
+            last_error: None,
+            restarts: 0,
+            created_at: now(),
+            updated_at: now(),
+            extra: Map::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn insert_update_remove_round_trip_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".codebolt/environments.json");
+        let store = Store::open(path.clone()).unwrap();
+        store.insert(record("a", "alpha")).await.unwrap();
+        store.insert(record("b", "beta")).await.unwrap();
+        assert!(matches!(
+            store.insert(record("c", "alpha")).await,
+            Err(StoreError::NameTaken(_))
+        ));
+        store
+            .update("a", |r| r.desired_state = DesiredState::Running)
+            .await
+            .unwrap();
+        store.remove("b").await.unwrap();
+
+        let reopened = Store::open(path.clone()).unwrap();
+        let list = reopened.list();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].desired_state, DesiredState::Running);
+        // No temp files are left beside it.
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name() != "environments.json")
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[tokio::test]
+    async fn unknown_fields_survive_a_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("environments.json");
+        let text = serde_json::json!({
+            "version": 1,
+            "owner": "ops-team",
+            "environments": [{
+                "id": "a", "name": "alpha", "provider": "local-process",
+                "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z",
+                "description": "kept", "labels": {"team": "x"}
+            }]
+        });
+        std::fs::write(&path, serde_json::to_vec(&text).unwrap()).unwrap();
+        let store = Store::open(path.clone()).unwrap();
+        store.update("a", |r| r.restarts = 3).await.unwrap();
+        let after: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(after["owner"], "ops-team");
+        assert_eq!(after["environments"][0]["description"], "kept");
+        assert_eq!(after["environments"][0]["labels"]["team"], "x");
+        assert_eq!(after["environments"][0]["restarts"], 3);
+    }
+
+    #[tokio::test]
+    async fn invalid_files_are_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("environments.json");
+        for (text, needle) in [
+            ("{not json", "key must be a string"),
+            (r#"{"environments":[{"id":"a"}]}"#, "missing field"),
+            (
+                r#"{"environments":[{"id":"a","name":"x","provider":"p","createdAt":"","updatedAt":""},{"id":"b","name":"x","provider":"p","createdAt":"","updatedAt":""}]}"#,
+                "duplicate name",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = Store::open(path.clone()).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_mutations_are_all_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("environments.json");
+        let store = std::sync::Arc::new(Store::open(path.clone()).unwrap());
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .insert(record(&format!("id{i}"), &format!("n{i}")))
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(Store::open(path).unwrap().list().len(), 50);
+    }
+}
