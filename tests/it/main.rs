@@ -1,1 +1,9 @@
+//! Black-box tests: a real `tether serve` on loopback, real providers, real runtimes,
+//! driven only through the public contract (REST, WebSockets, the records file).
 
+// Helpers are `pub` for the test modules; nothing here is reachable from outside.
+#![allow(unreachable_pub)]
+
+mod api;
+mod spine;
+mod support;

@@ -15,4 +15,4 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub(crate) use tether::provider::{log, process, runtime, state, types};
+pub(crate) use self::tether::provider::{log, process, runtime, state, types};

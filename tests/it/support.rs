@@ -1,0 +1,296 @@
+//! A real `tether serve` on an ephemeral loopback port, and the clients tests use to
+//! talk to it through the public contract only.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Message, http};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+/// The API token every test server uses.
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// How long a test waits for anything before failing.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A running server process.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts `tether serve` on `data_dir` and waits until it listens.
+    pub fn start(data_dir: &Path) -> Server {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("server.log"))
+            .expect("server log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .arg("--config")
+            .arg(data_dir.join("tether.toml"))
+            .env("TETHER_API_TOKEN", TOKEN)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawning tether serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let base = loop {
+            match rx.recv_timeout(WAIT) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("tether listening on ") {
+                        break url.trim().to_owned();
+                    }
+                }
+                Err(_) => panic!(
+                    "server did not start; log:\n{}",
+                    std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default()
+                ),
+            }
+        };
+        Server {
+            child,
+            base,
+            data_dir: data_dir.to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "server exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// An authorised request.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call_with(method, path, body, Some(TOKEN)).await
+    }
+
+    /// A request with the given token (or none).
+    pub async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    /// Polls an environment until `pred` holds, returning it.
+    pub async fn wait_env(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, env) = self
+                .call("GET", &format!("/api/v1/environments/{id}"), None)
+                .await;
+            if status == StatusCode::OK && pred(&env) {
+                return env;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "environment never became {what}; last: {env}\nlog:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Creates a started environment and waits until its runtime is connected.
+    pub async fn running_env(&self, name: &str, provider: &str, config: Value) -> Value {
+        let (status, env) = self
+            .call(
+                "POST",
+                "/api/v1/environments",
+                Some(serde_json::json!({"name": name, "provider": provider, "config": config, "start": true})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{env}");
+        let id = env["id"].as_str().expect("id").to_owned();
+        self.wait_env(&id, "running and connected", |e| {
+            e["status"] == "running" && e["runtime"]["connected"] == true
+        })
+        .await
+    }
+
+    /// The WebSocket URL of `path`.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("{}{path}", self.base.replacen("http://", "ws://", 1))
+    }
+
+    /// Opens an app connection on `thread`.
+    pub async fn app(&self, id: &str, thread: &str) -> Ws {
+        Ws::connect(
+            &self.ws_url(&format!("/ws/app/{id}?thread={thread}")),
+            Some(TOKEN),
+        )
+        .await
+        .expect("app connection")
+    }
+
+    /// Reads `.codebolt/environments.json`.
+    pub fn records(&self) -> Value {
+        let text = std::fs::read_to_string(self.data_dir.join(".codebolt/environments.json"))
+            .expect("environments.json");
+        serde_json::from_str(&text).expect("environments.json parses")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A WebSocket client speaking JSON text frames.
+pub struct Ws {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    /// Connects with an optional bearer token; the HTTP status on refusal.
+    pub async fn connect(url: &str, token: Option<&str>) -> Result<Ws, StatusCode> {
+        let mut req = url.into_client_request().expect("request");
+        if let Some(token) = token {
+            let value = http::HeaderValue::from_str(&format!("Bearer {token}")).expect("header");
+            req.headers_mut().insert(http::header::AUTHORIZATION, value);
+        }
+        match connect_async(req).await {
+            Ok((stream, _)) => Ok(Ws { stream }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                Err(StatusCode::from_u16(resp.status().as_u16()).expect("status"))
+            }
+            Err(e) => panic!("connecting {url}: {e}"),
+        }
+    }
+
+    /// Sends one JSON message.
+    pub async fn send(&mut self, msg: Value) {
+        self.stream
+            .send(Message::Text(msg.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a raw text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .expect("send");
+    }
+
+    /// The next JSON message, skipping `environmentStatus` events.
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let msg = self.next_any().await;
+            if msg["type"] != "environmentStatus" {
+                return msg;
+            }
+        }
+    }
+
+    /// The next JSON message of any type.
+    pub async fn next_any(&mut self) -> Value {
+        let frame = tokio::time::timeout(WAIT, self.stream.next())
+            .await
+            .expect("a message in time");
+        match frame {
+            Some(Ok(Message::Text(text))) => serde_json::from_str(&text).expect("JSON frame"),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// The next JSON text frame, or None once the server closed the connection.
+    pub async fn try_next(&mut self) -> Option<Value> {
+        loop {
+            match self.stream.next().await {
+                Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).ok(),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Sends `msg` and returns the first reply carrying its `requestId`.
+    pub async fn request(&mut self, msg: Value) -> Value {
+        let id = msg["requestId"].clone();
+        self.send(msg).await;
+        loop {
+            let reply = self.next().await;
+            if reply["requestId"] == id {
+                return reply;
+            }
+        }
+    }
+}
+
+/// Whether process `pid` is gone (or a zombie nobody will run again).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// Waits until `pid` is gone.
+pub async fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + WAIT;
+    while !process_gone(pid) {
+        assert!(Instant::now() < deadline, "process {pid} is still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
