@@ -294,3 +294,6 @@ fn spawn_ticker(engine: &wasmtime::Engine) {
         tracing::error!(error = %e, "could not start the epoch ticker; deadlines will not fire");
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -360,14 +360,18 @@ impl Manager {
         let Some(record) = self.shared.store.get(&env.id) else {
             return;
         };
-        let running = env.live().provider.is_some();
+        let (running, status) = {
+            let live = env.live();
+            (live.provider.is_some(), live.status)
+        };
         match (record.desired_state, running) {
             (DesiredState::Running, false) => self.start_locked(env, record).await,
             (DesiredState::Stopped, true) => self.stop_locked(env, false).await,
-            (DesiredState::Stopped, false) if env.live().status != Status::Error => {
-                if env.live().status != Status::Created {
-                    self.set_status(env, Status::Stopped);
-                }
+            // Stopping an environment that failed acknowledges it; `lastError` stays.
+            (DesiredState::Stopped, false)
+                if !matches!(status, Status::Created | Status::Stopped) =>
+            {
+                self.set_status(env, Status::Stopped);
             }
             _ => {}
         }
@@ -481,9 +485,6 @@ impl Manager {
     async fn stop_locked(&self, env: &Env, destroy: bool) {
         let handle = env.live().provider.take();
         let Some(handle) = handle else {
-            if !destroy && env.live().status != Status::Error {
-                self.set_status(env, Status::Stopped);
-            }
             return;
         };
         if !destroy {

@@ -1,0 +1,156 @@
+//! The WIT round trip: the real built-in `local-process` component, loaded and called
+//! through the generated bindings, with every type crossing the boundary both ways.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::broker::process::ProcessBroker;
+use crate::broker::{Capabilities, CommandPattern, Grant};
+
+const T: Duration = Duration::from_secs(20);
+
+async fn local_process() -> (Engine, Arc<LoadedProvider>) {
+    let engine = Engine::new(LimitsConfig::default()).expect("engine");
+    let (_, bytes) = builtin::BUILTINS[0];
+    let provider = engine
+        .load(bytes.to_vec(), ProviderSource::BuiltIn)
+        .await
+        .expect("local-process loads");
+    (engine, provider)
+}
+
+async fn instance(
+    engine: &Engine,
+    provider: &LoadedProvider,
+    workspace: &std::path::Path,
+    grant: Grant,
+) -> (ProviderHandle, mpsc::UnboundedReceiver<ProviderEvent>) {
+    let caps = Capabilities::new(provider.description.commands.clone(), grant);
+    let (events, rx) = mpsc::unbounded_channel();
+    let setup = InstanceSetup {
+        env_id: "env-1".into(),
+        workspace: workspace.to_owned(),
+        broker: ProcessBroker::new("env-1".into(), caps, workspace.to_owned(), 4, 4096),
+        runtime: Arc::new(NoRuntime),
+        events,
+        state: Default::default(),
+    };
+    (engine.instantiate(provider, setup).await.expect("instantiate"), rx)
+}
+
+fn init(workspace: &std::path::Path, config: serde_json::Value) -> Call {
+    Call::Start(Box::new(InitVars {
+        environment_id: "env-1".into(),
+        environment_name: "one".into(),
+        config: config.as_object().cloned().unwrap_or_default(),
+        resource_id: None,
+        runtime_url: "ws://127.0.0.1:1/ws/runtime/env-1".into(),
+        runtime_token: "1.abc".into(),
+        project_path: None,
+        workspace_host_path: workspace.display().to_string(),
+    }))
+}
+
+fn sleep_grant() -> Grant {
+    Grant {
+        commands: vec![CommandPattern::new("sleep".into(), vec!["*".into()]).expect("pattern")],
+        env: vec!["PATH".into()],
+    }
+}
+
+#[tokio::test]
+async fn info_crosses_the_boundary() {
+    let (_, p) = local_process().await;
+    let d = &p.description;
+    assert_eq!(d.name, "local-process");
+    assert!(!d.version.is_empty());
+    assert!(d.commands.iter().any(|c| c.matches("tether", &["runtime".to_owned()])));
+    assert_eq!(d.config_schema["type"], "object");
+    assert_eq!(p.sha256.len(), 64);
+}
+
+#[tokio::test]
+async fn start_files_health_and_stop_round_trip() {
+    let (engine, p) = local_process().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (h, mut events) = instance(&engine, &p, dir.path(), sleep_grant()).await;
+
+    let started = h
+        .call(init(dir.path(), json!({"command": "sleep", "args": ["30"]})), T)
+        .await
+        .expect("start");
+    let Reply::Started(outcome) = started else {
+        panic!("start replied {started:?}")
+    };
+    assert_eq!(outcome.resource_id, dir.path().display().to_string());
+    assert!(outcome.metadata.contains_key("pid"));
+    assert_eq!(
+        events.recv().await,
+        Some(ProviderEvent::ResourceId(outcome.resource_id.clone()))
+    );
+
+    let health = h.call(Call::Health, T).await.expect("health");
+    assert!(matches!(health, Reply::Health(HealthReport { state: HealthState::Healthy, .. })));
+
+    h.call(Call::WriteFile("a/b.txt".into(), "ünïcode ✓".into()), T)
+        .await
+        .expect("write");
+    assert_eq!(std::fs::read_to_string(dir.path().join("a/b.txt")).unwrap(), "ünïcode ✓");
+    let read = h.call(Call::ReadFile("a/b.txt".into()), T).await.expect("read");
+    assert!(matches!(read, Reply::Text(ref t) if t == "ünïcode ✓"));
+
+    let missing = h.call(Call::ReadFile("nope.txt".into()), T).await;
+    assert!(
+        matches!(missing, Err(CallError::Provider(ProviderFailure { kind: FailureKind::NotFound, .. }))),
+        "{missing:?}"
+    );
+    let escape = h.call(Call::ReadFile("../../etc/passwd".into()), T).await;
+    assert!(
+        matches!(escape, Err(CallError::Provider(ProviderFailure { kind: FailureKind::InvalidInput, .. }))),
+        "{escape:?}"
+    );
+    let diff = h.call(Call::DiffFiles, T).await;
+    assert!(matches!(
+        diff,
+        Err(CallError::Provider(ProviderFailure { kind: FailureKind::Unsupported, .. }))
+    ));
+
+    h.call(Call::Stop, T).await.expect("stop");
+    let health = h.call(Call::Health, T).await.expect("health after stop");
+    assert!(matches!(health, Reply::Health(HealthReport { state: HealthState::Unhealthy, .. })));
+    h.shutdown().await;
+    assert!(matches!(h.call(Call::Health, T).await, Err(CallError::Closed(_))));
+}
+
+#[tokio::test]
+async fn an_ungranted_command_is_denied_to_the_provider() {
+    let (engine, p) = local_process().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (h, _events) = instance(&engine, &p, dir.path(), sleep_grant()).await;
+    let denied = h
+        .call(init(dir.path(), json!({"command": "/bin/sh", "args": ["-c", "id"]})), T)
+        .await;
+    match denied {
+        Err(CallError::Provider(f)) => {
+            assert_eq!(f.kind, FailureKind::Denied, "{f:?}");
+            assert!(f.message.contains("not granted"), "{}", f.message);
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    // A denial is an answer, not a crash: the instance still serves.
+    assert!(h.call(Call::Health, T).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_corrupt_component_is_refused_with_a_reason() {
+    let engine = Engine::new(LimitsConfig::default()).expect("engine");
+    let err = engine
+        .load(b"\0asm garbage".to_vec(), ProviderSource::BuiltIn)
+        .await
+        .expect_err("garbage must not load");
+    assert!(matches!(err, EngineError::Compile(_)), "{err}");
+}
