@@ -39,7 +39,13 @@ async fn instance(
         events,
         state: Default::default(),
     };
-    (engine.instantiate(provider, setup).await.expect("instantiate"), rx)
+    (
+        engine
+            .instantiate(provider, setup)
+            .await
+            .expect("instantiate"),
+        rx,
+    )
 }
 
 fn init(workspace: &std::path::Path, config: serde_json::Value) -> Call {
@@ -68,7 +74,11 @@ async fn info_crosses_the_boundary() {
     let d = &p.description;
     assert_eq!(d.name, "local-process");
     assert!(!d.version.is_empty());
-    assert!(d.commands.iter().any(|c| c.matches("tether", &["runtime".to_owned()])));
+    assert!(
+        d.commands
+            .iter()
+            .any(|c| c.matches("tether", &["runtime".to_owned()]))
+    );
     assert_eq!(d.config_schema["type"], "object");
     assert_eq!(p.sha256.len(), 64);
 }
@@ -80,7 +90,10 @@ async fn start_files_health_and_stop_round_trip() {
     let (h, mut events) = instance(&engine, &p, dir.path(), sleep_grant()).await;
 
     let started = h
-        .call(init(dir.path(), json!({"command": "sleep", "args": ["30"]})), T)
+        .call(
+            init(dir.path(), json!({"command": "sleep", "args": ["30"]})),
+            T,
+        )
         .await
         .expect("start");
     let Reply::Started(outcome) = started else {
@@ -94,36 +107,72 @@ async fn start_files_health_and_stop_round_trip() {
     );
 
     let health = h.call(Call::Health, T).await.expect("health");
-    assert!(matches!(health, Reply::Health(HealthReport { state: HealthState::Healthy, .. })));
+    assert!(matches!(
+        health,
+        Reply::Health(HealthReport {
+            state: HealthState::Healthy,
+            ..
+        })
+    ));
 
     h.call(Call::WriteFile("a/b.txt".into(), "ünïcode ✓".into()), T)
         .await
         .expect("write");
-    assert_eq!(std::fs::read_to_string(dir.path().join("a/b.txt")).unwrap(), "ünïcode ✓");
-    let read = h.call(Call::ReadFile("a/b.txt".into()), T).await.expect("read");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("a/b.txt")).unwrap(),
+        "ünïcode ✓"
+    );
+    let read = h
+        .call(Call::ReadFile("a/b.txt".into()), T)
+        .await
+        .expect("read");
     assert!(matches!(read, Reply::Text(ref t) if t == "ünïcode ✓"));
 
     let missing = h.call(Call::ReadFile("nope.txt".into()), T).await;
     assert!(
-        matches!(missing, Err(CallError::Provider(ProviderFailure { kind: FailureKind::NotFound, .. }))),
+        matches!(
+            missing,
+            Err(CallError::Provider(ProviderFailure {
+                kind: FailureKind::NotFound,
+                ..
+            }))
+        ),
         "{missing:?}"
     );
     let escape = h.call(Call::ReadFile("../../etc/passwd".into()), T).await;
     assert!(
-        matches!(escape, Err(CallError::Provider(ProviderFailure { kind: FailureKind::InvalidInput, .. }))),
+        matches!(
+            escape,
+            Err(CallError::Provider(ProviderFailure {
+                kind: FailureKind::InvalidInput,
+                ..
+            }))
+        ),
         "{escape:?}"
     );
     let diff = h.call(Call::DiffFiles, T).await;
     assert!(matches!(
         diff,
-        Err(CallError::Provider(ProviderFailure { kind: FailureKind::Unsupported, .. }))
+        Err(CallError::Provider(ProviderFailure {
+            kind: FailureKind::Unsupported,
+            ..
+        }))
     ));
 
     h.call(Call::Stop, T).await.expect("stop");
     let health = h.call(Call::Health, T).await.expect("health after stop");
-    assert!(matches!(health, Reply::Health(HealthReport { state: HealthState::Unhealthy, .. })));
+    assert!(matches!(
+        health,
+        Reply::Health(HealthReport {
+            state: HealthState::Unhealthy,
+            ..
+        })
+    ));
     h.shutdown().await;
-    assert!(matches!(h.call(Call::Health, T).await, Err(CallError::Closed(_))));
+    assert!(matches!(
+        h.call(Call::Health, T).await,
+        Err(CallError::Closed(_))
+    ));
 }
 
 #[tokio::test]
@@ -132,7 +181,13 @@ async fn an_ungranted_command_is_denied_to_the_provider() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (h, _events) = instance(&engine, &p, dir.path(), sleep_grant()).await;
     let denied = h
-        .call(init(dir.path(), json!({"command": "/bin/sh", "args": ["-c", "id"]})), T)
+        .call(
+            init(
+                dir.path(),
+                json!({"command": "/bin/sh", "args": ["-c", "id"]}),
+            ),
+            T,
+        )
         .await;
     match denied {
         Err(CallError::Provider(f)) => {
