@@ -53,6 +53,10 @@ pub struct ServeConfig {
     pub lifecycle: LifecycleConfig,
     /// Per-instance resource limits.
     pub limits: LimitsConfig,
+    /// Health checking of running environments.
+    pub health: HealthConfig,
+    /// Backoff of policy restarts.
+    pub restart: RestartConfig,
     /// Operator grants by provider name; providers without an entry get their default.
     pub grants: BTreeMap<String, Grant>,
 }
@@ -79,6 +83,54 @@ pub struct LimitsConfig {
     pub output_tail_bytes: usize,
     /// Persisted provider state entries per environment.
     pub max_state_entries: usize,
+}
+
+/// Health checking of running environments.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// How often the provider's `check-health` runs and runtime liveness is checked.
+    pub interval: Duration,
+    /// Longest a `check-health` call may take.
+    pub timeout: Duration,
+    /// Consecutive failed checks before the environment counts as failed.
+    pub failure_threshold: u32,
+    /// How long a disconnected runtime has to come back before the environment fails.
+    pub runtime_grace: Duration,
+}
+
+/// Backoff of policy restarts.
+#[derive(Debug, Clone)]
+pub struct RestartConfig {
+    /// Delay before the first restart.
+    pub initial_backoff: Duration,
+    /// Longest delay between restarts.
+    pub max_backoff: Duration,
+    /// Restarts in a row before `on-failure` gives up (`always` ignores it).
+    pub max_retries: u32,
+    /// Running this long without failing resets the backoff and the retry count.
+    pub stable_after: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            failure_threshold: 3,
+            runtime_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            max_retries: 5,
+            stable_after: Duration::from_secs(300),
+        }
+    }
 }
 
 impl Default for LifecycleConfig {
@@ -110,7 +162,29 @@ struct FileConfig {
     #[serde(default)]
     limits: FileLimits,
     #[serde(default)]
+    health: FileHealth,
+    #[serde(default)]
+    restart: FileRestart,
+    #[serde(default)]
     providers: BTreeMap<String, FileGrant>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHealth {
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    failure_threshold: Option<u32>,
+    runtime_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRestart {
+    initial_backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+    max_retries: Option<u32>,
+    stable_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +261,8 @@ impl ServeConfig {
             data_dir,
             lifecycle: LifecycleConfig::default(),
             limits: LimitsConfig::default(),
+            health: HealthConfig::default(),
+            restart: RestartConfig::default(),
             grants: BTreeMap::new(),
         }
     }
@@ -223,6 +299,43 @@ impl ServeConfig {
         }
         if let Some(n) = file.limits.max_processes {
             self.limits.max_processes = n;
+        }
+        let ms = |v: Option<u64>, default: Duration, what: &str| match v {
+            Some(0) => Err(ConfigError::Invalid(format!("{what} must be > 0"))),
+            Some(n) => Ok(Duration::from_millis(n)),
+            None => Ok(default),
+        };
+        let (h, fh) = (&mut self.health, file.health);
+        h.interval = ms(fh.interval_ms, h.interval, "health.interval_ms")?;
+        h.timeout = ms(fh.timeout_ms, h.timeout, "health.timeout_ms")?;
+        h.runtime_grace = ms(
+            fh.runtime_grace_ms,
+            h.runtime_grace,
+            "health.runtime_grace_ms",
+        )?;
+        match fh.failure_threshold {
+            Some(0) => {
+                return Err(ConfigError::Invalid(
+                    "health.failure_threshold must be > 0".into(),
+                ));
+            }
+            Some(n) => h.failure_threshold = n,
+            None => {}
+        }
+        let (r, fr) = (&mut self.restart, file.restart);
+        r.initial_backoff = ms(
+            fr.initial_backoff_ms,
+            r.initial_backoff,
+            "restart.initial_backoff_ms",
+        )?;
+        r.max_backoff = ms(fr.max_backoff_ms, r.max_backoff, "restart.max_backoff_ms")?;
+        r.stable_after = ms(
+            fr.stable_after_ms,
+            r.stable_after,
+            "restart.stable_after_ms",
+        )?;
+        if let Some(n) = fr.max_retries {
+            r.max_retries = n;
         }
         for (name, grant) in file.providers {
             let commands = grant

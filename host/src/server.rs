@@ -13,6 +13,8 @@ use crate::auth::{ApiToken, TokenError, TokenSource};
 use crate::config::ServeConfig;
 use crate::engine::{Engine, EngineError};
 use crate::lifecycle::Manager;
+use crate::store::lock::{DataDirLock, LockError};
+use crate::store::watch::WatchError;
 use crate::store::{Store, StoreError};
 
 /// Why the server could not run.
@@ -33,6 +35,12 @@ pub enum ServeError {
     /// The engine could not start.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// Another host serves this data directory.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The records file cannot be watched.
+    #[error(transparent)]
+    Watch(#[from] WatchError),
 }
 
 /// Binds `config.listen` and serves until `shutdown` resolves.
@@ -40,6 +48,8 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Before anything else, so a second host fails fast and touches nothing.
+    let _lock = DataDirLock::acquire(&config.data_dir)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -49,7 +59,8 @@ pub async fn serve(
     run(listener, config, shutdown).await
 }
 
-/// Serves on a bound listener until `shutdown` resolves.
+/// Serves on a bound listener until `shutdown` resolves; the caller holds the data
+/// directory's lock.
 pub async fn run(
     listener: TcpListener,
     config: ServeConfig,
@@ -68,6 +79,7 @@ pub async fn run(
     let runtime_base = format!("ws://{}", reachable(addr));
     let data_dir = config.data_dir.clone();
     let manager = Manager::new(config, store, engine, runtime_base);
+    manager.watch_records()?;
     manager.recover();
 
     // Tests and scripts read these two lines; keep their shape.

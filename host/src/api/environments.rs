@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::{ApiError, AppState, Authorized};
 use crate::lifecycle::{CreateRequest, EnvironmentView};
-use crate::store::DesiredState;
+use crate::store::{DesiredState, RestartPolicy};
 
 /// JSON body whose rejections use the API's error shape.
 #[derive(Debug, FromRequest)]
@@ -24,12 +24,17 @@ pub(crate) struct CreateBody {
     config: Option<Map<String, Value>>,
     #[serde(default)]
     start: bool,
+    #[serde(default, rename = "restartPolicy")]
+    restart_policy: RestartPolicy,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct PatchBody {
-    config: Map<String, Value>,
+    #[serde(default)]
+    config: Option<Map<String, Value>>,
+    #[serde(default)]
+    restart_policy: Option<RestartPolicy>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -50,6 +55,7 @@ pub(crate) async fn create(
             provider: body.provider,
             config: body.config.unwrap_or_default(),
             start: body.start,
+            restart_policy: body.restart_policy,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(view)))
@@ -69,7 +75,11 @@ pub(crate) async fn patch(
     Path(id): Path<String>,
     Body(body): Body<PatchBody>,
 ) -> ApiResult<Json<EnvironmentView>> {
-    Ok(Json(s.manager.patch_config(&id, body.config).await?))
+    let view = s
+        .manager
+        .patch(&id, body.config, body.restart_policy)
+        .await?;
+    Ok(Json(view))
 }
 
 pub(crate) async fn delete(

@@ -59,8 +59,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"status": "ok"}))
+/// Liveness: 200 while the host serves, with `degraded` and the reasons when something
+/// needs a person (an invalid records file, a provider that failed to load).
+async fn healthz(
+    axum::extract::State(s): axum::extract::State<AppState>,
+) -> axum::Json<crate::lifecycle::HostHealth> {
+    axum::Json(s.manager.health())
 }
 
 /// The bearer token of a request, if it carries one.

@@ -7,27 +7,26 @@
 //! and it mints the runtime token of each start.
 
 mod messages;
+mod ops;
+mod reconcile;
 mod sessions;
+mod supervisor;
 mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
+use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::auth;
-use crate::broker::Capabilities;
-use crate::broker::process::ProcessBroker;
 use crate::config::ServeConfig;
-use crate::engine::{
-    Call, CallError, Engine, InitVars, InstanceSetup, ProviderEvent, ProviderHandle, Reply,
-    RuntimePort,
-};
-use crate::relay::{CLOSE_GONE, Hub, Relay};
-use crate::store::{DesiredState, Record, Store, StoreError};
+use crate::engine::{Call, Engine, ProviderHandle, RuntimePort};
+use crate::relay::{Hub, Relay};
+use crate::store::{DesiredState, Record, RestartPolicy, Store, StoreError};
 
 pub use sessions::{AppSession, RuntimeSession};
 pub use view::{EnvironmentView, RuntimeView, Status};
@@ -73,13 +72,21 @@ pub struct CreateRequest {
     pub config: Map<String, Value>,
     /// Start it right away.
     pub start: bool,
+    /// What to do when it fails.
+    pub restart_policy: RestartPolicy,
 }
 
 #[derive(Debug, Default)]
 struct Live {
     status: Status,
     provider: Option<ProviderHandle>,
+    /// Cancelled when the running instance is taken down (ends its supervision).
+    supervision: Option<CancellationToken>,
     metadata: BTreeMap<String, String>,
+    started_at: Option<Instant>,
+    /// Policy restarts in a row (reset after a stable period).
+    attempt: u32,
+    last_failure: Option<Instant>,
 }
 
 /// One environment's live side.
@@ -88,14 +95,35 @@ struct Env {
     id: String,
     /// Serialises operations (start, stop, delete) on this environment.
     op: tokio::sync::Mutex<()>,
+    /// Fired once when the environment is being deleted: operations in flight give up.
+    deleting: CancellationToken,
     live: Mutex<Live>,
     hub: Arc<Hub>,
 }
 
 impl Env {
+    fn new(id: &str, hub: Arc<Hub>) -> Self {
+        Self {
+            id: id.to_owned(),
+            op: tokio::sync::Mutex::new(()),
+            deleting: CancellationToken::new(),
+            live: Mutex::new(Live::default()),
+            hub,
+        }
+    }
+
     fn live(&self) -> MutexGuard<'_, Live> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The host's own health, for `/healthz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostHealth {
+    /// `ok` or `degraded`.
+    pub status: &'static str,
+    /// Why it is degraded.
+    pub reasons: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -107,6 +135,8 @@ struct Shared {
     runtime_base: String,
     envs: Mutex<HashMap<String, Arc<Env>>>,
     tasks: TaskTracker,
+    /// Fired when the host starts shutting down.
+    closing: CancellationToken,
 }
 
 /// A cloneable front of the lifecycle manager.
@@ -136,12 +166,7 @@ impl Manager {
             .list()
             .into_iter()
             .map(|r| {
-                let env = Arc::new(Env {
-                    id: r.id.clone(),
-                    op: tokio::sync::Mutex::new(()),
-                    live: Mutex::new(Live::default()),
-                    hub: relay.hub(&r.id),
-                });
+                let env = Arc::new(Env::new(&r.id, relay.hub(&r.id)));
                 (r.id, env)
             })
             .collect();
@@ -154,6 +179,7 @@ impl Manager {
                 runtime_base,
                 envs: Mutex::new(envs),
                 tasks: TaskTracker::new(),
+                closing: CancellationToken::new(),
             }),
         }
     }
@@ -166,6 +192,25 @@ impl Manager {
             {
                 self.spawn_converge(env);
             }
+        }
+    }
+
+    /// Whether the host is fully well, and why not.
+    pub fn health(&self) -> HostHealth {
+        let mut reasons = Vec::new();
+        if let Some(why) = self.shared.store.invalid() {
+            reasons.push(format!("records file: {why}; serving the last good state"));
+        }
+        for failure in self.shared.engine.failures() {
+            reasons.push(format!(
+                "provider {}: {}",
+                failure.path.display(),
+                failure.error
+            ));
+        }
+        HostHealth {
+            status: if reasons.is_empty() { "ok" } else { "degraded" },
+            reasons,
         }
     }
 
@@ -248,18 +293,15 @@ impl Manager {
             runtime_token_sha256: None,
             last_error: None,
             restarts: 0,
+            restart_policy: req.restart_policy,
+            restart_history: Vec::new(),
             created_at: now.clone(),
             updated_at: now,
             extra: Map::new(),
         };
         let id = record.id.clone();
         self.shared.store.insert(record).await?;
-        let env = Arc::new(Env {
-            id: id.clone(),
-            op: tokio::sync::Mutex::new(()),
-            live: Mutex::new(Live::default()),
-            hub: self.shared.relay.hub(&id),
-        });
+        let env = Arc::new(Env::new(&id, self.shared.relay.hub(&id)));
         self.envs().insert(id.clone(), env.clone());
         tracing::info!(env = %id, "environment created");
         if req.start {
@@ -268,15 +310,24 @@ impl Manager {
         self.get(&id)
     }
 
-    /// Applies a JSON merge patch to an environment's config (used from its next start).
-    pub async fn patch_config(
+    /// Applies a JSON merge patch to an environment's config (used from its next
+    /// start) and sets its restart policy if given.
+    pub async fn patch(
         &self,
         id: &str,
-        patch: Map<String, Value>,
+        config: Option<Map<String, Value>>,
+        restart_policy: Option<RestartPolicy>,
     ) -> Result<EnvironmentView, LifecycleError> {
         self.shared
             .store
-            .update(id, |r| merge_patch(&mut r.config, patch))
+            .update(id, |r| {
+                if let Some(patch) = config {
+                    merge_patch(&mut r.config, patch);
+                }
+                if let Some(policy) = restart_policy {
+                    r.restart_policy = policy;
+                }
+            })
             .await?;
         self.get(id)
     }
@@ -307,8 +358,13 @@ impl Manager {
             .store
             .update(id, |r| r.desired_state = DesiredState::Running)
             .await?;
+        self.spawn_restart(env);
+        self.get(id)
+    }
+
+    fn spawn_restart(&self, env: Arc<Env>) {
         let this = self.clone();
-        let span = tracing::info_span!("restart", env = %id);
+        let span = tracing::info_span!("restart", env = %env.id);
         self.shared.tasks.spawn(
             async move {
                 let _op = env.op.lock().await;
@@ -320,14 +376,15 @@ impl Manager {
             }
             .instrument(span),
         );
-        self.get(id)
     }
 
     /// Stops an environment, lets its provider remove the resource, and forgets it.
+    /// Works from any state: an operation in flight is abandoned.
     pub async fn delete(&self, id: &str) -> Result<(), LifecycleError> {
         let env = self
             .env(id)
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
+        env.deleting.cancel();
         let _op = env.op.lock().await;
         let record = self.shared.store.remove(id).await?;
         self.stop_locked(&env, true).await;
@@ -355,212 +412,16 @@ impl Manager {
         );
     }
 
-    /// Moves `env` toward its desired state; the caller holds its operation lock.
-    async fn converge_locked(&self, env: &Env) {
-        let Some(record) = self.shared.store.get(&env.id) else {
-            return;
-        };
-        let (running, status) = {
-            let live = env.live();
-            (live.provider.is_some(), live.status)
-        };
-        match (record.desired_state, running) {
-            (DesiredState::Running, false) => self.start_locked(env, record).await,
-            (DesiredState::Stopped, true) => self.stop_locked(env, false).await,
-            // Stopping an environment that failed acknowledges it; `lastError` stays.
-            (DesiredState::Stopped, false)
-                if !matches!(status, Status::Created | Status::Stopped) =>
-            {
-                self.set_status(env, Status::Stopped);
-            }
-            _ => {}
-        }
-    }
-
-    async fn start_locked(&self, env: &Env, record: Record) {
-        self.set_status(env, Status::Starting);
-        if let Err(reason) = self.try_start(env, record).await {
-            tracing::error!(env = %env.id, %reason, "start failed");
-            self.fail(env, reason).await;
-        }
-    }
-
-    async fn try_start(&self, env: &Env, record: Record) -> Result<(), String> {
-        let s = &self.shared;
-        let provider = s
-            .engine
-            .provider(&record.provider)
-            .ok_or_else(|| format!("provider {:?} is not loaded", record.provider))?;
-        let token = auth::mint_runtime_token(record.runtime_generation + 1);
-        s.store
-            .update(&env.id, |r| {
-                r.runtime_generation = token.generation;
-                r.runtime_token_sha256 = Some(token.sha256.clone());
-                r.last_error = None;
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let workspace = s.config.workspace_dir(&record.name);
-        tokio::fs::create_dir_all(&workspace)
-            .await
-            .map_err(|e| format!("creating workspace {}: {e}", workspace.display()))?;
-        let caps = Capabilities::new(
-            provider.description.commands.clone(),
-            s.config.grant_for(&provider.description.name),
-        );
-        let limits = &s.config.limits;
-        let broker = ProcessBroker::new(
-            env.id.clone(),
-            caps,
-            workspace.clone(),
-            limits.max_processes,
-            limits.output_tail_bytes,
-        );
-        let (events, rx) = mpsc::unbounded_channel();
-        s.tasks
-            .spawn(persist_events(self.clone(), env.id.clone(), rx));
-        let setup = InstanceSetup {
-            env_id: env.id.clone(),
-            workspace: workspace.clone(),
-            broker,
-            runtime: Arc::new(HubPort(env.hub.clone())),
-            events,
-            state: record.provider_state.clone(),
-        };
-        let handle = s
-            .engine
-            .instantiate(&provider, setup)
-            .await
-            .map_err(|e| e.to_string())?;
-        let init = InitVars {
-            environment_id: env.id.clone(),
-            environment_name: record.name.clone(),
-            project_path: record
-                .config
-                .get("projectPath")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            config: record.config.clone(),
-            resource_id: record.resource_id.clone(),
-            runtime_url: format!("{}/ws/runtime/{}", s.runtime_base, env.id),
-            runtime_token: token.token,
-            workspace_host_path: workspace.display().to_string(),
-        };
-        match handle
-            .call(
-                Call::Start(Box::new(init)),
-                s.config.lifecycle.start_timeout,
-            )
-            .await
-        {
-            Ok(Reply::Started(outcome)) => {
-                s.store
-                    .update(&env.id, |r| {
-                        r.resource_id = Some(outcome.resource_id.clone());
-                        r.workspace_path = Some(outcome.workspace_path.clone());
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                {
-                    let mut live = env.live();
-                    live.provider = Some(handle);
-                    live.metadata = outcome.metadata;
-                }
-                tracing::info!(env = %env.id, resource = %outcome.resource_id, "environment running");
-                self.set_status(env, Status::Running);
-                Ok(())
-            }
-            Ok(other) => {
-                handle.shutdown().await;
-                Err(format!("provider answered start with {other:?}"))
-            }
-            Err(e) => {
-                handle.shutdown().await;
-                Err(format!("provider start failed: {e}"))
-            }
-        }
-    }
-
-    /// Stops the provider instance (`destroy`: and its resource); holds the op lock.
-    async fn stop_locked(&self, env: &Env, destroy: bool) {
-        let handle = env.live().provider.take();
-        let Some(handle) = handle else {
-            return;
-        };
-        if !destroy {
-            self.set_status(env, Status::Stopping);
-        }
-        let call = if destroy {
-            Call::Close { destroy: true }
-        } else {
-            Call::Stop
-        };
-        let timeout = self.shared.config.lifecycle.stop_timeout;
-        let result = handle.call(call, timeout).await;
-        handle.shutdown().await;
-        env.hub.close_runtime(CLOSE_GONE, "environment stopped");
-        env.live().metadata.clear();
-        if destroy {
-            return;
-        }
-        match result {
-            Ok(_) => self.set_status(env, Status::Stopped),
-            Err(e) => {
-                tracing::warn!(env = %env.id, error = %e, "provider stop failed");
-                self.fail(env, format!("provider stop failed: {e}")).await;
-            }
-        }
-    }
-
-    async fn fail(&self, env: &Env, reason: String) {
-        if let Err(e) = self
-            .shared
-            .store
-            .update(&env.id, |r| r.last_error = Some(reason.clone()))
-            .await
-        {
-            tracing::warn!(env = %env.id, error = %e, "could not record the failure");
-        }
-        self.set_status(env, Status::Error);
-    }
-
-    fn set_status(&self, env: &Env, status: Status) {
-        env.live().status = status;
-        self.announce(env);
-    }
-
-    /// Sends the current status to every app of `env`.
-    fn announce(&self, env: &Env) {
-        if let Some(record) = self.shared.store.get(&env.id) {
-            let view = self.view_of(env, record);
-            env.hub.broadcast(view.status_event());
-        }
-    }
-
-    /// A call into a running instance trapped or timed out: the instance is dead,
-    /// so the environment is put in `error` with the reason.
-    fn instance_failed(&self, env: Arc<Env>, handle: ProviderHandle, err: CallError) {
-        let this = self.clone();
-        self.shared.tasks.spawn(async move {
-            let _op = env.op.lock().await;
-            let current = env.live().provider.clone();
-            if current.is_some_and(|h| h.same_instance(&handle)) {
-                env.live().provider = None;
-                handle.shutdown().await;
-                env.hub.close_runtime(CLOSE_GONE, "provider failed");
-                this.fail(&env, err.to_string()).await;
-            }
-        });
-    }
-
     /// Stops every instance without changing desired states (host shutdown), then
     /// waits for background work to finish.
     pub async fn shutdown(&self) {
+        self.shared.closing.cancel();
         let envs: Vec<Arc<Env>> = self.envs().values().cloned().collect();
         for env in envs {
+            // Abandon operations in flight (a hung start must not hold shutdown).
+            env.deleting.cancel();
             let _op = env.op.lock().await;
-            let handle = env.live().provider.take();
-            if let Some(handle) = handle {
+            if let Some(handle) = self.take_instance(&env) {
                 let timeout = self.shared.config.lifecycle.stop_timeout;
                 if let Err(e) = handle.call(Call::Close { destroy: false }, timeout).await {
                     tracing::warn!(env = %env.id, error = %e, "provider close failed");
@@ -571,31 +432,6 @@ impl Manager {
         }
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
-    }
-}
-
-async fn persist_events(
-    manager: Manager,
-    id: String,
-    mut rx: mpsc::UnboundedReceiver<ProviderEvent>,
-) {
-    while let Some(event) = rx.recv().await {
-        let result = manager
-            .shared
-            .store
-            .update(&id, |r| match event {
-                ProviderEvent::ResourceId(rid) => r.resource_id = Some(rid),
-                ProviderEvent::StateSet(k, v) => {
-                    r.provider_state.insert(k, v);
-                }
-                ProviderEvent::StateRemoved(k) => {
-                    r.provider_state.remove(&k);
-                }
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::debug!(env = %id, error = %e, "provider state not persisted");
-        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::store::{DesiredState, Record};
+use crate::store::{DesiredState, Record, RestartPolicy};
 
 /// Live status of an environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -61,6 +61,10 @@ pub struct EnvironmentView {
     pub last_error: Option<String>,
     /// Restarts so far.
     pub restarts: u32,
+    /// What happens when it fails.
+    pub restart_policy: RestartPolicy,
+    /// When the latest restarts happened, oldest first.
+    pub restart_history: Vec<String>,
     /// Facts the provider reported at start.
     pub metadata: BTreeMap<String, String>,
     /// Version of the provider instance serving it, while one does.
@@ -91,6 +95,8 @@ impl EnvironmentView {
             workspace_path: record.workspace_path,
             last_error: record.last_error,
             restarts: record.restarts,
+            restart_policy: record.restart_policy,
+            restart_history: record.restart_history,
             metadata,
             provider_version,
             created_at: record.created_at,

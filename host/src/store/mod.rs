@@ -6,6 +6,14 @@
 //! Mutations update memory first, then persist; concurrent mutations share one write
 //! (the writer snapshots the newest state), and a mutation returns only once a write
 //! that contains it is durable.
+//!
+//! The file is also edited by people and tools: [`Store::reload`] reads it back and
+//! says what changed (the host's own writes are recognised by their hash and ignored).
+//! An invalid file never replaces the last good state, and before the host writes over
+//! it, it keeps a copy beside it (`environments.json.invalid-<timestamp>`).
+
+pub mod lock;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -14,6 +22,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 /// Version of the file layout written by this host.
 const FORMAT_VERSION: u64 = 1;
@@ -27,6 +36,19 @@ pub enum DesiredState {
     /// It should be stopped.
     #[default]
     Stopped,
+}
+
+/// What to do when a running environment fails (a health check, its runtime gone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Leave it in `error`.
+    Never,
+    /// Restart it with backoff, up to the retry cap, then leave it in `error`.
+    #[default]
+    OnFailure,
+    /// Restart it with backoff, without a cap.
+    Always,
 }
 
 /// One environment as persisted.
@@ -66,9 +88,17 @@ pub struct Record {
     /// Restarts so far.
     #[serde(default)]
     pub restarts: u32,
-    /// RFC 3339 creation time.
+    /// What to do when it fails while it should be running.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// When the most recent restarts happened (RFC 3339, oldest first, bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_history: Vec<String>,
+    /// RFC 3339 creation time (empty in a hand-written record).
+    #[serde(default)]
     pub created_at: String,
     /// RFC 3339 time of the last change.
+    #[serde(default)]
     pub updated_at: String,
     /// Fields this host does not know, kept as they were.
     #[serde(flatten)]
@@ -109,6 +139,21 @@ struct State {
     doc: Document,
     /// Bumped on every mutation; compared with what the writer last made durable.
     version: u64,
+    /// SHA-256 of the file as last read or written by this host.
+    disk_sha: Option<[u8; 32]>,
+    /// Why the file on disk is not usable, while it is not.
+    invalid: Option<String>,
+}
+
+/// What a reload found changed in the file, by record id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    /// Records that are new.
+    pub added: Vec<String>,
+    /// Records whose persisted fields changed.
+    pub changed: Vec<Record>,
+    /// Records that are gone (as they were).
+    pub removed: Vec<Record>,
 }
 
 /// The records file and its in-memory copy.
@@ -133,18 +178,86 @@ pub fn now() -> String {
 }
 
 impl Store {
-    /// Opens (or starts) the records file at `path`.
+    /// Opens (or starts) the records file at `path`. An invalid file leaves the store
+    /// empty and [`Store::invalid`] saying why; the file is kept until fixed or copied.
     pub fn open(path: PathBuf) -> Result<Self, StoreError> {
-        let doc = match std::fs::read(&path) {
-            Ok(bytes) => parse(&path, &bytes)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Document::default(),
+        let (doc, disk_sha, invalid) = match std::fs::read(&path) {
+            Ok(bytes) => match parse(&path, &bytes) {
+                Ok(doc) => (doc, Some(sha(&bytes)), None),
+                Err(e) => {
+                    tracing::error!(error = %e, "records file is invalid; starting with no environments");
+                    (Document::default(), Some(sha(&bytes)), Some(e.to_string()))
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Document::default(), None, None),
             Err(source) => return Err(StoreError::Io { path, source }),
         };
         Ok(Self {
             path,
-            state: Mutex::new(State { doc, version: 0 }),
+            state: Mutex::new(State {
+                doc,
+                version: 0,
+                disk_sha,
+                invalid,
+            }),
             writer: tokio::sync::Mutex::new(0),
         })
+    }
+
+    /// Why the file on disk is invalid, while it is.
+    pub fn invalid(&self) -> Option<String> {
+        self.with(|s| s.invalid.clone())
+    }
+
+    /// Reads the file again after an outside edit. `Ok(None)`: nothing to apply (the
+    /// host's own write, no change, or a host write pending that will win).
+    /// `Err(Invalid)`: the file is broken; the last good state stays in force.
+    pub async fn reload(&self) -> Result<Option<Changes>, StoreError> {
+        // Holding the writer lock keeps a write from landing between read and swap.
+        let mut written = self.writer.lock().await;
+        let bytes = match tokio::fs::read(&self.path).await {
+            Ok(bytes) => bytes,
+            // Mid-rename or deleted by hand: a deleted file is an empty one.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => b"{}".to_vec(),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        let digest = sha(&bytes);
+        if self.with(|s| s.disk_sha == Some(digest)) {
+            return Ok(None);
+        }
+        let doc = match parse(&self.path, &bytes) {
+            Ok(doc) => doc,
+            Err(e) => {
+                self.with(|s| {
+                    s.invalid = Some(e.to_string());
+                    s.disk_sha = Some(digest);
+                });
+                return Err(e);
+            }
+        };
+        let changes = self.with(|s| {
+            if s.version > *written {
+                // A mutation the API is about to acknowledge is not on disk yet; its
+                // write will replace this edit (last writer wins), so keep memory.
+                tracing::warn!("an outside edit raced with a host write; the host write wins");
+                return None;
+            }
+            let changes = diff(&s.doc.environments, &doc.environments);
+            s.doc = doc;
+            s.version += 1;
+            s.disk_sha = Some(digest);
+            s.invalid = None;
+            Some((changes, s.version))
+        });
+        Ok(changes.map(|(changes, version)| {
+            *written = version;
+            changes
+        }))
     }
 
     /// Path of the records file.
@@ -229,9 +342,13 @@ impl Store {
     /// Makes the newest in-memory state durable unless a write already covered it.
     async fn persist(&self) -> Result<(), StoreError> {
         let mut written = self.writer.lock().await;
-        let (version, bytes) = self.with(|s| {
+        let (version, bytes, keep_invalid) = self.with(|s| {
             s.doc.version = FORMAT_VERSION;
-            (s.version, serde_json::to_vec_pretty(&s.doc))
+            (
+                s.version,
+                serde_json::to_vec_pretty(&s.doc),
+                s.invalid.is_some(),
+            )
         });
         if version <= *written {
             return Ok(());
@@ -240,15 +357,70 @@ impl Store {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
+        let digest = sha(&bytes);
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
-            .await
-            .map_err(|e| StoreError::Io {
-                path: self.path.clone(),
-                source: std::io::Error::other(e),
-            })??;
+        tokio::task::spawn_blocking(move || {
+            if keep_invalid {
+                keep_copy(&path)?;
+            }
+            write_atomic(&path, &bytes)
+        })
+        .await
+        .map_err(|e| StoreError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })??;
+        self.with(|s| {
+            s.disk_sha = Some(digest);
+            s.invalid = None;
+        });
         *written = version;
         Ok(())
+    }
+}
+
+fn sha(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Ids added, records changed and records removed between two versions of the list.
+fn diff(old: &[Record], new: &[Record]) -> Changes {
+    let old_by_id: std::collections::HashMap<&str, &Record> =
+        old.iter().map(|r| (r.id.as_str(), r)).collect();
+    let new_ids: std::collections::HashSet<&str> = new.iter().map(|r| r.id.as_str()).collect();
+    let mut changes = Changes::default();
+    for r in new {
+        match old_by_id.get(r.id.as_str()) {
+            None => changes.added.push(r.id.clone()),
+            Some(before) if *before != r => changes.changed.push((*before).clone()),
+            Some(_) => {}
+        }
+    }
+    changes.removed = old
+        .iter()
+        .filter(|r| !new_ids.contains(r.id.as_str()))
+        .cloned()
+        .collect();
+    changes
+}
+
+/// Copies an invalid records file aside before the host replaces it.
+fn keep_copy(path: &Path) -> Result<(), StoreError> {
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    let name = format!(
+        "{}.invalid-{stamp}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("environments.json")
+    );
+    let copy = path.with_file_name(name);
+    match std::fs::copy(path, &copy) {
+        Ok(_) => {
+            tracing::warn!(copy = %copy.display(), "kept a copy of the invalid records file");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StoreError::Io { path: copy, source }),
     }
 }
 
@@ -313,6 +485,8 @@ mod tests {
             runtime_token_sha256: None,
             last_error: None,
             restarts: 0,
+            restart_policy: RestartPolicy::default(),
+            restart_history: Vec::new(),
             created_at: now(),
             updated_at: now(),
             extra: Map::new(),
@@ -373,7 +547,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn invalid_files_are_refused_with_a_reason() {
+    async fn invalid_files_are_reported_with_a_reason() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("environments.json");
         for (text, needle) in [
@@ -385,9 +559,76 @@ mod tests {
             ),
         ] {
             std::fs::write(&path, text).unwrap();
-            let err = Store::open(path.clone()).unwrap_err().to_string();
+            let store = Store::open(path.clone()).unwrap();
+            let err = store.invalid().expect("reported invalid");
             assert!(err.contains(needle), "{err}");
+            assert!(store.list().is_empty());
         }
+    }
+
+    #[tokio::test]
+    async fn an_invalid_file_is_copied_aside_before_the_first_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("environments.json");
+        std::fs::write(&path, "{broken").unwrap();
+        let store = Store::open(path.clone()).unwrap();
+        store.insert(record("a", "alpha")).await.unwrap();
+        let copies: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("environments.json.invalid-")
+            })
+            .collect();
+        assert_eq!(copies.len(), 1);
+        assert_eq!(
+            std::fs::read_to_string(copies[0].path()).unwrap(),
+            "{broken"
+        );
+        assert!(store.invalid().is_none());
+        assert_eq!(Store::open(path).unwrap().list().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn reload_reports_outside_edits_and_ignores_own_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("environments.json");
+        let store = Store::open(path.clone()).unwrap();
+        store.insert(record("a", "alpha")).await.unwrap();
+        store.insert(record("b", "beta")).await.unwrap();
+        assert_eq!(store.reload().await.unwrap(), None, "own write echoed back");
+
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let list = doc["environments"].as_array_mut().unwrap();
+        list.retain(|r| r["id"] != "b");
+        list[0]["desiredState"] = "running".into();
+        let mut c = serde_json::to_value(record("c", "gamma")).unwrap();
+        c["note"] = "hand-added".into();
+        list.push(c);
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+
+        let changes = store.reload().await.unwrap().expect("changes");
+        assert_eq!(changes.added, vec!["c".to_owned()]);
+        assert_eq!(changes.changed.len(), 1);
+        assert_eq!(
+            changes.changed[0].desired_state,
+            DesiredState::Stopped,
+            "the old record"
+        );
+        assert_eq!(changes.removed.len(), 1);
+        assert_eq!(changes.removed[0].id, "b");
+        assert_eq!(store.get("a").unwrap().desired_state, DesiredState::Running);
+        assert_eq!(store.get("c").unwrap().extra["note"], "hand-added");
+
+        std::fs::write(&path, "{oops").unwrap();
+        assert!(matches!(
+            store.reload().await,
+            Err(StoreError::Invalid { .. })
+        ));
+        assert_eq!(store.list().len(), 2, "last good state stays");
+        assert!(store.invalid().is_some());
     }
 
     #[tokio::test]

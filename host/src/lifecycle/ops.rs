@@ -1,0 +1,270 @@
+//! Operations on one environment — converge, start, stop, fail — each run while
+//! holding the environment's operation lock, every provider call under a timeout.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Env, HubPort, Manager, Status};
+use crate::auth;
+use crate::broker::Capabilities;
+use crate::broker::process::ProcessBroker;
+use crate::engine::{
+    Call, CallError, InitVars, InstanceSetup, ProviderEvent, ProviderHandle, Reply,
+};
+use crate::relay::{CLOSE_GONE, CLOSE_REPLACED};
+use crate::store::{DesiredState, Record};
+
+impl Manager {
+    /// Moves `env` toward its desired state; the caller holds its operation lock.
+    pub(super) async fn converge_locked(&self, env: &Arc<Env>) {
+        let Some(record) = self.shared.store.get(&env.id) else {
+            return;
+        };
+        let (running, status) = {
+            let live = env.live();
+            (live.provider.is_some(), live.status)
+        };
+        match (record.desired_state, running) {
+            (DesiredState::Running, false) => {
+                // A failed first start is left in `error` for a person to look at;
+                // the restart policy covers environments that were running.
+                let _ = self.start_locked(env, record).await;
+            }
+            (DesiredState::Stopped, true) => self.stop_locked(env, false).await,
+            // Stopping an environment that failed acknowledges it; `lastError` stays.
+            (DesiredState::Stopped, false)
+                if !matches!(status, Status::Created | Status::Stopped) =>
+            {
+                self.set_status(env, Status::Stopped);
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts `env`; on failure it is left in `error` and the reason returned.
+    pub(super) async fn start_locked(&self, env: &Arc<Env>, record: Record) -> Result<(), String> {
+        self.set_status(env, Status::Starting);
+        let result = tokio::select! {
+            r = self.try_start(env, record) => r,
+            _ = env.deleting.cancelled() => Err("the environment is being deleted".to_owned()),
+        };
+        if let Err(reason) = &result {
+            tracing::error!(env = %env.id, %reason, "start failed");
+            self.fail(env, reason.clone()).await;
+        }
+        result
+    }
+
+    async fn try_start(&self, env: &Arc<Env>, record: Record) -> Result<(), String> {
+        let s = &self.shared;
+        let provider = s
+            .engine
+            .provider(&record.provider)
+            .ok_or_else(|| format!("provider {:?} is not loaded", record.provider))?;
+        let token = auth::mint_runtime_token(record.runtime_generation + 1);
+        s.store
+            .update(&env.id, |r| {
+                r.runtime_generation = token.generation;
+                r.runtime_token_sha256 = Some(token.sha256.clone());
+                r.last_error = None;
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        // A runtime of an earlier start (say, one that outlived a host crash) is now
+        // stale: cut it off so it reconnects, is refused, and exits.
+        env.hub
+            .close_runtime(CLOSE_REPLACED, "a new start superseded this runtime");
+        let workspace = s.config.workspace_dir(&record.name);
+        tokio::fs::create_dir_all(&workspace)
+            .await
+            .map_err(|e| format!("creating workspace {}: {e}", workspace.display()))?;
+        let caps = Capabilities::new(
+            provider.description.commands.clone(),
+            s.config.grant_for(&provider.description.name),
+        );
+        let limits = &s.config.limits;
+        let broker = ProcessBroker::new(
+            env.id.clone(),
+            caps,
+            workspace.clone(),
+            limits.max_processes,
+            limits.output_tail_bytes,
+        );
+        let (events, rx) = mpsc::unbounded_channel();
+        s.tasks
+            .spawn(persist_events(self.clone(), env.id.clone(), rx));
+        let setup = InstanceSetup {
+            env_id: env.id.clone(),
+            workspace: workspace.clone(),
+            broker,
+            runtime: Arc::new(HubPort(env.hub.clone())),
+            events,
+            state: record.provider_state.clone(),
+        };
+        let handle = s
+            .engine
+            .instantiate(&provider, setup)
+            .await
+            .map_err(|e| e.to_string())?;
+        let init = InitVars {
+            environment_id: env.id.clone(),
+            environment_name: record.name.clone(),
+            project_path: record
+                .config
+                .get("projectPath")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            config: record.config.clone(),
+            resource_id: record.resource_id.clone(),
+            runtime_url: format!("{}/ws/runtime/{}", s.runtime_base, env.id),
+            runtime_token: token.token,
+            workspace_host_path: workspace.display().to_string(),
+        };
+        let call = handle.call(
+            Call::Start(Box::new(init)),
+            s.config.lifecycle.start_timeout,
+        );
+        let outcome = tokio::select! {
+            r = call => r,
+            _ = env.deleting.cancelled() => Err(CallError::Closed("deleted".into())),
+        };
+        let outcome = match outcome {
+            Ok(Reply::Started(outcome)) => outcome,
+            Ok(other) => {
+                handle.shutdown().await;
+                return Err(format!("provider answered start with {other:?}"));
+            }
+            Err(e) => {
+                handle.shutdown().await;
+                return Err(format!("provider start failed: {e}"));
+            }
+        };
+        let persisted = s
+            .store
+            .update(&env.id, |r| {
+                r.resource_id = Some(outcome.resource_id.clone());
+                r.workspace_path = Some(outcome.workspace_path.clone());
+            })
+            .await;
+        if let Err(e) = persisted {
+            handle.shutdown().await;
+            return Err(e.to_string());
+        }
+        let supervision = CancellationToken::new();
+        {
+            let mut live = env.live();
+            live.provider = Some(handle.clone());
+            live.supervision = Some(supervision.clone());
+            live.metadata = outcome.metadata;
+            live.started_at = Some(Instant::now());
+        }
+        tracing::info!(env = %env.id, resource = %outcome.resource_id, "environment running");
+        self.set_status(env, Status::Running);
+        self.supervise(env.clone(), handle, supervision);
+        Ok(())
+    }
+
+    /// Stops the provider instance (`destroy`: and its resource); holds the op lock.
+    pub(super) async fn stop_locked(&self, env: &Env, destroy: bool) {
+        let Some(handle) = self.take_instance(env) else {
+            return;
+        };
+        if !destroy {
+            self.set_status(env, Status::Stopping);
+        }
+        let call = if destroy {
+            Call::Close { destroy: true }
+        } else {
+            Call::Stop
+        };
+        let timeout = self.shared.config.lifecycle.stop_timeout;
+        let result = handle.call(call, timeout).await;
+        handle.shutdown().await;
+        env.hub.close_runtime(CLOSE_GONE, "environment stopped");
+        if destroy {
+            return;
+        }
+        match result {
+            Ok(_) => self.set_status(env, Status::Stopped),
+            Err(e) => {
+                tracing::warn!(env = %env.id, error = %e, "provider stop failed");
+                self.fail(env, format!("provider stop failed: {e}")).await;
+            }
+        }
+    }
+
+    /// Detaches the running instance (ending its supervision) and returns it.
+    pub(super) fn take_instance(&self, env: &Env) -> Option<ProviderHandle> {
+        let mut live = env.live();
+        if let Some(supervision) = live.supervision.take() {
+            supervision.cancel();
+        }
+        live.metadata.clear();
+        live.started_at = None;
+        live.provider.take()
+    }
+
+    /// Records `reason` and puts `env` in `error`.
+    pub(super) async fn fail(&self, env: &Env, reason: String) {
+        if let Err(e) = self
+            .shared
+            .store
+            .update(&env.id, |r| r.last_error = Some(reason.clone()))
+            .await
+        {
+            tracing::warn!(env = %env.id, error = %e, "could not record the failure");
+        }
+        self.set_status(env, Status::Error);
+    }
+
+    pub(super) fn set_status(&self, env: &Env, status: Status) {
+        env.live().status = status;
+        self.announce(env);
+    }
+
+    /// Sends the current status to every app of `env`.
+    pub(super) fn announce(&self, env: &Env) {
+        if let Some(record) = self.shared.store.get(&env.id) {
+            let view = self.view_of(env, record);
+            env.hub.broadcast(view.status_event());
+        }
+    }
+
+    /// A call into a running instance trapped or timed out during an app request:
+    /// the instance is dead, which the environment's supervision handles as a failure.
+    pub(super) fn instance_failed(&self, env: Arc<Env>, handle: ProviderHandle, err: CallError) {
+        let this = self.clone();
+        self.shared.tasks.spawn(async move {
+            this.on_failure(env, handle, err.to_string()).await;
+        });
+    }
+}
+
+async fn persist_events(
+    manager: Manager,
+    id: String,
+    mut rx: mpsc::UnboundedReceiver<ProviderEvent>,
+) {
+    while let Some(event) = rx.recv().await {
+        let result = manager
+            .shared
+            .store
+            .update(&id, |r| match event {
+                ProviderEvent::ResourceId(rid) => r.resource_id = Some(rid),
+                ProviderEvent::StateSet(k, v) => {
+                    r.provider_state.insert(k, v);
+                }
+                ProviderEvent::StateRemoved(k) => {
+                    r.provider_state.remove(&k);
+                }
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::debug!(env = %id, error = %e, "provider state not persisted");
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Outside edits of `environments.json`: the store says what changed, and this
+//! applies it — an added record appears (and starts if it should), a changed desired
+//! state or config takes effect, a removed record is stopped and forgotten.
+
+use std::sync::Arc;
+
+use tracing::Instrument;
+
+use super::{Env, Manager};
+use crate::store::watch::{self, WatchError};
+use crate::store::{Changes, StoreError};
+
+/// Quiet time after the last file event before the file is read again.
+const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl Manager {
+    /// Watches the records file and applies outside edits until shutdown.
+    pub fn watch_records(&self) -> Result<(), WatchError> {
+        let (guard, mut signals) = watch::watch(self.shared.store.path(), DEBOUNCE)?;
+        let this = self.clone();
+        self.shared.tasks.spawn(
+            async move {
+                let _guard = guard;
+                loop {
+                    tokio::select! {
+                        _ = this.shared.closing.cancelled() => return,
+                        signal = signals.recv() => if signal.is_none() { return },
+                    }
+                    this.reload_records().await;
+                }
+            }
+            .instrument(tracing::info_span!("records_watch")),
+        );
+        Ok(())
+    }
+
+    /// Reads the records file again and applies what changed.
+    pub async fn reload_records(&self) {
+        match self.shared.store.reload().await {
+            Ok(Some(changes)) => self.apply(changes),
+            Ok(None) => {}
+            Err(e @ StoreError::Invalid { .. }) => {
+                tracing::error!(error = %e, "records file edited into an invalid state; keeping the last good state")
+            }
+            Err(e) => tracing::error!(error = %e, "reading the records file failed"),
+        }
+    }
+
+    fn apply(&self, changes: Changes) {
+        for id in changes.added {
+            tracing::info!(env = %id, "record added outside the host");
+            let env = Arc::new(Env::new(&id, self.shared.relay.hub(&id)));
+            self.envs().insert(id, env.clone());
+            self.spawn_converge(env);
+        }
+        for before in changes.changed {
+            let (Some(env), Some(after)) =
+                (self.env(&before.id), self.shared.store.get(&before.id))
+            else {
+                continue;
+            };
+            if after.desired_state != before.desired_state {
+                tracing::info!(env = %env.id, desired = ?after.desired_state, "desired state changed outside the host");
+                self.spawn_converge(env);
+            } else if after.config != before.config && env.live().provider.is_some() {
+                tracing::info!(env = %env.id, "config changed outside the host; restarting to apply it");
+                self.spawn_restart(env);
+            }
+        }
+        for gone in changes.removed {
+            tracing::info!(env = %gone.id, "record removed outside the host");
+            let Some(env) = self.envs().remove(&gone.id) else {
+                continue;
+            };
+            let this = self.clone();
+            self.shared.tasks.spawn(async move {
+                env.deleting.cancel();
+                let _op = env.op.lock().await;
+                this.stop_locked(&env, false).await;
+                this.shared.relay.remove(&env.id, "environment removed");
+            });
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! One host per data directory: an advisory lock on `.codebolt/tether.lock`, held for
+//! the life of the process (the OS drops it if the process dies, even by SIGKILL).
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Why the lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds it.
+    #[error("another tether host is already serving {dir} (lock {path} is held{holder})")]
+    Held {
+        dir: PathBuf,
+        path: PathBuf,
+        holder: String,
+    },
+    /// The lock file could not be opened.
+    #[error("lock file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The held lock; dropping it releases it.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    /// Takes the lock of `data_dir` or fails at once.
+    pub fn acquire(data_dir: &Path) -> Result<Self, LockError> {
+        let dir = data_dir.join(".codebolt");
+        let path = dir.join("tether.lock");
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|pid| pid.trim().to_owned())
+                    .filter(|pid| !pid.is_empty())
+                    .map(|pid| format!(" by pid {pid}"))
+                    .unwrap_or_default();
+                return Err(LockError::Held {
+                    dir: data_dir.to_owned(),
+                    path,
+                    holder,
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(io(e)),
+        }
+        // Who holds it, for the message a second host prints.
+        file.set_len(0).map_err(io)?;
+        write!(file, "{}", std::process::id()).map_err(io)?;
+        Ok(Self { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_the_same_directory_fails_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataDirLock::acquire(dir.path()).unwrap();
+        let err = DataDirLock::acquire(dir.path()).unwrap_err();
+        assert!(matches!(err, LockError::Held { .. }));
+        assert!(
+            err.to_string().contains(&std::process::id().to_string()),
+            "{err}"
+        );
+        drop(first);
+        assert!(DataDirLock::acquire(dir.path()).is_ok());
+    }
+}
