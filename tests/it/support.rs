@@ -93,6 +93,12 @@ impl Server {
         }
     }
 
+    /// Kills the server with SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
@@ -273,6 +279,19 @@ impl Ws {
             }
         }
     }
+}
+
+/// Writes `tether.toml` into `dir` (read by the next `Server::start` there).
+pub fn write_config(dir: &Path, toml: &str) {
+    std::fs::write(dir.join("tether.toml"), toml).expect("writing tether.toml");
+}
+
+/// The runtime pid a `local-process` environment reports in its metadata.
+pub fn runtime_pid(env: &Value) -> u32 {
+    env["metadata"]["pid"]
+        .as_str()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no runtime pid in {env}"))
 }
 
 /// Whether process `pid` is gone (or a zombie nobody will run again).

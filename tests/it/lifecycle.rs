@@ -1,0 +1,419 @@
+//! Environments as durable objects: recovery after a crash, live edits of
+//! `environments.json`, one host per data directory, restart policies, and no
+//! acknowledged mutation lost to a SIGKILL.
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{Server, TOKEN, WAIT, runtime_pid, wait_gone, write_config};
+
+/// Fast health checks and restarts, so failures are seen in well under a second.
+const FAST: &str = "[health]\ninterval_ms = 100\ntimeout_ms = 2000\nfailure_threshold = 1\nruntime_grace_ms = 500\n\n[restart]\ninitial_backoff_ms = 300\nmax_backoff_ms = 5000\nmax_retries = 3\nstable_after_ms = 60000\n";
+
+fn write_records(dir: &std::path::Path, doc: &Value) {
+    let path = dir.join(".codebolt/environments.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    // Write beside and rename, as an editor or tool would.
+    let tmp = dir.join(".codebolt/edit.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(doc).unwrap()).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+#[tokio::test]
+async fn after_kill_9_the_environment_comes_back_on_the_same_resource() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let env = server
+        .running_env("durable", "local-process", json!({}))
+        .await;
+    let id = env["id"].as_str().expect("id").to_owned();
+    let resource = env["resourceId"].clone();
+    let first_runtime = runtime_pid(&env);
+    server.kill();
+
+    let server = Server::start(dir.path());
+    let env = server
+        .wait_env(&id, "running again", |e| {
+            e["status"] == "running"
+                && e["runtime"]["connected"] == true
+                && e["metadata"]["pid"]
+                    .as_str()
+                    .is_some_and(|p| p != first_runtime.to_string())
+        })
+        .await;
+    assert_eq!(env["resourceId"], resource);
+    let workspaces: Vec<_> = std::fs::read_dir(dir.path().join(".codebolt/environments"))
+        .unwrap()
+        .collect();
+    assert_eq!(workspaces.len(), 1, "one workspace, reused");
+    // The runtime orphaned by the crash holds a token of the old generation: it is
+    // refused when it reconnects, and exits.
+    wait_gone(first_runtime).await;
+    server.stop();
+}
+
+#[tokio::test]
+async fn hand_edits_of_the_records_file_take_effect() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (_, kept) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "kept", "provider": "local-process"})),
+        )
+        .await;
+    let kept_id = kept["id"].as_str().expect("id").to_owned();
+
+    // Hand-add a record that should run, with a field the host does not know.
+    let mut doc = server.records();
+    doc["environments"].as_array_mut().unwrap().push(json!({
+        "id": "hand-1", "name": "by-hand", "provider": "local-process",
+        "desiredState": "running", "owner": "alice"
+    }));
+    write_records(dir.path(), &doc);
+    let env = server
+        .wait_env("hand-1", "running from a hand edit", |e| {
+            e["status"] == "running" && e["runtime"]["connected"] == true
+        })
+        .await;
+    let pid = runtime_pid(&env);
+
+    // Hand-change it: desired state stopped.
+    let mut doc = server.records();
+    for r in doc["environments"].as_array_mut().unwrap() {
+        if r["id"] == "hand-1" {
+            r["desiredState"] = json!("stopped");
+        }
+    }
+    write_records(dir.path(), &doc);
+    server
+        .wait_env("hand-1", "stopped by a hand edit", |e| {
+            e["status"] == "stopped"
+        })
+        .await;
+    wait_gone(pid).await;
+    let record = server.records()["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "hand-1")
+        .cloned()
+        .expect("record");
+    assert_eq!(
+        record["owner"], "alice",
+        "unknown field survives host rewrites"
+    );
+
+    // Start it again through the API, then hand-remove it: stopped and forgotten.
+    server
+        .call("POST", "/api/v1/environments/hand-1/start", None)
+        .await;
+    let env = server
+        .wait_env("hand-1", "running", |e| {
+            e["status"] == "running" && e["runtime"]["connected"] == true
+        })
+        .await;
+    let pid = runtime_pid(&env);
+    let mut doc = server.records();
+    doc["environments"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|r| r["id"] != "hand-1");
+    write_records(dir.path(), &doc);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, _) = server
+            .call("GET", "/api/v1/environments/hand-1", None)
+            .await;
+        if status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hand-removed record still served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_gone(pid).await;
+    let (status, _) = server
+        .call("GET", &format!("/api/v1/environments/{kept_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "the other record is untouched");
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_broken_file_keeps_the_last_good_state_and_its_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (_, env) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "good", "provider": "local-process"})),
+        )
+        .await;
+    let id = env["id"].as_str().expect("id").to_owned();
+    let path = dir.path().join(".codebolt/environments.json");
+    let broken = "{ \"environments\": [ {\"id\": \"x\" ";
+    std::fs::write(&path, broken).unwrap();
+
+    let deadline = Instant::now() + WAIT;
+    let health = loop {
+        let (_, health) = server.call("GET", "/healthz", None).await;
+        if health["status"] == "degraded" {
+            break health;
+        }
+        assert!(Instant::now() < deadline, "health never degraded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        health["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("records file"),
+        "{health}"
+    );
+    // Still serving the last good state, and the broken text is still there.
+    let (status, _) = server
+        .call("GET", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), broken);
+
+    // The next write keeps a copy of the broken text first.
+    let (status, _) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "after", "provider": "local-process"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let copies: Vec<_> = std::fs::read_dir(dir.path().join(".codebolt"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("environments.json.invalid-")
+        })
+        .collect();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(std::fs::read_to_string(copies[0].path()).unwrap(), broken);
+    let names: HashSet<String> = server.records()["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        names,
+        HashSet::from(["good".to_owned(), "after".to_owned()])
+    );
+    let (_, health) = server.call("GET", "/healthz", None).await;
+    assert_eq!(health["status"], "ok");
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_directory_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("TETHER_API_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .output()
+        .expect("second server");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another tether host is already serving"),
+        "{stderr}"
+    );
+    // The first one is undisturbed.
+    let (status, _) = server.call("GET", "/api/v1/environments", None).await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_killed_runtime_is_restarted_under_on_failure_with_backoff() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), FAST);
+    let server = Server::start(dir.path());
+    let env = server
+        .running_env("phoenix", "local-process", json!({}))
+        .await;
+    let id = env["id"].as_str().expect("id").to_owned();
+    assert_eq!(env["restartPolicy"], "on-failure");
+
+    // Kill the runtime three times; each time it comes back with a new process.
+    let mut pid = runtime_pid(&env);
+    for round in 1..=3u32 {
+        kill(pid);
+        let env = server
+            .wait_env(&id, "restarted", |e| {
+                e["status"] == "running"
+                    && e["runtime"]["connected"] == true
+                    && e["restarts"] == json!(round)
+            })
+            .await;
+        assert!(
+            env["lastError"].is_null(),
+            "a good start clears lastError: {env}"
+        );
+        pid = runtime_pid(&env);
+    }
+    // Backoff grows: restart k+1 comes at least its delay (600 ms, then 1200 ms,
+    // less 20 % jitter) after restart k, however fast the machine detects failures.
+    let env = server
+        .wait_env(&id, "three restarts", |e| e["restarts"] == 3)
+        .await;
+    let times: Vec<time::OffsetDateTime> = env["restartHistory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            time::OffsetDateTime::parse(
+                t.as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(times.len(), 3);
+    let gaps = [times[1] - times[0], times[2] - times[1]];
+    assert!(gaps[0] >= time::Duration::milliseconds(480), "{gaps:?}");
+    assert!(gaps[1] >= time::Duration::milliseconds(960), "{gaps:?}");
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_killed_runtime_is_not_restarted_under_never() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), FAST);
+    let server = Server::start(dir.path());
+    let (status, env) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "once", "provider": "local-process", "start": true, "restartPolicy": "never"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = env["id"].as_str().expect("id").to_owned();
+    let env = server
+        .wait_env(&id, "running", |e| {
+            e["status"] == "running" && e["runtime"]["connected"] == true
+        })
+        .await;
+    kill(runtime_pid(&env));
+    let env = server
+        .wait_env(&id, "in error", |e| e["status"] == "error")
+        .await;
+    assert_eq!(env["restarts"], 0);
+    let reason = env["lastError"].as_str().unwrap_or_default();
+    assert!(reason.contains("runtime"), "{reason}");
+    assert_eq!(
+        env["desiredState"], "running",
+        "the operator's intent is kept"
+    );
+    server.stop();
+}
+
+fn kill(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// SIGKILL the host in the middle of a burst of mutations, many times over: the file
+/// always parses and holds every mutation the API acknowledged.
+#[tokio::test]
+async fn no_acknowledged_mutation_is_lost_to_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut acknowledged: HashSet<String> = HashSet::new();
+    let mut deleted: HashSet<String> = HashSet::new();
+    for round in 0..8 {
+        let server = Server::start(dir.path());
+        let client = reqwest::Client::new();
+        let acks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut burst = tokio::task::JoinSet::new();
+        for i in 0..40 {
+            let (client, base, acks) = (client.clone(), server.base.clone(), acks.clone());
+            burst.spawn(async move {
+                let resp = client
+                    .post(format!("{base}/api/v1/environments"))
+                    .bearer_auth(TOKEN)
+                    .json(&json!({"name": format!("r{round}-{i}"), "provider": "local-process"}))
+                    .send()
+                    .await
+                    .ok()?;
+                if resp.status() != StatusCode::CREATED {
+                    return None;
+                }
+                let body: Value = resp.json().await.ok()?;
+                acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Some(body["id"].as_str()?.to_owned())
+            });
+        }
+        // Also delete something acknowledged earlier, concurrently.
+        if let Some(victim) = acknowledged.iter().next().cloned() {
+            let (client, base) = (client.clone(), server.base.clone());
+            let resp = client
+                .delete(format!("{base}/api/v1/environments/{victim}"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await;
+            if resp.is_ok_and(|r| r.status() == StatusCode::NO_CONTENT) {
+                acknowledged.remove(&victim);
+                deleted.insert(victim);
+            }
+        }
+        // Kill mid-burst, at a different point in each round.
+        let deadline = Instant::now() + WAIT;
+        while acks.load(std::sync::atomic::Ordering::SeqCst) < 2 + 4 * round as usize {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the burst stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        server.kill();
+        while let Some(done) = burst.join_next().await {
+            if let Ok(Some(id)) = done {
+                acknowledged.insert(id);
+            }
+        }
+        let text = std::fs::read_to_string(dir.path().join(".codebolt/environments.json"))
+            .unwrap_or_else(|_| "{\"environments\": []}".into());
+        let doc: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("round {round}: file does not parse: {e}\n{text}"));
+        let on_disk: HashSet<String> = doc["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect();
+        let missing: Vec<_> = acknowledged.difference(&on_disk).collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: acknowledged but lost: {missing:?}"
+        );
+        let resurrected: Vec<_> = deleted.intersection(&on_disk).collect();
+        assert!(
+            resurrected.is_empty(),
+            "round {round}: deleted but back: {resurrected:?}"
+        );
+    }
+    assert!(!acknowledged.is_empty(), "the bursts acknowledged nothing");
+}
