@@ -90,7 +90,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    println!("store: {WRITERS} concurrent writers, {RUN:?} per size, every mutation durable (fsync) before it returns");
+    println!(
+        "store: {WRITERS} concurrent writers, {RUN:?} per size, every mutation durable (fsync) before it returns"
+    );
     println!(
         "{:>12} {:>12} {:>16} {:>16} {:>12}",
         "environments", "mutations/s", "p50 to durable", "p99 to durable", "file size"

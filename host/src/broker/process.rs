@@ -402,15 +402,48 @@ mod tests {
         ));
     }
 
+    /// Members of process group `pgid` that still run (zombies do not count: they
+    /// are dead and only wait for their parent, possibly a slow init, to reap them).
+    fn running_in_group(pgid: i32) -> usize {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|stat| {
+                let Some((_, rest)) = stat.rsplit_once(')') else {
+                    return false;
+                };
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                // state is field 3, pgrp field 5 (1-based, counting pid and comm).
+                fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z"
+            })
+            .count()
+    }
+
     #[tokio::test]
     async fn dropping_kills_the_group() {
         let dir = tempfile::tempdir().unwrap();
         let b = broker(dir.path(), 4);
         let child = b.spawn(sh("sleep 30 & sleep 30")).unwrap();
         let pid = child.pid() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while running_in_group(pid) < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the group never started"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         drop(child);
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        // The group is gone: signalling it fails.
-        assert!(killpg(Pid::from_raw(pid), None).is_err());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while running_in_group(pid) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the group outlived its handle"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }

@@ -275,30 +275,16 @@ impl Manager {
                 req.provider
             )));
         }
-        let now = crate::store::now();
-        let record = Record {
-            id: uuid::Uuid::new_v4().to_string(),
-            name: req.name,
-            provider: req.provider,
-            config: req.config,
-            desired_state: if req.start {
-                DesiredState::Running
-            } else {
-                DesiredState::Stopped
-            },
-            resource_id: None,
-            workspace_path: None,
-            provider_state: BTreeMap::new(),
-            runtime_generation: 0,
-            runtime_token_sha256: None,
-            last_error: None,
-            restarts: 0,
-            restart_policy: req.restart_policy,
-            restart_history: Vec::new(),
-            created_at: now.clone(),
-            updated_at: now,
-            extra: Map::new(),
-        };
+        let mut record = Record::new(
+            uuid::Uuid::new_v4().to_string(),
+            req.name,
+            req.provider,
+            req.config,
+        );
+        record.restart_policy = req.restart_policy;
+        if req.start {
+            record.desired_state = DesiredState::Running;
+        }
         let id = record.id.clone();
         self.shared.store.insert(record).await?;
         let env = Arc::new(Env::new(&id, self.shared.relay.hub(&id)));

@@ -105,6 +105,32 @@ pub struct Record {
     pub extra: Map<String, Value>,
 }
 
+impl Record {
+    /// A new, never-started record stamped now.
+    pub fn new(id: String, name: String, provider: String, config: Map<String, Value>) -> Self {
+        let now = now();
+        Self {
+            id,
+            name,
+            provider,
+            config,
+            desired_state: DesiredState::Stopped,
+            resource_id: None,
+            workspace_path: None,
+            provider_state: BTreeMap::new(),
+            runtime_generation: 0,
+            runtime_token_sha256: None,
+            last_error: None,
+            restarts: 0,
+            restart_policy: RestartPolicy::default(),
+            restart_history: Vec::new(),
+            created_at: now.clone(),
+            updated_at: now,
+            extra: Map::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Document {
     #[serde(default)]
@@ -472,25 +498,7 @@ mod tests {
     use super::*;
 
     fn record(id: &str, name: &str) -> Record {
-        Record {
-            id: id.into(),
-            name: name.into(),
-            provider: "local-process".into(),
-            config: Map::new(),
-            desired_state: DesiredState::Stopped,
-            resource_id: None,
-            workspace_path: None,
-            provider_state: BTreeMap::new(),
-            runtime_generation: 0,
-            runtime_token_sha256: None,
-            last_error: None,
-            restarts: 0,
-            restart_policy: RestartPolicy::default(),
-            restart_history: Vec::new(),
-            created_at: now(),
-            updated_at: now(),
-            extra: Map::new(),
-        }
+        Record::new(id.into(), name.into(), "local-process".into(), Map::new())
     }
 
     #[tokio::test]
