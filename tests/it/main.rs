@@ -6,5 +6,6 @@
 
 mod api;
 mod lifecycle;
+mod providers;
 mod spine;
 mod support;

@@ -14,6 +14,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Message, http};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
+/// Paths of the guest components built from `guest-providers/` (one constant each).
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
 /// The API token every test server uses.
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
