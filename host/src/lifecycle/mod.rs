@@ -83,7 +83,6 @@ struct Live {
     /// Cancelled when the running instance is taken down (ends its supervision).
     supervision: Option<CancellationToken>,
     metadata: BTreeMap<String, String>,
-    started_at: Option<Instant>,
     /// Policy restarts in a row (reset after a stable period).
     attempt: u32,
     last_failure: Option<Instant>,

@@ -2,7 +2,6 @@
 //! holding the environment's operation lock, every provider call under a timeout.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -160,7 +159,6 @@ impl Manager {
             live.provider = Some(handle.clone());
             live.supervision = Some(supervision.clone());
             live.metadata = outcome.metadata;
-            live.started_at = Some(Instant::now());
         }
         tracing::info!(env = %env.id, resource = %outcome.resource_id, "environment running");
         self.set_status(env, Status::Running);
@@ -204,7 +202,6 @@ impl Manager {
             supervision.cancel();
         }
         live.metadata.clear();
-        live.started_at = None;
         live.provider.take()
     }
 
