@@ -65,6 +65,28 @@ fn main() {
         }
     }
     std::fs::write(out_dir.join("guests.rs"), consts).expect("writing guests.rs");
+    write_sdk_sources(&guests.join("sdk/src"), &out_dir.join("sdk_sources.rs"));
+}
+
+/// Lists the SDK's source files for `tether provider new`, which vendors them into a
+/// new provider crate: every file, so the scaffold can never miss one.
+fn write_sdk_sources(dir: &Path, out: &Path) {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("guest-providers/sdk/src")
+        .map(|e| e.expect("sdk entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    files.sort();
+    let mut code = String::from("&[\n");
+    for f in files {
+        let name = f.file_name().and_then(|n| n.to_str()).expect("utf-8 name");
+        code.push_str(&format!(
+            "    ({name:?}, include_str!({:?})),\n",
+            f.display().to_string()
+        ));
+    }
+    code.push_str("]\n");
+    std::fs::write(out, code).expect("writing sdk_sources.rs");
 }
 
 /// Installs the wasm target with rustup if this toolchain lacks it.

@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{DEFAULT_LISTEN, ServeConfig};
 use crate::reference_runtime::{self, RuntimeConfig};
-use crate::server;
+use crate::{scaffold, server};
 
 /// Tether: a control plane for remote agent environments.
 #[derive(Debug, Parser)]
@@ -39,6 +39,23 @@ enum Command {
     },
     /// Run the reference runtime (reads TETHER_RUNTIME_URL and TETHER_RUNTIME_TOKEN).
     Runtime,
+    /// Work with provider components.
+    Provider {
+        #[command(subcommand)]
+        command: ProviderCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProviderCommand {
+    /// Write a new provider crate on the SDK, ready to build for wasm32-wasip2.
+    New {
+        /// Provider (and crate) name: lowercase letters, digits and '-'.
+        name: String,
+        /// Where to write it (default: ./NAME).
+        #[arg(long)]
+        path: Option<PathBuf>,
+    },
 }
 
 /// Parses the command line, runs the command and turns its outcome into an exit code.
@@ -71,6 +88,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Runtime => {
             let config = RuntimeConfig::from_env()?;
             rt.block_on(reference_runtime::run(config, server::shutdown_signal()))?;
+        }
+        Command::Provider {
+            command: ProviderCommand::New { name, path },
+        } => {
+            let dir = path.unwrap_or_else(|| PathBuf::from(&name));
+            scaffold::new_provider(&name, &dir)?;
+            println!("wrote provider {name} in {}", dir.display());
+            println!(
+                "build it: cd {} && cargo build --release --target wasm32-wasip2",
+                dir.display()
+            );
         }
     }
     Ok(())

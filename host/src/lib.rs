@@ -14,7 +14,8 @@
 //! - [`relay`] joins a runtime connection with its apps, routing by thread.
 //! - [`auth`] holds the API token and mints runtime tokens; [`config`] the operator's
 //!   settings from flags and `tether.toml`.
-//! - [`reference_runtime`] is the runtime `tether runtime` runs inside an environment.
+//! - [`reference_runtime`] is the runtime `tether runtime` runs inside an environment;
+//!   [`scaffold`] writes a new provider crate (`tether provider new`).
 
 pub mod api;
 pub mod auth;
@@ -25,5 +26,6 @@ pub mod engine;
 pub mod lifecycle;
 pub mod reference_runtime;
 pub mod relay;
+pub mod scaffold;
 pub mod server;
 pub mod store;
