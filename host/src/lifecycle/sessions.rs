@@ -11,7 +11,8 @@ use super::messages::{self, PROVIDER_TYPES};
 use super::{Env, LifecycleError, Manager};
 use crate::auth;
 use crate::engine::CallError;
-use crate::relay::Outbox;
+use crate::relay::protocol::{ACK, Head};
+use crate::relay::{Outbox, RelayError, Resume, StreamKey};
 use crate::store::DesiredState;
 
 /// A connected runtime. Dropping it detaches it from the hub.
@@ -27,15 +28,26 @@ pub struct RuntimeSession {
 pub struct AppSession {
     manager: Manager,
     env: Arc<Env>,
+    key: StreamKey,
     conn: u64,
+}
+
+/// Why a WebSocket session was not admitted.
+fn refused(e: RelayError) -> LifecycleError {
+    match e {
+        RelayError::TooManyConnections(_) => LifecycleError::TooManyConnections(e.to_string()),
+        other => LifecycleError::Conflict(other.to_string()),
+    }
 }
 
 impl Manager {
     /// Admits the runtime of environment `id` if `token` is its current token.
+    /// `resume` continues a resumable session (see `docs/protocol.md`).
     pub fn attach_runtime(
         &self,
         id: &str,
         token: &str,
+        resume: Option<Resume>,
     ) -> Result<(RuntimeSession, Outbox), LifecycleError> {
         let record = self
             .shared
@@ -53,53 +65,54 @@ impl Manager {
         if record.desired_state != DesiredState::Running {
             return Err(LifecycleError::Conflict("environment is stopped".into()));
         }
-        let outbox = env
-            .hub
-            .attach_runtime()
-            .map_err(|e| LifecycleError::Conflict(e.to_string()))?;
+        let outbox = env.hub.attach_runtime(resume).map_err(refused)?;
         self.announce(&env);
         let session = RuntimeSession {
             manager: self.clone(),
             env,
-            conn: outbox.id,
+            conn: outbox.id(),
         };
         Ok((session, outbox))
     }
 
-    /// Admits an app to environment `id` on `thread`.
+    /// Admits an app to environment `id` on `thread`, resuming its session if `resume`
+    /// names one.
     pub fn attach_app(
         &self,
         id: &str,
         thread: Option<String>,
+        resume: Option<Resume>,
     ) -> Result<(AppSession, Outbox), LifecycleError> {
         let env = self
             .env(id)
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
-        let outbox = env
-            .hub
-            .attach_app(thread)
-            .map_err(|e| LifecycleError::Conflict(e.to_string()))?;
+        let outbox = env.hub.attach_app(thread, resume).map_err(refused)?;
         let session = AppSession {
             manager: self.clone(),
             env: env.clone(),
-            conn: outbox.id,
+            key: outbox.key(),
+            conn: outbox.id(),
         };
         // The app learns where things stand right away.
         if let Some(record) = self.shared.store.get(id) {
             let view = self.view_of(&env, record);
-            env.hub.send_to_app(outbox.id, view.status_event());
+            env.hub.send_to_app(outbox.key(), view.status_event());
         }
         Ok((session, outbox))
     }
 }
 
 impl RuntimeSession {
-    /// A text frame from the runtime: routed to apps by its `threadId`.
+    /// A text frame from the runtime: an acknowledgement, or a message routed to apps
+    /// by its `threadId`.
     pub fn receive(&self, text: String) {
-        let thread = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v.get("threadId").and_then(Value::as_str).map(str::to_owned));
-        self.env.hub.from_runtime(text, thread.as_deref());
+        let hub = &self.env.hub;
+        let head = Head::parse(&text).unwrap_or_default();
+        if let Some(seq) = head.ack() {
+            return hub.acknowledge(StreamKey::Runtime, self.conn, seq);
+        }
+        let thread = head.thread.map(|t| t.into_owned());
+        hub.from_runtime(self.conn, text, thread.as_deref());
     }
 }
 
@@ -124,15 +137,29 @@ impl AppSession {
     /// types, relayed to the runtime otherwise.
     pub fn receive(&self, text: &str) {
         let hub = &self.env.hub;
-        let mut msg = match serde_json::from_str::<Value>(text) {
+        let key = self.key;
+        let parsed = serde_json::from_str::<Value>(text);
+        if let Ok(msg) = &parsed
+            && msg["type"] == ACK
+        {
+            if let Some(seq) = msg["received"].as_u64() {
+                hub.acknowledge(key, self.conn, seq);
+            }
+            return;
+        }
+        // Counted before anything else, so a resuming app never sends a frame twice.
+        if !hub.received(key, self.conn) {
+            return;
+        }
+        let mut msg = match parsed {
             Ok(Value::Object(m)) => m,
             Ok(_) => {
                 let frame = error_frame("invalid_message", "a message must be a JSON object", None);
-                return hub.send_to_app(self.conn, frame);
+                return hub.send_to_app(key, frame);
             }
             Err(e) => {
                 let frame = error_frame("invalid_message", &format!("invalid JSON: {e}"), None);
-                return hub.send_to_app(self.conn, frame);
+                return hub.send_to_app(key, frame);
             }
         };
         let Some(kind) = msg.get("type").and_then(Value::as_str).map(str::to_owned) else {
@@ -141,18 +168,21 @@ impl AppSession {
                 "a message needs a string `type`",
                 msg.get("requestId"),
             );
-            return hub.send_to_app(self.conn, frame);
+            return hub.send_to_app(key, frame);
         };
-        if !msg.contains_key("threadId")
-            && let Some(thread) = hub.app_thread(self.conn)
-        {
-            msg.insert("threadId".into(), Value::String(thread));
-        }
+        // Re-serialise only when the thread has to be added.
+        let text = match hub.app_thread(key) {
+            Some(thread) if !msg.contains_key("threadId") => {
+                msg.insert("threadId".into(), Value::String(thread));
+                Value::Object(msg.clone()).to_string()
+            }
+            _ => text.to_owned(),
+        };
         if self.handled_by_provider(&kind) {
             self.provider_request(kind, msg);
-        } else if let Err(e) = hub.from_app(self.conn, msg.clone()) {
+        } else if let Err(e) = hub.to_runtime(text) {
             let frame = error_frame("not_delivered", &e.to_string(), msg.get("requestId"));
-            hub.send_to_app(self.conn, frame);
+            hub.send_to_app(key, frame);
         }
     }
 
@@ -173,7 +203,7 @@ impl AppSession {
     fn provider_request(&self, kind: String, msg: Map<String, Value>) {
         let env = self.env.clone();
         let manager = self.manager.clone();
-        let conn = self.conn;
+        let key = self.key;
         let span = tracing::debug_span!("provider_request", env = %env.id, kind = %kind);
         self.manager.shared.tasks.spawn(
             async move {
@@ -199,7 +229,7 @@ impl AppSession {
                     }
                 };
                 env.hub
-                    .send_to_app(conn, messages::event(&kind, &request_id, outcome));
+                    .send_to_app(key, messages::event(&kind, &request_id, outcome));
             }
             .instrument(span),
         );
@@ -208,6 +238,13 @@ impl AppSession {
 
 impl Drop for AppSession {
     fn drop(&mut self) {
-        self.env.hub.detach_app(self.conn);
+        self.env.hub.detach_app(self.key, self.conn);
+    }
+}
+
+impl Manager {
+    /// The relay's windows, limits and liveness settings.
+    pub fn relay_config(&self) -> &crate::config::RelayConfig {
+        &self.shared.config.relay
     }
 }
