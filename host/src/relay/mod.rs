@@ -111,6 +111,7 @@ impl Outbox {
     /// order (numbered on a resumable connection, acknowledged as written otherwise).
     pub fn take(&self, out: &mut Vec<String>) -> Take {
         let mut frames = Vec::new();
+        let before = out.len();
         {
             let mut s = self.hub.lock();
             let Some(stream) = s.stream(self.key) else {
@@ -128,7 +129,7 @@ impl Outbox {
                 stream.window.ack(conn.sent);
             }
         }
-        if out.is_empty() && frames.is_empty() {
+        if out.len() == before && frames.is_empty() {
             return Take::Idle;
         }
         for (seq, text) in frames {
