@@ -5,5 +5,6 @@
 #![allow(unreachable_pub)]
 
 mod api;
+mod relay;
 mod spine;
 mod support;

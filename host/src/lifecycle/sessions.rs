@@ -86,18 +86,22 @@ impl Manager {
         let env = self
             .env(id)
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
-        let outbox = env.hub.attach_app(thread, resume).map_err(refused)?;
+        // The app learns where things stand right away.
+        let greeting = self
+            .shared
+            .store
+            .get(id)
+            .map(|record| self.view_of(&env, record).status_event());
+        let outbox = env
+            .hub
+            .attach_app(thread, resume, greeting)
+            .map_err(refused)?;
         let session = AppSession {
             manager: self.clone(),
             env: env.clone(),
             key: outbox.key(),
             conn: outbox.id(),
         };
-        // The app learns where things stand right away.
-        if let Some(record) = self.shared.store.get(id) {
-            let view = self.view_of(&env, record);
-            env.hub.send_to_app(outbox.key(), view.status_event());
-        }
         Ok((session, outbox))
     }
 }

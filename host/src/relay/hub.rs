@@ -273,11 +273,14 @@ impl Hub {
         self.lock().runtime.conn.is_some()
     }
 
-    /// Accepts an app connection on `thread`, resuming its session if it names one.
+    /// Accepts an app connection on `thread`, resuming its session if it names one;
+    /// `greeting` is queued for it first (before the connection counts as reading, so
+    /// a resumed session whose window is full is not closed for it).
     pub fn attach_app(
         self: &Arc<Self>,
         thread: Option<String>,
         resume: Option<Resume>,
+        greeting: Option<String>,
     ) -> Result<super::Outbox, RelayError> {
         let (mut conn, closed) = self.new_conn(resume.is_some());
         let mut s = self.lock();
@@ -298,6 +301,9 @@ impl Hub {
             .entry(id)
             .or_insert_with(|| Stream::new(&self.config, None));
         stream.thread = thread;
+        if let Some(greeting) = greeting {
+            stream.offer(&greeting.into());
+        }
         stream.connect(&mut conn, resume.as_ref());
         let outbox = super::Outbox::new(self.clone(), StreamKey::App(id), &conn, closed);
         stream.conn = Some(conn);

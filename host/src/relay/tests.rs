@@ -34,8 +34,8 @@ fn resume(session: &str, last: u64) -> Option<Resume> {
 fn routes_by_thread_and_broadcasts_without_one() {
     let hub = hub(16);
     let rt = hub.attach_runtime(None).unwrap();
-    let t1 = hub.attach_app(Some("t1".into()), None).unwrap();
-    let t2 = hub.attach_app(Some("t2".into()), None).unwrap();
+    let t1 = hub.attach_app(Some("t1".into()), None, None).unwrap();
+    let t2 = hub.attach_app(Some("t2".into()), None, None).unwrap();
     hub.from_runtime(rt.id(), "\"for-t1\"".into(), Some("t1"));
     hub.from_runtime(rt.id(), "\"for-all\"".into(), None);
     assert_eq!(drain(&t1), vec![json!("for-t1"), json!("for-all")]);
@@ -88,7 +88,7 @@ fn a_resuming_runtime_gets_exactly_what_it_had_not_acknowledged() {
 fn the_host_counts_and_acknowledges_peer_frames_per_session() {
     let hub = hub(16);
     let rt = hub.attach_runtime(resume("r", 0)).unwrap();
-    let _app = hub.attach_app(None, None).unwrap();
+    let _app = hub.attach_app(None, None, None).unwrap();
     for _ in 0..3 {
         hub.from_runtime(rt.id(), "{}".into(), None);
     }
@@ -106,8 +106,8 @@ fn the_host_counts_and_acknowledges_peer_frames_per_session() {
 fn a_slow_plain_app_is_closed_and_others_keep_receiving() {
     let hub = hub(4);
     let rt = hub.attach_runtime(None).unwrap();
-    let slow = hub.attach_app(None, None).unwrap();
-    let fast = hub.attach_app(None, None).unwrap();
+    let slow = hub.attach_app(None, None, None).unwrap();
+    let fast = hub.attach_app(None, None, None).unwrap();
     for i in 0..10 {
         hub.from_runtime(rt.id(), i.to_string(), None);
         assert_eq!(drain(&fast), vec![json!(i)]);
@@ -123,7 +123,7 @@ fn a_slow_plain_app_is_closed_and_others_keep_receiving() {
 fn a_slow_resumable_app_is_closed_and_told_what_it_lost() {
     let hub = hub(4);
     let rt = hub.attach_runtime(None).unwrap();
-    let app = hub.attach_app(None, resume("a", 0)).unwrap();
+    let app = hub.attach_app(None, resume("a", 0), None).unwrap();
     for i in 1..=6 {
         hub.from_runtime(rt.id(), json!({"n": i}).to_string(), None);
     }
@@ -133,7 +133,7 @@ fn a_slow_resumable_app_is_closed_and_told_what_it_lost() {
         Take::Closed(Some(CloseReason { code: CLOSE_TOO_SLOW, .. }))
     ));
     hub.detach_app(app.key(), app.id());
-    let app = hub.attach_app(None, resume("a", 0)).unwrap();
+    let app = hub.attach_app(None, resume("a", 0), None).unwrap();
     let got = drain(&app);
     assert_eq!(got[1], json!({"type": "relayLost", "from": 1, "to": 2, "count": 2}));
     let ns: Vec<_> = got[2..].iter().map(|m| m["n"].clone()).collect();
@@ -143,9 +143,9 @@ fn a_slow_resumable_app_is_closed_and_told_what_it_lost() {
 #[test]
 fn connections_are_limited_per_environment() {
     let hub = hub(4);
-    let _kept: Vec<_> = (0..4).map(|_| hub.attach_app(None, None).unwrap()).collect();
+    let _kept: Vec<_> = (0..4).map(|_| hub.attach_app(None, None, None).unwrap()).collect();
     assert_eq!(
-        hub.attach_app(None, None).unwrap_err(),
+        hub.attach_app(None, None, None).unwrap_err(),
         RelayError::TooManyConnections(4)
     );
 }
