@@ -98,8 +98,10 @@ async fn run() -> anyhow::Result<()> {
     //     replays anything numbered after `last_seq` and says how many of our frames it had.
     drop(ws);
     let mut ws = connect(&format!("{url}&resume={last_seq}"), &auth).await?;
-    ws.send(Message::text(json!({"type": "relayAck", "received": last_seq}).to_string()))
-        .await?;
+    ws.send(Message::text(
+        json!({"type": "relayAck", "received": last_seq}).to_string(),
+    ))
+    .await?;
 
     // 6. Exec: output arrives in `execOutput` chunks, then one `execExit` with the exit code.
     let exec = json!({ "type": "exec", "requestId": "2", "command": ["uname", "-a"] });
@@ -165,9 +167,8 @@ async fn connect(url: &str, auth: &str) -> anyhow::Result<Ws> {
     Ok(ws)
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Reads messages until one answers `request_id`, skipping others (such as `environmentStatus`)
 /// and noting each message's `relaySeq`.
@@ -192,7 +193,10 @@ where
             *last_seq = seq;
         }
         if msg["type"] == "relayLost" {
-            println!("(the host could not replay messages {} to {})", msg["from"], msg["to"]);
+            println!(
+                "(the host could not replay messages {} to {})",
+                msg["from"], msg["to"]
+            );
         }
         if msg["requestId"] == request_id {
             if msg["type"] == "error" {

@@ -24,6 +24,7 @@ use tokio::sync::Barrier;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Message, http::HeaderValue};
 
+#[allow(dead_code, unreachable_pub)] // generated: one constant per guest, not all used here
 mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
@@ -58,7 +59,9 @@ async fn run(pairs: Vec<usize>) -> Res<()> {
     let server = Server::start(dir.path())?;
     eprintln!("creating {most} handoff environments…");
     let runtimes = server.environments(most).await?;
-    println!("| pairs | direct rt/s | relay rt/s | direct p50 | relay p50 | direct p99 | relay p99 | p99 relay/direct |");
+    println!(
+        "| pairs | direct rt/s | relay rt/s | direct p50 | relay p50 | direct p99 | relay p99 | p99 relay/direct |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &pairs {
         let per_pair = (ROUND_TRIPS / n).max(MIN_PER_PAIR);
@@ -190,13 +193,16 @@ impl Server {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(url: &str, token: Option<&str>) -> Res<Ws> {
     let mut req = url.into_client_request()?;
     if let Some(token) = token {
-        req.headers_mut()
-            .insert("authorization", HeaderValue::from_str(&format!("Bearer {token}"))?);
+        req.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
     }
     Ok(tokio_tungstenite::connect_async(req).await?.0)
 }
@@ -222,7 +228,9 @@ async fn app(mut ws: Ws, count: usize, start: Arc<Barrier>) -> Res<Histogram<u64
         ws.send(Message::Text(payload.clone().into())).await?;
         loop {
             match ws.next().await {
-                Some(Ok(Message::Text(t))) if t.as_str().starts_with("{\"type\":\"bench\"") => break,
+                Some(Ok(Message::Text(t))) if t.as_str().starts_with("{\"type\":\"bench\"") => {
+                    break;
+                }
                 Some(Ok(_)) => continue,
                 _ => return Err("connection ended".into()),
             }

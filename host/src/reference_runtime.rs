@@ -99,7 +99,11 @@ pub async fn run(
     config: RuntimeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RuntimeError> {
-    let session = format!("rt-{}-{:08x}", std::process::id(), rand::rng().random::<u32>());
+    let session = format!(
+        "rt-{}-{:08x}",
+        std::process::id(),
+        rand::rng().random::<u32>()
+    );
     let peer = Mutex::new(PeerState::new(session));
     request(&config, &peer)?; // reject a malformed URL or token up front, not forever
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -145,7 +149,8 @@ async fn connect_loop(
 ) -> Result<(), RuntimeError> {
     let mut backoff = INITIAL_BACKOFF;
     loop {
-        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect_async(request(config, &out.peer)?));
+        let attempt =
+            tokio::time::timeout(CONNECT_TIMEOUT, connect_async(request(config, &out.peer)?));
         let outcome = tokio::select! {
             _ = &mut shutdown => return Ok(()),
             outcome = attempt => outcome,
@@ -206,7 +211,10 @@ where
     };
     tracing::info!(resent = resend.len(), "resumed the relay session");
     for frame in resend {
-        write.feed(Message::text(frame)).await.map_err(|e| e.to_string())?;
+        write
+            .feed(Message::text(frame))
+            .await
+            .map_err(|e| e.to_string())?;
     }
     write.flush().await.map_err(|e| e.to_string())
 }
@@ -275,7 +283,8 @@ where
                 biased;
                 _ = flush.notified() => {
                     // The reader marked an acknowledgement due; send the latest count.
-                    match lock(&out.peer).ack(true) {
+                    let ack = lock(&out.peer).ack(true);
+                    match ack {
                         Some(ack) => write.send(Message::text(ack)).await,
                         None => write.flush().await,
                     }

@@ -13,7 +13,10 @@ use crate::support::{Server, TOKEN, Ws};
 /// frames to send again.
 async fn runtime(url: &str, token: &str, peer: Option<&mut PeerState>) -> (Ws, Vec<String>) {
     let Some(peer) = peer else {
-        return (Ws::connect(url, Some(token)).await.expect("runtime"), Vec::new());
+        return (
+            Ws::connect(url, Some(token)).await.expect("runtime"),
+            Vec::new(),
+        );
     };
     let mut ws = Ws::connect(&format!("{url}?{}", peer.query()), Some(token))
         .await
@@ -34,7 +37,8 @@ async fn relay_routes_by_thread_broadcasts_and_keeps_order() {
     let mut t1 = server.app(&id, "t1").await;
     let mut t2 = server.app(&id, "t2").await;
 
-    rt.send(json!({"type": "x", "threadId": "t1", "n": 1})).await;
+    rt.send(json!({"type": "x", "threadId": "t1", "n": 1}))
+        .await;
     rt.send(json!({"type": "all", "n": 2})).await;
     assert_eq!(t1.next().await["n"], 1);
     assert_eq!(t1.next().await["n"], 2);
@@ -55,7 +59,8 @@ async fn relay_routes_by_thread_broadcasts_and_keeps_order() {
     }
     // Runtime → app order holds too.
     for n in 0..200 {
-        rt.send(json!({"type": "r", "threadId": "t2", "n": n})).await;
+        rt.send(json!({"type": "r", "threadId": "t2", "n": n}))
+            .await;
     }
     for n in 0..200 {
         assert_eq!(t2.next().await["n"], n);
@@ -89,7 +94,10 @@ async fn relay_10000_messages_survive_runtime_cuts_exactly_once_in_order() {
         };
         match peer.on_frame(&text) {
             Incoming::Message(msg) if msg["type"] == "m" => {
-                assert_eq!(msg["n"], expected, "app → runtime out of order or duplicated");
+                assert_eq!(
+                    msg["n"], expected,
+                    "app → runtime out of order or duplicated"
+                );
                 expected += 1;
             }
             Incoming::Message(_) | Incoming::Nothing => {}
@@ -124,11 +132,15 @@ async fn relay_10000_messages_survive_runtime_cuts_exactly_once_in_order() {
     let mut expected = 1;
     while expected <= N {
         let msg = app.next().await;
-        assert_eq!(msg["n"], expected, "runtime → app out of order or duplicated");
+        assert_eq!(
+            msg["n"], expected,
+            "runtime → app out of order or duplicated"
+        );
         expected += 1;
     }
     // Nothing more: a marker sent last is the very next message.
-    rt.send_text(&peer.send(json!({"type": "end"}).to_string())).await;
+    rt.send_text(&peer.send(json!({"type": "end"}).to_string()))
+        .await;
     assert_eq!(app.next().await["type"], "end");
     server.stop();
 }
@@ -214,7 +226,10 @@ async fn relay_slow_consumer_is_closed_told_its_loss_and_others_keep_pace() {
     let (mut lost, mut got, mut last_n) = (0, 0, 0);
     while peer.last_seq() < N + 2 {
         let Some(text) = slow.next_text().await else {
-            panic!("resumed connection ended at {last_n}; log:\n{}", server.log())
+            panic!(
+                "resumed connection ended at {last_n}; log:\n{}",
+                server.log()
+            )
         };
         match peer.on_frame(&text) {
             Incoming::Lost(from, to) => lost += to - from + 1,
@@ -243,8 +258,11 @@ async fn relay_limits_message_size_and_connections() {
     let (id, url, token) = server.handoff_env("limits").await;
     let (mut rt, _) = runtime(&url, &token, None).await;
     let mut big = server.app(&id, "t").await;
-    big.send_text(&format!("{{\"type\":\"m\",\"pad\":\"{}\"}}", "x".repeat(100 << 10)))
-        .await;
+    big.send_text(&format!(
+        "{{\"type\":\"m\",\"pad\":\"{}\"}}",
+        "x".repeat(100 << 10)
+    ))
+    .await;
     assert_eq!(big.close_code().await, Some(1009));
     // The runtime and two apps fill the environment; a third app is refused.
     let _a = server.app(&id, "t").await;
@@ -270,7 +288,11 @@ async fn relay_auth_wrong_tokens_browser_subprotocol_and_foreign_runtime() {
     );
     // Runtime A's token does not admit it to B, nor B's to A; the API token admits no runtime.
     let url_b = server.ws_url(&format!("/ws/runtime/{b}"));
-    for (url, token) in [(&url_b, &token_a), (&url_a, &token_b), (&url_a, &TOKEN.to_owned())] {
+    for (url, token) in [
+        (&url_b, &token_a),
+        (&url_a, &token_b),
+        (&url_a, &TOKEN.to_owned()),
+    ] {
         assert_eq!(
             Ws::connect(url, Some(token)).await.err(),
             Some(StatusCode::UNAUTHORIZED)

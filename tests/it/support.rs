@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::{Message, http};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 /// Paths of the guest components built by `host/build.rs`.
+#[allow(dead_code, unreachable_pub)] // generated: one constant per guest, not all used here
 mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
@@ -41,7 +42,8 @@ impl Server {
     pub fn start_with_handoff(data_dir: &Path, config: &str) -> Server {
         let providers = data_dir.join(".codebolt/providers");
         std::fs::create_dir_all(&providers).expect("providers dir");
-        std::fs::copy(guests::HANDOFF, providers.join("handoff.wasm")).expect("copying handoff.wasm");
+        std::fs::copy(guests::HANDOFF, providers.join("handoff.wasm"))
+            .expect("copying handoff.wasm");
         std::fs::write(data_dir.join("tether.toml"), config).expect("tether.toml");
         Server::start(data_dir)
     }
@@ -52,7 +54,8 @@ impl Server {
         let (status, env) = self.call("POST", "/api/v1/environments", Some(body)).await;
         assert_eq!(status, StatusCode::CREATED, "{env}");
         let id = env["id"].as_str().expect("id").to_owned();
-        self.wait_env(&id, "running", |e| e["status"] == "running").await;
+        self.wait_env(&id, "running", |e| e["status"] == "running")
+            .await;
         let file = self
             .data_dir
             .join(".codebolt/environments")

@@ -160,7 +160,8 @@ async fn pump(socket: WebSocket, outbox: Outbox, config: RelayConfig, on_text: i
     let start = Instant::now();
     // Milliseconds since `start` when the peer was last heard from (any frame).
     let heard = AtomicU64::new(0);
-    let since = |at: Instant| u64::try_from(at.duration_since(start).as_millis()).unwrap_or(u64::MAX);
+    let since =
+        |at: Instant| u64::try_from(at.duration_since(start).as_millis()).unwrap_or(u64::MAX);
     let writer = async {
         let mut buf = Vec::new();
         let mut next_ping = Instant::now() + config.ping_interval;
@@ -185,7 +186,8 @@ async fn pump(socket: WebSocket, outbox: Outbox, config: RelayConfig, on_text: i
                         }
                         continue;
                     }
-                    let wait = tokio::time::sleep_until(next_ping.min(Instant::now() + ACK_DELAY).into());
+                    let wait =
+                        tokio::time::sleep_until(next_ping.min(Instant::now() + ACK_DELAY).into());
                     tokio::select! {
                         _ = outbox.wake().notified() => {}
                         _ = wait => {}
@@ -217,7 +219,10 @@ async fn pump(socket: WebSocket, outbox: Outbox, config: RelayConfig, on_text: i
                     tracing::info!(env = %outbox.env_id(), conn = outbox.id(), "message too big: closing");
                     return End::Close(Some(CloseReason {
                         code: CLOSE_TOO_BIG,
-                        reason: format!("messages are limited to {} bytes", config.max_message_bytes),
+                        reason: format!(
+                            "messages are limited to {} bytes",
+                            config.max_message_bytes
+                        ),
                     }));
                 }
                 Some(Err(_)) => return End::Gone,
@@ -229,7 +234,9 @@ async fn pump(socket: WebSocket, outbox: Outbox, config: RelayConfig, on_text: i
                 // Some clients send JSON in binary frames; anything else is not ours.
                 Message::Binary(bytes) => match String::from_utf8(bytes.to_vec()) {
                     Ok(text) => on_text(text),
-                    Err(_) => tracing::debug!(env = %outbox.env_id(), "non-UTF-8 binary frame ignored"),
+                    Err(_) => {
+                        tracing::debug!(env = %outbox.env_id(), "non-UTF-8 binary frame ignored")
+                    }
                 },
                 Message::Close(_) => return End::Gone,
                 Message::Ping(_) | Message::Pong(_) => {}

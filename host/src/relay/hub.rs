@@ -138,7 +138,10 @@ impl Stream {
         if self.session.is_some() {
             let (_, evicted) = self.window.push_evicting(text.clone());
             if evicted && let Some(conn) = self.conn.take() {
-                conn.close(CLOSE_TOO_SLOW, "a whole replay window behind; resume to continue");
+                conn.close(
+                    CLOSE_TOO_SLOW,
+                    "a whole replay window behind; resume to continue",
+                );
                 self.detached_at = Some(Instant::now());
             }
         } else if self.window.push(text.clone()).is_err() {
@@ -291,7 +294,8 @@ impl Hub {
         let existing = resume
             .as_ref()
             .and_then(|r| s.sessions.get(&r.session).copied());
-        let replacing = existing.is_some_and(|id| s.apps.get(&id).is_some_and(|a| a.conn.is_some()));
+        let replacing =
+            existing.is_some_and(|id| s.apps.get(&id).is_some_and(|a| a.conn.is_some()));
         if !replacing && s.live() >= self.config.max_connections {
             return Err(RelayError::TooManyConnections(self.config.max_connections));
         }
@@ -337,7 +341,9 @@ impl Hub {
     pub fn detach_app(&self, key: StreamKey, conn: u64) {
         let StreamKey::App(id) = key else { return };
         let mut s = self.lock();
-        let Some(app) = s.apps.get_mut(&id) else { return };
+        let Some(app) = s.apps.get_mut(&id) else {
+            return;
+        };
         if app.conn.as_ref().is_none_or(|c| c.id != conn) {
             return;
         }
@@ -366,7 +372,10 @@ impl Hub {
     pub fn acknowledge(&self, key: StreamKey, conn: u64, seq: u64) {
         let mut s = self.lock();
         if let Some(st) = s.stream(key)
-            && st.conn.as_ref().is_some_and(|c| c.id == conn && c.resumable)
+            && st
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.id == conn && c.resumable)
         {
             st.window.ack(seq);
         }

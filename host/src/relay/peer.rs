@@ -142,7 +142,10 @@ mod tests {
         assert_eq!(p.unacknowledged(), 2);
         let resumed = protocol::resumed_frame("s", 2, 1, false);
         assert_eq!(p.on_frame(&resumed), Incoming::Resumed(vec!["m3".into()]));
-        assert!(matches!(p.on_frame(r#"{"relaySeq":1,"a":1}"#), Incoming::Message(_)));
+        assert!(matches!(
+            p.on_frame(r#"{"relaySeq":1,"a":1}"#),
+            Incoming::Message(_)
+        ));
         assert_eq!(p.on_frame(r#"{"relaySeq":1,"a":1}"#), Incoming::Nothing);
         assert_eq!(p.query(), "session=s&resume=1");
         assert_eq!(p.ack(true), Some(protocol::ack_frame(1)));

@@ -85,7 +85,9 @@ impl<'a> Head<'a> {
 
     /// The acknowledged count, if this is an acknowledgement.
     pub fn ack(&self) -> Option<u64> {
-        (self.kind.as_deref() == Some(ACK)).then_some(self.received).flatten()
+        (self.kind.as_deref() == Some(ACK))
+            .then_some(self.received)
+            .flatten()
     }
 }
 

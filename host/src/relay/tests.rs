@@ -115,7 +115,10 @@ fn a_slow_plain_app_is_closed_and_others_keep_receiving() {
     let mut out = Vec::new();
     assert!(matches!(
         slow.take(&mut out),
-        Take::Closed(Some(CloseReason { code: CLOSE_TOO_SLOW, .. }))
+        Take::Closed(Some(CloseReason {
+            code: CLOSE_TOO_SLOW,
+            ..
+        }))
     ));
 }
 
@@ -130,12 +133,18 @@ fn a_slow_resumable_app_is_closed_and_told_what_it_lost() {
     let mut out = Vec::new();
     assert!(matches!(
         app.take(&mut out),
-        Take::Closed(Some(CloseReason { code: CLOSE_TOO_SLOW, .. }))
+        Take::Closed(Some(CloseReason {
+            code: CLOSE_TOO_SLOW,
+            ..
+        }))
     ));
     hub.detach_app(app.key(), app.id());
     let app = hub.attach_app(None, resume("a", 0), None).unwrap();
     let got = drain(&app);
-    assert_eq!(got[1], json!({"type": "relayLost", "from": 1, "to": 2, "count": 2}));
+    assert_eq!(
+        got[1],
+        json!({"type": "relayLost", "from": 1, "to": 2, "count": 2})
+    );
     let ns: Vec<_> = got[2..].iter().map(|m| m["n"].clone()).collect();
     assert_eq!(ns, vec![json!(3), json!(4), json!(5), json!(6)]);
 }
@@ -143,7 +152,9 @@ fn a_slow_resumable_app_is_closed_and_told_what_it_lost() {
 #[test]
 fn connections_are_limited_per_environment() {
     let hub = hub(4);
-    let _kept: Vec<_> = (0..4).map(|_| hub.attach_app(None, None, None).unwrap()).collect();
+    let _kept: Vec<_> = (0..4)
+        .map(|_| hub.attach_app(None, None, None).unwrap())
+        .collect();
     assert_eq!(
         hub.attach_app(None, None, None).unwrap_err(),
         RelayError::TooManyConnections(4)
@@ -158,7 +169,10 @@ fn a_new_runtime_replaces_the_old_one() {
     let mut out = Vec::new();
     assert!(matches!(
         old.take(&mut out),
-        Take::Closed(Some(CloseReason { code: CLOSE_REPLACED, .. }))
+        Take::Closed(Some(CloseReason {
+            code: CLOSE_REPLACED,
+            ..
+        }))
     ));
     assert!(!hub.detach_runtime(old.id()));
     assert!(hub.runtime_connected());

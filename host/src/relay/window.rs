@@ -90,7 +90,8 @@ impl Window {
     /// Up to `max` messages numbered after `seq`, in order.
     pub(crate) fn after(&self, seq: u64, max: usize, out: &mut Vec<(u64, Arc<str>)>) {
         let first = self.frames.front().map_or(self.next, |(s, _)| *s);
-        let skip = usize::try_from(seq.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
+        let skip =
+            usize::try_from(seq.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
         out.extend(self.frames.iter().skip(skip).take(max).cloned());
     }
 
