@@ -30,6 +30,9 @@ pub struct AppSession {
     env: Arc<Env>,
     key: StreamKey,
     conn: u64,
+    /// Extra message types the environment's provider handles, looked up once at
+    /// attach so the per-message path never scans the store.
+    provider_types: Vec<String>,
 }
 
 /// Why a WebSocket session was not admitted.
@@ -87,11 +90,13 @@ impl Manager {
             .env(id)
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
         // The app learns where things stand right away.
-        let greeting = self
-            .shared
-            .store
-            .get(id)
-            .map(|record| self.view_of(&env, record).status_event());
+        let record = self.shared.store.get(id);
+        let provider_types = record
+            .as_ref()
+            .and_then(|r| self.shared.engine.provider(&r.provider))
+            .map(|p| p.description.message_types.clone())
+            .unwrap_or_default();
+        let greeting = record.map(|record| self.view_of(&env, record).status_event());
         let outbox = env
             .hub
             .attach_app(thread, resume, greeting)
@@ -101,6 +106,7 @@ impl Manager {
             env: env.clone(),
             key: outbox.key(),
             conn: outbox.id(),
+            provider_types,
         };
         Ok((session, outbox))
     }
@@ -191,17 +197,7 @@ impl AppSession {
     }
 
     fn handled_by_provider(&self, kind: &str) -> bool {
-        if PROVIDER_TYPES.contains(&kind) {
-            return true;
-        }
-        let Some(record) = self.manager.shared.store.get(&self.env.id) else {
-            return false;
-        };
-        self.manager
-            .shared
-            .engine
-            .provider(&record.provider)
-            .is_some_and(|p| p.description.message_types.iter().any(|t| t == kind))
+        PROVIDER_TYPES.contains(&kind) || self.provider_types.iter().any(|t| t == kind)
     }
 
     fn provider_request(&self, kind: String, msg: Map<String, Value>) {
