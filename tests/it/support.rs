@@ -279,12 +279,18 @@ impl Ws {
 
     /// The next JSON message of any type.
     pub async fn next_any(&mut self) -> Value {
-        let frame = tokio::time::timeout(WAIT, self.stream.next())
-            .await
-            .expect("a message in time");
-        match frame {
-            Some(Ok(Message::Text(text))) => serde_json::from_str(&text).expect("JSON frame"),
-            other => panic!("expected a text frame, got {other:?}"),
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("a message in time");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return serde_json::from_str(&text).expect("JSON frame");
+                }
+                // The host pings quiet connections; tungstenite answers for us.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
         }
     }
 
