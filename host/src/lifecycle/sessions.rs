@@ -33,6 +33,8 @@ pub struct AppSession {
     /// Extra message types the environment's provider handles, looked up once at
     /// attach so the per-message path never scans the store.
     provider_types: Vec<String>,
+    /// The thread the app joined.
+    thread: Option<String>,
 }
 
 /// Why a WebSocket session was not admitted.
@@ -99,7 +101,7 @@ impl Manager {
         let greeting = record.map(|record| self.view_of(&env, record).status_event());
         let outbox = env
             .hub
-            .attach_app(thread, resume, greeting)
+            .attach_app(thread.clone(), resume, greeting)
             .map_err(refused)?;
         let session = AppSession {
             manager: self.clone(),
@@ -107,6 +109,7 @@ impl Manager {
             key: outbox.key(),
             conn: outbox.id(),
             provider_types,
+            thread,
         };
         Ok((session, outbox))
     }
@@ -147,21 +150,47 @@ impl AppSession {
     /// types, relayed to the runtime otherwise.
     pub fn receive(&self, text: &str) {
         let hub = &self.env.hub;
-        let key = self.key;
-        let parsed = serde_json::from_str::<Value>(text);
-        if let Ok(msg) = &parsed
-            && msg["type"] == ACK
+        let head = Head::parse(text);
+        if let Some(h) = &head
+            && h.kind.as_deref() == Some(ACK)
         {
-            if let Some(seq) = msg["received"].as_u64() {
-                hub.acknowledge(key, self.conn, seq);
+            if let Some(seq) = h.received {
+                hub.acknowledge(self.key, self.conn, seq);
             }
             return;
         }
         // Counted before anything else, so a resuming app never sends a frame twice.
-        if !hub.received(key, self.conn) {
+        if !hub.received(self.key, self.conn) {
             return;
         }
-        let mut msg = match parsed {
+        // The common case passes the text through untouched: a message for the runtime
+        // that already names its thread, or whose app joined none.
+        if let Some(Head {
+            kind: Some(kind),
+            thread,
+            ..
+        }) = &head
+            && (thread.is_some() || self.thread.is_none())
+            && !self.handled_by_provider(kind)
+        {
+            if let Err(e) = hub.to_runtime(text.to_owned()) {
+                let request_id = serde_json::from_str::<Value>(text)
+                    .ok()
+                    .and_then(|v| v.get("requestId").cloned());
+                let frame = error_frame("not_delivered", &e.to_string(), request_id.as_ref());
+                hub.send_to_app(self.key, frame);
+            }
+            return;
+        }
+        self.receive_parsed(text);
+    }
+
+    /// The general path: validates the message, adds the thread, and hands it to the
+    /// provider or the runtime.
+    fn receive_parsed(&self, text: &str) {
+        let hub = &self.env.hub;
+        let key = self.key;
+        let mut msg = match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(m)) => m,
             Ok(_) => {
                 let frame = error_frame("invalid_message", "a message must be a JSON object", None);
@@ -180,17 +209,14 @@ impl AppSession {
             );
             return hub.send_to_app(key, frame);
         };
-        // Re-serialise only when the thread has to be added.
-        let text = match hub.app_thread(key) {
-            Some(thread) if !msg.contains_key("threadId") => {
-                msg.insert("threadId".into(), Value::String(thread));
-                Value::Object(msg.clone()).to_string()
-            }
-            _ => text.to_owned(),
-        };
+        if let Some(thread) = &self.thread
+            && !msg.contains_key("threadId")
+        {
+            msg.insert("threadId".into(), Value::String(thread.clone()));
+        }
         if self.handled_by_provider(&kind) {
             self.provider_request(kind, msg);
-        } else if let Err(e) = hub.to_runtime(text) {
+        } else if let Err(e) = hub.to_runtime(Value::Object(msg.clone()).to_string()) {
             let frame = error_frame("not_delivered", &e.to_string(), msg.get("requestId"));
             hub.send_to_app(key, frame);
         }

@@ -355,12 +355,6 @@ impl Hub {
         }
     }
 
-    /// The thread of app stream `key`.
-    pub fn app_thread(&self, key: StreamKey) -> Option<String> {
-        let StreamKey::App(id) = key else { return None };
-        self.lock().apps.get(&id).and_then(|a| a.thread.clone())
-    }
-
     /// Counts one frame from connection `conn` of `key`; false if that connection was
     /// replaced or closed, in which case the frame must be ignored (a resuming peer
     /// sends it again, since it was never acknowledged).
