@@ -148,6 +148,14 @@ fn too_big(err: &axum::Error) -> bool {
         .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
 }
 
+fn unresponsive(outbox: &Outbox) -> End {
+    tracing::info!(env = %outbox.env_id(), conn = outbox.id(), "peer unresponsive: closing");
+    End::Close(Some(CloseReason {
+        code: CLOSE_UNRESPONSIVE,
+        reason: "nothing heard or written within the idle timeout".into(),
+    }))
+}
+
 /// How a connection ended: with a close frame to send, or with the socket already gone.
 enum End {
     Close(Option<CloseReason>),
@@ -169,15 +177,19 @@ async fn pump(socket: WebSocket, outbox: Outbox, config: RelayConfig, on_text: i
             match outbox.take(&mut buf) {
                 Take::Closed(reason) => return End::Close(reason),
                 Take::Frames => {
-                    for frame in buf.drain(..) {
-                        if sink.feed(Message::Text(frame.into())).await.is_err() {
-                            return End::Gone;
+                    // A peer that stops reading blocks the write; past the idle timeout
+                    // it counts as dead rather than holding its connection forever.
+                    let write = async {
+                        for frame in buf.drain(..) {
+                            sink.feed(Message::Text(frame.into())).await?;
                         }
+                        sink.flush().await
+                    };
+                    match tokio::time::timeout(config.idle_timeout, write).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return End::Gone,
+                        Err(_) => return unresponsive(&outbox),
                     }
-                    if sink.flush().await.is_err() {
-                        return End::Gone;
-                    }
-                    continue;
                 }
                 Take::Idle => {
                     if let Some(ack) = outbox.pending_ack() {
@@ -198,11 +210,7 @@ async fn pump(socket: WebSocket, outbox: Outbox, config: RelayConfig, on_text: i
             if now >= next_ping {
                 let quiet = since(now).saturating_sub(heard.load(Ordering::Relaxed));
                 if quiet >= u64::try_from(config.idle_timeout.as_millis()).unwrap_or(u64::MAX) {
-                    tracing::info!(env = %outbox.env_id(), conn = outbox.id(), "peer unresponsive: closing");
-                    return End::Close(Some(CloseReason {
-                        code: CLOSE_UNRESPONSIVE,
-                        reason: "no pong within the idle timeout".into(),
-                    }));
+                    return unresponsive(&outbox);
                 }
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
                     return End::Gone;
