@@ -344,8 +344,8 @@ async fn relay_pings_and_closes_a_peer_that_never_answers() {
     tcp.write_all(upgrade.as_bytes()).await.unwrap();
     let mut bytes = Vec::new();
     let mut buf = [0u8; 4096];
-    let (mut pinged, mut close_code) = (false, None);
-    'read: loop {
+    let mut pinged = false;
+    let close_code = 'read: loop {
         let n = tokio::time::timeout(crate::support::WAIT, tcp.read(&mut buf))
             .await
             .expect("the host to act in time")
@@ -374,16 +374,13 @@ async fn relay_pings_and_closes_a_peer_that_never_answers() {
             let payload = &bytes[at + header..at + header + len];
             match opcode {
                 0x9 => pinged = true,
-                0x8 => {
-                    close_code = Some(u16::from_be_bytes([payload[0], payload[1]]));
-                    break 'read;
-                }
+                0x8 => break 'read u16::from_be_bytes([payload[0], payload[1]]),
                 _ => {}
             }
             at += header + len;
         }
-    }
+    };
     assert!(pinged, "the host pinged before giving up");
-    assert_eq!(close_code, Some(4011));
+    assert_eq!(close_code, 4011);
     server.stop();
 }
