@@ -2,7 +2,8 @@
 //!
 //! It creates an environment on a running `tether` server (local-process provider), waits for
 //! it to be running with its runtime connected, then talks to that runtime over the app
-//! WebSocket: one `echo` and one `exec` of `uname -a`.
+//! WebSocket: one `echo`, then a deliberate reconnect that resumes the relay session
+//! (see `docs/protocol.md`), then one `exec` of `uname -a`.
 //!
 //! Usage: `tether-app [environment-name]`
 //!   TETHER_URL        server address (default http://127.0.0.1:2719)
@@ -79,27 +80,34 @@ async fn run() -> anyhow::Result<()> {
     }
     println!("runtime connected");
 
-    // 4. Open the app WebSocket on thread "main", authenticating with the same API token.
+    // 4. Open the app WebSocket on thread "main", authenticating with the same API token,
+    //    as a resumable session: every message from the host then carries `relaySeq`.
     let ws_base = base.replacen("http", "ws", 1); // http://… becomes ws://…, https://… wss://…
-    let mut request = format!("{ws_base}/ws/app/{id}?thread=main").into_client_request()?;
-    request
-        .headers_mut()
-        .insert("Authorization", HeaderValue::from_str(&auth)?);
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .context("opening the app WebSocket")?;
+    let session = format!("example-app-{now}");
+    let url = format!("{ws_base}/ws/app/{id}?thread=main&session={session}");
+    let mut last_seq = 0; // the last `relaySeq` received: where a reconnect resumes
+    let mut ws = connect(&format!("{url}&resume={last_seq}"), &auth).await?;
 
     // 5. Echo: the runtime sends the payload straight back.
     let echo = json!({ "type": "echo", "requestId": "1", "payload": "hello from the example app" });
     ws.send(Message::text(echo.to_string())).await?;
-    let reply = wait_for(&mut ws, "1").await?;
+    let reply = wait_for(&mut ws, "1", &mut last_seq).await?;
     println!("echo reply: {}", reply["payload"]);
+
+    // 5b. A network blip: drop the connection and resume where we stopped. The host
+    //     replays anything numbered after `last_seq` and says how many of our frames it had.
+    drop(ws);
+    let mut ws = connect(&format!("{url}&resume={last_seq}"), &auth).await?;
+    ws.send(Message::text(
+        json!({"type": "relayAck", "received": last_seq}).to_string(),
+    ))
+    .await?;
 
     // 6. Exec: output arrives in `execOutput` chunks, then one `execExit` with the exit code.
     let exec = json!({ "type": "exec", "requestId": "2", "command": ["uname", "-a"] });
     ws.send(Message::text(exec.to_string())).await?;
     loop {
-        let msg = wait_for(&mut ws, "2").await?;
+        let msg = wait_for(&mut ws, "2", &mut last_seq).await?;
         match msg["type"].as_str() {
             Some("execOutput") => print!("{}", msg["data"].as_str().unwrap_or_default()),
             Some("execExit") if msg.get("error").is_some() => {
@@ -139,8 +147,32 @@ async fn api(request: reqwest::RequestBuilder, auth: &str) -> anyhow::Result<Val
     Ok(body)
 }
 
-/// Reads messages until one answers `request_id`, skipping others (such as `environmentStatus`).
-async fn wait_for<S>(ws: &mut S, request_id: &str) -> anyhow::Result<Value>
+/// Opens the app WebSocket and reads the host's `relayResumed` greeting.
+async fn connect(url: &str, auth: &str) -> anyhow::Result<Ws> {
+    let mut request = url.into_client_request()?;
+    request
+        .headers_mut()
+        .insert("Authorization", HeaderValue::from_str(auth)?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .context("opening the app WebSocket")?;
+    let greeting = match tokio::time::timeout(WAIT, ws.next()).await {
+        Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<Value>(&text)?,
+        _ => bail!("no relayResumed greeting from the host"),
+    };
+    println!(
+        "relay session: host had {} of our frames, replays from #{}",
+        greeting["received"], greeting["next"]
+    );
+    Ok(ws)
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Reads messages until one answers `request_id`, skipping others (such as `environmentStatus`)
+/// and noting each message's `relaySeq`.
+async fn wait_for<S>(ws: &mut S, request_id: &str, last_seq: &mut u64) -> anyhow::Result<Value>
 where
     S: StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
@@ -157,6 +189,15 @@ where
             Some(Err(e)) => return Err(e.into()),
         };
         let msg: Value = serde_json::from_str(&text)?;
+        if let Some(seq) = msg["relaySeq"].as_u64() {
+            *last_seq = seq;
+        }
+        if msg["type"] == "relayLost" {
+            println!(
+                "(the host could not replay messages {} to {})",
+                msg["from"], msg["to"]
+            );
+        }
         if msg["requestId"] == request_id {
             if msg["type"] == "error" {
                 bail!("the runtime answered with an error: {}", msg["error"]);

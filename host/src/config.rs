@@ -59,6 +59,41 @@ pub struct ServeConfig {
     pub restart: RestartConfig,
     /// Operator grants by provider name; providers without an entry get their default.
     pub grants: BTreeMap<String, Grant>,
+    /// Relay windows, limits and liveness.
+    pub relay: RelayConfig,
+}
+
+/// Relay windows, limits and liveness (`[relay]` in `tether.toml`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Unacknowledged messages kept per connection identity for replay.
+    pub window_messages: usize,
+    /// Unacknowledged bytes kept per connection identity for replay.
+    pub window_bytes: usize,
+    /// Largest WebSocket message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Live connections (runtime and apps) per environment.
+    pub max_connections: usize,
+    /// How often the host pings a quiet peer.
+    pub ping_interval: Duration,
+    /// Silence after which a peer counts as dead and is closed.
+    pub idle_timeout: Duration,
+    /// How long a disconnected app's session (and its window) waits to be resumed.
+    pub session_ttl: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            window_messages: 8192,
+            window_bytes: 8 << 20,
+            max_message_bytes: 1 << 20,
+            max_connections: 256,
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            session_ttl: Duration::from_secs(300),
+        }
+    }
 }
 
 /// Timeouts of lifecycle steps.
@@ -167,6 +202,20 @@ struct FileConfig {
     restart: FileRestart,
     #[serde(default)]
     providers: BTreeMap<String, FileGrant>,
+    #[serde(default)]
+    relay: FileRelay,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRelay {
+    window_messages: Option<usize>,
+    window_kib: Option<usize>,
+    max_message_kib: Option<usize>,
+    max_connections: Option<usize>,
+    ping_interval_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    session_ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,6 +313,7 @@ impl ServeConfig {
             health: HealthConfig::default(),
             restart: RestartConfig::default(),
             grants: BTreeMap::new(),
+            relay: RelayConfig::default(),
         }
     }
 
@@ -337,6 +387,7 @@ impl ServeConfig {
         if let Some(n) = fr.max_retries {
             r.max_retries = n;
         }
+        self.relay = relay_config(file.relay)?;
         for (name, grant) in file.providers {
             let commands = grant
                 .commands
@@ -379,6 +430,43 @@ impl ServeConfig {
     }
 }
 
+/// `[relay]` over the defaults; every value must be positive.
+fn relay_config(file: FileRelay) -> Result<RelayConfig, ConfigError> {
+    let positive = |v: Option<u64>, what: &str| match v {
+        Some(0) => Err(ConfigError::Invalid(format!("relay.{what} must be > 0"))),
+        other => Ok(other),
+    };
+    let size = |v: Option<usize>, what: &str| positive(v.map(|n| n as u64), what);
+    let mut r = RelayConfig::default();
+    if let Some(n) = size(file.window_messages, "window_messages")? {
+        r.window_messages = n as usize;
+    }
+    if let Some(n) = size(file.window_kib, "window_kib")? {
+        r.window_bytes = (n as usize) << 10;
+    }
+    if let Some(n) = size(file.max_message_kib, "max_message_kib")? {
+        r.max_message_bytes = (n as usize) << 10;
+    }
+    if let Some(n) = size(file.max_connections, "max_connections")? {
+        r.max_connections = n as usize;
+    }
+    if let Some(n) = positive(file.ping_interval_secs, "ping_interval_secs")? {
+        r.ping_interval = Duration::from_secs(n);
+    }
+    if let Some(n) = positive(file.idle_timeout_secs, "idle_timeout_secs")? {
+        r.idle_timeout = Duration::from_secs(n);
+    }
+    if let Some(n) = positive(file.session_ttl_secs, "session_ttl_secs")? {
+        r.session_ttl = Duration::from_secs(n);
+    }
+    if r.idle_timeout <= r.ping_interval {
+        return Err(ConfigError::Invalid(
+            "relay.idle_timeout_secs must be longer than relay.ping_interval_secs".into(),
+        ));
+    }
+    Ok(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,6 +507,21 @@ mod tests {
         let g = c.grant_for("local-process");
         assert_eq!(g.commands.len(), 1);
         assert_eq!(g.commands[0].program(), "python3");
+    }
+
+    #[test]
+    fn relay_section_is_read_and_checked() {
+        let c = load("[relay]\nwindow_messages = 20000\nmax_message_kib = 64\n").unwrap();
+        assert_eq!(c.relay.window_messages, 20000);
+        assert_eq!(c.relay.max_message_bytes, 64 << 10);
+        assert!(matches!(
+            load("[relay]\nmax_connections = 0\n"),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            load("[relay]\nping_interval_secs = 50\n"),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! - [`engine`] loads provider components (wasmtime) and runs one actor per instance;
 //!   [`broker`] decides what an instance may spawn or touch.
 //! - [`store`] persists records in `.codebolt/environments.json`.
-//! - [`relay`] joins a runtime connection with its apps, routing by thread.
+//! - [`relay`] joins a runtime connection with its apps, routing by thread, and lets
+//!   either side resume without loss inside a bounded window (`docs/protocol.md`).
 //! - [`auth`] holds the API token and mints runtime tokens; [`config`] the operator's
 //!   settings from flags and `tether.toml`.
 //! - [`reference_runtime`] is the runtime `tether runtime` runs inside an environment;

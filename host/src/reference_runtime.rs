@@ -4,13 +4,16 @@
 //! current directory (streaming their output), and reports anything else as an error. Lost
 //! connections are retried with capped exponential backoff; a refused handshake (401, 403,
 //! 404, 410) means the token is stale or the environment is gone, so it stops with an error.
-//! Replies produced while disconnected wait in the outgoing queue and go out after reconnecting;
-//! a message whose send fails is sent again on the next connection.
+//! It speaks the relay's resume protocol (`docs/protocol.md`): one session per process, so a
+//! reconnect gets exactly the messages it had not received, and re-sends exactly the frames
+//! the host had not counted. It pings the host and treats a host silent for
+//! [`HOST_IDLE_TIMEOUT`] as dead, reconnecting.
 
 use std::{
     future::Future,
     pin::Pin,
     process::Stdio,
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -33,6 +36,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Outgoing messages buffered (while disconnected or writing) before exec output waits.
 const QUEUE: usize = 1024;
+/// How often the runtime pings the host and acknowledges what it received.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// A host heard nothing from for this long is taken for dead.
+pub const HOST_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+use crate::relay::peer::{Incoming, PeerState};
 
 /// Where the runtime connects and how it authenticates.
 #[derive(Clone)]
@@ -90,27 +99,40 @@ pub async fn run(
     config: RuntimeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RuntimeError> {
-    request(&config)?; // reject a malformed URL or token up front instead of retrying it forever
+    let session = format!(
+        "rt-{}-{:08x}",
+        std::process::id(),
+        rand::rng().random::<u32>()
+    );
+    let peer = Mutex::new(PeerState::new(session));
+    request(&config, &peer)?; // reject a malformed URL or token up front, not forever
     let (tx, rx) = mpsc::channel(QUEUE);
-    let (mut tasks, mut out) = (JoinSet::new(), Outbox { rx, unsent: None });
+    let (mut tasks, mut out) = (JoinSet::new(), Outbox { rx, peer });
     let result = connect_loop(&config, &tx, &mut out, &mut tasks, std::pin::pin!(shutdown)).await;
     tasks.shutdown().await; // aborting a task drops its `Child`, and `kill_on_drop` kills it
     result
 }
 
-/// The single queue of outgoing messages, plus one taken from it whose send has not succeeded.
+/// The single queue of outgoing messages, and the resume state that keeps every message
+/// sent until the host has counted it.
 struct Outbox {
     rx: mpsc::Receiver<Value>,
-    unsent: Option<Value>,
+    peer: Mutex<PeerState>,
 }
 
-fn request(config: &RuntimeConfig) -> Result<Request, RuntimeError> {
+fn lock(peer: &Mutex<PeerState>) -> std::sync::MutexGuard<'_, PeerState> {
+    peer.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn request(config: &RuntimeConfig, peer: &Mutex<PeerState>) -> Result<Request, RuntimeError> {
     let invalid =
         |why: &dyn std::fmt::Display| RuntimeError::InvalidUrl(format!("{:?}: {why}", config.url));
     if !config.url.starts_with("ws://") {
         return Err(invalid(&"only ws:// URLs are supported"));
     }
-    let req = config.url.as_str().into_client_request();
+    let sep = if config.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}{}", config.url, lock(peer).query());
+    let req = url.as_str().into_client_request();
     let mut req = req.map_err(|e| invalid(&e))?;
     let auth = http::HeaderValue::from_str(&format!("Bearer {}", config.token))
         .map_err(|_| RuntimeError::InvalidToken)?;
@@ -127,7 +149,8 @@ async fn connect_loop(
 ) -> Result<(), RuntimeError> {
     let mut backoff = INITIAL_BACKOFF;
     loop {
-        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect_async(request(config)?));
+        let attempt =
+            tokio::time::timeout(CONNECT_TIMEOUT, connect_async(request(config, &out.peer)?));
         let outcome = tokio::select! {
             _ = &mut shutdown => return Ok(()),
             outcome = attempt => outcome,
@@ -135,8 +158,11 @@ async fn connect_loop(
         match outcome {
             Ok(Ok((ws, _))) => {
                 tracing::info!(url = %config.url, "runtime connected to host");
-                let (since, (mut write, read)) = (Instant::now(), ws.split());
-                let ended = serve(&mut write, read, tx, out, tasks, shutdown.as_mut()).await;
+                let (since, (mut write, mut read)) = (Instant::now(), ws.split());
+                let ended = match resume(&mut write, &mut read, &out.peer).await {
+                    Ok(()) => serve(&mut write, read, tx, out, tasks, shutdown.as_mut()).await,
+                    Err(reason) => Some(reason),
+                };
                 let _ = tokio::time::timeout(Duration::from_secs(1), write.close()).await;
                 if since.elapsed() >= MAX_BACKOFF {
                     backoff = INITIAL_BACKOFF; // only a connection that held resets the backoff
@@ -164,6 +190,35 @@ async fn connect_loop(
     }
 }
 
+/// Reads the host's `relayResumed` and sends again what the host did not count.
+async fn resume<W, R>(write: &mut W, read: &mut R, peer: &Mutex<PeerState>) -> Result<(), String>
+where
+    W: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
+    R: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    let greeting = loop {
+        match tokio::time::timeout(CONNECT_TIMEOUT, read.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => break text,
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(None) => return Err("connection closed".into()),
+            Err(_) => return Err("no relayResumed from the host".into()),
+        }
+    };
+    let resend = match lock(peer).on_frame(&greeting) {
+        Incoming::Resumed(resend) => resend,
+        other => return Err(format!("expected relayResumed, got {other:?}")),
+    };
+    tracing::info!(resent = resend.len(), "resumed the relay session");
+    for frame in resend {
+        write
+            .feed(Message::text(frame))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    write.flush().await.map_err(|e| e.to_string())
+}
+
 /// Serves one connection; `None` on shutdown, otherwise why the connection ended.
 async fn serve<W, R>(
     write: &mut W,
@@ -177,13 +232,32 @@ where
     W: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
     R: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
-    let flush = Notify::new(); // the reader asks the writer to flush queued pongs
+    let flush = Notify::new(); // the reader asks the writer to flush pongs or acknowledge
     let reader = async {
         loop {
-            let reply = match read.next().await {
+            let next = tokio::time::timeout(HOST_IDLE_TIMEOUT, read.next()).await;
+            let Ok(next) = next else {
+                return "host unresponsive: nothing heard within the idle timeout".to_owned();
+            };
+            let reply = match next {
                 None => return "connection closed".to_owned(),
                 Some(Err(e)) => return e.to_string(),
-                Some(Ok(Message::Text(text))) => handle(&text, tx, tasks),
+                Some(Ok(Message::Text(text))) => {
+                    let incoming = lock(&out.peer).on_frame(&text);
+                    match incoming {
+                        Incoming::Message(msg) => {
+                            if lock(&out.peer).ack(false).is_some() {
+                                flush.notify_one();
+                            }
+                            handle(msg, tx, tasks)
+                        }
+                        Incoming::Lost(from, to) => {
+                            tracing::warn!(from, to, "the host could not replay these messages");
+                            None
+                        }
+                        Incoming::Resumed(_) | Incoming::Nothing => None,
+                    }
+                }
                 Some(Ok(Message::Binary(_))) => {
                     Some(json!({"type": "error", "error": "binary frames are not supported"}))
                 }
@@ -203,21 +277,37 @@ where
         }
     };
     let writer = async {
+        let mut ping = tokio::time::interval(PING_INTERVAL);
         loop {
-            let sent = if let Some(msg) = &out.unsent {
-                let sent = write.send(Message::text(msg.to_string())).await;
-                if sent.is_ok() {
-                    out.unsent = None;
-                }
-                sent
-            } else {
-                tokio::select! {
-                    biased;
-                    _ = flush.notified() => write.flush().await,
-                    msg = out.rx.recv() => {
-                        out.unsent = msg;
-                        Ok(())
+            let sent = tokio::select! {
+                biased;
+                _ = flush.notified() => {
+                    // The reader marked an acknowledgement due; send the latest count.
+                    let ack = lock(&out.peer).ack(true);
+                    match ack {
+                        Some(ack) => write.send(Message::text(ack)).await,
+                        None => write.flush().await,
                     }
+                }
+                _ = ping.tick() => {
+                    let ack = lock(&out.peer).ack(true);
+                    let acked = match ack {
+                        Some(ack) => write.feed(Message::text(ack)).await,
+                        None => Ok(()),
+                    };
+                    match acked {
+                        Ok(()) => write.send(Message::Ping(Default::default())).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                msg = out.rx.recv() => match msg {
+                    // Kept by the peer state until the host counts it, so a failed
+                    // send is sent again after resuming.
+                    Some(msg) => {
+                        let frame = lock(&out.peer).send(msg.to_string());
+                        write.send(Message::text(frame)).await
+                    }
+                    None => Ok(()),
                 }
             };
             if let Err(e) = sent {
@@ -251,12 +341,11 @@ impl Ctx {
     }
 }
 
-/// Handles one text frame; returns the immediate reply, if any (exec replies come later).
-fn handle(text: &str, tx: &mpsc::Sender<Value>, tasks: &mut JoinSet<()>) -> Option<Value> {
-    let msg: Value = match serde_json::from_str(text) {
-        Ok(msg) => msg,
-        Err(e) => return Some(json!({"type": "error", "error": format!("invalid JSON: {e}")})),
-    };
+/// Handles one message; returns the immediate reply, if any (exec replies come later).
+fn handle(msg: Value, tx: &mpsc::Sender<Value>, tasks: &mut JoinSet<()>) -> Option<Value> {
+    if let Value::String(text) = &msg {
+        return Some(json!({"type": "error", "error": format!("invalid JSON: {text}")}));
+    }
     let ctx = Ctx::of(&msg);
     let error = match msg.get("type").and_then(Value::as_str) {
         Some("echo") => return Some(ctx.reply("echoResponse", json!({"payload": msg["payload"]}))),

@@ -7,5 +7,6 @@
 mod api;
 mod lifecycle;
 mod providers;
+mod relay;
 mod spine;
 mod support;

@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::{Message, http};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 /// Paths of the guest components built from `guest-providers/` (one constant each).
+#[allow(dead_code)] // one constant per guest; not every test binary uses all
 pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
@@ -36,6 +37,37 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts `tether serve` with the `handoff` test provider dropped in and `config`
+    /// as its `tether.toml`.
+    pub fn start_with_handoff(data_dir: &Path, config: &str) -> Server {
+        let providers = data_dir.join(".codebolt/providers");
+        std::fs::create_dir_all(&providers).expect("providers dir");
+        std::fs::copy(guests::HANDOFF, providers.join("handoff.wasm"))
+            .expect("copying handoff.wasm");
+        std::fs::write(data_dir.join("tether.toml"), config).expect("tether.toml");
+        Server::start(data_dir)
+    }
+
+    /// Creates and starts a `handoff` environment; returns its id, runtime URL and token.
+    pub async fn handoff_env(&self, name: &str) -> (String, String, String) {
+        let body = serde_json::json!({"name": name, "provider": "handoff", "start": true});
+        let (status, env) = self.call("POST", "/api/v1/environments", Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{env}");
+        let id = env["id"].as_str().expect("id").to_owned();
+        self.wait_env(&id, "running", |e| e["status"] == "running")
+            .await;
+        let file = self
+            .data_dir
+            .join(".codebolt/environments")
+            .join(name)
+            .join("runtime.json");
+        let handoff: Value =
+            serde_json::from_str(&std::fs::read_to_string(file).expect("runtime.json"))
+                .expect("runtime.json parses");
+        let field = |k: &str| handoff[k].as_str().expect("handoff field").to_owned();
+        (id, field("url"), field("token"))
+    }
+
     /// Starts `tether serve` on `data_dir` and waits until it listens.
     pub fn start(data_dir: &Path) -> Server {
         let log = std::fs::OpenOptions::new()
@@ -253,12 +285,18 @@ impl Ws {
 
     /// The next JSON message of any type.
     pub async fn next_any(&mut self) -> Value {
-        let frame = tokio::time::timeout(WAIT, self.stream.next())
-            .await
-            .expect("a message in time");
-        match frame {
-            Some(Ok(Message::Text(text))) => serde_json::from_str(&text).expect("JSON frame"),
-            other => panic!("expected a text frame, got {other:?}"),
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("a message in time");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return serde_json::from_str(&text).expect("JSON frame");
+                }
+                // The host pings quiet connections; tungstenite answers for us.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
         }
     }
 
@@ -268,6 +306,34 @@ impl Ws {
             match self.stream.next().await {
                 Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).ok(),
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next text frame as it came, or None once the connection ended.
+    pub async fn next_text(&mut self) -> Option<String> {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("a frame in time");
+            match frame {
+                Some(Ok(Message::Text(text))) => return Some(text.to_string()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Reads until the server closes, returning its close code (None without one).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("the connection to end in time");
+            match frame {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code.into()),
+                None | Some(Err(_)) => return None,
                 Some(Ok(_)) => continue,
             }
         }

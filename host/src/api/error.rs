@@ -67,6 +67,11 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Invalid(_) => Self::bad_request(message),
             LifecycleError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
             LifecycleError::Unauthorized(_) => Self::unauthorized(message),
+            LifecycleError::TooManyConnections(_) => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                message,
+            ),
             LifecycleError::Store(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", message)
             }

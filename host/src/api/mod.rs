@@ -18,9 +18,6 @@ use crate::auth::ApiToken;
 use crate::lifecycle::Manager;
 pub use error::ApiError;
 
-/// Largest WebSocket message accepted, in bytes.
-pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
-
 /// What every handler shares.
 #[derive(Debug, Clone)]
 pub struct AppState {

@@ -46,6 +46,9 @@ pub enum LifecycleError {
     /// A runtime presented a bad token.
     #[error("{0}")]
     Unauthorized(String),
+    /// The environment has its maximum number of connections.
+    #[error("{0}")]
+    TooManyConnections(String),
     /// Persisting failed.
     #[error("persisting the change failed: {0}")]
     Store(StoreError),
@@ -160,7 +163,7 @@ impl Manager {
     /// A manager over loaded providers and opened records; `runtime_base` is the
     /// `ws://host:port` runtimes connect back to.
     pub fn new(config: ServeConfig, store: Store, engine: Engine, runtime_base: String) -> Self {
-        let relay = Relay::default();
+        let relay = Relay::new(config.relay.clone());
         let envs = store
             .list()
             .into_iter()

@@ -11,7 +11,8 @@ use super::messages::{self, PROVIDER_TYPES};
 use super::{Env, LifecycleError, Manager};
 use crate::auth;
 use crate::engine::CallError;
-use crate::relay::Outbox;
+use crate::relay::protocol::{ACK, Head};
+use crate::relay::{Outbox, RelayError, Resume, StreamKey};
 use crate::store::DesiredState;
 
 /// A connected runtime. Dropping it detaches it from the hub.
@@ -27,15 +28,31 @@ pub struct RuntimeSession {
 pub struct AppSession {
     manager: Manager,
     env: Arc<Env>,
+    key: StreamKey,
     conn: u64,
+    /// Extra message types the environment's provider handles, looked up once at
+    /// attach so the per-message path never scans the store.
+    provider_types: Vec<String>,
+    /// The thread the app joined.
+    thread: Option<String>,
+}
+
+/// Why a WebSocket session was not admitted.
+fn refused(e: RelayError) -> LifecycleError {
+    match e {
+        RelayError::TooManyConnections(_) => LifecycleError::TooManyConnections(e.to_string()),
+        other => LifecycleError::Conflict(other.to_string()),
+    }
 }
 
 impl Manager {
     /// Admits the runtime of environment `id` if `token` is its current token.
+    /// `resume` continues a resumable session (see `docs/protocol.md`).
     pub fn attach_runtime(
         &self,
         id: &str,
         token: &str,
+        resume: Option<Resume>,
     ) -> Result<(RuntimeSession, Outbox), LifecycleError> {
         let record = self
             .shared
@@ -53,53 +70,62 @@ impl Manager {
         if record.desired_state != DesiredState::Running {
             return Err(LifecycleError::Conflict("environment is stopped".into()));
         }
-        let outbox = env
-            .hub
-            .attach_runtime()
-            .map_err(|e| LifecycleError::Conflict(e.to_string()))?;
+        let outbox = env.hub.attach_runtime(resume).map_err(refused)?;
         self.announce(&env);
         let session = RuntimeSession {
             manager: self.clone(),
             env,
-            conn: outbox.id,
+            conn: outbox.id(),
         };
         Ok((session, outbox))
     }
 
-    /// Admits an app to environment `id` on `thread`.
+    /// Admits an app to environment `id` on `thread`, resuming its session if `resume`
+    /// names one.
     pub fn attach_app(
         &self,
         id: &str,
         thread: Option<String>,
+        resume: Option<Resume>,
     ) -> Result<(AppSession, Outbox), LifecycleError> {
         let env = self
             .env(id)
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
+        // The app learns where things stand right away.
+        let record = self.shared.store.get(id);
+        let provider_types = record
+            .as_ref()
+            .and_then(|r| self.shared.engine.provider(&r.provider))
+            .map(|p| p.description.message_types.clone())
+            .unwrap_or_default();
+        let greeting = record.map(|record| self.view_of(&env, record).status_event());
         let outbox = env
             .hub
-            .attach_app(thread)
-            .map_err(|e| LifecycleError::Conflict(e.to_string()))?;
+            .attach_app(thread.clone(), resume, greeting)
+            .map_err(refused)?;
         let session = AppSession {
             manager: self.clone(),
             env: env.clone(),
-            conn: outbox.id,
+            key: outbox.key(),
+            conn: outbox.id(),
+            provider_types,
+            thread,
         };
-        // The app learns where things stand right away.
-        if let Some(record) = self.shared.store.get(id) {
-            let view = self.view_of(&env, record);
-            env.hub.send_to_app(outbox.id, view.status_event());
-        }
         Ok((session, outbox))
     }
 }
 
 impl RuntimeSession {
-    /// A text frame from the runtime: routed to apps by its `threadId`.
+    /// A text frame from the runtime: an acknowledgement, or a message routed to apps
+    /// by its `threadId`.
     pub fn receive(&self, text: String) {
-        let thread = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v.get("threadId").and_then(Value::as_str).map(str::to_owned));
-        self.env.hub.from_runtime(text, thread.as_deref());
+        let hub = &self.env.hub;
+        let head = Head::parse(&text).unwrap_or_default();
+        if let Some(seq) = head.ack() {
+            return hub.acknowledge(StreamKey::Runtime, self.conn, seq);
+        }
+        let thread = head.thread.map(|t| t.into_owned());
+        hub.from_runtime(self.conn, text, thread.as_deref());
     }
 }
 
@@ -124,15 +150,55 @@ impl AppSession {
     /// types, relayed to the runtime otherwise.
     pub fn receive(&self, text: &str) {
         let hub = &self.env.hub;
+        let head = Head::parse(text);
+        if let Some(h) = &head
+            && h.kind.as_deref() == Some(ACK)
+        {
+            if let Some(seq) = h.received {
+                hub.acknowledge(self.key, self.conn, seq);
+            }
+            return;
+        }
+        // Counted before anything else, so a resuming app never sends a frame twice.
+        if !hub.received(self.key, self.conn) {
+            return;
+        }
+        // The common case passes the text through untouched: a message for the runtime
+        // that already names its thread, or whose app joined none.
+        if let Some(Head {
+            kind: Some(kind),
+            thread,
+            ..
+        }) = &head
+            && (thread.is_some() || self.thread.is_none())
+            && !self.handled_by_provider(kind)
+        {
+            if let Err(e) = hub.to_runtime(text.to_owned()) {
+                let request_id = serde_json::from_str::<Value>(text)
+                    .ok()
+                    .and_then(|v| v.get("requestId").cloned());
+                let frame = error_frame("not_delivered", &e.to_string(), request_id.as_ref());
+                hub.send_to_app(self.key, frame);
+            }
+            return;
+        }
+        self.receive_parsed(text);
+    }
+
+    /// The general path: validates the message, adds the thread, and hands it to the
+    /// provider or the runtime.
+    fn receive_parsed(&self, text: &str) {
+        let hub = &self.env.hub;
+        let key = self.key;
         let mut msg = match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(m)) => m,
             Ok(_) => {
                 let frame = error_frame("invalid_message", "a message must be a JSON object", None);
-                return hub.send_to_app(self.conn, frame);
+                return hub.send_to_app(key, frame);
             }
             Err(e) => {
                 let frame = error_frame("invalid_message", &format!("invalid JSON: {e}"), None);
-                return hub.send_to_app(self.conn, frame);
+                return hub.send_to_app(key, frame);
             }
         };
         let Some(kind) = msg.get("type").and_then(Value::as_str).map(str::to_owned) else {
@@ -141,39 +207,29 @@ impl AppSession {
                 "a message needs a string `type`",
                 msg.get("requestId"),
             );
-            return hub.send_to_app(self.conn, frame);
+            return hub.send_to_app(key, frame);
         };
-        if !msg.contains_key("threadId")
-            && let Some(thread) = hub.app_thread(self.conn)
+        if let Some(thread) = &self.thread
+            && !msg.contains_key("threadId")
         {
-            msg.insert("threadId".into(), Value::String(thread));
+            msg.insert("threadId".into(), Value::String(thread.clone()));
         }
         if self.handled_by_provider(&kind) {
             self.provider_request(kind, msg);
-        } else if let Err(e) = hub.from_app(self.conn, msg.clone()) {
+        } else if let Err(e) = hub.to_runtime(Value::Object(msg.clone()).to_string()) {
             let frame = error_frame("not_delivered", &e.to_string(), msg.get("requestId"));
-            hub.send_to_app(self.conn, frame);
+            hub.send_to_app(key, frame);
         }
     }
 
     fn handled_by_provider(&self, kind: &str) -> bool {
-        if PROVIDER_TYPES.contains(&kind) {
-            return true;
-        }
-        let Some(record) = self.manager.shared.store.get(&self.env.id) else {
-            return false;
-        };
-        self.manager
-            .shared
-            .engine
-            .provider(&record.provider)
-            .is_some_and(|p| p.description.message_types.iter().any(|t| t == kind))
+        PROVIDER_TYPES.contains(&kind) || self.provider_types.iter().any(|t| t == kind)
     }
 
     fn provider_request(&self, kind: String, msg: Map<String, Value>) {
         let env = self.env.clone();
         let manager = self.manager.clone();
-        let conn = self.conn;
+        let key = self.key;
         let span = tracing::debug_span!("provider_request", env = %env.id, kind = %kind);
         self.manager.shared.tasks.spawn(
             async move {
@@ -199,7 +255,7 @@ impl AppSession {
                     }
                 };
                 env.hub
-                    .send_to_app(conn, messages::event(&kind, &request_id, outcome));
+                    .send_to_app(key, messages::event(&kind, &request_id, outcome));
             }
             .instrument(span),
         );
@@ -208,6 +264,13 @@ impl AppSession {
 
 impl Drop for AppSession {
     fn drop(&mut self) {
-        self.env.hub.detach_app(self.conn);
+        self.env.hub.detach_app(self.key, self.conn);
+    }
+}
+
+impl Manager {
+    /// The relay's windows, limits and liveness settings.
+    pub fn relay_config(&self) -> &crate::config::RelayConfig {
+        &self.shared.config.relay
     }
 }

@@ -1,0 +1,304 @@
+//! Relay benchmark: the same app and runtime clients, side by side in one run, over
+//! (a) a direct WebSocket between app and runtime and (b) the relay of a real
+//! `tether serve`, with 1, 100 and 1,000 concurrent pairs and 1 KiB messages.
+//!
+//! Each app does round trips one after another (send, wait for the runtime's echo);
+//! the table shows round trips per second and p50/p99 round-trip latency for both
+//! and the relay/direct ratio. The runtimes of the relay case are this process acting
+//! as the runtime of `handoff` environments (the test provider that hands its runtime
+//! URL and token over in a file), so 1,000 pairs need no runtime processes.
+//!
+//! `cargo bench --bench relay [-- PAIRS,...]` (default `1,100,1000`). Loopback only;
+//! every case is bounded in round trips and in time.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::Barrier;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Message, http::HeaderValue};
+
+#[allow(dead_code, unreachable_pub)] // generated: one constant per guest, not all used here
+mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+const TOKEN: &str = "bench-token-0123456789abcdef";
+const PAYLOAD: usize = 1024;
+/// Round trips per case, spread over its pairs (at least `MIN_PER_PAIR` each).
+const ROUND_TRIPS: usize = 20_000;
+const MIN_PER_PAIR: usize = 20;
+/// Longest any one case may run.
+const CASE_LIMIT: Duration = Duration::from_secs(120);
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn main() -> Res<()> {
+    let pairs: Vec<usize> = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_else(|| "1,100,1000".into())
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(pairs))
+}
+
+async fn run(pairs: Vec<usize>) -> Res<()> {
+    let most = pairs.iter().copied().max().unwrap_or(1);
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(dir.path())?;
+    eprintln!("creating {most} handoff environments…");
+    let runtimes = server.environments(most).await?;
+    println!(
+        "| pairs | direct rt/s | relay rt/s | direct p50 | relay p50 | direct p99 | relay p99 | p99 relay/direct |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &n in &pairs {
+        let per_pair = (ROUND_TRIPS / n).max(MIN_PER_PAIR);
+        let direct = direct_case(n, per_pair).await?;
+        let relay = relay_case(&server, &runtimes[..n], per_pair).await?;
+        println!(
+            "| {n} | {:.0} | {:.0} | {} | {} | {} | {} | {:.2}× |",
+            direct.rate(),
+            relay.rate(),
+            us(direct.hist.value_at_quantile(0.5)),
+            us(relay.hist.value_at_quantile(0.5)),
+            us(direct.hist.value_at_quantile(0.99)),
+            us(relay.hist.value_at_quantile(0.99)),
+            relay.hist.value_at_quantile(0.99) as f64
+                / direct.hist.value_at_quantile(0.99).max(1) as f64,
+        );
+    }
+    server.stop();
+    Ok(())
+}
+
+fn us(v: u64) -> String {
+    if v >= 1000 {
+        format!("{:.2} ms", v as f64 / 1000.0)
+    } else {
+        format!("{v} µs")
+    }
+}
+
+/// What one case measured.
+struct Outcome {
+    hist: Histogram<u64>,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.hist.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// A `tether serve` child with the `handoff` provider dropped in.
+struct Server {
+    child: Child,
+    base: String,
+    data_dir: std::path::PathBuf,
+    http: reqwest::Client,
+}
+
+impl Server {
+    fn start(dir: &std::path::Path) -> Res<Self> {
+        let providers = dir.join(".codebolt/providers");
+        std::fs::create_dir_all(&providers)?;
+        std::fs::copy(guests::HANDOFF, providers.join("handoff.wasm"))?;
+        std::fs::write(dir.join("tether.toml"), "[relay]\nmax_connections = 16\n")?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .arg("--config")
+            .arg(dir.join("tether.toml"))
+            .env("TETHER_API_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines.next().ok_or("server exited")??;
+            if let Some(url) = line.strip_prefix("tether listening on ") {
+                break url.trim().to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Self {
+            child,
+            base,
+            data_dir: dir.to_owned(),
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// Creates `n` started environments; returns each one's (id, runtime URL, token).
+    async fn environments(&self, n: usize) -> Res<Vec<(String, String, String)>> {
+        let mut out = Vec::with_capacity(n);
+        for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
+            let mut ids = Vec::new();
+            for i in chunk {
+                let body = json!({"name": format!("b{i}"), "provider": "handoff", "start": true});
+                let env: Value = self
+                    .http
+                    .post(format!("{}/api/v1/environments", self.base))
+                    .bearer_auth(TOKEN)
+                    .json(&body)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                ids.push((*i, env["id"].as_str().ok_or("no id")?.to_owned()));
+            }
+            for (i, id) in ids {
+                let file = self
+                    .data_dir
+                    .join(format!(".codebolt/environments/b{i}/runtime.json"));
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let handoff: Value = loop {
+                    if let Ok(text) = std::fs::read_to_string(&file) {
+                        break serde_json::from_str(&text)?;
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!("environment b{i} never started").into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                };
+                let field = |k: &str| handoff[k].as_str().map(str::to_owned).ok_or("field");
+                out.push((id, field("url")?, field("token")?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn ws(&self, path: &str) -> String {
+        format!("{}{path}", self.base.replacen("http://", "ws://", 1))
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str, token: Option<&str>) -> Res<Ws> {
+    let mut req = url.into_client_request()?;
+    if let Some(token) = token {
+        req.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
+    }
+    Ok(tokio_tungstenite::connect_async(req).await?.0)
+}
+
+/// Answers every text frame with itself: the runtime of both cases.
+async fn echo(mut ws: Ws) {
+    while let Some(Ok(msg)) = ws.next().await {
+        if let Message::Text(text) = msg
+            && ws.send(Message::Text(text)).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// One app: `count` round trips after everyone is ready; skips host events.
+async fn app(mut ws: Ws, count: usize, start: Arc<Barrier>) -> Res<Histogram<u64>> {
+    let mut hist = Histogram::new_with_bounds(1, 120_000_000, 3)?;
+    let payload = json!({"type": "bench", "p": "x".repeat(PAYLOAD - 24)}).to_string();
+    start.wait().await;
+    for _ in 0..count {
+        let sent = Instant::now();
+        ws.send(Message::Text(payload.clone().into())).await?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.as_str().starts_with("{\"type\":\"bench\"") => {
+                    break;
+                }
+                Some(Ok(_)) => continue,
+                _ => return Err("connection ended".into()),
+            }
+        }
+        hist.record(u64::try_from(sent.elapsed().as_micros())?.max(1))?;
+    }
+    let _ = ws.close(None).await;
+    Ok(hist)
+}
+
+/// Runs the apps over their sockets and merges their histograms.
+async fn measure(apps: Vec<Ws>, per_pair: usize) -> Res<Outcome> {
+    let start = Arc::new(Barrier::new(apps.len() + 1));
+    let tasks: Vec<_> = apps
+        .into_iter()
+        .map(|ws| tokio::spawn(app(ws, per_pair, start.clone())))
+        .collect();
+    start.wait().await;
+    let began = Instant::now();
+    let mut hist = Histogram::new_with_bounds(1, 120_000_000, 3)?;
+    for task in tasks {
+        let h = tokio::time::timeout(CASE_LIMIT, task).await???;
+        hist.add(h)?;
+    }
+    Ok(Outcome {
+        hist,
+        elapsed: began.elapsed(),
+    })
+}
+
+async fn direct_case(pairs: usize, per_pair: usize) -> Res<Outcome> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("ws://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let stream = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+                if let Ok(ws) = tokio_tungstenite::accept_async(stream).await {
+                    echo(ws).await;
+                }
+            });
+        }
+    });
+    let mut apps = Vec::with_capacity(pairs);
+    for _ in 0..pairs {
+        apps.push(connect(&url, None).await?);
+    }
+    let outcome = measure(apps, per_pair).await;
+    server.abort();
+    outcome
+}
+
+async fn relay_case(
+    server: &Server,
+    envs: &[(String, String, String)],
+    per_pair: usize,
+) -> Res<Outcome> {
+    let mut runtimes = Vec::with_capacity(envs.len());
+    for (_, url, token) in envs {
+        runtimes.push(tokio::spawn(echo(connect(url, Some(token)).await?)));
+    }
+    let mut apps = Vec::with_capacity(envs.len());
+    for (id, _, _) in envs {
+        apps.push(connect(&server.ws(&format!("/ws/app/{id}")), Some(TOKEN)).await?);
+    }
+    let outcome = measure(apps, per_pair).await;
+    for runtime in runtimes {
+        runtime.abort();
+    }
+    outcome
+}

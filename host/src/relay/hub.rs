@@ -1,0 +1,451 @@
+//! One environment's hub: the runtime stream and the app streams, each a replay
+//! [`Window`] plus the connection currently draining it.
+//!
+//! Runtime → apps: a message with a `threadId` goes into that thread's app windows,
+//! one without into every app window. App → runtime: into the runtime window, which
+//! also holds messages while no runtime is connected. Nothing blocks: a full runtime
+//! window refuses the app's message (the app is told), a full app window closes that
+//! app with [`CLOSE_TOO_SLOW`] (a resumable app keeps its session and learns on resume
+//! exactly which messages it lost), so one slow peer never stalls another.
+//!
+//! A connection that did not ask to resume is acknowledged as it is written, so its
+//! window only ever holds what is still unwritten — the old queue, unchanged.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use super::protocol::{self, CLOSE_GONE, CLOSE_REPLACED, CLOSE_TOO_SLOW, Resume};
+use super::window::Window;
+use super::{CloseReason, RelayError};
+use crate::config::RelayConfig;
+
+/// The host acknowledges a resumable peer's frames at least this often.
+const ACK_EVERY: u64 = 64;
+
+/// Which stream of a hub a connection drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKey {
+    /// The environment's runtime.
+    Runtime,
+    /// An app session.
+    App(u64),
+}
+
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub(super) id: u64,
+    pub(super) resumable: bool,
+    /// Highest `relaySeq` handed to the writer.
+    pub(super) sent: u64,
+    /// Relay frames (not numbered) to write before the next messages.
+    pub(super) control: VecDeque<String>,
+    /// The peer frame count last acknowledged to the peer.
+    pub(super) ack_sent: u64,
+    pub(super) wake: Arc<Notify>,
+    closed: Arc<OnceLock<CloseReason>>,
+}
+
+impl Conn {
+    fn close(self, code: u16, reason: &str) {
+        let _ = self.closed.set(CloseReason {
+            code,
+            reason: reason.to_owned(),
+        });
+        self.wake.notify_one();
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Stream {
+    pub(super) window: Window,
+    pub(super) conn: Option<Conn>,
+    session: Option<String>,
+    /// Frames counted from the peer in this session.
+    pub(super) received: u64,
+    thread: Option<String>,
+    detached_at: Option<Instant>,
+}
+
+impl Stream {
+    fn new(config: &RelayConfig, thread: Option<String>) -> Self {
+        Self {
+            window: Window::new(config.window_messages, config.window_bytes),
+            conn: None,
+            session: None,
+            received: 0,
+            thread,
+            detached_at: None,
+        }
+    }
+
+    /// Counts one frame from connection `conn`; false if that connection is stale.
+    fn count(&mut self, conn: u64) -> bool {
+        let Some(c) = self.conn.as_mut().filter(|c| c.id == conn) else {
+            return false;
+        };
+        self.received += 1;
+        if c.resumable && self.received - c.ack_sent >= ACK_EVERY {
+            c.ack_sent = self.received;
+            c.control.push_back(protocol::ack_frame(self.received));
+            c.wake.notify_one();
+        }
+        true
+    }
+
+    /// Hands a new connection the stream, replacing any current one.
+    fn connect(&mut self, conn: &mut Conn, resume: Option<&Resume>) {
+        if let Some(old) = self.conn.take() {
+            old.close(CLOSE_REPLACED, "replaced by a newer connection");
+        }
+        self.detached_at = None;
+        let acked = self.window.acked();
+        match resume {
+            None => {
+                self.session = None;
+                self.received = 0;
+                conn.sent = acked;
+            }
+            Some(r) => {
+                let same = self.session.as_deref() == Some(r.session.as_str());
+                let reset = (!same && r.last > 0) || r.last > self.window.last();
+                if !same {
+                    self.session = Some(r.session.clone());
+                    self.received = 0;
+                }
+                conn.sent = if reset { acked } else { r.last.max(acked) };
+                conn.ack_sent = self.received;
+                conn.control.push_back(protocol::resumed_frame(
+                    &r.session,
+                    self.received,
+                    conn.sent + 1,
+                    reset,
+                ));
+                if let (false, Some((from, to))) = (reset, self.window.lost_after(r.last)) {
+                    conn.control.push_back(protocol::lost_frame(from, to));
+                }
+            }
+        }
+    }
+
+    /// Adds a message for this stream's peer. A resumable stream evicts its oldest
+    /// message when full (and closes a connected peer that let it fill); a plain one
+    /// refuses, which ends its connection. False if the stream must go.
+    fn offer(&mut self, text: &Arc<str>) -> bool {
+        if self.session.is_some() {
+            let (_, evicted) = self.window.push_evicting(text.clone());
+            if evicted && let Some(conn) = self.conn.take() {
+                conn.close(
+                    CLOSE_TOO_SLOW,
+                    "a whole replay window behind; resume to continue",
+                );
+                self.detached_at = Some(Instant::now());
+            }
+        } else if self.window.push(text.clone()).is_err() {
+            if let Some(conn) = self.conn.take() {
+                conn.close(CLOSE_TOO_SLOW, "too far behind");
+            }
+            return false;
+        }
+        if let Some(conn) = &self.conn {
+            conn.wake.notify_one();
+        }
+        true
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct HubState {
+    pub(super) runtime: Stream,
+    pub(super) apps: HashMap<u64, Stream>,
+    sessions: HashMap<String, u64>,
+    closed: bool,
+}
+
+impl HubState {
+    pub(super) fn stream(&mut self, key: StreamKey) -> Option<&mut Stream> {
+        match key {
+            StreamKey::Runtime => Some(&mut self.runtime),
+            StreamKey::App(id) => self.apps.get_mut(&id),
+        }
+    }
+
+    fn live(&self) -> usize {
+        usize::from(self.runtime.conn.is_some())
+            + self.apps.values().filter(|a| a.conn.is_some()).count()
+    }
+
+    fn remove_app(&mut self, id: u64) {
+        if let Some(app) = self.apps.remove(&id)
+            && let Some(session) = app.session
+        {
+            self.sessions.remove(&session);
+        }
+    }
+}
+
+/// One environment's hub.
+#[derive(Debug)]
+pub struct Hub {
+    pub(super) env_id: String,
+    config: Arc<RelayConfig>,
+    state: Mutex<HubState>,
+    next_id: AtomicU64,
+}
+
+impl Hub {
+    pub(super) fn new(env_id: String, config: Arc<RelayConfig>) -> Self {
+        Self {
+            state: Mutex::new(HubState {
+                runtime: Stream::new(&config, None),
+                apps: HashMap::new(),
+                sessions: HashMap::new(),
+                closed: false,
+            }),
+            env_id,
+            config,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, HubState> {
+        // Every critical section leaves the maps consistent, so a poisoned lock is usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn new_conn(&self, resumable: bool) -> (Conn, Arc<OnceLock<CloseReason>>) {
+        let closed = Arc::new(OnceLock::new());
+        let conn = Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            resumable,
+            sent: 0,
+            control: VecDeque::new(),
+            ack_sent: 0,
+            wake: Arc::new(Notify::new()),
+            closed: closed.clone(),
+        };
+        (conn, closed)
+    }
+
+    /// Accepts a runtime connection, replacing (and closing) any earlier one; it gets
+    /// everything waiting for it, from where `resume` says it stopped.
+    pub fn attach_runtime(
+        self: &Arc<Self>,
+        resume: Option<Resume>,
+    ) -> Result<super::Outbox, RelayError> {
+        let (mut conn, closed) = self.new_conn(resume.is_some());
+        let mut s = self.lock();
+        if s.closed {
+            return Err(RelayError::Closed);
+        }
+        if s.runtime.conn.is_none() && s.live() >= self.config.max_connections {
+            return Err(RelayError::TooManyConnections(self.config.max_connections));
+        }
+        s.runtime.connect(&mut conn, resume.as_ref());
+        let outbox = super::Outbox::new(self.clone(), StreamKey::Runtime, &conn, closed);
+        tracing::info!(env = %self.env_id, conn = conn.id, resumable = conn.resumable,
+            waiting = s.runtime.window.len(), "runtime connected");
+        s.runtime.conn = Some(conn);
+        Ok(outbox)
+    }
+
+    /// Forgets runtime connection `conn`; false if a newer one had replaced it.
+    pub fn detach_runtime(&self, conn: u64) -> bool {
+        let mut s = self.lock();
+        if s.runtime.conn.as_ref().is_some_and(|c| c.id == conn) {
+            s.runtime.conn = None;
+            tracing::info!(env = %self.env_id, conn, "runtime disconnected");
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Closes the runtime connection, if any.
+    pub fn close_runtime(&self, code: u16, reason: &str) {
+        if let Some(conn) = self.lock().runtime.conn.take() {
+            conn.close(code, reason);
+        }
+    }
+
+    /// Whether a runtime is connected.
+    pub fn runtime_connected(&self) -> bool {
+        self.lock().runtime.conn.is_some()
+    }
+
+    /// Accepts an app connection on `thread`, resuming its session if it names one;
+    /// `greeting` is queued for it first (before the connection counts as reading, so
+    /// a resumed session whose window is full is not closed for it).
+    pub fn attach_app(
+        self: &Arc<Self>,
+        thread: Option<String>,
+        resume: Option<Resume>,
+        greeting: Option<String>,
+    ) -> Result<super::Outbox, RelayError> {
+        let (mut conn, closed) = self.new_conn(resume.is_some());
+        let mut s = self.lock();
+        if s.closed {
+            return Err(RelayError::Closed);
+        }
+        self.expire_sessions(&mut s);
+        let existing = resume
+            .as_ref()
+            .and_then(|r| s.sessions.get(&r.session).copied());
+        let replacing =
+            existing.is_some_and(|id| s.apps.get(&id).is_some_and(|a| a.conn.is_some()));
+        if !replacing && s.live() >= self.config.max_connections {
+            return Err(RelayError::TooManyConnections(self.config.max_connections));
+        }
+        let id = existing.unwrap_or_else(|| self.next_id.fetch_add(1, Ordering::Relaxed));
+        let stream = s
+            .apps
+            .entry(id)
+            .or_insert_with(|| Stream::new(&self.config, None));
+        stream.thread = thread;
+        if let Some(greeting) = greeting {
+            stream.offer(&greeting.into());
+        }
+        stream.connect(&mut conn, resume.as_ref());
+        let outbox = super::Outbox::new(self.clone(), StreamKey::App(id), &conn, closed);
+        stream.conn = Some(conn);
+        if let Some(r) = resume {
+            s.sessions.insert(r.session, id);
+        }
+        Ok(outbox)
+    }
+
+    /// Drops app sessions left unresumed past their time, and the oldest ones beyond
+    /// the connection limit, so detached windows stay bounded too.
+    fn expire_sessions(&self, s: &mut HubState) {
+        let ttl = self.config.session_ttl;
+        let mut detached: Vec<(Instant, u64)> = s
+            .apps
+            .iter()
+            .filter_map(|(id, a)| a.detached_at.map(|t| (t, *id)))
+            .collect();
+        detached.sort_unstable();
+        let excess = detached.len().saturating_sub(self.config.max_connections);
+        for (i, (at, id)) in detached.into_iter().enumerate() {
+            if i < excess || at.elapsed() >= ttl {
+                tracing::debug!(env = %self.env_id, session = id, "app session expired");
+                s.remove_app(id);
+            }
+        }
+    }
+
+    /// Ends app connection `conn`: a resumable session waits to be resumed, a plain
+    /// one is forgotten.
+    pub fn detach_app(&self, key: StreamKey, conn: u64) {
+        let StreamKey::App(id) = key else { return };
+        let mut s = self.lock();
+        let Some(app) = s.apps.get_mut(&id) else {
+            return;
+        };
+        if app.conn.as_ref().is_none_or(|c| c.id != conn) {
+            return;
+        }
+        app.conn = None;
+        if app.session.is_some() {
+            app.detached_at = Some(Instant::now());
+        } else {
+            s.remove_app(id);
+        }
+    }
+
+    /// Counts one frame from connection `conn` of `key`; false if that connection was
+    /// replaced or closed, in which case the frame must be ignored (a resuming peer
+    /// sends it again, since it was never acknowledged).
+    pub fn received(&self, key: StreamKey, conn: u64) -> bool {
+        self.lock().stream(key).is_some_and(|st| st.count(conn))
+    }
+
+    /// The peer on `conn` has every message up to `seq`.
+    pub fn acknowledge(&self, key: StreamKey, conn: u64, seq: u64) {
+        let mut s = self.lock();
+        if let Some(st) = s.stream(key)
+            && st
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.id == conn && c.resumable)
+        {
+            st.window.ack(seq);
+        }
+    }
+
+    /// Sends one message to app `key` only (replies to its own requests).
+    pub fn send_to_app(&self, key: StreamKey, text: String) {
+        let StreamKey::App(id) = key else { return };
+        let text: Arc<str> = text.into();
+        let mut s = self.lock();
+        if s.apps.get_mut(&id).is_some_and(|a| !a.offer(&text)) {
+            s.remove_app(id);
+        }
+    }
+
+    /// Sends a message to the runtime (held while the runtime is away).
+    pub fn to_runtime(&self, text: String) -> Result<(), RelayError> {
+        let mut s = self.lock();
+        if s.closed {
+            return Err(RelayError::Closed);
+        }
+        let rt = &mut s.runtime;
+        match rt.window.push(text.into()) {
+            Ok(_) => {
+                if let Some(conn) = &rt.conn {
+                    conn.wake.notify_one();
+                }
+                Ok(())
+            }
+            Err(_) if rt.conn.is_none() => Err(RelayError::PendingFull(rt.window.len())),
+            Err(_) => Err(RelayError::RuntimeBusy),
+        }
+    }
+
+    /// Counts and routes a message from runtime connection `conn` to its apps by
+    /// `thread`; ignored if that connection was replaced.
+    pub fn from_runtime(&self, conn: u64, text: String, thread: Option<&str>) {
+        let text: Arc<str> = text.into();
+        let mut s = self.lock();
+        if !s.runtime.count(conn) {
+            return;
+        }
+        self.fan_out(&mut s, &text, thread);
+    }
+
+    /// Sends a host event to every app.
+    pub fn broadcast(&self, text: String) {
+        self.fan_out(&mut self.lock(), &text.into(), None);
+    }
+
+    fn fan_out(&self, s: &mut HubState, text: &Arc<str>, thread: Option<&str>) {
+        let mut gone = Vec::new();
+        for (id, app) in &mut s.apps {
+            if (thread.is_none() || app.thread.as_deref() == thread) && !app.offer(text) {
+                gone.push(*id);
+            }
+        }
+        for id in gone {
+            tracing::info!(env = %self.env_id, app = id, "app too far behind: closed");
+            s.remove_app(id);
+        }
+    }
+
+    /// Closes every connection and refuses new ones.
+    pub fn close(&self, reason: &str) {
+        let mut s = self.lock();
+        s.closed = true;
+        if let Some(conn) = s.runtime.conn.take() {
+            conn.close(CLOSE_GONE, reason);
+        }
+        for (_, app) in s.apps.drain() {
+            if let Some(conn) = app.conn {
+                conn.close(CLOSE_GONE, reason);
+            }
+        }
+        s.sessions.clear();
+        s.runtime.window = Window::new(1, 1);
+    }
+}

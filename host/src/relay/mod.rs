@@ -1,0 +1,206 @@
+//! The relay: one [`Hub`] per environment joining its runtime connection with any
+//! number of app connections, routing by thread, numbering what it delivers so either
+//! side can resume without loss inside a bounded window (see `docs/protocol.md`).
+//!
+//! - [`hub`] holds the streams and routes messages between them;
+//! - [`window`] is one stream's bounded replay window;
+//! - [`protocol`] is the relay's own frames, query fields and close codes;
+//! - [`peer`] is the client side of resuming, for runtimes and apps;
+//! - [`Outbox`] (here) is what a connection's writer drains.
+
+pub mod hub;
+pub mod peer;
+pub mod protocol;
+mod window;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::Notify;
+
+pub use hub::{Hub, StreamKey};
+pub use protocol::{
+    CLOSE_GONE, CLOSE_REPLACED, CLOSE_TOO_BIG, CLOSE_TOO_MANY, CLOSE_TOO_SLOW, CLOSE_UNRESPONSIVE,
+    Resume,
+};
+
+use crate::config::RelayConfig;
+
+/// Messages handed to a writer per turn, so one busy stream cannot hold the hub long.
+const BATCH: usize = 64;
+
+/// Why the relay refused a message or a connection.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RelayError {
+    /// The runtime is away and its window is full.
+    #[error("the runtime is not connected and {0} messages are already waiting for it")]
+    PendingFull(usize),
+    /// The runtime is connected but its window is full.
+    #[error("the runtime is not keeping up; message not delivered")]
+    RuntimeBusy,
+    /// The environment has its maximum number of live connections.
+    #[error("the environment already has {0} connections")]
+    TooManyConnections(usize),
+    /// The hub is closed (environment deleted).
+    #[error("the environment is gone")]
+    Closed,
+}
+
+/// How a connection ends, when the relay ends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Text for the peer.
+    pub reason: String,
+}
+
+/// What [`Outbox::take`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Frames were appended to the buffer.
+    Frames,
+    /// Nothing to write now: wait on [`Outbox::wake`].
+    Idle,
+    /// The relay ended this connection (with a reason, unless it was simply dropped).
+    Closed(Option<CloseReason>),
+}
+
+/// The sending side of one connection: its stream in the hub, drained by its writer.
+#[derive(Debug)]
+pub struct Outbox {
+    hub: Arc<Hub>,
+    key: StreamKey,
+    conn: u64,
+    resumable: bool,
+    wake: Arc<Notify>,
+    closed: Arc<OnceLock<CloseReason>>,
+}
+
+impl Outbox {
+    fn new(
+        hub: Arc<Hub>,
+        key: StreamKey,
+        conn: &hub::Conn,
+        closed: Arc<OnceLock<CloseReason>>,
+    ) -> Self {
+        Self {
+            hub,
+            key,
+            conn: conn.id,
+            resumable: conn.resumable,
+            wake: conn.wake.clone(),
+            closed,
+        }
+    }
+
+    /// This connection's id within its hub.
+    pub fn id(&self) -> u64 {
+        self.conn
+    }
+
+    /// The stream this connection drains.
+    pub fn key(&self) -> StreamKey {
+        self.key
+    }
+
+    /// Signalled whenever there may be something to take.
+    pub fn wake(&self) -> &Notify {
+        &self.wake
+    }
+
+    /// Appends the next frames to write to `out`: relay frames first, then messages in
+    /// order (numbered on a resumable connection, acknowledged as written otherwise).
+    pub fn take(&self, out: &mut Vec<String>) -> Take {
+        let mut frames = Vec::new();
+        let before = out.len();
+        {
+            let mut s = self.hub.lock();
+            let Some(stream) = s.stream(self.key) else {
+                return Take::Closed(self.closed.get().cloned());
+            };
+            let Some(conn) = stream.conn.as_mut().filter(|c| c.id == self.conn) else {
+                return Take::Closed(self.closed.get().cloned());
+            };
+            out.extend(conn.control.drain(..));
+            stream.window.after(conn.sent, BATCH, &mut frames);
+            if let Some((last, _)) = frames.last() {
+                conn.sent = *last;
+            }
+            if !self.resumable {
+                stream.window.ack(conn.sent);
+            }
+        }
+        if out.len() == before && frames.is_empty() {
+            return Take::Idle;
+        }
+        for (seq, text) in frames {
+            out.push(if self.resumable {
+                protocol::with_seq(seq, &text)
+            } else {
+                text.to_string()
+            });
+        }
+        Take::Frames
+    }
+
+    /// A `relayAck` for the peer if frames arrived since the last one.
+    pub fn pending_ack(&self) -> Option<String> {
+        if !self.resumable {
+            return None;
+        }
+        let mut s = self.hub.lock();
+        let stream = s.stream(self.key)?;
+        let received = stream.received;
+        let conn = stream.conn.as_mut().filter(|c| c.id == self.conn)?;
+        (conn.ack_sent < received).then(|| {
+            conn.ack_sent = received;
+            protocol::ack_frame(received)
+        })
+    }
+
+    /// The environment this connection belongs to.
+    pub fn env_id(&self) -> &str {
+        &self.hub.env_id
+    }
+}
+
+/// Every hub, by environment id.
+#[derive(Debug)]
+pub struct Relay {
+    config: Arc<RelayConfig>,
+    hubs: Mutex<HashMap<String, Arc<Hub>>>,
+}
+
+impl Relay {
+    /// A relay whose hubs use `config`.
+    pub fn new(config: RelayConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+            hubs: Mutex::default(),
+        }
+    }
+
+    /// The hub of `env_id`, created on first use.
+    pub fn hub(&self, env_id: &str) -> Arc<Hub> {
+        let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+        hubs.entry(env_id.to_owned())
+            .or_insert_with(|| Arc::new(Hub::new(env_id.to_owned(), self.config.clone())))
+            .clone()
+    }
+
+    /// Closes and forgets the hub of `env_id`.
+    pub fn remove(&self, env_id: &str, reason: &str) {
+        let hub = self
+            .hubs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(env_id);
+        if let Some(hub) = hub {
+            hub.close(reason);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,180 @@
+//! The relay's own frames and fields, all plain JSON text (see `docs/protocol.md`).
+//!
+//! A peer opts into resumable delivery by connecting with `?session=<id>&resume=<n>`.
+//! On such a connection every message the host sends carries `relaySeq`; the peer
+//! acknowledges with `{"type": "relayAck", "received": <relaySeq>}`, and the host
+//! acknowledges the peer's frames the same way, counting them (the peer's `n`th frame
+//! of the session). On connecting the host says `relayResumed`; what it can no longer
+//! replay it names in `relayLost`. Close codes the relay uses are defined here too.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Close code: a message exceeded the configured maximum size.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: this peer fell a whole window behind.
+pub const CLOSE_TOO_SLOW: u16 = 4008;
+/// Close code: a newer runtime connection replaced this one.
+pub const CLOSE_REPLACED: u16 = 4009;
+/// Close code: the environment was stopped or deleted.
+pub const CLOSE_GONE: u16 = 4010;
+/// Close code: the peer answered no ping within the idle timeout.
+pub const CLOSE_UNRESPONSIVE: u16 = 4011;
+/// Close code: the environment already has its maximum number of connections.
+pub const CLOSE_TOO_MANY: u16 = 4013;
+
+/// Type of an acknowledgement frame, in either direction.
+pub const ACK: &str = "relayAck";
+/// Longest session id accepted.
+const MAX_SESSION_LEN: usize = 128;
+
+/// What a resuming peer presents when it connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// The peer's session id, stable across its reconnects.
+    pub session: String,
+    /// The last `relaySeq` it received (0 for none).
+    pub last: u64,
+}
+
+impl Resume {
+    /// Reads `session` and `resume` from a query: both or neither.
+    pub fn from_query(session: Option<&str>, resume: Option<&str>) -> Result<Option<Self>, String> {
+        let (session, resume) = match (session, resume) {
+            (None, None) => return Ok(None),
+            (Some(s), Some(r)) => (s, r),
+            _ => return Err("`session` and `resume` go together".into()),
+        };
+        let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if session.is_empty() || session.len() > MAX_SESSION_LEN || !session.chars().all(valid) {
+            return Err(format!(
+                "`session` must be 1 to {MAX_SESSION_LEN} characters of A-Z a-z 0-9 - _ ."
+            ));
+        }
+        let last = resume
+            .parse()
+            .map_err(|_| "`resume` must be a non-negative integer".to_owned())?;
+        Ok(Some(Self {
+            session: session.to_owned(),
+            last,
+        }))
+    }
+}
+
+/// The fields the relay reads from a peer's frame; the rest is passed on untouched.
+#[derive(Debug, Default, Deserialize)]
+pub struct Head<'a> {
+    /// The message `type`.
+    #[serde(rename = "type", borrow, default)]
+    pub kind: Option<Cow<'a, str>>,
+    /// The thread the message belongs to.
+    #[serde(rename = "threadId", borrow, default)]
+    pub thread: Option<Cow<'a, str>>,
+    /// For `relayAck`: the count acknowledged.
+    #[serde(default)]
+    pub received: Option<u64>,
+}
+
+impl<'a> Head<'a> {
+    /// Parses the head of `text`; `None` if it is not a JSON object.
+    pub fn parse(text: &'a str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
+
+    /// The acknowledged count, if this is an acknowledgement.
+    pub fn ack(&self) -> Option<u64> {
+        (self.kind.as_deref() == Some(ACK))
+            .then_some(self.received)
+            .flatten()
+    }
+}
+
+/// `text` (a JSON object) with `relaySeq` added as its first field; any other text is
+/// carried whole in a `relayRaw` message, so a numbered frame is always an object.
+pub fn with_seq(seq: u64, text: &str) -> String {
+    let body = text.trim_start();
+    match body.strip_prefix('{') {
+        Some(rest) if rest.trim_start().starts_with('}') => format!("{{\"relaySeq\":{seq}}}"),
+        Some(rest) if text.trim_end().ends_with('}') => {
+            let mut out = String::with_capacity(text.len() + 24);
+            out.push_str("{\"relaySeq\":");
+            out.push_str(&seq.to_string());
+            out.push(',');
+            out.push_str(rest);
+            out
+        }
+        _ => json!({"relaySeq": seq, "type": "relayRaw", "text": text}).to_string(),
+    }
+}
+
+/// `{"type": "relayAck", "received": n}`.
+pub fn ack_frame(received: u64) -> String {
+    format!("{{\"type\":\"{ACK}\",\"received\":{received}}}")
+}
+
+/// The first frame of a resumable connection.
+pub fn resumed_frame(session: &str, received: u64, next: u64, reset: bool) -> String {
+    json!({
+        "type": "relayResumed",
+        "session": session,
+        "received": received,
+        "next": next,
+        "reset": reset,
+    })
+    .to_string()
+}
+
+/// Names messages `from..=to` the host could not keep for this peer.
+pub fn lost_frame(from: u64, to: u64) -> String {
+    json!({"type": "relayLost", "from": from, "to": to, "count": to - from + 1}).to_string()
+}
+
+/// The message carried by a `relayRaw` frame, or the frame itself; for clients.
+pub fn unwrap_raw(msg: Value) -> Value {
+    if msg["type"] == "relayRaw" {
+        msg["text"].clone()
+    } else {
+        msg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_is_spliced_into_objects_and_wraps_the_rest() {
+        let v: Value = serde_json::from_str(&with_seq(7, r#" {"type":"x","a":1}"#)).unwrap();
+        assert_eq!(v, json!({"relaySeq": 7, "type": "x", "a": 1}));
+        let v: Value = serde_json::from_str(&with_seq(8, "{ }")).unwrap();
+        assert_eq!(v, json!({"relaySeq": 8}));
+        let v: Value = serde_json::from_str(&with_seq(9, "not json")).unwrap();
+        assert_eq!(unwrap_raw(v), json!("not json"));
+    }
+
+    #[test]
+    fn resume_needs_both_fields_and_a_sane_session() {
+        assert_eq!(Resume::from_query(None, None), Ok(None));
+        assert!(Resume::from_query(Some("s"), None).is_err());
+        assert!(Resume::from_query(Some("a b"), Some("1")).is_err());
+        assert!(Resume::from_query(Some("s"), Some("-1")).is_err());
+        assert_eq!(
+            Resume::from_query(Some("s-1"), Some("5")),
+            Ok(Some(Resume {
+                session: "s-1".into(),
+                last: 5
+            }))
+        );
+    }
+
+    #[test]
+    fn head_reads_acks_and_threads() {
+        let h = Head::parse(r#"{"type":"relayAck","received":3}"#).unwrap();
+        assert_eq!(h.ack(), Some(3));
+        let h = Head::parse(r#"{"type":"x","threadId":"t","payload":[1,2]}"#).unwrap();
+        assert_eq!((h.ack(), h.thread.as_deref()), (None, Some("t")));
+        assert!(Head::parse("[1]").is_none());
+    }
+}

@@ -1,0 +1,181 @@
+//! Hub behaviour without sockets: routing, holding, resume and the slow-peer policy.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::*;
+
+fn hub(window: usize) -> Arc<Hub> {
+    let config = RelayConfig {
+        window_messages: window,
+        max_connections: 4,
+        ..RelayConfig::default()
+    };
+    Relay::new(config).hub("e")
+}
+
+fn drain(outbox: &Outbox) -> Vec<Value> {
+    let mut out = Vec::new();
+    while outbox.take(&mut out) == Take::Frames {}
+    out.iter()
+        .map(|t| serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.clone())))
+        .collect()
+}
+
+fn resume(session: &str, last: u64) -> Option<Resume> {
+    Some(Resume {
+        session: session.into(),
+        last,
+    })
+}
+
+#[test]
+fn routes_by_thread_and_broadcasts_without_one() {
+    let hub = hub(16);
+    let rt = hub.attach_runtime(None).unwrap();
+    let t1 = hub.attach_app(Some("t1".into()), None, None).unwrap();
+    let t2 = hub.attach_app(Some("t2".into()), None, None).unwrap();
+    hub.from_runtime(rt.id(), "\"for-t1\"".into(), Some("t1"));
+    hub.from_runtime(rt.id(), "\"for-all\"".into(), None);
+    assert_eq!(drain(&t1), vec![json!("for-t1"), json!("for-all")]);
+    assert_eq!(drain(&t2), vec![json!("for-all")]);
+}
+
+#[test]
+fn messages_wait_for_the_runtime_in_order() {
+    let hub = hub(16);
+    hub.to_runtime("1".into()).unwrap();
+    hub.to_runtime("2".into()).unwrap();
+    let rt = hub.attach_runtime(None).unwrap();
+    assert_eq!(drain(&rt), vec![json!(1), json!(2)]);
+    // A plain connection acknowledges as it writes: a new one gets nothing again.
+    assert!(hub.detach_runtime(rt.id()));
+    let rt = hub.attach_runtime(None).unwrap();
+    assert!(drain(&rt).is_empty());
+}
+
+#[test]
+fn held_messages_are_bounded() {
+    let hub = hub(2);
+    hub.to_runtime("1".into()).unwrap();
+    hub.to_runtime("2".into()).unwrap();
+    assert_eq!(hub.to_runtime("3".into()), Err(RelayError::PendingFull(2)));
+}
+
+#[test]
+fn a_resuming_runtime_gets_exactly_what_it_had_not_acknowledged() {
+    let hub = hub(16);
+    for i in 1..=5 {
+        hub.to_runtime(json!({"n": i}).to_string()).unwrap();
+    }
+    let rt = hub.attach_runtime(resume("r", 0)).unwrap();
+    let got = drain(&rt);
+    assert_eq!(got[0]["type"], "relayResumed");
+    assert_eq!(got[1], json!({"relaySeq": 1, "n": 1}));
+    assert_eq!(got.len(), 6);
+    hub.acknowledge(StreamKey::Runtime, rt.id(), 2);
+    hub.detach_runtime(rt.id());
+    // It had received up to 3 (but acknowledged only 2): replay starts at 4.
+    let rt = hub.attach_runtime(resume("r", 3)).unwrap();
+    let got = drain(&rt);
+    assert_eq!(got[0]["next"], 4);
+    let seqs: Vec<_> = got[1..].iter().map(|m| m["relaySeq"].clone()).collect();
+    assert_eq!(seqs, vec![json!(4), json!(5)]);
+}
+
+#[test]
+fn the_host_counts_and_acknowledges_peer_frames_per_session() {
+    let hub = hub(16);
+    let rt = hub.attach_runtime(resume("r", 0)).unwrap();
+    let _app = hub.attach_app(None, None, None).unwrap();
+    for _ in 0..3 {
+        hub.from_runtime(rt.id(), "{}".into(), None);
+    }
+    assert_eq!(rt.pending_ack(), Some(protocol::ack_frame(3)));
+    assert_eq!(rt.pending_ack(), None);
+    hub.detach_runtime(rt.id());
+    let rt = hub.attach_runtime(resume("r", 0)).unwrap();
+    assert_eq!(drain(&rt)[0]["received"], 3);
+    // A new session (a restarted runtime) starts counting afresh.
+    let rt = hub.attach_runtime(resume("other", 0)).unwrap();
+    assert_eq!(drain(&rt)[0]["received"], 0);
+}
+
+#[test]
+fn a_slow_plain_app_is_closed_and_others_keep_receiving() {
+    let hub = hub(4);
+    let rt = hub.attach_runtime(None).unwrap();
+    let slow = hub.attach_app(None, None, None).unwrap();
+    let fast = hub.attach_app(None, None, None).unwrap();
+    for i in 0..10 {
+        hub.from_runtime(rt.id(), i.to_string(), None);
+        assert_eq!(drain(&fast), vec![json!(i)]);
+    }
+    let mut out = Vec::new();
+    assert!(matches!(
+        slow.take(&mut out),
+        Take::Closed(Some(CloseReason {
+            code: CLOSE_TOO_SLOW,
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn a_slow_resumable_app_is_closed_and_told_what_it_lost() {
+    let hub = hub(4);
+    let rt = hub.attach_runtime(None).unwrap();
+    let app = hub.attach_app(None, resume("a", 0), None).unwrap();
+    for i in 1..=6 {
+        hub.from_runtime(rt.id(), json!({"n": i}).to_string(), None);
+    }
+    let mut out = Vec::new();
+    assert!(matches!(
+        app.take(&mut out),
+        Take::Closed(Some(CloseReason {
+            code: CLOSE_TOO_SLOW,
+            ..
+        }))
+    ));
+    hub.detach_app(app.key(), app.id());
+    let app = hub.attach_app(None, resume("a", 0), None).unwrap();
+    let got = drain(&app);
+    assert_eq!(
+        got[1],
+        json!({"type": "relayLost", "from": 1, "to": 2, "count": 2})
+    );
+    let ns: Vec<_> = got[2..].iter().map(|m| m["n"].clone()).collect();
+    assert_eq!(ns, vec![json!(3), json!(4), json!(5), json!(6)]);
+}
+
+#[test]
+fn connections_are_limited_per_environment() {
+    let hub = hub(4);
+    let _kept: Vec<_> = (0..4)
+        .map(|_| hub.attach_app(None, None, None).unwrap())
+        .collect();
+    assert_eq!(
+        hub.attach_app(None, None, None).unwrap_err(),
+        RelayError::TooManyConnections(4)
+    );
+}
+
+#[test]
+fn a_new_runtime_replaces_the_old_one() {
+    let hub = hub(4);
+    let old = hub.attach_runtime(None).unwrap();
+    let new = hub.attach_runtime(None).unwrap();
+    let mut out = Vec::new();
+    assert!(matches!(
+        old.take(&mut out),
+        Take::Closed(Some(CloseReason {
+            code: CLOSE_REPLACED,
+            ..
+        }))
+    ));
+    assert!(!hub.detach_runtime(old.id()));
+    assert!(hub.runtime_connected());
+    assert!(hub.detach_runtime(new.id()));
+    assert!(!hub.runtime_connected());
+}

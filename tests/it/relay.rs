@@ -1,0 +1,386 @@
+//! The relay against a real server: the test itself is the runtime (through the
+//! `handoff` provider), so it can cut and restore the runtime connection at will.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tether::relay::peer::{Incoming, PeerState};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::support::{Server, TOKEN, Ws};
+
+/// Connects as the runtime, resuming `peer` if given; returns the socket and the
+/// frames to send again.
+async fn runtime(url: &str, token: &str, peer: Option<&mut PeerState>) -> (Ws, Vec<String>) {
+    let Some(peer) = peer else {
+        return (
+            Ws::connect(url, Some(token)).await.expect("runtime"),
+            Vec::new(),
+        );
+    };
+    let mut ws = Ws::connect(&format!("{url}?{}", peer.query()), Some(token))
+        .await
+        .expect("runtime");
+    let greeting = ws.next_text().await.expect("relayResumed");
+    match peer.on_frame(&greeting) {
+        Incoming::Resumed(resend) => (ws, resend),
+        other => panic!("expected relayResumed, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn relay_routes_by_thread_broadcasts_and_keeps_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_handoff(dir.path(), "");
+    let (id, url, token) = server.handoff_env("threads").await;
+    let (mut rt, _) = runtime(&url, &token, None).await;
+    let mut t1 = server.app(&id, "t1").await;
+    let mut t2 = server.app(&id, "t2").await;
+
+    rt.send(json!({"type": "x", "threadId": "t1", "n": 1}))
+        .await;
+    rt.send(json!({"type": "all", "n": 2})).await;
+    assert_eq!(t1.next().await["n"], 1);
+    assert_eq!(t1.next().await["n"], 2);
+    // t2 never saw t1's message: the broadcast is the first thing it gets.
+    assert_eq!(t2.next().await["n"], 2);
+
+    // Each app's messages reach the runtime in order, tagged with its thread.
+    for n in 0..200 {
+        t1.send(json!({"type": "m", "n": n})).await;
+        t2.send(json!({"type": "m", "n": n})).await;
+    }
+    let mut next = [0, 0];
+    for _ in 0..400 {
+        let msg = rt.next().await;
+        let slot = usize::from(msg["threadId"] == "t2");
+        assert_eq!(msg["n"], next[slot], "{msg}");
+        next[slot] += 1;
+    }
+    // Runtime → app order holds too.
+    for n in 0..200 {
+        rt.send(json!({"type": "r", "threadId": "t2", "n": n}))
+            .await;
+    }
+    for n in 0..200 {
+        assert_eq!(t2.next().await["n"], n);
+    }
+    server.stop();
+}
+
+#[tokio::test]
+async fn relay_10000_messages_survive_runtime_cuts_exactly_once_in_order() {
+    const N: u64 = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[relay]\nwindow_messages = 20000\nwindow_kib = 65536\n";
+    let server = Server::start_with_handoff(dir.path(), config);
+    let (id, url, token) = server.handoff_env("cuts").await;
+    let mut peer = PeerState::new("rt-1");
+    let (mut rt, _) = runtime(&url, &token, Some(&mut peer)).await;
+    let mut app = server.app(&id, "t").await;
+
+    // App → runtime: the app keeps sending while the runtime connection is cut twice.
+    let mut sender = server.app(&id, "t").await;
+    let sending = tokio::spawn(async move {
+        for n in 1..=N {
+            sender.send(json!({"type": "m", "n": n})).await;
+        }
+        sender
+    });
+    let mut expected = 1;
+    while expected <= N {
+        let Some(text) = rt.next_text().await else {
+            panic!("runtime connection ended")
+        };
+        match peer.on_frame(&text) {
+            Incoming::Message(msg) if msg["type"] == "m" => {
+                assert_eq!(
+                    msg["n"], expected,
+                    "app → runtime out of order or duplicated"
+                );
+                expected += 1;
+            }
+            Incoming::Message(_) | Incoming::Nothing => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        if let Some(ack) = peer.ack(false) {
+            rt.send_text(&ack).await;
+        }
+        if expected == 3_001 || expected == 7_001 {
+            drop(rt); // cut: whatever was in flight must come again, once
+            (rt, _) = runtime(&url, &token, Some(&mut peer)).await;
+        }
+    }
+    let _sender = sending.await.unwrap();
+
+    // Runtime → app: the runtime sends while its connection is cut twice; it sends
+    // again what the host says it did not receive.
+    let mut sent = 0;
+    while sent < N {
+        sent += 1;
+        let frame = peer.send(json!({"type": "r", "n": sent}).to_string());
+        rt.send_text(&frame).await;
+        if sent == 4_000 || sent == 8_000 {
+            drop(rt);
+            let resend;
+            (rt, resend) = runtime(&url, &token, Some(&mut peer)).await;
+            for frame in resend {
+                rt.send_text(&frame).await;
+            }
+        }
+    }
+    let mut expected = 1;
+    while expected <= N {
+        let msg = app.next().await;
+        assert_eq!(
+            msg["n"], expected,
+            "runtime → app out of order or duplicated"
+        );
+        expected += 1;
+    }
+    // Nothing more: a marker sent last is the very next message.
+    rt.send_text(&peer.send(json!({"type": "end"}).to_string()))
+        .await;
+    assert_eq!(app.next().await["type"], "end");
+    server.stop();
+}
+
+#[tokio::test]
+async fn relay_app_reconnects_and_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_handoff(dir.path(), "");
+    let (id, url, token) = server.handoff_env("resume").await;
+    let (mut rt, _) = runtime(&url, &token, None).await;
+    let mut peer = PeerState::new("app-1");
+    let app_url = server.ws_url(&format!("/ws/app/{id}?thread=t&{}", peer.query()));
+    let mut app = Ws::connect(&app_url, Some(TOKEN)).await.unwrap();
+    assert!(matches!(
+        peer.on_frame(&app.next_text().await.unwrap()),
+        Incoming::Resumed(_)
+    ));
+    for n in 1..=100 {
+        rt.send(json!({"type": "r", "threadId": "t", "n": n})).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 40 {
+        if let Incoming::Message(m) = peer.on_frame(&app.next_text().await.unwrap())
+            && m["type"] == "r"
+        {
+            seen.push(m["n"].as_u64().unwrap());
+        }
+    }
+    drop(app);
+    for n in 101..=200 {
+        rt.send(json!({"type": "r", "threadId": "t", "n": n})).await;
+    }
+    let app_url = server.ws_url(&format!("/ws/app/{id}?thread=t&{}", peer.query()));
+    let mut app = Ws::connect(&app_url, Some(TOKEN)).await.unwrap();
+    let greeting: Value = serde_json::from_str(&app.next_text().await.unwrap()).unwrap();
+    assert_eq!(greeting["type"], "relayResumed");
+    assert_eq!(greeting["reset"], false);
+    peer.on_frame(&greeting.to_string());
+    while seen.len() < 200 {
+        match peer.on_frame(&app.next_text().await.unwrap()) {
+            Incoming::Message(m) if m["type"] == "r" => seen.push(m["n"].as_u64().unwrap()),
+            Incoming::Lost(from, to) => panic!("lost {from}..={to} inside the window"),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, (1..=200).collect::<Vec<_>>());
+    server.stop();
+}
+
+#[tokio::test]
+async fn relay_slow_consumer_is_closed_told_its_loss_and_others_keep_pace() {
+    const N: u64 = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_handoff(dir.path(), "[relay]\nwindow_messages = 256\n");
+    let (id, url, token) = server.handoff_env("slow").await;
+    let (mut rt, _) = runtime(&url, &token, None).await;
+    let mut fast = server.app(&id, "t").await;
+    let mut peer = PeerState::new("slow-1");
+    let slow_url = server.ws_url(&format!("/ws/app/{id}?thread=t&{}", peer.query()));
+    let mut slow = Ws::connect(&slow_url, Some(TOKEN)).await.unwrap();
+    let plain_slow = server.app(&id, "t").await;
+
+    // 8 KiB each: far more than socket buffers hold, so the window must overflow.
+    // The runtime stays at most 64 messages ahead of the fast app, so the fast app is
+    // keeping pace however loaded the machine is; the slow ones never read.
+    let pad = "x".repeat(8 << 10);
+    let pace = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let permits = pace.clone();
+    let sending = tokio::spawn(async move {
+        for n in 1..=N {
+            permits.acquire().await.unwrap().forget();
+            rt.send(json!({"type": "r", "n": n, "pad": pad})).await;
+        }
+        rt
+    });
+    for n in 1..=N {
+        assert_eq!(fast.next().await["n"], n);
+        pace.add_permits(1);
+    }
+    let _rt = sending.await.unwrap();
+
+    // The slow readers were closed with 4008 (after whatever the sockets held).
+    assert_eq!(slow.close_code().await, Some(4008));
+    let mut plain_slow = plain_slow;
+    assert_eq!(plain_slow.close_code().await, Some(4008));
+    // The resumable one resumes and learns exactly what it lost; nothing else is missing.
+    let slow_url = server.ws_url(&format!("/ws/app/{id}?thread=t&{}", peer.query()));
+    let mut slow = Ws::connect(&slow_url, Some(TOKEN)).await.unwrap();
+    let (mut lost, mut got, mut last_n) = (0, 0, 0);
+    while peer.last_seq() < N + 2 {
+        let Some(text) = slow.next_text().await else {
+            panic!(
+                "resumed connection ended at {last_n}; log:\n{}",
+                server.log()
+            )
+        };
+        match peer.on_frame(&text) {
+            Incoming::Lost(from, to) => lost += to - from + 1,
+            Incoming::Message(m) if m["type"] == "r" => {
+                let n = m["n"].as_u64().unwrap();
+                assert!(n > last_n, "out of order");
+                last_n = n;
+                got += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(lost > 0, "the window overflowed, so something was lost");
+    // Every message is accounted for: received (before or after) or reported lost;
+    // the two status events (on connecting and on resuming) are numbered too.
+    assert_eq!(peer.last_seq(), N + 2);
+    assert!(got + lost <= N + 2);
+    server.stop();
+}
+
+#[tokio::test]
+async fn relay_limits_message_size_and_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[relay]\nmax_message_kib = 64\nmax_connections = 3\n";
+    let server = Server::start_with_handoff(dir.path(), config);
+    let (id, url, token) = server.handoff_env("limits").await;
+    let (mut rt, _) = runtime(&url, &token, None).await;
+    let mut big = server.app(&id, "t").await;
+    big.send_text(&format!(
+        "{{\"type\":\"m\",\"pad\":\"{}\"}}",
+        "x".repeat(100 << 10)
+    ))
+    .await;
+    assert_eq!(big.close_code().await, Some(1009));
+    // The runtime and two apps fill the environment; a third app is refused.
+    let _a = server.app(&id, "t").await;
+    let mut b = server.app(&id, "t").await;
+    let mut over = server.app(&id, "t").await;
+    assert_eq!(over.close_code().await, Some(4013));
+    // Those admitted still work.
+    b.send(json!({"type": "m", "n": 1})).await;
+    assert_eq!(rt.next().await["n"], 1);
+    server.stop();
+}
+
+#[tokio::test]
+async fn relay_auth_wrong_tokens_browser_subprotocol_and_foreign_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_handoff(dir.path(), "");
+    let (a, url_a, token_a) = server.handoff_env("env-a").await;
+    let (b, _, token_b) = server.handoff_env("env-b").await;
+    let app_url = server.ws_url(&format!("/ws/app/{a}"));
+    assert_eq!(
+        Ws::connect(&app_url, Some("wrong")).await.err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    // Runtime A's token does not admit it to B, nor B's to A; the API token admits no runtime.
+    let url_b = server.ws_url(&format!("/ws/runtime/{b}"));
+    for (url, token) in [
+        (&url_b, &token_a),
+        (&url_a, &token_b),
+        (&url_a, &TOKEN.to_owned()),
+    ] {
+        assert_eq!(
+            Ws::connect(url, Some(token)).await.err(),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+    }
+    let (_rt, _) = runtime(&url_a, &token_a, None).await;
+
+    // A browser offers the token as a subprotocol and gets `tether.v1` back.
+    for (token, ok) in [(TOKEN, true), ("wrong", false)] {
+        let mut req = app_url.as_str().into_client_request().unwrap();
+        let offer = HeaderValue::from_str(&format!("tether.v1, tether.bearer.{token}")).unwrap();
+        req.headers_mut().insert("sec-websocket-protocol", offer);
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((_, resp)) => {
+                assert!(ok, "a wrong token was accepted");
+                assert_eq!(resp.headers()["sec-websocket-protocol"], "tether.v1");
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert!(!ok, "refused: {}", resp.status());
+                assert_eq!(resp.status().as_u16(), 401);
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    server.stop();
+}
+
+#[tokio::test]
+async fn relay_pings_and_closes_a_peer_that_never_answers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[relay]\nping_interval_secs = 1\nidle_timeout_secs = 2\n";
+    let server = Server::start_with_handoff(dir.path(), config);
+    let (id, _, _) = server.handoff_env("silent").await;
+    // A raw client: it completes the upgrade, then reads bytes and never answers a ping.
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let upgrade = format!(
+        "GET /ws/app/{id} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    tcp.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut pinged = false;
+    let close_code = 'read: loop {
+        let n = tokio::time::timeout(crate::support::WAIT, tcp.read(&mut buf))
+            .await
+            .expect("the host to act in time")
+            .unwrap();
+        assert!(n > 0, "connection ended without a close frame");
+        bytes.extend_from_slice(&buf[..n]);
+        // Skip the HTTP response, then walk the (unmasked, short) frames.
+        let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let mut at = head_end + 4;
+        while at + 4 <= bytes.len() {
+            let (opcode, short) = (bytes[at] & 0x0f, usize::from(bytes[at + 1] & 0x7f));
+            // Frames here are short: a 7-bit length, or 126 and a 16-bit one.
+            let (header, len) = match short {
+                126 => (
+                    4,
+                    usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])),
+                ),
+                127 => panic!("unexpectedly long frame"),
+                n => (2, n),
+            };
+            if at + header + len > bytes.len() {
+                break; // incomplete: read more
+            }
+            let payload = &bytes[at + header..at + header + len];
+            match opcode {
+                0x9 => pinged = true,
+                0x8 => break 'read u16::from_be_bytes([payload[0], payload[1]]),
+                _ => {}
+            }
+            at += header + len;
+        }
+    };
+    assert!(pinged, "the host pinged before giving up");
+    assert_eq!(close_code, 4011);
+    server.stop();
+}
