@@ -75,6 +75,11 @@ impl ProcessBroker {
         }
     }
 
+    /// The capabilities this broker enforces.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
     /// Children of this environment that have not been reaped yet.
     pub fn live(&self) -> usize {
         self.live.load(Ordering::SeqCst)
@@ -327,12 +332,16 @@ mod tests {
     fn broker_with_tail(dir: &Path, max: usize, tail: usize) -> ProcessBroker {
         let any = CommandPattern::new("*".into(), vec!["**".into()]).unwrap();
         let caps = Capabilities::new(
-            vec![any.clone()],
+            crate::broker::Request {
+                commands: vec![any.clone()],
+                ..Default::default()
+            },
             Grant {
                 commands: vec![
                     CommandPattern::new("sh".into(), vec!["-c".into(), "*".into()]).unwrap(),
                 ],
                 env: vec!["PATH".into()],
+                ..Grant::default()
             },
         );
         ProcessBroker::new("test".into(), caps, dir.to_owned(), max, tail)

@@ -1,6 +1,7 @@
 //! Host implementations of the provider world's imports, one file per interface.
 
-mod log;
+pub(crate) mod http;
+pub(crate) mod log;
 mod process;
 mod runtime;
 mod state;
