@@ -5,5 +5,6 @@
 #![allow(unreachable_pub)]
 
 mod api;
+mod hostile;
 mod spine;
 mod support;

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::sockets::SocketAddrUse;
-use wasmtime_wasi::{DirPerms, FilePerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use super::bindings::{ProviderWorld, ProviderWorldPre};
@@ -165,7 +165,7 @@ pub(crate) fn new_store(
     })?;
     let mut wasi = WasiCtxBuilder::new();
     for (host, guest) in &dirs {
-        wasi.preopened_dir(host, guest, DirPerms::all(), FilePerms::all())
+        wasi.preopened_dir(host, guest, FsPerms::ReadWrite)
             .map_err(|e| EngineError::Instantiate(format!("preopening {}: {e}", host.display())))?;
     }
     let check = policy.clone();
@@ -201,7 +201,7 @@ fn socket_verdict(policy: &NetPolicy, addr: std::net::SocketAddr, usage: SocketA
         }
         SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => "tcp-listen",
         SocketAddrUse::TcpConnect => "tcp",
-        SocketAddrUse::UdpConnect | SocketAddrUse::UdpOutgoingDatagram => "udp",
+        SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => "udp",
     };
     let verdict = if scheme == "tcp-listen" {
         Err(crate::broker::Denied::UrlNotGranted(format!("listening on {addr}")))

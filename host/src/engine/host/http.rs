@@ -23,13 +23,13 @@ use crate::engine::instance::HostState;
 
 /// The `wasi:http` hooks of one instance: its environment's network policy.
 #[derive(Debug, Clone)]
-pub struct NetHooks {
+pub(crate) struct NetHooks {
     policy: NetPolicy,
 }
 
 impl NetHooks {
     /// Hooks enforcing `policy`.
-    pub fn new(policy: NetPolicy) -> Self {
+    pub(crate) fn new(policy: NetPolicy) -> Self {
         Self { policy }
     }
 }
@@ -44,14 +44,11 @@ impl WasiHttpView for HostState {
     }
 }
 
-type ResponseFuture = Box<
-    dyn Future<
-            Output = Result<(
-                http::Response<WasiBody>,
-                Box<dyn Future<Output = Result<(), Error>> + Send>,
-            )>,
-        > + Send,
->;
+type Sent = (
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = Result<(), Error>> + Send>,
+);
+type ResponseFuture = Box<dyn Future<Output = Result<Sent, Error>> + Send>;
 
 impl WasiHttpHooks for NetHooks {
     fn send_request(
@@ -85,13 +82,7 @@ async fn send(
     policy: NetPolicy,
     mut request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
-) -> Result<
-    (
-        http::Response<WasiBody>,
-        Box<dyn Future<Output = Result<(), Error>> + Send>,
-    ),
-    Error,
-> {
+) -> Result<Sent, Error> {
     let uri = request.uri().clone();
     let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
     let host = uri.host().ok_or(Error::HttpRequestUriInvalid)?.to_owned();

@@ -16,7 +16,7 @@ const PER_SECOND: f64 = 50.0;
 
 /// A token bucket over one instance's log lines, counting what it dropped.
 #[derive(Debug)]
-pub struct LogBudget {
+pub(crate) struct LogBudget {
     tokens: f64,
     last: Instant,
     suppressed: u64,

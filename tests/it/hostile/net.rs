@@ -1,0 +1,65 @@
+//! Network attacks of the hostile provider. Traffic only ever goes to 127.0.0.1:
+//! `metadata.test` is an operator override to 169.254.169.254 that the broker
+//! refuses before connecting, which the counting server on loopback cannot see, so
+//! the refusal's wording (an address check, not a connect error) is what proves it.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::json;
+
+use super::rig::Rig;
+
+#[tokio::test]
+async fn hostile_http_to_a_host_not_granted_is_refused() {
+    let mut rig = Rig::start(|_| {}).await;
+    let url = format!("http://localhost:{}/", rig.http_port);
+    let (id, error) = rig.refused("http-other", json!({"attack": "http", "url": url})).await;
+    assert!(error.contains("HttpRequestDenied"), "{error}");
+    assert_eq!(rig.http_hits.load(Ordering::SeqCst), 0);
+    assert!(rig.logged(&id, "is not granted to this provider"), "denial not logged");
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn hostile_http_to_a_granted_name_resolving_to_loopback_is_refused() {
+    let mut rig = Rig::start(|_| {}).await;
+    let url = format!("http://loopback.test:{}/", rig.http_port);
+    let (id, error) = rig.refused("http-loop", json!({"attack": "http", "url": url})).await;
+    assert!(error.contains("DestinationIpProhibited"), "{error}");
+    assert_eq!(rig.http_hits.load(Ordering::SeqCst), 0);
+    assert!(rig.logged(&id, "address 127.0.0.1 is loopback"), "denial not logged");
+    // The same server named literally is granted: the broker is not a blanket "no".
+    let literal = format!("http://127.0.0.1:{}/", rig.http_port);
+    let env = rig.attack("http-literal", json!({"attack": "http", "url": literal})).await;
+    assert_eq!(env["metadata"]["outcome"], "HTTP status 200", "{env}");
+    assert_eq!(rig.http_hits.load(Ordering::SeqCst), 1);
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn hostile_http_to_a_granted_name_resolving_to_the_metadata_address_is_refused() {
+    let mut rig = Rig::start(|_| {}).await;
+    let (id, error) = rig
+        .refused(
+            "http-meta",
+            json!({"attack": "http", "url": "http://metadata.test/latest/meta-data/"}),
+        )
+        .await;
+    assert!(error.contains("DestinationIpProhibited"), "{error}");
+    assert!(
+        rig.logged(&id, "address 169.254.169.254 is loopback, link-local, metadata"),
+        "refusal must come from the address check, before any connect"
+    );
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn hostile_raw_tcp_connect_is_refused() {
+    let mut rig = Rig::start(|_| {}).await;
+    let addr = format!("127.0.0.1:{}", rig.http_port);
+    let (id, error) = rig.refused("tcp", json!({"attack": "tcp", "addr": addr})).await;
+    assert!(error.contains("TCP connect refused"), "{error}");
+    assert_eq!(rig.http_hits.load(Ordering::SeqCst), 0);
+    assert!(rig.logged(&id, "socket use denied"), "denial not logged");
+    rig.finish().await;
+}
