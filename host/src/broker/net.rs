@@ -4,7 +4,7 @@
 //! A destination is allowed when a pattern the provider requested *and* a pattern the
 //! operator granted both match it. Its resolved addresses are then checked again:
 //! loopback, link-local, cloud metadata and unspecified addresses are refused unless
-//! a pattern on both sides names that address literally, so a granted name that
+//! an operator grant names that address literally, so a granted name that
 //! points at `127.0.0.1` or `169.254.169.254` gets nowhere. The check happens before
 //! any packet is sent; the connection then goes to the checked address only.
 
@@ -257,15 +257,14 @@ impl NetPolicy {
         Ok(())
     }
 
-    /// Whether both keys name `ip` literally for this scheme and port.
+    /// Whether the operator's grant names `ip` literally for this scheme and port
+    /// (the provider's request was already matched by the destination check).
     fn names_literally(&self, scheme: &str, ip: IpAddr, port: u16) -> bool {
-        let literal = |list: &[UrlPattern]| {
-            list.iter().any(|p| {
-                p.literal_ip().is_some_and(|l| l.to_canonical() == ip.to_canonical())
-                    && p.matches(scheme, &ip.to_string(), port)
-            })
-        };
-        literal(&self.requested) && literal(&self.granted)
+        self.granted.iter().any(|p| {
+            p.literal_ip()
+                .is_some_and(|l| l.to_canonical() == ip.to_canonical())
+                && p.matches(scheme, &ip.to_string(), port)
+        })
     }
 
     /// Re-checks one resolved address of an allowed destination.

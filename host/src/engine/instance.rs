@@ -326,6 +326,12 @@ pub(crate) fn classify(trap: &wasmtime::Error, timeout: Duration, limits: &Limit
                 super::MAX_WASM_STACK >> 10
             ));
         }
+        Some(Trap::MemoryOutOfBounds) => {
+            return CallError::Trapped(format!(
+                "out-of-bounds memory access: the provider overran its memory, typically its stack \
+                 (kept in linear memory) through unbounded recursion [{text}]"
+            ));
+        }
         Some(Trap::UnreachableCodeReached) => {
             return CallError::Trapped(format!(
                 "the provider panicked (wasm `unreachable`); see its log lines above [{text}]"

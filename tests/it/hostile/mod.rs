@@ -182,7 +182,12 @@ async fn hostile_allocating_4gib_hits_the_memory_cap() {
 async fn hostile_unbounded_recursion_is_trapped() {
     let mut rig = Rig::start(|_| {}).await;
     let (_, error) = rig.refused("recurse", json!({"attack": "recurse"})).await;
-    assert!(error.contains("stack overflow"), "{error}");
+    // Deep native frames overflow the capped wasm stack; Rust's shadow stack in
+    // linear memory runs off its bottom. Either way the instance is trapped.
+    assert!(
+        error.contains("stack overflow") || error.contains("its stack"),
+        "{error}"
+    );
     rig.finish().await;
 }
 
