@@ -227,7 +227,7 @@ async fn hostile_provider_view_shows_requested_granted_and_denied() {
     let (status, view) = rig.server.call("GET", "/api/v1/providers/hostile", None).await;
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["urls"][0], "http://*:*", "{view}");
-    assert_eq!(view["granted"]["urls"][0], "http://127.0.0.1:*", "{view}");
+    assert_eq!(view["granted"]["urls"][0], "http://127.0.0.2:*", "{view}");
     let denied = &view["denied"];
     assert_eq!(denied["commands"][0]["program"], "*", "{view}");
     assert!(denied["urls"].as_array().unwrap().iter().any(|u| u == "tcp://*:*"), "{view}");

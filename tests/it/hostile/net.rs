@@ -1,4 +1,4 @@
-//! Network attacks of the hostile provider. Traffic only ever goes to 127.0.0.1:
+//! Network attacks of the hostile provider. Traffic only ever goes to 127.0.0.0/8:
 //! `metadata.test` is an operator override to 169.254.169.254 that the broker
 //! refuses before connecting, which the counting server on loopback cannot see, so
 //! the refusal's wording (an address check, not a connect error) is what proves it.
@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::json;
 
-use super::rig::Rig;
+use super::rig::{Rig, counting_http_server};
 
 #[tokio::test]
 async fn hostile_http_to_a_host_not_granted_is_refused() {
@@ -28,11 +28,14 @@ async fn hostile_http_to_a_granted_name_resolving_to_loopback_is_refused() {
     assert!(error.contains("DestinationIpProhibited"), "{error}");
     assert_eq!(rig.http_hits.load(Ordering::SeqCst), 0);
     assert!(rig.logged(&id, "address 127.0.0.1 is loopback"), "denial not logged");
-    // The same server named literally is granted: the broker is not a blanket "no".
-    let literal = format!("http://127.0.0.1:{}/", rig.http_port);
+    // A loopback address the operator names literally (`http://127.0.0.2:*`) is
+    // reachable: the broker is not a blanket "no".
+    let (port, hits) = counting_http_server([127, 0, 0, 2]).await;
+    let literal = format!("http://127.0.0.2:{port}/");
     let env = rig.attack("http-literal", json!({"attack": "http", "url": literal})).await;
     assert_eq!(env["metadata"]["outcome"], "HTTP status 200", "{env}");
-    assert_eq!(rig.http_hits.load(Ordering::SeqCst), 1);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(rig.http_hits.load(Ordering::SeqCst), 0);
     rig.finish().await;
 }
 

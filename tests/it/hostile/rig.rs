@@ -40,7 +40,7 @@ commands = [
   { program = "/bin/echo", args = ["hello", "*"] },
   { program = "/bin/sleep", args = ["*"] },
 ]
-urls = ["http://127.0.0.1:*", "http://loopback.test:*", "http://metadata.test:80"]
+urls = ["http://127.0.0.2:*", "http://loopback.test:*", "http://metadata.test:80"]
 "#;
 
 /// A server under attack plus its witnesses.
@@ -68,7 +68,7 @@ impl Rig {
         std::fs::create_dir_all(&providers).expect("providers dir");
         std::fs::copy(guests::HOSTILE, providers.join("hostile.wasm")).expect("drop in hostile");
         prepare(dir.path());
-        let (http_port, http_hits) = counting_http_server().await;
+        let (http_port, http_hits) = counting_http_server([127, 0, 0, 1]).await;
         let server = Server::start(dir.path());
         let good = server.running_env("good", "local-process", json!({})).await;
         let good_id = good["id"].as_str().expect("id").to_owned();
@@ -192,8 +192,9 @@ impl Rig {
     }
 }
 
-/// An HTTP server on 127.0.0.1 answering `ok` and counting requests.
-async fn counting_http_server() -> (u16, Arc<AtomicUsize>) {
+/// An HTTP server on `ip` (always a loopback address) answering `ok` and counting
+/// requests.
+pub async fn counting_http_server(ip: [u8; 4]) -> (u16, Arc<AtomicUsize>) {
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
     let app = axum::Router::new().fallback(move || {
@@ -203,7 +204,7 @@ async fn counting_http_server() -> (u16, Arc<AtomicUsize>) {
             "ok"
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::from(ip), 0))
         .await
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
