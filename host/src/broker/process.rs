@@ -124,10 +124,12 @@ impl ProcessBroker {
         let output = Arc::new(Mutex::new(Tail::new(self.tail_bytes)));
         let mut pumps = Vec::with_capacity(2);
         if let Some(out) = child.stdout.take() {
-            pumps.push(tokio::spawn(pump(out, output.clone())));
+            let log = OutputLog::new(&self.env_id, pid, "stdout");
+            pumps.push(tokio::spawn(pump(out, output.clone(), log)));
         }
         if let Some(err) = child.stderr.take() {
-            pumps.push(tokio::spawn(pump(err, output.clone())));
+            let log = OutputLog::new(&self.env_id, pid, "stderr");
+            pumps.push(tokio::spawn(pump(err, output.clone(), log)));
         }
         self.live.fetch_add(1, Ordering::SeqCst);
         tracing::info!(env = %self.env_id, pid, program = %spec.program, "spawned");
@@ -306,17 +308,69 @@ impl Tail {
     }
 }
 
-async fn pump(mut stream: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>) {
+/// Lines of one child stream logged at most; the tail keeps the rest's end.
+const MAX_LOGGED_LINES: usize = 1000;
+/// Longest logged line, in bytes.
+const MAX_LOGGED_LINE: usize = 1024;
+
+/// Forwards a child's output lines into the environment's log, bounded.
+struct OutputLog {
+    env_id: String,
+    pid: u32,
+    stream: &'static str,
+    partial: Vec<u8>,
+    lines: usize,
+}
+
+impl OutputLog {
+    fn new(env_id: &str, pid: u32, stream: &'static str) -> Self {
+        Self {
+            env_id: env_id.to_owned(),
+            pid,
+            stream,
+            partial: Vec::new(),
+            lines: 0,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == b'\n' {
+                self.flush();
+            } else if self.partial.len() < MAX_LOGGED_LINE {
+                self.partial.push(b);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let line = std::mem::take(&mut self.partial);
+        self.lines += 1;
+        if self.lines <= MAX_LOGGED_LINES {
+            let text = String::from_utf8_lossy(&line);
+            tracing::info!(env = %self.env_id, pid = self.pid, stream = self.stream, "{text}");
+        } else if self.lines == MAX_LOGGED_LINES + 1 {
+            tracing::warn!(env = %self.env_id, pid = self.pid, stream = self.stream,
+                "child output exceeds {MAX_LOGGED_LINES} lines; the rest is not logged");
+        }
+    }
+}
+
+async fn pump(mut stream: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>, mut log: OutputLog) {
     let mut buf = [0u8; 4096];
     loop {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                log.push(&buf[..n]);
                 if let Ok(mut t) = tail.lock() {
                     t.push(&buf[..n]);
                 }
             }
         }
+    }
+    if !log.partial.is_empty() {
+        log.flush();
     }
 }
 

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::support::{Server, WAIT, Ws, wait_gone};
 
+#[allow(dead_code)]
 mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
