@@ -150,11 +150,14 @@ impl ProcessBroker {
         let canonical = Path::new(cwd)
             .canonicalize()
             .map_err(|_| Denied::OutsidePath(cwd.to_owned()))?;
-        let root = self
-            .workspace
-            .canonicalize()
-            .map_err(|_| Denied::OutsidePath(cwd.to_owned()))?;
-        if canonical.starts_with(&root) {
+        // The workspace and the granted directories, with symlinks resolved on both sides.
+        let mut roots = vec![self.workspace.clone()];
+        roots.extend(self.caps.directories());
+        let inside = roots
+            .iter()
+            .filter_map(|r| r.canonicalize().ok())
+            .any(|root| canonical.starts_with(&root));
+        if inside {
             Ok(canonical)
         } else {
             Err(Denied::OutsidePath(cwd.to_owned()))

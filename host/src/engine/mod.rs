@@ -221,11 +221,18 @@ impl Engine {
         let mut store =
             instance::configured_store(&self.wasm, HostState::detached("?", &self.limits));
         store.set_epoch_deadline((Duration::from_secs(5).as_millis() / TICK.as_millis()) as u64);
-        let bindings = pre.instantiate_async(&mut store).await.map_err(info_err)?;
-        let info = bindings
-            .tether_provider_provider()
-            .call_info(&mut store)
+        // The epoch deadline traps a spinning guest; the wall clock bounds one parked
+        // in a host call.
+        let probe = async {
+            let bindings = pre.instantiate_async(&mut store).await?;
+            bindings
+                .tether_provider_provider()
+                .call_info(&mut store)
+                .await
+        };
+        let info = tokio::time::timeout(Duration::from_secs(6), probe)
             .await
+            .map_err(|_| EngineError::Info("info() did not return within 6 s".into()))?
             .map_err(info_err)?;
         ProviderDescription::from_wit(info).map_err(EngineError::Info)
     }
