@@ -104,7 +104,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Loads `file` (reading its `info()` in a sandbox with no grants) and reports its
 /// request, the grant `config` gives it, and what is denied.
-async fn inspect(file: &std::path::Path, config: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+async fn inspect(
+    file: &std::path::Path,
+    config: &std::path::Path,
+) -> anyhow::Result<serde_json::Value> {
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
     let listen: SocketAddr = DEFAULT_LISTEN.parse().context("default listen address")?;
     let settings = ServeConfig::load(listen, scratch.path().to_owned(), config)?;

@@ -292,7 +292,11 @@ impl ServeConfig {
             None => Ok(default),
         };
         let net = &mut self.net;
-        net.connect_timeout = ms(file.connect_timeout_ms, net.connect_timeout, "connect_timeout_ms")?;
+        net.connect_timeout = ms(
+            file.connect_timeout_ms,
+            net.connect_timeout,
+            "connect_timeout_ms",
+        )?;
         net.first_byte_timeout = ms(
             file.first_byte_timeout_ms,
             net.first_byte_timeout,

@@ -42,7 +42,12 @@ pub(crate) fn run(config: &Value, children: &mut Vec<Child>) -> Result<String, P
         "spawn" => spawn_one(text(config, "program")?, strings(config, "args"), children),
         "spawn-many" => {
             let count = config.get("count").and_then(Value::as_u64).unwrap_or(1000);
-            spawn_many(text(config, "program")?, strings(config, "args"), count, children)
+            spawn_many(
+                text(config, "program")?,
+                strings(config, "args"),
+                count,
+                children,
+            )
         }
         "http" => http::get(text(config, "url")?)
             .map(|status| format!("HTTP status {status}"))
@@ -57,7 +62,10 @@ pub(crate) fn run(config: &Value, children: &mut Vec<Child>) -> Result<String, P
         "recurse" => Ok(format!("recursed {}", recurse(black_box(0)))),
         "panic" => panic!("hostile provider panics on purpose"),
         "log-flood" => {
-            let lines = config.get("lines").and_then(Value::as_u64).unwrap_or(100_000);
+            let lines = config
+                .get("lines")
+                .and_then(Value::as_u64)
+                .unwrap_or(100_000);
             for i in 0..lines {
                 log::info(format!("flood line {i}"));
             }

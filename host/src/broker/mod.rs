@@ -181,7 +181,9 @@ pub enum Denied {
     #[error("{0} is not granted to this provider by the operator")]
     UrlNotGranted(String),
     /// A granted name resolved to an address reserved to the host or the cloud.
-    #[error("address {0} is loopback, link-local, metadata or unspecified; only a grant naming it literally allows it")]
+    #[error(
+        "address {0} is loopback, link-local, metadata or unspecified; only a grant naming it literally allows it"
+    )]
     SensitiveAddress(IpAddr),
     /// Too many concurrent connections.
     #[error("connection limit reached ({0} open; net.max_connections)")]
@@ -221,7 +223,9 @@ impl Capabilities {
     fn directory_granted(&self, dir: &str) -> bool {
         let dir = Path::new(dir);
         dir.is_absolute()
-            && !dir.components().any(|c| c == std::path::Component::ParentDir)
+            && !dir
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
             && self.granted.directories.iter().any(|g| dir.starts_with(g))
     }
 
@@ -293,7 +297,11 @@ mod tests {
                     UrlPattern::parse("https://api.example.com").unwrap(),
                     UrlPattern::parse("http://*:*").unwrap(),
                 ],
-                directories: vec!["/srv/repos/a".into(), "/etc".into(), "/srv/repos/../x".into()],
+                directories: vec![
+                    "/srv/repos/a".into(),
+                    "/etc".into(),
+                    "/srv/repos/../x".into(),
+                ],
             },
             Grant {
                 commands: vec![pat("git", &["*"])],
@@ -305,7 +313,10 @@ mod tests {
         let denied = caps.denied();
         assert_eq!(denied.commands, vec![pat("*", &["**"])]);
         assert_eq!(denied.urls, vec!["http://*:*".to_string()]);
-        assert_eq!(denied.directories, vec!["/etc".to_string(), "/srv/repos/../x".to_string()]);
+        assert_eq!(
+            denied.directories,
+            vec!["/etc".to_string(), "/srv/repos/../x".to_string()]
+        );
         assert_eq!(caps.directories(), vec![PathBuf::from("/srv/repos/a")]);
         assert!(pat("git", &["**"]).covers(&pat("git", &["a", "**"])));
         assert!(!pat("git", &["*"]).covers(&pat("git", &["**"])));

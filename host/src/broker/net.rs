@@ -43,7 +43,9 @@ impl UrlPattern {
             pattern: text.to_owned(),
             reason,
         };
-        let (scheme, rest) = text.split_once("://").ok_or_else(|| err("needs scheme://"))?;
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| err("needs scheme://"))?;
         let scheme = scheme.to_ascii_lowercase();
         if scheme.is_empty() {
             return Err(err("empty scheme"));
@@ -92,9 +94,14 @@ impl UrlPattern {
             _ if self.host == "*" => true,
             Some(suffix) => {
                 let theirs = other.host.strip_prefix("*.").unwrap_or(&other.host);
-                theirs.ends_with(&format!(".{suffix}")) || (other.host.starts_with("*.") && theirs == suffix)
+                theirs.ends_with(&format!(".{suffix}"))
+                    || (other.host.starts_with("*.") && theirs == suffix)
             }
-            None => other.host != "*" && !other.host.starts_with("*.") && host_matches(&self.host, &other.host),
+            None => {
+                other.host != "*"
+                    && !other.host.starts_with("*.")
+                    && host_matches(&self.host, &other.host)
+            }
         };
         scheme && port && host
     }
@@ -362,10 +369,7 @@ mod tests {
         assert!(!p.matches("https", "api.example.com", 8443));
         let any_port = UrlPattern::parse("http://127.0.0.1:*").unwrap();
         assert!(any_port.matches("http", "127.0.0.1", 9999));
-        assert_eq!(
-            any_port.literal_ip(),
-            Some(IpAddr::from([127, 0, 0, 1]))
-        );
+        assert_eq!(any_port.literal_ip(), Some(IpAddr::from([127, 0, 0, 1])));
         let v6 = UrlPattern::parse("tcp://[::1]:22").unwrap();
         assert!(v6.matches("tcp", "::1", 22));
         assert_eq!(v6.to_string(), "tcp://[::1]:22");
@@ -398,7 +402,11 @@ mod tests {
 
     #[test]
     fn both_keys_are_needed() {
-        let p = policy(&["https://*.example.com"], &["https://api.example.com"], &[]);
+        let p = policy(
+            &["https://*.example.com"],
+            &["https://api.example.com"],
+            &[],
+        );
         assert_eq!(p.check_destination("https", "api.example.com", 443), Ok(()));
         assert_eq!(
             p.check_destination("https", "www.example.com", 443),
@@ -415,7 +423,10 @@ mod tests {
         let p = policy(
             &["http://*:*"],
             &["http://metadata.test:80", "http://loop.test:*"],
-            &[("metadata.test", "169.254.169.254"), ("loop.test", "127.0.0.1")],
+            &[
+                ("metadata.test", "169.254.169.254"),
+                ("loop.test", "127.0.0.1"),
+            ],
         );
         assert!(matches!(
             p.resolve("http", "metadata.test", 80).await,
@@ -435,9 +446,18 @@ mod tests {
     #[test]
     fn sockets_need_a_literal_tcp_grant_and_slots_are_capped() {
         let p = policy(&["tcp://*:*"], &["tcp://127.0.0.1:5432"], &[]);
-        assert_eq!(p.check_socket("tcp", "127.0.0.1:5432".parse().unwrap()), Ok(()));
-        assert!(p.check_socket("tcp", "127.0.0.1:22".parse().unwrap()).is_err());
-        assert!(p.check_socket("udp", "127.0.0.1:5432".parse().unwrap()).is_err());
+        assert_eq!(
+            p.check_socket("tcp", "127.0.0.1:5432".parse().unwrap()),
+            Ok(())
+        );
+        assert!(
+            p.check_socket("tcp", "127.0.0.1:22".parse().unwrap())
+                .is_err()
+        );
+        assert!(
+            p.check_socket("udp", "127.0.0.1:5432".parse().unwrap())
+                .is_err()
+        );
         let a = p.connection_slot().unwrap();
         let _b = p.connection_slot().unwrap();
         assert_eq!(p.connection_slot().err(), Some(Denied::ConnectionLimit(2)));

@@ -204,7 +204,9 @@ fn socket_verdict(policy: &NetPolicy, addr: std::net::SocketAddr, usage: SocketA
         SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => "udp",
     };
     let verdict = if scheme == "tcp-listen" {
-        Err(crate::broker::Denied::UrlNotGranted(format!("listening on {addr}")))
+        Err(crate::broker::Denied::UrlNotGranted(format!(
+            "listening on {addr}"
+        )))
     } else {
         policy.check_socket(scheme, addr)
     };
@@ -316,7 +318,11 @@ fn ticks(timeout: Duration) -> u64 {
 }
 
 /// Turns a trap into an error a person can act on.
-pub(crate) fn classify(trap: &wasmtime::Error, timeout: Duration, limits: &LimitsConfig) -> CallError {
+pub(crate) fn classify(
+    trap: &wasmtime::Error,
+    timeout: Duration,
+    limits: &LimitsConfig,
+) -> CallError {
     let text = format!("{trap:#}");
     match trap.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => return CallError::TimedOut(timeout),

@@ -15,7 +15,9 @@ use rig::Rig;
 #[tokio::test]
 async fn hostile_reading_etc_passwd_is_refused() {
     let mut rig = Rig::start(|_| {}).await;
-    let (id, error) = rig.refused("passwd", json!({"attack": "read-passwd"})).await;
+    let (id, error) = rig
+        .refused("passwd", json!({"attack": "read-passwd"}))
+        .await;
     assert!(error.contains("reading /etc/passwd"), "{error}");
     assert!(!error.contains("root:"), "{error}");
     rig.delete(&id).await;
@@ -35,7 +37,12 @@ async fn hostile_writing_outside_the_workspace_is_refused() {
     assert!(error.contains("writing"), "{error}");
     assert!(!target.exists(), "a file appeared outside the workspace");
     assert!(!rig.workspace("escaped.txt").exists());
-    assert!(!rig.dir.path().join(".codebolt/environments/escaped.txt").exists());
+    assert!(
+        !rig.dir
+            .path()
+            .join(".codebolt/environments/escaped.txt")
+            .exists()
+    );
     rig.finish().await;
 }
 
@@ -62,7 +69,9 @@ async fn hostile_symlink_escape_is_refused_in_wasi_and_the_relay() {
     assert!(!error.contains("TOPSECRET"));
     // The same link through the relay's file handler of the good environment.
     let reply = rig
-        .good_request(json!({"type": "providerReadFile", "requestId": "r1", "path": "escape/secret.txt"}))
+        .good_request(
+            json!({"type": "providerReadFile", "requestId": "r1", "path": "escape/secret.txt"}),
+        )
         .await;
     assert!(reply.get("error").is_some(), "{reply}");
     assert!(!reply.to_string().contains("TOPSECRET"), "{reply}");
@@ -82,7 +91,9 @@ async fn hostile_dotdot_escape_is_refused_in_wasi_and_the_relay() {
     assert!(error.contains("/state/../"), "{error}");
     for (n, path) in ["../../../../etc/passwd", "/etc/passwd"].iter().enumerate() {
         let reply = rig
-            .good_request(json!({"type": "providerReadFile", "requestId": format!("d{n}"), "path": path}))
+            .good_request(
+                json!({"type": "providerReadFile", "requestId": format!("d{n}"), "path": path}),
+            )
             .await;
         assert!(reply.get("error").is_some(), "{reply}");
         assert!(!reply.to_string().contains("root:"), "{reply}");
@@ -103,7 +114,10 @@ async fn hostile_spawning_bin_sh_is_refused() {
         error.contains("`/bin/sh` with these arguments is not granted"),
         "{error}"
     );
-    assert!(rig.logged(&id, "spawn denied"), "denial not logged with {id}");
+    assert!(
+        rig.logged(&id, "spawn denied"),
+        "denial not logged with {id}"
+    );
     rig.finish().await;
 }
 
@@ -117,7 +131,10 @@ async fn hostile_spawning_a_granted_command_with_other_arguments_is_refused() {
             json!({"attack": "spawn", "program": "/bin/echo", "args": ["hello", "a", "b"]}),
         )
         .await;
-    assert!(error.contains("`/bin/echo` with these arguments is not granted"), "{error}");
+    assert!(
+        error.contains("`/bin/echo` with these arguments is not granted"),
+        "{error}"
+    );
     let allowed = rig
         .attack(
             "args-ok",
@@ -150,7 +167,10 @@ async fn hostile_spawning_1000_processes_hits_the_cap_and_none_outlive_the_envir
         .map(|p| p.parse().unwrap())
         .collect();
     assert_eq!(pids.len(), 8);
-    assert!(pids.iter().all(|p| !process_gone(*p)), "children should live while the env runs");
+    assert!(
+        pids.iter().all(|p| !process_gone(*p)),
+        "children should live while the env runs"
+    );
     rig.delete(env["id"].as_str().unwrap()).await;
     for pid in pids {
         wait_gone(pid).await;
@@ -210,7 +230,10 @@ async fn hostile_log_flood_is_rate_limited() {
     let id = env["id"].as_str().unwrap();
     let log = rig.server.log();
     let flood_lines = log.lines().filter(|l| l.contains("flood line")).count();
-    assert!(flood_lines <= 400, "{flood_lines} flood lines reached the log");
+    assert!(
+        flood_lines <= 400,
+        "{flood_lines} flood lines reached the log"
+    );
     assert!(flood_lines >= 100, "the burst should pass ({flood_lines})");
     // The next line after the flood tells the operator what was dropped.
     let env2 = rig
@@ -224,13 +247,23 @@ async fn hostile_log_flood_is_rate_limited() {
 #[tokio::test]
 async fn hostile_provider_view_shows_requested_granted_and_denied() {
     let rig = Rig::start(|_| {}).await;
-    let (status, view) = rig.server.call("GET", "/api/v1/providers/hostile", None).await;
+    let (status, view) = rig
+        .server
+        .call("GET", "/api/v1/providers/hostile", None)
+        .await;
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["urls"][0], "http://*:*", "{view}");
     assert_eq!(view["granted"]["urls"][0], "http://127.0.0.2:*", "{view}");
     let denied = &view["denied"];
     assert_eq!(denied["commands"][0]["program"], "*", "{view}");
-    assert!(denied["urls"].as_array().unwrap().iter().any(|u| u == "tcp://*:*"), "{view}");
+    assert!(
+        denied["urls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u == "tcp://*:*"),
+        "{view}"
+    );
     assert_eq!(denied["directories"], json!(["/", "/etc"]), "{view}");
     // The same report from the CLI, for the file before it is dropped in.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
@@ -240,7 +273,11 @@ async fn hostile_provider_view_shows_requested_granted_and_denied() {
         .arg(rig.dir.path().join("tether.toml"))
         .output()
         .expect("tether provider inspect");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["denied"], view["denied"]);
     assert_eq!(report["granted"], view["granted"]);

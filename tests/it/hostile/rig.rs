@@ -150,7 +150,10 @@ impl Rig {
     /// Attacks and expects the start to be refused; returns the `lastError`.
     pub async fn refused(&mut self, name: &str, config: Value) -> (String, String) {
         let env = self.attack(name, config).await;
-        assert_eq!(env["status"], "error", "attack {name} was not contained: {env}");
+        assert_eq!(
+            env["status"], "error",
+            "attack {name} was not contained: {env}"
+        );
         let error = env["lastError"].as_str().expect("lastError").to_owned();
         (env["id"].as_str().expect("id").to_owned(), error)
     }
@@ -162,7 +165,11 @@ impl Rig {
         self.echo().await;
         let (_, good) = self
             .server
-            .call("GET", &format!("/api/v1/environments/{}", self.good_id), None)
+            .call(
+                "GET",
+                &format!("/api/v1/environments/{}", self.good_id),
+                None,
+            )
             .await;
         assert_eq!(good["status"], "running", "{good}");
     }

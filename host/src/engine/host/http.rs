@@ -112,7 +112,10 @@ async fn send(
         .connection_slot()
         .map_err(|d| refused(&policy, &dest, &d))?;
     let config = policy.config();
-    let connect_timeout = bounded(config.connect_timeout, options.and_then(|o| o.connect_timeout));
+    let connect_timeout = bounded(
+        config.connect_timeout,
+        options.and_then(|o| o.connect_timeout),
+    );
     let first_byte = bounded(
         config.first_byte_timeout,
         options.and_then(|o| o.first_byte_timeout),
