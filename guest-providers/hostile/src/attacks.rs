@@ -32,6 +32,14 @@ fn strings(config: &Value, key: &str) -> Vec<String> {
 /// Runs the attack `config.attack` names.
 pub(crate) fn run(config: &Value, children: &mut Vec<Child>) -> Result<String, ProviderError> {
     match text(config, "attack")? {
+        "none" => Ok("behaved".to_owned()),
+        "handles" => {
+            let count = config
+                .get("count")
+                .and_then(Value::as_u64)
+                .unwrap_or(100_000);
+            Ok(format!("held {} handles", http::hoard_handles(count)))
+        }
         "read-passwd" => read_all(&["/etc/passwd"]),
         "read" => read_all(&[text(config, "path")?]),
         "write-outside" => write_all(&[text(config, "path")?, "/workspace/../escaped.txt"]),

@@ -53,3 +53,13 @@ pub(crate) fn get(url: &str) -> Result<u16, String> {
         None => Err("no response after waiting".to_owned()),
     }
 }
+
+/// Creates `count` header-field resources and keeps them all, to fill the host's
+/// resource table; returns how many it got (it traps first if the table is capped).
+pub(crate) fn hoard_handles(count: u64) -> usize {
+    let mut held = Vec::new();
+    for _ in 0..count {
+        held.push(Fields::new());
+    }
+    held.len()
+}

@@ -221,6 +221,36 @@ async fn hostile_panic_is_trapped_and_reported() {
 }
 
 #[tokio::test]
+async fn hostile_hoarding_handles_hits_the_resource_table_cap() {
+    let mut rig = Rig::start(|_| {}).await;
+    let (_, error) = rig
+        .refused("hoard", json!({"attack": "handles", "count": 100000}))
+        .await;
+    assert!(error.contains("resource limit exceeded"), "{error}");
+    assert!(error.contains("limits.max_resources"), "{error}");
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn hostile_trap_while_running_fails_only_its_environment() {
+    let mut rig = Rig::start(|_| {}).await;
+    let env = rig.attack("later", json!({"attack": "none"})).await;
+    assert_eq!(env["status"], "running", "{env}");
+    let id = env["id"].as_str().unwrap().to_owned();
+    let mut app = rig.server.app(&id, "t").await;
+    app.send(json!({"type": "attack", "requestId": "p1", "attack": "panic"}))
+        .await;
+    let failed = rig
+        .server
+        .wait_env(&id, "error", |e| e["status"] == "error")
+        .await;
+    let error = failed["lastError"].as_str().unwrap();
+    assert!(error.contains("the provider panicked"), "{error}");
+    rig.assert_host_fine().await;
+    rig.finish().await;
+}
+
+#[tokio::test]
 async fn hostile_log_flood_is_rate_limited() {
     let mut rig = Rig::start(|_| {}).await;
     let env = rig
