@@ -414,6 +414,20 @@ mod tests {
     }
 
     #[test]
+    fn logged_output_lines_are_cut_and_counted() {
+        let mut log = OutputLog::new("env", 1, "stdout");
+        log.push(&[b'x'; 5000]);
+        assert_eq!(log.partial.len(), MAX_LOGGED_LINE);
+        log.push(b"\nshort\n");
+        assert_eq!(log.lines, 2);
+        assert!(log.partial.is_empty());
+        for _ in 0..(MAX_LOGGED_LINES * 2) {
+            log.push(b"again\n");
+        }
+        assert_eq!(log.lines, 2 + MAX_LOGGED_LINES * 2);
+    }
+
+    #[test]
     fn tail_keeps_last_bytes() {
         let mut t = Tail::new(4);
         t.push(b"abc");
