@@ -185,6 +185,9 @@ pub enum Denied {
         "address {0} is loopback, link-local, metadata or unspecified; only a grant naming it literally allows it"
     )]
     SensitiveAddress(IpAddr),
+    /// Binding a fixed address, listening or accepting: providers are clients only.
+    #[error("serving on {0} (bind, listen, accept) is never granted")]
+    Serve(std::net::SocketAddr),
     /// Too many concurrent connections.
     #[error("connection limit reached ({0} open; net.max_connections)")]
     ConnectionLimit(usize),

@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
-use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::WasiHttpCtx;
 
@@ -175,7 +174,7 @@ pub(crate) fn new_store(
         // Names are resolved by the host for HTTP only; raw sockets take literal addresses.
         .allow_ip_name_lookup(false)
         .socket_addr_check(move |addr, usage| {
-            let verdict = socket_verdict(&check, addr, usage);
+            let verdict = super::host::sockets::allowed(&check, addr, usage);
             Box::pin(async move { verdict })
         });
     let state = HostState::new(
@@ -190,33 +189,6 @@ pub(crate) fn new_store(
         limits,
     );
     Ok(configured_store(engine, state))
-}
-
-/// Whether a `wasi:sockets` use is allowed: implicit binds yes, listening never,
-/// connects and datagrams only to an address a `tcp://`/`udp://` grant names.
-fn socket_verdict(policy: &NetPolicy, addr: std::net::SocketAddr, usage: SocketAddrUse) -> bool {
-    let scheme = match usage {
-        SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
-            return addr.ip().is_unspecified() && addr.port() == 0;
-        }
-        SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => "tcp-listen",
-        SocketAddrUse::TcpConnect => "tcp",
-        SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => "udp",
-    };
-    let verdict = if scheme == "tcp-listen" {
-        Err(crate::broker::Denied::UrlNotGranted(format!(
-            "listening on {addr}"
-        )))
-    } else {
-        policy.check_socket(scheme, addr)
-    };
-    match verdict {
-        Ok(()) => true,
-        Err(reason) => {
-            tracing::warn!(env = %policy.env_id(), %addr, ?usage, %reason, "socket use denied");
-            false
-        }
-    }
 }
 
 pub(crate) fn configured_store(engine: &wasmtime::Engine, state: HostState) -> Store<HostState> {

@@ -4,6 +4,7 @@ pub(crate) mod http;
 pub(crate) mod log;
 mod process;
 mod runtime;
+pub(crate) mod sockets;
 mod state;
 
 use super::bindings::types;
