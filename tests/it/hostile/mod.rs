@@ -156,7 +156,7 @@ async fn hostile_spawning_1000_processes_hits_the_cap_and_none_outlive_the_envir
         .await;
     assert_eq!(env["status"], "running", "{env}");
     let outcome = env["metadata"]["outcome"].as_str().expect("outcome");
-    // Eight live processes per environment, minus none: the good env has its own broker.
+    // `limits.max_processes = 8` counts per environment.
     assert!(outcome.starts_with("spawned 8;"), "{outcome}");
     assert!(outcome.contains("process limit reached"), "{outcome}");
     let pids: Vec<u32> = outcome
