@@ -179,7 +179,9 @@ pub enum CallError {
     #[error("provider trapped: {0}")]
     Trapped(String),
     /// The call ran past its deadline; the instance is now dead.
-    #[error("provider call timed out after {0:?} (deadlines are set in [lifecycle] of tether.toml)")]
+    #[error(
+        "provider call timed out after {0:?} (deadlines are set in [lifecycle] of tether.toml)"
+    )]
     TimedOut(Duration),
     /// The instance is gone (stopped, or dead after an earlier failure).
     #[error("provider instance is not available: {0}")]

@@ -107,7 +107,10 @@ async fn hostile_spawning_bin_sh_is_refused() {
     let (id, error) = rig
         .refused(
             "shell",
-            json!({"attack": "spawn", "program": "/bin/sh", "args": ["-c", "id"]}),
+            // An API caller's config naming grants has no effect on the broker.
+            json!({"attack": "spawn", "program": "/bin/sh", "args": ["-c", "id"],
+                   "providers": {"hostile": {"commands": [{"program": "/bin/sh", "args": ["**"]}]}},
+                   "commands": [{"program": "/bin/sh", "args": ["**"]}]}),
         )
         .await;
     assert!(
