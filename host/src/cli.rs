@@ -11,7 +11,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use crate::broker::Capabilities;
 use crate::config::{DEFAULT_LISTEN, ServeConfig};
+use crate::engine::{Engine, ProviderSource};
 use crate::reference_runtime::{self, RuntimeConfig};
 use crate::{scaffold, server};
 
@@ -55,6 +57,15 @@ enum ProviderCommand {
         /// Where to write it (default: ./NAME).
         #[arg(long)]
         path: Option<PathBuf>,
+    },
+    /// Show what a component asks for, what `tether.toml` grants it and what it is
+    /// denied, before it is dropped in.
+    Inspect {
+        /// The provider component (`.wasm`).
+        file: PathBuf,
+        /// Operator settings and grants to check it against.
+        #[arg(long, default_value = "tether.toml")]
+        config: PathBuf,
     },
 }
 
@@ -100,8 +111,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dir.display()
             );
         }
+        Command::Provider {
+            command: ProviderCommand::Inspect { file, config },
+        } => {
+            let report = rt.block_on(inspect(&file, &config))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
     }
     Ok(())
+}
+
+/// Loads `file` (reading its `info()` in a sandbox with no grants) and reports its
+/// request, the grant `config` gives it, and what is denied.
+async fn inspect(
+    file: &std::path::Path,
+    config: &std::path::Path,
+) -> anyhow::Result<serde_json::Value> {
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let listen: SocketAddr = DEFAULT_LISTEN.parse().context("default listen address")?;
+    let settings = ServeConfig::load(listen, scratch.path().to_owned(), config)?;
+    let engine = Engine::new(settings.limits.clone(), settings.net.clone())?;
+    let bytes = tokio::fs::read(file)
+        .await
+        .with_context(|| format!("reading {}", file.display()))?;
+    let source = ProviderSource::DropIn {
+        path: file.to_owned(),
+    };
+    let loaded = engine.load(bytes, source).await?;
+    let d = &loaded.description;
+    let grant = settings.grant_for(&d.name);
+    let denied = Capabilities::new(d.request(), grant.clone()).denied();
+    Ok(serde_json::json!({
+        "name": d.name,
+        "version": d.version,
+        "sha256": loaded.sha256,
+        "requested": d.request(),
+        "granted": grant,
+        "denied": denied,
+    }))
 }
 
 fn init_logging() {

@@ -5,13 +5,14 @@
 //! nothing an API caller sends (an environment's `config`) can widen them.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::broker::{CommandPattern, Grant};
+use crate::broker::net::NetConfig;
+use crate::broker::{CommandPattern, Grant, UrlPattern};
 
 /// The default listen address of `tether serve`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2719";
@@ -61,6 +62,8 @@ pub struct ServeConfig {
     pub grants: BTreeMap<String, Grant>,
     /// Relay windows, limits and liveness.
     pub relay: RelayConfig,
+    /// Outgoing network settings (timeouts, connection cap, static host overrides).
+    pub net: NetConfig,
 }
 
 /// Relay windows, limits and liveness (`[relay]` in `tether.toml`).
@@ -118,6 +121,11 @@ pub struct LimitsConfig {
     pub output_tail_bytes: usize,
     /// Persisted provider state entries per environment.
     pub max_state_entries: usize,
+    /// Entries in an instance's resource table (streams, bodies, children, ...).
+    pub max_resources: usize,
+    /// Bytes a single host call may be asked to produce or hold (random bytes,
+    /// HTTP header fields).
+    pub host_call_bytes: usize,
 }
 
 /// Health checking of running environments.
@@ -185,6 +193,8 @@ impl Default for LimitsConfig {
             max_processes: 32,
             output_tail_bytes: 64 << 10,
             max_state_entries: 64,
+            max_resources: 4096,
+            host_call_bytes: 1 << 20,
         }
     }
 }
@@ -204,6 +214,8 @@ struct FileConfig {
     providers: BTreeMap<String, FileGrant>,
     #[serde(default)]
     relay: FileRelay,
+    #[serde(default)]
+    net: FileNet,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -238,6 +250,16 @@ struct FileRestart {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileNet {
+    connect_timeout_ms: Option<u64>,
+    first_byte_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+    #[serde(default)]
+    hosts: BTreeMap<String, IpAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileLifecycle {
     start_timeout_secs: Option<u64>,
     stop_timeout_secs: Option<u64>,
@@ -249,6 +271,7 @@ struct FileLifecycle {
 struct FileLimits {
     memory_mib: Option<usize>,
     max_processes: Option<usize>,
+    max_resources: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,6 +281,10 @@ struct FileGrant {
     commands: Vec<FileCommand>,
     #[serde(default)]
     env: Vec<String>,
+    #[serde(default)]
+    urls: Vec<String>,
+    #[serde(default)]
+    directories: Vec<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -314,6 +341,7 @@ impl ServeConfig {
             restart: RestartConfig::default(),
             grants: BTreeMap::new(),
             relay: RelayConfig::default(),
+            net: NetConfig::default(),
         }
     }
 
@@ -388,6 +416,9 @@ impl ServeConfig {
             r.max_retries = n;
         }
         self.relay = relay_config(file.relay)?;
+        if let Some(n) = file.limits.max_resources {
+            self.limits.max_resources = n;
+        }
         for (name, grant) in file.providers {
             let commands = grant
                 .commands
@@ -395,14 +426,52 @@ impl ServeConfig {
                 .map(|c| CommandPattern::new(c.program, c.args))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| ConfigError::Invalid(format!("providers.{name}: {e}")))?;
+            let urls = (grant.urls.iter())
+                .map(|u| UrlPattern::parse(u))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ConfigError::Invalid(format!("providers.{name}: {e}")))?;
+            if let Some(d) = grant.directories.iter().find(|d| !d.is_absolute()) {
+                return Err(ConfigError::Invalid(format!(
+                    "providers.{name}: directory {} must be absolute",
+                    d.display()
+                )));
+            }
             self.grants.insert(
                 name,
                 Grant {
                     commands,
                     env: grant.env,
+                    urls,
+                    directories: grant.directories,
                 },
             );
         }
+        self.apply_net(file.net)
+    }
+
+    fn apply_net(&mut self, file: FileNet) -> Result<(), ConfigError> {
+        let ms = |v: Option<u64>, default: Duration, what: &str| match v {
+            Some(0) => Err(ConfigError::Invalid(format!("net.{what} must be > 0"))),
+            Some(n) => Ok(Duration::from_millis(n)),
+            None => Ok(default),
+        };
+        let net = &mut self.net;
+        net.connect_timeout = ms(
+            file.connect_timeout_ms,
+            net.connect_timeout,
+            "connect_timeout_ms",
+        )?;
+        net.first_byte_timeout = ms(
+            file.first_byte_timeout_ms,
+            net.first_byte_timeout,
+            "first_byte_timeout_ms",
+        )?;
+        if let Some(n) = file.max_connections {
+            net.max_connections = n;
+        }
+        net.hosts = (file.hosts.into_iter())
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
         Ok(())
     }
 
@@ -422,6 +491,11 @@ impl ServeConfig {
     /// Directory of drop-in provider components.
     pub fn providers_dir(&self) -> PathBuf {
         self.codebolt_dir().join("providers")
+    }
+
+    /// The private state directory of `provider` (preopened for its instances).
+    pub fn provider_state_dir(&self, provider: &str) -> PathBuf {
+        self.codebolt_dir().join("provider-state").join(provider)
     }
 
     /// Workspace directory of the environment named `name`.
@@ -520,6 +594,33 @@ mod tests {
         ));
         assert!(matches!(
             load("[relay]\nping_interval_secs = 50\n"),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn urls_directories_and_net_settings_parse() {
+        let c = load(
+            "[providers.x]\nurls = [\"https://*.example.com\"]\ndirectories = [\"/srv/repos\"]\n\
+             [net]\nconnect_timeout_ms = 250\nmax_connections = 3\n\
+             [net.hosts]\n\"Metadata.Test\" = \"169.254.169.254\"\n",
+        )
+        .unwrap();
+        let g = c.grant_for("x");
+        assert_eq!(g.urls[0].to_string(), "https://*.example.com:443");
+        assert_eq!(g.directories, vec![PathBuf::from("/srv/repos")]);
+        assert_eq!(c.net.connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.net.max_connections, 3);
+        assert_eq!(
+            c.net.hosts.get("metadata.test"),
+            Some(&IpAddr::from([169, 254, 169, 254]))
+        );
+        assert!(matches!(
+            load("[providers.x]\nurls = [\"nope\"]\n"),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            load("[providers.x]\ndirectories = [\"relative\"]\n"),
             Err(ConfigError::Invalid(_))
         ));
     }

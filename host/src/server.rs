@@ -74,7 +74,7 @@ pub async fn run(
     let (token, source) =
         ApiToken::load_or_create(std::env::var("TETHER_API_TOKEN").ok(), &token_file)?;
     let store = Store::open(config.codebolt_dir().join("environments.json"))?;
-    let engine = Engine::new(config.limits.clone())?;
+    let engine = Engine::new(config.limits.clone(), config.net.clone())?;
     engine.load_all(&config.providers_dir()).await;
     let runtime_base = format!("ws://{}", reachable(addr));
     let data_dir = config.data_dir.clone();

@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod api;
+mod hostile;
 mod lifecycle;
 mod providers;
 mod relay;

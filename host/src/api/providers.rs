@@ -1,4 +1,6 @@
-//! `/api/v1/providers`: what each loaded provider is, asks for, and is granted.
+//! `/api/v1/providers`: what each loaded provider is, asks for (`commands`, `urls`,
+//! `directories`), is granted by the operator, and is denied (asked for but not
+//! covered by the grant).
 
 use std::sync::Arc;
 
@@ -7,7 +9,7 @@ use axum::extract::{Path, State};
 use serde::Serialize;
 
 use super::{ApiError, AppState, Authorized};
-use crate::broker::Grant;
+use crate::broker::{Capabilities, DeniedItems, Grant};
 use crate::engine::{LoadedProvider, ProviderDescription, ProviderSource};
 
 #[derive(Debug, Serialize)]
@@ -18,14 +20,17 @@ pub(crate) struct ProviderView {
     source: ProviderSource,
     sha256: String,
     granted: Grant,
+    denied: DeniedItems,
 }
 
 fn view(state: &AppState, p: &Arc<LoadedProvider>) -> ProviderView {
+    let grant = state.manager.config().grant_for(&p.description.name);
     ProviderView {
         description: p.description.clone(),
         source: p.source.clone(),
         sha256: p.sha256.clone(),
-        granted: state.manager.config().grant_for(&p.description.name),
+        granted: grant.clone(),
+        denied: Capabilities::new(p.description.request(), grant).denied(),
     }
 }
 

@@ -1,13 +1,21 @@
-//! The capability broker: what a provider instance may spawn and where.
+//! The capability broker: what a provider instance may spawn, reach and open.
 //!
 //! A provider gets the intersection of what it asks for in `info()` and what the
-//! operator grants it in `tether.toml` (or the built-in default grant). A spawn is
-//! allowed only when it matches a requested pattern *and* a granted one. Every
-//! denial is returned to the provider as an error and logged for the operator.
+//! operator grants it in `tether.toml` (or the built-in default grant). A spawn, a
+//! connection or a directory is allowed only when it matches a requested pattern
+//! *and* a granted one. Every denial is returned to the provider as an error and
+//! logged for the operator with the environment id. [`process`] spawns, [`net`]
+//! checks destinations and addresses.
 
+pub mod net;
 pub mod process;
 
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
 use serde::Serialize;
+
+pub use net::UrlPattern;
 
 /// A program with argument patterns: `*` matches one argument, `**` all the rest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -63,6 +71,25 @@ impl CommandPattern {
         }
         given.next().is_none()
     }
+
+    /// Whether every command `other` matches is matched by `self` too.
+    pub fn covers(&self, other: &CommandPattern) -> bool {
+        if self.program != "*" && self.program != other.program {
+            return false;
+        }
+        let mut theirs = other.args.iter();
+        for mine in &self.args {
+            if mine == "**" {
+                return true;
+            }
+            match theirs.next() {
+                Some(a) if a == "**" => return false,
+                Some(a) if mine == "*" || mine == a => {}
+                _ => return false,
+            }
+        }
+        theirs.next().is_none()
+    }
 }
 
 /// What the operator grants one provider.
@@ -72,6 +99,10 @@ pub struct Grant {
     pub commands: Vec<CommandPattern>,
     /// Host environment variables passed through to its children.
     pub env: Vec<String>,
+    /// Destinations it may reach, as `scheme://host:port` patterns.
+    pub urls: Vec<UrlPattern>,
+    /// Host directories (absolute) it may have preopened, with everything below them.
+    pub directories: Vec<PathBuf>,
 }
 
 impl Grant {
@@ -91,16 +122,40 @@ impl Grant {
                     "LANG".into(),
                     "RUST_LOG".into(),
                 ],
+                urls: Vec::new(),
+                directories: Vec::new(),
             },
             _ => Self::default(),
         }
     }
 }
 
+/// What a provider asks for in its `info()`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Request {
+    /// Commands with argument patterns.
+    pub commands: Vec<CommandPattern>,
+    /// Destinations.
+    pub urls: Vec<UrlPattern>,
+    /// Host directories.
+    pub directories: Vec<String>,
+}
+
+/// The requested items the operator's grant does not fully cover.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DeniedItems {
+    /// Command patterns not covered by a granted one.
+    pub commands: Vec<CommandPattern>,
+    /// URL patterns not covered by a granted one.
+    pub urls: Vec<String>,
+    /// Directories outside every granted one.
+    pub directories: Vec<String>,
+}
+
 /// What a provider ends up with: its request intersected with the operator's grant.
 #[derive(Debug, Clone, Default)]
 pub struct Capabilities {
-    requested: Vec<CommandPattern>,
+    requested: Request,
     granted: Grant,
 }
 
@@ -117,14 +172,82 @@ pub enum Denied {
     #[error("{0} is outside the environment's directories")]
     OutsidePath(String),
     /// Too many live processes.
-    #[error("process limit reached ({0} live)")]
+    #[error("process limit reached ({0} live; limits.max_processes)")]
     ProcessLimit(usize),
+    /// The provider never asked for this destination in its `info()`.
+    #[error("{0} is not among the URLs this provider requested")]
+    UrlNotRequested(String),
+    /// The operator did not grant this destination.
+    #[error("{0} is not granted to this provider by the operator")]
+    UrlNotGranted(String),
+    /// A granted name resolved to an address reserved to the host or the cloud.
+    #[error(
+        "address {0} is loopback, link-local, metadata or unspecified; only a grant naming it literally allows it"
+    )]
+    SensitiveAddress(IpAddr),
+    /// Binding a fixed address, listening or accepting: providers are clients only.
+    #[error("serving on {0} (bind, listen, accept) is never granted")]
+    Serve(std::net::SocketAddr),
+    /// Too many concurrent connections.
+    #[error("connection limit reached ({0} open; net.max_connections)")]
+    ConnectionLimit(usize),
 }
 
 impl Capabilities {
     /// Intersects a provider's request with a grant.
-    pub fn new(requested: Vec<CommandPattern>, granted: Grant) -> Self {
+    pub fn new(requested: Request, granted: Grant) -> Self {
         Self { requested, granted }
+    }
+
+    /// The provider's side.
+    pub fn requested(&self) -> &Request {
+        &self.requested
+    }
+
+    /// Requested items the grant does not fully cover (shown to the operator).
+    pub fn denied(&self) -> DeniedItems {
+        let g = &self.granted;
+        DeniedItems {
+            commands: (self.requested.commands.iter())
+                .filter(|r| !g.commands.iter().any(|c| c.covers(r)))
+                .cloned()
+                .collect(),
+            urls: (self.requested.urls.iter())
+                .filter(|r| !g.urls.iter().any(|u| u.covers(r)))
+                .map(ToString::to_string)
+                .collect(),
+            directories: (self.requested.directories.iter())
+                .filter(|d| !self.directory_granted(d))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    fn directory_granted(&self, dir: &str) -> bool {
+        let dir = Path::new(dir);
+        dir.is_absolute()
+            && !dir
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            && self.granted.directories.iter().any(|g| dir.starts_with(g))
+    }
+
+    /// Requested directories the grant allows: the ones to preopen.
+    pub fn directories(&self) -> Vec<PathBuf> {
+        (self.requested.directories.iter())
+            .filter(|d| self.directory_granted(d))
+            .map(PathBuf::from)
+            .collect()
+    }
+
+    /// The network side of these capabilities for one environment.
+    pub fn net_policy(&self, env_id: String, config: net::NetConfig) -> net::NetPolicy {
+        net::NetPolicy::new(
+            env_id,
+            self.requested.urls.clone(),
+            self.granted.urls.clone(),
+            config,
+        )
     }
 
     /// The operator's side.
@@ -134,7 +257,7 @@ impl Capabilities {
 
     /// Checks a spawn against both keys.
     pub fn check_spawn(&self, program: &str, args: &[String]) -> Result<(), Denied> {
-        if !self.requested.iter().any(|p| p.matches(program, args)) {
+        if !(self.requested.commands.iter()).any(|p| p.matches(program, args)) {
             return Err(Denied::NotRequested(program.to_owned()));
         }
         if !self
@@ -159,6 +282,47 @@ mod tests {
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn commands(commands: Vec<CommandPattern>) -> Request {
+        Request {
+            commands,
+            ..Request::default()
+        }
+    }
+
+    #[test]
+    fn denied_lists_what_the_grant_does_not_cover() {
+        let caps = Capabilities::new(
+            Request {
+                commands: vec![pat("git", &["status"]), pat("*", &["**"])],
+                urls: vec![
+                    UrlPattern::parse("https://api.example.com").unwrap(),
+                    UrlPattern::parse("http://*:*").unwrap(),
+                ],
+                directories: vec![
+                    "/srv/repos/a".into(),
+                    "/etc".into(),
+                    "/srv/repos/../x".into(),
+                ],
+            },
+            Grant {
+                commands: vec![pat("git", &["*"])],
+                urls: vec![UrlPattern::parse("https://*.example.com").unwrap()],
+                directories: vec!["/srv/repos".into()],
+                ..Grant::default()
+            },
+        );
+        let denied = caps.denied();
+        assert_eq!(denied.commands, vec![pat("*", &["**"])]);
+        assert_eq!(denied.urls, vec!["http://*:*".to_string()]);
+        assert_eq!(
+            denied.directories,
+            vec!["/etc".to_string(), "/srv/repos/../x".to_string()]
+        );
+        assert_eq!(caps.directories(), vec![PathBuf::from("/srv/repos/a")]);
+        assert!(pat("git", &["**"]).covers(&pat("git", &["a", "**"])));
+        assert!(!pat("git", &["*"]).covers(&pat("git", &["**"])));
     }
 
     #[test]
@@ -190,7 +354,7 @@ mod tests {
     #[test]
     fn spawn_needs_both_keys() {
         let caps = Capabilities::new(
-            vec![pat("tether", &["runtime"]), pat("*", &["**"])],
+            commands(vec![pat("tether", &["runtime"]), pat("*", &["**"])]),
             Grant::builtin_default("local-process"),
         );
         assert_eq!(caps.check_spawn("tether", &args(&["runtime"])), Ok(()));
@@ -199,10 +363,10 @@ mod tests {
             Err(Denied::NotGranted("/bin/sh".into()))
         );
         let narrow = Capabilities::new(
-            vec![pat("git", &["status"])],
+            commands(vec![pat("git", &["status"])]),
             Grant {
                 commands: vec![pat("*", &["**"])],
-                env: vec![],
+                ..Grant::default()
             },
         );
         assert_eq!(

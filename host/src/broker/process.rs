@@ -75,6 +75,11 @@ impl ProcessBroker {
         }
     }
 
+    /// The capabilities this broker enforces.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
     /// Children of this environment that have not been reaped yet.
     pub fn live(&self) -> usize {
         self.live.load(Ordering::SeqCst)
@@ -119,10 +124,12 @@ impl ProcessBroker {
         let output = Arc::new(Mutex::new(Tail::new(self.tail_bytes)));
         let mut pumps = Vec::with_capacity(2);
         if let Some(out) = child.stdout.take() {
-            pumps.push(tokio::spawn(pump(out, output.clone())));
+            let log = OutputLog::new(&self.env_id, pid, "stdout");
+            pumps.push(tokio::spawn(pump(out, output.clone(), log)));
         }
         if let Some(err) = child.stderr.take() {
-            pumps.push(tokio::spawn(pump(err, output.clone())));
+            let log = OutputLog::new(&self.env_id, pid, "stderr");
+            pumps.push(tokio::spawn(pump(err, output.clone(), log)));
         }
         self.live.fetch_add(1, Ordering::SeqCst);
         tracing::info!(env = %self.env_id, pid, program = %spec.program, "spawned");
@@ -143,11 +150,14 @@ impl ProcessBroker {
         let canonical = Path::new(cwd)
             .canonicalize()
             .map_err(|_| Denied::OutsidePath(cwd.to_owned()))?;
-        let root = self
-            .workspace
-            .canonicalize()
-            .map_err(|_| Denied::OutsidePath(cwd.to_owned()))?;
-        if canonical.starts_with(&root) {
+        // The workspace and the granted directories, with symlinks resolved on both sides.
+        let mut roots = vec![self.workspace.clone()];
+        roots.extend(self.caps.directories());
+        let inside = roots
+            .iter()
+            .filter_map(|r| r.canonicalize().ok())
+            .any(|root| canonical.starts_with(&root));
+        if inside {
             Ok(canonical)
         } else {
             Err(Denied::OutsidePath(cwd.to_owned()))
@@ -301,17 +311,69 @@ impl Tail {
     }
 }
 
-async fn pump(mut stream: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>) {
+/// Lines of one child stream logged at most; the tail keeps the rest's end.
+const MAX_LOGGED_LINES: usize = 1000;
+/// Longest logged line, in bytes.
+const MAX_LOGGED_LINE: usize = 1024;
+
+/// Forwards a child's output lines into the environment's log, bounded.
+struct OutputLog {
+    env_id: String,
+    pid: u32,
+    stream: &'static str,
+    partial: Vec<u8>,
+    lines: usize,
+}
+
+impl OutputLog {
+    fn new(env_id: &str, pid: u32, stream: &'static str) -> Self {
+        Self {
+            env_id: env_id.to_owned(),
+            pid,
+            stream,
+            partial: Vec::new(),
+            lines: 0,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == b'\n' {
+                self.flush();
+            } else if self.partial.len() < MAX_LOGGED_LINE {
+                self.partial.push(b);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let line = std::mem::take(&mut self.partial);
+        self.lines += 1;
+        if self.lines <= MAX_LOGGED_LINES {
+            let text = String::from_utf8_lossy(&line);
+            tracing::info!(env = %self.env_id, pid = self.pid, stream = self.stream, "{text}");
+        } else if self.lines == MAX_LOGGED_LINES + 1 {
+            tracing::warn!(env = %self.env_id, pid = self.pid, stream = self.stream,
+                "child output exceeds {MAX_LOGGED_LINES} lines; the rest is not logged");
+        }
+    }
+}
+
+async fn pump(mut stream: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>, mut log: OutputLog) {
     let mut buf = [0u8; 4096];
     loop {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                log.push(&buf[..n]);
                 if let Ok(mut t) = tail.lock() {
                     t.push(&buf[..n]);
                 }
             }
         }
+    }
+    if !log.partial.is_empty() {
+        log.flush();
     }
 }
 
@@ -327,12 +389,16 @@ mod tests {
     fn broker_with_tail(dir: &Path, max: usize, tail: usize) -> ProcessBroker {
         let any = CommandPattern::new("*".into(), vec!["**".into()]).unwrap();
         let caps = Capabilities::new(
-            vec![any.clone()],
+            crate::broker::Request {
+                commands: vec![any.clone()],
+                ..Default::default()
+            },
             Grant {
                 commands: vec![
                     CommandPattern::new("sh".into(), vec!["-c".into(), "*".into()]).unwrap(),
                 ],
                 env: vec!["PATH".into()],
+                ..Grant::default()
             },
         );
         ProcessBroker::new("test".into(), caps, dir.to_owned(), max, tail)
@@ -345,6 +411,20 @@ mod tests {
             env: vec![("GREETING".into(), "hi".into())],
             cwd: None,
         }
+    }
+
+    #[test]
+    fn logged_output_lines_are_cut_and_counted() {
+        let mut log = OutputLog::new("env", 1, "stdout");
+        log.push(&[b'x'; 5000]);
+        assert_eq!(log.partial.len(), MAX_LOGGED_LINE);
+        log.push(b"\nshort\n");
+        assert_eq!(log.lines, 2);
+        assert!(log.partial.is_empty());
+        for _ in 0..(MAX_LOGGED_LINES * 2) {
+            log.push(b"again\n");
+        }
+        assert_eq!(log.lines, 2 + MAX_LOGGED_LINES * 2);
     }
 
     #[test]

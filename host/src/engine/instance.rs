@@ -16,12 +16,17 @@ use tracing::Instrument;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::WasiHttpCtx;
 
 use super::bindings::{ProviderWorld, ProviderWorldPre};
+use super::host::http::NetHooks;
+use super::host::log::LogBudget;
 use super::types::{
-    Call, CallError, ProviderEvent, ProviderFailure, Reply, RuntimePort, WORKSPACE_GUEST_DIR,
+    Call, CallError, ProviderEvent, ProviderFailure, Reply, RuntimePort, STATE_GUEST_DIR,
+    WORKSPACE_GUEST_DIR,
 };
 use super::{EngineError, TICK};
+use crate::broker::net::{NetConfig, NetPolicy};
 use crate::broker::process::ProcessBroker;
 use crate::config::LimitsConfig;
 
@@ -29,6 +34,9 @@ use crate::config::LimitsConfig;
 /// capabilities of its environment.
 pub struct HostState {
     wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) net: NetHooks,
+    pub(crate) log_budget: LogBudget,
     pub(crate) table: ResourceTable,
     limits: StoreLimits,
     pub(crate) env_id: String,
@@ -54,6 +62,7 @@ impl HostState {
     pub(crate) fn detached(provider: &str, limits: &LimitsConfig) -> Self {
         Self::new(
             WasiCtxBuilder::new().build(),
+            NetPolicy::deny_all(),
             "-".into(),
             provider.into(),
             None,
@@ -67,6 +76,7 @@ impl HostState {
     #[allow(clippy::too_many_arguments)]
     fn new(
         wasi: WasiCtx,
+        net: NetPolicy,
         env_id: String,
         provider: String,
         broker: Option<ProcessBroker>,
@@ -75,9 +85,17 @@ impl HostState {
         state: BTreeMap<String, String>,
         limits: &LimitsConfig,
     ) -> Self {
+        let mut table = ResourceTable::new();
+        // Every WASI stream, HTTP body and child is an entry: cap what a guest can pile up.
+        table.set_max_capacity(limits.max_resources);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(limits.host_call_bytes);
         Self {
             wasi,
-            table: ResourceTable::new(),
+            http,
+            net: NetHooks::new(net),
+            log_budget: LogBudget::default(),
+            table,
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
                 .instances(16)
@@ -110,6 +128,8 @@ pub struct InstanceSetup {
     pub env_id: String,
     /// Host directory preopened as the workspace.
     pub workspace: PathBuf,
+    /// The provider's own state directory, preopened as `/state`.
+    pub state_dir: PathBuf,
     /// Process broker for this environment.
     pub broker: ProcessBroker,
     /// The runtime connection.
@@ -125,14 +145,41 @@ pub(crate) fn new_store(
     provider: &str,
     setup: InstanceSetup,
     limits: &LimitsConfig,
+    net: &NetConfig,
 ) -> Result<Store<HostState>, EngineError> {
+    let caps = setup.broker.capabilities();
+    let policy = caps.net_policy(setup.env_id.clone(), net.clone());
+    // Only these directories exist for the guest; WASI resolves every path inside a
+    // preopen with cap-std, which refuses `..`, absolute and symlink escapes.
+    let mut dirs = vec![
+        (setup.workspace.clone(), WORKSPACE_GUEST_DIR.to_owned()),
+        (setup.state_dir.clone(), STATE_GUEST_DIR.to_owned()),
+    ];
+    dirs.extend(caps.directories().into_iter().map(|d| {
+        let guest = d.display().to_string();
+        (d, guest)
+    }));
+    std::fs::create_dir_all(&setup.state_dir).map_err(|e| {
+        EngineError::Instantiate(format!("creating {}: {e}", setup.state_dir.display()))
+    })?;
     let mut wasi = WasiCtxBuilder::new();
-    wasi.preopened_dir(&setup.workspace, WORKSPACE_GUEST_DIR, FsPerms::ReadWrite)
-        .map_err(|e| {
-            EngineError::Instantiate(format!("preopening {}: {e}", setup.workspace.display()))
-        })?;
+    for (host, guest) in &dirs {
+        wasi.preopened_dir(host, guest, FsPerms::ReadWrite)
+            .map_err(|e| EngineError::Instantiate(format!("preopening {}: {e}", host.display())))?;
+    }
+    let check = policy.clone();
+    wasi.max_random_size(limits.host_call_bytes as u64)
+        .allow_tcp(true)
+        .allow_udp(true)
+        // Names are resolved by the host for HTTP only; raw sockets take literal addresses.
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(move |addr, usage| {
+            let verdict = super::host::sockets::allowed(&check, addr, usage);
+            Box::pin(async move { verdict })
+        });
     let state = HostState::new(
         wasi.build(),
+        policy,
         setup.env_id,
         provider.to_owned(),
         Some(setup.broker),
@@ -207,6 +254,7 @@ pub(crate) async fn instantiate(
     provider: String,
     version: String,
     sha256: String,
+    limits: LimitsConfig,
 ) -> Result<ProviderHandle, EngineError> {
     // Instantiation runs the guest's start-up code: bound it like any call.
     store.set_epoch_deadline(ticks(Duration::from_secs(10)));
@@ -222,7 +270,7 @@ pub(crate) async fn instantiate(
     let actor_cancel = cancel.clone();
     tokio::spawn(
         async move {
-            run(store, bindings, rx, actor_cancel).await;
+            run(store, bindings, rx, actor_cancel, limits).await;
             let _ = done.send(true);
         }
         .instrument(span),
@@ -241,11 +289,58 @@ fn ticks(timeout: Duration) -> u64 {
     (timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1
 }
 
+/// Turns a trap into an error a person can act on.
+pub(crate) fn classify(
+    trap: &wasmtime::Error,
+    timeout: Duration,
+    limits: &LimitsConfig,
+) -> CallError {
+    let text = format!("{trap:#}");
+    match trap.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => return CallError::TimedOut(timeout),
+        Some(Trap::StackOverflow) => {
+            return CallError::Trapped(format!(
+                "stack overflow: the provider recursed too deep (wasm stack capped at {} KiB) [{text}]",
+                super::MAX_WASM_STACK >> 10
+            ));
+        }
+        Some(Trap::MemoryOutOfBounds) => {
+            return CallError::Trapped(format!(
+                "out-of-bounds memory access: the provider overran its memory, typically its stack \
+                 (kept in linear memory) through unbounded recursion [{text}]"
+            ));
+        }
+        Some(Trap::UnreachableCodeReached) => {
+            return CallError::Trapped(format!(
+                "the provider panicked (wasm `unreachable`); see its log lines above [{text}]"
+            ));
+        }
+        _ => {}
+    }
+    if text.contains("growing memory") {
+        CallError::Trapped(format!(
+            "memory limit exceeded: the provider tried to grow past {} MiB (limits.memory_mib in tether.toml) [{text}]",
+            limits.memory_bytes >> 20
+        ))
+    } else if trap
+        .downcast_ref::<wasmtime::component::ResourceTableError>()
+        .is_some_and(|e| matches!(e, wasmtime::component::ResourceTableError::Full))
+    {
+        CallError::Trapped(format!(
+            "resource limit exceeded: more than {} open handles (limits.max_resources) [{text}]",
+            limits.max_resources
+        ))
+    } else {
+        CallError::Trapped(text)
+    }
+}
+
 async fn run(
     mut store: Store<HostState>,
     bindings: ProviderWorld,
     mut rx: mpsc::Receiver<Job>,
     cancel: CancellationToken,
+    limits: LimitsConfig,
 ) {
     let mut dead: Option<String> = None;
     loop {
@@ -275,11 +370,7 @@ async fn run(
         let result = match outcome {
             Ok(Ok(r)) => r.map_err(CallError::Provider),
             Ok(Err(trap)) => {
-                let err = if trap.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                    CallError::TimedOut(job.timeout)
-                } else {
-                    CallError::Trapped(format!("{trap:#}"))
-                };
+                let err = classify(&trap, job.timeout, &limits);
                 tracing::error!(error = %err, "provider instance failed");
                 dead = Some(err.to_string());
                 Err(err)

@@ -21,6 +21,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 
+use crate::broker::net::NetConfig;
 use crate::config::LimitsConfig;
 use bindings::{ProviderWorld, ProviderWorldPre};
 pub use instance::{HostState, InstanceSetup, ProviderHandle};
@@ -28,6 +29,8 @@ pub use types::*;
 
 /// Epoch tick: the granularity of call deadlines.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
+/// Wasm stack a provider may use; deeper recursion traps with a stack overflow.
+pub(crate) const MAX_WASM_STACK: usize = 512 << 10;
 
 /// Why loading or instantiating a provider failed.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +102,7 @@ pub struct Engine {
     wasm: wasmtime::Engine,
     linker: Linker<HostState>,
     limits: LimitsConfig,
+    net: NetConfig,
     providers: RwLock<BTreeMap<String, Arc<LoadedProvider>>>,
     failures: RwLock<Vec<LoadFailure>>,
 }
@@ -110,21 +114,25 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Configures wasmtime (epoch deadlines, async) and links WASI and the host imports.
-    pub fn new(limits: LimitsConfig) -> Result<Self, EngineError> {
+    /// Configures wasmtime (epoch deadlines, async, a capped wasm stack) and links
+    /// WASI, brokered `wasi:http` and the host imports.
+    pub fn new(limits: LimitsConfig, net: NetConfig) -> Result<Self, EngineError> {
         let setup = |e: wasmtime::Error| EngineError::Setup(format!("{e:#}"));
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        config.max_wasm_stack(MAX_WASM_STACK);
         let wasm = wasmtime::Engine::new(&config).map_err(setup)?;
         let mut linker = Linker::new(&wasm);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(setup)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(setup)?;
         ProviderWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(setup)?;
         spawn_ticker(&wasm);
         Ok(Self {
             wasm,
             linker,
             limits,
+            net,
             providers: RwLock::new(BTreeMap::new()),
             failures: RwLock::new(Vec::new()),
         })
@@ -213,11 +221,18 @@ impl Engine {
         let mut store =
             instance::configured_store(&self.wasm, HostState::detached("?", &self.limits));
         store.set_epoch_deadline((Duration::from_secs(5).as_millis() / TICK.as_millis()) as u64);
-        let bindings = pre.instantiate_async(&mut store).await.map_err(info_err)?;
-        let info = bindings
-            .tether_provider_provider()
-            .call_info(&mut store)
+        // The epoch deadline traps a spinning guest; the wall clock bounds one parked
+        // in a host call.
+        let probe = async {
+            let bindings = pre.instantiate_async(&mut store).await?;
+            bindings
+                .tether_provider_provider()
+                .call_info(&mut store)
+                .await
+        };
+        let info = tokio::time::timeout(Duration::from_secs(6), probe)
             .await
+            .map_err(|_| EngineError::Info("info() did not return within 6 s".into()))?
             .map_err(info_err)?;
         ProviderDescription::from_wit(info).map_err(EngineError::Info)
     }
@@ -266,13 +281,14 @@ impl Engine {
         setup: InstanceSetup,
     ) -> Result<ProviderHandle, EngineError> {
         let name = provider.description.name.clone();
-        let store = instance::new_store(&self.wasm, &name, setup, &self.limits)?;
+        let store = instance::new_store(&self.wasm, &name, setup, &self.limits, &self.net)?;
         instance::instantiate(
             &provider.pre,
             store,
             name,
             provider.description.version.clone(),
             provider.sha256.clone(),
+            self.limits.clone(),
         )
         .await
     }

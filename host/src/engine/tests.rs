@@ -14,7 +14,7 @@ use crate::broker::{Capabilities, CommandPattern, Grant};
 const T: Duration = Duration::from_secs(20);
 
 async fn local_process() -> (Engine, Arc<LoadedProvider>) {
-    let engine = Engine::new(LimitsConfig::default()).expect("engine");
+    let engine = Engine::new(LimitsConfig::default(), Default::default()).expect("engine");
     let (_, bytes) = builtin::BUILTINS[0];
     let provider = engine
         .load(bytes.to_vec(), ProviderSource::BuiltIn)
@@ -29,11 +29,12 @@ async fn instance(
     workspace: &std::path::Path,
     grant: Grant,
 ) -> (ProviderHandle, mpsc::UnboundedReceiver<ProviderEvent>) {
-    let caps = Capabilities::new(provider.description.commands.clone(), grant);
+    let caps = Capabilities::new(provider.description.request(), grant);
     let (events, rx) = mpsc::unbounded_channel();
     let setup = InstanceSetup {
         env_id: "env-1".into(),
         workspace: workspace.to_owned(),
+        state_dir: workspace.join(".provider-state"),
         broker: ProcessBroker::new("env-1".into(), caps, workspace.to_owned(), 4, 4096),
         runtime: Arc::new(NoRuntime),
         events,
@@ -65,6 +66,7 @@ fn sleep_grant() -> Grant {
     Grant {
         commands: vec![CommandPattern::new("sleep".into(), vec!["*".into()]).expect("pattern")],
         env: vec!["PATH".into()],
+        ..Grant::default()
     }
 }
 
@@ -202,7 +204,7 @@ async fn an_ungranted_command_is_denied_to_the_provider() {
 
 #[tokio::test]
 async fn a_corrupt_component_is_refused_with_a_reason() {
-    let engine = Engine::new(LimitsConfig::default()).expect("engine");
+    let engine = Engine::new(LimitsConfig::default(), Default::default()).expect("engine");
     let err = engine
         .load(b"\0asm garbage".to_vec(), ProviderSource::BuiltIn)
         .await

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::bindings::types as wit;
-use crate::broker::CommandPattern;
+use crate::broker::{CommandPattern, UrlPattern};
 
 /// What a provider says about itself.
 #[derive(Debug, Clone, Serialize)]
@@ -23,7 +23,7 @@ pub struct ProviderDescription {
     /// Commands it asks to spawn.
     pub commands: Vec<CommandPattern>,
     /// URLs it asks to reach.
-    pub urls: Vec<String>,
+    pub urls: Vec<UrlPattern>,
     /// Directories it asks for.
     pub directories: Vec<String>,
     /// JSON Schema of its config (`null` if it gave none or an invalid one).
@@ -33,6 +33,15 @@ pub struct ProviderDescription {
 }
 
 impl ProviderDescription {
+    /// What it asks for, as the broker sees it.
+    pub fn request(&self) -> crate::broker::Request {
+        crate::broker::Request {
+            commands: self.commands.clone(),
+            urls: self.urls.clone(),
+            directories: self.directories.clone(),
+        }
+    }
+
     pub(crate) fn from_wit(info: wit::ProviderInfo) -> Result<Self, String> {
         let commands = info
             .capabilities
@@ -48,7 +57,9 @@ impl ProviderDescription {
             version: info.version,
             description: info.description,
             commands,
-            urls: info.capabilities.urls,
+            urls: (info.capabilities.urls.iter())
+                .map(|u| UrlPattern::parse(u).map_err(|e| e.to_string()))
+                .collect::<Result<Vec<_>, _>>()?,
             directories: info.capabilities.directories,
             config_schema: serde_json::from_str(&info.config_schema).unwrap_or(Value::Null),
             message_types: info.message_types,
@@ -79,6 +90,8 @@ pub struct InitVars {
 
 /// The guest path at which the workspace is preopened.
 pub const WORKSPACE_GUEST_DIR: &str = "/workspace";
+/// The guest path at which the provider's own state directory is preopened.
+pub const STATE_GUEST_DIR: &str = "/state";
 
 impl From<InitVars> for wit::InitVars {
     fn from(v: InitVars) -> Self {
@@ -166,7 +179,9 @@ pub enum CallError {
     #[error("provider trapped: {0}")]
     Trapped(String),
     /// The call ran past its deadline; the instance is now dead.
-    #[error("provider call timed out after {0:?}")]
+    #[error(
+        "provider call timed out after {0:?} (deadlines are set in [lifecycle] of tether.toml)"
+    )]
     TimedOut(Duration),
     /// The instance is gone (stopped, or dead after an earlier failure).
     #[error("provider instance is not available: {0}")]

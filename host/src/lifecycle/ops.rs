@@ -82,7 +82,7 @@ impl Manager {
             .await
             .map_err(|e| format!("creating workspace {}: {e}", workspace.display()))?;
         let caps = Capabilities::new(
-            provider.description.commands.clone(),
+            provider.description.request(),
             s.config.grant_for(&provider.description.name),
         );
         let limits = &s.config.limits;
@@ -99,6 +99,7 @@ impl Manager {
         let setup = InstanceSetup {
             env_id: env.id.clone(),
             workspace: workspace.clone(),
+            state_dir: s.config.provider_state_dir(&provider.description.name),
             broker,
             runtime: Arc::new(HubPort(env.hub.clone())),
             events,

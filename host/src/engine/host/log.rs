@@ -1,14 +1,61 @@
 //! `tether:provider/log`: provider log lines in the host's log, tagged with the
-//! environment and provider, and cut to a bounded length.
+//! environment and provider, cut to a bounded length and rate-limited so a flooding
+//! provider cannot drown the host's log or its disk.
+
+use std::time::Instant;
 
 use crate::engine::bindings::log::{Host, Level};
 use crate::engine::instance::HostState;
 
 /// Longest log message kept, in bytes.
 const MAX_MESSAGE: usize = 4096;
+/// Lines a provider may log in a burst.
+const BURST: f64 = 200.0;
+/// Lines per second it may log after the burst.
+const PER_SECOND: f64 = 50.0;
+
+/// A token bucket over one instance's log lines, counting what it dropped.
+#[derive(Debug)]
+pub(crate) struct LogBudget {
+    tokens: f64,
+    last: Instant,
+    suppressed: u64,
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        Self {
+            tokens: BURST,
+            last: Instant::now(),
+            suppressed: 0,
+        }
+    }
+}
+
+impl LogBudget {
+    /// Whether one more line may be written now; if so, how many were dropped before it.
+    fn take(&mut self, now: Instant) -> Option<u64> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * PER_SECOND).min(BURST);
+        if self.tokens < 1.0 {
+            self.suppressed += 1;
+            return None;
+        }
+        self.tokens -= 1.0;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
 
 impl Host for HostState {
     async fn log(&mut self, level: Level, mut message: String) -> wasmtime::Result<()> {
+        let (env, provider) = (&self.env_id, &self.provider);
+        let Some(dropped) = self.log_budget.take(Instant::now()) else {
+            return Ok(());
+        };
+        if dropped > 0 {
+            tracing::warn!(env = %env, provider = %provider, dropped, "provider log rate limit: lines suppressed");
+        }
         if message.len() > MAX_MESSAGE {
             let mut cut = MAX_MESSAGE;
             while !message.is_char_boundary(cut) {
@@ -17,7 +64,6 @@ impl Host for HostState {
             message.truncate(cut);
             message.push_str(" …");
         }
-        let (env, provider) = (&self.env_id, &self.provider);
         match level {
             Level::Trace => tracing::trace!(env = %env, provider = %provider, "{message}"),
             Level::Debug => tracing::debug!(env = %env, provider = %provider, "{message}"),
@@ -26,5 +72,20 @@ impl Host for HostState {
             Level::Error => tracing::error!(env = %env, provider = %provider, "{message}"),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_flood_is_cut_to_the_burst_then_the_rate() {
+        let mut budget = LogBudget::default();
+        let start = Instant::now();
+        let allowed = (0..10_000).filter(|_| budget.take(start).is_some()).count();
+        assert_eq!(allowed, BURST as usize);
+        assert_eq!(budget.take(start + Duration::from_secs(1)), Some(9_800));
     }
 }

@@ -1,8 +1,10 @@
 //! Host implementations of the provider world's imports, one file per interface.
 
-mod log;
+pub(crate) mod http;
+pub(crate) mod log;
 mod process;
 mod runtime;
+pub(crate) mod sockets;
 mod state;
 
 use super::bindings::types;

@@ -1,0 +1,74 @@
+//! A test-only provider that attacks its host. Its environment `config` picks the
+//! attack (`{"attack": "read-passwd"}` etc.); it runs during `on-provider-start`, or
+//! on every `on-raw-message` carrying the same JSON (the benchmark uses that).
+//!
+//! An attack the host contains ends the start with a `denied` error quoting the
+//! host's refusal, so the environment lands in `error` with a readable `lastError`;
+//! attacks that are limits (spawning many, flooding the log) start successfully and
+//! report what they got in the metadata. Attacks that trap (spin, allocate, recurse,
+//! panic) never return. Never build this into anything but tests.
+
+mod attacks;
+mod http;
+
+use tether_provider_sdk::process::Child;
+use tether_provider_sdk::serde_json::{self, Value};
+use tether_provider_sdk::{
+    Capabilities, CommandRequest, Entry, InitVars, Provider, ProviderError, ProviderInfo,
+    StartResult,
+};
+
+/// The hostile provider; holds the children it managed to spawn.
+#[derive(Default)]
+struct Hostile {
+    children: Vec<Child>,
+}
+
+impl Provider for Hostile {
+    fn info(&self) -> ProviderInfo {
+        ProviderInfo {
+            name: "hostile".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            description: "Test-only: attacks the host as its config says.".to_owned(),
+            // It asks for everything; only the operator's grant stands between it and
+            // the host.
+            capabilities: Capabilities {
+                commands: vec![CommandRequest::new("*", ["**"])],
+                urls: vec![
+                    "http://*:*".to_owned(),
+                    "https://*:*".to_owned(),
+                    "tcp://*:*".to_owned(),
+                ],
+                directories: vec!["/".to_owned(), "/etc".to_owned()],
+            },
+            config_schema: r#"{"type":"object","properties":{"attack":{"type":"string"}}}"#
+                .to_owned(),
+            message_types: vec!["attack".to_owned()],
+        }
+    }
+
+    fn setup(&mut self, init: &InitVars) -> Result<StartResult, ProviderError> {
+        let config: Value = serde_json::from_str(&init.config)
+            .map_err(|e| ProviderError::invalid_input(format!("config: {e}")))?;
+        let outcome = attacks::run(&config, &mut self.children)?;
+        Ok(StartResult {
+            resource_id: format!("hostile-{}", init.environment_id),
+            workspace_path: init.workspace_host_path.clone(),
+            metadata: vec![Entry::new("outcome", outcome)],
+        })
+    }
+
+    fn teardown(&mut self) -> Result<(), ProviderError> {
+        self.children.clear();
+        Ok(())
+    }
+
+    fn on_raw_message(&mut self, message: String) -> Result<String, ProviderError> {
+        let config: Value = serde_json::from_str(&message)
+            .map_err(|e| ProviderError::invalid_input(format!("message: {e}")))?;
+        let outcome = attacks::run(&config, &mut self.children)?;
+        Ok(Value::String(outcome).to_string())
+    }
+}
+
+tether_provider_sdk::export_provider!(Hostile);

@@ -1,0 +1,467 @@
+//! Network grants: `scheme://host:port` patterns, the operator's static host
+//! overrides, and the re-check of every address a granted name resolves to.
+//!
+//! A destination is allowed when a pattern the provider requested *and* a pattern the
+//! operator granted both match it. Its resolved addresses are then checked again:
+//! loopback, link-local, cloud metadata and unspecified addresses are refused unless
+//! an operator grant names that address literally, so a granted name that
+//! points at `127.0.0.1` or `169.254.169.254` gets nowhere. The check happens before
+//! any packet is sent; the connection then goes to the checked address only.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::Denied;
+
+/// A destination pattern: `scheme://host:port`, where `host` may be `*` or
+/// `*.suffix` and `port` may be `*` (absent: the scheme's default port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlPattern {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+}
+
+/// Why a URL pattern is malformed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid URL pattern {pattern:?}: {reason}")]
+pub struct UrlPatternError {
+    pattern: String,
+    reason: &'static str,
+}
+
+impl UrlPattern {
+    /// Parses `scheme://host[:port]`.
+    pub fn parse(text: &str) -> Result<Self, UrlPatternError> {
+        let err = |reason| UrlPatternError {
+            pattern: text.to_owned(),
+            reason,
+        };
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| err("needs scheme://"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme.is_empty() {
+            return Err(err("empty scheme"));
+        }
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') || rest.contains('@') {
+            return Err(err("only scheme://host:port is allowed, no path or user"));
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, tail) = v6.split_once(']').ok_or_else(|| err("unclosed ["))?;
+            (host.to_owned(), tail.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p)),
+                None => (rest.to_owned(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(err("empty host"));
+        }
+        let port = match port {
+            Some("*") => None,
+            Some(p) => Some(p.parse::<u16>().map_err(|_| err("bad port"))?),
+            None => Some(default_port(&scheme).ok_or_else(|| err("needs a port"))?),
+        };
+        Ok(Self {
+            scheme,
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// Whether `scheme://host:port` matches.
+    pub fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        (self.scheme == "*" || self.scheme.eq_ignore_ascii_case(scheme))
+            && self.port.is_none_or(|p| p == port)
+            && host_matches(&self.host, host)
+    }
+
+    /// Whether every destination `other` matches is matched by `self` too.
+    pub fn covers(&self, other: &UrlPattern) -> bool {
+        let scheme = self.scheme == "*" || self.scheme == other.scheme;
+        let port = self.port.is_none() || self.port == other.port;
+        let host = match self.host.strip_prefix("*.") {
+            _ if self.host == "*" => true,
+            Some(suffix) => {
+                let theirs = other.host.strip_prefix("*.").unwrap_or(&other.host);
+                theirs.ends_with(&format!(".{suffix}"))
+                    || (other.host.starts_with("*.") && theirs == suffix)
+            }
+            None => {
+                other.host != "*"
+                    && !other.host.starts_with("*.")
+                    && host_matches(&self.host, &other.host)
+            }
+        };
+        scheme && port && host
+    }
+
+    /// The IP address this pattern names literally, if it does.
+    pub fn literal_ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+
+    /// The scheme it names (`*` for any).
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" | "ws" => Some(80),
+        "https" | "wss" => Some(443),
+        _ => None,
+    }
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    if let Some(suffix) = pattern.strip_prefix("*.") {
+        let host = host.to_ascii_lowercase();
+        return host.len() > suffix.len() + 1
+            && host.ends_with(suffix)
+            && host.as_bytes()[host.len() - suffix.len() - 1] == b'.';
+    }
+    // Literal addresses compare as addresses, so `::1` and `0:0::1` are the same.
+    match (pattern.parse::<IpAddr>(), host.parse::<IpAddr>()) {
+        (Ok(a), Ok(b)) => a.to_canonical() == b.to_canonical(),
+        _ => pattern.eq_ignore_ascii_case(host),
+    }
+}
+
+impl fmt::Display for UrlPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        match self.port {
+            Some(p) => write!(f, "{}://{host}:{p}", self.scheme),
+            None => write!(f, "{}://{host}:*", self.scheme),
+        }
+    }
+}
+
+impl Serialize for UrlPattern {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Addresses no provider reaches unless a grant names them literally: the host
+/// itself, link-local networks (cloud metadata lives there) and "any".
+pub fn is_sensitive(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                // Alibaba's metadata service and Azure's wire server sit outside 169.254/16.
+                || v4 == Ipv4Addr::new(100, 100, 100, 200)
+                || v4 == Ipv4Addr::new(168, 63, 129, 16)
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                // AWS's IPv6 metadata endpoint.
+                || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+        }
+    }
+}
+
+/// Operator network settings shared by every environment.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Static name → address overrides consulted before DNS (like curl's `--resolve`).
+    pub hosts: BTreeMap<String, IpAddr>,
+    /// Longest a TCP connect may take.
+    pub connect_timeout: Duration,
+    /// Longest the wait for a response's first byte may take.
+    pub first_byte_timeout: Duration,
+    /// Concurrent outgoing connections per environment.
+    pub max_connections: usize,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            hosts: BTreeMap::new(),
+            connect_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(15),
+            max_connections: 16,
+        }
+    }
+}
+
+/// One environment's network policy: its two keys, the resolver and the connection cap.
+#[derive(Debug, Clone)]
+pub struct NetPolicy {
+    env_id: String,
+    requested: Vec<UrlPattern>,
+    granted: Vec<UrlPattern>,
+    config: NetConfig,
+    connections: Arc<Semaphore>,
+}
+
+impl NetPolicy {
+    /// The policy of one environment.
+    pub fn new(
+        env_id: String,
+        requested: Vec<UrlPattern>,
+        granted: Vec<UrlPattern>,
+        config: NetConfig,
+    ) -> Self {
+        let connections = Arc::new(Semaphore::new(config.max_connections));
+        Self {
+            env_id,
+            requested,
+            granted,
+            config,
+            connections,
+        }
+    }
+
+    /// A policy that allows nothing (an instance serving no environment).
+    pub fn deny_all() -> Self {
+        Self::new("-".into(), Vec::new(), Vec::new(), NetConfig::default())
+    }
+
+    /// The environment this policy serves.
+    pub fn env_id(&self) -> &str {
+        &self.env_id
+    }
+
+    /// Settings in force.
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    /// Checks a destination against both keys.
+    pub fn check_destination(&self, scheme: &str, host: &str, port: u16) -> Result<(), Denied> {
+        let dest = || format!("{scheme}://{host}:{port}");
+        if !self.requested.iter().any(|p| p.matches(scheme, host, port)) {
+            return Err(Denied::UrlNotRequested(dest()));
+        }
+        if !self.granted.iter().any(|p| p.matches(scheme, host, port)) {
+            return Err(Denied::UrlNotGranted(dest()));
+        }
+        Ok(())
+    }
+
+    /// Whether the operator's grant names `ip` literally for this scheme and port
+    /// (the provider's request was already matched by the destination check).
+    fn names_literally(&self, scheme: &str, ip: IpAddr, port: u16) -> bool {
+        self.granted.iter().any(|p| {
+            p.literal_ip()
+                .is_some_and(|l| l.to_canonical() == ip.to_canonical())
+                && p.matches(scheme, &ip.to_string(), port)
+        })
+    }
+
+    /// Re-checks one resolved address of an allowed destination.
+    pub fn check_address(&self, scheme: &str, addr: SocketAddr) -> Result<(), Denied> {
+        if is_sensitive(addr.ip()) && !self.names_literally(scheme, addr.ip(), addr.port()) {
+            return Err(Denied::SensitiveAddress(addr.ip()));
+        }
+        Ok(())
+    }
+
+    /// Resolves `host` (operator overrides first, then the system resolver) and
+    /// re-checks every address; all must pass, so a name cannot smuggle one in.
+    pub async fn resolve(
+        &self,
+        scheme: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, NetError> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<SocketAddr> = if let Ok(ip) = bare.parse::<IpAddr>() {
+            vec![SocketAddr::new(ip, port)]
+        } else if let Some(ip) = self.config.hosts.get(&bare.to_ascii_lowercase()) {
+            vec![SocketAddr::new(*ip, port)]
+        } else {
+            let lookup = tokio::net::lookup_host((bare, port));
+            tokio::time::timeout(self.config.connect_timeout, lookup)
+                .await
+                .map_err(|_| NetError::Resolve(bare.to_owned(), "timed out".into()))?
+                .map_err(|e| NetError::Resolve(bare.to_owned(), e.to_string()))?
+                .collect()
+        };
+        if addrs.is_empty() {
+            return Err(NetError::Resolve(bare.to_owned(), "no addresses".into()));
+        }
+        for addr in &addrs {
+            self.check_address(scheme, *addr)?;
+        }
+        Ok(addrs)
+    }
+
+    /// Takes one of the environment's connection slots, or refuses at the cap.
+    pub fn connection_slot(&self) -> Result<OwnedSemaphorePermit, Denied> {
+        self.connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Denied::ConnectionLimit(self.config.max_connections))
+    }
+
+    /// Checks a raw socket connect or bind (`wasi:sockets`) to a literal address: a
+    /// `tcp://` or `udp://` pattern on both keys must name it.
+    pub fn check_socket(&self, scheme: &str, addr: SocketAddr) -> Result<(), Denied> {
+        self.check_destination(scheme, &addr.ip().to_string(), addr.port())?;
+        self.check_address(scheme, addr)
+    }
+}
+
+/// Why an outgoing connection failed before it was made.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The broker refused it.
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// The name did not resolve.
+    #[error("resolving {0}: {1}")]
+    Resolve(String, String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pats(list: &[&str]) -> Vec<UrlPattern> {
+        list.iter().map(|p| UrlPattern::parse(p).unwrap()).collect()
+    }
+
+    fn policy(requested: &[&str], granted: &[&str], hosts: &[(&str, &str)]) -> NetPolicy {
+        let config = NetConfig {
+            hosts: hosts
+                .iter()
+                .map(|(h, ip)| (h.to_string(), ip.parse().unwrap()))
+                .collect(),
+            max_connections: 2,
+            ..NetConfig::default()
+        };
+        NetPolicy::new("env".into(), pats(requested), pats(granted), config)
+    }
+
+    #[test]
+    fn patterns_parse_and_match() {
+        let p = UrlPattern::parse("https://*.example.com").unwrap();
+        assert!(p.matches("https", "api.example.com", 443));
+        assert!(!p.matches("https", "example.com", 443));
+        assert!(!p.matches("https", "evilexample.com", 443));
+        assert!(!p.matches("http", "api.example.com", 443));
+        assert!(!p.matches("https", "api.example.com", 8443));
+        let any_port = UrlPattern::parse("http://127.0.0.1:*").unwrap();
+        assert!(any_port.matches("http", "127.0.0.1", 9999));
+        assert_eq!(any_port.literal_ip(), Some(IpAddr::from([127, 0, 0, 1])));
+        let v6 = UrlPattern::parse("tcp://[::1]:22").unwrap();
+        assert!(v6.matches("tcp", "::1", 22));
+        assert_eq!(v6.to_string(), "tcp://[::1]:22");
+        assert!(UrlPattern::parse("example.com").is_err());
+        assert!(UrlPattern::parse("tcp://example.com").is_err());
+        assert!(UrlPattern::parse("http://x/path").is_err());
+    }
+
+    #[test]
+    fn sensitive_addresses() {
+        for ip in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "0.0.0.0",
+            "169.254.169.254",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "100.100.100.200",
+        ] {
+            assert!(is_sensitive(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "10.0.0.1", "2606:4700::1"] {
+            assert!(!is_sensitive(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn both_keys_are_needed() {
+        let p = policy(
+            &["https://*.example.com"],
+            &["https://api.example.com"],
+            &[],
+        );
+        assert_eq!(p.check_destination("https", "api.example.com", 443), Ok(()));
+        assert_eq!(
+            p.check_destination("https", "www.example.com", 443),
+            Err(Denied::UrlNotGranted("https://www.example.com:443".into()))
+        );
+        assert_eq!(
+            p.check_destination("https", "other.org", 443),
+            Err(Denied::UrlNotRequested("https://other.org:443".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn granted_names_pointing_inward_are_refused_before_connecting() {
+        let p = policy(
+            &["http://*:*"],
+            &["http://metadata.test:80", "http://loop.test:*"],
+            &[
+                ("metadata.test", "169.254.169.254"),
+                ("loop.test", "127.0.0.1"),
+            ],
+        );
+        assert!(matches!(
+            p.resolve("http", "metadata.test", 80).await,
+            Err(NetError::Denied(Denied::SensitiveAddress(ip))) if ip == IpAddr::from([169, 254, 169, 254])
+        ));
+        assert!(matches!(
+            p.resolve("http", "loop.test", 8080).await,
+            Err(NetError::Denied(Denied::SensitiveAddress(_)))
+        ));
+        let literal = policy(&["http://127.0.0.1:*"], &["http://127.0.0.1:*"], &[]);
+        assert_eq!(
+            literal.resolve("http", "127.0.0.1", 8080).await.unwrap(),
+            vec!["127.0.0.1:8080".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn sockets_need_a_literal_tcp_grant_and_slots_are_capped() {
+        let p = policy(&["tcp://*:*"], &["tcp://127.0.0.1:5432"], &[]);
+        assert_eq!(
+            p.check_socket("tcp", "127.0.0.1:5432".parse().unwrap()),
+            Ok(())
+        );
+        assert!(
+            p.check_socket("tcp", "127.0.0.1:22".parse().unwrap())
+                .is_err()
+        );
+        assert!(
+            p.check_socket("udp", "127.0.0.1:5432".parse().unwrap())
+                .is_err()
+        );
+        let a = p.connection_slot().unwrap();
+        let _b = p.connection_slot().unwrap();
+        assert_eq!(p.connection_slot().err(), Some(Denied::ConnectionLimit(2)));
+        drop(a);
+        assert!(p.connection_slot().is_ok());
+    }
+}

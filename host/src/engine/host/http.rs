@@ -1,0 +1,151 @@
+//! `wasi:http/outgoing-handler`: every outgoing request goes through the broker.
+//!
+//! wasmtime-wasi-http parses the guest's request; our hook then checks the
+//! destination against the environment's [`NetPolicy`], resolves the name (operator
+//! overrides first), re-checks every address, takes a connection slot and connects
+//! to the checked address only, under the configured connect and first-byte
+//! timeouts. A refusal never sends a packet. Plain `http` only: this build carries no
+//! TLS stack, and an `https` request is refused with a protocol error the guest sees.
+
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper::client::conn::http1;
+use tokio::net::TcpStream;
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::{
+    Error, RequestOptions, WasiBody, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
+
+use crate::broker::Denied;
+use crate::broker::net::{NetError, NetPolicy};
+use crate::engine::instance::HostState;
+
+/// The `wasi:http` hooks of one instance: its environment's network policy.
+#[derive(Debug, Clone)]
+pub(crate) struct NetHooks {
+    policy: NetPolicy,
+}
+
+impl NetHooks {
+    /// Hooks enforcing `policy`.
+    pub(crate) fn new(policy: NetPolicy) -> Self {
+        Self { policy }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.net,
+        }
+    }
+}
+
+type Sent = (
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = Result<(), Error>> + Send>,
+);
+type ResponseFuture = Box<dyn Future<Output = Result<Sent, Error>> + Send>;
+
+impl WasiHttpHooks for NetHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> ResponseFuture {
+        // Response-processing errors surface through the body; nothing to report here.
+        drop(fut);
+        let policy = self.policy.clone();
+        Box::new(async move { send(policy, request, options).await })
+    }
+}
+
+fn refused(policy: &NetPolicy, dest: &str, denied: &Denied) -> Error {
+    tracing::warn!(env = %policy.env_id(), %dest, reason = %denied, "outgoing HTTP denied");
+    match denied {
+        Denied::SensitiveAddress(_) => Error::DestinationIpProhibited,
+        Denied::ConnectionLimit(_) => Error::ConnectionLimitReached,
+        _ => Error::HttpRequestDenied,
+    }
+}
+
+/// The smaller of the operator's limit and the guest's own wish.
+fn bounded(ours: Duration, theirs: Option<Duration>) -> Duration {
+    theirs.map_or(ours, |t| t.min(ours))
+}
+
+async fn send(
+    policy: NetPolicy,
+    mut request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+) -> Result<Sent, Error> {
+    let uri = request.uri().clone();
+    let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
+    let host = uri.host().ok_or(Error::HttpRequestUriInvalid)?.to_owned();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let dest = format!("{scheme}://{host}:{port}");
+    policy
+        .check_destination(&scheme, &host, port)
+        .map_err(|d| refused(&policy, &dest, &d))?;
+    if scheme != "http" {
+        tracing::warn!(env = %policy.env_id(), %dest, "outgoing HTTP refused: no TLS in this build");
+        return Err(Error::HttpProtocolError);
+    }
+    let addrs = match policy.resolve(&scheme, &host, port).await {
+        Ok(addrs) => addrs,
+        Err(NetError::Denied(d)) => return Err(refused(&policy, &dest, &d)),
+        Err(NetError::Resolve(name, why)) => {
+            tracing::warn!(env = %policy.env_id(), %dest, %why, "outgoing HTTP: name did not resolve");
+            return Err(Error::DnsError {
+                rcode: Some(format!("{name}: {why}")),
+                info_code: None,
+            });
+        }
+    };
+    let permit = policy
+        .connection_slot()
+        .map_err(|d| refused(&policy, &dest, &d))?;
+    let config = policy.config();
+    let connect_timeout = bounded(
+        config.connect_timeout,
+        options.and_then(|o| o.connect_timeout),
+    );
+    let first_byte = bounded(
+        config.first_byte_timeout,
+        options.and_then(|o| o.first_byte_timeout),
+    );
+    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(&addrs[..]))
+        .await
+        .map_err(|_| Error::ConnectionTimeout)?
+        .map_err(Error::Connect)?;
+    let (mut sender, conn) =
+        tokio::time::timeout(connect_timeout, http1::handshake(TokioIo::new(stream)))
+            .await
+            .map_err(|_| Error::ConnectionTimeout)??;
+    // The connection task holds the slot for as long as the connection lives.
+    let driver = tokio::spawn(async move {
+        let result = conn.await;
+        drop(permit);
+        result
+    });
+    // On the wire the request line carries only the path; the Host header is set.
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    *request.uri_mut() = path.parse().map_err(|_| Error::HttpRequestUriInvalid)?;
+    let response = tokio::time::timeout(first_byte, sender.send_request(request))
+        .await
+        .map_err(|_| Error::ConnectionReadTimeout)??;
+    let response = response.map(|body| body.map_err(Error::from).boxed_unsync());
+    let io = async move {
+        match driver.await {
+            Ok(result) => result.map_err(Error::from),
+            Err(_) => Err(Error::ConnectionTerminated),
+        }
+    };
+    Ok((response, Box::new(io)))
+}

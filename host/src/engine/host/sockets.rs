@@ -1,0 +1,64 @@
+//! `wasi:sockets`: the address check wasmtime-wasi calls before every bind, listen,
+//! accept, connect and datagram. Implicit binds pass; listening never does; connects
+//! and datagrams need a `tcp://ip:port` or `udp://ip:port` grant naming the address.
+
+use std::net::SocketAddr;
+
+use wasmtime_wasi::sockets::SocketAddrUse;
+
+use crate::broker::Denied;
+use crate::broker::net::NetPolicy;
+
+/// Whether `usage` of `addr` is allowed; a refusal is logged with the environment.
+pub(crate) fn allowed(policy: &NetPolicy, addr: SocketAddr, usage: SocketAddrUse) -> bool {
+    let verdict = match usage {
+        // Connecting binds the wildcard address first; any other bind is a server's.
+        SocketAddrUse::TcpBind | SocketAddrUse::UdpBind
+            if addr.ip().is_unspecified() && addr.port() == 0 =>
+        {
+            Ok(())
+        }
+        SocketAddrUse::TcpBind
+        | SocketAddrUse::UdpBind
+        | SocketAddrUse::TcpListen
+        | SocketAddrUse::TcpAccept => Err(Denied::Serve(addr)),
+        SocketAddrUse::TcpConnect => policy.check_socket("tcp", addr),
+        SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => policy.check_socket("udp", addr),
+    };
+    match verdict {
+        Ok(()) => true,
+        Err(reason) => {
+            tracing::warn!(env = %policy.env_id(), %addr, ?usage, %reason, "socket use denied");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::UrlPattern;
+    use crate::broker::net::NetConfig;
+
+    #[test]
+    fn only_implicit_binds_and_granted_connects_pass() {
+        let grant = vec![UrlPattern::parse("tcp://127.0.0.1:5432").unwrap()];
+        let policy = NetPolicy::new("env".into(), grant.clone(), grant, NetConfig::default());
+        let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        let db: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+        assert!(allowed(&policy, any, SocketAddrUse::TcpBind));
+        assert!(allowed(&policy, db, SocketAddrUse::TcpConnect));
+        assert!(!allowed(
+            &policy,
+            "127.0.0.1:22".parse().unwrap(),
+            SocketAddrUse::TcpConnect
+        ));
+        assert!(!allowed(&policy, db, SocketAddrUse::UdpSend));
+        assert!(!allowed(
+            &policy,
+            "0.0.0.0:8080".parse().unwrap(),
+            SocketAddrUse::TcpBind
+        ));
+        assert!(!allowed(&policy, any, SocketAddrUse::TcpListen));
+    }
+}
