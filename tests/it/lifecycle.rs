@@ -417,3 +417,39 @@ async fn no_acknowledged_mutation_is_lost_to_sigkill() {
     }
     assert!(!acknowledged.is_empty(), "the bursts acknowledged nothing");
 }
+
+/// A provider whose start never returns ends in `error` within the start timeout,
+/// with a reason a person can act on, and nothing hangs in `starting`.
+#[tokio::test]
+async fn a_start_that_hangs_ends_in_error_within_its_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let providers = dir.path().join(".codebolt/providers");
+    std::fs::create_dir_all(&providers).unwrap();
+    std::fs::copy(
+        crate::support::guests::HOSTILE,
+        providers.join("hostile.wasm"),
+    )
+    .unwrap();
+    write_config(dir.path(), "[lifecycle]\nstart_timeout_secs = 2\n");
+    let server = Server::start(dir.path());
+    let (status, env) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "stuck", "provider": "hostile", "config": {"attack": "spin"}, "start": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = env["id"].as_str().expect("id").to_owned();
+    let env = server
+        .wait_env(&id, "in error", |e| e["status"] == "error")
+        .await;
+    let reason = env["lastError"].as_str().unwrap_or_default();
+    assert!(reason.contains("timed out after 2s"), "{reason}");
+    // Stop and delete still work on it.
+    let (status, _) = server
+        .call("DELETE", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    server.stop();
+}
