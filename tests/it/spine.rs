@@ -101,6 +101,12 @@ async fn local_process_environment_end_to_end() {
         assert!(refused.get("message").is_none(), "{refused}");
         assert_eq!(refused["error"]["code"], "invalid_input", "{refused}");
     }
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("app request refused") && l.contains(&id)),
+        "the refusals are logged with the environment id"
+    );
 
     // Stop: the runtime process is gone and the file says stopped.
     let (status, _) = server

@@ -10,7 +10,7 @@ use tracing::Instrument;
 use super::messages::{self, PROVIDER_TYPES};
 use super::{Env, LifecycleError, Manager};
 use crate::auth;
-use crate::engine::CallError;
+use crate::engine::{CallError, FailureKind};
 use crate::relay::protocol::{ACK, Head};
 use crate::relay::{Outbox, RelayError, Resume, StreamKey};
 use crate::store::DesiredState;
@@ -248,6 +248,13 @@ impl AppSession {
                             Err(err) => {
                                 if matches!(err, CallError::Trapped(_) | CallError::TimedOut(_)) {
                                     manager.instance_failed(env.clone(), handle, err.clone());
+                                }
+                                // A path outside the workspace is refused inside the
+                                // sandbox; the operator still hears of every attempt.
+                                if let CallError::Provider(f) = &err
+                                    && matches!(f.kind, FailureKind::Denied | FailureKind::InvalidInput)
+                                {
+                                    tracing::warn!(env = %env.id, %kind, error = %f, "app request refused");
                                 }
                                 Err(messages::error_value(&err))
                             }
