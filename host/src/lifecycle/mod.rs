@@ -234,6 +234,20 @@ impl Manager {
         self.envs().get(id).cloned()
     }
 
+    /// The live side of environment `id`, or `NotFound`.
+    fn known_env(&self, id: &str) -> Result<Arc<Env>, LifecycleError> {
+        self.env(id)
+            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
+    }
+
+    /// The record of environment `id`, or `NotFound`.
+    fn known_record(&self, id: &str) -> Result<Record, LifecycleError> {
+        self.shared
+            .store
+            .get(id)
+            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
+    }
+
     fn view_of(&self, env: &Env, record: Record) -> EnvironmentView {
         let live = env.live();
         EnvironmentView::new(
@@ -257,14 +271,8 @@ impl Manager {
 
     /// One environment.
     pub fn get(&self, id: &str) -> Result<EnvironmentView, LifecycleError> {
-        let record = self
-            .shared
-            .store
-            .get(id)
-            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
-        let env = self
-            .env(id)
-            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
+        let record = self.known_record(id)?;
+        let env = self.known_env(id)?;
         Ok(self.view_of(&env, record))
     }
 
@@ -326,9 +334,7 @@ impl Manager {
         id: &str,
         desired: DesiredState,
     ) -> Result<EnvironmentView, LifecycleError> {
-        let env = self
-            .env(id)
-            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
+        let env = self.known_env(id)?;
         self.shared
             .store
             .update(id, |r| r.desired_state = desired)
@@ -339,9 +345,7 @@ impl Manager {
 
     /// Stops (if running) and starts again, with a fresh runtime token.
     pub async fn restart(&self, id: &str) -> Result<EnvironmentView, LifecycleError> {
-        let env = self
-            .env(id)
-            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
+        let env = self.known_env(id)?;
         self.shared
             .store
             .update(id, |r| r.desired_state = DesiredState::Running)
@@ -369,9 +373,7 @@ impl Manager {
     /// Stops an environment, lets its provider remove the resource, and forgets it.
     /// Works from any state: an operation in flight is abandoned.
     pub async fn delete(&self, id: &str) -> Result<(), LifecycleError> {
-        let env = self
-            .env(id)
-            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
+        let env = self.known_env(id)?;
         env.deleting.cancel();
         let _op = env.op.lock().await;
         let record = self.shared.store.remove(id).await?;

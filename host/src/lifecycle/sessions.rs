@@ -54,14 +54,8 @@ impl Manager {
         token: &str,
         resume: Option<Resume>,
     ) -> Result<(RuntimeSession, Outbox), LifecycleError> {
-        let record = self
-            .shared
-            .store
-            .get(id)
-            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
-        let env = self
-            .env(id)
-            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
+        let record = self.known_record(id)?;
+        let env = self.known_env(id)?;
         let expected = record.runtime_token_sha256.as_deref().unwrap_or_default();
         auth::verify_runtime_token(token, record.runtime_generation, expected).map_err(|e| {
             tracing::warn!(env = %id, error = %e, "runtime refused");
@@ -88,9 +82,7 @@ impl Manager {
         thread: Option<String>,
         resume: Option<Resume>,
     ) -> Result<(AppSession, Outbox), LifecycleError> {
-        let env = self
-            .env(id)
-            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
+        let env = self.known_env(id)?;
         // The app learns where things stand right away.
         let record = self.shared.store.get(id);
         let provider_types = record
