@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 /// The provider world this binary speaks.
-const WIT: &str = include_str!("../../wit/tether-provider@0.1.0/provider.wit");
+const WIT: &str = include_str!("../../wit/tether-provider@0.2.0/provider.wit");
 
 /// The SDK's source files, by file name.
 const SDK_SOURCES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/sdk_sources.rs"));
@@ -57,7 +57,7 @@ pub fn new_provider(name: &str, dir: &Path) -> Result<Vec<PathBuf>, ScaffoldErro
                 .replace("{{file}}", &name.replace('-', "_")),
         ),
         (
-            "wit/tether-provider@0.1.0/provider.wit".into(),
+            "wit/tether-provider@0.2.0/provider.wit".into(),
             WIT.to_owned(),
         ),
         (sdk.join("Cargo.toml"), SDK_MANIFEST.to_owned()),

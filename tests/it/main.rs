@@ -11,3 +11,4 @@ mod providers;
 mod relay;
 mod spine;
 mod support;
+mod worlds;

@@ -30,8 +30,15 @@ impl<P: Provider> Guest for Adapter<P> {
         with_provider(|provider: &mut P| provider.on_provider_stop())?
     }
 
-    fn on_close_signal(destroy: bool) -> Result<(), ProviderError> {
-        with_provider(|provider: &mut P| provider.on_close_signal(destroy))?
+    fn on_close_signal() -> Result<(), ProviderError> {
+        with_provider(|provider: &mut P| provider.on_close_signal())?
+    }
+
+    fn on_provider_destroy(init: InitVars) -> Result<(), ProviderError> {
+        // A fresh instance saw no start: record the init vars so the workspace helpers
+        // and `init_vars()` work in `destroy` too.
+        set_init_vars(init.clone());
+        with_provider(|provider: &mut P| provider.on_provider_destroy(&init))?
     }
 
     fn on_raw_message(message: String) -> Result<String, ProviderError> {

@@ -1,7 +1,7 @@
 //! The Tether provider SDK: write a provider as one Rust trait and export it as a
 //! WASI p2 component.
 //!
-//! This crate owns the generated bindings of the `tether:provider@0.1.0` world, the
+//! This crate owns the generated bindings of the `tether:provider@0.2.0` world, the
 //! [`Provider`] trait (the Rust counterpart of Codebolt's `BaseProvider`), the
 //! [`export_provider!`] macro that wires a provider type to the component's exports,
 //! and small helpers over the host imports ([`log`], [`process`], [`runtime`],
@@ -38,7 +38,7 @@
 )]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/tether-provider@0.1.0",
+        path: "../../wit/tether-provider@0.2.0",
         world: "provider-world",
         pub_export_macro: true,
         default_bindings_module: "tether_provider_sdk::bindings",

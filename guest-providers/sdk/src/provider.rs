@@ -19,7 +19,8 @@ use crate::{DiffFile, Health, InitVars, ProviderError, ProviderInfo, StartResult
 /// |---|---|
 /// | `on-provider-agent-start` | forwards the message to the runtime |
 /// | `on-provider-stop` | [`teardown`](Provider::teardown) |
-/// | `on-close-signal` | [`teardown`](Provider::teardown), then [`destroy`](Provider::destroy) if destroying |
+/// | `on-close-signal` | [`teardown`](Provider::teardown) |
+/// | `on-provider-destroy` | [`teardown`](Provider::teardown), then [`destroy`](Provider::destroy) |
 /// | `on-raw-message` | `unsupported` |
 /// | `check-health` | healthy |
 /// | file handlers | [`crate::fs`] on the workspace directory |
@@ -42,7 +43,10 @@ pub trait Provider: Default + 'static {
     }
 
     /// Removes the resource for good; runs after [`teardown`](Provider::teardown) when
-    /// the environment is deleted. Default: nothing to remove.
+    /// the environment is deleted. It may run on a fresh instance that saw no
+    /// [`setup`](Provider::setup): read what names the resource from
+    /// [`crate::init_vars`] (`resource_id`, `config`), not from fields set by `setup`.
+    /// Default: nothing to remove.
     fn destroy(&mut self) -> Result<(), ProviderError> {
         Ok(())
     }
@@ -57,17 +61,19 @@ pub trait Provider: Default + 'static {
         self.teardown()
     }
 
-    /// `on-close-signal`: calls [`teardown`](Provider::teardown) and, when `destroy`
-    /// is set, [`destroy`](Provider::destroy) even if teardown failed; the first error
-    /// is returned.
-    fn on_close_signal(&mut self, destroy: bool) -> Result<(), ProviderError> {
+    /// `on-close-signal` (the host is closing): calls [`teardown`](Provider::teardown).
+    fn on_close_signal(&mut self) -> Result<(), ProviderError> {
+        self.teardown()
+    }
+
+    /// `on-provider-destroy` (the environment is deleted): calls
+    /// [`teardown`](Provider::teardown), then [`destroy`](Provider::destroy) even if
+    /// teardown failed; the first error is returned.
+    fn on_provider_destroy(&mut self, init: &InitVars) -> Result<(), ProviderError> {
+        let _ = init;
         let stopped = self.teardown();
-        if destroy {
-            let destroyed = self.destroy();
-            stopped.and(destroyed)
-        } else {
-            stopped
-        }
+        let destroyed = self.destroy();
+        stopped.and(destroyed)
     }
 
     /// `on-raw-message`: a message of one of the declared `message-types`; the reply

@@ -19,6 +19,8 @@ pub(crate) struct ProviderView {
     description: ProviderDescription,
     source: ProviderSource,
     sha256: String,
+    /// The provider world version the component was built against.
+    world: &'static str,
     granted: Grant,
     denied: DeniedItems,
 }
@@ -29,6 +31,7 @@ fn view(state: &AppState, p: &Arc<LoadedProvider>) -> ProviderView {
         description: p.description.clone(),
         source: p.source.clone(),
         sha256: p.sha256.clone(),
+        world: p.world.as_str(),
         granted: grant.clone(),
         denied: Capabilities::new(p.description.request(), grant).denied(),
     }

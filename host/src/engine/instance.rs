@@ -18,12 +18,11 @@ use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::WasiHttpCtx;
 
-use super::bindings::{ProviderWorld, ProviderWorldPre};
+use super::bindings::{AnyBindings, AnyPre};
 use super::host::http::NetHooks;
 use super::host::log::LogBudget;
 use super::types::{
-    Call, CallError, ProviderEvent, ProviderFailure, Reply, RuntimePort, STATE_GUEST_DIR,
-    WORKSPACE_GUEST_DIR,
+    Call, CallError, ProviderEvent, Reply, RuntimePort, STATE_GUEST_DIR, WORKSPACE_GUEST_DIR,
 };
 use super::{EngineError, TICK};
 use crate::broker::net::{NetConfig, NetPolicy};
@@ -249,7 +248,7 @@ impl ProviderHandle {
 }
 
 pub(crate) async fn instantiate(
-    pre: &ProviderWorldPre<HostState>,
+    pre: &AnyPre,
     mut store: Store<HostState>,
     provider: String,
     version: String,
@@ -260,7 +259,7 @@ pub(crate) async fn instantiate(
     store.set_epoch_deadline(ticks(Duration::from_secs(10)));
     let env_id = store.data().env_id.clone();
     let bindings = pre
-        .instantiate_async(&mut store)
+        .instantiate(&mut store)
         .await
         .map_err(|e| EngineError::Instantiate(format!("{e:#}")))?;
     let (tx, rx) = mpsc::channel(64);
@@ -337,7 +336,7 @@ pub(crate) fn classify(
 
 async fn run(
     mut store: Store<HostState>,
-    bindings: ProviderWorld,
+    bindings: AnyBindings,
     mut rx: mpsc::Receiver<Job>,
     cancel: CancellationToken,
     limits: LimitsConfig,
@@ -359,7 +358,10 @@ async fn run(
         // The epoch deadline catches a spinning guest; the wall-clock timeout catches
         // one parked in a host call. Either way the store is abandoned.
         let grace = job.timeout + TICK * 5;
-        let call = tokio::time::timeout(grace, dispatch(&mut store, &bindings, job.call));
+        let call = tokio::time::timeout(
+            grace,
+            super::dispatch::dispatch(&mut store, &bindings, job.call),
+        );
         let outcome = tokio::select! {
             _ = cancel.cancelled() => {
                 let _ = job.reply.send(Err(CallError::Closed("instance shut down".into())));
@@ -387,54 +389,4 @@ async fn run(
     // Dropping the store drops the resource table: spawned processes are killed.
     drop(store);
     tracing::debug!("provider instance shut down");
-}
-
-async fn dispatch(
-    store: &mut Store<HostState>,
-    bindings: &ProviderWorld,
-    call: Call,
-) -> wasmtime::Result<Result<Reply, ProviderFailure>> {
-    let p = bindings.tether_provider_provider();
-    let unit = |r: Result<(), super::bindings::types::ProviderError>| {
-        r.map(|()| Reply::Unit).map_err(ProviderFailure::from)
-    };
-    Ok(match call {
-        Call::Start(init) => p
-            .call_on_provider_start(&mut *store, &(*init).into())
-            .await?
-            .map(|r| Reply::Started(r.into()))
-            .map_err(Into::into),
-        Call::AgentStart(msg) => unit(p.call_on_provider_agent_start(&mut *store, &msg).await?),
-        Call::Stop => unit(p.call_on_provider_stop(&mut *store).await?),
-        Call::Close { destroy } => unit(p.call_on_close_signal(&mut *store, destroy).await?),
-        Call::Raw(msg) => p
-            .call_on_raw_message(&mut *store, &msg)
-            .await?
-            .map(Reply::Text)
-            .map_err(Into::into),
-        Call::Health => Ok(Reply::Health(
-            p.call_check_health(&mut *store).await?.into(),
-        )),
-        Call::ReadFile(path) => p
-            .call_read_file(&mut *store, &path)
-            .await?
-            .map(Reply::Text)
-            .map_err(Into::into),
-        Call::WriteFile(path, content) => {
-            unit(p.call_write_file(&mut *store, &path, &content).await?)
-        }
-        Call::DeleteFile(path) => unit(p.call_delete_file(&mut *store, &path).await?),
-        Call::CreateFolder(path) => unit(p.call_create_folder(&mut *store, &path).await?),
-        Call::RenameItem(from, to) => unit(p.call_rename_item(&mut *store, &from, &to).await?),
-        Call::DiffFiles => p
-            .call_get_diff_files(&mut *store)
-            .await?
-            .map(|files| Reply::Diff(files.into_iter().map(Into::into).collect()))
-            .map_err(Into::into),
-        Call::MergePatch => p
-            .call_merge_as_patch(&mut *store)
-            .await?
-            .map(Reply::Text)
-            .map_err(Into::into),
-    })
 }

@@ -8,6 +8,7 @@
 
 mod bindings;
 mod builtin;
+mod dispatch;
 mod host;
 pub mod instance;
 pub mod types;
@@ -19,11 +20,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 
 use crate::broker::net::NetConfig;
 use crate::config::LimitsConfig;
-use bindings::{ProviderWorld, ProviderWorldPre};
+use bindings::AnyPre;
+pub use bindings::WorldVersion;
 pub use instance::{HostState, InstanceSetup, ProviderHandle};
 pub use types::*;
 
@@ -76,7 +78,9 @@ pub struct LoadedProvider {
     pub source: ProviderSource,
     /// SHA-256 of the component bytes, hex.
     pub sha256: String,
-    pre: ProviderWorldPre<HostState>,
+    /// The provider world version it was built against.
+    pub world: WorldVersion,
+    pre: AnyPre,
 }
 
 impl std::fmt::Debug for LoadedProvider {
@@ -126,7 +130,7 @@ impl Engine {
         let mut linker = Linker::new(&wasm);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(setup)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(setup)?;
-        ProviderWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(setup)?;
+        bindings::add_to_linker(&mut linker).map_err(setup)?;
         spawn_ticker(&wasm);
         Ok(Self {
             wasm,
@@ -199,24 +203,26 @@ impl Engine {
             .await
             .map_err(|e| EngineError::Compile(e.to_string()))?
             .map_err(|e| EngineError::Compile(format!("{e:#}")))?;
+        // Read the version first: a component of another version would otherwise fail
+        // to link with a message about a missing import instead of saying why.
+        let world =
+            bindings::world_version(&self.wasm, &component).map_err(EngineError::Compile)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
+            .and_then(|pre| AnyPre::new(world, pre))
             .map_err(|e| EngineError::Compile(format!("{e:#}")))?;
-        let pre = ProviderWorldPre::new(pre).map_err(|e| EngineError::Compile(format!("{e:#}")))?;
         let description = self.probe_info(&pre).await?;
         Ok(Arc::new(LoadedProvider {
             description,
             source,
             sha256,
+            world,
             pre,
         }))
     }
 
-    async fn probe_info(
-        &self,
-        pre: &ProviderWorldPre<HostState>,
-    ) -> Result<ProviderDescription, EngineError> {
+    async fn probe_info(&self, pre: &AnyPre) -> Result<ProviderDescription, EngineError> {
         let info_err = |e: wasmtime::Error| EngineError::Info(format!("{e:#}"));
         let mut store =
             instance::configured_store(&self.wasm, HostState::detached("?", &self.limits));
@@ -224,11 +230,8 @@ impl Engine {
         // The epoch deadline traps a spinning guest; the wall clock bounds one parked
         // in a host call.
         let probe = async {
-            let bindings = pre.instantiate_async(&mut store).await?;
-            bindings
-                .tether_provider_provider()
-                .call_info(&mut store)
-                .await
+            let bindings = pre.instantiate(&mut store).await?;
+            bindings.info(&mut store).await
         };
         let info = tokio::time::timeout(Duration::from_secs(6), probe)
             .await
@@ -246,7 +249,7 @@ impl Engine {
         {
             return;
         }
-        tracing::info!(provider = %name, version = %provider.description.version, source = ?provider.source, "provider loaded");
+        tracing::info!(provider = %name, version = %provider.description.version, world = provider.world.as_str(), source = ?provider.source, "provider loaded");
         map.insert(name, provider);
     }
 

@@ -259,11 +259,12 @@ pub enum Call {
     AgentStart(String),
     /// `on-provider-stop`.
     Stop,
-    /// `on-close-signal`.
-    Close {
-        /// Remove the resource too.
-        destroy: bool,
-    },
+    /// `on-close-signal`: the host is closing; release, keep the resource.
+    Close,
+    /// `on-provider-destroy`: the environment is deleted; remove its resource. The
+    /// init vars name it (their runtime fields are empty). A 0.1.0 provider gets
+    /// `on-close-signal(destroy: true)` instead.
+    Destroy(Box<InitVars>),
     /// `on-raw-message` with a JSON message.
     Raw(String),
     /// `check-health`.

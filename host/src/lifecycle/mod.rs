@@ -362,7 +362,7 @@ impl Manager {
                 let _op = env.op.lock().await;
                 if env.live().provider.is_some() {
                     this.set_status(&env, Status::Restarting);
-                    this.stop_locked(&env, false).await;
+                    this.stop_locked(&env).await;
                 }
                 this.converge_locked(&env).await;
             }
@@ -377,7 +377,7 @@ impl Manager {
         env.deleting.cancel();
         let _op = env.op.lock().await;
         let record = self.shared.store.remove(id).await?;
-        self.stop_locked(&env, true).await;
+        self.destroy_locked(&env, &record).await;
         self.envs().remove(id);
         self.shared.relay.remove(id, "environment deleted");
         let workspace = self.shared.config.workspace_dir(&record.name);
@@ -413,7 +413,7 @@ impl Manager {
             let _op = env.op.lock().await;
             if let Some(handle) = self.take_instance(&env) {
                 let timeout = self.shared.config.lifecycle.stop_timeout;
-                if let Err(e) = handle.call(Call::Close { destroy: false }, timeout).await {
+                if let Err(e) = handle.call(Call::Close, timeout).await {
                     tracing::warn!(env = %env.id, error = %e, "provider close failed");
                 }
                 handle.shutdown().await;

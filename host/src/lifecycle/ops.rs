@@ -12,7 +12,7 @@ use crate::auth;
 use crate::broker::Capabilities;
 use crate::broker::process::ProcessBroker;
 use crate::engine::{
-    Call, CallError, InitVars, InstanceSetup, ProviderEvent, ProviderHandle, Reply,
+    Call, CallError, InitVars, InstanceSetup, LoadedProvider, ProviderEvent, ProviderHandle, Reply,
 };
 use crate::relay::{CLOSE_GONE, CLOSE_REPLACED};
 use crate::store::{DesiredState, Record};
@@ -33,7 +33,7 @@ impl Manager {
                 // the restart policy covers environments that were running.
                 let _ = self.start_locked(env, record).await;
             }
-            (DesiredState::Stopped, true) => self.stop_locked(env, false).await,
+            (DesiredState::Stopped, true) => self.stop_locked(env).await,
             // Stopping an environment that failed acknowledges it; `lastError` stays.
             (DesiredState::Stopped, false)
                 if !matches!(status, Status::Created | Status::Stopped) =>
@@ -77,53 +77,13 @@ impl Manager {
         // stale: cut it off so it reconnects, is refused, and exits.
         env.hub
             .close_runtime(CLOSE_REPLACED, "a new start superseded this runtime");
-        let workspace = s.config.workspace_dir(&record.name);
-        tokio::fs::create_dir_all(&workspace)
-            .await
-            .map_err(|e| format!("creating workspace {}: {e}", workspace.display()))?;
-        let caps = Capabilities::new(
-            provider.description.request(),
-            s.config.grant_for(&provider.description.name),
+        let handle = self.instantiate(env, &record, &provider).await?;
+        let init = self.init_vars(
+            env,
+            &record,
+            format!("{}/ws/runtime/{}", s.runtime_base, env.id),
+            token.token,
         );
-        let limits = &s.config.limits;
-        let broker = ProcessBroker::new(
-            env.id.clone(),
-            caps,
-            workspace.clone(),
-            limits.max_processes,
-            limits.output_tail_bytes,
-        );
-        let (events, rx) = mpsc::unbounded_channel();
-        s.tasks
-            .spawn(persist_events(self.clone(), env.id.clone(), rx));
-        let setup = InstanceSetup {
-            env_id: env.id.clone(),
-            workspace: workspace.clone(),
-            state_dir: s.config.provider_state_dir(&provider.description.name),
-            broker,
-            runtime: Arc::new(HubPort(env.hub.clone())),
-            events,
-            state: record.provider_state.clone(),
-        };
-        let handle = s
-            .engine
-            .instantiate(&provider, setup)
-            .await
-            .map_err(|e| e.to_string())?;
-        let init = InitVars {
-            environment_id: env.id.clone(),
-            environment_name: record.name.clone(),
-            project_path: record
-                .config
-                .get("projectPath")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            config: record.config.clone(),
-            resource_id: record.resource_id.clone(),
-            runtime_url: format!("{}/ws/runtime/{}", s.runtime_base, env.id),
-            runtime_token: token.token,
-            workspace_host_path: workspace.display().to_string(),
-        };
         let call = handle.call(
             Call::Start(Box::new(init)),
             s.config.lifecycle.start_timeout,
@@ -167,31 +127,131 @@ impl Manager {
         Ok(())
     }
 
-    /// Stops the provider instance (`destroy`: and its resource); holds the op lock.
-    pub(super) async fn stop_locked(&self, env: &Env, destroy: bool) {
+    /// Starts an instance of `provider` for `env`, with the capabilities the operator
+    /// grants it and the environment's workspace and persisted state.
+    async fn instantiate(
+        &self,
+        env: &Arc<Env>,
+        record: &Record,
+        provider: &LoadedProvider,
+    ) -> Result<ProviderHandle, String> {
+        let s = &self.shared;
+        let workspace = s.config.workspace_dir(&record.name);
+        tokio::fs::create_dir_all(&workspace)
+            .await
+            .map_err(|e| format!("creating workspace {}: {e}", workspace.display()))?;
+        let caps = Capabilities::new(
+            provider.description.request(),
+            s.config.grant_for(&provider.description.name),
+        );
+        let limits = &s.config.limits;
+        let broker = ProcessBroker::new(
+            env.id.clone(),
+            caps,
+            workspace.clone(),
+            limits.max_processes,
+            limits.output_tail_bytes,
+        );
+        let (events, rx) = mpsc::unbounded_channel();
+        s.tasks
+            .spawn(persist_events(self.clone(), env.id.clone(), rx));
+        let setup = InstanceSetup {
+            env_id: env.id.clone(),
+            workspace,
+            state_dir: s.config.provider_state_dir(&provider.description.name),
+            broker,
+            runtime: Arc::new(HubPort(env.hub.clone())),
+            events,
+            state: record.provider_state.clone(),
+        };
+        s.engine
+            .instantiate(provider, setup)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// What the provider is told about `record`; the runtime fields are empty when
+    /// no runtime will start (a destroy).
+    fn init_vars(
+        &self,
+        env: &Env,
+        record: &Record,
+        runtime_url: String,
+        runtime_token: String,
+    ) -> InitVars {
+        InitVars {
+            environment_id: env.id.clone(),
+            environment_name: record.name.clone(),
+            project_path: record
+                .config
+                .get("projectPath")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            config: record.config.clone(),
+            resource_id: record.resource_id.clone(),
+            runtime_url,
+            runtime_token,
+            workspace_host_path: self
+                .shared
+                .config
+                .workspace_dir(&record.name)
+                .display()
+                .to_string(),
+        }
+    }
+
+    /// Stops the provider instance, keeping the resource; holds the op lock.
+    pub(super) async fn stop_locked(&self, env: &Env) {
         let Some(handle) = self.take_instance(env) else {
             return;
         };
-        if !destroy {
-            self.set_status(env, Status::Stopping);
-        }
-        let call = if destroy {
-            Call::Close { destroy: true }
-        } else {
-            Call::Stop
-        };
+        self.set_status(env, Status::Stopping);
         let timeout = self.shared.config.lifecycle.stop_timeout;
-        let result = handle.call(call, timeout).await;
+        let result = handle.call(Call::Stop, timeout).await;
         handle.shutdown().await;
         env.hub.close_runtime(CLOSE_GONE, "environment stopped");
-        if destroy {
-            return;
-        }
         match result {
             Ok(_) => self.set_status(env, Status::Stopped),
             Err(e) => {
                 tracing::warn!(env = %env.id, error = %e, "provider stop failed");
                 self.fail(env, format!("provider stop failed: {e}")).await;
+            }
+        }
+    }
+
+    /// Has the provider remove the resource of a deleted environment: through the
+    /// running instance, or through a fresh one when the provider's world can destroy
+    /// without a start. A failure is logged: the record is already gone.
+    pub(super) async fn destroy_locked(&self, env: &Arc<Env>, record: &Record) {
+        let handle = match self.take_instance(env) {
+            Some(handle) => Some(handle),
+            None => self.destroyer(env, record).await,
+        };
+        if let Some(handle) = handle {
+            let init = self.init_vars(env, record, String::new(), String::new());
+            let timeout = self.shared.config.lifecycle.stop_timeout;
+            if let Err(e) = handle.call(Call::Destroy(Box::new(init)), timeout).await {
+                tracing::warn!(env = %env.id, resource = ?record.resource_id, error = %e,
+                    "the provider could not remove the resource; remove it by hand");
+            }
+            handle.shutdown().await;
+        }
+        env.hub.close_runtime(CLOSE_GONE, "environment deleted");
+    }
+
+    /// A fresh instance to destroy a stopped environment's resource, if there is a
+    /// resource and its provider can do that.
+    async fn destroyer(&self, env: &Arc<Env>, record: &Record) -> Option<ProviderHandle> {
+        record.resource_id.as_ref()?;
+        let provider = self.shared.engine.provider(&record.provider)?;
+        if !provider.world.destroys_without_start() {
+            return None;
+        }
+        match self.instantiate(env, record, &provider).await {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(env = %env.id, error = %e, "no instance to remove the resource with");
+                None
             }
         }
     }

@@ -76,7 +76,7 @@ impl Manager {
             self.shared.tasks.spawn(async move {
                 env.deleting.cancel();
                 let _op = env.op.lock().await;
-                this.stop_locked(&env, false).await;
+                this.stop_locked(&env).await;
                 this.shared.relay.remove(&env.id, "environment removed");
             });
         }
