@@ -480,7 +480,7 @@ impl ServeConfig {
         self.grants
             .get(provider)
             .cloned()
-            .unwrap_or_else(|| Grant::builtin_default(provider))
+            .unwrap_or_else(|| Grant::builtin_default(provider, &self.data_dir))
     }
 
     /// `.codebolt/` under the data directory.

@@ -11,7 +11,30 @@ use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
+use std::cell::RefCell;
+
 use crate::{ProviderError, context};
+
+thread_local! {
+    /// Where the file handlers work when not in the workspace (see [`serve_files_from`]).
+    static FILES_ROOT: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+}
+
+/// Makes the file handlers ([`resolve`] and everything built on it) work in `dir`
+/// instead of the workspace, e.g. a git worktree inside a granted project directory.
+/// `dir` must be inside a directory the host preopened for this instance.
+pub fn serve_files_from(dir: PathBuf) {
+    FILES_ROOT.with(|root| *root.borrow_mut() = Some(dir));
+}
+
+/// The directory app paths are relative to: the one given to [`serve_files_from`],
+/// else the workspace.
+pub fn files_root() -> Result<PathBuf, ProviderError> {
+    match FILES_ROOT.with(|root| root.borrow().clone()) {
+        Some(dir) => Ok(dir),
+        None => workspace_dir(),
+    }
+}
 
 /// The workspace directory of the current start, as the provider sees it.
 ///
@@ -66,10 +89,10 @@ pub fn check_relative(path: &str) -> Result<PathBuf, ProviderError> {
 }
 
 /// Checks an app-supplied path with [`check_relative`] and joins it onto the
-/// workspace directory.
+/// [`files_root`] (the workspace unless the provider chose another directory).
 pub fn resolve(path: &str) -> Result<PathBuf, ProviderError> {
     let relative = check_relative(path)?;
-    Ok(workspace_dir()?.join(relative))
+    Ok(files_root()?.join(relative))
 }
 
 /// Reads a workspace file as UTF-8 text.

@@ -97,6 +97,25 @@ impl Command {
     pub fn spawn(&self) -> Result<Child, ProviderError> {
         spawn(&self.request)
     }
+
+    /// Runs it to the end and returns its output (stdout and stderr, the host's
+    /// bounded tail). A non-zero exit is a `failed` error quoting the command and
+    /// its output.
+    pub fn run(&self) -> Result<String, ProviderError> {
+        let child = self.spawn()?;
+        let status = child.wait();
+        let output = child.output_tail();
+        if status.success() {
+            Ok(output)
+        } else {
+            Err(ProviderError::failed(format!(
+                "`{} {}` {status}: {}",
+                self.request.program,
+                self.request.args.join(" "),
+                output.trim()
+            )))
+        }
+    }
 }
 
 impl ExitStatus {

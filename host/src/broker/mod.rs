@@ -17,7 +17,16 @@ use serde::Serialize;
 
 pub use net::UrlPattern;
 
-/// A program with argument patterns: `*` matches one argument, `**` all the rest.
+/// The directory request that stands for the environment's project path.
+pub const PROJECT_PATH_DIR: &str = "{projectPath}";
+
+/// The argument pattern that matches one path inside the environment's directories.
+pub const PATH_ARG: &str = "{path}";
+
+/// A program with argument patterns: `*` matches one argument, `**` all the rest,
+/// [`PATH_ARG`] one argument naming a path inside the environment's directories
+/// (see [`PathScope`]) and `PREFIX{path}` such an argument after a fixed prefix
+/// (`--output={path}`); anything else matches itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CommandPattern {
     program: String,
@@ -54,8 +63,9 @@ impl CommandPattern {
         &self.program
     }
 
-    /// Whether `program args...` matches this pattern.
-    pub fn matches(&self, program: &str, args: &[String]) -> bool {
+    /// Whether `program args...` matches this pattern, with `{path}` arguments
+    /// checked against `paths`.
+    pub fn matches(&self, program: &str, args: &[String], paths: &PathScope) -> bool {
         if self.program != "*" && self.program != program {
             return false;
         }
@@ -65,6 +75,14 @@ impl CommandPattern {
                 return true;
             }
             match given.next() {
+                // `{path}`, or an option prefix then `{path}` (`--output={path}`).
+                Some(arg) if pattern.ends_with(PATH_ARG) => {
+                    let prefix = &pattern[..pattern.len() - PATH_ARG.len()];
+                    match arg.strip_prefix(prefix) {
+                        Some(path) if paths.contains(path) => {}
+                        _ => return false,
+                    }
+                }
                 Some(arg) if pattern == "*" || pattern == arg => {}
                 _ => return false,
             }
@@ -84,11 +102,56 @@ impl CommandPattern {
             }
             match theirs.next() {
                 Some(a) if a == "**" => return false,
+                // `{path}` only covers `{path}`; `*` covers anything but `**`.
                 Some(a) if mine == "*" || mine == a => {}
                 _ => return false,
             }
         }
         theirs.next().is_none()
+    }
+}
+
+/// Where the `{path}` arguments of one spawn may point: inside the environment's
+/// directories (its workspace and the granted directories), relative paths taken
+/// from the spawn's working directory.
+#[derive(Debug, Clone, Default)]
+pub struct PathScope {
+    cwd: PathBuf,
+    roots: Vec<PathBuf>,
+}
+
+impl PathScope {
+    /// A scope over `roots` (canonicalised here; missing ones are dropped) for a
+    /// process working in `cwd`.
+    pub fn new(cwd: PathBuf, roots: &[PathBuf]) -> Self {
+        let roots = roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
+        Self { cwd, roots }
+    }
+
+    /// Whether `arg` names a path inside the roots. It may not exist yet (a path
+    /// to create), but it may not contain `..`, and its longest existing ancestor,
+    /// with symlinks resolved, must lie inside a root.
+    pub fn contains(&self, arg: &str) -> bool {
+        let path = Path::new(arg);
+        if arg.is_empty()
+            || arg.contains('\0')
+            || path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
+            return false;
+        }
+        let full = self.cwd.join(path);
+        let mut probe = full.as_path();
+        loop {
+            if let Ok(real) = probe.canonicalize() {
+                return self.roots.iter().any(|root| real.starts_with(root));
+            }
+            match probe.parent() {
+                Some(parent) => probe = parent,
+                None => return false,
+            }
+        }
     }
 }
 
@@ -107,7 +170,8 @@ pub struct Grant {
 
 impl Grant {
     /// The documented default grant of a built-in provider; nothing for anyone else.
-    pub fn builtin_default(provider: &str) -> Self {
+    /// `data_dir` is the host's data directory, the default project root.
+    pub fn builtin_default(provider: &str, data_dir: &Path) -> Self {
         match provider {
             // `tether` resolves to this very binary, so `tether runtime` is the
             // reference runtime; nothing else may be spawned by default.
@@ -125,9 +189,45 @@ impl Grant {
                 urls: Vec::new(),
                 directories: Vec::new(),
             },
+            // git on paths inside the environment's directories, in the shapes the
+            // provider uses, and the reference runtime; projects under the data
+            // directory (where `.codebolt/` lives) unless the operator says otherwise.
+            "git-worktree" => Self {
+                commands: git_worktree_commands(),
+                env: vec![
+                    "PATH".into(),
+                    "HOME".into(),
+                    "LANG".into(),
+                    "RUST_LOG".into(),
+                ],
+                urls: Vec::new(),
+                directories: vec![data_dir.to_owned()],
+            },
             _ => Self::default(),
         }
     }
+}
+
+/// The commands `git-worktree` needs (its request is the same list), in one place
+/// so the default grant and the documentation cannot drift from each other.
+pub fn git_worktree_commands() -> Vec<CommandPattern> {
+    let git = |args: &[&str]| CommandPattern {
+        program: "git".into(),
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+    };
+    vec![
+        git(&["rev-parse", "**"]),
+        git(&["worktree", "add", "-b", "*", PATH_ARG, "*"]),
+        git(&["worktree", "add", PATH_ARG, "*"]),
+        git(&["worktree", "remove", "--force", PATH_ARG]),
+        git(&["worktree", "prune"]),
+        git(&["add", "--all", "--intent-to-add"]),
+        git(&["diff", "--binary", "--find-renames", "--output={path}", "*"]),
+        CommandPattern {
+            program: "tether".into(),
+            args: vec!["runtime".into()],
+        },
+    ]
 }
 
 /// What a provider asks for in its `info()`.
@@ -216,8 +316,9 @@ impl Capabilities {
                 .filter(|r| !g.urls.iter().any(|u| u.covers(r)))
                 .map(ToString::to_string)
                 .collect(),
+            // `{projectPath}` is checked per environment, against its project path.
             directories: (self.requested.directories.iter())
-                .filter(|d| !self.directory_granted(d))
+                .filter(|d| *d != PROJECT_PATH_DIR && !self.directory_granted(d))
                 .cloned()
                 .collect(),
         }
@@ -256,16 +357,16 @@ impl Capabilities {
     }
 
     /// Checks a spawn against both keys.
-    pub fn check_spawn(&self, program: &str, args: &[String]) -> Result<(), Denied> {
-        if !(self.requested.commands.iter()).any(|p| p.matches(program, args)) {
+    pub fn check_spawn(
+        &self,
+        program: &str,
+        args: &[String],
+        paths: &PathScope,
+    ) -> Result<(), Denied> {
+        if !(self.requested.commands.iter()).any(|p| p.matches(program, args, paths)) {
             return Err(Denied::NotRequested(program.to_owned()));
         }
-        if !self
-            .granted
-            .commands
-            .iter()
-            .any(|p| p.matches(program, args))
-        {
+        if !(self.granted.commands.iter()).any(|p| p.matches(program, args, paths)) {
             return Err(Denied::NotGranted(program.to_owned()));
         }
         Ok(())
@@ -278,6 +379,10 @@ mod tests {
 
     fn pat(program: &str, args: &[&str]) -> CommandPattern {
         CommandPattern::new(program.into(), args.iter().map(|s| s.to_string()).collect()).unwrap()
+    }
+
+    fn none() -> PathScope {
+        PathScope::default()
     }
 
     fn args(a: &[&str]) -> Vec<String> {
@@ -328,15 +433,15 @@ mod tests {
     #[test]
     fn patterns_match_exact_one_and_rest() {
         let p = pat("git", &["worktree", "*", "**"]);
-        assert!(p.matches("git", &args(&["worktree", "add", "x", "y"])));
-        assert!(p.matches("git", &args(&["worktree", "list"])));
-        assert!(!p.matches("git", &args(&["worktree"])));
-        assert!(!p.matches("git", &args(&["status"])));
-        assert!(!p.matches("sh", &args(&["worktree", "add"])));
+        assert!(p.matches("git", &args(&["worktree", "add", "x", "y"]), &none()));
+        assert!(p.matches("git", &args(&["worktree", "list"]), &none()));
+        assert!(!p.matches("git", &args(&["worktree"]), &none()));
+        assert!(!p.matches("git", &args(&["status"]), &none()));
+        assert!(!p.matches("sh", &args(&["worktree", "add"]), &none()));
         let exact = pat("tether", &["runtime"]);
-        assert!(exact.matches("tether", &args(&["runtime"])));
-        assert!(!exact.matches("tether", &args(&["runtime", "--evil"])));
-        assert!(!exact.matches("tether", &args(&[])));
+        assert!(exact.matches("tether", &args(&["runtime"]), &none()));
+        assert!(!exact.matches("tether", &args(&["runtime", "--evil"]), &none()));
+        assert!(!exact.matches("tether", &args(&[]), &none()));
     }
 
     #[test]
@@ -355,11 +460,14 @@ mod tests {
     fn spawn_needs_both_keys() {
         let caps = Capabilities::new(
             commands(vec![pat("tether", &["runtime"]), pat("*", &["**"])]),
-            Grant::builtin_default("local-process"),
+            Grant::builtin_default("local-process", Path::new("/data")),
         );
-        assert_eq!(caps.check_spawn("tether", &args(&["runtime"])), Ok(()));
         assert_eq!(
-            caps.check_spawn("/bin/sh", &args(&["-c", "id"])),
+            caps.check_spawn("tether", &args(&["runtime"]), &none()),
+            Ok(())
+        );
+        assert_eq!(
+            caps.check_spawn("/bin/sh", &args(&["-c", "id"]), &none()),
             Err(Denied::NotGranted("/bin/sh".into()))
         );
         let narrow = Capabilities::new(
@@ -370,8 +478,50 @@ mod tests {
             },
         );
         assert_eq!(
-            narrow.check_spawn("curl", &args(&[])),
+            narrow.check_spawn("curl", &args(&[]), &none()),
             Err(Denied::NotRequested("curl".into()))
         );
+    }
+
+    #[test]
+    fn path_arguments_must_stay_inside_the_environment_directories() {
+        let root = tempfile::tempdir().unwrap();
+        let project = root.path().join("project");
+        std::fs::create_dir_all(project.join("sub")).unwrap();
+        let outside = root.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, project.join("escape")).unwrap();
+        let scope = PathScope::new(project.clone(), std::slice::from_ref(&project));
+
+        // Existing or to be created, relative to the cwd or absolute: inside.
+        assert!(scope.contains("sub"));
+        assert!(scope.contains(".codebolt/worktree/new"));
+        assert!(scope.contains(&project.join("sub/x").display().to_string()));
+        // `..`, a symlink out, an absolute path elsewhere, empty: outside.
+        assert!(!scope.contains("../outside"));
+        assert!(!scope.contains("sub/../../outside"));
+        assert!(!scope.contains("escape/file"));
+        assert!(!scope.contains(&outside.display().to_string()));
+        assert!(!scope.contains("/etc/passwd"));
+        assert!(!scope.contains(""));
+
+        let p = pat("git", &["worktree", "remove", "--force", PATH_ARG]);
+        assert!(p.matches(
+            "git",
+            &args(&["worktree", "remove", "--force", "sub"]),
+            &scope
+        ));
+        assert!(!p.matches(
+            "git",
+            &args(&["worktree", "remove", "--force", "/tmp"]),
+            &scope
+        ));
+        let out = pat("git", &["diff", "--output={path}"]);
+        assert!(out.matches("git", &args(&["diff", "--output=sub/x.patch"]), &scope));
+        assert!(!out.matches("git", &args(&["diff", "--output=/etc/x"]), &scope));
+        assert!(!out.matches("git", &args(&["diff", "sub/x.patch"]), &scope));
+        // `*` covers `{path}`, not the other way round.
+        assert!(pat("git", &["*"]).covers(&pat("git", &[PATH_ARG])));
+        assert!(!pat("git", &[PATH_ARG]).covers(&pat("git", &["*"])));
     }
 }

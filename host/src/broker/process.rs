@@ -13,7 +13,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::{Capabilities, Denied};
+use super::{Capabilities, Denied, PathScope};
 
 /// The program name that stands for this very binary (`tether runtime` et al.).
 pub const SELF_PROGRAM: &str = "tether";
@@ -87,8 +87,9 @@ impl ProcessBroker {
 
     /// Checks `spec` and starts it.
     pub fn spawn(&self, spec: SpawnSpec) -> Result<Child, SpawnError> {
-        self.caps.check_spawn(&spec.program, &spec.args)?;
         let cwd = self.resolve_cwd(spec.cwd.as_deref())?;
+        let paths = PathScope::new(cwd.clone(), &self.roots());
+        self.caps.check_spawn(&spec.program, &spec.args, &paths)?;
         let live = self.live.load(Ordering::SeqCst);
         if live >= self.max_processes {
             return Err(Denied::ProcessLimit(live).into());
@@ -143,6 +144,13 @@ impl ProcessBroker {
         })
     }
 
+    /// The directories this environment's processes may work in and name.
+    fn roots(&self) -> Vec<PathBuf> {
+        let mut roots = vec![self.workspace.clone()];
+        roots.extend(self.caps.directories());
+        roots
+    }
+
     fn resolve_cwd(&self, cwd: Option<&str>) -> Result<PathBuf, Denied> {
         let Some(cwd) = cwd else {
             return Ok(self.workspace.clone());
@@ -151,9 +159,8 @@ impl ProcessBroker {
             .canonicalize()
             .map_err(|_| Denied::OutsidePath(cwd.to_owned()))?;
         // The workspace and the granted directories, with symlinks resolved on both sides.
-        let mut roots = vec![self.workspace.clone()];
-        roots.extend(self.caps.directories());
-        let inside = roots
+        let inside = self
+            .roots()
             .iter()
             .filter_map(|r| r.canonicalize().ok())
             .any(|root| canonical.starts_with(&root));

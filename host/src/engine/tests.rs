@@ -76,11 +76,11 @@ async fn info_crosses_the_boundary() {
     let d = &p.description;
     assert_eq!(d.name, "local-process");
     assert!(!d.version.is_empty());
-    assert!(
-        d.commands
-            .iter()
-            .any(|c| c.matches("tether", &["runtime".to_owned()]))
-    );
+    assert!(d.commands.iter().any(|c| c.matches(
+        "tether",
+        &["runtime".to_owned()],
+        &Default::default()
+    )));
     assert_eq!(d.config_schema["type"], "object");
     assert_eq!(p.sha256.len(), 64);
 }

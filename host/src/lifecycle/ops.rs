@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Env, HubPort, Manager, Status};
 use crate::auth;
-use crate::broker::Capabilities;
 use crate::broker::process::ProcessBroker;
+use crate::broker::{Capabilities, PROJECT_PATH_DIR, Request};
 use crate::engine::{
     Call, CallError, InitVars, InstanceSetup, LoadedProvider, ProviderEvent, ProviderHandle, Reply,
 };
@@ -141,7 +141,7 @@ impl Manager {
             .await
             .map_err(|e| format!("creating workspace {}: {e}", workspace.display()))?;
         let caps = Capabilities::new(
-            provider.description.request(),
+            request_for(provider, record),
             s.config.grant_for(&provider.description.name),
         );
         let limits = &s.config.limits;
@@ -182,11 +182,7 @@ impl Manager {
         InitVars {
             environment_id: env.id.clone(),
             environment_name: record.name.clone(),
-            project_path: record
-                .config
-                .get("projectPath")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            project_path: project_path(record),
             config: record.config.clone(),
             resource_id: record.resource_id.clone(),
             runtime_url,
@@ -300,6 +296,35 @@ impl Manager {
             this.on_failure(env, handle, err.to_string()).await;
         });
     }
+}
+
+/// The environment's `config.projectPath`, if it names one.
+fn project_path(record: &Record) -> Option<String> {
+    record
+        .config
+        .get("projectPath")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// The provider's request for this environment: `{projectPath}` becomes the project
+/// path with symlinks resolved (so the grant is checked against where it really
+/// leads), or is dropped when the environment names no existing project.
+fn request_for(provider: &LoadedProvider, record: &Record) -> Request {
+    let mut request = provider.description.request();
+    let project = project_path(record)
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .map(|p| p.display().to_string());
+    request.directories = (request.directories.into_iter())
+        .filter_map(|d| {
+            if d == PROJECT_PATH_DIR {
+                project.clone()
+            } else {
+                Some(d)
+            }
+        })
+        .collect();
+    request
 }
 
 async fn persist_events(
