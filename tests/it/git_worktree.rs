@@ -10,7 +10,7 @@ use std::process::Command;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Server, Ws};
+use crate::support::Server;
 
 /// Runs git in `dir`, panicking with its output on failure.
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -50,20 +50,6 @@ fn worktrees(dir: &Path) -> Vec<String> {
         .filter_map(|l| l.strip_prefix("worktree "))
         .map(str::to_owned)
         .collect()
-}
-
-async fn exec_pwd(app: &mut Ws) -> String {
-    app.send(json!({"type": "exec", "requestId": "pwd", "command": ["pwd"]}))
-        .await;
-    let mut output = String::new();
-    loop {
-        let msg = app.next().await;
-        match msg["type"].as_str() {
-            Some("execOutput") => output.push_str(msg["data"].as_str().unwrap_or_default()),
-            Some("execExit") => return output.trim().to_owned(),
-            _ => {}
-        }
-    }
 }
 
 async fn create(server: &Server, name: &str, config: Value) -> String {
@@ -124,7 +110,11 @@ async fn a_worktree_environment_lives_through_restarts_and_goes_on_delete() {
 
     // The runtime works inside the worktree; the file handlers do too.
     let mut app = server.app(&id, "t").await;
-    assert_eq!(exec_pwd(&mut app).await, wt.display().to_string());
+    let (pwd, code) = app.exec("pwd", &["pwd"]).await;
+    assert_eq!(
+        (pwd.trim(), code),
+        (wt.display().to_string().as_str(), json!(0))
+    );
     let wrote = app
         .request(json!({"type": "providerWriteFile", "requestId": "w", "path": "notes/new.txt", "content": "written by an agent\n"}))
         .await;

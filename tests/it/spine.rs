@@ -52,20 +52,8 @@ async fn local_process_environment_end_to_end() {
     );
 
     // The runtime runs commands in its workspace and streams their output.
-    t1.send(json!({"type": "exec", "requestId": "x1", "command": ["pwd"]}))
-        .await;
-    let mut output = String::new();
-    loop {
-        let msg = t1.next().await;
-        match msg["type"].as_str() {
-            Some("execOutput") => output.push_str(msg["data"].as_str().unwrap_or_default()),
-            Some("execExit") => {
-                assert_eq!(msg["code"], 0);
-                break;
-            }
-            other => panic!("unexpected {other:?}: {msg}"),
-        }
-    }
+    let (output, code) = t1.exec("x1", &["pwd"]).await;
+    assert_eq!(code, 0);
     assert_eq!(
         output.trim(),
         workspace.canonicalize().unwrap().display().to_string()

@@ -350,6 +350,22 @@ impl Ws {
             }
         }
     }
+
+    /// Runs `command` through the runtime's `exec` and returns its output and exit
+    /// code; any other message in between fails the test.
+    pub async fn exec(&mut self, request_id: &str, command: &[&str]) -> (String, Value) {
+        self.send(serde_json::json!({"type": "exec", "requestId": request_id, "command": command}))
+            .await;
+        let mut output = String::new();
+        loop {
+            let msg = self.next().await;
+            match msg["type"].as_str() {
+                Some("execOutput") => output.push_str(msg["data"].as_str().unwrap_or_default()),
+                Some("execExit") => return (output, msg["code"].clone()),
+                other => panic!("unexpected {other:?}: {msg}"),
+            }
+        }
+    }
 }
 
 /// Writes `tether.toml` into `dir` (read by the next `Server::start` there).
