@@ -125,6 +125,10 @@ impl Grant {
                 urls: Vec::new(),
                 directories: Vec::new(),
             },
+            // The sandbox API's address is the operator's to name
+            // (`[providers.http-sandbox] urls`): by default it reaches nothing and
+            // spawns nothing.
+            "http-sandbox" => Self::default(),
             _ => Self::default(),
         }
     }

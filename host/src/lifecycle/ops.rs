@@ -187,7 +187,11 @@ impl Manager {
                 .get("projectPath")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
-            config: record.config.clone(),
+            // The operator's config for this provider (API keys, ...) joins here only.
+            config: self
+                .shared
+                .config
+                .merged_config(&record.provider, &record.config),
             resource_id: record.resource_id.clone(),
             runtime_url,
             runtime_token,
