@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Server, WAIT, write_config};
+use crate::support::{Server, WAIT, wait_gone, write_config};
 
 /// The key the test services accept.
 const KEY: &str = "sandbox-key-0123456789";
@@ -126,11 +126,25 @@ impl Service {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str) -> (StatusCode, Value) {
-        let resp = (self.http.request(method, format!("{}{path}", self.base)))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .expect("service request");
+        self.request(method, path, Some(KEY), None).await
+    }
+
+    /// A request with the given key (or none) and JSON body (or none).
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("service request");
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -221,6 +235,18 @@ async fn one_sandbox_per_environment_kept_across_host_restarts_and_deleted_with_
     let records =
         std::fs::read_to_string(dir.path().join(".codebolt/environments.json")).expect("records");
     assert!(!records.contains(KEY), "the API key was persisted");
+    let (_, provider) = server
+        .call("GET", "/api/v1/providers/http-sandbox", None)
+        .await;
+    assert!(!provider.to_string().contains(KEY), "{provider}");
+    assert!(
+        (provider["operatorConfigKeys"]
+            .as_array()
+            .expect("keys")
+            .iter())
+        .any(|k| k == "apiKey"),
+        "{provider}"
+    );
 
     // A clean host restart: the same sandbox, a new runtime in it.
     server.stop();
@@ -373,4 +399,81 @@ async fn a_wrong_key_and_an_ungranted_url_are_clear_environment_errors() {
     assert_eq!(service.list().await["created"], 0, "no sandbox was created");
     server.stop();
     service.stop();
+}
+
+#[tokio::test]
+async fn the_sandbox_service_speaks_clear_errors_reports_dead_processes_and_cleans_up() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start(dir.path(), 0);
+    let tether = env!("CARGO_BIN_EXE_tether");
+
+    for key in [None, Some("wrong-key-123")] {
+        let (status, body) = service
+            .request(Method::GET, "/v1/sandboxes", key, None)
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+    }
+    let (status, body) = service.call(Method::GET, "/v1/sandboxes/sbx-nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+
+    let (status, sandbox) = service
+        .request(Method::POST, "/v1/sandboxes", Some(KEY), Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sandbox}");
+    assert_eq!(sandbox["status"], "running");
+    let processes = format!(
+        "/v1/sandboxes/{}/processes",
+        sandbox["id"].as_str().expect("id")
+    );
+    let start = |body: Value| service.request(Method::POST, &processes, Some(KEY), Some(body));
+
+    let (status, body) = start(json!({"command": "/bin/sh", "args": ["-c", "id"]})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = start(json!({"command": tether, "args": ["runtime", "--x"]})).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "only the exact allowed command: {body}"
+    );
+    let (status, body) = start(json!({"command": 7})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "bad_request");
+    let (status, body) =
+        start(json!({"command": tether, "args": ["runtime"], "env": {"A": 1}})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // A runtime without its URL and token exits at once: the sandbox says so.
+    let (status, dead) = start(json!({"command": tether, "args": ["runtime"]})).await;
+    assert_eq!(status, StatusCode::CREATED, "{dead}");
+    let path = format!("/v1/sandboxes/{}", sandbox["id"].as_str().expect("id"));
+    let deadline = std::time::Instant::now() + WAIT;
+    let exited = loop {
+        let (_, now) = service.call(Method::GET, &path).await;
+        if now["status"] == "exited" {
+            break now;
+        }
+        assert!(std::time::Instant::now() < deadline, "never exited: {now}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(exited["processes"][0]["status"], "exited", "{exited}");
+    assert!(
+        exited["processes"][0]["exitCode"]
+            .as_i64()
+            .is_some_and(|c| c != 0)
+    );
+
+    // A runtime that keeps trying an address nobody serves, killed by SIGTERM.
+    let env =
+        json!({"TETHER_RUNTIME_URL": "ws://127.0.0.1:9/ws/runtime/x", "TETHER_RUNTIME_TOKEN": "t"});
+    let (status, alive) = start(json!({"command": tether, "args": ["runtime"], "env": env})).await;
+    assert_eq!(status, StatusCode::CREATED, "{alive}");
+    let pid = alive["pid"].as_u64().expect("pid") as u32;
+    let root = service.root.clone();
+    service.stop();
+    wait_gone(pid).await;
+    let left = std::fs::read_dir(&root).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "sandbox directories are removed on shutdown");
 }
