@@ -477,3 +477,30 @@ async fn the_sandbox_service_speaks_clear_errors_reports_dead_processes_and_clea
     let left = std::fs::read_dir(&root).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0, "sandbox directories are removed on shutdown");
 }
+
+#[tokio::test]
+async fn a_running_environment_whose_sandbox_is_lost_comes_back_on_a_new_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start(dir.path(), 0);
+    // Fast health checks, so the loss is noticed quickly; the restart policy does the
+    // rest, retrying for as long as the service takes to come back.
+    let fast = "[health]\ninterval_ms = 100\ntimeout_ms = 5000\nfailure_threshold = 1\nruntime_grace_ms = 500\n\n[restart]\ninitial_backoff_ms = 100\nmax_backoff_ms = 1000\nmax_retries = 1000\n\n";
+    write_config(dir.path(), &format!("{fast}{}", grant(&service, KEY)));
+    let server = Server::start(dir.path());
+    let env = server
+        .running_env("healing", "http-sandbox", json!({}))
+        .await;
+    let id = id_of(&env);
+    let first = env["resourceId"].clone();
+
+    // The service restarts and forgets every sandbox (and kills the runtime).
+    let port = service.port;
+    service.stop();
+    let service = Service::start(dir.path(), port);
+    let env = wait_running(&server, &id, "recreated").await;
+    assert_eq!(env["metadata"]["previousSandboxId"], first, "{env}");
+    assert_eq!(service.only_sandbox().await["id"], env["resourceId"]);
+    assert!(env["restarts"].as_u64().is_some_and(|n| n >= 1), "{env}");
+    server.stop();
+    service.stop();
+}
