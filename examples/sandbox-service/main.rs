@@ -60,8 +60,8 @@ struct Flags {
     max_processes: usize,
 }
 
-/// Validated settings.
-struct Settings {
+/// Settings validated from the flags.
+struct ServiceConfig {
     listen: SocketAddr,
     root: PathBuf,
     allowed: Vec<AllowedCommand>,
@@ -69,7 +69,7 @@ struct Settings {
     limits: Limits,
 }
 
-impl Settings {
+impl ServiceConfig {
     fn from_flags(flags: Flags) -> anyhow::Result<Self> {
         let api_key = match (flags.api_key, flags.api_key_file) {
             (Some(key), _) => key,
@@ -129,19 +129,19 @@ async fn main() -> ExitCode {
 }
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
-    let settings = Settings::from_flags(flags)?;
-    let registry = Registry::new(settings.root.clone(), settings.allowed, settings.limits)?;
-    let listener = tokio::net::TcpListener::bind(settings.listen)
+    let config = ServiceConfig::from_flags(flags)?;
+    let registry = Registry::new(config.root.clone(), config.allowed, config.limits)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("binding {}", settings.listen))?;
+        .with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;
     let app = api::router(AppState {
         registry: registry.clone(),
-        api_key: Arc::from(settings.api_key),
+        api_key: Arc::from(config.api_key),
     });
     // Tests and scripts read the address from this line.
     println!("sandbox service listening on http://{address}");
-    tracing::info!(root = %settings.root.display(), "serving sandboxes");
+    tracing::info!(root = %config.root.display(), "serving sandboxes");
 
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let shutdown = async move {
