@@ -156,8 +156,8 @@ struct Sandbox {
 
 struct Process {
     view: ProcessView,
-    /// Cancelled to have the watcher kill the process group.
-    kill: CancellationToken,
+    /// Cancelled to have the watcher kill the process group and reap it.
+    stop: CancellationToken,
 }
 
 impl Registry {
@@ -244,7 +244,7 @@ impl Registry {
             sandbox
         };
         for process in sandbox.processes.values() {
-            process.kill.cancel();
+            process.kill();
         }
         remove_dir(&sandbox.dir).await;
         tracing::info!(sandbox = %id, "sandbox deleted");
@@ -267,7 +267,7 @@ impl Registry {
         let sandbox = state.sandboxes.get_mut(id).ok_or_else(|| no_sandbox(id))?;
         let key = process_key(process).ok_or_else(|| no_process(id, process))?;
         let removed = (sandbox.processes.remove(&key)).ok_or_else(|| no_process(id, process))?;
-        removed.kill.cancel();
+        removed.kill();
         tracing::info!(sandbox = %id, process, "process stopped on request");
         Ok(())
     }
@@ -359,7 +359,7 @@ impl Registry {
             number,
             Process {
                 view: view.clone(),
-                kill: kill.clone(),
+                stop: kill.clone(),
             },
         );
         tracing::info!(sandbox = %id, process = %view.id, pid, command = %view.command, "process started");
@@ -421,7 +421,7 @@ impl Registry {
         };
         for sandbox in &sandboxes {
             for process in sandbox.processes.values() {
-                process.kill.cancel();
+                process.kill();
             }
         }
         self.shared.tasks.close();
@@ -445,6 +445,17 @@ impl Sandbox {
             created_at: self.created_at.clone(),
             processes,
         }
+    }
+}
+
+impl Process {
+    /// Kills its group now, so it is dead before the request that asked is answered,
+    /// and has its watcher reap it.
+    fn kill(&self) {
+        if self.view.status == ProcessStatus::Running {
+            let _ = killpg(Pid::from_raw(self.view.pid as i32), Signal::SIGKILL);
+        }
+        self.stop.cancel();
     }
 }
 
