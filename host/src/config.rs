@@ -4,6 +4,8 @@
 //! never sees raw strings. Grants live here because they are the operator's word;
 //! nothing an API caller sends (an environment's `config`) can widen them.
 
+mod operator;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -13,6 +15,8 @@ use serde::Deserialize;
 
 use crate::broker::net::NetConfig;
 use crate::broker::{CommandPattern, Grant, UrlPattern};
+
+pub use operator::OperatorConfig;
 
 /// The default listen address of `tether serve`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2719";
@@ -60,6 +64,9 @@ pub struct ServeConfig {
     pub restart: RestartConfig,
     /// Operator grants by provider name; providers without an entry get their default.
     pub grants: BTreeMap<String, Grant>,
+    /// Operator config by provider name, merged over environments' config (secrets
+    /// such as API keys live here, never in the records).
+    pub provider_config: BTreeMap<String, OperatorConfig>,
     /// Relay windows, limits and liveness.
     pub relay: RelayConfig,
     /// Outgoing network settings (timeouts, connection cap, static host overrides).
@@ -274,17 +281,16 @@ struct FileLimits {
     max_resources: Option<usize>,
 }
 
+/// `[providers.NAME]`: a grant (any of the first four keys replaces the built-in
+/// default grant as a whole) and operator config.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileGrant {
-    #[serde(default)]
-    commands: Vec<FileCommand>,
-    #[serde(default)]
-    env: Vec<String>,
-    #[serde(default)]
-    urls: Vec<String>,
-    #[serde(default)]
-    directories: Vec<PathBuf>,
+    commands: Option<Vec<FileCommand>>,
+    env: Option<Vec<String>>,
+    urls: Option<Vec<String>>,
+    directories: Option<Vec<PathBuf>>,
+    config: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -340,6 +346,7 @@ impl ServeConfig {
             health: HealthConfig::default(),
             restart: RestartConfig::default(),
             grants: BTreeMap::new(),
+            provider_config: BTreeMap::new(),
             relay: RelayConfig::default(),
             net: NetConfig::default(),
         }
@@ -420,17 +427,30 @@ impl ServeConfig {
             self.limits.max_resources = n;
         }
         for (name, grant) in file.providers {
-            let commands = grant
-                .commands
+            if let Some(table) = grant.config {
+                let config = OperatorConfig::from_toml(table)
+                    .map_err(|e| ConfigError::Invalid(format!("providers.{name}.{e}")))?;
+                self.provider_config.insert(name.clone(), config);
+            }
+            // A table that only sets `config` keeps the built-in default grant.
+            if grant.commands.is_none()
+                && grant.env.is_none()
+                && grant.urls.is_none()
+                && grant.directories.is_none()
+            {
+                continue;
+            }
+            let directories = grant.directories.unwrap_or_default();
+            let commands = (grant.commands.unwrap_or_default())
                 .into_iter()
                 .map(|c| CommandPattern::new(c.program, c.args))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| ConfigError::Invalid(format!("providers.{name}: {e}")))?;
-            let urls = (grant.urls.iter())
+            let urls = (grant.urls.unwrap_or_default().iter())
                 .map(|u| UrlPattern::parse(u))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| ConfigError::Invalid(format!("providers.{name}: {e}")))?;
-            if let Some(d) = grant.directories.iter().find(|d| !d.is_absolute()) {
+            if let Some(d) = directories.iter().find(|d| !d.is_absolute()) {
                 return Err(ConfigError::Invalid(format!(
                     "providers.{name}: directory {} must be absolute",
                     d.display()
@@ -440,9 +460,9 @@ impl ServeConfig {
                 name,
                 Grant {
                     commands,
-                    env: grant.env,
+                    env: grant.env.unwrap_or_default(),
                     urls,
-                    directories: grant.directories,
+                    directories,
                 },
             );
         }
@@ -481,6 +501,19 @@ impl ServeConfig {
             .get(provider)
             .cloned()
             .unwrap_or_else(|| Grant::builtin_default(provider, &self.data_dir))
+    }
+
+    /// `environment` config with the operator's config for `provider` laid over it:
+    /// what the provider is handed, never what is stored or shown.
+    pub fn merged_config(
+        &self,
+        provider: &str,
+        environment: &serde_json::Map<String, serde_json::Value>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        match self.provider_config.get(provider) {
+            Some(operator) => operator.merged_over(environment),
+            None => environment.clone(),
+        }
     }
 
     /// `.codebolt/` under the data directory.
@@ -581,6 +614,22 @@ mod tests {
         let g = c.grant_for("local-process");
         assert_eq!(g.commands.len(), 1);
         assert_eq!(g.commands[0].program(), "python3");
+    }
+
+    #[test]
+    fn config_only_table_keeps_the_default_grant() {
+        let c = load("[providers.local-process]\nconfig = { command = \"x\" }\n").unwrap();
+        assert_eq!(c.grant_for("local-process").commands.len(), 1);
+        let merged = c.merged_config("local-process", &serde_json::Map::new());
+        assert_eq!(merged["command"], "x");
+        let c = load("[providers.http-sandbox]\nurls = [\"http://127.0.0.1:*\"]\nconfig = { apiKey = \"k\" }\n")
+            .unwrap();
+        assert_eq!(c.grant_for("http-sandbox").urls.len(), 1);
+        assert!(!format!("{c:?}").contains("\"k\""));
+        assert!(matches!(
+            load("[providers.x]\nconfig = 3\n"),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

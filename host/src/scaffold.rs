@@ -116,6 +116,7 @@ publish = false
 [dependencies]
 wit-bindgen = { version = "0.46", default-features = false, features = ["macros", "realloc"] }
 serde_json = "1"
+wasip2 = "1"
 "#;
 
 const LIB_TEMPLATE: &str = r##"//! The `{{name}}` Tether provider.

@@ -10,6 +10,7 @@ mod hostile;
 mod lifecycle;
 mod providers;
 mod relay;
+mod sandbox;
 mod spine;
 mod support;
 mod worlds;

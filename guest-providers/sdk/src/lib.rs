@@ -5,7 +5,7 @@
 //! [`Provider`] trait (the Rust counterpart of Codebolt's `BaseProvider`), the
 //! [`export_provider!`] macro that wires a provider type to the component's exports,
 //! and small helpers over the host imports ([`log`], [`process`], [`runtime`],
-//! [`state`]) and the workspace directory ([`fs`]).
+//! [`state`]), the workspace directory ([`fs`]) and brokered outgoing HTTP ([`http`]).
 //!
 //! A provider implements [`Provider::info`] and [`Provider::setup`]; every other hook
 //! has a working default:
@@ -51,6 +51,7 @@ mod error;
 #[doc(hidden)]
 pub mod export;
 pub mod fs;
+pub mod http;
 pub mod log;
 pub mod process;
 mod provider;

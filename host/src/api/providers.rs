@@ -1,6 +1,6 @@
 //! `/api/v1/providers`: what each loaded provider is, asks for (`commands`, `urls`,
 //! `directories`), is granted by the operator, and is denied (asked for but not
-//! covered by the grant).
+//! covered by the grant), and which operator config keys it gets (never their values).
 
 use std::sync::Arc;
 
@@ -23,10 +23,16 @@ pub(crate) struct ProviderView {
     world: &'static str,
     granted: Grant,
     denied: DeniedItems,
+    /// Keys of the operator's `[providers.NAME] config`; values may be secrets.
+    operator_config_keys: Vec<String>,
 }
 
 fn view(state: &AppState, p: &Arc<LoadedProvider>) -> ProviderView {
-    let grant = state.manager.config().grant_for(&p.description.name);
+    let config = state.manager.config();
+    let grant = config.grant_for(&p.description.name);
+    let operator_config_keys = (config.provider_config.get(&p.description.name))
+        .map(|c| c.keys().map(str::to_owned).collect())
+        .unwrap_or_default();
     ProviderView {
         description: p.description.clone(),
         source: p.source.clone(),
@@ -34,6 +40,7 @@ fn view(state: &AppState, p: &Arc<LoadedProvider>) -> ProviderView {
         world: p.world.as_str(),
         granted: grant.clone(),
         denied: Capabilities::new(p.description.request(), grant).denied(),
+        operator_config_keys,
     }
 }
 

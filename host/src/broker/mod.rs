@@ -180,12 +180,7 @@ impl Grant {
                     program: "tether".into(),
                     args: vec!["runtime".into()],
                 }],
-                env: vec![
-                    "PATH".into(),
-                    "HOME".into(),
-                    "LANG".into(),
-                    "RUST_LOG".into(),
-                ],
+                env: runtime_env(),
                 urls: Vec::new(),
                 directories: Vec::new(),
             },
@@ -194,18 +189,22 @@ impl Grant {
             // directory (where `.codebolt/` lives) unless the operator says otherwise.
             "git-worktree" => Self {
                 commands: git_worktree_commands(),
-                env: vec![
-                    "PATH".into(),
-                    "HOME".into(),
-                    "LANG".into(),
-                    "RUST_LOG".into(),
-                ],
+                env: runtime_env(),
                 urls: Vec::new(),
                 directories: vec![data_dir.to_owned()],
             },
+            // The sandbox API's address is the operator's to name
+            // (`[providers.http-sandbox] urls`): by default it reaches nothing and
+            // spawns nothing.
+            "http-sandbox" => Self::default(),
             _ => Self::default(),
         }
     }
+}
+
+/// Host variables the built-in providers pass through to the runtimes they start.
+fn runtime_env() -> Vec<String> {
+    ["PATH", "HOME", "LANG", "RUST_LOG"].map(String::from).to_vec()
 }
 
 /// The commands `git-worktree` needs (its request is the same list), in one place

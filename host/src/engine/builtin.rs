@@ -10,4 +10,8 @@ pub(crate) const BUILTINS: &[(&str, &[u8])] = &[
         "git-worktree",
         include_bytes!(concat!(env!("OUT_DIR"), "/git_worktree.wasm")),
     ),
+    (
+        "http-sandbox",
+        include_bytes!(concat!(env!("OUT_DIR"), "/http_sandbox.wasm")),
+    ),
 ];

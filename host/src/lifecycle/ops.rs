@@ -183,7 +183,11 @@ impl Manager {
             environment_id: env.id.clone(),
             environment_name: record.name.clone(),
             project_path: project_path(record),
-            config: record.config.clone(),
+            // The operator's config for this provider (API keys, ...) joins here only.
+            config: self
+                .shared
+                .config
+                .merged_config(&record.provider, &record.config),
             resource_id: record.resource_id.clone(),
             runtime_url,
             runtime_token,
