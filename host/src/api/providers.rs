@@ -1,6 +1,7 @@
 //! `/api/v1/providers`: what each loaded provider is, asks for (`commands`, `urls`,
 //! `directories`), is granted by the operator, and is denied (asked for but not
-//! covered by the grant).
+//! covered by the grant), and why its file's latest content did not load, if it did
+//! not (the version loaded before is still served then).
 
 use std::sync::Arc;
 
@@ -23,6 +24,8 @@ pub(crate) struct ProviderView {
     world: &'static str,
     granted: Grant,
     denied: DeniedItems,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    load_error: Option<String>,
 }
 
 fn view(state: &AppState, p: &Arc<LoadedProvider>) -> ProviderView {
@@ -34,6 +37,12 @@ fn view(state: &AppState, p: &Arc<LoadedProvider>) -> ProviderView {
         world: p.world.as_str(),
         granted: grant.clone(),
         denied: Capabilities::new(p.description.request(), grant).denied(),
+        load_error: match &p.source {
+            ProviderSource::DropIn { path } => {
+                state.manager.engine().failure_of(path).map(|f| f.error)
+            }
+            ProviderSource::BuiltIn => None,
+        },
     }
 }
 
@@ -47,10 +56,25 @@ pub(crate) async fn get(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ProviderView>, ApiError> {
-    let p = s
-        .manager
-        .engine()
-        .provider(&name)
-        .ok_or_else(|| ApiError::not_found(format!("no provider named {name:?} is loaded")))?;
+    let engine = s.manager.engine();
+    let p = engine.provider(&name).ok_or_else(|| {
+        let mut message = format!("no provider named {name:?} is loaded");
+        // A file named after the provider most likely meant to provide it.
+        let stem = name.replace('-', "_");
+        for f in engine.failures() {
+            let file = f
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().replace('-', "_"));
+            if file.as_deref() == Some(stem.as_str()) {
+                message = format!(
+                    "{message}; {} failed to load: {}",
+                    f.path.display(),
+                    f.error
+                );
+            }
+        }
+        ApiError::not_found(message)
+    })?;
     Ok(Json(view(&s, &p)))
 }
