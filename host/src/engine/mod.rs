@@ -271,6 +271,11 @@ impl Engine {
     }
 }
 
+/// Name and component bytes of each built-in provider (for tools and benchmarks).
+pub fn builtin_components() -> &'static [(&'static str, &'static [u8])] {
+    builtin::BUILTINS
+}
+
 /// Advances the epoch every tick for as long as the engine lives.
 fn spawn_ticker(engine: &wasmtime::Engine) {
     let weak = engine.weak();
