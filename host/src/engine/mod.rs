@@ -5,8 +5,8 @@
 //! Built-in providers are embedded in the binary; `.wasm` files in the providers
 //! directory are loaded too, and a drop-in with a built-in's name replaces it. A file
 //! that fails to load is reported and skipped; it never takes the others down. The
-//! directory is rescanned on change for hot reload ([`dropins`], [`dir_watch`]), and
-//! compiled components are cached on disk ([`cache`]).
+//! directory is rescanned on change for hot reload (`dropins`, `dir_watch`), and
+//! compiled components are cached on disk (`cache`).
 
 mod bindings;
 mod builtin;
