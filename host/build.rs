@@ -21,6 +21,10 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     println!("cargo:rerun-if-changed={}", guests.display());
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    // Worktrees of this repository may share one target directory, where this script's
+    // output is shared too and the paths above are those of whichever checkout ran it
+    // last; a different working directory means another checkout, so run again.
+    println!("cargo:rerun-if-env-changed=PWD");
 
     ensure_target();
     let target_dir = out_dir.join("guest-target");
