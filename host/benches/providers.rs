@@ -6,7 +6,10 @@
 //!
 //! Prints a table; run with `cargo bench -p tether --bench providers` (add
 //! `--profile dev` for a quick look). Instances are instantiated but not started, so
-//! no resource or runtime exists behind them: this is the engine's share alone.
+//! no resource or runtime exists behind them: this is the engine's share alone. Each
+//! provider is measured in a process of its own (the benchmark runs itself with
+//! `--one NAME`), so memory freed by one provider's instances cannot hide the next
+//! one's growth.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,29 +47,45 @@ struct Row {
 }
 
 async fn run() -> Result<(), BoxError> {
-    let mut rows = Vec::new();
-    for (name, bytes) in builtin_components() {
-        eprintln!("measuring {name} ...");
-        rows.push(measure(name, bytes).await?);
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--one") {
+        let name = args.get(i + 1).ok_or("--one takes a provider name")?;
+        let (_, bytes) = (builtin_components().iter())
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| format!("no built-in provider {name:?}"))?;
+        println!("{}", row(&measure(name, bytes).await?));
+        return Ok(());
     }
     println!(
         "| provider | component | cold load (compile) | warm load (cache) | cold/warm | instantiate | check-health p50 | RSS per idle instance |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for r in rows {
-        println!(
-            "| {} | {} KiB | {:.1} ms | {:.2} ms | {:.0}× | {:.0} µs | {:.1} µs | {:.1} KiB |",
-            r.name,
-            r.kib,
-            ms(r.cold),
-            ms(r.warm),
-            r.cold.as_secs_f64() / r.warm.as_secs_f64(),
-            r.instantiate.as_secs_f64() * 1e6,
-            r.health_p50.as_secs_f64() * 1e6,
-            r.rss_per_instance,
-        );
+    for (name, _) in builtin_components() {
+        eprintln!("measuring {name} ...");
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args(["--one", name])
+            .stderr(std::process::Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("measuring {name} failed: {}", out.status).into());
+        }
+        print!("{}", String::from_utf8_lossy(&out.stdout));
     }
     Ok(())
+}
+
+fn row(r: &Row) -> String {
+    format!(
+        "| {} | {} KiB | {:.1} ms | {:.2} ms | {:.0}× | {:.0} µs | {:.1} µs | {:.1} KiB |",
+        r.name,
+        r.kib,
+        ms(r.cold),
+        ms(r.warm),
+        r.cold.as_secs_f64() / r.warm.as_secs_f64(),
+        r.instantiate.as_secs_f64() * 1e6,
+        r.health_p50.as_secs_f64() * 1e6,
+        r.rss_per_instance,
+    )
 }
 
 async fn measure(name: &str, bytes: &[u8]) -> Result<Row, BoxError> {
