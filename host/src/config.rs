@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::broker::net::NetConfig;
 use crate::broker::{CommandPattern, Grant, UrlPattern};
+use crate::engine::CompileCacheConfig;
 
 pub use operator::OperatorConfig;
 
@@ -71,6 +72,8 @@ pub struct ServeConfig {
     pub relay: RelayConfig,
     /// Outgoing network settings (timeouts, connection cap, static host overrides).
     pub net: NetConfig,
+    /// Where compiled providers are cached (`[cache]`; default `.codebolt/cache`).
+    pub compile_cache: CompileCacheConfig,
 }
 
 /// Relay windows, limits and liveness (`[relay]` in `tether.toml`).
@@ -223,6 +226,15 @@ struct FileConfig {
     relay: FileRelay,
     #[serde(default)]
     net: FileNet,
+    #[serde(default)]
+    cache: FileCache,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCache {
+    enabled: Option<bool>,
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -340,7 +352,6 @@ impl ServeConfig {
     pub fn defaults(listen: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             listen,
-            data_dir,
             lifecycle: LifecycleConfig::default(),
             limits: LimitsConfig::default(),
             health: HealthConfig::default(),
@@ -349,6 +360,8 @@ impl ServeConfig {
             provider_config: BTreeMap::new(),
             relay: RelayConfig::default(),
             net: NetConfig::default(),
+            compile_cache: CompileCacheConfig::in_dir(data_dir.join(".codebolt/cache")),
+            data_dir,
         }
     }
 
@@ -466,7 +479,24 @@ impl ServeConfig {
                 },
             );
         }
+        self.apply_cache(file.cache)?;
         self.apply_net(file.net)
+    }
+
+    fn apply_cache(&mut self, file: FileCache) -> Result<(), ConfigError> {
+        if let Some(dir) = file.dir {
+            if !dir.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "cache.dir {} must be absolute",
+                    dir.display()
+                )));
+            }
+            self.compile_cache = CompileCacheConfig::in_dir(dir);
+        }
+        if file.enabled == Some(false) {
+            self.compile_cache = CompileCacheConfig::disabled();
+        }
+        Ok(())
     }
 
     fn apply_net(&mut self, file: FileNet) -> Result<(), ConfigError> {
@@ -670,6 +700,24 @@ mod tests {
         ));
         assert!(matches!(
             load("[providers.x]\ndirectories = [\"relative\"]\n"),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn the_compile_cache_defaults_to_the_data_dir_and_can_move_or_be_off() {
+        let c = load("").unwrap();
+        let dir = c.compile_cache.dir.clone().unwrap();
+        assert_eq!(dir, c.data_dir.join(".codebolt/cache"));
+        let c = load("[cache]\ndir = \"/var/cache/tether\"\n").unwrap();
+        assert_eq!(
+            c.compile_cache.dir,
+            Some(PathBuf::from("/var/cache/tether"))
+        );
+        let c = load("[cache]\nenabled = false\n").unwrap();
+        assert_eq!(c.compile_cache, CompileCacheConfig::disabled());
+        assert!(matches!(
+            load("[cache]\ndir = \"cache\"\n"),
             Err(ConfigError::Invalid(_))
         ));
     }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::auth::{ApiToken, TokenError, TokenSource};
 use crate::config::ServeConfig;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{DirWatchError, Engine, EngineError};
 use crate::lifecycle::Manager;
 use crate::store::lock::{DataDirLock, LockError};
 use crate::store::watch::WatchError;
@@ -41,6 +41,9 @@ pub enum ServeError {
     /// The records file cannot be watched.
     #[error(transparent)]
     Watch(#[from] WatchError),
+    /// The providers directory cannot be watched for hot reload.
+    #[error(transparent)]
+    ProviderWatch(#[from] DirWatchError),
 }
 
 /// Binds `config.listen` and serves until `shutdown` resolves.
@@ -74,12 +77,17 @@ pub async fn run(
     let (token, source) =
         ApiToken::load_or_create(std::env::var("TETHER_API_TOKEN").ok(), &token_file)?;
     let store = Store::open(config.codebolt_dir().join("environments.json"))?;
-    let engine = Engine::new(config.limits.clone(), config.net.clone())?;
+    let engine = Engine::with_compile_cache(
+        config.limits.clone(),
+        config.net.clone(),
+        &config.compile_cache,
+    )?;
     engine.load_all(&config.providers_dir()).await;
     let runtime_base = format!("ws://{}", reachable(addr));
     let data_dir = config.data_dir.clone();
     let manager = Manager::new(config, store, engine, runtime_base);
     manager.watch_records()?;
+    manager.watch_providers()?;
     manager.recover();
 
     // Tests and scripts read these two lines; keep their shape.

@@ -1,11 +1,17 @@
 //! Drop-in providers: a `.wasm` in `.codebolt/providers/` is loaded at start (a
-//! drop-in with a built-in's name wins), and a corrupt one is reported, not fatal.
+//! drop-in with a built-in's name wins) and while the host runs — added, replaced and
+//! removed without a restart; a corrupt or half-written one is reported, not fatal;
+//! and a restart with unchanged providers compiles nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::support::Server;
-use crate::support::guests::LOCAL_PROCESS;
+use crate::support::guests::{HANDOFF, LOCAL_PROCESS};
+use crate::support::{Server, WAIT};
 
 #[tokio::test]
 async fn a_drop_in_replaces_the_built_in_and_a_corrupt_file_is_reported() {
@@ -38,14 +44,106 @@ async fn a_drop_in_replaces_the_built_in_and_a_corrupt_file_is_reported() {
     server.stop();
 }
 
-/// `tether provider new` writes a crate that builds for wasm32-wasip2 as it is and
-/// serves environments once dropped in and granted.
+/// Polls `GET path` until `pred` holds for its status and body, returning the body.
+async fn wait_get(
+    server: &Server,
+    path: &str,
+    what: &str,
+    pred: impl Fn(StatusCode, &Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = server.call("GET", path, None).await;
+        if pred(status, &body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} never happened; last: {status} {body}\nlog:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether `/healthz` names `file` among its reasons.
+fn health_names(health: &Value, file: &str) -> bool {
+    health["reasons"].as_array().is_some_and(|r| {
+        r.iter()
+            .any(|r| r.as_str().is_some_and(|r| r.contains(file)))
+    })
+}
+
 #[tokio::test]
-async fn a_scaffolded_provider_builds_and_serves_an_environment() {
+async fn a_corrupt_or_half_written_file_dropped_in_at_runtime_is_reported_and_harmless() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let crate_dir = dir.path().join("scaffolded");
+    let server = Server::start(dir.path());
+    let providers = dir.path().join(".codebolt/providers");
+    let steady = server
+        .running_env("steady", "local-process", json!({}))
+        .await;
+    let steady_id = steady["id"].as_str().expect("id");
+
+    std::fs::write(
+        providers.join("broken.wasm"),
+        b"\0asm\x0d\0\x01\0 not a component",
+    )
+    .expect("write");
+    let health = wait_get(&server, "/healthz", "broken.wasm reported", |_, h| {
+        health_names(h, "broken.wasm")
+    })
+    .await;
+    assert_eq!(health["status"], "degraded");
+
+    // The first half of a component, as a copy in progress leaves it: reported ...
+    let bytes = std::fs::read(HANDOFF).expect("handoff.wasm");
+    let file = providers.join("handoff.wasm");
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).expect("write");
+    wait_get(&server, "/healthz", "the half file reported", |_, h| {
+        health_names(h, "handoff.wasm")
+    })
+    .await;
+    let (status, err) = server.call("GET", "/api/v1/providers/handoff", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let message = err["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("handoff.wasm failed to load"), "{message}");
+
+    // ... and loaded once the copy completes, its failure cleared.
+    std::fs::write(&file, &bytes).expect("write");
+    wait_get(
+        &server,
+        "/api/v1/providers/handoff",
+        "handoff loaded",
+        |s, _| s == StatusCode::OK,
+    )
+    .await;
+    let (_, health) = server.call("GET", "/healthz", None).await;
+    assert!(!health_names(&health, "handoff.wasm"), "{health}");
+    server.handoff_env("handed").await;
+
+    // Removing the broken file clears the last reason.
+    std::fs::remove_file(providers.join("broken.wasm")).expect("remove");
+    wait_get(&server, "/healthz", "health ok", |_, h| h["status"] == "ok").await;
+
+    // Nothing else was disturbed.
+    let (_, env) = server
+        .call("GET", &format!("/api/v1/environments/{steady_id}"), None)
+        .await;
+    assert_eq!(env["status"], "running", "{env}");
+    assert_eq!(env["runtime"]["connected"], true, "{env}");
+    let (status, _) = server
+        .call("GET", "/api/v1/providers/local-process", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop();
+}
+
+/// Scaffolds a provider with `tether provider new` and builds it as an author would,
+/// in a target dir shared across runs; returns the crate dir and the built component.
+fn scaffold(root: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let crate_dir = root.join(name);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["provider", "new", "scaffolded", "--path"])
+        .args(["provider", "new", name, "--path"])
         .arg(&crate_dir)
         .output()
         .expect("tether provider new");
@@ -54,14 +152,20 @@ async fn a_scaffolded_provider_builds_and_serves_an_environment() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffold-target");
+    let built = target
+        .join("wasm32-wasip2/debug")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    build(&crate_dir, &target);
+    (crate_dir, built)
+}
 
-    // Built as an author would, in a target dir shared across runs of this test.
-    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffold-target");
+fn build(crate_dir: &Path, target: &Path) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let build = std::process::Command::new(cargo)
         .args(["build", "--target", "wasm32-wasip2", "--manifest-path"])
         .arg(crate_dir.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", &target)
+        .env("CARGO_TARGET_DIR", target)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .output()
@@ -71,28 +175,208 @@ async fn a_scaffolded_provider_builds_and_serves_an_environment() {
         "{}",
         String::from_utf8_lossy(&build.stderr)
     );
+}
 
-    let providers = dir.path().join("data/.codebolt/providers");
-    std::fs::create_dir_all(&providers).unwrap();
-    std::fs::copy(
-        target.join("wasm32-wasip2/debug/scaffolded.wasm"),
-        providers.join("scaffolded.wasm"),
-    )
-    .unwrap();
+/// `tether provider new` writes a crate that builds for wasm32-wasip2 as it is; dropped
+/// into a running host it serves environments, a rebuilt version serves new starts
+/// while the old environment keeps its instance, and removing it leaves the records
+/// with a clear status.
+#[tokio::test]
+async fn a_scaffolded_provider_is_dropped_in_replaced_and_removed_while_the_host_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (crate_dir, built) = scaffold(dir.path(), "scaffolded");
     let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
     crate::support::write_config(
         &data,
         "[providers.scaffolded]\ncommands = [{ program = \"tether\", args = [\"runtime\"] }]\nenv = [\"PATH\"]\n",
     );
     let server = Server::start(&data);
-    let env = server
-        .running_env("from-scaffold", "scaffolded", json!({}))
+    let (status, _) = server
+        .call("GET", "/api/v1/providers/scaffolded", None)
         .await;
-    assert_eq!(env["provider"], "scaffolded");
-    let mut app = server.app(env["id"].as_str().expect("id"), "t").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Dropped in while the host runs: usable without a restart.
+    let file = data.join(".codebolt/providers/scaffolded.wasm");
+    std::fs::copy(&built, &file).expect("drop in");
+    let v1 = wait_get(
+        &server,
+        "/api/v1/providers/scaffolded",
+        "v1 loaded",
+        |s, _| s == StatusCode::OK,
+    )
+    .await;
+    assert_eq!(v1["version"], "0.1.0");
+    let old = server.running_env("on-v1", "scaffolded", json!({})).await;
+    let old_id = old["id"].as_str().expect("id").to_owned();
+    assert_eq!(old["providerVersion"], "0.1.0");
+    assert_eq!(old["providerSha256"], v1["sha256"]);
+    assert_eq!(old["providerStatus"]["state"], "current", "{old}");
+    let mut app = server.app(&old_id, "t").await;
     let echo = app
         .request(json!({"type": "echo", "requestId": "1", "payload": "hi"}))
         .await;
     assert_eq!(echo["payload"], "hi");
+
+    // A rebuilt 0.2.0 replaces the file: compiled, then in force for new starts.
+    let manifest = crate_dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(
+        &manifest,
+        text.replacen("version = \"0.1.0\"", "version = \"0.2.0\"", 1),
+    )
+    .expect("bump version");
+    build(
+        &crate_dir,
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffold-target"),
+    );
+    std::fs::copy(&built, &file).expect("replace");
+    let v2 = wait_get(
+        &server,
+        "/api/v1/providers/scaffolded",
+        "v2 loaded",
+        |_, p| p["version"] == "0.2.0",
+    )
+    .await;
+    assert_ne!(v2["sha256"], v1["sha256"]);
+    let new = server.running_env("on-v2", "scaffolded", json!({})).await;
+    let new_id = new["id"].as_str().expect("id").to_owned();
+    assert_eq!(new["providerVersion"], "0.2.0");
+    assert_eq!(new["providerSha256"], v2["sha256"]);
+
+    // The old environment keeps its 0.1.0 instance, and says a newer one is loaded.
+    let (_, old) = server
+        .call("GET", &format!("/api/v1/environments/{old_id}"), None)
+        .await;
+    assert_eq!(old["status"], "running", "{old}");
+    assert_eq!(old["providerVersion"], "0.1.0");
+    assert_eq!(old["providerSha256"], v1["sha256"]);
+    assert_eq!(old["providerStatus"]["state"], "replaced", "{old}");
+    assert_eq!(old["providerStatus"]["loaded"]["version"], "0.2.0");
+    // Its provider instance still answers (a provider-handled request, not the runtime).
+    let wrote = app
+        .request(json!({"type": "providerWriteFile", "requestId": "w", "path": "a.txt", "content": "still here"}))
+        .await;
+    assert_eq!(wrote["message"]["success"], true, "{wrote}");
+
+    // Removed: the provider is gone, the records stay, each with a clear status.
+    std::fs::remove_file(&file).expect("remove");
+    wait_get(
+        &server,
+        "/api/v1/providers/scaffolded",
+        "unloaded",
+        |s, _| s == StatusCode::NOT_FOUND,
+    )
+    .await;
+    let (_, old) = server
+        .call("GET", &format!("/api/v1/environments/{old_id}"), None)
+        .await;
+    assert_eq!(old["status"], "running", "{old}");
+    assert_eq!(old["providerStatus"]["state"], "notLoaded", "{old}");
+    let message = old["providerStatus"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("no longer loaded"), "{message}");
+
+    let stop = format!("/api/v1/environments/{new_id}/stop");
+    server.call("POST", &stop, None).await;
+    server
+        .wait_env(&new_id, "stopped", |e| e["status"] == "stopped")
+        .await;
+    let start = format!("/api/v1/environments/{new_id}/start");
+    server.call("POST", &start, None).await;
+    let failed = server
+        .wait_env(&new_id, "failed to start", |e| e["status"] == "error")
+        .await;
+    let last = failed["lastError"].as_str().unwrap_or_default();
+    assert!(last.contains("\"scaffolded\" is not loaded"), "{last}");
+    assert_eq!(failed["providerStatus"]["state"], "notLoaded");
+    let (_, list) = server.call("GET", "/api/v1/environments", None).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
     server.stop();
+}
+
+/// Compiled artifacts in the cache, with their size, modification time and content:
+/// files named by their key alone, which leaves out the `.stats` usage files beside
+/// them and the cache's own lock and temporary files.
+fn cache_entries(cache: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime, Vec<u8>)> {
+    let mut entries = BTreeMap::new();
+    let mut dirs = vec![cache.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("cache dir").flatten() {
+            let path = entry.path();
+            let meta = entry.metadata().expect("metadata");
+            if meta.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_none()
+                && !entry.file_name().to_string_lossy().starts_with('.')
+            {
+                let content = std::fs::read(&path).expect("cache entry");
+                let modified = meta.modified().expect("mtime");
+                entries.insert(path, (meta.len(), modified, content));
+            }
+        }
+    }
+    entries
+}
+
+/// The value of an unlabelled sample in `/metrics`.
+async fn metric(server: &Server, name: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[tokio::test]
+async fn a_restart_with_unchanged_providers_compiles_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let providers = dir.path().join(".codebolt/providers");
+    std::fs::create_dir_all(&providers).expect("providers dir");
+    std::fs::copy(HANDOFF, providers.join("handoff.wasm")).expect("drop in");
+    let cache = dir.path().join(".codebolt/cache");
+
+    let server = Server::start(dir.path());
+    let (_, loaded) = server.call("GET", "/api/v1/providers", None).await;
+    let count = loaded.as_array().map(Vec::len).unwrap_or_default() as u64;
+    assert!(count >= 2, "built-ins and handoff: {loaded}");
+    assert_eq!(
+        metric(&server, "tether_compile_cache_misses_total").await,
+        count
+    );
+    assert_eq!(metric(&server, "tether_compile_cache_hits_total").await, 0);
+    server.stop();
+    let before = cache_entries(&cache);
+    assert_eq!(before.len() as u64, count, "one entry per component");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cache)
+            .expect("cache")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "private to the operator");
+    }
+
+    // Same providers, new process: every component comes from the cache.
+    let server = Server::start(dir.path());
+    assert_eq!(
+        metric(&server, "tether_compile_cache_misses_total").await,
+        0
+    );
+    assert_eq!(
+        metric(&server, "tether_compile_cache_hits_total").await,
+        count
+    );
+    let (_, again) = server.call("GET", "/api/v1/providers", None).await;
+    assert_eq!(again, loaded, "the same providers, the same hashes");
+    server.handoff_env("from-cache").await;
+    server.stop();
+    assert_eq!(cache_entries(&cache), before, "no entry added or rewritten");
 }

@@ -5,6 +5,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -35,6 +36,29 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
     registry.register("environments", "Environments by live status", by_status);
     registry.register("runtimes_connected", "Connected runtimes", connected);
     registry.register("providers_loaded", "Loaded providers", providers);
+    let failed = Gauge::<i64>::default();
+    failed.set(s.manager.engine().failures().len() as i64);
+    registry.register(
+        "provider_load_failures",
+        "Provider files that do not load",
+        failed,
+    );
+    if let Some(cache) = s.manager.engine().compile_cache_stats() {
+        let hits = Counter::<u64>::default();
+        hits.inc_by(cache.hits as u64);
+        let misses = Counter::<u64>::default();
+        misses.inc_by(cache.misses as u64);
+        registry.register(
+            "compile_cache_hits",
+            "Provider components loaded from the compile cache",
+            hits,
+        );
+        registry.register(
+            "compile_cache_misses",
+            "Provider components compiled and stored in the compile cache",
+            misses,
+        );
+    }
     let mut body = String::new();
     encode(&mut body, &registry).map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok((

@@ -1,6 +1,8 @@
 //! `/api/v1/providers`: what each loaded provider is, asks for (`commands`, `urls`,
 //! `directories`), is granted by the operator, and is denied (asked for but not
-//! covered by the grant), and which operator config keys it gets (never their values).
+//! covered by the grant), which operator config keys it gets (never their values),
+//! and why its file's latest content did not load, if it did not (the version loaded
+//! before is still served then).
 
 use std::sync::Arc;
 
@@ -25,6 +27,9 @@ pub(crate) struct ProviderView {
     denied: DeniedItems,
     /// Keys of the operator's `[providers.NAME] config`; values may be secrets.
     operator_config_keys: Vec<String>,
+    /// Why the file's latest content did not load, if it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    load_error: Option<String>,
 }
 
 fn view(state: &AppState, p: &Arc<LoadedProvider>) -> ProviderView {
@@ -41,6 +46,12 @@ fn view(state: &AppState, p: &Arc<LoadedProvider>) -> ProviderView {
         granted: grant.clone(),
         denied: Capabilities::new(p.description.request(), grant).denied(),
         operator_config_keys,
+        load_error: match &p.source {
+            ProviderSource::DropIn { path } => {
+                state.manager.engine().failure_of(path).map(|f| f.error)
+            }
+            ProviderSource::BuiltIn => None,
+        },
     }
 }
 
@@ -54,10 +65,25 @@ pub(crate) async fn get(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ProviderView>, ApiError> {
-    let p = s
-        .manager
-        .engine()
-        .provider(&name)
-        .ok_or_else(|| ApiError::not_found(format!("no provider named {name:?} is loaded")))?;
+    let engine = s.manager.engine();
+    let p = engine.provider(&name).ok_or_else(|| {
+        let mut message = format!("no provider named {name:?} is loaded");
+        // A file named after the provider most likely meant to provide it.
+        let stem = name.replace('-', "_");
+        for f in engine.failures() {
+            let file = f
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().replace('-', "_"));
+            if file.as_deref() == Some(stem.as_str()) {
+                message = format!(
+                    "{message}; {} failed to load: {}",
+                    f.path.display(),
+                    f.error
+                );
+            }
+        }
+        ApiError::not_found(message)
+    })?;
     Ok(Json(view(&s, &p)))
 }

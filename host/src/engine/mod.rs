@@ -4,11 +4,16 @@
 //!
 //! Built-in providers are embedded in the binary; `.wasm` files in the providers
 //! directory are loaded too, and a drop-in with a built-in's name replaces it. A file
-//! that fails to load is reported and skipped; it never takes the others down.
+//! that fails to load is reported and skipped; it never takes the others down. The
+//! directory is rescanned on change for hot reload (`dropins`, `dir_watch`), and
+//! compiled components are cached on disk (`cache`).
 
 mod bindings;
 mod builtin;
+mod cache;
+mod dir_watch;
 mod dispatch;
+mod dropins;
 mod host;
 pub mod instance;
 pub mod types;
@@ -26,6 +31,8 @@ use crate::broker::net::NetConfig;
 use crate::config::LimitsConfig;
 use bindings::AnyPre;
 pub use bindings::WorldVersion;
+pub use cache::{CompileCacheConfig, CompileCacheStats};
+pub use dir_watch::{DirWatch, DirWatchError, watch_dir};
 pub use instance::{HostState, InstanceSetup, ProviderHandle};
 pub use types::*;
 
@@ -109,6 +116,8 @@ pub struct Engine {
     net: NetConfig,
     providers: RwLock<BTreeMap<String, Arc<LoadedProvider>>>,
     failures: RwLock<Vec<LoadFailure>>,
+    compile_cache: Option<wasmtime::Cache>,
+    dropins: dropins::DropIns,
 }
 
 impl std::fmt::Debug for Engine {
@@ -118,11 +127,22 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Configures wasmtime (epoch deadlines, async, a capped wasm stack) and links
-    /// WASI, brokered `wasi:http` and the host imports.
+    /// An engine without a compile cache; see [`Engine::with_compile_cache`].
     pub fn new(limits: LimitsConfig, net: NetConfig) -> Result<Self, EngineError> {
+        Self::with_compile_cache(limits, net, &CompileCacheConfig::disabled())
+    }
+
+    /// Configures wasmtime (epoch deadlines, async, a capped wasm stack, the compile
+    /// cache) and links WASI, brokered `wasi:http` and the host imports.
+    pub fn with_compile_cache(
+        limits: LimitsConfig,
+        net: NetConfig,
+        cache: &CompileCacheConfig,
+    ) -> Result<Self, EngineError> {
         let setup = |e: wasmtime::Error| EngineError::Setup(format!("{e:#}"));
+        let compile_cache = cache::open(cache)?;
         let mut config = wasmtime::Config::new();
+        config.cache(compile_cache.clone());
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(MAX_WASM_STACK);
@@ -139,10 +159,13 @@ impl Engine {
             net,
             providers: RwLock::new(BTreeMap::new()),
             failures: RwLock::new(Vec::new()),
+            compile_cache,
+            dropins: Default::default(),
         })
     }
 
-    /// Loads the built-in providers, then every `*.wasm` in `dir` (if it exists).
+    /// Loads the built-in providers, then every `*.wasm` in `dir` (if it exists); later
+    /// changes to `dir` are picked up by [`Engine::rescan`].
     pub async fn load_all(&self, dir: &Path) {
         for (name, bytes) in builtin::BUILTINS {
             match self.load(bytes.to_vec(), ProviderSource::BuiltIn).await {
@@ -152,43 +175,7 @@ impl Engine {
                 }
             }
         }
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        files.sort();
-        for path in files {
-            if let Err(e) = self.load_file(&path).await {
-                tracing::error!(path = %path.display(), error = %e, "provider failed to load");
-                self.write_failures().push(LoadFailure {
-                    path: path.clone(),
-                    error: e.to_string(),
-                });
-            }
-        }
-    }
-
-    /// Loads one drop-in file and registers it.
-    pub async fn load_file(&self, path: &Path) -> Result<Arc<LoadedProvider>, EngineError> {
-        let bytes = tokio::fs::read(path)
-            .await
-            .map_err(|source| EngineError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
-        let loaded = self
-            .load(
-                bytes,
-                ProviderSource::DropIn {
-                    path: path.to_owned(),
-                },
-            )
-            .await?;
-        self.register(loaded.clone());
-        Ok(loaded)
+        self.rescan(dir).await;
     }
 
     /// Compiles `bytes` and reads the provider's `info()`.
@@ -240,19 +227,6 @@ impl Engine {
         ProviderDescription::from_wit(info).map_err(EngineError::Info)
     }
 
-    fn register(&self, provider: Arc<LoadedProvider>) {
-        let name = provider.description.name.clone();
-        let mut map = self.providers.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = map.get(&name)
-            && matches!(old.source, ProviderSource::DropIn { .. })
-            && matches!(provider.source, ProviderSource::BuiltIn)
-        {
-            return;
-        }
-        tracing::info!(provider = %name, version = %provider.description.version, world = provider.world.as_str(), source = ?provider.source, "provider loaded");
-        map.insert(name, provider);
-    }
-
     fn write_failures(&self) -> std::sync::RwLockWriteGuard<'_, Vec<LoadFailure>> {
         self.failures.write().unwrap_or_else(|p| p.into_inner())
     }
@@ -295,6 +269,11 @@ impl Engine {
         )
         .await
     }
+}
+
+/// Name and component bytes of each built-in provider (for tools and benchmarks).
+pub fn builtin_components() -> &'static [(&'static str, &'static [u8])] {
+    builtin::BUILTINS
 }
 
 /// Advances the epoch every tick for as long as the engine lives.

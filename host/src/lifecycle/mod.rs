@@ -8,6 +8,8 @@
 
 mod messages;
 mod ops;
+mod provider_reload;
+mod provider_status;
 mod reconcile;
 mod sessions;
 mod supervisor;
@@ -28,6 +30,7 @@ use crate::engine::{Call, Engine, ProviderHandle, RuntimePort};
 use crate::relay::{Hub, Relay};
 use crate::store::{DesiredState, Record, RestartPolicy, Store, StoreError};
 
+pub use provider_status::{LoadedView, ProviderState, ProviderStatus};
 pub use sessions::{AppSession, RuntimeSession};
 pub use view::{EnvironmentView, RuntimeView, Status};
 
@@ -249,13 +252,20 @@ impl Manager {
     }
 
     fn view_of(&self, env: &Env, record: Record) -> EnvironmentView {
+        let loaded = self.shared.engine.provider(&record.provider);
         let live = env.live();
+        let provider = provider_status::provider_status(
+            &record.provider,
+            live.provider.as_ref(),
+            loaded.as_deref(),
+        );
         EnvironmentView::new(
             record,
             live.status,
             env.hub.runtime_connected(),
             live.metadata.clone(),
-            live.provider.as_ref().map(|p| p.version.clone()),
+            live.provider.as_ref(),
+            provider,
         )
     }
 

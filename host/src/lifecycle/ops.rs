@@ -63,7 +63,8 @@ impl Manager {
         let provider = s
             .engine
             .provider(&record.provider)
-            .ok_or_else(|| format!("provider {:?} is not loaded", record.provider))?;
+            .ok_or_else(|| super::provider_status::not_loaded(&record.provider))?;
+        tracing::info!(env = %env.id, provider = %provider.description.name, version = %provider.description.version, source = ?provider.source, "starting on provider");
         let token = auth::mint_runtime_token(record.runtime_generation + 1);
         s.store
             .update(&env.id, |r| {

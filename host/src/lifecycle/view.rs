@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use super::provider_status::ProviderStatus;
+use crate::engine::ProviderHandle;
 use crate::store::{DesiredState, Record, RestartPolicy};
 
 /// Live status of an environment.
@@ -69,6 +71,10 @@ pub struct EnvironmentView {
     pub metadata: BTreeMap<String, String>,
     /// Version of the provider instance serving it, while one does.
     pub provider_version: Option<String>,
+    /// SHA-256 of the component that instance runs, while one does.
+    pub provider_sha256: Option<String>,
+    /// The provider a start would use now, compared with the running instance.
+    pub provider_status: ProviderStatus,
     /// Creation time.
     pub created_at: String,
     /// Last change.
@@ -81,7 +87,8 @@ impl EnvironmentView {
         status: Status,
         connected: bool,
         metadata: BTreeMap<String, String>,
-        provider_version: Option<String>,
+        running: Option<&ProviderHandle>,
+        provider_status: ProviderStatus,
     ) -> Self {
         Self {
             id: record.id,
@@ -98,7 +105,9 @@ impl EnvironmentView {
             restart_policy: record.restart_policy,
             restart_history: record.restart_history,
             metadata,
-            provider_version,
+            provider_version: running.map(|p| p.version.clone()),
+            provider_sha256: running.map(|p| p.sha256.clone()),
+            provider_status,
             created_at: record.created_at,
             updated_at: record.updated_at,
         }

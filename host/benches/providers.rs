@@ -1,0 +1,211 @@
+//! What a provider costs the host, for every built-in provider: loading it cold (a
+//! compile into an empty cache) against warm (the next process, from the cache);
+//! instantiating it for an environment; a host→guest `check-health` call through the
+//! instance's actor; and the resident memory each idle instance adds, measured with
+//! 1,000 of them alive at once (RSS from `/proc/self/statm`).
+//!
+//! Prints a table; run with `cargo bench -p tether --bench providers` (add
+//! `--profile dev` for a quick look). Instances are instantiated but not started, so
+//! no resource or runtime exists behind them: this is the engine's share alone. Each
+//! provider is measured in a process of its own (the benchmark runs itself with
+//! `--one NAME`), so memory freed by one provider's instances cannot hide the next
+//! one's growth.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tether::broker::process::ProcessBroker;
+use tether::broker::{Capabilities, Grant};
+use tether::config::LimitsConfig;
+use tether::engine::{
+    Call, CompileCacheConfig, Engine, InstanceSetup, LoadedProvider, NoRuntime, ProviderHandle,
+    ProviderSource, Reply, builtin_components,
+};
+
+/// Cold and warm loads measured per provider (each cold one in a fresh cache).
+const LOADS: usize = 5;
+/// Instances alive at once for the instantiation time and the memory figure.
+const INSTANCES: usize = 1_000;
+/// `check-health` calls timed per provider.
+const CALLS: usize = 10_000;
+
+type BoxError = Box<dyn std::error::Error>;
+
+fn main() -> Result<(), BoxError> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(run())
+}
+
+struct Row {
+    name: String,
+    kib: usize,
+    cold: Duration,
+    warm: Duration,
+    instantiate: Duration,
+    health_p50: Duration,
+    rss_per_instance: f64,
+}
+
+async fn run() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--one") {
+        let name = args.get(i + 1).ok_or("--one takes a provider name")?;
+        let (_, bytes) = (builtin_components().iter())
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| format!("no built-in provider {name:?}"))?;
+        println!("{}", row(&measure(name, bytes).await?));
+        return Ok(());
+    }
+    println!(
+        "| provider | component | cold load (compile) | warm load (cache) | cold/warm | instantiate | check-health p50 | RSS per idle instance |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, _) in builtin_components() {
+        eprintln!("measuring {name} ...");
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args(["--one", name])
+            .stderr(std::process::Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("measuring {name} failed: {}", out.status).into());
+        }
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+    Ok(())
+}
+
+fn row(r: &Row) -> String {
+    format!(
+        "| {} | {} KiB | {:.1} ms | {:.2} ms | {:.0}× | {:.0} µs | {:.1} µs | {:.1} KiB |",
+        r.name,
+        r.kib,
+        ms(r.cold),
+        ms(r.warm),
+        r.cold.as_secs_f64() / r.warm.as_secs_f64(),
+        r.instantiate.as_secs_f64() * 1e6,
+        r.health_p50.as_secs_f64() * 1e6,
+        r.rss_per_instance,
+    )
+}
+
+async fn measure(name: &str, bytes: &[u8]) -> Result<Row, BoxError> {
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for _ in 0..LOADS {
+        let cache = tempfile::tempdir()?;
+        let config = CompileCacheConfig::in_dir(cache.path().join("cache"));
+        // A fresh engine per load, as a fresh process would have.
+        let (elapsed, hits) = timed_load(&config, bytes).await?;
+        check(hits == (0, 1), "the cold load compiled", hits)?;
+        cold.push(elapsed);
+        let (elapsed, hits) = timed_load(&config, bytes).await?;
+        check(hits == (1, 0), "the warm load came from the cache", hits)?;
+        warm.push(elapsed);
+    }
+
+    let engine = Engine::new(LimitsConfig::default(), Default::default())?;
+    let provider = engine.load(bytes.to_vec(), ProviderSource::BuiltIn).await?;
+    let dir = tempfile::tempdir()?;
+    let before = rss_kib()?;
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(INSTANCES);
+    for i in 0..INSTANCES {
+        handles.push(instance(&engine, &provider, dir.path(), i).await?);
+    }
+    let instantiate = start.elapsed() / INSTANCES as u32;
+    // Let every actor reach its idle wait before reading the resident set.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = rss_kib()?;
+    let rss_per_instance = after.saturating_sub(before) as f64 / INSTANCES as f64;
+
+    let handle = &handles[0];
+    let mut samples = Vec::with_capacity(CALLS);
+    for _ in 0..CALLS {
+        let t = Instant::now();
+        match handle.call(Call::Health, Duration::from_secs(5)).await {
+            Ok(Reply::Health(_)) => samples.push(t.elapsed()),
+            other => return Err(format!("check-health answered {other:?}").into()),
+        }
+    }
+    samples.sort();
+    for h in &handles {
+        h.shutdown().await;
+    }
+    Ok(Row {
+        name: name.to_owned(),
+        kib: bytes.len() / 1024,
+        cold: median(&mut cold),
+        warm: median(&mut warm),
+        instantiate,
+        health_p50: samples[samples.len() / 2],
+        rss_per_instance,
+    })
+}
+
+/// Loads `bytes` in a new engine using the cache `config`; the time of the load alone
+/// and the cache's (hits, misses) after it.
+async fn timed_load(
+    config: &CompileCacheConfig,
+    bytes: &[u8],
+) -> Result<(Duration, (usize, usize)), BoxError> {
+    let engine = Engine::with_compile_cache(LimitsConfig::default(), Default::default(), config)?;
+    let bytes = bytes.to_vec();
+    let start = Instant::now();
+    engine.load(bytes, ProviderSource::BuiltIn).await?;
+    let elapsed = start.elapsed();
+    let stats = engine
+        .compile_cache_stats()
+        .ok_or("the engine has no compile cache")?;
+    Ok((elapsed, (stats.hits, stats.misses)))
+}
+
+async fn instance(
+    engine: &Engine,
+    provider: &LoadedProvider,
+    dir: &std::path::Path,
+    i: usize,
+) -> Result<ProviderHandle, BoxError> {
+    let id = format!("bench-{i}");
+    let caps = Capabilities::new(provider.description.request(), Grant::default());
+    let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let setup = InstanceSetup {
+        env_id: id.clone(),
+        workspace: dir.to_owned(),
+        state_dir: dir.join(".state"),
+        broker: ProcessBroker::new(id, caps, dir.to_owned(), 8, 4096),
+        runtime: Arc::new(NoRuntime),
+        events,
+        state: Default::default(),
+    };
+    Ok(engine.instantiate(provider, setup).await?)
+}
+
+/// Resident set size of this process, from `/proc/self/statm` (pages).
+fn rss_kib() -> Result<usize, BoxError> {
+    let statm = std::fs::read_to_string("/proc/self/statm")?;
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .ok_or("short /proc/self/statm")?
+        .parse()?;
+    let page =
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)?.ok_or("no page size")? as usize;
+    Ok(pages * page / 1024)
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn check(ok: bool, what: &str, hits: (usize, usize)) -> Result<(), BoxError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("expected {what}; cache (hits, misses) = {hits:?}").into())
+    }
+}

@@ -1,0 +1,402 @@
+//! Drop-in providers: what each `.wasm` in the providers directory provides (or why it
+//! failed), and the set of providers in force that results — the built-ins, overlaid
+//! by drop-ins of the same name.
+//!
+//! A rescan compares the directory with what it saw last (size, times, inode) and loads
+//! only files that changed, so a burst of events costs a directory listing. A changed
+//! file is compiled before anything is swapped: until its new content loads, the version
+//! loaded from it before stays in force (a file that never loaded provides nothing), and
+//! the failure is reported until the file is fixed or removed. A file caught half-written
+//! fails like any other and is loaded by the rescan that follows the end of the copy,
+//! because finishing the copy changes its size and times. Running environments hold
+//! their own instance and are never touched here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sha2::{Digest, Sha256};
+
+use super::{Engine, EngineError, LoadFailure, LoadedProvider, ProviderSource};
+
+/// Built-ins and drop-in files as last seen, from which the providers in force are
+/// derived.
+#[derive(Debug, Default)]
+pub(super) struct DropIns {
+    known: Mutex<Known>,
+    /// One rescan at a time: two would load the same changed file twice.
+    scan: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    builtins: BTreeMap<String, Arc<LoadedProvider>>,
+    files: BTreeMap<PathBuf, FileEntry>,
+}
+
+#[derive(Debug, Default)]
+struct FileEntry {
+    /// What the file looked like when it was last read.
+    stamp: Option<Stamp>,
+    /// The last version that loaded from it.
+    loaded: Option<Arc<LoadedProvider>>,
+    /// Why its current content does not load.
+    error: Option<String>,
+}
+
+/// Enough of a file's metadata to notice any rewrite: the change time moves on every
+/// write even when a copy preserves the modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    inode: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            len: meta.len(),
+            inode: meta.ino(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+impl DropIns {
+    fn known(&self) -> MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Engine {
+    /// Records a loaded provider (a built-in, or a drop-in file's content) and
+    /// republishes the providers in force.
+    pub(super) fn register(&self, provider: Arc<LoadedProvider>) {
+        {
+            let mut known = self.dropins.known();
+            match &provider.source {
+                ProviderSource::BuiltIn => {
+                    known
+                        .builtins
+                        .insert(provider.description.name.clone(), provider);
+                }
+                ProviderSource::DropIn { path } => {
+                    let entry = known.files.entry(path.clone()).or_default();
+                    entry.loaded = Some(provider);
+                    entry.error = None;
+                }
+            }
+        }
+        self.publish();
+    }
+
+    /// Brings the drop-ins in line with `dir`: loads new and changed `*.wasm` files,
+    /// forgets removed ones. A missing directory has no drop-ins.
+    pub async fn rescan(&self, dir: &Path) {
+        let _scan = self.dropins.scan.lock().await;
+        let listed = match list(dir) {
+            Ok(listed) => listed,
+            Err(e) => {
+                // Unloading everything because a listing failed would be worse than
+                // waiting for the next event.
+                tracing::error!(dir = %dir.display(), error = %e, "cannot list the providers directory");
+                return;
+            }
+        };
+        let (removed, changed) = {
+            let known = self.dropins.known();
+            let removed: Vec<PathBuf> = (known.files.keys())
+                .filter(|p| !listed.contains_key(*p))
+                .cloned()
+                .collect();
+            let changed: Vec<(PathBuf, Stamp)> = (listed.iter())
+                .filter(|(p, s)| known.files.get(*p).and_then(|e| e.stamp) != Some(**s))
+                .map(|(p, s)| (p.clone(), *s))
+                .collect();
+            (removed, changed)
+        };
+        if removed.is_empty() && changed.is_empty() {
+            return;
+        }
+        for path in &removed {
+            tracing::info!(path = %path.display(), "provider file removed");
+            self.dropins.known().files.remove(path);
+        }
+        for (path, stamp) in changed {
+            let outcome = self.load_changed(&path).await;
+            let mut known = self.dropins.known();
+            let entry = known.files.entry(path.clone()).or_default();
+            entry.stamp = Some(stamp);
+            match outcome {
+                Ok(Some(provider)) => {
+                    entry.loaded = Some(provider);
+                    entry.error = None;
+                }
+                Ok(None) => entry.error = None,
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "provider failed to load");
+                    entry.error = Some(e.to_string());
+                }
+            }
+        }
+        self.publish();
+    }
+
+    /// Loads `path` unless its content is what already loaded from it (`None` then).
+    async fn load_changed(&self, path: &Path) -> Result<Option<Arc<LoadedProvider>>, EngineError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| EngineError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        let unchanged = {
+            let known = self.dropins.known();
+            known.files.get(path).is_some_and(|e| {
+                e.error.is_none()
+                    && e.loaded
+                        .as_ref()
+                        .is_some_and(|p| p.sha256 == hex::encode(Sha256::digest(&bytes)))
+            })
+        };
+        if unchanged {
+            return Ok(None);
+        }
+        let source = ProviderSource::DropIn {
+            path: path.to_owned(),
+        };
+        self.load(bytes, source).await.map(Some)
+    }
+
+    /// Derives the providers in force and the failures from what is known, and logs
+    /// what that changes.
+    fn publish(&self) {
+        let (active, failures) = self.dropins.known().resolve();
+        let mut providers = self.providers.write().unwrap_or_else(|p| p.into_inner());
+        for (name, p) in &active {
+            let version = &p.description.version;
+            match providers.get(name) {
+                None => {
+                    tracing::info!(provider = %name, %version, world = p.world.as_str(), source = ?p.source, sha256 = %p.sha256, "provider loaded")
+                }
+                Some(old) if old.sha256 != p.sha256 => tracing::info!(
+                    provider = %name, %version, from = %old.description.version, world = p.world.as_str(), source = ?p.source, sha256 = %p.sha256,
+                    "provider replaced; running environments keep their instance until restarted"
+                ),
+                Some(_) => {}
+            }
+        }
+        for name in providers.keys().filter(|n| !active.contains_key(*n)) {
+            tracing::warn!(provider = %name, "provider unloaded; running environments keep their instance until stopped");
+        }
+        *providers = active;
+        drop(providers);
+        *self.write_failures() = failures;
+    }
+
+    /// The current load failure of the drop-in file at `path`, if any.
+    pub fn failure_of(&self, path: &Path) -> Option<LoadFailure> {
+        self.failures().into_iter().find(|f| f.path == path)
+    }
+}
+
+impl Known {
+    /// Built-ins overlaid by drop-ins (the first file in name order wins a name), and
+    /// every file whose content does not load or whose name is taken.
+    fn resolve(&self) -> (BTreeMap<String, Arc<LoadedProvider>>, Vec<LoadFailure>) {
+        let mut active = self.builtins.clone();
+        let mut owner: BTreeMap<&str, &Path> = BTreeMap::new();
+        let mut failures = Vec::new();
+        for (path, entry) in &self.files {
+            if let Some(p) = &entry.loaded {
+                let name = p.description.name.as_str();
+                match owner.get(name) {
+                    Some(first) => failures.push(LoadFailure {
+                        path: path.clone(),
+                        error: format!(
+                            "provides {name:?}, which {} already provides; the first file in name order is used",
+                            first.display()
+                        ),
+                    }),
+                    None => {
+                        owner.insert(name, path);
+                        active.insert(name.to_owned(), p.clone());
+                    }
+                }
+            }
+            if let Some(error) = &entry.error {
+                let error = match &entry.loaded {
+                    Some(p) => format!(
+                        "{error} (still serving {} {} as loaded from this file before)",
+                        p.description.name, p.description.version
+                    ),
+                    None => error.clone(),
+                };
+                failures.push(LoadFailure {
+                    path: path.clone(),
+                    error,
+                });
+            }
+        }
+        (active, failures)
+    }
+}
+
+/// The `*.wasm` files in `dir` with their stamps. Hidden files are skipped: copy tools
+/// write into hidden temporaries before renaming.
+fn list(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e),
+    };
+    let mut listed = BTreeMap::new();
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !name.ends_with(".wasm") {
+            continue;
+        }
+        // Follows symlinks: an operator may link a provider in from elsewhere.
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => {
+                listed.insert(path, Stamp::of(&meta));
+            }
+            Ok(_) => {}
+            // Removed between the listing and now: the next event rescans.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(listed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LimitsConfig;
+
+    mod guests {
+        #![allow(dead_code, unreachable_pub)]
+        include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+    }
+
+    fn engine() -> Engine {
+        Engine::new(LimitsConfig::default(), Default::default()).expect("engine")
+    }
+
+    /// The same component with a custom section appended: another file of the same
+    /// provider, as a rebuild would give.
+    fn rebuilt(bytes: &[u8], tag: &str) -> Vec<u8> {
+        let name = b"tether-test";
+        let size = 1 + name.len() + tag.len();
+        assert!(size < 128, "one-byte LEB128 sizes only");
+        let mut out = bytes.to_vec();
+        out.extend_from_slice(&[0, size as u8, name.len() as u8]);
+        out.extend_from_slice(name);
+        out.extend_from_slice(tag.as_bytes());
+        out
+    }
+
+    fn sha(engine: &Engine, name: &str) -> Option<String> {
+        engine.provider(name).map(|p| p.sha256.clone())
+    }
+
+    #[tokio::test]
+    async fn new_replaced_broken_fixed_and_removed_files_are_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let handoff = std::fs::read(guests::HANDOFF).unwrap();
+        let file = dir.path().join("handoff.wasm");
+
+        engine.rescan(dir.path()).await;
+        assert!(engine.provider("handoff").is_none());
+
+        std::fs::write(&file, &handoff).unwrap();
+        engine.rescan(dir.path()).await;
+        let first = sha(&engine, "handoff").expect("a new file loads");
+
+        let second = rebuilt(&handoff, "v2");
+        std::fs::write(&file, &second).unwrap();
+        engine.rescan(dir.path()).await;
+        let now = sha(&engine, "handoff").expect("still loaded");
+        assert_ne!(now, first, "the replacement is in force");
+        assert_eq!(now, hex::encode(Sha256::digest(&second)));
+
+        // Broken new content: the last good version stays and the failure is reported.
+        std::fs::write(&file, b"\0asm garbage").unwrap();
+        engine.rescan(dir.path()).await;
+        assert_eq!(sha(&engine, "handoff"), Some(now.clone()));
+        let failure = engine.failure_of(&file).expect("reported");
+        assert!(failure.error.contains("still serving"), "{}", failure.error);
+
+        std::fs::write(&file, &handoff).unwrap();
+        engine.rescan(dir.path()).await;
+        assert_eq!(sha(&engine, "handoff"), Some(first));
+        assert!(engine.failures().is_empty(), "fixed, so cleared");
+
+        std::fs::remove_file(&file).unwrap();
+        engine.rescan(dir.path()).await;
+        assert!(engine.provider("handoff").is_none());
+        assert!(engine.failures().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_half_written_file_fails_then_loads_once_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let handoff = std::fs::read(guests::HANDOFF).unwrap();
+        let file = dir.path().join("handoff.wasm");
+        std::fs::write(&file, &handoff[..handoff.len() / 2]).unwrap();
+        engine.rescan(dir.path()).await;
+        assert!(engine.provider("handoff").is_none());
+        assert!(engine.failure_of(&file).is_some());
+        // Nothing changed: no retry, the failure stands.
+        engine.rescan(dir.path()).await;
+        assert!(engine.failure_of(&file).is_some());
+
+        std::fs::write(&file, &handoff).unwrap();
+        engine.rescan(dir.path()).await;
+        assert!(engine.provider("handoff").is_some());
+        assert!(engine.failures().is_empty());
+    }
+
+    #[tokio::test]
+    async fn removing_a_drop_in_brings_the_built_in_back_and_names_conflict_visibly() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        engine.load_all(dir.path()).await;
+        let builtin = sha(&engine, "local-process").expect("built-in loaded");
+        let (_, bytes) = super::super::builtin::BUILTINS[0];
+
+        std::fs::write(dir.path().join("a.wasm"), rebuilt(bytes, "a")).unwrap();
+        std::fs::write(dir.path().join("b.wasm"), rebuilt(bytes, "b")).unwrap();
+        engine.rescan(dir.path()).await;
+        let p = engine.provider("local-process").expect("loaded");
+        assert!(matches!(&p.source, ProviderSource::DropIn { path } if path.ends_with("a.wasm")));
+        let conflict = engine
+            .failure_of(&dir.path().join("b.wasm"))
+            .expect("the second file is reported");
+        assert!(
+            conflict.error.contains("already provides"),
+            "{}",
+            conflict.error
+        );
+
+        std::fs::remove_file(dir.path().join("a.wasm")).unwrap();
+        engine.rescan(dir.path()).await;
+        let p = engine.provider("local-process").expect("loaded");
+        assert!(matches!(&p.source, ProviderSource::DropIn { path } if path.ends_with("b.wasm")));
+        assert!(engine.failures().is_empty());
+
+        std::fs::remove_file(dir.path().join("b.wasm")).unwrap();
+        engine.rescan(dir.path()).await;
+        assert_eq!(sha(&engine, "local-process"), Some(builtin));
+    }
+}
