@@ -204,7 +204,9 @@ impl Grant {
 
 /// Host variables the built-in providers pass through to the runtimes they start.
 fn runtime_env() -> Vec<String> {
-    ["PATH", "HOME", "LANG", "RUST_LOG"].map(String::from).to_vec()
+    ["PATH", "HOME", "LANG", "RUST_LOG"]
+        .map(String::from)
+        .to_vec()
 }
 
 /// The commands `git-worktree` needs (its request is the same list), in one place
