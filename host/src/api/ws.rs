@@ -33,6 +33,11 @@ const SUBPROTOCOL: &str = "tether.v1";
 const TOKEN_PROTOCOL: &str = "tether.bearer.";
 /// How often a resumable connection's writer checks for frames to acknowledge.
 const ACK_DELAY: Duration = Duration::from_millis(200);
+/// Most bytes read from a socket at once. tungstenite zero-fills this much of its read
+/// buffer before every read attempt (even one that finds nothing), so its 128 KiB
+/// default cost more than all the relay's own work per frame; larger frames still
+/// arrive whole, over a few more reads.
+const READ_CHUNK: usize = 16 << 10;
 
 /// The bearer token of a runtime's upgrade request.
 #[derive(Debug)]
@@ -137,6 +142,7 @@ pub(crate) async fn app(
 
 fn limit(upgrade: WebSocketUpgrade, config: &RelayConfig) -> WebSocketUpgrade {
     upgrade
+        .read_buffer_size(READ_CHUNK)
         .max_message_size(config.max_message_bytes)
         .max_frame_size(config.max_message_bytes)
 }
