@@ -5,12 +5,14 @@
 //! - [`hub`] holds the streams and routes messages between them;
 //! - [`window`] is one stream's bounded replay window;
 //! - [`protocol`] is the relay's own frames, query fields and close codes;
+//! - `scan` reads a frame's routing fields without building it;
 //! - [`peer`] is the client side of resuming, for runtimes and apps;
 //! - [`Outbox`] (here) is what a connection's writer drains.
 
 pub mod hub;
 pub mod peer;
 pub mod protocol;
+mod scan;
 mod window;
 
 use std::collections::HashMap;

@@ -78,9 +78,10 @@ pub struct Head<'a> {
 }
 
 impl<'a> Head<'a> {
-    /// Parses the head of `text`; `None` if it is not a JSON object.
+    /// Parses the head of `text`; `None` if it is not a JSON object. The quick reader
+    /// answers for ordinary frames; `serde_json` for the rest.
     pub fn parse(text: &'a str) -> Option<Self> {
-        serde_json::from_str(text).ok()
+        super::scan::head(text).or_else(|| serde_json::from_str(text).ok())
     }
 
     /// The acknowledged count, if this is an acknowledgement.
