@@ -35,9 +35,10 @@ const TOKEN_PROTOCOL: &str = "tether.bearer.";
 const ACK_DELAY: Duration = Duration::from_millis(200);
 /// Most bytes read from a socket at once. tungstenite zero-fills this much of its read
 /// buffer before every read attempt (even one that finds nothing), so its 128 KiB
-/// default cost more than all the relay's own work per frame; larger frames still
-/// arrive whole, over a few more reads.
-const READ_CHUNK: usize = 16 << 10;
+/// default cost more than all the relay's own work per frame, and with a thousand
+/// connections the zeroing misses the cache too. One page holds a typical frame;
+/// larger frames still arrive whole, over more reads.
+const READ_CHUNK: usize = 4 << 10;
 
 /// The bearer token of a runtime's upgrade request.
 #[derive(Debug)]
