@@ -15,6 +15,11 @@
 //! `cargo bench --bench relay [-- PAIRS,...]` (default `1,100,1000`). Loopback only;
 //! every case is bounded in round trips and in time. `RELAY_BENCH_WRAP` names a command
 //! to run the host under (a profiler), e.g. `valgrind --tool=callgrind`.
+//!
+//! The clients use tungstenite's default settings, as the reference runtime and the
+//! example app do. `RELAY_BENCH_CLIENT_READ=<bytes>` sets every client socket's read
+//! buffer instead (in both cases alike): tungstenite zero-fills that much per read, and
+//! its 128 KiB default makes the clients heavy enough to hide part of the relay's cost.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +34,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Barrier;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, http::HeaderValue};
 
 #[allow(dead_code, unreachable_pub)] // generated: one constant per guest, not all used here
@@ -266,6 +272,15 @@ impl Server {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// The clients' socket settings: tungstenite's defaults unless the environment says.
+fn client_config() -> Option<WebSocketConfig> {
+    let read = std::env::var("RELAY_BENCH_CLIENT_READ")
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(WebSocketConfig::default().read_buffer_size(read))
+}
+
 async fn connect(url: &str, token: Option<&str>) -> Res<Ws> {
     let mut req = url.into_client_request()?;
     if let Some(token) = token {
@@ -274,7 +289,11 @@ async fn connect(url: &str, token: Option<&str>) -> Res<Ws> {
             HeaderValue::from_str(&format!("Bearer {token}"))?,
         );
     }
-    Ok(tokio_tungstenite::connect_async(req).await?.0)
+    Ok(
+        tokio_tungstenite::connect_async_with_config(req, client_config(), false)
+            .await?
+            .0,
+    )
 }
 
 /// Answers every text frame with itself: the runtime of both cases.
@@ -351,7 +370,9 @@ async fn direct_case(pairs: usize, per_pair: usize) -> Res<Outcome> {
         while let Ok((tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let stream = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
-                if let Ok(ws) = tokio_tungstenite::accept_async(stream).await {
+                if let Ok(ws) =
+                    tokio_tungstenite::accept_async_with_config(stream, client_config()).await
+                {
                     echo(ws).await;
                 }
             });
