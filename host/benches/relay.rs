@@ -8,8 +8,18 @@
 //! as the runtime of `handoff` environments (the test provider that hands its runtime
 //! URL and token over in a file), so 1,000 pairs need no runtime processes.
 //!
+//! A second table splits the CPU time of each case (from `/proc`, Linux only) per round
+//! trip: this process (apps plus runtimes, the same client work in both cases) and the
+//! host, so the relay's own cost can be read apart from the clients' and from the load.
+//!
 //! `cargo bench --bench relay [-- PAIRS,...]` (default `1,100,1000`). Loopback only;
-//! every case is bounded in round trips and in time.
+//! every case is bounded in round trips and in time. `RELAY_BENCH_WRAP` names a command
+//! to run the host under (a profiler), e.g. `valgrind --tool=callgrind`.
+//!
+//! The clients use tungstenite's default settings, as the reference runtime and the
+//! example app do. `RELAY_BENCH_CLIENT_READ=<bytes>` sets every client socket's read
+//! buffer instead (in both cases alike): tungstenite zero-fills that much per read, and
+//! its 128 KiB default makes the clients heavy enough to hide part of the relay's cost.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -18,10 +28,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Barrier;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, http::HeaderValue};
 
 #[allow(dead_code, unreachable_pub)] // generated: one constant per guest, not all used here
@@ -63,10 +76,17 @@ async fn run(pairs: Vec<usize>) -> Res<()> {
         "| pairs | direct rt/s | relay rt/s | direct p50 | relay p50 | direct p99 | relay p99 | p99 relay/direct |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut cpu_rows = Vec::new();
     for &n in &pairs {
         let per_pair = (ROUND_TRIPS / n).max(MIN_PER_PAIR);
         let direct = direct_case(n, per_pair).await?;
         let relay = relay_case(&server, &runtimes[..n], per_pair).await?;
+        cpu_rows.push(format!(
+            "| {n} | {} | {} | {} |",
+            per_rt(direct.clients_cpu, &direct),
+            per_rt(relay.clients_cpu, &relay),
+            per_rt(relay.host_cpu, &relay),
+        ));
         println!(
             "| {n} | {:.0} | {:.0} | {} | {} | {} | {} | {:.2}× |",
             direct.rate(),
@@ -79,8 +99,37 @@ async fn run(pairs: Vec<usize>) -> Res<()> {
                 / direct.hist.value_at_quantile(0.99).max(1) as f64,
         );
     }
+    println!();
+    println!("| pairs | clients CPU/rt, direct | clients CPU/rt, relay | host CPU/rt, relay |");
+    println!("|---:|---:|---:|---:|");
+    for row in cpu_rows {
+        println!("{row}");
+    }
     server.stop();
     Ok(())
+}
+
+/// CPU time (user + system, all threads) process `pid` has used so far, from
+/// `/proc/<pid>/stat`; `None` where there is no such file.
+fn cpu_time(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name, which may itself hold spaces;
+    // utime and stime are fields 14 and 15 of the whole line.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// `cpu` per round trip of `outcome`, in µs.
+fn per_rt(cpu: Option<Duration>, outcome: &Outcome) -> String {
+    match cpu {
+        Some(cpu) => format!(
+            "{:.1} µs",
+            cpu.as_secs_f64() * 1e6 / outcome.hist.len() as f64
+        ),
+        None => "n/a".into(),
+    }
 }
 
 fn us(v: u64) -> String {
@@ -95,6 +144,10 @@ fn us(v: u64) -> String {
 struct Outcome {
     hist: Histogram<u64>,
     elapsed: Duration,
+    /// CPU time this process (apps and runtimes) used meanwhile.
+    clients_cpu: Option<Duration>,
+    /// CPU time the host used meanwhile (relay case only).
+    host_cpu: Option<Duration>,
 }
 
 impl Outcome {
@@ -117,7 +170,18 @@ impl Server {
         std::fs::create_dir_all(&providers)?;
         std::fs::copy(guests::HANDOFF, providers.join("handoff.wasm"))?;
         std::fs::write(dir.join("tether.toml"), "[relay]\nmax_connections = 16\n")?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        // A profiler to run the host under, if asked for (see the top of this file).
+        let wrap = std::env::var("RELAY_BENCH_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(words).arg(env!("CARGO_BIN_EXE_tether"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_tether")),
+        };
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .arg("--config")
@@ -187,7 +251,19 @@ impl Server {
         format!("{}{path}", self.base.replacen("http://", "ws://", 1))
     }
 
+    /// Asks the host to shut down (so a profiler around it writes its report), and
+    /// kills it if it has not within a few seconds.
     fn stop(mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -195,6 +271,15 @@ impl Server {
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The clients' socket settings: tungstenite's defaults unless the environment says.
+fn client_config() -> Option<WebSocketConfig> {
+    let read = std::env::var("RELAY_BENCH_CLIENT_READ")
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(WebSocketConfig::default().read_buffer_size(read))
+}
 
 async fn connect(url: &str, token: Option<&str>) -> Res<Ws> {
     let mut req = url.into_client_request()?;
@@ -204,7 +289,11 @@ async fn connect(url: &str, token: Option<&str>) -> Res<Ws> {
             HeaderValue::from_str(&format!("Bearer {token}"))?,
         );
     }
-    Ok(tokio_tungstenite::connect_async(req).await?.0)
+    Ok(
+        tokio_tungstenite::connect_async_with_config(req, client_config(), false)
+            .await?
+            .0,
+    )
 }
 
 /// Answers every text frame with itself: the runtime of both cases.
@@ -241,8 +330,10 @@ async fn app(mut ws: Ws, count: usize, start: Arc<Barrier>) -> Res<Histogram<u64
     Ok(hist)
 }
 
-/// Runs the apps over their sockets and merges their histograms.
-async fn measure(apps: Vec<Ws>, per_pair: usize) -> Res<Outcome> {
+/// Runs the apps over their sockets and merges their histograms; `host` is the pid of
+/// the relay's process, if any, whose CPU time is taken too.
+async fn measure(apps: Vec<Ws>, per_pair: usize, host: Option<u32>) -> Res<Outcome> {
+    let host = host.map(|pid| pid.to_string());
     let start = Arc::new(Barrier::new(apps.len() + 1));
     let tasks: Vec<_> = apps
         .into_iter()
@@ -250,14 +341,25 @@ async fn measure(apps: Vec<Ws>, per_pair: usize) -> Res<Outcome> {
         .collect();
     start.wait().await;
     let began = Instant::now();
+    let cpu_before = cpu_time("self");
+    let host_before = host.as_deref().and_then(cpu_time);
     let mut hist = Histogram::new_with_bounds(1, 120_000_000, 3)?;
     for task in tasks {
         let h = tokio::time::timeout(CASE_LIMIT, task).await???;
         hist.add(h)?;
     }
+    let elapsed = began.elapsed();
+    let clients_cpu = cpu_before
+        .zip(cpu_time("self"))
+        .map(|(before, after)| after.saturating_sub(before));
+    let host_cpu = host_before
+        .zip(host.as_deref().and_then(cpu_time))
+        .map(|(before, after)| after.saturating_sub(before));
     Ok(Outcome {
         hist,
-        elapsed: began.elapsed(),
+        elapsed,
+        clients_cpu,
+        host_cpu,
     })
 }
 
@@ -268,7 +370,9 @@ async fn direct_case(pairs: usize, per_pair: usize) -> Res<Outcome> {
         while let Ok((tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let stream = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
-                if let Ok(ws) = tokio_tungstenite::accept_async(stream).await {
+                if let Ok(ws) =
+                    tokio_tungstenite::accept_async_with_config(stream, client_config()).await
+                {
                     echo(ws).await;
                 }
             });
@@ -278,7 +382,7 @@ async fn direct_case(pairs: usize, per_pair: usize) -> Res<Outcome> {
     for _ in 0..pairs {
         apps.push(connect(&url, None).await?);
     }
-    let outcome = measure(apps, per_pair).await;
+    let outcome = measure(apps, per_pair, None).await;
     server.abort();
     outcome
 }
@@ -296,7 +400,7 @@ async fn relay_case(
     for (id, _, _) in envs {
         apps.push(connect(&server.ws(&format!("/ws/app/{id}")), Some(TOKEN)).await?);
     }
-    let outcome = measure(apps, per_pair).await;
+    let outcome = measure(apps, per_pair, Some(server.child.id())).await;
     for runtime in runtimes {
         runtime.abort();
     }

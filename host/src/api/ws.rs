@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::header::SEC_WEBSOCKET_PROTOCOL;
@@ -33,6 +33,12 @@ const SUBPROTOCOL: &str = "tether.v1";
 const TOKEN_PROTOCOL: &str = "tether.bearer.";
 /// How often a resumable connection's writer checks for frames to acknowledge.
 const ACK_DELAY: Duration = Duration::from_millis(200);
+/// Most bytes read from a socket at once. tungstenite zero-fills this much of its read
+/// buffer before every read attempt (even one that finds nothing), so its 128 KiB
+/// default cost more than all the relay's own work per frame, and with a thousand
+/// connections the zeroing misses the cache too. One page holds a typical frame;
+/// larger frames still arrive whole, over more reads.
+const READ_CHUNK: usize = 4 << 10;
 
 /// The bearer token of a runtime's upgrade request.
 #[derive(Debug)]
@@ -132,11 +138,12 @@ pub(crate) async fn app(
         Err(other) => return Err(other.into()),
     };
     Ok(limit(upgrade.protocols([SUBPROTOCOL]), &config)
-        .on_upgrade(move |socket| pump(socket, outbox, config, move |text| session.receive(&text))))
+        .on_upgrade(move |socket| pump(socket, outbox, config, move |text| session.receive(text))))
 }
 
 fn limit(upgrade: WebSocketUpgrade, config: &RelayConfig) -> WebSocketUpgrade {
     upgrade
+        .read_buffer_size(READ_CHUNK)
         .max_message_size(config.max_message_bytes)
         .max_frame_size(config.max_message_bytes)
 }
@@ -163,7 +170,7 @@ enum End {
 }
 
 /// Runs one connection until either side ends it.
-async fn pump(socket: WebSocket, outbox: Outbox, config: RelayConfig, on_text: impl Fn(String)) {
+async fn pump(socket: WebSocket, outbox: Outbox, config: RelayConfig, on_text: impl Fn(Utf8Bytes)) {
     let (mut sink, mut stream) = socket.split();
     let start = Instant::now();
     // Milliseconds since `start` when the peer was last heard from (any frame).
@@ -173,6 +180,20 @@ async fn pump(socket: WebSocket, outbox: Outbox, config: RelayConfig, on_text: i
     let writer = async {
         let mut buf = Vec::new();
         let mut next_ping = Instant::now() + config.ping_interval;
+        // A resumable peer's frames are acknowledged within ACK_DELAY of a quiet spell,
+        // so its writer looks at least that often; a plain one only wakes to ping.
+        let mut next_ack = Instant::now() + ACK_DELAY;
+        let due = |next_ping: Instant, next_ack: Instant| {
+            if outbox.resumable() {
+                next_ping.min(next_ack)
+            } else {
+                next_ping
+            }
+        };
+        // One timer for the connection's life, moved only when its deadline changes:
+        // a fresh one per wait cost a timer-wheel insert and removal per frame.
+        let timer = tokio::time::sleep_until(due(next_ping, next_ack).into());
+        tokio::pin!(timer);
         loop {
             match outbox.take(&mut buf) {
                 Take::Closed(reason) => return End::Close(reason),
@@ -181,7 +202,7 @@ async fn pump(socket: WebSocket, outbox: Outbox, config: RelayConfig, on_text: i
                     // it counts as dead rather than holding its connection forever.
                     let write = async {
                         for frame in buf.drain(..) {
-                            sink.feed(Message::Text(frame.into())).await?;
+                            sink.feed(Message::Text(frame)).await?;
                         }
                         sink.flush().await
                     };
@@ -198,15 +219,20 @@ async fn pump(socket: WebSocket, outbox: Outbox, config: RelayConfig, on_text: i
                         }
                         continue;
                     }
-                    let wait =
-                        tokio::time::sleep_until(next_ping.min(Instant::now() + ACK_DELAY).into());
+                    let deadline = due(next_ping, next_ack).into();
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
                     tokio::select! {
                         _ = outbox.wake().notified() => {}
-                        _ = wait => {}
+                        _ = &mut timer => {}
                     }
                 }
             }
             let now = Instant::now();
+            if now >= next_ack {
+                next_ack = now + ACK_DELAY;
+            }
             if now >= next_ping {
                 let quiet = since(now).saturating_sub(heard.load(Ordering::Relaxed));
                 if quiet >= u64::try_from(config.idle_timeout.as_millis()).unwrap_or(u64::MAX) {
@@ -238,9 +264,9 @@ async fn pump(socket: WebSocket, outbox: Outbox, config: RelayConfig, on_text: i
             };
             heard.store(since(Instant::now()), Ordering::Relaxed);
             match msg {
-                Message::Text(text) => on_text(text.to_string()),
+                Message::Text(text) => on_text(text),
                 // Some clients send JSON in binary frames; anything else is not ours.
-                Message::Binary(bytes) => match String::from_utf8(bytes.to_vec()) {
+                Message::Binary(bytes) => match Utf8Bytes::try_from(bytes) {
                     Ok(text) => on_text(text),
                     Err(_) => {
                         tracing::debug!(env = %outbox.env_id(), "non-UTF-8 binary frame ignored")

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::ws::Utf8Bytes;
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
@@ -110,7 +111,7 @@ impl Manager {
 impl RuntimeSession {
     /// A text frame from the runtime: an acknowledgement, or a message routed to apps
     /// by its `threadId`.
-    pub fn receive(&self, text: String) {
+    pub fn receive(&self, text: Utf8Bytes) {
         let hub = &self.env.hub;
         let head = Head::parse(&text).unwrap_or_default();
         if let Some(seq) = head.ack() {
@@ -140,9 +141,9 @@ fn error_frame(code: &str, message: &str, request_id: Option<&Value>) -> String 
 impl AppSession {
     /// A text frame from the app: answered by the provider for the provider-handled
     /// types, relayed to the runtime otherwise.
-    pub fn receive(&self, text: &str) {
+    pub fn receive(&self, text: Utf8Bytes) {
         let hub = &self.env.hub;
-        let head = Head::parse(text);
+        let head = Head::parse(&text);
         if let Some(h) = &head
             && h.kind.as_deref() == Some(ACK)
         {
@@ -165,8 +166,8 @@ impl AppSession {
             && (thread.is_some() || self.thread.is_none())
             && !self.handled_by_provider(kind)
         {
-            if let Err(e) = hub.to_runtime(text.to_owned()) {
-                let request_id = serde_json::from_str::<Value>(text)
+            if let Err(e) = hub.to_runtime(text.clone()) {
+                let request_id = serde_json::from_str::<Value>(&text)
                     .ok()
                     .and_then(|v| v.get("requestId").cloned());
                 let frame = error_frame("not_delivered", &e.to_string(), request_id.as_ref());
@@ -174,7 +175,7 @@ impl AppSession {
             }
             return;
         }
-        self.receive_parsed(text);
+        self.receive_parsed(&text);
     }
 
     /// The general path: validates the message, adds the thread, and hands it to the

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 
 use super::protocol::{self, CLOSE_GONE, CLOSE_REPLACED, CLOSE_TOO_SLOW, Resume};
@@ -134,7 +135,7 @@ impl Stream {
     /// Adds a message for this stream's peer. A resumable stream evicts its oldest
     /// message when full (and closes a connected peer that let it fill); a plain one
     /// refuses, which ends its connection. False if the stream must go.
-    fn offer(&mut self, text: &Arc<str>) -> bool {
+    fn offer(&mut self, text: &Utf8Bytes) -> bool {
         if self.session.is_some() {
             let (_, evicted) = self.window.push_evicting(text.clone());
             if evicted && let Some(conn) = self.conn.take() {
@@ -378,21 +379,23 @@ impl Hub {
     /// Sends one message to app `key` only (replies to its own requests).
     pub fn send_to_app(&self, key: StreamKey, text: String) {
         let StreamKey::App(id) = key else { return };
-        let text: Arc<str> = text.into();
+        let text = Utf8Bytes::from(text);
         let mut s = self.lock();
         if s.apps.get_mut(&id).is_some_and(|a| !a.offer(&text)) {
             s.remove_app(id);
         }
     }
 
-    /// Sends a message to the runtime (held while the runtime is away).
-    pub fn to_runtime(&self, text: String) -> Result<(), RelayError> {
+    /// Sends a message to the runtime (held while the runtime is away). The text is
+    /// kept as it is, shared rather than copied.
+    pub fn to_runtime(&self, text: impl Into<Utf8Bytes>) -> Result<(), RelayError> {
+        let text = text.into();
         let mut s = self.lock();
         if s.closed {
             return Err(RelayError::Closed);
         }
         let rt = &mut s.runtime;
-        match rt.window.push(text.into()) {
+        match rt.window.push(text) {
             Ok(_) => {
                 if let Some(conn) = &rt.conn {
                     conn.wake.notify_one();
@@ -406,8 +409,8 @@ impl Hub {
 
     /// Counts and routes a message from runtime connection `conn` to its apps by
     /// `thread`; ignored if that connection was replaced.
-    pub fn from_runtime(&self, conn: u64, text: String, thread: Option<&str>) {
-        let text: Arc<str> = text.into();
+    pub fn from_runtime(&self, conn: u64, text: impl Into<Utf8Bytes>, thread: Option<&str>) {
+        let text = text.into();
         let mut s = self.lock();
         if !s.runtime.count(conn) {
             return;
@@ -420,7 +423,7 @@ impl Hub {
         self.fan_out(&mut self.lock(), &text.into(), None);
     }
 
-    fn fan_out(&self, s: &mut HubState, text: &Arc<str>, thread: Option<&str>) {
+    fn fan_out(&self, s: &mut HubState, text: &Utf8Bytes, thread: Option<&str>) {
         let mut gone = Vec::new();
         for (id, app) in &mut s.apps {
             if (thread.is_none() || app.thread.as_deref() == thread) && !app.offer(text) {

@@ -5,17 +5,20 @@
 //! - [`hub`] holds the streams and routes messages between them;
 //! - [`window`] is one stream's bounded replay window;
 //! - [`protocol`] is the relay's own frames, query fields and close codes;
+//! - `scan` reads a frame's routing fields without building it;
 //! - [`peer`] is the client side of resuming, for runtimes and apps;
 //! - [`Outbox`] (here) is what a connection's writer drains.
 
 pub mod hub;
 pub mod peer;
 pub mod protocol;
+mod scan;
 mod window;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 
 pub use hub::{Hub, StreamKey};
@@ -104,6 +107,11 @@ impl Outbox {
         self.key
     }
 
+    /// Whether this connection asked to resume (its frames are numbered and acknowledged).
+    pub fn resumable(&self) -> bool {
+        self.resumable
+    }
+
     /// Signalled whenever there may be something to take.
     pub fn wake(&self) -> &Notify {
         &self.wake
@@ -111,10 +119,10 @@ impl Outbox {
 
     /// Appends the next frames to write to `out`: relay frames first, then messages in
     /// order (numbered on a resumable connection, acknowledged as written otherwise).
-    pub fn take(&self, out: &mut Vec<String>) -> Take {
-        let mut frames = Vec::new();
+    /// A plain connection's messages are the very texts the hub was given, not copies.
+    pub fn take(&self, out: &mut Vec<Utf8Bytes>) -> Take {
         let before = out.len();
-        {
+        let (first, messages) = {
             let mut s = self.hub.lock();
             let Some(stream) = s.stream(self.key) else {
                 return Take::Closed(self.closed.get().cloned());
@@ -122,24 +130,25 @@ impl Outbox {
             let Some(conn) = stream.conn.as_mut().filter(|c| c.id == self.conn) else {
                 return Take::Closed(self.closed.get().cloned());
             };
-            out.extend(conn.control.drain(..));
-            stream.window.after(conn.sent, BATCH, &mut frames);
-            if let Some((last, _)) = frames.last() {
-                conn.sent = *last;
+            out.extend(conn.control.drain(..).map(Utf8Bytes::from));
+            let messages = out.len();
+            let first = stream.window.after(conn.sent, BATCH, out);
+            if out.len() > messages {
+                conn.sent = first + (out.len() - messages) as u64 - 1;
             }
             if !self.resumable {
                 stream.window.ack(conn.sent);
             }
-        }
-        if out.len() == before && frames.is_empty() {
+            (first, messages)
+        };
+        if out.len() == before {
             return Take::Idle;
         }
-        for (seq, text) in frames {
-            out.push(if self.resumable {
-                protocol::with_seq(seq, &text)
-            } else {
-                text.to_string()
-            });
+        // Numbering happens outside the lock: it is the only per-message text work.
+        if self.resumable {
+            for (seq, text) in (first..).zip(&mut out[messages..]) {
+                *text = protocol::with_seq(seq, text).into();
+            }
         }
         Take::Frames
     }

@@ -78,9 +78,10 @@ pub struct Head<'a> {
 }
 
 impl<'a> Head<'a> {
-    /// Parses the head of `text`; `None` if it is not a JSON object.
+    /// Parses the head of `text`; `None` if it is not a JSON object. The quick reader
+    /// answers for ordinary frames; `serde_json` for the rest.
     pub fn parse(text: &'a str) -> Option<Self> {
-        serde_json::from_str(text).ok()
+        super::scan::head(text).or_else(|| serde_json::from_str(text).ok())
     }
 
     /// The acknowledged count, if this is an acknowledgement.
@@ -93,20 +94,32 @@ impl<'a> Head<'a> {
 
 /// `text` (a JSON object) with `relaySeq` added as its first field; any other text is
 /// carried whole in a `relayRaw` message, so a numbered frame is always an object.
+/// The field is spliced into the text, which is otherwise passed on byte for byte.
 pub fn with_seq(seq: u64, text: &str) -> String {
-    let body = text.trim_start();
-    match body.strip_prefix('{') {
-        Some(rest) if rest.trim_start().starts_with('}') => format!("{{\"relaySeq\":{seq}}}"),
-        Some(rest) if text.trim_end().ends_with('}') => {
-            let mut out = String::with_capacity(text.len() + 24);
-            out.push_str("{\"relaySeq\":");
-            out.push_str(&seq.to_string());
-            out.push(',');
-            out.push_str(rest);
-            out
-        }
-        _ => json!({"relaySeq": seq, "type": "relayRaw", "text": text}).to_string(),
+    let Some(rest) = text
+        .trim_start()
+        .strip_prefix('{')
+        .filter(|_| is_object(text))
+    else {
+        return json!({"relaySeq": seq, "type": "relayRaw", "text": text}).to_string();
+    };
+    if rest.trim_start().starts_with('}') {
+        return format!("{{\"relaySeq\":{seq}}}");
     }
+    let mut out = String::with_capacity(text.len() + 32);
+    out.push_str("{\"relaySeq\":");
+    out.push_str(&seq.to_string());
+    out.push(',');
+    out.push_str(rest);
+    out
+}
+
+/// Whether `text` is one valid JSON object (and nothing else): a text that merely
+/// starts with `{` must not be spliced into, or the peer could not read its number.
+fn is_object(text: &str) -> bool {
+    text.trim_start().starts_with('{')
+        && (super::scan::head(text).is_some()
+            || serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
 }
 
 /// `{"type": "relayAck", "received": n}`.
@@ -152,6 +165,47 @@ mod tests {
         assert_eq!(v, json!({"relaySeq": 8}));
         let v: Value = serde_json::from_str(&with_seq(9, "not json")).unwrap();
         assert_eq!(unwrap_raw(v), json!("not json"));
+    }
+
+    #[test]
+    fn seq_splice_keeps_every_object_intact_and_comes_first() {
+        for text in [
+            r#"{"a":"quote \" brace } bracket ] backslash \\","b":"\u00e9"}"#,
+            r#"{"outer":{"inner":[1,{"deep":{"relaySeq":"not ours"}}],"e":{}},"n":null}"#,
+            "\n\t { \"a\" : 1 ,\r\n \"b\" : [ true , false ] } \n",
+            "{\n}",
+            r#"{"k\u0065y":"escaped key"}"#,
+        ] {
+            let spliced = with_seq(42, text);
+            let got: Value = serde_json::from_str(&spliced).unwrap();
+            let mut want: Value = serde_json::from_str(text).unwrap();
+            let fields = got.as_object().unwrap();
+            assert_eq!(fields.keys().next().map(String::as_str), Some("relaySeq"));
+            assert_eq!(fields["relaySeq"], 42);
+            want.as_object_mut()
+                .unwrap()
+                .shift_insert(0, "relaySeq".into(), json!(42));
+            assert_eq!(got, want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn seq_splice_wraps_anything_that_is_not_one_object() {
+        for text in [
+            "[1,2]",
+            "\"a string\"",
+            "42",
+            "",
+            "{broken}",
+            r#"{"a":1} {"b":2}"#,
+            r#"{"a":1"#,
+            r#"  {"a":"}"#,
+        ] {
+            let got: Value = serde_json::from_str(&with_seq(3, text)).unwrap();
+            assert_eq!(got["relaySeq"], 3);
+            assert_eq!(got["type"], "relayRaw");
+            assert_eq!(unwrap_raw(got), json!(text), "{text:?}");
+        }
     }
 
     #[test]

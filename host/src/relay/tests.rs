@@ -19,7 +19,7 @@ fn drain(outbox: &Outbox) -> Vec<Value> {
     let mut out = Vec::new();
     while outbox.take(&mut out) == Take::Frames {}
     out.iter()
-        .map(|t| serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.clone())))
+        .map(|t| serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.to_string())))
         .collect()
 }
 
@@ -36,8 +36,8 @@ fn routes_by_thread_and_broadcasts_without_one() {
     let rt = hub.attach_runtime(None).unwrap();
     let t1 = hub.attach_app(Some("t1".into()), None, None).unwrap();
     let t2 = hub.attach_app(Some("t2".into()), None, None).unwrap();
-    hub.from_runtime(rt.id(), "\"for-t1\"".into(), Some("t1"));
-    hub.from_runtime(rt.id(), "\"for-all\"".into(), None);
+    hub.from_runtime(rt.id(), "\"for-t1\"", Some("t1"));
+    hub.from_runtime(rt.id(), "\"for-all\"", None);
     assert_eq!(drain(&t1), vec![json!("for-t1"), json!("for-all")]);
     assert_eq!(drain(&t2), vec![json!("for-all")]);
 }
@@ -45,8 +45,8 @@ fn routes_by_thread_and_broadcasts_without_one() {
 #[test]
 fn messages_wait_for_the_runtime_in_order() {
     let hub = hub(16);
-    hub.to_runtime("1".into()).unwrap();
-    hub.to_runtime("2".into()).unwrap();
+    hub.to_runtime("1").unwrap();
+    hub.to_runtime("2").unwrap();
     let rt = hub.attach_runtime(None).unwrap();
     assert_eq!(drain(&rt), vec![json!(1), json!(2)]);
     // A plain connection acknowledges as it writes: a new one gets nothing again.
@@ -58,9 +58,9 @@ fn messages_wait_for_the_runtime_in_order() {
 #[test]
 fn held_messages_are_bounded() {
     let hub = hub(2);
-    hub.to_runtime("1".into()).unwrap();
-    hub.to_runtime("2".into()).unwrap();
-    assert_eq!(hub.to_runtime("3".into()), Err(RelayError::PendingFull(2)));
+    hub.to_runtime("1").unwrap();
+    hub.to_runtime("2").unwrap();
+    assert_eq!(hub.to_runtime("3"), Err(RelayError::PendingFull(2)));
 }
 
 #[test]
@@ -90,7 +90,7 @@ fn the_host_counts_and_acknowledges_peer_frames_per_session() {
     let rt = hub.attach_runtime(resume("r", 0)).unwrap();
     let _app = hub.attach_app(None, None, None).unwrap();
     for _ in 0..3 {
-        hub.from_runtime(rt.id(), "{}".into(), None);
+        hub.from_runtime(rt.id(), "{}", None);
     }
     assert_eq!(rt.pending_ack(), Some(protocol::ack_frame(3)));
     assert_eq!(rt.pending_ack(), None);

@@ -7,7 +7,8 @@
 //! resuming peer can be told exactly what it missed.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
 
 /// A message the window refused because it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,7 +17,7 @@ pub(crate) struct Full;
 /// Numbered, unacknowledged messages for one peer.
 #[derive(Debug)]
 pub(crate) struct Window {
-    frames: VecDeque<(u64, Arc<str>)>,
+    frames: VecDeque<(u64, Utf8Bytes)>,
     bytes: usize,
     next: u64,
     acked: u64,
@@ -46,7 +47,7 @@ impl Window {
     }
 
     /// Numbers and keeps `text`, or refuses it when the window is full.
-    pub(crate) fn push(&mut self, text: Arc<str>) -> Result<u64, Full> {
+    pub(crate) fn push(&mut self, text: Utf8Bytes) -> Result<u64, Full> {
         if !self.fits(text.len()) {
             return Err(Full);
         }
@@ -55,7 +56,7 @@ impl Window {
 
     /// Numbers and keeps `text`, evicting the oldest messages to make room; returns
     /// its number and whether anything was evicted (lost).
-    pub(crate) fn push_evicting(&mut self, text: Arc<str>) -> (u64, bool) {
+    pub(crate) fn push_evicting(&mut self, text: Utf8Bytes) -> (u64, bool) {
         let mut evicted = false;
         while !self.fits(text.len()) {
             if let Some((seq, old)) = self.frames.pop_front() {
@@ -68,7 +69,7 @@ impl Window {
         (self.push_unchecked(text), evicted)
     }
 
-    fn push_unchecked(&mut self, text: Arc<str>) -> u64 {
+    fn push_unchecked(&mut self, text: Utf8Bytes) -> u64 {
         let seq = self.next;
         self.next += 1;
         self.bytes += text.len();
@@ -87,12 +88,17 @@ impl Window {
         self.acked = self.acked.max(seq);
     }
 
-    /// Up to `max` messages numbered after `seq`, in order.
-    pub(crate) fn after(&self, seq: u64, max: usize, out: &mut Vec<(u64, Arc<str>)>) {
+    /// Appends up to `max` messages numbered after `seq` to `out`, in order, and returns
+    /// the number of the first one (the rest follow it one by one). The texts are shared,
+    /// not copied.
+    pub(crate) fn after(&self, seq: u64, max: usize, out: &mut Vec<Utf8Bytes>) -> u64 {
         let first = self.frames.front().map_or(self.next, |(s, _)| *s);
-        let skip =
-            usize::try_from(seq.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
-        out.extend(self.frames.iter().skip(skip).take(max).cloned());
+        let from = seq.saturating_add(1).max(first);
+        let skip = usize::try_from(from - first)
+            .unwrap_or(usize::MAX)
+            .min(self.frames.len());
+        out.extend(self.frames.range(skip..).take(max).map(|(_, t)| t.clone()));
+        from
     }
 
     /// The number of the newest message (0 before the first).
@@ -122,8 +128,8 @@ mod tests {
 
     fn texts(w: &Window, after: u64) -> Vec<(u64, String)> {
         let mut out = Vec::new();
-        w.after(after, usize::MAX, &mut out);
-        out.into_iter().map(|(s, t)| (s, t.to_string())).collect()
+        let first = w.after(after, usize::MAX, &mut out);
+        (first..).zip(out.iter().map(|t| t.to_string())).collect()
     }
 
     #[test]
@@ -137,6 +143,23 @@ mod tests {
         assert_eq!(w.len(), 1);
         assert_eq!(texts(&w, 0), vec![(3, "c".into())]);
         assert_eq!(w.lost_after(0), None);
+    }
+
+    #[test]
+    fn after_takes_at_most_max_from_where_the_window_starts() {
+        let mut w = Window::new(10, 1000);
+        for t in ["a", "b", "c", "d"] {
+            w.push(t.into()).unwrap();
+        }
+        w.ack(1);
+        let mut out = Vec::new();
+        assert_eq!(w.after(0, 2, &mut out), 2);
+        assert_eq!(out, vec!["b", "c"]);
+        out.clear();
+        assert_eq!(w.after(4, 2, &mut out), 5);
+        assert!(out.is_empty());
+        assert_eq!(w.after(9, 2, &mut out), 10);
+        assert!(out.is_empty());
     }
 
     #[test]
