@@ -106,6 +106,15 @@ pub fn with_seq(seq: u64, text: &str) -> String {
     if rest.trim_start().starts_with('}') {
         return format!("{{\"relaySeq\":{seq}}}");
     }
+    // A frame that already carries `relaySeq` (a peer echoing a numbered frame back)
+    // must not reach the other side with two: ours replaces a top-level one.
+    if text.contains("\"relaySeq\"")
+        && let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(text)
+    {
+        fields.shift_remove("relaySeq");
+        fields.shift_insert(0, "relaySeq".into(), json!(seq));
+        return Value::Object(fields).to_string();
+    }
     let mut out = String::with_capacity(text.len() + 32);
     out.push_str("{\"relaySeq\":");
     out.push_str(&seq.to_string());
@@ -163,6 +172,13 @@ mod tests {
         assert_eq!(v, json!({"relaySeq": 7, "type": "x", "a": 1}));
         let v: Value = serde_json::from_str(&with_seq(8, "{ }")).unwrap();
         assert_eq!(v, json!({"relaySeq": 8}));
+        // An echoed numbered frame keeps one `relaySeq`: ours, first.
+        let echoed = with_seq(9, r#"{"relaySeq":3,"type":"x","p":{"relaySeq":1}}"#);
+        assert_eq!(echoed.matches("\"relaySeq\"").count(), 2, "{echoed}");
+        assert!(
+            echoed.starts_with(r#"{"relaySeq":9,"type":"x""#),
+            "{echoed}"
+        );
         let v: Value = serde_json::from_str(&with_seq(9, "not json")).unwrap();
         assert_eq!(unwrap_raw(v), json!("not json"));
     }
