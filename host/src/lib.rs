@@ -10,7 +10,8 @@
 //!   runtime tokens; it drives the layers below.
 //! - [`engine`] loads provider components (wasmtime) and runs one actor per instance;
 //!   [`broker`] decides what an instance may spawn or touch.
-//! - [`store`] persists records in `.codebolt/environments.json`.
+//! - [`store`] persists records in `.codebolt/environments.json`; [`watch`] is the
+//!   debounced directory watch behind its live edits and the providers' hot reload.
 //! - [`relay`] joins a runtime connection with its apps, routing by thread, and lets
 //!   either side resume without loss inside a bounded window (`docs/protocol.md`).
 //! - [`auth`] holds the API token and mints runtime tokens; [`config`] the operator's
@@ -30,3 +31,4 @@ pub mod relay;
 pub mod scaffold;
 pub mod server;
 pub mod store;
+pub mod watch;

@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 /// Why the providers directory cannot be watched.
@@ -33,16 +32,8 @@ pub enum DirWatchError {
     },
 }
 
-/// A live watch; dropping it stops watching.
-pub struct DirWatch {
-    _watcher: notify::RecommendedWatcher,
-}
-
-impl std::fmt::Debug for DirWatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DirWatch")
-    }
-}
+/// A live watch of the providers directory; dropping it stops watching.
+pub type DirWatch = crate::watch::Watch;
 
 /// Watches `dir` (creating it if missing, as there is nothing to watch otherwise) and
 /// sends `()` once per burst of changes to `*.wasm` files, `debounce` after its last
@@ -55,48 +46,15 @@ pub fn watch_dir(
         path: dir.to_owned(),
         source,
     })?;
-    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let relevant = match event {
-            Ok(event) => event
-                .paths
-                .iter()
-                .any(|p| p.extension().is_some_and(|x| x == "wasm")),
-            // An overflowed queue lost events we cannot name: rescan to be safe.
-            Err(_) => true,
-        };
-        if relevant {
-            let _ = raw_tx.send(());
-        }
-    })
-    .map_err(|source| DirWatchError::Watch {
+    let relevant = |event: &notify::Result<notify::Event>| match event {
+        Ok(event) => (event.paths.iter()).any(|p| p.extension().is_some_and(|x| x == "wasm")),
+        // An overflowed queue lost events we cannot name: rescan to be safe.
+        Err(_) => true,
+    };
+    crate::watch::debounced(dir, relevant, debounce).map_err(|source| DirWatchError::Watch {
         path: dir.to_owned(),
         source,
-    })?;
-    watcher
-        .watch(dir, RecursiveMode::NonRecursive)
-        .map_err(|source| DirWatchError::Watch {
-            path: dir.to_owned(),
-            source,
-        })?;
-    let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(async move {
-        while raw_rx.recv().await.is_some() {
-            // Every further event restarts the wait.
-            loop {
-                match tokio::time::timeout(debounce, raw_rx.recv()).await {
-                    Ok(Some(())) => continue,
-                    Ok(None) => return,
-                    Err(_) => break,
-                }
-            }
-            // A full channel already holds a pending signal, which covers this burst.
-            if let Err(mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
-                return;
-            }
-        }
-    });
-    Ok((DirWatch { _watcher: watcher }, rx))
+    })
 }
 
 #[cfg(test)]

@@ -7,8 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
+
+/// A live watch of the records file; dropping it stops watching.
+pub type FileWatch = crate::watch::Watch;
 
 /// Why watching could not start.
 #[derive(Debug, thiserror::Error)]
@@ -16,17 +18,6 @@ use tokio::sync::mpsc;
 pub struct WatchError {
     path: PathBuf,
     source: notify::Error,
-}
-
-/// A live watch; dropping it stops watching.
-pub struct FileWatch {
-    _watcher: notify::RecommendedWatcher,
-}
-
-impl std::fmt::Debug for FileWatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FileWatch")
-    }
 }
 
 /// Watches `file` and sends `()` on the returned channel once per burst of changes,
@@ -37,45 +28,15 @@ pub fn watch(
 ) -> Result<(FileWatch, mpsc::Receiver<()>), WatchError> {
     let dir = file.parent().unwrap_or(Path::new(".")).to_owned();
     let name = file.file_name().map(|n| n.to_owned());
-    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && event
-                .paths
-                .iter()
-                .any(|p| p.file_name().map(|n| n.to_owned()) == name)
-        {
-            let _ = raw_tx.send(());
-        }
-    })
-    .map_err(|source| WatchError {
+    let relevant = move |event: &notify::Result<notify::Event>| {
+        event.as_ref().is_ok_and(|event| {
+            (event.paths.iter()).any(|p| p.file_name().map(|n| n.to_owned()) == name)
+        })
+    };
+    crate::watch::debounced(&dir, relevant, debounce).map_err(|source| WatchError {
         path: dir.clone(),
         source,
-    })?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|source| WatchError {
-            path: dir.clone(),
-            source,
-        })?;
-    let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(async move {
-        while raw_rx.recv().await.is_some() {
-            // Wait for quiet: every further event restarts the wait.
-            loop {
-                match tokio::time::timeout(debounce, raw_rx.recv()).await {
-                    Ok(Some(())) => continue,
-                    Ok(None) => return,
-                    Err(_) => break,
-                }
-            }
-            // A full channel already holds a pending signal; that one will do.
-            if let Err(mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
-                return;
-            }
-        }
-    });
-    Ok((FileWatch { _watcher: watcher }, rx))
+    })
 }
 
 #[cfg(test)]
