@@ -19,7 +19,9 @@ use tether_provider_sdk::{
 };
 
 use crate::api::{Sandbox, SandboxApi};
-use crate::settings::{ApiSettings, CONFIG_SCHEMA, RuntimeSpec};
+use tether_provider_sdk::runtime::RuntimeSpec;
+
+use crate::settings::{ApiSettings, CONFIG_SCHEMA};
 
 /// State key naming the sandbox the current one replaced, when it was recreated.
 const RECREATED_FROM: &str = "recreatedFrom";

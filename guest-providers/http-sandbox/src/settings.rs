@@ -7,18 +7,8 @@
 
 use tether_provider_sdk::{InitVars, ProviderError};
 
-/// Runtime program when `config.command` is absent.
-const DEFAULT_COMMAND: &str = "tether";
-/// Runtime arguments when `config.args` is absent.
-const DEFAULT_ARGS: [&str; 1] = ["runtime"];
 /// Statuses that mean a sandbox no longer exists, when `config.goneStatuses` is absent.
 const DEFAULT_GONE: [&str; 1] = ["deleted"];
-/// Variables the provider sets for the runtime; `config.env` may not override them.
-pub(crate) const RESERVED_ENV: [&str; 3] = [
-    "TETHER_RUNTIME_URL",
-    "TETHER_RUNTIME_TOKEN",
-    "TETHER_ENVIRONMENT_ID",
-];
 
 /// JSON Schema of the config this provider understands.
 pub(crate) const CONFIG_SCHEMA: &str = r#"{
@@ -70,17 +60,6 @@ pub(crate) struct ApiSettings {
     pub(crate) gone_statuses: Vec<String>,
 }
 
-/// What to run in the sandbox.
-#[derive(Debug, Clone)]
-pub(crate) struct RuntimeSpec {
-    /// The program.
-    pub(crate) command: String,
-    /// Its arguments.
-    pub(crate) args: Vec<String>,
-    /// Extra variables, checked against [`RESERVED_ENV`].
-    pub(crate) env: Vec<(String, String)>,
-}
-
 impl ApiSettings {
     /// Reads `apiUrl`, `apiKey` and `goneStatuses`.
     pub(crate) fn from_init(init: &InitVars) -> Result<Self, ProviderError> {
@@ -116,37 +95,5 @@ impl ApiSettings {
     /// Whether a sandbox in `status` counts as gone.
     pub(crate) fn is_gone(&self, status: &str) -> bool {
         self.gone_statuses.iter().any(|gone| gone == status)
-    }
-}
-
-impl RuntimeSpec {
-    /// Reads `command`, `args` and `env`.
-    pub(crate) fn from_init(init: &InitVars) -> Result<Self, ProviderError> {
-        let config = init.config()?;
-        let command = config
-            .string("command")?
-            .unwrap_or_else(|| DEFAULT_COMMAND.to_owned());
-        if command.trim().is_empty() {
-            return Err(ProviderError::invalid_input(
-                "config.command must not be empty",
-            ));
-        }
-        let args = config
-            .string_list("args")?
-            .unwrap_or_else(|| DEFAULT_ARGS.map(str::to_owned).to_vec());
-        let env = config.string_map("env")?.unwrap_or_default();
-        for (key, _) in &env {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(ProviderError::invalid_input(format!(
-                    "config.env has an invalid variable name: {key:?}"
-                )));
-            }
-            if RESERVED_ENV.contains(&key.as_str()) {
-                return Err(ProviderError::invalid_input(format!(
-                    "config.env may not set {key}: the provider sets it for the runtime"
-                )));
-            }
-        }
-        Ok(Self { command, args, env })
     }
 }

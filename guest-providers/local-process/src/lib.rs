@@ -8,21 +8,12 @@
 //! environment is deleted. File handlers are the SDK's defaults.
 
 use tether_provider_sdk::process::{Child, Command};
+use tether_provider_sdk::runtime::{DEFAULT_ARGS, DEFAULT_COMMAND, RuntimeSpec};
 use tether_provider_sdk::{
     Capabilities, CommandRequest, Entry, Health, InitVars, Provider, ProviderError, ProviderInfo,
     StartResult, fs, log, state,
 };
 
-/// Runtime program when `config.command` is absent.
-const DEFAULT_COMMAND: &str = "tether";
-/// Runtime arguments when `config.args` is absent.
-const DEFAULT_ARGS: [&str; 1] = ["runtime"];
-/// Variables the provider sets for the runtime; `config.env` may not override them.
-const RESERVED_ENV: [&str; 3] = [
-    "TETHER_RUNTIME_URL",
-    "TETHER_RUNTIME_TOKEN",
-    "TETHER_ENVIRONMENT_ID",
-];
 /// How much of the runtime's last output a health report quotes.
 const OUTPUT_TAIL_CHARS: usize = 500;
 
@@ -56,45 +47,6 @@ const CONFIG_SCHEMA: &str = r#"{
 struct LocalProcess {
     /// The runtime process started by the last successful start.
     child: Option<Child>,
-}
-
-/// What `config` asks for, validated.
-struct RuntimeConfig {
-    command: String,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-}
-
-impl RuntimeConfig {
-    /// Reads and checks `command`, `args` and `env` from the start's config.
-    fn from_init(init: &InitVars) -> Result<Self, ProviderError> {
-        let config = init.config()?;
-        let command = config
-            .string("command")?
-            .unwrap_or_else(|| DEFAULT_COMMAND.to_owned());
-        if command.trim().is_empty() {
-            return Err(ProviderError::invalid_input(
-                "config.command must not be empty",
-            ));
-        }
-        let args = config
-            .string_list("args")?
-            .unwrap_or_else(|| DEFAULT_ARGS.map(str::to_owned).to_vec());
-        let env = config.string_map("env")?.unwrap_or_default();
-        for (key, _) in &env {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(ProviderError::invalid_input(format!(
-                    "config.env has an invalid variable name: {key:?}"
-                )));
-            }
-            if RESERVED_ENV.contains(&key.as_str()) {
-                return Err(ProviderError::invalid_input(format!(
-                    "config.env may not set {key}: the provider sets it for the runtime"
-                )));
-            }
-        }
-        Ok(Self { command, args, env })
-    }
 }
 
 impl LocalProcess {
@@ -138,7 +90,7 @@ impl Provider for LocalProcess {
             self.stop_runtime();
         }
 
-        let runtime = RuntimeConfig::from_init(init)?;
+        let runtime = RuntimeSpec::from_init(init)?;
         let resource_id = init.workspace_host_path.clone();
         if resource_id.is_empty() {
             return Err(ProviderError::failed(
