@@ -4,15 +4,14 @@
 //! `kill -9`, recreated (and said so) when the service lost it, deleted with the
 //! environment; a wrong key and an ungranted URL are clear errors.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::OnceLock;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Server, WAIT, wait_gone, write_config};
+use crate::support::{Server, WAIT, spawn_announced, wait_gone, write_config};
 
 /// The key the test services accept.
 const KEY: &str = "sandbox-key-0123456789";
@@ -67,12 +66,8 @@ impl Service {
     /// Starts the service on `port` (0: any), allowing only `tether runtime`.
     fn start(dir: &Path, port: u16) -> Service {
         let root = dir.join("sandboxes");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("service.log"))
-            .expect("service log");
-        let mut child = Command::new(service_binary())
+        let mut command = Command::new(service_binary());
+        command
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--root")
@@ -80,30 +75,12 @@ impl Service {
             .arg("--allow-command")
             .arg(format!("{} runtime", env!("CARGO_BIN_EXE_tether")))
             .env("SANDBOX_API_KEY", KEY)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawning the sandbox service");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let base = loop {
-            let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
-                panic!(
-                    "sandbox service did not start; log:\n{}",
-                    std::fs::read_to_string(dir.join("service.log")).unwrap_or_default()
-                )
-            });
-            if let Some(url) = line.strip_prefix("sandbox service listening on ") {
-                break url.trim().to_owned();
-            }
-        };
+            .env("RUST_LOG", "info");
+        let (child, base) = spawn_announced(
+            command,
+            &dir.join("service.log"),
+            "sandbox service listening on ",
+        );
         let port = base
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse().ok())

@@ -70,43 +70,19 @@ impl Server {
 
     /// Starts `tether serve` on `data_dir` and waits until it listens.
     pub fn start(data_dir: &Path) -> Server {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("server.log"))
-            .expect("server log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .arg("--config")
             .arg(data_dir.join("tether.toml"))
             .env("TETHER_API_TOKEN", TOKEN)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawning tether serve");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let base = loop {
-            match rx.recv_timeout(WAIT) {
-                Ok(line) => {
-                    if let Some(url) = line.strip_prefix("tether listening on ") {
-                        break url.trim().to_owned();
-                    }
-                }
-                Err(_) => panic!(
-                    "server did not start; log:\n{}",
-                    std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default()
-                ),
-            }
-        };
+            .env("RUST_LOG", "info");
+        let (child, base) = spawn_announced(
+            command,
+            &data_dir.join("server.log"),
+            "tether listening on ",
+        );
         Server {
             child,
             base,
@@ -363,6 +339,47 @@ impl Ws {
                 Some("execOutput") => output.push_str(msg["data"].as_str().unwrap_or_default()),
                 Some("execExit") => return (output, msg["code"].clone()),
                 other => panic!("unexpected {other:?}: {msg}"),
+            }
+        }
+    }
+}
+
+/// Spawns `command` with its stderr appended to `log` and waits until it prints a
+/// line starting with `announcement`; returns the child and the rest of that line
+/// (the address it listens on).
+pub fn spawn_announced(mut command: Command, log: &Path, announcement: &str) -> (Child, String) {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .expect("spawning a server");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        match rx.recv_timeout(WAIT) {
+            Ok(line) => {
+                if let Some(rest) = line.strip_prefix(announcement) {
+                    return (child, rest.trim().to_owned());
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{announcement:?} never came; log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
             }
         }
     }
