@@ -27,8 +27,11 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_tungstenite::{
-    connect_async,
-    tungstenite::{self, Message, client::IntoClientRequest, handshake::client::Request, http},
+    connect_async_with_config,
+    tungstenite::{
+        self, Message, client::IntoClientRequest, handshake::client::Request, http,
+        protocol::WebSocketConfig,
+    },
 };
 
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
@@ -42,6 +45,7 @@ const PING_INTERVAL: Duration = Duration::from_secs(10);
 pub const HOST_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 use crate::relay::peer::{Incoming, PeerState};
+use crate::relay::protocol::READ_CHUNK;
 
 /// Where the runtime connects and how it authenticates.
 #[derive(Clone)]
@@ -149,8 +153,11 @@ async fn connect_loop(
 ) -> Result<(), RuntimeError> {
     let mut backoff = INITIAL_BACKOFF;
     loop {
-        let attempt =
-            tokio::time::timeout(CONNECT_TIMEOUT, connect_async(request(config, &out.peer)?));
+        let socket = WebSocketConfig::default().read_buffer_size(READ_CHUNK);
+        let attempt = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            connect_async_with_config(request(config, &out.peer)?, Some(socket), false),
+        );
         let outcome = tokio::select! {
             _ = &mut shutdown => return Ok(()),
             outcome = attempt => outcome,

@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite;
 use super::{ApiError, AppState, Authorized, bearer};
 use crate::config::RelayConfig;
 use crate::lifecycle::LifecycleError;
+use crate::relay::protocol::READ_CHUNK;
 use crate::relay::{
     CLOSE_TOO_BIG, CLOSE_TOO_MANY, CLOSE_UNRESPONSIVE, CloseReason, Outbox, Resume, Take,
 };
@@ -33,12 +34,6 @@ const SUBPROTOCOL: &str = "tether.v1";
 const TOKEN_PROTOCOL: &str = "tether.bearer.";
 /// How often a resumable connection's writer checks for frames to acknowledge.
 const ACK_DELAY: Duration = Duration::from_millis(200);
-/// Most bytes read from a socket at once. tungstenite zero-fills this much of its read
-/// buffer before every read attempt (even one that finds nothing), so its 128 KiB
-/// default cost more than all the relay's own work per frame, and with a thousand
-/// connections the zeroing misses the cache too. One page holds a typical frame;
-/// larger frames still arrive whole, over more reads.
-const READ_CHUNK: usize = 4 << 10;
 
 /// The bearer token of a runtime's upgrade request.
 #[derive(Debug)]

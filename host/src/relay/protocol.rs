@@ -12,6 +12,13 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+/// Most bytes a relay socket (host or reference runtime) reads at once. tungstenite
+/// zero-fills this much of its read buffer before every read attempt (even one that
+/// finds nothing), so its 128 KiB default cost more than all the relay's own work per
+/// frame, and with a thousand connections the zeroing misses the cache too. One page
+/// holds a typical frame; larger frames still arrive whole, over more reads.
+pub const READ_CHUNK: usize = 4 << 10;
+
 /// Close code: a message exceeded the configured maximum size.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: this peer fell a whole window behind.
