@@ -72,6 +72,7 @@ async fn run(pairs: Vec<usize>) -> Res<()> {
     let server = Server::start(dir.path())?;
     eprintln!("creating {most} handoff environments…");
     let runtimes = server.environments(most).await?;
+    server.settle().await?;
     println!(
         "| pairs | direct rt/s | relay rt/s | direct p50 | relay p50 | direct p99 | relay p99 | p99 relay/direct |"
     );
@@ -245,6 +246,43 @@ impl Server {
             }
         }
         Ok(out)
+    }
+
+    /// Waits until every environment is `running` and the records file has stopped
+    /// changing, so the starts' own bookkeeping is not measured as relay cost.
+    async fn settle(&self) -> Res<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let envs: Value = self
+                .http
+                .get(format!("{}/api/v1/environments", self.base))
+                .bearer_auth(TOKEN)
+                .send()
+                .await?
+                .json()
+                .await?;
+            let all_running = envs
+                .as_array()
+                .is_some_and(|l| l.iter().all(|e| e["status"] == "running"));
+            if all_running {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("environments never all ran".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let records = self.data_dir.join(".codebolt/environments.json");
+        let modified = || std::fs::metadata(&records).and_then(|m| m.modified()).ok();
+        let mut last = modified();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = modified();
+            if now == last || Instant::now() > deadline {
+                return Ok(());
+            }
+            last = now;
+        }
     }
 
     fn ws(&self, path: &str) -> String {
