@@ -4,19 +4,19 @@
 //! never sees raw strings. Grants live here because they are the operator's word;
 //! nothing an API caller sends (an environment's `config`) can widen them.
 
+mod file;
 mod operator;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use serde::Deserialize;
 
 use crate::broker::net::NetConfig;
 use crate::broker::{CommandPattern, Grant, UrlPattern};
 use crate::engine::CompileCacheConfig;
 
+use file::{FileCache, FileConfig, FileNet, FileRelay};
 pub use operator::OperatorConfig;
 
 /// The default listen address of `tether serve`.
@@ -207,110 +207,6 @@ impl Default for LimitsConfig {
             host_call_bytes: 1 << 20,
         }
     }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    #[serde(default)]
-    lifecycle: FileLifecycle,
-    #[serde(default)]
-    limits: FileLimits,
-    #[serde(default)]
-    health: FileHealth,
-    #[serde(default)]
-    restart: FileRestart,
-    #[serde(default)]
-    providers: BTreeMap<String, FileGrant>,
-    #[serde(default)]
-    relay: FileRelay,
-    #[serde(default)]
-    net: FileNet,
-    #[serde(default)]
-    cache: FileCache,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileCache {
-    enabled: Option<bool>,
-    dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileRelay {
-    window_messages: Option<usize>,
-    window_kib: Option<usize>,
-    max_message_kib: Option<usize>,
-    max_connections: Option<usize>,
-    ping_interval_secs: Option<u64>,
-    idle_timeout_secs: Option<u64>,
-    session_ttl_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileHealth {
-    interval_ms: Option<u64>,
-    timeout_ms: Option<u64>,
-    failure_threshold: Option<u32>,
-    runtime_grace_ms: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileRestart {
-    initial_backoff_ms: Option<u64>,
-    max_backoff_ms: Option<u64>,
-    max_retries: Option<u32>,
-    stable_after_ms: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileNet {
-    connect_timeout_ms: Option<u64>,
-    first_byte_timeout_ms: Option<u64>,
-    max_connections: Option<usize>,
-    #[serde(default)]
-    hosts: BTreeMap<String, IpAddr>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileLifecycle {
-    start_timeout_secs: Option<u64>,
-    stop_timeout_secs: Option<u64>,
-    call_timeout_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileLimits {
-    memory_mib: Option<usize>,
-    max_processes: Option<usize>,
-    max_resources: Option<usize>,
-}
-
-/// `[providers.NAME]`: a grant (any of the first four keys replaces the built-in
-/// default grant as a whole) and operator config.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileGrant {
-    commands: Option<Vec<FileCommand>>,
-    env: Option<Vec<String>>,
-    urls: Option<Vec<String>>,
-    directories: Option<Vec<PathBuf>>,
-    config: Option<toml::Table>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileCommand {
-    program: String,
-    #[serde(default)]
-    args: Vec<String>,
 }
 
 impl ServeConfig {
@@ -605,132 +501,4 @@ fn relay_config(file: FileRelay) -> Result<RelayConfig, ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn load(text: &str) -> Result<ServeConfig, ConfigError> {
-        let dir = tempfile::tempdir().map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let path = dir.path().join("tether.toml");
-        std::fs::write(&path, text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        ServeConfig::load(
-            "127.0.0.1:0"
-                .parse()
-                .map_err(|_| ConfigError::Invalid("addr".into()))?,
-            dir.path().to_owned(),
-            &path,
-        )
-    }
-
-    #[test]
-    fn missing_file_gives_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = ServeConfig::load(
-            "127.0.0.1:0".parse().unwrap(),
-            dir.path().to_owned(),
-            &dir.path().join("nope.toml"),
-        )
-        .unwrap();
-        assert_eq!(c.lifecycle.start_timeout, Duration::from_secs(60));
-        assert_eq!(c.grant_for("local-process").commands.len(), 1);
-        assert!(c.grant_for("someone-else").commands.is_empty());
-    }
-
-    #[test]
-    fn operator_grant_replaces_default() {
-        let c = load(
-            "[providers.local-process]\ncommands = [{ program = \"python3\", args = [\"-m\", \"*\"] }]\n",
-        )
-        .unwrap();
-        let g = c.grant_for("local-process");
-        assert_eq!(g.commands.len(), 1);
-        assert_eq!(g.commands[0].program(), "python3");
-    }
-
-    #[test]
-    fn config_only_table_keeps_the_default_grant() {
-        let c = load("[providers.local-process]\nconfig = { command = \"x\" }\n").unwrap();
-        assert_eq!(c.grant_for("local-process").commands.len(), 1);
-        let merged = c.merged_config("local-process", &serde_json::Map::new());
-        assert_eq!(merged["command"], "x");
-        let c = load("[providers.http-sandbox]\nurls = [\"http://127.0.0.1:*\"]\nconfig = { apiKey = \"k\" }\n")
-            .unwrap();
-        assert_eq!(c.grant_for("http-sandbox").urls.len(), 1);
-        assert!(!format!("{c:?}").contains("\"k\""));
-        assert!(matches!(
-            load("[providers.x]\nconfig = 3\n"),
-            Err(ConfigError::Parse { .. })
-        ));
-    }
-
-    #[test]
-    fn relay_section_is_read_and_checked() {
-        let c = load("[relay]\nwindow_messages = 20000\nmax_message_kib = 64\n").unwrap();
-        assert_eq!(c.relay.window_messages, 20000);
-        assert_eq!(c.relay.max_message_bytes, 64 << 10);
-        assert!(matches!(
-            load("[relay]\nmax_connections = 0\n"),
-            Err(ConfigError::Invalid(_))
-        ));
-        assert!(matches!(
-            load("[relay]\nping_interval_secs = 50\n"),
-            Err(ConfigError::Invalid(_))
-        ));
-    }
-
-    #[test]
-    fn urls_directories_and_net_settings_parse() {
-        let c = load(
-            "[providers.x]\nurls = [\"https://*.example.com\"]\ndirectories = [\"/srv/repos\"]\n\
-             [net]\nconnect_timeout_ms = 250\nmax_connections = 3\n\
-             [net.hosts]\n\"Metadata.Test\" = \"169.254.169.254\"\n",
-        )
-        .unwrap();
-        let g = c.grant_for("x");
-        assert_eq!(g.urls[0].to_string(), "https://*.example.com:443");
-        assert_eq!(g.directories, vec![PathBuf::from("/srv/repos")]);
-        assert_eq!(c.net.connect_timeout, Duration::from_millis(250));
-        assert_eq!(c.net.max_connections, 3);
-        assert_eq!(
-            c.net.hosts.get("metadata.test"),
-            Some(&IpAddr::from([169, 254, 169, 254]))
-        );
-        assert!(matches!(
-            load("[providers.x]\nurls = [\"nope\"]\n"),
-            Err(ConfigError::Invalid(_))
-        ));
-        assert!(matches!(
-            load("[providers.x]\ndirectories = [\"relative\"]\n"),
-            Err(ConfigError::Invalid(_))
-        ));
-    }
-
-    #[test]
-    fn the_compile_cache_defaults_to_the_data_dir_and_can_move_or_be_off() {
-        let c = load("").unwrap();
-        let dir = c.compile_cache.dir.clone().unwrap();
-        assert_eq!(dir, c.data_dir.join(".codebolt/cache"));
-        let c = load("[cache]\ndir = \"/var/cache/tether\"\n").unwrap();
-        assert_eq!(
-            c.compile_cache.dir,
-            Some(PathBuf::from("/var/cache/tether"))
-        );
-        let c = load("[cache]\nenabled = false\n").unwrap();
-        assert_eq!(c.compile_cache, CompileCacheConfig::disabled());
-        assert!(matches!(
-            load("[cache]\ndir = \"cache\"\n"),
-            Err(ConfigError::Invalid(_))
-        ));
-    }
-
-    #[test]
-    fn unknown_keys_and_zero_timeouts_are_errors() {
-        assert!(matches!(
-            load("bogus = 1\n"),
-            Err(ConfigError::Parse { .. })
-        ));
-        assert!(matches!(
-            load("[lifecycle]\nstart_timeout_secs = 0\n"),
-            Err(ConfigError::Invalid(_))
-        ));
-    }
-}
+mod tests;
