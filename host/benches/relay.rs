@@ -70,9 +70,12 @@ async fn run(pairs: Vec<usize>) -> Res<()> {
     let most = pairs.iter().copied().max().unwrap_or(1);
     let dir = tempfile::tempdir()?;
     let server = Server::start(dir.path())?;
+    let host_pid = server.child.id().to_string();
+    let rss_before = rss_kib(&host_pid);
     eprintln!("creating {most} handoff environments…");
     let runtimes = server.environments(most).await?;
     server.settle().await?;
+    let rss_after = rss_kib(&host_pid);
     println!(
         "| pairs | direct rt/s | relay rt/s | direct p50 | relay p50 | direct p99 | relay p99 | p99 relay/direct |"
     );
@@ -106,8 +109,28 @@ async fn run(pairs: Vec<usize>) -> Res<()> {
     for row in cpu_rows {
         println!("{row}");
     }
+    if let (Some(before), Some(after)) = (rss_before, rss_after) {
+        println!();
+        println!(
+            "host resident memory: {before} KiB empty, {after} KiB with {most} running `handoff` \
+             environments (instance, record, hub; no runtime connected): {:.1} KiB each",
+            after.saturating_sub(before) as f64 / most.max(1) as f64
+        );
+    }
     server.stop();
     Ok(())
+}
+
+/// Resident memory of process `pid` in KiB, from `/proc/<pid>/status`.
+fn rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// CPU time (user + system, all threads) process `pid` has used so far, from
