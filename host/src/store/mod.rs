@@ -368,17 +368,20 @@ impl Store {
     /// Makes the newest in-memory state durable unless a write already covered it.
     async fn persist(&self) -> Result<(), StoreError> {
         let mut written = self.writer.lock().await;
-        let (version, bytes, keep_invalid) = self.with(|s| {
-            s.doc.version = FORMAT_VERSION;
-            (
-                s.version,
-                serde_json::to_vec_pretty(&s.doc),
-                s.invalid.is_some(),
-            )
-        });
-        if version <= *written {
+        // Writers queue here; the first one's write covers every mutation made before
+        // it serialised, so the others return without serialising the whole document.
+        let Some((version, bytes, keep_invalid)) = self.with(|s| {
+            (s.version > *written).then(|| {
+                s.doc.version = FORMAT_VERSION;
+                (
+                    s.version,
+                    serde_json::to_vec_pretty(&s.doc),
+                    s.invalid.is_some(),
+                )
+            })
+        }) else {
             return Ok(());
-        }
+        };
         let bytes = bytes.map_err(|e| StoreError::Invalid {
             path: self.path.clone(),
             reason: e.to_string(),
