@@ -167,6 +167,8 @@ struct State {
     version: u64,
     /// SHA-256 of the file as last read or written by this host.
     disk_sha: Option<[u8; 32]>,
+    /// Size of the last write, to size the next one's buffer up front.
+    last_len: usize,
     /// Why the file on disk is not usable, while it is not.
     invalid: Option<String>,
 }
@@ -224,6 +226,7 @@ impl Store {
                 doc,
                 version: 0,
                 disk_sha,
+                last_len: 0,
                 invalid,
             }),
             writer: tokio::sync::Mutex::new(0),
@@ -373,11 +376,10 @@ impl Store {
         let Some((version, bytes, keep_invalid)) = self.with(|s| {
             (s.version > *written).then(|| {
                 s.doc.version = FORMAT_VERSION;
-                (
-                    s.version,
-                    serde_json::to_vec_pretty(&s.doc),
-                    s.invalid.is_some(),
-                )
+                // Growing the buffer from empty copied the document over and over.
+                let mut bytes = Vec::with_capacity(s.last_len + s.last_len / 8);
+                let serialised = serde_json::to_writer_pretty(&mut bytes, &s.doc).map(|()| bytes);
+                (s.version, serialised, s.invalid.is_some())
             })
         }) else {
             return Ok(());
@@ -387,6 +389,7 @@ impl Store {
             reason: e.to_string(),
         })?;
         let digest = sha(&bytes);
+        let len = bytes.len();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             if keep_invalid {
@@ -402,6 +405,7 @@ impl Store {
         self.with(|s| {
             s.disk_sha = Some(digest);
             s.invalid = None;
+            s.last_len = len;
         });
         *written = version;
         Ok(())
