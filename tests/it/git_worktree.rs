@@ -198,13 +198,7 @@ async fn a_worktree_environment_lives_through_restarts_and_goes_on_delete() {
     assert_eq!(worktrees(&repo).len(), 2, "still exactly one worktree");
 
     // Delete while stopped: a fresh instance removes the worktree; the branch stays.
-    let (status, _) = server
-        .call("POST", &format!("/api/v1/environments/{id}/stop"), None)
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    server
-        .wait_env(&id, "stopped", |e| e["status"] == "stopped")
-        .await;
+    server.stop_env(&id).await;
     let (status, _) = server
         .call("DELETE", &format!("/api/v1/environments/{id}"), None)
         .await;

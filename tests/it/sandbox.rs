@@ -266,12 +266,7 @@ async fn a_lost_sandbox_is_recreated_and_a_stopped_environment_deletes_its_sandb
     let first = env["resourceId"].as_str().expect("resource").to_owned();
 
     // Deleted behind the host's back while the environment is stopped.
-    server
-        .call("POST", &format!("/api/v1/environments/{id}/stop"), None)
-        .await;
-    server
-        .wait_env(&id, "stopped", |e| e["status"] == "stopped")
-        .await;
+    server.stop_env(&id).await;
     let (status, _) = service
         .call(reqwest::Method::DELETE, &format!("/v1/sandboxes/{first}"))
         .await;
@@ -309,12 +304,7 @@ async fn a_lost_sandbox_is_recreated_and_a_stopped_environment_deletes_its_sandb
     assert_eq!(env["resourceId"], third["id"]);
 
     // Deleting a stopped environment still deletes its sandbox (a fresh instance).
-    server
-        .call("POST", &format!("/api/v1/environments/{id}/stop"), None)
-        .await;
-    server
-        .wait_env(&id, "stopped", |e| e["status"] == "stopped")
-        .await;
+    server.stop_env(&id).await;
     assert_eq!(
         service.only_sandbox().await["processes"],
         json!([]),

@@ -97,13 +97,7 @@ async fn local_process_environment_end_to_end() {
     );
 
     // Stop: the runtime process is gone and the file says stopped.
-    let (status, _) = server
-        .call("POST", &format!("/api/v1/environments/{id}/stop"), None)
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    server
-        .wait_env(&id, "stopped", |e| e["status"] == "stopped")
-        .await;
+    server.stop_env(&id).await;
     wait_gone(runtime_pid).await;
     let record = find(&server.records(), &id).expect("record kept");
     assert_eq!(record["desiredState"], "stopped");

@@ -164,6 +164,16 @@ impl Server {
         }
     }
 
+    /// Stops environment `id` through the API and waits until it is `stopped`.
+    pub async fn stop_env(&self, id: &str) -> Value {
+        let (status, body) = self
+            .call("POST", &format!("/api/v1/environments/{id}/stop"), None)
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        self.wait_env(id, "stopped", |e| e["status"] == "stopped")
+            .await
+    }
+
     /// Creates a started environment and waits until its runtime is connected.
     pub async fn running_env(&self, name: &str, provider: &str, config: Value) -> Value {
         let (status, env) = self
