@@ -16,6 +16,7 @@
 //!   either side resume without loss inside a bounded window (`docs/protocol.md`).
 //! - [`auth`] holds the API token and mints runtime tokens; [`config`] the operator's
 //!   settings from flags and `tether.toml`.
+//! - [`names`] is the one rule for names that become paths (environments, providers).
 //! - [`reference_runtime`] is the runtime `tether runtime` runs inside an environment;
 //!   [`scaffold`] writes a new provider crate (`tether provider new`).
 
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod lifecycle;
+pub mod names;
 pub mod reference_runtime;
 pub mod relay;
 pub mod scaffold;

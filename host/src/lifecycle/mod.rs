@@ -436,22 +436,7 @@ impl Manager {
 }
 
 fn validate_name(name: &str) -> Result<(), LifecycleError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(LifecycleError::Invalid(format!(
-            "invalid name {name:?}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )))
-    }
+    crate::names::validate("environment", name).map_err(|e| LifecycleError::Invalid(e.to_string()))
 }
 
 /// RFC 7386 merge patch: `null` removes a key, objects merge, anything else replaces.
@@ -483,16 +468,6 @@ fn merge_patch(target: &mut Map<String, Value>, patch: Map<String, Value>) {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn names_must_be_safe_directory_names() {
-        for good in ["a", "dev-1", "x.y_z", "A9"] {
-            assert!(validate_name(good).is_ok(), "{good}");
-        }
-        for bad in ["", "..", ".hidden", "a/b", "a b", "-x", &"n".repeat(65)] {
-            assert!(validate_name(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn merge_patch_follows_rfc_7386() {
