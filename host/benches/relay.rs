@@ -21,36 +21,26 @@
 //! buffer instead (in both cases alike): tungstenite zero-fills that much per read, and
 //! its 128 KiB default makes the clients heavy enough to hide part of the relay's cost.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Barrier;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Message, http::HeaderValue};
+use tokio_tungstenite::tungstenite::Message;
 
-#[allow(dead_code, unreachable_pub)] // generated: one constant per guest, not all used here
-mod guests {
-    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
-}
+use support::{Res, Server, TOKEN, Ws, client_config, connect, cpu_time, echo, rss_kib, us};
 
-const TOKEN: &str = "bench-token-0123456789abcdef";
 const PAYLOAD: usize = 1024;
 /// Round trips per case, spread over its pairs (at least `MIN_PER_PAIR` each).
 const ROUND_TRIPS: usize = 20_000;
 const MIN_PER_PAIR: usize = 20;
 /// Longest any one case may run.
 const CASE_LIMIT: Duration = Duration::from_secs(120);
-
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 fn main() -> Res<()> {
     let pairs: Vec<usize> = std::env::args()
@@ -69,7 +59,7 @@ fn main() -> Res<()> {
 async fn run(pairs: Vec<usize>) -> Res<()> {
     let most = pairs.iter().copied().max().unwrap_or(1);
     let dir = tempfile::tempdir()?;
-    let server = Server::start(dir.path())?;
+    let server = Server::start(dir.path(), "[relay]\nmax_connections = 16\n", &[])?;
     let host_pid = server.child.id().to_string();
     let rss_before = rss_kib(&host_pid);
     eprintln!("creating {most} handoff environments…");
@@ -121,30 +111,6 @@ async fn run(pairs: Vec<usize>) -> Res<()> {
     Ok(())
 }
 
-/// Resident memory of process `pid` in KiB, from `/proc/<pid>/status`.
-fn rss_kib(pid: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// CPU time (user + system, all threads) process `pid` has used so far, from
-/// `/proc/<pid>/stat`; `None` where there is no such file.
-fn cpu_time(pid: &str) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name, which may itself hold spaces;
-    // utime and stime are fields 14 and 15 of the whole line.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // USER_HZ is 100 on every Linux this runs on.
-    Some(Duration::from_millis(ticks * 10))
-}
-
 /// `cpu` per round trip of `outcome`, in µs.
 fn per_rt(cpu: Option<Duration>, outcome: &Outcome) -> String {
     match cpu {
@@ -153,14 +119,6 @@ fn per_rt(cpu: Option<Duration>, outcome: &Outcome) -> String {
             cpu.as_secs_f64() * 1e6 / outcome.hist.len() as f64
         ),
         None => "n/a".into(),
-    }
-}
-
-fn us(v: u64) -> String {
-    if v >= 1000 {
-        format!("{:.2} ms", v as f64 / 1000.0)
-    } else {
-        format!("{v} µs")
     }
 }
 
@@ -177,194 +135,6 @@ struct Outcome {
 impl Outcome {
     fn rate(&self) -> f64 {
         self.hist.len() as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-/// A `tether serve` child with the `handoff` provider dropped in.
-struct Server {
-    child: Child,
-    base: String,
-    data_dir: std::path::PathBuf,
-    http: reqwest::Client,
-}
-
-impl Server {
-    fn start(dir: &std::path::Path) -> Res<Self> {
-        let providers = dir.join(".codebolt/providers");
-        std::fs::create_dir_all(&providers)?;
-        std::fs::copy(guests::HANDOFF, providers.join("handoff.wasm"))?;
-        std::fs::write(dir.join("tether.toml"), "[relay]\nmax_connections = 16\n")?;
-        // A profiler to run the host under, if asked for (see the top of this file).
-        let wrap = std::env::var("RELAY_BENCH_WRAP").unwrap_or_default();
-        let mut words = wrap.split_whitespace();
-        let mut command = match words.next() {
-            Some(program) => {
-                let mut c = Command::new(program);
-                c.args(words).arg(env!("CARGO_BIN_EXE_tether"));
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_tether")),
-        };
-        let mut child = command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .arg("--config")
-            .arg(dir.join("tether.toml"))
-            .env("TETHER_API_TOKEN", TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
-            let line = lines.next().ok_or("server exited")??;
-            if let Some(url) = line.strip_prefix("tether listening on ") {
-                break url.trim().to_owned();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        Ok(Self {
-            child,
-            base,
-            data_dir: dir.to_owned(),
-            http: reqwest::Client::new(),
-        })
-    }
-
-    /// Creates `n` started environments; returns each one's (id, runtime URL, token).
-    async fn environments(&self, n: usize) -> Res<Vec<(String, String, String)>> {
-        let mut out = Vec::with_capacity(n);
-        for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
-            let mut ids = Vec::new();
-            for i in chunk {
-                let body = json!({"name": format!("b{i}"), "provider": "handoff", "start": true});
-                let env: Value = self
-                    .http
-                    .post(format!("{}/api/v1/environments", self.base))
-                    .bearer_auth(TOKEN)
-                    .json(&body)
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                ids.push((*i, env["id"].as_str().ok_or("no id")?.to_owned()));
-            }
-            for (i, id) in ids {
-                let file = self
-                    .data_dir
-                    .join(format!(".codebolt/environments/b{i}/runtime.json"));
-                let deadline = Instant::now() + Duration::from_secs(60);
-                let handoff: Value = loop {
-                    if let Ok(text) = std::fs::read_to_string(&file) {
-                        break serde_json::from_str(&text)?;
-                    }
-                    if Instant::now() > deadline {
-                        return Err(format!("environment b{i} never started").into());
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                };
-                let field = |k: &str| handoff[k].as_str().map(str::to_owned).ok_or("field");
-                out.push((id, field("url")?, field("token")?));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Waits until every environment is `running` and the records file has stopped
-    /// changing, so the starts' own bookkeeping is not measured as relay cost.
-    async fn settle(&self) -> Res<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let envs: Value = self
-                .http
-                .get(format!("{}/api/v1/environments", self.base))
-                .bearer_auth(TOKEN)
-                .send()
-                .await?
-                .json()
-                .await?;
-            let all_running = envs
-                .as_array()
-                .is_some_and(|l| l.iter().all(|e| e["status"] == "running"));
-            if all_running {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err("environments never all ran".into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let records = self.data_dir.join(".codebolt/environments.json");
-        let modified = || std::fs::metadata(&records).and_then(|m| m.modified()).ok();
-        let mut last = modified();
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let now = modified();
-            if now == last || Instant::now() > deadline {
-                return Ok(());
-            }
-            last = now;
-        }
-    }
-
-    fn ws(&self, path: &str) -> String {
-        format!("{}{path}", self.base.replacen("http://", "ws://", 1))
-    }
-
-    /// Asks the host to shut down (so a profiler around it writes its report), and
-    /// kills it if it has not within a few seconds.
-    fn stop(mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The clients' socket settings: tungstenite's defaults unless the environment says.
-fn client_config() -> Option<WebSocketConfig> {
-    let read = std::env::var("RELAY_BENCH_CLIENT_READ")
-        .ok()?
-        .parse()
-        .ok()?;
-    Some(WebSocketConfig::default().read_buffer_size(read))
-}
-
-async fn connect(url: &str, token: Option<&str>) -> Res<Ws> {
-    let mut req = url.into_client_request()?;
-    if let Some(token) = token {
-        req.headers_mut().insert(
-            "authorization",
-            HeaderValue::from_str(&format!("Bearer {token}"))?,
-        );
-    }
-    Ok(
-        tokio_tungstenite::connect_async_with_config(req, client_config(), false)
-            .await?
-            .0,
-    )
-}
-
-/// Answers every text frame with itself: the runtime of both cases.
-async fn echo(mut ws: Ws) {
-    while let Some(Ok(msg)) = ws.next().await {
-        if let Message::Text(text) = msg
-            && ws.send(Message::Text(text)).await.is_err()
-        {
-            return;
-        }
     }
 }
 

@@ -136,6 +136,8 @@ pub struct LimitsConfig {
     /// Bytes a single host call may be asked to produce or hold (random bytes,
     /// HTTP header fields).
     pub host_call_bytes: usize,
+    /// Worker threads of the guest executor (see `engine::executor`).
+    pub guest_threads: usize,
 }
 
 /// Health checking of running environments.
@@ -196,6 +198,15 @@ impl Default for LifecycleConfig {
     }
 }
 
+/// Workers of the guest executor unless configured: one less than the machine's cores,
+/// at least one, so the API and the relay always keep a core whatever guests do.
+fn default_guest_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().saturating_sub(1))
+        .unwrap_or(1)
+        .max(1)
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
@@ -204,6 +215,7 @@ impl Default for LimitsConfig {
             output_tail_bytes: 64 << 10,
             max_state_entries: 64,
             max_resources: 4096,
+            guest_threads: default_guest_threads(),
             host_call_bytes: 1 << 20,
         }
     }
@@ -334,6 +346,14 @@ impl ServeConfig {
         self.relay = relay_config(file.relay)?;
         if let Some(n) = file.limits.max_resources {
             self.limits.max_resources = n;
+        }
+        if let Some(n) = file.limits.guest_threads {
+            if n > 256 {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.guest_threads must be 0-256, not {n}"
+                )));
+            }
+            self.limits.guest_threads = n;
         }
         for (name, grant) in file.providers {
             if let Some(table) = grant.config {

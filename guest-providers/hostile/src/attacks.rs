@@ -63,9 +63,8 @@ pub(crate) fn run(config: &Value, children: &mut Vec<Child>) -> Result<String, P
         "tcp" => std::net::TcpStream::connect(text(config, "addr")?)
             .map(|_| "TCP connected".to_owned())
             .map_err(|e| ProviderError::denied(format!("TCP connect refused: {e}"))),
-        "spin" => loop {
-            black_box(());
-        },
+        "spin" => spin(),
+        "spin-health" => Ok("will spin in check-health".to_owned()),
         "alloc" => allocate_4gib(),
         "recurse" => Ok(format!("recursed {}", recurse(black_box(0)))),
         "panic" => panic!("hostile provider panics on purpose"),
@@ -82,6 +81,13 @@ pub(crate) fn run(config: &Value, children: &mut Vec<Child>) -> Result<String, P
         other => Err(ProviderError::invalid_input(format!(
             "unknown attack {other:?}"
         ))),
+    }
+}
+
+/// Burns CPU without ever calling the host.
+pub(crate) fn spin() -> ! {
+    loop {
+        black_box(());
     }
 }
 

@@ -22,6 +22,8 @@ use tether_provider_sdk::{
 #[derive(Default)]
 struct Hostile {
     children: Vec<Child>,
+    /// `spin-health`: start fine, then spin in every `check-health`.
+    spin_in_health: bool,
 }
 
 impl Provider for Hostile {
@@ -50,12 +52,20 @@ impl Provider for Hostile {
     fn setup(&mut self, init: &InitVars) -> Result<StartResult, ProviderError> {
         let config: Value = serde_json::from_str(&init.config)
             .map_err(|e| ProviderError::invalid_input(format!("config: {e}")))?;
+        self.spin_in_health = config.get("attack").and_then(Value::as_str) == Some("spin-health");
         let outcome = attacks::run(&config, &mut self.children)?;
         Ok(StartResult {
             resource_id: format!("hostile-{}", init.environment_id),
             workspace_path: init.workspace_host_path.clone(),
             metadata: vec![Entry::new("outcome", outcome)],
         })
+    }
+
+    fn check_health(&mut self) -> tether_provider_sdk::Health {
+        if self.spin_in_health {
+            attacks::spin();
+        }
+        tether_provider_sdk::Health::healthy()
     }
 
     fn teardown(&mut self) -> Result<(), ProviderError> {

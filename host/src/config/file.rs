@@ -90,6 +90,7 @@ pub(super) struct FileLimits {
     pub(super) memory_mib: Option<usize>,
     pub(super) max_processes: Option<usize>,
     pub(super) max_resources: Option<usize>,
+    pub(super) guest_threads: Option<usize>,
 }
 
 /// `[providers.NAME]`: a grant (any of the first four keys replaces the built-in

@@ -8,17 +8,18 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use super::bindings::{AnyBindings, AnyPre};
+use super::executor::GuestExecutor;
 use super::host::http::NetHooks;
 use super::host::log::LogBudget;
 use super::types::{
@@ -45,6 +46,8 @@ pub struct HostState {
     pub(crate) events: Option<mpsc::UnboundedSender<ProviderEvent>>,
     pub(crate) state: BTreeMap<String, String>,
     pub(crate) max_state_entries: usize,
+    /// When the call in progress must end; the epoch callback traps past it.
+    deadline: Instant,
 }
 
 impl WasiView for HostState {
@@ -110,6 +113,7 @@ impl HostState {
             events,
             state,
             max_state_entries: limits.max_state_entries,
+            deadline: Instant::now(),
         }
     }
 
@@ -193,8 +197,22 @@ pub(crate) fn new_store(
 pub(crate) fn configured_store(engine: &wasmtime::Engine, state: HostState) -> Store<HostState> {
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
-    store.epoch_deadline_trap();
+    // At every tick a running guest yields to the guest executor, so guests share its
+    // workers a tick at a time; past the call's deadline it traps instead.
+    store.epoch_deadline_callback(|store| {
+        if Instant::now() >= store.data().deadline {
+            Err(Trap::Interrupt.into())
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
     store
+}
+
+/// Gives the next guest call `timeout` of running time before it traps.
+pub(crate) fn arm_deadline(store: &mut Store<HostState>, timeout: Duration) {
+    store.data_mut().deadline = Instant::now() + timeout;
+    store.set_epoch_deadline(1);
 }
 
 struct Job {
@@ -248,32 +266,53 @@ impl ProviderHandle {
 }
 
 pub(crate) async fn instantiate(
-    pre: &AnyPre,
+    guests: &GuestExecutor,
+    pre: AnyPre,
     mut store: Store<HostState>,
     provider: String,
     version: String,
     sha256: String,
     limits: LimitsConfig,
 ) -> Result<ProviderHandle, EngineError> {
-    // Instantiation runs the guest's start-up code: bound it like any call.
-    store.set_epoch_deadline(ticks(Duration::from_secs(10)));
+    const START_UP: Duration = Duration::from_secs(10);
     let env_id = store.data().env_id.clone();
-    let bindings = pre
-        .instantiate(&mut store)
-        .await
-        .map_err(|e| EngineError::Instantiate(format!("{e:#}")))?;
     let (tx, rx) = mpsc::channel(64);
     let cancel = CancellationToken::new();
     let (done, finished) = watch::channel(false);
+    let (ready, started) = oneshot::channel();
     let span = tracing::info_span!("provider", env = %env_id, provider = %provider);
     let actor_cancel = cancel.clone();
-    tokio::spawn(
+    guests.spawn(
         async move {
+            // Instantiation runs the guest's start-up code: bound it like any call.
+            arm_deadline(&mut store, START_UP);
+            let instantiated =
+                tokio::time::timeout(START_UP + TICK * 5, pre.instantiate(&mut store)).await;
+            let bindings = match instantiated {
+                Ok(Ok(bindings)) => bindings,
+                Ok(Err(e)) => {
+                    let _ = ready.send(Err(EngineError::Instantiate(format!("{e:#}"))));
+                    return;
+                }
+                Err(_) => {
+                    let _ = ready.send(Err(EngineError::Instantiate(format!(
+                        "start-up code did not finish within {} s",
+                        START_UP.as_secs()
+                    ))));
+                    return;
+                }
+            };
+            if ready.send(Ok(())).is_err() {
+                return;
+            }
             run(store, bindings, rx, actor_cancel, limits).await;
             let _ = done.send(true);
         }
         .instrument(span),
     );
+    started
+        .await
+        .map_err(|_| EngineError::Instantiate("the guest executor has shut down".into()))??;
     Ok(ProviderHandle {
         tx,
         cancel,
@@ -282,10 +321,6 @@ pub(crate) async fn instantiate(
         version,
         sha256,
     })
-}
-
-fn ticks(timeout: Duration) -> u64 {
-    (timeout.as_millis() / TICK.as_millis()).max(1) as u64 + 1
 }
 
 /// Turns a trap into an error a person can act on.
@@ -354,7 +389,7 @@ async fn run(
             let _ = job.reply.send(Err(CallError::Closed(reason.clone())));
             continue;
         }
-        store.set_epoch_deadline(ticks(job.timeout));
+        arm_deadline(&mut store, job.timeout);
         // The epoch deadline catches a spinning guest; the wall-clock timeout catches
         // one parked in a host call. Either way the store is abandoned.
         let grace = job.timeout + TICK * 5;

@@ -14,6 +14,7 @@ mod cache;
 mod dir_watch;
 mod dispatch;
 mod dropins;
+mod executor;
 mod host;
 pub mod instance;
 pub mod types;
@@ -118,6 +119,7 @@ pub struct Engine {
     failures: RwLock<Vec<LoadFailure>>,
     compile_cache: Option<wasmtime::Cache>,
     dropins: dropins::DropIns,
+    guests: executor::GuestExecutor,
 }
 
 impl std::fmt::Debug for Engine {
@@ -152,6 +154,7 @@ impl Engine {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(setup)?;
         bindings::add_to_linker(&mut linker).map_err(setup)?;
         spawn_ticker(&wasm);
+        let guests = executor::GuestExecutor::new(limits.guest_threads)?;
         Ok(Self {
             wasm,
             linker,
@@ -161,6 +164,7 @@ impl Engine {
             failures: RwLock::new(Vec::new()),
             compile_cache,
             dropins: Default::default(),
+            guests,
         })
     }
 
@@ -213,15 +217,20 @@ impl Engine {
         let info_err = |e: wasmtime::Error| EngineError::Info(format!("{e:#}"));
         let mut store =
             instance::configured_store(&self.wasm, HostState::detached("?", &self.limits));
-        store.set_epoch_deadline((Duration::from_secs(5).as_millis() / TICK.as_millis()) as u64);
+        instance::arm_deadline(&mut store, Duration::from_secs(5));
+        let pre = pre.clone();
         // The epoch deadline traps a spinning guest; the wall clock bounds one parked
-        // in a host call.
-        let probe = async {
-            let bindings = pre.instantiate(&mut store).await?;
-            bindings.info(&mut store).await
-        };
-        let info = tokio::time::timeout(Duration::from_secs(6), probe)
+        // in a host call. Guest code runs on the guest executor, never on the caller's.
+        let probe = self.guests.spawn(async move {
+            let call = async {
+                let bindings = pre.instantiate(&mut store).await?;
+                bindings.info(&mut store).await
+            };
+            tokio::time::timeout(Duration::from_secs(6), call).await
+        });
+        let info = probe
             .await
+            .map_err(|e| EngineError::Info(format!("the info() probe was lost: {e}")))?
             .map_err(|_| EngineError::Info("info() did not return within 6 s".into()))?
             .map_err(info_err)?;
         ProviderDescription::from_wit(info).map_err(EngineError::Info)
@@ -260,7 +269,8 @@ impl Engine {
         let name = provider.description.name.clone();
         let store = instance::new_store(&self.wasm, &name, setup, &self.limits, &self.net)?;
         instance::instantiate(
-            &provider.pre,
+            &self.guests,
+            provider.pre.clone(),
             store,
             name,
             provider.description.version.clone(),

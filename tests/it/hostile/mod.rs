@@ -6,6 +6,7 @@
 
 mod net;
 mod rig;
+mod spin;
 
 use serde_json::json;
 

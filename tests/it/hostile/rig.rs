@@ -162,10 +162,14 @@ impl Rig {
         (env["id"].as_str().expect("id").to_owned(), error)
     }
 
-    /// `/healthz` answers and the good environment still relays.
+    /// `/healthz` answers within a second and the good environment still relays.
     pub async fn assert_host_fine(&mut self) {
+        let asked = Instant::now();
         let (status, _) = self.server.call("GET", "/healthz", None).await;
         assert_eq!(status, StatusCode::OK);
+        let took = asked.elapsed();
+        // Generous: the figure itself is the `spin` benchmark's; this catches a stall.
+        assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
         self.echo().await;
         let (_, good) = self
             .server

@@ -115,6 +115,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 }
 
 /// A provider component ready to instantiate, in the version it was built against.
+#[derive(Clone)]
 pub(crate) enum AnyPre {
     V0_1(v0_1::ProviderWorldPre<HostState>),
     V0_2(ProviderWorldPre<HostState>),

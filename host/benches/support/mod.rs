@@ -1,0 +1,266 @@
+//! What the benchmarks that drive a real `tether serve` share: the host process (with
+//! `handoff` environments whose runtime the benchmark itself plays), WebSocket clients,
+//! and readings of a process's memory and CPU time from `/proc`.
+
+#![allow(dead_code)] // each benchmark uses its own part
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, http::HeaderValue};
+
+/// Paths of the guest components built for tests and benchmarks.
+#[allow(dead_code, unreachable_pub)] // generated: one constant per guest, not all used here
+pub(crate) mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+/// The API token every benchmark host runs with.
+pub(crate) const TOKEN: &str = "bench-token-0123456789abcdef";
+
+/// What benchmark code returns.
+pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Resident memory of process `pid` in KiB, from `/proc/<pid>/status`.
+pub(crate) fn rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// CPU time (user + system, all threads) process `pid` has used so far, from
+/// `/proc/<pid>/stat`; `None` where there is no such file.
+pub(crate) fn cpu_time(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name, which may itself hold spaces;
+    // utime and stime are fields 14 and 15 of the whole line.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Microseconds, or milliseconds past 1,000 µs.
+pub(crate) fn us(v: u64) -> String {
+    if v >= 1000 {
+        format!("{:.2} ms", v as f64 / 1000.0)
+    } else {
+        format!("{v} µs")
+    }
+}
+
+/// A `tether serve` child with the `handoff` provider (and any others asked for)
+/// dropped in.
+pub(crate) struct Server {
+    /// The host process.
+    pub(crate) child: Child,
+    /// Its `http://` base URL.
+    pub(crate) base: String,
+    data_dir: std::path::PathBuf,
+    /// A client for its API.
+    pub(crate) http: reqwest::Client,
+}
+
+impl Server {
+    /// Starts a host on `dir` with `tether_toml` and the components `drop_ins` (file
+    /// name, path) besides `handoff`.
+    pub(crate) fn start(
+        dir: &std::path::Path,
+        tether_toml: &str,
+        drop_ins: &[(&str, &str)],
+    ) -> Res<Self> {
+        let providers = dir.join(".codebolt/providers");
+        std::fs::create_dir_all(&providers)?;
+        std::fs::copy(guests::HANDOFF, providers.join("handoff.wasm"))?;
+        for (name, path) in drop_ins {
+            std::fs::copy(path, providers.join(name))?;
+        }
+        std::fs::write(dir.join("tether.toml"), tether_toml)?;
+        // A profiler to run the host under, if asked for (see the top of this file).
+        let wrap = std::env::var("RELAY_BENCH_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(words).arg(env!("CARGO_BIN_EXE_tether"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_tether")),
+        };
+        let mut child = command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .arg("--config")
+            .arg(dir.join("tether.toml"))
+            .env("TETHER_API_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines.next().ok_or("server exited")??;
+            if let Some(url) = line.strip_prefix("tether listening on ") {
+                break url.trim().to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Self {
+            child,
+            base,
+            data_dir: dir.to_owned(),
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// Creates `n` started environments; returns each one's (id, runtime URL, token).
+    pub(crate) async fn environments(&self, n: usize) -> Res<Vec<(String, String, String)>> {
+        let mut out = Vec::with_capacity(n);
+        for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
+            let mut ids = Vec::new();
+            for i in chunk {
+                let body = json!({"name": format!("b{i}"), "provider": "handoff", "start": true});
+                let env: Value = self
+                    .http
+                    .post(format!("{}/api/v1/environments", self.base))
+                    .bearer_auth(TOKEN)
+                    .json(&body)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                ids.push((*i, env["id"].as_str().ok_or("no id")?.to_owned()));
+            }
+            for (i, id) in ids {
+                let file = self
+                    .data_dir
+                    .join(format!(".codebolt/environments/b{i}/runtime.json"));
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let handoff: Value = loop {
+                    if let Ok(text) = std::fs::read_to_string(&file) {
+                        break serde_json::from_str(&text)?;
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!("environment b{i} never started").into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                };
+                let field = |k: &str| handoff[k].as_str().map(str::to_owned).ok_or("field");
+                out.push((id, field("url")?, field("token")?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits until every environment is `running` and the records file has stopped
+    /// changing, so the starts' own bookkeeping is not measured as relay cost.
+    pub(crate) async fn settle(&self) -> Res<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let envs: Value = self
+                .http
+                .get(format!("{}/api/v1/environments", self.base))
+                .bearer_auth(TOKEN)
+                .send()
+                .await?
+                .json()
+                .await?;
+            let all_running = envs
+                .as_array()
+                .is_some_and(|l| l.iter().all(|e| e["status"] == "running"));
+            if all_running {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("environments never all ran".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let records = self.data_dir.join(".codebolt/environments.json");
+        let modified = || std::fs::metadata(&records).and_then(|m| m.modified()).ok();
+        let mut last = modified();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = modified();
+            if now == last || Instant::now() > deadline {
+                return Ok(());
+            }
+            last = now;
+        }
+    }
+
+    /// The `ws://` URL of `path` on this host.
+    pub(crate) fn ws(&self, path: &str) -> String {
+        format!("{}{path}", self.base.replacen("http://", "ws://", 1))
+    }
+
+    /// Asks the host to shut down (so a profiler around it writes its report), and
+    /// kills it if it has not within a few seconds.
+    pub(crate) fn stop(mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client WebSocket.
+pub(crate) type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The clients' socket settings: tungstenite's defaults unless the environment says.
+pub(crate) fn client_config() -> Option<WebSocketConfig> {
+    let read = std::env::var("RELAY_BENCH_CLIENT_READ")
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(WebSocketConfig::default().read_buffer_size(read))
+}
+
+/// Opens a WebSocket to `url`, with a bearer token if given.
+pub(crate) async fn connect(url: &str, token: Option<&str>) -> Res<Ws> {
+    let mut req = url.into_client_request()?;
+    if let Some(token) = token {
+        req.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
+    }
+    Ok(
+        tokio_tungstenite::connect_async_with_config(req, client_config(), false)
+            .await?
+            .0,
+    )
+}
+
+/// Answers every text frame with itself: the runtime of both cases.
+pub(crate) async fn echo(mut ws: Ws) {
+    while let Some(Ok(msg)) = ws.next().await {
+        if let Message::Text(text) = msg
+            && ws.send(Message::Text(text)).await.is_err()
+        {
+            return;
+        }
+    }
+}

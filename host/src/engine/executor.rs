@@ -1,0 +1,73 @@
+//! The guest executor: a tokio runtime of its own on which every piece of guest code
+//! runs (instantiation, `info()` probes and each instance's actor), apart from the
+//! runtime that serves the API and the relay.
+//!
+//! Guests are preemptible only at epoch ticks, and a tokio worker running a guest
+//! serves nothing else until the guest yields. On the shared runtime three spinning
+//! guests on two cores froze `/healthz` for a minute. Here they cannot: the executor
+//! has fewer workers than the machine has cores (`limits.guest_threads`, by default one
+//! less, at least one), so the
+//! host's runtime always has a core to itself whatever the guests do; and every guest
+//! yields to the executor at every epoch tick while it runs (see
+//! [`super::instance::configured_store`]), so one spinning guest delays the other
+//! environments' calls by a tick, not by its whole deadline.
+
+use std::future::Future;
+
+use tokio::runtime::{Handle, Runtime};
+use tokio::task::JoinHandle;
+
+use super::EngineError;
+
+/// The runtime guests run on; shut down (without waiting) when the engine goes.
+pub(crate) struct GuestExecutor {
+    runtime: Option<Runtime>,
+    handle: Handle,
+}
+
+impl GuestExecutor {
+    /// A runtime with `threads` workers named `tether-guest`; with `0`, the caller's
+    /// runtime (guests share it with everything else, as before this executor existed:
+    /// for measuring what it buys, never for serving).
+    pub(crate) fn new(threads: usize) -> Result<Self, EngineError> {
+        if threads == 0 {
+            let handle = Handle::try_current().map_err(|e| {
+                EngineError::Setup(format!("guest_threads = 0 needs a running runtime: {e}"))
+            })?;
+            return Ok(Self {
+                runtime: None,
+                handle,
+            });
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("tether-guest")
+            .enable_all()
+            .build()
+            .map_err(|e| EngineError::Setup(format!("starting the guest executor: {e}")))?;
+        let handle = runtime.handle().clone();
+        Ok(Self {
+            runtime: Some(runtime),
+            handle,
+        })
+    }
+
+    /// Runs `task` on the guest executor.
+    pub(crate) fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(task)
+    }
+}
+
+impl Drop for GuestExecutor {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which tokio forbids inside another runtime (where
+        // engines are dropped in tests); instances still on it are dropped with it.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
