@@ -66,6 +66,32 @@ fn main() {
     }
     std::fs::write(out_dir.join("guests.rs"), consts).expect("writing guests.rs");
     write_sdk_sources(&guests.join("sdk/src"), &out_dir.join("sdk_sources.rs"));
+    write_wit_sources(&root.join("wit"), &out_dir.join("wit_sources.rs"));
+}
+
+/// Lists the provider world of every version in `wit/` (`tether-provider@X.Y.Z/
+/// provider.wit`), so the scaffold can vendor the one the host calls newest without
+/// naming its version again.
+fn write_wit_sources(dir: &Path, out: &Path) {
+    let mut worlds: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .expect("wit/")
+        .map(|e| e.expect("wit entry").path())
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?;
+            let version = name.strip_prefix("tether-provider@")?.to_owned();
+            Some((version, p.join("provider.wit")))
+        })
+        .collect();
+    worlds.sort();
+    let mut code = String::from("&[\n");
+    for (version, path) in worlds {
+        code.push_str(&format!(
+            "    ({version:?}, include_str!({:?})),\n",
+            path.display().to_string()
+        ));
+    }
+    code.push_str("]\n");
+    std::fs::write(out, code).expect("writing wit_sources.rs");
 }
 
 /// Lists the SDK's source files for `tether provider new`, which vendors them into a

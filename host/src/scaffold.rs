@@ -7,8 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-/// The provider world this binary speaks.
-const WIT: &str = include_str!("../../wit/tether-provider@0.2.0/provider.wit");
+use crate::engine::WorldVersion;
+
+/// The provider world of every version in `wit/`, by version.
+const WIT_SOURCES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/wit_sources.rs"));
 
 /// The SDK's source files, by file name.
 const SDK_SOURCES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/sdk_sources.rs"));
@@ -24,12 +26,26 @@ pub enum ScaffoldError {
     /// The target directory exists already.
     #[error("{0} already exists; pick another name or --path")]
     Exists(PathBuf),
+    /// This build lacks the WIT of the newest version (a checkout without its
+    /// `wit/tether-provider@VERSION` directory).
+    #[error("this build has no wit/tether-provider@{0}/provider.wit to vendor")]
+    MissingWorld(&'static str),
     /// Writing a file failed.
     #[error("writing {path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// The WIT text of the newest version, which the build found in `wit/`.
+fn latest_wit() -> Result<&'static str, ScaffoldError> {
+    let version = WorldVersion::LATEST.as_str();
+    WIT_SOURCES
+        .iter()
+        .find(|(v, _)| *v == version)
+        .map(|(_, text)| *text)
+        .ok_or(ScaffoldError::MissingWorld(version))
 }
 
 /// Writes a new provider crate named `name` into `dir` (which must not exist).
@@ -46,6 +62,8 @@ pub fn new_provider(name: &str, dir: &Path) -> Result<Vec<PathBuf>, ScaffoldErro
     if dir.exists() {
         return Err(ScaffoldError::Exists(dir.to_owned()));
     }
+    let latest = WorldVersion::LATEST;
+    let wit = latest_wit()?;
     let sdk = Path::new("vendor/tether-provider-sdk");
     let mut files: Vec<(PathBuf, String)> = vec![
         ("Cargo.toml".into(), crate_manifest(name)),
@@ -57,8 +75,8 @@ pub fn new_provider(name: &str, dir: &Path) -> Result<Vec<PathBuf>, ScaffoldErro
                 .replace("{{file}}", &name.replace('-', "_")),
         ),
         (
-            "wit/tether-provider@0.2.0/provider.wit".into(),
-            WIT.to_owned(),
+            format!("wit/tether-provider@{}/provider.wit", latest.as_str()).into(),
+            wit.to_owned(),
         ),
         (sdk.join("Cargo.toml"), SDK_MANIFEST.to_owned()),
     ];
@@ -231,5 +249,29 @@ mod tests {
                 Err(ScaffoldError::InvalidName(_))
             ));
         }
+    }
+
+    #[test]
+    fn vendors_the_newest_world_and_an_sdk_built_against_it() {
+        let latest = WorldVersion::LATEST.as_str();
+        assert!(
+            latest_wit()
+                .unwrap()
+                .contains(&format!("package tether:provider@{latest}"))
+        );
+        // The SDK's bindings must name the same version, or a scaffolded crate would
+        // build against a world the host does not call newest.
+        let (_, sdk_lib) = SDK_SOURCES.iter().find(|(f, _)| *f == "lib.rs").unwrap();
+        assert!(
+            sdk_lib.contains(&format!("wit/tether-provider@{latest}\"")),
+            "the SDK's generate! path does not name tether-provider@{latest}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        new_provider("p", &dir.path().join("p")).unwrap();
+        assert!(
+            dir.path()
+                .join(format!("p/wit/tether-provider@{latest}/provider.wit"))
+                .exists()
+        );
     }
 }

@@ -1,10 +1,10 @@
 //! The Tether provider SDK: write a provider as one Rust trait and export it as a
 //! WASI p2 component.
 //!
-//! This crate owns the generated bindings of the `tether:provider@0.2.0` world, the
-//! [`Provider`] trait (the Rust counterpart of Codebolt's `BaseProvider`), the
-//! [`export_provider!`] macro that wires a provider type to the component's exports,
-//! and small helpers over the host imports ([`log`], [`process`], [`runtime`],
+//! This crate owns the generated bindings of the newest `tether:provider` world (the
+//! version its `generate!` path names), the [`Provider`] trait (the Rust counterpart
+//! of Codebolt's `BaseProvider`), the [`export_provider!`] macro that wires a provider
+//! type to the component's exports, and small helpers over the host imports ([`log`], [`process`], [`runtime`],
 //! [`state`]), the workspace directory ([`fs`]) and brokered outgoing HTTP ([`http`]).
 //!
 //! A provider implements [`Provider::info`] and [`Provider::setup`]; every other hook

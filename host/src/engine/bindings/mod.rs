@@ -1,9 +1,12 @@
-//! The provider world's bindings: one `bindgen!` per supported WIT version.
+//! The provider world's bindings: one module and one `bindgen!` per supported WIT
+//! version, laid out like Zed's extension host.
 //!
-//! The newest version (this module) is what the host implements and what
-//! [`crate::engine::types`] converts from; older versions live in submodules that
-//! convert their types up to the newest in one place and forward their imports to
-//! the newest implementation.
+//! [`latest`] names the newest version's module: it is what the host implements and
+//! what [`crate::engine::types`] converts from. Older versions' modules convert their
+//! types up to the newest in one place and forward their imports to the newest
+//! implementation. Adding a version is a new `wit/` directory, a new module, a variant
+//! of [`WorldVersion`], conversions in the module it supersedes and the `latest` line
+//! below (the checklist is in `docs/providers.md`).
 //!
 //! Imports are async and trappable (a host bug traps; expected failures are WIT
 //! `result`s); the `child` resource is backed by the broker's [`Child`].
@@ -11,22 +14,17 @@
 //! [`Child`]: crate::broker::process::Child
 
 pub(crate) mod v0_1;
+pub(crate) mod v0_2;
+
+/// The newest supported version: the one line to change when a version is added.
+pub(crate) use v0_2 as latest;
 
 use wasmtime::component::{Component, HasSelf, Linker};
 
 use super::instance::HostState;
+use latest::{ProviderWorld, ProviderWorldPre};
 
-wasmtime::component::bindgen!({
-    path: "../wit/tether-provider@0.2.0",
-    world: "tether:provider/provider-world",
-    imports: { default: async | trappable },
-    exports: { default: async },
-    with: {
-        "tether:provider/process.child": crate::broker::process::Child,
-    },
-});
-
-pub(crate) use self::tether::provider::{log, process, runtime, state, types};
+pub(crate) use latest::{log, process, runtime, state, types};
 
 /// The interface every provider exports, without its version.
 const PROVIDER_EXPORT: &str = "tether:provider/provider";
@@ -36,7 +34,8 @@ const PROVIDER_EXPORT: &str = "tether:provider/provider";
 pub enum WorldVersion {
     /// `tether:provider@0.1.0`: `on-close-signal(destroy)`, no `on-provider-destroy`.
     V0_1,
-    /// `tether:provider@0.2.0`, the newest.
+    /// `tether:provider@0.2.0`: `on-provider-destroy(init)`, the `{projectPath}`
+    /// directory request.
     V0_2,
 }
 
@@ -44,7 +43,11 @@ impl WorldVersion {
     /// Every supported version, oldest first.
     pub const ALL: [WorldVersion; 2] = [WorldVersion::V0_1, WorldVersion::V0_2];
 
-    /// The version as written in the WIT package.
+    /// The newest version: what the SDK and `tether provider new` build against.
+    pub const LATEST: WorldVersion = WorldVersion::V0_2;
+
+    /// The version as written in the WIT package; the one place each is spelled out
+    /// (besides the `bindgen!` paths, which must be literals).
     pub fn as_str(self) -> &'static str {
         match self {
             WorldVersion::V0_1 => "0.1.0",
