@@ -133,7 +133,8 @@ impl ProcessBroker {
             pumps.push(tokio::spawn(pump(err, output.clone(), log)));
         }
         self.live.fetch_add(1, Ordering::SeqCst);
-        tracing::info!(env = %self.env_id, pid, program = %spec.program, "spawned");
+        let program = crate::untrusted::quoted(&spec.program);
+        tracing::info!(env = %self.env_id, pid, %program, "spawned");
         Ok(Child {
             pid,
             inner: Some(child),
@@ -357,7 +358,7 @@ impl OutputLog {
         let line = std::mem::take(&mut self.partial);
         self.lines += 1;
         if self.lines <= MAX_LOGGED_LINES {
-            let text = String::from_utf8_lossy(&line);
+            let text = crate::untrusted::logged(&String::from_utf8_lossy(&line));
             tracing::info!(env = %self.env_id, pid = self.pid, stream = self.stream, "{text}");
         } else if self.lines == MAX_LOGGED_LINES + 1 {
             tracing::warn!(env = %self.env_id, pid = self.pid, stream = self.stream,

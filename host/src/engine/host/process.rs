@@ -27,6 +27,7 @@ impl Host for HostState {
         match broker.spawn(spec) {
             Ok(child) => Ok(Ok(self.table.push(child)?)),
             Err(SpawnError::Denied(denied)) => {
+                let program = crate::untrusted::quoted(&program);
                 tracing::warn!(env = %self.env_id, provider = %self.provider, %program, reason = %denied, "spawn denied");
                 Ok(Err(ProviderError::Denied(denied.to_string())))
             }
