@@ -96,7 +96,7 @@ impl ProcessBroker {
         }
         let program = if spec.program == SELF_PROGRAM {
             std::env::current_exe().map_err(|source| SpawnError::Io {
-                program: spec.program.clone(),
+                program: crate::untrusted::quoted(&spec.program),
                 source,
             })?
         } else {
@@ -118,7 +118,7 @@ impl ProcessBroker {
         }
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().map_err(|source| SpawnError::Io {
-            program: spec.program.clone(),
+            program: crate::untrusted::quoted(&spec.program),
             source,
         })?;
         let pid = child.id().unwrap_or(0);
@@ -158,7 +158,7 @@ impl ProcessBroker {
         };
         let canonical = Path::new(cwd)
             .canonicalize()
-            .map_err(|_| Denied::OutsidePath(cwd.to_owned()))?;
+            .map_err(|_| Denied::OutsidePath(crate::untrusted::quoted(cwd)))?;
         // The workspace and the granted directories, with symlinks resolved on both sides.
         let inside = self
             .roots()
@@ -168,7 +168,7 @@ impl ProcessBroker {
         if inside {
             Ok(canonical)
         } else {
-            Err(Denied::OutsidePath(cwd.to_owned()))
+            Err(Denied::OutsidePath(crate::untrusted::quoted(cwd)))
         }
     }
 }
