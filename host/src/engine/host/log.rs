@@ -33,7 +33,7 @@ impl Default for LogBudget {
 
 impl LogBudget {
     /// Whether one more line may be written now; if so, how many were dropped before it.
-    fn take(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn take(&mut self, now: Instant) -> Option<u64> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * PER_SECOND).min(BURST);

@@ -19,7 +19,9 @@ impl Host for HostState {
         // cut (a cut id would name another resource), and the drop is logged.
         if id.len() <= MAX_RESOURCE_ID {
             self.state.set_resource_id(id);
-        } else {
+        } else if self.log_budget.take(std::time::Instant::now()).is_some() {
+            // Counted against the provider's log budget: a flood logs a burst, not a line
+            // per call.
             tracing::warn!(env = %self.env_id, provider = %self.provider, bytes = id.len(),
                 "set-resource-id over {MAX_RESOURCE_ID} bytes ignored");
         }
