@@ -12,7 +12,7 @@ use tether::broker::net::NetConfig;
 use tether::broker::process::{ProcessBroker, SpawnSpec};
 use tether::broker::{Capabilities, CommandPattern, Grant, Request, UrlPattern};
 use tether::config::LimitsConfig;
-use tether::engine::{Call, Engine, InstanceSetup, NoRuntime, ProviderSource, Reply};
+use tether::engine::{Call, Engine, InstanceSetup, NoRuntime, ProviderSource, Reply, StateWriter};
 
 #[allow(dead_code, unreachable_pub)]
 mod guests {
@@ -104,15 +104,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             ..Grant::default()
         },
     );
-    let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
     let setup = InstanceSetup {
         env_id: "bench".into(),
         workspace: dir.path().to_owned(),
         state_dir: dir.path().join(".state"),
         broker: ProcessBroker::new("bench".into(), caps, dir.path().to_owned(), 8, 4096),
         runtime: Arc::new(NoRuntime),
-        events,
-        state: Default::default(),
+        state: StateWriter::detached(),
     };
     let handle = engine.instantiate(&hostile, setup).await?;
     let message = json!({"attack": "http", "url": url}).to_string();

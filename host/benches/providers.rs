@@ -19,7 +19,7 @@ use tether::broker::{Capabilities, Grant};
 use tether::config::LimitsConfig;
 use tether::engine::{
     Call, CompileCacheConfig, Engine, InstanceSetup, LoadedProvider, NoRuntime, ProviderHandle,
-    ProviderSource, Reply, builtin_components,
+    ProviderSource, Reply, StateWriter, builtin_components,
 };
 
 /// Cold and warm loads measured per provider (each cold one in a fresh cache).
@@ -167,15 +167,13 @@ async fn instance(
 ) -> Result<ProviderHandle, BoxError> {
     let id = format!("bench-{i}");
     let caps = Capabilities::new(provider.description.request(), Grant::default());
-    let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
     let setup = InstanceSetup {
         env_id: id.clone(),
         workspace: dir.to_owned(),
         state_dir: dir.join(".state"),
         broker: ProcessBroker::new(id, caps, dir.to_owned(), 8, 4096),
         runtime: Arc::new(NoRuntime),
-        events,
-        state: Default::default(),
+        state: StateWriter::detached(),
     };
     Ok(engine.instantiate(provider, setup).await?)
 }

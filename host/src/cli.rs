@@ -153,9 +153,11 @@ async fn inspect(
 
 fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        // Each event one line, whatever provider text reaches it.
+        .with_writer(move || crate::untrusted::OneLine::new(std::io::stderr(), !ansi))
+        .with_ansi(ansi)
         .init();
 }

@@ -6,6 +6,7 @@
 
 mod file;
 mod operator;
+mod replace;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use crate::broker::net::NetConfig;
 use crate::broker::{CommandPattern, Grant, UrlPattern};
-use crate::engine::CompileCacheConfig;
+use crate::engine::{BuiltinReplacement, CompileCacheConfig};
 
 use file::{FileCache, FileConfig, FileNet, FileRelay};
 pub use operator::OperatorConfig;
@@ -68,6 +69,9 @@ pub struct ServeConfig {
     /// Operator config by provider name, merged over environments' config (secrets
     /// such as API keys live here, never in the records).
     pub provider_config: BTreeMap<String, OperatorConfig>,
+    /// Drop-ins the operator lets replace a built-in, by the built-in's name
+    /// (`replace_builtin`); any other drop-in with a built-in's name is refused.
+    pub builtin_replacements: BTreeMap<String, BuiltinReplacement>,
     /// Relay windows, limits and liveness.
     pub relay: RelayConfig,
     /// Outgoing network settings (timeouts, connection cap, static host overrides).
@@ -266,6 +270,7 @@ impl ServeConfig {
             restart: RestartConfig::default(),
             grants: BTreeMap::new(),
             provider_config: BTreeMap::new(),
+            builtin_replacements: BTreeMap::new(),
             relay: RelayConfig::default(),
             net: NetConfig::default(),
             compile_cache: CompileCacheConfig::in_dir(data_dir.join(".codebolt/cache")),
@@ -360,6 +365,10 @@ impl ServeConfig {
                 let config = OperatorConfig::from_toml(table)
                     .map_err(|e| ConfigError::Invalid(format!("providers.{name}.{e}")))?;
                 self.provider_config.insert(name.clone(), config);
+            }
+            if let Some(replace) = grant.replace_builtin {
+                let replacement = replace.validate(&name)?;
+                self.builtin_replacements.insert(name.clone(), replacement);
             }
             // A table that only sets `config` keeps the built-in default grant.
             if grant.commands.is_none()
@@ -472,9 +481,14 @@ impl ServeConfig {
         self.codebolt_dir().join("providers")
     }
 
-    /// The private state directory of `provider` (preopened for its instances).
-    pub fn provider_state_dir(&self, provider: &str) -> PathBuf {
-        self.codebolt_dir().join("provider-state").join(provider)
+    /// The private state directory of `provider` (preopened for its instances); a
+    /// name that breaks [`crate::names`] has none, so no name can leave the directory.
+    pub fn provider_state_dir(&self, provider: &str) -> Result<PathBuf, crate::names::InvalidName> {
+        crate::names::join(
+            "provider",
+            &self.codebolt_dir().join("provider-state"),
+            provider,
+        )
     }
 
     /// Workspace directory of the environment named `name`.

@@ -16,7 +16,9 @@
 //!   either side resume without loss inside a bounded window (`docs/protocol.md`).
 //! - [`auth`] holds the API token and mints runtime tokens; [`config`] the operator's
 //!   settings from flags and `tether.toml`.
-//! - [`names`] is the one rule for names that become paths (environments, providers).
+//! - [`names`] is the one rule for names that become paths (environments, providers);
+//!   [`untrusted`] cuts and escapes the strings a provider sends before the host
+//!   stores, shows or logs them.
 //! - [`reference_runtime`] is the runtime `tether runtime` runs inside an environment;
 //!   [`scaffold`] writes a new provider crate (`tether provider new`).
 
@@ -33,4 +35,5 @@ pub mod relay;
 pub mod scaffold;
 pub mod server;
 pub mod store;
+pub mod untrusted;
 pub mod watch;

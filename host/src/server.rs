@@ -82,6 +82,7 @@ pub async fn run(
         config.net.clone(),
         &config.compile_cache,
     )?;
+    engine.set_builtin_replacements(config.builtin_replacements.clone());
     engine.load_all(&config.providers_dir()).await;
     let runtime_base = format!("ws://{}", reachable(addr));
     let data_dir = config.data_dir.clone();

@@ -1,5 +1,5 @@
 //! Drop-in providers: a `.wasm` in `.codebolt/providers/` is loaded at start (a
-//! drop-in with a built-in's name wins) and while the host runs — added, replaced and
+//! drop-in with a built-in's name wins where the operator named it) and while the host runs — added, replaced and
 //! removed without a restart; a corrupt or half-written one is reported, not fatal;
 //! and a restart with unchanged providers compiles nothing.
 
@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::guests::{HANDOFF, LOCAL_PROCESS};
-use crate::support::{Server, WAIT};
+use crate::support::{Server, WAIT, write_config};
 
 #[tokio::test]
 async fn a_drop_in_replaces_the_built_in_and_a_corrupt_file_is_reported() {
@@ -24,6 +24,11 @@ async fn a_drop_in_replaces_the_built_in_and_a_corrupt_file_is_reported() {
         b"\0asm\x0d\0\x01\0 not a component",
     )
     .unwrap();
+    // A built-in is replaced only by the file the operator names.
+    write_config(
+        dir.path(),
+        "[providers.local-process]\nreplace_builtin = { file = \"local-process.wasm\" }\n",
+    );
     let server = Server::start(dir.path());
 
     let (status, p) = server

@@ -78,6 +78,7 @@ pub(crate) fn run(config: &Value, children: &mut Vec<Child>) -> Result<String, P
             }
             Ok(format!("logged {lines} lines"))
         }
+        name if crate::floods::ATTACKS.contains(&name) => crate::floods::run(name, config),
         other => Err(ProviderError::invalid_input(format!(
             "unknown attack {other:?}"
         ))),

@@ -9,6 +9,7 @@
 //! panic) never return. Never build this into anything but tests.
 
 mod attacks;
+mod floods;
 mod http;
 
 use tether_provider_sdk::process::Child;

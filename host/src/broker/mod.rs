@@ -365,10 +365,10 @@ impl Capabilities {
         paths: &PathScope,
     ) -> Result<(), Denied> {
         if !(self.requested.commands.iter()).any(|p| p.matches(program, args, paths)) {
-            return Err(Denied::NotRequested(program.to_owned()));
+            return Err(Denied::NotRequested(crate::untrusted::quoted(program)));
         }
         if !(self.granted.commands.iter()).any(|p| p.matches(program, args, paths)) {
-            return Err(Denied::NotGranted(program.to_owned()));
+            return Err(Denied::NotGranted(crate::untrusted::quoted(program)));
         }
         Ok(())
     }

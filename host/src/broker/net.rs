@@ -254,7 +254,7 @@ impl NetPolicy {
 
     /// Checks a destination against both keys.
     pub fn check_destination(&self, scheme: &str, host: &str, port: u16) -> Result<(), Denied> {
-        let dest = || format!("{scheme}://{host}:{port}");
+        let dest = || crate::untrusted::quoted(&format!("{scheme}://{host}:{port}"));
         if !self.requested.iter().any(|p| p.matches(scheme, host, port)) {
             return Err(Denied::UrlNotRequested(dest()));
         }

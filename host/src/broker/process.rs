@@ -96,7 +96,7 @@ impl ProcessBroker {
         }
         let program = if spec.program == SELF_PROGRAM {
             std::env::current_exe().map_err(|source| SpawnError::Io {
-                program: spec.program.clone(),
+                program: crate::untrusted::quoted(&spec.program),
                 source,
             })?
         } else {
@@ -118,7 +118,7 @@ impl ProcessBroker {
         }
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().map_err(|source| SpawnError::Io {
-            program: spec.program.clone(),
+            program: crate::untrusted::quoted(&spec.program),
             source,
         })?;
         let pid = child.id().unwrap_or(0);
@@ -133,7 +133,8 @@ impl ProcessBroker {
             pumps.push(tokio::spawn(pump(err, output.clone(), log)));
         }
         self.live.fetch_add(1, Ordering::SeqCst);
-        tracing::info!(env = %self.env_id, pid, program = %spec.program, "spawned");
+        let program = crate::untrusted::quoted(&spec.program);
+        tracing::info!(env = %self.env_id, pid, %program, "spawned");
         Ok(Child {
             pid,
             inner: Some(child),
@@ -157,7 +158,7 @@ impl ProcessBroker {
         };
         let canonical = Path::new(cwd)
             .canonicalize()
-            .map_err(|_| Denied::OutsidePath(cwd.to_owned()))?;
+            .map_err(|_| Denied::OutsidePath(crate::untrusted::quoted(cwd)))?;
         // The workspace and the granted directories, with symlinks resolved on both sides.
         let inside = self
             .roots()
@@ -167,7 +168,7 @@ impl ProcessBroker {
         if inside {
             Ok(canonical)
         } else {
-            Err(Denied::OutsidePath(cwd.to_owned()))
+            Err(Denied::OutsidePath(crate::untrusted::quoted(cwd)))
         }
     }
 }
@@ -357,7 +358,7 @@ impl OutputLog {
         let line = std::mem::take(&mut self.partial);
         self.lines += 1;
         if self.lines <= MAX_LOGGED_LINES {
-            let text = String::from_utf8_lossy(&line);
+            let text = crate::untrusted::logged(&String::from_utf8_lossy(&line));
             tracing::info!(env = %self.env_id, pid = self.pid, stream = self.stream, "{text}");
         } else if self.lines == MAX_LOGGED_LINES + 1 {
             tracing::warn!(env = %self.env_id, pid = self.pid, stream = self.stream,

@@ -94,7 +94,8 @@ pub(super) struct FileLimits {
 }
 
 /// `[providers.NAME]`: a grant (any of the first four keys replaces the built-in
-/// default grant as a whole) and operator config.
+/// default grant as a whole), operator config, and consent for a drop-in to replace
+/// the built-in of that name.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileGrant {
@@ -103,6 +104,7 @@ pub(super) struct FileGrant {
     pub(super) urls: Option<Vec<String>>,
     pub(super) directories: Option<Vec<PathBuf>>,
     pub(super) config: Option<toml::Table>,
+    pub(super) replace_builtin: Option<super::replace::FileReplace>,
 }
 
 #[derive(Debug, Deserialize)]

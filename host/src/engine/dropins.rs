@@ -1,6 +1,6 @@
 //! Drop-in providers: what each `.wasm` in the providers directory provides (or why it
 //! failed), and the set of providers in force that results — the built-ins, overlaid
-//! by drop-ins of the same name.
+//! by drop-ins of the same name where the operator consented ([`BuiltinReplacement`]).
 //!
 //! A rescan compares the directory with what it saw last (size, times, inode) and loads
 //! only files that changed, so a burst of events costs a directory listing. A changed
@@ -32,6 +32,26 @@ pub(super) struct DropIns {
 struct Known {
     builtins: BTreeMap<String, Arc<LoadedProvider>>,
     files: BTreeMap<PathBuf, FileEntry>,
+    replacements: BTreeMap<String, BuiltinReplacement>,
+}
+
+/// The operator's consent (`[providers.NAME] replace_builtin`) for one drop-in to
+/// replace the built-in provider NAME.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuiltinReplacement {
+    /// The drop-in file of this name in the providers directory.
+    File(String),
+    /// The drop-in whose component bytes have this SHA-256 (lowercase hex).
+    Sha256(String),
+}
+
+impl BuiltinReplacement {
+    fn admits(&self, path: &Path, provider: &LoadedProvider) -> bool {
+        match self {
+            Self::File(name) => path.file_name().is_some_and(|f| f == name.as_str()),
+            Self::Sha256(sha) => provider.sha256 == *sha,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +93,12 @@ impl DropIns {
 }
 
 impl Engine {
+    /// Sets which drop-ins may replace which built-ins (before [`Engine::load_all`]).
+    pub fn set_builtin_replacements(&self, replacements: BTreeMap<String, BuiltinReplacement>) {
+        self.dropins.known().replacements = replacements;
+        self.publish();
+    }
+
     /// Records a loaded provider (a built-in, or a drop-in file's content) and
     /// republishes the providers in force.
     pub(super) fn register(&self, provider: Arc<LoadedProvider>) {
@@ -138,7 +164,8 @@ impl Engine {
                 }
                 Ok(None) => entry.error = None,
                 Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "provider failed to load");
+                    let error = crate::untrusted::logged(&e.to_string());
+                    tracing::error!(path = %path.display(), %error, "provider failed to load");
                     entry.error = Some(e.to_string());
                 }
             }
@@ -205,8 +232,10 @@ impl Engine {
 }
 
 impl Known {
-    /// Built-ins overlaid by drop-ins (the first file in name order wins a name), and
-    /// every file whose content does not load or whose name is taken.
+    /// Built-ins overlaid by the drop-ins the operator let replace them and by drop-ins
+    /// of other names (the first file in name order wins a name), and every file whose
+    /// content does not load, whose name is taken, or that claims a built-in's name
+    /// without the operator's consent.
     fn resolve(&self) -> (BTreeMap<String, Arc<LoadedProvider>>, Vec<LoadFailure>) {
         let mut active = self.builtins.clone();
         let mut owner: BTreeMap<&str, &Path> = BTreeMap::new();
@@ -214,7 +243,13 @@ impl Known {
         for (path, entry) in &self.files {
             if let Some(p) = &entry.loaded {
                 let name = p.description.name.as_str();
+                let builtin = super::builtin::BUILTINS.iter().any(|(b, _)| *b == name);
+                let consented = (self.replacements.get(name)).is_some_and(|r| r.admits(path, p));
                 match owner.get(name) {
+                    _ if builtin && !consented => failures.push(LoadFailure {
+                        path: path.clone(),
+                        error: unconsented(name, path, &p.sha256),
+                    }),
                     Some(first) => failures.push(LoadFailure {
                         path: path.clone(),
                         error: format!(
@@ -244,6 +279,20 @@ impl Known {
         }
         (active, failures)
     }
+}
+
+/// Why a drop-in claiming the built-in `name` is not used, naming the key to set.
+fn unconsented(name: &str, path: &Path, sha256: &str) -> String {
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy())
+        .unwrap_or_default();
+    format!(
+        "provides {name:?}, the name of a built-in provider, which a drop-in replaces only \
+         with the operator's consent; the built-in stays in force. To use this file, set \
+         [providers.{name}] replace_builtin = {{ file = {file:?} }} (or {{ sha256 = \"{sha256}\" }}) \
+         in tether.toml"
+    )
 }
 
 /// The `*.wasm` files in `dir` with their stamps. Hidden files are skipped: copy tools
@@ -368,17 +417,60 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn removing_a_drop_in_brings_the_built_in_back_and_names_conflict_visibly() {
+    async fn a_built_in_is_replaced_only_by_the_file_the_operator_names() {
         let dir = tempfile::tempdir().unwrap();
         let engine = engine();
         engine.load_all(dir.path()).await;
         let builtin = sha(&engine, "local-process").expect("built-in loaded");
         let (_, bytes) = super::super::builtin::BUILTINS[0];
 
+        // No consent: refused with the key to set, the built-in stays.
         std::fs::write(dir.path().join("a.wasm"), rebuilt(bytes, "a")).unwrap();
         std::fs::write(dir.path().join("b.wasm"), rebuilt(bytes, "b")).unwrap();
         engine.rescan(dir.path()).await;
+        assert_eq!(sha(&engine, "local-process"), Some(builtin.clone()));
+        let refused = engine
+            .failure_of(&dir.path().join("a.wasm"))
+            .expect("refused");
+        assert!(
+            refused
+                .error
+                .contains("[providers.local-process] replace_builtin = { file = \"a.wasm\" }"),
+            "{}",
+            refused.error
+        );
+
+        // Consent names a.wasm: it replaces the built-in, b.wasm is still refused.
+        let consent = BuiltinReplacement::File("a.wasm".into());
+        engine.set_builtin_replacements(BTreeMap::from([("local-process".into(), consent)]));
         let p = engine.provider("local-process").expect("loaded");
+        assert!(matches!(&p.source, ProviderSource::DropIn { path } if path.ends_with("a.wasm")));
+        assert!(engine.failure_of(&dir.path().join("a.wasm")).is_none());
+        let b = engine
+            .failure_of(&dir.path().join("b.wasm"))
+            .expect("b refused");
+        assert!(b.error.contains("replace_builtin"), "{}", b.error);
+
+        // By hash: b.wasm's content, wherever it sits.
+        let b_sha = hex::encode(Sha256::digest(rebuilt(bytes, "b")));
+        let consent = BuiltinReplacement::Sha256(b_sha.clone());
+        engine.set_builtin_replacements(BTreeMap::from([("local-process".into(), consent)]));
+        assert_eq!(sha(&engine, "local-process"), Some(b_sha));
+
+        std::fs::remove_file(dir.path().join("b.wasm")).unwrap();
+        engine.rescan(dir.path()).await;
+        assert_eq!(sha(&engine, "local-process"), Some(builtin));
+    }
+
+    #[tokio::test]
+    async fn two_drop_ins_of_one_name_conflict_visibly() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let handoff = std::fs::read(guests::HANDOFF).unwrap();
+        std::fs::write(dir.path().join("a.wasm"), rebuilt(&handoff, "a")).unwrap();
+        std::fs::write(dir.path().join("b.wasm"), rebuilt(&handoff, "b")).unwrap();
+        engine.rescan(dir.path()).await;
+        let p = engine.provider("handoff").expect("loaded");
         assert!(matches!(&p.source, ProviderSource::DropIn { path } if path.ends_with("a.wasm")));
         let conflict = engine
             .failure_of(&dir.path().join("b.wasm"))
@@ -388,15 +480,10 @@ mod tests {
             "{}",
             conflict.error
         );
-
         std::fs::remove_file(dir.path().join("a.wasm")).unwrap();
         engine.rescan(dir.path()).await;
-        let p = engine.provider("local-process").expect("loaded");
+        let p = engine.provider("handoff").expect("loaded");
         assert!(matches!(&p.source, ProviderSource::DropIn { path } if path.ends_with("b.wasm")));
         assert!(engine.failures().is_empty());
-
-        std::fs::remove_file(dir.path().join("b.wasm")).unwrap();
-        engine.rescan(dir.path()).await;
-        assert_eq!(sha(&engine, "local-process"), Some(builtin));
     }
 }

@@ -5,7 +5,6 @@
 //! later calls get [`CallError::Closed`] with the reason. Dropping the store drops the
 //! resource table, which kills every process the instance spawned.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,9 +21,8 @@ use super::bindings::{AnyBindings, AnyPre};
 use super::executor::GuestExecutor;
 use super::host::http::NetHooks;
 use super::host::log::LogBudget;
-use super::types::{
-    Call, CallError, ProviderEvent, Reply, RuntimePort, STATE_GUEST_DIR, WORKSPACE_GUEST_DIR,
-};
+use super::persisted::StateWriter;
+use super::types::{Call, CallError, Reply, RuntimePort, STATE_GUEST_DIR, WORKSPACE_GUEST_DIR};
 use super::{EngineError, TICK};
 use crate::broker::net::{NetConfig, NetPolicy};
 use crate::broker::process::ProcessBroker;
@@ -43,8 +41,7 @@ pub struct HostState {
     pub(crate) provider: String,
     pub(crate) broker: Option<ProcessBroker>,
     pub(crate) runtime: Arc<dyn RuntimePort>,
-    pub(crate) events: Option<mpsc::UnboundedSender<ProviderEvent>>,
-    pub(crate) state: BTreeMap<String, String>,
+    pub(crate) state: StateWriter,
     pub(crate) max_state_entries: usize,
     /// When the call in progress must end; the epoch callback traps past it.
     deadline: Instant,
@@ -69,8 +66,7 @@ impl HostState {
             provider.into(),
             None,
             Arc::new(super::types::NoRuntime),
-            None,
-            BTreeMap::new(),
+            StateWriter::detached(),
             limits,
         )
     }
@@ -83,8 +79,7 @@ impl HostState {
         provider: String,
         broker: Option<ProcessBroker>,
         runtime: Arc<dyn RuntimePort>,
-        events: Option<mpsc::UnboundedSender<ProviderEvent>>,
-        state: BTreeMap<String, String>,
+        state: StateWriter,
         limits: &LimitsConfig,
     ) -> Self {
         let mut table = ResourceTable::new();
@@ -110,17 +105,9 @@ impl HostState {
             provider,
             broker,
             runtime,
-            events,
             state,
             max_state_entries: limits.max_state_entries,
             deadline: Instant::now(),
-        }
-    }
-
-    /// Hands an event to the layers above; they may be gone during shutdown.
-    pub(crate) fn emit(&self, event: ProviderEvent) {
-        if let Some(tx) = &self.events {
-            let _ = tx.send(event);
         }
     }
 }
@@ -137,10 +124,8 @@ pub struct InstanceSetup {
     pub broker: ProcessBroker,
     /// The runtime connection.
     pub runtime: Arc<dyn RuntimePort>,
-    /// Where the instance's events go.
-    pub events: mpsc::UnboundedSender<ProviderEvent>,
-    /// Persisted provider state.
-    pub state: BTreeMap<String, String>,
+    /// The persisted resource id and key/values, as the instance changes them.
+    pub state: StateWriter,
 }
 
 pub(crate) fn new_store(
@@ -187,7 +172,6 @@ pub(crate) fn new_store(
         provider.to_owned(),
         Some(setup.broker),
         setup.runtime,
-        Some(setup.events),
         setup.state,
         limits,
     );
@@ -405,10 +389,11 @@ async fn run(
             outcome = call => outcome,
         };
         let result = match outcome {
-            Ok(Ok(r)) => r.map_err(CallError::Provider),
+            Ok(Ok(r)) => super::types::bounded(r).map_err(CallError::Provider),
             Ok(Err(trap)) => {
                 let err = classify(&trap, job.timeout, &limits);
-                tracing::error!(error = %err, "provider instance failed");
+                let error = crate::untrusted::logged(&err.to_string());
+                tracing::error!(%error, "provider instance failed");
                 dead = Some(err.to_string());
                 Err(err)
             }

@@ -3,7 +3,8 @@
 //! environment (see [`instance`]).
 //!
 //! Built-in providers are embedded in the binary; `.wasm` files in the providers
-//! directory are loaded too, and a drop-in with a built-in's name replaces it. A file
+//! directory are loaded too, and a drop-in with a built-in's name replaces it when the
+//! operator consented (`replace_builtin`). A file
 //! that fails to load is reported and skipped; it never takes the others down. The
 //! directory is rescanned on change for hot reload (`dropins`, `dir_watch`), and
 //! compiled components are cached on disk (`cache`).
@@ -17,6 +18,7 @@ mod dropins;
 mod executor;
 mod host;
 pub mod instance;
+pub mod persisted;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -34,7 +36,9 @@ use bindings::AnyPre;
 pub use bindings::WorldVersion;
 pub use cache::{CompileCacheConfig, CompileCacheStats};
 pub use dir_watch::{DirWatch, DirWatchError, watch_dir};
+pub use dropins::BuiltinReplacement;
 pub use instance::{HostState, InstanceSetup, ProviderHandle};
+pub use persisted::{StateChanges, StateReader, StateWriter};
 pub use types::*;
 
 /// Epoch tick: the granularity of call deadlines.

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use super::*;
 use crate::broker::process::ProcessBroker;
@@ -28,17 +27,16 @@ async fn instance(
     provider: &LoadedProvider,
     workspace: &std::path::Path,
     grant: Grant,
-) -> (ProviderHandle, mpsc::UnboundedReceiver<ProviderEvent>) {
+) -> (ProviderHandle, StateReader) {
     let caps = Capabilities::new(provider.description.request(), grant);
-    let (events, rx) = mpsc::unbounded_channel();
+    let (state, rx) = persisted::channel(Default::default());
     let setup = InstanceSetup {
         env_id: "env-1".into(),
         workspace: workspace.to_owned(),
         state_dir: workspace.join(".provider-state"),
         broker: ProcessBroker::new("env-1".into(), caps, workspace.to_owned(), 4, 4096),
         runtime: Arc::new(NoRuntime),
-        events,
-        state: Default::default(),
+        state,
     };
     (
         engine
@@ -89,7 +87,7 @@ async fn info_crosses_the_boundary() {
 async fn start_files_health_and_stop_round_trip() {
     let (engine, p) = local_process().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (h, mut events) = instance(&engine, &p, dir.path(), sleep_grant()).await;
+    let (h, events) = instance(&engine, &p, dir.path(), sleep_grant()).await;
 
     let started = h
         .call(
@@ -103,10 +101,8 @@ async fn start_files_health_and_stop_round_trip() {
     };
     assert_eq!(outcome.resource_id, dir.path().display().to_string());
     assert!(outcome.metadata.contains_key("pid"));
-    assert_eq!(
-        events.recv().await,
-        Some(ProviderEvent::ResourceId(outcome.resource_id.clone()))
-    );
+    let persisted = events.next().await.expect("state changes");
+    assert_eq!(persisted.resource_id, Some(outcome.resource_id.clone()));
 
     let health = h.call(Call::Health, T).await.expect("health");
     assert!(matches!(

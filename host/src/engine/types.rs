@@ -42,16 +42,47 @@ impl ProviderDescription {
         }
     }
 
+    /// Checks `info()` against the limits below (the name against [`crate::names`]);
+    /// a provider over any of them is refused at load with the reason.
     pub(crate) fn from_wit(info: wit::ProviderInfo) -> Result<Self, String> {
+        crate::names::validate("provider", &info.name).map_err(|e| e.to_string())?;
+        let caps = &info.capabilities;
+        let args = caps.commands.iter().flat_map(|c| &c.args);
+        let programs = caps.commands.iter().map(|c| &c.program);
+        let checks: [(&str, usize, usize); 12] = [
+            ("version", info.version.len(), MAX_INFO_VERSION),
+            ("description", info.description.len(), MAX_INFO_DESCRIPTION),
+            ("config schema", info.config_schema.len(), MAX_INFO_SCHEMA),
+            ("message types", info.message_types.len(), MAX_INFO_LIST),
+            (
+                "a message type",
+                longest(&info.message_types),
+                MAX_INFO_ITEM,
+            ),
+            ("commands", caps.commands.len(), MAX_INFO_LIST),
+            ("arguments of a command", most_args(caps), MAX_INFO_LIST),
+            (
+                "a program or argument",
+                longest(programs.chain(args)),
+                MAX_INFO_ITEM,
+            ),
+            ("urls", caps.urls.len(), MAX_INFO_LIST),
+            ("a url", longest(&caps.urls), MAX_INFO_ITEM),
+            ("directories", caps.directories.len(), MAX_INFO_LIST),
+            ("a directory", longest(&caps.directories), MAX_INFO_ITEM),
+        ];
+        if let Some((what, got, max)) = checks.into_iter().find(|(_, got, max)| got > max) {
+            return Err(format!(
+                "{what} of provider {} is {got} long; the limit is {max} (bytes or entries)",
+                info.name
+            ));
+        }
         let commands = info
             .capabilities
             .commands
             .into_iter()
             .map(|c| CommandPattern::new(c.program, c.args).map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
-        if info.name.is_empty() {
-            return Err("provider info has an empty name".into());
-        }
         Ok(Self {
             name: info.name,
             version: info.version,
@@ -65,6 +96,30 @@ impl ProviderDescription {
             message_types: info.message_types,
         })
     }
+}
+
+/// Longest `info().version`, in bytes.
+pub const MAX_INFO_VERSION: usize = 64;
+/// Longest `info().description`, in bytes.
+pub const MAX_INFO_DESCRIPTION: usize = 4096;
+/// Longest `info().config-schema`, in bytes.
+pub const MAX_INFO_SCHEMA: usize = 64 << 10;
+/// Most entries in each `info()` list (message types, commands, arguments of one
+/// command, urls, directories).
+pub const MAX_INFO_LIST: usize = 64;
+/// Longest entry of an `info()` list, in bytes.
+pub const MAX_INFO_ITEM: usize = 1024;
+
+fn longest<'a>(items: impl IntoIterator<Item = &'a String>) -> usize {
+    items.into_iter().map(String::len).max().unwrap_or(0)
+}
+
+fn most_args(caps: &wit::Capabilities) -> usize {
+    caps.commands
+        .iter()
+        .map(|c| c.args.len())
+        .max()
+        .unwrap_or(0)
 }
 
 /// What a start hands the provider.
@@ -120,6 +175,49 @@ pub struct StartOutcome {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Longest `resource-id` a provider may return or set, in bytes.
+pub const MAX_RESOURCE_ID: usize = 256;
+/// Longest `workspace-path` a provider may return, in bytes.
+pub const MAX_WORKSPACE_PATH: usize = 4096;
+/// Most `metadata` entries a start may return.
+pub const MAX_METADATA_ENTRIES: usize = 32;
+/// Most bytes of `metadata` (keys and values together) a start may return.
+pub const MAX_METADATA_BYTES: usize = 16 << 10;
+
+impl StartOutcome {
+    /// Why this outcome is over the host's limits, if it is: the start then fails
+    /// with that reason instead of storing or serving what the provider sent.
+    pub fn over_limits(&self) -> Option<String> {
+        let metadata_bytes: usize = (self.metadata.iter()).map(|(k, v)| k.len() + v.len()).sum();
+        let checks = [
+            (
+                "resourceId",
+                self.resource_id.len(),
+                MAX_RESOURCE_ID,
+                "bytes",
+            ),
+            (
+                "workspacePath",
+                self.workspace_path.len(),
+                MAX_WORKSPACE_PATH,
+                "bytes",
+            ),
+            (
+                "metadata",
+                self.metadata.len(),
+                MAX_METADATA_ENTRIES,
+                "entries",
+            ),
+            ("metadata", metadata_bytes, MAX_METADATA_BYTES, "bytes"),
+        ];
+        (checks.into_iter())
+            .find(|(_, got, max, _)| got > max)
+            .map(|(what, got, max, unit)| {
+                format!("the provider's start result is over the host's limits: {what} has {got} {unit}, at most {max} are accepted")
+            })
+    }
+}
+
 impl From<wit::StartResult> for StartOutcome {
     fn from(r: wit::StartResult) -> Self {
         Self {
@@ -165,7 +263,30 @@ impl From<wit::ProviderError> for ProviderFailure {
             wit::ProviderError::Unsupported(m) => (FailureKind::Unsupported, m),
             wit::ProviderError::Failed(m) => (FailureKind::Failed, m),
         };
+        // A provider's message ends up in `lastError`, API answers and logs.
+        let message = crate::untrusted::cut(&message, crate::untrusted::MAX_ERROR);
         Self { kind, message }
+    }
+}
+
+/// Holds what a call returned to the host's limits: a start result over them
+/// becomes the provider's failure, a health detail is cut.
+pub(crate) fn bounded(reply: Result<Reply, ProviderFailure>) -> Result<Reply, ProviderFailure> {
+    match reply {
+        Ok(Reply::Started(outcome)) => match outcome.over_limits() {
+            Some(message) => Err(ProviderFailure {
+                kind: FailureKind::InvalidInput,
+                message,
+            }),
+            None => Ok(Reply::Started(outcome)),
+        },
+        Ok(Reply::Health(mut h)) => {
+            if let Some(detail) = &mut h.detail {
+                crate::untrusted::cut_in_place(detail, crate::untrusted::MAX_ERROR);
+            }
+            Ok(Reply::Health(h))
+        }
+        other => other,
     }
 }
 
@@ -298,17 +419,6 @@ pub enum Reply {
     Health(HealthReport),
     /// Changed files.
     Diff(Vec<DiffFile>),
-}
-
-/// Something a provider did that the layers above must persist or show.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProviderEvent {
-    /// `state.set-resource-id`.
-    ResourceId(String),
-    /// `state.set`.
-    StateSet(String, String),
-    /// `state.remove`.
-    StateRemoved(String),
 }
 
 /// The environment's runtime connection, as a provider instance may use it.

@@ -424,7 +424,8 @@ impl Manager {
             if let Some(handle) = self.take_instance(&env) {
                 let timeout = self.shared.config.lifecycle.stop_timeout;
                 if let Err(e) = handle.call(Call::Close, timeout).await {
-                    tracing::warn!(env = %env.id, error = %e, "provider close failed");
+                    let error = crate::untrusted::logged(&e.to_string());
+                    tracing::warn!(env = %env.id, %error, "provider close failed");
                 }
                 handle.shutdown().await;
             }

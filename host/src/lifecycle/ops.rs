@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Env, HubPort, Manager, Status};
@@ -12,7 +11,7 @@ use crate::auth;
 use crate::broker::process::ProcessBroker;
 use crate::broker::{Capabilities, PROJECT_PATH_DIR, Request};
 use crate::engine::{
-    Call, CallError, InitVars, InstanceSetup, LoadedProvider, ProviderEvent, ProviderHandle, Reply,
+    Call, CallError, InitVars, InstanceSetup, LoadedProvider, ProviderHandle, Reply, StateReader,
 };
 use crate::relay::{CLOSE_GONE, CLOSE_REPLACED};
 use crate::store::{DesiredState, Record};
@@ -52,7 +51,8 @@ impl Manager {
             _ = env.deleting.cancelled() => Err("the environment is being deleted".to_owned()),
         };
         if let Err(reason) = &result {
-            tracing::error!(env = %env.id, %reason, "start failed");
+            let shown = crate::untrusted::logged(reason);
+            tracing::error!(env = %env.id, reason = %shown, "start failed");
             self.fail(env, reason.clone()).await;
         }
         result
@@ -122,7 +122,8 @@ impl Manager {
             live.supervision = Some(supervision.clone());
             live.metadata = outcome.metadata;
         }
-        tracing::info!(env = %env.id, resource = %outcome.resource_id, "environment running");
+        let resource = crate::untrusted::logged(&outcome.resource_id);
+        tracing::info!(env = %env.id, %resource, "environment running");
         self.set_status(env, Status::Running);
         self.supervise(env.clone(), handle, supervision);
         Ok(())
@@ -153,17 +154,19 @@ impl Manager {
             limits.max_processes,
             limits.output_tail_bytes,
         );
-        let (events, rx) = mpsc::unbounded_channel();
+        let state_dir = (s.config)
+            .provider_state_dir(&provider.description.name)
+            .map_err(|e| e.to_string())?;
+        let (state, changes) = crate::engine::persisted::channel(record.provider_state.clone());
         s.tasks
-            .spawn(persist_events(self.clone(), env.id.clone(), rx));
+            .spawn(persist_state(self.clone(), env.id.clone(), changes));
         let setup = InstanceSetup {
             env_id: env.id.clone(),
             workspace,
-            state_dir: s.config.provider_state_dir(&provider.description.name),
+            state_dir,
             broker,
             runtime: Arc::new(HubPort(env.hub.clone())),
-            events,
-            state: record.provider_state.clone(),
+            state,
         };
         s.engine
             .instantiate(provider, setup)
@@ -214,7 +217,8 @@ impl Manager {
         match result {
             Ok(_) => self.set_status(env, Status::Stopped),
             Err(e) => {
-                tracing::warn!(env = %env.id, error = %e, "provider stop failed");
+                let error = crate::untrusted::logged(&e.to_string());
+                tracing::warn!(env = %env.id, %error, "provider stop failed");
                 self.fail(env, format!("provider stop failed: {e}")).await;
             }
         }
@@ -232,7 +236,8 @@ impl Manager {
             let init = self.init_vars(env, record, String::new(), String::new());
             let timeout = self.shared.config.lifecycle.stop_timeout;
             if let Err(e) = handle.call(Call::Destroy(Box::new(init)), timeout).await {
-                tracing::warn!(env = %env.id, resource = ?record.resource_id, error = %e,
+                let error = crate::untrusted::logged(&e.to_string());
+                tracing::warn!(env = %env.id, resource = ?record.resource_id, %error,
                     "the provider could not remove the resource; remove it by hand");
             }
             handle.shutdown().await;
@@ -269,6 +274,8 @@ impl Manager {
 
     /// Records `reason` and puts `env` in `error`.
     pub(super) async fn fail(&self, env: &Env, reason: String) {
+        // The reason may quote a provider's message or trap text: bounded in the record.
+        let reason = crate::untrusted::cut(&reason, crate::untrusted::MAX_LAST_ERROR);
         if let Err(e) = self
             .shared
             .store
@@ -332,22 +339,19 @@ fn request_for(provider: &LoadedProvider, record: &Record) -> Request {
     request
 }
 
-async fn persist_events(
-    manager: Manager,
-    id: String,
-    mut rx: mpsc::UnboundedReceiver<ProviderEvent>,
-) {
-    while let Some(event) = rx.recv().await {
+/// Persists what the instance sets, one write per batch of coalesced changes, until
+/// the instance is gone.
+async fn persist_state(manager: Manager, id: String, changes: StateReader) {
+    while let Some(batch) = changes.next().await {
         let result = manager
             .shared
             .store
-            .update(&id, |r| match event {
-                ProviderEvent::ResourceId(rid) => r.resource_id = Some(rid),
-                ProviderEvent::StateSet(k, v) => {
-                    r.provider_state.insert(k, v);
+            .update(&id, |r| {
+                if let Some(rid) = batch.resource_id {
+                    r.resource_id = Some(rid);
                 }
-                ProviderEvent::StateRemoved(k) => {
-                    r.provider_state.remove(&k);
+                if let Some(values) = batch.values {
+                    r.provider_state = values;
                 }
             })
             .await;

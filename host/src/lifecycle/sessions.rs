@@ -247,7 +247,7 @@ impl AppSession {
                                 if let CallError::Provider(f) = &err
                                     && matches!(f.kind, FailureKind::Denied | FailureKind::InvalidInput)
                                 {
-                                    tracing::warn!(env = %env.id, %kind, error = %f, "app request refused");
+                                    tracing::warn!(env = %env.id, %kind, error = %crate::untrusted::logged(&f.to_string()), "app request refused");
                                 }
                                 Err(messages::error_value(&err))
                             }

@@ -86,7 +86,8 @@ impl Manager {
             if !current.is_some_and(|h| h.same_instance(&handle)) {
                 return; // already stopped or replaced
             }
-            tracing::warn!(env = %env.id, %reason, "environment failed");
+            let shown = crate::untrusted::logged(&reason);
+            tracing::warn!(env = %env.id, reason = %shown, "environment failed");
             let _ = self.take_instance(&env);
             let timeout = self.shared.config.lifecycle.stop_timeout;
             // Let the provider release what it can; a dead instance answers at once.
@@ -168,11 +169,17 @@ impl Manager {
         let _ = self
             .shared
             .store
-            .update(&env.id, |r| r.last_error = Some(reason.to_owned()))
+            .update(&env.id, |r| {
+                r.last_error = Some(crate::untrusted::cut(
+                    reason,
+                    crate::untrusted::MAX_LAST_ERROR,
+                ))
+            })
             .await;
         self.set_status(env, Status::Restarting);
         let delay = backoff(config, attempt);
-        tracing::info!(env = %env.id, attempt, ?delay, %reason, "restart scheduled");
+        let shown = crate::untrusted::logged(reason);
+        tracing::info!(env = %env.id, attempt, ?delay, reason = %shown, "restart scheduled");
         Some(delay)
     }
 }

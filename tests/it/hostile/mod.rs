@@ -2,8 +2,12 @@
 //! a real server with the `hostile` provider dropped in, runs one attack while a
 //! well-behaved `local-process` environment keeps relaying echoes, and checks that
 //! the attack is refused or contained with a clear error, that `/healthz` answers,
-//! and that no process outlives its environment. Network attacks are in [`net`].
+//! and that no process outlives its environment. Network attacks are in [`net`];
+//! issue 10's provider identity (names, built-ins) in [`identity`], and bounds on
+//! what a provider sends the host in [`bounds`].
 
+mod bounds;
+mod identity;
 mod net;
 mod rig;
 mod spin;

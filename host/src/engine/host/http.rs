@@ -89,7 +89,8 @@ async fn send(
     let port = uri
         .port_u16()
         .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    let dest = format!("{scheme}://{host}:{port}");
+    // For log lines only: the host part is the provider's and may be long.
+    let dest = crate::untrusted::quoted(&format!("{scheme}://{host}:{port}"));
     policy
         .check_destination(&scheme, &host, port)
         .map_err(|d| refused(&policy, &dest, &d))?;

@@ -1,14 +1,13 @@
 //! `tether:provider/log`: provider log lines in the host's log, tagged with the
-//! environment and provider, cut to a bounded length and rate-limited so a flooding
-//! provider cannot drown the host's log or its disk.
+//! environment and provider, cut to a bounded length with control characters escaped
+//! (so a message cannot forge other log lines) and rate-limited so a flooding provider
+//! cannot drown the host's log or its disk.
 
 use std::time::Instant;
 
 use crate::engine::bindings::log::{Host, Level};
 use crate::engine::instance::HostState;
 
-/// Longest log message kept, in bytes.
-const MAX_MESSAGE: usize = 4096;
 /// Lines a provider may log in a burst.
 const BURST: f64 = 200.0;
 /// Lines per second it may log after the burst.
@@ -34,7 +33,7 @@ impl Default for LogBudget {
 
 impl LogBudget {
     /// Whether one more line may be written now; if so, how many were dropped before it.
-    fn take(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn take(&mut self, now: Instant) -> Option<u64> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * PER_SECOND).min(BURST);
@@ -48,7 +47,7 @@ impl LogBudget {
 }
 
 impl Host for HostState {
-    async fn log(&mut self, level: Level, mut message: String) -> wasmtime::Result<()> {
+    async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let (env, provider) = (&self.env_id, &self.provider);
         let Some(dropped) = self.log_budget.take(Instant::now()) else {
             return Ok(());
@@ -56,14 +55,7 @@ impl Host for HostState {
         if dropped > 0 {
             tracing::warn!(env = %env, provider = %provider, dropped, "provider log rate limit: lines suppressed");
         }
-        if message.len() > MAX_MESSAGE {
-            let mut cut = MAX_MESSAGE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push_str(" …");
-        }
+        let message = crate::untrusted::logged(&message);
         match level {
             Level::Trace => tracing::trace!(env = %env, provider = %provider, "{message}"),
             Level::Debug => tracing::debug!(env = %env, provider = %provider, "{message}"),

@@ -27,7 +27,12 @@ impl Host for HostState {
         match broker.spawn(spec) {
             Ok(child) => Ok(Ok(self.table.push(child)?)),
             Err(SpawnError::Denied(denied)) => {
-                tracing::warn!(env = %self.env_id, provider = %self.provider, %program, reason = %denied, "spawn denied");
+                // Counted against the provider's log budget, so a loop of denied
+                // spawns logs a burst, not a line per call.
+                if self.log_budget.take(std::time::Instant::now()).is_some() {
+                    let program = crate::untrusted::quoted(&program);
+                    tracing::warn!(env = %self.env_id, provider = %self.provider, %program, reason = %denied, "spawn denied");
+                }
                 Ok(Err(ProviderError::Denied(denied.to_string())))
             }
             Err(err @ SpawnError::Io { .. }) => Ok(Err(ProviderError::Failed(err.to_string()))),

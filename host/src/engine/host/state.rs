@@ -1,30 +1,35 @@
 //! `tether:provider/state`: the resource id and small key/values kept in the record.
 //!
-//! The instance keeps its own copy for reads and emits an event per change, which
-//! the lifecycle layer persists.
+//! The instance writes through a [`crate::engine::StateWriter`], which the lifecycle
+//! layer persists; changes coalesce there, so a flood of calls costs no memory.
 
 use crate::engine::bindings::state::Host;
 use crate::engine::bindings::types::ProviderError;
 use crate::engine::instance::HostState;
-use crate::engine::types::ProviderEvent;
+use crate::engine::types::MAX_RESOURCE_ID;
 
 /// Longest key, in bytes.
-const MAX_KEY: usize = 128;
+pub(crate) const MAX_KEY: usize = 128;
 /// Longest value, in bytes.
-const MAX_VALUE: usize = 4096;
+pub(crate) const MAX_VALUE: usize = 4096;
 
 impl Host for HostState {
     async fn set_resource_id(&mut self, id: String) -> wasmtime::Result<()> {
-        if id.len() <= MAX_VALUE {
-            self.emit(ProviderEvent::ResourceId(id));
-        } else {
-            tracing::warn!(env = %self.env_id, "resource id over {MAX_VALUE} bytes ignored");
+        // The import has no error to return: an id over the limit is dropped, not
+        // cut (a cut id would name another resource), and the drop is logged.
+        if id.len() <= MAX_RESOURCE_ID {
+            self.state.set_resource_id(id);
+        } else if self.log_budget.take(std::time::Instant::now()).is_some() {
+            // Counted against the provider's log budget: a flood logs a burst, not a line
+            // per call.
+            tracing::warn!(env = %self.env_id, provider = %self.provider, bytes = id.len(),
+                "set-resource-id over {MAX_RESOURCE_ID} bytes ignored");
         }
         Ok(())
     }
 
     async fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.state.get(&key).cloned())
+        Ok(self.state.get(&key))
     }
 
     async fn set(
@@ -37,21 +42,17 @@ impl Host for HostState {
                 "state keys must be 1..={MAX_KEY} bytes and values at most {MAX_VALUE} bytes"
             ))));
         }
-        if !self.state.contains_key(&key) && self.state.len() >= self.max_state_entries {
+        if !self.state.set(key, value, self.max_state_entries) {
             return Ok(Err(ProviderError::Denied(format!(
                 "at most {} state entries per environment",
                 self.max_state_entries
             ))));
         }
-        self.state.insert(key.clone(), value.clone());
-        self.emit(ProviderEvent::StateSet(key, value));
         Ok(Ok(()))
     }
 
     async fn remove(&mut self, key: String) -> wasmtime::Result<()> {
-        if self.state.remove(&key).is_some() {
-            self.emit(ProviderEvent::StateRemoved(key));
-        }
+        self.state.remove(&key);
         Ok(())
     }
 }

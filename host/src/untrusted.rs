@@ -1,0 +1,170 @@
+//! Strings a provider controls, made safe to store, show and log: cut to a bounded
+//! length with a visible marker, and (for log lines and messages that quote them)
+//! with control characters escaped, so a provider can neither grow the host's files
+//! nor forge log lines with newlines or terminal escapes. Every limit on what a
+//! provider sends the host is listed here and in SECURITY.md ("What a provider can
+//! send the host").
+
+/// Longest error message of a provider kept (start errors, file-handler errors).
+pub const MAX_ERROR: usize = 4096;
+/// Longest `lastError` stored in a record.
+pub const MAX_LAST_ERROR: usize = 4096;
+/// Longest provider string quoted in a denial (program names, URLs, paths).
+pub const MAX_QUOTED: usize = 200;
+/// Longest log message of a provider, and of any provider string in a host log line.
+pub const MAX_LOGGED: usize = 4096;
+
+/// `s` cut to at most `max` bytes (on a character boundary) plus a marker saying how
+/// long it was; unchanged when it fits.
+pub fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (cut from {} bytes)", &s[..end], s.len())
+}
+
+/// [`cut`] in place, for strings the host keeps.
+pub fn cut_in_place(s: &mut String, max: usize) {
+    if s.len() > max {
+        *s = cut(s, max);
+    }
+}
+
+/// `s` for a log line or a message: control characters (newline, carriage return,
+/// escape, …) written as `\n`, `\r`, `\u{1b}`, and the whole cut to about `max` bytes.
+pub fn shown(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max) + 16);
+    for c in s.chars() {
+        // Checked before each character: an escape adds at most 10 bytes past `max`.
+        if out.len() >= max {
+            out.push_str(&format!("… (cut from {} bytes)", s.len()));
+            return out;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// [`shown`] with the bound for quoting a provider string inside a denial.
+pub fn quoted(s: &str) -> String {
+    shown(s, MAX_QUOTED)
+}
+
+/// [`shown`] with the bound for a log line.
+pub fn logged(s: &str) -> String {
+    shown(s, MAX_LOGGED)
+}
+
+/// Longest log line written; the rest is cut with a marker.
+pub const MAX_LOG_LINE: usize = 64 << 10;
+
+/// The host's log writer: whatever a site forgot to escape, each event stays one line
+/// — newlines and carriage returns inside it (and, when the log is no terminal, ESC)
+/// are written escaped, and a line over [`MAX_LOG_LINE`] is cut. The formatter hands
+/// over each event whole in one `write`.
+#[derive(Debug)]
+pub struct OneLine<W> {
+    inner: W,
+    escape_esc: bool,
+}
+
+impl<W> OneLine<W> {
+    /// Wraps `inner`; `escape_esc` when no terminal interprets colours.
+    pub fn new(inner: W, escape_esc: bool) -> Self {
+        Self { inner, escape_esc }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (body, end) = match buf.strip_suffix(b"\n") {
+            Some(body) => (body, &b"\n"[..]),
+            None => (buf, &b""[..]),
+        };
+        let special = |b: u8| b == b'\n' || b == b'\r' || (self.escape_esc && b == 0x1b);
+        if body.len() <= MAX_LOG_LINE && !body.iter().any(|&b| special(b)) {
+            self.inner.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        let mut out = Vec::with_capacity(body.len().min(MAX_LOG_LINE) + 64);
+        for &b in body {
+            if out.len() >= MAX_LOG_LINE {
+                out.extend_from_slice(format!("… (line cut from {} bytes)", body.len()).as_bytes());
+                break;
+            }
+            match b {
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                0x1b if self.escape_esc => out.extend_from_slice(b"\\u{1b}"),
+                _ => out.push(b),
+            }
+        }
+        out.extend_from_slice(end);
+        self.inner.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_keeps_short_strings_and_marks_long_ones() {
+        assert_eq!(cut("abc", 3), "abc");
+        let long = "é".repeat(3000);
+        let c = cut(&long, 4096);
+        assert!(c.len() < 4096 + 40, "{}", c.len());
+        assert!(c.ends_with("(cut from 6000 bytes)"), "{c}");
+        let mut s = "x".repeat(10);
+        cut_in_place(&mut s, 4);
+        assert_eq!(s, "xxxx… (cut from 10 bytes)");
+    }
+
+    #[test]
+    fn shown_escapes_control_characters_and_cuts() {
+        let forged = "ok\n2026-01-01T00:00:00Z  INFO forged\x1b[2J\r";
+        let s = shown(forged, 100);
+        assert!(
+            !s.contains('\n') && !s.contains('\x1b') && !s.contains('\r'),
+            "{s}"
+        );
+        assert!(s.contains("\\n") && s.contains("\\u{1b}[2J"), "{s}");
+        let big = shown(&"\n".repeat(1 << 20), 200);
+        assert!(big.len() < 260, "{}", big.len());
+        assert!(big.ends_with("(cut from 1048576 bytes)"), "{big}");
+        assert_eq!(shown("plain – ünïcode", 100), "plain – ünïcode");
+    }
+
+    #[test]
+    fn the_log_writer_keeps_each_event_on_one_line() {
+        use std::io::Write;
+        let mut out = Vec::new();
+        let mut w = OneLine::new(&mut out, true);
+        w.write_all(b"INFO a\nforged \x1b[31m\r\n").unwrap();
+        w.write_all(b"INFO plain\n").unwrap();
+        w.write_all(&[b'x'; MAX_LOG_LINE + 10]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "INFO a\\nforged \\u{1b}[31m\\r");
+        assert_eq!(lines[1], "INFO plain");
+        assert!(
+            lines[2].ends_with("(line cut from 65546 bytes)"),
+            "{}",
+            &lines[2][65000..]
+        );
+        assert_eq!(lines.len(), 3);
+    }
+}
