@@ -92,13 +92,14 @@ pub(super) struct FileLimits {
     pub(super) max_resources: Option<usize>,
 }
 
-/// `[providers.NAME]`: a grant (any of the first four keys replaces the built-in
+/// `[providers.NAME]`: a grant (any of the first five keys replaces the built-in
 /// default grant as a whole) and operator config.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileGrant {
     pub(super) commands: Option<Vec<FileCommand>>,
     pub(super) env: Option<Vec<String>>,
+    pub(super) set_env: Option<Vec<String>>,
     pub(super) urls: Option<Vec<String>>,
     pub(super) directories: Option<Vec<PathBuf>>,
     pub(super) config: Option<toml::Table>,

@@ -146,13 +146,16 @@ impl Manager {
             s.config.grant_for(&provider.description.name),
         );
         let limits = &s.config.limits;
-        let broker = ProcessBroker::new(
+        let mut broker = ProcessBroker::new(
             env.id.clone(),
             caps,
             workspace.clone(),
             limits.max_processes,
             limits.output_tail_bytes,
         );
+        if let Some(tether) = &s.config.spawn_guard {
+            broker = broker.with_guard(tether.clone());
+        }
         let (events, rx) = mpsc::unbounded_channel();
         s.tasks
             .spawn(persist_events(self.clone(), env.id.clone(), rx));
