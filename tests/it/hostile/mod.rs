@@ -4,7 +4,9 @@
 //! the attack is refused or contained with a clear error, that `/healthz` answers,
 //! and that no process outlives its environment. Network attacks are in [`net`].
 
+mod git;
 mod net;
+mod process;
 mod rig;
 
 use serde_json::json;
