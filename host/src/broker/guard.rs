@@ -170,3 +170,31 @@ fn exit_code(status: Option<WaitStatus>) -> i32 {
         _ => 128 + Signal::SIGKILL as i32,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descendants_follow_parent_chains_and_exclude_the_root() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & sleep 5; wait"])
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // The shell and its two sleepers, once they run.
+        while descendants(pid).len() < 2 {
+            assert!(Instant::now() < deadline, "children never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let below = descendants(pid);
+        assert_eq!(below.len(), 2, "{below:?}");
+        assert!(descendants(getpid()).contains(&pid));
+        assert!(!below.contains(&pid));
+        for p in below.iter().chain([&pid]) {
+            let _ = kill(*p, Signal::SIGKILL);
+        }
+        let _ = child.wait();
+    }
+}

@@ -80,6 +80,22 @@ async fn hostile_repository_config_and_hooks_never_run_under_git_worktree() {
     std::fs::remove_file(&marker).unwrap();
 
     let server = Server::start(&data);
+    let (_, provider) = server
+        .call("GET", "/api/v1/providers/git-worktree", None)
+        .await;
+    assert_eq!(
+        provider["granted"]["setEnv"],
+        json!([
+            "TETHER_RUNTIME_URL",
+            "TETHER_RUNTIME_TOKEN",
+            "TETHER_ENVIRONMENT_ID"
+        ]),
+        "{provider}"
+    );
+    assert_eq!(
+        provider["granted"]["commands"][0]["args"][1],
+        "core.fsmonitor=false"
+    );
     let (status, env) = server
         .call(
             "POST",
