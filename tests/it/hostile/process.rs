@@ -248,3 +248,18 @@ async fn hostile_double_fork_and_setsid_still_stop_with_the_environment() {
     rig.finish().await;
     wait_gone(pid).await;
 }
+
+#[tokio::test]
+async fn hostile_double_fork_and_setsid_die_with_a_crashed_host() {
+    let mut rig = Rig::start(granting(
+        "  { program = \"/bin/sh\", args = [\"-c\", \"{any}\"] },",
+        "",
+    ))
+    .await;
+    let (_, pid) = escaped_sleeper(&mut rig, "df-crash").await;
+    // SIGKILL: the host cleans nothing up; the guard notices its parent is gone.
+    let Rig { server, dir, .. } = rig;
+    server.kill();
+    wait_gone(pid).await;
+    drop(dir);
+}
