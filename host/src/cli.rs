@@ -71,6 +71,17 @@ enum ProviderCommand {
 
 /// Parses the command line, runs the command and turns its outcome into an exit code.
 pub fn main() -> ExitCode {
+    // The spawn guard takes the rest of the command line as a program and its
+    // arguments verbatim (not UTF-8 checked, never parsed as flags), and must stay
+    // single-threaded: it is dispatched before clap and the async runtime.
+    let mut argv = std::env::args_os().skip(1).peekable();
+    if argv
+        .peek()
+        .is_some_and(|a| a == crate::broker::guard::GUARD_ARG)
+    {
+        argv.next();
+        std::process::exit(crate::broker::guard::run(argv));
+    }
     let cli = Cli::parse();
     init_logging();
     match run(cli) {
@@ -93,7 +104,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             config,
         } => {
-            let settings = ServeConfig::load(listen, data_dir, &config)?;
+            let mut settings = ServeConfig::load(listen, data_dir, &config)?;
+            settings.spawn_guard =
+                Some(std::env::current_exe().context("locating this binary for the spawn guard")?);
             rt.block_on(server::serve(settings, server::shutdown_signal()))?;
         }
         Command::Runtime => {

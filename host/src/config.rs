@@ -78,6 +78,9 @@ pub struct ServeConfig {
     pub net: NetConfig,
     /// Where compiled providers are cached (`[cache]`; default `.codebolt/cache`).
     pub compile_cache: CompileCacheConfig,
+    /// The `tether` binary whose spawn guard runs every brokered child (set by
+    /// `tether serve` to itself); `None` kills only the child's process group.
+    pub spawn_guard: Option<PathBuf>,
 }
 
 /// Relay windows, limits and liveness (`[relay]` in `tether.toml`).
@@ -274,6 +277,7 @@ impl ServeConfig {
             relay: RelayConfig::default(),
             net: NetConfig::default(),
             compile_cache: CompileCacheConfig::in_dir(data_dir.join(".codebolt/cache")),
+            spawn_guard: None,
             data_dir,
         }
     }
@@ -373,6 +377,7 @@ impl ServeConfig {
             // A table that only sets `config` keeps the built-in default grant.
             if grant.commands.is_none()
                 && grant.env.is_none()
+                && grant.set_env.is_none()
                 && grant.urls.is_none()
                 && grant.directories.is_none()
             {
@@ -394,11 +399,23 @@ impl ServeConfig {
                     d.display()
                 )));
             }
+            let env = grant.env.unwrap_or_default();
+            if let Some(bad) = env.iter().find(|n| !crate::broker::env::valid_name(n)) {
+                return Err(ConfigError::Invalid(format!(
+                    "providers.{name}: env entry {bad:?} is not a variable name"
+                )));
+            }
+            let set_env = grant.set_env.unwrap_or_default();
+            for entry in &set_env {
+                crate::broker::env::check_set_env_entry(entry)
+                    .map_err(|e| ConfigError::Invalid(format!("providers.{name}: {e}")))?;
+            }
             self.grants.insert(
                 name,
                 Grant {
                     commands,
-                    env: grant.env.unwrap_or_default(),
+                    env,
+                    set_env,
                     urls,
                     directories,
                 },

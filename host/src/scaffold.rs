@@ -218,6 +218,7 @@ Grant it the command it asks for in the host's `tether.toml`:
 [providers.{{name}}]
 commands = [{ program = "tether", args = ["runtime"] }]
 env = ["PATH"]
+set_env = ["TETHER_RUNTIME_URL", "TETHER_RUNTIME_TOKEN"]
 ```
 "#;
 

@@ -194,7 +194,7 @@ async fn a_scaffolded_provider_is_dropped_in_replaced_and_removed_while_the_host
     std::fs::create_dir_all(&data).expect("data dir");
     crate::support::write_config(
         &data,
-        "[providers.scaffolded]\ncommands = [{ program = \"tether\", args = [\"runtime\"] }]\nenv = [\"PATH\"]\n",
+        "[providers.scaffolded]\ncommands = [{ program = \"tether\", args = [\"runtime\"] }]\nenv = [\"PATH\"]\nset_env = [\"TETHER_RUNTIME_URL\", \"TETHER_RUNTIME_TOKEN\"]\n",
     );
     let server = Server::start(&data);
     let (status, _) = server

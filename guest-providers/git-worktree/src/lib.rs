@@ -95,6 +95,7 @@ impl GitWorktree {
     /// Returns whether it was reused.
     fn ensure_worktree(&self, layout: &Layout, init: &InitVars) -> Result<bool, ProviderError> {
         if std::fs::metadata(&layout.worktree).is_ok_and(|m| m.is_dir()) {
+            git::check_pointer(&layout.worktree, &layout.project)?;
             let top = git::toplevel(&layout.worktree)?;
             if top != layout.worktree {
                 return Err(ProviderError::failed(format!(
@@ -131,6 +132,7 @@ impl GitWorktree {
         let base = state::get(BASE_KEY)
             .ok_or_else(|| ProviderError::failed("no base commit recorded for this worktree"))?;
         let init = init_vars().ok_or_else(|| ProviderError::failed("not started"))?;
+        git::check_pointer(&worktree, &Layout::of(&init)?.project)?;
         let host_out = format!("{}/{PATCH_FILE}", init.workspace_host_path);
         git::diff_to(&worktree, &base, &host_out)?;
         let guest_out = PathBuf::from(&init.workspace_dir).join(PATCH_FILE);

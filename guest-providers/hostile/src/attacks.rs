@@ -47,6 +47,7 @@ pub(crate) fn run(config: &Value, children: &mut Vec<Child>) -> Result<String, P
             "/workspace/../../../../../../etc/passwd",
             "/state/../../../../../../etc/passwd",
         ]),
+        "spawn-env" => crate::spawn_attacks::spawn_env(config),
         "spawn" => spawn_one(text(config, "program")?, strings(config, "args"), children),
         "spawn-many" => {
             let count = config.get("count").and_then(Value::as_u64).unwrap_or(1000);

@@ -11,6 +11,7 @@
 mod attacks;
 mod floods;
 mod http;
+mod spawn_attacks;
 
 use tether_provider_sdk::process::Child;
 use tether_provider_sdk::serde_json::{self, Value};
@@ -36,7 +37,7 @@ impl Provider for Hostile {
             // It asks for everything; only the operator's grant stands between it and
             // the host.
             capabilities: Capabilities {
-                commands: vec![CommandRequest::new("*", ["**"])],
+                commands: vec![CommandRequest::new("*", ["{any...}"])],
                 urls: vec![
                     "http://*:*".to_owned(),
                     "https://*:*".to_owned(),

@@ -72,7 +72,7 @@ impl Provider for LocalProcess {
                 commands: vec![
                     CommandRequest::new(DEFAULT_COMMAND, DEFAULT_ARGS),
                     // `config.command` may name another runtime; the operator's grant decides.
-                    CommandRequest::new("*", ["**"]),
+                    CommandRequest::new("*", ["{any...}"]),
                 ],
                 urls: Vec::new(),
                 directories: Vec::new(),

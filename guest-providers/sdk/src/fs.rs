@@ -5,7 +5,9 @@
 //! `init-vars.workspace-dir` (a WASI preopened directory such as `/workspace`).
 //! [`resolve`] rejects empty and absolute paths, `..` components and NUL bytes
 //! before anything touches the filesystem; the WASI preopen is the second layer
-//! that keeps every access (symlinks included) inside the workspace.
+//! that keeps every access (symlinks included) inside the workspace. It also
+//! rejects any `.git` component: git metadata (config, hooks, the worktree's
+//! `.git` pointer) decides what git runs, so apps may neither read nor write it.
 
 use std::fs;
 use std::io;
@@ -55,7 +57,8 @@ pub fn workspace_dir() -> Result<PathBuf, ProviderError> {
 /// components), still relative.
 ///
 /// Rejects, as `invalid-input`: an empty path, a NUL byte, an absolute path, any
-/// `..` component, and a path that names the workspace itself.
+/// `..` component, any `.git` component (in any case), and a path that names the
+/// workspace itself.
 pub fn check_relative(path: &str) -> Result<PathBuf, ProviderError> {
     if path.is_empty() {
         return Err(ProviderError::invalid_input("path is empty"));
@@ -66,6 +69,11 @@ pub fn check_relative(path: &str) -> Result<PathBuf, ProviderError> {
     let mut relative = PathBuf::new();
     for component in Path::new(path).components() {
         match component {
+            Component::Normal(name) if name.eq_ignore_ascii_case(".git") => {
+                return Err(ProviderError::invalid_input(format!(
+                    "path names git metadata (.git), which apps may not touch: {path}"
+                )));
+            }
             Component::Normal(name) => relative.push(name),
             Component::CurDir => {}
             Component::ParentDir => {
@@ -232,6 +240,15 @@ mod tests {
         assert_eq!(rejected(""), "path is empty");
         assert_eq!(rejected("a\0b"), "path contains a NUL byte");
         assert!(rejected("./.").contains("workspace itself"));
+        for git in [
+            ".git",
+            ".git/config",
+            "./.git/hooks/pre-commit",
+            "sub/.GIT/x",
+        ] {
+            assert!(rejected(git).contains("git metadata"), "{git}");
+        }
+        assert!(check_relative(".gitignore").is_ok());
         assert_eq!(
             check_relative("./src//main.rs").ok(),
             Some(PathBuf::from("src/main.rs"))

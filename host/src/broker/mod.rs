@@ -4,10 +4,14 @@
 //! operator grants it in `tether.toml` (or the built-in default grant). A spawn, a
 //! connection or a directory is allowed only when it matches a requested pattern
 //! *and* a granted one. Every denial is returned to the provider as an error and
-//! logged for the operator with the environment id. [`process`] spawns, [`net`]
-//! checks destinations and addresses.
+//! logged for the operator with the environment id. [`process`] spawns, [`env`]
+//! decides a child's variables and program path, [`guard`] keeps a child's whole
+//! process tree stoppable, [`net`] checks destinations and addresses.
 
+pub mod env;
+pub mod guard;
 pub mod net;
+pub mod pattern;
 pub mod process;
 
 use std::net::IpAddr;
@@ -16,144 +20,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub use net::UrlPattern;
+pub use pattern::{ANY_ARG, ANY_REST, CommandPattern, PATH_ARG, PathScope, PatternError};
 
 /// The directory request that stands for the environment's project path.
 pub const PROJECT_PATH_DIR: &str = "{projectPath}";
-
-/// The argument pattern that matches one path inside the environment's directories.
-pub const PATH_ARG: &str = "{path}";
-
-/// A program with argument patterns: `*` matches one argument, `**` all the rest,
-/// [`PATH_ARG`] one argument naming a path inside the environment's directories
-/// (see [`PathScope`]) and `PREFIX{path}` such an argument after a fixed prefix
-/// (`--output={path}`); anything else matches itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CommandPattern {
-    program: String,
-    args: Vec<String>,
-}
-
-/// Why a pattern is malformed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PatternError {
-    /// The program name is empty.
-    #[error("a command pattern needs a program")]
-    EmptyProgram,
-    /// `**` is only meaningful as the last argument pattern.
-    #[error("`**` may only be the last argument pattern of {0}")]
-    MisplacedRest(String),
-}
-
-impl CommandPattern {
-    /// Validates and builds a pattern.
-    pub fn new(program: String, args: Vec<String>) -> Result<Self, PatternError> {
-        if program.is_empty() {
-            return Err(PatternError::EmptyProgram);
-        }
-        if let Some(pos) = args.iter().position(|a| a == "**")
-            && pos + 1 != args.len()
-        {
-            return Err(PatternError::MisplacedRest(program));
-        }
-        Ok(Self { program, args })
-    }
-
-    /// The program this pattern names (`*` for any, in a provider's request).
-    pub fn program(&self) -> &str {
-        &self.program
-    }
-
-    /// Whether `program args...` matches this pattern, with `{path}` arguments
-    /// checked against `paths`.
-    pub fn matches(&self, program: &str, args: &[String], paths: &PathScope) -> bool {
-        if self.program != "*" && self.program != program {
-            return false;
-        }
-        let mut given = args.iter();
-        for pattern in &self.args {
-            if pattern == "**" {
-                return true;
-            }
-            match given.next() {
-                // `{path}`, or an option prefix then `{path}` (`--output={path}`).
-                Some(arg) if pattern.ends_with(PATH_ARG) => {
-                    let prefix = &pattern[..pattern.len() - PATH_ARG.len()];
-                    match arg.strip_prefix(prefix) {
-                        Some(path) if paths.contains(path) => {}
-                        _ => return false,
-                    }
-                }
-                Some(arg) if pattern == "*" || pattern == arg => {}
-                _ => return false,
-            }
-        }
-        given.next().is_none()
-    }
-
-    /// Whether every command `other` matches is matched by `self` too.
-    pub fn covers(&self, other: &CommandPattern) -> bool {
-        if self.program != "*" && self.program != other.program {
-            return false;
-        }
-        let mut theirs = other.args.iter();
-        for mine in &self.args {
-            if mine == "**" {
-                return true;
-            }
-            match theirs.next() {
-                Some(a) if a == "**" => return false,
-                // `{path}` only covers `{path}`; `*` covers anything but `**`.
-                Some(a) if mine == "*" || mine == a => {}
-                _ => return false,
-            }
-        }
-        theirs.next().is_none()
-    }
-}
-
-/// Where the `{path}` arguments of one spawn may point: inside the environment's
-/// directories (its workspace and the granted directories), relative paths taken
-/// from the spawn's working directory.
-#[derive(Debug, Clone, Default)]
-pub struct PathScope {
-    cwd: PathBuf,
-    roots: Vec<PathBuf>,
-}
-
-impl PathScope {
-    /// A scope over `roots` (canonicalised here; missing ones are dropped) for a
-    /// process working in `cwd`.
-    pub fn new(cwd: PathBuf, roots: &[PathBuf]) -> Self {
-        let roots = roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
-        Self { cwd, roots }
-    }
-
-    /// Whether `arg` names a path inside the roots. It may not exist yet (a path
-    /// to create), but it may not contain `..`, and its longest existing ancestor,
-    /// with symlinks resolved, must lie inside a root.
-    pub fn contains(&self, arg: &str) -> bool {
-        let path = Path::new(arg);
-        if arg.is_empty()
-            || arg.contains('\0')
-            || path
-                .components()
-                .any(|c| c == std::path::Component::ParentDir)
-        {
-            return false;
-        }
-        let full = self.cwd.join(path);
-        let mut probe = full.as_path();
-        loop {
-            if let Ok(real) = probe.canonicalize() {
-                return self.roots.iter().any(|root| real.starts_with(root));
-            }
-            match probe.parent() {
-                Some(parent) => probe = parent,
-                None => return false,
-            }
-        }
-    }
-}
 
 /// What the operator grants one provider.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -162,6 +32,10 @@ pub struct Grant {
     pub commands: Vec<CommandPattern>,
     /// Host environment variables passed through to its children.
     pub env: Vec<String>,
+    /// Variables the provider may set for its children: exact names, or `PREFIX*`
+    /// (which never admits a loader or tool variable, see [`env::is_tool_variable`]).
+    #[serde(rename = "setEnv")]
+    pub set_env: Vec<String>,
     /// Destinations it may reach, as `scheme://host:port` patterns.
     pub urls: Vec<UrlPattern>,
     /// Host directories (absolute) it may have preopened, with everything below them.
@@ -181,6 +55,7 @@ impl Grant {
                     args: vec!["runtime".into()],
                 }],
                 env: runtime_env(),
+                set_env: runtime_set_env(),
                 urls: Vec::new(),
                 directories: Vec::new(),
             },
@@ -190,6 +65,7 @@ impl Grant {
             "git-worktree" => Self {
                 commands: git_worktree_commands(),
                 env: runtime_env(),
+                set_env: runtime_set_env(),
                 urls: Vec::new(),
                 directories: vec![data_dir.to_owned()],
             },
@@ -209,21 +85,69 @@ fn runtime_env() -> Vec<String> {
         .to_vec()
 }
 
+/// Variables the built-in providers set for the runtimes they start (the SDK's
+/// `RESERVED_ENV`).
+fn runtime_set_env() -> Vec<String> {
+    [
+        "TETHER_RUNTIME_URL",
+        "TETHER_RUNTIME_TOKEN",
+        "TETHER_ENVIRONMENT_ID",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The arguments every git call of `git-worktree` starts with: `-c` settings,
+/// which win over the repository's own configuration, so a `.git/config` or hook
+/// written by someone else cannot make git run a command. The default grant
+/// requires them literally (see SECURITY.md for what they cannot switch off).
+pub const GIT_HARDENING: [&str; 16] = [
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.pager=cat",
+    "-c",
+    "protocol.allow=never",
+    "-c",
+    "submodule.recurse=false",
+    "-c",
+    "gc.auto=0",
+    "-c",
+    "maintenance.auto=false",
+    "-c",
+    "core.sshCommand=false",
+];
+
 /// The commands `git-worktree` needs (its request is the same list), in one place
 /// so the default grant and the documentation cannot drift from each other.
 pub fn git_worktree_commands() -> Vec<CommandPattern> {
     let git = |args: &[&str]| CommandPattern {
         program: "git".into(),
-        args: args.iter().map(|a| (*a).to_owned()).collect(),
+        args: (GIT_HARDENING.iter().chain(args))
+            .map(|a| (*a).to_owned())
+            .collect(),
     };
     vec![
-        git(&["rev-parse", "**"]),
+        git(&["rev-parse", "--show-toplevel"]),
+        git(&["rev-parse", "--verify", "*"]),
+        git(&["rev-parse", "--abbrev-ref", "HEAD"]),
+        git(&["rev-parse", "--verify", "--quiet", "*"]),
         git(&["worktree", "add", "-b", "*", PATH_ARG, "*"]),
         git(&["worktree", "add", PATH_ARG, "*"]),
         git(&["worktree", "remove", "--force", PATH_ARG]),
         git(&["worktree", "prune"]),
         git(&["add", "--all", "--intent-to-add"]),
-        git(&["diff", "--binary", "--find-renames", "--output={path}", "*"]),
+        git(&[
+            "diff",
+            "--no-ext-diff",
+            "--no-textconv",
+            "--binary",
+            "--find-renames",
+            "--output={path}",
+            "*",
+        ]),
         CommandPattern {
             program: "tether".into(),
             args: vec!["runtime".into()],
@@ -272,6 +196,22 @@ pub enum Denied {
     /// A path is outside the environment's directories.
     #[error("{0} is outside the environment's directories")]
     OutsidePath(String),
+    /// The provider set a variable its grant does not name.
+    #[error(
+        "variable {0} is not granted to this provider: the operator must add it to `set_env` in its `[providers.NAME]` grant"
+    )]
+    EnvNotGranted(String),
+    /// A wildcard would admit a loader or tool-configuration variable.
+    #[error(
+        "variable {0} configures the dynamic loader or a tool; only a `set_env` entry naming it exactly admits it"
+    )]
+    EnvToolVariable(String),
+    /// Not a plain variable name.
+    #[error("{0} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*, at most 128 bytes)")]
+    EnvName(String),
+    /// Too many variables or too long a value.
+    #[error("environment too large: {0}")]
+    EnvTooLarge(String),
     /// Too many live processes.
     #[error("process limit reached ({0} live; limits.max_processes)")]
     ProcessLimit(usize),
@@ -432,35 +372,31 @@ mod tests {
     }
 
     #[test]
-    fn patterns_match_exact_one_and_rest() {
-        let p = pat("git", &["worktree", "*", "**"]);
-        assert!(p.matches("git", &args(&["worktree", "add", "x", "y"]), &none()));
-        assert!(p.matches("git", &args(&["worktree", "list"]), &none()));
-        assert!(!p.matches("git", &args(&["worktree"]), &none()));
-        assert!(!p.matches("git", &args(&["status"]), &none()));
-        assert!(!p.matches("sh", &args(&["worktree", "add"]), &none()));
-        let exact = pat("tether", &["runtime"]);
-        assert!(exact.matches("tether", &args(&["runtime"]), &none()));
-        assert!(!exact.matches("tether", &args(&["runtime", "--evil"]), &none()));
-        assert!(!exact.matches("tether", &args(&[]), &none()));
-    }
-
-    #[test]
-    fn rest_must_be_last() {
+    fn git_worktree_grant_requires_the_hardening_arguments() {
+        let grant = Grant::builtin_default("git-worktree", Path::new("/data"));
+        let caps = Capabilities::new(commands(git_worktree_commands()), grant);
+        let hardened = |rest: &[&str]| {
+            let mut a = args(&GIT_HARDENING);
+            a.extend(args(rest));
+            a
+        };
+        let prune = hardened(&["worktree", "prune"]);
+        assert_eq!(caps.check_spawn("git", &prune, &none()), Ok(()));
+        // The same call without the `-c` overrides is refused.
         assert_eq!(
-            CommandPattern::new("x".into(), args(&["**", "a"])),
-            Err(PatternError::MisplacedRest("x".into()))
+            caps.check_spawn("git", &args(&["worktree", "prune"]), &none()),
+            Err(Denied::NotRequested("git".into()))
         );
-        assert_eq!(
-            CommandPattern::new(String::new(), vec![]),
-            Err(PatternError::EmptyProgram)
-        );
+        let mut one_dropped = prune.clone();
+        one_dropped.drain(0..2);
+        assert!(caps.check_spawn("git", &one_dropped, &none()).is_err());
+        assert!(caps.denied().commands.is_empty());
     }
 
     #[test]
     fn spawn_needs_both_keys() {
         let caps = Capabilities::new(
-            commands(vec![pat("tether", &["runtime"]), pat("*", &["**"])]),
+            commands(vec![pat("tether", &["runtime"]), pat("*", &[ANY_REST])]),
             Grant::builtin_default("local-process", Path::new("/data")),
         );
         assert_eq!(
@@ -482,47 +418,5 @@ mod tests {
             narrow.check_spawn("curl", &args(&[]), &none()),
             Err(Denied::NotRequested("curl".into()))
         );
-    }
-
-    #[test]
-    fn path_arguments_must_stay_inside_the_environment_directories() {
-        let root = tempfile::tempdir().unwrap();
-        let project = root.path().join("project");
-        std::fs::create_dir_all(project.join("sub")).unwrap();
-        let outside = root.path().join("outside");
-        std::fs::create_dir_all(&outside).unwrap();
-        std::os::unix::fs::symlink(&outside, project.join("escape")).unwrap();
-        let scope = PathScope::new(project.clone(), std::slice::from_ref(&project));
-
-        // Existing or to be created, relative to the cwd or absolute: inside.
-        assert!(scope.contains("sub"));
-        assert!(scope.contains(".codebolt/worktree/new"));
-        assert!(scope.contains(&project.join("sub/x").display().to_string()));
-        // `..`, a symlink out, an absolute path elsewhere, empty: outside.
-        assert!(!scope.contains("../outside"));
-        assert!(!scope.contains("sub/../../outside"));
-        assert!(!scope.contains("escape/file"));
-        assert!(!scope.contains(&outside.display().to_string()));
-        assert!(!scope.contains("/etc/passwd"));
-        assert!(!scope.contains(""));
-
-        let p = pat("git", &["worktree", "remove", "--force", PATH_ARG]);
-        assert!(p.matches(
-            "git",
-            &args(&["worktree", "remove", "--force", "sub"]),
-            &scope
-        ));
-        assert!(!p.matches(
-            "git",
-            &args(&["worktree", "remove", "--force", "/tmp"]),
-            &scope
-        ));
-        let out = pat("git", &["diff", "--output={path}"]);
-        assert!(out.matches("git", &args(&["diff", "--output=sub/x.patch"]), &scope));
-        assert!(!out.matches("git", &args(&["diff", "--output=/etc/x"]), &scope));
-        assert!(!out.matches("git", &args(&["diff", "sub/x.patch"]), &scope));
-        // `*` covers `{path}`, not the other way round.
-        assert!(pat("git", &["*"]).covers(&pat("git", &[PATH_ARG])));
-        assert!(!pat("git", &[PATH_ARG]).covers(&pat("git", &["*"])));
     }
 }

@@ -1,6 +1,8 @@
 //! Brokered child processes: checked against the capabilities, started with a
-//! cleared environment in their own process group, capped in number, and killed
-//! (with everything they started) when their handle is dropped.
+//! cleared environment holding only granted variables, the program resolved on the
+//! host's `PATH`, in their own process group under the spawn guard
+//! ([`super::guard`]), capped in number, and killed (with everything they started,
+//! double-forked or not) when their handle is dropped.
 
 use std::collections::VecDeque;
 use std::os::unix::process::ExitStatusExt;
@@ -13,7 +15,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::{Capabilities, Denied, PathScope};
+use super::guard::GUARD_ARG;
+use super::{Capabilities, Denied, PathScope, env};
 
 /// The program name that stands for this very binary (`tether runtime` et al.).
 pub const SELF_PROGRAM: &str = "tether";
@@ -25,7 +28,7 @@ pub struct SpawnSpec {
     pub program: String,
     /// Arguments.
     pub args: Vec<String>,
-    /// Variables set on top of the granted pass-through ones.
+    /// Variables the provider sets; each must be named by the grant's `set_env`.
     pub env: Vec<(String, String)>,
     /// Host working directory; the workspace when absent.
     pub cwd: Option<String>,
@@ -54,7 +57,12 @@ pub struct ProcessBroker {
     live: Arc<AtomicUsize>,
     max_processes: usize,
     tail_bytes: usize,
+    guard: Option<PathBuf>,
 }
+
+/// How long a guarded child has to stop after `SIGTERM` before its process group
+/// is killed outright.
+const GUARD_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl ProcessBroker {
     /// A broker for one environment whose children work inside `workspace`.
@@ -72,7 +80,15 @@ impl ProcessBroker {
             live: Arc::new(AtomicUsize::new(0)),
             max_processes,
             tail_bytes,
+            guard: None,
         }
+    }
+
+    /// Runs every child under the spawn guard, this binary at `tether` (see
+    /// [`super::guard`]); without it, only the child's process group is killed.
+    pub fn with_guard(mut self, tether: PathBuf) -> Self {
+        self.guard = Some(tether);
+        self
     }
 
     /// The capabilities this broker enforces.
@@ -94,29 +110,40 @@ impl ProcessBroker {
         if live >= self.max_processes {
             return Err(Denied::ProcessLimit(live).into());
         }
-        let program = if spec.program == SELF_PROGRAM {
-            std::env::current_exe().map_err(|source| SpawnError::Io {
-                program: crate::untrusted::quoted(&spec.program),
-                source,
-            })?
-        } else {
-            PathBuf::from(&spec.program)
+        let vars = env::child_env(self.caps.grant(), &spec.env)?;
+        let io = |source| SpawnError::Io {
+            program: crate::untrusted::quoted(&spec.program),
+            source,
         };
-        let mut cmd = tokio::process::Command::new(&program);
+        let program = if spec.program == SELF_PROGRAM {
+            std::env::current_exe().map_err(io)?
+        } else {
+            env::resolve_program(&spec.program).ok_or_else(|| {
+                io(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "not found on the host's PATH",
+                ))
+            })?
+        };
+        let mut cmd = match &self.guard {
+            Some(tether) => {
+                let mut cmd = tokio::process::Command::new(tether);
+                cmd.arg(GUARD_ARG).arg(&program);
+                cmd
+            }
+            None => tokio::process::Command::new(&program),
+        };
         cmd.args(&spec.args)
             .env_clear()
+            .envs(vars)
             .current_dir(&cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
-            .kill_on_drop(true);
-        for name in &self.caps.grant().env {
-            if let Ok(value) = std::env::var(name) {
-                cmd.env(name, value);
-            }
-        }
-        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+            // A guard is asked to stop (it then kills its whole tree); SIGKILL
+            // would leave what it guards behind.
+            .kill_on_drop(self.guard.is_none());
         let mut child = cmd.spawn().map_err(|source| SpawnError::Io {
             program: crate::untrusted::quoted(&spec.program),
             source,
@@ -142,6 +169,7 @@ impl ProcessBroker {
             output,
             pumps,
             live: self.live.clone(),
+            guarded: self.guard.is_some(),
         })
     }
 
@@ -182,6 +210,7 @@ pub struct Child {
     output: Arc<Mutex<Tail>>,
     pumps: Vec<tokio::task::JoinHandle<()>>,
     live: Arc<AtomicUsize>,
+    guarded: bool,
 }
 
 /// How long `wait` lets output readers drain after the child exits; a grandchild
@@ -243,11 +272,15 @@ impl Child {
         exit
     }
 
-    /// Kills it and its process group.
+    /// Kills it and everything it started.
     pub fn kill(&mut self) {
-        self.kill_group();
-        if let Some(child) = self.inner.as_mut() {
-            let _ = child.start_kill();
+        if self.guarded {
+            self.stop_guard();
+        } else {
+            self.kill_group();
+            if let Some(child) = self.inner.as_mut() {
+                let _ = child.start_kill();
+            }
         }
     }
 
@@ -267,6 +300,24 @@ impl Child {
         status.into()
     }
 
+    /// Asks the guard to kill its tree, and kills the process group after
+    /// [`GUARD_GRACE`] in case the guard itself was stopped or killed.
+    fn stop_guard(&self) {
+        let Ok(pid) = i32::try_from(self.pid) else {
+            return;
+        };
+        if pid <= 0 || self.status.is_some() {
+            return;
+        }
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                tokio::time::sleep(GUARD_GRACE).await;
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            });
+        }
+    }
+
     fn kill_group(&self) {
         if let Ok(pid) = i32::try_from(self.pid)
             && pid > 0
@@ -280,7 +331,11 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
-        self.kill_group();
+        if self.guarded {
+            self.stop_guard();
+        } else {
+            self.kill_group();
+        }
         if self.status.is_none() {
             self.live.fetch_sub(1, Ordering::SeqCst);
         }
@@ -395,7 +450,7 @@ mod tests {
     }
 
     fn broker_with_tail(dir: &Path, max: usize, tail: usize) -> ProcessBroker {
-        let any = CommandPattern::new("*".into(), vec!["**".into()]).unwrap();
+        let any = CommandPattern::new("*".into(), vec![crate::broker::ANY_REST.into()]).unwrap();
         let caps = Capabilities::new(
             crate::broker::Request {
                 commands: vec![any.clone()],
@@ -406,6 +461,7 @@ mod tests {
                     CommandPattern::new("sh".into(), vec!["-c".into(), "*".into()]).unwrap(),
                 ],
                 env: vec!["PATH".into()],
+                set_env: vec!["GREETING".into()],
                 ..Grant::default()
             },
         );

@@ -93,7 +93,7 @@ pub(super) struct FileLimits {
     pub(super) guest_threads: Option<usize>,
 }
 
-/// `[providers.NAME]`: a grant (any of the first four keys replaces the built-in
+/// `[providers.NAME]`: a grant (any of the first five keys replaces the built-in
 /// default grant as a whole), operator config, and consent for a drop-in to replace
 /// the built-in of that name.
 #[derive(Debug, Deserialize)]
@@ -101,6 +101,7 @@ pub(super) struct FileLimits {
 pub(super) struct FileGrant {
     pub(super) commands: Option<Vec<FileCommand>>,
     pub(super) env: Option<Vec<String>>,
+    pub(super) set_env: Option<Vec<String>>,
     pub(super) urls: Option<Vec<String>>,
     pub(super) directories: Option<Vec<PathBuf>>,
     pub(super) config: Option<toml::Table>,

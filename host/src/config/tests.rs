@@ -131,3 +131,20 @@ fn unknown_keys_and_zero_timeouts_are_errors() {
         Err(ConfigError::Invalid(_))
     ));
 }
+
+#[test]
+fn set_env_entries_are_names_or_prefixes_and_env_entries_names() {
+    let c = load("[providers.p]\nset_env = [\"TETHER_RUNTIME_URL\", \"APP_*\", \"LD_PRELOAD\"]\n")
+        .unwrap();
+    assert_eq!(c.grant_for("p").set_env.len(), 3);
+    assert!(c.grant_for("p").commands.is_empty());
+    for bad in ["[\"*\"]", "[\"A=B\"]", "[\"A*B\"]", "[\"\"]"] {
+        let err = load(&format!("[providers.p]\nset_env = {bad}\n")).unwrap_err();
+        assert!(err.to_string().contains("providers.p"), "{bad}: {err}");
+    }
+    assert!(load("[providers.p]\nenv = [\"PATH\\n\"]\n").is_err());
+    let defaults = load("").unwrap();
+    assert!(
+        (defaults.grant_for("git-worktree").set_env.iter()).any(|v| v == "TETHER_RUNTIME_TOKEN")
+    );
+}

@@ -64,6 +64,7 @@ fn sleep_grant() -> Grant {
     Grant {
         commands: vec![CommandPattern::new("sleep".into(), vec!["*".into()]).expect("pattern")],
         env: vec!["PATH".into()],
+        set_env: vec!["TETHER_*".into()],
         ..Grant::default()
     }
 }

@@ -147,13 +147,16 @@ impl Manager {
             s.config.grant_for(&provider.description.name),
         );
         let limits = &s.config.limits;
-        let broker = ProcessBroker::new(
+        let mut broker = ProcessBroker::new(
             env.id.clone(),
             caps,
             workspace.clone(),
             limits.max_processes,
             limits.output_tail_bytes,
         );
+        if let Some(tether) = &s.config.spawn_guard {
+            broker = broker.with_guard(tether.clone());
+        }
         let state_dir = (s.config)
             .provider_state_dir(&provider.description.name)
             .map_err(|e| e.to_string())?;

@@ -8,7 +8,9 @@
 
 mod bounds;
 mod identity;
+mod git;
 mod net;
+mod process;
 mod rig;
 mod spin;
 

@@ -20,7 +20,7 @@ mod guests {
 
 /// The operator config of every hostile test. Only loopback and documentation-only
 /// names appear; `metadata.test` is refused before any packet is sent.
-const TETHER_TOML: &str = r#"
+pub const TETHER_TOML: &str = r#"
 [lifecycle]
 start_timeout_secs = 3
 

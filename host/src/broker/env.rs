@@ -1,0 +1,251 @@
+//! The environment of a brokered child and the program it runs: the operator's
+//! pass-through variables (`env`), the variables a provider may set (`set_env`,
+//! exact names or `PREFIX*`), never a loader or tool-configuration variable unless
+//! `set_env` names it exactly, and the program resolved against the host's `PATH`
+//! before the child's environment exists, so a provider-set `PATH` cannot choose it.
+
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::{Denied, Grant};
+
+/// Longest variable name a provider may set, in bytes.
+pub const MAX_NAME: usize = 128;
+/// Longest value a provider may set, in bytes.
+pub const MAX_VALUE: usize = 32 << 10;
+/// Most variables one spawn may set.
+pub const MAX_VARS: usize = 64;
+
+/// Prefixes of variables that load code or configure a tool (the dynamic loader,
+/// interpreters, git, shells, TLS, ssh). A `set_env` wildcard never admits them.
+const TOOL_PREFIXES: &[&str] = &[
+    "LD_", "DYLD_", "GIT_", "BASH_", "PYTHON", "PERL", "RUBY", "NODE_", "NPM_", "JAVA_", "_JAVA_",
+    "JDK_", "LUA_", "GCONV_", "GLIBC_", "MALLOC_", "OPENSSL_", "SSL_", "SSH_", "XDG_", "LESS",
+    "GEM_", "BUNDLE_", "CARGO_", "RUSTC", "RUSTUP_", "GO", "CC", "CXX", "CFLAGS", "LDFLAGS",
+];
+
+/// Whole names of such variables.
+const TOOL_NAMES: &[&str] = &[
+    "PATH",
+    "IFS",
+    "ENV",
+    "HOME",
+    "SHELL",
+    "SHELLOPTS",
+    "PS4",
+    "PROMPT_COMMAND",
+    "CDPATH",
+    "EDITOR",
+    "VISUAL",
+    "PAGER",
+    "BROWSER",
+    "CLASSPATH",
+    "LOCPATH",
+    "NLSPATH",
+    "HOSTALIASES",
+    "RESOLV_HOST_CONF",
+    "TMPDIR",
+    "CURL_CA_BUNDLE",
+    "RUSTFLAGS",
+    "RUST_MIN_STACK",
+];
+
+/// Whether `name` is a loader or tool-configuration variable (compared without
+/// regard to case: some tools read lower-case spellings).
+pub fn is_tool_variable(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    TOOL_NAMES.contains(&upper.as_str()) || TOOL_PREFIXES.iter().any(|p| upper.starts_with(p))
+}
+
+/// Whether `name` is a plain variable name: `[A-Za-z_][A-Za-z0-9_]*`, bounded.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= MAX_NAME
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks one `set_env` entry of the operator's grant: a variable name, or a
+/// non-empty prefix followed by `*`.
+pub fn check_set_env_entry(entry: &str) -> Result<(), String> {
+    let name = entry.strip_suffix('*').unwrap_or(entry);
+    if name.is_empty() {
+        return Err("set_env entry `*` would admit every variable; name a prefix (`APP_*`)".into());
+    }
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "set_env entry {entry:?} is not a variable name or `PREFIX*`"
+        ))
+    }
+}
+
+/// Whether the grant lets the provider set `name`: an exact entry admits anything,
+/// a `PREFIX*` entry anything but a tool variable.
+fn settable(grant: &Grant, name: &str) -> Result<(), Denied> {
+    if grant.set_env.iter().any(|e| e == name) {
+        return Ok(());
+    }
+    let by_wildcard = (grant.set_env.iter())
+        .filter_map(|e| e.strip_suffix('*'))
+        .any(|prefix| name.starts_with(prefix));
+    match (by_wildcard, is_tool_variable(name)) {
+        (true, false) => Ok(()),
+        (true, true) => Err(Denied::EnvToolVariable(name.to_owned())),
+        (false, _) => Err(Denied::EnvNotGranted(name.to_owned())),
+    }
+}
+
+/// The child's whole environment: the granted pass-through variables the host
+/// has, then the provider's own, each checked against the grant.
+pub fn child_env(
+    grant: &Grant,
+    requested: &[(String, String)],
+) -> Result<Vec<(String, OsString)>, Denied> {
+    if requested.len() > MAX_VARS {
+        return Err(Denied::EnvTooLarge(format!(
+            "{} variables (at most {MAX_VARS})",
+            requested.len()
+        )));
+    }
+    let mut vars: Vec<(String, OsString)> = (grant.env.iter())
+        .filter_map(|name| std::env::var_os(name).map(|v| (name.clone(), v)))
+        .collect();
+    for (name, value) in requested {
+        if !valid_name(name) {
+            return Err(Denied::EnvName(shown(name)));
+        }
+        if value.len() > MAX_VALUE || value.contains('\0') {
+            return Err(Denied::EnvTooLarge(format!(
+                "the value of {name} ({} bytes; at most {MAX_VALUE}, no NUL)",
+                value.len()
+            )));
+        }
+        settable(grant, name)?;
+        vars.retain(|(n, _)| n != name);
+        vars.push((name.clone(), value.into()));
+    }
+    Ok(vars)
+}
+
+/// A provider-supplied name as shown in a denial: cut and with control
+/// characters escaped, so it can neither flood nor forge a log line.
+fn shown(name: &str) -> String {
+    let cut: String = name.chars().take(64).collect();
+    let mut out = format!("{cut:?}");
+    if cut.len() < name.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// `program` as an absolute path: names with a `/` are taken as given, bare
+/// names are looked up in the **host's** `PATH` (never the child's).
+pub fn resolve_program(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(env: &[&str], set_env: &[&str]) -> Grant {
+        Grant {
+            env: env.iter().map(|s| s.to_string()).collect(),
+            set_env: set_env.iter().map(|s| s.to_string()).collect(),
+            ..Grant::default()
+        }
+    }
+
+    fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn only_granted_names_are_set() {
+        let g = grant(&[], &["TETHER_RUNTIME_URL", "APP_*"]);
+        let env = child_env(
+            &g,
+            &vars(&[("TETHER_RUNTIME_URL", "ws://x"), ("APP_MODE", "a")]),
+        )
+        .unwrap();
+        assert_eq!(env.len(), 2);
+        assert_eq!(
+            child_env(&g, &vars(&[("LD_PRELOAD", "/tmp/x.so")])),
+            Err(Denied::EnvNotGranted("LD_PRELOAD".into()))
+        );
+        assert_eq!(
+            child_env(&g, &vars(&[("PATH", "/evil")])),
+            Err(Denied::EnvNotGranted("PATH".into()))
+        );
+        assert!(matches!(
+            child_env(&g, &vars(&[("A=B", "x")])),
+            Err(Denied::EnvName(_))
+        ));
+        assert!(matches!(
+            child_env(&g, &vars(&[("APP_X", "a\0b")])),
+            Err(Denied::EnvTooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn wildcards_never_admit_tool_variables_exact_names_do() {
+        let g = grant(&[], &["LD_*", "G*", "P*", "NODE_OPTIONS"]);
+        for name in [
+            "LD_PRELOAD",
+            "GIT_CONFIG_GLOBAL",
+            "GCONV_PATH",
+            "PATH",
+            "PYTHONPATH",
+        ] {
+            assert_eq!(
+                child_env(&g, &vars(&[(name, "x")])),
+                Err(Denied::EnvToolVariable(name.into())),
+                "{name}"
+            );
+        }
+        assert!(child_env(&g, &vars(&[("NODE_OPTIONS", "x")])).is_ok());
+        assert!(child_env(&g, &vars(&[("PLAIN", "x")])).is_ok());
+        assert!(is_tool_variable("ld_preload"));
+        assert!(!is_tool_variable("TETHER_RUNTIME_TOKEN"));
+    }
+
+    #[test]
+    fn set_env_entries_are_names_or_prefixes() {
+        assert!(check_set_env_entry("TETHER_RUNTIME_URL").is_ok());
+        assert!(check_set_env_entry("APP_*").is_ok());
+        assert!(check_set_env_entry("*").is_err());
+        assert!(check_set_env_entry("A*B").is_err());
+        assert!(check_set_env_entry("A=B").is_err());
+        assert!(check_set_env_entry("").is_err());
+    }
+
+    #[test]
+    fn bare_programs_resolve_against_the_host_path() {
+        let sh = resolve_program("sh").expect("sh on the host's PATH");
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
+        assert_eq!(
+            resolve_program("/bin/echo"),
+            Some(PathBuf::from("/bin/echo"))
+        );
+        assert_eq!(resolve_program("no-such-program-here"), None);
+    }
+}

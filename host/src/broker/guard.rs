@@ -1,0 +1,200 @@
+//! The spawn guard: a small mode of this binary (`tether __spawn-guard PROGRAM
+//! ARGS...`) that the broker runs every child under, so that a child which
+//! double-forks or calls `setsid()` still stops with its environment.
+//!
+//! The guard makes itself a child subreaper (`PR_SET_CHILD_SUBREAPER`): every
+//! orphan below it is re-parented to it, not to init, so its process tree holds
+//! everything the program ever started, whatever process group or session they
+//! moved to. It runs the program, reaps whatever dies below it, and when the
+//! program exits, when it is asked to stop (`SIGTERM`, `SIGINT`, `SIGHUP`), or
+//! when the host that started it goes away, it kills its whole tree with
+//! `SIGKILL` until nothing is left, then exits as the program did.
+//!
+//! It is single-threaded by design apart from one watcher thread: signals are
+//! blocked and taken with `sigwait`, which needs no signal handler (`unsafe`).
+
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::prctl;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, raise, sigprocmask};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Pid, getpid, getppid};
+
+/// The first argument that selects the guard mode of the binary.
+pub const GUARD_ARG: &str = "__spawn-guard";
+
+/// How often the watcher thread checks that the host is still the parent.
+const PARENT_POLL: Duration = Duration::from_millis(200);
+/// How long the guard keeps killing before it gives up on a process that will
+/// not die (one stuck in the kernel) and exits anyway.
+const KILL_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Runs the guard over `program args...` and returns the exit code it should end
+/// with (after re-raising a fatal signal, when the program died of one).
+pub fn run(mut argv: impl Iterator<Item = OsString>) -> i32 {
+    let Some(program) = argv.next() else {
+        eprintln!("tether {GUARD_ARG}: no program");
+        return 127;
+    };
+    let args: Vec<OsString> = argv.collect();
+    let parent = getppid();
+    if let Err(e) = prctl::set_child_subreaper(true) {
+        eprintln!("tether {GUARD_ARG}: cannot become a subreaper: {e}");
+        return 126;
+    }
+    let mut stops = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
+        stops.add(s);
+    }
+    // Blocked before anything starts, so no stop request is lost; the program
+    // itself starts with an empty mask (std resets it in the child).
+    if let Err(e) = stops.thread_block() {
+        eprintln!("tether {GUARD_ARG}: cannot block signals: {e}");
+        return 126;
+    }
+    let main = match std::process::Command::new(&program).args(&args).spawn() {
+        Ok(child) => Pid::from_raw(child.id() as i32),
+        Err(e) => {
+            eprintln!("tether {GUARD_ARG}: {}: {e}", program.to_string_lossy());
+            return 127;
+        }
+    };
+    // The host may die without a word (SIGKILL); then the parent changes.
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(PARENT_POLL);
+            if getppid() != parent {
+                let _ = kill(getpid(), Signal::SIGTERM);
+                return;
+            }
+        }
+    });
+    let mut status = None;
+    loop {
+        reap(main, &mut status);
+        if status.is_some() {
+            break;
+        }
+        match stops.wait() {
+            Ok(Signal::SIGCHLD) | Err(_) => {}
+            Ok(_) => break,
+        }
+    }
+    kill_tree(main, &mut status);
+    exit_code(status)
+}
+
+/// Reaps every child that has ended, noting the program's status.
+fn reap(main: Pid, status: &mut Option<WaitStatus>) -> bool {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => return true,
+            Ok(s) => {
+                if s.pid() == Some(main) {
+                    *status = Some(s);
+                }
+            }
+            Err(Errno::EINTR) => {}
+            // ECHILD: nothing is left below the guard.
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Kills everything below the guard until nothing is left: the subreaper
+/// guarantee means every descendant is in this tree, and a process killed while
+/// forking leaves orphans that come back to the guard for the next round.
+fn kill_tree(main: Pid, status: &mut Option<WaitStatus>) {
+    let me = getpid();
+    let deadline = Instant::now() + KILL_PATIENCE;
+    loop {
+        for pid in descendants(me) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        if !reap(main, status) || Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Every process whose parent chain leads to `root`, read from `/proc`.
+pub fn descendants(root: Pid) -> Vec<Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let pairs: Vec<(i32, i32)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| Some((pid, parent_of(pid)?)))
+        .collect();
+    let mut found = vec![root.as_raw()];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            pairs
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.into_iter().skip(1).map(Pid::from_raw).collect()
+}
+
+/// The parent pid in `/proc/PID/stat` (after the command name, which may hold
+/// spaces and parentheses, so split at the last `)`).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Ends like the program: its exit code, or its fatal signal raised again.
+fn exit_code(status: Option<WaitStatus>) -> i32 {
+    match status {
+        Some(WaitStatus::Exited(_, code)) => code,
+        Some(WaitStatus::Signaled(_, signal, _)) => {
+            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+            let _ = raise(signal);
+            128 + signal as i32
+        }
+        _ => 128 + Signal::SIGKILL as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descendants_follow_parent_chains_and_exclude_the_root() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & sleep 5; wait"])
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // The shell and its two sleepers, once they run.
+        while descendants(pid).len() < 2 {
+            assert!(Instant::now() < deadline, "children never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let below = descendants(pid);
+        assert_eq!(below.len(), 2, "{below:?}");
+        assert!(descendants(getpid()).contains(&pid));
+        assert!(!below.contains(&pid));
+        for p in below.iter().chain([&pid]) {
+            let _ = kill(*p, Signal::SIGKILL);
+        }
+        let _ = child.wait();
+    }
+}
