@@ -32,6 +32,9 @@ use sha2::{Digest, Sha256};
 use document::{Document, Entry, FORMAT_VERSION, Touch};
 pub use record::{DesiredState, Record, RestartPolicy};
 
+/// A file read from disk: its document, or why it is not one.
+type Parsed = Result<Document, String>;
+
 /// How often a write re-reads and merges when the file keeps changing under it
 /// before it gives up with an error (the mutation stays pending for the next write).
 const MAX_MERGE_ROUNDS: usize = 20;
@@ -190,11 +193,11 @@ impl Store {
     pub async fn reload(&self) -> Result<Option<Changes>, StoreError> {
         // Holding the writer lock keeps a write from landing between read and swap.
         let mut written = self.writer.lock().await;
-        let (bytes, parsed) = self.read_settled().await?;
-        let digest = sha(&bytes);
+        let (digest, parsed) = self.read_settled().await?;
         let clean_before = *written;
         let outcome = self.with(|s| {
-            if s.disk_sha != Some(digest) {
+            // `None`: the file the host last read or wrote; nothing new in it.
+            if let Some(parsed) = parsed {
                 let file = match parsed {
                     Ok(file) => file,
                     Err(reason) => {
@@ -319,23 +322,32 @@ impl Store {
         Ok(out)
     }
 
-    /// The file's bytes (a missing file reads as `{}`) and their parse. An unparsable
-    /// file is read again a few times first: an editor writing in place leaves it
-    /// empty or half-written for a moment.
-    async fn read_settled(&self) -> Result<(Vec<u8>, Result<Document, String>), StoreError> {
+    /// The digest of the file (a missing file reads as `{}`) and, unless it is the
+    /// file the host last read or wrote, its parse. An unparsable file is read again
+    /// a few times first: an editor writing in place leaves it empty or half-written
+    /// for a moment.
+    async fn read_settled(&self) -> Result<([u8; 32], Option<Parsed>), StoreError> {
+        let known = self.with(|s| s.disk_sha);
         let mut round = 0;
         loop {
             let path = self.path.clone();
-            let bytes = tokio::task::spawn_blocking(move || read_file(&path))
-                .await
-                .map_err(|e| StoreError::Io {
-                    path: self.path.clone(),
-                    source: std::io::Error::other(e),
-                })??;
-            let parsed = Document::parse(&bytes);
+            let (digest, parsed) = tokio::task::spawn_blocking(move || {
+                read_file(&path).map(|bytes| {
+                    let digest = sha(&bytes);
+                    (
+                        digest,
+                        (Some(digest) != known).then(|| Document::parse(&bytes)),
+                    )
+                })
+            })
+            .await
+            .map_err(|e| StoreError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other(e),
+            })??;
             round += 1;
-            if parsed.is_ok() || round >= SETTLE_READS {
-                return Ok((bytes, parsed));
+            if !matches!(parsed, Some(Err(_))) || round >= SETTLE_READS {
+                return Ok((digest, parsed));
             }
             tokio::time::sleep(SETTLE).await;
         }
@@ -353,10 +365,9 @@ impl Store {
             return Ok(());
         }
         for _ in 0..MAX_MERGE_ROUNDS {
-            let (on_disk, parsed) = self.read_settled().await?;
-            let seen = sha(&on_disk);
+            let (seen, parsed) = self.read_settled().await?;
             let (version, bytes, keep_invalid, dirty) = self.with(|s| {
-                if s.disk_sha != Some(seen) {
+                if let Some(parsed) = parsed {
                     match parsed {
                         Ok(file) => {
                             tracing::info!(
