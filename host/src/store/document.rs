@@ -50,7 +50,9 @@ impl Entry {
             Err("an environment record must be a JSON object".to_owned())
         } else {
             validate::check_raw_size(&raw).and_then(|()| {
-                let record = Record::deserialize(&raw).map_err(|e| e.to_string())?;
+                // Serde's messages may quote the text (an unknown variant) verbatim.
+                let record =
+                    Record::deserialize(&raw).map_err(|e| validate::clean(&e.to_string()))?;
                 validate::check(&record).map(|()| record)
             })
         };

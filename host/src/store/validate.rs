@@ -124,6 +124,24 @@ pub fn shown(s: &str) -> String {
     out
 }
 
+/// A message about untrusted text (a parser's complaint quoting it) made safe for
+/// logs and answers: control characters escaped, at most 300 characters.
+pub fn clean(message: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in message.chars().enumerate() {
+        if i == 300 {
+            out.push_str("… (cut)");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn bounded(field: &str, value: Option<&str>, max: usize) -> Result<(), String> {
     match value {
         Some(v) if v.len() > max => {
@@ -162,6 +180,17 @@ mod tests {
             "local-process".into(),
             Map::new(),
         )
+    }
+
+    #[test]
+    fn messages_about_untrusted_text_are_escaped_and_cut() {
+        let m = clean(&format!(
+            "unknown variant `a\nb\u{1b}[2J`{}",
+            "x".repeat(1000)
+        ));
+        assert!(m.starts_with("unknown variant `a\\nb\\u{1b}[2J`"), "{m}");
+        assert!(!m.contains('\n') && !m.contains('\u{1b}'));
+        assert!(m.chars().count() < 320);
     }
 
     #[test]
