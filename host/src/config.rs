@@ -508,9 +508,11 @@ impl ServeConfig {
         )
     }
 
-    /// Workspace directory of the environment named `name`.
-    pub fn workspace_dir(&self, name: &str) -> PathBuf {
-        self.codebolt_dir().join("environments").join(name)
+    /// Workspace directory of the environment named `name`; a name that is not one
+    /// safe path component is refused, so no caller can reach outside the data dir.
+    pub fn workspace_dir(&self, name: &str) -> Result<PathBuf, crate::names::InvalidName> {
+        let environments = self.codebolt_dir().join("environments");
+        crate::names::join("environment", &environments, name)
     }
 }
 

@@ -109,8 +109,8 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     let cases = [
         (
             json!({"name": "dup"}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_json",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
         ),
         (
             json!({"name": "keeper", "provider": "local-process"}),
@@ -129,13 +129,13 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         ),
         (
             json!({"name": "x", "provider": "local-process", "config": "not-an-object"}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_json",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
         ),
         (
             json!({"name": "x", "provider": "local-process", "surprise": true}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_json",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
         ),
     ];
     for (body, want, code) in cases {
@@ -256,5 +256,187 @@ async fn providers_show_what_they_ask_and_are_granted() {
         text.contains(&format!("tether_providers_loaded {loaded}")),
         "{text}"
     );
+    server.stop();
+}
+
+/// Sends `body` as raw text with `content_type`; returns status and JSON answer.
+async fn send_raw(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> (StatusCode, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .request(method, format!("{}{path}", server.base))
+        .bearer_auth(TOKEN)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn bodies_must_be_json_objects_read_by_field_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (status, good) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "keeper", "provider": "local-process"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = good["id"].as_str().expect("id").to_owned();
+    let one = format!("/api/v1/environments/{id}");
+    let before = server.records();
+
+    // Never matched by position, and no Rust type names in the message.
+    let not_objects = [
+        json!(["positional", "local-process"]),
+        json!([{"a": 2}, "always"]),
+        json!("keeper"),
+        json!(42),
+        json!(null),
+        json!(true),
+    ];
+    for (method, path) in [("POST", "/api/v1/environments"), ("PATCH", one.as_str())] {
+        for body in &not_objects {
+            let (status, err) = server.call(method, path, Some(body.clone())).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {body} -> {err}");
+            assert_eq!(err["error"]["code"], "invalid_request", "{err}");
+            let message = err["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.starts_with("the request body must be a JSON object with fields"),
+                "{message}"
+            );
+            for internal in ["struct", "CreateBody", "PatchBody", "Map<", "::"] {
+                assert!(!message.contains(internal), "{message}");
+            }
+        }
+    }
+
+    // A wrong type for each field names the field.
+    let create_cases = [
+        (
+            json!({"name": 1, "provider": "local-process"}),
+            "field `name` must be a string",
+        ),
+        (
+            json!({"name": "n", "provider": ["x"]}),
+            "field `provider` must be a string",
+        ),
+        (
+            json!({"name": "n", "provider": "local-process", "config": [1]}),
+            "field `config` must be an object",
+        ),
+        (
+            json!({"name": "n", "provider": "local-process", "start": "yes"}),
+            "field `start` must be true or false",
+        ),
+        (
+            json!({"name": "n", "provider": "local-process", "restartPolicy": 3}),
+            "field `restartPolicy` must be one of",
+        ),
+        (
+            json!({"name": "n", "provider": "local-process", "restartPolicy": "sometimes"}),
+            "field `restartPolicy` must be one of",
+        ),
+        (
+            json!({"provider": "local-process"}),
+            "field `name` is required",
+        ),
+        (
+            json!({"name": "n", "provider": "local-process", "nmae": "x"}),
+            "unknown field \"nmae\"",
+        ),
+    ];
+    for (body, needle) in create_cases {
+        let (status, err) = server
+            .call("POST", "/api/v1/environments", Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body} -> {err}");
+        assert_eq!(err["error"]["code"], "invalid_request");
+        let message = err["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    let patch_cases = [
+        (json!({"config": "x"}), "field `config` must be an object"),
+        (
+            json!({"restartPolicy": true}),
+            "field `restartPolicy` must be one of",
+        ),
+        (json!({"name": "renamed"}), "unknown field \"name\""),
+    ];
+    for (body, needle) in patch_cases {
+        let (status, err) = server.call("PATCH", &one, Some(body.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body} -> {err}");
+        let message = err["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+
+    // Over the limit: 413 with its own code.
+    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(10 * 1024 * 1024));
+    let (status, err) = send_raw(
+        &server,
+        reqwest::Method::POST,
+        "/api/v1/environments",
+        "application/json",
+        big,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{err}");
+    assert_eq!(err["error"]["code"], "body_too_large");
+    // Not sent as JSON: 415 with its own code.
+    let (status, err) = send_raw(
+        &server,
+        reqwest::Method::POST,
+        "/api/v1/environments",
+        "text/plain",
+        r#"{"name": "plain", "provider": "local-process"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{err}");
+    assert_eq!(err["error"]["code"], "unsupported_media_type");
+    // A config over its limit is refused like a hand-edited one would be held.
+    let huge = json!({"name": "huge", "provider": "local-process",
+        "config": {"blob": "y".repeat(300 * 1024)}});
+    let (status, err) = server
+        .call("POST", "/api/v1/environments", Some(huge))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("config"))
+    );
+    assert_eq!(server.records(), before, "bad bodies changed the records");
+
+    // Good requests still work, with a parameterised JSON content type.
+    let (status, made) = send_raw(
+        &server,
+        reqwest::Method::POST,
+        "/api/v1/environments",
+        "application/json; charset=utf-8",
+        r#"{"name": "fine", "provider": "local-process", "config": {"k": 1}, "start": false, "restartPolicy": "always"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert_eq!(made["restartPolicy"], "always");
+    let (status, patched) = server
+        .call(
+            "PATCH",
+            &one,
+            Some(json!({"config": {"k": 2}, "restartPolicy": "never"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["config"], json!({"k": 2}));
+    assert_eq!(patched["restartPolicy"], "never");
     server.stop();
 }

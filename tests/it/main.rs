@@ -9,6 +9,7 @@ mod git_worktree;
 mod hostile;
 mod lifecycle;
 mod providers;
+mod records;
 mod relay;
 mod sandbox;
 mod spine;

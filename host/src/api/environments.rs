@@ -1,40 +1,58 @@
 //! `/api/v1/environments`: list, create, read, patch, delete, start, stop, restart.
 
 use axum::Json;
-use axum::extract::{FromRequest, Path, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::body::{Body, Fields, FromObject};
 use super::{ApiError, AppState, Authorized};
 use crate::lifecycle::{CreateRequest, EnvironmentView};
 use crate::store::{DesiredState, RestartPolicy};
 
-/// JSON body whose rejections use the API's error shape.
-#[derive(Debug, FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub(crate) struct Body<T>(T);
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `POST /api/v1/environments`.
+#[derive(Debug)]
 pub(crate) struct CreateBody {
     name: String,
     provider: String,
-    #[serde(default)]
     config: Option<Map<String, Value>>,
-    #[serde(default)]
     start: bool,
-    #[serde(default, rename = "restartPolicy")]
     restart_policy: RestartPolicy,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+const POLICIES: &[&str] = &["never", "on-failure", "always"];
+
+impl FromObject for CreateBody {
+    const FIELDS: &'static [&'static str] =
+        &["name", "provider", "config", "start", "restartPolicy"];
+
+    fn from_object(f: &mut Fields) -> Result<Self, String> {
+        Ok(Self {
+            name: f.string("name")?,
+            provider: f.string("provider")?,
+            config: f.object("config")?,
+            start: f.boolean("start")?.unwrap_or(false),
+            restart_policy: f.choice("restartPolicy", POLICIES)?.unwrap_or_default(),
+        })
+    }
+}
+
+/// `PATCH /api/v1/environments/{id}`.
+#[derive(Debug)]
 pub(crate) struct PatchBody {
-    #[serde(default)]
     config: Option<Map<String, Value>>,
-    #[serde(default)]
     restart_policy: Option<RestartPolicy>,
+}
+
+impl FromObject for PatchBody {
+    const FIELDS: &'static [&'static str] = &["config", "restartPolicy"];
+
+    fn from_object(f: &mut Fields) -> Result<Self, String> {
+        Ok(Self {
+            config: f.object("config")?,
+            restart_policy: f.choice("restartPolicy", POLICIES)?,
+        })
+    }
 }
 
 type ApiResult<T> = Result<T, ApiError>;

@@ -1,7 +1,6 @@
 //! The one error type of the API: `{"error": {"code", "message"}}` with a fitting status.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -17,7 +16,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with its status, code and message.
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -76,11 +76,5 @@ impl From<LifecycleError> for ApiError {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", message)
             }
         }
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        Self::new(rejection.status(), "invalid_json", rejection.body_text())
     }
 }

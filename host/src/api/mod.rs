@@ -2,6 +2,7 @@
 //! runtimes, `/healthz` and `/metrics`. Handlers only translate; every decision is
 //! the lifecycle manager's.
 
+mod body;
 mod environments;
 mod error;
 mod metrics;
@@ -9,6 +10,7 @@ mod providers;
 mod ws;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -16,6 +18,7 @@ use axum::routing::{get, post};
 
 use crate::auth::ApiToken;
 use crate::lifecycle::Manager;
+pub use body::MAX_BODY_BYTES;
 pub use error::ApiError;
 
 /// What every handler shares.
@@ -53,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
         .with_state(state)
 }
 

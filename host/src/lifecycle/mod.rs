@@ -28,7 +28,7 @@ use tracing::Instrument;
 use crate::config::ServeConfig;
 use crate::engine::{Call, Engine, ProviderHandle, RuntimePort};
 use crate::relay::{Hub, Relay};
-use crate::store::{DesiredState, Record, RestartPolicy, Store, StoreError};
+use crate::store::{DesiredState, Record, RestartPolicy, Store, StoreError, validate};
 
 pub use provider_status::{LoadedView, ProviderState, ProviderStatus};
 pub use sessions::{AppSession, RuntimeSession};
@@ -61,7 +61,7 @@ impl From<StoreError> for LifecycleError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(id) => Self::NotFound(id),
-            StoreError::NameTaken(_) => Self::Conflict(e.to_string()),
+            StoreError::NameTaken(_) | StoreError::Held(_) => Self::Conflict(e.to_string()),
             other => Self::Store(other),
         }
     }
@@ -206,6 +206,9 @@ impl Manager {
         if let Some(why) = self.shared.store.invalid() {
             reasons.push(format!("records file: {why}; serving the last good state"));
         }
+        for held in self.shared.store.held() {
+            reasons.push(format!("records file: {held}"));
+        }
         for failure in self.shared.engine.failures() {
             reasons.push(format!(
                 "provider {}: {}",
@@ -241,6 +244,19 @@ impl Manager {
     fn known_env(&self, id: &str) -> Result<Arc<Env>, LifecycleError> {
         self.env(id)
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
+    }
+
+    /// `Conflict` for a record held back as invalid: the API never acts on one (its
+    /// text stays as written until someone fixes or removes it in the file).
+    fn refuse_held(&self, id: &str) -> Result<(), LifecycleError> {
+        match self.shared.store.held_reason(id) {
+            None => Ok(()),
+            Some(reason) => Err(LifecycleError::Conflict(format!(
+                "the record with id {} in {} is invalid and held back ({reason}); the host does not change it: fix or remove it in the file",
+                validate::shown(id),
+                self.shared.store.path().display()
+            ))),
+        }
     }
 
     /// The record of environment `id`, or `NotFound`.
@@ -289,6 +305,7 @@ impl Manager {
     /// Creates an environment (and starts it if asked).
     pub async fn create(&self, req: CreateRequest) -> Result<EnvironmentView, LifecycleError> {
         validate_name(&req.name)?;
+        validate::check_config(&req.config).map_err(LifecycleError::Invalid)?;
         if self.shared.engine.provider(&req.provider).is_none() {
             return Err(LifecycleError::Invalid(format!(
                 "no provider named {:?} is loaded",
@@ -324,6 +341,12 @@ impl Manager {
         config: Option<Map<String, Value>>,
         restart_policy: Option<RestartPolicy>,
     ) -> Result<EnvironmentView, LifecycleError> {
+        self.refuse_held(id)?;
+        let mut merged = self.known_record(id)?.config;
+        if let Some(patch) = config.clone() {
+            merge_patch(&mut merged, patch);
+            validate::check_config(&merged).map_err(LifecycleError::Invalid)?;
+        }
         self.shared
             .store
             .update(id, |r| {
@@ -344,6 +367,7 @@ impl Manager {
         id: &str,
         desired: DesiredState,
     ) -> Result<EnvironmentView, LifecycleError> {
+        self.refuse_held(id)?;
         let env = self.known_env(id)?;
         self.shared
             .store
@@ -355,6 +379,7 @@ impl Manager {
 
     /// Stops (if running) and starts again, with a fresh runtime token.
     pub async fn restart(&self, id: &str) -> Result<EnvironmentView, LifecycleError> {
+        self.refuse_held(id)?;
         let env = self.known_env(id)?;
         self.shared
             .store
@@ -382,7 +407,9 @@ impl Manager {
 
     /// Stops an environment, lets its provider remove the resource, and forgets it.
     /// Works from any state: an operation in flight is abandoned.
+    /// A record held back as invalid is refused (409): the host never acts on it.
     pub async fn delete(&self, id: &str) -> Result<(), LifecycleError> {
+        self.refuse_held(id)?;
         let env = self.known_env(id)?;
         env.deleting.cancel();
         let _op = env.op.lock().await;
@@ -390,11 +417,16 @@ impl Manager {
         self.destroy_locked(&env, &record).await;
         self.envs().remove(id);
         self.shared.relay.remove(id, "environment deleted");
-        let workspace = self.shared.config.workspace_dir(&record.name);
-        match tokio::fs::remove_dir_all(&workspace).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(env = %id, error = %e, "could not remove the workspace"),
+        // Only ever a directory under the data dir: the name must pass the rule.
+        match self.shared.config.workspace_dir(&record.name) {
+            Ok(workspace) => match tokio::fs::remove_dir_all(&workspace).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(env = %id, error = %e, "could not remove the workspace"),
+            },
+            Err(e) => {
+                tracing::error!(env = %id, error = %e, "not removing a workspace outside the data directory")
+            }
         }
         tracing::info!(env = %id, "environment deleted");
         Ok(())

@@ -138,7 +138,10 @@ impl Manager {
         provider: &LoadedProvider,
     ) -> Result<ProviderHandle, String> {
         let s = &self.shared;
-        let workspace = s.config.workspace_dir(&record.name);
+        let workspace = s
+            .config
+            .workspace_dir(&record.name)
+            .map_err(|e| e.to_string())?;
         tokio::fs::create_dir_all(&workspace)
             .await
             .map_err(|e| format!("creating workspace {}: {e}", workspace.display()))?;
@@ -198,12 +201,10 @@ impl Manager {
             resource_id: record.resource_id.clone(),
             runtime_url,
             runtime_token,
-            workspace_host_path: self
-                .shared
-                .config
-                .workspace_dir(&record.name)
-                .display()
-                .to_string(),
+            // Records in force passed the name rule; `instantiate` refuses any other.
+            workspace_host_path: (self.shared.config.workspace_dir(&record.name))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
         }
     }
 

@@ -49,8 +49,11 @@ impl Manager {
     fn apply(&self, changes: Changes) {
         for id in changes.added {
             tracing::info!(env = %id, "record added outside the host");
-            let env = Arc::new(Env::new(&id, self.shared.relay.hub(&id)));
-            self.envs().insert(id, env.clone());
+            let env = self.env(&id).unwrap_or_else(|| {
+                let env = Arc::new(Env::new(&id, self.shared.relay.hub(&id)));
+                self.envs().insert(id, env.clone());
+                env
+            });
             self.spawn_converge(env);
         }
         for before in changes.changed {

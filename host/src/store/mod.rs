@@ -9,137 +9,40 @@
 //!
 //! The file is also edited by people and tools: [`Store::reload`] reads it back and
 //! says what changed (the host's own writes are recognised by their hash and ignored).
-//! An invalid file never replaces the last good state, and before the host writes over
-//! it, it keeps a copy beside it (`environments.json.invalid-<timestamp>`).
+//! A hand-edited record is checked like API input ([`validate`]); one that breaks the
+//! rules is held back and reported while the rest of the file applies. Before every
+//! write the host reads the file again and merges an edit it has not seen yet, so a
+//! hand edit is never overwritten. An invalid file never replaces the last good state,
+//! and before the host writes over it, it keeps a copy beside it
+//! (`environments.json.invalid-<timestamp>`).
 
+mod document;
 pub mod lock;
+mod record;
+pub mod validate;
 pub mod watch;
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-/// Version of the file layout written by this host.
-const FORMAT_VERSION: u64 = 1;
+use document::{Document, Entry, FORMAT_VERSION, Touch};
+pub use record::{DesiredState, Record, RestartPolicy};
 
-/// Whether an environment should be running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DesiredState {
-    /// It should be running.
-    Running,
-    /// It should be stopped.
-    #[default]
-    Stopped,
-}
+/// A file read from disk: its document, or why it is not one.
+type Parsed = Result<Document, String>;
 
-/// What to do when a running environment fails (a health check, its runtime gone).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestartPolicy {
-    /// Leave it in `error`.
-    Never,
-    /// Restart it with backoff, up to the retry cap, then leave it in `error`.
-    #[default]
-    OnFailure,
-    /// Restart it with backoff, without a cap.
-    Always,
-}
-
-/// One environment as persisted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Record {
-    /// Stable id.
-    pub id: String,
-    /// Unique human name; also names the workspace directory.
-    pub name: String,
-    /// Provider name.
-    pub provider: String,
-    /// Environment config handed to the provider.
-    #[serde(default)]
-    pub config: Map<String, Value>,
-    /// What the operator wants.
-    #[serde(default)]
-    pub desired_state: DesiredState,
-    /// The provider's resource, for reconnecting after a restart.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource_id: Option<String>,
-    /// Where the runtime works, as reported by the provider.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workspace_path: Option<String>,
-    /// Small key/values the provider persisted.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub provider_state: BTreeMap<String, String>,
-    /// Generation of the current runtime token (one per start).
-    #[serde(default)]
-    pub runtime_generation: u64,
-    /// SHA-256 of the current runtime token, hex.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runtime_token_sha256: Option<String>,
-    /// Last failure, for a person.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    /// Restarts so far.
-    #[serde(default)]
-    pub restarts: u32,
-    /// What to do when it fails while it should be running.
-    #[serde(default)]
-    pub restart_policy: RestartPolicy,
-    /// When the most recent restarts happened (RFC 3339, oldest first, bounded).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub restart_history: Vec<String>,
-    /// RFC 3339 creation time (empty in a hand-written record).
-    #[serde(default)]
-    pub created_at: String,
-    /// RFC 3339 time of the last change.
-    #[serde(default)]
-    pub updated_at: String,
-    /// Fields this host does not know, kept as they were.
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-impl Record {
-    /// A new, never-started record stamped now.
-    pub fn new(id: String, name: String, provider: String, config: Map<String, Value>) -> Self {
-        let now = now();
-        Self {
-            id,
-            name,
-            provider,
-            config,
-            desired_state: DesiredState::Stopped,
-            resource_id: None,
-            workspace_path: None,
-            provider_state: BTreeMap::new(),
-            runtime_generation: 0,
-            runtime_token_sha256: None,
-            last_error: None,
-            restarts: 0,
-            restart_policy: RestartPolicy::default(),
-            restart_history: Vec::new(),
-            created_at: now.clone(),
-            updated_at: now,
-            extra: Map::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Document {
-    #[serde(default)]
-    version: u64,
-    #[serde(default)]
-    environments: Vec<Record>,
-    #[serde(flatten)]
-    extra: Map<String, Value>,
-}
+/// How often a write re-reads and merges when the file keeps changing under it
+/// before it gives up with an error (the mutation stays pending for the next write).
+const MAX_MERGE_ROUNDS: usize = 20;
+/// How often an unparsable file is read again, [`SETTLE`] apart, before it counts
+/// as invalid: an editor writing in place leaves it truncated for a moment.
+const SETTLE_READS: usize = 4;
+/// Pause between reads of an unparsable file.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +62,14 @@ pub enum StoreError {
     /// No record has this id.
     #[error("no environment with id {0:?}")]
     NotFound(String),
+    /// The record is held back as invalid; the host does not change it.
+    #[error("{0}")]
+    Held(String),
+    /// The file kept changing while the host tried to write its change.
+    #[error(
+        "{path} kept changing during {rounds} attempts to merge and write; the change stays pending"
+    )]
+    Busy { path: PathBuf, rounds: usize },
 }
 
 struct State {
@@ -171,6 +82,10 @@ struct State {
     last_len: usize,
     /// Why the file on disk is not usable, while it is not.
     invalid: Option<String>,
+    /// Records the host touched since its last write.
+    dirty: HashMap<String, Touch>,
+    /// Outside edits merged by a write, not yet handed to [`Store::reload`]'s caller.
+    pending: Changes,
 }
 
 /// What a reload found changed in the file, by record id.
@@ -209,25 +124,26 @@ impl Store {
     /// Opens (or starts) the records file at `path`. An invalid file leaves the store
     /// empty and [`Store::invalid`] saying why; the file is kept until fixed or copied.
     pub fn open(path: PathBuf) -> Result<Self, StoreError> {
-        let (doc, disk_sha, invalid) = match std::fs::read(&path) {
-            Ok(bytes) => match parse(&path, &bytes) {
-                Ok(doc) => (doc, Some(sha(&bytes)), None),
-                Err(e) => {
-                    tracing::error!(error = %e, "records file is invalid; starting with no environments");
-                    (Document::default(), Some(sha(&bytes)), Some(e.to_string()))
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Document::default(), None, None),
-            Err(source) => return Err(StoreError::Io { path, source }),
+        let bytes = read_file(&path)?;
+        let (doc, invalid) = match Document::parse(&bytes) {
+            Ok(doc) => (doc, None),
+            Err(reason) => {
+                let e = invalid_file(&path, reason);
+                tracing::error!(error = %e, "records file is invalid; starting with no environments");
+                (Document::default(), Some(e.to_string()))
+            }
         };
+        log_held(&doc);
         Ok(Self {
             path,
             state: Mutex::new(State {
                 doc,
                 version: 0,
-                disk_sha,
+                disk_sha: Some(sha(&bytes)),
                 last_len: 0,
                 invalid,
+                dirty: HashMap::new(),
+                pending: Changes::default(),
             }),
             writer: tokio::sync::Mutex::new(0),
         })
@@ -238,55 +154,76 @@ impl Store {
         self.with(|s| s.invalid.clone())
     }
 
-    /// Reads the file again after an outside edit. `Ok(None)`: nothing to apply (the
-    /// host's own write, no change, or a host write pending that will win).
+    /// One line per record held back as invalid: its position, id, name and why.
+    pub fn held(&self) -> Vec<String> {
+        self.with(|s| {
+            (s.doc.held())
+                .map(|(i, h)| {
+                    let show = |v: &Option<String>| {
+                        v.as_deref().map_or("none".to_owned(), validate::shown)
+                    };
+                    let in_force = if h.last_good.is_some() {
+                        "its last valid version stays in force"
+                    } else {
+                        "it is not applied"
+                    };
+                    format!(
+                        "record #{i} (id {}, name {}) is invalid and held back ({in_force}): {}",
+                        show(&h.id),
+                        show(&h.name),
+                        h.reason
+                    )
+                })
+                .collect()
+        })
+    }
+
+    /// Why the record with `id` is held back, if it is.
+    pub fn held_reason(&self, id: &str) -> Option<String> {
+        self.with(|s| {
+            (s.doc.held())
+                .find(|(_, h)| h.id.as_deref() == Some(id))
+                .map(|(_, h)| h.reason.clone())
+        })
+    }
+
+    /// Reads the file again after an outside edit and says what changed, including
+    /// edits an earlier host write already merged. `Ok(None)`: nothing to apply.
     /// `Err(Invalid)`: the file is broken; the last good state stays in force.
     pub async fn reload(&self) -> Result<Option<Changes>, StoreError> {
         // Holding the writer lock keeps a write from landing between read and swap.
         let mut written = self.writer.lock().await;
-        let bytes = match tokio::fs::read(&self.path).await {
-            Ok(bytes) => bytes,
-            // Mid-rename or deleted by hand: a deleted file is an empty one.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => b"{}".to_vec(),
-            Err(source) => {
-                return Err(StoreError::Io {
-                    path: self.path.clone(),
-                    source,
-                });
+        let (digest, parsed) = self.read_settled().await?;
+        let clean_before = *written;
+        let outcome = self.with(|s| {
+            // `None`: the file the host last read or wrote; nothing new in it.
+            if let Some(parsed) = parsed {
+                let file = match parsed {
+                    Ok(file) => file,
+                    Err(reason) => {
+                        let e = invalid_file(&self.path, reason);
+                        s.invalid = Some(e.to_string());
+                        s.disk_sha = Some(digest);
+                        return Err(e);
+                    }
+                };
+                // Unwritten host mutations stay on top; their write follows.
+                let clean = s.version == clean_before;
+                s.absorb_file(file);
+                s.disk_sha = Some(digest);
+                s.invalid = None;
+                s.version += 1;
+                if clean {
+                    return Ok((std::mem::take(&mut s.pending), Some(s.version)));
+                }
             }
-        };
-        let digest = sha(&bytes);
-        if self.with(|s| s.disk_sha == Some(digest)) {
-            return Ok(None);
-        }
-        let doc = match parse(&self.path, &bytes) {
-            Ok(doc) => doc,
-            Err(e) => {
-                self.with(|s| {
-                    s.invalid = Some(e.to_string());
-                    s.disk_sha = Some(digest);
-                });
-                return Err(e);
-            }
-        };
-        let changes = self.with(|s| {
-            if s.version > *written {
-                // A mutation the API is about to acknowledge is not on disk yet; its
-                // write will replace this edit (last writer wins), so keep memory.
-                tracing::warn!("an outside edit raced with a host write; the host write wins");
-                return None;
-            }
-            let changes = diff(&s.doc.environments, &doc.environments);
-            s.doc = doc;
-            s.version += 1;
-            s.disk_sha = Some(digest);
-            s.invalid = None;
-            Some((changes, s.version))
-        });
-        Ok(changes.map(|(changes, version)| {
+            Ok((std::mem::take(&mut s.pending), None))
+        })?;
+        let (changes, clean_version) = outcome;
+        if let Some(version) = clean_version {
             *written = version;
-            changes
-        }))
+        }
+        Ok((!changes.is_empty()).then_some(changes))
     }
 
     /// Path of the records file.
@@ -294,56 +231,73 @@ impl Store {
         &self.path
     }
 
-    /// Every record, in file order.
+    /// Every record in force, in file order.
     pub fn list(&self) -> Vec<Record> {
-        self.with(|s| s.doc.environments.clone())
+        self.with(|s| s.doc.records().cloned().collect())
     }
 
-    /// The record with `id`.
+    /// The record in force with `id`.
     pub fn get(&self, id: &str) -> Option<Record> {
-        self.with(|s| s.doc.environments.iter().find(|r| r.id == id).cloned())
+        self.with(|s| s.doc.find(id).cloned())
     }
 
-    /// Adds a record; its name must be unused.
+    /// Adds a record; its name must be unused (by held-back entries too).
     pub async fn insert(&self, record: Record) -> Result<(), StoreError> {
-        self.mutate(|doc| {
-            if doc.environments.iter().any(|r| r.name == record.name) {
+        self.mutate(|s| {
+            if s.doc.name_taken(&record.name) {
                 return Err(StoreError::NameTaken(record.name.clone()));
             }
-            doc.environments.push(record);
+            s.touch(&record.id, Touch::Inserted);
+            s.doc.environments.push(Entry::Good(record));
             Ok(())
         })
         .await
     }
 
     /// Changes the record with `id` and stamps `updatedAt`; returns the new record.
+    /// For a record held back as invalid the change stays in memory: the file keeps
+    /// the text as written.
     pub async fn update(
         &self,
         id: &str,
         change: impl FnOnce(&mut Record),
     ) -> Result<Record, StoreError> {
-        self.mutate(|doc| {
-            let record = doc
-                .environments
-                .iter_mut()
-                .find(|r| r.id == id)
+        self.mutate(|s| {
+            let (record, good) = s
+                .doc
+                .find_mut(id)
                 .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
             change(record);
             record.updated_at = now();
-            Ok(record.clone())
+            let out = record.clone();
+            if good {
+                s.touch(id, Touch::Updated);
+            }
+            Ok(out)
         })
         .await
     }
 
-    /// Removes the record with `id`, returning it.
+    /// Removes the record with `id`, returning it. A record held back as invalid is
+    /// never removed by the host.
     pub async fn remove(&self, id: &str) -> Result<Record, StoreError> {
-        self.mutate(|doc| {
-            let pos = doc
-                .environments
-                .iter()
-                .position(|r| r.id == id)
+        self.mutate(|s| {
+            if let Some((_, h)) = s.doc.held().find(|(_, h)| h.id.as_deref() == Some(id)) {
+                return Err(StoreError::Held(format!(
+                    "the record with id {} is invalid and held back ({}); fix or remove it in {}",
+                    validate::shown(id),
+                    h.reason,
+                    self.path.display()
+                )));
+            }
+            let pos = (s.doc.environments.iter())
+                .position(|e| matches!(e, Entry::Good(r) if r.id == id))
                 .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
-            Ok(doc.environments.remove(pos))
+            s.touch(id, Touch::Removed);
+            match s.doc.environments.remove(pos) {
+                Entry::Good(r) => Ok(r),
+                Entry::Held(_) => Err(StoreError::NotFound(id.to_owned())),
+            }
         })
         .await
     }
@@ -357,10 +311,10 @@ impl Store {
 
     async fn mutate<R>(
         &self,
-        f: impl FnOnce(&mut Document) -> Result<R, StoreError>,
+        f: impl FnOnce(&mut State) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let out = self.with(|s| {
-            let out = f(&mut s.doc)?;
+            let out = f(s)?;
             s.version += 1;
             Ok::<_, StoreError>(out)
         })?;
@@ -368,73 +322,186 @@ impl Store {
         Ok(out)
     }
 
+    /// The digest of the file (a missing file reads as `{}`) and, unless it is the
+    /// file the host last read or wrote, its parse. An unparsable file is read again
+    /// a few times first: an editor writing in place leaves it empty or half-written
+    /// for a moment.
+    async fn read_settled(&self) -> Result<([u8; 32], Option<Parsed>), StoreError> {
+        let known = self.with(|s| s.disk_sha);
+        let mut round = 0;
+        loop {
+            let path = self.path.clone();
+            let (digest, parsed) = tokio::task::spawn_blocking(move || {
+                read_file(&path).map(|bytes| {
+                    let digest = sha(&bytes);
+                    (
+                        digest,
+                        (Some(digest) != known).then(|| Document::parse(&bytes)),
+                    )
+                })
+            })
+            .await
+            .map_err(|e| StoreError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other(e),
+            })??;
+            round += 1;
+            if !matches!(parsed, Some(Err(_))) || round >= SETTLE_READS {
+                return Ok((digest, parsed));
+            }
+            tokio::time::sleep(SETTLE).await;
+        }
+    }
+
     /// Makes the newest in-memory state durable unless a write already covered it.
+    /// The file is read first: an edit the host has not seen is merged (and reported
+    /// by the next [`Store::reload`]), and the file is checked again just before the
+    /// rename, so a write never replaces a change it has not read.
     async fn persist(&self) -> Result<(), StoreError> {
         let mut written = self.writer.lock().await;
         // Writers queue here; the first one's write covers every mutation made before
         // it serialised, so the others return without serialising the whole document.
-        let Some((version, bytes, keep_invalid)) = self.with(|s| {
-            (s.version > *written).then(|| {
+        if self.with(|s| s.version <= *written) {
+            return Ok(());
+        }
+        for _ in 0..MAX_MERGE_ROUNDS {
+            let (seen, parsed) = self.read_settled().await?;
+            let (version, bytes, keep_invalid, dirty) = self.with(|s| {
+                if let Some(parsed) = parsed {
+                    match parsed {
+                        Ok(file) => {
+                            tracing::info!(
+                                "merging an outside edit of the records file before writing"
+                            );
+                            s.absorb_file(file);
+                            s.invalid = None;
+                        }
+                        Err(reason) => {
+                            s.invalid = Some(invalid_file(&self.path, reason).to_string());
+                        }
+                    }
+                    s.disk_sha = Some(seen);
+                }
                 s.doc.version = FORMAT_VERSION;
                 // Growing the buffer from empty copied the document over and over.
                 let mut bytes = Vec::with_capacity(s.last_len + s.last_len / 8);
                 let serialised = serde_json::to_writer_pretty(&mut bytes, &s.doc).map(|()| bytes);
-                (s.version, serialised, s.invalid.is_some())
+                let dirty = std::mem::take(&mut s.dirty);
+                (s.version, serialised, s.invalid.is_some(), dirty)
+            });
+            let bytes = match bytes {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    self.with(|s| s.restore(dirty));
+                    return Err(StoreError::Invalid {
+                        path: self.path.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            let digest = sha(&bytes);
+            let len = bytes.len();
+            let path = self.path.clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                if keep_invalid {
+                    keep_copy(&path)?;
+                }
+                write_unless_changed(&path, &bytes, seen)
             })
-        }) else {
-            return Ok(());
-        };
-        let bytes = bytes.map_err(|e| StoreError::Invalid {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
-        let digest = sha(&bytes);
-        let len = bytes.len();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            if keep_invalid {
-                keep_copy(&path)?;
+            .await
+            .map_err(|e| StoreError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other(e),
+            })
+            .and_then(|r| r);
+            match outcome {
+                Ok(true) => {
+                    self.with(|s| {
+                        s.disk_sha = Some(digest);
+                        s.invalid = None;
+                        s.last_len = len;
+                    });
+                    *written = version;
+                    return Ok(());
+                }
+                // Edited between the read and the rename: read and merge again.
+                Ok(false) => self.with(|s| s.restore(dirty)),
+                Err(e) => {
+                    self.with(|s| s.restore(dirty));
+                    return Err(e);
+                }
             }
-            write_atomic(&path, &bytes)
-        })
-        .await
-        .map_err(|e| StoreError::Io {
+        }
+        Err(StoreError::Busy {
             path: self.path.clone(),
-            source: std::io::Error::other(e),
-        })??;
-        self.with(|s| {
-            s.disk_sha = Some(digest);
-            s.invalid = None;
-            s.last_len = len;
-        });
-        *written = version;
-        Ok(())
+            rounds: MAX_MERGE_ROUNDS,
+        })
+    }
+}
+
+impl State {
+    fn touch(&mut self, id: &str, touch: Touch) {
+        let net = match self.dirty.get(id) {
+            Some(before) => before.then(touch),
+            None => touch,
+        };
+        self.dirty.insert(id.to_owned(), net);
+    }
+
+    /// Puts back the touches of a write that did not happen (newer ones win).
+    fn restore(&mut self, dirty: HashMap<String, Touch>) {
+        for (id, before) in dirty {
+            let net = match self.dirty.get(&id) {
+                Some(later) => before.then(*later),
+                None => before,
+            };
+            self.dirty.insert(id, net);
+        }
+    }
+
+    /// Replaces memory with `file` plus the host's unwritten mutations, and keeps what
+    /// changed for the next [`Store::reload`].
+    fn absorb_file(&mut self, file: Document) {
+        let merged = self.doc.merged(file, &self.dirty);
+        let changes = document::diff(self.doc.records(), merged.records());
+        self.doc = merged;
+        log_held(&self.doc);
+        self.pending.absorb(changes);
+    }
+}
+
+fn log_held(doc: &Document) {
+    for (i, h) in doc.held() {
+        tracing::error!(
+            record = i,
+            id = ?h.id.as_deref().map(validate::shown),
+            reason = %h.reason,
+            "a record of the records file is invalid; it is held back and left as written"
+        );
+    }
+}
+
+fn invalid_file(path: &Path, reason: String) -> StoreError {
+    StoreError::Invalid {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+/// The file's bytes; a missing file (deleted by hand) reads as an empty one.
+fn read_file(path: &Path) -> Result<Vec<u8>, StoreError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(b"{}".to_vec()),
+        Err(source) => Err(StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
 fn sha(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
-}
-
-/// Ids added, records changed and records removed between two versions of the list.
-fn diff(old: &[Record], new: &[Record]) -> Changes {
-    let old_by_id: std::collections::HashMap<&str, &Record> =
-        old.iter().map(|r| (r.id.as_str(), r)).collect();
-    let new_ids: std::collections::HashSet<&str> = new.iter().map(|r| r.id.as_str()).collect();
-    let mut changes = Changes::default();
-    for r in new {
-        match old_by_id.get(r.id.as_str()) {
-            None => changes.added.push(r.id.clone()),
-            Some(before) if *before != r => changes.changed.push((*before).clone()),
-            Some(_) => {}
-        }
-    }
-    changes.removed = old
-        .iter()
-        .filter(|r| !new_ids.contains(r.id.as_str()))
-        .cloned()
-        .collect();
-    changes
 }
 
 /// Copies an invalid records file aside before the host replaces it.
@@ -457,47 +524,34 @@ fn keep_copy(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-fn parse(path: &Path, bytes: &[u8]) -> Result<Document, StoreError> {
-    let invalid = |reason: String| StoreError::Invalid {
-        path: path.to_owned(),
-        reason,
-    };
-    let doc: Document = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
-    let mut ids = std::collections::HashSet::new();
-    let mut names = std::collections::HashSet::new();
-    for r in &doc.environments {
-        if r.id.is_empty() || r.name.is_empty() || r.provider.is_empty() {
-            return Err(invalid("a record has an empty id, name or provider".into()));
-        }
-        if !ids.insert(r.id.as_str()) {
-            return Err(invalid(format!("duplicate id {:?}", r.id)));
-        }
-        if !names.insert(r.name.as_str()) {
-            return Err(invalid(format!("duplicate name {:?}", r.name)));
-        }
-    }
-    Ok(doc)
-}
-
-/// Replaces `path` with `bytes` so that a crash leaves either the old or the new file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+/// [`write_atomic`], unless the file no longer hashes to `seen` once the new text is
+/// durable in its temp file (`Ok(false)`: someone edited it; nothing was replaced).
+fn write_unless_changed(path: &Path, bytes: &[u8], seen: [u8; 32]) -> Result<bool, StoreError> {
     let io = |source| StoreError::Io {
         path: path.to_owned(),
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".environments.json.")
-        .tempfile_in(dir)
-        .map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
+    let tmp = temp_with(dir, bytes).map_err(io)?;
+    if sha(&read_file(path)?) != seen {
+        return Ok(false);
+    }
     tmp.persist(path).map_err(|e| io(e.error))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io)?;
-    Ok(())
+    Ok(true)
+}
+
+/// A durable temp file beside the records file holding `bytes`.
+fn temp_with(dir: &Path, bytes: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".environments.json.")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    Ok(tmp)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! broken files.
 
 use super::*;
+use serde_json::{Map, Value};
 
 fn record(id: &str, name: &str) -> Record {
     Record::new(id.into(), name.into(), "local-process".into(), Map::new())
@@ -66,11 +67,7 @@ async fn invalid_files_are_reported_with_a_reason() {
     let path = dir.path().join("environments.json");
     for (text, needle) in [
         ("{not json", "key must be a string"),
-        (r#"{"environments":[{"id":"a"}]}"#, "missing field"),
-        (
-            r#"{"environments":[{"id":"a","name":"x","provider":"p","createdAt":"","updatedAt":""},{"id":"b","name":"x","provider":"p","createdAt":"","updatedAt":""}]}"#,
-            "duplicate name",
-        ),
+        (r#"{"environments": {"a": 1}}"#, "invalid type"),
     ] {
         std::fs::write(&path, text).unwrap();
         let store = Store::open(path.clone()).unwrap();
@@ -78,6 +75,106 @@ async fn invalid_files_are_reported_with_a_reason() {
         assert!(err.contains(needle), "{err}");
         assert!(store.list().is_empty());
     }
+}
+
+#[tokio::test]
+async fn bad_records_are_held_back_verbatim_and_the_rest_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("environments.json");
+    let text = serde_json::json!({"environments": [
+        {"id": "a", "name": "../../../victim", "provider": "local-process", "note": "kept"},
+        {"id": "b"},
+        {"id": "c", "name": "x", "provider": "p", "desiredState": "runnin"},
+        "not a record",
+        {"id": "d", "name": "good", "provider": "local-process"},
+        {"id": "e", "name": "good", "provider": "local-process"},
+        {"id": "f", "name": "f", "provider": "p", "lastError": "e".repeat(validate::MAX_LAST_ERROR_BYTES + 1)},
+    ]});
+    std::fs::write(&path, serde_json::to_vec(&text).unwrap()).unwrap();
+    let store = Store::open(path.clone()).unwrap();
+    assert!(store.invalid().is_none());
+    let ids: Vec<String> = store.list().into_iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec!["d".to_owned()]);
+    let held = store.held();
+    assert_eq!(held.len(), 6, "{held:?}");
+    for (line, needle) in held.iter().zip([
+        "invalid environment name \"../../../victim\"",
+        "missing field `name`",
+        "unknown variant `runnin`",
+        "must be a JSON object",
+        "another record has name \"good\"",
+        "lastError is",
+    ]) {
+        assert!(line.contains(needle), "{line}");
+    }
+    assert!(matches!(store.remove("a").await, Err(StoreError::Held(_))));
+    assert!(matches!(
+        store.insert(record("z", "../../../victim")).await,
+        Err(StoreError::NameTaken(_))
+    ));
+    // A host write keeps every held entry exactly as written.
+    store.update("d", |r| r.restarts = 1).await.unwrap();
+    let after: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let entries = after["environments"].as_array().unwrap();
+    assert_eq!(entries[0], text["environments"][0]);
+    assert_eq!(entries[3], "not a record");
+    assert_eq!(entries[5], text["environments"][5]);
+    assert_eq!(entries[4]["restarts"], 1);
+}
+
+#[tokio::test]
+async fn a_host_write_merges_an_outside_edit_it_has_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("environments.json");
+    let store = Store::open(path.clone()).unwrap();
+    store.insert(record("a", "alpha")).await.unwrap();
+    store.insert(record("b", "beta")).await.unwrap();
+
+    // An editor adds one record, removes another and annotates the file...
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    doc["owner"] = "ops".into();
+    let list = doc["environments"].as_array_mut().unwrap();
+    list.retain(|r| r["id"] != "b");
+    list.push(serde_json::to_value(record("c", "gamma")).unwrap());
+    std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    // ...and the host writes before it has reloaded.
+    store.update("a", |r| r.restarts = 7).await.unwrap();
+
+    let after: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let ids: Vec<&str> = after["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec!["a", "c"]);
+    assert_eq!(after["environments"][0]["restarts"], 7);
+    assert_eq!(after["owner"], "ops");
+    // The next reload hands the merged edit over once.
+    let changes = store.reload().await.unwrap().expect("the merged edit");
+    assert_eq!(changes.added, vec!["c".to_owned()]);
+    assert_eq!(changes.removed.len(), 1);
+    assert_eq!(changes.removed[0].id, "b");
+    assert_eq!(store.reload().await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_record_broken_by_hand_keeps_its_last_valid_version_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("environments.json");
+    let store = Store::open(path.clone()).unwrap();
+    store.insert(record("a", "alpha")).await.unwrap();
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    doc["environments"][0]["name"] = "../x".into();
+    std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    assert_eq!(store.reload().await.unwrap(), None, "nothing to apply");
+    assert_eq!(store.get("a").unwrap().name, "alpha");
+    assert!(store.held_reason("a").is_some());
+    // Host changes to it stay in memory; the file keeps the hand's text.
+    store.update("a", |r| r.restarts = 2).await.unwrap();
+    assert_eq!(store.get("a").unwrap().restarts, 2);
+    let after: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(after["environments"][0], doc["environments"][0]);
 }
 
 #[tokio::test]

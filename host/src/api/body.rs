@@ -1,0 +1,212 @@
+//! Request bodies. A body must be sent as `application/json`, fit in
+//! [`MAX_BODY_BYTES`], parse as JSON and be an object; its fields are then read one by
+//! one by name, so a value is never matched to a field by position (serde's derive
+//! accepts an array for a struct) and every error speaks of the contract's fields,
+//! never of the host's Rust types. Unknown fields are refused, naming the field.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::ApiError;
+use crate::store::validate::shown;
+
+/// Largest request body accepted; a larger one gets 413 `body_too_large`.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// A request body type read from a JSON object.
+pub(crate) trait FromObject: Sized {
+    /// The fields the body accepts, for messages.
+    const FIELDS: &'static [&'static str];
+    /// Reads the body from its fields.
+    fn from_object(fields: &mut Fields) -> Result<Self, String>;
+}
+
+/// A JSON object body, read into `T`, with the API's errors.
+#[derive(Debug)]
+pub(crate) struct Body<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: FromObject> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let expected = || format!("a JSON object with fields {}", T::FIELDS.join(", "));
+        if !is_json(req.headers().get(CONTENT_TYPE)) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "send the request body as `Content-Type: application/json`: {}",
+                    expected()
+                ),
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+                )
+            } else {
+                ApiError::bad_request(format!("the request body could not be read: {rejection}"))
+            }
+        })?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!(
+                    "the request body is not valid JSON ({e}); send {}",
+                    expected()
+                ),
+            )
+        })?;
+        let Value::Object(map) = value else {
+            return Err(ApiError::bad_request(format!(
+                "the request body must be {}, not {}",
+                expected(),
+                kind(&value)
+            )));
+        };
+        let mut fields = Fields::new(map, T::FIELDS).map_err(ApiError::bad_request)?;
+        T::from_object(&mut fields)
+            .map(Body)
+            .map_err(ApiError::bad_request)
+    }
+}
+
+/// `application/json`, or any `+json` type, with or without parameters.
+fn is_json(value: Option<&axum::http::HeaderValue>) -> bool {
+    let Some(mime) = value.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = mime.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || (essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+/// What kind of JSON value this is, in the contract's words.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The fields of a body object, taken out one by one.
+#[derive(Debug)]
+pub(crate) struct Fields(Map<String, Value>);
+
+impl Fields {
+    /// Refuses a field not in `allowed`.
+    fn new(map: Map<String, Value>, allowed: &[&str]) -> Result<Self, String> {
+        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(format!(
+                "unknown field {}; the body accepts {}",
+                shown(unknown),
+                allowed.join(", ")
+            ));
+        }
+        Ok(Self(map))
+    }
+
+    /// A field that must be a string.
+    pub(crate) fn string(&mut self, key: &str) -> Result<String, String> {
+        match self.0.remove(key) {
+            Some(Value::String(s)) => Ok(s),
+            None | Some(Value::Null) => Err(format!("field `{key}` is required (a string)")),
+            Some(other) => Err(format!(
+                "field `{key}` must be a string, not {}",
+                kind(&other)
+            )),
+        }
+    }
+
+    /// A field that may be absent or `null`, else an object.
+    pub(crate) fn object(&mut self, key: &str) -> Result<Option<Map<String, Value>>, String> {
+        match self.0.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(map)),
+            Some(other) => Err(format!(
+                "field `{key}` must be an object, not {}",
+                kind(&other)
+            )),
+        }
+    }
+
+    /// A field that may be absent or `null`, else a boolean.
+    pub(crate) fn boolean(&mut self, key: &str) -> Result<Option<bool>, String> {
+        match self.0.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(other) => Err(format!(
+                "field `{key}` must be true or false, not {}",
+                kind(&other)
+            )),
+        }
+    }
+
+    /// A field that may be absent or `null`, else one of the strings in `choices`.
+    pub(crate) fn choice<T: DeserializeOwned>(
+        &mut self,
+        key: &str,
+        choices: &[&str],
+    ) -> Result<Option<T>, String> {
+        let wrong = || {
+            let quoted: Vec<String> = choices.iter().map(|c| format!("\"{c}\"")).collect();
+            format!("field `{key}` must be one of {}", quoted.join(", "))
+        };
+        match self.0.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v @ Value::String(_)) => serde_json::from_value(v).map(Some).map_err(|_| wrong()),
+            Some(_) => Err(wrong()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        for good in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/merge-patch+json",
+        ] {
+            assert!(is_json(Some(&HeaderValue::from_static(good))), "{good}");
+        }
+        for bad in ["text/plain", "application/jsonx", "+json", ""] {
+            assert!(!is_json(Some(&HeaderValue::from_static(bad))), "{bad}");
+        }
+        assert!(!is_json(None));
+    }
+
+    #[test]
+    fn fields_are_read_by_name_with_contract_messages() {
+        let map = |v: Value| v.as_object().cloned().unwrap_or_default();
+        let err = Fields::new(map(serde_json::json!({"nme": 1})), &["name"]).unwrap_err();
+        assert_eq!(err, "unknown field \"nme\"; the body accepts name");
+        let mut f = Fields::new(map(serde_json::json!({"name": 3})), &["name"]).unwrap();
+        assert_eq!(
+            f.string("name").unwrap_err(),
+            "field `name` must be a string, not a number"
+        );
+        let mut f = Fields::new(map(serde_json::json!({"p": "sometimes"})), &["p"]).unwrap();
+        let err = f
+            .choice::<crate::store::RestartPolicy>("p", &["never", "always"])
+            .unwrap_err();
+        assert_eq!(err, "field `p` must be one of \"never\", \"always\"");
+    }
+}

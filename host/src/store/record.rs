@@ -1,0 +1,113 @@
+//! One environment as persisted in `environments.json`, and the enums it uses. Fields
+//! the host does not know are kept in [`Record::extra`] and written back as they were.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::now;
+
+/// Whether an environment should be running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredState {
+    /// It should be running.
+    Running,
+    /// It should be stopped.
+    #[default]
+    Stopped,
+}
+
+/// What to do when a running environment fails (a health check, its runtime gone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Leave it in `error`.
+    Never,
+    /// Restart it with backoff, up to the retry cap, then leave it in `error`.
+    #[default]
+    OnFailure,
+    /// Restart it with backoff, without a cap.
+    Always,
+}
+
+/// One environment as persisted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    /// Stable id.
+    pub id: String,
+    /// Unique human name; also names the workspace directory.
+    pub name: String,
+    /// Provider name.
+    pub provider: String,
+    /// Environment config handed to the provider.
+    #[serde(default)]
+    pub config: Map<String, Value>,
+    /// What the operator wants.
+    #[serde(default)]
+    pub desired_state: DesiredState,
+    /// The provider's resource, for reconnecting after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
+    /// Where the runtime works, as reported by the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_path: Option<String>,
+    /// Small key/values the provider persisted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub provider_state: BTreeMap<String, String>,
+    /// Generation of the current runtime token (one per start).
+    #[serde(default)]
+    pub runtime_generation: u64,
+    /// SHA-256 of the current runtime token, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_token_sha256: Option<String>,
+    /// Last failure, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Restarts so far.
+    #[serde(default)]
+    pub restarts: u32,
+    /// What to do when it fails while it should be running.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// When the most recent restarts happened (RFC 3339, oldest first, bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_history: Vec<String>,
+    /// RFC 3339 creation time (empty in a hand-written record).
+    #[serde(default)]
+    pub created_at: String,
+    /// RFC 3339 time of the last change.
+    #[serde(default)]
+    pub updated_at: String,
+    /// Fields this host does not know, kept as they were.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Record {
+    /// A new, never-started record stamped now.
+    pub fn new(id: String, name: String, provider: String, config: Map<String, Value>) -> Self {
+        let now = now();
+        Self {
+            id,
+            name,
+            provider,
+            config,
+            desired_state: DesiredState::Stopped,
+            resource_id: None,
+            workspace_path: None,
+            provider_state: BTreeMap::new(),
+            runtime_generation: 0,
+            runtime_token_sha256: None,
+            last_error: None,
+            restarts: 0,
+            restart_policy: RestartPolicy::default(),
+            restart_history: Vec::new(),
+            created_at: now.clone(),
+            updated_at: now,
+            extra: Map::new(),
+        }
+    }
+}

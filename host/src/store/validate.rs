@@ -1,0 +1,243 @@
+//! What a record must look like before the host applies it: the same rules whether it
+//! came from the API or from a hand edit of `environments.json`. A record read from
+//! the file that breaks them is held back (reported, never started, stopped or
+//! deleted, its text kept); see [`super::document`].
+
+use serde_json::{Map, Value};
+
+use super::Record;
+use crate::names;
+
+/// Largest `config`, serialised as JSON.
+pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
+/// Longest `resourceId`.
+pub const MAX_RESOURCE_ID_BYTES: usize = 1024;
+/// Longest `workspacePath`.
+pub const MAX_WORKSPACE_PATH_BYTES: usize = 8 * 1024;
+/// Longest `lastError`.
+pub const MAX_LAST_ERROR_BYTES: usize = 16 * 1024;
+/// Most `providerState` entries.
+pub const MAX_STATE_ENTRIES: usize = 1024;
+/// Longest `providerState` key.
+pub const MAX_STATE_KEY_BYTES: usize = 1024;
+/// Largest `providerState`, keys and values together.
+pub const MAX_STATE_BYTES: usize = 1024 * 1024;
+/// Most `restartHistory` entries.
+pub const MAX_HISTORY_ENTRIES: usize = 64;
+/// Longest timestamp (`createdAt`, `updatedAt`, a `restartHistory` entry).
+pub const MAX_STAMP_BYTES: usize = 64;
+/// Largest record as a whole, unknown fields included, serialised as JSON.
+pub const MAX_RECORD_BYTES: usize = 2 * 1024 * 1024;
+
+/// Checks a record against the rules; the reason names the field.
+pub fn check(record: &Record) -> Result<(), String> {
+    names::validate("environment", &record.id).map_err(|_| {
+        format!(
+            "invalid id {}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            shown(&record.id)
+        )
+    })?;
+    names::validate("environment", &record.name).map_err(|e| e.to_string())?;
+    names::validate("provider", &record.provider).map_err(|e| e.to_string())?;
+    check_config(&record.config)?;
+    bounded(
+        "resourceId",
+        record.resource_id.as_deref(),
+        MAX_RESOURCE_ID_BYTES,
+    )?;
+    bounded(
+        "workspacePath",
+        record.workspace_path.as_deref(),
+        MAX_WORKSPACE_PATH_BYTES,
+    )?;
+    bounded(
+        "lastError",
+        record.last_error.as_deref(),
+        MAX_LAST_ERROR_BYTES,
+    )?;
+    if let Some(sha) = &record.runtime_token_sha256
+        && !(sha.len() == 64 && sha.bytes().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err("runtimeTokenSha256 must be 64 hexadecimal digits".into());
+    }
+    if record.provider_state.len() > MAX_STATE_ENTRIES {
+        return Err(format!(
+            "providerState has more than {MAX_STATE_ENTRIES} entries"
+        ));
+    }
+    let mut state_bytes = 0;
+    for (key, value) in &record.provider_state {
+        if key.len() > MAX_STATE_KEY_BYTES {
+            return Err(format!(
+                "a providerState key is longer than {MAX_STATE_KEY_BYTES} bytes"
+            ));
+        }
+        state_bytes += key.len() + value.len();
+    }
+    if state_bytes > MAX_STATE_BYTES {
+        return Err(format!(
+            "providerState is larger than {MAX_STATE_BYTES} bytes"
+        ));
+    }
+    if record.restart_history.len() > MAX_HISTORY_ENTRIES {
+        return Err(format!(
+            "restartHistory has more than {MAX_HISTORY_ENTRIES} entries"
+        ));
+    }
+    for stamp in record.restart_history.iter() {
+        bounded("a restartHistory entry", Some(stamp), MAX_STAMP_BYTES)?;
+    }
+    bounded("createdAt", Some(&record.created_at), MAX_STAMP_BYTES)?;
+    bounded("updatedAt", Some(&record.updated_at), MAX_STAMP_BYTES)?;
+    Ok(())
+}
+
+/// Checks an environment's `config` (also applied to API creates and patches).
+pub fn check_config(config: &Map<String, Value>) -> Result<(), String> {
+    let size = json_size(&Value::Object(config.clone()));
+    if size > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "config is {size} bytes as JSON; the limit is {MAX_CONFIG_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the size of a whole record as it appears in the file.
+pub fn check_raw_size(raw: &Value) -> Result<(), String> {
+    let size = json_size(raw);
+    if size > MAX_RECORD_BYTES {
+        return Err(format!(
+            "the record is {size} bytes as JSON; the limit is {MAX_RECORD_BYTES}"
+        ));
+    }
+    Ok(())
+}
+
+/// A short, printable rendering of an untrusted string for messages and logs.
+pub fn shown(s: &str) -> String {
+    let cut: String = s.chars().take(80).collect();
+    let mut out = format!("{cut:?}");
+    if s.chars().count() > 80 {
+        out.push_str(" (cut)");
+    }
+    out
+}
+
+/// A message about untrusted text (a parser's complaint quoting it) made safe for
+/// logs and answers: control characters escaped, at most 300 characters.
+pub fn clean(message: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in message.chars().enumerate() {
+        if i == 300 {
+            out.push_str("… (cut)");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn bounded(field: &str, value: Option<&str>, max: usize) -> Result<(), String> {
+    match value {
+        Some(v) if v.len() > max => {
+            Err(format!("{field} is {} bytes; the limit is {max}", v.len()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Bytes of `value` as compact JSON, counted without building the text.
+fn json_size(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> Record {
+        Record::new(
+            "6f1c7a2e-0000-4000-8000-000000000001".into(),
+            "dev".into(),
+            "local-process".into(),
+            Map::new(),
+        )
+    }
+
+    #[test]
+    fn messages_about_untrusted_text_are_escaped_and_cut() {
+        let m = clean(&format!(
+            "unknown variant `a\nb\u{1b}[2J`{}",
+            "x".repeat(1000)
+        ));
+        assert!(m.starts_with("unknown variant `a\\nb\\u{1b}[2J`"), "{m}");
+        assert!(!m.contains('\n') && !m.contains('\u{1b}'));
+        assert!(m.chars().count() < 320);
+    }
+
+    #[test]
+    fn an_api_made_record_passes() {
+        assert_eq!(check(&good()), Ok(()));
+    }
+
+    #[test]
+    fn names_ids_providers_and_sizes_are_checked() {
+        type Spoil = Box<dyn Fn(&mut Record)>;
+        let cases: Vec<(Spoil, &str)> = vec![
+            (
+                Box::new(|r| r.name = "../../../victim".into()),
+                "environment name",
+            ),
+            (Box::new(|r| r.id = "a/b".into()), "invalid id"),
+            (Box::new(|r| r.provider = "/".into()), "provider name"),
+            (
+                Box::new(|r| r.last_error = Some("e".repeat(MAX_LAST_ERROR_BYTES + 1))),
+                "lastError",
+            ),
+            (
+                Box::new(|r| r.resource_id = Some("r".repeat(MAX_RESOURCE_ID_BYTES + 1))),
+                "resourceId",
+            ),
+            (
+                Box::new(|r| {
+                    r.config
+                        .insert("big".into(), "x".repeat(MAX_CONFIG_BYTES).into());
+                }),
+                "config",
+            ),
+            (
+                Box::new(|r| r.runtime_token_sha256 = Some("zz".into())),
+                "runtimeTokenSha256",
+            ),
+            (
+                Box::new(|r| r.restart_history = vec!["t".into(); MAX_HISTORY_ENTRIES + 1]),
+                "restartHistory",
+            ),
+        ];
+        for (spoil, needle) in cases {
+            let mut r = good();
+            spoil(&mut r);
+            let err = check(&r).unwrap_err();
+            assert!(err.contains(needle), "{needle}: {err}");
+            assert!(err.len() < 400, "{err}");
+        }
+    }
+}
