@@ -36,7 +36,7 @@ pub fn validate(kind: &'static str, name: &str) -> Result<(), InvalidName> {
     } else {
         Err(InvalidName {
             kind,
-            shown: shown(name),
+            shown: crate::untrusted::named(name),
         })
     }
 }
@@ -46,17 +46,6 @@ pub fn validate(kind: &'static str, name: &str) -> Result<(), InvalidName> {
 pub fn join(kind: &'static str, base: &Path, name: &str) -> Result<PathBuf, InvalidName> {
     validate(kind, name)?;
     Ok(base.join(name))
-}
-
-/// A short, printable rendering of an untrusted name for messages and logs: at most 80
-/// characters, control characters escaped.
-fn shown(name: &str) -> String {
-    let cut: String = name.chars().take(80).collect();
-    let mut out = format!("{cut:?}");
-    if name.chars().count() > 80 {
-        out.push_str(" (cut)");
-    }
-    out
 }
 
 #[cfg(test)]

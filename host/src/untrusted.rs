@@ -53,6 +53,18 @@ pub fn shown(s: &str, max: usize) -> String {
     out
 }
 
+/// A name, id or field from outside (a record, a request, a provider) for a message:
+/// in quotes with control characters escaped (Rust's `Debug` form), at most 80
+/// characters, marked when cut.
+pub fn named(s: &str) -> String {
+    let cut: String = s.chars().take(80).collect();
+    let mut out = format!("{cut:?}");
+    if cut.len() < s.len() {
+        out.push_str(" (cut)");
+    }
+    out
+}
+
 /// [`shown`] with the bound for quoting a provider string inside a denial.
 pub fn quoted(s: &str) -> String {
     shown(s, MAX_QUOTED)

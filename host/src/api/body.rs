@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::ApiError;
-use crate::store::validate::shown;
+use crate::untrusted::named;
 
 /// Largest request body accepted; a larger one gets 413 `body_too_large`.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
@@ -111,7 +111,7 @@ impl Fields {
         if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(format!(
                 "unknown field {}; the body accepts {}",
-                shown(unknown),
+                named(unknown),
                 allowed.join(", ")
             ));
         }

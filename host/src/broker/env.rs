@@ -117,7 +117,7 @@ pub fn child_env(
         .collect();
     for (name, value) in requested {
         if !valid_name(name) {
-            return Err(Denied::EnvName(shown(name)));
+            return Err(Denied::EnvName(crate::untrusted::named(name)));
         }
         if value.len() > MAX_VALUE || value.contains('\0') {
             return Err(Denied::EnvTooLarge(format!(
@@ -130,17 +130,6 @@ pub fn child_env(
         vars.push((name.clone(), value.into()));
     }
     Ok(vars)
-}
-
-/// A provider-supplied name as shown in a denial: cut and with control
-/// characters escaped, so it can neither flood nor forge a log line.
-fn shown(name: &str) -> String {
-    let cut: String = name.chars().take(64).collect();
-    let mut out = format!("{cut:?}");
-    if cut.len() < name.len() {
-        out.push('…');
-    }
-    out
 }
 
 /// `program` as an absolute path: names with a `/` are taken as given, bare

@@ -29,6 +29,7 @@ use crate::config::ServeConfig;
 use crate::engine::{Call, Engine, ProviderHandle, RuntimePort};
 use crate::relay::{Hub, Relay};
 use crate::store::{DesiredState, Record, RestartPolicy, Store, StoreError, validate};
+use crate::untrusted;
 
 pub use provider_status::{LoadedView, ProviderState, ProviderStatus};
 pub use sessions::{AppSession, RuntimeSession};
@@ -253,7 +254,7 @@ impl Manager {
             None => Ok(()),
             Some(reason) => Err(LifecycleError::Conflict(format!(
                 "the record with id {} in {} is invalid and held back ({reason}); the host does not change it: fix or remove it in the file",
-                validate::shown(id),
+                untrusted::named(id),
                 self.shared.store.path().display()
             ))),
         }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use super::{Changes, Record, validate};
+use crate::untrusted;
 
 /// Version of the file layout written by this host.
 pub(super) const FORMAT_VERSION: u64 = 1;
@@ -161,10 +162,10 @@ impl Document {
                 let dup_name = field("name").filter(|n| !names.insert(n.clone()));
                 let duplicate = match (dup_id, dup_name) {
                     (Some(id), _) => {
-                        Some(format!("another record has id {}", validate::shown(&id)))
+                        Some(format!("another record has id {}", untrusted::named(&id)))
                     }
                     (None, Some(n)) => {
-                        Some(format!("another record has name {}", validate::shown(&n)))
+                        Some(format!("another record has name {}", untrusted::named(&n)))
                     }
                     (None, None) => None,
                 };
@@ -223,9 +224,9 @@ impl Document {
             let dup_name = entry.name().is_some_and(|n| !names.insert(n.to_owned()));
             if let (Entry::Good(r), true) = (&*entry, dup_id || dup_name) {
                 let reason = if dup_id {
-                    format!("another record has id {}", validate::shown(&r.id))
+                    format!("another record has id {}", untrusted::named(&r.id))
                 } else {
-                    format!("another record has name {}", validate::shown(&r.name))
+                    format!("another record has name {}", untrusted::named(&r.name))
                 };
                 *entry = Entry::Held(Held {
                     raw: serde_json::to_value(r).unwrap_or(Value::Null),

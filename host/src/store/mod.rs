@@ -29,6 +29,7 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
+use crate::untrusted;
 use document::{Document, Entry, FORMAT_VERSION, Touch};
 pub use record::{DesiredState, Record, RestartPolicy};
 
@@ -160,7 +161,7 @@ impl Store {
             (s.doc.held())
                 .map(|(i, h)| {
                     let show = |v: &Option<String>| {
-                        v.as_deref().map_or("none".to_owned(), validate::shown)
+                        v.as_deref().map_or("none".to_owned(), untrusted::named)
                     };
                     let in_force = if h.last_good.is_some() {
                         "its last valid version stays in force"
@@ -285,7 +286,7 @@ impl Store {
             if let Some((_, h)) = s.doc.held().find(|(_, h)| h.id.as_deref() == Some(id)) {
                 return Err(StoreError::Held(format!(
                     "the record with id {} is invalid and held back ({}); fix or remove it in {}",
-                    validate::shown(id),
+                    untrusted::named(id),
                     h.reason,
                     self.path.display()
                 )));
@@ -474,7 +475,7 @@ fn log_held(doc: &Document) {
     for (i, h) in doc.held() {
         tracing::error!(
             record = i,
-            id = ?h.id.as_deref().map(validate::shown),
+            id = ?h.id.as_deref().map(untrusted::named),
             reason = %h.reason,
             "a record of the records file is invalid; it is held back and left as written"
         );

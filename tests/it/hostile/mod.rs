@@ -7,8 +7,8 @@
 //! what a provider sends the host in [`bounds`].
 
 mod bounds;
-mod identity;
 mod git;
+mod identity;
 mod net;
 mod process;
 mod rig;
