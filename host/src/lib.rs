@@ -16,6 +16,7 @@
 //!   either side resume without loss inside a bounded window (`docs/protocol.md`).
 //! - [`auth`] holds the API token and mints runtime tokens; [`config`] the operator's
 //!   settings from flags and `tether.toml`.
+//! - `sync` recovers poisoned locks, in one place.
 //! - [`names`] is the one rule for names that become paths (environments, providers);
 //!   [`untrusted`] cuts and escapes the strings a provider sends before the host
 //!   stores, shows or logs them.
@@ -35,5 +36,6 @@ pub mod relay;
 pub mod scaffold;
 pub mod server;
 pub mod store;
+mod sync;
 pub mod untrusted;
 pub mod watch;

@@ -46,6 +46,7 @@ pub const HOST_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 use crate::relay::peer::{Incoming, PeerState};
 use crate::relay::protocol::READ_CHUNK;
+use crate::sync::MutexExt;
 
 /// Where the runtime connects and how it authenticates.
 #[derive(Clone)]
@@ -125,7 +126,7 @@ struct Outbox {
 }
 
 fn lock(peer: &Mutex<PeerState>) -> std::sync::MutexGuard<'_, PeerState> {
-    peer.lock().unwrap_or_else(|p| p.into_inner())
+    peer.locked()
 }
 
 fn request(config: &RuntimeConfig, peer: &Mutex<PeerState>) -> Result<Request, RuntimeError> {

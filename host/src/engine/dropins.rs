@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sha2::{Digest, Sha256};
 
 use super::{Engine, EngineError, LoadFailure, LoadedProvider, ProviderSource};
+use crate::sync::{MutexExt, RwLockExt};
 
 /// Built-ins and drop-in files as last seen, from which the providers in force are
 /// derived.
@@ -88,7 +89,7 @@ impl Stamp {
 
 impl DropIns {
     fn known(&self) -> MutexGuard<'_, Known> {
-        self.known.lock().unwrap_or_else(|p| p.into_inner())
+        self.known.locked()
     }
 }
 
@@ -203,7 +204,7 @@ impl Engine {
     /// what that changes.
     fn publish(&self) {
         let (active, failures) = self.dropins.known().resolve();
-        let mut providers = self.providers.write().unwrap_or_else(|p| p.into_inner());
+        let mut providers = self.providers.write_locked();
         for (name, p) in &active {
             let version = &p.description.version;
             match providers.get(name) {

@@ -32,6 +32,7 @@ use wasmtime::component::{Component, Linker};
 
 use crate::broker::net::NetConfig;
 use crate::config::LimitsConfig;
+use crate::sync::RwLockExt;
 use bindings::AnyPre;
 pub use bindings::WorldVersion;
 pub use cache::{CompileCacheConfig, CompileCacheStats};
@@ -241,27 +242,24 @@ impl Engine {
     }
 
     fn write_failures(&self) -> std::sync::RwLockWriteGuard<'_, Vec<LoadFailure>> {
-        self.failures.write().unwrap_or_else(|p| p.into_inner())
+        self.failures.write_locked()
     }
 
     /// Every loaded provider, by name.
     pub fn providers(&self) -> Vec<Arc<LoadedProvider>> {
-        let map = self.providers.read().unwrap_or_else(|p| p.into_inner());
+        let map = self.providers.read_locked();
         map.values().cloned().collect()
     }
 
     /// The provider called `name`.
     pub fn provider(&self, name: &str) -> Option<Arc<LoadedProvider>> {
-        let map = self.providers.read().unwrap_or_else(|p| p.into_inner());
+        let map = self.providers.read_locked();
         map.get(name).cloned()
     }
 
     /// Files that failed to load, with the reasons.
     pub fn failures(&self) -> Vec<LoadFailure> {
-        self.failures
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.failures.read_locked().clone()
     }
 
     /// Starts an instance of `provider` serving one environment.

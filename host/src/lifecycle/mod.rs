@@ -29,6 +29,7 @@ use crate::config::ServeConfig;
 use crate::engine::{Call, Engine, ProviderHandle, RuntimePort};
 use crate::relay::{Hub, Relay};
 use crate::store::{DesiredState, Record, RestartPolicy, Store, StoreError, validate};
+use crate::sync::MutexExt;
 use crate::untrusted;
 
 pub use provider_status::{LoadedView, ProviderState, ProviderStatus};
@@ -119,7 +120,7 @@ impl Env {
     }
 
     fn live(&self) -> MutexGuard<'_, Live> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+        self.live.locked()
     }
 }
 
@@ -234,7 +235,7 @@ impl Manager {
     }
 
     fn envs(&self) -> MutexGuard<'_, HashMap<String, Arc<Env>>> {
-        self.shared.envs.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.envs.locked()
     }
 
     fn env(&self, id: &str) -> Option<Arc<Env>> {

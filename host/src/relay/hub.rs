@@ -23,6 +23,7 @@ use super::protocol::{self, CLOSE_GONE, CLOSE_REPLACED, CLOSE_TOO_SLOW, Resume};
 use super::window::Window;
 use super::{CloseReason, RelayError};
 use crate::config::RelayConfig;
+use crate::sync::MutexExt;
 
 /// The host acknowledges a resumable peer's frames at least this often.
 const ACK_EVERY: u64 = 64;
@@ -214,7 +215,7 @@ impl Hub {
 
     pub(super) fn lock(&self) -> MutexGuard<'_, HubState> {
         // Every critical section leaves the maps consistent, so a poisoned lock is usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 
     fn new_conn(&self, resumable: bool) -> (Conn, Arc<OnceLock<CloseReason>>) {

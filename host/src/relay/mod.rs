@@ -28,6 +28,7 @@ pub use protocol::{
 };
 
 use crate::config::RelayConfig;
+use crate::sync::MutexExt;
 
 /// Messages handed to a writer per turn, so one busy stream cannot hold the hub long.
 const BATCH: usize = 64;
@@ -192,7 +193,7 @@ impl Relay {
 
     /// The hub of `env_id`, created on first use.
     pub fn hub(&self, env_id: &str) -> Arc<Hub> {
-        let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hubs = self.hubs.locked();
         hubs.entry(env_id.to_owned())
             .or_insert_with(|| Arc::new(Hub::new(env_id.to_owned(), self.config.clone())))
             .clone()
@@ -200,11 +201,7 @@ impl Relay {
 
     /// Closes and forgets the hub of `env_id`.
     pub fn remove(&self, env_id: &str, reason: &str) {
-        let hub = self
-            .hubs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(env_id);
+        let hub = self.hubs.locked().remove(env_id);
         if let Some(hub) = hub {
             hub.close(reason);
         }

@@ -29,6 +29,7 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
+use crate::sync::MutexExt;
 use crate::untrusted;
 use document::{Document, Entry, FORMAT_VERSION, Touch};
 pub use record::{DesiredState, Record, RestartPolicy};
@@ -306,7 +307,7 @@ impl Store {
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         // A panic while holding the lock cannot leave a half-applied record (each
         // closure mutates one Vec slot), so a poisoned lock is still usable.
-        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.state.locked();
         f(&mut guard)
     }
 
