@@ -316,19 +316,8 @@ impl Capabilities {
 
 #[cfg(test)]
 mod tests {
+    use super::pattern::test_support::{args, none, pat};
     use super::*;
-
-    fn pat(program: &str, args: &[&str]) -> CommandPattern {
-        CommandPattern::new(program.into(), args.iter().map(|s| s.to_string()).collect()).unwrap()
-    }
-
-    fn none() -> PathScope {
-        PathScope::default()
-    }
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
 
     fn commands(commands: Vec<CommandPattern>) -> Request {
         Request {

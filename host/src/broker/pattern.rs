@@ -180,21 +180,31 @@ impl PathScope {
     }
 }
 
+/// Shorthands for the broker's tests, here and in `broker/mod.rs`.
 #[cfg(test)]
-mod tests {
+pub(super) mod test_support {
     use super::*;
 
-    fn pat(program: &str, args: &[&str]) -> CommandPattern {
+    /// A command pattern from string slices.
+    pub(in crate::broker) fn pat(program: &str, args: &[&str]) -> CommandPattern {
         CommandPattern::new(program.into(), args.iter().map(|s| s.to_string()).collect()).unwrap()
     }
 
-    fn none() -> PathScope {
+    /// No directories: `{path}` matches nothing.
+    pub(in crate::broker) fn none() -> PathScope {
         PathScope::default()
     }
 
-    fn args(a: &[&str]) -> Vec<String> {
+    /// Owned arguments from string slices.
+    pub(in crate::broker) fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{args, none, pat};
+    use super::*;
 
     #[test]
     fn patterns_match_exact_one_and_rest() {
