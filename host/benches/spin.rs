@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use support::{Res, Server, TOKEN, connect, echo, guests, us};
@@ -113,16 +113,7 @@ async fn spin(server: &Server, n: usize) -> Res<Vec<String>> {
             "name": format!("spin{i}"), "provider": "hostile",
             "config": {"attack": "spin"}, "start": true, "restartPolicy": "never",
         });
-        let env: Value = server
-            .http
-            .post(format!("{}/api/v1/environments", server.base))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-            .await?
-            .json()
-            .await?;
-        ids.push(env["id"].as_str().ok_or("no id")?.to_owned());
+        ids.push(server.create(&body).await?);
     }
     tokio::time::sleep(SPIN_UP).await;
     Ok(ids)

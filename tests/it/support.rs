@@ -400,6 +400,22 @@ pub fn spawn_announced(mut command: Command, log: &Path, announcement: &str) -> 
     }
 }
 
+/// Runs plain git in `dir` as a test user, panicking with its output on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// Writes `tether.toml` into `dir` (read by the next `Server::start` there).
 pub fn write_config(dir: &Path, toml: &str) {
     std::fs::write(dir.join("tether.toml"), toml).expect("writing tether.toml");

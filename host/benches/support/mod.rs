@@ -126,6 +126,20 @@ impl Server {
         })
     }
 
+    /// Creates an environment from a create request's `body`; returns its id.
+    pub(crate) async fn create(&self, body: &Value) -> Res<String> {
+        let env: Value = self
+            .http
+            .post(format!("{}/api/v1/environments", self.base))
+            .bearer_auth(TOKEN)
+            .json(body)
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(env["id"].as_str().ok_or("no id")?.to_owned())
+    }
+
     /// Creates `n` started environments; returns each one's (id, runtime URL, token).
     pub(crate) async fn environments(&self, n: usize) -> Res<Vec<(String, String, String)>> {
         let mut out = Vec::with_capacity(n);
@@ -133,16 +147,7 @@ impl Server {
             let mut ids = Vec::new();
             for i in chunk {
                 let body = json!({"name": format!("b{i}"), "provider": "handoff", "start": true});
-                let env: Value = self
-                    .http
-                    .post(format!("{}/api/v1/environments", self.base))
-                    .bearer_auth(TOKEN)
-                    .json(&body)
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
-                ids.push((*i, env["id"].as_str().ok_or("no id")?.to_owned()));
+                ids.push((*i, self.create(&body).await?));
             }
             for (i, id) in ids {
                 let file = self
