@@ -97,18 +97,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let bytes = std::fs::read(guests::HOSTILE)?;
     let hostile = engine.load(bytes, ProviderSource::BuiltIn).await?;
     let literal = UrlPattern::parse("http://127.0.0.1:*")?;
-    let caps = Capabilities::new(
-        hostile.description.request(),
-        Grant {
-            urls: vec![literal],
-            ..Grant::default()
-        },
-    );
     let setup = InstanceSetup {
         env_id: "bench".into(),
         workspace: dir.path().to_owned(),
         state_dir: dir.path().join(".state"),
-        broker: ProcessBroker::new("bench".into(), caps, dir.path().to_owned(), 8, 4096),
+        request: hostile.description.request(),
+        grant: Grant {
+            urls: vec![literal],
+            ..Grant::default()
+        },
         runtime: Arc::new(NoRuntime),
         state: StateWriter::detached(),
     };

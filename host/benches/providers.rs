@@ -14,8 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tether::broker::process::ProcessBroker;
-use tether::broker::{Capabilities, Grant};
+use tether::broker::Grant;
 use tether::config::LimitsConfig;
 use tether::engine::{
     Call, CompileCacheConfig, Engine, InstanceSetup, LoadedProvider, NoRuntime, ProviderHandle,
@@ -166,12 +165,12 @@ async fn instance(
     i: usize,
 ) -> Result<ProviderHandle, BoxError> {
     let id = format!("bench-{i}");
-    let caps = Capabilities::new(provider.description.request(), Grant::default());
     let setup = InstanceSetup {
-        env_id: id.clone(),
+        env_id: id,
         workspace: dir.to_owned(),
         state_dir: dir.join(".state"),
-        broker: ProcessBroker::new(id, caps, dir.to_owned(), 8, 4096),
+        request: provider.description.request(),
+        grant: Grant::default(),
         runtime: Arc::new(NoRuntime),
         state: StateWriter::detached(),
     };

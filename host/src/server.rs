@@ -83,6 +83,9 @@ pub async fn run(
         &config.compile_cache,
     )?;
     engine.set_builtin_replacements(config.builtin_replacements.clone());
+    if let Some(tether) = &config.spawn_guard {
+        engine.set_spawn_guard(tether.clone());
+    }
     engine.load_all(&config.providers_dir()).await;
     let runtime_base = format!("ws://{}", reachable(addr));
     let data_dir = config.data_dir.clone();

@@ -7,8 +7,7 @@ use serde_json::{Map, Value};
 
 use super::body::{Body, Fields, FromObject};
 use super::{ApiError, AppState, Authorized};
-use crate::lifecycle::{CreateRequest, EnvironmentView};
-use crate::store::{DesiredState, RestartPolicy};
+use crate::lifecycle::{CreateRequest, DesiredState, EnvironmentView, RestartPolicy};
 
 /// `POST /api/v1/environments`.
 #[derive(Debug)]

@@ -32,18 +32,19 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
             connected.inc();
         }
     }
-    providers.set(s.manager.engine().providers().len() as i64);
+    let counts = s.manager.provider_counts();
+    providers.set(counts.loaded as i64);
     registry.register("environments", "Environments by live status", by_status);
     registry.register("runtimes_connected", "Connected runtimes", connected);
     registry.register("providers_loaded", "Loaded providers", providers);
     let failed = Gauge::<i64>::default();
-    failed.set(s.manager.engine().failures().len() as i64);
+    failed.set(counts.load_failures as i64);
     registry.register(
         "provider_load_failures",
         "Provider files that do not load",
         failed,
     );
-    if let Some(cache) = s.manager.engine().compile_cache_stats() {
+    if let Some(cache) = counts.compile_cache {
         let hits = Counter::<u64>::default();
         hits.inc_by(cache.hits as u64);
         let misses = Counter::<u64>::default();

@@ -26,6 +26,7 @@ use super::types::{Call, CallError, Reply, RuntimePort, STATE_GUEST_DIR, WORKSPA
 use super::{EngineError, TICK};
 use crate::broker::net::{NetConfig, NetPolicy};
 use crate::broker::process::ProcessBroker;
+use crate::broker::{Capabilities, Grant, Request};
 use crate::config::LimitsConfig;
 
 /// The data of one instance's `Store`: WASI, the resource table and the brokered
@@ -120,22 +121,38 @@ pub struct InstanceSetup {
     pub workspace: PathBuf,
     /// The provider's own state directory, preopened as `/state`.
     pub state_dir: PathBuf,
-    /// Process broker for this environment.
-    pub broker: ProcessBroker,
+    /// What the provider asks for in this environment (its `info()` request, with
+    /// `{projectPath}` resolved).
+    pub request: Request,
+    /// What the operator grants the provider; the instance gets the part of its
+    /// request that the grant covers.
+    pub grant: Grant,
     /// The runtime connection.
     pub runtime: Arc<dyn RuntimePort>,
     /// The persisted resource id and key/values, as the instance changes them.
     pub state: StateWriter,
 }
 
+/// What an instance's store is built with besides its setup: the engine's settings.
+pub(crate) struct StoreSettings<'a> {
+    pub(crate) limits: &'a LimitsConfig,
+    pub(crate) net: &'a NetConfig,
+    /// The `tether` binary children run under (see [`crate::broker::guard`]).
+    pub(crate) spawn_guard: Option<&'a PathBuf>,
+}
+
 pub(crate) fn new_store(
     engine: &wasmtime::Engine,
     provider: &str,
     setup: InstanceSetup,
-    limits: &LimitsConfig,
-    net: &NetConfig,
+    settings: StoreSettings<'_>,
 ) -> Result<Store<HostState>, EngineError> {
-    let caps = setup.broker.capabilities();
+    let StoreSettings {
+        limits,
+        net,
+        spawn_guard,
+    } = settings;
+    let caps = Capabilities::new(setup.request, setup.grant);
     let policy = caps.net_policy(setup.env_id.clone(), net.clone());
     // Only these directories exist for the guest; WASI resolves every path inside a
     // preopen with cap-std, which refuses `..`, absolute and symlink escapes.
@@ -165,12 +182,22 @@ pub(crate) fn new_store(
             let verdict = super::host::sockets::allowed(&check, addr, usage);
             Box::pin(async move { verdict })
         });
+    let mut broker = ProcessBroker::new(
+        setup.env_id.clone(),
+        caps,
+        setup.workspace,
+        limits.max_processes,
+        limits.output_tail_bytes,
+    );
+    if let Some(tether) = spawn_guard {
+        broker = broker.with_guard(tether.clone());
+    }
     let state = HostState::new(
         wasi.build(),
         policy,
         setup.env_id,
         provider.to_owned(),
-        Some(setup.broker),
+        Some(broker),
         setup.runtime,
         setup.state,
         limits,

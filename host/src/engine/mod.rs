@@ -125,6 +125,8 @@ pub struct Engine {
     compile_cache: Option<wasmtime::Cache>,
     dropins: dropins::DropIns,
     guests: executor::GuestExecutor,
+    /// The `tether` binary instances' children run under, once set.
+    spawn_guard: std::sync::OnceLock<PathBuf>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -170,7 +172,15 @@ impl Engine {
             compile_cache,
             dropins: Default::default(),
             guests,
+            spawn_guard: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Runs every child an instance spawns from now on under the spawn guard, the
+    /// `tether` binary at `tether` (see [`crate::broker::guard`]). Set once; later
+    /// calls change nothing.
+    pub fn set_spawn_guard(&self, tether: PathBuf) {
+        let _ = self.spawn_guard.set(tether);
     }
 
     /// Loads the built-in providers, then every `*.wasm` in `dir` (if it exists); later
@@ -269,7 +279,12 @@ impl Engine {
         setup: InstanceSetup,
     ) -> Result<ProviderHandle, EngineError> {
         let name = provider.description.name.clone();
-        let store = instance::new_store(&self.wasm, &name, setup, &self.limits, &self.net)?;
+        let settings = instance::StoreSettings {
+            limits: &self.limits,
+            net: &self.net,
+            spawn_guard: self.spawn_guard.get(),
+        };
+        let store = instance::new_store(&self.wasm, &name, setup, settings)?;
         instance::instantiate(
             &self.guests,
             provider.pre.clone(),

@@ -7,8 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
-use crate::broker::process::ProcessBroker;
-use crate::broker::{Capabilities, CommandPattern, Grant};
+use crate::broker::{CommandPattern, Grant};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -28,13 +27,13 @@ async fn instance(
     workspace: &std::path::Path,
     grant: Grant,
 ) -> (ProviderHandle, StateReader) {
-    let caps = Capabilities::new(provider.description.request(), grant);
     let (state, rx) = persisted::channel(Default::default());
     let setup = InstanceSetup {
         env_id: "env-1".into(),
         workspace: workspace.to_owned(),
         state_dir: workspace.join(".provider-state"),
-        broker: ProcessBroker::new("env-1".into(), caps, workspace.to_owned(), 4, 4096),
+        request: provider.description.request(),
+        grant,
         runtime: Arc::new(NoRuntime),
         state,
     };

@@ -3,37 +3,46 @@
 //! per environment, every provider call under a timeout.
 //!
 //! It is the only layer the API calls. It drives the engine (one provider instance
-//! per running environment), the store (records), and the relay (connections),
-//! and it mints the runtime token of each start.
+//! per running environment), the store (records), and the relay (it admits each
+//! peer; the relay carries the frames), and it mints the runtime token of each start.
+//!
+//! [`Manager`] is a front over parts that each own their state: `envs` (the live
+//! side of every environment and its hub), `driver` (starting, stopping,
+//! supervising and restarting instances, with `ops` and `supervisor`), `providers`
+//! (what the loaded providers are and are granted, and their hot reload), `peers`
+//! (admitting runtimes and apps, answering provider-handled app messages) and
+//! `reconcile` (outside edits of the records file).
 
+mod driver;
+mod envs;
 mod messages;
 mod ops;
+mod peers;
 mod provider_reload;
 mod provider_status;
+mod providers;
 mod reconcile;
-mod sessions;
 mod supervisor;
 mod view;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::config::ServeConfig;
-use crate::engine::{Call, Engine, ProviderHandle, RuntimePort};
-use crate::relay::{Hub, Relay};
-use crate::store::{DesiredState, Record, RestartPolicy, Store, StoreError, validate};
-use crate::sync::MutexExt;
+use crate::engine::Engine;
+use crate::relay::Relay;
+use crate::store::{Record, Store, StoreError, validate};
 use crate::untrusted;
+use driver::Driver;
+use envs::{Env, Environments};
+use providers::Providers;
 
+pub use crate::store::{DesiredState, RestartPolicy};
 pub use provider_status::{LoadedView, ProviderState, ProviderStatus};
-pub use sessions::{AppSession, RuntimeSession};
+pub use providers::{ProviderCounts, ProviderView};
 pub use view::{EnvironmentView, RuntimeView, Status};
 
 /// Why a lifecycle request failed.
@@ -42,6 +51,9 @@ pub enum LifecycleError {
     /// No such environment.
     #[error("no environment with id {0:?}")]
     NotFound(String),
+    /// No such provider is loaded (the message says what is known of it).
+    #[error("{0}")]
+    NoProvider(String),
     /// The request is malformed.
     #[error("{0}")]
     Invalid(String),
@@ -84,46 +96,6 @@ pub struct CreateRequest {
     pub restart_policy: RestartPolicy,
 }
 
-#[derive(Debug, Default)]
-struct Live {
-    status: Status,
-    provider: Option<ProviderHandle>,
-    /// Cancelled when the running instance is taken down (ends its supervision).
-    supervision: Option<CancellationToken>,
-    metadata: BTreeMap<String, String>,
-    /// Policy restarts in a row (reset after a stable period).
-    attempt: u32,
-    last_failure: Option<Instant>,
-}
-
-/// One environment's live side.
-#[derive(Debug)]
-struct Env {
-    id: String,
-    /// Serialises operations (start, stop, delete) on this environment.
-    op: tokio::sync::Mutex<()>,
-    /// Fired once when the environment is being deleted: operations in flight give up.
-    deleting: CancellationToken,
-    live: Mutex<Live>,
-    hub: Arc<Hub>,
-}
-
-impl Env {
-    fn new(id: &str, hub: Arc<Hub>) -> Self {
-        Self {
-            id: id.to_owned(),
-            op: tokio::sync::Mutex::new(()),
-            deleting: CancellationToken::new(),
-            live: Mutex::new(Live::default()),
-            hub,
-        }
-    }
-
-    fn live(&self) -> MutexGuard<'_, Live> {
-        self.live.locked()
-    }
-}
-
 /// The host's own health, for `/healthz`.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostHealth {
@@ -135,13 +107,10 @@ pub struct HostHealth {
 
 #[derive(Debug)]
 struct Shared {
-    config: ServeConfig,
-    store: Store,
-    engine: Engine,
-    relay: Relay,
-    runtime_base: String,
-    envs: Mutex<HashMap<String, Arc<Env>>>,
-    tasks: TaskTracker,
+    store: Arc<Store>,
+    envs: Environments,
+    driver: Driver,
+    providers: Providers,
     /// Fired when the host starts shutting down.
     closing: CancellationToken,
 }
@@ -152,52 +121,37 @@ pub struct Manager {
     shared: Arc<Shared>,
 }
 
-/// The runtime port of an instance: its environment's hub.
-struct HubPort(Arc<Hub>);
-
-impl RuntimePort for HubPort {
-    fn send(&self, message: String) -> Result<(), String> {
-        self.0.to_runtime(message).map_err(|e| e.to_string())
-    }
-    fn is_connected(&self) -> bool {
-        self.0.runtime_connected()
-    }
-}
-
 impl Manager {
     /// A manager over loaded providers and opened records; `runtime_base` is the
     /// `ws://host:port` runtimes connect back to.
     pub fn new(config: ServeConfig, store: Store, engine: Engine, runtime_base: String) -> Self {
+        let config = Arc::new(config);
+        let store = Arc::new(store);
+        let engine = Arc::new(engine);
         let relay = Relay::new(config.relay.clone());
-        let envs = store
-            .list()
-            .into_iter()
-            .map(|r| {
-                let env = Arc::new(Env::new(&r.id, relay.hub(&r.id)));
-                (r.id, env)
-            })
-            .collect();
+        let envs = Environments::new(relay, store.list().into_iter().map(|r| r.id));
         Self {
             shared: Arc::new(Shared {
-                config,
+                envs,
+                driver: Driver::new(config.clone(), store.clone(), engine.clone(), runtime_base),
+                providers: Providers::new(engine, config),
                 store,
-                engine,
-                relay,
-                runtime_base,
-                envs: Mutex::new(envs),
-                tasks: TaskTracker::new(),
                 closing: CancellationToken::new(),
             }),
         }
+    }
+
+    fn driver(&self) -> &Driver {
+        &self.shared.driver
     }
 
     /// Brings every environment whose desired state is `running` up (after a host start).
     pub fn recover(&self) {
         for record in self.shared.store.list() {
             if record.desired_state == DesiredState::Running
-                && let Some(env) = self.env(&record.id)
+                && let Some(env) = self.shared.envs.get(&record.id)
             {
-                self.spawn_converge(env);
+                self.driver().spawn_converge(env);
             }
         }
     }
@@ -211,41 +165,16 @@ impl Manager {
         for held in self.shared.store.held() {
             reasons.push(format!("records file: {held}"));
         }
-        for failure in self.shared.engine.failures() {
-            reasons.push(format!(
-                "provider {}: {}",
-                failure.path.display(),
-                failure.error
-            ));
-        }
+        reasons.extend(self.shared.providers.load_failures());
         HostHealth {
             status: if reasons.is_empty() { "ok" } else { "degraded" },
             reasons,
         }
     }
 
-    /// The engine, for listing providers.
-    pub fn engine(&self) -> &Engine {
-        &self.shared.engine
-    }
-
-    /// The operator settings.
-    pub fn config(&self) -> &ServeConfig {
-        &self.shared.config
-    }
-
-    fn envs(&self) -> MutexGuard<'_, HashMap<String, Arc<Env>>> {
-        self.shared.envs.locked()
-    }
-
-    fn env(&self, id: &str) -> Option<Arc<Env>> {
-        self.envs().get(id).cloned()
-    }
-
     /// The live side of environment `id`, or `NotFound`.
     fn known_env(&self, id: &str) -> Result<Arc<Env>, LifecycleError> {
-        self.env(id)
-            .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
+        (self.shared.envs.get(id)).ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
     }
 
     /// `Conflict` for a record held back as invalid: the API never acts on one (its
@@ -269,31 +198,16 @@ impl Manager {
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
     }
 
-    fn view_of(&self, env: &Env, record: Record) -> EnvironmentView {
-        let loaded = self.shared.engine.provider(&record.provider);
-        let live = env.live();
-        let provider = provider_status::provider_status(
-            &record.provider,
-            live.provider.as_ref(),
-            loaded.as_deref(),
-        );
-        EnvironmentView::new(
-            record,
-            live.status,
-            env.hub.runtime_connected(),
-            live.metadata.clone(),
-            live.provider.as_ref(),
-            provider,
-        )
-    }
-
     /// Every environment with its live status.
     pub fn list(&self) -> Vec<EnvironmentView> {
         self.shared
             .store
             .list()
             .into_iter()
-            .filter_map(|r| self.env(&r.id).map(|env| self.view_of(&env, r)))
+            .filter_map(|r| {
+                let env = self.shared.envs.get(&r.id)?;
+                Some(self.driver().view_of(&env, r))
+            })
             .collect()
     }
 
@@ -301,14 +215,14 @@ impl Manager {
     pub fn get(&self, id: &str) -> Result<EnvironmentView, LifecycleError> {
         let record = self.known_record(id)?;
         let env = self.known_env(id)?;
-        Ok(self.view_of(&env, record))
+        Ok(self.driver().view_of(&env, record))
     }
 
     /// Creates an environment (and starts it if asked).
     pub async fn create(&self, req: CreateRequest) -> Result<EnvironmentView, LifecycleError> {
         validate_name(&req.name)?;
         validate::check_config(&req.config).map_err(LifecycleError::Invalid)?;
-        if self.shared.engine.provider(&req.provider).is_none() {
+        if !self.shared.providers.is_loaded(&req.provider) {
             return Err(LifecycleError::Invalid(format!(
                 "no provider named {:?} is loaded",
                 req.provider
@@ -326,11 +240,10 @@ impl Manager {
         }
         let id = record.id.clone();
         self.shared.store.insert(record).await?;
-        let env = Arc::new(Env::new(&id, self.shared.relay.hub(&id)));
-        self.envs().insert(id.clone(), env.clone());
+        let env = self.shared.envs.add(&id);
         tracing::info!(env = %id, "environment created");
         if req.start {
-            self.spawn_converge(env);
+            self.driver().spawn_converge(env);
         }
         self.get(&id)
     }
@@ -375,7 +288,7 @@ impl Manager {
             .store
             .update(id, |r| r.desired_state = desired)
             .await?;
-        self.spawn_converge(env);
+        self.driver().spawn_converge(env);
         self.get(id)
     }
 
@@ -387,24 +300,8 @@ impl Manager {
             .store
             .update(id, |r| r.desired_state = DesiredState::Running)
             .await?;
-        self.spawn_restart(env);
+        self.driver().spawn_restart(env);
         self.get(id)
-    }
-
-    fn spawn_restart(&self, env: Arc<Env>) {
-        let this = self.clone();
-        let span = tracing::info_span!("restart", env = %env.id);
-        self.shared.tasks.spawn(
-            async move {
-                let _op = env.op.lock().await;
-                if env.live().provider.is_some() {
-                    this.set_status(&env, Status::Restarting);
-                    this.stop_locked(&env).await;
-                }
-                this.converge_locked(&env).await;
-            }
-            .instrument(span),
-        );
     }
 
     /// Stops an environment, lets its provider remove the resource, and forgets it.
@@ -416,57 +313,22 @@ impl Manager {
         env.deleting.cancel();
         let _op = env.op.lock().await;
         let record = self.shared.store.remove(id).await?;
-        self.destroy_locked(&env, &record).await;
-        self.envs().remove(id);
-        self.shared.relay.remove(id, "environment deleted");
-        // Only ever a directory under the data dir: the name must pass the rule.
-        match self.shared.config.workspace_dir(&record.name) {
-            Ok(workspace) => match tokio::fs::remove_dir_all(&workspace).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(env = %id, error = %e, "could not remove the workspace"),
-            },
-            Err(e) => {
-                tracing::error!(env = %id, error = %e, "not removing a workspace outside the data directory")
-            }
-        }
+        self.driver().destroy_locked(&env, &record).await;
+        self.shared.envs.forget(id);
+        self.shared.envs.close_hub(id, "environment deleted");
+        self.driver().remove_workspace(&env, &record).await;
         tracing::info!(env = %id, "environment deleted");
         Ok(())
-    }
-
-    fn spawn_converge(&self, env: Arc<Env>) {
-        let this = self.clone();
-        let span = tracing::info_span!("converge", env = %env.id);
-        self.shared.tasks.spawn(
-            async move {
-                let _op = env.op.lock().await;
-                this.converge_locked(&env).await;
-            }
-            .instrument(span),
-        );
     }
 
     /// Stops every instance without changing desired states (host shutdown), then
     /// waits for background work to finish.
     pub async fn shutdown(&self) {
         self.shared.closing.cancel();
-        let envs: Vec<Arc<Env>> = self.envs().values().cloned().collect();
-        for env in envs {
-            // Abandon operations in flight (a hung start must not hold shutdown).
-            env.deleting.cancel();
-            let _op = env.op.lock().await;
-            if let Some(handle) = self.take_instance(&env) {
-                let timeout = self.shared.config.lifecycle.stop_timeout;
-                if let Err(e) = handle.call(Call::Close, timeout).await {
-                    let error = crate::untrusted::logged(&e.to_string());
-                    tracing::warn!(env = %env.id, %error, "provider close failed");
-                }
-                handle.shutdown().await;
-            }
-            env.hub.close("host shutting down");
+        for env in self.shared.envs.all() {
+            self.driver().shut_down(&env).await;
         }
-        self.shared.tasks.close();
-        self.shared.tasks.wait().await;
+        self.driver().drain().await;
     }
 }
 

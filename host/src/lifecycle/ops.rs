@@ -6,17 +6,19 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{Env, HubPort, Manager, Status};
+use super::Status;
+use super::driver::Driver;
+use super::envs::Env;
 use crate::auth;
-use crate::broker::process::ProcessBroker;
-use crate::broker::{Capabilities, PROJECT_PATH_DIR, Request};
+use crate::broker::{PROJECT_PATH_DIR, Request};
 use crate::engine::{
-    Call, CallError, InitVars, InstanceSetup, LoadedProvider, ProviderHandle, Reply, StateReader,
+    Call, CallError, InitVars, InstanceSetup, LoadedProvider, ProviderHandle, Reply, RuntimePort,
+    StateReader,
 };
-use crate::relay::{CLOSE_GONE, CLOSE_REPLACED};
+use crate::relay::{CLOSE_GONE, CLOSE_REPLACED, Hub};
 use crate::store::{DesiredState, Record};
 
-impl Manager {
+impl Driver {
     /// Moves `env` toward its desired state; the caller holds its operation lock.
     pub(super) async fn converge_locked(&self, env: &Arc<Env>) {
         let Some(record) = self.shared.store.get(&env.id) else {
@@ -145,32 +147,20 @@ impl Manager {
         tokio::fs::create_dir_all(&workspace)
             .await
             .map_err(|e| format!("creating workspace {}: {e}", workspace.display()))?;
-        let caps = Capabilities::new(
-            request_for(provider, record),
-            s.config.grant_for(&provider.description.name),
-        );
-        let limits = &s.config.limits;
-        let mut broker = ProcessBroker::new(
-            env.id.clone(),
-            caps,
-            workspace.clone(),
-            limits.max_processes,
-            limits.output_tail_bytes,
-        );
-        if let Some(tether) = &s.config.spawn_guard {
-            broker = broker.with_guard(tether.clone());
-        }
         let state_dir = (s.config)
             .provider_state_dir(&provider.description.name)
             .map_err(|e| e.to_string())?;
         let (state, changes) = crate::engine::persisted::channel(record.provider_state.clone());
         s.tasks
             .spawn(persist_state(self.clone(), env.id.clone(), changes));
+        // The engine builds the instance's capabilities: what it asks for, as far as
+        // the operator grants it.
         let setup = InstanceSetup {
             env_id: env.id.clone(),
             workspace,
             state_dir,
-            broker,
+            request: request_for(provider, record),
+            grant: s.config.grant_for(&provider.description.name),
             runtime: Arc::new(HubPort(env.hub.clone())),
             state,
         };
@@ -265,53 +255,6 @@ impl Manager {
             }
         }
     }
-
-    /// Detaches the running instance (ending its supervision) and returns it.
-    pub(super) fn take_instance(&self, env: &Env) -> Option<ProviderHandle> {
-        let mut live = env.live();
-        if let Some(supervision) = live.supervision.take() {
-            supervision.cancel();
-        }
-        live.metadata.clear();
-        live.provider.take()
-    }
-
-    /// Records `reason` and puts `env` in `error`.
-    pub(super) async fn fail(&self, env: &Env, reason: String) {
-        // The reason may quote a provider's message or trap text: bounded in the record.
-        let reason = crate::untrusted::cut(&reason, crate::untrusted::MAX_LAST_ERROR);
-        if let Err(e) = self
-            .shared
-            .store
-            .update(&env.id, |r| r.last_error = Some(reason.clone()))
-            .await
-        {
-            tracing::warn!(env = %env.id, error = %e, "could not record the failure");
-        }
-        self.set_status(env, Status::Error);
-    }
-
-    pub(super) fn set_status(&self, env: &Env, status: Status) {
-        env.live().status = status;
-        self.announce(env);
-    }
-
-    /// Sends the current status to every app of `env`.
-    pub(super) fn announce(&self, env: &Env) {
-        if let Some(record) = self.shared.store.get(&env.id) {
-            let view = self.view_of(env, record);
-            env.hub.broadcast(view.status_event());
-        }
-    }
-
-    /// A call into a running instance trapped or timed out during an app request:
-    /// the instance is dead, which the environment's supervision handles as a failure.
-    pub(super) fn instance_failed(&self, env: Arc<Env>, handle: ProviderHandle, err: CallError) {
-        let this = self.clone();
-        self.shared.tasks.spawn(async move {
-            this.on_failure(env, handle, err.to_string()).await;
-        });
-    }
 }
 
 /// The environment's `config.projectPath`, if it names one.
@@ -345,9 +288,9 @@ fn request_for(provider: &LoadedProvider, record: &Record) -> Request {
 
 /// Persists what the instance sets, one write per batch of coalesced changes, until
 /// the instance is gone.
-async fn persist_state(manager: Manager, id: String, changes: StateReader) {
+async fn persist_state(driver: Driver, id: String, changes: StateReader) {
     while let Some(batch) = changes.next().await {
-        let result = manager
+        let result = driver
             .shared
             .store
             .update(&id, |r| {
@@ -362,5 +305,17 @@ async fn persist_state(manager: Manager, id: String, changes: StateReader) {
         if let Err(e) = result {
             tracing::debug!(env = %id, error = %e, "provider state not persisted");
         }
+    }
+}
+
+/// The runtime port of an instance: its environment's hub.
+struct HubPort(Arc<Hub>);
+
+impl RuntimePort for HubPort {
+    fn send(&self, message: String) -> Result<(), String> {
+        self.0.to_runtime(message).map_err(|e| e.to_string())
+    }
+    fn is_connected(&self) -> bool {
+        self.0.runtime_connected()
     }
 }

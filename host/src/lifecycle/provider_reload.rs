@@ -15,20 +15,20 @@ const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(300);
 impl Manager {
     /// Watches the providers directory and loads what changes in it until shutdown.
     pub fn watch_providers(&self) -> Result<(), DirWatchError> {
-        let dir = self.shared.config.providers_dir();
-        let (guard, mut signals) = engine::watch_dir(&dir, DEBOUNCE)?;
-        let this = self.clone();
-        self.shared.tasks.spawn(
+        let providers = self.shared.providers.clone();
+        let (guard, mut signals) = engine::watch_dir(&providers.dir(), DEBOUNCE)?;
+        let closing = self.shared.closing.clone();
+        self.shared.driver.spawn(
             async move {
                 let _guard = guard;
                 // Whatever changed between the initial load and the watch starting.
-                this.shared.engine.rescan(&dir).await;
+                providers.rescan().await;
                 loop {
                     tokio::select! {
-                        _ = this.shared.closing.cancelled() => return,
+                        _ = closing.cancelled() => return,
                         signal = signals.recv() => if signal.is_none() { return },
                     }
-                    this.shared.engine.rescan(&dir).await;
+                    providers.rescan().await;
                 }
             }
             .instrument(tracing::info_span!("providers_watch")),

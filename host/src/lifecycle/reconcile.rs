@@ -2,11 +2,9 @@
 //! applies it — an added record appears (and starts if it should), a changed desired
 //! state or config takes effect, a removed record is stopped and forgotten.
 
-use std::sync::Arc;
-
 use tracing::Instrument;
 
-use super::{Env, Manager};
+use super::Manager;
 use crate::store::watch::{self, WatchError};
 use crate::store::{Changes, StoreError};
 
@@ -18,7 +16,7 @@ impl Manager {
     pub fn watch_records(&self) -> Result<(), WatchError> {
         let (guard, mut signals) = watch::watch(self.shared.store.path(), DEBOUNCE)?;
         let this = self.clone();
-        self.shared.tasks.spawn(
+        self.shared.driver.spawn(
             async move {
                 let _guard = guard;
                 loop {
@@ -49,38 +47,35 @@ impl Manager {
     fn apply(&self, changes: Changes) {
         for id in changes.added {
             tracing::info!(env = %id, "record added outside the host");
-            let env = self.env(&id).unwrap_or_else(|| {
-                let env = Arc::new(Env::new(&id, self.shared.relay.hub(&id)));
-                self.envs().insert(id, env.clone());
-                env
-            });
-            self.spawn_converge(env);
+            let env = self.shared.envs.add(&id);
+            self.shared.driver.spawn_converge(env);
         }
         for before in changes.changed {
-            let (Some(env), Some(after)) =
-                (self.env(&before.id), self.shared.store.get(&before.id))
-            else {
+            let (Some(env), Some(after)) = (
+                self.shared.envs.get(&before.id),
+                self.shared.store.get(&before.id),
+            ) else {
                 continue;
             };
             if after.desired_state != before.desired_state {
                 tracing::info!(env = %env.id, desired = ?after.desired_state, "desired state changed outside the host");
-                self.spawn_converge(env);
+                self.shared.driver.spawn_converge(env);
             } else if after.config != before.config && env.live().provider.is_some() {
                 tracing::info!(env = %env.id, "config changed outside the host; restarting to apply it");
-                self.spawn_restart(env);
+                self.shared.driver.spawn_restart(env);
             }
         }
         for gone in changes.removed {
             tracing::info!(env = %gone.id, "record removed outside the host");
-            let Some(env) = self.envs().remove(&gone.id) else {
+            let Some(env) = self.shared.envs.forget(&gone.id) else {
                 continue;
             };
             let this = self.clone();
-            self.shared.tasks.spawn(async move {
+            self.shared.driver.spawn(async move {
                 env.deleting.cancel();
                 let _op = env.op.lock().await;
-                this.stop_locked(&env).await;
-                this.shared.relay.remove(&env.id, "environment removed");
+                this.shared.driver.stop_locked(&env).await;
+                this.shared.envs.close_hub(&env.id, "environment removed");
             });
         }
     }

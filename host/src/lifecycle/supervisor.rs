@@ -10,7 +10,9 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{Env, Manager, Status};
+use super::Status;
+use super::driver::Driver;
+use super::envs::Env;
 use crate::config::RestartConfig;
 use crate::engine::{Call, HealthState, ProviderHandle, Reply};
 use crate::store::{DesiredState, RestartPolicy};
@@ -18,7 +20,7 @@ use crate::store::{DesiredState, RestartPolicy};
 /// Restart times kept in a record.
 const HISTORY: usize = 10;
 
-impl Manager {
+impl Driver {
     /// Watches a started instance until it fails or `cancel` fires (stop, delete).
     pub(super) fn supervise(
         &self,
@@ -28,7 +30,7 @@ impl Manager {
     ) {
         let this = self.clone();
         let span = tracing::info_span!("supervise", env = %env.id);
-        self.shared.tasks.spawn(
+        self.spawn(
             async move {
                 let health = this.shared.config.health.clone();
                 let mut failures = 0u32;

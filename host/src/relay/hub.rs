@@ -19,9 +19,11 @@ use std::time::Instant;
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 
+use super::error::RelayError;
+use super::outbox::Outbox;
+use super::protocol::CloseReason;
 use super::protocol::{self, CLOSE_GONE, CLOSE_REPLACED, CLOSE_TOO_SLOW, Resume};
 use super::window::Window;
-use super::{CloseReason, RelayError};
 use crate::config::RelayConfig;
 use crate::sync::MutexExt;
 
@@ -213,6 +215,11 @@ impl Hub {
         }
     }
 
+    /// The relay settings this hub was made with.
+    pub(super) fn config(&self) -> &Arc<RelayConfig> {
+        &self.config
+    }
+
     pub(super) fn lock(&self) -> MutexGuard<'_, HubState> {
         // Every critical section leaves the maps consistent, so a poisoned lock is usable.
         self.state.locked()
@@ -234,10 +241,7 @@ impl Hub {
 
     /// Accepts a runtime connection, replacing (and closing) any earlier one; it gets
     /// everything waiting for it, from where `resume` says it stopped.
-    pub fn attach_runtime(
-        self: &Arc<Self>,
-        resume: Option<Resume>,
-    ) -> Result<super::Outbox, RelayError> {
+    pub fn attach_runtime(self: &Arc<Self>, resume: Option<Resume>) -> Result<Outbox, RelayError> {
         let (mut conn, closed) = self.new_conn(resume.is_some());
         let mut s = self.lock();
         if s.closed {
@@ -247,7 +251,7 @@ impl Hub {
             return Err(RelayError::TooManyConnections(self.config.max_connections));
         }
         s.runtime.connect(&mut conn, resume.as_ref());
-        let outbox = super::Outbox::new(self.clone(), StreamKey::Runtime, &conn, closed);
+        let outbox = Outbox::new(self.clone(), StreamKey::Runtime, &conn, closed);
         tracing::info!(env = %self.env_id, conn = conn.id, resumable = conn.resumable,
             waiting = s.runtime.window.len(), "runtime connected");
         s.runtime.conn = Some(conn);
@@ -286,7 +290,7 @@ impl Hub {
         thread: Option<String>,
         resume: Option<Resume>,
         greeting: Option<String>,
-    ) -> Result<super::Outbox, RelayError> {
+    ) -> Result<Outbox, RelayError> {
         let (mut conn, closed) = self.new_conn(resume.is_some());
         let mut s = self.lock();
         if s.closed {
@@ -311,7 +315,7 @@ impl Hub {
             stream.offer(&greeting.into());
         }
         stream.connect(&mut conn, resume.as_ref());
-        let outbox = super::Outbox::new(self.clone(), StreamKey::App(id), &conn, closed);
+        let outbox = Outbox::new(self.clone(), StreamKey::App(id), &conn, closed);
         stream.conn = Some(conn);
         if let Some(r) = resume {
             s.sessions.insert(r.session, id);

@@ -32,6 +32,15 @@ pub const CLOSE_UNRESPONSIVE: u16 = 4011;
 /// Close code: the environment already has its maximum number of connections.
 pub const CLOSE_TOO_MANY: u16 = 4013;
 
+/// How a connection ends, when the relay ends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Text for the peer.
+    pub reason: String,
+}
+
 /// Type of an acknowledgement frame, in either direction.
 pub const ACK: &str = "relayAck";
 /// Longest session id accepted.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::config::RelayConfig;
 
 fn hub(window: usize) -> Arc<Hub> {
     let config = RelayConfig {

@@ -1,0 +1,191 @@
+//! The driver of provider instances: it holds what starting, stopping, supervising
+//! and restarting an environment takes (the operator's settings, the records, the
+//! engine, the background tasks) and the helpers those operations share. The
+//! operations themselves are in `ops` and `supervisor`.
+
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::envs::Env;
+use super::{EnvironmentView, Status, provider_status};
+use crate::config::ServeConfig;
+use crate::engine::{Call, CallError, Engine, ProviderHandle};
+use crate::store::{Record, Store};
+
+#[derive(Debug)]
+pub(super) struct DriverShared {
+    pub(super) config: Arc<ServeConfig>,
+    pub(super) store: Arc<Store>,
+    pub(super) engine: Arc<Engine>,
+    /// The `ws://host:port` runtimes connect back to.
+    pub(super) runtime_base: String,
+    /// Every background operation, waited for at shutdown.
+    pub(super) tasks: TaskTracker,
+}
+
+/// Drives environments' provider instances; cheap to clone into tasks.
+#[derive(Debug, Clone)]
+pub(super) struct Driver {
+    pub(super) shared: Arc<DriverShared>,
+}
+
+impl Driver {
+    pub(super) fn new(
+        config: Arc<ServeConfig>,
+        store: Arc<Store>,
+        engine: Arc<Engine>,
+        runtime_base: String,
+    ) -> Self {
+        Self {
+            shared: Arc::new(DriverShared {
+                config,
+                store,
+                engine,
+                runtime_base,
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// Runs `task` in the background, tracked so shutdown waits for it.
+    pub(super) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.shared.tasks.spawn(task);
+    }
+
+    /// `env` shown as its record joined with its live state.
+    pub(super) fn view_of(&self, env: &Env, record: Record) -> EnvironmentView {
+        let loaded = self.shared.engine.provider(&record.provider);
+        let live = env.live();
+        let provider = provider_status::provider_status(
+            &record.provider,
+            live.provider.as_ref(),
+            loaded.as_deref(),
+        );
+        EnvironmentView::new(
+            record,
+            live.status,
+            env.hub.runtime_connected(),
+            live.metadata.clone(),
+            live.provider.as_ref(),
+            provider,
+        )
+    }
+
+    /// Moves `env` toward its desired state, in the background.
+    pub(super) fn spawn_converge(&self, env: Arc<Env>) {
+        let this = self.clone();
+        let span = tracing::info_span!("converge", env = %env.id);
+        self.spawn(
+            async move {
+                let _op = env.op.lock().await;
+                this.converge_locked(&env).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Stops `env` if it runs and starts it again, in the background.
+    pub(super) fn spawn_restart(&self, env: Arc<Env>) {
+        let this = self.clone();
+        let span = tracing::info_span!("restart", env = %env.id);
+        self.spawn(
+            async move {
+                let _op = env.op.lock().await;
+                if env.live().provider.is_some() {
+                    this.set_status(&env, Status::Restarting);
+                    this.stop_locked(&env).await;
+                }
+                this.converge_locked(&env).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Detaches the running instance (ending its supervision) and returns it.
+    pub(super) fn take_instance(&self, env: &Env) -> Option<ProviderHandle> {
+        let mut live = env.live();
+        if let Some(supervision) = live.supervision.take() {
+            supervision.cancel();
+        }
+        live.metadata.clear();
+        live.provider.take()
+    }
+
+    /// Records `reason` and puts `env` in `error`.
+    pub(super) async fn fail(&self, env: &Env, reason: String) {
+        // The reason may quote a provider's message or trap text: bounded in the record.
+        let reason = crate::untrusted::cut(&reason, crate::untrusted::MAX_LAST_ERROR);
+        if let Err(e) = self
+            .shared
+            .store
+            .update(&env.id, |r| r.last_error = Some(reason.clone()))
+            .await
+        {
+            tracing::warn!(env = %env.id, error = %e, "could not record the failure");
+        }
+        self.set_status(env, Status::Error);
+    }
+
+    pub(super) fn set_status(&self, env: &Env, status: Status) {
+        env.live().status = status;
+        self.announce(env);
+    }
+
+    /// Sends the current status to every app of `env`.
+    pub(super) fn announce(&self, env: &Env) {
+        if let Some(record) = self.shared.store.get(&env.id) {
+            let view = self.view_of(env, record);
+            env.hub.broadcast(view.status_event());
+        }
+    }
+
+    /// A call into a running instance trapped or timed out during an app request:
+    /// the instance is dead, which the environment's supervision handles as a failure.
+    pub(super) fn instance_failed(&self, env: Arc<Env>, handle: ProviderHandle, err: CallError) {
+        let this = self.clone();
+        self.spawn(async move {
+            this.on_failure(env, handle, err.to_string()).await;
+        });
+    }
+
+    /// Removes a deleted environment's workspace; only ever a directory under the data
+    /// directory, so the name must pass the rule.
+    pub(super) async fn remove_workspace(&self, env: &Env, record: &Record) {
+        match self.shared.config.workspace_dir(&record.name) {
+            Ok(workspace) => match tokio::fs::remove_dir_all(&workspace).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(env = %env.id, error = %e, "could not remove the workspace")
+                }
+            },
+            Err(e) => {
+                tracing::error!(env = %env.id, error = %e, "not removing a workspace outside the data directory")
+            }
+        }
+    }
+
+    /// Closes `env`'s instance without changing its desired state (host shutdown).
+    /// Operations in flight are abandoned: a hung start must not hold shutdown.
+    pub(super) async fn shut_down(&self, env: &Env) {
+        env.deleting.cancel();
+        let _op = env.op.lock().await;
+        if let Some(handle) = self.take_instance(env) {
+            let timeout = self.shared.config.lifecycle.stop_timeout;
+            if let Err(e) = handle.call(Call::Close, timeout).await {
+                let error = crate::untrusted::logged(&e.to_string());
+                tracing::warn!(env = %env.id, %error, "provider close failed");
+            }
+            handle.shutdown().await;
+        }
+        env.hub.close("host shutting down");
+    }
+
+    /// Waits for every background operation once no new one can start.
+    pub(super) async fn drain(&self) {
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+}

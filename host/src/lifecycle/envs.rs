@@ -1,0 +1,104 @@
+//! The live side of every environment: its operation lock, its status and running
+//! instance, and its relay hub, by id. Records are the store's; this is what only
+//! lives while the host runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Status;
+use crate::engine::ProviderHandle;
+use crate::relay::{Hub, Relay};
+use crate::sync::MutexExt;
+
+/// What changes while an environment runs.
+#[derive(Debug, Default)]
+pub(super) struct Live {
+    pub(super) status: Status,
+    pub(super) provider: Option<ProviderHandle>,
+    /// Cancelled when the running instance is taken down (ends its supervision).
+    pub(super) supervision: Option<CancellationToken>,
+    pub(super) metadata: BTreeMap<String, String>,
+    /// Policy restarts in a row (reset after a stable period).
+    pub(super) attempt: u32,
+    pub(super) last_failure: Option<Instant>,
+}
+
+/// One environment's live side.
+#[derive(Debug)]
+pub(super) struct Env {
+    pub(super) id: String,
+    /// Serialises operations (start, stop, delete) on this environment.
+    pub(super) op: tokio::sync::Mutex<()>,
+    /// Fired once when the environment is being deleted: operations in flight give up.
+    pub(super) deleting: CancellationToken,
+    live: Mutex<Live>,
+    pub(super) hub: Arc<Hub>,
+}
+
+impl Env {
+    fn new(id: &str, hub: Arc<Hub>) -> Self {
+        Self {
+            id: id.to_owned(),
+            op: tokio::sync::Mutex::new(()),
+            deleting: CancellationToken::new(),
+            live: Mutex::new(Live::default()),
+            hub,
+        }
+    }
+
+    pub(super) fn live(&self) -> MutexGuard<'_, Live> {
+        self.live.locked()
+    }
+}
+
+/// Every environment's live side, and the relay their hubs belong to.
+#[derive(Debug)]
+pub(super) struct Environments {
+    relay: Relay,
+    envs: Mutex<HashMap<String, Arc<Env>>>,
+}
+
+impl Environments {
+    /// The live sides of environments `ids`, their hubs in `relay`.
+    pub(super) fn new(relay: Relay, ids: impl IntoIterator<Item = String>) -> Self {
+        let envs = ids
+            .into_iter()
+            .map(|id| (id.clone(), Arc::new(Env::new(&id, relay.hub(&id)))))
+            .collect();
+        Self {
+            relay,
+            envs: Mutex::new(envs),
+        }
+    }
+
+    /// Environment `id`, if the host knows it.
+    pub(super) fn get(&self, id: &str) -> Option<Arc<Env>> {
+        self.envs.locked().get(id).cloned()
+    }
+
+    /// Environment `id`, created (with its hub) if the host did not know it yet.
+    pub(super) fn add(&self, id: &str) -> Arc<Env> {
+        let mut envs = self.envs.locked();
+        envs.entry(id.to_owned())
+            .or_insert_with(|| Arc::new(Env::new(id, self.relay.hub(id))))
+            .clone()
+    }
+
+    /// Forgets environment `id`; its hub stays open until [`Self::close_hub`].
+    pub(super) fn forget(&self, id: &str) -> Option<Arc<Env>> {
+        self.envs.locked().remove(id)
+    }
+
+    /// Closes the hub of a forgotten environment, telling its peers `reason`.
+    pub(super) fn close_hub(&self, id: &str, reason: &str) {
+        self.relay.remove(id, reason);
+    }
+
+    /// Every environment the host knows.
+    pub(super) fn all(&self) -> Vec<Arc<Env>> {
+        self.envs.locked().values().cloned().collect()
+    }
+}

@@ -1,0 +1,137 @@
+//! Admission of the peers of an environment — its runtime (by runtime token) and its
+//! apps — to the relay, and the desk that answers the app messages its provider
+//! handles. Everything else about a frame is the relay's.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tracing::Instrument;
+
+use super::driver::Driver;
+use super::envs::Env;
+use super::messages::{self, PROVIDER_TYPES};
+use super::{LifecycleError, Manager};
+use crate::auth;
+use crate::engine::{CallError, FailureKind};
+use crate::relay::{Connection, ProviderDesk, ProviderRequest, ProviderRoute, RelayError, Resume};
+use crate::store::DesiredState;
+
+/// Why a WebSocket peer was not admitted.
+fn refused(e: RelayError) -> LifecycleError {
+    match e {
+        RelayError::TooManyConnections(_) => LifecycleError::TooManyConnections(e.to_string()),
+        other => LifecycleError::Conflict(other.to_string()),
+    }
+}
+
+impl Manager {
+    /// Admits the runtime of environment `id` if `token` is its current token.
+    /// `resume` continues a resumable session (see `docs/protocol.md`).
+    pub fn attach_runtime(
+        &self,
+        id: &str,
+        token: &str,
+        resume: Option<Resume>,
+    ) -> Result<Connection, LifecycleError> {
+        let record = self.known_record(id)?;
+        let env = self.known_env(id)?;
+        let expected = record.runtime_token_sha256.as_deref().unwrap_or_default();
+        auth::verify_runtime_token(token, record.runtime_generation, expected).map_err(|e| {
+            tracing::warn!(env = %id, error = %e, "runtime refused");
+            LifecycleError::Unauthorized(e.to_string())
+        })?;
+        if record.desired_state != DesiredState::Running {
+            return Err(LifecycleError::Conflict("environment is stopped".into()));
+        }
+        // Apps hear of the runtime leaving as they heard of it arriving.
+        let driver = self.shared.driver.clone();
+        let gone = env.clone();
+        let connection = Connection::runtime(&env.hub, resume, move || driver.announce(&gone))
+            .map_err(refused)?;
+        self.shared.driver.announce(&env);
+        Ok(connection)
+    }
+
+    /// Admits an app to environment `id` on `thread`, resuming its session if `resume`
+    /// names one.
+    pub fn attach_app(
+        &self,
+        id: &str,
+        thread: Option<String>,
+        resume: Option<Resume>,
+    ) -> Result<Connection, LifecycleError> {
+        let env = self.known_env(id)?;
+        let record = self.shared.store.get(id);
+        // The provider's own types are looked up once here, so the per-message path
+        // never scans the store.
+        let mut types: Vec<String> = PROVIDER_TYPES.iter().map(|t| (*t).to_owned()).collect();
+        if let Some(record) = &record {
+            types.extend(self.shared.providers.message_types(&record.provider));
+        }
+        let route = ProviderRoute {
+            types,
+            desk: Arc::new(Desk {
+                driver: self.shared.driver.clone(),
+                env: env.clone(),
+            }),
+        };
+        // The app learns where things stand right away.
+        let greeting = record.map(|record| self.shared.driver.view_of(&env, record).status_event());
+        Connection::app(&env.hub, thread, resume, greeting, route).map_err(refused)
+    }
+}
+
+/// Answers one app's provider-handled messages through its environment's running
+/// instance, each in a task of its own.
+#[derive(Debug)]
+struct Desk {
+    driver: Driver,
+    env: Arc<Env>,
+}
+
+impl ProviderDesk for Desk {
+    fn request(&self, request: ProviderRequest) {
+        let ProviderRequest {
+            kind,
+            message: msg,
+            reply,
+        } = request;
+        let env = self.env.clone();
+        let driver = self.driver.clone();
+        let span = tracing::debug_span!("provider_request", env = %env.id, kind = %kind);
+        self.driver.spawn(
+            async move {
+                let request_id = msg.get("requestId").cloned().unwrap_or(Value::Null);
+                let handle = env.live().provider.clone();
+                let outcome = match (handle, messages::to_call(&kind, &msg)) {
+                    (_, Err(bad)) => Err(json!({"code": "invalid_input", "message": bad.0})),
+                    (None, _) => Err(json!({
+                        "code": "not_running",
+                        "message": "the environment is not running",
+                    })),
+                    (Some(handle), Ok(call)) => {
+                        let timeout = driver.shared.config.lifecycle.call_timeout;
+                        match handle.call(call, timeout).await {
+                            Ok(answer) => Ok(messages::reply_message(&kind, &msg, answer)),
+                            Err(err) => {
+                                if matches!(err, CallError::Trapped(_) | CallError::TimedOut(_)) {
+                                    driver.instance_failed(env.clone(), handle, err.clone());
+                                }
+                                // A path outside the workspace is refused inside the
+                                // sandbox; the operator still hears of every attempt.
+                                if let CallError::Provider(f) = &err
+                                    && matches!(f.kind, FailureKind::Denied | FailureKind::InvalidInput)
+                                {
+                                    tracing::warn!(env = %env.id, %kind, error = %crate::untrusted::logged(&f.to_string()), "app request refused");
+                                }
+                                Err(messages::error_value(&err))
+                            }
+                        }
+                    }
+                };
+                reply.send(messages::event(&kind, &request_id, outcome));
+            }
+            .instrument(span),
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! The loaded providers as `/api/v1/providers` shows them: what each is, asks for
+//! (`commands`, `urls`, `directories`), is granted by the operator and is denied
+//! (asked for but not covered by the grant), which operator config keys it gets (never
+//! their values), and why its file's latest content did not load, if it did not (the
+//! version loaded before is still served then).
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::{LifecycleError, Manager};
+use crate::broker::{Capabilities, DeniedItems, Grant};
+use crate::config::ServeConfig;
+use crate::engine::{
+    CompileCacheStats, Engine, LoadedProvider, ProviderDescription, ProviderSource,
+};
+
+/// One loaded provider, for people and tools.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderView {
+    #[serde(flatten)]
+    description: ProviderDescription,
+    source: ProviderSource,
+    sha256: String,
+    world: &'static str,
+    granted: Grant,
+    denied: DeniedItems,
+    operator_config_keys: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    load_error: Option<String>,
+}
+
+/// Counts of the engine's providers, for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct ProviderCounts {
+    /// Providers loaded (built-in and drop-in).
+    pub loaded: usize,
+    /// Provider files that do not load.
+    pub load_failures: usize,
+    /// Compile cache hits and misses, when the cache is on.
+    pub compile_cache: Option<CompileCacheStats>,
+}
+
+/// The engine's providers seen with the operator's grants and config.
+#[derive(Debug, Clone)]
+pub(super) struct Providers {
+    engine: Arc<Engine>,
+    config: Arc<ServeConfig>,
+}
+
+impl Manager {
+    /// Every loaded provider.
+    pub fn providers(&self) -> Vec<ProviderView> {
+        self.shared.providers.all()
+    }
+
+    /// The loaded provider called `name`; `NotFound` names the file that meant to
+    /// provide it and why it did not load, when there is one.
+    pub fn provider(&self, name: &str) -> Result<ProviderView, LifecycleError> {
+        self.shared.providers.one(name)
+    }
+
+    /// How many providers are loaded and failing, and the compile cache's figures.
+    pub fn provider_counts(&self) -> ProviderCounts {
+        self.shared.providers.counts()
+    }
+}
+
+impl Providers {
+    pub(super) fn new(engine: Arc<Engine>, config: Arc<ServeConfig>) -> Self {
+        Self { engine, config }
+    }
+
+    /// Whether a provider called `name` is loaded.
+    pub(super) fn is_loaded(&self, name: &str) -> bool {
+        self.engine.provider(name).is_some()
+    }
+
+    /// The extra message types provider `name` answers (none if it is not loaded).
+    pub(super) fn message_types(&self, name: &str) -> Vec<String> {
+        (self.engine.provider(name))
+            .map(|p| p.description.message_types.clone())
+            .unwrap_or_default()
+    }
+
+    /// A line per provider file that does not load, for `/healthz`.
+    pub(super) fn load_failures(&self) -> Vec<String> {
+        (self.engine.failures().into_iter())
+            .map(|f| format!("provider {}: {}", f.path.display(), f.error))
+            .collect()
+    }
+
+    /// The providers directory, watched for drop-ins.
+    pub(super) fn dir(&self) -> std::path::PathBuf {
+        self.config.providers_dir()
+    }
+
+    /// Loads what changed in the providers directory.
+    pub(super) async fn rescan(&self) {
+        self.engine.rescan(&self.config.providers_dir()).await;
+    }
+
+    fn all(&self) -> Vec<ProviderView> {
+        (self.engine.providers().iter())
+            .map(|p| self.view(p))
+            .collect()
+    }
+
+    fn one(&self, name: &str) -> Result<ProviderView, LifecycleError> {
+        let engine = &self.engine;
+        let p = engine.provider(name).ok_or_else(|| {
+            let mut message = format!("no provider named {name:?} is loaded");
+            // A file named after the provider most likely meant to provide it.
+            let stem = name.replace('-', "_");
+            for f in engine.failures() {
+                let file = f
+                    .path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().replace('-', "_"));
+                if file.as_deref() == Some(stem.as_str()) {
+                    message = format!(
+                        "{message}; {} failed to load: {}",
+                        f.path.display(),
+                        f.error
+                    );
+                }
+            }
+            LifecycleError::NoProvider(message)
+        })?;
+        Ok(self.view(&p))
+    }
+
+    fn counts(&self) -> ProviderCounts {
+        let engine = &self.engine;
+        ProviderCounts {
+            loaded: engine.providers().len(),
+            load_failures: engine.failures().len(),
+            compile_cache: engine.compile_cache_stats(),
+        }
+    }
+
+    fn view(&self, p: &Arc<LoadedProvider>) -> ProviderView {
+        let config = &self.config;
+        let grant = config.grant_for(&p.description.name);
+        let operator_config_keys = (config.provider_config.get(&p.description.name))
+            .map(|c| c.keys().map(str::to_owned).collect())
+            .unwrap_or_default();
+        ProviderView {
+            description: p.description.clone(),
+            source: p.source.clone(),
+            sha256: p.sha256.clone(),
+            world: p.world.as_str(),
+            granted: grant.clone(),
+            denied: Capabilities::new(p.description.request(), grant).denied(),
+            operator_config_keys,
+            load_error: match &p.source {
+                ProviderSource::DropIn { path } => self.engine.failure_of(path).map(|f| f.error),
+                ProviderSource::BuiltIn => None,
+            },
+        }
+    }
+}

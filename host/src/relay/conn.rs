@@ -1,0 +1,287 @@
+//! One peer's WebSocket, served by the relay from the upgrade to the close: a reader
+//! hands frames to the connection's [`Inbound`], a writer drains its [`Outbox`],
+//! acknowledges a resumable peer's frames and pings a quiet one; whichever ends
+//! first ends the other. Size limits and the idle timeout come from the hub's
+//! [`RelayConfig`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite;
+
+use super::error::RelayError;
+use super::hub::Hub;
+use super::inbound::{AppInbound, Inbound, ProviderRoute, RuntimeInbound};
+use super::outbox::{Outbox, Take};
+use super::protocol::{CLOSE_TOO_BIG, CLOSE_UNRESPONSIVE, CloseReason, READ_CHUNK, Resume};
+use crate::config::RelayConfig;
+
+/// How often a resumable connection's writer checks for frames to acknowledge.
+const ACK_DELAY: Duration = Duration::from_millis(200);
+
+/// An admitted peer, attached to its hub and ready to be served on its socket.
+/// Dropping it unserved detaches it again.
+#[derive(Debug)]
+pub struct Connection {
+    outbox: Outbox,
+    inbound: Inbound,
+    config: Arc<RelayConfig>,
+}
+
+impl Connection {
+    /// Attaches the runtime of `hub` (replacing any earlier one). `on_detached` runs
+    /// when this connection leaves the hub while it is still the current runtime.
+    pub fn runtime(
+        hub: &Arc<Hub>,
+        resume: Option<Resume>,
+        on_detached: impl FnOnce() + Send + Sync + 'static,
+    ) -> Result<Self, RelayError> {
+        let outbox = hub.attach_runtime(resume)?;
+        let inbound = Inbound::Runtime(RuntimeInbound {
+            hub: hub.clone(),
+            conn: outbox.id(),
+            on_detached: Some(Box::new(on_detached)),
+        });
+        Ok(Self {
+            outbox,
+            inbound,
+            config: hub.config().clone(),
+        })
+    }
+
+    /// Attaches an app to `hub` on `thread`, resuming its session if `resume` names
+    /// one; `greeting` is the first frame it gets, and `provider` takes the message
+    /// types the environment's provider answers.
+    pub fn app(
+        hub: &Arc<Hub>,
+        thread: Option<String>,
+        resume: Option<Resume>,
+        greeting: Option<String>,
+        provider: ProviderRoute,
+    ) -> Result<Self, RelayError> {
+        let outbox = hub.attach_app(thread.clone(), resume, greeting)?;
+        let inbound = Inbound::App(AppInbound {
+            hub: hub.clone(),
+            key: outbox.key(),
+            conn: outbox.id(),
+            thread,
+            provider,
+        });
+        Ok(Self {
+            outbox,
+            inbound,
+            config: hub.config().clone(),
+        })
+    }
+
+    /// Completes `upgrade` with the relay's limits and serves the connection on it.
+    pub fn serve(self, upgrade: WebSocketUpgrade) -> Response {
+        upgrade
+            .read_buffer_size(READ_CHUNK)
+            .max_message_size(self.config.max_message_bytes)
+            .max_frame_size(self.config.max_message_bytes)
+            .on_upgrade(move |socket| self.run(socket))
+    }
+
+    /// Runs the connection until either side ends it.
+    async fn run(self, socket: WebSocket) {
+        let Self {
+            outbox,
+            inbound,
+            config,
+        } = self;
+        let (mut sink, stream) = socket.split();
+        let clock = Clock::new();
+        let end = tokio::select! {
+            end = write(&mut sink, &outbox, &config, &clock) => end,
+            end = read(stream, &inbound, &outbox, &config, &clock) => end,
+        };
+        if let End::Close(reason) = end {
+            let frame = reason.map(|r| CloseFrame {
+                code: r.code,
+                reason: r.reason.into(),
+            });
+            let _ = sink.send(Message::Close(frame)).await;
+        }
+        // The inbound detaches from the hub as it drops, after the socket is done.
+        drop(inbound);
+    }
+}
+
+/// Upgrades and closes at once with `code`: the peer learns why from the close frame.
+pub fn refuse(upgrade: WebSocketUpgrade, code: u16, reason: String) -> Response {
+    upgrade.on_upgrade(move |mut socket| async move {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = socket.send(Message::Close(Some(frame))).await;
+    })
+}
+
+/// How a connection ended: with a close frame to send, or with the socket already gone.
+enum End {
+    Close(Option<CloseReason>),
+    Gone,
+}
+
+/// When the peer was last heard from, shared by the reader (which sets it) and the
+/// writer (which pings and gives up on a quiet peer).
+struct Clock {
+    start: Instant,
+    /// Milliseconds since `start` when the peer was last heard from (any frame).
+    heard: AtomicU64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            heard: AtomicU64::new(0),
+        }
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.duration_since(self.start).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn heard(&self) {
+        self.heard
+            .store(self.millis(Instant::now()), Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self, now: Instant) -> Duration {
+        let quiet = self
+            .millis(now)
+            .saturating_sub(self.heard.load(Ordering::Relaxed));
+        Duration::from_millis(quiet)
+    }
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+fn unresponsive(outbox: &Outbox) -> End {
+    tracing::info!(env = %outbox.env_id(), conn = outbox.id(), "peer unresponsive: closing");
+    End::Close(Some(CloseReason {
+        code: CLOSE_UNRESPONSIVE,
+        reason: "nothing heard or written within the idle timeout".into(),
+    }))
+}
+
+/// Drains the outbox onto the socket, acknowledges and pings, until the relay closes
+/// the connection or the peer stops answering.
+async fn write(sink: &mut Sink, outbox: &Outbox, config: &RelayConfig, clock: &Clock) -> End {
+    let mut buf = Vec::new();
+    let mut next_ping = Instant::now() + config.ping_interval;
+    // A resumable peer's frames are acknowledged within ACK_DELAY of a quiet spell,
+    // so its writer looks at least that often; a plain one only wakes to ping.
+    let mut next_ack = Instant::now() + ACK_DELAY;
+    let due = |next_ping: Instant, next_ack: Instant| {
+        if outbox.resumable() {
+            next_ping.min(next_ack)
+        } else {
+            next_ping
+        }
+    };
+    // One timer for the connection's life, moved only when its deadline changes:
+    // a fresh one per wait cost a timer-wheel insert and removal per frame.
+    let timer = tokio::time::sleep_until(due(next_ping, next_ack).into());
+    tokio::pin!(timer);
+    loop {
+        match outbox.take(&mut buf) {
+            Take::Closed(reason) => return End::Close(reason),
+            Take::Frames => {
+                // A peer that stops reading blocks the write; past the idle timeout
+                // it counts as dead rather than holding its connection forever.
+                let write = async {
+                    for frame in buf.drain(..) {
+                        sink.feed(Message::Text(frame)).await?;
+                    }
+                    sink.flush().await
+                };
+                match tokio::time::timeout(config.idle_timeout, write).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return End::Gone,
+                    Err(_) => return unresponsive(outbox),
+                }
+            }
+            Take::Idle => {
+                if let Some(ack) = outbox.pending_ack() {
+                    if sink.send(Message::Text(ack.into())).await.is_err() {
+                        return End::Gone;
+                    }
+                    continue;
+                }
+                let deadline = due(next_ping, next_ack).into();
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                tokio::select! {
+                    _ = outbox.wake().notified() => {}
+                    _ = &mut timer => {}
+                }
+            }
+        }
+        let now = Instant::now();
+        if now >= next_ack {
+            next_ack = now + ACK_DELAY;
+        }
+        if now >= next_ping {
+            if clock.quiet_for(now) >= config.idle_timeout {
+                return unresponsive(outbox);
+            }
+            if sink.send(Message::Ping(Default::default())).await.is_err() {
+                return End::Gone;
+            }
+            next_ping = now + config.ping_interval;
+        }
+    }
+}
+
+/// Whether a read failed because the peer sent more than the size limit.
+fn too_big(err: &axum::Error) -> bool {
+    std::error::Error::source(err)
+        .and_then(|e| e.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+}
+
+/// Hands the peer's frames to `inbound` until it closes, errs or sends too much.
+async fn read(
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    inbound: &Inbound,
+    outbox: &Outbox,
+    config: &RelayConfig,
+    clock: &Clock,
+) -> End {
+    loop {
+        let msg = match stream.next().await {
+            None => return End::Gone,
+            Some(Err(e)) if too_big(&e) => {
+                tracing::info!(env = %outbox.env_id(), conn = outbox.id(), "message too big: closing");
+                return End::Close(Some(CloseReason {
+                    code: CLOSE_TOO_BIG,
+                    reason: format!("messages are limited to {} bytes", config.max_message_bytes),
+                }));
+            }
+            Some(Err(_)) => return End::Gone,
+            Some(Ok(msg)) => msg,
+        };
+        clock.heard();
+        match msg {
+            Message::Text(text) => inbound.receive(text),
+            // Some clients send JSON in binary frames; anything else is not ours.
+            Message::Binary(bytes) => match Utf8Bytes::try_from(bytes) {
+                Ok(text) => inbound.receive(text),
+                Err(_) => {
+                    tracing::debug!(env = %outbox.env_id(), "non-UTF-8 binary frame ignored")
+                }
+            },
+            Message::Close(_) => return End::Gone,
+            Message::Ping(_) | Message::Pong(_) => {}
+        }
+    }
+}

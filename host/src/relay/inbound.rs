@@ -1,0 +1,233 @@
+//! What the relay does with a frame a peer sent: acknowledgements and counting for
+//! resumable peers, routing by `threadId`, and, for an app, handing the message types
+//! its environment's provider answers up to whoever admitted the app.
+//!
+//! A runtime's frame goes to the apps of its `threadId` (every app without one). An
+//! app's frame goes to the runtime untouched when it names its thread (or its app
+//! joined none); otherwise it is parsed, given the app's thread, and sent on. Frames
+//! the relay cannot take are answered on the app's own stream with an `error` frame.
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::{Map, Value, json};
+
+use super::hub::{Hub, StreamKey};
+use super::protocol::{ACK, Head};
+
+/// A message an app sent that its environment's provider answers rather than the
+/// runtime: its `type`, the whole message (with the app's thread added), and where to
+/// send the answer.
+#[derive(Debug)]
+pub struct ProviderRequest {
+    /// The message's `type`.
+    pub kind: String,
+    /// The message as the app sent it, with `threadId` filled in from its thread.
+    pub message: Map<String, Value>,
+    /// The app's stream, for the answer.
+    pub reply: Reply,
+}
+
+/// Takes the provider-handled messages of one app connection; the lifecycle
+/// implements it, so the relay never decides what a provider does.
+pub trait ProviderDesk: Send + Sync + fmt::Debug {
+    /// Handles one request; the answer goes to [`ProviderRequest::reply`], later.
+    fn request(&self, request: ProviderRequest);
+}
+
+/// The message types an app connection hands to its provider, and who takes them.
+#[derive(Debug, Clone)]
+pub struct ProviderRoute {
+    /// Every `type` the provider answers.
+    pub types: Vec<String>,
+    /// Who takes them.
+    pub desk: Arc<dyn ProviderDesk>,
+}
+
+impl ProviderRoute {
+    fn handles(&self, kind: &str) -> bool {
+        self.types.iter().any(|t| t == kind)
+    }
+}
+
+/// One app's stream, to answer it on (kept in its window if it is away and resumable).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    hub: Arc<Hub>,
+    key: StreamKey,
+}
+
+impl Reply {
+    /// Queues `text` for this app only.
+    pub fn send(&self, text: String) {
+        self.hub.send_to_app(self.key, text);
+    }
+}
+
+/// An `error` frame for the app, echoing its `requestId` if it sent one.
+fn error_frame(code: &str, message: &str, request_id: Option<&Value>) -> String {
+    let mut frame = json!({"type": "error", "error": {"code": code, "message": message}});
+    if let Some(id) = request_id {
+        frame["requestId"] = id.clone();
+    }
+    frame.to_string()
+}
+
+/// The receiving side of one connection. Dropping it detaches the connection from
+/// its hub (a runtime's `on_detached` then runs if it was still the current one).
+#[derive(Debug)]
+pub(super) enum Inbound {
+    Runtime(RuntimeInbound),
+    App(AppInbound),
+}
+
+impl Inbound {
+    /// Takes one text frame from the peer.
+    pub(super) fn receive(&self, text: Utf8Bytes) {
+        match self {
+            Inbound::Runtime(runtime) => runtime.receive(text),
+            Inbound::App(app) => app.receive(text),
+        }
+    }
+}
+
+/// Runs once when a runtime connection leaves the hub while still its current one.
+pub(super) type OnDetached = Box<dyn FnOnce() + Send + Sync>;
+
+pub(super) struct RuntimeInbound {
+    pub(super) hub: Arc<Hub>,
+    pub(super) conn: u64,
+    pub(super) on_detached: Option<OnDetached>,
+}
+
+impl fmt::Debug for RuntimeInbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuntimeInbound")
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RuntimeInbound {
+    /// An acknowledgement, or a message routed to apps by its `threadId`.
+    fn receive(&self, text: Utf8Bytes) {
+        let head = Head::parse(&text).unwrap_or_default();
+        if let Some(seq) = head.ack() {
+            return self.hub.acknowledge(StreamKey::Runtime, self.conn, seq);
+        }
+        let thread = head.thread.map(|t| t.into_owned());
+        self.hub.from_runtime(self.conn, text, thread.as_deref());
+    }
+}
+
+impl Drop for RuntimeInbound {
+    fn drop(&mut self) {
+        if self.hub.detach_runtime(self.conn)
+            && let Some(on_detached) = self.on_detached.take()
+        {
+            on_detached();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct AppInbound {
+    pub(super) hub: Arc<Hub>,
+    pub(super) key: StreamKey,
+    pub(super) conn: u64,
+    /// The thread the app joined.
+    pub(super) thread: Option<String>,
+    pub(super) provider: ProviderRoute,
+}
+
+impl AppInbound {
+    /// An acknowledgement, a message for the provider, or one relayed to the runtime.
+    fn receive(&self, text: Utf8Bytes) {
+        let hub = &self.hub;
+        let head = Head::parse(&text);
+        if let Some(h) = &head
+            && h.kind.as_deref() == Some(ACK)
+        {
+            if let Some(seq) = h.received {
+                hub.acknowledge(self.key, self.conn, seq);
+            }
+            return;
+        }
+        // Counted before anything else, so a resuming app never sends a frame twice.
+        if !hub.received(self.key, self.conn) {
+            return;
+        }
+        // The common case passes the text through untouched: a message for the runtime
+        // that already names its thread, or whose app joined none.
+        if let Some(Head {
+            kind: Some(kind),
+            thread,
+            ..
+        }) = &head
+            && (thread.is_some() || self.thread.is_none())
+            && !self.provider.handles(kind)
+        {
+            if let Err(e) = hub.to_runtime(text.clone()) {
+                let request_id = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v.get("requestId").cloned());
+                let frame = error_frame("not_delivered", &e.to_string(), request_id.as_ref());
+                hub.send_to_app(self.key, frame);
+            }
+            return;
+        }
+        self.receive_parsed(&text);
+    }
+
+    /// The general path: validates the message, adds the thread, and hands it to the
+    /// provider or the runtime.
+    fn receive_parsed(&self, text: &str) {
+        let hub = &self.hub;
+        let key = self.key;
+        let mut msg = match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => {
+                let frame = error_frame("invalid_message", "a message must be a JSON object", None);
+                return hub.send_to_app(key, frame);
+            }
+            Err(e) => {
+                let frame = error_frame("invalid_message", &format!("invalid JSON: {e}"), None);
+                return hub.send_to_app(key, frame);
+            }
+        };
+        let Some(kind) = msg.get("type").and_then(Value::as_str).map(str::to_owned) else {
+            let frame = error_frame(
+                "invalid_message",
+                "a message needs a string `type`",
+                msg.get("requestId"),
+            );
+            return hub.send_to_app(key, frame);
+        };
+        if let Some(thread) = &self.thread
+            && !msg.contains_key("threadId")
+        {
+            msg.insert("threadId".into(), Value::String(thread.clone()));
+        }
+        if self.provider.handles(&kind) {
+            let reply = Reply {
+                hub: hub.clone(),
+                key,
+            };
+            self.provider.desk.request(ProviderRequest {
+                kind,
+                message: msg,
+                reply,
+            });
+        } else if let Err(e) = hub.to_runtime(Value::Object(msg.clone()).to_string()) {
+            let frame = error_frame("not_delivered", &e.to_string(), msg.get("requestId"));
+            hub.send_to_app(key, frame);
+        }
+    }
+}
+
+impl Drop for AppInbound {
+    fn drop(&mut self) {
+        self.hub.detach_app(self.key, self.conn);
+    }
+}

@@ -1,0 +1,129 @@
+//! What a connection's writer drains: its stream's relay frames and messages, taken a
+//! batch at a time under the hub's lock and numbered outside it.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::Notify;
+
+use super::hub::{self, Hub, StreamKey};
+use super::protocol::{self, CloseReason};
+
+/// Messages handed to a writer per turn, so one busy stream cannot hold the hub long.
+const BATCH: usize = 64;
+
+/// What [`Outbox::take`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Frames were appended to the buffer.
+    Frames,
+    /// Nothing to write now: wait on [`Outbox::wake`].
+    Idle,
+    /// The relay ended this connection (with a reason, unless it was simply dropped).
+    Closed(Option<CloseReason>),
+}
+
+/// The sending side of one connection: its stream in the hub, drained by its writer.
+#[derive(Debug)]
+pub struct Outbox {
+    hub: Arc<Hub>,
+    key: StreamKey,
+    conn: u64,
+    resumable: bool,
+    wake: Arc<Notify>,
+    closed: Arc<OnceLock<CloseReason>>,
+}
+
+impl Outbox {
+    pub(super) fn new(
+        hub: Arc<Hub>,
+        key: StreamKey,
+        conn: &hub::Conn,
+        closed: Arc<OnceLock<CloseReason>>,
+    ) -> Self {
+        Self {
+            hub,
+            key,
+            conn: conn.id,
+            resumable: conn.resumable,
+            wake: conn.wake.clone(),
+            closed,
+        }
+    }
+
+    /// This connection's id within its hub.
+    pub fn id(&self) -> u64 {
+        self.conn
+    }
+
+    /// The stream this connection drains.
+    pub fn key(&self) -> StreamKey {
+        self.key
+    }
+
+    /// Whether this connection asked to resume (its frames are numbered and acknowledged).
+    pub fn resumable(&self) -> bool {
+        self.resumable
+    }
+
+    /// Signalled whenever there may be something to take.
+    pub fn wake(&self) -> &Notify {
+        &self.wake
+    }
+
+    /// Appends the next frames to write to `out`: relay frames first, then messages in
+    /// order (numbered on a resumable connection, acknowledged as written otherwise).
+    /// A plain connection's messages are the very texts the hub was given, not copies.
+    pub fn take(&self, out: &mut Vec<Utf8Bytes>) -> Take {
+        let before = out.len();
+        let (first, messages) = {
+            let mut s = self.hub.lock();
+            let Some(stream) = s.stream(self.key) else {
+                return Take::Closed(self.closed.get().cloned());
+            };
+            let Some(conn) = stream.conn.as_mut().filter(|c| c.id == self.conn) else {
+                return Take::Closed(self.closed.get().cloned());
+            };
+            out.extend(conn.control.drain(..).map(Utf8Bytes::from));
+            let messages = out.len();
+            let first = stream.window.after(conn.sent, BATCH, out);
+            if out.len() > messages {
+                conn.sent = first + (out.len() - messages) as u64 - 1;
+            }
+            if !self.resumable {
+                stream.window.ack(conn.sent);
+            }
+            (first, messages)
+        };
+        if out.len() == before {
+            return Take::Idle;
+        }
+        // Numbering happens outside the lock: it is the only per-message text work.
+        if self.resumable {
+            for (seq, text) in (first..).zip(&mut out[messages..]) {
+                *text = protocol::with_seq(seq, text).into();
+            }
+        }
+        Take::Frames
+    }
+
+    /// A `relayAck` for the peer if frames arrived since the last one.
+    pub fn pending_ack(&self) -> Option<String> {
+        if !self.resumable {
+            return None;
+        }
+        let mut s = self.hub.lock();
+        let stream = s.stream(self.key)?;
+        let received = stream.received;
+        let conn = stream.conn.as_mut().filter(|c| c.id == self.conn)?;
+        (conn.ack_sent < received).then(|| {
+            conn.ack_sent = received;
+            protocol::ack_frame(received)
+        })
+    }
+
+    /// The environment this connection belongs to.
+    pub fn env_id(&self) -> &str {
+        &self.hub.env_id
+    }
+}

@@ -1,0 +1,41 @@
+//! Every environment's hub, by environment id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::hub::Hub;
+use crate::config::RelayConfig;
+use crate::sync::MutexExt;
+
+/// Every hub, by environment id.
+#[derive(Debug)]
+pub struct Relay {
+    config: Arc<RelayConfig>,
+    hubs: Mutex<HashMap<String, Arc<Hub>>>,
+}
+
+impl Relay {
+    /// A relay whose hubs use `config`.
+    pub fn new(config: RelayConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+            hubs: Mutex::default(),
+        }
+    }
+
+    /// The hub of `env_id`, created on first use.
+    pub fn hub(&self, env_id: &str) -> Arc<Hub> {
+        let mut hubs = self.hubs.locked();
+        hubs.entry(env_id.to_owned())
+            .or_insert_with(|| Arc::new(Hub::new(env_id.to_owned(), self.config.clone())))
+            .clone()
+    }
+
+    /// Closes and forgets the hub of `env_id`.
+    pub fn remove(&self, env_id: &str, reason: &str) {
+        let hub = self.hubs.locked().remove(env_id);
+        if let Some(hub) = hub {
+            hub.close(reason);
+        }
+    }
+}
