@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 
 /// Where the API token came from, for the start-up message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenSource {
+pub(crate) enum TokenSource {
     /// The `TETHER_API_TOKEN` variable.
     Environment,
     /// Read from the token file.
@@ -26,7 +26,7 @@ pub enum TokenSource {
 
 /// Why the API token could not be had.
 #[derive(Debug, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     /// Reading or writing the token file failed.
     #[error("API token file {path}: {source}")]
     Io {
@@ -40,7 +40,7 @@ pub enum TokenError {
 
 /// The API token.
 #[derive(Clone)]
-pub struct ApiToken(String);
+pub(crate) struct ApiToken(String);
 
 impl std::fmt::Debug for ApiToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -50,7 +50,7 @@ impl std::fmt::Debug for ApiToken {
 
 impl ApiToken {
     /// `from_env` if given, else the token in `file`, else a new one written there (0600).
-    pub fn load_or_create(
+    pub(crate) fn load_or_create(
         from_env: Option<String>,
         file: &Path,
     ) -> Result<(Self, TokenSource), TokenError> {
@@ -89,19 +89,19 @@ impl ApiToken {
     }
 
     /// The token itself, to print once at start-up.
-    pub fn reveal(&self) -> &str {
+    pub(crate) fn reveal(&self) -> &str {
         &self.0
     }
 
     /// Whether `presented` is this token (constant time).
-    pub fn verify(&self, presented: &str) -> bool {
+    pub(crate) fn verify(&self, presented: &str) -> bool {
         self.0.as_bytes().ct_eq(presented.as_bytes()).into()
     }
 }
 
 /// A freshly minted runtime token.
 #[derive(Debug, Clone)]
-pub struct RuntimeToken {
+pub(crate) struct RuntimeToken {
     /// The token handed to the provider (and so to the runtime).
     pub token: String,
     /// Its generation.
@@ -111,7 +111,7 @@ pub struct RuntimeToken {
 }
 
 /// Mints the token of start number `generation`.
-pub fn mint_runtime_token(generation: u64) -> RuntimeToken {
+pub(crate) fn mint_runtime_token(generation: u64) -> RuntimeToken {
     let token = format!("{generation}.{}", random_hex(32));
     let sha256 = sha256_hex(&token);
     RuntimeToken {
@@ -123,7 +123,7 @@ pub fn mint_runtime_token(generation: u64) -> RuntimeToken {
 
 /// Why a runtime token was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RuntimeTokenError {
+pub(crate) enum RuntimeTokenError {
     /// Not a token of any start.
     #[error("invalid runtime token")]
     Invalid,
@@ -133,7 +133,7 @@ pub enum RuntimeTokenError {
 }
 
 /// Checks `presented` against the persisted hash of generation `current`.
-pub fn verify_runtime_token(
+pub(crate) fn verify_runtime_token(
     presented: &str,
     current: u64,
     expected_sha256: &str,

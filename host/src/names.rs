@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 /// Longest name accepted.
-pub const MAX_NAME_LEN: usize = 64;
+pub(crate) const MAX_NAME_LEN: usize = 64;
 
 /// A name that breaks the rule, with the reason in the contract's terms.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,7 +21,7 @@ pub struct InvalidName {
 /// Checks `name` (of a `kind` such as "environment" or "provider") against the rule:
 /// 1–64 ASCII letters, digits, `.`, `_` or `-`, starting with a letter or digit. Such a
 /// name is always one normal path component (never empty, `.`, `..` or containing `/`).
-pub fn validate(kind: &'static str, name: &str) -> Result<(), InvalidName> {
+pub(crate) fn validate(kind: &'static str, name: &str) -> Result<(), InvalidName> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name
@@ -43,7 +43,7 @@ pub fn validate(kind: &'static str, name: &str) -> Result<(), InvalidName> {
 
 /// `base/name` for a name that passed [`validate`]; refuses anything else, so a caller
 /// that forgot to validate still cannot leave `base`.
-pub fn join(kind: &'static str, base: &Path, name: &str) -> Result<PathBuf, InvalidName> {
+pub(crate) fn join(kind: &'static str, base: &Path, name: &str) -> Result<PathBuf, InvalidName> {
     validate(kind, name)?;
     Ok(base.join(name))
 }

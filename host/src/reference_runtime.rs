@@ -42,15 +42,15 @@ const QUEUE: usize = 1024;
 /// How often the runtime pings the host and acknowledges what it received.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
 /// A host heard nothing from for this long is taken for dead.
-pub const HOST_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const HOST_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+use crate::relay::READ_CHUNK;
 use crate::relay::peer::{Incoming, PeerState};
-use crate::relay::protocol::READ_CHUNK;
 use crate::sync::MutexExt;
 
 /// Where the runtime connects and how it authenticates.
 #[derive(Clone)]
-pub struct RuntimeConfig {
+pub(crate) struct RuntimeConfig {
     /// WebSocket URL of the host, e.g. `ws://127.0.0.1:2719/ws/runtime/<id>`.
     pub url: String,
     /// Runtime token of the current start generation, sent as `Authorization: Bearer <token>`.
@@ -68,7 +68,7 @@ impl std::fmt::Debug for RuntimeConfig {
 
 impl RuntimeConfig {
     /// Reads `TETHER_RUNTIME_URL` and `TETHER_RUNTIME_TOKEN`; both must be set and non-empty.
-    pub fn from_env() -> Result<Self, RuntimeError> {
+    pub(crate) fn from_env() -> Result<Self, RuntimeError> {
         let var = |name: &'static str| match std::env::var(name) {
             Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
             _ => Err(RuntimeError::MissingVar(name)),
@@ -82,7 +82,7 @@ impl RuntimeConfig {
 
 /// Why the runtime stopped (or could not start).
 #[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
+pub(crate) enum RuntimeError {
     /// A required environment variable is unset, empty or not valid Unicode.
     #[error("environment variable {0} must be set to a non-empty UTF-8 string")]
     MissingVar(&'static str),
@@ -100,7 +100,7 @@ pub enum RuntimeError {
 
 /// Runs the runtime until `shutdown` completes (then `Ok`) or the host refuses it for good.
 /// Running `exec` children are killed before this returns.
-pub async fn run(
+pub(crate) async fn run(
     config: RuntimeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RuntimeError> {

@@ -17,7 +17,7 @@ const SDK_SOURCES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/sdk_sou
 
 /// Why a scaffold could not be written.
 #[derive(Debug, thiserror::Error)]
-pub enum ScaffoldError {
+pub(crate) enum ScaffoldError {
     /// The name is not a usable crate and provider name.
     #[error(
         "invalid provider name {0:?}: use lowercase letters, digits and '-', starting with a letter"
@@ -49,7 +49,7 @@ fn latest_wit() -> Result<&'static str, ScaffoldError> {
 }
 
 /// Writes a new provider crate named `name` into `dir` (which must not exist).
-pub fn new_provider(name: &str, dir: &Path) -> Result<Vec<PathBuf>, ScaffoldError> {
+pub(crate) fn new_provider(name: &str, dir: &Path) -> Result<Vec<PathBuf>, ScaffoldError> {
     let valid = name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name

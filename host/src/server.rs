@@ -19,7 +19,7 @@ use crate::store::{Store, StoreError};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
+pub(crate) enum ServeError {
     /// Binding or serving the socket failed.
     #[error("listening on {addr}: {source}")]
     Listen {
@@ -47,7 +47,7 @@ pub enum ServeError {
 }
 
 /// Binds `config.listen` and serves until `shutdown` resolves.
-pub async fn serve(
+pub(crate) async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -64,7 +64,7 @@ pub async fn serve(
 
 /// Serves on a bound listener until `shutdown` resolves; the caller holds the data
 /// directory's lock.
-pub async fn run(
+pub(crate) async fn run(
     listener: TcpListener,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -153,7 +153,7 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -6,17 +6,17 @@
 //! send the host").
 
 /// Longest error message of a provider kept (start errors, file-handler errors).
-pub const MAX_ERROR: usize = 4096;
+pub(crate) const MAX_ERROR: usize = 4096;
 /// Longest `lastError` stored in a record.
-pub const MAX_LAST_ERROR: usize = 4096;
+pub(crate) const MAX_LAST_ERROR: usize = 4096;
 /// Longest provider string quoted in a denial (program names, URLs, paths).
-pub const MAX_QUOTED: usize = 200;
+pub(crate) const MAX_QUOTED: usize = 200;
 /// Longest log message of a provider, and of any provider string in a host log line.
-pub const MAX_LOGGED: usize = 4096;
+pub(crate) const MAX_LOGGED: usize = 4096;
 
 /// `s` cut to at most `max` bytes (on a character boundary) plus a marker saying how
 /// long it was; unchanged when it fits.
-pub fn cut(s: &str, max: usize) -> String {
+pub(crate) fn cut(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }
@@ -28,7 +28,7 @@ pub fn cut(s: &str, max: usize) -> String {
 }
 
 /// [`cut`] in place, for strings the host keeps.
-pub fn cut_in_place(s: &mut String, max: usize) {
+pub(crate) fn cut_in_place(s: &mut String, max: usize) {
     if s.len() > max {
         *s = cut(s, max);
     }
@@ -36,7 +36,7 @@ pub fn cut_in_place(s: &mut String, max: usize) {
 
 /// `s` for a log line or a message: control characters (newline, carriage return,
 /// escape, …) written as `\n`, `\r`, `\u{1b}`, and the whole cut to about `max` bytes.
-pub fn shown(s: &str, max: usize) -> String {
+pub(crate) fn shown(s: &str, max: usize) -> String {
     let mut out = String::with_capacity(s.len().min(max) + 16);
     for c in s.chars() {
         // Checked before each character: an escape adds at most 10 bytes past `max`.
@@ -56,7 +56,7 @@ pub fn shown(s: &str, max: usize) -> String {
 /// A name, id or field from outside (a record, a request, a provider) for a message:
 /// in quotes with control characters escaped (Rust's `Debug` form), at most 80
 /// characters, marked when cut.
-pub fn named(s: &str) -> String {
+pub(crate) fn named(s: &str) -> String {
     let cut: String = s.chars().take(80).collect();
     let mut out = format!("{cut:?}");
     if cut.len() < s.len() {
@@ -66,31 +66,31 @@ pub fn named(s: &str) -> String {
 }
 
 /// [`shown`] with the bound for quoting a provider string inside a denial.
-pub fn quoted(s: &str) -> String {
+pub(crate) fn quoted(s: &str) -> String {
     shown(s, MAX_QUOTED)
 }
 
 /// [`shown`] with the bound for a log line.
-pub fn logged(s: &str) -> String {
+pub(crate) fn logged(s: &str) -> String {
     shown(s, MAX_LOGGED)
 }
 
 /// Longest log line written; the rest is cut with a marker.
-pub const MAX_LOG_LINE: usize = 64 << 10;
+pub(crate) const MAX_LOG_LINE: usize = 64 << 10;
 
 /// The host's log writer: whatever a site forgot to escape, each event stays one line
 /// — newlines and carriage returns inside it (and, when the log is no terminal, ESC)
 /// are written escaped, and a line over [`MAX_LOG_LINE`] is cut. The formatter hands
 /// over each event whole in one `write`.
 #[derive(Debug)]
-pub struct OneLine<W> {
+pub(crate) struct OneLine<W> {
     inner: W,
     escape_esc: bool,
 }
 
 impl<W> OneLine<W> {
     /// Wraps `inner`; `escape_esc` when no terminal interprets colours.
-    pub fn new(inner: W, escape_esc: bool) -> Self {
+    pub(crate) fn new(inner: W, escape_esc: bool) -> Self {
         Self { inner, escape_esc }
     }
 }

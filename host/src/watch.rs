@@ -23,7 +23,7 @@ impl std::fmt::Debug for Watch {
 
 /// Watches `dir` (not recursively) and sends `()` on the returned channel once per
 /// burst of events that `relevant` accepts, `debounce` after the burst's last one.
-pub fn debounced(
+pub(crate) fn debounced(
     dir: &Path,
     relevant: impl Fn(&notify::Result<notify::Event>) -> bool + Send + 'static,
     debounce: Duration,

@@ -15,7 +15,7 @@ use super::ApiError;
 use crate::untrusted::named;
 
 /// Largest request body accepted; a larger one gets 413 `body_too_large`.
-pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// A request body type read from a JSON object.
 pub(crate) trait FromObject: Sized {
@@ -205,7 +205,7 @@ mod tests {
         );
         let mut f = Fields::new(map(serde_json::json!({"p": "sometimes"})), &["p"]).unwrap();
         let err = f
-            .choice::<crate::store::RestartPolicy>("p", &["never", "always"])
+            .choice::<crate::lifecycle::RestartPolicy>("p", &["never", "always"])
             .unwrap_err();
         assert_eq!(err, "field `p` must be one of \"never\", \"always\"");
     }

@@ -18,12 +18,11 @@ use axum::routing::{get, post};
 
 use crate::auth::ApiToken;
 use crate::lifecycle::Manager;
-pub use body::MAX_BODY_BYTES;
-pub use error::ApiError;
+pub(crate) use error::ApiError;
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// The lifecycle manager.
     pub manager: Manager,
     /// The API token.
@@ -31,7 +30,7 @@ pub struct AppState {
 }
 
 /// The whole router; `main` only binds and serves it.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route(
             "/api/v1/environments",
@@ -80,7 +79,7 @@ pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
 
 /// Extractor that admits only requests carrying the API token.
 #[derive(Debug)]
-pub struct Authorized;
+pub(crate) struct Authorized;
 
 impl FromRequestParts<AppState> for Authorized {
     type Rejection = ApiError;

@@ -43,7 +43,9 @@ pub enum SpawnError {
     /// The operating system refused it.
     #[error("spawning {program}: {source}")]
     Io {
+        /// The program, quoted.
         program: String,
+        /// What the OS said.
         source: std::io::Error,
     },
 }

@@ -29,19 +29,25 @@ pub enum ConfigError {
     /// The config file exists but could not be read.
     #[error("reading {path}: {source}")]
     Read {
+        /// The config file.
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
     /// The config file is not valid TOML of the expected shape.
     #[error("parsing {path}: {source}")]
     Parse {
+        /// The config file.
         path: PathBuf,
+        /// Where and why parsing failed.
         source: Box<toml::de::Error>,
     },
     /// The data directory could not be created or resolved.
     #[error("data directory {path}: {source}")]
     DataDir {
+        /// The data directory.
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
     /// A value is out of range.

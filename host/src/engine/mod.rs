@@ -56,7 +56,9 @@ pub enum EngineError {
     /// Reading a component file failed.
     #[error("reading {path}: {source}")]
     Io {
+        /// The component file.
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
     /// Not a valid component, or not of the provider world.

@@ -40,14 +40,13 @@ use driver::Driver;
 use envs::{Env, Environments};
 use providers::Providers;
 
-pub use crate::store::{DesiredState, RestartPolicy};
-pub use provider_status::{LoadedView, ProviderState, ProviderStatus};
-pub use providers::{ProviderCounts, ProviderView};
-pub use view::{EnvironmentView, RuntimeView, Status};
+pub(crate) use crate::store::{DesiredState, RestartPolicy};
+pub(crate) use providers::ProviderView;
+pub(crate) use view::{EnvironmentView, Status};
 
 /// Why a lifecycle request failed.
 #[derive(Debug, thiserror::Error)]
-pub enum LifecycleError {
+pub(crate) enum LifecycleError {
     /// No such environment.
     #[error("no environment with id {0:?}")]
     NotFound(String),
@@ -83,7 +82,7 @@ impl From<StoreError> for LifecycleError {
 
 /// What creating an environment takes.
 #[derive(Debug, Clone)]
-pub struct CreateRequest {
+pub(crate) struct CreateRequest {
     /// Unique name (letters, digits, `.`, `_`, `-`; it names a directory).
     pub name: String,
     /// Provider name.
@@ -98,7 +97,7 @@ pub struct CreateRequest {
 
 /// The host's own health, for `/healthz`.
 #[derive(Debug, Clone, Serialize)]
-pub struct HostHealth {
+pub(crate) struct HostHealth {
     /// `ok` or `degraded`.
     pub status: &'static str,
     /// Why it is degraded.
@@ -117,14 +116,19 @@ struct Shared {
 
 /// A cloneable front of the lifecycle manager.
 #[derive(Debug, Clone)]
-pub struct Manager {
+pub(crate) struct Manager {
     shared: Arc<Shared>,
 }
 
 impl Manager {
     /// A manager over loaded providers and opened records; `runtime_base` is the
     /// `ws://host:port` runtimes connect back to.
-    pub fn new(config: ServeConfig, store: Store, engine: Engine, runtime_base: String) -> Self {
+    pub(crate) fn new(
+        config: ServeConfig,
+        store: Store,
+        engine: Engine,
+        runtime_base: String,
+    ) -> Self {
         let config = Arc::new(config);
         let store = Arc::new(store);
         let engine = Arc::new(engine);
@@ -146,7 +150,7 @@ impl Manager {
     }
 
     /// Brings every environment whose desired state is `running` up (after a host start).
-    pub fn recover(&self) {
+    pub(crate) fn recover(&self) {
         for record in self.shared.store.list() {
             if record.desired_state == DesiredState::Running
                 && let Some(env) = self.shared.envs.get(&record.id)
@@ -157,7 +161,7 @@ impl Manager {
     }
 
     /// Whether the host is fully well, and why not.
-    pub fn health(&self) -> HostHealth {
+    pub(crate) fn health(&self) -> HostHealth {
         let mut reasons = Vec::new();
         if let Some(why) = self.shared.store.invalid() {
             reasons.push(format!("records file: {why}; serving the last good state"));
@@ -199,7 +203,7 @@ impl Manager {
     }
 
     /// Every environment with its live status.
-    pub fn list(&self) -> Vec<EnvironmentView> {
+    pub(crate) fn list(&self) -> Vec<EnvironmentView> {
         self.shared
             .store
             .list()
@@ -212,14 +216,17 @@ impl Manager {
     }
 
     /// One environment.
-    pub fn get(&self, id: &str) -> Result<EnvironmentView, LifecycleError> {
+    pub(crate) fn get(&self, id: &str) -> Result<EnvironmentView, LifecycleError> {
         let record = self.known_record(id)?;
         let env = self.known_env(id)?;
         Ok(self.driver().view_of(&env, record))
     }
 
     /// Creates an environment (and starts it if asked).
-    pub async fn create(&self, req: CreateRequest) -> Result<EnvironmentView, LifecycleError> {
+    pub(crate) async fn create(
+        &self,
+        req: CreateRequest,
+    ) -> Result<EnvironmentView, LifecycleError> {
         validate_name(&req.name)?;
         validate::check_config(&req.config).map_err(LifecycleError::Invalid)?;
         if !self.shared.providers.is_loaded(&req.provider) {
@@ -250,7 +257,7 @@ impl Manager {
 
     /// Applies a JSON merge patch to an environment's config (used from its next
     /// start) and sets its restart policy if given.
-    pub async fn patch(
+    pub(crate) async fn patch(
         &self,
         id: &str,
         config: Option<Map<String, Value>>,
@@ -277,7 +284,7 @@ impl Manager {
     }
 
     /// Sets the desired state and lets the environment converge on it.
-    pub async fn set_desired(
+    pub(crate) async fn set_desired(
         &self,
         id: &str,
         desired: DesiredState,
@@ -293,7 +300,7 @@ impl Manager {
     }
 
     /// Stops (if running) and starts again, with a fresh runtime token.
-    pub async fn restart(&self, id: &str) -> Result<EnvironmentView, LifecycleError> {
+    pub(crate) async fn restart(&self, id: &str) -> Result<EnvironmentView, LifecycleError> {
         self.refuse_held(id)?;
         let env = self.known_env(id)?;
         self.shared
@@ -307,7 +314,7 @@ impl Manager {
     /// Stops an environment, lets its provider remove the resource, and forgets it.
     /// Works from any state: an operation in flight is abandoned.
     /// A record held back as invalid is refused (409): the host never acts on it.
-    pub async fn delete(&self, id: &str) -> Result<(), LifecycleError> {
+    pub(crate) async fn delete(&self, id: &str) -> Result<(), LifecycleError> {
         self.refuse_held(id)?;
         let env = self.known_env(id)?;
         env.deleting.cancel();
@@ -323,7 +330,7 @@ impl Manager {
 
     /// Stops every instance without changing desired states (host shutdown), then
     /// waits for background work to finish.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.shared.closing.cancel();
         for env in self.shared.envs.all() {
             self.driver().shut_down(&env).await;

@@ -27,7 +27,7 @@ fn refused(e: RelayError) -> LifecycleError {
 impl Manager {
     /// Admits the runtime of environment `id` if `token` is its current token.
     /// `resume` continues a resumable session (see `docs/protocol.md`).
-    pub fn attach_runtime(
+    pub(crate) fn attach_runtime(
         &self,
         id: &str,
         token: &str,
@@ -54,7 +54,7 @@ impl Manager {
 
     /// Admits an app to environment `id` on `thread`, resuming its session if `resume`
     /// names one.
-    pub fn attach_app(
+    pub(crate) fn attach_app(
         &self,
         id: &str,
         thread: Option<String>,

@@ -14,7 +14,7 @@ const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(300);
 
 impl Manager {
     /// Watches the providers directory and loads what changes in it until shutdown.
-    pub fn watch_providers(&self) -> Result<(), DirWatchError> {
+    pub(crate) fn watch_providers(&self) -> Result<(), DirWatchError> {
         let providers = self.shared.providers.clone();
         let (guard, mut signals) = engine::watch_dir(&providers.dir(), DEBOUNCE)?;
         let closing = self.shared.closing.clone();

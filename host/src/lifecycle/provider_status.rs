@@ -9,7 +9,7 @@ use crate::engine::{LoadedProvider, ProviderHandle, ProviderSource};
 /// How the loaded provider relates to the environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub enum ProviderState {
+pub(crate) enum ProviderState {
     /// A provider of that name is loaded and, if the environment runs, it runs that
     /// very component.
     Current,
@@ -23,7 +23,7 @@ pub enum ProviderState {
 /// The provider a start would use now.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LoadedView {
+pub(crate) struct LoadedView {
     /// Its version.
     pub version: String,
     /// SHA-256 of its component, hex.
@@ -35,7 +35,7 @@ pub struct LoadedView {
 /// The provider side of an environment, for people and tools.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ProviderStatus {
+pub(crate) struct ProviderStatus {
     /// How the loaded provider relates to the environment.
     pub state: ProviderState,
     /// What a start would use now (absent when nothing of that name is loaded).

@@ -18,7 +18,7 @@ use crate::engine::{
 /// One loaded provider, for people and tools.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ProviderView {
+pub(crate) struct ProviderView {
     #[serde(flatten)]
     description: ProviderDescription,
     source: ProviderSource,
@@ -33,7 +33,7 @@ pub struct ProviderView {
 
 /// Counts of the engine's providers, for `/metrics`.
 #[derive(Debug, Clone)]
-pub struct ProviderCounts {
+pub(crate) struct ProviderCounts {
     /// Providers loaded (built-in and drop-in).
     pub loaded: usize,
     /// Provider files that do not load.
@@ -51,18 +51,18 @@ pub(super) struct Providers {
 
 impl Manager {
     /// Every loaded provider.
-    pub fn providers(&self) -> Vec<ProviderView> {
+    pub(crate) fn providers(&self) -> Vec<ProviderView> {
         self.shared.providers.all()
     }
 
     /// The loaded provider called `name`; `NotFound` names the file that meant to
     /// provide it and why it did not load, when there is one.
-    pub fn provider(&self, name: &str) -> Result<ProviderView, LifecycleError> {
+    pub(crate) fn provider(&self, name: &str) -> Result<ProviderView, LifecycleError> {
         self.shared.providers.one(name)
     }
 
     /// How many providers are loaded and failing, and the compile cache's figures.
-    pub fn provider_counts(&self) -> ProviderCounts {
+    pub(crate) fn provider_counts(&self) -> ProviderCounts {
         self.shared.providers.counts()
     }
 }

@@ -13,7 +13,7 @@ const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Manager {
     /// Watches the records file and applies outside edits until shutdown.
-    pub fn watch_records(&self) -> Result<(), WatchError> {
+    pub(crate) fn watch_records(&self) -> Result<(), WatchError> {
         let (guard, mut signals) = watch::watch(self.shared.store.path(), DEBOUNCE)?;
         let this = self.clone();
         self.shared.driver.spawn(
@@ -33,7 +33,7 @@ impl Manager {
     }
 
     /// Reads the records file again and applies what changed.
-    pub async fn reload_records(&self) {
+    pub(crate) async fn reload_records(&self) {
         match self.shared.store.reload().await {
             Ok(Some(changes)) => self.apply(changes),
             Ok(None) => {}

@@ -12,7 +12,7 @@ use crate::store::{DesiredState, Record, RestartPolicy};
 /// Live status of an environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     /// Never started by this host.
     #[default]
     Created,
@@ -32,7 +32,7 @@ pub enum Status {
 
 /// The runtime's side of an environment.
 #[derive(Debug, Clone, Serialize)]
-pub struct RuntimeView {
+pub(crate) struct RuntimeView {
     /// Whether its runtime is connected now.
     pub connected: bool,
 }
@@ -40,7 +40,7 @@ pub struct RuntimeView {
 /// An environment as the API shows it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct EnvironmentView {
+pub(crate) struct EnvironmentView {
     /// Stable id.
     pub id: String,
     /// Unique name.
@@ -114,7 +114,7 @@ impl EnvironmentView {
     }
 
     /// The `environmentStatus` event sent to apps.
-    pub fn status_event(&self) -> String {
+    pub(crate) fn status_event(&self) -> String {
         json!({
             "type": "environmentStatus",
             "environmentId": self.id,

@@ -8,7 +8,7 @@
 //! - `hub`: the streams of one environment and the routing between them;
 //! - `outbox`: what a connection's writer drains;
 //! - `window`: one stream's bounded replay window;
-//! - [`protocol`]: the relay's own frames, query fields and close codes;
+//! - `protocol`: the relay's own frames, query fields and close codes;
 //! - `scan`: reads a frame's routing fields without building it;
 //! - `registry`: every hub, by environment id;
 //! - [`peer`]: the client side of resuming, for runtimes and apps.
@@ -19,7 +19,7 @@ mod hub;
 mod inbound;
 mod outbox;
 pub mod peer;
-pub mod protocol;
+mod protocol;
 mod registry;
 mod scan;
 mod window;
@@ -31,7 +31,7 @@ pub use inbound::{ProviderDesk, ProviderRequest, ProviderRoute, Reply};
 pub use outbox::{Outbox, Take};
 pub use protocol::{
     CLOSE_GONE, CLOSE_REPLACED, CLOSE_TOO_BIG, CLOSE_TOO_MANY, CLOSE_TOO_SLOW, CLOSE_UNRESPONSIVE,
-    CloseReason, Resume,
+    CloseReason, READ_CHUNK, Resume,
 };
 pub use registry::Relay;
 

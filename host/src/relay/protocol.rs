@@ -42,7 +42,7 @@ pub struct CloseReason {
 }
 
 /// Type of an acknowledgement frame, in either direction.
-pub const ACK: &str = "relayAck";
+pub(super) const ACK: &str = "relayAck";
 /// Longest session id accepted.
 const MAX_SESSION_LEN: usize = 128;
 
@@ -81,7 +81,7 @@ impl Resume {
 
 /// The fields the relay reads from a peer's frame; the rest is passed on untouched.
 #[derive(Debug, Default, Deserialize)]
-pub struct Head<'a> {
+pub(super) struct Head<'a> {
     /// The message `type`.
     #[serde(rename = "type", borrow, default)]
     pub kind: Option<Cow<'a, str>>,
@@ -96,12 +96,12 @@ pub struct Head<'a> {
 impl<'a> Head<'a> {
     /// Parses the head of `text`; `None` if it is not a JSON object. The quick reader
     /// answers for ordinary frames; `serde_json` for the rest.
-    pub fn parse(text: &'a str) -> Option<Self> {
+    pub(super) fn parse(text: &'a str) -> Option<Self> {
         super::scan::head(text).or_else(|| serde_json::from_str(text).ok())
     }
 
     /// The acknowledged count, if this is an acknowledgement.
-    pub fn ack(&self) -> Option<u64> {
+    pub(super) fn ack(&self) -> Option<u64> {
         (self.kind.as_deref() == Some(ACK))
             .then_some(self.received)
             .flatten()
@@ -111,7 +111,7 @@ impl<'a> Head<'a> {
 /// `text` (a JSON object) with `relaySeq` added as its first field; any other text is
 /// carried whole in a `relayRaw` message, so a numbered frame is always an object.
 /// The field is spliced into the text, which is otherwise passed on byte for byte.
-pub fn with_seq(seq: u64, text: &str) -> String {
+pub(super) fn with_seq(seq: u64, text: &str) -> String {
     let Some(rest) = text
         .trim_start()
         .strip_prefix('{')
@@ -148,12 +148,12 @@ fn is_object(text: &str) -> bool {
 }
 
 /// `{"type": "relayAck", "received": n}`.
-pub fn ack_frame(received: u64) -> String {
+pub(super) fn ack_frame(received: u64) -> String {
     format!("{{\"type\":\"{ACK}\",\"received\":{received}}}")
 }
 
 /// The first frame of a resumable connection.
-pub fn resumed_frame(session: &str, received: u64, next: u64, reset: bool) -> String {
+pub(super) fn resumed_frame(session: &str, received: u64, next: u64, reset: bool) -> String {
     json!({
         "type": "relayResumed",
         "session": session,
@@ -165,22 +165,22 @@ pub fn resumed_frame(session: &str, received: u64, next: u64, reset: bool) -> St
 }
 
 /// Names messages `from..=to` the host could not keep for this peer.
-pub fn lost_frame(from: u64, to: u64) -> String {
+pub(super) fn lost_frame(from: u64, to: u64) -> String {
     json!({"type": "relayLost", "from": from, "to": to, "count": to - from + 1}).to_string()
-}
-
-/// The message carried by a `relayRaw` frame, or the frame itself; for clients.
-pub fn unwrap_raw(msg: Value) -> Value {
-    if msg["type"] == "relayRaw" {
-        msg["text"].clone()
-    } else {
-        msg
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The message carried by a `relayRaw` frame, or the frame itself.
+    fn unwrap_raw(msg: Value) -> Value {
+        if msg["type"] == "relayRaw" {
+            msg["text"].clone()
+        } else {
+            msg
+        }
+    }
 
     #[test]
     fn seq_is_spliced_into_objects_and_wraps_the_rest() {

@@ -7,31 +7,36 @@ use std::path::{Path, PathBuf};
 
 /// Why the lock could not be taken.
 #[derive(Debug, thiserror::Error)]
-pub enum LockError {
+pub(crate) enum LockError {
     /// Another process holds it.
     #[error("another tether host is already serving {dir} (lock {path} is held{holder})")]
     Held {
+        /// The data directory.
         dir: PathBuf,
+        /// The lock file in it.
         path: PathBuf,
+        /// Who holds it (` by pid N`), when the lock file says.
         holder: String,
     },
     /// The lock file could not be opened.
     #[error("lock file {path}: {source}")]
     Io {
+        /// The lock file.
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
 }
 
 /// The held lock; dropping it releases it.
 #[derive(Debug)]
-pub struct DataDirLock {
+pub(crate) struct DataDirLock {
     _file: File,
 }
 
 impl DataDirLock {
     /// Takes the lock of `data_dir` or fails at once.
-    pub fn acquire(data_dir: &Path) -> Result<Self, LockError> {
+    pub(crate) fn acquire(data_dir: &Path) -> Result<Self, LockError> {
         let dir = data_dir.join(".codebolt");
         let path = dir.join("tether.lock");
         let io = |source| LockError::Io {

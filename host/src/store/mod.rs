@@ -17,10 +17,10 @@
 //! (`environments.json.invalid-<timestamp>`).
 
 mod document;
-pub mod lock;
+pub(crate) mod lock;
 mod record;
-pub mod validate;
-pub mod watch;
+pub(crate) mod validate;
+pub(crate) mod watch;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -52,12 +52,19 @@ pub enum StoreError {
     /// Reading or writing the file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The records file (or its temporary sibling).
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
     /// The file is not a valid records file.
     #[error("{path} is invalid: {reason}")]
-    Invalid { path: PathBuf, reason: String },
+    Invalid {
+        /// The records file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Another record already has this name.
     #[error("an environment named {0:?} already exists")]
     NameTaken(String),
@@ -71,7 +78,12 @@ pub enum StoreError {
     #[error(
         "{path} kept changing during {rounds} attempts to merge and write; the change stays pending"
     )]
-    Busy { path: PathBuf, rounds: usize },
+    Busy {
+        /// The records file.
+        path: PathBuf,
+        /// How many merge-and-write rounds were tried.
+        rounds: usize,
+    },
 }
 
 struct State {

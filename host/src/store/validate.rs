@@ -9,28 +9,28 @@ use super::Record;
 use crate::names;
 
 /// Largest `config`, serialised as JSON.
-pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_CONFIG_BYTES: usize = 256 * 1024;
 /// Longest `resourceId`.
-pub const MAX_RESOURCE_ID_BYTES: usize = 1024;
+pub(crate) const MAX_RESOURCE_ID_BYTES: usize = 1024;
 /// Longest `workspacePath`.
-pub const MAX_WORKSPACE_PATH_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_WORKSPACE_PATH_BYTES: usize = 8 * 1024;
 /// Longest `lastError`.
-pub const MAX_LAST_ERROR_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_LAST_ERROR_BYTES: usize = 16 * 1024;
 /// Most `providerState` entries.
-pub const MAX_STATE_ENTRIES: usize = 1024;
+pub(crate) const MAX_STATE_ENTRIES: usize = 1024;
 /// Longest `providerState` key.
-pub const MAX_STATE_KEY_BYTES: usize = 1024;
+pub(crate) const MAX_STATE_KEY_BYTES: usize = 1024;
 /// Largest `providerState`, keys and values together.
-pub const MAX_STATE_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_STATE_BYTES: usize = 1024 * 1024;
 /// Most `restartHistory` entries.
-pub const MAX_HISTORY_ENTRIES: usize = 64;
+pub(crate) const MAX_HISTORY_ENTRIES: usize = 64;
 /// Longest timestamp (`createdAt`, `updatedAt`, a `restartHistory` entry).
-pub const MAX_STAMP_BYTES: usize = 64;
+pub(crate) const MAX_STAMP_BYTES: usize = 64;
 /// Largest record as a whole, unknown fields included, serialised as JSON.
-pub const MAX_RECORD_BYTES: usize = 2 * 1024 * 1024;
+pub(crate) const MAX_RECORD_BYTES: usize = 2 * 1024 * 1024;
 
 /// Checks a record against the rules; the reason names the field.
-pub fn check(record: &Record) -> Result<(), String> {
+pub(crate) fn check(record: &Record) -> Result<(), String> {
     names::validate("environment", &record.id).map_err(|_| {
         format!(
             "invalid id {}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
@@ -93,7 +93,7 @@ pub fn check(record: &Record) -> Result<(), String> {
 }
 
 /// Checks an environment's `config` (also applied to API creates and patches).
-pub fn check_config(config: &Map<String, Value>) -> Result<(), String> {
+pub(crate) fn check_config(config: &Map<String, Value>) -> Result<(), String> {
     let size = json_size(&Value::Object(config.clone()));
     if size > MAX_CONFIG_BYTES {
         return Err(format!(
@@ -104,7 +104,7 @@ pub fn check_config(config: &Map<String, Value>) -> Result<(), String> {
 }
 
 /// Checks the size of a whole record as it appears in the file.
-pub fn check_raw_size(raw: &Value) -> Result<(), String> {
+pub(crate) fn check_raw_size(raw: &Value) -> Result<(), String> {
     let size = json_size(raw);
     if size > MAX_RECORD_BYTES {
         return Err(format!(
@@ -116,7 +116,7 @@ pub fn check_raw_size(raw: &Value) -> Result<(), String> {
 
 /// A message about untrusted text (a parser's complaint quoting it) made safe for
 /// logs and answers: control characters escaped, cut to about 300 bytes.
-pub fn clean(message: &str) -> String {
+pub(crate) fn clean(message: &str) -> String {
     crate::untrusted::shown(message, 300)
 }
 

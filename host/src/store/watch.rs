@@ -10,19 +10,19 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// A live watch of the records file; dropping it stops watching.
-pub type FileWatch = crate::watch::Watch;
+pub(crate) type FileWatch = crate::watch::Watch;
 
 /// Why watching could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("watching {path}: {source}")]
-pub struct WatchError {
+pub(crate) struct WatchError {
     path: PathBuf,
     source: notify::Error,
 }
 
 /// Watches `file` and sends `()` on the returned channel once per burst of changes,
 /// `debounce` after the burst's last event.
-pub fn watch(
+pub(crate) fn watch(
     file: &Path,
     debounce: Duration,
 ) -> Result<(FileWatch, mpsc::Receiver<()>), WatchError> {
