@@ -11,7 +11,8 @@ use axum::extract::{Path, State};
 use serde::Serialize;
 
 use super::{ApiError, AppState, Authorized};
-use crate::broker::{Capabilities, DeniedItems, Grant};
+use crate::broker::{Capabilities, DeniedItems};
+use crate::config::Grant;
 use crate::engine::{LoadedProvider, ProviderDescription, ProviderSource};
 
 #[derive(Debug, Serialize)]

@@ -7,8 +7,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
+use crate::broker::Capabilities;
 use crate::broker::process::ProcessBroker;
-use crate::broker::{Capabilities, CommandPattern, Grant};
+use crate::config::{CommandPattern, Grant};
 
 const T: Duration = Duration::from_secs(20);
 
