@@ -11,6 +11,15 @@ use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
 
+/// The providers compiled into the binary: the name each is known by and its guest
+/// component. Listed once here, so the engine's components (`builtins.rs`) and the
+/// names the settings check `replace_builtin` against (`builtin_names.rs`) agree.
+const BUILTINS: &[(&str, &str)] = &[
+    ("local-process", "local_process.wasm"),
+    ("git-worktree", "git_worktree.wasm"),
+    ("http-sandbox", "http_sandbox.wasm"),
+];
+
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir
@@ -65,8 +74,34 @@ fn main() {
         }
     }
     std::fs::write(out_dir.join("guests.rs"), consts).expect("writing guests.rs");
+    write_builtins(&out_dir);
     write_sdk_sources(&guests.join("sdk/src"), &out_dir.join("sdk_sources.rs"));
     write_wit_sources(&root.join("wit"), &out_dir.join("wit_sources.rs"));
+}
+
+/// Writes `builtins.rs` (name and embedded component of each built-in, for the
+/// engine) and `builtin_names.rs` (the names alone, for the settings, which must not
+/// depend on the engine).
+fn write_builtins(out_dir: &Path) {
+    let mut components = String::from("&[\n");
+    let mut names = String::from("&[\n");
+    for (name, file) in BUILTINS {
+        let path = out_dir.join(file);
+        assert!(
+            path.is_file(),
+            "built-in {name}: {} was not built",
+            path.display()
+        );
+        components.push_str(&format!(
+            "    ({name:?}, include_bytes!({:?})),\n",
+            path.display().to_string()
+        ));
+        names.push_str(&format!("    {name:?},\n"));
+    }
+    components.push_str("]\n");
+    names.push_str("]\n");
+    std::fs::write(out_dir.join("builtins.rs"), components).expect("writing builtins.rs");
+    std::fs::write(out_dir.join("builtin_names.rs"), names).expect("writing builtin_names.rs");
 }
 
 /// Lists the provider world of every version in `wit/` (`tether-provider@X.Y.Z/

@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tether::broker::net::NetConfig;
 use tether::broker::process::{ProcessBroker, SpawnSpec};
-use tether::broker::{Capabilities, CommandPattern, Grant, Request, UrlPattern};
-use tether::config::LimitsConfig;
+use tether::broker::{Capabilities, Request};
+use tether::config::{CommandPattern, Grant, LimitsConfig, NetConfig, UrlPattern};
 use tether::engine::{Call, Engine, InstanceSetup, NoRuntime, ProviderSource, Reply, StateWriter};
 
 #[allow(dead_code, unreachable_pub)]

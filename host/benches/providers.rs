@@ -14,11 +14,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tether::broker::Grant;
-use tether::config::LimitsConfig;
+use tether::config::{CompileCacheConfig, Grant, LimitsConfig};
 use tether::engine::{
-    Call, CompileCacheConfig, Engine, InstanceSetup, LoadedProvider, NoRuntime, ProviderHandle,
-    ProviderSource, Reply, StateWriter, builtin_components,
+    Call, Engine, InstanceSetup, LoadedProvider, NoRuntime, ProviderHandle, ProviderSource, Reply,
+    StateWriter, builtin_components,
 };
 
 /// Cold and warm loads measured per provider (each cold one in a fresh cache).

@@ -17,7 +17,8 @@
 //!   connection with its apps, routing by thread, and lets
 //!   either side resume without loss inside a bounded window (`docs/protocol.md`).
 //! - `auth` holds the API token and mints runtime tokens; [`config`] the operator's
-//!   settings from flags and `tether.toml`.
+//!   settings from flags and `tether.toml`, as plain types the other modules take (it
+//!   imports none of them).
 //! - `sync` recovers poisoned locks, in one place.
 //! - `names` is the one rule for names that become paths (environments, providers);
 //!   `untrusted` cuts and escapes the strings a provider sends before the host

@@ -8,10 +8,9 @@ use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{Denied, Grant};
+use super::Denied;
+use crate::config::{Grant, valid_env_name};
 
-/// Longest variable name a provider may set, in bytes.
-pub const MAX_NAME: usize = 128;
 /// Longest value a provider may set, in bytes.
 pub const MAX_VALUE: usize = 32 << 10;
 /// Most variables one spawn may set.
@@ -58,32 +57,6 @@ pub fn is_tool_variable(name: &str) -> bool {
     TOOL_NAMES.contains(&upper.as_str()) || TOOL_PREFIXES.iter().any(|p| upper.starts_with(p))
 }
 
-/// Whether `name` is a plain variable name: `[A-Za-z_][A-Za-z0-9_]*`, bounded.
-pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    name.len() <= MAX_NAME
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// Checks one `set_env` entry of the operator's grant: a variable name, or a
-/// non-empty prefix followed by `*`.
-pub fn check_set_env_entry(entry: &str) -> Result<(), String> {
-    let name = entry.strip_suffix('*').unwrap_or(entry);
-    if name.is_empty() {
-        return Err("set_env entry `*` would admit every variable; name a prefix (`APP_*`)".into());
-    }
-    if valid_name(name) {
-        Ok(())
-    } else {
-        Err(format!(
-            "set_env entry {entry:?} is not a variable name or `PREFIX*`"
-        ))
-    }
-}
-
 /// Whether the grant lets the provider set `name`: an exact entry admits anything,
 /// a `PREFIX*` entry anything but a tool variable.
 fn settable(grant: &Grant, name: &str) -> Result<(), Denied> {
@@ -116,7 +89,7 @@ pub fn child_env(
         .filter_map(|name| std::env::var_os(name).map(|v| (name.clone(), v)))
         .collect();
     for (name, value) in requested {
-        if !valid_name(name) {
+        if !valid_env_name(name) {
             return Err(Denied::EnvName(crate::untrusted::named(name)));
         }
         if value.len() > MAX_VALUE || value.contains('\0') {
@@ -215,16 +188,6 @@ mod tests {
         assert!(child_env(&g, &vars(&[("PLAIN", "x")])).is_ok());
         assert!(is_tool_variable("ld_preload"));
         assert!(!is_tool_variable("TETHER_RUNTIME_TOKEN"));
-    }
-
-    #[test]
-    fn set_env_entries_are_names_or_prefixes() {
-        assert!(check_set_env_entry("TETHER_RUNTIME_URL").is_ok());
-        assert!(check_set_env_entry("APP_*").is_ok());
-        assert!(check_set_env_entry("*").is_err());
-        assert!(check_set_env_entry("A*B").is_err());
-        assert!(check_set_env_entry("A=B").is_err());
-        assert!(check_set_env_entry("").is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The capability broker: what a provider instance may spawn, reach and open.
 //!
 //! A provider gets the intersection of what it asks for in `info()` and what the
-//! operator grants it in `tether.toml` (or the built-in default grant). A spawn, a
+//! operator grants it in `tether.toml` (or the built-in default grant; the grant and
+//! its patterns are settings, defined in `config`, and acted on here). A spawn, a
 //! connection or a directory is allowed only when it matches a requested pattern
 //! *and* a granted one. Every denial is returned to the provider as an error and
 //! logged for the operator with the environment id. [`process`] spawns, [`env`]
@@ -19,141 +20,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use net::UrlPattern;
-pub use pattern::{ANY_ARG, ANY_REST, CommandPattern, PATH_ARG, PathScope, PatternError};
+use crate::config::{CommandPattern, Grant, NetConfig, UrlPattern};
+pub use pattern::PathScope;
 
 /// The directory request that stands for the environment's project path.
 pub const PROJECT_PATH_DIR: &str = "{projectPath}";
-
-/// What the operator grants one provider.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Grant {
-    /// Commands it may spawn.
-    pub commands: Vec<CommandPattern>,
-    /// Host environment variables passed through to its children.
-    pub env: Vec<String>,
-    /// Variables the provider may set for its children: exact names, or `PREFIX*`
-    /// (which never admits a loader or tool variable, see [`env::is_tool_variable`]).
-    #[serde(rename = "setEnv")]
-    pub set_env: Vec<String>,
-    /// Destinations it may reach, as `scheme://host:port` patterns.
-    pub urls: Vec<UrlPattern>,
-    /// Host directories (absolute) it may have preopened, with everything below them.
-    pub directories: Vec<PathBuf>,
-}
-
-impl Grant {
-    /// The documented default grant of a built-in provider; nothing for anyone else.
-    /// `data_dir` is the host's data directory, the default project root.
-    pub fn builtin_default(provider: &str, data_dir: &Path) -> Self {
-        match provider {
-            // `tether` resolves to this very binary, so `tether runtime` is the
-            // reference runtime; nothing else may be spawned by default.
-            "local-process" => Self {
-                commands: vec![CommandPattern {
-                    program: "tether".into(),
-                    args: vec!["runtime".into()],
-                }],
-                env: runtime_env(),
-                set_env: runtime_set_env(),
-                urls: Vec::new(),
-                directories: Vec::new(),
-            },
-            // git on paths inside the environment's directories, in the shapes the
-            // provider uses, and the reference runtime; projects under the data
-            // directory (where `.codebolt/` lives) unless the operator says otherwise.
-            "git-worktree" => Self {
-                commands: git_worktree_commands(),
-                env: runtime_env(),
-                set_env: runtime_set_env(),
-                urls: Vec::new(),
-                directories: vec![data_dir.to_owned()],
-            },
-            // The sandbox API's address is the operator's to name
-            // (`[providers.http-sandbox] urls`): by default it reaches nothing and
-            // spawns nothing.
-            "http-sandbox" => Self::default(),
-            _ => Self::default(),
-        }
-    }
-}
-
-/// Host variables the built-in providers pass through to the runtimes they start.
-fn runtime_env() -> Vec<String> {
-    ["PATH", "HOME", "LANG", "RUST_LOG"]
-        .map(String::from)
-        .to_vec()
-}
-
-/// Variables the built-in providers set for the runtimes they start (the SDK's
-/// `RESERVED_ENV`).
-fn runtime_set_env() -> Vec<String> {
-    [
-        "TETHER_RUNTIME_URL",
-        "TETHER_RUNTIME_TOKEN",
-        "TETHER_ENVIRONMENT_ID",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-/// The arguments every git call of `git-worktree` starts with: `-c` settings,
-/// which win over the repository's own configuration, so a `.git/config` or hook
-/// written by someone else cannot make git run a command. The default grant
-/// requires them literally (see SECURITY.md for what they cannot switch off).
-pub const GIT_HARDENING: [&str; 16] = [
-    "-c",
-    "core.fsmonitor=false",
-    "-c",
-    "core.hooksPath=/dev/null",
-    "-c",
-    "core.pager=cat",
-    "-c",
-    "protocol.allow=never",
-    "-c",
-    "submodule.recurse=false",
-    "-c",
-    "gc.auto=0",
-    "-c",
-    "maintenance.auto=false",
-    "-c",
-    "core.sshCommand=false",
-];
-
-/// The commands `git-worktree` needs (its request is the same list), in one place
-/// so the default grant and the documentation cannot drift from each other.
-pub fn git_worktree_commands() -> Vec<CommandPattern> {
-    let git = |args: &[&str]| CommandPattern {
-        program: "git".into(),
-        args: (GIT_HARDENING.iter().chain(args))
-            .map(|a| (*a).to_owned())
-            .collect(),
-    };
-    vec![
-        git(&["rev-parse", "--show-toplevel"]),
-        git(&["rev-parse", "--verify", "*"]),
-        git(&["rev-parse", "--abbrev-ref", "HEAD"]),
-        git(&["rev-parse", "--verify", "--quiet", "*"]),
-        git(&["worktree", "add", "-b", "*", PATH_ARG, "*"]),
-        git(&["worktree", "add", PATH_ARG, "*"]),
-        git(&["worktree", "remove", "--force", PATH_ARG]),
-        git(&["worktree", "prune"]),
-        git(&["add", "--all", "--intent-to-add"]),
-        git(&[
-            "diff",
-            "--no-ext-diff",
-            "--no-textconv",
-            "--binary",
-            "--find-renames",
-            "--output={path}",
-            "*",
-        ]),
-        CommandPattern {
-            program: "tether".into(),
-            args: vec!["runtime".into()],
-        },
-    ]
-}
 
 /// What a provider asks for in its `info()`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -283,7 +154,7 @@ impl Capabilities {
     }
 
     /// The network side of these capabilities for one environment.
-    pub fn net_policy(&self, env_id: String, config: net::NetConfig) -> net::NetPolicy {
+    pub fn net_policy(&self, env_id: String, config: NetConfig) -> net::NetPolicy {
         net::NetPolicy::new(
             env_id,
             self.requested.urls.clone(),
@@ -318,6 +189,7 @@ impl Capabilities {
 mod tests {
     use super::pattern::test_support::{args, none, pat};
     use super::*;
+    use crate::config::{ANY_REST, GIT_HARDENING, git_worktree_commands};
 
     fn commands(commands: Vec<CommandPattern>) -> Request {
         Request {

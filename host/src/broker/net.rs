@@ -1,5 +1,6 @@
-//! Network grants: `scheme://host:port` patterns, the operator's static host
-//! overrides, and the re-check of every address a granted name resolves to.
+//! Network grants at work: matching `scheme://host:port` patterns (parsed in
+//! `config`), resolving through the operator's static host overrides, and the
+//! re-check of every address a granted name resolves to.
 //!
 //! A destination is allowed when a pattern the provider requested *and* a pattern the
 //! operator granted both match it. Its resolved addresses are then checked again:
@@ -8,120 +9,43 @@
 //! points at `127.0.0.1` or `169.254.169.254` gets nowhere. The check happens before
 //! any packet is sent; the connection then goes to the checked address only.
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
-use serde::{Serialize, Serializer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Denied;
-
-/// A destination pattern: `scheme://host:port`, where `host` may be `*` or
-/// `*.suffix` and `port` may be `*` (absent: the scheme's default port).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UrlPattern {
-    scheme: String,
-    host: String,
-    port: Option<u16>,
-}
-
-/// Why a URL pattern is malformed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid URL pattern {pattern:?}: {reason}")]
-pub struct UrlPatternError {
-    pattern: String,
-    reason: &'static str,
-}
+use crate::config::{NetConfig, UrlPattern};
 
 impl UrlPattern {
-    /// Parses `scheme://host[:port]`.
-    pub fn parse(text: &str) -> Result<Self, UrlPatternError> {
-        let err = |reason| UrlPatternError {
-            pattern: text.to_owned(),
-            reason,
-        };
-        let (scheme, rest) = text
-            .split_once("://")
-            .ok_or_else(|| err("needs scheme://"))?;
-        let scheme = scheme.to_ascii_lowercase();
-        if scheme.is_empty() {
-            return Err(err("empty scheme"));
-        }
-        let rest = rest.trim_end_matches('/');
-        if rest.contains('/') || rest.contains('@') {
-            return Err(err("only scheme://host:port is allowed, no path or user"));
-        }
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (host, tail) = v6.split_once(']').ok_or_else(|| err("unclosed ["))?;
-            (host.to_owned(), tail.strip_prefix(':'))
-        } else {
-            match rest.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p)),
-                None => (rest.to_owned(), None),
-            }
-        };
-        if host.is_empty() {
-            return Err(err("empty host"));
-        }
-        let port = match port {
-            Some("*") => None,
-            Some(p) => Some(p.parse::<u16>().map_err(|_| err("bad port"))?),
-            None => Some(default_port(&scheme).ok_or_else(|| err("needs a port"))?),
-        };
-        Ok(Self {
-            scheme,
-            host: host.to_ascii_lowercase(),
-            port,
-        })
-    }
-
     /// Whether `scheme://host:port` matches.
     pub fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        (self.scheme == "*" || self.scheme.eq_ignore_ascii_case(scheme))
-            && self.port.is_none_or(|p| p == port)
-            && host_matches(&self.host, host)
+        (self.scheme() == "*" || self.scheme().eq_ignore_ascii_case(scheme))
+            && self.port().is_none_or(|p| p == port)
+            && host_matches(self.host(), host)
     }
 
     /// Whether every destination `other` matches is matched by `self` too.
     pub fn covers(&self, other: &UrlPattern) -> bool {
-        let scheme = self.scheme == "*" || self.scheme == other.scheme;
-        let port = self.port.is_none() || self.port == other.port;
-        let host = match self.host.strip_prefix("*.") {
-            _ if self.host == "*" => true,
+        let scheme = self.scheme() == "*" || self.scheme() == other.scheme();
+        let port = self.port().is_none() || self.port() == other.port();
+        let (mine, theirs) = (self.host(), other.host());
+        let host = match mine.strip_prefix("*.") {
+            _ if mine == "*" => true,
             Some(suffix) => {
-                let theirs = other.host.strip_prefix("*.").unwrap_or(&other.host);
-                theirs.ends_with(&format!(".{suffix}"))
-                    || (other.host.starts_with("*.") && theirs == suffix)
+                let bare = theirs.strip_prefix("*.").unwrap_or(theirs);
+                bare.ends_with(&format!(".{suffix}"))
+                    || (theirs.starts_with("*.") && bare == suffix)
             }
-            None => {
-                other.host != "*"
-                    && !other.host.starts_with("*.")
-                    && host_matches(&self.host, &other.host)
-            }
+            None => theirs != "*" && !theirs.starts_with("*.") && host_matches(mine, theirs),
         };
         scheme && port && host
     }
 
     /// The IP address this pattern names literally, if it does.
     pub fn literal_ip(&self) -> Option<IpAddr> {
-        self.host.parse().ok()
-    }
-
-    /// The scheme it names (`*` for any).
-    pub fn scheme(&self) -> &str {
-        &self.scheme
-    }
-}
-
-fn default_port(scheme: &str) -> Option<u16> {
-    match scheme {
-        "http" | "ws" => Some(80),
-        "https" | "wss" => Some(443),
-        _ => None,
+        self.host().parse().ok()
     }
 }
 
@@ -139,26 +63,6 @@ fn host_matches(pattern: &str, host: &str) -> bool {
     match (pattern.parse::<IpAddr>(), host.parse::<IpAddr>()) {
         (Ok(a), Ok(b)) => a.to_canonical() == b.to_canonical(),
         _ => pattern.eq_ignore_ascii_case(host),
-    }
-}
-
-impl fmt::Display for UrlPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        match self.port {
-            Some(p) => write!(f, "{}://{host}:{p}", self.scheme),
-            None => write!(f, "{}://{host}:*", self.scheme),
-        }
-    }
-}
-
-impl Serialize for UrlPattern {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
     }
 }
 
@@ -181,30 +85,6 @@ pub fn is_sensitive(ip: IpAddr) -> bool {
                 || (v6.segments()[0] & 0xffc0) == 0xfe80
                 // AWS's IPv6 metadata endpoint.
                 || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
-        }
-    }
-}
-
-/// Operator network settings shared by every environment.
-#[derive(Debug, Clone)]
-pub struct NetConfig {
-    /// Static name → address overrides consulted before DNS (like curl's `--resolve`).
-    pub hosts: BTreeMap<String, IpAddr>,
-    /// Longest a TCP connect may take.
-    pub connect_timeout: Duration,
-    /// Longest the wait for a response's first byte may take.
-    pub first_byte_timeout: Duration,
-    /// Concurrent outgoing connections per environment.
-    pub max_connections: usize,
-}
-
-impl Default for NetConfig {
-    fn default() -> Self {
-        Self {
-            hosts: BTreeMap::new(),
-            connect_timeout: Duration::from_secs(5),
-            first_byte_timeout: Duration::from_secs(15),
-            max_connections: 16,
         }
     }
 }

@@ -1,47 +1,10 @@
-//! Command patterns: what a granted or requested command may look like, argument
-//! by argument, and [`PathScope`], where its `{path}` arguments may point.
+//! Command patterns at work: whether a command matches a granted or requested
+//! [`CommandPattern`] (parsed and validated in `config`), whether one pattern covers
+//! another, and [`PathScope`], where its `{path}` arguments may point.
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
-/// The argument pattern that matches one path inside the environment's directories.
-pub const PATH_ARG: &str = "{path}";
-
-/// The argument pattern that matches any one argument, options included.
-pub const ANY_ARG: &str = "{any}";
-
-/// The argument pattern that matches all the remaining arguments, options included.
-pub const ANY_REST: &str = "{any...}";
-
-/// A program with argument patterns: `*` matches one argument that is not an
-/// option (does not begin with `-`), `**` all the remaining arguments if none is
-/// an option, [`ANY_ARG`] any one argument and [`ANY_REST`] all the rest, options
-/// included; [`PATH_ARG`] one argument naming a path inside the environment's
-/// directories (see [`PathScope`]; never one beginning with `-`) and
-/// `PREFIX{path}` such an argument after a fixed prefix (`--output={path}`);
-/// anything else matches itself. So a pattern admits an option only where it
-/// spells it out, or says `{any}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CommandPattern {
-    pub(super) program: String,
-    pub(super) args: Vec<String>,
-}
-
-/// Why a pattern is malformed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PatternError {
-    /// The program name is empty.
-    #[error("a command pattern needs a program")]
-    EmptyProgram,
-    /// `**` and `{any...}` are only meaningful as the last argument pattern.
-    #[error("`**` and `{{any...}}` may only be the last argument pattern of {0}")]
-    MisplacedRest(String),
-}
-
-fn is_rest(pattern: &str) -> bool {
-    pattern == "**" || pattern == ANY_REST
-}
+use crate::config::{ANY_ARG, ANY_REST, CommandPattern, PATH_ARG, is_rest};
 
 fn is_option(arg: &str) -> bool {
     arg.starts_with('-')
@@ -74,32 +37,14 @@ fn covers_one(mine: &str, theirs: &str) -> bool {
 }
 
 impl CommandPattern {
-    /// Validates and builds a pattern.
-    pub fn new(program: String, args: Vec<String>) -> Result<Self, PatternError> {
-        if program.is_empty() {
-            return Err(PatternError::EmptyProgram);
-        }
-        if let Some(pos) = args.iter().position(|a| is_rest(a))
-            && pos + 1 != args.len()
-        {
-            return Err(PatternError::MisplacedRest(program));
-        }
-        Ok(Self { program, args })
-    }
-
-    /// The program this pattern names (`*` for any, in a provider's request).
-    pub fn program(&self) -> &str {
-        &self.program
-    }
-
     /// Whether `program args...` matches this pattern, with `{path}` arguments
     /// checked against `paths`.
     pub fn matches(&self, program: &str, args: &[String], paths: &PathScope) -> bool {
-        if self.program != "*" && self.program != program {
+        if self.program() != "*" && self.program() != program {
             return false;
         }
         let mut given = args.iter();
-        for pattern in &self.args {
+        for pattern in self.args() {
             if pattern == ANY_REST {
                 return true;
             }
@@ -116,11 +61,11 @@ impl CommandPattern {
 
     /// Whether every command `other` matches is matched by `self` too.
     pub fn covers(&self, other: &CommandPattern) -> bool {
-        if self.program != "*" && self.program != other.program {
+        if self.program() != "*" && self.program() != other.program() {
             return false;
         }
-        let mut theirs = other.args.iter();
-        for mine in &self.args {
+        let mut theirs = other.args().iter();
+        for mine in self.args() {
             if mine == ANY_REST {
                 return true;
             }
@@ -205,6 +150,7 @@ pub(super) mod test_support {
 mod tests {
     use super::test_support::{args, none, pat};
     use super::*;
+    use crate::config::PatternError;
 
     #[test]
     fn patterns_match_exact_one_and_rest() {
@@ -261,18 +207,6 @@ mod tests {
         assert_eq!(
             CommandPattern::new("x".into(), args(&[ANY_REST, "a"])),
             Err(PatternError::MisplacedRest("x".into()))
-        );
-    }
-
-    #[test]
-    fn rest_must_be_last() {
-        assert_eq!(
-            CommandPattern::new("x".into(), args(&["**", "a"])),
-            Err(PatternError::MisplacedRest("x".into()))
-        );
-        assert_eq!(
-            CommandPattern::new(String::new(), vec![]),
-            Err(PatternError::EmptyProgram)
         );
     }
 

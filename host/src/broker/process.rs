@@ -445,14 +445,14 @@ async fn pump(mut stream: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>, mut lo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::{CommandPattern, Grant};
+    use crate::config::{ANY_REST, CommandPattern, Grant};
 
     fn broker(dir: &Path, max: usize) -> ProcessBroker {
         broker_with_tail(dir, max, 4096)
     }
 
     fn broker_with_tail(dir: &Path, max: usize, tail: usize) -> ProcessBroker {
-        let any = CommandPattern::new("*".into(), vec![crate::broker::ANY_REST.into()]).unwrap();
+        let any = CommandPattern::new("*".into(), vec![ANY_REST.into()]).unwrap();
         let caps = Capabilities::new(
             crate::broker::Request {
                 commands: vec![any.clone()],

@@ -3,9 +3,18 @@
 //! Everything here is parsed and validated once at start-up, so the rest of the host
 //! never sees raw strings. Grants live here because they are the operator's word;
 //! nothing an API caller sends (an environment's `config`) can widen them.
+//!
+//! This module is a leaf: it defines the plain settings types the other modules take
+//! (grants and their patterns, network, compile cache, built-in replacements) and
+//! imports none of them, so what a setting *does* lives with the module that acts on
+//! it (matching in the broker, opening the cache in the engine).
 
+mod cache;
 mod file;
+mod grant;
+mod net;
 mod operator;
+mod pattern;
 mod replace;
 
 use std::collections::BTreeMap;
@@ -13,12 +22,18 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::broker::net::NetConfig;
-use crate::broker::{CommandPattern, Grant, UrlPattern};
-use crate::engine::{BuiltinReplacement, CompileCacheConfig};
-
+pub use cache::CompileCacheConfig;
 use file::{FileCache, FileConfig, FileNet, FileRelay};
+use grant::check_set_env_entry;
+pub(crate) use grant::valid_env_name;
+pub use grant::{GIT_HARDENING, Grant, git_worktree_commands};
+pub use net::NetConfig;
 pub use operator::OperatorConfig;
+pub(crate) use pattern::is_rest;
+pub use pattern::{
+    ANY_ARG, ANY_REST, CommandPattern, PATH_ARG, PatternError, UrlPattern, UrlPatternError,
+};
+pub use replace::BuiltinReplacement;
 
 /// The default listen address of `tether serve`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2719";
@@ -406,14 +421,14 @@ impl ServeConfig {
                 )));
             }
             let env = grant.env.unwrap_or_default();
-            if let Some(bad) = env.iter().find(|n| !crate::broker::env::valid_name(n)) {
+            if let Some(bad) = env.iter().find(|n| !valid_env_name(n)) {
                 return Err(ConfigError::Invalid(format!(
                     "providers.{name}: env entry {bad:?} is not a variable name"
                 )));
             }
             let set_env = grant.set_env.unwrap_or_default();
             for entry in &set_env {
-                crate::broker::env::check_set_env_entry(entry)
+                check_set_env_entry(entry)
                     .map_err(|e| ConfigError::Invalid(format!("providers.{name}: {e}")))?;
             }
             self.grants.insert(

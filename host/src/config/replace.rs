@@ -7,7 +7,20 @@
 use serde::Deserialize;
 
 use super::ConfigError;
-use crate::engine::{BuiltinReplacement, builtin_components};
+
+/// Names of the providers compiled into the binary, in the order `build.rs` lists
+/// them; generated there with the engine's list of their components, so the two agree.
+const BUILTIN_PROVIDERS: &[&str] = include!(concat!(env!("OUT_DIR"), "/builtin_names.rs"));
+
+/// The operator's consent (`[providers.NAME] replace_builtin`) for one drop-in to
+/// replace the built-in provider NAME.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuiltinReplacement {
+    /// The drop-in file of this name in the providers directory.
+    File(String),
+    /// The drop-in whose component bytes have this SHA-256 (lowercase hex).
+    Sha256(String),
+}
 
 /// `replace_builtin = { file = "x.wasm" }` or `{ sha256 = "…" }` as written.
 #[derive(Debug, Deserialize)]
@@ -23,11 +36,10 @@ impl FileReplace {
     pub(super) fn validate(self, name: &str) -> Result<BuiltinReplacement, ConfigError> {
         let invalid =
             |why: String| ConfigError::Invalid(format!("providers.{name}.replace_builtin: {why}"));
-        if !builtin_components().iter().any(|(b, _)| *b == name) {
-            let builtins: Vec<&str> = builtin_components().iter().map(|(b, _)| *b).collect();
+        if !BUILTIN_PROVIDERS.contains(&name) {
             return Err(invalid(format!(
                 "{name} is not a built-in provider (built-ins: {})",
-                builtins.join(", ")
+                BUILTIN_PROVIDERS.join(", ")
             )));
         }
         match (self.file, self.sha256) {

@@ -1,6 +1,7 @@
 //! The compile cache: wasmtime's own on-disk cache of compiled components, keyed by
 //! the component's bytes and the engine's compilation settings, so a restart with
-//! unchanged providers compiles nothing.
+//! unchanged providers compiles nothing. Where it lives is a setting
+//! (`config::CompileCacheConfig`); opening and checking the directory is here.
 //!
 //! Cached entries are machine code the host maps and runs without re-checking, so the
 //! directory must be writable by the operator alone: it is created `0700`, and an
@@ -12,27 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::EngineError;
-
-/// Where compiled components are cached (`[cache]` in `tether.toml`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompileCacheConfig {
-    /// The cache directory (absolute), or `None` to compile every load.
-    pub dir: Option<PathBuf>,
-}
-
-impl CompileCacheConfig {
-    /// No cache: every load compiles.
-    pub fn disabled() -> Self {
-        Self { dir: None }
-    }
-
-    /// A cache in `dir`.
-    pub fn in_dir(dir: impl Into<PathBuf>) -> Self {
-        Self {
-            dir: Some(dir.into()),
-        }
-    }
-}
+use crate::config::CompileCacheConfig;
 
 /// What the cache has done since the engine started.
 #[derive(Debug, Clone, Serialize)]

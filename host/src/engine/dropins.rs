@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sha2::{Digest, Sha256};
 
 use super::{Engine, EngineError, LoadFailure, LoadedProvider, ProviderSource};
+use crate::config::BuiltinReplacement;
 use crate::sync::{MutexExt, RwLockExt};
 
 /// Built-ins and drop-in files as last seen, from which the providers in force are
@@ -36,16 +37,7 @@ struct Known {
     replacements: BTreeMap<String, BuiltinReplacement>,
 }
 
-/// The operator's consent (`[providers.NAME] replace_builtin`) for one drop-in to
-/// replace the built-in provider NAME.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BuiltinReplacement {
-    /// The drop-in file of this name in the providers directory.
-    File(String),
-    /// The drop-in whose component bytes have this SHA-256 (lowercase hex).
-    Sha256(String),
-}
-
+// The consent is a setting (`config`); which drop-in it admits is decided here.
 impl BuiltinReplacement {
     fn admits(&self, path: &Path, provider: &LoadedProvider) -> bool {
         match self {

@@ -24,10 +24,10 @@ use super::host::log::LogBudget;
 use super::persisted::StateWriter;
 use super::types::{Call, CallError, Reply, RuntimePort, STATE_GUEST_DIR, WORKSPACE_GUEST_DIR};
 use super::{EngineError, TICK};
-use crate::broker::net::{NetConfig, NetPolicy};
+use crate::broker::net::NetPolicy;
 use crate::broker::process::ProcessBroker;
-use crate::broker::{Capabilities, Grant, Request};
-use crate::config::LimitsConfig;
+use crate::broker::{Capabilities, Request};
+use crate::config::{Grant, LimitsConfig, NetConfig};
 
 /// The data of one instance's `Store`: WASI, the resource table and the brokered
 /// capabilities of its environment.

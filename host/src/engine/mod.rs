@@ -30,14 +30,12 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 
-use crate::broker::net::NetConfig;
-use crate::config::LimitsConfig;
+use crate::config::{CompileCacheConfig, LimitsConfig, NetConfig};
 use crate::sync::RwLockExt;
 use bindings::AnyPre;
 pub use bindings::WorldVersion;
-pub use cache::{CompileCacheConfig, CompileCacheStats};
+pub use cache::CompileCacheStats;
 pub use dir_watch::{DirWatch, DirWatchError, watch_dir};
-pub use dropins::BuiltinReplacement;
 pub use instance::{HostState, InstanceSetup, ProviderHandle};
 pub use persisted::{StateChanges, StateReader, StateWriter};
 pub use types::*;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
-use crate::broker::{CommandPattern, Grant};
+use crate::config::{CommandPattern, Grant};
 
 const T: Duration = Duration::from_secs(20);
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::bindings::types as wit;
-use crate::broker::{CommandPattern, UrlPattern};
+use crate::config::{CommandPattern, UrlPattern};
 
 /// What a provider says about itself.
 #[derive(Debug, Clone, Serialize)]

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{LifecycleError, Manager};
-use crate::broker::{Capabilities, DeniedItems, Grant};
-use crate::config::ServeConfig;
+use crate::broker::{Capabilities, DeniedItems};
+use crate::config::{Grant, ServeConfig};
 use crate::engine::{
     CompileCacheStats, Engine, LoadedProvider, ProviderDescription, ProviderSource,
 };
@@ -23,10 +23,13 @@ pub(crate) struct ProviderView {
     description: ProviderDescription,
     source: ProviderSource,
     sha256: String,
+    /// The provider world version the component was built against.
     world: &'static str,
     granted: Grant,
     denied: DeniedItems,
+    /// Keys of the operator's `[providers.NAME] config`; values may be secrets.
     operator_config_keys: Vec<String>,
+    /// Why the file's latest content did not load, if it did not.
     #[serde(skip_serializing_if = "Option::is_none")]
     load_error: Option<String>,
 }

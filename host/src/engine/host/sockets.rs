@@ -37,8 +37,7 @@ pub(crate) fn allowed(policy: &NetPolicy, addr: SocketAddr, usage: SocketAddrUse
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::UrlPattern;
-    use crate::broker::net::NetConfig;
+    use crate::config::{NetConfig, UrlPattern};
 
     #[test]
     fn only_implicit_binds_and_granted_connects_pass() {
