@@ -12,9 +12,9 @@ use super::Denied;
 use crate::config::{Grant, valid_env_name};
 
 /// Longest value a provider may set, in bytes.
-pub const MAX_VALUE: usize = 32 << 10;
+pub(super) const MAX_VALUE: usize = 32 << 10;
 /// Most variables one spawn may set.
-pub const MAX_VARS: usize = 64;
+pub(super) const MAX_VARS: usize = 64;
 
 /// Prefixes of variables that load code or configure a tool (the dynamic loader,
 /// interpreters, git, shells, TLS, ssh). A `set_env` wildcard never admits them.
@@ -52,7 +52,7 @@ const TOOL_NAMES: &[&str] = &[
 
 /// Whether `name` is a loader or tool-configuration variable (compared without
 /// regard to case: some tools read lower-case spellings).
-pub fn is_tool_variable(name: &str) -> bool {
+pub(super) fn is_tool_variable(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
     TOOL_NAMES.contains(&upper.as_str()) || TOOL_PREFIXES.iter().any(|p| upper.starts_with(p))
 }
@@ -75,7 +75,7 @@ fn settable(grant: &Grant, name: &str) -> Result<(), Denied> {
 
 /// The child's whole environment: the granted pass-through variables the host
 /// has, then the provider's own, each checked against the grant.
-pub fn child_env(
+pub(super) fn child_env(
     grant: &Grant,
     requested: &[(String, String)],
 ) -> Result<Vec<(String, OsString)>, Denied> {
@@ -107,7 +107,7 @@ pub fn child_env(
 
 /// `program` as an absolute path: names with a `/` are taken as given, bare
 /// names are looked up in the **host's** `PATH` (never the child's).
-pub fn resolve_program(program: &str) -> Option<PathBuf> {
+pub(super) fn resolve_program(program: &str) -> Option<PathBuf> {
     if program.contains('/') {
         return Some(PathBuf::from(program));
     }

@@ -23,7 +23,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getpid, getppid};
 
 /// The first argument that selects the guard mode of the binary.
-pub const GUARD_ARG: &str = "__spawn-guard";
+pub(crate) const GUARD_ARG: &str = "__spawn-guard";
 
 /// How often the watcher thread checks that the host is still the parent.
 const PARENT_POLL: Duration = Duration::from_millis(200);
@@ -33,7 +33,7 @@ const KILL_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Runs the guard over `program args...` and returns the exit code it should end
 /// with (after re-raising a fatal signal, when the program died of one).
-pub fn run(mut argv: impl Iterator<Item = OsString>) -> i32 {
+pub(crate) fn run(mut argv: impl Iterator<Item = OsString>) -> i32 {
     let Some(program) = argv.next() else {
         eprintln!("tether {GUARD_ARG}: no program");
         return 127;
@@ -126,7 +126,7 @@ fn kill_tree(main: Pid, status: &mut Option<WaitStatus>) {
 }
 
 /// Every process whose parent chain leads to `root`, read from `/proc`.
-pub fn descendants(root: Pid) -> Vec<Pid> {
+pub(crate) fn descendants(root: Pid) -> Vec<Pid> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -9,10 +9,10 @@
 //! decides a child's variables and program path, [`guard`] keeps a child's whole
 //! process tree stoppable, [`net`] checks destinations and addresses.
 
-pub mod env;
-pub mod guard;
-pub mod net;
-pub mod pattern;
+mod env;
+pub(crate) mod guard;
+pub(crate) mod net;
+mod pattern;
 pub mod process;
 
 use std::net::IpAddr;

@@ -68,7 +68,7 @@ fn host_matches(pattern: &str, host: &str) -> bool {
 
 /// Addresses no provider reaches unless a grant names them literally: the host
 /// itself, link-local networks (cloud metadata lives there) and "any".
-pub fn is_sensitive(ip: IpAddr) -> bool {
+pub(crate) fn is_sensitive(ip: IpAddr) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
             v4.is_loopback()

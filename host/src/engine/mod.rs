@@ -17,9 +17,9 @@ mod dispatch;
 mod dropins;
 mod executor;
 mod host;
-pub mod instance;
-pub mod persisted;
-pub mod types;
+mod instance;
+pub(crate) mod persisted;
+mod types;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -56,7 +56,7 @@ pub struct StateChanges {
 }
 
 /// A writer and reader over the persisted key/values `values`.
-pub fn channel(values: BTreeMap<String, String>) -> (StateWriter, StateReader) {
+pub(crate) fn channel(values: BTreeMap<String, String>) -> (StateWriter, StateReader) {
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner {
             values,
