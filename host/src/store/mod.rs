@@ -570,3 +570,6 @@ fn temp_with(dir: &Path, bytes: &[u8]) -> std::io::Result<tempfile::NamedTempFil
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz;
