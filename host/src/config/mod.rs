@@ -576,3 +576,6 @@ fn relay_config(file: FileRelay) -> Result<RelayConfig, ConfigError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz;

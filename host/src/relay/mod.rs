@@ -37,3 +37,6 @@ pub use registry::Relay;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod scan_fuzz;
