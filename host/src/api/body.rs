@@ -209,4 +209,68 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, "field `p` must be one of \"never\", \"always\"");
     }
+
+    /// A body shaped like the create request's, read the way its handler reads it.
+    fn read_create(map: Map<String, Value>) -> Result<(), String> {
+        let mut f = Fields::new(
+            map,
+            &["name", "provider", "config", "start", "restartPolicy"],
+        )?;
+        f.string("name")?;
+        f.string("provider")?;
+        f.object("config")?;
+        f.boolean("start")?;
+        f.choice::<crate::lifecycle::RestartPolicy>(
+            "restartPolicy",
+            &["never", "on-failure", "always"],
+        )?;
+        Ok(())
+    }
+
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<f64>().prop_map(Value::from),
+            "[ -~]{0,12}".prop_map(Value::String),
+            (1usize..20_000).prop_map(|n| Value::String("k".repeat(n))),
+        ];
+        leaf.prop_recursive(3, 12, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::vec(("[a-z]{1,6}", inner), 0..3)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        /// Property-based fuzzing of request bodies: any object, with the contract's
+        /// field names or any others (long ones too) and values of any type, is read or
+        /// refused with a short message; nothing the client sent is echoed unbounded.
+        #[test]
+        fn any_body_object_is_read_or_refused_briefly(
+            fields in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![
+                        proptest::sample::select(vec!["name", "provider", "config", "start", "restartPolicy"]).prop_map(str::to_owned),
+                        "[ -~]{0,16}",
+                        (1usize..50_000).prop_map(|n| "f".repeat(n)),
+                    ],
+                    any_json(),
+                ),
+                0..6,
+            )
+        ) {
+            use proptest::prelude::*;
+            let map: Map<String, Value> = fields.into_iter().collect();
+            if let Err(message) = read_create(map) {
+                prop_assert!(!message.is_empty());
+                prop_assert!(message.len() <= 1024, "{} bytes of error", message.len());
+            }
+        }
+    }
 }

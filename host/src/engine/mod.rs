@@ -322,3 +322,6 @@ fn spawn_ticker(engine: &wasmtime::Engine) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz;
