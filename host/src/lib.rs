@@ -19,6 +19,9 @@
 //! - `auth` holds the API token and mints runtime tokens; [`config`] the operator's
 //!   settings from flags and `tether.toml`, as plain types the other modules take (it
 //!   imports none of them).
+//! - [`audit`] is the append-only audit log (`.codebolt/audit.jsonl`); `throttle`
+//!   refuses an address after too many failed authentications. Both wait to be
+//!   wired into the API by the tenancy work (issue 12).
 //! - `sync` recovers poisoned locks, in one place.
 //! - `names` is the one rule for names that become paths (environments, providers);
 //!   `untrusted` cuts and escapes the strings a provider sends before the host
@@ -30,7 +33,8 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 // Public for the binary (`cli`), the relay client in tests (`relay::peer`) and the
-// benchmarks, which drive the engine, broker and store directly.
+// benchmarks, which drive the audit log, engine, broker and store directly.
+pub mod audit;
 pub mod broker;
 pub mod cli;
 pub mod config;
@@ -46,5 +50,6 @@ mod reference_runtime;
 mod scaffold;
 mod server;
 mod sync;
+mod throttle;
 mod untrusted;
 mod watch;

@@ -27,6 +27,25 @@ pub(super) struct FileConfig {
     pub(super) net: FileNet,
     #[serde(default)]
     pub(super) cache: FileCache,
+    #[serde(default)]
+    pub(super) audit: FileAudit,
+    #[serde(default)]
+    pub(super) auth: FileAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileAudit {
+    pub(super) max_file_mib: Option<u64>,
+    pub(super) keep_files: Option<usize>,
+    pub(super) sampled_per_second: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileAuth {
+    pub(super) max_failures_per_minute: Option<u32>,
+    pub(super) max_tracked_addresses: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

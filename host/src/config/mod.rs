@@ -9,6 +9,7 @@
 //! imports none of them, so what a setting *does* lives with the module that acts on
 //! it (matching in the broker, opening the cache in the engine).
 
+mod audit;
 mod cache;
 mod file;
 mod grant;
@@ -22,6 +23,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use audit::{AuditConfig, ThrottleConfig};
 pub use cache::CompileCacheConfig;
 use file::{FileCache, FileConfig, FileNet, FileRelay};
 use grant::check_set_env_entry;
@@ -99,6 +101,10 @@ pub struct ServeConfig {
     pub net: NetConfig,
     /// Where compiled providers are cached (`[cache]`; default `.codebolt/cache`).
     pub compile_cache: CompileCacheConfig,
+    /// Rotation and sampling of the audit log (`[audit]`).
+    pub audit: AuditConfig,
+    /// Failed-authentication throttling per address (`[auth]`).
+    pub throttle: ThrottleConfig,
     /// The `tether` binary whose spawn guard runs every brokered child (set by
     /// `tether serve` to itself); `None` kills only the child's process group.
     pub spawn_guard: Option<PathBuf>,
@@ -298,6 +304,8 @@ impl ServeConfig {
             relay: RelayConfig::default(),
             net: NetConfig::default(),
             compile_cache: CompileCacheConfig::in_dir(data_dir.join(".codebolt/cache")),
+            audit: AuditConfig::default(),
+            throttle: ThrottleConfig::default(),
             spawn_guard: None,
             data_dir,
         }
@@ -443,6 +451,8 @@ impl ServeConfig {
             );
         }
         self.apply_cache(file.cache)?;
+        self.audit = audit::audit_config(file.audit)?;
+        self.throttle = audit::throttle_config(file.auth)?;
         self.apply_net(file.net)
     }
 
@@ -512,6 +522,11 @@ impl ServeConfig {
     /// `.codebolt/` under the data directory.
     pub fn codebolt_dir(&self) -> PathBuf {
         self.data_dir.join(".codebolt")
+    }
+
+    /// The audit log, `.codebolt/audit.jsonl` (rotated beside it).
+    pub fn audit_path(&self) -> PathBuf {
+        self.codebolt_dir().join("audit.jsonl")
     }
 
     /// Directory of drop-in provider components.

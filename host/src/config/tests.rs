@@ -148,3 +148,32 @@ fn set_env_entries_are_names_or_prefixes_and_env_entries_names() {
         (defaults.grant_for("git-worktree").set_env.iter()).any(|v| v == "TETHER_RUNTIME_TOKEN")
     );
 }
+
+#[test]
+fn audit_and_auth_throttle_settings_have_defaults_and_bounds() {
+    let d = load("").unwrap();
+    assert_eq!(d.audit, AuditConfig::default());
+    assert_eq!(d.throttle.max_failures, 20);
+    assert_eq!(d.throttle.window, Duration::from_secs(60));
+    let c = load(
+        "[audit]\nmax_file_mib = 2\nkeep_files = 0\nsampled_per_second = 3\n\
+         [auth]\nmax_failures_per_minute = 5\nmax_tracked_addresses = 10\n",
+    )
+    .unwrap();
+    assert_eq!(c.audit.max_file_bytes, 2 << 20);
+    assert_eq!((c.audit.keep_files, c.audit.sampled_per_second), (0, 3));
+    assert_eq!((c.throttle.max_failures, c.throttle.max_addresses), (5, 10));
+    assert!(c.audit_path().ends_with(".codebolt/audit.jsonl"));
+    for bad in [
+        "[audit]\nmax_file_mib = 0\n",
+        "[audit]\nsampled_per_second = 0\n",
+        "[auth]\nmax_failures_per_minute = 0\n",
+        "[auth]\nmax_tracked_addresses = 0\n",
+    ] {
+        assert!(matches!(load(bad), Err(ConfigError::Invalid(_))), "{bad}");
+    }
+    assert!(matches!(
+        load("[auth]\ntoken = \"x\"\n"),
+        Err(ConfigError::Parse { .. })
+    ));
+}
