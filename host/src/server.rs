@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::audit::{AuditError, AuditLog};
 use crate::auth::{ApiToken, TokenError, TokenSource};
 use crate::config::ServeConfig;
 use crate::engine::{DirWatchError, Engine, EngineError};
@@ -41,6 +42,9 @@ pub(crate) enum ServeError {
     /// The records file cannot be watched.
     #[error(transparent)]
     Watch(#[from] WatchError),
+    /// The audit log cannot be opened.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     /// The providers directory cannot be watched for hot reload.
     #[error(transparent)]
     ProviderWatch(#[from] DirWatchError),
@@ -89,7 +93,8 @@ pub(crate) async fn run(
     engine.load_all(&config.providers_dir()).await;
     let runtime_base = format!("ws://{}", reachable(addr));
     let data_dir = config.data_dir.clone();
-    let manager = Manager::new(config, store, engine, runtime_base);
+    let audit = AuditLog::open(&config.audit_path(), &config.audit)?;
+    let manager = Manager::new(config, store, engine, runtime_base, audit.clone());
     manager.watch_records()?;
     manager.watch_providers()?;
     manager.recover();
@@ -128,6 +133,8 @@ pub(crate) async fn run(
         shutdown.await;
         tracing::info!("shutting down: stopping provider instances");
         lifecycle.shutdown().await;
+        // After every instance is down, so the host's own last changes are in it.
+        audit.close().await;
         stopping.cancel();
     });
     axum::serve(listener, app)

@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod api;
+mod audit;
 mod git_worktree;
 mod hostile;
 mod lifecycle;

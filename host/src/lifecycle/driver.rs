@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use super::envs::Env;
 use super::{EnvironmentView, Status, provider_status};
+use crate::audit::{Actor, AuditLog, Entry, Outcome};
 use crate::config::ServeConfig;
 use crate::engine::{Call, CallError, Engine, ProviderHandle};
 use crate::store::{Record, Store};
@@ -23,6 +24,8 @@ pub(super) struct DriverShared {
     pub(super) runtime_base: String,
     /// Every background operation, waited for at shutdown.
     pub(super) tasks: TaskTracker,
+    /// Where the changes the host makes on its own are recorded.
+    pub(super) audit: AuditLog,
 }
 
 /// Drives environments' provider instances; cheap to clone into tasks.
@@ -37,6 +40,7 @@ impl Driver {
         store: Arc<Store>,
         engine: Arc<Engine>,
         runtime_base: String,
+        audit: AuditLog,
     ) -> Self {
         Self {
             shared: Arc::new(DriverShared {
@@ -45,8 +49,32 @@ impl Driver {
                 engine,
                 runtime_base,
                 tasks: TaskTracker::new(),
+                audit,
             }),
         }
+    }
+
+    /// Records a change the host made to `env` on its own (a recovery after a host
+    /// start, a restart after a failure). Nobody waits on it, so it is written in the
+    /// background; a failure to write is logged.
+    pub(super) fn audit_system(
+        &self,
+        env: &str,
+        action: &'static str,
+        outcome: Outcome,
+        reason: &str,
+    ) {
+        let mut entry = Entry::new(Actor::System, action, outcome).target(env);
+        if !reason.is_empty() {
+            entry = entry.reason(reason);
+        }
+        let audit = self.shared.audit.clone();
+        let env = env.to_owned();
+        self.spawn(async move {
+            if let Err(e) = audit.record(entry).await {
+                tracing::warn!(%env, error = %e, "audit entry not written");
+            }
+        });
     }
 
     /// Runs `task` in the background, tracked so shutdown waits for it.

@@ -31,6 +31,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{AuditLog, Outcome, action};
 use crate::config::ServeConfig;
 use crate::engine::Engine;
 use crate::relay::Relay;
@@ -128,6 +129,7 @@ impl Manager {
         store: Store,
         engine: Engine,
         runtime_base: String,
+        audit: AuditLog,
     ) -> Self {
         let config = Arc::new(config);
         let store = Arc::new(store);
@@ -137,7 +139,13 @@ impl Manager {
         Self {
             shared: Arc::new(Shared {
                 envs,
-                driver: Driver::new(config.clone(), store.clone(), engine.clone(), runtime_base),
+                driver: Driver::new(
+                    config.clone(),
+                    store.clone(),
+                    engine.clone(),
+                    runtime_base,
+                    audit,
+                ),
                 providers: Providers::new(engine, config),
                 store,
                 closing: CancellationToken::new(),
@@ -155,6 +163,13 @@ impl Manager {
             if record.desired_state == DesiredState::Running
                 && let Some(env) = self.shared.envs.get(&record.id)
             {
+                let reason = "the host started and the environment should be running";
+                (self.driver()).audit_system(
+                    &env.id,
+                    action::ENVIRONMENT_RECOVER,
+                    Outcome::Ok,
+                    reason,
+                );
                 self.driver().spawn_converge(env);
             }
         }

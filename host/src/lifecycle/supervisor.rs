@@ -13,6 +13,7 @@ use tracing::Instrument;
 use super::Status;
 use super::driver::Driver;
 use super::envs::Env;
+use crate::audit::{Outcome, action};
 use crate::config::RestartConfig;
 use crate::engine::{Call, HealthState, ProviderHandle, Reply};
 use crate::store::{DesiredState, RestartPolicy};
@@ -131,8 +132,15 @@ impl Driver {
             };
             tracing::info!(env = %env.id, restarts = record.restarts, "restarting");
             match self.start_locked(&env, record).await {
-                Ok(()) => return,
-                Err(e) => reason = e,
+                Ok(()) => {
+                    self.audit_system(&env.id, action::ENVIRONMENT_RESTART, Outcome::Ok, &reason);
+                    return;
+                }
+                Err(e) => {
+                    let why = format!("{reason}; the restart failed: {e}");
+                    self.audit_system(&env.id, action::ENVIRONMENT_RESTART, Outcome::Failed, &why);
+                    reason = e;
+                }
             }
         }
     }
