@@ -16,7 +16,9 @@
 //! - [`relay`] carries a WebSocket frame from socket to socket: it joins a runtime
 //!   connection with its apps, routing by thread, and lets
 //!   either side resume without loss inside a bounded window (`docs/protocol.md`).
-//! - `auth` holds the API token and mints runtime tokens; [`config`] the operator's
+//! - `auth` holds the operator's API token and mints runtime tokens; `tenancy` the
+//!   users' tokens, their scopes and the `Principal` every request
+//!   runs as; [`config`] the operator's
 //!   settings from flags and `tether.toml`, as plain types the other modules take (it
 //!   imports none of them).
 //! - `sync` recovers poisoned locks, in one place.
@@ -46,5 +48,6 @@ mod reference_runtime;
 mod scaffold;
 mod server;
 mod sync;
+mod tenancy;
 mod untrusted;
 mod watch;
