@@ -14,4 +14,5 @@ mod relay;
 mod sandbox;
 mod spine;
 mod support;
+mod tenancy;
 mod worlds;
