@@ -211,14 +211,23 @@ impl Manager {
     fn reachable(&self, who: &Principal, id: &str) -> Result<Record, LifecycleError> {
         match self.shared.store.get(id) {
             Some(record) if who.reaches(&record.owner, &record.id) => Ok(record),
-            // A record held back before it was ever valid has no owner yet: only an
-            // admin hears that it is there.
-            None if who.is_admin() => {
-                self.refuse_held(id)?;
-                Err(LifecycleError::NotFound(id.to_owned()))
-            }
             _ => Err(LifecycleError::NotFound(id.to_owned())),
         }
+    }
+
+    /// [`Self::reachable`] for a change: a record held back as invalid is refused
+    /// (`Conflict`). One held back before it was ever valid has no owner yet, so
+    /// only an admin hears that it is there; to everyone else it is `NotFound`.
+    fn reachable_for_change(&self, who: &Principal, id: &str) -> Result<Record, LifecycleError> {
+        let record = match self.reachable(who, id) {
+            Err(LifecycleError::NotFound(_)) if who.is_admin() => {
+                self.refuse_held(id)?;
+                return Err(LifecycleError::NotFound(id.to_owned()));
+            }
+            other => other?,
+        };
+        self.refuse_held(id)?;
+        Ok(record)
     }
 
     /// Every environment `who` reaches (owned by `owner` only, if given), with its
@@ -320,8 +329,7 @@ impl Manager {
         config: Option<Map<String, Value>>,
         restart_policy: Option<RestartPolicy>,
     ) -> Result<EnvironmentView, LifecycleError> {
-        let mut merged = self.reachable(who, id)?.config;
-        self.refuse_held(id)?;
+        let mut merged = self.reachable_for_change(who, id)?.config;
         if let Some(patch) = config.clone() {
             merge_patch(&mut merged, patch);
             validate::check_config(&merged).map_err(LifecycleError::Invalid)?;
@@ -347,8 +355,7 @@ impl Manager {
         id: &str,
         desired: DesiredState,
     ) -> Result<EnvironmentView, LifecycleError> {
-        self.reachable(who, id)?;
-        self.refuse_held(id)?;
+        self.reachable_for_change(who, id)?;
         let env = self.known_env(id)?;
         self.shared
             .store
@@ -364,8 +371,7 @@ impl Manager {
         who: &Principal,
         id: &str,
     ) -> Result<EnvironmentView, LifecycleError> {
-        self.reachable(who, id)?;
-        self.refuse_held(id)?;
+        self.reachable_for_change(who, id)?;
         let env = self.known_env(id)?;
         self.shared
             .store
@@ -379,8 +385,7 @@ impl Manager {
     /// Works from any state: an operation in flight is abandoned.
     /// A record held back as invalid is refused (409): the host never acts on it.
     pub(crate) async fn delete(&self, who: &Principal, id: &str) -> Result<(), LifecycleError> {
-        self.reachable(who, id)?;
-        self.refuse_held(id)?;
+        self.reachable_for_change(who, id)?;
         let env = self.known_env(id)?;
         env.deleting.cancel();
         let _op = env.op.lock().await;
