@@ -1,6 +1,9 @@
 //! Command-line entry: parses flags once into validated settings and runs a command.
 //!
 //! This is the binary's edge, so errors are `anyhow` here and typed everywhere below.
+//! `token` holds the commands that talk to a running server.
+
+mod token;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -45,6 +48,11 @@ enum Command {
     Provider {
         #[command(subcommand)]
         command: ProviderCommand,
+    },
+    /// Make, list and revoke user tokens on a running server.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
     },
 }
 
@@ -109,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(std::env::current_exe().context("locating this binary for the spawn guard")?);
             rt.block_on(server::serve(settings, server::shutdown_signal()))?;
         }
+        Command::Token { command } => rt.block_on(token::run(command))?,
         Command::Runtime => {
             let config = RuntimeConfig::from_env()?;
             rt.block_on(reference_runtime::run(config, server::shutdown_signal()))?;

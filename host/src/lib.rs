@@ -16,12 +16,13 @@
 //! - [`relay`] carries a WebSocket frame from socket to socket: it joins a runtime
 //!   connection with its apps, routing by thread, and lets
 //!   either side resume without loss inside a bounded window (`docs/protocol.md`).
-//! - `auth` holds the API token and mints runtime tokens; [`config`] the operator's
+//! - `auth` holds the operator's API token and mints runtime tokens; `tenancy` the
+//!   users' tokens, their scopes and the `Principal` every request
+//!   runs as; [`config`] the operator's
 //!   settings from flags and `tether.toml`, as plain types the other modules take (it
 //!   imports none of them).
 //! - [`audit`] is the append-only audit log (`.codebolt/audit.jsonl`); `throttle`
-//!   refuses an address after too many failed authentications. Both wait to be
-//!   wired into the API by the tenancy work (issue 12).
+//!   refuses an address after too many failed authentications.
 //! - `sync` recovers poisoned locks, in one place.
 //! - `names` is the one rule for names that become paths (environments, providers);
 //!   `untrusted` cuts and escapes the strings a provider sends before the host
@@ -50,6 +51,7 @@ mod reference_runtime;
 mod scaffold;
 mod server;
 mod sync;
+mod tenancy;
 mod throttle;
 mod untrusted;
 mod watch;

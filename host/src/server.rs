@@ -17,6 +17,7 @@ use crate::lifecycle::Manager;
 use crate::store::lock::{DataDirLock, LockError};
 use crate::store::watch::WatchError;
 use crate::store::{Store, StoreError};
+use crate::tenancy::{TenancyError, Tokens, tokens_path};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,9 @@ pub(crate) enum ServeError {
     /// The API token could not be loaded or created.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The user token file could not be read.
+    #[error(transparent)]
+    Tenancy(#[from] TenancyError),
     /// The records file could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -80,6 +84,12 @@ pub(crate) async fn run(
     let token_file = config.codebolt_dir().join("api-token");
     let (token, source) =
         ApiToken::load_or_create(std::env::var("TETHER_API_TOKEN").ok(), &token_file)?;
+    let admin_file = (source != TokenSource::Environment).then(|| token_file.clone());
+    let tokens = Tokens::open(
+        tokens_path(&config.codebolt_dir()),
+        token.reveal(),
+        admin_file,
+    )?;
     let store = Store::open(config.codebolt_dir().join("environments.json"))?;
     let engine = Engine::with_compile_cache(
         config.limits.clone(),
@@ -124,7 +134,7 @@ pub(crate) async fn run(
 
     let app = api::router(AppState {
         manager: manager.clone(),
-        token,
+        tokens: std::sync::Arc::new(tokens),
     });
     let stopped = CancellationToken::new();
     let stopping = stopped.clone();

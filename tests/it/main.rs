@@ -15,4 +15,5 @@ mod relay;
 mod sandbox;
 mod spine;
 mod support;
+mod tenancy;
 mod worlds;

@@ -70,14 +70,23 @@ impl Server {
 
     /// Starts `tether serve` on `data_dir` and waits until it listens.
     pub fn start(data_dir: &Path) -> Server {
+        Server::start_as(data_dir, Some(TOKEN))
+    }
+
+    /// Starts `tether serve` on `data_dir` with `TETHER_API_TOKEN` set to `token`, or
+    /// unset (the admin token then lives in `.codebolt/api-token`).
+    pub fn start_as(data_dir: &Path, token: Option<&str>) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .arg("--config")
             .arg(data_dir.join("tether.toml"))
-            .env("TETHER_API_TOKEN", TOKEN)
             .env("RUST_LOG", "info");
+        match token {
+            Some(token) => command.env("TETHER_API_TOKEN", token),
+            None => command.env_remove("TETHER_API_TOKEN"),
+        };
         let (child, base) = spawn_announced(
             command,
             &data_dir.join("server.log"),

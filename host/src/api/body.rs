@@ -130,6 +130,50 @@ impl Fields {
         }
     }
 
+    /// A field that may be absent or `null`, else a string.
+    pub(crate) fn optional_string(&mut self, key: &str) -> Result<Option<String>, String> {
+        match self.0.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(format!(
+                "field `{key}` must be a string, not {}",
+                kind(&other)
+            )),
+        }
+    }
+
+    /// A field that may be absent or `null`, else a list of at most `max` strings.
+    pub(crate) fn strings(&mut self, key: &str, max: usize) -> Result<Option<Vec<String>>, String> {
+        let wrong = || format!("field `{key}` must be a list of at most {max} strings");
+        match self.0.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) if items.len() <= max => items
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    _ => Err(wrong()),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(wrong()),
+        }
+    }
+
+    /// A field that may be absent or `null`, else a non-negative integer.
+    pub(crate) fn unsigned(&mut self, key: &str) -> Result<Option<u64>, String> {
+        match self.0.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
+            Some(other) => Err(format!(
+                "field `{key}` must be a non-negative integer, not {}",
+                match other {
+                    Value::Number(_) => "a negative or fractional number",
+                    other => kind(&other),
+                }
+            )),
+        }
+    }
+
     /// A field that may be absent or `null`, else an object.
     pub(crate) fn object(&mut self, key: &str) -> Result<Option<Map<String, Value>>, String> {
         match self.0.remove(key) {

@@ -1,13 +1,18 @@
 //! `/api/v1/environments`: list, create, read, patch, delete, start, stop, restart.
+//! Each handler checks the caller's scope (403 naming it); which environments the
+//! caller reaches is the lifecycle's answer (someone else's is 404).
+
+use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
 
 use super::body::{Body, Fields, FromObject};
-use super::{ApiError, AppState, Authorized};
+use super::{ApiError, AppState};
 use crate::lifecycle::{CreateRequest, DesiredState, EnvironmentView, RestartPolicy};
+use crate::tenancy::{Principal, Scope};
 
 /// `POST /api/v1/environments`.
 #[derive(Debug)]
@@ -17,13 +22,20 @@ pub(crate) struct CreateBody {
     config: Option<Map<String, Value>>,
     start: bool,
     restart_policy: RestartPolicy,
+    owner: Option<String>,
 }
 
 const POLICIES: &[&str] = &["never", "on-failure", "always"];
 
 impl FromObject for CreateBody {
-    const FIELDS: &'static [&'static str] =
-        &["name", "provider", "config", "start", "restartPolicy"];
+    const FIELDS: &'static [&'static str] = &[
+        "name",
+        "provider",
+        "config",
+        "start",
+        "restartPolicy",
+        "owner",
+    ];
 
     fn from_object(f: &mut Fields) -> Result<Self, String> {
         Ok(Self {
@@ -32,6 +44,7 @@ impl FromObject for CreateBody {
             config: f.object("config")?,
             start: f.boolean("start")?.unwrap_or(false),
             restart_policy: f.choice("restartPolicy", POLICIES)?.unwrap_or_default(),
+            owner: f.optional_string("owner")?,
         })
     }
 }
@@ -56,20 +69,47 @@ impl FromObject for PatchBody {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-pub(crate) async fn list(_: Authorized, State(s): State<AppState>) -> Json<Vec<EnvironmentView>> {
-    Json(s.manager.list())
+/// `GET /api/v1/environments[?owner=USER]`: the caller's environments (every one,
+/// for `admin`), of `owner` only if given.
+pub(crate) async fn list(
+    who: Principal,
+    State(s): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Vec<EnvironmentView>>> {
+    who.require(Scope::EnvsRead)?;
+    let owner = query.get("owner");
+    if let Some(owner) = owner {
+        crate::tenancy::check_user(owner)
+            .map_err(|e| ApiError::bad_request(format!("owner: {e}")))?;
+    }
+    Ok(Json(s.manager.list(&who, owner.map(String::as_str))))
 }
 
 pub(crate) async fn create(
-    _: Authorized,
+    who: Principal,
     State(s): State<AppState>,
     Body(body): Body<CreateBody>,
 ) -> ApiResult<(StatusCode, Json<EnvironmentView>)> {
+    who.require(Scope::EnvsWrite)?;
+    if !who.may_create() {
+        return Err(ApiError::forbidden(
+            "this token is limited to named environments and cannot create new ones",
+        ));
+    }
+    let owner = match body.owner {
+        Some(owner) if owner != who.user() => {
+            // Only an admin makes environments for someone else.
+            who.require(Scope::Admin)?;
+            owner
+        }
+        _ => who.user().to_owned(),
+    };
     let view = s
         .manager
         .create(CreateRequest {
             name: body.name,
             provider: body.provider,
+            owner,
             config: body.config.unwrap_or_default(),
             start: body.start,
             restart_policy: body.restart_policy,
@@ -79,58 +119,70 @@ pub(crate) async fn create(
 }
 
 pub(crate) async fn get(
-    _: Authorized,
+    who: Principal,
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<EnvironmentView>> {
-    Ok(Json(s.manager.get(&id)?))
+    who.require(Scope::EnvsRead)?;
+    Ok(Json(s.manager.get(&who, &id)?))
 }
 
 pub(crate) async fn patch(
-    _: Authorized,
+    who: Principal,
     State(s): State<AppState>,
     Path(id): Path<String>,
     Body(body): Body<PatchBody>,
 ) -> ApiResult<Json<EnvironmentView>> {
+    who.require(Scope::EnvsWrite)?;
     let view = s
         .manager
-        .patch(&id, body.config, body.restart_policy)
+        .patch(&who, &id, body.config, body.restart_policy)
         .await?;
     Ok(Json(view))
 }
 
 pub(crate) async fn delete(
-    _: Authorized,
+    who: Principal,
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    s.manager.delete(&id).await?;
+    who.require(Scope::EnvsDelete)?;
+    s.manager.delete(&who, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub(crate) async fn start(
-    _: Authorized,
+    who: Principal,
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<EnvironmentView>)> {
-    let view = s.manager.set_desired(&id, DesiredState::Running).await?;
+    who.require(Scope::EnvsWrite)?;
+    let view = s
+        .manager
+        .set_desired(&who, &id, DesiredState::Running)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
 pub(crate) async fn stop(
-    _: Authorized,
+    who: Principal,
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<EnvironmentView>)> {
-    let view = s.manager.set_desired(&id, DesiredState::Stopped).await?;
+    who.require(Scope::EnvsWrite)?;
+    let view = s
+        .manager
+        .set_desired(&who, &id, DesiredState::Stopped)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
 pub(crate) async fn restart(
-    _: Authorized,
+    who: Principal,
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<EnvironmentView>)> {
-    let view = s.manager.restart(&id).await?;
+    who.require(Scope::EnvsWrite)?;
+    let view = s.manager.restart(&who, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(view)))
 }

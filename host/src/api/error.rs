@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::lifecycle::LifecycleError;
+use crate::tenancy::{MissingScope, TenancyError};
 
 /// An API error.
 #[derive(Debug)]
@@ -40,6 +41,11 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
 
+    /// 403 `forbidden`: the token may not do this, whatever its scopes.
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     /// The same error with another status.
     pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
@@ -68,6 +74,26 @@ impl From<LifecycleError> for ApiError {
                 message,
             ),
             LifecycleError::Store(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", message)
+            }
+        }
+    }
+}
+
+impl From<MissingScope> for ApiError {
+    fn from(e: MissingScope) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "missing_scope", e.to_string())
+    }
+}
+
+impl From<TenancyError> for ApiError {
+    fn from(e: TenancyError) -> Self {
+        let message = e.to_string();
+        match e {
+            TenancyError::Invalid(_) => Self::bad_request(message),
+            TenancyError::NotFound(_) => Self::not_found(message),
+            TenancyError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            TenancyError::Io { .. } | TenancyError::File { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", message)
             }
         }

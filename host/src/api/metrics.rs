@@ -22,7 +22,7 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
     let by_status = Family::<StatusLabel, Gauge>::default();
     let connected = Gauge::<i64>::default();
     let providers = Gauge::<i64>::default();
-    for env in s.manager.list() {
+    for env in s.manager.list_all() {
         let status = serde_json::to_value(env.status)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))

@@ -3,21 +3,23 @@
 //! the lifecycle manager's.
 
 mod body;
+mod caller;
 mod environments;
 mod error;
 mod metrics;
 mod providers;
+mod tokens;
 mod ws;
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
-use crate::auth::ApiToken;
 use crate::lifecycle::Manager;
+use crate::tenancy::Tokens;
+pub(crate) use caller::{AppCaller, bearer};
 pub(crate) use error::ApiError;
 
 /// What every handler shares.
@@ -25,8 +27,8 @@ pub(crate) use error::ApiError;
 pub(crate) struct AppState {
     /// The lifecycle manager.
     pub manager: Manager,
-    /// The API token.
-    pub token: ApiToken,
+    /// Every token the host accepts, the operator's included.
+    pub tokens: Arc<Tokens>,
 }
 
 /// The whole router; `main` only binds and serves it.
@@ -48,6 +50,10 @@ pub(crate) fn router(state: AppState) -> Router {
             "/api/v1/environments/{id}/restart",
             post(environments::restart),
         )
+        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/api/v1/whoami", get(tokens::whoami))
+        .route("/api/v1/tokens/admin/rotate", post(tokens::rotate_admin))
+        .route("/api/v1/tokens/{id}", delete(tokens::revoke))
         .route("/api/v1/providers", get(providers::list))
         .route("/api/v1/providers/{name}", get(providers::get))
         .route("/ws/app/{id}", get(ws::app))
@@ -65,32 +71,4 @@ async fn healthz(
     axum::extract::State(s): axum::extract::State<AppState>,
 ) -> axum::Json<crate::lifecycle::HostHealth> {
     axum::Json(s.manager.health())
-}
-
-/// The bearer token of a request, if it carries one.
-pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-}
-
-/// Extractor that admits only requests carrying the API token.
-#[derive(Debug)]
-pub(crate) struct Authorized;
-
-impl FromRequestParts<AppState> for Authorized {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match bearer(parts) {
-            Some(token) if state.token.verify(token) => Ok(Authorized),
-            Some(_) => Err(ApiError::unauthorized("invalid API token")),
-            None => Err(ApiError::unauthorized(
-                "missing API token: send `Authorization: Bearer <token>`",
-            )),
-        }
-    }
 }

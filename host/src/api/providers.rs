@@ -1,21 +1,27 @@
 //! `/api/v1/providers`: the loaded providers as the lifecycle shows them
 //! ([`ProviderView`]: description, source, world, grant, denials, config keys,
-//! load error).
+//! load error). Grants are the operator's business: these need the `admin` scope.
 
 use axum::Json;
 use axum::extract::{Path, State};
 
-use super::{ApiError, AppState, Authorized};
+use super::{ApiError, AppState};
 use crate::lifecycle::ProviderView;
+use crate::tenancy::{Principal, Scope};
 
-pub(crate) async fn list(_: Authorized, State(s): State<AppState>) -> Json<Vec<ProviderView>> {
-    Json(s.manager.providers())
+pub(crate) async fn list(
+    who: Principal,
+    State(s): State<AppState>,
+) -> Result<Json<Vec<ProviderView>>, ApiError> {
+    who.require(Scope::Admin)?;
+    Ok(Json(s.manager.providers()))
 }
 
 pub(crate) async fn get(
-    _: Authorized,
+    who: Principal,
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ProviderView>, ApiError> {
+    who.require(Scope::Admin)?;
     Ok(Json(s.manager.provider(&name)?))
 }

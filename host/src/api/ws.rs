@@ -1,28 +1,28 @@
-//! WebSocket routes: `/ws/runtime/{id}` (runtime token) and `/ws/app/{id}` (API token,
-//! as a bearer header or, for browsers, a `tether.bearer.<token>` subprotocol).
+//! WebSocket routes: `/ws/runtime/{id}` (runtime token) and `/ws/app/{id}` (an API
+//! token with the `relay` scope, as a bearer header or, for browsers, a
+//! `tether.bearer.<token>` subprotocol).
 //!
 //! Credentials are checked before the upgrade, so a refused peer gets a plain HTTP
-//! status (401, 404, 410) it can act on; a full environment is upgraded and closed at
-//! once with close code 4013. An admitted peer's socket is the relay's from the
-//! upgrade on.
+//! status (401, 403, 404, 410) it can act on; someone else's environment is 404 like a
+//! missing one; a full environment is upgraded and closed at once with close code
+//! 4013. An admitted peer's socket is the relay's from the upgrade on; an app's is
+//! closed with 4003 when its token is revoked or expires.
 
 use std::collections::HashMap;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
-use axum::http::header::SEC_WEBSOCKET_PROTOCOL;
 use axum::http::request::Parts;
 use axum::response::Response;
 
-use super::{ApiError, AppState, Authorized, bearer};
+use super::{ApiError, AppCaller, AppState, bearer};
 use crate::lifecycle::LifecycleError;
 use crate::relay::{self, CLOSE_TOO_MANY, Resume};
+use crate::tenancy::Scope;
 
 /// The subprotocol the host answers with; browsers must offer it with their token.
 const SUBPROTOCOL: &str = "tether.v1";
-/// Prefix of the subprotocol entry carrying the API token.
-const TOKEN_PROTOCOL: &str = "tether.bearer.";
 
 /// The bearer token of a runtime's upgrade request.
 #[derive(Debug)]
@@ -35,32 +35,6 @@ impl FromRequestParts<AppState> for RuntimeToken {
         bearer(parts)
             .map(|t| RuntimeToken(t.to_owned()))
             .ok_or_else(|| ApiError::unauthorized("missing runtime token"))
-    }
-}
-
-/// The API token of an app's upgrade request: a bearer header, or a
-/// `tether.bearer.<token>` entry in `Sec-WebSocket-Protocol` (browsers cannot set headers).
-#[derive(Debug)]
-pub(crate) struct AppToken;
-
-impl FromRequestParts<AppState> for AppToken {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let offered = parts
-            .headers
-            .get_all(SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .find_map(|p| p.trim().strip_prefix(TOKEN_PROTOCOL).map(str::to_owned));
-        match offered {
-            Some(token) if state.token.verify(&token) => Ok(AppToken),
-            Some(_) => Err(ApiError::unauthorized("invalid API token")),
-            None => Authorized::from_request_parts(parts, state)
-                .await
-                .map(|_| AppToken),
-        }
     }
 }
 
@@ -92,15 +66,16 @@ pub(crate) async fn runtime(
 }
 
 pub(crate) async fn app(
-    _: AppToken,
+    AppCaller(who): AppCaller,
     State(s): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    who.require(Scope::Relay)?;
     let thread = query.get("thread").filter(|t| !t.is_empty()).cloned();
     let resume = resume_of(&query)?;
-    let connection = match s.manager.attach_app(&id, thread, resume) {
+    let connection = match s.manager.attach_app(&who, &id, thread, resume) {
         Ok(connection) => connection,
         Err(LifecycleError::TooManyConnections(why)) => {
             return Ok(relay::refuse(upgrade, CLOSE_TOO_MANY, why));

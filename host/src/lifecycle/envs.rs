@@ -34,6 +34,9 @@ pub(super) struct Env {
     pub(super) op: tokio::sync::Mutex<()>,
     /// Fired once when the environment is being deleted: operations in flight give up.
     pub(super) deleting: CancellationToken,
+    /// Fired (and replaced) when the environment moves to another owner, closing
+    /// the apps admitted before.
+    owner_moved: Mutex<CancellationToken>,
     live: Mutex<Live>,
     pub(super) hub: Arc<Hub>,
 }
@@ -44,6 +47,7 @@ impl Env {
             id: id.to_owned(),
             op: tokio::sync::Mutex::new(()),
             deleting: CancellationToken::new(),
+            owner_moved: Mutex::new(CancellationToken::new()),
             live: Mutex::new(Live::default()),
             hub,
         }
@@ -51,6 +55,17 @@ impl Env {
 
     pub(super) fn live(&self) -> MutexGuard<'_, Live> {
         self.live.locked()
+    }
+
+    /// Fires when the environment next moves to another owner.
+    pub(super) fn owner_moves(&self) -> CancellationToken {
+        self.owner_moved.locked().clone()
+    }
+
+    /// The environment moved to another owner: apps admitted before are told.
+    pub(super) fn moved_owner(&self) {
+        let before = std::mem::replace(&mut *self.owner_moved.locked(), CancellationToken::new());
+        before.cancel();
     }
 }
 

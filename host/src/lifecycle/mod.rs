@@ -36,6 +36,7 @@ use crate::config::ServeConfig;
 use crate::engine::Engine;
 use crate::relay::Relay;
 use crate::store::{Record, Store, StoreError, validate};
+use crate::tenancy::Principal;
 use crate::untrusted;
 use driver::Driver;
 use envs::{Env, Environments};
@@ -88,6 +89,8 @@ pub(crate) struct CreateRequest {
     pub name: String,
     /// Provider name.
     pub provider: String,
+    /// The user it belongs to.
+    pub owner: String,
     /// Config handed to the provider.
     pub config: Map<String, Value>,
     /// Start it right away.
@@ -217,12 +220,49 @@ impl Manager {
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
     }
 
-    /// Every environment with its live status.
-    pub(crate) fn list(&self) -> Vec<EnvironmentView> {
+    /// The record of environment `id` if `who` reaches it; someone else's answers
+    /// `NotFound` exactly like one that does not exist, before anything else is
+    /// looked at (a held-back record included).
+    fn reachable(&self, who: &Principal, id: &str) -> Result<Record, LifecycleError> {
+        match self.shared.store.get(id) {
+            Some(record) if who.reaches(&record.owner, &record.id) => Ok(record),
+            _ => Err(LifecycleError::NotFound(id.to_owned())),
+        }
+    }
+
+    /// [`Self::reachable`] for a change: a record held back as invalid is refused
+    /// (`Conflict`). One held back before it was ever valid has no owner yet, so
+    /// only an admin hears that it is there; to everyone else it is `NotFound`.
+    fn reachable_for_change(&self, who: &Principal, id: &str) -> Result<Record, LifecycleError> {
+        let record = match self.reachable(who, id) {
+            Err(LifecycleError::NotFound(_)) if who.is_admin() => {
+                self.refuse_held(id)?;
+                return Err(LifecycleError::NotFound(id.to_owned()));
+            }
+            other => other?,
+        };
+        self.refuse_held(id)?;
+        Ok(record)
+    }
+
+    /// Every environment `who` reaches (owned by `owner` only, if given), with its
+    /// live status.
+    pub(crate) fn list(&self, who: &Principal, owner: Option<&str>) -> Vec<EnvironmentView> {
+        self.views(|r| who.reaches(&r.owner, &r.id) && owner.is_none_or(|o| r.owner == o))
+    }
+
+    /// Every environment, whoever owns it: for the host's own aggregate figures
+    /// (`/metrics`), never for a caller's answer.
+    pub(crate) fn list_all(&self) -> Vec<EnvironmentView> {
+        self.views(|_| true)
+    }
+
+    fn views(&self, keep: impl Fn(&Record) -> bool) -> Vec<EnvironmentView> {
         self.shared
             .store
             .list()
             .into_iter()
+            .filter(|r| keep(r))
             .filter_map(|r| {
                 let env = self.shared.envs.get(&r.id)?;
                 Some(self.driver().view_of(&env, r))
@@ -230,11 +270,33 @@ impl Manager {
             .collect()
     }
 
-    /// One environment.
-    pub(crate) fn get(&self, id: &str) -> Result<EnvironmentView, LifecycleError> {
+    /// One environment, if `who` reaches it.
+    pub(crate) fn get(&self, who: &Principal, id: &str) -> Result<EnvironmentView, LifecycleError> {
+        let record = self.reachable(who, id)?;
+        let env = self.known_env(id)?;
+        Ok(self.driver().view_of(&env, record))
+    }
+
+    /// One environment, whoever owns it (for answers to a caller already admitted).
+    fn view(&self, id: &str) -> Result<EnvironmentView, LifecycleError> {
         let record = self.known_record(id)?;
         let env = self.known_env(id)?;
         Ok(self.driver().view_of(&env, record))
+    }
+
+    /// `Invalid` unless every environment in `ids` exists and belongs to `user`
+    /// (for a token limited to them).
+    pub(crate) fn check_owned(&self, user: &str, ids: &[String]) -> Result<(), LifecycleError> {
+        for id in ids {
+            if self.shared.store.get(id).is_none_or(|r| r.owner != user) {
+                return Err(LifecycleError::Invalid(format!(
+                    "environments: {} is not an environment of user {}",
+                    untrusted::named(id),
+                    untrusted::named(user)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Creates an environment (and starts it if asked).
@@ -243,6 +305,8 @@ impl Manager {
         req: CreateRequest,
     ) -> Result<EnvironmentView, LifecycleError> {
         validate_name(&req.name)?;
+        crate::tenancy::check_user(&req.owner)
+            .map_err(|e| LifecycleError::Invalid(format!("owner: {e}")))?;
         validate::check_config(&req.config).map_err(LifecycleError::Invalid)?;
         if !self.shared.providers.is_loaded(&req.provider) {
             return Err(LifecycleError::Invalid(format!(
@@ -257,6 +321,7 @@ impl Manager {
             req.config,
         );
         record.restart_policy = req.restart_policy;
+        record.owner = req.owner;
         if req.start {
             record.desired_state = DesiredState::Running;
         }
@@ -267,19 +332,19 @@ impl Manager {
         if req.start {
             self.driver().spawn_converge(env);
         }
-        self.get(&id)
+        self.view(&id)
     }
 
     /// Applies a JSON merge patch to an environment's config (used from its next
     /// start) and sets its restart policy if given.
     pub(crate) async fn patch(
         &self,
+        who: &Principal,
         id: &str,
         config: Option<Map<String, Value>>,
         restart_policy: Option<RestartPolicy>,
     ) -> Result<EnvironmentView, LifecycleError> {
-        self.refuse_held(id)?;
-        let mut merged = self.known_record(id)?.config;
+        let mut merged = self.reachable_for_change(who, id)?.config;
         if let Some(patch) = config.clone() {
             merge_patch(&mut merged, patch);
             validate::check_config(&merged).map_err(LifecycleError::Invalid)?;
@@ -295,42 +360,47 @@ impl Manager {
                 }
             })
             .await?;
-        self.get(id)
+        self.view(id)
     }
 
     /// Sets the desired state and lets the environment converge on it.
     pub(crate) async fn set_desired(
         &self,
+        who: &Principal,
         id: &str,
         desired: DesiredState,
     ) -> Result<EnvironmentView, LifecycleError> {
-        self.refuse_held(id)?;
+        self.reachable_for_change(who, id)?;
         let env = self.known_env(id)?;
         self.shared
             .store
             .update(id, |r| r.desired_state = desired)
             .await?;
         self.driver().spawn_converge(env);
-        self.get(id)
+        self.view(id)
     }
 
     /// Stops (if running) and starts again, with a fresh runtime token.
-    pub(crate) async fn restart(&self, id: &str) -> Result<EnvironmentView, LifecycleError> {
-        self.refuse_held(id)?;
+    pub(crate) async fn restart(
+        &self,
+        who: &Principal,
+        id: &str,
+    ) -> Result<EnvironmentView, LifecycleError> {
+        self.reachable_for_change(who, id)?;
         let env = self.known_env(id)?;
         self.shared
             .store
             .update(id, |r| r.desired_state = DesiredState::Running)
             .await?;
         self.driver().spawn_restart(env);
-        self.get(id)
+        self.view(id)
     }
 
     /// Stops an environment, lets its provider remove the resource, and forgets it.
     /// Works from any state: an operation in flight is abandoned.
     /// A record held back as invalid is refused (409): the host never acts on it.
-    pub(crate) async fn delete(&self, id: &str) -> Result<(), LifecycleError> {
-        self.refuse_held(id)?;
+    pub(crate) async fn delete(&self, who: &Principal, id: &str) -> Result<(), LifecycleError> {
+        self.reachable_for_change(who, id)?;
         let env = self.known_env(id)?;
         env.deleting.cancel();
         let _op = env.op.lock().await;

@@ -13,8 +13,12 @@ use super::messages::{self, PROVIDER_TYPES};
 use super::{LifecycleError, Manager};
 use crate::auth;
 use crate::engine::{CallError, FailureKind};
-use crate::relay::{Connection, ProviderDesk, ProviderRequest, ProviderRoute, RelayError, Resume};
+use crate::relay::{
+    CLOSE_REVOKED, CloseReason, Connection, ProviderDesk, ProviderRequest, ProviderRoute,
+    RelayError, Resume,
+};
 use crate::store::DesiredState;
+use crate::tenancy::Principal;
 
 /// Why a WebSocket peer was not admitted.
 fn refused(e: RelayError) -> LifecycleError {
@@ -52,22 +56,23 @@ impl Manager {
         Ok(connection)
     }
 
-    /// Admits an app to environment `id` on `thread`, resuming its session if `resume`
-    /// names one.
+    /// Admits `who`'s app to environment `id` on `thread`, resuming its session if
+    /// `resume` names one. Someone else's environment is `NotFound`. The connection
+    /// is closed (4003) when `who`'s token stops working or the environment moves
+    /// to another owner.
     pub(crate) fn attach_app(
         &self,
+        who: &Principal,
         id: &str,
         thread: Option<String>,
         resume: Option<Resume>,
     ) -> Result<Connection, LifecycleError> {
+        let record = self.reachable(who, id)?;
         let env = self.known_env(id)?;
-        let record = self.shared.store.get(id);
         // The provider's own types are looked up once here, so the per-message path
         // never scans the store.
         let mut types: Vec<String> = PROVIDER_TYPES.iter().map(|t| (*t).to_owned()).collect();
-        if let Some(record) = &record {
-            types.extend(self.shared.providers.message_types(&record.provider));
-        }
+        types.extend(self.shared.providers.message_types(&record.provider));
         let route = ProviderRoute {
             types,
             desk: Arc::new(Desk {
@@ -76,8 +81,21 @@ impl Manager {
             }),
         };
         // The app learns where things stand right away.
-        let greeting = record.map(|record| self.shared.driver.view_of(&env, record).status_event());
-        Connection::app(&env.hub, thread, resume, greeting, route).map_err(refused)
+        let greeting = Some(self.shared.driver.view_of(&env, record).status_event());
+        let (who, moves) = (who.clone(), env.owner_moves());
+        let connection = Connection::app(&env.hub, thread, resume, greeting, route)
+            .map_err(refused)?
+            .ends_when(async move {
+                let reason = tokio::select! {
+                    why = who.ended() => why,
+                    _ = moves.cancelled() => "the environment moved to another owner",
+                };
+                CloseReason {
+                    code: CLOSE_REVOKED,
+                    reason: reason.to_owned(),
+                }
+            });
+        Ok(connection)
     }
 }
 

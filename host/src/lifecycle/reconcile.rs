@@ -1,6 +1,7 @@
 //! Outside edits of `environments.json`: the store says what changed, and this
 //! applies it — an added record appears (and starts if it should), a changed desired
-//! state or config takes effect, a removed record is stopped and forgotten.
+//! state or config takes effect, a changed owner closes the apps admitted under the
+//! old one, a removed record is stopped and forgotten.
 
 use tracing::Instrument;
 
@@ -57,6 +58,10 @@ impl Manager {
             ) else {
                 continue;
             };
+            if after.owner != before.owner {
+                tracing::info!(env = %env.id, owner = %after.owner, "owner changed outside the host; closing its apps");
+                env.moved_owner();
+            }
             if after.desired_state != before.desired_state {
                 tracing::info!(env = %env.id, desired = ?after.desired_state, "desired state changed outside the host");
                 self.shared.driver.spawn_converge(env);

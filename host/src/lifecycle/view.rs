@@ -47,6 +47,8 @@ pub(crate) struct EnvironmentView {
     pub name: String,
     /// Provider name.
     pub provider: String,
+    /// The user it belongs to.
+    pub owner: String,
     /// Environment config.
     pub config: Map<String, Value>,
     /// What it should be.
@@ -94,6 +96,7 @@ impl EnvironmentView {
             id: record.id,
             name: record.name,
             provider: record.provider,
+            owner: record.owner,
             config: record.config,
             desired_state: record.desired_state,
             status,

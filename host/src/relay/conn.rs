@@ -4,6 +4,8 @@
 //! first ends the other. Size limits and the idle timeout come from the hub's
 //! [`RelayConfig`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -30,6 +32,16 @@ pub struct Connection {
     outbox: Outbox,
     inbound: Inbound,
     config: Arc<RelayConfig>,
+    ends: Option<Ends>,
+}
+
+/// A signal from above that ends a connection with the reason it resolves to.
+struct Ends(Pin<Box<dyn Future<Output = CloseReason> + Send>>);
+
+impl std::fmt::Debug for Ends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ends(..)")
+    }
 }
 
 impl Connection {
@@ -50,6 +62,7 @@ impl Connection {
             outbox,
             inbound,
             config: hub.config().clone(),
+            ends: None,
         })
     }
 
@@ -75,7 +88,15 @@ impl Connection {
             outbox,
             inbound,
             config: hub.config().clone(),
+            ends: None,
         })
+    }
+
+    /// Ends the connection, with a close frame carrying the reason, when `signal`
+    /// resolves (the credential that admitted the peer was revoked, say).
+    pub fn ends_when(mut self, signal: impl Future<Output = CloseReason> + Send + 'static) -> Self {
+        self.ends = Some(Ends(Box::pin(signal)));
+        self
     }
 
     /// Completes `upgrade` with the relay's limits and serves the connection on it.
@@ -93,12 +114,20 @@ impl Connection {
             outbox,
             inbound,
             config,
+            ends,
         } = self;
         let (mut sink, stream) = socket.split();
         let clock = Clock::new();
+        let ended = async {
+            match ends {
+                Some(Ends(signal)) => signal.await,
+                None => std::future::pending().await,
+            }
+        };
         let end = tokio::select! {
             end = write(&mut sink, &outbox, &config, &clock) => end,
             end = read(stream, &inbound, &outbox, &config, &clock) => end,
+            reason = ended => End::Close(Some(reason)),
         };
         if let End::Close(reason) = end {
             let frame = reason.map(|r| CloseFrame {

@@ -29,6 +29,9 @@ pub const CLOSE_REPLACED: u16 = 4009;
 pub const CLOSE_GONE: u16 = 4010;
 /// Close code: the peer answered no ping within the idle timeout.
 pub const CLOSE_UNRESPONSIVE: u16 = 4011;
+/// Close code: the token that admitted this app was revoked or expired (or the
+/// operator's token rotated), or the environment moved to another owner.
+pub const CLOSE_REVOKED: u16 = 4003;
 /// Close code: the environment already has its maximum number of connections.
 pub const CLOSE_TOO_MANY: u16 = 4013;
 

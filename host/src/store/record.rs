@@ -42,6 +42,10 @@ pub struct Record {
     pub name: String,
     /// Provider name.
     pub provider: String,
+    /// The user it belongs to; records written before there were owners belong to
+    /// `admin`. May be changed by hand to move an environment between users.
+    #[serde(default = "default_owner")]
+    pub owner: String,
     /// Environment config handed to the provider.
     #[serde(default)]
     pub config: Map<String, Value>,
@@ -94,6 +98,7 @@ impl Record {
             id,
             name,
             provider,
+            owner: default_owner(),
             config,
             desired_state: DesiredState::Stopped,
             resource_id: None,
@@ -110,4 +115,9 @@ impl Record {
             extra: Map::new(),
         }
     }
+}
+
+/// The owner of a record that names none: the operator.
+fn default_owner() -> String {
+    "admin".to_owned()
 }

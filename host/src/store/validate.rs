@@ -39,6 +39,7 @@ pub(crate) fn check(record: &Record) -> Result<(), String> {
     })?;
     names::validate("environment", &record.name).map_err(|e| e.to_string())?;
     names::validate("provider", &record.provider).map_err(|e| e.to_string())?;
+    names::validate("user", &record.owner).map_err(|e| format!("owner: {e}"))?;
     check_config(&record.config)?;
     bounded(
         "resourceId",
@@ -187,6 +188,11 @@ mod tests {
             ),
             (Box::new(|r| r.id = "a/b".into()), "invalid id"),
             (Box::new(|r| r.provider = "/".into()), "provider name"),
+            (
+                Box::new(|r| r.owner = "bob/../admin".into()),
+                "owner: invalid user name",
+            ),
+            (Box::new(|r| r.owner = String::new()), "owner"),
             (
                 Box::new(|r| r.last_error = Some("e".repeat(MAX_LAST_ERROR_BYTES + 1))),
                 "lastError",

@@ -1,0 +1,183 @@
+//! `.codebolt/tokens.json` on disk: read and checked whole at start (a broken file is
+//! a start-up error naming the entry at fault, never a silent reset), written
+//! atomically (a private temp file beside it, fsync, rename, fsync of the directory)
+//! with mode 0600. Also the atomic write of the admin token file on rotation.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::TenancyError;
+use super::record::TokenRecord;
+
+/// Version of the layout this host writes.
+const FORMAT_VERSION: u64 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    version: u64,
+    #[serde(default)]
+    tokens: Vec<TokenRecord>,
+}
+
+/// Reads `path`; a missing file holds no tokens.
+pub(super) fn read(path: &Path) -> Result<Vec<TokenRecord>, TenancyError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(TenancyError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    parse(&bytes).map_err(|reason| TenancyError::File {
+        path: path.to_owned(),
+        reason,
+    })
+}
+
+/// Parses and checks the file's text.
+fn parse(bytes: &[u8]) -> Result<Vec<TokenRecord>, String> {
+    let file: TokenFile =
+        serde_json::from_slice(bytes).map_err(|e| crate::untrusted::shown(&e.to_string(), 300))?;
+    if file.version != FORMAT_VERSION {
+        return Err(format!(
+            "version {} is not one this host reads ({FORMAT_VERSION})",
+            file.version
+        ));
+    }
+    let mut ids = HashSet::new();
+    let mut hashes = HashSet::new();
+    for (i, token) in file.tokens.iter().enumerate() {
+        token.check().map_err(|why| format!("tokens[{i}]: {why}"))?;
+        if !ids.insert(token.id.as_str()) {
+            return Err(format!("tokens[{i}]: another token has id {:?}", token.id));
+        }
+        if !hashes.insert(token.sha256.as_str()) {
+            return Err(format!("tokens[{i}]: another token has the same sha256"));
+        }
+    }
+    Ok(file.tokens)
+}
+
+/// Writes `tokens` to `path` atomically, mode 0600.
+pub(super) fn write(path: &Path, tokens: Vec<TokenRecord>) -> Result<(), TenancyError> {
+    let file = TokenFile {
+        version: FORMAT_VERSION,
+        tokens,
+    };
+    let mut bytes = serde_json::to_vec_pretty(&file).map_err(|e| TenancyError::Io {
+        path: path.to_owned(),
+        source: e.into(),
+    })?;
+    bytes.push(b'\n');
+    write_private(path, &bytes)
+}
+
+/// Replaces `path` with `bytes` atomically; the file is readable by its owner only.
+pub(super) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TenancyError> {
+    let io = |source| TenancyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("tokens");
+    // tempfile makes the file 0600 on Unix; rename keeps the mode.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .tempfile_in(dir)
+        .map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
+}
+
+/// The path of the token file in a `.codebolt` directory.
+pub(crate) fn tokens_path(codebolt: &Path) -> PathBuf {
+    codebolt.join("tokens.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenancy::scopes::Scopes;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn token(id: &str, sha: char) -> TokenRecord {
+        TokenRecord {
+            id: id.into(),
+            user: "alice".into(),
+            scopes: Scopes::USER_DEFAULT,
+            environments: None,
+            note: None,
+            created_at: "2025-01-01T00:00:00Z".into(),
+            expires_at: None,
+            sha256: sha.to_string().repeat(64),
+        }
+    }
+
+    #[test]
+    fn written_tokens_read_back_and_the_file_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = tokens_path(dir.path());
+        assert_eq!(read(&path).unwrap(), vec![]);
+        let tokens = vec![
+            token("tok_0000000000000001", 'a'),
+            token("tok_0000000000000002", 'b'),
+        ];
+        write(&path, tokens.clone()).unwrap();
+        assert_eq!(read(&path).unwrap(), tokens);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // No temp file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_broken_file_is_an_error_naming_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = tokens_path(dir.path());
+        let cases: Vec<(String, &str)> = vec![
+            ("{not json".into(), "key must be a string"),
+            (r#"{"version": 9, "tokens": []}"#.into(), "version 9"),
+            (
+                r#"{"version": 1, "tokens": [{"id": "tok_0000000000000001"}]}"#.into(),
+                "missing field",
+            ),
+            (
+                serde_json::json!({"version": 1, "tokens": [token("tok_0000000000000001", 'a'), token("tok_0000000000000001", 'b')]}).to_string(),
+                "tokens[1]: another token has id",
+            ),
+            (
+                serde_json::json!({"version": 1, "tokens": [token("tok_0000000000000001", 'a'), token("tok_0000000000000002", 'a')]}).to_string(),
+                "same sha256",
+            ),
+            (
+                serde_json::json!({"version": 1, "tokens": [{"id": "tok_0000000000000001", "user": "alice", "scopes": ["root"], "createdAt": "2025-01-01T00:00:00Z", "sha256": "a".repeat(64)}]}).to_string(),
+                "unknown scope",
+            ),
+            (
+                serde_json::json!({"version": 1, "tokens": [{"id": "tok_0000000000000001", "user": "a b", "scopes": ["relay"], "createdAt": "2025-01-01T00:00:00Z", "sha256": "a".repeat(64)}]}).to_string(),
+                "tokens[0]: invalid user name",
+            ),
+        ];
+        for (text, needle) in cases {
+            std::fs::write(&path, &text).unwrap();
+            let err = read(&path).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+            assert!(err.contains("tokens.json"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,512 @@
+//! The token registry: every user token by the SHA-256 of its secret (one hash and
+//! one map lookup per request, whatever the number of tokens) beside the operator's
+//! token; making, listing and revoking tokens, and rotating the operator's. Every
+//! change is durable in `tokens.json` before it is answered or takes effect.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use rand::RngCore;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use super::principal::{ADMIN_TOKEN_ID, ADMIN_USER, Grant, Principal};
+use super::record::{self, ID_PREFIX, SECRET_PREFIX, TokenRecord};
+use super::scopes::Scopes;
+use super::{TenancyError, file};
+use crate::sync::RwLockExt;
+
+/// Why a presented token was refused (answered 401).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refused {
+    /// Not a token the host knows (never made, revoked, or an old operator token).
+    #[error("invalid API token")]
+    Unknown,
+    /// A token past its expiry.
+    #[error("the API token has expired")]
+    Expired,
+}
+
+/// What `POST /api/v1/tokens` asks for, as read from the request (checked here).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NewToken {
+    /// The user it acts for.
+    pub user: String,
+    /// Scope names; the user default when absent.
+    pub scopes: Option<Vec<String>>,
+    /// Environment ids it is limited to.
+    pub environments: Option<Vec<String>>,
+    /// Lifetime in seconds.
+    pub expires_in_secs: Option<u64>,
+    /// A note for people.
+    pub note: Option<String>,
+}
+
+/// A token as the API lists it: never its secret.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TokenView {
+    /// Token id.
+    pub id: String,
+    /// The user it acts for.
+    pub user: String,
+    /// Its scopes.
+    pub scopes: Scopes,
+    /// The environments it is limited to (`null`: all of the user's).
+    pub environments: Option<Vec<String>>,
+    /// The maker's note.
+    pub note: Option<String>,
+    /// Creation time.
+    pub created_at: String,
+    /// Expiry, if any.
+    pub expires_at: Option<String>,
+    /// Whether it has expired.
+    pub expired: bool,
+}
+
+/// A token just made: its view and, this once, its secret.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Issued {
+    /// The secret, shown only in this answer.
+    pub token: String,
+    /// The token as listed.
+    #[serde(flatten)]
+    pub view: TokenView,
+}
+
+struct Entry {
+    record: TokenRecord,
+    grant: Arc<Grant>,
+    /// SHA-256 of the secret (the map key), compared again in constant time.
+    hash: [u8; 32],
+}
+
+impl Entry {
+    fn view(&self) -> TokenView {
+        let r = &self.record;
+        TokenView {
+            id: r.id.clone(),
+            user: r.user.clone(),
+            scopes: r.scopes,
+            environments: r.environments.clone(),
+            note: r.note.clone(),
+            created_at: r.created_at.clone(),
+            expires_at: r.expires_at.clone(),
+            expired: expired(self.grant.expires_at),
+        }
+    }
+}
+
+struct Index {
+    by_hash: HashMap<[u8; 32], Entry>,
+    by_id: HashMap<String, [u8; 32]>,
+    admin_hash: [u8; 32],
+    admin: Arc<Grant>,
+}
+
+/// Every token the host accepts.
+pub(crate) struct Tokens {
+    index: RwLock<Index>,
+    /// One change at a time, from the file write to the swap in memory.
+    writer: tokio::sync::Mutex<()>,
+    path: PathBuf,
+    /// Where the operator's token lives, when it came from a file (rotation writes
+    /// it); `None` when `TETHER_API_TOKEN` set it.
+    admin_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tokens {
+    /// The tokens in `path` (none if it is missing; a broken file is an error) and
+    /// the operator's token `admin_secret`, kept in `admin_file` if it came from one.
+    pub(crate) fn open(
+        path: PathBuf,
+        admin_secret: &str,
+        admin_file: Option<PathBuf>,
+    ) -> Result<Self, TenancyError> {
+        let mut by_hash = HashMap::new();
+        let mut by_id = HashMap::new();
+        for record in file::read(&path)? {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(&record.sha256, &mut hash).map_err(|_| TenancyError::File {
+                path: path.clone(),
+                reason: format!("token {}: sha256 is not hexadecimal", record.id),
+            })?;
+            by_id.insert(record.id.clone(), hash);
+            by_hash.insert(hash, entry(record, hash));
+        }
+        Ok(Self {
+            index: RwLock::new(Index {
+                by_hash,
+                by_id,
+                admin_hash: sha256(admin_secret),
+                admin: admin_grant(),
+            }),
+            writer: tokio::sync::Mutex::new(()),
+            path,
+            admin_file,
+        })
+    }
+
+    /// How many user tokens there are.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.index.read_locked().by_hash.len()
+    }
+
+    /// The caller presenting `secret`. Constant time in the secret; one SHA-256 and
+    /// one map lookup.
+    pub(crate) fn authenticate(&self, secret: &str) -> Result<Principal, Refused> {
+        let hash = sha256(secret);
+        let index = self.index.read_locked();
+        if let Some(entry) = index.by_hash.get(&hash)
+            && bool::from(entry.hash.ct_eq(&hash))
+        {
+            if expired(entry.grant.expires_at) {
+                return Err(Refused::Expired);
+            }
+            return Ok(Principal(entry.grant.clone()));
+        }
+        if bool::from(index.admin_hash.ct_eq(&hash)) {
+            return Ok(Principal(index.admin.clone()));
+        }
+        Err(Refused::Unknown)
+    }
+
+    /// Makes a token; the secret is in the answer and nowhere else.
+    pub(crate) async fn create(&self, new: NewToken) -> Result<Issued, TenancyError> {
+        let invalid = TenancyError::Invalid;
+        record::check_user(&new.user).map_err(invalid)?;
+        let scopes = match &new.scopes {
+            None => Scopes::USER_DEFAULT,
+            Some(names) => {
+                let scopes = Scopes::parse(names.iter().map(String::as_str))
+                    .map_err(|e| invalid(e.to_string()))?;
+                if scopes.is_empty() {
+                    return Err(invalid(
+                        "scopes must name at least one scope (leave it out for the user default)"
+                            .into(),
+                    ));
+                }
+                scopes
+            }
+        };
+        if let Some(envs) = &new.environments {
+            record::check_environments(envs).map_err(invalid)?;
+        }
+        if let Some(note) = &new.note {
+            record::check_note(note).map_err(invalid)?;
+        }
+        let now = SystemTime::now();
+        let expires_at = match new.expires_in_secs {
+            Some(secs) => Some(now + record::check_expires_in(secs).map_err(invalid)?),
+            None => None,
+        };
+        let secret = format!("{SECRET_PREFIX}{}", random_hex(32));
+        let hash = sha256(&secret);
+        let new_record = TokenRecord {
+            id: format!("{ID_PREFIX}{}", random_hex(8)),
+            user: new.user,
+            scopes,
+            environments: new.environments,
+            note: new.note,
+            created_at: record::stamp(now),
+            expires_at: expires_at.map(record::stamp),
+            sha256: hex::encode(hash),
+        };
+        let _writing = self.writer.lock().await;
+        let mut records = self.records();
+        records.push(new_record.clone());
+        self.persist(records).await?;
+        let entry = entry(new_record, hash);
+        let view = entry.view();
+        let mut index = self.index.write_locked();
+        index.by_id.insert(view.id.clone(), hash);
+        index.by_hash.insert(hash, entry);
+        drop(index);
+        tracing::info!(token = %view.id, user = %view.user, "token created");
+        Ok(Issued {
+            token: secret,
+            view,
+        })
+    }
+
+    /// The tokens `who` may see: every one for `admin` (of `user` only, if given),
+    /// else the caller's user's own; oldest first.
+    pub(crate) fn list(&self, who: &Principal, user: Option<&str>) -> Vec<TokenView> {
+        let index = self.index.read_locked();
+        let mut views: Vec<TokenView> = (index.by_hash.values())
+            .filter(|e| who.is_admin() || e.record.user == who.user())
+            .filter(|e| user.is_none_or(|u| e.record.user == u))
+            .map(Entry::view)
+            .collect();
+        views.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        views
+    }
+
+    /// Revokes token `id` at once: it is refused from now on and every connection
+    /// it opened is told. `who` may revoke any token as `admin`, else its user's own;
+    /// anyone else's answers `NotFound`, like one that does not exist.
+    pub(crate) async fn revoke(
+        &self,
+        who: &Principal,
+        id: &str,
+    ) -> Result<TokenView, TenancyError> {
+        let not_found =
+            || TenancyError::NotFound(format!("no token with id {}", crate::untrusted::named(id)));
+        let _writing = self.writer.lock().await;
+        let hash = {
+            let index = self.index.read_locked();
+            let hash = *index.by_id.get(id).ok_or_else(not_found)?;
+            let visible = (index.by_hash.get(&hash))
+                .is_some_and(|e| who.is_admin() || e.record.user == who.user());
+            if !visible {
+                return Err(not_found());
+            }
+            hash
+        };
+        let records = (self.records().into_iter())
+            .filter(|r| r.id != id)
+            .collect();
+        self.persist(records).await?;
+        let mut index = self.index.write_locked();
+        index.by_id.remove(id);
+        let entry = index.by_hash.remove(&hash).ok_or_else(not_found)?;
+        drop(index);
+        entry.grant.revoked.cancel();
+        tracing::info!(token = %id, user = %entry.record.user, by = %who.token_id(), "token revoked");
+        Ok(entry.view())
+    }
+
+    /// Replaces the operator's token with a new one, written to its file first; the
+    /// old one is refused from then on and its connections are closed. Refused when
+    /// `TETHER_API_TOKEN` set the token (a restart would bring the old one back).
+    pub(crate) async fn rotate_admin(&self) -> Result<String, TenancyError> {
+        let Some(admin_file) = &self.admin_file else {
+            return Err(TenancyError::Conflict(
+                "the admin token comes from TETHER_API_TOKEN; change the variable and restart the host to replace it".into(),
+            ));
+        };
+        let _writing = self.writer.lock().await;
+        let secret = format!("{SECRET_PREFIX}{}", random_hex(32));
+        let (path, bytes) = (admin_file.clone(), secret.clone().into_bytes());
+        blocking(move || file::write_private(&path, &bytes)).await?;
+        let mut index = self.index.write_locked();
+        index.admin_hash = sha256(&secret);
+        let old = std::mem::replace(&mut index.admin, admin_grant());
+        drop(index);
+        old.revoked.cancel();
+        tracing::info!("admin token rotated");
+        Ok(secret)
+    }
+
+    fn records(&self) -> Vec<TokenRecord> {
+        let index = self.index.read_locked();
+        index.by_hash.values().map(|e| e.record.clone()).collect()
+    }
+
+    async fn persist(&self, mut records: Vec<TokenRecord>) -> Result<(), TenancyError> {
+        records.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        let path = self.path.clone();
+        blocking(move || file::write(&path, records)).await
+    }
+}
+
+async fn blocking(
+    f: impl FnOnce() -> Result<(), TenancyError> + Send + 'static,
+) -> Result<(), TenancyError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| TenancyError::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+}
+
+fn entry(record: TokenRecord, hash: [u8; 32]) -> Entry {
+    let grant = Arc::new(Grant {
+        token_id: record.id.clone(),
+        user: record.user.clone(),
+        scopes: record.scopes,
+        environments: record.environments.clone(),
+        expires_at: record.expiry(),
+        revoked: CancellationToken::new(),
+    });
+    Entry {
+        record,
+        grant,
+        hash,
+    }
+}
+
+fn admin_grant() -> Arc<Grant> {
+    Arc::new(Grant {
+        token_id: ADMIN_TOKEN_ID.into(),
+        user: ADMIN_USER.into(),
+        scopes: Scopes::ADMIN,
+        environments: None,
+        expires_at: None,
+        revoked: CancellationToken::new(),
+    })
+}
+
+fn expired(at: Option<SystemTime>) -> bool {
+    at.is_some_and(|at| at <= SystemTime::now())
+}
+
+fn sha256(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenancy::scopes::Scope;
+
+    const ADMIN: &str = "admin-secret-0123456789";
+
+    fn open(dir: &std::path::Path) -> Tokens {
+        Tokens::open(file::tokens_path(dir), ADMIN, Some(dir.join("api-token"))).unwrap()
+    }
+
+    fn new(user: &str) -> NewToken {
+        NewToken {
+            user: user.into(),
+            ..NewToken::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn made_tokens_authenticate_survive_a_restart_and_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = open(dir.path());
+        let admin = tokens.authenticate(ADMIN).unwrap();
+        assert!(admin.is_admin());
+        assert_eq!(admin.user(), ADMIN_USER);
+        let issued = tokens.create(new("alice")).await.unwrap();
+        assert!(issued.token.starts_with("tth_") && issued.token.len() == 4 + 64);
+        let alice = tokens.authenticate(&issued.token).unwrap();
+        assert_eq!(
+            (alice.user(), alice.token_id()),
+            ("alice", issued.view.id.as_str())
+        );
+        assert_eq!(alice.scopes(), Scopes::USER_DEFAULT);
+        // Only the hash is on disk.
+        let text = std::fs::read_to_string(file::tokens_path(dir.path())).unwrap();
+        assert!(!text.contains(&issued.token));
+        assert!(text.contains(&hex::encode(sha256(&issued.token))));
+
+        let reopened = open(dir.path());
+        assert!(reopened.authenticate(&issued.token).is_ok());
+        assert_eq!(
+            reopened.authenticate("tth_nope").err(),
+            Some(Refused::Unknown)
+        );
+
+        let bob = reopened.create(new("bob")).await.unwrap();
+        let bob_p = reopened.authenticate(&bob.token).unwrap();
+        // Bob cannot see or revoke Alice's token.
+        assert_eq!(reopened.list(&bob_p, None).len(), 1);
+        assert!(matches!(
+            reopened.revoke(&bob_p, &issued.view.id).await,
+            Err(TenancyError::NotFound(_))
+        ));
+        let alice = reopened.authenticate(&issued.token).unwrap();
+        reopened.revoke(&admin, &issued.view.id).await.unwrap();
+        // Revoked: refused, and whoever holds its principal hears of it.
+        assert!(reopened.authenticate(&issued.token).is_err());
+        assert_eq!(alice.ended().await, "the token was revoked");
+        assert_eq!(open(dir.path()).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn requests_are_checked_and_expired_tokens_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = open(dir.path());
+        let bad = [
+            NewToken {
+                scopes: Some(vec!["envs:root".into()]),
+                ..new("alice")
+            },
+            NewToken {
+                scopes: Some(vec![]),
+                ..new("alice")
+            },
+            new("../alice"),
+            NewToken {
+                expires_in_secs: Some(0),
+                ..new("alice")
+            },
+            NewToken {
+                note: Some("x".repeat(1000)),
+                ..new("alice")
+            },
+            NewToken {
+                environments: Some(vec!["a/b".into()]),
+                ..new("alice")
+            },
+        ];
+        for req in bad {
+            assert!(
+                matches!(
+                    tokens.create(req.clone()).await,
+                    Err(TenancyError::Invalid(_))
+                ),
+                "{req:?}"
+            );
+        }
+        assert_eq!(tokens.len(), 0);
+        let read = tokens
+            .create(NewToken {
+                scopes: Some(vec!["envs:read".into()]),
+                expires_in_secs: Some(1),
+                ..new("alice")
+            })
+            .await
+            .unwrap();
+        let p = tokens.authenticate(&read.token).unwrap();
+        assert!(p.require(Scope::EnvsWrite).is_err());
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        assert_eq!(
+            tokens.authenticate(&read.token).err(),
+            Some(Refused::Expired)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_admin_token_rotates_unless_set_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = open(dir.path());
+        let old = tokens.authenticate(ADMIN).unwrap();
+        let secret = tokens.rotate_admin().await.unwrap();
+        assert!(tokens.authenticate(ADMIN).is_err());
+        assert!(tokens.authenticate(&secret).unwrap().is_admin());
+        assert_eq!(old.ended().await, "the token was revoked");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("api-token")).unwrap(),
+            secret
+        );
+        let from_env = Tokens::open(file::tokens_path(dir.path()), ADMIN, None).unwrap();
+        assert!(matches!(
+            from_env.rotate_admin().await,
+            Err(TenancyError::Conflict(_))
+        ));
+    }
+}
