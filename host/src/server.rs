@@ -18,6 +18,7 @@ use crate::store::lock::{DataDirLock, LockError};
 use crate::store::watch::WatchError;
 use crate::store::{Store, StoreError};
 use crate::tenancy::{TenancyError, Tokens, tokens_path};
+use crate::throttle::Throttle;
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +105,7 @@ pub(crate) async fn run(
     let runtime_base = format!("ws://{}", reachable(addr));
     let data_dir = config.data_dir.clone();
     let audit = AuditLog::open(&config.audit_path(), &config.audit)?;
+    let config_throttle = config.throttle.clone();
     let manager = Manager::new(config, store, engine, runtime_base, audit.clone());
     manager.watch_records()?;
     manager.watch_providers()?;
@@ -132,9 +134,12 @@ pub(crate) async fn run(
     drop(out);
     tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
 
+    let throttle = std::sync::Arc::new(Throttle::new(config_throttle));
     let app = api::router(AppState {
         manager: manager.clone(),
         tokens: std::sync::Arc::new(tokens),
+        audit: audit.clone(),
+        throttle,
     });
     let stopped = CancellationToken::new();
     let stopping = stopped.clone();
@@ -147,10 +152,14 @@ pub(crate) async fn run(
         audit.close().await;
         stopping.cancel();
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stopped.cancelled_owned())
-        .await
-        .map_err(|source| ServeError::Listen { addr, source })?;
+    // Each request learns its peer's address (throttling, the audit log).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped.cancelled_owned())
+    .await
+    .map_err(|source| ServeError::Listen { addr, source })?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -17,10 +17,6 @@
 //! Every operation is O(1) (amortised) under a short-held `std` mutex, never across an
 //! `.await`. The clock is injectable so tests move time instead of sleeping.
 
-// Wired into the API's authentication by the tenancy work (issue 12); until then only
-// the tests below use it.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;

@@ -1,10 +1,14 @@
 //! The audit log as an operator reads it (`.codebolt/audit.jsonl`, one JSON object per
 //! line): what the host does on its own — a recovery after a host start, a restart
-//! after a failure — is there, with the `system` actor.
+//! after a failure — is there, with the `system` actor; every mutation a client makes
+//! is there with its user, token id and address, refusals included, and never a
+//! secret; `GET /api/v1/audit` reads it for admins; an address that keeps guessing
+//! tokens is throttled without touching anyone else.
 
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Server, runtime_pid, wait_gone, write_config};
+use crate::support::{Server, TOKEN, runtime_pid, wait_gone, write_config};
 
 const FAST: &str = "[health]\ninterval_ms = 100\ntimeout_ms = 2000\nfailure_threshold = 1\nruntime_grace_ms = 500\n\n[restart]\ninitial_backoff_ms = 100\nmax_backoff_ms = 1000\nmax_retries = 3\nstable_after_ms = 60000\n";
 
@@ -81,5 +85,201 @@ async fn the_hosts_own_restarts_and_recoveries_are_audited_as_system() {
     // Nothing in it is a secret: no token of any kind.
     let text =
         std::fs::read_to_string(dir.path().join(".codebolt/audit.jsonl")).unwrap_or_default();
-    assert!(!text.contains(crate::support::TOKEN));
+    assert!(!text.contains(TOKEN));
+}
+
+async fn token_for(server: &Server, user: &str, scopes: Option<&[&str]>) -> (String, String) {
+    let mut body = json!({"user": user});
+    if let Some(scopes) = scopes {
+        body["scopes"] = json!(scopes);
+    }
+    let (status, issued) = server
+        .call_with("POST", "/api/v1/tokens", Some(body), Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    (
+        issued["token"].as_str().expect("token").to_owned(),
+        issued["id"].as_str().expect("id").to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn every_mutation_is_in_the_audit_trail_with_its_actor_and_no_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (alice, alice_id) = token_for(&server, "alice", None).await;
+    let (reader, reader_id) = token_for(&server, "bob", Some(&["envs:read"])).await;
+
+    let (status, env) = server
+        .call_with(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "audited-a", "provider": "local-process"})),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = env["id"].as_str().expect("id").to_owned();
+    let patched = json!({"config": {"k": "v"}});
+    let (status, _) = server
+        .call_with(
+            "PATCH",
+            &format!("/api/v1/environments/{id}"),
+            Some(patched),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Refused: a read-only token creating, and a wrong token.
+    let (status, _) = server
+        .call_with(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "nope", "provider": "local-process"})),
+            Some(&reader),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let wrong = "tth_00000000000000000000000000000000000000000000000000000000deadbeef";
+    let (status, _) = server
+        .call_with("GET", "/api/v1/environments", None, Some(wrong))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = server
+        .call_with(
+            "DELETE",
+            &format!("/api/v1/environments/{id}"),
+            None,
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // Only an admin reads the trail.
+    let (status, body) = server
+        .call_with("GET", "/api/v1/audit", None, Some(&alice))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("admin")),
+        "{body}"
+    );
+    let (status, trail) = server
+        .call_with("GET", "/api/v1/audit?owner=alice", None, Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{trail}");
+    let trail = trail.as_array().cloned().expect("a list");
+    let find = |action: &str, outcome: &str| {
+        trail
+            .iter()
+            .find(|e| e["action"] == action && e["outcome"] == outcome)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {action} {outcome} in {trail:?}"))
+    };
+    let created = find("environment.create", "ok");
+    assert_eq!(
+        created["actor"],
+        json!({"user": "alice", "tokenId": alice_id})
+    );
+    assert_eq!(created["target"], id.as_str());
+    assert_eq!(created["owner"], "alice");
+    assert_eq!(created["remote"], "127.0.0.1");
+    assert_eq!(find("environment.patch", "ok")["target"], id.as_str());
+    assert_eq!(find("environment.delete", "ok")["owner"], "alice");
+    // Entries come oldest first.
+    let order: Vec<&str> = trail.iter().filter_map(|e| e["action"].as_str()).collect();
+    let at = |a: &str| order.iter().position(|x| *x == a).unwrap_or(usize::MAX);
+    assert!(at("environment.create") < at("environment.patch"));
+    assert!(at("environment.patch") < at("environment.delete"));
+    // Bob's refusal is not Alice's business, but is in the whole trail.
+    assert!(
+        !trail
+            .iter()
+            .any(|e| e["actor"]["tokenId"] == reader_id.as_str())
+    );
+    let (_, all) = server
+        .call_with("GET", "/api/v1/audit?limit=100", None, Some(TOKEN))
+        .await;
+    let all = all.as_array().cloned().expect("a list");
+    let refused = all
+        .iter()
+        .find(|e| e["action"] == "environment.create" && e["outcome"] == "refused")
+        .unwrap_or_else(|| panic!("no refused create in {all:?}"));
+    assert_eq!(refused["actor"]["user"], "bob");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("envs:write")),
+        "{refused}"
+    );
+    let anonymous = all
+        .iter()
+        .find(|e| e["action"] == "auth.refused")
+        .unwrap_or_else(|| panic!("no refused authentication in {all:?}"));
+    assert_eq!(anonymous["actor"], "anonymous");
+    let (status, _) = server
+        .call_with("GET", "/api/v1/audit?since=yesterday", None, Some(TOKEN))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    server.stop();
+    let file =
+        std::fs::read_to_string(dir.path().join(".codebolt/audit.jsonl")).unwrap_or_default();
+    for secret in [alice.as_str(), reader.as_str(), wrong, TOKEN] {
+        assert!(!file.contains(secret), "a secret in the audit log");
+    }
+}
+
+#[tokio::test]
+async fn an_address_that_keeps_guessing_is_throttled_and_others_are_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), "[auth]\nmax_failures_per_minute = 5\n");
+    let server = Server::start(dir.path());
+    let guess = |n: usize| format!("tth_{n:064x}");
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .expect("client")
+    };
+    let get = |client: reqwest::Client, token: String| {
+        let url = format!("{}/api/v1/environments", server.base);
+        async move {
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("request")
+        }
+    };
+    let guesser = from([127, 0, 0, 1]);
+    for n in 0..4 {
+        let r = get(guesser.clone(), guess(n)).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "guess {n}");
+    }
+    // The fifth failure closes the window; from then on even the right token waits.
+    let r = get(guesser.clone(), guess(4)).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let r = get(guesser.clone(), TOKEN.to_owned()).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After header");
+    assert!((1..=60).contains(&retry), "{retry}");
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "too_many_failures");
+
+    // Another address is not affected: its wrong token is a plain 401, its right one works.
+    let other = from([127, 0, 0, 2]);
+    let r = get(other.clone(), guess(99)).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = get(other, TOKEN.to_owned()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    server.stop();
 }

@@ -7,8 +7,10 @@ use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use axum::http::request::Parts;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, audited};
+use crate::audit::action;
 use crate::tenancy::Principal;
+use crate::throttle::Throttled;
 
 /// Prefix of the subprotocol entry carrying the API token.
 const TOKEN_PROTOCOL: &str = "tether.bearer.";
@@ -34,23 +36,40 @@ fn subprotocol_token(parts: &Parts) -> Option<&str> {
         .find_map(|p| p.trim().strip_prefix(TOKEN_PROTOCOL))
 }
 
-fn authenticate(state: &AppState, secret: Option<&str>) -> Result<Principal, ApiError> {
-    match secret {
-        Some(secret) => state
-            .tokens
-            .authenticate(secret)
-            .map_err(|refused| ApiError::unauthorized(refused.to_string())),
-        None => Err(ApiError::unauthorized(
+/// The caller presenting `secret`. An address that presented wrong tokens too often
+/// is refused (429) before its token is even looked at, until its window passes; a
+/// missing token is not a guess and is not counted.
+fn authenticate(
+    state: &AppState,
+    parts: &Parts,
+    secret: Option<&str>,
+) -> Result<Principal, ApiError> {
+    let Some(secret) = secret else {
+        return Err(ApiError::unauthorized(
             "missing API token: send `Authorization: Bearer <token>`",
-        )),
-    }
+        ));
+    };
+    let remote = audited::remote_of(parts);
+    let throttled = |t: Throttled| {
+        audited::refused(state, remote, action::AUTH_THROTTLED, &t.to_string());
+        ApiError::throttled(t.to_string(), t.retry_after_secs())
+    };
+    state.throttle.check(remote).map_err(throttled)?;
+    state.tokens.authenticate(secret).map_err(|refused| {
+        let reason = refused.to_string();
+        audited::refused(state, remote, action::AUTH_REFUSED, &reason);
+        match state.throttle.failed(remote) {
+            Err(t) => throttled(t),
+            Ok(()) => ApiError::unauthorized(reason),
+        }
+    })
 }
 
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        authenticate(state, bearer(parts))
+        authenticate(state, parts, bearer(parts))
     }
 }
 
@@ -64,6 +83,6 @@ impl FromRequestParts<AppState> for AppCaller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let secret = subprotocol_token(parts).or_else(|| bearer(parts));
-        authenticate(state, secret).map(AppCaller)
+        authenticate(state, parts, secret).map(AppCaller)
     }
 }

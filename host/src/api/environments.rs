@@ -9,8 +9,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
 
+use super::audited::{Act, Remote, audited};
 use super::body::{Body, Fields, FromObject};
 use super::{ApiError, AppState};
+use crate::audit::action;
 use crate::lifecycle::{CreateRequest, DesiredState, EnvironmentView, RestartPolicy};
 use crate::tenancy::{Principal, Scope};
 
@@ -87,25 +89,43 @@ pub(crate) async fn list(
 
 pub(crate) async fn create(
     who: Principal,
+    remote: Remote,
     State(s): State<AppState>,
     Body(body): Body<CreateBody>,
 ) -> ApiResult<(StatusCode, Json<EnvironmentView>)> {
+    let owner = body.owner.clone().unwrap_or_else(|| who.user().to_owned());
+    let name = body.name.clone();
+    let result = create_as(&who, &s, body, owner.clone()).await;
+    // The id is known once made; before that, the name asked for.
+    let target = result.as_ref().map_or(name, |v| v.id.clone());
+    let act = Act {
+        who: &who,
+        remote,
+        action: action::ENVIRONMENT_CREATE,
+        target: &target,
+        owner: Some(&owner),
+    };
+    let view = audited(&s, act, result).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn create_as(
+    who: &Principal,
+    s: &AppState,
+    body: CreateBody,
+    owner: String,
+) -> ApiResult<EnvironmentView> {
     who.require(Scope::EnvsWrite)?;
     if !who.may_create() {
         return Err(ApiError::forbidden(
             "this token is limited to named environments and cannot create new ones",
         ));
     }
-    let owner = match body.owner {
-        Some(owner) if owner != who.user() => {
-            // Only an admin makes environments for someone else.
-            who.require(Scope::Admin)?;
-            owner
-        }
-        _ => who.user().to_owned(),
-    };
-    let view = s
-        .manager
+    if owner != who.user() {
+        // Only an admin makes environments for someone else.
+        who.require(Scope::Admin)?;
+    }
+    Ok(s.manager
         .create(CreateRequest {
             name: body.name,
             provider: body.provider,
@@ -114,8 +134,7 @@ pub(crate) async fn create(
             start: body.start,
             restart_policy: body.restart_policy,
         })
-        .await?;
-    Ok((StatusCode::CREATED, Json(view)))
+        .await?)
 }
 
 pub(crate) async fn get(
@@ -129,60 +148,112 @@ pub(crate) async fn get(
 
 pub(crate) async fn patch(
     who: Principal,
+    remote: Remote,
     State(s): State<AppState>,
     Path(id): Path<String>,
     Body(body): Body<PatchBody>,
 ) -> ApiResult<Json<EnvironmentView>> {
-    who.require(Scope::EnvsWrite)?;
-    let view = s
-        .manager
-        .patch(&who, &id, body.config, body.restart_policy)
-        .await?;
+    let result = match who.require(Scope::EnvsWrite) {
+        Err(e) => Err(e.into()),
+        Ok(()) => (s
+            .manager
+            .patch(&who, &id, body.config, body.restart_policy)
+            .await)
+            .map_err(ApiError::from),
+    };
+    let view = changed(&s, &who, remote, action::ENVIRONMENT_PATCH, &id, result).await?;
     Ok(Json(view))
+}
+
+/// Audits a change to environment `id` that answers with its view.
+async fn changed(
+    s: &AppState,
+    who: &Principal,
+    remote: Remote,
+    action: &'static str,
+    id: &str,
+    result: ApiResult<EnvironmentView>,
+) -> ApiResult<EnvironmentView> {
+    let owner = result.as_ref().ok().map(|v| v.owner.clone());
+    let act = Act {
+        who,
+        remote,
+        action,
+        target: id,
+        owner: owner.as_deref(),
+    };
+    audited(s, act, result).await
 }
 
 pub(crate) async fn delete(
     who: Principal,
+    remote: Remote,
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    who.require(Scope::EnvsDelete)?;
-    s.manager.delete(&who, &id).await?;
+    // Read before it is gone, so the audit line names whose it was.
+    let owner = s.manager.get(&who, &id).ok().map(|v| v.owner);
+    let result = match who.require(Scope::EnvsDelete) {
+        Err(e) => Err(e.into()),
+        Ok(()) => s.manager.delete(&who, &id).await.map_err(ApiError::from),
+    };
+    let act = Act {
+        who: &who,
+        remote,
+        action: action::ENVIRONMENT_DELETE,
+        target: &id,
+        owner: owner.as_deref(),
+    };
+    audited(&s, act, result).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub(crate) async fn start(
     who: Principal,
+    remote: Remote,
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<EnvironmentView>)> {
-    who.require(Scope::EnvsWrite)?;
-    let view = s
-        .manager
-        .set_desired(&who, &id, DesiredState::Running)
-        .await?;
+    let result = match who.require(Scope::EnvsWrite) {
+        Err(e) => Err(e.into()),
+        Ok(()) => (s
+            .manager
+            .set_desired(&who, &id, DesiredState::Running)
+            .await)
+            .map_err(ApiError::from),
+    };
+    let view = changed(&s, &who, remote, action::ENVIRONMENT_START, &id, result).await?;
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
 pub(crate) async fn stop(
     who: Principal,
+    remote: Remote,
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<EnvironmentView>)> {
-    who.require(Scope::EnvsWrite)?;
-    let view = s
-        .manager
-        .set_desired(&who, &id, DesiredState::Stopped)
-        .await?;
+    let result = match who.require(Scope::EnvsWrite) {
+        Err(e) => Err(e.into()),
+        Ok(()) => (s
+            .manager
+            .set_desired(&who, &id, DesiredState::Stopped)
+            .await)
+            .map_err(ApiError::from),
+    };
+    let view = changed(&s, &who, remote, action::ENVIRONMENT_STOP, &id, result).await?;
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
 pub(crate) async fn restart(
     who: Principal,
+    remote: Remote,
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<EnvironmentView>)> {
-    who.require(Scope::EnvsWrite)?;
-    let view = s.manager.restart(&who, &id).await?;
+    let result = match who.require(Scope::EnvsWrite) {
+        Err(e) => Err(e.into()),
+        Ok(()) => s.manager.restart(&who, &id).await.map_err(ApiError::from),
+    };
+    let view = changed(&s, &who, remote, action::ENVIRONMENT_RESTART, &id, result).await?;
     Ok((StatusCode::ACCEPTED, Json(view)))
 }

@@ -1,7 +1,8 @@
 //! The one error type of the API: `{"error": {"code", "message"}}` with a fitting status.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -14,6 +15,8 @@ pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for a `Retry-After` header (throttled requests).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,7 +26,26 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// 429 `too_many_failures`: this address failed to authenticate too often; it may
+    /// try again after `secs` (also sent as `Retry-After`).
+    pub(crate) fn throttled(message: impl Into<String>, secs: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_failures", message);
+        e.retry_after = Some(secs);
+        e
+    }
+
+    /// The HTTP status.
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The message, for the audit log.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 
     /// 404.
@@ -56,7 +78,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
 

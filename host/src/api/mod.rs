@@ -2,6 +2,7 @@
 //! runtimes, `/healthz` and `/metrics`. Handlers only translate; every decision is
 //! the lifecycle manager's.
 
+mod audited;
 mod body;
 mod caller;
 mod environments;
@@ -17,8 +18,10 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 
+use crate::audit::AuditLog;
 use crate::lifecycle::Manager;
 use crate::tenancy::Tokens;
+use crate::throttle::Throttle;
 pub(crate) use caller::{AppCaller, bearer};
 pub(crate) use error::ApiError;
 
@@ -29,6 +32,10 @@ pub(crate) struct AppState {
     pub manager: Manager,
     /// Every token the host accepts, the operator's included.
     pub tokens: Arc<Tokens>,
+    /// Where mutations and refused authentications are recorded.
+    pub audit: AuditLog,
+    /// Refuses addresses that fail to authenticate too often.
+    pub throttle: Arc<Throttle>,
 }
 
 /// The whole router; `main` only binds and serves it.
@@ -54,6 +61,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/whoami", get(tokens::whoami))
         .route("/api/v1/tokens/admin/rotate", post(tokens::rotate_admin))
         .route("/api/v1/tokens/{id}", delete(tokens::revoke))
+        .route("/api/v1/audit", get(audited::list))
         .route("/api/v1/providers", get(providers::list))
         .route("/api/v1/providers/{name}", get(providers::get))
         .route("/ws/app/{id}", get(ws::app))

@@ -9,8 +9,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
+use super::audited::{Act, Remote, audited};
 use super::body::{Body, Fields, FromObject};
 use super::{ApiError, AppState};
+use crate::audit::action;
 use crate::tenancy::{Issued, NewToken, Principal, Scope, TokenView};
 
 /// Most scope names a request may list.
@@ -39,16 +41,33 @@ impl FromObject for CreateBody {
 
 pub(crate) async fn create(
     who: Principal,
+    remote: Remote,
     State(s): State<AppState>,
     Body(CreateBody(new)): Body<CreateBody>,
 ) -> Result<(StatusCode, Json<Issued>), ApiError> {
+    let user = new.user.clone();
+    let result = create_for(&who, &s, new).await;
+    let target = result
+        .as_ref()
+        .map_or_else(|_| user.clone(), |i| i.view.id.clone());
+    let act = Act {
+        who: &who,
+        remote,
+        action: action::TOKEN_CREATE,
+        target: &target,
+        owner: Some(&user),
+    };
+    let issued = audited(&s, act, result).await?;
+    Ok((StatusCode::CREATED, Json(issued)))
+}
+
+async fn create_for(who: &Principal, s: &AppState, new: NewToken) -> Result<Issued, ApiError> {
     who.require(Scope::Admin)?;
     if let Some(envs) = &new.environments {
         crate::tenancy::check_user(&new.user).map_err(ApiError::bad_request)?;
         s.manager.check_owned(&new.user, envs)?;
     }
-    let issued = s.tokens.create(new).await?;
-    Ok((StatusCode::CREATED, Json(issued)))
+    Ok(s.tokens.create(new).await?)
 }
 
 /// `GET /api/v1/tokens[?user=USER]`.
@@ -68,19 +87,40 @@ pub(crate) async fn list(
 /// `DELETE /api/v1/tokens/{id}`: the revoked token, as it was listed.
 pub(crate) async fn revoke(
     who: Principal,
+    remote: Remote,
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<TokenView>, ApiError> {
-    Ok(Json(s.tokens.revoke(&who, &id).await?))
+    let result = s.tokens.revoke(&who, &id).await.map_err(ApiError::from);
+    let owner = result.as_ref().ok().map(|v| v.user.clone());
+    let act = Act {
+        who: &who,
+        remote,
+        action: action::TOKEN_REVOKE,
+        target: &id,
+        owner: owner.as_deref(),
+    };
+    Ok(Json(audited(&s, act, result).await?))
 }
 
 /// `POST /api/v1/tokens/admin/rotate`: the new operator token, answered once.
 pub(crate) async fn rotate_admin(
     who: Principal,
+    remote: Remote,
     State(s): State<AppState>,
 ) -> Result<Json<Value>, ApiError> {
-    who.require(Scope::Admin)?;
-    let token = s.tokens.rotate_admin().await?;
+    let result = match who.require(Scope::Admin) {
+        Err(e) => Err(e.into()),
+        Ok(()) => s.tokens.rotate_admin().await.map_err(ApiError::from),
+    };
+    let act = Act {
+        who: &who,
+        remote,
+        action: action::TOKEN_ROTATE,
+        target: crate::tenancy::ADMIN_TOKEN_ID,
+        owner: Some(crate::tenancy::ADMIN_USER),
+    };
+    let token = audited(&s, act, result).await?;
     Ok(Json(json!({ "token": token })))
 }
 

@@ -16,7 +16,7 @@ mod tokens;
 use std::path::PathBuf;
 
 pub(crate) use file::tokens_path;
-pub(crate) use principal::{MissingScope, Principal};
+pub(crate) use principal::{ADMIN_TOKEN_ID, ADMIN_USER, MissingScope, Principal};
 pub(crate) use record::check_user;
 pub(crate) use scopes::Scope;
 pub(crate) use tokens::{Issued, NewToken, TokenView, Tokens};
