@@ -31,6 +31,8 @@ pub(super) struct FileConfig {
     pub(super) audit: FileAudit,
     #[serde(default)]
     pub(super) auth: FileAuth,
+    #[serde(default)]
+    pub(super) tenancy: super::tenancy::FileTenancy,
 }
 
 #[derive(Debug, Default, Deserialize)]

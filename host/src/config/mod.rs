@@ -17,6 +17,7 @@ mod net;
 mod operator;
 mod pattern;
 mod replace;
+mod tenancy;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,6 +37,7 @@ pub use pattern::{
     ANY_ARG, ANY_REST, CommandPattern, PATH_ARG, PatternError, UrlPattern, UrlPatternError,
 };
 pub use replace::BuiltinReplacement;
+pub use tenancy::{Quota, TenancyConfig};
 
 /// The default listen address of `tether serve`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2719";
@@ -103,6 +105,8 @@ pub struct ServeConfig {
     pub compile_cache: CompileCacheConfig,
     /// Rotation and sampling of the audit log (`[audit]`).
     pub audit: AuditConfig,
+    /// Each user's environment limits (`[tenancy]`).
+    pub tenancy: TenancyConfig,
     /// Failed-authentication throttling per address (`[auth]`).
     pub throttle: ThrottleConfig,
     /// The `tether` binary whose spawn guard runs every brokered child (set by
@@ -305,6 +309,7 @@ impl ServeConfig {
             net: NetConfig::default(),
             compile_cache: CompileCacheConfig::in_dir(data_dir.join(".codebolt/cache")),
             audit: AuditConfig::default(),
+            tenancy: TenancyConfig::default(),
             throttle: ThrottleConfig::default(),
             spawn_guard: None,
             data_dir,
@@ -453,6 +458,7 @@ impl ServeConfig {
         self.apply_cache(file.cache)?;
         self.audit = audit::audit_config(file.audit)?;
         self.throttle = audit::throttle_config(file.auth)?;
+        self.tenancy = tenancy::tenancy_config(file.tenancy)?;
         self.apply_net(file.net)
     }
 

@@ -21,6 +21,7 @@ mod peers;
 mod provider_reload;
 mod provider_status;
 mod providers;
+mod quotas;
 mod reconcile;
 mod supervisor;
 mod view;
@@ -41,6 +42,7 @@ use crate::untrusted;
 use driver::Driver;
 use envs::{Env, Environments};
 use providers::Providers;
+use quotas::Quotas;
 
 pub(crate) use crate::store::{DesiredState, RestartPolicy};
 pub(crate) use providers::ProviderView;
@@ -67,6 +69,18 @@ pub(crate) enum LifecycleError {
     /// The environment has its maximum number of connections.
     #[error("{0}")]
     TooManyConnections(String),
+    /// The change would take the owner past one of their limits.
+    #[error("{owner} is at the {quota} quota: {used} of {limit} in use")]
+    QuotaExceeded {
+        /// The setting (`max_environments`, `max_running`).
+        quota: &'static str,
+        /// Whose.
+        owner: String,
+        /// Its value for them.
+        limit: usize,
+        /// How many they have.
+        used: usize,
+    },
     /// Persisting failed.
     #[error("persisting the change failed: {0}")]
     Store(StoreError),
@@ -114,6 +128,7 @@ struct Shared {
     envs: Environments,
     driver: Driver,
     providers: Providers,
+    quotas: Quotas,
     /// Fired when the host starts shutting down.
     closing: CancellationToken,
 }
@@ -149,6 +164,7 @@ impl Manager {
                     runtime_base,
                     audit,
                 ),
+                quotas: Quotas::new(config.tenancy.clone()),
                 providers: Providers::new(engine, config),
                 store,
                 closing: CancellationToken::new(),
@@ -326,6 +342,8 @@ impl Manager {
             record.desired_state = DesiredState::Running;
         }
         let id = record.id.clone();
+        let _admitted = self.shared.quotas.admit(&record.owner).await;
+        (self.shared.quotas).check_new(&self.shared.store, &record.owner, req.start)?;
         self.shared.store.insert(record).await?;
         let env = self.shared.envs.add(&id);
         tracing::info!(env = %id, "environment created");
@@ -370,8 +388,12 @@ impl Manager {
         id: &str,
         desired: DesiredState,
     ) -> Result<EnvironmentView, LifecycleError> {
-        self.reachable_for_change(who, id)?;
+        let record = self.reachable_for_change(who, id)?;
         let env = self.known_env(id)?;
+        let _admitted = self.shared.quotas.admit(&record.owner).await;
+        if desired == DesiredState::Running {
+            (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(id))?;
+        }
         self.shared
             .store
             .update(id, |r| r.desired_state = desired)
@@ -386,8 +408,10 @@ impl Manager {
         who: &Principal,
         id: &str,
     ) -> Result<EnvironmentView, LifecycleError> {
-        self.reachable_for_change(who, id)?;
+        let record = self.reachable_for_change(who, id)?;
         let env = self.known_env(id)?;
+        let _admitted = self.shared.quotas.admit(&record.owner).await;
+        (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(id))?;
         self.shared
             .store
             .update(id, |r| r.desired_state = DesiredState::Running)

@@ -250,6 +250,11 @@ impl Store {
         self.with(|s| s.doc.records().cloned().collect())
     }
 
+    /// How many records in force match `pred`, without copying any.
+    pub(crate) fn count(&self, pred: impl Fn(&Record) -> bool) -> usize {
+        self.with(|s| s.doc.records().filter(|r| pred(r)).count())
+    }
+
     /// The record in force with `id`.
     pub fn get(&self, id: &str) -> Option<Record> {
         self.with(|s| s.doc.find(id).cloned())

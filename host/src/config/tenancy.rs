@@ -1,0 +1,105 @@
+//! `[tenancy]` in `tether.toml`: how many environments each user may have, and have
+//! running, with per-user overrides (`[tenancy.users.NAME]`). The lifecycle enforces
+//! them; this only reads and checks them.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// One user's limits; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Environments the user may own.
+    pub max_environments: Option<usize>,
+    /// Environments the user may have with desired state `running`.
+    pub max_running: Option<usize>,
+}
+
+/// Every user's limits: the defaults and the overrides.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenancyConfig {
+    /// Limits of every user without an override (the `admin` user included).
+    pub default: Quota,
+    /// Limits of named users; a field left out of an override takes the default.
+    pub users: BTreeMap<String, Quota>,
+}
+
+impl TenancyConfig {
+    /// The limits of `user`.
+    pub fn quota_of(&self, user: &str) -> Quota {
+        self.users.get(user).copied().unwrap_or(self.default)
+    }
+}
+
+/// `[tenancy]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileTenancy {
+    max_environments: Option<usize>,
+    max_running: Option<usize>,
+    #[serde(default)]
+    users: BTreeMap<String, FileQuota>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileQuota {
+    max_environments: Option<usize>,
+    max_running: Option<usize>,
+}
+
+/// Most users with their own limits (each is a line in the file; this bounds lookups
+/// and memory, not anyone's use).
+const MAX_OVERRIDES: usize = 100_000;
+
+/// `[tenancy]` over no limits.
+pub(super) fn tenancy_config(file: FileTenancy) -> Result<TenancyConfig, ConfigError> {
+    let default = Quota {
+        max_environments: file.max_environments,
+        max_running: file.max_running,
+    };
+    if file.users.len() > MAX_OVERRIDES {
+        return Err(ConfigError::Invalid(format!(
+            "tenancy.users has {} entries; at most {MAX_OVERRIDES}",
+            file.users.len()
+        )));
+    }
+    let mut users = BTreeMap::new();
+    for (user, q) in file.users {
+        crate::names::validate("user", &user)
+            .map_err(|e| ConfigError::Invalid(format!("tenancy.users: {e}")))?;
+        let quota = Quota {
+            max_environments: q.max_environments.or(default.max_environments),
+            max_running: q.max_running.or(default.max_running),
+        };
+        users.insert(user, quota);
+    }
+    Ok(TenancyConfig { default, users })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_fall_back_to_the_defaults_field_by_field() {
+        let file: FileTenancy = toml::from_str(
+            "max_environments = 10\nmax_running = 2\n[users.bob]\nmax_running = 5\n",
+        )
+        .unwrap_or_default();
+        let c = tenancy_config(file).unwrap_or_default();
+        assert_eq!(
+            c.quota_of("bob"),
+            Quota {
+                max_environments: Some(10),
+                max_running: Some(5)
+            }
+        );
+        assert_eq!(c.quota_of("alice"), c.default);
+        let bad: FileTenancy =
+            toml::from_str("[users.\"../x\"]\nmax_running = 1\n").unwrap_or_default();
+        assert!(tenancy_config(bad).is_err());
+    }
+}

@@ -1,0 +1,96 @@
+//! Each user's limits (`[tenancy]`): how many environments they may own and have
+//! running. A change that could take a user past one is checked and made while holding
+//! that user's admission lock, so concurrent requests cannot both pass a check that
+//! only one of them fits (100 parallel creates at a limit of 10 make exactly 10).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OwnedMutexGuard;
+
+use super::LifecycleError;
+use crate::config::TenancyConfig;
+use crate::store::{DesiredState, Store};
+use crate::sync::MutexExt;
+
+/// The limits, and one admission lock per user.
+#[derive(Debug, Default)]
+pub(super) struct Quotas {
+    config: TenancyConfig,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Quotas {
+    pub(super) fn new(config: TenancyConfig) -> Self {
+        Self {
+            config,
+            locks: Mutex::default(),
+        }
+    }
+
+    /// Holds `owner`'s admission until the guard drops: check, then change, then drop.
+    pub(super) async fn admit(&self, owner: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.locked();
+            // Forget users nobody is admitting right now, so the map stays small.
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry(owner.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// `QuotaExceeded` if `owner` may not have one more environment (`running`: one
+    /// more running one too).
+    pub(super) fn check_new(
+        &self,
+        store: &Store,
+        owner: &str,
+        running: bool,
+    ) -> Result<(), LifecycleError> {
+        let quota = self.config.quota_of(owner);
+        if let Some(limit) = quota.max_environments {
+            let used = store.count(|r| r.owner == owner);
+            exceeded("max_environments", owner, limit, used)?;
+        }
+        if running {
+            self.check_running(store, owner, None)?;
+        }
+        Ok(())
+    }
+
+    /// `QuotaExceeded` if `owner` may not have one more running environment besides
+    /// `id` (which is not counted: asking a running one to run again is no change).
+    pub(super) fn check_running(
+        &self,
+        store: &Store,
+        owner: &str,
+        id: Option<&str>,
+    ) -> Result<(), LifecycleError> {
+        if let Some(limit) = self.config.quota_of(owner).max_running {
+            let used = store.count(|r| {
+                r.owner == owner
+                    && r.desired_state == DesiredState::Running
+                    && id.is_none_or(|id| r.id != id)
+            });
+            exceeded("max_running", owner, limit, used)?;
+        }
+        Ok(())
+    }
+}
+
+fn exceeded(
+    quota: &'static str,
+    owner: &str,
+    limit: usize,
+    used: usize,
+) -> Result<(), LifecycleError> {
+    if used < limit {
+        return Ok(());
+    }
+    Err(LifecycleError::QuotaExceeded {
+        quota,
+        owner: owner.to_owned(),
+        limit,
+        used,
+    })
+}
