@@ -17,6 +17,7 @@ use crate::lifecycle::Manager;
 use crate::store::lock::{DataDirLock, LockError};
 use crate::store::watch::WatchError;
 use crate::store::{Store, StoreError};
+use crate::tenancy::Tickets;
 use crate::tenancy::{TenancyError, Tokens, tokens_path};
 use crate::throttle::Throttle;
 
@@ -106,6 +107,7 @@ pub(crate) async fn run(
     let data_dir = config.data_dir.clone();
     let audit = AuditLog::open(&config.audit_path(), &config.audit)?;
     let config_throttle = config.throttle.clone();
+    let ticket_ttl = config.tenancy.ticket_ttl;
     let manager = Manager::new(config, store, engine, runtime_base, audit.clone());
     manager.watch_records()?;
     manager.watch_providers()?;
@@ -140,6 +142,7 @@ pub(crate) async fn run(
         tokens: std::sync::Arc::new(tokens),
         audit: audit.clone(),
         throttle,
+        tickets: std::sync::Arc::new(Tickets::new(ticket_ttl)),
     });
     let stopped = CancellationToken::new();
     let stopping = stopped.clone();

@@ -17,4 +17,5 @@ mod sandbox;
 mod spine;
 mod support;
 mod tenancy;
+mod tickets;
 mod worlds;

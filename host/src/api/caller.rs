@@ -7,9 +7,14 @@ use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use axum::http::request::Parts;
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use axum::extract::Query;
+
 use super::{ApiError, AppState, audited};
 use crate::audit::action;
-use crate::tenancy::Principal;
+use crate::tenancy::{Principal, Ticket};
 use crate::throttle::Throttled;
 
 /// Prefix of the subprotocol entry carrying the API token.
@@ -73,16 +78,51 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
-/// The caller of an app WebSocket upgrade: the subprotocol entry if offered, else
-/// the bearer header.
+/// The caller of an app WebSocket upgrade: a single-use ticket (`?ticket=`, for
+/// browsers, so no token is ever in a URL), else the subprotocol entry, else the
+/// bearer header.
 #[derive(Debug)]
-pub(crate) struct AppCaller(pub(crate) Principal);
+pub(crate) enum AppCaller {
+    /// A token was presented and is good.
+    Token(Principal),
+    /// A ticket was presented; it is taken (or refused) by [`redeem`] for the
+    /// environment in the path.
+    Ticket(String),
+}
 
 impl FromRequestParts<AppState> for AppCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        if let Some(ticket) = query.get("ticket") {
+            return Ok(AppCaller::Ticket(ticket.clone()));
+        }
         let secret = subprotocol_token(parts).or_else(|| bearer(parts));
-        authenticate(state, parts, secret).map(AppCaller)
+        authenticate(state, parts, secret).map(AppCaller::Token)
     }
+}
+
+/// Takes the ticket `secret` for `environment`. A bad ticket counts as a failed
+/// authentication of `remote`, like a bad token.
+pub(crate) fn redeem(
+    state: &AppState,
+    remote: IpAddr,
+    secret: &str,
+    environment: &str,
+) -> Result<Ticket, ApiError> {
+    let throttled = |t: Throttled| {
+        audited::refused(state, remote, action::AUTH_THROTTLED, &t.to_string());
+        ApiError::throttled(t.to_string(), t.retry_after_secs())
+    };
+    state.throttle.check(remote).map_err(throttled)?;
+    state.tickets.redeem(secret, environment).map_err(|bad| {
+        let reason = bad.to_string();
+        audited::refused(state, remote, action::AUTH_REFUSED, &reason);
+        match state.throttle.failed(remote) {
+            Err(t) => throttled(t),
+            Ok(()) => ApiError::unauthorized(reason),
+        }
+    })
 }

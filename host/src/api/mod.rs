@@ -9,6 +9,7 @@ mod environments;
 mod error;
 mod metrics;
 mod providers;
+mod tickets;
 mod tokens;
 mod ws;
 
@@ -20,7 +21,7 @@ use axum::routing::{delete, get, post};
 
 use crate::audit::AuditLog;
 use crate::lifecycle::Manager;
-use crate::tenancy::Tokens;
+use crate::tenancy::{Tickets, Tokens};
 use crate::throttle::Throttle;
 pub(crate) use caller::{AppCaller, bearer};
 pub(crate) use error::ApiError;
@@ -36,6 +37,8 @@ pub(crate) struct AppState {
     pub audit: AuditLog,
     /// Refuses addresses that fail to authenticate too often.
     pub throttle: Arc<Throttle>,
+    /// Outstanding WebSocket tickets.
+    pub tickets: Arc<Tickets>,
 }
 
 /// The whole router; `main` only binds and serves it.
@@ -62,6 +65,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/tokens/admin/rotate", post(tokens::rotate_admin))
         .route("/api/v1/tokens/{id}", delete(tokens::revoke))
         .route("/api/v1/audit", get(audited::list))
+        .route("/api/v1/tickets", post(tickets::create))
         .route("/api/v1/providers", get(providers::list))
         .route("/api/v1/providers/{name}", get(providers::get))
         .route("/ws/app/{id}", get(ws::app))

@@ -16,7 +16,8 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::Response;
 
-use super::{ApiError, AppCaller, AppState, bearer};
+use super::audited::Remote;
+use super::{ApiError, AppCaller, AppState, bearer, caller};
 use crate::lifecycle::LifecycleError;
 use crate::relay::{self, CLOSE_TOO_MANY, Resume};
 use crate::tenancy::Scope;
@@ -66,14 +67,23 @@ pub(crate) async fn runtime(
 }
 
 pub(crate) async fn app(
-    AppCaller(who): AppCaller,
+    caller: AppCaller,
+    Remote(remote): Remote,
     State(s): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    let (who, pinned) = match caller {
+        AppCaller::Token(who) => (who, None),
+        AppCaller::Ticket(secret) => {
+            let ticket = caller::redeem(&s, remote, &secret, &id)?;
+            (ticket.principal, ticket.thread)
+        }
+    };
     who.require(Scope::Relay)?;
-    let thread = query.get("thread").filter(|t| !t.is_empty()).cloned();
+    // A ticket that names a thread decides it; otherwise the query does.
+    let thread = pinned.or_else(|| query.get("thread").filter(|t| !t.is_empty()).cloned());
     let resume = resume_of(&query)?;
     let connection = match s.manager.attach_app(&who, &id, thread, resume) {
         Ok(connection) => connection,

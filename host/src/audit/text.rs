@@ -18,12 +18,13 @@ const REDACTED: &str = "[redacted]";
 /// Prefixes after which the following word is a credential. Matched ignoring ASCII
 /// case; the prefix itself is kept, so a reader still sees what kind it was.
 /// `tether.bearer.` is the WebSocket subprotocol carrying a token; `ticket=` and
-/// `token=` are query parameters.
+/// `token=` are query parameters; `tkt_` starts a WebSocket ticket.
 const SECRET_PREFIXES: &[&str] = &[
     "tether.bearer.",
     "bearer ",
     "bearer\t",
     "tth_",
+    "tkt_",
     "ticket=",
     "token=",
 ];

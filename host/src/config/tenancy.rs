@@ -3,6 +3,7 @@
 //! them; this only reads and checks them.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -18,12 +19,24 @@ pub struct Quota {
 }
 
 /// Every user's limits: the defaults and the overrides.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenancyConfig {
     /// Limits of every user without an override (the `admin` user included).
     pub default: Quota,
     /// Limits of named users; a field left out of an override takes the default.
     pub users: BTreeMap<String, Quota>,
+    /// How long a WebSocket ticket works (1–60 s).
+    pub ticket_ttl: Duration,
+}
+
+impl Default for TenancyConfig {
+    fn default() -> Self {
+        Self {
+            default: Quota::default(),
+            users: BTreeMap::new(),
+            ticket_ttl: Duration::from_secs(30),
+        }
+    }
 }
 
 impl TenancyConfig {
@@ -39,6 +52,7 @@ impl TenancyConfig {
 pub(super) struct FileTenancy {
     max_environments: Option<usize>,
     max_running: Option<usize>,
+    ticket_ttl_secs: Option<u64>,
     #[serde(default)]
     users: BTreeMap<String, FileQuota>,
 }
@@ -76,7 +90,20 @@ pub(super) fn tenancy_config(file: FileTenancy) -> Result<TenancyConfig, ConfigE
         };
         users.insert(user, quota);
     }
-    Ok(TenancyConfig { default, users })
+    let mut ticket_ttl = TenancyConfig::default().ticket_ttl;
+    if let Some(secs) = file.ticket_ttl_secs {
+        if !(1..=60).contains(&secs) {
+            return Err(ConfigError::Invalid(format!(
+                "tenancy.ticket_ttl_secs must be 1-60, not {secs}"
+            )));
+        }
+        ticket_ttl = Duration::from_secs(secs);
+    }
+    Ok(TenancyConfig {
+        default,
+        users,
+        ticket_ttl,
+    })
 }
 
 #[cfg(test)]

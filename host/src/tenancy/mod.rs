@@ -11,6 +11,7 @@ mod file;
 mod principal;
 mod record;
 mod scopes;
+mod tickets;
 mod tokens;
 
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ pub(crate) use file::tokens_path;
 pub(crate) use principal::{ADMIN_TOKEN_ID, ADMIN_USER, MissingScope, Principal};
 pub(crate) use record::check_user;
 pub(crate) use scopes::Scope;
+pub(crate) use tickets::{Ticket, Tickets};
 pub(crate) use tokens::{Issued, NewToken, TokenView, Tokens};
 
 /// Why a token operation failed.

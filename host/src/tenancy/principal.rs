@@ -62,6 +62,11 @@ impl Principal {
         self.0.environments.as_deref()
     }
 
+    /// Whether the token still works (not revoked, rotated away or expired).
+    pub(crate) fn is_live(&self) -> bool {
+        !self.0.revoked.is_cancelled() && !super::tokens::expired(self.0.expires_at)
+    }
+
     /// Whether it holds the `admin` scope.
     pub(crate) fn is_admin(&self) -> bool {
         self.0.scopes.allows(Scope::Admin)

@@ -361,15 +361,15 @@ fn admin_grant() -> Arc<Grant> {
     })
 }
 
-fn expired(at: Option<SystemTime>) -> bool {
+pub(super) fn expired(at: Option<SystemTime>) -> bool {
     at.is_some_and(|at| at <= SystemTime::now())
 }
 
-fn sha256(secret: &str) -> [u8; 32] {
+pub(super) fn sha256(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(super) fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buf);
     hex::encode(buf)

@@ -1,0 +1,166 @@
+//! WebSocket tickets against a real server: a browser trades its token for a
+//! single-use, short-lived ticket and connects with `?ticket=`; a ticket works once,
+//! only for its environment, only within its time and only while its token does.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{Server, TOKEN, Ws, write_config};
+
+async fn user_token(server: &Server, user: &str) -> (String, String) {
+    let (status, issued) = server
+        .call_with(
+            "POST",
+            "/api/v1/tokens",
+            Some(json!({"user": user})),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    (
+        issued["token"].as_str().expect("token").to_owned(),
+        issued["id"].as_str().expect("id").to_owned(),
+    )
+}
+
+async fn env_of(server: &Server, token: &str, name: &str) -> String {
+    let (status, env) = server
+        .call_with(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": name, "provider": "local-process"})),
+            Some(token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    env["id"].as_str().expect("id").to_owned()
+}
+
+async fn ticket(server: &Server, token: &str, body: Value) -> (StatusCode, Value) {
+    server
+        .call_with("POST", "/api/v1/tickets", Some(body), Some(token))
+        .await
+}
+
+async fn with_ticket(server: &Server, id: &str, ticket: &str) -> Result<Ws, StatusCode> {
+    Ws::connect(
+        &server.ws_url(&format!("/ws/app/{id}?ticket={ticket}")),
+        None,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_ticket_opens_one_socket_once_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), "[tenancy]\nticket_ttl_secs = 2\n");
+    let server = Server::start(dir.path());
+    let (alice, alice_token_id) = user_token(&server, "alice").await;
+    let (bob, _) = user_token(&server, "bob").await;
+    let mine = env_of(&server, &alice, "t-alice").await;
+    let other = env_of(&server, &alice, "t-alice-2").await;
+    let bobs = env_of(&server, &bob, "t-bob").await;
+
+    let (status, issued) = ticket(
+        &server,
+        &alice,
+        json!({"environment": mine, "thread": "t1"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    assert_eq!(issued["expiresInSecs"], 2);
+    assert_eq!(issued["thread"], "t1");
+    let secret = issued["ticket"].as_str().expect("ticket").to_owned();
+    assert!(
+        secret.starts_with("tkt_") && secret.len() >= 4 + 64,
+        "{secret}"
+    );
+
+    // It opens the socket with no token at all, on its thread; the first frame is the
+    // environment's status.
+    let mut ws = with_ticket(&server, &mine, &secret)
+        .await
+        .expect("the ticket works");
+    let first = ws.next_any().await;
+    assert_eq!(first["type"], "environmentStatus", "{first}");
+    // Once only.
+    assert_eq!(
+        with_ticket(&server, &mine, &secret).await.err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+
+    // Only for its environment (and it is spent by the try).
+    let (_, issued) = ticket(&server, &alice, json!({"environment": mine})).await;
+    let for_mine = issued["ticket"].as_str().expect("ticket").to_owned();
+    assert_eq!(
+        with_ticket(&server, &other, &for_mine).await.err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(
+        with_ticket(&server, &mine, &for_mine).await.err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+
+    // Not for someone else's environment: that one does not exist, to Alice.
+    let (status, body) = ticket(&server, &alice, json!({"environment": bobs})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    // A malformed request names the field.
+    let (status, body) = ticket(&server, &alice, json!({"environment": mine, "thread": ""})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // Not after its time.
+    let (_, issued) = ticket(&server, &alice, json!({"environment": mine})).await;
+    let late = issued["ticket"].as_str().expect("ticket").to_owned();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        with_ticket(&server, &mine, &late).await.err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+
+    // Not once its token is revoked.
+    let (_, issued) = ticket(&server, &alice, json!({"environment": mine})).await;
+    let orphan = issued["ticket"].as_str().expect("ticket").to_owned();
+    let (status, _) = server
+        .call_with(
+            "DELETE",
+            &format!("/api/v1/tokens/{alice_token_id}"),
+            None,
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        with_ticket(&server, &mine, &orphan).await.err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+
+    server.stop();
+    // No ticket or token in the server's log or the audit log.
+    let audit =
+        std::fs::read_to_string(dir.path().join(".codebolt/audit.jsonl")).unwrap_or_default();
+    for secret in [&secret, &for_mine, &late, &orphan, &alice, &bob] {
+        assert!(
+            !server_log_contains(&dir, secret),
+            "a secret in the server log"
+        );
+        assert!(
+            !audit.contains(secret.as_str()),
+            "a secret in the audit log"
+        );
+    }
+}
+
+fn server_log_contains(dir: &tempfile::TempDir, secret: &str) -> bool {
+    std::fs::read_dir(dir.path())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .any(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .contains(secret)
+        })
+}
