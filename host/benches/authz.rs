@@ -15,13 +15,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio_tungstenite::tungstenite::Message;
 
-use support::{Res, Server, TOKEN, Ws, connect, echo, us};
+use support::{Res, Server, TOKEN, Ws, connect, echo, round_trip, us};
 
 /// A user token's secret, made up front so the benchmark can present it.
 fn secret(i: usize) -> String {
@@ -193,16 +191,7 @@ async fn relay(server: &Server, id: &str, token: &str, n: usize) -> Res<Case> {
     let began = Instant::now();
     for _ in 0..n {
         let sent = Instant::now();
-        ws.send(Message::Text(payload.clone().into())).await?;
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) if t.as_str().starts_with("{\"type\":\"bench\"") => {
-                    break;
-                }
-                Some(Ok(_)) => continue,
-                _ => return Err("connection ended".into()),
-            }
-        }
+        round_trip(&mut ws, &payload).await?;
         hist.record(u64::try_from(sent.elapsed().as_micros())?.max(1))?;
     }
     let elapsed = began.elapsed();

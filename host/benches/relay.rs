@@ -26,14 +26,14 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Barrier;
-use tokio_tungstenite::tungstenite::Message;
 
-use support::{Res, Server, TOKEN, Ws, client_config, connect, cpu_time, echo, rss_kib, us};
+use support::{
+    Res, Server, TOKEN, Ws, client_config, connect, cpu_time, echo, round_trip, rss_kib, us,
+};
 
 const PAYLOAD: usize = 1024;
 /// Round trips per case, spread over its pairs (at least `MIN_PER_PAIR` each).
@@ -145,16 +145,7 @@ async fn app(mut ws: Ws, count: usize, start: Arc<Barrier>) -> Res<Histogram<u64
     start.wait().await;
     for _ in 0..count {
         let sent = Instant::now();
-        ws.send(Message::Text(payload.clone().into())).await?;
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) if t.as_str().starts_with("{\"type\":\"bench\"") => {
-                    break;
-                }
-                Some(Ok(_)) => continue,
-                _ => return Err("connection ended".into()),
-            }
-        }
+        round_trip(&mut ws, &payload).await?;
         hist.record(u64::try_from(sent.elapsed().as_micros())?.max(1))?;
     }
     let _ = ws.close(None).await;

@@ -52,6 +52,8 @@ mod scaffold;
 mod server;
 mod sync;
 mod tenancy;
+#[cfg(test)]
+mod testing;
 mod throttle;
 mod untrusted;
 mod watch;

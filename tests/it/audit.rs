@@ -88,27 +88,14 @@ async fn the_hosts_own_restarts_and_recoveries_are_audited_as_system() {
     assert!(!text.contains(TOKEN));
 }
 
-async fn token_for(server: &Server, user: &str, scopes: Option<&[&str]>) -> (String, String) {
-    let mut body = json!({"user": user});
-    if let Some(scopes) = scopes {
-        body["scopes"] = json!(scopes);
-    }
-    let (status, issued) = server
-        .call_with("POST", "/api/v1/tokens", Some(body), Some(TOKEN))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{issued}");
-    (
-        issued["token"].as_str().expect("token").to_owned(),
-        issued["id"].as_str().expect("id").to_owned(),
-    )
-}
-
 #[tokio::test]
 async fn every_mutation_is_in_the_audit_trail_with_its_actor_and_no_secret() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path());
-    let (alice, alice_id) = token_for(&server, "alice", None).await;
-    let (reader, reader_id) = token_for(&server, "bob", Some(&["envs:read"])).await;
+    let (alice, alice_id) = server.user_token("alice").await;
+    let (reader, reader_id) = server
+        .user_token_with("bob", json!({"scopes": ["envs:read"]}))
+        .await;
 
     let (status, env) = server
         .call_with(

@@ -3,33 +3,9 @@
 //! a hundred concurrent creates.
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::support::{Server, TOKEN, write_config};
-
-async fn user_token(server: &Server, user: &str) -> String {
-    let (status, issued) = server
-        .call_with(
-            "POST",
-            "/api/v1/tokens",
-            Some(json!({"user": user})),
-            Some(TOKEN),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{issued}");
-    issued["token"].as_str().expect("token").to_owned()
-}
-
-async fn create(server: &Server, token: &str, name: &str, start: bool) -> (StatusCode, Value) {
-    server
-        .call_with(
-            "POST",
-            "/api/v1/environments",
-            Some(json!({"name": name, "provider": "local-process", "start": start})),
-            Some(token),
-        )
-        .await
-}
 
 #[tokio::test]
 async fn a_quota_holds_under_a_hundred_parallel_creates() {
@@ -39,10 +15,10 @@ async fn a_quota_holds_under_a_hundred_parallel_creates() {
         "[tenancy]\nmax_environments = 10\n[tenancy.users.bob]\nmax_environments = 3\n",
     );
     let server = Server::start(dir.path());
-    let alice = user_token(&server, "alice").await;
+    let alice = server.user_token("alice").await.0;
     let creates = (0..100).map(|i| {
         let (server, alice) = (&server, alice.clone());
-        async move { create(server, &alice, &format!("q-{i}"), false).await }
+        async move { server.create_as(&alice, &format!("q-{i}"), false).await }
     });
     let results = futures_util::future::join_all(creates).await;
     let made = results
@@ -68,17 +44,17 @@ async fn a_quota_holds_under_a_hundred_parallel_creates() {
     assert_eq!(list.as_array().map(Vec::len), Some(10));
 
     // Bob's override is lower; the admin is not touched by Alice's use.
-    let bob = user_token(&server, "bob").await;
+    let bob = server.user_token("bob").await.0;
     for i in 0..3 {
         assert_eq!(
-            create(&server, &bob, &format!("b-{i}"), false).await.0,
+            server.create_as(&bob, &format!("b-{i}"), false).await.0,
             StatusCode::CREATED
         );
     }
-    let (status, body) = create(&server, &bob, "b-3", false).await;
+    let (status, body) = server.create_as(&bob, "b-3", false).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(
-        create(&server, TOKEN, "admin-own", false).await.0,
+        server.create_as(TOKEN, "admin-own", false).await.0,
         StatusCode::CREATED
     );
     server.stop();
@@ -89,12 +65,12 @@ async fn running_environments_are_capped_and_a_stop_makes_room() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_config(dir.path(), "[tenancy]\nmax_running = 1\n");
     let server = Server::start(dir.path());
-    let alice = user_token(&server, "alice").await;
-    let (status, first) = create(&server, &alice, "run-1", true).await;
+    let alice = server.user_token("alice").await.0;
+    let (status, first) = server.create_as(&alice, "run-1", true).await;
     assert_eq!(status, StatusCode::CREATED, "{first}");
     let first = first["id"].as_str().expect("id").to_owned();
     // A second running one is refused at create and at start.
-    let (status, body) = create(&server, &alice, "run-2", true).await;
+    let (status, body) = server.create_as(&alice, "run-2", true).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert!(
         body["error"]["message"]
@@ -102,7 +78,7 @@ async fn running_environments_are_capped_and_a_stop_makes_room() {
             .is_some_and(|m| m.contains("max_running")),
         "{body}"
     );
-    let (status, second) = create(&server, &alice, "run-2", false).await;
+    let (status, second) = server.create_as(&alice, "run-2", false).await;
     assert_eq!(status, StatusCode::CREATED, "{second}");
     let second = second["id"].as_str().expect("id").to_owned();
     let start = |id: &str| format!("/api/v1/environments/{id}/start");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Message, http};
@@ -206,6 +206,40 @@ impl Server {
     }
 
     /// The WebSocket URL of `path`.
+    /// A user token made by the admin for `user` with `body`'s other fields (scopes,
+    /// environments, ...); returns its secret and id.
+    pub async fn user_token_with(&self, user: &str, mut body: Value) -> (String, String) {
+        body["user"] = json!(user);
+        let (status, issued) = self
+            .call_with("POST", "/api/v1/tokens", Some(body), Some(TOKEN))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{issued}");
+        (
+            issued["token"].as_str().expect("token").to_owned(),
+            issued["id"].as_str().expect("id").to_owned(),
+        )
+    }
+
+    /// A user token with the default user scopes; returns its secret and id.
+    pub async fn user_token(&self, user: &str) -> (String, String) {
+        self.user_token_with(user, json!({})).await
+    }
+
+    /// Creates a `local-process` environment `name` as `token`'s user (started if
+    /// `start`); the status and body of the answer.
+    pub async fn create_as(&self, token: &str, name: &str, start: bool) -> (StatusCode, Value) {
+        let body = json!({"name": name, "provider": "local-process", "start": start});
+        self.call_with("POST", "/api/v1/environments", Some(body), Some(token))
+            .await
+    }
+
+    /// Creates a stopped `local-process` environment as `token`'s user; its id.
+    pub async fn env_as(&self, token: &str, name: &str) -> String {
+        let (status, env) = self.create_as(token, name, false).await;
+        assert_eq!(status, StatusCode::CREATED, "{env}");
+        env["id"].as_str().expect("id").to_owned()
+    }
+
     pub fn ws_url(&self, path: &str) -> String {
         format!("{}{path}", self.base.replacen("http://", "ws://", 1))
     }

@@ -9,35 +9,6 @@ use serde_json::{Value, json};
 
 use crate::support::{Server, TOKEN, Ws, write_config};
 
-async fn user_token(server: &Server, user: &str) -> (String, String) {
-    let (status, issued) = server
-        .call_with(
-            "POST",
-            "/api/v1/tokens",
-            Some(json!({"user": user})),
-            Some(TOKEN),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{issued}");
-    (
-        issued["token"].as_str().expect("token").to_owned(),
-        issued["id"].as_str().expect("id").to_owned(),
-    )
-}
-
-async fn env_of(server: &Server, token: &str, name: &str) -> String {
-    let (status, env) = server
-        .call_with(
-            "POST",
-            "/api/v1/environments",
-            Some(json!({"name": name, "provider": "local-process"})),
-            Some(token),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{env}");
-    env["id"].as_str().expect("id").to_owned()
-}
-
 async fn ticket(server: &Server, token: &str, body: Value) -> (StatusCode, Value) {
     server
         .call_with("POST", "/api/v1/tickets", Some(body), Some(token))
@@ -57,11 +28,11 @@ async fn a_ticket_opens_one_socket_once_and_nothing_else() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_config(dir.path(), "[tenancy]\nticket_ttl_secs = 2\n");
     let server = Server::start(dir.path());
-    let (alice, alice_token_id) = user_token(&server, "alice").await;
-    let (bob, _) = user_token(&server, "bob").await;
-    let mine = env_of(&server, &alice, "t-alice").await;
-    let other = env_of(&server, &alice, "t-alice-2").await;
-    let bobs = env_of(&server, &bob, "t-bob").await;
+    let (alice, alice_token_id) = server.user_token("alice").await;
+    let (bob, _) = server.user_token("bob").await;
+    let mine = server.env_as(&alice, "t-alice").await;
+    let other = server.env_as(&alice, "t-alice-2").await;
+    let bobs = server.env_as(&bob, "t-bob").await;
 
     let (status, issued) = ticket(
         &server,

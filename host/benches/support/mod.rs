@@ -259,6 +259,21 @@ pub(crate) async fn connect(url: &str, token: Option<&str>) -> Res<Ws> {
     )
 }
 
+/// Sends `payload` (a `{"type":"bench",…}` frame) and waits for its echo, skipping any
+/// other frame (status events, acknowledgements).
+pub(crate) async fn round_trip(ws: &mut Ws, payload: &str) -> Res<()> {
+    ws.send(Message::Text(payload.to_owned().into())).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str().starts_with("{\"type\":\"bench\"") => {
+                return Ok(());
+            }
+            Some(Ok(_)) => continue,
+            _ => return Err("connection ended".into()),
+        }
+    }
+}
+
 /// Answers every text frame with itself: the runtime of both cases.
 pub(crate) async fn echo(mut ws: Ws) {
     while let Some(Ok(msg)) = ws.next().await {

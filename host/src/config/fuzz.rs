@@ -194,16 +194,8 @@ fn load(text: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// `PROPTEST_CASES` for a long run; a short one by default (each case touches disk).
-fn cases(short: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(short)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(128), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: crate::testing::fuzz_cases(128), ..ProptestConfig::default() })]
 
     #[test]
     fn real_names_any_values(table in config()) {

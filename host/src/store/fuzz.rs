@@ -121,16 +121,8 @@ fn check_in_force(store: &Store) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// `PROPTEST_CASES` for a long run; a short one by default (each case touches disk).
-fn cases(short: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(short)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(64), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: crate::testing::fuzz_cases(64), ..ProptestConfig::default() })]
 
     #[test]
     fn any_bytes_open_or_fail_clearly(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
