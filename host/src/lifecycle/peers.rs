@@ -17,7 +17,7 @@ use crate::relay::{
     CLOSE_REVOKED, CloseReason, Connection, ProviderDesk, ProviderRequest, ProviderRoute,
     RelayError, Resume,
 };
-use crate::store::DesiredState;
+use crate::store::{DesiredState, Record};
 use crate::tenancy::Principal;
 
 /// Why a WebSocket peer was not admitted.
@@ -69,6 +69,20 @@ impl Manager {
     ) -> Result<Connection, LifecycleError> {
         let record = self.reachable(who, id)?;
         let env = self.known_env(id)?;
+        self.admit_app(who, record, &env, thread, resume, None)
+    }
+
+    /// Attaches `who`'s app to `env` (whose record is `record`); `first`, if given, is
+    /// its first frame, before the environment's status.
+    pub(super) fn admit_app(
+        &self,
+        who: &Principal,
+        record: Record,
+        env: &Arc<Env>,
+        thread: Option<String>,
+        resume: Option<Resume>,
+        first: Option<String>,
+    ) -> Result<Connection, LifecycleError> {
         // The provider's own types are looked up once here, so the per-message path
         // never scans the store.
         let mut types: Vec<String> = PROVIDER_TYPES.iter().map(|t| (*t).to_owned()).collect();
@@ -81,9 +95,10 @@ impl Manager {
             }),
         };
         // The app learns where things stand right away.
-        let greeting = Some(self.shared.driver.view_of(&env, record).status_event());
+        let status = self.shared.driver.view_of(env, record).status_event();
+        let greetings = first.into_iter().chain(std::iter::once(status));
         let (who, moves) = (who.clone(), env.owner_moves());
-        let connection = Connection::app(&env.hub, thread, resume, greeting, route)
+        let connection = Connection::app(&env.hub, thread, resume, greetings, route)
             .map_err(refused)?
             .ends_when(async move {
                 let reason = tokio::select! {
