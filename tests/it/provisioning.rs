@@ -222,3 +222,53 @@ async fn a_connect_starts_a_stopped_environment_on_the_same_workspace() {
     assert_eq!(env["desiredState"], "running");
     server.stop();
 }
+
+#[tokio::test]
+async fn a_template_ticket_opens_one_provisioned_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), TEMPLATES);
+    let server = Server::start(dir.path());
+    let alice = user_token(&server, "alice").await;
+    let ticket = |body: Value| {
+        let (server, alice) = (&server, alice.clone());
+        async move {
+            server
+                .call_with("POST", "/api/v1/tickets", Some(body), Some(&alice))
+                .await
+        }
+    };
+    let (status, issued) = ticket(json!({"template": "chat", "thread": "tk"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    assert_eq!(
+        (issued["template"].clone(), issued["thread"].clone()),
+        (json!("chat"), json!("tk"))
+    );
+    let secret = issued["ticket"].as_str().expect("ticket").to_owned();
+    let at = url(&server, &format!("ticket={secret}"));
+    let mut ws = Ws::connect(&at, None).await.expect("ticket connect");
+    let first = ws.next_any().await;
+    assert_eq!(
+        (first["type"].clone(), first["created"].clone()),
+        (json!("provisioned"), json!(true))
+    );
+    echo(&mut ws, "by-ticket").await;
+    let env = server
+        .wait_env(&id_of(&first), "alice's", |e| e["owner"] == "alice")
+        .await;
+    assert_eq!(env["provisionKey"]["key"], "tk");
+    // Once only; an unknown template is refused when the ticket is asked for.
+    assert_eq!(
+        Ws::connect(&at, None).await.err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    let (status, _) = ticket(json!({"template": "nope", "thread": "tk"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = ticket(json!({"template": "chat", "environment": "x"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A ticket for an environment does not open a template connect.
+    let (_, by_id) = ticket(json!({"environment": id_of(&first)})).await;
+    let secret = by_id["ticket"].as_str().expect("ticket");
+    let refused = Ws::connect(&url(&server, &format!("ticket={secret}")), None).await;
+    assert_eq!(refused.err(), Some(StatusCode::UNAUTHORIZED));
+    server.stop();
+}

@@ -25,7 +25,7 @@ use super::{ApiError, AppCaller, AppState, bearer, caller};
 use crate::audit::action;
 use crate::lifecycle::{LifecycleError, ProvisionTarget};
 use crate::relay::{self, CLOSE_TOO_MANY, Resume};
-use crate::tenancy::Scope;
+use crate::tenancy::{Scope, TicketTarget};
 
 /// The subprotocol the host answers with; browsers must offer it with their token.
 const SUBPROTOCOL: &str = "tether.v1";
@@ -82,7 +82,7 @@ pub(crate) async fn app(
     let (who, pinned) = match caller {
         AppCaller::Token(who) => (who, None),
         AppCaller::Ticket(secret) => {
-            let ticket = caller::redeem(&s, remote, &secret, &id)?;
+            let ticket = caller::redeem(&s, remote, &secret, Some(&id))?;
             (ticket.principal, ticket.thread)
         }
     };
@@ -112,23 +112,38 @@ pub(crate) async fn provisioned(
     Query(query): Query<HashMap<String, String>>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let who = match caller {
-        AppCaller::Token(who) => who,
-        // Tickets name an environment; a template connect takes a token.
-        AppCaller::Ticket(_) => {
-            return Err(ApiError::bad_request(
-                "a template connect takes a token (bearer or subprotocol), not a ticket",
-            ));
+    let (who, target) = match caller {
+        AppCaller::Token(who) => {
+            let template = field(&query, "template")
+                .ok_or_else(|| ApiError::bad_request("missing ?template="))?;
+            let target = ProvisionTarget {
+                template,
+                thread: field(&query, "thread"),
+                workspace: field(&query, "workspace"),
+            };
+            (who, target)
+        }
+        // A template ticket decides the template, thread and workspace.
+        AppCaller::Ticket(secret) => {
+            let ticket = caller::redeem(&s, remote.0, &secret, None)?;
+            let TicketTarget::Template {
+                template,
+                workspace,
+            } = ticket.target
+            else {
+                return Err(ApiError::unauthorized(
+                    "the ticket is unknown, used or expired",
+                ));
+            };
+            let target = ProvisionTarget {
+                template,
+                thread: ticket.thread,
+                workspace,
+            };
+            (ticket.principal, target)
         }
     };
     who.require(Scope::Relay)?;
-    let template =
-        field(&query, "template").ok_or_else(|| ApiError::bad_request("missing ?template="))?;
-    let target = ProvisionTarget {
-        template,
-        thread: field(&query, "thread"),
-        workspace: field(&query, "workspace"),
-    };
     let resume = resume_of(&query)?;
     let provisioned = match s.manager.provision_app(&who, target, resume).await {
         Ok(p) => p,

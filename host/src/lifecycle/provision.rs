@@ -77,6 +77,17 @@ impl Manager {
         config.templates.values().map(Template::shown).collect()
     }
 
+    /// `NoTemplate` unless a template is named `name`.
+    pub(crate) fn check_template(&self, name: &str) -> Result<(), LifecycleError> {
+        if self.driver().shared.config.templates.contains_key(name) {
+            return Ok(());
+        }
+        Err(LifecycleError::NoTemplate(format!(
+            "no template named {}",
+            untrusted::named(name)
+        )))
+    }
+
     /// Finds or creates `who`'s environment for `target`, asks for it to run, and
     /// admits the app to it; its first frame is `provisioned`. An unknown template is
     /// `NoTemplate`; a missing thread or workspace the template is per is `Invalid`.
@@ -87,12 +98,10 @@ impl Manager {
         resume: Option<Resume>,
     ) -> Result<Provisioned, LifecycleError> {
         let config = self.driver().shared.config.clone();
-        let template = config.templates.get(&target.template).ok_or_else(|| {
-            LifecycleError::NoTemplate(format!(
-                "no template named {}",
-                untrusted::named(&target.template)
-            ))
-        })?;
+        self.check_template(&target.template)?;
+        let Some(template) = config.templates.get(&target.template) else {
+            return Err(LifecycleError::NoTemplate(target.template));
+        };
         let key = key_of(template, &target)?;
         let owner = who.user().to_owned();
         let (record, created) = {
