@@ -75,7 +75,10 @@ async fn a_thread_gets_its_environment_on_first_connect_and_keeps_it() {
     assert_eq!(templates[1]["idleStopSecs"], 60);
 
     // Refused before the upgrade: an unknown template, a missing thread or workspace.
+    let long = format!("template=desk&workspace=w&thread={}", "x".repeat(300));
     for (query, expected) in [
+        (long.as_str(), StatusCode::BAD_REQUEST),
+        ("template=chat&thread=%07", StatusCode::BAD_REQUEST),
         ("template=nope&thread=t", StatusCode::NOT_FOUND),
         ("template=chat", StatusCode::BAD_REQUEST),
         ("template=desk&thread=t", StatusCode::BAD_REQUEST),

@@ -241,7 +241,24 @@ fn key_of(template: &Template, target: &ProvisionTarget) -> Result<ProvisionKey,
         key: value,
     };
     validate::check_provision_key(&key).map_err(LifecycleError::Invalid)?;
+    // The thread is the app's relay thread whatever the scope: bounded the same way.
+    if let Some(thread) = &target.thread {
+        let as_key = ProvisionKey {
+            scope: "thread".to_owned(),
+            key: thread.clone(),
+            ..key.clone()
+        };
+        validate::check_provision_key(&as_key)
+            .map_err(|_| LifecycleError::Invalid(format!("thread: {}", bound_message())))?;
+    }
     Ok(key)
+}
+
+fn bound_message() -> String {
+    format!(
+        "1-{} bytes without control characters",
+        validate::MAX_PROVISION_KEY_BYTES
+    )
 }
 
 /// The environment name for `owner`'s `key`: the template's name (cut) and a hash of
