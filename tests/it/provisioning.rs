@@ -10,6 +10,7 @@ use crate::support::{Server, TOKEN, Ws, write_config};
 
 const TEMPLATES: &str = "[templates.chat]\nprovider = \"local-process\"\nscope = \"thread\"\n\
 secret_keys = [\"apiKey\"]\nconfig = { apiKey = \"s3cret-value\", note = \"shown\" }\n\n\
+[templates.broken]\nprovider = \"local-process\"\nscope = \"thread\"\nconfig = { command = 7 }\n\n\
 [templates.desk]\nprovider = \"local-process\"\nscope = \"workspace\"\nidleStopSecs = 60\n";
 
 async fn user_token(server: &Server, user: &str) -> String {
@@ -67,12 +68,19 @@ async fn a_thread_gets_its_environment_on_first_connect_and_keeps_it() {
     assert_eq!(status, StatusCode::OK, "{templates}");
     let shown = templates.to_string();
     assert!(!shown.contains("s3cret-value"), "{shown}");
-    let chat = &templates.as_array().expect("list")[0];
+    let named = |name: &str| {
+        let list = templates.as_array().expect("list");
+        list.iter()
+            .find(|t| t["name"] == name)
+            .cloned()
+            .expect("listed")
+    };
+    let chat = named("chat");
     assert_eq!(chat["name"], "chat");
     assert_eq!(chat["scope"], "thread");
     assert_eq!(chat["secretKeys"], json!(["apiKey"]));
     assert_eq!(chat["config"], json!({"note": "shown"}));
-    assert_eq!(templates[1]["idleStopSecs"], 60);
+    assert_eq!(named("desk")["idleStopSecs"], 60);
 
     // Refused before the upgrade: an unknown template, a missing thread or workspace.
     let long = format!("template=desk&workspace=w&thread={}", "x".repeat(300));
@@ -273,5 +281,25 @@ async fn a_template_ticket_opens_one_provisioned_connection() {
     let secret = by_id["ticket"].as_str().expect("ticket");
     let refused = Ws::connect(&url(&server, &format!("ticket={secret}")), None).await;
     assert_eq!(refused.err(), Some(StatusCode::UNAUTHORIZED));
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_failed_start_closes_the_held_connection_with_4014() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), TEMPLATES);
+    let server = Server::start(dir.path());
+    let at = url(&server, "template=broken&thread=t");
+    let mut ws = Ws::connect(&at, Some(TOKEN)).await.expect("connect");
+    let first = ws.next_any().await;
+    assert_eq!(first["type"], "provisioned", "{first}");
+    assert_eq!(ws.close_code().await, Some(4014));
+    let env = server
+        .wait_env(&id_of(&first), "in error", |e| e["status"] == "error")
+        .await;
+    assert!(
+        env["lastError"].as_str().is_some_and(|e| !e.is_empty()),
+        "{env}"
+    );
     server.stop();
 }

@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::OwnedMutexGuard;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{LifecycleError, Manager};
+use super::{LifecycleError, Manager, Status};
 use crate::config::{Template, TemplateRestart, TemplateScope};
 use crate::relay::{Connection, Resume};
 use crate::store::{DesiredState, ProvisionKey, Record, RestartPolicy, validate};
@@ -116,9 +117,10 @@ impl Manager {
         let id = record.id.clone();
         let env = self.known_env(&id)?;
         let span = tracing::info_span!("provision", env = %id, template = %template.name);
-        let _entered = span.enter();
+        let entered = span.enter();
         tracing::info!(created, "app connecting through a template");
         let first = json!({"type": "provisioned", "environmentId": id, "created": created});
+        let start_failed = CancellationToken::new();
         let admitted = self.admit_app(
             who,
             record,
@@ -126,9 +128,22 @@ impl Manager {
             target.thread,
             resume,
             Some(first.to_string()),
+            Some(start_failed.clone()),
         );
-        // Runs it if it should run and does not (a no-op when it already runs).
-        self.driver().spawn_converge(env);
+        drop(entered);
+        // Runs it if it should run and does not (a no-op when it already runs); a
+        // start that fails closes this app (4014).
+        let driver = self.driver().clone();
+        self.driver().spawn(
+            async move {
+                let _op = env.op.lock().await;
+                driver.converge_locked(&env).await;
+                if env.live().status == Status::Error {
+                    start_failed.cancel();
+                }
+            }
+            .instrument(span.clone()),
+        );
         Ok(Provisioned {
             connection: admitted?,
             environment_id: id,
