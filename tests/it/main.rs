@@ -10,6 +10,7 @@ mod git_worktree;
 mod hostile;
 mod lifecycle;
 mod providers;
+mod provisioning;
 mod quotas;
 mod records;
 mod relay;

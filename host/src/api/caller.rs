@@ -104,13 +104,13 @@ impl FromRequestParts<AppState> for AppCaller {
     }
 }
 
-/// Takes the ticket `secret` for `environment`. A bad ticket counts as a failed
+/// Takes the ticket `secret` for `environment` (`None`: a template connect). A bad ticket counts as a failed
 /// authentication of `remote`, like a bad token.
 pub(crate) fn redeem(
     state: &AppState,
     remote: IpAddr,
     secret: &str,
-    environment: &str,
+    environment: Option<&str>,
 ) -> Result<Ticket, ApiError> {
     let throttled = |t: Throttled| {
         audited::refused(state, remote, action::AUTH_THROTTLED, &t.to_string());

@@ -92,7 +92,9 @@ impl From<LifecycleError> for ApiError {
     fn from(e: LifecycleError) -> Self {
         let message = e.to_string();
         match e {
-            LifecycleError::NotFound(_) | LifecycleError::NoProvider(_) => Self::not_found(message),
+            LifecycleError::NotFound(_)
+            | LifecycleError::NoProvider(_)
+            | LifecycleError::NoTemplate(_) => Self::not_found(message),
             LifecycleError::Invalid(_) => Self::bad_request(message),
             LifecycleError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
             LifecycleError::Unauthorized(_) => Self::unauthorized(message),

@@ -9,6 +9,7 @@ mod environments;
 mod error;
 mod metrics;
 mod providers;
+mod templates;
 mod tickets;
 mod tokens;
 mod ws;
@@ -66,8 +67,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/tokens/{id}", delete(tokens::revoke))
         .route("/api/v1/audit", get(audited::list))
         .route("/api/v1/tickets", post(tickets::create))
+        .route("/api/v1/templates", get(templates::list))
         .route("/api/v1/providers", get(providers::list))
         .route("/api/v1/providers/{name}", get(providers::get))
+        .route("/ws/app", get(ws::provisioned))
         .route("/ws/app/{id}", get(ws::app))
         .route("/ws/runtime/{id}", get(ws::runtime))
         .route("/healthz", get(healthz))

@@ -1,5 +1,6 @@
 //! `POST /api/v1/tickets`: a single-use, short-lived ticket for one app WebSocket, so a
-//! browser never puts its token in a URL (`/ws/app/{id}?ticket=…`).
+//! browser never puts its token in a URL (`/ws/app/{id}?ticket=…`, or for a template,
+//! `/ws/app?ticket=…`).
 
 use axum::Json;
 use axum::extract::State;
@@ -8,55 +9,86 @@ use serde_json::{Value, json};
 
 use super::body::{Body, Fields, FromObject};
 use super::{ApiError, AppState};
-use crate::tenancy::{Principal, Scope};
+use crate::tenancy::{Principal, Scope, TicketTarget};
 
 /// Longest thread id a ticket may name.
 const MAX_THREAD: usize = 256;
 
 #[derive(Debug)]
 pub(crate) struct TicketBody {
-    environment: String,
+    environment: Option<String>,
+    template: Option<String>,
     thread: Option<String>,
+    workspace: Option<String>,
+}
+
+/// `Err` unless `value` (of field `name`) is 1 to [`MAX_THREAD`] bytes without
+/// control characters.
+fn check_id(name: &str, value: Option<&String>) -> Result<(), String> {
+    match value {
+        Some(t) if t.is_empty() || t.len() > MAX_THREAD || t.chars().any(char::is_control) => Err(
+            format!("field `{name}` must be 1 to {MAX_THREAD} bytes without control characters"),
+        ),
+        _ => Ok(()),
+    }
 }
 
 impl FromObject for TicketBody {
-    const FIELDS: &'static [&'static str] = &["environment", "thread"];
+    const FIELDS: &'static [&'static str] = &["environment", "template", "thread", "workspace"];
 
     fn from_object(f: &mut Fields) -> Result<Self, String> {
-        let environment = f.string("environment")?;
+        let environment = f.optional_string("environment")?;
+        let template = f.optional_string("template")?;
         let thread = f.optional_string("thread")?;
-        if let Some(t) = &thread
-            && (t.is_empty() || t.len() > MAX_THREAD || t.chars().any(char::is_control))
-        {
-            return Err(format!(
-                "field `thread` must be 1 to {MAX_THREAD} bytes without control characters"
-            ));
+        let workspace = f.optional_string("workspace")?;
+        check_id("thread", thread.as_ref())?;
+        check_id("workspace", workspace.as_ref())?;
+        check_id("template", template.as_ref())?;
+        match (&environment, &template) {
+            (Some(_), None) if workspace.is_some() => {
+                Err("field `workspace` goes with `template`".to_owned())
+            }
+            (Some(_), None) | (None, Some(_)) => Ok(Self {
+                environment,
+                template,
+                thread,
+                workspace,
+            }),
+            _ => Err("give exactly one of the fields `environment` and `template`".to_owned()),
         }
-        Ok(Self {
-            environment,
-            thread,
-        })
     }
 }
 
 /// `POST /api/v1/tickets {"environment", "thread"?}` (scope `relay`, an environment the
-/// caller reaches): `{"ticket", "expiresInSecs", "environment", "thread"}`, 201.
+/// caller reaches) or `{"template", "thread"?, "workspace"?}` (a defined template):
+/// `{"ticket", "expiresInSecs", "environment" | "template", "thread", "workspace"?}`, 201.
 pub(crate) async fn create(
     who: Principal,
     State(s): State<AppState>,
     Body(body): Body<TicketBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     who.require(Scope::Relay)?;
-    // Someone else's environment is, to this caller, one that does not exist.
-    s.manager.get(&who, &body.environment)?;
-    let ticket = (s.tickets).issue(who, body.environment.clone(), body.thread.clone());
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "ticket": ticket,
-            "expiresInSecs": s.tickets.ttl().as_secs(),
-            "environment": body.environment,
-            "thread": body.thread,
-        })),
-    ))
+    let (target, mut answer) = match (body.environment, body.template) {
+        (Some(environment), _) => {
+            // Someone else's environment is, to this caller, one that does not exist.
+            s.manager.get(&who, &environment)?;
+            let answer = json!({"environment": environment});
+            (TicketTarget::Environment(environment), answer)
+        }
+        (None, Some(template)) => {
+            s.manager.check_template(&template)?;
+            let answer = json!({"template": template, "workspace": body.workspace});
+            let target = TicketTarget::Template {
+                template,
+                workspace: body.workspace,
+            };
+            (target, answer)
+        }
+        (None, None) => return Err(ApiError::bad_request("give `environment` or `template`")),
+    };
+    let ticket = (s.tickets).issue(who, target, body.thread.clone());
+    answer["ticket"] = json!(ticket);
+    answer["expiresInSecs"] = json!(s.tickets.ttl().as_secs());
+    answer["thread"] = json!(body.thread);
+    Ok((StatusCode::CREATED, Json(answer)))
 }

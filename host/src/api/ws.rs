@@ -7,6 +7,10 @@
 //! missing one; a full environment is upgraded and closed at once with close code
 //! 4013. An admitted peer's socket is the relay's from the upgrade on; an app's is
 //! closed with 4003 when its token is revoked or expires.
+//!
+//! `/ws/app?template=NAME&thread=T` (`&workspace=W`) connects an app to the
+//! environment provisioned for it from a template (`lifecycle/provision.rs`): found
+//! or created, and started, before the upgrade; an unknown template is 404.
 
 use std::collections::HashMap;
 
@@ -16,11 +20,12 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::Response;
 
-use super::audited::Remote;
+use super::audited::{Act, Remote, audited};
 use super::{ApiError, AppCaller, AppState, bearer, caller};
-use crate::lifecycle::LifecycleError;
+use crate::audit::action;
+use crate::lifecycle::{LifecycleError, ProvisionTarget};
 use crate::relay::{self, CLOSE_TOO_MANY, Resume};
-use crate::tenancy::Scope;
+use crate::tenancy::{Scope, TicketTarget};
 
 /// The subprotocol the host answers with; browsers must offer it with their token.
 const SUBPROTOCOL: &str = "tether.v1";
@@ -77,7 +82,7 @@ pub(crate) async fn app(
     let (who, pinned) = match caller {
         AppCaller::Token(who) => (who, None),
         AppCaller::Ticket(secret) => {
-            let ticket = caller::redeem(&s, remote, &secret, &id)?;
+            let ticket = caller::redeem(&s, remote, &secret, Some(&id))?;
             (ticket.principal, ticket.thread)
         }
     };
@@ -93,4 +98,71 @@ pub(crate) async fn app(
         Err(other) => return Err(other.into()),
     };
     Ok(connection.serve(upgrade.protocols([SUBPROTOCOL])))
+}
+
+/// A query value given and not empty.
+fn field(query: &HashMap<String, String>, key: &str) -> Option<String> {
+    query.get(key).filter(|v| !v.is_empty()).cloned()
+}
+
+pub(crate) async fn provisioned(
+    caller: AppCaller,
+    remote: Remote,
+    State(s): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let (who, target) = match caller {
+        AppCaller::Token(who) => {
+            let template = field(&query, "template")
+                .ok_or_else(|| ApiError::bad_request("missing ?template="))?;
+            let target = ProvisionTarget {
+                template,
+                thread: field(&query, "thread"),
+                workspace: field(&query, "workspace"),
+            };
+            (who, target)
+        }
+        // A template ticket decides the template, thread and workspace.
+        AppCaller::Ticket(secret) => {
+            let ticket = caller::redeem(&s, remote.0, &secret, None)?;
+            let TicketTarget::Template {
+                template,
+                workspace,
+            } = ticket.target
+            else {
+                return Err(ApiError::unauthorized(
+                    "the ticket is unknown, used or expired",
+                ));
+            };
+            let target = ProvisionTarget {
+                template,
+                thread: ticket.thread,
+                workspace,
+            };
+            (ticket.principal, target)
+        }
+    };
+    who.require(Scope::Relay)?;
+    let resume = resume_of(&query)?;
+    let provisioned = match s.manager.provision_app(&who, target, resume).await {
+        Ok(p) => p,
+        Err(LifecycleError::TooManyConnections(why)) => {
+            return Ok(relay::refuse(upgrade, CLOSE_TOO_MANY, why));
+        }
+        Err(other) => return Err(other.into()),
+    };
+    if provisioned.created {
+        let act = Act {
+            who: &who,
+            remote,
+            action: action::ENVIRONMENT_CREATE,
+            target: &provisioned.environment_id,
+            owner: Some(who.user()),
+        };
+        audited(&s, act, Ok(())).await?;
+    }
+    Ok(provisioned
+        .connection
+        .serve(upgrade.protocols([SUBPROTOCOL])))
 }

@@ -33,6 +33,8 @@ pub(super) struct FileConfig {
     pub(super) auth: FileAuth,
     #[serde(default)]
     pub(super) tenancy: super::tenancy::FileTenancy,
+    #[serde(default)]
+    pub(super) templates: BTreeMap<String, super::templates::FileTemplate>,
 }
 
 #[derive(Debug, Default, Deserialize)]

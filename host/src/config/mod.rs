@@ -17,6 +17,7 @@ mod net;
 mod operator;
 mod pattern;
 mod replace;
+mod templates;
 mod tenancy;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,7 @@ pub use pattern::{
     ANY_ARG, ANY_REST, CommandPattern, PATH_ARG, PatternError, UrlPattern, UrlPatternError,
 };
 pub use replace::BuiltinReplacement;
+pub use templates::{Template, TemplateRestart, TemplateScope};
 pub use tenancy::{Quota, TenancyConfig};
 
 /// The default listen address of `tether serve`.
@@ -107,6 +109,8 @@ pub struct ServeConfig {
     pub audit: AuditConfig,
     /// Each user's environment limits (`[tenancy]`).
     pub tenancy: TenancyConfig,
+    /// What apps may provision environments from, by name (`[templates.NAME]`).
+    pub templates: BTreeMap<String, Template>,
     /// Failed-authentication throttling per address (`[auth]`).
     pub throttle: ThrottleConfig,
     /// The `tether` binary whose spawn guard runs every brokered child (set by
@@ -310,6 +314,7 @@ impl ServeConfig {
             compile_cache: CompileCacheConfig::in_dir(data_dir.join(".codebolt/cache")),
             audit: AuditConfig::default(),
             tenancy: TenancyConfig::default(),
+            templates: BTreeMap::new(),
             throttle: ThrottleConfig::default(),
             spawn_guard: None,
             data_dir,
@@ -459,6 +464,7 @@ impl ServeConfig {
         self.audit = audit::audit_config(file.audit)?;
         self.throttle = audit::throttle_config(file.auth)?;
         self.tenancy = tenancy::tenancy_config(file.tenancy)?;
+        self.templates = templates::templates_config(file.templates)?;
         self.apply_net(file.net)
     }
 
@@ -512,16 +518,22 @@ impl ServeConfig {
             .unwrap_or_else(|| Grant::builtin_default(provider, &self.data_dir))
     }
 
-    /// `environment` config with the operator's config for `provider` laid over it:
-    /// what the provider is handed, never what is stored or shown.
+    /// `environment` config with the secret values of its `template` (if it was
+    /// provisioned from one) and then the operator's config for `provider` laid over
+    /// it: what the provider is handed, never what is stored or shown.
     pub fn merged_config(
         &self,
         provider: &str,
+        template: Option<&str>,
         environment: &serde_json::Map<String, serde_json::Value>,
     ) -> serde_json::Map<String, serde_json::Value> {
-        match self.provider_config.get(provider) {
-            Some(operator) => operator.merged_over(environment),
+        let environment = match template.and_then(|t| self.templates.get(t)) {
+            Some(template) => template.with_secrets(environment),
             None => environment.clone(),
+        };
+        match self.provider_config.get(provider) {
+            Some(operator) => operator.merged_over(&environment),
+            None => environment,
         }
     }
 

@@ -46,7 +46,7 @@ fn operator_grant_replaces_default() {
 fn config_only_table_keeps_the_default_grant() {
     let c = load("[providers.local-process]\nconfig = { command = \"x\" }\n").unwrap();
     assert_eq!(c.grant_for("local-process").commands.len(), 1);
-    let merged = c.merged_config("local-process", &serde_json::Map::new());
+    let merged = c.merged_config("local-process", None, &serde_json::Map::new());
     assert_eq!(merged["command"], "x");
     let c = load(
         "[providers.http-sandbox]\nurls = [\"http://127.0.0.1:*\"]\nconfig = { apiKey = \"k\" }\n",

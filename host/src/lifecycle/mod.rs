@@ -21,6 +21,7 @@ mod peers;
 mod provider_reload;
 mod provider_status;
 mod providers;
+mod provision;
 mod quotas;
 mod reconcile;
 mod supervisor;
@@ -42,10 +43,12 @@ use crate::untrusted;
 use driver::Driver;
 use envs::{Env, Environments};
 use providers::Providers;
+use provision::KeyLocks;
 use quotas::Quotas;
 
 pub(crate) use crate::store::{DesiredState, RestartPolicy};
 pub(crate) use providers::ProviderView;
+pub(crate) use provision::ProvisionTarget;
 pub(crate) use view::{EnvironmentView, Status};
 
 /// Why a lifecycle request failed.
@@ -54,6 +57,9 @@ pub(crate) enum LifecycleError {
     /// No such environment.
     #[error("no environment with id {0:?}")]
     NotFound(String),
+    /// No such template is defined.
+    #[error("{0}")]
+    NoTemplate(String),
     /// No such provider is loaded (the message says what is known of it).
     #[error("{0}")]
     NoProvider(String),
@@ -129,6 +135,8 @@ struct Shared {
     driver: Driver,
     providers: Providers,
     quotas: Quotas,
+    /// One lock per provision key.
+    provisions: KeyLocks,
     /// Fired when the host starts shutting down.
     closing: CancellationToken,
 }
@@ -165,6 +173,7 @@ impl Manager {
                     audit,
                 ),
                 quotas: Quotas::new(config.tenancy.clone()),
+                provisions: KeyLocks::default(),
                 providers: Providers::new(engine, config),
                 store,
                 closing: CancellationToken::new(),

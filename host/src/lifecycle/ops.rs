@@ -184,10 +184,11 @@ impl Driver {
             environment_name: record.name.clone(),
             project_path: project_path(record),
             // The operator's config for this provider (API keys, ...) joins here only.
-            config: self
-                .shared
-                .config
-                .merged_config(&record.provider, &record.config),
+            config: self.shared.config.merged_config(
+                &record.provider,
+                record.template(),
+                &record.config,
+            ),
             resource_id: record.resource_id.clone(),
             runtime_url,
             runtime_token,

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::driver::Driver;
@@ -14,10 +15,10 @@ use super::{LifecycleError, Manager};
 use crate::auth;
 use crate::engine::{CallError, FailureKind};
 use crate::relay::{
-    CLOSE_REVOKED, CloseReason, Connection, ProviderDesk, ProviderRequest, ProviderRoute,
-    RelayError, Resume,
+    CLOSE_REVOKED, CLOSE_START_FAILED, CloseReason, Connection, ProviderDesk, ProviderRequest,
+    ProviderRoute, RelayError, Resume,
 };
-use crate::store::DesiredState;
+use crate::store::{DesiredState, Record};
 use crate::tenancy::Principal;
 
 /// Why a WebSocket peer was not admitted.
@@ -69,6 +70,23 @@ impl Manager {
     ) -> Result<Connection, LifecycleError> {
         let record = self.reachable(who, id)?;
         let env = self.known_env(id)?;
+        self.admit_app(who, record, &env, thread, resume, None, None)
+    }
+
+    /// Attaches `who`'s app to `env` (whose record is `record`); `first`, if given, is
+    /// its first frame, before the environment's status; when `start_failed` fires
+    /// the app is closed with 4014.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn admit_app(
+        &self,
+        who: &Principal,
+        record: Record,
+        env: &Arc<Env>,
+        thread: Option<String>,
+        resume: Option<Resume>,
+        first: Option<String>,
+        start_failed: Option<CancellationToken>,
+    ) -> Result<Connection, LifecycleError> {
         // The provider's own types are looked up once here, so the per-message path
         // never scans the store.
         let mut types: Vec<String> = PROVIDER_TYPES.iter().map(|t| (*t).to_owned()).collect();
@@ -81,17 +99,25 @@ impl Manager {
             }),
         };
         // The app learns where things stand right away.
-        let greeting = Some(self.shared.driver.view_of(&env, record).status_event());
+        let status = self.shared.driver.view_of(env, record).status_event();
+        let greetings = first.into_iter().chain(std::iter::once(status));
         let (who, moves) = (who.clone(), env.owner_moves());
-        let connection = Connection::app(&env.hub, thread, resume, greeting, route)
+        let connection = Connection::app(&env.hub, thread, resume, greetings, route)
             .map_err(refused)?
             .ends_when(async move {
-                let reason = tokio::select! {
-                    why = who.ended() => why,
-                    _ = moves.cancelled() => "the environment moved to another owner",
+                let failed = async {
+                    match start_failed {
+                        Some(token) => token.cancelled().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let (code, reason) = tokio::select! {
+                    why = who.ended() => (CLOSE_REVOKED, why),
+                    _ = moves.cancelled() => (CLOSE_REVOKED, "the environment moved to another owner"),
+                    _ = failed => (CLOSE_START_FAILED, "the environment's start failed; see its lastError"),
                 };
                 CloseReason {
-                    code: CLOSE_REVOKED,
+                    code,
                     reason: reason.to_owned(),
                 }
             });

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::provider_status::ProviderStatus;
 use crate::engine::ProviderHandle;
-use crate::store::{DesiredState, Record, RestartPolicy};
+use crate::store::{DesiredState, ProvisionKey, Record, RestartPolicy};
 
 /// Live status of an environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -77,6 +77,9 @@ pub(crate) struct EnvironmentView {
     pub provider_sha256: Option<String>,
     /// The provider a start would use now, compared with the running instance.
     pub provider_status: ProviderStatus,
+    /// What it was provisioned for, if an app's connect made it from a template.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provision_key: Option<ProvisionKey>,
     /// Creation time.
     pub created_at: String,
     /// Last change.
@@ -111,6 +114,7 @@ impl EnvironmentView {
             provider_version: running.map(|p| p.version.clone()),
             provider_sha256: running.map(|p| p.sha256.clone()),
             provider_status,
+            provision_key: record.provision_key,
             created_at: record.created_at,
             updated_at: record.updated_at,
         }

@@ -67,16 +67,16 @@ impl Connection {
     }
 
     /// Attaches an app to `hub` on `thread`, resuming its session if `resume` names
-    /// one; `greeting` is the first frame it gets, and `provider` takes the message
-    /// types the environment's provider answers.
+    /// one; `greetings` are the first frames it gets, in order, and `provider` takes
+    /// the message types the environment's provider answers.
     pub fn app(
         hub: &Arc<Hub>,
         thread: Option<String>,
         resume: Option<Resume>,
-        greeting: Option<String>,
+        greetings: impl IntoIterator<Item = String>,
         provider: ProviderRoute,
     ) -> Result<Self, RelayError> {
-        let outbox = hub.attach_app(thread.clone(), resume, greeting)?;
+        let outbox = hub.attach_app(thread.clone(), resume, greetings)?;
         let inbound = Inbound::App(AppInbound {
             hub: hub.clone(),
             key: outbox.key(),

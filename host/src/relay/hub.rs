@@ -283,13 +283,13 @@ impl Hub {
     }
 
     /// Accepts an app connection on `thread`, resuming its session if it names one;
-    /// `greeting` is queued for it first (before the connection counts as reading, so
-    /// a resumed session whose window is full is not closed for it).
+    /// `greetings` are queued for it first (before the connection counts as reading,
+    /// so a resumed session whose window is full is not closed for them).
     pub fn attach_app(
         self: &Arc<Self>,
         thread: Option<String>,
         resume: Option<Resume>,
-        greeting: Option<String>,
+        greetings: impl IntoIterator<Item = String>,
     ) -> Result<Outbox, RelayError> {
         let (mut conn, closed) = self.new_conn(resume.is_some());
         let mut s = self.lock();
@@ -311,7 +311,7 @@ impl Hub {
             .entry(id)
             .or_insert_with(|| Stream::new(&self.config, None));
         stream.thread = thread;
-        if let Some(greeting) = greeting {
+        for greeting in greetings {
             stream.offer(&greeting.into());
         }
         stream.connect(&mut conn, resume.as_ref());

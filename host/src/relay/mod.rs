@@ -30,8 +30,8 @@ pub use hub::{Hub, StreamKey};
 pub use inbound::{ProviderDesk, ProviderRequest, ProviderRoute, Reply};
 pub use outbox::{Outbox, Take};
 pub use protocol::{
-    CLOSE_GONE, CLOSE_REPLACED, CLOSE_REVOKED, CLOSE_TOO_BIG, CLOSE_TOO_MANY, CLOSE_TOO_SLOW,
-    CLOSE_UNRESPONSIVE, CloseReason, READ_CHUNK, Resume,
+    CLOSE_GONE, CLOSE_REPLACED, CLOSE_REVOKED, CLOSE_START_FAILED, CLOSE_TOO_BIG, CLOSE_TOO_MANY,
+    CLOSE_TOO_SLOW, CLOSE_UNRESPONSIVE, CloseReason, READ_CHUNK, Resume,
 };
 pub use registry::Relay;
 

@@ -34,6 +34,9 @@ pub const CLOSE_UNRESPONSIVE: u16 = 4011;
 pub const CLOSE_REVOKED: u16 = 4003;
 /// Close code: the environment already has its maximum number of connections.
 pub const CLOSE_TOO_MANY: u16 = 4013;
+/// Close code: the start of the environment an app was provisioned to failed (its
+/// record is in `error` with `lastError`).
+pub const CLOSE_START_FAILED: u16 = 4014;
 
 /// How a connection ends, when the relay ends it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::sync::MutexExt;
 use crate::untrusted;
 use document::{Document, Entry, FORMAT_VERSION, Touch};
-pub use record::{DesiredState, Record, RestartPolicy};
+pub use record::{DesiredState, ProvisionKey, Record, RestartPolicy};
 
 /// A file read from disk: its document, or why it is not one.
 type Parsed = Result<Document, String>;
@@ -253,6 +253,11 @@ impl Store {
     /// How many records in force match `pred`, without copying any.
     pub(crate) fn count(&self, pred: impl Fn(&Record) -> bool) -> usize {
         self.with(|s| s.doc.records().filter(|r| pred(r)).count())
+    }
+
+    /// The first record in force (in file order) matching `pred`.
+    pub(crate) fn find(&self, pred: impl Fn(&Record) -> bool) -> Option<Record> {
+        self.with(|s| s.doc.records().find(|r| pred(r)).cloned())
     }
 
     /// The record in force with `id`.

@@ -32,6 +32,20 @@ pub enum RestartPolicy {
     Always,
 }
 
+/// What a provisioned environment was made per (`docs/protocol.md`, "Provisioning"):
+/// with the record's owner, the key an app's connect is matched on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProvisionKey {
+    /// The template it was made from.
+    pub template: String,
+    /// `user`, `thread` or `workspace`.
+    pub scope: String,
+    /// The thread or workspace id (empty for `user`).
+    #[serde(default)]
+    pub key: String,
+}
+
 /// One environment as persisted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -79,6 +93,9 @@ pub struct Record {
     /// When the most recent restarts happened (RFC 3339, oldest first, bounded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restart_history: Vec<String>,
+    /// What it was provisioned for, if an app's connect made it from a template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provision_key: Option<ProvisionKey>,
     /// RFC 3339 creation time (empty in a hand-written record).
     #[serde(default)]
     pub created_at: String,
@@ -110,10 +127,18 @@ impl Record {
             restarts: 0,
             restart_policy: RestartPolicy::default(),
             restart_history: Vec::new(),
+            provision_key: None,
             created_at: now.clone(),
             updated_at: now,
             extra: Map::new(),
         }
+    }
+}
+
+impl Record {
+    /// The template it was provisioned from, if any.
+    pub fn template(&self) -> Option<&str> {
+        self.provision_key.as_ref().map(|k| k.template.as_str())
     }
 }
 

@@ -26,6 +26,9 @@ pub(crate) const MAX_STATE_BYTES: usize = 1024 * 1024;
 pub(crate) const MAX_HISTORY_ENTRIES: usize = 64;
 /// Longest timestamp (`createdAt`, `updatedAt`, a `restartHistory` entry).
 pub(crate) const MAX_STAMP_BYTES: usize = 64;
+/// Longest provision key (`provisionKey.key`: a thread or workspace id).
+pub(crate) const MAX_PROVISION_KEY_BYTES: usize = 256;
+
 /// Largest record as a whole, unknown fields included, serialised as JSON.
 pub(crate) const MAX_RECORD_BYTES: usize = 2 * 1024 * 1024;
 
@@ -88,8 +91,31 @@ pub(crate) fn check(record: &Record) -> Result<(), String> {
     for stamp in record.restart_history.iter() {
         bounded("a restartHistory entry", Some(stamp), MAX_STAMP_BYTES)?;
     }
+    if let Some(k) = &record.provision_key {
+        check_provision_key(k)?;
+    }
     bounded("createdAt", Some(&record.created_at), MAX_STAMP_BYTES)?;
     bounded("updatedAt", Some(&record.updated_at), MAX_STAMP_BYTES)?;
+    Ok(())
+}
+
+/// Checks a `provisionKey`: a template name, a known scope, and a key of at most
+/// [`MAX_PROVISION_KEY_BYTES`] without control characters (empty exactly for `user`).
+pub(crate) fn check_provision_key(k: &super::ProvisionKey) -> Result<(), String> {
+    names::validate("template", &k.template).map_err(|e| format!("provisionKey: {e}"))?;
+    let keyed = match k.scope.as_str() {
+        "user" => false,
+        "thread" | "workspace" => true,
+        _ => return Err("provisionKey.scope must be user, thread or workspace".into()),
+    };
+    if k.key.is_empty() == keyed
+        || k.key.len() > MAX_PROVISION_KEY_BYTES
+        || k.key.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "provisionKey.key must be 1-{MAX_PROVISION_KEY_BYTES} bytes without control characters for a thread or workspace scope, and empty for user"
+        ));
+    }
     Ok(())
 }
 
@@ -215,6 +241,26 @@ mod tests {
             (
                 Box::new(|r| r.restart_history = vec!["t".into(); MAX_HISTORY_ENTRIES + 1]),
                 "restartHistory",
+            ),
+            (
+                Box::new(|r| {
+                    r.provision_key = Some(super::super::ProvisionKey {
+                        template: "chat".into(),
+                        scope: "thread".into(),
+                        key: "k".repeat(MAX_PROVISION_KEY_BYTES + 1),
+                    })
+                }),
+                "provisionKey",
+            ),
+            (
+                Box::new(|r| {
+                    r.provision_key = Some(super::super::ProvisionKey {
+                        template: "../x".into(),
+                        scope: "user".into(),
+                        key: String::new(),
+                    })
+                }),
+                "provisionKey",
             ),
         ];
         for (spoil, needle) in cases {

@@ -1,6 +1,6 @@
 //! WebSocket tickets: so a browser never puts a long-lived token in a URL, it trades
 //! its token for a ticket (`POST /api/v1/tickets`) and connects with `?ticket=`. A
-//! ticket names one environment (and optionally a thread), works once, for at most
+//! ticket names one environment or one template (see [`TicketTarget`]; and optionally a thread), works once, for at most
 //! its time to live (`[tenancy] ticket_ttl_secs`), and only while the token it came from still works. Tickets live in
 //! memory only, by the SHA-256 of their secret, bounded in number.
 
@@ -19,16 +19,42 @@ pub(crate) const TICKET_PREFIX: &str = "tkt_";
 /// Most tickets outstanding at once, host-wide; past it the oldest are dropped.
 const MAX_TICKETS: usize = 100_000;
 
+/// What a ticket opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TicketTarget {
+    /// One environment, by id (`/ws/app/{id}`).
+    Environment(String),
+    /// The caller's environment provisioned from a template (`/ws/app`), for the
+    /// ticket's thread or the workspace named here.
+    Template {
+        /// The template's name.
+        template: String,
+        /// The workspace, for a workspace-scoped template.
+        workspace: Option<String>,
+    },
+}
+
 /// What a ticket lets its bearer do, once.
 #[derive(Debug, Clone)]
 pub(crate) struct Ticket {
     /// Who it acts as.
     pub(crate) principal: Principal,
-    /// The one environment it opens.
-    pub(crate) environment: String,
+    /// What it opens.
+    pub(crate) target: TicketTarget,
     /// The thread it joins, if it names one.
     pub(crate) thread: Option<String>,
     expires: Instant,
+}
+
+impl Ticket {
+    /// Whether it opens `environment` (`None`: a template connect).
+    fn opens(&self, environment: Option<&str>) -> bool {
+        match (&self.target, environment) {
+            (TicketTarget::Environment(id), Some(wanted)) => id == wanted,
+            (TicketTarget::Template { .. }, None) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Why a ticket was not taken. Deliberately vague to the caller: unknown, used and
@@ -58,19 +84,19 @@ impl Tickets {
         self.ttl
     }
 
-    /// A ticket for `principal` to open `environment` (on `thread`); the secret is
+    /// A ticket for `principal` to open `target` (on `thread`); the secret is
     /// returned, only its hash kept.
     pub(crate) fn issue(
         &self,
         principal: Principal,
-        environment: String,
+        target: TicketTarget,
         thread: Option<String>,
     ) -> String {
         let secret = format!("{TICKET_PREFIX}{}", random_hex(32));
         let now = Instant::now();
         let ticket = Ticket {
             principal,
-            environment,
+            target,
             thread,
             expires: now + self.ttl,
         };
@@ -90,8 +116,12 @@ impl Tickets {
     }
 
     /// Takes the ticket `secret` (it works once) if it is known, unexpired, for
-    /// `environment`, and its token still works.
-    pub(crate) fn redeem(&self, secret: &str, environment: &str) -> Result<Ticket, BadTicket> {
+    /// `environment` (`None`: for a template), and its token still works.
+    pub(crate) fn redeem(
+        &self,
+        secret: &str,
+        environment: Option<&str>,
+    ) -> Result<Ticket, BadTicket> {
         let hash = sha256(secret);
         let ticket = {
             let mut map = self.by_hash.locked();
@@ -104,7 +134,7 @@ impl Tickets {
             map.remove(&hash).ok_or(BadTicket)?
         };
         if ticket.expires <= Instant::now()
-            || ticket.environment != environment
+            || !ticket.opens(environment)
             || !ticket.principal.is_live()
         {
             return Err(BadTicket);

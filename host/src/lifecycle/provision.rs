@@ -1,0 +1,326 @@
+//! Provisioning on connect: an app names a template and a thread (or workspace), and
+//! gets the environment made for that key — its owner, the template and the scope
+//! key — created on first connect, started if it is stopped (the same record, so the
+//! same resource and workspace), and admitted at once. Frames the app sends before
+//! the runtime is up wait in the runtime's window of the hub (`relay/hub.rs`).
+//!
+//! The key is recorded in the record (`provisionKey`), so the record is the only
+//! source of the mapping: a host restart or a hand edit keeps it. Concurrent first
+//! connects for one key are serialised by a lock per key, so exactly one environment
+//! is made; the owner's quotas are checked under their admission lock as for a create.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::OwnedMutexGuard;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{LifecycleError, Manager, Status};
+use crate::config::{Template, TemplateRestart, TemplateScope};
+use crate::relay::{Connection, Resume};
+use crate::store::{DesiredState, ProvisionKey, Record, RestartPolicy, validate};
+use crate::sync::MutexExt;
+use crate::tenancy::Principal;
+use crate::untrusted;
+
+/// What an app's connect asks to be provisioned.
+#[derive(Debug, Clone)]
+pub(crate) struct ProvisionTarget {
+    /// The template's name.
+    pub template: String,
+    /// `?thread=`: the app's relay thread, and the key of a `thread` template.
+    pub thread: Option<String>,
+    /// `?workspace=`: the key of a `workspace` template.
+    pub workspace: Option<String>,
+}
+
+/// An admitted app of a provisioned environment.
+#[derive(Debug)]
+pub(crate) struct Provisioned {
+    /// Ready to be served on the app's socket.
+    pub connection: Connection,
+    /// The environment it got.
+    pub environment_id: String,
+    /// Whether this connect made it.
+    pub created: bool,
+}
+
+/// A provision key with its owner: what one environment is made per.
+type OwnedKey = (String, ProvisionKey);
+
+/// One lock per provision key (owner included), held from looking the key up to
+/// recording a new environment for it.
+#[derive(Debug, Default)]
+pub(super) struct KeyLocks {
+    locks: Mutex<HashMap<OwnedKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyLocks {
+    async fn lock(&self, owner: &str, key: &ProvisionKey) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.locked();
+            // Forget keys nobody is provisioning right now, so the map stays small.
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            let entry = locks.entry((owner.to_owned(), key.clone()));
+            entry.or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
+impl Manager {
+    /// Every template, as `GET /api/v1/templates` shows them (no secret values).
+    pub(crate) fn templates(&self) -> Vec<serde_json::Value> {
+        let config = &self.driver().shared.config;
+        config.templates.values().map(Template::shown).collect()
+    }
+
+    /// `NoTemplate` unless a template is named `name`.
+    pub(crate) fn check_template(&self, name: &str) -> Result<(), LifecycleError> {
+        if self.driver().shared.config.templates.contains_key(name) {
+            return Ok(());
+        }
+        Err(LifecycleError::NoTemplate(format!(
+            "no template named {}",
+            untrusted::named(name)
+        )))
+    }
+
+    /// Finds or creates `who`'s environment for `target`, asks for it to run, and
+    /// admits the app to it; its first frame is `provisioned`. An unknown template is
+    /// `NoTemplate`; a missing thread or workspace the template is per is `Invalid`.
+    pub(crate) async fn provision_app(
+        &self,
+        who: &Principal,
+        target: ProvisionTarget,
+        resume: Option<Resume>,
+    ) -> Result<Provisioned, LifecycleError> {
+        let config = self.driver().shared.config.clone();
+        self.check_template(&target.template)?;
+        let Some(template) = config.templates.get(&target.template) else {
+            return Err(LifecycleError::NoTemplate(target.template));
+        };
+        let key = key_of(template, &target)?;
+        let owner = who.user().to_owned();
+        let (record, created) = {
+            let _key = self.shared.provisions.lock(&owner, &key).await;
+            let found = (self.shared.store)
+                .find(|r| r.owner == owner && r.provision_key.as_ref() == Some(&key));
+            match found {
+                Some(record) => (self.resume_provisioned(who, record).await?, false),
+                None => (self.create_provisioned(who, template, key).await?, true),
+            }
+        };
+        let id = record.id.clone();
+        let env = self.known_env(&id)?;
+        let span = tracing::info_span!("provision", env = %id, template = %template.name);
+        let entered = span.enter();
+        tracing::info!(created, "app connecting through a template");
+        let first = json!({"type": "provisioned", "environmentId": id, "created": created});
+        let start_failed = CancellationToken::new();
+        let admitted = self.admit_app(
+            who,
+            record,
+            &env,
+            target.thread,
+            resume,
+            Some(first.to_string()),
+            Some(start_failed.clone()),
+        );
+        drop(entered);
+        // Runs it if it should run and does not (a no-op when it already runs); a
+        // start that fails closes this app (4014).
+        let driver = self.driver().clone();
+        self.driver().spawn(
+            async move {
+                let _op = env.op.lock().await;
+                driver.converge_locked(&env).await;
+                if env.live().status == Status::Error {
+                    start_failed.cancel();
+                }
+            }
+            .instrument(span.clone()),
+        );
+        Ok(Provisioned {
+            connection: admitted?,
+            environment_id: id,
+            created,
+        })
+    }
+
+    /// `record` (found for `who`'s key) asked to run again if it was stopped: the
+    /// same record, so the same resource and workspace.
+    async fn resume_provisioned(
+        &self,
+        who: &Principal,
+        record: Record,
+    ) -> Result<Record, LifecycleError> {
+        // A token limited to other environments does not reach this one.
+        if !who.reaches(&record.owner, &record.id) {
+            return Err(LifecycleError::NotFound(record.id));
+        }
+        if record.desired_state == DesiredState::Running {
+            return Ok(record);
+        }
+        let _admitted = self.shared.quotas.admit(&record.owner).await;
+        (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(&record.id))?;
+        let id = record.id.clone();
+        async {
+            self.shared
+                .store
+                .update(&id, |r| r.desired_state = DesiredState::Running)
+                .await?;
+            tracing::info!("stopped provisioned environment asked to run again");
+            self.known_record(&id)
+        }
+        .instrument(tracing::info_span!("resume", env = %id))
+        .await
+    }
+
+    /// A new record for `key` from `template`, desired `running`, within `who`'s
+    /// quotas and the template's per-user cap.
+    async fn create_provisioned(
+        &self,
+        who: &Principal,
+        template: &Template,
+        key: ProvisionKey,
+    ) -> Result<Record, LifecycleError> {
+        if !who.may_create() {
+            return Err(LifecycleError::Invalid(
+                "this token is limited to named environments and cannot provision one".into(),
+            ));
+        }
+        if !self.shared.providers.is_loaded(&template.provider) {
+            return Err(LifecycleError::Conflict(format!(
+                "template {} runs on provider {}, which is not loaded",
+                template.name, template.provider
+            )));
+        }
+        validate::check_config(&template.config).map_err(LifecycleError::Invalid)?;
+        let owner = who.user().to_owned();
+        let mut record = Record::new(
+            uuid::Uuid::new_v4().to_string(),
+            derived_name(&owner, &key),
+            template.provider.clone(),
+            template.config.clone(),
+        );
+        record.owner = owner.clone();
+        record.restart_policy = match template.restart_policy {
+            TemplateRestart::Never => RestartPolicy::Never,
+            TemplateRestart::OnFailure => RestartPolicy::OnFailure,
+            TemplateRestart::Always => RestartPolicy::Always,
+        };
+        record.desired_state = DesiredState::Running;
+        record.provision_key = Some(key);
+        let id = record.id.clone();
+        let _admitted = self.shared.quotas.admit(&owner).await;
+        (self.shared.quotas).check_new(&self.shared.store, &owner, true)?;
+        if let Some(limit) = template.max_per_user {
+            let used = (self.shared.store)
+                .count(|r| r.owner == owner && r.template() == Some(template.name.as_str()));
+            if used >= limit {
+                return Err(LifecycleError::QuotaExceeded {
+                    quota: "maxPerUser",
+                    owner,
+                    limit,
+                    used,
+                });
+            }
+        }
+        self.shared.store.insert(record).await?;
+        self.shared.envs.add(&id);
+        tracing::info!(env = %id, template = %template.name, "environment provisioned");
+        self.known_record(&id)
+    }
+}
+
+/// The key `target` names under `template`'s scope, checked like the record field.
+fn key_of(template: &Template, target: &ProvisionTarget) -> Result<ProvisionKey, LifecycleError> {
+    let (value, what) = match template.scope {
+        TemplateScope::User => (Some(String::new()), ""),
+        TemplateScope::Thread => (target.thread.clone(), "thread"),
+        TemplateScope::Workspace => (target.workspace.clone(), "workspace"),
+    };
+    let value = value.ok_or_else(|| {
+        LifecycleError::Invalid(format!(
+            "template {} makes one environment per {what}: give ?{what}=",
+            template.name
+        ))
+    })?;
+    let key = ProvisionKey {
+        template: template.name.clone(),
+        scope: template.scope.as_str().to_owned(),
+        key: value,
+    };
+    validate::check_provision_key(&key).map_err(LifecycleError::Invalid)?;
+    // The thread is the app's relay thread whatever the scope: bounded the same way.
+    if let Some(thread) = &target.thread {
+        let as_key = ProvisionKey {
+            scope: "thread".to_owned(),
+            key: thread.clone(),
+            ..key.clone()
+        };
+        validate::check_provision_key(&as_key)
+            .map_err(|_| LifecycleError::Invalid(format!("thread: {}", bound_message())))?;
+    }
+    Ok(key)
+}
+
+fn bound_message() -> String {
+    format!(
+        "1-{} bytes without control characters",
+        validate::MAX_PROVISION_KEY_BYTES
+    )
+}
+
+/// The environment name for `owner`'s `key`: the template's name (cut) and a hash of
+/// the whole key, so it is the same on every connect and host, always passes the name
+/// rule (it names the workspace directory), and says nothing of the thread.
+fn derived_name(owner: &str, key: &ProvisionKey) -> String {
+    let mut hash = Sha256::new();
+    for part in [owner, &key.template, &key.scope, &key.key] {
+        // Length-prefixed, so no two keys hash the same parts.
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part.as_bytes());
+    }
+    let digest = hex::encode(hash.finalize());
+    let prefix: String = key.template.chars().take(32).collect();
+    let short: String = digest.chars().take(24).collect();
+    format!("{prefix}-{short}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(template: &str, k: &str) -> ProvisionKey {
+        ProvisionKey {
+            template: template.into(),
+            scope: "thread".into(),
+            key: k.into(),
+        }
+    }
+
+    #[test]
+    fn names_are_deterministic_safe_and_per_key() {
+        let long = "t".repeat(64);
+        let a = derived_name("alice", &key(&long, "../../etc/passwd\u{1b}"));
+        assert_eq!(
+            a,
+            derived_name("alice", &key(&long, "../../etc/passwd\u{1b}"))
+        );
+        assert!(crate::names::validate("environment", &a).is_ok(), "{a}");
+        let names = [
+            derived_name("alice", &key("chat", "t1")),
+            derived_name("bob", &key("chat", "t1")),
+            derived_name("alice", &key("chat", "t2")),
+            derived_name("alice", &key("chat2", "t1")),
+            derived_name("alice", &key("chat", "1t")),
+        ];
+        let distinct: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "{names:?}");
+    }
+}
