@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::sync::MutexExt;
 use crate::untrusted;
 use document::{Document, Entry, FORMAT_VERSION, Touch};
-pub use record::{DesiredState, Record, RestartPolicy};
+pub use record::{DesiredState, Record, RestartPolicy, StopReason};
 
 /// A file read from disk: its document, or why it is not one.
 type Parsed = Result<Document, String>;
