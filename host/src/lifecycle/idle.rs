@@ -30,19 +30,30 @@ pub(crate) struct Idleness {
     pub stops_at: Option<String>,
 }
 
-/// The idle timeout of `record`, if it has one.
-fn idle_timeout(record: &Record) -> Option<Duration> {
-    record
-        .idle_stop_secs
-        .filter(|&s| s > 0)
-        .map(Duration::from_secs)
+/// What of a record idleness depends on.
+#[derive(Debug, Clone, Copy)]
+struct Setting {
+    idle_stop_secs: Option<u64>,
+    desired: DesiredState,
+}
+
+impl Setting {
+    fn of(record: &Record) -> Self {
+        Self {
+            idle_stop_secs: record.idle_stop_secs,
+            desired: record.desired_state,
+        }
+    }
 }
 
 /// When `env` stops for idleness, in milliseconds since the Unix epoch: `None` when
 /// it has no timeout, is not running, or an app or a busy runtime holds it awake.
-fn stops_at_ms(env: &Env, record: &Record, status: Status) -> Option<u64> {
-    let timeout = idle_timeout(record)?;
-    if record.desired_state != DesiredState::Running || status != Status::Running {
+fn stops_at_ms(env: &Env, setting: Setting, status: Status) -> Option<u64> {
+    let timeout = setting
+        .idle_stop_secs
+        .filter(|&s| s > 0)
+        .map(Duration::from_secs)?;
+    if setting.desired != DesiredState::Running || status != Status::Running {
         return None;
     }
     let activity = env.hub.activity();
@@ -58,7 +69,7 @@ fn stops_at_ms(env: &Env, record: &Record, status: Status) -> Option<u64> {
 pub(super) fn idleness(env: &Env, record: &Record, status: Status) -> Idleness {
     Idleness {
         last_activity_at: env.hub.activity().last_ms().and_then(stamp),
-        stops_at: stops_at_ms(env, record, status).and_then(stamp),
+        stops_at: stops_at_ms(env, Setting::of(record), status).and_then(stamp),
     }
 }
 
@@ -86,12 +97,13 @@ impl Driver {
                         _ = cancel.cancelled() => return,
                         _ = tokio::time::sleep(LOOK_EVERY) => {}
                     }
-                    let Some(record) = this.shared.store.get(&env.id) else {
+                    // Twice a second per running environment: a look, not a copy.
+                    let Some(setting) = this.shared.store.peek(&env.id, Setting::of) else {
                         return;
                     };
                     let status = env.live().status;
-                    let due = stops_at_ms(&env, &record, status).is_some_and(|at| at <= now_ms());
-                    if due && let Some(secs) = record.idle_stop_secs {
+                    let due = stops_at_ms(&env, setting, status).is_some_and(|at| at <= now_ms());
+                    if due && let Some(secs) = setting.idle_stop_secs {
                         this.idle_stop(&env, secs).await;
                         return;
                     }

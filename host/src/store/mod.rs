@@ -260,6 +260,12 @@ impl Store {
         self.with(|s| s.doc.find(id).cloned())
     }
 
+    /// `f` of the record in force with `id`, without copying it (for a look at a
+    /// field or two, often).
+    pub(crate) fn peek<T>(&self, id: &str, f: impl FnOnce(&Record) -> T) -> Option<T> {
+        self.with(|s| s.doc.find(id).map(f))
+    }
+
     /// Adds a record; its name must be unused (by held-back entries too).
     pub async fn insert(&self, record: Record) -> Result<(), StoreError> {
         self.mutate(|s| {
