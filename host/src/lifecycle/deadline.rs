@@ -11,8 +11,10 @@ use tracing::Instrument;
 
 use super::driver::Driver;
 use super::envs::Env;
+use super::{LifecycleError, Manager};
 use crate::engine::ProviderHandle;
 use crate::store::Record;
+use crate::tenancy::Principal;
 
 /// Past a transition's timeout, how long tearing down may still take before the
 /// transition is ended anyway.
@@ -21,8 +23,7 @@ pub(super) const GRACE: Duration = Duration::from_secs(2);
 /// What a transition that ran out of time reports.
 pub(super) fn overran(what: &str, timeout: Duration) -> String {
     format!(
-        "the {what} did not finish within its timeout ({} ms)",
-        timeout.as_millis()
+        "the {what} timed out after {timeout:?} (deadlines are set in [lifecycle] of tether.toml)"
     )
 }
 
@@ -68,5 +69,27 @@ impl Driver {
             }
             .instrument(span),
         );
+    }
+}
+
+impl Manager {
+    /// Forgets an environment at once, whatever it is doing: the record and the live
+    /// side go now, the instance is ended in the background without asking the
+    /// provider (its resource stays; the log says so). For an admin, for an
+    /// environment stuck past every deadline; the API checks the scope.
+    pub(crate) async fn force_delete(
+        &self,
+        who: &Principal,
+        id: &str,
+    ) -> Result<(), LifecycleError> {
+        self.reachable(who, id)?;
+        let env = self.known_env(id)?;
+        env.deleting.cancel();
+        let record = self.shared.store.remove(id).await?;
+        self.shared.envs.forget(id);
+        self.shared.envs.close_hub(id, "environment deleted");
+        tracing::warn!(env = %id, "environment force-deleted");
+        self.driver().forget_instance(env, record);
+        Ok(())
     }
 }

@@ -409,7 +409,7 @@ impl Manager {
         self.shared
             .store
             .update(id, |r| {
-                if desired == DesiredState::Stopped && r.desired_state == DesiredState::Running {
+                if desired == DesiredState::Stopped {
                     r.stop_reason = Some(StopReason::User);
                 }
                 r.desired_state = desired;
@@ -451,26 +451,6 @@ impl Manager {
         self.shared.envs.close_hub(id, "environment deleted");
         self.driver().remove_workspace(&env, &record).await;
         tracing::info!(env = %id, "environment deleted");
-        Ok(())
-    }
-
-    /// Forgets an environment at once, whatever it is doing: the record and the live
-    /// side go now, the instance is ended in the background without asking the
-    /// provider (its resource stays; the log says so). For an admin, for an
-    /// environment stuck past every deadline; the API checks the scope.
-    pub(crate) async fn force_delete(
-        &self,
-        who: &Principal,
-        id: &str,
-    ) -> Result<(), LifecycleError> {
-        self.reachable(who, id)?;
-        let env = self.known_env(id)?;
-        env.deleting.cancel();
-        let record = self.shared.store.remove(id).await?;
-        self.shared.envs.forget(id);
-        self.shared.envs.close_hub(id, "environment deleted");
-        tracing::warn!(env = %id, "environment force-deleted");
-        self.driver().forget_instance(env, record);
         Ok(())
     }
 

@@ -121,10 +121,9 @@ impl Driver {
             }
             Err(CallError::TimedOut(_)) => {
                 shut_down_within(&env.id, &handle, GRACE).await;
-                return Err(format!(
-                    "provider start failed: {}",
-                    overran("start", timeout)
-                ));
+                // Named by the configured timeout, not by what was left of it.
+                let e = CallError::TimedOut(timeout);
+                return Err(format!("provider start failed: {e}"));
             }
             Err(e) => {
                 shut_down_within(&env.id, &handle, GRACE).await;
