@@ -8,6 +8,7 @@ mod api;
 mod audit;
 mod git_worktree;
 mod hostile;
+mod idle;
 mod lifecycle;
 mod providers;
 mod provisioning;

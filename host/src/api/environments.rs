@@ -25,6 +25,7 @@ pub(crate) struct CreateBody {
     start: bool,
     restart_policy: RestartPolicy,
     owner: Option<String>,
+    idle_stop_secs: Option<u64>,
 }
 
 const POLICIES: &[&str] = &["never", "on-failure", "always"];
@@ -37,6 +38,7 @@ impl FromObject for CreateBody {
         "start",
         "restartPolicy",
         "owner",
+        "idleStopSecs",
     ];
 
     fn from_object(f: &mut Fields) -> Result<Self, String> {
@@ -47,6 +49,7 @@ impl FromObject for CreateBody {
             start: f.boolean("start")?.unwrap_or(false),
             restart_policy: f.choice("restartPolicy", POLICIES)?.unwrap_or_default(),
             owner: f.optional_string("owner")?,
+            idle_stop_secs: f.unsigned("idleStopSecs")?,
         })
     }
 }
@@ -56,15 +59,17 @@ impl FromObject for CreateBody {
 pub(crate) struct PatchBody {
     config: Option<Map<String, Value>>,
     restart_policy: Option<RestartPolicy>,
+    idle_stop_secs: Option<u64>,
 }
 
 impl FromObject for PatchBody {
-    const FIELDS: &'static [&'static str] = &["config", "restartPolicy"];
+    const FIELDS: &'static [&'static str] = &["config", "restartPolicy", "idleStopSecs"];
 
     fn from_object(f: &mut Fields) -> Result<Self, String> {
         Ok(Self {
             config: f.object("config")?,
             restart_policy: f.choice("restartPolicy", POLICIES)?,
+            idle_stop_secs: f.unsigned("idleStopSecs")?,
         })
     }
 }
@@ -133,6 +138,7 @@ async fn create_as(
             config: body.config.unwrap_or_default(),
             start: body.start,
             restart_policy: body.restart_policy,
+            idle_stop_secs: body.idle_stop_secs,
         })
         .await?)
 }
@@ -157,7 +163,13 @@ pub(crate) async fn patch(
         Err(e) => Err(e.into()),
         Ok(()) => (s
             .manager
-            .patch(&who, &id, body.config, body.restart_policy)
+            .patch(
+                &who,
+                &id,
+                body.config,
+                body.restart_policy,
+                body.idle_stop_secs,
+            )
             .await)
             .map_err(ApiError::from),
     };
@@ -185,22 +197,39 @@ async fn changed(
     audited(s, act, result).await
 }
 
+/// `DELETE /api/v1/environments/{id}[?force=true]`: with `force`, an admin forgets
+/// the environment at once without waiting for its provider.
 pub(crate) async fn delete(
     who: Principal,
     remote: Remote,
     State(s): State<AppState>,
     Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
     // Read before it is gone, so the audit line names whose it was.
     let owner = s.manager.get(&who, &id).ok().map(|v| v.owner);
-    let result = match who.require(Scope::EnvsDelete) {
-        Err(e) => Err(e.into()),
-        Ok(()) => s.manager.delete(&who, &id).await.map_err(ApiError::from),
+    let force = match query.get("force").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::bad_request("force must be true or false")),
+    };
+    let (action, result) = if force {
+        let result = match who.require(Scope::Admin) {
+            Err(e) => Err(e.into()),
+            Ok(()) => (s.manager.force_delete(&who, &id).await).map_err(ApiError::from),
+        };
+        (action::ENVIRONMENT_FORCE_DELETE, result)
+    } else {
+        let result = match who.require(Scope::EnvsDelete) {
+            Err(e) => Err(e.into()),
+            Ok(()) => s.manager.delete(&who, &id).await.map_err(ApiError::from),
+        };
+        (action::ENVIRONMENT_DELETE, result)
     };
     let act = Act {
         who: &who,
         remote,
-        action: action::ENVIRONMENT_DELETE,
+        action,
         target: &id,
         owner: owner.as_deref(),
     };

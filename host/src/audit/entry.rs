@@ -18,9 +18,13 @@ pub mod action {
     pub const ENVIRONMENT_PATCH: &str = "environment.patch";
     /// An environment was deleted.
     pub const ENVIRONMENT_DELETE: &str = "environment.delete";
+    /// An environment was deleted by an admin without waiting for its provider.
+    pub const ENVIRONMENT_FORCE_DELETE: &str = "environment.force_delete";
+    /// The host stopped an environment that was idle for its `idleStopSecs`.
+    pub const ENVIRONMENT_IDLE_STOP: &str = "environment.idle_stop";
     /// An environment was started.
     pub const ENVIRONMENT_START: &str = "environment.start";
-    /// An environment was stopped (by a caller, or idle by the host).
+    /// An environment was stopped by a caller.
     pub const ENVIRONMENT_STOP: &str = "environment.stop";
     /// An environment was restarted (by a caller, or after a failure by the host).
     pub const ENVIRONMENT_RESTART: &str = "environment.restart";

@@ -91,6 +91,7 @@ impl Driver {
             live.provider.as_ref(),
             loaded.as_deref(),
         );
+        let idleness = super::idle::idleness(env, &record, live.status);
         EnvironmentView::new(
             record,
             live.status,
@@ -98,6 +99,7 @@ impl Driver {
             live.metadata.clone(),
             live.provider.as_ref(),
             provider,
+            idleness,
         )
     }
 
@@ -206,7 +208,7 @@ impl Driver {
                 let error = crate::untrusted::logged(&e.to_string());
                 tracing::warn!(env = %env.id, %error, "provider close failed");
             }
-            handle.shutdown().await;
+            super::deadline::shut_down_within(&env.id, &handle, timeout).await;
         }
         env.hub.close("host shutting down");
     }

@@ -10,11 +10,14 @@
 //! side of every environment and its hub), `driver` (starting, stopping,
 //! supervising and restarting instances, with `ops` and `supervisor`), `providers`
 //! (what the loaded providers are and are granted, and their hot reload), `peers`
-//! (admitting runtimes and apps, answering provider-handled app messages) and
-//! `reconcile` (outside edits of the records file).
+//! (admitting runtimes and apps, answering provider-handled app messages),
+//! `idle` (stopping environments nobody uses) and `reconcile` (outside edits of the
+//! records file).
 
+mod deadline;
 mod driver;
 mod envs;
+mod idle;
 mod messages;
 mod ops;
 mod peers;
@@ -37,7 +40,7 @@ use crate::audit::{AuditLog, Outcome, action};
 use crate::config::ServeConfig;
 use crate::engine::Engine;
 use crate::relay::Relay;
-use crate::store::{Record, Store, StoreError, validate};
+use crate::store::{Record, StopReason, Store, StoreError, validate};
 use crate::tenancy::Principal;
 use crate::untrusted;
 use driver::Driver;
@@ -117,6 +120,8 @@ pub(crate) struct CreateRequest {
     pub start: bool,
     /// What to do when it fails.
     pub restart_policy: RestartPolicy,
+    /// Seconds idle before the host stops it (`None` or 0: never).
+    pub idle_stop_secs: Option<u64>,
 }
 
 /// The host's own health, for `/healthz`.
@@ -333,6 +338,7 @@ impl Manager {
         crate::tenancy::check_user(&req.owner)
             .map_err(|e| LifecycleError::Invalid(format!("owner: {e}")))?;
         validate::check_config(&req.config).map_err(LifecycleError::Invalid)?;
+        validate::check_idle_stop(req.idle_stop_secs).map_err(LifecycleError::Invalid)?;
         if !self.shared.providers.is_loaded(&req.provider) {
             return Err(LifecycleError::Invalid(format!(
                 "no provider named {:?} is loaded",
@@ -346,6 +352,7 @@ impl Manager {
             req.config,
         );
         record.restart_policy = req.restart_policy;
+        record.idle_stop_secs = req.idle_stop_secs.filter(|&s| s > 0);
         record.owner = req.owner;
         if req.start {
             record.desired_state = DesiredState::Running;
@@ -363,14 +370,16 @@ impl Manager {
     }
 
     /// Applies a JSON merge patch to an environment's config (used from its next
-    /// start) and sets its restart policy if given.
+    /// start) and sets its restart policy and idle timeout (0: never) if given.
     pub(crate) async fn patch(
         &self,
         who: &Principal,
         id: &str,
         config: Option<Map<String, Value>>,
         restart_policy: Option<RestartPolicy>,
+        idle_stop_secs: Option<u64>,
     ) -> Result<EnvironmentView, LifecycleError> {
+        validate::check_idle_stop(idle_stop_secs).map_err(LifecycleError::Invalid)?;
         let mut merged = self.reachable_for_change(who, id)?.config;
         if let Some(patch) = config.clone() {
             merge_patch(&mut merged, patch);
@@ -384,6 +393,9 @@ impl Manager {
                 }
                 if let Some(policy) = restart_policy {
                     r.restart_policy = policy;
+                }
+                if let Some(secs) = idle_stop_secs {
+                    r.idle_stop_secs = Some(secs).filter(|&s| s > 0);
                 }
             })
             .await?;
@@ -405,7 +417,12 @@ impl Manager {
         }
         self.shared
             .store
-            .update(id, |r| r.desired_state = desired)
+            .update(id, |r| {
+                if desired == DesiredState::Stopped {
+                    r.stop_reason = Some(StopReason::User);
+                }
+                r.desired_state = desired;
+            })
             .await?;
         self.driver().spawn_converge(env);
         self.view(id)

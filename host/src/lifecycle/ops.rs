@@ -1,12 +1,15 @@
 //! Operations on one environment — converge, start, stop, fail — each run while
-//! holding the environment's operation lock, every provider call under a timeout.
+//! holding the environment's operation lock, every provider call under a timeout and
+//! every start and stop under a deadline (`deadline`).
 
 use std::sync::Arc;
 
 use serde_json::Value;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Status;
+use super::deadline::{GRACE, overran, shut_down_within};
 use super::driver::Driver;
 use super::envs::Env;
 use crate::auth;
@@ -45,11 +48,16 @@ impl Driver {
         }
     }
 
-    /// Starts `env`; on failure it is left in `error` and the reason returned.
+    /// Starts `env`; on failure it is left in `error` and the reason returned. The
+    /// whole start — instantiating, the provider's start — has the start timeout.
     pub(super) async fn start_locked(&self, env: &Arc<Env>, record: Record) -> Result<(), String> {
         self.set_status(env, Status::Starting);
+        let timeout = self.shared.config.lifecycle.start_timeout;
+        let deadline = Instant::now() + timeout;
+        let attempt =
+            tokio::time::timeout_at(deadline + GRACE, self.try_start(env, record, deadline));
         let result = tokio::select! {
-            r = self.try_start(env, record) => r,
+            r = attempt => r.unwrap_or_else(|_| Err(overran("start", timeout))),
             _ = env.deleting.cancelled() => Err("the environment is being deleted".to_owned()),
         };
         if let Err(reason) = &result {
@@ -60,8 +68,14 @@ impl Driver {
         result
     }
 
-    async fn try_start(&self, env: &Arc<Env>, record: Record) -> Result<(), String> {
+    async fn try_start(
+        &self,
+        env: &Arc<Env>,
+        record: Record,
+        deadline: Instant,
+    ) -> Result<(), String> {
         let s = &self.shared;
+        let timeout = s.config.lifecycle.start_timeout;
         let provider = s
             .engine
             .provider(&record.provider)
@@ -73,6 +87,7 @@ impl Driver {
                 r.runtime_generation = token.generation;
                 r.runtime_token_sha256 = Some(token.sha256.clone());
                 r.last_error = None;
+                r.stop_reason = None;
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -80,16 +95,19 @@ impl Driver {
         // stale: cut it off so it reconnects, is refused, and exits.
         env.hub
             .close_runtime(CLOSE_REPLACED, "a new start superseded this runtime");
-        let handle = self.instantiate(env, &record, &provider).await?;
+        let handle = tokio::time::timeout_at(deadline, self.instantiate(env, &record, &provider))
+            .await
+            .map_err(|_| overran("start (instantiating the provider)", timeout))??;
         let init = self.init_vars(
             env,
             &record,
             format!("{}/ws/runtime/{}", s.runtime_base, env.id),
             token.token,
         );
+        // The provider has what is left of the start's time.
         let call = handle.call(
             Call::Start(Box::new(init)),
-            s.config.lifecycle.start_timeout,
+            deadline.saturating_duration_since(Instant::now()),
         );
         let outcome = tokio::select! {
             r = call => r,
@@ -98,11 +116,17 @@ impl Driver {
         let outcome = match outcome {
             Ok(Reply::Started(outcome)) => outcome,
             Ok(other) => {
-                handle.shutdown().await;
+                shut_down_within(&env.id, &handle, GRACE).await;
                 return Err(format!("provider answered start with {other:?}"));
             }
+            Err(CallError::TimedOut(_)) => {
+                shut_down_within(&env.id, &handle, GRACE).await;
+                // Named by the configured timeout, not by what was left of it.
+                let e = CallError::TimedOut(timeout);
+                return Err(format!("provider start failed: {e}"));
+            }
             Err(e) => {
-                handle.shutdown().await;
+                shut_down_within(&env.id, &handle, GRACE).await;
                 return Err(format!("provider start failed: {e}"));
             }
         };
@@ -114,7 +138,7 @@ impl Driver {
             })
             .await;
         if let Err(e) = persisted {
-            handle.shutdown().await;
+            shut_down_within(&env.id, &handle, GRACE).await;
             return Err(e.to_string());
         }
         let supervision = CancellationToken::new();
@@ -127,6 +151,7 @@ impl Driver {
         let resource = crate::untrusted::logged(&outcome.resource_id);
         tracing::info!(env = %env.id, %resource, "environment running");
         self.set_status(env, Status::Running);
+        self.watch_idle(env.clone(), supervision.clone());
         self.supervise(env.clone(), handle, supervision);
         Ok(())
     }
@@ -199,24 +224,29 @@ impl Driver {
         }
     }
 
-    /// Stops the provider instance, keeping the resource; holds the op lock.
+    /// Stops the provider instance, keeping the resource; holds the op lock. The
+    /// provider's stop and the instance's shutdown together have the stop timeout.
     pub(super) async fn stop_locked(&self, env: &Env) {
         let Some(handle) = self.take_instance(env) else {
             return;
         };
         self.set_status(env, Status::Stopping);
         let timeout = self.shared.config.lifecycle.stop_timeout;
-        let result = handle.call(Call::Stop, timeout).await;
-        handle.shutdown().await;
+        let stop = async {
+            let result = handle.call(Call::Stop, timeout).await;
+            handle.shutdown().await;
+            result
+        };
+        let result = tokio::time::timeout(timeout + GRACE, stop).await;
         env.hub.close_runtime(CLOSE_GONE, "environment stopped");
-        match result {
-            Ok(_) => self.set_status(env, Status::Stopped),
-            Err(e) => {
-                let error = crate::untrusted::logged(&e.to_string());
-                tracing::warn!(env = %env.id, %error, "provider stop failed");
-                self.fail(env, format!("provider stop failed: {e}")).await;
-            }
-        }
+        let failure = match result {
+            Ok(Ok(_)) => return self.set_status(env, Status::Stopped),
+            Ok(Err(e)) => format!("provider stop failed: {e}"),
+            Err(_) => overran("stop", timeout),
+        };
+        let error = crate::untrusted::logged(&failure);
+        tracing::warn!(env = %env.id, %error, "stop failed");
+        self.fail(env, failure).await;
     }
 
     /// Has the provider remove the resource of a deleted environment: through the
@@ -235,7 +265,7 @@ impl Driver {
                 tracing::warn!(env = %env.id, resource = ?record.resource_id, %error,
                     "the provider could not remove the resource; remove it by hand");
             }
-            handle.shutdown().await;
+            shut_down_within(&env.id, &handle, GRACE).await;
         }
         env.hub.close_runtime(CLOSE_GONE, "environment deleted");
     }

@@ -95,7 +95,7 @@ impl Driver {
             let timeout = self.shared.config.lifecycle.stop_timeout;
             // Let the provider release what it can; a dead instance answers at once.
             let _ = handle.call(Call::Stop, timeout).await;
-            handle.shutdown().await;
+            super::deadline::shut_down_within(&env.id, &handle, timeout).await;
             env.hub
                 .close_runtime(crate::relay::CLOSE_GONE, "environment failed");
         }

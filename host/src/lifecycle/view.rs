@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use super::idle::Idleness;
 use super::provider_status::ProviderStatus;
 use crate::engine::ProviderHandle;
-use crate::store::{DesiredState, ProvisionKey, Record, RestartPolicy};
+use crate::store::{DesiredState, ProvisionKey, Record, RestartPolicy, StopReason};
 
 /// Live status of an environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -69,6 +70,16 @@ pub(crate) struct EnvironmentView {
     pub restart_policy: RestartPolicy,
     /// When the latest restarts happened, oldest first.
     pub restart_history: Vec<String>,
+    /// Seconds without an app or a relayed frame before the host stops it; `null`
+    /// means never.
+    pub idle_stop_secs: Option<u64>,
+    /// Last app arrival or departure or relayed frame since the host started.
+    pub last_activity_at: Option<String>,
+    /// When the host will stop it for idleness if nothing happens first; `null` when
+    /// it has no idle timeout, is not running, or an app or busy runtime holds it.
+    pub stops_at: Option<String>,
+    /// Why it was last stopped (`user`, `idle`); cleared by the next start.
+    pub stop_reason: Option<StopReason>,
     /// Facts the provider reported at start.
     pub metadata: BTreeMap<String, String>,
     /// Version of the provider instance serving it, while one does.
@@ -94,6 +105,7 @@ impl EnvironmentView {
         metadata: BTreeMap<String, String>,
         running: Option<&ProviderHandle>,
         provider_status: ProviderStatus,
+        idleness: Idleness,
     ) -> Self {
         Self {
             id: record.id,
@@ -110,6 +122,10 @@ impl EnvironmentView {
             restarts: record.restarts,
             restart_policy: record.restart_policy,
             restart_history: record.restart_history,
+            idle_stop_secs: record.idle_stop_secs.filter(|&s| s > 0),
+            last_activity_at: idleness.last_activity_at,
+            stops_at: idleness.stops_at,
+            stop_reason: record.stop_reason,
             metadata,
             provider_version: running.map(|p| p.version.clone()),
             provider_sha256: running.map(|p| p.sha256.clone()),

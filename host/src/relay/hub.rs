@@ -19,6 +19,7 @@ use std::time::Instant;
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 
+use super::activity::Activity;
 use super::error::RelayError;
 use super::outbox::Outbox;
 use super::protocol::CloseReason;
@@ -198,6 +199,8 @@ pub struct Hub {
     config: Arc<RelayConfig>,
     state: Mutex<HubState>,
     next_id: AtomicU64,
+    /// Last frame, app arrival or departure, and the runtime's busy flag.
+    activity: Activity,
 }
 
 impl Hub {
@@ -212,7 +215,18 @@ impl Hub {
             env_id,
             config,
             next_id: AtomicU64::new(1),
+            activity: Activity::default(),
         }
+    }
+
+    /// When this hub last saw life, for idle stops.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
+    /// Whether an app is connected now.
+    pub fn apps_connected(&self) -> bool {
+        self.lock().apps.values().any(|a| a.conn.is_some())
     }
 
     /// The relay settings this hub was made with.
@@ -263,6 +277,8 @@ impl Hub {
         let mut s = self.lock();
         if s.runtime.conn.as_ref().is_some_and(|c| c.id == conn) {
             s.runtime.conn = None;
+            // A runtime that is gone works on nothing.
+            self.activity.set_busy(false);
             tracing::info!(env = %self.env_id, conn, "runtime disconnected");
             true
         } else {
@@ -320,6 +336,7 @@ impl Hub {
         if let Some(r) = resume {
             s.sessions.insert(r.session, id);
         }
+        self.activity.touch();
         Ok(outbox)
     }
 
@@ -354,6 +371,7 @@ impl Hub {
             return;
         }
         app.conn = None;
+        self.activity.touch();
         if app.session.is_some() {
             app.detached_at = Some(Instant::now());
         } else {

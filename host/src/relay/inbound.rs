@@ -13,6 +13,7 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use serde_json::{Map, Value, json};
 
+use super::activity::{RUNTIME_BUSY, busy_flag};
 use super::hub::{Hub, StreamKey};
 use super::protocol::{ACK, Head};
 
@@ -110,12 +111,24 @@ impl fmt::Debug for RuntimeInbound {
 }
 
 impl RuntimeInbound {
-    /// An acknowledgement, or a message routed to apps by its `threadId`.
+    /// An acknowledgement, a `runtimeBusy` (relay bookkeeping, never forwarded), or
+    /// a message routed to apps by its `threadId`.
     fn receive(&self, text: Utf8Bytes) {
         let head = Head::parse(&text).unwrap_or_default();
         if let Some(seq) = head.ack() {
             return self.hub.acknowledge(StreamKey::Runtime, self.conn, seq);
         }
+        if head.kind.as_deref() == Some(RUNTIME_BUSY) {
+            // Counted like any frame, so a resuming runtime does not send it twice;
+            // a malformed one is ignored (the runtime has no app to be told).
+            if self.hub.received(StreamKey::Runtime, self.conn)
+                && let Some(busy) = busy_flag(&text)
+            {
+                self.hub.activity().set_busy(busy);
+            }
+            return;
+        }
+        self.hub.activity().touch();
         let thread = head.thread.map(|t| t.into_owned());
         self.hub.from_runtime(self.conn, text, thread.as_deref());
     }
@@ -158,6 +171,7 @@ impl AppInbound {
         if !hub.received(self.key, self.conn) {
             return;
         }
+        hub.activity().touch();
         // The common case passes the text through untouched: a message for the runtime
         // that already names its thread, or whose app joined none.
         if let Some(Head {

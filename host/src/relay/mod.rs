@@ -3,6 +3,7 @@
 //! side can resume without loss inside a bounded window (see `docs/protocol.md`). It
 //! owns a frame from the socket it arrives on to the socket it leaves by.
 //!
+//! - `activity`: when a hub last saw life, and whether its runtime is busy (idle stops);
 //! - `conn`: one peer's socket, read and written from upgrade to close;
 //! - `inbound`: what a peer's frame is (ack, routed message, provider request);
 //! - `hub`: the streams of one environment and the routing between them;
@@ -13,6 +14,7 @@
 //! - `registry`: every hub, by environment id;
 //! - [`peer`]: the client side of resuming, for runtimes and apps.
 
+mod activity;
 mod conn;
 mod error;
 mod hub;
@@ -24,6 +26,7 @@ mod registry;
 mod scan;
 mod window;
 
+pub use activity::{Activity, now_ms};
 pub use conn::{Connection, refuse};
 pub use error::RelayError;
 pub use hub::{Hub, StreamKey};

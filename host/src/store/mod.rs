@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use crate::sync::MutexExt;
 use crate::untrusted;
 use document::{Document, Entry, FORMAT_VERSION, Touch};
-pub use record::{DesiredState, ProvisionKey, Record, RestartPolicy};
+pub use record::{DesiredState, ProvisionKey, Record, RestartPolicy, StopReason};
 
 /// A file read from disk: its document, or why it is not one.
 type Parsed = Result<Document, String>;
@@ -263,6 +263,12 @@ impl Store {
     /// The record in force with `id`.
     pub fn get(&self, id: &str) -> Option<Record> {
         self.with(|s| s.doc.find(id).cloned())
+    }
+
+    /// `f` of the record in force with `id`, without copying it (for a look at a
+    /// field or two, often).
+    pub(crate) fn peek<T>(&self, id: &str, f: impl FnOnce(&Record) -> T) -> Option<T> {
+        self.with(|s| s.doc.find(id).map(f))
     }
 
     /// Adds a record; its name must be unused (by held-back entries too).

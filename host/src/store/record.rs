@@ -46,6 +46,16 @@ pub struct ProvisionKey {
     pub key: String,
 }
 
+/// Why an environment whose desired state is `stopped` was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopReason {
+    /// A caller asked (`POST .../stop`).
+    User,
+    /// The host stopped it after `idleStopSecs` without an app or a relayed frame.
+    Idle,
+}
+
 /// One environment as persisted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -90,6 +100,13 @@ pub struct Record {
     /// What to do when it fails while it should be running.
     #[serde(default)]
     pub restart_policy: RestartPolicy,
+    /// Seconds without an app connection or a relayed frame after which the host
+    /// stops it; absent (or 0) means never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_stop_secs: Option<u64>,
+    /// Why it was last stopped; cleared by the next start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<StopReason>,
     /// When the most recent restarts happened (RFC 3339, oldest first, bounded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restart_history: Vec<String>,
@@ -126,6 +143,8 @@ impl Record {
             last_error: None,
             restarts: 0,
             restart_policy: RestartPolicy::default(),
+            idle_stop_secs: None,
+            stop_reason: None,
             restart_history: Vec::new(),
             provision_key: None,
             created_at: now.clone(),

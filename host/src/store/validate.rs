@@ -29,6 +29,8 @@ pub(crate) const MAX_STAMP_BYTES: usize = 64;
 /// Longest provision key (`provisionKey.key`: a thread or workspace id).
 pub(crate) const MAX_PROVISION_KEY_BYTES: usize = 256;
 
+/// Longest `idleStopSecs`: 30 days.
+pub(crate) const MAX_IDLE_STOP_SECS: u64 = 30 * 24 * 60 * 60;
 /// Largest record as a whole, unknown fields included, serialised as JSON.
 pub(crate) const MAX_RECORD_BYTES: usize = 2 * 1024 * 1024;
 
@@ -44,6 +46,7 @@ pub(crate) fn check(record: &Record) -> Result<(), String> {
     names::validate("provider", &record.provider).map_err(|e| e.to_string())?;
     names::validate("user", &record.owner).map_err(|e| format!("owner: {e}"))?;
     check_config(&record.config)?;
+    check_idle_stop(record.idle_stop_secs)?;
     bounded(
         "resourceId",
         record.resource_id.as_deref(),
@@ -128,6 +131,16 @@ pub(crate) fn check_config(config: &Map<String, Value>) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Checks an `idleStopSecs` (also applied to API creates and patches).
+pub(crate) fn check_idle_stop(secs: Option<u64>) -> Result<(), String> {
+    match secs {
+        Some(s) if s > MAX_IDLE_STOP_SECS => Err(format!(
+            "idleStopSecs is {s}; the limit is {MAX_IDLE_STOP_SECS} (30 days); 0 means never"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Checks the size of a whole record as it appears in the file.
@@ -237,6 +250,10 @@ mod tests {
             (
                 Box::new(|r| r.runtime_token_sha256 = Some("zz".into())),
                 "runtimeTokenSha256",
+            ),
+            (
+                Box::new(|r| r.idle_stop_secs = Some(MAX_IDLE_STOP_SECS + 1)),
+                "idleStopSecs",
             ),
             (
                 Box::new(|r| r.restart_history = vec!["t".into(); MAX_HISTORY_ENTRIES + 1]),
