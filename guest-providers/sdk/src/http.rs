@@ -172,15 +172,21 @@ impl Request {
             .map_err(|()| ProviderError::failed(format!("{what}: no request body")))?;
         let pending = outgoing_handler::handle(request, options)
             .map_err(|code| error_for(&what, url.https, &code))?;
-        write_body(&what, body, self.body.as_deref())?;
+        // A request the host refuses (a denied destination, say) closes its body, so
+        // writing it may fail first: the response says why, so it is asked before the
+        // write's own error is reported.
+        let written = write_body(&what, body, self.body.as_deref());
         pending.subscribe().block();
         let response = match pending.get() {
             Some(Ok(Ok(response))) => response,
             Some(Ok(Err(code))) => return Err(error_for(&what, url.https, &code)),
             Some(Err(())) | None => {
-                return Err(ProviderError::failed(format!("{what}: no response")));
+                return Err(written
+                    .err()
+                    .unwrap_or_else(|| ProviderError::failed(format!("{what}: no response"))));
             }
         };
+        written?;
         read_response(&what, response)
     }
 }
