@@ -201,7 +201,7 @@ async fn fifty_concurrent_first_connects_make_one_environment() {
 }
 
 #[tokio::test]
-async fn a_connect_starts_a_stopped_environment_on_the_same_workspace() {
+async fn a_connect_starts_a_stopped_environment_on_the_same_workspace_only_when_asked() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_config(dir.path(), TEMPLATES);
     let server = Server::start(dir.path());
@@ -218,7 +218,27 @@ async fn a_connect_starts_a_stopped_environment_on_the_same_workspace() {
     drop(app);
 
     server.stop_env(&id).await;
-    let (mut app, p) = provision(&server, TOKEN, "resume").await;
+    // Stopped on purpose: traffic alone does not start it; the app is told why.
+    let mut refused = Ws::connect(&url(&server, "template=chat&thread=resume"), Some(TOKEN))
+        .await
+        .expect("upgraded, then closed");
+    let frame = refused.next_any().await;
+    assert_eq!(frame["type"], "error", "{frame}");
+    assert_eq!(frame["error"]["code"], "stopped", "{frame}");
+    assert_eq!(refused.close_code().await, Some(4015));
+    let env = server
+        .wait_env(&id, "stopped", |e| e["status"] == "stopped")
+        .await;
+    assert_eq!(env["desiredState"], "stopped");
+    // Asked to start, it starts on the same resource.
+    let mut app = Ws::connect(
+        &url(&server, "template=chat&thread=resume&start=true"),
+        Some(TOKEN),
+    )
+    .await
+    .expect("provisioned connection");
+    let p = app.next_any().await;
+    assert_eq!(p["type"], "provisioned", "{p}");
     assert_eq!(
         (id_of(&p), p["created"].clone()),
         (id.clone(), json!(false))

@@ -98,6 +98,9 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Invalid(_) => Self::bad_request(message),
             LifecycleError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
             LifecycleError::Unauthorized(_) => Self::unauthorized(message),
+            LifecycleError::StoppedOnPurpose(_) => {
+                Self::new(StatusCode::CONFLICT, "stopped", message)
+            }
             LifecycleError::QuotaExceeded { .. } => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message)
             }

@@ -24,7 +24,7 @@ use super::audited::{Act, Remote, audited};
 use super::{ApiError, AppCaller, AppState, bearer, caller};
 use crate::audit::action;
 use crate::lifecycle::{LifecycleError, ProvisionTarget};
-use crate::relay::{self, CLOSE_TOO_MANY, Resume};
+use crate::relay::{self, CLOSE_STOPPED, CLOSE_TOO_MANY, Resume};
 use crate::tenancy::{Scope, TicketTarget};
 
 /// The subprotocol the host answers with; browsers must offer it with their token.
@@ -116,10 +116,16 @@ pub(crate) async fn provisioned(
         AppCaller::Token(who) => {
             let template = field(&query, "template")
                 .ok_or_else(|| ApiError::bad_request("missing ?template="))?;
+            let start = field(&query, "start").as_deref() == Some("true");
+            if start {
+                // Starting what its user stopped is a write.
+                who.require(Scope::EnvsWrite)?;
+            }
             let target = ProvisionTarget {
                 template,
                 thread: field(&query, "thread"),
                 workspace: field(&query, "workspace"),
+                start,
             };
             (who, target)
         }
@@ -139,6 +145,7 @@ pub(crate) async fn provisioned(
                 template,
                 thread: ticket.thread,
                 workspace,
+                start: false,
             };
             (ticket.principal, target)
         }
@@ -149,6 +156,17 @@ pub(crate) async fn provisioned(
         Ok(p) => p,
         Err(LifecycleError::TooManyConnections(why)) => {
             return Ok(relay::refuse(upgrade, CLOSE_TOO_MANY, why));
+        }
+        Err(LifecycleError::StoppedOnPurpose(why)) => {
+            let frame =
+                serde_json::json!({"type": "error", "error": {"code": "stopped", "message": why}});
+            let reason = "stopped on purpose; connect with start=true".to_owned();
+            return Ok(relay::refuse_with(
+                upgrade,
+                frame.to_string(),
+                CLOSE_STOPPED,
+                reason,
+            ));
         }
         Err(other) => return Err(other.into()),
     };

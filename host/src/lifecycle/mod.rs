@@ -78,6 +78,10 @@ pub(crate) enum LifecycleError {
     /// The environment has its maximum number of connections.
     #[error("{0}")]
     TooManyConnections(String),
+    /// An app connected through a template to an environment its user stopped on
+    /// purpose, without asking to start it.
+    #[error("{0}")]
+    StoppedOnPurpose(String),
     /// The change would take the owner past one of their limits.
     #[error("{owner} is at the {quota} quota: {used} of {limit} in use")]
     QuotaExceeded {

@@ -21,7 +21,7 @@ use tracing::Instrument;
 use super::{LifecycleError, Manager, Status};
 use crate::config::{Template, TemplateRestart, TemplateScope};
 use crate::relay::{Connection, Resume};
-use crate::store::{DesiredState, ProvisionKey, Record, RestartPolicy, validate};
+use crate::store::{DesiredState, ProvisionKey, Record, RestartPolicy, StopReason, validate};
 use crate::sync::MutexExt;
 use crate::tenancy::Principal;
 use crate::untrusted;
@@ -35,6 +35,8 @@ pub(crate) struct ProvisionTarget {
     pub thread: Option<String>,
     /// `?workspace=`: the key of a `workspace` template.
     pub workspace: Option<String>,
+    /// `?start=true`: start the environment even if its user stopped it on purpose.
+    pub start: bool,
 }
 
 /// An admitted app of a provisioned environment.
@@ -110,7 +112,10 @@ impl Manager {
             let found = (self.shared.store)
                 .find(|r| r.owner == owner && r.provision_key.as_ref() == Some(&key));
             match found {
-                Some(record) => (self.resume_provisioned(who, record).await?, false),
+                Some(record) => (
+                    self.resume_provisioned(who, record, target.start).await?,
+                    false,
+                ),
                 None => (self.create_provisioned(who, template, key).await?, true),
             }
         };
@@ -157,6 +162,7 @@ impl Manager {
         &self,
         who: &Principal,
         record: Record,
+        start: bool,
     ) -> Result<Record, LifecycleError> {
         // A token limited to other environments does not reach this one.
         if !who.reaches(&record.owner, &record.id) {
@@ -164,6 +170,13 @@ impl Manager {
         }
         if record.desired_state == DesiredState::Running {
             return Ok(record);
+        }
+        // Traffic wakes an environment that went to sleep, not one its user stopped.
+        if record.stop_reason == Some(StopReason::User) && !start {
+            return Err(LifecycleError::StoppedOnPurpose(format!(
+                "environment {} was stopped on purpose; connect with start=true to start it",
+                record.id
+            )));
         }
         let _admitted = self.shared.quotas.admit(&record.owner).await;
         (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(&record.id))?;

@@ -141,6 +141,24 @@ impl Connection {
     }
 }
 
+/// Upgrades, sends `frame` (an `error` frame saying why and what to do), and closes
+/// with `code`.
+pub fn refuse_with(
+    upgrade: WebSocketUpgrade,
+    frame: String,
+    code: u16,
+    reason: String,
+) -> Response {
+    upgrade.on_upgrade(move |mut socket| async move {
+        let _ = socket.send(Message::Text(frame.into())).await;
+        let close = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = socket.send(Message::Close(Some(close))).await;
+    })
+}
+
 /// Upgrades and closes at once with `code`: the peer learns why from the close frame.
 pub fn refuse(upgrade: WebSocketUpgrade, code: u16, reason: String) -> Response {
     upgrade.on_upgrade(move |mut socket| async move {

@@ -27,14 +27,14 @@ mod scan;
 mod window;
 
 pub use activity::{Activity, now_ms};
-pub use conn::{Connection, refuse};
+pub use conn::{Connection, refuse, refuse_with};
 pub use error::RelayError;
 pub use hub::{Hub, StreamKey};
 pub use inbound::{ProviderDesk, ProviderRequest, ProviderRoute, Reply};
 pub use outbox::{Outbox, Take};
 pub use protocol::{
-    CLOSE_GONE, CLOSE_REPLACED, CLOSE_REVOKED, CLOSE_START_FAILED, CLOSE_TOO_BIG, CLOSE_TOO_MANY,
-    CLOSE_TOO_SLOW, CLOSE_UNRESPONSIVE, CloseReason, READ_CHUNK, Resume,
+    CLOSE_GONE, CLOSE_REPLACED, CLOSE_REVOKED, CLOSE_START_FAILED, CLOSE_STOPPED, CLOSE_TOO_BIG,
+    CLOSE_TOO_MANY, CLOSE_TOO_SLOW, CLOSE_UNRESPONSIVE, CloseReason, READ_CHUNK, Resume,
 };
 pub use registry::Relay;
 

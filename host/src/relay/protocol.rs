@@ -37,6 +37,9 @@ pub const CLOSE_TOO_MANY: u16 = 4013;
 /// Close code: the start of the environment an app was provisioned to failed (its
 /// record is in `error` with `lastError`).
 pub const CLOSE_START_FAILED: u16 = 4014;
+/// Close code: the app connected through a template to an environment its user
+/// stopped on purpose, without `start=true`.
+pub const CLOSE_STOPPED: u16 = 4015;
 
 /// How a connection ends, when the relay ends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
