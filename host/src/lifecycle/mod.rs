@@ -8,7 +8,8 @@
 //!
 //! [`Manager`] is a front over parts that each own their state: `envs` (the live
 //! side of every environment and its hub), `driver` (starting, stopping,
-//! supervising and restarting instances, with `ops` and `supervisor`), `providers`
+//! supervising and restarting instances, with `ops` and `supervisor`; `deadline`
+//! bounds every start and stop and holds the admin's force delete), `providers`
 //! (what the loaded providers are and are granted, and their hot reload), `peers`
 //! (admitting runtimes and apps, answering provider-handled app messages),
 //! `idle` (stopping environments nobody uses) and `reconcile` (outside edits of the
