@@ -323,3 +323,37 @@ async fn a_failed_start_closes_the_held_connection_with_4014() {
     );
     server.stop();
 }
+
+#[tokio::test]
+async fn a_provisioned_environment_sleeps_when_idle_and_wakes_on_the_next_connect() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(
+        dir.path(),
+        "[templates.nap]\nprovider = \"local-process\"\nscope = \"thread\"\nidle_stop_secs = 2\n",
+    );
+    let server = Server::start(dir.path());
+    let at = url(&server, "template=nap&thread=t");
+    let mut app = Ws::connect(&at, Some(TOKEN)).await.expect("provisioned");
+    let p = app.next_any().await;
+    let id = id_of(&p);
+    echo(&mut app, "awake").await;
+    drop(app);
+    // No app, no traffic: it goes to sleep, and says why.
+    let env = server
+        .wait_env(&id, "stopped for idleness", |e| {
+            e["status"] == "stopped" && e["stopReason"] == "idle"
+        })
+        .await;
+    assert_eq!(env["idleStopSecs"], 2);
+    // The next connect wakes it; no `start=true` needed for a nap.
+    let mut app = Ws::connect(&at, Some(TOKEN))
+        .await
+        .expect("provisioned again");
+    let p = app.next_any().await;
+    assert_eq!(
+        (id_of(&p), p["created"].clone()),
+        (id.clone(), json!(false))
+    );
+    echo(&mut app, "again").await;
+    server.stop();
+}

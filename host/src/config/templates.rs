@@ -182,6 +182,12 @@ pub(super) fn templates_config(
             return Err(invalid("max_per_user must be > 0".into()));
         }
         let idle_stop_secs = t.idle_stop_secs.filter(|s| *s > 0);
+        // The records' own limit (30 days): a template must not make invalid records.
+        if idle_stop_secs.is_some_and(|s| s > 30 * 24 * 60 * 60) {
+            return Err(invalid(
+                "idle_stop_secs must be at most 2592000 (30 days)".into(),
+            ));
+        }
         templates.insert(
             name.clone(),
             Template {

@@ -228,6 +228,7 @@ impl Manager {
         };
         record.desired_state = DesiredState::Running;
         record.provision_key = Some(key);
+        record.idle_stop_secs = template.idle_stop_secs;
         let id = record.id.clone();
         let _admitted = self.shared.quotas.admit(&owner).await;
         (self.shared.quotas).check_new(&self.shared.store, &owner, true)?;
