@@ -13,14 +13,6 @@ secret_keys = [\"apiKey\"]\nconfig = { apiKey = \"s3cret-value\", note = \"shown
 [templates.broken]\nprovider = \"local-process\"\nscope = \"thread\"\nconfig = { command = 7 }\n\n\
 [templates.desk]\nprovider = \"local-process\"\nscope = \"workspace\"\nidleStopSecs = 60\n";
 
-async fn user_token(server: &Server, user: &str) -> String {
-    let (status, issued) = server
-        .call("POST", "/api/v1/tokens", Some(json!({"user": user})))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{issued}");
-    issued["token"].as_str().expect("token").to_owned()
-}
-
 fn url(server: &Server, query: &str) -> String {
     server.ws_url(&format!("/ws/app?{query}"))
 }
@@ -59,7 +51,7 @@ async fn a_thread_gets_its_environment_on_first_connect_and_keeps_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_config(dir.path(), TEMPLATES);
     let server = Server::start(dir.path());
-    let alice = user_token(&server, "alice").await;
+    let alice = server.user_token("alice").await.0;
 
     // The templates are listed for any token, without secret values.
     let (status, templates) = server
@@ -151,7 +143,7 @@ async fn a_thread_gets_its_environment_on_first_connect_and_keeps_it() {
 
     // Another user guessing the thread gets an environment of their own, and does
     // not reach alice's.
-    let bob = user_token(&server, "bob").await;
+    let bob = server.user_token("bob").await.0;
     let (mut bobs, p4) = provision(&server, &bob, "t1").await;
     assert_eq!(p4["created"], true);
     let bob_id = id_of(&p4);
@@ -259,7 +251,7 @@ async fn a_template_ticket_opens_one_provisioned_connection() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_config(dir.path(), TEMPLATES);
     let server = Server::start(dir.path());
-    let alice = user_token(&server, "alice").await;
+    let alice = server.user_token("alice").await.0;
     let ticket = |body: Value| {
         let (server, alice) = (&server, alice.clone());
         async move {
