@@ -47,6 +47,7 @@ mod api;
 mod auth;
 mod lifecycle;
 mod names;
+mod pem;
 mod reference_runtime;
 mod scaffold;
 mod server;

@@ -7,13 +7,15 @@
 //! *and* a granted one. Every denial is returned to the provider as an error and
 //! logged for the operator with the environment id. [`process`] spawns, [`env`]
 //! decides a child's variables and program path, [`guard`] keeps a child's whole
-//! process tree stoppable, [`net`] checks destinations and addresses.
+//! process tree stoppable, [`net`] checks destinations and addresses, [`tls`] is the
+//! TLS client of providers' `https` requests.
 
 mod env;
 pub(crate) mod guard;
 pub(crate) mod net;
 mod pattern;
 pub mod process;
+pub mod tls;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -97,6 +97,9 @@ pub(super) struct FileNet {
     pub(super) max_connections: Option<usize>,
     #[serde(default)]
     pub(super) hosts: BTreeMap<String, IpAddr>,
+    #[serde(default)]
+    pub(super) extra_ca_files: Vec<PathBuf>,
+    pub(super) use_builtin_roots: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

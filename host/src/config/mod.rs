@@ -507,6 +507,17 @@ impl ServeConfig {
         net.hosts = (file.hosts.into_iter())
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
             .collect();
+        // The files themselves are read (and a bad one refused) when the engine builds
+        // its TLS client config at start-up; here only what needs no reading.
+        net.extra_ca_files = file.extra_ca_files;
+        net.use_builtin_roots = file.use_builtin_roots.unwrap_or(true);
+        if !net.use_builtin_roots && net.extra_ca_files.is_empty() {
+            return Err(ConfigError::Invalid(
+                "net.use_builtin_roots = false needs net.extra_ca_files: \
+                 with no roots at all every https request would fail"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 

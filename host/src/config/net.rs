@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Operator network settings shared by every environment.
@@ -16,6 +17,10 @@ pub struct NetConfig {
     pub first_byte_timeout: Duration,
     /// Concurrent outgoing connections per environment.
     pub max_connections: usize,
+    /// CA bundles (PEM) whose certificates providers' `https` requests also trust.
+    pub extra_ca_files: Vec<PathBuf>,
+    /// Whether the Mozilla root set (webpki-roots) is trusted besides `extra_ca_files`.
+    pub use_builtin_roots: bool,
 }
 
 impl Default for NetConfig {
@@ -25,6 +30,8 @@ impl Default for NetConfig {
             connect_timeout: Duration::from_secs(5),
             first_byte_timeout: Duration::from_secs(15),
             max_connections: 16,
+            extra_ca_files: Vec::new(),
+            use_builtin_roots: true,
         }
     }
 }

@@ -26,6 +26,7 @@ use super::types::{Call, CallError, Reply, RuntimePort, STATE_GUEST_DIR, WORKSPA
 use super::{EngineError, TICK};
 use crate::broker::net::NetPolicy;
 use crate::broker::process::ProcessBroker;
+use crate::broker::tls::TlsClient;
 use crate::broker::{Capabilities, Request};
 use crate::config::{Grant, LimitsConfig, NetConfig};
 
@@ -62,7 +63,7 @@ impl HostState {
     pub(crate) fn detached(provider: &str, limits: &LimitsConfig) -> Self {
         Self::new(
             WasiCtxBuilder::new().build(),
-            NetPolicy::deny_all(),
+            NetHooks::new(NetPolicy::deny_all(), None),
             "-".into(),
             provider.into(),
             None,
@@ -75,7 +76,7 @@ impl HostState {
     #[allow(clippy::too_many_arguments)]
     fn new(
         wasi: WasiCtx,
-        net: NetPolicy,
+        net: NetHooks,
         env_id: String,
         provider: String,
         broker: Option<ProcessBroker>,
@@ -91,7 +92,7 @@ impl HostState {
         Self {
             wasi,
             http,
-            net: NetHooks::new(net),
+            net,
             log_budget: LogBudget::default(),
             table,
             limits: StoreLimitsBuilder::new()
@@ -137,6 +138,8 @@ pub struct InstanceSetup {
 pub(crate) struct StoreSettings<'a> {
     pub(crate) limits: &'a LimitsConfig,
     pub(crate) net: &'a NetConfig,
+    /// The TLS client of providers' `https` requests.
+    pub(crate) tls: &'a TlsClient,
     /// The `tether` binary children run under (see [`crate::broker::guard`]).
     pub(crate) spawn_guard: Option<&'a PathBuf>,
 }
@@ -150,6 +153,7 @@ pub(crate) fn new_store(
     let StoreSettings {
         limits,
         net,
+        tls,
         spawn_guard,
     } = settings;
     let caps = Capabilities::new(setup.request, setup.grant);
@@ -194,7 +198,7 @@ pub(crate) fn new_store(
     }
     let state = HostState::new(
         wasi.build(),
-        policy,
+        NetHooks::new(policy, Some(tls.clone())),
         setup.env_id,
         provider.to_owned(),
         Some(broker),

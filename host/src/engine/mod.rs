@@ -30,6 +30,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 
+use crate::broker::tls::{TlsClient, TlsSetupError};
 use crate::config::{CompileCacheConfig, LimitsConfig, NetConfig};
 use crate::sync::RwLockExt;
 use bindings::AnyPre;
@@ -68,6 +69,9 @@ pub enum EngineError {
     /// Instantiating it failed.
     #[error("instantiating provider: {0}")]
     Instantiate(String),
+    /// The TLS client of providers' `https` could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
 }
 
 /// Where a provider came from.
@@ -120,6 +124,7 @@ pub struct Engine {
     linker: Linker<HostState>,
     limits: LimitsConfig,
     net: NetConfig,
+    tls: TlsClient,
     providers: RwLock<BTreeMap<String, Arc<LoadedProvider>>>,
     failures: RwLock<Vec<LoadFailure>>,
     compile_cache: Option<wasmtime::Cache>,
@@ -142,13 +147,15 @@ impl Engine {
     }
 
     /// Configures wasmtime (epoch deadlines, async, a capped wasm stack, the compile
-    /// cache) and links WASI, brokered `wasi:http` and the host imports.
+    /// cache), links WASI, brokered `wasi:http` and the host imports, and builds the
+    /// TLS client of providers' `https` (reading `[net] extra_ca_files` now).
     pub fn with_compile_cache(
         limits: LimitsConfig,
         net: NetConfig,
         cache: &CompileCacheConfig,
     ) -> Result<Self, EngineError> {
         let setup = |e: wasmtime::Error| EngineError::Setup(format!("{e:#}"));
+        let tls = TlsClient::from_config(&net)?;
         let compile_cache = cache::open(cache)?;
         let mut config = wasmtime::Config::new();
         config.cache(compile_cache.clone());
@@ -167,6 +174,7 @@ impl Engine {
             linker,
             limits,
             net,
+            tls,
             providers: RwLock::new(BTreeMap::new()),
             failures: RwLock::new(Vec::new()),
             compile_cache,
@@ -282,6 +290,7 @@ impl Engine {
         let settings = instance::StoreSettings {
             limits: &self.limits,
             net: &self.net,
+            tls: &self.tls,
             spawn_guard: self.spawn_guard.get(),
         };
         let store = instance::new_store(&self.wasm, &name, setup, settings)?;

@@ -4,8 +4,10 @@
 //! destination against the environment's [`NetPolicy`], resolves the name (operator
 //! overrides first), re-checks every address, takes a connection slot and connects
 //! to the checked address only, under the configured connect and first-byte
-//! timeouts. A refusal never sends a packet. Plain `http` only: this build carries no
-//! TLS stack, and an `https` request is refused with a protocol error the guest sees.
+//! timeouts. A refusal never sends a packet. For `https` the checked connection then
+//! runs the TLS handshake of [`TlsClient`] (certificate checked against the URL's host
+//! name), also under the connect timeout; a failed handshake is the TLS error code of
+//! `wasi:http` for the provider and a log line for the operator.
 
 use std::time::Duration;
 
@@ -19,18 +21,22 @@ use wasmtime_wasi_http::{
 
 use crate::broker::Denied;
 use crate::broker::net::{NetError, NetPolicy};
+use crate::broker::tls::TlsClient;
 use crate::engine::instance::HostState;
 
-/// The `wasi:http` hooks of one instance: its environment's network policy.
+/// The `wasi:http` hooks of one instance: its environment's network policy and the
+/// host's TLS client (`None`: `https` is refused, as for an instance serving no
+/// environment).
 #[derive(Debug, Clone)]
 pub(crate) struct NetHooks {
     policy: NetPolicy,
+    tls: Option<TlsClient>,
 }
 
 impl NetHooks {
-    /// Hooks enforcing `policy`.
-    pub(crate) fn new(policy: NetPolicy) -> Self {
-        Self { policy }
+    /// Hooks enforcing `policy`, with `tls` for `https`.
+    pub(crate) fn new(policy: NetPolicy, tls: Option<TlsClient>) -> Self {
+        Self { policy, tls }
     }
 }
 
@@ -59,8 +65,8 @@ impl WasiHttpHooks for NetHooks {
     ) -> ResponseFuture {
         // Response-processing errors surface through the body; nothing to report here.
         drop(fut);
-        let policy = self.policy.clone();
-        Box::new(async move { send(policy, request, options).await })
+        let (policy, tls) = (self.policy.clone(), self.tls.clone());
+        Box::new(async move { send(policy, tls, request, options).await })
     }
 }
 
@@ -80,7 +86,8 @@ fn bounded(ours: Duration, theirs: Option<Duration>) -> Duration {
 
 async fn send(
     policy: NetPolicy,
-    mut request: http::Request<WasiBody>,
+    tls: Option<TlsClient>,
+    request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
 ) -> Result<Sent, Error> {
     let uri = request.uri().clone();
@@ -94,10 +101,14 @@ async fn send(
     policy
         .check_destination(&scheme, &host, port)
         .map_err(|d| refused(&policy, &dest, &d))?;
-    if scheme != "http" {
-        tracing::warn!(env = %policy.env_id(), %dest, "outgoing HTTP refused: no TLS in this build");
-        return Err(Error::HttpProtocolError);
-    }
+    let tls = match (scheme.as_str(), tls) {
+        ("http", _) => None,
+        ("https", Some(tls)) => Some(tls),
+        _ => {
+            tracing::warn!(env = %policy.env_id(), %dest, "outgoing HTTP refused: scheme not supported here");
+            return Err(Error::HttpProtocolError);
+        }
+    };
     let addrs = match policy.resolve(&scheme, &host, port).await {
         Ok(addrs) => addrs,
         Err(NetError::Denied(d)) => return Err(refused(&policy, &dest, &d)),
@@ -125,10 +136,35 @@ async fn send(
         .await
         .map_err(|_| Error::ConnectionTimeout)?
         .map_err(Error::Connect)?;
-    let (mut sender, conn) =
-        tokio::time::timeout(connect_timeout, http1::handshake(TokioIo::new(stream)))
-            .await
-            .map_err(|_| Error::ConnectionTimeout)??;
+    let timeouts = (connect_timeout, first_byte);
+    let Some(tls) = tls else {
+        return exchange(TokioIo::new(stream), permit, request, timeouts).await;
+    };
+    let stream = tokio::time::timeout(connect_timeout, tls.connect(&host, stream))
+        .await
+        .map_err(|_| Error::ConnectionTimeout)?
+        .map_err(|e| {
+            tracing::warn!(env = %policy.env_id(), %dest, error = %e, "outgoing HTTPS: TLS handshake failed");
+            e.code()
+        })?;
+    exchange(TokioIo::new(stream), permit, request, timeouts).await
+}
+
+/// Sends `request` over an established connection (plain or TLS) and returns the
+/// response head; the connection holds `permit` for as long as it lives.
+async fn exchange<T>(
+    io: T,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    mut request: http::Request<WasiBody>,
+    (connect_timeout, first_byte): (Duration, Duration),
+) -> Result<Sent, Error>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let uri = request.uri().clone();
+    let (mut sender, conn) = tokio::time::timeout(connect_timeout, http1::handshake(io))
+        .await
+        .map_err(|_| Error::ConnectionTimeout)??;
     // The connection task holds the slot for as long as the connection lives.
     let driver = tokio::spawn(async move {
         let result = conn.await;
