@@ -6,6 +6,7 @@
 
 mod api;
 mod audit;
+mod certs;
 mod git_worktree;
 mod hostile;
 mod idle;
@@ -20,4 +21,5 @@ mod spine;
 mod support;
 mod tenancy;
 mod tickets;
+mod tls;
 mod worlds;

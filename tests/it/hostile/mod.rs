@@ -11,7 +11,7 @@ mod git;
 mod identity;
 mod net;
 mod process;
-mod rig;
+pub mod rig;
 mod spin;
 
 use serde_json::json;
