@@ -41,6 +41,18 @@ enum Command {
         /// Operator settings and grants; a missing file means the defaults.
         #[arg(long, default_value = "tether.toml")]
         config: PathBuf,
+        /// Serve over TLS with this certificate chain (PEM, leaf first); re-read when
+        /// it changes. Needs --tls-key.
+        #[arg(long, value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, value_name = "FILE")]
+        tls_key: Option<PathBuf>,
+        /// The URL runtimes and clients reach this host at (e.g.
+        /// https://tether.example.com), when it is not the listen address: a public
+        /// name, or a proxy terminating TLS in front. Runtimes get its ws(s):// form.
+        #[arg(long, value_name = "URL")]
+        public_url: Option<String>,
     },
     /// Run the reference runtime (reads TETHER_RUNTIME_URL and TETHER_RUNTIME_TOKEN).
     Runtime,
@@ -111,8 +123,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             data_dir,
             config,
+            tls_cert,
+            tls_key,
+            public_url,
         } => {
             let mut settings = ServeConfig::load(listen, data_dir, &config)?;
+            settings.serving =
+                (settings.serving).with_flags(tls_cert, tls_key, public_url.as_deref())?;
             settings.spawn_guard =
                 Some(std::env::current_exe().context("locating this binary for the spawn guard")?);
             rt.block_on(server::serve(settings, server::shutdown_signal()))?;

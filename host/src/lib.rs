@@ -29,6 +29,9 @@
 //!   stores, shows or logs them.
 //! - `reference_runtime` is the runtime `tether runtime` runs inside an environment;
 //!   `scaffold` writes a new provider crate (`tether provider new`).
+//! - TLS: `server` serves over TLS when given a certificate (renewed live);
+//!   [`broker::tls`] is providers' `https` client; `client_tls` how the runtime and the
+//!   CLI trust a host (system roots plus `TETHER_CA_FILE`); `pem` reads the files.
 
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
@@ -45,6 +48,7 @@ pub mod store;
 
 mod api;
 mod auth;
+mod client_tls;
 mod lifecycle;
 mod names;
 mod pem;

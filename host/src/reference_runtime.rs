@@ -7,13 +7,15 @@
 //! It speaks the relay's resume protocol (`docs/protocol.md`): one session per process, so a
 //! reconnect gets exactly the messages it had not received, and re-sends exactly the frames
 //! the host had not counted. It pings the host and treats a host silent for
-//! [`HOST_IDLE_TIMEOUT`] as dead, reconnecting.
+//! [`HOST_IDLE_TIMEOUT`] as dead, reconnecting. A `wss://` URL is dialled over TLS,
+//! trusting the system's roots plus `TETHER_CA_FILE` (see `client_tls`); a certificate
+//! that does not match the URL's host is refused like any failed connection.
 
 use std::{
     future::Future,
     pin::Pin,
     process::Stdio,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -27,7 +29,7 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_tungstenite::{
-    connect_async_with_config,
+    Connector, connect_async_tls_with_config,
     tungstenite::{
         self, Message, client::IntoClientRequest, handshake::client::Request, http,
         protocol::WebSocketConfig,
@@ -55,6 +57,8 @@ pub(crate) struct RuntimeConfig {
     pub url: String,
     /// Runtime token of the current start generation, sent as `Authorization: Bearer <token>`.
     pub token: String,
+    /// TLS settings for a `wss://` URL (`None` for `ws://`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for RuntimeConfig {
@@ -62,6 +66,7 @@ impl std::fmt::Debug for RuntimeConfig {
         f.debug_struct("RuntimeConfig")
             .field("url", &self.url)
             .field("token", &"<redacted>")
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -73,9 +78,15 @@ impl RuntimeConfig {
             Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_owned()),
             _ => Err(RuntimeError::MissingVar(name)),
         };
+        let url = var("TETHER_RUNTIME_URL")?;
+        let tls = match url.starts_with("wss://") {
+            true => Some(crate::client_tls::from_env()?),
+            false => None,
+        };
         Ok(Self {
-            url: var("TETHER_RUNTIME_URL")?,
+            url,
             token: var("TETHER_RUNTIME_TOKEN")?,
+            tls,
         })
     }
 }
@@ -89,6 +100,9 @@ pub(crate) enum RuntimeError {
     /// The URL cannot be used to connect; the message names the URL and the problem.
     #[error("invalid runtime URL {0}")]
     InvalidUrl(String),
+    /// `TETHER_CA_FILE` or the TLS settings are unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::client_tls::ClientTlsError),
     /// The token cannot be sent as an HTTP header value.
     #[error("the runtime token contains characters not allowed in an HTTP header")]
     InvalidToken,
@@ -132,8 +146,8 @@ fn lock(peer: &Mutex<PeerState>) -> std::sync::MutexGuard<'_, PeerState> {
 fn request(config: &RuntimeConfig, peer: &Mutex<PeerState>) -> Result<Request, RuntimeError> {
     let invalid =
         |why: &dyn std::fmt::Display| RuntimeError::InvalidUrl(format!("{:?}: {why}", config.url));
-    if !config.url.starts_with("ws://") {
-        return Err(invalid(&"only ws:// URLs are supported"));
+    if !config.url.starts_with("ws://") && !config.url.starts_with("wss://") {
+        return Err(invalid(&"only ws:// and wss:// URLs are supported"));
     }
     let sep = if config.url.contains('?') { '&' } else { '?' };
     let url = format!("{}{sep}{}", config.url, lock(peer).query());
@@ -155,9 +169,15 @@ async fn connect_loop(
     let mut backoff = INITIAL_BACKOFF;
     loop {
         let socket = WebSocketConfig::default().read_buffer_size(READ_CHUNK);
+        let connector = (config.tls.clone()).map(Connector::Rustls);
         let attempt = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            connect_async_with_config(request(config, &out.peer)?, Some(socket), false),
+            connect_async_tls_with_config(
+                request(config, &out.peer)?,
+                Some(socket),
+                false,
+                connector,
+            ),
         );
         let outcome = tokio::select! {
             _ = &mut shutdown => return Ok(()),

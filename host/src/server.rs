@@ -1,12 +1,21 @@
 //! `tether serve`: wires store, engine, lifecycle and API together and serves them
 //! until a shutdown signal, then stops every provider instance before returning.
+//! Plain HTTP by default; with a certificate, over TLS through [`listener`], with the
+//! certificate of [`tls`] renewed from its files without a restart.
+
+mod listener;
+mod tls;
 
 use std::future::Future;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use listener::TlsListener;
+use tls::ServingCert;
 
 use crate::api::{self, AppState};
 use crate::audit::{AuditError, AuditLog};
@@ -54,6 +63,9 @@ pub(crate) enum ServeError {
     /// The providers directory cannot be watched for hot reload.
     #[error(transparent)]
     ProviderWatch(#[from] DirWatchError),
+    /// The TLS certificate cannot be served.
+    #[error(transparent)]
+    Tls(#[from] tls::CertError),
 }
 
 /// Binds `config.listen` and serves until `shutdown` resolves.
@@ -83,6 +95,11 @@ pub(crate) async fn run(
         addr: config.listen,
         source,
     })?;
+    // First, so a bad certificate stops the host before it does anything else.
+    let serving_cert = match &config.serving.tls {
+        Some(files) => Some(ServingCert::load(files.clone())?),
+        None => None,
+    };
     let token_file = config.codebolt_dir().join("api-token");
     let (token, source) =
         ApiToken::load_or_create(std::env::var("TETHER_API_TOKEN").ok(), &token_file)?;
@@ -103,19 +120,20 @@ pub(crate) async fn run(
         engine.set_spawn_guard(tether.clone());
     }
     engine.load_all(&config.providers_dir()).await;
-    let runtime_base = format!("ws://{}", reachable(addr));
+    let runtime_base = config.serving.runtime_base(reachable(addr));
     let data_dir = config.data_dir.clone();
     let audit = AuditLog::open(&config.audit_path(), &config.audit)?;
     let config_throttle = config.throttle.clone();
     let ticket_ttl = config.tenancy.ticket_ttl;
-    let manager = Manager::new(config, store, engine, runtime_base, audit.clone());
+    let manager = Manager::new(config, store, engine, runtime_base.clone(), audit.clone());
     manager.watch_records()?;
     manager.watch_providers()?;
     manager.recover();
 
     // Tests and scripts read these two lines; keep their shape.
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "tether listening on http://{addr}");
+    let scheme = if serving_cert.is_some() { "https" } else { "http" };
+    let _ = writeln!(out, "tether listening on {scheme}://{addr}");
     match source {
         TokenSource::Generated => {
             let _ = writeln!(
@@ -134,7 +152,7 @@ pub(crate) async fn run(
     }
     let _ = out.flush();
     drop(out);
-    tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
+    tracing::info!(%addr, data_dir = %data_dir.display(), %runtime_base, tls = serving_cert.is_some(), "serving");
 
     let throttle = std::sync::Arc::new(Throttle::new(config_throttle));
     let app = api::router(AppState {
@@ -156,13 +174,28 @@ pub(crate) async fn run(
         stopping.cancel();
     });
     // Each request learns its peer's address (throttling, the audit log).
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopped.cancelled_owned())
-    .await
-    .map_err(|source| ServeError::Listen { addr, source })?;
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let served = match serving_cert {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped.cancelled_owned())
+                .await
+        }
+        Some(cert) => {
+            let _renewals = cert.watch()?;
+            let tls = TlsListener::new(listener, cert.server_config()?)
+                .map_err(|source| ServeError::Listen { addr, source })?;
+            // Through `tap_io` axum gives handlers the peer's `SocketAddr`, as for
+            // plain TCP; Nagle only delays the small frames of the relay.
+            let tls = tls.tap_io(|io| {
+                let _ = io.get_ref().0.set_nodelay(true);
+            });
+            axum::serve(tls, app)
+                .with_graceful_shutdown(stopped.cancelled_owned())
+                .await
+        }
+    };
+    served.map_err(|source| ServeError::Listen { addr, source })?;
     tracing::info!("stopped");
     Ok(())
 }

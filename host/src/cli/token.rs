@@ -1,8 +1,8 @@
 //! `tether token create|list|revoke`: the token endpoints of a running server, for
 //! its operator. The server's URL comes from `--url` (or `TETHER_URL`); the admin
 //! token from `--token`, else `TETHER_API_TOKEN`, else the data directory's
-//! `.codebolt/api-token`. Plain `http://` only: run it on the host, or put the host
-//! behind a proxy and use any HTTP client against the same endpoints.
+//! `.codebolt/api-token`. `http://` or `https://`; over TLS the server's certificate
+//! must match the URL's host and chain to the system's roots or to `TETHER_CA_FILE`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -156,14 +156,17 @@ async fn call(
         .url
         .parse()
         .with_context(|| format!("--url {}", crate::untrusted::named(&server.url)))?;
-    if uri.scheme_str() != Some("http") {
-        bail!("--url must be an http:// URL");
-    }
+    let tls = match uri.scheme_str() {
+        Some("http") => None,
+        Some("https") => Some(crate::client_tls::from_env()?),
+        _ => bail!("--url must be an http:// or https:// URL"),
+    };
     let authority = uri.authority().context("--url names no host")?.clone();
+    let default_port = if tls.is_some() { 443 } else { 80 };
     let addr = format!(
         "{}:{}",
         authority.host(),
-        authority.port_u16().unwrap_or(80)
+        authority.port_u16().unwrap_or(default_port)
     );
     let request = Request::builder()
         .method(method)
@@ -178,9 +181,19 @@ async fn call(
         let stream = TcpStream::connect(&addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
-        let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        let response = sender.send_request(request).await?;
+        let response = match tls {
+            None => send(TokioIo::new(stream), request).await?,
+            Some(config) => {
+                let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .with_context(|| format!("{host} is not a TLS server name"))?;
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await
+                    .with_context(|| format!("TLS with {addr}"))?;
+                send(TokioIo::new(stream), request).await?
+            }
+        };
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();
         anyhow::Ok((status, bytes))
@@ -198,4 +211,17 @@ async fn call(
         );
     }
     Ok(answer)
+}
+
+/// Sends `request` over an established connection, plain or TLS.
+async fn send<T>(
+    io: T,
+    request: Request<Full<Bytes>>,
+) -> anyhow::Result<http::Response<hyper::body::Incoming>>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = http1::handshake(io).await?;
+    tokio::spawn(connection);
+    Ok(sender.send_request(request).await?)
 }

@@ -35,6 +35,8 @@ pub(super) struct FileConfig {
     pub(super) tenancy: super::tenancy::FileTenancy,
     #[serde(default)]
     pub(super) templates: BTreeMap<String, super::templates::FileTemplate>,
+    #[serde(default)]
+    pub(super) server: super::serving::FileServer,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -63,9 +63,11 @@ impl Grant {
     }
 }
 
-/// Host variables the built-in providers pass through to the runtimes they start.
+/// Host variables the built-in providers pass through to the runtimes they start;
+/// `TETHER_CA_FILE` so a runtime on this machine trusts the CA the host's own
+/// certificate comes from when it dials `wss://`.
 fn runtime_env() -> Vec<String> {
-    ["PATH", "HOME", "LANG", "RUST_LOG"]
+    ["PATH", "HOME", "LANG", "RUST_LOG", "TETHER_CA_FILE"]
         .map(String::from)
         .to_vec()
 }

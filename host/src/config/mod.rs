@@ -17,6 +17,7 @@ mod net;
 mod operator;
 mod pattern;
 mod replace;
+mod serving;
 mod templates;
 mod tenancy;
 
@@ -38,6 +39,7 @@ pub use pattern::{
     ANY_ARG, ANY_REST, CommandPattern, PATH_ARG, PatternError, UrlPattern, UrlPatternError,
 };
 pub use replace::BuiltinReplacement;
+pub use serving::{PublicUrl, ServingConfig, TlsFiles};
 pub use templates::{Template, TemplateRestart, TemplateScope};
 pub use tenancy::{Quota, TenancyConfig};
 
@@ -81,6 +83,8 @@ pub enum ConfigError {
 pub struct ServeConfig {
     /// Where to listen.
     pub listen: SocketAddr,
+    /// TLS and the public URL (`[server]`, `--tls-cert`, `--tls-key`, `--public-url`).
+    pub serving: ServingConfig,
     /// Absolute data directory.
     pub data_dir: PathBuf,
     /// Timeouts of lifecycle steps.
@@ -302,6 +306,7 @@ impl ServeConfig {
     pub fn defaults(listen: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             listen,
+            serving: ServingConfig::default(),
             lifecycle: LifecycleConfig::default(),
             limits: LimitsConfig::default(),
             health: HealthConfig::default(),
@@ -465,6 +470,7 @@ impl ServeConfig {
         self.throttle = audit::throttle_config(file.auth)?;
         self.tenancy = tenancy::tenancy_config(file.tenancy)?;
         self.templates = templates::templates_config(file.templates)?;
+        self.serving = serving::serving_config(file.server)?;
         self.apply_net(file.net)
     }
 

@@ -1,0 +1,185 @@
+//! How `tether serve` is reached: the TLS certificate and key it serves with and the
+//! public URL runtimes are handed (`[server]` in `tether.toml`, or `--tls-cert`,
+//! `--tls-key` and `--public-url`, which win). The server reads the files
+//! (`server::tls`); this only checks what needs no reading.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// `[server]` as read from disk.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileServer {
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    public_url: Option<String>,
+}
+
+/// The certificate chain and private key files (PEM) of TLS serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The leaf's private key.
+    pub key: PathBuf,
+}
+
+/// How `tether serve` is reached; the default is plain HTTP at the listen address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServingConfig {
+    /// Serve over TLS with these files.
+    pub tls: Option<TlsFiles>,
+    /// The URL clients and runtimes reach the host at, when it is not the listen
+    /// address (a public name, or a proxy that terminates TLS in front).
+    pub public_url: Option<PublicUrl>,
+}
+
+impl ServingConfig {
+    /// Lays the command-line flags over `self`: a flag given wins over the file.
+    pub fn with_flags(
+        mut self,
+        tls_cert: Option<PathBuf>,
+        tls_key: Option<PathBuf>,
+        public_url: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        let (file_cert, file_key) = match self.tls.take() {
+            Some(files) => (Some(files.cert), Some(files.key)),
+            None => (None, None),
+        };
+        self.tls = tls_files(tls_cert.or(file_cert), tls_key.or(file_key), "--tls-")?;
+        if let Some(url) = public_url {
+            self.public_url = Some(PublicUrl::parse(url).map_err(ConfigError::Invalid)?);
+        }
+        Ok(self)
+    }
+
+    /// The base of the runtime URLs handed to providers: the public URL's, else
+    /// `ws(s)://` at `reachable`, the address the host listens on.
+    pub fn runtime_base(&self, reachable: std::net::SocketAddr) -> String {
+        match &self.public_url {
+            Some(url) => url.websocket_base(),
+            None if self.tls.is_some() => format!("wss://{reachable}"),
+            None => format!("ws://{reachable}"),
+        }
+    }
+}
+
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    prefix: &str,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::Invalid(format!(
+            "{prefix}cert needs {prefix}key: TLS needs the certificate's private key too"
+        ))),
+        (None, Some(_)) => Err(ConfigError::Invalid(format!(
+            "{prefix}key needs {prefix}cert: TLS needs the certificate too"
+        ))),
+    }
+}
+
+/// `[server]` over the defaults.
+pub(super) fn serving_config(file: FileServer) -> Result<ServingConfig, ConfigError> {
+    let public_url = (file.public_url.as_deref())
+        .map(PublicUrl::parse)
+        .transpose()
+        .map_err(|e| ConfigError::Invalid(format!("server.{e}")))?;
+    Ok(ServingConfig {
+        tls: tls_files(file.tls_cert, file.tls_key, "server.tls_")?,
+        public_url,
+    })
+}
+
+/// A public URL: `http(s)://` or `ws(s)://`, a host and an optional port, no path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl {
+    secure: bool,
+    authority: String,
+}
+
+impl PublicUrl {
+    /// Parses and checks `text`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("public_url {text:?}: {why}");
+        let uri: http::Uri = text.parse().map_err(|_| bad("not a URL"))?;
+        let secure = match uri.scheme_str() {
+            Some("https" | "wss") => true,
+            Some("http" | "ws") => false,
+            _ => return Err(bad("must start with https://, http://, wss:// or ws://")),
+        };
+        let authority = uri.authority().ok_or_else(|| bad("has no host"))?;
+        if authority.as_str().contains('@') || authority.host().is_empty() {
+            return Err(bad("must be a host and an optional port, nothing else"));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(bad("must not have a path or a query"));
+        }
+        Ok(Self {
+            secure,
+            authority: authority.as_str().to_ascii_lowercase(),
+        })
+    }
+
+    /// `wss://host[:port]` (or `ws://`).
+    pub fn websocket_base(&self) -> String {
+        let scheme = if self.secure { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.authority)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_urls_become_websocket_bases() {
+        let url = PublicUrl::parse("https://Tether.Example.com").unwrap();
+        assert_eq!(url.websocket_base(), "wss://tether.example.com");
+        let url = PublicUrl::parse("http://10.0.0.5:8080/").unwrap();
+        assert_eq!(url.websocket_base(), "ws://10.0.0.5:8080");
+        for bad in [
+            "tether.example.com",
+            "ftp://x",
+            "https://x/prefix",
+            "https://u@x",
+            "https://x?a=b",
+        ] {
+            assert!(PublicUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn flags_win_and_cert_and_key_come_together() {
+        let addr: std::net::SocketAddr = "127.0.0.1:2719".parse().unwrap();
+        let plain = ServingConfig::default();
+        assert_eq!(plain.runtime_base(addr), "ws://127.0.0.1:2719");
+        let tls = plain
+            .clone()
+            .with_flags(Some("c.pem".into()), Some("k.pem".into()), None)
+            .unwrap();
+        assert_eq!(tls.runtime_base(addr), "wss://127.0.0.1:2719");
+        let public = tls
+            .with_flags(None, None, Some("https://tether.example.com:8443"))
+            .unwrap();
+        assert_eq!(public.tls.as_ref().unwrap().cert, PathBuf::from("c.pem"));
+        assert_eq!(
+            public.runtime_base(addr),
+            "wss://tether.example.com:8443"
+        );
+        let err = plain.with_flags(Some("c.pem".into()), None, None).unwrap_err();
+        assert!(err.to_string().contains("--tls-cert needs --tls-key"), "{err}");
+        let file = FileServer {
+            tls_cert: None,
+            tls_key: Some("k.pem".into()),
+            public_url: None,
+        };
+        let err = serving_config(file).unwrap_err();
+        assert!(err.to_string().contains("server.tls_key needs"), "{err}");
+    }
+}
