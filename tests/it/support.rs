@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -12,7 +13,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Message, http};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{
+    Connector, MaybeTlsStream, WebSocketStream, connect_async, connect_async_tls_with_config,
+};
 
 /// Paths of the guest components built from `guest-providers/` (one constant each).
 #[allow(dead_code)] // one constant per guest; not every test binary uses all
@@ -34,6 +37,8 @@ pub struct Server {
     /// Its data directory.
     pub data_dir: PathBuf,
     http: reqwest::Client,
+    /// What clients trust when the server serves TLS.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Server {
@@ -73,6 +78,44 @@ impl Server {
         Server::start_as(data_dir, Some(TOKEN))
     }
 
+    /// Starts `tether serve` with `extra` flags (`--tls-cert` …) and the environment
+    /// variables in `envs`; over TLS the test's clients trust what `trust` trusts.
+    pub fn start_with(
+        data_dir: &Path,
+        extra: &[&std::ffi::OsStr],
+        envs: &[(&str, &std::ffi::OsStr)],
+        trust: Arc<rustls::ClientConfig>,
+    ) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .arg("--config")
+            .arg(data_dir.join("tether.toml"))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env("TETHER_API_TOKEN", TOKEN);
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let (child, base) = spawn_announced(
+            command,
+            &data_dir.join("server.log"),
+            "tether listening on ",
+        );
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*trust).clone())
+            .build()
+            .expect("https client");
+        Server {
+            child,
+            base,
+            data_dir: data_dir.to_owned(),
+            http,
+            tls: Some(trust),
+        }
+    }
+
     /// Starts `tether serve` on `data_dir` with `TETHER_API_TOKEN` set to `token`, or
     /// unset (the admin token then lives in `.codebolt/api-token`).
     pub fn start_as(data_dir: &Path, token: Option<&str>) -> Server {
@@ -97,6 +140,7 @@ impl Server {
             base,
             data_dir: data_dir.to_owned(),
             http: reqwest::Client::new(),
+            tls: None,
         }
     }
 
@@ -241,14 +285,16 @@ impl Server {
     }
 
     pub fn ws_url(&self, path: &str) -> String {
-        format!("{}{path}", self.base.replacen("http://", "ws://", 1))
+        // `http://…` becomes `ws://…`, `https://…` `wss://…`.
+        format!("{}{path}", self.base.replacen("http", "ws", 1))
     }
 
     /// Opens an app connection on `thread`.
     pub async fn app(&self, id: &str, thread: &str) -> Ws {
-        Ws::connect(
+        Ws::connect_tls(
             &self.ws_url(&format!("/ws/app/{id}?thread={thread}")),
             Some(TOKEN),
+            self.tls.clone(),
         )
         .await
         .expect("app connection")
@@ -277,18 +323,42 @@ pub struct Ws {
 impl Ws {
     /// Connects with an optional bearer token; the HTTP status on refusal.
     pub async fn connect(url: &str, token: Option<&str>) -> Result<Ws, StatusCode> {
-        let mut req = url.into_client_request().expect("request");
-        if let Some(token) = token {
-            let value = http::HeaderValue::from_str(&format!("Bearer {token}")).expect("header");
-            req.headers_mut().insert(http::header::AUTHORIZATION, value);
-        }
-        match connect_async(req).await {
-            Ok((stream, _)) => Ok(Ws { stream }),
+        Ws::connect_tls(url, token, None).await
+    }
+
+    /// Connects, over TLS trusting what `tls` trusts for a `wss://` URL.
+    pub async fn connect_tls(
+        url: &str,
+        token: Option<&str>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Ws, StatusCode> {
+        match Ws::try_connect(url, token, tls).await {
+            Ok(ws) => Ok(ws),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 Err(StatusCode::from_u16(resp.status().as_u16()).expect("status"))
             }
             Err(e) => panic!("connecting {url}: {e}"),
         }
+    }
+
+    /// Connects, returning whatever error the attempt ended in.
+    pub async fn try_connect(
+        url: &str,
+        token: Option<&str>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let mut req = url.into_client_request().expect("request");
+        if let Some(token) = token {
+            let value = http::HeaderValue::from_str(&format!("Bearer {token}")).expect("header");
+            req.headers_mut().insert(http::header::AUTHORIZATION, value);
+        }
+        let connected = match tls {
+            None => connect_async(req).await,
+            Some(tls) => {
+                connect_async_tls_with_config(req, None, false, Some(Connector::Rustls(tls))).await
+            }
+        };
+        connected.map(|(stream, _)| Ws { stream })
     }
 
     /// Sends one JSON message.

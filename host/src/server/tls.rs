@@ -117,15 +117,19 @@ impl ServingCert {
             .map(|f| f.parent().filter(|p| !p.as_os_str().is_empty()))
             .map(|p| p.unwrap_or(Path::new(".")))
             .collect();
+        let names: Vec<std::ffi::OsString> = [&self.files.cert, &self.files.key]
+            .into_iter()
+            .filter_map(|f| f.file_name().map(ToOwned::to_owned))
+            .collect();
         let mut watches = Vec::new();
         for dir in dirs {
-            let (watch, mut changed) =
-                crate::watch::debounced(dir, |e| e.is_ok(), RELOAD_DEBOUNCE).map_err(
-                    |source| CertError::Watch {
-                        dir: dir.display().to_string(),
-                        source,
-                    },
-                )?;
+            let names = names.clone();
+            let relevant = move |e: &notify::Result<notify::Event>| renewal(e, &names);
+            let (watch, mut changed) = crate::watch::debounced(dir, relevant, RELOAD_DEBOUNCE)
+                .map_err(|source| CertError::Watch {
+                    dir: dir.display().to_string(),
+                    source,
+                })?;
             watches.push(watch);
             let cert = Arc::downgrade(self);
             tokio::spawn(async move {
@@ -149,6 +153,21 @@ impl ServingCert {
     }
 }
 
+/// Whether `event` may be a renewal: a change (not a mere read, which our own reload
+/// and anything else reading files there would cause) to one of the two files, or to
+/// a `..name` entry (Kubernetes swaps a secret's files through a `..data` symlink).
+fn renewal(event: &notify::Result<notify::Event>, names: &[std::ffi::OsString]) -> bool {
+    let Ok(event) = event else { return false };
+    if matches!(event.kind, notify::EventKind::Access(_)) {
+        return false;
+    }
+    event.paths.iter().any(|p| {
+        p.file_name().is_some_and(|n| {
+            names.iter().any(|want| want == n) || n.as_encoded_bytes().starts_with(b"..")
+        })
+    })
+}
+
 fn certified_key(files: &TlsFiles, cert: &[u8], key: &[u8]) -> Result<CertifiedKey, CertError> {
     let chain = pem::certs(&files.cert, cert)?;
     let key = pem::key(&files.key, key)?;
@@ -163,4 +182,52 @@ fn certified_key(files: &TlsFiles, cert: &[u8], key: &[u8]) -> Result<CertifiedK
             other => other.to_string(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(dir: &Path, name: &str) -> (Vec<u8>, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert, key) = (cert.pem().into_bytes(), key.serialize_pem().into_bytes());
+        std::fs::write(dir.join(format!("{name}.crt")), &cert).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), &key).unwrap();
+        (cert, key)
+    }
+
+    fn served(cert: &ServingCert) -> Vec<u8> {
+        cert.current.read_locked().cert[0].to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_changed_pair_is_swapped_in_and_a_bad_one_keeps_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        pair(dir.path(), "a");
+        let files = TlsFiles {
+            cert: dir.path().join("a.crt"),
+            key: dir.path().join("a.key"),
+        };
+        let cert = ServingCert::load(files.clone()).unwrap();
+        let first = served(&cert);
+        assert!(!cert.reload().unwrap(), "unchanged files change nothing");
+        let _watches = cert.watch().unwrap();
+        // A new certificate with the old key: refused, the old one stays.
+        let (new_cert, new_key) = pair(dir.path(), "b");
+        std::fs::write(&files.cert, &new_cert).unwrap();
+        let err = cert.reload().unwrap_err();
+        assert!(err.to_string().contains("does not belong"), "{err}");
+        assert_eq!(served(&cert), first);
+        // The key follows: the watcher swaps the pair in.
+        std::fs::write(&files.key, &new_key).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while served(&cert) == first {
+            assert!(std::time::Instant::now() < deadline, "never reloaded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
