@@ -6,10 +6,16 @@
 //! (see `docs/protocol.md`), then one `exec` of `uname -a`.
 //!
 //! Usage: `tether-app [environment-name]`
-//!   TETHER_URL        server address (default http://127.0.0.1:2719)
+//!   TETHER_URL        server address (default http://127.0.0.1:2719; https:// for TLS)
 //!   TETHER_API_TOKEN  API token (default: read from .codebolt/api-token in this directory)
+//!   TETHER_CA_FILE    a CA bundle (PEM) to trust besides the system's roots, over TLS
+//!
+//! Over `https://` (and so `wss://`) it checks the server's certificate against the
+//! URL's host name and the system's roots plus `TETHER_CA_FILE`; there is no way to
+//! switch the check off.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -50,7 +56,10 @@ async fn run() -> anyhow::Result<()> {
     let name = std::env::args().nth(1).unwrap_or(format!("example-{now}"));
 
     // 2. Create the environment and ask for it to be started straight away.
-    let http = reqwest::Client::new();
+    let tls = tls_config()?;
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .build()?;
     let body = json!({ "name": name, "provider": "local-process", "start": true });
     let url = format!("{base}/api/v1/environments");
     let env = api(http.post(url).json(&body), &auth).await?;
@@ -86,7 +95,7 @@ async fn run() -> anyhow::Result<()> {
     let session = format!("example-app-{now}");
     let url = format!("{ws_base}/ws/app/{id}?thread=main&session={session}");
     let mut last_seq = 0; // the last `relaySeq` received: where a reconnect resumes
-    let mut ws = connect(&format!("{url}&resume={last_seq}"), &auth).await?;
+    let mut ws = connect(&format!("{url}&resume={last_seq}"), &auth, &tls).await?;
 
     // 5. Echo: the runtime sends the payload straight back.
     let echo = json!({ "type": "echo", "requestId": "1", "payload": "hello from the example app" });
@@ -97,7 +106,7 @@ async fn run() -> anyhow::Result<()> {
     // 5b. A network blip: drop the connection and resume where we stopped. The host
     //     replays anything numbered after `last_seq` and says how many of our frames it had.
     drop(ws);
-    let mut ws = connect(&format!("{url}&resume={last_seq}"), &auth).await?;
+    let mut ws = connect(&format!("{url}&resume={last_seq}"), &auth, &tls).await?;
     ws.send(Message::text(
         json!({"type": "relayAck", "received": last_seq}).to_string(),
     ))
@@ -147,15 +156,38 @@ async fn api(request: reqwest::RequestBuilder, auth: &str) -> anyhow::Result<Val
     Ok(body)
 }
 
+/// What the client trusts over TLS: the system's roots plus `TETHER_CA_FILE`.
+fn tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(file) = std::env::var_os("TETHER_CA_FILE").filter(|f| !f.is_empty()) {
+        let certs = CertificateDer::pem_file_iter(&file)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("TETHER_CA_FILE {}", file.to_string_lossy()))?;
+        for cert in certs {
+            roots.add(cert).context("TETHER_CA_FILE holds an unusable certificate")?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// Opens the app WebSocket and reads the host's `relayResumed` greeting.
-async fn connect(url: &str, auth: &str) -> anyhow::Result<Ws> {
+async fn connect(url: &str, auth: &str, tls: &Arc<rustls::ClientConfig>) -> anyhow::Result<Ws> {
     let mut request = url.into_client_request()?;
     request
         .headers_mut()
         .insert("Authorization", HeaderValue::from_str(auth)?);
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .context("opening the app WebSocket")?;
+    let connector = tokio_tungstenite::Connector::Rustls(tls.clone());
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector))
+            .await
+            .context("opening the app WebSocket")?;
     let greeting = match tokio::time::timeout(WAIT, ws.next()).await {
         Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<Value>(&text)?,
         _ => bail!("no relayResumed greeting from the host"),

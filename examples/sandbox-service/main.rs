@@ -9,12 +9,16 @@
 //! sandbox; state is in memory, so a restarted service starts empty. The API is
 //! in `docs/sandbox-api.md`; `api` serves it over `sandboxes`.
 //!
+//! With `--tls-cert` and `--tls-key` it serves HTTPS (`tls`), as a hosted sandbox
+//! API does; the `http-sandbox` provider then reaches it through the host's broker.
+//!
 //! Usage:
 //!   SANDBOX_API_KEY=... tether-sandbox-service --listen 127.0.0.1:8790 \
 //!       --allow-command "/path/to/tether runtime"
 
 mod api;
 mod sandboxes;
+mod tls;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -58,6 +62,12 @@ struct Flags {
     /// Processes listed per sandbox.
     #[arg(long, default_value_t = 8)]
     max_processes: usize,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Settings validated from the flags.
@@ -67,6 +77,7 @@ struct ServiceConfig {
     allowed: Vec<AllowedCommand>,
     api_key: String,
     limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ServiceConfig {
@@ -94,6 +105,10 @@ impl ServiceConfig {
         if allowed.is_empty() {
             tracing::warn!("no --allow-command: sandboxes can be created but run nothing");
         }
+        let tls = match (&flags.tls_cert, &flags.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            _ => None,
+        };
         let root = flags
             .root
             .unwrap_or_else(|| std::env::temp_dir().join("tether-sandbox-service"));
@@ -106,6 +121,7 @@ impl ServiceConfig {
                 max_sandboxes: flags.max_sandboxes,
                 max_processes: flags.max_processes,
             },
+            tls,
         })
     }
 }
@@ -140,7 +156,8 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         api_key: Arc::from(config.api_key),
     });
     // Tests and scripts read the address from this line.
-    println!("sandbox service listening on http://{address}");
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    println!("sandbox service listening on {scheme}://{address}");
     tracing::info!(root = %config.root.display(), "serving sandboxes");
 
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -151,10 +168,16 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down: killing every sandbox's processes");
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving")?;
+    match config.tls {
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving")?,
+        Some(tls) => axum::serve(tls::TlsListener::new(listener, tls), app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving")?,
+    }
     registry.shutdown().await;
     Ok(())
 }

@@ -6,11 +6,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::certs::{Ca, Leaf};
 use crate::support::{Server, WAIT, spawn_announced, wait_gone, write_config};
 
 /// The key the test services accept.
@@ -55,7 +56,7 @@ fn service_binary() -> &'static Path {
 /// A running sandbox service.
 struct Service {
     child: Child,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (or `https://`)
     base: String,
     port: u16,
     root: PathBuf,
@@ -65,6 +66,21 @@ struct Service {
 impl Service {
     /// Starts the service on `port` (0: any), allowing only `tether runtime`.
     fn start(dir: &Path, port: u16) -> Service {
+        Service::start_with(dir, port, None)
+    }
+
+    /// Starts the service over HTTPS with `leaf`'s certificate; the test's own
+    /// requests trust `ca`.
+    fn start_tls(dir: &Path, leaf: &Leaf, ca: &Ca) -> Service {
+        let (cert, key) = leaf.write(dir, "sandbox");
+        Service::start_with(dir, 0, Some((cert, key, ca.client_config())))
+    }
+
+    fn start_with(
+        dir: &Path,
+        port: u16,
+        tls: Option<(PathBuf, PathBuf, Arc<rustls::ClientConfig>)>,
+    ) -> Service {
         let root = dir.join("sandboxes");
         let mut command = Command::new(service_binary());
         command
@@ -76,6 +92,11 @@ impl Service {
             .arg(format!("{} runtime", env!("CARGO_BIN_EXE_tether")))
             .env("SANDBOX_API_KEY", KEY)
             .env("RUST_LOG", "info");
+        let mut http = reqwest::Client::builder();
+        if let Some((cert, key, trust)) = tls {
+            command.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+            http = http.use_preconfigured_tls((*trust).clone());
+        }
         let (child, base) = spawn_announced(
             command,
             &dir.join("service.log"),
@@ -90,7 +111,7 @@ impl Service {
             base,
             port,
             root,
-            http: reqwest::Client::new(),
+            http: http.build().expect("client"),
         }
     }
 
@@ -158,6 +179,23 @@ fn grant(service: &Service, key: &str) -> String {
          config = {{ apiUrl = \"{base}/v1\", apiKey = \"{key}\", command = \"{tether}\", args = [\"runtime\"] }}\n",
         port = service.port,
         base = service.base,
+        tether = env!("CARGO_BIN_EXE_tether"),
+    )
+}
+
+/// `tether.toml` for a service over HTTPS at `sandbox.test` (an override to
+/// loopback, which the grant also names literally, so the post-DNS check lets it
+/// through), trusting the test CA in `ca_file`.
+fn tls_grant(service: &Service, ca_file: Option<&Path>) -> String {
+    let trust = match ca_file {
+        Some(file) => format!("extra_ca_files = [\"{}\"]\n", file.display()),
+        None => String::new(),
+    };
+    format!(
+        "[net]\n{trust}[net.hosts]\n\"sandbox.test\" = \"127.0.0.1\"\n\
+         [providers.http-sandbox]\nurls = [\"https://sandbox.test:{port}\", \"https://127.0.0.1:{port}\"]\n\
+         config = {{ apiUrl = \"https://sandbox.test:{port}/v1\", apiKey = \"{KEY}\", command = \"{tether}\", args = [\"runtime\"] }}\n",
+        port = service.port,
         tether = env!("CARGO_BIN_EXE_tether"),
     )
 }
@@ -468,6 +506,42 @@ async fn a_running_environment_whose_sandbox_is_lost_comes_back_on_a_new_one() {
     assert_eq!(env["metadata"]["previousSandboxId"], first, "{env}");
     assert_eq!(service.only_sandbox().await["id"], env["resourceId"]);
     assert!(env["restarts"].as_u64().is_some_and(|n| n >= 1), "{env}");
+    server.stop();
+    service.stop();
+}
+
+/// Issue 15: the same lifecycle against a sandbox API served over HTTPS, reached
+/// through the broker's TLS with the operator's CA.
+#[tokio::test]
+async fn an_environment_runs_against_the_sandbox_service_over_https() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("sandbox test CA");
+    let service = Service::start_tls(dir.path(), &ca.leaf(&["sandbox.test", "127.0.0.1"]), &ca);
+    assert!(service.base.starts_with("https://"), "{}", service.base);
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    write_config(dir.path(), &tls_grant(&service, Some(&ca_file)));
+    let server = Server::start(dir.path());
+
+    let env = server.running_env("secure", "http-sandbox", json!({})).await;
+    assert_eq!(env["metadata"]["sandbox"], "created", "{env}");
+    let sandbox = service.only_sandbox().await;
+    assert_eq!(env["resourceId"], sandbox["id"], "{env}");
+    let id = id_of(&env);
+    let (status, _) = server
+        .call("DELETE", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert!(status.is_success(), "{status}");
+    let list = service.list().await;
+    assert_eq!(list["sandboxes"], json!([]), "{list}");
+    server.stop();
+
+    // Without the operator's CA the same service is a TLS certificate error.
+    write_config(dir.path(), &tls_grant(&service, None));
+    let server = Server::start(dir.path());
+    let env = failed_env(&server, "untrusted", json!({})).await;
+    let error = env["lastError"].as_str().unwrap_or_default();
+    assert!(error.contains("TLS certificate was refused"), "{env}");
+    assert!(server.log().contains("UnknownIssuer"), "{}", server.log());
     server.stop();
     service.stop();
 }

@@ -290,8 +290,20 @@ fn error_for(what: &str, https: bool, code: &ErrorCode) -> ProviderError {
         ErrorCode::ConnectionLimitReached => ProviderError::denied(format!(
             "{what}: the host's connection limit is reached (net.max_connections)"
         )),
+        ErrorCode::TlsCertificateError => ProviderError::failed(format!(
+            "{what}: the server's TLS certificate was refused (unknown CA, another name, \
+             or expired); a private CA must be added by the operator ([net] extra_ca_files \
+             in tether.toml)"
+        )),
+        ErrorCode::TlsAlertReceived(alert) => ProviderError::failed(format!(
+            "{what}: the TLS handshake failed: the server sent alert {}",
+            alert.alert_message.as_deref().unwrap_or("(no description)")
+        )),
+        ErrorCode::TlsProtocolError => {
+            ProviderError::failed(format!("{what}: the TLS handshake failed"))
+        }
         ErrorCode::HttpProtocolError if https => ProviderError::failed(format!(
-            "{what}: https is not supported by this host build (no TLS stack); see SECURITY.md"
+            "{what}: the host refused https (a host build without TLS); see SECURITY.md"
         )),
         ErrorCode::ConnectionRefused => {
             ProviderError::failed(format!("{what}: connection refused"))
