@@ -23,24 +23,17 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hdrhistogram::Histogram;
-use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::Barrier;
 
 use support::{
-    Res, Server, TOKEN, Ws, client_config, connect, cpu_time, echo, round_trip, rss_kib, us,
+    Outcome, Res, Server, TOKEN, client_config, connect, echo, measure, rss_kib, us,
 };
 
-const PAYLOAD: usize = 1024;
 /// Round trips per case, spread over its pairs (at least `MIN_PER_PAIR` each).
 const ROUND_TRIPS: usize = 20_000;
 const MIN_PER_PAIR: usize = 20;
-/// Longest any one case may run.
-const CASE_LIMIT: Duration = Duration::from_secs(120);
 
 fn main() -> Res<()> {
     let pairs: Vec<usize> = std::env::args()
@@ -120,69 +113,6 @@ fn per_rt(cpu: Option<Duration>, outcome: &Outcome) -> String {
         ),
         None => "n/a".into(),
     }
-}
-
-/// What one case measured.
-struct Outcome {
-    hist: Histogram<u64>,
-    elapsed: Duration,
-    /// CPU time this process (apps and runtimes) used meanwhile.
-    clients_cpu: Option<Duration>,
-    /// CPU time the host used meanwhile (relay case only).
-    host_cpu: Option<Duration>,
-}
-
-impl Outcome {
-    fn rate(&self) -> f64 {
-        self.hist.len() as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-/// One app: `count` round trips after everyone is ready; skips host events.
-async fn app(mut ws: Ws, count: usize, start: Arc<Barrier>) -> Res<Histogram<u64>> {
-    let mut hist = Histogram::new_with_bounds(1, 120_000_000, 3)?;
-    let payload = json!({"type": "bench", "p": "x".repeat(PAYLOAD - 24)}).to_string();
-    start.wait().await;
-    for _ in 0..count {
-        let sent = Instant::now();
-        round_trip(&mut ws, &payload).await?;
-        hist.record(u64::try_from(sent.elapsed().as_micros())?.max(1))?;
-    }
-    let _ = ws.close(None).await;
-    Ok(hist)
-}
-
-/// Runs the apps over their sockets and merges their histograms; `host` is the pid of
-/// the relay's process, if any, whose CPU time is taken too.
-async fn measure(apps: Vec<Ws>, per_pair: usize, host: Option<u32>) -> Res<Outcome> {
-    let host = host.map(|pid| pid.to_string());
-    let start = Arc::new(Barrier::new(apps.len() + 1));
-    let tasks: Vec<_> = apps
-        .into_iter()
-        .map(|ws| tokio::spawn(app(ws, per_pair, start.clone())))
-        .collect();
-    start.wait().await;
-    let began = Instant::now();
-    let cpu_before = cpu_time("self");
-    let host_before = host.as_deref().and_then(cpu_time);
-    let mut hist = Histogram::new_with_bounds(1, 120_000_000, 3)?;
-    for task in tasks {
-        let h = tokio::time::timeout(CASE_LIMIT, task).await???;
-        hist.add(h)?;
-    }
-    let elapsed = began.elapsed();
-    let clients_cpu = cpu_before
-        .zip(cpu_time("self"))
-        .map(|(before, after)| after.saturating_sub(before));
-    let host_cpu = host_before
-        .zip(host.as_deref().and_then(cpu_time))
-        .map(|(before, after)| after.saturating_sub(before));
-    Ok(Outcome {
-        hist,
-        elapsed,
-        clients_cpu,
-        host_cpu,
-    })
 }
 
 async fn direct_case(pairs: usize, per_pair: usize) -> Res<Outcome> {

@@ -3,8 +3,9 @@
 //!
 //! Every request goes through the host's broker: it is sent only when the URL is
 //! both requested in the provider's `info()` and granted by the operator, and
-//! refusals come back as `denied` errors that say which key to turn. This build
-//! of the host carries no TLS stack, so `https` URLs are refused; the error says so.
+//! refusals come back as `denied` errors that say which key to turn. `https` is the
+//! host's TLS: the certificate is checked against the roots the operator chose, and a
+//! refused certificate or a failed handshake is an error that says so.
 //!
 //! Bodies are bounded: [`MAX_RESPONSE_BYTES`] of a response are read at most.
 //! The bindings are the `wasip2` crate's pregenerated ones, so the SDK needs no

@@ -6,12 +6,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
+use tokio::sync::Barrier;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, http::HeaderValue};
@@ -71,6 +74,8 @@ pub(crate) struct Server {
     data_dir: std::path::PathBuf,
     /// A client for its API.
     pub(crate) http: reqwest::Client,
+    /// What WebSocket clients trust when it serves TLS.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Server {
@@ -80,6 +85,18 @@ impl Server {
         dir: &std::path::Path,
         tether_toml: &str,
         drop_ins: &[(&str, &str)],
+    ) -> Res<Self> {
+        Self::start_with(dir, tether_toml, drop_ins, &[], None)
+    }
+
+    /// [`Server::start`] with more `serve` flags (`--tls-cert` …); over TLS the
+    /// benchmark's clients trust what `tls` trusts.
+    pub(crate) fn start_with(
+        dir: &std::path::Path,
+        tether_toml: &str,
+        drop_ins: &[(&str, &str)],
+        flags: &[&std::ffi::OsStr],
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Res<Self> {
         let providers = dir.join(".codebolt/providers");
         std::fs::create_dir_all(&providers)?;
@@ -104,6 +121,7 @@ impl Server {
             .arg(dir)
             .arg("--config")
             .arg(dir.join("tether.toml"))
+            .args(flags)
             .env("TETHER_API_TOKEN", TOKEN)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -118,11 +136,18 @@ impl Server {
             }
         };
         std::thread::spawn(move || lines.for_each(drop));
+        let http = match &tls {
+            Some(tls) => reqwest::Client::builder()
+                .use_preconfigured_tls((**tls).clone())
+                .build()?,
+            None => reqwest::Client::new(),
+        };
         Ok(Self {
             child,
             base,
             data_dir: dir.to_owned(),
-            http: reqwest::Client::new(),
+            http,
+            tls,
         })
     }
 
@@ -207,9 +232,9 @@ impl Server {
         }
     }
 
-    /// The `ws://` URL of `path` on this host.
+    /// The `ws://` (or `wss://`) URL of `path` on this host.
     pub(crate) fn ws(&self, path: &str) -> String {
-        format!("{}{path}", self.base.replacen("http://", "ws://", 1))
+        format!("{}{path}", self.base.replacen("http", "ws", 1))
     }
 
     /// Asks the host to shut down (so a profiler around it writes its report), and
@@ -245,6 +270,15 @@ pub(crate) fn client_config() -> Option<WebSocketConfig> {
 
 /// Opens a WebSocket to `url`, with a bearer token if given.
 pub(crate) async fn connect(url: &str, token: Option<&str>) -> Res<Ws> {
+    connect_tls(url, token, None).await
+}
+
+/// Opens a WebSocket to `url`, over TLS trusting what `tls` trusts for `wss://`.
+pub(crate) async fn connect_tls(
+    url: &str,
+    token: Option<&str>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Res<Ws> {
     let mut req = url.into_client_request()?;
     if let Some(token) = token {
         req.headers_mut().insert(
@@ -252,8 +286,10 @@ pub(crate) async fn connect(url: &str, token: Option<&str>) -> Res<Ws> {
             HeaderValue::from_str(&format!("Bearer {token}"))?,
         );
     }
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    let config = client_config();
     Ok(
-        tokio_tungstenite::connect_async_with_config(req, client_config(), false)
+        tokio_tungstenite::connect_async_tls_with_config(req, config, false, connector)
             .await?
             .0,
     )
@@ -284,3 +320,72 @@ pub(crate) async fn echo(mut ws: Ws) {
         }
     }
 }
+
+/// Size of the benchmark's messages.
+pub(crate) const PAYLOAD: usize = 1024;
+/// Longest any one case may run.
+pub(crate) const CASE_LIMIT: Duration = Duration::from_secs(120);
+
+/// What one case measured.
+pub(crate) struct Outcome {
+    pub(crate) hist: Histogram<u64>,
+    pub(crate) elapsed: Duration,
+    /// CPU time this process (apps and runtimes) used meanwhile.
+    pub(crate) clients_cpu: Option<Duration>,
+    /// CPU time the host used meanwhile (relay case only).
+    pub(crate) host_cpu: Option<Duration>,
+}
+
+impl Outcome {
+    pub(crate) fn rate(&self) -> f64 {
+        self.hist.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// One app: `count` round trips after everyone is ready; skips host events.
+async fn app(mut ws: Ws, count: usize, start: Arc<Barrier>) -> Res<Histogram<u64>> {
+    let mut hist = Histogram::new_with_bounds(1, 120_000_000, 3)?;
+    let payload = json!({"type": "bench", "p": "x".repeat(PAYLOAD - 24)}).to_string();
+    start.wait().await;
+    for _ in 0..count {
+        let sent = Instant::now();
+        round_trip(&mut ws, &payload).await?;
+        hist.record(u64::try_from(sent.elapsed().as_micros())?.max(1))?;
+    }
+    let _ = ws.close(None).await;
+    Ok(hist)
+}
+
+/// Runs the apps over their sockets and merges their histograms; `host` is the pid of
+/// the relay's process, if any, whose CPU time is taken too.
+pub(crate) async fn measure(apps: Vec<Ws>, per_pair: usize, host: Option<u32>) -> Res<Outcome> {
+    let host = host.map(|pid| pid.to_string());
+    let start = Arc::new(Barrier::new(apps.len() + 1));
+    let tasks: Vec<_> = apps
+        .into_iter()
+        .map(|ws| tokio::spawn(app(ws, per_pair, start.clone())))
+        .collect();
+    start.wait().await;
+    let began = Instant::now();
+    let cpu_before = cpu_time("self");
+    let host_before = host.as_deref().and_then(cpu_time);
+    let mut hist = Histogram::new_with_bounds(1, 120_000_000, 3)?;
+    for task in tasks {
+        let h = tokio::time::timeout(CASE_LIMIT, task).await???;
+        hist.add(h)?;
+    }
+    let elapsed = began.elapsed();
+    let clients_cpu = cpu_before
+        .zip(cpu_time("self"))
+        .map(|(before, after)| after.saturating_sub(before));
+    let host_cpu = host_before
+        .zip(host.as_deref().and_then(cpu_time))
+        .map(|(before, after)| after.saturating_sub(before));
+    Ok(Outcome {
+        hist,
+        elapsed,
+        clients_cpu,
+        host_cpu,
+    })
+}
+
