@@ -166,7 +166,9 @@ fn tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
             .with_context(|| format!("TETHER_CA_FILE {}", file.to_string_lossy()))?;
         for cert in certs {
-            roots.add(cert).context("TETHER_CA_FILE holds an unusable certificate")?;
+            roots
+                .add(cert)
+                .context("TETHER_CA_FILE holds an unusable certificate")?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -156,7 +156,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         api_key: Arc::from(config.api_key),
     });
     // Tests and scripts read the address from this line.
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     println!("sandbox service listening on {scheme}://{address}");
     tracing::info!(root = %config.root.display(), "serving sandboxes");
 

@@ -42,7 +42,9 @@ pub(crate) struct TlsListener {
 impl TlsListener {
     /// Serves TLS with `config` on `listener` (the accept loop ends with the process).
     pub(crate) fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
-        let local = listener.local_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
         let (tx, ready) = mpsc::channel(64);
         let acceptor = TlsAcceptor::from(config);
         tokio::spawn(async move {

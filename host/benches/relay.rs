@@ -27,9 +27,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use support::{
-    Outcome, Res, Server, TOKEN, client_config, connect, echo, measure, rss_kib, us,
-};
+use support::{Outcome, Res, Server, TOKEN, client_config, connect, echo, measure, rss_kib, us};
 
 /// Round trips per case, spread over its pairs (at least `MIN_PER_PAIR` each).
 const ROUND_TRIPS: usize = 20_000;

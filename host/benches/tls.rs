@@ -108,7 +108,10 @@ async fn run(pairs: usize) -> Res<()> {
         let brokered = time(REQUESTS, || {
             let (handle, message) = (handle.clone(), message.clone());
             async move {
-                match handle.call(Call::Raw(message), Duration::from_secs(10)).await {
+                match handle
+                    .call(Call::Raw(message), Duration::from_secs(10))
+                    .await
+                {
                     Ok(Reply::Text(t)) if t.contains("200") => Ok(()),
                     other => Err(format!("{other:?}").into()),
                 }
@@ -149,7 +152,10 @@ async fn run(pairs: usize) -> Res<()> {
         ] {
             let outcome = relay_case(server, envs, per_pair).await?;
             let cpu = outcome.host_cpu.map_or("n/a".to_owned(), |c| {
-                format!("{:.1} µs", c.as_secs_f64() * 1e6 / outcome.hist.len() as f64)
+                format!(
+                    "{:.1} µs",
+                    c.as_secs_f64() * 1e6 / outcome.hist.len() as f64
+                )
             });
             println!(
                 "| {name}, run {round} | {:.0} | {} | {} | {cpu} |",
@@ -211,10 +217,14 @@ impl ProviderEngine {
         let bytes = std::fs::read(support::guests::HOSTILE)?;
         let hostile = self.engine.load(bytes, ProviderSource::BuiltIn).await?;
         let scratch = tempfile::tempdir_in(&self.ca_dir)?;
-        let urls = ["https://bench.test:*", "https://127.0.0.1:*", "http://127.0.0.1:*"]
-            .iter()
-            .map(|u| UrlPattern::parse(u))
-            .collect::<Result<Vec<_>, _>>()?;
+        let urls = [
+            "https://bench.test:*",
+            "https://127.0.0.1:*",
+            "http://127.0.0.1:*",
+        ]
+        .iter()
+        .map(|u| UrlPattern::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
         let setup = InstanceSetup {
             env_id: "bench".into(),
             workspace: scratch.path().to_owned(),
@@ -232,7 +242,8 @@ impl ProviderEngine {
 }
 
 async fn https_server(pki: &Pki) -> Res<u16> {
-    let certs = CertificateDer::pem_slice_iter(pki.cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let certs =
+        CertificateDer::pem_slice_iter(pki.cert_pem.as_bytes()).collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes())?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?

@@ -88,8 +88,14 @@ mod tests {
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "not pem at all").unwrap();
         let err = add_roots(&mut RootCertStore::empty(), &junk).unwrap_err();
-        assert!(err.to_string().contains("holds no PEM certificate"), "{err}");
+        assert!(
+            err.to_string().contains("holds no PEM certificate"),
+            "{err}"
+        );
         let err = key(&junk, b"nothing").unwrap_err();
-        assert!(err.to_string().contains("no usable PEM private key"), "{err}");
+        assert!(
+            err.to_string().contains("no usable PEM private key"),
+            "{err}"
+        );
     }
 }

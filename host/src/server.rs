@@ -132,7 +132,11 @@ pub(crate) async fn run(
 
     // Tests and scripts read these two lines; keep their shape.
     let mut out = std::io::stdout().lock();
-    let scheme = if serving_cert.is_some() { "https" } else { "http" };
+    let scheme = if serving_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let _ = writeln!(out, "tether listening on {scheme}://{addr}");
     match source {
         TokenSource::Generated => {

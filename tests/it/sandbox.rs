@@ -94,7 +94,11 @@ impl Service {
             .env("RUST_LOG", "info");
         let mut http = reqwest::Client::builder();
         if let Some((cert, key, trust)) = tls {
-            command.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+            command
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key);
             http = http.use_preconfigured_tls((*trust).clone());
         }
         let (child, base) = spawn_announced(
@@ -522,7 +526,9 @@ async fn an_environment_runs_against_the_sandbox_service_over_https() {
     write_config(dir.path(), &tls_grant(&service, Some(&ca_file)));
     let server = Server::start(dir.path());
 
-    let env = server.running_env("secure", "http-sandbox", json!({})).await;
+    let env = server
+        .running_env("secure", "http-sandbox", json!({}))
+        .await;
     assert_eq!(env["metadata"]["sandbox"], "created", "{env}");
     let sandbox = service.only_sandbox().await;
     assert_eq!(env["resourceId"], sandbox["id"], "{env}");

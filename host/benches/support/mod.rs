@@ -388,4 +388,3 @@ pub(crate) async fn measure(apps: Vec<Ws>, per_pair: usize, host: Option<u32>) -
         host_cpu,
     })
 }
-

@@ -126,8 +126,11 @@ mod tests {
     fn a_bad_ca_file_is_a_start_up_error() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("ca.pem");
-        std::fs::write(&file, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
-            .unwrap();
+        std::fs::write(
+            &file,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
         let net = NetConfig {
             extra_ca_files: vec![file],
             ..NetConfig::default()

@@ -184,7 +184,10 @@ async fn call(
         let response = match tls {
             None => send(TokioIo::new(stream), request).await?,
             Some(config) => {
-                let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+                let host = authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
                 let name = rustls::pki_types::ServerName::try_from(host.to_owned())
                     .with_context(|| format!("{host} is not a TLS server name"))?;
                 let stream = tokio_rustls::TlsConnector::from(config)

@@ -168,12 +168,14 @@ mod tests {
             .with_flags(None, None, Some("https://tether.example.com:8443"))
             .unwrap();
         assert_eq!(public.tls.as_ref().unwrap().cert, PathBuf::from("c.pem"));
-        assert_eq!(
-            public.runtime_base(addr),
-            "wss://tether.example.com:8443"
+        assert_eq!(public.runtime_base(addr), "wss://tether.example.com:8443");
+        let err = plain
+            .with_flags(Some("c.pem".into()), None, None)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("--tls-cert needs --tls-key"),
+            "{err}"
         );
-        let err = plain.with_flags(Some("c.pem".into()), None, None).unwrap_err();
-        assert!(err.to_string().contains("--tls-cert needs --tls-key"), "{err}");
         let file = FileServer {
             tls_cert: None,
             tls_key: Some("k.pem".into()),

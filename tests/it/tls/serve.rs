@@ -34,7 +34,10 @@ fn tls_server(dir: &Path, ca: &Ca, extra: &[&OsStr]) -> Server {
 }
 
 /// The certificate a fresh TLS connection to `addr` is shown.
-async fn served_certificate(addr: &str, trust: Arc<rustls::ClientConfig>) -> CertificateDer<'static> {
+async fn served_certificate(
+    addr: &str,
+    trust: Arc<rustls::ClientConfig>,
+) -> CertificateDer<'static> {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let tls = tokio_rustls::TlsConnector::from(trust)
         .connect(ServerName::try_from("localhost").expect("name"), stream)
@@ -53,13 +56,23 @@ async fn apps_and_runtimes_connect_over_wss_and_untrusting_clients_are_refused()
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("tether test CA");
     let server = tls_server(dir.path(), &ca, &[]);
-    assert!(server.base.starts_with("https://127.0.0.1:"), "{}", server.base);
+    assert!(
+        server.base.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.base
+    );
 
     // REST over TLS; the reference runtime (`tether runtime`, trusting the CA through
     // TETHER_CA_FILE) dials its wss:// URL and connects.
-    let env = server.running_env("secure", "local-process", json!({})).await;
+    let env = server
+        .running_env("secure", "local-process", json!({}))
+        .await;
     let id = env["id"].as_str().expect("id");
-    assert!(server.log().contains("url=wss://127.0.0.1:"), "{}", server.log());
+    assert!(
+        server.log().contains("url=wss://127.0.0.1:"),
+        "{}",
+        server.log()
+    );
 
     // An app over wss://: the relay works end to end.
     let mut app = server.app(id, "t1").await;
@@ -95,9 +108,15 @@ async fn apps_and_runtimes_connect_over_wss_and_untrusting_clients_are_refused()
     let addr = server.base.trim_start_matches("https://").to_owned();
     let stream = TcpStream::connect(&addr).await.expect("connect");
     let wrong_name = tokio_rustls::TlsConnector::from(ca.client_config())
-        .connect(ServerName::try_from("tether.example.com").expect("name"), stream)
+        .connect(
+            ServerName::try_from("tether.example.com").expect("name"),
+            stream,
+        )
         .await;
-    assert!(wrong_name.is_err(), "a name the certificate lacks must be refused");
+    assert!(
+        wrong_name.is_err(),
+        "a name the certificate lacks must be refused"
+    );
 
     // The app's connection is unaffected by the refusals.
     let reply = app
@@ -137,7 +156,9 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     std::fs::write(&cert, &second.cert_pem).expect("write cert");
     wait_for(&server, "TLS certificate not reloaded").await;
     assert!(
-        server.log().contains("the key does not belong to the certificate"),
+        server
+            .log()
+            .contains("the key does not belong to the certificate"),
         "{}",
         server.log()
     );
@@ -150,7 +171,11 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     std::fs::write(&key, &second.key_pem).expect("write key");
     let deadline = Instant::now() + WAIT;
     while served_certificate(&addr, ca.client_config()).await != leaf_der(&second.cert_pem) {
-        assert!(Instant::now() < deadline, "renewal never served:\n{}", server.log());
+        assert!(
+            Instant::now() < deadline,
+            "renewal never served:\n{}",
+            server.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(server.log().contains("TLS certificate reloaded"));
@@ -168,14 +193,23 @@ async fn runtimes_are_handed_the_public_url() {
     let dir = tempfile::tempdir().expect("tempdir");
     crate::support::write_config(dir.path(), "");
     drop_in_handoff(dir.path());
-    let args = [OsStr::new("--public-url"), OsStr::new("https://Tether.Example.com")];
+    let args = [
+        OsStr::new("--public-url"),
+        OsStr::new("https://Tether.Example.com"),
+    ];
     let server = Server::start_with(dir.path(), &args, &[], Ca::new("unused").client_config());
     let body = json!({"name": "behind-proxy", "provider": "handoff", "start": true});
-    let (status, env) = server.call("POST", "/api/v1/environments", Some(body)).await;
+    let (status, env) = server
+        .call("POST", "/api/v1/environments", Some(body))
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{env}");
     let id = env["id"].as_str().expect("id");
-    server.wait_env(id, "running", |e| e["status"] == "running").await;
-    let file = dir.path().join(".codebolt/environments/behind-proxy/runtime.json");
+    server
+        .wait_env(id, "running", |e| e["status"] == "running")
+        .await;
+    let file = dir
+        .path()
+        .join(".codebolt/environments/behind-proxy/runtime.json");
     let handoff: Value =
         serde_json::from_str(&std::fs::read_to_string(file).expect("runtime.json")).expect("json");
     assert_eq!(
@@ -210,7 +244,10 @@ async fn bad_certificate_files_stop_the_host_at_start_up() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let err = serve(&cert, &other_key);
-    assert!(err.contains("the key does not belong to the certificate"), "{err}");
+    assert!(
+        err.contains("the key does not belong to the certificate"),
+        "{err}"
+    );
     let err = serve(&missing, &other_key);
     assert!(err.contains("missing.crt"), "{err}");
     let err = serve(&other_key, &other_key);
@@ -220,15 +257,22 @@ async fn bad_certificate_files_stop_the_host_at_start_up() {
 fn drop_in_handoff(dir: &Path) {
     let providers = dir.join(".codebolt/providers");
     std::fs::create_dir_all(&providers).expect("providers dir");
-    std::fs::copy(crate::support::guests::HANDOFF, providers.join("handoff.wasm"))
-        .expect("drop in handoff");
+    std::fs::copy(
+        crate::support::guests::HANDOFF,
+        providers.join("handoff.wasm"),
+    )
+    .expect("drop in handoff");
 }
 
 /// Waits until the server's log contains `line`.
 async fn wait_for(server: &Server, line: &str) {
     let deadline = Instant::now() + WAIT;
     while !server.log().contains(line) {
-        assert!(Instant::now() < deadline, "no {line:?} in the log:\n{}", server.log());
+        assert!(
+            Instant::now() < deadline,
+            "no {line:?} in the log:\n{}",
+            server.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
