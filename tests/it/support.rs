@@ -561,3 +561,36 @@ pub async fn wait_gone(pid: u32) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Builds the example binary `name` (of `tether-examples`) into the target directory
+/// this test binary was built in (cargo holds no build lock while tests run), and
+/// returns its path.
+pub fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // <target>/<profile>/deps/it-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_owned();
+    let target_dir = profile_dir.parent().expect("target dir");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "-p", "tether-examples", "--bin"])
+        .arg(name)
+        .arg("--manifest-path")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let out = build.output().expect("running cargo build");
+    assert!(
+        out.status.success(),
+        "building {name} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    profile_dir.join(name)
+}

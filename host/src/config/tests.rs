@@ -177,3 +177,28 @@ fn audit_and_auth_throttle_settings_have_defaults_and_bounds() {
         Err(ConfigError::Parse { .. })
     ));
 }
+
+#[test]
+fn tls_keys_are_read_and_checked() {
+    let c = load(
+        "[net]\nextra_ca_files = [\"/etc/ca.pem\"]\nuse_builtin_roots = false\n\
+         [server]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\npublic_url = \"https://t.example\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.net.extra_ca_files, vec![PathBuf::from("/etc/ca.pem")]);
+    assert!(!c.net.use_builtin_roots);
+    assert_eq!(
+        c.serving.runtime_base("127.0.0.1:1".parse().unwrap()),
+        "wss://t.example"
+    );
+    let defaults = load("").unwrap();
+    assert!(defaults.net.use_builtin_roots && defaults.serving.tls.is_none());
+    let err = load("[net]\nuse_builtin_roots = false\n").unwrap_err();
+    assert!(
+        err.to_string().contains("needs net.extra_ca_files"),
+        "{err}"
+    );
+    let err = load("[server]\npublic_url = \"https://t.example/path\"\n").unwrap_err();
+    assert!(err.to_string().contains("server.public_url"), "{err}");
+    assert!(load("[server]\ntls_cert = \"c.pem\"\n").is_err());
+}

@@ -118,6 +118,47 @@ async fn apps_and_runtimes_connect_over_wss_and_untrusting_clients_are_refused()
         "a name the certificate lacks must be refused"
     );
 
+    // The CLI over https://: with the CA it works, without it the certificate is refused.
+    let ca_file = dir.path().join("ca.pem");
+    let cli = |ca: Option<&Path>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tether"));
+        command
+            .args(["token", "list", "--url", &server.base, "--token", TOKEN])
+            .env_remove("TETHER_CA_FILE");
+        if let Some(ca) = ca {
+            command.env("TETHER_CA_FILE", ca);
+        }
+        command.output().expect("running tether token")
+    };
+    let trusted = cli(Some(&ca_file));
+    assert!(
+        trusted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    let untrusted = cli(None);
+    assert!(!untrusted.status.success());
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(
+        stderr.contains("TLS with") && stderr.contains("certificate"),
+        "{stderr}"
+    );
+
+    // The example app end to end over https:// and wss:// (create, echo, resume, exec).
+    let example = std::process::Command::new(crate::support::example_binary("tether-app"))
+        .arg("from-example")
+        .env("TETHER_URL", &server.base)
+        .env("TETHER_API_TOKEN", TOKEN)
+        .env("TETHER_CA_FILE", &ca_file)
+        .output()
+        .expect("running tether-app");
+    assert!(
+        example.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&example.stdout),
+        String::from_utf8_lossy(&example.stderr)
+    );
+
     // The app's connection is unaffected by the refusals.
     let reply = app
         .request(json!({"type": "echo", "requestId": "e2", "payload": 2}))
