@@ -6,6 +6,7 @@
 
 mod api;
 mod audit;
+mod example_app;
 mod git_worktree;
 mod hostile;
 mod idle;
