@@ -400,6 +400,10 @@ impl Ws {
         let mut output = String::new();
         loop {
             let msg = self.next().await;
+            assert_eq!(
+                msg["requestId"], request_id,
+                "a reply to another request: {msg}"
+            );
             match msg["type"].as_str() {
                 Some("execOutput") => output.push_str(msg["data"].as_str().unwrap_or_default()),
                 Some("execExit") => return (output, msg["code"].clone()),
