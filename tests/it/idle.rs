@@ -311,3 +311,98 @@ async fn an_admin_force_deletes_a_stuck_environment_and_a_user_may_not() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
+
+#[tokio::test]
+async fn an_app_connecting_by_id_wakes_what_slept_but_not_what_its_user_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let body =
+        json!({"name": "napper", "provider": "local-process", "start": true, "idleStopSecs": 1});
+    let (status, env) = server
+        .call("POST", "/api/v1/environments", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = env["id"].as_str().unwrap().to_owned();
+    let running = server
+        .wait_env(&id, "running and connected", |e| {
+            e["status"] == "running" && e["runtime"]["connected"] == true
+        })
+        .await;
+    // A file in the workspace, to find again after the nap.
+    let mut app = server.app(&id, "t").await;
+    let (_, code) = app
+        .exec(
+            "w",
+            &["sh", "-c", "echo kept > note.txt; echo ran >> runs.txt"],
+        )
+        .await;
+    assert_eq!(code, 0);
+    drop(app);
+    let asleep = server
+        .wait_env(&id, "asleep", |e| e["status"] == "stopped")
+        .await;
+    assert_eq!(asleep["stopReason"], "idle", "{asleep}");
+
+    // An app connecting by id wakes it; what it sends at once is answered once the
+    // runtime is back, on the same resource, with the file still there. The new
+    // runtime runs only what was sent after the stop: the exec above is not run again.
+    let mut app = server.app(&id, "t").await;
+    app.send(json!({"type": "echo", "requestId": "early", "payload": "held"}))
+        .await;
+    let reply = loop {
+        let frame = app.next_any().await;
+        if frame["requestId"] == "early" {
+            break frame;
+        }
+    };
+    assert_eq!(reply["type"], "echoResponse", "{reply}");
+    let (out, code) = app.exec("r", &["cat", "note.txt"]).await;
+    assert_eq!((out.trim(), code), ("kept", json!(0)));
+    let (runs, _) = app.exec("n", &["cat", "runs.txt"]).await;
+    assert_eq!(runs, "ran\n", "the exec before the stop ran once");
+    let awake = env_of(&server, &id).await;
+    assert_eq!(awake["status"], "running", "{awake}");
+    assert_eq!(awake["stopReason"], Value::Null, "{awake}");
+    assert_eq!(awake["resourceId"], running["resourceId"], "{awake}");
+    drop(app);
+
+    // Stopped by its user, it stays stopped: the app is told why and closed with 4015.
+    server
+        .wait_env(&id, "asleep again", |e| e["status"] == "stopped")
+        .await;
+    let (status, _) = server
+        .call("POST", &format!("/api/v1/environments/{id}/start"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    server
+        .wait_env(&id, "running", |e| e["status"] == "running")
+        .await;
+    let stopped = server.stop_env(&id).await;
+    assert_eq!(stopped["stopReason"], "user", "{stopped}");
+    let at = server.ws_url(&format!("/ws/app/{id}?thread=t"));
+    let mut app = Ws::connect(&at, Some(TOKEN)).await.expect("upgraded");
+    let (frames, code) = app.until_close().await;
+    assert_eq!(code, Some(4015), "{frames:?}");
+    assert_eq!(
+        frames.first().map(|f| f["error"]["code"].clone()),
+        Some(json!("stopped")),
+        "{frames:?}"
+    );
+    assert_eq!(env_of(&server, &id).await["desiredState"], "stopped");
+
+    // `start=true` needs a token that may write; the operator's may, and it runs.
+    let (relay_only, _) = server
+        .user_token_with("admin", json!({"scopes": ["relay", "envs:read"]}))
+        .await;
+    let asking = server.ws_url(&format!("/ws/app/{id}?thread=t&start=true"));
+    assert_eq!(
+        Ws::connect(&asking, Some(&relay_only)).await.err(),
+        Some(StatusCode::FORBIDDEN)
+    );
+    let mut app = Ws::connect(&asking, Some(TOKEN)).await.expect("upgraded");
+    let reply = app
+        .request(json!({"type": "echo", "requestId": "after", "payload": 1}))
+        .await;
+    assert_eq!(reply["type"], "echoResponse", "{reply}");
+    server.stop();
+}

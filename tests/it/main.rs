@@ -7,6 +7,7 @@
 mod api;
 mod audit;
 mod certs;
+mod example_app;
 mod git_worktree;
 mod hostile;
 mod idle;

@@ -305,7 +305,16 @@ async fn a_failed_start_closes_the_held_connection_with_4014() {
     let mut ws = Ws::connect(&at, Some(TOKEN)).await.expect("connect");
     let first = ws.next_any().await;
     assert_eq!(first["type"], "provisioned", "{first}");
-    assert_eq!(ws.close_code().await, Some(4014));
+    // The status saying why comes before the close, every time.
+    let (frames, code) = ws.until_close().await;
+    assert_eq!(code, Some(4014), "{frames:?}");
+    let last = frames.last().expect("a status before the close");
+    assert_eq!(last["type"], "environmentStatus", "{frames:?}");
+    assert_eq!(last["status"], "error", "{frames:?}");
+    assert!(
+        last["lastError"].as_str().is_some_and(|e| !e.is_empty()),
+        "{last}"
+    );
     let env = server
         .wait_env(&id_of(&first), "in error", |e| e["status"] == "error")
         .await;

@@ -431,13 +431,20 @@ impl Ws {
 
     /// Reads until the server closes, returning its close code (None without one).
     pub async fn close_code(&mut self) -> Option<u16> {
+        self.until_close().await.1
+    }
+
+    /// Reads until the server closes: the JSON frames that came first, and the close code.
+    pub async fn until_close(&mut self) -> (Vec<Value>, Option<u16>) {
+        let mut frames = Vec::new();
         loop {
             let frame = tokio::time::timeout(WAIT, self.stream.next())
                 .await
                 .expect("the connection to end in time");
             match frame {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code.into()),
-                None | Some(Err(_)) => return None,
+                Some(Ok(Message::Close(frame))) => return (frames, frame.map(|f| f.code.into())),
+                None | Some(Err(_)) => return (frames, None),
+                Some(Ok(Message::Text(text))) => frames.extend(serde_json::from_str(&text).ok()),
                 Some(Ok(_)) => continue,
             }
         }
@@ -463,6 +470,10 @@ impl Ws {
         let mut output = String::new();
         loop {
             let msg = self.next().await;
+            assert_eq!(
+                msg["requestId"], request_id,
+                "a reply to another request: {msg}"
+            );
             match msg["type"].as_str() {
                 Some("execOutput") => output.push_str(msg["data"].as_str().unwrap_or_default()),
                 Some("execExit") => return (output, msg["code"].clone()),

@@ -6,7 +6,9 @@
 //! status (401, 403, 404, 410) it can act on; someone else's environment is 404 like a
 //! missing one; a full environment is upgraded and closed at once with close code
 //! 4013. An admitted peer's socket is the relay's from the upgrade on; an app's is
-//! closed with 4003 when its token is revoked or expires.
+//! closed with 4003 when its token is revoked or expires. An app connecting to an
+//! environment asleep for idleness wakes it (`lifecycle/wake.rs`); one its user stopped
+//! on purpose is upgraded, told so and closed with 4015 unless it asks `start=true`.
 //!
 //! `/ws/app?template=NAME&thread=T` (`&workspace=W`) connects an app to the
 //! environment provisioned for it from a template (`lifecycle/provision.rs`): found
@@ -25,7 +27,7 @@ use super::{ApiError, AppCaller, AppState, bearer, caller};
 use crate::audit::action;
 use crate::lifecycle::{LifecycleError, ProvisionTarget};
 use crate::relay::{self, CLOSE_STOPPED, CLOSE_TOO_MANY, Resume};
-use crate::tenancy::{Scope, TicketTarget};
+use crate::tenancy::{Principal, Scope, TicketTarget};
 
 /// The subprotocol the host answers with; browsers must offer it with their token.
 const SUBPROTOCOL: &str = "tether.v1";
@@ -87,17 +89,44 @@ pub(crate) async fn app(
         }
     };
     who.require(Scope::Relay)?;
+    let start = wants_start(&who, &query)?;
     // A ticket that names a thread decides it; otherwise the query does.
     let thread = pinned.or_else(|| query.get("thread").filter(|t| !t.is_empty()).cloned());
     let resume = resume_of(&query)?;
-    let connection = match s.manager.attach_app(&who, &id, thread, resume) {
-        Ok(connection) => connection,
-        Err(LifecycleError::TooManyConnections(why)) => {
-            return Ok(relay::refuse(upgrade, CLOSE_TOO_MANY, why));
+    match s.manager.attach_app(&who, &id, thread, resume, start).await {
+        Ok(connection) => Ok(connection.serve(upgrade.protocols([SUBPROTOCOL]))),
+        Err(e) => refused(e, upgrade),
+    }
+}
+
+/// `?start=true`: start the environment even if its user stopped it on purpose, which
+/// is a write.
+fn wants_start(who: &Principal, query: &HashMap<String, String>) -> Result<bool, ApiError> {
+    let start = field(query, "start").as_deref() == Some("true");
+    if start {
+        who.require(Scope::EnvsWrite)?;
+    }
+    Ok(start)
+}
+
+/// An app the lifecycle did not admit: refused before the upgrade with an HTTP error,
+/// or after it with a close code where the contract says so.
+fn refused(e: LifecycleError, upgrade: WebSocketUpgrade) -> Result<Response, ApiError> {
+    match e {
+        LifecycleError::TooManyConnections(why) => Ok(relay::refuse(upgrade, CLOSE_TOO_MANY, why)),
+        LifecycleError::StoppedOnPurpose(why) => {
+            let frame =
+                serde_json::json!({"type": "error", "error": {"code": "stopped", "message": why}});
+            let reason = "stopped on purpose; connect with start=true".to_owned();
+            Ok(relay::refuse_with(
+                upgrade,
+                frame.to_string(),
+                CLOSE_STOPPED,
+                reason,
+            ))
         }
-        Err(other) => return Err(other.into()),
-    };
-    Ok(connection.serve(upgrade.protocols([SUBPROTOCOL])))
+        other => Err(other.into()),
+    }
 }
 
 /// A query value given and not empty.
@@ -116,11 +145,7 @@ pub(crate) async fn provisioned(
         AppCaller::Token(who) => {
             let template = field(&query, "template")
                 .ok_or_else(|| ApiError::bad_request("missing ?template="))?;
-            let start = field(&query, "start").as_deref() == Some("true");
-            if start {
-                // Starting what its user stopped is a write.
-                who.require(Scope::EnvsWrite)?;
-            }
+            let start = wants_start(&who, &query)?;
             let target = ProvisionTarget {
                 template,
                 thread: field(&query, "thread"),
@@ -154,21 +179,7 @@ pub(crate) async fn provisioned(
     let resume = resume_of(&query)?;
     let provisioned = match s.manager.provision_app(&who, target, resume).await {
         Ok(p) => p,
-        Err(LifecycleError::TooManyConnections(why)) => {
-            return Ok(relay::refuse(upgrade, CLOSE_TOO_MANY, why));
-        }
-        Err(LifecycleError::StoppedOnPurpose(why)) => {
-            let frame =
-                serde_json::json!({"type": "error", "error": {"code": "stopped", "message": why}});
-            let reason = "stopped on purpose; connect with start=true".to_owned();
-            return Ok(relay::refuse_with(
-                upgrade,
-                frame.to_string(),
-                CLOSE_STOPPED,
-                reason,
-            ));
-        }
-        Err(other) => return Err(other.into()),
+        Err(e) => return refused(e, upgrade),
     };
     if provisioned.created {
         let act = Act {

@@ -12,7 +12,8 @@
 //! bounds every start and stop and holds the admin's force delete), `providers`
 //! (what the loaded providers are and are granted, and their hot reload), `peers`
 //! (admitting runtimes and apps, answering provider-handled app messages),
-//! `idle` (stopping environments nobody uses) and `reconcile` (outside edits of the
+//! `idle` (stopping environments nobody uses), `wake` (starting them again on an
+//! app's connect) and `reconcile` (outside edits of the
 //! records file).
 
 mod deadline;
@@ -30,6 +31,7 @@ mod quotas;
 mod reconcile;
 mod supervisor;
 mod view;
+mod wake;
 
 use std::sync::Arc;
 

@@ -238,7 +238,7 @@ impl Driver {
             result
         };
         let result = tokio::time::timeout(timeout + GRACE, stop).await;
-        env.hub.close_runtime(CLOSE_GONE, "environment stopped");
+        env.hub.end_runtime(CLOSE_GONE, "environment stopped");
         let failure = match result {
             Ok(Ok(_)) => return self.set_status(env, Status::Stopped),
             Ok(Err(e)) => format!("provider stop failed: {e}"),
@@ -267,7 +267,7 @@ impl Driver {
             }
             shut_down_within(&env.id, &handle, GRACE).await;
         }
-        env.hub.close_runtime(CLOSE_GONE, "environment deleted");
+        env.hub.end_runtime(CLOSE_GONE, "environment deleted");
     }
 
     /// A fresh instance to destroy a stopped environment's resource, if there is a

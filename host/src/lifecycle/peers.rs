@@ -11,6 +11,7 @@ use tracing::Instrument;
 use super::driver::Driver;
 use super::envs::Env;
 use super::messages::{self, PROVIDER_TYPES};
+use super::wake::{Wakes, wakes};
 use super::{LifecycleError, Manager};
 use crate::auth;
 use crate::engine::{CallError, FailureKind};
@@ -60,17 +61,25 @@ impl Manager {
     /// Admits `who`'s app to environment `id` on `thread`, resuming its session if
     /// `resume` names one. Someone else's environment is `NotFound`. The connection
     /// is closed (4003) when `who`'s token stops working or the environment moves
-    /// to another owner.
-    pub(crate) fn attach_app(
+    /// to another owner. An environment stopped for idleness (or any stopped one, with
+    /// `start`) is asked to run again (`wake.rs`); one its user stopped on purpose is
+    /// `StoppedOnPurpose` without `start`.
+    pub(crate) async fn attach_app(
         &self,
         who: &Principal,
         id: &str,
         thread: Option<String>,
         resume: Option<Resume>,
+        start: bool,
     ) -> Result<Connection, LifecycleError> {
         let record = self.reachable(who, id)?;
         let env = self.known_env(id)?;
-        self.admit_app(who, record, &env, thread, resume, None, None)
+        if !wakes(&record, start, Wakes::Asleep)? {
+            return self.admit_app(who, record, &env, thread, resume, None, None);
+        }
+        let record = self.wake(who, record).await?;
+        let span = tracing::info_span!("app", env = %id);
+        self.admit_starting(who, record, env, thread, resume, None, span)
     }
 
     /// Attaches `who`'s app to `env` (whose record is `record`); `first`, if given, is

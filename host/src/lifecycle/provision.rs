@@ -12,19 +12,17 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde_json::json;
-use sha2::{Digest, Sha256};
-use tokio::sync::OwnedMutexGuard;
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
-
-use super::{LifecycleError, Manager, Status};
+use super::wake::{Wakes, wakes};
+use super::{LifecycleError, Manager};
 use crate::config::{Template, TemplateRestart, TemplateScope};
 use crate::relay::{Connection, Resume};
-use crate::store::{DesiredState, ProvisionKey, Record, RestartPolicy, StopReason, validate};
+use crate::store::{DesiredState, ProvisionKey, Record, RestartPolicy, validate};
 use crate::sync::MutexExt;
 use crate::tenancy::Principal;
 use crate::untrusted;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::OwnedMutexGuard;
 
 /// What an app's connect asks to be provisioned.
 #[derive(Debug, Clone)]
@@ -112,85 +110,26 @@ impl Manager {
             let found = (self.shared.store)
                 .find(|r| r.owner == owner && r.provision_key.as_ref() == Some(&key));
             match found {
-                Some(record) => (
-                    self.resume_provisioned(who, record, target.start).await?,
-                    false,
-                ),
+                Some(record) if wakes(&record, target.start, Wakes::NotStoppedOnPurpose)? => {
+                    (self.wake(who, record).await?, false)
+                }
+                Some(record) => (record, false),
                 None => (self.create_provisioned(who, template, key).await?, true),
             }
         };
         let id = record.id.clone();
         let env = self.known_env(&id)?;
         let span = tracing::info_span!("provision", env = %id, template = %template.name);
-        let entered = span.enter();
-        tracing::info!(created, "app connecting through a template");
+        span.in_scope(|| tracing::info!(created, "app connecting through a template"));
         let first = json!({"type": "provisioned", "environmentId": id, "created": created});
-        let start_failed = CancellationToken::new();
-        let admitted = self.admit_app(
-            who,
-            record,
-            &env,
-            target.thread,
-            resume,
-            Some(first.to_string()),
-            Some(start_failed.clone()),
-        );
-        drop(entered);
-        // Runs it if it should run and does not (a no-op when it already runs); a
-        // start that fails closes this app (4014).
-        let driver = self.driver().clone();
-        self.driver().spawn(
-            async move {
-                let _op = env.op.lock().await;
-                driver.converge_locked(&env).await;
-                if env.live().status == Status::Error {
-                    start_failed.cancel();
-                }
-            }
-            .instrument(span.clone()),
-        );
+        let thread = target.thread;
+        let first = Some(first.to_string());
+        let connection = self.admit_starting(who, record, env, thread, resume, first, span)?;
         Ok(Provisioned {
-            connection: admitted?,
+            connection,
             environment_id: id,
             created,
         })
-    }
-
-    /// `record` (found for `who`'s key) asked to run again if it was stopped: the
-    /// same record, so the same resource and workspace.
-    async fn resume_provisioned(
-        &self,
-        who: &Principal,
-        record: Record,
-        start: bool,
-    ) -> Result<Record, LifecycleError> {
-        // A token limited to other environments does not reach this one.
-        if !who.reaches(&record.owner, &record.id) {
-            return Err(LifecycleError::NotFound(record.id));
-        }
-        if record.desired_state == DesiredState::Running {
-            return Ok(record);
-        }
-        // Traffic wakes an environment that went to sleep, not one its user stopped.
-        if record.stop_reason == Some(StopReason::User) && !start {
-            return Err(LifecycleError::StoppedOnPurpose(format!(
-                "environment {} was stopped on purpose; connect with start=true to start it",
-                record.id
-            )));
-        }
-        let _admitted = self.shared.quotas.admit(&record.owner).await;
-        (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(&record.id))?;
-        let id = record.id.clone();
-        async {
-            self.shared
-                .store
-                .update(&id, |r| r.desired_state = DesiredState::Running)
-                .await?;
-            tracing::info!("stopped provisioned environment asked to run again");
-            self.known_record(&id)
-        }
-        .instrument(tracing::info_span!("resume", env = %id))
-        .await
     }
 
     /// A new record for `key` from `template`, desired `running`, within `who`'s

@@ -127,7 +127,12 @@ impl Connection {
         let end = tokio::select! {
             end = write(&mut sink, &outbox, &config, &clock) => end,
             end = read(stream, &inbound, &outbox, &config, &clock) => end,
-            reason = ended => End::Close(Some(reason)),
+            reason = ended => {
+                // What the relay queued before the end (the status saying why, say)
+                // reaches the peer ahead of the close.
+                flush(&mut sink, &outbox, &config).await;
+                End::Close(Some(reason))
+            }
         };
         if let End::Close(reason) = end {
             let frame = reason.map(|r| CloseFrame {
@@ -244,13 +249,7 @@ async fn write(sink: &mut Sink, outbox: &Outbox, config: &RelayConfig, clock: &C
             Take::Frames => {
                 // A peer that stops reading blocks the write; past the idle timeout
                 // it counts as dead rather than holding its connection forever.
-                let write = async {
-                    for frame in buf.drain(..) {
-                        sink.feed(Message::Text(frame)).await?;
-                    }
-                    sink.flush().await
-                };
-                match tokio::time::timeout(config.idle_timeout, write).await {
+                match tokio::time::timeout(config.idle_timeout, send_all(sink, &mut buf)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return End::Gone,
                     Err(_) => return unresponsive(outbox),
@@ -287,6 +286,23 @@ async fn write(sink: &mut Sink, outbox: &Outbox, config: &RelayConfig, clock: &C
             next_ping = now + config.ping_interval;
         }
     }
+}
+
+/// Writes what the outbox holds now, within the idle timeout; the connection is ending,
+/// so a failure only means the peer will not see it.
+async fn flush(sink: &mut Sink, outbox: &Outbox, config: &RelayConfig) {
+    let mut buf = Vec::new();
+    if let Take::Frames = outbox.take(&mut buf) {
+        let _ = tokio::time::timeout(config.idle_timeout, send_all(sink, &mut buf)).await;
+    }
+}
+
+/// Writes and flushes the frames in `buf`, emptying it.
+async fn send_all(sink: &mut Sink, buf: &mut Vec<Utf8Bytes>) -> Result<(), axum::Error> {
+    for frame in buf.drain(..) {
+        sink.feed(Message::Text(frame)).await?;
+    }
+    sink.flush().await
 }
 
 /// Whether a read failed because the peer sent more than the size limit.

@@ -71,6 +71,9 @@ pub(super) struct Stream {
     session: Option<String>,
     /// Frames counted from the peer in this session.
     pub(super) received: u64,
+    /// The highest `relaySeq` ever handed to a writer of this stream, whichever
+    /// connection it was.
+    pub(super) written: u64,
     thread: Option<String>,
     detached_at: Option<Instant>,
 }
@@ -82,6 +85,7 @@ impl Stream {
             conn: None,
             session: None,
             received: 0,
+            written: 0,
             thread,
             detached_at: None,
         }
@@ -286,9 +290,25 @@ impl Hub {
         }
     }
 
-    /// Closes the runtime connection, if any.
+    /// Closes the runtime connection, if any; what was written to it and not
+    /// acknowledged goes to the next runtime (a failed or superseded one may not have
+    /// run it).
     pub fn close_runtime(&self, code: u16, reason: &str) {
         if let Some(conn) = self.lock().runtime.conn.take() {
+            conn.close(code, reason);
+        }
+    }
+
+    /// Ends the runtime of an environment that was stopped or deleted on purpose:
+    /// closes its connection, if any, and forgets every message already written to it.
+    /// The process those went to is gone, and the next runtime must not run them again
+    /// (a crashed runtime's successor does get them; see `docs/protocol.md`). Messages
+    /// never written stay, in order, for the next runtime.
+    pub fn end_runtime(&self, code: u16, reason: &str) {
+        let mut s = self.lock();
+        let written = s.runtime.written;
+        s.runtime.window.ack(written);
+        if let Some(conn) = s.runtime.conn.take() {
             conn.close(code, reason);
         }
     }

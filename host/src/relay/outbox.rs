@@ -89,6 +89,7 @@ impl Outbox {
             let first = stream.window.after(conn.sent, BATCH, out);
             if out.len() > messages {
                 conn.sent = first + (out.len() - messages) as u64 - 1;
+                stream.written = stream.written.max(conn.sent);
             }
             if !self.resumable {
                 stream.window.ack(conn.sent);

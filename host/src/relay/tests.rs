@@ -86,6 +86,30 @@ fn a_resuming_runtime_gets_exactly_what_it_had_not_acknowledged() {
 }
 
 #[test]
+fn a_stopped_runtime_s_successor_gets_only_what_was_never_written() {
+    let hub = hub(16);
+    for i in 1..=3 {
+        hub.to_runtime(json!({"n": i}).to_string()).unwrap();
+    }
+    // Written to a runtime that never acknowledges, across two of its connections.
+    let rt = hub.attach_runtime(resume("r", 0)).unwrap();
+    assert_eq!(drain(&rt).len(), 4);
+    hub.detach_runtime(rt.id());
+    hub.to_runtime(json!({"n": 4}).to_string()).unwrap();
+    let rt = hub.attach_runtime(resume("r", 3)).unwrap();
+    assert_eq!(drain(&rt).len(), 2);
+    hub.detach_runtime(rt.id());
+    // Held while it is away, then the environment is stopped on purpose.
+    hub.to_runtime(json!({"n": 5}).to_string()).unwrap();
+    hub.end_runtime(protocol::CLOSE_GONE, "environment stopped");
+    // The next runtime process runs only what none before it was handed.
+    let rt = hub.attach_runtime(resume("new-process", 0)).unwrap();
+    let got = drain(&rt);
+    assert_eq!(got[0]["type"], "relayResumed");
+    assert_eq!(got[1..], [json!({"relaySeq": 5, "n": 5})]);
+}
+
+#[test]
 fn the_host_counts_and_acknowledges_peer_frames_per_session() {
     let hub = hub(16);
     let rt = hub.attach_runtime(resume("r", 0)).unwrap();
