@@ -157,6 +157,10 @@ pub(crate) async fn run(
     let _ = out.flush();
     drop(out);
     tracing::info!(%addr, data_dir = %data_dir.display(), %runtime_base, tls = serving_cert.is_some(), "serving");
+    if serving_cert.is_none() && !addr.ip().is_loopback() && !runtime_base.starts_with("wss://") {
+        // Tokens would cross the network in clear unless a proxy in front adds TLS.
+        tracing::warn!(%addr, "serving plain HTTP beyond loopback: use --tls-cert and --tls-key, or a TLS proxy with --public-url https://…");
+    }
 
     let throttle = std::sync::Arc::new(Throttle::new(config_throttle));
     let app = api::router(AppState {
