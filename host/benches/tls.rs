@@ -5,7 +5,10 @@
 //!    certificate checked) against the same GET made directly from the host with
 //!    rustls (same ring provider, same http/1.1), a new connection each time on both
 //!    sides, to an HTTPS server on 127.0.0.1 whose certificate a CA made here signs.
-//!    The plain HTTP pair is shown too, for what the broker costs without TLS.
+//!    The plain HTTP pair is shown too, for what the broker costs without TLS. Every
+//!    socket has `TCP_NODELAY`, as the broker's and `tether serve`'s do: a server
+//!    without it holds its response behind the client's delayed ACK of its session
+//!    tickets (tens of ms). Direct and brokered rounds alternate.
 //! 2. Relay round trips (1 KiB, `handoff` environments whose runtime this process
 //!    plays) through a `tether serve` over `wss://` against one over `ws://`, at 100
 //!    pairs by default, the two hosts measured alternately.
@@ -29,7 +32,9 @@ use tether::config::{Grant, LimitsConfig, NetConfig, UrlPattern};
 use tether::engine::{Call, Engine, InstanceSetup, NoRuntime, ProviderSource, Reply, StateWriter};
 use tokio::net::{TcpListener, TcpStream};
 
-const REQUESTS: u32 = 300;
+/// GETs per round, and rounds (direct and brokered alternate).
+const REQUESTS: u32 = 200;
+const ROUNDS_GET: u32 = 5;
 const ROUND_TRIPS: usize = 20_000;
 const ROUNDS: usize = 2;
 
@@ -77,6 +82,9 @@ fn client_config(pki: &Pki) -> Res<Arc<rustls::ClientConfig>> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if std::env::var_os("TLS_BENCH_NO_RESUME").is_some() {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(Arc::new(config))
 }
 
@@ -98,26 +106,29 @@ async fn run(pairs: usize) -> Res<()> {
     let engine = provider_engine(&ca_file).await?;
     let (handle, _scratch) = engine.instance().await?;
     for (name, url) in [("HTTPS", &https_url), ("HTTP", &http_url)] {
-        let direct = if name == "HTTPS" {
-            let (trust, port) = (trust.clone(), https_port);
-            time(REQUESTS, move || get_tls(trust.clone(), port)).await?
-        } else {
-            time(REQUESTS, move || get_plain(http_port)).await?
-        };
         let message = json!({"attack": "http", "url": url}).to_string();
-        let brokered = time(REQUESTS, || {
-            let (handle, message) = (handle.clone(), message.clone());
-            async move {
-                match handle
-                    .call(Call::Raw(message), Duration::from_secs(10))
-                    .await
-                {
-                    Ok(Reply::Text(t)) if t.contains("200") => Ok(()),
-                    other => Err(format!("{other:?}").into()),
+        // Alternating rounds, so a change in the machine's load hits both sides alike.
+        let (mut direct, mut brokered) = (0.0, 0.0);
+        for _ in 0..ROUNDS_GET {
+            direct += if name == "HTTPS" {
+                let (trust, port) = (trust.clone(), https_port);
+                time(REQUESTS, move || get_tls(trust.clone(), port)).await?
+            } else {
+                time(REQUESTS, move || get_plain(http_port)).await?
+            };
+            brokered += time(REQUESTS, || {
+                let (handle, message) = (handle.clone(), message.clone());
+                async move {
+                    match handle.call(Call::Raw(message), Duration::from_secs(10)).await {
+                        Ok(Reply::Text(t)) if t.contains("200") => Ok(()),
+                        other => Err(format!("{other:?}").into()),
+                    }
                 }
-            }
-        })
-        .await?;
+            })
+            .await?;
+        }
+        let rounds = f64::from(ROUNDS_GET);
+        let (direct, brokered) = (direct / rounds, brokered / rounds);
         println!(
             "| {name} GET | {direct:.1} | {brokered:.1} | {:.2}× |",
             brokered / direct
@@ -263,8 +274,12 @@ async fn https_server(pki: &Pki) -> Res<u16> {
 }
 
 async fn http_server() -> Res<u16> {
+    use axum::serve::ListenerExt;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = axum::Router::new().fallback(|| async { "ok" });
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -286,6 +301,7 @@ impl axum::serve::Listener for TlsListener {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             if let Ok((tcp, addr)) = self.tcp.accept().await
+                && tcp.set_nodelay(true).is_ok()
                 && let Ok(tls) = self.acceptor.accept(tcp).await
             {
                 return (tls, addr);
@@ -301,6 +317,7 @@ impl axum::serve::Listener for TlsListener {
 /// A GET over a new TLS connection, made by the host directly.
 async fn get_tls(trust: Arc<rustls::ClientConfig>, port: u16) -> Res<()> {
     let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
     let name = ServerName::try_from("bench.test")?;
     let tls = tokio_rustls::TlsConnector::from(trust)
         .connect(name, tcp)
@@ -311,6 +328,7 @@ async fn get_tls(trust: Arc<rustls::ClientConfig>, port: u16) -> Res<()> {
 /// A GET over a new plain connection, made by the host directly.
 async fn get_plain(port: u16) -> Res<()> {
     let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
     get_over(tcp, "127.0.0.1").await
 }
 

@@ -136,6 +136,9 @@ async fn send(
         .await
         .map_err(|_| Error::ConnectionTimeout)?
         .map_err(Error::Connect)?;
+    // Request and response are written whole; Nagle would only hold back the request
+    // behind the TLS handshake's last flight.
+    let _ = stream.set_nodelay(true);
     let timeouts = (connect_timeout, first_byte);
     let Some(tls) = tls else {
         return exchange(TokioIo::new(stream), permit, request, timeouts).await;
