@@ -119,7 +119,10 @@ async fn run(pairs: usize) -> Res<()> {
             brokered += time(REQUESTS, || {
                 let (handle, message) = (handle.clone(), message.clone());
                 async move {
-                    match handle.call(Call::Raw(message), Duration::from_secs(10)).await {
+                    match handle
+                        .call(Call::Raw(message), Duration::from_secs(10))
+                        .await
+                    {
                         Ok(Reply::Text(t)) if t.contains("200") => Ok(()),
                         other => Err(format!("{other:?}").into()),
                     }
