@@ -3,6 +3,8 @@
 //! This is the binary's edge, so errors are `anyhow` here and typed everywhere below.
 //! `token` holds the commands that talk to a running server.
 
+mod client;
+mod provider;
 mod token;
 
 use std::io::IsTerminal;
@@ -65,6 +67,33 @@ enum ProviderCommand {
         /// Where to write it (default: ./NAME).
         #[arg(long)]
         path: Option<PathBuf>,
+    },
+    /// Build a provider crate for wasm32-wasip2 (release; installs the target if
+    /// missing) and print the component's path and what it asks for.
+    Build {
+        /// The crate's directory.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+    },
+    /// Install a built component into a host's providers directory (`--data-dir`), or
+    /// through a running server's API (`--remote`).
+    Install {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        #[command(flatten)]
+        to: provider::Destination,
+    },
+    /// Build and install the crate on every change, restarting the environments named
+    /// with `--restart` and showing how their start went; until ^C.
+    Dev {
+        /// The crate's directory.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        #[command(flatten)]
+        to: provider::Destination,
+        /// An environment id to restart after each install (repeat for more).
+        #[arg(long = "restart")]
+        restart: Vec<String>,
     },
     /// Show what a component asks for, what `tether.toml` grants it and what it is
     /// denied, before it is dropped in.
@@ -133,6 +162,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dir.display()
             );
         }
+        Command::Provider {
+            command: ProviderCommand::Build { path },
+        } => rt.block_on(provider::build(&path))?,
+        Command::Provider {
+            command: ProviderCommand::Install { file, to },
+        } => rt.block_on(provider::install(&file, &to))?,
+        Command::Provider {
+            command: ProviderCommand::Dev { path, to, restart },
+        } => rt.block_on(provider::dev(&path, &to, &restart))?,
         Command::Provider {
             command: ProviderCommand::Inspect { file, config },
         } => {

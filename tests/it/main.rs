@@ -6,6 +6,7 @@
 
 mod api;
 mod audit;
+mod author_loop;
 mod example_app;
 mod git_worktree;
 mod hostile;

@@ -23,6 +23,7 @@ mod idle;
 mod messages;
 mod ops;
 mod peers;
+mod provider_install;
 mod provider_reload;
 mod provider_status;
 mod providers;
@@ -100,6 +101,9 @@ pub(crate) enum LifecycleError {
     /// Persisting failed.
     #[error("persisting the change failed: {0}")]
     Store(StoreError),
+    /// The host could not do its part (writing a file, say); the message says what.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<StoreError> for LifecycleError {
