@@ -144,8 +144,7 @@ async fn build_component(crate_dir: &Path) -> anyhow::Result<Built> {
         .filter_map(|m| m["filenames"].as_array().cloned())
         .flatten()
         .filter_map(|f| f.as_str().map(PathBuf::from))
-        .filter(|f| f.extension().is_some_and(|e| e == "wasm"))
-        .next_back()
+        .rfind(|f| f.extension().is_some_and(|e| e == "wasm"))
         .context("cargo built no .wasm component: is the crate a cdylib?")?;
     describe(&component).await
 }
