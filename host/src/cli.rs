@@ -157,10 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = path.unwrap_or_else(|| PathBuf::from(&name));
             scaffold::new_provider(&name, &dir)?;
             println!("wrote provider {name} in {}", dir.display());
-            println!(
-                "build it: cd {} && cargo build --release --target wasm32-wasip2",
-                dir.display()
-            );
+            println!("build it: tether provider build {}", dir.display());
         }
         Command::Provider {
             command: ProviderCommand::Build { path },

@@ -231,9 +231,9 @@ A Tether provider. Build it, drop it into a host's providers directory, grant it
 asks for, and create environments with `"provider": "{{name}}"`.
 
 ```sh
-rustup target add wasm32-wasip2
-cargo build --release --target wasm32-wasip2
-cp target/wasm32-wasip2/release/{{file}}.wasm <data-dir>/.codebolt/providers/
+tether provider build                  # cargo build --release --target wasm32-wasip2
+tether provider install target/wasm32-wasip2/release/{{file}}.wasm --data-dir <data-dir>
+tether provider dev --remote --restart <environment-id>   # rebuild and reinstall on every change
 ```
 
 Grant it the command it asks for in the host's `tether.toml`:
