@@ -78,15 +78,16 @@ pub(crate) async fn dev(
         .canonicalize()
         .with_context(|| format!("no crate at {}", crate_dir.display()))?;
     let (_watcher, mut changes) = watch(&crate_dir)?;
-    let mut changed_at = Instant::now();
+    let mut began = Instant::now();
+    let mut what = "since starting";
     loop {
         match build_component(&crate_dir).await {
             Err(e) => eprintln!("build failed: {e:#}"),
             Ok(built) => match install_component(&built, to).await {
                 Err(e) => eprintln!("install failed: {e:#}"),
                 Ok(shown) => {
-                    let took = changed_at.elapsed().as_secs_f64();
-                    println!("{shown} ({took:.2} s after the change)");
+                    let took = began.elapsed().as_secs_f64();
+                    println!("{shown} ({took:.2} s {what})");
                     for id in restart {
                         if let Err(e) = restart_and_wait(&to.server, id).await {
                             eprintln!("environment {id}: {e:#}");
@@ -102,7 +103,8 @@ pub(crate) async fn dev(
                 if !next {
                     bail!("the watch on {} ended", crate_dir.display());
                 }
-                changed_at = Instant::now();
+                began = Instant::now();
+                what = "after the change";
             }
         }
     }
