@@ -22,4 +22,5 @@ mod spine;
 mod support;
 mod tenancy;
 mod tickets;
+mod walkthroughs;
 mod worlds;

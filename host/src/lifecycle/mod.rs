@@ -436,7 +436,9 @@ impl Manager {
             })
             .await?;
         self.driver().spawn_converge(env);
-        self.view(id)
+        let mut view = self.view(id)?;
+        view.status = view.status.heading_to(desired);
+        Ok(view)
     }
 
     /// Stops (if running) and starts again, with a fresh runtime token.
