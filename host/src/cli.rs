@@ -209,12 +209,20 @@ async fn inspect(
 }
 
 fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, filter::LevelFilter};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         // Each event one line, whatever provider text reaches it.
         .with_writer(move || crate::untrusted::OneLine::new(std::io::stderr(), !ansi))
         .with_ansi(ansi)
+        .with_filter(filter);
+    // Environments' logs keep their info lines whatever RUST_LOG says for stderr.
+    let env_logs = crate::logs::EnvLogLayer.with_filter(LevelFilter::INFO);
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(env_logs)
         .init();
 }

@@ -46,6 +46,7 @@ pub mod store;
 mod api;
 mod auth;
 mod lifecycle;
+mod logs;
 mod names;
 mod reference_runtime;
 mod scaffold;

@@ -15,6 +15,7 @@ use crate::auth::{ApiToken, TokenError, TokenSource};
 use crate::config::ServeConfig;
 use crate::engine::{DirWatchError, Engine, EngineError};
 use crate::lifecycle::Manager;
+use crate::logs::EnvLogs;
 use crate::store::lock::{DataDirLock, LockError};
 use crate::store::watch::WatchError;
 use crate::store::{Store, StoreError};
@@ -55,6 +56,9 @@ pub(crate) enum ServeError {
     /// The providers directory cannot be watched for hot reload.
     #[error(transparent)]
     ProviderWatch(#[from] DirWatchError),
+    /// The per-environment logs directory cannot be made.
+    #[error("setting up the environments' logs: {source}")]
+    Logs { source: std::io::Error },
 }
 
 /// Binds `config.listen` and serves until `shutdown` resolves.
@@ -109,7 +113,9 @@ pub(crate) async fn run(
     let audit = AuditLog::open(&config.audit_path(), &config.audit)?;
     let config_throttle = config.throttle.clone();
     let ticket_ttl = config.tenancy.ticket_ttl;
-    let manager = Manager::new(config, store, engine, runtime_base, audit.clone());
+    let logs = EnvLogs::install(config.codebolt_dir().join("logs"))
+        .map_err(|source| ServeError::Logs { source })?;
+    let manager = Manager::new(config, store, engine, runtime_base, audit.clone(), logs);
     manager.watch_records()?;
     manager.watch_providers()?;
     manager.recover();

@@ -118,7 +118,14 @@ async fn new_build_install_and_dev_serve_an_edit_with_no_manual_step() {
     .expect("edit");
     let installed = wait_line("installed loopy 0.2.0");
     assert!(installed.contains("after the change"), "{installed}");
-    wait_line("runtime connected, on 0.2.0");
+    // The restart's outcome, and the environment's own log as it comes: the new
+    // build's provider logging its runtime's start.
+    let (mut connected, mut logged) = (false, false);
+    while !(connected && logged) {
+        let line = wait_line("");
+        connected |= line.contains("runtime connected, on 0.2.0");
+        logged |= line.contains("provider: runtime started");
+    }
     let (_, env) = server
         .call("GET", &format!("/api/v1/environments/{id}"), None)
         .await;

@@ -12,6 +12,7 @@ mod git_worktree;
 mod hostile;
 mod idle;
 mod lifecycle;
+mod logs;
 mod providers;
 mod provisioning;
 mod quotas;

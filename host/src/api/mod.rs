@@ -7,6 +7,7 @@ mod body;
 mod caller;
 mod environments;
 mod error;
+mod logs;
 mod metrics;
 mod providers;
 mod templates;
@@ -57,6 +58,7 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/api/v1/environments/{id}/start", post(environments::start))
         .route("/api/v1/environments/{id}/stop", post(environments::stop))
+        .route("/api/v1/environments/{id}/logs", get(logs::logs))
         .route(
             "/api/v1/environments/{id}/restart",
             post(environments::restart),

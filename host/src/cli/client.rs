@@ -22,7 +22,7 @@ use wasmtime_wasi_http::io::TokioIo;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the server is and how to authenticate to it.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct ServerArgs {
     /// The server's URL.
     #[arg(long, env = "TETHER_URL", default_value = "http://127.0.0.1:2719")]
@@ -70,6 +70,63 @@ pub(crate) async fn send(
     content_type: &str,
     body: Bytes,
 ) -> anyhow::Result<Value> {
+    let exchange = async {
+        let response = open(server, method, path, content_type, body).await?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, bytes))
+    };
+    let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .context("the server did not answer in time")??;
+    let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if !status.is_success() {
+        let error = &answer["error"];
+        bail!(
+            "the server answered {status}: {} ({})",
+            error["message"].as_str().unwrap_or("no message"),
+            error["code"].as_str().unwrap_or("no code")
+        );
+    }
+    Ok(answer)
+}
+
+/// Reads a streamed NDJSON answer to `GET path` (a followed log), handing each line to
+/// `line` until the server ends it.
+pub(crate) async fn follow_lines(
+    server: &ServerArgs,
+    path: &str,
+    mut line: impl FnMut(&str),
+) -> anyhow::Result<()> {
+    let opened = open(server, Method::GET, path, "application/json", Bytes::new());
+    let response = tokio::time::timeout(TIMEOUT, opened)
+        .await
+        .context("the server did not answer in time")??;
+    if !response.status().is_success() {
+        bail!("the server answered {}", response.status());
+    }
+    let mut body = response.into_body();
+    let mut pending = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let text: Vec<u8> = pending.drain(..=end).collect();
+                line(String::from_utf8_lossy(&text).trim_end());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends one request and returns the response with its body still to read.
+async fn open(
+    server: &ServerArgs,
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: Bytes,
+) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
     let token = admin_token(server)?;
     let uri: Uri = server
         .url
@@ -91,29 +148,11 @@ pub(crate) async fn send(
         .header(AUTHORIZATION, format!("Bearer {token}"))
         .header(CONTENT_TYPE, content_type)
         .body(Full::new(body))?;
-    let exchange = async {
-        let stream = TcpStream::connect(&addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        stream.set_nodelay(true)?;
-        let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, bytes))
-    };
-    let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
+    let stream = TcpStream::connect(&addr)
         .await
-        .context("the server did not answer in time")??;
-    let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    if !status.is_success() {
-        let error = &answer["error"];
-        bail!(
-            "the server answered {status}: {} ({})",
-            error["message"].as_str().unwrap_or("no message"),
-            error["code"].as_str().unwrap_or("no code")
-        );
-    }
-    Ok(answer)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender.send_request(request).await?)
 }

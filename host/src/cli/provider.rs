@@ -14,7 +14,7 @@ use clap::Args;
 use http::Method;
 use serde_json::Value;
 
-use super::client::{ServerArgs, call, send};
+use super::client::{ServerArgs, call, follow_lines, send};
 use crate::config::{LimitsConfig, NetConfig};
 use crate::engine::{Engine, ProviderSource};
 
@@ -78,6 +78,19 @@ pub(crate) async fn dev(
         .canonicalize()
         .with_context(|| format!("no crate at {}", crate_dir.display()))?;
     let (_watcher, mut changes) = watch(&crate_dir)?;
+    // The logs of the environments it restarts, as they come, for as long as it runs.
+    for id in restart {
+        crate::names::validate("environment id", id)?;
+        let (server, id) = (to.server.clone(), id.clone());
+        tokio::spawn(async move {
+            let path = format!("/api/v1/environments/{id}/logs?tail=0&follow=true");
+            let short: String = id.chars().take(8).collect();
+            let shown = follow_lines(&server, &path, |line| print_log_line(&short, line)).await;
+            if let Err(e) = shown {
+                eprintln!("environment {id}: its log could not be followed: {e:#}");
+            }
+        });
+    }
     let mut began = Instant::now();
     let mut what = "since starting";
     loop {
@@ -260,6 +273,16 @@ async fn restart_and_wait(server: &ServerArgs, id: &str) -> anyhow::Result<()> {
         }
     }
     bail!("not running after 120 s")
+}
+
+/// One line of an environment's log, for a person: `[id] source: message`.
+fn print_log_line(env: &str, line: &str) {
+    let Ok(line) = serde_json::from_str::<Value>(line) else {
+        return;
+    };
+    let source = line["source"].as_str().unwrap_or("?");
+    let message = line["message"].as_str().unwrap_or_default();
+    println!("[{env}] {source}: {message}");
 }
 
 type Changes = tokio::sync::mpsc::UnboundedReceiver<()>;

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{AuditLog, Outcome, action};
 use crate::config::ServeConfig;
 use crate::engine::Engine;
+use crate::logs::{EnvLogs, Follow};
 use crate::relay::Relay;
 use crate::store::{Record, StopReason, Store, StoreError, validate};
 use crate::tenancy::Principal;
@@ -172,12 +173,14 @@ impl Manager {
         engine: Engine,
         runtime_base: String,
         audit: AuditLog,
+        logs: Arc<EnvLogs>,
     ) -> Self {
         let config = Arc::new(config);
         let store = Arc::new(store);
         let engine = Arc::new(engine);
         let relay = Relay::new(config.relay.clone());
-        let envs = Environments::new(relay, store.list().into_iter().map(|r| r.id));
+        let ids = store.list().into_iter().map(|r| r.id);
+        let envs = Environments::new(relay, logs, ids);
         Self {
             shared: Arc::new(Shared {
                 envs,
@@ -457,6 +460,29 @@ impl Manager {
             .await?;
         self.driver().spawn_restart(env);
         self.view(id)
+    }
+
+    /// The last `tail` lines of environment `id`'s log at or after `since` (a line's
+    /// `ts` form), and, if `follow`, the lines written from now on; `NotFound` for an
+    /// environment `who` does not reach.
+    pub(crate) fn env_logs(
+        &self,
+        who: &Principal,
+        id: &str,
+        tail: usize,
+        since: Option<&str>,
+        follow: bool,
+    ) -> Result<(Vec<String>, Option<Follow>), LifecycleError> {
+        self.reachable(who, id)?;
+        let logs = self.shared.envs.logs();
+        // Subscribed before the tail is read, so no line falls between the two.
+        let follow = follow.then(|| logs.follow(id));
+        Ok((logs.tail(id, tail, since), follow))
+    }
+
+    /// Lines of environments' logs dropped since start because their writer was behind.
+    pub(crate) fn log_lines_dropped(&self) -> u64 {
+        self.shared.envs.logs().dropped()
     }
 
     /// Stops an environment, lets its provider remove the resource, and forgets it.
