@@ -70,6 +70,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/templates", get(templates::list))
         .route("/api/v1/providers", get(providers::list))
         .route("/api/v1/providers/{name}", get(providers::get))
+        .route("/api/v1/config/status", get(providers::config_status))
         .route("/ws/app", get(ws::provisioned))
         .route("/ws/app/{id}", get(ws::app))
         .route("/ws/runtime/{id}", get(ws::runtime))

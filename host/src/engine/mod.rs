@@ -118,8 +118,9 @@ pub struct LoadFailure {
 pub struct Engine {
     wasm: wasmtime::Engine,
     linker: Linker<HostState>,
-    limits: LimitsConfig,
-    net: NetConfig,
+    /// Swapped by a reload of `tether.toml`; each instance keeps the ones it was
+    /// started with.
+    settings: RwLock<(LimitsConfig, NetConfig)>,
     providers: RwLock<BTreeMap<String, Arc<LoadedProvider>>>,
     failures: RwLock<Vec<LoadFailure>>,
     compile_cache: Option<wasmtime::Cache>,
@@ -165,8 +166,7 @@ impl Engine {
         Ok(Self {
             wasm,
             linker,
-            limits,
-            net,
+            settings: RwLock::new((limits, net)),
             providers: RwLock::new(BTreeMap::new()),
             failures: RwLock::new(Vec::new()),
             compile_cache,
@@ -174,6 +174,12 @@ impl Engine {
             guests,
             spawn_guard: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Puts reloaded limits and network settings in force for instances started from
+    /// now on (the guest executor's thread count is fixed at start-up).
+    pub fn set_settings(&self, limits: LimitsConfig, net: NetConfig) {
+        *self.settings.write_locked() = (limits, net);
     }
 
     /// Runs every child an instance spawns from now on under the spawn guard, the
@@ -230,8 +236,8 @@ impl Engine {
 
     async fn probe_info(&self, pre: &AnyPre) -> Result<ProviderDescription, EngineError> {
         let info_err = |e: wasmtime::Error| EngineError::Info(format!("{e:#}"));
-        let mut store =
-            instance::configured_store(&self.wasm, HostState::detached("?", &self.limits));
+        let limits = self.settings.read_locked().0.clone();
+        let mut store = instance::configured_store(&self.wasm, HostState::detached("?", &limits));
         instance::arm_deadline(&mut store, Duration::from_secs(5));
         let pre = pre.clone();
         // The epoch deadline traps a spinning guest; the wall clock bounds one parked
@@ -279,9 +285,10 @@ impl Engine {
         setup: InstanceSetup,
     ) -> Result<ProviderHandle, EngineError> {
         let name = provider.description.name.clone();
+        let (limits, net) = self.settings.read_locked().clone();
         let settings = instance::StoreSettings {
-            limits: &self.limits,
-            net: &self.net,
+            limits: &limits,
+            net: &net,
             spawn_guard: self.spawn_guard.get(),
         };
         let store = instance::new_store(&self.wasm, &name, setup, settings)?;
@@ -292,7 +299,7 @@ impl Engine {
             name,
             provider.description.version.clone(),
             provider.sha256.clone(),
-            self.limits.clone(),
+            limits.clone(),
         )
         .await
     }

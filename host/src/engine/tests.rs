@@ -36,6 +36,7 @@ async fn instance(
         grant,
         runtime: Arc::new(NoRuntime),
         state,
+        refusals: Default::default(),
     };
     (
         engine
