@@ -11,6 +11,7 @@ mod git_worktree;
 mod hostile;
 mod idle;
 mod lifecycle;
+mod operator_config;
 mod providers;
 mod provisioning;
 mod quotas;

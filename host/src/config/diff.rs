@@ -131,7 +131,10 @@ mod tests {
         let diff = ConfigDiff::between(&old, &new);
         assert_eq!(diff.added, ["limits.max_processes"]);
         assert_eq!(diff.removed, ["relay.window_kib"]);
-        assert_eq!(diff.changed, ["limits.memory_mib", "providers.p.config.apiKey"]);
+        assert_eq!(
+            diff.changed,
+            ["limits.memory_mib", "providers.p.config.apiKey"]
+        );
         let summary = diff.summary();
         assert!(!summary.contains("secret"), "{summary}");
         assert_eq!(diff.needing_restart(), ["relay.window_kib"]);

@@ -61,7 +61,9 @@ impl ConfigSource {
         };
         if let Some(path) = candidates.iter().find(|p| p.is_file()) {
             return Ok(Self {
-                path: path.canonicalize().unwrap_or_else(|_| path.clone()),
+                // Not canonicalized: a `tether.toml` that is a symlink is watched where
+                // the operator put it.
+                path: path.clone(),
                 explicit: explicit.is_some(),
                 found: true,
                 searched,
@@ -117,6 +119,9 @@ mod tests {
         assert!(relative.path.ends_with("other.toml"), "{relative:?}");
         let missing = ConfigSource::locate(Some(Path::new("nope.toml")), data.path());
         let err = missing.unwrap_err().to_string();
-        assert!(err.contains("nope.toml") && err.contains("not found"), "{err}");
+        assert!(
+            err.contains("nope.toml") && err.contains("not found"),
+            "{err}"
+        );
     }
 }

@@ -15,7 +15,9 @@ mod cache;
 mod dir_watch;
 mod dispatch;
 mod dropins;
+mod errno;
 mod executor;
+mod header;
 mod host;
 mod instance;
 pub(crate) mod persisted;
@@ -59,6 +61,9 @@ pub enum EngineError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// Not WebAssembly, or WebAssembly that is not a component (said in words).
+    #[error("{0}")]
+    NotComponent(String),
     /// Not a valid component, or not of the provider world.
     #[error("not a loadable provider component: {0}")]
     Compile(String),
@@ -209,6 +214,11 @@ impl Engine {
         bytes: Vec<u8>,
         source: ProviderSource,
     ) -> Result<Arc<LoadedProvider>, EngineError> {
+        let path = match &source {
+            ProviderSource::DropIn { path } => Some(path.as_path()),
+            ProviderSource::BuiltIn => None,
+        };
+        header::check(&bytes, path).map_err(EngineError::NotComponent)?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let wasm = self.wasm.clone();
         let component = tokio::task::spawn_blocking(move || Component::new(&wasm, &bytes))

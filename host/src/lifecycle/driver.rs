@@ -9,9 +9,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::envs::Env;
+use super::live_config::LiveConfig;
 use super::{EnvironmentView, Status, provider_status};
 use crate::audit::{Actor, AuditLog, Entry, Outcome};
-use super::live_config::LiveConfig;
 use crate::engine::{Call, CallError, Engine, ProviderHandle};
 use crate::store::{Record, Store};
 

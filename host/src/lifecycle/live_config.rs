@@ -145,8 +145,7 @@ impl LiveConfig {
             explicit: source.explicit,
             loaded_at: crate::tenancy::stamp(state.loaded_at),
             last_reload: state.last.clone(),
-            pending_restart: ConfigDiff::between(&state.started, &state.applied)
-                .needing_restart(),
+            pending_restart: ConfigDiff::between(&state.started, &state.applied).needing_restart(),
         }
     }
 }

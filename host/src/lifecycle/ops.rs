@@ -127,11 +127,17 @@ impl Driver {
                 shut_down_within(&env.id, &handle, GRACE).await;
                 // Named by the configured timeout, not by what was left of it.
                 let e = CallError::TimedOut(timeout);
-                return Err(with_refusals(format!("provider start failed: {e}"), &refusals));
+                return Err(with_refusals(
+                    format!("provider start failed: {e}"),
+                    &refusals,
+                ));
             }
             Err(e) => {
                 shut_down_within(&env.id, &handle, GRACE).await;
-                return Err(with_refusals(format!("provider start failed: {e}"), &refusals));
+                return Err(with_refusals(
+                    format!("provider start failed: {e}"),
+                    &refusals,
+                ));
             }
         };
         let persisted = s
@@ -285,7 +291,10 @@ impl Driver {
         if !provider.world.destroys_without_start() {
             return None;
         }
-        match self.instantiate(env, record, &provider, Refusals::default()).await {
+        match self
+            .instantiate(env, record, &provider, Refusals::default())
+            .await
+        {
             Ok(handle) => Some(handle),
             Err(e) => {
                 tracing::warn!(env = %env.id, error = %e, "no instance to remove the resource with");

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::live_config::LiveConfig;
 use super::{LifecycleError, Manager};
 use crate::broker::{Capabilities, DeniedItems};
-use super::live_config::LiveConfig;
 use crate::config::Grant;
 use crate::engine::{
     CompileCacheStats, Engine, LoadedProvider, ProviderDescription, ProviderSource,

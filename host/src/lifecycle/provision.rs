@@ -80,7 +80,14 @@ impl Manager {
 
     /// `NoTemplate` unless a template is named `name`.
     pub(crate) fn check_template(&self, name: &str) -> Result<(), LifecycleError> {
-        if self.driver().shared.config.get().templates.contains_key(name) {
+        if self
+            .driver()
+            .shared
+            .config
+            .get()
+            .templates
+            .contains_key(name)
+        {
             return Ok(());
         }
         Err(LifecycleError::NoTemplate(format!(

@@ -28,7 +28,9 @@ impl Host for HostState {
             Ok(child) => Ok(Ok(self.table.push(child)?)),
             Err(SpawnError::Denied(denied)) => {
                 // The provider's error and the log line both name the key to add.
-                let reason = broker.capabilities().explain_spawn(&denied, &program, &args);
+                let reason = broker
+                    .capabilities()
+                    .explain_spawn(&denied, &program, &args);
                 // Counted against the provider's log budget, so a loop of denied
                 // spawns logs a burst, not a line per call.
                 if self.log_budget.take(std::time::Instant::now()).is_some() {
