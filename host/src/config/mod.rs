@@ -1,7 +1,8 @@
 //! Operator settings: command-line flags plus the optional `tether.toml`.
 //!
-//! Everything here is parsed and validated once at start-up, so the rest of the host
-//! never sees raw strings. Grants live here because they are the operator's word;
+//! Everything here is parsed and validated whole — at start-up and at each live
+//! reload (`lifecycle::config_reload`) — so the rest of the host never sees raw
+//! strings. `locate` finds the file, `diff` names the keys two versions differ in. Grants live here because they are the operator's word;
 //! nothing an API caller sends (an environment's `config`) can widen them.
 //!
 //! This module is a leaf: it defines the plain settings types the other modules take
