@@ -4,7 +4,9 @@
 //! `token` holds the commands that talk to a running server; `output` is how verbs
 //! print (a closed pipe is a quiet end, never a panic).
 
+mod client;
 mod output;
+mod provider;
 mod token;
 
 use std::io::IsTerminal;
@@ -70,6 +72,33 @@ enum ProviderCommand {
         /// Where to write it (default: ./NAME).
         #[arg(long)]
         path: Option<PathBuf>,
+    },
+    /// Build a provider crate for wasm32-wasip2 (release; installs the target if
+    /// missing) and print the component's path and what it asks for.
+    Build {
+        /// The crate's directory.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+    },
+    /// Install a built component into a host's providers directory (`--data-dir`), or
+    /// through a running server's API (`--remote`).
+    Install {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        #[command(flatten)]
+        to: provider::Destination,
+    },
+    /// Build and install the crate on every change, restarting the environments named
+    /// with `--restart` and showing how their start went; until ^C.
+    Dev {
+        /// The crate's directory.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        #[command(flatten)]
+        to: provider::Destination,
+        /// An environment id to restart after each install (repeat for more).
+        #[arg(long = "restart")]
+        restart: Vec<String>,
     },
     /// Show what a component asks for, what `tether.toml` grants it and what it is
     /// denied, before it is dropped in.
@@ -142,10 +171,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             scaffold::new_provider(&name, &dir)?;
             output::line(&format!("wrote provider {name} in {}", dir.display()))?;
             output::line(&format!(
-                "build it: cd {} && cargo build --release --target wasm32-wasip2",
+                "build it: tether provider build {}",
                 dir.display()
             ))?;
         }
+        Command::Provider {
+            command: ProviderCommand::Build { path },
+        } => rt.block_on(provider::build(&path))?,
+        Command::Provider {
+            command: ProviderCommand::Install { file, to },
+        } => rt.block_on(provider::install(&file, &to))?,
+        Command::Provider {
+            command: ProviderCommand::Dev { path, to, restart },
+        } => rt.block_on(provider::dev(&path, &to, &restart))?,
         Command::Provider {
             command:
                 ProviderCommand::Inspect {

@@ -6,6 +6,7 @@
 
 mod api;
 mod audit;
+mod author_loop;
 mod example_app;
 mod git_worktree;
 mod hostile;
@@ -22,4 +23,5 @@ mod spine;
 mod support;
 mod tenancy;
 mod tickets;
+mod walkthroughs;
 mod worlds;

@@ -184,6 +184,9 @@ impl Server {
             .call("POST", &format!("/api/v1/environments/{id}/stop"), None)
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        // The reply says where it is going, not where it was.
+        let heading = body["status"].as_str();
+        assert!(matches!(heading, Some("stopping" | "stopped")), "{body}");
         self.wait_env(id, "stopped", |e| e["status"] == "stopped")
             .await
     }
@@ -501,4 +504,21 @@ pub async fn wait_gone(pid: u32) {
         assert!(Instant::now() < deadline, "process {pid} is still running");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A binary of the examples crate (`tether-app`, `tether-sandbox-service`) beside
+/// `tether`; built here when the test runs without the rest of the workspace
+/// (`cargo test --workspace` builds them already).
+pub fn example_bin(name: &str) -> PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_tether")).with_file_name(name);
+    let _once = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "tether-examples", "--bins"])
+            .status()
+            .expect("running cargo");
+        assert!(status.success(), "building the examples");
+    }
+    path
 }

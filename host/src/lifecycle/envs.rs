@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Status;
 use crate::engine::ProviderHandle;
-use crate::relay::{Hub, Relay};
+use crate::relay::{Hub, ProviderTypes, Relay};
 use crate::sync::MutexExt;
 
 /// What changes while an environment runs.
@@ -39,6 +39,9 @@ pub(super) struct Env {
     owner_moved: Mutex<CancellationToken>,
     live: Mutex<Live>,
     pub(super) hub: Arc<Hub>,
+    /// The message types its provider answers: the running instance's, or, while none
+    /// runs, the loaded provider's (what the next start runs).
+    pub(super) provider_types: Arc<ProviderTypes>,
 }
 
 impl Env {
@@ -50,6 +53,7 @@ impl Env {
             owner_moved: Mutex::new(CancellationToken::new()),
             live: Mutex::new(Live::default()),
             hub,
+            provider_types: Arc::default(),
         }
     }
 

@@ -26,6 +26,7 @@ mod live_config;
 mod messages;
 mod ops;
 mod peers;
+mod provider_install;
 mod provider_reload;
 mod provider_status;
 mod providers;
@@ -105,6 +106,9 @@ pub(crate) enum LifecycleError {
     /// Persisting failed.
     #[error("persisting the change failed: {0}")]
     Store(StoreError),
+    /// The host could not do its part (writing a file, say); the message says what.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<StoreError> for LifecycleError {
@@ -446,7 +450,9 @@ impl Manager {
             })
             .await?;
         self.driver().spawn_converge(env);
-        self.view(id)
+        let mut view = self.view(id)?;
+        view.status = view.status.heading_to(desired);
+        Ok(view)
     }
 
     /// Stops (if running) and starts again, with a fresh runtime token.

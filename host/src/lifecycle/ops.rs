@@ -12,6 +12,7 @@ use super::Status;
 use super::deadline::{GRACE, overran, shut_down_within};
 use super::driver::Driver;
 use super::envs::Env;
+use super::messages;
 use crate::auth;
 use crate::broker::{PROJECT_PATH_DIR, Refusals, Request};
 use crate::engine::{
@@ -158,6 +159,10 @@ impl Driver {
             live.supervision = Some(supervision.clone());
             live.metadata = outcome.metadata;
         }
+        // Apps' messages go where this instance says, whatever is loaded later.
+        (env.provider_types).set(messages::provider_types(
+            &provider.description.message_types,
+        ));
         let resource = crate::untrusted::logged(&outcome.resource_id);
         tracing::info!(env = %env.id, %resource, "environment running");
         self.set_status(env, Status::Running);

@@ -112,7 +112,12 @@ impl Providers {
             .collect()
     }
 
-    fn one(&self, name: &str) -> Result<ProviderView, LifecycleError> {
+    /// The engine the providers are loaded into.
+    pub(super) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(super) fn one(&self, name: &str) -> Result<ProviderView, LifecycleError> {
         let engine = &self.engine;
         let p = engine.provider(name).ok_or_else(|| {
             let mut message = format!("no provider named {name:?} is loaded");
