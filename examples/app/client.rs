@@ -90,7 +90,8 @@ impl Client {
         request
             .headers_mut()
             .insert("Authorization", HeaderValue::from_str(&self.auth)?);
-        match tokio_tungstenite::connect_async(request).await {
+        // `true`: TCP_NODELAY, so an interactive exchange never waits on delayed ACKs.
+        match tokio_tungstenite::connect_async_with_config(request, None, true).await {
             Ok((ws, _)) => Ok(ws),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 let status = response.status();

@@ -157,7 +157,8 @@ async fn connect_loop(
         let socket = WebSocketConfig::default().read_buffer_size(READ_CHUNK);
         let attempt = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            connect_async_with_config(request(config, &out.peer)?, Some(socket), false),
+            // `true`: TCP_NODELAY, so exec output in several frames is not held back.
+            connect_async_with_config(request(config, &out.peer)?, Some(socket), true),
         );
         let outcome = tokio::select! {
             _ = &mut shutdown => return Ok(()),

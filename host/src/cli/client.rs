@@ -95,6 +95,7 @@ pub(crate) async fn send(
         let stream = TcpStream::connect(&addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
         let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
         let response = sender.send_request(request).await?;
