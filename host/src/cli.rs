@@ -1,9 +1,11 @@
 //! Command-line entry: parses flags once into validated settings and runs a command.
 //!
 //! This is the binary's edge, so errors are `anyhow` here and typed everywhere below.
-//! `token` holds the commands that talk to a running server.
+//! `token` holds the commands that talk to a running server; `output` is how verbs
+//! print (a closed pipe is a quiet end, never a panic).
 
 mod client;
+mod output;
 mod provider;
 mod token;
 
@@ -17,7 +19,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::broker::Capabilities;
-use crate::config::{DEFAULT_LISTEN, ServeConfig};
+use crate::config::{ConfigSource, DEFAULT_LISTEN, ServeConfig};
 use crate::engine::{Engine, ProviderSource};
 use crate::reference_runtime::{self, RuntimeConfig};
 use crate::{scaffold, server};
@@ -40,9 +42,12 @@ enum Command {
         /// Directory holding `.codebolt/` (records, providers, tokens, workspaces).
         #[arg(long, default_value = ".")]
         data_dir: PathBuf,
-        /// Operator settings and grants; a missing file means the defaults.
-        #[arg(long, default_value = "tether.toml")]
-        config: PathBuf,
+        /// Operator settings and grants (default: `tether.toml` in the data directory,
+        /// then in the current directory; none found means the defaults). A relative
+        /// path is looked up the same way; a named file that is missing is an error.
+        /// Reloaded live on change or on SIGHUP.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Run the reference runtime (reads TETHER_RUNTIME_URL and TETHER_RUNTIME_TOKEN).
     Runtime,
@@ -100,9 +105,14 @@ enum ProviderCommand {
     Inspect {
         /// The provider component (`.wasm`).
         file: PathBuf,
-        /// Operator settings and grants to check it against.
-        #[arg(long, default_value = "tether.toml")]
-        config: PathBuf,
+        /// Operator settings and grants to check it against, looked up as `serve`
+        /// looks them up (data directory, then current directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The data directory `serve` would use (where `tether.toml` is looked for
+        /// first).
+        #[arg(long, default_value = ".")]
+        data_dir: PathBuf,
     },
 }
 
@@ -123,8 +133,10 @@ pub fn main() -> ExitCode {
     init_logging();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // Whoever read our output has all they wanted (`| head -1`).
+        Err(err) if err.is::<output::StdoutClosed>() => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("tether: {err:#}");
+            output::error(&err);
             ExitCode::FAILURE
         }
     }
@@ -141,10 +153,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             config,
         } => {
-            let mut settings = ServeConfig::load(listen, data_dir, &config)?;
+            let source = ConfigSource::locate(config.as_deref(), &data_dir)?;
+            let (mut settings, table) = ServeConfig::load_source(listen, data_dir, source)?;
             settings.spawn_guard =
                 Some(std::env::current_exe().context("locating this binary for the spawn guard")?);
-            rt.block_on(server::serve(settings, server::shutdown_signal()))?;
+            rt.block_on(server::serve(settings, table, server::shutdown_signal()))?;
         }
         Command::Token { command } => rt.block_on(token::run(command))?,
         Command::Runtime => {
@@ -156,8 +169,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let dir = path.unwrap_or_else(|| PathBuf::from(&name));
             scaffold::new_provider(&name, &dir)?;
-            println!("wrote provider {name} in {}", dir.display());
-            println!("build it: tether provider build {}", dir.display());
+            output::line(&format!("wrote provider {name} in {}", dir.display()))?;
+            output::line(&format!(
+                "build it: tether provider build {}",
+                dir.display()
+            ))?;
         }
         Command::Provider {
             command: ProviderCommand::Build { path },
@@ -169,24 +185,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: ProviderCommand::Dev { path, to, restart },
         } => rt.block_on(provider::dev(&path, &to, &restart))?,
         Command::Provider {
-            command: ProviderCommand::Inspect { file, config },
+            command:
+                ProviderCommand::Inspect {
+                    file,
+                    config,
+                    data_dir,
+                },
         } => {
-            let report = rt.block_on(inspect(&file, &config))?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            let source = ConfigSource::locate(config.as_deref(), &data_dir)?;
+            let report = rt.block_on(inspect(&file, source, &data_dir))?;
+            output::line(&serde_json::to_string_pretty(&report)?)?;
         }
     }
     Ok(())
 }
 
 /// Loads `file` (reading its `info()` in a sandbox with no grants) and reports its
-/// request, the grant `config` gives it, and what is denied.
+/// request, the grant the config at `source` gives it, and what is denied.
 async fn inspect(
     file: &std::path::Path,
-    config: &std::path::Path,
+    source: ConfigSource,
+    data_dir: &std::path::Path,
 ) -> anyhow::Result<serde_json::Value> {
+    // The data directory's path shapes the default grants; a scratch one stands in
+    // when it does not exist, so inspecting creates nothing.
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let data_dir = if data_dir.is_dir() {
+        data_dir.to_owned()
+    } else {
+        scratch.path().to_owned()
+    };
     let listen: SocketAddr = DEFAULT_LISTEN.parse().context("default listen address")?;
-    let settings = ServeConfig::load(listen, scratch.path().to_owned(), config)?;
+    let config = match source.found {
+        true => serde_json::json!(source.path),
+        false => serde_json::Value::Null,
+    };
+    let note = (!source.found).then(|| {
+        format!(
+            "no tether.toml found in {}: showing what the defaults grant",
+            source.searched_list()
+        )
+    });
+    let (settings, _) = ServeConfig::load_source(listen, data_dir, source)?;
     let engine = Engine::new(settings.limits.clone(), settings.net.clone())?;
     let bytes = tokio::fs::read(file)
         .await
@@ -198,14 +238,19 @@ async fn inspect(
     let d = &loaded.description;
     let grant = settings.grant_for(&d.name);
     let denied = Capabilities::new(d.request(), grant.clone()).denied();
-    Ok(serde_json::json!({
+    let mut report = serde_json::json!({
+        "config": config,
         "name": d.name,
         "version": d.version,
         "sha256": loaded.sha256,
         "requested": d.request(),
         "granted": grant,
         "denied": denied,
-    }))
+    });
+    if let (Some(note), Some(map)) = (note, report.as_object_mut()) {
+        map.insert("note".into(), note.into());
+    }
+    Ok(report)
 }
 
 fn init_logging() {

@@ -61,9 +61,11 @@ pub(crate) enum ServeError {
     Logs { source: std::io::Error },
 }
 
-/// Binds `config.listen` and serves until `shutdown` resolves.
+/// Binds `config.listen` and serves until `shutdown` resolves; `table` is the
+/// config file's content `config` was read from (the base of its live reloads).
 pub(crate) async fn serve(
     config: ServeConfig,
+    table: toml::Table,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     // Before anything else, so a second host fails fast and touches nothing.
@@ -74,7 +76,7 @@ pub(crate) async fn serve(
             addr: config.listen,
             source,
         })?;
-    run(listener, config, shutdown).await
+    run(listener, config, table, shutdown).await
 }
 
 /// Serves on a bound listener until `shutdown` resolves; the caller holds the data
@@ -82,6 +84,7 @@ pub(crate) async fn serve(
 pub(crate) async fn run(
     listener: TcpListener,
     config: ServeConfig,
+    table: toml::Table,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(|source| ServeError::Listen {
@@ -113,10 +116,20 @@ pub(crate) async fn run(
     let audit = AuditLog::open(&config.audit_path(), &config.audit)?;
     let config_throttle = config.throttle.clone();
     let ticket_ttl = config.tenancy.ticket_ttl;
+    log_config_source(&config);
     let logs = EnvLogs::install(config.codebolt_dir().join("logs"))
         .map_err(|source| ServeError::Logs { source })?;
-    let manager = Manager::new(config, store, engine, runtime_base, audit.clone(), logs);
+    let manager = Manager::new(
+        config,
+        table,
+        store,
+        engine,
+        runtime_base,
+        audit.clone(),
+        logs,
+    );
     manager.watch_records()?;
+    manager.watch_config()?;
     manager.watch_providers()?;
     manager.recover();
 
@@ -179,6 +192,21 @@ pub(crate) async fn run(
     .map_err(|source| ServeError::Listen { addr, source })?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Says which `tether.toml` is in force, or that none is.
+fn log_config_source(config: &ServeConfig) {
+    let source = &config.source;
+    let path = source.path.display().to_string();
+    if source.found {
+        tracing::info!(%path, "config: loaded {path}");
+    } else {
+        tracing::info!(
+            expected = %path,
+            searched = %source.searched_list(),
+            "config: no tether.toml: built-in defaults (a file created at {path} is picked up)"
+        );
+    }
 }
 
 /// The address runtimes should dial: the listen address, with loopback standing in

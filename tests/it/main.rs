@@ -13,6 +13,7 @@ mod hostile;
 mod idle;
 mod lifecycle;
 mod logs;
+mod operator_config;
 mod providers;
 mod provisioning;
 mod quotas;

@@ -77,11 +77,11 @@ impl Server {
     /// unset (the admin token then lives in `.codebolt/api-token`).
     pub fn start_as(data_dir: &Path, token: Option<&str>) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
+        // No `--config`: `tether.toml` is found in the data directory (or not, and
+        // one written there later is picked up live).
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .arg("--config")
-            .arg(data_dir.join("tether.toml"))
             .env("RUST_LOG", "info");
         match token {
             Some(token) => command.env("TETHER_API_TOKEN", token),

@@ -5,6 +5,7 @@
 mod audited;
 mod body;
 mod caller;
+mod config;
 mod environments;
 mod error;
 mod logs;
@@ -77,6 +78,7 @@ pub(crate) fn router(state: AppState) -> Router {
                 .put(providers::install)
                 .layer(DefaultBodyLimit::max(providers::MAX_COMPONENT_BYTES)),
         )
+        .route("/api/v1/config/status", get(config::status))
         .route("/ws/app", get(ws::provisioned))
         .route("/ws/app/{id}", get(ws::app))
         .route("/ws/runtime/{id}", get(ws::runtime))

@@ -4,6 +4,7 @@
 //! (build and install on every change to the crate, then restart the environments the
 //! author names and show how their start went).
 
+use super::output::line;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -48,15 +49,15 @@ struct Built {
 /// `tether provider build [PATH]`: builds, prints the component and what it asks for.
 pub(crate) async fn build(crate_dir: &Path) -> anyhow::Result<()> {
     let built = build_component(crate_dir).await?;
-    println!("built {}", built.path.display());
-    println!(
+    line(&format!("built {}", built.path.display()))?;
+    line(&format!(
         "provider {} {} (sha256 {})",
         built.name, built.version, built.sha256
-    );
-    println!(
+    ))?;
+    line(&format!(
         "asks for: {}",
         serde_json::to_string_pretty(&built.requested)?
-    );
+    ))?;
     Ok(())
 }
 
@@ -64,7 +65,7 @@ pub(crate) async fn build(crate_dir: &Path) -> anyhow::Result<()> {
 pub(crate) async fn install(file: &Path, to: &Destination) -> anyhow::Result<()> {
     let built = describe(file).await?;
     let shown = install_component(&built, to).await?;
-    println!("{shown}");
+    line(&shown)?;
     Ok(())
 }
 
@@ -100,7 +101,7 @@ pub(crate) async fn dev(
                 Err(e) => eprintln!("install failed: {e:#}"),
                 Ok(shown) => {
                     let took = began.elapsed().as_secs_f64();
-                    println!("{shown} ({took:.2} s {what})");
+                    line(&format!("{shown} ({took:.2} s {what})"))?;
                     for id in restart {
                         if let Err(e) = restart_and_wait(&to.server, id).await {
                             eprintln!("environment {id}: {e:#}");
@@ -109,7 +110,7 @@ pub(crate) async fn dev(
                 }
             },
         }
-        println!("watching {} for changes", crate_dir.display());
+        line(&format!("watching {} for changes", crate_dir.display()))?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             next = next_change(&mut changes) => {
@@ -256,16 +257,18 @@ async fn restart_and_wait(server: &ServerArgs, id: &str) -> anyhow::Result<()> {
         let env = call(server, Method::GET, &path, None).await?;
         let status = env["status"].as_str().unwrap_or("?").to_owned();
         if status != last {
-            println!(
+            line(&format!(
                 "environment {id}: {status} (+{:.2} s)",
                 began.elapsed().as_secs_f64()
-            );
+            ))?;
             last = status.clone();
         }
         match status.as_str() {
             "running" if env["runtime"]["connected"] == true => {
                 let version = env["providerVersion"].as_str().unwrap_or("?");
-                println!("environment {id}: runtime connected, on {version}");
+                line(&format!(
+                    "environment {id}: runtime connected, on {version}"
+                ))?;
                 return Ok(());
             }
             "error" => bail!("failed: {}", env["lastError"].as_str().unwrap_or("?")),
@@ -282,7 +285,8 @@ fn print_log_line(env: &str, line: &str) {
     };
     let source = line["source"].as_str().unwrap_or("?");
     let message = line["message"].as_str().unwrap_or_default();
-    println!("[{env}] {source}: {message}");
+    // A closed stdout ends the dev loop's own printing; nothing to do here.
+    let _ = super::output::line(&format!("[{env}] {source}: {message}"));
 }
 
 type Changes = tokio::sync::mpsc::UnboundedReceiver<()>;

@@ -101,6 +101,6 @@ pub(super) async fn run(command: TokenCommand) -> anyhow::Result<()> {
             .await?
         }
     };
-    println!("{}", serde_json::to_string_pretty(&answer)?);
+    super::output::line(&serde_json::to_string_pretty(&answer)?)?;
     Ok(())
 }

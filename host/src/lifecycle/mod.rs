@@ -13,13 +13,16 @@
 //! (what the loaded providers are and are granted, and their hot reload), `peers`
 //! (admitting runtimes and apps, answering provider-handled app messages),
 //! `idle` (stopping environments nobody uses), `wake` (starting them again on an
-//! app's connect) and `reconcile` (outside edits of the
-//! records file).
+//! app's connect), `reconcile` (outside edits of the records file) and
+//! `config_reload` (outside edits of `tether.toml`, or `SIGHUP`: the settings in
+//! force, `live_config`, are swapped for the next start of each environment).
 
+mod config_reload;
 mod deadline;
 mod driver;
 mod envs;
 mod idle;
+mod live_config;
 mod messages;
 mod ops;
 mod peers;
@@ -55,6 +58,8 @@ use provision::KeyLocks;
 use quotas::Quotas;
 
 pub(crate) use crate::store::{DesiredState, RestartPolicy};
+pub(crate) use live_config::ConfigStatus;
+use live_config::LiveConfig;
 pub(crate) use providers::ProviderView;
 pub(crate) use provision::ProvisionTarget;
 pub(crate) use view::{EnvironmentView, Status};
@@ -148,6 +153,9 @@ pub(crate) struct HostHealth {
 #[derive(Debug)]
 struct Shared {
     store: Arc<Store>,
+    engine: Arc<Engine>,
+    /// The operator's settings in force (reloaded live).
+    config: LiveConfig,
     envs: Environments,
     driver: Driver,
     providers: Providers,
@@ -165,20 +173,23 @@ pub(crate) struct Manager {
 }
 
 impl Manager {
-    /// A manager over loaded providers and opened records; `runtime_base` is the
+    /// A manager over loaded providers and opened records, with the settings read
+    /// from `config`'s file (whose table is `table`); `runtime_base` is the
     /// `ws://host:port` runtimes connect back to.
     pub(crate) fn new(
         config: ServeConfig,
+        table: toml::Table,
         store: Store,
         engine: Engine,
         runtime_base: String,
         audit: AuditLog,
         logs: Arc<EnvLogs>,
     ) -> Self {
-        let config = Arc::new(config);
+        let relay = Relay::new(config.relay.clone());
+        let quotas = Quotas::new(config.tenancy.clone());
+        let config = LiveConfig::new(config, table);
         let store = Arc::new(store);
         let engine = Arc::new(engine);
-        let relay = Relay::new(config.relay.clone());
         let ids = store.list().into_iter().map(|r| r.id);
         let envs = Environments::new(relay, logs, ids);
         Self {
@@ -191,9 +202,11 @@ impl Manager {
                     runtime_base,
                     audit,
                 ),
-                quotas: Quotas::new(config.tenancy.clone()),
+                quotas,
                 provisions: KeyLocks::default(),
-                providers: Providers::new(engine, config),
+                providers: Providers::new(engine.clone(), config.clone()),
+                engine,
+                config,
                 store,
                 closing: CancellationToken::new(),
             }),
@@ -232,6 +245,7 @@ impl Manager {
             reasons.push(format!("records file: {held}"));
         }
         reasons.extend(self.shared.providers.load_failures());
+        reasons.extend(self.config_health());
         HostHealth {
             status: if reasons.is_empty() { "ok" } else { "degraded" },
             reasons,

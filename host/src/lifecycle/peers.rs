@@ -165,7 +165,7 @@ impl ProviderDesk for Desk {
                         "message": "the environment is not running",
                     })),
                     (Some(handle), Ok(call)) => {
-                        let timeout = driver.shared.config.lifecycle.call_timeout;
+                        let timeout = driver.shared.config.get().lifecycle.call_timeout;
                         match handle.call(call, timeout).await {
                             Ok(answer) => Ok(messages::reply_message(&kind, &msg, answer)),
                             Err(err) => {
