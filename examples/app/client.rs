@@ -102,8 +102,9 @@ impl Client {
             .headers_mut()
             .insert("Authorization", HeaderValue::from_str(&self.auth)?);
         let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
+        // `true`: TCP_NODELAY, so an interactive exchange never waits on delayed ACKs.
         let connecting =
-            tokio_tungstenite::connect_async_tls_with_config(request, None, false, Some(connector));
+            tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
         match connecting.await {
             Ok((ws, _)) => Ok(ws),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {

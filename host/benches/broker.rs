@@ -107,6 +107,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         },
         runtime: Arc::new(NoRuntime),
         state: StateWriter::detached(),
+        refusals: Default::default(),
     };
     let handle = engine.instantiate(&hostile, setup).await?;
     let message = json!({"attack": "http", "url": url}).to_string();

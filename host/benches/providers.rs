@@ -172,6 +172,7 @@ async fn instance(
         grant: Grant::default(),
         runtime: Arc::new(NoRuntime),
         state: StateWriter::detached(),
+        refusals: Default::default(),
     };
     Ok(engine.instantiate(provider, setup).await?)
 }

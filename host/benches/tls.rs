@@ -250,6 +250,7 @@ impl ProviderEngine {
             },
             runtime: Arc::new(NoRuntime),
             state: StateWriter::detached(),
+            refusals: Default::default(),
         };
         Ok((self.engine.instantiate(&hostile, setup).await?, scratch))
     }

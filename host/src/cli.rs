@@ -1,8 +1,12 @@
 //! Command-line entry: parses flags once into validated settings and runs a command.
 //!
 //! This is the binary's edge, so errors are `anyhow` here and typed everywhere below.
-//! `token` holds the commands that talk to a running server.
+//! `token` holds the commands that talk to a running server; `output` is how verbs
+//! print (a closed pipe is a quiet end, never a panic).
 
+mod client;
+mod output;
+mod provider;
 mod token;
 
 use std::io::IsTerminal;
@@ -15,7 +19,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::broker::Capabilities;
-use crate::config::{DEFAULT_LISTEN, ServeConfig};
+use crate::config::{ConfigSource, DEFAULT_LISTEN, ServeConfig};
 use crate::engine::{Engine, ProviderSource};
 use crate::reference_runtime::{self, RuntimeConfig};
 use crate::{scaffold, server};
@@ -38,9 +42,12 @@ enum Command {
         /// Directory holding `.codebolt/` (records, providers, tokens, workspaces).
         #[arg(long, default_value = ".")]
         data_dir: PathBuf,
-        /// Operator settings and grants; a missing file means the defaults.
-        #[arg(long, default_value = "tether.toml")]
-        config: PathBuf,
+        /// Operator settings and grants (default: `tether.toml` in the data directory,
+        /// then in the current directory; none found means the defaults). A relative
+        /// path is looked up the same way; a named file that is missing is an error.
+        /// Reloaded live on change or on SIGHUP.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Serve over TLS with this certificate chain (PEM, leaf first); re-read when
         /// it changes. Needs --tls-key.
         #[arg(long, value_name = "FILE")]
@@ -78,14 +85,46 @@ enum ProviderCommand {
         #[arg(long)]
         path: Option<PathBuf>,
     },
+    /// Build a provider crate for wasm32-wasip2 (release; installs the target if
+    /// missing) and print the component's path and what it asks for.
+    Build {
+        /// The crate's directory.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+    },
+    /// Install a built component into a host's providers directory (`--data-dir`), or
+    /// through a running server's API (`--remote`).
+    Install {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        #[command(flatten)]
+        to: provider::Destination,
+    },
+    /// Build and install the crate on every change, restarting the environments named
+    /// with `--restart` and showing how their start went; until ^C.
+    Dev {
+        /// The crate's directory.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        #[command(flatten)]
+        to: provider::Destination,
+        /// An environment id to restart after each install (repeat for more).
+        #[arg(long = "restart")]
+        restart: Vec<String>,
+    },
     /// Show what a component asks for, what `tether.toml` grants it and what it is
     /// denied, before it is dropped in.
     Inspect {
         /// The provider component (`.wasm`).
         file: PathBuf,
-        /// Operator settings and grants to check it against.
-        #[arg(long, default_value = "tether.toml")]
-        config: PathBuf,
+        /// Operator settings and grants to check it against, looked up as `serve`
+        /// looks them up (data directory, then current directory).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The data directory `serve` would use (where `tether.toml` is looked for
+        /// first).
+        #[arg(long, default_value = ".")]
+        data_dir: PathBuf,
     },
 }
 
@@ -106,8 +145,10 @@ pub fn main() -> ExitCode {
     init_logging();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // Whoever read our output has all they wanted (`| head -1`).
+        Err(err) if err.is::<output::StdoutClosed>() => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("tether: {err:#}");
+            output::error(&err);
             ExitCode::FAILURE
         }
     }
@@ -127,12 +168,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tls_key,
             public_url,
         } => {
-            let mut settings = ServeConfig::load(listen, data_dir, &config)?;
+            let source = ConfigSource::locate(config.as_deref(), &data_dir)?;
+            let (mut settings, table) = ServeConfig::load_source(listen, data_dir, source)?;
             settings.serving =
                 (settings.serving).with_flags(tls_cert, tls_key, public_url.as_deref())?;
             settings.spawn_guard =
                 Some(std::env::current_exe().context("locating this binary for the spawn guard")?);
-            rt.block_on(server::serve(settings, server::shutdown_signal()))?;
+            rt.block_on(server::serve(settings, table, server::shutdown_signal()))?;
         }
         Command::Token { command } => rt.block_on(token::run(command))?,
         Command::Runtime => {
@@ -144,31 +186,64 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let dir = path.unwrap_or_else(|| PathBuf::from(&name));
             scaffold::new_provider(&name, &dir)?;
-            println!("wrote provider {name} in {}", dir.display());
-            println!(
-                "build it: cd {} && cargo build --release --target wasm32-wasip2",
+            output::line(&format!("wrote provider {name} in {}", dir.display()))?;
+            output::line(&format!(
+                "build it: tether provider build {}",
                 dir.display()
-            );
+            ))?;
         }
         Command::Provider {
-            command: ProviderCommand::Inspect { file, config },
+            command: ProviderCommand::Build { path },
+        } => rt.block_on(provider::build(&path))?,
+        Command::Provider {
+            command: ProviderCommand::Install { file, to },
+        } => rt.block_on(provider::install(&file, &to))?,
+        Command::Provider {
+            command: ProviderCommand::Dev { path, to, restart },
+        } => rt.block_on(provider::dev(&path, &to, &restart))?,
+        Command::Provider {
+            command:
+                ProviderCommand::Inspect {
+                    file,
+                    config,
+                    data_dir,
+                },
         } => {
-            let report = rt.block_on(inspect(&file, &config))?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            let source = ConfigSource::locate(config.as_deref(), &data_dir)?;
+            let report = rt.block_on(inspect(&file, source, &data_dir))?;
+            output::line(&serde_json::to_string_pretty(&report)?)?;
         }
     }
     Ok(())
 }
 
 /// Loads `file` (reading its `info()` in a sandbox with no grants) and reports its
-/// request, the grant `config` gives it, and what is denied.
+/// request, the grant the config at `source` gives it, and what is denied.
 async fn inspect(
     file: &std::path::Path,
-    config: &std::path::Path,
+    source: ConfigSource,
+    data_dir: &std::path::Path,
 ) -> anyhow::Result<serde_json::Value> {
+    // The data directory's path shapes the default grants; a scratch one stands in
+    // when it does not exist, so inspecting creates nothing.
     let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let data_dir = if data_dir.is_dir() {
+        data_dir.to_owned()
+    } else {
+        scratch.path().to_owned()
+    };
     let listen: SocketAddr = DEFAULT_LISTEN.parse().context("default listen address")?;
-    let settings = ServeConfig::load(listen, scratch.path().to_owned(), config)?;
+    let config = match source.found {
+        true => serde_json::json!(source.path),
+        false => serde_json::Value::Null,
+    };
+    let note = (!source.found).then(|| {
+        format!(
+            "no tether.toml found in {}: showing what the defaults grant",
+            source.searched_list()
+        )
+    });
+    let (settings, _) = ServeConfig::load_source(listen, data_dir, source)?;
     let engine = Engine::new(settings.limits.clone(), settings.net.clone())?;
     let bytes = tokio::fs::read(file)
         .await
@@ -180,23 +255,36 @@ async fn inspect(
     let d = &loaded.description;
     let grant = settings.grant_for(&d.name);
     let denied = Capabilities::new(d.request(), grant.clone()).denied();
-    Ok(serde_json::json!({
+    let mut report = serde_json::json!({
+        "config": config,
         "name": d.name,
         "version": d.version,
         "sha256": loaded.sha256,
         "requested": d.request(),
         "granted": grant,
         "denied": denied,
-    }))
+    });
+    if let (Some(note), Some(map)) = (note, report.as_object_mut()) {
+        map.insert("note".into(), note.into());
+    }
+    Ok(report)
 }
 
 fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, filter::LevelFilter};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         // Each event one line, whatever provider text reaches it.
         .with_writer(move || crate::untrusted::OneLine::new(std::io::stderr(), !ansi))
         .with_ansi(ansi)
+        .with_filter(filter);
+    // Environments' logs keep their info lines whatever RUST_LOG says for stderr.
+    let env_logs = crate::logs::EnvLogLayer.with_filter(LevelFilter::INFO);
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(env_logs)
         .init();
 }

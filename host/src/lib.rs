@@ -8,19 +8,21 @@
 //! - `api` is the HTTP and WebSocket surface (axum); it only calls `lifecycle`, and
 //!   hands an admitted WebSocket to the relay.
 //! - `lifecycle` owns environments: desired versus actual state, starts and stops,
-//!   runtime tokens; it drives the layers below.
+//!   runtime tokens; it drives the layers below, and holds the operator's settings in
+//!   force, reloading `tether.toml` live (watcher, `SIGHUP`) for the next start.
 //! - [`engine`] loads provider components (wasmtime) and runs one actor per instance;
 //!   [`broker`] decides what an instance may spawn or touch.
 //! - [`store`] persists records in `.codebolt/environments.json`; `watch` is the
-//!   debounced directory watch behind its live edits and the providers' hot reload.
+//!   debounced directory watch behind its live edits, the providers' hot reload and
+//!   `tether.toml`'s live reload.
 //! - [`relay`] carries a WebSocket frame from socket to socket: it joins a runtime
 //!   connection with its apps, routing by thread, and lets
 //!   either side resume without loss inside a bounded window (`docs/protocol.md`).
 //! - `auth` holds the operator's API token and mints runtime tokens; `tenancy` the
 //!   users' tokens, their scopes and the `Principal` every request
 //!   runs as; [`config`] the operator's
-//!   settings from flags and `tether.toml`, as plain types the other modules take (it
-//!   imports none of them).
+//!   settings from flags and `tether.toml` (where it is looked up, what changed between
+//!   two versions), as plain types the other modules take (it imports none of them).
 //! - [`audit`] is the append-only audit log (`.codebolt/audit.jsonl`); `throttle`
 //!   refuses an address after too many failed authentications.
 //! - `sync` recovers poisoned locks, in one place.
@@ -50,6 +52,7 @@ mod api;
 mod auth;
 mod client_tls;
 mod lifecycle;
+mod logs;
 mod names;
 mod pem;
 mod reference_runtime;

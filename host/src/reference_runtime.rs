@@ -172,10 +172,11 @@ async fn connect_loop(
         let connector = (config.tls.clone()).map(Connector::Rustls);
         let attempt = tokio::time::timeout(
             CONNECT_TIMEOUT,
+            // `true`: TCP_NODELAY, so exec output in several frames is not held back.
             connect_async_tls_with_config(
                 request(config, &out.peer)?,
                 Some(socket),
-                false,
+                true,
                 connector,
             ),
         );
@@ -381,6 +382,9 @@ fn handle(msg: Value, tx: &mpsc::Sender<Value>, tasks: &mut JoinSet<()>) -> Opti
             tasks.spawn(exec(ctx, msg["command"].clone(), tx.clone()));
             return None;
         }
+        // An agent start the provider passed on (it answered the app itself): the
+        // reference runtime has no agent to start, so it only tells the thread it heard.
+        Some("agentStart") => return Some(ctx.reply("agentStarted", json!({}))),
         Some(other) => format!("unknown message type: {other}"),
         None => "message has no string \"type\"".to_owned(),
     };

@@ -142,7 +142,15 @@ const LIB_TEMPLATE: &str = r##"//! The `{{name}}` Tether provider.
 //! Its resource is the environment's workspace directory; on start it runs the
 //! reference runtime (`tether runtime`) there, which connects back to the host.
 //! Replace `setup` with whatever creates or reconnects your resource.
+//!
+//! It also answers a message type of its own, `workspaceInfo`: an app sends
+//! `{"type": "workspaceInfo", "requestId": "1"}` on its WebSocket and gets
+//! `{"type": "remoteProviderEvent", "action": "workspaceInfoResponse", "requestId": "1",
+//! "message": {"provider", "version", "runtimePid"}}`. Declare a type in `info`'s
+//! `message_types` and answer it in `on_raw_message`; every other type goes to the
+//! runtime.
 
+use tether_provider_sdk::serde_json::{self, Value, json};
 use tether_provider_sdk::{
     Capabilities, CommandRequest, Entry, InitVars, Provider, ProviderError, ProviderInfo,
     StartResult, log,
@@ -166,7 +174,23 @@ impl Provider for MyProvider {
                 ..Capabilities::default()
             },
             config_schema: r#"{"type": "object"}"#.to_owned(),
-            message_types: Vec::new(),
+            // App messages of these types come to `on_raw_message`, not the runtime.
+            message_types: vec!["workspaceInfo".to_owned()],
+        }
+    }
+
+    fn on_raw_message(&mut self, message: String) -> Result<String, ProviderError> {
+        let message: Value = serde_json::from_str(&message)
+            .map_err(|e| ProviderError::invalid_input(format!("not JSON: {e}")))?;
+        match message["type"].as_str() {
+            // The returned JSON is the `message` of the app's reply.
+            Some("workspaceInfo") => Ok(json!({
+                "provider": "{{name}}",
+                "version": env!("CARGO_PKG_VERSION"),
+                "runtimePid": self.runtime.as_ref().map(Child::pid),
+            })
+            .to_string()),
+            other => Err(ProviderError::unsupported(format!("no handler for {other:?}"))),
         }
     }
 
@@ -207,9 +231,9 @@ A Tether provider. Build it, drop it into a host's providers directory, grant it
 asks for, and create environments with `"provider": "{{name}}"`.
 
 ```sh
-rustup target add wasm32-wasip2
-cargo build --release --target wasm32-wasip2
-cp target/wasm32-wasip2/release/{{file}}.wasm <data-dir>/.codebolt/providers/
+tether provider build                  # cargo build --release --target wasm32-wasip2
+tether provider install target/wasm32-wasip2/release/{{file}}.wasm --data-dir <data-dir>
+tether provider dev --remote --restart <environment-id>   # rebuild and reinstall on every change
 ```
 
 Grant it the command it asks for in the host's `tether.toml`:

@@ -23,6 +23,7 @@ use crate::auth::{ApiToken, TokenError, TokenSource};
 use crate::config::ServeConfig;
 use crate::engine::{DirWatchError, Engine, EngineError};
 use crate::lifecycle::Manager;
+use crate::logs::EnvLogs;
 use crate::store::lock::{DataDirLock, LockError};
 use crate::store::watch::WatchError;
 use crate::store::{Store, StoreError};
@@ -66,11 +67,16 @@ pub(crate) enum ServeError {
     /// The TLS certificate cannot be served.
     #[error(transparent)]
     Tls(#[from] tls::CertError),
+    /// The per-environment logs directory cannot be made.
+    #[error("setting up the environments' logs: {source}")]
+    Logs { source: std::io::Error },
 }
 
-/// Binds `config.listen` and serves until `shutdown` resolves.
+/// Binds `config.listen` and serves until `shutdown` resolves; `table` is the
+/// config file's content `config` was read from (the base of its live reloads).
 pub(crate) async fn serve(
     config: ServeConfig,
+    table: toml::Table,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     // Before anything else, so a second host fails fast and touches nothing.
@@ -81,7 +87,7 @@ pub(crate) async fn serve(
             addr: config.listen,
             source,
         })?;
-    run(listener, config, shutdown).await
+    run(listener, config, table, shutdown).await
 }
 
 /// Serves on a bound listener until `shutdown` resolves; the caller holds the data
@@ -89,6 +95,7 @@ pub(crate) async fn serve(
 pub(crate) async fn run(
     listener: TcpListener,
     config: ServeConfig,
+    table: toml::Table,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(|source| ServeError::Listen {
@@ -125,8 +132,20 @@ pub(crate) async fn run(
     let audit = AuditLog::open(&config.audit_path(), &config.audit)?;
     let config_throttle = config.throttle.clone();
     let ticket_ttl = config.tenancy.ticket_ttl;
-    let manager = Manager::new(config, store, engine, runtime_base.clone(), audit.clone());
+    log_config_source(&config);
+    let logs = EnvLogs::install(config.codebolt_dir().join("logs"))
+        .map_err(|source| ServeError::Logs { source })?;
+    let manager = Manager::new(
+        config,
+        table,
+        store,
+        engine,
+        runtime_base.clone(),
+        audit.clone(),
+        logs,
+    );
     manager.watch_records()?;
+    manager.watch_config()?;
     manager.watch_providers()?;
     manager.recover();
 
@@ -185,6 +204,13 @@ pub(crate) async fn run(
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let served = match serving_cert {
         None => {
+            // Small frames go out at once: with Nagle's algorithm on, a reply in several
+            // frames (exec output) waits on the peer's delayed ACK, about 40 ms each time.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(stopped.cancelled_owned())
                 .await
@@ -194,10 +220,8 @@ pub(crate) async fn run(
             let tls = TlsListener::new(listener, cert.server_config()?)
                 .map_err(|source| ServeError::Listen { addr, source })?;
             // Through `tap_io` axum gives handlers the peer's `SocketAddr`, as for
-            // plain TCP; Nagle only delays the small frames of the relay.
-            let tls = tls.tap_io(|io| {
-                let _ = io.get_ref().0.set_nodelay(true);
-            });
+            // plain TCP (the listener set TCP_NODELAY before the handshake).
+            let tls = tls.tap_io(|_| {});
             axum::serve(tls, app)
                 .with_graceful_shutdown(stopped.cancelled_owned())
                 .await
@@ -206,6 +230,21 @@ pub(crate) async fn run(
     served.map_err(|source| ServeError::Listen { addr, source })?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Says which `tether.toml` is in force, or that none is.
+fn log_config_source(config: &ServeConfig) {
+    let source = &config.source;
+    let path = source.path.display().to_string();
+    if source.found {
+        tracing::info!(%path, "config: loaded {path}");
+    } else {
+        tracing::info!(
+            expected = %path,
+            searched = %source.searched_list(),
+            "config: no tether.toml: built-in defaults (a file created at {path} is picked up)"
+        );
+    }
 }
 
 /// The address runtimes should dial: the listen address, with loopback standing in

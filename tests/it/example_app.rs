@@ -3,34 +3,16 @@
 //! shows the start's phases.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
 
-use crate::support::{Server, write_config};
+use crate::support::{Server, example_bin, write_config};
 
 const TEMPLATES: &str = "[templates.chat]\nprovider = \"local-process\"\nscope = \"thread\"\n\n\
 [templates.broken]\nprovider = \"local-process\"\nscope = \"thread\"\nconfig = { command = 7 }\n";
 
-/// The `tether-app` binary beside `tether`; built here when the test runs without the
-/// rest of the workspace (`cargo test --workspace` builds it already).
-fn tether_app() -> PathBuf {
-    static BUILD: Mutex<()> = Mutex::new(());
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_tether")).with_file_name("tether-app");
-    let _once = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "tether-examples", "--bin", "tether-app"])
-            .status()
-            .expect("running cargo");
-        assert!(status.success(), "building tether-app");
-    }
-    path
-}
-
 /// Runs `tether-app` with `args`, `stdin` as its input, and no token in its environment.
 fn run(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(tether_app())
+    let mut child = Command::new(example_bin("tether-app"))
         .args(args)
         .env_remove("TETHER_API_TOKEN")
         .env_remove("TETHER_URL")

@@ -6,12 +6,15 @@
 
 mod api;
 mod audit;
+mod author_loop;
 mod certs;
 mod example_app;
 mod git_worktree;
 mod hostile;
 mod idle;
 mod lifecycle;
+mod logs;
+mod operator_config;
 mod providers;
 mod provisioning;
 mod quotas;
@@ -23,4 +26,5 @@ mod support;
 mod tenancy;
 mod tickets;
 mod tls;
+mod walkthroughs;
 mod worlds;

@@ -223,8 +223,17 @@ async fn a_scaffolded_provider_is_dropped_in_replaced_and_removed_while_the_host
         .request(json!({"type": "echo", "requestId": "1", "payload": "hi"}))
         .await;
     assert_eq!(echo["payload"], "hi");
+    // The scaffold's own message type is answered by the provider, not the runtime.
+    let info = app
+        .request(json!({"type": "workspaceInfo", "requestId": "i1"}))
+        .await;
+    assert_eq!(info["type"], "remoteProviderEvent", "{info}");
+    assert_eq!(info["action"], "workspaceInfoResponse", "{info}");
+    assert_eq!(info["message"]["version"], "0.1.0", "{info}");
+    assert!(info["message"]["runtimePid"].is_u64(), "{info}");
 
-    // A rebuilt 0.2.0 replaces the file: compiled, then in force for new starts.
+    // A rebuilt 0.2.0, which also declares a type 0.1.0 does not, replaces the file:
+    // compiled, then in force for new starts.
     let manifest = crate_dir.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest).expect("manifest");
     std::fs::write(
@@ -232,6 +241,15 @@ async fn a_scaffolded_provider_is_dropped_in_replaced_and_removed_while_the_host
         text.replacen("version = \"0.1.0\"", "version = \"0.2.0\"", 1),
     )
     .expect("bump version");
+    let lib = crate_dir.join("src/lib.rs");
+    let text = std::fs::read_to_string(&lib).expect("lib.rs");
+    let declared = "vec![\"workspaceInfo\".to_owned()]";
+    assert!(
+        text.contains(declared),
+        "the scaffold declares workspaceInfo"
+    );
+    let both = "vec![\"workspaceInfo\".to_owned(), \"onlyInV2\".to_owned()]";
+    std::fs::write(&lib, text.replacen(declared, both, 1)).expect("declare onlyInV2");
     build(
         &crate_dir,
         &Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffold-target"),
@@ -264,6 +282,26 @@ async fn a_scaffolded_provider_is_dropped_in_replaced_and_removed_while_the_host
         .request(json!({"type": "providerWriteFile", "requestId": "w", "path": "a.txt", "content": "still here"}))
         .await;
     assert_eq!(wrote["message"]["success"], true, "{wrote}");
+    // A type only 0.2.0 declares goes where the running 0.1.0 instance says, even for
+    // an app that connects after 0.2.0 was loaded: to the runtime, which answers it
+    // once (it knows no such type); on 0.2.0, to the provider.
+    let mut late = server.app(&old_id, "t2").await;
+    let old_answer = late
+        .request(json!({"type": "onlyInV2", "requestId": "o1"}))
+        .await;
+    assert_eq!(old_answer["type"], "error", "{old_answer}");
+    let said = old_answer["error"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("unknown message type: onlyInV2"),
+        "{old_answer}"
+    );
+    let mut new_app = server.app(&new_id, "t").await;
+    let new_answer = new_app
+        .request(json!({"type": "onlyInV2", "requestId": "o2"}))
+        .await;
+    assert_eq!(new_answer["type"], "remoteProviderEvent", "{new_answer}");
+    assert_eq!(new_answer["error"]["code"], "unsupported", "{new_answer}");
+    drop((late, new_app));
 
     // Removed: the provider is gone, the records stay, each with a clear status.
     std::fs::remove_file(&file).expect("remove");
@@ -384,4 +422,47 @@ async fn a_restart_with_unchanged_providers_compiles_nothing() {
     server.handoff_env("from-cache").await;
     server.stop();
     assert_eq!(cache_entries(&cache), before, "no entry added or rewritten");
+}
+
+/// An app's `providerAgentStart` has one answer, the provider's; the runtime hears of
+/// it as an `agentStart` notice, and what it says back carries no `requestId` of the app's.
+#[tokio::test]
+async fn an_agent_start_is_answered_once_and_reaches_the_runtime_as_a_notice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let env = server
+        .running_env("agent", "local-process", json!({}))
+        .await;
+    let id = env["id"].as_str().expect("id");
+    let mut app = server.app(id, "t").await;
+    app.send(json!({"type": "providerAgentStart", "requestId": "a1", "agent": "x"}))
+        .await;
+    app.send(json!({"type": "echo", "requestId": "e1", "payload": 1}))
+        .await;
+    let mut seen = Vec::new();
+    let done = |seen: &[Value]| {
+        let has = |pred: &dyn Fn(&Value) -> bool| seen.iter().any(pred);
+        has(&|f| f["requestId"] == "a1")
+            && has(&|f| f["type"] == "agentStarted")
+            && has(&|f| f["requestId"] == "e1")
+    };
+    while !done(&seen) {
+        seen.push(app.next().await);
+    }
+    // One more round trip, so anything else the runtime had to say has arrived.
+    let last = app
+        .request(json!({"type": "echo", "requestId": "e2", "payload": 2}))
+        .await;
+    assert_eq!(last["type"], "echoResponse");
+    let answers: Vec<&Value> = seen.iter().filter(|f| f["requestId"] == "a1").collect();
+    assert_eq!(answers.len(), 1, "{seen:?}");
+    assert_eq!(answers[0]["type"], "remoteProviderEvent", "{seen:?}");
+    assert_eq!(answers[0]["message"]["accepted"], true, "{seen:?}");
+    let notice = seen.iter().find(|f| f["type"] == "agentStarted");
+    assert_eq!(
+        notice.map(|n| n["threadId"].clone()),
+        Some(json!("t")),
+        "{seen:?}"
+    );
+    server.stop();
 }

@@ -17,10 +17,40 @@ use crate::support::{Server, WAIT, spawn_announced, wait_gone, write_config};
 /// The key the test services accept.
 const KEY: &str = "sandbox-key-0123456789";
 
-/// Builds `tether-sandbox-service` once per test binary; returns its path.
+/// Builds `tether-sandbox-service` once per test binary, into the target directory
+/// this binary was built in (cargo holds no build lock while tests run), and
+/// returns its path.
 fn service_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| crate::support::example_binary("tether-sandbox-service"))
+    BINARY.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        // <target>/<profile>/deps/it-<hash>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_owned();
+        let target_dir = profile_dir.parent().expect("target dir");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "-p", "tether-examples", "--bin"])
+            .arg("tether-sandbox-service")
+            .arg("--manifest-path")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let out = build.output().expect("running cargo build");
+        assert!(
+            out.status.success(),
+            "building the sandbox service failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        profile_dir.join("tether-sandbox-service")
+    })
 }
 
 /// A running sandbox service.

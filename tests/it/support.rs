@@ -120,11 +120,11 @@ impl Server {
     /// unset (the admin token then lives in `.codebolt/api-token`).
     pub fn start_as(data_dir: &Path, token: Option<&str>) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
+        // No `--config`: `tether.toml` is found in the data directory (or not, and
+        // one written there later is picked up live).
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .arg("--config")
-            .arg(data_dir.join("tether.toml"))
             .env("RUST_LOG", "info");
         match token {
             Some(token) => command.env("TETHER_API_TOKEN", token),
@@ -228,6 +228,9 @@ impl Server {
             .call("POST", &format!("/api/v1/environments/{id}/stop"), None)
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        // The reply says where it is going, not where it was.
+        let heading = body["status"].as_str();
+        assert!(matches!(heading, Some("stopping" | "stopped")), "{body}");
         self.wait_env(id, "stopped", |e| e["status"] == "stopped")
             .await
     }
@@ -573,35 +576,19 @@ pub async fn wait_gone(pid: u32) {
     }
 }
 
-/// Builds the example binary `name` (of `tether-examples`) into the target directory
-/// this test binary was built in (cargo holds no build lock while tests run), and
-/// returns its path.
-pub fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // <target>/<profile>/deps/it-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_owned();
-    let target_dir = profile_dir.parent().expect("target dir");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .args(["build", "-p", "tether-examples", "--bin"])
-        .arg(name)
-        .arg("--manifest-path")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        build.arg("--release");
+/// A binary of the examples crate (`tether-app`, `tether-sandbox-service`) beside
+/// `tether`; built here when the test runs without the rest of the workspace
+/// (`cargo test --workspace` builds them already).
+pub fn example_bin(name: &str) -> PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_tether")).with_file_name(name);
+    let _once = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "tether-examples", "--bins"])
+            .status()
+            .expect("running cargo");
+        assert!(status.success(), "building the examples");
     }
-    let out = build.output().expect("running cargo build");
-    assert!(
-        out.status.success(),
-        "building {name} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    profile_dir.join(name)
+    path
 }

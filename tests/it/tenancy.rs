@@ -752,8 +752,6 @@ async fn a_broken_token_file_stops_the_start_with_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_tether"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
-        .arg("--config")
-        .arg(dir.path().join("tether.toml"))
         .env("TETHER_API_TOKEN", TOKEN)
         .output()
         .unwrap();

@@ -17,7 +17,7 @@ use crate::{DiffFile, Health, InitVars, ProviderError, ProviderInfo, StartResult
 ///
 /// | export | default |
 /// |---|---|
-/// | `on-provider-agent-start` | forwards the message to the runtime |
+/// | `on-provider-agent-start` | passes it to the runtime as an `agentStart` notice |
 /// | `on-provider-stop` | [`teardown`](Provider::teardown) |
 /// | `on-close-signal` | [`teardown`](Provider::teardown) |
 /// | `on-provider-destroy` | [`teardown`](Provider::teardown), then [`destroy`](Provider::destroy) |
@@ -51,9 +51,11 @@ pub trait Provider: Default + 'static {
         Ok(())
     }
 
-    /// `on-provider-agent-start`: hands an agent start (a JSON message) to the runtime.
+    /// `on-provider-agent-start`: hands an agent start (the app's `providerAgentStart`
+    /// message) to the runtime as an `agentStart` notice ([`runtime::agent_start`]); the
+    /// host answers the app with `{"accepted": true}` once this returns.
     fn on_provider_agent_start(&mut self, message: String) -> Result<(), ProviderError> {
-        runtime::send(&message)
+        runtime::send(&runtime::agent_start(&message)?)
     }
 
     /// `on-provider-stop`: calls [`teardown`](Provider::teardown).

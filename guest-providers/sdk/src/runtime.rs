@@ -69,6 +69,20 @@ pub fn send_json(message: &serde_json::Value) -> Result<(), ProviderError> {
     raw::send(&message.to_string())
 }
 
+/// The runtime's copy of an app's `providerAgentStart`: the same fields with `type`
+/// `agentStart` and without the app's `requestId`, so the app gets one answer to its
+/// request (the provider's) and the runtime's own messages about the start are not
+/// mistaken for a second one.
+pub fn agent_start(message: &str) -> Result<String, ProviderError> {
+    let mut fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(message)
+        .map_err(|e| {
+            ProviderError::invalid_input(format!("an agent start must be a JSON object: {e}"))
+        })?;
+    fields.insert("type".into(), "agentStart".into());
+    fields.remove("requestId");
+    Ok(serde_json::Value::Object(fields).to_string())
+}
+
 /// Whether the runtime is connected now.
 pub fn is_connected() -> bool {
     raw::is_connected()

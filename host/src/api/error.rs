@@ -112,6 +112,9 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Store(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", message)
             }
+            LifecycleError::Internal(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+            }
         }
     }
 }

@@ -44,6 +44,13 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
         "Provider files that do not load",
         failed,
     );
+    let dropped = Counter::<u64>::default();
+    dropped.inc_by(s.manager.log_lines_dropped());
+    registry.register(
+        "environment_log_lines_dropped",
+        "Lines of environments' logs dropped because their writer was behind",
+        dropped,
+    );
     if let Some(cache) = counts.compile_cache {
         let hits = Counter::<u64>::default();
         hits.inc_by(cache.hits as u64);

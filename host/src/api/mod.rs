@@ -5,8 +5,10 @@
 mod audited;
 mod body;
 mod caller;
+mod config;
 mod environments;
 mod error;
+mod logs;
 mod metrics;
 mod providers;
 mod templates;
@@ -57,6 +59,7 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/api/v1/environments/{id}/start", post(environments::start))
         .route("/api/v1/environments/{id}/stop", post(environments::stop))
+        .route("/api/v1/environments/{id}/logs", get(logs::logs))
         .route(
             "/api/v1/environments/{id}/restart",
             post(environments::restart),
@@ -69,7 +72,13 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/tickets", post(tickets::create))
         .route("/api/v1/templates", get(templates::list))
         .route("/api/v1/providers", get(providers::list))
-        .route("/api/v1/providers/{name}", get(providers::get))
+        .route(
+            "/api/v1/providers/{name}",
+            get(providers::get)
+                .put(providers::install)
+                .layer(DefaultBodyLimit::max(providers::MAX_COMPONENT_BYTES)),
+        )
+        .route("/api/v1/config/status", get(config::status))
         .route("/ws/app", get(ws::provisioned))
         .route("/ws/app/{id}", get(ws::app))
         .route("/ws/runtime/{id}", get(ws::runtime))

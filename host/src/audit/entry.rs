@@ -32,6 +32,8 @@ pub mod action {
     pub const ENVIRONMENT_RECOVER: &str = "environment.recover";
     /// A token was created.
     pub const TOKEN_CREATE: &str = "token.create";
+    /// A provider component installed through the API.
+    pub const PROVIDER_INSTALL: &str = "provider.install";
     /// A token was revoked.
     pub const TOKEN_REVOKE: &str = "token.revoke";
     /// The admin token was rotated.

@@ -15,6 +15,7 @@ pub(crate) mod guard;
 pub(crate) mod net;
 mod pattern;
 pub mod process;
+mod refusals;
 pub mod tls;
 
 use std::net::IpAddr;
@@ -22,8 +23,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::{CommandPattern, Grant, NetConfig, UrlPattern};
+use crate::config::{CommandPattern, Grant, GrantOrigin, NetConfig, UrlPattern};
 pub use pattern::PathScope;
+pub use refusals::Refusals;
 
 /// The directory request that stands for the environment's project path.
 pub const PROJECT_PATH_DIR: &str = "{projectPath}";
@@ -55,6 +57,8 @@ pub struct DeniedItems {
 pub struct Capabilities {
     requested: Request,
     granted: Grant,
+    /// Where refusals are noted for the environment's error.
+    refusals: Refusals,
 }
 
 /// A refused capability, with the reason for the provider and the operator.
@@ -70,9 +74,7 @@ pub enum Denied {
     #[error("{0} is outside the environment's directories")]
     OutsidePath(String),
     /// The provider set a variable its grant does not name.
-    #[error(
-        "variable {0} is not granted to this provider: the operator must add it to `set_env` in its `[providers.NAME]` grant"
-    )]
+    #[error("variable {0} is not granted to this provider by the operator (`set_env`)")]
     EnvNotGranted(String),
     /// A wildcard would admit a loader or tool-configuration variable.
     #[error(
@@ -107,10 +109,96 @@ pub enum Denied {
     ConnectionLimit(usize),
 }
 
+impl Denied {
+    /// The `tether.toml` entry that would allow what was refused, when a grant
+    /// entry would (a command is explained with its arguments by
+    /// [`Capabilities::explain_spawn`]).
+    pub fn operator_fix(&self, origin: &GrantOrigin) -> Option<String> {
+        match self {
+            Self::EnvNotGranted(name) => Some(origin.fix("set_env", &toml_string(name))),
+            Self::UrlNotGranted(dest) => Some(origin.fix("urls", &toml_string(dest))),
+            _ => None,
+        }
+    }
+}
+
+/// `s` as a TOML string (quoted, escaped).
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// The directories a start asked for that the grant does not cover, each with the
+/// `tether.toml` entry that would allow it (for the start's log and error; they are
+/// noted as refusals).
+pub fn directory_fixes(caps: &Capabilities) -> Vec<String> {
+    let denied = caps.denied().directories;
+    let fixes: Vec<String> = match &caps.granted.origin {
+        Some(origin) => (denied.iter())
+            .map(|d| {
+                let shown = crate::untrusted::quoted(d);
+                format!(
+                    "directory {shown} is not granted to this provider by the operator: {}",
+                    origin.fix("directories", &toml_string(&shown))
+                )
+            })
+            .collect(),
+        None => (denied.iter())
+            .map(|d| {
+                let shown = crate::untrusted::quoted(d);
+                format!("directory {shown} is not granted to this provider by the operator")
+            })
+            .collect(),
+    };
+    for fix in &fixes {
+        caps.refusals.note(fix.clone());
+    }
+    fixes
+}
+
 impl Capabilities {
+    /// A refused spawn of `program` with `args` as the provider and the operator
+    /// read it: with the `tether.toml` entry that would allow it.
+    pub fn explain_spawn(&self, denied: &Denied, program: &str, args: &[String]) -> String {
+        let Some(origin) = &self.granted.origin else {
+            return denied.to_string();
+        };
+        let fix = match denied {
+            Denied::NotGranted(_) => {
+                let args: Vec<String> = args
+                    .iter()
+                    .map(|a| toml_string(&crate::untrusted::quoted(a)))
+                    .collect();
+                let entry = format!(
+                    "{{ program = {}, args = [{}] }}",
+                    toml_string(&crate::untrusted::quoted(program)),
+                    args.join(", ")
+                );
+                Some(origin.fix("commands", &entry))
+            }
+            other => other.operator_fix(origin),
+        };
+        let reason = match fix {
+            Some(fix) => format!("{denied}: {fix}"),
+            None => denied.to_string(),
+        };
+        self.refusals.note(reason.clone());
+        reason
+    }
+
     /// Intersects a provider's request with a grant.
     pub fn new(requested: Request, granted: Grant) -> Self {
-        Self { requested, granted }
+        Self {
+            requested,
+            granted,
+            refusals: Refusals::default(),
+        }
+    }
+
+    /// These capabilities, noting their refusals (spawns, destinations,
+    /// directories) in `refusals`.
+    pub fn with_refusals(mut self, refusals: Refusals) -> Self {
+        self.refusals = refusals;
+        self
     }
 
     /// The provider's side.
@@ -163,6 +251,8 @@ impl Capabilities {
             self.granted.urls.clone(),
             config,
         )
+        .with_origin(self.granted.origin.clone())
+        .with_refusals(self.refusals.clone())
     }
 
     /// The operator's side.

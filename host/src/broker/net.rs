@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::Denied;
-use crate::config::{NetConfig, UrlPattern};
+use super::{Denied, Refusals};
+use crate::config::{GrantOrigin, NetConfig, UrlPattern};
 
 impl UrlPattern {
     /// Whether `scheme://host:port` matches.
@@ -97,6 +97,10 @@ pub struct NetPolicy {
     granted: Vec<UrlPattern>,
     config: NetConfig,
     connections: Arc<Semaphore>,
+    /// Where the operator widens the grant, for refusals that say how.
+    origin: Option<GrantOrigin>,
+    /// Where refusals are noted for the environment's error.
+    refusals: Refusals,
 }
 
 impl NetPolicy {
@@ -114,7 +118,32 @@ impl NetPolicy {
             granted,
             config,
             connections,
+            origin: None,
+            refusals: Refusals::default(),
         }
+    }
+
+    /// This policy, with refusals naming where the operator widens it.
+    pub fn with_origin(mut self, origin: Option<GrantOrigin>) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// This policy, noting its refusals in `refusals`.
+    pub fn with_refusals(mut self, refusals: Refusals) -> Self {
+        self.refusals = refusals;
+        self
+    }
+
+    /// `denied` as the operator reads it: with the `tether.toml` entry that would
+    /// allow it, when one would. It is noted for the environment's error too.
+    pub fn explain(&self, denied: &Denied) -> String {
+        let reason = match self.origin.as_ref().and_then(|o| denied.operator_fix(o)) {
+            Some(fix) => format!("{denied}: {fix}"),
+            None => denied.to_string(),
+        };
+        self.refusals.note(reason.clone());
+        reason
     }
 
     /// A policy that allows nothing (an instance serving no environment).

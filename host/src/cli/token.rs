@@ -4,36 +4,12 @@
 //! `.codebolt/api-token`. `http://` or `https://`; over TLS the server's certificate
 //! must match the URL's host and chain to the system's roots or to `TETHER_CA_FILE`.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use anyhow::bail;
+use clap::Subcommand;
+use http::Method;
+use serde_json::json;
 
-use anyhow::{Context, bail};
-use bytes::Bytes;
-use clap::{Args, Subcommand};
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-use http::{Method, Request, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use wasmtime_wasi_http::io::TokioIo;
-
-/// How long a call to the server may take.
-const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Where the server is and how to authenticate to it.
-#[derive(Debug, Args)]
-pub(super) struct ServerArgs {
-    /// The server's URL.
-    #[arg(long, env = "TETHER_URL", default_value = "http://127.0.0.1:2719")]
-    url: String,
-    /// The admin token (default: TETHER_API_TOKEN, else DATA_DIR/.codebolt/api-token).
-    #[arg(long, env = "TETHER_API_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// The server's data directory, to read the admin token from.
-    #[arg(long, default_value = ".")]
-    data_dir: PathBuf,
-}
+use super::client::{ServerArgs, call};
 
 /// `tether token ...`.
 #[derive(Debug, Subcommand)]
@@ -125,106 +101,6 @@ pub(super) async fn run(command: TokenCommand) -> anyhow::Result<()> {
             .await?
         }
     };
-    println!("{}", serde_json::to_string_pretty(&answer)?);
+    super::output::line(&serde_json::to_string_pretty(&answer)?)?;
     Ok(())
-}
-
-/// The admin token: the flag (or `TETHER_API_TOKEN`), else the data directory's.
-fn admin_token(server: &ServerArgs) -> anyhow::Result<String> {
-    if let Some(token) = server.token.as_ref().filter(|t| !t.is_empty()) {
-        return Ok(token.clone());
-    }
-    let file = server.data_dir.join(".codebolt/api-token");
-    let text = std::fs::read_to_string(&file).with_context(|| {
-        format!(
-            "no admin token: pass --token, set TETHER_API_TOKEN, or point --data-dir at the server's data directory ({} unreadable)",
-            file.display()
-        )
-    })?;
-    Ok(text.trim().to_owned())
-}
-
-/// One JSON request to the server; a refusal becomes an error carrying its message.
-async fn call(
-    server: &ServerArgs,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> anyhow::Result<Value> {
-    let token = admin_token(server)?;
-    let uri: Uri = server
-        .url
-        .parse()
-        .with_context(|| format!("--url {}", crate::untrusted::named(&server.url)))?;
-    let tls = match uri.scheme_str() {
-        Some("http") => None,
-        Some("https") => Some(crate::client_tls::from_env()?),
-        _ => bail!("--url must be an http:// or https:// URL"),
-    };
-    let authority = uri.authority().context("--url names no host")?.clone();
-    let default_port = if tls.is_some() { 443 } else { 80 };
-    let addr = format!(
-        "{}:{}",
-        authority.host(),
-        authority.port_u16().unwrap_or(default_port)
-    );
-    let request = Request::builder()
-        .method(method)
-        .uri(format!("{}{path}", uri.path().trim_end_matches('/')))
-        .header(HOST, authority.as_str())
-        .header(AUTHORIZATION, format!("Bearer {token}"))
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(
-            body.map(|b| b.to_string()).unwrap_or_default(),
-        )))?;
-    let exchange = async {
-        let stream = TcpStream::connect(&addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        let response = match tls {
-            None => send(TokioIo::new(stream), request).await?,
-            Some(config) => {
-                let host = authority
-                    .host()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']');
-                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-                    .with_context(|| format!("{host} is not a TLS server name"))?;
-                let stream = tokio_rustls::TlsConnector::from(config)
-                    .connect(name, stream)
-                    .await
-                    .with_context(|| format!("TLS with {addr}"))?;
-                send(TokioIo::new(stream), request).await?
-            }
-        };
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, bytes))
-    };
-    let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
-        .await
-        .context("the server did not answer in time")??;
-    let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    if !status.is_success() {
-        let error = &answer["error"];
-        bail!(
-            "the server answered {status}: {} ({})",
-            error["message"].as_str().unwrap_or("no message"),
-            error["code"].as_str().unwrap_or("no code")
-        );
-    }
-    Ok(answer)
-}
-
-/// Sends `request` over an established connection, plain or TLS.
-async fn send<T>(
-    io: T,
-    request: Request<Full<Bytes>>,
-) -> anyhow::Result<http::Response<hyper::body::Incoming>>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = http1::handshake(io).await?;
-    tokio::spawn(connection);
-    Ok(sender.send_request(request).await?)
 }

@@ -25,9 +25,50 @@ pub struct Grant {
     pub urls: Vec<UrlPattern>,
     /// Host directories (absolute) it may have preopened, with everything below them.
     pub directories: Vec<PathBuf>,
+    /// Where an operator widens this grant, for refusals that say how.
+    #[serde(skip)]
+    pub origin: Option<GrantOrigin>,
+}
+
+/// The table of `tether.toml` a grant is set in: what a refusal tells the operator
+/// to edit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantOrigin {
+    /// The provider, as named in `[providers.NAME]`.
+    pub provider: String,
+    /// The config file in force (or where one would be read).
+    pub file: PathBuf,
+}
+
+impl GrantOrigin {
+    /// `add ENTRY to KEY in [providers.NAME] of FILE`.
+    pub fn fix(&self, key: &str, entry: &str) -> String {
+        format!(
+            "add {entry} to {key} in [providers.{}] of {}",
+            toml_key(&self.provider),
+            self.file.display()
+        )
+    }
+}
+
+/// `name` as a TOML key: bare when it can be, quoted otherwise.
+fn toml_key(name: &str) -> String {
+    let bare = !name.is_empty()
+        && (name.bytes()).all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if bare {
+        name.to_owned()
+    } else {
+        toml::Value::String(name.to_owned()).to_string()
+    }
 }
 
 impl Grant {
+    /// This grant, saying where the operator sets it.
+    pub fn from_origin(mut self, origin: GrantOrigin) -> Self {
+        self.origin = Some(origin);
+        self
+    }
+
     /// The documented default grant of a built-in provider; nothing for anyone else.
     /// `data_dir` is the host's data directory, the default project root.
     pub fn builtin_default(provider: &str, data_dir: &Path) -> Self {
@@ -43,6 +84,7 @@ impl Grant {
                 set_env: runtime_set_env(),
                 urls: Vec::new(),
                 directories: Vec::new(),
+                origin: None,
             },
             // git on paths inside the environment's directories, in the shapes the
             // provider uses, and the reference runtime; projects under the data
@@ -53,6 +95,7 @@ impl Grant {
                 set_env: runtime_set_env(),
                 urls: Vec::new(),
                 directories: vec![data_dir.to_owned()],
+                origin: None,
             },
             // The sandbox API's address is the operator's to name
             // (`[providers.http-sandbox] urls`): by default it reaches nothing and

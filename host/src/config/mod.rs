@@ -1,7 +1,8 @@
 //! Operator settings: command-line flags plus the optional `tether.toml`.
 //!
-//! Everything here is parsed and validated once at start-up, so the rest of the host
-//! never sees raw strings. Grants live here because they are the operator's word;
+//! Everything here is parsed and validated whole — at start-up and at each live
+//! reload (`lifecycle::config_reload`) — so the rest of the host never sees raw
+//! strings. `locate` finds the file, `diff` names the keys two versions differ in. Grants live here because they are the operator's word;
 //! nothing an API caller sends (an environment's `config`) can widen them.
 //!
 //! This module is a leaf: it defines the plain settings types the other modules take
@@ -11,8 +12,10 @@
 
 mod audit;
 mod cache;
+mod diff;
 mod file;
 mod grant;
+mod locate;
 mod net;
 mod operator;
 mod pattern;
@@ -28,10 +31,12 @@ use std::time::Duration;
 
 pub use audit::{AuditConfig, ThrottleConfig};
 pub use cache::CompileCacheConfig;
+pub use diff::{ConfigDiff, needs_restart};
 use file::{FileCache, FileConfig, FileNet, FileRelay};
 use grant::check_set_env_entry;
 pub(crate) use grant::valid_env_name;
-pub use grant::{GIT_HARDENING, Grant, git_worktree_commands};
+pub use grant::{GIT_HARDENING, Grant, GrantOrigin, git_worktree_commands};
+pub use locate::{CONFIG_FILE_NAME, ConfigSource};
 pub use net::NetConfig;
 pub use operator::OperatorConfig;
 pub(crate) use pattern::is_rest;
@@ -73,9 +78,22 @@ pub enum ConfigError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// `--config` names a file that is not there.
+    #[error("config file {path} not found (looked for {})", list(searched))]
+    Missing {
+        /// The file as given.
+        path: PathBuf,
+        /// Where it was looked for.
+        searched: Vec<PathBuf>,
+    },
     /// A value is out of range.
     #[error("{0}")]
     Invalid(String),
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    shown.join(", ")
 }
 
 /// Settings of `tether serve`.
@@ -120,6 +138,8 @@ pub struct ServeConfig {
     /// The `tether` binary whose spawn guard runs every brokered child (set by
     /// `tether serve` to itself); `None` kills only the child's process group.
     pub spawn_guard: Option<PathBuf>,
+    /// The `tether.toml` these settings were read from (or would be).
+    pub source: ConfigSource,
 }
 
 /// Relay windows, limits and liveness (`[relay]` in `tether.toml`).
@@ -274,19 +294,17 @@ impl ServeConfig {
         data_dir: PathBuf,
         config_path: &Path,
     ) -> Result<Self, ConfigError> {
-        let file = match std::fs::read_to_string(config_path) {
-            Ok(text) => toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
-                path: config_path.to_owned(),
-                source: Box::new(e),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileConfig::default(),
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    path: config_path.to_owned(),
-                    source,
-                });
-            }
-        };
+        Self::load_source(listen, data_dir, ConfigSource::at(config_path)).map(|(c, _)| c)
+    }
+
+    /// Builds settings from flags and the file `source` located; also returns the
+    /// file's table (the base the next reload is compared with).
+    pub fn load_source(
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        source: ConfigSource,
+    ) -> Result<(Self, toml::Table), ConfigError> {
+        let (file, table) = read_file(&source)?;
         std::fs::create_dir_all(&data_dir).map_err(|source| ConfigError::DataDir {
             path: data_dir.clone(),
             source,
@@ -298,8 +316,26 @@ impl ServeConfig {
                 source,
             })?;
         let mut config = Self::defaults(listen, data_dir);
+        config.source = ConfigSource {
+            found: !table.is_empty() || source.path.is_file(),
+            ..source
+        };
         config.apply(file)?;
-        Ok(config)
+        Ok((config, table))
+    }
+
+    /// These settings read again from their file (a live reload): the flags, the
+    /// data directory and the spawn guard are kept; the file's table is returned too.
+    pub fn reread(&self) -> Result<(Self, toml::Table), ConfigError> {
+        let (file, table) = read_file(&self.source)?;
+        let mut config = Self::defaults(self.listen, self.data_dir.clone());
+        config.spawn_guard = self.spawn_guard.clone();
+        config.source = ConfigSource {
+            found: self.source.path.is_file(),
+            ..self.source.clone()
+        };
+        config.apply(file)?;
+        Ok((config, table))
     }
 
     /// Settings with every default, for a data directory that already exists.
@@ -322,6 +358,7 @@ impl ServeConfig {
             templates: BTreeMap::new(),
             throttle: ThrottleConfig::default(),
             spawn_guard: None,
+            source: ConfigSource::at(&data_dir.join(CONFIG_FILE_NAME)),
             data_dir,
         }
     }
@@ -462,6 +499,7 @@ impl ServeConfig {
                     set_env,
                     urls,
                     directories,
+                    origin: None,
                 },
             );
         }
@@ -529,10 +567,12 @@ impl ServeConfig {
 
     /// The grant in force for `provider`: the operator's, else the built-in default.
     pub fn grant_for(&self, provider: &str) -> Grant {
-        self.grants
-            .get(provider)
-            .cloned()
-            .unwrap_or_else(|| Grant::builtin_default(provider, &self.data_dir))
+        let grant = (self.grants.get(provider).cloned())
+            .unwrap_or_else(|| Grant::builtin_default(provider, &self.data_dir));
+        grant.from_origin(GrantOrigin {
+            provider: provider.to_owned(),
+            file: self.source.path.clone(),
+        })
     }
 
     /// `environment` config with the secret values of its `template` (if it was
@@ -585,6 +625,37 @@ impl ServeConfig {
         let environments = self.codebolt_dir().join("environments");
         crate::names::join("environment", &environments, name)
     }
+}
+
+/// The file `source` names as settings and as a table; a missing file is the
+/// defaults unless it was named explicitly.
+fn read_file(source: &ConfigSource) -> Result<(FileConfig, toml::Table), ConfigError> {
+    let path = &source.path;
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !source.explicit => {
+            return Ok((FileConfig::default(), toml::Table::new()));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ConfigError::Missing {
+                path: path.clone(),
+                searched: vec![path.clone()],
+            });
+        }
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.clone(),
+                source,
+            });
+        }
+    };
+    let parse = |e: toml::de::Error| ConfigError::Parse {
+        path: path.clone(),
+        source: Box::new(e),
+    };
+    let file = toml::from_str::<FileConfig>(&text).map_err(parse)?;
+    let table = toml::from_str::<toml::Table>(&text).map_err(parse)?;
+    Ok((file, table))
 }
 
 /// `[relay]` over the defaults; every value must be positive.

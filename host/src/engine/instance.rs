@@ -27,7 +27,7 @@ use super::{EngineError, TICK};
 use crate::broker::net::NetPolicy;
 use crate::broker::process::ProcessBroker;
 use crate::broker::tls::TlsClient;
-use crate::broker::{Capabilities, Request};
+use crate::broker::{Capabilities, Refusals, Request};
 use crate::config::{Grant, LimitsConfig, NetConfig};
 
 /// The data of one instance's `Store`: WASI, the resource table and the brokered
@@ -132,6 +132,8 @@ pub struct InstanceSetup {
     pub runtime: Arc<dyn RuntimePort>,
     /// The persisted resource id and key/values, as the instance changes them.
     pub state: StateWriter,
+    /// Where the broker notes what it refuses this instance.
+    pub refusals: Refusals,
 }
 
 /// What an instance's store is built with besides its setup: the engine's settings.
@@ -156,7 +158,10 @@ pub(crate) fn new_store(
         tls,
         spawn_guard,
     } = settings;
-    let caps = Capabilities::new(setup.request, setup.grant);
+    let caps = Capabilities::new(setup.request, setup.grant).with_refusals(setup.refusals);
+    for reason in crate::broker::directory_fixes(&caps) {
+        tracing::warn!(env = %setup.env_id, %provider, %reason, "directory not preopened");
+    }
     let policy = caps.net_policy(setup.env_id.clone(), net.clone());
     // Only these directories exist for the guest; WASI resolves every path inside a
     // preopen with cap-std, which refuses `..`, absolute and symlink escapes.

@@ -15,7 +15,9 @@ mod cache;
 mod dir_watch;
 mod dispatch;
 mod dropins;
+mod errno;
 mod executor;
+mod header;
 mod host;
 mod instance;
 pub(crate) mod persisted;
@@ -60,6 +62,9 @@ pub enum EngineError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// Not WebAssembly, or WebAssembly that is not a component (said in words).
+    #[error("{0}")]
+    NotComponent(String),
     /// Not a valid component, or not of the provider world.
     #[error("not a loadable provider component: {0}")]
     Compile(String),
@@ -122,8 +127,10 @@ pub struct LoadFailure {
 pub struct Engine {
     wasm: wasmtime::Engine,
     linker: Linker<HostState>,
-    limits: LimitsConfig,
-    net: NetConfig,
+    /// Swapped by a reload of `tether.toml`; each instance keeps the ones it was
+    /// started with.
+    settings: RwLock<(LimitsConfig, NetConfig)>,
+    /// Built once at start-up from `[net]`'s roots (changing those takes a restart).
     tls: TlsClient,
     providers: RwLock<BTreeMap<String, Arc<LoadedProvider>>>,
     failures: RwLock<Vec<LoadFailure>>,
@@ -172,8 +179,7 @@ impl Engine {
         Ok(Self {
             wasm,
             linker,
-            limits,
-            net,
+            settings: RwLock::new((limits, net)),
             tls,
             providers: RwLock::new(BTreeMap::new()),
             failures: RwLock::new(Vec::new()),
@@ -182,6 +188,12 @@ impl Engine {
             guests,
             spawn_guard: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Puts reloaded limits and network settings in force for instances started from
+    /// now on (the guest executor's thread count is fixed at start-up).
+    pub fn set_settings(&self, limits: LimitsConfig, net: NetConfig) {
+        *self.settings.write_locked() = (limits, net);
     }
 
     /// Runs every child an instance spawns from now on under the spawn guard, the
@@ -211,6 +223,11 @@ impl Engine {
         bytes: Vec<u8>,
         source: ProviderSource,
     ) -> Result<Arc<LoadedProvider>, EngineError> {
+        let path = match &source {
+            ProviderSource::DropIn { path } => Some(path.as_path()),
+            ProviderSource::BuiltIn => None,
+        };
+        header::check(&bytes, path).map_err(EngineError::NotComponent)?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let wasm = self.wasm.clone();
         let component = tokio::task::spawn_blocking(move || Component::new(&wasm, &bytes))
@@ -238,8 +255,8 @@ impl Engine {
 
     async fn probe_info(&self, pre: &AnyPre) -> Result<ProviderDescription, EngineError> {
         let info_err = |e: wasmtime::Error| EngineError::Info(format!("{e:#}"));
-        let mut store =
-            instance::configured_store(&self.wasm, HostState::detached("?", &self.limits));
+        let limits = self.settings.read_locked().0.clone();
+        let mut store = instance::configured_store(&self.wasm, HostState::detached("?", &limits));
         instance::arm_deadline(&mut store, Duration::from_secs(5));
         let pre = pre.clone();
         // The epoch deadline traps a spinning guest; the wall clock bounds one parked
@@ -287,9 +304,10 @@ impl Engine {
         setup: InstanceSetup,
     ) -> Result<ProviderHandle, EngineError> {
         let name = provider.description.name.clone();
+        let (limits, net) = self.settings.read_locked().clone();
         let settings = instance::StoreSettings {
-            limits: &self.limits,
-            net: &self.net,
+            limits: &limits,
+            net: &net,
             tls: &self.tls,
             spawn_guard: self.spawn_guard.get(),
         };
@@ -301,7 +319,7 @@ impl Engine {
             name,
             provider.description.version.clone(),
             provider.sha256.clone(),
-            self.limits.clone(),
+            limits.clone(),
         )
         .await
     }

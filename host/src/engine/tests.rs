@@ -36,6 +36,7 @@ async fn instance(
         grant,
         runtime: Arc::new(NoRuntime),
         state,
+        refusals: Default::default(),
     };
     (
         engine
@@ -203,6 +204,15 @@ async fn a_corrupt_component_is_refused_with_a_reason() {
     let engine = Engine::new(LimitsConfig::default(), Default::default()).expect("engine");
     let err = engine
         .load(b"\0asm garbage".to_vec(), ProviderSource::BuiltIn)
+        .await
+        .expect_err("garbage must not load");
+    assert!(matches!(err, EngineError::NotComponent(_)), "{err}");
+    // Past the header, wasmtime's own reason.
+    let err = engine
+        .load(
+            b"\0asm\x0d\0\x01\0garbage".to_vec(),
+            ProviderSource::BuiltIn,
+        )
         .await
         .expect_err("garbage must not load");
     assert!(matches!(err, EngineError::Compile(_)), "{err}");

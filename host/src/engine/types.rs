@@ -263,7 +263,9 @@ impl From<wit::ProviderError> for ProviderFailure {
             wit::ProviderError::Unsupported(m) => (FailureKind::Unsupported, m),
             wit::ProviderError::Failed(m) => (FailureKind::Failed, m),
         };
-        // A provider's message ends up in `lastError`, API answers and logs.
+        // A provider's message ends up in `lastError`, API answers and logs, with
+        // WASI error numbers in words.
+        let message = super::errno::explain(&message);
         let message = crate::untrusted::cut(&message, crate::untrusted::MAX_ERROR);
         Self { kind, message }
     }

@@ -51,7 +51,7 @@ impl Driver {
         let span = tracing::info_span!("force_delete", env = %env.id);
         self.spawn(
             async move {
-                let limit = this.shared.config.lifecycle.stop_timeout;
+                let limit = this.shared.config.get().lifecycle.stop_timeout;
                 let down = match this.take_instance(&env) {
                     Some(handle) => shut_down_within(&env.id, &handle, limit).await,
                     None => true,

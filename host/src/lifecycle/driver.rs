@@ -9,15 +9,15 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::envs::Env;
+use super::live_config::LiveConfig;
 use super::{EnvironmentView, Status, provider_status};
 use crate::audit::{Actor, AuditLog, Entry, Outcome};
-use crate::config::ServeConfig;
 use crate::engine::{Call, CallError, Engine, ProviderHandle};
 use crate::store::{Record, Store};
 
 #[derive(Debug)]
 pub(super) struct DriverShared {
-    pub(super) config: Arc<ServeConfig>,
+    pub(super) config: LiveConfig,
     pub(super) store: Arc<Store>,
     pub(super) engine: Arc<Engine>,
     /// The `ws://host:port` runtimes connect back to.
@@ -36,7 +36,7 @@ pub(super) struct Driver {
 
 impl Driver {
     pub(super) fn new(
-        config: Arc<ServeConfig>,
+        config: LiveConfig,
         store: Arc<Store>,
         engine: Arc<Engine>,
         runtime_base: String,
@@ -183,7 +183,7 @@ impl Driver {
     /// Removes a deleted environment's workspace; only ever a directory under the data
     /// directory, so the name must pass the rule.
     pub(super) async fn remove_workspace(&self, env: &Env, record: &Record) {
-        match self.shared.config.workspace_dir(&record.name) {
+        match self.shared.config.get().workspace_dir(&record.name) {
             Ok(workspace) => match tokio::fs::remove_dir_all(&workspace).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -203,7 +203,7 @@ impl Driver {
         env.deleting.cancel();
         let _op = env.op.lock().await;
         if let Some(handle) = self.take_instance(env) {
-            let timeout = self.shared.config.lifecycle.stop_timeout;
+            let timeout = self.shared.config.get().lifecycle.stop_timeout;
             if let Err(e) = handle.call(Call::Close, timeout).await {
                 let error = crate::untrusted::logged(&e.to_string());
                 tracing::warn!(env = %env.id, %error, "provider close failed");

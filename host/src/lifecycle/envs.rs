@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Status;
 use crate::engine::ProviderHandle;
-use crate::relay::{Hub, Relay};
+use crate::logs::EnvLogs;
+use crate::relay::{Hub, ProviderTypes, Relay};
 use crate::sync::MutexExt;
 
 /// What changes while an environment runs.
@@ -39,6 +40,9 @@ pub(super) struct Env {
     owner_moved: Mutex<CancellationToken>,
     live: Mutex<Live>,
     pub(super) hub: Arc<Hub>,
+    /// The message types its provider answers: the running instance's, or, while none
+    /// runs, the loaded provider's (what the next start runs).
+    pub(super) provider_types: Arc<ProviderTypes>,
 }
 
 impl Env {
@@ -50,6 +54,7 @@ impl Env {
             owner_moved: Mutex::new(CancellationToken::new()),
             live: Mutex::new(Live::default()),
             hub,
+            provider_types: Arc::default(),
         }
     }
 
@@ -74,19 +79,34 @@ impl Env {
 pub(super) struct Environments {
     relay: Relay,
     envs: Mutex<HashMap<String, Arc<Env>>>,
+    /// Each known environment has a log there; a forgotten one's goes.
+    logs: Arc<EnvLogs>,
 }
 
 impl Environments {
-    /// The live sides of environments `ids`, their hubs in `relay`.
-    pub(super) fn new(relay: Relay, ids: impl IntoIterator<Item = String>) -> Self {
+    /// The live sides of environments `ids`, their hubs in `relay`, their logs in `logs`.
+    pub(super) fn new(
+        relay: Relay,
+        logs: Arc<EnvLogs>,
+        ids: impl IntoIterator<Item = String>,
+    ) -> Self {
         let envs = ids
             .into_iter()
-            .map(|id| (id.clone(), Arc::new(Env::new(&id, relay.hub(&id)))))
+            .map(|id| {
+                logs.track(&id);
+                (id.clone(), Arc::new(Env::new(&id, relay.hub(&id))))
+            })
             .collect();
         Self {
             relay,
             envs: Mutex::new(envs),
+            logs,
         }
+    }
+
+    /// The environments' logs.
+    pub(super) fn logs(&self) -> &EnvLogs {
+        &self.logs
     }
 
     /// Environment `id`, if the host knows it.
@@ -97,13 +117,16 @@ impl Environments {
     /// Environment `id`, created (with its hub) if the host did not know it yet.
     pub(super) fn add(&self, id: &str) -> Arc<Env> {
         let mut envs = self.envs.locked();
+        self.logs.track(id);
         envs.entry(id.to_owned())
             .or_insert_with(|| Arc::new(Env::new(id, self.relay.hub(id))))
             .clone()
     }
 
-    /// Forgets environment `id`; its hub stays open until [`Self::close_hub`].
+    /// Forgets environment `id` and removes its log; its hub stays open until
+    /// [`Self::close_hub`].
     pub(super) fn forget(&self, id: &str) -> Option<Arc<Env>> {
+        self.logs.remove(id);
         self.envs.locked().remove(id)
     }
 

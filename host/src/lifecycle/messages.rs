@@ -18,6 +18,12 @@ pub(super) const PROVIDER_TYPES: &[&str] = &[
     "providerMergeAsPatch",
 ];
 
+/// Every type a provider that declared `declared` answers: the contract's, then its own.
+pub(super) fn provider_types(declared: &[String]) -> Vec<String> {
+    let builtin = PROVIDER_TYPES.iter().map(|t| (*t).to_owned());
+    builtin.chain(declared.iter().cloned()).collect()
+}
+
 /// A request that could not be turned into a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct BadRequest(pub(super) String);

@@ -13,16 +13,20 @@
 //! (what the loaded providers are and are granted, and their hot reload), `peers`
 //! (admitting runtimes and apps, answering provider-handled app messages),
 //! `idle` (stopping environments nobody uses), `wake` (starting them again on an
-//! app's connect) and `reconcile` (outside edits of the
-//! records file).
+//! app's connect), `reconcile` (outside edits of the records file) and
+//! `config_reload` (outside edits of `tether.toml`, or `SIGHUP`: the settings in
+//! force, `live_config`, are swapped for the next start of each environment).
 
+mod config_reload;
 mod deadline;
 mod driver;
 mod envs;
 mod idle;
+mod live_config;
 mod messages;
 mod ops;
 mod peers;
+mod provider_install;
 mod provider_reload;
 mod provider_status;
 mod providers;
@@ -42,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{AuditLog, Outcome, action};
 use crate::config::ServeConfig;
 use crate::engine::Engine;
+use crate::logs::{EnvLogs, Follow};
 use crate::relay::Relay;
 use crate::store::{Record, StopReason, Store, StoreError, validate};
 use crate::tenancy::Principal;
@@ -53,6 +58,8 @@ use provision::KeyLocks;
 use quotas::Quotas;
 
 pub(crate) use crate::store::{DesiredState, RestartPolicy};
+pub(crate) use live_config::ConfigStatus;
+use live_config::LiveConfig;
 pub(crate) use providers::ProviderView;
 pub(crate) use provision::ProvisionTarget;
 pub(crate) use view::{EnvironmentView, Status};
@@ -100,6 +107,9 @@ pub(crate) enum LifecycleError {
     /// Persisting failed.
     #[error("persisting the change failed: {0}")]
     Store(StoreError),
+    /// The host could not do its part (writing a file, say); the message says what.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<StoreError> for LifecycleError {
@@ -143,6 +153,9 @@ pub(crate) struct HostHealth {
 #[derive(Debug)]
 struct Shared {
     store: Arc<Store>,
+    engine: Arc<Engine>,
+    /// The operator's settings in force (reloaded live).
+    config: LiveConfig,
     envs: Environments,
     driver: Driver,
     providers: Providers,
@@ -160,20 +173,25 @@ pub(crate) struct Manager {
 }
 
 impl Manager {
-    /// A manager over loaded providers and opened records; `runtime_base` is the
+    /// A manager over loaded providers and opened records, with the settings read
+    /// from `config`'s file (whose table is `table`); `runtime_base` is the
     /// `ws://host:port` runtimes connect back to.
     pub(crate) fn new(
         config: ServeConfig,
+        table: toml::Table,
         store: Store,
         engine: Engine,
         runtime_base: String,
         audit: AuditLog,
+        logs: Arc<EnvLogs>,
     ) -> Self {
-        let config = Arc::new(config);
+        let relay = Relay::new(config.relay.clone());
+        let quotas = Quotas::new(config.tenancy.clone());
+        let config = LiveConfig::new(config, table);
         let store = Arc::new(store);
         let engine = Arc::new(engine);
-        let relay = Relay::new(config.relay.clone());
-        let envs = Environments::new(relay, store.list().into_iter().map(|r| r.id));
+        let ids = store.list().into_iter().map(|r| r.id);
+        let envs = Environments::new(relay, logs, ids);
         Self {
             shared: Arc::new(Shared {
                 envs,
@@ -184,9 +202,11 @@ impl Manager {
                     runtime_base,
                     audit,
                 ),
-                quotas: Quotas::new(config.tenancy.clone()),
+                quotas,
                 provisions: KeyLocks::default(),
-                providers: Providers::new(engine, config),
+                providers: Providers::new(engine.clone(), config.clone()),
+                engine,
+                config,
                 store,
                 closing: CancellationToken::new(),
             }),
@@ -225,6 +245,7 @@ impl Manager {
             reasons.push(format!("records file: {held}"));
         }
         reasons.extend(self.shared.providers.load_failures());
+        reasons.extend(self.config_health());
         HostHealth {
             status: if reasons.is_empty() { "ok" } else { "degraded" },
             reasons,
@@ -432,7 +453,9 @@ impl Manager {
             })
             .await?;
         self.driver().spawn_converge(env);
-        self.view(id)
+        let mut view = self.view(id)?;
+        view.status = view.status.heading_to(desired);
+        Ok(view)
     }
 
     /// Stops (if running) and starts again, with a fresh runtime token.
@@ -451,6 +474,29 @@ impl Manager {
             .await?;
         self.driver().spawn_restart(env);
         self.view(id)
+    }
+
+    /// The last `tail` lines of environment `id`'s log at or after `since` (a line's
+    /// `ts` form), and, if `follow`, the lines written from now on; `NotFound` for an
+    /// environment `who` does not reach.
+    pub(crate) fn env_logs(
+        &self,
+        who: &Principal,
+        id: &str,
+        tail: usize,
+        since: Option<&str>,
+        follow: bool,
+    ) -> Result<(Vec<String>, Option<Follow>), LifecycleError> {
+        self.reachable(who, id)?;
+        let logs = self.shared.envs.logs();
+        // Subscribed before the tail is read, so no line falls between the two.
+        let follow = follow.then(|| logs.follow(id));
+        Ok((logs.tail(id, tail, since), follow))
+    }
+
+    /// Lines of environments' logs dropped since start because their writer was behind.
+    pub(crate) fn log_lines_dropped(&self) -> u64 {
+        self.shared.envs.logs().dropped()
     }
 
     /// Stops an environment, lets its provider remove the resource, and forgets it.

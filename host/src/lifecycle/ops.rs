@@ -12,8 +12,9 @@ use super::Status;
 use super::deadline::{GRACE, overran, shut_down_within};
 use super::driver::Driver;
 use super::envs::Env;
+use super::messages;
 use crate::auth;
-use crate::broker::{PROJECT_PATH_DIR, Request};
+use crate::broker::{PROJECT_PATH_DIR, Refusals, Request};
 use crate::engine::{
     Call, CallError, InitVars, InstanceSetup, LoadedProvider, ProviderHandle, Reply, RuntimePort,
     StateReader,
@@ -52,7 +53,7 @@ impl Driver {
     /// whole start — instantiating, the provider's start — has the start timeout.
     pub(super) async fn start_locked(&self, env: &Arc<Env>, record: Record) -> Result<(), String> {
         self.set_status(env, Status::Starting);
-        let timeout = self.shared.config.lifecycle.start_timeout;
+        let timeout = self.shared.config.get().lifecycle.start_timeout;
         let deadline = Instant::now() + timeout;
         let attempt =
             tokio::time::timeout_at(deadline + GRACE, self.try_start(env, record, deadline));
@@ -75,7 +76,7 @@ impl Driver {
         deadline: Instant,
     ) -> Result<(), String> {
         let s = &self.shared;
-        let timeout = s.config.lifecycle.start_timeout;
+        let timeout = s.config.get().lifecycle.start_timeout;
         let provider = s
             .engine
             .provider(&record.provider)
@@ -95,7 +96,11 @@ impl Driver {
         // stale: cut it off so it reconnects, is refused, and exits.
         env.hub
             .close_runtime(CLOSE_REPLACED, "a new start superseded this runtime");
-        let handle = tokio::time::timeout_at(deadline, self.instantiate(env, &record, &provider))
+        // What the broker refuses this instance, added to a failed start's error: a
+        // provider often reports a refusal in its own words.
+        let refusals = Refusals::default();
+        let instantiating = self.instantiate(env, &record, &provider, refusals.clone());
+        let handle = tokio::time::timeout_at(deadline, instantiating)
             .await
             .map_err(|_| overran("start (instantiating the provider)", timeout))??;
         let init = self.init_vars(
@@ -123,11 +128,17 @@ impl Driver {
                 shut_down_within(&env.id, &handle, GRACE).await;
                 // Named by the configured timeout, not by what was left of it.
                 let e = CallError::TimedOut(timeout);
-                return Err(format!("provider start failed: {e}"));
+                return Err(with_refusals(
+                    format!("provider start failed: {e}"),
+                    &refusals,
+                ));
             }
             Err(e) => {
                 shut_down_within(&env.id, &handle, GRACE).await;
-                return Err(format!("provider start failed: {e}"));
+                return Err(with_refusals(
+                    format!("provider start failed: {e}"),
+                    &refusals,
+                ));
             }
         };
         let persisted = s
@@ -148,6 +159,10 @@ impl Driver {
             live.supervision = Some(supervision.clone());
             live.metadata = outcome.metadata;
         }
+        // Apps' messages go where this instance says, whatever is loaded later.
+        (env.provider_types).set(messages::provider_types(
+            &provider.description.message_types,
+        ));
         let resource = crate::untrusted::logged(&outcome.resource_id);
         tracing::info!(env = %env.id, %resource, "environment running");
         self.set_status(env, Status::Running);
@@ -163,16 +178,18 @@ impl Driver {
         env: &Arc<Env>,
         record: &Record,
         provider: &LoadedProvider,
+        refusals: Refusals,
     ) -> Result<ProviderHandle, String> {
         let s = &self.shared;
-        let workspace = s
-            .config
+        // One snapshot of the operator's settings for the whole instance.
+        let config = s.config.get();
+        let workspace = config
             .workspace_dir(&record.name)
             .map_err(|e| e.to_string())?;
         tokio::fs::create_dir_all(&workspace)
             .await
             .map_err(|e| format!("creating workspace {}: {e}", workspace.display()))?;
-        let state_dir = (s.config)
+        let state_dir = config
             .provider_state_dir(&provider.description.name)
             .map_err(|e| e.to_string())?;
         let (state, changes) = crate::engine::persisted::channel(record.provider_state.clone());
@@ -185,9 +202,10 @@ impl Driver {
             workspace,
             state_dir,
             request: request_for(provider, record),
-            grant: s.config.grant_for(&provider.description.name),
+            grant: config.grant_for(&provider.description.name),
             runtime: Arc::new(HubPort(env.hub.clone())),
             state,
+            refusals,
         };
         s.engine
             .instantiate(provider, setup)
@@ -209,7 +227,7 @@ impl Driver {
             environment_name: record.name.clone(),
             project_path: project_path(record),
             // The operator's config for this provider (API keys, ...) joins here only.
-            config: self.shared.config.merged_config(
+            config: self.shared.config.get().merged_config(
                 &record.provider,
                 record.template(),
                 &record.config,
@@ -218,7 +236,7 @@ impl Driver {
             runtime_url,
             runtime_token,
             // Records in force passed the name rule; `instantiate` refuses any other.
-            workspace_host_path: (self.shared.config.workspace_dir(&record.name))
+            workspace_host_path: (self.shared.config.get().workspace_dir(&record.name))
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
         }
@@ -231,7 +249,7 @@ impl Driver {
             return;
         };
         self.set_status(env, Status::Stopping);
-        let timeout = self.shared.config.lifecycle.stop_timeout;
+        let timeout = self.shared.config.get().lifecycle.stop_timeout;
         let stop = async {
             let result = handle.call(Call::Stop, timeout).await;
             handle.shutdown().await;
@@ -259,7 +277,7 @@ impl Driver {
         };
         if let Some(handle) = handle {
             let init = self.init_vars(env, record, String::new(), String::new());
-            let timeout = self.shared.config.lifecycle.stop_timeout;
+            let timeout = self.shared.config.get().lifecycle.stop_timeout;
             if let Err(e) = handle.call(Call::Destroy(Box::new(init)), timeout).await {
                 let error = crate::untrusted::logged(&e.to_string());
                 tracing::warn!(env = %env.id, resource = ?record.resource_id, %error,
@@ -278,13 +296,29 @@ impl Driver {
         if !provider.world.destroys_without_start() {
             return None;
         }
-        match self.instantiate(env, record, &provider).await {
+        match self
+            .instantiate(env, record, &provider, Refusals::default())
+            .await
+        {
             Ok(handle) => Some(handle),
             Err(e) => {
                 tracing::warn!(env = %env.id, error = %e, "no instance to remove the resource with");
                 None
             }
         }
+    }
+}
+
+/// `reason` with what the broker refused the instance, when the provider's own
+/// words do not already say it: the refusal names the `tether.toml` key to set.
+fn with_refusals(reason: String, refusals: &Refusals) -> String {
+    let missing: Vec<String> = (refusals.take().into_iter())
+        .filter(|r| !reason.contains(r.as_str()))
+        .collect();
+    if missing.is_empty() {
+        reason
+    } else {
+        format!("{reason} (refused by the host: {})", missing.join("; "))
     }
 }
 

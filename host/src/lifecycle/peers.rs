@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::driver::Driver;
 use super::envs::Env;
-use super::messages::{self, PROVIDER_TYPES};
+use super::messages;
 use super::wake::{Wakes, wakes};
 use super::{LifecycleError, Manager};
 use crate::auth;
@@ -96,12 +96,14 @@ impl Manager {
         first: Option<String>,
         start_failed: Option<CancellationToken>,
     ) -> Result<Connection, LifecycleError> {
-        // The provider's own types are looked up once here, so the per-message path
-        // never scans the store.
-        let mut types: Vec<String> = PROVIDER_TYPES.iter().map(|t| (*t).to_owned()).collect();
-        types.extend(self.shared.providers.message_types(&record.provider));
+        // While no instance runs, the types are those of what the next start loads;
+        // a start replaces them with its instance's (`ops.rs`).
+        if env.live().provider.is_none() {
+            let declared = self.shared.providers.message_types(&record.provider);
+            env.provider_types.set(messages::provider_types(&declared));
+        }
         let route = ProviderRoute {
-            types,
+            types: env.provider_types.clone(),
             desk: Arc::new(Desk {
                 driver: self.shared.driver.clone(),
                 env: env.clone(),
@@ -163,7 +165,7 @@ impl ProviderDesk for Desk {
                         "message": "the environment is not running",
                     })),
                     (Some(handle), Ok(call)) => {
-                        let timeout = driver.shared.config.lifecycle.call_timeout;
+                        let timeout = driver.shared.config.get().lifecycle.call_timeout;
                         match handle.call(call, timeout).await {
                             Ok(answer) => Ok(messages::reply_message(&kind, &msg, answer)),
                             Err(err) => {

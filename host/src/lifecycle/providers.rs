@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::live_config::LiveConfig;
 use super::{LifecycleError, Manager};
 use crate::broker::{Capabilities, DeniedItems};
-use crate::config::{Grant, ServeConfig};
+use crate::config::Grant;
 use crate::engine::{
     CompileCacheStats, Engine, LoadedProvider, ProviderDescription, ProviderSource,
 };
@@ -49,7 +50,7 @@ pub(crate) struct ProviderCounts {
 #[derive(Debug, Clone)]
 pub(super) struct Providers {
     engine: Arc<Engine>,
-    config: Arc<ServeConfig>,
+    config: LiveConfig,
 }
 
 impl Manager {
@@ -71,7 +72,7 @@ impl Manager {
 }
 
 impl Providers {
-    pub(super) fn new(engine: Arc<Engine>, config: Arc<ServeConfig>) -> Self {
+    pub(super) fn new(engine: Arc<Engine>, config: LiveConfig) -> Self {
         Self { engine, config }
     }
 
@@ -96,12 +97,13 @@ impl Providers {
 
     /// The providers directory, watched for drop-ins.
     pub(super) fn dir(&self) -> std::path::PathBuf {
-        self.config.providers_dir()
+        self.config.get().providers_dir()
     }
 
     /// Loads what changed in the providers directory.
     pub(super) async fn rescan(&self) {
-        self.engine.rescan(&self.config.providers_dir()).await;
+        let dir = self.config.get().providers_dir();
+        self.engine.rescan(&dir).await;
     }
 
     fn all(&self) -> Vec<ProviderView> {
@@ -110,7 +112,12 @@ impl Providers {
             .collect()
     }
 
-    fn one(&self, name: &str) -> Result<ProviderView, LifecycleError> {
+    /// The engine the providers are loaded into.
+    pub(super) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(super) fn one(&self, name: &str) -> Result<ProviderView, LifecycleError> {
         let engine = &self.engine;
         let p = engine.provider(name).ok_or_else(|| {
             let mut message = format!("no provider named {name:?} is loaded");
@@ -144,7 +151,7 @@ impl Providers {
     }
 
     fn view(&self, p: &Arc<LoadedProvider>) -> ProviderView {
-        let config = &self.config;
+        let config = self.config.get();
         let grant = config.grant_for(&p.description.name);
         let operator_config_keys = (config.provider_config.get(&p.description.name))
             .map(|c| c.keys().map(str::to_owned).collect())

@@ -74,13 +74,20 @@ impl KeyLocks {
 impl Manager {
     /// Every template, as `GET /api/v1/templates` shows them (no secret values).
     pub(crate) fn templates(&self) -> Vec<serde_json::Value> {
-        let config = &self.driver().shared.config;
+        let config = self.driver().shared.config.get();
         config.templates.values().map(Template::shown).collect()
     }
 
     /// `NoTemplate` unless a template is named `name`.
     pub(crate) fn check_template(&self, name: &str) -> Result<(), LifecycleError> {
-        if self.driver().shared.config.templates.contains_key(name) {
+        if self
+            .driver()
+            .shared
+            .config
+            .get()
+            .templates
+            .contains_key(name)
+        {
             return Ok(());
         }
         Err(LifecycleError::NoTemplate(format!(
@@ -98,7 +105,7 @@ impl Manager {
         target: ProvisionTarget,
         resume: Option<Resume>,
     ) -> Result<Provisioned, LifecycleError> {
-        let config = self.driver().shared.config.clone();
+        let config = self.driver().shared.config.get();
         self.check_template(&target.template)?;
         let Some(template) = config.templates.get(&target.template) else {
             return Err(LifecycleError::NoTemplate(target.template));

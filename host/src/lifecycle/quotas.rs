@@ -4,28 +4,34 @@
 //! only one of them fits (100 parallel creates at a limit of 10 make exactly 10).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::OwnedMutexGuard;
 
 use super::LifecycleError;
 use crate::config::TenancyConfig;
 use crate::store::{DesiredState, Store};
-use crate::sync::MutexExt;
+use crate::sync::{MutexExt, RwLockExt};
 
 /// The limits, and one admission lock per user.
 #[derive(Debug, Default)]
 pub(super) struct Quotas {
-    config: TenancyConfig,
+    /// Swapped by a reload of `tether.toml`.
+    config: RwLock<TenancyConfig>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Quotas {
     pub(super) fn new(config: TenancyConfig) -> Self {
         Self {
-            config,
+            config: RwLock::new(config),
             locks: Mutex::default(),
         }
+    }
+
+    /// Puts reloaded limits in force for the next check.
+    pub(super) fn set(&self, config: TenancyConfig) {
+        *self.config.write_locked() = config;
     }
 
     /// Holds `owner`'s admission until the guard drops: check, then change, then drop.
@@ -47,7 +53,7 @@ impl Quotas {
         owner: &str,
         running: bool,
     ) -> Result<(), LifecycleError> {
-        let quota = self.config.quota_of(owner);
+        let quota = self.config.read_locked().quota_of(owner);
         if let Some(limit) = quota.max_environments {
             let used = store.count(|r| r.owner == owner);
             exceeded("max_environments", owner, limit, used)?;
@@ -66,7 +72,7 @@ impl Quotas {
         owner: &str,
         id: Option<&str>,
     ) -> Result<(), LifecycleError> {
-        if let Some(limit) = self.config.quota_of(owner).max_running {
+        if let Some(limit) = self.config.read_locked().quota_of(owner).max_running {
             let used = store.count(|r| {
                 r.owner == owner
                     && r.desired_state == DesiredState::Running

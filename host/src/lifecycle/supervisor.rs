@@ -33,7 +33,7 @@ impl Driver {
         let span = tracing::info_span!("supervise", env = %env.id);
         self.spawn(
             async move {
-                let health = this.shared.config.health.clone();
+                let health = this.shared.config.get().health.clone();
                 let mut failures = 0u32;
                 let mut away_since: Option<Instant> = None;
                 loop {
@@ -92,7 +92,7 @@ impl Driver {
             let shown = crate::untrusted::logged(&reason);
             tracing::warn!(env = %env.id, reason = %shown, "environment failed");
             let _ = self.take_instance(&env);
-            let timeout = self.shared.config.lifecycle.stop_timeout;
+            let timeout = self.shared.config.get().lifecycle.stop_timeout;
             // Let the provider release what it can; a dead instance answers at once.
             let _ = handle.call(Call::Stop, timeout).await;
             super::deadline::shut_down_within(&env.id, &handle, timeout).await;
@@ -152,7 +152,8 @@ impl Driver {
         if record.desired_state != DesiredState::Running {
             return None;
         }
-        let config = &self.shared.config.restart;
+        let settings = self.shared.config.get();
+        let config = &settings.restart;
         let attempt = {
             let mut live = env.live();
             if live

@@ -31,6 +31,22 @@ pub(crate) enum Status {
     Error,
 }
 
+impl Status {
+    /// The status an accepted request to reach `desired` leads to first: a reply to
+    /// `start` or `stop` shows where the environment is going, not where it was.
+    pub(crate) fn heading_to(self, desired: DesiredState) -> Status {
+        match (desired, self) {
+            (DesiredState::Stopped, Status::Running | Status::Starting | Status::Restarting) => {
+                Status::Stopping
+            }
+            (DesiredState::Running, Status::Created | Status::Stopped | Status::Error) => {
+                Status::Starting
+            }
+            (_, status) => status,
+        }
+    }
+}
+
 /// The runtime's side of an environment.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct RuntimeView {
@@ -147,5 +163,22 @@ impl EnvironmentView {
             "lastError": self.last_error,
         })
         .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_shows_where_a_start_or_stop_is_heading() {
+        use DesiredState::{Running, Stopped};
+        assert_eq!(Status::Running.heading_to(Stopped), Status::Stopping);
+        assert_eq!(Status::Starting.heading_to(Stopped), Status::Stopping);
+        assert_eq!(Status::Stopped.heading_to(Stopped), Status::Stopped);
+        assert_eq!(Status::Stopped.heading_to(Running), Status::Starting);
+        assert_eq!(Status::Error.heading_to(Running), Status::Starting);
+        assert_eq!(Status::Running.heading_to(Running), Status::Running);
+        assert_eq!(Status::Stopping.heading_to(Running), Status::Stopping);
     }
 }

@@ -8,7 +8,7 @@
 //! the relay cannot take are answered on the app's own stream with an `error` frame.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
 use serde_json::{Map, Value, json};
@@ -40,15 +40,34 @@ pub trait ProviderDesk: Send + Sync + fmt::Debug {
 /// The message types an app connection hands to its provider, and who takes them.
 #[derive(Debug, Clone)]
 pub struct ProviderRoute {
-    /// Every `type` the provider answers.
-    pub types: Vec<String>,
+    /// Every `type` the provider answers, as the environment's owner keeps them current.
+    pub types: Arc<ProviderTypes>,
     /// Who takes them.
     pub desk: Arc<dyn ProviderDesk>,
 }
 
 impl ProviderRoute {
     fn handles(&self, kind: &str) -> bool {
-        self.types.iter().any(|t| t == kind)
+        self.types.contains(kind)
+    }
+}
+
+/// The message types an environment's provider answers: those of the instance that
+/// serves it, swapped when another instance starts, so a message goes where the
+/// running version says rather than where the newest loaded file would.
+#[derive(Debug, Default)]
+pub struct ProviderTypes(RwLock<Arc<[String]>>);
+
+impl ProviderTypes {
+    /// Replaces the set.
+    pub fn set(&self, types: Vec<String>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = types.into();
+    }
+
+    /// Whether `kind` is one of them.
+    pub fn contains(&self, kind: &str) -> bool {
+        let types = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        types.iter().any(|t| t == kind)
     }
 }
 

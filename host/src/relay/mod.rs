@@ -30,7 +30,7 @@ pub use activity::{Activity, now_ms};
 pub use conn::{Connection, refuse, refuse_with};
 pub use error::RelayError;
 pub use hub::{Hub, StreamKey};
-pub use inbound::{ProviderDesk, ProviderRequest, ProviderRoute, Reply};
+pub use inbound::{ProviderDesk, ProviderRequest, ProviderRoute, ProviderTypes, Reply};
 pub use outbox::{Outbox, Take};
 pub use protocol::{
     CLOSE_GONE, CLOSE_REPLACED, CLOSE_REVOKED, CLOSE_START_FAILED, CLOSE_STOPPED, CLOSE_TOO_BIG,

@@ -72,6 +72,11 @@ async fn accept_loop(
                 }
             },
         };
+        // As on plain connections: small frames go out at once, and the handshake's
+        // last flight is not held back behind an unacknowledged one.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));

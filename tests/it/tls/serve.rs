@@ -145,7 +145,7 @@ async fn apps_and_runtimes_connect_over_wss_and_untrusting_clients_are_refused()
     );
 
     // The example app end to end over https:// and wss:// (create, echo, resume, exec).
-    let example = std::process::Command::new(crate::support::example_binary("tether-app"))
+    let example = std::process::Command::new(crate::support::example_bin("tether-app"))
         .args(["demo", "from-example"])
         .env("TETHER_URL", &server.base)
         .env("TETHER_API_TOKEN", TOKEN)

@@ -71,7 +71,8 @@ impl WasiHttpHooks for NetHooks {
 }
 
 fn refused(policy: &NetPolicy, dest: &str, denied: &Denied) -> Error {
-    tracing::warn!(env = %policy.env_id(), %dest, reason = %denied, "outgoing HTTP denied");
+    let reason = policy.explain(denied);
+    tracing::warn!(env = %policy.env_id(), %dest, %reason, "outgoing HTTP denied");
     match denied {
         Denied::SensitiveAddress(_) => Error::DestinationIpProhibited,
         Denied::ConnectionLimit(_) => Error::ConnectionLimitReached,

@@ -23,17 +23,21 @@ impl Host for HostState {
             env: request.env.into_iter().map(|e| (e.key, e.value)).collect(),
             cwd: request.cwd,
         };
-        let program = spec.program.clone();
+        let (program, args) = (spec.program.clone(), spec.args.clone());
         match broker.spawn(spec) {
             Ok(child) => Ok(Ok(self.table.push(child)?)),
             Err(SpawnError::Denied(denied)) => {
+                // The provider's error and the log line both name the key to add.
+                let reason = broker
+                    .capabilities()
+                    .explain_spawn(&denied, &program, &args);
                 // Counted against the provider's log budget, so a loop of denied
                 // spawns logs a burst, not a line per call.
                 if self.log_budget.take(std::time::Instant::now()).is_some() {
                     let program = crate::untrusted::quoted(&program);
-                    tracing::warn!(env = %self.env_id, provider = %self.provider, %program, reason = %denied, "spawn denied");
+                    tracing::warn!(env = %self.env_id, provider = %self.provider, %program, %reason, "spawn denied");
                 }
-                Ok(Err(ProviderError::Denied(denied.to_string())))
+                Ok(Err(ProviderError::Denied(reason)))
             }
             Err(err @ SpawnError::Io { .. }) => Ok(Err(ProviderError::Failed(err.to_string()))),
         }

@@ -27,7 +27,8 @@ pub(crate) fn allowed(policy: &NetPolicy, addr: SocketAddr, usage: SocketAddrUse
     };
     match verdict {
         Ok(()) => true,
-        Err(reason) => {
+        Err(denied) => {
+            let reason = policy.explain(&denied);
             tracing::warn!(env = %policy.env_id(), %addr, ?usage, %reason, "socket use denied");
             false
         }

@@ -1,0 +1,91 @@
+//! `GET /api/v1/environments/{id}/logs`: an environment's log as NDJSON, one JSON object
+//! a line (`ts`, `level`, `source`, `message`, and `stream`/`pid` for process output),
+//! oldest first; with `follow=true` the response stays open and carries each new line
+//! as it is written, until the client leaves or the environment is deleted.
+//! Same rules as reading the environment: `envs:read`, and someone else's is 404.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{ApiError, AppState};
+use crate::logs::{MAX_TAIL, parse_since};
+use crate::tenancy::{Principal, Scope};
+
+/// Lines returned when `tail` is not given.
+const DEFAULT_TAIL: usize = 100;
+
+pub(crate) async fn logs(
+    who: Principal,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    who.require(Scope::EnvsRead)?;
+    let tail = match query.get("tail") {
+        None => DEFAULT_TAIL,
+        Some(n) => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= MAX_TAIL)
+            .ok_or_else(|| ApiError::bad_request(format!("tail must be 0 to {MAX_TAIL}")))?,
+    };
+    let since = match query.get("since") {
+        None => None,
+        Some(t) => Some(parse_since(t).ok_or_else(|| {
+            ApiError::bad_request("since must be an RFC 3339 time, e.g. 2026-12-04T10:00:00Z")
+        })?),
+    };
+    let follow = match query.get("follow").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::bad_request("follow must be true or false")),
+    };
+    let (lines, live) = s
+        .manager
+        .env_logs(&who, &id, tail, since.as_deref(), follow)?;
+    let ndjson = [(CONTENT_TYPE, "application/x-ndjson")];
+    let Some(mut live) = live else {
+        let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        return Ok((ndjson, body).into_response());
+    };
+    // A line written between the follow starting and the tail being read is in both.
+    let seen: HashSet<String> = lines.iter().rev().take(64).cloned().collect();
+    let head = futures_util::stream::iter(lines.into_iter().map(|l| Ok(format!("{l}\n"))));
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                // The client left: stop at once, not at the next line.
+                () = tx.closed() => return,
+                next = live.0.recv() => next,
+            };
+            let line = match next {
+                Ok(line) if seen.contains(&*line) => continue,
+                Ok(line) => line.to_string(),
+                Err(RecvError::Lagged(n)) => serde_json::json!({
+                    "ts": crate::logs::now_ts(),
+                    "level": "WARN",
+                    "source": "host",
+                    "message": format!("{n} lines skipped: this follower fell behind"),
+                })
+                .to_string(),
+                Err(RecvError::Closed) => return,
+            };
+            if tx.send(format!("{line}\n")).await.is_err() {
+                return;
+            }
+        }
+    });
+    let rest = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|line| (Ok::<_, Infallible>(line), rx))
+    });
+    let body = Body::from_stream(head.chain(rest));
+    Ok((ndjson, body).into_response())
+}

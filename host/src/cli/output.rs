@@ -1,0 +1,30 @@
+//! What CLI verbs print on stdout, written so a closed pipe ends the command
+//! quietly (`tether provider inspect x.wasm | head -1`) instead of panicking the
+//! way `println!` does.
+//!
+//! Only stdout writes are affected: `SIGPIPE` stays ignored, as Rust sets it, so a
+//! peer closing a socket of `tether serve` or `tether runtime` is an error to handle,
+//! never a signal that kills the process.
+
+use std::io::Write;
+
+/// Stdout was closed by its reader: the command stops, and counts as a success.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed")]
+pub(crate) struct StdoutClosed;
+
+/// Writes `text` and a newline to stdout; a closed pipe is [`StdoutClosed`].
+pub(crate) fn line(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let written = writeln!(out, "{text}").and_then(|()| out.flush());
+    match written {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+    }
+}
+
+/// Writes `tether: ERROR` to stderr, ignoring a stderr nobody reads.
+pub(crate) fn error(err: &anyhow::Error) {
+    let _ = writeln!(std::io::stderr().lock(), "tether: {err:#}");
+}

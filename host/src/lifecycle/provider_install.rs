@@ -1,0 +1,55 @@
+//! Installing a provider component sent through the API (`PUT /api/v1/providers/{name}`,
+//! what `tether provider install --server` and `tether provider dev` use): checked the
+//! way a drop-in is — it must load, and name itself as the URL does — then written into
+//! the providers directory under a temporary name and renamed into place, so the
+//! directory watcher never sees half a file. The rescan that follows makes it the
+//! provider for the next start; running environments keep their instance.
+
+use std::io::Write;
+
+use super::providers::ProviderView;
+use super::{LifecycleError, Manager};
+use crate::engine::ProviderSource;
+
+impl Manager {
+    /// Installs `bytes` as provider `name`, or says why not; the provider as now loaded.
+    pub(crate) async fn install_provider(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<ProviderView, LifecycleError> {
+        crate::names::validate("provider", name)
+            .map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+        let providers = &self.shared.providers;
+        let dir = providers.dir();
+        let path = dir.join(format!("{name}.wasm"));
+        let source = ProviderSource::DropIn { path: path.clone() };
+        let loaded = (providers.engine().load(bytes.clone(), source).await)
+            .map_err(|e| LifecycleError::Invalid(format!("the component does not load: {e}")))?;
+        if loaded.description.name != name {
+            return Err(LifecycleError::Invalid(format!(
+                "the component calls itself {}, not {name}",
+                crate::untrusted::named(&loaded.description.name)
+            )));
+        }
+        let write = move || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            // Not ending in `.wasm`, so the watcher's rescan skips it until the rename.
+            let mut file = tempfile::Builder::new()
+                .prefix(".install-")
+                .suffix(".part")
+                .tempfile_in(&dir)?;
+            file.write_all(&bytes)?;
+            file.as_file().sync_all()?;
+            file.persist(&path).map_err(|e| e.error)?;
+            Ok(())
+        };
+        (tokio::task::spawn_blocking(write).await)
+            .map_err(|e| LifecycleError::Internal(format!("installing the component: {e}")))?
+            .map_err(|e| LifecycleError::Internal(format!("installing the component: {e}")))?;
+        tracing::info!(provider = %name, version = %loaded.description.version, sha256 = %loaded.sha256, "provider installed through the API");
+        providers.rescan().await;
+        let view = providers.one(name)?;
+        Ok(view)
+    }
+}

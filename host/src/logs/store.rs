@@ -1,0 +1,294 @@
+//! The files of the per-environment logs, their writer thread, tails and followers.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use tokio::sync::broadcast;
+
+use crate::sync::MutexExt;
+
+/// A log file is rotated to `<id>.log.1` past this size, so one environment's logs take
+/// at most twice this on disk.
+pub(crate) const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// Lines queued for the writer at most; more are dropped (and counted).
+const QUEUE: usize = 16_384;
+/// Most lines a tail returns.
+pub(crate) const MAX_TAIL: usize = 10_000;
+/// Lines a follower may fall behind before it misses some (it is told how many).
+const FOLLOW_BUFFER: usize = 1024;
+
+/// How a line's `ts` is written: UTC, microseconds, fixed width, so that text order is
+/// time order.
+const TS_FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+);
+
+/// `at` as a line's `ts`.
+pub(crate) fn ts(at: time::OffsetDateTime) -> String {
+    (at.to_offset(time::UtcOffset::UTC).format(TS_FORMAT)).unwrap_or_default()
+}
+
+/// Now, as a line's `ts`.
+pub(crate) fn now_ts() -> String {
+    ts(time::OffsetDateTime::now_utc())
+}
+
+/// An RFC 3339 time as a line's `ts`, to compare with; `None` if it is not one.
+pub(crate) fn parse_since(since: &str) -> Option<String> {
+    let at = time::OffsetDateTime::parse(since, &time::format_description::well_known::Rfc3339);
+    at.ok().map(ts)
+}
+
+/// The logs of this host's environments, if `serve` set them up.
+static INSTALLED: RwLock<Option<Arc<EnvLogs>>> = RwLock::new(None);
+
+/// One line for one environment's log.
+#[derive(Debug)]
+pub(super) struct Line {
+    pub(super) env: String,
+    pub(super) json: String,
+}
+
+/// The per-environment logs under one data directory.
+#[derive(Debug)]
+pub(crate) struct EnvLogs {
+    dir: PathBuf,
+    queue: SyncSender<Line>,
+    /// Live followers, by environment.
+    followers: Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>,
+    dropped: AtomicU64,
+    /// The environments that have a log: lines for any other (one deleted a moment
+    /// ago, say) are dropped, so a deleted environment's file is never made again.
+    known: Mutex<HashSet<String>>,
+    writer: OnceLock<std::thread::JoinHandle<()>>,
+}
+
+/// A live follow of one environment's log.
+#[derive(Debug)]
+pub(crate) struct Follow(pub(crate) broadcast::Receiver<Arc<str>>);
+
+impl EnvLogs {
+    /// Logs under `dir` (created), with their writer thread; installed as the
+    /// destination of [`super::EnvLogLayer`].
+    pub(crate) fn install(dir: PathBuf) -> std::io::Result<Arc<Self>> {
+        std::fs::create_dir_all(&dir)?;
+        let (queue, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let logs = Arc::new(Self {
+            dir,
+            queue,
+            followers: Mutex::default(),
+            dropped: AtomicU64::new(0),
+            known: Mutex::default(),
+            writer: OnceLock::new(),
+        });
+        let writer = Arc::downgrade(&logs);
+        let handle = std::thread::Builder::new()
+            .name("env-logs".into())
+            .spawn(move || write_loop(&writer, &rx))?;
+        let _ = logs.writer.set(handle);
+        *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = Some(logs.clone());
+        Ok(logs)
+    }
+
+    /// The installed logs, if any.
+    pub(super) fn installed() -> Option<Arc<Self>> {
+        INSTALLED.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Queues a line; dropped (and counted) when the writer is that far behind.
+    pub(super) fn push(&self, line: Line) {
+        match self.queue.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn path(&self, env: &str) -> PathBuf {
+        self.dir.join(format!("{env}.log"))
+    }
+
+    /// The last `tail` lines (at most [`MAX_TAIL`]) of `env`'s log with a `ts` at or
+    /// after `since` (RFC 3339), oldest first.
+    pub(crate) fn tail(&self, env: &str, tail: usize, since: Option<&str>) -> Vec<String> {
+        let tail = tail.min(MAX_TAIL);
+        let current = self.path(env);
+        let mut lines: Vec<String> = Vec::new();
+        for file in [rotated(&current), current] {
+            let Ok(f) = std::fs::File::open(&file) else {
+                continue;
+            };
+            for line in BufReader::new(f).lines().map_while(Result::ok) {
+                if since.is_none_or(|s| ts_of(&line).is_some_and(|ts| ts >= s)) {
+                    lines.push(line);
+                }
+            }
+        }
+        let skip = lines.len().saturating_sub(tail);
+        lines.split_off(skip)
+    }
+
+    /// Lines written to `env`'s log from now on.
+    pub(crate) fn follow(&self, env: &str) -> Follow {
+        let mut followers = self.followers.locked();
+        let sender = followers
+            .entry(env.to_owned())
+            .or_insert_with(|| broadcast::channel(FOLLOW_BUFFER).0);
+        Follow(sender.subscribe())
+    }
+
+    /// Keeps a log for `env` from now on.
+    pub(crate) fn track(&self, env: &str) {
+        self.known.locked().insert(env.to_owned());
+    }
+
+    /// Removes `env`'s log (its environment was deleted) and ends its followers.
+    pub(crate) fn remove(&self, env: &str) {
+        let mut known = self.known.locked();
+        known.remove(env);
+        let current = self.path(env);
+        let _ = std::fs::remove_file(rotated(&current));
+        let _ = std::fs::remove_file(&current);
+        self.followers.locked().remove(env);
+    }
+
+    /// Lines dropped because the writer was behind, since start.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Appends a batch of lines, rotating files that grow past the bound, and hands
+    /// each line to the environment's followers.
+    fn write(&self, batch: Vec<Line>) {
+        // Held while writing, so a removal waits for the batch and wins after it.
+        let known = self.known.locked();
+        let mut by_env: HashMap<String, Vec<String>> = HashMap::new();
+        for line in batch {
+            if known.contains(&line.env) {
+                by_env.entry(line.env).or_default().push(line.json);
+            }
+        }
+        for (env, lines) in by_env {
+            let path = self.path(&env);
+            if let Err(e) = append(&path, &lines) {
+                // Not through tracing: this would log into the log being written.
+                eprintln!("env-logs: writing {}: {e}", path.display());
+            }
+            let followers = self.followers.locked();
+            if let Some(sender) = followers.get(&env) {
+                for line in lines {
+                    let _ = sender.send(line.into());
+                }
+            }
+        }
+    }
+}
+
+fn rotated(current: &Path) -> PathBuf {
+    let mut name = current.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
+}
+
+/// Appends `lines` to `path`, moving it to `.1` whenever the next line would take it
+/// past the bound.
+fn append(path: &Path, lines: &[String]) -> std::io::Result<()> {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    };
+    let mut file = open()?;
+    let mut size = file.metadata()?.len();
+    let mut text = String::new();
+    for line in lines {
+        let len = line.len() as u64 + 1;
+        if size > 0 && size + (text.len() as u64) + len > MAX_FILE_BYTES {
+            file.write_all(text.as_bytes())?;
+            text.clear();
+            std::fs::rename(path, rotated(path))?;
+            file = open()?;
+            size = 0;
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    file.write_all(text.as_bytes())
+}
+
+/// The `"ts"` of a line as written (the first field).
+fn ts_of(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("{\"ts\":\"")?;
+    rest.split('"').next()
+}
+
+/// Writes queued lines in batches until the logs are dropped.
+fn write_loop(logs: &std::sync::Weak<EnvLogs>, rx: &Receiver<Line>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter().take(4096));
+        let Some(logs) = logs.upgrade() else { return };
+        logs.write(batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(env: &str, ts: &str, message: &str) -> Line {
+        Line {
+            env: env.into(),
+            json: format!("{{\"ts\":\"{ts}\",\"message\":\"{message}\"}}"),
+        }
+    }
+
+    #[test]
+    fn tails_rotates_follows_and_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = EnvLogs::install(dir.path().join("logs")).unwrap();
+        logs.track("e1");
+        logs.track("e2");
+        let mut follow = logs.follow("e1");
+        logs.write(vec![
+            line("e1", "2026-01-01T00:00:00Z", "a"),
+            line("e2", "2026-01-01T00:00:01Z", "other"),
+            line("e1", "2026-01-01T00:00:02Z", "b"),
+        ]);
+        assert_eq!(logs.tail("e1", 10, None).len(), 2);
+        assert_eq!(
+            logs.tail("e1", 1, None)[0],
+            "{\"ts\":\"2026-01-01T00:00:02Z\",\"message\":\"b\"}"
+        );
+        assert_eq!(logs.tail("e1", 10, Some("2026-01-01T00:00:01Z")).len(), 1);
+        assert!(follow.0.try_recv().unwrap().contains("\"a\""));
+        assert!(follow.0.try_recv().unwrap().contains("\"b\""));
+
+        // Past the bound, the file moves to .1 and the tail still reads both.
+        let big = "x".repeat(4096);
+        let many: Vec<Line> = (0..300)
+            .map(|_| line("e1", "2026-01-01T00:00:03Z", &big))
+            .collect();
+        logs.write(many);
+        logs.write(vec![line("e1", "2026-01-01T00:00:04Z", "last")]);
+        assert!(dir.path().join("logs/e1.log.1").exists());
+        for file in ["logs/e1.log", "logs/e1.log.1"] {
+            let size = std::fs::metadata(dir.path().join(file)).unwrap().len();
+            assert!(size <= MAX_FILE_BYTES, "{file}: {size}");
+        }
+        assert!(logs.tail("e1", 1, None)[0].contains("last"));
+
+        logs.remove("e1");
+        assert!(logs.tail("e1", 10, None).is_empty());
+        assert_eq!(logs.tail("e2", 10, None).len(), 1);
+        // A late line of a deleted environment does not make its file again.
+        logs.write(vec![line("e1", "2026-01-01T00:00:05Z", "late")]);
+        assert!(!dir.path().join("logs/e1.log").exists());
+    }
+}
