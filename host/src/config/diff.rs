@@ -154,5 +154,8 @@ mod tests {
         assert!(!needs_restart("templates.chat.provider"));
         assert!(!needs_restart("tenancy.max_running"));
         assert!(!needs_restart("limits.memory_mib"));
+        assert!(needs_restart("server.tls_cert"));
+        assert!(needs_restart("net.extra_ca_files"));
+        assert!(!needs_restart("net.hosts.git.internal"));
     }
 }
