@@ -268,6 +268,7 @@ async fn bad_certificate_files_stop_the_host_at_start_up() {
     let (cert, _) = ca.leaf(&["localhost"]).write(dir.path(), "a");
     let (_, other_key) = ca.leaf(&["localhost"]).write(dir.path(), "b");
     let missing = dir.path().join("missing.crt");
+    crate::support::write_config(dir.path(), "");
     let serve = |cert: &Path, key: &Path| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
