@@ -7,6 +7,7 @@
 mod api;
 mod audit;
 mod author_loop;
+mod cli_env;
 mod example_app;
 mod git_worktree;
 mod hostile;
