@@ -5,6 +5,7 @@
 //! print (a closed pipe is a quiet end, never a panic).
 
 mod client;
+mod env;
 mod output;
 mod provider;
 mod token;
@@ -67,6 +68,12 @@ enum Command {
     Provider {
         #[command(subcommand)]
         command: ProviderCommand,
+    },
+    /// Environments on a running server: list, get, create, start, stop, restart,
+    /// delete, logs.
+    Env {
+        #[command(subcommand)]
+        command: env::EnvCommand,
     },
     /// Make, list and revoke user tokens on a running server.
     Token {
@@ -149,7 +156,11 @@ pub fn main() -> ExitCode {
         Err(err) if err.is::<output::StdoutClosed>() => ExitCode::SUCCESS,
         Err(err) => {
             output::error(&err);
-            ExitCode::FAILURE
+            // A refusal says what kind it was, for scripts (README, "The CLI").
+            match err.downcast_ref::<client::Refused>() {
+                Some(refused) => ExitCode::from(refused.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -176,6 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(std::env::current_exe().context("locating this binary for the spawn guard")?);
             rt.block_on(server::serve(settings, table, server::shutdown_signal()))?;
         }
+        Command::Env { command } => rt.block_on(env::run(command))?,
         Command::Token { command } => rt.block_on(token::run(command))?,
         Command::Runtime => {
             let config = RuntimeConfig::from_env()?;

@@ -25,6 +25,8 @@
 //!   two versions), as plain types the other modules take (it imports none of them).
 //! - [`audit`] is the append-only audit log (`.codebolt/audit.jsonl`); `throttle`
 //!   refuses an address after too many failed authentications.
+//! - `logs` keeps each environment's own log (`.codebolt/logs/`), fed by a `tracing`
+//!   layer with every event that carries the environment's id.
 //! - `sync` recovers poisoned locks, in one place.
 //! - `names` is the one rule for names that become paths (environments, providers);
 //!   `untrusted` cuts and escapes the strings a provider sends before the host

@@ -8,6 +8,7 @@ mod api;
 mod audit;
 mod author_loop;
 mod certs;
+mod cli_env;
 mod example_app;
 mod git_worktree;
 mod hostile;

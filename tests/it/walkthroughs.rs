@@ -137,6 +137,11 @@ fn the_main_walkthrough_runs_as_written() {
     assert!(output.contains("\"status\":\"starting\""), "{output}");
     assert!(output.contains("echo reply:"), "{output}");
     assert!(output.contains("exec exited with code 0"), "{output}");
+    assert!(
+        output.contains("status: running (runtime connected)"),
+        "{output}"
+    );
+    assert!(output.contains("< \"hello\""), "{output}");
     assert!(work.join("project/.git").exists());
 }
 

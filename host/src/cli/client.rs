@@ -25,7 +25,12 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ServerArgs {
     /// The server's URL.
-    #[arg(long, env = "TETHER_URL", default_value = "http://127.0.0.1:2719")]
+    #[arg(
+        long,
+        visible_alias = "server",
+        env = "TETHER_URL",
+        default_value = "http://127.0.0.1:2719"
+    )]
     pub(crate) url: String,
     /// The admin token (default: TETHER_API_TOKEN, else DATA_DIR/.codebolt/api-token).
     #[arg(long, env = "TETHER_API_TOKEN", hide_env_values = true)]
@@ -81,14 +86,42 @@ pub(crate) async fn send(
         .context("the server did not answer in time")??;
     let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if !status.is_success() {
-        let error = &answer["error"];
-        bail!(
-            "the server answered {status}: {} ({})",
-            error["message"].as_str().unwrap_or("no message"),
-            error["code"].as_str().unwrap_or("no code")
-        );
+        return Err(Refused::from_answer(status, &answer).into());
     }
     Ok(answer)
+}
+
+/// The server refused a request: its status and its `{"error": {code, message}}`.
+#[derive(Debug, thiserror::Error)]
+#[error("the server answered {status}: {message} ({code})")]
+pub(crate) struct Refused {
+    /// The HTTP status.
+    pub(crate) status: http::StatusCode,
+    code: String,
+    message: String,
+}
+
+impl Refused {
+    fn from_answer(status: http::StatusCode, answer: &Value) -> Self {
+        let error = &answer["error"];
+        let text = |k: &str, none: &str| error[k].as_str().unwrap_or(none).to_owned();
+        Self {
+            status,
+            code: text("code", "no code"),
+            message: text("message", "no message"),
+        }
+    }
+
+    /// The exit code the CLI ends with: 3 not found, 4 unauthorized or forbidden,
+    /// 5 conflict, 1 otherwise.
+    pub(crate) fn exit_code(&self) -> u8 {
+        match self.status.as_u16() {
+            404 => 3,
+            401 | 403 => 4,
+            409 | 410 => 5,
+            _ => 1,
+        }
+    }
 }
 
 /// Reads a streamed NDJSON answer to `GET path` (a followed log), handing each line to
@@ -103,7 +136,10 @@ pub(crate) async fn follow_lines(
         .await
         .context("the server did not answer in time")??;
     if !response.status().is_success() {
-        bail!("the server answered {}", response.status());
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        return Err(Refused::from_answer(status, &answer).into());
     }
     let mut body = response.into_body();
     let mut pending = Vec::new();

@@ -1,0 +1,328 @@
+//! `tether env list|get|create|start|stop|restart|delete|logs`: a running server's
+//! environments from the command line, as tables for people or `--json` for scripts.
+//! `--wait` follows a start until the runtime is connected or the start failed.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use http::Method;
+use serde_json::{Value, json};
+
+use super::client::{ServerArgs, call, follow_lines};
+use super::output::line;
+
+/// Longest `--wait` waits.
+const WAIT: Duration = Duration::from_secs(300);
+
+/// `--json` or a table.
+#[derive(Debug, Clone, Copy, Args)]
+pub(crate) struct Format {
+    /// Print the server's JSON as it is, for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `tether env ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum EnvCommand {
+    /// List the environments the token reaches.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        format: Format,
+    },
+    /// Show one environment.
+    Get {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        format: Format,
+        /// Its id.
+        id: String,
+    },
+    /// Create an environment; `--start --wait` shows its start until it runs.
+    Create {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        format: Format,
+        /// Its name.
+        name: String,
+        /// The provider it runs on.
+        #[arg(long)]
+        provider: String,
+        /// Its config, a JSON object.
+        #[arg(long)]
+        config: Option<String>,
+        /// Start it at once.
+        #[arg(long)]
+        start: bool,
+        /// With --start: wait until its runtime is connected (or the start failed).
+        #[arg(long, requires = "start")]
+        wait: bool,
+    },
+    /// Start a stopped environment.
+    Start(Transition),
+    /// Stop an environment, keeping its resource.
+    Stop(Transition),
+    /// Stop and start an environment again.
+    Restart(Transition),
+    /// Delete an environment and its resource.
+    Delete {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Its id.
+        id: String,
+    },
+    /// Print an environment's log; `--follow` keeps printing new lines.
+    Logs {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        format: Format,
+        /// Its id.
+        id: String,
+        /// How many of the last lines (at most 10000).
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+        /// Keep printing lines as they are written, until ^C or the environment is deleted.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+/// `start`, `stop` and `restart`.
+#[derive(Debug, Args)]
+pub(crate) struct Transition {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    format: Format,
+    /// Its id.
+    id: String,
+    /// Wait until it gets there (running with its runtime connected, or stopped).
+    #[arg(long)]
+    wait: bool,
+}
+
+/// Runs an env command.
+pub(crate) async fn run(command: EnvCommand) -> anyhow::Result<()> {
+    match command {
+        EnvCommand::List { server, format } => {
+            let list = call(&server, Method::GET, "/api/v1/environments", None).await?;
+            if format.json {
+                return line(&serde_json::to_string_pretty(&list)?);
+            }
+            print_table(list.as_array().map(Vec::as_slice).unwrap_or_default())
+        }
+        EnvCommand::Get { server, format, id } => {
+            let env = call(&server, Method::GET, &env_path(&id)?, None).await?;
+            show(&env, format)
+        }
+        EnvCommand::Create {
+            server,
+            format,
+            name,
+            provider,
+            config,
+            start,
+            wait,
+        } => {
+            let mut body = json!({"name": name, "provider": provider, "start": start});
+            if let Some(config) = config {
+                let config: Value =
+                    serde_json::from_str(&config).context("--config must be a JSON object")?;
+                body["config"] = config;
+            }
+            let env = call(&server, Method::POST, "/api/v1/environments", Some(body)).await?;
+            if !wait {
+                return show(&env, format);
+            }
+            let id = env["id"]
+                .as_str()
+                .context("the server's answer has no id")?;
+            let env = wait_for(&server, id, true).await?;
+            show(&env, format)
+        }
+        EnvCommand::Start(t) => transition(t, "start", true).await,
+        EnvCommand::Stop(t) => transition(t, "stop", false).await,
+        EnvCommand::Restart(t) => transition(t, "restart", true).await,
+        EnvCommand::Delete { server, id } => {
+            call(&server, Method::DELETE, &env_path(&id)?, None).await?;
+            line(&format!("deleted {id}"))
+        }
+        EnvCommand::Logs {
+            server,
+            format,
+            id,
+            tail,
+            follow,
+        } => {
+            let path = format!("{}/logs?tail={tail}&follow={follow}", env_path(&id)?);
+            let mut failed = Ok(());
+            follow_lines(&server, &path, |text| {
+                if failed.is_err() {
+                    return;
+                }
+                failed = if format.json {
+                    line(text)
+                } else {
+                    line(&log_line(text))
+                };
+            })
+            .await?;
+            failed
+        }
+    }
+}
+
+/// `/api/v1/environments/{id}` for an id that can only be one.
+fn env_path(id: &str) -> anyhow::Result<String> {
+    if id.is_empty() || !id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') {
+        bail!("{} is not an environment id", crate::untrusted::named(id));
+    }
+    Ok(format!("/api/v1/environments/{id}"))
+}
+
+async fn transition(t: Transition, verb: &str, to_running: bool) -> anyhow::Result<()> {
+    let path = format!("{}/{verb}", env_path(&t.id)?);
+    let env = call(&t.server, Method::POST, &path, None).await?;
+    if !t.wait {
+        return show(&env, t.format);
+    }
+    let env = wait_for(&t.server, &t.id, to_running).await?;
+    show(&env, t.format)
+}
+
+/// Polls `id` until it runs with its runtime connected (`running`) or is stopped,
+/// printing each phase with the time since the wait began (a spinner on a terminal);
+/// an `error` status is an error carrying `lastError`.
+async fn wait_for(server: &ServerArgs, id: &str, running: bool) -> anyhow::Result<Value> {
+    let began = Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    let mut last = String::new();
+    let spinner = ['|', '/', '-', '\\'];
+    let mut tick = 0usize;
+    while began.elapsed() < WAIT {
+        let env = call(server, Method::GET, &env_path(id)?, None).await?;
+        let status = env["status"].as_str().unwrap_or("?");
+        let connected = env["runtime"]["connected"] == true;
+        let phase = match (status, connected) {
+            ("running", false) => "running, waiting for the runtime".to_owned(),
+            ("running", true) => "running, runtime connected".to_owned(),
+            (s, _) => s.to_owned(),
+        };
+        let secs = began.elapsed().as_secs_f64();
+        if phase != last {
+            if terminal {
+                eprint!("\r\x1b[K");
+            }
+            eprintln!("[{secs:6.2}s] {phase}");
+            last = phase;
+        } else if terminal {
+            tick += 1;
+            eprint!("\r{} {secs:.1}s", spinner[tick % spinner.len()]);
+        }
+        match status {
+            "error" => bail!(
+                "the environment failed: {}",
+                env["lastError"].as_str().unwrap_or("no reason given")
+            ),
+            "running" if running && connected => return Ok(env),
+            "stopped" if !running => return Ok(env),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    bail!("still not there after {} s", WAIT.as_secs())
+}
+
+fn show(env: &Value, format: Format) -> anyhow::Result<()> {
+    if format.json {
+        return line(&serde_json::to_string_pretty(env)?);
+    }
+    let field = |key: &str| match &env[key] {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    for key in [
+        "id",
+        "name",
+        "provider",
+        "owner",
+        "status",
+        "desiredState",
+        "resourceId",
+        "lastError",
+        "providerVersion",
+        "createdAt",
+    ] {
+        line(&format!("{key:<16}{}", field(key)))?;
+    }
+    let connected = env["runtime"]["connected"] == true;
+    line(&format!(
+        "{:<16}{}",
+        "runtime",
+        if connected {
+            "connected"
+        } else {
+            "not connected"
+        }
+    ))
+}
+
+fn print_table(envs: &[Value]) -> anyhow::Result<()> {
+    let cell = |env: &Value, key: &str| env[key].as_str().unwrap_or("-").to_owned();
+    let rows: Vec<[String; 6]> = envs
+        .iter()
+        .map(|e| {
+            let runtime = if e["runtime"]["connected"] == true {
+                "connected"
+            } else {
+                "-"
+            };
+            [
+                cell(e, "id"),
+                cell(e, "name"),
+                cell(e, "provider"),
+                cell(e, "status"),
+                runtime.to_owned(),
+                cell(e, "owner"),
+            ]
+        })
+        .collect();
+    let header = ["ID", "NAME", "PROVIDER", "STATUS", "RUNTIME", "OWNER"].map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        line(cells.join("  ").trim_end())?;
+    }
+    Ok(())
+}
+
+/// A log line for people: `ts level source: message`.
+fn log_line(text: &str) -> String {
+    let Ok(l) = serde_json::from_str::<Value>(text) else {
+        return text.to_owned();
+    };
+    let s = |k: &str| l[k].as_str().unwrap_or("").to_owned();
+    format!(
+        "{} {:<5} {}: {}",
+        s("ts"),
+        s("level"),
+        s("source"),
+        s("message")
+    )
+}
