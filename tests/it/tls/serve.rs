@@ -68,11 +68,13 @@ async fn apps_and_runtimes_connect_over_wss_and_untrusting_clients_are_refused()
         .running_env("secure", "local-process", json!({}))
         .await;
     let id = env["id"].as_str().expect("id");
-    assert!(
-        server.log().contains("url=wss://127.0.0.1:"),
-        "{}",
-        server.log()
-    );
+    // The runtime's own line saying where it connected reaches the host's log through
+    // its stderr, a moment after the connection itself.
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    while !server.log().contains("url=wss://127.0.0.1:") {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     // An app over wss://: the relay works end to end.
     let mut app = server.app(id, "t1").await;
