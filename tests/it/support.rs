@@ -577,13 +577,15 @@ pub async fn wait_gone(pid: u32) {
 }
 
 /// A binary of the examples crate (`tether-app`, `tether-sandbox-service`) beside
-/// `tether`; built here when the test runs without the rest of the workspace
-/// (`cargo test --workspace` builds them already).
+/// `tether`; built here when it is missing or older than `tether` (the test runs
+/// without the rest of the workspace; `cargo test --workspace` builds them already).
 pub fn example_bin(name: &str) -> PathBuf {
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_tether")).with_file_name(name);
+    let tether = PathBuf::from(env!("CARGO_BIN_EXE_tether"));
+    let path = tether.with_file_name(name);
     let _once = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    if !path.exists() {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&path).is_none_or(|built| modified(&tether).is_some_and(|t| t > built)) {
         let status = Command::new(env!("CARGO"))
             .args(["build", "-p", "tether-examples", "--bins"])
             .status()
