@@ -27,7 +27,7 @@
 //!   refuses an address after too many failed authentications.
 //! - `logs` keeps each environment's own log (`.codebolt/logs/`), fed by a `tracing`
 //!   layer with every event that carries the environment's id.
-//! - `sync` recovers poisoned locks, in one place.
+//! - `sync` recovers poisoned locks, in one place; `atomic` replaces a file all at once.
 //! - `names` is the one rule for names that become paths (environments, providers);
 //!   `untrusted` cuts and escapes the strings a provider sends before the host
 //!   stores, shows or logs them.
@@ -51,6 +51,7 @@ pub mod relay;
 pub mod store;
 
 mod api;
+mod atomic;
 mod auth;
 mod client_tls;
 mod lifecycle;

@@ -224,18 +224,11 @@ async fn install_component(built: &Built, to: &Destination) -> anyhow::Result<St
             view["sha256"].as_str().unwrap_or("?")
         ));
     }
-    let dir = to.server.data_dir.join(".codebolt/providers");
-    let target = dir.join(format!("{}.wasm", built.name));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let target = (to.server.data_dir)
+        .join(".codebolt/providers")
+        .join(format!("{}.wasm", built.name));
     // Renamed into place, so a watching host never loads half a file.
-    let mut part = tempfile::Builder::new()
-        .prefix(".install-")
-        .suffix(".part")
-        .tempfile_in(&dir)
-        .with_context(|| format!("writing into {}", dir.display()))?;
-    std::io::Write::write_all(&mut part, &built.bytes)?;
-    part.as_file().sync_all()?;
-    part.persist(&target)
+    crate::atomic::replace_file(&target, &built.bytes)
         .with_context(|| format!("installing {}", target.display()))?;
     Ok(format!(
         "installed {} {} as {} (sha256 {})",

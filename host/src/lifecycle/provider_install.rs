@@ -5,8 +5,6 @@
 //! directory watcher never sees half a file. The rescan that follows makes it the
 //! provider for the next start; running environments keep their instance.
 
-use std::io::Write;
-
 use super::providers::ProviderView;
 use super::{LifecycleError, Manager};
 use crate::engine::ProviderSource;
@@ -21,8 +19,7 @@ impl Manager {
         crate::names::validate("provider", name)
             .map_err(|e| LifecycleError::Invalid(e.to_string()))?;
         let providers = &self.shared.providers;
-        let dir = providers.dir();
-        let path = dir.join(format!("{name}.wasm"));
+        let path = providers.dir().join(format!("{name}.wasm"));
         let source = ProviderSource::DropIn { path: path.clone() };
         let loaded = (providers.engine().load(bytes.clone(), source).await)
             .map_err(|e| LifecycleError::Invalid(format!("the component does not load: {e}")))?;
@@ -32,18 +29,7 @@ impl Manager {
                 crate::untrusted::named(&loaded.description.name)
             )));
         }
-        let write = move || -> std::io::Result<()> {
-            std::fs::create_dir_all(&dir)?;
-            // Not ending in `.wasm`, so the watcher's rescan skips it until the rename.
-            let mut file = tempfile::Builder::new()
-                .prefix(".install-")
-                .suffix(".part")
-                .tempfile_in(&dir)?;
-            file.write_all(&bytes)?;
-            file.as_file().sync_all()?;
-            file.persist(&path).map_err(|e| e.error)?;
-            Ok(())
-        };
+        let write = move || crate::atomic::replace_file(&path, &bytes);
         (tokio::task::spawn_blocking(write).await)
             .map_err(|e| LifecycleError::Internal(format!("installing the component: {e}")))?
             .map_err(|e| LifecycleError::Internal(format!("installing the component: {e}")))?;

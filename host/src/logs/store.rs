@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::broadcast;
 
@@ -64,7 +64,6 @@ pub(crate) struct EnvLogs {
     /// The environments that have a log: lines for any other (one deleted a moment
     /// ago, say) are dropped, so a deleted environment's file is never made again.
     known: Mutex<HashSet<String>>,
-    writer: OnceLock<std::thread::JoinHandle<()>>,
 }
 
 /// A live follow of one environment's log.
@@ -83,13 +82,12 @@ impl EnvLogs {
             followers: Mutex::default(),
             dropped: AtomicU64::new(0),
             known: Mutex::default(),
-            writer: OnceLock::new(),
         });
         let writer = Arc::downgrade(&logs);
-        let handle = std::thread::Builder::new()
+        // Detached: it ends by itself once the logs are dropped and its queue closes.
+        std::thread::Builder::new()
             .name("env-logs".into())
             .spawn(move || write_loop(&writer, &rx))?;
-        let _ = logs.writer.set(handle);
         *INSTALLED.write().unwrap_or_else(|e| e.into_inner()) = Some(logs.clone());
         Ok(logs)
     }

@@ -4,7 +4,6 @@
 //! with mode 0600. Also the atomic write of the admin token file on rotation.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -81,27 +80,10 @@ pub(super) fn write(path: &Path, tokens: Vec<TokenRecord>) -> Result<(), Tenancy
 
 /// Replaces `path` with `bytes` atomically; the file is readable by its owner only.
 pub(super) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TenancyError> {
-    let io = |source| TenancyError::Io {
+    crate::atomic::replace_file(path, bytes).map_err(|source| TenancyError::Io {
         path: path.to_owned(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("tokens");
-    // tempfile makes the file 0600 on Unix; rename keeps the mode.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .tempfile_in(dir)
-        .map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)
+    })
 }
 
 /// The path of the token file in a `.codebolt` directory.
