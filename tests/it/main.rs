@@ -13,6 +13,7 @@ mod example_app;
 mod git_worktree;
 mod hostile;
 mod idle;
+mod journal;
 mod lifecycle;
 mod logs;
 mod operator_config;

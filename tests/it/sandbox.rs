@@ -251,8 +251,7 @@ async fn one_sandbox_per_environment_kept_across_host_restarts_and_deleted_with_
     assert_eq!(sandbox["labels"]["tether.environmentId"], id.as_str());
     // The key is the operator's: not in the environment, the records or the log.
     assert!(env["config"].get("apiKey").is_none(), "{env}");
-    let records =
-        std::fs::read_to_string(dir.path().join(".codebolt/environments.json")).expect("records");
+    let records = server.records().to_string();
     assert!(!records.contains(KEY), "the API key was persisted");
     let (_, provider) = server
         .call("GET", "/api/v1/providers/http-sandbox", None)

@@ -303,10 +303,25 @@ impl Server {
         .expect("app connection")
     }
 
-    /// Reads `.codebolt/environments.json`.
+    /// Reads `.codebolt/environments.json` once the host has compacted its journal
+    /// into it (mutations reach the file a moment after they are acknowledged): the
+    /// journal is empty and no compaction is half-way.
     pub fn records(&self) -> Value {
-        let text = std::fs::read_to_string(self.data_dir.join(".codebolt/environments.json"))
-            .expect("environments.json");
+        let dir = self.data_dir.join(".codebolt");
+        let journal = dir.join("environments.journal");
+        let deadline = Instant::now() + WAIT;
+        while std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0)
+            || dir.join("environments.journal.old").exists()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the records journal was never compacted\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let text =
+            std::fs::read_to_string(dir.join("environments.json")).expect("environments.json");
         serde_json::from_str(&text).expect("environments.json parses")
     }
 }

@@ -241,6 +241,9 @@ impl Manager {
         if let Some(why) = self.shared.store.invalid() {
             reasons.push(format!("records file: {why}; serving the last good state"));
         }
+        if let Some(damage) = self.shared.store.journal_damage() {
+            reasons.push(format!("records journal: {damage}"));
+        }
         for held in self.shared.store.held() {
             reasons.push(format!("records file: {held}"));
         }
@@ -524,6 +527,10 @@ impl Manager {
             self.driver().shut_down(&env).await;
         }
         self.driver().drain().await;
+        // The file people read is current once the host is down.
+        if let Err(e) = self.shared.store.flush().await {
+            tracing::error!(error = %e, "compacting the records journal at shutdown failed; it is replayed at the next start");
+        }
     }
 }
 

@@ -2,13 +2,17 @@
 //! a valid record is applied; an entry that breaks the rules ([`super::validate`]) is
 //! held back — kept verbatim, reported, never started, stopped or deleted — while the
 //! rest of the file still applies. Also how a file read from disk merges with host
-//! mutations not yet written, so that neither side's change is lost.
+//! mutations it does not hold yet (journaled, not compacted), so that neither side's
+//! change is lost, and how a journal entry is replayed onto a file. Records are found
+//! by id through an index, kept up to date by every change of the list.
 
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+use super::journal::Op;
+use super::patch::{self, Dirty, Touch};
 use super::{Changes, Record, validate};
 use crate::untrusted;
 
@@ -110,42 +114,40 @@ impl Serialize for Entry {
 
 /// The whole file; top-level fields the host does not know are kept.
 #[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub(super) struct Document {
     pub(super) version: u64,
-    pub(super) environments: Vec<Entry>,
+    /// The newest journal entry the file holds (0: none; a replay applies them all).
+    pub(super) journal_seq: u64,
+    environments: Vec<Entry>,
     #[serde(flatten)]
     pub(super) extra: Map<String, Value>,
+    #[serde(skip)]
+    index: Index,
+}
+
+/// Where entries are, by id and name.
+#[derive(Debug, Clone, Default)]
+struct Index {
+    /// Position of the first entry with each id.
+    ids: HashMap<String, usize>,
+    /// Position of the first held entry with each id.
+    held_ids: HashMap<String, usize>,
+    /// Every name an entry has, held or not.
+    names: HashSet<String>,
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct RawDocument {
     #[serde(default)]
     version: u64,
     #[serde(default)]
+    journal_seq: u64,
+    #[serde(default)]
     environments: Vec<Value>,
     #[serde(flatten)]
     extra: Map<String, Value>,
-}
-
-/// What the host did to a record since its last write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Touch {
-    /// Created it.
-    Inserted,
-    /// Changed it.
-    Updated,
-    /// Deleted it.
-    Removed,
-}
-
-impl Touch {
-    /// The net effect of `self` followed by `later`.
-    pub(super) fn then(self, later: Touch) -> Touch {
-        match (self, later) {
-            (Touch::Inserted, Touch::Updated) => Touch::Inserted,
-            (_, later) => later,
-        }
-    }
 }
 
 impl Document {
@@ -172,11 +174,32 @@ impl Document {
                 Entry::read(entry, duplicate)
             })
             .collect();
-        Ok(Document {
+        let mut doc = Document {
             version: raw.version,
+            journal_seq: raw.journal_seq,
             environments,
             extra: raw.extra,
-        })
+            index: Index::default(),
+        };
+        doc.reindex();
+        Ok(doc)
+    }
+
+    /// Builds the index again after the list changed as a whole.
+    fn reindex(&mut self) {
+        let mut index = Index::default();
+        for (i, e) in self.environments.iter().enumerate() {
+            if let Some(id) = e.id() {
+                index.ids.entry(id.to_owned()).or_insert(i);
+                if matches!(e, Entry::Held(_)) {
+                    index.held_ids.entry(id.to_owned()).or_insert(i);
+                }
+            }
+            if let Some(name) = e.name() {
+                index.names.insert(name.to_owned());
+            }
+        }
+        self.index = index;
     }
 
     /// Every record in force, in file order.
@@ -186,16 +209,64 @@ impl Document {
 
     /// The record in force with `id`.
     pub(super) fn find(&self, id: &str) -> Option<&Record> {
-        self.records().find(|r| r.id == id)
+        let entry = self.environments.get(*self.index.ids.get(id)?)?;
+        entry.effective().filter(|r| r.id == id)
     }
 
     /// The record in force with `id`, and whether it is a valid entry (else its
     /// changes stay in memory: the file keeps the text as written).
     pub(super) fn find_mut(&mut self, id: &str) -> Option<(&mut Record, bool)> {
-        self.environments.iter_mut().find_map(|e| {
-            let good = matches!(e, Entry::Good(_));
-            e.effective_mut().filter(|r| r.id == id).map(|r| (r, good))
-        })
+        let entry = self.environments.get_mut(*self.index.ids.get(id)?)?;
+        let good = matches!(entry, Entry::Good(_));
+        entry
+            .effective_mut()
+            .filter(|r| r.id == id)
+            .map(|r| (r, good))
+    }
+
+    /// The first entry held back with `id`.
+    pub(super) fn held_with(&self, id: &str) -> Option<&Held> {
+        match self.environments.get(*self.index.held_ids.get(id)?)? {
+            Entry::Held(h) => Some(h),
+            Entry::Good(_) => None,
+        }
+    }
+
+    /// Adds a valid record at the end (its id and name are unused).
+    pub(super) fn push(&mut self, record: Record) {
+        let i = self.environments.len();
+        self.index.ids.entry(record.id.clone()).or_insert(i);
+        self.index.names.insert(record.name.clone());
+        self.environments.push(Entry::Good(record));
+    }
+
+    /// Removes the valid record with `id` (never a held entry), returning it.
+    pub(super) fn remove_good(&mut self, id: &str) -> Option<Record> {
+        let pos = *self.index.ids.get(id)?;
+        if !matches!(self.environments.get(pos), Some(Entry::Good(_))) {
+            return None;
+        }
+        let removed = self.environments.remove(pos);
+        self.reindex();
+        match removed {
+            Entry::Good(r) => Some(r),
+            Entry::Held(_) => None,
+        }
+    }
+
+    /// Builds the index again after a record's name changed in place.
+    pub(super) fn renamed(&mut self) {
+        self.reindex();
+    }
+
+    /// A copy to write out, without the index.
+    pub(super) fn snapshot(&self, journal_seq: u64) -> Snapshot {
+        Snapshot {
+            version: FORMAT_VERSION,
+            journal_seq,
+            environments: self.environments.clone(),
+            extra: self.extra.clone(),
+        }
     }
 
     /// Entries held back, with their position in the file.
@@ -211,7 +282,7 @@ impl Document {
 
     /// Whether any entry, held or not, has this name.
     pub(super) fn name_taken(&self, name: &str) -> bool {
-        self.environments.iter().any(|e| e.name() == Some(name))
+        self.index.names.contains(name)
     }
 
     /// Holds back an entry whose id or name an earlier entry already has (after a
@@ -239,12 +310,22 @@ impl Document {
         }
     }
 
-    /// `file` (just read from disk) with the host's unwritten mutations (`dirty`, from
-    /// `self`, the host's memory) on top. The file is authoritative for every record
-    /// the host did not touch; a record the host changed keeps the host's version
-    /// unless the edit removed it (the removal wins) or broke it (the text is kept and
-    /// the host's version stays in force behind it).
-    pub(super) fn merged(&self, mut file: Document, dirty: &HashMap<String, Touch>) -> Document {
+    /// `file` (just read from disk) with the host's changes it does not hold yet
+    /// (`dirty`; the records from `self`, the host's memory) laid on top, and what
+    /// conflicted. The file is authoritative for every record the host did not
+    /// change. For one it did: a record the host made is added; a host deletion
+    /// removes it; a host update lays the fields the host set over the file's
+    /// version, so a hand's change of other fields stays while the host's value wins
+    /// a field both changed (a conflict); an edit that removed the record wins over a
+    /// host update (a conflict); an edit that broke it keeps the text as written with
+    /// the host's version in force behind it. Each updated record's base becomes the
+    /// file's version, so the next edit is compared with this one.
+    pub(super) fn merged(
+        &self,
+        mut file: Document,
+        dirty: &mut HashMap<String, Dirty>,
+    ) -> (Document, Vec<String>) {
+        let mut conflicts = Vec::new();
         for entry in &mut file.environments {
             if let Entry::Held(h) = entry
                 && let Some(id) = &h.id
@@ -252,29 +333,140 @@ impl Document {
                 h.last_good = self.find(id).cloned();
             }
         }
-        for (id, touch) in dirty {
-            let pos = file
-                .environments
-                .iter()
-                .position(|e| e.id() == Some(id.as_str()));
-            let mine = self.find(id);
-            match (touch, mine, pos) {
+        let mut gone = HashSet::new();
+        let mut added = Vec::new();
+        let mut settled = Vec::new();
+        for (id, d) in dirty.iter_mut() {
+            let pos = file.index.ids.get(id.as_str()).copied();
+            let shown = untrusted::named(id);
+            match (d.touch, self.find(id), pos) {
                 (Touch::Removed, _, Some(p)) => {
-                    if matches!(file.environments[p], Entry::Good(_)) {
-                        file.environments.remove(p);
+                    if let Entry::Good(theirs) = &file.environments[p] {
+                        if d.base
+                            .as_ref()
+                            .is_some_and(|b| *b != patch::fields_of(theirs))
+                        {
+                            conflicts.push(format!(
+                                "record {shown} was edited by hand and deleted by the host since the last compaction; the deletion wins"
+                            ));
+                        }
+                        gone.insert(id.clone());
                     }
                 }
-                (_, Some(r), Some(p)) => match &mut file.environments[p] {
-                    Entry::Good(theirs) => *theirs = r.clone(),
-                    Entry::Held(h) => h.last_good = Some(r.clone()),
+                (Touch::Updated, Some(mine), Some(p)) => match &mut file.environments[p] {
+                    Entry::Good(theirs) => {
+                        let (t, m) = (patch::fields_of(theirs), patch::fields_of(mine));
+                        if let Some(base) = &d.base {
+                            for field in patch::conflicts(base, &t, &m, &d.fields) {
+                                conflicts.push(format!(
+                                    "field {field} of record {shown} was changed by hand and by the host since the last compaction; the host's value is kept"
+                                ));
+                            }
+                        }
+                        *theirs = patch::apply(theirs, &patch::pick(&m, &d.fields))
+                            .unwrap_or_else(|why| {
+                                conflicts.push(format!(
+                                    "the hand edit of record {shown} does not combine with the host's change ({why}); the host's version is kept"
+                                ));
+                                mine.clone()
+                            });
+                        d.base = Some(t);
+                    }
+                    Entry::Held(h) => h.last_good = Some(mine.clone()),
                 },
-                (Touch::Inserted, Some(r), None) => file.environments.push(Entry::Good(r.clone())),
-                // Updated here, removed by hand: the removal wins.
+                (Touch::Inserted, Some(mine), Some(p)) => match &mut file.environments[p] {
+                    Entry::Good(theirs) => *theirs = mine.clone(),
+                    Entry::Held(h) => h.last_good = Some(mine.clone()),
+                },
+                (Touch::Inserted, Some(mine), None) => added.push(mine.clone()),
+                (Touch::Updated, _, None) => {
+                    conflicts.push(format!(
+                        "record {shown} was changed by the host and removed by hand since the last compaction; the removal wins"
+                    ));
+                    settled.push(id.clone());
+                }
                 _ => {}
             }
         }
+        for id in settled {
+            dirty.remove(&id);
+        }
+        if !gone.is_empty() {
+            file.environments
+                .retain(|e| !matches!(e, Entry::Good(r) if gone.contains(&r.id)));
+        }
+        file.environments.extend(added.into_iter().map(Entry::Good));
         file.hold_duplicates();
-        file
+        file.reindex();
+        (file, conflicts)
+    }
+
+    /// Applies a journaled mutation onto this document, read from the file, the way
+    /// a live merge would ([`Document::merged`]): a record the host made or updated
+    /// gets the host's version or fields, a deleted one goes, and an update of a
+    /// record the file no longer has is dropped (a hand's removal wins). `Err`: why
+    /// the entry did not apply.
+    pub(super) fn replay(&mut self, op: Op) -> Result<(), String> {
+        match op {
+            Op::Insert { record } => match self.index.ids.get(&record.id).copied() {
+                Some(p) => match &mut self.environments[p] {
+                    Entry::Good(r) => {
+                        *r = *record;
+                        self.reindex();
+                    }
+                    Entry::Held(h) => h.last_good = Some(*record),
+                },
+                None => {
+                    let taken = self.name_taken(&record.name);
+                    self.push(*record);
+                    if taken {
+                        self.hold_duplicates();
+                        self.reindex();
+                    }
+                }
+            },
+            Op::Update { id, fields } => {
+                let shown = untrusted::named(&id);
+                let Some((record, good)) = self.find_mut(&id) else {
+                    return Err(format!("record {shown} is no longer in the file"));
+                };
+                if !good {
+                    return Err(format!("record {shown} is held back as invalid"));
+                }
+                let new = patch::apply(record, &fields)
+                    .map_err(|why| format!("record {shown}: {why}"))?;
+                let renamed = new.name != record.name;
+                *record = new;
+                if renamed {
+                    self.reindex();
+                }
+            }
+            Op::Remove { id } => {
+                self.remove_good(&id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The file as the host writes it, cut from memory at one journal entry.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Snapshot {
+    version: u64,
+    journal_seq: u64,
+    environments: Vec<Entry>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+impl Snapshot {
+    /// The file's text; `hint` is the size of the last one.
+    pub(super) fn to_bytes(&self, hint: usize) -> serde_json::Result<Vec<u8>> {
+        // Growing the buffer from empty copied the document over and over.
+        let mut bytes = Vec::with_capacity(hint + hint / 8);
+        serde_json::to_writer_pretty(&mut bytes, self)?;
+        Ok(bytes)
     }
 }
 

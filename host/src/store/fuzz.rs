@@ -176,6 +176,9 @@ proptest! {
         runtime
             .block_on(store.insert(Record::new("new".into(), "fresh".into(), "local-process".into(), Map::new())))
             .map_err(|e| TestCaseError::fail(format!("insert failed: {e}")))?;
+        runtime
+            .block_on(store.flush())
+            .map_err(|e| TestCaseError::fail(format!("compaction failed: {e}")))?;
         let after: Value = serde_json::from_slice(&std::fs::read(&path)?)
             .map_err(|e| TestCaseError::fail(format!("the host wrote invalid JSON: {e}")))?;
         let written = after["environments"].as_array().cloned().unwrap_or_default();

@@ -1,44 +1,56 @@
-//! Environment records, persisted in `.codebolt/environments.json`.
+//! Environment records, persisted in `.codebolt/environments.json` and its journal.
 //!
-//! The file is the source of truth across restarts. Every write is atomic (temp file,
-//! fsync, rename, fsync of the directory), and fields the host does not know — on a
-//! record or at the top level — are kept on rewrite, so other tools can annotate it.
-//! Mutations update memory first, then persist; concurrent mutations share one write
-//! (the writer snapshots the newest state), and a mutation returns only once a write
-//! that contains it is durable.
+//! The file is the record people read and edit. Host mutations update memory, are
+//! appended to a write-ahead journal beside the file ([`journal`]) and return once
+//! that append is synced; concurrent mutations share one append and one sync (group
+//! commit). A background compaction ([`compact`]) writes the file atomically (temp
+//! file, fsync, rename, fsync of the directory) from memory every so often and then
+//! drops the journal entries the file now holds; the file's `journalSeq` says which.
+//! Opening replays the journal entries the file does not hold ([`replay`]). Fields
+//! the host does not know — on a record or at the top level — are kept, so other
+//! tools can annotate the file.
 //!
 //! The file is also edited by people and tools: [`Store::reload`] reads it back and
 //! says what changed (the host's own writes are recognised by their hash and ignored).
-//! A hand-edited record is checked like API input ([`validate`]); one that breaks the
-//! rules is held back and reported while the rest of the file applies. Before every
-//! write the host reads the file again and merges an edit it has not seen yet, so a
-//! hand edit is never overwritten. An invalid file never replaces the last good state,
-//! and before the host writes over it, it keeps a copy beside it
+//! An edit is merged with the host's changes it does not hold yet, field by field
+//! ([`patch`]): neither side's change is lost, and where both changed one field the
+//! host's acknowledged value wins and the conflict is logged. A hand-edited record is
+//! checked like API input ([`validate`]); one that breaks the rules is held back and
+//! reported while the rest of the file applies. Before every compaction the host
+//! reads the file again and merges an edit it has not seen yet, so a hand edit is
+//! never overwritten. An invalid file never replaces the last good state, and before
+//! the host writes over it, it keeps a copy beside it
 //! (`environments.json.invalid-<timestamp>`).
 
+mod compact;
 mod document;
+mod file;
+mod journal;
 pub(crate) mod lock;
+mod patch;
 mod record;
+mod replay;
 pub(crate) mod validate;
 pub(crate) mod watch;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-
-use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::sync::MutexExt;
 use crate::untrusted;
-use document::{Document, Entry, FORMAT_VERSION, Touch};
+use document::Document;
+use file::{read_file, sha};
+use journal::OpRef;
+use patch::{Dirty, Touch};
 pub use record::{DesiredState, ProvisionKey, Record, RestartPolicy, StopReason};
 
 /// A file read from disk: its document, or why it is not one.
 type Parsed = Result<Document, String>;
 
-/// How often a write re-reads and merges when the file keeps changing under it
-/// before it gives up with an error (the mutation stays pending for the next write).
+/// How often a compaction re-reads and merges when the file keeps changing under it
+/// before it gives up with an error (its entries stay in the journal for the next).
 const MAX_MERGE_ROUNDS: usize = 20;
 /// How often an unparsable file is read again, [`SETTLE`] apart, before it counts
 /// as invalid: an editor writing in place leaves it truncated for a moment.
@@ -49,10 +61,10 @@ const SETTLE: std::time::Duration = std::time::Duration::from_millis(25);
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Reading or writing the file failed.
+    /// Reading or writing the file or its journal failed.
     #[error("{path}: {source}")]
     Io {
-        /// The records file (or its temporary sibling).
+        /// The records file, its journal or a temporary sibling.
         path: PathBuf,
         /// What the OS said.
         source: std::io::Error,
@@ -74,9 +86,9 @@ pub enum StoreError {
     /// The record is held back as invalid; the host does not change it.
     #[error("{0}")]
     Held(String),
-    /// The file kept changing while the host tried to write its change.
+    /// The file kept changing while the host tried to compact into it.
     #[error(
-        "{path} kept changing during {rounds} attempts to merge and write; the change stays pending"
+        "{path} kept changing during {rounds} attempts to merge and write; the changes stay in the journal"
     )]
     Busy {
         /// The records file.
@@ -84,22 +96,38 @@ pub enum StoreError {
         /// How many merge-and-write rounds were tried.
         rounds: usize,
     },
+    /// The journal cannot be appended to.
+    #[error("{path}: {reason}")]
+    Journal {
+        /// The journal.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 struct State {
     doc: Document,
-    /// Bumped on every mutation; compared with what the writer last made durable.
-    version: u64,
+    /// Sequence number of the newest journaled mutation.
+    seq: u64,
+    /// Journal entries made but not appended yet, oldest first.
+    unwritten: Vec<u8>,
+    /// The newest journal entry the records file holds.
+    compacted: u64,
     /// SHA-256 of the file as last read or written by this host.
     disk_sha: Option<[u8; 32]>,
     /// Size of the last write, to size the next one's buffer up front.
     last_len: usize,
     /// Why the file on disk is not usable, while it is not.
     invalid: Option<String>,
-    /// Records the host touched since its last write.
-    dirty: HashMap<String, Touch>,
-    /// Outside edits merged by a write, not yet handed to [`Store::reload`]'s caller.
+    /// What was damaged in the journal when the store opened.
+    journal_damage: Option<String>,
+    /// Records the host changed since the last compaction.
+    dirty: HashMap<String, Dirty>,
+    /// Outside edits merged, not yet handed to [`Store::reload`]'s caller.
     pending: Changes,
+    /// How long the last compaction took; it sets the pace of the next.
+    last_cost: Duration,
 }
 
 /// What a reload found changed in the file, by record id.
@@ -113,17 +141,32 @@ pub struct Changes {
     pub removed: Vec<Record>,
 }
 
-/// The records file and its in-memory copy.
+/// The records file, its journal and the in-memory copy.
 pub struct Store {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     path: PathBuf,
     state: Mutex<State>,
-    /// Held while writing; holds the version last made durable.
-    writer: tokio::sync::Mutex<u64>,
+    /// Held while appending (or cutting) the journal.
+    journal: tokio::sync::Mutex<journal::Appender>,
+    /// Held while compacting or reading an outside edit in.
+    compaction: tokio::sync::Mutex<()>,
+    trigger: compact::Trigger,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store")
+            .field("path", &self.shared.path)
+            .finish()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.shared.trigger.close();
     }
 }
 
@@ -135,42 +178,37 @@ pub fn now() -> String {
 }
 
 impl Store {
-    /// Opens (or starts) the records file at `path`. An invalid file leaves the store
-    /// empty and [`Store::invalid`] saying why; the file is kept until fixed or copied.
+    /// Opens (or starts) the records file at `path` and its journal, replaying the
+    /// entries the file does not hold. An invalid file leaves the store with only
+    /// what the journal adds and [`Store::invalid`] saying why; the file is kept
+    /// until fixed or copied.
     pub fn open(path: PathBuf) -> Result<Self, StoreError> {
-        let bytes = read_file(&path)?;
-        let (doc, invalid) = match Document::parse(&bytes) {
-            Ok(doc) => (doc, None),
-            Err(reason) => {
-                let e = invalid_file(&path, reason);
-                tracing::error!(error = %e, "records file is invalid; starting with no environments");
-                (Document::default(), Some(e.to_string()))
-            }
-        };
-        log_held(&doc);
+        let (state, appender) = replay::open(&path)?;
         Ok(Self {
-            path,
-            state: Mutex::new(State {
-                doc,
-                version: 0,
-                disk_sha: Some(sha(&bytes)),
-                last_len: 0,
-                invalid,
-                dirty: HashMap::new(),
-                pending: Changes::default(),
+            shared: Arc::new(Shared {
+                path,
+                state: Mutex::new(state),
+                journal: tokio::sync::Mutex::new(appender),
+                compaction: tokio::sync::Mutex::new(()),
+                trigger: compact::Trigger::default(),
             }),
-            writer: tokio::sync::Mutex::new(0),
         })
     }
 
     /// Why the file on disk is invalid, while it is.
     pub fn invalid(&self) -> Option<String> {
-        self.with(|s| s.invalid.clone())
+        self.shared.with(|s| s.invalid.clone())
+    }
+
+    /// What was damaged in the journal when the store opened (its good entries
+    /// applied; a copy of it is kept beside it).
+    pub fn journal_damage(&self) -> Option<String> {
+        self.shared.with(|s| s.journal_damage.clone())
     }
 
     /// One line per record held back as invalid: its position, id, name and why.
     pub fn held(&self) -> Vec<String> {
-        self.with(|s| {
+        self.shared.with(|s| {
             (s.doc.held())
                 .map(|(i, h)| {
                     let show = |v: &Option<String>| {
@@ -194,81 +232,69 @@ impl Store {
 
     /// Why the record with `id` is held back, if it is.
     pub fn held_reason(&self, id: &str) -> Option<String> {
-        self.with(|s| {
-            (s.doc.held())
-                .find(|(_, h)| h.id.as_deref() == Some(id))
-                .map(|(_, h)| h.reason.clone())
-        })
+        self.shared
+            .with(|s| s.doc.held_with(id).map(|h| h.reason.clone()))
     }
 
     /// Reads the file again after an outside edit and says what changed, including
-    /// edits an earlier host write already merged. `Ok(None)`: nothing to apply.
+    /// edits a compaction already merged. `Ok(None)`: nothing to apply.
     /// `Err(Invalid)`: the file is broken; the last good state stays in force.
     pub async fn reload(&self) -> Result<Option<Changes>, StoreError> {
-        // Holding the writer lock keeps a write from landing between read and swap.
-        let mut written = self.writer.lock().await;
-        let (digest, parsed) = self.read_settled().await?;
-        let clean_before = *written;
-        let outcome = self.with(|s| {
+        // Holding the compaction lock keeps a compaction from landing between read
+        // and swap.
+        let _compaction = self.shared.compaction.lock().await;
+        let (digest, parsed) = self.shared.read_settled().await?;
+        self.shared.with(|s| {
             // `None`: the file the host last read or wrote; nothing new in it.
             if let Some(parsed) = parsed {
-                let file = match parsed {
-                    Ok(file) => file,
+                match parsed {
+                    Ok(file) => s.absorb_file(file),
                     Err(reason) => {
-                        let e = invalid_file(&self.path, reason);
+                        let e = invalid_file(&self.shared.path, reason);
                         s.invalid = Some(e.to_string());
                         s.disk_sha = Some(digest);
                         return Err(e);
                     }
-                };
-                // Unwritten host mutations stay on top; their write follows.
-                let clean = s.version == clean_before;
-                s.absorb_file(file);
+                }
                 s.disk_sha = Some(digest);
                 s.invalid = None;
-                s.version += 1;
-                if clean {
-                    return Ok((std::mem::take(&mut s.pending), Some(s.version)));
-                }
             }
-            Ok((std::mem::take(&mut s.pending), None))
-        })?;
-        let (changes, clean_version) = outcome;
-        if let Some(version) = clean_version {
-            *written = version;
-        }
-        Ok((!changes.is_empty()).then_some(changes))
+            let changes = std::mem::take(&mut s.pending);
+            Ok((!changes.is_empty()).then_some(changes))
+        })
     }
 
     /// Path of the records file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
     /// Every record in force, in file order.
     pub fn list(&self) -> Vec<Record> {
-        self.with(|s| s.doc.records().cloned().collect())
+        self.shared.with(|s| s.doc.records().cloned().collect())
     }
 
     /// How many records in force match `pred`, without copying any.
     pub(crate) fn count(&self, pred: impl Fn(&Record) -> bool) -> usize {
-        self.with(|s| s.doc.records().filter(|r| pred(r)).count())
+        self.shared
+            .with(|s| s.doc.records().filter(|r| pred(r)).count())
     }
 
     /// The first record in force (in file order) matching `pred`.
     pub(crate) fn find(&self, pred: impl Fn(&Record) -> bool) -> Option<Record> {
-        self.with(|s| s.doc.records().find(|r| pred(r)).cloned())
+        self.shared
+            .with(|s| s.doc.records().find(|r| pred(r)).cloned())
     }
 
     /// The record in force with `id`.
     pub fn get(&self, id: &str) -> Option<Record> {
-        self.with(|s| s.doc.find(id).cloned())
+        self.shared.with(|s| s.doc.find(id).cloned())
     }
 
     /// `f` of the record in force with `id`, without copying it (for a look at a
     /// field or two, often).
     pub(crate) fn peek<T>(&self, id: &str, f: impl FnOnce(&Record) -> T) -> Option<T> {
-        self.with(|s| s.doc.find(id).map(f))
+        self.shared.with(|s| s.doc.find(id).map(f))
     }
 
     /// Adds a record; its name must be unused (by held-back entries too).
@@ -277,9 +303,10 @@ impl Store {
             if s.doc.name_taken(&record.name) {
                 return Err(StoreError::NameTaken(record.name.clone()));
             }
-            s.touch(&record.id, Touch::Inserted);
-            s.doc.environments.push(Entry::Good(record));
-            Ok(())
+            let seq = s.journal(&OpRef::Insert { record: &record })?;
+            s.touch(&record.id, Dirty::new(Touch::Inserted, None));
+            s.doc.push(record);
+            Ok(((), Some(seq)))
         })
         .await
     }
@@ -297,13 +324,28 @@ impl Store {
                 .doc
                 .find_mut(id)
                 .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+            if !good {
+                change(record);
+                record.updated_at = now();
+                return Ok((record.clone(), None));
+            }
+            let before = patch::fields_of(record);
             change(record);
             record.updated_at = now();
             let out = record.clone();
-            if good {
-                s.touch(id, Touch::Updated);
+            let after = patch::fields_of(&out);
+            let fields = patch::changed(&before, &after);
+            if before.get("name") != after.get("name") {
+                s.doc.renamed();
             }
-            Ok(out)
+            let seq = s.journal(&OpRef::Update {
+                id,
+                fields: &fields,
+            })?;
+            let mut dirty = Dirty::new(Touch::Updated, Some(before));
+            dirty.fields = fields.keys().cloned().collect();
+            s.touch(id, dirty);
+            Ok((out, Some(seq)))
         })
         .await
     }
@@ -312,44 +354,122 @@ impl Store {
     /// never removed by the host.
     pub async fn remove(&self, id: &str) -> Result<Record, StoreError> {
         self.mutate(|s| {
-            if let Some((_, h)) = s.doc.held().find(|(_, h)| h.id.as_deref() == Some(id)) {
+            if let Some(h) = s.doc.held_with(id) {
                 return Err(StoreError::Held(format!(
                     "the record with id {} is invalid and held back ({}); fix or remove it in {}",
                     untrusted::named(id),
                     h.reason,
-                    self.path.display()
+                    self.shared.path.display()
                 )));
             }
-            let pos = (s.doc.environments.iter())
-                .position(|e| matches!(e, Entry::Good(r) if r.id == id))
-                .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
-            s.touch(id, Touch::Removed);
-            match s.doc.environments.remove(pos) {
-                Entry::Good(r) => Ok(r),
-                Entry::Held(_) => Err(StoreError::NotFound(id.to_owned())),
+            if s.doc.find(id).is_none() {
+                return Err(StoreError::NotFound(id.to_owned()));
             }
+            let seq = s.journal(&OpRef::Remove { id })?;
+            let gone = s
+                .doc
+                .remove_good(id)
+                .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+            s.touch(
+                id,
+                Dirty::new(Touch::Removed, Some(patch::fields_of(&gone))),
+            );
+            Ok((gone, Some(seq)))
         })
         .await
     }
 
+    /// Makes every mutation so far durable and compacts the journal into the file
+    /// now (on shutdown, and for tests that read the file).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let seq = self.shared.with(|s| s.seq);
+        self.commit(seq).await?;
+        self.shared.compact().await
+    }
+
+    /// Applies `f` to memory; when it journals an entry, returns once that entry is
+    /// durable.
+    async fn mutate<R>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<(R, Option<u64>), StoreError>,
+    ) -> Result<R, StoreError> {
+        let (out, seq) = self.shared.with(f)?;
+        if let Some(seq) = seq {
+            self.commit(seq).await?;
+        }
+        Ok(out)
+    }
+
+    /// Returns once journal entry `seq` is appended and synced. Writers queue on the
+    /// journal lock; the first one's append carries every entry made before it, so
+    /// the others find theirs durable and return without a sync of their own.
+    async fn commit(&self, seq: u64) -> Result<(), StoreError> {
+        let shared = &self.shared;
+        let mut j = shared.journal.lock().await;
+        if j.durable >= seq {
+            return Ok(());
+        }
+        if let Some(reason) = &j.broken {
+            return Err(StoreError::Journal {
+                path: j.path.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let (bytes, upto) = shared.with(|s| (std::mem::take(&mut s.unwritten), s.seq));
+        let file = j.file.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let outcome = journal::append(&file, &bytes);
+            (outcome, bytes)
+        })
+        .await;
+        let (outcome, bytes) = match written {
+            Ok(done) => done,
+            Err(e) => {
+                // The entries are lost to the journal (not to memory: the next
+                // compaction writes them); later appends must not follow a partial one.
+                j.broken = Some(format!("appending failed: {e}"));
+                return Err(StoreError::Journal {
+                    path: j.path.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                j.len += bytes.len() as u64;
+                j.durable = upto;
+                let over = j.len >= compact::JOURNAL_LIMIT;
+                drop(j);
+                shared.trigger.poke(shared, over);
+                Ok(())
+            }
+            Err(source) => {
+                // Cut a partial append off, so the next entry does not follow junk,
+                // and keep the entries for the next append.
+                let len = j.len;
+                if let Err(e) = j.file.set_len(len) {
+                    j.broken = Some(format!("cutting off a failed append failed: {e}"));
+                }
+                shared.with(|s| {
+                    let mut again = bytes;
+                    again.extend_from_slice(&s.unwritten);
+                    s.unwritten = again;
+                });
+                Err(StoreError::Io {
+                    path: j.path.clone(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+impl Shared {
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         // A panic while holding the lock cannot leave a half-applied record (each
         // closure mutates one Vec slot), so a poisoned lock is still usable.
         let mut guard = self.state.locked();
         f(&mut guard)
-    }
-
-    async fn mutate<R>(
-        &self,
-        f: impl FnOnce(&mut State) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
-        let out = self.with(|s| {
-            let out = f(s)?;
-            s.version += 1;
-            Ok::<_, StoreError>(out)
-        })?;
-        self.persist().await?;
-        Ok(out)
     }
 
     /// The digest of the file (a missing file reads as `{}`) and, unless it is the
@@ -382,117 +502,46 @@ impl Store {
             tokio::time::sleep(SETTLE).await;
         }
     }
-
-    /// Makes the newest in-memory state durable unless a write already covered it.
-    /// The file is read first: an edit the host has not seen is merged (and reported
-    /// by the next [`Store::reload`]), and the file is checked again just before the
-    /// rename, so a write never replaces a change it has not read.
-    async fn persist(&self) -> Result<(), StoreError> {
-        let mut written = self.writer.lock().await;
-        // Writers queue here; the first one's write covers every mutation made before
-        // it serialised, so the others return without serialising the whole document.
-        if self.with(|s| s.version <= *written) {
-            return Ok(());
-        }
-        for _ in 0..MAX_MERGE_ROUNDS {
-            let (seen, parsed) = self.read_settled().await?;
-            let (version, bytes, keep_invalid, dirty) = self.with(|s| {
-                if let Some(parsed) = parsed {
-                    match parsed {
-                        Ok(file) => {
-                            tracing::info!(
-                                "merging an outside edit of the records file before writing"
-                            );
-                            s.absorb_file(file);
-                            s.invalid = None;
-                        }
-                        Err(reason) => {
-                            s.invalid = Some(invalid_file(&self.path, reason).to_string());
-                        }
-                    }
-                    s.disk_sha = Some(seen);
-                }
-                s.doc.version = FORMAT_VERSION;
-                // Growing the buffer from empty copied the document over and over.
-                let mut bytes = Vec::with_capacity(s.last_len + s.last_len / 8);
-                let serialised = serde_json::to_writer_pretty(&mut bytes, &s.doc).map(|()| bytes);
-                let dirty = std::mem::take(&mut s.dirty);
-                (s.version, serialised, s.invalid.is_some(), dirty)
-            });
-            let bytes = match bytes {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    self.with(|s| s.restore(dirty));
-                    return Err(StoreError::Invalid {
-                        path: self.path.clone(),
-                        reason: e.to_string(),
-                    });
-                }
-            };
-            let digest = sha(&bytes);
-            let len = bytes.len();
-            let path = self.path.clone();
-            let outcome = tokio::task::spawn_blocking(move || {
-                if keep_invalid {
-                    keep_copy(&path)?;
-                }
-                write_unless_changed(&path, &bytes, seen)
-            })
-            .await
-            .map_err(|e| StoreError::Io {
-                path: self.path.clone(),
-                source: std::io::Error::other(e),
-            })
-            .and_then(|r| r);
-            match outcome {
-                Ok(true) => {
-                    self.with(|s| {
-                        s.disk_sha = Some(digest);
-                        s.invalid = None;
-                        s.last_len = len;
-                    });
-                    *written = version;
-                    return Ok(());
-                }
-                // Edited between the read and the rename: read and merge again.
-                Ok(false) => self.with(|s| s.restore(dirty)),
-                Err(e) => {
-                    self.with(|s| s.restore(dirty));
-                    return Err(e);
-                }
-            }
-        }
-        Err(StoreError::Busy {
-            path: self.path.clone(),
-            rounds: MAX_MERGE_ROUNDS,
-        })
-    }
 }
 
 impl State {
-    fn touch(&mut self, id: &str, touch: Touch) {
-        let net = match self.dirty.get(id) {
+    /// Appends `op` as the next journal entry to the unwritten ones; its number.
+    fn journal(&mut self, op: &OpRef<'_>) -> Result<u64, StoreError> {
+        let seq = self.seq + 1;
+        journal::encode(seq, op, &mut self.unwritten).map_err(|e| StoreError::Invalid {
+            path: PathBuf::from("environments.journal"),
+            reason: e.to_string(),
+        })?;
+        self.seq = seq;
+        Ok(seq)
+    }
+
+    fn touch(&mut self, id: &str, touch: Dirty) {
+        let net = match self.dirty.remove(id) {
             Some(before) => before.then(touch),
             None => touch,
         };
         self.dirty.insert(id.to_owned(), net);
     }
 
-    /// Puts back the touches of a write that did not happen (newer ones win).
-    fn restore(&mut self, dirty: HashMap<String, Touch>) {
+    /// Puts back the touches of a compaction that did not happen (newer ones win).
+    fn restore(&mut self, dirty: HashMap<String, Dirty>) {
         for (id, before) in dirty {
-            let net = match self.dirty.get(&id) {
-                Some(later) => before.then(*later),
+            let net = match self.dirty.remove(&id) {
+                Some(later) => before.then(later),
                 None => before,
             };
             self.dirty.insert(id, net);
         }
     }
 
-    /// Replaces memory with `file` plus the host's unwritten mutations, and keeps what
-    /// changed for the next [`Store::reload`].
+    /// Replaces memory with `file` plus the host's changes it does not hold, and
+    /// keeps what changed for the next [`Store::reload`].
     fn absorb_file(&mut self, file: Document) {
-        let merged = self.doc.merged(file, &self.dirty);
+        let (merged, conflicts) = self.doc.merged(file, &mut self.dirty);
+        for conflict in conflicts {
+            tracing::warn!(%conflict, "records file: an outside edit and the host changed the same record");
+        }
         let changes = document::diff(self.doc.records(), merged.records());
         self.doc = merged;
         log_held(&self.doc);
@@ -518,74 +567,11 @@ fn invalid_file(path: &Path, reason: String) -> StoreError {
     }
 }
 
-/// The file's bytes; a missing file (deleted by hand) reads as an empty one.
-fn read_file(path: &Path) -> Result<Vec<u8>, StoreError> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(b"{}".to_vec()),
-        Err(source) => Err(StoreError::Io {
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
-fn sha(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
-/// Copies an invalid records file aside before the host replaces it.
-fn keep_copy(path: &Path) -> Result<(), StoreError> {
-    let stamp = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-    let name = format!(
-        "{}.invalid-{stamp}",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("environments.json")
-    );
-    let copy = path.with_file_name(name);
-    match std::fs::copy(path, &copy) {
-        Ok(_) => {
-            tracing::warn!(copy = %copy.display(), "kept a copy of the invalid records file");
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(StoreError::Io { path: copy, source }),
-    }
-}
-
-/// [`write_atomic`], unless the file no longer hashes to `seen` once the new text is
-/// durable in its temp file (`Ok(false)`: someone edited it; nothing was replaced).
-fn write_unless_changed(path: &Path, bytes: &[u8], seen: [u8; 32]) -> Result<bool, StoreError> {
-    let io = |source| StoreError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = temp_with(dir, bytes).map_err(io)?;
-    if sha(&read_file(path)?) != seen {
-        return Ok(false);
-    }
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)?;
-    Ok(true)
-}
-
-/// A durable temp file beside the records file holding `bytes`.
-fn temp_with(dir: &Path, bytes: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".environments.json.")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    Ok(tmp)
-}
-
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod journal_tests;
 
 #[cfg(test)]
 mod fuzz;

@@ -1,5 +1,6 @@
 //! The store against a real directory: durability, group commit, outside edits and
-//! broken files.
+//! broken files. Tests that read the file flush first: mutations reach it through
+//! the journal's compaction.
 
 use super::*;
 use serde_json::{Map, Value};
@@ -24,16 +25,18 @@ async fn insert_update_remove_round_trip_through_the_file() {
         .await
         .unwrap();
     store.remove("b").await.unwrap();
+    store.flush().await.unwrap();
 
     let reopened = Store::open(path.clone()).unwrap();
     let list = reopened.list();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].desired_state, DesiredState::Running);
-    // No temp files are left beside it.
+    // No temp files are left beside it (the journal is, empty).
     let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name() != "environments.json")
+        .filter(|e| e.file_name() != "environments.journal" || e.metadata().unwrap().len() > 0)
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -54,6 +57,7 @@ async fn unknown_fields_survive_a_rewrite() {
     std::fs::write(&path, serde_json::to_vec(&text).unwrap()).unwrap();
     let store = Store::open(path.clone()).unwrap();
     store.update("a", |r| r.restarts = 3).await.unwrap();
+    store.flush().await.unwrap();
     let after: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(after["owner"], "ops-team");
     assert_eq!(after["environments"][0]["description"], "kept");
@@ -114,6 +118,7 @@ async fn bad_records_are_held_back_verbatim_and_the_rest_applies() {
     ));
     // A host write keeps every held entry exactly as written.
     store.update("d", |r| r.restarts = 1).await.unwrap();
+    store.flush().await.unwrap();
     let after: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let entries = after["environments"].as_array().unwrap();
     assert_eq!(entries[0], text["environments"][0]);
@@ -129,6 +134,7 @@ async fn a_host_write_merges_an_outside_edit_it_has_not_read() {
     let store = Store::open(path.clone()).unwrap();
     store.insert(record("a", "alpha")).await.unwrap();
     store.insert(record("b", "beta")).await.unwrap();
+    store.flush().await.unwrap();
 
     // An editor adds one record, removes another and annotates the file...
     let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -137,8 +143,9 @@ async fn a_host_write_merges_an_outside_edit_it_has_not_read() {
     list.retain(|r| r["id"] != "b");
     list.push(serde_json::to_value(record("c", "gamma")).unwrap());
     std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
-    // ...and the host writes before it has reloaded.
+    // ...and the host compacts before it has reloaded.
     store.update("a", |r| r.restarts = 7).await.unwrap();
+    store.flush().await.unwrap();
 
     let after: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     let ids: Vec<&str> = after["environments"]
@@ -164,6 +171,7 @@ async fn a_record_broken_by_hand_keeps_its_last_valid_version_in_force() {
     let path = dir.path().join("environments.json");
     let store = Store::open(path.clone()).unwrap();
     store.insert(record("a", "alpha")).await.unwrap();
+    store.flush().await.unwrap();
     let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     doc["environments"][0]["name"] = "../x".into();
     std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
@@ -172,6 +180,7 @@ async fn a_record_broken_by_hand_keeps_its_last_valid_version_in_force() {
     assert!(store.held_reason("a").is_some());
     // Host changes to it stay in memory; the file keeps the hand's text.
     store.update("a", |r| r.restarts = 2).await.unwrap();
+    store.flush().await.unwrap();
     assert_eq!(store.get("a").unwrap().restarts, 2);
     let after: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(after["environments"][0], doc["environments"][0]);
@@ -184,6 +193,7 @@ async fn an_invalid_file_is_copied_aside_before_the_first_write() {
     std::fs::write(&path, "{broken").unwrap();
     let store = Store::open(path.clone()).unwrap();
     store.insert(record("a", "alpha")).await.unwrap();
+    store.flush().await.unwrap();
     let copies: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
@@ -209,6 +219,7 @@ async fn reload_reports_outside_edits_and_ignores_own_writes() {
     let store = Store::open(path.clone()).unwrap();
     store.insert(record("a", "alpha")).await.unwrap();
     store.insert(record("b", "beta")).await.unwrap();
+    store.flush().await.unwrap();
     assert_eq!(store.reload().await.unwrap(), None, "own write echoed back");
 
     let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
