@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,6 +132,7 @@ pub(super) fn open(path: &Path) -> Result<(State, Appender), StoreError> {
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .mode(0o600)
                 .open(&active)
                 .map_err(io(&active))?;
             file.set_len(0).map_err(io(&active))?;
