@@ -12,7 +12,8 @@
 //!   force, reloading `tether.toml` live (watcher, `SIGHUP`) for the next start.
 //! - [`engine`] loads provider components (wasmtime) and runs one actor per instance;
 //!   [`broker`] decides what an instance may spawn or touch.
-//! - [`store`] persists records in `.codebolt/environments.json`; `watch` is the
+//! - [`store`] persists records in `.codebolt/environments.json` through a write-ahead
+//!   journal compacted into it in the background; `watch` is the
 //!   debounced directory watch behind its live edits, the providers' hot reload and
 //!   `tether.toml`'s live reload.
 //! - [`relay`] carries a WebSocket frame from socket to socket: it joins a runtime
