@@ -375,18 +375,7 @@ async fn every_documented_operation_is_routed_and_nothing_else_is() {
                 .send()
                 .await
                 .expect("request");
-            let status = resp.status();
-            let content_type = (resp.headers().get("content-type"))
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let body = resp.text().await.unwrap_or_default();
-            check(
-                method,
-                &path,
-                status.as_u16(),
-                content_type.as_deref(),
-                body.as_bytes(),
-            );
+            let (status, body) = crate::support::checked(method, &path, resp).await;
             if documented {
                 assert!(
                     !(status == StatusCode::NOT_FOUND && body.contains("no such route")),

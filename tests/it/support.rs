@@ -197,18 +197,7 @@ impl Server {
             req = req.json(&body);
         }
         let resp = req.send().await.expect("request");
-        let status = resp.status();
-        let content_type = (resp.headers().get(reqwest::header::CONTENT_TYPE))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let text = resp.text().await.expect("body");
-        crate::openapi::check(
-            method.as_str(),
-            path,
-            status.as_u16(),
-            content_type.as_deref(),
-            text.as_bytes(),
-        );
+        let (status, text) = checked(method.as_str(), path, resp).await;
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
         (status, json)
     }
@@ -326,6 +315,24 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Reads a response to `method` `path` that a test sent itself, checks it against the
+/// OpenAPI spec like [`Server::call`]'s, and returns its status and text.
+pub async fn checked(method: &str, path: &str, resp: reqwest::Response) -> (StatusCode, String) {
+    let status = resp.status();
+    let content_type = (resp.headers().get(reqwest::header::CONTENT_TYPE))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = resp.text().await.expect("body");
+    crate::openapi::check(
+        method,
+        path,
+        status.as_u16(),
+        content_type.as_deref(),
+        text.as_bytes(),
+    );
+    (status, text)
 }
 
 /// A WebSocket client speaking JSON text frames.

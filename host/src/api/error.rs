@@ -118,26 +118,26 @@ impl ErrorCode {
     pub(crate) fn meaning(self) -> &'static str {
         match self {
             ErrorCode::InvalidRequest => {
-                "A field, query value or path segment is missing, of the wrong type or out of range; an unknown body field; the body is not a JSON object."
+                "The body is not a JSON object, or a field or query value is missing, unknown, of the wrong type or out of range (a name breaking the name rule, `config` over 256 KiB, an unknown scope, a provider that is not loaded, a component that does not load); the message names it."
             }
             ErrorCode::InvalidJson => "The request body is not valid JSON.",
             ErrorCode::Unauthorized => {
-                "No token, or a token (or ticket, or runtime token) that is unknown, revoked, expired, used or of an older start."
+                "No token, or one that is unknown, revoked, rotated away or expired; a ticket unknown, used or expired; a runtime token of an earlier start."
             }
             ErrorCode::Forbidden => {
-                "The token may not do this whatever its scopes (a token limited to named environments creating one)."
+                "A token limited to named environments tried to create or provision one."
             }
             ErrorCode::MissingScope => {
                 "The token lacks the scope the route needs; the message names it."
             }
             ErrorCode::NotFound => {
-                "No such environment, provider, template, token or route, or one that belongs to another user."
+                "No such environment, token, provider, template, docs asset or route; someone else's environment or token is answered exactly the same way."
             }
             ErrorCode::Conflict => {
-                "The request conflicts with the current state: a taken name, a template whose provider is not loaded, rotating an operator token set by `TETHER_API_TOKEN`; a runtime connecting to a stopped environment gets it with 410."
+                "The name is taken, the record is held back as invalid in `environments.json`, a template's provider is not loaded, or the operator token comes from `TETHER_API_TOKEN` and cannot be rotated. A runtime connecting to a stopped environment gets this code with 410."
             }
             ErrorCode::Stopped => {
-                "The environment was stopped on purpose; start it, or connect with `start=true`."
+                "Sent as an `error` frame before close 4015 (never as an HTTP answer): the environment was stopped on purpose; start it, or connect with `start=true`."
             }
             ErrorCode::BodyTooLarge => {
                 "The body is larger than 2 MiB (64 MiB for `PUT /api/v1/providers/{name}`)."
@@ -149,17 +149,19 @@ impl ErrorCode {
                 "This address failed to authenticate too often; `Retry-After` says when to try again."
             }
             ErrorCode::QuotaExceeded => {
-                "The change would take the owner past `max_environments` or `max_running`."
+                "The change would take the owner past a `[tenancy]` limit (`max_environments`, `max_running`); the message names it, its value and the use."
             }
             ErrorCode::TooManyConnections => {
-                "The environment has its maximum number of app connections."
+                "The environment has its maximum of WebSocket connections. The WebSocket routes upgrade such a connection and close it with 4013 instead, so no route answers this over HTTP today."
             }
-            ErrorCode::StoreError => "The records or tokens file could not be read or written.",
+            ErrorCode::StoreError => {
+                "The change could not be made durable (the records or tokens file)."
+            }
             ErrorCode::InternalError => {
-                "A bug or an unexpected failure inside the host; see its log."
+                "The host could not do its part (writing an installed component, say); the message says what."
             }
             ErrorCode::AuditFailed => {
-                "The change could not be recorded in the audit log, so it is not acknowledged; or the log could not be read."
+                "The change was made but the audit log could not take it, or the log could not be read; the host logs why."
             }
         }
     }

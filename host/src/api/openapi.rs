@@ -196,6 +196,15 @@ mod tests {
     }
 
     #[test]
+    fn the_rest_reference_lists_every_code_with_its_status() {
+        let reference = include_str!("../../../docs/rest.md");
+        for code in ErrorCode::ALL {
+            let row = format!("| {} | `{}` |", code.status().as_u16(), code.as_str());
+            assert!(reference.contains(&row), "docs/rest.md has no row {row}");
+        }
+    }
+
+    #[test]
     fn the_description_gives_every_code_its_status() {
         let spec = super::super::spec();
         let text = spec.info.description.unwrap_or_default();
