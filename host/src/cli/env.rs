@@ -210,10 +210,15 @@ async fn wait_for(server: &ServerArgs, id: &str, running: bool) -> anyhow::Resul
         let env = call(server, Method::GET, &env_path(id)?, None).await?;
         let status = env["status"].as_str().unwrap_or("?");
         let connected = env["runtime"]["connected"] == true;
-        let phase = match (status, connected) {
-            ("running", false) => "running, waiting for the runtime".to_owned(),
-            ("running", true) => "running, runtime connected".to_owned(),
-            (s, _) => s.to_owned(),
+        // The start's phase where the host reports one (it names the wait for the
+        // runtime); the runtime's connection otherwise.
+        let phase = match (status, env["startPhase"].as_str(), connected) {
+            ("starting", Some(phase), _) => format!("starting: {phase}"),
+            ("running", Some("waiting-for-runtime"), _) | ("running", None, false) => {
+                "running, waiting for the runtime".to_owned()
+            }
+            ("running", _, _) => "running, runtime connected".to_owned(),
+            (s, _, _) => s.to_owned(),
         };
         let secs = began.elapsed().as_secs_f64();
         if phase != last {
@@ -228,7 +233,11 @@ async fn wait_for(server: &ServerArgs, id: &str, running: bool) -> anyhow::Resul
         }
         match status {
             "error" => bail!(
-                "the environment failed: {}",
+                "the environment failed{}: {}",
+                env["startPhase"]
+                    .as_str()
+                    .map(|p| format!(" in {p}"))
+                    .unwrap_or_default(),
                 env["lastError"].as_str().unwrap_or("no reason given")
             ),
             "running" if running && connected => return Ok(env),
