@@ -16,7 +16,8 @@
 //! apart from the clients' and from the load.
 //!
 //! `cargo bench --bench relay [-- PAIRS,...]` (default `1,100,1000`). Loopback only;
-//! every case is bounded in round trips and in time. `RELAY_BENCH_WRAP` names a command
+//! every case is bounded in round trips (`RELAY_BENCH_ROUND_TRIPS`, default 20,000) and
+//! in time. `RELAY_BENCH_WRAP` names a command
 //! to run the host under (a profiler), e.g. `valgrind --tool=callgrind`.
 //!
 //! The clients use tungstenite's default settings, as the reference runtime and the
@@ -60,6 +61,11 @@ async fn run(pairs: Vec<usize>) -> Res<()> {
     let runtimes = server.environments(most).await?;
     server.settle().await?;
     let rss_after = rss_kib(&host_pid);
+    // More round trips for a profiler to see past the set-up.
+    let round_trips = std::env::var("RELAY_BENCH_ROUND_TRIPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ROUND_TRIPS);
     let nginx = support::nginx::Nginx::start().await?;
     if nginx.is_none() {
         println!("nginx is not installed (`apt-get install nginx-light`): its column is skipped");
@@ -71,7 +77,7 @@ async fn run(pairs: Vec<usize>) -> Res<()> {
     println!("|---:|---:|---:|---:|---:|---|---|");
     let mut cpu_rows = Vec::new();
     for &n in &pairs {
-        let per_pair = (ROUND_TRIPS / n).max(MIN_PER_PAIR);
+        let per_pair = (round_trips / n).max(MIN_PER_PAIR);
         let direct = direct_case(n, per_pair, None).await?;
         let proxied = match &nginx {
             Some(nginx) => Some(direct_case(n, per_pair, Some(nginx)).await?),
