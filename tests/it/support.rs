@@ -623,3 +623,54 @@ pub fn example_bin(name: &str) -> PathBuf {
     }
     path
 }
+
+/// A TCP relay in front of a server whose connections a test can cut, as a network
+/// would: every connection through it so far is dropped at once. It runs on a thread
+/// of its own, so a test blocked on a child process does not stall it.
+pub struct CutProxy {
+    /// `http://127.0.0.1:PORT` of the proxy.
+    pub base: String,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl CutProxy {
+    /// Relays to `target` (`http://host:port`).
+    pub fn start(target: &str) -> CutProxy {
+        let target = target.trim_start_matches("http://").to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let base = format!("http://{}", listener.local_addr().expect("proxy addr"));
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("proxy runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let target = target.clone();
+                    let mut cuts = cuts.clone();
+                    cuts.mark_unchanged();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cuts.changed() => {}
+                        }
+                    });
+                }
+            });
+        });
+        CutProxy { base, cut }
+    }
+
+    /// Drops every connection made through the proxy so far.
+    pub fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}

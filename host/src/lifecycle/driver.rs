@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use super::envs::Env;
 use super::live_config::LiveConfig;
+use super::progress::{StartPhase, StartProgress};
 use super::{EnvironmentView, Status, provider_status};
 use crate::audit::{Actor, AuditLog, Entry, Outcome};
 use crate::engine::{Call, CallError, Engine, ProviderHandle};
@@ -86,6 +87,7 @@ impl Driver {
     pub(super) fn view_of(&self, env: &Env, record: Record) -> EnvironmentView {
         let loaded = self.shared.engine.provider(&record.provider);
         let live = env.live();
+        let start = live.start.clone();
         let provider = provider_status::provider_status(
             &record.provider,
             live.provider.as_ref(),
@@ -101,6 +103,7 @@ impl Driver {
             provider,
             idleness,
         )
+        .with_start(start)
     }
 
     /// Moves `env` toward its desired state, in the background.
@@ -159,8 +162,62 @@ impl Driver {
     }
 
     pub(super) fn set_status(&self, env: &Env, status: Status) {
-        env.live().status = status;
+        {
+            let mut live = env.live();
+            live.status = status;
+            match status {
+                // A new start's progress begins; a failed one keeps where it failed.
+                Status::Starting => live.start = Some(StartProgress::begin()),
+                Status::Stopping | Status::Stopped => live.start = None,
+                _ => {}
+            }
+        }
         self.announce(env);
+    }
+
+    /// Moves `env`'s start on to `phase` and tells its apps.
+    pub(super) fn enter_phase(&self, env: &Env, phase: StartPhase) {
+        let changed = env.live().start.as_mut().is_some_and(|p| p.enter(phase));
+        if changed {
+            tracing::info!(env = %env.id, ?phase, "start phase");
+            self.announce(env);
+        }
+    }
+
+    /// The provider started `env`: it is `running`, and its start waits for the
+    /// runtime unless that has connected already. Checked under the same lock as
+    /// `runtime_arrived`, so a runtime that connects before the provider's start
+    /// returns is not missed.
+    pub(super) fn provider_started(&self, env: &Env) {
+        let phase = {
+            let mut live = env.live();
+            live.status = Status::Running;
+            let phase = if env.hub.runtime_connected() {
+                StartPhase::Running
+            } else {
+                StartPhase::WaitingForRuntime
+            };
+            if let Some(progress) = live.start.as_mut() {
+                progress.enter(phase);
+            }
+            phase
+        };
+        tracing::info!(env = %env.id, ?phase, "start phase");
+        self.announce(env);
+    }
+
+    /// The runtime of `env` connected: a start waiting for it is complete. Checked
+    /// under the same lock as `enter_phase`, so a runtime that connects before the
+    /// provider's start returns is not missed.
+    pub(super) fn runtime_arrived(&self, env: &Env) {
+        let completed = match env.live().start.as_mut() {
+            Some(p) if p.phase == StartPhase::WaitingForRuntime => p.enter(StartPhase::Running),
+            _ => false,
+        };
+        if completed {
+            let phase = StartPhase::Running;
+            tracing::info!(env = %env.id, ?phase, "start phase");
+        }
     }
 
     /// Sends the current status to every app of `env`.

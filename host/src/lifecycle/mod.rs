@@ -26,6 +26,7 @@ mod live_config;
 mod messages;
 mod ops;
 mod peers;
+mod progress;
 mod provider_install;
 mod provider_reload;
 mod provider_status;

@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
 use super::idle::Idleness;
+use super::progress::{StartPhase, StartProgress};
 use super::provider_status::ProviderStatus;
 use crate::engine::ProviderHandle;
 use crate::store::{DesiredState, ProvisionKey, Record, RestartPolicy, StopReason};
@@ -76,6 +77,17 @@ pub(crate) struct EnvironmentView {
     pub status: Status,
     /// Its runtime connection.
     pub runtime: RuntimeView,
+    /// Where the current start is (`instantiating`, `provider-start`,
+    /// `waiting-for-runtime`, `running`), or where the last start failed when
+    /// `status` is `error`; `null` when stopped or never started by this host.
+    #[schema(required = true)]
+    pub start_phase: Option<StartPhase>,
+    /// When the start entered `startPhase` (RFC 3339).
+    #[schema(required = true)]
+    pub start_phase_since: Option<String>,
+    /// When the current (or failed) start began (RFC 3339).
+    #[schema(required = true)]
+    pub started_at: Option<String>,
     /// The provider's resource, handed back to it after a host restart.
     #[schema(required = true)]
     pub resource_id: Option<String>,
@@ -143,6 +155,9 @@ impl EnvironmentView {
             desired_state: record.desired_state,
             status,
             runtime: RuntimeView { connected },
+            start_phase: None,
+            start_phase_since: None,
+            started_at: None,
             resource_id: record.resource_id,
             workspace_path: record.workspace_path,
             last_error: record.last_error,
@@ -163,6 +178,16 @@ impl EnvironmentView {
         }
     }
 
+    /// With the progress of its current or failed start.
+    pub(crate) fn with_start(mut self, start: Option<StartProgress>) -> Self {
+        if let Some(start) = start {
+            self.start_phase = Some(start.phase);
+            self.start_phase_since = Some(start.phase_since);
+            self.started_at = Some(start.started_at);
+        }
+        self
+    }
+
     /// The `environmentStatus` event sent to apps.
     pub(crate) fn status_event(&self) -> String {
         json!({
@@ -171,6 +196,9 @@ impl EnvironmentView {
             "status": self.status,
             "desiredState": self.desired_state,
             "runtime": {"connected": self.runtime.connected},
+            "startPhase": self.start_phase,
+            "startPhaseSince": self.start_phase_since,
+            "startedAt": self.started_at,
             "lastError": self.last_error,
         })
         .to_string()
