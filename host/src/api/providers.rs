@@ -19,6 +19,22 @@ use crate::tenancy::{Principal, Scope};
 /// Largest component `PUT` takes.
 pub(crate) const MAX_COMPONENT_BYTES: usize = 64 * 1024 * 1024;
 
+/// The body of `PUT /api/v1/providers/{name}`, for the spec: the component's bytes.
+pub(crate) struct ComponentBytes;
+
+impl utoipa::PartialSchema for ComponentBytes {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .content_media_type("application/wasm")
+            .description(Some("The component's bytes, as built (`.wasm`)."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ComponentBytes {}
+
 /// `GET /api/v1/providers` (admin).
 #[utoipa::path(
     get,
@@ -76,7 +92,7 @@ pub(crate) async fn get(
     params(
         ("name" = String, Path, description = "Provider name; the file becomes `{name}.wasm` in the providers directory."),
     ),
-    request_body(content = Vec<u8>, description = "A WebAssembly component (`wasm32-wasip2`) exporting the provider world, at most 64 MiB.", content_type = "application/wasm"),
+    request_body(content = ComponentBytes, description = "A WebAssembly component (`wasm32-wasip2`) exporting the provider world, at most 64 MiB.", content_type = "application/wasm"),
     responses(
         (status = 201, description = "Installed and loaded.", body = ProviderView),
         (status = 400, description = "The component does not load, or calls itself by another name (`invalid_request`).", body = ErrorBody),
