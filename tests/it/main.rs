@@ -15,6 +15,7 @@ mod hostile;
 mod idle;
 mod lifecycle;
 mod logs;
+mod openapi;
 mod operator_config;
 mod providers;
 mod provisioning;

@@ -189,7 +189,7 @@ impl Server {
         token: Option<&str>,
     ) -> (StatusCode, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let mut req = (self.http).request(method.clone(), format!("{}{path}", self.base));
         if let Some(token) = token {
             req = req.bearer_auth(token);
         }
@@ -197,8 +197,7 @@ impl Server {
             req = req.json(&body);
         }
         let resp = req.send().await.expect("request");
-        let status = resp.status();
-        let text = resp.text().await.expect("body");
+        let (status, text) = checked(method.as_str(), path, resp).await;
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
         (status, json)
     }
@@ -318,6 +317,24 @@ impl Drop for Server {
     }
 }
 
+/// Reads a response to `method` `path` that a test sent itself, checks it against the
+/// OpenAPI spec like [`Server::call`]'s, and returns its status and text.
+pub async fn checked(method: &str, path: &str, resp: reqwest::Response) -> (StatusCode, String) {
+    let status = resp.status();
+    let content_type = (resp.headers().get(reqwest::header::CONTENT_TYPE))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = resp.text().await.expect("body");
+    crate::openapi::check(
+        method,
+        path,
+        status.as_u16(),
+        content_type.as_deref(),
+        text.as_bytes(),
+    );
+    (status, text)
+}
+
 /// A WebSocket client speaking JSON text frames.
 pub struct Ws {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -338,6 +355,18 @@ impl Ws {
         match Ws::try_connect(url, token, tls).await {
             Ok(ws) => Ok(ws),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                // A refused upgrade is an answer of the REST surface: it must be documented.
+                let path = url.splitn(4, '/').nth(3).map(|p| format!("/{p}"));
+                let content_type =
+                    (resp.headers().get(http::header::CONTENT_TYPE)).and_then(|v| v.to_str().ok());
+                let body = resp.body().as_deref().unwrap_or_default();
+                crate::openapi::check(
+                    "GET",
+                    path.as_deref().unwrap_or("/"),
+                    resp.status().as_u16(),
+                    content_type,
+                    body,
+                );
                 Err(StatusCode::from_u16(resp.status().as_u16()).expect("status"))
             }
             Err(e) => panic!("connecting {url}: {e}"),

@@ -5,21 +5,54 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::body::{Body, Fields, FromObject};
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::tenancy::{Principal, Scope, TicketTarget};
 
 /// Longest thread id a ticket may name.
 const MAX_THREAD: usize = 256;
 
-#[derive(Debug)]
+/// `POST /api/v1/tickets`: exactly one of `environment` and `template`; unknown
+/// fields are refused.
+#[derive(Debug, ToSchema)]
 pub(crate) struct TicketBody {
+    /// An environment the caller reaches (the ticket opens `/ws/app/{id}`).
     environment: Option<String>,
+    /// A defined template (the ticket opens `/ws/app`).
+    #[schema(min_length = 1, max_length = 256)]
     template: Option<String>,
+    /// The thread the socket joins, 1 to 256 bytes without control characters.
+    #[schema(min_length = 1, max_length = 256)]
     thread: Option<String>,
+    /// With `template` only: the workspace of a `workspace` template.
+    #[schema(min_length = 1, max_length = 256)]
     workspace: Option<String>,
+}
+
+/// A ticket just issued: its secret, once.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TicketView {
+    /// The single-use secret, for `?ticket=`.
+    ticket: String,
+    /// Seconds it stays valid (`[tenancy] ticket_ttl_secs`).
+    expires_in_secs: u64,
+    /// The environment it opens, for an environment ticket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    environment: Option<String>,
+    /// The template it provisions from, for a template ticket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    template: Option<String>,
+    /// The workspace, for a template ticket (`null` when none was given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workspace: Option<Option<String>>,
+    /// The thread the socket joins (`null`: the connect's `?thread=` decides).
+    #[schema(required = true)]
+    thread: Option<String>,
 }
 
 /// `Err` unless `value` (of field `name`) is 1 to [`MAX_THREAD`] bytes without
@@ -62,33 +95,55 @@ impl FromObject for TicketBody {
 /// `POST /api/v1/tickets {"environment", "thread"?}` (scope `relay`, an environment the
 /// caller reaches) or `{"template", "thread"?, "workspace"?}` (a defined template):
 /// `{"ticket", "expiresInSecs", "environment" | "template", "thread", "workspace"?}`, 201.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tickets",
+    tag = "tickets",
+    request_body(content = TicketBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The ticket, valid once within `expiresInSecs`.", body = TicketView),
+        (status = 400, description = "The body is not JSON (`invalid_json`), not an object, has an unknown field or a bad value (`invalid_request`).", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MiB (`body_too_large`).", body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json` (`unsupported_media_type`).", body = ErrorBody),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `relay` scope (`missing_scope`).", body = ErrorBody),
+        (status = 404, description = "No such environment (or another user's), or no such template (`not_found`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["relay"])),
+)]
 pub(crate) async fn create(
     who: Principal,
     State(s): State<AppState>,
     Body(body): Body<TicketBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<TicketView>), ApiError> {
     who.require(Scope::Relay)?;
-    let (target, mut answer) = match (body.environment, body.template) {
+    let mut answer = TicketView {
+        ticket: String::new(),
+        expires_in_secs: s.tickets.ttl().as_secs(),
+        environment: None,
+        template: None,
+        workspace: None,
+        thread: body.thread.clone(),
+    };
+    let target = match (body.environment, body.template) {
         (Some(environment), _) => {
             // Someone else's environment is, to this caller, one that does not exist.
             s.manager.get(&who, &environment)?;
-            let answer = json!({"environment": environment});
-            (TicketTarget::Environment(environment), answer)
+            answer.environment = Some(environment.clone());
+            TicketTarget::Environment(environment)
         }
         (None, Some(template)) => {
             s.manager.check_template(&template)?;
-            let answer = json!({"template": template, "workspace": body.workspace});
-            let target = TicketTarget::Template {
+            answer.template = Some(template.clone());
+            answer.workspace = Some(body.workspace.clone());
+            TicketTarget::Template {
                 template,
                 workspace: body.workspace,
-            };
-            (target, answer)
+            }
         }
         (None, None) => return Err(ApiError::bad_request("give `environment` or `template`")),
     };
-    let ticket = (s.tickets).issue(who, target, body.thread.clone());
-    answer["ticket"] = json!(ticket);
-    answer["expiresInSecs"] = json!(s.tickets.ttl().as_secs());
-    answer["thread"] = json!(body.thread);
+    answer.ticket = (s.tickets).issue(who, target, body.thread);
     Ok((StatusCode::CREATED, Json(answer)))
 }

@@ -43,6 +43,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 
 use crate::audit::{AuditLog, Outcome, action};
 use crate::config::ServeConfig;
@@ -142,11 +143,21 @@ pub(crate) struct CreateRequest {
     pub idle_stop_secs: Option<u64>,
 }
 
+/// Whether the host needs a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum HealthStatus {
+    /// Nothing to report.
+    Ok,
+    /// Serving, but something needs a person (see `reasons`).
+    Degraded,
+}
+
 /// The host's own health, for `/healthz`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct HostHealth {
-    /// `ok` or `degraded`.
-    pub status: &'static str,
+    /// `ok`, or `degraded` when `reasons` is not empty.
+    pub status: HealthStatus,
     /// Why it is degraded.
     pub reasons: Vec<String>,
 }
@@ -248,7 +259,11 @@ impl Manager {
         reasons.extend(self.shared.providers.load_failures());
         reasons.extend(self.config_health());
         HostHealth {
-            status: if reasons.is_empty() { "ok" } else { "degraded" },
+            status: if reasons.is_empty() {
+                HealthStatus::Ok
+            } else {
+                HealthStatus::Degraded
+            },
             reasons,
         }
     }

@@ -3,9 +3,10 @@
 //! `environmentStatus` frames).
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// The phases of a start, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum StartPhase {
     /// Compiling or instantiating the provider's component with its capabilities.

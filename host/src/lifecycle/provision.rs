@@ -73,7 +73,7 @@ impl KeyLocks {
 
 impl Manager {
     /// Every template, as `GET /api/v1/templates` shows them (no secret values).
-    pub(crate) fn templates(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn templates(&self) -> Vec<crate::config::TemplateView> {
         let config = self.driver().shared.config.get();
         config.templates.values().map(Template::shown).collect()
     }
