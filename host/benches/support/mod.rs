@@ -167,6 +167,44 @@ impl Server {
         Ok(env["id"].as_str().ok_or("no id")?.to_owned())
     }
 
+    /// `POST path` with the benchmark's token; an error unless it succeeded.
+    pub(crate) async fn post(&self, path: &str) -> Res<Value> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if !status.is_success() {
+            return Err(format!("POST {path}: {status} {body}").into());
+        }
+        Ok(body)
+    }
+
+    /// Waits (up to a minute) until environment `id` has `status`.
+    pub(crate) async fn wait_status(&self, id: &str, status: &str) -> Res<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let env: Value = self
+                .http
+                .get(format!("{}/api/v1/environments/{id}", self.base))
+                .bearer_auth(TOKEN)
+                .send()
+                .await?
+                .json()
+                .await?;
+            if env["status"] == status {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{id} never reached {status}: {env}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Creates `n` started environments; returns each one's (id, runtime URL, token).
     pub(crate) async fn environments(&self, n: usize) -> Res<Vec<(String, String, String)>> {
         let mut out = Vec::with_capacity(n);
