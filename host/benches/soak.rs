@@ -199,9 +199,13 @@ async fn run(pairs: usize, length: Duration) -> Res<()> {
 }
 
 async fn stop_and_start(server: &Server, id: &str) -> Res<()> {
-    server.post(&format!("/api/v1/environments/{id}/stop")).await?;
+    server
+        .post(&format!("/api/v1/environments/{id}/stop"))
+        .await?;
     server.wait_status(id, "stopped").await?;
-    server.post(&format!("/api/v1/environments/{id}/start")).await?;
+    server
+        .post(&format!("/api/v1/environments/{id}/start"))
+        .await?;
     Ok(())
 }
 
