@@ -8,6 +8,7 @@ mod caller;
 mod config;
 mod environments;
 mod error;
+mod events;
 mod logs;
 mod metrics;
 mod providers;
@@ -79,6 +80,7 @@ pub(crate) fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(providers::MAX_COMPONENT_BYTES)),
         )
         .route("/api/v1/config/status", get(config::status))
+        .route("/ws/events", get(events::stream))
         .route("/ws/app", get(ws::provisioned))
         .route("/ws/app/{id}", get(ws::app))
         .route("/ws/runtime/{id}", get(ws::runtime))

@@ -1,6 +1,6 @@
-//! `POST /api/v1/tickets`: a single-use, short-lived ticket for one app WebSocket, so a
-//! browser never puts its token in a URL (`/ws/app/{id}?ticket=…`, or for a template,
-//! `/ws/app?ticket=…`).
+//! `POST /api/v1/tickets`: a single-use, short-lived ticket for one WebSocket, so a
+//! browser never puts its token in a URL (`/ws/app/{id}?ticket=…`, for a template
+//! `/ws/app?ticket=…`, for the change stream `/ws/events?ticket=…`).
 
 use axum::Json;
 use axum::extract::State;
@@ -18,6 +18,7 @@ const MAX_THREAD: usize = 256;
 pub(crate) struct TicketBody {
     environment: Option<String>,
     template: Option<String>,
+    events: bool,
     thread: Option<String>,
     workspace: Option<String>,
 }
@@ -34,40 +35,55 @@ fn check_id(name: &str, value: Option<&String>) -> Result<(), String> {
 }
 
 impl FromObject for TicketBody {
-    const FIELDS: &'static [&'static str] = &["environment", "template", "thread", "workspace"];
+    const FIELDS: &'static [&'static str] =
+        &["environment", "template", "events", "thread", "workspace"];
 
     fn from_object(f: &mut Fields) -> Result<Self, String> {
         let environment = f.optional_string("environment")?;
         let template = f.optional_string("template")?;
+        let events = f.boolean("events")?.unwrap_or(false);
         let thread = f.optional_string("thread")?;
         let workspace = f.optional_string("workspace")?;
         check_id("thread", thread.as_ref())?;
         check_id("workspace", workspace.as_ref())?;
         check_id("template", template.as_ref())?;
-        match (&environment, &template) {
-            (Some(_), None) if workspace.is_some() => {
+        let body = Self {
+            environment,
+            template,
+            events,
+            thread,
+            workspace,
+        };
+        match (&body.environment, &body.template, body.events) {
+            (None, None, true) if body.thread.is_some() || body.workspace.is_some() => {
+                Err("fields `thread` and `workspace` do not go with `events`".to_owned())
+            }
+            (Some(_), None, false) if body.workspace.is_some() => {
                 Err("field `workspace` goes with `template`".to_owned())
             }
-            (Some(_), None) | (None, Some(_)) => Ok(Self {
-                environment,
-                template,
-                thread,
-                workspace,
-            }),
-            _ => Err("give exactly one of the fields `environment` and `template`".to_owned()),
+            (Some(_), None, false) | (None, Some(_), false) | (None, None, true) => Ok(body),
+            _ => Err(
+                "give exactly one of the fields `environment`, `template` and `events: true`"
+                    .to_owned(),
+            ),
         }
     }
 }
 
 /// `POST /api/v1/tickets {"environment", "thread"?}` (scope `relay`, an environment the
-/// caller reaches) or `{"template", "thread"?, "workspace"?}` (a defined template):
-/// `{"ticket", "expiresInSecs", "environment" | "template", "thread", "workspace"?}`, 201.
+/// caller reaches), `{"template", "thread"?, "workspace"?}` (scope `relay`, a defined
+/// template) or `{"events": true}` (scope `envs:read`, for `/ws/events`):
+/// `{"ticket", "expiresInSecs", "environment" | "template" | "events", "thread", "workspace"?}`, 201.
 pub(crate) async fn create(
     who: Principal,
     State(s): State<AppState>,
     Body(body): Body<TicketBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    who.require(Scope::Relay)?;
+    if body.events {
+        who.require(Scope::EnvsRead)?;
+    } else {
+        who.require(Scope::Relay)?;
+    }
     let (target, mut answer) = match (body.environment, body.template) {
         (Some(environment), _) => {
             // Someone else's environment is, to this caller, one that does not exist.
@@ -84,6 +100,7 @@ pub(crate) async fn create(
             };
             (target, answer)
         }
+        (None, None) if body.events => (TicketTarget::Events, json!({"events": true})),
         (None, None) => return Err(ApiError::bad_request("give `environment` or `template`")),
     };
     let ticket = (s.tickets).issue(who, target, body.thread.clone());
