@@ -14,6 +14,7 @@ mod example_app;
 mod git_worktree;
 mod hostile;
 mod idle;
+mod js_client;
 mod lifecycle;
 mod logs;
 mod operator_config;
