@@ -6,6 +6,7 @@ mod audited;
 mod body;
 mod caller;
 mod config;
+mod dashboard;
 mod environments;
 mod error;
 mod events;
@@ -86,6 +87,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/ws/runtime/{id}", get(ws::runtime))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
+        .merge(dashboard::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
         .with_state(state)
