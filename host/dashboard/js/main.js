@@ -47,6 +47,7 @@ async function render() {
     if (session && page === 'signin') return navigate('#/environments');
     showHeader();
     document.title = 'Sign in · Tether';
+    fill(main);
     cleanup = signin.render(main, {
       onSignedIn: (s) => {
         session = s;

@@ -159,13 +159,14 @@ function createForm(ctx, close) {
       h('input', { class: 'input mono kv-value', placeholder: 'value (JSON or text)', value, 'aria-label': 'config value' }),
       h('button', { type: 'button', class: 'btn btn-quiet btn-small', 'aria-label': 'remove', onclick: (e) => e.currentTarget.parentElement.remove() }, '✕')));
     let provider;
-    client.listProviders().then((list) => {
+    // Only admins may list providers; anyone else names one.
+    const providers = isAdmin(ctx.who) ? client.listProviders() : Promise.reject(new Error('not an admin'));
+    providers.then((list) => {
       const loaded = list.filter((p) => !p.loadError);
       provider = h('select', { id: 'create-provider', class: 'input', required: true },
         loaded.map((p) => h('option', { value: p.name }, `${p.name}${p.description ? ` — ${p.description}` : ''}`)));
       fill(providerSlot, provider);
     }).catch(() => {
-      // Only admins may list providers; anyone else names one.
       provider = h('input', { id: 'create-provider', class: 'input', required: true, placeholder: 'local-process', value: 'local-process' });
       fill(providerSlot, provider, h('p', { class: 'hint' }, 'The provider’s name, as your operator gave it to you.'));
     });

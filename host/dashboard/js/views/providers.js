@@ -45,7 +45,7 @@ function card(p) {
     p.description ? h('p', {}, p.description) : null,
     p.loadError ? h('div', { class: 'alert alert-error' }, p.loadError) : null,
     h('dl', { class: 'props small' },
-      h('dt', {}, 'Source'), h('dd', {}, text(p.source)),
+      h('dt', {}, 'Source'), h('dd', {}, source(p.source)),
       h('dt', {}, 'World'), h('dd', {}, p.world ?? '—'),
       h('dt', {}, 'SHA-256'), h('dd', { class: 'mono', title: p.sha256 ?? '' }, p.sha256 ? `${p.sha256.slice(0, 16)}…` : '—'),
       h('dt', {}, 'Config keys'), h('dd', {}, schemaKeys.length ? chips(schemaKeys) : h('span', { class: 'muted' }, 'none declared')),
@@ -61,7 +61,7 @@ function section(title, obj, kind) {
   return h('div', { class: `grant grant-${kind ?? 'plain'}` }, h('h3', {}, title),
     entries.length === 0
       ? h('p', { class: 'muted small' }, 'nothing')
-      : h('dl', { class: 'props small' }, entries.map(([k, v]) => [h('dt', {}, k), h('dd', {}, Array.isArray(v) ? h('ul', { class: 'plain-list' }, v.map((x) => h('li', { class: 'mono' }, text(x)))) : h('span', { class: 'mono' }, text(v)))])));
+      : h('dl', { class: 'props small' }, entries.map(([k, v]) => [h('dt', {}, k), h('dd', {}, Array.isArray(v) ? h('ul', { class: 'plain-list' }, v.map((x) => h('li', { class: 'mono', title: text(x) }, text(x)))) : h('span', { class: 'mono' }, text(v)))])));
 }
 
 function chips(items) {
@@ -75,4 +75,11 @@ function text(v) {
   // A command pattern reads as the command line it admits.
   if (typeof v.program === 'string' && Array.isArray(v.args)) return [v.program, ...v.args].join(' ');
   return JSON.stringify(v);
+}
+
+/** `built-in`, or the drop-in's file. */
+function source(s) {
+  if (s?.kind === 'builtIn') return 'built-in';
+  if (s && typeof s === 'object') return [s.kind, s.path ?? s.file].filter(Boolean).join(': ') || text(s);
+  return text(s);
 }
