@@ -95,6 +95,7 @@ class Page:
         # The whole page, not just the window: long tables and the log included.
         height = self.d.execute_script("return Math.max(document.body.scrollHeight, 1000)")
         self.d.set_window_size(1440, min(int(height) + 40, 3000))
+        self.d.execute_script("window.scrollTo(0, 0)")
         self.d.save_screenshot(os.path.join(SHOTS, f"{name}.png"))
         self.d.set_window_size(1440, 1000)
 

@@ -81,10 +81,16 @@ async fn the_dashboard_works_in_a_real_browser() {
     let deadline = std::time::Instant::now() + crate::support::WAIT;
     loop {
         let (_, templates) = server.call("GET", "/api/v1/templates", None).await;
-        if templates.as_array().is_some_and(|t| t.iter().any(|t| t["name"] == "chat")) {
+        if templates
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "chat"))
+        {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no template: {templates}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no template: {templates}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 

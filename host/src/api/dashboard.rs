@@ -192,7 +192,10 @@ mod tests {
         // A module importing a file missing from ASSETS would fail only in a browser.
         for a in ASSETS.iter().filter(|a| a.content_type == JS) {
             let text = std::str::from_utf8(a.body).unwrap_or_default();
-            for line in text.lines().filter(|l| l.trim_start().starts_with("import ")) {
+            for line in text
+                .lines()
+                .filter(|l| l.trim_start().starts_with("import "))
+            {
                 let Some(spec) = line.split(['\'', '"']).nth(1) else {
                     continue;
                 };

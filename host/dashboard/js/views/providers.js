@@ -61,7 +61,7 @@ function section(title, obj, kind) {
   return h('div', { class: `grant grant-${kind ?? 'plain'}` }, h('h3', {}, title),
     entries.length === 0
       ? h('p', { class: 'muted small' }, 'nothing')
-      : h('dl', { class: 'props small' }, entries.map(([k, v]) => [h('dt', {}, k), h('dd', {}, Array.isArray(v) ? h('ul', { class: 'plain-list' }, v.map((x) => h('li', { class: 'mono', title: text(x) }, text(x)))) : h('span', { class: 'mono' }, text(v)))])));
+      : h('dl', { class: 'props small' }, entries.map(([k, v]) => [h('dt', {}, k), h('dd', {}, Array.isArray(v) ? list(v.map(text)) : h('span', { class: 'mono' }, text(v)))])));
 }
 
 function chips(items) {
@@ -82,4 +82,34 @@ function source(s) {
   if (s?.kind === 'builtIn') return 'built-in';
   if (s && typeof s === 'object') return [s.kind, s.path ?? s.file].filter(Boolean).join(': ') || text(s);
   return text(s);
+}
+
+/**
+ * Items one a line. Items of one command that share a long start (git's fixed `-c`
+ * options, say) show it once above them, so what tells them apart is what shows.
+ */
+function list(items) {
+  const groups = new Map();
+  for (const x of items) {
+    const head = x.split(' ')[0];
+    if (!groups.has(head)) groups.set(head, []);
+    groups.get(head).push(x);
+  }
+  return h('div', {}, [...groups.values()].map((group) => {
+    const prefix = sharedPrefix(group);
+    return [
+      prefix ? h('div', { class: 'mono small muted shared', title: prefix }, `${prefix} …`) : null,
+      h('ul', { class: prefix ? 'plain-list indented' : 'plain-list' }, group.map((x) =>
+        h('li', { class: 'mono', title: x }, prefix ? `… ${x.slice(prefix.length).trimStart()}` : x))),
+    ];
+  }));
+}
+
+/** The longest start of whole words that every item has, if long enough to matter. */
+function sharedPrefix(items) {
+  if (items.length < 2) return '';
+  let prefix = items[0];
+  for (const x of items) while (!x.startsWith(prefix)) prefix = prefix.slice(0, -1);
+  prefix = prefix.slice(0, prefix.lastIndexOf(' ') + 1).trimEnd();
+  return prefix.length >= 24 ? prefix : '';
 }
