@@ -52,6 +52,7 @@ export interface ReconnectOptions {
   minDelayMs?: number;
   maxDelayMs?: number;
   maxAttempts?: number;
+  connectTimeoutMs?: number;
 }
 
 export interface CloseEvent {

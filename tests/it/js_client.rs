@@ -1,15 +1,17 @@
 //! The JavaScript client (`clients/js`) against a real server: `node --test` runs its
-//! tests with the server's URL and admin token in `TETHER_URL` and `TETHER_TOKEN`,
-//! and this test fails with node's output if any of them fails. Without `node` it
+//! tests with the server's URL, admin token and relay window in `TETHER_URL`,
+//! `TETHER_TOKEN` and `TETHER_RELAY_WINDOW`, and this test fails with node's output if any of them fails. Without `node` it
 //! says so loudly and passes, unless `TETHER_REQUIRE_BROWSER=1` (as `.ci/test` sets).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::{Server, TOKEN};
+use crate::support::{Server, TOKEN, write_config};
 
 /// The oldest Node the client supports (`engines` in its `package.json`).
 const MIN_NODE_MAJOR: u32 = 20;
+/// The server's relay window, small enough that a test can overflow it (`lost`).
+const RELAY_WINDOW: u32 = 1024;
 
 fn client_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/js")
@@ -58,6 +60,10 @@ async fn the_js_client_passes_its_tests_against_a_real_server() {
         }
     }
     let dir = tempfile::tempdir().expect("tempdir");
+    write_config(
+        dir.path(),
+        &format!("[relay]\nwindow_messages = {RELAY_WINDOW}\n"),
+    );
     let server = Server::start(dir.path());
 
     let tests_dir = client_dir().join("test");
@@ -76,6 +82,7 @@ async fn the_js_client_passes_its_tests_against_a_real_server() {
         .current_dir(client_dir())
         .env("TETHER_URL", &server.base)
         .env("TETHER_TOKEN", TOKEN)
+        .env("TETHER_RELAY_WINDOW", RELAY_WINDOW.to_string())
         .kill_on_drop(true);
     let out = node.output().await.expect("running node --test");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -143,8 +143,11 @@ export class AppConnection extends ReconnectingSocket {
   }
 
   /** @protected */
-  async probe() {
-    if (this.#target.environment && this.client.token) await this.client.getEnvironment(this.#target.environment);
+  async probe(signal) {
+    const { environment } = this.#target;
+    if (environment && this.client.token) {
+      await this.client.call('GET', `/api/v1/environments/${encodeURIComponent(environment)}`, { signal });
+    }
   }
 
   /** @protected */

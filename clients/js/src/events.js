@@ -26,8 +26,8 @@ export class EnvironmentWatch extends ReconnectingSocket {
   }
 
   /** @protected */
-  async probe() {
-    if (this.client.token) await this.client.whoami();
+  async probe(signal) {
+    if (this.client.token) await this.client.call('GET', '/api/v1/whoami', { signal });
   }
 
   /** @protected */

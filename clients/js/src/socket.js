@@ -6,6 +6,7 @@ import { TetherError } from './errors.js';
  * @property {number} [minDelayMs] first wait before a reconnect (default 250)
  * @property {number} [maxDelayMs] longest wait between reconnects (default 10000)
  * @property {number} [maxAttempts] reconnects in a row before giving up (default: never give up)
+ * @property {number} [connectTimeoutMs] a connect not open by then is given up and retried (default 15000)
  */
 
 /** Close codes after which reconnecting cannot help (`docs/protocol.md`, "Close codes"). */
@@ -47,7 +48,7 @@ export class ReconnectingSocket extends Emitter {
       );
     }
     this.#client = client;
-    this.#options = { minDelayMs: 250, maxDelayMs: 10_000, maxAttempts: Infinity, ...options };
+    this.#options = { minDelayMs: 250, maxDelayMs: 10_000, maxAttempts: Infinity, connectTimeoutMs: 15_000, ...options };
     /** Whether this connection ended for good. */
     this.closed = false;
     // Connect on the next tick, so the caller can subscribe to the first events.
@@ -77,8 +78,9 @@ export class ReconnectingSocket extends Emitter {
    * @protected when a connect failed before it opened: a REST probe can tell a wrong
    * token or a missing environment (which the browser's WebSocket hides) from a
    * network problem; throw a TetherError to stop reconnecting.
+   * @param {AbortSignal} _signal fires when the probe has taken too long
    */
-  async probe() {}
+  async probe(_signal) {}
 
   /** @protected a connection is healthy again: the next drop starts the backoff afresh */
   settled() {
@@ -124,17 +126,33 @@ export class ReconnectingSocket extends Emitter {
       return this.#retry(null, error?.message ?? String(error), false);
     }
     if (this.#closed) return;
-    const socket = new this.#client.WebSocket(address.url, address.protocols);
+    let socket;
+    try {
+      socket = new this.#client.WebSocket(address.url, address.protocols);
+    } catch (cause) {
+      // A URL or subprotocol the WebSocket API refuses (a token with spaces, say).
+      const error = new TetherError('invalid_request', `cannot open ${address.url}: ${cause?.message ?? cause}`, { cause });
+      return this.#finish(null, error.message, error);
+    }
     this.#socket = socket;
     let opened = false;
+    // A connect that neither opens nor fails (a half-dead network) is given up.
+    const timeout = setTimeout(() => {
+      if (this.#socket !== socket) return;
+      this.#socket = null;
+      socket.close();
+      this.#retry(null, 'connect timed out', true);
+    }, this.#options.connectTimeoutMs);
     socket.onopen = () => {
       opened = true;
+      clearTimeout(timeout);
       this.emit('open', {});
     };
     socket.onmessage = (event) => {
       if (this.#socket === socket && typeof event.data === 'string') this.onFrame(event.data);
     };
     socket.onclose = (event) => {
+      clearTimeout(timeout);
       if (this.#socket !== socket) return;
       this.#socket = null;
       this.onDrop();
@@ -151,7 +169,7 @@ export class ReconnectingSocket extends Emitter {
   async #retry(code, reason, neverOpened) {
     if (neverOpened) {
       try {
-        await this.probe();
+        await this.probe(AbortSignal.timeout(this.#options.connectTimeoutMs));
       } catch (error) {
         if (error instanceof TetherError && error.status && error.status < 500 && error.status !== 429) {
           return this.#finish(code, error.message, error);

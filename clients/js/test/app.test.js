@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { TetherError } from '../index.js';
-import { client, runningEnv, tcpProxy, uniqueName, until } from './support.js';
+import { client, relayWindow, runningEnv, tcpProxy, uniqueName, until } from './support.js';
 
 test('an echo through the runtime, a provider call and an exec', { timeout: 60_000 }, async (t) => {
   const tether = client();
@@ -62,6 +62,8 @@ test('a connection cut mid-stream resumes with every reply exactly once', { time
     cuts += proxy.cut() > 0 ? 1 : 0;
   }
   const all = await Promise.all(answered);
+  // The last cut may come after the last reply: wait for its reconnect too.
+  while (resumes.length < rounds) await app.once('resumed');
   assert.deepEqual(all.map((r) => r.payload), [...Array(total).keys()]);
   assert.equal(cuts, rounds, 'every cut found a live connection');
   assert.ok(resumes.length >= rounds, `resumed ${resumes.length} times`);
@@ -71,6 +73,48 @@ test('a connection cut mid-stream resumes with every reply exactly once', { time
   assert.equal(replies.size, total);
   for (const [payload, count] of replies) assert.equal(count, 1, `reply ${payload} came ${count} times`);
   assert.equal(app.pending, 0);
+});
+
+test('messages past the window while away are reported as lost, the rest arrive once', { timeout: 120_000 }, async (t) => {
+  const proxy = await tcpProxy();
+  t.after(() => proxy.close());
+  const admin = client();
+  const env = await runningEnv(admin, 'gap');
+  // Away: its connection cut and the network down, so it keeps trying to reconnect.
+  const away = client({ url: proxy.url }).connectApp(env.id, { thread: 'gap', minDelayMs: 50, maxDelayMs: 200 });
+  t.after(() => away.close());
+  await away.once('resumed');
+  const received = [];
+  away.on('message', (m) => m.type === 'echoResponse' && received.push(m.payload));
+  const lost = [];
+  away.on('lost', (l) => lost.push(l));
+  await proxy.down();
+
+  // Another app on the same thread: every reply to it reaches the thread's apps, the
+  // one away included, far more than its session's window holds.
+  const here = admin.connectApp(env.id, { thread: 'gap' });
+  t.after(() => here.close());
+  // In batches, so neither the runtime's window nor this app's own overflows.
+  const total = relayWindow * 2;
+  const batch = 128;
+  for (let start = 0; start < total; start += batch) {
+    const sent = [];
+    for (let i = start; i < start + batch; i += 1) sent.push(here.request({ type: 'echo', payload: i }));
+    for (const reply of await Promise.all(sent)) assert.equal(reply.type, 'echoResponse', JSON.stringify(reply));
+  }
+
+  const resuming = away.once('resumed');
+  await proxy.up();
+  const resumed = await resuming;
+  assert.equal(resumed.reset, false);
+  await until(away, 'message', (m) => m.type === 'echoResponse' && m.payload === total - 1);
+  assert.equal(lost.length, 1, JSON.stringify(lost));
+  const [{ from, to, count }] = lost;
+  assert.equal(count, to - from + 1);
+  assert.ok(count >= total - relayWindow, `lost ${count}`);
+  // Exactly the newest replies, each once and in order, after the gap it was told of.
+  assert.deepEqual(received, [...Array(total).keys()].slice(total - received.length));
+  assert.ok(received.length + count >= total, `${received.length} received + ${count} lost < ${total}`);
 });
 
 test('a browser-style connect with a ticket', { timeout: 60_000 }, async (t) => {

@@ -10,6 +10,8 @@ import { TetherClient } from '../index.js';
 export const url = required('TETHER_URL');
 /** Its admin token. */
 export const adminToken = required('TETHER_TOKEN');
+/** Its `[relay] window_messages`. */
+export const relayWindow = Number(required('TETHER_RELAY_WINDOW'));
 
 function required(name) {
   const value = process.env[name];
@@ -59,7 +61,7 @@ export async function runningEnv(tether, prefix) {
 /**
  * A TCP proxy on loopback to the server under test. `cut()` destroys every open
  * connection at once — both directions, mid-frame if need be — and the proxy keeps
- * accepting new ones.
+ * accepting new ones; `down()` cuts them and refuses new ones until `up()`.
  */
 export async function tcpProxy() {
   const target = new URL(url);
@@ -77,11 +79,23 @@ export async function tcpProxy() {
     outbound.on('close', () => inbound.destroy());
   });
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
   return {
-    url: `http://127.0.0.1:${server.address().port}`,
+    url: `http://127.0.0.1:${port}`,
     /** How many connections the proxy holds now. */
     get open() {
       return open.size;
+    },
+    /** The network goes down: open connections are cut and new ones refused. */
+    async down() {
+      await new Promise((resolve) => {
+        server.close(resolve);
+        for (const socket of open) socket.destroy();
+      });
+    },
+    /** The network is back, on the same address. */
+    up() {
+      return new Promise((resolve) => server.listen(port, '127.0.0.1', resolve));
     },
     cut() {
       const cut = open.size;
@@ -90,7 +104,7 @@ export async function tcpProxy() {
     },
     close() {
       for (const socket of open) socket.destroy();
-      return new Promise((resolve) => server.close(resolve));
+      return new Promise((resolve) => (server.listening ? server.close(resolve) : resolve()));
     },
   };
 }
