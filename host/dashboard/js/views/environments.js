@@ -164,7 +164,7 @@ function createForm(ctx, close) {
     providers.then((list) => {
       const loaded = list.filter((p) => !p.loadError);
       provider = h('select', { id: 'create-provider', class: 'input', required: true },
-        loaded.map((p) => h('option', { value: p.name }, `${p.name}${p.description ? ` — ${p.description}` : ''}`)));
+        loaded.map((p) => h('option', { value: p.name, selected: p.name === 'local-process' }, `${p.name}${p.description ? ` — ${p.description}` : ''}`)));
       fill(providerSlot, provider);
     }).catch(() => {
       provider = h('input', { id: 'create-provider', class: 'input', required: true, placeholder: 'local-process', value: 'local-process' });
