@@ -6,8 +6,10 @@ mod audited;
 mod body;
 mod caller;
 mod config;
+mod dashboard;
 mod environments;
 mod error;
+mod events;
 mod logs;
 mod metrics;
 mod openapi;
@@ -74,6 +76,7 @@ fn routes() -> OpenApiRouter<AppState> {
                 .layer(DefaultBodyLimit::max(providers::MAX_COMPONENT_BYTES)),
         )
         .routes(routes!(config::status))
+        .routes(routes!(events::stream))
         .routes(routes!(ws::provisioned))
         .routes(routes!(ws::app))
         .routes(routes!(ws::runtime))
@@ -93,7 +96,8 @@ pub(crate) fn spec() -> utoipa::openapi::OpenApi {
 /// The whole router; `main` only binds and serves it.
 pub(crate) fn router(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
-    router
+    // The dashboard's pages are not API: served beside it, undescribed.
+    dashboard::beside(router)
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
         .with_state(state)

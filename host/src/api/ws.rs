@@ -28,10 +28,10 @@ use super::{ApiError, AppCaller, AppState, bearer, caller};
 use crate::audit::action;
 use crate::lifecycle::{LifecycleError, ProvisionTarget};
 use crate::relay::{self, CLOSE_STOPPED, CLOSE_TOO_MANY, Resume};
-use crate::tenancy::{Principal, Scope, TicketTarget};
+use crate::tenancy::{Opening, Principal, Scope, TicketTarget};
 
 /// The subprotocol the host answers with; browsers must offer it with their token.
-const SUBPROTOCOL: &str = "tether.v1";
+pub(crate) const SUBPROTOCOL: &str = "tether.v1";
 
 /// The bearer token of a runtime's upgrade request.
 #[derive(Debug)]
@@ -137,7 +137,7 @@ pub(crate) async fn app(
     let (who, pinned) = match caller {
         AppCaller::Token(who) => (who, None),
         AppCaller::Ticket(secret) => {
-            let ticket = caller::redeem(&s, remote, &secret, Some(&id))?;
+            let ticket = caller::redeem(&s, remote, &secret, Opening::Environment(&id))?;
             (ticket.principal, ticket.thread)
         }
     };
@@ -239,7 +239,7 @@ pub(crate) async fn provisioned(
         }
         // A template ticket decides the template, thread and workspace.
         AppCaller::Ticket(secret) => {
-            let ticket = caller::redeem(&s, remote.0, &secret, None)?;
+            let ticket = caller::redeem(&s, remote.0, &secret, Opening::Template)?;
             let TicketTarget::Template {
                 template,
                 workspace,

@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::envs::Env;
+use super::events::Events;
 use super::live_config::LiveConfig;
 use super::progress::{StartPhase, StartProgress};
 use super::{EnvironmentView, Status, provider_status};
@@ -27,6 +28,8 @@ pub(super) struct DriverShared {
     pub(super) tasks: TaskTracker,
     /// Where the changes the host makes on its own are recorded.
     pub(super) audit: AuditLog,
+    /// Where every status change is published for `/ws/events`.
+    pub(super) events: Events,
 }
 
 /// Drives environments' provider instances; cheap to clone into tasks.
@@ -51,6 +54,7 @@ impl Driver {
                 runtime_base,
                 tasks: TaskTracker::new(),
                 audit,
+                events: Events::new(),
             }),
         }
     }
@@ -220,11 +224,12 @@ impl Driver {
         }
     }
 
-    /// Sends the current status to every app of `env`.
+    /// Sends the current status to every app of `env` and to the events stream.
     pub(super) fn announce(&self, env: &Env) {
         if let Some(record) = self.shared.store.get(&env.id) {
             let view = self.view_of(env, record);
             env.hub.broadcast(view.status_event());
+            self.shared.events.status(&view);
         }
     }
 

@@ -13,7 +13,8 @@
 //! (what the loaded providers are and are granted, and their hot reload), `peers`
 //! (admitting runtimes and apps, answering provider-handled app messages),
 //! `idle` (stopping environments nobody uses), `wake` (starting them again on an
-//! app's connect), `reconcile` (outside edits of the records file) and
+//! app's connect), `events` (every change published for `/ws/events`),
+//! `reconcile` (outside edits of the records file) and
 //! `config_reload` (outside edits of `tether.toml`, or `SIGHUP`: the settings in
 //! force, `live_config`, are swapped for the next start of each environment).
 
@@ -21,6 +22,7 @@ mod config_reload;
 mod deadline;
 mod driver;
 mod envs;
+mod events;
 mod idle;
 mod live_config;
 mod messages;
@@ -60,6 +62,7 @@ use provision::KeyLocks;
 use quotas::Quotas;
 
 pub(crate) use crate::store::{DesiredState, RestartPolicy};
+pub(crate) use events::EventStream;
 pub(crate) use live_config::ConfigStatus;
 use live_config::LiveConfig;
 pub(crate) use providers::ProviderView;
@@ -407,6 +410,7 @@ impl Manager {
         self.shared.store.insert(record).await?;
         let env = self.shared.envs.add(&id);
         tracing::info!(env = %id, "environment created");
+        self.publish_created(&id);
         if req.start {
             self.driver().spawn_converge(env);
         }
@@ -443,6 +447,7 @@ impl Manager {
                 }
             })
             .await?;
+        self.publish_changed(id, None);
         self.view(id)
     }
 
@@ -468,6 +473,7 @@ impl Manager {
                 r.desired_state = desired;
             })
             .await?;
+        self.publish_changed(id, None);
         self.driver().spawn_converge(env);
         let mut view = self.view(id)?;
         view.status = view.status.heading_to(desired);
@@ -488,6 +494,7 @@ impl Manager {
             .store
             .update(id, |r| r.desired_state = DesiredState::Running)
             .await?;
+        self.publish_changed(id, None);
         self.driver().spawn_restart(env);
         self.view(id)
     }
@@ -526,6 +533,7 @@ impl Manager {
         let record = self.shared.store.remove(id).await?;
         self.driver().destroy_locked(&env, &record).await;
         self.shared.envs.forget(id);
+        self.events().deleted(&record);
         self.shared.envs.close_hub(id, "environment deleted");
         self.driver().remove_workspace(&env, &record).await;
         tracing::info!(env = %id, "environment deleted");

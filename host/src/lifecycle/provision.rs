@@ -193,6 +193,7 @@ impl Manager {
         self.shared.store.insert(record).await?;
         self.shared.envs.add(&id);
         tracing::info!(env = %id, template = %template.name, "environment provisioned");
+        self.publish_created(&id);
         self.known_record(&id)
     }
 }
