@@ -390,9 +390,10 @@ async fn every_documented_operation_is_routed_and_nothing_else_is() {
             }
         }
     }
-    // Paths beside and below the documented ones reach the fallback.
+    // Paths beside and below the documented ones reach the fallback (`/` and `/ui/`
+    // are the dashboard's pages, not API).
     for path in [
-        "/",
+        "/index.html",
         "/api",
         "/api/v1",
         "/ws",

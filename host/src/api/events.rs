@@ -16,8 +16,8 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use tracing::Instrument;
 
-use super::error::ErrorBody;
 use super::audited::Remote;
+use super::error::ErrorBody;
 use super::ws::SUBPROTOCOL;
 use super::{ApiError, AppCaller, AppState, caller};
 use crate::lifecycle::EventStream;
