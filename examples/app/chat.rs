@@ -33,8 +33,8 @@ pub(crate) struct Args {
     start: bool,
 }
 
-/// Connects, shows the phases, then relays stdin lines until stdin ends and every request
-/// sent has its answer.
+/// Connects, shows the phases, then relays stdin lines until stdin ends, every request
+/// sent has its answer and the environment is running.
 pub(crate) async fn run(client: &Client, args: &Args) -> anyhow::Result<()> {
     let mut query = vec![
         ("template", args.template.as_str()),
@@ -57,11 +57,15 @@ pub(crate) async fn run(client: &Client, args: &Args) -> anyhow::Result<()> {
         began,
         pending: HashSet::new(),
         sent: 0,
+        running: false,
     };
     let mut stdin_open = true;
     let mut drain_deadline = None;
     loop {
-        if !stdin_open && chat.pending.is_empty() {
+        // Answers can overtake the `running` status (a runtime often connects and
+        // answers before the provider's start returns): the session ends once both
+        // are in.
+        if !stdin_open && chat.pending.is_empty() && chat.running {
             let _ = ws.close(None).await;
             return Ok(());
         }
@@ -78,6 +82,9 @@ pub(crate) async fn run(client: &Client, args: &Args) -> anyhow::Result<()> {
                 Err(code) => return closed(code),
             },
             () = sleep_until(drain_deadline) => {
+                if chat.pending.is_empty() {
+                    bail!("the environment did not reach running in {} s", DRAIN.as_secs())
+                }
                 bail!("no answer to {} request(s) in {} s", chat.pending.len(), DRAIN.as_secs())
             }
         }
@@ -90,6 +97,8 @@ struct Chat {
     /// `requestId`s sent and not answered yet.
     pending: HashSet<String>,
     sent: u64,
+    /// Whether the environment has been seen `running`.
+    running: bool,
 }
 
 impl Chat {
@@ -134,6 +143,7 @@ impl Chat {
                 );
             }
             "environmentStatus" => {
+                self.running |= frame["status"] == "running";
                 let mut line = format!("[{at:6.2}s] status: {}", str_of(&frame["status"]));
                 if frame["runtime"]["connected"] == true {
                     line.push_str(" (runtime connected)");

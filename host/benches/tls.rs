@@ -199,7 +199,7 @@ async fn relay_case(
         let url = server.ws(&format!("/ws/app/{id}"));
         apps.push(connect_tls(&url, Some(TOKEN), server.tls.clone()).await?);
     }
-    let outcome = measure(apps, per_pair, Some(server.child.id())).await;
+    let outcome = measure(apps, per_pair, &[server.child.id()]).await;
     for runtime in runtimes {
         runtime.abort();
     }

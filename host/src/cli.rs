@@ -4,6 +4,7 @@
 //! `token` holds the commands that talk to a running server; `output` is how verbs
 //! print (a closed pipe is a quiet end, never a panic).
 
+mod attach;
 mod client;
 mod env;
 mod output;
@@ -70,7 +71,7 @@ enum Command {
         command: ProviderCommand,
     },
     /// Environments on a running server: list, get, create, start, stop, restart,
-    /// delete, logs.
+    /// delete, logs, attach.
     Env {
         #[command(subcommand)]
         command: env::EnvCommand,
@@ -157,8 +158,11 @@ pub fn main() -> ExitCode {
         Err(err) => {
             output::error(&err);
             // A refusal says what kind it was, for scripts (README, "The CLI").
-            match err.downcast_ref::<client::Refused>() {
-                Some(refused) => ExitCode::from(refused.exit_code()),
+            if let Some(refused) = err.downcast_ref::<client::Refused>() {
+                return ExitCode::from(refused.exit_code());
+            }
+            match err.downcast_ref::<attach::Closed>() {
+                Some(closed) => ExitCode::from(closed.exit_code()),
                 None => ExitCode::FAILURE,
             }
         }

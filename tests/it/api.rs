@@ -250,7 +250,7 @@ async fn providers_show_what_they_ask_and_are_granted() {
     let resp = reqwest::get(format!("{}/metrics", server.base))
         .await
         .expect("metrics");
-    let text = resp.text().await.expect("text");
+    let (_, text) = crate::support::checked("GET", "/metrics", resp).await;
     let loaded = list.as_array().map_or(0, Vec::len);
     assert!(
         text.contains(&format!("tether_providers_loaded {loaded}")),
@@ -268,15 +268,14 @@ async fn send_raw(
     body: impl Into<reqwest::Body>,
 ) -> (StatusCode, serde_json::Value) {
     let resp = reqwest::Client::new()
-        .request(method, format!("{}{path}", server.base))
+        .request(method.clone(), format!("{}{path}", server.base))
         .bearer_auth(TOKEN)
         .header("content-type", content_type)
         .body(body)
         .send()
         .await
         .expect("request");
-    let status = resp.status();
-    let text = resp.text().await.expect("body");
+    let (status, text) = crate::support::checked(method.as_str(), path, resp).await;
     (status, serde_json::from_str(&text).unwrap_or_default())
 }
 

@@ -125,3 +125,115 @@ async fn env_verbs_create_wait_list_follow_logs_and_exit_codes() {
     assert_eq!(output(tether(&server, TOKEN, &["get", &id])).0, Some(3));
     server.stop();
 }
+
+/// `tether env attach`: JSON lines in, JSON lines out, through a connection that is cut
+/// mid-session and resumed with every answer exactly once; a wrong id or token ends it
+/// with the exit code that says so.
+#[tokio::test]
+async fn attach_relays_json_lines_and_resumes_across_a_cut_connection() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let env = server
+        .running_env("attached", "local-process", serde_json::json!({}))
+        .await;
+    let id = env["id"].as_str().expect("id").to_owned();
+    let proxy = crate::support::CutProxy::start(&server.base);
+
+    let mut attach = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args([
+            "env",
+            "attach",
+            &id,
+            "--thread",
+            "t 1/ü",
+            "--url",
+            &proxy.base,
+            "--token",
+            TOKEN,
+        ])
+        .env_remove("TETHER_API_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tether env attach");
+    let mut stdin = attach.stdin.take().expect("stdin");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = attach.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen: Vec<Value> = Vec::new();
+    let mut answer_to = |request: &str| loop {
+        let line = rx.recv_timeout(WAIT).expect("an answer on stdout");
+        let message: Value = serde_json::from_str(&line).expect("a JSON line");
+        assert!(message.get("relaySeq").is_none(), "{line}");
+        seen.push(message.clone());
+        if message["requestId"] == request {
+            return message;
+        }
+    };
+    let echo = |n: u32| format!("{{\"type\":\"echo\",\"requestId\":\"e{n}\",\"payload\":{n}}}\n");
+
+    stdin.write_all(echo(1).as_bytes()).expect("write");
+    let first = answer_to("e1");
+    assert_eq!(first["type"], "echoResponse", "{first}");
+    assert_eq!(first["threadId"], "t 1/ü", "{first}");
+    // Not JSON: refused on stderr, the session goes on.
+    stdin.write_all(b"hello there\n").expect("write");
+
+    // The network drops; what is typed meanwhile and what was in flight arrives once.
+    proxy.cut();
+    for n in 2..=20 {
+        stdin.write_all(echo(n).as_bytes()).expect("write");
+    }
+    answer_to("e20");
+    drop(stdin);
+    let status = attach.wait().expect("attach exits");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut attach.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("not sent, not JSON"), "{stderr}");
+    assert!(
+        stderr.contains("resumed"),
+        "the cut was noticed and mended: {stderr}"
+    );
+    seen.extend(rx.try_iter().filter_map(|l| serde_json::from_str(&l).ok()));
+    for n in 1..=20 {
+        let answers = seen
+            .iter()
+            .filter(|m| m["type"] == "echoResponse" && m["requestId"] == format!("e{n}"))
+            .count();
+        assert_eq!(answers, 1, "e{n} answered {answers} times: {seen:?}");
+    }
+
+    // A wrong id is 3, a wrong token 4, as for the other verbs.
+    let missing = "00000000-0000-0000-0000-000000000000";
+    let run = |id: &str, token: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args([
+                "env",
+                "attach",
+                id,
+                "--thread",
+                "t",
+                "--url",
+                &server.base,
+                "--token",
+                token,
+            ])
+            .env_remove("TETHER_API_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .expect("attach")
+            .status
+            .code()
+    };
+    assert_eq!(run(missing, TOKEN), Some(3));
+    assert_eq!(run(&id, "tth_wrong"), Some(4));
+    server.stop();
+}

@@ -161,13 +161,13 @@ async fn a_worktree_environment_lives_through_restarts_and_goes_on_delete() {
     git(&repo, &["apply", "--check", patch_file.to_str().unwrap()]);
     drop(app);
 
-    // Stop and start: the same worktree, the work still there.
-    for action in ["stop", "start"] {
-        let (status, _) = server
-            .call("POST", &format!("/api/v1/environments/{id}/{action}"), None)
-            .await;
-        assert_eq!(status, StatusCode::ACCEPTED);
-    }
+    // Stop and start: the same worktree, the work still there. The stop is waited
+    // for, so the running environment seen next is the new start's.
+    server.stop_env(&id).await;
+    let (status, _) = server
+        .call("POST", &format!("/api/v1/environments/{id}/start"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
     let env = connected(&server, &id).await;
     assert_eq!(env["metadata"]["reused"], "true");
     assert_eq!(env["resourceId"], wt.display().to_string());

@@ -449,10 +449,86 @@ async fn a_start_that_hangs_ends_in_error_within_its_timeout() {
         .await;
     let reason = env["lastError"].as_str().unwrap_or_default();
     assert!(reason.contains("timed out after 2s"), "{reason}");
+    // It shows where the start hung.
+    assert_eq!(env["startPhase"], "provider-start", "{env}");
     // Stop and delete still work on it.
     let (status, _) = server
         .call("DELETE", &format!("/api/v1/environments/{id}"), None)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+    server.stop();
+}
+
+/// A start reports its phases, in order, to the apps already connected and through
+/// the API, each with the time it began; a stop clears them.
+#[tokio::test]
+async fn a_start_shows_its_phases_to_apps_and_the_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (status, env) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "phases", "provider": "local-process"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    assert_eq!(env["startPhase"], Value::Null, "{env}");
+    let id = env["id"].as_str().expect("id").to_owned();
+    let mut app = server.app(&id, "t").await;
+    let first = app.next_any().await;
+    assert_eq!(first["startPhase"], Value::Null, "{first}");
+
+    let (status, _) = server
+        .call("POST", &format!("/api/v1/environments/{id}/start"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let mut phases: Vec<String> = Vec::new();
+    let mut since: Vec<String> = Vec::new();
+    let mut started_at = None;
+    while phases.last().map(String::as_str) != Some("running") {
+        let frame = app.next_any().await;
+        assert_eq!(frame["type"], "environmentStatus", "{frame}");
+        let phase = frame["startPhase"]
+            .as_str()
+            .expect("a phase while starting");
+        started_at.get_or_insert_with(|| frame["startedAt"].clone());
+        assert_eq!(frame["startedAt"], started_at.clone().unwrap_or_default());
+        if phases.last().map(String::as_str) != Some(phase) {
+            phases.push(phase.to_owned());
+            since.push(frame["startPhaseSince"].as_str().expect("since").to_owned());
+        }
+        if phase == "running" {
+            assert_eq!(frame["runtime"]["connected"], true, "{frame}");
+        }
+    }
+    // The runtime may connect before the provider's start returns, which skips
+    // waiting for it; every other phase shows, in order.
+    let expected = [
+        "instantiating",
+        "provider-start",
+        "waiting-for-runtime",
+        "running",
+    ];
+    let mut rest = expected.iter();
+    for phase in &phases {
+        assert!(rest.any(|e| e == phase), "out of order: {phases:?}");
+    }
+    assert_eq!(phases[..2], expected[..2], "{phases:?}");
+    let mut sorted = since.clone();
+    sorted.sort();
+    assert_eq!(since, sorted, "each phase began after the one before");
+
+    let (_, env) = server
+        .call("GET", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert_eq!(env["startPhase"], "running", "{env}");
+    assert_eq!(env["startedAt"], started_at.unwrap_or_default());
+    server.stop_env(&id).await;
+    let env = server
+        .wait_env(&id, "stopped", |e| e["status"] == "stopped")
+        .await;
+    assert_eq!(env["startPhase"], Value::Null, "{env}");
+    assert_eq!(env["startedAt"], Value::Null, "{env}");
     server.stop();
 }

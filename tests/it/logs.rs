@@ -26,8 +26,8 @@ async fn get_logs(server: &Server, id: &str, query: &str, token: &str) -> (Statu
         .send()
         .await
         .expect("logs");
-    let status = response.status();
-    (status, response.text().await.expect("body"))
+    let path = format!("/api/v1/environments/{id}/logs{query}");
+    crate::support::checked("GET", &path, response).await
 }
 
 /// Waits until the log of `id` has a line `pred` accepts; all its lines.

@@ -384,3 +384,46 @@ async fn relay_pings_and_closes_a_peer_that_never_answers() {
     assert_eq!(close_code, 4011);
     server.stop();
 }
+
+/// Apps that stop reading altogether (their sockets full, never drained) do not keep
+/// their connections on the host: each is closed when it falls a window behind, and its
+/// socket is let go within the idle timeout even though the close frame cannot reach it.
+#[tokio::test]
+async fn apps_that_never_read_are_let_go_of() {
+    const SLOW: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[relay]\nwindow_messages = 64\nwindow_kib = 256\nping_interval_secs = 1\nidle_timeout_secs = 2\nmax_connections = 32\n";
+    let server = Server::start_with_handoff(dir.path(), config);
+    let (id, url, token) = server.handoff_env("stalled").await;
+    let (mut rt, _) = runtime(&url, &token, None).await;
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    // Apps on raw TCP whose receive buffers are never read: they stay connected,
+    // answering nothing, and the host's writes to them block.
+    let mut stalled = Vec::new();
+    for _ in 0..SLOW {
+        stalled.push(server.app(&id, "t").await);
+    }
+    assert!(fds() >= before + SLOW);
+    // 64 KiB frames: far more than the socket buffers and the window hold.
+    let pad = "x".repeat(64 << 10);
+    for n in 0..400 {
+        rt.send(json!({"type": "r", "n": n, "pad": pad})).await;
+    }
+    // Every stalled app's socket is closed by the host, though none ever reads.
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    while fds() > before + 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} sockets still held for apps that stopped reading",
+            fds() - before
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(stalled);
+    server.stop();
+}

@@ -189,7 +189,7 @@ impl Server {
         token: Option<&str>,
     ) -> (StatusCode, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let mut req = (self.http).request(method.clone(), format!("{}{path}", self.base));
         if let Some(token) = token {
             req = req.bearer_auth(token);
         }
@@ -197,8 +197,7 @@ impl Server {
             req = req.json(&body);
         }
         let resp = req.send().await.expect("request");
-        let status = resp.status();
-        let text = resp.text().await.expect("body");
+        let (status, text) = checked(method.as_str(), path, resp).await;
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
         (status, json)
     }
@@ -333,6 +332,24 @@ impl Drop for Server {
     }
 }
 
+/// Reads a response to `method` `path` that a test sent itself, checks it against the
+/// OpenAPI spec like [`Server::call`]'s, and returns its status and text.
+pub async fn checked(method: &str, path: &str, resp: reqwest::Response) -> (StatusCode, String) {
+    let status = resp.status();
+    let content_type = (resp.headers().get(reqwest::header::CONTENT_TYPE))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = resp.text().await.expect("body");
+    crate::openapi::check(
+        method,
+        path,
+        status.as_u16(),
+        content_type.as_deref(),
+        text.as_bytes(),
+    );
+    (status, text)
+}
+
 /// A WebSocket client speaking JSON text frames.
 pub struct Ws {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -353,6 +370,18 @@ impl Ws {
         match Ws::try_connect(url, token, tls).await {
             Ok(ws) => Ok(ws),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                // A refused upgrade is an answer of the REST surface: it must be documented.
+                let path = url.splitn(4, '/').nth(3).map(|p| format!("/{p}"));
+                let content_type =
+                    (resp.headers().get(http::header::CONTENT_TYPE)).and_then(|v| v.to_str().ok());
+                let body = resp.body().as_deref().unwrap_or_default();
+                crate::openapi::check(
+                    "GET",
+                    path.as_deref().unwrap_or("/"),
+                    resp.status().as_u16(),
+                    content_type,
+                    body,
+                );
                 Err(StatusCode::from_u16(resp.status().as_u16()).expect("status"))
             }
             Err(e) => panic!("connecting {url}: {e}"),
@@ -608,4 +637,55 @@ pub fn example_bin(name: &str) -> PathBuf {
         assert!(status.success(), "building the examples");
     }
     path
+}
+
+/// A TCP relay in front of a server whose connections a test can cut, as a network
+/// would: every connection through it so far is dropped at once. It runs on a thread
+/// of its own, so a test blocked on a child process does not stall it.
+pub struct CutProxy {
+    /// `http://127.0.0.1:PORT` of the proxy.
+    pub base: String,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl CutProxy {
+    /// Relays to `target` (`http://host:port`).
+    pub fn start(target: &str) -> CutProxy {
+        let target = target.trim_start_matches("http://").to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let base = format!("http://{}", listener.local_addr().expect("proxy addr"));
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("proxy runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let target = target.clone();
+                    let mut cuts = cuts.clone();
+                    cuts.mark_unchanged();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cuts.changed() => {}
+                        }
+                    });
+                }
+            });
+        });
+        CutProxy { base, cut }
+    }
+
+    /// Drops every connection made through the proxy so far.
+    pub fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
 }

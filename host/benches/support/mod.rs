@@ -25,6 +25,8 @@ pub(crate) mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
 
+pub(crate) mod nginx;
+
 /// The API token every benchmark host runs with.
 pub(crate) const TOKEN: &str = "bench-token-0123456789abcdef";
 
@@ -163,6 +165,44 @@ impl Server {
             .json()
             .await?;
         Ok(env["id"].as_str().ok_or("no id")?.to_owned())
+    }
+
+    /// `POST path` with the benchmark's token; an error unless it succeeded.
+    pub(crate) async fn post(&self, path: &str) -> Res<Value> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if !status.is_success() {
+            return Err(format!("POST {path}: {status} {body}").into());
+        }
+        Ok(body)
+    }
+
+    /// Waits (up to a minute) until environment `id` has `status`.
+    pub(crate) async fn wait_status(&self, id: &str, status: &str) -> Res<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let env: Value = self
+                .http
+                .get(format!("{}/api/v1/environments/{id}", self.base))
+                .bearer_auth(TOKEN)
+                .send()
+                .await?
+                .json()
+                .await?;
+            if env["status"] == status {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{id} never reached {status}: {env}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Creates `n` started environments; returns each one's (id, runtime URL, token).
@@ -356,10 +396,15 @@ async fn app(mut ws: Ws, count: usize, start: Arc<Barrier>) -> Res<Histogram<u64
     Ok(hist)
 }
 
-/// Runs the apps over their sockets and merges their histograms; `host` is the pid of
-/// the relay's process, if any, whose CPU time is taken too.
-pub(crate) async fn measure(apps: Vec<Ws>, per_pair: usize, host: Option<u32>) -> Res<Outcome> {
-    let host = host.map(|pid| pid.to_string());
+/// Runs the apps over their sockets and merges their histograms; `host` are the pids
+/// of the processes in the middle (the relay's, or nginx's master and workers), whose
+/// CPU time is summed.
+pub(crate) async fn measure(apps: Vec<Ws>, per_pair: usize, host: &[u32]) -> Res<Outcome> {
+    let host: Vec<String> = host.iter().map(u32::to_string).collect();
+    let host_cpu = || -> Option<Duration> {
+        let times: Option<Vec<Duration>> = host.iter().map(|p| cpu_time(p)).collect();
+        times.filter(|t| !t.is_empty()).map(|t| t.into_iter().sum())
+    };
     let start = Arc::new(Barrier::new(apps.len() + 1));
     let tasks: Vec<_> = apps
         .into_iter()
@@ -368,7 +413,7 @@ pub(crate) async fn measure(apps: Vec<Ws>, per_pair: usize, host: Option<u32>) -
     start.wait().await;
     let began = Instant::now();
     let cpu_before = cpu_time("self");
-    let host_before = host.as_deref().and_then(cpu_time);
+    let host_before = host_cpu();
     let mut hist = Histogram::new_with_bounds(1, 120_000_000, 3)?;
     for task in tasks {
         let h = tokio::time::timeout(CASE_LIMIT, task).await???;
@@ -379,7 +424,7 @@ pub(crate) async fn measure(apps: Vec<Ws>, per_pair: usize, host: Option<u32>) -
         .zip(cpu_time("self"))
         .map(|(before, after)| after.saturating_sub(before));
     let host_cpu = host_before
-        .zip(host.as_deref().and_then(cpu_time))
+        .zip(host_cpu())
         .map(|(before, after)| after.saturating_sub(before));
     Ok(Outcome {
         hist,

@@ -8,11 +8,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::Json;
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::error::{ErrorBody, ErrorCode};
 use super::{ApiError, AppState};
 use crate::audit::{self, Actor, Entry, Outcome};
 use crate::tenancy::{Principal, Scope};
@@ -79,8 +79,7 @@ pub(crate) async fn audited<T>(
     if let Err(e) = s.audit.record(entry).await {
         tracing::error!(error = %e, action = act.action, "the audit log did not take a change");
         return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "audit_failed",
+            ErrorCode::AuditFailed,
             format!("the change could not be recorded in the audit log: {e}"),
         ));
     }
@@ -98,6 +97,25 @@ pub(crate) fn refused(s: &AppState, remote: IpAddr, action: &'static str, reason
 
 /// `GET /api/v1/audit?since=RFC3339&limit=N&owner=USER` (admin): the newest entries
 /// matching, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "audit",
+    params(
+        ("since" = Option<String>, Query, description = "Only entries at or after this RFC 3339 time."),
+        ("limit" = Option<u32>, Query, description = "At most this many (the newest), 1 to 10000."),
+        ("owner" = Option<String>, Query, description = "Only entries about this user's environments and tokens, or made by them."),
+    ),
+    responses(
+        (status = 200, description = "Entries, oldest first.", body = Vec<Entry>),
+        (status = 400, description = "`since`, `limit` or `owner` is malformed (`invalid_request`).", body = ErrorBody),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `admin` scope (`missing_scope`).", body = ErrorBody),
+        (status = 500, description = "The audit log could not be read (`audit_failed`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["admin"])),
+)]
 pub(crate) async fn list(
     who: Principal,
     State(s): State<AppState>,
@@ -135,8 +153,7 @@ pub(crate) async fn list(
         .await
         .map_err(|e| {
             ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "audit_failed",
+                ErrorCode::AuditFailed,
                 format!("reading the audit log: {e}"),
             )
         })?;

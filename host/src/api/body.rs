@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::ApiError;
+use super::error::ErrorCode;
 use crate::untrusted::named;
 
 /// Largest request body accepted; a larger one gets 413 `body_too_large`.
@@ -36,8 +37,7 @@ impl<S: Send + Sync, T: FromObject> FromRequest<S> for Body<T> {
         let expected = || format!("a JSON object with fields {}", T::FIELDS.join(", "));
         if !is_json(req.headers().get(CONTENT_TYPE)) {
             return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 format!(
                     "send the request body as `Content-Type: application/json`: {}",
                     expected()
@@ -47,8 +47,7 @@ impl<S: Send + Sync, T: FromObject> FromRequest<S> for Body<T> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
+                    ErrorCode::BodyTooLarge,
                     format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
                 )
             } else {
@@ -57,8 +56,7 @@ impl<S: Send + Sync, T: FromObject> FromRequest<S> for Body<T> {
         })?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
+                ErrorCode::InvalidJson,
                 format!(
                     "the request body is not valid JSON ({e}); send {}",
                     expected()

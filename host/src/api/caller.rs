@@ -14,7 +14,7 @@ use axum::extract::Query;
 
 use super::{ApiError, AppState, audited};
 use crate::audit::action;
-use crate::tenancy::{Principal, Ticket};
+use crate::tenancy::{Opening, Principal, Ticket};
 use crate::throttle::Throttled;
 
 /// Prefix of the subprotocol entry carrying the API token.
@@ -78,7 +78,7 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
-/// The caller of an app WebSocket upgrade: a single-use ticket (`?ticket=`, for
+/// The caller of an app (or events) WebSocket upgrade: a single-use ticket (`?ticket=`, for
 /// browsers, so no token is ever in a URL), else the subprotocol entry, else the
 /// bearer header.
 #[derive(Debug)]
@@ -104,20 +104,20 @@ impl FromRequestParts<AppState> for AppCaller {
     }
 }
 
-/// Takes the ticket `secret` for `environment` (`None`: a template connect). A bad ticket counts as a failed
+/// Takes the ticket `secret` for `opening`. A bad ticket counts as a failed
 /// authentication of `remote`, like a bad token.
 pub(crate) fn redeem(
     state: &AppState,
     remote: IpAddr,
     secret: &str,
-    environment: Option<&str>,
+    opening: Opening<'_>,
 ) -> Result<Ticket, ApiError> {
     let throttled = |t: Throttled| {
         audited::refused(state, remote, action::AUTH_THROTTLED, &t.to_string());
         ApiError::throttled(t.to_string(), t.retry_after_secs())
     };
     state.throttle.check(remote).map_err(throttled)?;
-    state.tickets.redeem(secret, environment).map_err(|bad| {
+    state.tickets.redeem(secret, opening).map_err(|bad| {
         let reason = bad.to_string();
         audited::refused(state, remote, action::AUTH_REFUSED, &reason);
         match state.throttle.failed(remote) {

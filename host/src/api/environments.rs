@@ -8,23 +8,38 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::audited::{Act, Remote, audited};
 use super::body::{Body, Fields, FromObject};
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::audit::action;
 use crate::lifecycle::{CreateRequest, DesiredState, EnvironmentView, RestartPolicy};
 use crate::tenancy::{Principal, Scope};
 
-/// `POST /api/v1/environments`.
-#[derive(Debug)]
+/// `POST /api/v1/environments`; unknown fields are refused.
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "camelCase")]
 pub(crate) struct CreateBody {
+    /// Unique name (see `docs/rest.md` for the rules); also names its workspace.
     name: String,
+    /// A loaded provider.
     provider: String,
+    /// Config handed to the provider (checked against its config schema).
+    #[schema(value_type = Option<Object>)]
     config: Option<Map<String, Value>>,
+    /// Start it at once (default `false`).
+    #[schema(default = false, required = false)]
     start: bool,
+    /// What to do when it fails (default `on-failure`).
+    #[schema(required = false)]
     restart_policy: RestartPolicy,
+    /// The user it belongs to (default: the caller's; another user's needs `admin`).
     owner: Option<String>,
+    /// Seconds without an app or a relayed frame before the host stops it (0 or
+    /// absent: never).
+    #[schema(minimum = 0)]
     idle_stop_secs: Option<u64>,
 }
 
@@ -54,11 +69,19 @@ impl FromObject for CreateBody {
     }
 }
 
-/// `PATCH /api/v1/environments/{id}`.
-#[derive(Debug)]
+/// `PATCH /api/v1/environments/{id}`: the fields given replace the record's; unknown
+/// fields are refused.
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "camelCase")]
 pub(crate) struct PatchBody {
+    /// Merged into the config as a JSON merge patch (RFC 7396: `null` removes a key);
+    /// it applies from the next start.
+    #[schema(value_type = Option<Object>)]
     config: Option<Map<String, Value>>,
+    /// What to do when it fails.
     restart_policy: Option<RestartPolicy>,
+    /// Seconds without an app or a relayed frame before the host stops it (0: never).
+    #[schema(minimum = 0)]
     idle_stop_secs: Option<u64>,
 }
 
@@ -78,6 +101,22 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// `GET /api/v1/environments[?owner=USER]`: the caller's environments (every one,
 /// for `admin`), of `owner` only if given.
+#[utoipa::path(
+    get,
+    path = "/api/v1/environments",
+    tag = "environments",
+    params(
+        ("owner" = Option<String>, Query, description = "Only this user's environments."),
+    ),
+    responses(
+        (status = 200, description = "The environments the caller reaches, with live status.", body = Vec<EnvironmentView>),
+        (status = 400, description = "`owner` is not a valid user name (`invalid_request`).", body = ErrorBody),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `envs:read` scope (`missing_scope`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["envs:read"])),
+)]
 pub(crate) async fn list(
     who: Principal,
     State(s): State<AppState>,
@@ -92,6 +131,26 @@ pub(crate) async fn list(
     Ok(Json(s.manager.list(&who, owner.map(String::as_str))))
 }
 
+/// `POST /api/v1/environments`: 201 with the new environment.
+#[utoipa::path(
+    post,
+    path = "/api/v1/environments",
+    tag = "environments",
+    request_body(content = CreateBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created (and, with `start`, starting).", body = EnvironmentView),
+        (status = 400, description = "The body is not JSON (`invalid_json`), not an object, has an unknown field or a bad value (`invalid_request`).", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MiB (`body_too_large`).", body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json` (`unsupported_media_type`).", body = ErrorBody),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`), or the owner is at `max_environments` (or, with `start`, `max_running`) (`quota_exceeded`).", body = ErrorBody),
+        (status = 403, description = "The token lacks `envs:write` (or `admin`, for another owner) (`missing_scope`), or is limited to named environments (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No provider of that name is loaded (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The name is taken (`conflict`).", body = ErrorBody),
+        (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["envs:write"])),
+)]
 pub(crate) async fn create(
     who: Principal,
     remote: Remote,
@@ -143,6 +202,23 @@ async fn create_as(
         .await?)
 }
 
+/// `GET /api/v1/environments/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/environments/{id}",
+    tag = "environments",
+    params(
+        ("id" = String, Path, description = "Environment id."),
+    ),
+    responses(
+        (status = 200, description = "The environment with its live status.", body = EnvironmentView),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `envs:read` scope (`missing_scope`).", body = ErrorBody),
+        (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["envs:read"])),
+)]
 pub(crate) async fn get(
     who: Principal,
     State(s): State<AppState>,
@@ -152,6 +228,29 @@ pub(crate) async fn get(
     Ok(Json(s.manager.get(&who, &id)?))
 }
 
+/// `PATCH /api/v1/environments/{id}`: changes config, restart policy, idle timeout.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/environments/{id}",
+    tag = "environments",
+    params(
+        ("id" = String, Path, description = "Environment id."),
+    ),
+    request_body(content = PatchBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The environment as changed.", body = EnvironmentView),
+        (status = 400, description = "The body is not JSON (`invalid_json`), not an object, has an unknown field or a bad value (`invalid_request`).", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MiB (`body_too_large`).", body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json` (`unsupported_media_type`).", body = ErrorBody),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `envs:write` scope (`missing_scope`).", body = ErrorBody),
+        (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The record is held back as invalid in `environments.json`; the host does not change it (`conflict`).", body = ErrorBody),
+        (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["envs:write"])),
+)]
 pub(crate) async fn patch(
     who: Principal,
     remote: Remote,
@@ -199,6 +298,26 @@ async fn changed(
 
 /// `DELETE /api/v1/environments/{id}[?force=true]`: with `force`, an admin forgets
 /// the environment at once without waiting for its provider.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/environments/{id}",
+    tag = "environments",
+    params(
+        ("id" = String, Path, description = "Environment id."),
+        ("force" = Option<bool>, Query, description = "`true`: forget it at once without waiting for its provider (`admin`)."),
+    ),
+    responses(
+        (status = 204, description = "Stopped (if it ran) and deleted."),
+        (status = 400, description = "`force` is not `true` or `false` (`invalid_request`).", body = ErrorBody),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 403, description = "The token lacks `envs:delete` (`admin` with `force`) (`missing_scope`).", body = ErrorBody),
+        (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The record is held back as invalid in `environments.json`; the host does not change it (`conflict`).", body = ErrorBody),
+        (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["envs:delete"])),
+)]
 pub(crate) async fn delete(
     who: Principal,
     remote: Remote,
@@ -237,6 +356,25 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /api/v1/environments/{id}/start`: start: desired state `running`; the reply shows where it is heading (`starting`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/environments/{id}/start",
+    tag = "environments",
+    params(
+        ("id" = String, Path, description = "Environment id."),
+    ),
+    responses(
+        (status = 202, description = "Accepted; the lifecycle works towards it.", body = EnvironmentView),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`), or a start would pass the owner's `max_running` (`quota_exceeded`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `envs:write` scope (`missing_scope`).", body = ErrorBody),
+        (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The record is held back as invalid in `environments.json`; the host does not change it (`conflict`).", body = ErrorBody),
+        (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["envs:write"])),
+)]
 pub(crate) async fn start(
     who: Principal,
     remote: Remote,
@@ -255,6 +393,25 @@ pub(crate) async fn start(
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
+/// `POST /api/v1/environments/{id}/stop`: stop: desired state `stopped`; the reply shows where it is heading (`stopping`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/environments/{id}/stop",
+    tag = "environments",
+    params(
+        ("id" = String, Path, description = "Environment id."),
+    ),
+    responses(
+        (status = 202, description = "Accepted; the lifecycle works towards it.", body = EnvironmentView),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `envs:write` scope (`missing_scope`).", body = ErrorBody),
+        (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The record is held back as invalid in `environments.json`; the host does not change it (`conflict`).", body = ErrorBody),
+        (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["envs:write"])),
+)]
 pub(crate) async fn stop(
     who: Principal,
     remote: Remote,
@@ -273,6 +430,25 @@ pub(crate) async fn stop(
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
+/// `POST /api/v1/environments/{id}/restart`: restart: stop and start again (`restarting`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/environments/{id}/restart",
+    tag = "environments",
+    params(
+        ("id" = String, Path, description = "Environment id."),
+    ),
+    responses(
+        (status = 202, description = "Accepted; the lifecycle works towards it.", body = EnvironmentView),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`), or a start would pass the owner's `max_running` (`quota_exceeded`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `envs:write` scope (`missing_scope`).", body = ErrorBody),
+        (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The record is held back as invalid in `environments.json`; the host does not change it (`conflict`).", body = ErrorBody),
+        (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["envs:write"])),
+)]
 pub(crate) async fn restart(
     who: Principal,
     remote: Remote,

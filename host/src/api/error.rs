@@ -1,29 +1,203 @@
 //! The one error type of the API: `{"error": {"code", "message"}}` with a fitting status.
+//! Every code is an [`ErrorCode`], which knows its status and meaning; the OpenAPI
+//! spec's code list and its table of statuses are made from it.
 
 use axum::Json;
 use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::lifecycle::LifecycleError;
 use crate::tenancy::{MissingScope, TenancyError};
+
+/// What went wrong, for programs; each code has one HTTP status (the runtime
+/// WebSocket's `410` for a stopped environment, with code `conflict`, is the one
+/// exception).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ErrorCode {
+    /// 400.
+    InvalidRequest,
+    /// 400.
+    InvalidJson,
+    /// 401.
+    Unauthorized,
+    /// 403.
+    Forbidden,
+    /// 403.
+    MissingScope,
+    /// 404.
+    NotFound,
+    /// 409.
+    Conflict,
+    /// 409.
+    Stopped,
+    /// 413.
+    BodyTooLarge,
+    /// 415.
+    UnsupportedMediaType,
+    /// 429.
+    TooManyFailures,
+    /// 429.
+    QuotaExceeded,
+    /// 429.
+    TooManyConnections,
+    /// 500.
+    StoreError,
+    /// 500.
+    InternalError,
+    /// 500.
+    AuditFailed,
+}
+
+impl ErrorCode {
+    /// Every code, in the order the docs list them.
+    pub(crate) const ALL: [ErrorCode; 16] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::InvalidJson,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::MissingScope,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::Stopped,
+        ErrorCode::BodyTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::TooManyFailures,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::TooManyConnections,
+        ErrorCode::StoreError,
+        ErrorCode::InternalError,
+        ErrorCode::AuditFailed,
+    ];
+
+    /// The code as sent.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::MissingScope => "missing_scope",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Stopped => "stopped",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::TooManyFailures => "too_many_failures",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::StoreError => "store_error",
+            ErrorCode::InternalError => "internal_error",
+            ErrorCode::AuditFailed => "audit_failed",
+        }
+    }
+
+    /// The HTTP status it is answered with.
+    pub(crate) fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::InvalidRequest | ErrorCode::InvalidJson => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden | ErrorCode::MissingScope => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Conflict | ErrorCode::Stopped => StatusCode::CONFLICT,
+            ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::TooManyFailures
+            | ErrorCode::QuotaExceeded
+            | ErrorCode::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::StoreError | ErrorCode::InternalError | ErrorCode::AuditFailed => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    /// What leads to it, in a sentence (the spec's table and `docs/rest.md`).
+    pub(crate) fn meaning(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => {
+                "The body is not a JSON object, or a field or query value is missing, unknown, of the wrong type or out of range (a name breaking the name rule, `config` over 256 KiB, an unknown scope, a provider that is not loaded, a component that does not load); the message names it."
+            }
+            ErrorCode::InvalidJson => "The request body is not valid JSON.",
+            ErrorCode::Unauthorized => {
+                "No token, or one that is unknown, revoked, rotated away or expired; a ticket unknown, used or expired; a runtime token of an earlier start."
+            }
+            ErrorCode::Forbidden => {
+                "A token limited to named environments tried to create or provision one."
+            }
+            ErrorCode::MissingScope => {
+                "The token lacks the scope the route needs; the message names it."
+            }
+            ErrorCode::NotFound => {
+                "No such environment, token, provider, template, docs asset or route; someone else's environment or token is answered exactly the same way."
+            }
+            ErrorCode::Conflict => {
+                "The name is taken, the record is held back as invalid in `environments.json`, a template's provider is not loaded, or the operator token comes from `TETHER_API_TOKEN` and cannot be rotated. A runtime connecting to a stopped environment gets this code with 410."
+            }
+            ErrorCode::Stopped => {
+                "Sent as an `error` frame before close 4015 (never as an HTTP answer): the environment was stopped on purpose; start it, or connect with `start=true`."
+            }
+            ErrorCode::BodyTooLarge => {
+                "The body is larger than 2 MiB (64 MiB for `PUT /api/v1/providers/{name}`)."
+            }
+            ErrorCode::UnsupportedMediaType => {
+                "A JSON body was sent without `Content-Type: application/json`."
+            }
+            ErrorCode::TooManyFailures => {
+                "This address failed to authenticate too often; `Retry-After` says when to try again."
+            }
+            ErrorCode::QuotaExceeded => {
+                "The change would take the owner past a `[tenancy]` limit (`max_environments`, `max_running`); the message names it, its value and the use."
+            }
+            ErrorCode::TooManyConnections => {
+                "The environment has its maximum of WebSocket connections. The WebSocket routes upgrade such a connection and close it with 4013 instead, so no route answers this over HTTP today."
+            }
+            ErrorCode::StoreError => {
+                "The change could not be made durable (the records or tokens file)."
+            }
+            ErrorCode::InternalError => {
+                "The host could not do its part (writing an installed component, say); the message says what."
+            }
+            ErrorCode::AuditFailed => {
+                "The change was made but the audit log could not take it, or the log could not be read; the host logs why."
+            }
+        }
+    }
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    /// The error.
+    error: ErrorDetail,
+}
+
+/// One error: a code for programs, a message for people.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// What went wrong (see the table in the spec's description for each code's status).
+    code: ErrorCode,
+    /// What went wrong and, where there is one, what to do about it.
+    message: String,
+}
 
 /// An API error.
 #[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     /// Seconds for a `Retry-After` header (throttled requests).
     retry_after: Option<u64>,
 }
 
 impl ApiError {
-    /// An error with its status, code and message.
-    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with its code (which decides the status) and message.
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
+            status: code.status(),
             code,
             message: message.into(),
             retry_after: None,
@@ -33,7 +207,7 @@ impl ApiError {
     /// 429 `too_many_failures`: this address failed to authenticate too often; it may
     /// try again after `secs` (also sent as `Retry-After`).
     pub(crate) fn throttled(message: impl Into<String>, secs: u64) -> Self {
-        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_failures", message);
+        let mut e = Self::new(ErrorCode::TooManyFailures, message);
         e.retry_after = Some(secs);
         e
     }
@@ -50,25 +224,25 @@ impl ApiError {
 
     /// 404.
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(ErrorCode::NotFound, message)
     }
 
     /// 401.
     pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(ErrorCode::Unauthorized, message)
     }
 
     /// 400.
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        Self::new(ErrorCode::InvalidRequest, message)
     }
 
     /// 403 `forbidden`: the token may not do this, whatever its scopes.
     pub(crate) fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(ErrorCode::Forbidden, message)
     }
 
-    /// The same error with another status.
+    /// The same error with another status (only the runtime WebSocket's 410).
     pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
@@ -77,7 +251,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response
@@ -96,32 +275,22 @@ impl From<LifecycleError> for ApiError {
             | LifecycleError::NoProvider(_)
             | LifecycleError::NoTemplate(_) => Self::not_found(message),
             LifecycleError::Invalid(_) => Self::bad_request(message),
-            LifecycleError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            LifecycleError::Conflict(_) => Self::new(ErrorCode::Conflict, message),
             LifecycleError::Unauthorized(_) => Self::unauthorized(message),
-            LifecycleError::StoppedOnPurpose(_) => {
-                Self::new(StatusCode::CONFLICT, "stopped", message)
+            LifecycleError::StoppedOnPurpose(_) => Self::new(ErrorCode::Stopped, message),
+            LifecycleError::QuotaExceeded { .. } => Self::new(ErrorCode::QuotaExceeded, message),
+            LifecycleError::TooManyConnections(_) => {
+                Self::new(ErrorCode::TooManyConnections, message)
             }
-            LifecycleError::QuotaExceeded { .. } => {
-                Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message)
-            }
-            LifecycleError::TooManyConnections(_) => Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_connections",
-                message,
-            ),
-            LifecycleError::Store(_) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", message)
-            }
-            LifecycleError::Internal(_) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
-            }
+            LifecycleError::Store(_) => Self::new(ErrorCode::StoreError, message),
+            LifecycleError::Internal(_) => Self::new(ErrorCode::InternalError, message),
         }
     }
 }
 
 impl From<MissingScope> for ApiError {
     fn from(e: MissingScope) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "missing_scope", e.to_string())
+        Self::new(ErrorCode::MissingScope, e.to_string())
     }
 }
 
@@ -131,9 +300,9 @@ impl From<TenancyError> for ApiError {
         match e {
             TenancyError::Invalid(_) => Self::bad_request(message),
             TenancyError::NotFound(_) => Self::not_found(message),
-            TenancyError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            TenancyError::Conflict(_) => Self::new(ErrorCode::Conflict, message),
             TenancyError::Io { .. } | TenancyError::File { .. } => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", message)
+                Self::new(ErrorCode::StoreError, message)
             }
         }
     }

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::logs::{MAX_TAIL, parse_since};
 use crate::tenancy::{Principal, Scope};
@@ -21,6 +22,26 @@ use crate::tenancy::{Principal, Scope};
 /// Lines returned when `tail` is not given.
 const DEFAULT_TAIL: usize = 100;
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/environments/{id}/logs",
+    tag = "environments",
+    params(
+        ("id" = String, Path, description = "Environment id."),
+        ("tail" = Option<u32>, Query, description = "Lines before now, 0 to 10000 (default 100)."),
+        ("since" = Option<String>, Query, description = "Only lines at or after this RFC 3339 time."),
+        ("follow" = Option<bool>, Query, description = "`true`: keep the response open and send each new line as it is written."),
+    ),
+    responses(
+        (status = 200, description = "NDJSON, one object a line: `ts`, `level`, `source`, `message`, and `stream`/`pid` for process output; oldest first.", content_type = "application/x-ndjson", body = String),
+        (status = 400, description = "`tail`, `since` or `follow` is malformed (`invalid_request`).", body = ErrorBody),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `envs:read` scope (`missing_scope`).", body = ErrorBody),
+        (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["envs:read"])),
+)]
 pub(crate) async fn logs(
     who: Principal,
     State(s): State<AppState>,

@@ -10,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::error::{ErrorBody, ErrorCode};
 use super::{ApiError, AppState};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -17,6 +18,16 @@ struct StatusLabel {
     status: String,
 }
 
+/// `GET /metrics`: Prometheus (OpenMetrics) text, no token needed.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "host",
+    responses(
+        (status = 200, description = "OpenMetrics text: `tether_environments{status}`, `tether_runtimes_connected`, `tether_providers_loaded`, `tether_provider_load_failures`, `tether_environment_log_lines_dropped`, `tether_compile_cache_hits`/`misses`.", content_type = "application/openmetrics-text", body = String),
+        (status = 500, description = "The metrics could not be encoded (`internal_error`).", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let mut registry = Registry::with_prefix("tether");
     let by_status = Family::<StatusLabel, Gauge>::default();
@@ -68,7 +79,8 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
         );
     }
     let mut body = String::new();
-    encode(&mut body, &registry).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    encode(&mut body, &registry)
+        .map_err(|e| ApiError::new(ErrorCode::InternalError, format!("encoding metrics: {e}")))?;
     Ok((
         [(
             CONTENT_TYPE,

@@ -6,10 +6,13 @@ mod audited;
 mod body;
 mod caller;
 mod config;
+mod dashboard;
 mod environments;
 mod error;
+mod events;
 mod logs;
 mod metrics;
+mod openapi;
 mod providers;
 mod templates;
 mod tickets;
@@ -20,10 +23,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::audit::AuditLog;
-use crate::lifecycle::Manager;
+use crate::lifecycle::{HostHealth, Manager};
 use crate::tenancy::{Tickets, Tokens};
 use crate::throttle::Throttle;
 pub(crate) use caller::{AppCaller, bearer};
@@ -44,46 +49,55 @@ pub(crate) struct AppState {
     pub tickets: Arc<Tickets>,
 }
 
-/// The whole router; `main` only binds and serves it.
-pub(crate) fn router(state: AppState) -> Router {
-    Router::new()
-        .route(
-            "/api/v1/environments",
-            get(environments::list).post(environments::create),
-        )
-        .route(
-            "/api/v1/environments/{id}",
-            get(environments::get)
-                .patch(environments::patch)
-                .delete(environments::delete),
-        )
-        .route("/api/v1/environments/{id}/start", post(environments::start))
-        .route("/api/v1/environments/{id}/stop", post(environments::stop))
-        .route("/api/v1/environments/{id}/logs", get(logs::logs))
-        .route(
-            "/api/v1/environments/{id}/restart",
-            post(environments::restart),
-        )
-        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
-        .route("/api/v1/whoami", get(tokens::whoami))
-        .route("/api/v1/tokens/admin/rotate", post(tokens::rotate_admin))
-        .route("/api/v1/tokens/{id}", delete(tokens::revoke))
-        .route("/api/v1/audit", get(audited::list))
-        .route("/api/v1/tickets", post(tickets::create))
-        .route("/api/v1/templates", get(templates::list))
-        .route("/api/v1/providers", get(providers::list))
-        .route(
-            "/api/v1/providers/{name}",
-            get(providers::get)
-                .put(providers::install)
+/// Every route with its description: a route is added here through `routes!`, which
+/// takes it and its `#[utoipa::path]` together, so none is served undocumented.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(environments::list, environments::create))
+        .routes(routes!(
+            environments::get,
+            environments::patch,
+            environments::delete
+        ))
+        .routes(routes!(environments::start))
+        .routes(routes!(environments::stop))
+        .routes(routes!(environments::restart))
+        .routes(routes!(logs::logs))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::whoami))
+        .routes(routes!(tokens::rotate_admin))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(audited::list))
+        .routes(routes!(tickets::create))
+        .routes(routes!(templates::list))
+        .routes(routes!(providers::list))
+        .routes(
+            routes!(providers::get, providers::install)
                 .layer(DefaultBodyLimit::max(providers::MAX_COMPONENT_BYTES)),
         )
-        .route("/api/v1/config/status", get(config::status))
-        .route("/ws/app", get(ws::provisioned))
-        .route("/ws/app/{id}", get(ws::app))
-        .route("/ws/runtime/{id}", get(ws::runtime))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics::metrics))
+        .routes(routes!(config::status))
+        .routes(routes!(events::stream))
+        .routes(routes!(ws::provisioned))
+        .routes(routes!(ws::app))
+        .routes(routes!(ws::runtime))
+        .routes(routes!(healthz))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(openapi::spec_json))
+        .routes(routes!(openapi::docs_redirect))
+        .routes(routes!(openapi::docs_index))
+        .routes(routes!(openapi::docs_file))
+}
+
+/// The OpenAPI document of the whole API, as `GET /api/v1/openapi.json` serves it.
+pub(crate) fn spec() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+/// The whole router; `main` only binds and serves it.
+pub(crate) fn router(state: AppState) -> Router {
+    let (router, _) = routes().split_for_parts();
+    // The dashboard's pages are not API: served beside it, undescribed.
+    dashboard::beside(router)
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
         .with_state(state)
@@ -91,8 +105,40 @@ pub(crate) fn router(state: AppState) -> Router {
 
 /// Liveness: 200 while the host serves, with `degraded` and the reasons when something
 /// needs a person (an invalid records file, a provider that failed to load).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "host",
+    responses(
+        (status = 200, description = "The host serves; `degraded` with reasons when something needs a person.", body = HostHealth),
+    ),
+)]
 async fn healthz(
     axum::extract::State(s): axum::extract::State<AppState>,
-) -> axum::Json<crate::lifecycle::HostHealth> {
+) -> axum::Json<HostHealth> {
     axum::Json(s.manager.health())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The black-box suite proves every documented route is served and that the
+    /// documented paths serve no other method; this keeps the other half by
+    /// construction: the router gets routes only through `routes!`.
+    #[test]
+    fn routes_are_added_only_with_their_description() {
+        let source = include_str!("mod.rs");
+        let code = source.split("#[cfg(test)]").next().unwrap_or(source);
+        for call in [
+            ".route(",
+            ".route_service(",
+            ".nest(",
+            ".nest_service(",
+            ".merge(",
+        ] {
+            assert!(
+                !code.contains(call),
+                "api/mod.rs calls {call}: add routes with `.routes(routes!(handler))` and a `#[utoipa::path]` on the handler"
+            );
+        }
+    }
 }

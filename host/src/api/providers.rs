@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
 use super::audited::{Act, Remote, audited};
+use super::error::{ErrorBody, ErrorCode};
 use super::{ApiError, AppState};
 use crate::audit::action;
 use crate::lifecycle::ProviderView;
@@ -18,6 +19,35 @@ use crate::tenancy::{Principal, Scope};
 /// Largest component `PUT` takes.
 pub(crate) const MAX_COMPONENT_BYTES: usize = 64 * 1024 * 1024;
 
+/// The body of `PUT /api/v1/providers/{name}`, for the spec: the component's bytes.
+pub(crate) struct ComponentBytes;
+
+impl utoipa::PartialSchema for ComponentBytes {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .content_media_type("application/wasm")
+            .description(Some("The component's bytes, as built (`.wasm`)."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ComponentBytes {}
+
+/// `GET /api/v1/providers` (admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/providers",
+    tag = "providers",
+    responses(
+        (status = 200, description = "Every loaded provider.", body = Vec<ProviderView>),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `admin` scope (`missing_scope`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["admin"])),
+)]
 pub(crate) async fn list(
     who: Principal,
     State(s): State<AppState>,
@@ -26,6 +56,23 @@ pub(crate) async fn list(
     Ok(Json(s.manager.providers()))
 }
 
+/// `GET /api/v1/providers/{name}` (admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/providers/{name}",
+    tag = "providers",
+    params(
+        ("name" = String, Path, description = "Provider name."),
+    ),
+    responses(
+        (status = 200, description = "The provider.", body = ProviderView),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `admin` scope (`missing_scope`).", body = ErrorBody),
+        (status = 404, description = "No provider of that name is loaded; the message says why a file meant to provide it did not load (`not_found`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["admin"])),
+)]
 pub(crate) async fn get(
     who: Principal,
     State(s): State<AppState>,
@@ -38,6 +85,25 @@ pub(crate) async fn get(
 /// `PUT /api/v1/providers/{name}`: the body (`application/wasm`, at most
 /// [`MAX_COMPONENT_BYTES`]) becomes the drop-in `{name}.wasm` if it loads and calls
 /// itself `name`; 201 with the provider as loaded. Audited as `provider.install`.
+#[utoipa::path(
+    put,
+    path = "/api/v1/providers/{name}",
+    tag = "providers",
+    params(
+        ("name" = String, Path, description = "Provider name; the file becomes `{name}.wasm` in the providers directory."),
+    ),
+    request_body(content = ComponentBytes, description = "A WebAssembly component (`wasm32-wasip2`) exporting the provider world, at most 64 MiB.", content_type = "application/wasm"),
+    responses(
+        (status = 201, description = "Installed and loaded.", body = ProviderView),
+        (status = 400, description = "The component does not load, or calls itself by another name (`invalid_request`).", body = ErrorBody),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `admin` scope (`missing_scope`).", body = ErrorBody),
+        (status = 413, description = "The component is over 64 MiB (`body_too_large`).", body = ErrorBody),
+        (status = 500, description = "The file or the audit log could not be written (`internal_error`, `audit_failed`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["admin"])),
+)]
 pub(crate) async fn install(
     who: Principal,
     remote: Remote,
@@ -49,8 +115,7 @@ pub(crate) async fn install(
         (Err(e), _) => Err(e.into()),
         (Ok(()), Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
+                ErrorCode::BodyTooLarge,
                 format!("a component is limited to {MAX_COMPONENT_BYTES} bytes"),
             ))
         }

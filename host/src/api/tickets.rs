@@ -1,25 +1,64 @@
-//! `POST /api/v1/tickets`: a single-use, short-lived ticket for one app WebSocket, so a
-//! browser never puts its token in a URL (`/ws/app/{id}?ticket=…`, or for a template,
-//! `/ws/app?ticket=…`).
+//! `POST /api/v1/tickets`: a single-use, short-lived ticket for one WebSocket, so a
+//! browser never puts its token in a URL (`/ws/app/{id}?ticket=…`, for a template
+//! `/ws/app?ticket=…`, for the change stream `/ws/events?ticket=…`).
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::body::{Body, Fields, FromObject};
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::tenancy::{Principal, Scope, TicketTarget};
 
 /// Longest thread id a ticket may name.
 const MAX_THREAD: usize = 256;
 
-#[derive(Debug)]
+/// `POST /api/v1/tickets`: exactly one of `environment`, `template` and `events:
+/// true`; unknown fields are refused.
+#[derive(Debug, ToSchema)]
 pub(crate) struct TicketBody {
+    /// An environment the caller reaches (the ticket opens `/ws/app/{id}`).
     environment: Option<String>,
+    /// A defined template (the ticket opens `/ws/app`).
+    #[schema(min_length = 1, max_length = 256)]
     template: Option<String>,
+    /// `true` (alone): a ticket for `/ws/events` (scope `envs:read`).
+    #[schema(required = false)]
+    events: bool,
+    /// The thread the socket joins, 1 to 256 bytes without control characters.
+    #[schema(min_length = 1, max_length = 256)]
     thread: Option<String>,
+    /// With `template` only: the workspace of a `workspace` template.
+    #[schema(min_length = 1, max_length = 256)]
     workspace: Option<String>,
+}
+
+/// A ticket just issued: its secret, once.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TicketView {
+    /// The single-use secret, for `?ticket=`.
+    ticket: String,
+    /// Seconds it stays valid (`[tenancy] ticket_ttl_secs`).
+    expires_in_secs: u64,
+    /// The environment it opens, for an environment ticket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    environment: Option<String>,
+    /// The template it provisions from, for a template ticket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    template: Option<String>,
+    /// `true`, for an events ticket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<bool>,
+    /// The workspace, for a template ticket (`null` when none was given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workspace: Option<Option<String>>,
+    /// The thread the socket joins (`null`: the connect's `?thread=` decides).
+    #[schema(required = true)]
+    thread: Option<String>,
 }
 
 /// `Err` unless `value` (of field `name`) is 1 to [`MAX_THREAD`] bytes without
@@ -34,61 +73,103 @@ fn check_id(name: &str, value: Option<&String>) -> Result<(), String> {
 }
 
 impl FromObject for TicketBody {
-    const FIELDS: &'static [&'static str] = &["environment", "template", "thread", "workspace"];
+    const FIELDS: &'static [&'static str] =
+        &["environment", "template", "events", "thread", "workspace"];
 
     fn from_object(f: &mut Fields) -> Result<Self, String> {
         let environment = f.optional_string("environment")?;
         let template = f.optional_string("template")?;
+        let events = f.boolean("events")?.unwrap_or(false);
         let thread = f.optional_string("thread")?;
         let workspace = f.optional_string("workspace")?;
         check_id("thread", thread.as_ref())?;
         check_id("workspace", workspace.as_ref())?;
         check_id("template", template.as_ref())?;
-        match (&environment, &template) {
-            (Some(_), None) if workspace.is_some() => {
+        let body = Self {
+            environment,
+            template,
+            events,
+            thread,
+            workspace,
+        };
+        match (&body.environment, &body.template, body.events) {
+            (None, None, true) if body.thread.is_some() || body.workspace.is_some() => {
+                Err("fields `thread` and `workspace` do not go with `events`".to_owned())
+            }
+            (Some(_), None, false) if body.workspace.is_some() => {
                 Err("field `workspace` goes with `template`".to_owned())
             }
-            (Some(_), None) | (None, Some(_)) => Ok(Self {
-                environment,
-                template,
-                thread,
-                workspace,
-            }),
-            _ => Err("give exactly one of the fields `environment` and `template`".to_owned()),
+            (Some(_), None, false) | (None, Some(_), false) | (None, None, true) => Ok(body),
+            _ => Err(
+                "give exactly one of the fields `environment`, `template` and `events: true`"
+                    .to_owned(),
+            ),
         }
     }
 }
 
 /// `POST /api/v1/tickets {"environment", "thread"?}` (scope `relay`, an environment the
-/// caller reaches) or `{"template", "thread"?, "workspace"?}` (a defined template):
-/// `{"ticket", "expiresInSecs", "environment" | "template", "thread", "workspace"?}`, 201.
+/// caller reaches), `{"template", "thread"?, "workspace"?}` (scope `relay`, a defined
+/// template) or `{"events": true}` (scope `envs:read`, for `/ws/events`):
+/// `{"ticket", "expiresInSecs", "environment" | "template" | "events", "thread", "workspace"?}`, 201.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tickets",
+    tag = "tickets",
+    request_body(content = TicketBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The ticket, valid once within `expiresInSecs`.", body = TicketView),
+        (status = 400, description = "The body is not JSON (`invalid_json`), not an object, has an unknown field or a bad value (`invalid_request`).", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MiB (`body_too_large`).", body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json` (`unsupported_media_type`).", body = ErrorBody),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `relay` scope (`envs:read` for an events ticket) (`missing_scope`).", body = ErrorBody),
+        (status = 404, description = "No such environment (or another user's), or no such template (`not_found`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["relay"]), ("bearer" = ["envs:read"])),
+)]
 pub(crate) async fn create(
     who: Principal,
     State(s): State<AppState>,
     Body(body): Body<TicketBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    who.require(Scope::Relay)?;
-    let (target, mut answer) = match (body.environment, body.template) {
+) -> Result<(StatusCode, Json<TicketView>), ApiError> {
+    if body.events {
+        who.require(Scope::EnvsRead)?;
+    } else {
+        who.require(Scope::Relay)?;
+    }
+    let mut answer = TicketView {
+        ticket: String::new(),
+        expires_in_secs: s.tickets.ttl().as_secs(),
+        environment: None,
+        template: None,
+        events: None,
+        workspace: None,
+        thread: body.thread.clone(),
+    };
+    let target = match (body.environment, body.template) {
         (Some(environment), _) => {
             // Someone else's environment is, to this caller, one that does not exist.
             s.manager.get(&who, &environment)?;
-            let answer = json!({"environment": environment});
-            (TicketTarget::Environment(environment), answer)
+            answer.environment = Some(environment.clone());
+            TicketTarget::Environment(environment)
         }
         (None, Some(template)) => {
             s.manager.check_template(&template)?;
-            let answer = json!({"template": template, "workspace": body.workspace});
-            let target = TicketTarget::Template {
+            answer.template = Some(template.clone());
+            answer.workspace = Some(body.workspace.clone());
+            TicketTarget::Template {
                 template,
                 workspace: body.workspace,
-            };
-            (target, answer)
+            }
+        }
+        (None, None) if body.events => {
+            answer.events = Some(true);
+            TicketTarget::Events
         }
         (None, None) => return Err(ApiError::bad_request("give `environment` or `template`")),
     };
-    let ticket = (s.tickets).issue(who, target, body.thread.clone());
-    answer["ticket"] = json!(ticket);
-    answer["expiresInSecs"] = json!(s.tickets.ttl().as_secs());
-    answer["thread"] = json!(body.thread);
+    answer.ticket = (s.tickets).issue(who, target, body.thread);
     Ok((StatusCode::CREATED, Json(answer)))
 }

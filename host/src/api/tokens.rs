@@ -7,13 +7,15 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::audited::{Act, Remote, audited};
 use super::body::{Body, Fields, FromObject};
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::audit::action;
-use crate::tenancy::{Issued, NewToken, Principal, Scope, TokenView};
+use crate::tenancy::{Issued, NewToken, Principal, Scope, Scopes, TokenView};
 
 /// Most scope names a request may list.
 const MAX_SCOPE_NAMES: usize = 16;
@@ -39,6 +41,25 @@ impl FromObject for CreateBody {
     }
 }
 
+/// `POST /api/v1/tokens` (admin): 201 with the token and, this once, its secret.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    request_body(content = NewToken, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Made; `token` is the secret, shown only here.", body = Issued),
+        (status = 400, description = "The body is not JSON (`invalid_json`), not an object, has an unknown field or a bad value (`invalid_request`).", body = ErrorBody),
+        (status = 413, description = "The body is over 2 MiB (`body_too_large`).", body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json` (`unsupported_media_type`).", body = ErrorBody),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `admin` scope (`missing_scope`).", body = ErrorBody),
+        (status = 404, description = "A listed environment is not the user's (`not_found`).", body = ErrorBody),
+        (status = 500, description = "The tokens file or the audit log could not be written (`store_error`, `audit_failed`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["admin"])),
+)]
 pub(crate) async fn create(
     who: Principal,
     remote: Remote,
@@ -71,6 +92,21 @@ async fn create_for(who: &Principal, s: &AppState, new: NewToken) -> Result<Issu
 }
 
 /// `GET /api/v1/tokens[?user=USER]`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tokens",
+    tag = "tokens",
+    params(
+        ("user" = Option<String>, Query, description = "Only this user's tokens (another user's need `admin`)."),
+    ),
+    responses(
+        (status = 200, description = "The caller's user's tokens (every user's, for `admin`), never their secrets.", body = Vec<TokenView>),
+        (status = 400, description = "`user` is not a valid user name (`invalid_request`).", body = ErrorBody),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn list(
     who: Principal,
     State(s): State<AppState>,
@@ -85,6 +121,22 @@ pub(crate) async fn list(
 }
 
 /// `DELETE /api/v1/tokens/{id}`: the revoked token, as it was listed.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tokens/{id}",
+    tag = "tokens",
+    params(
+        ("id" = String, Path, description = "Token id (`tok_…`)."),
+    ),
+    responses(
+        (status = 200, description = "Revoked; its connections are closed.", body = TokenView),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 404, description = "No such token, or another user's (`not_found`).", body = ErrorBody),
+        (status = 500, description = "The tokens file or the audit log could not be written (`store_error`, `audit_failed`).", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn revoke(
     who: Principal,
     remote: Remote,
@@ -103,12 +155,33 @@ pub(crate) async fn revoke(
     Ok(Json(audited(&s, act, result).await?))
 }
 
+/// The operator's new token.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Rotated {
+    /// The new secret, shown only in this answer; the old one is refused from now on.
+    token: String,
+}
+
 /// `POST /api/v1/tokens/admin/rotate`: the new operator token, answered once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tokens/admin/rotate",
+    tag = "tokens",
+    responses(
+        (status = 200, description = "The new operator token; the old one is refused from now on.", body = Rotated),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `admin` scope (`missing_scope`).", body = ErrorBody),
+        (status = 409, description = "The operator token comes from `TETHER_API_TOKEN` (`conflict`).", body = ErrorBody),
+        (status = 500, description = "The token file or the audit log could not be written (`store_error`, `audit_failed`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["admin"])),
+)]
 pub(crate) async fn rotate_admin(
     who: Principal,
     remote: Remote,
     State(s): State<AppState>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Rotated>, ApiError> {
     let result = match who.require(Scope::Admin) {
         Err(e) => Err(e.into()),
         Ok(()) => s.tokens.rotate_admin().await.map_err(ApiError::from),
@@ -121,15 +194,41 @@ pub(crate) async fn rotate_admin(
         owner: Some(crate::tenancy::ADMIN_USER),
     };
     let token = audited(&s, act, result).await?;
-    Ok(Json(json!({ "token": token })))
+    Ok(Json(Rotated { token }))
+}
+
+/// The calling token as the host sees it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct WhoAmI {
+    /// The user it acts for (`admin` for the operator's token).
+    user: String,
+    /// Its id (never its secret).
+    token_id: String,
+    /// Its scopes.
+    scopes: Scopes,
+    /// The environments it is limited to (`null`: all of the user's).
+    #[schema(required = true)]
+    environments: Option<Vec<String>>,
 }
 
 /// `GET /api/v1/whoami`: the calling token as the host sees it (any valid token).
-pub(crate) async fn whoami(who: Principal) -> Json<Value> {
-    Json(json!({
-        "user": who.user(),
-        "tokenId": who.token_id(),
-        "scopes": who.scopes(),
-        "environments": who.environments(),
-    }))
+#[utoipa::path(
+    get,
+    path = "/api/v1/whoami",
+    tag = "tokens",
+    responses(
+        (status = 200, description = "The calling token.", body = WhoAmI),
+        (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn whoami(who: Principal) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        user: who.user().to_owned(),
+        token_id: who.token_id().to_owned(),
+        scopes: who.scopes(),
+        environments: who.environments().map(<[String]>::to_vec),
+    })
 }

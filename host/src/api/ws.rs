@@ -23,14 +23,15 @@ use axum::http::request::Parts;
 use axum::response::Response;
 
 use super::audited::{Act, Remote, audited};
+use super::error::ErrorBody;
 use super::{ApiError, AppCaller, AppState, bearer, caller};
 use crate::audit::action;
 use crate::lifecycle::{LifecycleError, ProvisionTarget};
 use crate::relay::{self, CLOSE_STOPPED, CLOSE_TOO_MANY, Resume};
-use crate::tenancy::{Principal, Scope, TicketTarget};
+use crate::tenancy::{Opening, Principal, Scope, TicketTarget};
 
 /// The subprotocol the host answers with; browsers must offer it with their token.
-const SUBPROTOCOL: &str = "tether.v1";
+pub(crate) const SUBPROTOCOL: &str = "tether.v1";
 
 /// The bearer token of a runtime's upgrade request.
 #[derive(Debug)]
@@ -51,6 +52,29 @@ fn resume_of(query: &HashMap<String, String>) -> Result<Option<Resume>, ApiError
     Resume::from_query(get("session"), get("resume")).map_err(ApiError::bad_request)
 }
 
+/// `GET /ws/runtime/{id}`: the runtime of environment `id`, with its runtime token.
+#[utoipa::path(
+    get,
+    path = "/ws/runtime/{id}",
+    tag = "websockets",
+    params(
+        ("id" = String, Path, description = "Environment id."),
+        ("session" = Option<String>, Query, description = "A resumable session id (see `docs/protocol.md`, Resuming)."),
+        ("resume" = Option<u64>, Query, description = "With `session`: the last sequence number received."),
+    ),
+    responses(
+        (status = 101, description = "Upgraded: the runtime's socket (`docs/protocol.md`). An environment already holding a runtime connection is upgraded and closed with 4013."),
+        (status = 400, description = "A malformed query (`session`, `resume`, …; `invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content(
+            (ErrorBody = "application/json"),
+            (String = "text/plain"),
+        )),
+        (status = 401, description = "No runtime token, or not the current start's (`unauthorized`).", body = ErrorBody),
+        (status = 404, description = "No such environment (`not_found`).", body = ErrorBody),
+        (status = 410, description = "The environment is stopped; the runtime should exit (`conflict`).", body = ErrorBody),
+        (status = 426, description = "Not an upgrade request a WebSocket can be made of (plain text).", content_type = "text/plain", body = String),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn runtime(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -73,6 +97,35 @@ pub(crate) async fn runtime(
     Ok(connection.serve(upgrade))
 }
 
+/// `GET /ws/app/{id}`: an app joining environment `id`.
+#[utoipa::path(
+    get,
+    path = "/ws/app/{id}",
+    tag = "websockets",
+    params(
+        ("id" = String, Path, description = "Environment id."),
+        ("thread" = Option<String>, Query, description = "The thread this app joins."),
+        ("start" = Option<bool>, Query, description = "`true`: start the environment even if its user stopped it on purpose (`envs:write`)."),
+        ("ticket" = Option<String>, Query, description = "A single-use ticket from `POST /api/v1/tickets`, instead of a token."),
+        ("session" = Option<String>, Query, description = "A resumable session id (see `docs/protocol.md`, Resuming)."),
+        ("resume" = Option<u64>, Query, description = "With `session`: the last sequence number received."),
+    ),
+    responses(
+        (status = 101, description = "Upgraded: the app's socket, subprotocol `tether.v1` (`docs/protocol.md`). A full environment is closed at once with 4013; one stopped on purpose gets an `error` frame with code `stopped` and close 4015 unless `start=true`."),
+        (status = 400, description = "A malformed query (`session`, `resume`, …; `invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content(
+            (ErrorBody = "application/json"),
+            (String = "text/plain"),
+        )),
+        (status = 401, description = "No token or ticket, or one that is unknown, revoked, expired or used (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "The token lacks `relay` (or `envs:write`, for `start=true`) (`missing_scope`).", body = ErrorBody),
+        (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The relay could not admit the app (`conflict`).", body = ErrorBody),
+        (status = 426, description = "Not an upgrade request a WebSocket can be made of (plain text).", content_type = "text/plain", body = String),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`), or starting it would pass `max_running` (`quota_exceeded`).", body = ErrorBody),
+        (status = 500, description = "The records file could not be written (`store_error`) or the host failed (`internal_error`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["relay"])),
+)]
 pub(crate) async fn app(
     caller: AppCaller,
     Remote(remote): Remote,
@@ -84,7 +137,7 @@ pub(crate) async fn app(
     let (who, pinned) = match caller {
         AppCaller::Token(who) => (who, None),
         AppCaller::Ticket(secret) => {
-            let ticket = caller::redeem(&s, remote, &secret, Some(&id))?;
+            let ticket = caller::redeem(&s, remote, &secret, Opening::Environment(&id))?;
             (ticket.principal, ticket.thread)
         }
     };
@@ -134,6 +187,36 @@ fn field(query: &HashMap<String, String>, key: &str) -> Option<String> {
     query.get(key).filter(|v| !v.is_empty()).cloned()
 }
 
+/// `GET /ws/app?template=NAME`: an app joining the environment provisioned for it.
+#[utoipa::path(
+    get,
+    path = "/ws/app",
+    tag = "websockets",
+    params(
+        ("template" = Option<String>, Query, description = "The template to provision from (required unless a template ticket is given)."),
+        ("workspace" = Option<String>, Query, description = "The workspace, for a `workspace` template."),
+        ("thread" = Option<String>, Query, description = "The thread this app joins."),
+        ("start" = Option<bool>, Query, description = "`true`: start the environment even if its user stopped it on purpose (`envs:write`)."),
+        ("ticket" = Option<String>, Query, description = "A single-use ticket from `POST /api/v1/tickets`, instead of a token."),
+        ("session" = Option<String>, Query, description = "A resumable session id (see `docs/protocol.md`, Resuming)."),
+        ("resume" = Option<u64>, Query, description = "With `session`: the last sequence number received."),
+    ),
+    responses(
+        (status = 101, description = "Upgraded: the first frame is `provisioned` (`docs/protocol.md`, Provisioning); close codes as for `/ws/app/{id}`."),
+        (status = 400, description = "A malformed query (`session`, `resume`, …; `invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content(
+            (ErrorBody = "application/json"),
+            (String = "text/plain"),
+        )),
+        (status = 401, description = "No token or ticket, or one that is unknown, revoked, expired or used (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "The token lacks `relay` (or `envs:write`, for `start=true`) (`missing_scope`).", body = ErrorBody),
+        (status = 404, description = "No such template (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The template's provider is not loaded (`conflict`).", body = ErrorBody),
+        (status = 426, description = "Not an upgrade request a WebSocket can be made of (plain text).", content_type = "text/plain", body = String),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`), or the user is at a quota (`quota_exceeded`).", body = ErrorBody),
+        (status = 500, description = "The records file or the audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["relay"])),
+)]
 pub(crate) async fn provisioned(
     caller: AppCaller,
     remote: Remote,
@@ -156,7 +239,7 @@ pub(crate) async fn provisioned(
         }
         // A template ticket decides the template, thread and workspace.
         AppCaller::Ticket(secret) => {
-            let ticket = caller::redeem(&s, remote.0, &secret, None)?;
+            let ticket = caller::redeem(&s, remote.0, &secret, Opening::Template)?;
             let TicketTarget::Template {
                 template,
                 workspace,

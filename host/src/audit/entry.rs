@@ -7,6 +7,11 @@ use std::net::IpAddr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{
+    KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type,
+};
 
 use super::text::Text;
 
@@ -84,6 +89,18 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
+impl utoipa::PartialSchema for Timestamp {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .description(Some("RFC 3339, in UTC."))
+            .into()
+    }
+}
+
+impl ToSchema for Timestamp {}
+
 /// Who did it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "ActorRepr", into = "ActorRepr")]
@@ -131,6 +148,31 @@ enum ActorRepr {
     },
 }
 
+impl utoipa::PartialSchema for Actor {
+    fn schema() -> RefOr<Schema> {
+        let word = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["system", "anonymous"]))
+            .description(Some(
+                "`system`: the host on its own; `anonymous`: a request whose token was not accepted.",
+            ));
+        let user = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("A request authenticated by a token."))
+            .property("user", Text::schema())
+            .required("user")
+            .property("tokenId", Text::schema())
+            .required("tokenId");
+        OneOfBuilder::new()
+            .item(word)
+            .item(user)
+            .description(Some("Who did it."))
+            .into()
+    }
+}
+
+impl ToSchema for Actor {}
+
 impl TryFrom<ActorRepr> for Actor {
     type Error = String;
 
@@ -155,7 +197,8 @@ impl From<Actor> for ActorRepr {
 }
 
 /// How it ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[schema(as = AuditOutcome)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// Done.
@@ -167,7 +210,7 @@ pub enum Outcome {
 }
 
 /// One line of the audit log. Build it with [`Entry::new`] and the setters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Entry {
     /// When it happened.
@@ -189,6 +232,7 @@ pub struct Entry {
     pub reason: Option<Text>,
     /// The caller's address; none for the host's own actions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub remote: Option<IpAddr>,
     /// On a summary line: how many similar entries were not written.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -57,6 +57,19 @@ impl std::fmt::Display for Text {
     }
 }
 
+impl utoipa::PartialSchema for Text {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "Cleaned for the log: credentials redacted, control characters escaped, bounded in length.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Text {}
+
 impl Serialize for Text {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)

@@ -22,6 +22,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::config::{CommandPattern, Grant, GrantOrigin, NetConfig, UrlPattern};
 pub use pattern::PathScope;
@@ -42,7 +43,7 @@ pub struct Request {
 }
 
 /// The requested items the operator's grant does not fully cover.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, ToSchema)]
 pub struct DeniedItems {
     /// Command patterns not covered by a granted one.
     pub commands: Vec<CommandPattern>,

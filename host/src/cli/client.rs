@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use wasmtime_wasi_http::io::TokioIo;
 
 /// How long a call to the server may take.
-const TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the server is and how to authenticate to it.
 #[derive(Debug, Clone, Args)]
@@ -41,7 +41,7 @@ pub(crate) struct ServerArgs {
 }
 
 /// The admin token: the flag (or `TETHER_API_TOKEN`), else the data directory's.
-fn admin_token(server: &ServerArgs) -> anyhow::Result<String> {
+pub(super) fn admin_token(server: &ServerArgs) -> anyhow::Result<String> {
     if let Some(token) = server.token.as_ref().filter(|t| !t.is_empty()) {
         return Ok(token.clone());
     }
@@ -102,7 +102,7 @@ pub(crate) struct Refused {
 }
 
 impl Refused {
-    fn from_answer(status: http::StatusCode, answer: &Value) -> Self {
+    pub(super) fn from_answer(status: http::StatusCode, answer: &Value) -> Self {
         let error = &answer["error"];
         let text = |k: &str, none: &str| error[k].as_str().unwrap_or(none).to_owned();
         Self {

@@ -1,4 +1,4 @@
-//! `tether env list|get|create|start|stop|restart|delete|logs`: a running server's
+//! `tether env list|get|create|start|stop|restart|delete|logs|attach`: a running server's
 //! environments from the command line, as tables for people or `--json` for scripts.
 //! `--wait` follows a start until the runtime is connected or the start failed.
 
@@ -77,6 +77,9 @@ pub(crate) enum EnvCommand {
         /// Its id.
         id: String,
     },
+    /// Talk to an environment's runtime on a thread: a JSON object a line each way,
+    /// resuming across dropped connections.
+    Attach(super::attach::Attach),
     /// Print an environment's log; `--follow` keeps printing new lines.
     Logs {
         #[command(flatten)]
@@ -147,6 +150,7 @@ pub(crate) async fn run(command: EnvCommand) -> anyhow::Result<()> {
             let env = wait_for(&server, id, true).await?;
             show(&env, format)
         }
+        EnvCommand::Attach(args) => super::attach::run(args).await,
         EnvCommand::Start(t) => transition(t, "start", true).await,
         EnvCommand::Stop(t) => transition(t, "stop", false).await,
         EnvCommand::Restart(t) => transition(t, "restart", true).await,
@@ -180,7 +184,7 @@ pub(crate) async fn run(command: EnvCommand) -> anyhow::Result<()> {
 }
 
 /// `/api/v1/environments/{id}` for an id that can only be one.
-fn env_path(id: &str) -> anyhow::Result<String> {
+pub(super) fn env_path(id: &str) -> anyhow::Result<String> {
     if id.is_empty() || !id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') {
         bail!("{} is not an environment id", crate::untrusted::named(id));
     }
@@ -210,10 +214,15 @@ async fn wait_for(server: &ServerArgs, id: &str, running: bool) -> anyhow::Resul
         let env = call(server, Method::GET, &env_path(id)?, None).await?;
         let status = env["status"].as_str().unwrap_or("?");
         let connected = env["runtime"]["connected"] == true;
-        let phase = match (status, connected) {
-            ("running", false) => "running, waiting for the runtime".to_owned(),
-            ("running", true) => "running, runtime connected".to_owned(),
-            (s, _) => s.to_owned(),
+        // The start's phase where the host reports one (it names the wait for the
+        // runtime); the runtime's connection otherwise.
+        let phase = match (status, env["startPhase"].as_str(), connected) {
+            ("starting", Some(phase), _) => format!("starting: {phase}"),
+            ("running", Some("waiting-for-runtime"), _) | ("running", None, false) => {
+                "running, waiting for the runtime".to_owned()
+            }
+            ("running", _, _) => "running, runtime connected".to_owned(),
+            (s, _, _) => s.to_owned(),
         };
         let secs = began.elapsed().as_secs_f64();
         if phase != last {
@@ -228,7 +237,11 @@ async fn wait_for(server: &ServerArgs, id: &str, running: bool) -> anyhow::Resul
         }
         match status {
             "error" => bail!(
-                "the environment failed: {}",
+                "the environment failed{}: {}",
+                env["startPhase"]
+                    .as_str()
+                    .map(|p| format!(" in {p}"))
+                    .unwrap_or_default(),
                 env["lastError"].as_str().unwrap_or("no reason given")
             ),
             "running" if running && connected => return Ok(env),

@@ -6,11 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::pattern::{CommandPattern, PATH_ARG, UrlPattern};
 
 /// What the operator grants one provider.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
 pub struct Grant {
     /// Commands it may spawn.
     pub commands: Vec<CommandPattern>,
@@ -22,11 +23,14 @@ pub struct Grant {
     #[serde(rename = "setEnv")]
     pub set_env: Vec<String>,
     /// Destinations it may reach, as `scheme://host:port` patterns.
+    #[schema(value_type = Vec<String>)]
     pub urls: Vec<UrlPattern>,
     /// Host directories (absolute) it may have preopened, with everything below them.
+    #[schema(value_type = Vec<String>)]
     pub directories: Vec<PathBuf>,
     /// Where an operator widens this grant, for refusals that say how.
     #[serde(skip)]
+    #[schema(required = true)]
     pub origin: Option<GrantOrigin>,
 }
 

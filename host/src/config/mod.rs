@@ -45,7 +45,7 @@ pub use pattern::{
 };
 pub use replace::BuiltinReplacement;
 pub use serving::{PublicUrl, ServingConfig, TlsFiles};
-pub use templates::{Template, TemplateRestart, TemplateScope};
+pub use templates::{Template, TemplateRestart, TemplateScope, TemplateView};
 pub use tenancy::{Quota, TenancyConfig};
 
 /// The default listen address of `tether serve`.

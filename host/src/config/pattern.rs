@@ -6,6 +6,7 @@
 use std::fmt;
 
 use serde::{Serialize, Serializer};
+use utoipa::ToSchema;
 
 /// The argument pattern that matches one path inside the environment's directories.
 pub const PATH_ARG: &str = "{path}";
@@ -24,9 +25,11 @@ pub const ANY_REST: &str = "{any...}";
 /// `PREFIX{path}` such an argument after a fixed prefix (`--output={path}`);
 /// anything else matches itself. So a pattern admits an option only where it
 /// spells it out, or says `{any}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct CommandPattern {
+    /// The program, by name or path.
     pub(super) program: String,
+    /// Argument patterns, in order.
     pub(super) args: Vec<String>,
 }
 

@@ -10,16 +10,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::ConfigError;
 
 /// Most templates a host may define.
 const MAX_TEMPLATES: usize = 1000;
 
-/// What one environment of a template is made per.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// What one environment of a template is made per: `user` (one per user), `thread`
+/// (per user and `?thread=`), `workspace` (per user and `?workspace=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TemplateScope {
     /// One per user.
@@ -42,7 +44,7 @@ impl TemplateScope {
 }
 
 /// The restart policy a template pins (the store's policy, named as in the API).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum TemplateRestart {
     /// Leave a failed environment in `error`.
@@ -98,18 +100,45 @@ impl Template {
     }
 
     /// How `GET /api/v1/templates` shows it: secret values never, their keys only.
-    pub fn shown(&self) -> Value {
-        json!({
-            "name": self.name,
-            "provider": self.provider,
-            "scope": self.scope.as_str(),
-            "config": self.config,
-            "secretKeys": self.secrets.keys().collect::<Vec<_>>(),
-            "restartPolicy": self.restart_policy.as_str(),
-            "maxPerUser": self.max_per_user,
-            "idleStopSecs": self.idle_stop_secs,
-        })
+    pub fn shown(&self) -> TemplateView {
+        TemplateView {
+            name: self.name.clone(),
+            provider: self.provider.clone(),
+            scope: self.scope,
+            config: self.config.clone(),
+            secret_keys: self.secrets.keys().cloned().collect(),
+            restart_policy: self.restart_policy,
+            max_per_user: self.max_per_user,
+            idle_stop_secs: self.idle_stop_secs,
+        }
     }
+}
+
+/// A template as `GET /api/v1/templates` shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateView {
+    /// Its name, as apps give it in `/ws/app?template=`.
+    pub name: String,
+    /// The provider its environments run on.
+    pub provider: String,
+    /// What one environment is made per.
+    pub scope: TemplateScope,
+    /// Config written to each environment's record (secret keys left out).
+    #[schema(value_type = Object)]
+    pub config: Map<String, Value>,
+    /// Names of the config keys handed to the provider at start only; their values
+    /// are never stored or shown.
+    pub secret_keys: Vec<String>,
+    /// What to do when one of its environments fails.
+    pub restart_policy: TemplateRestart,
+    /// Most environments of this template one user may have (`null`: no cap besides
+    /// the user's quota).
+    #[schema(required = true)]
+    pub max_per_user: Option<usize>,
+    /// Idle time after which an environment is stopped (`null`: never).
+    #[schema(required = true)]
+    pub idle_stop_secs: Option<u64>,
 }
 
 impl fmt::Debug for Template {
@@ -230,7 +259,7 @@ mod tests {
             (chat.max_per_user, chat.idle_stop_secs),
             (Some(5), Some(30))
         );
-        let shown = chat.shown().to_string();
+        let shown = serde_json::to_string(&chat.shown()).unwrap();
         assert!(
             !shown.contains("s3cret") && shown.contains("apiKey"),
             "{shown}"

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 use wasmtime::component::{Component, Linker};
 
 use crate::broker::tls::{TlsClient, TlsSetupError};
@@ -80,7 +81,7 @@ pub enum EngineError {
 }
 
 /// Where a provider came from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum ProviderSource {
     /// Embedded in the binary.
@@ -88,6 +89,7 @@ pub enum ProviderSource {
     /// A file in the providers directory.
     DropIn {
         /// Its path.
+        #[schema(value_type = String)]
         path: PathBuf,
     },
 }

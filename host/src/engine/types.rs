@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::bindings::types as wit;
 use crate::config::{CommandPattern, UrlPattern};
 
 /// What a provider says about itself.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderDescription {
     /// Unique provider name.
@@ -22,11 +23,13 @@ pub struct ProviderDescription {
     pub description: String,
     /// Commands it asks to spawn.
     pub commands: Vec<CommandPattern>,
-    /// URLs it asks to reach.
+    /// URLs it asks to reach (`scheme://host:port` patterns).
+    #[schema(value_type = Vec<String>)]
     pub urls: Vec<UrlPattern>,
     /// Directories it asks for.
     pub directories: Vec<String>,
     /// JSON Schema of its config (`null` if it gave none or an invalid one).
+    #[schema(value_type = Object, nullable)]
     pub config_schema: Value,
     /// App message types it handles itself.
     pub message_types: Vec<String>,

@@ -87,6 +87,7 @@ impl Manager {
         env.deleting.cancel();
         let record = self.shared.store.remove(id).await?;
         self.shared.envs.forget(id);
+        self.events().deleted(&record);
         self.shared.envs.close_hub(id, "environment deleted");
         tracing::warn!(env = %id, "environment force-deleted");
         self.driver().forget_instance(env, record);

@@ -9,7 +9,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::envs::Env;
+use super::events::Events;
 use super::live_config::LiveConfig;
+use super::progress::{StartPhase, StartProgress};
 use super::{EnvironmentView, Status, provider_status};
 use crate::audit::{Actor, AuditLog, Entry, Outcome};
 use crate::engine::{Call, CallError, Engine, ProviderHandle};
@@ -26,6 +28,8 @@ pub(super) struct DriverShared {
     pub(super) tasks: TaskTracker,
     /// Where the changes the host makes on its own are recorded.
     pub(super) audit: AuditLog,
+    /// Where every status change is published for `/ws/events`.
+    pub(super) events: Events,
 }
 
 /// Drives environments' provider instances; cheap to clone into tasks.
@@ -50,6 +54,7 @@ impl Driver {
                 runtime_base,
                 tasks: TaskTracker::new(),
                 audit,
+                events: Events::new(),
             }),
         }
     }
@@ -86,6 +91,7 @@ impl Driver {
     pub(super) fn view_of(&self, env: &Env, record: Record) -> EnvironmentView {
         let loaded = self.shared.engine.provider(&record.provider);
         let live = env.live();
+        let start = live.start.clone();
         let provider = provider_status::provider_status(
             &record.provider,
             live.provider.as_ref(),
@@ -101,6 +107,7 @@ impl Driver {
             provider,
             idleness,
         )
+        .with_start(start)
     }
 
     /// Moves `env` toward its desired state, in the background.
@@ -159,15 +166,70 @@ impl Driver {
     }
 
     pub(super) fn set_status(&self, env: &Env, status: Status) {
-        env.live().status = status;
+        {
+            let mut live = env.live();
+            live.status = status;
+            match status {
+                // A new start's progress begins; a failed one keeps where it failed.
+                Status::Starting => live.start = Some(StartProgress::begin()),
+                Status::Stopping | Status::Stopped => live.start = None,
+                _ => {}
+            }
+        }
         self.announce(env);
     }
 
-    /// Sends the current status to every app of `env`.
+    /// Moves `env`'s start on to `phase` and tells its apps.
+    pub(super) fn enter_phase(&self, env: &Env, phase: StartPhase) {
+        let changed = env.live().start.as_mut().is_some_and(|p| p.enter(phase));
+        if changed {
+            tracing::info!(env = %env.id, ?phase, "start phase");
+            self.announce(env);
+        }
+    }
+
+    /// The provider started `env`: it is `running`, and its start waits for the
+    /// runtime unless that has connected already. Checked under the same lock as
+    /// `runtime_arrived`, so a runtime that connects before the provider's start
+    /// returns is not missed.
+    pub(super) fn provider_started(&self, env: &Env) {
+        let phase = {
+            let mut live = env.live();
+            live.status = Status::Running;
+            let phase = if env.hub.runtime_connected() {
+                StartPhase::Running
+            } else {
+                StartPhase::WaitingForRuntime
+            };
+            if let Some(progress) = live.start.as_mut() {
+                progress.enter(phase);
+            }
+            phase
+        };
+        tracing::info!(env = %env.id, ?phase, "start phase");
+        self.announce(env);
+    }
+
+    /// The runtime of `env` connected: a start waiting for it is complete. Checked
+    /// under the same lock as `enter_phase`, so a runtime that connects before the
+    /// provider's start returns is not missed.
+    pub(super) fn runtime_arrived(&self, env: &Env) {
+        let completed = match env.live().start.as_mut() {
+            Some(p) if p.phase == StartPhase::WaitingForRuntime => p.enter(StartPhase::Running),
+            _ => false,
+        };
+        if completed {
+            let phase = StartPhase::Running;
+            tracing::info!(env = %env.id, ?phase, "start phase");
+        }
+    }
+
+    /// Sends the current status to every app of `env` and to the events stream.
     pub(super) fn announce(&self, env: &Env) {
         if let Some(record) = self.shared.store.get(&env.id) {
             let view = self.view_of(env, record);
             env.hub.broadcast(view.status_event());
+            self.shared.events.status(&view);
         }
     }
 

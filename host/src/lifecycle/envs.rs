@@ -9,6 +9,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Status;
+use super::progress::StartProgress;
 use crate::engine::ProviderHandle;
 use crate::logs::EnvLogs;
 use crate::relay::{Hub, ProviderTypes, Relay};
@@ -18,6 +19,8 @@ use crate::sync::MutexExt;
 #[derive(Debug, Default)]
 pub(super) struct Live {
     pub(super) status: Status,
+    /// The current start, or the last one if it failed; none once stopped.
+    pub(super) start: Option<StartProgress>,
     pub(super) provider: Option<ProviderHandle>,
     /// Cancelled when the running instance is taken down (ends its supervision).
     pub(super) supervision: Option<CancellationToken>,

@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::config::{ConfigDiff, ServeConfig};
 use crate::sync::{MutexExt, RwLockExt};
 
 /// What started a reload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) enum Trigger {
     /// The file watcher saw the file change.
@@ -25,7 +26,8 @@ pub(crate) enum Trigger {
 }
 
 /// How a reload ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(as = ReloadOutcome)]
 #[serde(rename_all = "camelCase")]
 pub(crate) enum Outcome {
     /// The new settings are in force.
@@ -37,7 +39,7 @@ pub(crate) enum Outcome {
 }
 
 /// One reload, as the status shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ReloadReport {
     /// When it happened (RFC 3339).
@@ -56,7 +58,7 @@ pub(crate) struct ReloadReport {
 }
 
 /// `GET /api/v1/config/status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ConfigStatus {
     /// The file read (or where one is expected when there is none).
@@ -68,6 +70,7 @@ pub(crate) struct ConfigStatus {
     /// When the settings in force were loaded (RFC 3339).
     pub loaded_at: String,
     /// The last reload, if any since the host started.
+    #[schema(required = true)]
     pub last_reload: Option<ReloadReport>,
     /// Keys changed since the host started that only a restart applies.
     pub pending_restart: Vec<String>,

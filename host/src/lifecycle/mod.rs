@@ -13,7 +13,8 @@
 //! (what the loaded providers are and are granted, and their hot reload), `peers`
 //! (admitting runtimes and apps, answering provider-handled app messages),
 //! `idle` (stopping environments nobody uses), `wake` (starting them again on an
-//! app's connect), `reconcile` (outside edits of the records file) and
+//! app's connect), `events` (every change published for `/ws/events`),
+//! `reconcile` (outside edits of the records file) and
 //! `config_reload` (outside edits of `tether.toml`, or `SIGHUP`: the settings in
 //! force, `live_config`, are swapped for the next start of each environment).
 
@@ -21,11 +22,13 @@ mod config_reload;
 mod deadline;
 mod driver;
 mod envs;
+mod events;
 mod idle;
 mod live_config;
 mod messages;
 mod ops;
 mod peers;
+mod progress;
 mod provider_install;
 mod provider_reload;
 mod provider_status;
@@ -42,6 +45,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 
 use crate::audit::{AuditLog, Outcome, action};
 use crate::config::ServeConfig;
@@ -58,6 +62,7 @@ use provision::KeyLocks;
 use quotas::Quotas;
 
 pub(crate) use crate::store::{DesiredState, RestartPolicy};
+pub(crate) use events::EventStream;
 pub(crate) use live_config::ConfigStatus;
 use live_config::LiveConfig;
 pub(crate) use providers::ProviderView;
@@ -141,11 +146,21 @@ pub(crate) struct CreateRequest {
     pub idle_stop_secs: Option<u64>,
 }
 
+/// Whether the host needs a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum HealthStatus {
+    /// Nothing to report.
+    Ok,
+    /// Serving, but something needs a person (see `reasons`).
+    Degraded,
+}
+
 /// The host's own health, for `/healthz`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct HostHealth {
-    /// `ok` or `degraded`.
-    pub status: &'static str,
+    /// `ok`, or `degraded` when `reasons` is not empty.
+    pub status: HealthStatus,
     /// Why it is degraded.
     pub reasons: Vec<String>,
 }
@@ -250,7 +265,11 @@ impl Manager {
         reasons.extend(self.shared.providers.load_failures());
         reasons.extend(self.config_health());
         HostHealth {
-            status: if reasons.is_empty() { "ok" } else { "degraded" },
+            status: if reasons.is_empty() {
+                HealthStatus::Ok
+            } else {
+                HealthStatus::Degraded
+            },
             reasons,
         }
     }
@@ -394,6 +413,7 @@ impl Manager {
         self.shared.store.insert(record).await?;
         let env = self.shared.envs.add(&id);
         tracing::info!(env = %id, "environment created");
+        self.publish_created(&id);
         if req.start {
             self.driver().spawn_converge(env);
         }
@@ -430,6 +450,7 @@ impl Manager {
                 }
             })
             .await?;
+        self.publish_changed(id, None);
         self.view(id)
     }
 
@@ -455,6 +476,7 @@ impl Manager {
                 r.desired_state = desired;
             })
             .await?;
+        self.publish_changed(id, None);
         self.driver().spawn_converge(env);
         let mut view = self.view(id)?;
         view.status = view.status.heading_to(desired);
@@ -475,6 +497,7 @@ impl Manager {
             .store
             .update(id, |r| r.desired_state = DesiredState::Running)
             .await?;
+        self.publish_changed(id, None);
         self.driver().spawn_restart(env);
         self.view(id)
     }
@@ -513,6 +536,7 @@ impl Manager {
         let record = self.shared.store.remove(id).await?;
         self.driver().destroy_locked(&env, &record).await;
         self.shared.envs.forget(id);
+        self.events().deleted(&record);
         self.shared.envs.close_hub(id, "environment deleted");
         self.driver().remove_workspace(&env, &record).await;
         tracing::info!(env = %id, "environment deleted");

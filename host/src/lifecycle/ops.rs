@@ -13,6 +13,7 @@ use super::deadline::{GRACE, overran, shut_down_within};
 use super::driver::Driver;
 use super::envs::Env;
 use super::messages;
+use super::progress::StartPhase;
 use crate::auth;
 use crate::broker::{PROJECT_PATH_DIR, Refusals, Request};
 use crate::engine::{
@@ -109,6 +110,7 @@ impl Driver {
             format!("{}/ws/runtime/{}", s.runtime_base, env.id),
             token.token,
         );
+        self.enter_phase(env, StartPhase::ProviderStart);
         // The provider has what is left of the start's time.
         let call = handle.call(
             Call::Start(Box::new(init)),
@@ -165,7 +167,7 @@ impl Driver {
         ));
         let resource = crate::untrusted::logged(&outcome.resource_id);
         tracing::info!(env = %env.id, %resource, "environment running");
-        self.set_status(env, Status::Running);
+        self.provider_started(env);
         self.watch_idle(env.clone(), supervision.clone());
         self.supervise(env.clone(), handle, supervision);
         Ok(())

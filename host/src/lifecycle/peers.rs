@@ -54,6 +54,7 @@ impl Manager {
         let gone = env.clone();
         let connection = Connection::runtime(&env.hub, resume, move || driver.announce(&gone))
             .map_err(refused)?;
+        self.shared.driver.runtime_arrived(&env);
         self.shared.driver.announce(&env);
         Ok(connection)
     }

@@ -3,11 +3,12 @@
 //! with the component its running instance was started from.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::engine::{LoadedProvider, ProviderHandle, ProviderSource};
 
 /// How the loaded provider relates to the environment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) enum ProviderState {
     /// A provider of that name is loaded and, if the environment runs, it runs that
@@ -21,7 +22,7 @@ pub(crate) enum ProviderState {
 }
 
 /// The provider a start would use now.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct LoadedView {
     /// Its version.
@@ -33,12 +34,13 @@ pub(crate) struct LoadedView {
 }
 
 /// The provider side of an environment, for people and tools.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ProviderStatus {
     /// How the loaded provider relates to the environment.
     pub state: ProviderState,
     /// What a start would use now (absent when nothing of that name is loaded).
+    #[schema(required = true)]
     pub loaded: Option<LoadedView>,
     /// The same, in a sentence.
     pub message: String,

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::live_config::LiveConfig;
 use super::{LifecycleError, Manager};
@@ -17,16 +18,21 @@ use crate::engine::{
 };
 
 /// One loaded provider, for people and tools.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ProviderView {
+    /// What the provider says about itself.
     #[serde(flatten)]
     description: ProviderDescription,
+    /// Built in, or the drop-in file it was loaded from.
     source: ProviderSource,
+    /// SHA-256 of its component, hex.
     sha256: String,
     /// The provider world version the component was built against.
     world: &'static str,
+    /// What the operator grants it (`[providers.NAME]` of `tether.toml`).
     granted: Grant,
+    /// What it asks for that the grant does not cover.
     denied: DeniedItems,
     /// Keys of the operator's `[providers.NAME] config`; values may be secrets.
     operator_config_keys: Vec<String>,

@@ -73,7 +73,7 @@ impl KeyLocks {
 
 impl Manager {
     /// Every template, as `GET /api/v1/templates` shows them (no secret values).
-    pub(crate) fn templates(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn templates(&self) -> Vec<crate::config::TemplateView> {
         let config = self.driver().shared.config.get();
         config.templates.values().map(Template::shown).collect()
     }
@@ -193,6 +193,7 @@ impl Manager {
         self.shared.store.insert(record).await?;
         self.shared.envs.add(&id);
         tracing::info!(env = %id, template = %template.name, "environment provisioned");
+        self.publish_created(&id);
         self.known_record(&id)
     }
 }

@@ -49,6 +49,7 @@ impl Manager {
         for id in changes.added {
             tracing::info!(env = %id, "record added outside the host");
             let env = self.shared.envs.add(&id);
+            self.publish_created(&id);
             self.shared.driver.spawn_converge(env);
         }
         for before in changes.changed {
@@ -58,10 +59,12 @@ impl Manager {
             ) else {
                 continue;
             };
-            if after.owner != before.owner {
+            let moved = after.owner != before.owner;
+            if moved {
                 tracing::info!(env = %env.id, owner = %after.owner, "owner changed outside the host; closing its apps");
                 env.moved_owner();
             }
+            self.publish_changed(&env.id, moved.then_some(before.owner.clone()));
             if after.desired_state != before.desired_state {
                 tracing::info!(env = %env.id, desired = ?after.desired_state, "desired state changed outside the host");
                 self.shared.driver.spawn_converge(env);
@@ -75,6 +78,7 @@ impl Manager {
             let Some(env) = self.shared.envs.forget(&gone.id) else {
                 continue;
             };
+            self.events().deleted(&gone);
             let this = self.clone();
             self.shared.driver.spawn(async move {
                 env.deleting.cancel();

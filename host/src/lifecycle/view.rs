@@ -4,14 +4,16 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
+use utoipa::ToSchema;
 
 use super::idle::Idleness;
+use super::progress::{StartPhase, StartProgress};
 use super::provider_status::ProviderStatus;
 use crate::engine::ProviderHandle;
 use crate::store::{DesiredState, ProvisionKey, Record, RestartPolicy, StopReason};
 
-/// Live status of an environment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+/// Live status of an environment (`docs/rest.md` says what leads to each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Status {
     /// Never started by this host.
@@ -48,14 +50,14 @@ impl Status {
 }
 
 /// The runtime's side of an environment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct RuntimeView {
     /// Whether its runtime is connected now.
     pub connected: bool,
 }
 
 /// An environment as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct EnvironmentView {
     /// Stable id.
@@ -66,7 +68,8 @@ pub(crate) struct EnvironmentView {
     pub provider: String,
     /// The user it belongs to.
     pub owner: String,
-    /// Environment config.
+    /// Environment config, handed to the provider at start.
+    #[schema(value_type = Object)]
     pub config: Map<String, Value>,
     /// What it should be.
     pub desired_state: DesiredState,
@@ -74,42 +77,62 @@ pub(crate) struct EnvironmentView {
     pub status: Status,
     /// Its runtime connection.
     pub runtime: RuntimeView,
-    /// The provider's resource.
+    /// Where the current start is (`instantiating`, `provider-start`,
+    /// `waiting-for-runtime`, `running`), or where the last start failed when
+    /// `status` is `error`; `null` when stopped or never started by this host.
+    #[schema(required = true)]
+    pub start_phase: Option<StartPhase>,
+    /// When the start entered `startPhase` (RFC 3339).
+    #[schema(required = true)]
+    pub start_phase_since: Option<String>,
+    /// When the current (or failed) start began (RFC 3339).
+    #[schema(required = true)]
+    pub started_at: Option<String>,
+    /// The provider's resource, handed back to it after a host restart.
+    #[schema(required = true)]
     pub resource_id: Option<String>,
-    /// Where the runtime works.
+    /// Where the runtime works, as the provider reported at start.
+    #[schema(required = true)]
     pub workspace_path: Option<String>,
-    /// Last failure.
+    /// Last failure, until the next successful start.
+    #[schema(required = true)]
     pub last_error: Option<String>,
-    /// Restarts so far.
+    /// Restarts after failures so far.
     pub restarts: u32,
     /// What happens when it fails.
     pub restart_policy: RestartPolicy,
-    /// When the latest restarts happened, oldest first.
+    /// When the latest restarts happened (RFC 3339), oldest first.
     pub restart_history: Vec<String>,
     /// Seconds without an app or a relayed frame before the host stops it; `null`
     /// means never.
+    #[schema(required = true)]
     pub idle_stop_secs: Option<u64>,
-    /// Last app arrival or departure or relayed frame since the host started.
+    /// Last app arrival or departure or relayed frame since the host started (RFC 3339).
+    #[schema(required = true)]
     pub last_activity_at: Option<String>,
-    /// When the host will stop it for idleness if nothing happens first; `null` when
+    /// When the host will stop it for idleness if nothing happens first (RFC 3339); `null` when
     /// it has no idle timeout, is not running, or an app or busy runtime holds it.
+    #[schema(required = true)]
     pub stops_at: Option<String>,
     /// Why it was last stopped (`user`, `idle`); cleared by the next start.
+    #[schema(required = true)]
     pub stop_reason: Option<StopReason>,
     /// Facts the provider reported at start.
     pub metadata: BTreeMap<String, String>,
     /// Version of the provider instance serving it, while one does.
+    #[schema(required = true)]
     pub provider_version: Option<String>,
     /// SHA-256 of the component that instance runs, while one does.
+    #[schema(required = true)]
     pub provider_sha256: Option<String>,
     /// The provider a start would use now, compared with the running instance.
     pub provider_status: ProviderStatus,
     /// What it was provisioned for, if an app's connect made it from a template.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provision_key: Option<ProvisionKey>,
-    /// Creation time.
+    /// Creation time (RFC 3339).
     pub created_at: String,
-    /// Last change.
+    /// Last change of the record (RFC 3339).
     pub updated_at: String,
 }
 
@@ -132,6 +155,9 @@ impl EnvironmentView {
             desired_state: record.desired_state,
             status,
             runtime: RuntimeView { connected },
+            start_phase: None,
+            start_phase_since: None,
+            started_at: None,
             resource_id: record.resource_id,
             workspace_path: record.workspace_path,
             last_error: record.last_error,
@@ -152,6 +178,16 @@ impl EnvironmentView {
         }
     }
 
+    /// With the progress of its current or failed start.
+    pub(crate) fn with_start(mut self, start: Option<StartProgress>) -> Self {
+        if let Some(start) = start {
+            self.start_phase = Some(start.phase);
+            self.start_phase_since = Some(start.phase_since);
+            self.started_at = Some(start.started_at);
+        }
+        self
+    }
+
     /// The `environmentStatus` event sent to apps.
     pub(crate) fn status_event(&self) -> String {
         json!({
@@ -160,6 +196,9 @@ impl EnvironmentView {
             "status": self.status,
             "desiredState": self.desired_state,
             "runtime": {"connected": self.runtime.connected},
+            "startPhase": self.start_phase,
+            "startPhaseSince": self.start_phase_since,
+            "startedAt": self.started_at,
             "lastError": self.last_error,
         })
         .to_string()

@@ -139,7 +139,11 @@ impl Connection {
                 code: r.code,
                 reason: r.reason.into(),
             });
-            let _ = sink.send(Message::Close(frame)).await;
+            // A peer that stopped reading never takes the close frame (nor what is
+            // still queued before it): past the idle timeout the socket is dropped
+            // rather than held, with its window, for as long as the peer lives.
+            let closing = sink.send(Message::Close(frame));
+            let _ = tokio::time::timeout(config.idle_timeout, closing).await;
         }
         // The inbound detaches from the hub as it drops, after the socket is done.
         drop(inbound);
@@ -248,8 +252,22 @@ async fn write(sink: &mut Sink, outbox: &Outbox, config: &RelayConfig, clock: &C
             Take::Closed(reason) => return End::Close(reason),
             Take::Frames => {
                 // A peer that stops reading blocks the write; past the idle timeout
-                // it counts as dead rather than holding its connection forever.
-                match tokio::time::timeout(config.idle_timeout, send_all(sink, &mut buf)).await {
+                // it counts as dead rather than holding its connection forever. The
+                // relay may close it meanwhile (it fell a window behind, say): that is
+                // acted on at once, not when the write gives up.
+                let sending = tokio::time::timeout(config.idle_timeout, send_all(sink, &mut buf));
+                tokio::pin!(sending);
+                let sent = loop {
+                    tokio::select! {
+                        sent = &mut sending => break sent,
+                        _ = outbox.wake().notified() => {
+                            if let Some(reason) = outbox.close_reason() {
+                                return End::Close(Some(reason));
+                            }
+                        }
+                    }
+                };
+                match sent {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return End::Gone,
                     Err(_) => return unresponsive(outbox),

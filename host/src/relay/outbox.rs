@@ -108,6 +108,11 @@ impl Outbox {
         Take::Frames
     }
 
+    /// Why the relay closed this connection, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.closed.get().cloned()
+    }
+
     /// A `relayAck` for the peer if frames arrived since the last one.
     pub fn pending_ack(&self) -> Option<String> {
         if !self.resumable {

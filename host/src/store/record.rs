@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::now;
 
 /// Whether an environment should be running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DesiredState {
     /// It should be running.
@@ -19,8 +20,10 @@ pub enum DesiredState {
     Stopped,
 }
 
-/// What to do when a running environment fails (a health check, its runtime gone).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// What to do when a running environment fails (a health check, its runtime gone):
+/// `never` leaves it in `error`; `on-failure` (the default) restarts it with backoff
+/// up to the retry cap; `always` restarts it without a cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Leave it in `error`.
@@ -34,7 +37,7 @@ pub enum RestartPolicy {
 
 /// What a provisioned environment was made per (`docs/protocol.md`, "Provisioning"):
 /// with the record's owner, the key an app's connect is matched on.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProvisionKey {
     /// The template it was made from.
@@ -46,8 +49,9 @@ pub struct ProvisionKey {
     pub key: String,
 }
 
-/// Why an environment whose desired state is `stopped` was stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Why an environment whose desired state is `stopped` was stopped: `user` (a caller
+/// asked) or `idle` (no app or relayed frame for its `idleStopSecs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StopReason {
     /// A caller asked (`POST .../stop`).

@@ -121,6 +121,24 @@ impl fmt::Debug for Scopes {
     }
 }
 
+impl utoipa::PartialSchema for Scopes {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+        let name = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(Scope::ALL.map(Scope::name)));
+        ArrayBuilder::new()
+            .items(name)
+            .unique_items(true)
+            .description(Some(
+                "Scope names: `envs:read`, `envs:write`, `envs:delete`, `relay`, `admin` (which allows everything).",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Scopes {}
+
 impl Serialize for Scopes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.iter().map(Scope::name))

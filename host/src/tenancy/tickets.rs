@@ -1,6 +1,6 @@
 //! WebSocket tickets: so a browser never puts a long-lived token in a URL, it trades
 //! its token for a ticket (`POST /api/v1/tickets`) and connects with `?ticket=`. A
-//! ticket names one environment or one template (see [`TicketTarget`]; and optionally a thread), works once, for at most
+//! ticket names one environment, one template or the events stream (see [`TicketTarget`]; and optionally a thread), works once, for at most
 //! its time to live (`[tenancy] ticket_ttl_secs`), and only while the token it came from still works. Tickets live in
 //! memory only, by the SHA-256 of their secret, bounded in number.
 
@@ -32,6 +32,19 @@ pub(crate) enum TicketTarget {
         /// The workspace, for a workspace-scoped template.
         workspace: Option<String>,
     },
+    /// The stream of environment changes (`/ws/events`).
+    Events,
+}
+
+/// What a connect presenting a ticket opens; the ticket must be for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opening<'a> {
+    /// `/ws/app/{id}`.
+    Environment(&'a str),
+    /// `/ws/app?ticket=` (a template connect).
+    Template,
+    /// `/ws/events`.
+    Events,
 }
 
 /// What a ticket lets its bearer do, once.
@@ -47,11 +60,12 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
-    /// Whether it opens `environment` (`None`: a template connect).
-    fn opens(&self, environment: Option<&str>) -> bool {
-        match (&self.target, environment) {
-            (TicketTarget::Environment(id), Some(wanted)) => id == wanted,
-            (TicketTarget::Template { .. }, None) => true,
+    /// Whether it opens `opening`.
+    fn opens(&self, opening: Opening<'_>) -> bool {
+        match (&self.target, opening) {
+            (TicketTarget::Environment(id), Opening::Environment(wanted)) => id == wanted,
+            (TicketTarget::Template { .. }, Opening::Template) => true,
+            (TicketTarget::Events, Opening::Events) => true,
             _ => false,
         }
     }
@@ -116,12 +130,8 @@ impl Tickets {
     }
 
     /// Takes the ticket `secret` (it works once) if it is known, unexpired, for
-    /// `environment` (`None`: for a template), and its token still works.
-    pub(crate) fn redeem(
-        &self,
-        secret: &str,
-        environment: Option<&str>,
-    ) -> Result<Ticket, BadTicket> {
+    /// `opening`, and its token still works.
+    pub(crate) fn redeem(&self, secret: &str, opening: Opening<'_>) -> Result<Ticket, BadTicket> {
         let hash = sha256(secret);
         let ticket = {
             let mut map = self.by_hash.locked();
@@ -133,9 +143,7 @@ impl Tickets {
             }
             map.remove(&hash).ok_or(BadTicket)?
         };
-        if ticket.expires <= Instant::now()
-            || !ticket.opens(environment)
-            || !ticket.principal.is_live()
+        if ticket.expires <= Instant::now() || !ticket.opens(opening) || !ticket.principal.is_live()
         {
             return Err(BadTicket);
         }

@@ -13,6 +13,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 
 use super::principal::{ADMIN_TOKEN_ID, ADMIN_USER, Grant, Principal};
 use super::record::{self, ID_PREFIX, SECRET_PREFIX, TokenRecord};
@@ -32,22 +33,29 @@ pub(crate) enum Refused {
 }
 
 /// What `POST /api/v1/tokens` asks for, as read from the request (checked here).
-#[derive(Debug, Clone, Default)]
+/// Unknown fields are refused.
+#[derive(Debug, Clone, Default, ToSchema)]
+#[schema(rename_all = "camelCase")]
 pub(crate) struct NewToken {
     /// The user it acts for.
     pub user: String,
-    /// Scope names; the user default when absent.
+    /// Scope names (`envs:read`, `envs:write`, `envs:delete`, `relay`, `admin`), at
+    /// most 16; when absent, every scope but `admin`.
+    #[schema(max_items = 16)]
     pub scopes: Option<Vec<String>>,
-    /// Environment ids it is limited to.
+    /// Environment ids of the user's it is limited to (at most 64); when absent, all
+    /// of the user's, and it may create new ones.
+    #[schema(max_items = 64)]
     pub environments: Option<Vec<String>>,
-    /// Lifetime in seconds.
+    /// Lifetime in seconds; when absent, it does not expire.
+    #[schema(minimum = 0)]
     pub expires_in_secs: Option<u64>,
     /// A note for people.
     pub note: Option<String>,
 }
 
 /// A token as the API lists it: never its secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct TokenView {
     /// Token id.
@@ -57,19 +65,22 @@ pub(crate) struct TokenView {
     /// Its scopes.
     pub scopes: Scopes,
     /// The environments it is limited to (`null`: all of the user's).
+    #[schema(required = true)]
     pub environments: Option<Vec<String>>,
     /// The maker's note.
+    #[schema(required = true)]
     pub note: Option<String>,
     /// Creation time.
     pub created_at: String,
     /// Expiry, if any.
+    #[schema(required = true)]
     pub expires_at: Option<String>,
     /// Whether it has expired.
     pub expired: bool,
 }
 
 /// A token just made: its view and, this once, its secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct Issued {
     /// The secret, shown only in this answer.
     pub token: String,

@@ -1,0 +1,119 @@
+//! `GET /ws/events`: a WebSocket streaming environment changes to its caller — a
+//! snapshot of every environment the caller's token reaches, then a frame per change
+//! (`lifecycle/events.rs` publishes them and picks what each caller may see).
+//!
+//! Credentials as for `/ws/app` (bearer header, `tether.bearer.<token>`
+//! subprotocol, or an events ticket), with the `envs:read` scope; refused before the
+//! upgrade with a plain HTTP status. The stream is one-way: what the client sends is
+//! read only for its close (and bounded in size). The socket is closed with 4003 when
+//! the token stops working, and with 1001 when the host shuts down; a client that
+//! does not take a frame within [`SEND_TIMEOUT`] is dropped.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use tracing::Instrument;
+
+use super::audited::Remote;
+use super::error::ErrorBody;
+use super::ws::SUBPROTOCOL;
+use super::{ApiError, AppCaller, AppState, caller};
+use crate::lifecycle::EventStream;
+use crate::relay::CLOSE_REVOKED;
+use crate::tenancy::{Opening, Principal, Scope};
+
+/// How often the host pings the client, so proxies keep the quiet socket open.
+const PING_EVERY: Duration = Duration::from_secs(15);
+/// Longest a frame may wait for the client to take it before the socket is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest frame a client may send (it has nothing to say but a close).
+const MAX_INBOUND: usize = 4096;
+/// Close code when the host shuts down ("going away").
+const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// The upgrade: who is calling, with `envs:read`, subscribed before the upgrade so the
+/// snapshot is the state at the moment it was accepted.
+#[utoipa::path(
+    get,
+    path = "/ws/events",
+    tag = "websockets",
+    params(
+        ("ticket" = Option<String>, Query, description = "A single-use events ticket from `POST /api/v1/tickets {\"events\": true}`, instead of a token."),
+    ),
+    responses(
+        (status = 101, description = "Upgraded: a snapshot of every environment the caller reaches, then a frame per change (`docs/protocol.md`, \"The events stream\"), subprotocol `tether.v1`."),
+        (status = 400, description = "An upgrade request missing a WebSocket header (plain text).", content_type = "text/plain", body = String),
+        (status = 401, description = "No token or ticket, or one that is unknown, revoked, expired or used (`unauthorized`).", body = ErrorBody),
+        (status = 403, description = "The token lacks `envs:read` (`missing_scope`).", body = ErrorBody),
+        (status = 426, description = "Not an upgrade request a WebSocket can be made of (plain text).", content_type = "text/plain", body = String),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+    ),
+    security(("bearer" = ["envs:read"])),
+)]
+pub(crate) async fn stream(
+    caller: AppCaller,
+    Remote(remote): Remote,
+    State(s): State<AppState>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let who = match caller {
+        AppCaller::Token(who) => who,
+        AppCaller::Ticket(secret) => {
+            caller::redeem(&s, remote, &secret, Opening::Events)?.principal
+        }
+    };
+    who.require(Scope::EnvsRead)?;
+    let events = s.manager.watch_environments(&who);
+    let span = tracing::info_span!("events", user = %who.user(), token = %who.token_id());
+    Ok(upgrade
+        .protocols([SUBPROTOCOL])
+        .max_message_size(MAX_INBOUND)
+        .max_frame_size(MAX_INBOUND)
+        .on_upgrade(move |socket| serve(socket, who, events).instrument(span)))
+}
+
+/// How the stream ended.
+enum End {
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+    /// The client left, or stopped taking frames: nothing more to send.
+    Gone,
+}
+
+async fn serve(mut socket: WebSocket, who: Principal, mut events: EventStream) {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.reset();
+    let end = loop {
+        let outgoing = tokio::select! {
+            frame = events.next() => match frame {
+                Some(frame) => Message::Text(frame.into()),
+                None => break End::Close(CLOSE_GOING_AWAY, "host shutting down"),
+            },
+            why = who.ended() => break End::Close(CLOSE_REVOKED, why),
+            _ = ping.tick() => Message::Ping(Default::default()),
+            incoming = socket.recv() => match incoming {
+                // Pongs, and anything else the client says, are not for us.
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break End::Gone,
+                Some(Ok(_)) => continue,
+            },
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, socket.send(outgoing)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break End::Gone,
+            Err(_) => {
+                tracing::info!("events client took no frame for {SEND_TIMEOUT:?}; dropped");
+                break End::Gone;
+            }
+        }
+    };
+    if let End::Close(code, reason) = end {
+        tracing::debug!(code, reason, "events stream closed");
+        let close = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Close(Some(close)))).await;
+    }
+}
