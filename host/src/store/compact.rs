@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use super::document::Document;
+use super::file::Replaced;
 use super::{MAX_MERGE_ROUNDS, Shared, StoreError, invalid_file, journal};
 
 /// Journal size past which a compaction starts at once (it also bounds a replay).
@@ -180,7 +182,7 @@ impl Shared {
                     super::file::keep_copy(&path)?;
                 }
                 let replaced = super::file::write_unless_changed(&path, &bytes, seen)?;
-                Ok::<_, StoreError>(replaced.then(|| (super::file::sha(&bytes), bytes.len())))
+                Ok::<_, StoreError>((replaced, super::file::sha(&bytes), bytes.len()))
             })
             .await
             .map_err(|e| StoreError::Io {
@@ -189,7 +191,7 @@ impl Shared {
             })
             .and_then(|r| r);
             match written {
-                Ok(Some((digest, len))) => {
+                Ok((Replaced::Done, digest, len)) => {
                     self.with(|s| {
                         s.disk_sha = Some(digest);
                         s.invalid = None;
@@ -203,8 +205,30 @@ impl Shared {
                     self.drop_old_journal().await;
                     return Ok(());
                 }
-                // Edited between the read and the rename: read and merge again.
-                Ok(None) => self.with(|s| s.restore(dirty)),
+                // Edited between the read and the check: read and merge again.
+                Ok((Replaced::Changed, _, _)) => self.with(|s| s.restore(dirty)),
+                // Edited in the instant before the swap: the file holds memory as cut,
+                // and the edit is merged now and written in the next round.
+                Ok((Replaced::Raced(theirs), digest, len)) => {
+                    tracing::info!(
+                        "an outside edit landed as the records file was replaced; merging it"
+                    );
+                    let parsed = Document::parse(&theirs);
+                    if parsed.is_err() {
+                        super::file::keep_text(&self.path, &theirs)?;
+                    }
+                    self.with(|s| {
+                        s.restore(dirty);
+                        s.disk_sha = Some(digest);
+                        s.invalid = None;
+                        s.last_len = len;
+                        // `compacted` stays behind `cut`, so a compaction writes the
+                        // merge even if this one gives up.
+                        if let Ok(file) = parsed {
+                            s.absorb_file(file);
+                        }
+                    });
+                }
                 Err(e) => {
                     self.with(|s| s.restore(dirty));
                     return Err(e);

@@ -28,14 +28,7 @@ pub(super) fn sha(bytes: &[u8]) -> [u8; 32] {
 
 /// Copies an invalid records file aside before the host replaces it.
 pub(super) fn keep_copy(path: &Path) -> Result<(), StoreError> {
-    let stamp = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-    let name = format!(
-        "{}.invalid-{stamp}",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("environments.json")
-    );
-    let copy = path.with_file_name(name);
+    let copy = invalid_copy(path);
     match std::fs::copy(path, &copy) {
         Ok(_) => {
             tracing::warn!(copy = %copy.display(), "kept a copy of the invalid records file");
@@ -46,13 +39,50 @@ pub(super) fn keep_copy(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// [`write_atomic`], unless the file no longer hashes to `seen` once the new text is
-/// durable in its temp file (`Ok(false)`: someone edited it; nothing was replaced).
+/// Keeps `text`, an invalid edit of the records file the host replaced, beside it.
+pub(super) fn keep_text(path: &Path, text: &[u8]) -> Result<(), StoreError> {
+    let copy = invalid_copy(path);
+    std::fs::write(&copy, text).map_err(|source| StoreError::Io {
+        path: copy.clone(),
+        source,
+    })?;
+    tracing::warn!(copy = %copy.display(), "kept a copy of the invalid records file");
+    Ok(())
+}
+
+/// `environments.json.invalid-<timestamp>` beside the file.
+fn invalid_copy(path: &Path) -> std::path::PathBuf {
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    let name = format!(
+        "{}.invalid-{stamp}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("environments.json")
+    );
+    path.with_file_name(name)
+}
+
+/// What an attempt to replace the file found.
+#[derive(Debug)]
+pub(super) enum Replaced {
+    /// The file holds the new text.
+    Done,
+    /// The file no longer hashed to what the caller read; nothing was replaced.
+    Changed,
+    /// The file holds the new text, but an edit landed between the last check and
+    /// the swap: this is the edit's text, which is nowhere else now, to merge.
+    Raced(Vec<u8>),
+}
+
+/// Replaces the file with `bytes` (durable in a temp file first, then swapped in and
+/// the directory synced), unless it no longer hashes to `seen`. The swap is an atomic
+/// exchange, so the text it replaced is still there to compare: an edit saved in the
+/// instant between the check and the swap is handed back, never lost.
 pub(super) fn write_unless_changed(
     path: &Path,
     bytes: &[u8],
     seen: [u8; 32],
-) -> Result<bool, StoreError> {
+) -> Result<Replaced, StoreError> {
     let io = |source| StoreError::Io {
         path: path.to_owned(),
         source,
@@ -61,13 +91,44 @@ pub(super) fn write_unless_changed(
     std::fs::create_dir_all(dir).map_err(io)?;
     let tmp = temp_with(dir, bytes).map_err(io)?;
     if sha(&read_file(path)?) != seen {
-        return Ok(false);
+        return Ok(Replaced::Changed);
     }
-    tmp.persist(path).map_err(|e| io(e.error))?;
+    let outcome = match exchange(tmp.path(), path) {
+        Ok(()) => {
+            // The temp file's name now holds the text that was replaced; dropping
+            // `tmp` removes it.
+            let before = std::fs::read(tmp.path()).map_err(io)?;
+            if sha(&before) == seen {
+                Replaced::Done
+            } else {
+                Replaced::Raced(before)
+            }
+        }
+        // No file to exchange with (deleted, or never written), or a file system
+        // without exchange: a plain rename.
+        Err(_) => {
+            tmp.persist(path).map_err(|e| io(e.error))?;
+            Replaced::Done
+        }
+    };
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io)?;
-    Ok(true)
+    Ok(outcome)
+}
+
+/// Swaps the names of `a` and `b` atomically.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE).map_err(std::io::Error::from)
+}
+
+/// Without an atomic exchange, a plain rename (an edit in the instant before it is
+/// replaced).
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
 /// A durable temp file beside the records file holding `bytes`.

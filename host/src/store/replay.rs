@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::document::Document;
-use super::file::{read_file, sha, write_unless_changed};
+use super::file::{Replaced, read_file, sha, write_unless_changed};
 use super::journal::{self, Appender, Op, Scan};
 use super::patch::{self, Dirty, Touch};
 use super::{Changes, State, StoreError, invalid_file, log_held};
@@ -121,28 +121,34 @@ pub(super) fn open(path: &Path) -> Result<(State, Appender), StoreError> {
     // Compact now unless the file is broken (then its copy is kept at the first
     // compaction, as ever) or was edited since it was read (the watcher merges it).
     if had_entries && state.invalid.is_none() {
-        let text = state
-            .doc
-            .snapshot(seq)
+        let text = (state.doc.snapshot(seq))
             .to_bytes(bytes.len())
             .map_err(|e| invalid_file(path, e.to_string()))?;
-        if write_unless_changed(path, &text, sha(&bytes))? {
-            journal::remove(&old).map_err(io(&old))?;
-            let file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&active)
-                .map_err(io(&active))?;
-            file.set_len(0).map_err(io(&active))?;
-            file.sync_all().map_err(io(&active))?;
-            appender_len = 0;
-            old_left = false;
-            state.disk_sha = Some(sha(&text));
-            state.last_len = text.len();
-            state.compacted = seq;
-            state.dirty.clear();
+        match write_unless_changed(path, &text, sha(&bytes))? {
+            Replaced::Done => {
+                journal::remove(&old).map_err(io(&old))?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .open(&active)
+                    .map_err(io(&active))?;
+                file.set_len(0).map_err(io(&active))?;
+                file.sync_all().map_err(io(&active))?;
+                appender_len = 0;
+                old_left = false;
+                state.disk_sha = Some(sha(&text));
+                state.last_len = text.len();
+                state.compacted = seq;
+                state.dirty.clear();
+            }
+            Replaced::Changed => {}
+            // Edited as it was replaced: the edit goes back in place (the journal
+            // stays, so the host's changes are merged onto it as ever).
+            Replaced::Raced(theirs) => {
+                crate::atomic::replace_file(path, &theirs).map_err(io(path))?
+            }
         }
     }
     let file = journal::open_append(&active).map_err(io(&active))?;
