@@ -8,7 +8,7 @@
 //! from the same run and the same component (see `bare`), with the ratios
 //! Tether ÷ bare.
 //!
-//! Prints a table; run with `cargo bench -p tether --bench providers` (add
+//! Prints two tables; run with `cargo bench -p tether --bench providers` (add
 //! `--profile dev` for a quick look). Instances are instantiated but not started, so
 //! no resource or runtime exists behind them: this is the engine's share alone. Each
 //! provider is measured in a process of its own (the benchmark runs itself with
