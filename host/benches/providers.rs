@@ -2,22 +2,28 @@
 //! compile into an empty cache) against warm (the next process, from the cache);
 //! instantiating it for an environment; a host→guest `check-health` call through the
 //! instance's actor; and the resident memory each idle instance adds, measured with
-//! 1,000 of them alive at once (RSS from `/proc/self/statm`).
+//! 1,000 of them alive at once (RSS from `/proc/self/statm`). A second table puts
+//! Tether's instantiate (wall time, and CPU time of all the process's threads, which
+//! other processes' load disturbs less) and `check-health` beside bare wasmtime's,
+//! from the same run and the same component (see `bare`), with the ratios
+//! Tether ÷ bare.
 //!
-//! Prints a table; run with `cargo bench -p tether --bench providers` (add
+//! Prints two tables; run with `cargo bench -p tether --bench providers` (add
 //! `--profile dev` for a quick look). Instances are instantiated but not started, so
 //! no resource or runtime exists behind them: this is the engine's share alone. Each
 //! provider is measured in a process of its own (the benchmark runs itself with
 //! `--one NAME`), so memory freed by one provider's instances cannot hide the next
 //! one's growth.
 
+mod bare;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tether::config::{CompileCacheConfig, Grant, LimitsConfig};
 use tether::engine::{
-    Call, Engine, InstanceSetup, LoadedProvider, NoRuntime, ProviderHandle, ProviderSource, Reply,
-    StateWriter, builtin_components,
+    Call, Engine, HealthReport, HealthState, InstanceSetup, LoadedProvider, NoRuntime,
+    ProviderHandle, ProviderSource, Reply, StateWriter, builtin_components,
 };
 
 /// Cold and warm loads measured per provider (each cold one in a fresh cache).
@@ -40,8 +46,17 @@ struct Row {
     cold: Duration,
     warm: Duration,
     instantiate: Duration,
+    instantiate_cpu: Duration,
     health_p50: Duration,
+    bare: BareFigures,
     rss_per_instance: f64,
+}
+
+/// Bare wasmtime's figures, measured as Tether's are.
+struct BareFigures {
+    instantiate: Duration,
+    instantiate_cpu: Duration,
+    health_p50: Duration,
 }
 
 async fn run() -> Result<(), BoxError> {
@@ -51,13 +66,12 @@ async fn run() -> Result<(), BoxError> {
         let (_, bytes) = (builtin_components().iter())
             .find(|(n, _)| n == name)
             .ok_or_else(|| format!("no built-in provider {name:?}"))?;
-        println!("{}", row(&measure(name, bytes).await?));
+        let r = measure(name, bytes).await?;
+        println!("{}\n{}", row(&r), beside_bare(&r));
         return Ok(());
     }
-    println!(
-        "| provider | component | cold load (compile) | warm load (cache) | cold/warm | instantiate | check-health p50 | RSS per idle instance |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rows = Vec::new();
+    let mut beside = Vec::new();
     for (name, _) in builtin_components() {
         eprintln!("measuring {name} ...");
         let out = std::process::Command::new(std::env::current_exe()?)
@@ -67,22 +81,53 @@ async fn run() -> Result<(), BoxError> {
         if !out.status.success() {
             return Err(format!("measuring {name} failed: {}", out.status).into());
         }
-        print!("{}", String::from_utf8_lossy(&out.stdout));
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = out.lines();
+        rows.extend(lines.next().map(str::to_owned));
+        beside.extend(lines.next().map(str::to_owned));
     }
+    println!(
+        "| provider | component | cold load (compile) | warm load (cache) | cold/warm | instantiate | check-health p50 | RSS per idle instance |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    rows.iter().for_each(|r| println!("{r}"));
+    println!();
+    println!(
+        "| provider | instantiate: Tether | bare | ratio | instantiate CPU: Tether | bare | ratio | check-health p50: Tether | bare | ratio |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    beside.iter().for_each(|r| println!("{r}"));
     Ok(())
 }
 
 fn row(r: &Row) -> String {
     format!(
-        "| {} | {} KiB | {:.1} ms | {:.2} ms | {:.0}× | {:.0} µs | {:.1} µs | {:.1} KiB |",
+        "| {} | {} KiB | {:.1} ms | {:.2} ms | {:.0}× | {:.0} µs | {:.2} µs | {:.1} KiB |",
         r.name,
         r.kib,
         ms(r.cold),
         ms(r.warm),
         r.cold.as_secs_f64() / r.warm.as_secs_f64(),
-        r.instantiate.as_secs_f64() * 1e6,
-        r.health_p50.as_secs_f64() * 1e6,
+        us(r.instantiate),
+        us(r.health_p50),
         r.rss_per_instance,
+    )
+}
+
+fn beside_bare(r: &Row) -> String {
+    let ratio = |t: Duration, b: Duration| t.as_secs_f64() / b.as_secs_f64();
+    format!(
+        "| {} | {:.0} µs | {:.0} µs | {:.2}× | {:.0} µs | {:.0} µs | {:.2}× | {:.2} µs | {:.2} µs | {:.2}× |",
+        r.name,
+        us(r.instantiate),
+        us(r.bare.instantiate),
+        ratio(r.instantiate, r.bare.instantiate),
+        us(r.instantiate_cpu),
+        us(r.bare.instantiate_cpu),
+        ratio(r.instantiate_cpu, r.bare.instantiate_cpu),
+        us(r.health_p50),
+        us(r.bare.health_p50),
+        ratio(r.health_p50, r.bare.health_p50),
     )
 }
 
@@ -105,12 +150,14 @@ async fn measure(name: &str, bytes: &[u8]) -> Result<Row, BoxError> {
     let provider = engine.load(bytes.to_vec(), ProviderSource::BuiltIn).await?;
     let dir = tempfile::tempdir()?;
     let before = rss_kib()?;
+    let cpu = cpu_time()?;
     let start = Instant::now();
     let mut handles = Vec::with_capacity(INSTANCES);
     for i in 0..INSTANCES {
         handles.push(instance(&engine, &provider, dir.path(), i).await?);
     }
     let instantiate = start.elapsed() / INSTANCES as u32;
+    let instantiate_cpu = cpu_time()?.saturating_sub(cpu) / INSTANCES as u32;
     // Let every actor reach its idle wait before reading the resident set.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let after = rss_kib()?;
@@ -118,16 +165,27 @@ async fn measure(name: &str, bytes: &[u8]) -> Result<Row, BoxError> {
 
     let handle = &handles[0];
     let mut samples = Vec::with_capacity(CALLS);
+    let mut answer = None;
     for _ in 0..CALLS {
         let t = Instant::now();
         match handle.call(Call::Health, Duration::from_secs(5)).await {
-            Ok(Reply::Health(_)) => samples.push(t.elapsed()),
+            Ok(Reply::Health(h)) => {
+                samples.push(t.elapsed());
+                answer = Some(h);
+            }
             other => return Err(format!("check-health answered {other:?}").into()),
         }
     }
+    let answer = answer.ok_or("no check-health call was made")?;
     samples.sort();
     for h in &handles {
         h.shutdown().await;
+    }
+    drop(handles);
+    let (bare, bare_answer) = measure_bare(bytes).await?;
+    // Both sides made the same call: an unstarted instance answers alike in both.
+    if !same_health(&answer, &bare_answer) {
+        return Err(format!("Tether answered {answer:?}, bare wasmtime {bare_answer:?}").into());
     }
     Ok(Row {
         name: name.to_owned(),
@@ -135,9 +193,54 @@ async fn measure(name: &str, bytes: &[u8]) -> Result<Row, BoxError> {
         cold: median(&mut cold),
         warm: median(&mut warm),
         instantiate,
+        instantiate_cpu,
         health_p50: samples[samples.len() / 2],
+        bare,
         rss_per_instance,
     })
+}
+
+/// Bare wasmtime's instantiate (mean over [`INSTANCES`] alive at once), median
+/// `check-health` (over [`CALLS`], typed, in this task), measured as Tether's are,
+/// and its last answer.
+async fn measure_bare(bytes: &[u8]) -> Result<(BareFigures, bare::Health), BoxError> {
+    let bare = bare::Bare::new(bytes, tether::engine::MAX_WASM_STACK)?;
+    // One instance first, so both sides start with the component's code warm.
+    drop(bare.instantiate().await?);
+    let cpu = cpu_time()?;
+    let start = Instant::now();
+    let mut instances = Vec::with_capacity(INSTANCES);
+    for _ in 0..INSTANCES {
+        instances.push(bare.instantiate().await?);
+    }
+    let instantiate = start.elapsed() / INSTANCES as u32;
+    let instantiate_cpu = cpu_time()?.saturating_sub(cpu) / INSTANCES as u32;
+    let first = &mut instances[0];
+    let mut samples = Vec::with_capacity(CALLS);
+    let mut answer = None;
+    for _ in 0..CALLS {
+        let t = Instant::now();
+        let health = first.check_health().await?;
+        samples.push(t.elapsed());
+        answer = Some(health);
+    }
+    samples.sort();
+    let answer = answer.ok_or("no bare check-health call was made")?;
+    let figures = BareFigures {
+        instantiate,
+        instantiate_cpu,
+        health_p50: samples[samples.len() / 2],
+    };
+    Ok((figures, answer))
+}
+
+fn same_health(tether: &HealthReport, bare: &bare::Health) -> bool {
+    let state = match bare.state {
+        bare::HealthState::Healthy => HealthState::Healthy,
+        bare::HealthState::Degraded => HealthState::Degraded,
+        bare::HealthState::Unhealthy => HealthState::Unhealthy,
+    };
+    tether.state == state && tether.detail == bare.detail
 }
 
 /// Loads `bytes` in a new engine using the cache `config`; the time of the load alone
@@ -177,6 +280,22 @@ async fn instance(
     Ok(engine.instantiate(provider, setup).await?)
 }
 
+/// CPU time all live threads of this process have run, from the nanosecond counters
+/// of `/proc/self/task/*/schedstat` (`/proc/self/stat` counts in 10 ms ticks).
+fn cpu_time() -> Result<Duration, BoxError> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let path = task?.path().join("schedstat");
+        // A thread that ended since the listing has no file any more.
+        let Ok(stat) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        let on_cpu = stat.split_whitespace().next().ok_or("empty schedstat")?;
+        ns += on_cpu.parse::<u64>()?;
+    }
+    Ok(Duration::from_nanos(ns))
+}
+
 /// Resident set size of this process, from `/proc/self/statm` (pages).
 fn rss_kib() -> Result<usize, BoxError> {
     let statm = std::fs::read_to_string("/proc/self/statm")?;
@@ -197,6 +316,10 @@ fn median(v: &mut [Duration]) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
 
 fn check(ok: bool, what: &str, hits: (usize, usize)) -> Result<(), BoxError> {

@@ -47,7 +47,7 @@ pub use types::*;
 /// Epoch tick: the granularity of call deadlines.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
 /// Wasm stack a provider may use; deeper recursion traps with a stack overflow.
-pub(crate) const MAX_WASM_STACK: usize = 512 << 10;
+pub const MAX_WASM_STACK: usize = 512 << 10;
 
 /// Why loading or instantiating a provider failed.
 #[derive(Debug, thiserror::Error)]
