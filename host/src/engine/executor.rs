@@ -1,5 +1,6 @@
-//! The guest executor: a tokio runtime of its own on which every piece of guest code
-//! runs (instantiation, `info()` probes and each instance's actor), apart from the
+//! The guest executor: a tokio runtime of its own on which guest code runs
+//! (instantiation, `info()` probes, and every call that waits or is preempted; see
+//! [`super::handle`] for the one step a call takes in its caller's task), apart from the
 //! runtime that serves the API and the relay.
 //!
 //! Guests are preemptible only at epoch ticks, and a tokio worker running a guest
@@ -50,6 +51,11 @@ impl GuestExecutor {
             runtime: Some(runtime),
             handle,
         })
+    }
+
+    /// The runtime's handle, for spawning from where the executor is not at hand.
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
     }
 
     /// Runs `task` on the guest executor.

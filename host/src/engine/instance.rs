@@ -1,29 +1,21 @@
-//! One provider instance per started environment: a task owns its `Store` and takes
-//! calls through a channel, one at a time, each under a deadline.
-//!
-//! A trap or a timeout kills the instance (its `Store` is no longer trustworthy);
-//! later calls get [`CallError::Closed`] with the reason. Dropping the store drops the
-//! resource table, which kills every process the instance spawned.
+//! What one provider instance runs in: its `Store`, with the WASI context, the
+//! brokered capabilities and the limits of the environment it serves, and the epoch
+//! deadline every call runs under. How calls reach it is [`super::handle`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::WasiHttpCtx;
 
-use super::bindings::{AnyBindings, AnyPre};
-use super::executor::GuestExecutor;
+use super::EngineError;
 use super::host::http::NetHooks;
 use super::host::log::LogBudget;
 use super::persisted::StateWriter;
-use super::types::{Call, CallError, Reply, RuntimePort, STATE_GUEST_DIR, WORKSPACE_GUEST_DIR};
-use super::{EngineError, TICK};
+use super::types::{RuntimePort, STATE_GUEST_DIR, WORKSPACE_GUEST_DIR};
 use crate::broker::net::NetPolicy;
 use crate::broker::process::ProcessBroker;
 use crate::broker::tls::TlsClient;
@@ -233,216 +225,4 @@ pub(crate) fn configured_store(engine: &wasmtime::Engine, state: HostState) -> S
 pub(crate) fn arm_deadline(store: &mut Store<HostState>, timeout: Duration) {
     store.data_mut().deadline = Instant::now() + timeout;
     store.set_epoch_deadline(1);
-}
-
-struct Job {
-    call: Call,
-    timeout: Duration,
-    reply: oneshot::Sender<Result<Reply, CallError>>,
-}
-
-/// A cloneable front of one running provider instance.
-#[derive(Clone, Debug)]
-pub struct ProviderHandle {
-    tx: mpsc::Sender<Job>,
-    cancel: CancellationToken,
-    finished: watch::Receiver<bool>,
-    /// Provider name.
-    pub provider: String,
-    /// Provider version.
-    pub version: String,
-    /// SHA-256 of the component this instance runs.
-    pub sha256: String,
-}
-
-impl ProviderHandle {
-    /// Calls the instance, waiting at most `timeout` for the answer.
-    pub async fn call(&self, call: Call, timeout: Duration) -> Result<Reply, CallError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job {
-                call,
-                timeout,
-                reply,
-            })
-            .await
-            .map_err(|_| CallError::Closed("instance has shut down".into()))?;
-        rx.await
-            .map_err(|_| CallError::Closed("instance has shut down".into()))?
-    }
-
-    /// Ends the instance (abandoning a call in progress) and waits until its store,
-    /// and with it every process it spawned, is gone.
-    pub async fn shutdown(&self) {
-        self.cancel.cancel();
-        let mut finished = self.finished.clone();
-        let _ = finished.wait_for(|done| *done).await;
-    }
-
-    /// Whether both handles front the same instance.
-    pub fn same_instance(&self, other: &ProviderHandle) -> bool {
-        self.tx.same_channel(&other.tx)
-    }
-}
-
-pub(crate) async fn instantiate(
-    guests: &GuestExecutor,
-    pre: AnyPre,
-    mut store: Store<HostState>,
-    provider: String,
-    version: String,
-    sha256: String,
-    limits: LimitsConfig,
-) -> Result<ProviderHandle, EngineError> {
-    const START_UP: Duration = Duration::from_secs(10);
-    let env_id = store.data().env_id.clone();
-    let (tx, rx) = mpsc::channel(64);
-    let cancel = CancellationToken::new();
-    let (done, finished) = watch::channel(false);
-    let (ready, started) = oneshot::channel();
-    let span = tracing::info_span!("provider", env = %env_id, provider = %provider);
-    let actor_cancel = cancel.clone();
-    guests.spawn(
-        async move {
-            // Instantiation runs the guest's start-up code: bound it like any call.
-            arm_deadline(&mut store, START_UP);
-            let instantiated =
-                tokio::time::timeout(START_UP + TICK * 5, pre.instantiate(&mut store)).await;
-            let bindings = match instantiated {
-                Ok(Ok(bindings)) => bindings,
-                Ok(Err(e)) => {
-                    let _ = ready.send(Err(EngineError::Instantiate(format!("{e:#}"))));
-                    return;
-                }
-                Err(_) => {
-                    let _ = ready.send(Err(EngineError::Instantiate(format!(
-                        "start-up code did not finish within {} s",
-                        START_UP.as_secs()
-                    ))));
-                    return;
-                }
-            };
-            if ready.send(Ok(())).is_err() {
-                return;
-            }
-            run(store, bindings, rx, actor_cancel, limits).await;
-            let _ = done.send(true);
-        }
-        .instrument(span),
-    );
-    started
-        .await
-        .map_err(|_| EngineError::Instantiate("the guest executor has shut down".into()))??;
-    Ok(ProviderHandle {
-        tx,
-        cancel,
-        finished,
-        provider,
-        version,
-        sha256,
-    })
-}
-
-/// Turns a trap into an error a person can act on.
-pub(crate) fn classify(
-    trap: &wasmtime::Error,
-    timeout: Duration,
-    limits: &LimitsConfig,
-) -> CallError {
-    let text = format!("{trap:#}");
-    match trap.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => return CallError::TimedOut(timeout),
-        Some(Trap::StackOverflow) => {
-            return CallError::Trapped(format!(
-                "stack overflow: the provider recursed too deep (wasm stack capped at {} KiB) [{text}]",
-                super::MAX_WASM_STACK >> 10
-            ));
-        }
-        Some(Trap::MemoryOutOfBounds) => {
-            return CallError::Trapped(format!(
-                "out-of-bounds memory access: the provider overran its memory, typically its stack \
-                 (kept in linear memory) through unbounded recursion [{text}]"
-            ));
-        }
-        Some(Trap::UnreachableCodeReached) => {
-            return CallError::Trapped(format!(
-                "the provider panicked (wasm `unreachable`); see its log lines above [{text}]"
-            ));
-        }
-        _ => {}
-    }
-    if text.contains("growing memory") {
-        CallError::Trapped(format!(
-            "memory limit exceeded: the provider tried to grow past {} MiB (limits.memory_mib in tether.toml) [{text}]",
-            limits.memory_bytes >> 20
-        ))
-    } else if trap
-        .downcast_ref::<wasmtime::component::ResourceTableError>()
-        .is_some_and(|e| matches!(e, wasmtime::component::ResourceTableError::Full))
-    {
-        CallError::Trapped(format!(
-            "resource limit exceeded: more than {} open handles (limits.max_resources) [{text}]",
-            limits.max_resources
-        ))
-    } else {
-        CallError::Trapped(text)
-    }
-}
-
-async fn run(
-    mut store: Store<HostState>,
-    bindings: AnyBindings,
-    mut rx: mpsc::Receiver<Job>,
-    cancel: CancellationToken,
-    limits: LimitsConfig,
-) {
-    let mut dead: Option<String> = None;
-    loop {
-        let job = tokio::select! {
-            _ = cancel.cancelled() => break,
-            job = rx.recv() => match job {
-                Some(job) => job,
-                None => break,
-            },
-        };
-        if let Some(reason) = &dead {
-            let _ = job.reply.send(Err(CallError::Closed(reason.clone())));
-            continue;
-        }
-        arm_deadline(&mut store, job.timeout);
-        // The epoch deadline catches a spinning guest; the wall-clock timeout catches
-        // one parked in a host call. Either way the store is abandoned.
-        let grace = job.timeout + TICK * 5;
-        let call = tokio::time::timeout(
-            grace,
-            super::dispatch::dispatch(&mut store, &bindings, job.call),
-        );
-        let outcome = tokio::select! {
-            _ = cancel.cancelled() => {
-                let _ = job.reply.send(Err(CallError::Closed("instance shut down".into())));
-                break;
-            }
-            outcome = call => outcome,
-        };
-        let result = match outcome {
-            Ok(Ok(r)) => super::types::bounded(r).map_err(CallError::Provider),
-            Ok(Err(trap)) => {
-                let err = classify(&trap, job.timeout, &limits);
-                let error = crate::untrusted::logged(&err.to_string());
-                tracing::error!(%error, "provider instance failed");
-                dead = Some(err.to_string());
-                Err(err)
-            }
-            Err(_) => {
-                let err = CallError::TimedOut(job.timeout);
-                tracing::error!(error = %err, "provider instance failed");
-                dead = Some(err.to_string());
-                Err(err)
-            }
-        };
-        let _ = job.reply.send(result);
-    }
-    // Dropping the store drops the resource table: spawned processes are killed.
-    drop(store);
-    tracing::debug!("provider instance shut down");
 }

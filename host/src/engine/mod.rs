@@ -17,6 +17,7 @@ mod dispatch;
 mod dropins;
 mod errno;
 mod executor;
+mod handle;
 mod header;
 mod host;
 mod instance;
@@ -40,7 +41,8 @@ use bindings::AnyPre;
 pub use bindings::WorldVersion;
 pub use cache::CompileCacheStats;
 pub use dir_watch::{DirWatch, DirWatchError, watch_dir};
-pub use instance::{HostState, InstanceSetup, ProviderHandle};
+pub use handle::ProviderHandle;
+pub use instance::{HostState, InstanceSetup};
 pub use persisted::{StateChanges, StateReader, StateWriter};
 pub use types::*;
 
@@ -314,7 +316,7 @@ impl Engine {
             spawn_guard: self.spawn_guard.get(),
         };
         let store = instance::new_store(&self.wasm, &name, setup, settings)?;
-        instance::instantiate(
+        handle::instantiate(
             &self.guests,
             provider.pre.clone(),
             store,
