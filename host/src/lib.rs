@@ -10,7 +10,7 @@
 //! - `lifecycle` owns environments: desired versus actual state, starts and stops,
 //!   runtime tokens; it drives the layers below, and holds the operator's settings in
 //!   force, reloading `tether.toml` live (watcher, `SIGHUP`) for the next start.
-//! - [`engine`] loads provider components (wasmtime) and runs one actor per instance;
+//! - [`engine`] loads provider components (wasmtime) and runs each instance's calls in turn behind its `ProviderHandle`;
 //!   [`broker`] decides what an instance may spawn or touch.
 //! - [`store`] persists records in `.codebolt/environments.json` through a write-ahead
 //!   journal compacted into it in the background; `watch` is the

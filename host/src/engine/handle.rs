@@ -1,24 +1,26 @@
 //! How calls reach a running provider instance: its `Store` sits behind a lock that
 //! every call takes in turn, each call under a deadline.
 //!
-//! A call starts in the caller's task: when the guest answers without waiting or
-//! being preempted (a `check-health`, a routed message), that costs no thread hop.
-//! The first time a call of an instance cannot finish in that first step — the guest
-//! waits on a host call, or ran into an epoch tick — the rest of the call moves to the
-//! guest executor, and from then on every call of that instance runs there. So guest
-//! code runs on the caller's runtime for at most one epoch tick in an instance's life,
-//! and a guest that spins or blocks costs the API and the relay that once, never again.
+//! A call (and the instance's start-up code) starts in the caller's task: when the
+//! guest answers without waiting or being preempted (a `check-health`, a routed
+//! message), that costs no thread hop.
+//! A call that cannot finish in that first step — the guest waits on a host call, or
+//! an epoch tick came — moves to the guest executor for the rest. First steps are
+//! metered ([`super::inline`]): they are taken only while the host's credit lasts
+//! (1 % of the time), and an instance whose step ran long makes every later call on
+//! the guest executor. So a guest that answers in microseconds stays on the fast
+//! path, while one that spins or computes costs the API and the relay one step, once.
 //!
 //! A trap or a timeout kills the instance (its `Store` is no longer trustworthy);
 //! later calls get [`CallError::Closed`] with the reason. Dropping the store drops the
 //! resource table, which kills every process the instance spawned.
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -28,6 +30,7 @@ use wasmtime::{Store, Trap};
 
 use super::bindings::{AnyBindings, AnyPre};
 use super::executor::GuestExecutor;
+use super::inline::InlineBudget;
 use super::instance::{HostState, arm_deadline};
 use super::types::{Call, CallError, Reply};
 use super::{EngineError, TICK};
@@ -47,6 +50,8 @@ struct Shared {
     live: Arc<Mutex<Option<Live>>>,
     /// Whether calls may still start in the caller's task.
     inline: AtomicBool,
+    /// The host's meter of guest time in callers' tasks.
+    budget: Arc<InlineBudget>,
     cancel: CancellationToken,
     guests: Handle,
     limits: LimitsConfig,
@@ -84,26 +89,19 @@ impl ProviderHandle {
             return Err(closed());
         }
         let live = shared.live.clone().lock_owned().await;
-        let job = run_call(
-            live,
-            call,
-            timeout,
-            shared.cancel.clone(),
-            shared.limits.clone(),
-        )
-        .instrument(shared.span.clone());
-        if !shared.inline.load(Ordering::Relaxed) {
+        let job =
+            run_call(live, call, timeout, self.shared.clone()).instrument(shared.span.clone());
+        if !shared.inline.load(Ordering::Relaxed) || !shared.budget.available(Instant::now()) {
             return on_guests(&shared.guests, job).await;
         }
-        let mut job = Box::pin(job);
-        let first = std::future::poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx))).await;
+        let (first, spent) = first_step(job).await;
+        if !shared.budget.charge(spent, Instant::now()) {
+            shared.inline.store(false, Ordering::Relaxed);
+            tracing::debug!(parent: &shared.span, ?spent, "a call ran long in the caller's task: this instance's calls run on the guest executor from now on");
+        }
         match first {
-            Poll::Ready(reply) => reply,
-            Poll::Pending => {
-                shared.inline.store(false, Ordering::Relaxed);
-                tracing::debug!(parent: &shared.span, "a call waited or was preempted: this instance's calls run on the guest executor from now on");
-                on_guests(&shared.guests, job).await
-            }
+            Step::Done(reply) => reply,
+            Step::Waiting(job) => on_guests(&shared.guests, job).await,
         }
     }
 
@@ -121,12 +119,6 @@ impl ProviderHandle {
         }
     }
 
-    /// Whether this instance's calls still start in the caller's task.
-    #[cfg(test)]
-    pub(crate) fn starts_inline(&self) -> bool {
-        self.shared.inline.load(Ordering::Relaxed)
-    }
-
     /// Whether both handles front the same instance.
     pub fn same_instance(&self, other: &ProviderHandle) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
@@ -135,6 +127,26 @@ impl ProviderHandle {
 
 fn closed() -> CallError {
     CallError::Closed("instance has shut down".into())
+}
+
+/// Where a job stands after its first step in the caller's task.
+enum Step<T, F> {
+    Done(T),
+    /// It waits or was preempted: the rest is for the guest executor.
+    Waiting(F),
+}
+
+/// Polls `job` once in the caller's task; returns where it stands and how long the
+/// step took.
+async fn first_step<F: Future>(job: F) -> (Step<F::Output, Pin<Box<F>>>, Duration) {
+    let mut job = Box::pin(job);
+    let began = Instant::now();
+    let first = std::future::poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx))).await;
+    let step = match first {
+        Poll::Ready(out) => Step::Done(out),
+        Poll::Pending => Step::Waiting(job),
+    };
+    (step, began.elapsed())
 }
 
 /// Finishes `job` on the guest executor.
@@ -153,9 +165,9 @@ async fn run_call(
     mut live: OwnedMutexGuard<Option<Live>>,
     call: Call,
     timeout: Duration,
-    cancel: CancellationToken,
-    limits: LimitsConfig,
+    shared: Arc<Shared>,
 ) -> Result<Reply, CallError> {
+    let Shared { cancel, limits, .. } = &*shared;
     let Some(live) = live.as_mut() else {
         return Err(closed());
     };
@@ -194,7 +206,7 @@ async fn run_call(
     match outcome {
         Ok(Ok(r)) => super::types::bounded(r).map_err(CallError::Provider),
         Ok(Err(trap)) => {
-            let err = classify(&trap, timeout, &limits);
+            let err = classify(&trap, timeout, limits);
             let error = crate::untrusted::logged(&err.to_string());
             tracing::error!(%error, "provider instance failed");
             live.dead = Some(err.to_string());
@@ -219,28 +231,39 @@ pub(crate) async fn instantiate(
     version: String,
     sha256: String,
     limits: LimitsConfig,
+    budget: Arc<InlineBudget>,
 ) -> Result<ProviderHandle, EngineError> {
     const START_UP: Duration = Duration::from_secs(10);
     let env_id = store.data().env_id.clone();
     let span = tracing::info_span!("provider", env = %env_id, provider = %provider);
-    let started = guests.spawn(
-        async move {
-            // Bound the start-up code like any call.
-            arm_deadline(&mut store, START_UP);
-            match tokio::time::timeout(START_UP + TICK * 5, pre.instantiate(&mut store)).await {
-                Ok(Ok(bindings)) => Ok((store, bindings)),
-                Ok(Err(e)) => Err(EngineError::Instantiate(format!("{e:#}"))),
-                Err(_) => Err(EngineError::Instantiate(format!(
-                    "start-up code did not finish within {} s",
-                    START_UP.as_secs()
-                ))),
-            }
+    let job = async move {
+        // Bound the start-up code like any call.
+        arm_deadline(&mut store, START_UP);
+        match tokio::time::timeout(START_UP + TICK * 5, pre.instantiate(&mut store)).await {
+            Ok(Ok(bindings)) => Ok((store, bindings)),
+            Ok(Err(e)) => Err(EngineError::Instantiate(format!("{e:#}"))),
+            Err(_) => Err(EngineError::Instantiate(format!(
+                "start-up code did not finish within {} s",
+                START_UP.as_secs()
+            ))),
         }
-        .instrument(span.clone()),
-    );
-    let (store, bindings) = started
-        .await
-        .map_err(|_| EngineError::Instantiate("the guest executor has shut down".into()))??;
+    }
+    .instrument(span.clone());
+    // Start-up code is metered like a call.
+    let (first, inline) = if budget.available(Instant::now()) {
+        let (first, spent) = first_step(job).await;
+        (first, budget.charge(spent, Instant::now()))
+    } else {
+        (Step::Waiting(Box::pin(job)), true)
+    };
+    let started = match first {
+        Step::Done(started) => started,
+        Step::Waiting(job) => guests
+            .spawn(job)
+            .await
+            .map_err(|_| EngineError::Instantiate("the guest executor has shut down".into()))?,
+    };
+    let (store, bindings) = started?;
     Ok(ProviderHandle {
         shared: Arc::new(Shared {
             live: Arc::new(Mutex::new(Some(Live {
@@ -248,7 +271,8 @@ pub(crate) async fn instantiate(
                 bindings,
                 dead: None,
             }))),
-            inline: AtomicBool::new(true),
+            inline: AtomicBool::new(inline),
+            budget,
             cancel: CancellationToken::new(),
             guests: guests.handle().clone(),
             limits,

@@ -20,6 +20,7 @@ mod executor;
 mod handle;
 mod header;
 mod host;
+mod inline;
 mod instance;
 pub(crate) mod persisted;
 mod types;
@@ -141,6 +142,8 @@ pub struct Engine {
     compile_cache: Option<wasmtime::Cache>,
     dropins: dropins::DropIns,
     guests: executor::GuestExecutor,
+    /// The meter on guest code run in callers' tasks, shared by every instance.
+    inline: Arc<inline::InlineBudget>,
     /// The `tether` binary instances' children run under, once set.
     spawn_guard: std::sync::OnceLock<PathBuf>,
 }
@@ -190,6 +193,7 @@ impl Engine {
             compile_cache,
             dropins: Default::default(),
             guests,
+            inline: Default::default(),
             spawn_guard: std::sync::OnceLock::new(),
         })
     }
@@ -324,6 +328,7 @@ impl Engine {
             provider.description.version.clone(),
             provider.sha256.clone(),
             limits.clone(),
+            self.inline.clone(),
         )
         .await
     }

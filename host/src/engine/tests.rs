@@ -175,34 +175,27 @@ async fn start_files_health_and_stop_round_trip() {
 }
 
 #[tokio::test]
-async fn calls_start_in_the_callers_task_until_one_has_to_wait() {
+async fn calls_that_wait_finish_on_the_executor_in_order() {
     let (engine, p) = local_process().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (h, _events) = instance(&engine, &p, dir.path(), sleep_grant()).await;
-    for _ in 0..3 {
-        h.call(Call::Health, T).await.expect("health");
-        assert!(h.starts_inline(), "a health check answers without waiting");
-    }
     h.call(
         init(dir.path(), json!({"command": "sleep", "args": ["30"]})),
         T,
     )
     .await
     .expect("start");
-    // Filesystem calls wait on the blocking pool: from then on the instance's calls
-    // run on the guest executor, and they go on being answered there.
-    h.call(Call::WriteFile("x.txt".into(), "x".into()), T)
-        .await
-        .expect("write");
-    assert!(!h.starts_inline());
-    h.call(Call::Health, T)
-        .await
-        .expect("health on the executor");
-    let read = h
-        .call(Call::ReadFile("x.txt".into()), T)
-        .await
-        .expect("read");
-    assert!(matches!(read, Reply::Text(ref t) if t == "x"));
+    // Filesystem calls wait on the blocking pool, so each starts in the caller's task
+    // and finishes on the guest executor; health checks answer in the first step.
+    for i in 0..5 {
+        let path = format!("f{i}.txt");
+        h.call(Call::WriteFile(path.clone(), i.to_string()), T)
+            .await
+            .expect("write");
+        let read = h.call(Call::ReadFile(path), T).await.expect("read");
+        assert!(matches!(read, Reply::Text(ref t) if *t == i.to_string()));
+        h.call(Call::Health, T).await.expect("health");
+    }
     h.shutdown().await;
     assert!(matches!(
         h.call(Call::Health, T).await,

@@ -28,7 +28,7 @@ pub(super) fn overran(what: &str, timeout: Duration) -> String {
 }
 
 /// Ends `handle`'s instance, waiting at most `limit`; false if it did not end in
-/// time (it is abandoned: its actor ends once its current call does).
+/// time (it is abandoned: its store goes once its current call ends).
 pub(super) async fn shut_down_within(env: &str, handle: &ProviderHandle, limit: Duration) -> bool {
     if tokio::time::timeout(limit, handle.shutdown()).await.is_ok() {
         return true;

@@ -1,0 +1,127 @@
+//! The meter on guest code run in callers' tasks (see [`super::handle`]): how much of
+//! the API's and the relay's runtime guests may take, across the whole host.
+//!
+//! One credit for all instances, [`BURST`] at most, refilled at [`SHARE`] of the
+//! time that passes. A first step is taken in the caller's task only while the credit
+//! is positive; what it spends is charged afterwards, so the credit can go into debt,
+//! and the debt is repaid before the next one: over any long stretch guests take at
+//! most that share. On top of it, an instance whose one step took longer than
+//! [`STEP_LIMIT`] (it computed, spun until a tick, or was descheduled) is sent to the
+//! guest executor for good.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::sync::MutexExt;
+
+/// The most credit that builds up while guests are idle.
+pub(crate) const BURST: Duration = Duration::from_millis(10);
+/// Elapsed time is divided by this to refill the credit: guests may take 1 % of one
+/// thread of the API's runtime in callers' tasks.
+pub(crate) const SHARE: u32 = 100;
+/// A first step longer than this sends its instance to the guest executor for good.
+pub(crate) const STEP_LIMIT: Duration = Duration::from_millis(1);
+
+/// The host's credit of inline guest time.
+#[derive(Debug)]
+pub(crate) struct InlineBudget {
+    meter: Mutex<Meter>,
+}
+
+#[derive(Debug)]
+struct Meter {
+    /// Nanoseconds left; negative: owed.
+    left: i128,
+    at: Instant,
+}
+
+impl Meter {
+    fn refill(&mut self, now: Instant) {
+        let earned = now.saturating_duration_since(self.at) / SHARE;
+        self.at = now;
+        self.left = (self.left + earned.as_nanos() as i128).min(BURST.as_nanos() as i128);
+    }
+}
+
+impl Default for InlineBudget {
+    fn default() -> Self {
+        Self {
+            meter: Mutex::new(Meter {
+                left: BURST.as_nanos() as i128,
+                at: Instant::now(),
+            }),
+        }
+    }
+}
+
+impl InlineBudget {
+    /// Whether a first step may be taken in the caller's task now.
+    pub(crate) fn available(&self, now: Instant) -> bool {
+        let mut m = self.meter.locked();
+        m.refill(now);
+        m.left > 0
+    }
+
+    /// Charges a first step that took `spent`; false if it took so long that its
+    /// instance must leave callers' tasks for good.
+    pub(crate) fn charge(&self, spent: Duration, now: Instant) -> bool {
+        let mut m = self.meter.locked();
+        m.refill(now);
+        m.left -= spent.as_nanos() as i128;
+        spent <= STEP_LIMIT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Steps of `step` every `every`, for `secs` of simulated time: how many were
+    /// allowed in callers' tasks.
+    fn run(step: Duration, every: Duration, secs: u64) -> (u64, u64) {
+        let budget = InlineBudget::default();
+        let start = budget.meter.locked().at;
+        let (mut inline, mut total) = (0, 0);
+        let mut now = start;
+        while now < start + Duration::from_secs(secs) {
+            total += 1;
+            if budget.available(now) {
+                inline += 1;
+                budget.charge(step, now + step);
+            }
+            now += every;
+        }
+        (inline, total)
+    }
+
+    #[test]
+    fn quick_steps_all_run_inline() {
+        // 2 µs every 1 ms: 0.2 % of the time, within the 1 % share.
+        let (inline, total) = run(Duration::from_micros(2), Duration::from_millis(1), 60);
+        assert_eq!(inline, total);
+    }
+
+    #[test]
+    fn guests_never_take_more_than_their_share_over_time() {
+        // 50 µs every 100 µs would be 50 %; the meter holds it to about 1 % (plus the burst).
+        let secs = 60;
+        let (inline, _) = run(Duration::from_micros(50), Duration::from_micros(100), secs);
+        let taken = Duration::from_micros(50) * inline as u32;
+        let allowed = Duration::from_secs(secs) / SHARE + BURST + Duration::from_micros(50);
+        assert!(taken <= allowed, "{taken:?} > {allowed:?}");
+        assert!(
+            taken >= allowed / 2,
+            "the share is used, not wasted: {taken:?}"
+        );
+    }
+
+    #[test]
+    fn a_long_step_is_told_to_leave_and_its_debt_is_repaid_first() {
+        let budget = InlineBudget::default();
+        let at = budget.meter.locked().at;
+        assert!(!budget.charge(Duration::from_millis(20), at));
+        // 10 ms of debt takes 1 s of elapsed time to repay.
+        assert!(!budget.available(at + Duration::from_millis(900)));
+        assert!(budget.available(at + Duration::from_millis(1_100)));
+    }
+}
