@@ -1,11 +1,14 @@
 //! The meter on guest code run in callers' tasks (see [`super::handle`]): how much of
 //! the API's and the relay's runtime guests may take, across the whole host.
 //!
-//! One credit for all instances, [`BURST`] at most, refilled at [`SHARE`] of the
-//! time that passes. A first step is taken in the caller's task only while the credit
-//! is positive; what it spends is charged afterwards, so the credit can go into debt,
-//! and the debt is repaid before the next one: over any long stretch guests take at
-//! most that share. On top of it, an instance whose one step took longer than
+//! A step as quick as [`FREE_STEP`] costs the caller less than handing the call to
+//! the guest executor would (that hand-off is two thread wake-ups), so it is not
+//! metered. Longer steps draw on one credit for all instances, [`BURST`] at most,
+//! refilled at [`SHARE`] of the time that passes: a first step is taken in the
+//! caller's task only while the credit is positive; what a long step spends is
+//! charged afterwards, so the credit can go into debt, and the debt is repaid before
+//! the next step: over any long stretch, long steps take at most that share. On top of
+//! it, an instance whose one step took longer than
 //! [`STEP_LIMIT`] (it computed, spun until a tick, or was descheduled) is sent to the
 //! guest executor for good.
 
@@ -19,6 +22,8 @@ pub(crate) const BURST: Duration = Duration::from_millis(10);
 /// Elapsed time is divided by this to refill the credit: guests may take 1 % of one
 /// thread of the API's runtime in callers' tasks.
 pub(crate) const SHARE: u32 = 100;
+/// A first step this quick is not metered: about what relaying one frame costs.
+pub(crate) const FREE_STEP: Duration = Duration::from_micros(20);
 /// A first step longer than this sends its instance to the guest executor for good.
 pub(crate) const STEP_LIMIT: Duration = Duration::from_millis(1);
 
@@ -65,9 +70,11 @@ impl InlineBudget {
     /// Charges a first step that took `spent`; false if it took so long that its
     /// instance must leave callers' tasks for good.
     pub(crate) fn charge(&self, spent: Duration, now: Instant) -> bool {
-        let mut m = self.meter.locked();
-        m.refill(now);
-        m.left -= spent.as_nanos() as i128;
+        if spent > FREE_STEP {
+            let mut m = self.meter.locked();
+            m.refill(now);
+            m.left -= spent.as_nanos() as i128;
+        }
         spent <= STEP_LIMIT
     }
 }
@@ -96,8 +103,11 @@ mod tests {
 
     #[test]
     fn quick_steps_all_run_inline() {
-        // 2 µs every 1 ms: 0.2 % of the time, within the 1 % share.
-        let (inline, total) = run(Duration::from_micros(2), Duration::from_millis(1), 60);
+        // 2 µs back to back: quick steps are not metered.
+        let (inline, total) = run(Duration::from_micros(2), Duration::from_micros(2), 2);
+        assert_eq!(inline, total);
+        // 100 µs every 100 ms: 0.1 % of the time, within the 1 % share.
+        let (inline, total) = run(Duration::from_micros(100), Duration::from_millis(100), 60);
         assert_eq!(inline, total);
     }
 
