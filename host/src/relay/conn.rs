@@ -1,7 +1,8 @@
 //! One peer's WebSocket, served by the relay from the upgrade to the close: a reader
-//! hands frames to the connection's [`Inbound`], a writer drains its [`Outbox`],
-//! acknowledges a resumable peer's frames and pings a quiet one; whichever ends
-//! first ends the other. Size limits and the idle timeout come from the hub's
+//! hands frames to the connection's [`Inbound`] (which may write them straight to an
+//! idle peer's socket, `relay/send.rs`), a writer drains its [`Outbox`] of what was
+//! not written that way, acknowledges a resumable peer's frames and pings a quiet one;
+//! whichever ends first ends the other. Size limits and the idle timeout come from the hub's
 //! [`RelayConfig`].
 
 use std::future::Future;
