@@ -1,7 +1,8 @@
 //! One peer's WebSocket, served by the relay from the upgrade to the close: a reader
-//! hands frames to the connection's [`Inbound`], a writer drains its [`Outbox`],
-//! acknowledges a resumable peer's frames and pings a quiet one; whichever ends
-//! first ends the other. Size limits and the idle timeout come from the hub's
+//! hands frames to the connection's [`Inbound`] (which may write them straight to an
+//! idle peer's socket, `relay/send.rs`), a writer drains its [`Outbox`] of what was
+//! not written that way, acknowledges a resumable peer's frames and pings a quiet one;
+//! whichever ends first ends the other. Size limits and the idle timeout come from the hub's
 //! [`RelayConfig`].
 
 use std::future::Future;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
 use tokio_tungstenite::tungstenite;
 
 use super::error::RelayError;
@@ -20,6 +22,7 @@ use super::hub::Hub;
 use super::inbound::{AppInbound, Inbound, ProviderRoute, RuntimeInbound};
 use super::outbox::{Outbox, Take};
 use super::protocol::{CLOSE_TOO_BIG, CLOSE_UNRESPONSIVE, CloseReason, READ_CHUNK, Resume};
+use super::send::SendHalf;
 use crate::config::RelayConfig;
 
 /// How often a resumable connection's writer checks for frames to acknowledge.
@@ -81,6 +84,7 @@ impl Connection {
             hub: hub.clone(),
             key: outbox.key(),
             conn: outbox.id(),
+            thread_json: thread.as_deref().map(|t| Value::from(t).to_string()),
             thread,
             provider,
         });
@@ -116,7 +120,11 @@ impl Connection {
             config,
             ends,
         } = self;
-        let (mut sink, stream) = socket.split();
+        let (sink, stream) = socket.split();
+        // From here on the readers of the hub's other connections may write to this
+        // socket too (see `relay/send.rs`).
+        let send = outbox.send();
+        send.install(sink);
         let clock = Clock::new();
         let ended = async {
             match ends {
@@ -125,16 +133,17 @@ impl Connection {
             }
         };
         let end = tokio::select! {
-            end = write(&mut sink, &outbox, &config, &clock) => end,
+            end = write(send, &outbox, &config, &clock) => end,
             end = read(stream, &inbound, &outbox, &config, &clock) => end,
             reason = ended => {
                 // What the relay queued before the end (the status saying why, say)
                 // reaches the peer ahead of the close.
-                flush(&mut sink, &outbox, &config).await;
+                flush(send, &outbox, &config).await;
                 End::Close(Some(reason))
             }
         };
-        if let End::Close(reason) = end {
+        let sink = send.uninstall();
+        if let (End::Close(reason), Some(mut sink)) = (end, sink) {
             let frame = reason.map(|r| CloseFrame {
                 code: r.code,
                 reason: r.reason.into(),
@@ -218,8 +227,6 @@ impl Clock {
     }
 }
 
-type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
-
 fn unresponsive(outbox: &Outbox) -> End {
     tracing::info!(env = %outbox.env_id(), conn = outbox.id(), "peer unresponsive: closing");
     End::Close(Some(CloseReason {
@@ -229,9 +236,10 @@ fn unresponsive(outbox: &Outbox) -> End {
 }
 
 /// Drains the outbox onto the socket, acknowledges and pings, until the relay closes
-/// the connection or the peer stops answering.
-async fn write(sink: &mut Sink, outbox: &Outbox, config: &RelayConfig, clock: &Clock) -> End {
-    let mut buf = Vec::new();
+/// the connection or the peer stops answering. Frames the readers of other
+/// connections wrote through (`relay/send.rs`) never reach this task; it is woken
+/// only for what they could not write.
+async fn write(send: &SendHalf, outbox: &Outbox, config: &RelayConfig, clock: &Clock) -> End {
     let mut next_ping = Instant::now() + config.ping_interval;
     // A resumable peer's frames are acknowledged within ACK_DELAY of a quiet spell,
     // so its writer looks at least that often; a plain one only wakes to ping.
@@ -248,19 +256,19 @@ async fn write(sink: &mut Sink, outbox: &Outbox, config: &RelayConfig, clock: &C
     let timer = tokio::time::sleep_until(due(next_ping, next_ack).into());
     tokio::pin!(timer);
     loop {
-        match outbox.take(&mut buf) {
+        match send.refill(|out| outbox.take(out)) {
             Take::Closed(reason) => return End::Close(reason),
             Take::Frames => {
                 // A peer that stops reading blocks the write; past the idle timeout
                 // it counts as dead rather than holding its connection forever. The
                 // relay may close it meanwhile (it fell a window behind, say): that is
                 // acted on at once, not when the write gives up.
-                let sending = tokio::time::timeout(config.idle_timeout, send_all(sink, &mut buf));
+                let sending = tokio::time::timeout(config.idle_timeout, send.drain());
                 tokio::pin!(sending);
                 let sent = loop {
                     tokio::select! {
                         sent = &mut sending => break sent,
-                        _ = outbox.wake().notified() => {
+                        _ = send.woken().notified() => {
                             if let Some(reason) = outbox.close_reason() {
                                 return End::Close(Some(reason));
                             }
@@ -275,7 +283,8 @@ async fn write(sink: &mut Sink, outbox: &Outbox, config: &RelayConfig, clock: &C
             }
             Take::Idle => {
                 if let Some(ack) = outbox.pending_ack() {
-                    if sink.send(Message::Text(ack.into())).await.is_err() {
+                    send.push(Message::Text(ack.into()));
+                    if send.drain().await.is_err() {
                         return End::Gone;
                     }
                     continue;
@@ -285,7 +294,7 @@ async fn write(sink: &mut Sink, outbox: &Outbox, config: &RelayConfig, clock: &C
                     timer.as_mut().reset(deadline);
                 }
                 tokio::select! {
-                    _ = outbox.wake().notified() => {}
+                    _ = send.woken().notified() => {}
                     _ = &mut timer => {}
                 }
             }
@@ -298,7 +307,8 @@ async fn write(sink: &mut Sink, outbox: &Outbox, config: &RelayConfig, clock: &C
             if clock.quiet_for(now) >= config.idle_timeout {
                 return unresponsive(outbox);
             }
-            if sink.send(Message::Ping(Default::default())).await.is_err() {
+            send.push(Message::Ping(Default::default()));
+            if send.drain().await.is_err() {
                 return End::Gone;
             }
             next_ping = now + config.ping_interval;
@@ -306,21 +316,16 @@ async fn write(sink: &mut Sink, outbox: &Outbox, config: &RelayConfig, clock: &C
     }
 }
 
-/// Writes what the outbox holds now, within the idle timeout; the connection is ending,
-/// so a failure only means the peer will not see it.
-async fn flush(sink: &mut Sink, outbox: &Outbox, config: &RelayConfig) {
-    let mut buf = Vec::new();
-    if let Take::Frames = outbox.take(&mut buf) {
-        let _ = tokio::time::timeout(config.idle_timeout, send_all(sink, &mut buf)).await;
-    }
-}
-
-/// Writes and flushes the frames in `buf`, emptying it.
-async fn send_all(sink: &mut Sink, buf: &mut Vec<Utf8Bytes>) -> Result<(), axum::Error> {
-    for frame in buf.drain(..) {
-        sink.feed(Message::Text(frame)).await?;
-    }
-    sink.flush().await
+/// Writes what is on its way out and what the outbox holds now, within the idle
+/// timeout; the connection is ending, so a failure only means the peer will not see it.
+async fn flush(send: &SendHalf, outbox: &Outbox, config: &RelayConfig) {
+    let writing = async {
+        while let Take::Frames = send.refill(|out| outbox.take(out)) {
+            send.drain().await?;
+        }
+        Ok::<(), axum::Error>(())
+    };
+    let _ = tokio::time::timeout(config.idle_timeout, writing).await;
 }
 
 /// Whether a read failed because the peer sent more than the size limit.

@@ -16,17 +16,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
-use axum::extract::ws::Utf8Bytes;
-use tokio::sync::Notify;
-
 use super::activity::Activity;
 use super::error::RelayError;
-use super::outbox::Outbox;
+use super::outbox::{Outbox, Take};
 use super::protocol::CloseReason;
 use super::protocol::{self, CLOSE_GONE, CLOSE_REPLACED, CLOSE_TOO_SLOW, Resume};
+use super::send::SendHalf;
 use super::window::Window;
 use crate::config::RelayConfig;
 use crate::sync::MutexExt;
+use axum::extract::ws::Utf8Bytes;
 
 /// The host acknowledges a resumable peer's frames at least this often.
 const ACK_EVERY: u64 = 64;
@@ -50,7 +49,8 @@ pub(super) struct Conn {
     pub(super) control: VecDeque<String>,
     /// The peer frame count last acknowledged to the peer.
     pub(super) ack_sent: u64,
-    pub(super) wake: Arc<Notify>,
+    /// Its socket's sending half, and its writer's wake-up.
+    pub(super) send: Arc<SendHalf>,
     closed: Arc<OnceLock<CloseReason>>,
 }
 
@@ -60,7 +60,54 @@ impl Conn {
             code,
             reason: reason.to_owned(),
         });
-        self.wake.notify_one();
+        self.send.wake();
+    }
+
+    fn target(&self, key: StreamKey) -> Target {
+        Target {
+            send: self.send.clone(),
+            key,
+            conn: self.id,
+            resumable: self.resumable,
+        }
+    }
+}
+
+/// A connection a frame was just queued for, to be written to (or woken) once the
+/// hub's lock is let go: a write under the hub's lock would hold up every other
+/// connection of the environment.
+pub(super) struct Target {
+    send: Arc<SendHalf>,
+    key: StreamKey,
+    conn: u64,
+    resumable: bool,
+}
+
+/// The connections one frame was queued for: mostly one (the runtime, or the one app
+/// of a thread), held without allocating; a broadcast needs the list.
+#[derive(Default)]
+pub(super) struct Targets {
+    first: Option<Target>,
+    more: Vec<Target>,
+}
+
+impl Targets {
+    fn push(&mut self, target: Target) {
+        match self.first {
+            None => self.first = Some(target),
+            Some(_) => self.more.push(target),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Target> {
+        self.first.iter().chain(&self.more)
+    }
+
+    /// Wakes each connection's writer task (for frames off the hot path).
+    fn wake(&self) {
+        for t in self.iter() {
+            t.send.wake();
+        }
     }
 }
 
@@ -100,7 +147,7 @@ impl Stream {
         if c.resumable && self.received - c.ack_sent >= ACK_EVERY {
             c.ack_sent = self.received;
             c.control.push_back(protocol::ack_frame(self.received));
-            c.wake.notify_one();
+            c.send.wake();
         }
         true
     }
@@ -142,7 +189,9 @@ impl Stream {
 
     /// Adds a message for this stream's peer. A resumable stream evicts its oldest
     /// message when full (and closes a connected peer that let it fill); a plain one
-    /// refuses, which ends its connection. False if the stream must go.
+    /// refuses, which ends its connection. False if the stream must go. The peer's
+    /// connection, if any, is not told: the caller adds it to the targets it writes
+    /// to or wakes once the hub's lock is let go.
     fn offer(&mut self, text: &Utf8Bytes) -> bool {
         if self.session.is_some() {
             let (_, evicted) = self.window.push_evicting(text.clone());
@@ -158,9 +207,6 @@ impl Stream {
                 conn.close(CLOSE_TOO_SLOW, "too far behind");
             }
             return false;
-        }
-        if let Some(conn) = &self.conn {
-            conn.wake.notify_one();
         }
         true
     }
@@ -251,7 +297,7 @@ impl Hub {
             sent: 0,
             control: VecDeque::new(),
             ack_sent: 0,
-            wake: Arc::new(Notify::new()),
+            send: Arc::new(SendHalf::default()),
             closed: closed.clone(),
         };
         (conn, closed)
@@ -424,59 +470,141 @@ impl Hub {
         let StreamKey::App(id) = key else { return };
         let text = Utf8Bytes::from(text);
         let mut s = self.lock();
-        if s.apps.get_mut(&id).is_some_and(|a| !a.offer(&text)) {
+        let Some(app) = s.apps.get_mut(&id) else {
+            return;
+        };
+        if app.offer(&text) {
+            if let Some(conn) = &app.conn {
+                conn.send.wake();
+            }
+        } else {
             s.remove_app(id);
         }
     }
 
-    /// Sends a message to the runtime (held while the runtime is away). The text is
-    /// kept as it is, shared rather than copied.
+    /// Sends a message to the runtime (held while the runtime is away), writing it to
+    /// the runtime's socket at once when its writer is idle. The text is kept as it
+    /// is, shared rather than copied.
     pub fn to_runtime(&self, text: impl Into<Utf8Bytes>) -> Result<(), RelayError> {
         let text = text.into();
-        let mut s = self.lock();
-        if s.closed {
-            return Err(RelayError::Closed);
-        }
-        let rt = &mut s.runtime;
-        match rt.window.push(text) {
-            Ok(_) => {
-                if let Some(conn) = &rt.conn {
-                    conn.wake.notify_one();
-                }
-                Ok(())
+        let target = {
+            let mut s = self.lock();
+            if s.closed {
+                return Err(RelayError::Closed);
             }
-            Err(_) if rt.conn.is_none() => Err(RelayError::PendingFull(rt.window.len())),
-            Err(_) => Err(RelayError::RuntimeBusy),
+            let rt = &mut s.runtime;
+            match rt.window.push(text) {
+                Ok(_) => rt.conn.as_ref().map(|c| c.target(StreamKey::Runtime)),
+                Err(_) if rt.conn.is_none() => {
+                    return Err(RelayError::PendingFull(rt.window.len()));
+                }
+                Err(_) => return Err(RelayError::RuntimeBusy),
+            }
+        };
+        if let Some(target) = target {
+            self.write_through(&target);
         }
+        Ok(())
+    }
+
+    /// Writes what `target`'s stream holds to its socket now if its writer is idle,
+    /// else wakes the writer (see `relay/send.rs`).
+    fn write_through(&self, target: &Target) {
+        target
+            .send
+            .write_through(|out| self.take(target.key, target.conn, target.resumable, out));
+    }
+
+    /// Appends the next frames connection `conn` of `key` is to write to `out`: relay
+    /// frames first, then messages in order (numbered on a resumable connection,
+    /// acknowledged as written otherwise). A plain connection's messages are the very
+    /// texts the hub was given, not copies. [`Take::Closed`] carries no reason: the
+    /// connection's [`Outbox`] knows it.
+    pub(super) fn take(
+        &self,
+        key: StreamKey,
+        conn: u64,
+        resumable: bool,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> Take {
+        /// Messages handed to a writer per turn, so one busy stream cannot hold the
+        /// hub long.
+        const BATCH: usize = 64;
+        let before = out.len();
+        let (first, messages) = {
+            let mut s = self.lock();
+            let Some(stream) = s.stream(key) else {
+                return Take::Closed(None);
+            };
+            let Some(c) = stream.conn.as_mut().filter(|c| c.id == conn) else {
+                return Take::Closed(None);
+            };
+            out.extend(c.control.drain(..).map(Utf8Bytes::from));
+            let messages = out.len();
+            let first = stream.window.after(c.sent, BATCH, out);
+            if out.len() > messages {
+                c.sent = first + (out.len() - messages) as u64 - 1;
+                stream.written = stream.written.max(c.sent);
+            }
+            if !resumable {
+                stream.window.ack(c.sent);
+            }
+            (first, messages)
+        };
+        if out.len() == before {
+            return Take::Idle;
+        }
+        // Numbering happens outside the lock: it is the only per-message text work.
+        if resumable {
+            for (seq, text) in (first..).zip(&mut out[messages..]) {
+                *text = protocol::with_seq(seq, text).into();
+            }
+        }
+        Take::Frames
     }
 
     /// Counts and routes a message from runtime connection `conn` to its apps by
     /// `thread`; ignored if that connection was replaced.
     pub fn from_runtime(&self, conn: u64, text: impl Into<Utf8Bytes>, thread: Option<&str>) {
         let text = text.into();
-        let mut s = self.lock();
-        if !s.runtime.count(conn) {
-            return;
+        let targets = {
+            let mut s = self.lock();
+            if !s.runtime.count(conn) {
+                return;
+            }
+            self.fan_out(&mut s, &text, thread)
+        };
+        // Written by the runtime's reader, to every idle app at once.
+        for target in targets.iter() {
+            self.write_through(target);
         }
-        self.fan_out(&mut s, &text, thread);
     }
 
     /// Sends a host event to every app.
     pub fn broadcast(&self, text: String) {
-        self.fan_out(&mut self.lock(), &text.into(), None);
+        let targets = self.fan_out(&mut self.lock(), &text.into(), None);
+        targets.wake();
     }
 
-    fn fan_out(&self, s: &mut HubState, text: &Utf8Bytes, thread: Option<&str>) {
+    /// Offers `text` to the apps of `thread` (every app without one); returns the
+    /// connections to write to.
+    fn fan_out(&self, s: &mut HubState, text: &Utf8Bytes, thread: Option<&str>) -> Targets {
         let mut gone = Vec::new();
+        let mut targets = Targets::default();
         for (id, app) in &mut s.apps {
-            if (thread.is_none() || app.thread.as_deref() == thread) && !app.offer(text) {
-                gone.push(*id);
+            if thread.is_none() || app.thread.as_deref() == thread {
+                if !app.offer(text) {
+                    gone.push(*id);
+                } else if let Some(conn) = &app.conn {
+                    targets.push(conn.target(StreamKey::App(*id)));
+                }
             }
         }
         for id in gone {
             tracing::info!(env = %self.env_id, app = id, "app too far behind: closed");
             s.remove_app(id);
         }
+        targets
     }
 
     /// Closes every connection and refuses new ones.

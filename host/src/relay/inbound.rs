@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::activity::{RUNTIME_BUSY, busy_flag};
 use super::hub::{Hub, StreamKey};
-use super::protocol::{ACK, Head};
+use super::protocol::{self, ACK, Head};
 
 /// A message an app sent that its environment's provider answers rather than the
 /// runtime: its `type`, the whole message (with the app's thread added), and where to
@@ -170,6 +170,8 @@ pub(super) struct AppInbound {
     pub(super) conn: u64,
     /// The thread the app joined.
     pub(super) thread: Option<String>,
+    /// The same thread as a JSON string, made once to be spliced into its messages.
+    pub(super) thread_json: Option<String>,
     pub(super) provider: ProviderRoute,
 }
 
@@ -191,24 +193,34 @@ impl AppInbound {
             return;
         }
         hub.activity().touch();
-        // The common case passes the text through untouched: a message for the runtime
-        // that already names its thread, or whose app joined none.
+        // The common cases pass the text on without parsing it: untouched when it
+        // already names its thread (or its app joined none), or with the app's thread
+        // spliced in when the quick reader vouches there is no `threadId` key at all.
         if let Some(Head {
             kind: Some(kind),
             thread,
+            no_thread_key,
             ..
         }) = &head
-            && (thread.is_some() || self.thread.is_none())
             && !self.provider.handles(kind)
         {
-            if let Err(e) = hub.to_runtime(text.clone()) {
-                let request_id = serde_json::from_str::<Value>(&text)
-                    .ok()
-                    .and_then(|v| v.get("requestId").cloned());
-                let frame = error_frame("not_delivered", &e.to_string(), request_id.as_ref());
-                hub.send_to_app(self.key, frame);
+            let out = match (&self.thread_json, thread) {
+                (None, _) | (Some(_), Some(_)) => Some(text.clone()),
+                (Some(joined), None) if *no_thread_key => {
+                    Some(Utf8Bytes::from(protocol::with_thread(&text, joined)))
+                }
+                (Some(_), None) => None,
+            };
+            if let Some(out) = out {
+                if let Err(e) = hub.to_runtime(out) {
+                    let request_id = serde_json::from_str::<Value>(&text)
+                        .ok()
+                        .and_then(|v| v.get("requestId").cloned());
+                    let frame = error_frame("not_delivered", &e.to_string(), request_id.as_ref());
+                    hub.send_to_app(self.key, frame);
+                }
+                return;
             }
-            return;
         }
         self.receive_parsed(&text);
     }

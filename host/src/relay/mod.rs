@@ -8,6 +8,7 @@
 //! - `inbound`: what a peer's frame is (ack, routed message, provider request);
 //! - `hub`: the streams of one environment and the routing between them;
 //! - `outbox`: what a connection's writer drains;
+//! - `send`: a connection's socket, written by its writer or straight from a reader;
 //! - `window`: one stream's bounded replay window;
 //! - `protocol`: the relay's own frames, query fields and close codes;
 //! - `scan`: reads a frame's routing fields without building it;
@@ -24,6 +25,7 @@ pub mod peer;
 mod protocol;
 mod registry;
 mod scan;
+mod send;
 mod window;
 
 pub use activity::{Activity, now_ms};

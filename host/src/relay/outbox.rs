@@ -1,5 +1,6 @@
 //! What a connection's writer drains: its stream's relay frames and messages, taken a
-//! batch at a time under the hub's lock and numbered outside it.
+//! batch at a time under the hub's lock and numbered outside it (by [`Hub::take`],
+//! which the readers that write through to this connection use too).
 
 use std::sync::{Arc, OnceLock};
 
@@ -8,9 +9,7 @@ use tokio::sync::Notify;
 
 use super::hub::{self, Hub, StreamKey};
 use super::protocol::{self, CloseReason};
-
-/// Messages handed to a writer per turn, so one busy stream cannot hold the hub long.
-const BATCH: usize = 64;
+use super::send::SendHalf;
 
 /// What [`Outbox::take`] found.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,7 +29,7 @@ pub struct Outbox {
     key: StreamKey,
     conn: u64,
     resumable: bool,
-    wake: Arc<Notify>,
+    send: Arc<SendHalf>,
     closed: Arc<OnceLock<CloseReason>>,
 }
 
@@ -46,7 +45,7 @@ impl Outbox {
             key,
             conn: conn.id,
             resumable: conn.resumable,
-            wake: conn.wake.clone(),
+            send: conn.send.clone(),
             closed,
         }
     }
@@ -68,44 +67,22 @@ impl Outbox {
 
     /// Signalled whenever there may be something to take.
     pub fn wake(&self) -> &Notify {
-        &self.wake
+        self.send.woken()
+    }
+
+    /// The connection's sending half.
+    pub(super) fn send(&self) -> &SendHalf {
+        &self.send
     }
 
     /// Appends the next frames to write to `out`: relay frames first, then messages in
     /// order (numbered on a resumable connection, acknowledged as written otherwise).
     /// A plain connection's messages are the very texts the hub was given, not copies.
     pub fn take(&self, out: &mut Vec<Utf8Bytes>) -> Take {
-        let before = out.len();
-        let (first, messages) = {
-            let mut s = self.hub.lock();
-            let Some(stream) = s.stream(self.key) else {
-                return Take::Closed(self.closed.get().cloned());
-            };
-            let Some(conn) = stream.conn.as_mut().filter(|c| c.id == self.conn) else {
-                return Take::Closed(self.closed.get().cloned());
-            };
-            out.extend(conn.control.drain(..).map(Utf8Bytes::from));
-            let messages = out.len();
-            let first = stream.window.after(conn.sent, BATCH, out);
-            if out.len() > messages {
-                conn.sent = first + (out.len() - messages) as u64 - 1;
-                stream.written = stream.written.max(conn.sent);
-            }
-            if !self.resumable {
-                stream.window.ack(conn.sent);
-            }
-            (first, messages)
-        };
-        if out.len() == before {
-            return Take::Idle;
+        match self.hub.take(self.key, self.conn, self.resumable, out) {
+            Take::Closed(_) => Take::Closed(self.closed.get().cloned()),
+            took => took,
         }
-        // Numbering happens outside the lock: it is the only per-message text work.
-        if self.resumable {
-            for (seq, text) in (first..).zip(&mut out[messages..]) {
-                *text = protocol::with_seq(seq, text).into();
-            }
-        }
-        Take::Frames
     }
 
     /// Why the relay closed this connection, once it has.

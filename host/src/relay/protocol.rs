@@ -100,6 +100,11 @@ pub(super) struct Head<'a> {
     /// For `relayAck`: the count acknowledged.
     #[serde(default)]
     pub received: Option<u64>,
+    /// Whether the quick reader vouches that the text is one JSON object with no
+    /// top-level `threadId` key at all (not even `null`), so a thread can be spliced in
+    /// as text. `serde_json` never says so: it cannot tell a missing key from `null`.
+    #[serde(skip)]
+    pub no_thread_key: bool,
 }
 
 impl<'a> Head<'a> {
@@ -143,6 +148,23 @@ pub(super) fn with_seq(seq: u64, text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 32);
     out.push_str("{\"relaySeq\":");
     out.push_str(&seq.to_string());
+    out.push(',');
+    out.push_str(rest);
+    out
+}
+
+/// `text` with `"threadId":<thread>` spliced in as its first field, where `thread` is
+/// already a JSON string (quotes and escapes included). Only for a text the quick
+/// reader vouched for ([`Head::no_thread_key`]) that has at least one field: the rest
+/// of it passes byte for byte, with no parse and no re-serialisation.
+pub(super) fn with_thread(text: &str, thread: &str) -> String {
+    let rest = text.trim_start().strip_prefix('{').unwrap_or(text);
+    if rest.trim_start().starts_with('}') {
+        return format!("{{\"threadId\":{thread}}}");
+    }
+    let mut out = String::with_capacity(text.len() + thread.len() + 16);
+    out.push_str("{\"threadId\":");
+    out.push_str(thread);
     out.push(',');
     out.push_str(rest);
     out
@@ -247,6 +269,32 @@ mod tests {
             assert_eq!(got["type"], "relayRaw");
             assert_eq!(unwrap_raw(got), json!(text), "{text:?}");
         }
+    }
+
+    #[test]
+    fn thread_is_spliced_only_where_no_key_is() {
+        let joined = Value::from("t \"q\"").to_string();
+        for text in [
+            r#" {"type":"x","p":{"threadId":"inner"}}"#,
+            r#"{"type":"x"}"#,
+            "{ }",
+        ] {
+            let head = Head::parse(text).unwrap();
+            assert!(head.no_thread_key, "{text:?}");
+            let got: Value = serde_json::from_str(&with_thread(text, &joined)).unwrap();
+            let mut want: Value = serde_json::from_str(text).unwrap();
+            want["threadId"] = json!("t \"q\"");
+            assert_eq!(got, want, "{text:?}");
+        }
+        // A `null` thread is a key all the same; `serde_json` never vouches.
+        for text in [
+            r#"{"type":"x","threadId":null}"#,
+            r#"{"type":"x","threadId":"t"}"#,
+        ] {
+            assert!(!Head::parse(text).unwrap().no_thread_key, "{text:?}");
+        }
+        let escaped = r#"{"type":"x","thre\u0061dId":null}"#;
+        assert!(!Head::parse(escaped).unwrap().no_thread_key);
     }
 
     #[test]

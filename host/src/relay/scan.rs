@@ -54,6 +54,7 @@ pub(super) fn head(text: &str) -> Option<Head<'_>> {
         }
     }
     c.space();
+    head.no_thread_key = !thread;
     (c.at == c.bytes.len()).then_some(head)
 }
 
