@@ -14,16 +14,20 @@
 //! environments' calls by a tick, not by its whole deadline.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::runtime::{Handle, Runtime};
 use tokio::task::JoinHandle;
 
 use super::EngineError;
+use super::inline::InlineBudget;
 
 /// The runtime guests run on; shut down (without waiting) when the engine goes.
 pub(crate) struct GuestExecutor {
     runtime: Option<Runtime>,
     handle: Handle,
+    /// The meter on guest code run in callers' tasks instead of here.
+    inline: Arc<InlineBudget>,
 }
 
 impl GuestExecutor {
@@ -38,6 +42,7 @@ impl GuestExecutor {
             return Ok(Self {
                 runtime: None,
                 handle,
+                inline: Default::default(),
             });
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -50,12 +55,18 @@ impl GuestExecutor {
         Ok(Self {
             runtime: Some(runtime),
             handle,
+            inline: Default::default(),
         })
     }
 
     /// The runtime's handle, for spawning from where the executor is not at hand.
     pub(crate) fn handle(&self) -> &Handle {
         &self.handle
+    }
+
+    /// The meter on guest code run in callers' tasks (shared by every instance).
+    pub(crate) fn inline_budget(&self) -> &Arc<InlineBudget> {
+        &self.inline
     }
 
     /// Runs `task` on the guest executor.

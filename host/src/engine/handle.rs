@@ -231,8 +231,8 @@ pub(crate) async fn instantiate(
     version: String,
     sha256: String,
     limits: LimitsConfig,
-    budget: Arc<InlineBudget>,
 ) -> Result<ProviderHandle, EngineError> {
+    let budget = guests.inline_budget().clone();
     const START_UP: Duration = Duration::from_secs(10);
     let env_id = store.data().env_id.clone();
     let span = tracing::info_span!("provider", env = %env_id, provider = %provider);

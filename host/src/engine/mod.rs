@@ -142,8 +142,6 @@ pub struct Engine {
     compile_cache: Option<wasmtime::Cache>,
     dropins: dropins::DropIns,
     guests: executor::GuestExecutor,
-    /// The meter on guest code run in callers' tasks, shared by every instance.
-    inline: Arc<inline::InlineBudget>,
     /// The `tether` binary instances' children run under, once set.
     spawn_guard: std::sync::OnceLock<PathBuf>,
 }
@@ -193,7 +191,6 @@ impl Engine {
             compile_cache,
             dropins: Default::default(),
             guests,
-            inline: Default::default(),
             spawn_guard: std::sync::OnceLock::new(),
         })
     }
@@ -328,7 +325,6 @@ impl Engine {
             provider.description.version.clone(),
             provider.sha256.clone(),
             limits.clone(),
-            self.inline.clone(),
         )
         .await
     }
