@@ -59,7 +59,10 @@ pub struct Report {
 impl Report {
     /// Whether nothing was lost, doubled or left behind.
     pub fn clean(&self) -> bool {
-        self.lost + self.parse_failures + self.running_twice + self.leftover_processes
+        self.lost
+            + self.parse_failures
+            + self.running_twice
+            + self.leftover_processes
             + self.leftover_workspaces
             == 0
     }
@@ -152,7 +155,10 @@ async fn burst(server: Server, round: usize, patched: &[String], acked: &mut Ack
     for (w, id) in patched.iter().enumerate() {
         let (client, base, id, acks) = (client.clone(), base.clone(), id.clone(), acks.clone());
         // Above anything acknowledged or in flight before.
-        let from = acked.patched.get(&id).map_or(w as u64 * 1_000_000, |n| n + 2);
+        let from = acked
+            .patched
+            .get(&id)
+            .map_or(w as u64 * 1_000_000, |n| n + 2);
         patchers.spawn(async move {
             let mut last = None;
             for n in from.. {
@@ -182,7 +188,9 @@ async fn burst(server: Server, round: usize, patched: &[String], acked: &mut Ack
                 let sent = client
                     .post(format!("{base}/api/v1/environments"))
                     .bearer_auth(TOKEN)
-                    .json(&json!({"name": format!("b{round}-c{c}-{k}"), "provider": "local-process"}))
+                    .json(
+                        &json!({"name": format!("b{round}-c{c}-{k}"), "provider": "local-process"}),
+                    )
                     .send()
                     .await;
                 let Ok(resp) = sent else { break };
@@ -362,7 +370,9 @@ async fn check(server: &Server, round: usize, acked: &mut Acked, report: &mut Re
         let kept = on_disk.get(id).and_then(|r| r["config"]["n"].as_u64());
         // The patch in flight at the kill may have been made durable unacknowledged.
         if !kept.is_some_and(|k| k == *n || k == *n + 1) {
-            lost(format!("{id} was acknowledged at n={n}, the file has {kept:?}"));
+            lost(format!(
+                "{id} was acknowledged at n={n}, the file has {kept:?}"
+            ));
         }
     }
     for id in &acked.created {
@@ -430,9 +440,9 @@ async fn check(server: &Server, round: usize, acked: &mut Acked, report: &mut Re
     let unnamed = unnamed_workspaces(&server.data_dir, &records);
     if !unnamed.is_empty() {
         report.leftover_workspaces += unnamed.len();
-        report
-            .failures
-            .push(format!("round {round}: workspaces without a record: {unnamed:?}"));
+        report.failures.push(format!(
+            "round {round}: workspaces without a record: {unnamed:?}"
+        ));
     }
 }
 
@@ -448,7 +458,10 @@ async fn kill_9_in_crash_loops_loses_nothing_and_leaves_nothing_behind() {
         report.restart_quantile(1.0)
     );
     assert!(report.clean(), "{report:#?}");
-    assert!(report.acknowledged > 100, "little was acknowledged: {report:#?}");
+    assert!(
+        report.acknowledged > 100,
+        "little was acknowledged: {report:#?}"
+    );
     assert!(report.runtimes_seen > 0, "no runtime ran: {report:#?}");
 }
 

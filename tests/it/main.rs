@@ -29,6 +29,7 @@ mod records;
 mod relay;
 mod sandbox;
 mod spine;
+mod storage;
 mod support;
 mod tenancy;
 mod tickets;

@@ -149,6 +149,11 @@ impl Server {
         self.child.id()
     }
 
+    /// Whether the server process is still running (it has not exited or panicked).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);

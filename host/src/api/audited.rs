@@ -80,9 +80,7 @@ pub(crate) async fn audited<T>(
         tracing::error!(error = %e, action = act.action, "the audit log did not take a request");
         // A refused or failed request changed nothing: its own error says more than
         // the log's (a full disk refuses both the change and its audit line).
-        if result.is_err() {
-            return result;
-        }
+        result?;
         return Err(ApiError::new(
             ErrorCode::AuditFailed,
             format!("the change could not be recorded in the audit log: {e}"),

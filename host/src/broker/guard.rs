@@ -47,7 +47,10 @@ pub(crate) fn run(mut argv: impl Iterator<Item = OsString>) -> i32 {
     // `--parent=PID`: the host that spawned the guard. If the host was killed before
     // the guard got here, the guard is already an orphan and watching its parent
     // change would never fire: it must not start the program at all.
-    let expected = match program.as_ref().and_then(|p| p.to_str()?.strip_prefix(PARENT_FLAG)) {
+    let expected = match program
+        .as_ref()
+        .and_then(|p| p.to_str()?.strip_prefix(PARENT_FLAG))
+    {
         Some(pid) => {
             let pid = pid.parse::<i32>().ok().map(Pid::from_raw);
             program = argv.next();

@@ -38,8 +38,8 @@ mod quotas;
 mod reconcile;
 mod supervisor;
 mod view;
-mod workspaces;
 mod wake;
+mod workspaces;
 
 use std::sync::Arc;
 

@@ -42,7 +42,9 @@ fn remove_file(path: &Path) {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not clear a delete mark"),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not clear a delete mark")
+        }
     }
 }
 
@@ -56,8 +58,9 @@ pub(super) fn sweep(config: &ServeConfig, store: &Store) {
             continue;
         };
         if store.find(|r| r.name == name).is_none() {
-            match config.workspace_dir(&name) {
-                Ok(workspace) => match std::fs::remove_dir_all(&workspace) {
+            // A name that is not one the host makes is not a path it may remove.
+            if let Ok(workspace) = config.workspace_dir(&name) {
+                match std::fs::remove_dir_all(&workspace) {
                     Ok(()) => {
                         tracing::info!(%name, "removed the workspace of an environment deleted just before the host stopped");
                     }
@@ -66,9 +69,7 @@ pub(super) fn sweep(config: &ServeConfig, store: &Store) {
                         tracing::warn!(%name, error = %e, "could not remove the workspace of a deleted environment");
                         continue;
                     }
-                },
-                // Not a name the host made: not a path it may remove.
-                Err(_) => {}
+                }
             }
         }
         remove_file(&entry.path());

@@ -181,7 +181,8 @@ impl EnvLogs {
                 // once per run of failures, and not through tracing, which would log
                 // into the log being written, nor with `eprintln!`, which panics when
                 // stderr is on the same full disk.
-                self.dropped.fetch_add(lines.len() as u64, Ordering::Relaxed);
+                self.dropped
+                    .fetch_add(lines.len() as u64, Ordering::Relaxed);
                 if !self.failing.swap(true, Ordering::Relaxed) {
                     let _ = writeln!(
                         std::io::stderr(),

@@ -106,7 +106,12 @@ pub(super) struct Faults {
 /// A filesystem without `fallocate` is taken at its word: the next append tells.
 pub(super) fn probe(file: &File, len: u64) -> std::io::Result<()> {
     let offset = i64::try_from(len).unwrap_or(i64::MAX - PROBE_BYTES);
-    match fallocate(file, FallocateFlags::FALLOC_FL_KEEP_SIZE, offset, PROBE_BYTES) {
+    match fallocate(
+        file,
+        FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        offset,
+        PROBE_BYTES,
+    ) {
         Ok(()) | Err(Errno::EOPNOTSUPP) => Ok(()),
         Err(e) => Err(std::io::Error::from(e)),
     }

@@ -42,11 +42,11 @@ use std::time::Duration;
 use crate::sync::MutexExt;
 use crate::untrusted;
 use document::Document;
+use fault::Faults;
+pub use fault::{Fault, StorageProblem};
 use file::{read_file, sha};
 use journal::OpRef;
 use patch::{Dirty, Touch};
-pub use fault::{Fault, StorageProblem};
-use fault::Faults;
 pub use record::{DesiredState, ProvisionKey, Record, RestartPolicy, StopReason};
 
 /// A file read from disk: its document, or why it is not one.
