@@ -149,6 +149,11 @@ impl Server {
         self.child.id()
     }
 
+    /// Whether the server process is still running (it has not exited or panicked).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
@@ -688,4 +693,80 @@ impl CutProxy {
     pub fn cut(&self) {
         self.cut.send_modify(|n| *n += 1);
     }
+}
+
+/// What a `/proc` scan finds under a data directory's workspaces: the processes
+/// (spawn guards and runtimes) whose working directory is in
+/// `.codebolt/environments/`, sorted by whether the host `host` started them.
+#[derive(Debug, Default)]
+pub struct WorkspaceProcs {
+    /// Processes not descended from `host`: left behind by an earlier incarnation.
+    pub orphans: Vec<(u32, String)>,
+    /// Runtime processes (not guards) descended from `host`, by workspace.
+    pub runtimes: std::collections::HashMap<PathBuf, Vec<u32>>,
+}
+
+/// Scans `/proc` for processes working in `data_dir`'s workspaces (see
+/// [`WorkspaceProcs`]).
+pub fn workspace_procs(data_dir: &Path, host: u32) -> WorkspaceProcs {
+    let root = data_dir
+        .join(".codebolt/environments")
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.join(".codebolt/environments"));
+    let mut found = WorkspaceProcs::default();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
+            continue;
+        };
+        if !cwd.starts_with(&root) || process_gone(pid) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .unwrap_or_default();
+        if !descends_from(pid, host) {
+            found.orphans.push((pid, cmdline));
+        } else if !cmdline.contains("__spawn-guard") {
+            found.runtimes.entry(cwd).or_default().push(pid);
+        }
+    }
+    found
+}
+
+/// Whether `pid`'s parent chain leads to `ancestor`.
+pub fn descends_from(mut pid: u32, ancestor: u32) -> bool {
+    for _ in 0..64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        match parent {
+            Some(p) if p == ancestor => return true,
+            Some(p) if p > 1 => pid = p,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Directories under `data_dir`'s `.codebolt/environments/` that no record of
+/// `records` (the records file's document) names.
+pub fn unnamed_workspaces(data_dir: &Path, records: &Value) -> Vec<String> {
+    let names: std::collections::HashSet<&str> = records["environments"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|r| r["name"].as_str()).collect())
+        .unwrap_or_default();
+    std::fs::read_dir(data_dir.join(".codebolt/environments"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().to_str().map(str::to_owned))
+                .filter(|n| !names.contains(n.as_str()))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -77,7 +77,10 @@ pub(crate) async fn audited<T>(
         entry = entry.reason(reason);
     }
     if let Err(e) = s.audit.record(entry).await {
-        tracing::error!(error = %e, action = act.action, "the audit log did not take a change");
+        tracing::error!(error = %e, action = act.action, "the audit log did not take a request");
+        // A refused or failed request changed nothing: its own error says more than
+        // the log's (a full disk refuses both the change and its audit line).
+        result?;
         return Err(ApiError::new(
             ErrorCode::AuditFailed,
             format!("the change could not be recorded in the audit log: {e}"),

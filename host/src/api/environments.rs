@@ -148,6 +148,8 @@ pub(crate) async fn list(
         (status = 404, description = "No provider of that name is loaded (`not_found`).", body = ErrorBody),
         (status = 409, description = "The name is taken (`conflict`).", body = ErrorBody),
         (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
+        (status = 503, description = "The data directory's filesystem is read-only or fails (`storage_unavailable`): nothing was changed; `/healthz` says why.", body = ErrorBody),
+        (status = 507, description = "The data directory's filesystem is full (`storage_full`): nothing was changed; `/healthz` says why.", body = ErrorBody),
     ),
     security(("bearer" = ["envs:write"])),
 )]
@@ -248,6 +250,8 @@ pub(crate) async fn get(
         (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
         (status = 409, description = "The record is held back as invalid in `environments.json`; the host does not change it (`conflict`).", body = ErrorBody),
         (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
+        (status = 503, description = "The data directory's filesystem is read-only or fails (`storage_unavailable`): nothing was changed; `/healthz` says why.", body = ErrorBody),
+        (status = 507, description = "The data directory's filesystem is full (`storage_full`): nothing was changed; `/healthz` says why.", body = ErrorBody),
     ),
     security(("bearer" = ["envs:write"])),
 )]
@@ -315,6 +319,8 @@ async fn changed(
         (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
         (status = 409, description = "The record is held back as invalid in `environments.json`; the host does not change it (`conflict`).", body = ErrorBody),
         (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
+        (status = 503, description = "The data directory's filesystem is read-only or fails (`storage_unavailable`): nothing was changed; `/healthz` says why.", body = ErrorBody),
+        (status = 507, description = "The data directory's filesystem is full (`storage_full`): nothing was changed; `/healthz` says why.", body = ErrorBody),
     ),
     security(("bearer" = ["envs:delete"])),
 )]
@@ -372,6 +378,8 @@ pub(crate) async fn delete(
         (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
         (status = 409, description = "The record is held back as invalid in `environments.json`; the host does not change it (`conflict`).", body = ErrorBody),
         (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
+        (status = 503, description = "The data directory's filesystem is read-only or fails (`storage_unavailable`): nothing was changed; `/healthz` says why.", body = ErrorBody),
+        (status = 507, description = "The data directory's filesystem is full (`storage_full`): nothing was changed; `/healthz` says why.", body = ErrorBody),
     ),
     security(("bearer" = ["envs:write"])),
 )]
@@ -409,6 +417,8 @@ pub(crate) async fn start(
         (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
         (status = 409, description = "The record is held back as invalid in `environments.json`; the host does not change it (`conflict`).", body = ErrorBody),
         (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
+        (status = 503, description = "The data directory's filesystem is read-only or fails (`storage_unavailable`): nothing was changed; `/healthz` says why.", body = ErrorBody),
+        (status = 507, description = "The data directory's filesystem is full (`storage_full`): nothing was changed; `/healthz` says why.", body = ErrorBody),
     ),
     security(("bearer" = ["envs:write"])),
 )]
@@ -446,6 +456,8 @@ pub(crate) async fn stop(
         (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
         (status = 409, description = "The record is held back as invalid in `environments.json`; the host does not change it (`conflict`).", body = ErrorBody),
         (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
+        (status = 503, description = "The data directory's filesystem is read-only or fails (`storage_unavailable`): nothing was changed; `/healthz` says why.", body = ErrorBody),
+        (status = 507, description = "The data directory's filesystem is full (`storage_full`): nothing was changed; `/healthz` says why.", body = ErrorBody),
     ),
     security(("bearer" = ["envs:write"])),
 )]

@@ -10,6 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::lifecycle::LifecycleError;
+use crate::store::{StorageProblem, StoreError};
 use crate::tenancy::{MissingScope, TenancyError};
 
 /// What went wrong, for programs; each code has one HTTP status (the runtime
@@ -50,11 +51,15 @@ pub(crate) enum ErrorCode {
     InternalError,
     /// 500.
     AuditFailed,
+    /// 507.
+    StorageFull,
+    /// 503.
+    StorageUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in the order the docs list them.
-    pub(crate) const ALL: [ErrorCode; 16] = [
+    pub(crate) const ALL: [ErrorCode; 18] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidJson,
         ErrorCode::Unauthorized,
@@ -71,6 +76,8 @@ impl ErrorCode {
         ErrorCode::StoreError,
         ErrorCode::InternalError,
         ErrorCode::AuditFailed,
+        ErrorCode::StorageFull,
+        ErrorCode::StorageUnavailable,
     ];
 
     /// The code as sent.
@@ -92,6 +99,8 @@ impl ErrorCode {
             ErrorCode::StoreError => "store_error",
             ErrorCode::InternalError => "internal_error",
             ErrorCode::AuditFailed => "audit_failed",
+            ErrorCode::StorageFull => "storage_full",
+            ErrorCode::StorageUnavailable => "storage_unavailable",
         }
     }
 
@@ -111,6 +120,8 @@ impl ErrorCode {
             ErrorCode::StoreError | ErrorCode::InternalError | ErrorCode::AuditFailed => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -162,6 +173,12 @@ impl ErrorCode {
             }
             ErrorCode::AuditFailed => {
                 "The change was made but the audit log could not take it, or the log could not be read; the host logs why."
+            }
+            ErrorCode::StorageFull => {
+                "The filesystem of the data directory is full: the change was not made and nothing stored was touched. `/healthz` shows `storage`; the host takes changes again by itself once space is freed."
+            }
+            ErrorCode::StorageUnavailable => {
+                "The filesystem of the data directory is read-only or fails: the change was not made and nothing stored was touched. `/healthz` shows `storage`; the host takes changes again by itself once it can write."
             }
         }
     }
@@ -281,6 +298,15 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::QuotaExceeded { .. } => Self::new(ErrorCode::QuotaExceeded, message),
             LifecycleError::TooManyConnections(_) => {
                 Self::new(ErrorCode::TooManyConnections, message)
+            }
+            LifecycleError::Store(StoreError::Storage { problem, .. }) => {
+                let code = match problem {
+                    StorageProblem::Full => ErrorCode::StorageFull,
+                    StorageProblem::ReadOnly | StorageProblem::Failing => {
+                        ErrorCode::StorageUnavailable
+                    }
+                };
+                Self::new(code, message)
             }
             LifecycleError::Store(_) => Self::new(ErrorCode::StoreError, message),
             LifecycleError::Internal(_) => Self::new(ErrorCode::InternalError, message),

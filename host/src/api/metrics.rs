@@ -24,7 +24,7 @@ struct StatusLabel {
     path = "/metrics",
     tag = "host",
     responses(
-        (status = 200, description = "OpenMetrics text: `tether_environments{status}`, `tether_runtimes_connected`, `tether_providers_loaded`, `tether_provider_load_failures`, `tether_environment_log_lines_dropped`, `tether_compile_cache_hits`/`misses`.", content_type = "application/openmetrics-text", body = String),
+        (status = 200, description = "OpenMetrics text: `tether_environments{status}`, `tether_runtimes_connected`, `tether_providers_loaded`, `tether_provider_load_failures`, `tether_environment_log_lines_dropped`, `tether_audit_lines_failed`, `tether_compile_cache_hits`/`misses`.", content_type = "application/openmetrics-text", body = String),
         (status = 500, description = "The metrics could not be encoded (`internal_error`).", body = ErrorBody),
     ),
 )]
@@ -59,8 +59,15 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
     dropped.inc_by(s.manager.log_lines_dropped());
     registry.register(
         "environment_log_lines_dropped",
-        "Lines of environments' logs dropped because their writer was behind",
+        "Lines of environments' logs dropped because their writer was behind or the disk did not take them",
         dropped,
+    );
+    let audit_failed = Counter::<u64>::default();
+    audit_failed.inc_by(s.audit.failed_lines());
+    registry.register(
+        "audit_lines_failed",
+        "Audit log lines the disk did not take (a full or read-only filesystem)",
+        audit_failed,
     );
     if let Some(cache) = counts.compile_cache {
         let hits = Counter::<u64>::default();

@@ -64,9 +64,16 @@ impl LogFile {
         if self.len > 0 && self.len + bytes.len() as u64 > self.max_bytes {
             self.rotate()?;
         }
-        self.file.write_all(bytes)?;
-        // Data only: the file's size is metadata fdatasync covers; its times are not needed.
-        self.file.sync_data()?;
+        // A write or sync that fails (a full disk) is cut off again, so the next
+        // line does not follow half a line and nothing unsynced counts as written.
+        let written = self.file.write_all(bytes).and_then(|()| {
+            // Data only: the file's size is metadata fdatasync covers; its times are not needed.
+            self.file.sync_data()
+        });
+        if let Err(e) = written {
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
         self.len += bytes.len() as u64;
         Ok(())
     }

@@ -106,6 +106,7 @@ impl AuditLog {
             queued_notes: AtomicUsize::new(0),
             syncs: AtomicU64::new(0),
             lines: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let for_thread = shared.clone();
@@ -210,6 +211,12 @@ impl AuditLog {
     /// Lines written so far.
     pub fn lines(&self) -> u64 {
         self.inner.shared.lines.load(Ordering::Relaxed)
+    }
+
+    /// Lines the log could not take (a full or read-only disk) since start: each
+    /// awaited one failed its request, each note was lost.
+    pub fn failed_lines(&self) -> u64 {
+        self.inner.shared.failed.load(Ordering::Relaxed)
     }
 
     fn encode(&self, entry: &Entry) -> Result<Vec<u8>, AuditError> {

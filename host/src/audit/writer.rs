@@ -43,6 +43,8 @@ pub(super) struct Shared {
     pub(super) syncs: AtomicU64,
     /// Lines written.
     pub(super) lines: AtomicU64,
+    /// Lines that could not be written.
+    pub(super) failed: AtomicU64,
 }
 
 /// Runs until [`Msg::Close`] or until every handle is gone.
@@ -128,7 +130,9 @@ fn write(file: &mut LogFile, buf: &[u8], shared: &Shared) -> Durable {
             Ok(())
         }
         Err(error) => {
-            tracing::error!(%error, "writing the audit log failed");
+            let lines = memchr::memchr_iter(b'\n', buf).count() as u64;
+            shared.failed.fetch_add(lines, Ordering::Relaxed);
+            tracing::error!(%error, lines, "writing the audit log failed");
             Err(error.to_string())
         }
     }

@@ -10,6 +10,11 @@
 //! when the host that started it goes away, it kills its whole tree with
 //! `SIGKILL` until nothing is left, then exits as the program did.
 //!
+//! The host passes its pid (`--parent=PID`): a guard whose parent is already
+//! someone else when it starts (the host was killed between the fork and the
+//! guard's first look) exits without starting the program, so a `kill -9` at any
+//! instant leaves no runtime behind.
+//!
 //! It is single-threaded by design apart from one watcher thread: signals are
 //! blocked and taken with `sigwait`, which needs no signal handler (`unsafe`).
 
@@ -25,6 +30,10 @@ use nix::unistd::{Pid, getpid, getppid};
 /// The first argument that selects the guard mode of the binary.
 pub(crate) const GUARD_ARG: &str = "__spawn-guard";
 
+/// The guard's optional first argument, `--parent=PID`: the pid of the host that
+/// spawned it.
+pub(crate) const PARENT_FLAG: &str = "--parent=";
+
 /// How often the watcher thread checks that the host is still the parent.
 const PARENT_POLL: Duration = Duration::from_millis(200);
 /// How long the guard keeps killing before it gives up on a process that will
@@ -34,12 +43,31 @@ const KILL_PATIENCE: Duration = Duration::from_secs(10);
 /// Runs the guard over `program args...` and returns the exit code it should end
 /// with (after re-raising a fatal signal, when the program died of one).
 pub(crate) fn run(mut argv: impl Iterator<Item = OsString>) -> i32 {
-    let Some(program) = argv.next() else {
+    let mut program = argv.next();
+    // `--parent=PID`: the host that spawned the guard. If the host was killed before
+    // the guard got here, the guard is already an orphan and watching its parent
+    // change would never fire: it must not start the program at all.
+    let expected = match program
+        .as_ref()
+        .and_then(|p| p.to_str()?.strip_prefix(PARENT_FLAG))
+    {
+        Some(pid) => {
+            let pid = pid.parse::<i32>().ok().map(Pid::from_raw);
+            program = argv.next();
+            pid
+        }
+        None => None,
+    };
+    let Some(program) = program else {
         eprintln!("tether {GUARD_ARG}: no program");
         return 127;
     };
     let args: Vec<OsString> = argv.collect();
     let parent = getppid();
+    if expected.is_some_and(|p| p != parent) {
+        eprintln!("tether {GUARD_ARG}: the host that spawned this guard is gone; not starting");
+        return 128 + Signal::SIGKILL as i32;
+    }
     if let Err(e) = prctl::set_child_subreaper(true) {
         eprintln!("tether {GUARD_ARG}: cannot become a subreaper: {e}");
         return 126;

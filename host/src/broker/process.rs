@@ -15,7 +15,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::guard::GUARD_ARG;
+use super::guard::{GUARD_ARG, PARENT_FLAG};
 use super::{Capabilities, Denied, PathScope, env};
 
 /// The program name that stands for this very binary (`tether runtime` et al.).
@@ -130,7 +130,9 @@ impl ProcessBroker {
         let mut cmd = match &self.guard {
             Some(tether) => {
                 let mut cmd = tokio::process::Command::new(tether);
-                cmd.arg(GUARD_ARG).arg(&program);
+                cmd.arg(GUARD_ARG)
+                    .arg(format!("{PARENT_FLAG}{}", std::process::id()))
+                    .arg(&program);
                 cmd
             }
             None => tokio::process::Command::new(&program),

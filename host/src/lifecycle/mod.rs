@@ -39,6 +39,7 @@ mod reconcile;
 mod supervisor;
 mod view;
 mod wake;
+mod workspaces;
 
 use std::sync::Arc;
 
@@ -52,7 +53,7 @@ use crate::config::ServeConfig;
 use crate::engine::Engine;
 use crate::logs::{EnvLogs, Follow};
 use crate::relay::Relay;
-use crate::store::{Record, StopReason, Store, StoreError, validate};
+use crate::store::{Record, StopReason, StorageProblem, Store, StoreError, validate};
 use crate::tenancy::Principal;
 use crate::untrusted;
 use driver::Driver;
@@ -163,6 +164,24 @@ pub(crate) struct HostHealth {
     pub status: HealthStatus,
     /// Why it is degraded.
     pub reasons: Vec<String>,
+    /// The storage failure in force (the records journal or file cannot be
+    /// written), or `null`; while the journal's lasts, changes are refused with
+    /// `storage_full` or `storage_unavailable`.
+    pub storage: Option<StorageHealth>,
+}
+
+/// A storage failure, as `/healthz` shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct StorageHealth {
+    /// `full`, `readOnly` or `failing`.
+    pub problem: StorageProblem,
+    /// The file the host failed to write.
+    pub path: String,
+    /// What the operating system said.
+    pub error: String,
+    /// When the failure was first seen (RFC 3339).
+    pub since: String,
 }
 
 #[derive(Debug)]
@@ -232,8 +251,10 @@ impl Manager {
         &self.shared.driver
     }
 
-    /// Brings every environment whose desired state is `running` up (after a host start).
+    /// After a host start: finishes the deletes a crash interrupted (their
+    /// workspaces), then brings every environment whose desired state is `running` up.
     pub(crate) fn recover(&self) {
+        workspaces::sweep(&self.shared.config.get(), &self.shared.store);
         for record in self.shared.store.list() {
             if record.desired_state == DesiredState::Running
                 && let Some(env) = self.shared.envs.get(&record.id)
@@ -264,6 +285,15 @@ impl Manager {
         }
         reasons.extend(self.shared.providers.load_failures());
         reasons.extend(self.config_health());
+        let storage = self.shared.store.storage_fault().map(|f| {
+            reasons.push(format!("storage: {f}"));
+            StorageHealth {
+                problem: f.problem,
+                path: f.path.display().to_string(),
+                error: f.error,
+                since: f.since,
+            }
+        });
         HostHealth {
             status: if reasons.is_empty() {
                 HealthStatus::Ok
@@ -271,6 +301,7 @@ impl Manager {
                 HealthStatus::Degraded
             },
             reasons,
+            storage,
         }
     }
 
@@ -533,12 +564,25 @@ impl Manager {
         let env = self.known_env(id)?;
         env.deleting.cancel();
         let _op = env.op.lock().await;
-        let record = self.shared.store.remove(id).await?;
+        let config = self.shared.config.get();
+        if let Some(name) = self.shared.store.peek(id, |r| r.name.clone()) {
+            workspaces::mark(&config, &name);
+        }
+        let record = match self.shared.store.remove(id).await {
+            Ok(record) => record,
+            Err(e) => {
+                if let Some(name) = self.shared.store.peek(id, |r| r.name.clone()) {
+                    workspaces::unmark(&config, &name);
+                }
+                return Err(e.into());
+            }
+        };
         self.driver().destroy_locked(&env, &record).await;
         self.shared.envs.forget(id);
         self.events().deleted(&record);
         self.shared.envs.close_hub(id, "environment deleted");
         self.driver().remove_workspace(&env, &record).await;
+        workspaces::unmark(&config, &record.name);
         tracing::info!(env = %id, "environment deleted");
         Ok(())
     }

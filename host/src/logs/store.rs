@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -61,6 +61,8 @@ pub(crate) struct EnvLogs {
     /// Live followers, by environment.
     followers: Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>,
     dropped: AtomicU64,
+    /// Whether the last write failed (so a run of failures is reported once).
+    failing: AtomicBool,
     /// The environments that have a log: lines for any other (one deleted a moment
     /// ago, say) are dropped, so a deleted environment's file is never made again.
     known: Mutex<HashSet<String>>,
@@ -81,6 +83,7 @@ impl EnvLogs {
             queue,
             followers: Mutex::default(),
             dropped: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
             known: Mutex::default(),
         });
         let writer = Arc::downgrade(&logs);
@@ -174,9 +177,22 @@ impl EnvLogs {
         for (env, lines) in by_env {
             let path = self.path(&env);
             if let Err(e) = append(&path, &lines) {
-                // Not through tracing: this would log into the log being written.
-                eprintln!("env-logs: writing {}: {e}", path.display());
+                // Counted with the dropped lines (a full disk drops them); reported
+                // once per run of failures, and not through tracing, which would log
+                // into the log being written, nor with `eprintln!`, which panics when
+                // stderr is on the same full disk.
+                self.dropped
+                    .fetch_add(lines.len() as u64, Ordering::Relaxed);
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "env-logs: writing {}: {e}; lines are dropped and counted until writes work again",
+                        path.display()
+                    );
+                }
+                continue;
             }
+            self.failing.store(false, Ordering::Relaxed);
             let followers = self.followers.locked();
             if let Some(sender) = followers.get(&env) {
                 for line in lines {
@@ -208,7 +224,7 @@ fn append(path: &Path, lines: &[String]) -> std::io::Result<()> {
     for line in lines {
         let len = line.len() as u64 + 1;
         if size > 0 && size + (text.len() as u64) + len > MAX_FILE_BYTES {
-            file.write_all(text.as_bytes())?;
+            write_or_cut(&mut file, text.as_bytes(), size)?;
             text.clear();
             std::fs::rename(path, rotated(path))?;
             file = open()?;
@@ -217,7 +233,15 @@ fn append(path: &Path, lines: &[String]) -> std::io::Result<()> {
         text.push_str(line);
         text.push('\n');
     }
-    file.write_all(text.as_bytes())
+    write_or_cut(&mut file, text.as_bytes(), size)
+}
+
+/// Appends `bytes` to `file` of length `len`; a write that fails half-way (a full
+/// disk) is cut off again, so the log never holds half a line.
+fn write_or_cut(file: &mut std::fs::File, bytes: &[u8], len: u64) -> std::io::Result<()> {
+    file.write_all(bytes).inspect_err(|_| {
+        let _ = file.set_len(len);
+    })
 }
 
 /// The `"ts"` of a line as written (the first field).

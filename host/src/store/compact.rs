@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use super::document::Document;
 use super::file::Replaced;
 use super::{MAX_MERGE_ROUNDS, Shared, StoreError, invalid_file, journal};
+use crate::sync::MutexExt;
 
 /// Journal size past which a compaction starts at once (it also bounds a replay).
 pub(super) const JOURNAL_LIMIT: u64 = 16 * 1024 * 1024;
@@ -102,10 +103,18 @@ async fn run(
             return;
         }
         let started = Instant::now();
-        match s.compact().await {
-            Ok(()) => s.with(|st| st.last_cost = started.elapsed()),
+        // A faulted journal is retried here too, so it recovers without a mutation.
+        let done = match s.recover().await {
+            Ok(()) => s.compact().await,
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => {
+                s.with(|st| st.last_cost = started.elapsed());
+                s.compaction_done();
+            }
             Err(e) => {
-                tracing::error!(error = %e, "compacting the records journal failed; its entries stay in the journal and it is tried again");
+                s.compaction_failed(&e);
                 drop(s);
                 tokio::time::sleep(RETRY).await;
                 wake.notify_one();
@@ -115,6 +124,37 @@ async fn run(
 }
 
 impl Shared {
+    /// A compaction worked: a storage fault of the records file is over.
+    fn compaction_done(&self) {
+        if let Some(fault) = self.faults.locked().compaction.take() {
+            tracing::info!(path = %fault.path.display(), "the records file is written again");
+        }
+    }
+
+    /// Logs a failed compaction (once per kind of failure, not at every retry) and
+    /// keeps a storage failure for `/healthz`.
+    fn compaction_failed(&self, e: &StoreError) {
+        let mut faults = self.faults.locked();
+        let fault = match e {
+            StoreError::Io { path, source } => {
+                Some(super::Fault::new(path, source, faults.compaction.as_ref()))
+            }
+            // The journal's own fault is kept where it was noted.
+            StoreError::Storage { .. } => return,
+            _ => None,
+        };
+        let repeated = fault.as_ref().is_some_and(|f| {
+            faults
+                .compaction
+                .as_ref()
+                .is_some_and(|before| before.problem == f.problem && before.path == f.path)
+        });
+        if !repeated {
+            tracing::error!(error = %e, "compacting the records journal failed; its entries stay in the journal and it is tried again every second");
+        }
+        faults.compaction = fault;
+    }
+
     #[cfg(test)]
     fn crashes_after(&self, step: Step) -> bool {
         *self

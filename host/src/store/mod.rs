@@ -24,6 +24,7 @@
 
 mod compact;
 mod document;
+mod fault;
 mod file;
 mod journal;
 pub(crate) mod lock;
@@ -41,6 +42,8 @@ use std::time::Duration;
 use crate::sync::MutexExt;
 use crate::untrusted;
 use document::Document;
+use fault::Faults;
+pub use fault::{Fault, StorageProblem};
 use file::{read_file, sha};
 use journal::OpRef;
 use patch::{Dirty, Touch};
@@ -95,6 +98,17 @@ pub enum StoreError {
         path: PathBuf,
         /// How many merge-and-write rounds were tried.
         rounds: usize,
+    },
+    /// The filesystem does not take writes (full, read-only, failing): the change was
+    /// not made. The host retries by itself and takes changes again once it can.
+    #[error("{path}: {}, so the change was not made ({source}); the host takes changes again by itself once it can write", problem.describe())]
+    Storage {
+        /// The journal.
+        path: PathBuf,
+        /// What kind of failure.
+        problem: StorageProblem,
+        /// What the OS said.
+        source: std::io::Error,
     },
     /// The journal cannot be appended to.
     #[error("{path}: {reason}")]
@@ -154,6 +168,8 @@ struct Shared {
     /// Held while compacting or reading an outside edit in.
     compaction: tokio::sync::Mutex<()>,
     trigger: compact::Trigger,
+    /// Storage failures in force.
+    faults: Mutex<Faults>,
 }
 
 impl std::fmt::Debug for Store {
@@ -191,6 +207,7 @@ impl Store {
                 journal: tokio::sync::Mutex::new(appender),
                 compaction: tokio::sync::Mutex::new(()),
                 trigger: compact::Trigger::default(),
+                faults: Mutex::new(Faults::default()),
             }),
         })
     }
@@ -204,6 +221,13 @@ impl Store {
     /// applied; a copy of it is kept beside it).
     pub fn journal_damage(&self) -> Option<String> {
         self.shared.with(|s| s.journal_damage.clone())
+    }
+
+    /// The storage failure in force, if any: the journal's first (mutations are
+    /// refused while it lasts), else the records file's.
+    pub fn storage_fault(&self) -> Option<Fault> {
+        let faults = self.shared.faults.locked();
+        faults.journal.clone().or_else(|| faults.compaction.clone())
     }
 
     /// One line per record held back as invalid: its position, id, name and why.
@@ -388,11 +412,15 @@ impl Store {
     }
 
     /// Applies `f` to memory; when it journals an entry, returns once that entry is
-    /// durable.
+    /// durable. While the journal is faulted, the disk is probed first and the
+    /// mutation refused, memory untouched, if it still does not take writes.
     async fn mutate<R>(
         &self,
         f: impl FnOnce(&mut State) -> Result<(R, Option<u64>), StoreError>,
     ) -> Result<R, StoreError> {
+        if self.shared.faults.locked().journal.is_some() {
+            self.shared.recover().await?;
+        }
         let (out, seq) = self.shared.with(f)?;
         if let Some(seq) = seq {
             self.commit(seq).await?;
@@ -409,13 +437,29 @@ impl Store {
         if j.durable >= seq {
             return Ok(());
         }
+        shared.append_unwritten(&mut j).await
+    }
+}
+
+impl Shared {
+    /// Appends and syncs every entry made so far, under the journal lock `j`. A
+    /// failed append is cut off again (so the next does not follow junk), its
+    /// entries stay buffered for the next, and the journal is marked faulted.
+    async fn append_unwritten(
+        self: &Arc<Self>,
+        j: &mut journal::Appender,
+    ) -> Result<(), StoreError> {
         if let Some(reason) = &j.broken {
             return Err(StoreError::Journal {
                 path: j.path.clone(),
                 reason: reason.clone(),
             });
         }
-        let (bytes, upto) = shared.with(|s| (std::mem::take(&mut s.unwritten), s.seq));
+        let (bytes, upto) = self.with(|s| (std::mem::take(&mut s.unwritten), s.seq));
+        if bytes.is_empty() {
+            j.durable = upto;
+            return Ok(());
+        }
         let file = j.file.clone();
         let written = tokio::task::spawn_blocking(move || {
             let outcome = journal::append(&file, &bytes);
@@ -438,33 +482,75 @@ impl Store {
             Ok(()) => {
                 j.len += bytes.len() as u64;
                 j.durable = upto;
+                self.clear_journal_fault(&j.path);
                 let over = j.len >= compact::JOURNAL_LIMIT;
-                drop(j);
-                shared.trigger.poke(shared, over);
+                self.trigger.poke(self, over);
                 Ok(())
             }
             Err(source) => {
-                // Cut a partial append off, so the next entry does not follow junk,
-                // and keep the entries for the next append.
                 let len = j.len;
                 if let Err(e) = j.file.set_len(len) {
                     j.broken = Some(format!("cutting off a failed append failed: {e}"));
                 }
-                shared.with(|s| {
+                self.with(|s| {
                     let mut again = bytes;
                     again.extend_from_slice(&s.unwritten);
                     s.unwritten = again;
                 });
-                Err(StoreError::Io {
-                    path: j.path.clone(),
-                    source,
-                })
+                Err(self.journal_fault(&j.path, source))
             }
         }
     }
-}
 
-impl Shared {
+    /// Notes that appending to the journal at `path` failed with `source`; the error
+    /// for the caller. The compaction task is woken to retry.
+    fn journal_fault(self: &Arc<Self>, path: &Path, source: std::io::Error) -> StoreError {
+        let fault = {
+            let mut faults = self.faults.locked();
+            let fault = Fault::new(path, &source, faults.journal.as_ref());
+            if faults.journal.is_none() {
+                tracing::error!(%fault, "the records journal does not take writes; changes are refused until it does");
+            }
+            faults.journal = Some(fault.clone());
+            fault
+        };
+        self.trigger.poke(self, false);
+        StoreError::Storage {
+            path: fault.path,
+            problem: fault.problem,
+            source,
+        }
+    }
+
+    fn clear_journal_fault(&self, path: &Path) {
+        if self.faults.locked().journal.take().is_some() {
+            tracing::info!(path = %path.display(), "the records journal takes writes again");
+        }
+    }
+
+    /// Writes what a failed append left buffered, or, with nothing buffered, asks
+    /// the filesystem for room; clears the journal's fault when it works.
+    pub(super) async fn recover(self: &Arc<Self>) -> Result<(), StoreError> {
+        let mut j = self.journal.lock().await;
+        if self.faults.locked().journal.is_none() {
+            return Ok(());
+        }
+        if self.with(|s| !s.unwritten.is_empty()) {
+            return self.append_unwritten(&mut j).await;
+        }
+        let (file, len) = (j.file.clone(), j.len);
+        let probed = tokio::task::spawn_blocking(move || fault::probe(&file, len))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match probed {
+            Ok(()) => {
+                self.clear_journal_fault(&j.path);
+                Ok(())
+            }
+            Err(source) => Err(self.journal_fault(&j.path, source)),
+        }
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         // A panic while holding the lock cannot leave a half-applied record (each
         // closure mutates one Vec slot), so a poisoned lock is still usable.

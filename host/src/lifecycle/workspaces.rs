@@ -1,0 +1,77 @@
+//! Workspaces of deleted environments, across a crash. A delete marks the
+//! environment's name in `.codebolt/deleting/` before it removes the record and
+//! clears the mark once the workspace is gone. A host killed in between leaves the
+//! mark, and the next start finishes the job: a marked name that no record holds
+//! any more had its delete made durable, so its workspace goes; a name a record
+//! still holds was never deleted, so only the mark goes.
+//!
+//! The mark is not synced: it must survive the host's death, which the page cache
+//! does; after a power loss the worst case is a workspace left behind, as before.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::ServeConfig;
+use crate::store::Store;
+
+/// Where the marks live.
+fn marks(config: &ServeConfig) -> PathBuf {
+    config.codebolt_dir().join("deleting")
+}
+
+/// Marks `name`'s workspace as being deleted.
+pub(super) fn mark(config: &ServeConfig, name: &str) {
+    let dir = marks(config);
+    let made = std::fs::create_dir_all(&dir).and_then(|()| {
+        crate::names::join("environment", &dir, name)
+            .map_err(std::io::Error::other)
+            .and_then(|path| std::fs::write(path, b""))
+    });
+    if let Err(e) = made {
+        tracing::warn!(%name, error = %e, "could not mark the workspace as being deleted; a crash now would leave it behind");
+    }
+}
+
+/// Clears `name`'s mark (the workspace is gone, or the delete did not happen).
+pub(super) fn unmark(config: &ServeConfig, name: &str) {
+    if let Ok(path) = crate::names::join("environment", &marks(config), name) {
+        remove_file(&path);
+    }
+}
+
+fn remove_file(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not clear a delete mark")
+        }
+    }
+}
+
+/// At start: finishes the deletes a crash interrupted (see the module's comment).
+pub(super) fn sweep(config: &ServeConfig, store: &Store) {
+    let Ok(entries) = std::fs::read_dir(marks(config)) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if store.find(|r| r.name == name).is_none() {
+            // A name that is not one the host makes is not a path it may remove.
+            if let Ok(workspace) = config.workspace_dir(&name) {
+                match std::fs::remove_dir_all(&workspace) {
+                    Ok(()) => {
+                        tracing::info!(%name, "removed the workspace of an environment deleted just before the host stopped");
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(%name, error = %e, "could not remove the workspace of a deleted environment");
+                        continue;
+                    }
+                }
+            }
+        }
+        remove_file(&entry.path());
+    }
+}
