@@ -18,7 +18,10 @@ use rand::Rng;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Server, TOKEN, WAIT, unnamed_workspaces, workspace_procs};
+use crate::support::{
+    Server, TOKEN, WAIT, create_until_refused, delete_all, patch_until_refused, unnamed_workspaces,
+    workspace_procs,
+};
 
 /// Environments patched by one writer each in a mutation burst.
 const PATCHERS: usize = 8;
@@ -159,51 +162,12 @@ async fn burst(server: Server, round: usize, patched: &[String], acked: &mut Ack
             .patched
             .get(&id)
             .map_or(w as u64 * 1_000_000, |n| n + 2);
-        patchers.spawn(async move {
-            let mut last = None;
-            for n in from.. {
-                let sent = client
-                    .patch(format!("{base}/api/v1/environments/{id}"))
-                    .bearer_auth(TOKEN)
-                    .json(&json!({"config": {"n": n}}))
-                    .send()
-                    .await;
-                match sent {
-                    Ok(r) if r.status() == StatusCode::OK => {
-                        last = Some(n);
-                        acks.fetch_add(1, Ordering::SeqCst);
-                    }
-                    _ => break,
-                }
-            }
-            (id, last)
-        });
+        patchers.spawn(patch_until_refused(client, base, id, from, acks));
     }
     let mut creators = tokio::task::JoinSet::new();
     for c in 0..CREATORS {
         let (client, base) = (client.clone(), base.clone());
-        creators.spawn(async move {
-            let mut made = Vec::new();
-            for k in 0.. {
-                let sent = client
-                    .post(format!("{base}/api/v1/environments"))
-                    .bearer_auth(TOKEN)
-                    .json(
-                        &json!({"name": format!("b{round}-c{c}-{k}"), "provider": "local-process"}),
-                    )
-                    .send()
-                    .await;
-                let Ok(resp) = sent else { break };
-                if resp.status() != StatusCode::CREATED {
-                    break;
-                }
-                let Ok(body) = resp.json::<Value>().await else {
-                    break;
-                };
-                made.push(body["id"].as_str().unwrap_or_default().to_owned());
-            }
-            made
-        });
+        creators.spawn(create_until_refused(client, base, format!("b{round}-c{c}")));
     }
     let doomed: Vec<String> = acked.created.iter().take(6).cloned().collect();
     let deleter = {
@@ -235,29 +199,6 @@ async fn burst(server: Server, round: usize, patched: &[String], acked: &mut Ack
         acked.deleted.insert(id);
     }
     acked.maybe_deleted.extend(inflight);
-}
-
-/// Deletes `ids` one after the other: those acknowledged, and the one in flight
-/// when the host died.
-async fn delete_all(
-    client: &reqwest::Client,
-    base: &str,
-    ids: Vec<String>,
-) -> (Vec<String>, Option<String>) {
-    let mut gone = Vec::new();
-    for id in ids {
-        let sent = client
-            .delete(format!("{base}/api/v1/environments/{id}"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await;
-        match sent {
-            Ok(r) if r.status() == StatusCode::NO_CONTENT => gone.push(id),
-            Ok(_) => {}
-            Err(_) => return (gone, Some(id)),
-        }
-    }
-    (gone, None)
 }
 
 /// Starts, stops and restarts of running environments, and environments created

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{Server, TOKEN, WAIT};
+use crate::support::{Server, TOKEN, WAIT, create_until_refused, delete_all, patch_until_refused};
 
 /// Concurrent writers patching, one environment each.
 const PATCHERS: usize = 24;
@@ -76,68 +76,19 @@ async fn kill_9_during_bursts_of_concurrent_mutations_loses_no_acknowledged_one(
             );
             // Each writer patches its own environment with a rising `n`; the last
             // acknowledged one must survive.
-            patchers.spawn(async move {
-                let mut last = None;
-                for n in (round * 1_000_000 + w as u64 * 1_000)..u64::MAX {
-                    let sent = client
-                        .patch(format!("{base}/api/v1/environments/{id}"))
-                        .bearer_auth(TOKEN)
-                        .json(&json!({"config": {"n": n}}))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(r) if r.status() == StatusCode::OK => {
-                            last = Some(n);
-                            acks.fetch_add(1, Ordering::SeqCst);
-                        }
-                        _ => break,
-                    }
-                }
-                (id, last)
-            });
+            let from = round * 1_000_000 + w as u64 * 1_000;
+            patchers.spawn(patch_until_refused(client, base, id, from, acks));
         }
         let mut creators = tokio::task::JoinSet::new();
         for c in 0..CREATORS {
             let (client, base) = (client.clone(), server.base.clone());
-            creators.spawn(async move {
-                let mut made = Vec::new();
-                for k in 0.. {
-                    let sent = client
-                        .post(format!("{base}/api/v1/environments"))
-                        .bearer_auth(TOKEN)
-                        .json(&json!({"name": format!("r{round}-c{c}-{k}"), "provider": "local-process"}))
-                        .send()
-                        .await;
-                    let Ok(resp) = sent else { break };
-                    if resp.status() != StatusCode::CREATED {
-                        break;
-                    }
-                    let Ok(body) = resp.json::<Value>().await else {
-                        break;
-                    };
-                    made.push(body["id"].as_str().unwrap_or_default().to_owned());
-                }
-                made
-            });
+            creators.spawn(create_until_refused(client, base, format!("r{round}-c{c}")));
         }
         // Deletes of environments created in earlier rounds, alongside.
         let doomed: Vec<String> = acked.created.iter().take(6).cloned().collect();
         let deleter = {
             let (client, base) = (client.clone(), server.base.clone());
-            tokio::spawn(async move {
-                let mut gone = Vec::new();
-                for id in doomed {
-                    let sent = client
-                        .delete(format!("{base}/api/v1/environments/{id}"))
-                        .bearer_auth(TOKEN)
-                        .send()
-                        .await;
-                    if sent.is_ok_and(|r| r.status() == StatusCode::NO_CONTENT) {
-                        gone.push(id);
-                    }
-                }
-                gone
-            })
+            tokio::spawn(async move { delete_all(&client, &base, doomed).await.0 })
         };
         // Kill mid-burst, later in each round.
         let deadline = Instant::now() + WAIT;

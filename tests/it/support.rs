@@ -770,3 +770,82 @@ pub fn unnamed_workspaces(data_dir: &Path, records: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Patches environment `id`'s `config.n` with a rising number from `from` until a
+/// request fails (the host died): the id and the last number acknowledged, each
+/// acknowledgement counted in `acks`.
+pub async fn patch_until_refused(
+    client: reqwest::Client,
+    base: String,
+    id: String,
+    from: u64,
+    acks: Arc<std::sync::atomic::AtomicUsize>,
+) -> (String, Option<u64>) {
+    let mut last = None;
+    for n in from.. {
+        let sent = client
+            .patch(format!("{base}/api/v1/environments/{id}"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"config": {"n": n}}))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status() == StatusCode::OK => {
+                last = Some(n);
+                acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            _ => break,
+        }
+    }
+    (id, last)
+}
+
+/// Creates `local-process` environments named `{prefix}-0`, `{prefix}-1`, ... until a
+/// create fails (the host died): the ids acknowledged.
+pub async fn create_until_refused(
+    client: reqwest::Client,
+    base: String,
+    prefix: String,
+) -> Vec<String> {
+    let mut made = Vec::new();
+    for k in 0.. {
+        let sent = client
+            .post(format!("{base}/api/v1/environments"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"name": format!("{prefix}-{k}"), "provider": "local-process"}))
+            .send()
+            .await;
+        let Ok(resp) = sent else { break };
+        if resp.status() != StatusCode::CREATED {
+            break;
+        }
+        let Ok(body) = resp.json::<Value>().await else {
+            break;
+        };
+        made.push(body["id"].as_str().unwrap_or_default().to_owned());
+    }
+    made
+}
+
+/// Deletes `ids` one after the other: those acknowledged, and the one in flight
+/// when the host died.
+pub async fn delete_all(
+    client: &reqwest::Client,
+    base: &str,
+    ids: Vec<String>,
+) -> (Vec<String>, Option<String>) {
+    let mut gone = Vec::new();
+    for id in ids {
+        let sent = client
+            .delete(format!("{base}/api/v1/environments/{id}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status() == StatusCode::NO_CONTENT => gone.push(id),
+            Ok(_) => {}
+            Err(_) => return (gone, Some(id)),
+        }
+    }
+    (gone, None)
+}

@@ -171,7 +171,11 @@ export class TetherClient {
         buffered += chunk.value;
         const lines = buffered.split('\n');
         buffered = lines.pop();
-        for (const line of parseLines(lines.join('\n'))) yield line;
+        for (const line of parseLines(lines.join('\n'))) {
+          // A chunk can hold several lines: none is yielded once `signal` has fired.
+          if (signal?.aborted) return;
+          yield line;
+        }
       }
     } finally {
       reader.releaseLock();

@@ -167,10 +167,11 @@ async fn hostile_huge_info_fields_are_refused_at_load() {
     let reasons = degraded_reasons(&server).await;
     let reason = (reasons.iter())
         .find(|r| r.contains("verbose.wasm"))
-        .unwrap_or_else(|| panic!("not reported: {reasons:?}"));
+        .unwrap_or_else(|| panic!("not reported: {reasons:?}; log:\n{}", server.log()));
     assert!(
         reason.contains("description of provider verbose is 4194304 long; the limit is 4096"),
-        "{reason}"
+        "{reason}; log:\n{}",
+        server.log()
     );
     let (status, _) = server.call("GET", "/api/v1/providers/verbose", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

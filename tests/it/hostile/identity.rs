@@ -46,7 +46,12 @@ pub(super) fn drop_in(data: &Path, file: &str, spec: Value) {
 pub(super) async fn degraded_reasons(server: &Server) -> Vec<String> {
     let (status, health) = server.call("GET", "/healthz", None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(
+        health["status"],
+        "degraded",
+        "{health}; log:\n{}",
+        server.log()
+    );
     (health["reasons"].as_array().expect("reasons").iter())
         .filter_map(|r| r.as_str().map(str::to_owned))
         .collect()
