@@ -147,6 +147,7 @@ pub(crate) async fn run(
     manager.watch_records()?;
     manager.watch_config()?;
     manager.watch_providers()?;
+    manager.run_background();
     manager.recover();
 
     // Tests and scripts read these two lines; keep their shape.

@@ -232,6 +232,11 @@ impl Manager {
         &self.shared.driver
     }
 
+    /// Starts the host-wide background work: the idle sweep.
+    pub(crate) fn run_background(&self) {
+        self.spawn_idle_sweep();
+    }
+
     /// Brings every environment whose desired state is `running` up (after a host start).
     pub(crate) fn recover(&self) {
         for record in self.shared.store.list() {
@@ -408,7 +413,7 @@ impl Manager {
             record.desired_state = DesiredState::Running;
         }
         let id = record.id.clone();
-        let _admitted = self.shared.quotas.admit(&record.owner).await;
+        let _admitted = self.shared.quotas.admit(&record.owner, false).await;
         (self.shared.quotas).check_new(&self.shared.store, &record.owner, req.start)?;
         self.shared.store.insert(record).await?;
         let env = self.shared.envs.add(&id);
@@ -463,7 +468,7 @@ impl Manager {
     ) -> Result<EnvironmentView, LifecycleError> {
         let record = self.reachable_for_change(who, id)?;
         let env = self.known_env(id)?;
-        let _admitted = self.shared.quotas.admit(&record.owner).await;
+        let _admitted = self.shared.quotas.admit(&record.owner, false).await;
         if desired == DesiredState::Running {
             (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(id))?;
         }
@@ -491,7 +496,7 @@ impl Manager {
     ) -> Result<EnvironmentView, LifecycleError> {
         let record = self.reachable_for_change(who, id)?;
         let env = self.known_env(id)?;
-        let _admitted = self.shared.quotas.admit(&record.owner).await;
+        let _admitted = self.shared.quotas.admit(&record.owner, false).await;
         (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(id))?;
         self.shared
             .store

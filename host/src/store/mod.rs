@@ -280,6 +280,13 @@ impl Store {
             .with(|s| s.doc.records().filter(|r| pred(r)).count())
     }
 
+    /// What `pick` makes of each record in force it picks, in one pass under the
+    /// lock, copying only what it returns.
+    pub(crate) fn select<T>(&self, pick: impl Fn(&Record) -> Option<T>) -> Vec<T> {
+        self.shared
+            .with(|s| s.doc.records().filter_map(|r| pick(r)).collect())
+    }
+
     /// The first record in force (in file order) matching `pred`.
     pub(crate) fn find(&self, pred: impl Fn(&Record) -> bool) -> Option<Record> {
         self.shared
@@ -289,12 +296,6 @@ impl Store {
     /// The record in force with `id`.
     pub fn get(&self, id: &str) -> Option<Record> {
         self.shared.with(|s| s.doc.find(id).cloned())
-    }
-
-    /// `f` of the record in force with `id`, without copying it (for a look at a
-    /// field or two, often).
-    pub(crate) fn peek<T>(&self, id: &str, f: impl FnOnce(&Record) -> T) -> Option<T> {
-        self.shared.with(|s| s.doc.find(id).map(f))
     }
 
     /// Adds a record; its name must be unused (by held-back entries too).
