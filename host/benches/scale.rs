@@ -10,7 +10,8 @@
 //!    per second and each create's p50/p99;
 //! 3. has every runtime dialled at once, retrying as the reference runtime does: the
 //!    time until all are admitted, beside the same N dials to a bare WebSocket server
-//!    in this process (accept and handshake, nothing else);
+//!    (accept and handshake, nothing else) in a process of its own — this benchmark
+//!    started again with `--bare-server` — so no process needs more than N sockets;
 //! 4. with all N running and connected, over [`SPREAD`] (longer than a health
 //!    interval): `/healthz` and one record, p50/p99, the full list, the host's CPU use
 //!    while idle, and its resident memory per environment (growth from empty / N).
@@ -43,6 +44,9 @@ const PHASE_LIMIT: Duration = Duration::from_secs(600);
 const SPARE_FDS: u64 = 1024;
 
 fn main() -> Res<()> {
+    if std::env::args().any(|a| a == "--bare-server") {
+        return bare_server();
+    }
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))
@@ -51,16 +55,16 @@ fn main() -> Res<()> {
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     let most = sizes.iter().copied().max().unwrap_or(0) as u64;
-    // The runtimes' sockets here, and the host's (it inherits the limit) — plus the
-    // bare server's, open at the same time as the runtimes.
-    let fds = raise_nofile(2 * most + SPARE_FDS);
+    // The runtimes' sockets here, and the host's (it inherits the limit), and the
+    // bare server's.
+    let fds = raise_nofile(most + SPARE_FDS);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     println!("load average before: {}", load());
     let mut rows = Vec::new();
     for n in sizes {
-        if (2 * n as u64 + SPARE_FDS) > fds {
+        if (n as u64 + SPARE_FDS) > fds {
             println!("{n}: skipped, the open-files limit ({fds}) cannot hold it");
             continue;
         }
@@ -248,22 +252,16 @@ async fn sample(server: &Server, path: &str, count: u32, gap: Duration) -> Res<H
 }
 
 /// The time `n` runtimes dialled at once take to be connected to a bare WebSocket
-/// server in this process (accept and handshake, nothing else).
+/// server (accept and handshake, nothing else) in a process of its own.
 async fn bare_dials(n: usize) -> Res<Duration> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("ws://{}/ws/runtime/bare", listener.local_addr()?);
-    let server = tokio::spawn(async move {
-        let mut peers = tokio::task::JoinSet::new();
-        while let Ok((tcp, _)) = listener.accept().await {
-            peers.spawn(async move {
-                if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
-                    use futures_util::StreamExt;
-                    let (_, mut read) = ws.split();
-                    while let Some(Ok(_)) = read.next().await {}
-                }
-            });
-        }
-    });
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("--bare-server")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    let url = format!("ws://{}/ws/runtime/bare", line.trim());
     let began = Instant::now();
     let deadline = began + PHASE_LIMIT;
     let mut dials = tokio::task::JoinSet::new();
@@ -272,13 +270,43 @@ async fn bare_dials(n: usize) -> Res<Duration> {
         dials.spawn(async move { dial(&url, "bare", deadline).await });
     }
     let mut sockets = Vec::with_capacity(n);
+    let mut failed = None;
     while let Some(ws) = dials.join_next().await {
-        sockets.push(ws??);
+        match ws? {
+            Ok(ws) => sockets.push(ws),
+            Err(e) => failed = Some(e),
+        }
     }
     let took = began.elapsed();
     drop(sockets);
-    server.abort();
-    Ok(took)
+    let _ = child.kill();
+    let _ = child.wait();
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(took),
+    }
+}
+
+/// The bare server: accepts WebSockets on a loopback port (printed on stdout) and
+/// reads them until they close, until killed.
+fn bare_server() -> Res<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        println!("{}", listener.local_addr()?);
+        loop {
+            let (tcp, _) = listener.accept().await?;
+            tokio::spawn(async move {
+                if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                    use futures_util::StreamExt;
+                    let (_, mut read) = ws.split();
+                    while let Some(Ok(_)) = read.next().await {}
+                }
+            });
+        }
+    })
 }
 
 /// Stops the host once no task holds it any more.
