@@ -17,14 +17,19 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::{Res, Server, Ws};
 
-/// Raises this process's soft limit on open files toward `want` (children such as the
-/// host inherit it); returns the limit now in force and says so on stderr when it is
-/// short of `want`.
+/// Raises this process's limit on open files toward `want` (children such as the
+/// host inherit it): the soft limit, and the hard one where the process may (root);
+/// returns the limit now in force and says so on stderr when it is short of `want`.
 pub(crate) fn raise_nofile(want: u64) -> u64 {
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+    let Ok((soft, mut hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         eprintln!("could not read the open-files limit; leaving it as it is");
         return 0;
     };
+    if want > hard && setrlimit(Resource::RLIMIT_NOFILE, want, want).is_ok() {
+        eprintln!("open-files limit raised to {want} (hard limit was {hard})");
+        return want;
+    }
+    hard = hard.max(soft);
     let target = want.min(hard).max(soft);
     if target > soft && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_err() {
         eprintln!("could not raise the open-files limit from {soft} to {target}");
