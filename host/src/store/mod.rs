@@ -284,7 +284,7 @@ impl Store {
     /// lock, copying only what it returns.
     pub(crate) fn select<T>(&self, pick: impl Fn(&Record) -> Option<T>) -> Vec<T> {
         self.shared
-            .with(|s| s.doc.records().filter_map(|r| pick(r)).collect())
+            .with(|s| s.doc.records().filter_map(&pick).collect())
     }
 
     /// The first record in force (in file order) matching `pred`.
