@@ -4,6 +4,7 @@
 //! certificate of [`tls`] renewed from its files without a restart.
 
 mod listener;
+mod open_files;
 mod tls;
 
 use std::future::Future;
@@ -81,6 +82,7 @@ pub(crate) async fn serve(
 ) -> Result<(), ServeError> {
     // Before anything else, so a second host fails fast and touches nothing.
     let _lock = DataDirLock::acquire(&config.data_dir)?;
+    open_files::raise();
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -147,6 +149,7 @@ pub(crate) async fn run(
     manager.watch_records()?;
     manager.watch_config()?;
     manager.watch_providers()?;
+    manager.run_background();
     manager.recover();
 
     // Tests and scripts read these two lines; keep their shape.

@@ -25,6 +25,7 @@ pub(crate) mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
 
+pub(crate) mod fleet;
 pub(crate) mod nginx;
 
 /// The API token every benchmark host runs with.

@@ -174,6 +174,16 @@ impl Engine {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(MAX_WASM_STACK);
+        // Every live instance costs the process memory mappings, and Linux caps them
+        // (`vm.max_map_count`, 65,530 by default). With wasmtime's defaults an idle
+        // instance held seven — its memory's initial image mapped from a memfd between
+        // two anonymous pieces, a guard region before the memory, and its fiber
+        // stack with its guard page — so starts failed with ENOMEM at about 9,300
+        // running environments. Copying the small initial image instead of mapping it
+        // leaves five. The guard region before the memory stays: it is wasmtime's
+        // defence in depth against a miscompiled bounds check, and the sandbox comes
+        // before density (past about 13,000 instances, raise `vm.max_map_count`).
+        config.memory_init_cow(false);
         let wasm = wasmtime::Engine::new(&config).map_err(setup)?;
         let mut linker = Linker::new(&wasm);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(setup)?;

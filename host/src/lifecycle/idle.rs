@@ -1,16 +1,17 @@
 //! Idle stops: a running environment with `idleStopSecs` is stopped (desired state
 //! `stopped`, `stopReason: idle`, an audit line by `system`) once it has had no app
 //! connection and no relayed frame for that long, unless its runtime said
-//! `runtimeBusy`. The relay keeps the activity in atomics on its hub; a watcher per
-//! running instance reads them on its own schedule, so the relay's path takes no lock
-//! for it.
+//! `runtimeBusy`. The relay keeps the activity in atomics on its hub; one sweep for
+//! the whole host reads them on its own schedule, so the relay's path takes no lock
+//! for it. The sweep, not a watcher per running instance: with ten thousand running
+//! environments, per-instance watchers woke the host twenty thousand times a second
+//! (each taking the store's lock) to find, almost always, nothing to do; the sweep
+//! wakes twice a second and looks only at the records that have a timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
-
+use super::Manager;
 use super::Status;
 use super::driver::Driver;
 use super::envs::Env;
@@ -81,38 +82,50 @@ fn stamp(ms: u64) -> Option<String> {
         .ok()
 }
 
-impl Driver {
-    /// Watches a started instance of `env` for idleness until `cancel` fires (the
-    /// instance is taken down). The timeout is read from the record on every look,
-    /// so a PATCH applies to the running instance.
-    pub(super) fn watch_idle(&self, env: Arc<Env>, cancel: CancellationToken) {
-        // A fresh start counts as activity: the countdown starts now.
-        env.hub.activity().touch();
+impl Manager {
+    /// Runs the idle sweep until the host closes: every [`LOOK_EVERY`], the running
+    /// environments with a timeout are looked at and the ones idle past it stopped.
+    /// The timeout is read from the record on every look, so a PATCH applies to the
+    /// running instance.
+    pub(super) fn spawn_idle_sweep(&self) {
         let this = self.clone();
-        let span = tracing::info_span!("idle", env = %env.id);
-        self.spawn(
-            async move {
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(LOOK_EVERY) => {}
-                    }
-                    // Twice a second per running environment: a look, not a copy.
-                    let Some(setting) = this.shared.store.peek(&env.id, Setting::of) else {
-                        return;
-                    };
-                    let status = env.live().status;
-                    let due = stops_at_ms(&env, setting, status).is_some_and(|at| at <= now_ms());
-                    if due && let Some(secs) = setting.idle_stop_secs {
-                        this.idle_stop(&env, secs).await;
-                        return;
-                    }
+        let closing = self.shared.closing.clone();
+        self.driver().spawn(async move {
+            let mut tick = tokio::time::interval(LOOK_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = closing.cancelled() => return,
+                    _ = tick.tick() => {}
                 }
+                this.sweep_idle().await;
             }
-            .instrument(span),
-        );
+        });
     }
 
+    /// One look at every running environment with an idle timeout.
+    async fn sweep_idle(&self) {
+        // One pass under the store's lock, copying only the few that have a timeout.
+        let watched = self.shared.store.select(|r| {
+            let setting = Setting::of(r);
+            let timed = setting.idle_stop_secs.is_some_and(|s| s > 0);
+            (timed && setting.desired == DesiredState::Running).then(|| (r.id.clone(), setting))
+        });
+        let now = now_ms();
+        for (id, setting) in watched {
+            let Some(env) = self.shared.envs.get(&id) else {
+                continue;
+            };
+            let status = env.live().status;
+            let due = stops_at_ms(&env, setting, status).is_some_and(|at| at <= now);
+            if due && let Some(secs) = setting.idle_stop_secs {
+                self.driver().idle_stop(&env, secs).await;
+            }
+        }
+    }
+}
+
+impl Driver {
     /// Stops `env` for idleness: desired state `stopped`, reason `idle`, audited.
     async fn idle_stop(&self, env: &Arc<Env>, secs: u64) {
         let updated = self

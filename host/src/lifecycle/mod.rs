@@ -251,6 +251,11 @@ impl Manager {
         &self.shared.driver
     }
 
+    /// Starts the host-wide background work: the idle sweep.
+    pub(crate) fn run_background(&self) {
+        self.spawn_idle_sweep();
+    }
+
     /// After a host start: finishes the deletes a crash interrupted (their
     /// workspaces), then brings every environment whose desired state is `running` up.
     pub(crate) fn recover(&self) {
@@ -439,7 +444,7 @@ impl Manager {
             record.desired_state = DesiredState::Running;
         }
         let id = record.id.clone();
-        let _admitted = self.shared.quotas.admit(&record.owner).await;
+        let _admitted = self.shared.quotas.admit(&record.owner, false).await;
         (self.shared.quotas).check_new(&self.shared.store, &record.owner, req.start)?;
         self.shared.store.insert(record).await?;
         let env = self.shared.envs.add(&id);
@@ -494,7 +499,7 @@ impl Manager {
     ) -> Result<EnvironmentView, LifecycleError> {
         let record = self.reachable_for_change(who, id)?;
         let env = self.known_env(id)?;
-        let _admitted = self.shared.quotas.admit(&record.owner).await;
+        let _admitted = self.shared.quotas.admit(&record.owner, false).await;
         if desired == DesiredState::Running {
             (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(id))?;
         }
@@ -522,7 +527,7 @@ impl Manager {
     ) -> Result<EnvironmentView, LifecycleError> {
         let record = self.reachable_for_change(who, id)?;
         let env = self.known_env(id)?;
-        let _admitted = self.shared.quotas.admit(&record.owner).await;
+        let _admitted = self.shared.quotas.admit(&record.owner, false).await;
         (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(id))?;
         self.shared
             .store

@@ -168,7 +168,8 @@ impl Driver {
         let resource = crate::untrusted::logged(&outcome.resource_id);
         tracing::info!(env = %env.id, %resource, "environment running");
         self.provider_started(env);
-        self.watch_idle(env.clone(), supervision.clone());
+        // A fresh start counts as activity: the idle countdown starts now.
+        env.hub.activity().touch();
         self.supervise(env.clone(), handle, supervision);
         Ok(())
     }

@@ -176,7 +176,11 @@ impl Manager {
         record.provision_key = Some(key);
         record.idle_stop_secs = template.idle_stop_secs;
         let id = record.id.clone();
-        let _admitted = self.shared.quotas.admit(&owner).await;
+        let _admitted = self
+            .shared
+            .quotas
+            .admit(&owner, template.max_per_user.is_some())
+            .await;
         (self.shared.quotas).check_new(&self.shared.store, &owner, true)?;
         if let Some(limit) = template.max_per_user {
             let used = (self.shared.store)

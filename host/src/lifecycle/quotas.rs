@@ -1,7 +1,10 @@
 //! Each user's limits (`[tenancy]`): how many environments they may own and have
 //! running. A change that could take a user past one is checked and made while holding
 //! that user's admission lock, so concurrent requests cannot both pass a check that
-//! only one of them fits (100 parallel creates at a limit of 10 make exactly 10).
+//! only one of them fits (100 parallel creates at a limit of 10 make exactly 10). A
+//! user without limits is not admitted one request at a time: nothing is counted for
+//! them, and serialising their creates would make each wait for the one before it to
+//! be durable (a journal sync each) instead of sharing a sync with it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -35,14 +38,20 @@ impl Quotas {
     }
 
     /// Holds `owner`'s admission until the guard drops: check, then change, then drop.
-    pub(super) async fn admit(&self, owner: &str) -> OwnedMutexGuard<()> {
+    /// `None` (nothing held) when neither `owner` has a limit nor the caller has one
+    /// of its own to check (`own_limit`, a template's `max_per_user`).
+    pub(super) async fn admit(&self, owner: &str, own_limit: bool) -> Option<OwnedMutexGuard<()>> {
+        let quota = self.config.read_locked().quota_of(owner);
+        if !own_limit && quota.max_environments.is_none() && quota.max_running.is_none() {
+            return None;
+        }
         let lock = {
             let mut locks = self.locks.locked();
             // Forget users nobody is admitting right now, so the map stays small.
             locks.retain(|_, l| Arc::strong_count(l) > 1);
             locks.entry(owner.to_owned()).or_default().clone()
         };
-        lock.lock_owned().await
+        Some(lock.lock_owned().await)
     }
 
     /// `QuotaExceeded` if `owner` may not have one more environment (`running`: one

@@ -304,6 +304,13 @@ impl Store {
             .with(|s| s.doc.records().filter(|r| pred(r)).count())
     }
 
+    /// What `pick` makes of each record in force it picks, in one pass under the
+    /// lock, copying only what it returns.
+    pub(crate) fn select<T>(&self, pick: impl Fn(&Record) -> Option<T>) -> Vec<T> {
+        self.shared
+            .with(|s| s.doc.records().filter_map(&pick).collect())
+    }
+
     /// The first record in force (in file order) matching `pred`.
     pub(crate) fn find(&self, pred: impl Fn(&Record) -> bool) -> Option<Record> {
         self.shared
@@ -316,7 +323,7 @@ impl Store {
     }
 
     /// `f` of the record in force with `id`, without copying it (for a look at a
-    /// field or two, often).
+    /// field or two).
     pub(crate) fn peek<T>(&self, id: &str, f: impl FnOnce(&Record) -> T) -> Option<T> {
         self.shared.with(|s| s.doc.find(id).map(f))
     }

@@ -1,0 +1,32 @@
+//! The process's limit on open files, raised at start-up from its soft value to its
+//! hard one. Every running environment holds about three descriptors (its runtime's
+//! socket and the directories preopened for its provider instance), so the soft limit
+//! most systems start a service with (1,024) stops a host at a few hundred
+//! environments, while the hard limit an operator sets is meant to be usable.
+
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+/// Raises the soft limit on open files to the hard limit; logs what is in force.
+pub(super) fn raise() {
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the open-files limit");
+            return;
+        }
+    };
+    if soft >= hard {
+        tracing::info!(limit = soft, "open-files limit");
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => tracing::info!(
+            from = soft,
+            to = hard,
+            "open-files limit raised to the hard limit"
+        ),
+        Err(e) => {
+            tracing::warn!(limit = soft, hard, error = %e, "could not raise the open-files limit")
+        }
+    }
+}
