@@ -385,6 +385,98 @@ async fn relay_pings_and_closes_a_peer_that_never_answers() {
     server.stop();
 }
 
+/// A stop takes what was in its runtime's hands down with it, and every app is told:
+/// one connected is written what was held for it and closed with 4010; one cut at that
+/// instant gets the same when it resumes. The next run's runtime gets nothing from
+/// before the stop (the apps send again what they still want), so nothing runs twice.
+#[tokio::test]
+async fn a_stop_tells_connected_and_cut_apps_and_the_next_run_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_handoff(dir.path(), "");
+    let (id, url, token) = server.handoff_env("stopped").await;
+    let (mut rt, _) = runtime(&url, &token, None).await;
+    let mut peers = [PeerState::new("stays"), PeerState::new("is-cut")];
+    let app_url =
+        |peer: &PeerState| server.ws_url(&format!("/ws/app/{id}?thread=t&{}", peer.query()));
+    let mut apps = Vec::new();
+    for peer in &mut peers {
+        let mut app = Ws::connect(&app_url(peer), Some(TOKEN)).await.unwrap();
+        let greeting = app.next_text().await.unwrap();
+        assert!(matches!(peer.on_frame(&greeting), Incoming::Resumed(_)));
+        apps.push(app);
+    }
+    // Both apps' requests reach the runtime; it answers the first, to the thread.
+    for (n, (peer, app)) in peers.iter_mut().zip(&mut apps).enumerate() {
+        let frame = peer.send(json!({"type": "work", "requestId": n}).to_string());
+        app.send_text(&frame).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let m = rt.next().await;
+        if m["type"] == "work" {
+            got.push(m["requestId"].clone());
+        }
+    }
+    rt.send(json!({"type": "done", "threadId": "t", "requestId": 0}))
+        .await;
+    let [stays, cut] = &mut peers;
+    loop {
+        if let Incoming::Message(m) = stays.on_frame(&apps[0].next_text().await.unwrap())
+            && m["type"] == "done"
+        {
+            break;
+        }
+    }
+    // One app's connection is cut (the answer still unread), then the stop.
+    apps.pop();
+    let stop = format!("/api/v1/environments/{id}/stop");
+    let (status, body) = server.call("POST", &stop, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(rt.close_code().await, Some(4010));
+    assert_eq!(apps[0].close_code().await, Some(4010));
+    // The cut app resuming while its environment is stopped is told so (as any app
+    // connecting then); once it runs again, the resume gets the answer held for it,
+    // then the same close as the connected app.
+    let mut app = Ws::connect(&app_url(cut), Some(TOKEN)).await.unwrap();
+    let (frames, code) = app.until_close().await;
+    assert_eq!(frames[0]["error"]["code"], "stopped", "{frames:?}");
+    assert_eq!(code, Some(4015));
+    server
+        .wait_env(&id, "stopped", |e| e["status"] == "stopped")
+        .await;
+    let start = format!("/api/v1/environments/{id}/start");
+    let (status, body) = server.call("POST", &start, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    server
+        .wait_env(&id, "running", |e| e["status"] == "running")
+        .await;
+    let mut app = Ws::connect(&app_url(cut), Some(TOKEN)).await.unwrap();
+    let (frames, code) = app.until_close().await;
+    let kinds: Vec<_> = (frames.iter())
+        .map(|f| f["type"].clone())
+        .filter(|k| k != "environmentStatus")
+        .collect();
+    assert_eq!(kinds, ["relayResumed", "done"], "{frames:?}");
+    assert_eq!(frames[0]["reset"], false);
+    assert_eq!(code, Some(4010));
+    // The next run: its runtime gets only what is sent after the stop.
+    let (url, token) = server.handoff_runtime("stopped");
+    let (mut rt, _) = runtime(&url, &token, None).await;
+    let mut again = PeerState::new("after-the-stop");
+    let mut app = Ws::connect(&app_url(&again), Some(TOKEN)).await.unwrap();
+    again.on_frame(&app.next_text().await.unwrap());
+    app.send_text(&again.send(json!({"type": "work", "requestId": 1}).to_string()))
+        .await;
+    let first = loop {
+        let m = rt.next().await;
+        if m["type"] == "work" {
+            break m;
+        }
+    };
+    assert_eq!(first["requestId"], 1, "{first}");
+    server.stop();
+}
+
 /// Apps that stop reading altogether (their sockets full, never drained) do not keep
 /// their connections on the host: each is closed when it falls a window behind, and its
 /// socket is let go within the idle timeout even though the close frame cannot reach it.

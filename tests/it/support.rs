@@ -61,6 +61,13 @@ impl Server {
         let id = env["id"].as_str().expect("id").to_owned();
         self.wait_env(&id, "running", |e| e["status"] == "running")
             .await;
+        let (url, token) = self.handoff_runtime(name);
+        (id, url, token)
+    }
+
+    /// The runtime URL and token the `handoff` environment `name` was last started
+    /// with (its `runtime.json`).
+    pub fn handoff_runtime(&self, name: &str) -> (String, String) {
         let file = self
             .data_dir
             .join(".codebolt/environments")
@@ -70,7 +77,7 @@ impl Server {
             serde_json::from_str(&std::fs::read_to_string(file).expect("runtime.json"))
                 .expect("runtime.json parses");
         let field = |k: &str| handoff[k].as_str().expect("handoff field").to_owned();
-        (id, field("url"), field("token"))
+        (field("url"), field("token"))
     }
 
     /// Starts `tether serve` on `data_dir` and waits until it listens.

@@ -20,8 +20,8 @@ use crate::engine::{
     Call, CallError, InitVars, InstanceSetup, LoadedProvider, ProviderHandle, Reply, RuntimePort,
     StateReader,
 };
-use crate::relay::{CLOSE_GONE, CLOSE_REPLACED, Hub};
-use crate::store::{DesiredState, Record};
+use crate::relay::{AppSessions, CLOSE_GONE, CLOSE_REPLACED, Hub};
+use crate::store::{DesiredState, Record, StopReason};
 
 impl Driver {
     /// Moves `env` toward its desired state; the caller holds its operation lock.
@@ -259,7 +259,18 @@ impl Driver {
             result
         };
         let result = tokio::time::timeout(timeout + GRACE, stop).await;
-        env.hub.end_runtime(CLOSE_GONE, "environment stopped");
+        // An idle stop had nothing in flight (no frame for `idleStopSecs`, the runtime
+        // not busy), so its apps' sessions may resume and wake it; any other stop may
+        // have taken requests down with the runtime, and the apps must know.
+        let idle = (self.shared.store).peek(&env.id, |r| {
+            r.desired_state == DesiredState::Stopped && r.stop_reason == Some(StopReason::Idle)
+        });
+        let apps = if idle == Some(true) {
+            AppSessions::Keep
+        } else {
+            AppSessions::End
+        };
+        env.hub.end_runtime(CLOSE_GONE, "environment stopped", apps);
         let failure = match result {
             Ok(Ok(_)) => return self.set_status(env, Status::Stopped),
             Ok(Err(e)) => format!("provider stop failed: {e}"),
@@ -288,7 +299,8 @@ impl Driver {
             }
             shut_down_within(&env.id, &handle, GRACE).await;
         }
-        env.hub.end_runtime(CLOSE_GONE, "environment deleted");
+        env.hub
+            .end_runtime(CLOSE_GONE, "environment deleted", AppSessions::End);
     }
 
     /// A fresh instance to destroy a stopped environment's resource, if there is a

@@ -30,6 +30,16 @@ use axum::extract::ws::Utf8Bytes;
 /// The host acknowledges a resumable peer's frames at least this often.
 const ACK_EVERY: u64 = 64;
 
+/// What a stop does to the apps' sessions ([`Hub::end_runtime`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppSessions {
+    /// They end: what was in the stopped runtime's hands may be lost, and the apps
+    /// must be told so.
+    End,
+    /// They go on: nothing was in flight (an idle stop), so a session may resume.
+    Keep,
+}
+
 /// Which stream of a hub a connection drains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StreamKey {
@@ -123,6 +133,9 @@ pub(super) struct Stream {
     pub(super) written: u64,
     thread: Option<String>,
     detached_at: Option<Instant>,
+    /// Set when a stop ended this app's session: its peer is written what is held for
+    /// it, then closed with [`CLOSE_GONE`] and this reason; it counts nothing more.
+    ended: Option<String>,
 }
 
 impl Stream {
@@ -135,11 +148,17 @@ impl Stream {
             written: 0,
             thread,
             detached_at: None,
+            ended: None,
         }
     }
 
     /// Counts one frame from connection `conn`; false if that connection is stale.
     fn count(&mut self, conn: u64) -> bool {
+        // A frame sent after a stop ended the session is not relayed: the peer treats
+        // it, like everything else unanswered, as not done.
+        if self.ended.is_some() {
+            return false;
+        }
         let Some(c) = self.conn.as_mut().filter(|c| c.id == conn) else {
             return false;
         };
@@ -346,16 +365,32 @@ impl Hub {
     }
 
     /// Ends the runtime of an environment that was stopped or deleted on purpose:
-    /// closes its connection, if any, and forgets every message already written to it.
-    /// The process those went to is gone, and the next runtime must not run them again
-    /// (a crashed runtime's successor does get them; see `docs/protocol.md`). Messages
-    /// never written stay, in order, for the next runtime.
-    pub fn end_runtime(&self, code: u16, reason: &str) {
-        let mut s = self.lock();
-        let written = s.runtime.written;
-        s.runtime.window.ack(written);
-        if let Some(conn) = s.runtime.conn.take() {
-            conn.close(code, reason);
+    /// closes its connection, if any, and forgets every message held for it, written
+    /// or not. The process those went to is gone, and no later runtime may run them:
+    /// their apps are told, by their sessions' end, to treat them as not done (a
+    /// crashed runtime's successor does get them; see `docs/protocol.md`). With
+    /// [`AppSessions::End`], every app connected is written what is held for it and
+    /// then closed with `code`, and every session waiting to be resumed is ended the
+    /// same way when it resumes.
+    pub fn end_runtime(&self, code: u16, reason: &str, apps: AppSessions) {
+        let mut wake = Vec::new();
+        {
+            let mut s = self.lock();
+            let last = s.runtime.window.last();
+            s.runtime.window.ack(last);
+            if let Some(conn) = s.runtime.conn.take() {
+                conn.close(code, reason);
+            }
+            if apps == AppSessions::End {
+                for app in s.apps.values_mut() {
+                    app.ended = Some(reason.to_owned());
+                    wake.extend(app.conn.as_ref().map(|c| c.send.clone()));
+                }
+            }
+        }
+        // Each writer closes its connection once it finds nothing more to write.
+        for send in wake {
+            send.wake();
         }
     }
 
@@ -393,8 +428,11 @@ impl Hub {
             .entry(id)
             .or_insert_with(|| Stream::new(&self.config, None));
         stream.thread = thread;
-        for greeting in greetings {
-            stream.offer(&greeting.into());
+        // An ended session's greeting would be of a later run.
+        if stream.ended.is_none() {
+            for greeting in greetings {
+                stream.offer(&greeting.into());
+            }
         }
         stream.connect(&mut conn, resume.as_ref());
         let outbox = Outbox::new(self.clone(), StreamKey::App(id), &conn, closed);
@@ -549,6 +587,19 @@ impl Hub {
             if !resumable {
                 stream.window.ack(c.sent);
             }
+            if out.len() == before
+                && let Some(reason) = stream.ended.clone()
+            {
+                // Everything held was written: now the close.
+                if let Some(conn) = stream.conn.take() {
+                    conn.close(CLOSE_GONE, &reason);
+                }
+                match (key, stream.session.is_some()) {
+                    (StreamKey::App(id), false) => s.remove_app(id),
+                    _ => stream.detached_at = Some(Instant::now()),
+                }
+                return Take::Closed(None);
+            }
             (first, messages)
         };
         if out.len() == before {
@@ -592,6 +643,10 @@ impl Hub {
         let mut gone = Vec::new();
         let mut targets = Targets::default();
         for (id, app) in &mut s.apps {
+            // An ended session gets nothing of a later run.
+            if app.ended.is_some() {
+                continue;
+            }
             if thread.is_none() || app.thread.as_deref() == thread {
                 if !app.offer(text) {
                     gone.push(*id);

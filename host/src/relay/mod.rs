@@ -31,7 +31,7 @@ mod window;
 pub use activity::{Activity, now_ms};
 pub use conn::{Connection, refuse, refuse_with};
 pub use error::RelayError;
-pub use hub::{Hub, StreamKey};
+pub use hub::{AppSessions, Hub, StreamKey};
 pub use inbound::{ProviderDesk, ProviderRequest, ProviderRoute, ProviderTypes, Reply};
 pub use outbox::{Outbox, Take};
 pub use protocol::{

@@ -86,27 +86,100 @@ fn a_resuming_runtime_gets_exactly_what_it_had_not_acknowledged() {
 }
 
 #[test]
-fn a_stopped_runtime_s_successor_gets_only_what_was_never_written() {
+fn a_stopped_runtime_s_successor_gets_nothing_held_before_the_stop() {
     let hub = hub(16);
     for i in 1..=3 {
         hub.to_runtime(json!({"n": i}).to_string()).unwrap();
     }
-    // Written to a runtime that never acknowledges, across two of its connections.
+    // Written to a runtime that never acknowledges.
     let rt = hub.attach_runtime(resume("r", 0)).unwrap();
     assert_eq!(drain(&rt).len(), 4);
     hub.detach_runtime(rt.id());
-    hub.to_runtime(json!({"n": 4}).to_string()).unwrap();
-    let rt = hub.attach_runtime(resume("r", 3)).unwrap();
-    assert_eq!(drain(&rt).len(), 2);
-    hub.detach_runtime(rt.id());
     // Held while it is away, then the environment is stopped on purpose.
-    hub.to_runtime(json!({"n": 5}).to_string()).unwrap();
-    hub.end_runtime(protocol::CLOSE_GONE, "environment stopped");
-    // The next runtime process runs only what none before it was handed.
+    hub.to_runtime(json!({"n": 4}).to_string()).unwrap();
+    hub.end_runtime(
+        protocol::CLOSE_GONE,
+        "environment stopped",
+        AppSessions::End,
+    );
+    // The next runtime process runs nothing from before the stop: the apps were told
+    // to treat it as not done, and they send again what they still want.
     let rt = hub.attach_runtime(resume("new-process", 0)).unwrap();
     let got = drain(&rt);
+    assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["type"], "relayResumed");
-    assert_eq!(got[1..], [json!({"relaySeq": 5, "n": 5})]);
+    hub.to_runtime(json!({"n": 5}).to_string()).unwrap();
+    assert_eq!(drain(&rt), [json!({"relaySeq": 5, "n": 5})]);
+}
+
+#[test]
+fn a_stop_writes_apps_what_is_held_for_them_then_closes_them() {
+    let hub = hub(16);
+    let rt = hub.attach_runtime(resume("r", 0)).unwrap();
+    drain(&rt);
+    let connected = hub.attach_app(None, resume("a", 0), None).unwrap();
+    let plain = hub.attach_app(None, None, None).unwrap();
+    let cut = hub.attach_app(None, resume("b", 0), None).unwrap();
+    for o in [&connected, &plain, &cut] {
+        drain(o);
+    }
+    hub.detach_app(cut.key(), cut.id());
+    // Answers on their way when the environment stops.
+    hub.from_runtime(rt.id(), json!({"answer": 1}).to_string(), None);
+    hub.end_runtime(
+        protocol::CLOSE_GONE,
+        "environment stopped",
+        AppSessions::End,
+    );
+    // What a later run relays is not for the ended sessions.
+    hub.broadcast(json!({"later": true}).to_string());
+    for o in [&connected, &plain] {
+        let got = drain(o);
+        assert_eq!(
+            got.last().map(|m| m["answer"].clone()),
+            Some(json!(1)),
+            "{got:?}"
+        );
+        assert_eq!(o.take(&mut Vec::new()), Take::Closed(o.close_reason()));
+        assert_eq!(o.close_reason().map(|r| r.code), Some(protocol::CLOSE_GONE));
+    }
+    // Frames sent after the stop are not relayed.
+    assert!(!hub.received(connected.key(), connected.id()));
+    // The session cut at the stop gets the same when it resumes: what was held, then
+    // the close, and as often as it resumes until it expires.
+    for _ in 0..2 {
+        let again = hub.attach_app(None, resume("b", 0), None).unwrap();
+        let got = drain(&again);
+        assert_eq!(got[0]["type"], "relayResumed");
+        assert_eq!(got[1]["answer"], 1, "{got:?}");
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(
+            again.close_reason().map(|r| r.code),
+            Some(protocol::CLOSE_GONE)
+        );
+    }
+    // A new session is not ended.
+    let fresh = hub.attach_app(None, resume("c", 0), None).unwrap();
+    hub.broadcast(json!({"later": true}).to_string());
+    assert_eq!(drain(&fresh)[1]["later"], true);
+    assert_eq!(fresh.close_reason(), None);
+}
+
+#[test]
+fn an_idle_stop_keeps_the_apps_sessions() {
+    let hub = hub(16);
+    let app = hub.attach_app(None, resume("a", 0), None).unwrap();
+    drain(&app);
+    hub.detach_app(app.key(), app.id());
+    hub.end_runtime(
+        protocol::CLOSE_GONE,
+        "environment stopped",
+        AppSessions::Keep,
+    );
+    let app = hub.attach_app(None, resume("a", 0), None).unwrap();
+    assert_eq!(drain(&app)[0]["reset"], false);
+    assert_eq!(app.close_reason(), None);
+    assert!(hub.received(app.key(), app.id()));
 }
 
 #[test]
