@@ -253,6 +253,10 @@ pub(super) struct Appender {
     pub(super) durable: u64,
     /// Why appending cannot go on (a rotation failed half-way and could not be undone).
     pub(super) broken: Option<String>,
+    /// A failed append may have left part of itself past `len`, and cutting it off
+    /// failed too (the filesystem took no writes at all): it is cut off before the
+    /// next append.
+    pub(super) cut_pending: bool,
 }
 
 /// Why a rotation failed, and whether the journal is back as it was.

@@ -462,6 +462,13 @@ impl Shared {
                 reason: reason.clone(),
             });
         }
+        if j.cut_pending {
+            // Still a storage fault while the filesystem refuses even this.
+            j.file
+                .set_len(j.len)
+                .map_err(|e| self.journal_fault(&j.path, e))?;
+            j.cut_pending = false;
+        }
         let (bytes, upto) = self.with(|s| (std::mem::take(&mut s.unwritten), s.seq));
         if bytes.is_empty() {
             j.durable = upto;
@@ -495,10 +502,9 @@ impl Shared {
                 Ok(())
             }
             Err(source) => {
-                let len = j.len;
-                if let Err(e) = j.file.set_len(len) {
-                    j.broken = Some(format!("cutting off a failed append failed: {e}"));
-                }
+                // On a read-only or failing filesystem the cut fails too; it is
+                // made before the next append, which is refused until it works.
+                j.cut_pending = j.file.set_len(j.len).is_err();
                 self.with(|s| {
                     let mut again = bytes;
                     again.extend_from_slice(&s.unwritten);
@@ -542,7 +548,7 @@ impl Shared {
         if self.faults.locked().journal.is_none() {
             return Ok(());
         }
-        if self.with(|s| !s.unwritten.is_empty()) {
+        if j.cut_pending || self.with(|s| !s.unwritten.is_empty()) {
             return self.append_unwritten(&mut j).await;
         }
         let (file, len) = (j.file.clone(), j.len);

@@ -160,6 +160,7 @@ pub(super) fn open(path: &Path) -> Result<(State, Appender), StoreError> {
         old_exists: old_left,
         durable: seq,
         broken: None,
+        cut_pending: false,
     };
     Ok((state, appender))
 }
