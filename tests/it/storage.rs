@@ -88,6 +88,18 @@ async fn wait_health(server: &Server, what: &str, pred: impl Fn(&Value) -> bool)
     }
 }
 
+/// Asserts the host is well again and takes a create; the environment made.
+async fn takes_changes_again(server: &Server) -> Value {
+    let health = healthz(server).await;
+    assert_eq!(health["status"], "ok", "{health}");
+    let body = json!({"name": "after", "provider": "local-process"});
+    let (status, env) = server
+        .call("POST", "/api/v1/environments", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    env
+}
+
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with(name) && !l.starts_with('#'))
@@ -212,13 +224,8 @@ async fn a_full_disk_refuses_changes_keeps_what_is_stored_and_recovers_by_itself
 
     // Space comes back: the host notices by itself.
     std::fs::remove_file(&filler).expect("removing the filler");
-    let health = wait_health(&server, "recovery", |h| h["storage"].is_null()).await;
-    assert_eq!(health["status"], "ok", "{health}");
-    let body = json!({"name": "after", "provider": "local-process"});
-    let (status, env) = server
-        .call("POST", "/api/v1/environments", Some(body))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{env}");
+    wait_health(&server, "recovery", |h| h["storage"].is_null()).await;
+    let env = takes_changes_again(&server).await;
     let after = server.records();
     let on_disk = after["environments"].as_array().expect("list");
     for id in ids
@@ -401,12 +408,6 @@ async fn a_disk_turned_read_only_refuses_changes_keeps_reads_and_every_record() 
     let server = Server::start(&data);
     let after = server.records();
     assert_eq!(after["environments"], before["environments"]);
-    let health = healthz(&server).await;
-    assert_eq!(health["status"], "ok", "{health}");
-    let body = json!({"name": "after", "provider": "local-process"});
-    let (status, env) = server
-        .call("POST", "/api/v1/environments", Some(body))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{env}");
+    takes_changes_again(&server).await;
     server.stop();
 }
