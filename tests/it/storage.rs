@@ -183,6 +183,12 @@ async fn a_full_disk_refuses_changes_keeps_what_is_stored_and_recovers_by_itself
         )
         .await;
     assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{answer}");
+    // A token is refused the same way; the tokens file stays as it was.
+    let (status, answer) = server
+        .call("POST", "/api/v1/tokens", Some(json!({"user": "alice"})))
+        .await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{answer}");
+    assert_eq!(answer["error"]["code"], "storage_full", "{answer}");
     // A refused change is not made.
     let (_, env) = server
         .call("GET", &format!("/api/v1/environments/{}", ids[1]), None)
@@ -379,6 +385,11 @@ async fn a_disk_turned_read_only_refuses_changes_keeps_reads_and_every_record() 
     let one = format!("/api/v1/environments/{}", ids[1]);
     let (status, answer) = server.call("PATCH", &one, Some(patch)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    let (status, answer) = server
+        .call("POST", "/api/v1/tokens", Some(json!({"user": "alice"})))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(answer["error"]["code"], "storage_unavailable", "{answer}");
     // Reads go on, and show nothing of what was refused.
     let (status, list) = server.call("GET", "/api/v1/environments", None).await;
     assert_eq!(status, StatusCode::OK, "{list}");

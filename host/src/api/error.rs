@@ -175,10 +175,10 @@ impl ErrorCode {
                 "The change was made but the audit log could not take it, or the log could not be read; the host logs why."
             }
             ErrorCode::StorageFull => {
-                "The filesystem of the data directory is full: the change was not made and nothing stored was touched. `/healthz` shows `storage`; the host takes changes again by itself once space is freed."
+                "The filesystem of the data directory is full: the change was not made and nothing stored was touched. `/healthz` shows `storage` (once the records journal meets it); changes are taken again by themselves once space is freed."
             }
             ErrorCode::StorageUnavailable => {
-                "The filesystem of the data directory is read-only or fails: the change was not made and nothing stored was touched. `/healthz` shows `storage`; the host takes changes again by itself once it can write."
+                "The filesystem of the data directory is read-only or fails: the change was not made and nothing stored was touched. `/healthz` shows `storage` (once the records journal meets it); changes are taken again by themselves once it can write."
             }
         }
     }
@@ -327,9 +327,13 @@ impl From<TenancyError> for ApiError {
             TenancyError::Invalid(_) => Self::bad_request(message),
             TenancyError::NotFound(_) => Self::not_found(message),
             TenancyError::Conflict(_) => Self::new(ErrorCode::Conflict, message),
-            TenancyError::Io { .. } | TenancyError::File { .. } => {
-                Self::new(ErrorCode::StoreError, message)
-            }
+            // A full or read-only disk is said as for the records.
+            TenancyError::Io { source, .. } => match StorageProblem::of(&source) {
+                StorageProblem::Full => Self::new(ErrorCode::StorageFull, message),
+                StorageProblem::ReadOnly => Self::new(ErrorCode::StorageUnavailable, message),
+                StorageProblem::Failing => Self::new(ErrorCode::StoreError, message),
+            },
+            TenancyError::File { .. } => Self::new(ErrorCode::StoreError, message),
         }
     }
 }

@@ -57,6 +57,8 @@ impl FromObject for CreateBody {
         (status = 403, description = "The token lacks the `admin` scope (`missing_scope`).", body = ErrorBody),
         (status = 404, description = "A listed environment is not the user's (`not_found`).", body = ErrorBody),
         (status = 500, description = "The tokens file or the audit log could not be written (`store_error`, `audit_failed`).", body = ErrorBody),
+        (status = 503, description = "The data directory's filesystem is read-only (`storage_unavailable`): nothing was changed.", body = ErrorBody),
+        (status = 507, description = "The data directory's filesystem is full (`storage_full`): nothing was changed.", body = ErrorBody),
     ),
     security(("bearer" = ["admin"])),
 )]
@@ -134,6 +136,8 @@ pub(crate) async fn list(
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
         (status = 404, description = "No such token, or another user's (`not_found`).", body = ErrorBody),
         (status = 500, description = "The tokens file or the audit log could not be written (`store_error`, `audit_failed`).", body = ErrorBody),
+        (status = 503, description = "The data directory's filesystem is read-only (`storage_unavailable`): nothing was changed.", body = ErrorBody),
+        (status = 507, description = "The data directory's filesystem is full (`storage_full`): nothing was changed.", body = ErrorBody),
     ),
     security(("bearer" = [])),
 )]
@@ -174,6 +178,8 @@ pub(crate) struct Rotated {
         (status = 403, description = "The token lacks the `admin` scope (`missing_scope`).", body = ErrorBody),
         (status = 409, description = "The operator token comes from `TETHER_API_TOKEN` (`conflict`).", body = ErrorBody),
         (status = 500, description = "The token file or the audit log could not be written (`store_error`, `audit_failed`).", body = ErrorBody),
+        (status = 503, description = "The data directory's filesystem is read-only (`storage_unavailable`): nothing was changed.", body = ErrorBody),
+        (status = 507, description = "The data directory's filesystem is full (`storage_full`): nothing was changed.", body = ErrorBody),
     ),
     security(("bearer" = ["admin"])),
 )]

@@ -35,11 +35,13 @@ pub enum StorageProblem {
 }
 
 impl StorageProblem {
-    /// The kind of `e`.
+    /// The kind of `e`, by its `ErrorKind`, which survives wrapping (a temp file's
+    /// error names its path around the OS error).
     pub fn of(e: &std::io::Error) -> Self {
-        match e.raw_os_error().map(Errno::from_raw) {
-            Some(Errno::ENOSPC | Errno::EDQUOT) => Self::Full,
-            Some(Errno::EROFS) => Self::ReadOnly,
+        use std::io::ErrorKind;
+        match e.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Self::Full,
+            ErrorKind::ReadOnlyFilesystem => Self::ReadOnly,
             _ => Self::Failing,
         }
     }
@@ -128,6 +130,12 @@ mod tests {
         assert_eq!(of(Errno::EDQUOT), StorageProblem::Full);
         assert_eq!(of(Errno::EROFS), StorageProblem::ReadOnly);
         assert_eq!(of(Errno::EIO), StorageProblem::Failing);
+        // Wrapped, as a temp file's error is, with its path.
+        let wrapped = std::io::Error::new(
+            std::io::Error::from(Errno::ENOSPC).kind(),
+            "No space left on device (os error 28) at path \"/d/.tokens.json.x\"",
+        );
+        assert_eq!(StorageProblem::of(&wrapped), StorageProblem::Full);
     }
 
     #[test]
