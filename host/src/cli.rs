@@ -146,8 +146,7 @@ pub fn main() -> ExitCode {
         .peek()
         .is_some_and(|a| a == crate::broker::guard::GUARD_ARG)
     {
-        argv.next();
-        std::process::exit(crate::broker::guard::run(argv));
+        std::process::exit(crate::broker::spawn_guard_main(argv));
     }
     let cli = Cli::parse();
     init_logging();
@@ -187,8 +186,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (mut settings, table) = ServeConfig::load_source(listen, data_dir, source)?;
             settings.serving =
                 (settings.serving).with_flags(tls_cert, tls_key, public_url.as_deref())?;
-            settings.spawn_guard =
-                Some(std::env::current_exe().context("locating this binary for the spawn guard")?);
+            let tether =
+                std::env::current_exe().context("locating this binary for the spawn guard")?;
+            settings.spawn_guard = Some(crate::broker::spawn_guard_program(&tether));
             rt.block_on(server::serve(settings, table, server::shutdown_signal()))?;
         }
         Command::Env { command } => rt.block_on(env::run(command))?,

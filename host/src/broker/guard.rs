@@ -27,6 +27,9 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, raise, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, getpid, getppid};
 
+/// The small binary of the guard alone, installed beside `tether`.
+pub(crate) const SMALL_BINARY: &str = "tether-guard";
+
 /// The first argument that selects the guard mode of the binary.
 pub(crate) const GUARD_ARG: &str = "__spawn-guard";
 
