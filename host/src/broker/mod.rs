@@ -324,7 +324,10 @@ mod tests {
         assert_eq!(spawn_guard_program(&tether), tether);
         std::fs::remove_dir(dir.path().join("tether-guard")).unwrap();
         std::fs::write(dir.path().join("tether-guard"), b"").unwrap();
-        assert_eq!(spawn_guard_program(&tether), dir.path().join("tether-guard"));
+        assert_eq!(
+            spawn_guard_program(&tether),
+            dir.path().join("tether-guard")
+        );
     }
 
     #[test]

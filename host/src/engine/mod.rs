@@ -47,6 +47,35 @@ pub use instance::{HostState, InstanceSetup};
 pub use persisted::{StateChanges, StateReader, StateWriter};
 pub use types::*;
 
+/// Mappings an instance holds with its memory's initial image shared (wasmtime's
+/// default): the image mapped from a memfd between two anonymous pieces, the guard
+/// region before the memory, and its fiber stack with that stack's guard page. Copying
+/// the image instead leaves five.
+const MAPPINGS_SHARING_IMAGES: u64 = 7;
+/// Instances the host should hold before the kernel's cap on mappings stops starts.
+const INSTANCES_WANTED: u64 = 20_000;
+
+/// Whether instances share their memory's initial image (copy-on-write from one memfd)
+/// under the kernel's cap of `max_map_count` mappings per process. Sharing saves
+/// about 20 KiB of real memory per running environment but costs two mappings each:
+/// under Linux's default cap (65,530) it would stop starts at about 9,300 running
+/// environments, so the image is shared only where the cap leaves room for
+/// [`INSTANCES_WANTED`] (`sysctl vm.max_map_count=262144`, say). The guard region
+/// before each memory stays either way: it is wasmtime's defence in depth against a
+/// miscompiled bounds check, and the sandbox comes before density.
+fn share_initial_images(max_map_count: Option<u64>) -> bool {
+    max_map_count.is_some_and(|cap| cap >= MAPPINGS_SHARING_IMAGES * INSTANCES_WANTED)
+}
+
+/// The kernel's cap on memory mappings per process, if it can be read.
+fn max_map_count() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Epoch tick: the granularity of call deadlines.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
 /// Wasm stack a provider may use; deeper recursion traps with a stack overflow.
@@ -174,16 +203,7 @@ impl Engine {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(MAX_WASM_STACK);
-        // Every live instance costs the process memory mappings, and Linux caps them
-        // (`vm.max_map_count`, 65,530 by default). With wasmtime's defaults an idle
-        // instance held seven — its memory's initial image mapped from a memfd between
-        // two anonymous pieces, a guard region before the memory, and its fiber
-        // stack with its guard page — so starts failed with ENOMEM at about 9,300
-        // running environments. Copying the small initial image instead of mapping it
-        // leaves five. The guard region before the memory stays: it is wasmtime's
-        // defence in depth against a miscompiled bounds check, and the sandbox comes
-        // before density (past about 13,000 instances, raise `vm.max_map_count`).
-        config.memory_init_cow(false);
+        config.memory_init_cow(share_initial_images(max_map_count()));
         let wasm = wasmtime::Engine::new(&config).map_err(setup)?;
         let mut linker = Linker::new(&wasm);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(setup)?;

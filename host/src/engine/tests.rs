@@ -246,3 +246,11 @@ async fn a_corrupt_component_is_refused_with_a_reason() {
         .expect_err("garbage must not load");
     assert!(matches!(err, EngineError::Compile(_)), "{err}");
 }
+
+#[test]
+fn initial_images_are_shared_only_where_the_mapping_cap_leaves_room() {
+    // Linux's default: copying keeps room for about 13,000 instances.
+    assert!(!super::share_initial_images(Some(65_530)));
+    assert!(!super::share_initial_images(None));
+    assert!(super::share_initial_images(Some(262_144)));
+}
