@@ -147,12 +147,7 @@ async fn through_tether(
             started.insert(id, at);
         }
         record(seen, &started, &mut hist, |s| s.connected).await?;
-        for id in &ids {
-            server
-                .post(&format!("/api/v1/environments/{id}/stop"))
-                .await?;
-        }
-        wait_all(seen, &ids, |s| s.status == "stopped").await?;
+        stop_all(server, seen, &ids).await?;
     }
     Ok(hist)
 }
@@ -220,13 +215,22 @@ async fn by_hand(
         }
         wait_all(seen, &ids, |s| !s.connected).await?;
     }
-    for id in &ids {
+    stop_all(server, seen, &ids).await?;
+    Ok(hist)
+}
+
+/// Stops environments `ids` and waits until each is `stopped`.
+async fn stop_all(
+    server: &Server,
+    seen: &mut mpsc::UnboundedReceiver<Seen>,
+    ids: &[String],
+) -> Res<()> {
+    for id in ids {
         server
             .post(&format!("/api/v1/environments/{id}/stop"))
             .await?;
     }
-    wait_all(seen, &ids, |s| s.status == "stopped").await?;
-    Ok(hist)
+    wait_all(seen, ids, |s| s.status == "stopped").await
 }
 
 /// Records, for each environment in `started`, the time to the first event `done`
