@@ -31,6 +31,9 @@ impl Driver {
     ) {
         let this = self.clone();
         let span = tracing::info_span!("supervise", env = %env.id);
+        // The task waits out a health interval almost all its life; the futures of a
+        // check and of a failure are boxed while they run, so the task itself stays
+        // small (inline, they made it about 8 KiB per running environment).
         self.spawn(
             async move {
                 let health = this.shared.config.get().health.clone();
@@ -50,12 +53,12 @@ impl Driver {
                                 "runtime disconnected for more than {:?}",
                                 health.runtime_grace
                             );
-                            return this.on_failure(env, handle, reason).await;
+                            return Box::pin(this.on_failure(env, handle, reason)).await;
                         }
                     }
                     let verdict = tokio::select! {
                         _ = cancel.cancelled() => return,
-                        r = handle.call(Call::Health, health.timeout) => r,
+                        r = Box::pin(handle.call(Call::Health, health.timeout)) => r,
                     };
                     match verdict {
                         Ok(Reply::Health(h)) if h.state != HealthState::Unhealthy => failures = 0,
@@ -64,15 +67,17 @@ impl Driver {
                             if failures >= health.failure_threshold {
                                 let detail = h.detail.unwrap_or_else(|| "no detail".into());
                                 let reason = format!("provider reports unhealthy: {detail}");
-                                return this.on_failure(env, handle, reason).await;
+                                return Box::pin(this.on_failure(env, handle, reason)).await;
                             }
                         }
                         Ok(other) => {
                             let reason = format!("provider answered check-health with {other:?}");
-                            return this.on_failure(env, handle, reason).await;
+                            return Box::pin(this.on_failure(env, handle, reason)).await;
                         }
                         // The instance is dead (trap, timeout): no point asking again.
-                        Err(e) => return this.on_failure(env, handle, e.to_string()).await,
+                        Err(e) => {
+                            return Box::pin(this.on_failure(env, handle, e.to_string())).await;
+                        }
                     }
                 }
             }
