@@ -189,13 +189,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let tether =
                 std::env::current_exe().context("locating this binary for the spawn guard")?;
             settings.spawn_guard = Some(crate::broker::spawn_guard_program(&tether));
-            rt.block_on(server::serve(settings, table, server::shutdown_signal()))?;
+            rt.block_on(async {
+                let shutdown = server::shutdown_signal();
+                server::serve(settings, table, shutdown).await
+            })?;
         }
         Command::Env { command } => rt.block_on(env::run(command))?,
         Command::Token { command } => rt.block_on(token::run(command))?,
         Command::Runtime => {
             let config = RuntimeConfig::from_env()?;
-            rt.block_on(reference_runtime::run(config, server::shutdown_signal()))?;
+            rt.block_on(async {
+                let shutdown = server::shutdown_signal();
+                reference_runtime::run(config, shutdown).await
+            })?;
         }
         Command::Provider {
             command: ProviderCommand::New { name, path },

@@ -158,6 +158,18 @@ async fn deleting_a_running_environment_stops_its_runtime() {
     server.stop();
 }
 
+/// The host's SIGTERM handler is in place before it says it listens: a supervisor that
+/// stops it at once gets the orderly shutdown (exit 0), not the signal's default death.
+/// (It used to be registered by a task spawned after that line, and a quick SIGTERM
+/// killed the host outright.)
+#[test]
+fn a_sigterm_right_after_the_host_says_it_listens_shuts_it_down_in_order() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        Server::start(dir.path()).stop();
+    }
+}
+
 #[tokio::test]
 async fn host_shutdown_leaves_no_runtime_behind() {
     let dir = tempfile::tempdir().expect("tempdir");
