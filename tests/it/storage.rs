@@ -88,6 +88,22 @@ async fn wait_health(server: &Server, what: &str, pred: impl Fn(&Value) -> bool)
     }
 }
 
+/// Creates `kept-0` to `kept-2` (`local-process`, not started, `config.i` their
+/// number); their ids.
+async fn create_kept(server: &Server) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let body =
+            json!({"name": format!("kept-{i}"), "provider": "local-process", "config": {"i": i}});
+        let (status, env) = server
+            .call("POST", "/api/v1/environments", Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{env}");
+        ids.push(env["id"].as_str().expect("id").to_owned());
+    }
+    ids
+}
+
 /// Asserts the host is well again and takes a create; the environment made.
 async fn takes_changes_again(server: &Server) -> Value {
     let health = healthz(server).await;
@@ -128,15 +144,7 @@ async fn a_full_disk_refuses_changes_keeps_what_is_stored_and_recovers_by_itself
         .running_env("logger", "local-process", json!({}))
         .await;
     let mut ids = vec![running["id"].as_str().expect("id").to_owned()];
-    for i in 0..3 {
-        let body =
-            json!({"name": format!("kept-{i}"), "provider": "local-process", "config": {"i": i}});
-        let (status, env) = server
-            .call("POST", "/api/v1/environments", Some(body))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{env}");
-        ids.push(env["id"].as_str().expect("id").to_owned());
-    }
+    ids.extend(create_kept(&server).await);
     let before = server.records();
     let filler = data.join("filler");
     fill(&filler);
@@ -360,16 +368,7 @@ async fn a_disk_turned_read_only_refuses_changes_keeps_reads_and_every_record() 
         }
     };
     let server = Server::start(&data);
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        let body =
-            json!({"name": format!("kept-{i}"), "provider": "local-process", "config": {"i": i}});
-        let (status, env) = server
-            .call("POST", "/api/v1/environments", Some(body))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{env}");
-        ids.push(env["id"].as_str().expect("id").to_owned());
-    }
+    let ids = create_kept(&server).await;
     let before = server.records();
 
     fs.fail().expect("the filesystem turned read-only");
