@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::broker::Capabilities;
-use crate::config::{ConfigSource, DEFAULT_LISTEN, ServeConfig};
+use crate::config::{ClusterConfig, ConfigSource, DEFAULT_LISTEN, ServeConfig};
 use crate::engine::{Engine, ProviderSource};
 use crate::reference_runtime::{self, RuntimeConfig};
 use crate::{scaffold, server};
@@ -62,6 +62,14 @@ enum Command {
         /// name, or a proxy terminating TLS in front. Runtimes get its ws(s):// form.
         #[arg(long, value_name = "URL")]
         public_url: Option<String>,
+        /// Cluster mode: the NATS server (JetStream on) this host shares records and
+        /// leases through, e.g. nats://127.0.0.1:4222 (or `[cluster]` url). Needs
+        /// --host-id.
+        #[arg(long, value_name = "NATS_URL")]
+        cluster: Option<String>,
+        /// This host's id in the cluster: unique, letters, digits, '-' and '_'.
+        #[arg(long, value_name = "ID")]
+        host_id: Option<String>,
     },
     /// Run the reference runtime (reads TETHER_RUNTIME_URL and TETHER_RUNTIME_TOKEN).
     Runtime,
@@ -181,11 +189,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             public_url,
+            cluster,
+            host_id,
         } => {
             let source = ConfigSource::locate(config.as_deref(), &data_dir)?;
             let (mut settings, table) = ServeConfig::load_source(listen, data_dir, source)?;
             settings.serving =
                 (settings.serving).with_flags(tls_cert, tls_key, public_url.as_deref())?;
+            settings.cluster = cluster_settings(settings.cluster.take(), cluster, host_id)?;
             let tether =
                 std::env::current_exe().context("locating this binary for the spawn guard")?;
             settings.spawn_guard = Some(crate::broker::spawn_guard_program(&tether));
@@ -309,4 +320,23 @@ fn init_logging() {
         .with(stderr)
         .with(env_logs)
         .init();
+}
+
+/// `[cluster]` with `--cluster` and `--host-id` laid over it; `None`: no cluster.
+fn cluster_settings(
+    file: Option<ClusterConfig>,
+    url: Option<String>,
+    host_id: Option<String>,
+) -> anyhow::Result<Option<ClusterConfig>> {
+    let base = match (file, url.as_deref()) {
+        (Some(c), _) => c,
+        (None, Some(url)) => ClusterConfig::from_url(url)?,
+        (None, None) if host_id.is_some() => {
+            anyhow::bail!("--host-id is for cluster mode: give --cluster NATS_URL too")
+        }
+        (None, None) => return Ok(None),
+    };
+    let settings = base.with_flags(url.as_deref(), host_id)?;
+    settings.check_complete()?;
+    Ok(Some(settings))
 }

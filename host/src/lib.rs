@@ -55,6 +55,7 @@ mod api;
 mod atomic;
 mod auth;
 mod client_tls;
+mod cluster;
 mod lifecycle;
 mod logs;
 mod names;

@@ -21,9 +21,10 @@ use tls::ServingCert;
 use crate::api::{self, AppState};
 use crate::audit::{AuditError, AuditLog};
 use crate::auth::{ApiToken, TokenError, TokenSource};
+use crate::cluster::Cluster;
 use crate::config::ServeConfig;
 use crate::engine::{DirWatchError, Engine, EngineError};
-use crate::lifecycle::Manager;
+use crate::lifecycle::{Manager, Site};
 use crate::logs::EnvLogs;
 use crate::store::lock::{DataDirLock, LockError};
 use crate::store::watch::WatchError;
@@ -68,6 +69,9 @@ pub(crate) enum ServeError {
     /// The TLS certificate cannot be served.
     #[error(transparent)]
     Tls(#[from] tls::CertError),
+    /// Cluster mode cannot start (NATS unreachable, no JetStream).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The per-environment logs directory cannot be made.
     #[error("setting up the environments' logs: {source}")]
     Logs { source: std::io::Error },
@@ -130,6 +134,21 @@ pub(crate) async fn run(
     }
     engine.load_all(&config.providers_dir()).await;
     let runtime_base = config.serving.runtime_base(reachable(addr));
+    let cluster = match &config.cluster {
+        Some(settings) => {
+            let scheme = if serving_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let public = match &config.serving.public_url {
+                Some(url) => url.http_base(),
+                None => format!("{scheme}://{}", reachable(addr)),
+            };
+            Some(Cluster::connect(settings.clone(), public).await?)
+        }
+        None => None,
+    };
     let data_dir = config.data_dir.clone();
     let audit = AuditLog::open(&config.audit_path(), &config.audit)?;
     let config_throttle = config.throttle.clone();
@@ -142,11 +161,15 @@ pub(crate) async fn run(
         table,
         store,
         engine,
-        runtime_base.clone(),
+        Site {
+            runtime_base: runtime_base.clone(),
+            cluster,
+        },
         audit.clone(),
         logs,
     );
     manager.watch_records()?;
+    manager.join_cluster().await?;
     manager.watch_config()?;
     manager.watch_providers()?;
     manager.run_background();

@@ -9,6 +9,7 @@ mod audit;
 mod author_loop;
 mod certs;
 mod cli_env;
+mod cluster;
 mod crashloop;
 mod dashboard;
 mod events;

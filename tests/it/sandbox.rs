@@ -15,7 +15,7 @@ use crate::certs::{Ca, Leaf};
 use crate::support::{Server, WAIT, spawn_announced, wait_gone, write_config};
 
 /// The key the test services accept.
-const KEY: &str = "sandbox-key-0123456789";
+pub const KEY: &str = "sandbox-key-0123456789";
 
 /// Builds `tether-sandbox-service` once per test binary, into the target directory
 /// this binary was built in (cargo holds no build lock while tests run), and
@@ -54,7 +54,7 @@ fn service_binary() -> &'static Path {
 }
 
 /// A running sandbox service.
-struct Service {
+pub struct Service {
     child: Child,
     /// `http://127.0.0.1:PORT` (or `https://`)
     base: String,
@@ -65,7 +65,7 @@ struct Service {
 
 impl Service {
     /// Starts the service on `port` (0: any), allowing only `tether runtime`.
-    fn start(dir: &Path, port: u16) -> Service {
+    pub fn start(dir: &Path, port: u16) -> Service {
         Service::start_with(dir, port, None)
     }
 
@@ -152,7 +152,7 @@ impl Service {
     }
 
     /// `GET /v1/sandboxes`: the sandboxes and the create and delete counts.
-    async fn list(&self) -> Value {
+    pub async fn list(&self) -> Value {
         let (status, list) = self.call(reqwest::Method::GET, "/v1/sandboxes").await;
         assert_eq!(status, StatusCode::OK, "{list}");
         list
@@ -177,7 +177,7 @@ impl Drop for Service {
 }
 
 /// `tether.toml` granting the service's address, with the key in the operator's config.
-fn grant(service: &Service, key: &str) -> String {
+pub fn grant(service: &Service, key: &str) -> String {
     format!(
         "[providers.http-sandbox]\nurls = [\"http://127.0.0.1:{port}\"]\n\
          config = {{ apiUrl = \"{base}/v1\", apiKey = \"{key}\", command = \"{tether}\", args = [\"runtime\"] }}\n",

@@ -126,12 +126,18 @@ impl Server {
     /// Starts `tether serve` on `data_dir` with `TETHER_API_TOKEN` set to `token`, or
     /// unset (the admin token then lives in `.codebolt/api-token`).
     pub fn start_as(data_dir: &Path, token: Option<&str>) -> Server {
+        Server::start_args(data_dir, token, &[])
+    }
+
+    /// [`Server::start_as`] with `extra` flags after `serve` (`--cluster` …).
+    pub fn start_args(data_dir: &Path, token: Option<&str>, extra: &[&str]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
         // No `--config`: `tether.toml` is found in the data directory (or not, and
         // one written there later is picked up live).
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env("RUST_LOG", "info");
         match token {
             Some(token) => command.env("TETHER_API_TOKEN", token),

@@ -55,11 +55,13 @@ pub(crate) enum ErrorCode {
     StorageFull,
     /// 503.
     StorageUnavailable,
+    /// 503.
+    ClusterUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in the order the docs list them.
-    pub(crate) const ALL: [ErrorCode; 18] = [
+    pub(crate) const ALL: [ErrorCode; 19] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidJson,
         ErrorCode::Unauthorized,
@@ -78,6 +80,7 @@ impl ErrorCode {
         ErrorCode::AuditFailed,
         ErrorCode::StorageFull,
         ErrorCode::StorageUnavailable,
+        ErrorCode::ClusterUnavailable,
     ];
 
     /// The code as sent.
@@ -101,6 +104,7 @@ impl ErrorCode {
             ErrorCode::AuditFailed => "audit_failed",
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::StorageUnavailable => "storage_unavailable",
+            ErrorCode::ClusterUnavailable => "cluster_unavailable",
         }
     }
 
@@ -121,7 +125,9 @@ impl ErrorCode {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
-            ErrorCode::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StorageUnavailable | ErrorCode::ClusterUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -180,6 +186,9 @@ impl ErrorCode {
             ErrorCode::StorageUnavailable => {
                 "The filesystem of the data directory is read-only or fails: the change was not made and nothing stored was touched. `/healthz` shows `storage` (once the records journal meets it); changes are taken again by themselves once it can write."
             }
+            ErrorCode::ClusterUnavailable => {
+                "Cluster mode: this host cannot reach NATS right now, so it cannot say what the cluster holds (`GET /api/v1/cluster`)."
+            }
         }
     }
 }
@@ -237,6 +246,11 @@ impl ApiError {
     /// The message, for the audit log.
     pub(crate) fn message(&self) -> &str {
         &self.message
+    }
+
+    /// 503 `cluster_unavailable`.
+    pub(crate) fn cluster_unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::ClusterUnavailable, message)
     }
 
     /// 404.

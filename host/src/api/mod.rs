@@ -5,6 +5,7 @@
 mod audited;
 mod body;
 mod caller;
+mod cluster;
 mod config;
 mod dashboard;
 mod environments;
@@ -76,6 +77,7 @@ fn routes() -> OpenApiRouter<AppState> {
                 .layer(DefaultBodyLimit::max(providers::MAX_COMPONENT_BYTES)),
         )
         .routes(routes!(config::status))
+        .routes(routes!(cluster::view))
         .routes(routes!(events::stream))
         .routes(routes!(ws::provisioned))
         .routes(routes!(ws::app))

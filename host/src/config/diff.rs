@@ -92,8 +92,10 @@ impl ConfigDiff {
 /// Everything else is read at the next start of an environment.
 pub fn needs_restart(key: &str) -> bool {
     let section = key.split('.').next().unwrap_or(key);
-    matches!(section, "relay" | "cache" | "audit" | "auth" | "server")
-        || key == "limits.guest_threads"
+    matches!(
+        section,
+        "relay" | "cache" | "audit" | "auth" | "server" | "cluster"
+    ) || key == "limits.guest_threads"
         || key == "net.extra_ca_files"
         || key == "net.use_builtin_roots"
         || key == "tenancy.ticket_ttl_secs"

@@ -37,6 +37,8 @@ pub(super) struct FileConfig {
     pub(super) templates: BTreeMap<String, super::templates::FileTemplate>,
     #[serde(default)]
     pub(super) server: super::serving::FileServer,
+    #[serde(default)]
+    pub(super) cluster: super::cluster::FileCluster,
 }
 
 #[derive(Debug, Default, Deserialize)]

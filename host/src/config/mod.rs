@@ -12,6 +12,7 @@
 
 mod audit;
 mod cache;
+mod cluster;
 mod diff;
 mod file;
 mod grant;
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 pub use audit::{AuditConfig, ThrottleConfig};
 pub use cache::CompileCacheConfig;
+pub use cluster::{ClusterConfig, DEFAULT_LEASE_TTL};
 pub use diff::{ConfigDiff, needs_restart};
 use file::{FileCache, FileConfig, FileNet, FileRelay};
 use grant::check_set_env_entry;
@@ -131,6 +133,8 @@ pub struct ServeConfig {
     pub audit: AuditConfig,
     /// Each user's environment limits (`[tenancy]`).
     pub tenancy: TenancyConfig,
+    /// Cluster mode (`[cluster]`, `--cluster`, `--host-id`); `None`: this host alone.
+    pub cluster: Option<ClusterConfig>,
     /// What apps may provision environments from, by name (`[templates.NAME]`).
     pub templates: BTreeMap<String, Template>,
     /// Failed-authentication throttling per address (`[auth]`).
@@ -355,6 +359,7 @@ impl ServeConfig {
             compile_cache: CompileCacheConfig::in_dir(data_dir.join(".codebolt/cache")),
             audit: AuditConfig::default(),
             tenancy: TenancyConfig::default(),
+            cluster: None,
             templates: BTreeMap::new(),
             throttle: ThrottleConfig::default(),
             spawn_guard: None,
@@ -509,6 +514,7 @@ impl ServeConfig {
         self.tenancy = tenancy::tenancy_config(file.tenancy)?;
         self.templates = templates::templates_config(file.templates)?;
         self.serving = serving::serving_config(file.server)?;
+        self.cluster = cluster::cluster_config(file.cluster)?;
         self.apply_net(file.net)
     }
 

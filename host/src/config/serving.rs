@@ -126,6 +126,12 @@ impl PublicUrl {
         })
     }
 
+    /// `https://host[:port]` (or `http://`): where apps and the API reach the host.
+    pub fn http_base(&self) -> String {
+        let scheme = if self.secure { "https" } else { "http" };
+        format!("{scheme}://{}", self.authority)
+    }
+
     /// `wss://host[:port]` (or `ws://`).
     pub fn websocket_base(&self) -> String {
         let scheme = if self.secure { "wss" } else { "ws" };

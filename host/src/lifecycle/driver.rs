@@ -14,6 +14,7 @@ use super::live_config::LiveConfig;
 use super::progress::{StartPhase, StartProgress};
 use super::{EnvironmentView, Status, provider_status};
 use crate::audit::{Actor, AuditLog, Entry, Outcome};
+use crate::cluster::Cluster;
 use crate::engine::{Call, CallError, Engine, ProviderHandle};
 use crate::store::{Record, Store};
 
@@ -30,6 +31,8 @@ pub(super) struct DriverShared {
     pub(super) audit: AuditLog,
     /// Where every status change is published for `/ws/events`.
     pub(super) events: Events,
+    /// Cluster mode: the leases and shared records; `None` when this host is alone.
+    pub(super) cluster: Option<Cluster>,
 }
 
 /// Drives environments' provider instances; cheap to clone into tasks.
@@ -45,6 +48,7 @@ impl Driver {
         engine: Arc<Engine>,
         runtime_base: String,
         audit: AuditLog,
+        cluster: Option<Cluster>,
     ) -> Self {
         Self {
             shared: Arc::new(DriverShared {
@@ -55,6 +59,7 @@ impl Driver {
                 tasks: TaskTracker::new(),
                 audit,
                 events: Events::new(),
+                cluster,
             }),
         }
     }
@@ -98,16 +103,30 @@ impl Driver {
             loaded.as_deref(),
         );
         let idleness = super::idle::idleness(env, &record, live.status);
-        EnvironmentView::new(
+        let (mut status, mut connected) = (live.status, env.hub.runtime_connected());
+        let mut host = None;
+        if let Some(cluster) = &self.shared.cluster {
+            if let Some(lease) = cluster.elsewhere(&record.id) {
+                // Another host runs it: its status is the one it reports there.
+                status = serde_json::from_value(serde_json::Value::String(lease.status))
+                    .unwrap_or(status);
+                connected = lease.runtime_connected;
+                host = Some(lease.host);
+            } else if cluster.holds(&record.id) {
+                host = Some(cluster.host_id().to_owned());
+            }
+        }
+        let view = EnvironmentView::new(
             record,
-            live.status,
-            env.hub.runtime_connected(),
+            status,
+            connected,
             live.metadata.clone(),
             live.provider.as_ref(),
             provider,
             idleness,
         )
-        .with_start(start)
+        .with_start(start);
+        EnvironmentView { host, ..view }
     }
 
     /// Moves `env` toward its desired state, in the background.
@@ -228,6 +247,9 @@ impl Driver {
     pub(super) fn announce(&self, env: &Env) {
         if let Some(record) = self.shared.store.get(&env.id) {
             let view = self.view_of(env, record);
+            if view.host.as_deref() == self.shared.cluster.as_ref().map(Cluster::host_id) {
+                self.report_status(env, view.status, view.runtime.connected);
+            }
             env.hub.broadcast(view.status_event());
             self.shared.events.status(&view);
         }

@@ -18,6 +18,7 @@
 //! `config_reload` (outside edits of `tether.toml`, or `SIGHUP`: the settings in
 //! force, `live_config`, are swapped for the next start of each environment).
 
+mod cluster;
 mod config_reload;
 mod deadline;
 mod driver;
@@ -49,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 use crate::audit::{AuditLog, Outcome, action};
+use crate::cluster::Cluster;
 use crate::config::ServeConfig;
 use crate::engine::Engine;
 use crate::logs::{EnvLogs, Follow};
@@ -200,6 +202,15 @@ struct Shared {
     closing: CancellationToken,
 }
 
+/// Where this host stands among others.
+#[derive(Debug)]
+pub(crate) struct Site {
+    /// The `ws(s)://host:port` runtimes connect back to.
+    pub runtime_base: String,
+    /// The cluster this host belongs to; `None` when it runs alone.
+    pub cluster: Option<Cluster>,
+}
+
 /// A cloneable front of the lifecycle manager.
 #[derive(Debug, Clone)]
 pub(crate) struct Manager {
@@ -208,14 +219,13 @@ pub(crate) struct Manager {
 
 impl Manager {
     /// A manager over loaded providers and opened records, with the settings read
-    /// from `config`'s file (whose table is `table`); `runtime_base` is the
-    /// `ws://host:port` runtimes connect back to.
+    /// from `config`'s file (whose table is `table`), placed at `site`.
     pub(crate) fn new(
         config: ServeConfig,
         table: toml::Table,
         store: Store,
         engine: Engine,
-        runtime_base: String,
+        site: Site,
         audit: AuditLog,
         logs: Arc<EnvLogs>,
     ) -> Self {
@@ -233,8 +243,9 @@ impl Manager {
                     config.clone(),
                     store.clone(),
                     engine.clone(),
-                    runtime_base,
+                    site.runtime_base,
                     audit,
+                    site.cluster,
                 ),
                 quotas,
                 provisions: KeyLocks::default(),
@@ -289,6 +300,7 @@ impl Manager {
             reasons.push(format!("records file: {held}"));
         }
         reasons.extend(self.shared.providers.load_failures());
+        reasons.extend(self.cluster().and_then(Cluster::health));
         reasons.extend(self.config_health());
         let storage = self.shared.store.storage_fault().map(|f| {
             reasons.push(format!("storage: {f}"));
@@ -582,11 +594,18 @@ impl Manager {
                 return Err(e.into());
             }
         };
-        self.driver().destroy_locked(&env, &record).await;
+        // Another host running it removes its resource when the delete reaches it.
+        let here = self.refuse_elsewhere(id).is_ok();
+        if here {
+            self.driver().destroy_locked(&env, &record).await;
+            self.driver().release(&env).await;
+        }
         self.shared.envs.forget(id);
         self.events().deleted(&record);
         self.shared.envs.close_hub(id, "environment deleted");
-        self.driver().remove_workspace(&env, &record).await;
+        if here {
+            self.driver().remove_workspace(&env, &record).await;
+        }
         workspaces::unmark(&config, &record.name);
         tracing::info!(env = %id, "environment deleted");
         Ok(())
@@ -600,6 +619,10 @@ impl Manager {
             self.driver().shut_down(&env).await;
         }
         self.driver().drain().await;
+        // Other hosts may take this host's environments at once.
+        if let Some(cluster) = self.cluster() {
+            cluster.shutdown().await;
+        }
         // The file people read is current once the host is down.
         if let Err(e) = self.shared.store.flush().await {
             tracing::error!(error = %e, "compacting the records journal at shutdown failed; it is replayed at the next start");

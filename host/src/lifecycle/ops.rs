@@ -35,16 +35,24 @@ impl Driver {
         };
         match (record.desired_state, running) {
             (DesiredState::Running, false) => {
+                // In a cluster, only on the host holding its lease.
+                if !self.may_run(env).await {
+                    return;
+                }
                 // A failed first start is left in `error` for a person to look at;
                 // the restart policy covers environments that were running.
                 let _ = self.start_locked(env, record).await;
             }
-            (DesiredState::Stopped, true) => self.stop_locked(env).await,
+            (DesiredState::Stopped, true) => {
+                self.stop_locked(env).await;
+                self.release(env).await;
+            }
             // Stopping an environment that failed acknowledges it; `lastError` stays.
             (DesiredState::Stopped, false)
                 if !matches!(status, Status::Created | Status::Stopped) =>
             {
                 self.set_status(env, Status::Stopped);
+                self.release(env).await;
             }
             _ => {}
         }

@@ -41,6 +41,7 @@ impl Manager {
     ) -> Result<Connection, LifecycleError> {
         let record = self.known_record(id)?;
         let env = self.known_env(id)?;
+        self.refuse_unheld(id)?;
         let expected = record.runtime_token_sha256.as_deref().unwrap_or_default();
         auth::verify_runtime_token(token, record.runtime_generation, expected).map_err(|e| {
             tracing::warn!(env = %id, error = %e, "runtime refused");
@@ -75,6 +76,7 @@ impl Manager {
     ) -> Result<Connection, LifecycleError> {
         let record = self.reachable(who, id)?;
         let env = self.known_env(id)?;
+        self.refuse_elsewhere(id)?;
         if !wakes(&record, start, Wakes::Asleep)? {
             return self.admit_app(who, record, &env, thread, resume, None, None);
         }

@@ -45,7 +45,7 @@ impl Manager {
         }
     }
 
-    fn apply(&self, changes: Changes) {
+    pub(super) fn apply(&self, changes: Changes) {
         for id in changes.added {
             tracing::info!(env = %id, "record added outside the host");
             let env = self.shared.envs.add(&id);

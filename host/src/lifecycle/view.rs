@@ -13,7 +13,7 @@ use crate::engine::ProviderHandle;
 use crate::store::{DesiredState, ProvisionKey, Record, RestartPolicy, StopReason};
 
 /// Live status of an environment (`docs/rest.md` says what leads to each).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Status {
     /// Never started by this host.
@@ -134,6 +134,10 @@ pub(crate) struct EnvironmentView {
     pub created_at: String,
     /// Last change of the record (RFC 3339).
     pub updated_at: String,
+    /// Cluster mode only: the id of the host running it (holding its lease); absent
+    /// when no host runs it, and always absent on a host running alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl EnvironmentView {
@@ -175,6 +179,7 @@ impl EnvironmentView {
             provision_key: record.provision_key,
             created_at: record.created_at,
             updated_at: record.updated_at,
+            host: None,
         }
     }
 

@@ -168,6 +168,9 @@ struct Shared {
     /// Held while compacting or reading an outside edit in.
     compaction: tokio::sync::Mutex<()>,
     trigger: compact::Trigger,
+    /// Counts the changes in force (the host's and outside edits read in), so a
+    /// follower ([`Store::edits`]) knows when to look again.
+    edits: tokio::sync::watch::Sender<u64>,
     /// Storage failures in force.
     faults: Mutex<Faults>,
 }
@@ -208,6 +211,7 @@ impl Store {
                 compaction: tokio::sync::Mutex::new(()),
                 trigger: compact::Trigger::default(),
                 faults: Mutex::new(Faults::default()),
+                edits: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -268,24 +272,36 @@ impl Store {
         // and swap.
         let _compaction = self.shared.compaction.lock().await;
         let (digest, parsed) = self.shared.read_settled().await?;
-        self.shared.with(|s| {
-            // `None`: the file the host last read or wrote; nothing new in it.
-            if let Some(parsed) = parsed {
-                match parsed {
-                    Ok(file) => s.absorb_file(file),
-                    Err(reason) => {
-                        let e = invalid_file(&self.shared.path, reason);
-                        s.invalid = Some(e.to_string());
-                        s.disk_sha = Some(digest);
-                        return Err(e);
+        self.shared
+            .with(|s| {
+                // `None`: the file the host last read or wrote; nothing new in it.
+                if let Some(parsed) = parsed {
+                    match parsed {
+                        Ok(file) => s.absorb_file(file),
+                        Err(reason) => {
+                            let e = invalid_file(&self.shared.path, reason);
+                            s.invalid = Some(e.to_string());
+                            s.disk_sha = Some(digest);
+                            return Err(e);
+                        }
                     }
+                    s.disk_sha = Some(digest);
+                    s.invalid = None;
                 }
-                s.disk_sha = Some(digest);
-                s.invalid = None;
-            }
-            let changes = std::mem::take(&mut s.pending);
-            Ok((!changes.is_empty()).then_some(changes))
-        })
+                let changes = std::mem::take(&mut s.pending);
+                Ok((!changes.is_empty()).then_some(changes))
+            })
+            .inspect(|changes| {
+                if changes.is_some() {
+                    self.shared.edits.send_modify(|n| *n += 1);
+                }
+            })
+    }
+
+    /// A receiver that wakes after each change in force: the host's own and outside
+    /// edits once [`Store::reload`] has read them in.
+    pub fn edits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.edits.subscribe()
     }
 
     /// Path of the records file.
@@ -350,6 +366,25 @@ impl Store {
         id: &str,
         change: impl FnOnce(&mut Record),
     ) -> Result<Record, StoreError> {
+        self.change(id, change, true).await
+    }
+
+    /// Sets the record with `id` to `record` as it is, `updatedAt` included (a
+    /// change another host made, from the cluster's copy); returns the record before.
+    pub async fn replace(&self, record: Record) -> Result<Record, StoreError> {
+        let id = record.id.clone();
+        let mut before = None;
+        self.change(&id, |r| before = Some(std::mem::replace(r, record)), false)
+            .await?;
+        before.ok_or(StoreError::NotFound(id))
+    }
+
+    async fn change(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Record),
+        stamp: bool,
+    ) -> Result<Record, StoreError> {
         self.mutate(|s| {
             let (record, good) = s
                 .doc
@@ -357,12 +392,16 @@ impl Store {
                 .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
             if !good {
                 change(record);
-                record.updated_at = now();
+                if stamp {
+                    record.updated_at = now();
+                }
                 return Ok((record.clone(), None));
             }
             let before = patch::fields_of(record);
             change(record);
-            record.updated_at = now();
+            if stamp {
+                record.updated_at = now();
+            }
             let out = record.clone();
             let after = patch::fields_of(&out);
             let fields = patch::changed(&before, &after);
@@ -432,6 +471,7 @@ impl Store {
         if let Some(seq) = seq {
             self.commit(seq).await?;
         }
+        self.shared.edits.send_modify(|n| *n += 1);
         Ok(out)
     }
 

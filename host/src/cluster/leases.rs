@@ -1,0 +1,551 @@
+//! Leases: which host runs each environment, and which hosts are alive.
+//!
+//! A host runs an environment's provider instance only while it holds the
+//! environment's key in the leases bucket. It takes the key with a create (which
+//! fails while another host holds it) and keeps it with compare-and-set renewals
+//! every third of the lease's life; the bucket drops a key `lease_ttl` after its last
+//! write, so a dead host's leases lapse by themselves. The revision of the create is
+//! the lease's epoch. A renewal that finds another revision means the lease was lost
+//! (it lapsed and another host took it); a host that cannot renew for a whole
+//! `lease_ttl` (NATS away, a partition) assumes the same. Either way the lifecycle
+//! is told to stop the environment here.
+//!
+//! The lease also carries the environment's live status, so every host can show it.
+//! A sweep every half lease finds environments that should run and that no host
+//! holds (their host died) and offers them to the lifecycle, after a pause that
+//! grows with this host's load: the least loaded host tends to claim first.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::{self, Operation};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::records::key_of;
+use super::{ClusterError, ClusterEvent, HostView};
+use crate::store::{DesiredState, Store};
+use crate::sync::MutexExt;
+
+/// Extra time past `lease_ttl` before a lease not seen renewed is looked up again.
+const GRACE: Duration = Duration::from_millis(500);
+/// The longest pause of a loaded host before it claims orphans.
+const MAX_CLAIM_PAUSE: Duration = Duration::from_secs(2);
+/// The pause per environment this host runs already.
+const CLAIM_PAUSE_PER_ENV: Duration = Duration::from_millis(20);
+/// The largest lease or host value read from the bucket.
+const MAX_VALUE_BYTES: usize = 16 << 10;
+
+/// A lease's value in the bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LeaseView {
+    /// The environment.
+    pub environment_id: String,
+    /// The host holding it.
+    pub host: String,
+    /// Where that host is reached (`http(s)://`).
+    pub url: String,
+    /// The revision the lease was taken at; a later holder has a higher one.
+    pub epoch: u64,
+    /// The environment's live status on that host.
+    pub status: String,
+    /// Whether its runtime is connected there.
+    pub runtime_connected: bool,
+}
+
+/// A host's value in the hosts bucket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HostValue {
+    id: String,
+    public_url: String,
+    load: usize,
+    seen_at: String,
+}
+
+/// A lease this host holds.
+#[derive(Debug, Clone)]
+struct Held {
+    revision: u64,
+    value: LeaseView,
+    renewed: Instant,
+    /// Its status changed since the last write.
+    dirty: bool,
+}
+
+/// Another host's lease, as last seen.
+#[derive(Debug, Clone)]
+struct Seen {
+    lease: LeaseView,
+    at: Instant,
+}
+
+#[derive(Debug)]
+pub(super) struct Leases {
+    bucket: kv::Store,
+    hosts: kv::Store,
+    host_id: String,
+    public_url: String,
+    ttl: Duration,
+    held: Mutex<HashMap<String, Held>>,
+    seen: Arc<Mutex<HashMap<String, Seen>>>,
+    /// Wakes the renewals early, to write a status change.
+    wake: Notify,
+    events: Mutex<Option<mpsc::UnboundedSender<ClusterEvent>>>,
+}
+
+impl Leases {
+    pub(super) fn new(
+        bucket: kv::Store,
+        hosts: kv::Store,
+        host_id: String,
+        public_url: String,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            bucket,
+            hosts,
+            host_id,
+            public_url,
+            ttl,
+            held: Mutex::new(HashMap::new()),
+            seen: Arc::new(Mutex::new(HashMap::new())),
+            wake: Notify::new(),
+            events: Mutex::new(None),
+        }
+    }
+
+    /// Writes this host's entry in the hosts bucket.
+    pub(super) async fn announce_host(&self) -> Result<(), ClusterError> {
+        let value = HostValue {
+            id: self.host_id.clone(),
+            public_url: self.public_url.clone(),
+            load: self.held.locked().len(),
+            seen_at: crate::store::now(),
+        };
+        let bytes = serde_json::to_vec(&value).map_err(|e| ClusterError::Nats(e.to_string()))?;
+        self.hosts
+            .put(&self.host_id, bytes.into())
+            .await
+            .map_err(|e| ClusterError::Nats(format!("announcing this host: {e}")))?;
+        Ok(())
+    }
+
+    /// Starts the renewals, the watch of every lease and the orphan sweep.
+    pub(super) async fn start(
+        self: &Arc<Self>,
+        store: Arc<Store>,
+        events: mpsc::UnboundedSender<ClusterEvent>,
+        closing: CancellationToken,
+    ) -> Result<(), ClusterError> {
+        *self.events.locked() = Some(events);
+        let watch = self
+            .bucket
+            .watch_all()
+            .await
+            .map_err(|e| ClusterError::Nats(format!("watching the leases: {e}")))?;
+        let this = self.clone();
+        let stop = closing.clone();
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = this.watch(watch) => {}
+                }
+            }
+            .instrument(tracing::info_span!("cluster_leases_watch")),
+        );
+        let this = self.clone();
+        let stop = closing.clone();
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = this.renewals() => {}
+                }
+            }
+            .instrument(tracing::info_span!("cluster_leases_renew")),
+        );
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    _ = closing.cancelled() => {}
+                    _ = this.sweeps(store) => {}
+                }
+            }
+            .instrument(tracing::info_span!("cluster_orphan_sweep")),
+        );
+        Ok(())
+    }
+
+    fn tell(&self, event: ClusterEvent) {
+        if let Some(tx) = self.events.locked().as_ref() {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// See [`super::Cluster::claim`].
+    pub(super) async fn claim(&self, id: &str) -> Result<bool, ClusterError> {
+        if self.holds(id) {
+            return Ok(true);
+        }
+        let key = key_of(id);
+        let mut value = LeaseView {
+            environment_id: id.to_owned(),
+            host: self.host_id.clone(),
+            url: self.public_url.clone(),
+            epoch: 0,
+            status: "starting".into(),
+            runtime_connected: false,
+        };
+        let taken = match self.bucket.create(&key, encode(&value)?).await {
+            Ok(revision) => revision,
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let entry = (self.bucket.entry(key.clone()).await)
+                    .map_err(|e| ClusterError::Nats(format!("reading lease {key}: {e}")))?;
+                let Some(entry) = entry else {
+                    return Ok(false);
+                };
+                match decode(&entry) {
+                    // This host's own lease from before a restart: nobody took it,
+                    // and the instance it covered died with the old process.
+                    Some(lease) if lease.host == self.host_id && lease.environment_id == id => {
+                        match self
+                            .bucket
+                            .update(&key, encode(&value)?, entry.revision)
+                            .await
+                        {
+                            Ok(revision) => revision,
+                            Err(_) => return Ok(false),
+                        }
+                    }
+                    Some(lease) => {
+                        self.saw(lease);
+                        return Ok(false);
+                    }
+                    None => return Ok(false),
+                }
+            }
+            Err(e) => return Err(ClusterError::Nats(format!("claiming lease {key}: {e}"))),
+        };
+        value.epoch = taken;
+        // Written again with its epoch, which the create could not know.
+        let revision = self
+            .bucket
+            .update(&key, encode(&value)?, taken)
+            .await
+            .unwrap_or(taken);
+        tracing::info!(env = %id, epoch = taken, "cluster: lease taken");
+        self.held.locked().insert(
+            id.to_owned(),
+            Held {
+                revision,
+                value,
+                renewed: Instant::now(),
+                dirty: false,
+            },
+        );
+        self.seen.locked().remove(id);
+        Ok(true)
+    }
+
+    pub(super) fn holds(&self, id: &str) -> bool {
+        self.held.locked().contains_key(id)
+    }
+
+    pub(super) fn elsewhere(&self, id: &str) -> Option<LeaseView> {
+        if self.holds(id) {
+            return None;
+        }
+        let seen = self.seen.locked();
+        let s = seen.get(id)?;
+        (s.at.elapsed() < self.ttl + GRACE).then(|| s.lease.clone())
+    }
+
+    pub(super) fn report_status(&self, id: &str, status: &str, connected: bool) {
+        let mut held = self.held.locked();
+        if let Some(h) = held.get_mut(id)
+            && (h.value.status != status || h.value.runtime_connected != connected)
+        {
+            h.value.status = status.to_owned();
+            h.value.runtime_connected = connected;
+            h.dirty = true;
+            drop(held);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Gives up `id`'s lease, if this host holds it.
+    pub(super) async fn release(&self, id: &str) {
+        let Some(held) = self.held.locked().remove(id) else {
+            return;
+        };
+        let key = key_of(id);
+        if let Err(e) = self
+            .bucket
+            .delete_expect_revision(&key, Some(held.revision))
+            .await
+        {
+            tracing::debug!(env = %id, error = %e, "cluster: releasing a lease (it lapses by itself)");
+        } else {
+            tracing::info!(env = %id, "cluster: lease released");
+        }
+    }
+
+    pub(super) async fn release_all(&self) {
+        let ids: Vec<String> = self.held.locked().keys().cloned().collect();
+        for id in ids {
+            self.release(&id).await;
+        }
+        if let Err(e) = self.hosts.delete(&self.host_id).await {
+            tracing::debug!(error = %e, "cluster: removing this host's entry");
+        }
+    }
+
+    /// Renews every held lease every third of its life (and at once when a status
+    /// changed), and this host's entry with it.
+    async fn renewals(&self) {
+        let period = self.ttl / 3;
+        let mut last_full = Instant::now();
+        loop {
+            let _ = tokio::time::timeout(period, self.wake.notified()).await;
+            let full = last_full.elapsed() >= period;
+            if full {
+                last_full = Instant::now();
+                if let Err(e) = self.announce_host().await {
+                    tracing::warn!(error = %e, "cluster: renewing this host's entry failed");
+                }
+            }
+            let due: Vec<(String, Held)> = self
+                .held
+                .locked()
+                .iter()
+                .filter(|(_, h)| full || h.dirty)
+                .map(|(id, h)| (id.clone(), h.clone()))
+                .collect();
+            for (id, held) in due {
+                self.renew(&id, held).await;
+            }
+        }
+    }
+
+    async fn renew(&self, id: &str, held: Held) {
+        let key = key_of(id);
+        let bytes = match encode(&held.value) {
+            Ok(bytes) => bytes,
+            Err(_) => return,
+        };
+        match self.bucket.update(&key, bytes, held.revision).await {
+            Ok(revision) => {
+                if let Some(h) = self.held.locked().get_mut(id)
+                    && h.revision == held.revision
+                {
+                    h.revision = revision;
+                    h.renewed = Instant::now();
+                    h.dirty = h.value != held.value;
+                }
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                tracing::warn!(env = %id, "cluster: lease lost (it lapsed, or another host holds it now)");
+                self.lose(id);
+            }
+            Err(e) => {
+                if held.renewed.elapsed() >= self.ttl {
+                    tracing::warn!(env = %id, error = %e, "cluster: lease not renewed for a whole lease; assuming it lost");
+                    self.lose(id);
+                } else {
+                    tracing::warn!(env = %id, error = %e, "cluster: renewing a lease failed; trying again");
+                }
+            }
+        }
+    }
+
+    fn lose(&self, id: &str) {
+        if self.held.locked().remove(id).is_some() {
+            self.tell(ClusterEvent::LeaseLost(id.to_owned()));
+        }
+    }
+
+    /// Keeps every other host's lease in view.
+    async fn watch(&self, mut watch: kv::Watch) {
+        loop {
+            match watch.next().await {
+                Some(Ok(entry)) => self.on_entry(entry),
+                other => {
+                    if let Some(Err(e)) = other {
+                        tracing::warn!(error = %e, "cluster: the leases watch failed; watching again");
+                    }
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        match self.bucket.watch_all().await {
+                            Ok(w) => {
+                                watch = w;
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "cluster: cannot watch the leases yet")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_entry(&self, entry: kv::Entry) {
+        match entry.operation {
+            Operation::Put => {
+                if let Some(lease) = decode(&entry)
+                    && lease.host != self.host_id
+                {
+                    let id = lease.environment_id.clone();
+                    let changed = self.saw(lease);
+                    if self.held.locked().contains_key(&id) {
+                        // Another host holds what this host thinks it holds.
+                        self.lose(&id);
+                    }
+                    if changed {
+                        self.tell(ClusterEvent::Status(id));
+                    }
+                }
+            }
+            Operation::Delete | Operation::Purge => {
+                let mut seen = self.seen.locked();
+                let gone = seen
+                    .iter()
+                    .find(|(id, _)| key_of(id) == entry.key)
+                    .map(|(id, _)| id.clone());
+                if let Some(id) = gone {
+                    seen.remove(&id);
+                    drop(seen);
+                    self.tell(ClusterEvent::Status(id));
+                }
+            }
+        }
+    }
+
+    /// Notes another host's lease; `true` when its status or holder changed.
+    fn saw(&self, lease: LeaseView) -> bool {
+        let mut seen = self.seen.locked();
+        let before = seen.insert(
+            lease.environment_id.clone(),
+            Seen {
+                lease: lease.clone(),
+                at: Instant::now(),
+            },
+        );
+        before.is_none_or(|b| {
+            b.lease.status != lease.status
+                || b.lease.host != lease.host
+                || b.lease.runtime_connected != lease.runtime_connected
+        })
+    }
+
+    /// Every half lease: environments that should run and that no live host holds.
+    async fn sweeps(&self, store: Arc<Store>) {
+        let mut tick = tokio::time::interval(self.ttl / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let wanted: Vec<String> =
+                store.select(|r| (r.desired_state == DesiredState::Running).then(|| r.id.clone()));
+            let mut orphans = Vec::new();
+            for id in wanted {
+                if self.holds(&id) || self.elsewhere(&id).is_some() {
+                    continue;
+                }
+                match self.bucket.entry(key_of(&id)).await {
+                    Ok(Some(entry)) if entry.operation == Operation::Put => {
+                        if let Some(lease) = decode(&entry) {
+                            self.saw(lease);
+                        }
+                    }
+                    Ok(_) => orphans.push(id),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cluster: looking a lease up");
+                        break;
+                    }
+                }
+            }
+            if orphans.is_empty() {
+                continue;
+            }
+            let load = u32::try_from(self.held.locked().len()).unwrap_or(u32::MAX);
+            tokio::time::sleep((CLAIM_PAUSE_PER_ENV * load).min(MAX_CLAIM_PAUSE)).await;
+            for id in orphans {
+                tracing::info!(env = %id, "cluster: no host holds this environment, which should be running");
+                self.tell(ClusterEvent::Orphaned(id));
+            }
+        }
+    }
+
+    /// Every live host with the environments it holds.
+    pub(super) async fn hosts(&self) -> Result<Vec<HostView>, ClusterError> {
+        let mut keys = (self.hosts.keys().await)
+            .map_err(|e| ClusterError::Nats(format!("listing hosts: {e}")))?;
+        let mut owned = super::by_host(
+            &(self.seen.locked().iter())
+                .filter(|(_, s)| s.at.elapsed() < self.ttl + GRACE)
+                .map(|(id, s)| (id.clone(), s.lease.clone()))
+                .collect(),
+        );
+        let mine: Vec<String> = {
+            let mut ids: Vec<String> = self.held.locked().keys().cloned().collect();
+            ids.sort();
+            ids
+        };
+        owned.insert(self.host_id.clone(), mine);
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let Ok(key) = key else { continue };
+            let Ok(Some(entry)) = self.hosts.entry(key).await else {
+                continue;
+            };
+            if entry.operation != Operation::Put || entry.value.len() > MAX_VALUE_BYTES {
+                continue;
+            }
+            let Ok(host) = serde_json::from_slice::<HostValue>(&entry.value) else {
+                continue;
+            };
+            let environments = owned.remove(&host.id).unwrap_or_default();
+            out.push(HostView {
+                this: host.id == self.host_id,
+                load: environments.len(),
+                environments,
+                id: host.id,
+                public_url: host.public_url,
+                last_seen: host.seen_at,
+            });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+}
+
+fn encode(value: &LeaseView) -> Result<bytes::Bytes, ClusterError> {
+    serde_json::to_vec(value)
+        .map(Into::into)
+        .map_err(|e| ClusterError::Nats(e.to_string()))
+}
+
+/// A lease from the bucket; `None` for anything malformed (logged).
+fn decode(entry: &kv::Entry) -> Option<LeaseView> {
+    if entry.value.len() > MAX_VALUE_BYTES {
+        tracing::warn!(key = %entry.key, "cluster: ignoring an oversized lease");
+        return None;
+    }
+    match serde_json::from_slice::<LeaseView>(&entry.value) {
+        Ok(lease) if key_of(&lease.environment_id) == entry.key => Some(lease),
+        _ => {
+            tracing::warn!(key = %entry.key, "cluster: ignoring a malformed lease");
+            None
+        }
+    }
+}

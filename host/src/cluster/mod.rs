@@ -1,0 +1,397 @@
+//! Cluster mode: several `tether serve` hosts share one NATS server with JetStream.
+//!
+//! Three key-value buckets hold what the hosts share (`PREFIX` is `cluster.prefix`,
+//! `tether` by default):
+//!
+//! - `PREFIX-records`: every environment record, keyed by id ([`records`]). Each host
+//!   keeps its own `.codebolt/environments.json` as a current copy; a change made on
+//!   any host (through the API, by the host itself, or by hand in its file) is written
+//!   to the bucket as a compare-and-set on the key's revision and merged field by
+//!   field when another host changed the record first.
+//! - `PREFIX-leases`: one key per running environment, held by the host that runs
+//!   its provider instance ([`leases`]). A lease lives `lease_ttl` past its last
+//!   renewal; its first revision is its epoch.
+//! - `PREFIX-hosts`: one key per live host, renewed like a lease: the cluster view of
+//!   `GET /api/v1/cluster`.
+//!
+//! The lifecycle asks this module before it runs an environment (claiming its lease)
+//! and hears from it of remote record changes, lost leases and orphaned environments;
+//! this module never calls up into the lifecycle.
+
+mod leases;
+mod merge;
+mod records;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+use crate::config::ClusterConfig;
+use crate::store::{Changes, Store};
+use crate::sync::MutexExt;
+
+pub(crate) use leases::LeaseView;
+
+/// The largest record the records bucket takes (the API's own bounds are far lower).
+const MAX_RECORD_BYTES: i32 = 4 << 20;
+/// How long connecting to NATS may take at start before the host refuses to run.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for NATS to take the released leases.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
+/// How many recent conflicts `GET /api/v1/cluster` shows.
+const CONFLICTS_KEPT: usize = 50;
+
+/// Why cluster mode could not start or act.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClusterError {
+    /// NATS cannot be reached (or refused the credentials).
+    #[error("cluster: cannot connect to NATS at {url}: {reason}")]
+    Connect {
+        /// The configured URL.
+        url: String,
+        /// What the client said.
+        reason: String,
+    },
+    /// NATS is there but JetStream is not enabled for this account.
+    #[error(
+        "cluster: NATS at {url} has no JetStream for this account ({reason}); start nats-server with -js (or `jetstream {{}}` in its config)"
+    )]
+    NoJetStream {
+        /// The configured URL.
+        url: String,
+        /// What the server said.
+        reason: String,
+    },
+    /// A bucket could not be made or opened.
+    #[error("cluster: bucket {bucket}: {reason}")]
+    Bucket {
+        /// Its name.
+        bucket: String,
+        /// What the server said.
+        reason: String,
+    },
+    /// A request to NATS failed.
+    #[error("cluster: {0}")]
+    Nats(String),
+}
+
+/// What the lifecycle hears from the cluster.
+#[derive(Debug)]
+pub(crate) enum ClusterEvent {
+    /// Other hosts changed records; they are applied to the local store already.
+    Records(Changes),
+    /// This host no longer holds the lease of these environments: stop them here.
+    LeaseLost(String),
+    /// No host holds the lease of this environment, which should be running.
+    Orphaned(String),
+    /// Another host's environment changed its live status.
+    Status(String),
+}
+
+/// One host as `GET /api/v1/cluster` shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct HostView {
+    /// Its `--host-id`.
+    pub id: String,
+    /// Where apps, the API and runtimes reach it.
+    pub public_url: String,
+    /// Whether it is this host (the one that answered).
+    #[serde(rename = "self")]
+    pub this: bool,
+    /// How many environments it runs (holds the lease of).
+    pub load: usize,
+    /// The ids of the environments it runs.
+    pub environments: Vec<String>,
+    /// When it last said it is alive (RFC 3339).
+    pub last_seen: String,
+}
+
+/// A change to one record field that lost to another host's change of the same field.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ConflictView {
+    /// The environment.
+    pub environment_id: String,
+    /// The record field both hosts changed.
+    pub field: String,
+    /// The value this host had written, which lost.
+    #[schema(value_type = Object)]
+    pub lost: serde_json::Value,
+    /// The value in force.
+    #[schema(value_type = Object)]
+    pub kept: serde_json::Value,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// The cluster as one host sees it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ClusterView {
+    /// This host's id.
+    pub host_id: String,
+    /// Whether this host is connected to NATS right now.
+    pub connected: bool,
+    /// How long a lease lasts without renewal (seconds).
+    pub lease_ttl_secs: u64,
+    /// Every live host, this one included.
+    pub hosts: Vec<HostView>,
+    /// The latest field conflicts between hosts' concurrent changes, newest last.
+    pub conflicts: Vec<ConflictView>,
+}
+
+/// A handle on cluster mode; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Cluster {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ClusterConfig,
+    client: async_nats::Client,
+    records: kv::Store,
+    leases: Arc<leases::Leases>,
+    conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
+    closing: CancellationToken,
+}
+
+impl Cluster {
+    /// Connects to NATS, checks JetStream and opens (or makes) the buckets. Fails,
+    /// saying why, when NATS is unreachable or has no JetStream: a host in cluster
+    /// mode never runs alone by mistake.
+    pub(crate) async fn connect(
+        config: ClusterConfig,
+        public_url: String,
+    ) -> Result<Self, ClusterError> {
+        let url = config.url.clone();
+        let connect_error = |reason: String| ClusterError::Connect {
+            url: url.clone(),
+            reason,
+        };
+        let mut options = match &config.credentials {
+            Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|e| connect_error(format!("credentials {}: {e}", path.display())))?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        if let Some(token) = &config.token {
+            options = options.token(token.clone());
+        }
+        let options = options
+            .name(format!("tether {}", config.host_id))
+            .connection_timeout(CONNECT_TIMEOUT)
+            .max_reconnects(None);
+        let client = tokio::time::timeout(CONNECT_TIMEOUT * 2, options.connect(url.as_str()))
+            .await
+            .map_err(|_| connect_error("timed out".into()))?
+            .map_err(|e| connect_error(e.to_string()))?;
+        let js = jetstream::new(client.clone());
+        js.query_account()
+            .await
+            .map_err(|e| ClusterError::NoJetStream {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let prefix = &config.prefix;
+        let records = bucket(
+            &js,
+            kv::Config {
+                bucket: format!("{prefix}-records"),
+                description: "tether environment records, by id".into(),
+                history: 1,
+                max_value_size: MAX_RECORD_BYTES,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let lease_bucket = bucket(
+            &js,
+            kv::Config {
+                bucket: format!("{prefix}-leases"),
+                description: "tether: which host runs each environment".into(),
+                history: 1,
+                max_age: config.lease_ttl,
+                max_value_size: 64 << 10,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let hosts = bucket(
+            &js,
+            kv::Config {
+                bucket: format!("{prefix}-hosts"),
+                description: "tether: live hosts".into(),
+                history: 1,
+                max_age: config.lease_ttl,
+                max_value_size: 64 << 10,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let closing = CancellationToken::new();
+        let leases = Arc::new(leases::Leases::new(
+            lease_bucket,
+            hosts,
+            config.host_id.clone(),
+            public_url.clone(),
+            config.lease_ttl,
+        ));
+        leases.announce_host().await?;
+        tracing::info!(host = %config.host_id, url = %config.url, lease_ttl = ?config.lease_ttl, "cluster: connected to NATS with JetStream");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                client,
+                records,
+                leases,
+                conflicts: Mutex::new(Default::default()),
+                closing,
+            }),
+        })
+    }
+
+    /// This host's id.
+    pub(crate) fn host_id(&self) -> &str {
+        &self.inner.config.host_id
+    }
+
+    /// Starts the background work: the records' sync with `store`, the leases'
+    /// renewals, the watch of other hosts' leases and the orphan sweep. What the
+    /// lifecycle must act on arrives on the returned channel.
+    pub(crate) async fn start(
+        &self,
+        store: Arc<Store>,
+    ) -> Result<mpsc::UnboundedReceiver<ClusterEvent>, ClusterError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        records::start(self.clone(), store.clone(), tx.clone()).await?;
+        self.inner
+            .leases
+            .start(store, tx, self.inner.closing.clone())
+            .await?;
+        Ok(rx)
+    }
+
+    /// Claims environment `id` for this host: `true` when this host holds its lease
+    /// (already, or now), `false` when another live host does.
+    pub(crate) async fn claim(&self, id: &str) -> Result<bool, ClusterError> {
+        self.inner.leases.claim(id).await
+    }
+
+    /// Gives environment `id`'s lease up (it stopped here, or was deleted).
+    pub(crate) async fn release(&self, id: &str) {
+        self.inner.leases.release(id).await;
+    }
+
+    /// Whether this host holds environment `id`'s lease.
+    pub(crate) fn holds(&self, id: &str) -> bool {
+        self.inner.leases.holds(id)
+    }
+
+    /// The lease of environment `id` as last seen, if another host holds one.
+    pub(crate) fn elsewhere(&self, id: &str) -> Option<LeaseView> {
+        self.inner.leases.elsewhere(id)
+    }
+
+    /// Tells the cluster environment `id`'s live status (kept in its lease).
+    pub(crate) fn report_status(&self, id: &str, status: &str, connected: bool) {
+        self.inner.leases.report_status(id, status, connected);
+    }
+
+    /// Why the cluster needs a person, if it does (for `/healthz`).
+    pub(crate) fn health(&self) -> Option<String> {
+        match self.inner.client.connection_state() {
+            async_nats::connection::State::Connected => None,
+            state => Some(format!(
+                "cluster: not connected to NATS at {} ({state:?}); reconnecting, and this host's environments stop when their leases lapse",
+                self.inner.config.url
+            )),
+        }
+    }
+
+    /// The cluster as this host sees it.
+    pub(crate) async fn view(&self) -> Result<ClusterView, ClusterError> {
+        let hosts = self.inner.leases.hosts().await?;
+        Ok(ClusterView {
+            host_id: self.inner.config.host_id.clone(),
+            connected: self.health().is_none(),
+            lease_ttl_secs: self.inner.config.lease_ttl.as_secs(),
+            hosts,
+            conflicts: self.inner.conflicts.locked().iter().cloned().collect(),
+        })
+    }
+
+    /// Keeps a field conflict for `GET /api/v1/cluster` and logs it.
+    fn conflict(&self, conflict: ConflictView) {
+        tracing::warn!(env = %conflict.environment_id, field = %conflict.field, lost = %conflict.lost, kept = %conflict.kept, "cluster: two hosts changed one field at once; the later change is in force");
+        let mut kept = self.inner.conflicts.locked();
+        if kept.len() == CONFLICTS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(conflict);
+    }
+
+    /// Stops the background work and gives up every lease this host holds, so
+    /// other hosts may take its running environments at once.
+    pub(crate) async fn shutdown(&self) {
+        self.inner.closing.cancel();
+        // NATS may be away: then the leases lapse by themselves instead.
+        let release = async {
+            self.inner.leases.release_all().await;
+            if let Err(e) = self.inner.client.flush().await {
+                tracing::debug!(error = %e, "cluster: flushing at shutdown");
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_WAIT, release).await.is_err() {
+            tracing::warn!(
+                "cluster: NATS did not answer at shutdown; this host's leases lapse by themselves"
+            );
+        }
+    }
+
+    fn records_bucket(&self) -> &kv::Store {
+        &self.inner.records
+    }
+
+    fn closing(&self) -> &CancellationToken {
+        &self.inner.closing
+    }
+}
+
+/// Opens bucket `config.bucket`, making it if it is missing.
+async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ClusterError> {
+    let name = config.bucket.clone();
+    match js.create_key_value(config).await {
+        Ok(store) => Ok(store),
+        // Made by another host already, perhaps with other settings: use it as it is.
+        Err(created) => js
+            .get_key_value(&name)
+            .await
+            .map_err(|e| ClusterError::Bucket {
+                bucket: name.clone(),
+                reason: format!("{created}; {e}"),
+            }),
+    }
+}
+
+/// Host ids of the hosts holding leases, with the ids each holds (for the view).
+fn by_host(leases: &HashMap<String, LeaseView>) -> HashMap<String, Vec<String>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for (id, lease) in leases {
+        out.entry(lease.host.clone()).or_default().push(id.clone());
+    }
+    for ids in out.values_mut() {
+        ids.sort();
+    }
+    out
+}

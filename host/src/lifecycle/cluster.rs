@@ -1,0 +1,168 @@
+//! Cluster mode in the lifecycle: an environment runs on the host holding its lease,
+//! other hosts' record changes are applied like outside edits, a lost lease stops
+//! the instance here, and an orphan (its host died) is started here if this host
+//! wins its lease. Single-host mode has no cluster and none of this runs.
+
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::driver::Driver;
+use super::envs::Env;
+use super::{LifecycleError, Manager, Status};
+use crate::cluster::{Cluster, ClusterError, ClusterEvent};
+
+impl Manager {
+    /// Starts the cluster's sync (the records are read from the cluster first) and
+    /// applies what it reports until shutdown.
+    pub(crate) async fn join_cluster(&self) -> Result<(), ClusterError> {
+        let Some(cluster) = self.shared.driver.shared.cluster.clone() else {
+            return Ok(());
+        };
+        let events = cluster.start(self.shared.store.clone()).await?;
+        let this = self.clone();
+        self.shared.driver.spawn(
+            async move {
+                tokio::select! {
+                    _ = this.shared.closing.cancelled() => {}
+                    _ = this.follow_cluster(events) => {}
+                }
+            }
+            .instrument(tracing::info_span!("cluster_events")),
+        );
+        Ok(())
+    }
+
+    async fn follow_cluster(&self, mut events: mpsc::UnboundedReceiver<ClusterEvent>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                ClusterEvent::Records(mut changes) => {
+                    let removed = std::mem::take(&mut changes.removed);
+                    self.apply(changes);
+                    for record in removed {
+                        self.deleted_elsewhere(record);
+                    }
+                }
+                ClusterEvent::LeaseLost(id) => {
+                    let Some(env) = self.shared.envs.get(&id) else {
+                        continue;
+                    };
+                    tracing::warn!(env = %id, "cluster: lease lost; stopping the instance here (the resource is kept)");
+                    let driver = self.shared.driver.clone();
+                    self.shared.driver.spawn(async move {
+                        let _op = env.op.lock().await;
+                        driver.stop_locked(&env).await;
+                    });
+                }
+                ClusterEvent::Orphaned(id) => {
+                    if let Some(env) = self.shared.envs.get(&id) {
+                        self.shared.driver.spawn_converge(env);
+                    }
+                }
+                ClusterEvent::Status(id) => {
+                    if let Some(env) = self.shared.envs.get(&id) {
+                        self.shared.driver.announce(&env);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `record` was deleted on another host: this host forgets it, has its provider
+    /// remove the resource if it runs the environment (a delete made here would), and
+    /// removes its workspace here if it has one (it ran the environment before).
+    fn deleted_elsewhere(&self, record: crate::store::Record) {
+        let Some(env) = self.shared.envs.forget(&record.id) else {
+            return;
+        };
+        let held = self.cluster().is_some_and(|c| c.holds(&record.id));
+        tracing::info!(env = %record.id, running_here = held, "cluster: deleted on another host");
+        self.events().deleted(&record);
+        let this = self.clone();
+        self.shared.driver.spawn(async move {
+            env.deleting.cancel();
+            let _op = env.op.lock().await;
+            let driver = &this.shared.driver;
+            if held {
+                driver.destroy_locked(&env, &record).await;
+                driver.release(&env).await;
+            } else {
+                driver.stop_locked(&env).await;
+            }
+            this.shared.envs.close_hub(&env.id, "environment deleted");
+            driver.remove_workspace(&env, &record).await;
+        });
+    }
+
+    /// The cluster as this host sees it; `None` in single-host mode.
+    pub(crate) fn cluster(&self) -> Option<&Cluster> {
+        self.shared.driver.shared.cluster.as_ref()
+    }
+
+    /// `Conflict` when another host runs environment `id`: its runtime and apps
+    /// connect there (the message says where).
+    pub(super) fn refuse_elsewhere(&self, id: &str) -> Result<(), LifecycleError> {
+        let Some(cluster) = self.cluster() else {
+            return Ok(());
+        };
+        match cluster.elsewhere(id) {
+            Some(lease) => Err(LifecycleError::Conflict(format!(
+                "environment {id} runs on host {} at {}: connect there",
+                lease.host, lease.url
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// `Conflict` unless this host holds environment `id`'s lease (for its runtime).
+    pub(super) fn refuse_unheld(&self, id: &str) -> Result<(), LifecycleError> {
+        match self.cluster() {
+            Some(cluster) if !cluster.holds(id) => {
+                self.refuse_elsewhere(id)?;
+                Err(LifecycleError::Conflict(format!(
+                    "environment {id} does not run on this host (host {})",
+                    cluster.host_id()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Driver {
+    /// Whether `env` may run here: always alone; in a cluster, once this host holds
+    /// its lease (taken now if no other host holds it).
+    pub(super) async fn may_run(&self, env: &Env) -> bool {
+        let Some(cluster) = &self.shared.cluster else {
+            return true;
+        };
+        match cluster.claim(&env.id).await {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::info!(env = %env.id, "cluster: another host runs this environment");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(env = %env.id, error = %e, "cluster: cannot claim the lease; not starting here");
+                false
+            }
+        }
+    }
+
+    /// Gives up `env`'s lease after it stopped here (or was deleted).
+    pub(super) async fn release(&self, env: &Env) {
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.release(&env.id).await;
+        }
+    }
+
+    /// Tells the cluster `env`'s live status, when this host runs it.
+    pub(super) fn report_status(&self, env: &Env, status: Status, connected: bool) {
+        if let Some(cluster) = &self.shared.cluster {
+            let status = serde_json::to_value(status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            cluster.report_status(&env.id, &status, connected);
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! Cluster mode: three `tether serve` hosts on loopback share one real `nats-server`
+//! with JetStream (installed by `.ci/prepare`). Records made or changed on one host
+//! reach the others; each running environment runs on exactly one host; concurrent
+//! changes on two hosts both land; a `kill -9`ed owner's environment is taken over
+//! with its resource; a host without NATS refuses to start; NATS restarting loses
+//! nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::sandbox::{self, Service};
+use crate::support::{Server, TOKEN, WAIT, Ws, write_config};
+
+/// A `nats-server -js` on loopback, with its store in a directory of the test's.
+struct Nats {
+    child: Child,
+    port: u16,
+    store: PathBuf,
+    log: PathBuf,
+}
+
+/// The `nats-server` to run: `TETHER_NATS_SERVER`, else `.ci/prepare`'s, else the
+/// one on `PATH`; `None` (the test skips, saying so) when there is none, unless
+/// `TETHER_REQUIRE_NATS` is set.
+fn nats_binary() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("TETHER_NATS_SERVER").map(PathBuf::from),
+        Some(PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/nats-venv/bin/nats-server"
+        ))),
+        Some(PathBuf::from("nats-server")),
+    ];
+    for candidate in candidates.into_iter().flatten() {
+        let ok = Command::new(&candidate)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(candidate);
+        }
+    }
+    assert!(
+        std::env::var_os("TETHER_REQUIRE_NATS").is_none(),
+        "TETHER_REQUIRE_NATS is set but no nats-server was found (run .ci/prepare)"
+    );
+    eprintln!("skipping: no nats-server (run .ci/prepare, or set TETHER_NATS_SERVER)");
+    None
+}
+
+impl Nats {
+    /// Starts one with JetStream (`jetstream`) on `port` (0: a free one).
+    fn start(dir: &Path, port: u16, jetstream: bool) -> Option<Nats> {
+        let binary = nats_binary()?;
+        let port = if port == 0 { free_port() } else { port };
+        let store = dir.join("nats-store");
+        let log = dir.join("nats.log");
+        let mut command = Command::new(binary);
+        command
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&store)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .expect("nats log"),
+            );
+        if jetstream {
+            command.arg("-js");
+        }
+        let child = command.spawn().expect("starting nats-server");
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Nats {
+            child,
+            port,
+            store,
+            log,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it and starts it again on the same port and store.
+    fn restart(mut self, dir: &Path) -> Nats {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.port;
+        assert!(
+            self.store.exists(),
+            "{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+        Nats::start(dir, port, true).expect("nats-server again")
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Host `id` of the cluster at `nats`, in `dir/id`, with the `handoff` test provider
+/// and `config` as its `tether.toml`.
+fn host(dir: &Path, nats: &Nats, id: &str, config: &str) -> Server {
+    let data = dir.join(id);
+    let providers = data.join(".codebolt/providers");
+    std::fs::create_dir_all(&providers).expect("providers dir");
+    std::fs::copy(
+        crate::support::guests::HANDOFF,
+        providers.join("handoff.wasm"),
+    )
+    .expect("copying handoff.wasm");
+    write_config(&data, config);
+    Server::start_args(
+        &data,
+        Some(TOKEN),
+        &["--cluster", &nats.url(), "--host-id", id],
+    )
+}
+
+/// Polls `server` until environment `id` satisfies `pred` there (404 counts as not yet).
+async fn until_env(server: &Server, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    server.wait_env(id, what, pred).await
+}
+
+/// Polls `server`'s list until it holds an environment named `name`.
+async fn listed(server: &Server, name: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, list) = server.call("GET", "/api/v1/environments", None).await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        if let Some(env) = list
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["name"] == name))
+        {
+            return env.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never listed; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn id_of(env: &Value) -> String {
+    env["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test]
+async fn records_are_shared_and_each_environment_runs_on_one_host() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let b = host(dir.path(), &nats, "b", "");
+    let c = host(dir.path(), &nats, "c", "");
+
+    let (id, url, token) = a.handoff_env("shared").await;
+    for other in [&b, &c] {
+        let env = listed(other, "shared").await;
+        assert_eq!(env["id"], id.as_str(), "{env}");
+        let env = until_env(other, &id, "shown running on a", |e| {
+            e["status"] == "running" && e["host"] == "a"
+        })
+        .await;
+        assert_eq!(env["desiredState"], "running", "{env}");
+        // Every host's file holds the record.
+        assert!(other.records().to_string().contains(&id));
+    }
+    // Only a has a workspace for it: b and c ran nothing.
+    assert!(a.data_dir.join(".codebolt/environments/shared").exists());
+    for other in [&b, &c] {
+        assert!(
+            !other
+                .data_dir
+                .join(".codebolt/environments/shared")
+                .exists()
+        );
+    }
+    // Its runtime is let in on a only.
+    let on_b = url.replace(
+        a.base.trim_start_matches("http://"),
+        b.base.trim_start_matches("http://"),
+    );
+    assert!(Ws::connect(&on_b, Some(&token)).await.is_err());
+    let mut runtime = Ws::connect(&url, Some(&token)).await.expect("runtime on a");
+    until_env(&c, &id, "shown connected", |e| {
+        e["runtime"]["connected"] == true
+    })
+    .await;
+    // An app on another host is told where the environment runs.
+    let app_url = format!(
+        "{}/ws/app/{id}?thread=t1",
+        b.base.replace("http://", "ws://")
+    );
+    assert_eq!(
+        Ws::connect(&app_url, Some(TOKEN)).await.err(),
+        Some(StatusCode::CONFLICT)
+    );
+    let mut app = a.app(&id, "t1").await;
+    app.send(json!({"type": "hello", "n": 1})).await;
+    let relayed = runtime.next().await;
+    assert_eq!(relayed["n"], 1, "{relayed}");
+
+    // The cluster view: three hosts, a runs the one environment.
+    let (status, view) = c.call("GET", "/api/v1/cluster", None).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["hostId"], "c");
+    let hosts = view["hosts"].as_array().expect("hosts");
+    let ids: Vec<&str> = hosts.iter().filter_map(|h| h["id"].as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"], "{view}");
+    assert_eq!(hosts[0]["environments"], json!([id]), "{view}");
+    assert_eq!(hosts[0]["load"], 1);
+    assert_eq!(hosts[2]["self"], true);
+    let (_, health) = b.call("GET", "/healthz", None).await;
+    assert_eq!(health["status"], "ok", "{health}");
+
+    // Stopped through b: a stops it and gives the lease up; deleted through c: gone
+    // everywhere, its workspace on a too.
+    let (status, stopping) = b
+        .call("POST", &format!("/api/v1/environments/{id}/stop"), None)
+        .await;
+    assert!(status.is_success(), "{stopping}");
+    until_env(&a, &id, "stopped on a", |e| e["status"] == "stopped").await;
+    let (status, _) = c
+        .call("DELETE", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for server in [&a, &b, &c] {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, _) = server
+                .call("GET", &format!("/api/v1/environments/{id}"), None)
+                .await;
+            if status == StatusCode::NOT_FOUND {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still there; log:\n{}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    while a.data_dir.join(".codebolt/environments/shared").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "workspace kept; log:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for server in [a, b, c] {
+        server.stop();
+    }
+}
+
+#[tokio::test]
+async fn concurrent_changes_and_hand_edits_on_different_hosts_all_land() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let b = host(dir.path(), &nats, "b", "");
+    let body = json!({"name": "edited", "provider": "handoff", "config": {"base": 0}});
+    let (status, env) = a.call("POST", "/api/v1/environments", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = id_of(&env);
+    listed(&b, "edited").await;
+
+    // Many rounds of two hosts changing one record at the same moment, each a field
+    // of its own: every change lands on both hosts.
+    let path = format!("/api/v1/environments/{id}");
+    for round in 0..10u64 {
+        let from_a = a.call("PATCH", &path, Some(json!({"config": {"a": round}})));
+        let from_b = b.call("PATCH", &path, Some(json!({"idleStopSecs": round + 60})));
+        let ((sa, va), (sb, vb)) = tokio::join!(from_a, from_b);
+        assert_eq!(sa, StatusCode::OK, "{va}");
+        assert_eq!(sb, StatusCode::OK, "{vb}");
+    }
+    for server in [&a, &b] {
+        until_env(server, &id, "holding both hosts' last changes", |e| {
+            e["config"]["a"] == 9 && e["idleStopSecs"] == 69 && e["config"]["base"] == 0
+        })
+        .await;
+    }
+
+    // A hand edit of b's file reaches a.
+    let file = b.data_dir.join(".codebolt/environments.json");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut records: Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).expect("records")).expect("json");
+        let changed = records["environments"]
+            .as_array_mut()
+            .and_then(|a| a.iter_mut().find(|r| r["id"] == id.as_str()))
+            .map(|r| r["config"]["byHand"] = json!(true))
+            .is_some();
+        if changed {
+            std::fs::write(&file, serde_json::to_vec_pretty(&records).expect("json"))
+                .expect("write");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the record never reached b's file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    until_env(&a, &id, "holding b's hand edit", |e| {
+        e["config"]["byHand"] == true
+    })
+    .await;
+    until_env(&b, &id, "keeping its hand edit", |e| {
+        e["config"]["byHand"] == true && e["config"]["a"] == 9
+    })
+    .await;
+    // The file on a says the same.
+    let deadline = Instant::now() + WAIT;
+    while !a.records().to_string().contains("byHand") {
+        assert!(Instant::now() < deadline, "a's file never got the edit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for server in [a, b] {
+        server.stop();
+    }
+}
+
+#[tokio::test]
+async fn a_killed_owners_environment_is_taken_over_with_its_resource_and_not_run_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let service = Service::start(dir.path(), 0);
+    let config = format!(
+        "{}[cluster]\nlease_ttl_secs = 3\n",
+        sandbox::grant(&service, sandbox::KEY)
+    );
+    // Cluster settings from the file: only the URL and the id from flags.
+    let a = host(dir.path(), &nats, "a", &config);
+    let b = host(dir.path(), &nats, "b", &config);
+    let env = a.running_env("remote", "http-sandbox", json!({})).await;
+    let id = id_of(&env);
+    let resource = env["resourceId"].clone();
+    assert!(resource.is_string(), "{env}");
+    let mut events = Ws::connect(
+        &format!("{}/ws/events", b.base.replace("http://", "ws://")),
+        Some(TOKEN),
+    )
+    .await
+    .expect("events on b");
+
+    let killed = Instant::now();
+    let a_dir = a.data_dir.clone();
+    a.kill();
+    let env = until_env(&b, &id, "taken over by b", |e| {
+        e["host"] == "b" && e["status"] == "running" && e["runtime"]["connected"] == true
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(3 + 5) + WAIT / 3,
+        "took {took:?}"
+    );
+    assert_eq!(env["resourceId"], resource, "{env}");
+    assert_eq!(env["metadata"]["sandbox"], "reused", "{env}");
+    let list = service.list().await;
+    assert_eq!(list["created"], 1, "{list}");
+    // b's apps heard of it.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let frame = events.next_any().await;
+        if frame["type"] == "environmentStatus"
+            && frame["environmentId"] == id.as_str()
+            && frame["status"] == "running"
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no status frame on b");
+    }
+
+    // a comes back: it finds b holds the lease and runs nothing.
+    let a = Server::start_args(
+        &a_dir,
+        Some(TOKEN),
+        &["--cluster", &nats.url(), "--host-id", "a"],
+    );
+    let seen = until_env(&a, &id, "shown on b", |e| e["host"] == "b").await;
+    assert_eq!(seen["status"], "running", "{seen}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, view) = a.call("GET", "/api/v1/cluster", None).await;
+    let hosts = view["hosts"].as_array().expect("hosts");
+    let a_view = hosts.iter().find(|h| h["id"] == "a").expect("a listed");
+    assert_eq!(a_view["load"], 0, "{view}");
+    let list = service.list().await;
+    assert_eq!(list["created"], 1, "{list}");
+    assert_eq!(
+        list["sandboxes"].as_array().map(Vec::len),
+        Some(1),
+        "{list}"
+    );
+    until_env(&b, &id, "still connected on b", |e| {
+        e["runtime"]["connected"] == true
+    })
+    .await;
+    a.stop();
+    b.stop();
+    drop(service);
+}
+
+#[tokio::test]
+async fn cluster_mode_refuses_to_start_without_nats_or_jetstream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(plain) = Nats::start(dir.path(), 0, false) else {
+        return;
+    };
+    let run = |url: String, extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("host"))
+            .args(["--cluster", &url])
+            .args(extra)
+            .env("TETHER_API_TOKEN", TOKEN)
+            .output()
+            .expect("running tether serve");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(plain.url(), &["--host-id", "a"]);
+    assert!(err.contains("no JetStream"), "{err}");
+    let err = run(
+        format!("nats://127.0.0.1:{}", free_port()),
+        &["--host-id", "a"],
+    );
+    assert!(err.contains("cannot connect to NATS"), "{err}");
+    let err = run(plain.url(), &[]);
+    assert!(err.contains("--host-id"), "{err}");
+    let err = run(plain.url(), &["--host-id", "../x"]);
+    assert!(err.contains("host id"), "{err}");
+}
+
+#[tokio::test]
+async fn the_cluster_keeps_serving_through_a_nats_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let b = host(dir.path(), &nats, "b", "");
+    let body = json!({"name": "before", "provider": "handoff"});
+    let (status, before) = a.call("POST", "/api/v1/environments", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{before}");
+    listed(&b, "before").await;
+
+    let nats = nats.restart(dir.path());
+    // Changes made while the hosts reconnect still reach the other host.
+    let body = json!({"name": "after", "provider": "handoff"});
+    let (status, after) = b.call("POST", "/api/v1/environments", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{after}");
+    listed(&a, "after").await;
+    listed(&a, "before").await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, health) = a.call("GET", "/healthz", None).await;
+        if health["status"] == "ok" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never healthy again: {health}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(nats);
+    for server in [a, b] {
+        server.stop();
+    }
+}
