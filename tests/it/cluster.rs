@@ -213,19 +213,42 @@ async fn records_are_shared_and_each_environment_runs_on_one_host() {
         e["runtime"]["connected"] == true
     })
     .await;
-    // An app on another host is told where the environment runs.
+    // Apps on any host reach the runtime on a, each thread its own, in order.
+    let mut on_a = a.app(&id, "t1").await;
+    let mut on_b = b.app(&id, "t2").await;
+    for n in 0..20 {
+        on_a.send(json!({"type": "hello", "n": n})).await;
+        on_b.send(json!({"type": "hello", "n": n})).await;
+    }
+    let mut seen: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for _ in 0..40 {
+        let relayed = runtime.next().await;
+        let thread = relayed["threadId"].as_str().expect("threadId").to_owned();
+        seen.entry(thread)
+            .or_default()
+            .push(relayed["n"].as_u64().expect("n"));
+    }
+    let in_order: Vec<u64> = (0..20).collect();
+    assert_eq!(seen.get("t1"), Some(&in_order), "{seen:?}");
+    assert_eq!(seen.get("t2"), Some(&in_order), "{seen:?}");
+    // The runtime's answers go to their thread's app only, on whichever host.
+    runtime
+        .send(json!({"type": "answer", "threadId": "t2", "n": 1}))
+        .await;
+    runtime
+        .send(json!({"type": "answer", "threadId": "t1", "n": 2}))
+        .await;
+    assert_eq!(on_b.next().await["n"], 1);
+    assert_eq!(on_a.next().await["n"], 2);
+    // A wrong token on b is refused there, as a's relay refuses it.
     let app_url = format!(
-        "{}/ws/app/{id}?thread=t1",
+        "{}/ws/app/{id}?thread=t3",
         b.base.replace("http://", "ws://")
     );
     assert_eq!(
-        Ws::connect(&app_url, Some(TOKEN)).await.err(),
-        Some(StatusCode::CONFLICT)
+        Ws::connect(&app_url, Some("wrong-token")).await.err(),
+        Some(StatusCode::UNAUTHORIZED)
     );
-    let mut app = a.app(&id, "t1").await;
-    app.send(json!({"type": "hello", "n": 1})).await;
-    let relayed = runtime.next().await;
-    assert_eq!(relayed["n"], 1, "{relayed}");
 
     // The cluster view: three hosts, a runs the one environment.
     let (status, view) = c.call("GET", "/api/v1/cluster", None).await;
@@ -247,6 +270,9 @@ async fn records_are_shared_and_each_environment_runs_on_one_host() {
         .await;
     assert!(status.is_success(), "{stopping}");
     until_env(&a, &id, "stopped on a", |e| e["status"] == "stopped").await;
+    // The stop ended the bridged app's session as it ended a's own (4010).
+    assert_eq!(on_b.until_close().await.1, Some(4010));
+    assert_eq!(on_a.until_close().await.1, Some(4010));
     let (status, _) = c
         .call("DELETE", &format!("/api/v1/environments/{id}"), None)
         .await;
@@ -379,9 +405,18 @@ async fn a_killed_owners_environment_is_taken_over_with_its_resource_and_not_run
     .await
     .expect("events on b");
 
+    // An app on b, bridged to a, echoes through the runtime a runs.
+    let mut app = b.app(&id, "t1").await;
+    let echoed = app
+        .request(json!({"type": "echo", "requestId": "r1", "payload": "before"}))
+        .await;
+    assert_eq!(echoed["payload"], "before", "{echoed}");
+
     let killed = Instant::now();
     let a_dir = a.data_dir.clone();
     a.kill();
+    // Its bridge says the host went away (1012); it connects again to b.
+    assert_eq!(app.until_close().await.1, Some(1012));
     let env = until_env(&b, &id, "taken over by b", |e| {
         e["host"] == "b" && e["status"] == "running" && e["runtime"]["connected"] == true
     })
@@ -395,6 +430,11 @@ async fn a_killed_owners_environment_is_taken_over_with_its_resource_and_not_run
     assert_eq!(env["metadata"]["sandbox"], "reused", "{env}");
     let list = service.list().await;
     assert_eq!(list["created"], 1, "{list}");
+    let mut app = b.app(&id, "t1").await;
+    let echoed = app
+        .request(json!({"type": "echo", "requestId": "r2", "payload": "after"}))
+        .await;
+    assert_eq!(echoed["payload"], "after", "{echoed}");
     // b's apps heard of it.
     let deadline = Instant::now() + WAIT;
     loop {

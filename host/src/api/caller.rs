@@ -30,15 +30,19 @@ pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
         .map(str::trim)
 }
 
-/// The token in a `tether.bearer.<token>` subprotocol entry, if one is offered.
-fn subprotocol_token(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
+/// The token a browser offered as a `tether.bearer.<token>` subprotocol entry.
+pub(crate) fn presented_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
         .get_all(SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .find_map(|p| p.trim().strip_prefix(TOKEN_PROTOCOL))
+}
+
+/// The token in a `tether.bearer.<token>` subprotocol entry, if one is offered.
+fn subprotocol_token(parts: &Parts) -> Option<&str> {
+    presented_token(&parts.headers)
 }
 
 /// The caller presenting `secret`. An address that presented wrong tokens too often

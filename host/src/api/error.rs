@@ -57,11 +57,13 @@ pub(crate) enum ErrorCode {
     StorageUnavailable,
     /// 503.
     ClusterUnavailable,
+    /// 502.
+    HostUnreachable,
 }
 
 impl ErrorCode {
     /// Every code, in the order the docs list them.
-    pub(crate) const ALL: [ErrorCode; 19] = [
+    pub(crate) const ALL: [ErrorCode; 20] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidJson,
         ErrorCode::Unauthorized,
@@ -81,6 +83,7 @@ impl ErrorCode {
         ErrorCode::StorageFull,
         ErrorCode::StorageUnavailable,
         ErrorCode::ClusterUnavailable,
+        ErrorCode::HostUnreachable,
     ];
 
     /// The code as sent.
@@ -105,6 +108,7 @@ impl ErrorCode {
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::ClusterUnavailable => "cluster_unavailable",
+            ErrorCode::HostUnreachable => "host_unreachable",
         }
     }
 
@@ -125,6 +129,7 @@ impl ErrorCode {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::HostUnreachable => StatusCode::BAD_GATEWAY,
             ErrorCode::StorageUnavailable | ErrorCode::ClusterUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -188,6 +193,9 @@ impl ErrorCode {
             }
             ErrorCode::ClusterUnavailable => {
                 "Cluster mode: this host cannot reach NATS right now, so it cannot say what the cluster holds (`GET /api/v1/cluster`)."
+            }
+            ErrorCode::HostUnreachable => {
+                "Cluster mode: an app connected to a host that does not run its environment, and the host that does could not be reached to bridge it there."
             }
         }
     }
@@ -273,7 +281,34 @@ impl ApiError {
         Self::new(ErrorCode::Forbidden, message)
     }
 
-    /// The same error with another status (only the runtime WebSocket's 410).
+    /// What the host running an environment answered an app bridged to it (its
+    /// status, code and message as they were), or 502 `host_unreachable`.
+    pub(crate) fn bridged(status: StatusCode, body: String) -> Self {
+        let theirs = serde_json::from_str::<serde_json::Value>(&body).ok();
+        let code = theirs
+            .as_ref()
+            .and_then(|v| v["error"]["code"].as_str())
+            .and_then(|c| ErrorCode::ALL.into_iter().find(|k| k.as_str() == c));
+        match code {
+            Some(code) if status.is_client_error() || status.is_server_error() => {
+                let message = theirs
+                    .as_ref()
+                    .and_then(|v| v["error"]["message"].as_str())
+                    .unwrap_or_default();
+                Self::new(code, crate::untrusted::logged(message)).with_status(status)
+            }
+            _ => Self::new(
+                ErrorCode::HostUnreachable,
+                format!(
+                    "the host running this environment could not take the app ({status}): {}",
+                    crate::untrusted::logged(&body)
+                ),
+            ),
+        }
+    }
+
+    /// The same error with another status (the runtime WebSocket's 410, a bridged
+    /// app's answer from the host running its environment).
     pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
@@ -306,7 +341,9 @@ impl From<LifecycleError> for ApiError {
             | LifecycleError::NoProvider(_)
             | LifecycleError::NoTemplate(_) => Self::not_found(message),
             LifecycleError::Invalid(_) => Self::bad_request(message),
-            LifecycleError::Conflict(_) => Self::new(ErrorCode::Conflict, message),
+            LifecycleError::Conflict(_) | LifecycleError::Elsewhere { .. } => {
+                Self::new(ErrorCode::Conflict, message)
+            }
             LifecycleError::Unauthorized(_) => Self::unauthorized(message),
             LifecycleError::StoppedOnPurpose(_) => Self::new(ErrorCode::Stopped, message),
             LifecycleError::QuotaExceeded { .. } => Self::new(ErrorCode::QuotaExceeded, message),

@@ -18,8 +18,9 @@ use std::collections::HashMap;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 
 use super::audited::{Act, Remote, audited};
@@ -70,6 +71,7 @@ fn resume_of(query: &HashMap<String, String>) -> Result<Option<Resume>, ApiError
         )),
         (status = 401, description = "No runtime token, or not the current start's (`unauthorized`).", body = ErrorBody),
         (status = 404, description = "No such environment (`not_found`).", body = ErrorBody),
+        (status = 409, description = "Cluster mode: this host does not run the environment; the message names the host that does (`conflict`).", body = ErrorBody),
         (status = 410, description = "The environment is stopped; the runtime should exit (`conflict`).", body = ErrorBody),
         (status = 426, description = "Not an upgrade request a WebSocket can be made of (plain text).", content_type = "text/plain", body = String),
     ),
@@ -119,7 +121,8 @@ pub(crate) async fn runtime(
         (status = 401, description = "No token or ticket, or one that is unknown, revoked, expired or used (`unauthorized`).", body = ErrorBody),
         (status = 403, description = "The token lacks `relay` (or `envs:write`, for `start=true`) (`missing_scope`).", body = ErrorBody),
         (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
-        (status = 409, description = "The relay could not admit the app (`conflict`).", body = ErrorBody),
+        (status = 409, description = "The relay could not admit the app, or (cluster mode) the app used a ticket on a host that does not run the environment: the message names the host that does (`conflict`).", body = ErrorBody),
+        (status = 502, description = "Cluster mode: the host running the environment could not be reached to bridge the app there (`host_unreachable`).", body = ErrorBody),
         (status = 426, description = "Not an upgrade request a WebSocket can be made of (plain text).", content_type = "text/plain", body = String),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`), or starting it would pass `max_running` (`quota_exceeded`).", body = ErrorBody),
         (status = 500, description = "The records file could not be written (`store_error`) or the host failed (`internal_error`).", body = ErrorBody),
@@ -132,8 +135,10 @@ pub(crate) async fn app(
     State(s): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    forward: Forward,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    let by_token = matches!(caller, AppCaller::Token(_));
     let (who, pinned) = match caller {
         AppCaller::Token(who) => (who, None),
         AppCaller::Ticket(secret) => {
@@ -148,7 +153,41 @@ pub(crate) async fn app(
     let resume = resume_of(&query)?;
     match s.manager.attach_app(&who, &id, thread, resume, start).await {
         Ok(connection) => Ok(connection.serve(upgrade.protocols([SUBPROTOCOL]))),
+        // A ticket was used up here; only a token can be presented there again.
+        Err(LifecycleError::Elsewhere { id, url, .. }) if by_token => {
+            let url = format!(
+                "{}/ws/app/{id}?{}",
+                url.replacen("http", "ws", 1),
+                forward.query
+            );
+            relay::bridge(upgrade, &url, forward.authorization, SUBPROTOCOL)
+                .await
+                .map_err(|refused| ApiError::bridged(refused.status, refused.body))
+        }
         Err(e) => refused(e, upgrade),
+    }
+}
+
+/// What an app's upgrade carries that a bridge presents again to the host running
+/// its environment (cluster mode): its query and its token, as a bearer header.
+#[derive(Debug)]
+pub(crate) struct Forward {
+    query: String,
+    authorization: Option<HeaderValue>,
+}
+
+impl FromRequestParts<AppState> for Forward {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
+        let authorization = parts.headers.get(AUTHORIZATION).cloned().or_else(|| {
+            caller::presented_token(&parts.headers)
+                .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
+        });
+        Ok(Self {
+            query: parts.uri.query().unwrap_or_default().to_owned(),
+            authorization,
+        })
     }
 }
 

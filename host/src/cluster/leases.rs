@@ -541,8 +541,16 @@ fn decode(entry: &kv::Entry) -> Option<LeaseView> {
         tracing::warn!(key = %entry.key, "cluster: ignoring an oversized lease");
         return None;
     }
+    // Its URL is dialled with apps' tokens (a bridge): only a plain public URL.
+    let plausible = |lease: &LeaseView| {
+        key_of(&lease.environment_id) == entry.key
+            && crate::config::PublicUrl::parse(&lease.url).is_ok()
+            && !lease.host.is_empty()
+            && lease.host.len() <= 64
+            && (lease.host.bytes()).all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
     match serde_json::from_slice::<LeaseView>(&entry.value) {
-        Ok(lease) if key_of(&lease.environment_id) == entry.key => Some(lease),
+        Ok(lease) if plausible(&lease) => Some(lease),
         _ => {
             tracing::warn!(key = %entry.key, "cluster: ignoring a malformed lease");
             None

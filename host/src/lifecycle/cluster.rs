@@ -105,10 +105,11 @@ impl Manager {
             return Ok(());
         };
         match cluster.elsewhere(id) {
-            Some(lease) => Err(LifecycleError::Conflict(format!(
-                "environment {id} runs on host {} at {}: connect there",
-                lease.host, lease.url
-            ))),
+            Some(lease) => Err(LifecycleError::Elsewhere {
+                id: id.to_owned(),
+                host: lease.host,
+                url: lease.url,
+            }),
             None => Ok(()),
         }
     }

@@ -90,6 +90,16 @@ pub(crate) enum LifecycleError {
     /// The request conflicts with the current state (a taken name, a stopped environment).
     #[error("{0}")]
     Conflict(String),
+    /// Cluster mode: another host runs the environment; its peers connect there.
+    #[error("environment {id} runs on host {host} at {url}: connect there")]
+    Elsewhere {
+        /// The environment.
+        id: String,
+        /// The host running it.
+        host: String,
+        /// Where that host is reached (`http(s)://`).
+        url: String,
+    },
     /// A runtime presented a bad token.
     #[error("{0}")]
     Unauthorized(String),

@@ -16,6 +16,7 @@
 //! - [`peer`]: the client side of resuming, for runtimes and apps.
 
 mod activity;
+mod bridge;
 mod conn;
 mod error;
 mod hub;
@@ -29,6 +30,7 @@ mod send;
 mod window;
 
 pub use activity::{Activity, now_ms};
+pub use bridge::{BridgeRefused, CLOSE_HOST_GONE, bridge};
 pub use conn::{Connection, refuse, refuse_with};
 pub use error::RelayError;
 pub use hub::{AppSessions, Hub, StreamKey};
