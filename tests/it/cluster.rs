@@ -339,36 +339,39 @@ async fn concurrent_changes_and_hand_edits_on_different_hosts_all_land() {
         .await;
     }
 
-    // A hand edit of b's file reaches a.
+    // A hand edit of b's file reaches a. Made once b's file holds everything (its
+    // journal compacted), as a person editing a quiet file would.
     let file = b.data_dir.join(".codebolt/environments.json");
     let deadline = Instant::now() + WAIT;
-    loop {
-        let mut records: Value =
-            serde_json::from_str(&std::fs::read_to_string(&file).expect("records")).expect("json");
-        let changed = records["environments"]
-            .as_array_mut()
-            .and_then(|a| a.iter_mut().find(|r| r["id"] == id.as_str()))
-            .map(|r| r["config"]["byHand"] = json!(true))
-            .is_some();
-        if changed {
-            std::fs::write(&file, serde_json::to_vec_pretty(&records).expect("json"))
-                .expect("write");
-            break;
+    let mut records = loop {
+        let records = b.records();
+        if records.to_string().contains("\"a\":9") {
+            break records;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the record never reached b's file"
-        );
+        assert!(Instant::now() < deadline, "b's file never got the patches");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let edited = records["environments"]
+        .as_array_mut()
+        .and_then(|a| a.iter_mut().find(|r| r["id"] == id.as_str()))
+        .map(|r| r["config"]["byHand"] = json!(true));
+    assert!(edited.is_some(), "{records}");
+    std::fs::write(&file, serde_json::to_vec_pretty(&records).expect("json")).expect("write");
+    for (name, server) in [("a", &a), ("b", &b)] {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (_, env) = server.call("GET", &path, None).await;
+            if env["config"]["byHand"] == true && env["config"]["a"] == 9 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never held b's hand edit: {env}\nb's log:\n{}",
+                b.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
-    until_env(&a, &id, "holding b's hand edit", |e| {
-        e["config"]["byHand"] == true
-    })
-    .await;
-    until_env(&b, &id, "keeping its hand edit", |e| {
-        e["config"]["byHand"] == true && e["config"]["a"] == 9
-    })
-    .await;
     // The file on a says the same.
     let deadline = Instant::now() + WAIT;
     while !a.records().to_string().contains("byHand") {
