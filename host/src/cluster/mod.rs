@@ -239,6 +239,16 @@ impl Cluster {
             },
         )
         .await?;
+        // The bucket's age limit is the lease in force: made by the first host, it
+        // holds for every host, whatever each one's own setting says.
+        let mut config = config;
+        let in_force = (lease_bucket.status().await)
+            .map_err(|e| ClusterError::Nats(format!("reading the leases bucket: {e}")))?
+            .max_age();
+        if !in_force.is_zero() && in_force != config.lease_ttl {
+            tracing::warn!(configured = ?config.lease_ttl, in_force = ?in_force, "cluster: the leases bucket was made with another lease_ttl_secs; using the bucket's (give every host the same)");
+            config.lease_ttl = in_force;
+        }
         let closing = CancellationToken::new();
         let leases = Arc::new(leases::Leases::new(
             lease_bucket,
