@@ -262,6 +262,17 @@ async fn records_are_shared_and_each_environment_runs_on_one_host() {
     assert_eq!(hosts[2]["self"], true);
     let (_, health) = b.call("GET", "/healthz", None).await;
     assert_eq!(health["status"], "ok", "{health}");
+    let metrics = reqwest::get(format!("{}/metrics", a.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("tether_cluster_environments_here 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tether_cluster_connected 1"), "{metrics}");
 
     // Stopped through b: a stops it and gives the lease up; deleted through c: gone
     // everywhere, its workspace on a too.

@@ -85,6 +85,29 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
             misses,
         );
     }
+    if let Some(cluster) = s.manager.cluster() {
+        let held = Gauge::<i64>::default();
+        held.set(i64::try_from(cluster.leases_held()).unwrap_or(i64::MAX));
+        registry.register(
+            "cluster_environments_here",
+            "Cluster mode: environments this host runs (holds the lease of)",
+            held,
+        );
+        let up = Gauge::<i64>::default();
+        up.set(i64::from(cluster.health().is_none()));
+        registry.register(
+            "cluster_connected",
+            "Cluster mode: 1 while this host is connected to NATS",
+            up,
+        );
+        let conflicts = Counter::<u64>::default();
+        conflicts.inc_by(cluster.conflicts_seen());
+        registry.register(
+            "cluster_conflicts",
+            "Cluster mode: record fields two hosts changed at once (the later write kept)",
+            conflicts,
+        );
+    }
     let mut body = String::new();
     encode(&mut body, &registry)
         .map_err(|e| ApiError::new(ErrorCode::InternalError, format!("encoding metrics: {e}")))?;

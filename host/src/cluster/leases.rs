@@ -255,6 +255,10 @@ impl Leases {
         Ok(true)
     }
 
+    pub(super) fn held_count(&self) -> usize {
+        self.held.locked().len()
+    }
+
     pub(super) fn holds(&self, id: &str) -> bool {
         self.held.locked().contains_key(id)
     }

@@ -160,6 +160,8 @@ struct Inner {
     records: kv::Store,
     leases: Arc<leases::Leases>,
     conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
+    /// Field conflicts since start (the list keeps only the latest).
+    conflicts_seen: std::sync::atomic::AtomicU64,
     closing: CancellationToken,
 }
 
@@ -266,6 +268,7 @@ impl Cluster {
                 records,
                 leases,
                 conflicts: Mutex::new(Default::default()),
+                conflicts_seen: Default::default(),
                 closing,
             }),
         })
@@ -318,6 +321,16 @@ impl Cluster {
         self.inner.leases.report_status(id, status, connected);
     }
 
+    /// How many environments this host runs (holds the lease of), for `/metrics`.
+    pub(crate) fn leases_held(&self) -> usize {
+        self.inner.leases.held_count()
+    }
+
+    /// Field conflicts between hosts' concurrent changes since start.
+    pub(crate) fn conflicts_seen(&self) -> u64 {
+        (self.inner.conflicts_seen).load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Why the cluster needs a person, if it does (for `/healthz`).
     pub(crate) fn health(&self) -> Option<String> {
         match self.inner.client.connection_state() {
@@ -344,6 +357,7 @@ impl Cluster {
     /// Keeps a field conflict for `GET /api/v1/cluster` and logs it.
     fn conflict(&self, conflict: ConflictView) {
         tracing::warn!(env = %conflict.environment_id, field = %conflict.field, lost = %conflict.lost, kept = %conflict.kept, "cluster: two hosts changed one field at once; the later change is in force");
+        (self.inner.conflicts_seen).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut kept = self.inner.conflicts.locked();
         if kept.len() == CONFLICTS_KEPT {
             kept.pop_front();
