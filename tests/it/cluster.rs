@@ -350,6 +350,49 @@ async fn concurrent_changes_and_hand_edits_on_different_hosts_all_land() {
         .await;
     }
 
+    // Two hosts creating one name at the same moment: exactly one gets it.
+    for round in 0..5 {
+        let body = json!({"name": format!("same-{round}"), "provider": "handoff"});
+        let (on_a, on_b) = tokio::join!(
+            a.call("POST", "/api/v1/environments", Some(body.clone())),
+            b.call("POST", "/api/v1/environments", Some(body))
+        );
+        let mut statuses = [on_a.0, on_b.0];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::CREATED, StatusCode::CONFLICT],
+            "{on_a:?} {on_b:?}"
+        );
+    }
+    // A deleted environment's name is free again, on any host.
+    let (_, gone) = a.call("GET", "/api/v1/environments", None).await;
+    let same0 = gone
+        .as_array()
+        .and_then(|l| l.iter().find(|e| e["name"] == "same-0"))
+        .map(id_of);
+    let same0 = match same0 {
+        Some(id) => id,
+        None => id_of(&listed(&a, "same-0").await),
+    };
+    let (status, _) = b
+        .call("DELETE", &format!("/api/v1/environments/{same0}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let deadline = Instant::now() + WAIT;
+    while a
+        .call("GET", &format!("/api/v1/environments/{same0}"), None)
+        .await
+        .0
+        != StatusCode::NOT_FOUND
+    {
+        assert!(Instant::now() < deadline, "the delete never reached a");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = json!({"name": "same-0", "provider": "handoff"});
+    let (status, again) = a.call("POST", "/api/v1/environments", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+
     // A hand edit of b's file reaches a. Made once b's file holds everything (its
     // journal compacted), as a person editing a quiet file would.
     let file = b.data_dir.join(".codebolt/environments.json");

@@ -1,6 +1,6 @@
 //! Cluster mode: several `tether serve` hosts share one NATS server with JetStream.
 //!
-//! Three key-value buckets hold what the hosts share (`PREFIX` is `cluster.prefix`,
+//! Four key-value buckets hold what the hosts share (`PREFIX` is `cluster.prefix`,
 //! `tether` by default):
 //!
 //! - `PREFIX-records`: every environment record, keyed by id ([`records`]). Each host
@@ -13,6 +13,8 @@
 //!   renewal; its first revision is its epoch.
 //! - `PREFIX-hosts`: one key per live host, renewed like a lease: the cluster view of
 //!   `GET /api/v1/cluster`.
+//! - `PREFIX-names`: environment names, each held by the id of its record, so two
+//!   hosts never create one name at once.
 //!
 //! The lifecycle asks this module before it runs an environment (claiming its lease)
 //! and hears from it of remote record changes, lost leases and orphaned environments;
@@ -42,6 +44,8 @@ pub(crate) use leases::LeaseView;
 const MAX_RECORD_BYTES: i32 = 4 << 20;
 /// How long connecting to NATS may take at start before the host refuses to run.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How old a name's hold must be before a hold without a record counts as stale.
+const STALE_NAME: time::Duration = time::Duration::minutes(1);
 /// How long shutdown waits for NATS to take the released leases.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 /// How many recent conflicts `GET /api/v1/cluster` shows.
@@ -158,6 +162,8 @@ struct Inner {
     config: ClusterConfig,
     client: async_nats::Client,
     records: kv::Store,
+    /// Environment names, each held by the id of the record that has it.
+    names: kv::Store,
     leases: Arc<leases::Leases>,
     conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
     /// Field conflicts since start (the list keeps only the latest).
@@ -215,6 +221,18 @@ impl Cluster {
             },
         )
         .await?;
+        let names = bucket(
+            &js,
+            kv::Config {
+                bucket: format!("{prefix}-names"),
+                description: "tether: environment names, each held by its record's id".into(),
+                history: 1,
+                max_value_size: 1024,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
         let lease_bucket = bucket(
             &js,
             kv::Config {
@@ -266,6 +284,7 @@ impl Cluster {
                 config,
                 client,
                 records,
+                names,
                 leases,
                 conflicts: Mutex::new(Default::default()),
                 conflicts_seen: Default::default(),
@@ -299,6 +318,60 @@ impl Cluster {
     /// (already, or now), `false` when another live host does.
     pub(crate) async fn claim(&self, id: &str) -> Result<bool, ClusterError> {
         self.inner.leases.claim(id).await
+    }
+
+    /// Reserves environment name `name` for record `id` across the cluster: `false`
+    /// when another record holds it. A hold older than [`STALE_NAME`] whose record
+    /// the cluster does not have (a create or delete that died half-way) is taken over.
+    pub(crate) async fn claim_name(&self, name: &str, id: &str) -> Result<bool, ClusterError> {
+        let names = &self.inner.names;
+        let key = hex::encode(name);
+        let nats = |e: String| ClusterError::Nats(format!("reserving name {name:?}: {e}"));
+        match names.create(&key, id.to_owned().into()).await {
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(nats(e.to_string())),
+        }
+        let Some(entry) = names
+            .entry(key.clone())
+            .await
+            .map_err(|e| nats(e.to_string()))?
+        else {
+            return Ok(false);
+        };
+        let holder = String::from_utf8_lossy(&entry.value).into_owned();
+        if holder == id {
+            return Ok(true);
+        }
+        let age = time::OffsetDateTime::now_utc() - entry.created;
+        if age < STALE_NAME {
+            return Ok(false);
+        }
+        let record = (self.inner.records)
+            .entry(records::key_of(&holder))
+            .await
+            .map_err(|e| nats(e.to_string()))?;
+        if record.is_some_and(|r| r.operation == kv::Operation::Put) {
+            return Ok(false);
+        }
+        Ok(names
+            .update(&key, id.to_owned().into(), entry.revision)
+            .await
+            .is_ok())
+    }
+
+    /// Lets go of name `name` if record `id` holds it.
+    pub(crate) async fn release_name(&self, name: &str, id: &str) {
+        let names = &self.inner.names;
+        let key = hex::encode(name);
+        if let Ok(Some(entry)) = names.entry(key.clone()).await
+            && entry.value.as_ref() == id.as_bytes()
+            && let Err(e) = names
+                .delete_expect_revision(&key, Some(entry.revision))
+                .await
+        {
+            tracing::debug!(error = %e, "cluster: letting go of a name");
+        }
     }
 
     /// Gives environment `id`'s lease up (it stopped here, or was deleted).

@@ -10,6 +10,7 @@ use super::driver::Driver;
 use super::envs::Env;
 use super::{LifecycleError, Manager, Status};
 use crate::cluster::{Cluster, ClusterError, ClusterEvent};
+use crate::store::{Record, StoreError};
 
 impl Manager {
     /// Starts the cluster's sync (the records are read from the cluster first) and
@@ -70,7 +71,7 @@ impl Manager {
     /// `record` was deleted on another host: this host forgets it, has its provider
     /// remove the resource if it runs the environment (a delete made here would), and
     /// removes its workspace here if it has one (it ran the environment before).
-    fn deleted_elsewhere(&self, record: crate::store::Record) {
+    fn deleted_elsewhere(&self, record: Record) {
         let Some(env) = self.shared.envs.forget(&record.id) else {
             return;
         };
@@ -91,6 +92,37 @@ impl Manager {
             this.shared.envs.close_hub(&env.id, "environment deleted");
             driver.remove_workspace(&env, &record).await;
         });
+    }
+
+    /// Stores a new `record`; in a cluster, once its name is reserved cluster-wide
+    /// (two hosts creating one name at once: one gets `Conflict`).
+    pub(super) async fn insert_record(&self, record: Record) -> Result<(), LifecycleError> {
+        let Some(cluster) = self.cluster() else {
+            return Ok(self.shared.store.insert(record).await?);
+        };
+        let (name, id) = (record.name.clone(), record.id.clone());
+        let store = &self.shared.store;
+        let reserved = cluster
+            .claim_name(&name, &id)
+            .await
+            .map_err(|e| LifecycleError::Internal(e.to_string()))?;
+        if !reserved {
+            return Err(LifecycleError::Conflict(
+                StoreError::NameTaken(name).to_string(),
+            ));
+        }
+        let inserted = store.insert(record).await;
+        if inserted.is_err() {
+            cluster.release_name(&name, &id).await;
+        }
+        Ok(inserted?)
+    }
+
+    /// Lets go of a deleted record's name cluster-wide.
+    pub(super) async fn release_record_name(&self, record: &Record) {
+        if let Some(cluster) = self.cluster() {
+            cluster.release_name(&record.name, &record.id).await;
+        }
     }
 
     /// The cluster as this host sees it; `None` in single-host mode.

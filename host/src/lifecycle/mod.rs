@@ -468,7 +468,7 @@ impl Manager {
         let id = record.id.clone();
         let _admitted = self.shared.quotas.admit(&record.owner, false).await;
         (self.shared.quotas).check_new(&self.shared.store, &record.owner, req.start)?;
-        self.shared.store.insert(record).await?;
+        self.insert_record(record).await?;
         let env = self.shared.envs.add(&id);
         tracing::info!(env = %id, "environment created");
         self.publish_created(&id);
@@ -604,6 +604,7 @@ impl Manager {
                 return Err(e.into());
             }
         };
+        self.release_record_name(&record).await;
         // Another host running it removes its resource when the delete reaches it.
         let here = self.refuse_elsewhere(id).is_ok();
         if here {

@@ -194,7 +194,7 @@ impl Manager {
                 });
             }
         }
-        self.shared.store.insert(record).await?;
+        self.insert_record(record).await?;
         self.shared.envs.add(&id);
         tracing::info!(env = %id, template = %template.name, "environment provisioned");
         self.publish_created(&id);
