@@ -166,6 +166,20 @@ async fn listed(server: &Server, name: &str) -> Value {
     }
 }
 
+/// Waits until `server` answers 404 for environment `id`.
+async fn gone(server: &Server, id: &str) {
+    let deadline = Instant::now() + WAIT;
+    let path = format!("/api/v1/environments/{id}");
+    while server.call("GET", &path, None).await.0 != StatusCode::NOT_FOUND {
+        assert!(
+            Instant::now() < deadline,
+            "{id} is still there; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn id_of(env: &Value) -> String {
     env["id"].as_str().expect("id").to_owned()
 }
@@ -289,21 +303,7 @@ async fn records_are_shared_and_each_environment_runs_on_one_host() {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     for server in [&a, &b, &c] {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let (status, _) = server
-                .call("GET", &format!("/api/v1/environments/{id}"), None)
-                .await;
-            if status == StatusCode::NOT_FOUND {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still there; log:\n{}",
-                server.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        gone(server, &id).await;
     }
     let deadline = Instant::now() + WAIT;
     while a.data_dir.join(".codebolt/environments/shared").exists() {
@@ -366,29 +366,12 @@ async fn concurrent_changes_and_hand_edits_on_different_hosts_all_land() {
         );
     }
     // A deleted environment's name is free again, on any host.
-    let (_, gone) = a.call("GET", "/api/v1/environments", None).await;
-    let same0 = gone
-        .as_array()
-        .and_then(|l| l.iter().find(|e| e["name"] == "same-0"))
-        .map(id_of);
-    let same0 = match same0 {
-        Some(id) => id,
-        None => id_of(&listed(&a, "same-0").await),
-    };
+    let same0 = id_of(&listed(&a, "same-0").await);
     let (status, _) = b
         .call("DELETE", &format!("/api/v1/environments/{same0}"), None)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let deadline = Instant::now() + WAIT;
-    while a
-        .call("GET", &format!("/api/v1/environments/{same0}"), None)
-        .await
-        .0
-        != StatusCode::NOT_FOUND
-    {
-        assert!(Instant::now() < deadline, "the delete never reached a");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gone(&a, &same0).await;
     let body = json!({"name": "same-0", "provider": "handoff"});
     let (status, again) = a.call("POST", "/api/v1/environments", Some(body)).await;
     assert_eq!(status, StatusCode::CREATED, "{again}");

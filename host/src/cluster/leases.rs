@@ -24,7 +24,6 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::records::key_of;
 use super::{ClusterError, ClusterEvent, HostView};
@@ -150,36 +149,22 @@ impl Leases {
             .await
             .map_err(|e| ClusterError::Nats(format!("watching the leases: {e}")))?;
         let this = self.clone();
-        let stop = closing.clone();
-        tokio::spawn(
-            async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = this.watch(watch) => {}
-                }
-            }
-            .instrument(tracing::info_span!("cluster_leases_watch")),
+        super::until(
+            &closing,
+            async move { this.watch(watch).await },
+            "cluster_leases_watch",
         );
         let this = self.clone();
-        let stop = closing.clone();
-        tokio::spawn(
-            async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = this.renewals() => {}
-                }
-            }
-            .instrument(tracing::info_span!("cluster_leases_renew")),
+        super::until(
+            &closing,
+            async move { this.renewals().await },
+            "cluster_leases_renew",
         );
         let this = self.clone();
-        tokio::spawn(
-            async move {
-                tokio::select! {
-                    _ = closing.cancelled() => {}
-                    _ = this.sweeps(store) => {}
-                }
-            }
-            .instrument(tracing::info_span!("cluster_orphan_sweep")),
+        super::until(
+            &closing,
+            async move { this.sweeps(store).await },
+            "cluster_orphan_sweep",
         );
         Ok(())
     }

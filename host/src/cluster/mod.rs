@@ -32,6 +32,7 @@ use async_nats::jetstream::{self, kv};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use utoipa::ToSchema;
 
 use crate::config::ClusterConfig;
@@ -209,56 +210,35 @@ impl Cluster {
                 reason: e.to_string(),
             })?;
         let prefix = &config.prefix;
+        let ttl = config.lease_ttl;
         let records = bucket(
             &js,
-            kv::Config {
-                bucket: format!("{prefix}-records"),
-                description: "tether environment records, by id".into(),
-                history: 1,
-                max_value_size: MAX_RECORD_BYTES,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            },
+            prefix,
+            "records",
+            "environment records, by id",
+            None,
+            MAX_RECORD_BYTES,
         )
         .await?;
         let names = bucket(
             &js,
-            kv::Config {
-                bucket: format!("{prefix}-names"),
-                description: "tether: environment names, each held by its record's id".into(),
-                history: 1,
-                max_value_size: 1024,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            },
+            prefix,
+            "names",
+            "environment names, each held by its record's id",
+            None,
+            1024,
         )
         .await?;
         let lease_bucket = bucket(
             &js,
-            kv::Config {
-                bucket: format!("{prefix}-leases"),
-                description: "tether: which host runs each environment".into(),
-                history: 1,
-                max_age: config.lease_ttl,
-                max_value_size: 64 << 10,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            },
+            prefix,
+            "leases",
+            "which host runs each environment",
+            Some(ttl),
+            64 << 10,
         )
         .await?;
-        let hosts = bucket(
-            &js,
-            kv::Config {
-                bucket: format!("{prefix}-hosts"),
-                description: "tether: live hosts".into(),
-                history: 1,
-                max_age: config.lease_ttl,
-                max_value_size: 64 << 10,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let hosts = bucket(&js, prefix, "hosts", "live hosts", Some(ttl), 64 << 10).await?;
         // The bucket's age limit is the lease in force: made by the first host, it
         // holds for every host, whatever each one's own setting says.
         let mut config = config;
@@ -465,9 +445,26 @@ impl Cluster {
     }
 }
 
-/// Opens bucket `config.bucket`, making it if it is missing.
-async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ClusterError> {
-    let name = config.bucket.clone();
+/// Opens bucket `PREFIX-name` (one value per key, on disk; keys dropped `max_age`
+/// after their last write, if given), making it if it is missing.
+async fn bucket(
+    js: &jetstream::Context,
+    prefix: &str,
+    name: &str,
+    what: &str,
+    max_age: Option<Duration>,
+    max_value_size: i32,
+) -> Result<kv::Store, ClusterError> {
+    let name = format!("{prefix}-{name}");
+    let config = kv::Config {
+        bucket: name.clone(),
+        description: format!("tether: {what}"),
+        history: 1,
+        max_age: max_age.unwrap_or_default(),
+        max_value_size,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    };
     match js.create_key_value(config).await {
         Ok(store) => Ok(store),
         // Made by another host already, perhaps with other settings: use it as it is.
@@ -479,6 +476,24 @@ async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store
                 reason: format!("{created}; {e}"),
             }),
     }
+}
+
+/// Runs `work` in the background, in span `name`, until `closing` fires.
+pub(super) fn until(
+    closing: &CancellationToken,
+    work: impl Future<Output = ()> + Send + 'static,
+    name: &'static str,
+) {
+    let closing = closing.clone();
+    tokio::spawn(
+        async move {
+            tokio::select! {
+                _ = closing.cancelled() => {}
+                _ = work => {}
+            }
+        }
+        .instrument(tracing::info_span!("cluster", task = name)),
+    );
 }
 
 /// Host ids of the hosts holding leases, with the ids each holds (for the view).

@@ -16,7 +16,6 @@ use async_nats::jetstream::kv::{self, Operation};
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
-use tracing::Instrument;
 
 use super::merge::{self, Clash};
 use super::{Cluster, ClusterError, ClusterEvent, ConflictView};
@@ -81,16 +80,7 @@ pub(super) async fn start(
         deleted: Default::default(),
     };
     sync.initial(&bucket).await?;
-    let closing = cluster.closing().clone();
-    tokio::spawn(
-        async move {
-            tokio::select! {
-                _ = closing.cancelled() => {}
-                _ = sync.run(watch) => {}
-            }
-        }
-        .instrument(tracing::info_span!("cluster_records")),
-    );
+    super::until(cluster.closing(), sync.run(watch), "cluster_records");
     Ok(())
 }
 
