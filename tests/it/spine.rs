@@ -170,6 +170,71 @@ fn a_sigterm_right_after_the_host_says_it_listens_shuts_it_down_in_order() {
     }
 }
 
+/// The README's first command, `cargo run -p tether -- serve`, picks the host binary
+/// (the package has two) and serves with the built-in providers and no config file;
+/// only a free port and a scratch data directory are added here.
+#[tokio::test]
+async fn the_readmes_first_command_serves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut command = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
+    command
+        .args(["run", "-q", "--manifest-path"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
+        .args([
+            "-p",
+            "tether",
+            "--",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .env_remove("TETHER_API_TOKEN");
+    // As typed in a shell: without what cargo sets for this test binary (a changed
+    // CARGO_MANIFEST_DIR alone makes some build scripts run again).
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let by_cargo =
+            key.starts_with("CARGO_") && !matches!(key.as_ref(), "CARGO_HOME" | "CARGO_TARGET_DIR");
+        if by_cargo || key == "OUT_DIR" {
+            command.env_remove(key.as_ref());
+        }
+    }
+    let (mut child, base) = crate::support::spawn_announced(
+        command,
+        &dir.path().join("server.log"),
+        "tether listening on ",
+    );
+    let health: Value = reqwest::get(format!("{base}/healthz"))
+        .await
+        .expect("healthz")
+        .json()
+        .await
+        .expect("healthz json");
+    let token = std::fs::read_to_string(dir.path().join(".codebolt/api-token")).expect("api-token");
+    let providers: Value = reqwest::Client::new()
+        .get(format!("{base}/api/v1/providers"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .expect("providers")
+        .json()
+        .await
+        .expect("providers json");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(health["status"], "ok", "{health}");
+    let names: Vec<&str> = (providers.as_array().into_iter().flatten())
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for builtin in ["local-process", "git-worktree", "http-sandbox"] {
+        assert!(names.contains(&builtin), "{providers}");
+    }
+}
+
 #[tokio::test]
 async fn host_shutdown_leaves_no_runtime_behind() {
     let dir = tempfile::tempdir().expect("tempdir");
