@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite;
 
 use super::error::RelayError;
+use super::gate::Gated;
 use super::hub::Hub;
 use super::inbound::{AppInbound, Inbound, ProviderRoute, RuntimeInbound};
 use super::outbox::{Outbox, Take};
@@ -132,10 +133,13 @@ impl Connection {
                 None => std::future::pending().await,
             }
         };
+        // Nearly every wake-up of this task is a frame to read: the writer and the end
+        // signal are polled only when they woke it themselves, and in a fixed order.
         let end = tokio::select! {
-            end = write(send, &outbox, &config, &clock) => end,
+            biased;
             end = read(stream, &inbound, &outbox, &config, &clock) => end,
-            reason = ended => {
+            end = Gated::new(write(send, &outbox, &config, &clock)) => end,
+            reason = Gated::new(ended) => {
                 // What the relay queued before the end (the status saying why, say)
                 // reaches the peer ahead of the close.
                 flush(send, &outbox, &config).await;

@@ -5,6 +5,7 @@
 //!
 //! - `activity`: when a hub last saw life, and whether its runtime is busy (idle stops);
 //! - `conn`: one peer's socket, read and written from upgrade to close;
+//! - `gate`: a future polled only when it woke its task;
 //! - `inbound`: what a peer's frame is (ack, routed message, provider request);
 //! - `hub`: the streams of one environment and the routing between them;
 //! - `outbox`: what a connection's writer drains;
@@ -19,6 +20,7 @@ mod activity;
 mod bridge;
 mod conn;
 mod error;
+mod gate;
 mod hub;
 mod inbound;
 mod outbox;
