@@ -27,6 +27,7 @@ use super::audited::{Act, Remote, audited};
 use super::error::ErrorBody;
 use super::{ApiError, AppCaller, AppState, bearer, caller};
 use crate::audit::action;
+use crate::config::PublicUrl;
 use crate::lifecycle::{LifecycleError, ProvisionTarget};
 use crate::relay::{self, CLOSE_STOPPED, CLOSE_TOO_MANY, Resume};
 use crate::tenancy::{Opening, Principal, Scope, TicketTarget};
@@ -155,11 +156,11 @@ pub(crate) async fn app(
         Ok(connection) => Ok(connection.serve(upgrade.protocols([SUBPROTOCOL]))),
         // A ticket was used up here; only a token can be presented there again.
         Err(LifecycleError::Elsewhere { id, url, .. }) if by_token => {
-            let url = format!(
-                "{}/ws/app/{id}?{}",
-                url.replacen("http", "ws", 1),
-                forward.query
-            );
+            // Checked when the lease was read; its ws(s):// form is the one to dial.
+            let base = PublicUrl::parse(&url)
+                .map_err(|e| ApiError::bridged(StatusCode::BAD_GATEWAY, e))?
+                .websocket_base();
+            let url = format!("{base}/ws/app/{id}?{}", forward.query);
             relay::bridge(upgrade, &url, forward.authorization, SUBPROTOCOL)
                 .await
                 .map_err(|refused| ApiError::bridged(refused.status, refused.body))

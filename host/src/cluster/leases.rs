@@ -534,9 +534,7 @@ fn decode(entry: &kv::Entry) -> Option<LeaseView> {
     let plausible = |lease: &LeaseView| {
         key_of(&lease.environment_id) == entry.key
             && crate::config::PublicUrl::parse(&lease.url).is_ok()
-            && !lease.host.is_empty()
-            && lease.host.len() <= 64
-            && (lease.host.bytes()).all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && crate::config::is_host_id(&lease.host)
     };
     match serde_json::from_slice::<LeaseView>(&entry.value) {
         Ok(lease) if plausible(&lease) => Some(lease),

@@ -59,6 +59,16 @@ pub(super) fn key_of(id: &str) -> String {
     }
 }
 
+/// The record id a bucket key stands for ([`key_of`] undone); `None` for a key no
+/// id makes.
+fn id_of_key(key: &str) -> Option<String> {
+    let id = match key.strip_prefix('_') {
+        Some(hexed) => String::from_utf8(hex::decode(hexed).ok()?).ok()?,
+        None => key.to_owned(),
+    };
+    (key_of(&id) == key).then_some(id)
+}
+
 /// Reads the bucket into the store, then keeps both in step in the background.
 pub(super) async fn start(
     cluster: Cluster,
@@ -177,12 +187,7 @@ impl Sync {
             Operation::Delete | Operation::Purge => {
                 self.synced.remove(&entry.key);
                 self.deleted.insert(entry.key.clone());
-                let local = self
-                    .store
-                    .list()
-                    .into_iter()
-                    .find(|r| key_of(&r.id) == entry.key);
-                if let Some(record) = local {
+                if let Some(record) = id_of_key(&entry.key).and_then(|id| self.store.get(&id)) {
                     match self.store.remove(&record.id).await {
                         Ok(gone) => changes.removed.push(gone),
                         Err(e) => {
@@ -476,5 +481,9 @@ mod tests {
         assert_eq!(key_of("0f9a-b_c"), "0f9a-b_c");
         assert_eq!(key_of("a.b"), format!("_{}", hex::encode("a.b")));
         assert_ne!(key_of("a.b"), key_of("a_b"));
+        for id in ["0f9a-b_c", "a.b", "x.y.z"] {
+            assert_eq!(id_of_key(&key_of(id)).as_deref(), Some(id));
+        }
+        assert_eq!(id_of_key("_zz"), None);
     }
 }

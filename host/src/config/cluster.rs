@@ -164,15 +164,17 @@ fn check_url(url: &str) -> Result<String, ConfigError> {
     Ok(url.to_owned())
 }
 
-/// A host id or bucket prefix becomes part of NATS subjects and key names: only
-/// letters, digits, `-` and `_`, at most 64 of them.
-fn check_id(what: &str, id: &str) -> Result<(), ConfigError> {
-    let ok = !id.is_empty()
+/// Whether `id` may be a host id (or bucket prefix), which becomes part of NATS
+/// subjects and key names: 1 to 64 letters, digits, `-` and `_`.
+pub fn is_host_id(id: &str) -> bool {
+    !id.is_empty()
         && id.len() <= MAX_HOST_ID
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
+        && (id.bytes()).all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// [`is_host_id`], or `Invalid` naming `what`.
+fn check_id(what: &str, id: &str) -> Result<(), ConfigError> {
+    if is_host_id(id) {
         Ok(())
     } else {
         Err(ConfigError::Invalid(format!(
