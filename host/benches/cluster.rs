@@ -4,11 +4,12 @@
 //!
 //! `cargo bench -p tether --bench cluster [-- PAIRS,...]` (default `1,100`):
 //!
-//! - **Round trips:** two release hosts `a` and `b` on one `nats-server -js`;
+//! - **Round trips:** three release hosts `a`, `b` and `c` on one `nats-server -js`;
 //!   `handoff` environments run on `a`, their runtimes are this process (echoing), and
 //!   the same apps do 1 KiB round trips one after another, connected to `a` (same
-//!   host) and then to `b` (bridged to `a`). Round trips/s, p50 and p99 of both, and
-//!   the cross/same ratios, from one run.
+//!   host), then to `b` (bridged to `a` through NATS, the default `relay = "nats"`),
+//!   then to `c` (bridged straight to `a`'s URL, `relay = "direct"`). Round trips/s,
+//!   p50 and p99 of each, and the cross/same ratios, from one run.
 //! - **Takeover:** ten times, a fresh host runs one `handoff` environment, is killed
 //!   with SIGKILL, and the time until `b` reports it `running` there is taken; with a
 //!   2 s lease (`lease_ttl_secs = 2`). p50 and max.
@@ -121,6 +122,12 @@ async fn run(pairs: Vec<usize>, nats_binary: PathBuf) -> Res<()> {
     let toml = format!("[relay]\nmax_connections = 16\n[cluster]\nlease_ttl_secs = {LEASE_SECS}\n");
     let a = host(dir.path(), &nats, "a", &toml)?;
     let b = host(dir.path(), &nats, "b", &toml)?;
+    let c = host(
+        dir.path(),
+        &nats,
+        "c",
+        &format!("{toml}relay = \"direct\"\n"),
+    )?;
     let most = pairs.iter().copied().max().unwrap_or(1);
     eprintln!("creating {most} handoff environments on a…");
     let envs = a.environments(most).await?;
@@ -132,39 +139,46 @@ async fn run(pairs: Vec<usize>, nats_binary: PathBuf) -> Res<()> {
     // Every host must see each environment run on a before apps connect to b.
     for (id, _, _) in &envs {
         wait_for(&b, id, |e| e["host"] == "a").await?;
+        wait_for(&c, id, |e| e["host"] == "a").await?;
     }
     println!(
-        "| pairs | same host rt/s | cross host rt/s | p50 same / cross | p99 same / cross | p50 cross ÷ same | rt/s cross ÷ same |"
+        "| pairs | rt/s same / NATS / direct | p50 same / NATS / direct | p99 same / NATS / direct | p50 NATS ÷ same | p50 direct ÷ same | rt/s NATS ÷ same |"
     );
-    println!("|---:|---:|---:|---|---|---:|---:|");
+    println!("|---:|---|---|---|---:|---:|---:|");
     for &n in &pairs {
         let per_pair = (ROUND_TRIPS / n).max(20);
         let mut results = Vec::new();
-        for server in [&a, &b] {
+        for server in [&a, &b, &c] {
             let mut apps = Vec::with_capacity(n);
             for (id, _, _) in &envs[..n] {
                 apps.push(connect(&server.ws(&format!("/ws/app/{id}")), Some(TOKEN)).await?);
             }
             results.push(measure(apps, per_pair, &[]).await?);
         }
-        let (same, cross) = (&results[0], &results[1]);
+        let (same, nats, direct) = (&results[0], &results[1], &results[2]);
         let p = |o: &support::Outcome, q: f64| o.hist.value_at_quantile(q);
+        let ratio = |o: &support::Outcome| p(o, 0.5) as f64 / p(same, 0.5).max(1) as f64;
         println!(
-            "| {n} | {:.0} | {:.0} | {} / {} | {} / {} | {:.2}× | {:.2}× |",
+            "| {n} | {:.0} / {:.0} / {:.0} | {} / {} / {} | {} / {} / {} | {:.2}× | {:.2}× | {:.2}× |",
             same.rate(),
-            cross.rate(),
+            nats.rate(),
+            direct.rate(),
             us(p(same, 0.5)),
-            us(p(cross, 0.5)),
+            us(p(nats, 0.5)),
+            us(p(direct, 0.5)),
             us(p(same, 0.99)),
-            us(p(cross, 0.99)),
-            p(cross, 0.5) as f64 / p(same, 0.5).max(1) as f64,
-            cross.rate() / same.rate(),
+            us(p(nats, 0.99)),
+            us(p(direct, 0.99)),
+            ratio(nats),
+            ratio(direct),
+            nats.rate() / same.rate(),
         );
     }
     for runtime in runtimes {
         runtime.abort();
     }
     a.stop();
+    c.stop();
 
     eprintln!("{TAKEOVERS} takeovers with a {LEASE_SECS} s lease…");
     let mut taken = Histogram::<u64>::new_with_bounds(1, 600_000, 3)?;

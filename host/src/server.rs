@@ -6,6 +6,7 @@
 mod listener;
 mod open_files;
 mod tls;
+mod tunnels;
 
 use std::future::Future;
 use std::io::Write;
@@ -149,6 +150,10 @@ pub(crate) async fn run(
         }
         None => None,
     };
+    let tunnels = match &cluster {
+        Some(cluster) => Some(cluster.serve_tunnels().await?),
+        None => None,
+    };
     let data_dir = config.data_dir.clone();
     let audit = AuditLog::open(&config.audit_path(), &config.audit)?;
     let config_throttle = config.throttle.clone();
@@ -208,14 +213,29 @@ pub(crate) async fn run(
     }
 
     let throttle = std::sync::Arc::new(Throttle::new(config_throttle));
-    let app = api::router(AppState {
+    let state = AppState {
         manager: manager.clone(),
         tokens: std::sync::Arc::new(tokens),
         audit: audit.clone(),
         throttle,
         tickets: std::sync::Arc::new(Tickets::new(ticket_ttl)),
-    });
+    };
+    let app = api::router(state.clone());
     let stopped = CancellationToken::new();
+    if let Some(tunnels) = tunnels {
+        // Apps bridged from other hosts, through NATS: served like TCP connections.
+        let listener = tunnels::TunnelListener::new(tunnels).tap_io(|_| {});
+        let service = api::tunnel_router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let stopped = stopped.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, service)
+                .with_graceful_shutdown(stopped.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "cluster: serving tunnels failed");
+            }
+        });
+    }
     let stopping = stopped.clone();
     let lifecycle = manager.clone();
     tokio::spawn(async move {

@@ -582,3 +582,187 @@ async fn the_cluster_keeps_serving_through_a_nats_restart() {
         server.stop();
     }
 }
+
+/// One tunnel message as a host sends it (`cluster/tunnel.rs`): kind, sequence
+/// number, acknowledgement, bytes.
+fn tunnel_message(kind: u8, seq: u64, data: &[u8]) -> bytes::Bytes {
+    let mut message = vec![kind];
+    message.extend_from_slice(&seq.to_be_bytes());
+    message.extend_from_slice(&0u64.to_be_bytes());
+    message.extend_from_slice(data);
+    message.into()
+}
+
+#[tokio::test]
+async fn apps_on_another_host_go_through_nats_with_the_relays_guarantees() {
+    use futures_util::StreamExt;
+    use tether::relay::peer::{Incoming, PeerState};
+
+    const N: u64 = 1_500;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let config = "[relay]\nwindow_messages = 256\nmax_message_kib = 4096\n";
+    let a = host(dir.path(), &nats, "a", config);
+    let b = host(dir.path(), &nats, "b", config);
+    let (id, url, token) = a.handoff_env("tunnelled").await;
+    let mut rt = Ws::connect(&url, Some(&token)).await.expect("runtime on a");
+    // Whatever crosses between the hosts for this environment, seen on NATS.
+    let watcher = async_nats::connect(nats.url()).await.expect("nats client");
+    let mut crossing = watcher
+        .subscribe(format!("tether.relay.{id}.>"))
+        .await
+        .expect("subscribe");
+
+    // Resume across hosts: a resumable app on b, cut and resumed, misses nothing.
+    let mut peer = PeerState::new("app-on-b");
+    let app_url = b.ws_url(&format!("/ws/app/{id}?thread=t&{}", peer.query()));
+    let mut app = Ws::connect(&app_url, Some(TOKEN)).await.expect("app on b");
+    assert!(matches!(
+        peer.on_frame(&app.next_text().await.expect("greeting")),
+        Incoming::Resumed(_)
+    ));
+    let frame = tokio::time::timeout(WAIT, crossing.next())
+        .await
+        .expect("frames on NATS")
+        .expect("a message");
+    assert!(
+        frame.subject.starts_with(&format!("tether.relay.{id}.")),
+        "{}",
+        frame.subject
+    );
+    for n in 1..=100 {
+        rt.send(json!({"type": "r", "threadId": "t", "n": n})).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 40 {
+        if let Incoming::Message(m) = peer.on_frame(&app.next_text().await.expect("frame"))
+            && m["type"] == "r"
+        {
+            seen.push(m["n"].as_u64().expect("n"));
+        }
+    }
+    drop(app);
+    for n in 101..=200 {
+        rt.send(json!({"type": "r", "threadId": "t", "n": n})).await;
+    }
+    let app_url = b.ws_url(&format!("/ws/app/{id}?thread=t&{}", peer.query()));
+    let mut app = Ws::connect(&app_url, Some(TOKEN)).await.expect("app on b");
+    let greeting = app.next_text().await.expect("greeting");
+    assert!(greeting.contains("\"reset\":false"), "{greeting}");
+    peer.on_frame(&greeting);
+    while seen.len() < 200 {
+        match peer.on_frame(&app.next_text().await.expect("frame")) {
+            Incoming::Message(m) if m["type"] == "r" => seen.push(m["n"].as_u64().expect("n")),
+            Incoming::Lost(from, to) => panic!("lost {from}..={to} inside the window"),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, (1..=200).collect::<Vec<_>>());
+
+    // Frames past NATS's payload limit (1 MiB) cross both ways whole.
+    let big = "y".repeat(3 << 20);
+    rt.send(json!({"type": "big", "threadId": "t", "pad": big}))
+        .await;
+    loop {
+        if let Incoming::Message(m) = peer.on_frame(&app.next_text().await.expect("big frame"))
+            && m["type"] == "big"
+        {
+            assert_eq!(m["pad"].as_str().map(str::len), Some(3 << 20));
+            break;
+        }
+    }
+    app.send(json!({"type": "big-up", "pad": big})).await;
+    let up = rt.next().await;
+    assert_eq!(up["pad"].as_str().map(str::len), Some(3 << 20));
+    drop(app);
+
+    // Backpressure across hosts: apps on b that never read are closed with 4008
+    // while an app on a keeps pace, and the resumable one learns exactly its loss.
+    let mut fast = a.app(&id, "s").await;
+    let mut slow_peer = PeerState::new("slow-on-b");
+    let slow_url = b.ws_url(&format!("/ws/app/{id}?thread=s&{}", slow_peer.query()));
+    let mut slow = Ws::connect(&slow_url, Some(TOKEN)).await.expect("slow app");
+    let mut plain_slow = b.app(&id, "s").await;
+    let pad = "x".repeat(8 << 10);
+    let pace = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let permits = pace.clone();
+    let sending = tokio::spawn(async move {
+        for n in 1..=N {
+            permits.acquire().await.expect("permit").forget();
+            rt.send(json!({"type": "s", "threadId": "s", "n": n, "pad": pad}))
+                .await;
+        }
+        rt
+    });
+    for n in 1..=N {
+        assert_eq!(fast.next().await["n"], n);
+        pace.add_permits(1);
+    }
+    let _rt = sending.await.expect("sender");
+    assert_eq!(slow.close_code().await, Some(4008));
+    assert_eq!(plain_slow.close_code().await, Some(4008));
+    let slow_url = b.ws_url(&format!("/ws/app/{id}?thread=s&{}", slow_peer.query()));
+    let mut slow = Ws::connect(&slow_url, Some(TOKEN)).await.expect("slow app");
+    let (mut lost, mut last_n) = (0, 0);
+    while slow_peer.last_seq() < N + 1 {
+        let text = slow.next_text().await.expect("resumed frames");
+        match slow_peer.on_frame(&text) {
+            Incoming::Lost(from, to) => lost += to - from + 1,
+            Incoming::Message(m) if m["type"] == "s" => {
+                let n = m["n"].as_u64().expect("n");
+                assert!(n > last_n, "out of order");
+                last_n = n;
+            }
+            _ => {}
+        }
+    }
+    assert!(lost > 0, "the window overflowed, so something was lost");
+
+    // A tunnel carries app sockets only: an API request through one is refused, and
+    // a malformed request to open one is answered, not obeyed.
+    let refused = watcher
+        .request("tether.tunnel.a", "{\"tunnel\":\"../x\"}".into())
+        .await
+        .expect("an answer");
+    assert!(
+        String::from_utf8_lossy(&refused.payload).contains("bad tunnel request"),
+        "{refused:?}"
+    );
+    let mut down = watcher
+        .subscribe(format!("tether.relay.{id}.probe1.down"))
+        .await
+        .expect("subscribe");
+    let open = json!({"tunnel": "probe1", "environment": id, "app": "127.0.0.1"});
+    let answer = watcher
+        .request("tether.tunnel.a", open.to_string().into())
+        .await
+        .expect("an answer");
+    assert_eq!(answer.payload.as_ref(), b"ok");
+    let request = format!(
+        "GET /api/v1/environments HTTP/1.1\r\nhost: a\r\nauthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    watcher
+        .publish(
+            format!("tether.relay.{id}.probe1.up"),
+            tunnel_message(0, 1, request.as_bytes()),
+        )
+        .await
+        .expect("publish");
+    let mut answered = Vec::new();
+    while !String::from_utf8_lossy(&answered).contains("\r\n\r\n") {
+        let message = tokio::time::timeout(WAIT, down.next())
+            .await
+            .expect("an answer through the tunnel")
+            .expect("a message");
+        if message.payload.first() == Some(&0) {
+            answered.extend_from_slice(&message.payload[17..]);
+        }
+    }
+    let answered = String::from_utf8_lossy(&answered);
+    assert!(answered.starts_with("HTTP/1.1 404"), "{answered}");
+    assert!(!answered.contains("tunnelled"), "{answered}");
+    a.stop();
+    b.stop();
+}

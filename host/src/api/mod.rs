@@ -105,6 +105,25 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The router other hosts' tunnels reach (cluster mode, `cluster/tunnel.rs`): only
+/// app sockets. A tunnel carries an app bridged from another host, never anything
+/// else, whoever opened it.
+pub(crate) fn tunnel_router(state: AppState) -> Router {
+    router(state).layer(axum::middleware::from_fn(only_app_sockets))
+}
+
+async fn only_app_sockets(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if request.uri().path().starts_with("/ws/app/") {
+        next.run(request).await
+    } else {
+        ApiError::not_found("a tunnel carries app sockets only").into_response()
+    }
+}
+
 /// Liveness: 200 while the host serves, with `degraded` and the reasons when something
 /// needs a person (an invalid records file, a provider that failed to load).
 #[utoipa::path(

@@ -155,13 +155,23 @@ pub(crate) async fn app(
     match s.manager.attach_app(&who, &id, thread, resume, start).await {
         Ok(connection) => Ok(connection.serve(upgrade.protocols([SUBPROTOCOL]))),
         // A ticket was used up here; only a token can be presented there again.
-        Err(LifecycleError::Elsewhere { id, url, .. }) if by_token => {
-            // Checked when the lease was read; its ws(s):// form is the one to dial.
-            let base = PublicUrl::parse(&url)
-                .map_err(|e| ApiError::bridged(StatusCode::BAD_GATEWAY, e))?
-                .websocket_base();
-            let url = format!("{base}/ws/app/{id}?{}", forward.query);
-            relay::bridge(upgrade, &url, forward.authorization, SUBPROTOCOL)
+        Err(LifecycleError::Elsewhere { id, url, host }) if by_token => {
+            let path = format!("/ws/app/{id}?{}", forward.query);
+            let upstream = match s.manager.tunnel_to(&host, &id, remote).await {
+                Some(Ok(stream)) => relay::Upstream::Stream(stream, path),
+                Some(Err(e)) => {
+                    return Err(ApiError::bridged(StatusCode::BAD_GATEWAY, e.to_string()));
+                }
+                None => {
+                    // Checked when the lease was read; its ws(s):// form is the one to dial.
+                    let base = PublicUrl::parse(&url)
+                        .map_err(|e| ApiError::bridged(StatusCode::BAD_GATEWAY, e))?
+                        .websocket_base();
+                    relay::Upstream::Direct(format!("{base}{path}"))
+                }
+            };
+            let stall = s.manager.bridge_stall();
+            relay::bridge(upgrade, upstream, forward.authorization, SUBPROTOCOL, stall)
                 .await
                 .map_err(|refused| ApiError::bridged(refused.status, refused.body))
         }

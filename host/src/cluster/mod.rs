@@ -23,6 +23,7 @@
 mod leases;
 mod merge;
 mod records;
+mod tunnel;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,11 +36,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use utoipa::ToSchema;
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, ClusterRelay};
 use crate::store::{Changes, Store};
 use crate::sync::MutexExt;
 
 pub(crate) use leases::LeaseView;
+pub(crate) use tunnel::Accepted;
 
 /// The largest record the records bucket takes (the API's own bounds are far lower).
 const MAX_RECORD_BYTES: i32 = 4 << 20;
@@ -166,6 +168,7 @@ struct Inner {
     /// Environment names, each held by the id of the record that has it.
     names: kv::Store,
     leases: Arc<leases::Leases>,
+    tunnels: Arc<tunnel::Tunnels>,
     conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
     /// Field conflicts since start (the list keeps only the latest).
     conflicts_seen: std::sync::atomic::AtomicU64,
@@ -258,6 +261,12 @@ impl Cluster {
             config.lease_ttl,
         ));
         leases.announce_host().await?;
+        let tunnels = Arc::new(tunnel::Tunnels::new(
+            client.clone(),
+            config.prefix.clone(),
+            config.host_id.clone(),
+            config.lease_ttl,
+        ));
         tracing::info!(host = %config.host_id, url = %config.url, lease_ttl = ?config.lease_ttl, "cluster: connected to NATS with JetStream");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -266,6 +275,7 @@ impl Cluster {
                 records,
                 names,
                 leases,
+                tunnels,
                 conflicts: Mutex::new(Default::default()),
                 conflicts_seen: Default::default(),
                 closing,
@@ -292,6 +302,30 @@ impl Cluster {
             .start(store, tx, self.inner.closing.clone())
             .await?;
         Ok(rx)
+    }
+
+    /// Serves the tunnels other hosts open to this one for their apps: each arrives
+    /// on the returned channel, to be served like a connection to this host's API.
+    pub(crate) async fn serve_tunnels(&self) -> Result<mpsc::Receiver<Accepted>, ClusterError> {
+        self.inner.tunnels.listen(&self.inner.closing).await
+    }
+
+    /// How apps reach a runtime on another host.
+    pub(crate) fn relay(&self) -> ClusterRelay {
+        self.inner.config.relay
+    }
+
+    /// Opens a tunnel to host `host` for an app of `environment` at address `app`:
+    /// a stream into that host's API (see [`tunnel`]).
+    pub(crate) async fn tunnel(
+        &self,
+        host: &str,
+        environment: &str,
+        app: std::net::IpAddr,
+    ) -> Result<tokio::io::DuplexStream, ClusterError> {
+        (self.inner.tunnels)
+            .dial(host, environment, app, &self.inner.closing)
+            .await
     }
 
     /// Claims environment `id` for this host: `true` when this host holds its lease

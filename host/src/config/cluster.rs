@@ -24,6 +24,19 @@ pub(super) struct FileCluster {
     credentials: Option<PathBuf>,
     lease_ttl_secs: Option<u64>,
     prefix: Option<String>,
+    relay: Option<ClusterRelay>,
+}
+
+/// How an app connected to one host reaches its environment's runtime on another.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterRelay {
+    /// Through NATS subjects: hosts need to reach only NATS, not each other.
+    #[default]
+    Nats,
+    /// Straight to the other host's public URL over WebSocket: one hop less, and
+    /// every host must reach every other's `--public-url`.
+    Direct,
 }
 
 /// Cluster mode's settings; `None` in [`super::ServeConfig`] means no `[cluster]` table.
@@ -43,9 +56,11 @@ pub struct ClusterConfig {
     /// How long an environment's lease lasts unless its owner renews it: a dead
     /// host's environments are taken over this long after its last renewal.
     pub lease_ttl: Duration,
-    /// The start of the JetStream bucket names, so several clusters can share one
-    /// NATS server (default `tether`).
+    /// The start of the JetStream bucket names and NATS subjects, so several
+    /// clusters can share one NATS server (default `tether`).
     pub prefix: String,
+    /// How apps reach a runtime on another host.
+    pub relay: ClusterRelay,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -58,6 +73,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("credentials", &self.credentials)
             .field("lease_ttl", &self.lease_ttl)
             .field("prefix", &self.prefix)
+            .field("relay", &self.relay)
             .finish()
     }
 }
@@ -69,7 +85,8 @@ pub(super) fn cluster_config(file: FileCluster) -> Result<Option<ClusterConfig>,
         && file.token.is_none()
         && file.credentials.is_none()
         && file.lease_ttl_secs.is_none()
-        && file.prefix.is_none();
+        && file.prefix.is_none()
+        && file.relay.is_none();
     if empty {
         return Ok(None);
     }
@@ -96,6 +113,7 @@ pub(super) fn cluster_config(file: FileCluster) -> Result<Option<ClusterConfig>,
         credentials: file.credentials,
         lease_ttl,
         prefix,
+        relay: file.relay.unwrap_or_default(),
     };
     match file.host_id {
         Some(id) => config.with_flags(None, Some(id)).map(Some),
@@ -113,6 +131,7 @@ impl ClusterConfig {
             credentials: None,
             lease_ttl: DEFAULT_LEASE_TTL,
             prefix: "tether".into(),
+            relay: ClusterRelay::default(),
         })
     }
 
@@ -220,6 +239,11 @@ mod tests {
         assert!(file("url = \"nats://x:1\"\nhost_id = \"../a\"").is_err());
         assert!(file("url = \"nats://x:1\"\nlease_ttl_secs = 1").is_err());
         assert!(file("url = \"nats://x:1\"\nprefix = \"a>b\"").is_err());
+        assert!(file("url = \"nats://x:1\"\nrelay = \"carrier-pigeon\"").is_err());
+        let Ok(Some(c)) = file("url = \"nats://x:1\"\nrelay = \"direct\"") else {
+            panic!()
+        };
+        assert_eq!(c.relay, ClusterRelay::Direct);
         let Ok(Some(c)) = file("url = \"nats://x:1\"") else {
             panic!()
         };

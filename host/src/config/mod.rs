@@ -32,7 +32,7 @@ use std::time::Duration;
 
 pub use audit::{AuditConfig, ThrottleConfig};
 pub use cache::CompileCacheConfig;
-pub use cluster::{ClusterConfig, DEFAULT_LEASE_TTL, is_host_id};
+pub use cluster::{ClusterConfig, ClusterRelay, DEFAULT_LEASE_TTL, is_host_id};
 pub use diff::{ConfigDiff, needs_restart};
 use file::{FileCache, FileConfig, FileNet, FileRelay};
 use grant::check_set_env_entry;

@@ -10,6 +10,7 @@ use super::driver::Driver;
 use super::envs::Env;
 use super::{LifecycleError, Manager, Status};
 use crate::cluster::{Cluster, ClusterError, ClusterEvent};
+use crate::config::ClusterRelay;
 use crate::store::{Record, StoreError};
 
 impl Manager {
@@ -144,6 +145,29 @@ impl Manager {
             }),
             None => Ok(()),
         }
+    }
+
+    /// Cluster mode with `relay = "nats"`: a tunnel through NATS to host `host`'s
+    /// API, for an app at `app` of environment `id` that `host` runs. `None` when
+    /// apps are bridged straight to the other host's URL instead (or there is no
+    /// cluster).
+    pub(crate) async fn tunnel_to(
+        &self,
+        host: &str,
+        id: &str,
+        app: std::net::IpAddr,
+    ) -> Option<Result<tokio::io::DuplexStream, ClusterError>> {
+        let cluster = self.cluster()?;
+        if cluster.relay() != ClusterRelay::Nats {
+            return None;
+        }
+        Some(cluster.tunnel(host, id, app).await)
+    }
+
+    /// How long a bridged app may leave a frame unread before its bridge lets go of
+    /// it: the relay's idle timeout, as for an app connected here.
+    pub(crate) fn bridge_stall(&self) -> std::time::Duration {
+        self.shared.envs.relay_config().idle_timeout
     }
 
     /// `Conflict` unless this host holds environment `id`'s lease (for its runtime).

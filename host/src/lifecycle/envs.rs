@@ -87,6 +87,11 @@ pub(super) struct Environments {
 }
 
 impl Environments {
+    /// The relay's limits.
+    pub(super) fn relay_config(&self) -> &crate::config::RelayConfig {
+        self.relay.config()
+    }
+
     /// The live sides of environments `ids`, their hubs in `relay`, their logs in `logs`.
     pub(super) fn new(
         relay: Relay,

@@ -1,6 +1,7 @@
 //! Cluster mode: an app connected to a host that does not run its environment is
 //! bridged, frame for frame, to the `/ws/app` route of the host that does, with the
-//! app's own credentials and query. Every guarantee (thread routing, order, resume,
+//! app's own credentials and query: over a tunnel through NATS (`cluster/tunnel.rs`),
+//! or straight to that host's public URL. Every guarantee (thread routing, order, resume,
 //! limits, close codes) is that host's relay's; the bridge only carries frames and
 //! passes each close on as it came. When the other host goes away without a close,
 //! the app is closed with [`CLOSE_HOST_GONE`] and reconnects (to any host).
@@ -24,22 +25,33 @@ pub struct BridgeRefused {
     pub body: String,
 }
 
-/// The other host's upgraded socket.
-type Upstream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// How the bridge reaches the host running the environment.
+pub enum Upstream {
+    /// Dial this `ws(s)://other-host/ws/app/ID?QUERY` URL.
+    Direct(String),
+    /// Speak WebSocket over this stream, already open to that host's API (a cluster
+    /// tunnel), asking for this path and query.
+    Stream(tokio::io::DuplexStream, String),
+}
 
-/// Dials `url` (`ws(s)://other-host/ws/app/ID?QUERY`) with the app's `authorization`
-/// and `protocol`; on success answers the app's `upgrade` and carries frames both
-/// ways until either side closes.
+/// Opens a WebSocket to the host running the environment with the app's
+/// `authorization` and `protocol`; on success answers the app's `upgrade` and
+/// carries frames both ways until either side closes.
 pub async fn bridge(
     upgrade: WebSocketUpgrade,
-    url: &str,
+    upstream: Upstream,
     authorization: Option<HeaderValue>,
     protocol: &'static str,
+    stall: std::time::Duration,
 ) -> Result<Response, BridgeRefused> {
     let unreachable = |why: String| BridgeRefused {
         status: StatusCode::BAD_GATEWAY,
         body: why,
+    };
+    let url = match &upstream {
+        Upstream::Direct(url) => url.clone(),
+        // Never dialled: the stream is the connection; the URL only names the path.
+        Upstream::Stream(_, path) => format!("ws://tunnel{path}"),
     };
     let mut request = url
         .into_client_request()
@@ -52,28 +64,54 @@ pub async fn bridge(
         axum::http::header::SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(protocol),
     );
-    let upstream = match tokio_tungstenite::connect_async(request).await {
-        Ok((upstream, _)) => upstream,
-        Err(tung::Error::Http(answer)) => {
-            let body = answer
+    match upstream {
+        Upstream::Direct(_) => {
+            let (socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
+                .await
+                .map_err(refused)?;
+            Ok(upgrade
+                .protocols([protocol])
+                .on_upgrade(move |app| carry(app, socket, stall)))
+        }
+        Upstream::Stream(stream, _) => {
+            let (socket, _) = tokio_tungstenite::client_async(request, stream)
+                .await
+                .map_err(refused)?;
+            Ok(upgrade
+                .protocols([protocol])
+                .on_upgrade(move |app| carry(app, socket, stall)))
+        }
+    }
+}
+
+/// The other host's answer to an upgrade it did not take, or why it was not reached.
+fn refused(error: tung::Error) -> BridgeRefused {
+    match error {
+        tung::Error::Http(answer) => BridgeRefused {
+            status: answer.status(),
+            body: answer
                 .body()
                 .as_deref()
                 .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            return Err(BridgeRefused {
-                status: answer.status(),
-                body,
-            });
-        }
-        Err(e) => return Err(unreachable(format!("the host running it: {e}"))),
-    };
-    Ok(upgrade
-        .protocols([protocol])
-        .on_upgrade(move |app| carry(app, upstream)))
+                .unwrap_or_default(),
+        },
+        e => BridgeRefused {
+            status: StatusCode::BAD_GATEWAY,
+            body: format!("the host running it: {e}"),
+        },
+    }
 }
 
-/// Carries frames both ways until one side closes, then closes the other alike.
-async fn carry(app: WebSocket, upstream: Upstream) {
+/// Carries frames both ways until one side closes, then closes the other alike. A
+/// side that takes no frame for `stall` is let go of, as the relay lets go of a peer
+/// that stopped reading, so a stalled app holds no bridge, tunnel or window.
+async fn carry<S>(
+    app: WebSocket,
+    upstream: tokio_tungstenite::WebSocketStream<S>,
+    stall: std::time::Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let (mut app_tx, mut app_rx) = app.split();
     let (mut up_tx, mut up_rx) = upstream.split();
     loop {
@@ -84,18 +122,20 @@ async fn carry(app: WebSocket, upstream: Upstream) {
                         code: f.code.into(),
                         reason: f.reason.as_str().into(),
                     });
-                    let _ = up_tx.send(tung::Message::Close(frame)).await;
+                    let closing = up_tx.send(tung::Message::Close(frame));
+                    let _ = tokio::time::timeout(stall, closing).await;
                     return;
                 }
                 Some(Ok(message)) => {
-                    if up_tx.send(upward(message)).await.is_err() {
-                        let _ = app_tx.send(host_gone()).await;
+                    let sent = tokio::time::timeout(stall, up_tx.send(upward(message))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        let _ = tokio::time::timeout(stall, app_tx.send(host_gone())).await;
                         return;
                     }
                 }
                 // The app went away: so does its session's connection there.
                 Some(Err(_)) | None => {
-                    let _ = up_tx.close().await;
+                    let _ = tokio::time::timeout(stall, up_tx.close()).await;
                     return;
                 }
             },
@@ -105,19 +145,20 @@ async fn carry(app: WebSocket, upstream: Upstream) {
                         code: f.code.into(),
                         reason: f.reason.as_str().into(),
                     });
-                    let _ = app_tx.send(ws::Message::Close(frame)).await;
+                    let closing = app_tx.send(ws::Message::Close(frame));
+                    let _ = tokio::time::timeout(stall, closing).await;
                     return;
                 }
                 Some(Ok(message)) => {
-                    if let Some(message) = downward(message)
-                        && app_tx.send(message).await.is_err()
-                    {
-                        let _ = up_tx.close().await;
+                    let Some(message) = downward(message) else { continue };
+                    let sent = tokio::time::timeout(stall, app_tx.send(message)).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        let _ = tokio::time::timeout(stall, up_tx.close()).await;
                         return;
                     }
                 }
                 Some(Err(_)) | None => {
-                    let _ = app_tx.send(host_gone()).await;
+                    let _ = tokio::time::timeout(stall, app_tx.send(host_gone())).await;
                     return;
                 }
             },

@@ -23,6 +23,11 @@ impl Relay {
         }
     }
 
+    /// The limits every hub keeps.
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
     /// The hub of `env_id`, created on first use.
     pub fn hub(&self, env_id: &str) -> Arc<Hub> {
         let mut hubs = self.hubs.locked();
