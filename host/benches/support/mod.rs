@@ -26,6 +26,7 @@ pub(crate) mod guests {
 }
 
 pub(crate) mod fleet;
+pub(crate) mod nats;
 pub(crate) mod nginx;
 
 /// The API token every benchmark host runs with.

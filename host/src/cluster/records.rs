@@ -3,17 +3,18 @@
 //! One task does both directions, so they never race each other: it watches the
 //! bucket and applies other hosts' changes to the local store (and tells the
 //! lifecycle), and after each local change in force (`Store::edits`) it writes the
-//! records that differ from the bucket as compare-and-sets on the revision it last
-//! saw. A set that finds a newer revision reads it, merges field by field
+//! records that changed (`Store::take_followed`) and differ from the bucket as
+//! compare-and-sets on the revision it last saw, a batch's sets all in flight at
+//! once. A set that finds a newer revision reads it, merges field by field
 //! ([`merge`]), applies the merge here and tries again. What could not be written
 //! (NATS away) is tried again every [`RETRY`] until it is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
@@ -27,6 +28,10 @@ const RETRY: Duration = Duration::from_secs(1);
 const GATHER: Duration = Duration::from_millis(5);
 /// How often a compare-and-set that keeps losing is merged and tried again.
 const MAX_ROUNDS: usize = 20;
+/// Compare-and-sets (or reads, or store writes) of one batch in flight at once.
+const IN_FLIGHT: usize = 64;
+/// The most bucket entries applied to the local store together.
+const MAX_BATCH: usize = 1024;
 
 /// A record as the bucket last had it.
 #[derive(Debug, Clone)]
@@ -42,7 +47,9 @@ struct Sync {
     /// By record id: the bucket's version this host last saw or wrote.
     synced: HashMap<String, Synced>,
     /// The ids whose bucket key was deleted, so a late local copy is not written back.
-    deleted: std::collections::HashSet<String>,
+    deleted: HashSet<String>,
+    /// The ids of records whose last write failed, to be tried again.
+    unwritten: HashSet<String>,
 }
 
 /// The bucket key of record `id`: the id itself when NATS takes it as one token,
@@ -88,7 +95,11 @@ pub(super) async fn start(
         events,
         synced: HashMap::new(),
         deleted: Default::default(),
+        unwritten: Default::default(),
     };
+    // From here on the store keeps what changes; everything it has counts as changed
+    // for the first publish.
+    sync.store.follow();
     sync.initial(&bucket).await?;
     super::until(cluster.closing(), sync.run(watch), "cluster_records");
     Ok(())
@@ -103,17 +114,29 @@ impl Sync {
             .keys()
             .await
             .map_err(|e| ClusterError::Nats(format!("listing the records: {e}")))?;
-        let mut changes = Changes::default();
+        let mut all = Vec::new();
         while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| ClusterError::Nats(format!("listing the records: {e}")))?;
-            let entry = bucket
-                .entry(key.clone())
-                .await
-                .map_err(|e| ClusterError::Nats(format!("reading record {key}: {e}")))?;
-            if let Some(entry) = entry {
-                self.remote(entry, &mut changes).await;
-            }
+            all.push(key.map_err(|e| ClusterError::Nats(format!("listing the records: {e}")))?);
         }
+        let mut changes = Changes::default();
+        for keys in all.chunks(MAX_BATCH) {
+            let read: Vec<_> = futures_util::stream::iter(keys)
+                .map(|key| async move {
+                    bucket
+                        .entry(key.clone())
+                        .await
+                        .map_err(|e| ClusterError::Nats(format!("reading record {key}: {e}")))
+                })
+                .buffer_unordered(IN_FLIGHT)
+                .collect()
+                .await;
+            let entries = read.into_iter().collect::<Result<Vec<_>, _>>()?;
+            self.remote_batch(entries.into_iter().flatten().collect(), &mut changes)
+                .await;
+        }
+        // Records only this host has go to the bucket.
+        self.unwritten
+            .extend(self.store.select(|r| Some(r.id.clone())));
         self.publish().await;
         self.tell(changes);
         Ok(())
@@ -128,9 +151,30 @@ impl Sync {
             tokio::select! {
                 entry = watch.next() => match entry {
                     Some(Ok(entry)) => {
+                        // What else has arrived is applied with it.
+                        let mut batch = vec![entry];
+                        let mut broken = None;
+                        while batch.len() < MAX_BATCH {
+                            match watch.next().now_or_never() {
+                                Some(Some(Ok(entry))) => batch.push(entry),
+                                Some(Some(Err(e))) => {
+                                    broken = Some(e.to_string());
+                                    break;
+                                }
+                                Some(None) => {
+                                    broken = Some("it ended".into());
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
                         let mut changes = Changes::default();
-                        self.remote(entry, &mut changes).await;
+                        self.remote_batch(batch, &mut changes).await;
                         self.tell(changes);
+                        if let Some(why) = broken {
+                            tracing::warn!(%why, "cluster: the records watch failed; watching again");
+                            watch = self.rewatch().await;
+                        }
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "cluster: the records watch failed; watching again");
@@ -176,32 +220,63 @@ impl Sync {
     /// Applies a bucket entry (another host's change, or the current value at a
     /// (re)start) to the local store.
     async fn remote(&mut self, entry: kv::Entry, changes: &mut Changes) {
+        self.remote_batch(vec![entry], changes).await;
+    }
+
+    /// Applies bucket entries to the local store: the bookkeeping one after another,
+    /// the store's writes all at once, so they share the journal's syncs. Only the
+    /// newest entry of each key counts.
+    async fn remote_batch(&mut self, entries: Vec<kv::Entry>, changes: &mut Changes) {
+        let mut newest: HashMap<String, kv::Entry> = HashMap::with_capacity(entries.len());
+        for entry in entries {
+            match newest.get(&entry.key) {
+                Some(seen) if seen.revision >= entry.revision => {}
+                _ => {
+                    newest.insert(entry.key.clone(), entry);
+                }
+            }
+        }
+        let plans: Vec<Apply> = newest
+            .into_values()
+            .filter_map(|entry| self.plan(entry))
+            .collect();
+        let store = &self.store;
+        let done: Vec<Changes> = futures_util::stream::iter(plans)
+            .map(|plan| plan.run(store))
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        // One entry per record: nothing to reconcile between them.
+        for one in done {
+            changes.added.extend(one.added);
+            changes.changed.extend(one.changed);
+            changes.removed.extend(one.removed);
+        }
+    }
+
+    /// What a bucket entry asks of the local store, its bookkeeping done; `None`
+    /// for this host's own write, an older one, or an invalid record.
+    fn plan(&mut self, entry: kv::Entry) -> Option<Apply> {
         if self
             .synced
             .get(&entry.key)
             .is_some_and(|s| s.revision >= entry.revision)
         {
-            return; // This host's own write, or older than what it has.
+            return None; // This host's own write, or older than what it has.
         }
         match entry.operation {
             Operation::Delete | Operation::Purge => {
                 self.synced.remove(&entry.key);
                 self.deleted.insert(entry.key.clone());
-                if let Some(record) = id_of_key(&entry.key).and_then(|id| self.store.get(&id)) {
-                    match self.store.remove(&record.id).await {
-                        Ok(gone) => changes.removed.push(gone),
-                        Err(e) => {
-                            tracing::warn!(env = %record.id, error = %e, "cluster: a record deleted on another host could not be removed here")
-                        }
-                    }
-                }
+                let id = id_of_key(&entry.key)?;
+                self.store.get(&id).is_some().then_some(Apply::Remove(id))
             }
             Operation::Put => {
                 let record = match parse(&entry) {
                     Ok(record) => record,
                     Err(why) => {
                         tracing::error!(key = %entry.key, revision = entry.revision, %why, "cluster: ignoring an invalid record from the bucket");
-                        return;
+                        return None;
                     }
                 };
                 let fields = fields_of(&record);
@@ -210,46 +285,29 @@ impl Sync {
                     entry.key.clone(),
                     Synced {
                         revision: entry.revision,
-                        fields: fields.clone(),
+                        fields,
                     },
                 );
-                self.apply_here(record, base.map(|b| b.fields), changes)
-                    .await;
+                self.plan_here(record, base.map(|b| b.fields))
             }
         }
     }
 
-    /// Puts the bucket's `record` in the local store. A local change not written
-    /// yet (the local copy differs from `base`, what the bucket had before) is
-    /// merged in, and written by the next [`Self::publish`].
-    async fn apply_here(
-        &mut self,
-        record: Record,
-        base: Option<Map<String, Value>>,
-        changes: &mut Changes,
-    ) {
-        let id = record.id.clone();
-        let Some(local) = self.store.get(&id) else {
-            match self.store.insert(record).await {
-                Ok(()) => changes.added.push(id),
-                Err(e @ StoreError::NameTaken(_)) => {
-                    tracing::error!(env = %id, error = %e, "cluster: another host made an environment with a name this host has; it is not applied here until one is renamed")
-                }
-                Err(e) => {
-                    tracing::warn!(env = %id, error = %e, "cluster: a record from another host could not be stored here")
-                }
-            }
-            return;
+    /// How the bucket's `record` goes into the local store. A local change not
+    /// written yet (the local copy differs from `base`, what the bucket had before)
+    /// is merged in, and written by the next [`Self::publish`].
+    fn plan_here(&self, record: Record, base: Option<Map<String, Value>>) -> Option<Apply> {
+        let Some(local_fields) = fields_of_id(&self.store, &record.id) else {
+            return Some(Apply::Insert(record));
         };
-        let local_fields = fields_of(&local);
         let theirs = fields_of(&record);
         if local_fields == theirs {
-            return;
+            return None;
         }
         let merged = match base {
             Some(base) if local_fields != base => {
                 let (merged, clashes) = merge::merge(&base, &local_fields, &theirs);
-                self.report(&id, clashes);
+                self.report(&record.id, clashes);
                 match parse_fields(merged) {
                     Ok(r) => r,
                     Err(_) => record,
@@ -257,36 +315,76 @@ impl Sync {
             }
             _ => record,
         };
-        match self.store.replace(merged).await {
-            Ok(before) => changes.changed.push(before),
-            Err(e) => {
-                tracing::warn!(env = %id, error = %e, "cluster: a change from another host could not be stored here")
-            }
-        }
+        Some(Apply::Replace(merged))
     }
 
-    /// Writes every local record that differs from the bucket; `false` when some
-    /// could not be written (they are tried again).
+    /// Writes the records that changed here since the last publish (and those whose
+    /// write failed before) where they differ from the bucket, and deletes the keys
+    /// of those that went; `false` when some could not be written (they are tried
+    /// again). The first compare-and-set of each record is sent with the others at
+    /// once; one that finds a newer revision is merged and written on its own.
     async fn publish(&mut self) -> bool {
-        let mut all_written = true;
-        let local = self.store.list();
-        let mut seen = std::collections::HashSet::with_capacity(local.len());
-        for record in local {
-            let key = key_of(&record.id);
-            seen.insert(key.clone());
-            if self.store.held_reason(&record.id).is_some() {
+        let mut ids = self.store.take_followed();
+        ids.extend(self.unwritten.drain());
+        let mut sets = Vec::new();
+        let mut gone = Vec::new();
+        for id in ids {
+            let key = key_of(&id);
+            let Some(record) = self.store.get(&id) else {
+                if self.synced.contains_key(&key) {
+                    gone.push((id, key));
+                }
                 continue;
+            };
+            if self.store.held_reason(&id).is_some() || self.deleted.contains(&key) {
+                continue; // Held back here, or removed from the store by the watch shortly.
             }
             let fields = fields_of(&record);
             if self.synced.get(&key).is_some_and(|s| s.fields == fields) {
                 continue;
             }
-            if self.deleted.contains(&key) {
-                continue; // Removed from the store by the watch shortly.
-            }
-            if let Err(e) = self.write(&record.id, &key, fields.clone()).await {
-                tracing::warn!(env = %record.id, error = %e, "cluster: writing a record failed; trying again");
-                all_written = false;
+            sets.push((id, key, fields));
+        }
+        let bucket = self.cluster.records_bucket().clone();
+        let mut first = Vec::with_capacity(sets.len());
+        for (id, key, fields) in sets {
+            let (sent, bytes) = match self.fenced(&id, &key, fields.clone()) {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    tracing::warn!(env = %id, error = %e, "cluster: a record cannot be encoded");
+                    continue;
+                }
+            };
+            let base = self.synced.get(&key).map(|s| s.revision);
+            let bucket = bucket.clone();
+            first.push(async move {
+                let outcome = cas(&bucket, &key, bytes, base).await;
+                (id, key, fields, sent, outcome)
+            });
+        }
+        let outcomes: Vec<_> = futures_util::stream::iter(first)
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        for (id, key, fields, sent, outcome) in outcomes {
+            let written = match outcome {
+                Ok(revision) => {
+                    self.synced.insert(
+                        key.clone(),
+                        Synced {
+                            revision,
+                            fields: sent,
+                        },
+                    );
+                    Ok(())
+                }
+                // Another host wrote first: merged and written on its own.
+                Err(Cas::Lost) => self.write(&id, &key, fields.clone()).await,
+                Err(Cas::Failed(reason)) => Err(ClusterError::Nats(reason)),
+            };
+            if let Err(e) = written {
+                tracing::warn!(env = %id, error = %e, "cluster: writing a record failed; trying again");
+                self.unwritten.insert(id);
                 continue;
             }
             // What was written may hold other hosts' changes merged in (or the lease
@@ -294,14 +392,10 @@ impl Sync {
             if let Some(written) = self.synced.get(&key).map(|s| s.fields.clone())
                 && written != fields
             {
-                self.settle_here(&record.id, &fields, &written).await;
+                self.settle_here(&id, &fields, &written).await;
             }
         }
-        let gone: Vec<String> = (self.synced.keys())
-            .filter(|k| !seen.contains(*k))
-            .cloned()
-            .collect();
-        for key in gone {
+        for (id, key) in gone {
             match self.cluster.records_bucket().delete(&key).await {
                 Ok(()) => {
                     self.synced.remove(&key);
@@ -309,11 +403,30 @@ impl Sync {
                 }
                 Err(e) => {
                     tracing::warn!(%key, error = %e, "cluster: deleting a record failed; trying again");
-                    all_written = false;
+                    self.unwritten.insert(id);
                 }
             }
         }
-        all_written
+        self.unwritten.is_empty()
+    }
+
+    /// `mine` as this host may write it over the bucket's copy (a host that does not
+    /// hold the lease keeps the instance's fields as they are: fencing), and encoded.
+    fn fenced(
+        &self,
+        id: &str,
+        key: &str,
+        mut mine: Map<String, Value>,
+    ) -> Result<(Map<String, Value>, bytes::Bytes), ClusterError> {
+        if let Some(base) = self.synced.get(key)
+            && !self.cluster.holds(id)
+            && merge::fence(&mut mine, &base.fields)
+        {
+            tracing::warn!(env = %id, "cluster: this host does not hold the lease; its changes to the instance's fields are not written");
+        }
+        let bytes = serde_json::to_vec(&mine)
+            .map_err(|e| ClusterError::Nats(format!("encoding record: {e}")))?;
+        Ok((mine, bytes.into()))
     }
 
     /// Compare-and-set of one record, merging with newer revisions until it lands.
@@ -326,44 +439,21 @@ impl Sync {
         let bucket = self.cluster.records_bucket().clone();
         for _ in 0..MAX_ROUNDS {
             let base = self.synced.get(key).cloned();
-            if let Some(base) = &base
-                && !self.cluster.holds(id)
-                && merge::fence(&mut mine, &base.fields)
-            {
-                tracing::warn!(env = %id, "cluster: this host does not hold the lease; its changes to the instance's fields are not written");
-            }
-            let bytes = serde_json::to_vec(&mine)
-                .map_err(|e| ClusterError::Nats(format!("encoding record: {e}")))?;
-            let written = match &base {
-                Some(base) => bucket
-                    .update(key, bytes.into(), base.revision)
-                    .await
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                            e.to_string(),
-                        )
-                    }),
-                None => bucket.create(key, bytes.into()).await.map_err(|e| {
-                    (
-                        e.kind() == kv::CreateErrorKind::AlreadyExists,
-                        e.to_string(),
-                    )
-                }),
-            };
-            match written {
+            let (sent, bytes) = self.fenced(id, key, mine)?;
+            mine = sent;
+            match cas(&bucket, key, bytes, base.as_ref().map(|b| b.revision)).await {
                 Ok(revision) => {
                     self.synced.insert(
                         key.to_owned(),
                         Synced {
                             revision,
-                            fields: mine.clone(),
+                            fields: mine,
                         },
                     );
                     return Ok(());
                 }
-                Err((false, reason)) => return Err(ClusterError::Nats(reason)),
-                Err((true, _)) => {}
+                Err(Cas::Failed(reason)) => return Err(ClusterError::Nats(reason)),
+                Err(Cas::Lost) => {}
             }
             // Someone wrote first: read theirs, merge, try again on top of it.
             let entry = bucket
@@ -437,6 +527,86 @@ impl Sync {
                 at: crate::store::now(),
             });
         }
+    }
+}
+
+/// A change from the bucket for the local store.
+enum Apply {
+    /// A record this host does not have.
+    Insert(Record),
+    /// A record this host has, as it is to be.
+    Replace(Record),
+    /// A record deleted on another host.
+    Remove(String),
+}
+
+impl Apply {
+    /// Makes the change in `store`; what changed there.
+    async fn run(self, store: &Store) -> Changes {
+        let mut changes = Changes::default();
+        match self {
+            Apply::Insert(record) => {
+                let id = record.id.clone();
+                match store.insert(record).await {
+                    Ok(()) => changes.added.push(id),
+                    Err(e @ StoreError::NameTaken(_)) => {
+                        tracing::error!(env = %id, error = %e, "cluster: another host made an environment with a name this host has; it is not applied here until one is renamed")
+                    }
+                    Err(e) => {
+                        tracing::warn!(env = %id, error = %e, "cluster: a record from another host could not be stored here")
+                    }
+                }
+            }
+            Apply::Replace(record) => {
+                let id = record.id.clone();
+                match store.replace(record).await {
+                    Ok(before) => changes.changed.push(before),
+                    Err(e) => {
+                        tracing::warn!(env = %id, error = %e, "cluster: a change from another host could not be stored here")
+                    }
+                }
+            }
+            Apply::Remove(id) => match store.remove(&id).await {
+                Ok(gone) => changes.removed.push(gone),
+                Err(e) => {
+                    tracing::warn!(env = %id, error = %e, "cluster: a record deleted on another host could not be removed here")
+                }
+            },
+        }
+        changes
+    }
+}
+
+/// Why a compare-and-set did not land.
+enum Cas {
+    /// Another host wrote the key since `base` (or made it, when there was none).
+    Lost,
+    /// NATS failed.
+    Failed(String),
+}
+
+/// Writes `bytes` to `key` if its revision is still `base` (`None`: if it has none).
+async fn cas(
+    bucket: &kv::Store,
+    key: &str,
+    bytes: bytes::Bytes,
+    base: Option<u64>,
+) -> Result<u64, Cas> {
+    match base {
+        Some(revision) => bucket.update(key, bytes, revision).await.map_err(|e| {
+            if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                Cas::Lost
+            } else {
+                Cas::Failed(e.to_string())
+            }
+        }),
+        None => bucket.create(key, bytes).await.map_err(|e| {
+            if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                Cas::Lost
+            } else {
+                Cas::Failed(e.to_string())
+            }
+        }),
     }
 }
 

@@ -34,7 +34,7 @@ mod replay;
 pub(crate) mod validate;
 pub(crate) mod watch;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -142,6 +142,9 @@ struct State {
     pending: Changes,
     /// How long the last compaction took; it sets the pace of the next.
     last_cost: Duration,
+    /// With a follower ([`Store::follow`]): the ids of the records changed in force
+    /// since it last took them.
+    followed: Option<HashSet<String>>,
 }
 
 /// What a reload found changed in the file, by record id.
@@ -302,6 +305,20 @@ impl Store {
     /// edits once [`Store::reload`] has read them in.
     pub fn edits(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.edits.subscribe()
+    }
+
+    /// Starts keeping the ids of the records that change in force (the host's
+    /// changes and outside edits read in), for [`Store::take_followed`]: a follower
+    /// (the cluster's sync) looks at what changed, not at every record.
+    pub fn follow(&self) {
+        self.shared
+            .with(|s| s.followed.get_or_insert_with(HashSet::new).clear());
+    }
+
+    /// The ids of the records that changed in force (or went) since the last call.
+    pub fn take_followed(&self) -> HashSet<String> {
+        self.shared
+            .with(|s| s.followed.as_mut().map(std::mem::take).unwrap_or_default())
     }
 
     /// Path of the records file.
@@ -656,6 +673,9 @@ impl State {
     }
 
     fn touch(&mut self, id: &str, touch: Dirty) {
+        if let Some(followed) = &mut self.followed {
+            followed.insert(id.to_owned());
+        }
         let net = match self.dirty.remove(id) {
             Some(before) => before.then(touch),
             None => touch,
@@ -682,6 +702,12 @@ impl State {
             tracing::warn!(%conflict, "records file: an outside edit and the host changed the same record");
         }
         let changes = document::diff(self.doc.records(), merged.records());
+        if let Some(followed) = &mut self.followed {
+            let ids = (changes.added.iter())
+                .chain(changes.changed.iter().map(|r| &r.id))
+                .chain(changes.removed.iter().map(|r| &r.id));
+            followed.extend(ids.cloned());
+        }
         self.doc = merged;
         log_held(&self.doc);
         self.pending.absorb(changes);

@@ -114,6 +114,7 @@ pub(super) fn open(path: &Path) -> Result<(State, Appender), StoreError> {
         journal_damage: damage,
         dirty,
         pending: Changes::default(),
+        followed: None,
         last_cost: Duration::ZERO,
     };
     let mut appender_len = active_scan.good_len;

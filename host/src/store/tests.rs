@@ -273,3 +273,35 @@ async fn concurrent_mutations_are_all_durable() {
     }
     assert_eq!(Store::open(path).unwrap().list().len(), 50);
 }
+
+#[tokio::test]
+async fn a_follower_learns_which_records_changed_by_the_host_or_by_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("environments.json");
+    let store = Store::open(path.clone()).unwrap();
+    store.insert(record("a", "alpha")).await.unwrap();
+    // Nothing is kept before someone follows.
+    store.follow();
+    assert!(store.take_followed().is_empty());
+    store.insert(record("b", "beta")).await.unwrap();
+    store.insert(record("c", "gamma")).await.unwrap();
+    store.update("b", |r| r.restarts = 1).await.unwrap();
+    store.remove("c").await.unwrap();
+    let ids = |set: HashSet<String>| {
+        let mut v: Vec<String> = set.into_iter().collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(store.take_followed()), ["b", "c"]);
+    assert!(store.take_followed().is_empty(), "taken once");
+
+    // A hand edit read in counts too: the changed record and the removed one.
+    store.flush().await.unwrap();
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let list = doc["environments"].as_array_mut().unwrap();
+    list.retain(|r| r["id"] != "b");
+    list[0]["desiredState"] = "running".into();
+    std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    store.reload().await.unwrap().expect("changes");
+    assert_eq!(ids(store.take_followed()), ["a", "b"]);
+}
