@@ -47,10 +47,13 @@ const CHUNK: usize = 64 << 10;
 const WINDOW_MESSAGES: u64 = 256;
 /// The most bytes sent and not yet acknowledged.
 const WINDOW_BYTES: usize = 1 << 20;
-/// Unacknowledged messages that make the receiver acknowledge at once.
+/// Unacknowledged messages that make the receiver acknowledge at once. With a
+/// quarter of the window, the sender never waits on an acknowledgement not sent:
+/// below both marks it has three quarters of its window left. Data going back
+/// carries acknowledgements too.
 const ACK_EVERY: u64 = WINDOW_MESSAGES / 4;
-/// How long the receiver waits for data going back to carry its acknowledgement.
-const ACK_DELAY: Duration = Duration::from_millis(5);
+/// Unacknowledged bytes that make the receiver acknowledge at once.
+const ACK_BYTES: usize = WINDOW_BYTES / 4;
 /// Bytes buffered in each direction between a tunnel and its HTTP connection.
 const PIPE_BYTES: usize = 64 << 10;
 /// How long the dialer waits for the owner to open a tunnel.
@@ -373,7 +376,10 @@ impl Link {
         dead_after: Duration,
     ) {
         let mut heard = Instant::now();
-        let mut ack_due: Option<Instant> = None;
+        // One timer, moved on only when it fires: nothing per message.
+        let silence = tokio::time::sleep(dead_after);
+        tokio::pin!(silence);
+        let mut unacked_bytes = 0usize;
         let mut writing = true;
         let mut fin_received = false;
         loop {
@@ -390,14 +396,11 @@ impl Link {
                     Some(message) => message,
                     None => return self.reset().await,
                 },
-                _ = sleep_until(ack_due) => {
-                    ack_due = None;
-                    if self.ack_sent.load(Ordering::Acquire) < self.received.load(Ordering::Acquire) {
-                        let _ = self.publish(ACK, 0, &[]).await;
+                _ = &mut silence => {
+                    if heard.elapsed() < dead_after {
+                        silence.as_mut().reset(heard + dead_after);
+                        continue;
                     }
-                    continue;
-                }
-                _ = tokio::time::sleep_until(heard + dead_after) => {
                     tracing::info!("cluster: the other host of a tunnel went silent; closing it");
                     return self.reset().await;
                 }
@@ -443,10 +446,13 @@ impl Link {
                 writing = false;
             }
             let received = self.received.fetch_add(1, Ordering::AcqRel) + 1;
-            if received - self.ack_sent.load(Ordering::Acquire) >= ACK_EVERY || kind == FIN {
+            unacked_bytes += payload.len() - HEAD;
+            if received - self.ack_sent.load(Ordering::Acquire) >= ACK_EVERY
+                || unacked_bytes >= ACK_BYTES
+                || kind == FIN
+            {
                 let _ = self.publish(ACK, 0, &[]).await;
-            } else if ack_due.is_none() {
-                ack_due = Some(Instant::now() + ACK_DELAY);
+                unacked_bytes = 0;
             }
         }
     }
@@ -457,12 +463,5 @@ impl Link {
             self.done.cancel();
             let _ = self.publish(RESET, 0, &[]).await;
         }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
