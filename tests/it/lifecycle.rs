@@ -332,6 +332,52 @@ async fn a_killed_runtime_is_not_restarted_under_never() {
     server.stop();
 }
 
+/// The processes whose parent is `pid`, from `/proc`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_runtime_whose_guard_is_killed_goes_with_it_and_hears_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), FAST);
+    let server = Server::start(dir.path());
+    let env = server
+        .running_env("guarded", "local-process", json!({}))
+        .await;
+    // The pid an environment reports is its spawn guard's; the runtime is its child.
+    let guard = runtime_pid(&env);
+    let runtime = children_of(guard);
+    assert_eq!(runtime.len(), 1, "the guard runs one runtime: {runtime:?}");
+    let runtime = runtime[0];
+    // The guard blocks its stop signals; the runtime it starts must not inherit that.
+    let status = std::fs::read_to_string(format!("/proc/{runtime}/status")).expect("status");
+    let blocked = status
+        .lines()
+        .find(|l| l.starts_with("SigBlk:"))
+        .expect("SigBlk");
+    assert_eq!(blocked, "SigBlk:\t0000000000000000", "{status}");
+    // The guard killed outright cannot kill its tree: the host does, and nothing of
+    // the environment's is left running, even when the host stops right after.
+    kill(guard);
+    server.stop();
+    wait_gone(runtime).await;
+}
+
 fn kill(pid: u32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),

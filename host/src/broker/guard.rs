@@ -18,10 +18,11 @@
 //! It is single-threaded by design apart from one watcher thread: signals are
 //! blocked and taken with `sigwait`, which needs no signal handler (`unsafe`).
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawnp};
 use nix::sys::prctl;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, raise, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -84,14 +85,13 @@ pub(crate) fn run(mut argv: impl Iterator<Item = OsString>) -> i32 {
     ] {
         stops.add(s);
     }
-    // Blocked before anything starts, so no stop request is lost; the program
-    // itself starts with an empty mask (std resets it in the child).
+    // Blocked before anything starts, so no stop request is lost.
     if let Err(e) = stops.thread_block() {
         eprintln!("tether {GUARD_ARG}: cannot block signals: {e}");
         return 126;
     }
-    let main = match std::process::Command::new(&program).args(&args).spawn() {
-        Ok(child) => Pid::from_raw(child.id() as i32),
+    let main = match spawn(&program, &args, &stops) {
+        Ok(pid) => pid,
         Err(e) => {
             eprintln!("tether {GUARD_ARG}: {}: {e}", program.to_string_lossy());
             return 127;
@@ -120,6 +120,39 @@ pub(crate) fn run(mut argv: impl Iterator<Item = OsString>) -> i32 {
     }
     kill_tree(main, &mut status);
     exit_code(status)
+}
+
+/// Starts `program args...` with this process's environment, nothing blocked and
+/// `stops` at their default action. A child inherits its parent's signal mask, and
+/// `std::process::Command` does not clear it: the program would start with the
+/// guard's stop signals blocked, and deaf to `SIGTERM` for as long as it lives.
+fn spawn(program: &OsString, args: &[OsString], stops: &SigSet) -> Result<Pid, String> {
+    use std::os::unix::ffi::OsStringExt;
+    let c = |s: OsString| CString::new(s.into_vec()).map_err(|e| e.to_string());
+    let path = c(program.clone())?;
+    let argv = std::iter::once(program.clone())
+        .chain(args.iter().cloned())
+        .map(c)
+        .collect::<Result<Vec<_>, _>>()?;
+    let envp = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut pair = k;
+            pair.push("=");
+            pair.push(v);
+            c(pair)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut attr = PosixSpawnAttr::init().map_err(|e| e.to_string())?;
+    attr.set_sigmask(&SigSet::empty())
+        .and_then(|()| attr.set_sigdefault(stops))
+        .and_then(|()| {
+            attr.set_flags(
+                PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+            )
+        })
+        .map_err(|e| e.to_string())?;
+    let actions = PosixSpawnFileActions::init().map_err(|e| e.to_string())?;
+    posix_spawnp(&path, &actions, &attr, &argv, &envp).map_err(|e| e.desc().to_owned())
 }
 
 /// Reaps every child that has ended, noting the program's status.
@@ -205,6 +238,30 @@ fn exit_code(status: Option<WaitStatus>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_program_starts_with_nothing_blocked_though_the_guard_blocks_its_stops() {
+        let mut stops = SigSet::empty();
+        stops.add(Signal::SIGTERM);
+        stops.add(Signal::SIGHUP);
+        // Blocked in a thread of its own, as the guard's main thread blocks them.
+        // `sleep` leaves its mask as it found it (a shell would not).
+        let seen = std::thread::spawn(move || {
+            stops.thread_block().unwrap();
+            let pid = spawn(&"sleep".into(), &["5".into()], &stops).unwrap();
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            status
+                .lines()
+                .find(|l| l.starts_with("SigBlk:"))
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen.trim(), "SigBlk:\t0000000000000000", "{seen}");
+    }
 
     #[test]
     fn descendants_follow_parent_chains_and_exclude_the_root() {

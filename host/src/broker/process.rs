@@ -300,16 +300,26 @@ impl Child {
         if self.status.is_none() {
             self.status = Some(status);
             self.live.fetch_sub(1, Ordering::SeqCst);
+            if self.guarded {
+                // A guard kills its tree before it exits; one killed outright
+                // (SIGKILL) could not, and what it ran is still in its process group,
+                // orphaned. Now, while the group still holds them, is the time.
+                self.kill_group();
+            }
         }
         status.into()
     }
 
     /// Asks the guard to kill its tree, and kills the process group after
-    /// [`GUARD_GRACE`] in case the guard itself was stopped or killed.
-    fn stop_guard(&self) {
+    /// [`GUARD_GRACE`] in case the guard itself was stopped or killed. A guard that
+    /// is gone already is reaped, which kills its group at once.
+    fn stop_guard(&mut self) {
         let Ok(pid) = i32::try_from(self.pid) else {
             return;
         };
+        if self.status.is_none() {
+            let _ = self.try_wait();
+        }
         if pid <= 0 || self.status.is_some() {
             return;
         }
