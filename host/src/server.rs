@@ -118,11 +118,11 @@ pub(crate) async fn run(
     let (token, source) =
         ApiToken::load_or_create(std::env::var("TETHER_API_TOKEN").ok(), &token_file)?;
     let admin_file = (source != TokenSource::Environment).then(|| token_file.clone());
-    let tokens = Tokens::open(
+    let tokens = std::sync::Arc::new(Tokens::open(
         tokens_path(&config.codebolt_dir()),
         token.reveal(),
         admin_file,
-    )?;
+    )?);
     let store = Store::open(config.codebolt_dir().join("environments.json"))?;
     let engine = Engine::with_compile_cache(
         config.limits.clone(),
@@ -151,7 +151,10 @@ pub(crate) async fn run(
         None => None,
     };
     let tunnels = match &cluster {
-        Some(cluster) => Some(cluster.serve_tunnels().await?),
+        Some(cluster) => {
+            cluster.share_tokens(tokens.clone()).await?;
+            Some(cluster.serve_tunnels().await?)
+        }
         None => None,
     };
     let data_dir = config.data_dir.clone();
@@ -215,7 +218,7 @@ pub(crate) async fn run(
     let throttle = std::sync::Arc::new(Throttle::new(config_throttle));
     let state = AppState {
         manager: manager.clone(),
-        tokens: std::sync::Arc::new(tokens),
+        tokens,
         audit: audit.clone(),
         throttle,
         tickets: std::sync::Arc::new(Tickets::new(ticket_ttl)),

@@ -766,3 +766,89 @@ async fn apps_on_another_host_go_through_nats_with_the_relays_guarantees() {
     a.stop();
     b.stop();
 }
+
+/// Polls until `server` answers `GET path` with `token` by `status`.
+async fn until_status(server: &Server, path: &str, token: &str, status: StatusCode) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (got, body) = server.call_with("GET", path, None, Some(token)).await;
+        if got == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path}: {got} {body}, not {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn tokens_made_or_revoked_on_one_host_hold_on_every_host() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let b = host(dir.path(), &nats, "b", "");
+    // Alice's token, made on a, is good on b too.
+    let (status, issued) = a
+        .call("POST", "/api/v1/tokens", Some(json!({"user": "alice"})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let alice = issued["token"].as_str().expect("token").to_owned();
+    let token_id = issued["id"].as_str().expect("id").to_owned();
+    until_status(&b, "/api/v1/environments", &alice, StatusCode::OK).await;
+    // Her environment runs on a; her app on b reaches it with her token (bridged).
+    let (status, env) = b
+        .call_with(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "hers", "provider": "handoff", "start": true})),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = id_of(&env);
+    let env = until_env(&a, &id, "running", |e| e["status"] == "running").await;
+    let host_of = env["host"].as_str().expect("host").to_owned();
+    let (owner, other) = if host_of == "a" { (&a, &b) } else { (&b, &a) };
+    let handoff = std::fs::read_to_string(
+        owner
+            .data_dir
+            .join(".codebolt/environments/hers/runtime.json"),
+    )
+    .expect("runtime.json");
+    let handoff: Value = serde_json::from_str(&handoff).expect("handoff");
+    let mut runtime = Ws::connect(
+        handoff["url"].as_str().expect("url"),
+        handoff["token"].as_str(),
+    )
+    .await
+    .expect("runtime");
+    let app_url = other.ws_url(&format!("/ws/app/{id}?thread=t"));
+    let mut app = Ws::connect(&app_url, Some(&alice)).await.expect("app");
+    app.send(json!({"type": "hello"})).await;
+    assert_eq!(runtime.next().await["type"], "hello");
+    let direct_url = owner.ws_url(&format!("/ws/app/{id}?thread=u"));
+    let mut direct = Ws::connect(&direct_url, Some(&alice)).await.expect("app");
+
+    // A host that joins later takes the token in, into its file too.
+    let c = host(dir.path(), &nats, "c", "");
+    until_status(&c, "/api/v1/environments", &alice, StatusCode::OK).await;
+    let file = std::fs::read_to_string(c.data_dir.join(".codebolt/tokens.json")).expect("file");
+    assert!(file.contains(&token_id) && !file.contains(&alice), "{file}");
+
+    // Revoked on c: refused everywhere, and her connections on any host are closed.
+    let (status, _) = c
+        .call("DELETE", &format!("/api/v1/tokens/{token_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for server in [&a, &b, &c] {
+        until_status(server, "/api/v1/environments", &alice, StatusCode::UNAUTHORIZED).await;
+    }
+    assert_eq!(direct.close_code().await, Some(4003));
+    assert_eq!(app.close_code().await, Some(4003));
+    let file = std::fs::read_to_string(a.data_dir.join(".codebolt/tokens.json")).expect("file");
+    assert!(!file.contains(&token_id), "{file}");
+    for server in [a, b, c] {
+        server.stop();
+    }
+}

@@ -15,6 +15,11 @@
 //!   `GET /api/v1/cluster`.
 //! - `PREFIX-names`: environment names, each held by the id of its record, so two
 //!   hosts never create one name at once.
+//! - `PREFIX-tokens`: user tokens (their records, never their secrets), so a token
+//!   made or revoked on one host is made or revoked on all ([`tokens`]).
+//!
+//! Apps connected to one host reach a runtime on another through tunnels over NATS
+//! subjects ([`tunnel`]).
 //!
 //! The lifecycle asks this module before it runs an environment (claiming its lease)
 //! and hears from it of remote record changes, lost leases and orphaned environments;
@@ -23,6 +28,7 @@
 mod leases;
 mod merge;
 mod records;
+mod tokens;
 mod tunnel;
 
 use std::collections::HashMap;
@@ -167,6 +173,8 @@ struct Inner {
     records: kv::Store,
     /// Environment names, each held by the id of the record that has it.
     names: kv::Store,
+    /// User tokens, by id.
+    tokens: kv::Store,
     leases: Arc<leases::Leases>,
     tunnels: Arc<tunnel::Tunnels>,
     conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
@@ -242,6 +250,15 @@ impl Cluster {
         )
         .await?;
         let hosts = bucket(&js, prefix, "hosts", "live hosts", Some(ttl), 64 << 10).await?;
+        let token_bucket = bucket(
+            &js,
+            prefix,
+            "tokens",
+            "user tokens by id (SHA-256 of the secret, never the secret)",
+            None,
+            tokens::MAX_TOKEN_BYTES as i32,
+        )
+        .await?;
         // The bucket's age limit is the lease in force: made by the first host, it
         // holds for every host, whatever each one's own setting says.
         let mut config = config;
@@ -274,6 +291,7 @@ impl Cluster {
                 client,
                 records,
                 names,
+                tokens: token_bucket,
                 leases,
                 tunnels,
                 conflicts: Mutex::new(Default::default()),
@@ -302,6 +320,15 @@ impl Cluster {
             .start(store, tx, self.inner.closing.clone())
             .await?;
         Ok(rx)
+    }
+
+    /// Shares user tokens with the other hosts: those the cluster has are accepted
+    /// here, this host's are written to it, and changes flow both ways from now on.
+    pub(crate) async fn share_tokens(
+        &self,
+        tokens: Arc<crate::tenancy::Tokens>,
+    ) -> Result<(), ClusterError> {
+        tokens::start(self.clone(), tokens).await
     }
 
     /// Serves the tunnels other hosts open to this one for their apps: each arrives
@@ -472,6 +499,10 @@ impl Cluster {
 
     fn records_bucket(&self) -> &kv::Store {
         &self.inner.records
+    }
+
+    fn tokens_bucket(&self) -> &kv::Store {
+        &self.inner.tokens
     }
 
     fn closing(&self) -> &CancellationToken {

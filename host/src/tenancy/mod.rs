@@ -18,10 +18,11 @@ use std::path::PathBuf;
 
 pub(crate) use file::tokens_path;
 pub(crate) use principal::{ADMIN_TOKEN_ID, ADMIN_USER, MissingScope, Principal};
+pub(crate) use record::TokenRecord;
 pub(crate) use record::{check_user, stamp};
 pub(crate) use scopes::{Scope, Scopes};
 pub(crate) use tickets::{Opening, Ticket, TicketTarget, Tickets};
-pub(crate) use tokens::{Issued, NewToken, TokenView, Tokens};
+pub(crate) use tokens::{Issued, NewToken, TokenChange, TokenView, Tokens};
 
 /// Why a token operation failed.
 #[derive(Debug, thiserror::Error)]

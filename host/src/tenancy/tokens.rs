@@ -19,7 +19,7 @@ use super::principal::{ADMIN_TOKEN_ID, ADMIN_USER, Grant, Principal};
 use super::record::{self, ID_PREFIX, SECRET_PREFIX, TokenRecord};
 use super::scopes::Scopes;
 use super::{TenancyError, file};
-use crate::sync::RwLockExt;
+use crate::sync::{MutexExt, RwLockExt};
 
 /// Why a presented token was refused (answered 401).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -119,9 +119,20 @@ struct Index {
     admin: Arc<Grant>,
 }
 
+/// A change to the user tokens made on this host, for a follower (cluster mode).
+#[derive(Debug, Clone)]
+pub(crate) enum TokenChange {
+    /// A token was made.
+    Created(TokenRecord),
+    /// The token with this id was revoked.
+    Revoked(String),
+}
+
 /// Every token the host accepts.
 pub(crate) struct Tokens {
     index: RwLock<Index>,
+    /// Where this host's own changes go, once someone follows them.
+    follower: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<TokenChange>>>,
     /// One change at a time, from the file write to the swap in memory.
     writer: tokio::sync::Mutex<()>,
     path: PathBuf,
@@ -164,10 +175,77 @@ impl Tokens {
                 admin_hash: sha256(admin_secret),
                 admin: admin_grant(),
             }),
+            follower: std::sync::Mutex::new(None),
             writer: tokio::sync::Mutex::new(()),
             path,
             admin_file,
         })
+    }
+
+    /// This host's own token changes from now on, in order (cluster mode shares them).
+    pub(crate) fn follow(&self) -> tokio::sync::mpsc::UnboundedReceiver<TokenChange> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.follower.locked() = Some(tx);
+        rx
+    }
+
+    fn tell(&self, change: TokenChange) {
+        if let Some(follower) = self.follower.locked().as_ref() {
+            let _ = follower.send(change);
+        }
+    }
+
+    /// Every user token's record (cluster mode: what this host has to share).
+    pub(crate) fn all_records(&self) -> Vec<TokenRecord> {
+        self.records()
+    }
+
+    /// Takes in a token made on another host (cluster mode), checked like one read
+    /// from the file: it is accepted here from now on. `Ok(false)`: known already.
+    pub(crate) async fn adopt(&self, record: TokenRecord) -> Result<bool, TenancyError> {
+        let invalid = |why: String| TenancyError::Invalid(format!("token from the cluster: {why}"));
+        record.check().map_err(invalid)?;
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(&record.sha256, &mut hash)
+            .map_err(|_| invalid("sha256 is not hexadecimal".into()))?;
+        let _writing = self.writer.lock().await;
+        {
+            let index = self.index.read_locked();
+            if index.by_id.contains_key(&record.id) {
+                return Ok(false);
+            }
+            if index.by_hash.contains_key(&hash) {
+                return Err(invalid(format!("{} has another token's sha256", record.id)));
+            }
+        }
+        let mut records = self.records();
+        records.push(record.clone());
+        self.persist(records).await?;
+        let mut index = self.index.write_locked();
+        index.by_id.insert(record.id.clone(), hash);
+        index.by_hash.insert(hash, entry(record, hash));
+        Ok(true)
+    }
+
+    /// Revokes token `id` because another host did (cluster mode): refused here from
+    /// now on, and the connections it opened here are closed. `Ok(false)`: unknown.
+    pub(crate) async fn forget(&self, id: &str) -> Result<bool, TenancyError> {
+        let _writing = self.writer.lock().await;
+        if !self.index.read_locked().by_id.contains_key(id) {
+            return Ok(false);
+        }
+        let records = (self.records().into_iter())
+            .filter(|r| r.id != id)
+            .collect();
+        self.persist(records).await?;
+        let mut index = self.index.write_locked();
+        let entry = (index.by_id.remove(id)).and_then(|hash| index.by_hash.remove(&hash));
+        drop(index);
+        if let Some(entry) = entry {
+            entry.grant.revoked.cancel();
+            tracing::info!(token = %id, user = %entry.record.user, "token revoked on another host");
+        }
+        Ok(true)
     }
 
     /// How many user tokens there are.
@@ -240,12 +318,13 @@ impl Tokens {
         let mut records = self.records();
         records.push(new_record.clone());
         self.persist(records).await?;
-        let entry = entry(new_record, hash);
+        let entry = entry(new_record.clone(), hash);
         let view = entry.view();
         let mut index = self.index.write_locked();
         index.by_id.insert(view.id.clone(), hash);
         index.by_hash.insert(hash, entry);
         drop(index);
+        self.tell(TokenChange::Created(new_record));
         tracing::info!(token = %view.id, user = %view.user, "token created");
         Ok(Issued {
             token: secret,
@@ -296,6 +375,7 @@ impl Tokens {
         let entry = index.by_hash.remove(&hash).ok_or_else(not_found)?;
         drop(index);
         entry.grant.revoked.cancel();
+        self.tell(TokenChange::Revoked(id.to_owned()));
         tracing::info!(token = %id, user = %entry.record.user, by = %who.token_id(), "token revoked");
         Ok(entry.view())
     }
