@@ -775,7 +775,10 @@ async fn until_status(server: &Server, path: &str, token: &str, status: StatusCo
         if got == status {
             return;
         }
-        assert!(Instant::now() < deadline, "{path}: {got} {body}, not {status}");
+        assert!(
+            Instant::now() < deadline,
+            "{path}: {got} {body}, not {status}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -842,7 +845,13 @@ async fn tokens_made_or_revoked_on_one_host_hold_on_every_host() {
         .await;
     assert_eq!(status, StatusCode::OK);
     for server in [&a, &b, &c] {
-        until_status(server, "/api/v1/environments", &alice, StatusCode::UNAUTHORIZED).await;
+        until_status(
+            server,
+            "/api/v1/environments",
+            &alice,
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
     }
     assert_eq!(direct.close_code().await, Some(4003));
     assert_eq!(app.close_code().await, Some(4003));
