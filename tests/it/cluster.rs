@@ -560,6 +560,13 @@ async fn the_cluster_keeps_serving_through_a_nats_restart() {
     let (status, before) = a.call("POST", "/api/v1/environments", Some(body)).await;
     assert_eq!(status, StatusCode::CREATED, "{before}");
     listed(&b, "before").await;
+    // An app on b reaches a runtime on a through NATS.
+    let (id, url, token) = a.handoff_env("live").await;
+    let mut runtime = Ws::connect(&url, Some(&token)).await.expect("runtime");
+    until_env(&b, &id, "shown running on a", |e| e["host"] == "a").await;
+    let mut app = b.app(&id, "t").await;
+    app.send(json!({"type": "hello", "n": 1})).await;
+    assert_eq!(runtime.next().await["n"], 1);
 
     let nats = nats.restart(dir.path());
     // Changes made while the hosts reconnect still reach the other host.
@@ -576,6 +583,15 @@ async fn the_cluster_keeps_serving_through_a_nats_restart() {
         }
         assert!(Instant::now() < deadline, "a never healthy again: {health}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Apps tunnel through the restarted NATS; the runtime on a never noticed.
+    let mut app = b.app(&id, "t").await;
+    app.send(json!({"type": "hello", "n": 2})).await;
+    loop {
+        // Past anything else the host tells the runtime meanwhile.
+        if runtime.next().await["n"] == 2 {
+            break;
+        }
     }
     drop(nats);
     for server in [a, b] {
