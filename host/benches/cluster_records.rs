@@ -171,14 +171,7 @@ async fn run(environments: usize, nats_binary: std::path::PathBuf) -> Res<()> {
 async fn until(server: &Server, limit: Duration, done: impl Fn(&[Value]) -> bool) -> Res<()> {
     let deadline = Instant::now() + limit;
     loop {
-        let list: Value = server
-            .http
-            .get(format!("{}/api/v1/environments", server.base))
-            .bearer_auth(TOKEN)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let list = server.list().await?;
         if list.as_array().is_some_and(|l| done(l)) {
             return Ok(());
         }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rand::Rng;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::TcpListener;
 
 use support::fleet::{create_many, dial, handoff, load, raise_nofile};
@@ -190,14 +190,7 @@ async fn case(n: usize) -> Res<Row> {
         tokio::time::sleep(gap).await;
     }
     let listed = Instant::now();
-    let list: Value = server
-        .http
-        .get(format!("{}/api/v1/environments", server.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let list = server.list().await?;
     let list_took = listed.elapsed();
     let shown_connected = list.as_array().map_or(0, |l| {
         l.iter()

@@ -185,6 +185,18 @@ impl Server {
         Ok(body)
     }
 
+    /// `GET /api/v1/environments`: every environment as the API lists it.
+    pub(crate) async fn list(&self) -> Res<Value> {
+        Ok(self
+            .http
+            .get(format!("{}/api/v1/environments", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
     /// Waits (up to a minute) until environment `id` has `status`.
     pub(crate) async fn wait_status(&self, id: &str, status: &str) -> Res<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
