@@ -451,6 +451,13 @@ async fn a_killed_owners_environment_is_taken_over_with_its_resource_and_not_run
         .request(json!({"type": "echo", "requestId": "r1", "payload": "before"}))
         .await;
     assert_eq!(echoed["payload"], "before", "{echoed}");
+    // Quiet for longer than the 3 s a tunnel waits for a word from the other host:
+    // its heartbeats keep it open.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let echoed = app
+        .request(json!({"type": "echo", "requestId": "r1b", "payload": "quiet"}))
+        .await;
+    assert_eq!(echoed["payload"], "quiet", "{echoed}");
 
     let killed = Instant::now();
     let a_dir = a.data_dir.clone();
