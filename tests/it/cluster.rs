@@ -786,6 +786,15 @@ async fn apps_on_another_host_go_through_nats_with_the_relays_guarantees() {
     let answered = String::from_utf8_lossy(&answered);
     assert!(answered.starts_with("HTTP/1.1 404"), "{answered}");
     assert!(!answered.contains("tunnelled"), "{answered}");
+    // An open tunnel's id is not served twice (the second would read its bytes).
+    let again = watcher
+        .request("tether.tunnel.a", open.to_string().into())
+        .await
+        .expect("an answer");
+    assert!(
+        String::from_utf8_lossy(&again.payload).contains("is open"),
+        "{again:?}"
+    );
     a.stop();
     b.stop();
 }

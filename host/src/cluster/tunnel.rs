@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::ClusterError;
+use crate::sync::MutexExt;
 
 /// The most bytes in one message.
 const CHUNK: usize = 64 << 10;
@@ -94,6 +95,8 @@ pub(super) struct Tunnels {
     /// Silence after which the other side is taken for dead.
     dead_after: Duration,
     served: Arc<Semaphore>,
+    /// The ids of the tunnels served here, so one id is never served twice.
+    open: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Tunnels {
@@ -109,6 +112,7 @@ impl Tunnels {
             host_id,
             dead_after: lease_ttl.max(Duration::from_secs(2)),
             served: Arc::new(Semaphore::new(MAX_SERVED)),
+            open: Arc::default(),
         }
     }
 
@@ -218,6 +222,12 @@ impl Tunnels {
         crate::names::validate("environment", &open.environment).map_err(|e| e.to_string())?;
         let permit = (self.served.clone().try_acquire_owned())
             .map_err(|_| "this host serves as many tunnels as it takes".to_owned())?;
+        // A second tunnel with an open one's id would read the first one's bytes.
+        let id = open.tunnel.clone();
+        if !self.open.locked().insert(id.clone()) {
+            return Err("a tunnel with this id is open".into());
+        }
+        let served_here = TunnelId(self.open.clone(), id);
         let up = self.data_subject(&open.environment, &open.tunnel, "up");
         let down = self.data_subject(&open.environment, &open.tunnel, "down");
         let incoming = (self.client.subscribe(up).await).map_err(|e| e.to_string())?;
@@ -229,7 +239,7 @@ impl Tunnels {
         let ended = self.pump(pipe, incoming, down, closing, &open.environment);
         tokio::spawn(async move {
             ended.cancelled().await;
-            drop(permit);
+            drop((permit, served_here));
         });
         Ok(())
     }
@@ -273,6 +283,15 @@ impl Tunnels {
                 .instrument(span),
         );
         link.done.clone()
+    }
+}
+
+/// A tunnel id served here, let go of when dropped.
+struct TunnelId(Arc<std::sync::Mutex<std::collections::HashSet<String>>>, String);
+
+impl Drop for TunnelId {
+    fn drop(&mut self) {
+        self.0.locked().remove(&self.1);
     }
 }
 
