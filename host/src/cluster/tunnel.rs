@@ -287,7 +287,10 @@ impl Tunnels {
 }
 
 /// A tunnel id served here, let go of when dropped.
-struct TunnelId(Arc<std::sync::Mutex<std::collections::HashSet<String>>>, String);
+struct TunnelId(
+    Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    String,
+);
 
 impl Drop for TunnelId {
     fn drop(&mut self) {
