@@ -378,6 +378,26 @@ async fn a_runtime_whose_guard_is_killed_goes_with_it_and_hears_sigterm() {
     wait_gone(runtime).await;
 }
 
+#[tokio::test]
+async fn a_runtime_whose_guard_and_host_are_killed_together_goes_with_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), FAST);
+    let server = Server::start(dir.path());
+    let env = server
+        .running_env("orphaned", "local-process", json!({}))
+        .await;
+    let guard = runtime_pid(&env);
+    let runtime = children_of(guard);
+    assert_eq!(runtime.len(), 1, "the guard runs one runtime: {runtime:?}");
+    // The host killed first cannot reap the guard and kill its process group; the
+    // guard killed before it notices its host is gone (it looks every 200 ms) cannot
+    // kill its tree. Only the kernel is left to stop the runtime, which would
+    // otherwise run on as init's child, redialling a host that is not there.
+    server.kill();
+    kill(guard);
+    wait_gone(runtime[0]).await;
+}
+
 fn kill(pid: u32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),

@@ -15,14 +15,16 @@
 //! guard's first look) exits without starting the program, so a `kill -9` at any
 //! instant leaves no runtime behind.
 //!
+//! The program is set to die with the guard (`PR_SET_PDEATHSIG`), so that even a
+//! guard killed outright, with its host, leaves nothing running.
+//!
 //! It is single-threaded by design apart from one watcher thread: signals are
-//! blocked and taken with `sigwait`, which needs no signal handler (`unsafe`).
+//! blocked and taken with `sigwait`, which needs no signal handler.
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawnp};
 use nix::sys::prctl;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, raise, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -90,7 +92,7 @@ pub(crate) fn run(mut argv: impl Iterator<Item = OsString>) -> i32 {
         eprintln!("tether {GUARD_ARG}: cannot block signals: {e}");
         return 126;
     }
-    let main = match spawn(&program, &args, &stops) {
+    let main = match spawn(&program, &args) {
         Ok(pid) => pid,
         Err(e) => {
             eprintln!("tether {GUARD_ARG}: {}: {e}", program.to_string_lossy());
@@ -122,37 +124,43 @@ pub(crate) fn run(mut argv: impl Iterator<Item = OsString>) -> i32 {
     exit_code(status)
 }
 
-/// Starts `program args...` with this process's environment, nothing blocked and
-/// `stops` at their default action. A child inherits its parent's signal mask, and
-/// `std::process::Command` does not clear it: the program would start with the
-/// guard's stop signals blocked, and deaf to `SIGTERM` for as long as it lives.
-fn spawn(program: &OsString, args: &[OsString], stops: &SigSet) -> Result<Pid, String> {
-    use std::os::unix::ffi::OsStringExt;
-    let c = |s: OsString| CString::new(s.into_vec()).map_err(|e| e.to_string());
-    let path = c(program.clone())?;
-    let argv = std::iter::once(program.clone())
-        .chain(args.iter().cloned())
-        .map(c)
-        .collect::<Result<Vec<_>, _>>()?;
-    let envp = std::env::vars_os()
-        .map(|(k, v)| {
-            let mut pair = k;
-            pair.push("=");
-            pair.push(v);
-            c(pair)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut attr = PosixSpawnAttr::init().map_err(|e| e.to_string())?;
-    attr.set_sigmask(&SigSet::empty())
-        .and_then(|()| attr.set_sigdefault(stops))
-        .and_then(|()| {
-            attr.set_flags(
-                PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
-            )
-        })
-        .map_err(|e| e.to_string())?;
-    let actions = PosixSpawnFileActions::init().map_err(|e| e.to_string())?;
-    posix_spawnp(&path, &actions, &attr, &argv, &envp).map_err(|e| e.desc().to_owned())
+/// Starts `program args...` with this process's environment and nothing blocked
+/// (a child inherits its parent's signal mask: the program would otherwise start
+/// deaf to the `SIGTERM` the guard blocks for itself), set to die with the guard.
+///
+/// The guard kills its tree whenever it can; the one case it cannot is its own
+/// `SIGKILL` (the OOM killer, an operator). The host then kills the program's
+/// process group when it reaps the guard, but a host killed in the same moment
+/// never does, and the program would run on as init's child, its runtime
+/// redialling forever. `PR_SET_PDEATHSIG` closes that: the kernel kills the program
+/// the moment the guard dies, however it dies.
+// The one `unsafe` of the workspace: setting a death signal between fork and exec
+// has no safe interface in std or nix.
+#[allow(unsafe_code)]
+fn spawn(program: &OsString, args: &[OsString]) -> std::io::Result<Pid> {
+    use std::os::unix::process::CommandExt;
+    let guard = getpid();
+    let mut command = std::process::Command::new(program);
+    command.args(args);
+    // SAFETY: the closure runs in the forked child before `exec`, while the guard
+    // has a single thread (its watcher starts after this spawn), and makes only
+    // async-signal-safe system calls; it allocates nothing (an `Errno` converts to an
+    // `io::Error` without allocating).
+    unsafe {
+        command.pre_exec(move || {
+            prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The guard may have died between the fork and the line above: then no
+            // death signal will come, and the program must not start.
+            if getppid() != guard {
+                return Err(Errno::ESRCH.into());
+            }
+            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    // The guard reaps with `waitpid`; dropping `Child` neither waits nor kills.
+    Ok(Pid::from_raw(child.id() as i32))
 }
 
 /// Reaps every child that has ended, noting the program's status.
@@ -248,7 +256,7 @@ mod tests {
         // `sleep` leaves its mask as it found it (a shell would not).
         let seen = std::thread::spawn(move || {
             stops.thread_block().unwrap();
-            let pid = spawn(&"sleep".into(), &["5".into()], &stops).unwrap();
+            let pid = spawn(&"sleep".into(), &["5".into()]).unwrap();
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
@@ -261,6 +269,17 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(seen.trim(), "SigBlk:\t0000000000000000", "{seen}");
+    }
+
+    #[test]
+    fn the_program_dies_with_what_started_it() {
+        // The death signal comes when the spawning thread ends: here a thread of the
+        // test's, in the guard its main thread, which ends only with the guard.
+        let pid = std::thread::spawn(|| spawn(&"sleep".into(), &["30".into()]).unwrap())
+            .join()
+            .unwrap();
+        let status = waitpid(pid, None).unwrap();
+        assert_eq!(status, WaitStatus::Signaled(pid, Signal::SIGKILL, false));
     }
 
     #[test]
