@@ -314,8 +314,53 @@ async fn records_are_shared_and_each_environment_runs_on_one_host() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for server in [a, b, c] {
+    // The resource of a stopped environment is removed by the host that ran it last
+    // (it may live on that host's disk), not by the host the delete was made on.
+    until_log(&a, &id, REMOVES).await;
+    assert!(!logged(&c, &id, REMOVES), "c removed it too:\n{}", c.log());
+
+    // When that host is gone, the host the delete was made on removes it.
+    let (later, _, _) = a.handoff_env("later").await;
+    let (status, _) = b
+        .call("POST", &format!("/api/v1/environments/{later}/stop"), None)
+        .await;
+    assert!(status.is_success());
+    until_env(&c, &later, "stopped", |e| {
+        e["desiredState"] == "stopped" && e["host"].is_null()
+    })
+    .await;
+    a.stop();
+    let (status, _) = c
+        .call("DELETE", &format!("/api/v1/environments/{later}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    until_log(&c, &later, REMOVES).await;
+    for server in [b, c] {
         server.stop();
+    }
+}
+
+/// What a host logs as its provider removes an environment's resource.
+const REMOVES: &str = "the provider removes the resource";
+
+/// Whether `server`'s log has a line about environment `id` saying `what`.
+fn logged(server: &Server, id: &str, what: &str) -> bool {
+    server
+        .log()
+        .lines()
+        .any(|l| l.contains(id) && l.contains(what))
+}
+
+/// Waits until `server`'s log has a line about environment `id` saying `what`.
+async fn until_log(server: &Server, id: &str, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !logged(server, id, what) {
+        assert!(
+            Instant::now() < deadline,
+            "never logged {what:?} for {id}; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

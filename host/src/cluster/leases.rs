@@ -240,6 +240,18 @@ impl Leases {
         Ok(true)
     }
 
+    /// Whether host `host` is alive: its entry in the hosts bucket, which lapses a
+    /// lease after its last renewal, is there. `false` when NATS cannot say.
+    pub(super) async fn host_alive(&self, host: &str) -> bool {
+        if host == self.host_id {
+            return true;
+        }
+        matches!(
+            self.hosts.entry(host).await,
+            Ok(Some(entry)) if entry.operation == Operation::Put
+        )
+    }
+
     pub(super) fn held_count(&self) -> usize {
         self.held.locked().len()
     }

@@ -14,6 +14,7 @@ pub(super) const OWNER_FIELDS: &[&str] = &[
     "runtimeTokenSha256",
     "restarts",
     "restartHistory",
+    "lastHost",
 ];
 
 /// A field both sides changed to different values.

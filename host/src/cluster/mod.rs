@@ -420,6 +420,11 @@ impl Cluster {
         self.inner.leases.release(id).await;
     }
 
+    /// Whether host `host` is alive (this one is).
+    pub(crate) async fn host_alive(&self, host: &str) -> bool {
+        self.inner.leases.host_alive(host).await
+    }
+
     /// Whether this host holds environment `id`'s lease.
     pub(crate) fn holds(&self, id: &str) -> bool {
         self.inner.leases.holds(id)

@@ -70,21 +70,27 @@ impl Manager {
     }
 
     /// `record` was deleted on another host: this host forgets it, has its provider
-    /// remove the resource if it runs the environment (a delete made here would), and
-    /// removes its workspace here if it has one (it ran the environment before).
+    /// remove the resource if it runs the environment or, stopped, ran it last (the
+    /// deleting host leaves that to this one), and removes its workspace here if it
+    /// has one (it ran the environment before).
     fn deleted_elsewhere(&self, record: Record) {
         let Some(env) = self.shared.envs.forget(&record.id) else {
             return;
         };
-        let held = self.cluster().is_some_and(|c| c.holds(&record.id));
-        tracing::info!(env = %record.id, running_here = held, "cluster: deleted on another host");
+        let Some(cluster) = self.cluster() else {
+            return;
+        };
+        let held = cluster.holds(&record.id);
+        let ran_last = record.last_host.as_deref() == Some(cluster.host_id())
+            && cluster.elsewhere(&record.id).is_none();
+        tracing::info!(env = %record.id, running_here = held, ran_last, "cluster: deleted on another host");
         self.events().deleted(&record);
         let this = self.clone();
         self.shared.driver.spawn(async move {
             env.deleting.cancel();
             let _op = env.op.lock().await;
             let driver = &this.shared.driver;
-            if held {
+            if held || ran_last {
                 driver.destroy_locked(&env, &record).await;
                 driver.release(&env).await;
             } else {
@@ -117,6 +123,30 @@ impl Manager {
             cluster.release_name(&name, &id).await;
         }
         Ok(inserted?)
+    }
+
+    /// Whether this host has deleted `record`'s provider remove its resource: alone,
+    /// or when it runs it, always; for a stopped environment in a cluster, only when
+    /// the host that ran it last is this one, unknown, or no longer alive (a resource
+    /// may live on that host's disk, where only its own provider can reach it). When
+    /// that host is alive it does it as the delete reaches it (`deleted_elsewhere`).
+    pub(super) async fn removes_resource_here(&self, record: &Record) -> bool {
+        let Some(cluster) = self.cluster() else {
+            return true;
+        };
+        if cluster.holds(&record.id) {
+            return true;
+        }
+        match record.last_host.as_deref() {
+            Some(last) if last != cluster.host_id() => {
+                let alive = cluster.host_alive(last).await;
+                if alive {
+                    tracing::info!(env = %record.id, host = %last, "the host that ran it last removes its resource");
+                }
+                !alive
+            }
+            _ => true,
+        }
     }
 
     /// Lets go of a deleted record's name cluster-wide.

@@ -605,10 +605,13 @@ impl Manager {
             }
         };
         self.release_record_name(&record).await;
-        // Another host running it removes its resource when the delete reaches it.
+        // Another host running it removes its resource when the delete reaches it,
+        // and so may the host that ran it last (`removes_resource_here`).
         let here = self.refuse_elsewhere(id).is_ok();
         if here {
-            self.driver().destroy_locked(&env, &record).await;
+            if self.removes_resource_here(&record).await {
+                self.driver().destroy_locked(&env, &record).await;
+            }
             self.driver().release(&env).await;
         }
         self.shared.envs.forget(id);

@@ -92,8 +92,10 @@ impl Driver {
             .ok_or_else(|| super::provider_status::not_loaded(&record.provider))?;
         tracing::info!(env = %env.id, provider = %provider.description.name, version = %provider.description.version, source = ?provider.source, "starting on provider");
         let token = auth::mint_runtime_token(record.runtime_generation + 1);
+        let host = s.cluster.as_ref().map(|c| c.host_id().to_owned());
         s.store
             .update(&env.id, |r| {
+                r.last_host = host;
                 r.runtime_generation = token.generation;
                 r.runtime_token_sha256 = Some(token.sha256.clone());
                 r.last_error = None;
@@ -298,6 +300,8 @@ impl Driver {
             None => self.destroyer(env, record).await,
         };
         if let Some(handle) = handle {
+            let resource = record.resource_id.as_deref().map(crate::untrusted::logged);
+            tracing::info!(env = %env.id, resource = ?resource, "the provider removes the resource");
             let init = self.init_vars(env, record, String::new(), String::new());
             let timeout = self.shared.config.get().lifecycle.stop_timeout;
             if let Err(e) = handle.call(Call::Destroy(Box::new(init)), timeout).await {

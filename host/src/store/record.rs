@@ -114,6 +114,10 @@ pub struct Record {
     /// When the most recent restarts happened (RFC 3339, oldest first, bounded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restart_history: Vec<String>,
+    /// Cluster mode: the host that started it last, which removes its resource when
+    /// it is deleted while stopped (the resource may live on that host's disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_host: Option<String>,
     /// What it was provisioned for, if an app's connect made it from a template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provision_key: Option<ProvisionKey>,
@@ -150,6 +154,7 @@ impl Record {
             idle_stop_secs: None,
             stop_reason: None,
             restart_history: Vec::new(),
+            last_host: None,
             provision_key: None,
             created_at: now.clone(),
             updated_at: now,

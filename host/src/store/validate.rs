@@ -97,6 +97,11 @@ pub(crate) fn check(record: &Record) -> Result<(), String> {
     if let Some(k) = &record.provision_key {
         check_provision_key(k)?;
     }
+    if let Some(host) = &record.last_host
+        && !crate::config::is_host_id(host)
+    {
+        return Err("lastHost must be a host id: 1 to 64 letters, digits, '-' or '_'".into());
+    }
     bounded("createdAt", Some(&record.created_at), MAX_STAMP_BYTES)?;
     bounded("updatedAt", Some(&record.updated_at), MAX_STAMP_BYTES)?;
     Ok(())
@@ -251,6 +256,8 @@ mod tests {
                 Box::new(|r| r.runtime_token_sha256 = Some("zz".into())),
                 "runtimeTokenSha256",
             ),
+            (Box::new(|r| r.last_host = Some("../a".into())), "lastHost"),
+            (Box::new(|r| r.last_host = Some("h".repeat(65))), "lastHost"),
             (
                 Box::new(|r| r.idle_stop_secs = Some(MAX_IDLE_STOP_SECS + 1)),
                 "idleStopSecs",
