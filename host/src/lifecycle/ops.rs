@@ -18,7 +18,7 @@ use crate::auth;
 use crate::broker::{PROJECT_PATH_DIR, Refusals, Request};
 use crate::engine::{
     Call, CallError, InitVars, InstanceSetup, LoadedProvider, ProviderHandle, Reply, RuntimePort,
-    StateReader,
+    StartOutcome, StateReader,
 };
 use crate::relay::{AppSessions, CLOSE_GONE, CLOSE_REPLACED, Hub};
 use crate::store::{DesiredState, Record, StopReason};
@@ -85,7 +85,6 @@ impl Driver {
         deadline: Instant,
     ) -> Result<(), String> {
         let s = &self.shared;
-        let timeout = s.config.get().lifecycle.start_timeout;
         let provider = s
             .engine
             .provider(&record.provider)
@@ -93,66 +92,45 @@ impl Driver {
         tracing::info!(env = %env.id, provider = %provider.description.name, version = %provider.description.version, source = ?provider.source, "starting on provider");
         let token = auth::mint_runtime_token(record.runtime_generation + 1);
         let host = s.cluster.as_ref().map(|c| c.host_id().to_owned());
-        s.store
-            .update(&env.id, |r| {
-                r.last_host = host;
-                r.runtime_generation = token.generation;
-                r.runtime_token_sha256 = Some(token.sha256.clone());
-                r.last_error = None;
-                r.stop_reason = None;
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+        let written = s.store.update(&env.id, |r| {
+            r.last_host = host;
+            r.runtime_generation = token.generation;
+            r.runtime_token_sha256 = Some(token.sha256.clone());
+            r.last_error = None;
+            r.stop_reason = None;
+        });
+        // The first poll puts the new token in force (in memory); making it durable
+        // overlaps with instantiating and the provider's start instead of coming
+        // before them. That is safe: until the write is durable a crash loses only a
+        // token whose runtime dies with the host (the spawn guard), and the start
+        // does not count as done before it is.
+        let mut written = std::pin::pin!(written);
+        let mut first = futures_util::poll!(written.as_mut());
+        let sha = Some(token.sha256.as_str());
+        if first.is_pending()
+            && s.store
+                .peek(&env.id, |r| r.runtime_token_sha256.as_deref() == sha)
+                != Some(true)
+        {
+            // Not applied yet (the store was recovering from a fault): the runtime
+            // must not be started before its token is in force.
+            first = std::task::Poll::Ready(written.as_mut().await);
+        }
         // A runtime of an earlier start (say, one that outlived a host crash) is now
         // stale: cut it off so it reconnects, is refused, and exits.
         env.hub
             .close_runtime(CLOSE_REPLACED, "a new start superseded this runtime");
-        // What the broker refuses this instance, added to a failed start's error: a
-        // provider often reports a refusal in its own words.
-        let refusals = Refusals::default();
-        let instantiating = self.instantiate(env, &record, &provider, refusals.clone());
-        let handle = tokio::time::timeout_at(deadline, instantiating)
-            .await
-            .map_err(|_| overran("start (instantiating the provider)", timeout))??;
-        let init = self.init_vars(
-            env,
-            &record,
-            format!("{}/ws/runtime/{}", s.runtime_base, env.id),
-            token.token,
-        );
-        self.enter_phase(env, StartPhase::ProviderStart);
-        // The provider has what is left of the start's time.
-        let call = handle.call(
-            Call::Start(Box::new(init)),
-            deadline.saturating_duration_since(Instant::now()),
-        );
-        let outcome = tokio::select! {
-            r = call => r,
-            _ = env.deleting.cancelled() => Err(CallError::Closed("deleted".into())),
+        let launched = self.launch(env, &record, &provider, token.token, deadline);
+        let (written, launched) = match first {
+            std::task::Poll::Ready(Err(e)) => return Err(e.to_string()),
+            std::task::Poll::Ready(written) => (written, launched.await),
+            std::task::Poll::Pending => tokio::join!(written, launched),
         };
-        let outcome = match outcome {
-            Ok(Reply::Started(outcome)) => outcome,
-            Ok(other) => {
-                shut_down_within(&env.id, &handle, GRACE).await;
-                return Err(format!("provider answered start with {other:?}"));
-            }
-            Err(CallError::TimedOut(_)) => {
-                shut_down_within(&env.id, &handle, GRACE).await;
-                // Named by the configured timeout, not by what was left of it.
-                let e = CallError::TimedOut(timeout);
-                return Err(with_refusals(
-                    format!("provider start failed: {e}"),
-                    &refusals,
-                ));
-            }
-            Err(e) => {
-                shut_down_within(&env.id, &handle, GRACE).await;
-                return Err(with_refusals(
-                    format!("provider start failed: {e}"),
-                    &refusals,
-                ));
-            }
-        };
+        let (handle, outcome) = launched?;
+        if let Err(e) = written {
+            shut_down_within(&env.id, &handle, GRACE).await;
+            return Err(e.to_string());
+        }
         let persisted = s
             .store
             .update(&env.id, |r| {
@@ -182,6 +160,55 @@ impl Driver {
         env.hub.activity().touch();
         self.supervise(env.clone(), handle, supervision);
         Ok(())
+    }
+
+    /// Instantiates `provider` for `env` and has it start the environment with
+    /// runtime token `token`, within `deadline`; on failure the instance is shut down.
+    async fn launch(
+        &self,
+        env: &Arc<Env>,
+        record: &Record,
+        provider: &LoadedProvider,
+        token: String,
+        deadline: Instant,
+    ) -> Result<(ProviderHandle, StartOutcome), String> {
+        let s = &self.shared;
+        let timeout = s.config.get().lifecycle.start_timeout;
+        // What the broker refuses this instance, added to a failed start's error: a
+        // provider often reports a refusal in its own words.
+        let refusals = Refusals::default();
+        let instantiating = self.instantiate(env, record, provider, refusals.clone());
+        let handle = tokio::time::timeout_at(deadline, instantiating)
+            .await
+            .map_err(|_| overran("start (instantiating the provider)", timeout))??;
+        let init = self.init_vars(
+            env,
+            record,
+            format!("{}/ws/runtime/{}", s.runtime_base, env.id),
+            token,
+        );
+        self.enter_phase(env, StartPhase::ProviderStart);
+        // The provider has what is left of the start's time.
+        let call = handle.call(
+            Call::Start(Box::new(init)),
+            deadline.saturating_duration_since(Instant::now()),
+        );
+        let outcome = tokio::select! {
+            r = call => r,
+            _ = env.deleting.cancelled() => Err(CallError::Closed("deleted".into())),
+        };
+        let failed = match outcome {
+            Ok(Reply::Started(outcome)) => return Ok((handle, outcome)),
+            Ok(other) => format!("provider answered start with {other:?}"),
+            // Named by the configured timeout, not by what was left of it.
+            Err(CallError::TimedOut(_)) => with_refusals(
+                format!("provider start failed: {}", CallError::TimedOut(timeout)),
+                &refusals,
+            ),
+            Err(e) => with_refusals(format!("provider start failed: {e}"), &refusals),
+        };
+        shut_down_within(&env.id, &handle, GRACE).await;
+        Err(failed)
     }
 
     /// Starts an instance of `provider` for `env`, with the capabilities the operator
