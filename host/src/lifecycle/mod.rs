@@ -525,17 +525,31 @@ impl Manager {
         if desired == DesiredState::Running {
             (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(id))?;
         }
-        self.shared
-            .store
-            .update(id, |r| {
-                if desired == DesiredState::Stopped {
-                    r.stop_reason = Some(StopReason::User);
-                }
-                r.desired_state = desired;
-            })
-            .await?;
+        let written = self.shared.store.update(id, |r| {
+            if desired == DesiredState::Stopped {
+                r.stop_reason = Some(StopReason::User);
+            }
+            r.desired_state = desired;
+        });
+        // The first poll puts the change in force in memory: the environment heads
+        // for it while the change is made durable (a start's instantiation overlaps
+        // the sync). The answer still waits for the sync; a crash before it loses
+        // nothing acknowledged, and what was started dies with the host.
+        let mut written = std::pin::pin!(written);
+        let first = futures_util::poll!(written.as_mut());
+        let applied =
+            first.is_pending() && self.shared.store.peek(id, |r| r.desired_state) == Some(desired);
+        if applied {
+            self.driver().spawn_converge(env.clone());
+        }
+        match first {
+            std::task::Poll::Ready(done) => done?,
+            std::task::Poll::Pending => written.await?,
+        };
         self.publish_changed(id, None);
-        self.driver().spawn_converge(env);
+        if !applied {
+            self.driver().spawn_converge(env);
+        }
         let mut view = self.view(id)?;
         view.status = view.status.heading_to(desired);
         Ok(view)
