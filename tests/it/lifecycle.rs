@@ -351,19 +351,24 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_runtime_whose_guard_is_killed_goes_with_it_and_hears_sigterm() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_config(dir.path(), FAST);
-    let server = Server::start(dir.path());
+/// A host with one running `local-process` environment: the host, its spawn guard's
+/// pid (the pid the environment reports) and its runtime's (the guard's child).
+async fn guarded_runtime(dir: &std::path::Path) -> (Server, u32, u32) {
+    write_config(dir, FAST);
+    let server = Server::start(dir);
     let env = server
         .running_env("guarded", "local-process", json!({}))
         .await;
-    // The pid an environment reports is its spawn guard's; the runtime is its child.
     let guard = runtime_pid(&env);
     let runtime = children_of(guard);
     assert_eq!(runtime.len(), 1, "the guard runs one runtime: {runtime:?}");
-    let runtime = runtime[0];
+    (server, guard, runtime[0])
+}
+
+#[tokio::test]
+async fn a_runtime_whose_guard_is_killed_goes_with_it_and_hears_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, guard, runtime) = guarded_runtime(dir.path()).await;
     // The guard blocks its stop signals; the runtime it starts must not inherit that.
     let status = std::fs::read_to_string(format!("/proc/{runtime}/status")).expect("status");
     let blocked = status
@@ -381,21 +386,14 @@ async fn a_runtime_whose_guard_is_killed_goes_with_it_and_hears_sigterm() {
 #[tokio::test]
 async fn a_runtime_whose_guard_and_host_are_killed_together_goes_with_them() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write_config(dir.path(), FAST);
-    let server = Server::start(dir.path());
-    let env = server
-        .running_env("orphaned", "local-process", json!({}))
-        .await;
-    let guard = runtime_pid(&env);
-    let runtime = children_of(guard);
-    assert_eq!(runtime.len(), 1, "the guard runs one runtime: {runtime:?}");
+    let (server, guard, runtime) = guarded_runtime(dir.path()).await;
     // The host killed first cannot reap the guard and kill its process group; the
     // guard killed before it notices its host is gone (it looks every 200 ms) cannot
     // kill its tree. Only the kernel is left to stop the runtime, which would
     // otherwise run on as init's child, redialling a host that is not there.
     server.kill();
     kill(guard);
-    wait_gone(runtime[0]).await;
+    wait_gone(runtime).await;
 }
 
 fn kill(pid: u32) {
