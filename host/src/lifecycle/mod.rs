@@ -536,10 +536,12 @@ impl Manager {
         // the sync). The answer still waits for the sync; a crash before it loses
         // nothing acknowledged, and what was started dies with the host.
         let mut written = std::pin::pin!(written);
-        let first = futures_util::poll!(written.as_mut());
-        let applied =
-            first.is_pending() && self.shared.store.peek(id, |r| r.desired_state) == Some(desired);
-        if applied {
+        let first = crate::store::in_force(written.as_mut(), || {
+            self.shared.store.peek(id, |r| r.desired_state) == Some(desired)
+        })
+        .await;
+        let syncing = first.is_pending();
+        if syncing {
             self.driver().spawn_converge(env.clone());
         }
         match first {
@@ -547,7 +549,7 @@ impl Manager {
             std::task::Poll::Pending => written.await?,
         };
         self.publish_changed(id, None);
-        if !applied {
+        if !syncing {
             self.driver().spawn_converge(env);
         }
         let mut view = self.view(id)?;

@@ -104,18 +104,15 @@ impl Driver {
         // before them. That is safe: until the write is durable a crash loses only a
         // token whose runtime dies with the host (the spawn guard), and the start
         // does not count as done before it is.
+        // The runtime must not be started before its token is in force.
         let mut written = std::pin::pin!(written);
-        let mut first = futures_util::poll!(written.as_mut());
         let sha = Some(token.sha256.as_str());
-        if first.is_pending()
-            && s.store
+        let first = crate::store::in_force(written.as_mut(), || {
+            s.store
                 .peek(&env.id, |r| r.runtime_token_sha256.as_deref() == sha)
-                != Some(true)
-        {
-            // Not applied yet (the store was recovering from a fault): the runtime
-            // must not be started before its token is in force.
-            first = std::task::Poll::Ready(written.as_mut().await);
-        }
+                == Some(true)
+        })
+        .await;
         // A runtime of an earlier start (say, one that outlived a host crash) is now
         // stale: cut it off so it reconnects, is refused, and exits.
         env.hub

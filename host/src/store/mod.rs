@@ -732,6 +732,23 @@ fn invalid_file(path: &Path, reason: String) -> StoreError {
     }
 }
 
+/// Takes the first step of store write `write` (an [`Store::update`] and the like),
+/// which puts its change in force in memory, for a caller with work to overlap with
+/// the write's sync. `Pending`: the change is in force and the sync still runs (poll
+/// `write` to finish it). When the first step did not apply the change (the store was
+/// recovering from a fault; `in_force` says whether it is in force), waits for the
+/// whole write instead.
+pub async fn in_force<F: std::future::Future>(
+    mut write: std::pin::Pin<&mut F>,
+    in_force: impl FnOnce() -> bool,
+) -> std::task::Poll<F::Output> {
+    let first = futures_util::poll!(write.as_mut());
+    if first.is_pending() && !in_force() {
+        return std::task::Poll::Ready(write.await);
+    }
+    first
+}
+
 #[cfg(test)]
 mod tests;
 
