@@ -65,7 +65,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 env: vec![],
                 cwd: None,
             };
-            let mut child = broker.spawn(spec).map_err(|e| e.to_string())?;
+            let mut child = broker.spawn(spec).await.map_err(|e| e.to_string())?;
             child.wait().await;
             Ok(())
         }

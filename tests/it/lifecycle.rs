@@ -396,6 +396,107 @@ async fn a_runtime_whose_guard_and_host_are_killed_together_goes_with_them() {
     wait_gone(runtime).await;
 }
 
+/// Spawn guards host `host` started ahead of time (they keep their command line once
+/// given a program), with whether each waits still (has no child yet).
+fn spare_guards(host: u32) -> Vec<(u32, bool)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let marker = format!("--parent={host}\0--wait-for-program\0");
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker))
+                && !crate::support::process_gone(*p)
+        })
+        .map(|p| (p, children_of(p).is_empty()))
+        .collect()
+}
+
+/// Waits until host `host` has `n` guards waiting, and returns them.
+async fn waiting_guards(host: u32, n: usize) -> Vec<u32> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let waiting: Vec<u32> = (spare_guards(host).into_iter())
+            .filter_map(|(p, waits)| waits.then_some(p))
+            .collect();
+        if waiting.len() == n {
+            return waiting;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} guards wait, not {n}",
+            waiting.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A start takes a guard the host started ahead of time: the runtime runs under it
+/// with the environment's working directory and variables (the waiting guard had
+/// neither), another takes its place, and none outlives a host killed outright.
+#[tokio::test]
+async fn starts_take_guards_started_ahead_and_those_leave_with_the_host() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), FAST);
+    let server = Server::start(dir.path());
+    let host = server.pid();
+    let waiting = waiting_guards(host, 2).await;
+    for pid in &waiting {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+        assert!(environ.is_empty(), "a waiting guard holds variables");
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd");
+        assert_eq!(cwd, std::path::Path::new("/"));
+    }
+    let env = server.running_env("warm", "local-process", json!({})).await;
+    let guard = runtime_pid(&env);
+    assert!(
+        waiting.contains(&guard),
+        "{guard} was not one of {waiting:?}"
+    );
+    let runtime = children_of(guard);
+    assert_eq!(runtime.len(), 1, "{runtime:?}");
+    let cwd = std::fs::read_link(format!("/proc/{}/cwd", runtime[0])).expect("cwd");
+    let workspace = dir.path().join(".codebolt/environments/warm");
+    assert_eq!(cwd, workspace.canonicalize().expect("workspace"));
+    let environ = std::fs::read(format!("/proc/{}/environ", runtime[0])).expect("environ");
+    let environ = String::from_utf8_lossy(&environ);
+    let id = env["id"].as_str().expect("id");
+    assert!(
+        environ.contains(&format!("TETHER_ENVIRONMENT_ID={id}\0")),
+        "{environ}"
+    );
+    // The one taken is replaced.
+    let now = waiting_guards(host, 2).await;
+    assert!(!now.contains(&guard));
+    server.kill();
+    for pid in now {
+        wait_gone(pid).await;
+    }
+    wait_gone(runtime[0]).await;
+}
+
+/// Guards that died while waiting are passed over: the start still runs, under a
+/// guard alive to take it.
+#[tokio::test]
+async fn a_start_passes_over_waiting_guards_that_died() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), FAST);
+    let server = Server::start(dir.path());
+    let dead = waiting_guards(server.pid(), 2).await;
+    for pid in &dead {
+        kill(*pid);
+    }
+    let env = server
+        .running_env("passed-over", "local-process", json!({}))
+        .await;
+    let guard = runtime_pid(&env);
+    assert!(!dead.contains(&guard));
+    assert_eq!(children_of(guard).len(), 1);
+    server.stop();
+}
+
 fn kill(pid: u32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),

@@ -18,10 +18,18 @@
 //! The program is set to die with the guard (`PR_SET_PDEATHSIG`), so that even a
 //! guard killed outright, with its host, leaves nothing running.
 //!
+//! A guard may also be started ahead of time, before anyone knows what it will run
+//! (`--wait-for-program`, see [`super::spares`]): it then reads its [`Order`] (the
+//! program, its arguments, variables and working directory) from its standard input,
+//! a socket to the host, and answers there whether the program started. A spare whose
+//! host closes the socket (the host stopped or died) exits without running anything.
+//!
 //! It is single-threaded by design apart from one watcher thread: signals are
 //! blocked and taken with `sigwait`, which needs no signal handler.
 
 use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -39,6 +47,14 @@ pub(crate) const GUARD_ARG: &str = "__spawn-guard";
 /// The guard's optional first argument, `--parent=PID`: the pid of the host that
 /// spawned it.
 pub(crate) const PARENT_FLAG: &str = "--parent=";
+
+/// The flag (after `--parent=PID`) of a guard started ahead of time: it reads its
+/// [`Order`] from its standard input instead of taking the program from its arguments.
+pub(crate) const WAIT_FLAG: &str = "--wait-for-program";
+
+/// The largest order a waiting guard reads, in bytes: twice Linux's usual limit on
+/// arguments and environment together, which an `exec` could not take anyway.
+const MAX_ORDER: usize = 4 << 20;
 
 /// How often the watcher thread checks that the host is still the parent.
 const PARENT_POLL: Duration = Duration::from_millis(200);
@@ -64,11 +80,7 @@ pub(crate) fn run(mut argv: impl Iterator<Item = OsString>) -> i32 {
         }
         None => None,
     };
-    let Some(program) = program else {
-        eprintln!("tether {GUARD_ARG}: no program");
-        return 127;
-    };
-    let args: Vec<OsString> = argv.collect();
+    let waits = program.as_ref().is_some_and(|p| p == WAIT_FLAG);
     let parent = getppid();
     if expected.is_some_and(|p| p != parent) {
         eprintln!("tether {GUARD_ARG}: the host that spawned this guard is gone; not starting");
@@ -92,9 +104,38 @@ pub(crate) fn run(mut argv: impl Iterator<Item = OsString>) -> i32 {
         eprintln!("tether {GUARD_ARG}: cannot block signals: {e}");
         return 126;
     }
-    let main = match spawn(&program, &args) {
+    let started = if waits {
+        match read_order() {
+            Ok(Some((order, mut host))) => {
+                let started = std::env::set_current_dir(&order.cwd)
+                    .and_then(|()| spawn(&order.program, &order.args, Some(&order.env)));
+                let code = match &started {
+                    Ok(_) => 0,
+                    Err(e) => e.raw_os_error().unwrap_or(nix::libc::EIO),
+                };
+                // The host waits for this answer; a host gone meanwhile reads nothing
+                // and the watcher below notices it.
+                let _ = host.write_all(&code.to_le_bytes());
+                started.map_err(|e| (order.program, e))
+            }
+            // The host let its spare go (it stopped, or died) before ordering anything.
+            Ok(None) => return 0,
+            Err(e) => {
+                eprintln!("tether {GUARD_ARG}: reading the program: {e}");
+                return 126;
+            }
+        }
+    } else {
+        let Some(program) = program else {
+            eprintln!("tether {GUARD_ARG}: no program");
+            return 127;
+        };
+        let args: Vec<OsString> = argv.collect();
+        spawn(&program, &args, None).map_err(|e| (program, e))
+    };
+    let main = match started {
         Ok(pid) => pid,
-        Err(e) => {
+        Err((program, e)) => {
             eprintln!("tether {GUARD_ARG}: {}: {e}", program.to_string_lossy());
             return 127;
         }
@@ -124,8 +165,103 @@ pub(crate) fn run(mut argv: impl Iterator<Item = OsString>) -> i32 {
     exit_code(status)
 }
 
-/// Starts `program args...` with this process's environment and nothing blocked
-/// (a child inherits its parent's signal mask: the program would otherwise start
+/// What a guard started ahead of time is asked to run: sent by the host over the
+/// guard's standard input as a little-endian `u32` length and that many bytes of
+/// NUL-terminated fields (program, working directory, the argument count in decimal,
+/// the arguments, the variable count, then each variable's name and value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Order {
+    /// The program, as `exec` takes it.
+    pub(crate) program: OsString,
+    /// Its arguments.
+    pub(crate) args: Vec<OsString>,
+    /// Its whole environment.
+    pub(crate) env: Vec<(OsString, OsString)>,
+    /// Its working directory.
+    pub(crate) cwd: OsString,
+}
+
+impl Order {
+    /// The order framed for the wire. A field holding a NUL (which no `exec` could
+    /// pass either) or an order past [`MAX_ORDER`] is refused as `exec` would refuse it.
+    pub(crate) fn encode(&self) -> std::io::Result<Vec<u8>> {
+        let count = |n: usize| OsString::from(n.to_string());
+        let (argc, envc) = (count(self.args.len()), count(self.env.len()));
+        let fields = [&self.program, &self.cwd, &argc]
+            .into_iter()
+            .chain(&self.args)
+            .chain([&envc])
+            .chain(self.env.iter().flat_map(|(k, v)| [k, v]));
+        let mut body = Vec::new();
+        for field in fields {
+            let bytes = field.as_bytes();
+            if bytes.contains(&0) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "nul byte found in provided data",
+                ));
+            }
+            body.extend_from_slice(bytes);
+            body.push(0);
+        }
+        if body.len() > MAX_ORDER {
+            return Err(std::io::Error::from_raw_os_error(nix::libc::E2BIG));
+        }
+        let mut framed = (body.len() as u32).to_le_bytes().to_vec();
+        framed.extend(body);
+        Ok(framed)
+    }
+
+    /// The order in `body` (the bytes after the length), if it is well formed.
+    fn decode(body: &[u8]) -> Option<Order> {
+        let mut fields = body.strip_suffix(&[0])?.split(|b| *b == 0);
+        let mut next = || fields.next().map(|f| OsString::from_vec(f.to_vec()));
+        let count = |f: Option<OsString>| f?.to_str()?.parse::<usize>().ok();
+        let program = next()?;
+        let cwd = next()?;
+        let argc = count(next())?;
+        let args = (0..argc).map(|_| next()).collect::<Option<Vec<_>>>()?;
+        let envc = count(next())?;
+        let env = (0..envc)
+            .map(|_| Some((next()?, next()?)))
+            .collect::<Option<Vec<_>>>()?;
+        if next().is_some() || program.is_empty() {
+            return None;
+        }
+        Some(Order {
+            program,
+            args,
+            env,
+            cwd,
+        })
+    }
+}
+
+/// Reads the order from standard input (the host's socket), byte-exact so nothing
+/// past it is consumed; `None` when the host closed the socket first. Returns the
+/// socket too, for the answer.
+fn read_order() -> std::io::Result<Option<(Order, std::fs::File)>> {
+    use std::os::fd::AsFd;
+    let mut host = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let mut len = [0u8; 4];
+    match host.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    if len > MAX_ORDER {
+        return Err(bad("the order is too long"));
+    }
+    let mut body = vec![0; len];
+    host.read_exact(&mut body)?;
+    let order = Order::decode(&body).ok_or_else(|| bad("the order is malformed"))?;
+    Ok(Some((order, host)))
+}
+
+/// Starts `program args...` with this process's environment (or `env` alone), no
+/// standard input and nothing blocked (a child inherits its parent's signal mask: the program would otherwise start
 /// deaf to the `SIGTERM` the guard blocks for itself), set to die with the guard.
 ///
 /// The guard kills its tree whenever it can; the one case it cannot is its own
@@ -137,11 +273,18 @@ pub(crate) fn run(mut argv: impl Iterator<Item = OsString>) -> i32 {
 // The one `unsafe` of the workspace: setting a death signal between fork and exec
 // has no safe interface in std or nix.
 #[allow(unsafe_code)]
-fn spawn(program: &OsString, args: &[OsString]) -> std::io::Result<Pid> {
+fn spawn(
+    program: &OsString,
+    args: &[OsString],
+    env: Option<&[(OsString, OsString)]>,
+) -> std::io::Result<Pid> {
     use std::os::unix::process::CommandExt;
     let guard = getpid();
     let mut command = std::process::Command::new(program);
-    command.args(args);
+    command.args(args).stdin(std::process::Stdio::null());
+    if let Some(env) = env {
+        command.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+    }
     // SAFETY: the closure runs in the forked child before `exec`, while the guard
     // has a single thread (its watcher starts after this spawn), and makes only
     // async-signal-safe system calls; it allocates nothing (an `Errno` converts to an
@@ -256,7 +399,7 @@ mod tests {
         // `sleep` leaves its mask as it found it (a shell would not).
         let seen = std::thread::spawn(move || {
             stops.thread_block().unwrap();
-            let pid = spawn(&"sleep".into(), &["5".into()]).unwrap();
+            let pid = spawn(&"sleep".into(), &["5".into()], None).unwrap();
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
@@ -275,11 +418,73 @@ mod tests {
     fn the_program_dies_with_what_started_it() {
         // The death signal comes when the spawning thread ends: here a thread of the
         // test's, in the guard its main thread, which ends only with the guard.
-        let pid = std::thread::spawn(|| spawn(&"sleep".into(), &["30".into()]).unwrap())
+        let pid = std::thread::spawn(|| spawn(&"sleep".into(), &["30".into()], None).unwrap())
             .join()
             .unwrap();
         let status = waitpid(pid, None).unwrap();
         assert_eq!(status, WaitStatus::Signaled(pid, Signal::SIGKILL, false));
+    }
+
+    fn order() -> Order {
+        Order {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), String::new().into(), "a b".into()],
+            env: vec![("A".into(), "1=2".into()), ("EMPTY".into(), "".into())],
+            cwd: "/tmp".into(),
+        }
+    }
+
+    fn body(framed: &[u8]) -> &[u8] {
+        let len = u32::from_le_bytes(framed[..4].try_into().unwrap()) as usize;
+        assert_eq!(framed.len(), 4 + len);
+        &framed[4..]
+    }
+
+    #[test]
+    fn an_order_survives_the_wire_with_empty_fields_and_separators() {
+        let framed = order().encode().unwrap();
+        assert_eq!(Order::decode(body(&framed)), Some(order()));
+        let bare = Order {
+            args: vec![],
+            env: vec![],
+            ..order()
+        };
+        assert_eq!(Order::decode(body(&bare.encode().unwrap())), Some(bare));
+    }
+
+    #[test]
+    fn an_order_that_exec_could_not_take_is_refused_before_it_is_sent() {
+        let mut nul = order();
+        nul.args.push("a\0b".into());
+        let err = nul.encode().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        let mut huge = order();
+        huge.env.push(("BIG".into(), "x".repeat(MAX_ORDER).into()));
+        assert_eq!(
+            huge.encode().unwrap_err().raw_os_error(),
+            Some(nix::libc::E2BIG)
+        );
+    }
+
+    #[test]
+    fn a_malformed_order_is_rejected_whole() {
+        let framed = order().encode().unwrap();
+        let good = body(&framed);
+        // Unterminated, cut short, one field too many, a count that is not one, no program.
+        assert_eq!(Order::decode(&good[..good.len() - 1]), None);
+        assert_eq!(Order::decode(&good[..good.len() - 3]), None);
+        assert_eq!(Order::decode(&[good, b"extra\x00"].concat()), None);
+        assert_eq!(Order::decode(b"/bin/true\x00/\x00x\x000\x00"), None);
+        assert_eq!(
+            Order::decode(b"/bin/true\x00/\x0099999999999999999999\x00"),
+            None
+        );
+        assert_eq!(Order::decode(b"\x00/\x000\x000\x00"), None);
+        assert_eq!(
+            Order::decode(b"/bin/true\x00/\x000\x000\x00").map(|o| o.program),
+            Some("/bin/true".into())
+        );
+        assert_eq!(Order::decode(b""), None);
     }
 
     #[test]

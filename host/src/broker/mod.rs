@@ -7,11 +7,13 @@
 //! *and* a granted one. Every denial is returned to the provider as an error and
 //! logged for the operator with the environment id. [`process`] spawns, [`env`]
 //! decides a child's variables and program path, [`guard`] keeps a child's whole
-//! process tree stoppable, [`net`] checks destinations and addresses, [`tls`] is the
+//! process tree stoppable, [`launch`] starts children (under guards started ahead of
+//! time), [`net`] checks destinations and addresses, [`tls`] is the
 //! TLS client of providers' `https` requests.
 
 mod env;
 pub(crate) mod guard;
+pub mod launch;
 pub(crate) mod net;
 mod pattern;
 pub mod process;

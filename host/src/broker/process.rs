@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +15,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::guard::{GUARD_ARG, PARENT_FLAG};
+use super::guard::Order;
+use super::launch::{self, Guards};
 use super::{Capabilities, Denied, PathScope, env};
 
 /// The program name that stands for this very binary (`tether runtime` et al.).
@@ -59,7 +60,7 @@ pub struct ProcessBroker {
     live: Arc<AtomicUsize>,
     max_processes: usize,
     tail_bytes: usize,
-    guard: Option<PathBuf>,
+    guard: Option<Arc<Guards>>,
 }
 
 /// How long a guarded child has to stop after `SIGTERM` before its process group
@@ -86,10 +87,10 @@ impl ProcessBroker {
         }
     }
 
-    /// Runs every child under the spawn guard, this binary at `tether` (see
-    /// [`super::guard`]); without it, only the child's process group is killed.
-    pub fn with_guard(mut self, tether: PathBuf) -> Self {
-        self.guard = Some(tether);
+    /// Runs every child under the spawn guard (see [`super::guard`]) that `guards`
+    /// start; without it, only the child's process group is killed.
+    pub fn with_guard(mut self, guards: Arc<Guards>) -> Self {
+        self.guard = Some(guards);
         self
     }
 
@@ -104,7 +105,7 @@ impl ProcessBroker {
     }
 
     /// Checks `spec` and starts it.
-    pub fn spawn(&self, spec: SpawnSpec) -> Result<Child, SpawnError> {
+    pub async fn spawn(&self, spec: SpawnSpec) -> Result<Child, SpawnError> {
         let cwd = self.resolve_cwd(spec.cwd.as_deref())?;
         let paths = PathScope::new(cwd.clone(), &self.roots());
         self.caps.check_spawn(&spec.program, &spec.args, &paths)?;
@@ -127,31 +128,17 @@ impl ProcessBroker {
                 ))
             })?
         };
-        let mut cmd = match &self.guard {
-            Some(tether) => {
-                let mut cmd = tokio::process::Command::new(tether);
-                cmd.arg(GUARD_ARG)
-                    .arg(format!("{PARENT_FLAG}{}", std::process::id()))
-                    .arg(&program);
-                cmd
-            }
-            None => tokio::process::Command::new(&program),
+        let order = Order {
+            program: program.into_os_string(),
+            args: spec.args.iter().map(Into::into).collect(),
+            env: vars.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+            cwd: cwd.into_os_string(),
         };
-        cmd.args(&spec.args)
-            .env_clear()
-            .envs(vars)
-            .current_dir(&cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            // A guard is asked to stop (it then kills its whole tree); SIGKILL
-            // would leave what it guards behind.
-            .kill_on_drop(self.guard.is_none());
-        let mut child = cmd.spawn().map_err(|source| SpawnError::Io {
-            program: crate::untrusted::quoted(&spec.program),
-            source,
-        })?;
+        let started = match &self.guard {
+            Some(guards) => guards.launch(&order).await,
+            None => launch::direct(&order),
+        };
+        let mut child = started.map_err(io)?;
         let pid = child.id().unwrap_or(0);
         let output = Arc::new(Mutex::new(Tail::new(self.tail_bytes)));
         let mut pumps = Vec::with_capacity(2);
@@ -519,9 +506,9 @@ mod tests {
     async fn spawns_with_cleared_env_in_workspace_and_counts_live() {
         let dir = tempfile::tempdir().unwrap();
         let b = broker(dir.path(), 1);
-        let mut child = b.spawn(sh("echo $GREETING $HOME; pwd")).unwrap();
+        let mut child = b.spawn(sh("echo $GREETING $HOME; pwd")).await.unwrap();
         assert_eq!(b.live(), 1);
-        let refused = b.spawn(sh("true"));
+        let refused = b.spawn(sh("true")).await;
         assert!(matches!(
             refused,
             Err(SpawnError::Denied(Denied::ProcessLimit(1)))
@@ -537,7 +524,7 @@ mod tests {
     async fn output_tail_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let b = broker_with_tail(dir.path(), 1, 8);
-        let mut child = b.spawn(sh("seq 1 1000")).unwrap();
+        let mut child = b.spawn(sh("seq 1 1000")).await.unwrap();
         assert_eq!(child.wait().await, Exit::Code(0));
         assert_eq!(child.output_tail(), "99\n1000\n");
     }
@@ -549,13 +536,13 @@ mod tests {
         let mut bad = sh("true");
         bad.program = "/bin/sh".into();
         assert!(matches!(
-            b.spawn(bad),
+            b.spawn(bad).await,
             Err(SpawnError::Denied(Denied::NotGranted(_)))
         ));
         let mut outside = sh("true");
         outside.cwd = Some("/".into());
         assert!(matches!(
-            b.spawn(outside),
+            b.spawn(outside).await,
             Err(SpawnError::Denied(Denied::OutsidePath(_)))
         ));
     }
@@ -584,7 +571,7 @@ mod tests {
     async fn dropping_kills_the_group() {
         let dir = tempfile::tempdir().unwrap();
         let b = broker(dir.path(), 4);
-        let child = b.spawn(sh("sleep 30 & sleep 30")).unwrap();
+        let child = b.spawn(sh("sleep 30 & sleep 30")).await.unwrap();
         let pid = child.pid() as i32;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while running_in_group(pid) < 2 {

@@ -135,7 +135,7 @@ pub(crate) struct StoreSettings<'a> {
     /// The TLS client of providers' `https` requests.
     pub(crate) tls: &'a TlsClient,
     /// The `tether` binary children run under (see [`crate::broker::guard`]).
-    pub(crate) spawn_guard: Option<&'a PathBuf>,
+    pub(crate) spawn_guard: Option<&'a Arc<crate::broker::launch::Guards>>,
 }
 
 pub(crate) fn new_store(

@@ -171,8 +171,8 @@ pub struct Engine {
     compile_cache: Option<wasmtime::Cache>,
     dropins: dropins::DropIns,
     guests: executor::GuestExecutor,
-    /// The `tether` binary instances' children run under, once set.
-    spawn_guard: std::sync::OnceLock<PathBuf>,
+    /// The spawn guards instances' children run under, once set.
+    spawn_guard: std::sync::OnceLock<Arc<crate::broker::launch::Guards>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -232,10 +232,14 @@ impl Engine {
     }
 
     /// Runs every child an instance spawns from now on under the spawn guard, the
-    /// `tether` binary at `tether` (see [`crate::broker::guard`]). Set once; later
-    /// calls change nothing.
+    /// program at `tether` (see [`crate::broker::guard`]), and starts guards that wait
+    /// for one (called in a Tokio runtime). Set once; later calls change nothing.
     pub fn set_spawn_guard(&self, tether: PathBuf) {
-        let _ = self.spawn_guard.set(tether);
+        if self.spawn_guard.get().is_none() {
+            let _ = self
+                .spawn_guard
+                .set(crate::broker::launch::Guards::new(tether));
+        }
     }
 
     /// Loads the built-in providers, then every `*.wasm` in `dir` (if it exists); later

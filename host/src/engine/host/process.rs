@@ -24,7 +24,7 @@ impl Host for HostState {
             cwd: request.cwd,
         };
         let (program, args) = (spec.program.clone(), spec.args.clone());
-        match broker.spawn(spec) {
+        match broker.spawn(spec).await {
             Ok(child) => Ok(Ok(self.table.push(child)?)),
             Err(SpawnError::Denied(denied)) => {
                 // The provider's error and the log line both name the key to add.
