@@ -36,6 +36,25 @@ const QUIET: Duration = Duration::from_millis(5);
 /// millisecond or two; one that does not is killed and the guard started afresh.
 const ANSWER: Duration = Duration::from_secs(10);
 
+/// How long a guard has to stop after `SIGTERM` before its process group is killed
+/// outright.
+const GUARD_GRACE: Duration = Duration::from_secs(3);
+
+/// Asks the guard `pid` to kill its tree, and kills its process group after
+/// [`GUARD_GRACE`] in case the guard itself was stopped or killed.
+pub(super) fn stop_guard(pid: i32) {
+    if pid <= 0 {
+        return;
+    }
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            tokio::time::sleep(GUARD_GRACE).await;
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        });
+    }
+}
+
 /// Starts `order` directly: the program in a process group of its own, killed when
 /// its handle is dropped.
 pub(super) fn direct(order: &Order) -> std::io::Result<tokio::process::Child> {
@@ -110,10 +129,9 @@ impl Guards {
         self: &Arc<Self>,
         order: &Order,
     ) -> std::io::Result<tokio::process::Child> {
-        self.launching.fetch_add(1, Ordering::AcqRel);
-        let started = self.take_or_start(order).await;
-        self.launching.fetch_sub(1, Ordering::AcqRel);
-        started
+        // Counted down however the launch ends, a caller giving up on it included.
+        let _launching = Launching::new(&self.launching);
+        self.take_or_start(order).await
     }
 
     async fn take_or_start(
@@ -211,38 +229,198 @@ impl Guards {
     }
 }
 
+/// One more launch under way while it lives.
+struct Launching<'a>(&'a AtomicUsize);
+
+impl<'a> Launching<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Launching<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A spare being handed its order. Dropped before the answer settles it (the caller
+/// gave up, the answer never came, the guard was gone), it stops the guard and
+/// whatever it may have started: nothing runs that no handle stands for.
+struct Handing(Option<Spare>);
+
+impl Drop for Handing {
+    fn drop(&mut self) {
+        if let Some(pid) = (self.0.take())
+            .and_then(|spare| spare.child.id())
+            .and_then(|pid| i32::try_from(pid).ok())
+        {
+            stop_guard(pid);
+        }
+    }
+}
+
 impl Spare {
     /// Hands `framed` (an encoded order) to this guard and waits for its answer.
-    async fn hand(mut self, framed: &[u8]) -> Result<tokio::process::Child, Handover> {
+    async fn hand(self, framed: &[u8]) -> Result<tokio::process::Child, Handover> {
+        let mut handing = Handing(Some(self));
+        let Some(spare) = handing.0.as_mut() else {
+            return Err(Handover::Lost);
+        };
         let answer = async {
-            self.socket.write_all(framed).await?;
+            spare.socket.write_all(framed).await?;
             let mut code = [0u8; 4];
-            self.socket.read_exact(&mut code).await?;
+            spare.socket.read_exact(&mut code).await?;
             Ok::<_, std::io::Error>(i32::from_le_bytes(code))
         };
         match tokio::time::timeout(ANSWER, answer).await {
-            Ok(Ok(0)) => Ok(self.child),
-            Ok(Ok(errno)) => Err(Handover::Refused(std::io::Error::from_raw_os_error(errno))),
+            Ok(Ok(code)) => {
+                let Some(spare) = handing.0.take() else {
+                    return Err(Handover::Lost);
+                };
+                match code {
+                    0 => Ok(spare.child),
+                    // The guard exits by itself after a refusal.
+                    errno => Err(Handover::Refused(std::io::Error::from_raw_os_error(errno))),
+                }
+            }
             Ok(Err(e)) => {
                 tracing::debug!("a spare spawn guard was gone: {e}");
-                self.abandon();
                 Err(Handover::Lost)
             }
             Err(_) => {
                 tracing::warn!(
                     "a spare spawn guard did not answer within {ANSWER:?}; starting another"
                 );
-                self.abandon();
                 Err(Handover::Lost)
             }
         }
     }
+}
 
-    /// Kills the guard and whatever it may have started (its process group; what it
-    /// started also dies with it), leaving the reaping to Tokio.
-    fn abandon(self) {
-        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Guards running `script` (a shell script standing in for the guard program),
+    /// once both spares wait.
+    async fn guards(dir: &Path, script: &str) -> Arc<Guards> {
+        let program = dir.join("guard");
+        std::fs::write(&program, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let guards = Guards::new(program);
+        while guards.spares.locked().len() < SPARES {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        guards
+    }
+
+    fn order(dir: &Path) -> Order {
+        Order {
+            program: "/bin/true".into(),
+            args: vec![],
+            env: vec![],
+            cwd: dir.as_os_str().to_owned(),
+        }
+    }
+
+    /// The pid of the spare the next launch takes.
+    fn next_spare(guards: &Guards) -> u32 {
+        let spares = guards.spares.locked();
+        spares.last().and_then(|s| s.child.id()).unwrap()
+    }
+
+    fn gone(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    }
+
+    async fn until_gone(pid: u32) {
+        for _ in 0..500 {
+            if gone(pid) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{pid} still runs");
+    }
+
+    #[tokio::test]
+    async fn a_launch_given_up_on_stops_the_guard_it_was_handing_to() {
+        let dir = tempfile::tempdir().unwrap();
+        // Takes the order and never answers.
+        let guards = guards(dir.path(), "exec sleep 30").await;
+        let taken = next_spare(&guards);
+        let order = order(dir.path());
+        let launch = guards.launch(&order);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), launch)
+                .await
+                .is_err()
+        );
+        until_gone(taken).await;
+        // The launch is no longer counted, so the spare taken is replaced.
+        assert_eq!(guards.launching.load(Ordering::Acquire), 0);
+        for _ in 0..500 {
+            let replaced = {
+                let spares = guards.spares.locked();
+                spares.len() == SPARES && spares.iter().all(|s| s.child.id() != Some(taken))
+            };
+            if replaced {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the spare taken was not replaced");
+    }
+
+    #[tokio::test]
+    async fn a_refused_exec_is_the_launch_error() {
+        let dir = tempfile::tempdir().unwrap();
+        // Answers ENOENT (2) on its socket, as a guard whose `exec` failed.
+        let guards = guards(dir.path(), r"printf '\002\000\000\000' >&0; sleep 2").await;
+        let err = guards.launch(&order(dir.path())).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    }
+
+    #[tokio::test]
+    async fn spares_that_died_are_passed_over_for_a_fresh_guard() {
+        let dir = tempfile::tempdir().unwrap();
+        // A spare waits; a guard started for an order notes its arguments.
+        let script =
+            r#"[ "$3" = --wait-for-program ] || echo "$@" > "$(dirname "$0")/args"; exec sleep 30"#;
+        let guards = guards(dir.path(), script).await;
+        let dead: Vec<u32> = (guards.spares.locked().iter())
+            .filter_map(|s| s.child.id())
+            .collect();
+        for pid in &dead {
+            let _ = nix::sys::signal::kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+        for pid in &dead {
+            until_gone(*pid).await;
+        }
+        let mut fresh = guards.launch(&order(dir.path())).await.unwrap();
+        assert!(!dead.contains(&fresh.id().unwrap()));
+        let args = dir.path().join("args");
+        for _ in 0..500 {
+            if args.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let args = std::fs::read_to_string(args).unwrap();
+        let host = std::process::id();
+        assert_eq!(
+            args.trim(),
+            format!("{GUARD_ARG} {PARENT_FLAG}{host} /bin/true")
+        );
+        let _ = fresh.start_kill();
+        let _ = fresh.wait().await;
     }
 }

@@ -63,10 +63,6 @@ pub struct ProcessBroker {
     guard: Option<Arc<Guards>>,
 }
 
-/// How long a guarded child has to stop after `SIGTERM` before its process group
-/// is killed outright.
-const GUARD_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
-
 impl ProcessBroker {
     /// A broker for one environment whose children work inside `workspace`.
     pub fn new(
@@ -297,9 +293,8 @@ impl Child {
         status.into()
     }
 
-    /// Asks the guard to kill its tree, and kills the process group after
-    /// [`GUARD_GRACE`] in case the guard itself was stopped or killed. A guard that
-    /// is gone already is reaped, which kills its group at once.
+    /// Asks the guard to kill its tree ([`launch::stop_guard`]). A guard that is gone
+    /// already is reaped, which kills its group at once.
     fn stop_guard(&mut self) {
         let Ok(pid) = i32::try_from(self.pid) else {
             return;
@@ -310,13 +305,7 @@ impl Child {
         if pid <= 0 || self.status.is_some() {
             return;
         }
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                tokio::time::sleep(GUARD_GRACE).await;
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            });
-        }
+        launch::stop_guard(pid);
     }
 
     fn kill_group(&self) {
