@@ -335,6 +335,48 @@ async fn records_are_shared_and_each_environment_runs_on_one_host() {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     until_log(&c, &later, REMOVES).await;
+
+    // The host left the removal, paused before the delete reaches it and then killed,
+    // removes the resource when it comes back: its own file still has the record, and
+    // the cluster says the record was deleted.
+    let (missed, _, _) = b.handoff_env("missed").await;
+    let (status, _) = c
+        .call("POST", &format!("/api/v1/environments/{missed}/stop"), None)
+        .await;
+    assert!(status.is_success());
+    until_env(&c, &missed, "stopped", |e| {
+        e["desiredState"] == "stopped" && e["host"].is_null()
+    })
+    .await;
+    until_env(&b, &missed, "stopped on b", |e| e["status"] == "stopped").await;
+    let paused = nix::unistd::Pid::from_raw(b.pid() as i32);
+    nix::sys::signal::kill(paused, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let (status, _) = c
+        .call("DELETE", &format!("/api/v1/environments/{missed}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    until_log(
+        &c,
+        &missed,
+        "the host that ran it last removes its resource",
+    )
+    .await;
+    b.kill();
+    let b = host(dir.path(), &nats, "b", "");
+    until_log(&b, &missed, REMOVES).await;
+    // And the record it still had does not come back into the cluster.
+    gone(&b, &missed).await;
+    assert_eq!(
+        (c.call("GET", &format!("/api/v1/environments/{missed}"), None)
+            .await)
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert!(
+        !logged(&c, &missed, REMOVES),
+        "c removed it too:\n{}",
+        c.log()
+    );
     for server in [b, c] {
         server.stop();
     }

@@ -108,7 +108,10 @@ pub(super) async fn start(
 impl Sync {
     /// At start: the bucket's records replace this host's copies (the cluster is the
     /// truth for any record it has); records only this host has are added to it,
-    /// unless the cluster deleted them while this host was away.
+    /// unless the cluster deleted them while this host was away: then the delete is
+    /// applied here (and this host's provider removes the resource if it ran the
+    /// environment last). A create would bring such a record back, since a key whose
+    /// last entry is a delete can be created again.
     async fn initial(&mut self, bucket: &kv::Store) -> Result<(), ClusterError> {
         let mut keys = bucket
             .keys()
@@ -134,7 +137,28 @@ impl Sync {
             self.remote_batch(entries.into_iter().flatten().collect(), &mut changes)
                 .await;
         }
-        // Records only this host has go to the bucket.
+        let listed: HashSet<&String> = all.iter().collect();
+        let only_here: Vec<String> = (self.store.select(|r| Some(key_of(&r.id))))
+            .into_iter()
+            .filter(|key| !listed.contains(key))
+            .collect();
+        let read: Vec<_> = futures_util::stream::iter(&only_here)
+            .map(|key| async move {
+                bucket
+                    .entry(key.clone())
+                    .await
+                    .map_err(|e| ClusterError::Nats(format!("reading record {key}: {e}")))
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        let deletes: Vec<kv::Entry> = (read.into_iter().collect::<Result<Vec<_>, _>>()?)
+            .into_iter()
+            .flatten()
+            .filter(|e| matches!(e.operation, Operation::Delete | Operation::Purge))
+            .collect();
+        self.remote_batch(deletes, &mut changes).await;
+        // Records only this host has (and were not deleted) go to the bucket.
         self.unwritten
             .extend(self.store.select(|r| Some(r.id.clone())));
         self.publish().await;
