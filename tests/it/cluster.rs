@@ -321,14 +321,7 @@ async fn records_are_shared_and_each_environment_runs_on_one_host() {
 
     // When that host is gone, the host the delete was made on removes it.
     let (later, _, _) = a.handoff_env("later").await;
-    let (status, _) = b
-        .call("POST", &format!("/api/v1/environments/{later}/stop"), None)
-        .await;
-    assert!(status.is_success());
-    until_env(&c, &later, "stopped", |e| {
-        e["desiredState"] == "stopped" && e["host"].is_null()
-    })
-    .await;
+    stopped_through(&b, &c, &later).await;
     a.stop();
     let (status, _) = c
         .call("DELETE", &format!("/api/v1/environments/{later}"), None)
@@ -340,14 +333,7 @@ async fn records_are_shared_and_each_environment_runs_on_one_host() {
     // removes the resource when it comes back: its own file still has the record, and
     // the cluster says the record was deleted.
     let (missed, _, _) = b.handoff_env("missed").await;
-    let (status, _) = c
-        .call("POST", &format!("/api/v1/environments/{missed}/stop"), None)
-        .await;
-    assert!(status.is_success());
-    until_env(&c, &missed, "stopped", |e| {
-        e["desiredState"] == "stopped" && e["host"].is_null()
-    })
-    .await;
+    stopped_through(&c, &c, &missed).await;
     until_env(&b, &missed, "stopped on b", |e| e["status"] == "stopped").await;
     let paused = nix::unistd::Pid::from_raw(b.pid() as i32);
     nix::sys::signal::kill(paused, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
@@ -380,6 +366,19 @@ async fn records_are_shared_and_each_environment_runs_on_one_host() {
     for server in [b, c] {
         server.stop();
     }
+}
+
+/// Stops environment `id` through host `through` and waits until `seen_on` shows it
+/// stopped and run by no host.
+async fn stopped_through(through: &Server, seen_on: &Server, id: &str) {
+    let (status, body) = through
+        .call("POST", &format!("/api/v1/environments/{id}/stop"), None)
+        .await;
+    assert!(status.is_success(), "{body}");
+    until_env(seen_on, id, "stopped", |e| {
+        e["desiredState"] == "stopped" && e["host"].is_null()
+    })
+    .await;
 }
 
 /// What a host logs as its provider removes an environment's resource.

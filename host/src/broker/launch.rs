@@ -59,13 +59,21 @@ pub(super) fn stop_guard(pid: i32) {
 /// its handle is dropped.
 pub(super) fn direct(order: &Order) -> std::io::Result<tokio::process::Child> {
     let mut cmd = child_command(&order.program);
+    as_ordered(&mut cmd, order).kill_on_drop(true);
+    cmd.spawn()
+}
+
+/// `order`'s arguments, its whole environment and its directory on `cmd`, with no
+/// standard input.
+fn as_ordered<'a>(
+    cmd: &'a mut tokio::process::Command,
+    order: &Order,
+) -> &'a mut tokio::process::Command {
     cmd.args(&order.args)
         .env_clear()
         .envs(order.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&order.cwd)
         .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd.spawn()
 }
 
 /// A command with the output piped and a process group of its own, as every child
@@ -158,15 +166,10 @@ impl Guards {
         let mut cmd = child_command(&self.program);
         cmd.arg(GUARD_ARG)
             .arg(format!("{PARENT_FLAG}{}", std::process::id()))
-            .arg(&order.program)
-            .args(&order.args)
-            .env_clear()
-            .envs(order.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&order.cwd)
-            .stdin(Stdio::null())
-            // A guard is asked to stop (it then kills its whole tree); SIGKILL would
-            // leave what it guards behind.
-            .kill_on_drop(false);
+            .arg(&order.program);
+        // A guard is asked to stop (it then kills its whole tree); SIGKILL would leave
+        // what it guards behind.
+        as_ordered(&mut cmd, order).kill_on_drop(false);
         cmd.spawn()
     }
 
@@ -311,9 +314,10 @@ mod tests {
         std::fs::write(&program, format!("#!/bin/sh\n{script}\n")).unwrap();
         std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
         let guards = Guards::new(program);
-        while guards.spares.locked().len() < SPARES {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until("waiting, both spares", || {
+            guards.spares.locked().len() == SPARES
+        })
+        .await;
         guards
     }
 
@@ -341,14 +345,19 @@ mod tests {
             .unwrap_or(true)
     }
 
-    async fn until_gone(pid: u32) {
+    /// Waits up to five seconds for `done`.
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
         for _ in 0..500 {
-            if gone(pid) {
+            if done() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("{pid} still runs");
+        panic!("never {what}");
+    }
+
+    async fn until_gone(pid: u32) {
+        until(&format!("gone: {pid}"), || gone(pid)).await;
     }
 
     #[tokio::test]
@@ -367,17 +376,11 @@ mod tests {
         until_gone(taken).await;
         // The launch is no longer counted, so the spare taken is replaced.
         assert_eq!(guards.launching.load(Ordering::Acquire), 0);
-        for _ in 0..500 {
-            let replaced = {
-                let spares = guards.spares.locked();
-                spares.len() == SPARES && spares.iter().all(|s| s.child.id() != Some(taken))
-            };
-            if replaced {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the spare taken was not replaced");
+        until("replaced, the spare taken", || {
+            let spares = guards.spares.locked();
+            spares.len() == SPARES && spares.iter().all(|s| s.child.id() != Some(taken))
+        })
+        .await;
     }
 
     #[tokio::test]
@@ -408,12 +411,7 @@ mod tests {
         let mut fresh = guards.launch(&order(dir.path())).await.unwrap();
         assert!(!dead.contains(&fresh.id().unwrap()));
         let args = dir.path().join("args");
-        for _ in 0..500 {
-            if args.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until("written, the fresh guard's arguments", || args.exists()).await;
         let args = std::fs::read_to_string(args).unwrap();
         let host = std::process::id();
         assert_eq!(

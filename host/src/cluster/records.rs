@@ -123,38 +123,16 @@ impl Sync {
         }
         let mut changes = Changes::default();
         for keys in all.chunks(MAX_BATCH) {
-            let read: Vec<_> = futures_util::stream::iter(keys)
-                .map(|key| async move {
-                    bucket
-                        .entry(key.clone())
-                        .await
-                        .map_err(|e| ClusterError::Nats(format!("reading record {key}: {e}")))
-                })
-                .buffer_unordered(IN_FLIGHT)
-                .collect()
-                .await;
-            let entries = read.into_iter().collect::<Result<Vec<_>, _>>()?;
-            self.remote_batch(entries.into_iter().flatten().collect(), &mut changes)
-                .await;
+            let entries = entries(bucket, keys).await?;
+            self.remote_batch(entries, &mut changes).await;
         }
         let listed: HashSet<&String> = all.iter().collect();
         let only_here: Vec<String> = (self.store.select(|r| Some(key_of(&r.id))))
             .into_iter()
             .filter(|key| !listed.contains(key))
             .collect();
-        let read: Vec<_> = futures_util::stream::iter(&only_here)
-            .map(|key| async move {
-                bucket
-                    .entry(key.clone())
-                    .await
-                    .map_err(|e| ClusterError::Nats(format!("reading record {key}: {e}")))
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
-        let deletes: Vec<kv::Entry> = (read.into_iter().collect::<Result<Vec<_>, _>>()?)
+        let deletes: Vec<kv::Entry> = (entries(bucket, &only_here).await?)
             .into_iter()
-            .flatten()
             .filter(|e| matches!(e.operation, Operation::Delete | Operation::Purge))
             .collect();
         self.remote_batch(deletes, &mut changes).await;
@@ -610,6 +588,26 @@ enum Cas {
 }
 
 /// Writes `bytes` to `key` if its revision is still `base` (`None`: if it has none).
+/// The last entries of `keys` in `bucket` (deletes included), read side by side.
+async fn entries(bucket: &kv::Store, keys: &[String]) -> Result<Vec<kv::Entry>, ClusterError> {
+    let read: Vec<_> = futures_util::stream::iter(keys)
+        .map(|key| async move {
+            bucket
+                .entry(key.clone())
+                .await
+                .map_err(|e| ClusterError::Nats(format!("reading record {key}: {e}")))
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    Ok(read
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
 async fn cas(
     bucket: &kv::Store,
     key: &str,
