@@ -19,7 +19,7 @@
 //! guard killed outright, with its host, leaves nothing running.
 //!
 //! A guard may also be started ahead of time, before anyone knows what it will run
-//! (`--wait-for-program`, see [`super::spares`]): it then reads its [`Order`] (the
+//! (`--wait-for-program`, see [`super::launch`]): it then reads its [`Order`] (the
 //! program, its arguments, variables and working directory) from its standard input,
 //! a socket to the host, and answers there whether the program started. A spare whose
 //! host closes the socket (the host stopped or died) exits without running anything.
@@ -261,8 +261,9 @@ fn read_order() -> std::io::Result<Option<(Order, std::fs::File)>> {
 }
 
 /// Starts `program args...` with this process's environment (or `env` alone), no
-/// standard input and nothing blocked (a child inherits its parent's signal mask: the program would otherwise start
-/// deaf to the `SIGTERM` the guard blocks for itself), set to die with the guard.
+/// standard input and nothing blocked (a child inherits its parent's signal mask: the
+/// program would otherwise start deaf to the `SIGTERM` the guard blocks for itself),
+/// set to die with the guard.
 ///
 /// The guard kills its tree whenever it can; the one case it cannot is its own
 /// `SIGKILL` (the OOM killer, an operator). The host then kills the program's

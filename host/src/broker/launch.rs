@@ -7,11 +7,12 @@
 //! (`--wait-for-program`), each on a socket pair that is its standard input, and hands
 //! a start's [`Order`] to one of them; the guard answers whether the program started,
 //! so a refused `exec` is still the spawn's error. A new spare is started in the
-//! background as one is taken. When none is waiting (a burst of starts) or one fails
-//! to answer, the guard is started for the child as before.
+//! background once a taken one leaves fewer waiting and no launch is under way. When
+//! none is waiting (a burst of starts) or one fails to answer, the guard is started
+//! for the child as before.
 
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,8 +26,8 @@ use super::guard::{GUARD_ARG, Order, PARENT_FLAG, WAIT_FLAG};
 use crate::sync::MutexExt;
 
 /// How many guards wait for a program. One covers starts that come one at a time;
-/// the second covers two close together. Each costs an idle process of about a
-/// megabyte, mostly pages shared with the others.
+/// the second covers two close together. Each is an idle process with about 150 KiB
+/// of memory of its own (2 MiB resident, the rest the binary's and libc's pages).
 const SPARES: usize = 2;
 
 /// How often a refill looks again whether the launches in flight are over.
@@ -124,11 +125,6 @@ impl Guards {
         });
         guards.refill();
         guards
-    }
-
-    /// The guard program.
-    pub fn program(&self) -> &Path {
-        &self.program
     }
 
     /// Starts `order` under a guard: a spare when one is waiting, else a guard
@@ -306,6 +302,7 @@ impl Spare {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
 
     /// Guards running `script` (a shell script standing in for the guard program),
     /// once both spares wait.
