@@ -497,6 +497,85 @@ async fn a_start_passes_over_waiting_guards_that_died() {
     server.stop();
 }
 
+/// An order framed as the host frames one for a waiting guard: a little-endian length,
+/// then NUL-terminated fields (program, directory, argument count, arguments, variable
+/// count, each name and value).
+fn order(program: &str, cwd: &str, args: &[&str], env: &[(&str, &str)]) -> Vec<u8> {
+    let (argc, envc) = (args.len().to_string(), env.len().to_string());
+    let mut fields = vec![program, cwd, argc.as_str()];
+    fields.extend(args);
+    fields.push(&envc);
+    fields.extend(env.iter().flat_map(|(k, v)| [*k, *v]));
+    let body: Vec<u8> = fields
+        .iter()
+        .flat_map(|f| [f.as_bytes(), b"\0"].concat())
+        .collect();
+    [(body.len() as u32).to_le_bytes().to_vec(), body].concat()
+}
+
+/// Runs the `tether-guard` binary as a guard waiting for its program, sends it `framed`
+/// and closes the socket: its answer (none if it gave none) and how it ended.
+fn waiting_guard(framed: &[u8]) -> (Option<i32>, std::process::Output) {
+    use std::io::{Read, Write};
+    let (mut host, theirs) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+    let guard = Command::new(env!("CARGO_BIN_EXE_tether-guard"))
+        .args(["__spawn-guard", "--wait-for-program"])
+        // A variable of the guard's own, which its program must not get.
+        .env_clear()
+        .env("HOME", "/guard-home")
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tether-guard");
+    let _ = host.write_all(framed);
+    let mut code = [0u8; 4];
+    let answer = host
+        .read_exact(&mut code)
+        .ok()
+        .map(|()| i32::from_le_bytes(code));
+    drop(host);
+    (answer, guard.wait_with_output().expect("guard output"))
+}
+
+/// A guard waiting for its program runs exactly its order: the order's variables and
+/// directory and nothing of its own; a program the system cannot run is answered with
+/// the reason's errno; a malformed order is refused whole and nothing runs.
+#[test]
+fn a_waiting_guard_runs_exactly_its_order_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cwd = dir.path().canonicalize().expect("canonical");
+    let cwd = cwd.to_str().expect("utf-8 path");
+    let script = "pwd; echo \"$ONLY ${HOME-unset}\"; touch ran";
+    let framed = order("/bin/sh", cwd, &["-c", script], &[("ONLY", "yes")]);
+    let (answer, out) = waiting_guard(&framed);
+    assert_eq!(answer, Some(0));
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout, format!("{cwd}\nyes unset\n"));
+
+    let (answer, out) = waiting_guard(&order("/nonexistent/program", cwd, &[], &[]));
+    assert_eq!(answer, Some(2), "ENOENT: {out:?}");
+    assert_eq!(out.status.code(), Some(127));
+
+    // Fields missing (the argument count says one, none follows), then a length past
+    // the bound: refused before anything runs.
+    std::fs::remove_file(dir.path().join("ran")).expect("ran");
+    let body = format!("/bin/sh\0{cwd}\x001\0");
+    let short = [
+        (body.len() as u32).to_le_bytes().to_vec(),
+        body.into_bytes(),
+    ]
+    .concat();
+    let huge = u32::MAX.to_le_bytes();
+    for framed in [&short[..], &huge[..]] {
+        let (answer, out) = waiting_guard(framed);
+        assert_eq!(answer, None);
+        assert_eq!(out.status.code(), Some(126), "{out:?}");
+    }
+    assert!(!dir.path().join("ran").exists());
+}
+
 fn kill(pid: u32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
