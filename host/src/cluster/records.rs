@@ -587,7 +587,6 @@ enum Cas {
     Failed(String),
 }
 
-/// Writes `bytes` to `key` if its revision is still `base` (`None`: if it has none).
 /// The last entries of `keys` in `bucket` (deletes included), read side by side.
 async fn entries(bucket: &kv::Store, keys: &[String]) -> Result<Vec<kv::Entry>, ClusterError> {
     let read: Vec<_> = futures_util::stream::iter(keys)
@@ -608,6 +607,7 @@ async fn entries(bucket: &kv::Store, keys: &[String]) -> Result<Vec<kv::Entry>, 
         .collect())
 }
 
+/// Writes `bytes` to `key` if its revision is still `base` (`None`: if it has none).
 async fn cas(
     bucket: &kv::Store,
     key: &str,
