@@ -244,17 +244,21 @@ impl Drop for Launching<'_> {
     }
 }
 
-/// A spare being handed its order. Dropped before the answer settles it (the caller
-/// gave up, the answer never came, the guard was gone), it stops the guard and
-/// whatever it may have started: nothing runs that no handle stands for.
-struct Handing(Option<Spare>);
+/// The guard of a spare being handed its order. Dropped before the answer settles it
+/// (the caller gave up, the answer never came, the guard was gone), it stops the guard
+/// and whatever it may have started: nothing runs that no handle stands for.
+struct Handing(Option<i32>);
+
+impl Handing {
+    /// The answer came: the guard runs the program (or exits by itself after a refusal).
+    fn settled(mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for Handing {
     fn drop(&mut self) {
-        if let Some(pid) = (self.0.take())
-            .and_then(|spare| spare.child.id())
-            .and_then(|pid| i32::try_from(pid).ok())
-        {
+        if let Some(pid) = self.0 {
             stop_guard(pid);
         }
     }
@@ -262,25 +266,19 @@ impl Drop for Handing {
 
 impl Spare {
     /// Hands `framed` (an encoded order) to this guard and waits for its answer.
-    async fn hand(self, framed: &[u8]) -> Result<tokio::process::Child, Handover> {
-        let mut handing = Handing(Some(self));
-        let Some(spare) = handing.0.as_mut() else {
-            return Err(Handover::Lost);
-        };
+    async fn hand(mut self, framed: &[u8]) -> Result<tokio::process::Child, Handover> {
+        let handing = Handing(self.child.id().and_then(|pid| i32::try_from(pid).ok()));
         let answer = async {
-            spare.socket.write_all(framed).await?;
+            self.socket.write_all(framed).await?;
             let mut code = [0u8; 4];
-            spare.socket.read_exact(&mut code).await?;
+            self.socket.read_exact(&mut code).await?;
             Ok::<_, std::io::Error>(i32::from_le_bytes(code))
         };
         match tokio::time::timeout(ANSWER, answer).await {
             Ok(Ok(code)) => {
-                let Some(spare) = handing.0.take() else {
-                    return Err(Handover::Lost);
-                };
+                handing.settled();
                 match code {
-                    0 => Ok(spare.child),
-                    // The guard exits by itself after a refusal.
+                    0 => Ok(self.child),
                     errno => Err(Handover::Refused(std::io::Error::from_raw_os_error(errno))),
                 }
             }
