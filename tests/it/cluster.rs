@@ -506,6 +506,113 @@ async fn concurrent_changes_and_hand_edits_on_different_hosts_all_land() {
     }
 }
 
+/// Edits the records file in `data_dir` by hand: `edit` gets its records.
+fn edit_records(data_dir: &Path, edit: impl FnOnce(&mut Vec<Value>)) {
+    let file = data_dir.join(".codebolt/environments.json");
+    let mut records: Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("records json");
+    let list = records["environments"]
+        .as_array_mut()
+        .expect("environments");
+    edit(list);
+    std::fs::write(&file, serde_json::to_vec_pretty(&records).expect("json")).expect("write");
+}
+
+/// Waits until `server` has saved the revisions of records `ids` as last synced.
+fn synced_saved(server: &Server, ids: &[&str]) {
+    let file = server
+        .data_dir
+        .join(".codebolt/cluster/records-synced.json");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let saved = std::fs::read_to_string(&file).unwrap_or_default();
+        if ids.iter().all(|id| saved.contains(&format!("\"{id}\""))) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never saved {ids:?}: {saved}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn edits_made_to_a_stopped_hosts_file_reach_the_cluster_when_it_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let b = host(dir.path(), &nats, "b", "");
+    let mut ids = Vec::new();
+    for name in ["kept", "dropped", "contested"] {
+        let body = json!({"name": name, "provider": "handoff", "config": {"base": 0}});
+        let (status, env) = a.call("POST", "/api/v1/environments", Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{env}");
+        ids.push(id_of(&env));
+        listed(&b, name).await;
+    }
+    let [kept, dropped, contested] = [&ids[0], &ids[1], &ids[2]].map(String::as_str);
+    synced_saved(&b, &[kept, dropped, contested]);
+    let b_dir = b.data_dir.clone();
+    // The file holds everything (its journal compacted), as a person editing a quiet
+    // file would find it.
+    let _ = b.records();
+    b.stop();
+
+    // While b is stopped: a changes one record, and b's file is edited by hand: one
+    // record removed, one changed, and the one a changed changed too.
+    let path = format!("/api/v1/environments/{contested}");
+    let (status, env) = a
+        .call("PATCH", &path, Some(json!({"config": {"fromA": 1}})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{env}");
+    edit_records(&b_dir, |list| {
+        list.retain(|r| r["id"] != dropped);
+        for record in list.iter_mut() {
+            if record["id"] == kept {
+                record["config"]["byHand"] = json!(true);
+            }
+            if record["id"] == contested {
+                record["config"]["byHandToo"] = json!(true);
+            }
+        }
+    });
+    let b = host(dir.path(), &nats, "b", "");
+
+    // The removal and the change reach a; the record a changed meanwhile is the
+    // cluster's on both (the hand change made to b's older copy loses).
+    gone(&a, dropped).await;
+    until_env(&a, kept, "b's hand edit", |e| e["config"]["byHand"] == true).await;
+    for server in [&a, &b] {
+        until_env(server, contested, "a's change", |e| {
+            e["config"]["fromA"] == 1 && e["config"].get("byHandToo").is_none()
+        })
+        .await;
+    }
+    let (status, _) = b
+        .call("GET", &format!("/api/v1/environments/{dropped}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    until_env(&b, kept, "its hand edit", |e| e["config"]["byHand"] == true).await;
+
+    // A records file that is gone while the host is stopped says nothing about which
+    // records went: the cluster's come back.
+    synced_saved(&b, &[kept, contested]);
+    let b_dir = b.data_dir.clone();
+    b.stop();
+    let codebolt = b_dir.join(".codebolt");
+    for file in ["environments.json", "environments.journal"] {
+        let _ = std::fs::remove_file(codebolt.join(file));
+    }
+    let b = host(dir.path(), &nats, "b", "");
+    for id in [kept, contested] {
+        until_env(&b, id, "back from the cluster", |_| true).await;
+        until_env(&a, id, "still there", |_| true).await;
+    }
+    for server in [a, b] {
+        server.stop();
+    }
+}
+
 #[tokio::test]
 async fn a_killed_owners_environment_is_taken_over_with_its_resource_and_not_run_twice() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -28,6 +28,7 @@
 mod leases;
 mod merge;
 mod records;
+mod remembered;
 mod tokens;
 mod tunnel;
 

@@ -7,9 +7,11 @@
 //! compare-and-sets on the revision it last saw, a batch's sets all in flight at
 //! once. A set that finds a newer revision reads it, merges field by field
 //! ([`merge`]), applies the merge here and tries again. What could not be written
-//! (NATS away) is tried again every [`RETRY`] until it is.
+//! (NATS away) is tried again every [`RETRY`] until it is. Which revision of each
+//! record this host last synced is kept on disk ([`remembered`](super::remembered)),
+//! so edits made to the file while the host was stopped are not undone at start.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +19,11 @@ use async_nats::jetstream::kv::{self, Operation};
 use futures_util::{FutureExt, StreamExt};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::merge::{self, Clash};
+use super::remembered::Remembered;
 use super::{Cluster, ClusterError, ClusterEvent, ConflictView};
 use crate::store::{Changes, Record, Store, StoreError, validate};
 
@@ -32,6 +37,8 @@ const MAX_ROUNDS: usize = 20;
 const IN_FLIGHT: usize = 64;
 /// The most bucket entries applied to the local store together.
 const MAX_BATCH: usize = 1024;
+/// How often the revisions last synced are saved, while they change.
+const REMEMBER: Duration = Duration::from_secs(1);
 
 /// A record as the bucket last had it.
 #[derive(Debug, Clone)]
@@ -50,6 +57,12 @@ struct Sync {
     deleted: HashSet<String>,
     /// The ids of records whose last write failed, to be tried again.
     unwritten: HashSet<String>,
+    /// The keys whose last bucket entry could not be applied to the local store.
+    unapplied: HashSet<String>,
+    /// Where the revisions last synced are kept between runs.
+    remembered: Remembered,
+    /// Whether `synced` changed since it was last saved.
+    unsaved: bool,
 }
 
 /// The bucket key of record `id`: the id itself when NATS takes it as one token,
@@ -68,7 +81,7 @@ pub(super) fn key_of(id: &str) -> String {
 
 /// The record id a bucket key stands for ([`key_of`] undone); `None` for a key no
 /// id makes.
-fn id_of_key(key: &str) -> Option<String> {
+pub(super) fn id_of_key(key: &str) -> Option<String> {
     let id = match key.strip_prefix('_') {
         Some(hexed) => String::from_utf8(hex::decode(hexed).ok()?).ok()?,
         None => key.to_owned(),
@@ -89,29 +102,45 @@ pub(super) async fn start(
         .watch_all()
         .await
         .map_err(|e| ClusterError::Nats(format!("watching the records: {e}")))?;
+    let made = (bucket.status().await)
+        .map_err(|e| ClusterError::Nats(format!("reading the records bucket: {e}")))?
+        .info
+        .created
+        .unix_timestamp_nanos();
     let mut sync = Sync {
         cluster: cluster.clone(),
+        remembered: Remembered::beside(store.path(), made.to_string()),
         store,
         events,
         synced: HashMap::new(),
         deleted: Default::default(),
         unwritten: Default::default(),
+        unapplied: Default::default(),
+        unsaved: false,
     };
     // From here on the store keeps what changes; everything it has counts as changed
     // for the first publish.
     sync.store.follow();
     sync.initial(&bucket).await?;
-    super::until(cluster.closing(), sync.run(watch), "cluster_records");
+    let closing = cluster.closing().clone();
+    tokio::spawn(
+        sync.run(watch, closing)
+            .instrument(tracing::info_span!("cluster", task = "cluster_records")),
+    );
     Ok(())
 }
 
 impl Sync {
-    /// At start: the bucket's records replace this host's copies (the cluster is the
-    /// truth for any record it has); records only this host has are added to it,
-    /// unless the cluster deleted them while this host was away: then the delete is
-    /// applied here (and this host's provider removes the resource if it ran the
-    /// environment last). A create would bring such a record back, since a key whose
-    /// last entry is a delete can be created again.
+    /// At start: a record the bucket still has at the revision this host last synced
+    /// is this host's to say about: changed in the file while the host was stopped,
+    /// the change is written to the cluster; removed from it, the record is deleted
+    /// from the cluster. Any other record of the bucket replaces this host's copy
+    /// (the cluster is the truth for a record another host changed since). Records
+    /// only this host has are added to it, unless the cluster deleted them while
+    /// this host was away: then the delete is applied here (and this host's provider
+    /// removes the resource if it ran the environment last). A create would bring
+    /// such a record back, since a key whose last entry is a delete can be created
+    /// again.
     async fn initial(&mut self, bucket: &kv::Store) -> Result<(), ClusterError> {
         let mut keys = bucket
             .keys()
@@ -122,8 +151,10 @@ impl Sync {
             all.push(key.map_err(|e| ClusterError::Nats(format!("listing the records: {e}")))?);
         }
         let mut changes = Changes::default();
+        let remembered = self.remembered.load();
         for keys in all.chunks(MAX_BATCH) {
             let entries = entries(bucket, keys).await?;
+            let entries = self.unchanged_since_last_run(entries, &remembered);
             self.remote_batch(entries, &mut changes).await;
         }
         let listed: HashSet<&String> = all.iter().collect();
@@ -141,16 +172,81 @@ impl Sync {
             .extend(self.store.select(|r| Some(r.id.clone())));
         self.publish().await;
         self.tell(changes);
+        self.remember().await;
         Ok(())
     }
 
-    async fn run(mut self, mut watch: kv::Watch) {
+    /// `entries` less those still at the revision this host last synced: those are
+    /// taken as this host's bookkeeping, not applied, so the local file's copy (or
+    /// its absence) stands and the first publish writes it. An absence counts only
+    /// when the store read a valid file that does not hold the record at all.
+    fn unchanged_since_last_run(
+        &mut self,
+        entries: Vec<kv::Entry>,
+        remembered: &HashMap<String, u64>,
+    ) -> Vec<kv::Entry> {
+        let absence_counts = self.store.found_at_open() && self.store.invalid().is_none();
+        let mut rest = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let unchanged = entry.operation == Operation::Put
+                && remembered.get(&entry.key) == Some(&entry.revision);
+            let record = match unchanged.then(|| parse(&entry)) {
+                Some(Ok(record)) => record,
+                _ => {
+                    rest.push(entry);
+                    continue;
+                }
+            };
+            if self.store.get(&record.id).is_none() {
+                if !absence_counts || self.store.held_reason(&record.id).is_some() {
+                    rest.push(entry);
+                    continue;
+                }
+                tracing::warn!(env = %record.id, name = %record.name, "cluster: the record was removed from the records file while this host was stopped; deleting it from the cluster");
+                self.unwritten.insert(record.id.clone());
+            }
+            self.synced.insert(
+                entry.key,
+                Synced {
+                    revision: entry.revision,
+                    fields: fields_of(&record),
+                },
+            );
+        }
+        rest
+    }
+
+    /// Saves the revision of each record as the local store has it.
+    async fn remember(&mut self) {
+        let revisions: BTreeMap<String, u64> = (self.synced.iter())
+            .filter(|(key, _)| !self.unapplied.contains(*key))
+            .filter(|(key, _)| {
+                id_of_key(key).is_some_and(|id| self.store.peek(&id, |_| ()).is_some())
+            })
+            .map(|(key, synced)| (key.clone(), synced.revision))
+            .collect();
+        self.unsaved = false;
+        self.remembered.save(revisions).await;
+    }
+
+    async fn run(mut self, mut watch: kv::Watch, closing: CancellationToken) {
         let mut edits = self.store.edits();
         let mut retry = tokio::time::interval(RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut remember = tokio::time::interval(REMEMBER);
+        remember.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pending = false;
         loop {
+            // Each arm runs to its end before the next is chosen: `synced` is saved
+            // only between steps, when what it names is in the store.
             tokio::select! {
+                _ = closing.cancelled() => {
+                    if self.unsaved {
+                        self.remember().await;
+                    }
+                    return;
+                }
+                _ = remember.tick(), if self.unsaved => self.remember().await,
                 entry = watch.next() => match entry {
                     Some(Ok(entry)) => {
                         // What else has arrived is applied with it.
@@ -194,8 +290,12 @@ impl Sync {
                     tokio::time::sleep(GATHER).await;
                     edits.borrow_and_update();
                     pending = !self.publish().await;
+                    self.unsaved = true;
                 }
-                _ = retry.tick(), if pending => pending = !self.publish().await,
+                _ = retry.tick(), if pending => {
+                    pending = !self.publish().await;
+                    self.unsaved = true;
+                }
             }
         }
     }
@@ -238,22 +338,32 @@ impl Sync {
                 }
             }
         }
-        let plans: Vec<Apply> = newest
+        let plans: Vec<(String, Apply)> = newest
             .into_values()
-            .filter_map(|entry| self.plan(entry))
+            .filter_map(|entry| {
+                let key = entry.key.clone();
+                let plan = self.plan(entry)?;
+                self.unapplied.remove(&key);
+                Some((key, plan))
+            })
             .collect();
         let store = &self.store;
-        let done: Vec<Changes> = futures_util::stream::iter(plans)
-            .map(|plan| plan.run(store))
+        let done: Vec<(String, Option<Changes>)> = futures_util::stream::iter(plans)
+            .map(|(key, plan)| async move { (key, plan.run(store).await) })
             .buffer_unordered(IN_FLIGHT)
             .collect()
             .await;
         // One entry per record: nothing to reconcile between them.
-        for one in done {
+        for (key, one) in done {
+            let Some(one) = one else {
+                self.unapplied.insert(key);
+                continue;
+            };
             changes.added.extend(one.added);
             changes.changed.extend(one.changed);
             changes.removed.extend(one.removed);
         }
+        self.unsaved = true;
     }
 
     /// What a bucket entry asks of the local store, its bookkeeping done; `None`
@@ -543,8 +653,8 @@ enum Apply {
 }
 
 impl Apply {
-    /// Makes the change in `store`; what changed there.
-    async fn run(self, store: &Store) -> Changes {
+    /// Makes the change in `store`; what changed there, `None` when it could not.
+    async fn run(self, store: &Store) -> Option<Changes> {
         let mut changes = Changes::default();
         match self {
             Apply::Insert(record) => {
@@ -552,10 +662,12 @@ impl Apply {
                 match store.insert(record).await {
                     Ok(()) => changes.added.push(id),
                     Err(e @ StoreError::NameTaken(_)) => {
-                        tracing::error!(env = %id, error = %e, "cluster: another host made an environment with a name this host has; it is not applied here until one is renamed")
+                        tracing::error!(env = %id, error = %e, "cluster: another host made an environment with a name this host has; it is not applied here until one is renamed");
+                        return None;
                     }
                     Err(e) => {
-                        tracing::warn!(env = %id, error = %e, "cluster: a record from another host could not be stored here")
+                        tracing::warn!(env = %id, error = %e, "cluster: a record from another host could not be stored here");
+                        return None;
                     }
                 }
             }
@@ -564,18 +676,20 @@ impl Apply {
                 match store.replace(record).await {
                     Ok(before) => changes.changed.push(before),
                     Err(e) => {
-                        tracing::warn!(env = %id, error = %e, "cluster: a change from another host could not be stored here")
+                        tracing::warn!(env = %id, error = %e, "cluster: a change from another host could not be stored here");
+                        return None;
                     }
                 }
             }
             Apply::Remove(id) => match store.remove(&id).await {
                 Ok(gone) => changes.removed.push(gone),
                 Err(e) => {
-                    tracing::warn!(env = %id, error = %e, "cluster: a record deleted on another host could not be removed here")
+                    tracing::warn!(env = %id, error = %e, "cluster: a record deleted on another host could not be removed here");
+                    return None;
                 }
             },
         }
-        changes
+        Some(changes)
     }
 }
 

@@ -176,6 +176,8 @@ struct Shared {
     edits: tokio::sync::watch::Sender<u64>,
     /// Storage failures in force.
     faults: Mutex<Faults>,
+    /// Whether the records file was there when the store opened.
+    found: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -205,6 +207,7 @@ impl Store {
     /// what the journal adds and [`Store::invalid`] saying why; the file is kept
     /// until fixed or copied.
     pub fn open(path: PathBuf) -> Result<Self, StoreError> {
+        let found = path.exists();
         let (state, appender) = replay::open(&path)?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -215,8 +218,15 @@ impl Store {
                 trigger: compact::Trigger::default(),
                 faults: Mutex::new(Faults::default()),
                 edits: tokio::sync::watch::Sender::new(0),
+                found,
             }),
         })
+    }
+
+    /// Whether the records file was there when the store opened (a store that
+    /// started without one has no say about which records went).
+    pub fn found_at_open(&self) -> bool {
+        self.shared.found
     }
 
     /// Why the file on disk is invalid, while it is.
