@@ -38,7 +38,7 @@ const IN_FLIGHT: usize = 64;
 /// The most bucket entries applied to the local store together.
 const MAX_BATCH: usize = 1024;
 /// How often the revisions last synced are saved, while they change.
-const REMEMBER: Duration = Duration::from_secs(1);
+const REMEMBER: Duration = Duration::from_secs(5);
 
 /// A record as the bucket last had it.
 #[derive(Debug, Clone)]
@@ -218,15 +218,20 @@ impl Sync {
 
     /// Saves the revision of each record as the local store has it.
     async fn remember(&mut self) {
-        let revisions: BTreeMap<String, u64> = (self.synced.iter())
+        let revisions = self.revisions_to_save();
+        self.remembered.save(revisions).await;
+    }
+
+    /// The revisions to save: those of the records the local store has as synced.
+    fn revisions_to_save(&mut self) -> BTreeMap<String, u64> {
+        self.unsaved = false;
+        (self.synced.iter())
             .filter(|(key, _)| !self.unapplied.contains(*key))
             .filter(|(key, _)| {
                 id_of_key(key).is_some_and(|id| self.store.peek(&id, |_| ()).is_some())
             })
             .map(|(key, synced)| (key.clone(), synced.revision))
-            .collect();
-        self.unsaved = false;
-        self.remembered.save(revisions).await;
+            .collect()
     }
 
     async fn run(mut self, mut watch: kv::Watch, closing: CancellationToken) {
@@ -242,7 +247,8 @@ impl Sync {
             tokio::select! {
                 _ = closing.cancelled() => {
                     if self.unsaved {
-                        self.remember().await;
+                        let revisions = self.revisions_to_save();
+                        self.remembered.save_now(revisions);
                     }
                     return;
                 }

@@ -80,28 +80,40 @@ impl Remembered {
             .map_err(|e| e.to_string())
     }
 
-    /// Replaces the file with `revisions` (in the background: it may be large).
+    /// Replaces the file with `revisions`, off the async threads (it may be large).
     pub(super) async fn save(&self, revisions: BTreeMap<String, u64>) {
-        let file = File {
-            bucket: self.bucket.clone(),
-            revisions,
-        };
+        let file = self.file(revisions);
         let path = self.path.clone();
-        let saved = tokio::task::spawn_blocking(move || {
-            let bytes = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
-            crate::atomic::replace_file(&path, &bytes)
-        })
-        .await;
+        let saved = tokio::task::spawn_blocking(move || write(&path, &file)).await;
         match saved {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "cluster: cannot save the records last synced")
-            }
-            Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "cluster: saving the records last synced failed")
-            }
+            Ok(saved) => self.report(saved),
+            Err(e) => self.report(Err(std::io::Error::other(e))),
         }
     }
+
+    /// Replaces the file with `revisions` at once: at shutdown, when a task handed
+    /// the write might never run.
+    pub(super) fn save_now(&self, revisions: BTreeMap<String, u64>) {
+        self.report(write(&self.path, &self.file(revisions)));
+    }
+
+    fn file(&self, revisions: BTreeMap<String, u64>) -> File {
+        File {
+            bucket: self.bucket.clone(),
+            revisions,
+        }
+    }
+
+    fn report(&self, saved: std::io::Result<()>) {
+        if let Err(e) = saved {
+            tracing::warn!(path = %self.path.display(), error = %e, "cluster: cannot save the records last synced");
+        }
+    }
+}
+
+fn write(path: &Path, file: &File) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(file).map_err(std::io::Error::other)?;
+    crate::atomic::replace_file(path, &bytes)
 }
 
 #[cfg(test)]
