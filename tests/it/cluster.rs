@@ -989,6 +989,124 @@ async fn apps_on_another_host_go_through_nats_with_the_relays_guarantees() {
     b.stop();
 }
 
+#[tokio::test]
+async fn apps_bridged_straight_to_the_running_host_get_its_relay_unchanged() {
+    use futures_util::{SinkExt, StreamExt};
+    use tether::relay::peer::{Incoming, PeerState};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let relay = "[relay]\nmax_message_kib = 4096\n";
+    let a = host(dir.path(), &nats, "a", relay);
+    let c = host(
+        dir.path(),
+        &nats,
+        "c",
+        &format!("{relay}[cluster]\nrelay = \"direct\"\n"),
+    );
+    let (id, url, token) = a.handoff_env("straight").await;
+    let mut rt = Ws::connect(&url, Some(&token)).await.expect("runtime on a");
+    until_env(&c, &id, "running on a", |e| {
+        e["host"] == "a" && e["runtime"]["connected"] == true
+    })
+    .await;
+
+    // A browser's way in, the token as a subprotocol: the answer names `tether.v1`,
+    // and frames cross both ways in order, the first the running host's greeting.
+    let mut request = c
+        .ws_url(&format!("/ws/app/{id}?thread=t"))
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        http::header::SEC_WEBSOCKET_PROTOCOL,
+        format!("tether.v1, tether.bearer.{TOKEN}")
+            .parse()
+            .expect("header"),
+    );
+    let (mut browser, answer) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("app on c");
+    assert_eq!(
+        answer.headers().get(http::header::SEC_WEBSOCKET_PROTOCOL),
+        Some(&http::HeaderValue::from_static("tether.v1"))
+    );
+    for n in 1..=100 {
+        let frame = json!({"type": "up", "n": n}).to_string();
+        browser.send(Message::text(frame)).await.expect("send");
+    }
+    for n in 1..=100 {
+        let up = rt.next().await;
+        assert_eq!(
+            (up["type"].as_str(), up["n"].as_u64()),
+            (Some("up"), Some(n))
+        );
+    }
+    for n in 1..=100 {
+        rt.send(json!({"type": "down", "threadId": "t", "n": n}))
+            .await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 100 {
+        let frame = tokio::time::timeout(WAIT, browser.next())
+            .await
+            .expect("a frame in time")
+            .expect("a frame")
+            .expect("a good frame");
+        if let Message::Text(text) = frame {
+            let v: Value = serde_json::from_str(&text).expect("json");
+            if v["type"] == "down" {
+                seen.push(v["n"].as_u64().expect("n"));
+            }
+        }
+    }
+    assert_eq!(seen, (1..=100).collect::<Vec<_>>());
+    drop(browser);
+
+    // A resumable app cut off (its connection dropped, no close) resumes through the
+    // bridge and misses nothing; frames past a few socket buffers cross whole.
+    let mut peer = PeerState::new("app-on-c");
+    let app_url = c.ws_url(&format!("/ws/app/{id}?thread=r&{}", peer.query()));
+    let mut app = Ws::connect(&app_url, Some(TOKEN)).await.expect("app on c");
+    assert!(matches!(
+        peer.on_frame(&app.next_text().await.expect("greeting")),
+        Incoming::Resumed(_)
+    ));
+    drop(app);
+    let big = "z".repeat(3 << 20);
+    for n in 1..=20 {
+        rt.send(json!({"type": "r", "threadId": "r", "n": n, "pad": if n == 10 { big.as_str() } else { "" }}))
+            .await;
+    }
+    let mut app = Ws::connect(&app_url, Some(TOKEN))
+        .await
+        .expect("app on c again");
+    let mut seen = Vec::new();
+    while seen.len() < 20 {
+        match peer.on_frame(&app.next_text().await.expect("frame")) {
+            Incoming::Message(m) if m["type"] == "r" => {
+                let n = m["n"].as_u64().expect("n");
+                let pad = m["pad"].as_str().map(str::len);
+                assert_eq!(pad, Some(if n == 10 { 3 << 20 } else { 0 }));
+                seen.push(n);
+            }
+            Incoming::Lost(from, to) => panic!("lost {from}..={to} inside the window"),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, (1..=20).collect::<Vec<_>>());
+    app.send(json!({"type": "big-up", "pad": big})).await;
+    let up = rt.next().await;
+    assert_eq!(up["pad"].as_str().map(str::len), Some(3 << 20));
+
+    // The running host gone without a close: the bridged app is closed with 1012.
+    a.kill();
+    assert_eq!(app.close_code().await, Some(1012));
+    c.stop();
+}
+
 /// Polls until `server` answers `GET path` with `token` by `status`.
 async fn until_status(server: &Server, path: &str, token: &str, status: StatusCode) {
     let deadline = Instant::now() + WAIT;

@@ -18,10 +18,11 @@ use std::collections::HashMap;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
+use hyper::upgrade::OnUpgrade;
 
 use super::audited::{Act, Remote, audited};
 use super::error::ErrorBody;
@@ -136,7 +137,7 @@ pub(crate) async fn app(
     State(s): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    forward: Forward,
+    mut forward: Forward,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let by_token = matches!(caller, AppCaller::Token(_));
@@ -171,7 +172,11 @@ pub(crate) async fn app(
                 }
             };
             let stall = s.manager.bridge_stall();
-            relay::bridge(upgrade, upstream, forward.authorization, SUBPROTOCOL, stall)
+            // The bridge answers the upgrade itself; `upgrade` only checked it.
+            drop(upgrade);
+            let app =
+                (forward.app()).ok_or_else(|| ApiError::bad_request("not a WebSocket upgrade"))?;
+            relay::bridge(app, upstream, forward.authorization, SUBPROTOCOL, stall)
                 .await
                 .map_err(|refused| ApiError::bridged(refused.status, refused.body))
         }
@@ -180,11 +185,28 @@ pub(crate) async fn app(
 }
 
 /// What an app's upgrade carries that a bridge presents again to the host running
-/// its environment (cluster mode): its query and its token, as a bearer header.
-#[derive(Debug)]
+/// its environment (cluster mode): its query and its token, as a bearer header; and
+/// what the bridge answers the app's upgrade with itself (it passes the upgraded
+/// connection's bytes on, not frames: `relay/bridge.rs`).
 pub(crate) struct Forward {
     query: String,
     authorization: Option<HeaderValue>,
+    /// The app's connection once upgraded (a handle shared with the
+    /// `WebSocketUpgrade` extracted after this, which is dropped when bridging).
+    on_upgrade: Option<OnUpgrade>,
+    key: Option<HeaderValue>,
+    offers_protocol: bool,
+}
+
+impl Forward {
+    /// The app's side of a bridge; `None` for a request that was no upgrade.
+    fn app(&mut self) -> Option<relay::AppUpgrade> {
+        Some(relay::AppUpgrade {
+            on_upgrade: self.on_upgrade.take()?,
+            key: self.key.take()?,
+            offers_protocol: self.offers_protocol,
+        })
+    }
 }
 
 impl FromRequestParts<AppState> for Forward {
@@ -195,9 +217,16 @@ impl FromRequestParts<AppState> for Forward {
             caller::presented_token(&parts.headers)
                 .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
         });
+        let offers_protocol = (parts.headers.get_all(SEC_WEBSOCKET_PROTOCOL).iter())
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == SUBPROTOCOL);
         Ok(Self {
             query: parts.uri.query().unwrap_or_default().to_owned(),
             authorization,
+            on_upgrade: parts.extensions.get::<OnUpgrade>().cloned(),
+            key: parts.headers.get(SEC_WEBSOCKET_KEY).cloned(),
+            offers_protocol,
         })
     }
 }

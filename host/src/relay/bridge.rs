@@ -1,20 +1,47 @@
 //! Cluster mode: an app connected to a host that does not run its environment is
-//! bridged, frame for frame, to the `/ws/app` route of the host that does, with the
-//! app's own credentials and query: over a tunnel through NATS (`cluster/tunnel.rs`),
-//! or straight to that host's public URL. Every guarantee (thread routing, order, resume,
-//! limits, close codes) is that host's relay's; the bridge only carries frames and
-//! passes each close on as it came. When the other host goes away without a close,
-//! the app is closed with [`CLOSE_HOST_GONE`] and reconnects (to any host).
+//! bridged to the `/ws/app` route of the host that does, with the app's own
+//! credentials and query: over a tunnel through NATS (`cluster/tunnel.rs`), or
+//! straight to that host's public URL. Every guarantee (thread routing, order, resume,
+//! limits, pings, close codes) is that host's relay's.
+//!
+//! Once both upgrades are done the bridge passes bytes, not frames, as a WebSocket
+//! proxy does: the app's frames are masked as a client's must be, the other host's
+//! are not, as a server's must not be, and neither side negotiated an extension, so
+//! both byte streams are already what the other side expects. Nothing is parsed or
+//! re-encoded on the way. The bridge follows only where the other host's frames
+//! begin and end, so that when that host goes away without a close it can close the
+//! app with [`CLOSE_HOST_GONE`] (the app reconnects, to any host) instead of cutting
+//! a frame in half. An app that goes away is passed on as it went: a close frame as
+//! a close frame, a dropped connection as a dropped connection (its session there
+//! can then be resumed).
 
-use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderValue, StatusCode};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::header::{
+    AUTHORIZATION, CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use axum::http::{HeaderValue, Request, StatusCode, Uri};
 use axum::response::Response;
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::{self as tung, client::IntoClientRequest};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
 
 /// Close code for an app whose bridged host went away without closing (RFC 6455's
 /// "service restart"): connect again, to any host.
 pub const CLOSE_HOST_GONE: u16 = 1012;
+
+/// How long reaching the other host's URL may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most of the other host's refusal passed on to the app.
+const MAX_REFUSAL_BYTES: usize = 64 << 10;
+/// Bytes read at once in each direction.
+const BUF: usize = 32 << 10;
 
 /// Why the other host did not take the bridged app.
 #[derive(Debug)]
@@ -34,163 +61,362 @@ pub enum Upstream {
     Stream(tokio::io::DuplexStream, String),
 }
 
+/// The app's side of the bridge: its upgrade request, checked by the API as any
+/// WebSocket upgrade is, and the connection it turns into.
+pub struct AppUpgrade {
+    /// Resolves to the app's connection once the `101` is sent.
+    pub on_upgrade: OnUpgrade,
+    /// Its `Sec-WebSocket-Key`.
+    pub key: HeaderValue,
+    /// Whether it offered the subprotocol the bridge asks the other host for.
+    pub offers_protocol: bool,
+}
+
+/// A byte stream the bridge can dial the other host over.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
 /// Opens a WebSocket to the host running the environment with the app's
-/// `authorization` and `protocol`; on success answers the app's `upgrade` and
-/// carries frames both ways until either side closes.
+/// `authorization` and `protocol`; once that host took it, answers the app's
+/// upgrade and passes bytes both ways until either side is done. A side that takes
+/// nothing for `stall` is let go of, as the relay lets go of a peer that stopped
+/// reading, so a stalled app holds no bridge, tunnel or window.
 pub async fn bridge(
-    upgrade: WebSocketUpgrade,
+    app: AppUpgrade,
     upstream: Upstream,
     authorization: Option<HeaderValue>,
     protocol: &'static str,
-    stall: std::time::Duration,
+    stall: Duration,
 ) -> Result<Response, BridgeRefused> {
-    let unreachable = |why: String| BridgeRefused {
+    let (io, host, path): (Box<dyn Io>, String, String) = match upstream {
+        Upstream::Direct(url) => {
+            let (io, host, path) = dial(&url).await?;
+            (io, host, path)
+        }
+        Upstream::Stream(stream, path) => (Box::new(stream), "tunnel".to_owned(), path),
+    };
+    let other = handshake(io, &host, &path, authorization, protocol).await?;
+    let mut answer = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(CONNECTION, "upgrade")
+        .header(UPGRADE, "websocket")
+        .header(SEC_WEBSOCKET_ACCEPT, derive_accept_key(app.key.as_bytes()));
+    if app.offers_protocol {
+        answer = answer.header(SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    let answer = answer
+        .body(Body::empty())
+        .map_err(|e| unreachable(format!("answering the app: {e}")))?;
+    tokio::spawn(async move {
+        match app.on_upgrade.await {
+            Ok(upgraded) => splice(TokioIo::new(upgraded), other, stall).await,
+            Err(e) => tracing::debug!(error = %e, "a bridged app's upgrade failed"),
+        }
+    });
+    Ok(answer)
+}
+
+fn unreachable(why: String) -> BridgeRefused {
+    BridgeRefused {
         status: StatusCode::BAD_GATEWAY,
         body: why,
-    };
-    let url = match &upstream {
-        Upstream::Direct(url) => url.clone(),
-        // Never dialled: the stream is the connection; the URL only names the path.
-        Upstream::Stream(_, path) => format!("ws://tunnel{path}"),
-    };
-    let mut request = url
-        .into_client_request()
+    }
+}
+
+/// Connects to the host behind `url` (`ws://` or `wss://`, the latter trusted as
+/// the host's own clients trust a host: `client_tls`); the stream, the `Host` to
+/// name and the path with its query.
+async fn dial(url: &str) -> Result<(Box<dyn Io>, String, String), BridgeRefused> {
+    let uri: Uri = url
+        .parse()
         .map_err(|e| unreachable(format!("bad URL of the other host: {e}")))?;
-    let headers = request.headers_mut();
-    if let Some(auth) = authorization {
-        headers.insert(axum::http::header::AUTHORIZATION, auth);
-    }
-    headers.insert(
-        axum::http::header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(protocol),
-    );
-    match upstream {
-        Upstream::Direct(_) => {
-            let (socket, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
-                .await
-                .map_err(refused)?;
-            Ok(upgrade
-                .protocols([protocol])
-                .on_upgrade(move |app| carry(app, socket, stall)))
-        }
-        Upstream::Stream(stream, _) => {
-            let (socket, _) = tokio_tungstenite::client_async(request, stream)
-                .await
-                .map_err(refused)?;
-            Ok(upgrade
-                .protocols([protocol])
-                .on_upgrade(move |app| carry(app, socket, stall)))
-        }
-    }
+    let tls = match uri.scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => return Err(unreachable(format!("not a ws(s) URL: {url}"))),
+    };
+    let (Some(authority), Some(path)) = (uri.authority(), uri.path_and_query()) else {
+        return Err(unreachable(format!("not a ws(s) URL: {url}")));
+    };
+    let name = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let tcp = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect((name, port)),
+    )
+    .await
+    .map_err(|_| unreachable(format!("connecting to {authority} timed out")))?
+    .map_err(|e| unreachable(format!("connecting to {authority}: {e}")))?;
+    // Frames are small and interactive: no waiting for a full segment.
+    let _ = tcp.set_nodelay(true);
+    let io: Box<dyn Io> = if tls {
+        let server = rustls::pki_types::ServerName::try_from(name.to_owned())
+            .map_err(|e| unreachable(format!("{name}: {e}")))?;
+        let connector = tokio_rustls::TlsConnector::from(tls_config()?);
+        let stream = (connector.connect(server, tcp).await)
+            .map_err(|e| unreachable(format!("TLS with {authority}: {e}")))?;
+        Box::new(stream)
+    } else {
+        Box::new(tcp)
+    };
+    Ok((io, authority.to_string(), path.to_string()))
 }
 
-/// The other host's answer to an upgrade it did not take, or why it was not reached.
-fn refused(error: tung::Error) -> BridgeRefused {
-    match error {
-        tung::Error::Http(answer) => BridgeRefused {
-            status: answer.status(),
-            body: answer
-                .body()
-                .as_deref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default(),
-        },
-        e => BridgeRefused {
-            status: StatusCode::BAD_GATEWAY,
-            body: format!("the host running it: {e}"),
-        },
-    }
+/// The TLS client settings for reaching other hosts, read once.
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, BridgeRefused> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| crate::client_tls::from_env().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(unreachable)
 }
 
-/// Carries frames both ways until one side closes, then closes the other alike. A
-/// side that takes no frame for `stall` is let go of, as the relay lets go of a peer
-/// that stopped reading, so a stalled app holds no bridge, tunnel or window.
-async fn carry<S>(
-    app: WebSocket,
-    upstream: tokio_tungstenite::WebSocketStream<S>,
-    stall: std::time::Duration,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+/// Asks the other host over `io` to upgrade `path` to a WebSocket; the upgraded
+/// connection, or that host's answer when it refused.
+async fn handshake(
+    io: Box<dyn Io>,
+    host: &str,
+    path: &str,
+    authorization: Option<HeaderValue>,
+    protocol: &'static str,
+) -> Result<TokioIo<hyper::upgrade::Upgraded>, BridgeRefused> {
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| unreachable(format!("the host running it: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            tracing::debug!(error = %e, "a bridge's connection to the other host ended");
+        }
+    });
+    let key = generate_key();
+    let mut request = Request::get(path)
+        .header(HOST, host)
+        .header(CONNECTION, "upgrade")
+        .header(UPGRADE, "websocket")
+        .header(SEC_WEBSOCKET_VERSION, "13")
+        .header(SEC_WEBSOCKET_KEY, &key)
+        .header(SEC_WEBSOCKET_PROTOCOL, protocol);
+    if let Some(authorization) = authorization {
+        request = request.header(AUTHORIZATION, authorization);
+    }
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| unreachable(format!("bad request to the other host: {e}")))?;
+    let answer = (sender.send_request(request).await)
+        .map_err(|e| unreachable(format!("the host running it: {e}")))?;
+    let status = answer.status();
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        let body = Limited::new(answer.into_body(), MAX_REFUSAL_BYTES);
+        let body = match body.collect().await {
+            Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+            Err(e) => format!("the host running it answered {status}: {e}"),
+        };
+        return Err(BridgeRefused { status, body });
+    }
+    let accepted = answer.headers().get(SEC_WEBSOCKET_ACCEPT);
+    if accepted.map(HeaderValue::as_bytes) != Some(derive_accept_key(key.as_bytes()).as_bytes()) {
+        return Err(unreachable(
+            "the host running it answered the upgrade wrongly".into(),
+        ));
+    }
+    let upgraded = (hyper::upgrade::on(answer).await)
+        .map_err(|e| unreachable(format!("the host running it: {e}")))?;
+    Ok(TokioIo::new(upgraded))
+}
+
+/// Passes bytes between the app and the other host until one side is done, then
+/// ends the other side alike (see the module's doc).
+async fn splice<A, O>(mut app: A, mut other: O, stall: Duration)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    O: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut app_tx, mut app_rx) = app.split();
-    let (mut up_tx, mut up_rx) = upstream.split();
+    let mut upward = vec![0u8; BUF];
+    let mut downward = vec![0u8; BUF];
+    let mut frames = Frames::default();
+    let wrote = |written: Result<std::io::Result<()>, _>| matches!(written, Ok(Ok(())));
     loop {
         tokio::select! {
-            from_app = app_rx.next() => match from_app {
-                Some(Ok(ws::Message::Close(frame))) => {
-                    let frame = frame.map(|f| tung::protocol::CloseFrame {
-                        code: f.code.into(),
-                        reason: f.reason.as_str().into(),
-                    });
-                    let closing = up_tx.send(tung::Message::Close(frame));
-                    let _ = tokio::time::timeout(stall, closing).await;
-                    return;
-                }
-                Some(Ok(message)) => {
-                    let sent = tokio::time::timeout(stall, up_tx.send(upward(message))).await;
-                    if !matches!(sent, Ok(Ok(()))) {
-                        let _ = tokio::time::timeout(stall, app_tx.send(host_gone())).await;
+            read = app.read(&mut upward) => {
+                let n = match read {
+                    Ok(0) | Err(_) => {
+                        // The app went away: so does its connection there.
+                        let _ = tokio::time::timeout(stall, other.shutdown()).await;
                         return;
                     }
-                }
-                // The app went away: so does its session's connection there.
-                Some(Err(_)) | None => {
-                    let _ = tokio::time::timeout(stall, up_tx.close()).await;
+                    Ok(n) => n,
+                };
+                if !wrote(tokio::time::timeout(stall, other.write_all(&upward[..n])).await) {
+                    if frames.can_close() {
+                        let _ = tokio::time::timeout(stall, app.write_all(&host_gone())).await;
+                    }
                     return;
                 }
-            },
-            from_up = up_rx.next() => match from_up {
-                Some(Ok(tung::Message::Close(frame))) => {
-                    let frame = frame.map(|f| ws::CloseFrame {
-                        code: f.code.into(),
-                        reason: f.reason.as_str().into(),
-                    });
-                    let closing = app_tx.send(ws::Message::Close(frame));
-                    let _ = tokio::time::timeout(stall, closing).await;
-                    return;
-                }
-                Some(Ok(message)) => {
-                    let Some(message) = downward(message) else { continue };
-                    let sent = tokio::time::timeout(stall, app_tx.send(message)).await;
-                    if !matches!(sent, Ok(Ok(()))) {
-                        let _ = tokio::time::timeout(stall, up_tx.close()).await;
+            }
+            read = other.read(&mut downward) => {
+                let n = match read {
+                    Ok(0) | Err(_) => {
+                        if frames.can_close() {
+                            let _ = tokio::time::timeout(stall, app.write_all(&host_gone())).await;
+                        }
+                        let _ = tokio::time::timeout(stall, app.shutdown()).await;
                         return;
                     }
-                }
-                Some(Err(_)) | None => {
-                    let _ = tokio::time::timeout(stall, app_tx.send(host_gone())).await;
+                    Ok(n) => n,
+                };
+                frames.feed(&downward[..n]);
+                if !wrote(tokio::time::timeout(stall, app.write_all(&downward[..n])).await) {
+                    let _ = tokio::time::timeout(stall, other.shutdown()).await;
                     return;
                 }
-            },
+            }
         }
     }
 }
 
-fn host_gone() -> ws::Message {
-    ws::Message::Close(Some(ws::CloseFrame {
-        code: CLOSE_HOST_GONE,
-        reason: "the host running the environment went away; connect again".into(),
-    }))
+/// The close frame that tells the app its bridged host went away (a server's frame:
+/// unmasked).
+fn host_gone() -> Vec<u8> {
+    let reason = b"the host running the environment went away; connect again";
+    let mut frame = Vec::with_capacity(4 + reason.len());
+    frame.push(0x80 | 0x8); // FIN, close
+    frame.push((2 + reason.len()) as u8);
+    frame.extend_from_slice(&CLOSE_HOST_GONE.to_be_bytes());
+    frame.extend_from_slice(reason);
+    frame
 }
 
-/// An app's frame as the other host gets it.
-fn upward(message: ws::Message) -> tung::Message {
-    match message {
-        ws::Message::Text(text) => tung::Message::text(text.as_str()),
-        ws::Message::Binary(bytes) => tung::Message::Binary(bytes),
-        ws::Message::Ping(bytes) => tung::Message::Ping(bytes),
-        ws::Message::Pong(bytes) => tung::Message::Pong(bytes),
-        ws::Message::Close(_) => tung::Message::Close(None),
+/// Where the frames of one direction begin and end, from their headers alone
+/// (RFC 6455 §5.2): the payload is counted past, never read.
+#[derive(Debug, Default)]
+struct Frames {
+    /// The header read so far of the frame that begins next.
+    head: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to pass.
+    left: u64,
+    /// Whether a close frame has passed.
+    closed: bool,
+}
+
+impl Frames {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(bytes.len() as u64);
+                self.left -= n;
+                bytes = &bytes[n as usize..];
+                continue;
+            }
+            self.head[self.have] = bytes[0];
+            self.have += 1;
+            bytes = &bytes[1..];
+            if self.have < 2 {
+                continue;
+            }
+            let extended = match self.head[1] & 0x7f {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let masked = if self.head[1] & 0x80 != 0 { 4 } else { 0 };
+            if self.have < 2 + extended + masked {
+                continue;
+            }
+            self.left = match extended {
+                2 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
+                8 => u64::from_be_bytes([
+                    self.head[2],
+                    self.head[3],
+                    self.head[4],
+                    self.head[5],
+                    self.head[6],
+                    self.head[7],
+                    self.head[8],
+                    self.head[9],
+                ]),
+                _ => u64::from(self.head[1] & 0x7f),
+            };
+            self.closed |= self.head[0] & 0x0f == 0x8;
+            self.have = 0;
+        }
+    }
+
+    /// Whether a close frame may be written now: between frames, and none sent yet.
+    fn can_close(&self) -> bool {
+        self.have == 0 && self.left == 0 && !self.closed
     }
 }
 
-/// The other host's frame as the app gets it (raw frames never arrive here).
-fn downward(message: tung::Message) -> Option<ws::Message> {
-    Some(match message {
-        tung::Message::Text(text) => ws::Message::Text(text.as_str().into()),
-        tung::Message::Binary(bytes) => ws::Message::Binary(bytes),
-        tung::Message::Ping(bytes) => ws::Message::Ping(bytes),
-        tung::Message::Pong(bytes) => ws::Message::Pong(bytes),
-        tung::Message::Close(_) | tung::Message::Frame(_) => return None,
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server frame (unmasked) with `opcode` and `len` payload bytes.
+    fn frame(opcode: u8, len: usize) -> Vec<u8> {
+        let mut f = vec![0x80 | opcode];
+        match len {
+            0..=125 => f.push(len as u8),
+            126..=0xffff => {
+                f.push(126);
+                f.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(127);
+                f.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        f.extend(std::iter::repeat_n(0x8, len));
+        f
+    }
+
+    #[test]
+    fn frames_end_where_their_headers_say_whatever_the_reads() {
+        let mut stream = Vec::new();
+        for len in [0, 5, 125, 126, 300, 70_000] {
+            stream.extend(frame(0x1, len));
+        }
+        // Fed in pieces of every size: between frames only at the end.
+        for piece in [1, 2, 3, 7, 13, 4096, stream.len()] {
+            let mut frames = Frames::default();
+            for chunk in stream.chunks(piece) {
+                frames.feed(chunk);
+            }
+            assert!(frames.can_close(), "piece {piece}");
+            assert!(!frames.closed);
+        }
+        let mut frames = Frames::default();
+        let one = frame(0x2, 300);
+        frames.feed(&one[..1]);
+        assert!(!frames.can_close(), "inside a header");
+        frames.feed(&one[1..10]);
+        assert!(!frames.can_close(), "inside a payload");
+        frames.feed(&one[10..]);
+        assert!(frames.can_close());
+    }
+
+    #[test]
+    fn a_close_that_passed_is_never_followed_by_another() {
+        let mut frames = Frames::default();
+        frames.feed(&frame(0x8, 2));
+        assert!(!frames.can_close());
+        // The frame the bridge writes itself is a valid close frame.
+        let mut check = Frames::default();
+        check.feed(&host_gone());
+        assert!(check.closed && check.have == 0 && check.left == 0);
+    }
+
+    #[test]
+    fn a_masked_frame_counts_its_mask() {
+        let mut frames = Frames::default();
+        let mut f = vec![0x81, 0x80 | 3, 1, 2, 3, 4];
+        f.extend_from_slice(b"abc");
+        frames.feed(&f[..6]);
+        assert!(!frames.can_close());
+        frames.feed(&f[6..]);
+        assert!(frames.can_close());
+    }
 }

@@ -32,7 +32,7 @@ mod send;
 mod window;
 
 pub use activity::{Activity, now_ms};
-pub use bridge::{BridgeRefused, CLOSE_HOST_GONE, Upstream, bridge};
+pub use bridge::{AppUpgrade, BridgeRefused, CLOSE_HOST_GONE, Upstream, bridge};
 pub use conn::{Connection, refuse, refuse_with};
 pub use error::RelayError;
 pub use hub::{AppSessions, Hub, StreamKey};
