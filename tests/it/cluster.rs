@@ -605,6 +605,20 @@ async fn edits_made_to_a_stopped_hosts_file_reach_the_cluster_when_it_starts() {
         until_env(&b, id, "back from the cluster", |_| true).await;
         until_env(&a, id, "still there", |_| true).await;
     }
+
+    // Nor does a broken one. A host is serving only once its first sync with the
+    // cluster is done, so by then any delete it would make is made.
+    let b_dir = b.data_dir.clone();
+    b.stop();
+    synced_saved(&b_dir, &[kept, contested]);
+    std::fs::write(codebolt.join("environments.json"), b"{\"environments\": [").expect("write");
+    let b = host(dir.path(), &nats, "b", "");
+    for id in [kept, contested] {
+        let path = format!("/api/v1/environments/{id}");
+        let (status, env) = a.call("GET", &path, None).await;
+        assert_eq!(status, StatusCode::OK, "{env}\nb's log:\n{}", b.log());
+        until_env(&b, id, "from the cluster", |_| true).await;
+    }
     for server in [a, b] {
         server.stop();
     }
