@@ -89,10 +89,7 @@ pub async fn bridge(
     stall: Duration,
 ) -> Result<Response, BridgeRefused> {
     let (io, host, path): (Box<dyn Io>, String, String) = match upstream {
-        Upstream::Direct(url) => {
-            let (io, host, path) = dial(&url).await?;
-            (io, host, path)
-        }
+        Upstream::Direct(url) => dial(&url).await?,
         Upstream::Stream(stream, path) => (Box::new(stream), "tunnel".to_owned(), path),
     };
     let other = handshake(io, &host, &path, authorization, protocol).await?;
