@@ -3,7 +3,9 @@
 //! reach the others; each running environment runs on exactly one host; concurrent
 //! changes on two hosts both land; a `kill -9`ed owner's environment is taken over
 //! with its resource; a host without NATS refuses to start; NATS restarting loses
-//! nothing.
+//! nothing; edits made to a stopped host's records file reach the cluster when it
+//! starts (and a missing or broken file deletes nothing); apps on another host reach
+//! the runtime through NATS or straight to the running host, its relay unchanged.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
