@@ -157,12 +157,18 @@ impl Guards {
         self.fresh(order)
     }
 
-    /// A guard started for `order`, with the program in its arguments.
-    fn fresh(&self, order: &Order) -> std::io::Result<tokio::process::Child> {
+    /// The guard program told this host's pid, as every guard is started.
+    fn guard_command(&self) -> tokio::process::Command {
         let mut cmd = child_command(&self.program);
         cmd.arg(GUARD_ARG)
-            .arg(format!("{PARENT_FLAG}{}", std::process::id()))
-            .arg(&order.program);
+            .arg(format!("{PARENT_FLAG}{}", std::process::id()));
+        cmd
+    }
+
+    /// A guard started for `order`, with the program in its arguments.
+    fn fresh(&self, order: &Order) -> std::io::Result<tokio::process::Child> {
+        let mut cmd = self.guard_command();
+        cmd.arg(&order.program);
         // A guard is asked to stop (it then kills its whole tree); SIGKILL would leave
         // what it guards behind.
         as_ordered(&mut cmd, order).kill_on_drop(false);
@@ -214,10 +220,8 @@ impl Guards {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         ours.set_nonblocking(true)?;
         let socket = tokio::net::UnixStream::from_std(ours)?;
-        let mut cmd = child_command(&self.program);
-        cmd.arg(GUARD_ARG)
-            .arg(format!("{PARENT_FLAG}{}", std::process::id()))
-            .arg(WAIT_FLAG)
+        let mut cmd = self.guard_command();
+        cmd.arg(WAIT_FLAG)
             .env_clear()
             // Nothing of any environment's until it is ordered to run something.
             .current_dir("/")

@@ -134,7 +134,7 @@ pub(crate) struct StoreSettings<'a> {
     pub(crate) net: &'a NetConfig,
     /// The TLS client of providers' `https` requests.
     pub(crate) tls: &'a TlsClient,
-    /// The `tether` binary children run under (see [`crate::broker::guard`]).
+    /// The spawn guards children run under (see [`crate::broker::launch`]).
     pub(crate) spawn_guard: Option<&'a Arc<crate::broker::launch::Guards>>,
 }
 

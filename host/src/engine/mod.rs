@@ -235,11 +235,8 @@ impl Engine {
     /// program at `tether` (see [`crate::broker::guard`]), and starts guards that wait
     /// for one (called in a Tokio runtime). Set once; later calls change nothing.
     pub fn set_spawn_guard(&self, tether: PathBuf) {
-        if self.spawn_guard.get().is_none() {
-            let _ = self
-                .spawn_guard
-                .set(crate::broker::launch::Guards::new(tether));
-        }
+        self.spawn_guard
+            .get_or_init(|| crate::broker::launch::Guards::new(tether));
     }
 
     /// Loads the built-in providers, then every `*.wasm` in `dir` (if it exists); later

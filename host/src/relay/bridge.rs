@@ -325,16 +325,11 @@ impl Frames {
             }
             self.left = match extended {
                 2 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
-                8 => u64::from_be_bytes([
-                    self.head[2],
-                    self.head[3],
-                    self.head[4],
-                    self.head[5],
-                    self.head[6],
-                    self.head[7],
-                    self.head[8],
-                    self.head[9],
-                ]),
+                8 => {
+                    let mut length = [0u8; 8];
+                    length.copy_from_slice(&self.head[2..10]);
+                    u64::from_be_bytes(length)
+                }
                 _ => u64::from(self.head[1] & 0x7f),
             };
             self.closed |= self.head[0] & 0x0f == 0x8;
