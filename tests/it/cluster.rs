@@ -4,8 +4,9 @@
 //! changes on two hosts both land; a `kill -9`ed owner's environment is taken over
 //! with its resource; a host without NATS refuses to start; NATS restarting loses
 //! nothing; edits made to a stopped host's records file reach the cluster when it
-//! starts (and a missing or broken file deletes nothing); apps on another host reach
-//! the runtime through NATS or straight to the running host, its relay unchanged.
+//! starts (and a missing or broken file deletes nothing); a resource left to a host
+//! that never comes back is removed by another; apps on another host reach the
+//! runtime through NATS or straight to the running host, its relay unchanged.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -726,6 +727,107 @@ async fn a_killed_owners_environment_is_taken_over_with_its_resource_and_not_run
     })
     .await;
     a.stop();
+    b.stop();
+    drop(service);
+}
+
+#[tokio::test]
+async fn a_resource_left_to_a_host_that_never_comes_back_is_removed_by_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let service = Service::start(dir.path(), 0);
+    let config = format!(
+        "{}[cluster]\nlease_ttl_secs = 3\n",
+        sandbox::grant(&service, sandbox::KEY)
+    );
+    let a = host(dir.path(), &nats, "a", &config);
+    let b = host(dir.path(), &nats, "b", &config);
+    let sandboxes = || async { service.list().await["sandboxes"].as_array().map(Vec::len) };
+    let env = a.running_env("left", "http-sandbox", json!({})).await;
+    let id = id_of(&env);
+    stopped_through(&a, &b, &id).await;
+    assert_eq!(sandboxes().await, Some(1));
+
+    // a ran it last, so the delete made on b leaves the removal to a; a is paused
+    // before the delete reaches it, then killed, and never comes back.
+    let paused = nix::unistd::Pid::from_raw(a.pid() as i32);
+    nix::sys::signal::kill(paused, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let (status, _) = b
+        .call("DELETE", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    until_log(&b, &id, "the host that ran it last removes its resource").await;
+    assert!(
+        !logged(&b, &id, REMOVES),
+        "b removed it at once:\n{}",
+        b.log()
+    );
+    a.kill();
+    // Once a's entry lapsed, b's sweep finds the removal a was left and does it.
+    until_log(&b, &id, "left to a host that is gone").await;
+    until_log(&b, &id, REMOVES).await;
+    let deadline = Instant::now() + WAIT;
+    while sandboxes().await != Some(0) {
+        assert!(Instant::now() < deadline, "{}", service.list().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(service.list().await["deleted"], 1);
+
+    // What anyone with access to the NATS account writes there is checked: a removal
+    // naming a dead host for a record the cluster still has is never acted on, and
+    // malformed ones are dropped.
+    let kept = b.running_env("kept", "http-sandbox", json!({})).await;
+    let kept = id_of(&kept);
+    stopped_through(&b, &b, &kept).await;
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let records = js.get_key_value("tether-records").await.expect("records");
+    let removals = js.get_key_value("tether-removals").await.expect("removals");
+    let record: Value = serde_json::from_slice(
+        &records
+            .get(&kept)
+            .await
+            .expect("read")
+            .expect("kept's record"),
+    )
+    .expect("record json");
+    let mut outside = record.clone();
+    outside["name"] = json!("../outside");
+    outside["id"] = json!("outside");
+    let hostile = [
+        (kept.clone(), json!({"host": "ghost", "record": record})),
+        (
+            "outside".to_owned(),
+            json!({"host": "ghost", "record": outside}),
+        ),
+        (
+            "other".to_owned(),
+            json!({"host": "ghost", "record": record}),
+        ),
+        ("garbage".to_owned(), json!("not a removal")),
+    ];
+    for (key, value) in &hostile {
+        removals
+            .put(key, serde_json::to_vec(value).expect("json").into())
+            .await
+            .expect("put");
+    }
+    // Two sweeps (one a lease, 3 s) later the malformed ones are gone, and the one
+    // whose record exists is left alone (dropped only once a minute old).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    for key in ["outside", "other", "garbage"] {
+        let entry = removals.get(key).await.expect("read");
+        assert!(entry.is_none(), "{key} kept");
+    }
+    assert!(removals.get(&kept).await.expect("read").is_some());
+    assert!(!logged(&b, &kept, REMOVES), "{}", b.log());
+    assert_eq!(sandboxes().await, Some(1));
+    let (_, shown) = b
+        .call("GET", &format!("/api/v1/environments/{kept}"), None)
+        .await;
+    assert_eq!(shown["status"], "stopped", "{shown}");
     b.stop();
     drop(service);
 }

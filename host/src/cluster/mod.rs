@@ -17,6 +17,8 @@
 //!   hosts never create one name at once.
 //! - `PREFIX-tokens`: user tokens (their records, never their secrets), so a token
 //!   made or revoked on one host is made or revoked on all ([`tokens`]).
+//! - `PREFIX-removals`: deleted records whose resource a host is still to remove,
+//!   each naming that host, so another host does it if that one dies ([`removals`]).
 //!
 //! Apps connected to one host reach a runtime on another through tunnels over NATS
 //! subjects ([`tunnel`]).
@@ -29,6 +31,7 @@ mod leases;
 mod merge;
 mod records;
 mod remembered;
+mod removals;
 mod tokens;
 mod tunnel;
 
@@ -44,10 +47,11 @@ use tracing::Instrument;
 use utoipa::ToSchema;
 
 use crate::config::{ClusterConfig, ClusterRelay};
-use crate::store::{Changes, Store};
+use crate::store::{Changes, Record, Store};
 use crate::sync::MutexExt;
 
 pub(crate) use leases::LeaseView;
+pub(crate) use removals::Abandoned;
 pub(crate) use tunnel::Accepted;
 
 /// The largest record the records bucket takes (the API's own bounds are far lower).
@@ -106,6 +110,9 @@ pub(crate) enum ClusterEvent {
     Orphaned(String),
     /// Another host's environment changed its live status.
     Status(String),
+    /// A deleted environment's resource was left to a host that is gone: this host
+    /// may claim the removal ([`Cluster::claim_removal`]).
+    Abandoned(Box<Abandoned>),
 }
 
 /// One host as `GET /api/v1/cluster` shows it.
@@ -177,6 +184,7 @@ struct Inner {
     /// User tokens, by id.
     tokens: kv::Store,
     leases: Arc<leases::Leases>,
+    removals: Arc<removals::Removals>,
     tunnels: Arc<tunnel::Tunnels>,
     conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
     /// Field conflicts since start (the list keeps only the latest).
@@ -260,6 +268,15 @@ impl Cluster {
             tokens::MAX_TOKEN_BYTES as i32,
         )
         .await?;
+        let removal_bucket = bucket(
+            &js,
+            prefix,
+            "removals",
+            "deleted records whose resource a host is still to remove",
+            None,
+            MAX_RECORD_BYTES,
+        )
+        .await?;
         // The bucket's age limit is the lease in force: made by the first host, it
         // holds for every host, whatever each one's own setting says.
         let mut config = config;
@@ -285,6 +302,10 @@ impl Cluster {
             config.host_id.clone(),
             config.lease_ttl,
         ));
+        let removals = Arc::new(removals::Removals::new(
+            removal_bucket,
+            config.host_id.clone(),
+        ));
         tracing::info!(host = %config.host_id, url = %config.url, lease_ttl = ?config.lease_ttl, "cluster: connected to NATS with JetStream");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -294,6 +315,7 @@ impl Cluster {
                 names,
                 tokens: token_bucket,
                 leases,
+                removals,
                 tunnels,
                 conflicts: Mutex::new(Default::default()),
                 conflicts_seen: Default::default(),
@@ -308,8 +330,9 @@ impl Cluster {
     }
 
     /// Starts the background work: the records' sync with `store`, the leases'
-    /// renewals, the watch of other hosts' leases and the orphan sweep. What the
-    /// lifecycle must act on arrives on the returned channel.
+    /// renewals, the watch of other hosts' leases, the orphan sweep and the sweep of
+    /// removals left to hosts that are gone. What the lifecycle must act on arrives
+    /// on the returned channel.
     pub(crate) async fn start(
         &self,
         store: Arc<Store>,
@@ -318,8 +341,19 @@ impl Cluster {
         records::start(self.clone(), store.clone(), tx.clone()).await?;
         self.inner
             .leases
-            .start(store, tx, self.inner.closing.clone())
+            .start(store, tx.clone(), self.inner.closing.clone())
             .await?;
+        let (removals, records, leases) = (
+            self.inner.removals.clone(),
+            self.inner.records.clone(),
+            self.inner.leases.clone(),
+        );
+        let period = self.inner.config.lease_ttl;
+        until(
+            &self.inner.closing,
+            async move { removals.sweeps(records, leases, tx, period).await },
+            "removals",
+        );
         Ok(rx)
     }
 
@@ -414,6 +448,26 @@ impl Cluster {
         {
             tracing::debug!(error = %e, "cluster: letting go of a name");
         }
+    }
+
+    /// Notes, before `record` is deleted, that host `host` is to have its provider
+    /// remove the resource; if that host dies first, another does it.
+    pub(crate) async fn leave_removal(
+        &self,
+        record: &Record,
+        host: &str,
+    ) -> Result<(), ClusterError> {
+        self.inner.removals.leave(record, host).await
+    }
+
+    /// Takes over `removal` for this host: `false` when another host did first.
+    pub(crate) async fn claim_removal(&self, removal: &Abandoned) -> bool {
+        self.inner.removals.claim(removal).await
+    }
+
+    /// The provider removed deleted record `id`'s resource (or tried and said why not).
+    pub(crate) async fn removal_done(&self, id: &str) {
+        self.inner.removals.done(id).await;
     }
 
     /// Gives environment `id`'s lease up (it stopped here, or was deleted).

@@ -8,8 +8,9 @@ use tracing::Instrument;
 
 use super::driver::Driver;
 use super::envs::Env;
+use super::workspaces;
 use super::{LifecycleError, Manager, Status};
-use crate::cluster::{Cluster, ClusterError, ClusterEvent};
+use crate::cluster::{Abandoned, Cluster, ClusterError, ClusterEvent};
 use crate::config::ClusterRelay;
 use crate::store::{Record, StoreError};
 
@@ -65,6 +66,13 @@ impl Manager {
                         self.shared.driver.announce(&env);
                     }
                 }
+                ClusterEvent::Abandoned(removal) => {
+                    let this = self.clone();
+                    let span = tracing::info_span!("removal", env = %removal.record.id);
+                    self.shared
+                        .driver
+                        .spawn(async move { this.take_removal(removal).await }.instrument(span));
+                }
             }
         }
     }
@@ -86,6 +94,7 @@ impl Manager {
         tracing::info!(env = %record.id, running_here = held, ran_last, "cluster: deleted on another host");
         self.events().deleted(&record);
         let this = self.clone();
+        let cluster = cluster.clone();
         self.shared.driver.spawn(async move {
             env.deleting.cancel();
             let _op = env.op.lock().await;
@@ -93,6 +102,7 @@ impl Manager {
             if held || ran_last {
                 driver.destroy_locked(&env, &record).await;
                 driver.release(&env).await;
+                cluster.removal_done(&record.id).await;
             } else {
                 driver.stop_locked(&env).await;
             }
@@ -125,28 +135,86 @@ impl Manager {
         Ok(inserted?)
     }
 
-    /// Whether this host has deleted `record`'s provider remove its resource: alone,
-    /// or when it runs it, always; for a stopped environment in a cluster, only when
-    /// the host that ran it last is this one, unknown, or no longer alive (a resource
-    /// may live on that host's disk, where only its own provider can reach it). When
-    /// that host is alive it does it as the delete reaches it (`deleted_elsewhere`).
-    pub(super) async fn removes_resource_here(&self, record: &Record) -> bool {
+    /// Before environment `id` is deleted: whether this host is to have its provider
+    /// remove the resource. Alone, or when it runs the environment, always; when
+    /// another host runs it, that host does, as the delete reaches it. For a stopped
+    /// environment in a cluster, the host that ran it last does when it is alive (a
+    /// resource may live on that host's disk, where only its own provider can reach
+    /// it), else this one. In a cluster the host chosen is noted there
+    /// ([`Cluster::leave_removal`]), so another host does it if that one dies first.
+    pub(super) async fn leave_removal(&self, id: &str) -> bool {
         let Some(cluster) = self.cluster() else {
             return true;
         };
-        if cluster.holds(&record.id) {
+        let Some(record) = self.shared.store.peek(id, Record::clone) else {
             return true;
-        }
-        match record.last_host.as_deref() {
-            Some(last) if last != cluster.host_id() => {
-                let alive = cluster.host_alive(last).await;
-                if alive {
-                    tracing::info!(env = %record.id, host = %last, "the host that ran it last removes its resource");
-                }
-                !alive
+        };
+        let me = cluster.host_id();
+        let host = match (cluster.elsewhere(id), record.last_host.as_deref()) {
+            _ if cluster.holds(id) => me.to_owned(),
+            (Some(lease), _) => lease.host,
+            (None, Some(last)) if last != me && cluster.host_alive(last).await => {
+                tracing::info!(env = %id, host = %last, "the host that ran it last removes its resource");
+                last.to_owned()
             }
-            _ => true,
+            _ => me.to_owned(),
+        };
+        if let Err(e) = cluster.leave_removal(&record, &host).await {
+            tracing::warn!(env = %id, %host, error = %e, "cluster: could not note who removes the resource; if that host dies before it does, the resource is left");
         }
+        host == me
+    }
+
+    /// The resource of deleted record `id` is removed (or its removal was tried, or
+    /// the delete did not happen): no other host need do it.
+    pub(super) async fn removal_done(&self, id: &str) {
+        if let Some(cluster) = self.cluster() {
+            cluster.removal_done(id).await;
+        }
+    }
+
+    /// A deleted environment's resource that was left to a host that is gone: claimed
+    /// for this host and removed by its provider. Not here when this host has no such
+    /// provider, or the environment's name is another one's now (the workspace the
+    /// provider is given is found by name): then another host, or a later sweep.
+    async fn take_removal(&self, removal: Box<Abandoned>) {
+        let Some(cluster) = self.cluster() else {
+            return;
+        };
+        let record = &removal.record;
+        let id = record.id.as_str();
+        let store = &self.shared.store;
+        if self.shared.envs.get(id).is_some() || store.peek(id, |_| ()).is_some() {
+            return;
+        }
+        if self.shared.engine.provider(&record.provider).is_none() {
+            tracing::warn!(env = %id, provider = %record.provider, host = %removal.host, "cluster: a deleted environment's resource was left to a host that is gone, and this host has no such provider to remove it");
+            return;
+        }
+        let name_taken = store.find(|r| r.name == record.name).is_some()
+            || !matches!(cluster.claim_name(&record.name, id).await, Ok(true));
+        if name_taken {
+            tracing::info!(env = %id, host = %removal.host, "cluster: not removing a resource left to a host that is gone: its environment's name is another's now");
+            return;
+        }
+        if !cluster.claim_removal(&removal).await {
+            cluster.release_name(&record.name, id).await;
+            return;
+        }
+        tracing::info!(env = %id, host = %removal.host, "cluster: removing the resource of a deleted environment, left to a host that is gone");
+        let config = self.shared.config.get();
+        workspaces::mark(&config, &record.name);
+        let env = self.shared.envs.add(id);
+        {
+            let _op = env.op.lock().await;
+            self.driver().destroy_locked(&env, record).await;
+        }
+        self.shared.envs.forget(id);
+        self.shared.envs.close_hub(id, "environment deleted");
+        self.driver().remove_workspace(&env, record).await;
+        workspaces::unmark(&config, &record.name);
+        cluster.release_name(&record.name, id).await;
+        cluster.removal_done(id).await;
     }
 
     /// Lets go of a deleted record's name cluster-wide.
