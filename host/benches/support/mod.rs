@@ -35,6 +35,21 @@ pub(crate) const TOKEN: &str = "bench-token-0123456789abcdef";
 /// What benchmark code returns.
 pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// A command running `program` that is killed when the benchmark's thread that
+/// started it ends (`setpriv --pdeathsig`, where util-linux has it), so a benchmark
+/// killed by hand leaves no host, NATS or nginx running; they are all started from
+/// the thread that runs the benchmark throughout.
+pub(crate) fn dies_with_benchmark(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    const SETPRIV: &str = "/usr/bin/setpriv";
+    if std::path::Path::new(SETPRIV).exists() {
+        let mut command = Command::new(SETPRIV);
+        command.args(["--pdeathsig", "KILL", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
 /// Resident memory of process `pid` in KiB, from `/proc/<pid>/status`.
 pub(crate) fn rss_kib(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -114,11 +129,11 @@ impl Server {
         let mut words = wrap.split_whitespace();
         let mut command = match words.next() {
             Some(program) => {
-                let mut c = Command::new(program);
+                let mut c = dies_with_benchmark(program);
                 c.args(words).arg(env!("CARGO_BIN_EXE_tether"));
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_tether")),
+            None => dies_with_benchmark(env!("CARGO_BIN_EXE_tether")),
         };
         let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])

@@ -36,7 +36,7 @@ impl Nats {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let child = Command::new(binary)
+        let child = super::dies_with_benchmark(binary)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(dir.join("nats"))
             .stdout(Stdio::null())

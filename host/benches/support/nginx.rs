@@ -3,7 +3,7 @@
 //! writes into a scratch directory, in the foreground, stopped with the benchmark.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use super::Res;
@@ -29,7 +29,7 @@ impl Nginx {
         let listen = free_port()?;
         // Until the first case routes it, the upstream is a port nothing listens on.
         write_config(dir.path(), listen, free_port()?)?;
-        let child = Command::new(binary)
+        let child = super::dies_with_benchmark(binary)
             .arg("-p")
             .arg(dir.path())
             .arg("-c")
