@@ -271,8 +271,8 @@ fn read_order() -> std::io::Result<Option<(Order, std::fs::File)>> {
 /// never does, and the program would run on as init's child, its runtime
 /// redialling forever. `PR_SET_PDEATHSIG` closes that: the kernel kills the program
 /// the moment the guard dies, however it dies.
-// The one `unsafe` of the workspace: setting a death signal between fork and exec
-// has no safe interface in std or nix.
+// One of the workspace's two `unsafe`s (the other is the binary's `mallopt`):
+// setting a death signal between fork and exec has no safe interface in std or nix.
 #[allow(unsafe_code)]
 fn spawn(
     program: &OsString,
