@@ -252,7 +252,7 @@ pub(crate) async fn instantiate(
     // Start-up code is metered like a call.
     let (first, inline) = if budget.available(Instant::now()) {
         let (first, spent) = first_step(job).await;
-        (first, budget.charge(spent, Instant::now()))
+        (first, budget.charge_start_up(spent, Instant::now()))
     } else {
         (Step::Waiting(Box::pin(job)), true)
     };

@@ -1,9 +1,9 @@
 //! The meter on guest code run in callers' tasks (see [`super::handle`]): how much of
 //! the API's and the relay's runtime guests may take, across the whole host.
 //!
-//! A step as quick as [`FREE_STEP`] costs the caller less than handing the call to
-//! the guest executor would (that hand-off is two thread wake-ups), so it is not
-//! metered. Longer steps draw on one credit for all instances, [`BURST`] at most,
+//! A step as quick as [`FREE_STEP`] (an instantiation as quick as
+//! [`FREE_START_UP`]) costs the caller less than handing the call to the guest
+//! executor would (that hand-off is two thread wake-ups), so it is not metered. Longer steps draw on one credit for all instances, [`BURST`] at most,
 //! refilled at [`SHARE`] of the time that passes: a first step is taken in the
 //! caller's task only while the credit is positive; what a long step spends is
 //! charged afterwards, so the credit can go into debt, and the debt is repaid before
@@ -24,6 +24,11 @@ pub(crate) const BURST: Duration = Duration::from_millis(10);
 pub(crate) const SHARE: u32 = 100;
 /// A first step this quick is not metered: about what relaying one frame costs.
 pub(crate) const FREE_STEP: Duration = Duration::from_micros(20);
+/// An instantiation this quick is not metered either: most of it is the host's own
+/// work (wasmtime mapping the instance's memory and stack, building its tables), which
+/// the guest executor would do at the same cost plus the hand-off; only the guest's
+/// start-up functions are guest code, and a slow one still runs over it and is charged.
+pub(crate) const FREE_START_UP: Duration = Duration::from_micros(250);
 /// A first step longer than this sends its instance to the guest executor for good.
 pub(crate) const STEP_LIMIT: Duration = Duration::from_millis(1);
 
@@ -70,7 +75,16 @@ impl InlineBudget {
     /// Charges a first step that took `spent`; false if it took so long that its
     /// instance must leave callers' tasks for good.
     pub(crate) fn charge(&self, spent: Duration, now: Instant) -> bool {
-        if spent > FREE_STEP {
+        self.charge_over(spent, FREE_STEP, now)
+    }
+
+    /// [`Self::charge`] for an instantiation (see [`FREE_START_UP`]).
+    pub(crate) fn charge_start_up(&self, spent: Duration, now: Instant) -> bool {
+        self.charge_over(spent, FREE_START_UP, now)
+    }
+
+    fn charge_over(&self, spent: Duration, free: Duration, now: Instant) -> bool {
+        if spent > free {
             let mut m = self.meter.locked();
             m.refill(now);
             m.left -= spent.as_nanos() as i128;
@@ -123,6 +137,23 @@ mod tests {
             taken >= allowed / 2,
             "the share is used, not wasted: {taken:?}"
         );
+    }
+
+    #[test]
+    fn quick_instantiations_are_not_metered_and_slow_ones_are() {
+        let budget = InlineBudget::default();
+        let at = budget.meter.locked().at;
+        // A hundred thousand back to back at 200 µs: 20 s of host work, never metered.
+        for _ in 0..100_000 {
+            assert!(budget.charge_start_up(Duration::from_micros(200), at));
+        }
+        assert!(budget.available(at));
+        // Slower ones are charged in full: twelve of 900 µs use up the 10 ms credit
+        // (as fifty of 200 µs would, as calls' steps).
+        for _ in 0..12 {
+            assert!(budget.charge_start_up(Duration::from_micros(900), at));
+        }
+        assert!(!budget.available(at));
     }
 
     #[test]
