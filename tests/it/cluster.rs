@@ -828,6 +828,45 @@ async fn a_resource_left_to_a_host_that_never_comes_back_is_removed_by_another()
         .call("GET", &format!("/api/v1/environments/{kept}"), None)
         .await;
     assert_eq!(shown["status"], "stopped", "{shown}");
+
+    // A host that died after its delete was durable and before its provider was done
+    // finds the removal its last run left when it starts again (here: the record gone
+    // from its file and the cluster, the removal noted for b, as such a death leaves
+    // them).
+    let undone = b.running_env("undone", "http-sandbox", json!({})).await;
+    let undone = id_of(&undone);
+    stopped_through(&b, &b, &undone).await;
+    assert_eq!(sandboxes().await, Some(2));
+    let record: Value = serde_json::from_slice(
+        &records
+            .get(&undone)
+            .await
+            .expect("read")
+            .expect("undone's record"),
+    )
+    .expect("record json");
+    let b_dir = b.data_dir.clone();
+    b.stop();
+    records.delete(&undone).await.expect("delete the record");
+    edit_records(&b_dir, |list| list.retain(|r| r["id"] != undone.as_str()));
+    let left = json!({"host": "b", "record": record});
+    removals
+        .put(&undone, serde_json::to_vec(&left).expect("json").into())
+        .await
+        .expect("put");
+    let b = host(dir.path(), &nats, "b", &config);
+    until_log(&b, &undone, REMOVES).await;
+    let deadline = Instant::now() + WAIT;
+    while sandboxes().await != Some(1) {
+        assert!(Instant::now() < deadline, "{}", service.list().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + WAIT;
+    while removals.get(&undone).await.expect("read").is_some() {
+        assert!(Instant::now() < deadline, "the removal was never cleared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gone(&b, &undone).await;
     b.stop();
     drop(service);
 }

@@ -6,8 +6,9 @@
 //! that is to have its provider remove the resource (the one running it, the one
 //! that ran it last, or the deleting host itself). That host clears the entry once
 //! its provider is done. Every host sweeps the bucket each lease: an entry whose
-//! host is no longer alive, for a record the cluster no longer has, is offered to
-//! the lifecycle, which claims it (a compare-and-set naming this host, so one host
+//! host is no longer alive (or is this host, written before it started: its last
+//! run died first), for a record the cluster no longer has, is offered to the
+//! lifecycle, which claims it (a compare-and-set naming this host, so one host
 //! does it) and has its own provider remove the resource. An entry whose record the
 //! cluster still has is a delete that never happened (its host died half-way):
 //! once older than [`STALE`] it is dropped.
@@ -58,6 +59,9 @@ pub(crate) struct Abandoned {
 pub(super) struct Removals {
     bucket: kv::Store,
     host_id: String,
+    /// When this host started: an entry naming it written before then is one its last
+    /// run left undone (it died before its provider was done).
+    started: time::OffsetDateTime,
     /// By key: the revision last offered to the lifecycle, and when.
     offered: Mutex<HashMap<String, (u64, Instant)>>,
 }
@@ -67,6 +71,7 @@ impl Removals {
         Self {
             bucket,
             host_id,
+            started: time::OffsetDateTime::now_utc(),
             offered: Mutex::new(HashMap::new()),
         }
     }
@@ -114,6 +119,9 @@ impl Removals {
     ) {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Not at once: the records' first sync has this host remove what it was left
+        // of deletes made while it was away (and clear their entries) first.
+        tick.tick().await;
         loop {
             tick.tick().await;
             if let Err(e) = self.sweep(&records, &leases, &events).await {
@@ -150,7 +158,8 @@ impl Removals {
                 self.drop_entry(&entry).await;
                 continue;
             };
-            if leases.host_alive(&value.host).await {
+            let left_by_last_run = value.host == self.host_id && entry.created < self.started;
+            if !left_by_last_run && leases.host_alive(&value.host).await {
                 continue;
             }
             let record = records.entry(&key).await.map_err(|e| nats(e.to_string()))?;
