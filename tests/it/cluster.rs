@@ -627,18 +627,34 @@ async fn edits_made_to_a_stopped_hosts_file_reach_the_cluster_when_it_starts() {
     }
 }
 
-#[tokio::test]
-async fn a_killed_owners_environment_is_taken_over_with_its_resource_and_not_run_twice() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(nats) = Nats::start(dir.path(), 0, true) else {
-        return;
-    };
-    let service = Service::start(dir.path(), 0);
+/// NATS, a sandbox service, and a `tether.toml` granting it with a 3 s lease (the
+/// cluster settings from the file: only the URL and the id from flags); `None`
+/// where there is no `nats-server`.
+fn sandbox_cluster(dir: &Path) -> Option<(Nats, Service, String)> {
+    let nats = Nats::start(dir, 0, true)?;
+    let service = Service::start(dir, 0);
     let config = format!(
         "{}[cluster]\nlease_ttl_secs = 3\n",
         sandbox::grant(&service, sandbox::KEY)
     );
-    // Cluster settings from the file: only the URL and the id from flags.
+    Some((nats, service, config))
+}
+
+/// Waits until `service` holds `n` sandboxes.
+async fn until_sandboxes(service: &Service, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while service.list().await["sandboxes"].as_array().map(Vec::len) != Some(n) {
+        assert!(Instant::now() < deadline, "{}", service.list().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_owners_environment_is_taken_over_with_its_resource_and_not_run_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((nats, service, config)) = sandbox_cluster(dir.path()) else {
+        return;
+    };
     let a = host(dir.path(), &nats, "a", &config);
     let b = host(dir.path(), &nats, "b", &config);
     let env = a.running_env("remote", "http-sandbox", json!({})).await;
@@ -734,14 +750,9 @@ async fn a_killed_owners_environment_is_taken_over_with_its_resource_and_not_run
 #[tokio::test]
 async fn a_resource_left_to_a_host_that_never_comes_back_is_removed_by_another() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+    let Some((nats, service, config)) = sandbox_cluster(dir.path()) else {
         return;
     };
-    let service = Service::start(dir.path(), 0);
-    let config = format!(
-        "{}[cluster]\nlease_ttl_secs = 3\n",
-        sandbox::grant(&service, sandbox::KEY)
-    );
     let a = host(dir.path(), &nats, "a", &config);
     let b = host(dir.path(), &nats, "b", &config);
     let sandboxes = || async { service.list().await["sandboxes"].as_array().map(Vec::len) };
@@ -768,11 +779,7 @@ async fn a_resource_left_to_a_host_that_never_comes_back_is_removed_by_another()
     // Once a's entry lapsed, b's sweep finds the removal a was left and does it.
     until_log(&b, &id, "left to a host that is gone").await;
     until_log(&b, &id, REMOVES).await;
-    let deadline = Instant::now() + WAIT;
-    while sandboxes().await != Some(0) {
-        assert!(Instant::now() < deadline, "{}", service.list().await);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_sandboxes(&service, 0).await;
     assert_eq!(service.list().await["deleted"], 1);
 
     // What anyone with access to the NATS account writes there is checked: a removal
@@ -856,11 +863,7 @@ async fn a_resource_left_to_a_host_that_never_comes_back_is_removed_by_another()
         .expect("put");
     let b = host(dir.path(), &nats, "b", &config);
     until_log(&b, &undone, REMOVES).await;
-    let deadline = Instant::now() + WAIT;
-    while sandboxes().await != Some(1) {
-        assert!(Instant::now() < deadline, "{}", service.list().await);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_sandboxes(&service, 1).await;
     let deadline = Instant::now() + WAIT;
     while removals.get(&undone).await.expect("read").is_some() {
         assert!(Instant::now() < deadline, "the removal was never cleared");
