@@ -38,7 +38,8 @@ pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 /// A command running `program` that is killed when the benchmark's thread that
 /// started it ends (`setpriv --pdeathsig`, where util-linux has it), so a benchmark
 /// killed by hand leaves no host, NATS or nginx running; they are all started from
-/// the thread that runs the benchmark throughout.
+/// the thread that runs the benchmark throughout. A profiler named in
+/// `RELAY_BENCH_WRAP` is tied so, but a host it runs as its own child is not.
 pub(crate) fn dies_with_benchmark(program: impl AsRef<std::ffi::OsStr>) -> Command {
     const SETPRIV: &str = "/usr/bin/setpriv";
     if std::path::Path::new(SETPRIV).exists() {

@@ -249,7 +249,7 @@ pub(crate) async fn instantiate(
         }
     }
     .instrument(span.clone());
-    // Start-up code is metered like a call.
+    // Start-up code is metered like a call, with more left unmetered (`FREE_START_UP`).
     let (first, inline) = if budget.available(Instant::now()) {
         let (first, spent) = first_step(job).await;
         (first, budget.charge_start_up(spent, Instant::now()))

@@ -3,7 +3,8 @@
 //!
 //! A step as quick as [`FREE_STEP`] (an instantiation as quick as
 //! [`FREE_START_UP`]) costs the caller less than handing the call to the guest
-//! executor would (that hand-off is two thread wake-ups), so it is not metered. Longer steps draw on one credit for all instances, [`BURST`] at most,
+//! executor would (that hand-off is two thread wake-ups), so it is not metered.
+//! Longer steps draw on one credit for all instances, [`BURST`] at most,
 //! refilled at [`SHARE`] of the time that passes: a first step is taken in the
 //! caller's task only while the credit is positive; what a long step spends is
 //! charged afterwards, so the credit can go into debt, and the debt is repaid before
