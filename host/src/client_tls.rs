@@ -1,11 +1,12 @@
 //! How the host's own clients trust a Tether host over TLS: the reference runtime
 //! (`tether runtime`, dialling `wss://`), the CLI (`tether token` against
 //! `https://`) and, in cluster mode, a host bridging an app straight to another's
-//! `wss://` URL (`relay/bridge.rs`). They trust the system's roots plus, when `TETHER_CA_FILE` names one,
-//! the CA bundle in that file (a private CA, a test CA), and check the certificate
-//! against the URL's host name like any TLS client. There is no switch to skip the
-//! check. Providers' `https` uses the broker's own config instead (`broker::tls`),
-//! whose roots only the operator's `tether.toml` decides.
+//! `wss://` URL (`relay/bridge.rs`). They trust the system's roots plus, when
+//! `TETHER_CA_FILE` names one, the CA bundle in that file (a private CA, a test
+//! CA), and check the certificate against the URL's host name like any TLS client.
+//! There is no switch to skip the check. Providers' `https` uses the broker's own
+//! config instead (`broker::tls`), whose roots only the operator's `tether.toml`
+//! decides.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

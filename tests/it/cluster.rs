@@ -640,10 +640,21 @@ fn sandbox_cluster(dir: &Path) -> Option<(Nats, Service, String)> {
     Some((nats, service, config))
 }
 
+/// How many sandboxes `service` holds.
+async fn sandbox_count(service: &Service) -> Option<usize> {
+    service.list().await["sandboxes"].as_array().map(Vec::len)
+}
+
+/// Record `id` as the cluster's records bucket has it.
+async fn bucket_record(records: &async_nats::jetstream::kv::Store, id: &str) -> Value {
+    let entry = records.get(id).await.expect("read").expect("the record");
+    serde_json::from_slice(&entry).expect("record json")
+}
+
 /// Waits until `service` holds `n` sandboxes.
 async fn until_sandboxes(service: &Service, n: usize) {
     let deadline = Instant::now() + WAIT;
-    while service.list().await["sandboxes"].as_array().map(Vec::len) != Some(n) {
+    while sandbox_count(service).await != Some(n) {
         assert!(Instant::now() < deadline, "{}", service.list().await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -755,11 +766,10 @@ async fn a_resource_left_to_a_host_that_never_comes_back_is_removed_by_another()
     };
     let a = host(dir.path(), &nats, "a", &config);
     let b = host(dir.path(), &nats, "b", &config);
-    let sandboxes = || async { service.list().await["sandboxes"].as_array().map(Vec::len) };
     let env = a.running_env("left", "http-sandbox", json!({})).await;
     let id = id_of(&env);
     stopped_through(&a, &b, &id).await;
-    assert_eq!(sandboxes().await, Some(1));
+    assert_eq!(sandbox_count(&service).await, Some(1));
 
     // a ran it last, so the delete made on b leaves the removal to a; a is paused
     // before the delete reaches it, then killed, and never comes back.
@@ -792,14 +802,7 @@ async fn a_resource_left_to_a_host_that_never_comes_back_is_removed_by_another()
     let js = async_nats::jetstream::new(client);
     let records = js.get_key_value("tether-records").await.expect("records");
     let removals = js.get_key_value("tether-removals").await.expect("removals");
-    let record: Value = serde_json::from_slice(
-        &records
-            .get(&kept)
-            .await
-            .expect("read")
-            .expect("kept's record"),
-    )
-    .expect("record json");
+    let record = bucket_record(&records, &kept).await;
     let mut outside = record.clone();
     outside["name"] = json!("../outside");
     outside["id"] = json!("outside");
@@ -830,7 +833,7 @@ async fn a_resource_left_to_a_host_that_never_comes_back_is_removed_by_another()
     }
     assert!(removals.get(&kept).await.expect("read").is_some());
     assert!(!logged(&b, &kept, REMOVES), "{}", b.log());
-    assert_eq!(sandboxes().await, Some(1));
+    assert_eq!(sandbox_count(&service).await, Some(1));
     let (_, shown) = b
         .call("GET", &format!("/api/v1/environments/{kept}"), None)
         .await;
@@ -843,15 +846,8 @@ async fn a_resource_left_to_a_host_that_never_comes_back_is_removed_by_another()
     let undone = b.running_env("undone", "http-sandbox", json!({})).await;
     let undone = id_of(&undone);
     stopped_through(&b, &b, &undone).await;
-    assert_eq!(sandboxes().await, Some(2));
-    let record: Value = serde_json::from_slice(
-        &records
-            .get(&undone)
-            .await
-            .expect("read")
-            .expect("undone's record"),
-    )
-    .expect("record json");
+    assert_eq!(sandbox_count(&service).await, Some(2));
+    let record = bucket_record(&records, &undone).await;
     let b_dir = b.data_dir.clone();
     b.stop();
     records.delete(&undone).await.expect("delete the record");

@@ -30,14 +30,19 @@ pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
         .map(str::trim)
 }
 
-/// The token a browser offered as a `tether.bearer.<token>` subprotocol entry.
-pub(crate) fn presented_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+/// The subprotocols a WebSocket upgrade offers, each trimmed.
+pub(crate) fn offered_protocols(headers: &axum::http::HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .find_map(|p| p.trim().strip_prefix(TOKEN_PROTOCOL))
+        .map(str::trim)
+}
+
+/// The token a browser offered as a `tether.bearer.<token>` subprotocol entry.
+pub(crate) fn presented_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    offered_protocols(headers).find_map(|p| p.strip_prefix(TOKEN_PROTOCOL))
 }
 
 /// The token in a `tether.bearer.<token>` subprotocol entry, if one is offered.

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL};
+use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_KEY};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
@@ -217,10 +217,7 @@ impl FromRequestParts<AppState> for Forward {
             caller::presented_token(&parts.headers)
                 .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
         });
-        let offers_protocol = (parts.headers.get_all(SEC_WEBSOCKET_PROTOCOL).iter())
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|p| p.trim() == SUBPROTOCOL);
+        let offers_protocol = caller::offered_protocols(&parts.headers).any(|p| p == SUBPROTOCOL);
         Ok(Self {
             query: parts.uri.query().unwrap_or_default().to_owned(),
             authorization,

@@ -13,7 +13,7 @@
 //! cluster still has is a delete that never happened (its host died half-way):
 //! once older than [`STALE`] it is dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -138,10 +138,10 @@ impl Removals {
     ) -> Result<(), ClusterError> {
         let nats = |e: String| ClusterError::Nats(format!("reading the removals: {e}"));
         let mut keys = self.bucket.keys().await.map_err(|e| nats(e.to_string()))?;
-        let mut seen = Vec::new();
+        let mut seen = HashSet::new();
         while let Some(key) = keys.next().await {
             let key = key.map_err(|e| nats(e.to_string()))?;
-            seen.push(key.clone());
+            seen.insert(key.clone());
             let Some(entry) = self
                 .bucket
                 .entry(&key)
