@@ -1141,6 +1141,36 @@ async fn apps_on_another_host_go_through_nats_with_the_relays_guarantees() {
         String::from_utf8_lossy(&again.payload).contains("is open"),
         "{again:?}"
     );
+    // A message out of turn (one was lost, or someone else publishes on the subject)
+    // resets the tunnel rather than pass on a stream with a hole in it.
+    let mut down = watcher
+        .subscribe(format!("tether.relay.{id}.probe2.down"))
+        .await
+        .expect("subscribe");
+    let open = json!({"tunnel": "probe2", "environment": id, "app": "127.0.0.1"});
+    let answer = watcher
+        .request("tether.tunnel.a", open.to_string().into())
+        .await
+        .expect("an answer");
+    assert_eq!(answer.payload.as_ref(), b"ok");
+    watcher
+        .publish(
+            format!("tether.relay.{id}.probe2.up"),
+            tunnel_message(0, 2, b"GET / HTTP/1.1\r\n"),
+        )
+        .await
+        .expect("publish");
+    loop {
+        let message = tokio::time::timeout(WAIT, down.next())
+            .await
+            .expect("the tunnel's answer")
+            .expect("a message");
+        match message.payload.first() {
+            Some(3) => break,
+            Some(1) => continue,
+            other => panic!("expected a reset, got kind {other:?}"),
+        }
+    }
     a.stop();
     b.stop();
 }

@@ -105,7 +105,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The router other hosts' tunnels reach (cluster mode, `cluster/tunnel.rs`): only
+/// The router other hosts' tunnels reach (cluster mode, `cluster/tunnel/`): only
 /// app sockets. A tunnel carries an app bridged from another host, never anything
 /// else, whoever opened it.
 pub(crate) fn tunnel_router(state: AppState) -> Router {

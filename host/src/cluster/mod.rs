@@ -52,7 +52,7 @@ use crate::sync::MutexExt;
 
 pub(crate) use leases::LeaseView;
 pub(crate) use removals::Abandoned;
-pub(crate) use tunnel::Accepted;
+pub(crate) use tunnel::{Accepted, TunnelStream};
 
 /// The largest record the records bucket takes (the API's own bounds are far lower).
 const MAX_RECORD_BYTES: i32 = 4 << 20;
@@ -384,7 +384,7 @@ impl Cluster {
         host: &str,
         environment: &str,
         app: std::net::IpAddr,
-    ) -> Result<tokio::io::DuplexStream, ClusterError> {
+    ) -> Result<TunnelStream, ClusterError> {
         (self.inner.tunnels)
             .dial(host, environment, app, &self.inner.closing)
             .await

@@ -254,7 +254,7 @@ impl Manager {
         host: &str,
         id: &str,
         app: std::net::IpAddr,
-    ) -> Option<Result<tokio::io::DuplexStream, ClusterError>> {
+    ) -> Option<Result<crate::cluster::TunnelStream, ClusterError>> {
         let cluster = self.cluster()?;
         if cluster.relay() != ClusterRelay::Nats {
             return None;

@@ -1,6 +1,6 @@
 //! Cluster mode: an app connected to a host that does not run its environment is
 //! bridged to the `/ws/app` route of the host that does, with the app's own
-//! credentials and query: over a tunnel through NATS (`cluster/tunnel.rs`), or
+//! credentials and query: over a tunnel through NATS (`cluster/tunnel/`), or
 //! straight to that host's public URL. Every guarantee (thread routing, order, resume,
 //! limits, pings, close codes) is that host's relay's.
 //!
@@ -58,7 +58,7 @@ pub enum Upstream {
     Direct(String),
     /// Speak WebSocket over this stream, already open to that host's API (a cluster
     /// tunnel), asking for this path and query.
-    Stream(tokio::io::DuplexStream, String),
+    Stream(crate::cluster::TunnelStream, String),
 }
 
 /// The app's side of the bridge: its upgrade request, checked by the API as any

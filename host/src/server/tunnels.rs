@@ -1,13 +1,12 @@
-//! Cluster mode: the tunnels other hosts open to this one (`cluster/tunnel.rs`) as a
+//! Cluster mode: the tunnels other hosts open to this one (`cluster/tunnel/`) as a
 //! listener axum serves like the TCP one, each connection with the address of the app
 //! it carries.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
 
-use crate::cluster::Accepted;
+use crate::cluster::{Accepted, TunnelStream};
 
 /// Yields each tunnel another host opened to this one.
 pub(crate) struct TunnelListener {
@@ -22,7 +21,7 @@ impl TunnelListener {
 }
 
 impl axum::serve::Listener for TunnelListener {
-    type Io = DuplexStream;
+    type Io = TunnelStream;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

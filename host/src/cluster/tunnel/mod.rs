@@ -23,24 +23,28 @@
 //!   lapsed, and resets.
 //!
 //! Messages: one kind byte, the sender's sequence number and the highest sequence
-//! number it received in order (both big-endian `u64`), then the bytes of a `DATA`.
+//! number it handed on in order (both big-endian `u64`), then the bytes of a `DATA`.
+//!
+//! Each side is a [`TunnelStream`] that the connection using it reads and writes
+//! directly: no task of the tunnel's own carries a frame (`stream.rs`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::time::Instant;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::ClusterError;
 use crate::sync::MutexExt;
+use stream::Link;
+pub(crate) use stream::TunnelStream;
+
+mod stream;
 
 /// The most bytes in one message.
 const CHUNK: usize = 64 << 10;
@@ -55,8 +59,6 @@ const WINDOW_BYTES: usize = 1 << 20;
 const ACK_EVERY: u64 = WINDOW_MESSAGES / 4;
 /// Unacknowledged bytes that make the receiver acknowledge at once.
 const ACK_BYTES: usize = WINDOW_BYTES / 4;
-/// Bytes buffered in each direction between a tunnel and its HTTP connection.
-const PIPE_BYTES: usize = 64 << 10;
 /// How long the dialer waits for the owner to open a tunnel.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Tunnels one host serves at once; more are refused (the dialer answers 502).
@@ -84,7 +86,7 @@ struct Open {
 }
 
 /// A tunnel served here: the stream into this host's API, and the app's address.
-pub(crate) type Accepted = (DuplexStream, SocketAddr);
+pub(crate) type Accepted = (TunnelStream, SocketAddr);
 
 /// Opens and serves tunnels for one host.
 #[derive(Debug)]
@@ -133,7 +135,7 @@ impl Tunnels {
         environment: &str,
         app: IpAddr,
         closing: &CancellationToken,
-    ) -> Result<DuplexStream, ClusterError> {
+    ) -> Result<TunnelStream, ClusterError> {
         let tunnel = format!("{:032x}", rand::random::<u128>());
         let down = self.data_subject(environment, &tunnel, "down");
         let up = self.data_subject(environment, &tunnel, "up");
@@ -161,9 +163,7 @@ impl Tunnels {
                 .into_owned();
             return Err(ClusterError::Nats(format!("host {host} refused: {why}")));
         }
-        let (stream, pipe) = tokio::io::duplex(PIPE_BYTES);
-        self.pump(pipe, incoming, up, closing, environment);
-        Ok(stream)
+        Ok(self.open_stream(incoming, up, closing, environment).0)
     }
 
     /// Serves tunnels other hosts open to this one: each arrives on the returned
@@ -231,12 +231,11 @@ impl Tunnels {
         let up = self.data_subject(&open.environment, &open.tunnel, "up");
         let down = self.data_subject(&open.environment, &open.tunnel, "down");
         let incoming = (self.client.subscribe(up).await).map_err(|e| e.to_string())?;
-        let (stream, pipe) = tokio::io::duplex(PIPE_BYTES);
+        let (stream, ended) = self.open_stream(incoming, down, closing, &open.environment);
         served
             .send((stream, SocketAddr::new(open.app, 0)))
             .await
             .map_err(|_| "this host is shutting down".to_owned())?;
-        let ended = self.pump(pipe, incoming, down, closing, &open.environment);
         tokio::spawn(async move {
             ended.cancelled().await;
             drop((permit, served_here));
@@ -244,26 +243,17 @@ impl Tunnels {
         Ok(())
     }
 
-    /// Carries bytes between `pipe` and the other side (`incoming` from it, `out` to
-    /// it) until both sides finished or either failed. The returned token fires then.
-    fn pump(
+    /// This side of a tunnel whose messages go to `out` and come on `incoming`,
+    /// with its keeper; the returned token fires when the tunnel is over.
+    fn open_stream(
         &self,
-        pipe: DuplexStream,
         incoming: async_nats::Subscriber,
         out: String,
         closing: &CancellationToken,
         environment: &str,
-    ) -> CancellationToken {
-        let (read, write) = tokio::io::split(pipe);
-        let link = Arc::new(Link {
-            client: self.client.clone(),
-            out: out.into(),
-            received: AtomicU64::new(0),
-            ack_sent: AtomicU64::new(0),
-            fin_sent: AtomicBool::new(false),
-            acked: watch::channel(0).0,
-            done: closing.child_token(),
-        });
+    ) -> (TunnelStream, CancellationToken) {
+        let done = closing.child_token();
+        let link = Arc::new(Link::new(self.client.clone(), out, incoming, done.clone()));
         let chunk = CHUNK.min(
             self.client
                 .server_info()
@@ -274,15 +264,10 @@ impl Tunnels {
         let span = tracing::debug_span!("tunnel", env = %environment);
         tokio::spawn(
             link.clone()
-                .send_loop(read, chunk, self.dead_after / 3)
-                .instrument(span.clone()),
-        );
-        tokio::spawn(
-            link.clone()
-                .receive_loop(incoming, write, self.dead_after)
+                .keep(self.dead_after / 3, self.dead_after)
                 .instrument(span),
         );
-        link.done.clone()
+        (TunnelStream::new(link, chunk), done)
     }
 }
 
@@ -295,199 +280,5 @@ struct TunnelId(
 impl Drop for TunnelId {
     fn drop(&mut self) {
         self.0.locked().remove(&self.1);
-    }
-}
-
-/// One side of an open tunnel, shared by its sending and receiving tasks.
-struct Link {
-    client: async_nats::Client,
-    out: async_nats::Subject,
-    /// The highest sequence number received in order.
-    received: AtomicU64,
-    /// The highest acknowledgement sent.
-    ack_sent: AtomicU64,
-    /// Whether this side said it has no more to send.
-    fin_sent: AtomicBool,
-    /// The highest of this side's sequence numbers the other side acknowledged.
-    acked: watch::Sender<u64>,
-    /// Fires when the tunnel is over, on either task's account.
-    done: CancellationToken,
-}
-
-impl Link {
-    async fn publish(&self, kind: u8, seq: u64, data: &[u8]) -> bool {
-        let ack = self.received.load(Ordering::Acquire);
-        let mut message = BytesMut::with_capacity(HEAD + data.len());
-        message.put_u8(kind);
-        message.put_u64(seq);
-        message.put_u64(ack);
-        message.put_slice(data);
-        self.ack_sent.fetch_max(ack, Ordering::AcqRel);
-        (self
-            .client
-            .publish(self.out.clone(), message.freeze())
-            .await)
-            .is_ok()
-    }
-
-    /// Reads what this side's HTTP connection writes and sends it, within the
-    /// window; says it is alive when it has nothing to send.
-    async fn send_loop(
-        self: Arc<Self>,
-        mut read: ReadHalf<DuplexStream>,
-        chunk: usize,
-        beat: Duration,
-    ) {
-        let mut acked = self.acked.subscribe();
-        let mut in_flight: std::collections::VecDeque<(u64, usize)> = Default::default();
-        let mut in_flight_bytes = 0usize;
-        let mut seq = 0u64;
-        let mut buf = vec![0u8; chunk];
-        let mut heartbeat = tokio::time::interval(beat);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_sent = Instant::now();
-        let mut reading = true;
-        loop {
-            let upto = *acked.borrow_and_update();
-            while in_flight.front().is_some_and(|(s, _)| *s <= upto) {
-                if let Some((_, n)) = in_flight.pop_front() {
-                    in_flight_bytes -= n;
-                }
-            }
-            let room = reading
-                && (in_flight.len() as u64) < WINDOW_MESSAGES
-                && in_flight_bytes < WINDOW_BYTES;
-            tokio::select! {
-                biased;
-                _ = self.done.cancelled() => return,
-                read = read.read(&mut buf), if room => {
-                    // A failed read ends this direction as the end of the stream does.
-                    let n: usize = read.unwrap_or_default();
-                    seq += 1;
-                    let kind = if n == 0 { FIN } else { DATA };
-                    if !self.publish(kind, seq, &buf[..n]).await {
-                        self.reset().await;
-                        return;
-                    }
-                    last_sent = Instant::now();
-                    in_flight.push_back((seq, n));
-                    in_flight_bytes += n;
-                    if n == 0 {
-                        reading = false;
-                        self.fin_sent.store(true, Ordering::Release);
-                    }
-                }
-                changed = acked.changed() => if changed.is_err() { return },
-                _ = heartbeat.tick() => {
-                    // Half a beat of slack: ticks and sends never line up exactly, and
-                    // a beat skipped for a send just short of it would be a beat late.
-                    if last_sent.elapsed() >= beat / 2 {
-                        if !self.publish(ACK, 0, &[]).await {
-                            self.reset().await;
-                            return;
-                        }
-                        last_sent = Instant::now();
-                    }
-                }
-            }
-        }
-    }
-
-    /// Hands what the other side sends to this side's HTTP connection, in order,
-    /// acknowledging it; resets on a gap, a reset, or silence.
-    async fn receive_loop(
-        self: Arc<Self>,
-        mut incoming: async_nats::Subscriber,
-        mut write: WriteHalf<DuplexStream>,
-        dead_after: Duration,
-    ) {
-        let mut heard = Instant::now();
-        // One timer, moved on only when it fires: nothing per message.
-        let silence = tokio::time::sleep(dead_after);
-        tokio::pin!(silence);
-        let mut unacked_bytes = 0usize;
-        let mut writing = true;
-        let mut fin_received = false;
-        loop {
-            if fin_received && self.fin_sent.load(Ordering::Acquire) {
-                // Both sides are done; the last acknowledgement lets the other go too.
-                let _ = self.publish(ACK, 0, &[]).await;
-                self.done.cancel();
-                return;
-            }
-            let message = tokio::select! {
-                biased;
-                _ = self.done.cancelled() => return,
-                message = incoming.next() => match message {
-                    Some(message) => message,
-                    None => return self.reset().await,
-                },
-                _ = &mut silence => {
-                    if heard.elapsed() < dead_after {
-                        silence.as_mut().reset(heard + dead_after);
-                        continue;
-                    }
-                    tracing::info!("cluster: the other host of a tunnel went silent; closing it");
-                    return self.reset().await;
-                }
-            };
-            heard = Instant::now();
-            let payload = message.payload;
-            if payload.len() < HEAD {
-                return self.reset().await;
-            }
-            let kind = payload[0];
-            let seq = u64::from_be_bytes(payload[1..9].try_into().unwrap_or_default());
-            let ack = u64::from_be_bytes(payload[9..17].try_into().unwrap_or_default());
-            self.acked.send_if_modified(|upto| {
-                let newer = ack > *upto;
-                *upto = (*upto).max(ack);
-                newer
-            });
-            match kind {
-                ACK => continue,
-                DATA | FIN => {}
-                _ => {
-                    // RESET, or a kind no host sends.
-                    self.done.cancel();
-                    return;
-                }
-            }
-            if seq != self.received.load(Ordering::Acquire) + 1 {
-                tracing::info!(
-                    seq,
-                    "cluster: a tunnel message was lost; closing the tunnel"
-                );
-                return self.reset().await;
-            }
-            if kind == FIN {
-                fin_received = true;
-                if writing {
-                    let _ = write.shutdown().await;
-                    writing = false;
-                }
-            } else if writing && write.write_all(&payload[HEAD..]).await.is_err() {
-                // This side's connection is gone: what still comes is dropped, and
-                // acknowledged so the other side's writer is never stuck on it.
-                writing = false;
-            }
-            let received = self.received.fetch_add(1, Ordering::AcqRel) + 1;
-            unacked_bytes += payload.len() - HEAD;
-            if received - self.ack_sent.load(Ordering::Acquire) >= ACK_EVERY
-                || unacked_bytes >= ACK_BYTES
-                || kind == FIN
-            {
-                let _ = self.publish(ACK, 0, &[]).await;
-                unacked_bytes = 0;
-            }
-        }
-    }
-
-    /// Ends the tunnel here and tells the other side.
-    async fn reset(&self) {
-        if !self.done.is_cancelled() {
-            self.done.cancel();
-            let _ = self.publish(RESET, 0, &[]).await;
-        }
     }
 }
