@@ -373,6 +373,47 @@ async fn records_are_shared_and_each_environment_runs_on_one_host() {
 
 /// Stops environment `id` through host `through` and waits until `seen_on` shows it
 /// stopped and run by no host.
+#[tokio::test]
+async fn environments_started_on_a_host_run_there_while_the_others_sweep() {
+    const N: usize = 60;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    // A short lease: the other hosts look for environments nobody runs twice a second.
+    let config = "[cluster]\nlease_ttl_secs = 2\n";
+    let a = host(dir.path(), &nats, "a", config);
+    let b = host(dir.path(), &nats, "b", config);
+    let c = host(dir.path(), &nats, "c", config);
+    // Started all at once, so a's starts queue behind each other while b and c see
+    // the records: each must still run on a, the host asked to start it.
+    let created = futures_util::future::join_all((0..N).map(|i| {
+        let body = json!({"name": format!("burst{i}"), "provider": "handoff", "start": true});
+        a.call("POST", "/api/v1/environments", Some(body))
+    }))
+    .await;
+    let mut ids = Vec::new();
+    for (status, env) in created {
+        assert_eq!(status, StatusCode::CREATED, "{env}");
+        ids.push(id_of(&env));
+    }
+    for id in &ids {
+        let env = until_env(&b, id, "held by a host", |e| e["host"].is_string()).await;
+        assert_eq!(env["host"], "a", "{env}");
+    }
+    let ran_elsewhere = |server: &Server| {
+        (0..N).any(|i| {
+            (server.data_dir)
+                .join(format!(".codebolt/environments/burst{i}"))
+                .exists()
+        })
+    };
+    assert!(!ran_elsewhere(&b) && !ran_elsewhere(&c));
+    a.stop();
+    b.stop();
+    c.stop();
+}
+
 async fn stopped_through(through: &Server, seen_on: &Server, id: &str) {
     let (status, body) = through
         .call("POST", &format!("/api/v1/environments/{id}/stop"), None)

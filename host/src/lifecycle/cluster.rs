@@ -12,7 +12,7 @@ use super::workspaces;
 use super::{LifecycleError, Manager, Status};
 use crate::cluster::{Abandoned, Cluster, ClusterError, ClusterEvent};
 use crate::config::ClusterRelay;
-use crate::store::{Record, StoreError};
+use crate::store::{DesiredState, Record, StoreError};
 
 impl Manager {
     /// Starts the cluster's sync (the records are read from the cluster first) and
@@ -112,7 +112,8 @@ impl Manager {
     }
 
     /// Stores a new `record`; in a cluster, once its name is reserved cluster-wide
-    /// (two hosts creating one name at once: one gets `Conflict`).
+    /// (two hosts creating one name at once: one gets `Conflict`) and, if it is to
+    /// run, with its lease taken first ([`Manager::lease_ahead`]).
     pub(super) async fn insert_record(&self, record: Record) -> Result<(), LifecycleError> {
         let Some(cluster) = self.cluster() else {
             return Ok(self.shared.store.insert(record).await?);
@@ -128,11 +129,45 @@ impl Manager {
                 StoreError::NameTaken(name).to_string(),
             ));
         }
+        let leased = record.desired_state == DesiredState::Running && self.lease_ahead(&id).await;
         let inserted = store.insert(record).await;
         if inserted.is_err() {
             cluster.release_name(&name, &id).await;
+            if leased {
+                cluster.release(&id).await;
+            }
         }
         Ok(inserted?)
+    }
+
+    /// Before this host's record says environment `id` should run: in a cluster, takes
+    /// its lease now unless another host holds it, so that no other host's orphan
+    /// sweep, seeing an environment that should run and that nobody holds in the
+    /// moment before this host's start would take the lease, runs it there instead.
+    /// Whether a lease was taken here that was not held before (to give up with
+    /// [`Manager::lease_ahead_undone`] if the record is not written after all).
+    pub(super) async fn lease_ahead(&self, id: &str) -> bool {
+        let Some(cluster) = self.cluster() else {
+            return false;
+        };
+        if cluster.holds(id) {
+            return false;
+        }
+        match cluster.claim(id).await {
+            Ok(taken) => taken,
+            Err(e) => {
+                // The start's own claim tries again (and says why it could not).
+                tracing::debug!(env = %id, error = %e, "cluster: taking the lease ahead of a start");
+                false
+            }
+        }
+    }
+
+    /// Gives up a lease [`Manager::lease_ahead`] took for a start that was not written.
+    pub(super) async fn lease_ahead_undone(&self, id: &str, leased: bool) {
+        if let (true, Some(cluster)) = (leased, self.cluster()) {
+            cluster.release(id).await;
+        }
     }
 
     /// Before environment `id` is deleted: whether this host is to have its provider

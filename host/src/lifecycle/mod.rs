@@ -522,8 +522,10 @@ impl Manager {
         let record = self.reachable_for_change(who, id)?;
         let env = self.known_env(id)?;
         let _admitted = self.shared.quotas.admit(&record.owner, false).await;
+        let mut leased = false;
         if desired == DesiredState::Running {
             (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(id))?;
+            leased = self.lease_ahead(id).await;
         }
         let written = self.shared.store.update(id, |r| {
             if desired == DesiredState::Stopped {
@@ -544,10 +546,14 @@ impl Manager {
         if syncing {
             self.driver().spawn_converge(env.clone());
         }
-        match first {
-            std::task::Poll::Ready(done) => done?,
-            std::task::Poll::Pending => written.await?,
+        let done = match first {
+            std::task::Poll::Ready(done) => done,
+            std::task::Poll::Pending => written.await,
         };
+        if done.is_err() {
+            self.lease_ahead_undone(id, leased).await;
+        }
+        done?;
         self.publish_changed(id, None);
         if !syncing {
             self.driver().spawn_converge(env);
@@ -567,10 +573,16 @@ impl Manager {
         let env = self.known_env(id)?;
         let _admitted = self.shared.quotas.admit(&record.owner, false).await;
         (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(id))?;
-        self.shared
+        let leased = self.lease_ahead(id).await;
+        let written = self
+            .shared
             .store
             .update(id, |r| r.desired_state = DesiredState::Running)
-            .await?;
+            .await;
+        if written.is_err() {
+            self.lease_ahead_undone(id, leased).await;
+        }
+        written?;
         self.publish_changed(id, None);
         self.driver().spawn_restart(env);
         self.view(id)

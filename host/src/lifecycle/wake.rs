@@ -59,10 +59,16 @@ impl Manager {
         (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(&record.id))?;
         let id = record.id.clone();
         async {
-            self.shared
+            let leased = self.lease_ahead(&id).await;
+            let written = self
+                .shared
                 .store
                 .update(&id, |r| r.desired_state = DesiredState::Running)
-                .await?;
+                .await;
+            if written.is_err() {
+                self.lease_ahead_undone(&id, leased).await;
+            }
+            written?;
             tracing::info!("stopped environment asked to run again by an app's connect");
             self.known_record(&id)
         }
