@@ -284,7 +284,11 @@ impl Link {
         ticks.tick().await;
         loop {
             tokio::select! {
-                _ = self.done.cancelled() => return,
+                _ = self.done.cancelled() => {
+                    // Ended by the cluster's closing too, which wakes nobody itself.
+                    self.waker.wake_by_ref();
+                    return;
+                }
                 _ = ticks.tick() => {}
             }
             if self.drain() >= dead_after {
@@ -358,7 +362,7 @@ impl TunnelStream {
         link.handed.fetch_max(seq, Ordering::AcqRel);
         self.unacked_bytes += bytes;
         if last
-            || seq - link.ack_sent.load(Ordering::Acquire) >= ACK_EVERY
+            || seq.saturating_sub(link.ack_sent.load(Ordering::Acquire)) >= ACK_EVERY
             || self.unacked_bytes >= ACK_BYTES
         {
             self.unacked_bytes = 0;
