@@ -253,7 +253,14 @@ impl Tunnels {
         environment: &str,
     ) -> (TunnelStream, CancellationToken) {
         let done = closing.child_token();
-        let link = Arc::new(Link::new(self.client.clone(), out, incoming, done.clone()));
+        let span = tracing::debug_span!("tunnel", env = %environment);
+        let link = Arc::new(Link::new(
+            self.client.clone(),
+            out,
+            incoming,
+            done.clone(),
+            span.clone(),
+        ));
         let chunk = CHUNK.min(
             self.client
                 .server_info()
@@ -261,7 +268,6 @@ impl Tunnels {
                 .saturating_sub(HEAD + 1024),
         );
         let chunk = chunk.max(1024);
-        let span = tracing::debug_span!("tunnel", env = %environment);
         tokio::spawn(
             link.clone()
                 .keep(self.dead_after / 3, self.dead_after)

@@ -78,6 +78,9 @@ pub(super) struct Link {
     /// Fires when the tunnel is over: dropped, reset by either side, silent, or the
     /// cluster is closing.
     done: CancellationToken,
+    /// The tunnel's span (with its environment), for what is logged from the
+    /// connection's task.
+    span: tracing::Span,
 }
 
 /// What came from the other side and was not read yet.
@@ -119,6 +122,7 @@ impl Link {
         out: String,
         incoming: async_nats::Subscriber,
         done: CancellationToken,
+        span: tracing::Span,
     ) -> Self {
         let now = Instant::now();
         let waiting = Arc::new(Waiting::default());
@@ -142,6 +146,7 @@ impl Link {
             last_sent: AtomicU64::new(0),
             born: now,
             done,
+            span,
         }
     }
 
@@ -184,7 +189,8 @@ impl Link {
 
     /// Ends the tunnel for a reason seen here.
     fn broken(&self, why: &str) {
-        tracing::info!("cluster: {why}; closing the tunnel");
+        self.span
+            .in_scope(|| tracing::info!("cluster: {why}; closing the tunnel"));
         self.end(true);
     }
 
