@@ -170,6 +170,20 @@ impl Manager {
         }
     }
 
+    /// Writes that environment `id` should run, its lease taken first
+    /// ([`Manager::lease_ahead`]) and given up if the write fails.
+    pub(super) async fn want_running(&self, id: &str) -> Result<(), LifecycleError> {
+        let leased = self.lease_ahead(id).await;
+        let written = (self.shared.store)
+            .update(id, |r| r.desired_state = DesiredState::Running)
+            .await;
+        if written.is_err() {
+            self.lease_ahead_undone(id, leased).await;
+        }
+        written?;
+        Ok(())
+    }
+
     /// Before environment `id` is deleted: whether this host is to have its provider
     /// remove the resource. Alone, or when it runs the environment, always; when
     /// another host runs it, that host does, as the delete reaches it. For a stopped

@@ -573,16 +573,7 @@ impl Manager {
         let env = self.known_env(id)?;
         let _admitted = self.shared.quotas.admit(&record.owner, false).await;
         (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(id))?;
-        let leased = self.lease_ahead(id).await;
-        let written = self
-            .shared
-            .store
-            .update(id, |r| r.desired_state = DesiredState::Running)
-            .await;
-        if written.is_err() {
-            self.lease_ahead_undone(id, leased).await;
-        }
-        written?;
+        self.want_running(id).await?;
         self.publish_changed(id, None);
         self.driver().spawn_restart(env);
         self.view(id)

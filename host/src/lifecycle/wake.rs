@@ -59,16 +59,7 @@ impl Manager {
         (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(&record.id))?;
         let id = record.id.clone();
         async {
-            let leased = self.lease_ahead(&id).await;
-            let written = self
-                .shared
-                .store
-                .update(&id, |r| r.desired_state = DesiredState::Running)
-                .await;
-            if written.is_err() {
-                self.lease_ahead_undone(&id, leased).await;
-            }
-            written?;
+            self.want_running(&id).await?;
             tracing::info!("stopped environment asked to run again by an app's connect");
             self.known_record(&id)
         }

@@ -401,7 +401,7 @@ impl AsyncRead for TunnelStream {
                 }
                 return Poll::Ready(Ok(()));
             }
-            let link = this.link.clone();
+            let link = &this.link;
             let mut inbox = link.inbox.locked();
             if let Some((seq, data)) = inbox.queue.pop_front() {
                 inbox.queued_bytes -= data.len();
@@ -461,13 +461,12 @@ impl AsyncWrite for TunnelStream {
         if !this.room() {
             // The acknowledgements that open the window come on the subscription;
             // look again after registering, as what came in between woke nobody.
-            let link = this.link.clone();
-            link.take(&mut link.inbox.locked());
+            this.link.take(&mut this.link.inbox.locked());
             if !this.room() {
-                link.waiting.writer.register(cx.waker());
-                link.take(&mut link.inbox.locked());
+                this.link.waiting.writer.register(cx.waker());
+                this.link.take(&mut this.link.inbox.locked());
             }
-            if link.over() {
+            if this.link.over() {
                 return Poll::Ready(Err(gone()));
             }
             if !this.room() {
