@@ -28,10 +28,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use wasmtime::{Store, Trap};
 
-use super::bindings::{AnyBindings, AnyPre};
+use super::bindings::AnyBindings;
 use super::executor::GuestExecutor;
 use super::inline::InlineBudget;
 use super::instance::{HostState, arm_deadline};
+use super::stacks::StackSlot;
 use super::types::{Call, CallError, Reply};
 use super::{EngineError, TICK};
 use crate::config::LimitsConfig;
@@ -40,6 +41,8 @@ use crate::config::LimitsConfig;
 struct Live {
     store: Store<HostState>,
     bindings: AnyBindings,
+    /// The store's fiber stack, for the sweeper.
+    stack: StackSlot,
     /// Why the instance is dead (a trap, a timeout), once it is.
     dead: Option<String>,
 }
@@ -185,7 +188,11 @@ async fn run_call(
     let outcome = {
         let call = tokio::time::timeout(
             grace,
-            super::dispatch::dispatch(&mut live.store, &live.bindings, call),
+            live.stack.run(super::dispatch::dispatch(
+                &mut live.store,
+                &live.bindings,
+                call,
+            )),
         );
         let mut call = pin!(call);
         let mut cancelled = pin!(cancel.cancelled());
@@ -221,17 +228,17 @@ async fn run_call(
     }
 }
 
-/// Instantiates `pre` in `store` on the guest executor (instantiation runs the
-/// guest's start-up code) and returns the handle calls go through.
+/// Instantiates `loaded` in `store` (whose fiber stack `stack` tracks) on the guest
+/// executor (instantiation runs the guest's start-up code) and returns the handle
+/// calls go through.
 pub(crate) async fn instantiate(
     guests: &GuestExecutor,
-    pre: AnyPre,
-    mut store: Store<HostState>,
-    provider: String,
-    version: String,
-    sha256: String,
+    loaded: &super::LoadedProvider,
+    (mut store, stack): (Store<HostState>, StackSlot),
     limits: LimitsConfig,
 ) -> Result<ProviderHandle, EngineError> {
+    let pre = loaded.pre.clone();
+    let provider = loaded.description.name.clone();
     let budget = guests.inline_budget().clone();
     const START_UP: Duration = Duration::from_secs(10);
     let env_id = store.data().env_id.clone();
@@ -239,8 +246,9 @@ pub(crate) async fn instantiate(
     let job = async move {
         // Bound the start-up code like any call.
         arm_deadline(&mut store, START_UP);
-        match tokio::time::timeout(START_UP + TICK * 5, pre.instantiate(&mut store)).await {
-            Ok(Ok(bindings)) => Ok((store, bindings)),
+        let started = stack.run(pre.instantiate(&mut store));
+        match tokio::time::timeout(START_UP + TICK * 5, started).await {
+            Ok(Ok(bindings)) => Ok((store, bindings, stack)),
             Ok(Err(e)) => Err(EngineError::Instantiate(format!("{e:#}"))),
             Err(_) => Err(EngineError::Instantiate(format!(
                 "start-up code did not finish within {} s",
@@ -263,12 +271,13 @@ pub(crate) async fn instantiate(
             .await
             .map_err(|_| EngineError::Instantiate("the guest executor has shut down".into()))?,
     };
-    let (store, bindings) = started?;
+    let (store, bindings, stack) = started?;
     Ok(ProviderHandle {
         shared: Arc::new(Shared {
             live: Arc::new(Mutex::new(Some(Live {
                 store,
                 bindings,
+                stack,
                 dead: None,
             }))),
             inline: AtomicBool::new(inline),
@@ -279,8 +288,8 @@ pub(crate) async fn instantiate(
             span,
         }),
         provider,
-        version,
-        sha256,
+        version: loaded.description.version.clone(),
+        sha256: loaded.sha256.clone(),
     })
 }
 

@@ -23,6 +23,7 @@ mod host;
 mod inline;
 mod instance;
 pub(crate) mod persisted;
+mod stacks;
 mod types;
 
 use std::collections::BTreeMap;
@@ -171,6 +172,8 @@ pub struct Engine {
     compile_cache: Option<wasmtime::Cache>,
     dropins: dropins::DropIns,
     guests: executor::GuestExecutor,
+    /// The fiber stacks instances run on (idle ones' pages given back).
+    stacks: Arc<stacks::Stacks>,
     /// The spawn guards instances' children run under, once set.
     spawn_guard: std::sync::OnceLock<Arc<crate::broker::launch::Guards>>,
 }
@@ -204,6 +207,8 @@ impl Engine {
         config.epoch_interruption(true);
         config.max_wasm_stack(MAX_WASM_STACK);
         config.memory_init_cow(share_initial_images(max_map_count()));
+        let stacks = stacks::Stacks::new();
+        config.with_host_stack(stacks.clone());
         let wasm = wasmtime::Engine::new(&config).map_err(setup)?;
         let mut linker = Linker::new(&wasm);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(setup)?;
@@ -221,6 +226,7 @@ impl Engine {
             compile_cache,
             dropins: Default::default(),
             guests,
+            stacks,
             spawn_guard: std::sync::OnceLock::new(),
         })
     }
@@ -339,7 +345,6 @@ impl Engine {
         provider: &LoadedProvider,
         setup: InstanceSetup,
     ) -> Result<ProviderHandle, EngineError> {
-        let name = provider.description.name.clone();
         let (limits, net) = self.settings.read_locked().clone();
         let settings = instance::StoreSettings {
             limits: &limits,
@@ -347,17 +352,8 @@ impl Engine {
             tls: &self.tls,
             spawn_guard: self.spawn_guard.get(),
         };
-        let store = instance::new_store(&self.wasm, &name, setup, settings)?;
-        handle::instantiate(
-            &self.guests,
-            provider.pre.clone(),
-            store,
-            name,
-            provider.description.version.clone(),
-            provider.sha256.clone(),
-            limits.clone(),
-        )
-        .await
+        let store = instance::new_store(&self.wasm, &provider.description.name, setup, settings)?;
+        handle::instantiate(&self.guests, provider, (store, self.stacks.slot()), limits).await
     }
 }
 

@@ -254,3 +254,34 @@ fn initial_images_are_shared_only_where_the_mapping_cap_leaves_room() {
     assert!(!super::share_initial_images(None));
     assert!(super::share_initial_images(Some(262_144)));
 }
+
+#[tokio::test]
+async fn an_idle_instance_gives_its_stack_back_and_calls_on_after() {
+    let (engine, p) = local_process().await;
+    let ws = tempfile::tempdir().expect("tempdir");
+    let (h, _rx) = instance(&engine, &p, ws.path(), Grant::default()).await;
+    h.call(Call::Health, T).await.expect("health");
+    let (pages, stacks) = engine.stacks.tracked();
+    assert_eq!(stacks, 1, "the instance's stack is known to its slot");
+    assert!(pages > 0, "a call touched its stack");
+
+    // Too recent: kept.
+    engine.stacks.sweep_ahead(Duration::ZERO);
+    assert_eq!(engine.stacks.tracked().0, pages);
+    engine.stacks.sweep_ahead(stacks::IDLE * 2);
+    assert_eq!(engine.stacks.tracked(), (0, 1), "idle: pages given back");
+
+    // The next calls fault the pages in again and answer as before.
+    for _ in 0..3 {
+        h.call(Call::Health, T)
+            .await
+            .expect("health after the sweep");
+    }
+    assert!(engine.stacks.tracked().0 > 0);
+    h.shutdown().await;
+    assert_eq!(
+        engine.stacks.tracked(),
+        (0, 0),
+        "the ended instance's slot is gone"
+    );
+}
