@@ -165,9 +165,13 @@ pub(crate) fn new_store(
         let guest = d.display().to_string();
         (d, guest)
     }));
-    std::fs::create_dir_all(&setup.state_dir).map_err(|e| {
-        EngineError::Instantiate(format!("creating {}: {e}", setup.state_dir.display()))
-    })?;
+    // After the first start the directory exists: one stat instead of a failing mkdir
+    // and a stat (anything else there fails the preopen below, with its reason).
+    if !setup.state_dir.is_dir() {
+        std::fs::create_dir_all(&setup.state_dir).map_err(|e| {
+            EngineError::Instantiate(format!("creating {}: {e}", setup.state_dir.display()))
+        })?;
+    }
     let mut wasi = WasiCtxBuilder::new();
     for (host, guest) in &dirs {
         wasi.preopened_dir(host, guest, FsPerms::ReadWrite)

@@ -90,11 +90,14 @@ impl Stacks {
 
     /// Gives back the pages of the stacks of instances idle since before `now - IDLE`.
     fn sweep(&self, now: Instant) {
-        let mut slots = self.slots.locked();
-        slots.retain(|slot| {
-            let Some(slot) = slot.upgrade() else {
-                return false;
-            };
+        // Zeroing takes a system call per stack: not under the list's lock, which
+        // every new instance takes.
+        let slots: Vec<_> = {
+            let mut slots = self.slots.locked();
+            slots.retain(|slot| slot.strong_count() > 0);
+            slots.iter().filter_map(Weak::upgrade).collect()
+        };
+        for slot in slots {
             let mut state = slot.locked();
             if state.busy == 0 && state.resident && now.duration_since(state.since) >= IDLE {
                 if let Some(stack) = state.stack.as_ref().and_then(Weak::upgrade) {
@@ -104,8 +107,7 @@ impl Stacks {
                 }
                 state.resident = false;
             }
-            true
-        });
+        }
     }
 
     /// Stacks kept for reuse now (for tests).
