@@ -14,7 +14,8 @@
 //!    started again with `--bare-server` — so no process needs more than N sockets;
 //! 4. with all N running and connected, over [`SPREAD`] (longer than a health
 //!    interval): `/healthz` and one record, p50/p99, the full list, the host's CPU use
-//!    while idle, and its resident memory per environment (growth from empty / N).
+//!    while idle, and its resident memory per environment (growth from empty / N),
+//!    split into the guests' linear memories, stacks and the rest (from `smaps`).
 //!
 //! `cargo bench -p tether --bench scale [-- SIZES]`, e.g. `-- 1000,10000`.
 
@@ -30,7 +31,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use support::fleet::{create_many, dial, handoff, load, raise_nofile};
-use support::{Res, Server, TOKEN, cpu_time, echo, rss_kib, us};
+use support::{Res, Server, TOKEN, cpu_time, echo, resident, rss_kib, us};
 
 /// Create requests in flight at a time.
 const CREATORS: usize = 64;
@@ -93,14 +94,23 @@ fn main() -> Res<()> {
         println!("{}", row.second);
     }
     println!();
+    println!(
+        "| environments | host RSS per environment | of which guest linear memory | stacks | the rest (heap, buffers) |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        println!("{}", row.third);
+    }
+    println!();
     println!("load average after: {}", load());
     Ok(())
 }
 
-/// One size's two table rows.
+/// One size's three table rows.
 struct Row {
     first: String,
     second: String,
+    third: String,
 }
 
 async fn case(n: usize) -> Res<Row> {
@@ -119,6 +129,7 @@ async fn case(n: usize) -> Res<Row> {
     )
     .await?;
     let rss_empty = rss_kib(&host).unwrap_or(0);
+    let kinds_empty = resident(&host).unwrap_or_default();
 
     eprintln!("{n}: creating…");
     let began = Instant::now();
@@ -198,6 +209,7 @@ async fn case(n: usize) -> Res<Row> {
             .count()
     });
     let rss = rss_kib(&host).unwrap_or(0);
+    let kinds = resident(&host).unwrap_or_default();
     if shown_connected != n {
         eprintln!("{n}: the list shows {shown_connected} runtimes connected");
     }
@@ -226,6 +238,16 @@ async fn case(n: usize) -> Res<Row> {
             idle_cpu.unwrap_or_else(|| "–".into()),
             rss.saturating_sub(rss_empty) as f64 / n as f64,
         ),
+        third: {
+            let per = |full: u64, empty: u64| full.saturating_sub(empty) as f64 / n as f64;
+            format!(
+                "| {n} | {:.1} KiB | {:.1} KiB | {:.1} KiB | {:.1} KiB |",
+                per(rss, rss_empty),
+                per(kinds.guest, kinds_empty.guest),
+                per(kinds.stacks, kinds_empty.stacks),
+                per(kinds.rest, kinds_empty.rest),
+            )
+        },
     })
 }
 

@@ -63,6 +63,75 @@ pub(crate) fn rss_kib(pid: &str) -> Option<u64> {
         .ok()
 }
 
+/// Resident memory of process `pid` by kind, in KiB, from `/proc/<pid>/smaps`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Resident {
+    /// Guest linear memories: read-write anonymous mappings right below a
+    /// reservation of 1 GiB or more without access (wasmtime's layout).
+    pub(crate) guest: u64,
+    /// Stacks: read-write anonymous mappings right above a one-page guard (fiber
+    /// stacks, and the threads' own, whose number hardly changes).
+    pub(crate) stacks: u64,
+    /// Everything else (the host's heap, code, buffers).
+    pub(crate) rest: u64,
+}
+
+/// [`Resident`] of process `pid`; `None` where it cannot be read.
+pub(crate) fn resident(pid: &str) -> Option<Resident> {
+    struct Map {
+        start: u64,
+        end: u64,
+        perms: String,
+        anonymous: bool,
+        rss: u64,
+    }
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let mut maps: Vec<Map> = Vec::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next()?;
+        if let Some((a, b)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
+        {
+            let perms = words.next()?.to_owned();
+            // offset, device, inode, then the name if any.
+            let anonymous = words.nth(3).is_none();
+            maps.push(Map {
+                start,
+                end,
+                perms,
+                anonymous,
+                rss: 0,
+            });
+        } else if first == "Rss:"
+            && let Some(last) = maps.last_mut()
+        {
+            last.rss = words.next()?.parse().ok()?;
+        }
+    }
+    fn none(other: Option<&Map>) -> Option<&Map> {
+        other.filter(|o| o.anonymous && o.perms.starts_with("---"))
+    }
+    let mut kinds = Resident::default();
+    for (i, m) in maps.iter().enumerate() {
+        let writable = m.anonymous && m.perms.starts_with("rw");
+        let reservation_above =
+            none(maps.get(i + 1)).is_some_and(|n| n.start == m.end && n.end - n.start >= 1 << 30);
+        let guard_below = i
+            .checked_sub(1)
+            .and_then(|j| none(maps.get(j)))
+            .is_some_and(|p| p.end == m.start && p.end - p.start == 4096);
+        if writable && reservation_above {
+            kinds.guest += m.rss;
+        } else if writable && guard_below {
+            kinds.stacks += m.rss;
+        } else {
+            kinds.rest += m.rss;
+        }
+    }
+    Some(kinds)
+}
+
 /// CPU time (user + system, all threads) process `pid` has used so far, from
 /// `/proc/<pid>/stat`; `None` where there is no such file.
 pub(crate) fn cpu_time(pid: &str) -> Option<Duration> {
