@@ -158,8 +158,9 @@ async fn measure(name: &str, bytes: &[u8]) -> Result<Row, BoxError> {
     }
     let instantiate = start.elapsed() / INSTANCES as u32;
     let instantiate_cpu = cpu_time()?.saturating_sub(cpu) / INSTANCES as u32;
-    // Let every actor reach its idle wait before reading the resident set.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Idle instances, as the column says: an instance that has made no call for a
+    // second gives its fiber stack's pages back (within the sweeper's half second).
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     let after = rss_kib()?;
     let rss_per_instance = after.saturating_sub(before) as f64 / INSTANCES as f64;
 
