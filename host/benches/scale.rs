@@ -17,7 +17,9 @@
 //!    while idle, and its resident memory per environment (growth from empty / N),
 //!    split into the guests' linear memories, stacks and the rest (from `smaps`).
 //!
-//! `cargo bench -p tether --bench scale [-- SIZES]`, e.g. `-- 1000,10000`.
+//! `cargo bench -p tether --bench scale [-- SIZES]`, e.g. `-- 1000,10000`. Under a
+//! wrapper (`RELAY_BENCH_WRAP`, e.g. `heaptrack -o FILE`) the CPU and memory columns read
+//! the wrapper's process, not the host's.
 
 mod support;
 

@@ -205,6 +205,9 @@ impl Server {
             }
             None => dies_with_benchmark(env!("CARGO_BIN_EXE_tether")),
         };
+        // A group of its own: stopping a host run under a wrapper (which may not pass
+        // signals on) stops the host too, not only the wrapper.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
@@ -379,17 +382,24 @@ impl Server {
     /// Asks the host to shut down (so a profiler around it writes its report), and
     /// kills it if it has not within a few seconds.
     pub(crate) fn stop(mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        // The host's process group (see `start_with`): the host, and its wrapper if any.
+        let group = i32::try_from(self.child.id())
+            .ok()
+            .map(|pid| Pid::from_raw(-pid));
+        if let Some(group) = group {
+            let _ = kill(group, Signal::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
+        // Whatever of the group is left (a host its wrapper left behind, or all of it).
+        if let Some(group) = group {
+            let _ = kill(group, Signal::SIGKILL);
+        }
         let _ = self.child.wait();
     }
 }
