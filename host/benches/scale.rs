@@ -79,33 +79,32 @@ fn main() -> Res<()> {
         rows.push(rt.block_on(case(n))?);
         eprintln!("{}", rows.last().map_or("", |r: &Row| r.first.as_str()));
     }
-    println!();
-    println!(
-        "| environments | creates/s | create p50 | create p99 | all started | all connected (bare server) | all connected (Tether) |"
+    table(
+        "| environments | creates/s | create p50 | create p99 | all started | all connected (bare server) | all connected (Tether) |",
+        rows.iter().map(|r| &r.first),
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for row in &rows {
-        println!("{}", row.first);
-    }
-    println!();
-    println!(
-        "| environments | /healthz p50 | /healthz p99 (empty host) | record p50 | record p99 (empty host) | list all | idle host CPU | host RSS per environment |"
+    table(
+        "| environments | /healthz p50 | /healthz p99 (empty host) | record p50 | record p99 (empty host) | list all | idle host CPU | host RSS per environment |",
+        rows.iter().map(|r| &r.second),
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for row in &rows {
-        println!("{}", row.second);
-    }
-    println!();
-    println!(
-        "| environments | host RSS per environment | of which guest linear memory | stacks | the rest (heap, buffers) |"
+    table(
+        "| environments | host RSS per environment | of which guest linear memory | stacks | the rest (heap, buffers) |",
+        rows.iter().map(|r| &r.third),
     );
-    println!("|---:|---:|---:|---:|---:|");
-    for row in &rows {
-        println!("{}", row.third);
-    }
     println!();
     println!("load average after: {}", load());
     Ok(())
+}
+
+/// Prints a Markdown table: `header`, its alignment line (every column right
+/// aligned), then `rows`, after an empty line.
+fn table<'a>(header: &str, rows: impl Iterator<Item = &'a String>) {
+    println!();
+    println!("{header}");
+    println!("|{}", "---:|".repeat(header.matches('|').count() - 1));
+    for row in rows {
+        println!("{row}");
+    }
 }
 
 /// One size's three table rows.

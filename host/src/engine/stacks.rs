@@ -340,10 +340,7 @@ impl Region {
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(wasmtime::Error::msg(format!(
-                "mapping a fiber stack: {}",
-                std::io::Error::last_os_error()
-            )));
+            return Err(mapping_failed());
         }
         // From here on `region` unmaps it if anything fails.
         let region = Region {
@@ -360,10 +357,7 @@ impl Region {
             )
         };
         if opened != 0 {
-            return Err(wasmtime::Error::msg(format!(
-                "mapping a fiber stack: {}",
-                std::io::Error::last_os_error()
-            )));
+            return Err(mapping_failed());
         }
         Ok(region)
     }
@@ -405,6 +399,14 @@ impl Drop for Region {
             libc::munmap(self.base as *mut libc::c_void, self.len);
         }
     }
+}
+
+/// The error of the mapping call that just failed.
+fn mapping_failed() -> wasmtime::Error {
+    wasmtime::Error::msg(format!(
+        "mapping a fiber stack: {}",
+        std::io::Error::last_os_error()
+    ))
 }
 
 fn page_size() -> usize {

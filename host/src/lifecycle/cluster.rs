@@ -133,9 +133,7 @@ impl Manager {
         let inserted = store.insert(record).await;
         if inserted.is_err() {
             cluster.release_name(&name, &id).await;
-            if leased {
-                cluster.release(&id).await;
-            }
+            self.lease_ahead_undone(&id, leased).await;
         }
         Ok(inserted?)
     }
