@@ -14,8 +14,8 @@
 //!    started again with `--bare-server` — so no process needs more than N sockets;
 //! 4. with all N running and connected, over [`SPREAD`] (longer than a health
 //!    interval): `/healthz` and one record, p50/p99, the full list, the host's CPU use
-//!    while idle, and its resident memory per environment (growth from empty / N),
-//!    split into the guests' linear memories, stacks and the rest (from `smaps`).
+//!    while idle, its open descriptors and resident memory per environment (growth
+//!    from empty / N), the memory split into the guests' linear memories, stacks and the rest (from `smaps`).
 //!
 //! `cargo bench -p tether --bench scale [-- SIZES]`, e.g. `-- 1000,10000`. Under a
 //! wrapper (`RELAY_BENCH_WRAP`, e.g. `heaptrack -o FILE`) the CPU and memory columns read
@@ -48,7 +48,7 @@ const PHASE_LIMIT: Duration = Duration::from_secs(600);
 /// the default 30 s, the first environments would fail and restart while the last
 /// are still being created — a churn that is the benchmark's making, not the host's).
 const TOML: &str = "[health]\nruntime_grace_ms = 900000\n";
-/// Descriptors besides one socket per runtime (and the host's one per peer).
+/// Descriptors besides one socket per runtime (and the host's one per environment).
 const SPARE_FDS: u64 = 1024;
 
 fn main() -> Res<()> {
@@ -63,16 +63,17 @@ fn main() -> Res<()> {
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     let most = sizes.iter().copied().max().unwrap_or(0) as u64;
-    // The host (it inherits the limit) holds about three per running environment:
-    // its runtime's socket and the provider instance's two preopened directories.
-    let fds = raise_nofile(3 * most + SPARE_FDS);
+    // The host (it inherits the limit) holds one per running environment, its
+    // runtime's socket (a `handoff` instance opens no directory), and this process
+    // one per runtime it dials.
+    let fds = raise_nofile(most + SPARE_FDS);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     println!("load average before: {}", load());
     let mut rows = Vec::new();
     for n in sizes {
-        if (3 * n as u64 + SPARE_FDS) > fds {
+        if (n as u64 + SPARE_FDS) > fds {
             println!("{n}: skipped, the open-files limit ({fds}) cannot hold it");
             continue;
         }
@@ -84,7 +85,7 @@ fn main() -> Res<()> {
         rows.iter().map(|r| &r.first),
     );
     table(
-        "| environments | /healthz p50 | /healthz p99 (empty host) | record p50 | record p99 (empty host) | list all | idle host CPU | host RSS per environment |",
+        "| environments | /healthz p50 | /healthz p99 (empty host) | record p50 | record p99 (empty host) | list all | idle host CPU | host RSS per environment | host descriptors per environment |",
         rows.iter().map(|r| &r.second),
     );
     table(
@@ -130,6 +131,7 @@ async fn case(n: usize) -> Res<Row> {
     )
     .await?;
     let rss_empty = rss_kib(&host).unwrap_or(0);
+    let fds_empty = descriptors(&host);
     let kinds_empty = resident(&host).unwrap_or_default();
 
     eprintln!("{n}: creating…");
@@ -210,6 +212,7 @@ async fn case(n: usize) -> Res<Row> {
             .count()
     });
     let rss = rss_kib(&host).unwrap_or(0);
+    let fds = descriptors(&host);
     let kinds = resident(&host).unwrap_or_default();
     if shown_connected != n {
         eprintln!("{n}: the list shows {shown_connected} runtimes connected");
@@ -228,7 +231,7 @@ async fn case(n: usize) -> Res<Row> {
             bare.as_secs_f64(),
         ),
         second: format!(
-            "| {n} | {} | {} ({}) | {} | {} ({}) | {:.0} ms | {} | {:.1} KiB |",
+            "| {n} | {} | {} ({}) | {} | {} ({}) | {:.0} ms | {} | {:.1} KiB | {:.2} |",
             q(&health, 0.5),
             q(&health, 0.99),
             q(&empty_health, 0.99),
@@ -238,6 +241,7 @@ async fn case(n: usize) -> Res<Row> {
             list_took.as_secs_f64() * 1000.0,
             idle_cpu.unwrap_or_else(|| "–".into()),
             rss.saturating_sub(rss_empty) as f64 / n as f64,
+            fds.saturating_sub(fds_empty) as f64 / n as f64,
         ),
         third: {
             let per = |full: u64, empty: u64| full.saturating_sub(empty) as f64 / n as f64;
@@ -250,6 +254,11 @@ async fn case(n: usize) -> Res<Row> {
             )
         },
     })
+}
+
+/// How many descriptors process `pid` holds open.
+fn descriptors(pid: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
 
 /// `count` GETs of `path`, `gap` apart; their latencies in microseconds.

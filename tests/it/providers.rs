@@ -466,3 +466,49 @@ async fn an_agent_start_is_answered_once_and_reaches_the_runtime_as_a_notice() {
     );
     server.stop();
 }
+
+/// Descriptors process `pid` holds open on `dir` or anything under it.
+fn open_under(pid: u32, dir: &Path) -> Vec<PathBuf> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|to| to.starts_with(dir))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_running_environment_whose_provider_is_idle_holds_no_directory_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().canonicalize().unwrap();
+    let server = Server::start_with_handoff(&data, "");
+    let (id, url, token) = server.handoff_env("idle-files").await;
+    let _runtime = crate::support::Ws::connect(&url, Some(&token))
+        .await
+        .expect("runtime connects");
+    server
+        .wait_env(&id, "runtime connected", |e| {
+            e["runtime"]["connected"] == true
+        })
+        .await;
+    // The provider wrote runtime.json in its workspace and let go of the directory:
+    // neither the workspace nor the provider's state directory stays open.
+    let workspace = data.join(".codebolt/environments/idle-files");
+    assert!(workspace.join("runtime.json").is_file());
+    let state = data.join(".codebolt/provider-state");
+    assert_eq!(open_under(server.pid(), &workspace), Vec::<PathBuf>::new());
+    assert_eq!(open_under(server.pid(), &state), Vec::<PathBuf>::new());
+    // A restart opens and closes them again, and writes the new credentials.
+    let (status, _) = server
+        .call("POST", &format!("/api/v1/environments/{id}/restart"), None)
+        .await;
+    assert!(status.is_success(), "{status}");
+    let deadline = Instant::now() + WAIT;
+    while server.handoff_runtime("idle-files").1 == token {
+        assert!(Instant::now() < deadline, "restart wrote no new token");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open_under(server.pid(), &workspace), Vec::<PathBuf>::new());
+    server.stop();
+}

@@ -40,11 +40,14 @@ impl Provider for Handoff {
             "url": init.runtime_url,
             "token": init.runtime_token,
         });
-        // Written whole then renamed, so a reader never sees half a file.
-        let tmp = workspace.join(".runtime.json.tmp");
-        std::fs::write(&tmp, handoff.to_string())
-            .and_then(|()| std::fs::rename(&tmp, workspace.join(HANDOFF_FILE)))
-            .map_err(|e| ProviderError::failed(format!("writing {HANDOFF_FILE}: {e}")))?;
+        // Whole, through handles dropped after: an idle hand-off environment holds no
+        // descriptor on the host (the benchmarks run thousands).
+        fs::write_whole(
+            &workspace.to_string_lossy(),
+            HANDOFF_FILE,
+            handoff.to_string().as_bytes(),
+        )
+        .map_err(|e| ProviderError::failed(format!("writing {HANDOFF_FILE}: {}", e.message())))?;
         log::info(format!("runtime credentials handed off in {HANDOFF_FILE}"));
         Ok(StartResult {
             resource_id: init.workspace_host_path.clone(),

@@ -297,3 +297,57 @@ mod tests {
         let _ = fs::remove_dir_all(&root);
     }
 }
+
+/// Writes `name` (one file name, no folders) whole in the preopened directory `dir`
+/// (the path the guest sees it at, such as the workspace's `/workspace`): into a
+/// temporary file first, then renamed over `name`, so a reader never sees half of it.
+///
+/// Unlike `std::fs`, which keeps every preopened directory open for the rest of the
+/// instance's life once it touches one, this works through handles opened for the
+/// call and dropped before it returns: an instance that writes only this way holds no
+/// descriptor on the host while it waits, which counts on a host running thousands.
+pub fn write_whole(dir: &str, name: &str, bytes: &[u8]) -> Result<(), ProviderError> {
+    use wasip2::filesystem::preopens::get_directories;
+    use wasip2::filesystem::types::{DescriptorFlags, OpenFlags, PathFlags};
+
+    let relative = check_relative(name)?;
+    if relative.components().count() != 1 {
+        return Err(ProviderError::invalid_input(format!(
+            "{name} is not one file name"
+        )));
+    }
+    let failed = |what: &str, e: wasip2::filesystem::types::ErrorCode| {
+        ProviderError::failed(format!("{what} {name} in {dir}: {e}"))
+    };
+    let Some((root, _)) = get_directories().into_iter().find(|(_, at)| at == dir) else {
+        return Err(ProviderError::not_found(format!(
+            "{dir} is not a preopened directory"
+        )));
+    };
+    let tmp = format!(".{name}.tmp");
+    let file = root
+        .open_at(
+            PathFlags::empty(),
+            &tmp,
+            OpenFlags::CREATE | OpenFlags::TRUNCATE,
+            DescriptorFlags::WRITE,
+        )
+        .map_err(|e| failed("creating a temporary file for", e))?;
+    let mut written = 0;
+    while written < bytes.len() {
+        let n = file
+            .write(&bytes[written..], written as u64)
+            .map_err(|e| failed("writing", e))?;
+        if n == 0 {
+            return Err(ProviderError::failed(format!(
+                "writing {name} in {dir}: no progress"
+            )));
+        }
+        written += usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len() - written);
+    }
+    drop(file);
+    root.rename_at(&tmp, &root, name)
+        .map_err(|e| failed("renaming into place", e))
+}

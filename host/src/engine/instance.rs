@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use super::EngineError;
 use super::host::http::NetHooks;
 use super::host::log::LogBudget;
+use super::host::preopens::{Preopen, Preopens};
 use super::persisted::StateWriter;
 use super::types::{RuntimePort, STATE_GUEST_DIR, WORKSPACE_GUEST_DIR};
 use crate::broker::net::NetPolicy;
@@ -30,6 +31,8 @@ pub struct HostState {
     pub(crate) net: NetHooks,
     pub(crate) log_budget: LogBudget,
     pub(crate) table: ResourceTable,
+    /// The directories the guest sees, opened when it first asks for them.
+    pub(crate) preopens: Preopens,
     limits: StoreLimits,
     pub(crate) env_id: String,
     pub(crate) provider: String,
@@ -87,6 +90,7 @@ impl HostState {
             net,
             log_budget: LogBudget::default(),
             table,
+            preopens: Preopens::default(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
                 .instances(16)
@@ -156,27 +160,28 @@ pub(crate) fn new_store(
     }
     let policy = caps.net_policy(setup.env_id.clone(), net.clone());
     // Only these directories exist for the guest; WASI resolves every path inside a
-    // preopen with cap-std, which refuses `..`, absolute and symlink escapes.
-    let mut dirs = vec![
-        (setup.workspace.clone(), WORKSPACE_GUEST_DIR.to_owned()),
-        (setup.state_dir.clone(), STATE_GUEST_DIR.to_owned()),
-    ];
-    dirs.extend(caps.directories().into_iter().map(|d| {
-        let guest = d.display().to_string();
-        (d, guest)
-    }));
-    // After the first start the directory exists: one stat instead of a failing mkdir
-    // and a stat (anything else there fails the preopen below, with its reason).
-    if !setup.state_dir.is_dir() {
-        std::fs::create_dir_all(&setup.state_dir).map_err(|e| {
-            EngineError::Instantiate(format!("creating {}: {e}", setup.state_dir.display()))
-        })?;
+    // preopen with cap-std, which refuses `..`, absolute and symlink escapes. They are
+    // opened when the guest asks for them; a missing one fails here, where the
+    // environment's start can say which.
+    let preopen = |host: &std::path::Path, guest: &str| {
+        Preopen::at(host.to_owned(), guest.to_owned())
+            .map_err(|e| EngineError::Instantiate(format!("preopening {}: {e}", host.display())))
+    };
+    let mut dirs = vec![preopen(&setup.workspace, WORKSPACE_GUEST_DIR)?];
+    // After the first start the state directory exists: one stat, no mkdir.
+    dirs.push(match preopen(&setup.state_dir, STATE_GUEST_DIR) {
+        Ok(dir) => dir,
+        Err(_) => {
+            std::fs::create_dir_all(&setup.state_dir).map_err(|e| {
+                EngineError::Instantiate(format!("creating {}: {e}", setup.state_dir.display()))
+            })?;
+            preopen(&setup.state_dir, STATE_GUEST_DIR)?
+        }
+    });
+    for dir in caps.directories() {
+        dirs.push(preopen(&dir, &dir.display().to_string())?);
     }
     let mut wasi = WasiCtxBuilder::new();
-    for (host, guest) in &dirs {
-        wasi.preopened_dir(host, guest, FsPerms::ReadWrite)
-            .map_err(|e| EngineError::Instantiate(format!("preopening {}: {e}", host.display())))?;
-    }
     let check = policy.clone();
     wasi.max_random_size(limits.host_call_bytes as u64)
         .allow_tcp(true)
@@ -197,7 +202,7 @@ pub(crate) fn new_store(
     if let Some(tether) = spawn_guard {
         broker = broker.with_guard(tether.clone());
     }
-    let state = HostState::new(
+    let mut state = HostState::new(
         wasi.build(),
         NetHooks::new(policy, Some(tls.clone())),
         setup.env_id,
@@ -207,6 +212,7 @@ pub(crate) fn new_store(
         setup.state,
         limits,
     );
+    state.preopens = Preopens::new(dirs);
     Ok(configured_store(engine, state))
 }
 

@@ -212,6 +212,7 @@ impl Engine {
         let wasm = wasmtime::Engine::new(&config).map_err(setup)?;
         let mut linker = Linker::new(&wasm);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(setup)?;
+        host::preopens::add_to_linker(&mut linker).map_err(setup)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(setup)?;
         bindings::add_to_linker(&mut linker).map_err(setup)?;
         spawn_ticker(&wasm);

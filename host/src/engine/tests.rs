@@ -285,3 +285,79 @@ async fn an_idle_instance_gives_its_stack_back_and_calls_on_after() {
         "the ended instance's slot is gone"
     );
 }
+
+/// Descriptors this process holds open on `dir`.
+fn open_on(dir: &std::path::Path) -> usize {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    fds.filter_map(Result::ok)
+        .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| to == dir))
+        .count()
+}
+
+#[tokio::test]
+async fn directories_are_opened_when_the_guest_first_uses_them_and_closed_with_it() {
+    let (engine, p) = local_process().await;
+    let ws = tempfile::tempdir().expect("tempdir");
+    let root = ws.path().canonicalize().expect("canonical");
+    let state = root.join(".provider-state");
+    let (h, _rx) = instance(&engine, &p, &root, sleep_grant()).await;
+    h.call(Call::Health, T).await.expect("health");
+    assert_eq!(open_on(&root), 0, "no file used yet: workspace not open");
+    assert_eq!(open_on(&state), 0, "no file used yet: state not open");
+
+    let start = json!({"command": "sleep", "args": ["30"]});
+    h.call(init(&root, start), T).await.expect("start");
+    h.call(Call::WriteFile("a.txt".into(), "x".into()), T)
+        .await
+        .expect("write");
+    let read = h.call(Call::ReadFile("a.txt".into()), T).await;
+    assert!(
+        matches!(read, Ok(Reply::Text(ref t)) if t == "x"),
+        "{read:?}"
+    );
+    assert_eq!(open_on(&root), 1, "opened once, on first use, and kept");
+    assert_eq!(open_on(&state), 1);
+
+    h.call(Call::Stop, T).await.expect("stop");
+    h.shutdown().await;
+    assert_eq!(open_on(&root), 0, "closed with the instance");
+    assert_eq!(open_on(&state), 0);
+}
+
+#[tokio::test]
+async fn a_missing_workspace_is_named_when_the_instance_is_made_or_first_used() {
+    let (engine, p) = local_process().await;
+    let ws = tempfile::tempdir().expect("tempdir");
+    let gone = ws.path().join("gone");
+    let (state, _rx) = persisted::channel(Default::default());
+    let setup = InstanceSetup {
+        env_id: "env-1".into(),
+        workspace: gone.clone(),
+        state_dir: ws.path().join(".provider-state"),
+        request: p.description.request(),
+        grant: Grant::default(),
+        runtime: Arc::new(NoRuntime),
+        state,
+        refusals: Default::default(),
+    };
+    let made = engine.instantiate(&p, setup).await;
+    let Err(EngineError::Instantiate(why)) = made else {
+        panic!("instantiated over a missing workspace: {:?}", made.err());
+    };
+    assert!(why.contains(&gone.display().to_string()), "{why}");
+
+    // Removed after the instance was made, before its guest used it: the call fails
+    // naming the directory, and nothing else is opened in its place.
+    std::fs::create_dir(&gone).expect("mkdir");
+    let (h, _rx) = instance(&engine, &p, &gone, sleep_grant()).await;
+    let start = json!({"command": "sleep", "args": ["30"]});
+    h.call(init(&gone, start), T).await.expect("start");
+    std::fs::remove_dir_all(&gone).expect("rmdir");
+    let read = h.call(Call::ReadFile("a.txt".into()), T).await;
+    let Err(CallError::Trapped(why)) = read else {
+        panic!("read in a removed workspace: {read:?}");
+    };
+    assert!(why.contains(&gone.display().to_string()), "{why}");
+}

@@ -1,8 +1,9 @@
 //! The process's limit on open files, raised at start-up from its soft value to its
-//! hard one. Every running environment holds about three descriptors (its runtime's
-//! socket and the directories preopened for its provider instance), so the soft limit
-//! most systems start a service with (1,024) stops a host at a few hundred
-//! environments, while the hard limit an operator sets is meant to be usable.
+//! hard one. Every running environment holds a descriptor for its runtime's socket,
+//! and up to three more once its provider uses files (the directories preopened for
+//! its instance, opened on first use), so the soft limit most systems start a service
+//! with (1,024) stops a host at a few hundred environments, while the hard limit an
+//! operator sets is meant to be usable.
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 

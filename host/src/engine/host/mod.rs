@@ -2,6 +2,7 @@
 
 pub(crate) mod http;
 pub(crate) mod log;
+pub(crate) mod preopens;
 mod process;
 mod runtime;
 pub(crate) mod sockets;
