@@ -41,7 +41,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let true_pattern = CommandPattern::new("/bin/true".into(), vec![])?;
     let caps = Capabilities::new(
         Request {
-            commands: vec![true_pattern.clone()],
+            commands: vec![true_pattern.clone()].into(),
             ..Request::default()
         },
         Grant {

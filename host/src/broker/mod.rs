@@ -22,6 +22,7 @@ pub mod tls;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -58,10 +59,11 @@ pub const PROJECT_PATH_DIR: &str = "{projectPath}";
 /// What a provider asks for in its `info()`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Request {
-    /// Commands with argument patterns.
-    pub commands: Vec<CommandPattern>,
-    /// Destinations.
-    pub urls: Vec<UrlPattern>,
+    /// Commands with argument patterns (shared: every instance of a provider has the
+    /// same, and instantiations copy a pointer, not the list).
+    pub commands: Arc<[CommandPattern]>,
+    /// Destinations (shared likewise).
+    pub urls: Arc<[UrlPattern]>,
     /// Host directories.
     pub directories: Vec<String>,
 }
@@ -156,9 +158,9 @@ fn toml_string(s: &str) -> String {
 /// `tether.toml` entry that would allow it (for the start's log and error; they are
 /// noted as refusals).
 pub fn directory_fixes(caps: &Capabilities) -> Vec<String> {
-    let denied = caps.denied().directories;
+    let denied = caps.denied_directories();
     let fixes: Vec<String> = match &caps.granted.origin {
-        Some(origin) => (denied.iter())
+        Some(origin) => denied
             .map(|d| {
                 let shown = crate::untrusted::quoted(d);
                 format!(
@@ -167,7 +169,7 @@ pub fn directory_fixes(caps: &Capabilities) -> Vec<String> {
                 )
             })
             .collect(),
-        None => (denied.iter())
+        None => denied
             .map(|d| {
                 let shown = crate::untrusted::quoted(d);
                 format!("directory {shown} is not granted to this provider by the operator")
@@ -243,12 +245,16 @@ impl Capabilities {
                 .filter(|r| !g.urls.iter().any(|u| u.covers(r)))
                 .map(ToString::to_string)
                 .collect(),
-            // `{projectPath}` is checked per environment, against its project path.
-            directories: (self.requested.directories.iter())
-                .filter(|d| *d != PROJECT_PATH_DIR && !self.directory_granted(d))
-                .cloned()
-                .collect(),
+            directories: self.denied_directories().cloned().collect(),
         }
+    }
+
+    /// Requested directories the grant does not cover (`denied().directories`, without
+    /// working out the rest: every instantiation asks).
+    fn denied_directories(&self) -> impl Iterator<Item = &String> {
+        // `{projectPath}` is checked per environment, against its project path.
+        (self.requested.directories.iter())
+            .filter(|d| *d != PROJECT_PATH_DIR && !self.directory_granted(d))
     }
 
     fn directory_granted(&self, dir: &str) -> bool {
@@ -273,7 +279,7 @@ impl Capabilities {
         net::NetPolicy::new(
             env_id,
             self.requested.urls.clone(),
-            self.granted.urls.clone(),
+            self.granted.urls.as_slice(),
             config,
         )
         .with_origin(self.granted.origin.clone())
@@ -310,7 +316,7 @@ mod tests {
 
     fn commands(commands: Vec<CommandPattern>) -> Request {
         Request {
-            commands,
+            commands: commands.into(),
             ..Request::default()
         }
     }
@@ -336,11 +342,12 @@ mod tests {
     fn denied_lists_what_the_grant_does_not_cover() {
         let caps = Capabilities::new(
             Request {
-                commands: vec![pat("git", &["status"]), pat("*", &["**"])],
+                commands: vec![pat("git", &["status"]), pat("*", &["**"])].into(),
                 urls: vec![
                     UrlPattern::parse("https://api.example.com").unwrap(),
                     UrlPattern::parse("http://*:*").unwrap(),
-                ],
+                ]
+                .into(),
                 directories: vec![
                     "/srv/repos/a".into(),
                     "/etc".into(),

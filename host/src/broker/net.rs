@@ -93,8 +93,8 @@ pub(crate) fn is_sensitive(ip: IpAddr) -> bool {
 #[derive(Debug, Clone)]
 pub struct NetPolicy {
     env_id: String,
-    requested: Vec<UrlPattern>,
-    granted: Vec<UrlPattern>,
+    requested: Arc<[UrlPattern]>,
+    granted: Arc<[UrlPattern]>,
     config: NetConfig,
     connections: Arc<Semaphore>,
     /// Where the operator widens the grant, for refusals that say how.
@@ -107,15 +107,15 @@ impl NetPolicy {
     /// The policy of one environment.
     pub fn new(
         env_id: String,
-        requested: Vec<UrlPattern>,
-        granted: Vec<UrlPattern>,
+        requested: impl Into<Arc<[UrlPattern]>>,
+        granted: impl Into<Arc<[UrlPattern]>>,
         config: NetConfig,
     ) -> Self {
         let connections = Arc::new(Semaphore::new(config.max_connections));
         Self {
             env_id,
-            requested,
-            granted,
+            requested: requested.into(),
+            granted: granted.into(),
             config,
             connections,
             origin: None,
@@ -148,7 +148,7 @@ impl NetPolicy {
 
     /// A policy that allows nothing (an instance serving no environment).
     pub fn deny_all() -> Self {
-        Self::new("-".into(), Vec::new(), Vec::new(), NetConfig::default())
+        Self::new("-".into(), [], [], NetConfig::default())
     }
 
     /// The environment this policy serves.

@@ -443,7 +443,7 @@ mod tests {
         let any = CommandPattern::new("*".into(), vec![ANY_REST.into()]).unwrap();
         let caps = Capabilities::new(
             crate::broker::Request {
-                commands: vec![any.clone()],
+                commands: vec![any.clone()].into(),
                 ..Default::default()
             },
             Grant {

@@ -2,6 +2,7 @@
 //! generated bindings. Everything above the engine sees only these.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -22,10 +23,11 @@ pub struct ProviderDescription {
     /// One paragraph about it.
     pub description: String,
     /// Commands it asks to spawn.
-    pub commands: Vec<CommandPattern>,
+    #[schema(value_type = Vec<CommandPattern>)]
+    pub commands: Arc<[CommandPattern]>,
     /// URLs it asks to reach (`scheme://host:port` patterns).
     #[schema(value_type = Vec<String>)]
-    pub urls: Vec<UrlPattern>,
+    pub urls: Arc<[UrlPattern]>,
     /// Directories it asks for.
     pub directories: Vec<String>,
     /// JSON Schema of its config (`null` if it gave none or an invalid one).
@@ -90,10 +92,11 @@ impl ProviderDescription {
             name: info.name,
             version: info.version,
             description: info.description,
-            commands,
+            commands: commands.into(),
             urls: (info.capabilities.urls.iter())
                 .map(|u| UrlPattern::parse(u).map_err(|e| e.to_string()))
-                .collect::<Result<Vec<_>, _>>()?,
+                .collect::<Result<Vec<_>, _>>()?
+                .into(),
             directories: info.capabilities.directories,
             config_schema: serde_json::from_str(&info.config_schema).unwrap_or(Value::Null),
             message_types: info.message_types,
