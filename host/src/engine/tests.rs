@@ -360,4 +360,18 @@ async fn a_missing_workspace_is_named_when_the_instance_is_made_or_first_used() 
         panic!("read in a removed workspace: {read:?}");
     };
     assert!(why.contains(&gone.display().to_string()), "{why}");
+
+    // Replaced by another directory at the same path: not opened in its place.
+    std::fs::create_dir(&gone).expect("mkdir");
+    let (h, _rx) = instance(&engine, &p, &gone, sleep_grant()).await;
+    let start = json!({"command": "sleep", "args": ["30"]});
+    h.call(init(&gone, start), T).await.expect("start");
+    std::fs::rename(&gone, ws.path().join("moved")).expect("move away");
+    std::fs::create_dir(&gone).expect("another directory at the path");
+    std::fs::write(gone.join("a.txt"), "not yours").expect("write");
+    let read = h.call(Call::ReadFile("a.txt".into()), T).await;
+    let Err(CallError::Trapped(why)) = read else {
+        panic!("read in a replaced workspace: {read:?}");
+    };
+    assert!(why.contains("another directory"), "{why}");
 }

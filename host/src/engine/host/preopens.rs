@@ -25,11 +25,11 @@ use crate::engine::instance::HostState;
 /// One directory to preopen.
 pub(crate) struct Preopen {
     /// Where it is on the host.
-    pub(crate) host: PathBuf,
+    host: PathBuf,
     /// The path the guest sees it at.
-    pub(crate) guest: String,
+    guest: String,
     /// Its device and inode when the instance was made.
-    pub(crate) identity: (u64, u64),
+    identity: (u64, u64),
 }
 
 impl Preopen {
