@@ -15,7 +15,8 @@
 //! 4. with all N running and connected, over [`SPREAD`] (longer than a health
 //!    interval): `/healthz` and one record, p50/p99, the full list, the host's CPU use
 //!    while idle, its open descriptors and resident memory per environment (growth
-//!    from empty / N), the memory split into the guests' linear memories, stacks and the rest (from `smaps`).
+//!    from empty / N), the memory split into the guests' linear memories, stacks and
+//!    the rest (from `smaps`).
 //!
 //! `cargo bench -p tether --bench scale [-- SIZES]`, e.g. `-- 1000,10000`. Under a
 //! wrapper (`RELAY_BENCH_WRAP`, e.g. `heaptrack -o FILE`) the CPU and memory columns read

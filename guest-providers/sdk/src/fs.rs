@@ -310,8 +310,8 @@ pub fn write_whole(dir: &str, name: &str, bytes: &[u8]) -> Result<(), ProviderEr
     use wasip2::filesystem::preopens::get_directories;
     use wasip2::filesystem::types::{DescriptorFlags, OpenFlags, PathFlags};
 
-    let relative = check_relative(name)?;
-    if relative.components().count() != 1 {
+    // Exactly one plain name: `name` itself is what is opened and renamed below.
+    if check_relative(name)?.as_os_str() != name || name.contains('/') {
         return Err(ProviderError::invalid_input(format!(
             "{name} is not one file name"
         )));

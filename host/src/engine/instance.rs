@@ -14,7 +14,7 @@ use wasmtime_wasi_http::WasiHttpCtx;
 use super::EngineError;
 use super::host::http::NetHooks;
 use super::host::log::LogBudget;
-use super::host::preopens::{Preopen, Preopens};
+use super::host::preopens::Preopen;
 use super::persisted::StateWriter;
 use super::types::{RuntimePort, STATE_GUEST_DIR, WORKSPACE_GUEST_DIR};
 use crate::broker::net::NetPolicy;
@@ -31,8 +31,8 @@ pub struct HostState {
     pub(crate) net: NetHooks,
     pub(crate) log_budget: LogBudget,
     pub(crate) table: ResourceTable,
-    /// The directories the guest sees, opened when it first asks for them.
-    pub(crate) preopens: Preopens,
+    /// The directories the guest sees, in order, opened when it asks for them.
+    pub(crate) preopens: Vec<Preopen>,
     limits: StoreLimits,
     pub(crate) env_id: String,
     pub(crate) provider: String,
@@ -90,7 +90,7 @@ impl HostState {
             net,
             log_budget: LogBudget::default(),
             table,
-            preopens: Preopens::default(),
+            preopens: Vec::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
                 .instances(16)
@@ -212,7 +212,7 @@ pub(crate) fn new_store(
         setup.state,
         limits,
     );
-    state.preopens = Preopens::new(dirs);
+    state.preopens = dirs;
     Ok(configured_store(engine, state))
 }
 

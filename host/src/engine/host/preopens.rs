@@ -67,17 +67,6 @@ impl Preopen {
     }
 }
 
-/// An instance's preopened directories, in the order the guest sees them.
-#[derive(Default)]
-pub(crate) struct Preopens(Vec<Preopen>);
-
-impl Preopens {
-    /// These directories, for the guest to open.
-    pub(crate) fn new(dirs: Vec<Preopen>) -> Self {
-        Self(dirs)
-    }
-}
-
 /// Opens a directory the way wasmtime-wasi opens a preopen: `O_DIRECTORY`, and
 /// `O_PATH` (a handle to resolve paths under, not to read), close-on-exec.
 fn open_dir(path: &Path) -> io::Result<File> {
@@ -92,8 +81,8 @@ impl preopens::Host for HostState {
     /// closed when the guest drops it. What a guest can hold this way is bounded as
     /// every other descriptor of its is, by its resource table's capacity.
     fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<Descriptor>, String)>> {
-        let mut out = Vec::with_capacity(self.preopens.0.len());
-        for dir in &self.preopens.0 {
+        let mut out = Vec::with_capacity(self.preopens.len());
+        for dir in &self.preopens {
             let opened = Descriptor::Dir(dir.open()?);
             out.push((self.table.push(opened)?, dir.guest.clone()));
         }
