@@ -193,9 +193,16 @@ async fn records_are_shared_and_each_environment_runs_on_one_host() {
     let Some(nats) = Nats::start(dir.path(), 0, true) else {
         return;
     };
-    let a = host(dir.path(), &nats, "a", "");
-    let b = host(dir.path(), &nats, "b", "");
-    let c = host(dir.path(), &nats, "c", "");
+    // A lease long enough that a host paused or killed below stays alive in the
+    // others' eyes until it is back: which host removes a resource then depends on
+    // what the test does, not on how slowly a loaded machine does it. It also shows
+    // a stop gives the lease up at once (the others see it run nowhere well within
+    // `WAIT`), not by letting it lapse, even when the stop's status changes are
+    // being written to the lease as it is given up.
+    let config = "[cluster]\nlease_ttl_secs = 60\n";
+    let a = host(dir.path(), &nats, "a", config);
+    let b = host(dir.path(), &nats, "b", config);
+    let c = host(dir.path(), &nats, "c", config);
 
     let (id, url, token) = a.handoff_env("shared").await;
     for other in [&b, &c] {
@@ -351,7 +358,7 @@ async fn records_are_shared_and_each_environment_runs_on_one_host() {
     )
     .await;
     b.kill();
-    let b = host(dir.path(), &nats, "b", "");
+    let b = host(dir.path(), &nats, "b", config);
     until_log(&b, &missed, REMOVES).await;
     // And the record it still had does not come back into the cluster.
     gone(&b, &missed).await;
@@ -371,8 +378,6 @@ async fn records_are_shared_and_each_environment_runs_on_one_host() {
     }
 }
 
-/// Stops environment `id` through host `through` and waits until `seen_on` shows it
-/// stopped and run by no host.
 #[tokio::test]
 async fn environments_started_on_a_host_run_there_while_the_others_sweep() {
     const N: usize = 60;
@@ -414,6 +419,8 @@ async fn environments_started_on_a_host_run_there_while_the_others_sweep() {
     c.stop();
 }
 
+/// Stops environment `id` through host `through` and waits until `seen_on` shows it
+/// stopped and run by no host.
 async fn stopped_through(through: &Server, seen_on: &Server, id: &str) {
     let (status, body) = through
         .call("POST", &format!("/api/v1/environments/{id}/stop"), None)

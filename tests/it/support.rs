@@ -29,6 +29,31 @@ pub const TOKEN: &str = "test-token-0123456789abcdef";
 /// How long a test waits for anything before failing.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// Makes a failing test end its output with where and why it failed, after the
+/// backtrace and any server log its message carries: a CI report that keeps only
+/// the start and the end of a long output still names the failure.
+pub fn repeat_panics_last() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            let message = (info.payload().downcast_ref::<&str>().copied())
+                .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            let first: String = message
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(400)
+                .collect();
+            let at = info.location().map(|l| l.to_string()).unwrap_or_default();
+            eprintln!("\nthe test failed at {at}: {first}");
+        }));
+    });
+}
+
 /// A running server process.
 pub struct Server {
     child: Child,
@@ -131,6 +156,7 @@ impl Server {
 
     /// [`Server::start_as`] with `extra` flags after `serve` (`--cluster` …).
     pub fn start_args(data_dir: &Path, token: Option<&str>, extra: &[&str]) -> Server {
+        repeat_panics_last();
         let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
         // No `--config`: `tether.toml` is found in the data directory (or not, and
         // one written there later is picked up live).

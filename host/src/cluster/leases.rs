@@ -95,6 +95,10 @@ pub(super) struct Leases {
     seen: Arc<Mutex<HashMap<String, Seen>>>,
     /// Wakes the renewals early, to write a status change.
     wake: Notify,
+    /// Held while a held lease is written (renewed or released): a release made
+    /// while a renewal is in flight would otherwise expect the revision the renewal
+    /// replaces, fail, and leave the lease to lapse a whole lease later.
+    writing: tokio::sync::Mutex<()>,
     events: Mutex<Option<mpsc::UnboundedSender<ClusterEvent>>>,
 }
 
@@ -115,6 +119,7 @@ impl Leases {
             held: Mutex::new(HashMap::new()),
             seen: Arc::new(Mutex::new(HashMap::new())),
             wake: Notify::new(),
+            writing: tokio::sync::Mutex::new(()),
             events: Mutex::new(None),
         }
     }
@@ -241,15 +246,14 @@ impl Leases {
     }
 
     /// Whether host `host` is alive: its entry in the hosts bucket, which lapses a
-    /// lease after its last renewal, is there. `false` when NATS cannot say.
-    pub(super) async fn host_alive(&self, host: &str) -> bool {
+    /// lease after its last renewal, is there. An error when NATS cannot say.
+    pub(super) async fn host_alive(&self, host: &str) -> Result<bool, ClusterError> {
         if host == self.host_id {
-            return true;
+            return Ok(true);
         }
-        matches!(
-            self.hosts.entry(host).await,
-            Ok(Some(entry)) if entry.operation == Operation::Put
-        )
+        let entry = (self.hosts.entry(host).await)
+            .map_err(|e| ClusterError::Nats(format!("reading host {host}'s entry: {e}")))?;
+        Ok(entry.is_some_and(|e| e.operation == Operation::Put))
     }
 
     pub(super) fn held_count(&self) -> usize {
@@ -284,6 +288,7 @@ impl Leases {
 
     /// Gives up `id`'s lease, if this host holds it.
     pub(super) async fn release(&self, id: &str) {
+        let _writing = self.writing.lock().await;
         let Some(held) = self.held.locked().remove(id) else {
             return;
         };
@@ -323,20 +328,26 @@ impl Leases {
                     tracing::warn!(error = %e, "cluster: renewing this host's entry failed");
                 }
             }
-            let due: Vec<(String, Held)> = self
+            let due: Vec<String> = self
                 .held
                 .locked()
                 .iter()
                 .filter(|(_, h)| full || h.dirty)
-                .map(|(id, h)| (id.clone(), h.clone()))
+                .map(|(id, _)| id.clone())
                 .collect();
-            for (id, held) in due {
-                self.renew(&id, held).await;
+            for id in due {
+                self.renew(&id).await;
             }
         }
     }
 
-    async fn renew(&self, id: &str, held: Held) {
+    /// Writes lease `id` again, as this host holds it now (nothing if it was
+    /// released or lost since the round began).
+    async fn renew(&self, id: &str) {
+        let _writing = self.writing.lock().await;
+        let Some(held) = self.held.locked().get(id).cloned() else {
+            return;
+        };
         let key = key_of(id);
         let bytes = match encode(&held.value) {
             Ok(bytes) => bytes,

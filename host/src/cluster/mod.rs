@@ -475,8 +475,8 @@ impl Cluster {
         self.inner.leases.release(id).await;
     }
 
-    /// Whether host `host` is alive (this one is).
-    pub(crate) async fn host_alive(&self, host: &str) -> bool {
+    /// Whether host `host` is alive (this one is); an error when NATS cannot say.
+    pub(crate) async fn host_alive(&self, host: &str) -> Result<bool, ClusterError> {
         self.inner.leases.host_alive(host).await
     }
 

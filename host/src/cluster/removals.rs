@@ -159,7 +159,9 @@ impl Removals {
                 continue;
             };
             let left_by_last_run = value.host == self.host_id && entry.created < self.started;
-            if !left_by_last_run && leases.host_alive(&value.host).await {
+            // A host NATS cannot say is gone is not taken for gone: the sweep ends
+            // here and the next one asks again.
+            if !left_by_last_run && leases.host_alive(&value.host).await? {
                 continue;
             }
             let record = records.entry(&key).await.map_err(|e| nats(e.to_string()))?;

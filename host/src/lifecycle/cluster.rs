@@ -200,7 +200,9 @@ impl Manager {
         let host = match (cluster.elsewhere(id), record.last_host.as_deref()) {
             _ if cluster.holds(id) => me.to_owned(),
             (Some(lease), _) => lease.host,
-            (None, Some(last)) if last != me && cluster.host_alive(last).await => {
+            // When NATS cannot say whether it is alive, this host removes it: the
+            // delete goes on, and the resource is not left to a host that may be gone.
+            (None, Some(last)) if last != me && cluster.host_alive(last).await.unwrap_or(false) => {
                 tracing::info!(env = %id, host = %last, "the host that ran it last removes its resource");
                 last.to_owned()
             }
