@@ -612,7 +612,10 @@ pub(super) fn until(
     let closing = closing.clone();
     tokio::spawn(
         async move {
+            // Closing first: once it fires, the work takes no further step (a
+            // renewal must not write this host's entry again after shutdown removed it).
             tokio::select! {
+                biased;
                 _ = closing.cancelled() => {}
                 _ = work => {}
             }
