@@ -16,7 +16,8 @@
 //!    interval): `/healthz` and one record, p50/p99, the full list, the host's CPU use
 //!    while idle, its open descriptors and resident memory per environment (growth
 //!    from empty / N), the memory split into the guests' linear memories, stacks and
-//!    the rest (from `smaps`).
+//!    the rest (from `smaps`), and its memory mappings per environment (Linux caps
+//!    them per process: `vm.max_map_count`).
 //!
 //! `cargo bench -p tether --bench scale [-- SIZES]`, e.g. `-- 1000,10000`. Under a
 //! wrapper (`RELAY_BENCH_WRAP`, e.g. `heaptrack -o FILE`) the CPU and memory columns read
@@ -90,7 +91,7 @@ fn main() -> Res<()> {
         rows.iter().map(|r| &r.second),
     );
     table(
-        "| environments | host RSS per environment | of which guest linear memory | stacks | the rest (heap, buffers) |",
+        "| environments | host RSS per environment | of which guest linear memory | stacks | the rest (heap, buffers) | host memory mappings per environment |",
         rows.iter().map(|r| &r.third),
     );
     println!();
@@ -133,6 +134,7 @@ async fn case(n: usize) -> Res<Row> {
     .await?;
     let rss_empty = rss_kib(&host).unwrap_or(0);
     let fds_empty = descriptors(&host);
+    let maps_empty = mappings(&host);
     let kinds_empty = resident(&host).unwrap_or_default();
 
     eprintln!("{n}: creating…");
@@ -214,6 +216,7 @@ async fn case(n: usize) -> Res<Row> {
     });
     let rss = rss_kib(&host).unwrap_or(0);
     let fds = descriptors(&host);
+    let maps = mappings(&host);
     let kinds = resident(&host).unwrap_or_default();
     if shown_connected != n {
         eprintln!("{n}: the list shows {shown_connected} runtimes connected");
@@ -247,11 +250,12 @@ async fn case(n: usize) -> Res<Row> {
         third: {
             let per = |full: u64, empty: u64| full.saturating_sub(empty) as f64 / n as f64;
             format!(
-                "| {n} | {:.1} KiB | {:.1} KiB | {:.1} KiB | {:.1} KiB |",
+                "| {n} | {:.1} KiB | {:.1} KiB | {:.1} KiB | {:.1} KiB | {:.2} |",
                 per(rss, rss_empty),
                 per(kinds.guest, kinds_empty.guest),
                 per(kinds.stacks, kinds_empty.stacks),
                 per(kinds.rest, kinds_empty.rest),
+                maps.saturating_sub(maps_empty) as f64 / n as f64,
             )
         },
     })
@@ -260,6 +264,11 @@ async fn case(n: usize) -> Res<Row> {
 /// How many descriptors process `pid` holds open.
 fn descriptors(pid: &str) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// How many memory mappings process `pid` has.
+fn mappings(pid: &str) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).map_or(0, |m| m.lines().count())
 }
 
 /// `count` GETs of `path`, `gap` apart; their latencies in microseconds.

@@ -49,9 +49,10 @@ pub use persisted::{StateChanges, StateReader, StateWriter};
 pub use types::*;
 
 /// Mappings an instance holds with its memory's initial image shared (wasmtime's
-/// default): the image mapped from a memfd between two anonymous pieces, the guard
-/// region before the memory, and its fiber stack with that stack's guard page. Copying
-/// the image instead leaves five.
+/// default), at most: the image mapped from a memfd between two anonymous pieces, the
+/// guard region before the memory, and its fiber stack with that stack's guard page
+/// (while a call runs; an idle instance's parked stack shares one mapping with its
+/// neighbours, see `stacks.rs`). Copying the image instead leaves five.
 const MAPPINGS_SHARING_IMAGES: u64 = 7;
 /// Instances the host should hold before the kernel's cap on mappings stops starts.
 const INSTANCES_WANTED: u64 = 20_000;

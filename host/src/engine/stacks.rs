@@ -8,13 +8,18 @@
 //! The stacks made here have wasmtime's layout (a guard page below, zero-filled
 //! anonymous memory) and two differences:
 //! - a store's stack goes back to the kernel once its instance has made no call for
-//!   [`IDLE`]: the next call faults in the few pages it uses again;
+//!   [`IDLE`]: its pages are given back and it is made inaccessible like its guard
+//!   page, so the kernel merges the two (and parked stacks next to each other) into
+//!   one mapping: an idle instance's stack costs no memory and, on average, a small
+//!   part of one mapping instead of two (Linux caps a process's mappings, see
+//!   `engine/mod.rs`); the next call makes it read-write again and faults in the few
+//!   pages it uses;
 //! - the stack of an ended instance is zeroed and kept (up to [`KEPT`]) for the next
 //!   instance instead of unmapped, which spares a start two mapping calls.
 //!
-//! A stack is only ever zeroed while no fiber can be on it: while its instance is in
-//! a call ([`StackSlot::run`]) the sweeper leaves it alone, and one handed back by
-//! wasmtime has no fiber left.
+//! A stack is only ever zeroed or parked while no fiber can be on it: while its
+//! instance is in a call ([`StackSlot::run`]) the sweeper leaves it alone, and one
+//! handed back by wasmtime has no fiber left.
 
 #![allow(unsafe_code)]
 
@@ -22,6 +27,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::ops::Range;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -88,14 +94,16 @@ impl Stacks {
             busy: 0,
             since: Instant::now(),
             resident: false,
+            parked: false,
         }));
         self.slots.locked().push(Arc::downgrade(&state));
         StackSlot { state }
     }
 
-    /// Gives back the pages of the stacks of instances idle since before `now - IDLE`.
+    /// Parks the stacks of instances idle since before `now - IDLE`: their pages go
+    /// back to the kernel and the stack shares one mapping with its guard page.
     fn sweep(&self, now: Instant) {
-        // Zeroing takes a system call per stack: not under the list's lock, which
+        // Parking takes a system call per stack: not under the list's lock, which
         // every new instance takes.
         let slots: Vec<_> = {
             let mut slots = self.slots.locked();
@@ -108,7 +116,7 @@ impl Stacks {
                 if let Some(stack) = state.stack.as_ref().and_then(Weak::upgrade) {
                     // No call is in progress (and none can start while we hold the
                     // slot), so no fiber is on this stack.
-                    stack.region.zero();
+                    state.parked = stack.region.park();
                 }
                 state.resident = false;
             }
@@ -180,6 +188,8 @@ struct SlotState {
     since: Instant,
     /// Whether the stack may hold pages (a call ran on it since it was zeroed).
     resident: bool,
+    /// Whether the stack is parked (inaccessible) and must be opened before a call.
+    parked: bool,
 }
 
 /// One instance's entry with the sweeper.
@@ -189,9 +199,14 @@ pub(crate) struct StackSlot {
 
 impl StackSlot {
     /// Runs `work` (a call into the guest or its start-up) with the stack in use: the
-    /// sweeper leaves it alone until `work` completes or is dropped.
-    pub(crate) async fn run<F: Future>(&self, work: F) -> F::Output {
-        let _busy = Busy::new(&self.state);
+    /// sweeper leaves it alone until `work` completes or is dropped. An error, and
+    /// `work` not run, when a parked stack cannot be made read-write again (the
+    /// process is at the kernel's cap on mappings).
+    pub(crate) async fn run<T, F>(&self, work: F) -> wasmtime::Result<T>
+    where
+        F: Future<Output = wasmtime::Result<T>>,
+    {
+        let _busy = Busy::new(&self.state)?;
         // Declared after `_busy`, so dropped first: the fiber is gone before the
         // stack counts as idle.
         let mut work = pin!(work);
@@ -231,13 +246,19 @@ impl Drop for Tracking {
 struct Busy<'a>(&'a Mutex<SlotState>);
 
 impl<'a> Busy<'a> {
-    fn new(state: &'a Mutex<SlotState>) -> Self {
-        // Waits out a sweep zeroing this stack right now (a few microseconds).
+    fn new(state: &'a Mutex<SlotState>) -> wasmtime::Result<Self> {
+        // Waits out a sweep parking this stack right now (a few microseconds).
         let mut s = state.locked();
+        if s.parked {
+            if let Some(stack) = s.stack.as_ref().and_then(Weak::upgrade) {
+                stack.region.unpark()?;
+            }
+            s.parked = false;
+        }
         s.busy += 1;
         s.resident = true;
         drop(s);
-        Self(state)
+        Ok(Self(state))
     }
 }
 
@@ -257,7 +278,7 @@ struct Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let region = std::mem::replace(&mut self.region, Region::EMPTY);
+        let region = std::mem::replace(&mut self.region, Region::empty());
         self.kept.give_back(region);
     }
 }
@@ -299,6 +320,10 @@ impl Kept {
         if region.len == 0 {
             return;
         }
+        // A parked stack is handed out again only once it is read-write.
+        if region.unpark().is_err() {
+            return; // `region` drops here, unmapping it.
+        }
         region.zero();
         let mut regions = self.regions.locked();
         if regions.len() < KEPT {
@@ -314,26 +339,34 @@ struct Region {
     /// The whole mapping, guard page included.
     len: usize,
     guard: usize,
+    /// Whether the stack part is parked: inaccessible, like the guard page.
+    parked: AtomicBool,
 }
 
 impl Region {
-    const EMPTY: Region = Region {
-        base: 0,
-        len: 0,
-        guard: 0,
-    };
+    /// No mapping: what a dropped [`Stack`] leaves in place of the region it gave back.
+    fn empty() -> Region {
+        Region {
+            base: 0,
+            len: 0,
+            guard: 0,
+            parked: AtomicBool::new(false),
+        }
+    }
 
     /// Maps a stack of at least `size` bytes with a guard page below it.
     fn map(size: usize) -> Result<Region, wasmtime::Error> {
         let page = page_size();
         let stack = size.div_ceil(page).max(1) * page;
         let len = stack + page;
+        // Made read-write whole and then closed at the guard page, so the guard and a
+        // parked stack (closed the same way) are alike and merge into one mapping.
         // SAFETY: a new private anonymous mapping, touching no existing memory.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_NONE,
+                libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
                 0,
@@ -347,16 +380,20 @@ impl Region {
             base: base as usize,
             len,
             guard: page,
+            parked: AtomicBool::new(false),
         };
-        // SAFETY: the range lies inside the mapping just made.
-        let opened = unsafe {
-            libc::mprotect(
-                (region.base + page) as *mut libc::c_void,
-                stack,
-                libc::PROT_READ | libc::PROT_WRITE,
-            )
+        // The kernel merges two neighbouring mappings only when they are alike down
+        // to their accounting, which a mapping keeps on closing only once it has had
+        // a page: so the guard page is touched and given back before it is closed, as
+        // a parked stack has been.
+        // SAFETY: the guard page is the first page of the mapping just made, read-write
+        // until the `mprotect` below; nothing else refers to it.
+        let closed = unsafe {
+            std::ptr::write_volatile(region.base as *mut u8, 0);
+            libc::madvise(region.base as *mut libc::c_void, page, libc::MADV_DONTNEED);
+            libc::mprotect(region.base as *mut libc::c_void, page, libc::PROT_NONE)
         };
-        if opened != 0 {
+        if closed != 0 {
             return Err(mapping_failed());
         }
         Ok(region)
@@ -365,6 +402,62 @@ impl Region {
     /// The stack's part of the mapping.
     fn stack(&self) -> Range<usize> {
         self.base + self.guard..self.base + self.len
+    }
+
+    /// Gives the stack's pages back to the kernel and makes it inaccessible, like its
+    /// guard page, so the kernel merges the two into one mapping. `false` if the
+    /// kernel refused the second step (the stack stays read-write, its pages given
+    /// back). Only called when no fiber is on the stack.
+    fn park(&self) -> bool {
+        if self.len == 0 {
+            return false;
+        }
+        if self.parked.load(Ordering::Acquire) {
+            return true;
+        }
+        self.zero();
+        let stack = self.stack();
+        // SAFETY: the range is this mapping's own stack part, which nothing is using
+        // (see the callers). Unlike a fresh mapping over it, `mprotect` that fails
+        // leaves the mapping as it was.
+        let closed = unsafe {
+            libc::mprotect(
+                stack.start as *mut libc::c_void,
+                stack.len(),
+                libc::PROT_NONE,
+            )
+        };
+        if closed != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "could not park an idle fiber stack");
+            return false;
+        }
+        self.parked.store(true, Ordering::Release);
+        true
+    }
+
+    /// Makes a parked stack read-write again (zero-filled); nothing if it is not
+    /// parked.
+    fn unpark(&self) -> wasmtime::Result<()> {
+        if !self.parked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let stack = self.stack();
+        // SAFETY: the range is this mapping's own stack part, parked above.
+        let opened = unsafe {
+            libc::mprotect(
+                stack.start as *mut libc::c_void,
+                stack.len(),
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        if opened != 0 {
+            return Err(wasmtime::Error::msg(format!(
+                "making an idle fiber stack usable again: {} (the process may be at vm.max_map_count)",
+                std::io::Error::last_os_error()
+            )));
+        }
+        self.parked.store(false, Ordering::Release);
+        Ok(())
     }
 
     /// Gives the stack's pages back to the kernel; they read as zeros when next
@@ -435,6 +528,20 @@ mod tests {
         vec.iter().filter(|b| **b & 1 == 1).count()
     }
 
+    /// How many of this process's mappings cover `stack` and its guard page (from
+    /// `/proc/self/maps`).
+    fn mappings(stack: &dyn StackMemory) -> usize {
+        let whole = stack.guard_range().start as usize..stack.range().end;
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        maps.lines()
+            .filter_map(|line| {
+                let (a, b) = line.split_whitespace().next()?.split_once('-')?;
+                Some(usize::from_str_radix(a, 16).ok()?..usize::from_str_radix(b, 16).ok()?)
+            })
+            .filter(|m| m.start < whole.end && whole.start < m.end)
+            .count()
+    }
+
     fn touch(range: &Range<usize>, pages: usize) {
         let page = page_size();
         for i in 1..=pages {
@@ -449,8 +556,9 @@ mod tests {
         let slot = stacks.slot();
         // wasmtime asks for the stack inside the store's poll, as a call does.
         let memory = slot
-            .run(async { stacks.new_stack(64 << 10, false).expect("stack") })
-            .await;
+            .run(async { stacks.new_stack(64 << 10, false) })
+            .await
+            .expect("stack");
         let range = memory.range();
         assert_eq!(range.len(), 64 << 10);
         assert_eq!(range.start % page_size(), 0);
@@ -467,23 +575,38 @@ mod tests {
         slot.run(async {
             stacks.sweep(later);
             assert_eq!(resident(range.clone()), 3, "zeroed under a running call");
+            Ok(())
         })
-        .await;
+        .await
+        .expect("run");
+        assert_eq!(mappings(&*memory), 2, "a used stack and its guard page");
 
-        // Idle past IDLE: given back, and zeros when touched again.
+        // Idle past IDLE: given back, parked (one mapping with its guard page), and
+        // read-write zeros again for the next call.
         stacks.sweep(Instant::now() + IDLE * 2);
         assert_eq!(resident(range.clone()), 0);
-        // SAFETY: inside the stack's read-write range.
-        let byte = unsafe { std::ptr::read_volatile((range.end - 1) as *const u8) };
+        assert_eq!(mappings(&*memory), 1, "parked with its guard page");
+        let byte = slot
+            .run(async {
+                // SAFETY: inside the stack's range, read-write while a call runs.
+                Ok(unsafe { std::ptr::read_volatile((range.end - 1) as *const u8) })
+            })
+            .await
+            .expect("run");
         assert_eq!(byte, 0);
+        assert_eq!(mappings(&*memory), 2, "open again for the call");
 
-        // Ended instances' stacks are kept zeroed for the next.
+        // Ended instances' stacks are kept zeroed for the next, a parked one too.
         touch(&range, 2);
+        stacks.sweep(Instant::now() + IDLE * 2);
+        assert_eq!(mappings(&*memory), 1);
         drop(memory);
         assert_eq!(stacks.kept(), 1);
         let again = stacks.new_stack(64 << 10, false).expect("stack");
         assert_eq!(again.range(), range, "the kept stack is reused");
         assert_eq!(resident(again.range()), 0, "and handed out zeroed");
+        assert_eq!(mappings(&*again), 2, "and read-write");
+        touch(&again.range(), 1);
         assert_eq!(stacks.kept(), 0);
     }
 
