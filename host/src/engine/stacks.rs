@@ -416,19 +416,10 @@ impl Region {
             return true;
         }
         self.zero();
-        let stack = self.stack();
-        // SAFETY: the range is this mapping's own stack part, which nothing is using
-        // (see the callers). Unlike a fresh mapping over it, `mprotect` that fails
-        // leaves the mapping as it was.
-        let closed = unsafe {
-            libc::mprotect(
-                stack.start as *mut libc::c_void,
-                stack.len(),
-                libc::PROT_NONE,
-            )
-        };
-        if closed != 0 {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "could not park an idle fiber stack");
+        // Nothing is using the stack (see the callers). Unlike a fresh mapping laid
+        // over it, an `mprotect` that fails leaves the mapping as it was.
+        if let Err(error) = self.protect_stack(libc::PROT_NONE) {
+            tracing::warn!(%error, "could not park an idle fiber stack");
             return false;
         }
         self.parked.store(true, Ordering::Release);
@@ -441,23 +432,27 @@ impl Region {
         if !self.parked.load(Ordering::Acquire) {
             return Ok(());
         }
-        let stack = self.stack();
-        // SAFETY: the range is this mapping's own stack part, parked above.
-        let opened = unsafe {
-            libc::mprotect(
-                stack.start as *mut libc::c_void,
-                stack.len(),
-                libc::PROT_READ | libc::PROT_WRITE,
-            )
-        };
-        if opened != 0 {
-            return Err(wasmtime::Error::msg(format!(
-                "making an idle fiber stack usable again: {} (the process may be at vm.max_map_count)",
-                std::io::Error::last_os_error()
-            )));
-        }
+        self.protect_stack(libc::PROT_READ | libc::PROT_WRITE)
+            .map_err(|e| {
+                wasmtime::Error::msg(format!(
+                    "making an idle fiber stack usable again: {e} (the process may be at vm.max_map_count)"
+                ))
+            })?;
         self.parked.store(false, Ordering::Release);
         Ok(())
+    }
+
+    /// Sets the protection of the stack part (not the guard page) to `prot`.
+    fn protect_stack(&self, prot: libc::c_int) -> std::io::Result<()> {
+        let stack = self.stack();
+        // SAFETY: the range is this mapping's own stack part; only its protection
+        // changes, and the callers make sure no fiber is on it when it closes.
+        let done = unsafe { libc::mprotect(stack.start as *mut libc::c_void, stack.len(), prot) };
+        if done == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 
     /// Gives the stack's pages back to the kernel; they read as zeros when next
