@@ -94,7 +94,6 @@ impl Stacks {
             busy: 0,
             since: Instant::now(),
             resident: false,
-            parked: false,
         }));
         self.slots.locked().push(Arc::downgrade(&state));
         StackSlot { state }
@@ -116,7 +115,7 @@ impl Stacks {
                 if let Some(stack) = state.stack.as_ref().and_then(Weak::upgrade) {
                     // No call is in progress (and none can start while we hold the
                     // slot), so no fiber is on this stack.
-                    state.parked = stack.region.park();
+                    stack.region.park();
                 }
                 state.resident = false;
             }
@@ -186,10 +185,9 @@ struct SlotState {
     busy: u32,
     /// When the last call ended.
     since: Instant,
-    /// Whether the stack may hold pages (a call ran on it since it was zeroed).
+    /// Whether the stack may hold pages (a call ran on it since it was zeroed). Until
+    /// one has, the stack may be parked and is opened before the next call.
     resident: bool,
-    /// Whether the stack is parked (inaccessible) and must be opened before a call.
-    parked: bool,
 }
 
 /// One instance's entry with the sweeper.
@@ -249,11 +247,10 @@ impl<'a> Busy<'a> {
     fn new(state: &'a Mutex<SlotState>) -> wasmtime::Result<Self> {
         // Waits out a sweep parking this stack right now (a few microseconds).
         let mut s = state.locked();
-        if s.parked {
-            if let Some(stack) = s.stack.as_ref().and_then(Weak::upgrade) {
-                stack.region.unpark()?;
-            }
-            s.parked = false;
+        if !s.resident
+            && let Some(stack) = s.stack.as_ref().and_then(Weak::upgrade)
+        {
+            stack.region.unpark()?;
         }
         s.busy += 1;
         s.resident = true;
@@ -405,25 +402,21 @@ impl Region {
     }
 
     /// Gives the stack's pages back to the kernel and makes it inaccessible, like its
-    /// guard page, so the kernel merges the two into one mapping. `false` if the
-    /// kernel refused the second step (the stack stays read-write, its pages given
-    /// back). Only called when no fiber is on the stack.
-    fn park(&self) -> bool {
-        if self.len == 0 {
-            return false;
-        }
-        if self.parked.load(Ordering::Acquire) {
-            return true;
+    /// guard page, so the kernel merges the two into one mapping. If the kernel
+    /// refuses the second step, the stack stays read-write, its pages given back. Only
+    /// called when no fiber is on the stack.
+    fn park(&self) {
+        if self.len == 0 || self.parked.load(Ordering::Acquire) {
+            return;
         }
         self.zero();
         // Nothing is using the stack (see the callers). Unlike a fresh mapping laid
         // over it, an `mprotect` that fails leaves the mapping as it was.
         if let Err(error) = self.protect_stack(libc::PROT_NONE) {
             tracing::warn!(%error, "could not park an idle fiber stack");
-            return false;
+            return;
         }
         self.parked.store(true, Ordering::Release);
-        true
     }
 
     /// Makes a parked stack read-write again (zero-filled); nothing if it is not
