@@ -5,15 +5,15 @@
 //! nobody is running on), and every instance maps a fresh stack at start-up and
 //! unmaps it at the end.
 //!
-//! The stacks made here have wasmtime's layout (a guard page below, zero-filled
+//! The stacks made here have wasmtime's layout (a guard region below, zero-filled
 //! anonymous memory) and two differences:
 //! - a store's stack goes back to the kernel once its instance has made no call for
 //!   [`IDLE`]: its pages are given back and it is made inaccessible like its guard
-//!   page, so the kernel merges the two (and parked stacks next to each other) into
-//!   one mapping: an idle instance's stack costs no memory and, on average, a small
-//!   part of one mapping instead of two (Linux caps a process's mappings, see
-//!   `engine/mod.rs`); the next call makes it read-write again and faults in the few
-//!   pages it uses;
+//!   page, so the kernel merges the two, and the inaccessible guard regions of the
+//!   linear memories or parked stacks next to them, into one mapping: an idle
+//!   instance's stack costs no memory and usually no mapping of its own (Linux caps
+//!   a process's mappings, see `engine/mod.rs`); the next call makes it read-write
+//!   again and faults in the few pages it uses;
 //! - the stack of an ended instance is zeroed and kept (up to [`KEPT`]) for the next
 //!   instance instead of unmapped, which spares a start two mapping calls.
 //!
@@ -47,6 +47,9 @@ const SWEEP: Duration = Duration::from_millis(500);
 /// Zeroed stacks kept for the next instances (a burst of starts after a burst of
 /// ends reuses them; beyond this many they are unmapped).
 const KEPT: usize = 64;
+/// The huge page size of x86-64 and AArch64 with 4 KiB pages: what Linux aligns
+/// anonymous mappings of a multiple of it to.
+const HUGE_PAGE: usize = 2 << 20;
 
 thread_local! {
     /// Set while a tracked store is polled on this thread: the stacks wasmtime asks
@@ -100,7 +103,7 @@ impl Stacks {
     }
 
     /// Parks the stacks of instances idle since before `now - IDLE`: their pages go
-    /// back to the kernel and the stack shares one mapping with its guard page.
+    /// back to the kernel and the stack shares one mapping with its guard region.
     fn sweep(&self, now: Instant) {
         // Parking takes a system call per stack: not under the list's lock, which
         // every new instance takes.
@@ -153,7 +156,7 @@ impl Stacks {
 }
 
 // SAFETY: every stack handed out is a fresh or zeroed anonymous mapping of at least
-// `size` bytes, page aligned, with an inaccessible guard page below it; it stays
+// `size` bytes, page aligned, with an inaccessible guard region below it; it stays
 // mapped until wasmtime drops the `StackMemory` (see `Region`).
 unsafe impl StackCreator for Stacks {
     fn new_stack(
@@ -283,7 +286,7 @@ impl Drop for Stack {
 /// What wasmtime holds of a stack.
 struct StackHandle(Arc<Stack>);
 
-// SAFETY: the range is the mapping above its guard page, read-write, page aligned,
+// SAFETY: the range is the mapping above its guard region, read-write, page aligned,
 // and mapped for as long as this handle lives (it holds the `Stack`).
 unsafe impl StackMemory for StackHandle {
     fn top(&self) -> *mut u8 {
@@ -330,13 +333,15 @@ impl Kept {
     }
 }
 
-/// An anonymous mapping: one guard page, then the stack. Unmapped on drop.
+/// An anonymous mapping: a guard region (a page at least), then the stack. Unmapped
+/// on drop.
 struct Region {
     base: usize,
-    /// The whole mapping, guard page included.
+    /// The whole mapping, guard region included.
     len: usize,
+    /// The guard region's length.
     guard: usize,
-    /// Whether the stack part is parked: inaccessible, like the guard page.
+    /// Whether the stack part is parked: inaccessible, like the guard region.
     parked: AtomicBool,
 }
 
@@ -351,20 +356,27 @@ impl Region {
         }
     }
 
-    /// Maps a stack of at least `size` bytes with a guard page below it.
+    /// Maps a stack of at least `size` bytes with a guard region below it.
     fn map(size: usize) -> Result<Region, wasmtime::Error> {
         let page = page_size();
         let stack = size.div_ceil(page).max(1) * page;
-        let len = stack + page;
-        // Made read-write whole and then closed at the guard page, so the guard and a
-        // parked stack (closed the same way) are alike and merge into one mapping.
+        // A whole number of huge pages: Linux places such anonymous mappings (linear
+        // memories' reservations among them) at huge-page boundaries, so a stack of
+        // any other length would leave a gap beside the next memory and could not
+        // merge with it. The slack goes to the guard region.
+        let len = (stack + page).div_ceil(HUGE_PAGE) * HUGE_PAGE;
+        // Mapped inaccessible and without a reservation of swap, as wasmtime maps the
+        // reservations and guard regions of linear memories, then opened above the
+        // guard region. So the guard region, a parked stack and the memories'
+        // inaccessible regions next to them are alike down to their accounting, and
+        // the kernel merges them into one mapping.
         // SAFETY: a new private anonymous mapping, touching no existing memory.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             )
@@ -376,23 +388,10 @@ impl Region {
         let region = Region {
             base: base as usize,
             len,
-            guard: page,
-            parked: AtomicBool::new(false),
+            guard: len - stack,
+            parked: AtomicBool::new(true),
         };
-        // The kernel merges two neighbouring mappings only when they are alike down
-        // to their accounting, which a mapping keeps on closing only once it has had
-        // a page: so the guard page is touched and given back before it is closed, as
-        // a parked stack has been.
-        // SAFETY: the guard page is the first page of the mapping just made, read-write
-        // until the `mprotect` below; nothing else refers to it.
-        let closed = unsafe {
-            std::ptr::write_volatile(region.base as *mut u8, 0);
-            libc::madvise(region.base as *mut libc::c_void, page, libc::MADV_DONTNEED);
-            libc::mprotect(region.base as *mut libc::c_void, page, libc::PROT_NONE)
-        };
-        if closed != 0 {
-            return Err(mapping_failed());
-        }
+        region.unpark()?;
         Ok(region)
     }
 
@@ -402,9 +401,10 @@ impl Region {
     }
 
     /// Gives the stack's pages back to the kernel and makes it inaccessible, like its
-    /// guard page, so the kernel merges the two into one mapping. If the kernel
-    /// refuses the second step, the stack stays read-write, its pages given back. Only
-    /// called when no fiber is on the stack.
+    /// guard region, so the kernel merges the two (and the inaccessible regions next
+    /// to them) into one mapping. If the kernel refuses the second step, the stack
+    /// stays read-write, its pages given back. Only called when no fiber is on the
+    /// stack.
     fn park(&self) {
         if self.len == 0 || self.parked.load(Ordering::Acquire) {
             return;
@@ -428,14 +428,14 @@ impl Region {
         self.protect_stack(libc::PROT_READ | libc::PROT_WRITE)
             .map_err(|e| {
                 wasmtime::Error::msg(format!(
-                    "making an idle fiber stack usable again: {e} (the process may be at vm.max_map_count)"
+                    "opening a fiber stack: {e} (the process may be at vm.max_map_count)"
                 ))
             })?;
         self.parked.store(false, Ordering::Release);
         Ok(())
     }
 
-    /// Sets the protection of the stack part (not the guard page) to `prot`.
+    /// Sets the protection of the stack part (not the guard region) to `prot`.
     fn protect_stack(&self, prot: libc::c_int) -> std::io::Result<()> {
         let stack = self.stack();
         // SAFETY: the range is this mapping's own stack part; only its protection
