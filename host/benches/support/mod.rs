@@ -51,7 +51,7 @@ pub(crate) fn dies_with_benchmark(program: impl AsRef<std::ffi::OsStr>) -> Comma
     }
 }
 
-/// Resident memory of process `pid` in KiB, from `/proc/<pid>/status`.
+/// MemoryKinds memory of process `pid` in KiB, from `/proc/<pid>/status`.
 pub(crate) fn rss_kib(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -63,27 +63,37 @@ pub(crate) fn rss_kib(pid: &str) -> Option<u64> {
         .ok()
 }
 
-/// Resident memory of process `pid` by kind, in KiB, from `/proc/<pid>/smaps`.
+/// Memory of process `pid` by kind, in KiB, from `/proc/<pid>/smaps`: each mapping's
+/// proportional set (PSS), in which a page mapped n times counts 1/n each time, so a
+/// memory image every instance maps counts once, as it occupies memory once (the
+/// resident set would count it once per instance).
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Resident {
-    /// Guest linear memories: read-write anonymous mappings right below a
-    /// reservation of 1 GiB or more without access (wasmtime's layout).
+pub(crate) struct MemoryKinds {
+    /// Guest linear memories: read-write mappings right below a reservation of 1 GiB
+    /// or more without access (wasmtime's layout), a shared initial image included.
     pub(crate) guest: u64,
-    /// Stacks: read-write anonymous mappings right above a one-page guard (fiber
-    /// stacks, and the threads' own, whose number hardly changes).
+    /// Stacks: read-write anonymous mappings right above a guard region of at most
+    /// 2 MiB (fiber stacks, and the threads' own, whose number hardly changes).
     pub(crate) stacks: u64,
     /// Everything else (the host's heap, code, buffers).
     pub(crate) rest: u64,
 }
 
-/// [`Resident`] of process `pid`; `None` where it cannot be read.
-pub(crate) fn resident(pid: &str) -> Option<Resident> {
+impl MemoryKinds {
+    /// All of it.
+    pub(crate) fn total(&self) -> u64 {
+        self.guest + self.stacks + self.rest
+    }
+}
+
+/// [`MemoryKinds`] of process `pid`; `None` where it cannot be read.
+pub(crate) fn memory_by_kind(pid: &str) -> Option<MemoryKinds> {
     struct Map {
         start: u64,
         end: u64,
         perms: String,
         anonymous: bool,
-        rss: u64,
+        pss: u64,
     }
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
     let mut maps: Vec<Map> = Vec::new();
@@ -101,33 +111,52 @@ pub(crate) fn resident(pid: &str) -> Option<Resident> {
                 end,
                 perms,
                 anonymous,
-                rss: 0,
+                pss: 0,
             });
-        } else if first == "Rss:"
+        } else if first == "Pss:"
             && let Some(last) = maps.last_mut()
         {
-            last.rss = words.next()?.parse().ok()?;
+            last.pss = words.next()?.parse().ok()?;
         }
     }
     fn none(other: Option<&Map>) -> Option<&Map> {
         other.filter(|o| o.anonymous && o.perms.starts_with("---"))
     }
-    let mut kinds = Resident::default();
-    for (i, m) in maps.iter().enumerate() {
-        let writable = m.anonymous && m.perms.starts_with("rw");
-        let reservation_above =
-            none(maps.get(i + 1)).is_some_and(|n| n.start == m.end && n.end - n.start >= 1 << 30);
-        let guard_below = i
-            .checked_sub(1)
-            .and_then(|j| none(maps.get(j)))
-            .is_some_and(|p| p.end == m.start && p.end - p.start == 4096);
-        if writable && reservation_above {
-            kinds.guest += m.rss;
-        } else if writable && guard_below {
-            kinds.stacks += m.rss;
-        } else {
-            kinds.rest += m.rss;
+    let writable = |m: &Map| m.perms.starts_with("rw");
+    let mut kinds = MemoryKinds::default();
+    let mut i = 0;
+    while i < maps.len() {
+        // A run of read-write mappings next to each other: a linear memory is one
+        // (anonymous pieces, and the shared image between them) right below its
+        // reservation.
+        let mut last = i;
+        while writable(&maps[i])
+            && maps
+                .get(last + 1)
+                .is_some_and(|n| n.start == maps[last].end && writable(n))
+        {
+            last += 1;
         }
+        let memory = writable(&maps[i])
+            && none(maps.get(last + 1))
+                .is_some_and(|n| n.start == maps[last].end && n.end - n.start >= 1 << 30);
+        for k in i..=last {
+            let m = &maps[k];
+            let guard_below = k
+                .checked_sub(1)
+                .and_then(|j| none(maps.get(j)))
+                // Up to the 2 MiB of a fiber stack's (4 KiB for a thread's): a larger
+                // one is more likely the rest of another malloc arena.
+                .is_some_and(|p| p.end == m.start && p.end - p.start <= 2 << 20);
+            if memory {
+                kinds.guest += m.pss;
+            } else if m.anonymous && writable(m) && guard_below {
+                kinds.stacks += m.pss;
+            } else {
+                kinds.rest += m.pss;
+            }
+        }
+        i = last + 1;
     }
     Some(kinds)
 }

@@ -85,9 +85,10 @@ impl ConfigDiff {
 
 /// Whether a change of `key` (a dotted path) takes a restart of the host: settings
 /// baked into what is already running (the relay's connections, the audit log, the
-/// compile cache, the authentication throttle, the guest executor's threads, ticket
-/// lifetimes, how the server is reached and the roots of providers' TLS client, built
-/// once at start-up) and a built-in's replacement (decided when providers are loaded).
+/// compile cache, the authentication throttle, the guest executor's threads, whether
+/// instances share memory images, ticket lifetimes, how the server is reached and the
+/// roots of providers' TLS client, built once at start-up) and a built-in's
+/// replacement (decided when providers are loaded).
 /// The certificate *files* of `[server]` are re-read live on their own.
 /// Everything else is read at the next start of an environment.
 pub fn needs_restart(key: &str) -> bool {
@@ -96,6 +97,7 @@ pub fn needs_restart(key: &str) -> bool {
         section,
         "relay" | "cache" | "audit" | "auth" | "server" | "cluster"
     ) || key == "limits.guest_threads"
+        || key == "limits.share_memory_images"
         || key == "net.extra_ca_files"
         || key == "net.use_builtin_roots"
         || key == "tenancy.ticket_ttl_secs"
@@ -151,6 +153,7 @@ mod tests {
     fn what_needs_a_restart() {
         assert!(needs_restart("relay.max_connections"));
         assert!(needs_restart("limits.guest_threads"));
+        assert!(needs_restart("limits.share_memory_images"));
         assert!(needs_restart("providers.git-worktree.replace_builtin.file"));
         assert!(!needs_restart("providers.git-worktree.commands"));
         assert!(!needs_restart("templates.chat.provider"));

@@ -121,6 +121,7 @@ pub(super) struct FileLimits {
     pub(super) max_processes: Option<usize>,
     pub(super) max_resources: Option<usize>,
     pub(super) guest_threads: Option<usize>,
+    pub(super) share_memory_images: Option<bool>,
 }
 
 /// `[providers.NAME]`: a grant (any of the first five keys replaces the built-in

@@ -28,6 +28,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_processes",
             "max_resources",
             "guest_threads",
+            "share_memory_images",
             "fuel",
         ],
     ),

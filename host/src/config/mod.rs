@@ -208,6 +208,10 @@ pub struct LimitsConfig {
     pub host_call_bytes: usize,
     /// Worker threads of the guest executor (see `engine::executor`).
     pub guest_threads: usize,
+    /// Whether instances share their provider's initial memory image (copy-on-write)
+    /// instead of each copying it; `None` leaves it to `vm.max_map_count` (see
+    /// `engine`).
+    pub share_memory_images: Option<bool>,
 }
 
 /// Health checking of running environments.
@@ -287,6 +291,7 @@ impl Default for LimitsConfig {
             max_resources: 4096,
             guest_threads: default_guest_threads(),
             host_call_bytes: 1 << 20,
+            share_memory_images: None,
         }
     }
 }
@@ -449,6 +454,9 @@ impl ServeConfig {
                 )));
             }
             self.limits.guest_threads = n;
+        }
+        if let Some(share) = file.limits.share_memory_images {
+            self.limits.share_memory_images = Some(share);
         }
         for (name, grant) in file.providers {
             if let Some(table) = grant.config {

@@ -202,3 +202,15 @@ fn tls_keys_are_read_and_checked() {
     assert!(err.to_string().contains("server.public_url"), "{err}");
     assert!(load("[server]\ntls_cert = \"c.pem\"\n").is_err());
 }
+
+#[test]
+fn sharing_memory_images_is_left_to_the_host_unless_set() {
+    assert_eq!(load("").unwrap().limits.share_memory_images, None);
+    let set = |v: &str| load(&format!("[limits]\nshare_memory_images = {v}\n"));
+    assert_eq!(
+        set("false").unwrap().limits.share_memory_images,
+        Some(false)
+    );
+    assert_eq!(set("true").unwrap().limits.share_memory_images, Some(true));
+    assert!(set("\"yes\"").is_err(), "not a boolean");
+}

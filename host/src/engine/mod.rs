@@ -48,23 +48,27 @@ pub use instance::{HostState, InstanceSetup};
 pub use persisted::{StateChanges, StateReader, StateWriter};
 pub use types::*;
 
-/// Mappings an instance holds with its memory's initial image shared (wasmtime's
-/// default), at most: the image mapped from a memfd between two anonymous pieces, the
-/// guard region before the memory, and its fiber stack with that stack's guard page
-/// (while a call runs; an idle instance's parked stack shares one mapping with its
-/// neighbours, see `stacks.rs`). Copying the image instead leaves five.
-const MAPPINGS_SHARING_IMAGES: u64 = 7;
-/// Instances the host should hold before the kernel's cap on mappings stops starts.
-const INSTANCES_WANTED: u64 = 20_000;
+/// Mappings an instance holds with its memory's initial image shared, with room to
+/// spare: the image, mapped from a memfd between the two anonymous read-write pieces
+/// of the memory, and one inaccessible run that the memory's guard regions share with
+/// its parked fiber stack and its neighbours' (see `stacks.rs`) make four while idle;
+/// a call in progress opens its stack (two more for its duration), and the host has
+/// its own. Copying the image instead leaves two.
+const MAPPINGS_SHARING_IMAGES: u64 = 5;
+/// Running instances the host should hold before the kernel's cap on mappings stops
+/// starts.
+const INSTANCES_WANTED: u64 = 10_000;
 
 /// Whether instances share their memory's initial image (copy-on-write from one memfd)
-/// under the kernel's cap of `max_map_count` mappings per process. Sharing saves
-/// about 20 KiB of real memory per running environment but costs two mappings each:
-/// under Linux's default cap (65,530) it would stop starts at about 9,300 running
-/// environments, so the image is shared only where the cap leaves room for
-/// [`INSTANCES_WANTED`] (`sysctl vm.max_map_count=262144`, say). The guard region
-/// before each memory stays either way: it is wasmtime's defence in depth against a
-/// miscompiled bounds check, and the sandbox comes before density.
+/// under the kernel's cap of `max_map_count` mappings per process, unless the operator
+/// said (`limits.share_memory_images`). Sharing keeps the image's pages once for all
+/// instances instead of once each (about 28 KiB of real memory per running `handoff`
+/// environment) and makes an instantiation a mapping instead of a copy, but costs two
+/// mappings each: under Linux's default cap (65,530) a host holds about 15,000 running
+/// environments sharing and about 30,000 copying. Images are shared where the cap
+/// leaves room for [`INSTANCES_WANTED`]. The guard region before each memory stays
+/// either way: it is wasmtime's defence in depth against a miscompiled bounds check,
+/// and the sandbox comes before density.
 fn share_initial_images(max_map_count: Option<u64>) -> bool {
     max_map_count.is_some_and(|cap| cap >= MAPPINGS_SHARING_IMAGES * INSTANCES_WANTED)
 }
@@ -207,7 +211,15 @@ impl Engine {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(MAX_WASM_STACK);
-        config.memory_init_cow(share_initial_images(max_map_count()));
+        let cap = max_map_count();
+        let share = (limits.share_memory_images).unwrap_or_else(|| share_initial_images(cap));
+        tracing::info!(
+            share,
+            max_map_count = cap,
+            "instances {} their provider's initial memory image",
+            if share { "share" } else { "copy" }
+        );
+        config.memory_init_cow(share);
         let stacks = stacks::Stacks::new();
         config.with_host_stack(stacks.clone());
         let wasm = wasmtime::Engine::new(&config).map_err(setup)?;
