@@ -7,9 +7,11 @@
 //! A call that cannot finish in that first step — the guest waits on a host call, or
 //! an epoch tick came — moves to the guest executor for the rest. First steps are
 //! metered ([`super::inline`]): they are taken only while the host's credit lasts
-//! (1 % of the time), and an instance whose step ran long makes every later call on
-//! the guest executor. So a guest that answers in microseconds stays on the fast
-//! path, while one that spins or computes costs the API and the relay one step, once.
+//! (1 % of the time), and an instance whose steps ran long three times in a minute
+//! makes every later call on the guest executor. So a guest that answers in
+//! microseconds stays on the fast path (a step the OS happened to deschedule does not
+//! push it off), while one that spins or computes costs the API and the relay a few
+//! steps, once.
 //!
 //! A trap or a timeout kills the instance (its `Store` is no longer trustworthy);
 //! later calls get [`CallError::Closed`] with the reason. Dropping the store drops the
@@ -30,7 +32,7 @@ use wasmtime::{Store, Trap};
 
 use super::bindings::AnyBindings;
 use super::executor::GuestExecutor;
-use super::inline::InlineBudget;
+use super::inline::{InlineBudget, Strikes};
 use super::instance::{HostState, arm_deadline};
 use super::stacks::StackSlot;
 use super::types::{Call, CallError, Reply};
@@ -53,6 +55,8 @@ struct Shared {
     live: Arc<Mutex<Option<Live>>>,
     /// Whether calls may still start in the caller's task.
     inline: AtomicBool,
+    /// Its long first steps, which end that.
+    strikes: Strikes,
     /// The host's meter of guest time in callers' tasks.
     budget: Arc<InlineBudget>,
     cancel: CancellationToken,
@@ -98,9 +102,10 @@ impl ProviderHandle {
             return on_guests(&shared.guests, job).await;
         }
         let (first, spent) = first_step(job).await;
-        if !shared.budget.charge(spent, Instant::now()) {
+        let now = Instant::now();
+        if !shared.budget.charge(spent, now) && shared.strikes.strike(now) {
             shared.inline.store(false, Ordering::Relaxed);
-            tracing::debug!(parent: &shared.span, ?spent, "a call ran long in the caller's task: this instance's calls run on the guest executor from now on");
+            tracing::debug!(parent: &shared.span, ?spent, "calls ran long in the caller's task three times in a minute: this instance's calls run on the guest executor from now on");
         }
         match first {
             Step::Done(reply) => reply,
@@ -258,9 +263,14 @@ pub(crate) async fn instantiate(
     }
     .instrument(span.clone());
     // Start-up code is metered like a call, with more left unmetered (`FREE_START_UP`).
+    let strikes = Strikes::default();
     let (first, inline) = if budget.available(Instant::now()) {
         let (first, spent) = first_step(job).await;
-        (first, budget.charge_start_up(spent, Instant::now()))
+        let now = Instant::now();
+        (
+            first,
+            budget.charge_start_up(spent, now) || !strikes.strike(now),
+        )
     } else {
         (Step::Waiting(Box::pin(job)), true)
     };
@@ -281,6 +291,7 @@ pub(crate) async fn instantiate(
                 dead: None,
             }))),
             inline: AtomicBool::new(inline),
+            strikes,
             budget,
             cancel: CancellationToken::new(),
             guests: guests.handle().clone(),

@@ -9,9 +9,12 @@
 //! caller's task only while the credit is positive; what a long step spends is
 //! charged afterwards, so the credit can go into debt, and the debt is repaid before
 //! the next step: over any long stretch, long steps take at most that share. On top of
-//! it, an instance whose one step took longer than
-//! [`STEP_LIMIT`] (it computed, spun until a tick, or was descheduled) is sent to the
-//! guest executor for good.
+//! it, an instance whose first steps took longer than [`STEP_LIMIT`] [`STRIKES`] times
+//! within [`STRIKE_WINDOW`] (it computes or spins until a tick) is sent to the guest
+//! executor for good. One long step is not enough: a step is timed by the wall clock,
+//! and on a busy machine the OS deschedules a thread for a few milliseconds now and
+//! then, mid-step, whatever the guest does; that seldom happens to one instance three
+//! times in a minute, while a guest that computes does it on every call it is given.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -30,8 +33,13 @@ pub(crate) const FREE_STEP: Duration = Duration::from_micros(20);
 /// the guest executor would do at the same cost plus the hand-off; only the guest's
 /// start-up functions are guest code, and a slow one still runs over it and is charged.
 pub(crate) const FREE_START_UP: Duration = Duration::from_micros(250);
-/// A first step longer than this sends its instance to the guest executor for good.
+/// A first step longer than this is a strike against its instance.
 pub(crate) const STEP_LIMIT: Duration = Duration::from_millis(1);
+/// Strikes within [`STRIKE_WINDOW`] that send an instance to the guest executor for
+/// good.
+pub(crate) const STRIKES: u32 = 3;
+/// How long strikes count against an instance.
+pub(crate) const STRIKE_WINDOW: Duration = Duration::from_secs(60);
 
 /// The host's credit of inline guest time.
 #[derive(Debug)]
@@ -73,8 +81,8 @@ impl InlineBudget {
         m.left > 0
     }
 
-    /// Charges a first step that took `spent`; false if it took so long that its
-    /// instance must leave callers' tasks for good.
+    /// Charges a first step that took `spent`; false if it took longer than
+    /// [`STEP_LIMIT`] (a strike against its instance, see [`Strikes`]).
     pub(crate) fn charge(&self, spent: Duration, now: Instant) -> bool {
         self.charge_over(spent, FREE_STEP, now)
     }
@@ -91,6 +99,32 @@ impl InlineBudget {
             m.left -= spent.as_nanos() as i128;
         }
         spent <= STEP_LIMIT
+    }
+}
+
+/// The long first steps of one instance (see the top of this file).
+#[derive(Debug, Default)]
+pub(crate) struct Strikes {
+    /// When the current window began, and the strikes in it.
+    window: Mutex<Option<(Instant, u32)>>,
+}
+
+impl Strikes {
+    /// Counts a long step taken at `now`; true once the instance is to leave callers'
+    /// tasks for good.
+    pub(crate) fn strike(&self, now: Instant) -> bool {
+        let mut window = self.window.locked();
+        let strikes = match *window {
+            Some((began, n)) if now.saturating_duration_since(began) < STRIKE_WINDOW => n + 1,
+            _ => {
+                *window = Some((now, 0));
+                1
+            }
+        };
+        if let Some((_, n)) = window.as_mut() {
+            *n = strikes;
+        }
+        strikes >= STRIKES
     }
 }
 
@@ -155,6 +189,18 @@ mod tests {
             assert!(budget.charge_start_up(Duration::from_micros(900), at));
         }
         assert!(!budget.available(at));
+    }
+
+    #[test]
+    fn an_instance_leaves_for_good_after_three_long_steps_within_a_minute() {
+        let strikes = Strikes::default();
+        let at = Instant::now();
+        assert!(!strikes.strike(at));
+        assert!(!strikes.strike(at + Duration::from_secs(30)));
+        // Two a minute apart, as a descheduled thread might: the count starts over.
+        assert!(!strikes.strike(at + STRIKE_WINDOW + Duration::from_secs(1)));
+        assert!(!strikes.strike(at + STRIKE_WINDOW + Duration::from_secs(2)));
+        assert!(strikes.strike(at + STRIKE_WINDOW + Duration::from_secs(3)));
     }
 
     #[test]

@@ -213,7 +213,7 @@ impl Engine {
         config.max_wasm_stack(MAX_WASM_STACK);
         let cap = max_map_count();
         let share = (limits.share_memory_images).unwrap_or_else(|| share_initial_images(cap));
-        tracing::info!(
+        tracing::debug!(
             share,
             max_map_count = cap,
             "instances {} their provider's initial memory image",
