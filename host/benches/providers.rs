@@ -6,7 +6,7 @@
 //! Tether's instantiate (wall time, and CPU time of all the process's threads, which
 //! other processes' load disturbs less) and `check-health` beside bare wasmtime's,
 //! from the same run and the same component (see `bare`), with the ratios
-//! Tether ÷ bare.
+//! Tether ÷ bare; the two sides' calls are timed in alternating blocks.
 //!
 //! Prints two tables; run with `cargo bench -p tether --bench providers` (add
 //! `--profile dev` for a quick look). Instances are instantiated but not started, so
@@ -30,8 +30,10 @@ use tether::engine::{
 const LOADS: usize = 5;
 /// Instances alive at once for the instantiation time and the memory figure.
 const INSTANCES: usize = 1_000;
-/// `check-health` calls timed per provider.
+/// `check-health` calls timed per provider, on each side.
 const CALLS: usize = 10_000;
+/// Calls in a row on one side before the other side's turn.
+const BLOCK: usize = 100;
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -164,30 +166,25 @@ async fn measure(name: &str, bytes: &[u8]) -> Result<Row, BoxError> {
     let after = rss_kib()?;
     let rss_per_instance = after.saturating_sub(before) as f64 / INSTANCES as f64;
 
-    let handle = &handles[0];
-    let mut samples = Vec::with_capacity(CALLS);
-    let mut answer = None;
-    for _ in 0..CALLS {
-        let t = Instant::now();
-        match handle.call(Call::Health, Duration::from_secs(5)).await {
-            Ok(Reply::Health(h)) => {
-                samples.push(t.elapsed());
-                answer = Some(h);
-            }
-            other => return Err(format!("check-health answered {other:?}").into()),
-        }
-    }
-    let answer = answer.ok_or("no check-health call was made")?;
-    samples.sort();
-    for h in &handles {
+    // Every instance but the one called ends before bare wasmtime's are made, as the
+    // calls are timed on both sides together (see `paired_health`).
+    let mut handles = handles.into_iter();
+    let handle = handles.next().ok_or("no instance was made")?;
+    for h in handles {
         h.shutdown().await;
     }
-    drop(handles);
-    let (bare, bare_answer) = measure_bare(bytes).await?;
+    let (bare, mut bare_instance) = measure_bare(bytes).await?;
+    let ((health_p50, answer), (bare_health_p50, bare_answer)) =
+        paired_health(&handle, &mut bare_instance).await?;
+    handle.shutdown().await;
     // Both sides made the same call: an unstarted instance answers alike in both.
     if !same_health(&answer, &bare_answer) {
         return Err(format!("Tether answered {answer:?}, bare wasmtime {bare_answer:?}").into());
     }
+    let bare = BareFigures {
+        health_p50: bare_health_p50,
+        ..bare
+    };
     Ok(Row {
         name: name.to_owned(),
         kib: bytes.len() / 1024,
@@ -195,16 +192,15 @@ async fn measure(name: &str, bytes: &[u8]) -> Result<Row, BoxError> {
         warm: median(&mut warm),
         instantiate,
         instantiate_cpu,
-        health_p50: samples[samples.len() / 2],
+        health_p50,
         bare,
         rss_per_instance,
     })
 }
 
-/// Bare wasmtime's instantiate (mean over [`INSTANCES`] alive at once), median
-/// `check-health` (over [`CALLS`], typed, in this task), measured as Tether's are,
-/// and its last answer.
-async fn measure_bare(bytes: &[u8]) -> Result<(BareFigures, bare::Health), BoxError> {
+/// Bare wasmtime's instantiate (mean over [`INSTANCES`] alive at once), measured as
+/// Tether's is, and the first of those instances, for the calls.
+async fn measure_bare(bytes: &[u8]) -> Result<(BareFigures, bare::BareInstance), BoxError> {
     let bare = bare::Bare::new(bytes, tether::engine::MAX_WASM_STACK)?;
     // One instance first, so both sides start with the component's code warm.
     drop(bare.instantiate().await?);
@@ -216,23 +212,51 @@ async fn measure_bare(bytes: &[u8]) -> Result<(BareFigures, bare::Health), BoxEr
     }
     let instantiate = start.elapsed() / INSTANCES as u32;
     let instantiate_cpu = cpu_time()?.saturating_sub(cpu) / INSTANCES as u32;
-    let first = &mut instances[0];
-    let mut samples = Vec::with_capacity(CALLS);
-    let mut answer = None;
-    for _ in 0..CALLS {
-        let t = Instant::now();
-        let health = first.check_health().await?;
-        samples.push(t.elapsed());
-        answer = Some(health);
-    }
-    samples.sort();
-    let answer = answer.ok_or("no bare check-health call was made")?;
+    let first = instances.swap_remove(0);
     let figures = BareFigures {
         instantiate,
         instantiate_cpu,
-        health_p50: samples[samples.len() / 2],
+        health_p50: Duration::ZERO,
     };
-    Ok((figures, answer))
+    Ok((figures, first))
+}
+
+/// `check-health` through Tether's `handle` and bare wasmtime's `bare` (typed, in this
+/// task), [`CALLS`] each, taken in alternating blocks of [`BLOCK`] so both sides see
+/// the machine alike (its load and its cores' speed move within a run, and the two
+/// sides measured one after the other differed by up to 2× on that alone); each side's
+/// median and last answer.
+async fn paired_health(
+    handle: &ProviderHandle,
+    bare: &mut bare::BareInstance,
+) -> Result<((Duration, HealthReport), (Duration, bare::Health)), BoxError> {
+    let mut tether = Vec::with_capacity(CALLS);
+    let mut plain = Vec::with_capacity(CALLS);
+    let (mut answer, mut bare_answer) = (None, None);
+    for _ in 0..CALLS / BLOCK {
+        for _ in 0..BLOCK {
+            let t = Instant::now();
+            match handle.call(Call::Health, Duration::from_secs(5)).await {
+                Ok(Reply::Health(h)) => {
+                    tether.push(t.elapsed());
+                    answer = Some(h);
+                }
+                other => return Err(format!("check-health answered {other:?}").into()),
+            }
+        }
+        for _ in 0..BLOCK {
+            let t = Instant::now();
+            let health = bare.check_health().await?;
+            plain.push(t.elapsed());
+            bare_answer = Some(health);
+        }
+    }
+    let answer = answer.ok_or("no check-health call was made")?;
+    let bare_answer = bare_answer.ok_or("no bare check-health call was made")?;
+    Ok((
+        (median(&mut tether), answer),
+        (median(&mut plain), bare_answer),
+    ))
 }
 
 fn same_health(tether: &HealthReport, bare: &bare::Health) -> bool {
