@@ -62,7 +62,7 @@ const INSTANCES_WANTED: u64 = 10_000;
 /// Whether instances share their memory's initial image (copy-on-write from one memfd)
 /// under the kernel's cap of `max_map_count` mappings per process, unless the operator
 /// said (`limits.share_memory_images`). Sharing keeps the image's pages once for all
-/// instances instead of once each (about 28 KiB of real memory per running `handoff`
+/// instances instead of once each (about 20 KiB of real memory per running `handoff`
 /// environment) and makes an instantiation a mapping instead of a copy, but costs two
 /// mappings each: under Linux's default cap (65,530) a host holds about 15,000 running
 /// environments sharing and about 30,000 copying. Images are shared where the cap

@@ -9,7 +9,7 @@
 //! anonymous memory) and two differences:
 //! - a store's stack goes back to the kernel once its instance has made no call for
 //!   [`IDLE`]: its pages are given back and it is made inaccessible like its guard
-//!   page, so the kernel merges the two, and the inaccessible guard regions of the
+//!   region, so the kernel merges the two, and the inaccessible guard regions of the
 //!   linear memories or parked stacks next to them, into one mapping: an idle
 //!   instance's stack costs no memory and usually no mapping of its own (Linux caps
 //!   a process's mappings, see `engine/mod.rs`); the next call makes it read-write
@@ -551,6 +551,10 @@ mod tests {
         assert_eq!(range.len(), 64 << 10);
         assert_eq!(range.start % page_size(), 0);
         assert_eq!(memory.guard_range().end as usize, range.start);
+        // Guard region and stack fill whole huge pages, as memory reservations do.
+        let whole = memory.guard_range().start as usize..range.end;
+        assert_eq!(whole.len() % HUGE_PAGE, 0);
+        assert!(whole.len() - range.len() >= page_size());
         touch(&range, 3);
         assert_eq!(resident(range.clone()), 3);
 
