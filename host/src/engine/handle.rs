@@ -98,11 +98,14 @@ impl ProviderHandle {
         let live = shared.live.clone().lock_owned().await;
         let job =
             run_call(live, call, timeout, self.shared.clone()).instrument(shared.span.clone());
-        if !shared.inline.load(Ordering::Relaxed) || !shared.budget.available(Instant::now()) {
+        // Two readings of the clock per call, one each side of the step: a quick call
+        // costs little more than a bare one, and every reading counts there.
+        let began = Instant::now();
+        if !shared.inline.load(Ordering::Relaxed) || !shared.budget.available(began) {
             return on_guests(&shared.guests, job).await;
         }
-        let (first, spent) = first_step(job).await;
-        let now = Instant::now();
+        let (first, now) = first_step(job).await;
+        let spent = now.saturating_duration_since(began);
         if !shared.budget.charge(spent, now) && shared.strikes.strike(now) {
             shared.inline.store(false, Ordering::Relaxed);
             tracing::debug!(parent: &shared.span, ?spent, "calls ran long in the caller's task three times in a minute: this instance's calls run on the guest executor from now on");
@@ -144,17 +147,17 @@ enum Step<T, F> {
     Waiting(F),
 }
 
-/// Polls `job` once in the caller's task; returns where it stands and how long the
-/// step took.
-async fn first_step<F: Future>(job: F) -> (Step<F::Output, Pin<Box<F>>>, Duration) {
+/// Polls `job` once in the caller's task; returns where it stands and when the step
+/// ended.
+async fn first_step<F: Future>(job: F) -> (Step<F::Output, Pin<Box<F>>>, Instant) {
     let mut job = Box::pin(job);
-    let began = Instant::now();
     let first = std::future::poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx))).await;
+    let ended = Instant::now();
     let step = match first {
         Poll::Ready(out) => Step::Done(out),
         Poll::Pending => Step::Waiting(job),
     };
-    (step, began.elapsed())
+    (step, ended)
 }
 
 /// Finishes `job` on the guest executor.
@@ -264,9 +267,10 @@ pub(crate) async fn instantiate(
     .instrument(span.clone());
     // Start-up code is metered like a call, with more left unmetered (`FREE_START_UP`).
     let strikes = Strikes::default();
-    let (first, inline) = if budget.available(Instant::now()) {
-        let (first, spent) = first_step(job).await;
-        let now = Instant::now();
+    let began = Instant::now();
+    let (first, inline) = if budget.available(began) {
+        let (first, now) = first_step(job).await;
+        let spent = now.saturating_duration_since(began);
         (
             first,
             budget.charge_start_up(spent, now) || !strikes.strike(now),
