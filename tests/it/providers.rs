@@ -512,3 +512,27 @@ async fn a_running_environment_whose_provider_is_idle_holds_no_directory_open() 
     assert_eq!(open_under(server.pid(), &workspace), Vec::<PathBuf>::new());
     server.stop();
 }
+
+/// `limits.share_memory_images`: on, running instances map their provider's initial
+/// memory image from one memfd (the host's mappings show it, once per instance); off,
+/// each copies it (no such mapping). Either way the environments run.
+#[tokio::test]
+async fn instances_share_or_copy_the_memory_image_as_the_operator_says() {
+    for share in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!("[limits]\nshare_memory_images = {share}\n");
+        let server = Server::start_with_handoff(dir.path(), &config);
+        server.handoff_env("image-a").await;
+        server.handoff_env("image-b").await;
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
+        let images = maps
+            .lines()
+            .filter(|l| l.contains("wasm-memory-image"))
+            .count();
+        if share {
+            assert!(images >= 2, "shared: {images} image mappings\n{maps}");
+        } else {
+            assert_eq!(images, 0, "copied: no image mapping\n{maps}");
+        }
+    }
+}
