@@ -173,7 +173,7 @@ async fn measure(name: &str, bytes: &[u8]) -> Result<Row, BoxError> {
     for h in handles {
         h.shutdown().await;
     }
-    let (bare, mut bare_instance) = measure_bare(bytes).await?;
+    let (bare_instantiate, bare_instantiate_cpu, mut bare_instance) = measure_bare(bytes).await?;
     let ((health_p50, answer), (bare_health_p50, bare_answer)) =
         paired_health(&handle, &mut bare_instance).await?;
     handle.shutdown().await;
@@ -182,8 +182,9 @@ async fn measure(name: &str, bytes: &[u8]) -> Result<Row, BoxError> {
         return Err(format!("Tether answered {answer:?}, bare wasmtime {bare_answer:?}").into());
     }
     let bare = BareFigures {
+        instantiate: bare_instantiate,
+        instantiate_cpu: bare_instantiate_cpu,
         health_p50: bare_health_p50,
-        ..bare
     };
     Ok(Row {
         name: name.to_owned(),
@@ -198,9 +199,9 @@ async fn measure(name: &str, bytes: &[u8]) -> Result<Row, BoxError> {
     })
 }
 
-/// Bare wasmtime's instantiate (mean over [`INSTANCES`] alive at once), measured as
-/// Tether's is, and the first of those instances, for the calls.
-async fn measure_bare(bytes: &[u8]) -> Result<(BareFigures, bare::BareInstance), BoxError> {
+/// Bare wasmtime's instantiate (mean wall and CPU time over [`INSTANCES`] alive at
+/// once), measured as Tether's is, and the first of those instances, for the calls.
+async fn measure_bare(bytes: &[u8]) -> Result<(Duration, Duration, bare::BareInstance), BoxError> {
     let bare = bare::Bare::new(bytes, tether::engine::MAX_WASM_STACK)?;
     // One instance first, so both sides start with the component's code warm.
     drop(bare.instantiate().await?);
@@ -213,12 +214,7 @@ async fn measure_bare(bytes: &[u8]) -> Result<(BareFigures, bare::BareInstance),
     let instantiate = start.elapsed() / INSTANCES as u32;
     let instantiate_cpu = cpu_time()?.saturating_sub(cpu) / INSTANCES as u32;
     let first = instances.swap_remove(0);
-    let figures = BareFigures {
-        instantiate,
-        instantiate_cpu,
-        health_p50: Duration::ZERO,
-    };
-    Ok((figures, first))
+    Ok((instantiate, instantiate_cpu, first))
 }
 
 /// `check-health` through Tether's `handle` and bare wasmtime's `bare` (typed, in this

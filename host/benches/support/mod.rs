@@ -51,7 +51,7 @@ pub(crate) fn dies_with_benchmark(program: impl AsRef<std::ffi::OsStr>) -> Comma
     }
 }
 
-/// MemoryKinds memory of process `pid` in KiB, from `/proc/<pid>/status`.
+/// Resident memory of process `pid` in KiB, from `/proc/<pid>/status`.
 pub(crate) fn rss_kib(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status

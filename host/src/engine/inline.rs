@@ -114,16 +114,13 @@ impl Strikes {
     /// tasks for good.
     pub(crate) fn strike(&self, now: Instant) -> bool {
         let mut window = self.window.locked();
-        let strikes = match *window {
-            Some((began, n)) if now.saturating_duration_since(began) < STRIKE_WINDOW => n + 1,
-            _ => {
-                *window = Some((now, 0));
-                1
+        let (began, strikes) = match *window {
+            Some((began, n)) if now.saturating_duration_since(began) < STRIKE_WINDOW => {
+                (began, n + 1)
             }
+            _ => (now, 1),
         };
-        if let Some((_, n)) = window.as_mut() {
-            *n = strikes;
-        }
+        *window = Some((began, strikes));
         strikes >= STRIKES
     }
 }

@@ -212,7 +212,9 @@ impl Engine {
         config.epoch_interruption(true);
         config.max_wasm_stack(MAX_WASM_STACK);
         let cap = max_map_count();
-        let share = (limits.share_memory_images).unwrap_or_else(|| share_initial_images(cap));
+        let share = limits
+            .share_memory_images
+            .unwrap_or_else(|| share_initial_images(cap));
         tracing::debug!(
             share,
             max_map_count = cap,

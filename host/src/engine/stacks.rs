@@ -516,7 +516,7 @@ mod tests {
         vec.iter().filter(|b| **b & 1 == 1).count()
     }
 
-    /// How many of this process's mappings cover `stack` and its guard page (from
+    /// How many of this process's mappings cover `stack` and its guard region (from
     /// `/proc/self/maps`).
     fn mappings(stack: &dyn StackMemory) -> usize {
         let whole = stack.guard_range().start as usize..stack.range().end;
@@ -571,13 +571,13 @@ mod tests {
         })
         .await
         .expect("run");
-        assert_eq!(mappings(&*memory), 2, "a used stack and its guard page");
+        assert_eq!(mappings(&*memory), 2, "a used stack and its guard region");
 
-        // Idle past IDLE: given back, parked (one mapping with its guard page), and
+        // Idle past IDLE: given back, parked (one mapping with its guard region), and
         // read-write zeros again for the next call.
         stacks.sweep(Instant::now() + IDLE * 2);
         assert_eq!(resident(range.clone()), 0);
-        assert_eq!(mappings(&*memory), 1, "parked with its guard page");
+        assert_eq!(mappings(&*memory), 1, "parked with its guard region");
         let byte = slot
             .run(async {
                 // SAFETY: inside the stack's range, read-write while a call runs.
