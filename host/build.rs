@@ -1,7 +1,8 @@
 //! Builds the guest providers in `guest-providers/` for `wasm32-wasip2` so the host
-//! can embed the built-in ones and tests can load the rest.
+//! can embed the built-in ones and tests can load the rest, and the spawn guard
+//! (`guard/`) linked statically, which the host embeds and runs every child under.
 //!
-//! The nested `cargo build` uses its own target directory under `OUT_DIR`, so it
+//! Each nested `cargo build` uses its own target directory under `OUT_DIR`, so it
 //! never fights the outer build for its lock. The wasm target is installed with
 //! rustup when missing, so a fresh machine needs no manual step.
 
@@ -30,6 +31,7 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     println!("cargo:rerun-if-changed={}", guests.display());
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    println!("cargo:rerun-if-changed={}", root.join("guard").display());
 
     ensure_target();
     let target_dir = out_dir.join("guest-target");
@@ -77,6 +79,51 @@ fn main() {
     write_builtins(&out_dir);
     write_sdk_sources(&guests.join("sdk/src"), &out_dir.join("sdk_sources.rs"));
     write_wit_sources(&root.join("wit"), &out_dir.join("wit_sources.rs"));
+    build_static_guard(&root, &out_dir);
+}
+
+/// Builds `tether-guard` for the host's own target, always optimised and linked
+/// statically (`crt-static`: glibc's static `libc.a`, which `libc6-dev` installs beside
+/// `gcc`), and writes `static_guard.rs`, which embeds it.
+fn build_static_guard(root: &Path, out_dir: &Path) {
+    let target = env::var("TARGET").expect("set by cargo");
+    let target_dir = out_dir.join("guard-target");
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "tether-guard",
+            "--bin",
+            "tether-guard",
+        ])
+        // With an explicit target the flags reach the guard, not build scripts.
+        .arg(format!("--target={target}"))
+        .arg("--manifest-path")
+        .arg(root.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_MAKEFLAGS")
+        .status()
+        .expect("running cargo for the spawn guard");
+    assert!(status.success(), "building the static spawn guard failed");
+    let built = target_dir
+        .join(&target)
+        .join("release")
+        .join("tether-guard");
+    assert!(built.is_file(), "{} was not built", built.display());
+    std::fs::write(
+        out_dir.join("static_guard.rs"),
+        format!(
+            "/// The spawn guard's executable, linked statically.\n\
+             pub(crate) const STATIC_GUARD: &[u8] = include_bytes!({:?});\n",
+            built.display().to_string()
+        ),
+    )
+    .expect("writing static_guard.rs");
 }
 
 /// Writes `builtins.rs` (name and embedded component of each built-in, for the

@@ -13,6 +13,9 @@
 //! - **Takeover:** ten times, a fresh host runs one `handoff` environment, is killed
 //!   with SIGKILL, and the time until `b` reports it `running` there is taken; with a
 //!   2 s lease (`lease_ttl_secs = 2`). p50 and max.
+//!
+//! `CLUSTER_BENCH_ROUND_TRIPS=N` makes each round-trip case longer (default 10,000),
+//! so a profiler or `strace` attached to a host or `nats-server` sees past the set-up.
 
 mod support;
 
@@ -25,7 +28,8 @@ use serde_json::{Value, json};
 use support::nats::{Nats, host, nats_binary};
 use support::{Res, Server, TOKEN, connect, echo, measure, us};
 
-/// Round trips per case, spread over its pairs (at least 20 each).
+/// Round trips per case, spread over its pairs (at least 20 each), unless
+/// `CLUSTER_BENCH_ROUND_TRIPS` says otherwise.
 const ROUND_TRIPS: usize = 10_000;
 /// The lease of the takeover rounds.
 const LEASE_SECS: u64 = 2;
@@ -82,8 +86,12 @@ async fn run(pairs: Vec<usize>, nats_binary: PathBuf) -> Res<()> {
         "| pairs | rt/s same / NATS / direct | p50 same / NATS / direct | p99 same / NATS / direct | p50 NATS ÷ same | p50 direct ÷ same | rt/s NATS ÷ same |"
     );
     println!("|---:|---|---|---|---:|---:|---:|");
+    let round_trips = std::env::var("CLUSTER_BENCH_ROUND_TRIPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ROUND_TRIPS);
     for &n in &pairs {
-        let per_pair = (ROUND_TRIPS / n).max(20);
+        let per_pair = (round_trips / n).max(20);
         let mut results = Vec::new();
         for server in [&a, &b, &c] {
             let mut apps = Vec::with_capacity(n);

@@ -150,10 +150,7 @@ pub fn main() -> ExitCode {
     // arguments verbatim (not UTF-8 checked, never parsed as flags), and must stay
     // single-threaded: it is dispatched before clap and the async runtime.
     let mut argv = std::env::args_os().skip(1).peekable();
-    if argv
-        .peek()
-        .is_some_and(|a| a == crate::broker::guard::GUARD_ARG)
-    {
+    if argv.peek().is_some_and(|a| a == tether_guard::GUARD_ARG) {
         std::process::exit(crate::broker::spawn_guard_main(argv));
     }
     let cli = Cli::parse();

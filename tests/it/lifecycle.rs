@@ -365,6 +365,43 @@ async fn guarded_runtime(dir: &std::path::Path) -> (Server, u32, u32) {
     (server, guard, runtime[0])
 }
 
+/// Every child runs under the guard the host embeds: linked statically (no C library
+/// mapped), run from the host's sealed in-memory copy, named `tether-guard`; and
+/// neither the guard nor its program holds that copy open.
+#[tokio::test]
+async fn children_run_under_the_embedded_static_guard() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, guard, runtime) = guarded_runtime(dir.path()).await;
+    let exe = std::fs::read_link(format!("/proc/{guard}/exe")).expect("exe");
+    assert!(
+        exe.to_string_lossy().starts_with("/memfd:tether-guard"),
+        "{exe:?}"
+    );
+    let comm = std::fs::read_to_string(format!("/proc/{guard}/comm")).expect("comm");
+    assert_eq!(comm.trim_end(), "tether-guard");
+    let cmdline = std::fs::read(format!("/proc/{guard}/cmdline")).expect("cmdline");
+    assert!(
+        cmdline.starts_with(b"tether-guard\0__spawn-guard\0"),
+        "{cmdline:?}"
+    );
+    let maps = std::fs::read_to_string(format!("/proc/{guard}/maps")).expect("maps");
+    assert!(
+        !maps.contains("libc.so"),
+        "the guard maps the C library: {maps}"
+    );
+    for pid in [guard, runtime] {
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fds") {
+            let target = std::fs::read_link(fd.expect("fd").path()).unwrap_or_default();
+            assert!(
+                !target.to_string_lossy().contains("memfd:tether-guard"),
+                "{pid} holds the guard's in-memory copy"
+            );
+        }
+    }
+    server.stop();
+    wait_gone(runtime).await;
+}
+
 #[tokio::test]
 async fn a_runtime_whose_guard_is_killed_goes_with_it_and_hears_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -513,12 +550,13 @@ fn order(program: &str, cwd: &str, args: &[&str], env: &[(&str, &str)]) -> Vec<u
     [(body.len() as u32).to_le_bytes().to_vec(), body].concat()
 }
 
-/// Runs the `tether-guard` binary as a guard waiting for its program, sends it `framed`
-/// and closes the socket: its answer (none if it gave none) and how it ended.
+/// Runs `tether`'s guard mode (the code the embedded `tether-guard` runs) as a guard
+/// waiting for its program, sends it `framed` and closes the socket: its answer (none
+/// if it gave none) and how it ended.
 fn waiting_guard(framed: &[u8]) -> (Option<i32>, std::process::Output) {
     use std::io::{Read, Write};
     let (mut host, theirs) = std::os::unix::net::UnixStream::pair().expect("socket pair");
-    let guard = Command::new(env!("CARGO_BIN_EXE_tether-guard"))
+    let guard = Command::new(env!("CARGO_BIN_EXE_tether"))
         .args(["__spawn-guard", "--wait-for-program"])
         // A variable of the guard's own, which its program must not get.
         .env_clear()
@@ -527,7 +565,7 @@ fn waiting_guard(framed: &[u8]) -> (Option<i32>, std::process::Output) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("tether-guard");
+        .expect("tether __spawn-guard");
     let _ = host.write_all(framed);
     let mut code = [0u8; 4];
     let answer = host

@@ -1,433 +1,63 @@
-//! The spawn guard: a small mode of this binary (`tether __spawn-guard PROGRAM
-//! ARGS...`) that the broker runs every child under, so that a child which
-//! double-forks or calls `setsid()` still stops with its environment.
+//! The program the broker runs children under: the spawn guard (`guard/`), which this
+//! binary embeds linked statically (`host/build.rs` builds it). A start pays for the
+//! guard's `exec` on top of the program's, and a static binary has no dynamic loader
+//! to run: about two thirds of the CPU time of the same guard linked dynamically.
 //!
-//! The guard makes itself a child subreaper (`PR_SET_CHILD_SUBREAPER`): every
-//! orphan below it is re-parented to it, not to init, so its process tree holds
-//! everything the program ever started, whatever process group or session they
-//! moved to. It runs the program, reaps whatever dies below it, and when the
-//! program exits, when it is asked to stop (`SIGTERM`, `SIGINT`, `SIGHUP`), or
-//! when the host that started it goes away, it kills its whole tree with
-//! `SIGKILL` until nothing is left, then exits as the program did.
-//!
-//! The host passes its pid (`--parent=PID`): a guard whose parent is already
-//! someone else when it starts (the host was killed between the fork and the
-//! guard's first look) exits without starting the program, so a `kill -9` at any
-//! instant leaves no runtime behind.
-//!
-//! The program is set to die with the guard (`PR_SET_PDEATHSIG`), so that even a
-//! guard killed outright, with its host, leaves nothing running.
-//!
-//! A guard may also be started ahead of time, before anyone knows what it will run
-//! (`--wait-for-program`, see [`super::launch`]): it then reads its [`Order`] (the
-//! program, its arguments, variables and working directory) from its standard input,
-//! a socket to the host, and answers there whether the program started. A spare whose
-//! host closes the socket (the host stopped or died) exits without running anything.
-//!
-//! It is single-threaded by design apart from one watcher thread: signals are
-//! blocked and taken with `sigwait`, which needs no signal handler.
+//! The embedded bytes are run from a sealed in-memory file (`memfd_create`), so the
+//! operator installs one binary and nobody can swap the guard on disk under a running
+//! host. Where no such file can be made, `tether` itself runs in its guard mode.
 
-use std::ffi::OsString;
-use std::io::{Read, Write};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-use nix::errno::Errno;
-use nix::sys::prctl;
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, raise, sigprocmask};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{Pid, getpid, getppid};
+use nix::fcntl::{FcntlArg, OFlag, SealFlag, fcntl, open};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::stat::Mode;
 
-/// The small binary of the guard alone, installed beside `tether`.
-pub(crate) const SMALL_BINARY: &str = "tether-guard";
+// `STATIC_GUARD`: the guard's executable, linked statically.
+include!(concat!(env!("OUT_DIR"), "/static_guard.rs"));
 
-/// The first argument that selects the guard mode of the binary.
-pub(crate) const GUARD_ARG: &str = "__spawn-guard";
-
-/// The guard's optional first argument, `--parent=PID`: the pid of the host that
-/// spawned it.
-pub(crate) const PARENT_FLAG: &str = "--parent=";
-
-/// The flag (after `--parent=PID`) of a guard started ahead of time: it reads its
-/// [`Order`] from its standard input instead of taking the program from its arguments.
-pub(crate) const WAIT_FLAG: &str = "--wait-for-program";
-
-/// The largest order a waiting guard reads, in bytes: twice Linux's usual limit on
-/// arguments and environment together, which an `exec` could not take anyway.
-const MAX_ORDER: usize = 4 << 20;
-
-/// How often the watcher thread checks that the host is still the parent.
-const PARENT_POLL: Duration = Duration::from_millis(200);
-/// How long the guard keeps killing before it gives up on a process that will
-/// not die (one stuck in the kernel) and exits anyway.
-const KILL_PATIENCE: Duration = Duration::from_secs(10);
-
-/// Runs the guard over `program args...` and returns the exit code it should end
-/// with (after re-raising a fatal signal, when the program died of one).
-pub(crate) fn run(mut argv: impl Iterator<Item = OsString>) -> i32 {
-    let mut program = argv.next();
-    // `--parent=PID`: the host that spawned the guard. If the host was killed before
-    // the guard got here, the guard is already an orphan and watching its parent
-    // change would never fire: it must not start the program at all.
-    let expected = match program
-        .as_ref()
-        .and_then(|p| p.to_str()?.strip_prefix(PARENT_FLAG))
-    {
-        Some(pid) => {
-            let pid = pid.parse::<i32>().ok().map(Pid::from_raw);
-            program = argv.next();
-            pid
-        }
-        None => None,
-    };
-    let waits = program.as_ref().is_some_and(|p| p == WAIT_FLAG);
-    let parent = getppid();
-    if expected.is_some_and(|p| p != parent) {
-        eprintln!("tether {GUARD_ARG}: the host that spawned this guard is gone; not starting");
-        return 128 + Signal::SIGKILL as i32;
-    }
-    if let Err(e) = prctl::set_child_subreaper(true) {
-        eprintln!("tether {GUARD_ARG}: cannot become a subreaper: {e}");
-        return 126;
-    }
-    let mut stops = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGCHLD,
-    ] {
-        stops.add(s);
-    }
-    // Blocked before anything starts, so no stop request is lost.
-    if let Err(e) = stops.thread_block() {
-        eprintln!("tether {GUARD_ARG}: cannot block signals: {e}");
-        return 126;
-    }
-    let started = if waits {
-        match read_order() {
-            Ok(Some((order, mut host))) => {
-                let started = std::env::set_current_dir(&order.cwd)
-                    .and_then(|()| spawn(&order.program, &order.args, Some(&order.env)));
-                let code = match &started {
-                    Ok(_) => 0,
-                    Err(e) => e.raw_os_error().unwrap_or(nix::libc::EIO),
-                };
-                // The host waits for this answer; a host gone meanwhile reads nothing
-                // and the watcher below notices it.
-                let _ = host.write_all(&code.to_le_bytes());
-                started.map_err(|e| (order.program, e))
-            }
-            // The host let its spare go (it stopped, or died) before ordering anything.
-            Ok(None) => return 0,
-            Err(e) => {
-                eprintln!("tether {GUARD_ARG}: reading the program: {e}");
-                return 126;
-            }
-        }
-    } else {
-        let Some(program) = program else {
-            eprintln!("tether {GUARD_ARG}: no program");
-            return 127;
-        };
-        let args: Vec<OsString> = argv.collect();
-        spawn(&program, &args, None).map_err(|e| (program, e))
-    };
-    let main = match started {
-        Ok(pid) => pid,
-        Err((program, e)) => {
-            eprintln!("tether {GUARD_ARG}: {}: {e}", program.to_string_lossy());
-            return 127;
-        }
-    };
-    // The host may die without a word (SIGKILL); then the parent changes.
-    std::thread::spawn(move || {
-        loop {
-            std::thread::sleep(PARENT_POLL);
-            if getppid() != parent {
-                let _ = kill(getpid(), Signal::SIGTERM);
-                return;
-            }
-        }
-    });
-    let mut status = None;
-    loop {
-        reap(main, &mut status);
-        if status.is_some() {
-            break;
-        }
-        match stops.wait() {
-            Ok(Signal::SIGCHLD) | Err(_) => {}
-            Ok(_) => break,
-        }
-    }
-    kill_tree(main, &mut status);
-    exit_code(status)
-}
-
-/// What a guard started ahead of time is asked to run: sent by the host over the
-/// guard's standard input as a little-endian `u32` length and that many bytes of
-/// NUL-terminated fields (program, working directory, the argument count in decimal,
-/// the arguments, the variable count, then each variable's name and value).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Order {
-    /// The program, as `exec` takes it.
-    pub(crate) program: OsString,
-    /// Its arguments.
-    pub(crate) args: Vec<OsString>,
-    /// Its whole environment.
-    pub(crate) env: Vec<(OsString, OsString)>,
-    /// Its working directory.
-    pub(crate) cwd: OsString,
-}
-
-impl Order {
-    /// The order framed for the wire. A field holding a NUL (which no `exec` could
-    /// pass either) or an order past [`MAX_ORDER`] is refused as `exec` would refuse it.
-    pub(crate) fn encode(&self) -> std::io::Result<Vec<u8>> {
-        let count = |n: usize| OsString::from(n.to_string());
-        let (argc, envc) = (count(self.args.len()), count(self.env.len()));
-        let fields = [&self.program, &self.cwd, &argc]
-            .into_iter()
-            .chain(&self.args)
-            .chain([&envc])
-            .chain(self.env.iter().flat_map(|(k, v)| [k, v]));
-        let mut body = Vec::new();
-        for field in fields {
-            let bytes = field.as_bytes();
-            if bytes.contains(&0) {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "nul byte found in provided data",
-                ));
-            }
-            body.extend_from_slice(bytes);
-            body.push(0);
-        }
-        if body.len() > MAX_ORDER {
-            return Err(std::io::Error::from_raw_os_error(nix::libc::E2BIG));
-        }
-        let mut framed = (body.len() as u32).to_le_bytes().to_vec();
-        framed.extend(body);
-        Ok(framed)
-    }
-
-    /// The order in `body` (the bytes after the length), if it is well formed.
-    fn decode(body: &[u8]) -> Option<Order> {
-        let mut fields = body.strip_suffix(&[0])?.split(|b| *b == 0);
-        let mut next = || fields.next().map(|f| OsString::from_vec(f.to_vec()));
-        let count = |f: Option<OsString>| f?.to_str()?.parse::<usize>().ok();
-        let program = next()?;
-        let cwd = next()?;
-        let argc = count(next())?;
-        let args = (0..argc).map(|_| next()).collect::<Option<Vec<_>>>()?;
-        let envc = count(next())?;
-        let env = (0..envc)
-            .map(|_| Some((next()?, next()?)))
-            .collect::<Option<Vec<_>>>()?;
-        if next().is_some() || program.is_empty() {
-            return None;
-        }
-        Some(Order {
-            program,
-            args,
-            env,
-            cwd,
-        })
-    }
-}
-
-/// Reads the order from standard input (the host's socket), byte-exact so nothing
-/// past it is consumed; `None` when the host closed the socket first. Returns the
-/// socket too, for the answer.
-fn read_order() -> std::io::Result<Option<(Order, std::fs::File)>> {
-    use std::os::fd::AsFd;
-    let mut host = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
-    let mut len = [0u8; 4];
-    match host.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    if len > MAX_ORDER {
-        return Err(bad("the order is too long"));
-    }
-    let mut body = vec![0; len];
-    host.read_exact(&mut body)?;
-    let order = Order::decode(&body).ok_or_else(|| bad("the order is malformed"))?;
-    Ok(Some((order, host)))
-}
-
-/// Starts `program args...` with this process's environment (or `env` alone), no
-/// standard input and nothing blocked (a child inherits its parent's signal mask: the
-/// program would otherwise start deaf to the `SIGTERM` the guard blocks for itself),
-/// set to die with the guard.
-///
-/// The guard kills its tree whenever it can; the one case it cannot is its own
-/// `SIGKILL` (the OOM killer, an operator). The host then kills the program's
-/// process group when it reaps the guard, but a host killed in the same moment
-/// never does, and the program would run on as init's child, its runtime
-/// redialling forever. `PR_SET_PDEATHSIG` closes that: the kernel kills the program
-/// the moment the guard dies, however it dies.
-// One of the workspace's two `unsafe`s (the other is the binary's `mallopt`):
-// setting a death signal between fork and exec has no safe interface in std or nix.
-#[allow(unsafe_code)]
-fn spawn(
-    program: &OsString,
-    args: &[OsString],
-    env: Option<&[(OsString, OsString)]>,
-) -> std::io::Result<Pid> {
-    use std::os::unix::process::CommandExt;
-    let guard = getpid();
-    let mut command = std::process::Command::new(program);
-    command.args(args).stdin(std::process::Stdio::null());
-    if let Some(env) = env {
-        command.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
-    }
-    // SAFETY: the closure runs in the forked child before `exec`, while the guard
-    // has a single thread (its watcher starts after this spawn), and makes only
-    // async-signal-safe system calls; it allocates nothing (an `Errno` converts to an
-    // `io::Error` without allocating).
-    unsafe {
-        command.pre_exec(move || {
-            prctl::set_pdeathsig(Signal::SIGKILL)?;
-            // The guard may have died between the fork and the line above: then no
-            // death signal will come, and the program must not start.
-            if getppid() != guard {
-                return Err(Errno::ESRCH.into());
-            }
-            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
-            Ok(())
-        });
-    }
-    let child = command.spawn()?;
-    // The guard reaps with `waitpid`; dropping `Child` neither waits nor kills.
-    Ok(Pid::from_raw(child.id() as i32))
-}
-
-/// Reaps every child that has ended, noting the program's status.
-fn reap(main: Pid, status: &mut Option<WaitStatus>) -> bool {
-    loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => return true,
-            Ok(s) => {
-                if s.pid() == Some(main) {
-                    *status = Some(s);
-                }
-            }
-            Err(Errno::EINTR) => {}
-            // ECHILD: nothing is left below the guard.
-            Err(_) => return false,
+/// The guard program for a host whose own binary is `tether`.
+pub fn spawn_guard_program(tether: &Path) -> PathBuf {
+    static SEALED: OnceLock<Result<OwnedFd, String>> = OnceLock::new();
+    match SEALED.get_or_init(|| sealed(STATIC_GUARD).map_err(|e| e.to_string())) {
+        // The descriptor stays open for the host's life; a child resolves this path
+        // in its own copy of the descriptor table, before `exec` closes it there.
+        Ok(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+        Err(why) => {
+            tracing::warn!(
+                %why,
+                "cannot hold the embedded spawn guard in memory; children run under \
+                 this binary's guard mode, which starts slower"
+            );
+            tether.to_owned()
         }
     }
 }
 
-/// Kills everything below the guard until nothing is left: the subreaper
-/// guarantee means every descendant is in this tree, and a process killed while
-/// forking leaves orphans that come back to the guard for the next round.
-fn kill_tree(main: Pid, status: &mut Option<WaitStatus>) {
-    let me = getpid();
-    let deadline = Instant::now() + KILL_PATIENCE;
-    loop {
-        for pid in descendants(me) {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-        if !reap(main, status) || Instant::now() > deadline {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// The most processes one look for descendants collects.
-const MAX_DESCENDANTS: usize = 1 << 16;
-
-/// Every process whose parent chain leads to `root`, read from `/proc`: from each
-/// process's `children` files where the kernel has them (a read per descendant
-/// thread), else from a scan of every process on the machine. The scan made each
-/// guard's exit cost a read of every process's `stat`: with a hundred environments
-/// stopping at once, tens of thousands of reads.
-pub(crate) fn descendants(root: Pid) -> Vec<Pid> {
-    let probe = format!("/proc/{root}/task/{root}/children");
-    if std::path::Path::new(&probe).exists() {
-        descendants_by_children(root)
-    } else {
-        descendants_by_scan(root)
-    }
-}
-
-/// [`descendants`] from `/proc/PID/task/TID/children`: a child is listed under the
-/// thread that forked it (or, re-parented, under the subreaper's), so every thread's.
-fn descendants_by_children(root: Pid) -> Vec<Pid> {
-    let mut found = vec![root.as_raw()];
-    let mut seen = std::collections::HashSet::from([root.as_raw()]);
-    let mut i = 0;
-    while i < found.len() && found.len() < MAX_DESCENDANTS {
-        let parent = found[i];
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
-            i += 1;
-            continue; // Gone meanwhile: its children come back to the guard.
-        };
-        for task in tasks.filter_map(|t| t.ok()) {
-            let Ok(list) = std::fs::read_to_string(task.path().join("children")) else {
-                continue;
-            };
-            let children = list
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok());
-            found.extend(children.filter(|c| seen.insert(*c)));
-        }
-        i += 1;
-    }
-    found.into_iter().skip(1).map(Pid::from_raw).collect()
-}
-
-/// [`descendants`] from every process's parent, for kernels without `children` files.
-fn descendants_by_scan(root: Pid) -> Vec<Pid> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let pairs: Vec<(i32, i32)> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| Some((pid, parent_of(pid)?)))
-        .collect();
-    let mut found = vec![root.as_raw()];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(
-            pairs
-                .iter()
-                .filter(|(_, pp)| *pp == parent)
-                .map(|(p, _)| *p),
-        );
-        i += 1;
-    }
-    found.into_iter().skip(1).map(Pid::from_raw).collect()
-}
-
-/// The parent pid in `/proc/PID/stat` (after the command name, which may hold
-/// spaces and parentheses, so split at the last `)`).
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Ends like the program: its exit code, or its fatal signal raised again.
-fn exit_code(status: Option<WaitStatus>) -> i32 {
-    match status {
-        Some(WaitStatus::Exited(_, code)) => code,
-        Some(WaitStatus::Signaled(_, signal, _)) => {
-            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-            let _ = raise(signal);
-            128 + signal as i32
-        }
-        _ => 128 + Signal::SIGKILL as i32,
-    }
+/// `bytes` as a sealed in-memory file, open read-only: a file still open for
+/// writing cannot be run (`ETXTBSY`), so the writable descriptor is closed once the
+/// seals forbid any change.
+fn sealed(bytes: &[u8]) -> nix::Result<OwnedFd> {
+    let fd = memfd_create(
+        c"tether-guard",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)
+        .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)))?;
+    let seals = SealFlag::F_SEAL_WRITE
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_SEAL;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
+    open(
+        format!("/proc/self/fd/{}", file.as_raw_fd()).as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
 }
 
 #[cfg(test)]
@@ -435,132 +65,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_program_starts_with_nothing_blocked_though_the_guard_blocks_its_stops() {
-        let mut stops = SigSet::empty();
-        stops.add(Signal::SIGTERM);
-        stops.add(Signal::SIGHUP);
-        // Blocked in a thread of its own, as the guard's main thread blocks them.
-        // `sleep` leaves its mask as it found it (a shell would not).
-        let seen = std::thread::spawn(move || {
-            stops.thread_block().unwrap();
-            let pid = spawn(&"sleep".into(), &["5".into()], None).unwrap();
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-            let _ = kill(pid, Signal::SIGKILL);
-            let _ = waitpid(pid, None);
-            status
-                .lines()
-                .find(|l| l.starts_with("SigBlk:"))
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(seen.trim(), "SigBlk:\t0000000000000000", "{seen}");
-    }
-
-    #[test]
-    fn the_program_dies_with_what_started_it() {
-        // The death signal comes when the spawning thread ends: here a thread of the
-        // test's, in the guard its main thread, which ends only with the guard.
-        let pid = std::thread::spawn(|| spawn(&"sleep".into(), &["30".into()], None).unwrap())
-            .join()
+    fn the_embedded_guard_is_a_static_executable_that_runs_from_memory() {
+        assert_eq!(&STATIC_GUARD[..4], b"\x7fELF");
+        let program = spawn_guard_program(Path::new("/nonexistent/tether"));
+        assert!(
+            program.starts_with("/proc/self/fd"),
+            "{}",
+            program.display()
+        );
+        // The same file for every caller: one descriptor for the host's life.
+        assert_eq!(spawn_guard_program(Path::new("/x")), program);
+        // Sealed: not even this process can write it.
+        let path = std::fs::read_link(&program).unwrap();
+        assert!(
+            path.to_string_lossy().contains("memfd:tether-guard"),
+            "{path:?}"
+        );
+        let wrote = (std::fs::OpenOptions::new().write(true).open(&program))
+            .and_then(|mut f| f.write_all(b"x"));
+        assert!(wrote.is_err(), "the in-memory guard took a write");
+        // It runs, needs no dynamic loader, and is the guard: it runs its program.
+        let out = std::process::Command::new(&program)
+            .args([tether_guard::GUARD_ARG, "/bin/sh", "-c", "exit 7"])
+            .output()
             .unwrap();
-        let status = waitpid(pid, None).unwrap();
-        assert_eq!(status, WaitStatus::Signaled(pid, Signal::SIGKILL, false));
+        assert_eq!(out.status.code(), Some(7), "{out:?}");
+        assert!(
+            !names_a_loader(STATIC_GUARD),
+            "the embedded guard is linked dynamically"
+        );
+        assert!(names_a_loader(&std::fs::read("/bin/sh").unwrap()));
     }
 
-    fn order() -> Order {
-        Order {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), String::new().into(), "a b".into()],
-            env: vec![("A".into(), "1=2".into()), ("EMPTY".into(), "".into())],
-            cwd: "/tmp".into(),
-        }
-    }
-
-    fn body(framed: &[u8]) -> &[u8] {
-        let len = u32::from_le_bytes(framed[..4].try_into().unwrap()) as usize;
-        assert_eq!(framed.len(), 4 + len);
-        &framed[4..]
-    }
-
-    #[test]
-    fn an_order_survives_the_wire_with_empty_fields_and_separators() {
-        let framed = order().encode().unwrap();
-        assert_eq!(Order::decode(body(&framed)), Some(order()));
-        let bare = Order {
-            args: vec![],
-            env: vec![],
-            ..order()
+    /// Whether the ELF executable `elf` has a `PT_INTERP` program header (a dynamic
+    /// loader to run it).
+    fn names_a_loader(elf: &[u8]) -> bool {
+        let int = |at: usize, n: usize| {
+            (elf[at..at + n].iter().rev()).fold(0usize, |v, b| v << 8 | usize::from(*b))
         };
-        assert_eq!(Order::decode(body(&bare.encode().unwrap())), Some(bare));
-    }
-
-    #[test]
-    fn an_order_that_exec_could_not_take_is_refused_before_it_is_sent() {
-        let mut nul = order();
-        nul.args.push("a\0b".into());
-        let err = nul.encode().unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
-        let mut huge = order();
-        huge.env.push(("BIG".into(), "x".repeat(MAX_ORDER).into()));
-        assert_eq!(
-            huge.encode().unwrap_err().raw_os_error(),
-            Some(nix::libc::E2BIG)
-        );
-    }
-
-    #[test]
-    fn a_malformed_order_is_rejected_whole() {
-        let framed = order().encode().unwrap();
-        let good = body(&framed);
-        // Unterminated, cut short, one field too many, a count that is not one, no program.
-        assert_eq!(Order::decode(&good[..good.len() - 1]), None);
-        assert_eq!(Order::decode(&good[..good.len() - 3]), None);
-        assert_eq!(Order::decode(&[good, b"extra\x00"].concat()), None);
-        assert_eq!(Order::decode(b"/bin/true\x00/\x00x\x000\x00"), None);
-        assert_eq!(
-            Order::decode(b"/bin/true\x00/\x0099999999999999999999\x00"),
-            None
-        );
-        assert_eq!(Order::decode(b"\x00/\x000\x000\x00"), None);
-        assert_eq!(
-            Order::decode(b"/bin/true\x00/\x000\x000\x00").map(|o| o.program),
-            Some("/bin/true".into())
-        );
-        assert_eq!(Order::decode(b""), None);
-    }
-
-    #[test]
-    fn descendants_follow_parent_chains_and_exclude_the_root() {
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 5 & sleep 5; wait"])
-            .spawn()
-            .unwrap();
-        let pid = Pid::from_raw(child.id() as i32);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        // The shell and its two sleepers, once they run.
-        while descendants(pid).len() < 2 {
-            assert!(Instant::now() < deadline, "children never started");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let below = descendants(pid);
-        assert_eq!(below.len(), 2, "{below:?}");
-        // This test runs in a thread of its own, which is the shell's parent.
-        assert!(descendants(getpid()).contains(&pid));
-        assert!(!below.contains(&pid));
-        // Both ways of looking find the same.
-        let sorted = |mut v: Vec<Pid>| {
-            v.sort();
-            v
-        };
-        assert_eq!(sorted(descendants_by_children(pid)), sorted(below.clone()));
-        assert_eq!(sorted(descendants_by_scan(pid)), sorted(below.clone()));
-        assert!(descendants_by_scan(getpid()).contains(&pid));
-        assert!(descendants_by_children(getpid()).contains(&pid));
-        for p in below.iter().chain([&pid]) {
-            let _ = kill(*p, Signal::SIGKILL);
-        }
-        let _ = child.wait();
+        let (phoff, phentsize, phnum) = (int(0x20, 8), int(0x36, 2), int(0x38, 2));
+        (0..phnum).any(|i| int(phoff + i * phentsize, 4) == 3)
     }
 }

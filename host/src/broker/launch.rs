@@ -22,8 +22,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::guard::{GUARD_ARG, Order, PARENT_FLAG, WAIT_FLAG};
 use crate::sync::MutexExt;
+use tether_guard::{GUARD_ARG, Order, PARENT_FLAG, SMALL_BINARY, WAIT_FLAG};
 
 /// How many guards wait for a program. One covers starts that come one at a time;
 /// the second covers two close together. Each is an idle process with about 150 KiB
@@ -114,7 +114,7 @@ enum Handover {
 }
 
 impl Guards {
-    /// The guard program (`tether-guard`, or `tether` itself), with spares started
+    /// The guard program (the embedded `tether-guard`, or `tether` itself), with spares started
     /// when a Tokio runtime is at hand.
     pub fn new(program: PathBuf) -> Arc<Self> {
         let guards = Arc::new(Self {
@@ -160,7 +160,9 @@ impl Guards {
     /// The guard program told this host's pid, as every guard is started.
     fn guard_command(&self) -> tokio::process::Command {
         let mut cmd = child_command(&self.program);
-        cmd.arg(GUARD_ARG)
+        // Named as the guard it is in `ps`, whether it runs from memory or is `tether`.
+        cmd.arg0(SMALL_BINARY)
+            .arg(GUARD_ARG)
             .arg(format!("{PARENT_FLAG}{}", std::process::id()));
         cmd
     }

@@ -12,7 +12,7 @@
 //! TLS client of providers' `https` requests.
 
 mod env;
-pub(crate) mod guard;
+mod guard;
 pub mod launch;
 pub(crate) mod net;
 mod pattern;
@@ -31,27 +31,13 @@ use crate::config::{CommandPattern, Grant, GrantOrigin, NetConfig, UrlPattern};
 pub use pattern::PathScope;
 pub use refusals::Refusals;
 
-/// The spawn guard's entry (`tether __spawn-guard ...` and the small `tether-guard`
-/// binary): `argv` is what follows the program's name; returns the exit code.
+/// The spawn guard's entry (`tether __spawn-guard ...`): `argv` is what follows the
+/// program's name; returns the exit code.
 pub fn spawn_guard_main(argv: impl Iterator<Item = std::ffi::OsString>) -> i32 {
-    let mut argv = argv.peekable();
-    if argv.peek().is_some_and(|a| a == guard::GUARD_ARG) {
-        argv.next();
-    }
-    guard::run(argv)
+    tether_guard::main(argv)
 }
 
-/// The program the broker runs children under: `tether-guard` beside `tether` when it
-/// is there (a small binary starts in a third of the time the whole host's takes,
-/// which every environment start pays), else `tether` itself in its guard mode.
-pub fn spawn_guard_program(tether: &Path) -> PathBuf {
-    let small = tether.with_file_name(guard::SMALL_BINARY);
-    if small.is_file() {
-        small
-    } else {
-        tether.to_owned()
-    }
-}
+pub use guard::spawn_guard_program;
 
 /// The directory request that stands for the environment's project path.
 pub const PROJECT_PATH_DIR: &str = "{projectPath}";
@@ -319,23 +305,6 @@ mod tests {
             commands: commands.into(),
             ..Request::default()
         }
-    }
-
-    #[test]
-    fn the_small_guard_beside_tether_is_preferred_and_tether_itself_is_the_fallback() {
-        let dir = tempfile::tempdir().unwrap();
-        let tether = dir.path().join("tether");
-        std::fs::write(&tether, b"").unwrap();
-        assert_eq!(spawn_guard_program(&tether), tether);
-        // A directory of that name is not the binary.
-        std::fs::create_dir(dir.path().join("tether-guard")).unwrap();
-        assert_eq!(spawn_guard_program(&tether), tether);
-        std::fs::remove_dir(dir.path().join("tether-guard")).unwrap();
-        std::fs::write(dir.path().join("tether-guard"), b"").unwrap();
-        assert_eq!(
-            spawn_guard_program(&tether),
-            dir.path().join("tether-guard")
-        );
     }
 
     #[test]

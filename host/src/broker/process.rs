@@ -15,9 +15,9 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::guard::Order;
 use super::launch::{self, Guards};
 use super::{Capabilities, Denied, PathScope, env};
+use tether_guard::Order;
 
 /// The program name that stands for this very binary (`tether runtime` et al.).
 pub const SELF_PROGRAM: &str = "tether";
