@@ -22,7 +22,13 @@ include!(concat!(env!("OUT_DIR"), "/static_guard.rs"));
 /// The guard program for a host whose own binary is `tether`.
 pub fn spawn_guard_program(tether: &Path) -> PathBuf {
     static SEALED: OnceLock<Result<OwnedFd, String>> = OnceLock::new();
-    match SEALED.get_or_init(|| sealed(STATIC_GUARD).map_err(|e| e.to_string())) {
+    let sealed = SEALED.get_or_init(|| sealed(STATIC_GUARD).map_err(|e| e.to_string()));
+    program(sealed.as_ref(), tether)
+}
+
+/// The path that runs the sealed copy, or `tether` itself where there is none.
+fn program(sealed: Result<&OwnedFd, &String>, tether: &Path) -> PathBuf {
+    match sealed {
         // The descriptor stays open for the host's life; a child resolves this path
         // in its own copy of the descriptor table, before `exec` closes it there.
         Ok(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
@@ -95,6 +101,12 @@ mod tests {
             "the embedded guard is linked dynamically"
         );
         assert!(names_a_loader(&std::fs::read("/bin/sh").unwrap()));
+    }
+
+    #[test]
+    fn without_an_in_memory_copy_tether_itself_is_the_guard() {
+        let tether = Path::new("/opt/tether/bin/tether");
+        assert_eq!(program(Err(&"ENOSYS".to_owned()), tether), tether);
     }
 
     /// Whether the ELF executable `elf` has a `PT_INTERP` program header (a dynamic

@@ -114,8 +114,8 @@ enum Handover {
 }
 
 impl Guards {
-    /// The guard program (the embedded `tether-guard`, or `tether` itself), with spares started
-    /// when a Tokio runtime is at hand.
+    /// The guard program (the embedded `tether-guard`, or `tether` itself), with
+    /// spares started when a Tokio runtime is at hand.
     pub fn new(program: PathBuf) -> Arc<Self> {
         let guards = Arc::new(Self {
             program,
