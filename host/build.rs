@@ -3,14 +3,15 @@
 //! (`guard/`) linked statically, which the host embeds and runs every child under.
 //!
 //! Each nested `cargo build` uses its own target directory under `OUT_DIR`, so it
-//! never fights the outer build for its lock. The wasm target is installed with
-//! rustup when missing, so a fresh machine needs no manual step.
+//! never fights the outer build for its lock. The wasm target and the guard's musl
+//! target are installed with rustup when missing, so a fresh machine needs no manual
+//! step.
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const TARGET: &str = "wasm32-wasip2";
+const WASM_TARGET: &str = "wasm32-wasip2";
 
 /// The providers compiled into the binary: the name each is known by and its guest
 /// component. Listed once here, so the engine's components (`builtins.rs`) and the
@@ -33,14 +34,14 @@ fn main() {
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
     println!("cargo:rerun-if-changed={}", root.join("guard").display());
 
-    ensure_target();
+    ensure_target(WASM_TARGET);
     let target_dir = out_dir.join("guest-target");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.arg("build")
         .arg("--release")
         .arg("--workspace")
-        .arg(format!("--target={TARGET}"))
+        .arg(format!("--target={WASM_TARGET}"))
         .arg("--manifest-path")
         .arg(guests.join("Cargo.toml"))
         .env("CARGO_TARGET_DIR", &target_dir)
@@ -53,10 +54,10 @@ fn main() {
     let status = cmd.status().expect("running cargo for the guest providers");
     assert!(
         status.success(),
-        "building guest-providers for {TARGET} failed"
+        "building guest-providers for {WASM_TARGET} failed"
     );
 
-    let built = target_dir.join(TARGET).join("release");
+    let built = target_dir.join(WASM_TARGET).join("release");
     let mut consts = String::new();
     for entry in std::fs::read_dir(&built).expect("guest build output") {
         let path = entry.expect("guest build output entry").path();
@@ -82,11 +83,18 @@ fn main() {
     build_static_guard(&root, &out_dir);
 }
 
-/// Builds `tether-guard` for the host's own target, always optimised and linked
-/// statically (`crt-static`: glibc's static `libc.a`, which `libc6-dev` installs beside
-/// `gcc`), and writes `static_guard.rs`, which embeds it.
+/// Builds `tether-guard` always optimised and linked statically, against musl where
+/// the host's target is a glibc one (`x86_64-unknown-linux-gnu` gives
+/// `x86_64-unknown-linux-musl`): a static glibc still spends most of a millisecond of
+/// CPU setting itself up at every start, musl about a tenth of that
+/// (`docs/benchmarks.md`, "Start latency"). Writes `static_guard.rs`, which embeds it.
 fn build_static_guard(root: &Path, out_dir: &Path) {
-    let target = env::var("TARGET").expect("set by cargo");
+    let host_target = env::var("TARGET").expect("set by cargo");
+    let target = match host_target.strip_suffix("-gnu") {
+        Some(arch_os) => format!("{arch_os}-musl"),
+        None => host_target,
+    };
+    ensure_target(&target);
     let target_dir = out_dir.join("guard-target");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
@@ -197,8 +205,8 @@ fn write_sdk_sources(dir: &Path, out: &Path) {
     std::fs::write(out, code).expect("writing sdk_sources.rs");
 }
 
-/// Installs the wasm target with rustup if this toolchain lacks it.
-fn ensure_target() {
+/// Installs `target` with rustup if this toolchain lacks it.
+fn ensure_target(target: &str) {
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let sysroot = Command::new(&rustc)
         .args(["--print", "sysroot"])
@@ -206,14 +214,14 @@ fn ensure_target() {
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| PathBuf::from(s.trim()));
-    let installed = sysroot.is_some_and(|s| s.join("lib/rustlib").join(TARGET).exists());
+    let installed = sysroot.is_some_and(|s| s.join("lib/rustlib").join(target).exists());
     if installed {
         return;
     }
-    println!("cargo:warning=installing the {TARGET} target with rustup");
+    println!("cargo:warning=installing the {target} target with rustup");
     let status = Command::new("rustup")
-        .args(["target", "add", TARGET])
+        .args(["target", "add", target])
         .status()
-        .expect("running rustup to install the wasm target");
-    assert!(status.success(), "`rustup target add {TARGET}` failed");
+        .expect("running rustup to install a target");
+    assert!(status.success(), "`rustup target add {target}` failed");
 }
