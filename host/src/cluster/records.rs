@@ -354,17 +354,20 @@ impl Sync {
             })
             .collect();
         let store = &self.store;
-        let done: Vec<(String, Option<Changes>)> = futures_util::stream::iter(plans)
+        let done: Vec<(String, Option<Applied>)> = futures_util::stream::iter(plans)
             .map(|(key, plan)| async move { (key, plan.run(store).await) })
             .buffer_unordered(IN_FLIGHT)
             .collect()
             .await;
         // One entry per record: nothing to reconcile between them.
         for (key, one) in done {
-            let Some(one) = one else {
+            let Some((one, clashes)) = one else {
                 self.unapplied.insert(key);
                 continue;
             };
+            if let Some(id) = id_of_key(&key) {
+                self.report(&id, clashes);
+            }
             changes.added.extend(one.added);
             changes.changed.extend(one.changed);
             changes.removed.extend(one.removed);
@@ -413,27 +416,18 @@ impl Sync {
 
     /// How the bucket's `record` goes into the local store. A local change not
     /// written yet (the local copy differs from `base`, what the bucket had before)
-    /// is merged in, and written by the next [`Self::publish`].
+    /// is merged in when the change is made, and written by the next [`Self::publish`].
     fn plan_here(&self, record: Record, base: Option<Map<String, Value>>) -> Option<Apply> {
         let Some(local_fields) = fields_of_id(&self.store, &record.id) else {
             return Some(Apply::Insert(record));
         };
-        let theirs = fields_of(&record);
-        if local_fields == theirs {
+        if local_fields == fields_of(&record) {
             return None;
         }
-        let merged = match base {
-            Some(base) if local_fields != base => {
-                let (merged, clashes) = merge::merge(&base, &local_fields, &theirs);
-                self.report(&record.id, clashes);
-                match parse_fields(merged) {
-                    Ok(r) => r,
-                    Err(_) => record,
-                }
-            }
-            _ => record,
-        };
-        Some(Apply::Replace(merged))
+        Some(Apply::Merge {
+            theirs: record,
+            base,
+        })
     }
 
     /// Writes the records that changed here since the last publish (and those whose
@@ -608,29 +602,34 @@ impl Sync {
     }
 
     /// Puts `written` — the bucket's record after this host wrote `sent` — into the
-    /// local store. A local change made since `sent` was read is laid over it, and
-    /// written by the next publish.
+    /// local store. A local change made since `sent` was read (up to the moment the
+    /// store takes this one) is laid over it, and written by the next publish.
     async fn settle_here(&self, id: &str, sent: &Map<String, Value>, written: &Map<String, Value>) {
-        let Some(now) = fields_of_id(&self.store, id) else {
-            return;
-        };
-        let fields = if &now == sent {
-            written.clone()
-        } else {
-            merge::merge(sent, &now, written).0
-        };
-        match parse_fields(fields) {
-            Ok(record) => match self.store.replace(record).await {
-                Ok(before) => self.tell(Changes {
-                    changed: vec![before],
-                    ..Changes::default()
-                }),
-                Err(e) => {
-                    tracing::warn!(env = %id, error = %e, "cluster: storing a merged record failed")
-                }
-            },
-            Err(e) => {
+        let mut invalid = None;
+        let settled = self.store.replace_with(id, |now| {
+            let now_fields = fields_of(now);
+            let fields = if &now_fields == sent {
+                written.clone()
+            } else {
+                merge::merge(sent, &now_fields, written).0
+            };
+            parse_fields(fields).unwrap_or_else(|e| {
+                invalid = Some(e);
+                now.clone()
+            })
+        });
+        match settled.await {
+            Ok(before) if invalid.is_none() => self.tell(Changes {
+                changed: vec![before],
+                ..Changes::default()
+            }),
+            Ok(_) => {
+                let e = invalid.unwrap_or_default();
                 tracing::warn!(env = %id, error = %e, "cluster: a merged record is invalid; keeping this host's")
+            }
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => {
+                tracing::warn!(env = %id, error = %e, "cluster: storing a merged record failed")
             }
         }
     }
@@ -648,20 +647,30 @@ impl Sync {
     }
 }
 
+/// What an [`Apply`] changed in the local store, and the fields where another
+/// host's value lost to this host's.
+type Applied = (Changes, Vec<Clash>);
+
 /// A change from the bucket for the local store.
 enum Apply {
     /// A record this host does not have.
     Insert(Record),
-    /// A record this host has, as it is to be.
-    Replace(Record),
+    /// A record this host has, changed on another host to `theirs` from `base` (what
+    /// the bucket had before, as far as this host knows).
+    Merge {
+        theirs: Record,
+        base: Option<Map<String, Value>>,
+    },
     /// A record deleted on another host.
     Remove(String),
 }
 
 impl Apply {
-    /// Makes the change in `store`; what changed there, `None` when it could not.
-    async fn run(self, store: &Store) -> Option<Changes> {
+    /// Makes the change in `store`; what changed there and the fields where another
+    /// host's value lost to this host's, `None` when it could not.
+    async fn run(self, store: &Store) -> Option<Applied> {
         let mut changes = Changes::default();
+        let mut clashes = Vec::new();
         match self {
             Apply::Insert(record) => {
                 let id = record.id.clone();
@@ -677,9 +686,12 @@ impl Apply {
                     }
                 }
             }
-            Apply::Replace(record) => {
-                let id = record.id.clone();
-                match store.replace(record).await {
+            Apply::Merge { theirs, base } => {
+                let id = theirs.id.clone();
+                let merged = store.replace_with(&id, |local| {
+                    laid_over(local, theirs, base.as_ref(), &mut clashes)
+                });
+                match merged.await {
                     Ok(before) => changes.changed.push(before),
                     Err(e) => {
                         tracing::warn!(env = %id, error = %e, "cluster: a change from another host could not be stored here");
@@ -695,7 +707,27 @@ impl Apply {
                 }
             },
         }
-        Some(changes)
+        Some((changes, clashes))
+    }
+}
+
+/// Another host's `theirs` with this host's change not written yet (the `local`
+/// record differs from `base`, what the bucket had before) laid over it, field by
+/// field; where both changed a field, `clashes` gets the other host's lost value.
+fn laid_over(
+    local: &Record,
+    theirs: Record,
+    base: Option<&Map<String, Value>>,
+    clashes: &mut Vec<Clash>,
+) -> Record {
+    let local_fields = fields_of(local);
+    match base {
+        Some(base) if &local_fields != base => {
+            let (merged, found) = merge::merge(base, &local_fields, &fields_of(&theirs));
+            *clashes = found;
+            parse_fields(merged).unwrap_or(theirs)
+        }
+        _ => theirs,
     }
 }
 
@@ -797,5 +829,39 @@ mod tests {
             assert_eq!(id_of_key(&key_of(id)).as_deref(), Some(id));
         }
         assert_eq!(id_of_key("_zz"), None);
+    }
+
+    /// Regression: another host's change was merged with the local record when its
+    /// entry arrived and stored later, so a local change that landed in between (an
+    /// API `PATCH` acknowledged meanwhile) was overwritten and never published.
+    #[tokio::test]
+    async fn a_local_change_made_while_another_host_s_change_is_applied_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join(".codebolt/environments.json")).unwrap();
+        let mut record = Record::new("e".into(), "edited".into(), "handoff".into(), Map::new());
+        record.config.insert("a".into(), Value::from(0));
+        store.insert(record.clone()).await.unwrap();
+        let base = fields_of(&record);
+
+        // Another host set `idleStopSecs`; its change is planned here...
+        let mut theirs = record.clone();
+        theirs.idle_stop_secs = Some(69);
+        let apply = Apply::Merge {
+            theirs,
+            base: Some(base),
+        };
+        // ...and before it is stored, this host's API changes another field.
+        store
+            .update("e", |r| {
+                r.config.insert("a".into(), Value::from(9));
+            })
+            .await
+            .unwrap();
+        let (changes, clashes) = apply.run(&store).await.unwrap();
+        assert_eq!(changes.changed.len(), 1);
+        assert!(clashes.is_empty(), "{clashes:?}");
+        let now = store.get("e").unwrap();
+        assert_eq!(now.idle_stop_secs, Some(69), "the other host's change");
+        assert_eq!(now.config["a"], 9, "this host's change");
     }
 }

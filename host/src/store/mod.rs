@@ -396,14 +396,27 @@ impl Store {
         self.change(id, change, true).await
     }
 
-    /// Sets the record with `id` to `record` as it is, `updatedAt` included (a
-    /// change another host made, from the cluster's copy); returns the record before.
-    pub async fn replace(&self, record: Record) -> Result<Record, StoreError> {
-        let id = record.id.clone();
+    /// Sets the record with `id` to what `to` makes of it, `updatedAt` included (a
+    /// change another host made, laid over this host's own not yet sent). `to` sees
+    /// the record as it is under the store's lock, so a change that lands while the
+    /// caller prepares is in what `to` lays over, not overwritten. Returns the record
+    /// before.
+    pub async fn replace_with(
+        &self,
+        id: &str,
+        to: impl FnOnce(&Record) -> Record,
+    ) -> Result<Record, StoreError> {
         let mut before = None;
-        self.change(&id, |r| before = Some(std::mem::replace(r, record)), false)
-            .await?;
-        before.ok_or(StoreError::NotFound(id))
+        self.change(
+            id,
+            |r| {
+                let next = to(r);
+                before = Some(std::mem::replace(r, next));
+            },
+            false,
+        )
+        .await?;
+        before.ok_or_else(|| StoreError::NotFound(id.to_owned()))
     }
 
     async fn change(
