@@ -1,9 +1,9 @@
 //! The program the broker runs children under: the spawn guard (`guard/`), which this
 //! binary embeds linked statically against musl (`host/build.rs` builds it). A start pays for the
 //! guard's `exec` on top of the program's, and a static binary has no dynamic loader
-//! to run and no glibc to set up: the guard costs about 0.5 ms of CPU on top of its
-//! program where it cost 1.3–1.5 linked dynamically against glibc
-//! (`docs/benchmarks.md`, "Start latency").
+//! to run and no glibc to set up: the guard costs about 0.45 ms of CPU on top of its
+//! program where it cost 1.3 linked dynamically against glibc (0.9 statically;
+//! `docs/benchmarks.md`, "Start latency").
 //!
 //! The embedded bytes are run from a sealed in-memory file (`memfd_create`), so the
 //! operator installs one binary and nobody can swap the guard on disk under a running
