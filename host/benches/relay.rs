@@ -68,7 +68,9 @@ async fn run(pairs: Vec<usize>) -> Res<()> {
         .unwrap_or(ROUND_TRIPS);
     let nginx = support::nginx::Nginx::start().await?;
     if nginx.is_none() {
-        println!("nginx is not installed (`.ci/prepare-bench` installs it): its column is skipped");
+        println!(
+            "nginx is not installed (`.ci/prepare --bench` installs it): its column is skipped"
+        );
         println!();
     }
     println!(

@@ -151,7 +151,7 @@ pub fn main() -> ExitCode {
     // single-threaded: it is dispatched before clap and the async runtime.
     let mut argv = std::env::args_os().skip(1).peekable();
     if argv.peek().is_some_and(|a| a == tether_guard::GUARD_ARG) {
-        std::process::exit(crate::broker::spawn_guard_main(argv));
+        std::process::exit(tether_guard::main(argv));
     }
     let cli = Cli::parse();
     init_logging();

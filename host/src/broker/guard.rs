@@ -48,24 +48,23 @@ fn program(sealed: Result<&OwnedFd, &String>, tether: &Path) -> PathBuf {
 /// `bytes` as a sealed in-memory file, open read-only: a file still open for
 /// writing cannot be run (`ETXTBSY`), so the writable descriptor is closed once the
 /// seals forbid any change.
-fn sealed(bytes: &[u8]) -> nix::Result<OwnedFd> {
+fn sealed(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     let fd = memfd_create(
         c"tether-guard",
         MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
     )?;
     let mut file = std::fs::File::from(fd);
-    file.write_all(bytes)
-        .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)))?;
+    file.write_all(bytes)?;
     let seals = SealFlag::F_SEAL_WRITE
         | SealFlag::F_SEAL_SHRINK
         | SealFlag::F_SEAL_GROW
         | SealFlag::F_SEAL_SEAL;
     fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
-    open(
+    Ok(open(
         format!("/proc/self/fd/{}", file.as_raw_fd()).as_str(),
         OFlag::O_RDONLY | OFlag::O_CLOEXEC,
         Mode::empty(),
-    )
+    )?)
 }
 
 #[cfg(test)]

@@ -31,12 +31,6 @@ use crate::config::{CommandPattern, Grant, GrantOrigin, NetConfig, UrlPattern};
 pub use pattern::PathScope;
 pub use refusals::Refusals;
 
-/// The spawn guard's entry (`tether __spawn-guard ...`): `argv` is what follows the
-/// program's name; returns the exit code.
-pub fn spawn_guard_main(argv: impl Iterator<Item = std::ffi::OsString>) -> i32 {
-    tether_guard::main(argv)
-}
-
 pub use guard::spawn_guard_program;
 
 /// The directory request that stands for the environment's project path.
