@@ -420,8 +420,10 @@ async fn environments_started_on_a_host_run_there_while_the_others_sweep() {
 }
 
 /// Stops environment `id` through host `through` and waits until `seen_on` shows it
-/// stopped and run by no host.
+/// stopped and run by no host. `through` is first given time to hear of a record
+/// made on another host (until then it answers 404, see docs/cluster.md).
 async fn stopped_through(through: &Server, seen_on: &Server, id: &str) {
+    until_env(through, id, "known", |_| true).await;
     let (status, body) = through
         .call("POST", &format!("/api/v1/environments/{id}/stop"), None)
         .await;
