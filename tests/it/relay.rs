@@ -525,3 +525,125 @@ async fn apps_that_never_read_are_let_go_of() {
     drop(stalled);
     server.stop();
 }
+
+#[tokio::test]
+async fn the_relay_speaks_websocket_answers_pings_joins_fragments_and_drops_unmasked_peers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[relay]\nmax_message_kib = 64\n";
+    let server = Server::start_with_handoff(dir.path(), config);
+    let (id, url, token) = server.handoff_env("frames").await;
+    let (mut rt, _) = runtime(&url, &token, None).await;
+    let mut app = server.app(&id, "t").await;
+
+    // A ping is answered with its own payload (after the environment's status,
+    // which may come first).
+    app.send_message(Message::Ping(b"are you there".to_vec().into()))
+        .await;
+    loop {
+        match app.next_message().await {
+            Some(Message::Pong(data)) => break assert_eq!(&data[..], b"are you there"),
+            Some(Message::Text(status)) => assert!(status.contains("environmentStatus")),
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+
+    // A message sent in fragments reaches the runtime as one.
+    let text = json!({"type": "m", "pad": "y".repeat(3000)}).to_string();
+    let (a, rest) = text.split_at(1000);
+    let (b, c) = rest.split_at(1000);
+    let fragments = [
+        Frame::message(a.as_bytes().to_vec(), OpCode::Data(Data::Text), false),
+        Frame::message(b.as_bytes().to_vec(), OpCode::Data(Data::Continue), false),
+        Frame::message(c.as_bytes().to_vec(), OpCode::Data(Data::Continue), true),
+    ];
+    for fragment in fragments {
+        app.send_message(Message::Frame(fragment)).await;
+    }
+    let got = rt.next().await;
+    assert_eq!(got["pad"].as_str().map(str::len), Some(3000), "{got}");
+    assert_eq!(got["threadId"], "t");
+
+    // Fragments adding up to more than the limit close the app with 1009, though
+    // each is small.
+    let mut big = server.app(&id, "t").await;
+    let piece = vec![b'x'; 16 << 10];
+    big.send_message(Message::Frame(Frame::message(
+        piece.clone(),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await;
+    for _ in 0..5 {
+        big.send_message(Message::Frame(Frame::message(
+            piece.clone(),
+            OpCode::Data(Data::Continue),
+            false,
+        )))
+        .await;
+    }
+    assert_eq!(big.close_code().await, Some(1009));
+
+    // A raw client: the upgrade is answered as RFC 6455 says (the accept key of its
+    // key, and the subprotocol it offered) …
+    let ws = server.ws_url("");
+    let addr = ws.trim_start_matches("ws://");
+    let mut raw = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET /ws/app/{id}?thread=t HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: tether.v1\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        crate::support::TOKEN
+    );
+    raw.write_all(request.as_bytes()).await.expect("upgrade");
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            raw.read(&mut byte).await.expect("answer"),
+            1,
+            "answer ended early"
+        );
+        answer.push(byte[0]);
+    }
+    let answer = String::from_utf8(answer)
+        .expect("text")
+        .to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 101"), "{answer}");
+    assert!(
+        answer.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("sec-websocket-protocol: tether.v1\r\n"),
+        "{answer}"
+    );
+    // … and a frame without a mask, which a client must never send, ends it.
+    let mut unmasked = vec![0x81, 2];
+    unmasked.extend_from_slice(b"{}");
+    raw.write_all(&unmasked).await.expect("frame");
+    // (What came before it, the environment's status, is read past; the connection
+    // would otherwise stay open far longer than this wait.)
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        raw.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the host kept a peer that sent an unmasked frame"
+    );
+
+    // Everyone else carries on.
+    app.send(json!({"type": "m", "n": 7})).await;
+    assert_eq!(rt.next().await["n"], 7);
+    rt.send(json!({"type": "r", "threadId": "t", "n": 8})).await;
+    assert_eq!(app.next().await["n"], 8);
+    server.stop();
+}

@@ -463,6 +463,20 @@ impl Ws {
             .expect("send");
     }
 
+    /// Sends one WebSocket message as it is (a ping, a fragment).
+    pub async fn send_message(&mut self, msg: Message) {
+        self.stream.send(msg).await.expect("send");
+    }
+
+    /// The next message of any kind as it came, pings and pongs included; None once
+    /// the connection ended.
+    pub async fn next_message(&mut self) -> Option<Message> {
+        let frame = tokio::time::timeout(WAIT, self.stream.next())
+            .await
+            .expect("a frame in time");
+        frame.and_then(Result::ok)
+    }
+
     /// The next JSON message, skipping `environmentStatus` events.
     pub async fn next(&mut self) -> Value {
         loop {

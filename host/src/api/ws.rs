@@ -21,7 +21,7 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_KEY};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
 
 use super::audited::{Act, Remote, audited};
@@ -84,21 +84,22 @@ pub(crate) async fn runtime(
     Path(id): Path<String>,
     RuntimeToken(token): RuntimeToken,
     Query(query): Query<HashMap<String, String>>,
-    upgrade: WebSocketUpgrade,
+    upgrading: Upgrading,
 ) -> Result<Response, ApiError> {
+    let Upgrading { check, upgrade } = upgrading;
     let resume = resume_of(&query)?;
     // A stopped environment's runtime is told it is gone (410), so it exits.
     let connection = match s.manager.attach_runtime(&id, &token, resume) {
         Ok(connection) => connection,
         Err(LifecycleError::TooManyConnections(why)) => {
-            return Ok(relay::refuse(upgrade, CLOSE_TOO_MANY, why));
+            return Ok(relay::refuse(check, CLOSE_TOO_MANY, why));
         }
         Err(e @ LifecycleError::Conflict(_)) => {
             return Err(ApiError::from(e).with_status(StatusCode::GONE));
         }
         Err(other) => return Err(other.into()),
     };
-    Ok(connection.serve(upgrade))
+    Ok(connection.serve(upgrade, None))
 }
 
 /// `GET /ws/app/{id}`: an app joining environment `id`.
@@ -137,9 +138,10 @@ pub(crate) async fn app(
     State(s): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    mut forward: Forward,
-    upgrade: WebSocketUpgrade,
+    forward: Forward,
+    upgrading: Upgrading,
 ) -> Result<Response, ApiError> {
+    let Upgrading { check, upgrade } = upgrading;
     let by_token = matches!(caller, AppCaller::Token(_));
     let (who, pinned) = match caller {
         AppCaller::Token(who) => (who, None),
@@ -154,7 +156,7 @@ pub(crate) async fn app(
     let thread = pinned.or_else(|| query.get("thread").filter(|t| !t.is_empty()).cloned());
     let resume = resume_of(&query)?;
     match s.manager.attach_app(&who, &id, thread, resume, start).await {
-        Ok(connection) => Ok(connection.serve(upgrade.protocols([SUBPROTOCOL]))),
+        Ok(connection) => Ok(connection.serve(upgrade, Some(SUBPROTOCOL))),
         // A ticket was used up here; only a token can be presented there again.
         Err(LifecycleError::Elsewhere { id, url, host }) if by_token => {
             let path = format!("/ws/app/{id}?{}", forward.query);
@@ -172,41 +174,21 @@ pub(crate) async fn app(
                 }
             };
             let stall = s.manager.bridge_stall();
-            // The bridge answers the upgrade itself; `upgrade` only checked it.
-            drop(upgrade);
-            let app =
-                (forward.app()).ok_or_else(|| ApiError::bad_request("not a WebSocket upgrade"))?;
-            relay::bridge(app, upstream, forward.authorization, SUBPROTOCOL, stall)
+            // The bridge answers the upgrade itself.
+            drop(check);
+            relay::bridge(upgrade, upstream, forward.authorization, SUBPROTOCOL, stall)
                 .await
                 .map_err(|refused| ApiError::bridged(refused.status, refused.body))
         }
-        Err(e) => refused(e, upgrade),
+        Err(e) => refused(e, check),
     }
 }
 
 /// What an app's upgrade carries that a bridge presents again to the host running
-/// its environment (cluster mode): its query and its token, as a bearer header; and
-/// what the bridge answers the app's upgrade with itself (it passes the upgraded
-/// connection's bytes on, not frames: `relay/bridge.rs`).
+/// its environment (cluster mode): its query and its token, as a bearer header.
 pub(crate) struct Forward {
     query: String,
     authorization: Option<HeaderValue>,
-    /// The app's connection once upgraded (a handle shared with the
-    /// `WebSocketUpgrade` extracted after this, which is dropped when bridging).
-    on_upgrade: Option<OnUpgrade>,
-    key: Option<HeaderValue>,
-    offers_protocol: bool,
-}
-
-impl Forward {
-    /// The app's side of a bridge; `None` for a request that was no upgrade.
-    fn app(&mut self) -> Option<relay::AppUpgrade> {
-        Some(relay::AppUpgrade {
-            on_upgrade: self.on_upgrade.take()?,
-            key: self.key.take()?,
-            offers_protocol: self.offers_protocol,
-        })
-    }
 }
 
 impl FromRequestParts<AppState> for Forward {
@@ -217,14 +199,42 @@ impl FromRequestParts<AppState> for Forward {
             caller::presented_token(&parts.headers)
                 .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok())
         });
-        let offers_protocol = caller::offered_protocols(&parts.headers).any(|p| p == SUBPROTOCOL);
         Ok(Self {
             query: parts.uri.query().unwrap_or_default().to_owned(),
             authorization,
-            on_upgrade: parts.extensions.get::<OnUpgrade>().cloned(),
-            key: parts.headers.get(SEC_WEBSOCKET_KEY).cloned(),
-            offers_protocol,
         })
+    }
+}
+
+/// A WebSocket upgrade request, checked by axum's `WebSocketUpgrade` (which also
+/// answers a peer refused after the upgrade, with a close code) and answered by the
+/// relay, or a bridge, itself when the peer is admitted.
+pub(crate) struct Upgrading {
+    check: WebSocketUpgrade,
+    upgrade: relay::Upgrade,
+}
+
+impl FromRequestParts<AppState> for Upgrading {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        // Cloned before `WebSocketUpgrade` takes hyper's handle out of the request.
+        let on_upgrade = parts.extensions.get::<OnUpgrade>().cloned();
+        let check = WebSocketUpgrade::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        // HTTP/1.1 (the only version served) always has both once checked.
+        let key = parts.headers.get(SEC_WEBSOCKET_KEY).cloned();
+        let (Some(on_upgrade), Some(key)) = (on_upgrade, key) else {
+            return Err((StatusCode::BAD_REQUEST, "not a WebSocket upgrade").into_response());
+        };
+        let offers_protocol = caller::offered_protocols(&parts.headers).any(|p| p == SUBPROTOCOL);
+        let upgrade = relay::Upgrade {
+            on_upgrade,
+            key,
+            offers_protocol,
+        };
+        Ok(Self { check, upgrade })
     }
 }
 
@@ -298,8 +308,9 @@ pub(crate) async fn provisioned(
     remote: Remote,
     State(s): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
-    upgrade: WebSocketUpgrade,
+    upgrading: Upgrading,
 ) -> Result<Response, ApiError> {
+    let Upgrading { check, upgrade } = upgrading;
     let (who, target) = match caller {
         AppCaller::Token(who) => {
             let template = field(&query, "template")
@@ -338,7 +349,7 @@ pub(crate) async fn provisioned(
     let resume = resume_of(&query)?;
     let provisioned = match s.manager.provision_app(&who, target, resume).await {
         Ok(p) => p,
-        Err(e) => return refused(e, upgrade),
+        Err(e) => return refused(e, check),
     };
     if provisioned.created {
         let act = Act {
@@ -350,7 +361,5 @@ pub(crate) async fn provisioned(
         };
         audited(&s, act, Ok(())).await?;
     }
-    Ok(provisioned
-        .connection
-        .serve(upgrade.protocols([SUBPROTOCOL])))
+    Ok(provisioned.connection.serve(upgrade, Some(SUBPROTOCOL)))
 }

@@ -18,7 +18,6 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::http::header::{
     AUTHORIZATION, CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
     SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
@@ -27,10 +26,11 @@ use axum::http::{HeaderValue, Request, StatusCode, Uri};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
+
+use super::socket::Upgrade;
 
 /// Close code for an app whose bridged host went away without closing (RFC 6455's
 /// "service restart"): connect again, to any host.
@@ -61,17 +61,6 @@ pub enum Upstream {
     Stream(crate::cluster::TunnelStream, String),
 }
 
-/// The app's side of the bridge: its upgrade request, checked by the API as any
-/// WebSocket upgrade is, and the connection it turns into.
-pub struct AppUpgrade {
-    /// Resolves to the app's connection once the `101` is sent.
-    pub on_upgrade: OnUpgrade,
-    /// Its `Sec-WebSocket-Key`.
-    pub key: HeaderValue,
-    /// Whether it offered the subprotocol the bridge asks the other host for.
-    pub offers_protocol: bool,
-}
-
 /// A byte stream the bridge can dial the other host over.
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
@@ -82,7 +71,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 /// nothing for `stall` is let go of, as the relay lets go of a peer that stopped
 /// reading, so a stalled app holds no bridge, tunnel or window.
 pub async fn bridge(
-    app: AppUpgrade,
+    app: Upgrade,
     upstream: Upstream,
     authorization: Option<HeaderValue>,
     protocol: &'static str,
@@ -93,17 +82,7 @@ pub async fn bridge(
         Upstream::Stream(stream, path) => (Box::new(stream), "tunnel".to_owned(), path),
     };
     let other = handshake(io, &host, &path, authorization, protocol).await?;
-    let mut answer = Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(CONNECTION, "upgrade")
-        .header(UPGRADE, "websocket")
-        .header(SEC_WEBSOCKET_ACCEPT, derive_accept_key(app.key.as_bytes()));
-    if app.offers_protocol {
-        answer = answer.header(SEC_WEBSOCKET_PROTOCOL, protocol);
-    }
-    let answer = answer
-        .body(Body::empty())
-        .map_err(|e| unreachable(format!("answering the app: {e}")))?;
+    let answer = app.answer(Some(protocol));
     tokio::spawn(async move {
         match app.on_upgrade.await {
             Ok(upgraded) => splice(TokioIo::new(upgraded), other, stall).await,

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame as AxumCloseFrame, Message as AxumMessage, WebSocketUpgrade};
 use axum::response::Response;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 use super::error::RelayError;
 use super::gate::Gated;
@@ -24,6 +24,7 @@ use super::inbound::{AppInbound, Inbound, ProviderRoute, RuntimeInbound};
 use super::outbox::{Outbox, Take};
 use super::protocol::{CLOSE_TOO_BIG, CLOSE_UNRESPONSIVE, CloseReason, READ_CHUNK, Resume};
 use super::send::SendHalf;
+use super::socket::{Reader, Socket, Upgrade};
 use crate::config::RelayConfig;
 
 /// How often a resumable connection's writer checks for frames to acknowledge.
@@ -104,28 +105,38 @@ impl Connection {
         self
     }
 
-    /// Completes `upgrade` with the relay's limits and serves the connection on it.
-    pub fn serve(self, upgrade: WebSocketUpgrade) -> Response {
-        upgrade
-            .read_buffer_size(READ_CHUNK)
-            .max_message_size(self.config.max_message_bytes)
-            .max_frame_size(self.config.max_message_bytes)
-            .on_upgrade(move |socket| self.run(socket))
+    /// Answers `upgrade` (with `protocol`, if the peer offered it) and serves the
+    /// connection on it with the relay's limits.
+    pub fn serve(self, upgrade: Upgrade, protocol: Option<&'static str>) -> Response {
+        let answer = upgrade.answer(protocol);
+        tokio::spawn(async move {
+            match upgrade.on_upgrade.await {
+                Ok(upgraded) => self.run(Socket::new(upgraded)).await,
+                // Dropping the connection detaches it from its hub.
+                Err(e) => tracing::debug!(error = %e, "an admitted peer's upgrade failed"),
+            }
+        });
+        answer
     }
 
     /// Runs the connection until either side ends it.
-    async fn run(self, socket: WebSocket) {
+    async fn run(self, socket: Socket) {
         let Self {
             outbox,
             inbound,
             config,
             ends,
         } = self;
-        let (sink, stream) = socket.split();
+        let socket = Arc::new(socket);
+        let limits = WebSocketConfig::default()
+            .read_buffer_size(READ_CHUNK)
+            .max_message_size(Some(config.max_message_bytes))
+            .max_frame_size(Some(config.max_message_bytes));
+        let reader = Reader::new(socket.clone(), limits);
         // From here on the readers of the hub's other connections may write to this
         // socket too (see `relay/send.rs`).
         let send = outbox.send();
-        send.install(sink);
+        send.install(socket);
         let clock = Clock::new();
         let ended = async {
             match ends {
@@ -137,7 +148,7 @@ impl Connection {
         // signal are polled only when they woke it themselves, and in a fixed order.
         let end = tokio::select! {
             biased;
-            end = read(stream, &inbound, &outbox, &config, &clock) => end,
+            end = read(reader, send, &inbound, &outbox, &config, &clock) => end,
             end = Gated::new(write(send, &outbox, &config, &clock)) => end,
             reason = Gated::new(ended) => {
                 // What the relay queued before the end (the status saying why, say)
@@ -146,18 +157,17 @@ impl Connection {
                 End::Close(Some(reason))
             }
         };
-        let sink = send.uninstall();
-        if let (End::Close(reason), Some(mut sink)) = (end, sink) {
+        if let End::Close(reason) = end {
             let frame = reason.map(|r| CloseFrame {
-                code: r.code,
+                code: r.code.into(),
                 reason: r.reason.into(),
             });
             // A peer that stopped reading never takes the close frame (nor what is
             // still queued before it): past the idle timeout the socket is dropped
             // rather than held, with its window, for as long as the peer lives.
-            let closing = sink.send(Message::Close(frame));
-            let _ = tokio::time::timeout(config.idle_timeout, closing).await;
+            let _ = tokio::time::timeout(config.idle_timeout, send.close(frame)).await;
         }
+        send.uninstall();
         // The inbound detaches from the hub as it drops, after the socket is done.
         drop(inbound);
     }
@@ -172,23 +182,23 @@ pub fn refuse_with(
     reason: String,
 ) -> Response {
     upgrade.on_upgrade(move |mut socket| async move {
-        let _ = socket.send(Message::Text(frame.into())).await;
-        let close = CloseFrame {
+        let _ = socket.send(AxumMessage::Text(frame.into())).await;
+        let close = AxumCloseFrame {
             code,
             reason: reason.into(),
         };
-        let _ = socket.send(Message::Close(Some(close))).await;
+        let _ = socket.send(AxumMessage::Close(Some(close))).await;
     })
 }
 
 /// Upgrades and closes at once with `code`: the peer learns why from the close frame.
 pub fn refuse(upgrade: WebSocketUpgrade, code: u16, reason: String) -> Response {
     upgrade.on_upgrade(move |mut socket| async move {
-        let frame = CloseFrame {
+        let frame = AxumCloseFrame {
             code,
             reason: reason.into(),
         };
-        let _ = socket.send(Message::Close(Some(frame))).await;
+        let _ = socket.send(AxumMessage::Close(Some(frame))).await;
     })
 }
 
@@ -327,30 +337,25 @@ async fn flush(send: &SendHalf, outbox: &Outbox, config: &RelayConfig) {
         while let Take::Frames = send.refill(|out| outbox.take(out)) {
             send.drain().await?;
         }
-        Ok::<(), axum::Error>(())
+        Ok::<(), std::io::Error>(())
     };
     let _ = tokio::time::timeout(config.idle_timeout, writing).await;
 }
 
-/// Whether a read failed because the peer sent more than the size limit.
-fn too_big(err: &axum::Error) -> bool {
-    std::error::Error::source(err)
-        .and_then(|e| e.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
-}
-
-/// Hands the peer's frames to `inbound` until it closes, errs or sends too much.
+/// Hands the peer's frames to `inbound` until it closes, errs or sends too much, and
+/// answers its pings.
 async fn read(
-    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    mut reader: Reader,
+    send: &SendHalf,
     inbound: &Inbound,
     outbox: &Outbox,
     config: &RelayConfig,
     clock: &Clock,
 ) -> End {
     loop {
-        let msg = match stream.next().await {
+        let msg = match reader.next().await {
             None => return End::Gone,
-            Some(Err(e)) if too_big(&e) => {
+            Some(Err(tungstenite::Error::Capacity(_))) => {
                 tracing::info!(env = %outbox.env_id(), conn = outbox.id(), "message too big: closing");
                 return End::Close(Some(CloseReason {
                     code: CLOSE_TOO_BIG,
@@ -371,7 +376,8 @@ async fn read(
                 }
             },
             Message::Close(_) => return End::Gone,
-            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Ping(data) => send.pong(data),
+            Message::Pong(_) | Message::Frame(_) => {}
         }
     }
 }

@@ -25,7 +25,7 @@ use super::send::SendHalf;
 use super::window::Window;
 use crate::config::RelayConfig;
 use crate::sync::MutexExt;
-use axum::extract::ws::Utf8Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// The host acknowledges a resumable peer's frames at least this often.
 const ACK_EVERY: u64 = 64;

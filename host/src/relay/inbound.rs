@@ -10,8 +10,8 @@
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use axum::extract::ws::Utf8Bytes;
 use serde_json::{Map, Value, json};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::activity::{RUNTIME_BUSY, busy_flag};
 use super::hub::{Hub, StreamKey};

@@ -10,6 +10,7 @@
 //! - `hub`: the streams of one environment and the routing between them;
 //! - `outbox`: what a connection's writer drains;
 //! - `send`: a connection's socket, written by its writer or straight from a reader;
+//! - `socket`: the upgraded connection, its `101`, its reading and its frames' encoding;
 //! - `window`: one stream's bounded replay window;
 //! - `protocol`: the relay's own frames, query fields and close codes;
 //! - `scan`: reads a frame's routing fields without building it;
@@ -29,10 +30,11 @@ mod protocol;
 mod registry;
 mod scan;
 mod send;
+mod socket;
 mod window;
 
 pub use activity::{Activity, now_ms};
-pub use bridge::{AppUpgrade, BridgeRefused, CLOSE_HOST_GONE, Upstream, bridge};
+pub use bridge::{BridgeRefused, CLOSE_HOST_GONE, Upstream, bridge};
 pub use conn::{Connection, refuse, refuse_with};
 pub use error::RelayError;
 pub use hub::{AppSessions, Hub, StreamKey};
@@ -43,6 +45,7 @@ pub use protocol::{
     CLOSE_TOO_MANY, CLOSE_TOO_SLOW, CLOSE_UNRESPONSIVE, CloseReason, READ_CHUNK, Resume,
 };
 pub use registry::Relay;
+pub use socket::Upgrade;
 
 #[cfg(test)]
 mod tests;

@@ -4,8 +4,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::hub::{self, Hub, StreamKey};
 use super::protocol::{self, CloseReason};

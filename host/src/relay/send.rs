@@ -13,32 +13,45 @@
 //! Nobody ever waits on this lock across an `.await`: every write is a poll.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
-use futures_util::stream::SplitSink;
-use futures_util::{Sink as _, SinkExt};
-
+use bytes::Bytes;
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::outbox::Take;
+use super::socket::{Socket, encode};
 use crate::sync::MutexExt;
 
-/// The socket's sending half.
-pub(super) type Sink = SplitSink<WebSocket, Message>;
+/// Encoded bytes past which no more frames are encoded until some are written.
+const WRITE_BATCH: usize = 64 << 10;
+/// The buffer a connection keeps between writes; one grown past it by a large
+/// message is let go of once that message is written.
+const KEEP: usize = 256 << 10;
 
 /// What the lock guards.
 #[derive(Default)]
 struct Slot {
     /// The socket, from when the connection is served until it closes.
-    sink: Option<Sink>,
-    /// Frames taken from the window and not yet handed to the socket.
+    socket: Option<Arc<Socket>>,
+    /// Frames taken from the window and not yet encoded.
     pending: VecDeque<Message>,
-    /// Whether frames were handed to the socket and not yet flushed.
+    /// The answer to the peer's latest ping, written before `pending` (one at most:
+    /// a peer that pings faster than it reads gets only the latest answered).
+    pong: Option<Bytes>,
+    /// Encoded frames; `out[sent..]` is not written yet, and may end a frame that
+    /// is half written, which must be finished before anything else is written.
+    out: Vec<u8>,
+    sent: usize,
+    /// Whether bytes were written and not yet flushed.
     unflushed: bool,
     /// Whether a write failed: the writer task ends the connection.
     broken: bool,
+    /// Whether the connection is closing: only its writer writes, and only the close.
+    closing: bool,
     /// Reused for every take, so a frame costs no allocation here.
     scratch: Vec<Utf8Bytes>,
 }
@@ -46,7 +59,12 @@ struct Slot {
 impl Slot {
     /// Whether nothing is on its way out, so a new take may start.
     fn clear(&self) -> bool {
-        self.pending.is_empty() && !self.unflushed && !self.broken
+        self.pending.is_empty()
+            && self.pong.is_none()
+            && self.sent == self.out.len()
+            && !self.unflushed
+            && !self.broken
+            && !self.closing
     }
 
     /// Takes the next frames with `take` into `pending`.
@@ -57,47 +75,74 @@ impl Slot {
         took
     }
 
-    /// Hands `pending` to the socket and flushes it, as far as it goes without waiting.
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
+    /// Encodes what is pending, a batch at a time, and writes and flushes it, as far
+    /// as it goes without waiting. Without `wait`, a socket its reader is polling
+    /// right now counts as full.
+    fn poll_drain(&mut self, cx: &mut Context<'_>, wait: bool) -> Poll<io::Result<()>> {
         if self.broken {
-            return Poll::Ready(Err(axum::Error::new(std::io::Error::other(
+            return Poll::Ready(Err(io::Error::other(
                 "an earlier write to this socket failed",
-            ))));
+            )));
         }
-        let Some(sink) = self.sink.as_mut() else {
-            // Closing: what is still pending will not be written.
+        let Some(socket) = self.socket.clone() else {
+            // Closed: what is still pending will not be written.
             return Poll::Ready(Ok(()));
         };
         let result = loop {
-            if self.pending.is_empty() {
-                if !self.unflushed {
-                    break Ok(());
-                }
-                match sink.poll_flush_unpin(cx) {
-                    Poll::Ready(Ok(())) => self.unflushed = false,
+            if let Err(e) = self.encode() {
+                break Err(e);
+            }
+            if self.sent < self.out.len() {
+                match socket.poll_write(cx, &self.out[self.sent..], wait) {
+                    Poll::Ready(Ok(0)) => break Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(n)) => self.wrote(n),
                     Poll::Ready(Err(e)) => break Err(e),
                     Poll::Pending => return Poll::Pending,
                 }
                 continue;
             }
-            match sink.poll_ready_unpin(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => break Err(e),
-                Poll::Pending => return Poll::Pending,
+            if self.unflushed {
+                match socket.poll_flush(cx, wait) {
+                    Poll::Ready(Ok(())) => self.unflushed = false,
+                    Poll::Ready(Err(e)) => break Err(e),
+                    Poll::Pending => return Poll::Pending,
+                }
             }
-            let Some(frame) = self.pending.pop_front() else {
-                continue;
-            };
-            if let Err(e) = std::pin::Pin::new(&mut *sink).start_send(frame) {
-                break Err(e);
-            }
-            self.unflushed = true;
+            break Ok(());
         };
         if result.is_err() {
             self.broken = true;
             self.pending.clear();
+            self.pong = None;
         }
         Poll::Ready(result)
+    }
+
+    /// Encodes the pong and pending frames until a batch's worth is unwritten.
+    fn encode(&mut self) -> io::Result<()> {
+        if let Some(pong) = self.pong.take() {
+            encode(Message::Pong(pong), &mut self.out)?;
+        }
+        while self.out.len() - self.sent < WRITE_BATCH {
+            let Some(frame) = self.pending.pop_front() else {
+                break;
+            };
+            encode(frame, &mut self.out)?;
+        }
+        Ok(())
+    }
+
+    /// Counts `n` more bytes written.
+    fn wrote(&mut self, n: usize) {
+        self.sent += n;
+        self.unflushed = true;
+        if self.sent == self.out.len() {
+            self.sent = 0;
+            self.out.clear();
+            if self.out.capacity() > KEEP {
+                self.out = Vec::new();
+            }
+        }
     }
 }
 
@@ -132,27 +177,26 @@ impl SendHalf {
     }
 
     /// Gives the half its socket, once the connection is served.
-    pub(super) fn install(&self, sink: Sink) {
-        self.lock().sink = Some(sink);
+    pub(super) fn install(&self, socket: Arc<Socket>) {
+        self.lock().socket = Some(socket);
     }
 
-    /// Takes the socket back to close it; nothing is written through it after this.
-    pub(super) fn uninstall(&self) -> Option<Sink> {
-        self.lock().sink.take()
+    /// Lets go of the socket; nothing is written to it after this.
+    pub(super) fn uninstall(&self) {
+        self.lock().socket = None;
     }
-
     /// For a reader that just queued frames for this connection: when its writer is
     /// idle, takes them with `take` and writes them now, without waiting; otherwise, or
     /// for whatever did not fit into the socket, wakes the writer task.
     pub(super) fn write_through(&self, take: impl FnOnce(&mut Vec<Utf8Bytes>) -> Take) {
         let done = match self.slot.try_lock() {
-            Ok(mut slot) if slot.sink.is_some() && slot.clear() => match slot.fill(take) {
+            Ok(mut slot) if slot.socket.is_some() && slot.clear() => match slot.fill(take) {
                 Take::Frames => {
                     // The writer task is idle: nobody waits for the socket to take
                     // more, and if it cannot take it all now, the writer is woken below
                     // and registers itself on the next poll.
                     let mut cx = Context::from_waker(Waker::noop());
-                    matches!(slot.poll_drain(&mut cx), Poll::Ready(Ok(())))
+                    matches!(slot.poll_drain(&mut cx, false), Poll::Ready(Ok(())))
                 }
                 Take::Idle => true,
                 Take::Closed(_) => false,
@@ -181,8 +225,27 @@ impl SendHalf {
         self.lock().pending.push_back(frame);
     }
 
+    /// Answers the peer's ping with `data` ahead of the frames still to be taken.
+    pub(super) fn pong(&self, data: Bytes) {
+        self.lock().pong = Some(data);
+        self.wake();
+    }
+
     /// Writes and flushes everything on its way out.
-    pub(super) async fn drain(&self) -> Result<(), axum::Error> {
-        std::future::poll_fn(|cx| self.lock().poll_drain(cx)).await
+    pub(super) async fn drain(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.lock().poll_drain(cx, true)).await
+    }
+
+    /// Ends the connection with `frame`: what is half written is finished, what was
+    /// not yet encoded is dropped, and nobody else writes from here on.
+    pub(super) async fn close(&self, frame: Option<CloseFrame>) -> io::Result<()> {
+        {
+            let mut slot = self.lock();
+            slot.closing = true;
+            slot.pending.clear();
+            slot.pong = None;
+            slot.pending.push_back(Message::Close(frame));
+        }
+        self.drain().await
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-use axum::extract::ws::Utf8Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// A message the window refused because it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
