@@ -37,17 +37,8 @@ const KEEP: usize = 256 << 10;
 struct Slot {
     /// The socket, from when the connection is served until it closes.
     socket: Option<Arc<Socket>>,
-    /// Frames taken from the window and not yet encoded.
-    pending: VecDeque<Message>,
-    /// The answer to the peer's latest ping, written before `pending` (one at most:
-    /// a peer that pings faster than it reads gets only the latest answered).
-    pong: Option<Bytes>,
-    /// Encoded frames; `out[sent..]` is not written yet, and may end a frame that
-    /// is half written, which must be finished before anything else is written.
-    out: Vec<u8>,
-    sent: usize,
-    /// Whether bytes were written and not yet flushed.
-    unflushed: bool,
+    /// What is on its way to the socket.
+    out: Out,
     /// Whether a write failed: the writer task ends the connection.
     broken: bool,
     /// Whether the connection is closing: only its writer writes, and only the close.
@@ -56,78 +47,41 @@ struct Slot {
     scratch: Vec<Utf8Bytes>,
 }
 
-impl Slot {
-    /// Whether nothing is on its way out, so a new take may start.
-    fn clear(&self) -> bool {
+/// Frames on their way to the socket.
+#[derive(Default)]
+struct Out {
+    /// Frames taken from the window and not yet encoded.
+    pending: VecDeque<Message>,
+    /// The answer to the peer's latest ping, written before `pending` (one at most:
+    /// a peer that pings faster than it reads gets only the latest answered).
+    pong: Option<Bytes>,
+    /// Encoded frames; `bytes[sent..]` is not written yet, and may end a frame that
+    /// is half written, which must be finished before anything else is written.
+    bytes: Vec<u8>,
+    sent: usize,
+    /// Whether bytes were written and not yet flushed.
+    unflushed: bool,
+}
+
+impl Out {
+    /// Whether nothing is on its way out.
+    fn is_empty(&self) -> bool {
         self.pending.is_empty()
             && self.pong.is_none()
-            && self.sent == self.out.len()
+            && self.sent == self.bytes.len()
             && !self.unflushed
-            && !self.broken
-            && !self.closing
-    }
-
-    /// Takes the next frames with `take` into `pending`.
-    fn fill(&mut self, take: impl FnOnce(&mut Vec<Utf8Bytes>) -> Take) -> Take {
-        let took = take(&mut self.scratch);
-        self.pending
-            .extend(self.scratch.drain(..).map(Message::Text));
-        took
-    }
-
-    /// Encodes what is pending, a batch at a time, and writes and flushes it, as far
-    /// as it goes without waiting. Without `wait`, a socket its reader is polling
-    /// right now counts as full.
-    fn poll_drain(&mut self, cx: &mut Context<'_>, wait: bool) -> Poll<io::Result<()>> {
-        if self.broken {
-            return Poll::Ready(Err(io::Error::other(
-                "an earlier write to this socket failed",
-            )));
-        }
-        let Some(socket) = self.socket.clone() else {
-            // Closed: what is still pending will not be written.
-            return Poll::Ready(Ok(()));
-        };
-        let result = loop {
-            if let Err(e) = self.encode() {
-                break Err(e);
-            }
-            if self.sent < self.out.len() {
-                match socket.poll_write(cx, &self.out[self.sent..], wait) {
-                    Poll::Ready(Ok(0)) => break Err(io::ErrorKind::WriteZero.into()),
-                    Poll::Ready(Ok(n)) => self.wrote(n),
-                    Poll::Ready(Err(e)) => break Err(e),
-                    Poll::Pending => return Poll::Pending,
-                }
-                continue;
-            }
-            if self.unflushed {
-                match socket.poll_flush(cx, wait) {
-                    Poll::Ready(Ok(())) => self.unflushed = false,
-                    Poll::Ready(Err(e)) => break Err(e),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-            break Ok(());
-        };
-        if result.is_err() {
-            self.broken = true;
-            self.pending.clear();
-            self.pong = None;
-        }
-        Poll::Ready(result)
     }
 
     /// Encodes the pong and pending frames until a batch's worth is unwritten.
     fn encode(&mut self) -> io::Result<()> {
         if let Some(pong) = self.pong.take() {
-            encode(Message::Pong(pong), &mut self.out)?;
+            encode(Message::Pong(pong), &mut self.bytes)?;
         }
-        while self.out.len() - self.sent < WRITE_BATCH {
+        while self.bytes.len() - self.sent < WRITE_BATCH {
             let Some(frame) = self.pending.pop_front() else {
                 break;
             };
-            encode(frame, &mut self.out)?;
+            encode(frame, &mut self.bytes)?;
         }
         Ok(())
     }
@@ -136,13 +90,78 @@ impl Slot {
     fn wrote(&mut self, n: usize) {
         self.sent += n;
         self.unflushed = true;
-        if self.sent == self.out.len() {
+        if self.sent == self.bytes.len() {
             self.sent = 0;
-            self.out.clear();
-            if self.out.capacity() > KEEP {
-                self.out = Vec::new();
+            self.bytes.clear();
+            if self.bytes.capacity() > KEEP {
+                self.bytes = Vec::new();
             }
         }
+    }
+
+    /// Encodes, writes and flushes to `socket` as far as it goes without waiting.
+    fn poll_write(
+        &mut self,
+        socket: &Socket,
+        cx: &mut Context<'_>,
+        wait: bool,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            self.encode()?;
+            if self.sent < self.bytes.len() {
+                match socket.poll_write(cx, &self.bytes[self.sent..], wait) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => self.wrote(n),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+                continue;
+            }
+            if self.unflushed {
+                match socket.poll_flush(cx, wait) {
+                    Poll::Ready(Ok(())) => self.unflushed = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            return Poll::Ready(Ok(()));
+        }
+    }
+}
+
+impl Slot {
+    /// Whether nothing is on its way out, so a new take may start.
+    fn clear(&self) -> bool {
+        self.out.is_empty() && !self.broken && !self.closing
+    }
+
+    /// Takes the next frames with `take` into `pending`.
+    fn fill(&mut self, take: impl FnOnce(&mut Vec<Utf8Bytes>) -> Take) -> Take {
+        let took = take(&mut self.scratch);
+        self.out
+            .pending
+            .extend(self.scratch.drain(..).map(Message::Text));
+        took
+    }
+
+    /// Writes what is on its way out, as far as it goes without waiting. Without
+    /// `wait`, a socket its reader is polling right now counts as full.
+    fn poll_drain(&mut self, cx: &mut Context<'_>, wait: bool) -> Poll<io::Result<()>> {
+        if self.broken {
+            return Poll::Ready(Err(io::Error::other(
+                "an earlier write to this socket failed",
+            )));
+        }
+        let Some(socket) = self.socket.as_deref() else {
+            // Closed: what is still pending will not be written.
+            return Poll::Ready(Ok(()));
+        };
+        let result = std::task::ready!(self.out.poll_write(socket, cx, wait));
+        if result.is_err() {
+            self.broken = true;
+            self.out = Out::default();
+        }
+        Poll::Ready(result)
     }
 }
 
@@ -222,12 +241,12 @@ impl SendHalf {
 
     /// Queues `frame` after whatever is on its way out (a ping, an acknowledgement).
     pub(super) fn push(&self, frame: Message) {
-        self.lock().pending.push_back(frame);
+        self.lock().out.pending.push_back(frame);
     }
 
     /// Answers the peer's ping with `data` ahead of the frames still to be taken.
     pub(super) fn pong(&self, data: Bytes) {
-        self.lock().pong = Some(data);
+        self.lock().out.pong = Some(data);
         self.wake();
     }
 
@@ -242,9 +261,9 @@ impl SendHalf {
         {
             let mut slot = self.lock();
             slot.closing = true;
-            slot.pending.clear();
-            slot.pong = None;
-            slot.pending.push_back(Message::Close(frame));
+            slot.out.pending.clear();
+            slot.out.pong = None;
+            slot.out.pending.push_back(Message::Close(frame));
         }
         self.drain().await
     }

@@ -13,7 +13,7 @@
 
 use std::io::{self, Read, Write};
 use std::pin::Pin;
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -72,6 +72,7 @@ pub(super) struct Socket {
 }
 
 impl Socket {
+    /// The connection hyper upgraded.
     pub(super) fn new(upgraded: Upgraded) -> Self {
         Self {
             io: Mutex::new(TokioIo::new(upgraded)),
@@ -81,7 +82,6 @@ impl Socket {
     /// The connection, waiting for whoever is polling it now (never long: nobody
     /// holds it across a wait).
     fn io(&self) -> MutexGuard<'_, Io> {
-        // A poll that panicked leaves nothing half-done that a later poll could trip on.
         self.io.locked()
     }
 
@@ -135,13 +135,13 @@ pub(super) fn encode(message: Message, out: &mut Vec<u8>) -> io::Result<()> {
 
 /// Reads a peer's messages off its [`Socket`].
 pub(super) struct Reader {
-    socket: std::sync::Arc<Socket>,
+    socket: Arc<Socket>,
     protocol: WebSocketContext,
 }
 
 impl Reader {
     /// Reads `socket` as a server, within `config`'s limits.
-    pub(super) fn new(socket: std::sync::Arc<Socket>, config: WebSocketConfig) -> Self {
+    pub(super) fn new(socket: Arc<Socket>, config: WebSocketConfig) -> Self {
         Self {
             socket,
             protocol: WebSocketContext::new(Role::Server, Some(config)),
