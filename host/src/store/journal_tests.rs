@@ -261,3 +261,35 @@ async fn the_host_own_compactions_are_not_outside_edits() {
     }
     assert_eq!(store.reload().await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn a_change_that_changes_nothing_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(".codebolt/environments.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let store = quiet(&path);
+    store.insert(record("a", "alpha")).await.unwrap();
+    store.update("a", |r| r.restarts = 2).await.unwrap();
+    let journal = std::fs::metadata(journal_path(&path)).unwrap().len();
+    assert!(journal > 0);
+
+    // The same record again (as a merge that keeps this host's record does).
+    let before = store.replace_with("a", Record::clone).await.unwrap();
+    assert_eq!(before.restarts, 2);
+    assert_eq!(
+        std::fs::metadata(journal_path(&path)).unwrap().len(),
+        journal,
+        "an unchanged record added an entry to the journal"
+    );
+    // A real change is still written, and survives a crash.
+    store
+        .replace_with("a", |r| Record {
+            restarts: 3,
+            ..r.clone()
+        })
+        .await
+        .unwrap();
+    assert!(std::fs::metadata(journal_path(&path)).unwrap().len() > journal);
+    drop(store);
+    assert_eq!(Store::open(path).unwrap().get("a").unwrap().restarts, 3);
+}

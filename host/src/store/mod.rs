@@ -445,6 +445,13 @@ impl Store {
             let out = record.clone();
             let after = patch::fields_of(&out);
             let fields = patch::changed(&before, &after);
+            if fields.is_empty() {
+                // Nothing changed: nothing to journal, compact or announce. What the
+                // record holds may still be on its way to the disk (another writer
+                // made the same change a moment ago): it is acknowledged once that is.
+                let latest = s.seq;
+                return Ok((out, Some(latest)));
+            }
             if before.get("name") != after.get("name") {
                 s.doc.renamed();
             }
