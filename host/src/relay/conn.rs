@@ -148,7 +148,7 @@ impl Connection {
         // signal are polled only when they woke it themselves, and in a fixed order.
         let end = tokio::select! {
             biased;
-            end = read(reader, send, &inbound, &outbox, &config, &clock) => end,
+            end = read(reader, &inbound, &outbox, &config, &clock) => end,
             end = Gated::new(write(send, &outbox, &config, &clock)) => end,
             reason = Gated::new(ended) => {
                 // What the relay queued before the end (the status saying why, say)
@@ -346,7 +346,6 @@ async fn flush(send: &SendHalf, outbox: &Outbox, config: &RelayConfig) {
 /// answers its pings.
 async fn read(
     mut reader: Reader,
-    send: &SendHalf,
     inbound: &Inbound,
     outbox: &Outbox,
     config: &RelayConfig,
@@ -376,7 +375,7 @@ async fn read(
                 }
             },
             Message::Close(_) => return End::Gone,
-            Message::Ping(data) => send.pong(data),
+            Message::Ping(data) => outbox.send().pong(data),
             Message::Pong(_) | Message::Frame(_) => {}
         }
     }

@@ -7,8 +7,8 @@
 //! which is what nginx does too. Only what cannot go out at once (the writer is busy,
 //! the socket is full, the connection is closing) is left to the writer task, which is
 //! woken for it. Either way a frame is taken from the hub's window under this half's
-//! lock and handed to the socket before the lock is let go, so frames reach the socket
-//! in the order the window numbered them, and the window's bookkeeping (numbering,
+//! lock and put into its buffer, after what is already there, before the lock is let
+//! go, so frames reach the socket in the order the window numbered them, and the window's bookkeeping (numbering,
 //! acknowledgement of a plain peer, resume) is the one [`super::Outbox::take`] does.
 //! Nobody ever waits on this lock across an `.await`: every write is a poll.
 
