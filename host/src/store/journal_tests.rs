@@ -281,6 +281,16 @@ async fn a_change_that_changes_nothing_writes_nothing() {
         journal,
         "an unchanged record added an entry to the journal"
     );
+    // An update that sets what is already there (a restart's resource id) neither
+    // writes nor moves `updatedAt`.
+    let stamped = store.get("a").unwrap().updated_at;
+    let same = store.update("a", |r| r.restarts = 2).await.unwrap();
+    assert_eq!(same.updated_at, stamped);
+    assert_eq!(
+        std::fs::metadata(journal_path(&path)).unwrap().len(),
+        journal,
+        "an update that changed nothing added an entry to the journal"
+    );
     // A real change is still written, and survives a crash.
     store
         .replace_with("a", |r| Record {

@@ -385,7 +385,8 @@ impl Store {
         .await
     }
 
-    /// Changes the record with `id` and stamps `updatedAt`; returns the new record.
+    /// Changes the record with `id` and stamps `updatedAt` if anything changed (a
+    /// change that changes nothing writes nothing); returns the new record.
     /// For a record held back as invalid the change stays in memory: the file keeps
     /// the text as written.
     pub async fn update(
@@ -439,19 +440,21 @@ impl Store {
             }
             let before = patch::fields_of(record);
             change(record);
+            let mut after = patch::fields_of(record);
+            if patch::changed(&before, &after).is_empty() {
+                // Nothing changed (`updatedAt` stays: it is the last change's time):
+                // nothing to journal, compact or announce. What the record holds may
+                // still be on its way to the disk (another writer made the same change
+                // a moment ago): it is acknowledged once that is.
+                let latest = s.seq;
+                return Ok((record.clone(), Some(latest)));
+            }
             if stamp {
                 record.updated_at = now();
+                after = patch::fields_of(record);
             }
             let out = record.clone();
-            let after = patch::fields_of(&out);
             let fields = patch::changed(&before, &after);
-            if fields.is_empty() {
-                // Nothing changed: nothing to journal, compact or announce. What the
-                // record holds may still be on its way to the disk (another writer
-                // made the same change a moment ago): it is acknowledged once that is.
-                let latest = s.seq;
-                return Ok((out, Some(latest)));
-            }
             if before.get("name") != after.get("name") {
                 s.doc.renamed();
             }
