@@ -7,6 +7,7 @@
 mod api;
 mod audit;
 mod author_loop;
+mod boundaries;
 mod certs;
 mod cli_env;
 mod cluster;

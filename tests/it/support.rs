@@ -463,6 +463,16 @@ impl Ws {
             .expect("send");
     }
 
+    /// Sends `msgs` as text frames written together (one flush), so they reach the
+    /// host as one burst.
+    pub async fn send_burst(&mut self, msgs: &[Value]) {
+        for msg in msgs {
+            let text = Message::Text(msg.to_string().into());
+            self.stream.feed(text).await.expect("send");
+        }
+        self.stream.flush().await.expect("flush");
+    }
+
     /// Sends one WebSocket message as it is (a ping, a fragment).
     pub async fn send_message(&mut self, msg: Message) {
         self.stream.send(msg).await.expect("send");

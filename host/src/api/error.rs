@@ -344,7 +344,9 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Conflict(_) | LifecycleError::Elsewhere { .. } => {
                 Self::new(ErrorCode::Conflict, message)
             }
-            LifecycleError::Unauthorized(_) => Self::unauthorized(message),
+            LifecycleError::Unauthorized(_) | LifecycleError::InvalidToken(_) => {
+                Self::unauthorized(message)
+            }
             LifecycleError::StoppedOnPurpose(_) => Self::new(ErrorCode::Stopped, message),
             LifecycleError::QuotaExceeded { .. } => Self::new(ErrorCode::QuotaExceeded, message),
             LifecycleError::TooManyConnections(_) => {

@@ -68,9 +68,7 @@ pub(crate) async fn logs(
         Some("true") => true,
         Some(_) => return Err(ApiError::bad_request("follow must be true or false")),
     };
-    let (lines, live) = s
-        .manager
-        .env_logs(&who, &id, tail, since.as_deref(), follow)?;
+    let (lines, live) = s.manager.env_logs(&who, &id, tail, since, follow).await?;
     let ndjson = [(CONTENT_TYPE, "application/x-ndjson")];
     let Some(mut live) = live else {
         let body: String = lines.iter().map(|l| format!("{l}\n")).collect();

@@ -63,10 +63,10 @@ pub(crate) struct TicketView {
 
 /// `Err` unless `value` (of field `name`) is 1 to [`MAX_THREAD`] bytes without
 /// control characters.
-fn check_id(name: &str, value: Option<&String>) -> Result<(), String> {
+pub(crate) fn check_id(name: &str, value: Option<&String>) -> Result<(), String> {
     match value {
         Some(t) if t.is_empty() || t.len() > MAX_THREAD || t.chars().any(char::is_control) => Err(
-            format!("field `{name}` must be 1 to {MAX_THREAD} bytes without control characters"),
+            format!("`{name}` must be 1 to {MAX_THREAD} bytes without control characters"),
         ),
         _ => Ok(()),
     }

@@ -32,6 +32,7 @@ use crate::config::PublicUrl;
 use crate::lifecycle::{LifecycleError, ProvisionTarget};
 use crate::relay::{self, CLOSE_STOPPED, CLOSE_TOO_MANY, Resume};
 use crate::tenancy::{Opening, Principal, Scope, TicketTarget};
+use crate::throttle::Throttled;
 
 /// The subprotocol the host answers with; browsers must offer it with their token.
 pub(crate) const SUBPROTOCOL: &str = "tether.v1";
@@ -72,6 +73,7 @@ fn resume_of(query: &HashMap<String, String>) -> Result<Option<Resume>, ApiError
             (String = "text/plain"),
         )),
         (status = 401, description = "No runtime token, or not the current start's (`unauthorized`).", body = ErrorBody),
+        (status = 429, description = "This address presented too many forged runtime tokens (or wrong API tokens) in the last minute (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
         (status = 404, description = "No such environment (`not_found`).", body = ErrorBody),
         (status = 409, description = "Cluster mode: this host does not run the environment; the message names the host that does (`conflict`).", body = ErrorBody),
         (status = 410, description = "The environment is stopped; the runtime should exit (`conflict`).", body = ErrorBody),
@@ -81,16 +83,25 @@ fn resume_of(query: &HashMap<String, String>) -> Result<Option<Resume>, ApiError
 )]
 pub(crate) async fn runtime(
     State(s): State<AppState>,
+    Remote(remote): Remote,
     Path(id): Path<String>,
     RuntimeToken(token): RuntimeToken,
     Query(query): Query<HashMap<String, String>>,
     upgrading: Upgrading,
 ) -> Result<Response, ApiError> {
     let Upgrading { check, upgrade } = upgrading;
+    // Forged runtime tokens count against the address like wrong API tokens (a stale
+    // one, of an earlier start, is a runtime that outlived it, not a guess).
+    let throttled = |t: Throttled| ApiError::throttled(t.to_string(), t.retry_after_secs());
+    s.throttle.check(remote).map_err(throttled)?;
     let resume = resume_of(&query)?;
     // A stopped environment's runtime is told it is gone (410), so it exits.
     let connection = match s.manager.attach_runtime(&id, &token, resume) {
         Ok(connection) => connection,
+        Err(e @ LifecycleError::InvalidToken(_)) => {
+            s.throttle.failed(remote).map_err(throttled)?;
+            return Err(e.into());
+        }
         Err(LifecycleError::TooManyConnections(why)) => {
             return Ok(relay::refuse(check, CLOSE_TOO_MANY, why));
         }
@@ -117,7 +128,7 @@ pub(crate) async fn runtime(
     ),
     responses(
         (status = 101, description = "Upgraded: the app's socket, subprotocol `tether.v1` (`docs/protocol.md`). A full environment is closed at once with 4013; one stopped on purpose gets an `error` frame with code `stopped` and close 4015 unless `start=true`."),
-        (status = 400, description = "A malformed query (`session`, `resume`, …; `invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content(
+        (status = 400, description = "A malformed query (`thread` over 256 bytes or with control characters, `session`, `resume`, …; `invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content(
             (ErrorBody = "application/json"),
             (String = "text/plain"),
         )),
@@ -152,8 +163,11 @@ pub(crate) async fn app(
     };
     who.require(Scope::Relay)?;
     let start = wants_start(&who, &query)?;
-    // A ticket that names a thread decides it; otherwise the query does.
-    let thread = pinned.or_else(|| query.get("thread").filter(|t| !t.is_empty()).cloned());
+    // A ticket that names a thread decides it; otherwise the query does, within the
+    // bounds a ticket's thread has (every frame without one is given it).
+    let asked = query.get("thread").filter(|t| !t.is_empty());
+    super::tickets::check_id("thread", asked).map_err(ApiError::bad_request)?;
+    let thread = pinned.or_else(|| asked.cloned());
     let resume = resume_of(&query)?;
     match s.manager.attach_app(&who, &id, thread, resume, start).await {
         Ok(connection) => Ok(connection.serve(upgrade, Some(SUBPROTOCOL))),

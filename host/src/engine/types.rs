@@ -435,6 +435,8 @@ pub trait RuntimePort: Send + Sync {
     fn send(&self, message: String) -> Result<(), String>;
     /// Whether the runtime is connected now.
     fn is_connected(&self) -> bool;
+    /// The largest message the relay carries, in bytes.
+    fn max_message_bytes(&self) -> usize;
 }
 
 /// A runtime port with nobody behind it, for instances that serve no environment.
@@ -447,5 +449,8 @@ impl RuntimePort for NoRuntime {
     }
     fn is_connected(&self) -> bool {
         false
+    }
+    fn max_message_bytes(&self) -> usize {
+        usize::MAX
     }
 }

@@ -113,7 +113,7 @@ impl Environments {
     }
 
     /// The environments' logs.
-    pub(super) fn logs(&self) -> &EnvLogs {
+    pub(super) fn logs(&self) -> &Arc<EnvLogs> {
         &self.logs
     }
 

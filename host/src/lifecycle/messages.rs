@@ -85,6 +85,33 @@ pub(super) fn error_value(err: &CallError) -> Value {
     json!({"code": code, "message": err.to_string()})
 }
 
+/// The `error` for a reply whose content alone passes `max` bytes (before it is made
+/// into a frame, which escaping can make several times larger).
+pub(super) fn too_large(reply: &Reply, max: usize) -> Option<Value> {
+    let len = match reply {
+        Reply::Text(text) => text.len(),
+        Reply::Diff(files) => files.iter().map(|f| f.path.len() + f.diff.len()).sum(),
+        _ => 0,
+    };
+    (len > max).then(|| too_large_error(len, max))
+}
+
+fn too_large_error(len: usize, max: usize) -> Value {
+    json!({
+        "code": "too_large",
+        "message": format!("the provider's answer has {len} bytes; messages to apps are limited to {max} ([relay] max_message_kib)"),
+    })
+}
+
+/// `frame`, or a `too_large` error answering `kind` with `requestId` in its place if
+/// it passes `max` bytes.
+pub(super) fn within(frame: String, kind: &str, request_id: &Value, max: usize) -> String {
+    if frame.len() <= max {
+        return frame;
+    }
+    event(kind, request_id, Err(too_large_error(frame.len(), max)))
+}
+
 /// A `remoteProviderEvent` frame answering `kind` with `requestId`.
 pub(super) fn event(kind: &str, request_id: &Value, outcome: Result<Value, Value>) -> String {
     let mut frame = json!({

@@ -100,9 +100,13 @@ pub(crate) enum LifecycleError {
         /// Where that host is reached (`http(s)://`).
         url: String,
     },
-    /// A runtime presented a bad token.
+    /// A runtime presented the token of an earlier start (its runtime outlived it).
     #[error("{0}")]
     Unauthorized(String),
+    /// A runtime presented a token of no start at all: a guess, counted against its
+    /// address like a wrong API token.
+    #[error("{0}")]
+    InvalidToken(String),
     /// The environment has its maximum number of connections.
     #[error("{0}")]
     TooManyConnections(String),
@@ -582,19 +586,25 @@ impl Manager {
     /// The last `tail` lines of environment `id`'s log at or after `since` (a line's
     /// `ts` form), and, if `follow`, the lines written from now on; `NotFound` for an
     /// environment `who` does not reach.
-    pub(crate) fn env_logs(
+    pub(crate) async fn env_logs(
         &self,
         who: &Principal,
         id: &str,
         tail: usize,
-        since: Option<&str>,
+        since: Option<String>,
         follow: bool,
     ) -> Result<(Vec<String>, Option<Follow>), LifecycleError> {
         self.reachable(who, id)?;
-        let logs = self.shared.envs.logs();
+        let logs = self.shared.envs.logs().clone();
         // Subscribed before the tail is read, so no line falls between the two.
         let follow = follow.then(|| logs.follow(id));
-        Ok((logs.tail(id, tail, since), follow))
+        // Reading and splitting up to two rotated files is blocking work: off the
+        // threads that serve the API and the relay.
+        let id = id.to_owned();
+        let lines = tokio::task::spawn_blocking(move || logs.tail(&id, tail, since.as_deref()))
+            .await
+            .map_err(|e| LifecycleError::Internal(format!("reading the log failed: {e}")))?;
+        Ok((lines, follow))
     }
 
     /// Lines of environments' logs dropped since start because their writer was behind.

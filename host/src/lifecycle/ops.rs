@@ -434,4 +434,7 @@ impl RuntimePort for HubPort {
     fn is_connected(&self) -> bool {
         self.0.runtime_connected()
     }
+    fn max_message_bytes(&self) -> usize {
+        self.0.max_message_bytes()
+    }
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -45,7 +46,12 @@ impl Manager {
         let expected = record.runtime_token_sha256.as_deref().unwrap_or_default();
         auth::verify_runtime_token(token, record.runtime_generation, expected).map_err(|e| {
             tracing::warn!(env = %id, error = %e, "runtime refused");
-            LifecycleError::Unauthorized(e.to_string())
+            match e {
+                auth::RuntimeTokenError::Invalid => LifecycleError::InvalidToken(e.to_string()),
+                auth::RuntimeTokenError::Stale { .. } => {
+                    LifecycleError::Unauthorized(e.to_string())
+                }
+            }
         })?;
         if record.desired_state != DesiredState::Running {
             return Err(LifecycleError::Conflict("environment is stopped".into()));
@@ -110,6 +116,7 @@ impl Manager {
             desk: Arc::new(Desk {
                 driver: self.shared.driver.clone(),
                 env: env.clone(),
+                in_flight: Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT)),
             }),
         };
         // The app learns where things stand right away.
@@ -139,12 +146,18 @@ impl Manager {
     }
 }
 
+/// Provider-handled messages of one app connection answered at once; one more is
+/// answered `busy` at once. The instance takes one call at a time anyway, and a queue
+/// without a bound would let an app pile up tasks that outlive it.
+pub(crate) const MAX_REQUESTS_IN_FLIGHT: usize = 8;
+
 /// Answers one app's provider-handled messages through its environment's running
-/// instance, each in a task of its own.
+/// instance, each in a task of its own, at most [`MAX_REQUESTS_IN_FLIGHT`] at once.
 #[derive(Debug)]
 struct Desk {
     driver: Driver,
     env: Arc<Env>,
+    in_flight: Arc<Semaphore>,
 }
 
 impl ProviderDesk for Desk {
@@ -154,11 +167,21 @@ impl ProviderDesk for Desk {
             message: msg,
             reply,
         } = request;
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            let request_id = msg.get("requestId").cloned().unwrap_or(Value::Null);
+            let busy = json!({
+                "code": "busy",
+                "message": format!("at most {MAX_REQUESTS_IN_FLIGHT} provider requests of one connection are answered at once; send this one again after an answer"),
+            });
+            reply.send(messages::event(&kind, &request_id, Err(busy)));
+            return;
+        };
         let env = self.env.clone();
         let driver = self.driver.clone();
         let span = tracing::debug_span!("provider_request", env = %env.id, kind = %kind);
         self.driver.spawn(
             async move {
+                let _permit = permit;
                 let request_id = msg.get("requestId").cloned().unwrap_or(Value::Null);
                 let handle = env.live().provider.clone();
                 let outcome = match (handle, messages::to_call(&kind, &msg)) {
@@ -168,9 +191,14 @@ impl ProviderDesk for Desk {
                         "message": "the environment is not running",
                     })),
                     (Some(handle), Ok(call)) => {
-                        let timeout = driver.shared.config.get().lifecycle.call_timeout;
+                        let config = driver.shared.config.get();
+                        let timeout = config.lifecycle.call_timeout;
+                        let max = config.relay.max_message_bytes;
                         match handle.call(call, timeout).await {
-                            Ok(answer) => Ok(messages::reply_message(&kind, &msg, answer)),
+                            Ok(answer) => match messages::too_large(&answer, max) {
+                                Some(error) => Err(error),
+                                None => Ok(messages::reply_message(&kind, &msg, answer)),
+                            },
                             Err(err) => {
                                 if matches!(err, CallError::Trapped(_) | CallError::TimedOut(_)) {
                                     driver.instance_failed(env.clone(), handle, err.clone());
@@ -187,7 +215,9 @@ impl ProviderDesk for Desk {
                         }
                     }
                 };
-                reply.send(messages::event(&kind, &request_id, outcome));
+                let frame = messages::event(&kind, &request_id, outcome);
+                let frame = messages::within(frame, &kind, &request_id, reply.max_message_bytes());
+                reply.send(frame);
             }
             .instrument(span),
         );

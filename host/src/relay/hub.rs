@@ -288,6 +288,11 @@ impl Hub {
         }
     }
 
+    /// The largest message the relay carries, in bytes (`[relay] max_message_kib`).
+    pub fn max_message_bytes(&self) -> usize {
+        self.config.max_message_bytes
+    }
+
     /// When this hub last saw life, for idle stops.
     pub fn activity(&self) -> &Activity {
         &self.activity

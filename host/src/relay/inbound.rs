@@ -83,6 +83,11 @@ impl Reply {
     pub fn send(&self, text: String) {
         self.hub.send_to_app(self.key, text);
     }
+
+    /// The largest message the relay carries, in bytes.
+    pub fn max_message_bytes(&self) -> usize {
+        self.hub.max_message_bytes()
+    }
 }
 
 /// An `error` frame for the app, echoing its `requestId` if it sent one.

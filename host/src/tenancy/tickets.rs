@@ -4,7 +4,7 @@
 //! its time to live (`[tenancy] ticket_ttl_secs`), and only while the token it came from still works. Tickets live in
 //! memory only, by the SHA-256 of their secret, bounded in number.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,8 @@ use crate::sync::MutexExt;
 pub(crate) const TICKET_PREFIX: &str = "tkt_";
 /// Most tickets outstanding at once, host-wide; past it the oldest are dropped.
 const MAX_TICKETS: usize = 100_000;
+/// Most tickets one token has outstanding; past it that token's oldest is dropped.
+pub(crate) const MAX_PER_TOKEN: usize = 64;
 
 /// What a ticket opens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +83,49 @@ pub(crate) struct BadTicket;
 #[derive(Debug)]
 pub(crate) struct Tickets {
     ttl: Duration,
-    by_hash: Mutex<HashMap<[u8; 32], Ticket>>,
+    inner: Mutex<Inner>,
+}
+
+/// The tickets, and the orders they expire and are dropped in.
+#[derive(Debug, Default)]
+struct Inner {
+    by_hash: HashMap<[u8; 32], Ticket>,
+    /// Every ticket issued and not yet expired, oldest first (so soonest to expire:
+    /// every ticket has the same time to live); a redeemed one stays here until its
+    /// time comes or the queue is compacted.
+    by_age: VecDeque<([u8; 32], Instant)>,
+    /// The outstanding tickets of each token, oldest first.
+    by_token: HashMap<String, VecDeque<[u8; 32]>>,
+}
+
+impl Inner {
+    fn remove(&mut self, hash: &[u8; 32]) -> Option<Ticket> {
+        let ticket = self.by_hash.remove(hash)?;
+        let token = ticket.principal.token_id();
+        if let Some(mine) = self.by_token.get_mut(token) {
+            mine.retain(|h| h != hash);
+            if mine.is_empty() {
+                self.by_token.remove(token);
+            }
+        }
+        Some(ticket)
+    }
+
+    /// Drops the expired tickets, then the oldest while more than `keep` are left.
+    fn drop_oldest(&mut self, now: Instant, keep: usize) {
+        while let Some(&(hash, expires)) = self.by_age.front() {
+            if expires > now && self.by_hash.len() <= keep {
+                break;
+            }
+            self.by_age.pop_front();
+            self.remove(&hash);
+        }
+        // Redeemed tickets' places: compacted once they outnumber the live ones.
+        if self.by_age.len() > 2 * self.by_hash.len() + 1024 {
+            let live = &self.by_hash;
+            self.by_age.retain(|(h, _)| live.contains_key(h));
+        }
+    }
 }
 
 impl Tickets {
@@ -89,7 +133,7 @@ impl Tickets {
     pub(crate) fn new(ttl: Duration) -> Self {
         Self {
             ttl,
-            by_hash: Mutex::default(),
+            inner: Mutex::default(),
         }
     }
 
@@ -99,7 +143,8 @@ impl Tickets {
     }
 
     /// A ticket for `principal` to open `target` (on `thread`); the secret is
-    /// returned, only its hash kept.
+    /// returned, only its hash kept. A token with [`MAX_PER_TOKEN`] outstanding loses
+    /// its own oldest, never another token's.
     pub(crate) fn issue(
         &self,
         principal: Principal,
@@ -107,25 +152,29 @@ impl Tickets {
         thread: Option<String>,
     ) -> String {
         let secret = format!("{TICKET_PREFIX}{}", random_hex(32));
+        let hash = sha256(&secret);
         let now = Instant::now();
+        let expires = now + self.ttl;
+        let token = principal.token_id().to_owned();
         let ticket = Ticket {
             principal,
             target,
             thread,
-            expires: now + self.ttl,
+            expires,
         };
-        let mut map = self.by_hash.locked();
-        map.retain(|_, t| t.expires > now);
-        if map.len() >= MAX_TICKETS {
-            // Unused tickets of a flood: the ones closest to expiring go first.
-            let mut by_age: Vec<([u8; 32], Instant)> =
-                map.iter().map(|(h, t)| (*h, t.expires)).collect();
-            by_age.sort_by_key(|(_, at)| *at);
-            for (hash, _) in by_age.into_iter().take(map.len() + 1 - MAX_TICKETS) {
-                map.remove(&hash);
-            }
+        let mut inner = self.inner.locked();
+        inner.drop_oldest(now, MAX_TICKETS - 1);
+        let oldest_of_token = inner
+            .by_token
+            .get(&token)
+            .filter(|mine| mine.len() >= MAX_PER_TOKEN)
+            .and_then(|mine| mine.front().copied());
+        if let Some(oldest) = oldest_of_token {
+            inner.remove(&oldest);
         }
-        map.insert(sha256(&secret), ticket);
+        inner.by_hash.insert(hash, ticket);
+        inner.by_age.push_back((hash, expires));
+        inner.by_token.entry(token).or_default().push_back(hash);
         secret
     }
 
@@ -134,19 +183,81 @@ impl Tickets {
     pub(crate) fn redeem(&self, secret: &str, opening: Opening<'_>) -> Result<Ticket, BadTicket> {
         let hash = sha256(secret);
         let ticket = {
-            let mut map = self.by_hash.locked();
-            let found = map
+            let mut inner = self.inner.locked();
+            let found = (inner.by_hash)
                 .get_key_value(&hash)
                 .map(|(k, _)| bool::from(k.ct_eq(&hash)));
             if found != Some(true) {
                 return Err(BadTicket);
             }
-            map.remove(&hash).ok_or(BadTicket)?
+            inner.remove(&hash).ok_or(BadTicket)?
         };
         if ticket.expires <= Instant::now() || !ticket.opens(opening) || !ticket.principal.is_live()
         {
             return Err(BadTicket);
         }
         Ok(ticket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::tenancy::principal::Grant;
+    use crate::tenancy::scopes::Scopes;
+
+    fn token(id: &str) -> Principal {
+        Principal(Arc::new(Grant {
+            token_id: id.into(),
+            user: "alice".into(),
+            scopes: Scopes::USER_DEFAULT,
+            environments: None,
+            expires_at: None,
+            revoked: CancellationToken::new(),
+        }))
+    }
+
+    fn issue(tickets: &Tickets, who: &Principal) -> String {
+        tickets.issue(who.clone(), TicketTarget::Environment("e".into()), None)
+    }
+
+    #[test]
+    fn a_token_that_floods_loses_its_own_oldest_tickets_and_no_one_elses() {
+        let tickets = Tickets::new(Duration::from_secs(60));
+        let (flood, other) = (token("tok_flood"), token("tok_other"));
+        let others = issue(&tickets, &other);
+        let flooded: Vec<String> = (0..MAX_PER_TOKEN + 10)
+            .map(|_| issue(&tickets, &flood))
+            .collect();
+        let opening = Opening::Environment("e");
+        // The flooding token's ten oldest are gone, its newest all work, once each.
+        for secret in &flooded[..10] {
+            assert_eq!(tickets.redeem(secret, opening).err(), Some(BadTicket));
+        }
+        for secret in &flooded[10..] {
+            assert!(tickets.redeem(secret, opening).is_ok());
+            assert_eq!(tickets.redeem(secret, opening).err(), Some(BadTicket));
+        }
+        assert!(tickets.redeem(&others, opening).is_ok());
+        let inner = tickets.inner.locked();
+        assert!(inner.by_hash.is_empty() && inner.by_token.is_empty());
+    }
+
+    #[test]
+    fn expired_tickets_are_dropped_as_new_ones_are_issued() {
+        let tickets = Tickets::new(Duration::ZERO);
+        let who = token("tok_a");
+        let first = issue(&tickets, &who);
+        issue(&tickets, &who);
+        assert_eq!(
+            tickets.redeem(&first, Opening::Environment("e")).err(),
+            Some(BadTicket)
+        );
+        // Only the last one issued is held (the expired one went when it came).
+        assert_eq!(tickets.inner.locked().by_hash.len(), 1);
     }
 }

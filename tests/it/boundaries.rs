@@ -1,0 +1,134 @@
+//! What an app or a stranger can make the host do at its edges: provider requests
+//! bounded in number and in the size of their answers, a connect's thread bounded, and
+//! forged runtime tokens counted against their address.
+
+use std::collections::HashMap;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{Server, TOKEN, Ws, write_config};
+
+#[tokio::test]
+async fn provider_requests_are_bounded_in_number_and_in_the_size_of_their_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), "[relay]\nmax_message_kib = 16\n");
+    let server = Server::start(dir.path());
+    let env = server
+        .running_env("edges", "local-process", json!({}))
+        .await;
+    let id = env["id"].as_str().expect("id").to_owned();
+    let workspace = dir.path().join(".codebolt/environments/edges");
+    // 12 KiB of control characters: under the limit as a file, about 72 KiB once
+    // escaped into a frame (`\u0001` each).
+    std::fs::write(workspace.join("control.txt"), "\u{1}".repeat(12 * 1024)).expect("write");
+    std::fs::write(workspace.join("big.txt"), "x".repeat(64 * 1024)).expect("write");
+    std::fs::write(workspace.join("small.txt"), "fine").expect("write");
+    let mut app = server.app(&id, "t").await;
+
+    for (rid, path) in [("big", "big.txt"), ("escaped", "control.txt")] {
+        let answer = app
+            .request(json!({"type": "providerReadFile", "requestId": rid, "path": path}))
+            .await;
+        assert_eq!(answer["action"], "providerReadFileResponse", "{answer}");
+        assert_eq!(answer["error"]["code"], "too_large", "{answer}");
+        assert!(answer.to_string().len() < 1024, "the refusal is small");
+    }
+    let read = app
+        .request(json!({"type": "providerReadFile", "requestId": "small", "path": "small.txt"}))
+        .await;
+    assert_eq!(read["message"]["content"], "fine", "{read}");
+
+    // A burst: every request is answered once, the ones past those in flight with
+    // `busy` at once, and the connection carries on.
+    let burst: Vec<Value> = (0..200)
+        .map(|n| json!({"type": "providerReadFile", "requestId": format!("b{n}"), "path": "small.txt"}))
+        .collect();
+    app.send_burst(&burst).await;
+    let mut answers: HashMap<String, Value> = HashMap::new();
+    while answers.len() < burst.len() {
+        let answer = app.next().await;
+        let rid = answer["requestId"].as_str().expect("requestId").to_owned();
+        assert!(
+            answers.insert(rid.clone(), answer).is_none(),
+            "{rid} answered twice"
+        );
+    }
+    let busy = answers
+        .values()
+        .filter(|a| a["error"]["code"] == "busy")
+        .count();
+    let read = answers
+        .values()
+        .filter(|a| a["message"]["content"] == "fine")
+        .count();
+    assert_eq!(busy + read, burst.len(), "every answer is a read or busy");
+    assert!(
+        busy > 0,
+        "200 requests at once were all answered as they came"
+    );
+    assert!(read >= 8, "at least those in flight were answered: {read}");
+    let after = app
+        .request(json!({"type": "providerReadFile", "requestId": "after", "path": "small.txt"}))
+        .await;
+    assert_eq!(after["message"]["content"], "fine", "{after}");
+}
+
+#[tokio::test]
+async fn a_thread_past_256_bytes_or_with_control_characters_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with_handoff(dir.path(), "");
+    let (id, _, _) = server.handoff_env("threads").await;
+    for thread in ["x".repeat(257), "a%0Ab".to_owned()] {
+        let url = server.ws_url(&format!("/ws/app/{id}?thread={thread}"));
+        assert_eq!(
+            Ws::connect(&url, Some(TOKEN)).await.err(),
+            Some(StatusCode::BAD_REQUEST),
+            "thread {thread:.20}…"
+        );
+    }
+    let url = server.ws_url(&format!("/ws/app/{id}?thread={}", "x".repeat(256)));
+    assert!(Ws::connect(&url, Some(TOKEN)).await.is_ok());
+}
+
+#[tokio::test]
+async fn forged_runtime_tokens_are_throttled_and_stale_ones_are_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with_handoff(dir.path(), "[auth]\nmax_failures_per_minute = 3\n");
+    let (id, url, token) = server.handoff_env("guessed").await;
+    // A runtime of an earlier start (generation 0) is refused, and counts for nothing.
+    for _ in 0..5 {
+        assert_eq!(
+            Ws::connect(&url, Some("0.left-over")).await.err(),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+    }
+    let generation = token.split('.').next().expect("generation");
+    for n in 0..2 {
+        assert_eq!(
+            Ws::connect(&url, Some(&format!("{generation}.guess{n}")))
+                .await
+                .err(),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+    }
+    // The third forgery closes the window: then even the right token waits.
+    assert_eq!(
+        Ws::connect(&url, Some(&format!("{generation}.guess2")))
+            .await
+            .err(),
+        Some(StatusCode::TOO_MANY_REQUESTS)
+    );
+    assert_eq!(
+        Ws::connect(&url, Some(&token)).await.err(),
+        Some(StatusCode::TOO_MANY_REQUESTS)
+    );
+    let (status, _) = server
+        .call("GET", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the address is throttled"
+    );
+}
