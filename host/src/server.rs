@@ -3,6 +3,7 @@
 //! Plain HTTP by default; with a certificate, over TLS through [`listener`], with the
 //! certificate of [`tls`] renewed from its files without a restart.
 
+mod http;
 mod listener;
 mod open_files;
 mod tls;
@@ -109,6 +110,7 @@ pub(crate) async fn run(
         addr: config.listen,
         source,
     })?;
+    let header_timeout = config.serving.header_timeout;
     // First, so a bad certificate stops the host before it does anything else.
     let serving_cert = match &config.serving.tls {
         Some(files) => Some(ServingCert::load(files.clone())?),
@@ -227,17 +229,14 @@ pub(crate) async fn run(
     let stopped = CancellationToken::new();
     if let Some(tunnels) = tunnels {
         // Apps bridged from other hosts, through NATS: served like TCP connections.
-        let listener = tunnels::TunnelListener::new(tunnels).tap_io(|_| {});
-        let service = api::tunnel_router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let stopped = stopped.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(listener, service)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "cluster: serving tunnels failed");
-            }
-        });
+        let listener = tunnels::TunnelListener::new(tunnels);
+        let router = api::tunnel_router(state);
+        tokio::spawn(http::serve(
+            listener,
+            router,
+            stopped.clone(),
+            header_timeout,
+        ));
     }
     let stopping = stopped.clone();
     let lifecycle = manager.clone();
@@ -249,9 +248,7 @@ pub(crate) async fn run(
         audit.close().await;
         stopping.cancel();
     });
-    // Each request learns its peer's address (throttling, the audit log).
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let served = match serving_cert {
+    match serving_cert {
         None => {
             // Small frames go out at once: with Nagle's algorithm on, a reply in several
             // frames (exec output) waits on the peer's delayed ACK, about 40 ms each time.
@@ -260,23 +257,16 @@ pub(crate) async fn run(
                     tracing::debug!(error = %e, "could not set TCP_NODELAY");
                 }
             });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await
+            http::serve(listener, app, stopped, header_timeout).await;
         }
         Some(cert) => {
             let _renewals = cert.watch()?;
             let tls = TlsListener::new(listener, cert.server_config()?)
                 .map_err(|source| ServeError::Listen { addr, source })?;
-            // Through `tap_io` axum gives handlers the peer's `SocketAddr`, as for
-            // plain TCP (the listener set TCP_NODELAY before the handshake).
-            let tls = tls.tap_io(|_| {});
-            axum::serve(tls, app)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await
+            // The listener set TCP_NODELAY before the handshake.
+            http::serve(tls, app, stopped, header_timeout).await;
         }
-    };
-    served.map_err(|source| ServeError::Listen { addr, source })?;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! What an app or a stranger can make the host do at its edges: provider requests
-//! bounded in number and in the size of their answers, a connect's thread bounded, and
-//! forged runtime tokens counted against their address.
+//! bounded in number and in the size of their answers, a connect's thread bounded,
+//! forged runtime tokens counted against their address, and connections that are slow
+//! to send their headers closed.
 
 use std::collections::HashMap;
 
@@ -131,4 +132,95 @@ async fn forged_runtime_tokens_are_throttled_and_stale_ones_are_not() {
         StatusCode::TOO_MANY_REQUESTS,
         "the address is throttled"
     );
+}
+
+/// Reads `stream` until the server closes it; how long that took, or `None` if it
+/// was still open after `within`.
+async fn closed_within(
+    stream: &mut tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> Option<std::time::Duration> {
+    use tokio::io::AsyncReadExt;
+    let began = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    };
+    tokio::time::timeout(within, read).await.ok()?;
+    Some(began.elapsed())
+}
+
+#[tokio::test]
+async fn connections_slow_with_their_headers_are_closed_and_websockets_are_not() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), "[server]\nheader_timeout_secs = 1\n");
+    let server = Server::start(dir.path());
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let patience = std::time::Duration::from_secs(10);
+
+    // Nothing sent; half a request line; headers a byte at a time, slower than allowed.
+    let mut silent = TcpStream::connect(&addr).await.expect("connect");
+    let mut half = TcpStream::connect(&addr).await.expect("connect");
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow:")
+        .await
+        .expect("write");
+    let mut dribble = TcpStream::connect(&addr).await.expect("connect");
+    let dribbling = async {
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaa" {
+            if dribble.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    let (silent_closed, half_closed, ()) = tokio::join!(
+        closed_within(&mut silent, patience),
+        closed_within(&mut half, patience),
+        dribbling
+    );
+    assert!(silent_closed.is_some(), "a silent connection stayed open");
+    assert!(half_closed.is_some(), "half a request held its connection");
+    assert!(
+        closed_within(&mut dribble, patience).await.is_some(),
+        "a dribbled request held its connection"
+    );
+
+    // A kept-alive connection may wait that long for its next request, no longer.
+    let mut kept = TcpStream::connect(&addr).await.expect("connect");
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(closed_within(&mut kept, patience).await.is_some());
+
+    // A WebSocket is the relay's once upgraded: quiet for longer, it still works.
+    let body = json!({"name": "quiet", "provider": "local-process"});
+    let (status, env) = server
+        .call("POST", "/api/v1/environments", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = env["id"].as_str().expect("id").to_owned();
+    let mut events = Ws::connect(&server.ws_url("/ws/events"), Some(TOKEN))
+        .await
+        .expect("events");
+    let snapshot = events.next_any().await;
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (status, _) = server
+        .call("DELETE", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert!(status.is_success(), "{status}");
+    let next = events.next_any().await;
+    assert_eq!(next["type"], "environmentDeleted", "{next}");
+    assert_eq!(next["environmentId"], id, "{next}");
+
+    // And plain requests are served as ever.
+    let (status, _) = server.call("GET", "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
 }

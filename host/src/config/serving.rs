@@ -4,6 +4,7 @@
 //! (`server::tls`); this only checks what needs no reading.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -16,7 +17,14 @@ pub(super) struct FileServer {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     public_url: Option<String>,
+    header_timeout_secs: Option<u64>,
 }
+
+/// How long a connection may take to send a request's headers, by default (and how
+/// long a kept-alive connection may wait before its next request).
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most seconds `header_timeout_secs` may be.
+const MAX_HEADER_TIMEOUT_SECS: u64 = 3600;
 
 /// The certificate chain and private key files (PEM) of TLS serving.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,13 +36,26 @@ pub struct TlsFiles {
 }
 
 /// How `tether serve` is reached; the default is plain HTTP at the listen address.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServingConfig {
     /// Serve over TLS with these files.
     pub tls: Option<TlsFiles>,
     /// The URL clients and runtimes reach the host at, when it is not the listen
     /// address (a public name, or a proxy that terminates TLS in front).
     pub public_url: Option<PublicUrl>,
+    /// A connection that takes longer to send a request's headers (or, kept alive,
+    /// to begin its next request) is closed.
+    pub header_timeout: Duration,
+}
+
+impl Default for ServingConfig {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            public_url: None,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+        }
+    }
 }
 
 impl ServingConfig {
@@ -90,9 +111,19 @@ pub(super) fn serving_config(file: FileServer) -> Result<ServingConfig, ConfigEr
         .map(PublicUrl::parse)
         .transpose()
         .map_err(|e| ConfigError::Invalid(format!("server.{e}")))?;
+    let header_timeout = match file.header_timeout_secs {
+        None => DEFAULT_HEADER_TIMEOUT,
+        Some(secs @ 1..=MAX_HEADER_TIMEOUT_SECS) => Duration::from_secs(secs),
+        Some(_) => {
+            return Err(ConfigError::Invalid(format!(
+                "server.header_timeout_secs must be 1 to {MAX_HEADER_TIMEOUT_SECS}"
+            )));
+        }
+    };
     Ok(ServingConfig {
         tls: tls_files(file.tls_cert, file.tls_key, "server.tls_")?,
         public_url,
+        header_timeout,
     })
 }
 
@@ -161,6 +192,21 @@ mod tests {
     }
 
     #[test]
+    fn the_header_timeout_has_a_default_and_bounds() {
+        let with = |secs| FileServer {
+            header_timeout_secs: secs,
+            ..FileServer::default()
+        };
+        let timeout = |secs| serving_config(with(secs)).map(|c| c.header_timeout);
+        assert_eq!(timeout(None).unwrap(), DEFAULT_HEADER_TIMEOUT);
+        assert_eq!(timeout(Some(5)).unwrap(), Duration::from_secs(5));
+        for bad in [0, MAX_HEADER_TIMEOUT_SECS + 1] {
+            let err = timeout(Some(bad)).unwrap_err();
+            assert!(err.to_string().contains("header_timeout_secs"), "{err}");
+        }
+    }
+
+    #[test]
     fn flags_win_and_cert_and_key_come_together() {
         let addr: std::net::SocketAddr = "127.0.0.1:2719".parse().unwrap();
         let plain = ServingConfig::default();
@@ -186,6 +232,7 @@ mod tests {
             tls_cert: None,
             tls_key: Some("k.pem".into()),
             public_url: None,
+            header_timeout_secs: None,
         };
         let err = serving_config(file).unwrap_err();
         assert!(err.to_string().contains("server.tls_key needs"), "{err}");

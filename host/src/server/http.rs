@@ -1,0 +1,75 @@
+//! Serving the router on a listener, one HTTP/1.1 connection per task, with hyper's
+//! header read timeout in force: `axum::serve` gives hyper no timer, and without one
+//! hyper cannot time anything out, so a peer that sends its headers a byte at a time,
+//! or opens connections and sends nothing, would hold them (and their descriptors) for
+//! as long as it liked.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::connect_info::ConnectInfo;
+use axum::serve::Listener;
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+
+/// Serves `router` on `listener` until `stop` fires, then lets every request in
+/// progress finish (connections upgraded to WebSockets are the relay's by then) and
+/// returns. A connection that takes longer than `header_timeout` to send a request's
+/// headers, or kept alive, to begin its next request, is closed.
+pub(super) async fn serve<L>(
+    mut listener: L,
+    router: Router,
+    stop: CancellationToken,
+    header_timeout: Duration,
+) where
+    L: Listener<Addr = SocketAddr>,
+{
+    let connections = TaskTracker::new();
+    loop {
+        let (io, remote) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => break,
+        };
+        let router = router.clone();
+        // Each request learns its peer's address, as `ConnectInfo` (throttling, audit).
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let mut request = request.map(Body::new);
+            request.extensions_mut().insert(ConnectInfo(remote));
+            let mut router = router.clone();
+            async move {
+                std::future::poll_fn(|cx| {
+                    <Router as Service<Request<Body>>>::poll_ready(&mut router, cx)
+                })
+                .await?;
+                router.call(request).await
+            }
+        });
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            let mut connection = std::pin::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(%remote, error = %e, "connection ended");
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
