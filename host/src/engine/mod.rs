@@ -44,6 +44,7 @@ pub use bindings::WorldVersion;
 pub use cache::CompileCacheStats;
 pub use dir_watch::{DirWatch, DirWatchError, watch_dir};
 pub use handle::ProviderHandle;
+pub(crate) use host::log::LogBudget;
 pub use instance::{HostState, InstanceSetup};
 pub use persisted::{StateChanges, StateReader, StateWriter};
 pub use types::*;

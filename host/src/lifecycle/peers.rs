@@ -2,7 +2,8 @@
 //! apps — to the relay, and the desk that answers the app messages its provider
 //! handles. Everything else about a frame is the relay's.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -15,12 +16,13 @@ use super::messages;
 use super::wake::{Wakes, wakes};
 use super::{LifecycleError, Manager};
 use crate::auth;
-use crate::engine::{CallError, FailureKind};
+use crate::engine::{CallError, FailureKind, LogBudget};
 use crate::relay::{
     CLOSE_REVOKED, CLOSE_START_FAILED, CloseReason, Connection, ProviderDesk, ProviderRequest,
     ProviderRoute, RelayError, Resume,
 };
 use crate::store::{DesiredState, Record};
+use crate::sync::MutexExt;
 use crate::tenancy::Principal;
 
 /// Why a WebSocket peer was not admitted.
@@ -117,6 +119,7 @@ impl Manager {
                 driver: self.shared.driver.clone(),
                 env: env.clone(),
                 in_flight: Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT)),
+                refusals_logged: Arc::new(Mutex::new(LogBudget::default())),
             }),
         };
         // The app learns where things stand right away.
@@ -158,6 +161,9 @@ struct Desk {
     driver: Driver,
     env: Arc<Env>,
     in_flight: Arc<Semaphore>,
+    /// Refused requests are logged within a budget: an app sending nothing but bad
+    /// paths must not write the host's log as fast as it can send.
+    refusals_logged: Arc<Mutex<LogBudget>>,
 }
 
 impl ProviderDesk for Desk {
@@ -178,6 +184,7 @@ impl ProviderDesk for Desk {
         };
         let env = self.env.clone();
         let driver = self.driver.clone();
+        let refusals_logged = self.refusals_logged.clone();
         let span = tracing::debug_span!("provider_request", env = %env.id, kind = %kind);
         self.driver.spawn(
             async move {
@@ -207,8 +214,9 @@ impl ProviderDesk for Desk {
                                 // sandbox; the operator still hears of every attempt.
                                 if let CallError::Provider(f) = &err
                                     && matches!(f.kind, FailureKind::Denied | FailureKind::InvalidInput)
+                                    && let Some(dropped) = refusals_logged.locked().take(Instant::now())
                                 {
-                                    tracing::warn!(env = %env.id, %kind, error = %crate::untrusted::logged(&f.to_string()), "app request refused");
+                                    tracing::warn!(env = %env.id, %kind, error = %crate::untrusted::logged(&f.to_string()), unlogged_before = dropped, "app request refused");
                                 }
                                 Err(messages::error_value(&err))
                             }
