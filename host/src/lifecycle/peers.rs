@@ -152,7 +152,7 @@ impl Manager {
 /// Provider-handled messages of one app connection answered at once; one more is
 /// answered `busy` at once. The instance takes one call at a time anyway, and a queue
 /// without a bound would let an app pile up tasks that outlive it.
-pub(crate) const MAX_REQUESTS_IN_FLIGHT: usize = 8;
+const MAX_REQUESTS_IN_FLIGHT: usize = 8;
 
 /// Answers one app's provider-handled messages through its environment's running
 /// instance, each in a task of its own, at most [`MAX_REQUESTS_IN_FLIGHT`] at once.
@@ -211,7 +211,8 @@ impl ProviderDesk for Desk {
                                     driver.instance_failed(env.clone(), handle, err.clone());
                                 }
                                 // A path outside the workspace is refused inside the
-                                // sandbox; the operator still hears of every attempt.
+                                // sandbox; the operator still hears of the attempts
+                                // (within a budget).
                                 if let CallError::Provider(f) = &err
                                     && matches!(f.kind, FailureKind::Denied | FailureKind::InvalidInput)
                                     && let Some(dropped) = refusals_logged.locked().take(Instant::now())

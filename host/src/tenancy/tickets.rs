@@ -19,7 +19,7 @@ pub(crate) const TICKET_PREFIX: &str = "tkt_";
 /// Most tickets outstanding at once, host-wide; past it the oldest are dropped.
 const MAX_TICKETS: usize = 100_000;
 /// Most tickets one token has outstanding; past it that token's oldest is dropped.
-pub(crate) const MAX_PER_TOKEN: usize = 64;
+const MAX_PER_TOKEN: usize = 64;
 
 /// What a ticket opens.
 #[derive(Debug, Clone, PartialEq, Eq)]
