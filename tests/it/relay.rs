@@ -645,5 +645,21 @@ async fn the_relay_speaks_websocket_answers_pings_joins_fragments_and_drops_unma
     assert_eq!(rt.next().await["n"], 7);
     rt.send(json!({"type": "r", "threadId": "t", "n": 8})).await;
     assert_eq!(app.next().await["n"], 8);
+
+    // A peer's close is answered with a close of the same code: a clean close.
+    let mut leaving = server.app(&id, "t").await;
+    let going = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 1001.into(),
+        reason: "bye".into(),
+    };
+    leaving.send_message(Message::Close(Some(going))).await;
+    let answered = loop {
+        match leaving.next_message().await {
+            Some(Message::Close(frame)) => break frame,
+            Some(_) => continue,
+            None => panic!("the host closed without answering the close"),
+        }
+    };
+    assert_eq!(answered.map(|f| u16::from(f.code)), Some(1001));
     server.stop();
 }

@@ -147,7 +147,7 @@ impl ErrorCode {
                 "No token, or one that is unknown, revoked, rotated away or expired; a ticket unknown, used or expired; a runtime token of an earlier start."
             }
             ErrorCode::Forbidden => {
-                "A token limited to named environments tried to create or provision one."
+                "A token limited to named environments tried to create one (provisioning one through a template is `invalid_request`)."
             }
             ErrorCode::MissingScope => {
                 "The token lacks the scope the route needs; the message names it."

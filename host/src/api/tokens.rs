@@ -55,7 +55,6 @@ impl FromObject for CreateBody {
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
         (status = 403, description = "The token lacks the `admin` scope (`missing_scope`).", body = ErrorBody),
-        (status = 404, description = "A listed environment is not the user's (`not_found`).", body = ErrorBody),
         (status = 500, description = "The tokens file or the audit log could not be written (`store_error`, `audit_failed`).", body = ErrorBody),
         (status = 503, description = "The data directory's filesystem is read-only (`storage_unavailable`): nothing was changed.", body = ErrorBody),
         (status = 507, description = "The data directory's filesystem is full (`storage_full`): nothing was changed.", body = ErrorBody),

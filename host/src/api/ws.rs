@@ -67,7 +67,7 @@ fn resume_of(query: &HashMap<String, String>) -> Result<Option<Resume>, ApiError
         ("resume" = Option<u64>, Query, description = "With `session`: the last sequence number received."),
     ),
     responses(
-        (status = 101, description = "Upgraded: the runtime's socket (`docs/protocol.md`). An environment already holding a runtime connection is upgraded and closed with 4013."),
+        (status = 101, description = "Upgraded: the runtime's socket (`docs/protocol.md`). A runtime connection the environment already has is replaced: it is closed with 4009. An environment at `max_connections` is upgraded and closed with 4013."),
         (status = 400, description = "A malformed query (`session`, `resume`, …; `invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content(
             (ErrorBody = "application/json"),
             (String = "text/plain"),

@@ -374,7 +374,14 @@ async fn read(
                     tracing::debug!(env = %outbox.env_id(), "non-UTF-8 binary frame ignored")
                 }
             },
-            Message::Close(_) => return End::Gone,
+            // Answered with a close frame of the same code (RFC 6455 §5.5.1), after
+            // what is already queued, so the peer sees a clean close.
+            Message::Close(frame) => {
+                return End::Close(frame.map(|f| CloseReason {
+                    code: f.code.into(),
+                    reason: String::new(),
+                }));
+            }
             Message::Ping(data) => outbox.send().pong(data),
             Message::Pong(_) | Message::Frame(_) => {}
         }
