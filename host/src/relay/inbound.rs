@@ -138,7 +138,9 @@ impl RuntimeInbound {
     /// An acknowledgement, a `runtimeBusy` (relay bookkeeping, never forwarded), or
     /// a message routed to apps by its `threadId`.
     fn receive(&self, text: Utf8Bytes) {
-        let head = Head::parse(&text).unwrap_or_default();
+        let Some(head) = Head::parse(&text) else {
+            return self.receive_unread(text);
+        };
         if let Some(seq) = head.ack() {
             return self.hub.acknowledge(StreamKey::Runtime, self.conn, seq);
         }
@@ -154,6 +156,27 @@ impl RuntimeInbound {
         }
         self.hub.activity().touch();
         let thread = head.thread.map(|t| t.into_owned());
+        self.hub.from_runtime(self.conn, text, thread.as_deref());
+    }
+
+    /// A frame whose head the relay cannot read (not JSON, not an object, or a `type`
+    /// or `received` of another type than the protocol's). It still goes only where its
+    /// `threadId` says: a string names the thread, none (or `null`) means every app; any
+    /// other `threadId` names no thread, and the frame is dropped rather than shown to
+    /// every thread.
+    fn receive_unread(&self, text: Utf8Bytes) {
+        let thread = match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(fields)) => match fields.get("threadId") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(thread)) => Some(thread.clone()),
+                Some(_) => {
+                    tracing::debug!(env = %self.hub.env_id, "runtime frame with a threadId that is not a string dropped");
+                    return;
+                }
+            },
+            _ => None,
+        };
+        self.hub.activity().touch();
         self.hub.from_runtime(self.conn, text, thread.as_deref());
     }
 }

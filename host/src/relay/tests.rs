@@ -44,6 +44,39 @@ fn routes_by_thread_and_broadcasts_without_one() {
 }
 
 #[test]
+fn a_runtime_frame_the_relay_cannot_read_still_goes_only_to_its_thread() {
+    let hub = hub(16);
+    let rt = hub.attach_runtime(None).unwrap();
+    let t1 = hub.attach_app(Some("t1".into()), None, None).unwrap();
+    let t2 = hub.attach_app(Some("t2".into()), None, None).unwrap();
+    let inbound = inbound::Inbound::Runtime(inbound::RuntimeInbound {
+        hub: hub.clone(),
+        conn: rt.id(),
+        on_detached: None,
+    });
+    for text in [
+        r#"{"type": 5, "threadId": "t1", "n": 1}"#,
+        r#"{"type": "x", "received": "many", "threadId": "t1", "n": 2}"#,
+        r#"{"type": 5, "threadId": 7, "n": 3}"#,
+        r#"{"type": 5, "threadId": null, "n": 4}"#,
+        "not json",
+    ] {
+        inbound.receive(text.into());
+    }
+    let n = |frames: Vec<Value>| -> Vec<Value> {
+        frames
+            .into_iter()
+            .map(|f| f.get("n").cloned().unwrap_or(f))
+            .collect()
+    };
+    assert_eq!(
+        n(drain(&t1)),
+        vec![json!(1), json!(2), json!(4), json!("not json")]
+    );
+    assert_eq!(n(drain(&t2)), vec![json!(4), json!("not json")]);
+}
+
+#[test]
 fn messages_wait_for_the_runtime_in_order() {
     let hub = hub(16);
     hub.to_runtime("1").unwrap();
