@@ -46,8 +46,9 @@ use fault::Faults;
 pub use fault::{Fault, StorageProblem};
 use file::{read_file, sha};
 use journal::OpRef;
-use patch::{Dirty, Touch};
+use patch::{Dirty, Touch, UPDATED_AT};
 pub use record::{DesiredState, ProvisionKey, Record, RestartPolicy, StopReason};
+use serde_json::Value;
 
 /// A file read from disk: its document, or why it is not one.
 type Parsed = Result<Document, String>;
@@ -440,8 +441,9 @@ impl Store {
             }
             let before = patch::fields_of(record);
             change(record);
-            let mut after = patch::fields_of(record);
-            if patch::changed(&before, &after).is_empty() {
+            let after = patch::fields_of(record);
+            let mut fields = patch::changed(&before, &after);
+            if fields.is_empty() {
                 // Nothing changed (`updatedAt` stays: it is the last change's time):
                 // nothing to journal, compact or announce. What the record holds may
                 // still be on its way to the disk (another writer made the same change
@@ -451,10 +453,10 @@ impl Store {
             }
             if stamp {
                 record.updated_at = now();
-                after = patch::fields_of(record);
+                let stamped = Value::String(record.updated_at.clone());
+                fields.insert(UPDATED_AT.to_owned(), stamped);
             }
             let out = record.clone();
-            let fields = patch::changed(&before, &after);
             if before.get("name") != after.get("name") {
                 s.doc.renamed();
             }

@@ -16,6 +16,9 @@ use super::{Record, validate};
 /// A record as a JSON object, fields as the file names them.
 pub(super) type Fields = Map<String, Value>;
 
+/// The field every host change stamps with its time.
+pub(super) const UPDATED_AT: &str = "updatedAt";
+
 /// What the host did to a record since the last compaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Touch {
@@ -128,7 +131,7 @@ pub(super) fn conflicts(
 ) -> Vec<String> {
     fields
         .iter()
-        .filter(|k| k.as_str() != "updatedAt")
+        .filter(|k| k.as_str() != UPDATED_AT)
         .filter(|k| theirs.get(*k) != base.get(*k) && theirs.get(*k) != mine.get(*k))
         .cloned()
         .collect()
