@@ -3,6 +3,7 @@
 //! Plain HTTP by default; with a certificate, over TLS through [`listener`], with the
 //! certificate of [`tls`] renewed from its files without a restart.
 
+mod connections;
 mod http;
 mod listener;
 mod open_files;
@@ -17,6 +18,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use connections::Connections;
 use listener::TlsListener;
 use tls::ServingCert;
 
@@ -111,6 +113,9 @@ pub(crate) async fn run(
         source,
     })?;
     let header_timeout = config.serving.header_timeout;
+    let max_connections = (config.serving.max_connections)
+        .unwrap_or_else(|| connections::default_limit(open_files::limit()));
+    tracing::info!(max_connections, "connections served at once");
     // First, so a bad certificate stops the host before it does anything else.
     let serving_cert = match &config.serving.tls {
         Some(files) => Some(ServingCert::load(files.clone())?),
@@ -218,7 +223,9 @@ pub(crate) async fn run(
     }
 
     let throttle = std::sync::Arc::new(Throttle::new(config_throttle));
+    let connections = std::sync::Arc::new(Connections::new(max_connections));
     let state = AppState {
+        connections: connections.clone(),
         manager: manager.clone(),
         tokens,
         audit: audit.clone(),
@@ -231,11 +238,14 @@ pub(crate) async fn run(
         // Apps bridged from other hosts, through NATS: served like TCP connections.
         let listener = tunnels::TunnelListener::new(tunnels);
         let router = api::tunnel_router(state);
+        // Bridged apps hold no descriptor here, but are bounded all the same.
+        let bridged = std::sync::Arc::new(Connections::new(max_connections));
         tokio::spawn(http::serve(
             listener,
             router,
             stopped.clone(),
             header_timeout,
+            bridged,
         ));
     }
     let stopping = stopped.clone();
@@ -257,14 +267,14 @@ pub(crate) async fn run(
                     tracing::debug!(error = %e, "could not set TCP_NODELAY");
                 }
             });
-            http::serve(listener, app, stopped, header_timeout).await;
+            http::serve(listener, app, stopped, header_timeout, connections).await;
         }
         Some(cert) => {
             let _renewals = cert.watch()?;
             let tls = TlsListener::new(listener, cert.server_config()?)
                 .map_err(|source| ServeError::Listen { addr, source })?;
             // The listener set TCP_NODELAY before the handshake.
-            http::serve(tls, app, stopped, header_timeout).await;
+            http::serve(tls, app, stopped, header_timeout, connections).await;
         }
     }
     tracing::info!("stopped");

@@ -224,3 +224,115 @@ async fn connections_slow_with_their_headers_are_closed_and_websockets_are_not()
     let (status, _) = server.call("GET", "/healthz", None).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn connections_past_max_connections_are_answered_busy_and_their_slots_come_back() {
+    use tokio::net::TcpStream;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), "[server]\nmax_connections = 4\n");
+    let server = Server::start(dir.path());
+    let addr = server.base.trim_start_matches("http://").to_owned();
+
+    // Kept-alive connections, each with a request answered, until one is turned away
+    // (the test's own client may hold a slot or two of the four).
+    let mut held = Vec::new();
+    let busy = loop {
+        let mut stream = TcpStream::connect(&addr).await.expect("connect");
+        let answer = exchange(&mut stream, "/healthz").await;
+        if !answer.starts_with("HTTP/1.1 200") {
+            break (stream, answer);
+        }
+        held.push(stream);
+        assert!(held.len() <= 4, "more than max_connections were served");
+    };
+    let (mut refused, answer) = busy;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"code\":\"server_busy\""), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    let patience = std::time::Duration::from_secs(10);
+    assert!(
+        closed_within(&mut refused, patience).await.is_some(),
+        "a refused connection is closed"
+    );
+    // The held ones are still served.
+    let again = exchange(&mut held[0], "/healthz").await;
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+
+    // Their slots come back once they close; WebSockets hold theirs after the upgrade.
+    drop(held);
+    let metrics = served(&server, "/metrics").await;
+    assert!(metrics.contains("tether_connections_max 4"), "{metrics}");
+    let refused_count = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tether_connections_refused_total "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .expect("tether_connections_refused_total");
+    assert!(refused_count >= 1, "{metrics}");
+    let mut sockets = Vec::new();
+    let refusal = loop {
+        // Not `Ws::connect`: this refusal comes before any route, which the spec says
+        // in its error table, not route by route.
+        match Ws::try_connect(&server.ws_url("/ws/events"), Some(TOKEN), None).await {
+            Ok(ws) => sockets.push(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(answer)) => break answer,
+            Err(e) => panic!("connecting: {e}"),
+        }
+        assert!(sockets.len() <= 4, "more than max_connections WebSockets");
+    };
+    assert!(!sockets.is_empty(), "no WebSocket was let in");
+    assert_eq!(refusal.status().as_u16(), 503, "{refusal:?}");
+    drop(sockets);
+    served(&server, "/healthz").await;
+}
+
+/// Sends a GET for `path` on `stream` and reads one answer: its head and body, as
+/// text (the answer has a length, or its connection closes after it).
+async fn exchange(stream: &mut tokio::net::TcpStream, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            let Ok(n @ 1..) = stream.read(&mut buf).await else {
+                return;
+            };
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+            let Some(end) = text.find("\r\n\r\n") else {
+                continue;
+            };
+            let length = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|n| n.trim().parse::<usize>().ok());
+            if length.is_some_and(|n| answer.len() >= end + 4 + n) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("an answer within 10 s");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// `path`'s body, once the host serves it (slots freed by closed connections come
+/// back as the host notices the close).
+async fn served(server: &Server, path: &str) -> String {
+    use tokio::net::TcpStream;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    for _ in 0..100 {
+        let mut stream = TcpStream::connect(&addr).await.expect("connect");
+        let answer = exchange(&mut stream, path).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            return answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{path} was not served again within 10 s");
+}

@@ -59,11 +59,13 @@ pub(crate) enum ErrorCode {
     ClusterUnavailable,
     /// 502.
     HostUnreachable,
+    /// 503.
+    ServerBusy,
 }
 
 impl ErrorCode {
     /// Every code, in the order the docs list them.
-    pub(crate) const ALL: [ErrorCode; 20] = [
+    pub(crate) const ALL: [ErrorCode; 21] = [
         ErrorCode::InvalidRequest,
         ErrorCode::InvalidJson,
         ErrorCode::Unauthorized,
@@ -84,6 +86,7 @@ impl ErrorCode {
         ErrorCode::StorageUnavailable,
         ErrorCode::ClusterUnavailable,
         ErrorCode::HostUnreachable,
+        ErrorCode::ServerBusy,
     ];
 
     /// The code as sent.
@@ -109,6 +112,7 @@ impl ErrorCode {
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::ClusterUnavailable => "cluster_unavailable",
             ErrorCode::HostUnreachable => "host_unreachable",
+            ErrorCode::ServerBusy => "server_busy",
         }
     }
 
@@ -130,9 +134,9 @@ impl ErrorCode {
             }
             ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::HostUnreachable => StatusCode::BAD_GATEWAY,
-            ErrorCode::StorageUnavailable | ErrorCode::ClusterUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ErrorCode::StorageUnavailable
+            | ErrorCode::ClusterUnavailable
+            | ErrorCode::ServerBusy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -197,6 +201,9 @@ impl ErrorCode {
             ErrorCode::HostUnreachable => {
                 "Cluster mode: an app connected to a host that does not run its environment, and the host that does could not be reached to bridge it there."
             }
+            ErrorCode::ServerBusy => {
+                "The host serves as many connections as it may (`[server] max_connections`, WebSockets included); the connection is closed after this answer. `Retry-After` says when to try again."
+            }
         }
     }
 }
@@ -254,6 +261,15 @@ impl ApiError {
     /// The message, for the audit log.
     pub(crate) fn message(&self) -> &str {
         &self.message
+    }
+
+    /// 503 `server_busy`: the host is at its `max_connections`; try again in a second.
+    pub(crate) fn server_busy(max: usize) -> Self {
+        let message =
+            format!("the host is serving as many connections as it may ({max}); try again shortly");
+        let mut e = Self::new(ErrorCode::ServerBusy, message);
+        e.retry_after = Some(1);
+        e
     }
 
     /// 503 `cluster_unavailable`.

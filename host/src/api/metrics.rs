@@ -24,7 +24,7 @@ struct StatusLabel {
     path = "/metrics",
     tag = "host",
     responses(
-        (status = 200, description = "OpenMetrics text: `tether_environments{status}`, `tether_runtimes_connected`, `tether_providers_loaded`, `tether_provider_load_failures`, `tether_environment_log_lines_dropped`, `tether_audit_lines_failed`, `tether_compile_cache_hits`/`misses`.", content_type = "application/openmetrics-text", body = String),
+        (status = 200, description = "OpenMetrics text: `tether_environments{status}`, `tether_runtimes_connected`, `tether_providers_loaded`, `tether_provider_load_failures`, `tether_environment_log_lines_dropped`, `tether_audit_lines_failed`, `tether_connections_open`, `tether_connections_max`, `tether_connections_refused`, `tether_compile_cache_hits`/`misses`.", content_type = "application/openmetrics-text", body = String),
         (status = 500, description = "The metrics could not be encoded (`internal_error`).", body = ErrorBody),
     ),
 )]
@@ -68,6 +68,27 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
         "audit_lines_failed",
         "Audit log lines the disk did not take (a full or read-only filesystem)",
         audit_failed,
+    );
+    let open = Gauge::<i64>::default();
+    open.set(i64::try_from(s.connections.open()).unwrap_or(i64::MAX));
+    registry.register(
+        "connections_open",
+        "Connections open now, WebSockets included (at most [server] max_connections)",
+        open,
+    );
+    let max = Gauge::<i64>::default();
+    max.set(i64::try_from(s.connections.max()).unwrap_or(i64::MAX));
+    registry.register(
+        "connections_max",
+        "Connections served at once at most ([server] max_connections)",
+        max,
+    );
+    let refused = Counter::<u64>::default();
+    refused.inc_by(s.connections.refused());
+    registry.register(
+        "connections_refused",
+        "Connections answered 503 server_busy because the host was at max_connections",
+        refused,
     );
     if let Some(cache) = counts.compile_cache {
         let hits = Counter::<u64>::default();

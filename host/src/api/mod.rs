@@ -48,6 +48,8 @@ pub(crate) struct AppState {
     pub throttle: Arc<Throttle>,
     /// Outstanding WebSocket tickets.
     pub tickets: Arc<Tickets>,
+    /// The connections the host serves at once, and those it turned away.
+    pub connections: Arc<crate::server::Connections>,
 }
 
 /// Every route with its description: a route is added here through `routes!`, which

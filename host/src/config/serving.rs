@@ -18,6 +18,7 @@ pub(super) struct FileServer {
     tls_key: Option<PathBuf>,
     public_url: Option<String>,
     header_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
 }
 
 /// How long a connection may take to send a request's headers, by default (and how
@@ -25,6 +26,8 @@ pub(super) struct FileServer {
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most seconds `header_timeout_secs` may be.
 const MAX_HEADER_TIMEOUT_SECS: u64 = 3600;
+/// Most `max_connections` may be.
+const MAX_CONNECTIONS: usize = 10_000_000;
 
 /// The certificate chain and private key files (PEM) of TLS serving.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +49,9 @@ pub struct ServingConfig {
     /// A connection that takes longer to send a request's headers (or, kept alive,
     /// to begin its next request) is closed.
     pub header_timeout: Duration,
+    /// Connections served at once, WebSockets included; `None`: all but an eighth of
+    /// the open-files limit the host starts with.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ServingConfig {
@@ -54,6 +60,7 @@ impl Default for ServingConfig {
             tls: None,
             public_url: None,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
+            max_connections: None,
         }
     }
 }
@@ -120,10 +127,20 @@ pub(super) fn serving_config(file: FileServer) -> Result<ServingConfig, ConfigEr
             )));
         }
     };
+    let max_connections = match file.max_connections {
+        None => None,
+        Some(n @ 1..=MAX_CONNECTIONS) => Some(n),
+        Some(_) => {
+            return Err(ConfigError::Invalid(format!(
+                "server.max_connections must be 1 to {MAX_CONNECTIONS}"
+            )));
+        }
+    };
     Ok(ServingConfig {
         tls: tls_files(file.tls_cert, file.tls_key, "server.tls_")?,
         public_url,
         header_timeout,
+        max_connections,
     })
 }
 
@@ -207,6 +224,21 @@ mod tests {
     }
 
     #[test]
+    fn max_connections_is_derived_unless_given_within_bounds() {
+        let with = |n| FileServer {
+            max_connections: n,
+            ..FileServer::default()
+        };
+        let max = |n| serving_config(with(n)).map(|c| c.max_connections);
+        assert_eq!(max(None).unwrap(), None);
+        assert_eq!(max(Some(4)).unwrap(), Some(4));
+        for bad in [0, MAX_CONNECTIONS + 1] {
+            let err = max(Some(bad)).unwrap_err();
+            assert!(err.to_string().contains("max_connections"), "{err}");
+        }
+    }
+
+    #[test]
     fn flags_win_and_cert_and_key_come_together() {
         let addr: std::net::SocketAddr = "127.0.0.1:2719".parse().unwrap();
         let plain = ServingConfig::default();
@@ -231,8 +263,7 @@ mod tests {
         let file = FileServer {
             tls_cert: None,
             tls_key: Some("k.pem".into()),
-            public_url: None,
-            header_timeout_secs: None,
+            ..FileServer::default()
         };
         let err = serving_config(file).unwrap_err();
         assert!(err.to_string().contains("server.tls_key needs"), "{err}");

@@ -5,6 +5,7 @@
 //! as long as it liked.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -18,23 +19,34 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
+use super::connections::Connections;
+
 /// Serves `router` on `listener` until `stop` fires, then lets every request in
 /// progress finish (connections upgraded to WebSockets are the relay's by then) and
 /// returns. A connection that takes longer than `header_timeout` to send a request's
-/// headers, or kept alive, to begin its next request, is closed.
+/// headers, or kept alive, to begin its next request, is closed; one past the limit of
+/// `connections` is refused.
 pub(super) async fn serve<L>(
     mut listener: L,
     router: Router,
     stop: CancellationToken,
     header_timeout: Duration,
+    connections: Arc<Connections>,
 ) where
     L: Listener<Addr = SocketAddr>,
 {
-    let connections = TaskTracker::new();
+    let tasks = TaskTracker::new();
     loop {
         let (io, remote) = tokio::select! {
             accepted = listener.accept() => accepted,
             () = stop.cancelled() => break,
+        };
+        let io = match connections.admit(io) {
+            Ok(io) => io,
+            Err(io) => {
+                connections.refuse(io, remote);
+                continue;
+            }
         };
         let router = router.clone();
         // Each request learns its peer's address, as `ConnectInfo` (throttling, audit).
@@ -51,7 +63,7 @@ pub(super) async fn serve<L>(
             }
         });
         let stop = stop.clone();
-        connections.spawn(async move {
+        tasks.spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
@@ -70,6 +82,6 @@ pub(super) async fn serve<L>(
             }
         });
     }
-    connections.close();
-    connections.wait().await;
+    tasks.close();
+    tasks.wait().await;
 }

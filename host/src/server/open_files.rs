@@ -31,3 +31,9 @@ pub(super) fn raise() {
         }
     }
 }
+
+/// The soft limit on open files in force, if it is known and finite.
+pub(super) fn limit() -> Option<u64> {
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    (soft != nix::sys::resource::RLIM_INFINITY).then_some(soft)
+}
