@@ -116,6 +116,7 @@ pub(crate) async fn run(
     let max_connections = (config.serving.max_connections)
         .unwrap_or_else(|| connections::default_limit(open_files::limit()));
     tracing::info!(max_connections, "connections served at once");
+    let per_address = config.serving.max_connections_per_address;
     // First, so a bad certificate stops the host before it does anything else.
     let serving_cert = match &config.serving.tls {
         Some(files) => Some(ServingCert::load(files.clone())?),
@@ -223,7 +224,7 @@ pub(crate) async fn run(
     }
 
     let throttle = std::sync::Arc::new(Throttle::new(config_throttle));
-    let connections = std::sync::Arc::new(Connections::new(max_connections));
+    let connections = std::sync::Arc::new(Connections::new(max_connections, per_address));
     let state = AppState {
         connections: connections.clone(),
         manager: manager.clone(),
@@ -239,7 +240,8 @@ pub(crate) async fn run(
         let listener = tunnels::TunnelListener::new(tunnels);
         let router = api::tunnel_router(state);
         // Bridged apps hold no descriptor here, but are bounded all the same.
-        let bridged = std::sync::Arc::new(Connections::new(max_connections));
+        // Every tunnel comes from NATS, not an app's address: no share per address.
+        let bridged = std::sync::Arc::new(Connections::new(max_connections, None));
         tokio::spawn(http::serve(
             listener,
             router,

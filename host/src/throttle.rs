@@ -175,7 +175,7 @@ impl State {
 
 /// The unit an address is counted by: IPv4 as is, IPv4-mapped IPv6 as IPv4, other
 /// IPv6 by its /64.
-fn key(ip: IpAddr) -> IpAddr {
+pub(crate) fn key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -336,3 +336,29 @@ async fn served(server: &Server, path: &str) -> String {
     }
     panic!("{path} was not served again within 10 s");
 }
+
+#[tokio::test]
+async fn one_address_holds_at_most_its_share_of_connections() {
+    use tokio::net::TcpStream;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), "[server]\nmax_connections_per_address = 3\n");
+    let server = Server::start(dir.path());
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    let answer = loop {
+        let mut stream = TcpStream::connect(&addr).await.expect("connect");
+        let answer = exchange(&mut stream, "/healthz").await;
+        if !answer.starts_with("HTTP/1.1 200") {
+            break answer;
+        }
+        held.push(stream);
+        assert!(held.len() <= 3, "more than the address's share were served");
+    };
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.contains("\"code\":\"too_many_connections\""),
+        "{answer}"
+    );
+    drop(held);
+    served(&server, "/healthz").await;
+}

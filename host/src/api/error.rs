@@ -178,7 +178,7 @@ impl ErrorCode {
                 "The change would take the owner past a `[tenancy]` limit (`max_environments`, `max_running`); the message names it, its value and the use."
             }
             ErrorCode::TooManyConnections => {
-                "The environment has its maximum of WebSocket connections. The WebSocket routes upgrade such a connection and close it with 4013 instead, so no route answers this over HTTP today."
+                "The caller's address (IPv6: its /64) holds `[server] max_connections_per_address` connections already: answered to any request, before routing, with `Retry-After: 1`, and the connection is closed. (An environment with its maximum of WebSocket connections is not answered this over HTTP: the WebSocket routes upgrade such a connection and close it with 4013.)"
             }
             ErrorCode::StoreError => {
                 "The change could not be made durable (the records or tokens file)."
@@ -268,6 +268,17 @@ impl ApiError {
         let message =
             format!("the host is serving as many connections as it may ({max}); try again shortly");
         let mut e = Self::new(ErrorCode::ServerBusy, message);
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// 429 `too_many_connections`: the caller's address holds its
+    /// `max_connections_per_address`; try again once one of them closes.
+    pub(crate) fn too_many_from_address(most: usize) -> Self {
+        let message = format!(
+            "this address holds as many connections as one address may ({most}); close one first"
+        );
+        let mut e = Self::new(ErrorCode::TooManyConnections, message);
         e.retry_after = Some(1);
         e
     }

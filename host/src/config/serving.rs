@@ -19,6 +19,7 @@ pub(super) struct FileServer {
     public_url: Option<String>,
     header_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
 }
 
 /// How long a connection may take to send a request's headers, by default (and how
@@ -52,6 +53,9 @@ pub struct ServingConfig {
     /// Connections served at once, WebSockets included; `None`: all but an eighth of
     /// the open-files limit the host starts with.
     pub max_connections: Option<usize>,
+    /// Connections one address (IPv6: its /64) may hold at once; `None`: no limit
+    /// beyond `max_connections` (the default: behind a proxy every app has one address).
+    pub max_connections_per_address: Option<usize>,
 }
 
 impl Default for ServingConfig {
@@ -61,6 +65,7 @@ impl Default for ServingConfig {
             public_url: None,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             max_connections: None,
+            max_connections_per_address: None,
         }
     }
 }
@@ -127,20 +132,24 @@ pub(super) fn serving_config(file: FileServer) -> Result<ServingConfig, ConfigEr
             )));
         }
     };
-    let max_connections = match file.max_connections {
-        None => None,
-        Some(n @ 1..=MAX_CONNECTIONS) => Some(n),
-        Some(_) => {
-            return Err(ConfigError::Invalid(format!(
-                "server.max_connections must be 1 to {MAX_CONNECTIONS}"
-            )));
-        }
+    let connections = |n: Option<usize>, key: &str| match n {
+        None => Ok(None),
+        Some(n @ 1..=MAX_CONNECTIONS) => Ok(Some(n)),
+        Some(_) => Err(ConfigError::Invalid(format!(
+            "server.{key} must be 1 to {MAX_CONNECTIONS}"
+        ))),
     };
+    let max_connections = connections(file.max_connections, "max_connections")?;
+    let max_connections_per_address = connections(
+        file.max_connections_per_address,
+        "max_connections_per_address",
+    )?;
     Ok(ServingConfig {
         tls: tls_files(file.tls_cert, file.tls_key, "server.tls_")?,
         public_url,
         header_timeout,
         max_connections,
+        max_connections_per_address,
     })
 }
 
@@ -236,6 +245,15 @@ mod tests {
             let err = max(Some(bad)).unwrap_err();
             assert!(err.to_string().contains("max_connections"), "{err}");
         }
+        let per_address = FileServer {
+            max_connections_per_address: Some(0),
+            ..FileServer::default()
+        };
+        let err = serving_config(per_address).unwrap_err();
+        assert!(
+            err.to_string().contains("max_connections_per_address"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,8 +3,13 @@
 //! included, so a flood of connections (idle ones, or ones that never finish their
 //! headers) cannot take the descriptors the records, logs, providers and runtimes'
 //! processes need. Past the limit a connection is answered `503 server_busy` and closed.
+//! With `[server] max_connections_per_address`, one address (IPv6: its /64) may hold
+//! at most that many, so one client cannot take every slot: past it, `429
+//! too_many_connections`.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,11 +49,25 @@ pub(super) fn default_limit(open_files: Option<u64>) -> usize {
     usize::try_from(usable).map_or(FALLBACK, |n| n.min(FALLBACK))
 }
 
+/// Connections open per address, for `max_connections_per_address`.
+type PerAddress = Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>;
+
+/// Why a connection was turned away.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Refusal {
+    /// The host is at `max_connections`.
+    Busy,
+    /// Its address is at `max_connections_per_address`.
+    Address,
+}
+
 /// The slots of one listener's connections, and its count of refusals.
 #[derive(Debug)]
 pub(crate) struct Connections {
     max: usize,
     slots: Arc<Semaphore>,
+    per_address: Option<usize>,
+    by_address: PerAddress,
     answering: Arc<Semaphore>,
     refused: AtomicU64,
     /// When refusals were last logged, and how many came since.
@@ -56,11 +75,13 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
-    /// At most `max` connections at once.
-    pub(crate) fn new(max: usize) -> Self {
+    /// At most `max` connections at once, and `per_address` from one address.
+    pub(crate) fn new(max: usize, per_address: Option<usize>) -> Self {
         Self {
             max,
             slots: Arc::new(Semaphore::new(max)),
+            per_address,
+            by_address: PerAddress::default(),
             answering: Arc::new(Semaphore::new(MAX_ANSWERING)),
             refused: AtomicU64::new(0),
             warned: std::sync::Mutex::new((None, 0)),
@@ -82,32 +103,53 @@ impl Connections {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// `io` with a slot, which it holds until it is dropped; or, with none left,
-    /// `io` back.
-    pub(super) fn admit<Io>(&self, io: Io) -> Result<Slotted<Io>, Io> {
+    /// `io` from `remote` with a slot (and one of its address's), which it holds
+    /// until it is dropped; or, with none left, `io` back and why.
+    pub(super) fn admit<Io>(
+        &self,
+        io: Io,
+        remote: SocketAddr,
+    ) -> Result<Slotted<Io>, (Io, Refusal)> {
+        let address = match self.per_address {
+            None => None,
+            Some(most) => match AddressSlot::take(&self.by_address, remote.ip(), most) {
+                Some(slot) => Some(slot),
+                None => return Err((io, Refusal::Address)),
+            },
+        };
         match self.slots.clone().try_acquire_owned() {
-            Ok(slot) => Ok(Slotted { io, _slot: slot }),
-            Err(_) => Err(io),
+            Ok(slot) => Ok(Slotted {
+                io,
+                _slot: slot,
+                _address: address,
+            }),
+            Err(_) => Err((io, Refusal::Busy)),
         }
     }
 
-    /// Turns away a connection that found no slot: answered `503 server_busy` in a
-    /// task of its own while few refusals are being answered, else closed at once.
-    pub(super) fn refuse<Io>(&self, io: Io, remote: std::net::SocketAddr)
+    /// Turns away a connection that found no slot: answered (`503 server_busy`, or
+    /// `429 too_many_connections` for its address) in a task of its own while few
+    /// refusals are being answered, else closed at once.
+    pub(super) fn refuse<Io>(&self, io: Io, remote: SocketAddr, why: Refusal)
     where
         Io: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         self.refused.fetch_add(1, Ordering::Relaxed);
-        self.warn(remote);
+        self.warn(remote, why);
         let Ok(answering) = self.answering.clone().try_acquire_owned() else {
             return;
         };
-        let max = self.max;
+        let (max, per_address) = (self.max, self.per_address.unwrap_or_default());
         tokio::spawn(async move {
             let _answering = answering;
             let service = hyper::service::service_fn(move |_: Request<Incoming>| async move {
-                let busy = ApiError::server_busy(max);
-                Ok::<_, std::convert::Infallible>(axum::response::IntoResponse::into_response(busy))
+                let refusal = match why {
+                    Refusal::Busy => ApiError::server_busy(max),
+                    Refusal::Address => ApiError::too_many_from_address(per_address),
+                };
+                Ok::<_, std::convert::Infallible>(axum::response::IntoResponse::into_response(
+                    refusal,
+                ))
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -119,7 +161,7 @@ impl Connections {
     }
 
     /// Logs refusals, at most once per [`WARN_EVERY`], with the count since the last.
-    fn warn(&self, remote: std::net::SocketAddr) {
+    fn warn(&self, remote: SocketAddr, why: Refusal) {
         let mut warned = self.warned.locked();
         warned.1 += 1;
         let now = Instant::now();
@@ -129,12 +171,20 @@ impl Connections {
         {
             return;
         }
-        tracing::warn!(
-            %remote,
-            refused = warned.1,
-            max_connections = self.max,
-            "at the connection limit: refusing connections (raise [server] max_connections, or the open-files limit)"
-        );
+        match why {
+            Refusal::Busy => tracing::warn!(
+                %remote,
+                refused = warned.1,
+                max_connections = self.max,
+                "at the connection limit: refusing connections (raise [server] max_connections, or the open-files limit)"
+            ),
+            Refusal::Address => tracing::warn!(
+                %remote,
+                refused = warned.1,
+                max_connections_per_address = self.per_address,
+                "an address at its connection limit: refusing its connections"
+            ),
+        }
         *warned = (Some(now), 0);
     }
 }
@@ -144,6 +194,44 @@ impl Connections {
 pub(crate) struct Slotted<Io> {
     io: Io,
     _slot: OwnedSemaphorePermit,
+    _address: Option<AddressSlot>,
+}
+
+/// One of an address's connections, given back when dropped.
+#[derive(Debug)]
+struct AddressSlot {
+    by_address: PerAddress,
+    key: IpAddr,
+}
+
+impl AddressSlot {
+    /// A slot of `ip`'s, unless it holds `most` already.
+    fn take(by_address: &PerAddress, ip: IpAddr, most: usize) -> Option<Self> {
+        let key = crate::throttle::key(ip);
+        let mut counts = by_address.locked();
+        let open = counts.entry(key).or_default();
+        if *open >= most {
+            return None;
+        }
+        *open += 1;
+        Some(Self {
+            by_address: by_address.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.by_address.locked();
+        if let Some(open) = counts.get_mut(&self.key) {
+            *open = open.saturating_sub(1);
+            // Addresses with nothing open are forgotten, so the map stays small.
+            if *open == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl<Io: AsyncRead + Unpin> AsyncRead for Slotted<Io> {
@@ -200,16 +288,42 @@ mod tests {
         assert_eq!(default_limit(None), FALLBACK);
     }
 
+    fn from(address: &str) -> SocketAddr {
+        SocketAddr::new(address.parse().unwrap(), 1000)
+    }
+
     #[test]
     fn a_slot_is_held_until_its_connection_is_dropped() {
-        let connections = Connections::new(2);
-        let a = connections.admit(()).ok();
-        let b = connections.admit(()).ok();
+        let connections = Connections::new(2, None);
+        let here = from("10.0.0.1");
+        let a = connections.admit((), here).ok();
+        let b = connections.admit((), here).ok();
         assert!(a.is_some() && b.is_some());
         assert_eq!(connections.open(), 2);
-        assert!(connections.admit(()).is_err(), "a third past the limit");
+        let third = connections.admit((), from("10.0.0.2"));
+        assert!(matches!(third, Err(((), Refusal::Busy))), "past the limit");
         drop(a);
         assert_eq!(connections.open(), 1);
-        assert!(connections.admit(()).is_ok());
+        assert!(connections.admit((), here).is_ok());
+    }
+
+    #[test]
+    fn an_address_holds_at_most_its_share_and_ipv6_counts_by_its_64() {
+        let connections = Connections::new(10, Some(2));
+        let a = connections.admit((), from("2001:db8::1")).ok();
+        let b = connections.admit((), from("2001:db8::2")).ok();
+        assert!(a.is_some() && b.is_some());
+        let same_64 = connections.admit((), from("2001:db8::3"));
+        assert!(matches!(same_64, Err(((), Refusal::Address))));
+        let other = connections.admit((), from("2001:db8:1::1"));
+        assert!(other.is_ok(), "another /64 has its own share");
+        drop(other);
+        drop(a);
+        assert!(connections.admit((), from("2001:db8::3")).is_ok());
+        drop(b);
+        assert!(
+            connections.by_address.locked().is_empty(),
+            "forgotten once closed"
+        );
     }
 }

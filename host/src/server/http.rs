@@ -41,10 +41,10 @@ pub(super) async fn serve<L>(
             accepted = listener.accept() => accepted,
             () = stop.cancelled() => break,
         };
-        let io = match connections.admit(io) {
+        let io = match connections.admit(io, remote) {
             Ok(io) => io,
-            Err(io) => {
-                connections.refuse(io, remote);
+            Err((io, why)) => {
+                connections.refuse(io, remote, why);
                 continue;
             }
         };
