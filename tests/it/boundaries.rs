@@ -104,6 +104,16 @@ async fn forged_runtime_tokens_are_throttled_and_stale_ones_are_not() {
             Some(StatusCode::UNAUTHORIZED)
         );
     }
+    // Without saying how many starts there were.
+    match Ws::try_connect(&url, Some("0.left-over"), None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(answer)) => {
+            let body =
+                String::from_utf8_lossy(answer.body().as_deref().unwrap_or_default()).into_owned();
+            assert!(body.contains("earlier start"), "{body}");
+            assert!(!body.contains("generation"), "{body}");
+        }
+        other => panic!("a stale token was not refused: {:?}", other.is_ok()),
+    }
     let generation = token.split('.').next().expect("generation");
     for n in 0..2 {
         assert_eq!(

@@ -50,9 +50,11 @@ impl Manager {
             tracing::warn!(env = %id, error = %e, "runtime refused");
             match e {
                 auth::RuntimeTokenError::Invalid => LifecycleError::InvalidToken(e.to_string()),
-                auth::RuntimeTokenError::Stale { .. } => {
-                    LifecycleError::Unauthorized(e.to_string())
-                }
+                // The log has the generations; the peer is not told how many starts
+                // there were.
+                auth::RuntimeTokenError::Stale { .. } => LifecycleError::Unauthorized(
+                    "the runtime token of an earlier start of this environment".into(),
+                ),
             }
         })?;
         if record.desired_state != DesiredState::Running {
