@@ -37,8 +37,9 @@ const SAMPLE_LIMIT: Duration = Duration::from_secs(300);
 /// Samples of each path before measuring, not counted.
 const WARM_UP: usize = 3;
 
-const TOML: &str = "[templates.chat]\nprovider = \"local-process\"\nscope = \"thread\"\n\n\
-[lifecycle]\nstart_timeout_secs = 300\n";
+// Thousands of threads for one user: past the template's default cap of 100.
+const TOML: &str = "[templates.chat]\nprovider = \"local-process\"\nscope = \"thread\"\n\
+max_per_user = 1000000\n\n[lifecycle]\nstart_timeout_secs = 300\n";
 
 fn main() -> Res<()> {
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with('-'));

@@ -73,6 +73,8 @@ async fn a_thread_gets_its_environment_on_first_connect_and_keeps_it() {
     assert_eq!(chat["secretKeys"], json!(["apiKey"]));
     assert_eq!(chat["config"], json!({"note": "shown"}));
     assert_eq!(named("desk")["idleStopSecs"], 60);
+    // No template makes environments without end: 100 per user unless it says.
+    assert_eq!(chat["maxPerUser"], 100);
 
     // Refused before the upgrade: an unknown template, a missing thread or workspace.
     let long = format!("template=desk&workspace=w&thread={}", "x".repeat(300));
@@ -357,4 +359,28 @@ async fn a_provisioned_environment_sleeps_when_idle_and_wakes_on_the_next_connec
     );
     echo(&mut app, "again").await;
     server.stop();
+}
+
+#[tokio::test]
+async fn a_user_gets_at_most_max_per_user_environments_of_a_template() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let few =
+        "[templates.chat]\nprovider = \"local-process\"\nscope = \"thread\"\nmax_per_user = 2\n";
+    write_config(dir.path(), few);
+    let server = Server::start(dir.path());
+    let alice = server.user_token("alice").await.0;
+    let bob = server.user_token("bob").await.0;
+    let (mut first, _) = provision(&server, &alice, "t1").await;
+    let (_second, _) = provision(&server, &alice, "t2").await;
+    let third = Ws::connect(&url(&server, "template=chat&thread=t3"), Some(&alice)).await;
+    assert_eq!(third.err(), Some(StatusCode::TOO_MANY_REQUESTS));
+    // Her own threads still connect, and the cap is hers, not everyone's.
+    let (_again, provisioned) = provision(&server, &alice, "t1").await;
+    assert_eq!(provisioned["created"], false, "{provisioned}");
+    let (_bobs, provisioned) = provision(&server, &bob, "t3").await;
+    assert_eq!(provisioned["created"], true, "{provisioned}");
+    echo(&mut first, "still-served").await;
+    let (_, listed) = server.call("GET", "/api/v1/environments", None).await;
+    let count = listed.as_array().map_or(0, Vec::len);
+    assert_eq!(count, 3, "{listed}");
 }

@@ -82,12 +82,18 @@ pub struct Template {
     pub scope: TemplateScope,
     /// What to do when one fails.
     pub restart_policy: TemplateRestart,
-    /// Most environments of this template one user may have (`None`: no cap
-    /// besides the user's quota).
-    pub max_per_user: Option<usize>,
+    /// Most environments of this template one user may have.
+    pub max_per_user: usize,
     /// Idle time after which an environment is stopped (`None`: never).
     pub idle_stop_secs: Option<u64>,
 }
+
+/// `max_per_user` when a template does not say: any `relay` token can make one
+/// environment per thread or workspace it names, so without a cap an app could make
+/// environments (and running instances) without end where the operator set no quota.
+const DEFAULT_MAX_PER_USER: usize = 100;
+/// Most `max_per_user` may be.
+const MAX_MAX_PER_USER: usize = 1_000_000;
 
 impl Template {
     /// `environment` with the template's secret values laid over it.
@@ -132,10 +138,9 @@ pub struct TemplateView {
     pub secret_keys: Vec<String>,
     /// What to do when one of its environments fails.
     pub restart_policy: TemplateRestart,
-    /// Most environments of this template one user may have (`null`: no cap besides
-    /// the user's quota).
-    #[schema(required = true)]
-    pub max_per_user: Option<usize>,
+    /// Most environments of this template one user may have (100 unless the
+    /// template says; the user's `[tenancy]` quotas apply too).
+    pub max_per_user: usize,
     /// Idle time after which an environment is stopped (`null`: never).
     #[schema(required = true)]
     pub idle_stop_secs: Option<u64>,
@@ -207,8 +212,11 @@ pub(super) fn templates_config(
             })?;
             secrets.insert(key, value);
         }
-        if t.max_per_user == Some(0) {
-            return Err(invalid("max_per_user must be > 0".into()));
+        let max_per_user = t.max_per_user.unwrap_or(DEFAULT_MAX_PER_USER);
+        if !(1..=MAX_MAX_PER_USER).contains(&max_per_user) {
+            return Err(invalid(format!(
+                "max_per_user must be 1 to {MAX_MAX_PER_USER}"
+            )));
         }
         let idle_stop_secs = t.idle_stop_secs.filter(|s| *s > 0);
         // The records' own limit (30 days): a template must not make invalid records.
@@ -226,7 +234,7 @@ pub(super) fn templates_config(
                 secrets,
                 scope: t.scope,
                 restart_policy: t.restart_policy,
-                max_per_user: t.max_per_user,
+                max_per_user,
                 idle_stop_secs,
             },
         );
@@ -255,10 +263,9 @@ mod tests {
         let chat = &t["chat"];
         assert_eq!(chat.scope, TemplateScope::Thread);
         assert_eq!(chat.restart_policy, TemplateRestart::Always);
-        assert_eq!(
-            (chat.max_per_user, chat.idle_stop_secs),
-            (Some(5), Some(30))
-        );
+        assert_eq!((chat.max_per_user, chat.idle_stop_secs), (5, Some(30)));
+        let plain = parse("[plain]\nprovider = \"p\"\nscope = \"thread\"\n").unwrap();
+        assert_eq!(plain["plain"].max_per_user, DEFAULT_MAX_PER_USER);
         let shown = serde_json::to_string(&chat.shown()).unwrap();
         assert!(
             !shown.contains("s3cret") && shown.contains("apiKey"),
@@ -281,6 +288,7 @@ mod tests {
             "[a]\nprovider = \"p\"\nscope = \"galaxy\"\n",
             "[a]\nprovider = \"p\"\nscope = \"user\"\nsecret_keys = [\"k\"]\n",
             "[a]\nprovider = \"p\"\nscope = \"user\"\nmax_per_user = 0\n",
+            "[a]\nprovider = \"p\"\nscope = \"user\"\nmax_per_user = 1000001\n",
             "[a]\nprovider = \"p\"\nscope = \"user\"\nbogus = 1\n",
         ] {
             assert!(parse(bad).is_err(), "{bad}");

@@ -176,23 +176,18 @@ impl Manager {
         record.provision_key = Some(key);
         record.idle_stop_secs = template.idle_stop_secs;
         let id = record.id.clone();
-        let _admitted = self
-            .shared
-            .quotas
-            .admit(&owner, template.max_per_user.is_some())
-            .await;
+        let _admitted = self.shared.quotas.admit(&owner, true).await;
         (self.shared.quotas).check_new(&self.shared.store, &owner, true)?;
-        if let Some(limit) = template.max_per_user {
-            let used = (self.shared.store)
-                .count(|r| r.owner == owner && r.template() == Some(template.name.as_str()));
-            if used >= limit {
-                return Err(LifecycleError::QuotaExceeded {
-                    quota: "maxPerUser",
-                    owner,
-                    limit,
-                    used,
-                });
-            }
+        let limit = template.max_per_user;
+        let used = (self.shared.store)
+            .count(|r| r.owner == owner && r.template() == Some(template.name.as_str()));
+        if used >= limit {
+            return Err(LifecycleError::QuotaExceeded {
+                quota: "maxPerUser",
+                owner,
+                limit,
+                used,
+            });
         }
         self.insert_record(record).await?;
         self.shared.envs.add(&id);
