@@ -237,25 +237,11 @@ async fn connections_slow_with_their_headers_are_closed_and_websockets_are_not()
 
 #[tokio::test]
 async fn connections_past_max_connections_are_answered_busy_and_their_slots_come_back() {
-    use tokio::net::TcpStream;
     let dir = tempfile::tempdir().expect("tempdir");
     write_config(dir.path(), "[server]\nmax_connections = 4\n");
     let server = Server::start(dir.path());
-    let addr = server.base.trim_start_matches("http://").to_owned();
-
-    // Kept-alive connections, each with a request answered, until one is turned away
-    // (the test's own client may hold a slot or two of the four).
-    let mut held = Vec::new();
-    let busy = loop {
-        let mut stream = TcpStream::connect(&addr).await.expect("connect");
-        let answer = exchange(&mut stream, "/healthz").await;
-        if !answer.starts_with("HTTP/1.1 200") {
-            break (stream, answer);
-        }
-        held.push(stream);
-        assert!(held.len() <= 4, "more than max_connections were served");
-    };
-    let (mut refused, answer) = busy;
+    // The test's own client may hold a slot or two of the four.
+    let (mut held, mut refused, answer) = hold_until_refused(&server, 4).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("\"code\":\"server_busy\""), "{answer}");
     assert!(
@@ -296,6 +282,27 @@ async fn connections_past_max_connections_are_answered_busy_and_their_slots_come
     assert_eq!(refusal.status().as_u16(), 503, "{refusal:?}");
     drop(sockets);
     served(&server, "/healthz").await;
+}
+
+/// Opens kept-alive connections, each with a request answered, until one is turned
+/// away; at most `most` are let in. The ones held, the refused one and its answer.
+async fn hold_until_refused(
+    server: &Server,
+    most: usize,
+) -> (Vec<tokio::net::TcpStream>, tokio::net::TcpStream, String) {
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    loop {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let answer = exchange(&mut stream, "/healthz").await;
+        if !answer.starts_with("HTTP/1.1 200") {
+            return (held, stream, answer);
+        }
+        held.push(stream);
+        assert!(held.len() <= most, "more than {most} were served");
+    }
 }
 
 /// Sends a GET for `path` on `stream` and reads one answer: its head and body, as
@@ -349,21 +356,10 @@ async fn served(server: &Server, path: &str) -> String {
 
 #[tokio::test]
 async fn one_address_holds_at_most_its_share_of_connections() {
-    use tokio::net::TcpStream;
     let dir = tempfile::tempdir().expect("tempdir");
     write_config(dir.path(), "[server]\nmax_connections_per_address = 3\n");
     let server = Server::start(dir.path());
-    let addr = server.base.trim_start_matches("http://").to_owned();
-    let mut held = Vec::new();
-    let answer = loop {
-        let mut stream = TcpStream::connect(&addr).await.expect("connect");
-        let answer = exchange(&mut stream, "/healthz").await;
-        if !answer.starts_with("HTTP/1.1 200") {
-            break answer;
-        }
-        held.push(stream);
-        assert!(held.len() <= 3, "more than the address's share were served");
-    };
+    let (held, _, answer) = hold_until_refused(&server, 3).await;
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
     assert!(
         answer.contains("\"code\":\"too_many_connections\""),
