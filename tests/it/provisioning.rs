@@ -383,4 +383,22 @@ async fn a_user_gets_at_most_max_per_user_environments_of_a_template() {
     let (_, listed) = server.call("GET", "/api/v1/environments", None).await;
     let count = listed.as_array().map_or(0, Vec::len);
     assert_eq!(count, 3, "{listed}");
+
+    // Forty new threads at once for a user with room for two: two are made.
+    let carol = server.user_token("carol").await.0;
+    let connects = (0..40).map(|n| {
+        let url = url(&server, &format!("template=chat&thread=c{n}"));
+        let carol = carol.clone();
+        async move { Ws::connect(&url, Some(&carol)).await }
+    });
+    let results = futures_util::future::join_all(connects).await;
+    let admitted = results.iter().filter(|r| r.is_ok()).count();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(StatusCode::TOO_MANY_REQUESTS)))
+        .count();
+    assert_eq!((admitted, refused), (2, 38));
+    let (_, listed) = server.call("GET", "/api/v1/environments", None).await;
+    let count = listed.as_array().map_or(0, Vec::len);
+    assert_eq!(count, 5, "{listed}");
 }

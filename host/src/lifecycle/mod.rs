@@ -470,7 +470,7 @@ impl Manager {
             record.desired_state = DesiredState::Running;
         }
         let id = record.id.clone();
-        let _admitted = self.shared.quotas.admit(&record.owner, false).await;
+        let _admitted = self.shared.quotas.admit(&record.owner).await;
         (self.shared.quotas).check_new(&self.shared.store, &record.owner, req.start)?;
         self.insert_record(record).await?;
         let env = self.shared.envs.add(&id);
@@ -525,7 +525,7 @@ impl Manager {
     ) -> Result<EnvironmentView, LifecycleError> {
         let record = self.reachable_for_change(who, id)?;
         let env = self.known_env(id)?;
-        let _admitted = self.shared.quotas.admit(&record.owner, false).await;
+        let _admitted = self.shared.quotas.admit(&record.owner).await;
         let mut leased = false;
         if desired == DesiredState::Running {
             (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(id))?;
@@ -575,7 +575,7 @@ impl Manager {
     ) -> Result<EnvironmentView, LifecycleError> {
         let record = self.reachable_for_change(who, id)?;
         let env = self.known_env(id)?;
-        let _admitted = self.shared.quotas.admit(&record.owner, false).await;
+        let _admitted = self.shared.quotas.admit(&record.owner).await;
         (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(id))?;
         self.want_running(id).await?;
         self.publish_changed(id, None);

@@ -52,10 +52,36 @@ pub(crate) struct Provisioned {
 type OwnedKey = (String, ProvisionKey);
 
 /// One lock per provision key (owner included), held from looking the key up to
-/// recording a new environment for it.
+/// recording a new environment for it; and the new environments being recorded per
+/// owner and template, so `max_per_user` holds without one user's provisions waiting
+/// on each other's durable writes.
 #[derive(Debug, Default)]
 pub(super) struct KeyLocks {
     locks: Mutex<HashMap<OwnedKey, Arc<tokio::sync::Mutex<()>>>>,
+    pending: Arc<Mutex<HashMap<(String, String), Pending>>>,
+}
+
+/// The ids of new environments being recorded, for one owner and template.
+type Pending = std::collections::HashSet<String>;
+
+/// A new environment counted against its template's `max_per_user` until it is
+/// recorded (or not); given back when dropped.
+struct Reserved {
+    pending: Arc<Mutex<HashMap<(String, String), Pending>>>,
+    key: (String, String),
+    id: String,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        let mut pending = self.pending.locked();
+        if let Some(ids) = pending.get_mut(&self.key) {
+            ids.remove(&self.id);
+            if ids.is_empty() {
+                pending.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl KeyLocks {
@@ -68,6 +94,40 @@ impl KeyLocks {
             entry.or_default().clone()
         };
         lock.lock_owned().await
+    }
+
+    /// Reserves environment `id` of `template` for `owner`: `QuotaExceeded` if they
+    /// have `limit` already, counting those being recorded. `recorded` counts their
+    /// records but those with the ids it is given (being recorded, so counted once);
+    /// it runs under the reservations' lock, as a reservation is given back after its
+    /// record is in, so no environment is missed or counted twice.
+    fn reserve(
+        &self,
+        (owner, template, id): (&str, &str, &str),
+        recorded: impl FnOnce(&Pending) -> usize,
+        limit: usize,
+    ) -> Result<Reserved, LifecycleError> {
+        let key = (owner.to_owned(), template.to_owned());
+        let mut pending = self.pending.locked();
+        let ids = pending.entry(key.clone()).or_default();
+        let used = recorded(ids) + ids.len();
+        if used >= limit {
+            if ids.is_empty() {
+                pending.remove(&key);
+            }
+            return Err(LifecycleError::QuotaExceeded {
+                quota: "maxPerUser",
+                owner: owner.to_owned(),
+                limit,
+                used,
+            });
+        }
+        ids.insert(id.to_owned());
+        Ok(Reserved {
+            pending: self.pending.clone(),
+            key,
+            id: id.to_owned(),
+        })
     }
 }
 
@@ -176,19 +236,19 @@ impl Manager {
         record.provision_key = Some(key);
         record.idle_stop_secs = template.idle_stop_secs;
         let id = record.id.clone();
-        let _admitted = self.shared.quotas.admit(&owner, true).await;
+        let _admitted = self.shared.quotas.admit(&owner).await;
         (self.shared.quotas).check_new(&self.shared.store, &owner, true)?;
-        let limit = template.max_per_user;
-        let used = (self.shared.store)
-            .count(|r| r.owner == owner && r.template() == Some(template.name.as_str()));
-        if used >= limit {
-            return Err(LifecycleError::QuotaExceeded {
-                quota: "maxPerUser",
-                owner,
-                limit,
-                used,
-            });
-        }
+        let template_name = template.name.as_str();
+        let recorded = |reserved: &Pending| {
+            (self.shared.store).count(|r| {
+                r.owner == owner && r.template() == Some(template_name) && !reserved.contains(&r.id)
+            })
+        };
+        let _reserved = (self.shared.provisions).reserve(
+            (&owner, template_name, &id),
+            recorded,
+            template.max_per_user,
+        )?;
         self.insert_record(record).await?;
         self.shared.envs.add(&id);
         tracing::info!(env = %id, template = %template.name, "environment provisioned");
@@ -255,6 +315,27 @@ fn derived_name(owner: &str, key: &ProvisionKey) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reservations_count_an_environment_once_and_give_it_back() {
+        let locks = KeyLocks::default();
+        // Records "a" and "b" of alice's: "b" is in the store and still reserved.
+        let store = ["a", "b"];
+        let recorded =
+            |reserved: &Pending| store.iter().filter(|id| !reserved.contains(**id)).count();
+        let b = locks.reserve(("alice", "chat", "b"), |_| 1, 3).unwrap();
+        let c = locks.reserve(("alice", "chat", "c"), recorded, 3).unwrap();
+        let refused = locks.reserve(("alice", "chat", "d"), recorded, 3);
+        assert!(matches!(
+            refused,
+            Err(LifecycleError::QuotaExceeded { used: 3, .. })
+        ));
+        // Another user's, or another template's, are their own.
+        assert!(locks.reserve(("bob", "chat", "e"), |_| 0, 3).is_ok());
+        assert!(locks.reserve(("alice", "desk", "f"), |_| 0, 3).is_ok());
+        drop((b, c));
+        assert!(locks.pending.locked().is_empty(), "given back");
+    }
 
     fn key(template: &str, k: &str) -> ProvisionKey {
         ProvisionKey {

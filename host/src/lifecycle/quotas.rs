@@ -38,11 +38,10 @@ impl Quotas {
     }
 
     /// Holds `owner`'s admission until the guard drops: check, then change, then drop.
-    /// `None` (nothing held) when neither `owner` has a limit nor the caller has one
-    /// of its own to check (`own_limit`, a template's `max_per_user`).
-    pub(super) async fn admit(&self, owner: &str, own_limit: bool) -> Option<OwnedMutexGuard<()>> {
+    /// `None` (nothing held) when `owner` has no limit.
+    pub(super) async fn admit(&self, owner: &str) -> Option<OwnedMutexGuard<()>> {
         let quota = self.config.read_locked().quota_of(owner);
-        if !own_limit && quota.max_environments.is_none() && quota.max_running.is_none() {
+        if quota.max_environments.is_none() && quota.max_running.is_none() {
             return None;
         }
         let lock = {

@@ -55,7 +55,7 @@ impl Manager {
         if !who.reaches(&record.owner, &record.id) {
             return Err(LifecycleError::NotFound(record.id));
         }
-        let _admitted = self.shared.quotas.admit(&record.owner, false).await;
+        let _admitted = self.shared.quotas.admit(&record.owner).await;
         (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(&record.id))?;
         let id = record.id.clone();
         async {
