@@ -6,7 +6,8 @@
 //! nothing; edits made to a stopped host's records file reach the cluster when it
 //! starts (and a missing or broken file deletes nothing); a resource left to a host
 //! that never comes back is removed by another; apps on another host reach the
-//! runtime through NATS or straight to the running host, its relay unchanged.
+//! runtime through NATS or straight to the running host, its relay unchanged, by id
+//! or through a template (first connects for one key on two hosts make one).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1433,6 +1434,245 @@ async fn tokens_made_or_revoked_on_one_host_hold_on_every_host() {
     assert_eq!(app.close_code().await, Some(4003));
     let file = std::fs::read_to_string(a.data_dir.join(".codebolt/tokens.json")).expect("file");
     assert!(!file.contains(&token_id), "{file}");
+    for server in [a, b, c] {
+        server.stop();
+    }
+}
+
+/// Reads `app`'s frames until the `provisioned` one (status frames may come first on
+/// a connection bridged while the environment starts) and returns it.
+async fn provisioned_frame(app: &mut Ws) -> Value {
+    loop {
+        let frame = app.next_any().await;
+        if frame["type"] == "provisioned" {
+            return frame;
+        }
+        assert_eq!(frame["type"], "environmentStatus", "{frame}");
+    }
+}
+
+/// The environment id of a `provisioned` frame.
+fn provisioned_id(frame: &Value) -> String {
+    frame["environmentId"]
+        .as_str()
+        .expect("environmentId")
+        .to_owned()
+}
+
+/// The `environment.create` entries `server`'s audit log has for `id`.
+async fn creates_audited(server: &Server, id: &str) -> usize {
+    let (status, trail) = server
+        .call("GET", "/api/v1/audit?owner=alice&limit=1000", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{trail}");
+    let trail = trail.as_array().cloned().expect("a list");
+    trail
+        .iter()
+        .filter(|e| e["action"] == "environment.create" && e["target"] == id)
+        .count()
+}
+
+#[tokio::test]
+async fn a_template_connect_on_another_host_is_bridged_to_the_running_one() {
+    use tether::relay::peer::{Incoming, PeerState};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let chat = "[templates.chat]\nprovider = \"handoff\"\nscope = \"thread\"\n";
+    let a = host(dir.path(), &nats, "a", chat);
+    let b = host(dir.path(), &nats, "b", chat);
+    let c = host(
+        dir.path(),
+        &nats,
+        "c",
+        &format!("{chat}[cluster]\nrelay = \"direct\"\n"),
+    );
+    let (alice, _) = a.user_token("alice").await;
+    for server in [&b, &c] {
+        until_status(server, "/api/v1/templates", &alice, StatusCode::OK).await;
+    }
+    let at = |server: &Server, query: &str| server.ws_url(&format!("/ws/app?{query}"));
+
+    // Alice's first connect, on a, makes the thread's environment there.
+    let mut on_a = Ws::connect(&at(&a, "template=chat&thread=t1"), Some(&alice))
+        .await
+        .expect("app on a");
+    let first = provisioned_frame(&mut on_a).await;
+    assert_eq!(first["created"], true, "{first}");
+    let id = provisioned_id(&first);
+    let env = until_env(&a, &id, "running", |e| e["status"] == "running").await;
+    let (url, token) = a.handoff_runtime(env["name"].as_str().expect("name"));
+    let mut rt = Ws::connect(&url, Some(&token)).await.expect("runtime on a");
+    for server in [&b, &c] {
+        until_env(server, &id, "running on a", |e| {
+            e["host"] == "a" && e["runtime"]["connected"] == true
+        })
+        .await;
+    }
+
+    // Her connect on b (through NATS) and on c (straight to a): the same environment,
+    // not made again, its frames both ways in order and on the app's thread.
+    for (server, name) in [(&b, "b"), (&c, "c")] {
+        let mut app = Ws::connect(&at(server, "template=chat&thread=t1"), Some(&alice))
+            .await
+            .unwrap_or_else(|e| panic!("app on {name}: {e}; log:\n{}", server.log()));
+        let first = app.next_any().await;
+        assert_eq!(first["type"], "provisioned", "{name}: {first}");
+        assert_eq!(first["created"], false, "{name}: {first}");
+        assert_eq!(provisioned_id(&first), id, "{name}");
+        for n in 1..=50 {
+            app.send(json!({"type": "up", "from": name, "n": n})).await;
+        }
+        for n in 1..=50 {
+            // Bounded as a whole: a runtime that hears nothing still gets pings.
+            let up = tokio::time::timeout(WAIT, rt.next())
+                .await
+                .unwrap_or_else(|_| panic!("the app's frames on {name} never reached a"));
+            assert_eq!(
+                (
+                    up["from"].as_str(),
+                    up["n"].as_u64(),
+                    up["threadId"].as_str()
+                ),
+                (Some(name), Some(n), Some("t1")),
+                "{up}"
+            );
+        }
+        // Another thread's frame is not this app's.
+        rt.send(json!({"type": "down", "threadId": "other", "n": 0}))
+            .await;
+        for n in 1..=50 {
+            rt.send(json!({"type": "down", "threadId": "t1", "n": n}))
+                .await;
+        }
+        for n in 1..=50 {
+            let down = app.next().await;
+            assert_eq!(
+                (down["type"].as_str(), down["n"].as_u64()),
+                (Some("down"), Some(n))
+            );
+        }
+        let echo = json!({"type": "echo", "requestId": name, "payload": name});
+        app.send(echo).await;
+        let asked = rt.next().await;
+        assert_eq!(asked["requestId"], name);
+        rt.send(
+            json!({"type": "echoResponse", "threadId": "t1", "requestId": name, "payload": name}),
+        )
+        .await;
+        let answered = app.next().await;
+        assert_eq!(
+            (answered["type"].as_str(), answered["payload"].as_str()),
+            (Some("echoResponse"), Some(name)),
+            "{answered}"
+        );
+    }
+    // Made once, and audited where it was made only.
+    assert_eq!(creates_audited(&a, &id).await, 1);
+    assert_eq!(creates_audited(&b, &id).await, 0);
+    assert_eq!(creates_audited(&c, &id).await, 0);
+
+    // A resumable app on b keeps its session there: cut off, it resumes through the
+    // bridge and misses nothing.
+    let mut peer = PeerState::new("resumed-on-b");
+    let resumable = at(&b, &format!("template=chat&thread=t1&{}", peer.query()));
+    let mut app = Ws::connect(&resumable, Some(&alice))
+        .await
+        .expect("app on b");
+    let mut greeted = false;
+    let mut provisioned = false;
+    while !(greeted && provisioned) {
+        let text = app.next_text().await.expect("greeting");
+        match peer.on_frame(&text) {
+            Incoming::Resumed(_) => greeted = true,
+            Incoming::Message(m) if m["type"] == "provisioned" => {
+                assert_eq!(provisioned_id(&m), id);
+                provisioned = true;
+            }
+            _ => {}
+        }
+    }
+    drop(app);
+    for n in 1..=10 {
+        rt.send(json!({"type": "r", "threadId": "t1", "n": n}))
+            .await;
+    }
+    let resumable = at(&b, &format!("template=chat&thread=t1&{}", peer.query()));
+    let mut app = Ws::connect(&resumable, Some(&alice))
+        .await
+        .expect("app on b again");
+    let mut seen = Vec::new();
+    while seen.len() < 10 {
+        match peer.on_frame(&app.next_text().await.expect("frame")) {
+            Incoming::Message(m) if m["type"] == "r" => seen.push(m["n"].as_u64().expect("n")),
+            Incoming::Lost(from, to) => panic!("lost {from}..={to} inside the window"),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+    drop(app);
+
+    // A template ticket was spent on b: it is not presented to a again; 409 names a.
+    let (status, issued) = b
+        .call_with(
+            "POST",
+            "/api/v1/tickets",
+            Some(json!({"template": "chat", "thread": "t1"})),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let secret = issued["ticket"].as_str().expect("ticket");
+    match Ws::try_connect(&at(&b, &format!("ticket={secret}")), None, None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(answer)) => {
+            assert_eq!(answer.status(), StatusCode::CONFLICT.as_u16());
+            let body = String::from_utf8_lossy(answer.body().as_deref().unwrap_or_default());
+            assert!(body.contains("host a"), "{body}");
+        }
+        other => panic!("expected 409, got {:?}", other.map(|_| "an upgrade")),
+    }
+
+    // First connects for a new key on b and c at once make one environment: one host
+    // makes it, the other finds it and bridges its app there.
+    let (url_b, url_c) = (
+        at(&b, "template=chat&thread=t2"),
+        at(&c, "template=chat&thread=t2"),
+    );
+    let (on_b, on_c) = tokio::join!(
+        Ws::connect(&url_b, Some(&alice)),
+        Ws::connect(&url_c, Some(&alice)),
+    );
+    let (mut on_b, mut on_c) = (
+        on_b.unwrap_or_else(|e| panic!("app on b: {e}; log:\n{}", b.log())),
+        on_c.unwrap_or_else(|e| panic!("app on c: {e}; log:\n{}", c.log())),
+    );
+    let (first_b, first_c) = (
+        provisioned_frame(&mut on_b).await,
+        provisioned_frame(&mut on_c).await,
+    );
+    let id2 = provisioned_id(&first_b);
+    assert_eq!(provisioned_id(&first_c), id2);
+    let made = [&first_b, &first_c]
+        .iter()
+        .filter(|f| f["created"] == true)
+        .count();
+    assert_eq!(made, 1, "{first_b} {first_c}");
+    let env = until_env(&b, &id2, "running", |e| e["status"] == "running").await;
+    let maker = if env["host"] == "b" { &b } else { &c };
+    assert_eq!(creates_audited(maker, &id2).await, 1);
+    let (url, token) = maker.handoff_runtime(env["name"].as_str().expect("name"));
+    let mut rt2 = Ws::connect(&url, Some(&token)).await.expect("runtime");
+    for (app, name) in [(&mut on_b, "b"), (&mut on_c, "c")] {
+        app.send(json!({"type": "hello", "from": name})).await;
+        let hello = rt2.next().await;
+        assert_eq!(
+            (hello["from"].as_str(), hello["threadId"].as_str()),
+            (Some(name), Some("t2"))
+        );
+    }
+    drop((on_a, on_b, on_c, rt, rt2));
     for server in [a, b, c] {
         server.stop();
     }

@@ -108,8 +108,8 @@ pub(crate) fn router(state: AppState) -> Router {
 }
 
 /// The router other hosts' tunnels reach (cluster mode, `cluster/tunnel/`): only
-/// app sockets. A tunnel carries an app bridged from another host, never anything
-/// else, whoever opened it.
+/// app sockets (`/ws/app/{id}`, and `/ws/app` for a template connect). A tunnel
+/// carries an app bridged from another host, never anything else, whoever opened it.
 pub(crate) fn tunnel_router(state: AppState) -> Router {
     router(state).layer(axum::middleware::from_fn(only_app_sockets))
 }
@@ -119,11 +119,17 @@ async fn only_app_sockets(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if request.uri().path().starts_with("/ws/app/") {
+    if is_app_socket(request.uri().path()) {
         next.run(request).await
     } else {
         ApiError::not_found("a tunnel carries app sockets only").into_response()
     }
+}
+
+/// Whether `path` is an app socket's route: `/ws/app/{id}`, or `/ws/app` (a template
+/// connect), and nothing that merely starts alike.
+fn is_app_socket(path: &str) -> bool {
+    path == "/ws/app" || path.starts_with("/ws/app/")
 }
 
 /// Liveness: 200 while the host serves, with `degraded` and the reasons when something
@@ -144,6 +150,22 @@ async fn healthz(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_tunnel_serves_app_sockets_by_id_and_through_a_template_only() {
+        for path in ["/ws/app", "/ws/app/e1", "/ws/app/"] {
+            assert!(super::is_app_socket(path), "{path}");
+        }
+        for path in [
+            "/ws/apps",
+            "/ws/app.json",
+            "/ws/runtime/e1",
+            "/api/v1/environments",
+            "/",
+        ] {
+            assert!(!super::is_app_socket(path), "{path}");
+        }
+    }
+
     /// The black-box suite proves every documented route is served and that the
     /// documented paths serve no other method; this keeps the other half by
     /// construction: the router gets routes only through `routes!`.

@@ -13,6 +13,9 @@
 //! `/ws/app?template=NAME&thread=T` (`&workspace=W`) connects an app to the
 //! environment provisioned for it from a template (`lifecycle/provision.rs`): found
 //! or created, and started, before the upgrade; an unknown template is 404.
+//!
+//! Cluster mode: an app whose environment another host runs is bridged there, by id
+//! or through a template alike (`relay/bridge.rs`), at most one hop.
 
 use std::collections::HashMap;
 
@@ -171,31 +174,58 @@ pub(crate) async fn app(
     let resume = resume_of(&query)?;
     match s.manager.attach_app(&who, &id, thread, resume, start).await {
         Ok(connection) => Ok(connection.serve(upgrade, Some(SUBPROTOCOL))),
-        // A ticket was used up here; only a token can be presented there again.
-        Err(LifecycleError::Elsewhere { id, url, host }) if by_token => {
+        Err(LifecycleError::Elsewhere { id, url, host }) if by_token && !forward.bridged => {
             let path = format!("/ws/app/{id}?{}", forward.query);
-            let upstream = match s.manager.tunnel_to(&host, &id, remote).await {
-                Some(Ok(stream)) => relay::Upstream::Stream(stream, path),
-                Some(Err(e)) => {
-                    return Err(ApiError::bridged(StatusCode::BAD_GATEWAY, e.to_string()));
-                }
-                None => {
-                    // Checked when the lease was read; its ws(s):// form is the one to dial.
-                    let base = PublicUrl::parse(&url)
-                        .map_err(|e| ApiError::bridged(StatusCode::BAD_GATEWAY, e))?
-                        .websocket_base();
-                    relay::Upstream::Direct(format!("{base}{path}"))
-                }
-            };
-            let stall = s.manager.bridge_stall();
-            // The bridge answers the upgrade itself.
-            drop(check);
-            relay::bridge(upgrade, upstream, forward.authorization, SUBPROTOCOL, stall)
-                .await
-                .map_err(|refused| ApiError::bridged(refused.status, refused.body))
+            let elsewhere = Elsewhere { id, url, host };
+            bridge_to(&s, remote, elsewhere, path, forward, check, upgrade).await
         }
+        // A ticket was used up here; only a token can be presented there again. An app
+        // bridged here already is not bridged on (`Forward::bridged`).
         Err(e) => refused(e, check),
     }
+}
+
+/// The host running an app's environment, from [`LifecycleError::Elsewhere`].
+struct Elsewhere {
+    id: String,
+    url: String,
+    host: String,
+}
+
+/// Bridges an app to `path` (with its query) on the host running its environment:
+/// through a NATS tunnel, or straight to that host's URL (`[cluster] relay`). That
+/// host answers the upgrade (or refuses it: its status, code and message are
+/// answered), and from then on its relay serves the app.
+async fn bridge_to(
+    s: &AppState,
+    remote: std::net::IpAddr,
+    to: Elsewhere,
+    path: String,
+    forward: Forward,
+    check: WebSocketUpgrade,
+    upgrade: relay::Upgrade,
+) -> Result<Response, ApiError> {
+    let Elsewhere { id, url, host } = to;
+    tracing::debug!(env = %id, %host, "bridging an app to the host running its environment");
+    let upstream = match s.manager.tunnel_to(&host, &id, remote).await {
+        Some(Ok(stream)) => relay::Upstream::Stream(stream, path),
+        Some(Err(e)) => {
+            return Err(ApiError::bridged(StatusCode::BAD_GATEWAY, e.to_string()));
+        }
+        None => {
+            // Checked when the lease was read; its ws(s):// form is the one to dial.
+            let base = PublicUrl::parse(&url)
+                .map_err(|e| ApiError::bridged(StatusCode::BAD_GATEWAY, e))?
+                .websocket_base();
+            relay::Upstream::Direct(format!("{base}{path}"))
+        }
+    };
+    let stall = s.manager.bridge_stall();
+    // The bridge answers the upgrade itself.
+    drop(check);
+    relay::bridge(upgrade, upstream, forward.authorization, SUBPROTOCOL, stall)
+        .await
+        .map_err(|refused| ApiError::bridged(refused.status, refused.body))
 }
 
 /// What an app's upgrade carries that a bridge presents again to the host running
@@ -203,6 +233,12 @@ pub(crate) async fn app(
 pub(crate) struct Forward {
     query: String,
     authorization: Option<HeaderValue>,
+    /// The upgrade came from another host's bridge ([`relay::BRIDGED`]). Such an app
+    /// is never bridged on: two hosts whose views of a lease disagree for a moment
+    /// would otherwise pass it back and forth. It is refused (409 naming the host)
+    /// and connects again once they agree. A client that sends the header itself
+    /// only gives up its own bridging.
+    bridged: bool,
 }
 
 impl FromRequestParts<AppState> for Forward {
@@ -216,6 +252,7 @@ impl FromRequestParts<AppState> for Forward {
         Ok(Self {
             query: parts.uri.query().unwrap_or_default().to_owned(),
             authorization,
+            bridged: parts.headers.contains_key(relay::BRIDGED),
         })
     }
 }
@@ -302,7 +339,7 @@ fn field(query: &HashMap<String, String>, key: &str) -> Option<String> {
         ("resume" = Option<u64>, Query, description = "With `session`: the last sequence number received."),
     ),
     responses(
-        (status = 101, description = "Upgraded: the first frame is `provisioned` (`docs/protocol.md`, Provisioning); close codes as for `/ws/app/{id}`."),
+        (status = 101, description = "Upgraded: the first frame is `provisioned` (`docs/protocol.md`, Provisioning); close codes as for `/ws/app/{id}`. Cluster mode: when the environment runs on another host, the app is bridged there (the same path and query) and that host's relay serves it, as for `/ws/app/{id}`; a refusal there is answered with its status, code and message."),
         (status = 400, description = "A malformed query (`session`, `resume`, …; `invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content(
             (ErrorBody = "application/json"),
             (String = "text/plain"),
@@ -310,7 +347,8 @@ fn field(query: &HashMap<String, String>, key: &str) -> Option<String> {
         (status = 401, description = "No token or ticket, or one that is unknown, revoked, expired or used (`unauthorized`).", body = ErrorBody),
         (status = 403, description = "The token lacks `relay` (or `envs:write`, for `start=true`) (`missing_scope`).", body = ErrorBody),
         (status = 404, description = "No such template (`not_found`).", body = ErrorBody),
-        (status = 409, description = "The template's provider is not loaded (`conflict`).", body = ErrorBody),
+        (status = 409, description = "The template's provider is not loaded, or the derived name is taken by an environment made by hand, or (cluster mode) the app used a ticket on a host that does not run the environment: the message names the host that does (`conflict`).", body = ErrorBody),
+        (status = 502, description = "Cluster mode: the host running the environment could not be reached to bridge the app there (`host_unreachable`).", body = ErrorBody),
         (status = 426, description = "Not an upgrade request a WebSocket can be made of (plain text).", content_type = "text/plain", body = String),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`), or the user is at a quota (`quota_exceeded`).", body = ErrorBody),
         (status = 500, description = "The records file or the audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
@@ -322,9 +360,11 @@ pub(crate) async fn provisioned(
     remote: Remote,
     State(s): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
+    forward: Forward,
     upgrading: Upgrading,
 ) -> Result<Response, ApiError> {
     let Upgrading { check, upgrade } = upgrading;
+    let by_token = matches!(caller, AppCaller::Token(_));
     let (who, target) = match caller {
         AppCaller::Token(who) => {
             let template = field(&query, "template")
@@ -363,6 +403,15 @@ pub(crate) async fn provisioned(
     let resume = resume_of(&query)?;
     let provisioned = match s.manager.provision_app(&who, target, resume).await {
         Ok(p) => p,
+        // The key's environment runs on another host: the app is bridged there with
+        // the same path and query, and that host provisions it (finding the same
+        // record, so `created: false`) and sends the `provisioned` frame. As by id,
+        // only a token can be presented there again; a ticket was used up here.
+        Err(LifecycleError::Elsewhere { id, url, host }) if by_token && !forward.bridged => {
+            let path = format!("/ws/app?{}", forward.query);
+            let elsewhere = Elsewhere { id, url, host };
+            return bridge_to(&s, remote.0, elsewhere, path, forward, check, upgrade).await;
+        }
         Err(e) => return refused(e, check),
     };
     if provisioned.created {

@@ -294,6 +294,24 @@ impl Manager {
         }
     }
 
+    /// `Elsewhere` when another host runs `record`'s environment. Its lease as last
+    /// seen says so; for one that should run and whose lease this host neither holds
+    /// nor saw, the cluster is asked by claiming it: a lease taken with the record a
+    /// moment ago may not have reached this host's watch yet, and a lease nobody holds
+    /// (its host died) is this host's to run it under, as its start would claim it.
+    pub(super) async fn refuse_running_elsewhere(
+        &self,
+        record: &Record,
+    ) -> Result<(), LifecycleError> {
+        self.refuse_elsewhere(&record.id)?;
+        if record.desired_state == DesiredState::Running && !self.lease_ahead(&record.id).await {
+            // Not taken: held here already, or by another host (now seen), or NATS
+            // could not say (then the start's own claim decides, as before).
+            self.refuse_elsewhere(&record.id)?;
+        }
+        Ok(())
+    }
+
     /// Cluster mode with `relay = "nats"`: a tunnel through NATS to host `host`'s
     /// API, for an app at `app` of environment `id` that `host` runs. `None` when
     /// apps are bridged straight to the other host's URL instead (or there is no

@@ -8,6 +8,12 @@
 //! source of the mapping: a host restart or a hand edit keeps it. Concurrent first
 //! connects for one key are serialised by a lock per key, so exactly one environment
 //! is made; the owner's quotas are checked under their admission lock as for a create.
+//!
+//! In a cluster the lock is this host's only; across hosts the environment's name,
+//! derived from the key, is reserved cluster-wide before the record is stored, so two
+//! hosts' first connects at once make one environment: the host that lost the name
+//! waits for the other's record and uses it. A key whose environment runs on another
+//! host is `Elsewhere`, and the app is bridged there (`api/ws.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,6 +52,22 @@ pub(crate) struct Provisioned {
     pub environment_id: String,
     /// Whether this connect made it.
     pub created: bool,
+}
+
+/// How long a connect that lost its key's name to another host waits for that
+/// host's record to reach this one (the watch brings it within milliseconds).
+const MADE_ELSEWHERE: std::time::Duration = std::time::Duration::from_secs(3);
+/// How often it looks.
+const MADE_ELSEWHERE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// What [`Manager::create_provisioned`] did.
+#[derive(Debug)]
+enum Made {
+    /// Made the record here (boxed: the other variant is small).
+    Created(Box<Record>),
+    /// Cluster mode: the derived name is another record's (why, as the create's
+    /// refusal).
+    NameTaken(LifecycleError),
 }
 
 /// A provision key with its owner: what one environment is made per.
@@ -174,14 +196,17 @@ impl Manager {
         let owner = who.user().to_owned();
         let (record, created) = {
             let _key = self.shared.provisions.lock(&owner, &key).await;
-            let found = (self.shared.store)
-                .find(|r| r.owner == owner && r.provision_key.as_ref() == Some(&key));
+            let found = self.provisioned_for(&owner, &key);
             match found {
-                Some(record) if wakes(&record, target.start, Wakes::NotStoppedOnPurpose)? => {
-                    (self.wake(who, record).await?, false)
-                }
-                Some(record) => (record, false),
-                None => (self.create_provisioned(who, template, key).await?, true),
+                Some(record) => (self.existing(who, record, target.start).await?, false),
+                None => match self.create_provisioned(who, template, key.clone()).await? {
+                    Made::Created(record) => (*record, true),
+                    // Another host made it a moment ago: this connect finds it there.
+                    Made::NameTaken(e) => match self.made_elsewhere(&owner, &key).await {
+                        Some(record) => (self.existing(who, record, target.start).await?, false),
+                        None => return Err(e),
+                    },
+                },
             }
         };
         let id = record.id.clone();
@@ -199,6 +224,52 @@ impl Manager {
         })
     }
 
+    /// `owner`'s environment for `key`, if this host knows of one.
+    fn provisioned_for(&self, owner: &str, key: &ProvisionKey) -> Option<Record> {
+        (self.shared.store).find(|r| r.owner == owner && r.provision_key.as_ref() == Some(key))
+    }
+
+    /// The record of an environment found for a key, asked to run if it is stopped
+    /// (not if its user stopped it on purpose). `Elsewhere` when another host runs it:
+    /// the app is bridged there (`api/ws.rs`), as by id, and that host's relay, which
+    /// its runtime joins, serves it.
+    async fn existing(
+        &self,
+        who: &Principal,
+        record: Record,
+        start: bool,
+    ) -> Result<Record, LifecycleError> {
+        self.known_env(&record.id)?;
+        self.refuse_running_elsewhere(&record).await?;
+        if wakes(&record, start, Wakes::NotStoppedOnPurpose)? {
+            return self.wake(who, record).await;
+        }
+        Ok(record)
+    }
+
+    /// Cluster mode, after this host lost the derived name of `owner`'s `key` to
+    /// another record: the environment another host made for the key at the same
+    /// moment, once the records' watch brings it here (at most [`MADE_ELSEWHERE`]).
+    /// `None` when it does not come, or the name is an environment's made by hand.
+    async fn made_elsewhere(&self, owner: &str, key: &ProvisionKey) -> Option<Record> {
+        let name = derived_name(owner, key);
+        let deadline = tokio::time::Instant::now() + MADE_ELSEWHERE;
+        loop {
+            if let Some(record) = self.provisioned_for(owner, key)
+                && self.shared.envs.get(&record.id).is_some()
+            {
+                tracing::info!(env = %record.id, "another host made this key's environment at the same moment; using it");
+                return Some(record);
+            }
+            let by_hand = (self.shared.store)
+                .find(|r| r.name == name && r.provision_key.as_ref() != Some(key));
+            if by_hand.is_some() || tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(MADE_ELSEWHERE_POLL).await;
+        }
+    }
+
     /// A new record for `key` from `template`, desired `running`, within `who`'s
     /// quotas and the template's per-user cap.
     async fn create_provisioned(
@@ -206,7 +277,7 @@ impl Manager {
         who: &Principal,
         template: &Template,
         key: ProvisionKey,
-    ) -> Result<Record, LifecycleError> {
+    ) -> Result<Made, LifecycleError> {
         if !who.may_create() {
             return Err(LifecycleError::Invalid(
                 "this token is limited to named environments and cannot provision one".into(),
@@ -249,11 +320,19 @@ impl Manager {
             recorded,
             template.max_per_user,
         )?;
-        self.insert_record(record).await?;
+        match self.insert_record(record).await {
+            Ok(()) => {}
+            // In a cluster the name is reserved cluster-wide first: taken, it is most
+            // likely another host's first connect for this key (the name is per key).
+            Err(e @ LifecycleError::Conflict(_)) if self.cluster().is_some() => {
+                return Ok(Made::NameTaken(e));
+            }
+            Err(e) => return Err(e),
+        }
         self.shared.envs.add(&id);
         tracing::info!(env = %id, template = %template.name, "environment provisioned");
         self.publish_created(&id);
-        self.known_record(&id)
+        self.known_record(&id).map(|r| Made::Created(Box::new(r)))
     }
 }
 

@@ -36,6 +36,10 @@ use super::socket::Upgrade;
 /// "service restart"): connect again, to any host.
 pub const CLOSE_HOST_GONE: u16 = 1012;
 
+/// The header a bridge's upgrade carries, so the host it reaches never bridges the
+/// app on to a third (or back): one hop at most, whatever the hosts' views of a lease.
+pub const BRIDGED: &str = "tether-bridged";
+
 /// How long reaching the other host's URL may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most of the other host's refusal passed on to the app.
@@ -174,7 +178,8 @@ async fn handshake(
         .header(UPGRADE, "websocket")
         .header(SEC_WEBSOCKET_VERSION, "13")
         .header(SEC_WEBSOCKET_KEY, &key)
-        .header(SEC_WEBSOCKET_PROTOCOL, protocol);
+        .header(SEC_WEBSOCKET_PROTOCOL, protocol)
+        .header(BRIDGED, "1");
     if let Some(authorization) = authorization {
         request = request.header(AUTHORIZATION, authorization);
     }

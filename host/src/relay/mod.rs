@@ -34,7 +34,7 @@ mod socket;
 mod window;
 
 pub use activity::{Activity, now_ms};
-pub use bridge::{BridgeRefused, CLOSE_HOST_GONE, Upstream, bridge};
+pub use bridge::{BRIDGED, BridgeRefused, CLOSE_HOST_GONE, Upstream, bridge};
 pub use conn::{Connection, refuse, refuse_with};
 pub use error::RelayError;
 pub use hub::{AppSessions, Hub, StreamKey};
