@@ -499,8 +499,11 @@ impl Ws {
 
     /// The next JSON message of any type.
     pub async fn next_any(&mut self) -> Value {
+        // One deadline for the message, not one per frame: pings alone never keep a
+        // wait for data alive.
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let frame = tokio::time::timeout(WAIT, self.stream.next())
+            let frame = tokio::time::timeout_at(deadline, self.stream.next())
                 .await
                 .expect("a message in time");
             match frame {
