@@ -87,7 +87,7 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
     refused.inc_by(s.connections.refused());
     registry.register(
         "connections_refused",
-        "Connections answered 503 server_busy because the host was at max_connections",
+        "Connections turned away at a limit: max_connections (503 server_busy) or max_connections_per_address (429 too_many_connections)",
         refused,
     );
     if let Some(cache) = counts.compile_cache {
