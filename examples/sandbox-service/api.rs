@@ -25,6 +25,9 @@ pub(crate) struct AppState {
     pub(crate) registry: Registry,
     /// The bearer key every `/v1` request must present.
     pub(crate) api_key: Arc<str>,
+    /// Sandbox deletes still to answer with a 500 (`--fail-deletes`), for testing a
+    /// client's retries.
+    pub(crate) fail_deletes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The service's routes: `/healthz` is open, everything under `/v1` needs the key.
@@ -176,6 +179,16 @@ async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    use std::sync::atomic::Ordering;
+    let fail = (state.fail_deletes)
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if fail {
+        tracing::warn!(%id, "failing this delete on purpose (--fail-deletes)");
+        return Err(ApiError::Internal(
+            "deleting failed on purpose (--fail-deletes)".to_owned(),
+        ));
+    }
     state.registry.delete(&id).await?;
     Ok(Json(json!({"id": id, "status": "deleted"})))
 }

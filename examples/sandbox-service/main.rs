@@ -62,6 +62,9 @@ struct Flags {
     /// Processes listed per sandbox.
     #[arg(long, default_value_t = 8)]
     max_processes: usize,
+    /// Answer the first N sandbox deletes with 500 (to test a client's retries).
+    #[arg(long, default_value_t = 0)]
+    fail_deletes: usize,
     /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -78,6 +81,7 @@ struct ServiceConfig {
     api_key: String,
     limits: Limits,
     tls: Option<Arc<rustls::ServerConfig>>,
+    fail_deletes: usize,
 }
 
 impl ServiceConfig {
@@ -122,6 +126,7 @@ impl ServiceConfig {
                 max_processes: flags.max_processes,
             },
             tls,
+            fail_deletes: flags.fail_deletes,
         })
     }
 }
@@ -154,6 +159,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let app = api::router(AppState {
         registry: registry.clone(),
         api_key: Arc::from(config.api_key),
+        fail_deletes: Arc::new(std::sync::atomic::AtomicUsize::new(config.fail_deletes)),
     });
     // Tests and scripts read the address from this line.
     let scheme = if config.tls.is_some() {

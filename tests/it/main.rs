@@ -29,6 +29,7 @@ mod provisioning;
 mod quotas;
 mod records;
 mod relay;
+mod removals;
 mod sandbox;
 mod spine;
 mod storage;

@@ -66,20 +66,26 @@ pub struct Service {
 impl Service {
     /// Starts the service on `port` (0: any), allowing only `tether runtime`.
     pub fn start(dir: &Path, port: u16) -> Service {
-        Service::start_with(dir, port, None)
+        Service::start_with(dir, port, None, 0)
+    }
+
+    /// Starts the service on any port answering its first `n` sandbox deletes with 500.
+    pub fn start_failing_deletes(dir: &Path, n: usize) -> Service {
+        Service::start_with(dir, 0, None, n)
     }
 
     /// Starts the service over HTTPS with `leaf`'s certificate; the test's own
     /// requests trust `ca`.
     fn start_tls(dir: &Path, leaf: &Leaf, ca: &Ca) -> Service {
         let (cert, key) = leaf.write(dir, "sandbox");
-        Service::start_with(dir, 0, Some((cert, key, ca.client_config())))
+        Service::start_with(dir, 0, Some((cert, key, ca.client_config())), 0)
     }
 
     fn start_with(
         dir: &Path,
         port: u16,
         tls: Option<(PathBuf, PathBuf, Arc<rustls::ClientConfig>)>,
+        fail_deletes: usize,
     ) -> Service {
         let root = dir.join("sandboxes");
         let mut command = Command::new(service_binary());
@@ -90,6 +96,8 @@ impl Service {
             .arg(&root)
             .arg("--allow-command")
             .arg(format!("{} runtime", env!("CARGO_BIN_EXE_tether")))
+            .arg("--fail-deletes")
+            .arg(fail_deletes.to_string())
             .env("SANDBOX_API_KEY", KEY)
             .env("RUST_LOG", "info");
         let mut http = reqwest::Client::builder();
@@ -120,7 +128,7 @@ impl Service {
     }
 
     /// SIGTERM, then waits: the service kills every process and forgets every sandbox.
-    fn stop(mut self) {
+    pub fn stop(mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let status = self.child.wait().expect("waiting for the service");
@@ -132,7 +140,7 @@ impl Service {
     }
 
     /// A request with the given key (or none) and JSON body (or none).
-    async fn request(
+    pub async fn request(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -24,7 +24,7 @@ struct StatusLabel {
     path = "/metrics",
     tag = "host",
     responses(
-        (status = 200, description = "OpenMetrics text: `tether_environments{status}`, `tether_runtimes_connected`, `tether_providers_loaded`, `tether_provider_load_failures`, `tether_environment_log_lines_dropped`, `tether_audit_lines_failed`, `tether_connections_open`, `tether_connections_max`, `tether_connections_refused`, `tether_compile_cache_hits`/`misses`.", content_type = "application/openmetrics-text", body = String),
+        (status = 200, description = "OpenMetrics text: `tether_environments{status}`, `tether_runtimes_connected`, `tether_providers_loaded`, `tether_provider_load_failures`, `tether_environment_log_lines_dropped`, `tether_removals_pending`, `tether_audit_lines_failed`, `tether_connections_open`, `tether_connections_max`, `tether_connections_refused`, `tether_compile_cache_hits`/`misses`.", content_type = "application/openmetrics-text", body = String),
         (status = 500, description = "The metrics could not be encoded (`internal_error`).", body = ErrorBody),
     ),
 )]
@@ -61,6 +61,13 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
         "environment_log_lines_dropped",
         "Lines of environments' logs dropped because their writer was behind or the disk did not take them",
         dropped,
+    );
+    let removals = Gauge::<i64>::default();
+    removals.set(i64::try_from(s.manager.removals_pending()).unwrap_or(i64::MAX));
+    registry.register(
+        "removals_pending",
+        "Deleted environments whose provider failed to remove the resource, retried in the background",
+        removals,
     );
     let audit_failed = Counter::<u64>::default();
     audit_failed.inc_by(s.audit.failed_lines());

@@ -112,6 +112,7 @@ pub(super) struct FileLifecycle {
     pub(super) start_timeout_secs: Option<u64>,
     pub(super) stop_timeout_secs: Option<u64>,
     pub(super) call_timeout_secs: Option<u64>,
+    pub(super) removal_retry_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -19,6 +19,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "start_timeout_secs",
             "stop_timeout_secs",
             "call_timeout_secs",
+            "removal_retry_secs",
         ],
     ),
     (

@@ -188,7 +188,13 @@ pub struct LifecycleConfig {
     pub stop_timeout: Duration,
     /// Longest any other provider call may take.
     pub call_timeout: Duration,
+    /// Wait before the first retry of a failed removal of a deleted environment's
+    /// resource; doubled per attempt up to an hour.
+    pub removal_retry: Duration,
 }
+
+/// Longest `lifecycle.removal_retry_secs`: an hour, the longest wait between retries.
+pub const MAX_REMOVAL_RETRY_SECS: u64 = 3600;
 
 /// Per-instance resource limits.
 #[derive(Debug, Clone)]
@@ -268,6 +274,7 @@ impl Default for LifecycleConfig {
             start_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(30),
             call_timeout: Duration::from_secs(30),
+            removal_retry: Duration::from_secs(30),
         }
     }
 }
@@ -397,6 +404,16 @@ impl ServeConfig {
             l.call_timeout,
             "call_timeout_secs",
         )?;
+        l.removal_retry = secs(
+            file.lifecycle.removal_retry_secs,
+            l.removal_retry,
+            "removal_retry_secs",
+        )?;
+        if l.removal_retry.as_secs() > MAX_REMOVAL_RETRY_SECS {
+            return Err(ConfigError::Invalid(format!(
+                "lifecycle.removal_retry_secs must be at most {MAX_REMOVAL_RETRY_SECS}"
+            )));
+        }
         if let Some(mib) = file.limits.memory_mib {
             if mib == 0 {
                 return Err(ConfigError::Invalid("limits.memory_mib must be > 0".into()));

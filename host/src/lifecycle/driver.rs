@@ -12,6 +12,7 @@ use super::envs::Env;
 use super::events::Events;
 use super::live_config::LiveConfig;
 use super::progress::{StartPhase, StartProgress};
+use super::removals::Removals;
 use super::{EnvironmentView, Status, provider_status};
 use crate::audit::{Actor, AuditLog, Entry, Outcome};
 use crate::cluster::Cluster;
@@ -33,6 +34,8 @@ pub(super) struct DriverShared {
     pub(super) events: Events,
     /// Cluster mode: the leases and shared records; `None` when this host is alone.
     pub(super) cluster: Option<Cluster>,
+    /// Removals of deleted environments' resources that failed, to try again.
+    pub(super) removals: Arc<Removals>,
 }
 
 /// Drives environments' provider instances; cheap to clone into tasks.
@@ -49,6 +52,7 @@ impl Driver {
         runtime_base: String,
         audit: AuditLog,
         cluster: Option<Cluster>,
+        removals: Arc<Removals>,
     ) -> Self {
         Self {
             shared: Arc::new(DriverShared {
@@ -60,6 +64,7 @@ impl Driver {
                 audit,
                 events: Events::new(),
                 cluster,
+                removals,
             }),
         }
     }

@@ -131,6 +131,12 @@ impl Environments {
             .clone()
     }
 
+    /// A live side for deleted environment `id` that is not registered: no peer,
+    /// list or log reaches it (a retried removal's instance runs on it).
+    pub(super) fn detached(&self, id: &str) -> Arc<Env> {
+        Arc::new(Env::new(id, self.relay.detached_hub(id)))
+    }
+
     /// Forgets environment `id` and removes its log; its hub stays open until
     /// [`Self::close_hub`].
     pub(super) fn forget(&self, id: &str) -> Option<Arc<Env>> {

@@ -14,6 +14,8 @@
 //! (admitting runtimes and apps, answering provider-handled app messages),
 //! `idle` (stopping environments nobody uses), `wake` (starting them again on an
 //! app's connect), `events` (every change published for `/ws/events`),
+//! `removals` with `retry_removals` (failed removals of deleted environments'
+//! resources, kept in `.codebolt/removals.json` and tried again with backoff),
 //! `reconcile` (outside edits of the records file) and
 //! `config_reload` (outside edits of `tether.toml`, or `SIGHUP`: the settings in
 //! force, `live_config`, are swapped for the next start of each environment).
@@ -37,6 +39,8 @@ mod providers;
 mod provision;
 mod quotas;
 mod reconcile;
+mod removals;
+mod retry_removals;
 mod supervisor;
 mod view;
 mod wake;
@@ -184,6 +188,11 @@ pub(crate) struct HostHealth {
     /// written), or `null`; while the journal's lasts, changes are refused with
     /// `storage_full` or `storage_unavailable`.
     pub storage: Option<StorageHealth>,
+    /// Deleted environments whose provider failed to remove the resource, still
+    /// retried in the background (`.codebolt/removals.json`); a reason says so while
+    /// any is pending.
+    #[serde(rename = "pendingRemovals")]
+    pub pending_removals: usize,
 }
 
 /// A storage failure, as `/healthz` shows it.
@@ -250,6 +259,9 @@ impl Manager {
         let engine = Arc::new(engine);
         let ids = store.list().into_iter().map(|r| r.id);
         let envs = Environments::new(relay, logs, ids);
+        let removals = Arc::new(removals::Removals::open(
+            config.get().codebolt_dir().join("removals.json"),
+        ));
         Self {
             shared: Arc::new(Shared {
                 envs,
@@ -260,6 +272,7 @@ impl Manager {
                     site.runtime_base,
                     audit,
                     site.cluster,
+                    removals,
                 ),
                 quotas,
                 provisions: KeyLocks::default(),
@@ -276,9 +289,11 @@ impl Manager {
         &self.shared.driver
     }
 
-    /// Starts the host-wide background work: the idle sweep.
+    /// Starts the host-wide background work: the idle sweep and the retry of
+    /// failed removals.
     pub(crate) fn run_background(&self) {
         self.spawn_idle_sweep();
+        self.spawn_removal_retries();
     }
 
     /// After a host start: finishes the deletes a crash interrupted (their
@@ -316,6 +331,8 @@ impl Manager {
         reasons.extend(self.shared.providers.load_failures());
         reasons.extend(self.cluster().and_then(Cluster::health));
         reasons.extend(self.config_health());
+        let removals = self.shared.driver.shared.removals.health();
+        reasons.extend(removals.reasons);
         let storage = self.shared.store.storage_fault().map(|f| {
             reasons.push(format!("storage: {f}"));
             StorageHealth {
@@ -333,6 +350,7 @@ impl Manager {
             },
             reasons,
             storage,
+            pending_removals: removals.pending,
         }
     }
 

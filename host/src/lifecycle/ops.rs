@@ -174,7 +174,7 @@ impl Driver {
         // What the broker refuses this instance, added to a failed start's error: a
         // provider often reports a refusal in its own words.
         let refusals = Refusals::default();
-        let instantiating = self.instantiate(env, record, provider, refusals.clone());
+        let instantiating = self.instantiate(env, record, provider, refusals.clone(), None);
         let handle = tokio::time::timeout_at(deadline, instantiating)
             .await
             .map_err(|_| overran("start (instantiating the provider)", timeout))??;
@@ -209,20 +209,25 @@ impl Driver {
     }
 
     /// Starts an instance of `provider` for `env`, with the capabilities the operator
-    /// grants it and the environment's workspace and persisted state.
-    async fn instantiate(
+    /// grants it and the environment's workspace (or `workspace`, a removal's
+    /// scratch directory) and persisted state.
+    pub(super) async fn instantiate(
         &self,
         env: &Arc<Env>,
         record: &Record,
         provider: &LoadedProvider,
         refusals: Refusals,
+        workspace: Option<&std::path::Path>,
     ) -> Result<ProviderHandle, String> {
         let s = &self.shared;
         // One snapshot of the operator's settings for the whole instance.
         let config = s.config.get();
-        let workspace = config
-            .workspace_dir(&record.name)
-            .map_err(|e| e.to_string())?;
+        let workspace = match workspace {
+            Some(w) => w.to_owned(),
+            None => config
+                .workspace_dir(&record.name)
+                .map_err(|e| e.to_string())?,
+        };
         tokio::fs::create_dir_all(&workspace)
             .await
             .map_err(|e| format!("creating workspace {}: {e}", workspace.display()))?;
@@ -317,44 +322,100 @@ impl Driver {
 
     /// Has the provider remove the resource of a deleted environment: through the
     /// running instance, or through a fresh one when the provider's world can destroy
-    /// without a start. A failure is logged: the record is already gone.
+    /// without a start. The record is already gone, so a failure that a fresh
+    /// instance could retry is kept in the removals journal (`removals`), which the
+    /// retry task works through; one that cannot be retried is logged.
     pub(super) async fn destroy_locked(&self, env: &Arc<Env>, record: &Record) {
         let handle = match self.take_instance(env) {
-            Some(handle) => Some(handle),
+            Some(handle) => Ok(Some(handle)),
             None => self.destroyer(env, record).await,
         };
-        if let Some(handle) = handle {
-            let resource = record.resource_id.as_deref().map(crate::untrusted::logged);
-            tracing::info!(env = %env.id, resource = ?resource, "the provider removes the resource");
-            let init = self.init_vars(env, record, String::new(), String::new());
-            let timeout = self.shared.config.get().lifecycle.stop_timeout;
-            if let Err(e) = handle.call(Call::Destroy(Box::new(init)), timeout).await {
-                let error = crate::untrusted::logged(&e.to_string());
-                tracing::warn!(env = %env.id, resource = ?record.resource_id, %error,
-                    "the provider could not remove the resource; remove it by hand");
+        let failure = match handle {
+            Ok(Some(handle)) => {
+                let result = self.destroy_with(env, record, &handle, None).await;
+                shut_down_within(&env.id, &handle, GRACE).await;
+                result.err()
             }
-            shut_down_within(&env.id, &handle, GRACE).await;
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        if let Some(error) = failure {
+            self.removal_failed(env, record, &error);
         }
         env.hub
             .end_runtime(CLOSE_GONE, "environment deleted", AppSessions::End);
     }
 
-    /// A fresh instance to destroy a stopped environment's resource, if there is a
-    /// resource and its provider can do that.
-    async fn destroyer(&self, env: &Arc<Env>, record: &Record) -> Option<ProviderHandle> {
-        record.resource_id.as_ref()?;
-        let provider = self.shared.engine.provider(&record.provider)?;
-        if !provider.world.destroys_without_start() {
-            return None;
+    /// Calls the provider's destroy of `record` on `handle` under the stop timeout;
+    /// `workspace` is the instance's when it is not the environment's (a retry's).
+    pub(super) async fn destroy_with(
+        &self,
+        env: &Env,
+        record: &Record,
+        handle: &ProviderHandle,
+        workspace: Option<&std::path::Path>,
+    ) -> Result<(), String> {
+        let resource = record.resource_id.as_deref().map(crate::untrusted::logged);
+        tracing::info!(env = %env.id, resource = ?resource, "the provider removes the resource");
+        let mut init = self.init_vars(env, record, String::new(), String::new());
+        if let Some(workspace) = workspace {
+            init.workspace_host_path = workspace.display().to_string();
         }
-        match self
-            .instantiate(env, record, &provider, Refusals::default())
-            .await
-        {
-            Ok(handle) => Some(handle),
+        let timeout = self.shared.config.get().lifecycle.stop_timeout;
+        (handle.call(Call::Destroy(Box::new(init)), timeout).await)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Keeps a failed removal in the journal when a fresh instance can retry it; else
+    /// (or when the journal does not take it) a person must remove the resource.
+    fn removal_failed(&self, env: &Env, record: &Record, error: &str) {
+        let shown = crate::untrusted::logged(error);
+        let resource = record.resource_id.as_deref().map(crate::untrusted::logged);
+        let retriable = record.resource_id.is_some()
+            && (self.shared.engine.provider(&record.provider))
+                .is_none_or(|p| p.world.destroys_without_start());
+        if !retriable {
+            tracing::warn!(env = %env.id, resource = ?resource, error = %shown,
+                "the provider could not remove the resource; remove it by hand");
+            return;
+        }
+        let base = self.shared.config.get().lifecycle.removal_retry;
+        match self.shared.removals.failed(record, error, base) {
+            Ok((attempts, wait)) => {
+                tracing::warn!(env = %env.id, resource = ?resource, error = %shown, attempts, retry_in_secs = wait.as_secs(),
+                "the provider could not remove the resource; tried again later")
+            }
+            Err(e) => {
+                tracing::error!(env = %env.id, resource = ?resource, error = %shown, journal = %e,
+                "the provider could not remove the resource and the removals journal did not take it; remove it by hand")
+            }
+        }
+    }
+
+    /// A fresh instance to destroy a stopped environment's resource: `None` if there
+    /// is no resource or its provider's world cannot destroy without a start; an
+    /// error if it should and cannot (the provider not loaded, no instance made).
+    async fn destroyer(
+        &self,
+        env: &Arc<Env>,
+        record: &Record,
+    ) -> Result<Option<ProviderHandle>, String> {
+        if record.resource_id.is_none() {
+            return Ok(None);
+        }
+        let Some(provider) = self.shared.engine.provider(&record.provider) else {
+            let name = crate::untrusted::named(&record.provider);
+            return Err(format!("provider {name} is not loaded"));
+        };
+        if !provider.world.destroys_without_start() {
+            return Ok(None);
+        }
+        match (self.instantiate(env, record, &provider, Refusals::default(), None)).await {
+            Ok(handle) => Ok(Some(handle)),
             Err(e) => {
                 tracing::warn!(env = %env.id, error = %e, "no instance to remove the resource with");
-                None
+                Err(format!("no instance to remove the resource with: {e}"))
             }
         }
     }

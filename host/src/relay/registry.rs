@@ -36,6 +36,12 @@ impl Relay {
             .clone()
     }
 
+    /// A hub for `env_id` outside the registry, so no peer can reach it: for an
+    /// instance that removes a deleted environment's resource.
+    pub fn detached_hub(&self, env_id: &str) -> Arc<Hub> {
+        Arc::new(Hub::new(env_id.to_owned(), self.config.clone()))
+    }
+
     /// Closes and forgets the hub of `env_id`.
     pub fn remove(&self, env_id: &str, reason: &str) {
         let hub = self.hubs.locked().remove(env_id);

@@ -1,0 +1,171 @@
+//! The retry of failed removals: a background task that, once a second, takes the
+//! removals journal's due entries (`removals`) one at a time and has a fresh instance
+//! of the provider destroy the resource, as a delete of a stopped environment does.
+//!
+//! The instance runs on a detached live side (a hub no peer reaches, no registered
+//! environment) with a scratch workspace, `.codebolt/removal-workspaces/<id>/`, not the
+//! environment's: the delete removed that, and its name may be another environment's
+//! by now. The scratch directory is removed after each attempt, and any left by a
+//! crash at start.
+//!
+//! Success (the provider's destroy returns; "already gone" is a success) removes the
+//! entry. A failure, or a provider that is not loaded, counts an attempt and waits
+//! `lifecycle.removal_retry_secs` doubled per attempt, at most an hour. It never gives
+//! up: a resource left behind costs money until someone acts, so the entry stays, is
+//! tried hourly and keeps `/healthz` degraded until it succeeds or an operator
+//! removes it from the file (with the host stopped). A provider that can no longer
+//! destroy without a start (replaced by one that cannot) is dropped with an error:
+//! no retry could do it. Shutdown ends the task between attempts and abandons one in
+//! flight (its instance shut down, the entry left as it was).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use super::Manager;
+use super::deadline::{GRACE, shut_down_within};
+use super::removals::{Pending, delay};
+use crate::broker::Refusals;
+
+/// How often the task looks for due entries.
+const TICK: Duration = Duration::from_secs(1);
+/// How long an attempt abandoned at shutdown is left (the host is going away).
+const ABANDONED: Duration = Duration::from_secs(24 * 3600);
+
+/// The directory of retries' scratch workspaces.
+fn scratch_root(manager: &Manager) -> PathBuf {
+    (manager.shared.config.get().codebolt_dir()).join("removal-workspaces")
+}
+
+impl Manager {
+    /// Starts the retry task, after removing scratch workspaces a crash left.
+    pub(super) fn spawn_removal_retries(&self) {
+        let root = scratch_root(self);
+        if let Err(e) = std::fs::remove_dir_all(&root)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %root.display(), error = %e, "could not remove the scratch workspaces of earlier removals");
+        }
+        let this = self.clone();
+        self.driver().spawn(
+            async move {
+                let closing = this.shared.closing.clone();
+                let mut tick = tokio::time::interval(TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = closing.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    for pending in this.shared.driver.shared.removals.due() {
+                        if closing.is_cancelled() {
+                            return;
+                        }
+                        let span = tracing::info_span!("removal_retry", env = %pending.record.id);
+                        this.retry_removal(pending).instrument(span).await;
+                    }
+                }
+            }
+            .instrument(tracing::info_span!("removal_retries")),
+        );
+    }
+
+    /// One attempt at a pending removal.
+    async fn retry_removal(&self, pending: Pending) {
+        let record = &pending.record;
+        let id = record.id.as_str();
+        let driver = &self.shared.driver;
+        let removals = &driver.shared.removals;
+        let attempt = pending.attempts.saturating_add(1);
+        tracing::info!(env = %id, attempt, "trying again to remove a deleted environment's resource");
+        let failure = match driver.shared.engine.provider(&record.provider) {
+            None => Some(format!(
+                "provider {} is not loaded",
+                crate::untrusted::named(&record.provider)
+            )),
+            Some(provider) if !provider.world.destroys_without_start() => {
+                tracing::error!(env = %id, resource = ?record.resource_id, "the provider can no longer remove a resource without a start; remove it by hand (dropped from the removals journal)");
+                self.removal_settled(id);
+                return;
+            }
+            Some(provider) => {
+                let env = self.shared.envs.detached(id);
+                let workspace = scratch_root(self).join(id);
+                let closing = self.shared.closing.clone();
+                // `None`: abandoned at shutdown, not an attempt.
+                let result = async {
+                    let made = driver.instantiate(
+                        &env,
+                        record,
+                        &provider,
+                        Refusals::default(),
+                        Some(&workspace),
+                    );
+                    let handle = match made.await {
+                        Ok(handle) => handle,
+                        Err(e) => {
+                            return Some(Err(format!(
+                                "no instance to remove the resource with: {e}"
+                            )));
+                        }
+                    };
+                    let result = tokio::select! {
+                        r = driver.destroy_with(&env, record, &handle, Some(&workspace)) => Some(r),
+                        _ = closing.cancelled() => None,
+                    };
+                    shut_down_within(&env.id, &handle, GRACE).await;
+                    result
+                }
+                .await;
+                env.hub.close("removal done");
+                if let Err(e) = tokio::fs::remove_dir_all(&workspace).await
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(env = %id, error = %e, "could not remove a removal's scratch workspace");
+                }
+                let Some(result) = result else {
+                    // The next start tries again (every entry is due then).
+                    removals.postpone(id, ABANDONED);
+                    return;
+                };
+                result.err()
+            }
+        };
+        match failure {
+            None => {
+                tracing::info!(env = %id, attempts = attempt, "the provider removed the resource of a deleted environment");
+                self.removal_settled(id);
+            }
+            Some(error) => {
+                let base = self.shared.config.get().lifecycle.removal_retry;
+                let shown = crate::untrusted::logged(&error);
+                match removals.failed(record, &error, base) {
+                    Ok((attempts, wait)) => {
+                        tracing::warn!(env = %id, attempts, error = %shown, retry_in_secs = wait.as_secs(), "the provider could not remove the resource; tried again later")
+                    }
+                    Err(e) => {
+                        // Memory kept the entry as it was: the next try waits as long.
+                        removals.postpone(id, delay(base, attempt));
+                        tracing::error!(env = %id, error = %shown, journal = %e, "the provider could not remove the resource and the removals journal was not updated")
+                    }
+                }
+            }
+        }
+    }
+
+    /// The entry of `id` is done with.
+    fn removal_settled(&self, id: &str) {
+        let removals = &self.shared.driver.shared.removals;
+        if let Err(e) = removals.done(id) {
+            // Kept in memory and on disk: a later attempt finds it gone and succeeds.
+            removals.postpone(id, Duration::from_secs(60));
+            tracing::error!(env = %id, error = %e, "could not take a finished removal out of the removals journal");
+        }
+    }
+
+    /// How many removals of deleted environments' resources are pending.
+    pub(crate) fn removals_pending(&self) -> usize {
+        self.shared.driver.shared.removals.pending()
+    }
+}

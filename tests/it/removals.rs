@@ -1,0 +1,252 @@
+//! A deleted environment whose provider failed to remove the resource: the removal is
+//! kept in `.codebolt/removals.json`, shown in `/healthz` and `/metrics`, and tried
+//! again in the background until the sandbox is gone, also across a `kill -9`; a
+//! broken journal is logged and stops neither the host nor its good entries.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::sandbox::{KEY, Service, grant};
+use crate::support::{Server, WAIT, write_config};
+
+async fn healthz(server: &Server) -> Value {
+    let (status, health) = server.call("GET", "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    health
+}
+
+async fn metrics(server: &Server) -> String {
+    let resp = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .expect("metrics");
+    resp.text().await.expect("metrics text")
+}
+
+/// Waits until the service holds no sandbox and `/healthz` is `ok` again.
+async fn wait_removed(server: &Server, service: &Service) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let list = service.list().await;
+        let health = healthz(server).await;
+        if list["sandboxes"] == json!([]) && health["status"] == "ok" {
+            assert_eq!(health["pendingRemovals"], 0, "{health}");
+            return list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the removal never finished; {list}; {health}\nlog:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn journal(server: &Server) -> Value {
+    let text = std::fs::read_to_string(server.data_dir.join(".codebolt/removals.json"))
+        .expect("removals.json");
+    serde_json::from_str(&text).expect("removals.json parses")
+}
+
+async fn delete(server: &Server, id: &str) {
+    let (status, body) = server
+        .call("DELETE", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+}
+
+#[tokio::test]
+async fn a_failed_removal_is_shown_and_tried_again_until_the_sandbox_is_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start_failing_deletes(dir.path(), 2);
+    let config = format!(
+        "[lifecycle]\nremoval_retry_secs = 1\n{}",
+        grant(&service, KEY)
+    );
+    write_config(dir.path(), &config);
+    let server = Server::start(dir.path());
+    assert_eq!(healthz(&server).await["pendingRemovals"], 0);
+    let env = server
+        .running_env("costly", "http-sandbox", json!({}))
+        .await;
+    let id = env["id"].as_str().expect("id").to_owned();
+
+    // The delete answers as before; the sandbox is still there, and the host says so.
+    delete(&server, &id).await;
+    let health = healthz(&server).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["pendingRemovals"], 1, "{health}");
+    let reasons = health["reasons"].to_string();
+    assert!(reasons.contains("still to remove"), "{reasons}");
+    assert!(
+        metrics(&server).await.contains("tether_removals_pending 1"),
+        "the gauge"
+    );
+    let entry = &journal(&server)["removals"][0];
+    assert_eq!(entry["record"]["id"], id.as_str(), "{entry}");
+    assert_eq!(entry["record"]["resourceId"], env["resourceId"], "{entry}");
+    assert!(
+        entry["lastError"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("500"),
+        "{entry}"
+    );
+    let (status, _) = server
+        .call("GET", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "the record is gone at once");
+
+    // Tried again (one more failure, then success): the sandbox goes, health is ok.
+    let list = wait_removed(&server, &service).await;
+    assert_eq!(list["deleted"], 1, "{list}");
+    assert_eq!(journal(&server)["removals"], json!([]));
+    assert!(
+        metrics(&server).await.contains("tether_removals_pending 0"),
+        "the gauge"
+    );
+    let log = server.log();
+    assert!(log.contains("tried again later"), "{log}");
+    assert!(
+        log.contains("the provider removed the resource of a deleted environment"),
+        "{log}"
+    );
+    assert!(
+        !dir.path()
+            .join(".codebolt/removal-workspaces")
+            .join(&id)
+            .exists(),
+        "the scratch workspace is gone"
+    );
+    assert!(!log.contains(KEY), "the API key was logged");
+    server.stop();
+    service.stop();
+}
+
+#[tokio::test]
+async fn a_pending_removal_survives_kill_9_and_the_restarted_host_finishes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start_failing_deletes(dir.path(), 1);
+    // The first host waits an hour before trying again: the restart is what does it.
+    let slow = format!(
+        "[lifecycle]\nremoval_retry_secs = 3600\n{}",
+        grant(&service, KEY)
+    );
+    write_config(dir.path(), &slow);
+    let server = Server::start(dir.path());
+    let env = server
+        .running_env("crashy", "http-sandbox", json!({}))
+        .await;
+    let id = env["id"].as_str().expect("id").to_owned();
+    server.stop_env(&id).await;
+    delete(&server, &id).await;
+    assert_eq!(healthz(&server).await["pendingRemovals"], 1);
+    assert_eq!(
+        service.list().await["sandboxes"].as_array().map(Vec::len),
+        Some(1)
+    );
+    server.kill();
+
+    let server = Server::start(dir.path());
+    let list = wait_removed(&server, &service).await;
+    assert_eq!(list["deleted"], 1, "{list}");
+    server.stop();
+    service.stop();
+}
+
+#[tokio::test]
+async fn a_broken_removals_journal_is_logged_and_its_good_entries_still_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start(dir.path(), 0);
+    write_config(dir.path(), &grant(&service, KEY));
+    let (status, sandbox) = service
+        .request(
+            reqwest::Method::POST,
+            "/v1/sandboxes",
+            Some(KEY),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sandbox}");
+    let record = |id: &str, name: &str, resource: &str| {
+        json!({"id": id, "name": name, "provider": "http-sandbox", "owner": "admin",
+               "resourceId": resource, "createdAt": "2026-01-01T00:00:00Z",
+               "updatedAt": "2026-01-01T00:00:00Z"})
+    };
+    let entry = |record: Value, error: &str| {
+        json!({"record": record, "attempts": 3, "lastError": error,
+               "failedAt": "2026-01-01T00:00:00Z", "nextAttemptAt": "2099-01-01T00:00:00Z"})
+    };
+    let good = entry(
+        record("good1", "good", sandbox["id"].as_str().expect("id")),
+        "HTTP 500",
+    );
+    let doc = json!({"version": 1, "removals": [
+        entry(record("bad1", "../../etc", "sbx-x"), "x"),
+        entry(record("bad2", "huge", "sbx-y"), &"e".repeat(1 << 20)),
+        entry(record("bad3", "big", &"r".repeat(1 << 16)), "x"),
+        "not an entry",
+        good,
+    ]});
+    let codebolt = dir.path().join(".codebolt");
+    std::fs::create_dir_all(&codebolt).expect("dir");
+    std::fs::write(codebolt.join("removals.json"), doc.to_string()).expect("write");
+
+    let mut server = Server::start(dir.path());
+    let list = wait_removed_good(&server, &service).await;
+    assert_eq!(list["deleted"], 1, "{list}");
+    let health = healthz(&server).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["pendingRemovals"], 0, "{health}");
+    assert!(
+        health["reasons"]
+            .to_string()
+            .contains("removals journal: 4 entries skipped"),
+        "{health}"
+    );
+    assert!(
+        server
+            .log()
+            .contains("removals journal: an entry is skipped")
+    );
+    assert!(server.running());
+    let kept = std::fs::read_dir(&codebolt)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .any(|e| (e.file_name().to_string_lossy()).starts_with("removals.json.rejected-"));
+    assert!(kept, "the original text is kept beside the journal");
+    assert!(!dir.path().join(".codebolt/environments/etc").exists());
+    server.stop();
+
+    // Not JSON at all: logged, the host serves, and nothing is retried.
+    std::fs::write(codebolt.join("removals.json"), "{not json").expect("write");
+    let mut server = Server::start(dir.path());
+    let health = healthz(&server).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["reasons"].to_string().contains("removals journal"),
+        "{health}"
+    );
+    assert!(server.running());
+    server.stop();
+    service.stop();
+}
+
+/// Waits until the service holds no sandbox and nothing is pending.
+async fn wait_removed_good(server: &Server, service: &Service) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let list = service.list().await;
+        let health = healthz(server).await;
+        if list["sandboxes"] == json!([]) && health["pendingRemovals"] == 0 {
+            return list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the good entry was never removed; {list}; {health}\nlog:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
