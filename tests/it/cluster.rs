@@ -5,7 +5,8 @@
 //! with its resource; a host without NATS refuses to start; NATS restarting loses
 //! nothing; edits made to a stopped host's records file reach the cluster when it
 //! starts (and a missing or broken file deletes nothing); a resource left to a host
-//! that never comes back is removed by another; apps on another host reach the
+//! that never comes back is removed by another, and one whose removal failed is
+//! retried by the host whose provider failed; apps on another host reach the
 //! runtime through NATS or straight to the running host, its relay unchanged, by id
 //! or through a template (first connects for one key on two hosts make one).
 
@@ -919,6 +920,57 @@ async fn a_resource_left_to_a_host_that_never_comes_back_is_removed_by_another()
     gone(&b, &undone).await;
     b.stop();
     drop(service);
+}
+
+#[tokio::test]
+async fn a_removal_that_fails_on_the_running_host_is_kept_and_retried_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let service = Service::start_failing_deletes(dir.path(), 1);
+    let config = format!(
+        "[lifecycle]\nremoval_retry_secs = 1\n{}[cluster]\nlease_ttl_secs = 3\n",
+        sandbox::grant(&service, sandbox::KEY)
+    );
+    let a = host(dir.path(), &nats, "a", &config);
+    let b = host(dir.path(), &nats, "b", &config);
+    let env = a.running_env("remote", "http-sandbox", json!({})).await;
+    let id = id_of(&env);
+    listed(&b, "remote").await;
+
+    // Deleted through b; a runs it, its provider's destroy fails, and a keeps it.
+    let (status, body) = b
+        .call("DELETE", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert!(status.is_success(), "{body}");
+    gone(&a, &id).await;
+    until_log(&a, &id, "tried again later").await;
+    until_log(
+        &a,
+        &id,
+        "the provider removed the resource of a deleted environment",
+    )
+    .await;
+    until_sandboxes(&service, 0).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, health) = a.call("GET", "/healthz", None).await;
+        if health["pendingRemovals"] == 0 && health["status"] == "ok" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{health}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, health) = b.call("GET", "/healthz", None).await;
+    assert_eq!(health["pendingRemovals"], 0, "{health}");
+    assert!(
+        !logged(&b, &id, "tried again later"),
+        "only the host whose provider failed retries"
+    );
+    a.stop();
+    b.stop();
+    service.stop();
 }
 
 #[tokio::test]

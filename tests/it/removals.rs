@@ -169,6 +169,17 @@ async fn a_broken_removals_journal_is_logged_and_its_good_entries_still_run() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{sandbox}");
+    // A second sandbox, the resource of an environment the records hold: an entry
+    // naming it (or that environment) must never reach the provider.
+    let (_, in_use) = service
+        .request(
+            reqwest::Method::POST,
+            "/v1/sandboxes",
+            Some(KEY),
+            Some(json!({})),
+        )
+        .await;
+    let in_use = in_use["id"].as_str().expect("id").to_owned();
     let record = |id: &str, name: &str, resource: &str| {
         json!({"id": id, "name": name, "provider": "http-sandbox", "owner": "admin",
                "resourceId": resource, "createdAt": "2026-01-01T00:00:00Z",
@@ -182,20 +193,30 @@ async fn a_broken_removals_journal_is_logged_and_its_good_entries_still_run() {
         record("good1", "good", sandbox["id"].as_str().expect("id")),
         "HTTP 500",
     );
+    let live = record("live1", "live", &in_use);
+    let codebolt = dir.path().join(".codebolt");
+    std::fs::create_dir_all(&codebolt).expect("dir");
+    let records = json!({"environments": [live.clone()]});
+    std::fs::write(codebolt.join("environments.json"), records.to_string()).expect("write");
     let doc = json!({"version": 1, "removals": [
+        entry(live, "x"),
+        entry(record("sneaky1", "sneaky", &in_use), "x"),
         entry(record("bad1", "../../etc", "sbx-x"), "x"),
         entry(record("bad2", "huge", "sbx-y"), &"e".repeat(1 << 20)),
         entry(record("bad3", "big", &"r".repeat(1 << 16)), "x"),
         "not an entry",
         good,
     ]});
-    let codebolt = dir.path().join(".codebolt");
-    std::fs::create_dir_all(&codebolt).expect("dir");
     std::fs::write(codebolt.join("removals.json"), doc.to_string()).expect("write");
 
     let mut server = Server::start(dir.path());
     let list = wait_removed_good(&server, &service).await;
     assert_eq!(list["deleted"], 1, "{list}");
+    assert_eq!(list["sandboxes"][0]["id"], in_use.as_str(), "{list}");
+    assert!(
+        server.log().contains("still in use"),
+        "the entries naming a live environment or its resource are dropped"
+    );
     let health = healthz(&server).await;
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["pendingRemovals"], 0, "{health}");
@@ -233,13 +254,13 @@ async fn a_broken_removals_journal_is_logged_and_its_good_entries_still_run() {
     service.stop();
 }
 
-/// Waits until the service holds no sandbox and nothing is pending.
+/// Waits until the service holds one sandbox (the one in use) and nothing is pending.
 async fn wait_removed_good(server: &Server, service: &Service) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
         let list = service.list().await;
         let health = healthz(server).await;
-        if list["sandboxes"] == json!([]) && health["pendingRemovals"] == 0 {
+        if list["sandboxes"].as_array().map(Vec::len) == Some(1) && health["pendingRemovals"] == 0 {
             return list;
         }
         assert!(

@@ -360,6 +360,14 @@ fn entry(raw: &Value) -> Result<Pending, String> {
     let mut pending: Pending = serde_json::from_value(raw.clone())
         .map_err(|e| validate::clean(&format!("not an entry: {e}")))?;
     validate::check(&pending.record)?;
+    if pending
+        .record
+        .resource_id
+        .as_deref()
+        .is_none_or(str::is_empty)
+    {
+        return Err("the record names no resourceId: there is nothing to remove".to_owned());
+    }
     // Shown in logs and `/healthz`: kept in the form every log line has.
     pending.last_error = untrusted::cut(&untrusted::logged(&pending.last_error), MAX_ERROR_BYTES);
     Ok(pending)
@@ -412,13 +420,15 @@ mod tests {
         huge_config["record"]["config"] = json!({"k": "y".repeat(3 << 20)});
         let mut newline_id = pending("e");
         newline_id["record"]["id"] = json!("e\nf");
+        let mut no_resource = pending("f");
+        no_resource["record"]["resourceId"] = json!(null);
         let doc = json!({"version": 1, "removals": [
-            pending("a"), path_like, huge, huge_config, newline_id, 7, pending("a"), pending("z")
+            pending("a"), path_like, huge, huge_config, newline_id, no_resource, 7, pending("a"), pending("z")
         ]});
         let (good, bad) = parse(&doc.to_string());
         let ids: Vec<&str> = good.iter().map(|p| p.record.id.as_str()).collect();
         assert_eq!(ids, ["a", "z"]);
-        assert_eq!(bad.len(), 6, "{bad:?}");
+        assert_eq!(bad.len(), 7, "{bad:?}");
         assert!(bad.iter().all(|b| b.len() < 600), "{bad:?}");
         assert_eq!(good[0].attempts, 2);
         assert_eq!(good[0].record.resource_id.as_deref(), Some("sbx-1"));

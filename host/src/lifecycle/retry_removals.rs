@@ -16,7 +16,9 @@
 //! removes it from the file (with the host stopped). A provider that can no longer
 //! destroy without a start (replaced by one that cannot) is dropped with an error:
 //! no retry could do it. Shutdown ends the task between attempts and abandons one in
-//! flight (its instance shut down, the entry left as it was).
+//! flight (its instance shut down, the entry left as it was). An entry naming an
+//! environment the records still hold, or the resource of one, is dropped unattempted:
+//! only a hand edit makes one.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -78,6 +80,18 @@ impl Manager {
         let driver = &self.shared.driver;
         let removals = &driver.shared.removals;
         let attempt = pending.attempts.saturating_add(1);
+        // A journal edited by hand could name a live environment or its resource: its
+        // provider must never be told to destroy that.
+        let store = &self.shared.store;
+        let in_use = store.peek(id, |_| ()).is_some()
+            || (store
+                .find(|r| r.provider == record.provider && r.resource_id == record.resource_id))
+            .is_some();
+        if in_use {
+            tracing::error!(env = %id, resource = ?record.resource_id.as_deref().map(crate::untrusted::logged), "a pending removal names an environment or a resource still in use (the journal was edited?); dropped without calling the provider");
+            self.removal_settled(id);
+            return;
+        }
         tracing::info!(env = %id, attempt, "trying again to remove a deleted environment's resource");
         let failure = match driver.shared.engine.provider(&record.provider) {
             None => Some(format!(
