@@ -172,7 +172,14 @@ export class TetherClient {
   installProvider(name: string, wasm: Uint8Array | ArrayBuffer): Promise<any>;
   audit(filter?: { since?: string; limit?: number; owner?: string }): Promise<any[]>;
   configStatus(): Promise<any>;
-  health(): Promise<{ status: 'ok' | 'degraded'; reasons: string[] }>;
+  health(): Promise<{
+    status: 'ok' | 'degraded';
+    reasons: string[];
+    /** A storage failure in force, or null (docs/rest.md, `/healthz`). */
+    storage: null | { problem: 'full' | 'readOnly' | 'failing'; path: string; error: string; since: string };
+    /** Deleted environments' resources the host still tries to remove. */
+    pendingRemovals: number;
+  }>;
 
   connectApp(id: string, options?: { thread?: string; start?: boolean; session?: string; maxPending?: number } & ReconnectOptions): AppConnection;
   connectTemplate(
