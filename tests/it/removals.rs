@@ -43,6 +43,27 @@ async fn wait_removed(server: &Server, service: &Service) -> Value {
     }
 }
 
+/// A fake sandbox service failing its first `failing` deletes, a host granted it with
+/// `removal_retry_secs` of `retry_secs` (healthy, nothing pending), and a running
+/// `http-sandbox` environment `name` on it.
+async fn sandboxed(
+    dir: &std::path::Path,
+    name: &str,
+    failing: usize,
+    retry_secs: u64,
+) -> (Service, Server, Value) {
+    let service = Service::start_failing_deletes(dir, failing);
+    let config = format!(
+        "[lifecycle]\nremoval_retry_secs = {retry_secs}\n{}",
+        grant(&service, KEY)
+    );
+    write_config(dir, &config);
+    let server = Server::start(dir);
+    assert_eq!(healthz(&server).await["pendingRemovals"], 0);
+    let env = server.running_env(name, "http-sandbox", json!({})).await;
+    (service, server, env)
+}
+
 fn journal(server: &Server) -> Value {
     let text = std::fs::read_to_string(server.data_dir.join(".codebolt/removals.json"))
         .expect("removals.json");
@@ -59,17 +80,7 @@ async fn delete(server: &Server, id: &str) {
 #[tokio::test]
 async fn a_failed_removal_is_shown_and_tried_again_until_the_sandbox_is_gone() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let service = Service::start_failing_deletes(dir.path(), 2);
-    let config = format!(
-        "[lifecycle]\nremoval_retry_secs = 1\n{}",
-        grant(&service, KEY)
-    );
-    write_config(dir.path(), &config);
-    let server = Server::start(dir.path());
-    assert_eq!(healthz(&server).await["pendingRemovals"], 0);
-    let env = server
-        .running_env("costly", "http-sandbox", json!({}))
-        .await;
+    let (service, server, env) = sandboxed(dir.path(), "costly", 2, 1).await;
     let id = env["id"].as_str().expect("id").to_owned();
 
     // The delete answers as before; the sandbox is still there, and the host says so.
@@ -127,17 +138,8 @@ async fn a_failed_removal_is_shown_and_tried_again_until_the_sandbox_is_gone() {
 #[tokio::test]
 async fn a_pending_removal_survives_kill_9_and_the_restarted_host_finishes_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let service = Service::start_failing_deletes(dir.path(), 1);
     // The first host waits an hour before trying again: the restart is what does it.
-    let slow = format!(
-        "[lifecycle]\nremoval_retry_secs = 3600\n{}",
-        grant(&service, KEY)
-    );
-    write_config(dir.path(), &slow);
-    let server = Server::start(dir.path());
-    let env = server
-        .running_env("crashy", "http-sandbox", json!({}))
-        .await;
+    let (service, server, env) = sandboxed(dir.path(), "crashy", 1, 3600).await;
     let id = env["id"].as_str().expect("id").to_owned();
     server.stop_env(&id).await;
     delete(&server, &id).await;
