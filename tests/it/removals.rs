@@ -131,8 +131,39 @@ async fn a_failed_removal_is_shown_and_tried_again_until_the_sandbox_is_gone() {
         "the scratch workspace is gone"
     );
     assert!(!log.contains(KEY), "the API key was logged");
+    // The host's own attempts are in the audit log: the failed one, then the one that
+    // removed it.
+    let retries = retries_audited(&server, &id, 2).await;
+    let outcomes: Vec<&str> = retries
+        .iter()
+        .filter_map(|e| e["outcome"].as_str())
+        .collect();
+    assert_eq!(outcomes, ["failed", "ok"], "{retries:?}");
+    assert_eq!(retries[0]["actor"], "system", "{retries:?}");
+    assert!(
+        !format!("{retries:?}").contains(KEY),
+        "the API key was audited"
+    );
     server.stop();
     service.stop();
+}
+
+/// The audit lines of the host's retries of `id`'s removal, once there are `n`.
+async fn retries_audited(server: &Server, id: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let path = server.data_dir.join(".codebolt/audit.jsonl");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let retries: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["action"] == "environment.removal_retry" && e["target"] == id)
+            .collect();
+        if retries.len() >= n || Instant::now() >= deadline {
+            return retries;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

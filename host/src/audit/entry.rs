@@ -35,6 +35,9 @@ pub mod action {
     pub const ENVIRONMENT_RESTART: &str = "environment.restart";
     /// The host brought an environment back after its own restart.
     pub const ENVIRONMENT_RECOVER: &str = "environment.recover";
+    /// The host tried again to remove a deleted environment's resource, after its
+    /// provider failed to (`ok` once removed, `failed` with why, to be tried again).
+    pub const ENVIRONMENT_REMOVAL_RETRY: &str = "environment.removal_retry";
     /// A token was created.
     pub const TOKEN_CREATE: &str = "token.create";
     /// A provider component installed through the API.

@@ -28,6 +28,7 @@ use tracing::Instrument;
 use super::Manager;
 use super::deadline::{GRACE, shut_down_within};
 use super::removals::{Pending, delay};
+use crate::audit::{Outcome, action};
 use crate::broker::Refusals;
 
 /// How often the task looks for due entries.
@@ -149,11 +150,16 @@ impl Manager {
         match failure {
             None => {
                 tracing::info!(env = %id, attempts = attempt, "the provider removed the resource of a deleted environment");
+                let reason = format!("removed on attempt {attempt}");
+                driver.audit_system(id, action::ENVIRONMENT_REMOVAL_RETRY, Outcome::Ok, &reason);
                 self.removal_settled(id);
             }
             Some(error) => {
                 let base = self.shared.config.get().lifecycle.removal_retry;
                 let shown = crate::untrusted::logged(&error);
+                let reason = format!("attempt {attempt}: {shown}");
+                let failed = Outcome::Failed;
+                driver.audit_system(id, action::ENVIRONMENT_REMOVAL_RETRY, failed, &reason);
                 match removals.failed(record, &error, base) {
                     Ok((attempts, wait)) => {
                         tracing::warn!(env = %id, attempts, error = %shown, retry_in_secs = wait.as_secs(), "the provider could not remove the resource; tried again later")
