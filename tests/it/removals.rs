@@ -26,17 +26,30 @@ async fn metrics(server: &Server) -> String {
 
 /// Waits until the service holds no sandbox and `/healthz` is `ok` again.
 async fn wait_removed(server: &Server, service: &Service) -> Value {
+    let done =
+        |list: &Value, health: &Value| list["sandboxes"] == json!([]) && health["status"] == "ok";
+    let list = wait_for(server, service, done, "the removal never finished").await;
+    assert_eq!(healthz(server).await["pendingRemovals"], 0);
+    list
+}
+
+/// Polls the service's list and `/healthz` until `done` says so; the list then.
+async fn wait_for(
+    server: &Server,
+    service: &Service,
+    done: impl Fn(&Value, &Value) -> bool,
+    what: &str,
+) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
         let list = service.list().await;
         let health = healthz(server).await;
-        if list["sandboxes"] == json!([]) && health["status"] == "ok" {
-            assert_eq!(health["pendingRemovals"], 0, "{health}");
+        if done(&list, &health) {
             return list;
         }
         assert!(
             Instant::now() < deadline,
-            "the removal never finished; {list}; {health}\nlog:\n{}",
+            "{what}; {list}; {health}\nlog:\n{}",
             server.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -243,7 +256,11 @@ async fn a_broken_removals_journal_is_logged_and_its_good_entries_still_run() {
     std::fs::write(codebolt.join("removals.json"), doc.to_string()).expect("write");
 
     let mut server = Server::start(dir.path());
-    let list = wait_removed_good(&server, &service).await;
+    // The service keeps one sandbox (the one in use) and nothing is pending.
+    let done = |list: &Value, health: &Value| {
+        list["sandboxes"].as_array().map(Vec::len) == Some(1) && health["pendingRemovals"] == 0
+    };
+    let list = wait_for(&server, &service, done, "the good entry was never removed").await;
     assert_eq!(list["deleted"], 1, "{list}");
     assert_eq!(list["sandboxes"][0]["id"], in_use.as_str(), "{list}");
     assert!(
@@ -285,22 +302,4 @@ async fn a_broken_removals_journal_is_logged_and_its_good_entries_still_run() {
     assert!(server.running());
     server.stop();
     service.stop();
-}
-
-/// Waits until the service holds one sandbox (the one in use) and nothing is pending.
-async fn wait_removed_good(server: &Server, service: &Service) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let list = service.list().await;
-        let health = healthz(server).await;
-        if list["sandboxes"].as_array().map(Vec::len) == Some(1) && health["pendingRemovals"] == 0 {
-            return list;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the good entry was never removed; {list}; {health}\nlog:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

@@ -117,31 +117,35 @@ fn tls_files(
     }
 }
 
+/// `server.KEY`'s `value`, if given, checked to be 1 to `max`.
+fn within<T>(value: Option<T>, max: T, key: &str) -> Result<Option<T>, ConfigError>
+where
+    T: PartialOrd + From<u8> + std::fmt::Display + Copy,
+{
+    match value {
+        Some(n) if n < T::from(1) || n > max => Err(ConfigError::Invalid(format!(
+            "server.{key} must be 1 to {max}"
+        ))),
+        other => Ok(other),
+    }
+}
+
 /// `[server]` over the defaults.
 pub(super) fn serving_config(file: FileServer) -> Result<ServingConfig, ConfigError> {
     let public_url = (file.public_url.as_deref())
         .map(PublicUrl::parse)
         .transpose()
         .map_err(|e| ConfigError::Invalid(format!("server.{e}")))?;
-    let header_timeout = match file.header_timeout_secs {
-        None => DEFAULT_HEADER_TIMEOUT,
-        Some(secs @ 1..=MAX_HEADER_TIMEOUT_SECS) => Duration::from_secs(secs),
-        Some(_) => {
-            return Err(ConfigError::Invalid(format!(
-                "server.header_timeout_secs must be 1 to {MAX_HEADER_TIMEOUT_SECS}"
-            )));
-        }
-    };
-    let connections = |n: Option<usize>, key: &str| match n {
-        None => Ok(None),
-        Some(n @ 1..=MAX_CONNECTIONS) => Ok(Some(n)),
-        Some(_) => Err(ConfigError::Invalid(format!(
-            "server.{key} must be 1 to {MAX_CONNECTIONS}"
-        ))),
-    };
-    let max_connections = connections(file.max_connections, "max_connections")?;
-    let max_connections_per_address = connections(
+    let header_timeout = within(
+        file.header_timeout_secs,
+        MAX_HEADER_TIMEOUT_SECS,
+        "header_timeout_secs",
+    )?
+    .map_or(DEFAULT_HEADER_TIMEOUT, Duration::from_secs);
+    let max_connections = within(file.max_connections, MAX_CONNECTIONS, "max_connections")?;
+    let max_connections_per_address = within(
         file.max_connections_per_address,
+        MAX_CONNECTIONS,
         "max_connections_per_address",
     )?;
     Ok(ServingConfig {
