@@ -3,6 +3,7 @@
 //! that every failure, bad JSON included, turns into `{"error": {"code", "message"}}`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
@@ -15,6 +16,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
 
 use crate::sandboxes::{ProcessRequest, Registry, SandboxError};
 
@@ -27,7 +29,12 @@ pub(crate) struct AppState {
     pub(crate) api_key: Arc<str>,
     /// Sandbox deletes still to answer with a 500 (`--fail-deletes`), for testing a
     /// client's retries.
-    pub(crate) fail_deletes: Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) fail_deletes: Arc<AtomicUsize>,
+    /// Sandbox deletes still to leave unanswered until the service stops
+    /// (`--hang-deletes`), for testing a client's timeouts.
+    pub(crate) hang_deletes: Arc<AtomicUsize>,
+    /// Cancelled when the service begins to stop.
+    pub(crate) stopping: CancellationToken,
 }
 
 /// The service's routes: `/healthz` is open, everything under `/v1` needs the key.
@@ -175,15 +182,21 @@ async fn read(
     Ok(Json(json!(state.registry.get(&id)?)))
 }
 
+/// Takes one from `count` when it is above zero.
+fn take_one(count: &AtomicUsize) -> bool {
+    (count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))).is_ok()
+}
+
 async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    use std::sync::atomic::Ordering;
-    let fail = (state.fail_deletes)
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
-    if fail {
+    if take_one(&state.hang_deletes) {
+        tracing::warn!(%id, "leaving this delete unanswered on purpose (--hang-deletes)");
+        state.stopping.cancelled().await;
+        return Err(ApiError::Internal("the service is stopping".to_owned()));
+    }
+    if take_one(&state.fail_deletes) {
         tracing::warn!(%id, "failing this delete on purpose (--fail-deletes)");
         return Err(ApiError::Internal(
             "deleting failed on purpose (--fail-deletes)".to_owned(),

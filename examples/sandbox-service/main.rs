@@ -25,10 +25,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
 use crate::sandboxes::{AllowedCommand, Limits, Registry};
@@ -65,6 +67,10 @@ struct Flags {
     /// Answer the first N sandbox deletes with 500 (to test a client's retries).
     #[arg(long, default_value_t = 0)]
     fail_deletes: usize,
+    /// Leave the first N sandbox deletes unanswered until the service stops (to test a
+    /// client's timeouts).
+    #[arg(long, default_value_t = 0)]
+    hang_deletes: usize,
     /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -82,6 +88,7 @@ struct ServiceConfig {
     limits: Limits,
     tls: Option<Arc<rustls::ServerConfig>>,
     fail_deletes: usize,
+    hang_deletes: usize,
 }
 
 impl ServiceConfig {
@@ -127,6 +134,7 @@ impl ServiceConfig {
             },
             tls,
             fail_deletes: flags.fail_deletes,
+            hang_deletes: flags.hang_deletes,
         })
     }
 }
@@ -156,10 +164,13 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;
+    let stopping = CancellationToken::new();
     let app = api::router(AppState {
         registry: registry.clone(),
         api_key: Arc::from(config.api_key),
-        fail_deletes: Arc::new(std::sync::atomic::AtomicUsize::new(config.fail_deletes)),
+        fail_deletes: Arc::new(AtomicUsize::new(config.fail_deletes)),
+        hang_deletes: Arc::new(AtomicUsize::new(config.hang_deletes)),
+        stopping: stopping.clone(),
     });
     // Tests and scripts read the address from this line.
     let scheme = if config.tls.is_some() {
@@ -177,6 +188,8 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!("shutting down: killing every sandbox's processes");
+        // Hung deletes answer now, or the graceful shutdown would wait for them.
+        stopping.cancel();
     };
     match config.tls {
         None => axum::serve(listener, app)

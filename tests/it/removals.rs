@@ -1,7 +1,8 @@
 //! A deleted environment whose provider failed to remove the resource: the removal is
 //! kept in `.codebolt/removals.json`, shown in `/healthz` and `/metrics`, and tried
 //! again in the background until the sandbox is gone, also across a `kill -9`; a
-//! broken journal is logged and stops neither the host nor its good entries.
+//! broken journal is logged and stops neither the host nor its good entries; a
+//! removal that hangs holds back no other.
 
 use std::time::{Duration, Instant};
 
@@ -78,8 +79,12 @@ async fn sandboxed(
 }
 
 fn journal(server: &Server) -> Value {
-    let text = std::fs::read_to_string(server.data_dir.join(".codebolt/removals.json"))
-        .expect("removals.json");
+    journal_in(&server.data_dir)
+}
+
+/// `.codebolt/removals.json` under the data directory `dir`, parsed.
+fn journal_in(dir: &std::path::Path) -> Value {
+    let text = std::fs::read_to_string(dir.join(".codebolt/removals.json")).expect("removals.json");
     serde_json::from_str(&text).expect("removals.json parses")
 }
 
@@ -301,5 +306,70 @@ async fn a_broken_removals_journal_is_logged_and_its_good_entries_still_run() {
     );
     assert!(server.running());
     server.stop();
+    service.stop();
+}
+
+#[tokio::test]
+async fn a_removal_that_hangs_holds_back_no_other_and_is_tried_once_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The service leaves its first delete unanswered; the host would wait ten minutes.
+    let service = Service::start_hanging_deletes(dir.path(), 1);
+    let config = format!(
+        "[lifecycle]\nremoval_retry_secs = 1\nstop_timeout_secs = 600\n{}",
+        grant(&service, KEY)
+    );
+    write_config(dir.path(), &config);
+    // Two deleted environments whose sandboxes a host failed to remove: all due at start.
+    let mut entries = Vec::new();
+    for id in ["first1", "second1"] {
+        let (status, sandbox) = (service.request(
+            reqwest::Method::POST,
+            "/v1/sandboxes",
+            Some(KEY),
+            Some(json!({})),
+        ))
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{sandbox}");
+        let record = json!({"id": id, "name": id, "provider": "http-sandbox", "owner": "admin",
+                            "resourceId": sandbox["id"], "createdAt": "2026-01-01T00:00:00Z",
+                            "updatedAt": "2026-01-01T00:00:00Z"});
+        entries.push(
+            json!({"record": record, "attempts": 1, "lastError": "HTTP 500",
+                            "failedAt": "2026-01-01T00:00:00Z",
+                            "nextAttemptAt": "2026-01-01T00:00:00Z"}),
+        );
+    }
+    let codebolt = dir.path().join(".codebolt");
+    std::fs::create_dir_all(&codebolt).expect("dir");
+    let doc = json!({"version": 1, "removals": entries});
+    std::fs::write(codebolt.join("removals.json"), doc.to_string()).expect("write");
+
+    let server = Server::start(dir.path());
+    // Whichever delete reaches the service first hangs; the other is done all the same.
+    let one_left = |list: &Value, health: &Value| {
+        list["deleted"] == 1
+            && list["sandboxes"].as_array().is_some_and(|s| s.len() == 1)
+            && health["pendingRemovals"] == 1
+    };
+    wait_for(
+        &server,
+        &service,
+        one_left,
+        "a hanging removal held back the other",
+    )
+    .await;
+    // Done while the hanging attempt still waits (the provider's request gives up after
+    // 15 s), not after it failed.
+    let log = server.log();
+    assert!(!log.contains("could not remove the resource"), "{log}");
+    // Due every second, the hanging entry is still in its one attempt, not in a second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let attempts = server.log().matches("trying again to remove").count();
+    assert_eq!(attempts, 2, "{}", server.log());
+    assert_eq!(healthz(&server).await["pendingRemovals"], 1);
+    // Shutdown abandons the attempt in flight and keeps its entry.
+    server.stop();
+    let left = journal_in(dir.path());
+    assert_eq!(left["removals"].as_array().map(Vec::len), Some(1), "{left}");
     service.stop();
 }

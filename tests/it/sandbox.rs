@@ -66,26 +66,32 @@ pub struct Service {
 impl Service {
     /// Starts the service on `port` (0: any), allowing only `tether runtime`.
     pub fn start(dir: &Path, port: u16) -> Service {
-        Service::start_with(dir, port, None, 0)
+        Service::start_with(dir, port, None, &[])
     }
 
     /// Starts the service on any port answering its first `n` sandbox deletes with 500.
     pub fn start_failing_deletes(dir: &Path, n: usize) -> Service {
-        Service::start_with(dir, 0, None, n)
+        Service::start_with(dir, 0, None, &["--fail-deletes", &n.to_string()])
+    }
+
+    /// Starts the service on any port leaving its first `n` sandbox deletes unanswered
+    /// until it stops.
+    pub fn start_hanging_deletes(dir: &Path, n: usize) -> Service {
+        Service::start_with(dir, 0, None, &["--hang-deletes", &n.to_string()])
     }
 
     /// Starts the service over HTTPS with `leaf`'s certificate; the test's own
     /// requests trust `ca`.
     fn start_tls(dir: &Path, leaf: &Leaf, ca: &Ca) -> Service {
         let (cert, key) = leaf.write(dir, "sandbox");
-        Service::start_with(dir, 0, Some((cert, key, ca.client_config())), 0)
+        Service::start_with(dir, 0, Some((cert, key, ca.client_config())), &[])
     }
 
     fn start_with(
         dir: &Path,
         port: u16,
         tls: Option<(PathBuf, PathBuf, Arc<rustls::ClientConfig>)>,
-        fail_deletes: usize,
+        flags: &[&str],
     ) -> Service {
         let root = dir.join("sandboxes");
         let mut command = Command::new(service_binary());
@@ -96,8 +102,7 @@ impl Service {
             .arg(&root)
             .arg("--allow-command")
             .arg(format!("{} runtime", env!("CARGO_BIN_EXE_tether")))
-            .arg("--fail-deletes")
-            .arg(fail_deletes.to_string())
+            .args(flags)
             .env("SANDBOX_API_KEY", KEY)
             .env("RUST_LOG", "info");
         let mut http = reqwest::Client::builder();

@@ -1,6 +1,9 @@
 //! The retry of failed removals: a background task that, once a second, takes the
-//! removals journal's due entries (`removals`) one at a time and has a fresh instance
-//! of the provider destroy the resource, as a delete of a stopped environment does.
+//! removals journal's due entries (`removals`) and has a fresh instance of the
+//! provider destroy each resource, as a delete of a stopped environment does. Up to
+//! [`AT_ONCE`] attempts run side by side, each entry in one attempt at a time, so a
+//! provider (or a remote service) that hangs until the stop timeout holds back only
+//! its own entries, not every other removal.
 //!
 //! The instance runs on a detached live side (a hub no peer reaches, no registered
 //! environment) with a scratch workspace, `.codebolt/removal-workspaces/<id>/`, not the
@@ -15,13 +18,17 @@
 //! tried hourly and keeps `/healthz` degraded until it succeeds or an operator
 //! removes it from the file (with the host stopped). A provider that can no longer
 //! destroy without a start (replaced by one that cannot) is dropped with an error:
-//! no retry could do it. Shutdown ends the task between attempts and abandons one in
-//! flight (its instance shut down, the entry left as it was). An entry naming an
+//! no retry could do it. Shutdown abandons the attempts in flight (their instances
+//! shut down, their entries left as they were) and starts no more. An entry naming an
 //! environment the records still hold, or the resource of one, is dropped unattempted:
 //! only a hand edit makes one.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use tracing::Instrument;
 
@@ -30,11 +37,14 @@ use super::deadline::{GRACE, shut_down_within};
 use super::removals::{Pending, delay};
 use crate::audit::{Outcome, action};
 use crate::broker::Refusals;
+use crate::sync::MutexExt;
 
 /// How often the task looks for due entries.
 const TICK: Duration = Duration::from_secs(1);
 /// How long an attempt abandoned at shutdown is left (the host is going away).
 const ABANDONED: Duration = Duration::from_secs(24 * 3600);
+/// Most attempts in flight at once: each holds a provider instance.
+const AT_ONCE: usize = 4;
 
 /// The directory of retries' scratch workspaces.
 fn scratch_root(manager: &Manager) -> PathBuf {
@@ -54,6 +64,8 @@ impl Manager {
         self.driver().spawn(
             async move {
                 let closing = this.shared.closing.clone();
+                let slots = Arc::new(Semaphore::new(AT_ONCE));
+                let in_flight = Arc::new(Mutex::new(HashSet::new()));
                 let mut tick = tokio::time::interval(TICK);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -65,8 +77,24 @@ impl Manager {
                         if closing.is_cancelled() {
                             return;
                         }
-                        let span = tracing::info_span!("removal_retry", env = %pending.record.id);
-                        this.retry_removal(pending).instrument(span).await;
+                        let id = pending.record.id.clone();
+                        if !in_flight.locked().insert(id.clone()) {
+                            continue;
+                        }
+                        let Ok(slot) = slots.clone().try_acquire_owned() else {
+                            in_flight.locked().remove(&id);
+                            break;
+                        };
+                        let (manager, in_flight) = (this.clone(), in_flight.clone());
+                        let span = tracing::info_span!("removal_retry", env = %id);
+                        this.driver().spawn(
+                            async move {
+                                manager.retry_removal(pending).await;
+                                in_flight.locked().remove(&id);
+                                drop(slot);
+                            }
+                            .instrument(span),
+                        );
                     }
                 }
             }
