@@ -225,8 +225,13 @@ pub(crate) async fn run(
 
     let throttle = std::sync::Arc::new(Throttle::new(config_throttle));
     let connections = std::sync::Arc::new(Connections::new(max_connections, per_address));
+    // Bridged apps hold no descriptor here, but are bounded all the same. Every tunnel
+    // comes from NATS, not an app's address: no share per address.
+    let bridged =
+        (tunnels.as_ref()).map(|_| std::sync::Arc::new(Connections::new(max_connections, None)));
     let state = AppState {
         connections: connections.clone(),
+        tunnels: bridged.clone(),
         manager: manager.clone(),
         tokens,
         audit: audit.clone(),
@@ -235,13 +240,10 @@ pub(crate) async fn run(
     };
     let app = api::router(state.clone());
     let stopped = CancellationToken::new();
-    if let Some(tunnels) = tunnels {
+    if let (Some(tunnels), Some(bridged)) = (tunnels, bridged) {
         // Apps bridged from other hosts, through NATS: served like TCP connections.
         let listener = tunnels::TunnelListener::new(tunnels);
         let router = api::tunnel_router(state);
-        // Bridged apps hold no descriptor here, but are bounded all the same.
-        // Every tunnel comes from NATS, not an app's address: no share per address.
-        let bridged = std::sync::Arc::new(Connections::new(max_connections, None));
         tokio::spawn(http::serve(
             listener,
             router,

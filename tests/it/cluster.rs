@@ -1124,6 +1124,10 @@ async fn apps_on_another_host_go_through_nats_with_the_relays_guarantees() {
     let greeting = app.next_text().await.expect("greeting");
     assert!(greeting.contains("\"reset\":false"), "{greeting}");
     peer.on_frame(&greeting);
+    // The running host counts the tunnel apart from its own connections.
+    assert!(a.metric("tether_cluster_tunnels_open").await >= 1);
+    assert_eq!(a.metric("tether_cluster_tunnels_refused_total").await, 0);
+    assert_eq!(b.metric("tether_cluster_tunnels_open").await, 0);
     while seen.len() < 200 {
         match peer.on_frame(&app.next_text().await.expect("frame")) {
             Incoming::Message(m) if m["type"] == "r" => seen.push(m["n"].as_u64().expect("n")),

@@ -364,20 +364,6 @@ fn cache_entries(cache: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime,
     entries
 }
 
-/// The value of an unlabelled sample in `/metrics`.
-async fn metric(server: &Server, name: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-}
-
 #[tokio::test]
 async fn a_restart_with_unchanged_providers_compiles_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -391,10 +377,10 @@ async fn a_restart_with_unchanged_providers_compiles_nothing() {
     let count = loaded.as_array().map(Vec::len).unwrap_or_default() as u64;
     assert!(count >= 2, "built-ins and handoff: {loaded}");
     assert_eq!(
-        metric(&server, "tether_compile_cache_misses_total").await,
+        server.metric("tether_compile_cache_misses_total").await,
         count
     );
-    assert_eq!(metric(&server, "tether_compile_cache_hits_total").await, 0);
+    assert_eq!(server.metric("tether_compile_cache_hits_total").await, 0);
     server.stop();
     let before = cache_entries(&cache);
     assert_eq!(before.len() as u64, count, "one entry per component");
@@ -409,12 +395,9 @@ async fn a_restart_with_unchanged_providers_compiles_nothing() {
 
     // Same providers, new process: every component comes from the cache.
     let server = Server::start(dir.path());
+    assert_eq!(server.metric("tether_compile_cache_misses_total").await, 0);
     assert_eq!(
-        metric(&server, "tether_compile_cache_misses_total").await,
-        0
-    );
-    assert_eq!(
-        metric(&server, "tether_compile_cache_hits_total").await,
+        server.metric("tether_compile_cache_hits_total").await,
         count
     );
     let (_, again) = server.call("GET", "/api/v1/providers", None).await;

@@ -24,7 +24,7 @@ struct StatusLabel {
     path = "/metrics",
     tag = "host",
     responses(
-        (status = 200, description = "OpenMetrics text: `tether_environments{status}`, `tether_runtimes_connected`, `tether_providers_loaded`, `tether_provider_load_failures`, `tether_environment_log_lines_dropped`, `tether_removals_pending`, `tether_audit_lines_failed`, `tether_connections_open`, `tether_connections_max`, `tether_connections_refused`, `tether_compile_cache_hits`/`misses`.", content_type = "application/openmetrics-text", body = String),
+        (status = 200, description = "OpenMetrics text: `tether_environments{status}`, `tether_runtimes_connected`, `tether_providers_loaded`, `tether_provider_load_failures`, `tether_environment_log_lines_dropped`, `tether_removals_pending`, `tether_audit_lines_failed`, `tether_connections_open`, `tether_connections_max`, `tether_connections_refused`, `tether_compile_cache_hits`/`misses`; in cluster mode also `tether_cluster_environments_here`, `tether_cluster_connected`, `tether_cluster_conflicts`, `tether_cluster_tunnels_open` and `tether_cluster_tunnels_refused`.", content_type = "application/openmetrics-text", body = String),
         (status = 500, description = "The metrics could not be encoded (`internal_error`).", body = ErrorBody),
     ),
 )]
@@ -111,6 +111,22 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
             "compile_cache_misses",
             "Provider components compiled and stored in the compile cache",
             misses,
+        );
+    }
+    if let Some(tunnels) = &s.tunnels {
+        let open = Gauge::<i64>::default();
+        open.set(i64::try_from(tunnels.open()).unwrap_or(i64::MAX));
+        registry.register(
+            "cluster_tunnels_open",
+            "Cluster mode: apps bridged here from other hosts through NATS, connected now (at most [server] max_connections, apart from tether_connections_open)",
+            open,
+        );
+        let refused = Counter::<u64>::default();
+        refused.inc_by(tunnels.refused());
+        registry.register(
+            "cluster_tunnels_refused",
+            "Cluster mode: tunnels of bridged apps turned away because max_connections of them were open (503 server_busy)",
+            refused,
         );
     }
     if let Some(cluster) = s.manager.cluster() {

@@ -50,6 +50,9 @@ pub(crate) struct AppState {
     pub tickets: Arc<Tickets>,
     /// The connections the host serves at once, and those it turned away.
     pub connections: Arc<crate::server::Connections>,
+    /// Cluster mode: the tunnels other hosts' bridged apps arrive through, bounded
+    /// apart from `connections`.
+    pub tunnels: Option<Arc<crate::server::Connections>>,
 }
 
 /// Every route with its description: a route is added here through `routes!`, which
