@@ -111,10 +111,9 @@ pub(super) fn delay(base: Duration, attempts: u32) -> Duration {
     base.saturating_mul(1u32 << doublings).min(MAX_DELAY)
 }
 
+/// The moment `after` from now, as the journal shows it.
 fn stamp_in(after: Duration) -> String {
-    let at = time::OffsetDateTime::now_utc() + after;
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    crate::store::stamp(time::OffsetDateTime::now_utc() + after)
 }
 
 impl Removals {
@@ -375,19 +374,12 @@ fn entry(raw: &Value) -> Result<Pending, String> {
 
 /// Keeps a file the host will write over: copied beside it, named for the moment.
 fn keep_rejected(path: &Path, bytes: &[u8]) {
-    let secs = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH))
-        .map_or(0, |d| d.as_secs());
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("removals.json");
-    let copy = path.with_file_name(format!("{name}.rejected-{secs}"));
-    match crate::atomic::replace_file(&copy, bytes) {
-        Ok(()) => {
+    match crate::atomic::keep_beside(path, "rejected", bytes) {
+        Ok(copy) => {
             tracing::warn!(copy = %copy.display(), "removals journal: its text is kept there before the host writes over it")
         }
         Err(e) => {
-            tracing::error!(copy = %copy.display(), error = %e, "removals journal: could not keep its text")
+            tracing::error!(path = %path.display(), error = %e, "removals journal: could not keep its text")
         }
     }
 }

@@ -28,38 +28,33 @@ pub(super) fn sha(bytes: &[u8]) -> [u8; 32] {
 
 /// Copies an invalid records file aside before the host replaces it.
 pub(super) fn keep_copy(path: &Path) -> Result<(), StoreError> {
-    let copy = invalid_copy(path);
-    match std::fs::copy(path, &copy) {
-        Ok(_) => {
-            tracing::warn!(copy = %copy.display(), "kept a copy of the invalid records file");
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(StoreError::Io { path: copy, source }),
+    let kept = crate::atomic::keep_copy_beside(path, INVALID);
+    if let Some(copy) = kept.map_err(|source| kept_error(path, source))? {
+        logged(copy);
     }
+    Ok(())
 }
 
 /// Keeps `text`, an invalid edit of the records file the host replaced, beside it.
 pub(super) fn keep_text(path: &Path, text: &[u8]) -> Result<(), StoreError> {
-    let copy = invalid_copy(path);
-    std::fs::write(&copy, text).map_err(|source| StoreError::Io {
-        path: copy.clone(),
-        source,
-    })?;
-    tracing::warn!(copy = %copy.display(), "kept a copy of the invalid records file");
-    Ok(())
+    let kept = crate::atomic::keep_beside(path, INVALID, text);
+    kept.map(logged).map_err(|source| kept_error(path, source))
 }
 
-/// `environments.json.invalid-<timestamp>` beside the file.
-fn invalid_copy(path: &Path) -> std::path::PathBuf {
-    let stamp = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-    let name = format!(
-        "{}.invalid-{stamp}",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("environments.json")
-    );
-    path.with_file_name(name)
+/// The copies are `environments.json.invalid-<timestamp>`.
+const INVALID: &str = "invalid";
+
+fn logged(copy: std::path::PathBuf) {
+    tracing::warn!(copy = %copy.display(), "kept a copy of the invalid records file");
+}
+
+fn kept_error(path: &Path, source: std::io::Error) -> StoreError {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".{INVALID}-*"));
+    StoreError::Io {
+        path: path.with_file_name(name),
+        source,
+    }
 }
 
 /// What an attempt to replace the file found.

@@ -299,15 +299,7 @@ pub(super) fn remove(path: &Path) -> std::io::Result<()> {
 
 /// Keeps a copy of a damaged journal beside it (`<name>.damaged-<ns>`), for a person.
 pub(super) fn keep_copy(path: &Path) -> std::io::Result<Option<PathBuf>> {
-    let stamp = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-    let mut name = path.file_name().unwrap_or_default().to_owned();
-    name.push(format!(".damaged-{stamp}"));
-    let copy = path.with_file_name(name);
-    match std::fs::copy(path, &copy) {
-        Ok(_) => Ok(Some(copy)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    crate::atomic::keep_copy_beside(path, "damaged")
 }
 
 fn sync_dir(path: &Path) -> std::io::Result<()> {

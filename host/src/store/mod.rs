@@ -197,9 +197,12 @@ impl Drop for Store {
 
 /// The current time as RFC 3339.
 pub fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    stamp(time::OffsetDateTime::now_utc())
+}
+
+/// `at` as RFC 3339, the form of every time a record or journal holds.
+pub(crate) fn stamp(at: time::OffsetDateTime) -> String {
+    (at.format(&time::format_description::well_known::Rfc3339)).unwrap_or_default()
 }
 
 impl Store {
