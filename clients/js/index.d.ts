@@ -24,6 +24,20 @@ export interface Environment {
   [field: string]: unknown;
 }
 
+/** A deleted environment whose resource the host still tries to remove (docs/rest.md). */
+export interface Removal {
+  environmentId: string;
+  name: string;
+  provider: string;
+  owner: string;
+  resourceId: string | null;
+  attempts: number;
+  lastError: string;
+  failedAt: string;
+  nextAttemptAt: string;
+  inFlight: boolean;
+}
+
 export interface LogLine {
   ts: string;
   level: 'INFO' | 'WARN' | 'ERROR';
@@ -172,6 +186,9 @@ export class TetherClient {
   installProvider(name: string, wasm: Uint8Array | ArrayBuffer): Promise<any>;
   audit(filter?: { since?: string; limit?: number; owner?: string }): Promise<any[]>;
   configStatus(): Promise<any>;
+  listRemovals(): Promise<Removal[]>;
+  retryRemoval(id: string): Promise<Removal>;
+  dropRemoval(id: string): Promise<Removal>;
   health(): Promise<{
     status: 'ok' | 'degraded';
     reasons: string[];

@@ -168,6 +168,11 @@ async fn a_failed_removal_is_shown_and_tried_again_until_the_sandbox_is_gone() {
 
 /// The audit lines of the host's retries of `id`'s removal, once there are `n`.
 async fn retries_audited(server: &Server, id: &str, n: usize) -> Vec<Value> {
+    audited(server, "environment.removal_retry", id, n).await
+}
+
+/// The audit lines of `action` on `id`, once there are `n` (or after [`WAIT`]).
+async fn audited(server: &Server, action: &str, id: &str, n: usize) -> Vec<Value> {
     let deadline = Instant::now() + WAIT;
     loop {
         let path = server.data_dir.join(".codebolt/audit.jsonl");
@@ -175,7 +180,7 @@ async fn retries_audited(server: &Server, id: &str, n: usize) -> Vec<Value> {
         let retries: Vec<Value> = text
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|e| e["action"] == "environment.removal_retry" && e["target"] == id)
+            .filter(|e| e["action"] == action && e["target"] == id)
             .collect();
         if retries.len() >= n || Instant::now() >= deadline {
             return retries;
@@ -320,29 +325,7 @@ async fn a_removal_that_hangs_holds_back_no_other_and_is_tried_once_at_a_time() 
     );
     write_config(dir.path(), &config);
     // Two deleted environments whose sandboxes a host failed to remove: all due at start.
-    let mut entries = Vec::new();
-    for id in ["first1", "second1"] {
-        let (status, sandbox) = (service.request(
-            reqwest::Method::POST,
-            "/v1/sandboxes",
-            Some(KEY),
-            Some(json!({})),
-        ))
-        .await;
-        assert_eq!(status, StatusCode::CREATED, "{sandbox}");
-        let record = json!({"id": id, "name": id, "provider": "http-sandbox", "owner": "admin",
-                            "resourceId": sandbox["id"], "createdAt": "2026-01-01T00:00:00Z",
-                            "updatedAt": "2026-01-01T00:00:00Z"});
-        entries.push(
-            json!({"record": record, "attempts": 1, "lastError": "HTTP 500",
-                            "failedAt": "2026-01-01T00:00:00Z",
-                            "nextAttemptAt": "2026-01-01T00:00:00Z"}),
-        );
-    }
-    let codebolt = dir.path().join(".codebolt");
-    std::fs::create_dir_all(&codebolt).expect("dir");
-    let doc = json!({"version": 1, "removals": entries});
-    std::fs::write(codebolt.join("removals.json"), doc.to_string()).expect("write");
+    journal_sandboxes(dir.path(), &service, &["first1", "second1"]).await;
 
     let server = Server::start(dir.path());
     // Whichever delete reaches the service first hangs; the other is done all the same.
@@ -372,4 +355,185 @@ async fn a_removal_that_hangs_holds_back_no_other_and_is_tried_once_at_a_time() 
     let left = journal_in(dir.path());
     assert_eq!(left["removals"].as_array().map(Vec::len), Some(1), "{left}");
     service.stop();
+}
+
+/// Writes a removals journal (as a host leaves it) of deleted environments `ids`, each
+/// with a new sandbox of `service` still to remove.
+async fn journal_sandboxes(dir: &std::path::Path, service: &Service, ids: &[&str]) {
+    let mut entries = Vec::new();
+    for id in ids {
+        let (status, sandbox) = (service.request(
+            reqwest::Method::POST,
+            "/v1/sandboxes",
+            Some(KEY),
+            Some(json!({})),
+        ))
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{sandbox}");
+        let record = json!({"id": id, "name": id, "provider": "http-sandbox", "owner": "admin",
+                            "resourceId": sandbox["id"], "createdAt": "2026-01-01T00:00:00Z",
+                            "updatedAt": "2026-01-01T00:00:00Z"});
+        entries.push(
+            json!({"record": record, "attempts": 1, "lastError": "HTTP 500",
+                            "failedAt": "2026-01-01T00:00:00Z",
+                            "nextAttemptAt": "2026-01-01T00:00:00Z"}),
+        );
+    }
+    let codebolt = dir.join(".codebolt");
+    std::fs::create_dir_all(&codebolt).expect("dir");
+    let doc = json!({"version": 1, "removals": entries});
+    std::fs::write(codebolt.join("removals.json"), doc.to_string()).expect("write");
+}
+
+/// `GET /api/v1/removals` as the admin.
+async fn removals(server: &Server) -> Vec<Value> {
+    let (status, list) = server.call("GET", "/api/v1/removals", None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    list.as_array().expect("a list").clone()
+}
+
+#[tokio::test]
+async fn admins_list_pending_removals_have_one_tried_now_and_drop_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Every delete fails, and the host would wait an hour between attempts.
+    let (service, server, env) = sandboxed(dir.path(), "kept", 1000, 3600).await;
+    let id = env["id"].as_str().expect("id").to_owned();
+    delete(&server, &id).await;
+
+    // Admins only.
+    let (user, _) = server.user_token("alice").await;
+    let paths = [
+        ("GET", "/api/v1/removals".to_owned()),
+        ("POST", format!("/api/v1/removals/{id}/retry")),
+        ("DELETE", format!("/api/v1/removals/{id}")),
+    ];
+    for (method, path) in &paths {
+        let (status, body) = server.call_with(method, path, None, Some(&user)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "missing_scope", "{body}");
+        let (status, _) = server.call_with(method, path, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+    }
+
+    // Listed with what it failed on.
+    let list = removals(&server).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    let entry = &list[0];
+    assert_eq!(entry["environmentId"], id.as_str(), "{entry}");
+    assert_eq!(entry["name"], "kept", "{entry}");
+    assert_eq!(entry["provider"], "http-sandbox", "{entry}");
+    assert_eq!(entry["owner"], "admin", "{entry}");
+    assert_eq!(entry["resourceId"], env["resourceId"], "{entry}");
+    assert_eq!(entry["attempts"], 1, "{entry}");
+    assert_eq!(entry["inFlight"], false, "{entry}");
+    assert!(
+        entry["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("500")),
+        "{entry}"
+    );
+    assert!(
+        entry["failedAt"].is_string() && entry["nextAttemptAt"].is_string(),
+        "{entry}"
+    );
+    assert!(
+        !entry.to_string().contains(KEY),
+        "the API key is shown: {entry}"
+    );
+
+    // Tried now, not in an hour (and failing again).
+    let (status, view) = server
+        .call("POST", &format!("/api/v1/removals/{id}/retry"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{view}");
+    assert_eq!(view["environmentId"], id.as_str(), "{view}");
+    let deadline = Instant::now() + WAIT;
+    while removals(&server).await[0]["attempts"] != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "never tried again\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Dropped: the host stops trying, says all is well, and the sandbox stays.
+    let (status, dropped) = server
+        .call("DELETE", &format!("/api/v1/removals/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{dropped}");
+    assert_eq!(dropped["attempts"], 2, "{dropped}");
+    assert_eq!(removals(&server).await, Vec::<Value>::new());
+    let health = healthz(&server).await;
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["pendingRemovals"], 0, "{health}");
+    assert_eq!(journal(&server)["removals"], json!([]));
+    let list = service.list().await;
+    assert_eq!(
+        list["sandboxes"].as_array().map(Vec::len),
+        Some(1),
+        "{list}"
+    );
+    for (method, path) in &paths[1..] {
+        let (status, body) = server.call(method, path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "not_found", "{body}");
+    }
+    let asked = audited(&server, "environment.removal_retry_now", &id, 3).await;
+    let outcomes: Vec<&str> = asked.iter().filter_map(|e| e["outcome"].as_str()).collect();
+    assert_eq!(outcomes, ["refused", "ok", "refused"], "{asked:?}");
+    let dropped = audited(&server, "environment.removal_drop", &id, 3).await;
+    let outcomes: Vec<&str> = dropped
+        .iter()
+        .filter_map(|e| e["outcome"].as_str())
+        .collect();
+    assert_eq!(outcomes, ["refused", "ok", "refused"], "{dropped:?}");
+    assert_eq!(dropped[1]["actor"]["user"], "admin", "{dropped:?}");
+
+    // For good: a restarted host has nothing to retry.
+    server.stop();
+    let server = Server::start(dir.path());
+    assert_eq!(removals(&server).await, Vec::<Value>::new());
+    server.stop();
+    service.stop();
+}
+
+#[tokio::test]
+async fn a_removal_dropped_while_its_attempt_runs_is_not_kept_when_that_attempt_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start_hanging_deletes(dir.path(), 1);
+    let config = format!(
+        "[lifecycle]\nremoval_retry_secs = 1\nstop_timeout_secs = 600\n{}",
+        grant(&service, KEY)
+    );
+    write_config(dir.path(), &config);
+    journal_sandboxes(dir.path(), &service, &["hung1"]).await;
+    let server = Server::start(dir.path());
+    let deadline = Instant::now() + WAIT;
+    while removals(&server).await[0]["inFlight"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "never in flight\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, dropped) = server.call("DELETE", "/api/v1/removals/hung1", None).await;
+    assert_eq!(status, StatusCode::OK, "{dropped}");
+    assert_eq!(dropped["inFlight"], true, "{dropped}");
+    // The service goes away: the hanging delete fails, and the entry stays dropped.
+    service.stop();
+    let deadline = Instant::now() + WAIT;
+    while !server.log().contains("its entry was dropped meanwhile") {
+        assert!(
+            Instant::now() < deadline,
+            "the attempt never ended\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(removals(&server).await, Vec::<Value>::new());
+    assert_eq!(healthz(&server).await["pendingRemovals"], 0);
+    assert_eq!(journal(&server)["removals"], json!([]));
+    server.stop();
 }

@@ -252,6 +252,27 @@ export class TetherClient {
     return this.call('GET', '/api/v1/audit', { query: { since, limit, owner } });
   }
 
+  /** Deleted environments whose resource this host still tries to remove (admin). */
+  listRemovals() {
+    return this.call('GET', '/api/v1/removals');
+  }
+
+  /**
+   * Has a pending removal tried within a second (admin).
+   * @param {string} id the deleted environment's id
+   */
+  retryRemoval(id) {
+    return this.call('POST', `/api/v1/removals/${enc(id)}/retry`);
+  }
+
+  /**
+   * Stops trying to remove a deleted environment's resource (admin); the resource stays.
+   * @param {string} id the deleted environment's id
+   */
+  dropRemoval(id) {
+    return this.call('DELETE', `/api/v1/removals/${enc(id)}`);
+  }
+
   /** Which `tether.toml` is in force and how its last reload went (admin). */
   configStatus() {
     return this.call('GET', '/api/v1/config/status');

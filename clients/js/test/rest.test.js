@@ -71,6 +71,10 @@ test('tokens, whoami, tickets, templates, providers, audit, config status, healt
   const audit = await admin.audit({ limit: 50 });
   assert.ok(audit.some((entry) => entry.action === 'token.create' && entry.target === issued.id));
   assert.equal(typeof (await admin.configStatus()).found, 'boolean');
+  assert.ok(Array.isArray(await admin.listRemovals()));
+  await assert.rejects(admin.retryRemoval('never-deleted'), (e) => e.status === 404 && e.code === 'not_found');
+  await assert.rejects(admin.dropRemoval('never-deleted'), (e) => e.status === 404 && e.code === 'not_found');
+  await assert.rejects(carol.listRemovals(), (e) => e.status === 403 && e.code === 'missing_scope');
   assert.ok(['ok', 'degraded'].includes((await admin.health()).status));
 
   await admin.revokeToken(issued.id);

@@ -15,6 +15,7 @@ mod logs;
 mod metrics;
 mod openapi;
 mod providers;
+mod removals;
 mod templates;
 mod tickets;
 mod tokens;
@@ -83,6 +84,9 @@ fn routes() -> OpenApiRouter<AppState> {
         )
         .routes(routes!(config::status))
         .routes(routes!(cluster::view))
+        .routes(routes!(removals::list))
+        .routes(routes!(removals::retry))
+        .routes(routes!(removals::forget))
         .routes(routes!(events::stream))
         .routes(routes!(ws::provisioned))
         .routes(routes!(ws::app))

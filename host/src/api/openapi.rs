@@ -40,6 +40,7 @@ pub(crate) const SPEC_PATH: &str = "/api/v1/openapi.json";
         (name = "templates", description = "The operator's templates apps provision environments from."),
         (name = "audit", description = "The audit log (admin)."),
         (name = "config", description = "The operator's `tether.toml` in force (admin)."),
+        (name = "removals", description = "Deleted environments whose resource the host still tries to remove (admin)."),
         (name = "cluster", description = "Cluster mode: the hosts sharing one NATS JetStream, and what each runs (admin)."),
         (name = "websockets", description = "Upgrades for apps and runtimes; what flows after the upgrade is in `docs/protocol.md`."),
         (name = "host", description = "Health, metrics and this description."),

@@ -38,6 +38,11 @@ pub mod action {
     /// The host tried again to remove a deleted environment's resource, after its
     /// provider failed to (`ok` once removed, `failed` with why, to be tried again).
     pub const ENVIRONMENT_REMOVAL_RETRY: &str = "environment.removal_retry";
+    /// An admin asked for a pending removal to be tried now.
+    pub const ENVIRONMENT_REMOVAL_RETRY_NOW: &str = "environment.removal_retry_now";
+    /// An admin dropped a pending removal: the host no longer tries to remove the
+    /// resource.
+    pub const ENVIRONMENT_REMOVAL_DROP: &str = "environment.removal_drop";
     /// A token was created.
     pub const TOKEN_CREATE: &str = "token.create";
     /// A provider component installed through the API.

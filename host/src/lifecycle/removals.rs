@@ -13,7 +13,7 @@
 //! so nothing is lost. At start every entry is due at once: a restart is often what
 //! fixed the cause (a provider upgraded, a key corrected).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -84,6 +84,8 @@ struct Entry {
 #[derive(Debug, Default)]
 struct State {
     entries: BTreeMap<String, Entry>,
+    /// Entries an attempt is working on now (taken by [`Removals::take_due`]).
+    in_flight: BTreeSet<String>,
     /// Failed removals that could not be journaled since start.
     not_kept: u64,
     /// What was wrong with the file at start, if anything.
@@ -166,6 +168,31 @@ impl Removals {
         base: Duration,
     ) -> Result<(u32, Duration), RemovalsError> {
         let mut state = self.state.locked();
+        self.note_failure(&mut state, record, error, base)
+    }
+
+    /// [`Removals::failed`] for a retry: `None` when the entry is no longer there (an
+    /// operator dropped it while the attempt ran), which it then stays.
+    pub(super) fn failed_again(
+        &self,
+        record: &Record,
+        error: &str,
+        base: Duration,
+    ) -> Result<Option<(u32, Duration)>, RemovalsError> {
+        let mut state = self.state.locked();
+        if !state.entries.contains_key(&record.id) {
+            return Ok(None);
+        }
+        self.note_failure(&mut state, record, error, base).map(Some)
+    }
+
+    fn note_failure(
+        &self,
+        state: &mut State,
+        record: &Record,
+        error: &str,
+        base: Duration,
+    ) -> Result<(u32, Duration), RemovalsError> {
         let error = untrusted::cut(&untrusted::logged(error), MAX_ERROR_BYTES);
         let before = state.entries.get(&record.id).map(|e| e.pending.clone());
         let attempts = before.as_ref().map_or(0, |p| p.attempts).saturating_add(1);
@@ -186,7 +213,7 @@ impl Removals {
             due: Instant::now() + wait,
         };
         let old = state.entries.insert(record.id.clone(), entry);
-        if let Err(e) = self.write(&state) {
+        if let Err(e) = self.write(state) {
             // Memory stays as the file is.
             match old {
                 Some(old) => state.entries.insert(record.id.clone(), old),
@@ -198,37 +225,70 @@ impl Removals {
         Ok((attempts, wait))
     }
 
-    /// The resource of `id` is removed: its entry goes.
-    pub(super) fn done(&self, id: &str) -> Result<(), RemovalsError> {
+    /// The resource of `id` is removed, or an operator says it need not be: its entry
+    /// goes. The entry as it was; `None` when there was none.
+    pub(super) fn done(&self, id: &str) -> Result<Option<Pending>, RemovalsError> {
         let mut state = self.state.locked();
         let Some(old) = state.entries.remove(id) else {
-            return Ok(());
+            return Ok(None);
         };
         if let Err(e) = self.write(&state) {
             state.entries.insert(id.to_owned(), old);
             return Err(e);
         }
-        Ok(())
+        Ok(Some(old.pending))
     }
 
     /// Leaves `id` for `after` without counting an attempt (the host is shutting down,
-    /// say, or nothing could be tried).
-    pub(super) fn postpone(&self, id: &str, after: Duration) {
-        if let Some(entry) = self.state.locked().entries.get_mut(id) {
-            entry.due = Instant::now() + after;
-        }
+    /// say, or nothing could be tried); `false` when there is no such entry.
+    pub(super) fn postpone(&self, id: &str, after: Duration) -> bool {
+        let mut state = self.state.locked();
+        let Some(entry) = state.entries.get_mut(id) else {
+            return false;
+        };
+        entry.due = Instant::now() + after;
+        true
     }
 
-    /// The entries due now, oldest due first.
-    pub(super) fn due(&self) -> Vec<Pending> {
+    /// Takes the entries due now, oldest due first, for attempts: as many as keep at
+    /// most `at_once` in flight, none already in one. Each stays in flight until
+    /// [`Removals::release`].
+    pub(super) fn take_due(&self, at_once: usize) -> Vec<Pending> {
         let now = Instant::now();
-        let state = self.state.locked();
-        let mut due: Vec<(&Instant, &Pending)> = (state.entries.values())
-            .filter(|e| e.due <= now)
-            .map(|e| (&e.due, &e.pending))
+        let mut state = self.state.locked();
+        let room = at_once.saturating_sub(state.in_flight.len());
+        let mut due: Vec<(&Instant, &Pending)> = (state.entries.iter())
+            .filter(|(id, e)| e.due <= now && !state.in_flight.contains(*id))
+            .map(|(_, e)| (&e.due, &e.pending))
             .collect();
         due.sort_by_key(|(at, _)| **at);
-        due.into_iter().map(|(_, p)| p.clone()).collect()
+        let taken: Vec<Pending> = (due.into_iter().take(room))
+            .map(|(_, p)| p.clone())
+            .collect();
+        for pending in &taken {
+            state.in_flight.insert(pending.record.id.clone());
+        }
+        taken
+    }
+
+    /// The attempt on `id` is over, whatever it did.
+    pub(super) fn release(&self, id: &str) {
+        self.state.locked().in_flight.remove(id);
+    }
+
+    /// Every entry, by environment id, and whether an attempt is working on it now.
+    pub(super) fn list(&self) -> Vec<(Pending, bool)> {
+        let state = self.state.locked();
+        (state.entries.iter())
+            .map(|(id, e)| (e.pending.clone(), state.in_flight.contains(id)))
+            .collect()
+    }
+
+    /// One entry, and whether an attempt is working on it now.
+    pub(super) fn get(&self, id: &str) -> Option<(Pending, bool)> {
+        let state = self.state.locked();
+        let entry = state.entries.get(id)?;
+        Some((entry.pending.clone(), state.in_flight.contains(id)))
     }
 
     /// How many removals are pending.
@@ -455,6 +515,43 @@ mod tests {
     }
 
     #[test]
+    fn attempts_take_due_entries_once_each_and_at_most_so_many_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = Removals::open(dir.path().join("removals.json"));
+        let base = Duration::from_secs(30);
+        for id in ["a", "b", "c"] {
+            let rec: Record = serde_json::from_value(record(id)).expect("record");
+            journal.failed(&rec, "boom", base).expect("kept");
+            assert!(journal.postpone(id, Duration::ZERO));
+        }
+        assert!(!journal.postpone("nobody", Duration::ZERO));
+        let first = journal.take_due(2);
+        assert_eq!(first.len(), 2);
+        // In flight: not taken again, and they fill the room.
+        assert!(journal.take_due(2).is_empty());
+        let in_flight = journal.list().into_iter().filter(|(_, busy)| *busy).count();
+        assert_eq!(in_flight, 2);
+        journal.release(&first[0].record.id);
+        let next = journal.take_due(2);
+        assert_eq!(next.len(), 1);
+        assert_ne!(next[0].record.id, first[1].record.id);
+
+        // Dropped while its attempt ran: the attempt's failure does not bring it back.
+        let dropped = first[1].record.clone();
+        assert!(journal.done(&dropped.id).expect("written").is_some());
+        assert!(
+            journal
+                .failed_again(&dropped, "late", base)
+                .expect("ok")
+                .is_none()
+        );
+        assert!(journal.get(&dropped.id).is_none());
+        assert_eq!(journal.pending(), 2);
+        let again = journal.failed_again(&next[0].record, "again", base);
+        assert_eq!(again.expect("written").map(|(n, _)| n), Some(2));
+    }
+
+    #[test]
     fn the_journal_survives_a_reopen_and_keeps_a_broken_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("removals.json");
@@ -466,10 +563,10 @@ mod tests {
             1
         );
         assert_eq!(journal.failed(&rec, "boom", base).expect("kept").0, 2);
-        assert!(journal.due().is_empty(), "not due before its backoff");
+        assert!(journal.take_due(4).is_empty(), "not due before its backoff");
         let reopened = Removals::open(path.clone());
         assert_eq!(reopened.pending(), 1);
-        let due = reopened.due();
+        let due = reopened.take_due(4);
         assert_eq!(due.len(), 1, "due at once after a start");
         assert_eq!(due[0].attempts, 2);
         reopened.done("a").expect("written");

@@ -15,20 +15,16 @@
 //! entry. A failure, or a provider that is not loaded, counts an attempt and waits
 //! `lifecycle.removal_retry_secs` doubled per attempt, at most an hour. It never gives
 //! up: a resource left behind costs money until someone acts, so the entry stays, is
-//! tried hourly and keeps `/healthz` degraded until it succeeds or an operator
-//! removes it from the file (with the host stopped). A provider that can no longer
+//! tried hourly and keeps `/healthz` degraded until it succeeds or an admin drops
+//! it (`pending_removals`). A provider that can no longer
 //! destroy without a start (replaced by one that cannot) is dropped with an error:
 //! no retry could do it. Shutdown abandons the attempts in flight (their instances
 //! shut down, their entries left as they were) and starts no more. An entry naming an
 //! environment the records still hold, or the resource of one, is dropped unattempted:
 //! only a hand edit makes one.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use tokio::sync::Semaphore;
 
 use tracing::Instrument;
 
@@ -37,7 +33,6 @@ use super::deadline::{GRACE, shut_down_within};
 use super::removals::{Pending, delay};
 use crate::audit::{Outcome, action};
 use crate::broker::Refusals;
-use crate::sync::MutexExt;
 
 /// How often the task looks for due entries.
 const TICK: Duration = Duration::from_secs(1);
@@ -64,8 +59,7 @@ impl Manager {
         self.driver().spawn(
             async move {
                 let closing = this.shared.closing.clone();
-                let slots = Arc::new(Semaphore::new(AT_ONCE));
-                let in_flight = Arc::new(Mutex::new(HashSet::new()));
+                let removals = &this.shared.driver.shared.removals;
                 let mut tick = tokio::time::interval(TICK);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -73,25 +67,14 @@ impl Manager {
                         _ = closing.cancelled() => return,
                         _ = tick.tick() => {}
                     }
-                    for pending in this.shared.driver.shared.removals.due() {
-                        if closing.is_cancelled() {
-                            return;
-                        }
+                    for pending in removals.take_due(AT_ONCE) {
                         let id = pending.record.id.clone();
-                        if !in_flight.locked().insert(id.clone()) {
-                            continue;
-                        }
-                        let Ok(slot) = slots.clone().try_acquire_owned() else {
-                            in_flight.locked().remove(&id);
-                            break;
-                        };
-                        let (manager, in_flight) = (this.clone(), in_flight.clone());
+                        let manager = this.clone();
                         let span = tracing::info_span!("removal_retry", env = %id);
                         this.driver().spawn(
                             async move {
                                 manager.retry_removal(pending).await;
-                                in_flight.locked().remove(&id);
-                                drop(slot);
+                                manager.shared.driver.shared.removals.release(&id);
                             }
                             .instrument(span),
                         );
@@ -188,8 +171,11 @@ impl Manager {
                 let reason = format!("attempt {attempt}: {shown}");
                 let failed = Outcome::Failed;
                 driver.audit_system(id, action::ENVIRONMENT_REMOVAL_RETRY, failed, &reason);
-                match removals.failed(record, &error, base) {
-                    Ok((attempts, wait)) => {
+                match removals.failed_again(record, &error, base) {
+                    Ok(None) => {
+                        tracing::info!(env = %id, error = %shown, "the provider could not remove the resource, but its entry was dropped meanwhile; not tried again")
+                    }
+                    Ok(Some((attempts, wait))) => {
                         tracing::warn!(env = %id, attempts, error = %shown, retry_in_secs = wait.as_secs(), "the provider could not remove the resource; tried again later")
                     }
                     Err(e) => {
@@ -205,7 +191,7 @@ impl Manager {
     /// The entry of `id` is done with.
     fn removal_settled(&self, id: &str) {
         let removals = &self.shared.driver.shared.removals;
-        if let Err(e) = removals.done(id) {
+        if let Err(e) = removals.done(id).map(drop) {
             // Kept in memory and on disk: a later attempt finds it gone and succeeds.
             removals.postpone(id, Duration::from_secs(60));
             tracing::error!(env = %id, error = %e, "could not take a finished removal out of the removals journal");
