@@ -154,7 +154,7 @@ pub(crate) async fn run(
                 Some(url) => url.http_base(),
                 None => format!("{scheme}://{}", reachable(addr)),
             };
-            Some(Cluster::connect(settings.clone(), public).await?)
+            Some(Cluster::connect(settings.clone(), public, &config.templates).await?)
         }
         None => None,
     };

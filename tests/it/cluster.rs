@@ -8,7 +8,8 @@
 //! that never comes back is removed by another, and one whose removal failed is
 //! retried by the host whose provider failed; apps on another host reach the
 //! runtime through NATS or straight to the running host, its relay unchanged, by id
-//! or through a template (first connects for one key on two hosts make one).
+//! or through a template (first connects for one key on two hosts make one); hosts
+//! whose templates differ are named by the others until they agree again.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1729,6 +1730,184 @@ async fn a_template_connect_on_another_host_is_bridged_to_the_running_one() {
         );
     }
     drop((on_a, on_b, on_c, rt, rt2));
+    for server in [a, b, c] {
+        server.stop();
+    }
+}
+
+/// Host `id` as `server`'s `GET /api/v1/cluster` shows it, once `pred` holds for it.
+async fn until_host(server: &Server, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, view) = server.call("GET", "/api/v1/cluster", None).await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        let hosts = view["hosts"].as_array().expect("hosts");
+        if let Some(host) = hosts.iter().find(|h| h["id"] == id)
+            && pred(host)
+        {
+            return host.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: never so; the view: {view}; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `server`'s `/healthz` once one of its reasons contains every one of `words`
+/// (none: once it is `ok`).
+async fn until_health(server: &Server, words: &[&str]) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, health) = server.call("GET", "/healthz", None).await;
+        assert_eq!(status, StatusCode::OK, "{health}");
+        let reasons = health["reasons"].as_array().cloned().unwrap_or_default();
+        let found = match words {
+            [] => health["status"] == "ok",
+            _ => reasons
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|r| health["status"] == "degraded" && words.iter().all(|w| r.contains(w))),
+        };
+        if found {
+            return health;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never said {words:?}: {health}; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many times `server` logged `what`.
+fn times_logged(server: &Server, what: &str) -> usize {
+    server.log().matches(what).count()
+}
+
+#[tokio::test]
+async fn hosts_whose_templates_differ_are_named_by_the_others_until_they_agree() {
+    const DIFFER: &str = "differ between this host and other hosts";
+    const MALFORMED: &str = "ignoring what a host's entry says of its [templates]";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    // A short lease: the hosts renew their entries, and compare, every 2 s.
+    let same = "[cluster]\nlease_ttl_secs = 6\n\
+        [templates.chat]\nprovider = \"handoff\"\nscope = \"thread\"\nmax_per_user = 5\n\
+        config = { model = \"m\" }\n\
+        [templates.notes]\nprovider = \"handoff\"\nscope = \"user\"\n";
+    let a = host(dir.path(), &nats, "a", same);
+    let b = host(dir.path(), &nats, "b", same);
+    let c = host(dir.path(), &nats, "c", same);
+
+    // The same templates everywhere: each host shows every host's digest, its own.
+    let own = until_host(&a, "a", "a's digest", |h| h["templatesDigest"].is_string()).await;
+    let digest = own["templatesDigest"].clone();
+    let hex = digest.as_str().expect("digest");
+    assert!(
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{hex}"
+    );
+    for server in [&a, &b, &c] {
+        for id in ["a", "b", "c"] {
+            let host = until_host(server, id, "the same templates", |h| {
+                h["templatesMatch"] == true
+            })
+            .await;
+            assert_eq!(host["templatesDigest"], digest, "{host}");
+            assert_eq!(host["templateNames"], json!(["chat", "notes"]), "{host}");
+            assert_eq!(host["templateCount"], 2, "{host}");
+        }
+        until_health(server, &[]).await;
+    }
+
+    // b's chat lets a user have more: a and c name b, and b names them.
+    write_config(
+        &b.data_dir,
+        &same.replace("max_per_user = 5", "max_per_user = 7"),
+    );
+    for (server, other) in [(&a, "c"), (&c, "a")] {
+        let seen = until_host(server, "b", "b's new max_per_user", |h| {
+            h["templatesMatch"] == false
+        })
+        .await;
+        assert!(
+            seen["templatesDigest"].is_string() && seen["templatesDigest"] != digest,
+            "{seen}"
+        );
+        assert_eq!(seen["templateNames"], json!(["chat", "notes"]), "{seen}");
+        let health = until_health(server, &["[templates] differ", "this host and host b:"]).await;
+        let reasons = health["reasons"].to_string();
+        assert!(!reasons.contains(&format!("host {other}:")), "{reasons}");
+        let agreeing = until_host(server, other, "still the same", |_| true).await;
+        assert_eq!(agreeing["templatesMatch"], true, "{agreeing}");
+    }
+    until_health(&b, &["[templates] differ", "this host and hosts a, c:"]).await;
+    let itself = until_host(&b, "b", "b itself", |_| true).await;
+    assert_eq!(itself["templatesMatch"], true, "{itself}");
+    assert_ne!(itself["templatesDigest"], digest, "{itself}");
+
+    // b lacks a template now; and two entries no host of this version writes (an
+    // older host's, without templates, and a forged one) are unknown, not different.
+    let without_notes = same.split("[templates.notes]").next().expect("chat");
+    write_config(&b.data_dir, without_notes);
+    let seen = until_host(&a, "b", "b without notes", |h| h["templateCount"] == 1).await;
+    assert_eq!(seen["templateNames"], json!(["chat"]), "{seen}");
+    assert_eq!(seen["templatesMatch"], false, "{seen}");
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let hosts = js.get_key_value("tether-hosts").await.expect("hosts");
+    let entry = |id: &str| json!({"id": id, "publicUrl": "http://127.0.0.1:9", "load": 0, "seenAt": "2025-01-01T00:00:00Z"});
+    let mut forged = entry("forged");
+    forged["templates"] = json!({"digest": "not a digest\n", "count": 0, "names": []});
+    for (id, value) in [("older", entry("older")), ("forged", forged)] {
+        hosts
+            .put(id, value.to_string().into())
+            .await
+            .expect("writing an entry");
+    }
+    for id in ["older", "forged"] {
+        let shown = until_host(&a, id, "the written entry", |_| true).await;
+        for field in [
+            "templatesDigest",
+            "templatesMatch",
+            "templateCount",
+            "templateNames",
+        ] {
+            assert_eq!(shown[field], Value::Null, "{field}: {shown}");
+        }
+    }
+    // Two rounds of comparisons later, the set of differing hosts is still b alone:
+    // warned of once, and the forged entry logged once.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let health = until_health(&a, &["this host and host b:"]).await;
+    assert_eq!(
+        health["reasons"].as_array().map(Vec::len),
+        Some(1),
+        "{health}"
+    );
+    assert_eq!(times_logged(&a, DIFFER), 1, "{}", a.log());
+    assert_eq!(times_logged(&a, MALFORMED), 1, "{}", a.log());
+
+    // b's tether.toml fixed and reloaded: every host agrees and is healthy again.
+    write_config(&b.data_dir, same);
+    for server in [&a, &c] {
+        until_host(server, "b", "b fixed", |h| h["templatesDigest"] == digest).await;
+    }
+    for server in [&a, &b, &c] {
+        until_health(server, &[]).await;
+    }
+    assert!(
+        a.log()
+            .contains("every live host's [templates] are this host's again"),
+        "{}",
+        a.log()
+    );
     for server in [a, b, c] {
         server.stop();
     }

@@ -138,7 +138,7 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
             held,
         );
         let up = Gauge::<i64>::default();
-        up.set(i64::from(cluster.health().is_none()));
+        up.set(i64::from(cluster.connected()));
         registry.register(
             "cluster_connected",
             "Cluster mode: 1 while this host is connected to NATS",

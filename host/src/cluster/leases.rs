@@ -26,6 +26,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::records::key_of;
+use super::templates::Agreement;
 use super::{ClusterError, ClusterEvent, HostView};
 use crate::store::{DesiredState, Store};
 use crate::sync::MutexExt;
@@ -60,11 +61,15 @@ pub(crate) struct LeaseView {
 /// A host's value in the hosts bucket.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct HostValue {
-    id: String,
+pub(super) struct HostValue {
+    pub id: String,
     public_url: String,
     load: usize,
     seen_at: String,
+    /// What it says of its `[templates]` ([`super::templates::Published`]), unread:
+    /// another host wrote it. Absent from an older host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<serde_json::Value>,
 }
 
 /// A lease this host holds.
@@ -91,6 +96,8 @@ pub(super) struct Leases {
     host_id: String,
     public_url: String,
     ttl: Duration,
+    /// This host's templates, published with its entry, and the others' compared.
+    templates: Arc<Agreement>,
     held: Mutex<HashMap<String, Held>>,
     seen: Arc<Mutex<HashMap<String, Seen>>>,
     /// Wakes the renewals early, to write a status change.
@@ -109,6 +116,7 @@ impl Leases {
         host_id: String,
         public_url: String,
         ttl: Duration,
+        templates: Arc<Agreement>,
     ) -> Self {
         Self {
             bucket,
@@ -116,6 +124,7 @@ impl Leases {
             host_id,
             public_url,
             ttl,
+            templates,
             held: Mutex::new(HashMap::new()),
             seen: Arc::new(Mutex::new(HashMap::new())),
             wake: Notify::new(),
@@ -131,6 +140,10 @@ impl Leases {
             public_url: self.public_url.clone(),
             load: self.held.locked().len(),
             seen_at: crate::store::now(),
+            templates: Some(
+                serde_json::to_value(self.templates.own())
+                    .map_err(|e| ClusterError::Nats(e.to_string()))?,
+            ),
         };
         let bytes = serde_json::to_vec(&value).map_err(|e| ClusterError::Nats(e.to_string()))?;
         self.hosts
@@ -498,10 +511,32 @@ impl Leases {
         }
     }
 
-    /// Every live host with the environments it holds.
-    pub(super) async fn hosts(&self) -> Result<Vec<HostView>, ClusterError> {
+    /// Every live host's entry: those whose value is a host's under its own id.
+    pub(super) async fn live_hosts(&self) -> Result<Vec<HostValue>, ClusterError> {
         let mut keys = (self.hosts.keys().await)
             .map_err(|e| ClusterError::Nats(format!("listing hosts: {e}")))?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            let Ok(key) = key else { continue };
+            let Ok(Some(entry)) = self.hosts.entry(key.clone()).await else {
+                continue;
+            };
+            if entry.operation != Operation::Put || entry.value.len() > MAX_VALUE_BYTES {
+                continue;
+            }
+            let Ok(host) = serde_json::from_slice::<HostValue>(&entry.value) else {
+                continue;
+            };
+            if host.id == key && crate::config::is_host_id(&host.id) {
+                out.push(host);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every live host with the environments it holds.
+    pub(super) async fn hosts(&self) -> Result<Vec<HostView>, ClusterError> {
+        let live = self.live_hosts().await?;
         let mut owned = super::by_host(
             &(self.seen.locked().iter())
                 .filter(|(_, s)| s.at.elapsed() < self.ttl + GRACE)
@@ -515,25 +550,27 @@ impl Leases {
         };
         owned.insert(self.host_id.clone(), mine);
         let mut out = Vec::new();
-        while let Some(key) = keys.next().await {
-            let Ok(key) = key else { continue };
-            let Ok(Some(entry)) = self.hosts.entry(key).await else {
-                continue;
-            };
-            if entry.operation != Operation::Put || entry.value.len() > MAX_VALUE_BYTES {
-                continue;
-            }
-            let Ok(host) = serde_json::from_slice::<HostValue>(&entry.value) else {
-                continue;
-            };
+        for host in live {
             let environments = owned.remove(&host.id).unwrap_or_default();
+            let this = host.id == self.host_id;
+            // This host's own are the ones in force, which its entry has from its
+            // next renewal.
+            let templates = if this {
+                Some(self.templates.own())
+            } else {
+                self.templates.read(&host.id, host.templates.as_ref())
+            };
             out.push(HostView {
-                this: host.id == self.host_id,
+                this,
                 load: environments.len(),
                 environments,
                 id: host.id,
                 public_url: host.public_url,
                 last_seen: host.seen_at,
+                templates_match: self.templates.matches(templates.as_ref()),
+                templates_digest: templates.as_ref().map(|t| t.digest.clone()),
+                template_count: templates.as_ref().map(|t| t.count),
+                template_names: templates.map(|t| t.names),
             });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));

@@ -12,7 +12,8 @@
 //!   its provider instance ([`leases`]). A lease lives `lease_ttl` past its last
 //!   renewal; its first revision is its epoch.
 //! - `PREFIX-hosts`: one key per live host, renewed like a lease: the cluster view of
-//!   `GET /api/v1/cluster`.
+//!   `GET /api/v1/cluster`, and a digest of each host's `[templates]`, which every
+//!   host compares with its own ([`templates`]).
 //! - `PREFIX-names`: environment names, each held by the id of its record, so two
 //!   hosts never create one name at once.
 //! - `PREFIX-tokens`: user tokens (their records, never their secrets), so a token
@@ -32,10 +33,11 @@ mod merge;
 mod records;
 mod remembered;
 mod removals;
+mod templates;
 mod tokens;
 mod tunnel;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use utoipa::ToSchema;
 
-use crate::config::{ClusterConfig, ClusterRelay};
+use crate::config::{ClusterConfig, ClusterRelay, Template};
 use crate::store::{Changes, Record, Store};
 use crate::sync::MutexExt;
 
@@ -132,6 +134,22 @@ pub(crate) struct HostView {
     pub environments: Vec<String>,
     /// When it last said it is alive (RFC 3339).
     pub last_seen: String,
+    /// SHA-256 (64 lower-case hex digits) of its `[templates]`: every field that
+    /// changes what a template connect makes, secret values excepted. `null` when
+    /// unknown: a host of an older version, or an entry that says something malformed.
+    #[schema(required = true)]
+    pub templates_digest: Option<String>,
+    /// Whether its `[templates]` are the answering host's (the same digest); `null`
+    /// when its digest is unknown. Hosts whose templates differ are named in the
+    /// answering host's `/healthz`.
+    #[schema(required = true)]
+    pub templates_match: Option<bool>,
+    /// How many templates it has; `null` when unknown.
+    #[schema(required = true)]
+    pub template_count: Option<usize>,
+    /// Their names, sorted: the first 64; `null` when unknown.
+    #[schema(required = true)]
+    pub template_names: Option<Vec<String>>,
 }
 
 /// A change to one record field that lost to another host's change of the same field.
@@ -184,6 +202,8 @@ struct Inner {
     /// User tokens, by id.
     tokens: kv::Store,
     leases: Arc<leases::Leases>,
+    /// This host's templates and how the other hosts' compare.
+    templates: Arc<templates::Agreement>,
     removals: Arc<removals::Removals>,
     tunnels: Arc<tunnel::Tunnels>,
     conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
@@ -193,12 +213,14 @@ struct Inner {
 }
 
 impl Cluster {
-    /// Connects to NATS, checks JetStream and opens (or makes) the buckets. Fails,
-    /// saying why, when NATS is unreachable or has no JetStream: a host in cluster
-    /// mode never runs alone by mistake.
+    /// Connects to NATS, checks JetStream and opens (or makes) the buckets, and
+    /// announces this host with its `templates`. Fails, saying why, when NATS is
+    /// unreachable or has no JetStream: a host in cluster mode never runs alone by
+    /// mistake.
     pub(crate) async fn connect(
         config: ClusterConfig,
         public_url: String,
+        templates: &BTreeMap<String, Template>,
     ) -> Result<Self, ClusterError> {
         let url = config.url.clone();
         let connect_error = |reason: String| ClusterError::Connect {
@@ -288,12 +310,14 @@ impl Cluster {
             config.lease_ttl = in_force;
         }
         let closing = CancellationToken::new();
+        let templates = Arc::new(templates::Agreement::new(config.host_id.clone(), templates));
         let leases = Arc::new(leases::Leases::new(
             lease_bucket,
             hosts,
             config.host_id.clone(),
             public_url.clone(),
             config.lease_ttl,
+            templates.clone(),
         ));
         leases.announce_host().await?;
         let tunnels = Arc::new(tunnel::Tunnels::new(
@@ -315,6 +339,7 @@ impl Cluster {
                 names,
                 tokens: token_bucket,
                 leases,
+                templates,
                 removals,
                 tunnels,
                 conflicts: Mutex::new(Default::default()),
@@ -330,9 +355,9 @@ impl Cluster {
     }
 
     /// Starts the background work: the records' sync with `store`, the leases'
-    /// renewals, the watch of other hosts' leases, the orphan sweep and the sweep of
-    /// removals left to hosts that are gone. What the lifecycle must act on arrives
-    /// on the returned channel.
+    /// renewals, the watch of other hosts' leases, the orphan sweep, the sweep of
+    /// removals left to hosts that are gone and the comparison of the hosts'
+    /// templates. What the lifecycle must act on arrives on the returned channel.
     pub(crate) async fn start(
         &self,
         store: Arc<Store>,
@@ -353,6 +378,14 @@ impl Cluster {
             &self.inner.closing,
             async move { removals.sweeps(records, leases, tx, period).await },
             "removals",
+        );
+        // As often as the hosts renew their entries, so a change is seen within
+        // about two renewals.
+        let (templates, leases) = (self.inner.templates.clone(), self.inner.leases.clone());
+        until(
+            &self.inner.closing,
+            async move { templates.checks(&leases, period / 3).await },
+            "templates",
         );
         Ok(rx)
     }
@@ -505,15 +538,30 @@ impl Cluster {
         (self.inner.conflicts_seen).load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Why the cluster needs a person, if it does (for `/healthz`).
-    pub(crate) fn health(&self) -> Option<String> {
-        match self.inner.client.connection_state() {
-            async_nats::connection::State::Connected => None,
-            state => Some(format!(
+    /// This host's `[templates]` are `templates` now (`tether.toml` was reloaded):
+    /// published with its next renewal, and compared with the other hosts' from then on.
+    pub(crate) fn set_templates(&self, templates: &BTreeMap<String, Template>) {
+        self.inner.templates.set(templates);
+    }
+
+    /// Whether this host is connected to NATS right now.
+    pub(crate) fn connected(&self) -> bool {
+        self.inner.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Why the cluster needs a person, if it does (for `/healthz`): this host is cut
+    /// off from NATS; other live hosts' `[templates]` differ from this host's.
+    pub(crate) fn health(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        let state = self.inner.client.connection_state();
+        if state != async_nats::connection::State::Connected {
+            reasons.push(format!(
                 "cluster: not connected to NATS at {} ({state:?}); reconnecting, and this host's environments stop when their leases lapse",
                 self.inner.config.url
-            )),
+            ));
         }
+        reasons.extend(self.inner.templates.health());
+        reasons
     }
 
     /// The cluster as this host sees it.
@@ -521,7 +569,7 @@ impl Cluster {
         let hosts = self.inner.leases.hosts().await?;
         Ok(ClusterView {
             host_id: self.inner.config.host_id.clone(),
-            connected: self.health().is_none(),
+            connected: self.connected(),
             lease_ttl_secs: self.inner.config.lease_ttl.as_secs(),
             hosts,
             conflicts: self.inner.conflicts.locked().iter().cloned().collect(),

@@ -47,7 +47,9 @@ pub use pattern::{
 };
 pub use replace::BuiltinReplacement;
 pub use serving::{PublicUrl, ServingConfig, TlsFiles};
-pub use templates::{Template, TemplateRestart, TemplateScope, TemplateView};
+pub use templates::{
+    MAX_TEMPLATES, Template, TemplateRestart, TemplateScope, TemplateView, templates_digest,
+};
 pub use tenancy::{Quota, TenancyConfig};
 
 /// The default listen address of `tether serve`.

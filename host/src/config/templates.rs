@@ -6,18 +6,25 @@
 //! Config values named in `secret_keys` are never written to a record and never
 //! shown (`GET /api/v1/templates` lists the key names only): they join the config the
 //! provider is handed at start, like the operator's provider config.
+//!
+//! [`templates_digest`] names a host's templates in one SHA-256, so hosts of a cluster can tell
+//! whether they have the same ones (`cluster/templates.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::ConfigError;
 
 /// Most templates a host may define.
-const MAX_TEMPLATES: usize = 1000;
+pub const MAX_TEMPLATES: usize = 1000;
+/// What [`templates_digest`] hashes first: a later change of the canonical form changes this,
+/// rather than letting two forms of one set of templates be taken for a difference.
+const DIGEST_DOMAIN: &[u8] = b"tether templates v1\n";
 
 /// What one environment of a template is made per: `user` (one per user), `thread`
 /// (per user and `?thread=`), `workspace` (per user and `?workspace=`).
@@ -105,6 +112,40 @@ impl Template {
         merged
     }
 
+    /// Every field that changes what a connect through it makes, as JSON with its
+    /// object keys sorted (so the file's order of keys does not count): secret values
+    /// are left out (their keys are in), so a digest of it lets no one test a guess.
+    fn canonical(&self) -> Value {
+        // Destructured whole: a field added to `Template` does not compile here
+        // until it is either hashed or said not to change behaviour.
+        let Self {
+            name: _,
+            provider,
+            config,
+            secrets,
+            scope,
+            restart_policy,
+            max_per_user,
+            idle_stop_secs,
+        } = self;
+        let mut out = Map::new();
+        out.insert("config".into(), sorted(&Value::Object(config.clone())));
+        out.insert(
+            "idleStopSecs".into(),
+            idle_stop_secs.map_or(Value::Null, Value::from),
+        );
+        out.insert("maxPerUser".into(), Value::from(*max_per_user));
+        out.insert("provider".into(), Value::from(provider.as_str()));
+        out.insert("restartPolicy".into(), Value::from(restart_policy.as_str()));
+        out.insert("scope".into(), Value::from(scope.as_str()));
+        let keys: BTreeSet<&String> = secrets.keys().collect();
+        out.insert(
+            "secretKeys".into(),
+            Value::from_iter(keys.into_iter().map(|k| Value::from(k.as_str()))),
+        );
+        Value::Object(out)
+    }
+
     /// How `GET /api/v1/templates` shows it: secret values never, their keys only.
     pub fn shown(&self) -> TemplateView {
         TemplateView {
@@ -159,6 +200,36 @@ impl fmt::Debug for Template {
             .field("max_per_user", &self.max_per_user)
             .field("idle_stop_secs", &self.idle_stop_secs)
             .finish()
+    }
+}
+
+/// SHA-256 (lower-case hex) of every template in `templates`, by name: equal for two
+/// hosts exactly when their templates make the same environments, whatever the order
+/// they are written in; a secret's value never enters it.
+pub fn templates_digest(templates: &BTreeMap<String, Template>) -> String {
+    let all: Map<String, Value> = (templates.iter())
+        .map(|(name, t)| (name.clone(), t.canonical()))
+        .collect();
+    let mut hash = Sha256::new();
+    hash.update(DIGEST_DOMAIN);
+    hash.update(Value::Object(all).to_string().as_bytes());
+    hex::encode(hash.finalize())
+}
+
+/// `value` with the keys of every object in it sorted (`serde_json` keeps insertion
+/// order here, which is the file's).
+fn sorted(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let by_key: BTreeMap<&String, &Value> = map.iter().collect();
+            Value::Object(
+                (by_key.into_iter())
+                    .map(|(k, v)| (k.clone(), sorted(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
     }
 }
 
@@ -278,6 +349,77 @@ mod tests {
                 .contains("s3cret")
         );
         assert_eq!(chat.with_secrets(&chat.config)["apiKey"], "s3cret");
+    }
+
+    const CHAT: &str = "[chat]\nprovider = \"local-process\"\nscope = \"thread\"\n\
+        max_per_user = 5\nidle_stop_secs = 30\nrestart_policy = \"always\"\n\
+        secret_keys = [\"apiKey\"]\n\
+        config = { apiKey = \"s3cret\", model = \"m\", limits = { a = 1, b = [{ x = 1, y = 2 }] } }\n";
+    const NOTES: &str = "[notes]\nprovider = \"local-process\"\nscope = \"user\"\n";
+
+    fn digest_of(text: &str) -> String {
+        templates_digest(&parse(text).unwrap())
+    }
+
+    #[test]
+    fn the_digest_does_not_depend_on_the_order_things_are_written_in() {
+        let one = digest_of(&format!("{CHAT}{NOTES}"));
+        assert_eq!(one.len(), 64);
+        assert!(
+            one.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            "{one}"
+        );
+        let reordered = "[notes]\nscope = \"user\"\nprovider = \"local-process\"\n\
+            [chat]\nconfig = { limits = { b = [{ y = 2, x = 1 }], a = 1 }, model = \"m\", apiKey = \"s3cret\" }\n\
+            secret_keys = [\"apiKey\"]\nrestart_policy = \"always\"\nidle_stop_secs = 30\n\
+            max_per_user = 5\nscope = \"thread\"\nprovider = \"local-process\"\n";
+        assert_eq!(digest_of(reordered), one);
+        // Keys of one config inserted in another order (the JSON maps keep it).
+        let mut templates = parse(&format!("{CHAT}{NOTES}")).unwrap();
+        let chat = templates.get_mut("chat").unwrap();
+        let reversed: Map<String, Value> = (chat.config.clone().into_iter()).rev().collect();
+        assert_ne!(
+            serde_json::to_string(&reversed).unwrap(),
+            serde_json::to_string(&chat.config).unwrap()
+        );
+        chat.config = reversed;
+        assert_eq!(templates_digest(&templates), one);
+    }
+
+    #[test]
+    fn every_field_that_changes_behaviour_changes_the_digest() {
+        let base = format!("{CHAT}{NOTES}");
+        let variants = [
+            base.replace(
+                "provider = \"local-process\"\nscope = \"thread\"",
+                "provider = \"other\"\nscope = \"thread\"",
+            ),
+            base.replace("scope = \"thread\"", "scope = \"workspace\""),
+            base.replace("max_per_user = 5", "max_per_user = 6"),
+            base.replace("idle_stop_secs = 30", "idle_stop_secs = 31"),
+            base.replace("restart_policy = \"always\"", "restart_policy = \"never\""),
+            base.replace("model = \"m\"", "model = \"n\""),
+            base.replace("x = 1", "x = 2"),
+            base.replace("a = 1", "a = 1.0"),
+            base.replace(
+                "secret_keys = [\"apiKey\"]",
+                "secret_keys = [\"apiKey\", \"model\"]",
+            ),
+            CHAT.to_owned(),
+            format!("{CHAT}{}", NOTES.replace("[notes]", "[notebook]")),
+            format!("{base}{}", NOTES.replace("[notes]", "[more]")),
+            String::new(),
+        ];
+        let mut seen = BTreeSet::from([digest_of(&base)]);
+        for variant in &variants {
+            assert_ne!(variant, &base);
+            assert!(seen.insert(digest_of(variant)), "{variant}");
+        }
+        // A secret's value is never hashed: it cannot be tested against a digest.
+        assert_eq!(
+            digest_of(&base.replace("s3cret", "another")),
+            digest_of(&base)
+        );
     }
 
     #[test]

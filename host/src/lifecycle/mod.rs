@@ -331,7 +331,7 @@ impl Manager {
             reasons.push(format!("records file: {held}"));
         }
         reasons.extend(self.shared.providers.load_failures());
-        reasons.extend(self.cluster().and_then(Cluster::health));
+        reasons.extend(self.cluster().map(Cluster::health).unwrap_or_default());
         reasons.extend(self.config_health());
         let removals = self.shared.driver.shared.removals.health();
         reasons.extend(removals.reasons);
