@@ -1,14 +1,15 @@
 //! Command-line entry: parses flags once into validated settings and runs a command.
 //!
 //! This is the binary's edge, so errors are `anyhow` here and typed everywhere below.
-//! `token` holds the commands that talk to a running server; `output` is how verbs
-//! print (a closed pipe is a quiet end, never a panic).
+//! `env`, `token` and `removals` hold the commands that talk to a running server;
+//! `output` is how verbs print (a closed pipe is a quiet end, never a panic).
 
 mod attach;
 mod client;
 mod env;
 mod output;
 mod provider;
+mod removals;
 mod token;
 
 use std::io::IsTerminal;
@@ -88,6 +89,12 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: token::TokenCommand,
+    },
+    /// Deleted environments whose resource a running server still tries to remove:
+    /// list them, have one tried now, or drop one.
+    Removals {
+        #[command(subcommand)]
+        command: removals::RemovalsCommand,
     },
 }
 
@@ -204,6 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Env { command } => rt.block_on(env::run(command))?,
         Command::Token { command } => rt.block_on(token::run(command))?,
+        Command::Removals { command } => rt.block_on(removals::run(command))?,
         Command::Runtime => {
             let config = RuntimeConfig::from_env()?;
             rt.block_on(async {

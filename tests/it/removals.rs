@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::sandbox::{KEY, Service, grant};
-use crate::support::{Server, WAIT, write_config};
+use crate::support::{Server, TOKEN, WAIT, write_config};
 
 async fn healthz(server: &Server) -> Value {
     let (status, health) = server.call("GET", "/healthz", None).await;
@@ -536,4 +536,45 @@ async fn a_removal_dropped_while_its_attempt_runs_is_not_kept_when_that_attempt_
     assert_eq!(healthz(&server).await["pendingRemovals"], 0);
     assert_eq!(journal(&server)["removals"], json!([]));
     server.stop();
+}
+
+/// `tether removals ARGS` against `server` as the admin: exit code and stdout.
+fn removals_cli(server: &Server, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .arg("removals")
+        .args(args)
+        .args(["--url", &server.base, "--token", TOKEN])
+        .env_remove("TETHER_API_TOKEN")
+        .env_remove("TETHER_URL")
+        .output()
+        .expect("tether removals");
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (out.status.code(), text(out.stdout), text(out.stderr))
+}
+
+#[tokio::test]
+async fn the_cli_lists_retries_and_drops_pending_removals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (service, server, env) = sandboxed(dir.path(), "by-cli", 1000, 3600).await;
+    let id = env["id"].as_str().expect("id").to_owned();
+    delete(&server, &id).await;
+
+    let (code, out, err) = removals_cli(&server, &["list"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let list: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(list[0]["environmentId"], id.as_str(), "{list}");
+    let (code, out, err) = removals_cli(&server, &["retry", &id]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let (code, out, err) = removals_cli(&server, &["drop", &id]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let dropped: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(dropped["environmentId"], id.as_str(), "{dropped}");
+    // Gone: not found is exit code 3; an id that is no id is refused before any call.
+    let (code, _, err) = removals_cli(&server, &["drop", &id]);
+    assert_eq!(code, Some(3), "{err}");
+    let (code, _, err) = removals_cli(&server, &["retry", "../etc"]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("environment id"), "{err}");
+    server.stop();
+    service.stop();
 }
