@@ -1893,6 +1893,8 @@ async fn hosts_whose_templates_differ_are_named_by_the_others_until_they_agree()
     );
     assert_eq!(times_logged(&a, DIFFER), 1, "{}", a.log());
     assert_eq!(times_logged(&a, MALFORMED), 1, "{}", a.log());
+    assert_eq!(a.metric("tether_cluster_templates_differ").await, 1);
+    assert_eq!(b.metric("tether_cluster_templates_differ").await, 2);
 
     // b's tether.toml fixed and reloaded: every host agrees and is healthy again.
     write_config(&b.data_dir, same);
@@ -1901,6 +1903,7 @@ async fn hosts_whose_templates_differ_are_named_by_the_others_until_they_agree()
     }
     for server in [&a, &b, &c] {
         until_health(server, &[]).await;
+        assert_eq!(server.metric("tether_cluster_templates_differ").await, 0);
     }
     assert!(
         a.log()

@@ -538,6 +538,11 @@ impl Cluster {
         (self.inner.conflicts_seen).load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// How many other live hosts' `[templates]` differ from this host's.
+    pub(crate) fn templates_differing(&self) -> usize {
+        self.inner.templates.differing()
+    }
+
     /// This host's `[templates]` are `templates` now (`tether.toml` was reloaded):
     /// published with its next renewal, and compared with the other hosts' from then on.
     pub(crate) fn set_templates(&self, templates: &BTreeMap<String, Template>) {

@@ -177,6 +177,11 @@ impl Agreement {
         *differing = now;
     }
 
+    /// How many live hosts' templates differ from this host's, at the last comparison.
+    pub(super) fn differing(&self) -> usize {
+        self.differing.locked().len()
+    }
+
     /// Why the hosts' templates need a person, if they do (for `/healthz`).
     pub(super) fn health(&self) -> Option<String> {
         let differing = self.differing.locked();
