@@ -317,17 +317,8 @@ async fn a_broken_removals_journal_is_logged_and_its_good_entries_still_run() {
 #[tokio::test]
 async fn a_removal_that_hangs_holds_back_no_other_and_is_tried_once_at_a_time() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // The service leaves its first delete unanswered; the host would wait ten minutes.
-    let service = Service::start_hanging_deletes(dir.path(), 1);
-    let config = format!(
-        "[lifecycle]\nremoval_retry_secs = 1\nstop_timeout_secs = 600\n{}",
-        grant(&service, KEY)
-    );
-    write_config(dir.path(), &config);
     // Two deleted environments whose sandboxes a host failed to remove: all due at start.
-    journal_sandboxes(dir.path(), &service, &["first1", "second1"]).await;
-
-    let server = Server::start(dir.path());
+    let (service, server) = hanging(dir.path(), &["first1", "second1"]).await;
     // Whichever delete reaches the service first hangs; the other is done all the same.
     let one_left = |list: &Value, health: &Value| {
         list["deleted"] == 1
@@ -447,15 +438,10 @@ async fn admins_list_pending_removals_have_one_tried_now_and_drop_one() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{view}");
     assert_eq!(view["environmentId"], id.as_str(), "{view}");
-    let deadline = Instant::now() + WAIT;
-    while removals(&server).await[0]["attempts"] != 2 {
-        assert!(
-            Instant::now() < deadline,
-            "never tried again\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_removals(&server, "never tried again", |list| {
+        list.first().is_some_and(|e| e["attempts"] == 2)
+    })
+    .await;
 
     // Dropped: the host stops trying, says all is well, and the sandbox stays.
     let (status, dropped) = server
@@ -501,37 +487,20 @@ async fn admins_list_pending_removals_have_one_tried_now_and_drop_one() {
 #[tokio::test]
 async fn a_removal_dropped_while_its_attempt_runs_is_not_kept_when_that_attempt_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let service = Service::start_hanging_deletes(dir.path(), 1);
-    let config = format!(
-        "[lifecycle]\nremoval_retry_secs = 1\nstop_timeout_secs = 600\n{}",
-        grant(&service, KEY)
-    );
-    write_config(dir.path(), &config);
-    journal_sandboxes(dir.path(), &service, &["hung1"]).await;
-    let server = Server::start(dir.path());
-    let deadline = Instant::now() + WAIT;
-    while removals(&server).await[0]["inFlight"] != true {
-        assert!(
-            Instant::now() < deadline,
-            "never in flight\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (service, server) = hanging(dir.path(), &["hung1"]).await;
+    until_removals(&server, "never in flight", |list| {
+        list.first().is_some_and(|e| e["inFlight"] == true)
+    })
+    .await;
     let (status, dropped) = server.call("DELETE", "/api/v1/removals/hung1", None).await;
     assert_eq!(status, StatusCode::OK, "{dropped}");
     assert_eq!(dropped["inFlight"], true, "{dropped}");
     // The service goes away: the hanging delete fails, and the entry stays dropped.
     service.stop();
-    let deadline = Instant::now() + WAIT;
-    while !server.log().contains("its entry was dropped meanwhile") {
-        assert!(
-            Instant::now() < deadline,
-            "the attempt never ended\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_removals(&server, "the attempt never ended", |_| {
+        server.log().contains("its entry was dropped meanwhile")
+    })
+    .await;
     assert_eq!(removals(&server).await, Vec::<Value>::new());
     assert_eq!(healthz(&server).await["pendingRemovals"], 0);
     assert_eq!(journal(&server)["removals"], json!([]));
@@ -577,4 +546,26 @@ async fn the_cli_lists_retries_and_drops_pending_removals() {
     assert!(err.contains("environment id"), "{err}");
     server.stop();
     service.stop();
+}
+
+/// A sandbox service leaving its first delete unanswered, a host that would wait ten
+/// minutes for it, and a journal of deleted environments `ids` (due at start).
+async fn hanging(dir: &std::path::Path, ids: &[&str]) -> (Service, Server) {
+    let service = Service::start_hanging_deletes(dir, 1);
+    let config = format!(
+        "[lifecycle]\nremoval_retry_secs = 1\nstop_timeout_secs = 600\n{}",
+        grant(&service, KEY)
+    );
+    write_config(dir, &config);
+    journal_sandboxes(dir, &service, ids).await;
+    (service, Server::start(dir))
+}
+
+/// Polls `GET /api/v1/removals` until `done` says so.
+async fn until_removals(server: &Server, what: &str, done: impl Fn(&[Value]) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done(&removals(server).await) {
+        assert!(Instant::now() < deadline, "{what}\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
