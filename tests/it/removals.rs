@@ -216,39 +216,18 @@ async fn a_broken_removals_journal_is_logged_and_its_good_entries_still_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let service = Service::start(dir.path(), 0);
     write_config(dir.path(), &grant(&service, KEY));
-    let (status, sandbox) = service
-        .request(
-            reqwest::Method::POST,
-            "/v1/sandboxes",
-            Some(KEY),
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{sandbox}");
+    let sandbox = service.new_sandbox().await;
     // A second sandbox, the resource of an environment the records hold: an entry
     // naming it (or that environment) must never reach the provider.
-    let (_, in_use) = service
-        .request(
-            reqwest::Method::POST,
-            "/v1/sandboxes",
-            Some(KEY),
-            Some(json!({})),
-        )
-        .await;
-    let in_use = in_use["id"].as_str().expect("id").to_owned();
-    let record = |id: &str, name: &str, resource: &str| {
-        json!({"id": id, "name": name, "provider": "http-sandbox", "owner": "admin",
-               "resourceId": resource, "createdAt": "2026-01-01T00:00:00Z",
-               "updatedAt": "2026-01-01T00:00:00Z"})
-    };
+    let in_use = service.new_sandbox().await;
+    let record = journal_record;
     let entry = |record: Value, error: &str| {
-        json!({"record": record, "attempts": 3, "lastError": error,
-               "failedAt": "2026-01-01T00:00:00Z", "nextAttemptAt": "2099-01-01T00:00:00Z"})
+        let mut entry = journal_entry(record, error);
+        entry["attempts"] = json!(3);
+        entry["nextAttemptAt"] = json!("2099-01-01T00:00:00Z");
+        entry
     };
-    let good = entry(
-        record("good1", "good", sandbox["id"].as_str().expect("id")),
-        "HTTP 500",
-    );
+    let good = entry(record("good1", "good", &sandbox), "HTTP 500");
     let live = record("live1", "live", &in_use);
     let codebolt = dir.path().join(".codebolt");
     std::fs::create_dir_all(&codebolt).expect("dir");
@@ -353,22 +332,8 @@ async fn a_removal_that_hangs_holds_back_no_other_and_is_tried_once_at_a_time() 
 async fn journal_sandboxes(dir: &std::path::Path, service: &Service, ids: &[&str]) {
     let mut entries = Vec::new();
     for id in ids {
-        let (status, sandbox) = (service.request(
-            reqwest::Method::POST,
-            "/v1/sandboxes",
-            Some(KEY),
-            Some(json!({})),
-        ))
-        .await;
-        assert_eq!(status, StatusCode::CREATED, "{sandbox}");
-        let record = json!({"id": id, "name": id, "provider": "http-sandbox", "owner": "admin",
-                            "resourceId": sandbox["id"], "createdAt": "2026-01-01T00:00:00Z",
-                            "updatedAt": "2026-01-01T00:00:00Z"});
-        entries.push(
-            json!({"record": record, "attempts": 1, "lastError": "HTTP 500",
-                            "failedAt": "2026-01-01T00:00:00Z",
-                            "nextAttemptAt": "2026-01-01T00:00:00Z"}),
-        );
+        let record = journal_record(id, id, &service.new_sandbox().await);
+        entries.push(journal_entry(record, "HTTP 500"));
     }
     let codebolt = dir.join(".codebolt");
     std::fs::create_dir_all(&codebolt).expect("dir");
@@ -568,4 +533,17 @@ async fn until_removals(server: &Server, what: &str, done: impl Fn(&[Value]) -> 
         assert!(Instant::now() < deadline, "{what}\n{}", server.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A deleted `http-sandbox` environment's record as the journal keeps it.
+fn journal_record(id: &str, name: &str, resource: &str) -> Value {
+    json!({"id": id, "name": name, "provider": "http-sandbox", "owner": "admin",
+           "resourceId": resource, "createdAt": "2026-01-01T00:00:00Z",
+           "updatedAt": "2026-01-01T00:00:00Z"})
+}
+
+/// A journal entry of `record` after one failed attempt, due at once.
+fn journal_entry(record: Value, error: &str) -> Value {
+    json!({"record": record, "attempts": 1, "lastError": error,
+           "failedAt": "2026-01-01T00:00:00Z", "nextAttemptAt": "2026-01-01T00:00:00Z"})
 }

@@ -164,6 +164,19 @@ impl Service {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST /v1/sandboxes`: a new sandbox's id.
+    pub async fn new_sandbox(&self) -> String {
+        let (status, sandbox) = (self.request(
+            reqwest::Method::POST,
+            "/v1/sandboxes",
+            Some(KEY),
+            Some(json!({})),
+        ))
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{sandbox}");
+        sandbox["id"].as_str().expect("id").to_owned()
+    }
+
     /// `GET /v1/sandboxes`: the sandboxes and the create and delete counts.
     pub async fn list(&self) -> Value {
         let (status, list) = self.call(reqwest::Method::GET, "/v1/sandboxes").await;
