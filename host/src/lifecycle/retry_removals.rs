@@ -30,7 +30,7 @@ use tracing::Instrument;
 
 use super::Manager;
 use super::deadline::{GRACE, shut_down_within};
-use super::removals::{Pending, delay};
+use super::removals::{Pending, Removals, delay};
 use crate::audit::{Outcome, action};
 use crate::broker::Refusals;
 
@@ -44,6 +44,19 @@ const AT_ONCE: usize = 4;
 /// The directory of retries' scratch workspaces.
 fn scratch_root(manager: &Manager) -> PathBuf {
     (manager.shared.config.get().codebolt_dir()).join("removal-workspaces")
+}
+
+/// An entry's attempt: released when dropped, however it ended (a panic or a
+/// cancelled task included), so the entry is never left marked in flight.
+struct Attempt<'a> {
+    removals: &'a Removals,
+    id: String,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.removals.release(&self.id);
+    }
 }
 
 impl Manager {
@@ -73,8 +86,9 @@ impl Manager {
                         let span = tracing::info_span!("removal_retry", env = %id);
                         this.driver().spawn(
                             async move {
+                                let removals = &manager.shared.driver.shared.removals;
+                                let _attempt = Attempt { removals, id };
                                 manager.retry_removal(pending).await;
-                                manager.shared.driver.shared.removals.release(&id);
                             }
                             .instrument(span),
                         );
