@@ -315,8 +315,9 @@ async fn a_removal_that_hangs_holds_back_no_other_and_is_tried_once_at_a_time() 
     // 15 s), not after it failed.
     let log = server.log();
     assert!(!log.contains("could not remove the resource"), "{log}");
-    // Due every second, the hanging entry is still in its one attempt, not in a second.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Due every second, the hanging entry is still in its one attempt two looks later
+    // (well inside the provider's 15 s), not in a second one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let attempts = server.log().matches("trying again to remove").count();
     assert_eq!(attempts, 2, "{}", server.log());
     assert_eq!(healthz(&server).await["pendingRemovals"], 1);
