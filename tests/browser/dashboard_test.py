@@ -4,13 +4,15 @@ chromium-driver by selenium 4.51.0, against a real `tether serve`.
 Run by `tests/it/dashboard.rs`, which starts the server and passes, in the
 environment: TETHER_URL, TETHER_ADMIN_TOKEN, TETHER_USER_TOKEN (user `alice`),
 TETHER_USER, TETHER_OTHER_ENV (the name of an environment alice does not own),
-TETHER_TEMPLATE (a thread-scoped template) and TETHER_SCREENSHOTS (where each page's
+TETHER_TEMPLATE (a thread-scoped template), TETHER_PENDING_REMOVAL (the id of a deleted
+environment whose removal keeps failing) and TETHER_SCREENSHOTS (where each page's
 screenshot goes). Exits non-zero, with the failing step and a screenshot of it, if
 anything on the list below does not happen.
 
 Covered: a wrong token is refused and a right one signs in; an admin sees every
 environment, the providers with their grants, the tokens (making one shows its
-secret once, revoking removes it) and the audit log; a user token sees only its own
+secret once, revoking removes it), a pending removal (tried again, then dropped) and
+the audit log; a user token sees only its own
 environments and no admin pages; an environment created from the form reaches
 `running` without a reload (over /ws/events), its live log shows lines, the thread
 console's echo comes back, and stop and delete show in the list as they happen.
@@ -36,6 +38,8 @@ USER_TOKEN = os.environ["TETHER_USER_TOKEN"]
 USER = os.environ.get("TETHER_USER", "alice")
 OTHER_ENV = os.environ["TETHER_OTHER_ENV"]
 TEMPLATE = os.environ.get("TETHER_TEMPLATE")
+# A deleted environment whose resource the host cannot remove (its removal keeps failing).
+REMOVAL = os.environ.get("TETHER_PENDING_REMOVAL")
 SHOTS = os.environ.get("TETHER_SCREENSHOTS", "target/screenshots")
 CHROMIUM = os.environ.get("TETHER_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("TETHER_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -205,12 +209,35 @@ def admin_pages(p):
     p.css("#token-table")
     assert not p.d.find_elements(By.ID, "token-secret"), "the secret was shown twice"
 
+    if REMOVAL:
+        step("removals: a pending one with its error, tried now, then dropped")
+        p.go("#/removals")
+        row_css = f'#removal-table tr[data-removal="{REMOVAL}"]'
+        row = p.css(row_css, "the pending removal")
+        attempts = int(row.find_element(By.CSS_SELECTOR, '[data-field="attempts"]').text)
+        assert row.find_element(By.CSS_SELECTOR, '[data-field="lastError"]').text, row.text
+        p.shot("07b-removals")
+        row.find_element(By.CSS_SELECTOR, '[data-action="retry"]').click()
+        # Tried within a second, and failing again: one more attempt shows after a refresh.
+        def tried_again(d):
+            d.find_element(By.ID, "removals-refresh").click()
+            cells = d.find_elements(By.CSS_SELECTOR, f'{row_css} [data-field="attempts"]')
+            return cells and cells[0].text.isdigit() and int(cells[0].text) > attempts
+        p.wait("the removal to be tried again", tried_again)
+        p.d.find_element(By.CSS_SELECTOR, f'{row_css} [data-action="drop"]').click()
+        p.click("dialog [data-confirm]")
+        p.gone(row_css, "the dropped removal to leave the list")
+        p.css("#removal-list .empty", "the empty list")
+
     step("the audit log")
     p.go("#/audit")
     p.css("#audit-table", "the audit table")
     p.text_in("#audit-table", "token.create")
     p.text_in("#audit-table", "token.revoke")
     p.text_in("#audit-table", "auth.refused")  # the wrong token at sign-in
+    if REMOVAL:
+        p.text_in("#audit-table", "environment.removal_retry_now")
+        p.text_in("#audit-table", "environment.removal_drop")
     p.shot("08-audit")
     p.sign_out()
 
@@ -225,7 +252,8 @@ def user_pages(p):
     assert OTHER_ENV not in p.d.find_element(By.ID, "main").text
     tokens_link = p.d.find_element(By.CSS_SELECTOR, '#nav a[data-page="tokens"]')
     audit_link = p.d.find_element(By.CSS_SELECTOR, '#nav a[data-page="audit"]')
-    assert not tokens_link.is_displayed() and not audit_link.is_displayed(), "admin pages in a user's menu"
+    removals_link = p.d.find_element(By.CSS_SELECTOR, '#nav a[data-page="removals"]')
+    assert not any(link.is_displayed() for link in (tokens_link, audit_link, removals_link)), "admin pages in a user's menu"
     p.shot("09-environments-user-empty")
     p.mark()
 

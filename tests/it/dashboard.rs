@@ -72,6 +72,16 @@ async fn the_dashboard_works_in_a_real_browser() {
         "[templates.chat]\nprovider = \"local-process\"\nscope = \"thread\"\n",
     )
     .expect("tether.toml");
+    // A deleted environment whose resource cannot be removed: its record names no
+    // service for the provider to call, so every attempt fails.
+    let codebolt = dir.path().join(".codebolt");
+    std::fs::create_dir_all(&codebolt).expect("dir");
+    let stamp = "2026-01-01T00:00:00Z";
+    let journal = serde_json::json!({"version": 1, "removals": [{
+        "record": {"id": "gone1", "name": "gone", "provider": "http-sandbox", "owner": "bob",
+                   "resourceId": "sbx-left", "createdAt": stamp, "updatedAt": stamp},
+        "attempts": 1, "lastError": "HTTP 500", "failedAt": stamp, "nextAttemptAt": stamp}]});
+    std::fs::write(codebolt.join("removals.json"), journal.to_string()).expect("journal");
     let server = Server::start(dir.path());
     let (alice, _) = server.user_token("alice").await;
     let (bob, _) = server.user_token("bob").await;
@@ -104,6 +114,7 @@ async fn the_dashboard_works_in_a_real_browser() {
         .env("TETHER_USER", "alice")
         .env("TETHER_OTHER_ENV", "bob-private")
         .env("TETHER_TEMPLATE", "chat")
+        .env("TETHER_PENDING_REMOVAL", "gone1")
         .env("TETHER_SCREENSHOTS", &shots)
         .env("PYTHONUNBUFFERED", "1")
         .kill_on_drop(true)

@@ -9,6 +9,7 @@ import * as environment from './views/environment.js';
 import * as providers from './views/providers.js';
 import * as tokens from './views/tokens.js';
 import * as audit from './views/audit.js';
+import * as removals from './views/removals.js';
 
 const main = document.getElementById('main');
 let session = null; // {client, who}
@@ -63,6 +64,7 @@ async function render() {
     providers,
     tokens,
     audit,
+    removals,
   };
   const view = views[page];
   if (!view) {

@@ -81,6 +81,7 @@ static ASSETS: &[Asset] = &[
     dashboard!("js/views/providers.js", JS),
     dashboard!("js/views/tokens.js", JS),
     dashboard!("js/views/audit.js", JS),
+    dashboard!("js/views/removals.js", JS),
     client!("index.js"),
     client!("src/app.js"),
     client!("src/client.js"),
