@@ -929,9 +929,9 @@ async fn a_removal_that_fails_on_the_running_host_is_kept_and_retried_there() {
     let Some(nats) = Nats::start(dir.path(), 0, true) else {
         return;
     };
-    let service = Service::start_failing_deletes(dir.path(), 1);
+    let service = Service::start_failing_deletes(dir.path(), 2);
     let config = format!(
-        "[lifecycle]\nremoval_retry_secs = 1\n{}[cluster]\nlease_ttl_secs = 3\n",
+        "[lifecycle]\nremoval_retry_secs = 2\n{}[cluster]\nlease_ttl_secs = 3\n",
         sandbox::grant(&service, sandbox::KEY)
     );
     let a = host(dir.path(), &nats, "a", &config);
@@ -947,6 +947,8 @@ async fn a_removal_that_fails_on_the_running_host_is_kept_and_retried_there() {
     assert!(status.is_success(), "{body}");
     gone(&a, &id).await;
     until_log(&a, &id, "tried again later").await;
+    // Every host sees which host has it pending (a's entry says so at its renewals).
+    until_pending_removals(&b, &[("a", 1), ("b", 0)]).await;
     until_log(
         &a,
         &id,
@@ -954,6 +956,7 @@ async fn a_removal_that_fails_on_the_running_host_is_kept_and_retried_there() {
     )
     .await;
     until_sandboxes(&service, 0).await;
+    until_pending_removals(&b, &[("a", 0), ("b", 0)]).await;
     let deadline = Instant::now() + WAIT;
     loop {
         let (_, health) = a.call("GET", "/healthz", None).await;
@@ -972,6 +975,25 @@ async fn a_removal_that_fails_on_the_running_host_is_kept_and_retried_there() {
     a.stop();
     b.stop();
     service.stop();
+}
+
+/// Polls `server`'s `GET /api/v1/cluster` until each host named shows its pending
+/// removals as given.
+async fn until_pending_removals(server: &Server, want: &[(&str, u64)]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, view) = server.call("GET", "/api/v1/cluster", None).await;
+        let shown = |id: &str| {
+            (view["hosts"].as_array().into_iter().flatten())
+                .find(|h| h["id"] == id)
+                .and_then(|h| h["pendingRemovals"].as_u64())
+        };
+        if want.iter().all(|(id, n)| shown(id) == Some(*n)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{want:?}: {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

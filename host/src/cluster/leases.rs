@@ -16,6 +16,7 @@
 //! grows with this host's load: the least loaded host tends to claim first.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,20 @@ pub(super) struct HostValue {
     /// another host wrote it. Absent from an older host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub templates: Option<serde_json::Value>,
+    /// How many deleted environments' resources it still tries to remove, unread
+    /// ([`pending_removals_of`]). Absent from an older host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending_removals: Option<serde_json::Value>,
+}
+
+/// The most pending removals a host's entry may say it has (its journal holds at most
+/// a thousand); anything else there counts as unknown.
+const MAX_PENDING_REMOVALS: u64 = 1_000_000;
+
+/// What a host's entry says of its pending removals, if it is a count.
+fn pending_removals_of(said: Option<&serde_json::Value>) -> Option<usize> {
+    let count = said?.as_u64().filter(|n| *n <= MAX_PENDING_REMOVALS)?;
+    usize::try_from(count).ok()
 }
 
 /// A lease this host holds.
@@ -98,6 +113,8 @@ pub(super) struct Leases {
     ttl: Duration,
     /// This host's templates, published with its entry, and the others' compared.
     templates: Arc<Agreement>,
+    /// This host's pending removals, as the lifecycle last said, published with its entry.
+    pending_removals: AtomicUsize,
     held: Mutex<HashMap<String, Held>>,
     seen: Arc<Mutex<HashMap<String, Seen>>>,
     /// Wakes the renewals early, to write a status change.
@@ -125,6 +142,7 @@ impl Leases {
             public_url,
             ttl,
             templates,
+            pending_removals: AtomicUsize::new(0),
             held: Mutex::new(HashMap::new()),
             seen: Arc::new(Mutex::new(HashMap::new())),
             wake: Notify::new(),
@@ -144,6 +162,7 @@ impl Leases {
                 serde_json::to_value(self.templates.own())
                     .map_err(|e| ClusterError::Nats(e.to_string()))?,
             ),
+            pending_removals: Some(self.pending_removals().into()),
         };
         let bytes = serde_json::to_vec(&value).map_err(|e| ClusterError::Nats(e.to_string()))?;
         self.hosts
@@ -271,6 +290,15 @@ impl Leases {
 
     pub(super) fn held_count(&self) -> usize {
         self.held.locked().len()
+    }
+
+    /// This host has `n` pending removals: its entry says so from its next renewal.
+    pub(super) fn set_pending_removals(&self, n: usize) {
+        self.pending_removals.store(n, Ordering::Relaxed);
+    }
+
+    fn pending_removals(&self) -> usize {
+        self.pending_removals.load(Ordering::Relaxed)
     }
 
     pub(super) fn holds(&self, id: &str) -> bool {
@@ -571,6 +599,11 @@ impl Leases {
                 templates_digest: templates.as_ref().map(|t| t.digest.clone()),
                 template_count: templates.as_ref().map(|t| t.count),
                 template_names: templates.map(|t| t.names),
+                pending_removals: if this {
+                    Some(self.pending_removals())
+                } else {
+                    pending_removals_of(host.pending_removals.as_ref())
+                },
             });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -602,5 +635,29 @@ fn decode(entry: &kv::Entry) -> Option<LeaseView> {
             tracing::warn!(key = %entry.key, "cluster: ignoring a malformed lease");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::pending_removals_of;
+
+    #[test]
+    fn a_hosts_pending_removals_are_read_only_as_a_bounded_count() {
+        assert_eq!(pending_removals_of(Some(&json!(3))), Some(3));
+        assert_eq!(pending_removals_of(Some(&json!(0))), Some(0));
+        for said in [
+            json!(-1),
+            json!(1.5),
+            json!("3"),
+            json!(null),
+            json!([3]),
+            json!(u64::MAX),
+        ] {
+            assert_eq!(pending_removals_of(Some(&said)), None, "{said}");
+        }
+        assert_eq!(pending_removals_of(None), None);
     }
 }

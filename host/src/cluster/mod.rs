@@ -150,6 +150,11 @@ pub(crate) struct HostView {
     /// Their names, sorted: the first 64; `null` when unknown.
     #[schema(required = true)]
     pub template_names: Option<Vec<String>>,
+    /// How many deleted environments' resources it still tries to remove (that host's
+    /// `GET /api/v1/removals` lists them); `null` when unknown: a host of an older
+    /// version, or an entry that says something else than a count.
+    #[schema(required = true)]
+    pub pending_removals: Option<usize>,
 }
 
 /// A change to one record field that lost to another host's change of the same field.
@@ -536,6 +541,12 @@ impl Cluster {
     /// Field conflicts between hosts' concurrent changes since start.
     pub(crate) fn conflicts_seen(&self) -> u64 {
         (self.inner.conflicts_seen).load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// This host has `n` pending removals (its journal's): other hosts see it in this
+    /// host's entry from its next renewal.
+    pub(crate) fn set_pending_removals(&self, n: usize) {
+        self.inner.leases.set_pending_removals(n);
     }
 
     /// How many other live hosts' `[templates]` differ from this host's.

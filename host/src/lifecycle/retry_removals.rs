@@ -80,6 +80,9 @@ impl Manager {
                         _ = closing.cancelled() => return,
                         _ = tick.tick() => {}
                     }
+                    if let Some(cluster) = this.cluster() {
+                        cluster.set_pending_removals(removals.pending());
+                    }
                     for pending in removals.take_due(AT_ONCE) {
                         let id = pending.record.id.clone();
                         let manager = this.clone();
