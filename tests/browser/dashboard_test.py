@@ -219,12 +219,16 @@ def admin_pages(p):
         p.shot("07b-removals")
         row.find_element(By.CSS_SELECTOR, '[data-action="retry"]').click()
         # Tried within a second, and failing again: one more attempt shows after a refresh.
+        # (Read in the page itself: a refresh redraws the table under a held element.)
         def tried_again(d):
-            d.find_element(By.ID, "removals-refresh").click()
-            cells = d.find_elements(By.CSS_SELECTOR, f'{row_css} [data-field="attempts"]')
-            return cells and cells[0].text.isdigit() and int(cells[0].text) > attempts
+            shown = d.execute_script(
+                "document.getElementById('removals-refresh').click();"
+                "const cell = document.querySelector(arguments[0]);"
+                "return cell ? cell.textContent : null;",
+                f'{row_css} [data-field="attempts"]')
+            return shown is not None and shown.isdigit() and int(shown) > attempts
         p.wait("the removal to be tried again", tried_again)
-        p.d.find_element(By.CSS_SELECTOR, f'{row_css} [data-action="drop"]').click()
+        p.d.execute_script("document.querySelector(arguments[0]).click();", f'{row_css} [data-action="drop"]')
         p.click("dialog [data-confirm]")
         p.gone(row_css, "the dropped removal to leave the list")
         p.css("#removal-list .empty", "the empty list")
