@@ -404,6 +404,16 @@ async fn admins_list_pending_removals_have_one_tried_now_and_drop_one() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{view}");
     assert_eq!(view["environmentId"], id.as_str(), "{view}");
+    // Due now, not in the hour the backoff had set.
+    let at = |v: &Value| {
+        let text = v["nextAttemptAt"].as_str().expect("nextAttemptAt");
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .expect("RFC 3339")
+    };
+    assert!(
+        at(&view) < at(entry) - time::Duration::minutes(30),
+        "{view} {entry}"
+    );
     until_removals(&server, "never tried again", |list| {
         list.first().is_some_and(|e| e["attempts"] == 2)
     })

@@ -30,7 +30,8 @@ pub(crate) struct RemovalView {
     pub(crate) last_error: String,
     /// When the first attempt failed (RFC 3339).
     pub(crate) failed_at: String,
-    /// When the next attempt is due (RFC 3339); past while one is in flight.
+    /// When the next attempt is due (RFC 3339): the moment of the answer when it is due
+    /// now, or an attempt is in flight.
     pub(crate) next_attempt_at: String,
     /// Whether an attempt is working on it now.
     pub(crate) in_flight: bool,

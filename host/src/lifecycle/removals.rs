@@ -81,6 +81,16 @@ struct Entry {
     due: Instant,
 }
 
+impl Entry {
+    /// The entry with `nextAttemptAt` as memory has it: a start, or an operator's
+    /// "try it now", makes it due sooner than the file says (now, when it is due).
+    fn shown(&self) -> Pending {
+        let mut pending = self.pending.clone();
+        pending.next_attempt_at = stamp_in(self.due.saturating_duration_since(Instant::now()));
+        pending
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     entries: BTreeMap<String, Entry>,
@@ -280,7 +290,7 @@ impl Removals {
     pub(super) fn list(&self) -> Vec<(Pending, bool)> {
         let state = self.state.locked();
         (state.entries.iter())
-            .map(|(id, e)| (e.pending.clone(), state.in_flight.contains(id)))
+            .map(|(id, e)| (e.shown(), state.in_flight.contains(id)))
             .collect()
     }
 
@@ -288,7 +298,7 @@ impl Removals {
     pub(super) fn get(&self, id: &str) -> Option<(Pending, bool)> {
         let state = self.state.locked();
         let entry = state.entries.get(id)?;
-        Some((entry.pending.clone(), state.in_flight.contains(id)))
+        Some((entry.shown(), state.in_flight.contains(id)))
     }
 
     /// How many removals are pending.
