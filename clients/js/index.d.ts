@@ -24,6 +24,32 @@ export interface Environment {
   [field: string]: unknown;
 }
 
+/** One host of a cluster as `GET /api/v1/cluster` shows it (docs/rest.md). */
+export interface ClusterHost {
+  id: string;
+  publicUrl: string;
+  /** Whether it is the host that answered. */
+  self: boolean;
+  load: number;
+  environments: string[];
+  lastSeen: string;
+  /** How many removals it has pending; null when unknown (an older host). */
+  pendingRemovals: number | null;
+  templatesDigest: string | null;
+  templatesMatch: boolean | null;
+  templateCount: number | null;
+  templateNames: string[] | null;
+}
+
+/** `GET /api/v1/cluster` (docs/rest.md, docs/cluster.md). */
+export interface ClusterView {
+  hostId: string;
+  connected: boolean;
+  leaseTtlSecs: number;
+  hosts: ClusterHost[];
+  conflicts: { environmentId: string; field: string; lost: unknown; kept: unknown; at: string }[];
+}
+
 /** A deleted environment whose resource the host still tries to remove (docs/rest.md). */
 export interface Removal {
   environmentId: string;
@@ -186,6 +212,7 @@ export class TetherClient {
   installProvider(name: string, wasm: Uint8Array | ArrayBuffer): Promise<any>;
   audit(filter?: { since?: string; limit?: number; owner?: string }): Promise<any[]>;
   configStatus(): Promise<any>;
+  cluster(): Promise<ClusterView>;
   listRemovals(): Promise<Removal[]>;
   retryRemoval(id: string): Promise<Removal>;
   dropRemoval(id: string): Promise<Removal>;

@@ -273,6 +273,11 @@ export class TetherClient {
     return this.call('DELETE', `/api/v1/removals/${enc(id)}`);
   }
 
+  /** Cluster mode: the hosts, what each runs, and recent conflicts (admin; 404 alone). */
+  cluster() {
+    return this.call('GET', '/api/v1/cluster');
+  }
+
   /** Which `tether.toml` is in force and how its last reload went (admin). */
   configStatus() {
     return this.call('GET', '/api/v1/config/status');

@@ -72,6 +72,8 @@ test('tokens, whoami, tickets, templates, providers, audit, config status, healt
   assert.ok(audit.some((entry) => entry.action === 'token.create' && entry.target === issued.id));
   assert.equal(typeof (await admin.configStatus()).found, 'boolean');
   assert.ok(Array.isArray(await admin.listRemovals()));
+  // A host running alone has no cluster to show.
+  await assert.rejects(admin.cluster(), (e) => e.status === 404 && e.code === 'not_found');
   await assert.rejects(admin.retryRemoval('never-deleted'), (e) => e.status === 404 && e.code === 'not_found');
   await assert.rejects(admin.dropRemoval('never-deleted'), (e) => e.status === 404 && e.code === 'not_found');
   await assert.rejects(carol.listRemovals(), (e) => e.status === 403 && e.code === 'missing_scope');
