@@ -328,7 +328,7 @@ impl Driver {
     pub(super) async fn destroy_locked(&self, env: &Arc<Env>, record: &Record) {
         let handle = match self.take_instance(env) {
             Some(handle) => Ok(Some(handle)),
-            None => self.destroyer(env, record).await,
+            None => self.destroyer(env, record, None).await,
         };
         let failure = match handle {
             Ok(Some(handle)) => {
@@ -393,13 +393,15 @@ impl Driver {
         }
     }
 
-    /// A fresh instance to destroy a stopped environment's resource: `None` if there
-    /// is no resource or its provider's world cannot destroy without a start; an
-    /// error if it should and cannot (the provider not loaded, no instance made).
-    async fn destroyer(
+    /// A fresh instance to destroy a stopped environment's resource (in `workspace`
+    /// when not the environment's: a retry's scratch directory): `None` if there is
+    /// no resource or its provider's world cannot destroy without a start; an error if
+    /// it should and cannot (the provider not loaded, no instance made).
+    pub(super) async fn destroyer(
         &self,
         env: &Arc<Env>,
         record: &Record,
+        workspace: Option<&std::path::Path>,
     ) -> Result<Option<ProviderHandle>, String> {
         if record.resource_id.is_none() {
             return Ok(None);
@@ -411,7 +413,7 @@ impl Driver {
         if !provider.world.destroys_without_start() {
             return Ok(None);
         }
-        match (self.instantiate(env, record, &provider, Refusals::default(), None)).await {
+        match (self.instantiate(env, record, &provider, Refusals::default(), workspace)).await {
             Ok(handle) => Ok(Some(handle)),
             Err(e) => {
                 tracing::warn!(env = %env.id, error = %e, "no instance to remove the resource with");

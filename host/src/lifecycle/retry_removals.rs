@@ -32,7 +32,6 @@ use super::Manager;
 use super::deadline::{GRACE, shut_down_within};
 use super::removals::{Pending, Removals, delay};
 use crate::audit::{Outcome, action};
-use crate::broker::Refusals;
 
 /// How often the task looks for due entries.
 const TICK: Duration = Duration::from_secs(1);
@@ -44,6 +43,18 @@ const AT_ONCE: usize = 4;
 /// The directory of retries' scratch workspaces.
 fn scratch_root(manager: &Manager) -> PathBuf {
     (manager.shared.config.get().codebolt_dir()).join("removal-workspaces")
+}
+
+/// How one attempt ended.
+enum Tried {
+    /// The provider removed the resource (or found it gone).
+    Removed,
+    /// It could not, saying why: counted, tried again later.
+    Failed(String),
+    /// Its provider can no longer destroy without a start: no retry could do it.
+    Impossible,
+    /// Shutdown came first: not an attempt.
+    Abandoned,
 }
 
 /// An entry's attempt: released when dropped, however it ended (a panic or a
@@ -122,67 +133,49 @@ impl Manager {
             return;
         }
         tracing::info!(env = %id, attempt, "trying again to remove a deleted environment's resource");
-        let failure = match driver.shared.engine.provider(&record.provider) {
-            None => Some(format!(
-                "provider {} is not loaded",
-                crate::untrusted::named(&record.provider)
-            )),
-            Some(provider) if !provider.world.destroys_without_start() => {
+        let env = self.shared.envs.detached(id);
+        let workspace = scratch_root(self).join(id);
+        let closing = self.shared.closing.clone();
+        let tried = async {
+            let handle = match driver.destroyer(&env, record, Some(&workspace)).await {
+                Ok(Some(handle)) => handle,
+                Ok(None) => return Tried::Impossible,
+                Err(e) => return Tried::Failed(e),
+            };
+            let result = tokio::select! {
+                r = driver.destroy_with(&env, record, &handle, Some(&workspace)) => Some(r),
+                _ = closing.cancelled() => None,
+            };
+            shut_down_within(&env.id, &handle, GRACE).await;
+            match result {
+                None => Tried::Abandoned,
+                Some(Ok(())) => Tried::Removed,
+                Some(Err(e)) => Tried::Failed(e),
+            }
+        }
+        .await;
+        env.hub.close("removal done");
+        if let Err(e) = tokio::fs::remove_dir_all(&workspace).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(env = %id, error = %e, "could not remove a removal's scratch workspace");
+        }
+        match tried {
+            Tried::Impossible => {
                 tracing::error!(env = %id, resource = ?record.resource_id, "the provider can no longer remove a resource without a start; remove it by hand (dropped from the removals journal)");
                 self.removal_settled(id);
-                return;
             }
-            Some(provider) => {
-                let env = self.shared.envs.detached(id);
-                let workspace = scratch_root(self).join(id);
-                let closing = self.shared.closing.clone();
-                // `None`: abandoned at shutdown, not an attempt.
-                let result = async {
-                    let made = driver.instantiate(
-                        &env,
-                        record,
-                        &provider,
-                        Refusals::default(),
-                        Some(&workspace),
-                    );
-                    let handle = match made.await {
-                        Ok(handle) => handle,
-                        Err(e) => {
-                            return Some(Err(format!(
-                                "no instance to remove the resource with: {e}"
-                            )));
-                        }
-                    };
-                    let result = tokio::select! {
-                        r = driver.destroy_with(&env, record, &handle, Some(&workspace)) => Some(r),
-                        _ = closing.cancelled() => None,
-                    };
-                    shut_down_within(&env.id, &handle, GRACE).await;
-                    result
-                }
-                .await;
-                env.hub.close("removal done");
-                if let Err(e) = tokio::fs::remove_dir_all(&workspace).await
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    tracing::warn!(env = %id, error = %e, "could not remove a removal's scratch workspace");
-                }
-                let Some(result) = result else {
-                    // The next start tries again (every entry is due then).
-                    removals.postpone(id, ABANDONED);
-                    return;
-                };
-                result.err()
+            // The next start tries again (every entry is due then).
+            Tried::Abandoned => {
+                removals.postpone(id, ABANDONED);
             }
-        };
-        match failure {
-            None => {
+            Tried::Removed => {
                 tracing::info!(env = %id, attempts = attempt, "the provider removed the resource of a deleted environment");
                 let reason = format!("removed on attempt {attempt}");
                 driver.audit_system(id, action::ENVIRONMENT_REMOVAL_RETRY, Outcome::Ok, &reason);
                 self.removal_settled(id);
             }
-            Some(error) => {
+            Tried::Failed(error) => {
                 let base = self.shared.config.get().lifecycle.removal_retry;
                 let shown = crate::untrusted::logged(&error);
                 let reason = format!("attempt {attempt}: {shown}");
