@@ -9,7 +9,8 @@
 //! retried by the host whose provider failed; apps on another host reach the
 //! runtime through NATS or straight to the running host, its relay unchanged, by id
 //! or through a template (first connects for one key on two hosts make one); hosts
-//! whose templates differ are named by the others until they agree again.
+//! whose templates differ are named by the others until they agree again; a user's
+//! limits hold when every host admits their changes at once.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1516,6 +1517,185 @@ async fn tokens_made_or_revoked_on_one_host_hold_on_every_host() {
     for server in [a, b, c] {
         server.stop();
     }
+}
+
+/// `n` results of `ask`, all at once, and how many answered each status.
+async fn at_once<F, Fut>(n: usize, ask: F) -> Vec<StatusCode>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = StatusCode>,
+{
+    futures_util::future::join_all((0..n).map(ask)).await
+}
+
+fn count(statuses: &[StatusCode], status: StatusCode) -> usize {
+    statuses.iter().filter(|&&s| s == status).count()
+}
+
+/// The environments of `owner` that `server` lists, and how many of them should run.
+async fn owned(server: &Server, owner: &str) -> (usize, usize) {
+    let (status, list) = server.call("GET", "/api/v1/environments", None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let theirs: Vec<&Value> = (list.as_array().into_iter().flatten())
+        .filter(|e| e["owner"] == owner)
+        .collect();
+    let running = (theirs.iter())
+        .filter(|e| e["desiredState"] == "running")
+        .count();
+    (theirs.len(), running)
+}
+
+/// Waits until every one of `servers` lists `want` (all, running) of `owner`'s.
+async fn until_owned(servers: &[&Server], owner: &str, want: (usize, usize)) {
+    let deadline = Instant::now() + WAIT;
+    for server in servers {
+        loop {
+            let seen = owned(server, owner).await;
+            if seen == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{owner}: {seen:?}, not {want:?}; log:\n{}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_users_limits_hold_when_every_host_admits_their_changes_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let config = "[tenancy.users.alice]\nmax_environments = 4\n\
+        [tenancy.users.bob]\nmax_running = 2\n\
+        [templates.chat]\nprovider = \"handoff\"\nscope = \"thread\"\nmax_per_user = 3\n";
+    let hosts = [
+        host(dir.path(), &nats, "a", config),
+        host(dir.path(), &nats, "b", config),
+        host(dir.path(), &nats, "c", config),
+    ];
+    let [a, b, c] = &hosts;
+    let hosts = &hosts;
+    let mut tokens = Vec::new();
+    for user in ["alice", "bob", "carol"] {
+        let token = a.user_token(user).await.0;
+        for server in [b, c] {
+            until_status(server, "/api/v1/environments", &token, StatusCode::OK).await;
+        }
+        tokens.push(token);
+    }
+    let [alice, bob, carol] = &tokens[..] else {
+        unreachable!("three users")
+    };
+
+    // Alice may own 4: 24 creates, 8 on each host at once, make exactly 4.
+    let made = at_once(24, |i| async move {
+        let server = &hosts[i % 3];
+        server.create_as(alice, &format!("al-{i}"), false).await.0
+    })
+    .await;
+    assert_eq!(count(&made, StatusCode::CREATED), 4, "{made:?}");
+    assert_eq!(count(&made, StatusCode::TOO_MANY_REQUESTS), 20, "{made:?}");
+    until_owned(&[a, b, c], "alice", (4, 0)).await;
+
+    // Bob may run 2: six of his, each started through a host at once, two run.
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let body = json!({"name": format!("bo-{i}"), "provider": "handoff"});
+        let (status, env) =
+            (a.call_with("POST", "/api/v1/environments", Some(body), Some(bob))).await;
+        assert_eq!(status, StatusCode::CREATED, "{env}");
+        ids.push(id_of(&env));
+    }
+    until_owned(&[a, b, c], "bob", (6, 0)).await;
+    let ids = &ids;
+    let started = at_once(6, |i| async move {
+        let path = format!("/api/v1/environments/{}/start", ids[i]);
+        hosts[i % 3]
+            .call_with("POST", &path, None, Some(bob))
+            .await
+            .0
+    })
+    .await;
+    assert_eq!(count(&started, StatusCode::ACCEPTED), 2, "{started:?}");
+    assert_eq!(
+        count(&started, StatusCode::TOO_MANY_REQUESTS),
+        4,
+        "{started:?}"
+    );
+    until_owned(&[a, b, c], "bob", (6, 2)).await;
+
+    // Carol may have 3 of template chat: nine new threads, three on each host at
+    // once, make exactly 3.
+    let connects = (0..9).map(|i| {
+        let url = hosts[i % 3].ws_url(&format!("/ws/app?template=chat&thread=t{i}"));
+        async move { Ws::connect(&url, Some(carol)).await }
+    });
+    let results = futures_util::future::join_all(connects).await;
+    let admitted = results.iter().filter(|r| r.is_ok()).count();
+    let refused = (results.iter())
+        .filter(|r| matches!(r, Err(StatusCode::TOO_MANY_REQUESTS)))
+        .count();
+    assert_eq!(
+        (admitted, refused),
+        (3, 6),
+        "{:?}",
+        results.iter().map(|r| r.as_ref().err()).collect::<Vec<_>>()
+    );
+    until_owned(&[a, b, c], "carol", (3, 3)).await;
+    drop(results);
+
+    // A host that died holding Alice's admission key (written here as one would):
+    // with room again, her counted changes are refused with 503 while the key
+    // lasts, and admitted once the bucket drops it, 10 s after it was made.
+    let (_, list) = a
+        .call_with("GET", "/api/v1/environments", None, Some(alice))
+        .await;
+    let hers = list
+        .as_array()
+        .and_then(|l| l.first())
+        .map(id_of)
+        .expect("one of hers");
+    let path = format!("/api/v1/environments/{hers}");
+    assert_eq!(
+        a.call_with("DELETE", &path, None, Some(alice)).await.0,
+        StatusCode::NO_CONTENT
+    );
+    until_owned(&[a, b, c], "alice", (3, 0)).await;
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let admissions = js.get_key_value("tether-admissions").await.expect("bucket");
+    admissions
+        .put(hex::encode("alice"), "z".into())
+        .await
+        .expect("put");
+    let planted = Instant::now();
+    let (status, refused) = b.create_as(alice, "al-late", false).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
+    assert_eq!(refused["error"]["code"], "cluster_unavailable", "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("another host"), "{message}");
+    loop {
+        let (status, made) = b.create_as(alice, "al-late", false).await;
+        if status == StatusCode::CREATED {
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{made}");
+        assert!(
+            planted.elapsed() < Duration::from_secs(30),
+            "the key never lapsed"
+        );
+    }
+    assert!(
+        planted.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        planted.elapsed()
+    );
+    until_owned(&[a, b, c], "alice", (4, 0)).await;
 }
 
 /// Reads `app`'s frames until the `provisioned` one (status frames may come first on

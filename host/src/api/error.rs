@@ -196,7 +196,7 @@ impl ErrorCode {
                 "The filesystem of the data directory is read-only or fails: the change was not made and nothing stored was touched. `/healthz` shows `storage` (once the records journal meets it); changes are taken again by themselves once it can write."
             }
             ErrorCode::ClusterUnavailable => {
-                "Cluster mode: this host cannot reach NATS right now, so it cannot say what the cluster holds (`GET /api/v1/cluster`)."
+                "Cluster mode: this host cannot reach NATS right now, so it cannot say what the cluster holds (`GET /api/v1/cluster`), or a change counted against a user's limits could not be admitted across the cluster (NATS away, or another host admitting that user's change for over 5 s). Nothing was changed; try again."
             }
             ErrorCode::HostUnreachable => {
                 "Cluster mode: an app connected to a host that does not run its environment, and the host that does could not be reached to bridge it there."
@@ -388,6 +388,7 @@ impl From<LifecycleError> for ApiError {
                 };
                 Self::new(code, message)
             }
+            LifecycleError::ClusterUnavailable(_) => Self::cluster_unavailable(message),
             LifecycleError::Store(_) => Self::new(ErrorCode::StoreError, message),
             LifecycleError::Internal(_) => Self::new(ErrorCode::InternalError, message),
         }

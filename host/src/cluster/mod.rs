@@ -1,6 +1,6 @@
 //! Cluster mode: several `tether serve` hosts share one NATS server with JetStream.
 //!
-//! Four key-value buckets hold what the hosts share (`PREFIX` is `cluster.prefix`,
+//! Key-value buckets hold what the hosts share (`PREFIX` is `cluster.prefix`,
 //! `tether` by default):
 //!
 //! - `PREFIX-records`: every environment record, keyed by id ([`records`]). Each host
@@ -20,6 +20,9 @@
 //!   made or revoked on one host is made or revoked on all ([`tokens`]).
 //! - `PREFIX-removals`: deleted records whose resource a host is still to remove,
 //!   each naming that host, so another host does it if that one dies ([`removals`]).
+//! - `PREFIX-admissions`: one key per user while a host checks and makes a change
+//!   that counts against the user's limits, so two hosts never both admit the last
+//!   change that fits ([`admissions`]).
 //!
 //! Apps connected to one host reach a runtime on another through tunnels over NATS
 //! subjects ([`tunnel`]).
@@ -28,6 +31,7 @@
 //! and hears from it of remote record changes, lost leases and orphaned environments;
 //! this module never calls up into the lifecycle.
 
+mod admissions;
 mod leases;
 mod merge;
 mod records;
@@ -52,6 +56,7 @@ use crate::config::{ClusterConfig, ClusterRelay, Template};
 use crate::store::{Changes, Record, Store};
 use crate::sync::MutexExt;
 
+pub(crate) use admissions::Admission;
 pub(crate) use leases::LeaseView;
 pub(crate) use removals::Abandoned;
 pub(crate) use tunnel::{Accepted, TunnelStream};
@@ -66,6 +71,9 @@ const STALE_NAME: time::Duration = time::Duration::minutes(1);
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 /// How many recent conflicts `GET /api/v1/cluster` shows.
 const CONFLICTS_KEPT: usize = 50;
+/// How long an admitted change waits for this host's copy of the records to catch
+/// up with the bucket, and then for its own record to reach the bucket.
+const SYNC_WAIT: Duration = Duration::from_secs(3);
 
 /// Why cluster mode could not start or act.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +107,9 @@ pub(crate) enum ClusterError {
     /// A request to NATS failed.
     #[error("cluster: {0}")]
     Nats(String),
+    /// Another host held what this host waited for, for too long.
+    #[error("cluster: {0}")]
+    Busy(String),
 }
 
 /// What the lifecycle hears from the cluster.
@@ -210,6 +221,12 @@ struct Inner {
     /// This host's templates and how the other hosts' compare.
     templates: Arc<templates::Agreement>,
     removals: Arc<removals::Removals>,
+    admissions: admissions::Admissions,
+    /// The newest revision of the records bucket applied to this host's store.
+    applied: tokio::sync::watch::Sender<u64>,
+    /// The store's edit count ([`Store::edited`]) whose changes are all in the
+    /// records bucket.
+    written: tokio::sync::watch::Sender<u64>,
     tunnels: Arc<tunnel::Tunnels>,
     conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
     /// Field conflicts since start (the list keeps only the latest).
@@ -304,6 +321,15 @@ impl Cluster {
             MAX_RECORD_BYTES,
         )
         .await?;
+        let admission_bucket = bucket(
+            &js,
+            prefix,
+            "admissions",
+            "users whose change a host is checking against their limits",
+            Some(admissions::HELD_AT_MOST),
+            1024,
+        )
+        .await?;
         // The bucket's age limit is the lease in force: made by the first host, it
         // holds for every host, whatever each one's own setting says.
         let mut config = config;
@@ -335,6 +361,7 @@ impl Cluster {
             removal_bucket,
             config.host_id.clone(),
         ));
+        let admissions = admissions::Admissions::new(admission_bucket, config.host_id.clone());
         tracing::info!(host = %config.host_id, url = %config.url, lease_ttl = ?config.lease_ttl, "cluster: connected to NATS with JetStream");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -346,6 +373,9 @@ impl Cluster {
                 leases,
                 templates,
                 removals,
+                admissions,
+                applied: tokio::sync::watch::Sender::new(0),
+                written: tokio::sync::watch::Sender::new(0),
                 tunnels,
                 conflicts: Mutex::new(Default::default()),
                 conflicts_seen: Default::default(),
@@ -472,6 +502,44 @@ impl Cluster {
             .update(&key, id.to_owned().into(), entry.revision)
             .await
             .is_ok())
+    }
+
+    /// Holds `owner`'s admission across the cluster (see [`admissions`]), then waits
+    /// until this host's store has every record the bucket had by then, so a check
+    /// of `owner`'s limits counts every change admitted before. Let go of it once
+    /// the change is made here and [`Cluster::written`].
+    pub(crate) async fn admit(&self, owner: &str) -> Result<Admission, ClusterError> {
+        let admission = self.inner.admissions.enter(owner).await?;
+        self.caught_up().await?;
+        Ok(admission)
+    }
+
+    /// Waits until this host's store has every record change the bucket held when
+    /// called; [`ClusterError::Busy`] after [`SYNC_WAIT`].
+    async fn caught_up(&self) -> Result<(), ClusterError> {
+        let info = (self.inner.records.stream.get_info().await)
+            .map_err(|e| ClusterError::Nats(format!("reading the records bucket: {e}")))?;
+        let last = info.state.last_sequence;
+        let mut applied = self.inner.applied.subscribe();
+        match tokio::time::timeout(SYNC_WAIT, applied.wait_for(|&seen| seen >= last)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ClusterError::Nats("the records' sync has stopped".into())),
+            Err(_) => Err(ClusterError::Busy(format!(
+                "this host's copy of the records did not catch up with the cluster's within {} s",
+                SYNC_WAIT.as_secs()
+            ))),
+        }
+    }
+
+    /// Waits until every change the store made up to edit `edit` ([`Store::edited`])
+    /// is in the records bucket; `false` if that took longer than [`SYNC_WAIT`]
+    /// (NATS away: the sync goes on trying by itself).
+    pub(crate) async fn written(&self, edit: u64) -> bool {
+        let mut written = self.inner.written.subscribe();
+        matches!(
+            tokio::time::timeout(SYNC_WAIT, written.wait_for(|&w| w >= edit)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Lets go of name `name` if record `id` holds it.

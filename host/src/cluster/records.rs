@@ -241,6 +241,7 @@ impl Sync {
         let mut remember = tokio::time::interval(REMEMBER);
         remember.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pending = false;
+        let mut edit = 0;
         loop {
             // Each arm runs to its end before the next is chosen: `synced` is saved
             // only between steps, when what it names is in the store.
@@ -272,9 +273,15 @@ impl Sync {
                                 None => break,
                             }
                         }
+                        let newest = batch.iter().map(|e| e.revision).max().unwrap_or(0);
                         let mut changes = Changes::default();
                         self.remote_batch(batch, &mut changes).await;
                         self.tell(changes);
+                        self.cluster.inner.applied.send_if_modified(|applied| {
+                            let later = newest > *applied;
+                            *applied = (*applied).max(newest);
+                            later
+                        });
                         if let Some(why) = broken {
                             tracing::warn!(%why, "cluster: the records watch failed; watching again");
                             watch = self.rewatch().await;
@@ -294,15 +301,30 @@ impl Sync {
                         return;
                     }
                     tokio::time::sleep(GATHER).await;
-                    edits.borrow_and_update();
+                    // Every edit up to this count is among the changes taken next.
+                    edit = *edits.borrow_and_update();
                     pending = !self.publish().await;
                     self.unsaved = true;
+                    self.written(pending, edit);
                 }
                 _ = retry.tick(), if pending => {
                     pending = !self.publish().await;
                     self.unsaved = true;
+                    self.written(pending, edit);
                 }
             }
+        }
+    }
+
+    /// Tells those waiting for the store's edits up to `edit` to be in the bucket
+    /// ([`Cluster::written`]) that they are, unless some are still `pending`.
+    fn written(&self, pending: bool, edit: u64) {
+        if !pending {
+            self.cluster.inner.written.send_if_modified(|written| {
+                let later = edit > *written;
+                *written = (*written).max(edit);
+                later
+            });
         }
     }
 

@@ -67,7 +67,7 @@ use driver::Driver;
 use envs::{Env, Environments};
 use providers::Providers;
 use provision::KeyLocks;
-use quotas::Quotas;
+use quotas::{Admitted, Quotas};
 
 pub(crate) use crate::store::{DesiredState, RestartPolicy};
 pub(crate) use events::EventStream;
@@ -132,6 +132,10 @@ pub(crate) enum LifecycleError {
         /// How many they have.
         used: usize,
     },
+    /// Cluster mode: what the change needs from the cluster could not be had now
+    /// (NATS away, or another host admitting the same user's change for too long).
+    #[error("{0}")]
+    ClusterUnavailable(String),
     /// Persisting failed.
     #[error("persisting the change failed: {0}")]
     Store(StoreError),
@@ -490,9 +494,10 @@ impl Manager {
             record.desired_state = DesiredState::Running;
         }
         let id = record.id.clone();
-        let _admitted = self.shared.quotas.admit(&record.owner).await;
+        let admitted = self.admit(&record.owner, false).await?;
         (self.shared.quotas).check_new(&self.shared.store, &record.owner, req.start)?;
         self.insert_record(record).await?;
+        self.admitted(admitted).await;
         let env = self.shared.envs.add(&id);
         tracing::info!(env = %id, "environment created");
         self.publish_created(&id);
@@ -545,7 +550,15 @@ impl Manager {
     ) -> Result<EnvironmentView, LifecycleError> {
         let record = self.reachable_for_change(who, id)?;
         let env = self.known_env(id)?;
-        let _admitted = self.shared.quotas.admit(&record.owner).await;
+        let admitted = match desired {
+            DesiredState::Running => self.admit(&record.owner, false).await?,
+            // A stop is not counted against a limit, so no other host need know of
+            // it first; it only waits for a start's check here to end, so that check
+            // counted what is in force.
+            DesiredState::Stopped => {
+                (self.shared.quotas.admit(&record.owner, false).await).map(Admitted::here)
+            }
+        };
         let mut leased = false;
         if desired == DesiredState::Running {
             (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(id))?;
@@ -578,6 +591,7 @@ impl Manager {
             self.lease_ahead_undone(id, leased).await;
         }
         done?;
+        self.admitted(admitted).await;
         self.publish_changed(id, None);
         if !syncing {
             self.driver().spawn_converge(env);
@@ -595,9 +609,10 @@ impl Manager {
     ) -> Result<EnvironmentView, LifecycleError> {
         let record = self.reachable_for_change(who, id)?;
         let env = self.known_env(id)?;
-        let _admitted = self.shared.quotas.admit(&record.owner).await;
+        let admitted = self.admit(&record.owner, false).await?;
         (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(id))?;
         self.want_running(id).await?;
+        self.admitted(admitted).await;
         self.publish_changed(id, None);
         self.driver().spawn_restart(env);
         self.view(id)

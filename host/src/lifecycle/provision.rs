@@ -65,9 +65,10 @@ const MADE_ELSEWHERE_POLL: std::time::Duration = std::time::Duration::from_milli
 enum Made {
     /// Made the record here (boxed: the other variant is small).
     Created(Box<Record>),
-    /// Cluster mode: the derived name is another record's (why, as the create's
-    /// refusal).
-    NameTaken(LifecycleError),
+    /// Cluster mode: another host made the key's record a moment ago (this host
+    /// lost the derived name to it, or found it once admitted); if it does not come
+    /// here, the app is refused with this.
+    Elsewhere(LifecycleError),
 }
 
 /// A provision key with its owner: what one environment is made per.
@@ -202,7 +203,7 @@ impl Manager {
                 None => match self.create_provisioned(who, template, key.clone()).await? {
                     Made::Created(record) => (*record, true),
                     // Another host made it a moment ago: this connect finds it there.
-                    Made::NameTaken(e) => match self.made_elsewhere(&owner, &key).await {
+                    Made::Elsewhere(e) => match self.made_elsewhere(&owner, &key).await {
                         Some(record) => (self.existing(who, record, target.start).await?, false),
                         None => return Err(e),
                     },
@@ -291,6 +292,15 @@ impl Manager {
         }
         validate::check_config(&template.config).map_err(LifecycleError::Invalid)?;
         let owner = who.user().to_owned();
+        // Always counted: every template has a `max_per_user`.
+        let admitted = self.admit(&owner, true).await?;
+        // Admitted, this host has every record the cluster admitted before: one of
+        // them may be this key's, made by another host's connect meanwhile.
+        if self.provisioned_for(&owner, &key).is_some() {
+            return Ok(Made::Elsewhere(LifecycleError::Conflict(
+                "another host made this key's environment a moment ago".into(),
+            )));
+        }
         let mut record = Record::new(
             uuid::Uuid::new_v4().to_string(),
             derived_name(&owner, &key),
@@ -307,7 +317,6 @@ impl Manager {
         record.provision_key = Some(key);
         record.idle_stop_secs = template.idle_stop_secs;
         let id = record.id.clone();
-        let _admitted = self.shared.quotas.admit(&owner).await;
         (self.shared.quotas).check_new(&self.shared.store, &owner, true)?;
         let template_name = template.name.as_str();
         let recorded = |reserved: &Pending| {
@@ -325,10 +334,11 @@ impl Manager {
             // In a cluster the name is reserved cluster-wide first: taken, it is most
             // likely another host's first connect for this key (the name is per key).
             Err(e @ LifecycleError::Conflict(_)) if self.cluster().is_some() => {
-                return Ok(Made::NameTaken(e));
+                return Ok(Made::Elsewhere(e));
             }
             Err(e) => return Err(e),
         }
+        self.admitted(admitted).await;
         self.shared.envs.add(&id);
         tracing::info!(env = %id, template = %template.name, "environment provisioned");
         self.publish_created(&id);

@@ -4,17 +4,73 @@
 //! only one of them fits (100 parallel creates at a limit of 10 make exactly 10). A
 //! user without limits is not admitted one request at a time: nothing is counted for
 //! them, and serialising their creates would make each wait for the one before it to
-//! be durable (a journal sync each) instead of sharing a sync with it.
+//! be durable (a journal sync each) instead of sharing a sync with it. In a cluster
+//! the user's key in the cluster is held as well, from before the check until the
+//! change is in the cluster's records, so hosts admitting at once cannot overshoot
+//! either (`cluster::admissions`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::OwnedMutexGuard;
 
-use super::LifecycleError;
+use super::{LifecycleError, Manager};
+use crate::cluster::{Admission, Cluster};
 use crate::config::TenancyConfig;
 use crate::store::{DesiredState, Store};
 use crate::sync::{MutexExt, RwLockExt};
+
+/// A user's admission for a change checked against their limits: this host's lock
+/// and, in a cluster, the user's key there ([`Admission`]). Held
+/// from before the check until the change is made (and, in a cluster, shared).
+pub(super) struct Admitted {
+    /// Held for as long as this is.
+    _here: OwnedMutexGuard<()>,
+    cluster: Option<InCluster>,
+}
+
+impl Admitted {
+    /// This host's lock alone, for a change no other host need know of first.
+    pub(super) fn here(guard: OwnedMutexGuard<()>) -> Self {
+        Self {
+            _here: guard,
+            cluster: None,
+        }
+    }
+}
+
+/// The user's admission key in the cluster, and what says when this host's
+/// changes are in the cluster's records.
+pub(super) struct InCluster {
+    cluster: Cluster,
+    store: Arc<Store>,
+    admission: Admission,
+}
+
+impl InCluster {
+    /// Lets the key go once every change this host made so far is in the cluster's
+    /// records, so the next check anywhere counts them.
+    async fn leave(self) {
+        if !self.cluster.written(self.store.edited()).await {
+            tracing::warn!(
+                "cluster: a change counted against a user's limits did not reach NATS in time; the next one is admitted without it"
+            );
+        }
+        self.admission.leave().await;
+    }
+}
+
+impl Drop for Admitted {
+    /// A refusal, or a request given up half-way (its client went away): the key
+    /// is let go in the background, still only once what was made here is shared.
+    fn drop(&mut self) {
+        if let Some(in_cluster) = self.cluster.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(in_cluster.leave());
+        }
+    }
+}
 
 /// The limits, and one admission lock per user.
 #[derive(Debug, Default)]
@@ -37,11 +93,12 @@ impl Quotas {
         *self.config.write_locked() = config;
     }
 
-    /// Holds `owner`'s admission until the guard drops: check, then change, then drop.
-    /// `None` (nothing held) when `owner` has no limit.
-    pub(super) async fn admit(&self, owner: &str) -> Option<OwnedMutexGuard<()>> {
+    /// Holds `owner`'s admission on this host until the guard drops: check, then
+    /// change, then drop. `None` (nothing held) when `owner` has no limit and the
+    /// change is not `counted` otherwise (by a template's `max_per_user`).
+    pub(super) async fn admit(&self, owner: &str, counted: bool) -> Option<OwnedMutexGuard<()>> {
         let quota = self.config.read_locked().quota_of(owner);
-        if quota.max_environments.is_none() && quota.max_running.is_none() {
+        if !counted && quota.max_environments.is_none() && quota.max_running.is_none() {
             return None;
         }
         let lock = {
@@ -89,6 +146,49 @@ impl Quotas {
             exceeded("max_running", owner, limit, used)?;
         }
         Ok(())
+    }
+}
+
+impl Manager {
+    /// Holds `owner`'s admission for a change checked against their limits (and a
+    /// template's `max_per_user` when `counted`): this host's lock and, in a cluster,
+    /// the user's key there, once this host has every record change the cluster
+    /// admitted before (two hosts never both admit the last change that fits).
+    /// `None` when nothing is counted. Give it to [`Manager::admitted`] once the
+    /// change is made; dropped on the way (a refusal), it lets go by itself.
+    pub(super) async fn admit(
+        &self,
+        owner: &str,
+        counted: bool,
+    ) -> Result<Option<Admitted>, LifecycleError> {
+        // On one host a template's cap is kept by its reservations (`provision`),
+        // which let one user's connects share a journal sync; across hosts only the
+        // cluster's admission keeps it.
+        let counted = counted && self.cluster().is_some();
+        let Some(here) = self.shared.quotas.admit(owner, counted).await else {
+            return Ok(None);
+        };
+        let cluster = match self.cluster() {
+            Some(cluster) => Some(InCluster {
+                admission: (cluster.admit(owner).await)
+                    .map_err(|e| LifecycleError::ClusterUnavailable(e.to_string()))?,
+                cluster: cluster.clone(),
+                store: self.shared.store.clone(),
+            }),
+            None => None,
+        };
+        Ok(Some(Admitted {
+            _here: here,
+            cluster,
+        }))
+    }
+
+    /// Lets the next change of the user in, once the change admitted is made here
+    /// and (in a cluster) the cluster has it, so the next check there counts it.
+    pub(super) async fn admitted(&self, admitted: Option<Admitted>) {
+        if let Some(in_cluster) = admitted.and_then(|mut a| a.cluster.take()) {
+            in_cluster.leave().await;
+        }
     }
 }
 

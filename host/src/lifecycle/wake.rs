@@ -55,11 +55,12 @@ impl Manager {
         if !who.reaches(&record.owner, &record.id) {
             return Err(LifecycleError::NotFound(record.id));
         }
-        let _admitted = self.shared.quotas.admit(&record.owner).await;
+        let admitted = self.admit(&record.owner, false).await?;
         (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(&record.id))?;
         let id = record.id.clone();
         async {
             self.want_running(&id).await?;
+            self.admitted(admitted).await;
             tracing::info!("stopped environment asked to run again by an app's connect");
             self.known_record(&id)
         }

@@ -321,6 +321,12 @@ impl Store {
         self.shared.edits.subscribe()
     }
 
+    /// How many changes came in force so far: a change made before this call is
+    /// among them.
+    pub fn edited(&self) -> u64 {
+        *self.shared.edits.borrow()
+    }
+
     /// Starts keeping the ids of the records that change in force (the host's
     /// changes and outside edits read in), for [`Store::take_followed`]: a follower
     /// (the cluster's sync) looks at what changed, not at every record.
