@@ -24,8 +24,10 @@ use super::ClusterError;
 pub(super) const HELD_AT_MOST: Duration = Duration::from_secs(10);
 /// How long a change waits for another host to let the user's key go.
 const WAIT: Duration = Duration::from_secs(5);
-/// The longest pause between two tries for a key.
-const MAX_PAUSE: Duration = Duration::from_millis(20);
+/// The longest pause between two tries for a key. Short: the key is held for a
+/// few milliseconds, and each host has at most one change of a user trying at a
+/// time (the others wait for this host's own lock first).
+const MAX_PAUSE: Duration = Duration::from_millis(2);
 
 /// The users' admission keys.
 #[derive(Debug)]
@@ -55,7 +57,7 @@ impl Admissions {
         // Hex: user names may hold characters a key may not.
         let key = hex::encode(owner);
         let deadline = Instant::now() + WAIT;
-        let mut pause = Duration::from_millis(1);
+        let mut pause = Duration::from_micros(500);
         loop {
             match self.bucket.create(&key, self.host.clone().into()).await {
                 Ok(revision) => {

@@ -227,6 +227,8 @@ struct Inner {
     /// The store's edit count ([`Store::edited`]) whose changes are all in the
     /// records bucket.
     written: tokio::sync::watch::Sender<u64>,
+    /// Tells the records' sync that someone waits for its next write.
+    hurry: tokio::sync::Notify,
     tunnels: Arc<tunnel::Tunnels>,
     conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
     /// Field conflicts since start (the list keeps only the latest).
@@ -376,6 +378,7 @@ impl Cluster {
                 admissions,
                 applied: tokio::sync::watch::Sender::new(0),
                 written: tokio::sync::watch::Sender::new(0),
+                hurry: tokio::sync::Notify::new(),
                 tunnels,
                 conflicts: Mutex::new(Default::default()),
                 conflicts_seen: Default::default(),
@@ -536,6 +539,10 @@ impl Cluster {
     /// (NATS away: the sync goes on trying by itself).
     pub(crate) async fn written(&self, edit: u64) -> bool {
         let mut written = self.inner.written.subscribe();
+        if *written.borrow_and_update() >= edit {
+            return true;
+        }
+        self.inner.hurry.notify_one();
         matches!(
             tokio::time::timeout(SYNC_WAIT, written.wait_for(|&w| w >= edit)).await,
             Ok(Ok(_))

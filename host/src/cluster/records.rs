@@ -300,7 +300,12 @@ impl Sync {
                     if changed.is_err() {
                         return;
                     }
-                    tokio::time::sleep(GATHER).await;
+                    // Someone waiting for the change to be shared cuts the gathering
+                    // short (`Cluster::written`).
+                    tokio::select! {
+                        _ = tokio::time::sleep(GATHER) => {}
+                        _ = self.cluster.inner.hurry.notified() => {}
+                    }
                     // Every edit up to this count is among the changes taken next.
                     edit = *edits.borrow_and_update();
                     pending = !self.publish().await;
