@@ -1696,6 +1696,28 @@ async fn a_users_limits_hold_when_every_host_admits_their_changes_at_once() {
         planted.elapsed()
     );
     until_owned(&[a, b, c], "alice", (4, 0)).await;
+
+    // NATS gone: a create, counted or not, is refused with 503, not made on one host
+    // alone, and answered within the admission's bound.
+    drop(nats);
+    let (_, bobs) = b
+        .call_with("GET", "/api/v1/environments", None, Some(bob))
+        .await;
+    let asked = Instant::now();
+    for (token, name) in [(bob.as_str(), "bo-late"), (TOKEN, "admins")] {
+        let (status, refused) = b.create_as(token, name, false).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
+        assert_eq!(refused["error"]["code"], "cluster_unavailable", "{refused}");
+    }
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        asked.elapsed()
+    );
+    let (_, after) = b
+        .call_with("GET", "/api/v1/environments", None, Some(bob))
+        .await;
+    assert_eq!(after, bobs);
 }
 
 /// Reads `app`'s frames until the `provisioned` one (status frames may come first on

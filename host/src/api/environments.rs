@@ -147,7 +147,7 @@ pub(crate) async fn list(
         (status = 403, description = "The token lacks `envs:write` (or `admin`, for another owner) (`missing_scope`), or is limited to named environments (`forbidden`).", body = ErrorBody),
         (status = 409, description = "The name is taken (`conflict`).", body = ErrorBody),
         (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
-        (status = 503, description = "The data directory's filesystem is read-only or fails (`storage_unavailable`: `/healthz` says why), or, in cluster mode, the change counts against the owner's limits and could not be admitted across the cluster (`cluster_unavailable`: NATS away, or another host admitting the owner's change for over 5 s): nothing was changed.", body = ErrorBody),
+        (status = 503, description = "The data directory's filesystem is read-only or fails (`storage_unavailable`: `/healthz` says why), or, in cluster mode, NATS does not answer or another host has been admitting the owner's change for over 5 s (`cluster_unavailable`: the name could not be reserved across the cluster, or the change, counted against the owner's limits, could not be admitted): nothing was changed.", body = ErrorBody),
         (status = 507, description = "The data directory's filesystem is full (`storage_full`): nothing was changed; `/healthz` says why.", body = ErrorBody),
     ),
     security(("bearer" = ["envs:write"])),

@@ -353,7 +353,7 @@ fn field(query: &HashMap<String, String>, key: &str) -> Option<String> {
         (status = 426, description = "Not an upgrade request a WebSocket can be made of (plain text).", content_type = "text/plain", body = String),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`), or the user is at a quota (`quota_exceeded`).", body = ErrorBody),
         (status = 500, description = "The records file or the audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
-        (status = 503, description = "Cluster mode: making the environment counts against the user's limits and could not be admitted across the cluster (`cluster_unavailable`: NATS away, or another host admitting the user's change for over 5 s): nothing was made.", body = ErrorBody),
+        (status = 503, description = "Cluster mode: NATS does not answer, or another host has been admitting the user's change for over 5 s (`cluster_unavailable`): the environment's name could not be reserved or its making, counted against the user's limits, not admitted across the cluster; nothing was made.", body = ErrorBody),
     ),
     security(("bearer" = ["relay"])),
 )]

@@ -5,18 +5,17 @@
 //! hosts checking at once would each count without the other's change and both
 //! admit the last one that fits. So a change that must be counted holds the user's
 //! key in `PREFIX-admissions` (made with a create, which only one host wins) from
-//! before its check until its record is in the records bucket, and the next holder,
-//! before it counts, waits until this host has every record change the bucket held
-//! when it got the key ([`Cluster::caught_up`](super::Cluster::caught_up)).
+//! before its check until its record is in the records bucket; the next holder,
+//! before it counts, waits until its own host has every record change the bucket
+//! held when it got the key ([`Cluster::admit`](super::Cluster::admit)).
 //!
-//! A key outlives nothing for long: the bucket drops keys [`HELD_AT_MOST`] after
+//! A key does not outlive its holder for long: the bucket drops keys [`HELD_AT_MOST`] after
 //! they were made, so a host that died holding one holds back that user's changes
 //! for at most that long.
 
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use tokio::time::Instant;
 
 use super::ClusterError;
 
@@ -36,14 +35,13 @@ pub(super) struct Admissions {
     host: String,
 }
 
-/// The user's admission key, held by this host until [`Admission::leave`] (or a
-/// drop, which lets it go in the background).
+/// The user's admission key, held by this host until this is dropped; then let go
+/// in the background (the answer to the change does not wait for NATS).
 #[derive(Debug)]
 pub(crate) struct Admission {
     bucket: kv::Store,
     key: String,
     revision: u64,
-    left: bool,
 }
 
 impl Admissions {
@@ -52,34 +50,38 @@ impl Admissions {
     }
 
     /// Holds `owner`'s key, once no other host does; [`ClusterError::Busy`] after
-    /// [`WAIT`], [`ClusterError::Nats`] when NATS does not answer.
+    /// [`WAIT`] (a request to a NATS that went away included), [`ClusterError::Nats`]
+    /// when NATS refuses.
     pub(super) async fn enter(&self, owner: &str) -> Result<Admission, ClusterError> {
+        match tokio::time::timeout(WAIT, self.take(owner)).await {
+            Ok(taken) => taken,
+            Err(_) => Err(ClusterError::Busy(format!(
+                "another host has been admitting a change of {owner}'s for over {} s, or NATS does not answer",
+                WAIT.as_secs()
+            ))),
+        }
+    }
+
+    /// Tries for `owner`'s key until it is this host's.
+    async fn take(&self, owner: &str) -> Result<Admission, ClusterError> {
         // Hex: user names may hold characters a key may not.
         let key = hex::encode(owner);
-        let deadline = Instant::now() + WAIT;
         let mut pause = Duration::from_micros(500);
         loop {
             match self.bucket.create(&key, self.host.clone().into()).await {
                 Ok(revision) => {
+                    let bucket = self.bucket.clone();
                     return Ok(Admission {
-                        bucket: self.bucket.clone(),
+                        bucket,
                         key,
                         revision,
-                        left: false,
                     });
                 }
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(e) => {
-                    return Err(ClusterError::Nats(format!(
-                        "admitting a change of {owner}'s: {e}"
-                    )));
+                    let why = format!("admitting a change of {owner}'s: {e}");
+                    return Err(ClusterError::Nats(why));
                 }
-            }
-            if Instant::now() + pause > deadline {
-                return Err(ClusterError::Busy(format!(
-                    "another host has been admitting a change of {owner}'s for over {} s",
-                    WAIT.as_secs()
-                )));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_PAUSE);
@@ -87,31 +89,17 @@ impl Admissions {
     }
 }
 
-impl Admission {
-    /// Lets the key go, if this host still holds it (one held past
-    /// [`HELD_AT_MOST`] may be another's by now, and is left alone).
-    pub(crate) async fn leave(mut self) {
-        release(&self.bucket, &self.key, self.revision).await;
-        // Only now: given up half-way, the drop lets it go instead.
-        self.left = true;
-    }
-}
-
 impl Drop for Admission {
+    /// Lets the key go if this host still holds it (one held past [`HELD_AT_MOST`]
+    /// may be another's by now, and is left alone).
     fn drop(&mut self) {
-        if self.left {
-            return;
-        }
-        // A change that failed half-way: the next one need not wait for the age limit.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (bucket, key, revision) = (self.bucket.clone(), self.key.clone(), self.revision);
-            runtime.spawn(async move { release(&bucket, &key, revision).await });
+            runtime.spawn(async move {
+                if let Err(e) = bucket.delete_expect_revision(&key, Some(revision)).await {
+                    tracing::debug!(error = %e, "cluster: letting go of an admission key");
+                }
+            });
         }
-    }
-}
-
-async fn release(bucket: &kv::Store, key: &str, revision: u64) {
-    if let Err(e) = bucket.delete_expect_revision(key, Some(revision)).await {
-        tracing::debug!(error = %e, "cluster: letting go of an admission key");
     }
 }

@@ -71,6 +71,8 @@ const STALE_NAME: time::Duration = time::Duration::minutes(1);
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 /// How many recent conflicts `GET /api/v1/cluster` shows.
 const CONFLICTS_KEPT: usize = 50;
+/// How long a create waits for its name to be reserved cluster-wide.
+const NAME_WAIT: Duration = Duration::from_secs(5);
 /// How long an admitted change waits for this host's copy of the records to catch
 /// up with the bucket, and then for its own record to reach the bucket.
 const SYNC_WAIT: Duration = Duration::from_secs(3);
@@ -471,6 +473,18 @@ impl Cluster {
     /// when another record holds it. A hold older than [`STALE_NAME`] whose record
     /// the cluster does not have (a create or delete that died half-way) is taken over.
     pub(crate) async fn claim_name(&self, name: &str, id: &str) -> Result<bool, ClusterError> {
+        // Bounded as a whole: the API's answer waits for it, and a NATS that went
+        // away has each request of the client wait out its own timeout.
+        match tokio::time::timeout(NAME_WAIT, self.claim_name_now(name, id)).await {
+            Ok(claimed) => claimed,
+            Err(_) => Err(ClusterError::Nats(format!(
+                "reserving name {name:?}: NATS did not answer within {} s",
+                NAME_WAIT.as_secs()
+            ))),
+        }
+    }
+
+    async fn claim_name_now(&self, name: &str, id: &str) -> Result<bool, ClusterError> {
         let names = &self.inner.names;
         let key = hex::encode(name);
         let nats = |e: String| ClusterError::Nats(format!("reserving name {name:?}: {e}"));
@@ -520,13 +534,18 @@ impl Cluster {
     /// Waits until this host's store has every record change the bucket held when
     /// called; [`ClusterError::Busy`] after [`SYNC_WAIT`].
     async fn caught_up(&self) -> Result<(), ClusterError> {
-        let info = (self.inner.records.stream.get_info().await)
-            .map_err(|e| ClusterError::Nats(format!("reading the records bucket: {e}")))?;
-        let last = info.state.last_sequence;
-        let mut applied = self.inner.applied.subscribe();
-        match tokio::time::timeout(SYNC_WAIT, applied.wait_for(|&seen| seen >= last)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(ClusterError::Nats("the records' sync has stopped".into())),
+        let caught_up = async {
+            let info = (self.inner.records.stream.get_info().await)
+                .map_err(|e| ClusterError::Nats(format!("reading the records bucket: {e}")))?;
+            let last = info.state.last_sequence;
+            let mut applied = self.inner.applied.subscribe();
+            (applied.wait_for(|&seen| seen >= last).await)
+                .map(|_| ())
+                .map_err(|_| ClusterError::Nats("the records' sync has stopped".into()))
+        };
+        // Bounded as a whole: a request to a NATS that went away waits far longer.
+        match tokio::time::timeout(SYNC_WAIT, caught_up).await {
+            Ok(done) => done,
             Err(_) => Err(ClusterError::Busy(format!(
                 "this host's copy of the records did not catch up with the cluster's within {} s",
                 SYNC_WAIT.as_secs()

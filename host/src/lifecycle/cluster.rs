@@ -123,7 +123,7 @@ impl Manager {
         let reserved = cluster
             .claim_name(&name, &id)
             .await
-            .map_err(|e| LifecycleError::Internal(e.to_string()))?;
+            .map_err(|e| LifecycleError::ClusterUnavailable(e.to_string()))?;
         if !reserved {
             return Err(LifecycleError::Conflict(
                 StoreError::NameTaken(name).to_string(),

@@ -56,7 +56,7 @@ impl InCluster {
                 "cluster: a change counted against a user's limits did not reach NATS in time; the next one is admitted without it"
             );
         }
-        self.admission.leave().await;
+        drop(self.admission);
     }
 }
 
