@@ -39,6 +39,12 @@ export interface ClusterHost {
   templatesMatch: boolean | null;
   templateCount: number | null;
   templateNames: string[] | null;
+  /** SHA-256 of its loaded providers (components, grants, operator config keys); null when unknown. */
+  providersDigest: string | null;
+  /** Whether its providers are the answering host's; null when unknown. */
+  providersMatch: boolean | null;
+  providerCount: number | null;
+  providerNames: string[] | null;
 }
 
 /** `GET /api/v1/cluster` (docs/rest.md, docs/cluster.md). */

@@ -154,7 +154,8 @@ pub(crate) async fn run(
                 Some(url) => url.http_base(),
                 None => format!("{scheme}://{}", reachable(addr)),
             };
-            Some(Cluster::connect(settings.clone(), public, &config.templates).await?)
+            let providers = crate::lifecycle::providers_digest(&engine, &config);
+            Some(Cluster::connect(settings.clone(), public, &config.templates, &providers).await?)
         }
         None => None,
     };

@@ -9,8 +9,9 @@
 //! retried by the host whose provider failed; apps on another host reach the
 //! runtime through NATS or straight to the running host, its relay unchanged, by id
 //! or through a template (first connects for one key on two hosts make one); hosts
-//! whose templates differ are named by the others until they agree again; a user's
-//! limits hold when every host admits their changes at once.
+//! whose templates or providers (a grant, a component's build) differ are named by
+//! the others until they agree again; a user's limits hold when every host admits
+//! their changes at once.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,7 +21,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::sandbox::{self, Service};
-use crate::support::{Server, TOKEN, WAIT, Ws, write_config};
+use crate::support::{Server, TOKEN, WAIT, Ws, guests, write_config};
 
 /// A `nats-server -js` on loopback, with its store in a directory of the test's.
 struct Nats {
@@ -2018,10 +2019,165 @@ fn times_logged(server: &Server, what: &str) -> usize {
     server.log().matches(what).count()
 }
 
+/// One section of the settings the hosts compare, as the cluster view, `/metrics`
+/// and the log show it.
+struct Compared {
+    /// The key of a host's entry in the hosts bucket.
+    entry: &'static str,
+    /// The host fields of `GET /api/v1/cluster`: digest, match, count, names.
+    fields: [&'static str; 4],
+    /// How `/healthz` and the log name it.
+    label: &'static str,
+    /// The gauge of hosts whose section differs.
+    metric: &'static str,
+}
+
+const TEMPLATES: Compared = Compared {
+    entry: "templates",
+    fields: [
+        "templatesDigest",
+        "templatesMatch",
+        "templateCount",
+        "templateNames",
+    ],
+    label: "[templates]",
+    metric: "tether_cluster_templates_differ",
+};
+
+const PROVIDERS: Compared = Compared {
+    entry: "providers",
+    fields: [
+        "providersDigest",
+        "providersMatch",
+        "providerCount",
+        "providerNames",
+    ],
+    label: "providers",
+    metric: "tether_cluster_providers_differ",
+};
+
+impl Compared {
+    /// The answering host's digest of the section, once `server` shows it.
+    async fn own_digest(&self, server: &Server, id: &str) -> Value {
+        let [digest, ..] = self.fields;
+        let own = until_host(server, id, "its own digest", |h| h[digest].is_string()).await;
+        let hex = own[digest].as_str().expect("digest").to_owned();
+        assert!(
+            hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            "{hex}"
+        );
+        own[digest].clone()
+    }
+
+    /// Every one of `servers` shows every one of them with `digest` and `names`,
+    /// matching, and is healthy.
+    async fn all_agree(&self, servers: &[(&Server, &str)], digest: &Value, names: &Value) {
+        let [digest_field, matches, count, names_field] = self.fields;
+        for (server, _) in servers {
+            for (_, id) in servers {
+                let host = until_host(server, id, "the same section", |h| h[matches] == true).await;
+                assert_eq!(&host[digest_field], digest, "{host}");
+                assert_eq!(&host[names_field], names, "{host}");
+                assert_eq!(host[count], names.as_array().map_or(0, Vec::len), "{host}");
+            }
+            until_health(server, &[]).await;
+            assert_eq!(server.metric(self.metric).await, 0);
+        }
+    }
+
+    /// `a` and `c` name `b`, whose section is no longer `digest` but still has
+    /// `names`; `b` names them both.
+    async fn b_is_named(&self, [a, b, c]: [&Server; 3], digest: &Value, names: &Value) {
+        let [digest_field, matches, _, names_field] = self.fields;
+        let differ = format!("{} differ", self.label);
+        for (server, other) in [(a, "c"), (c, "a")] {
+            let seen = until_host(server, "b", "b's change", |h| h[matches] == false).await;
+            assert!(
+                seen[digest_field].is_string() && &seen[digest_field] != digest,
+                "{seen}"
+            );
+            assert_eq!(&seen[names_field], names, "{seen}");
+            let health = until_health(server, &[&differ, "this host and host b:"]).await;
+            let reasons = health["reasons"].to_string();
+            assert!(!reasons.contains(&format!("host {other}:")), "{reasons}");
+            let agreeing = until_host(server, other, "still the same", |_| true).await;
+            assert_eq!(agreeing[matches], true, "{agreeing}");
+        }
+        until_health(b, &[&differ, "this host and hosts a, c:"]).await;
+        let itself = until_host(b, "b", "b itself", |_| true).await;
+        assert_eq!(itself[matches], true, "{itself}");
+        assert_ne!(&itself[digest_field], digest, "{itself}");
+    }
+
+    /// Two entries no host of this version writes to `hosts` (an older host's,
+    /// without the section, and one saying `forged` of it) are unknown to `a`, not
+    /// different; two rounds of comparisons later `a` still names `b` alone, and has
+    /// warned of that once and logged the forged entry once.
+    async fn unknown_is_not_different(
+        &self,
+        hosts: &async_nats::jetstream::kv::Store,
+        [a, b]: [&Server; 2],
+        forged: Value,
+    ) {
+        let entry = |id: &str| json!({"id": id, "publicUrl": "http://127.0.0.1:9", "load": 0, "seenAt": "2025-01-01T00:00:00Z"});
+        let mut forged_entry = entry("forged");
+        forged_entry[self.entry] = forged;
+        for (id, value) in [("older", entry("older")), ("forged", forged_entry)] {
+            hosts
+                .put(id, value.to_string().into())
+                .await
+                .expect("writing an entry");
+        }
+        for id in ["older", "forged"] {
+            let shown = until_host(a, id, "the written entry", |_| true).await;
+            for field in self.fields {
+                assert_eq!(shown[field], Value::Null, "{field}: {shown}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(4500)).await;
+        let differ = format!("{} differ", self.label);
+        let health = until_health(a, &[&differ, "this host and host b:"]).await;
+        assert_eq!(
+            health["reasons"].as_array().map(Vec::len),
+            Some(1),
+            "{health}"
+        );
+        let warned = format!(
+            "cluster: {} differ between this host and other hosts",
+            self.label
+        );
+        let malformed = format!("ignoring what a host's entry says of its {}", self.label);
+        assert_eq!(times_logged(a, &warned), 1, "{}", a.log());
+        assert_eq!(times_logged(a, &malformed), 1, "{}", a.log());
+        assert_eq!(a.metric(self.metric).await, 1);
+        assert_eq!(b.metric(self.metric).await, 2);
+    }
+
+    /// Every one of `servers` sees `b` with `digest` again and is healthy, and `a`
+    /// logged that they agree again.
+    async fn agree_again(&self, [a, b, c]: [&Server; 3], digest: &Value) {
+        let [digest_field, ..] = self.fields;
+        for server in [a, c] {
+            until_host(server, "b", "b fixed", |h| &h[digest_field] == digest).await;
+        }
+        for server in [a, b, c] {
+            until_health(server, &[]).await;
+            assert_eq!(server.metric(self.metric).await, 0);
+        }
+        let again = format!("every live host's {} are this host's again", self.label);
+        assert!(a.log().contains(&again), "{}", a.log());
+    }
+}
+
+/// The hosts bucket of the cluster at `nats`.
+async fn hosts_bucket(nats: &Nats) -> async_nats::jetstream::kv::Store {
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    js.get_key_value("tether-hosts").await.expect("hosts")
+}
+
 #[tokio::test]
 async fn hosts_whose_templates_differ_are_named_by_the_others_until_they_agree() {
-    const DIFFER: &str = "differ between this host and other hosts";
-    const MALFORMED: &str = "ignoring what a host's entry says of its [templates]";
     let dir = tempfile::tempdir().expect("tempdir");
     let Some(nats) = Nats::start(dir.path(), 0, true) else {
         return;
@@ -2036,51 +2192,17 @@ async fn hosts_whose_templates_differ_are_named_by_the_others_until_they_agree()
     let c = host(dir.path(), &nats, "c", same);
 
     // The same templates everywhere: each host shows every host's digest, its own.
-    let own = until_host(&a, "a", "a's digest", |h| h["templatesDigest"].is_string()).await;
-    let digest = own["templatesDigest"].clone();
-    let hex = digest.as_str().expect("digest");
-    assert!(
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
-        "{hex}"
-    );
-    for server in [&a, &b, &c] {
-        for id in ["a", "b", "c"] {
-            let host = until_host(server, id, "the same templates", |h| {
-                h["templatesMatch"] == true
-            })
-            .await;
-            assert_eq!(host["templatesDigest"], digest, "{host}");
-            assert_eq!(host["templateNames"], json!(["chat", "notes"]), "{host}");
-            assert_eq!(host["templateCount"], 2, "{host}");
-        }
-        until_health(server, &[]).await;
-    }
+    let digest = TEMPLATES.own_digest(&a, "a").await;
+    let names = json!(["chat", "notes"]);
+    let servers = [(&a, "a"), (&b, "b"), (&c, "c")];
+    TEMPLATES.all_agree(&servers, &digest, &names).await;
 
     // b's chat lets a user have more: a and c name b, and b names them.
     write_config(
         &b.data_dir,
         &same.replace("max_per_user = 5", "max_per_user = 7"),
     );
-    for (server, other) in [(&a, "c"), (&c, "a")] {
-        let seen = until_host(server, "b", "b's new max_per_user", |h| {
-            h["templatesMatch"] == false
-        })
-        .await;
-        assert!(
-            seen["templatesDigest"].is_string() && seen["templatesDigest"] != digest,
-            "{seen}"
-        );
-        assert_eq!(seen["templateNames"], json!(["chat", "notes"]), "{seen}");
-        let health = until_health(server, &["[templates] differ", "this host and host b:"]).await;
-        let reasons = health["reasons"].to_string();
-        assert!(!reasons.contains(&format!("host {other}:")), "{reasons}");
-        let agreeing = until_host(server, other, "still the same", |_| true).await;
-        assert_eq!(agreeing["templatesMatch"], true, "{agreeing}");
-    }
-    until_health(&b, &["[templates] differ", "this host and hosts a, c:"]).await;
-    let itself = until_host(&b, "b", "b itself", |_| true).await;
-    assert_eq!(itself["templatesMatch"], true, "{itself}");
-    assert_ne!(itself["templatesDigest"], digest, "{itself}");
+    TEMPLATES.b_is_named([&a, &b, &c], &digest, &names).await;
 
     // b lacks a template now; and two entries no host of this version writes (an
     // older host's, without templates, and a forged one) are unknown, not different.
@@ -2089,58 +2211,123 @@ async fn hosts_whose_templates_differ_are_named_by_the_others_until_they_agree()
     let seen = until_host(&a, "b", "b without notes", |h| h["templateCount"] == 1).await;
     assert_eq!(seen["templateNames"], json!(["chat"]), "{seen}");
     assert_eq!(seen["templatesMatch"], false, "{seen}");
-    let client = async_nats::connect(nats.url()).await.expect("nats client");
-    let js = async_nats::jetstream::new(client);
-    let hosts = js.get_key_value("tether-hosts").await.expect("hosts");
-    let entry = |id: &str| json!({"id": id, "publicUrl": "http://127.0.0.1:9", "load": 0, "seenAt": "2025-01-01T00:00:00Z"});
-    let mut forged = entry("forged");
-    forged["templates"] = json!({"digest": "not a digest\n", "count": 0, "names": []});
-    for (id, value) in [("older", entry("older")), ("forged", forged)] {
-        hosts
-            .put(id, value.to_string().into())
-            .await
-            .expect("writing an entry");
-    }
-    for id in ["older", "forged"] {
-        let shown = until_host(&a, id, "the written entry", |_| true).await;
-        for field in [
-            "templatesDigest",
-            "templatesMatch",
-            "templateCount",
-            "templateNames",
-        ] {
-            assert_eq!(shown[field], Value::Null, "{field}: {shown}");
-        }
-    }
-    // Two rounds of comparisons later, the set of differing hosts is still b alone:
-    // warned of once, and the forged entry logged once.
-    tokio::time::sleep(Duration::from_millis(4500)).await;
-    let health = until_health(&a, &["this host and host b:"]).await;
-    assert_eq!(
-        health["reasons"].as_array().map(Vec::len),
-        Some(1),
-        "{health}"
-    );
-    assert_eq!(times_logged(&a, DIFFER), 1, "{}", a.log());
-    assert_eq!(times_logged(&a, MALFORMED), 1, "{}", a.log());
-    assert_eq!(a.metric("tether_cluster_templates_differ").await, 1);
-    assert_eq!(b.metric("tether_cluster_templates_differ").await, 2);
+    let forged = json!({"digest": "not a digest\n", "count": 0, "names": []});
+    (TEMPLATES.unknown_is_not_different(&hosts_bucket(&nats).await, [&a, &b], forged)).await;
 
     // b's tether.toml fixed and reloaded: every host agrees and is healthy again.
     write_config(&b.data_dir, same);
-    for server in [&a, &c] {
-        until_host(server, "b", "b fixed", |h| h["templatesDigest"] == digest).await;
+    TEMPLATES.agree_again([&a, &b, &c], &digest).await;
+    for server in [a, b, c] {
+        server.stop();
     }
-    for server in [&a, &b, &c] {
-        until_health(server, &[]).await;
-        assert_eq!(server.metric("tether_cluster_templates_differ").await, 0);
+}
+
+/// Puts `bytes` in place as `server`'s drop-in `handoff.wasm` (renamed into place,
+/// as an operator's copy should be), or removes it (`None`).
+fn drop_in_handoff(server: &Server, bytes: Option<&[u8]>) {
+    let providers = server.data_dir.join(".codebolt/providers");
+    let file = providers.join("handoff.wasm");
+    match bytes {
+        Some(bytes) => {
+            let part = providers.join("handoff.part");
+            std::fs::write(&part, bytes).expect("writing the component");
+            std::fs::rename(&part, &file).expect("renaming it into place");
+        }
+        None => std::fs::remove_file(&file).expect("removing handoff.wasm"),
     }
+}
+
+/// The SHA-256 of the `handoff` component `server` has loaded.
+async fn handoff_sha256(server: &Server) -> Value {
+    let (status, provider) = server.call("GET", "/api/v1/providers/handoff", None).await;
+    assert_eq!(status, StatusCode::OK, "{provider}");
+    provider["sha256"].clone()
+}
+
+#[tokio::test]
+async fn hosts_whose_providers_differ_are_named_by_the_others_until_they_agree() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    // Each host grants `handoff` the same, and gives it an API key of its own: a
+    // secret's value is not compared (nor published), its key is.
+    let config = |secret: &str| {
+        format!(
+            "[cluster]\nlease_ttl_secs = 6\n\
+            [providers.handoff]\nurls = [\"http://127.0.0.1:9\"]\n\
+            config = {{ apiKey = \"{secret}\", model = \"m\" }}\n"
+        )
+    };
+    let a = host(dir.path(), &nats, "a", &config("secret-of-a"));
+    let b = host(dir.path(), &nats, "b", &config("secret-of-b"));
+    let c = host(dir.path(), &nats, "c", &config("secret-of-c"));
+
+    // The same providers everywhere: every host shows every host's digest, its own.
+    let digest = PROVIDERS.own_digest(&a, "a").await;
+    let (status, loaded) = a.call("GET", "/api/v1/providers", None).await;
+    assert_eq!(status, StatusCode::OK, "{loaded}");
+    let mut names: Vec<String> = (loaded.as_array().expect("providers").iter())
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    assert!(names.contains(&"handoff".to_owned()), "{names:?}");
+    let servers = [(&a, "a"), (&b, "b"), (&c, "c")];
+    PROVIDERS.all_agree(&servers, &digest, &json!(names)).await;
+    // What the hosts bucket holds names the providers, never a secret's value.
+    let hosts = hosts_bucket(&nats).await;
+    let entry = hosts
+        .get("a")
+        .await
+        .expect("a's entry")
+        .expect("a is there");
+    let entry = String::from_utf8_lossy(&entry).into_owned();
     assert!(
-        a.log()
-            .contains("every live host's [templates] are this host's again"),
-        "{}",
-        a.log()
+        entry.contains("handoff") && !entry.contains("secret-of-a"),
+        "{entry}"
     );
+
+    // b grants handoff one destination more: a and c name b, and b names them; their
+    // templates still agree.
+    let wider = config("secret-of-b").replace(
+        "\"http://127.0.0.1:9\"",
+        "\"http://127.0.0.1:9\", \"http://127.0.0.1:10\"",
+    );
+    write_config(&b.data_dir, &wider);
+    PROVIDERS
+        .b_is_named([&a, &b, &c], &digest, &json!(names))
+        .await;
+    let seen = until_host(&a, "b", "b's templates", |_| true).await;
+    assert_eq!(seen["templatesMatch"], true, "{seen}");
+    let forged = json!({"digest": digest, "count": 1, "names": ["../etc"]});
+    (PROVIDERS.unknown_is_not_different(&hosts, [&a, &b], forged)).await;
+    assert_eq!(a.metric(TEMPLATES.metric).await, 0);
+
+    // b's grant put back (its secret still its own): they agree again.
+    write_config(&b.data_dir, &config("secret-of-b"));
+    PROVIDERS.agree_again([&a, &b, &c], &digest).await;
+
+    // Another build of handoff on b (other bytes, same name and grant): named again.
+    let original = std::fs::read(guests::HANDOFF).expect("handoff.wasm");
+    drop_in_handoff(&b, Some(&guests::rebuilt(&original, "another build")));
+    let seen = until_host(&a, "b", "b's other build", |h| h["providersMatch"] == false).await;
+    assert_eq!(seen["providerNames"], json!(names), "{seen}");
+    until_health(&a, &["providers differ", "this host and host b:"]).await;
+    assert_ne!(handoff_sha256(&a).await, handoff_sha256(&b).await);
+
+    // b without handoff at all: one provider fewer, and still named.
+    drop_in_handoff(&b, None);
+    let seen = until_host(&a, "b", "b without handoff", |h| {
+        h["providerCount"] == names.len() - 1
+    })
+    .await;
+    let fewer: Vec<&String> = names.iter().filter(|n| *n != "handoff").collect();
+    assert_eq!(seen["providerNames"], json!(fewer), "{seen}");
+    assert_eq!(seen["providersMatch"], false, "{seen}");
+
+    // The same build back on b: every host agrees and is healthy again.
+    drop_in_handoff(&b, Some(&original));
+    PROVIDERS.agree_again([&a, &b, &c], &digest).await;
     for server in [a, b, c] {
         server.stop();
     }

@@ -24,7 +24,7 @@ struct StatusLabel {
     path = "/metrics",
     tag = "host",
     responses(
-        (status = 200, description = "OpenMetrics text: `tether_environments{status}`, `tether_runtimes_connected`, `tether_providers_loaded`, `tether_provider_load_failures`, `tether_environment_log_lines_dropped`, `tether_removals_pending`, `tether_audit_lines_failed`, `tether_connections_open`, `tether_connections_max`, `tether_connections_refused`, `tether_compile_cache_hits`/`misses`; in cluster mode also `tether_cluster_environments_here`, `tether_cluster_connected`, `tether_cluster_conflicts`, `tether_cluster_templates_differ`, `tether_cluster_tunnels_open` and `tether_cluster_tunnels_refused`.", content_type = "application/openmetrics-text", body = String),
+        (status = 200, description = "OpenMetrics text: `tether_environments{status}`, `tether_runtimes_connected`, `tether_providers_loaded`, `tether_provider_load_failures`, `tether_environment_log_lines_dropped`, `tether_removals_pending`, `tether_audit_lines_failed`, `tether_connections_open`, `tether_connections_max`, `tether_connections_refused`, `tether_compile_cache_hits`/`misses`; in cluster mode also `tether_cluster_environments_here`, `tether_cluster_connected`, `tether_cluster_conflicts`, `tether_cluster_templates_differ`, `tether_cluster_providers_differ`, `tether_cluster_tunnels_open` and `tether_cluster_tunnels_refused`.", content_type = "application/openmetrics-text", body = String),
         (status = 500, description = "The metrics could not be encoded (`internal_error`).", body = ErrorBody),
     ),
 )]
@@ -151,13 +151,22 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
             "Cluster mode: record fields two hosts changed at once (the later write kept)",
             conflicts,
         );
-        let differing = Gauge::<i64>::default();
-        differing.set(i64::try_from(cluster.templates_differing()).unwrap_or(i64::MAX));
-        registry.register(
-            "cluster_templates_differ",
-            "Cluster mode: other live hosts whose [templates] differ from this host's",
-            differing,
-        );
+        for (name, help, n) in [
+            (
+                "cluster_templates_differ",
+                "Cluster mode: other live hosts whose [templates] differ from this host's",
+                cluster.templates_differing(),
+            ),
+            (
+                "cluster_providers_differ",
+                "Cluster mode: other live hosts whose providers (components, grants, operator config keys) differ from this host's",
+                cluster.providers_differing(),
+            ),
+        ] {
+            let differing = Gauge::<i64>::default();
+            differing.set(i64::try_from(n).unwrap_or(i64::MAX));
+            registry.register(name, help, differing);
+        }
     }
     let mut body = String::new();
     encode(&mut body, &registry)

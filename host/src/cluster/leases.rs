@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::agreement::Agreements;
 use super::records::key_of;
-use super::templates::Agreement;
 use super::{ClusterError, ClusterEvent, HostView};
 use crate::store::{DesiredState, Store};
 use crate::sync::MutexExt;
@@ -67,14 +67,30 @@ pub(super) struct HostValue {
     public_url: String,
     load: usize,
     seen_at: String,
-    /// What it says of its `[templates]` ([`super::templates::Published`]), unread:
+    /// What it says of its `[templates]` ([`super::agreement::Published`]), unread:
     /// another host wrote it. Absent from an older host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub templates: Option<serde_json::Value>,
+    templates: Option<serde_json::Value>,
+    /// What it says of its loaded providers ([`super::agreement::Published`]), unread.
+    /// Absent from an older host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    providers: Option<serde_json::Value>,
     /// How many deleted environments' resources it still tries to remove, unread
     /// ([`pending_removals_of`]). Absent from an older host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pending_removals: Option<serde_json::Value>,
+}
+
+impl HostValue {
+    /// What it says of its `[templates]`, unread.
+    pub(super) fn templates(&self) -> Option<&serde_json::Value> {
+        self.templates.as_ref()
+    }
+
+    /// What it says of its loaded providers, unread.
+    pub(super) fn providers(&self) -> Option<&serde_json::Value> {
+        self.providers.as_ref()
+    }
 }
 
 /// The most pending removals a host's entry may say it has (its journal holds at most
@@ -111,8 +127,9 @@ pub(super) struct Leases {
     host_id: String,
     public_url: String,
     ttl: Duration,
-    /// This host's templates, published with its entry, and the others' compared.
-    templates: Arc<Agreement>,
+    /// This host's templates and providers, published with its entry, and the
+    /// others' compared.
+    agreements: Arc<Agreements>,
     /// This host's pending removals, as the lifecycle last said, published with its entry.
     pending_removals: AtomicUsize,
     held: Mutex<HashMap<String, Held>>,
@@ -133,7 +150,7 @@ impl Leases {
         host_id: String,
         public_url: String,
         ttl: Duration,
-        templates: Arc<Agreement>,
+        agreements: Arc<Agreements>,
     ) -> Self {
         Self {
             bucket,
@@ -141,7 +158,7 @@ impl Leases {
             host_id,
             public_url,
             ttl,
-            templates,
+            agreements,
             pending_removals: AtomicUsize::new(0),
             held: Mutex::new(HashMap::new()),
             seen: Arc::new(Mutex::new(HashMap::new())),
@@ -158,10 +175,8 @@ impl Leases {
             public_url: self.public_url.clone(),
             load: self.held.locked().len(),
             seen_at: crate::store::now(),
-            templates: Some(
-                serde_json::to_value(self.templates.own())
-                    .map_err(|e| ClusterError::Nats(e.to_string()))?,
-            ),
+            templates: Some(json(&self.agreements.templates.own())?),
+            providers: Some(json(&self.agreements.providers.own())?),
             pending_removals: Some(self.pending_removals().into()),
         };
         let bytes = serde_json::to_vec(&value).map_err(|e| ClusterError::Nats(e.to_string()))?;
@@ -581,13 +596,8 @@ impl Leases {
         for host in live {
             let environments = owned.remove(&host.id).unwrap_or_default();
             let this = host.id == self.host_id;
-            // This host's own are the ones in force, which its entry has from its
-            // next renewal.
-            let templates = if this {
-                Some(self.templates.own())
-            } else {
-                self.templates.read(&host.id, host.templates.as_ref())
-            };
+            let templates = self.agreements.templates.shown(&host);
+            let providers = self.agreements.providers.shown(&host);
             out.push(HostView {
                 this,
                 load: environments.len(),
@@ -595,10 +605,14 @@ impl Leases {
                 id: host.id,
                 public_url: host.public_url,
                 last_seen: host.seen_at,
-                templates_match: self.templates.matches(templates.as_ref()),
-                templates_digest: templates.as_ref().map(|t| t.digest.clone()),
-                template_count: templates.as_ref().map(|t| t.count),
-                template_names: templates.map(|t| t.names),
+                templates_match: templates.matches,
+                templates_digest: templates.digest,
+                template_count: templates.count,
+                template_names: templates.names,
+                providers_match: providers.matches,
+                providers_digest: providers.digest,
+                provider_count: providers.count,
+                provider_names: providers.names,
                 pending_removals: if this {
                     Some(self.pending_removals())
                 } else {
@@ -609,6 +623,11 @@ impl Leases {
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
+}
+
+/// `value` as JSON, for this host's entry.
+fn json(value: &impl Serialize) -> Result<serde_json::Value, ClusterError> {
+    serde_json::to_value(value).map_err(|e| ClusterError::Nats(e.to_string()))
 }
 
 fn encode(value: &LeaseView) -> Result<bytes::Bytes, ClusterError> {

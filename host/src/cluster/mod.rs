@@ -12,8 +12,8 @@
 //!   its provider instance ([`leases`]). A lease lives `lease_ttl` past its last
 //!   renewal; its first revision is its epoch.
 //! - `PREFIX-hosts`: one key per live host, renewed like a lease: the cluster view of
-//!   `GET /api/v1/cluster`, and a digest of each host's `[templates]`, which every
-//!   host compares with its own ([`templates`]).
+//!   `GET /api/v1/cluster`, and digests of each host's `[templates]` and of its
+//!   providers, which every host compares with its own ([`agreement`]).
 //! - `PREFIX-names`: environment names, each held by the id of its record, so two
 //!   hosts never create one name at once.
 //! - `PREFIX-tokens`: user tokens (their records, never their secrets), so a token
@@ -32,12 +32,12 @@
 //! this module never calls up into the lifecycle.
 
 mod admissions;
+mod agreement;
 mod leases;
 mod merge;
 mod records;
 mod remembered;
 mod removals;
-mod templates;
 mod tokens;
 mod tunnel;
 
@@ -52,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use utoipa::ToSchema;
 
-use crate::config::{ClusterConfig, ClusterRelay, Template};
+use crate::config::{ClusterConfig, ClusterRelay, ProvidersDigest, Template};
 use crate::store::{Changes, Record, Store};
 use crate::sync::MutexExt;
 
@@ -163,6 +163,23 @@ pub(crate) struct HostView {
     /// Their names, sorted: the first 64; `null` when unknown.
     #[schema(required = true)]
     pub template_names: Option<Vec<String>>,
+    /// SHA-256 (64 lower-case hex digits) of its loaded providers: each one's name,
+    /// the SHA-256 of its component, the grant in force for it and the keys (never
+    /// the values) of its operator config. `null` when unknown: a host of an older
+    /// version, or an entry that says something malformed.
+    #[schema(required = true)]
+    pub providers_digest: Option<String>,
+    /// Whether its providers are the answering host's (the same digest); `null` when
+    /// its digest is unknown. Hosts whose providers differ are named in the answering
+    /// host's `/healthz`.
+    #[schema(required = true)]
+    pub providers_match: Option<bool>,
+    /// How many providers it has loaded; `null` when unknown.
+    #[schema(required = true)]
+    pub provider_count: Option<usize>,
+    /// Their names, sorted: the first 64; `null` when unknown.
+    #[schema(required = true)]
+    pub provider_names: Option<Vec<String>>,
     /// How many deleted environments' resources it still tries to remove (that host's
     /// `GET /api/v1/removals` lists them); `null` when unknown: a host of an older
     /// version, or an entry that says something else than a count.
@@ -220,8 +237,8 @@ struct Inner {
     /// User tokens, by id.
     tokens: kv::Store,
     leases: Arc<leases::Leases>,
-    /// This host's templates and how the other hosts' compare.
-    templates: Arc<templates::Agreement>,
+    /// This host's templates and providers, and how the other hosts' compare.
+    agreements: Arc<agreement::Agreements>,
     removals: Arc<removals::Removals>,
     admissions: admissions::Admissions,
     /// The newest revision of the records bucket applied to this host's store.
@@ -240,13 +257,14 @@ struct Inner {
 
 impl Cluster {
     /// Connects to NATS, checks JetStream and opens (or makes) the buckets, and
-    /// announces this host with its `templates`. Fails, saying why, when NATS is
+    /// announces this host with its `templates` and `providers`. Fails, saying why, when NATS is
     /// unreachable or has no JetStream: a host in cluster mode never runs alone by
     /// mistake.
     pub(crate) async fn connect(
         config: ClusterConfig,
         public_url: String,
         templates: &BTreeMap<String, Template>,
+        providers: &ProvidersDigest,
     ) -> Result<Self, ClusterError> {
         let url = config.url.clone();
         let connect_error = |reason: String| ClusterError::Connect {
@@ -345,14 +363,25 @@ impl Cluster {
             config.lease_ttl = in_force;
         }
         let closing = CancellationToken::new();
-        let templates = Arc::new(templates::Agreement::new(config.host_id.clone(), templates));
+        let agreements = Arc::new(agreement::Agreements {
+            templates: agreement::Agreement::new(
+                &agreement::TEMPLATES,
+                config.host_id.clone(),
+                agreement::Published::of_templates(templates),
+            ),
+            providers: agreement::Agreement::new(
+                &agreement::PROVIDERS,
+                config.host_id.clone(),
+                agreement::Published::of_providers(providers),
+            ),
+        });
         let leases = Arc::new(leases::Leases::new(
             lease_bucket,
             hosts,
             config.host_id.clone(),
             public_url.clone(),
             config.lease_ttl,
-            templates.clone(),
+            agreements.clone(),
         ));
         leases.announce_host().await?;
         let tunnels = Arc::new(tunnel::Tunnels::new(
@@ -375,7 +404,7 @@ impl Cluster {
                 names,
                 tokens: token_bucket,
                 leases,
-                templates,
+                agreements,
                 removals,
                 admissions,
                 applied: tokio::sync::watch::Sender::new(0),
@@ -397,7 +426,7 @@ impl Cluster {
     /// Starts the background work: the records' sync with `store`, the leases'
     /// renewals, the watch of other hosts' leases, the orphan sweep, the sweep of
     /// removals left to hosts that are gone and the comparison of the hosts'
-    /// templates. What the lifecycle must act on arrives on the returned channel.
+    /// templates and providers. What the lifecycle must act on arrives on the returned channel.
     pub(crate) async fn start(
         &self,
         store: Arc<Store>,
@@ -421,11 +450,11 @@ impl Cluster {
         );
         // As often as the hosts renew their entries, so a change is seen within
         // about two renewals.
-        let (templates, leases) = (self.inner.templates.clone(), self.inner.leases.clone());
+        let (agreements, leases) = (self.inner.agreements.clone(), self.inner.leases.clone());
         until(
             &self.inner.closing,
-            async move { templates.checks(&leases, period / 3).await },
-            "templates",
+            async move { agreements.checks(&leases, period / 3).await },
+            "agreement",
         );
         Ok(rx)
     }
@@ -645,13 +674,25 @@ impl Cluster {
 
     /// How many other live hosts' `[templates]` differ from this host's.
     pub(crate) fn templates_differing(&self) -> usize {
-        self.inner.templates.differing()
+        self.inner.agreements.templates.differing()
     }
 
     /// This host's `[templates]` are `templates` now (`tether.toml` was reloaded):
     /// published with its next renewal, and compared with the other hosts' from then on.
     pub(crate) fn set_templates(&self, templates: &BTreeMap<String, Template>) {
-        self.inner.templates.set(templates);
+        (self.inner.agreements.templates).set(agreement::Published::of_templates(templates));
+    }
+
+    /// How many other live hosts' providers differ from this host's.
+    pub(crate) fn providers_differing(&self) -> usize {
+        self.inner.agreements.providers.differing()
+    }
+
+    /// This host's loaded providers are `providers` now (a drop-in loaded, replaced or
+    /// removed, one installed, `tether.toml` reloaded): published with its next
+    /// renewal, and compared with the other hosts' from then on.
+    pub(crate) fn set_providers(&self, providers: &ProvidersDigest) {
+        (self.inner.agreements.providers).set(agreement::Published::of_providers(providers));
     }
 
     /// Whether this host is connected to NATS right now.
@@ -660,7 +701,8 @@ impl Cluster {
     }
 
     /// Why the cluster needs a person, if it does (for `/healthz`): this host is cut
-    /// off from NATS; other live hosts' `[templates]` differ from this host's.
+    /// off from NATS; other live hosts' `[templates]` or providers differ from this
+    /// host's.
     pub(crate) fn health(&self) -> Vec<String> {
         let mut reasons = Vec::new();
         let state = self.inner.client.connection_state();
@@ -670,7 +712,7 @@ impl Cluster {
                 self.inner.config.url
             ));
         }
-        reasons.extend(self.inner.templates.health());
+        reasons.extend(self.inner.agreements.health());
         reasons
     }
 

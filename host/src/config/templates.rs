@@ -15,10 +15,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::ConfigError;
+use super::digest::{canonical_digest, sorted};
 
 /// Most templates a host may define.
 pub const MAX_TEMPLATES: usize = 1000;
@@ -210,27 +210,7 @@ pub fn templates_digest(templates: &BTreeMap<String, Template>) -> String {
     let all: Map<String, Value> = (templates.iter())
         .map(|(name, t)| (name.clone(), t.canonical()))
         .collect();
-    let mut hash = Sha256::new();
-    hash.update(DIGEST_DOMAIN);
-    hash.update(Value::Object(all).to_string().as_bytes());
-    hex::encode(hash.finalize())
-}
-
-/// `value` with the keys of every object in it sorted (`serde_json` keeps insertion
-/// order here, which is the file's).
-fn sorted(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let by_key: BTreeMap<&String, &Value> = map.iter().collect();
-            Value::Object(
-                (by_key.into_iter())
-                    .map(|(k, v)| (k.clone(), sorted(v)))
-                    .collect(),
-            )
-        }
-        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
-        other => other.clone(),
-    }
+    canonical_digest(DIGEST_DOMAIN, &Value::Object(all))
 }
 
 /// `[templates.NAME]` as written (snake_case; the contract's camelCase names are

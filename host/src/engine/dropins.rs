@@ -333,19 +333,6 @@ mod tests {
         Engine::new(LimitsConfig::default(), Default::default()).expect("engine")
     }
 
-    /// The same component with a custom section appended: another file of the same
-    /// provider, as a rebuild would give.
-    fn rebuilt(bytes: &[u8], tag: &str) -> Vec<u8> {
-        let name = b"tether-test";
-        let size = 1 + name.len() + tag.len();
-        assert!(size < 128, "one-byte LEB128 sizes only");
-        let mut out = bytes.to_vec();
-        out.extend_from_slice(&[0, size as u8, name.len() as u8]);
-        out.extend_from_slice(name);
-        out.extend_from_slice(tag.as_bytes());
-        out
-    }
-
     fn sha(engine: &Engine, name: &str) -> Option<String> {
         engine.provider(name).map(|p| p.sha256.clone())
     }
@@ -364,7 +351,7 @@ mod tests {
         engine.rescan(dir.path()).await;
         let first = sha(&engine, "handoff").expect("a new file loads");
 
-        let second = rebuilt(&handoff, "v2");
+        let second = guests::rebuilt(&handoff, "v2");
         std::fs::write(&file, &second).unwrap();
         engine.rescan(dir.path()).await;
         let now = sha(&engine, "handoff").expect("still loaded");
@@ -418,8 +405,8 @@ mod tests {
         let (_, bytes) = super::super::builtin::BUILTINS[0];
 
         // No consent: refused with the key to set, the built-in stays.
-        std::fs::write(dir.path().join("a.wasm"), rebuilt(bytes, "a")).unwrap();
-        std::fs::write(dir.path().join("b.wasm"), rebuilt(bytes, "b")).unwrap();
+        std::fs::write(dir.path().join("a.wasm"), guests::rebuilt(bytes, "a")).unwrap();
+        std::fs::write(dir.path().join("b.wasm"), guests::rebuilt(bytes, "b")).unwrap();
         engine.rescan(dir.path()).await;
         assert_eq!(sha(&engine, "local-process"), Some(builtin.clone()));
         let refused = engine
@@ -445,7 +432,7 @@ mod tests {
         assert!(b.error.contains("replace_builtin"), "{}", b.error);
 
         // By hash: b.wasm's content, wherever it sits.
-        let b_sha = hex::encode(Sha256::digest(rebuilt(bytes, "b")));
+        let b_sha = hex::encode(Sha256::digest(guests::rebuilt(bytes, "b")));
         let consent = BuiltinReplacement::Sha256(b_sha.clone());
         engine.set_builtin_replacements(BTreeMap::from([("local-process".into(), consent)]));
         assert_eq!(sha(&engine, "local-process"), Some(b_sha));
@@ -460,8 +447,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = engine();
         let handoff = std::fs::read(guests::HANDOFF).unwrap();
-        std::fs::write(dir.path().join("a.wasm"), rebuilt(&handoff, "a")).unwrap();
-        std::fs::write(dir.path().join("b.wasm"), rebuilt(&handoff, "b")).unwrap();
+        std::fs::write(dir.path().join("a.wasm"), guests::rebuilt(&handoff, "a")).unwrap();
+        std::fs::write(dir.path().join("b.wasm"), guests::rebuilt(&handoff, "b")).unwrap();
         engine.rescan(dir.path()).await;
         let p = engine.provider("handoff").expect("loaded");
         assert!(matches!(&p.source, ProviderSource::DropIn { path } if path.ends_with("a.wasm")));

@@ -105,6 +105,9 @@ impl Manager {
         report.outcome = Outcome::Applied;
         self.put_in_force(&config);
         live.apply(config, table, report.clone());
+        // After `apply`: the providers' digest reads the grants and operator config in
+        // force.
+        self.shared.providers.publish();
         tracing::info!(%path, ?trigger, changes = %diff.summary(),
             "tether.toml reloaded: in force for the next start of each environment");
         if !report.needs_restart.is_empty() {

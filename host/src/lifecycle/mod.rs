@@ -74,7 +74,7 @@ pub(crate) use events::EventStream;
 pub(crate) use live_config::ConfigStatus;
 use live_config::LiveConfig;
 pub(crate) use pending_removals::RemovalView;
-pub(crate) use providers::ProviderView;
+pub(crate) use providers::{ProviderView, digest as providers_digest};
 pub(crate) use provision::ProvisionTarget;
 pub(crate) use view::{EnvironmentView, Status};
 
@@ -268,6 +268,7 @@ impl Manager {
         let removals = Arc::new(removals::Removals::open(
             config.get().codebolt_dir().join("removals.json"),
         ));
+        let providers = Providers::new(engine.clone(), config.clone(), site.cluster.clone());
         Self {
             shared: Arc::new(Shared {
                 envs,
@@ -282,7 +283,7 @@ impl Manager {
                 ),
                 quotas,
                 provisions: KeyLocks::default(),
-                providers: Providers::new(engine.clone(), config.clone()),
+                providers,
                 engine,
                 config,
                 store,

@@ -2,7 +2,9 @@
 //! (`commands`, `urls`, `directories`), is granted by the operator and is denied
 //! (asked for but not covered by the grant), which operator config keys it gets (never
 //! their values), and why its file's latest content did not load, if it did not (the
-//! version loaded before is still served then).
+//! version loaded before is still served then). In cluster mode it also tells the
+//! cluster what the providers are ([`digest`]) whenever that may have changed, so the
+//! hosts can compare theirs.
 
 use std::sync::Arc;
 
@@ -12,10 +14,12 @@ use utoipa::ToSchema;
 use super::live_config::LiveConfig;
 use super::{LifecycleError, Manager};
 use crate::broker::{Capabilities, DeniedItems};
-use crate::config::Grant;
+use crate::cluster::Cluster;
+use crate::config::{Grant, ProvidersDigest, ServeConfig};
 use crate::engine::{
     CompileCacheStats, Engine, LoadedProvider, ProviderDescription, ProviderSource,
 };
+use crate::sync::MutexExt;
 
 /// One loaded provider, for people and tools.
 #[derive(Debug, Serialize, ToSchema)]
@@ -57,6 +61,20 @@ pub(crate) struct ProviderCounts {
 pub(super) struct Providers {
     engine: Arc<Engine>,
     config: LiveConfig,
+    /// Told what the providers are after each change; `None` when this host runs alone.
+    cluster: Option<Cluster>,
+    /// Held from reading the providers to telling the cluster, so two publishes that
+    /// race (a rescan and a reload) cannot leave the older reading in force.
+    publishing: Arc<std::sync::Mutex<()>>,
+}
+
+/// The providers loaded in `engine` under `config`, as the hosts of a cluster compare
+/// them: the SHA-256 each component's bytes got when they were loaded (not hashed
+/// again here), with the grant and operator config in force for it.
+pub(crate) fn digest(engine: &Engine, config: &ServeConfig) -> ProvidersDigest {
+    let loaded = engine.providers();
+    config
+        .providers_digest((loaded.iter()).map(|p| (p.description.name.as_str(), p.sha256.as_str())))
 }
 
 impl Manager {
@@ -78,8 +96,23 @@ impl Manager {
 }
 
 impl Providers {
-    pub(super) fn new(engine: Arc<Engine>, config: LiveConfig) -> Self {
-        Self { engine, config }
+    pub(super) fn new(engine: Arc<Engine>, config: LiveConfig, cluster: Option<Cluster>) -> Self {
+        Self {
+            engine,
+            config,
+            cluster,
+            publishing: Arc::default(),
+        }
+    }
+
+    /// Tells the cluster what the providers are now, under the settings in force (a
+    /// rescan loaded or unloaded some, or `tether.toml` was reloaded).
+    pub(super) fn publish(&self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let _one_at_a_time = self.publishing.locked();
+        cluster.set_providers(&digest(&self.engine, &self.config.get()));
     }
 
     /// Whether a provider called `name` is loaded.
@@ -110,6 +143,7 @@ impl Providers {
     pub(super) async fn rescan(&self) {
         let dir = self.config.get().providers_dir();
         self.engine.rescan(&dir).await;
+        self.publish();
     }
 
     fn all(&self) -> Vec<ProviderView> {
