@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use support::nats::{Nats, host, nats_binary};
+use support::nats::{Nats, host, with_nats};
 use support::{Res, Server, TOKEN, connect, echo, measure, us};
 
 /// Round trips per case, spread over its pairs (at least 20 each), unless
@@ -44,16 +44,7 @@ fn main() -> Res<()> {
         .split(',')
         .map(str::parse)
         .collect::<Result<_, _>>()?;
-    let Some(nats_binary) = nats_binary() else {
-        println!(
-            "no nats-server (run .ci/prepare, or set TETHER_NATS_SERVER): the cluster benchmark is skipped"
-        );
-        return Ok(());
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run(pairs, nats_binary))
+    with_nats("cluster", |nats| run(pairs, nats))
 }
 
 async fn run(pairs: Vec<usize>, nats_binary: PathBuf) -> Res<()> {

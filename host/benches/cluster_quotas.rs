@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use support::nats::{Nats, host, nats_binary};
+use support::nats::{Nats, host, with_nats};
 use support::{Res, Server, TOKEN, us};
 
 /// Concurrent writers, spread over the three hosts.
@@ -37,16 +37,7 @@ const LIMIT: usize = 1_000_000;
 type OwnerOf = fn(usize) -> String;
 
 fn main() -> Res<()> {
-    let Some(nats_binary) = nats_binary() else {
-        println!(
-            "no nats-server (run .ci/prepare, or set TETHER_NATS_SERVER): the cluster quotas benchmark is skipped"
-        );
-        return Ok(());
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run(nats_binary))
+    with_nats("cluster quotas", run)
 }
 
 async fn run(nats_binary: std::path::PathBuf) -> Res<()> {

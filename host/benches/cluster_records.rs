@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use support::nats::{Nats, host, nats_binary};
+use support::nats::{Nats, host, with_nats};
 use support::{Res, Server, TOKEN, us};
 
 /// Concurrent writers, spread over the three hosts.
@@ -41,16 +41,7 @@ fn main() -> Res<()> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(10_000);
-    let Some(nats_binary) = nats_binary() else {
-        println!(
-            "no nats-server (run .ci/prepare, or set TETHER_NATS_SERVER): the cluster records benchmark is skipped"
-        );
-        return Ok(());
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run(environments, nats_binary))
+    with_nats("cluster records", |nats| run(environments, nats))
 }
 
 /// Record `i` as `environments.json` stores it.

@@ -27,6 +27,24 @@ pub(crate) fn nats_binary() -> Option<PathBuf> {
     })
 }
 
+/// Runs `benchmark` with the `nats-server` to use, on a multi-threaded runtime; where
+/// there is none, says that benchmark `name` is skipped instead.
+pub(crate) fn with_nats<F: std::future::Future<Output = Res<()>>>(
+    name: &str,
+    benchmark: impl FnOnce(PathBuf) -> F,
+) -> Res<()> {
+    let Some(binary) = nats_binary() else {
+        println!(
+            "no nats-server (run .ci/prepare, or set TETHER_NATS_SERVER): the {name} benchmark is skipped"
+        );
+        return Ok(());
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(benchmark(binary))
+}
+
 /// A `nats-server -js` on a free loopback port; killed when dropped.
 pub(crate) struct Nats(Child, u16);
 
