@@ -73,6 +73,9 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 const CONFLICTS_KEPT: usize = 50;
 /// How long a create waits for its name to be reserved cluster-wide.
 const NAME_WAIT: Duration = Duration::from_secs(5);
+/// How long a request's answer waits for one piece of bookkeeping in NATS (a name
+/// let go, a removal noted or cleared, a host's entry read) before going on without.
+const BOOKKEEPING_WAIT: Duration = Duration::from_secs(3);
 /// How long an admitted change waits for this host's copy of the records to catch
 /// up with the bucket, and then for its own record to reach the bucket.
 const SYNC_WAIT: Duration = Duration::from_secs(3);
@@ -598,16 +601,23 @@ impl Cluster {
     }
 
     /// Lets go of name `name` if record `id` holds it.
+    /// Not let go while NATS is away: a hold whose record the cluster does not have
+    /// is taken over once it is [`STALE_NAME`] old.
     pub(crate) async fn release_name(&self, name: &str, id: &str) {
         let names = &self.inner.names;
         let key = hex::encode(name);
-        if let Ok(Some(entry)) = names.entry(key.clone()).await
-            && entry.value.as_ref() == id.as_bytes()
-            && let Err(e) = names
-                .delete_expect_revision(&key, Some(entry.revision))
-                .await
-        {
-            tracing::debug!(error = %e, "cluster: letting go of a name");
+        let release = async {
+            if let Ok(Some(entry)) = names.entry(key.clone()).await
+                && entry.value.as_ref() == id.as_bytes()
+                && let Err(e) = names
+                    .delete_expect_revision(&key, Some(entry.revision))
+                    .await
+            {
+                tracing::debug!(error = %e, "cluster: letting go of a name");
+            }
+        };
+        if let Err(e) = self.bookkeeping("letting go of a name", release).await {
+            tracing::warn!(error = %e, "cluster: a deleted environment's name stays reserved for a minute");
         }
     }
 
@@ -618,6 +628,7 @@ impl Cluster {
         record: &Record,
         host: &str,
     ) -> Result<(), ClusterError> {
+        self.reachable("noting who removes a resource")?;
         self.inner.removals.leave(record, host).await
     }
 
@@ -628,7 +639,13 @@ impl Cluster {
 
     /// The provider removed deleted record `id`'s resource (or tried and said why not).
     pub(crate) async fn removal_done(&self, id: &str) {
-        self.inner.removals.done(id).await;
+        let done = self.inner.removals.done(id);
+        if let Err(e) = self
+            .bookkeeping("clearing a removal that is done", done)
+            .await
+        {
+            tracing::warn!(env = %id, error = %e, "cluster: could not clear a removal that is done; a host may remove the resource again");
+        }
     }
 
     /// Gives environment `id`'s lease up (it stopped here, or was deleted).
@@ -638,7 +655,34 @@ impl Cluster {
 
     /// Whether host `host` is alive (this one is); an error when NATS cannot say.
     pub(crate) async fn host_alive(&self, host: &str) -> Result<bool, ClusterError> {
-        self.inner.leases.host_alive(host).await
+        let alive = self.inner.leases.host_alive(host);
+        self.bookkeeping(&format!("asking whether host {host} is alive"), alive)
+            .await?
+    }
+
+    /// `Nats` at once while this host is not connected to NATS: a request sent now
+    /// would wait out its timeout for nothing, and the API's answer with it. Only for
+    /// what a request can go on without (a create or an admission waits its bound
+    /// instead: NATS restarting is back within it, and the change is made).
+    fn reachable(&self, doing: &str) -> Result<(), ClusterError> {
+        if self.connected() {
+            return Ok(());
+        }
+        Err(ClusterError::Nats(format!(
+            "{doing}: this host is not connected to NATS right now"
+        )))
+    }
+
+    /// `work`, unless NATS is away or it takes longer than [`BOOKKEEPING_WAIT`].
+    async fn bookkeeping<T>(
+        &self,
+        doing: &str,
+        work: impl Future<Output = T>,
+    ) -> Result<T, ClusterError> {
+        self.reachable(doing)?;
+        tokio::time::timeout(BOOKKEEPING_WAIT, work)
+            .await
+            .map_err(|_| ClusterError::Nats(format!("{doing}: NATS did not answer in time")))
     }
 
     /// Whether this host holds environment `id`'s lease.
@@ -718,7 +762,9 @@ impl Cluster {
 
     /// The cluster as this host sees it.
     pub(crate) async fn view(&self) -> Result<ClusterView, ClusterError> {
-        let hosts = self.inner.leases.hosts().await?;
+        let hosts = self
+            .bookkeeping("listing hosts", self.inner.leases.hosts())
+            .await??;
         Ok(ClusterView {
             host_id: self.inner.config.host_id.clone(),
             connected: self.connected(),
