@@ -1700,6 +1700,9 @@ async fn a_users_limits_hold_when_every_host_admits_their_changes_at_once() {
 
     // NATS gone: a create, counted or not, is refused with 503 within its bound, not
     // made on one host alone.
+    let (status, admins) = b.create_as(TOKEN, "admins-own", false).await;
+    assert_eq!(status, StatusCode::CREATED, "{admins}");
+    until_env(a, &id_of(&admins), "listed", |_| true).await;
     drop(nats);
     let before = names(b).await;
     let asked = Instant::now();
@@ -1730,6 +1733,17 @@ async fn a_users_limits_hold_when_every_host_admits_their_changes_at_once() {
     assert_eq!(view["error"]["code"], "cluster_unavailable", "{view}");
     assert!(
         asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    // A start is answered within its lease claim's bound (the environment runs once
+    // NATS is back and a lease can be had).
+    let path = format!("/api/v1/environments/{}/start", id_of(&admins));
+    let asked = Instant::now();
+    let (status, body) = b.call("POST", &path, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(9),
         "{:?}",
         asked.elapsed()
     );

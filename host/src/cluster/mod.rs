@@ -71,8 +71,9 @@ const STALE_NAME: time::Duration = time::Duration::minutes(1);
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 /// How many recent conflicts `GET /api/v1/cluster` shows.
 const CONFLICTS_KEPT: usize = 50;
-/// How long a create waits for its name to be reserved cluster-wide.
-const NAME_WAIT: Duration = Duration::from_secs(5);
+/// How long a create waits for its name to be reserved cluster-wide, and a start
+/// for its lease: long enough for NATS restarting to be back.
+const REQUEST_WAIT: Duration = Duration::from_secs(5);
 /// How long a request's answer waits for one piece of bookkeeping in NATS (a name
 /// let go, a removal noted or cleared, a host's entry read) before going on without.
 const BOOKKEEPING_WAIT: Duration = Duration::from_secs(3);
@@ -498,7 +499,16 @@ impl Cluster {
     /// Claims environment `id` for this host: `true` when this host holds its lease
     /// (already, or now), `false` when another live host does.
     pub(crate) async fn claim(&self, id: &str) -> Result<bool, ClusterError> {
-        self.inner.leases.claim(id).await
+        // Bounded: a start's answer waits for it, and a NATS that went away has each
+        // request of the client wait out its own timeout (a lease taken after all is
+        // never renewed, and lapses).
+        match tokio::time::timeout(REQUEST_WAIT, self.inner.leases.claim(id)).await {
+            Ok(claimed) => claimed,
+            Err(_) => Err(ClusterError::Nats(format!(
+                "claiming the lease of {id}: NATS did not answer within {} s",
+                REQUEST_WAIT.as_secs()
+            ))),
+        }
     }
 
     /// Reserves environment name `name` for record `id` across the cluster: `false`
@@ -507,11 +517,11 @@ impl Cluster {
     pub(crate) async fn claim_name(&self, name: &str, id: &str) -> Result<bool, ClusterError> {
         // Bounded as a whole: the API's answer waits for it, and a NATS that went
         // away has each request of the client wait out its own timeout.
-        match tokio::time::timeout(NAME_WAIT, self.claim_name_now(name, id)).await {
+        match tokio::time::timeout(REQUEST_WAIT, self.claim_name_now(name, id)).await {
             Ok(claimed) => claimed,
             Err(_) => Err(ClusterError::Nats(format!(
                 "reserving name {name:?}: NATS did not answer within {} s",
-                NAME_WAIT.as_secs()
+                REQUEST_WAIT.as_secs()
             ))),
         }
     }
