@@ -11,7 +11,8 @@
 //! or through a template (first connects for one key on two hosts make one); hosts
 //! whose templates or providers (a grant, a component's build) differ are named by
 //! the others until they agree again; a user's limits hold when every host admits
-//! their changes at once.
+//! their changes at once; with NATS gone, requests are answered within their bounds
+//! and nothing is made on one host alone.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1703,6 +1704,7 @@ async fn a_users_limits_hold_when_every_host_admits_their_changes_at_once() {
     let (status, admins) = b.create_as(TOKEN, "admins-own", false).await;
     assert_eq!(status, StatusCode::CREATED, "{admins}");
     until_env(a, &id_of(&admins), "listed", |_| true).await;
+    let port = nats.port;
     drop(nats);
     let before = names(b).await;
     let asked = Instant::now();
@@ -1747,6 +1749,11 @@ async fn a_users_limits_hold_when_every_host_admits_their_changes_at_once() {
         "{:?}",
         asked.elapsed()
     );
+    let _nats = Nats::start(dir.path(), port, true).expect("nats-server again");
+    until_env(b, &id_of(&admins), "running once NATS is back", |e| {
+        e["status"] == "running"
+    })
+    .await;
 }
 
 /// The names of the environments `server` lists, sorted.
