@@ -75,7 +75,7 @@ const CONFLICTS_KEPT: usize = 50;
 /// for its lease: long enough for NATS restarting to be back.
 const REQUEST_WAIT: Duration = Duration::from_secs(5);
 /// How long a request's answer waits for one piece of bookkeeping in NATS (a name
-/// let go, a removal noted or cleared, a host's entry read) before going on without.
+/// let go, a host's entry read, the hosts listed) before going on without.
 const BOOKKEEPING_WAIT: Duration = Duration::from_secs(3);
 /// How long an admitted change waits for this host's copy of the records to catch
 /// up with the bucket, and then for its own record to reach the bucket.
@@ -649,13 +649,7 @@ impl Cluster {
 
     /// The provider removed deleted record `id`'s resource (or tried and said why not).
     pub(crate) async fn removal_done(&self, id: &str) {
-        let done = self.inner.removals.done(id);
-        if let Err(e) = self
-            .bookkeeping("clearing a removal that is done", done)
-            .await
-        {
-            tracing::warn!(env = %id, error = %e, "cluster: could not clear a removal that is done; a host may remove the resource again");
-        }
+        self.inner.removals.done(id).await;
     }
 
     /// Gives environment `id`'s lease up (it stopped here, or was deleted).

@@ -14,6 +14,14 @@ use crate::cluster::{Abandoned, Cluster, ClusterError, ClusterEvent};
 use crate::config::ClusterRelay;
 use crate::store::{DesiredState, Record, StoreError};
 
+/// Who removes a deleted environment's resource ([`Manager::leave_removal`]).
+pub(super) struct Removal {
+    /// This host's provider does.
+    pub(super) here: bool,
+    /// The choice is noted in the cluster, to be cleared once the removal is done.
+    pub(super) noted: bool,
+}
+
 impl Manager {
     /// Starts the cluster's sync (the records are read from the cluster first) and
     /// applies what it reports until shutdown.
@@ -189,12 +197,16 @@ impl Manager {
     /// resource may live on that host's disk, where only its own provider can reach
     /// it), else this one. In a cluster the host chosen is noted there
     /// ([`Cluster::leave_removal`]), so another host does it if that one dies first.
-    pub(super) async fn leave_removal(&self, id: &str) -> bool {
+    pub(super) async fn leave_removal(&self, id: &str) -> Removal {
+        let alone = Removal {
+            here: true,
+            noted: false,
+        };
         let Some(cluster) = self.cluster() else {
-            return true;
+            return alone;
         };
         let Some(record) = self.shared.store.peek(id, Record::clone) else {
-            return true;
+            return alone;
         };
         let me = cluster.host_id();
         let host = match (cluster.elsewhere(id), record.last_host.as_deref()) {
@@ -208,10 +220,17 @@ impl Manager {
             }
             _ => me.to_owned(),
         };
-        if let Err(e) = cluster.leave_removal(&record, &host).await {
-            tracing::warn!(env = %id, %host, error = %e, "cluster: could not note who removes the resource; if that host dies before it does, the resource is left");
+        let noted = match cluster.leave_removal(&record, &host).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(env = %id, %host, error = %e, "cluster: could not note who removes the resource; if that host dies before it does, the resource is left");
+                false
+            }
+        };
+        Removal {
+            here: host == me,
+            noted,
         }
-        host == me
     }
 
     /// The resource of deleted record `id` is removed (or its removal was tried, or

@@ -662,23 +662,27 @@ impl Manager {
         }
         // Another host running it removes its resource when the delete reaches it,
         // and so may the host that ran it last (`leave_removal`).
-        let removes_here = self.leave_removal(id).await;
+        let removal = self.leave_removal(id).await;
         let record = match self.shared.store.remove(id).await {
             Ok(record) => record,
             Err(e) => {
                 if let Some(name) = self.shared.store.peek(id, |r| r.name.clone()) {
                     workspaces::unmark(&config, &name);
                 }
-                self.removal_done(id).await;
+                if removal.noted {
+                    self.removal_done(id).await;
+                }
                 return Err(e.into());
             }
         };
         self.release_record_name(&record).await;
         let here = self.refuse_elsewhere(id).is_ok();
         if here {
-            if removes_here {
+            if removal.here {
                 self.driver().destroy_locked(&env, &record).await;
-                self.removal_done(id).await;
+                if removal.noted {
+                    self.removal_done(id).await;
+                }
             }
             self.driver().release(&env).await;
         }
