@@ -45,6 +45,14 @@ export interface ClusterHost {
   providersMatch: boolean | null;
   providerCount: number | null;
   providerNames: string[] | null;
+  /** SHA-256 of its `[tenancy]` limits (defaults and every user's override); null when unknown. */
+  tenancyDigest: string | null;
+  /** Whether its `[tenancy]` limits are the answering host's; null when unknown. */
+  tenancyMatch: boolean | null;
+  /** How many users have an override of their own; null when unknown. */
+  tenancyUserCount: number | null;
+  /** Those users, sorted: the first 64; null when unknown. */
+  tenancyUsers: string[] | null;
 }
 
 /** `GET /api/v1/cluster` (docs/rest.md, docs/cluster.md). */

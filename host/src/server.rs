@@ -155,7 +155,9 @@ pub(crate) async fn run(
                 None => format!("{scheme}://{}", reachable(addr)),
             };
             let providers = crate::lifecycle::providers_digest(&engine, &config);
-            Some(Cluster::connect(settings.clone(), public, &config.templates, &providers).await?)
+            let settings = settings.clone();
+            let (templates, tenancy) = (&config.templates, &config.tenancy);
+            Some(Cluster::connect(settings, public, templates, &providers, tenancy).await?)
         }
         None => None,
     };

@@ -2096,7 +2096,37 @@ const PROVIDERS: Compared = Compared {
     metric: "tether_cluster_providers_differ",
 };
 
+const TENANCY: Compared = Compared {
+    entry: "tenancy",
+    fields: [
+        "tenancyDigest",
+        "tenancyMatch",
+        "tenancyUserCount",
+        "tenancyUsers",
+    ],
+    label: "[tenancy] limits",
+    metric: "tether_cluster_tenancy_differ",
+};
+
 impl Compared {
+    /// Hosts a, b and c of one `config`, once each shows every one of them with the
+    /// same digest of the section and `names`; with that digest.
+    async fn three_agreeing(
+        &self,
+        dir: &Path,
+        nats: &Nats,
+        config: &str,
+        names: &Value,
+    ) -> ([Server; 3], Value) {
+        let a = host(dir, nats, "a", config);
+        let b = host(dir, nats, "b", config);
+        let c = host(dir, nats, "c", config);
+        let digest = self.own_digest(&a, "a").await;
+        self.all_agree(&[(&a, "a"), (&b, "b"), (&c, "c")], &digest, names)
+            .await;
+        ([a, b, c], digest)
+    }
+
     /// The answering host's digest of the section, once `server` shows it.
     async fn own_digest(&self, server: &Server, id: &str) -> Value {
         let [digest, ..] = self.fields;
@@ -2227,15 +2257,11 @@ async fn hosts_whose_templates_differ_are_named_by_the_others_until_they_agree()
         [templates.chat]\nprovider = \"handoff\"\nscope = \"thread\"\nmax_per_user = 5\n\
         config = { model = \"m\" }\n\
         [templates.notes]\nprovider = \"handoff\"\nscope = \"user\"\n";
-    let a = host(dir.path(), &nats, "a", same);
-    let b = host(dir.path(), &nats, "b", same);
-    let c = host(dir.path(), &nats, "c", same);
-
     // The same templates everywhere: each host shows every host's digest, its own.
-    let digest = TEMPLATES.own_digest(&a, "a").await;
     let names = json!(["chat", "notes"]);
-    let servers = [(&a, "a"), (&b, "b"), (&c, "c")];
-    TEMPLATES.all_agree(&servers, &digest, &names).await;
+    let ([a, b, c], digest) = TEMPLATES
+        .three_agreeing(dir.path(), &nats, same, &names)
+        .await;
 
     // b's chat lets a user have more: a and c name b, and b names them.
     write_config(
@@ -2257,6 +2283,46 @@ async fn hosts_whose_templates_differ_are_named_by_the_others_until_they_agree()
     // b's tether.toml fixed and reloaded: every host agrees and is healthy again.
     write_config(&b.data_dir, same);
     TEMPLATES.agree_again([&a, &b, &c], &digest).await;
+    for server in [a, b, c] {
+        server.stop();
+    }
+}
+
+#[tokio::test]
+async fn hosts_whose_tenancy_differs_are_named_by_the_others_until_they_agree() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let same = "[cluster]\nlease_ttl_secs = 6\n\
+        [tenancy]\nmax_environments = 10\nmax_running = 2\n\
+        [tenancy.users.bob]\nmax_running = 5\n[tenancy.users.alice]\nmax_environments = 3\n";
+    // The same limits everywhere: every host shows every host's digest, its own.
+    let users = json!(["alice", "bob"]);
+    let ([a, b, c], digest) = TENANCY
+        .three_agreeing(dir.path(), &nats, same, &users)
+        .await;
+
+    // b lets every user have more environments (a live reload): a and c name b, and
+    // b names them; everything else still agrees.
+    let more = same.replace("max_environments = 10", "max_environments = 12");
+    write_config(&b.data_dir, &more);
+    TENANCY.b_is_named([&a, &b, &c], &digest, &users).await;
+    let seen = until_host(&a, "b", "b's other sections", |_| true).await;
+    assert_eq!(seen["templatesMatch"], true, "{seen}");
+    assert_eq!(seen["providersMatch"], true, "{seen}");
+    let health = until_health(&a, &["a user's limits", "the host their request reaches"]).await;
+    assert_eq!(
+        health["reasons"].as_array().map(Vec::len),
+        Some(1),
+        "{health}"
+    );
+    assert_eq!(a.metric(TENANCY.metric).await, 1);
+    assert_eq!(b.metric(TENANCY.metric).await, 2);
+
+    // b's tether.toml fixed and reloaded: every host agrees and is healthy again.
+    write_config(&b.data_dir, same);
+    TENANCY.agree_again([&a, &b, &c], &digest).await;
     for server in [a, b, c] {
         server.stop();
     }

@@ -24,7 +24,7 @@ struct StatusLabel {
     path = "/metrics",
     tag = "host",
     responses(
-        (status = 200, description = "OpenMetrics text: `tether_environments{status}`, `tether_runtimes_connected`, `tether_providers_loaded`, `tether_provider_load_failures`, `tether_environment_log_lines_dropped`, `tether_removals_pending`, `tether_audit_lines_failed`, `tether_connections_open`, `tether_connections_max`, `tether_connections_refused`, `tether_compile_cache_hits`/`misses`; in cluster mode also `tether_cluster_environments_here`, `tether_cluster_connected`, `tether_cluster_conflicts`, `tether_cluster_templates_differ`, `tether_cluster_providers_differ`, `tether_cluster_tunnels_open` and `tether_cluster_tunnels_refused`.", content_type = "application/openmetrics-text", body = String),
+        (status = 200, description = "OpenMetrics text: `tether_environments{status}`, `tether_runtimes_connected`, `tether_providers_loaded`, `tether_provider_load_failures`, `tether_environment_log_lines_dropped`, `tether_removals_pending`, `tether_audit_lines_failed`, `tether_connections_open`, `tether_connections_max`, `tether_connections_refused`, `tether_compile_cache_hits`/`misses`; in cluster mode also `tether_cluster_environments_here`, `tether_cluster_connected`, `tether_cluster_conflicts`, `tether_cluster_templates_differ`, `tether_cluster_providers_differ`, `tether_cluster_tenancy_differ`, `tether_cluster_tunnels_open` and `tether_cluster_tunnels_refused`.", content_type = "application/openmetrics-text", body = String),
         (status = 500, description = "The metrics could not be encoded (`internal_error`).", body = ErrorBody),
     ),
 )]
@@ -161,6 +161,11 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
                 "cluster_providers_differ",
                 "Cluster mode: other live hosts whose providers (components, grants, operator config keys) differ from this host's",
                 cluster.providers_differing(),
+            ),
+            (
+                "cluster_tenancy_differ",
+                "Cluster mode: other live hosts whose [tenancy] limits differ from this host's",
+                cluster.tenancy_differing(),
             ),
         ] {
             let differing = Gauge::<i64>::default();

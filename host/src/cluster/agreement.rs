@@ -2,8 +2,10 @@
 //! `[templates]` ([`TEMPLATES`]: a template connect is looked up on each host it
 //! passes through, the one it reaches and the one it is bridged to) and its providers
 //! ([`PROVIDERS`]: a host that takes another's environments over runs them with its
-//! own providers, their components, grants and operator config). Where hosts differ,
-//! an app or an environment gets one behaviour or the other depending on the host.
+//! own providers, their components, grants and operator config) and its `[tenancy]`
+//! limits ([`TENANCY`]: each host checks a user's change against its own). Where
+//! hosts differ, an app, an environment or a user gets one behaviour or the other
+//! depending on the host.
 //!
 //! Each host publishes in its entry of the hosts bucket what it has of each
 //! ([`Published`]: a SHA-256 of the section, how many entries it has and the first
@@ -25,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::leases::{HostValue, Leases};
-use crate::config::{MAX_TEMPLATES, ProvidersDigest, Template, templates_digest};
+use crate::config::{
+    MAX_OVERRIDES, MAX_TEMPLATES, ProvidersDigest, Template, TenancyConfig, templates_digest,
+};
 use crate::sync::MutexExt;
 
 /// The most names a host publishes of a section (its digest covers every entry).
@@ -76,6 +80,18 @@ pub(super) const PROVIDERS: Section = Section {
     consequence: "an environment another host takes over runs with that host's provider (its component, grant and [providers.NAME] config)",
     view_field: "providersDigest",
     said: HostValue::providers,
+};
+
+/// `[tenancy]`: the default limits and every user's override
+/// (`TenancyConfig::digest`); its names are the users with an override.
+pub(super) const TENANCY: Section = Section {
+    label: "[tenancy] limits",
+    kind: "user",
+    max_count: MAX_OVERRIDES,
+    warning: "a user's limits depend on the host their request reaches",
+    consequence: "a user's limits (max_environments, max_running) depend on the host their request reaches",
+    view_field: "tenancyDigest",
+    said: HostValue::tenancy,
 };
 
 /// A host's section, as its entry in the hosts bucket says it.
@@ -136,6 +152,11 @@ impl Published {
     /// What this host publishes for its loaded `providers`.
     pub(super) fn of_providers(providers: &ProvidersDigest) -> Self {
         Self::new(providers.digest.clone(), providers.names.iter().cloned())
+    }
+
+    /// What this host publishes for its `[tenancy]`.
+    pub(super) fn of_tenancy(tenancy: &TenancyConfig) -> Self {
+        Self::new(tenancy.digest(), tenancy.users.keys().cloned())
     }
 
     /// What another host's entry says of `section` (`said`), if it is what a host
@@ -308,11 +329,28 @@ pub(super) struct Agreements {
     pub templates: Agreement,
     /// The loaded providers.
     pub providers: Agreement,
+    /// `[tenancy]`.
+    pub tenancy: Agreement,
 }
 
 impl Agreements {
-    fn all(&self) -> [&Agreement; 2] {
-        [&self.templates, &self.providers]
+    /// This host's (`host_id`) sections as it has them at start, none compared yet.
+    pub(super) fn new(
+        host_id: &str,
+        templates: &BTreeMap<String, Template>,
+        providers: &ProvidersDigest,
+        tenancy: &TenancyConfig,
+    ) -> Self {
+        let agreement = |section, own| Agreement::new(section, host_id.to_owned(), own);
+        Self {
+            templates: agreement(&TEMPLATES, Published::of_templates(templates)),
+            providers: agreement(&PROVIDERS, Published::of_providers(providers)),
+            tenancy: agreement(&TENANCY, Published::of_tenancy(tenancy)),
+        }
+    }
+
+    fn all(&self) -> [&Agreement; 3] {
+        [&self.templates, &self.providers, &self.tenancy]
     }
 
     /// Why the hosts need a person, if they do (for `/healthz`): one reason per
@@ -526,19 +564,53 @@ mod tests {
     }
 
     #[test]
-    fn the_sections_are_compared_and_reported_apart() {
-        let agreements = Agreements {
-            templates: Agreement::new(
-                &TEMPLATES,
-                "a".into(),
-                Published::of_templates(&BTreeMap::new()),
-            ),
-            providers: Agreement::new(
-                &PROVIDERS,
-                "a".into(),
-                Published::of_providers(&providers(&["handoff"], A)),
-            ),
+    fn a_tenancy_entry_names_users_and_differs_with_a_limit() {
+        let mut tenancy = TenancyConfig::default();
+        let none = Published::of_tenancy(&tenancy);
+        assert_eq!((none.count, none.names.len()), (0, 0));
+        let quota = crate::config::Quota {
+            max_environments: Some(3),
+            max_running: None,
         };
+        tenancy.users.insert("bob".into(), quota);
+        tenancy.users.insert("alice".into(), quota);
+        let own = Published::of_tenancy(&tenancy);
+        assert_eq!(own.names, ["alice", "bob"]);
+        assert_ne!(own.digest, none.digest);
+        let json = serde_json::to_value(&own).unwrap();
+        assert_eq!(Published::checked(&TENANCY, &json), Ok(own));
+        // As many overrides as a host may have, and not one more.
+        let names: Vec<String> = (0..MAX_NAMES).map(|i| format!("u{i:03}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert!(Published::checked(&TENANCY, &said(A, MAX_OVERRIDES, &names)).is_ok());
+        let forged = said(A, MAX_OVERRIDES + 1, &names);
+        assert_eq!(Published::checked(&TENANCY, &forged), Err(Malformed::Count));
+        let bad = said(A, 1, &["bob smith"]);
+        assert_eq!(Published::checked(&TENANCY, &bad), Err(Malformed::Names));
+        // A limit changed (a reload): the digest is another, the names the same.
+        let agreement = Agreement::new(&TENANCY, "a".into(), Published::of_tenancy(&tenancy));
+        tenancy.default.max_running = Some(1);
+        let changed = Published::of_tenancy(&tenancy);
+        assert_eq!(agreement.matches(Some(&changed)), Some(false));
+        agreement.compare(&[("b".into(), Some(changed))]);
+        let why = agreement.health().unwrap();
+        assert!(
+            why.starts_with(
+                "cluster: [tenancy] limits differ between this host and host b: a user's limits"
+            ),
+            "{why}"
+        );
+        assert!(why.contains("tenancyDigest"), "{why}");
+    }
+
+    #[test]
+    fn the_sections_are_compared_and_reported_apart() {
+        let agreements = Agreements::new(
+            "a",
+            &BTreeMap::new(),
+            &providers(&["handoff"], A),
+            &TenancyConfig::default(),
+        );
         let other = Published::of_providers(&providers(&["handoff"], &A.replace('a', "b")));
         let same = agreements.providers.own();
         agreements.providers.compare(&[
@@ -549,6 +621,7 @@ mod tests {
         ]);
         assert_eq!(agreements.providers.differing(), 1);
         assert_eq!(agreements.templates.differing(), 0);
+        assert_eq!(agreements.tenancy.differing(), 0);
         let reasons = agreements.health();
         assert_eq!(reasons.len(), 1, "{reasons:?}");
         assert!(

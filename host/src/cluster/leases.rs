@@ -75,6 +75,10 @@ pub(super) struct HostValue {
     /// Absent from an older host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     providers: Option<serde_json::Value>,
+    /// What it says of its `[tenancy]` limits ([`super::agreement::Published`]),
+    /// unread. Absent from an older host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tenancy: Option<serde_json::Value>,
     /// How many deleted environments' resources it still tries to remove, unread
     /// ([`pending_removals_of`]). Absent from an older host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,6 +94,11 @@ impl HostValue {
     /// What it says of its loaded providers, unread.
     pub(super) fn providers(&self) -> Option<&serde_json::Value> {
         self.providers.as_ref()
+    }
+
+    /// What it says of its `[tenancy]` limits, unread.
+    pub(super) fn tenancy(&self) -> Option<&serde_json::Value> {
+        self.tenancy.as_ref()
     }
 }
 
@@ -127,8 +136,8 @@ pub(super) struct Leases {
     host_id: String,
     public_url: String,
     ttl: Duration,
-    /// This host's templates and providers, published with its entry, and the
-    /// others' compared.
+    /// This host's templates, providers and tenancy limits, published with its
+    /// entry, and the others' compared.
     agreements: Arc<Agreements>,
     /// This host's pending removals, as the lifecycle last said, published with its entry.
     pending_removals: AtomicUsize,
@@ -177,6 +186,7 @@ impl Leases {
             seen_at: crate::store::now(),
             templates: Some(json(&self.agreements.templates.own())?),
             providers: Some(json(&self.agreements.providers.own())?),
+            tenancy: Some(json(&self.agreements.tenancy.own())?),
             pending_removals: Some(self.pending_removals().into()),
         };
         let bytes = serde_json::to_vec(&value).map_err(|e| ClusterError::Nats(e.to_string()))?;
@@ -598,6 +608,7 @@ impl Leases {
             let this = host.id == self.host_id;
             let templates = self.agreements.templates.shown(&host);
             let providers = self.agreements.providers.shown(&host);
+            let tenancy = self.agreements.tenancy.shown(&host);
             out.push(HostView {
                 this,
                 load: environments.len(),
@@ -613,6 +624,10 @@ impl Leases {
                 providers_digest: providers.digest,
                 provider_count: providers.count,
                 provider_names: providers.names,
+                tenancy_match: tenancy.matches,
+                tenancy_digest: tenancy.digest,
+                tenancy_user_count: tenancy.count,
+                tenancy_users: tenancy.names,
                 pending_removals: if this {
                     Some(self.pending_removals())
                 } else {

@@ -12,8 +12,9 @@
 //!   its provider instance ([`leases`]). A lease lives `lease_ttl` past its last
 //!   renewal; its first revision is its epoch.
 //! - `PREFIX-hosts`: one key per live host, renewed like a lease: the cluster view of
-//!   `GET /api/v1/cluster`, and digests of each host's `[templates]` and of its
-//!   providers, which every host compares with its own ([`agreement`]).
+//!   `GET /api/v1/cluster`, and digests of each host's `[templates]`, of its
+//!   providers and of its `[tenancy]` limits, which every host compares with its own
+//!   ([`agreement`]).
 //! - `PREFIX-names`: environment names, each held by the id of its record, so two
 //!   hosts never create one name at once.
 //! - `PREFIX-tokens`: user tokens (their records, never their secrets), so a token
@@ -52,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use utoipa::ToSchema;
 
-use crate::config::{ClusterConfig, ClusterRelay, ProvidersDigest, Template};
+use crate::config::{ClusterConfig, ClusterRelay, ProvidersDigest, Template, TenancyConfig};
 use crate::store::{Changes, Record, Store};
 use crate::sync::MutexExt;
 
@@ -184,6 +185,24 @@ pub(crate) struct HostView {
     /// Their names, sorted: the first 64; `null` when unknown.
     #[schema(required = true)]
     pub provider_names: Option<Vec<String>>,
+    /// SHA-256 (64 lower-case hex digits) of its `[tenancy]` limits: the defaults
+    /// (`max_environments`, `max_running`) and every `[tenancy.users.NAME]` override,
+    /// as each resolves. `null` when unknown: a host of an older version, or an entry
+    /// that says something malformed.
+    #[schema(required = true)]
+    pub tenancy_digest: Option<String>,
+    /// Whether its `[tenancy]` limits are the answering host's (the same digest);
+    /// `null` when its digest is unknown. Hosts whose limits differ are named in the
+    /// answering host's `/healthz`: a user's limits depend on the host their request
+    /// reaches.
+    #[schema(required = true)]
+    pub tenancy_match: Option<bool>,
+    /// How many users have an override of their own; `null` when unknown.
+    #[schema(required = true)]
+    pub tenancy_user_count: Option<usize>,
+    /// Their names, sorted: the first 64; `null` when unknown.
+    #[schema(required = true)]
+    pub tenancy_users: Option<Vec<String>>,
     /// How many deleted environments' resources it still tries to remove (that host's
     /// `GET /api/v1/removals` lists them); `null` when unknown: a host of an older
     /// version, or an entry that says something else than a count.
@@ -241,7 +260,8 @@ struct Inner {
     /// User tokens, by id.
     tokens: kv::Store,
     leases: Arc<leases::Leases>,
-    /// This host's templates and providers, and how the other hosts' compare.
+    /// This host's templates, providers and tenancy limits, and how the other
+    /// hosts' compare.
     agreements: Arc<agreement::Agreements>,
     removals: Arc<removals::Removals>,
     admissions: admissions::Admissions,
@@ -261,7 +281,8 @@ struct Inner {
 
 impl Cluster {
     /// Connects to NATS, checks JetStream and opens (or makes) the buckets, and
-    /// announces this host with its `templates` and `providers`. Fails, saying why, when NATS is
+    /// announces this host with its `templates`, `providers` and `tenancy` limits.
+    /// Fails, saying why, when NATS is
     /// unreachable or has no JetStream: a host in cluster mode never runs alone by
     /// mistake.
     pub(crate) async fn connect(
@@ -269,6 +290,7 @@ impl Cluster {
         public_url: String,
         templates: &BTreeMap<String, Template>,
         providers: &ProvidersDigest,
+        tenancy: &TenancyConfig,
     ) -> Result<Self, ClusterError> {
         let url = config.url.clone();
         let connect_error = |reason: String| ClusterError::Connect {
@@ -367,18 +389,12 @@ impl Cluster {
             config.lease_ttl = in_force;
         }
         let closing = CancellationToken::new();
-        let agreements = Arc::new(agreement::Agreements {
-            templates: agreement::Agreement::new(
-                &agreement::TEMPLATES,
-                config.host_id.clone(),
-                agreement::Published::of_templates(templates),
-            ),
-            providers: agreement::Agreement::new(
-                &agreement::PROVIDERS,
-                config.host_id.clone(),
-                agreement::Published::of_providers(providers),
-            ),
-        });
+        let agreements = Arc::new(agreement::Agreements::new(
+            &config.host_id,
+            templates,
+            providers,
+            tenancy,
+        ));
         let leases = Arc::new(leases::Leases::new(
             lease_bucket,
             hosts,
@@ -430,7 +446,7 @@ impl Cluster {
     /// Starts the background work: the records' sync with `store`, the leases'
     /// renewals, the watch of other hosts' leases, the orphan sweep, the sweep of
     /// removals left to hosts that are gone and the comparison of the hosts'
-    /// templates and providers. What the lifecycle must act on arrives on the returned channel.
+    /// templates, providers and tenancy limits. What the lifecycle must act on arrives on the returned channel.
     pub(crate) async fn start(
         &self,
         store: Arc<Store>,
@@ -743,14 +759,25 @@ impl Cluster {
         (self.inner.agreements.providers).set(agreement::Published::of_providers(providers));
     }
 
+    /// How many other live hosts' `[tenancy]` limits differ from this host's.
+    pub(crate) fn tenancy_differing(&self) -> usize {
+        self.inner.agreements.tenancy.differing()
+    }
+
+    /// This host's `[tenancy]` limits are `tenancy` now (`tether.toml` was reloaded):
+    /// published with its next renewal, and compared with the other hosts' from then on.
+    pub(crate) fn set_tenancy(&self, tenancy: &TenancyConfig) {
+        (self.inner.agreements.tenancy).set(agreement::Published::of_tenancy(tenancy));
+    }
+
     /// Whether this host is connected to NATS right now.
     pub(crate) fn connected(&self) -> bool {
         self.inner.client.connection_state() == async_nats::connection::State::Connected
     }
 
     /// Why the cluster needs a person, if it does (for `/healthz`): this host is cut
-    /// off from NATS; other live hosts' `[templates]` or providers differ from this
-    /// host's.
+    /// off from NATS; other live hosts' `[templates]`, providers or `[tenancy]`
+    /// limits differ from this host's.
     pub(crate) fn health(&self) -> Vec<String> {
         let mut reasons = Vec::new();
         let state = self.inner.client.connection_state();

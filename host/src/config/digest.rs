@@ -3,7 +3,7 @@
 //! in nor the order a map keeps its keys in counts. The templates' canonical form is
 //! theirs (`templates.rs`); the providers' is here ([`ServeConfig::providers_digest`]),
 //! since it joins what the engine loaded with the grants and operator config of this
-//! module.
+//! module, and so are the tenancy limits' ([`TenancyConfig::digest`]).
 //!
 //! Nothing a digest covers is secret: a secret's value would let anyone who can read
 //! the digest test guesses at it, so only its key enters.
@@ -14,12 +14,16 @@ use std::path::Path;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::{Grant, ServeConfig};
+use super::{Grant, Quota, ServeConfig, TenancyConfig};
 
 /// What [`ServeConfig::providers_digest`] hashes first: a later change of the canonical
 /// form changes this, rather than letting two forms of one set of providers be taken
 /// for a difference.
 const PROVIDERS_DOMAIN: &[u8] = b"tether providers v1\n";
+
+/// What [`TenancyConfig::digest`] hashes first, as [`PROVIDERS_DOMAIN`] for the
+/// providers.
+const TENANCY_DOMAIN: &[u8] = b"tether tenancy v1\n";
 
 /// How a directory inside the host's data directory is written in a grant's canonical
 /// form: each host has its own data directory, and a grant of "the data directory"
@@ -92,6 +96,41 @@ impl ServeConfig {
             names: by_name.keys().map(|n| (*n).to_owned()).collect(),
         }
     }
+}
+
+impl TenancyConfig {
+    /// SHA-256 (lower-case hex) of the limits in force: the defaults and every
+    /// override, each with the limits it resolves to. Equal for two hosts exactly
+    /// when every user may have as many environments, and as many running, on
+    /// either, whatever the order the file is written in.
+    pub fn digest(&self) -> String {
+        // Destructured whole: a field added to `TenancyConfig` does not compile here
+        // until it is either hashed or said not to change what a user may do.
+        let Self {
+            default,
+            users,
+            // How long this host's WebSocket tickets work: not a limit of a user's,
+            // and a ticket is used on the host that issued it.
+            ticket_ttl: _,
+        } = self;
+        let users: Map<String, Value> = (users.iter())
+            .map(|(user, quota)| (user.clone(), quota_canonical(quota)))
+            .collect();
+        let mut all = Map::new();
+        all.insert("default".into(), quota_canonical(default));
+        all.insert("users".into(), Value::Object(users));
+        canonical_digest(TENANCY_DOMAIN, &Value::Object(all))
+    }
+}
+
+/// A user's limits as JSON: `null` for no limit.
+fn quota_canonical(quota: &Quota) -> Value {
+    // Destructured whole, as the tenancy config above.
+    let Quota {
+        max_environments,
+        max_running,
+    } = quota;
+    serde_json::json!({"maxEnvironments": max_environments, "maxRunning": max_running})
 }
 
 /// What `grant` lets a provider do, as JSON: every list a set (matching does not
@@ -245,5 +284,66 @@ mod tests {
         };
         assert_eq!(outside("a", "/srv/x"), outside("b", "/srv/x"));
         assert_ne!(outside("a", "/srv/x"), outside("b", "/srv/y"));
+    }
+
+    /// The digest of the `[tenancy]` of a `tether.toml` holding `text`.
+    fn tenancy_of(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        config_in(dir.path(), "a", text).tenancy.digest()
+    }
+
+    const TENANCY: &str = "[tenancy]\nmax_environments = 10\nmax_running = 2\n\
+        [tenancy.users.bob]\nmax_running = 5\n\
+        [tenancy.users.carol]\nmax_environments = 20\nmax_running = 4\n";
+
+    #[test]
+    fn the_order_of_the_tenancy_limits_does_not_count() {
+        let one = tenancy_of(TENANCY);
+        assert_eq!(one.len(), 64);
+        let reordered = "[tenancy.users.carol]\nmax_running = 4\nmax_environments = 20\n\
+            [tenancy.users.bob]\nmax_running = 5\n\
+            [tenancy]\nmax_running = 2\nmax_environments = 10\n";
+        assert_eq!(tenancy_of(reordered), one);
+        // How long a WebSocket ticket works is not a limit.
+        let tickets = TENANCY.replace(
+            "max_running = 2\n",
+            "max_running = 2\nticket_ttl_secs = 9\n",
+        );
+        assert_eq!(tenancy_of(&tickets), one);
+        // Nor is a host's other settings.
+        assert_eq!(
+            tenancy_of(&format!("[cluster]\nlease_ttl_secs = 6\n{TENANCY}")),
+            one
+        );
+    }
+
+    #[test]
+    fn a_default_an_override_or_an_override_more_or_less_changes_the_tenancy_digest() {
+        let variants = [
+            TENANCY.replace("max_environments = 10", "max_environments = 11"),
+            TENANCY.replace("max_environments = 10\n", ""),
+            TENANCY.replace("max_running = 2", "max_running = 3"),
+            TENANCY.replace("max_running = 5", "max_running = 6"),
+            TENANCY.replace("max_environments = 20", "max_environments = 21"),
+            // carol's limits given to another user.
+            TENANCY.replace("[tenancy.users.carol]", "[tenancy.users.dave]"),
+            TENANCY.replace(
+                "[tenancy.users.carol]\nmax_environments = 20\nmax_running = 4\n",
+                "",
+            ),
+            format!("{TENANCY}[tenancy.users.erin]\n"),
+            String::new(),
+        ];
+        let mut seen = BTreeSet::from([tenancy_of(TENANCY)]);
+        for text in &variants {
+            assert!(seen.insert(tenancy_of(text)), "{text}");
+        }
+        // What the limits in force are counts, not how they are written: a field an
+        // override leaves out is the default's.
+        let explicit = TENANCY.replace(
+            "[tenancy.users.bob]\nmax_running = 5\n",
+            "[tenancy.users.bob]\nmax_environments = 10\nmax_running = 5\n",
+        );
+        assert_eq!(tenancy_of(&explicit), tenancy_of(TENANCY));
     }
 }

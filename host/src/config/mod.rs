@@ -52,7 +52,7 @@ pub use serving::{PublicUrl, ServingConfig, TlsFiles};
 pub use templates::{
     MAX_TEMPLATES, Template, TemplateRestart, TemplateScope, TemplateView, templates_digest,
 };
-pub use tenancy::{Quota, TenancyConfig};
+pub use tenancy::{MAX_OVERRIDES, Quota, TenancyConfig};
 
 /// The default listen address of `tether serve`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2719";

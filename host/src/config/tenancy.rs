@@ -66,7 +66,7 @@ struct FileQuota {
 
 /// Most users with their own limits (each is a line in the file; this bounds lookups
 /// and memory, not anyone's use).
-const MAX_OVERRIDES: usize = 100_000;
+pub const MAX_OVERRIDES: usize = 100_000;
 
 /// `[tenancy]` over no limits.
 pub(super) fn tenancy_config(file: FileTenancy) -> Result<TenancyConfig, ConfigError> {

@@ -119,12 +119,13 @@ impl Manager {
 
     /// Hands the reloaded settings held outside the lifecycle's own snapshot to
     /// their owners: the engine's limits and network settings, the tenancy limits,
-    /// and the templates the cluster compares with the other hosts'.
+    /// and the templates and tenancy limits the cluster compares with the other hosts'.
     fn put_in_force(&self, config: &ServeConfig) {
         (self.shared.engine).set_settings(config.limits.clone(), config.net.clone());
         self.shared.quotas.set(config.tenancy.clone());
         if let Some(cluster) = self.cluster() {
             cluster.set_templates(&config.templates);
+            cluster.set_tenancy(&config.tenancy);
         }
     }
 
