@@ -21,8 +21,8 @@ use crate::store::{DesiredState, Store};
 use crate::sync::{MutexExt, RwLockExt};
 
 /// A user's admission for a change checked against their limits: this host's lock
-/// and, in a cluster, the user's key there ([`Admission`]). Held
-/// from before the check until the change is made (and, in a cluster, shared).
+/// and, in a cluster, the user's key there ([`Admission`]). Held from before the
+/// check until the change is made (and, in a cluster, shared).
 pub(super) struct Admitted {
     /// Held for as long as this is.
     _here: OwnedMutexGuard<()>,
@@ -39,7 +39,7 @@ impl Admitted {
     }
 }
 
-/// The user's admission key in the cluster, and what says when this host's
+/// The user's admission key in the cluster, and what tells when this host's
 /// changes are in the cluster's records.
 pub(super) struct InCluster {
     cluster: Cluster,
@@ -186,9 +186,14 @@ impl Manager {
     /// Lets the next change of the user in, once the change admitted is made here
     /// and (in a cluster) the cluster has it, so the next check there counts it.
     pub(super) async fn admitted(&self, admitted: Option<Admitted>) {
-        if let Some(in_cluster) = admitted.and_then(|mut a| a.cluster.take()) {
+        let Some(mut admitted) = admitted else {
+            return;
+        };
+        if let Some(in_cluster) = admitted.cluster.take() {
             in_cluster.leave().await;
         }
+        // Only now: this host's next change of the user waits here, not in NATS.
+        drop(admitted);
     }
 }
 
