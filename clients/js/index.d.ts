@@ -35,6 +35,8 @@ export interface ClusterHost {
   lastSeen: string;
   /** How many removals it has pending; null when unknown (an older host). */
   pendingRemovals: number | null;
+  /** How many runtimes of the environments it runs are connected to it; null when unknown (an older host). */
+  runtimesConnected: number | null;
   templatesDigest: string | null;
   templatesMatch: boolean | null;
   templateCount: number | null;

@@ -1489,6 +1489,13 @@ async fn tokens_made_or_revoked_on_one_host_hold_on_every_host() {
     let mut app = Ws::connect(&app_url, Some(&alice)).await.expect("app");
     app.send(json!({"type": "hello"})).await;
     assert_eq!(runtime.next().await["type"], "hello");
+    // Every host sees how many runtimes each host has connected.
+    for server in [owner, other] {
+        until_host(server, &host_of, "its runtime counted", |h| {
+            h["runtimesConnected"] == 1 && h["load"] == 1
+        })
+        .await;
+    }
     let direct_url = owner.ws_url(&format!("/ws/app/{id}?thread=u"));
     let mut direct = Ws::connect(&direct_url, Some(&alice)).await.expect("app");
 
@@ -1514,6 +1521,11 @@ async fn tokens_made_or_revoked_on_one_host_hold_on_every_host() {
     }
     assert_eq!(direct.close_code().await, Some(4003));
     assert_eq!(app.close_code().await, Some(4003));
+    drop(runtime);
+    until_host(&c, &host_of, "its runtime gone", |h| {
+        h["runtimesConnected"] == 0 && h["load"] == 1
+    })
+    .await;
     let file = std::fs::read_to_string(a.data_dir.join(".codebolt/tokens.json")).expect("file");
     assert!(!file.contains(&token_id), "{file}");
     for server in [a, b, c] {

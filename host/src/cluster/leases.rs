@@ -83,6 +83,10 @@ pub(super) struct HostValue {
     /// ([`pending_removals_of`]). Absent from an older host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pending_removals: Option<serde_json::Value>,
+    /// How many runtimes of the environments it runs are connected to it, unread
+    /// ([`count_of`]). Absent from an older host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    runtimes_connected: Option<serde_json::Value>,
 }
 
 impl HostValue {
@@ -102,13 +106,14 @@ impl HostValue {
     }
 }
 
-/// The most pending removals a host's entry may say it has (its journal holds at most
-/// a thousand); anything else there counts as unknown.
-const MAX_PENDING_REMOVALS: u64 = 1_000_000;
+/// The largest count a host's entry may say it has of anything (pending removals:
+/// its journal holds at most a thousand; connected runtimes: a host runs tens of
+/// thousands at most); anything else there counts as unknown.
+const MAX_COUNT: u64 = 1_000_000;
 
-/// What a host's entry says of its pending removals, if it is a count.
-fn pending_removals_of(said: Option<&serde_json::Value>) -> Option<usize> {
-    let count = said?.as_u64().filter(|n| *n <= MAX_PENDING_REMOVALS)?;
+/// What a host's entry says of a count, if it is one.
+fn count_of(said: Option<&serde_json::Value>) -> Option<usize> {
+    let count = said?.as_u64().filter(|n| *n <= MAX_COUNT)?;
     usize::try_from(count).ok()
 }
 
@@ -141,6 +146,8 @@ pub(super) struct Leases {
     agreements: Arc<Agreements>,
     /// This host's pending removals, as the lifecycle last said, published with its entry.
     pending_removals: AtomicUsize,
+    /// How many runtimes of its environments are connected to this host.
+    runtimes_connected: AtomicUsize,
     held: Mutex<HashMap<String, Held>>,
     seen: Arc<Mutex<HashMap<String, Seen>>>,
     /// Wakes the renewals early, to write a status change.
@@ -169,6 +176,7 @@ impl Leases {
             ttl,
             agreements,
             pending_removals: AtomicUsize::new(0),
+            runtimes_connected: AtomicUsize::new(0),
             held: Mutex::new(HashMap::new()),
             seen: Arc::new(Mutex::new(HashMap::new())),
             wake: Notify::new(),
@@ -188,6 +196,7 @@ impl Leases {
             providers: Some(json(&self.agreements.providers.own())?),
             tenancy: Some(json(&self.agreements.tenancy.own())?),
             pending_removals: Some(self.pending_removals().into()),
+            runtimes_connected: Some(self.runtimes_connected().into()),
         };
         let bytes = serde_json::to_vec(&value).map_err(|e| ClusterError::Nats(e.to_string()))?;
         self.hosts
@@ -324,6 +333,16 @@ impl Leases {
 
     fn pending_removals(&self) -> usize {
         self.pending_removals.load(Ordering::Relaxed)
+    }
+
+    /// `n` runtimes of this host's environments are connected to it: its entry says
+    /// so from its next renewal.
+    pub(super) fn set_runtimes_connected(&self, n: usize) {
+        self.runtimes_connected.store(n, Ordering::Relaxed);
+    }
+
+    fn runtimes_connected(&self) -> usize {
+        self.runtimes_connected.load(Ordering::Relaxed)
     }
 
     pub(super) fn holds(&self, id: &str) -> bool {
@@ -631,7 +650,12 @@ impl Leases {
                 pending_removals: if this {
                     Some(self.pending_removals())
                 } else {
-                    pending_removals_of(host.pending_removals.as_ref())
+                    count_of(host.pending_removals.as_ref())
+                },
+                runtimes_connected: if this {
+                    Some(self.runtimes_connected())
+                } else {
+                    count_of(host.runtimes_connected.as_ref())
                 },
             });
         }
@@ -676,12 +700,12 @@ fn decode(entry: &kv::Entry) -> Option<LeaseView> {
 mod tests {
     use serde_json::json;
 
-    use super::pending_removals_of;
+    use super::count_of;
 
     #[test]
-    fn a_hosts_pending_removals_are_read_only_as_a_bounded_count() {
-        assert_eq!(pending_removals_of(Some(&json!(3))), Some(3));
-        assert_eq!(pending_removals_of(Some(&json!(0))), Some(0));
+    fn what_a_host_says_of_a_count_is_read_only_as_a_bounded_count() {
+        assert_eq!(count_of(Some(&json!(3))), Some(3));
+        assert_eq!(count_of(Some(&json!(0))), Some(0));
         for said in [
             json!(-1),
             json!(1.5),
@@ -690,8 +714,8 @@ mod tests {
             json!([3]),
             json!(u64::MAX),
         ] {
-            assert_eq!(pending_removals_of(Some(&said)), None, "{said}");
+            assert_eq!(count_of(Some(&said)), None, "{said}");
         }
-        assert_eq!(pending_removals_of(None), None);
+        assert_eq!(count_of(None), None);
     }
 }

@@ -208,6 +208,12 @@ pub(crate) struct HostView {
     /// version, or an entry that says something else than a count.
     #[schema(required = true)]
     pub pending_removals: Option<usize>,
+    /// How many runtimes of the environments it runs are connected to it (at most
+    /// `load`; fewer while some start or reconnect), current within a third of a lease;
+    /// `null` when unknown: a host of an older version, or an entry that says something
+    /// else than a count.
+    #[schema(required = true)]
+    pub runtimes_connected: Option<usize>,
 }
 
 /// A change to one record field that lost to another host's change of the same field.
@@ -728,6 +734,12 @@ impl Cluster {
     /// Field conflicts between hosts' concurrent changes since start.
     pub(crate) fn conflicts_seen(&self) -> u64 {
         (self.inner.conflicts_seen).load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `n` runtimes of this host's environments are connected to it: other hosts see
+    /// it in this host's entry from its next renewal.
+    pub(crate) fn set_runtimes_connected(&self, n: usize) {
+        self.inner.leases.set_runtimes_connected(n);
     }
 
     /// This host has `n` pending removals (its journal's): other hosts see it in this

@@ -233,6 +233,13 @@ impl Manager {
         }
     }
 
+    /// How many runtimes of the environments this host runs are connected to it.
+    pub(super) fn runtimes_connected_here(&self) -> usize {
+        (self.shared.envs.all().iter())
+            .filter(|env| env.hub.runtime_connected())
+            .count()
+    }
+
     /// The resource of deleted record `id` is removed (or its removal was tried, or
     /// the delete did not happen): no other host need do it.
     pub(super) async fn removal_done(&self, id: &str) {

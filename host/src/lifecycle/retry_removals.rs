@@ -91,8 +91,10 @@ impl Manager {
                         _ = closing.cancelled() => return,
                         _ = tick.tick() => {}
                     }
+                    // What this host's entry in the cluster says of it, kept current.
                     if let Some(cluster) = this.cluster() {
                         cluster.set_pending_removals(removals.pending());
+                        cluster.set_runtimes_connected(this.runtimes_connected_here());
                     }
                     for pending in removals.take_due(AT_ONCE) {
                         let id = pending.record.id.clone();
