@@ -80,7 +80,7 @@ pub(super) struct HostValue {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tenancy: Option<serde_json::Value>,
     /// How many deleted environments' resources it still tries to remove, unread
-    /// ([`pending_removals_of`]). Absent from an older host's.
+    /// ([`count_of`]). Absent from an older host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pending_removals: Option<serde_json::Value>,
     /// How many runtimes of the environments it runs are connected to it, unread
