@@ -1,0 +1,79 @@
+//! Requests and hand edits shaped to hurt the host at its edges — values legal to one
+//! layer and poison to the next — and what the host answers instead.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::Server;
+
+/// `levels` arrays nested inside one another.
+fn nested(levels: usize) -> Value {
+    let mut value = json!([]);
+    for _ in 1..levels {
+        value = Value::Array(vec![value]);
+    }
+    value
+}
+
+/// A config that parses in a request body but, written into the records file under
+/// its document, list and record, is deeper than the host can read back: accepted, it
+/// made the whole file unreadable at the next start, every user's environments with it.
+#[tokio::test]
+async fn a_config_nested_past_the_limit_is_refused_and_the_records_stay_readable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let body = |name: &str, config: Value| json!({"name": name, "provider": "local-process", "config": config});
+    let (status, _) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(body("kept", json!({}))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // The config object and 125 arrays: 126 levels, 127 in the body (it parses), 129
+    // in the file.
+    let (status, answer) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(body("deep", json!({"a": nested(125)}))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_request", "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("32 levels"), "{message}");
+    // Nor by a patch laid over a config that is within the limit.
+    let (status, kept) = server.call("GET", "/api/v1/environments", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = kept[0]["id"].as_str().expect("id").to_owned();
+    let (status, _) = server
+        .call(
+            "PATCH",
+            &format!("/api/v1/environments/{id}"),
+            Some(json!({"config": {"a": nested(100)}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // At the limit: the config object and 31 arrays.
+    let (status, answer) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(body("at-limit", json!({"a": nested(31)}))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    server.stop();
+
+    let server = Server::start(dir.path());
+    let (_, health) = server.call("GET", "/healthz", None).await;
+    assert_eq!(health["status"], "ok", "{health}");
+    let (_, list) = server.call("GET", "/api/v1/environments", None).await;
+    let names: Vec<&str> = (list.as_array().into_iter().flatten())
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(names, ["kept", "at-limit"], "{list}");
+    server.stop();
+}
