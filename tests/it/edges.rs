@@ -77,3 +77,72 @@ async fn a_config_nested_past_the_limit_is_refused_and_the_records_stay_readable
     assert_eq!(names, ["kept", "at-limit"], "{list}");
     server.stop();
 }
+
+/// A hand edit may nest a record deeper than a JSON parser reads (serde_json stops at
+/// 128 levels). That one record is held back; before, the whole file failed to parse
+/// and every other record was gone from the host's state with it.
+#[tokio::test]
+async fn a_hand_edited_record_nested_too_deep_is_held_back_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let codebolt = dir.path().join(".codebolt");
+    std::fs::create_dir_all(&codebolt).expect("mkdir");
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let text = format!(
+        r#"{{"version": 1, "environments": [
+  {{"id": "deep-1", "name": "deep", "provider": "local-process", "config": {{"a": {deep}}}}},
+  {{"id": "kept-1", "name": "kept", "provider": "local-process"}}
+]}}"#
+    );
+    std::fs::write(codebolt.join("environments.json"), text).expect("write");
+    let server = Server::start(dir.path());
+
+    let (_, list) = server.call("GET", "/api/v1/environments", None).await;
+    let names: Vec<&str> = (list.as_array().into_iter().flatten())
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(names, ["kept"], "{list}");
+    let (_, health) = server.call("GET", "/healthz", None).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    let reasons = health["reasons"].to_string();
+    assert!(
+        reasons.contains("deep-1") && reasons.contains("recursion limit"),
+        "{health}"
+    );
+    // Held back by its id: the host will not act on it, and keeps its name taken.
+    let (status, _) = server
+        .call("DELETE", "/api/v1/environments/deep-1", None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "deep", "provider": "local-process"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // The host's next write keeps the entry's text as written.
+    let (status, _) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "later", "provider": "local-process"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let file = codebolt.join("environments.json");
+    let mut written = String::new();
+    for _ in 0..200 {
+        written = std::fs::read_to_string(&file).expect("read");
+        if written.contains("\"later\"") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        written.contains(&deep) && written.contains("\"later\""),
+        "{written:.2000}"
+    );
+    server.stop();
+}
