@@ -146,3 +146,48 @@ async fn a_hand_edited_record_nested_too_deep_is_held_back_alone() {
     );
     server.stop();
 }
+
+/// A runtime's answer goes to the thread its `threadId` names, and one naming no
+/// thread is dropped; an app's request with a `threadId` that is not a string was
+/// passed on all the same, and its answer never came. It is refused at once now.
+#[tokio::test]
+async fn an_app_message_whose_thread_id_is_not_a_string_is_refused_not_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let env = server
+        .running_env("threads", "local-process", json!({}))
+        .await;
+    let id = env["id"].as_str().expect("id");
+    let mut app = server.app(id, "t").await;
+    for (rid, thread) in [
+        ("object", json!({"x": 1})),
+        ("number", json!(7)),
+        ("list", json!(["t"])),
+    ] {
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            app.request(
+                json!({"type": "echo", "requestId": rid, "threadId": thread, "payload": 1}),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no answer to the request with threadId {thread}"));
+        assert_eq!(answer["type"], "error", "{answer}");
+        assert_eq!(answer["error"]["code"], "invalid_message", "{answer}");
+    }
+    // A string, or none, still reaches the runtime and is answered.
+    for (rid, msg) in [
+        (
+            "named",
+            json!({"type": "echo", "requestId": "named", "threadId": "t", "payload": 2}),
+        ),
+        (
+            "joined",
+            json!({"type": "echo", "requestId": "joined", "payload": 3}),
+        ),
+    ] {
+        let answer = app.request(msg).await;
+        assert_eq!(answer["type"], "echoResponse", "{rid}: {answer}");
+    }
+    server.stop();
+}
