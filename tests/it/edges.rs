@@ -191,3 +191,38 @@ async fn an_app_message_whose_thread_id_is_not_a_string_is_refused_not_lost() {
     }
     server.stop();
 }
+
+/// A whole number past `u64::MAX`, or one written `1e3`, was refused as "a negative or
+/// fractional number": a message that sends the client looking for the wrong mistake.
+#[tokio::test]
+async fn an_integer_field_out_of_range_is_refused_with_what_is_wrong() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let client = reqwest::Client::new();
+    for (number, said) in [
+        ("18446744073709551616", "larger than 18446744073709551615"),
+        ("1e3", "digits only"),
+        ("-5", "a negative number"),
+        ("0.5", "a fractional number"),
+    ] {
+        let body =
+            format!(r#"{{"name": "n", "provider": "local-process", "idleStopSecs": {number}}}"#);
+        let resp = client
+            .post(format!("{}/api/v1/environments", server.base))
+            .bearer_auth(crate::support::TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let (status, text) = crate::support::checked("POST", "/api/v1/environments", resp).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        let answer: Value = serde_json::from_str(&text).expect("json");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("idleStopSecs") && message.contains(said),
+            "{number}: {message}"
+        );
+    }
+    server.stop();
+}

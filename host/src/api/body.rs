@@ -99,6 +99,19 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
+/// What a JSON number that is no `u64` is, in words a client can act on. Without
+/// arbitrary precision, the parser keeps such a number as a float, so a whole number
+/// past `u64::MAX` or written as `1e3` or `1.0` is told apart from a fraction here.
+fn not_unsigned(n: &serde_json::Number) -> &'static str {
+    match n.as_f64() {
+        Some(f) if f < 0.0 => "a negative number",
+        Some(f) if f.fract() != 0.0 => "a fractional number",
+        // 2^64: the first whole number past `u64::MAX`.
+        Some(f) if f >= 18_446_744_073_709_551_616.0 => "a number larger than 18446744073709551615",
+        _ => "a number written with a fraction or an exponent (send digits only, such as 1000)",
+    }
+}
+
 /// The fields of a body object, taken out one by one.
 #[derive(Debug)]
 pub(crate) struct Fields(Map<String, Value>);
@@ -164,9 +177,9 @@ impl Fields {
             Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
             Some(other) => Err(format!(
                 "field `{key}` must be a non-negative integer, not {}",
-                match other {
-                    Value::Number(_) => "a negative or fractional number",
-                    other => kind(&other),
+                match &other {
+                    Value::Number(n) => not_unsigned(n),
+                    other => kind(other),
                 }
             )),
         }
@@ -245,6 +258,21 @@ mod tests {
             f.string("name").unwrap_err(),
             "field `name` must be a string, not a number"
         );
+        for (number, said) in [
+            ("-1", "a negative number"),
+            ("1.5", "a fractional number"),
+            (
+                "18446744073709551616",
+                "a number larger than 18446744073709551615",
+            ),
+            ("1e3", "a number written with a fraction or an exponent"),
+            ("2.0", "a number written with a fraction or an exponent"),
+        ] {
+            let value: Value = serde_json::from_str(&format!("{{\"n\": {number}}}")).unwrap();
+            let mut f = Fields::new(map(value), &["n"]).unwrap();
+            let err = f.unsigned("n").unwrap_err();
+            assert!(err.contains(said), "{number}: {err}");
+        }
         let mut f = Fields::new(map(serde_json::json!({"p": "sometimes"})), &["p"]).unwrap();
         let err = f
             .choice::<crate::lifecycle::RestartPolicy>("p", &["never", "always"])
