@@ -226,3 +226,36 @@ async fn an_integer_field_out_of_range_is_refused_with_what_is_wrong() {
     }
     server.stop();
 }
+
+/// `start` was true only when it read `true`; anything else was taken for false, so an
+/// app asking `start=1` met its stopped environment closed (4015). Like `follow` and
+/// `force`, it is `true` or `false` now, and anything else is a bad query.
+#[tokio::test]
+async fn an_app_connect_with_a_start_that_is_not_true_or_false_is_a_bad_query() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let env = server
+        .running_env("starts", "local-process", json!({}))
+        .await;
+    let id = env["id"].as_str().expect("id");
+    for start in ["1", "yes", "TRUE"] {
+        let url = server.ws_url(&format!("/ws/app/{id}?thread=t&start={start}"));
+        assert_eq!(
+            crate::support::Ws::connect(&url, Some(crate::support::TOKEN))
+                .await
+                .err(),
+            Some(StatusCode::BAD_REQUEST),
+            "start={start}"
+        );
+    }
+    for start in ["true", "false", ""] {
+        let url = server.ws_url(&format!("/ws/app/{id}?thread=t&start={start}"));
+        assert!(
+            crate::support::Ws::connect(&url, Some(crate::support::TOKEN))
+                .await
+                .is_ok(),
+            "start={start}"
+        );
+    }
+    server.stop();
+}
