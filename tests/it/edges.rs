@@ -259,3 +259,40 @@ async fn an_app_connect_with_a_start_that_is_not_true_or_false_is_a_bad_query() 
     }
     server.stop();
 }
+
+/// A provider's error (or a hand edit) may hold terminal escapes; `tether env get`
+/// printed `lastError` as it was, so it could clear the operator's screen or set the
+/// terminal's title. The human form escapes control characters; `--json` is data.
+#[tokio::test]
+async fn the_cli_prints_server_text_with_control_characters_escaped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let codebolt = dir.path().join(".codebolt");
+    std::fs::create_dir_all(&codebolt).expect("mkdir");
+    let hostile = "boom\u{1b}[2J\u{1b}]0;pwned\u{7}\u{9b}31m red";
+    let doc = json!({"version": 1, "environments": [
+        {"id": "e-1", "name": "esc", "provider": "local-process", "lastError": hostile}
+    ]});
+    std::fs::write(codebolt.join("environments.json"), doc.to_string()).expect("write");
+    let server = Server::start(dir.path());
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["env", "get", "e-1"])
+            .args(extra)
+            .args(["--url", &server.base, "--token", crate::support::TOKEN])
+            .env_remove("TETHER_API_TOKEN")
+            .env_remove("TETHER_URL")
+            .output()
+            .expect("tether env get");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let human = run(&[]);
+    assert!(
+        !human.contains(['\u{1b}', '\u{7}', '\u{9b}']),
+        "a raw control character was printed: {human:?}"
+    );
+    assert!(human.contains(r"boom\u{1b}[2J"), "{human}");
+    let data: Value = serde_json::from_str(&run(&["--json"])).expect("--json");
+    assert_eq!(data["lastError"], hostile);
+    server.stop();
+}
