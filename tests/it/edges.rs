@@ -296,3 +296,38 @@ async fn the_cli_prints_server_text_with_control_characters_escaped() {
     assert_eq!(data["lastError"], hostile);
     server.stop();
 }
+
+/// A text frame that is not UTF-8, or a frame that breaks the protocol, ended the
+/// connection without a close frame: a client saw a network cut, and a resuming one
+/// sent the same frame again. The host now closes with 1007 or 1002 and a reason.
+#[tokio::test]
+async fn a_frame_that_is_not_utf8_or_breaks_the_protocol_is_closed_with_its_code() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let env = server
+        .running_env("frames", "local-process", json!({}))
+        .await;
+    let id = env["id"].as_str().expect("id");
+
+    let mut app = server.app(id, "t").await;
+    let not_utf8 = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    app.send_message(Message::Frame(not_utf8)).await;
+    assert_eq!(app.close_code().await, Some(1007));
+
+    let mut app = server.app(id, "t").await;
+    let mut reserved = Frame::message(b"{}".to_vec(), OpCode::Data(Data::Text), true);
+    reserved.header_mut().rsv2 = true;
+    app.send_message(Message::Frame(reserved)).await;
+    assert_eq!(app.close_code().await, Some(1002));
+
+    // Others are unaffected.
+    let mut app = server.app(id, "t").await;
+    let answer = app
+        .request(json!({"type": "echo", "requestId": "fine", "payload": 1}))
+        .await;
+    assert_eq!(answer["type"], "echoResponse", "{answer}");
+    server.stop();
+}
