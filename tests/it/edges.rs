@@ -331,3 +331,82 @@ async fn a_frame_that_is_not_utf8_or_breaks_the_protocol_is_closed_with_its_code
     assert_eq!(answer["type"], "echoResponse", "{answer}");
     server.stop();
 }
+
+/// The name `derived_name` gives `owner`'s environment of `template` on `thread`
+/// (docs/protocol.md, "Provisioning from a template"): public inputs only.
+fn derived_name(owner: &str, template: &str, thread: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in [owner, template, "thread", thread] {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part.as_bytes());
+    }
+    let digest = hex::encode(hash.finalize());
+    format!("{template}-{}", &digest[..24])
+}
+
+/// A provisioned environment's name is derived from public things (the owner, the
+/// template, a guessable thread such as `main`), and names are one namespace across
+/// users: mallory could create bob's name first, and every connect of bob's through the
+/// template was refused 409 from then on. Such names are kept for provisioning.
+#[tokio::test]
+async fn a_user_cannot_take_the_name_another_users_template_connect_needs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    crate::support::write_config(
+        dir.path(),
+        "[templates.chat]\nprovider = \"local-process\"\nscope = \"thread\"\n",
+    );
+    let server = Server::start(dir.path());
+    let mallory = server.user_token("mallory").await.0;
+    let bob = server.user_token("bob").await.0;
+
+    let squatted = derived_name("bob", "chat", "main");
+    let (status, answer) = server.create_as(&mallory, &squatted, false).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("provisioned from a template")),
+        "{answer}"
+    );
+    // Any template's, even one the operator adds later, and the admin's too.
+    let (status, _) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(
+                json!({"name": format!("later-{}", "0a".repeat(12)), "provider": "local-process"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Names that only look alike are fine.
+    for name in [
+        format!("chat-{}", "A".repeat(24)),
+        format!("chat-{}", "a".repeat(23)),
+        format!("chat{}", "a".repeat(25)),
+    ] {
+        let (status, answer) = server.create_as(&mallory, &name, false).await;
+        assert_eq!(status, StatusCode::CREATED, "{name}: {answer}");
+    }
+
+    let url = server.ws_url("/ws/app?template=chat&thread=main");
+    let mut app = crate::support::Ws::connect(&url, Some(&bob))
+        .await
+        .expect("bob's template connect");
+    let provisioned = app.next().await;
+    assert_eq!(provisioned["type"], "provisioned", "{provisioned}");
+    let (_, env) = server
+        .call(
+            "GET",
+            &format!(
+                "/api/v1/environments/{}",
+                provisioned["environmentId"].as_str().expect("id")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(env["name"], squatted.as_str(), "{env}");
+    assert_eq!(env["owner"], "bob", "{env}");
+    server.stop();
+}

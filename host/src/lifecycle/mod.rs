@@ -472,6 +472,12 @@ impl Manager {
         req: CreateRequest,
     ) -> Result<EnvironmentView, LifecycleError> {
         validate_name(&req.name)?;
+        if provision::looks_derived(&req.name) {
+            return Err(LifecycleError::Invalid(format!(
+                "{}: a name of 1-32 characters, '-' and 24 lowercase hex digits is kept for environments provisioned from a template",
+                untrusted::named(&req.name)
+            )));
+        }
         crate::tenancy::check_user(&req.owner)
             .map_err(|e| LifecycleError::Invalid(format!("owner: {e}")))?;
         validate::check_config(&req.config).map_err(LifecycleError::Invalid)?;
