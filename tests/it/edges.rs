@@ -410,3 +410,53 @@ async fn a_user_cannot_take_the_name_another_users_template_connect_needs() {
     assert_eq!(env["owner"], "bob", "{env}");
     server.stop();
 }
+
+/// A provider name is quoted back when it is not loaded; from a create's body (up to
+/// 2 MiB) or a path it came back whole, a megabyte of error for a megabyte sent.
+#[tokio::test]
+async fn an_unknown_provider_is_quoted_cut_in_the_refusal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let long = "p".repeat(100_000);
+    let (status, answer) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "n", "provider": long})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.len() < 1024 && message.contains("(cut)"),
+        "{} bytes: {message:.300}",
+        message.len()
+    );
+    let (status, answer) = server
+        .call(
+            "GET",
+            &format!("/api/v1/providers/{}", &long[..10_000]),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.len() < 1024 && message.contains("(cut)"),
+        "{} bytes: {message:.300}",
+        message.len()
+    );
+    // A plain unknown name reads as before.
+    let (_, answer) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "n", "provider": "nope"})),
+        )
+        .await;
+    assert_eq!(
+        answer["error"]["message"], "no provider named \"nope\" is loaded",
+        "{answer}"
+    );
+    server.stop();
+}

@@ -482,10 +482,14 @@ impl Manager {
             .map_err(|e| LifecycleError::Invalid(format!("owner: {e}")))?;
         validate::check_config(&req.config).map_err(LifecycleError::Invalid)?;
         validate::check_idle_stop(req.idle_stop_secs).map_err(LifecycleError::Invalid)?;
+        // The name rule first: a request's provider may be up to a body's size, and
+        // the refusal quotes it (cut, escaped), never the whole.
+        crate::names::validate("provider", &req.provider)
+            .map_err(|e| LifecycleError::Invalid(e.to_string()))?;
         if !self.shared.providers.is_loaded(&req.provider) {
             return Err(LifecycleError::Invalid(format!(
-                "no provider named {:?} is loaded",
-                req.provider
+                "no provider named {} is loaded",
+                untrusted::named(&req.provider)
             )));
         }
         let mut record = Record::new(
