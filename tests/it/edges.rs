@@ -460,3 +460,44 @@ async fn an_unknown_provider_is_quoted_cut_in_the_refusal() {
     );
     server.stop();
 }
+
+/// "No environment with id …" quoted the whole id it was asked about: 20 KB of path
+/// came back whole, and a ticket request's `environment` of a megabyte as much.
+#[tokio::test]
+async fn an_unknown_environment_id_is_quoted_cut_in_the_refusal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let long = "e".repeat(1_000_000);
+    let small = |answer: &Value| {
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.len() < 1024 && message.contains("(cut)"),
+            "{} bytes: {message:.300}",
+            message.len()
+        );
+    };
+    let (status, answer) = server
+        .call(
+            "GET",
+            &format!("/api/v1/environments/{}", &long[..20_000]),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    small(&answer);
+    let (status, answer) = server
+        .call(
+            "POST",
+            "/api/v1/tickets",
+            Some(json!({"environment": long})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    small(&answer);
+    let (_, answer) = server.call("GET", "/api/v1/environments/nope", None).await;
+    assert_eq!(
+        answer["error"]["message"], "no environment with id \"nope\"",
+        "{answer}"
+    );
+    server.stop();
+}

@@ -81,8 +81,9 @@ pub(crate) use view::{EnvironmentView, Status};
 /// Why a lifecycle request failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LifecycleError {
-    /// No such environment.
-    #[error("no environment with id {0:?}")]
+    /// No such environment. The id is the caller's (a path, a body field of up to
+    /// 2 MiB): quoted cut and escaped.
+    #[error("no environment with id {}", untrusted::named(.0))]
     NotFound(String),
     /// No such template is defined.
     #[error("{0}")]
