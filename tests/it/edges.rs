@@ -501,3 +501,41 @@ async fn an_unknown_environment_id_is_quoted_cut_in_the_refusal() {
     );
     server.stop();
 }
+
+/// `{"name": "a", "name": "b"}` created `b`: the last of two equal keys counted, where
+/// a proxy or another parser may take the first. A field given twice is refused.
+#[tokio::test]
+async fn a_body_field_given_twice_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let client = reqwest::Client::new();
+    for body in [
+        r#"{"name": "team-a-1", "provider": "local-process", "name": "team-b-1"}"#,
+        r#"{"name": "team-a-2", "provider": "local-process", "na\u006de": "team-b-2"}"#,
+    ] {
+        let resp = client
+            .post(format!("{}/api/v1/environments", server.base))
+            .bearer_auth(crate::support::TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let (status, text) = crate::support::checked("POST", "/api/v1/environments", resp).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {text}");
+        assert!(text.contains("given twice"), "{text}");
+    }
+    let (_, list) = server.call("GET", "/api/v1/environments", None).await;
+    assert_eq!(list, json!([]), "nothing was created");
+    // Equal keys inside `config` are the provider's business; the body is fine.
+    let resp = client
+        .post(format!("{}/api/v1/environments", server.base))
+        .bearer_auth(crate::support::TOKEN)
+        .header("content-type", "application/json")
+        .body(r#"{"name": "ok", "provider": "local-process", "config": {"k": 1, "k": 2}}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    server.stop();
+}

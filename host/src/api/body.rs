@@ -2,13 +2,16 @@
 //! [`MAX_BODY_BYTES`], parse as JSON and be an object; its fields are then read one by
 //! one by name, so a value is never matched to a field by position (serde's derive
 //! accepts an array for a struct) and every error speaks of the contract's fields,
-//! never of the host's Rust types. Unknown fields are refused, naming the field.
+//! never of the host's Rust types. Unknown fields are refused, naming the field, and
+//! so is a field given twice: parsers disagree on which of the two counts (the last,
+//! here), so a proxy that checked the first would have let the other through.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use super::ApiError;
@@ -70,10 +73,46 @@ impl<S: Send + Sync, T: FromObject> FromRequest<S> for Body<T> {
                 kind(&value)
             )));
         };
+        // A second, cheap pass over the same text (values skipped unread): the parse
+        // above kept only the last of two equal keys.
+        if let Ok(UniqueFields(Some(key))) = serde_json::from_slice(&bytes) {
+            return Err(ApiError::bad_request(format!(
+                "field {} is given twice; give each field once",
+                named(&key)
+            )));
+        }
         let mut fields = Fields::new(map, T::FIELDS).map_err(ApiError::bad_request)?;
         T::from_object(&mut fields)
             .map(Body)
             .map_err(ApiError::bad_request)
+    }
+}
+
+/// The first top-level key of a JSON object that is given twice, if any (compared as
+/// decoded, so `"na\u006de"` repeats `"name"`).
+struct UniqueFields(Option<String>);
+
+impl<'de> Deserialize<'de> for UniqueFields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> Visitor<'de> for Keys {
+            type Value = UniqueFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueFields, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                let mut repeated = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<IgnoredAny>()?;
+                    if repeated.is_none() && !seen.insert(key.clone()) {
+                        repeated = Some(key);
+                    }
+                }
+                Ok(UniqueFields(repeated))
+            }
+        }
+        d.deserialize_map(Keys)
     }
 }
 
@@ -246,6 +285,24 @@ mod tests {
             assert!(!is_json(Some(&HeaderValue::from_static(bad))), "{bad}");
         }
         assert!(!is_json(None));
+    }
+
+    #[test]
+    fn a_key_given_twice_is_found_as_decoded() {
+        let repeated = |text: &str| {
+            serde_json::from_str::<UniqueFields>(text)
+                .ok()
+                .and_then(|u| u.0)
+        };
+        assert_eq!(repeated(r#"{"a": 1, "b": {"a": 2, "a": 3}}"#), None);
+        assert_eq!(
+            repeated(r#"{"name": "a", "x": 1, "name": "b"}"#).as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            repeated(r#"{"name": 1, "na\u006de": 2}"#).as_deref(),
+            Some("name")
+        );
     }
 
     #[test]
