@@ -539,3 +539,46 @@ async fn a_body_field_given_twice_is_refused() {
     assert_eq!(resp.status(), StatusCode::CREATED);
     server.stop();
 }
+
+/// A frame the host takes but the reference runtime cannot parse (nested past 128
+/// levels) was answered with the whole frame escaped into an error: up to twice the
+/// frame, past the host's limit, so the host closed the runtime (1009), the runtime
+/// resumed and sent the same reply again, for ever, and nothing else was answered.
+#[tokio::test]
+async fn an_unparsable_frame_does_not_stop_the_reference_runtime() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    crate::support::write_config(dir.path(), "[relay]\nmax_message_kib = 64\n");
+    let server = Server::start(dir.path());
+    let env = server
+        .running_env("poison", "local-process", json!({}))
+        .await;
+    let id = env["id"].as_str().expect("id");
+    // An app of no thread: its frames go to the runtime as they are.
+    let url = server.ws_url(&format!("/ws/app/{id}"));
+    let mut app = crate::support::Ws::connect(&url, Some(crate::support::TOKEN))
+        .await
+        .expect("app");
+    // 40 KB of `\"` (each escaped again in an error), then 200 levels of nesting.
+    let poison = format!(
+        r#"{{"type": "echo", "requestId": "poison", "payload": ["{}", {}{}]}}"#,
+        r#"\""#.repeat(20_000),
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    app.send_text(&poison).await;
+    let answer = app.next().await;
+    assert_eq!(answer["type"], "error", "{answer:.300}");
+    assert!(
+        answer.to_string().len() < 1024,
+        "{} bytes",
+        answer.to_string().len()
+    );
+    let after = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        app.request(json!({"type": "echo", "requestId": "after", "payload": 1})),
+    )
+    .await
+    .expect("the runtime answers after the unparsable frame");
+    assert_eq!(after["type"], "echoResponse", "{after}");
+    server.stop();
+}
