@@ -370,10 +370,24 @@ impl Ctx {
     }
 }
 
+/// How much of an unparsable frame an error quotes.
+const QUOTED_BYTES: usize = 200;
+
 /// Handles one message; returns the immediate reply, if any (exec replies come later).
 fn handle(msg: Value, tx: &mpsc::Sender<Value>, tasks: &mut JoinSet<()>) -> Option<Value> {
     if let Value::String(text) = &msg {
-        return Some(json!({"type": "error", "error": format!("invalid JSON: {text}")}));
+        // Quoted short: the text may be as large as the host allows, and escaped into
+        // an error whole it made a reply up to twice that. The host closes the
+        // connection over a frame past its limit, and the resumed session sent the
+        // same reply again, for ever: one frame stopped the environment's runtime.
+        let why = serde_json::from_str::<Value>(text)
+            .err()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        return Some(json!({
+            "type": "error",
+            "error": format!("invalid JSON{why}: {}", crate::untrusted::shown(text, QUOTED_BYTES)),
+        }));
     }
     let ctx = Ctx::of(&msg);
     let error = match msg.get("type").and_then(Value::as_str) {

@@ -13,6 +13,7 @@ mod cli_env;
 mod cluster;
 mod crashloop;
 mod dashboard;
+mod edges;
 mod events;
 mod example_app;
 mod git_worktree;

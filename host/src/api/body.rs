@@ -2,13 +2,16 @@
 //! [`MAX_BODY_BYTES`], parse as JSON and be an object; its fields are then read one by
 //! one by name, so a value is never matched to a field by position (serde's derive
 //! accepts an array for a struct) and every error speaks of the contract's fields,
-//! never of the host's Rust types. Unknown fields are refused, naming the field.
+//! never of the host's Rust types. Unknown fields are refused, naming the field, and
+//! so is a field given twice: parsers disagree on which of the two counts (the last,
+//! here), so a proxy that checked the first would have let the other through.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use super::ApiError;
@@ -70,10 +73,46 @@ impl<S: Send + Sync, T: FromObject> FromRequest<S> for Body<T> {
                 kind(&value)
             )));
         };
+        // A second, cheap pass over the same text (values skipped unread): the parse
+        // above kept only the last of two equal keys.
+        if let Ok(UniqueFields(Some(key))) = serde_json::from_slice(&bytes) {
+            return Err(ApiError::bad_request(format!(
+                "field {} is given twice; give each field once",
+                named(&key)
+            )));
+        }
         let mut fields = Fields::new(map, T::FIELDS).map_err(ApiError::bad_request)?;
         T::from_object(&mut fields)
             .map(Body)
             .map_err(ApiError::bad_request)
+    }
+}
+
+/// The first top-level key of a JSON object that is given twice, if any (compared as
+/// decoded, so `"na\u006de"` repeats `"name"`).
+struct UniqueFields(Option<String>);
+
+impl<'de> Deserialize<'de> for UniqueFields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> Visitor<'de> for Keys {
+            type Value = UniqueFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueFields, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                let mut repeated = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<IgnoredAny>()?;
+                    if repeated.is_none() && !seen.insert(key.clone()) {
+                        repeated = Some(key);
+                    }
+                }
+                Ok(UniqueFields(repeated))
+            }
+        }
+        d.deserialize_map(Keys)
     }
 }
 
@@ -96,6 +135,19 @@ fn kind(value: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+/// What a JSON number that is no `u64` is, in words a client can act on. Without
+/// arbitrary precision, the parser keeps such a number as a float, so a whole number
+/// past `u64::MAX` or written as `1e3` or `1.0` is told apart from a fraction here.
+fn not_unsigned(n: &serde_json::Number) -> &'static str {
+    match n.as_f64() {
+        Some(f) if f < 0.0 => "a negative number",
+        Some(f) if f.fract() != 0.0 => "a fractional number",
+        // 2^64: the first whole number past `u64::MAX`.
+        Some(f) if f >= 18_446_744_073_709_551_616.0 => "a number larger than 18446744073709551615",
+        _ => "a number written with a fraction or an exponent (send digits only, such as 1000)",
     }
 }
 
@@ -164,9 +216,9 @@ impl Fields {
             Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
             Some(other) => Err(format!(
                 "field `{key}` must be a non-negative integer, not {}",
-                match other {
-                    Value::Number(_) => "a negative or fractional number",
-                    other => kind(&other),
+                match &other {
+                    Value::Number(n) => not_unsigned(n),
+                    other => kind(other),
                 }
             )),
         }
@@ -236,6 +288,24 @@ mod tests {
     }
 
     #[test]
+    fn a_key_given_twice_is_found_as_decoded() {
+        let repeated = |text: &str| {
+            serde_json::from_str::<UniqueFields>(text)
+                .ok()
+                .and_then(|u| u.0)
+        };
+        assert_eq!(repeated(r#"{"a": 1, "b": {"a": 2, "a": 3}}"#), None);
+        assert_eq!(
+            repeated(r#"{"name": "a", "x": 1, "name": "b"}"#).as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            repeated(r#"{"name": 1, "na\u006de": 2}"#).as_deref(),
+            Some("name")
+        );
+    }
+
+    #[test]
     fn fields_are_read_by_name_with_contract_messages() {
         let map = |v: Value| v.as_object().cloned().unwrap_or_default();
         let err = Fields::new(map(serde_json::json!({"nme": 1})), &["name"]).unwrap_err();
@@ -245,6 +315,21 @@ mod tests {
             f.string("name").unwrap_err(),
             "field `name` must be a string, not a number"
         );
+        for (number, said) in [
+            ("-1", "a negative number"),
+            ("1.5", "a fractional number"),
+            (
+                "18446744073709551616",
+                "a number larger than 18446744073709551615",
+            ),
+            ("1e3", "a number written with a fraction or an exponent"),
+            ("2.0", "a number written with a fraction or an exponent"),
+        ] {
+            let value: Value = serde_json::from_str(&format!("{{\"n\": {number}}}")).unwrap();
+            let mut f = Fields::new(map(value), &["n"]).unwrap();
+            let err = f.unsigned("n").unwrap_err();
+            assert!(err.contains(said), "{number}: {err}");
+        }
         let mut f = Fields::new(map(serde_json::json!({"p": "sometimes"})), &["p"]).unwrap();
         let err = f
             .choice::<crate::lifecycle::RestartPolicy>("p", &["never", "always"])

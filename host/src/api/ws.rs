@@ -131,7 +131,7 @@ pub(crate) async fn runtime(
     ),
     responses(
         (status = 101, description = "Upgraded: the app's socket, subprotocol `tether.v1` (`docs/protocol.md`). A full environment is closed at once with 4013; one stopped on purpose gets an `error` frame with code `stopped` and close 4015 unless `start=true`."),
-        (status = 400, description = "A malformed query (`thread` over 256 bytes or with control characters, `session`, `resume`, …; `invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content(
+        (status = 400, description = "A malformed query (`thread` over 256 bytes or with control characters, `start` other than `true` or `false`, `session`, `resume`, …; `invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content(
             (ErrorBody = "application/json"),
             (String = "text/plain"),
         )),
@@ -293,7 +293,13 @@ impl FromRequestParts<AppState> for Upgrading {
 /// `?start=true`: start the environment even if its user stopped it on purpose, which
 /// is a write.
 fn wants_start(who: &Principal, query: &HashMap<String, String>) -> Result<bool, ApiError> {
-    let start = field(query, "start").as_deref() == Some("true");
+    // Anything but `true` or `false` is refused, as `follow` and `force` are: read as
+    // false, `start=1` would leave the app at a stopped environment it asked to start.
+    let start = match field(query, "start").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::bad_request("start must be true or false")),
+    };
     if start {
         who.require(Scope::EnvsWrite)?;
     }
@@ -341,7 +347,7 @@ fn field(query: &HashMap<String, String>, key: &str) -> Option<String> {
     ),
     responses(
         (status = 101, description = "Upgraded: the first frame is `provisioned` (`docs/protocol.md`, Provisioning); close codes as for `/ws/app/{id}`. Cluster mode: when the environment runs on another host, the app is bridged there (the same path and query) and that host's relay serves it, as for `/ws/app/{id}`; a refusal there is answered with its status, code and message."),
-        (status = 400, description = "A malformed query (`session`, `resume`, …; `invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content(
+        (status = 400, description = "A malformed query (`start` other than `true` or `false`, `session`, `resume`, …; `invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content(
             (ErrorBody = "application/json"),
             (String = "text/plain"),
         )),

@@ -104,7 +104,9 @@ pub(crate) struct Refused {
 impl Refused {
     pub(super) fn from_answer(status: http::StatusCode, answer: &Value) -> Self {
         let error = &answer["error"];
-        let text = |k: &str, none: &str| error[k].as_str().unwrap_or(none).to_owned();
+        // Shown to a person as the command's error: escaped like any server text.
+        let text =
+            |k: &str, none: &str| super::output::printable(error[k].as_str().unwrap_or(none));
         Self {
             status,
             code: text("code", "no code"),

@@ -11,7 +11,7 @@ use http::Method;
 use serde_json::{Value, json};
 
 use super::client::{ServerArgs, call, follow_lines};
-use super::output::line;
+use super::output::{line, printable};
 
 /// Longest `--wait` waits.
 const WAIT: Duration = Duration::from_secs(300);
@@ -217,12 +217,12 @@ async fn wait_for(server: &ServerArgs, id: &str, running: bool) -> anyhow::Resul
         // The start's phase where the host reports one (it names the wait for the
         // runtime); the runtime's connection otherwise.
         let phase = match (status, env["startPhase"].as_str(), connected) {
-            ("starting", Some(phase), _) => format!("starting: {phase}"),
+            ("starting", Some(phase), _) => format!("starting: {}", printable(phase)),
             ("running", Some("waiting-for-runtime"), _) | ("running", None, false) => {
                 "running, waiting for the runtime".to_owned()
             }
             ("running", _, _) => "running, runtime connected".to_owned(),
-            (s, _, _) => s.to_owned(),
+            (s, _, _) => printable(s),
         };
         let secs = began.elapsed().as_secs_f64();
         if phase != last {
@@ -240,9 +240,9 @@ async fn wait_for(server: &ServerArgs, id: &str, running: bool) -> anyhow::Resul
                 "the environment failed{}: {}",
                 env["startPhase"]
                     .as_str()
-                    .map(|p| format!(" in {p}"))
+                    .map(|p| format!(" in {}", printable(p)))
                     .unwrap_or_default(),
-                env["lastError"].as_str().unwrap_or("no reason given")
+                printable(env["lastError"].as_str().unwrap_or("no reason given"))
             ),
             "running" if running && connected => return Ok(env),
             "stopped" if !running => return Ok(env),
@@ -258,8 +258,8 @@ fn show(env: &Value, format: Format) -> anyhow::Result<()> {
     }
     let field = |key: &str| match &env[key] {
         Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::String(s) => printable(s),
+        other => printable(&other.to_string()),
     };
     for key in [
         "id",
@@ -288,7 +288,7 @@ fn show(env: &Value, format: Format) -> anyhow::Result<()> {
 }
 
 fn print_table(envs: &[Value]) -> anyhow::Result<()> {
-    let cell = |env: &Value, key: &str| env[key].as_str().unwrap_or("-").to_owned();
+    let cell = |env: &Value, key: &str| printable(env[key].as_str().unwrap_or("-"));
     let rows: Vec<[String; 6]> = envs
         .iter()
         .map(|e| {
@@ -328,9 +328,9 @@ fn print_table(envs: &[Value]) -> anyhow::Result<()> {
 /// A log line for people: `ts level source: message`.
 fn log_line(text: &str) -> String {
     let Ok(l) = serde_json::from_str::<Value>(text) else {
-        return text.to_owned();
+        return printable(text);
     };
-    let s = |k: &str| l[k].as_str().unwrap_or("").to_owned();
+    let s = |k: &str| printable(l[k].as_str().unwrap_or(""));
     format!(
         "{} {:<5} {}: {}",
         s("ts"),

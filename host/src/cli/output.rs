@@ -24,7 +24,38 @@ pub(crate) fn line(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// `text` from the server (a provider's `lastError`, a log message, a refusal) as it
+/// may be printed for a person: every control character, ESC and the C1 controls
+/// included, escaped (`\u{1b}`), so what a provider or a hand edit wrote cannot move
+/// the cursor, clear the screen or set the title of the operator's terminal.
+pub(crate) fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Writes `tether: ERROR` to stderr, ignoring a stderr nobody reads.
 pub(crate) fn error(err: &anyhow::Error) {
     let _ = writeln!(std::io::stderr().lock(), "tether: {err:#}");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_printed_escaped() {
+        assert_eq!(super::printable("plain ü"), "plain ü");
+        assert_eq!(
+            super::printable("a\u{1b}[2J\u{9b}31m\n\u{7}"),
+            "a\\u{1b}[2J\\u{9b}31m\\n\\u{7}"
+        );
+    }
 }

@@ -4,7 +4,7 @@
 //! (build and install on every change to the crate, then restart the environments the
 //! author names and show how their start went).
 
-use super::output::line;
+use super::output::{line, printable};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -248,7 +248,7 @@ async fn restart_and_wait(server: &ServerArgs, id: &str) -> anyhow::Result<()> {
     let mut last = String::new();
     while began.elapsed() < Duration::from_secs(120) {
         let env = call(server, Method::GET, &path, None).await?;
-        let status = env["status"].as_str().unwrap_or("?").to_owned();
+        let status = printable(env["status"].as_str().unwrap_or("?"));
         if status != last {
             line(&format!(
                 "environment {id}: {status} (+{:.2} s)",
@@ -258,13 +258,16 @@ async fn restart_and_wait(server: &ServerArgs, id: &str) -> anyhow::Result<()> {
         }
         match status.as_str() {
             "running" if env["runtime"]["connected"] == true => {
-                let version = env["providerVersion"].as_str().unwrap_or("?");
+                let version = printable(env["providerVersion"].as_str().unwrap_or("?"));
                 line(&format!(
                     "environment {id}: runtime connected, on {version}"
                 ))?;
                 return Ok(());
             }
-            "error" => bail!("failed: {}", env["lastError"].as_str().unwrap_or("?")),
+            "error" => bail!(
+                "failed: {}",
+                printable(env["lastError"].as_str().unwrap_or("?"))
+            ),
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
@@ -276,8 +279,8 @@ fn print_log_line(env: &str, line: &str) {
     let Ok(line) = serde_json::from_str::<Value>(line) else {
         return;
     };
-    let source = line["source"].as_str().unwrap_or("?");
-    let message = line["message"].as_str().unwrap_or_default();
+    let source = printable(line["source"].as_str().unwrap_or("?"));
+    let message = printable(line["message"].as_str().unwrap_or_default());
     // A closed stdout ends the dev loop's own printing; nothing to do here.
     let _ = super::output::line(&format!("[{env}] {source}: {message}"));
 }

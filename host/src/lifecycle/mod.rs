@@ -81,8 +81,9 @@ pub(crate) use view::{EnvironmentView, Status};
 /// Why a lifecycle request failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LifecycleError {
-    /// No such environment.
-    #[error("no environment with id {0:?}")]
+    /// No such environment. The id is the caller's (a path, a body field of up to
+    /// 2 MiB): quoted cut and escaped.
+    #[error("no environment with id {}", untrusted::named(.0))]
     NotFound(String),
     /// No such template is defined.
     #[error("{0}")]
@@ -472,14 +473,24 @@ impl Manager {
         req: CreateRequest,
     ) -> Result<EnvironmentView, LifecycleError> {
         validate_name(&req.name)?;
+        if provision::looks_derived(&req.name) {
+            return Err(LifecycleError::Invalid(format!(
+                "{}: a name of 1-32 characters, '-' and 24 lowercase hex digits is kept for environments provisioned from a template",
+                untrusted::named(&req.name)
+            )));
+        }
         crate::tenancy::check_user(&req.owner)
             .map_err(|e| LifecycleError::Invalid(format!("owner: {e}")))?;
         validate::check_config(&req.config).map_err(LifecycleError::Invalid)?;
         validate::check_idle_stop(req.idle_stop_secs).map_err(LifecycleError::Invalid)?;
+        // The name rule first: a request's provider may be up to a body's size, and
+        // the refusal quotes it (cut, escaped), never the whole.
+        crate::names::validate("provider", &req.provider)
+            .map_err(|e| LifecycleError::Invalid(e.to_string()))?;
         if !self.shared.providers.is_loaded(&req.provider) {
             return Err(LifecycleError::Invalid(format!(
-                "no provider named {:?} is loaded",
-                req.provider
+                "no provider named {} is loaded",
+                untrusted::named(&req.provider)
             )));
         }
         let mut record = Record::new(

@@ -160,7 +160,11 @@ impl Providers {
     pub(super) fn one(&self, name: &str) -> Result<ProviderView, LifecycleError> {
         let engine = &self.engine;
         let p = engine.provider(name).ok_or_else(|| {
-            let mut message = format!("no provider named {name:?} is loaded");
+            // Quoted cut and escaped: the name comes from the request's path.
+            let mut message = format!(
+                "no provider named {} is loaded",
+                crate::untrusted::named(name)
+            );
             // A file named after the provider most likely meant to provide it.
             let stem = name.replace('-', "_");
             for f in engine.failures() {

@@ -385,6 +385,27 @@ fn bound_message() -> String {
     )
 }
 
+/// How many hex digits of the hash a derived name ends with.
+const DERIVED_HASH_DIGITS: usize = 24;
+/// Longest template prefix of a derived name, in characters.
+const DERIVED_PREFIX_CHARS: usize = 32;
+
+/// Whether `name` has the shape of a [`derived_name`]: 1 to 32 characters, `-`, and 24
+/// lowercase hex digits. Such names are kept for provisioning: the hash is over public
+/// things (owner, template, a thread such as `main`), and names are one namespace
+/// across users, so a user who could create one could block another user's template
+/// connects for good (each answered 409). Any template's shape, so a template the
+/// operator adds later is covered too.
+pub(super) fn looks_derived(name: &str) -> bool {
+    let Some((prefix, hash)) = name.rsplit_once('-') else {
+        return false;
+    };
+    let prefix_chars = prefix.chars().count();
+    hash.len() == DERIVED_HASH_DIGITS
+        && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && (1..=DERIVED_PREFIX_CHARS).contains(&prefix_chars)
+}
+
 /// The environment name for `owner`'s `key`: the template's name (cut) and a hash of
 /// the whole key, so it is the same on every connect and host, always passes the name
 /// rule (it names the workspace directory), and says nothing of the thread.
@@ -396,8 +417,8 @@ fn derived_name(owner: &str, key: &ProvisionKey) -> String {
         hash.update(part.as_bytes());
     }
     let digest = hex::encode(hash.finalize());
-    let prefix: String = key.template.chars().take(32).collect();
-    let short: String = digest.chars().take(24).collect();
+    let prefix: String = key.template.chars().take(DERIVED_PREFIX_CHARS).collect();
+    let short: String = digest.chars().take(DERIVED_HASH_DIGITS).collect();
     format!("{prefix}-{short}")
 }
 
@@ -431,6 +452,24 @@ mod tests {
             template: template.into(),
             scope: "thread".into(),
             key: k.into(),
+        }
+    }
+
+    #[test]
+    fn derived_names_and_only_they_look_derived() {
+        let long = "t".repeat(64);
+        for (template, k) in [("chat", "t1"), (long.as_str(), "../x"), ("a", "")] {
+            let name = derived_name("alice", &key(template, k));
+            assert!(looks_derived(&name), "{name}");
+        }
+        for name in [
+            "chat".to_owned(),
+            format!("chat-{}", "A".repeat(24)),
+            format!("chat-{}", "a".repeat(23)),
+            format!("-{}", "a".repeat(24)),
+            format!("{}-{}", "t".repeat(33), "a".repeat(24)),
+        ] {
+            assert!(!looks_derived(&name), "{name}");
         }
     }
 

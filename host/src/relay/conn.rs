@@ -22,7 +22,10 @@ use super::gate::Gated;
 use super::hub::Hub;
 use super::inbound::{AppInbound, Inbound, ProviderRoute, RuntimeInbound};
 use super::outbox::{Outbox, Take};
-use super::protocol::{CLOSE_TOO_BIG, CLOSE_UNRESPONSIVE, CloseReason, READ_CHUNK, Resume};
+use super::protocol::{
+    CLOSE_NOT_UTF8, CLOSE_PROTOCOL, CLOSE_TOO_BIG, CLOSE_UNRESPONSIVE, CloseReason, READ_CHUNK,
+    Resume,
+};
 use super::send::SendHalf;
 use super::socket::{Reader, Socket, Upgrade};
 use crate::config::RelayConfig;
@@ -359,6 +362,23 @@ async fn read(
                 return End::Close(Some(CloseReason {
                     code: CLOSE_TOO_BIG,
                     reason: format!("messages are limited to {} bytes", config.max_message_bytes),
+                }));
+            }
+            // Said with a close code (RFC 6455 §7.1.7), not by dropping the connection:
+            // a peer that only sees the connection drop takes it for a network cut and,
+            // resuming, sends the same frame again, for ever.
+            Some(Err(tungstenite::Error::Utf8(_))) => {
+                tracing::debug!(env = %outbox.env_id(), conn = outbox.id(), "text frame not UTF-8: closing");
+                return End::Close(Some(CloseReason {
+                    code: CLOSE_NOT_UTF8,
+                    reason: "text frames must be UTF-8".to_owned(),
+                }));
+            }
+            Some(Err(tungstenite::Error::Protocol(e))) => {
+                tracing::debug!(env = %outbox.env_id(), conn = outbox.id(), error = %e, "WebSocket protocol broken: closing");
+                return End::Close(Some(CloseReason {
+                    code: CLOSE_PROTOCOL,
+                    reason: crate::untrusted::cut(&e.to_string(), 100),
                 }));
             }
             Some(Err(_)) => return End::Gone,

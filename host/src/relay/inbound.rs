@@ -277,6 +277,20 @@ impl AppInbound {
             );
             return hub.send_to_app(key, frame);
         };
+        // The runtime's answer goes where its `threadId` says, and one that names no
+        // thread (an object, a number …) is dropped (`RuntimeInbound::receive_unread`):
+        // a request carrying such a `threadId` could never be answered.
+        if msg
+            .get("threadId")
+            .is_some_and(|t| !(t.is_string() || t.is_null()))
+        {
+            let frame = error_frame(
+                "invalid_message",
+                "`threadId` must be a string (or null, or left out)",
+                msg.get("requestId"),
+            );
+            return hub.send_to_app(key, frame);
+        }
         if let Some(thread) = &self.thread
             && !msg.contains_key("threadId")
         {

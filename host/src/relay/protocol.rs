@@ -21,6 +21,11 @@ pub const READ_CHUNK: usize = 4 << 10;
 
 /// Close code: a message exceeded the configured maximum size.
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: a text frame that is not UTF-8 (RFC 6455 §7.4.1).
+pub(super) const CLOSE_NOT_UTF8: u16 = 1007;
+/// Close code: a frame that breaks the WebSocket protocol (unmasked, reserved bits,
+/// a bad continuation, …).
+pub(super) const CLOSE_PROTOCOL: u16 = 1002;
 /// Close code: this peer fell a whole window behind.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
 /// Close code: a newer runtime connection replaced this one.

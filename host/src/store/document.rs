@@ -9,6 +9,7 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::journal::Op;
@@ -31,8 +32,9 @@ pub(super) enum Entry {
 /// An entry held back, with why.
 #[derive(Debug, Clone)]
 pub(super) struct Held {
-    /// The entry as written in the file.
-    raw: Value,
+    /// The entry as written in the file: its text, which may be more than a `Value`
+    /// can be read from (nested too deep).
+    raw: Box<RawValue>,
     /// Its `id`, if it has a string one.
     pub(super) id: Option<String>,
     /// Its `name`, if it has a string one.
@@ -45,21 +47,27 @@ pub(super) struct Held {
 }
 
 impl Entry {
-    /// Reads one entry of the file; `duplicate` says why it repeats an earlier one.
-    fn read(raw: Value, duplicate: Option<String>) -> Self {
-        let field = |k: &str| raw.get(k).and_then(Value::as_str).map(str::to_owned);
-        let (id, name) = (field("id"), field("name"));
-        let reason = if let Some(why) = duplicate {
-            Err(why)
-        } else if !raw.is_object() {
-            Err("an environment record must be a JSON object".to_owned())
-        } else {
-            validate::check_raw_size(&raw).and_then(|()| {
+    /// Reads one entry of the file: its text, its value (`Err` when the text cannot be
+    /// read as one, nested too deep), and its `id` and `name`; `duplicate` says why it
+    /// repeats an earlier one.
+    fn read(
+        raw: Box<RawValue>,
+        value: serde_json::Result<Value>,
+        (id, name): (Option<String>, Option<String>),
+        duplicate: Option<String>,
+    ) -> Self {
+        let reason = match (duplicate, value) {
+            (Some(why), _) => Err(why),
+            (None, Err(e)) => Err(validate::clean(&format!("the record cannot be read: {e}"))),
+            (None, Ok(value)) if !value.is_object() => {
+                Err("an environment record must be a JSON object".to_owned())
+            }
+            (None, Ok(value)) => validate::check_raw_size(&value).and_then(|()| {
                 // Serde's messages may quote the text (an unknown variant) verbatim.
                 let record =
-                    Record::deserialize(&raw).map_err(|e| validate::clean(&e.to_string()))?;
+                    Record::deserialize(&value).map_err(|e| validate::clean(&e.to_string()))?;
                 validate::check(&record).map(|()| record)
-            })
+            }),
         };
         match reason {
             Ok(record) => Self::Good(record),
@@ -112,6 +120,27 @@ impl Serialize for Entry {
     }
 }
 
+/// The string `id` and `name` of an object entry that cannot be read as a whole: the
+/// rest is skipped unread, so an entry nested too deep still names the record it is (a
+/// broken edit of a record in force keeps its last valid version in force).
+fn id_and_name(raw: &RawValue) -> (Option<String>, Option<String>) {
+    if !raw.get().starts_with('{') {
+        return (None, None);
+    }
+    #[derive(Deserialize)]
+    struct Names<'a> {
+        #[serde(borrow, default)]
+        id: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        name: Option<&'a RawValue>,
+    }
+    let text = |v: Option<&RawValue>| v.and_then(|v| serde_json::from_str(v.get()).ok());
+    match serde_json::from_str::<Names<'_>>(raw.get()) {
+        Ok(names) => (text(names.id), text(names.name)),
+        Err(_) => (None, None),
+    }
+}
+
 /// The whole file; top-level fields the host does not know are kept.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -144,8 +173,10 @@ struct RawDocument {
     version: u64,
     #[serde(default)]
     journal_seq: u64,
+    /// Each entry's text, read on its own by [`Entry::read`]: skipping over an entry
+    /// has no nesting limit, reading one does.
     #[serde(default)]
-    environments: Vec<Value>,
+    environments: Vec<Box<RawValue>>,
     #[serde(flatten)]
     extra: Map<String, Value>,
 }
@@ -159,9 +190,18 @@ impl Document {
         let mut names = HashSet::new();
         let environments = (raw.environments.into_iter())
             .map(|entry| {
-                let field = |k: &str| entry.get(k).and_then(Value::as_str).map(str::to_owned);
-                let dup_id = field("id").filter(|id| !ids.insert(id.clone()));
-                let dup_name = field("name").filter(|n| !names.insert(n.clone()));
+                // Each entry is read on its own, so one nested deeper than the parser
+                // goes is held back alone instead of making the whole file unreadable.
+                let value = serde_json::from_str::<Value>(entry.get());
+                let (id, name) = match &value {
+                    Ok(v) => {
+                        let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+                        (field("id"), field("name"))
+                    }
+                    Err(_) => id_and_name(&entry),
+                };
+                let dup_id = id.clone().filter(|id| !ids.insert(id.clone()));
+                let dup_name = name.clone().filter(|n| !names.insert(n.clone()));
                 let duplicate = match (dup_id, dup_name) {
                     (Some(id), _) => {
                         Some(format!("another record has id {}", untrusted::named(&id)))
@@ -171,7 +211,7 @@ impl Document {
                     }
                     (None, None) => None,
                 };
-                Entry::read(entry, duplicate)
+                Entry::read(entry, value, (id, name), duplicate)
             })
             .collect();
         let mut doc = Document {
@@ -300,7 +340,8 @@ impl Document {
                     format!("another record has name {}", untrusted::named(&r.name))
                 };
                 *entry = Entry::Held(Held {
-                    raw: serde_json::to_value(r).unwrap_or(Value::Null),
+                    raw: serde_json::value::to_raw_value(r)
+                        .unwrap_or_else(|_| RawValue::NULL.to_owned()),
                     id: Some(r.id.clone()),
                     name: Some(r.name.clone()),
                     reason,

@@ -84,8 +84,8 @@ pub enum StoreError {
     /// Another record already has this name.
     #[error("an environment named {0:?} already exists")]
     NameTaken(String),
-    /// No record has this id.
-    #[error("no environment with id {0:?}")]
+    /// No record has this id (the caller's: quoted cut and escaped).
+    #[error("no environment with id {}", crate::untrusted::named(.0))]
     NotFound(String),
     /// The record is held back as invalid; the host does not change it.
     #[error("{0}")]

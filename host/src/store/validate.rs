@@ -10,6 +10,12 @@ use crate::names;
 
 /// Largest `config`, serialised as JSON.
 pub(crate) const MAX_CONFIG_BYTES: usize = 256 * 1024;
+/// Deepest `config`: nested arrays and objects, the config object itself counted as
+/// one. The files that hold a record wrap it in a few levels of their own (the records
+/// file's document and list, a journal entry, a removal), and serde_json refuses to
+/// read anything nested past 128 levels: a config near that limit would be accepted
+/// once and then make the whole file unreadable, every other record with it.
+pub(crate) const MAX_CONFIG_DEPTH: usize = 32;
 /// Longest `resourceId`.
 pub(crate) const MAX_RESOURCE_ID_BYTES: usize = 1024;
 /// Longest `workspacePath`.
@@ -135,7 +141,29 @@ pub(crate) fn check_config(config: &Map<String, Value>) -> Result<(), String> {
             "config is {size} bytes as JSON; the limit is {MAX_CONFIG_BYTES}"
         ));
     }
+    if config_nesting(config) > MAX_CONFIG_DEPTH {
+        return Err(format!(
+            "config nests arrays and objects more than {MAX_CONFIG_DEPTH} levels deep (the config object counts as one)"
+        ));
+    }
     Ok(())
+}
+
+/// How deep arrays and objects nest in `config`, counting `config` itself as one;
+/// iterative, so a config of any depth is measured without the host's stack.
+fn config_nesting(config: &Map<String, Value>) -> usize {
+    let mut deepest = 1;
+    let mut pending: Vec<(&Value, usize)> = config.values().map(|v| (v, 2)).collect();
+    while let Some((value, depth)) = pending.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth);
+        pending.extend(children.map(|v| (v, depth + 1)));
+    }
+    deepest
 }
 
 /// Checks an `idleStopSecs` (also applied to API creates and patches).
@@ -223,6 +251,16 @@ mod tests {
     }
 
     #[test]
+    fn config_nesting_counts_the_config_object_as_one() {
+        let config = |v: Value| v.as_object().cloned().unwrap_or_default();
+        assert_eq!(config_nesting(&Map::new()), 1);
+        assert_eq!(config_nesting(&config(serde_json::json!({"a": 1}))), 1);
+        assert_eq!(config_nesting(&config(serde_json::json!({"a": []}))), 2);
+        let deepest = serde_json::json!({"a": [1], "b": {"c": [[{}]]}, "d": "x"});
+        assert_eq!(config_nesting(&config(deepest)), 5);
+    }
+
+    #[test]
     fn names_ids_providers_and_sizes_are_checked() {
         type Spoil = Box<dyn Fn(&mut Record)>;
         let cases: Vec<(Spoil, &str)> = vec![
@@ -251,6 +289,16 @@ mod tests {
                         .insert("big".into(), "x".repeat(MAX_CONFIG_BYTES).into());
                 }),
                 "config",
+            ),
+            (
+                Box::new(|r| {
+                    let mut deep = Value::Null;
+                    for _ in 0..MAX_CONFIG_DEPTH {
+                        deep = Value::Array(vec![deep]);
+                    }
+                    r.config.insert("deep".into(), deep);
+                }),
+                "config nests",
             ),
             (
                 Box::new(|r| r.runtime_token_sha256 = Some("zz".into())),
