@@ -239,9 +239,11 @@ where
         other => return Err(format!("expected relayResumed, got {other:?}")),
     };
     tracing::info!(resent = resend.len(), "resumed the relay session");
+    // Fitted again: the host's limit may be lower than when they were first sent.
+    let limit = lock(peer).max_message_bytes();
     for frame in resend {
         write
-            .feed(Message::text(frame))
+            .feed(Message::text(fit(frame, limit)))
             .await
             .map_err(|e| e.to_string())?;
     }
@@ -333,7 +335,11 @@ where
                     // Kept by the peer state until the host counts it, so a failed
                     // send is sent again after resuming.
                     Some(msg) => {
-                        let frame = lock(&out.peer).send(msg.to_string());
+                        let frame = {
+                            let mut peer = lock(&out.peer);
+                            let frame = fit(msg.to_string(), peer.max_message_bytes());
+                            peer.send(frame)
+                        };
                         write.send(Message::text(frame)).await
                     }
                     None => Ok(()),
@@ -349,6 +355,31 @@ where
         reason = reader => Some(reason),
         reason = writer => Some(reason),
     }
+}
+
+/// `frame`, or an `error` in its place when it is larger than the host takes (`limit`,
+/// from `relayResumed`): the host would close the connection over it and, the session
+/// resumed, the same frame would be sent again, for ever. The error keeps the frame's
+/// `requestId` and `threadId` where they fit, so the request is still answered once.
+fn fit(frame: String, limit: Option<usize>) -> String {
+    let Some(limit) = limit.filter(|&limit| frame.len() > limit) else {
+        return frame;
+    };
+    let parsed = serde_json::from_str::<Value>(&frame).unwrap_or(Value::Null);
+    let kind = parsed.get("type").and_then(Value::as_str).unwrap_or("?");
+    let error = format!(
+        "the runtime's {} reply is {} bytes; the host takes at most {limit}",
+        crate::untrusted::shown(kind, 40),
+        frame.len(),
+    );
+    let answer = Ctx::of(&parsed).reply("error", json!({ "error": error }));
+    let answer = answer.to_string();
+    if answer.len() <= limit {
+        return answer;
+    }
+    // The ids alone are too large to answer with (the limit is at least 1 KiB, so
+    // this always fits): the thread's apps get an error without them.
+    json!({"type": "error", "error": error}).to_string()
 }
 
 /// `requestId` and `threadId` of a request, copied into every reply (omitted when absent).

@@ -582,3 +582,44 @@ async fn an_unparsable_frame_does_not_stop_the_reference_runtime() {
     assert_eq!(after["type"], "echoResponse", "{after}");
     server.stop();
 }
+
+/// A reply that grows past the host's limit on its way back (an echo of numbers
+/// written short, `1e9`, comes back as `1000000000.0`): the host closed the runtime
+/// with 1009 and, the session resumed, the runtime sent the same reply again, for
+/// ever. Now the host says its limit in `relayResumed` and the runtime answers with
+/// an error in place of what does not fit.
+#[tokio::test]
+async fn a_reply_larger_than_the_host_takes_is_answered_with_an_error_not_a_loop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    crate::support::write_config(dir.path(), "[relay]\nmax_message_kib = 1\n");
+    let server = Server::start(dir.path());
+    let env = server
+        .running_env("grows", "local-process", json!({}))
+        .await;
+    let id = env["id"].as_str().expect("id");
+    let url = server.ws_url(&format!("/ws/app/{id}"));
+    let mut app = crate::support::Ws::connect(&url, Some(crate::support::TOKEN))
+        .await
+        .expect("app");
+    let request = format!(
+        r#"{{"type": "echo", "requestId": "grows", "payload": [{}]}}"#,
+        vec!["1e9"; 200].join(",")
+    );
+    assert!(request.len() < 1024, "the request itself fits");
+    app.send_text(&request).await;
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), app.next())
+        .await
+        .expect("the request is answered");
+    assert_eq!(answer["type"], "error", "{answer:.300}");
+    assert_eq!(answer["requestId"], "grows", "{answer:.300}");
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(error.contains("at most 1024"), "{error}");
+    let after = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        app.request(json!({"type": "echo", "requestId": "after", "payload": 1})),
+    )
+    .await
+    .expect("the runtime answers after the reply that did not fit");
+    assert_eq!(after["type"], "echoResponse", "{after}");
+    server.stop();
+}

@@ -5,6 +5,12 @@ import { TetherError } from './errors.js';
 const ACK_EVERY = 32;
 /** …and at least this often while any are unacknowledged. */
 const ACK_INTERVAL_MS = 10_000;
+const encoder = new TextEncoder();
+
+/** Bytes `text` takes as UTF-8 (at most three per UTF-16 unit, so short text is not encoded). */
+function byteLength(text, limit) {
+  return text.length * 3 <= limit ? text.length : encoder.encode(text).length;
+}
 
 /**
  * An app's connection to an environment (`/ws/app/{id}` or `/ws/app?template=`),
@@ -36,6 +42,7 @@ export class AppConnection extends ReconnectingSocket {
   #nextRequest = 0;
   #ackTimer;
   #greeted = false; // greeted once: a later connect resumes rather than starts
+  #maxMessageBytes = Infinity; // the largest frame the host takes, from its greeting
 
   /**
    * @param {import('./client.js').TetherClient} client
@@ -78,6 +85,12 @@ export class AppConnection extends ReconnectingSocket {
       throw new TetherError('backpressure', `${this.pending} frames are not yet acknowledged by the host`);
     }
     const text = JSON.stringify(message);
+    // The host would close the connection over it, and it would be sent again on
+    // every resume: refused here instead.
+    const bytes = byteLength(text, this.#maxMessageBytes);
+    if (bytes > this.#maxMessageBytes) {
+      throw new TetherError('too_large', `the message is ${bytes} bytes; the host takes at most ${this.#maxMessageBytes}`);
+    }
     if (this.#ready) this.#write(text);
     else this.#queued.push(text);
   }
@@ -190,18 +203,46 @@ export class AppConnection extends ReconnectingSocket {
   }
 
   /** The greeting of a (re)connect: re-send what the host did not count, then the queue. */
-  #resumed({ received, next, reset }) {
+  #resumed({ received, next, reset, maxMessageBytes }) {
     this.#hostCounted(received);
+    if (Number.isSafeInteger(maxMessageBytes) && maxMessageBytes > 0) this.#maxMessageBytes = maxMessageBytes;
     this.#lastSeq = Math.max(0, next - 1);
     this.#ackedToHost = Math.min(this.#ackedToHost, this.#lastSeq);
     // The host counts on from `received`: what is sent again is numbered from there.
     this.#sent = received;
-    const resend = this.#unacked.splice(0).map((frame) => frame.text).concat(this.#queued.splice(0));
+    const resend = this.#unacked
+      .splice(0)
+      .map((frame) => frame.text)
+      .concat(this.#queued.splice(0))
+      .filter((text) => this.#fits(text));
     this.#ready = true;
     this.#greeted = true;
     for (const text of resend) this.#write(text);
     this.settled();
     this.emit('resumed', { reset: Boolean(reset), resent: resend.length });
+  }
+
+  /**
+   * Whether the host takes `text` (sent before its limit was known, or under a larger
+   * one); a request that does not fit is answered with `too_large` instead.
+   */
+  #fits(text) {
+    const bytes = byteLength(text, this.#maxMessageBytes);
+    if (bytes <= this.#maxMessageBytes) return true;
+    let requestId;
+    try {
+      requestId = JSON.parse(text).requestId;
+    } catch {
+      // Only JSON is queued.
+    }
+    const key = requestId === undefined ? undefined : JSON.stringify(requestId);
+    const waiting = key === undefined ? undefined : this.#pending.get(key);
+    if (waiting) {
+      this.#pending.delete(key);
+      clearTimeout(waiting.timer);
+      waiting.reject(new TetherError('too_large', `the message is ${bytes} bytes; the host takes at most ${this.#maxMessageBytes}`));
+    }
+    return false;
   }
 
   #write(text) {

@@ -5,7 +5,8 @@
  * Client codes: `network` (no answer), `invalid_response` (an answer that is not the
  * documented shape), `timeout` (a request had no reply in time), `closed` (the
  * connection ended for good), `backpressure` (too many frames not yet acknowledged),
- * `aborted` (the caller's signal fired).
+ * `too_large` (a message larger than the host takes, `maxMessageBytes` in its
+ * greeting), `aborted` (the caller's signal fired).
  */
 export class TetherError extends Error {
   /**

@@ -158,3 +158,19 @@ test('a revoked token ends the connection for good (4003)', { timeout: 60_000 },
   const outcome = await waiting;
   assert.ok(outcome.type === 'echoResponse' || outcome.code === 'closed', JSON.stringify(outcome));
 });
+
+test('a message larger than the host takes is refused with too_large, not sent for ever', { timeout: 60_000 }, async (t) => {
+  const tether = client();
+  const env = await runningEnv(tether, 'large');
+  const app = tether.connectApp(env.id, { thread: 'large' });
+  t.after(() => app.close());
+  const big = 'x'.repeat(1_100_000); // over the host's default 1 MiB
+  // Queued before the greeting says the limit: dropped then, its request rejected.
+  const early = app.request({ type: 'echo', payload: big }).catch((e) => e);
+  await app.once('resumed');
+  assert.equal((await early).code, 'too_large');
+  await assert.rejects(app.request({ type: 'echo', payload: big }), (e) => e.code === 'too_large');
+  assert.throws(() => app.send({ type: 'echo', payload: big }), (e) => e.code === 'too_large');
+  const reply = await app.request({ type: 'echo', payload: 'small' }, { timeoutMs: 10_000 });
+  assert.equal(reply.payload, 'small');
+});

@@ -33,6 +33,7 @@ pub struct PeerState {
     acked_to_host: u64,
     sent: u64,
     unacked: VecDeque<(u64, String)>,
+    max_message_bytes: Option<usize>,
 }
 
 impl PeerState {
@@ -44,6 +45,7 @@ impl PeerState {
             acked_to_host: 0,
             sent: 0,
             unacked: VecDeque::new(),
+            max_message_bytes: None,
         }
     }
 
@@ -69,6 +71,12 @@ impl PeerState {
         self.last_seq
     }
 
+    /// The largest frame the host takes from this peer, as its last `relayResumed`
+    /// said (`None` before one, or from a host that does not say).
+    pub fn max_message_bytes(&self) -> Option<usize> {
+        self.max_message_bytes
+    }
+
     fn host_received(&mut self, received: u64) {
         while self.unacked.front().is_some_and(|(n, _)| *n <= received) {
             self.unacked.pop_front();
@@ -88,6 +96,9 @@ impl PeerState {
             Some("relayResumed") => {
                 let received = msg["received"].as_u64().unwrap_or(0);
                 self.host_received(received);
+                self.max_message_bytes = msg["maxMessageBytes"]
+                    .as_u64()
+                    .and_then(|n| usize::try_from(n).ok());
                 self.last_seq = msg["next"].as_u64().unwrap_or(1).saturating_sub(1);
                 self.acked_to_host = self.acked_to_host.min(self.last_seq);
                 // The host counts from `received` on: renumber what is resent.
@@ -140,8 +151,9 @@ mod tests {
         }
         assert_eq!(p.on_frame(&protocol::ack_frame(1)), Incoming::Nothing);
         assert_eq!(p.unacknowledged(), 2);
-        let resumed = protocol::resumed_frame("s", 2, 1, false);
+        let resumed = protocol::resumed_frame("s", 2, 1, false, 4096);
         assert_eq!(p.on_frame(&resumed), Incoming::Resumed(vec!["m3".into()]));
+        assert_eq!(p.max_message_bytes(), Some(4096));
         assert!(matches!(
             p.on_frame(r#"{"relaySeq":1,"a":1}"#),
             Incoming::Message(_)

@@ -188,14 +188,23 @@ pub(super) fn ack_frame(received: u64) -> String {
     format!("{{\"type\":\"{ACK}\",\"received\":{received}}}")
 }
 
-/// The first frame of a resumable connection.
-pub(super) fn resumed_frame(session: &str, received: u64, next: u64, reset: bool) -> String {
+/// The first frame of a resumable connection. `max_message_bytes` is the largest
+/// frame the host takes from the peer: a peer that sent a larger one would be closed
+/// with 1009 and, resuming, send it again, for ever.
+pub(super) fn resumed_frame(
+    session: &str,
+    received: u64,
+    next: u64,
+    reset: bool,
+    max_message_bytes: usize,
+) -> String {
     json!({
         "type": "relayResumed",
         "session": session,
         "received": received,
         "next": next,
         "reset": reset,
+        "maxMessageBytes": max_message_bytes,
     })
     .to_string()
 }
