@@ -2,7 +2,8 @@
 //! with JetStream (installed by `.ci/prepare`). Records made or changed on one host
 //! reach the others; each running environment runs on exactly one host; concurrent
 //! changes on two hosts both land; a `kill -9`ed owner's environment is taken over
-//! with its resource; a host without NATS refuses to start; NATS restarting loses
+//! with its resource; a host without NATS, or with a running host's id, refuses to
+//! start; NATS restarting loses
 //! nothing; edits made to a stopped host's records file reach the cluster when it
 //! starts (and a missing or broken file deletes nothing); a resource left to a host
 //! that never comes back is removed by another, and one whose removal failed is
@@ -1028,6 +1029,63 @@ async fn cluster_mode_refuses_to_start_without_nats_or_jetstream() {
     assert!(err.contains("--host-id"), "{err}");
     let err = run(plain.url(), &["--host-id", "../x"]);
     assert!(err.contains("host id"), "{err}");
+}
+
+/// Every host id names one running process: a second `tether serve` started with a
+/// live host's id refuses to start, saying so, and leaves the first one's entry
+/// alone; a host restarted after a crash (its entry no longer renewed) starts.
+#[tokio::test]
+async fn a_host_id_in_use_by_a_live_host_is_refused_and_a_crashed_hosts_is_taken_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let config = "[cluster]\nlease_ttl_secs = 3\n";
+    let a = host(dir.path(), &nats, "a", config);
+    let twin = dir.path().join("twin");
+    std::fs::create_dir_all(&twin).expect("twin dir");
+    write_config(&twin, config);
+    let log = dir.path().join("twin.log");
+    let mut twin = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&twin)
+        .args(["--cluster", &nats.url(), "--host-id", "a"])
+        .env("TETHER_API_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("twin log"))
+        .spawn()
+        .expect("running tether serve");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = twin.try_wait().expect("waiting for the twin") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = twin.kill();
+            let _ = twin.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the twin ran: {status:?}; {err}"
+    );
+    assert!(err.contains("host id a is in use"), "{err}");
+    let (status, health) = a.call("GET", "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    assert_eq!(health["status"], "ok", "{health}");
+    let (_, view) = a.call("GET", "/api/v1/cluster", None).await;
+    assert_eq!(view["hosts"][0]["publicUrl"], a.base.as_str(), "{view}");
+
+    a.kill();
+    let a = host(dir.path(), &nats, "a", config);
+    let (status, view) = a.call("GET", "/api/v1/cluster", None).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["hosts"].as_array().map(Vec::len), Some(1), "{view}");
+    assert_eq!(view["hosts"][0]["self"], true, "{view}");
+    a.stop();
 }
 
 #[tokio::test]

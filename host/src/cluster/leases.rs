@@ -27,6 +27,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::agreement::Agreements;
+use super::host_entry::HostEntry;
 use super::records::key_of;
 use super::{ClusterError, ClusterEvent, HostView};
 use crate::store::{DesiredState, Store};
@@ -67,6 +68,10 @@ pub(super) struct HostValue {
     public_url: String,
     load: usize,
     seen_at: String,
+    /// The writing process's random id ([`HostEntry`]), so it knows its own entry.
+    /// Absent from an older host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instance: Option<String>,
     /// What it says of its `[templates]` ([`super::agreement::Published`]), unread:
     /// another host wrote it. Absent from an older host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,6 +143,8 @@ struct Seen {
 pub(super) struct Leases {
     bucket: kv::Store,
     hosts: kv::Store,
+    /// This host's own entry in `hosts`.
+    entry: HostEntry,
     host_id: String,
     public_url: String,
     ttl: Duration,
@@ -170,6 +177,7 @@ impl Leases {
     ) -> Self {
         Self {
             bucket,
+            entry: HostEntry::new(hosts.clone(), host_id.clone()),
             hosts,
             host_id,
             public_url,
@@ -185,13 +193,14 @@ impl Leases {
         }
     }
 
-    /// Writes this host's entry in the hosts bucket.
-    pub(super) async fn announce_host(&self) -> Result<(), ClusterError> {
+    /// This host's entry as it is now.
+    fn host_value(&self) -> Result<bytes::Bytes, ClusterError> {
         let value = HostValue {
             id: self.host_id.clone(),
             public_url: self.public_url.clone(),
             load: self.held.locked().len(),
             seen_at: crate::store::now(),
+            instance: Some(self.entry.instance().to_owned()),
             templates: Some(json(&self.agreements.templates.own())?),
             providers: Some(json(&self.agreements.providers.own())?),
             tenancy: Some(json(&self.agreements.tenancy.own())?),
@@ -199,11 +208,24 @@ impl Leases {
             runtimes_connected: Some(self.runtimes_connected().into()),
         };
         let bytes = serde_json::to_vec(&value).map_err(|e| ClusterError::Nats(e.to_string()))?;
-        self.hosts
-            .put(&self.host_id, bytes.into())
-            .await
-            .map_err(|e| ClusterError::Nats(format!("announcing this host: {e}")))?;
-        Ok(())
+        Ok(bytes.into())
+    }
+
+    /// Writes this host's entry in the hosts bucket for the first time;
+    /// [`ClusterError::HostIdInUse`] when another live process has this host's id
+    /// ([`HostEntry::join`]).
+    pub(super) async fn join(&self) -> Result<(), ClusterError> {
+        self.entry.join(self.ttl, || self.host_value()).await
+    }
+
+    /// Renews this host's entry in the hosts bucket.
+    async fn announce_host(&self) -> Result<(), ClusterError> {
+        self.entry.renew(self.host_value()?).await
+    }
+
+    /// Why `/healthz` should say this host's id is in use twice, while it seems so.
+    pub(super) fn health(&self) -> Option<String> {
+        self.entry.health()
     }
 
     /// Starts the renewals, the watch of every lease and the orphan sweep.
@@ -394,9 +416,7 @@ impl Leases {
         for id in ids {
             self.release(&id).await;
         }
-        if let Err(e) = self.hosts.delete(&self.host_id).await {
-            tracing::debug!(error = %e, "cluster: removing this host's entry");
-        }
+        self.entry.leave().await;
     }
 
     /// Renews every held lease every third of its life (and at once when a status

@@ -34,6 +34,7 @@
 
 mod admissions;
 mod agreement;
+mod host_entry;
 mod leases;
 mod merge;
 mod records;
@@ -117,6 +118,11 @@ pub(crate) enum ClusterError {
     /// Another host held what this host waited for, for too long.
     #[error("cluster: {0}")]
     Busy(String),
+    /// Another live process announces itself under this host's id.
+    #[error(
+        "cluster: host id {0} is in use by another running host (its entry in the hosts bucket is being renewed); give every host its own --host-id"
+    )]
+    HostIdInUse(String),
 }
 
 /// What the lifecycle hears from the cluster.
@@ -409,7 +415,7 @@ impl Cluster {
             config.lease_ttl,
             agreements.clone(),
         ));
-        leases.announce_host().await?;
+        leases.join().await?;
         let tunnels = Arc::new(tunnel::Tunnels::new(
             client.clone(),
             config.prefix.clone(),
@@ -799,6 +805,7 @@ impl Cluster {
                 self.inner.config.url
             ));
         }
+        reasons.extend(self.inner.leases.health());
         reasons.extend(self.inner.agreements.health());
         reasons
     }

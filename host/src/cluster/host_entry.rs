@@ -1,0 +1,205 @@
+//! This host's entry in `PREFIX-hosts`, kept as its own: written with a create at
+//! start and renewed by compare-and-set, never overwritten blindly. Every host id
+//! names one running process: the leases, the tunnels (`PREFIX.tunnel.HOST`) and the
+//! removals left to a host all go by it, so a second process under one id would take
+//! the first one's leases as its own from before a restart and answer its tunnels.
+//!
+//! At start an entry already there is either a previous run of this host that died
+//! without letting go (its entry lapses `lease_ttl` after its last renewal) or another
+//! live process with this id, which renews it every third of a lease. The host waits
+//! for the entry to be renewed or to lapse, for up to two renewals: renewed, it
+//! refuses to start; still there unrenewed, it takes it over. Each process also
+//! writes a random instance id of its own, so it tells its own renewal whose answer
+//! NATS lost from another process's.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, Operation};
+use bytes::Bytes;
+
+use super::ClusterError;
+use crate::sync::MutexExt;
+
+/// How often the entry is looked at while the host waits to know who holds it.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+
+/// This host's entry in the hosts bucket.
+#[derive(Debug)]
+pub(super) struct HostEntry {
+    bucket: kv::Store,
+    host_id: String,
+    /// Random per process: written in the entry, so this process knows its own.
+    instance: String,
+    /// The revision this host last wrote; 0 before it joined.
+    revision: AtomicU64,
+    /// Why another process seems to write under this host's id, while it does.
+    clash: Mutex<Option<String>>,
+}
+
+impl HostEntry {
+    pub(super) fn new(bucket: kv::Store, host_id: String) -> Self {
+        Self {
+            bucket,
+            host_id,
+            instance: format!("{:032x}", rand::random::<u128>()),
+            revision: AtomicU64::new(0),
+            clash: Mutex::new(None),
+        }
+    }
+
+    /// The instance id this process writes in its entry.
+    pub(super) fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Writes the entry for the first time, as `value` (made by `value` again for
+    /// each try). [`ClusterError::HostIdInUse`] when another live process renews an
+    /// entry under this host's id: it is watched for up to two renewals
+    /// (`2 × lease_ttl / 3`) first.
+    pub(super) async fn join(
+        &self,
+        lease_ttl: Duration,
+        value: impl Fn() -> Result<Bytes, ClusterError>,
+    ) -> Result<(), ClusterError> {
+        let nats = |e: String| ClusterError::Nats(format!("announcing this host: {e}"));
+        // Bounded: each round ends in a write that landed, a live other process, or
+        // a race with one (which the next round sees renewing).
+        for _ in 0..3 {
+            let found =
+                (self.bucket.entry(&self.host_id).await).map_err(|e| nats(e.to_string()))?;
+            let Some(found) = found.filter(|e| e.operation == Operation::Put) else {
+                match self.bucket.create(&self.host_id, value()?).await {
+                    Ok(revision) => {
+                        self.joined(revision);
+                        return Ok(());
+                    }
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(nats(e.to_string())),
+                }
+            };
+            // Renewed meanwhile: another process lives under this id.
+            let deadline = tokio::time::Instant::now() + lease_ttl * 2 / 3;
+            let mut lapsed = false;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(LOOK_EVERY).await;
+                let now =
+                    (self.bucket.entry(&self.host_id).await).map_err(|e| nats(e.to_string()))?;
+                match now {
+                    Some(now) if now.revision == found.revision => {}
+                    Some(now) if now.operation == Operation::Put => {
+                        return Err(ClusterError::HostIdInUse(self.host_id.clone()));
+                    }
+                    _ => {
+                        lapsed = true;
+                        break;
+                    }
+                }
+            }
+            if lapsed {
+                continue;
+            }
+            // Not renewed for two renewals: a previous run of this host that died.
+            match self
+                .bucket
+                .update(&self.host_id, value()?, found.revision)
+                .await
+            {
+                Ok(revision) => {
+                    tracing::info!(
+                        "cluster: this host's entry from a previous run was not renewed; taking it over"
+                    );
+                    self.joined(revision);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(nats(e.to_string())),
+            }
+        }
+        Err(ClusterError::HostIdInUse(self.host_id.clone()))
+    }
+
+    fn joined(&self, revision: u64) {
+        self.revision.store(revision, Ordering::Release);
+    }
+
+    /// Renews the entry as `value` by compare-and-set. Made again when it lapsed (this
+    /// host was cut off for a whole lease); left alone, and the clash logged and
+    /// kept for `/healthz`, when another process wrote it.
+    pub(super) async fn renew(&self, value: Bytes) -> Result<(), ClusterError> {
+        let nats = |e: String| ClusterError::Nats(format!("renewing this host's entry: {e}"));
+        let revision = self.revision.load(Ordering::Acquire);
+        match self
+            .bucket
+            .update(&self.host_id, value.clone(), revision)
+            .await
+        {
+            Ok(revision) => {
+                self.renewed(revision);
+                return Ok(());
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+            Err(e) => return Err(nats(e.to_string())),
+        }
+        match self.bucket.create(&self.host_id, value).await {
+            Ok(revision) => {
+                self.renewed(revision);
+                return Ok(());
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(nats(e.to_string())),
+        }
+        let found = (self.bucket.entry(&self.host_id).await).map_err(|e| nats(e.to_string()))?;
+        let Some(found) = found else {
+            return Ok(()); // Gone in between: made at the next renewal.
+        };
+        if self.is_mine(&found.value) {
+            // This host's own write, whose answer NATS lost.
+            self.revision.store(found.revision, Ordering::Release);
+            return Ok(());
+        }
+        let why = format!(
+            "cluster: another process writes this host's entry in the hosts bucket: host id {} is in use twice; stop one and give every host its own --host-id",
+            self.host_id
+        );
+        if self.clash.locked().replace(why.clone()).is_none() {
+            tracing::error!("{why}");
+        }
+        Ok(())
+    }
+
+    fn renewed(&self, revision: u64) {
+        self.revision.store(revision, Ordering::Release);
+        if self.clash.locked().take().is_some() {
+            tracing::info!("cluster: this host's entry is its own again");
+        }
+    }
+
+    /// Whether `value` is an entry this process wrote.
+    fn is_mine(&self, value: &[u8]) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Instance {
+            #[serde(default)]
+            instance: Option<String>,
+        }
+        serde_json::from_slice::<Instance>(value)
+            .is_ok_and(|v| v.instance.as_deref() == Some(self.instance.as_str()))
+    }
+
+    /// Why `/healthz` should say the host id is in use twice, while it seems so.
+    pub(super) fn health(&self) -> Option<String> {
+        self.clash.locked().clone()
+    }
+
+    /// Deletes the entry if it is still this host's (at shutdown).
+    pub(super) async fn leave(&self) {
+        let revision = self.revision.load(Ordering::Acquire);
+        if let Err(e) = (self.bucket)
+            .delete_expect_revision(&self.host_id, Some(revision))
+            .await
+        {
+            tracing::debug!(error = %e, "cluster: removing this host's entry");
+        }
+    }
+}
