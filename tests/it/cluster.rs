@@ -13,7 +13,8 @@
 //! whose templates or providers (a grant, a component's build) differ are named by
 //! the others until they agree again; a user's limits hold when every host admits
 //! their changes at once; with NATS gone, requests are answered within their bounds
-//! and nothing is made on one host alone.
+//! and nothing is made on one host alone; a host whose clock is ahead measures the
+//! age of a name's reservation on NATS's clock.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1085,6 +1086,62 @@ async fn a_host_id_in_use_by_a_live_host_is_refused_and_a_crashed_hosts_is_taken
     assert_eq!(status, StatusCode::OK, "{view}");
     assert_eq!(view["hosts"].as_array().map(Vec::len), Some(1), "{view}");
     assert_eq!(view["hosts"][0]["self"], true, "{view}");
+    a.stop();
+}
+
+/// libfaketime, to run a host whose clock is off; `None` (the test skips, saying
+/// so) when it is not installed.
+fn faketime() -> Option<&'static str> {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    if Path::new(lib).exists() {
+        return Some(lib);
+    }
+    eprintln!("skipping: no libfaketime (apt-get install faketime)");
+    None
+}
+
+/// The ages of what NATS stamps are measured on NATS's clock: a host whose clock is
+/// two minutes ahead does not take a name another host reserved a moment ago (its
+/// record not stored yet) for a stale hold, and answers its create 409.
+#[tokio::test]
+async fn a_host_whose_clock_is_ahead_does_not_take_a_fresh_name_hold_for_stale() {
+    let Some(lib) = faketime() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let data = dir.path().join("a");
+    std::fs::create_dir_all(&data).expect("data dir");
+    write_config(&data, "[cluster]\nlease_ttl_secs = 3\n");
+    let a = Server::start_args_envs(
+        &data,
+        Some(TOKEN),
+        &["--cluster", &nats.url(), "--host-id", "a"],
+        &[
+            ("LD_PRELOAD", lib),
+            ("FAKETIME", "+2m"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ("FAKETIME_DONT_RESET", "1"),
+        ],
+    );
+    // Another host reserved the name this moment and is storing its record.
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let names = js.get_key_value("tether-names").await.expect("names");
+    names
+        .put(hex::encode("held"), "env-elsewhere".into())
+        .await
+        .expect("put");
+    let (token, _) = a.user_token("alice").await;
+    let (status, refused) = a.create_as(&token, "held", false).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    let holder = names.get(hex::encode("held")).await.expect("get");
+    assert_eq!(holder.as_deref(), Some(&b"env-elsewhere"[..]));
+    // A name nobody holds is made as ever.
+    let (status, made) = a.create_as(&token, "free", false).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
     a.stop();
 }
 

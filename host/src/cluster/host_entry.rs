@@ -36,6 +36,34 @@ pub(super) struct HostEntry {
     revision: AtomicU64,
     /// Why another process seems to write under this host's id, while it does.
     clash: Mutex<Option<String>>,
+    /// How far the NATS server's clock is from this host's.
+    clock: ServerClock,
+}
+
+/// How far the NATS server's clock is from this host's, measured on this host's
+/// writes: NATS stamps each entry with its own time.
+#[derive(Debug, Default)]
+struct ServerClock {
+    /// The server's time less this host's; none measured yet counts as zero.
+    offset: Mutex<time::Duration>,
+}
+
+impl ServerClock {
+    /// A write sent at `sent` and answered at `answered` (this host's clock) was
+    /// stamped `created` by the server: taken as stamped half-way.
+    fn note(
+        &self,
+        sent: time::OffsetDateTime,
+        answered: time::OffsetDateTime,
+        created: time::OffsetDateTime,
+    ) {
+        let midway = sent + (answered - sent) / 2;
+        *self.offset.locked() = created - midway;
+    }
+
+    fn now(&self) -> time::OffsetDateTime {
+        time::OffsetDateTime::now_utc() + *self.offset.locked()
+    }
 }
 
 impl HostEntry {
@@ -46,6 +74,7 @@ impl HostEntry {
             instance: format!("{:032x}", rand::random::<u128>()),
             revision: AtomicU64::new(0),
             clash: Mutex::new(None),
+            clock: ServerClock::default(),
         }
     }
 
@@ -70,9 +99,11 @@ impl HostEntry {
             let found =
                 (self.bucket.entry(&self.host_id).await).map_err(|e| nats(e.to_string()))?;
             let Some(found) = found.filter(|e| e.operation == Operation::Put) else {
-                match self.bucket.create(&self.host_id, value()?).await {
+                let value = value()?;
+                let sent = time::OffsetDateTime::now_utc();
+                match self.bucket.create(&self.host_id, value).await {
                     Ok(revision) => {
-                        self.joined(revision);
+                        self.joined(revision, sent).await;
                         return Ok(());
                     }
                     Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
@@ -101,6 +132,7 @@ impl HostEntry {
                 continue;
             }
             // Not renewed for two renewals: a previous run of this host that died.
+            let sent = time::OffsetDateTime::now_utc();
             match self
                 .bucket
                 .update(&self.host_id, value()?, found.revision)
@@ -110,7 +142,7 @@ impl HostEntry {
                     tracing::info!(
                         "cluster: this host's entry from a previous run was not renewed; taking it over"
                     );
-                    self.joined(revision);
+                    self.joined(revision, sent).await;
                     return Ok(());
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
@@ -120,8 +152,9 @@ impl HostEntry {
         Err(ClusterError::HostIdInUse(self.host_id.clone()))
     }
 
-    fn joined(&self, revision: u64) {
+    async fn joined(&self, revision: u64, sent: time::OffsetDateTime) {
         self.revision.store(revision, Ordering::Release);
+        self.clock_from(revision, sent).await;
     }
 
     /// Renews the entry as `value` by compare-and-set. Made again when it lapsed (this
@@ -130,21 +163,23 @@ impl HostEntry {
     pub(super) async fn renew(&self, value: Bytes) -> Result<(), ClusterError> {
         let nats = |e: String| ClusterError::Nats(format!("renewing this host's entry: {e}"));
         let revision = self.revision.load(Ordering::Acquire);
+        let sent = time::OffsetDateTime::now_utc();
         match self
             .bucket
             .update(&self.host_id, value.clone(), revision)
             .await
         {
             Ok(revision) => {
-                self.renewed(revision);
+                self.renewed(revision, sent).await;
                 return Ok(());
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
             Err(e) => return Err(nats(e.to_string())),
         }
+        let sent = time::OffsetDateTime::now_utc();
         match self.bucket.create(&self.host_id, value).await {
             Ok(revision) => {
-                self.renewed(revision);
+                self.renewed(revision, sent).await;
                 return Ok(());
             }
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
@@ -169,8 +204,29 @@ impl HostEntry {
         Ok(())
     }
 
-    fn renewed(&self, revision: u64) {
+    /// Reads back revision `revision` of the entry, written from `sent` on, for the
+    /// time NATS gave it: what [`Self::server_now`] is reckoned from.
+    async fn clock_from(&self, revision: u64, sent: time::OffsetDateTime) {
+        let answered = time::OffsetDateTime::now_utc();
+        match self.bucket.entry(&self.host_id).await {
+            Ok(Some(entry)) if entry.revision == revision => {
+                self.clock.note(sent, answered, entry.created);
+            }
+            Ok(_) => {} // Rewritten meanwhile: the next renewal measures again.
+            Err(e) => tracing::debug!(error = %e, "cluster: reading this host's entry back"),
+        }
+    }
+
+    /// The time now by the NATS server's clock, as far as this host can tell: the
+    /// ages of entries (which NATS stamps) are measured on it, so hosts whose clocks
+    /// are off take neither a fresh entry for old nor an old one for fresh.
+    pub(super) fn server_now(&self) -> time::OffsetDateTime {
+        self.clock.now()
+    }
+
+    async fn renewed(&self, revision: u64, sent: time::OffsetDateTime) {
         self.revision.store(revision, Ordering::Release);
+        self.clock_from(revision, sent).await;
         if self.clash.locked().take().is_some() {
             tracing::info!("cluster: this host's entry is its own again");
         }
@@ -201,5 +257,34 @@ impl HostEntry {
         {
             tracing::debug!(error = %e, "cluster: removing this host's entry");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServerClock;
+
+    #[test]
+    fn the_server_s_clock_is_reckoned_from_the_stamp_of_a_write() {
+        let clock = ServerClock::default();
+        let here = time::OffsetDateTime::now_utc();
+        assert!((clock.now() - here).abs() < time::Duration::seconds(5));
+        // The server is ten minutes ahead; the write took 20 ms there and back.
+        let sent = here;
+        let answered = here + time::Duration::milliseconds(20);
+        let created = here + time::Duration::minutes(10) + time::Duration::milliseconds(10);
+        clock.note(sent, answered, created);
+        let skew = clock.now() - time::OffsetDateTime::now_utc();
+        assert!(
+            (skew - time::Duration::minutes(10)).abs() < time::Duration::seconds(1),
+            "{skew}"
+        );
+        // And behind.
+        clock.note(sent, answered, here - time::Duration::minutes(3));
+        let skew = clock.now() - time::OffsetDateTime::now_utc();
+        assert!(
+            (skew + time::Duration::minutes(3)).abs() < time::Duration::seconds(1),
+            "{skew}"
+        );
     }
 }

@@ -223,6 +223,11 @@ impl Leases {
         self.entry.renew(self.host_value()?).await
     }
 
+    /// The time now by the NATS server's clock ([`HostEntry::server_now`]).
+    pub(super) fn server_now(&self) -> time::OffsetDateTime {
+        self.entry.server_now()
+    }
+
     /// Why `/healthz` should say this host's id is in use twice, while it seems so.
     pub(super) fn health(&self) -> Option<String> {
         self.entry.health()

@@ -422,9 +422,15 @@ impl Cluster {
             config.host_id.clone(),
             config.lease_ttl,
         ));
+        let removals_before = (removal_bucket.status().await)
+            .map_err(|e| ClusterError::Nats(format!("reading the removals bucket: {e}")))?
+            .info
+            .state
+            .last_sequence;
         let removals = Arc::new(removals::Removals::new(
             removal_bucket,
             config.host_id.clone(),
+            removals_before,
         ));
         let admissions = admissions::Admissions::new(admission_bucket, config.host_id.clone());
         tracing::info!(host = %config.host_id, url = %config.url, lease_ttl = ?config.lease_ttl, "cluster: connected to NATS with JetStream");
@@ -574,7 +580,10 @@ impl Cluster {
         if holder == id {
             return Ok(true);
         }
-        let age = time::OffsetDateTime::now_utc() - entry.created;
+        // Aged by the server's clock, which stamped the hold: by this host's, a hold
+        // made a moment ago on another host would count as stale when this host's
+        // clock is a minute ahead, and its name be taken twice.
+        let age = self.inner.leases.server_now() - entry.created;
         if age < STALE_NAME {
             return Ok(false);
         }
