@@ -14,7 +14,8 @@
 //! the others until they agree again; a user's limits hold when every host admits
 //! their changes at once; with NATS gone, requests are answered within their bounds
 //! and nothing is made on one host alone; a host whose clock is ahead measures the
-//! age of a name's reservation on NATS's clock.
+//! age of a name's reservation on NATS's clock; a bucket deleted or made again under
+//! running hosts is named in their `/healthz`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -2564,4 +2565,53 @@ async fn hosts_whose_providers_differ_are_named_by_the_others_until_they_agree()
     for server in [a, b, c] {
         server.stop();
     }
+}
+
+/// A bucket deleted by hand under running hosts (or every bucket, when NATS restarts
+/// without its storage) is named in every host's `/healthz`, not left to freeze
+/// their view of the cluster silently; one made again by hand is named as made
+/// again; a host restarted makes a missing bucket again and writes its records there.
+#[tokio::test]
+async fn a_bucket_deleted_or_made_again_under_running_hosts_is_named_in_healthz() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let config = "[cluster]\nlease_ttl_secs = 3\n";
+    let a = host(dir.path(), &nats, "a", config);
+    let b = host(dir.path(), &nats, "b", config);
+    let (token, _) = a.user_token("alice").await;
+    let (status, made) = a.create_as(&token, "one", false).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    listed(&b, "one").await;
+    until_health(&a, &[]).await;
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    js.delete_key_value("tether-records").await.expect("delete");
+    for host in [&a, &b] {
+        until_health(host, &["bucket tether-records is gone"]).await;
+    }
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: "tether-records".into(),
+        history: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("made again");
+    for host in [&a, &b] {
+        until_health(host, &["bucket tether-records was deleted and made again"]).await;
+    }
+    // Restarted, a host follows the bucket again and writes its records there.
+    b.stop();
+    let b = host(dir.path(), &nats, "b", config);
+    until_health(&b, &[]).await;
+    let records = js.get_key_value("tether-records").await.expect("records");
+    let deadline = Instant::now() + WAIT;
+    while records.keys().await.expect("keys").count().await == 0 {
+        assert!(Instant::now() < deadline, "no record written again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.stop();
+    b.stop();
 }

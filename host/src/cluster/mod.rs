@@ -34,6 +34,7 @@
 
 mod admissions;
 mod agreement;
+mod buckets;
 mod host_entry;
 mod leases;
 mod merge;
@@ -285,6 +286,8 @@ struct Inner {
     /// Tells the records' sync that someone waits for its next write.
     hurry: tokio::sync::Notify,
     tunnels: Arc<tunnel::Tunnels>,
+    /// The buckets as this host opened them, looked up every lease.
+    buckets: Arc<buckets::Buckets>,
     conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
     /// Field conflicts since start (the list keeps only the latest).
     conflicts_seen: std::sync::atomic::AtomicU64,
@@ -390,6 +393,18 @@ impl Cluster {
             1024,
         )
         .await?;
+        let buckets = Arc::new(
+            buckets::Buckets::new(&[
+                &records,
+                &names,
+                &lease_bucket,
+                &hosts,
+                &token_bucket,
+                &removal_bucket,
+                &admission_bucket,
+            ])
+            .await?,
+        );
         // The bucket's age limit is the lease in force: made by the first host, it
         // holds for every host, whatever each one's own setting says.
         let mut config = config;
@@ -449,6 +464,7 @@ impl Cluster {
                 written: tokio::sync::watch::Sender::new(0),
                 hurry: tokio::sync::Notify::new(),
                 tunnels,
+                buckets,
                 conflicts: Mutex::new(Default::default()),
                 conflicts_seen: Default::default(),
                 closing,
@@ -485,6 +501,17 @@ impl Cluster {
             &self.inner.closing,
             async move { removals.sweeps(records, leases, tx, period).await },
             "removals",
+        );
+        let buckets = self.inner.buckets.clone();
+        until(
+            &self.inner.closing,
+            async move {
+                loop {
+                    tokio::time::sleep(period).await;
+                    buckets.check().await;
+                }
+            },
+            "buckets",
         );
         // As often as the hosts renew their entries, so a change is seen within
         // about two renewals.
@@ -814,6 +841,7 @@ impl Cluster {
                 self.inner.config.url
             ));
         }
+        reasons.extend(self.inner.buckets.health());
         reasons.extend(self.inner.leases.health());
         reasons.extend(self.inner.agreements.health());
         reasons
