@@ -15,7 +15,8 @@
 //! their changes at once; with NATS gone, requests are answered within their bounds
 //! and nothing is made on one host alone; a host whose clock is ahead measures the
 //! age of a name's reservation on NATS's clock; a bucket deleted or made again under
-//! running hosts is named in their `/healthz`.
+//! running hosts is named in their `/healthz`; a lease renewal whose answer was lost
+//! does not stop the environment.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1143,6 +1144,40 @@ async fn a_host_whose_clock_is_ahead_does_not_take_a_fresh_name_hold_for_stale()
     // A name nobody holds is made as ever.
     let (status, made) = a.create_as(&token, "free", false).await;
     assert_eq!(status, StatusCode::CREATED, "{made}");
+    a.stop();
+}
+
+/// A renewal of a lease that NATS stored but whose answer never came (a NATS restart
+/// or a timeout at that moment) moves the key's revision on under the host: the
+/// host's next renewal finds the lease still says it, at its epoch, and keeps it,
+/// instead of taking it for lost and stopping the environment.
+#[tokio::test]
+async fn a_lease_renewal_whose_answer_was_lost_does_not_stop_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "[cluster]\nlease_ttl_secs = 3\n");
+    let (id, _, _) = a.handoff_env("kept").await;
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let leases = js.get_key_value("tether-leases").await.expect("leases");
+    // What a's renewal would have written, written as if by it, unseen by it.
+    let entry = leases.entry(&id).await.expect("entry").expect("a lease");
+    leases
+        .update(&id, entry.value.clone(), entry.revision)
+        .await
+        .expect("renewed under a");
+    // Three renewals later it still runs there, its lease its own.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, env) = a
+        .call("GET", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{env}");
+    assert_eq!(env["status"], "running", "{env}");
+    assert!(!a.log().contains("lease lost"), "{}", a.log());
+    let now = leases.entry(&id).await.expect("entry").expect("a lease");
+    assert!(now.revision > entry.revision + 1, "not renewed since");
     a.stop();
 }
 

@@ -474,17 +474,56 @@ impl Leases {
                 }
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                tracing::warn!(env = %id, "cluster: lease lost (it lapsed, or another host holds it now)");
-                self.lose(id);
-            }
-            Err(e) => {
-                if held.renewed.elapsed() >= self.ttl {
-                    tracing::warn!(env = %id, error = %e, "cluster: lease not renewed for a whole lease; assuming it lost");
-                    self.lose(id);
-                } else {
-                    tracing::warn!(env = %id, error = %e, "cluster: renewing a lease failed; trying again");
+                match self.still_mine(&key, &held).await {
+                    Ok(Some(revision)) => {
+                        // An earlier renewal of this host landed though its answer
+                        // was lost (NATS restarting, a timeout): the lease is still
+                        // this host's, at its epoch. Renewed again at once on top.
+                        if let Some(h) = self.held.locked().get_mut(id)
+                            && h.revision == held.revision
+                        {
+                            h.revision = revision;
+                            h.dirty = true;
+                        }
+                        tracing::info!(env = %id, "cluster: a lease renewal landed unanswered; the lease is still this host's");
+                        self.wake.notify_one();
+                    }
+                    Ok(None) => {
+                        tracing::warn!(env = %id, "cluster: lease lost (it lapsed, or another host holds it now)");
+                        self.lose(id);
+                    }
+                    Err(e) => self.renewal_failed(id, &held, &e.to_string()),
                 }
             }
+            Err(e) => self.renewal_failed(id, &held, &e.to_string()),
+        }
+    }
+
+    /// The revision of lease `key` when the bucket still has it as `held` says
+    /// (this host, at its epoch: only this host writes that), `None` when not.
+    async fn still_mine(&self, key: &str, held: &Held) -> Result<Option<u64>, ClusterError> {
+        let entry = (self.bucket.entry(key).await)
+            .map_err(|e| ClusterError::Nats(format!("reading lease {key}: {e}")))?;
+        Ok(entry
+            .filter(|e| e.operation == Operation::Put)
+            .filter(|e| {
+                decode(e).is_some_and(|lease| {
+                    lease.host == self.host_id
+                        && lease.epoch == held.value.epoch
+                        && lease.environment_id == held.value.environment_id
+                })
+            })
+            .map(|e| e.revision))
+    }
+
+    /// A renewal of lease `id` that NATS did not take: lost once it was not renewed
+    /// for a whole lease.
+    fn renewal_failed(&self, id: &str, held: &Held, error: &str) {
+        if held.renewed.elapsed() >= self.ttl {
+            tracing::warn!(env = %id, %error, "cluster: lease not renewed for a whole lease; assuming it lost");
+            self.lose(id);
+        } else {
+            tracing::warn!(env = %id, %error, "cluster: renewing a lease failed; trying again");
         }
     }
 
