@@ -16,7 +16,8 @@
 //! and nothing is made on one host alone; a host whose clock is ahead measures the
 //! age of a name's reservation on NATS's clock; a bucket deleted or made again under
 //! running hosts is named in their `/healthz`; a lease renewal whose answer was lost
-//! does not stop the environment.
+//! does not stop the environment; record changes NATS refuses to store are named in
+//! `/healthz` until written.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1179,6 +1180,44 @@ async fn a_lease_renewal_whose_answer_was_lost_does_not_stop_the_environment() {
     let now = leases.entry(&id).await.expect("entry").expect("a lease");
     assert!(now.revision > entry.revision + 1, "not renewed since");
     a.stop();
+}
+
+/// JetStream's storage limit reached (here the records stream's own, as an operator
+/// or a full disk would set it): a change made on a host is kept there and its
+/// `/healthz` says it is not shared, instead of only a warning in its log; once NATS
+/// takes writes again the change is written and reaches the other hosts.
+#[tokio::test]
+async fn record_changes_that_nats_refuses_to_store_are_named_in_healthz_until_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let config = "[cluster]\nlease_ttl_secs = 3\n";
+    let a = host(dir.path(), &nats, "a", config);
+    let b = host(dir.path(), &nats, "b", config);
+    let (token, _) = a.user_token("alice").await;
+    let (status, made) = a.create_as(&token, "before", false).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    listed(&b, "before").await;
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("KV_tether-records").await.expect("stream");
+    let info = stream.info().await.expect("info").clone();
+    let full = async_nats::jetstream::stream::Config {
+        max_bytes: i64::try_from(info.state.bytes).expect("bytes"),
+        ..info.config.clone()
+    };
+    js.update_stream(full).await.expect("limited");
+    let (status, made) = a.create_as(&token, "after", false).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    until_health(&a, &["have not been written to NATS"]).await;
+    js.update_stream(info.config.clone())
+        .await
+        .expect("unlimited");
+    listed(&b, "after").await;
+    until_health(&a, &[]).await;
+    a.stop();
+    b.stop();
 }
 
 #[tokio::test]

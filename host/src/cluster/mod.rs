@@ -84,6 +84,18 @@ const BOOKKEEPING_WAIT: Duration = Duration::from_secs(3);
 /// up with the bucket, and then for its own record to reach the bucket.
 const SYNC_WAIT: Duration = Duration::from_secs(3);
 
+/// How long record changes may go unwritten to the bucket before `/healthz` says so:
+/// longer than a retry or two, so a moment's trouble is not reported.
+const UNSHARED_AFTER: Duration = Duration::from_secs(5);
+
+/// Record changes of this host that the records bucket did not take.
+#[derive(Debug)]
+struct Unshared {
+    since: std::time::Instant,
+    records: usize,
+    error: String,
+}
+
 /// Why cluster mode could not start or act.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ClusterError {
@@ -286,6 +298,9 @@ struct Inner {
     /// Tells the records' sync that someone waits for its next write.
     hurry: tokio::sync::Notify,
     tunnels: Arc<tunnel::Tunnels>,
+    /// Since when this host's record changes could not be written to the bucket,
+    /// how many, and why the last one could not; `None` while every one is written.
+    unshared: Mutex<Option<Unshared>>,
     /// The buckets as this host opened them, looked up every lease.
     buckets: Arc<buckets::Buckets>,
     conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
@@ -465,6 +480,7 @@ impl Cluster {
                 hurry: tokio::sync::Notify::new(),
                 tunnels,
                 buckets,
+                unshared: Mutex::new(None),
                 conflicts: Mutex::new(Default::default()),
                 conflicts_seen: Default::default(),
                 closing,
@@ -841,6 +857,16 @@ impl Cluster {
                 self.inner.config.url
             ));
         }
+        if let Some(unshared) = self.inner.unshared.locked().as_ref()
+            && unshared.since.elapsed() >= UNSHARED_AFTER
+        {
+            reasons.push(format!(
+                "cluster: changes to {} record(s) made on this host have not been written to NATS for {} s ({}); they are kept here and tried again every second",
+                unshared.records,
+                unshared.since.elapsed().as_secs(),
+                unshared.error
+            ));
+        }
         reasons.extend(self.inner.buckets.health());
         reasons.extend(self.inner.leases.health());
         reasons.extend(self.inner.agreements.health());
@@ -859,6 +885,26 @@ impl Cluster {
             hosts,
             conflicts: self.inner.conflicts.locked().iter().cloned().collect(),
         })
+    }
+
+    /// The records' sync has `records` changes it could not write (the last for
+    /// `error`, when one failed this time): kept for `/healthz`, from the first
+    /// failure on, until none is left.
+    fn unshared(&self, records: usize, error: Option<String>) {
+        let mut unshared = self.inner.unshared.locked();
+        if records == 0 {
+            *unshared = None;
+            return;
+        }
+        let now = unshared.get_or_insert_with(|| Unshared {
+            since: std::time::Instant::now(),
+            records,
+            error: String::new(),
+        });
+        now.records = records;
+        if let Some(error) = error {
+            now.error = error;
+        }
     }
 
     /// Keeps a field conflict for `GET /api/v1/cluster` and logs it.
