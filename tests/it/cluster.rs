@@ -16,8 +16,8 @@
 //! and nothing is made on one host alone; a host whose clock is ahead measures the
 //! age of a name's reservation on NATS's clock; a bucket deleted or made again under
 //! running hosts is named in their `/healthz`; a lease renewal whose answer was lost
-//! does not stop the environment; record changes NATS refuses to store are named in
-//! `/healthz` until written.
+//! does not stop the environment; record and token changes NATS refuses to store are
+//! named in `/healthz` until written.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1187,7 +1187,7 @@ async fn a_lease_renewal_whose_answer_was_lost_does_not_stop_the_environment() {
 /// `/healthz` says it is not shared, instead of only a warning in its log; once NATS
 /// takes writes again the change is written and reaches the other hosts.
 #[tokio::test]
-async fn record_changes_that_nats_refuses_to_store_are_named_in_healthz_until_written() {
+async fn changes_that_nats_refuses_to_store_are_named_in_healthz_until_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let Some(nats) = Nats::start(dir.path(), 0, true) else {
         return;
@@ -1215,6 +1215,30 @@ async fn record_changes_that_nats_refuses_to_store_are_named_in_healthz_until_wr
         .await
         .expect("unlimited");
     listed(&b, "after").await;
+    until_health(&a, &[]).await;
+
+    // A revoke the tokens bucket will not take: the token stays good on b, and a
+    // says so, until the revoke is shared.
+    let (bob, bob_id) = a.user_token("bob").await;
+    until_status(&b, "/api/v1/environments", &bob, StatusCode::OK).await;
+    let mut stream = js.get_stream("KV_tether-tokens").await.expect("stream");
+    let info = stream.info().await.expect("info").clone();
+    // (A delete's marker is smaller than the token it replaces: it takes a limit on
+    // the size of one message to refuse it.)
+    let full = async_nats::jetstream::stream::Config {
+        max_message_size: 1,
+        ..info.config.clone()
+    };
+    js.update_stream(full).await.expect("limited");
+    let (status, body) = a
+        .call("DELETE", &format!("/api/v1/tokens/{bob_id}"), None)
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    until_health(&a, &["1 token change(s)", "have not been written to NATS"]).await;
+    js.update_stream(info.config.clone())
+        .await
+        .expect("unlimited");
+    until_status(&b, "/api/v1/environments", &bob, StatusCode::UNAUTHORIZED).await;
     until_health(&a, &[]).await;
     a.stop();
     b.stop();

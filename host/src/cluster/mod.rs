@@ -88,11 +88,11 @@ const SYNC_WAIT: Duration = Duration::from_secs(3);
 /// longer than a retry or two, so a moment's trouble is not reported.
 const UNSHARED_AFTER: Duration = Duration::from_secs(5);
 
-/// Record changes of this host that the records bucket did not take.
+/// Changes of this host (of records, or of tokens) that their bucket did not take.
 #[derive(Debug)]
 struct Unshared {
     since: std::time::Instant,
-    records: usize,
+    count: usize,
     error: String,
 }
 
@@ -298,9 +298,10 @@ struct Inner {
     /// Tells the records' sync that someone waits for its next write.
     hurry: tokio::sync::Notify,
     tunnels: Arc<tunnel::Tunnels>,
-    /// Since when this host's record changes could not be written to the bucket,
-    /// how many, and why the last one could not; `None` while every one is written.
-    unshared: Mutex<Option<Unshared>>,
+    /// By what changed (`record`, `token`): since when this host's changes could not
+    /// be written to their bucket, how many, and why the last one could not; absent
+    /// while every one is written.
+    unshared: Mutex<BTreeMap<&'static str, Unshared>>,
     /// The buckets as this host opened them, looked up every lease.
     buckets: Arc<buckets::Buckets>,
     conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
@@ -480,7 +481,7 @@ impl Cluster {
                 hurry: tokio::sync::Notify::new(),
                 tunnels,
                 buckets,
-                unshared: Mutex::new(None),
+                unshared: Mutex::new(BTreeMap::new()),
                 conflicts: Mutex::new(Default::default()),
                 conflicts_seen: Default::default(),
                 closing,
@@ -857,15 +858,15 @@ impl Cluster {
                 self.inner.config.url
             ));
         }
-        if let Some(unshared) = self.inner.unshared.locked().as_ref()
-            && unshared.since.elapsed() >= UNSHARED_AFTER
-        {
-            reasons.push(format!(
-                "cluster: changes to {} record(s) made on this host have not been written to NATS for {} s ({}); they are kept here and tried again every second",
-                unshared.records,
-                unshared.since.elapsed().as_secs(),
-                unshared.error
-            ));
+        for (what, unshared) in self.inner.unshared.locked().iter() {
+            if unshared.since.elapsed() >= UNSHARED_AFTER {
+                reasons.push(format!(
+                    "cluster: {} {what} change(s) made on this host have not been written to NATS for {} s ({}); they are kept here and tried again every second",
+                    unshared.count,
+                    unshared.since.elapsed().as_secs(),
+                    unshared.error
+                ));
+            }
         }
         reasons.extend(self.inner.buckets.health());
         reasons.extend(self.inner.leases.health());
@@ -887,21 +888,21 @@ impl Cluster {
         })
     }
 
-    /// The records' sync has `records` changes it could not write (the last for
-    /// `error`, when one failed this time): kept for `/healthz`, from the first
-    /// failure on, until none is left.
-    fn unshared(&self, records: usize, error: Option<String>) {
+    /// A sync has `count` changes of `what` (`record`, `token`) it could not write
+    /// (the last for `error`, when one failed this time): kept for `/healthz`, from
+    /// the first failure on, until none is left.
+    fn unshared(&self, what: &'static str, count: usize, error: Option<String>) {
         let mut unshared = self.inner.unshared.locked();
-        if records == 0 {
-            *unshared = None;
+        if count == 0 {
+            unshared.remove(what);
             return;
         }
-        let now = unshared.get_or_insert_with(|| Unshared {
+        let now = unshared.entry(what).or_insert_with(|| Unshared {
             since: std::time::Instant::now(),
-            records,
+            count,
             error: String::new(),
         });
-        now.records = records;
+        now.count = count;
         if let Some(error) = error {
             now.error = error;
         }

@@ -549,7 +549,8 @@ impl Sync {
                 }
             }
         }
-        self.cluster.unshared(self.unwritten.len(), failed);
+        self.cluster
+            .unshared("record", self.unwritten.len(), failed);
         self.unwritten.is_empty()
     }
 
