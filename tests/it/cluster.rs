@@ -1037,14 +1037,17 @@ async fn cluster_mode_refuses_to_start_without_nats_or_jetstream() {
 
 /// Every host id names one running process: a second `tether serve` started with a
 /// live host's id refuses to start, saying so, and leaves the first one's entry
-/// alone; a host restarted after a crash (its entry no longer renewed) starts.
+/// alone; a host restarted after a crash on its data directory takes its last run's
+/// entry over at once.
 #[tokio::test]
 async fn a_host_id_in_use_by_a_live_host_is_refused_and_a_crashed_hosts_is_taken_over() {
     let dir = tempfile::tempdir().expect("tempdir");
     let Some(nats) = Nats::start(dir.path(), 0, true) else {
         return;
     };
-    let config = "[cluster]\nlease_ttl_secs = 3\n";
+    // A long lease: the twin is refused within a renewal (10 s), and the restart
+    // after the crash does not wait for the entry to lapse or for two renewals.
+    let config = "[cluster]\nlease_ttl_secs = 30\n";
     let a = host(dir.path(), &nats, "a", config);
     let twin = dir.path().join("twin");
     std::fs::create_dir_all(&twin).expect("twin dir");
@@ -1084,7 +1087,13 @@ async fn a_host_id_in_use_by_a_live_host_is_refused_and_a_crashed_hosts_is_taken
     assert_eq!(view["hosts"][0]["publicUrl"], a.base.as_str(), "{view}");
 
     a.kill();
+    let restarted = Instant::now();
     let a = host(dir.path(), &nats, "a", config);
+    assert!(
+        restarted.elapsed() < Duration::from_secs(8),
+        "the restart waited {:?}",
+        restarted.elapsed()
+    );
     let (status, view) = a.call("GET", "/api/v1/cluster", None).await;
     assert_eq!(status, StatusCode::OK, "{view}");
     assert_eq!(view["hosts"].as_array().map(Vec::len), Some(1), "{view}");

@@ -4,14 +4,17 @@
 //! removals left to a host all go by it, so a second process under one id would take
 //! the first one's leases as its own from before a restart and answer its tunnels.
 //!
-//! At start an entry already there is either a previous run of this host that died
-//! without letting go (its entry lapses `lease_ttl` after its last renewal) or another
-//! live process with this id, which renews it every third of a lease. The host waits
-//! for the entry to be renewed or to lapse, for up to two renewals: renewed, it
-//! refuses to start; still there unrenewed, it takes it over. Each process also
-//! writes a random instance id of its own, so it tells its own renewal whose answer
-//! NATS lost from another process's.
+//! Each process writes a random instance id of its own in the entry, and keeps it in
+//! its data directory (`.codebolt/cluster/instance`). At start an entry already
+//! there is either a previous run of this host that died without letting go (its
+//! entry lapses `lease_ttl` after its last renewal) or another live process with this
+//! id, which renews it every third of a lease. One whose instance id is the one this
+//! data directory kept is its previous run's: taken over at once. Any other is
+//! watched for up to two renewals: renewed, the host refuses to start; still there
+//! unrenewed, it takes it over. The instance id also tells a process its own renewal
+//! whose answer NATS lost from another process's.
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -32,6 +35,9 @@ pub(super) struct HostEntry {
     host_id: String,
     /// Random per process: written in the entry, so this process knows its own.
     instance: String,
+    /// Where the instance id is kept for the next run, and the previous run's, if any.
+    kept_at: PathBuf,
+    previous: Option<String>,
     /// The revision this host last wrote; 0 before it joined.
     revision: AtomicU64,
     /// Why another process seems to write under this host's id, while it does.
@@ -67,10 +73,17 @@ impl ServerClock {
 }
 
 impl HostEntry {
-    pub(super) fn new(bucket: kv::Store, host_id: String) -> Self {
+    /// This host's entry in `bucket`, its instance id kept in `kept_at`.
+    pub(super) fn new(bucket: kv::Store, host_id: String, kept_at: PathBuf) -> Self {
+        let previous = std::fs::read(&kept_at)
+            .ok()
+            .filter(|b| b.len() == 32 && b.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|b| String::from_utf8(b).ok());
         Self {
             bucket,
             host_id,
+            kept_at,
+            previous,
             instance: format!("{:032x}", rand::random::<u128>()),
             revision: AtomicU64::new(0),
             clash: Mutex::new(None),
@@ -110,8 +123,18 @@ impl HostEntry {
                     Err(e) => return Err(nats(e.to_string())),
                 }
             };
+            // This data directory's previous run: nobody to wait for.
+            let previous = self
+                .previous
+                .as_deref()
+                .is_some_and(|p| self.is_instance(&found.value, p));
             // Renewed meanwhile: another process lives under this id.
-            let deadline = tokio::time::Instant::now() + lease_ttl * 2 / 3;
+            let wait = if previous {
+                Duration::ZERO
+            } else {
+                lease_ttl * 2 / 3
+            };
+            let deadline = tokio::time::Instant::now() + wait;
             let mut lapsed = false;
             while tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(LOOK_EVERY).await;
@@ -154,6 +177,16 @@ impl HostEntry {
 
     async fn joined(&self, revision: u64, sent: time::OffsetDateTime) {
         self.revision.store(revision, Ordering::Release);
+        // Kept for the next run, so it knows this run's entry at once.
+        let kept = async {
+            if let Some(dir) = self.kept_at.parent() {
+                tokio::fs::create_dir_all(dir).await?;
+            }
+            tokio::fs::write(&self.kept_at, &self.instance).await
+        };
+        if let Err(e) = kept.await {
+            tracing::warn!(error = %e, path = %self.kept_at.display(), "cluster: cannot keep this host's instance id; a restart after a crash waits two renewals for its entry");
+        }
         self.clock_from(revision, sent).await;
     }
 
@@ -234,13 +267,18 @@ impl HostEntry {
 
     /// Whether `value` is an entry this process wrote.
     fn is_mine(&self, value: &[u8]) -> bool {
+        self.is_instance(value, &self.instance)
+    }
+
+    /// Whether `value` is an entry written by instance `instance`.
+    fn is_instance(&self, value: &[u8], instance: &str) -> bool {
         #[derive(serde::Deserialize)]
         struct Instance {
             #[serde(default)]
             instance: Option<String>,
         }
         serde_json::from_slice::<Instance>(value)
-            .is_ok_and(|v| v.instance.as_deref() == Some(self.instance.as_str()))
+            .is_ok_and(|v| v.instance.as_deref() == Some(instance))
     }
 
     /// Why `/healthz` should say the host id is in use twice, while it seems so.

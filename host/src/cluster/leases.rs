@@ -174,10 +174,11 @@ impl Leases {
         public_url: String,
         ttl: Duration,
         agreements: Arc<Agreements>,
+        instance_file: std::path::PathBuf,
     ) -> Self {
         Self {
             bucket,
-            entry: HostEntry::new(hosts.clone(), host_id.clone()),
+            entry: HostEntry::new(hosts.clone(), host_id.clone(), instance_file),
             hosts,
             host_id,
             public_url,

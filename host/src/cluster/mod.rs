@@ -312,8 +312,9 @@ struct Inner {
 
 impl Cluster {
     /// Connects to NATS, checks JetStream and opens (or makes) the buckets, and
-    /// announces this host with its `templates`, `providers` and `tenancy` limits.
-    /// Fails, saying why, when NATS is
+    /// announces this host with its `templates`, `providers` and `tenancy` limits
+    /// (its instance id kept in `state_dir`, `.codebolt/cluster`). Fails, saying why,
+    /// when another running host has its id, or when NATS is
     /// unreachable or has no JetStream: a host in cluster mode never runs alone by
     /// mistake.
     pub(crate) async fn connect(
@@ -322,6 +323,7 @@ impl Cluster {
         templates: &BTreeMap<String, Template>,
         providers: &ProvidersDigest,
         tenancy: &TenancyConfig,
+        state_dir: &std::path::Path,
     ) -> Result<Self, ClusterError> {
         let url = config.url.clone();
         let connect_error = |reason: String| ClusterError::Connect {
@@ -445,6 +447,7 @@ impl Cluster {
             public_url.clone(),
             config.lease_ttl,
             agreements.clone(),
+            state_dir.join("instance"),
         ));
         leases.join().await?;
         let tunnels = Arc::new(tunnel::Tunnels::new(
