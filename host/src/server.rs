@@ -157,7 +157,8 @@ pub(crate) async fn run(
             let providers = crate::lifecycle::providers_digest(&engine, &config);
             let settings = settings.clone();
             let (templates, tenancy) = (&config.templates, &config.tenancy);
-            Some(Cluster::connect(settings, public, templates, &providers, tenancy).await?)
+            let state = config.codebolt_dir().join("cluster");
+            Some(Cluster::connect(settings, public, templates, &providers, tenancy, &state).await?)
         }
         None => None,
     };

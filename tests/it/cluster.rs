@@ -2,7 +2,8 @@
 //! with JetStream (installed by `.ci/prepare`). Records made or changed on one host
 //! reach the others; each running environment runs on exactly one host; concurrent
 //! changes on two hosts both land; a `kill -9`ed owner's environment is taken over
-//! with its resource; a host without NATS refuses to start; NATS restarting loses
+//! with its resource; a host without NATS, or with a running host's id, refuses to
+//! start; NATS restarting loses
 //! nothing; edits made to a stopped host's records file reach the cluster when it
 //! starts (and a missing or broken file deletes nothing); a resource left to a host
 //! that never comes back is removed by another, and one whose removal failed is
@@ -12,7 +13,11 @@
 //! whose templates or providers (a grant, a component's build) differ are named by
 //! the others until they agree again; a user's limits hold when every host admits
 //! their changes at once; with NATS gone, requests are answered within their bounds
-//! and nothing is made on one host alone.
+//! and nothing is made on one host alone; a host whose clock is ahead measures the
+//! age of a name's reservation on NATS's clock; a bucket deleted or made again under
+//! running hosts is named in their `/healthz`; a lease renewal whose answer was lost
+//! does not stop the environment; record and token changes NATS refuses to store are
+//! named in `/healthz` until written.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1028,6 +1033,224 @@ async fn cluster_mode_refuses_to_start_without_nats_or_jetstream() {
     assert!(err.contains("--host-id"), "{err}");
     let err = run(plain.url(), &["--host-id", "../x"]);
     assert!(err.contains("host id"), "{err}");
+}
+
+/// Every host id names one running process: a second `tether serve` started with a
+/// live host's id refuses to start, saying so, and leaves the first one's entry
+/// alone; a host restarted after a crash on its data directory takes its last run's
+/// entry over at once.
+#[tokio::test]
+async fn a_host_id_in_use_by_a_live_host_is_refused_and_a_crashed_hosts_is_taken_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    // A long lease: the twin is refused within a renewal (10 s), and the restart
+    // after the crash does not wait for the entry to lapse or for two renewals.
+    let config = "[cluster]\nlease_ttl_secs = 30\n";
+    let a = host(dir.path(), &nats, "a", config);
+    let twin = dir.path().join("twin");
+    std::fs::create_dir_all(&twin).expect("twin dir");
+    write_config(&twin, config);
+    let log = dir.path().join("twin.log");
+    let mut twin = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&twin)
+        .args(["--cluster", &nats.url(), "--host-id", "a"])
+        .env("TETHER_API_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("twin log"))
+        .spawn()
+        .expect("running tether serve");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = twin.try_wait().expect("waiting for the twin") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = twin.kill();
+            let _ = twin.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the twin ran: {status:?}; {err}"
+    );
+    assert!(err.contains("host id a is in use"), "{err}");
+    let (status, health) = a.call("GET", "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    assert_eq!(health["status"], "ok", "{health}");
+    let (_, view) = a.call("GET", "/api/v1/cluster", None).await;
+    assert_eq!(view["hosts"][0]["publicUrl"], a.base.as_str(), "{view}");
+
+    a.kill();
+    let restarted = Instant::now();
+    let a = host(dir.path(), &nats, "a", config);
+    assert!(
+        restarted.elapsed() < Duration::from_secs(8),
+        "the restart waited {:?}",
+        restarted.elapsed()
+    );
+    let (status, view) = a.call("GET", "/api/v1/cluster", None).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["hosts"].as_array().map(Vec::len), Some(1), "{view}");
+    assert_eq!(view["hosts"][0]["self"], true, "{view}");
+    a.stop();
+}
+
+/// libfaketime, to run a host whose clock is off; `None` (the test skips, saying
+/// so) when it is not installed.
+fn faketime() -> Option<&'static str> {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    if Path::new(lib).exists() {
+        return Some(lib);
+    }
+    eprintln!("skipping: no libfaketime (apt-get install faketime)");
+    None
+}
+
+/// The ages of what NATS stamps are measured on NATS's clock: a host whose clock is
+/// two minutes ahead does not take a name another host reserved a moment ago (its
+/// record not stored yet) for a stale hold, and answers its create 409.
+#[tokio::test]
+async fn a_host_whose_clock_is_ahead_does_not_take_a_fresh_name_hold_for_stale() {
+    let Some(lib) = faketime() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let data = dir.path().join("a");
+    std::fs::create_dir_all(&data).expect("data dir");
+    write_config(&data, "[cluster]\nlease_ttl_secs = 3\n");
+    let a = Server::start_args_envs(
+        &data,
+        Some(TOKEN),
+        &["--cluster", &nats.url(), "--host-id", "a"],
+        &[
+            ("LD_PRELOAD", lib),
+            ("FAKETIME", "+2m"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ("FAKETIME_DONT_RESET", "1"),
+        ],
+    );
+    // Another host reserved the name this moment and is storing its record.
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let names = js.get_key_value("tether-names").await.expect("names");
+    names
+        .put(hex::encode("held"), "env-elsewhere".into())
+        .await
+        .expect("put");
+    let (token, _) = a.user_token("alice").await;
+    let (status, refused) = a.create_as(&token, "held", false).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    let holder = names.get(hex::encode("held")).await.expect("get");
+    assert_eq!(holder.as_deref(), Some(&b"env-elsewhere"[..]));
+    // A name nobody holds is made as ever.
+    let (status, made) = a.create_as(&token, "free", false).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    a.stop();
+}
+
+/// A renewal of a lease that NATS stored but whose answer never came (a NATS restart
+/// or a timeout at that moment) moves the key's revision on under the host: the
+/// host's next renewal finds the lease still says it, at its epoch, and keeps it,
+/// instead of taking it for lost and stopping the environment.
+#[tokio::test]
+async fn a_lease_renewal_whose_answer_was_lost_does_not_stop_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "[cluster]\nlease_ttl_secs = 3\n");
+    let (id, _, _) = a.handoff_env("kept").await;
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let leases = js.get_key_value("tether-leases").await.expect("leases");
+    // What a's renewal would have written, written as if by it, unseen by it.
+    let entry = leases.entry(&id).await.expect("entry").expect("a lease");
+    leases
+        .update(&id, entry.value.clone(), entry.revision)
+        .await
+        .expect("renewed under a");
+    // Three renewals later it still runs there, its lease its own.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, env) = a
+        .call("GET", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{env}");
+    assert_eq!(env["status"], "running", "{env}");
+    assert!(!a.log().contains("lease lost"), "{}", a.log());
+    let now = leases.entry(&id).await.expect("entry").expect("a lease");
+    assert!(now.revision > entry.revision + 1, "not renewed since");
+    a.stop();
+}
+
+/// JetStream's storage limit reached (here the records stream's own, as an operator
+/// or a full disk would set it): a change made on a host is kept there and its
+/// `/healthz` says it is not shared, instead of only a warning in its log; once NATS
+/// takes writes again the change is written and reaches the other hosts.
+#[tokio::test]
+async fn changes_that_nats_refuses_to_store_are_named_in_healthz_until_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let config = "[cluster]\nlease_ttl_secs = 3\n";
+    let a = host(dir.path(), &nats, "a", config);
+    let b = host(dir.path(), &nats, "b", config);
+    let (token, _) = a.user_token("alice").await;
+    let (status, made) = a.create_as(&token, "before", false).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    listed(&b, "before").await;
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("KV_tether-records").await.expect("stream");
+    let info = stream.info().await.expect("info").clone();
+    let full = async_nats::jetstream::stream::Config {
+        max_bytes: i64::try_from(info.state.bytes).expect("bytes"),
+        ..info.config.clone()
+    };
+    js.update_stream(full).await.expect("limited");
+    let (status, made) = a.create_as(&token, "after", false).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    until_health(&a, &["have not been written to NATS"]).await;
+    js.update_stream(info.config.clone())
+        .await
+        .expect("unlimited");
+    listed(&b, "after").await;
+    until_health(&a, &[]).await;
+
+    // A revoke the tokens bucket will not take: the token stays good on b, and a
+    // says so, until the revoke is shared.
+    let (bob, bob_id) = a.user_token("bob").await;
+    until_status(&b, "/api/v1/environments", &bob, StatusCode::OK).await;
+    let mut stream = js.get_stream("KV_tether-tokens").await.expect("stream");
+    let info = stream.info().await.expect("info").clone();
+    // (A delete's marker is smaller than the token it replaces: it takes a limit on
+    // the size of one message to refuse it.)
+    let full = async_nats::jetstream::stream::Config {
+        max_message_size: 1,
+        ..info.config.clone()
+    };
+    js.update_stream(full).await.expect("limited");
+    let (status, body) = a
+        .call("DELETE", &format!("/api/v1/tokens/{bob_id}"), None)
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    until_health(&a, &["1 token change(s)", "have not been written to NATS"]).await;
+    js.update_stream(info.config.clone())
+        .await
+        .expect("unlimited");
+    until_status(&b, "/api/v1/environments", &bob, StatusCode::UNAUTHORIZED).await;
+    until_health(&a, &[]).await;
+    a.stop();
+    b.stop();
 }
 
 #[tokio::test]
@@ -2449,4 +2672,53 @@ async fn hosts_whose_providers_differ_are_named_by_the_others_until_they_agree()
     for server in [a, b, c] {
         server.stop();
     }
+}
+
+/// A bucket deleted by hand under running hosts (or every bucket, when NATS restarts
+/// without its storage) is named in every host's `/healthz`, not left to freeze
+/// their view of the cluster silently; one made again by hand is named as made
+/// again; a host restarted makes a missing bucket again and writes its records there.
+#[tokio::test]
+async fn a_bucket_deleted_or_made_again_under_running_hosts_is_named_in_healthz() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let config = "[cluster]\nlease_ttl_secs = 3\n";
+    let a = host(dir.path(), &nats, "a", config);
+    let b = host(dir.path(), &nats, "b", config);
+    let (token, _) = a.user_token("alice").await;
+    let (status, made) = a.create_as(&token, "one", false).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    listed(&b, "one").await;
+    until_health(&a, &[]).await;
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    js.delete_key_value("tether-records").await.expect("delete");
+    for host in [&a, &b] {
+        until_health(host, &["bucket tether-records is gone"]).await;
+    }
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: "tether-records".into(),
+        history: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("made again");
+    for host in [&a, &b] {
+        until_health(host, &["bucket tether-records was deleted and made again"]).await;
+    }
+    // Restarted, a host follows the bucket again and writes its records there.
+    b.stop();
+    let b = host(dir.path(), &nats, "b", config);
+    until_health(&b, &[]).await;
+    let records = js.get_key_value("tether-records").await.expect("records");
+    let deadline = Instant::now() + WAIT;
+    while records.keys().await.expect("keys").count().await == 0 {
+        assert!(Instant::now() < deadline, "no record written again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.stop();
+    b.stop();
 }

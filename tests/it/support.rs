@@ -151,6 +151,16 @@ impl Server {
 
     /// [`Server::start_as`] with `extra` flags after `serve` (`--cluster` …).
     pub fn start_args(data_dir: &Path, token: Option<&str>, extra: &[&str]) -> Server {
+        Server::start_args_envs(data_dir, token, extra, &[])
+    }
+
+    /// [`Server::start_args`] with the environment variables in `envs`.
+    pub fn start_args_envs(
+        data_dir: &Path,
+        token: Option<&str>,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Server {
         repeat_panics_last();
         let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
         // No `--config`: `tether.toml` is found in the data directory (or not, and
@@ -159,6 +169,7 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "info");
         match token {
             Some(token) => command.env("TETHER_API_TOKEN", token),

@@ -27,6 +27,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::agreement::Agreements;
+use super::host_entry::HostEntry;
 use super::records::key_of;
 use super::{ClusterError, ClusterEvent, HostView};
 use crate::store::{DesiredState, Store};
@@ -67,6 +68,10 @@ pub(super) struct HostValue {
     public_url: String,
     load: usize,
     seen_at: String,
+    /// The writing process's random id ([`HostEntry`]), so it knows its own entry.
+    /// Absent from an older host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instance: Option<String>,
     /// What it says of its `[templates]` ([`super::agreement::Published`]), unread:
     /// another host wrote it. Absent from an older host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,6 +143,8 @@ struct Seen {
 pub(super) struct Leases {
     bucket: kv::Store,
     hosts: kv::Store,
+    /// This host's own entry in `hosts`.
+    entry: HostEntry,
     host_id: String,
     public_url: String,
     ttl: Duration,
@@ -167,9 +174,11 @@ impl Leases {
         public_url: String,
         ttl: Duration,
         agreements: Arc<Agreements>,
+        instance_file: std::path::PathBuf,
     ) -> Self {
         Self {
             bucket,
+            entry: HostEntry::new(hosts.clone(), host_id.clone(), instance_file),
             hosts,
             host_id,
             public_url,
@@ -185,13 +194,14 @@ impl Leases {
         }
     }
 
-    /// Writes this host's entry in the hosts bucket.
-    pub(super) async fn announce_host(&self) -> Result<(), ClusterError> {
+    /// This host's entry as it is now.
+    fn host_value(&self) -> Result<bytes::Bytes, ClusterError> {
         let value = HostValue {
             id: self.host_id.clone(),
             public_url: self.public_url.clone(),
             load: self.held.locked().len(),
             seen_at: crate::store::now(),
+            instance: Some(self.entry.instance().to_owned()),
             templates: Some(json(&self.agreements.templates.own())?),
             providers: Some(json(&self.agreements.providers.own())?),
             tenancy: Some(json(&self.agreements.tenancy.own())?),
@@ -199,11 +209,29 @@ impl Leases {
             runtimes_connected: Some(self.runtimes_connected().into()),
         };
         let bytes = serde_json::to_vec(&value).map_err(|e| ClusterError::Nats(e.to_string()))?;
-        self.hosts
-            .put(&self.host_id, bytes.into())
-            .await
-            .map_err(|e| ClusterError::Nats(format!("announcing this host: {e}")))?;
-        Ok(())
+        Ok(bytes.into())
+    }
+
+    /// Writes this host's entry in the hosts bucket for the first time;
+    /// [`ClusterError::HostIdInUse`] when another live process has this host's id
+    /// ([`HostEntry::join`]).
+    pub(super) async fn join(&self) -> Result<(), ClusterError> {
+        self.entry.join(self.ttl, || self.host_value()).await
+    }
+
+    /// Renews this host's entry in the hosts bucket.
+    async fn announce_host(&self) -> Result<(), ClusterError> {
+        self.entry.renew(self.host_value()?).await
+    }
+
+    /// The time now by the NATS server's clock ([`HostEntry::server_now`]).
+    pub(super) fn server_now(&self) -> time::OffsetDateTime {
+        self.entry.server_now()
+    }
+
+    /// Why `/healthz` should say this host's id is in use twice, while it seems so.
+    pub(super) fn health(&self) -> Option<String> {
+        self.entry.health()
     }
 
     /// Starts the renewals, the watch of every lease and the orphan sweep.
@@ -394,9 +422,7 @@ impl Leases {
         for id in ids {
             self.release(&id).await;
         }
-        if let Err(e) = self.hosts.delete(&self.host_id).await {
-            tracing::debug!(error = %e, "cluster: removing this host's entry");
-        }
+        self.entry.leave().await;
     }
 
     /// Renews every held lease every third of its life (and at once when a status
@@ -449,17 +475,56 @@ impl Leases {
                 }
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                tracing::warn!(env = %id, "cluster: lease lost (it lapsed, or another host holds it now)");
-                self.lose(id);
-            }
-            Err(e) => {
-                if held.renewed.elapsed() >= self.ttl {
-                    tracing::warn!(env = %id, error = %e, "cluster: lease not renewed for a whole lease; assuming it lost");
-                    self.lose(id);
-                } else {
-                    tracing::warn!(env = %id, error = %e, "cluster: renewing a lease failed; trying again");
+                match self.still_mine(&key, &held).await {
+                    Ok(Some(revision)) => {
+                        // An earlier renewal of this host landed though its answer
+                        // was lost (NATS restarting, a timeout): the lease is still
+                        // this host's, at its epoch. Renewed again at once on top.
+                        if let Some(h) = self.held.locked().get_mut(id)
+                            && h.revision == held.revision
+                        {
+                            h.revision = revision;
+                            h.dirty = true;
+                        }
+                        tracing::info!(env = %id, "cluster: a lease renewal landed unanswered; the lease is still this host's");
+                        self.wake.notify_one();
+                    }
+                    Ok(None) => {
+                        tracing::warn!(env = %id, "cluster: lease lost (it lapsed, or another host holds it now)");
+                        self.lose(id);
+                    }
+                    Err(e) => self.renewal_failed(id, &held, &e.to_string()),
                 }
             }
+            Err(e) => self.renewal_failed(id, &held, &e.to_string()),
+        }
+    }
+
+    /// The revision of lease `key` when the bucket still has it as `held` says
+    /// (this host, at its epoch: only this host writes that), `None` when not.
+    async fn still_mine(&self, key: &str, held: &Held) -> Result<Option<u64>, ClusterError> {
+        let entry = (self.bucket.entry(key).await)
+            .map_err(|e| ClusterError::Nats(format!("reading lease {key}: {e}")))?;
+        Ok(entry
+            .filter(|e| e.operation == Operation::Put)
+            .filter(|e| {
+                decode(e).is_some_and(|lease| {
+                    lease.host == self.host_id
+                        && lease.epoch == held.value.epoch
+                        && lease.environment_id == held.value.environment_id
+                })
+            })
+            .map(|e| e.revision))
+    }
+
+    /// A renewal of lease `id` that NATS did not take: lost once it was not renewed
+    /// for a whole lease.
+    fn renewal_failed(&self, id: &str, held: &Held, error: &str) {
+        if held.renewed.elapsed() >= self.ttl {
+            tracing::warn!(env = %id, %error, "cluster: lease not renewed for a whole lease; assuming it lost");
+            self.lose(id);
+        } else {
+            tracing::warn!(env = %id, %error, "cluster: renewing a lease failed; trying again");
         }
     }
 

@@ -34,6 +34,8 @@
 
 mod admissions;
 mod agreement;
+mod buckets;
+mod host_entry;
 mod leases;
 mod merge;
 mod records;
@@ -82,6 +84,18 @@ const BOOKKEEPING_WAIT: Duration = Duration::from_secs(3);
 /// up with the bucket, and then for its own record to reach the bucket.
 const SYNC_WAIT: Duration = Duration::from_secs(3);
 
+/// How long record changes may go unwritten to the bucket before `/healthz` says so:
+/// longer than a retry or two, so a moment's trouble is not reported.
+const UNSHARED_AFTER: Duration = Duration::from_secs(5);
+
+/// Changes of this host (of records, or of tokens) that their bucket did not take.
+#[derive(Debug)]
+struct Unshared {
+    since: std::time::Instant,
+    count: usize,
+    error: String,
+}
+
 /// Why cluster mode could not start or act.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ClusterError {
@@ -117,6 +131,11 @@ pub(crate) enum ClusterError {
     /// Another host held what this host waited for, for too long.
     #[error("cluster: {0}")]
     Busy(String),
+    /// Another live process announces itself under this host's id.
+    #[error(
+        "cluster: host id {0} is in use by another running host (its entry in the hosts bucket is being renewed); give every host its own --host-id"
+    )]
+    HostIdInUse(String),
 }
 
 /// What the lifecycle hears from the cluster.
@@ -279,6 +298,12 @@ struct Inner {
     /// Tells the records' sync that someone waits for its next write.
     hurry: tokio::sync::Notify,
     tunnels: Arc<tunnel::Tunnels>,
+    /// By what changed (`record`, `token`): since when this host's changes could not
+    /// be written to their bucket, how many, and why the last one could not; absent
+    /// while every one is written.
+    unshared: Mutex<BTreeMap<&'static str, Unshared>>,
+    /// The buckets as this host opened them, looked up every lease.
+    buckets: Arc<buckets::Buckets>,
     conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
     /// Field conflicts since start (the list keeps only the latest).
     conflicts_seen: std::sync::atomic::AtomicU64,
@@ -287,8 +312,9 @@ struct Inner {
 
 impl Cluster {
     /// Connects to NATS, checks JetStream and opens (or makes) the buckets, and
-    /// announces this host with its `templates`, `providers` and `tenancy` limits.
-    /// Fails, saying why, when NATS is
+    /// announces this host with its `templates`, `providers` and `tenancy` limits
+    /// (its instance id kept in `state_dir`, `.codebolt/cluster`). Fails, saying why,
+    /// when another running host has its id, or when NATS is
     /// unreachable or has no JetStream: a host in cluster mode never runs alone by
     /// mistake.
     pub(crate) async fn connect(
@@ -297,6 +323,7 @@ impl Cluster {
         templates: &BTreeMap<String, Template>,
         providers: &ProvidersDigest,
         tenancy: &TenancyConfig,
+        state_dir: &std::path::Path,
     ) -> Result<Self, ClusterError> {
         let url = config.url.clone();
         let connect_error = |reason: String| ClusterError::Connect {
@@ -384,6 +411,18 @@ impl Cluster {
             1024,
         )
         .await?;
+        let buckets = Arc::new(
+            buckets::Buckets::new(&[
+                &records,
+                &names,
+                &lease_bucket,
+                &hosts,
+                &token_bucket,
+                &removal_bucket,
+                &admission_bucket,
+            ])
+            .await?,
+        );
         // The bucket's age limit is the lease in force: made by the first host, it
         // holds for every host, whatever each one's own setting says.
         let mut config = config;
@@ -408,17 +447,24 @@ impl Cluster {
             public_url.clone(),
             config.lease_ttl,
             agreements.clone(),
+            state_dir.join("instance"),
         ));
-        leases.announce_host().await?;
+        leases.join().await?;
         let tunnels = Arc::new(tunnel::Tunnels::new(
             client.clone(),
             config.prefix.clone(),
             config.host_id.clone(),
             config.lease_ttl,
         ));
+        let removals_before = (removal_bucket.status().await)
+            .map_err(|e| ClusterError::Nats(format!("reading the removals bucket: {e}")))?
+            .info
+            .state
+            .last_sequence;
         let removals = Arc::new(removals::Removals::new(
             removal_bucket,
             config.host_id.clone(),
+            removals_before,
         ));
         let admissions = admissions::Admissions::new(admission_bucket, config.host_id.clone());
         tracing::info!(host = %config.host_id, url = %config.url, lease_ttl = ?config.lease_ttl, "cluster: connected to NATS with JetStream");
@@ -437,6 +483,8 @@ impl Cluster {
                 written: tokio::sync::watch::Sender::new(0),
                 hurry: tokio::sync::Notify::new(),
                 tunnels,
+                buckets,
+                unshared: Mutex::new(BTreeMap::new()),
                 conflicts: Mutex::new(Default::default()),
                 conflicts_seen: Default::default(),
                 closing,
@@ -473,6 +521,17 @@ impl Cluster {
             &self.inner.closing,
             async move { removals.sweeps(records, leases, tx, period).await },
             "removals",
+        );
+        let buckets = self.inner.buckets.clone();
+        until(
+            &self.inner.closing,
+            async move {
+                loop {
+                    tokio::time::sleep(period).await;
+                    buckets.check().await;
+                }
+            },
+            "buckets",
         );
         // As often as the hosts renew their entries, so a change is seen within
         // about two renewals.
@@ -568,7 +627,10 @@ impl Cluster {
         if holder == id {
             return Ok(true);
         }
-        let age = time::OffsetDateTime::now_utc() - entry.created;
+        // Aged by the server's clock, which stamped the hold: by this host's, a hold
+        // made a moment ago on another host would count as stale when this host's
+        // clock is a minute ahead, and its name be taken twice.
+        let age = self.inner.leases.server_now() - entry.created;
         if age < STALE_NAME {
             return Ok(false);
         }
@@ -799,6 +861,18 @@ impl Cluster {
                 self.inner.config.url
             ));
         }
+        for (what, unshared) in self.inner.unshared.locked().iter() {
+            if unshared.since.elapsed() >= UNSHARED_AFTER {
+                reasons.push(format!(
+                    "cluster: {} {what} change(s) made on this host have not been written to NATS for {} s ({}); they are kept here and tried again every second",
+                    unshared.count,
+                    unshared.since.elapsed().as_secs(),
+                    unshared.error
+                ));
+            }
+        }
+        reasons.extend(self.inner.buckets.health());
+        reasons.extend(self.inner.leases.health());
         reasons.extend(self.inner.agreements.health());
         reasons
     }
@@ -815,6 +889,26 @@ impl Cluster {
             hosts,
             conflicts: self.inner.conflicts.locked().iter().cloned().collect(),
         })
+    }
+
+    /// A sync has `count` changes of `what` (`record`, `token`) it could not write
+    /// (the last for `error`, when one failed this time): kept for `/healthz`, from
+    /// the first failure on, until none is left.
+    fn unshared(&self, what: &'static str, count: usize, error: Option<String>) {
+        let mut unshared = self.inner.unshared.locked();
+        if count == 0 {
+            unshared.remove(what);
+            return;
+        }
+        let now = unshared.entry(what).or_insert_with(|| Unshared {
+            since: std::time::Instant::now(),
+            count,
+            error: String::new(),
+        });
+        now.count = count;
+        if let Some(error) = error {
+            now.error = error;
+        }
     }
 
     /// Keeps a field conflict for `GET /api/v1/cluster` and logs it.

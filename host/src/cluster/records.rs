@@ -505,6 +505,7 @@ impl Sync {
             .buffer_unordered(IN_FLIGHT)
             .collect()
             .await;
+        let mut failed = None;
         for (id, key, fields, sent, outcome) in outcomes {
             let written = match outcome {
                 Ok(revision) => {
@@ -523,6 +524,7 @@ impl Sync {
             };
             if let Err(e) = written {
                 tracing::warn!(env = %id, error = %e, "cluster: writing a record failed; trying again");
+                failed = Some(e.to_string());
                 self.unwritten.insert(id);
                 continue;
             }
@@ -542,10 +544,13 @@ impl Sync {
                 }
                 Err(e) => {
                     tracing::warn!(%key, error = %e, "cluster: deleting a record failed; trying again");
+                    failed = Some(e.to_string());
                     self.unwritten.insert(id);
                 }
             }
         }
+        self.cluster
+            .unshared("record", self.unwritten.len(), failed);
         self.unwritten.is_empty()
     }
 

@@ -59,19 +59,23 @@ pub(crate) struct Abandoned {
 pub(super) struct Removals {
     bucket: kv::Store,
     host_id: String,
-    /// When this host started: an entry naming it written before then is one its last
-    /// run left undone (it died before its provider was done).
-    started: time::OffsetDateTime,
+    /// The bucket's last revision when this host started: an entry naming it written
+    /// at or before it is one its last run left undone (it died before its provider
+    /// was done). A revision, not a time: this host's clock and the NATS server's,
+    /// which stamps entries, may disagree.
+    started: u64,
     /// By key: the revision last offered to the lifecycle, and when.
     offered: Mutex<HashMap<String, (u64, Instant)>>,
 }
 
 impl Removals {
-    pub(super) fn new(bucket: kv::Store, host_id: String) -> Self {
+    /// The removals in `bucket`, for host `host_id`, which started when the bucket's
+    /// last revision was `started`.
+    pub(super) fn new(bucket: kv::Store, host_id: String, started: u64) -> Self {
         Self {
             bucket,
             host_id,
-            started: time::OffsetDateTime::now_utc(),
+            started,
             offered: Mutex::new(HashMap::new()),
         }
     }
@@ -158,7 +162,7 @@ impl Removals {
                 self.drop_entry(&entry).await;
                 continue;
             };
-            let left_by_last_run = value.host == self.host_id && entry.created < self.started;
+            let left_by_last_run = value.host == self.host_id && entry.revision <= self.started;
             // A host NATS cannot say is gone is not taken for gone: the sweep ends
             // here and the next one asks again.
             if !left_by_last_run && leases.host_alive(&value.host).await? {
@@ -166,7 +170,8 @@ impl Removals {
             }
             let record = records.entry(&key).await.map_err(|e| nats(e.to_string()))?;
             if record.is_some_and(|r| r.operation == Operation::Put) {
-                if time::OffsetDateTime::now_utc() - entry.created > STALE {
+                // Aged by the server's clock, which stamped the entry.
+                if leases.server_now() - entry.created > STALE {
                     tracing::info!(env = %value.record.id, "cluster: dropping a removal whose record was never deleted");
                     self.drop_entry(&entry).await;
                 }

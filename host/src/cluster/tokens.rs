@@ -53,6 +53,7 @@ pub(super) async fn start(cluster: Cluster, tokens: Arc<Tokens>) -> Result<(), C
         }
     }
     let sync = Sync {
+        cluster: cluster.clone(),
         bucket,
         tokens,
         pending,
@@ -66,6 +67,7 @@ pub(super) async fn start(cluster: Cluster, tokens: Arc<Tokens>) -> Result<(), C
 }
 
 struct Sync {
+    cluster: Cluster,
     bucket: kv::Store,
     tokens: Arc<Tokens>,
     /// This host's changes not written yet, oldest first.
@@ -125,10 +127,14 @@ impl Sync {
             };
             if let Err(e) = written {
                 tracing::warn!(error = %e, "cluster: sharing a token change failed; trying again");
+                // A revoke not shared leaves the token good on the other hosts:
+                // `/healthz` says so once it has waited a while.
+                (self.cluster).unshared("token", self.pending.len(), Some(e));
                 return;
             }
             self.pending.pop_front();
         }
+        self.cluster.unshared("token", 0, None);
     }
 
     async fn rewatch(&self) -> kv::Watch {
