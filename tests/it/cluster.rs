@@ -1101,13 +1101,19 @@ async fn a_host_id_in_use_by_a_live_host_is_refused_and_a_crashed_hosts_is_taken
     a.stop();
 }
 
-/// libfaketime, to run a host whose clock is off; `None` (the test skips, saying
-/// so) when it is not installed.
-fn faketime() -> Option<&'static str> {
-    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-    if Path::new(lib).exists() {
+/// libfaketime (Debian's `faketime`, which `.ci/prepare` installs), to run a host
+/// whose clock is off; `None` (the test skips, saying so) when it is not installed,
+/// unless `TETHER_REQUIRE_FAKETIME` is set.
+fn faketime() -> Option<String> {
+    let arch = std::env::consts::ARCH;
+    let lib = format!("/usr/lib/{arch}-linux-gnu/faketime/libfaketime.so.1");
+    if Path::new(&lib).exists() {
         return Some(lib);
     }
+    assert!(
+        std::env::var_os("TETHER_REQUIRE_FAKETIME").is_none(),
+        "TETHER_REQUIRE_FAKETIME is set but {lib} is missing (run .ci/prepare)"
+    );
     eprintln!("skipping: no libfaketime (apt-get install faketime)");
     None
 }
@@ -1132,7 +1138,7 @@ async fn a_host_whose_clock_is_ahead_does_not_take_a_fresh_name_hold_for_stale()
         Some(TOKEN),
         &["--cluster", &nats.url(), "--host-id", "a"],
         &[
-            ("LD_PRELOAD", lib),
+            ("LD_PRELOAD", lib.as_str()),
             ("FAKETIME", "+2m"),
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
             ("FAKETIME_DONT_RESET", "1"),
