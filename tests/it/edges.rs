@@ -297,6 +297,63 @@ async fn the_cli_prints_server_text_with_control_characters_escaped() {
     server.stop();
 }
 
+/// A "server" on loopback that answers every request with endless bytes and no line
+/// end: a wrong `--url`, or something in the way.
+fn endless_server() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n[";
+                if stream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 1 << 16];
+                // Until the CLI hangs up (or 2 GiB, so a broken CLI cannot keep it forever).
+                for _ in 0..(2usize << 30) / chunk.len() {
+                    if stream.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// The CLI read a server's answer whole, however large, and a followed log's line
+/// however long: a URL that streams without end had it allocate until the 30 s
+/// timeout. Both are bounded now, and the CLI says so.
+#[tokio::test]
+async fn the_cli_stops_reading_an_answer_or_a_line_without_end() {
+    let url = endless_server();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+            .arg("env")
+            .args(args)
+            .args(["--url", &url, "--token", crate::support::TOKEN])
+            .env_remove("TETHER_API_TOKEN")
+            .env_remove("TETHER_URL")
+            .output()
+            .expect("tether env");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run(&["list"]);
+    assert!(!ok, "{err}");
+    assert!(err.contains("larger than 268435456 bytes"), "{err}");
+    let (ok, err) = run(&["logs", "e-1", "--follow"]);
+    assert!(!ok, "{err}");
+    assert!(err.contains("a line longer than 1048576 bytes"), "{err}");
+}
+
 /// A text frame that is not UTF-8, or a frame that breaks the protocol, ended the
 /// connection without a close frame: a client saw a network cut, and a resuming one
 /// sent the same frame again. The host now closes with 1007 or 1002 and a reason.

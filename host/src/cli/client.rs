@@ -12,7 +12,7 @@ use bytes::Bytes;
 use clap::Args;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use http::{Method, Request, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1;
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -20,6 +20,12 @@ use wasmtime_wasi_http::io::TokioIo;
 
 /// How long a call to the server may take.
 pub(super) const TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest answer read from the server: far above any listing a host makes, and a
+/// bound on what a wrong URL (a server that streams without end) can make the CLI hold.
+const MAX_ANSWER_BYTES: usize = 256 << 20;
+/// The longest line of a followed log read before it is given up on (the host's own
+/// lines are a few KiB).
+const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// Where the server is and how to authenticate to it.
 #[derive(Debug, Clone, Args)]
@@ -78,8 +84,7 @@ pub(crate) async fn send(
     let exchange = async {
         let response = open(server, method, path, content_type, body).await?;
         let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, bytes))
+        anyhow::Ok((status, answer(response).await?))
     };
     let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
         .await
@@ -139,7 +144,7 @@ pub(crate) async fn follow_lines(
         .context("the server did not answer in time")??;
     if !response.status().is_success() {
         let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
+        let bytes = answer(response).await?;
         let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         return Err(Refused::from_answer(status, &answer).into());
     }
@@ -152,9 +157,26 @@ pub(crate) async fn follow_lines(
                 let text: Vec<u8> = pending.drain(..=end).collect();
                 line(String::from_utf8_lossy(&text).trim_end());
             }
+            if pending.len() > MAX_LINE_BYTES {
+                bail!("the server sent a line longer than {MAX_LINE_BYTES} bytes");
+            }
         }
     }
     Ok(())
+}
+
+/// The whole body of `response`, up to [`MAX_ANSWER_BYTES`].
+async fn answer(response: http::Response<hyper::body::Incoming>) -> anyhow::Result<Bytes> {
+    match Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+        .collect()
+        .await
+    {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            bail!("the server's answer is larger than {MAX_ANSWER_BYTES} bytes")
+        }
+        Err(e) => Err(anyhow::anyhow!(e).context("reading the server's answer")),
+    }
 }
 
 /// Sends one request and returns the response with its body still to read.
