@@ -604,17 +604,7 @@ async fn a_body_field_given_twice_is_refused() {
 #[tokio::test]
 async fn an_unparsable_frame_does_not_stop_the_reference_runtime() {
     let dir = tempfile::tempdir().expect("tempdir");
-    crate::support::write_config(dir.path(), "[relay]\nmax_message_kib = 64\n");
-    let server = Server::start(dir.path());
-    let env = server
-        .running_env("poison", "local-process", json!({}))
-        .await;
-    let id = env["id"].as_str().expect("id");
-    // An app of no thread: its frames go to the runtime as they are.
-    let url = server.ws_url(&format!("/ws/app/{id}"));
-    let mut app = crate::support::Ws::connect(&url, Some(crate::support::TOKEN))
-        .await
-        .expect("app");
+    let (server, mut app) = app_of_a_runtime(dir.path(), 64).await;
     // 40 KB of `\"` (each escaped again in an error), then 200 levels of nesting.
     let poison = format!(
         r#"{{"type": "echo", "requestId": "poison", "payload": ["{}", {}{}]}}"#,
@@ -630,14 +620,40 @@ async fn an_unparsable_frame_does_not_stop_the_reference_runtime() {
         "{} bytes",
         answer.to_string().len()
     );
+    still_answers(&mut app).await;
+    server.stop();
+}
+
+/// A server whose relay takes frames of up to `max_message_kib`, running one
+/// environment of the reference runtime, and an app of no thread connected to it
+/// (its frames go to the runtime as they are).
+async fn app_of_a_runtime(
+    dir: &std::path::Path,
+    max_message_kib: u32,
+) -> (Server, crate::support::Ws) {
+    let config = format!("[relay]\nmax_message_kib = {max_message_kib}\n");
+    crate::support::write_config(dir, &config);
+    let server = Server::start(dir);
+    let env = server
+        .running_env("runtime", "local-process", json!({}))
+        .await;
+    let id = env["id"].as_str().expect("id");
+    let url = server.ws_url(&format!("/ws/app/{id}"));
+    let app = crate::support::Ws::connect(&url, Some(crate::support::TOKEN))
+        .await
+        .expect("app");
+    (server, app)
+}
+
+/// The runtime answers a plain echo: it is not stuck on an earlier frame.
+async fn still_answers(app: &mut crate::support::Ws) {
     let after = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         app.request(json!({"type": "echo", "requestId": "after", "payload": 1})),
     )
     .await
-    .expect("the runtime answers after the unparsable frame");
+    .expect("the runtime answers after the frame before");
     assert_eq!(after["type"], "echoResponse", "{after}");
-    server.stop();
 }
 
 /// A reply that grows past the host's limit on its way back (an echo of numbers
@@ -648,16 +664,7 @@ async fn an_unparsable_frame_does_not_stop_the_reference_runtime() {
 #[tokio::test]
 async fn a_reply_larger_than_the_host_takes_is_answered_with_an_error_not_a_loop() {
     let dir = tempfile::tempdir().expect("tempdir");
-    crate::support::write_config(dir.path(), "[relay]\nmax_message_kib = 1\n");
-    let server = Server::start(dir.path());
-    let env = server
-        .running_env("grows", "local-process", json!({}))
-        .await;
-    let id = env["id"].as_str().expect("id");
-    let url = server.ws_url(&format!("/ws/app/{id}"));
-    let mut app = crate::support::Ws::connect(&url, Some(crate::support::TOKEN))
-        .await
-        .expect("app");
+    let (server, mut app) = app_of_a_runtime(dir.path(), 1).await;
     let request = format!(
         r#"{{"type": "echo", "requestId": "grows", "payload": [{}]}}"#,
         vec!["1e9"; 200].join(",")
@@ -671,12 +678,6 @@ async fn a_reply_larger_than_the_host_takes_is_answered_with_an_error_not_a_loop
     assert_eq!(answer["requestId"], "grows", "{answer:.300}");
     let error = answer["error"].as_str().unwrap_or_default();
     assert!(error.contains("at most 1024"), "{error}");
-    let after = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        app.request(json!({"type": "echo", "requestId": "after", "payload": 1})),
-    )
-    .await
-    .expect("the runtime answers after the reply that did not fit");
-    assert_eq!(after["type"], "echoResponse", "{after}");
+    still_answers(&mut app).await;
     server.stop();
 }
