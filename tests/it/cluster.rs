@@ -2728,3 +2728,55 @@ async fn a_bucket_deleted_or_made_again_under_running_hosts_is_named_in_healthz(
     a.stop();
     b.stop();
 }
+
+/// A name reservation NATS made but whose answer never came (here NATS paused past
+/// the create's wait, then let go on): the create was answered 503, and its retry
+/// met the reservation of the record that never was, 409 for a minute. The host now
+/// lets go of such a reservation in the background once NATS answers, so the retry
+/// is made.
+#[tokio::test]
+async fn a_name_reserved_without_an_answer_is_let_go_for_the_creates_retry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "[cluster]\nlease_ttl_secs = 3\n");
+    let body = json!({"name": "unanswered", "provider": "local-process"});
+    let paused = nix::unistd::Pid::from_raw(nats.child.id() as i32);
+    nix::sys::signal::kill(paused, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let (status, refused) = a
+        .call("POST", "/api/v1/environments", Some(body.clone()))
+        .await;
+    nix::sys::signal::kill(paused, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
+    assert_eq!(refused["error"]["code"], "cluster_unavailable", "{refused}");
+    // The paused server takes the reservation once it runs again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let made = loop {
+        let (status, made) = a
+            .call("POST", "/api/v1/environments", Some(body.clone()))
+            .await;
+        if status == StatusCode::CREATED {
+            break made;
+        }
+        assert_eq!(status, StatusCode::CONFLICT, "{made}");
+        assert!(
+            Instant::now() < deadline,
+            "the name is still held by the create that failed: {made}\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let names = async_nats::jetstream::new(client)
+        .get_key_value("tether-names")
+        .await
+        .expect("names");
+    let holder = names.get(hex::encode("unanswered")).await.expect("get");
+    assert_eq!(
+        holder.as_deref(),
+        made["id"].as_str().map(str::as_bytes),
+        "{made}"
+    );
+    a.stop();
+}

@@ -70,6 +70,8 @@ const MAX_RECORD_BYTES: i32 = 4 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How old a name's hold must be before a hold without a record counts as stale.
 const STALE_NAME: time::Duration = time::Duration::minutes(1);
+/// How often a name whose reservation's answer was lost is tried for again.
+const NAME_RETRY: Duration = Duration::from_secs(1);
 /// How long shutdown waits for NATS to take the released leases.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 /// How many recent conflicts `GET /api/v1/cluster` shows.
@@ -698,21 +700,63 @@ impl Cluster {
     /// Not let go while NATS is away: a hold whose record the cluster does not have
     /// is taken over once it is [`STALE_NAME`] old.
     pub(crate) async fn release_name(&self, name: &str, id: &str) {
-        let names = &self.inner.names;
-        let key = hex::encode(name);
-        let release = async {
-            if let Ok(Some(entry)) = names.entry(key.clone()).await
-                && entry.value.as_ref() == id.as_bytes()
-                && let Err(e) = names
-                    .delete_expect_revision(&key, Some(entry.revision))
-                    .await
-            {
-                tracing::debug!(error = %e, "cluster: letting go of a name");
-            }
-        };
-        if let Err(e) = self.bookkeeping("letting go of a name", release).await {
+        if let Err(e) = self.let_go_of_name(name, id).await {
             tracing::warn!(error = %e, "cluster: a deleted environment's name stays reserved for a minute");
         }
+    }
+
+    /// Lets go of name `name` for record `id`, in the background, once NATS answers:
+    /// a reservation whose answer never came (NATS restarting, a timeout) may have
+    /// been made all the same, and would hold the name back from the create's retry
+    /// until it is [`STALE_NAME`] old. Tries for that long at most.
+    pub(crate) fn release_name_later(&self, name: &str, id: &str) {
+        let (cluster, name, id) = (self.clone(), name.to_owned(), id.to_owned());
+        tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + STALE_NAME.unsigned_abs();
+            while tokio::time::Instant::now() < until {
+                match cluster.let_go_of_name(&name, &id).await {
+                    Ok(Some(_)) => return,
+                    // Not there yet is no proof: NATS may store the reservation after
+                    // answering this look (its reads are not ordered with its writes).
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cluster: letting go of a name, again soon")
+                    }
+                }
+                tokio::time::sleep(NAME_RETRY).await;
+            }
+        });
+    }
+
+    /// Lets go of name `name` if record `id` holds it: `Some(true)` let go,
+    /// `Some(false)` another record holds it, `None` nobody does; an error when NATS
+    /// did not say.
+    async fn let_go_of_name(&self, name: &str, id: &str) -> Result<Option<bool>, ClusterError> {
+        let names = &self.inner.names;
+        let key = hex::encode(name);
+        let nats = |e: String| ClusterError::Nats(format!("letting go of name {name:?}: {e}"));
+        let release = async {
+            let entry = names
+                .entry(key.clone())
+                .await
+                .map_err(|e| nats(e.to_string()))?;
+            let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+                return Ok(None);
+            };
+            if entry.value.as_ref() != id.as_bytes() {
+                return Ok(Some(false));
+            }
+            match names
+                .delete_expect_revision(&key, Some(entry.revision))
+                .await
+            {
+                Ok(()) => Ok(Some(true)),
+                // Changed meanwhile: no longer this record's to let go.
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(Some(false)),
+                Err(e) => Err(nats(e.to_string())),
+            }
+        };
+        self.bookkeeping("letting go of a name", release).await?
     }
 
     /// Notes, before `record` is deleted, that host `host` is to have its provider

@@ -128,10 +128,14 @@ impl Manager {
         };
         let (name, id) = (record.name.clone(), record.id.clone());
         let store = &self.shared.store;
-        let reserved = cluster
-            .claim_name(&name, &id)
-            .await
-            .map_err(|e| LifecycleError::ClusterUnavailable(e.to_string()))?;
+        let reserved = match cluster.claim_name(&name, &id).await {
+            Ok(reserved) => reserved,
+            Err(e) => {
+                // NATS may have made the reservation all the same.
+                cluster.release_name_later(&name, &id);
+                return Err(LifecycleError::ClusterUnavailable(e.to_string()));
+            }
+        };
         if !reserved {
             return Err(LifecycleError::Conflict(
                 StoreError::NameTaken(name).to_string(),
