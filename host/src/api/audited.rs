@@ -3,16 +3,16 @@
 //! client was told about is never missing from the log); `GET /api/v1/audit` reads it
 //! back for admins.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::Json;
-use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::error::{ErrorBody, ErrorCode};
+use super::params::Params;
 use super::{ApiError, AppState};
 use crate::audit::{self, Actor, Entry, Outcome};
 use crate::tenancy::{Principal, Scope};
@@ -122,7 +122,7 @@ pub(crate) fn refused(s: &AppState, remote: IpAddr, action: &'static str, reason
 pub(crate) async fn list(
     who: Principal,
     State(s): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
+    Params(query): Params,
 ) -> Result<Json<Vec<Entry>>, ApiError> {
     who.require(Scope::Admin)?;
     let since = match query.get("since") {

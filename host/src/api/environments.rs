@@ -2,10 +2,8 @@
 //! Each handler checks the caller's scope (403 naming it); which environments the
 //! caller reaches is the lifecycle's answer (someone else's is 404).
 
-use std::collections::HashMap;
-
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -13,6 +11,7 @@ use utoipa::ToSchema;
 use super::audited::{Act, Remote, audited};
 use super::body::{Body, Fields, FromObject};
 use super::error::ErrorBody;
+use super::params::Params;
 use super::{ApiError, AppState};
 use crate::audit::action;
 use crate::lifecycle::{CreateRequest, DesiredState, EnvironmentView, RestartPolicy};
@@ -120,7 +119,7 @@ type ApiResult<T> = Result<T, ApiError>;
 pub(crate) async fn list(
     who: Principal,
     State(s): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
+    Params(query): Params,
 ) -> ApiResult<Json<Vec<EnvironmentView>>> {
     who.require(Scope::EnvsRead)?;
     let owner = query.get("owner");
@@ -328,7 +327,7 @@ pub(crate) async fn delete(
     remote: Remote,
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    Params(query): Params,
 ) -> ApiResult<StatusCode> {
     // Read before it is gone, so the audit line names whose it was.
     let owner = s.manager.get(&who, &id).ok().map(|v| v.owner);

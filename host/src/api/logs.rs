@@ -4,17 +4,18 @@
 //! as it is written, until the client leaves or the environment is deleted.
 //! Same rules as reading the environment: `envs:read`, and someone else's is 404.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::convert::Infallible;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::error::ErrorBody;
+use super::params::Params;
 use super::{ApiError, AppState};
 use crate::logs::{MAX_TAIL, parse_since};
 use crate::tenancy::{Principal, Scope};
@@ -46,7 +47,7 @@ pub(crate) async fn logs(
     who: Principal,
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    Params(query): Params,
 ) -> Result<Response, ApiError> {
     who.require(Scope::EnvsRead)?;
     let tail = match query.get("tail") {

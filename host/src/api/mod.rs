@@ -14,6 +14,7 @@ mod events;
 mod logs;
 mod metrics;
 mod openapi;
+mod params;
 mod providers;
 mod removals;
 mod templates;

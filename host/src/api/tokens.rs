@@ -2,10 +2,8 @@
 //! anyone lists and revokes their own user's tokens (admins: everyone's), and an
 //! admin rotates the operator's token.
 
-use std::collections::HashMap;
-
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -13,6 +11,7 @@ use utoipa::ToSchema;
 use super::audited::{Act, Remote, audited};
 use super::body::{Body, Fields, FromObject};
 use super::error::ErrorBody;
+use super::params::Params;
 use super::{ApiError, AppState};
 use crate::audit::action;
 use crate::tenancy::{Issued, NewToken, Principal, Scope, Scopes, TokenView};
@@ -111,7 +110,7 @@ async fn create_for(who: &Principal, s: &AppState, new: NewToken) -> Result<Issu
 pub(crate) async fn list(
     who: Principal,
     State(s): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
+    Params(query): Params,
 ) -> Result<Json<Vec<TokenView>>, ApiError> {
     let user = query.get("user");
     if let Some(user) = user {

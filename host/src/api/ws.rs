@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_KEY};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
@@ -29,6 +29,7 @@ use hyper::upgrade::OnUpgrade;
 
 use super::audited::{Act, Remote, audited};
 use super::error::ErrorBody;
+use super::params::Params;
 use super::{ApiError, AppCaller, AppState, bearer, caller};
 use crate::audit::action;
 use crate::config::PublicUrl;
@@ -89,7 +90,7 @@ pub(crate) async fn runtime(
     Remote(remote): Remote,
     Path(id): Path<String>,
     RuntimeToken(token): RuntimeToken,
-    Query(query): Query<HashMap<String, String>>,
+    Params(query): Params,
     upgrading: Upgrading,
 ) -> Result<Response, ApiError> {
     let Upgrading { check, upgrade } = upgrading;
@@ -152,7 +153,7 @@ pub(crate) async fn app(
     Remote(remote): Remote,
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    Params(query): Params,
     forward: Forward,
     upgrading: Upgrading,
 ) -> Result<Response, ApiError> {
@@ -367,7 +368,7 @@ pub(crate) async fn provisioned(
     caller: AppCaller,
     remote: Remote,
     State(s): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
+    Params(query): Params,
     forward: Forward,
     upgrading: Upgrading,
 ) -> Result<Response, ApiError> {
