@@ -48,6 +48,13 @@ pub(crate) fn run(config: &Value, children: &mut Vec<Child>) -> Result<String, P
             "/state/../../../../../../etc/passwd",
         ]),
         "spawn-env" => crate::spawn_attacks::spawn_env(config),
+        "symlink" => {
+            crate::links::plant(text(config, "link")?, text(config, "target")?)?;
+            match config.get("then") {
+                Some(then) => run(then, children),
+                None => Ok("planted".to_owned()),
+            }
+        }
         "spawn" => spawn_one(text(config, "program")?, strings(config, "args"), children),
         "spawn-many" => {
             let count = config.get("count").and_then(Value::as_u64).unwrap_or(1000);

@@ -100,7 +100,9 @@ impl PathScope {
 
     /// Whether `arg` names a path inside the roots. It may not exist yet (a path
     /// to create), but it may not contain `..`, and its longest existing ancestor,
-    /// with symlinks resolved, must lie inside a root.
+    /// with symlinks resolved, must lie inside a root. A symlink that leads nowhere
+    /// (or loops) is refused wherever it is on the way: the child would follow it,
+    /// and create what it points to, wherever that is.
     pub fn contains(&self, arg: &str) -> bool {
         let path = Path::new(arg);
         if arg.is_empty()
@@ -116,6 +118,11 @@ impl PathScope {
         loop {
             if let Ok(real) = probe.canonicalize() {
                 return self.roots.iter().any(|root| real.starts_with(root));
+            }
+            // Not resolvable, yet there: a dangling symlink (or one in a loop), whose
+            // target the parent's check says nothing about.
+            if probe.symlink_metadata().is_ok() {
+                return false;
             }
             match probe.parent() {
                 Some(parent) => probe = parent,
@@ -231,6 +238,14 @@ mod tests {
         assert!(!scope.contains(&outside.display().to_string()));
         assert!(!scope.contains("/etc/passwd"));
         assert!(!scope.contains(""));
+        // A dangling link, out or in, and one in a loop: its target is not checked.
+        std::os::unix::fs::symlink(outside.join("new"), project.join("dangling")).unwrap();
+        std::os::unix::fs::symlink("not-yet", project.join("later")).unwrap();
+        std::os::unix::fs::symlink("loop", project.join("loop")).unwrap();
+        assert!(!scope.contains("dangling"));
+        assert!(!scope.contains("dangling/deeper"));
+        assert!(!scope.contains("later"));
+        assert!(!scope.contains("loop/x"));
 
         let p = pat("git", &["worktree", "remove", "--force", PATH_ARG]);
         assert!(p.matches(

@@ -184,6 +184,51 @@ async fn hostile_star_never_matches_a_smuggled_option() {
     rig.finish().await;
 }
 
+#[tokio::test]
+async fn hostile_dangling_symlink_is_no_path_argument() {
+    // The provider plants `/workspace/planted -> ../../../planted.txt` (a file in the
+    // data directory that does not exist yet), then names the link as a `{path}`:
+    // `touch` would follow it and create the file outside every granted directory.
+    let mut rig = Rig::start(granting(
+        "  { program = \"touch\", args = [\"{path}\"] },",
+        "",
+    ))
+    .await;
+    let outside = rig.dir.path().join("planted.txt");
+    let (_, error) = rig
+        .refused(
+            "dangling",
+            json!({"attack": "symlink", "link": "planted", "target": "../../../planted.txt",
+                   "then": {"attack": "spawn", "program": "touch", "args": ["planted"]}}),
+        )
+        .await;
+    assert!(
+        error.contains("`touch` with these arguments is not"),
+        "{error}"
+    );
+    // A link that dangles inside the workspace is refused alike: what it points to
+    // may be swapped for a link out before the child follows it.
+    let (_, error) = rig
+        .refused(
+            "inside",
+            json!({"attack": "symlink", "link": "later", "target": "not-yet",
+                   "then": {"attack": "spawn", "program": "touch", "args": ["later"]}}),
+        )
+        .await;
+    assert!(error.contains("not"), "{error}");
+    // A plain new file in the workspace is still fine.
+    let env = rig
+        .attack(
+            "fine",
+            json!({"attack": "spawn", "program": "touch", "args": ["new-file"]}),
+        )
+        .await;
+    assert_eq!(env["status"], "running", "{env}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!outside.exists(), "a child followed a dangling link out");
+    rig.finish().await;
+}
+
 /// Field `n` (1-based, as in proc(5)) of `/proc/PID/stat`.
 fn stat_field(pid: u32, n: usize) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
