@@ -289,7 +289,10 @@ fn unconsented(name: &str, path: &Path, sha256: &str) -> String {
 }
 
 /// The `*.wasm` files in `dir` with their stamps. Hidden files are skipped: copy tools
-/// write into hidden temporaries before renaming.
+/// write into hidden temporaries before renaming. An entry that cannot be followed (a
+/// symlink in a loop, or into a directory the host may not read) is listed with its
+/// own stamp, so its load fails and is reported for that file alone: failing the
+/// whole listing would keep every other drop-in from loading, changing or going.
 fn list(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -311,9 +314,18 @@ fn list(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
                 listed.insert(path, Stamp::of(&meta));
             }
             Ok(_) => {}
-            // Removed between the listing and now: the next event rescans.
+            // Removed between the listing and now (or a link to nothing): the next
+            // event rescans.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(_) => match std::fs::symlink_metadata(&path) {
+                Ok(meta) => {
+                    listed.insert(path, Stamp::of(&meta));
+                }
+                Err(e) => {
+                    let error = crate::untrusted::logged(&e.to_string());
+                    tracing::warn!(path = %path.display(), %error, "provider file cannot be read; skipped");
+                }
+            },
         }
     }
     Ok(listed)
