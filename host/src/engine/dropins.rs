@@ -168,12 +168,7 @@ impl Engine {
 
     /// Loads `path` unless its content is what already loaded from it (`None` then).
     async fn load_changed(&self, path: &Path) -> Result<Option<Arc<LoadedProvider>>, EngineError> {
-        let bytes = tokio::fs::read(path)
-            .await
-            .map_err(|source| EngineError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
+        let bytes = read_component(path).await?;
         let unchanged = {
             let known = self.dropins.known();
             known.files.get(path).is_some_and(|e| {
@@ -286,6 +281,34 @@ fn unconsented(name: &str, path: &Path, sha256: &str) -> String {
          [providers.{name}] replace_builtin = {{ file = {file:?} }} (or {{ sha256 = \"{sha256}\" }}) \
          in tether.toml"
     )
+}
+
+/// The bytes of the component file at `path`, refused unread past
+/// [`MAX_COMPONENT_BYTES`](super::MAX_COMPONENT_BYTES).
+pub async fn read_component(path: &Path) -> Result<Vec<u8>, EngineError> {
+    use tokio::io::AsyncReadExt;
+    let io = |source| EngineError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let limit = super::MAX_COMPONENT_BYTES as u64;
+    let too_large = |bytes| EngineError::TooLarge {
+        path: path.to_owned(),
+        bytes,
+    };
+    let file = tokio::fs::File::open(path).await.map_err(io)?;
+    let len = file.metadata().await.map_err(io)?.len();
+    if len > limit {
+        return Err(too_large(len));
+    }
+    // The length may change while the file is read: one byte past the limit is
+    // enough to tell, and all that is held.
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    (file.take(limit + 1).read_to_end(&mut bytes).await).map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 /// The `*.wasm` files in `dir` with their stamps. Hidden files are skipped: copy tools
