@@ -283,9 +283,7 @@ async fn inspect(
     });
     let (settings, _) = ServeConfig::load_source(listen, data_dir, source)?;
     let engine = Engine::new(settings.limits.clone(), settings.net.clone())?;
-    let bytes = tokio::fs::read(file)
-        .await
-        .with_context(|| format!("reading {}", file.display()))?;
+    let bytes = crate::engine::read_component(file).await?;
     let source = ProviderSource::DropIn {
         path: file.to_owned(),
     };

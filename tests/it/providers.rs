@@ -49,6 +49,66 @@ async fn a_drop_in_replaces_the_built_in_and_a_corrupt_file_is_reported() {
     server.stop();
 }
 
+#[tokio::test]
+async fn a_symlink_loop_among_the_drop_ins_is_reported_alone() {
+    // `loop.wasm -> loop.wasm` cannot be followed (ELOOP); the drop-in beside it
+    // still loads, and the loop is named in /healthz.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let providers = dir.path().join(".codebolt/providers");
+    std::fs::create_dir_all(&providers).unwrap();
+    std::os::unix::fs::symlink("loop.wasm", providers.join("loop.wasm")).unwrap();
+    std::fs::copy(HANDOFF, providers.join("handoff.wasm")).unwrap();
+    let server = Server::start(dir.path());
+    let (status, p) = server.call("GET", "/api/v1/providers/handoff", None).await;
+    assert_eq!(status, StatusCode::OK, "{p}\nlog:\n{}", server.log());
+    let health = wait_get(&server, "/healthz", "loop.wasm reported", |_, h| {
+        health_names(h, "loop.wasm")
+    })
+    .await;
+    assert_eq!(health["status"], "degraded");
+
+    // Files dropped in later are seen too; removing the loop clears the reason.
+    std::fs::copy(LOCAL_PROCESS, providers.join("other.wasm")).unwrap();
+    wait_get(&server, "/healthz", "other.wasm reported", |_, h| {
+        health_names(h, "other.wasm")
+    })
+    .await;
+    std::fs::remove_file(providers.join("other.wasm")).unwrap();
+    std::fs::remove_file(providers.join("loop.wasm")).unwrap();
+    wait_get(&server, "/healthz", "health ok", |_, h| h["status"] == "ok").await;
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_huge_drop_in_is_refused_unread() {
+    // A sparse 1 GiB file costs no disk; read whole, it would cost the host 1 GiB of
+    // memory (and a larger one more than the machine has).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let providers = dir.path().join(".codebolt/providers");
+    std::fs::create_dir_all(&providers).unwrap();
+    let huge = std::fs::File::create(providers.join("huge.wasm")).unwrap();
+    huge.set_len(1 << 30).unwrap();
+    drop(huge);
+    std::fs::copy(HANDOFF, providers.join("handoff.wasm")).unwrap();
+    let server = Server::start(dir.path());
+    let health = wait_get(&server, "/healthz", "huge.wasm reported", |_, h| {
+        health_names(h, "huge.wasm")
+    })
+    .await;
+    let reason = (health["reasons"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .find(|r| r.contains("huge.wasm"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.contains("has 1073741824 bytes; a provider component is at most 67108864"),
+        "{reason}"
+    );
+    let (status, _) = server.call("GET", "/api/v1/providers/handoff", None).await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop();
+}
+
 /// Polls `GET path` until `pred` holds for its status and body, returning the body.
 async fn wait_get(
     server: &Server,

@@ -154,6 +154,31 @@ impl Server {
         Server::start_args_envs(data_dir, token, extra, &[])
     }
 
+    /// [`Server::start`] with `cwd` as the server's working directory (the tests'
+    /// own otherwise).
+    pub fn start_in(data_dir: &Path, cwd: &Path) -> Server {
+        repeat_panics_last();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .current_dir(cwd)
+            .env("RUST_LOG", "info")
+            .env("TETHER_API_TOKEN", TOKEN);
+        let (child, base) = spawn_announced(
+            command,
+            &data_dir.join("server.log"),
+            "tether listening on ",
+        );
+        Server {
+            child,
+            base,
+            data_dir: data_dir.to_owned(),
+            http: reqwest::Client::new(),
+            tls: None,
+        }
+    }
+
     /// [`Server::start_args`] with the environment variables in `envs`.
     pub fn start_args_envs(
         data_dir: &Path,

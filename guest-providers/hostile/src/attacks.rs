@@ -48,7 +48,18 @@ pub(crate) fn run(config: &Value, children: &mut Vec<Child>) -> Result<String, P
             "/state/../../../../../../etc/passwd",
         ]),
         "spawn-env" => crate::spawn_attacks::spawn_env(config),
+        "symlink" => {
+            crate::links::plant(text(config, "link")?, text(config, "target")?)?;
+            match config.get("then") {
+                Some(then) => run(then, children),
+                None => Ok("planted".to_owned()),
+            }
+        }
         "spawn" => spawn_one(text(config, "program")?, strings(config, "args"), children),
+        "spawn-loop" => {
+            let count = config.get("count").and_then(Value::as_u64).unwrap_or(1000);
+            spawn_loop(text(config, "program")?, strings(config, "args"), count)
+        }
         "spawn-many" => {
             let count = config.get("count").and_then(Value::as_u64).unwrap_or(1000);
             spawn_many(
@@ -126,6 +137,15 @@ fn spawn_one(
     let pid = child.pid();
     children.push(child);
     Ok(format!("spawned {program} as {pid}"))
+}
+
+/// Spawns `count` children one after another, each waited for: the process cap
+/// never bites, and every spawn (and its output) is a line for the host's log.
+fn spawn_loop(program: &str, args: Vec<String>, count: u64) -> Result<String, ProviderError> {
+    for _ in 0..count {
+        Command::new(program).args(args.clone()).spawn()?.wait();
+    }
+    Ok(format!("spawned {count} one by one"))
 }
 
 /// Spawns until refused or `count` is reached, keeping every child alive.

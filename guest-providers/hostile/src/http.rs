@@ -8,7 +8,7 @@
     clippy::unwrap_used,
     clippy::expect_used
 )]
-mod bindings {
+pub(crate) mod bindings {
     wit_bindgen::generate!({
         path: "wit",
         world: "tether:hostile/http-client",

@@ -11,6 +11,7 @@
 mod attacks;
 mod floods;
 mod http;
+mod links;
 mod spawn_attacks;
 
 use tether_provider_sdk::process::Child;

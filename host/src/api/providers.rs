@@ -17,7 +17,7 @@ use crate::lifecycle::ProviderView;
 use crate::tenancy::{Principal, Scope};
 
 /// Largest component `PUT` takes.
-pub(crate) const MAX_COMPONENT_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_COMPONENT_BYTES: usize = crate::engine::MAX_COMPONENT_BYTES;
 
 /// The body of `PUT /api/v1/providers/{name}`, for the spec: the component's bytes.
 pub(crate) struct ComponentBytes;

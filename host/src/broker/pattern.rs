@@ -100,7 +100,7 @@ impl PathScope {
 
     /// Whether `arg` names a path inside the roots. It may not exist yet (a path
     /// to create), but it may not contain `..`, and its longest existing ancestor,
-    /// with symlinks resolved, must lie inside a root.
+    /// with symlinks resolved (by [`resolve`]), must lie inside a root.
     pub fn contains(&self, arg: &str) -> bool {
         let path = Path::new(arg);
         if arg.is_empty()
@@ -111,18 +111,78 @@ impl PathScope {
         {
             return false;
         }
-        let full = self.cwd.join(path);
-        let mut probe = full.as_path();
-        loop {
-            if let Ok(real) = probe.canonicalize() {
-                return self.roots.iter().any(|root| real.starts_with(root));
+        resolve(&self.cwd.join(path))
+            .is_some_and(|real| self.roots.iter().any(|root| real.starts_with(root)))
+    }
+}
+
+/// Symlinks followed at most while resolving one path (the kernel's own limit).
+const MAX_LINKS: usize = 40;
+
+/// The longest existing part of `path` with every symlink resolved, as the child
+/// will find it; `None` when the child might find something else. Resolved by hand
+/// rather than by `realpath`, because two things must be seen on the way:
+/// - a symlink that leads nowhere (or loops): the child would follow it and create
+///   what it points to, wherever that is, and the part before it says nothing of that;
+/// - `/proc`, reached directly or through a link (`/dev/fd`, or one a provider planted
+///   pointing at `../../proc/self/cwd`): its links (`self/cwd`, `self/fd/N`,
+///   `self/root`) name the host's directories while the host checks, and the child's
+///   own when the child opens them.
+fn resolve(path: &Path) -> Option<PathBuf> {
+    use std::collections::VecDeque;
+    use std::path::Component;
+    let mut resolved = if path.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        std::env::current_dir().ok()?
+    };
+    let mut pending: VecDeque<std::ffi::OsString> = VecDeque::new();
+    let push_front = |pending: &mut VecDeque<_>, p: &Path| {
+        for c in p.components().rev() {
+            pending.push_front(c.as_os_str().to_owned());
+        }
+    };
+    push_front(&mut pending, path);
+    // How many of `pending`'s first components came from a link's target.
+    let mut from_links = 0usize;
+    let mut links = 0usize;
+    while let Some(part) = pending.pop_front() {
+        let in_link = from_links > 0;
+        from_links = from_links.saturating_sub(1);
+        match Path::new(&part).components().next() {
+            Some(Component::RootDir) => resolved = PathBuf::from("/"),
+            Some(Component::ParentDir) => {
+                resolved.pop();
             }
-            match probe.parent() {
-                Some(parent) => probe = parent,
-                None => return false,
+            Some(Component::Normal(name)) => {
+                let next = resolved.join(name);
+                if next.starts_with("/proc") {
+                    return None;
+                }
+                match next.symlink_metadata() {
+                    Ok(meta) if meta.file_type().is_symlink() => {
+                        links += 1;
+                        if links > MAX_LINKS {
+                            return None;
+                        }
+                        let target = std::fs::read_link(&next).ok()?;
+                        let before = pending.len();
+                        push_front(&mut pending, &target);
+                        from_links += pending.len() - before;
+                    }
+                    Ok(_) => resolved = next,
+                    // The rest of the provider's path does not exist yet: it is made
+                    // under what exists. Inside a link's target, the link dangles.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && !in_link => {
+                        return Some(resolved);
+                    }
+                    Err(_) => return None,
+                }
             }
+            _ => {}
         }
     }
+    Some(resolved)
 }
 
 /// Shorthands for the broker's tests, here and in `broker/mod.rs`.
@@ -231,6 +291,36 @@ mod tests {
         assert!(!scope.contains(&outside.display().to_string()));
         assert!(!scope.contains("/etc/passwd"));
         assert!(!scope.contains(""));
+        // A dangling link, out or in, and one in a loop: its target is not checked.
+        std::os::unix::fs::symlink(outside.join("new"), project.join("dangling")).unwrap();
+        std::os::unix::fs::symlink("not-yet", project.join("later")).unwrap();
+        std::os::unix::fs::symlink("loop", project.join("loop")).unwrap();
+        assert!(!scope.contains("dangling"));
+        assert!(!scope.contains("dangling/deeper"));
+        assert!(!scope.contains("later"));
+        assert!(!scope.contains("loop/x"));
+        // A link to a directory inside is followed.
+        std::os::unix::fs::symlink("sub", project.join("alias")).unwrap();
+        assert!(scope.contains("alias/new"));
+        assert!(scope.contains("alias"));
+    }
+
+    #[test]
+    fn path_arguments_never_go_through_proc() {
+        // The host's working directory as a root: `/proc/self/cwd` names it while the
+        // host checks, and the child's own working directory when the child opens it.
+        let here = std::env::current_dir().unwrap();
+        let scope = PathScope::new(here.clone(), std::slice::from_ref(&here));
+        assert!(scope.contains("new-file"));
+        assert!(!scope.contains("/proc/self/cwd/new-file"));
+        assert!(!scope.contains("/dev/fd/0"));
+        let root = tempfile::tempdir().unwrap();
+        let ws = root.path().canonicalize().unwrap();
+        let depth = ws.components().count();
+        let up = "../".repeat(depth);
+        std::os::unix::fs::symlink(format!("{up}proc/self/cwd"), ws.join("cwd")).unwrap();
+        let scope = PathScope::new(ws.clone(), &[ws.clone(), here]);
+        assert!(!scope.contains("cwd/escape"));
 
         let p = pat("git", &["worktree", "remove", "--force", PATH_ARG]);
         assert!(p.matches(

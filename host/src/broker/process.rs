@@ -51,8 +51,11 @@ pub enum SpawnError {
     },
 }
 
+/// Whether one more line about a provider's children may be logged now: the
+/// instance's log budget, so that spawning (and the children's output) cannot pass it.
+pub type LogGate = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// Spawns processes for one environment.
-#[derive(Debug)]
 pub struct ProcessBroker {
     env_id: String,
     caps: Capabilities,
@@ -61,6 +64,17 @@ pub struct ProcessBroker {
     max_processes: usize,
     tail_bytes: usize,
     guard: Option<Arc<Guards>>,
+    log_gate: Option<LogGate>,
+}
+
+impl std::fmt::Debug for ProcessBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessBroker")
+            .field("env_id", &self.env_id)
+            .field("workspace", &self.workspace)
+            .field("live", &self.live)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ProcessBroker {
@@ -80,7 +94,19 @@ impl ProcessBroker {
             max_processes,
             tail_bytes,
             guard: None,
+            log_gate: None,
         }
+    }
+
+    /// Logs the "spawned" line and the children's output only while `gate` allows;
+    /// without it, every spawn is logged and each child's streams up to their own cap.
+    pub fn with_log_gate(mut self, gate: LogGate) -> Self {
+        self.log_gate = Some(gate);
+        self
+    }
+
+    fn may_log(&self) -> bool {
+        self.log_gate.as_ref().is_none_or(|gate| gate())
     }
 
     /// Runs every child under the spawn guard (see [`super::guard`]) that `guards`
@@ -139,16 +165,18 @@ impl ProcessBroker {
         let output = Arc::new(Mutex::new(Tail::new(self.tail_bytes)));
         let mut pumps = Vec::with_capacity(2);
         if let Some(out) = child.stdout.take() {
-            let log = OutputLog::new(&self.env_id, pid, "stdout");
+            let log = OutputLog::new(&self.env_id, pid, "stdout", self.log_gate.clone());
             pumps.push(tokio::spawn(pump(out, output.clone(), log)));
         }
         if let Some(err) = child.stderr.take() {
-            let log = OutputLog::new(&self.env_id, pid, "stderr");
+            let log = OutputLog::new(&self.env_id, pid, "stderr", self.log_gate.clone());
             pumps.push(tokio::spawn(pump(err, output.clone(), log)));
         }
         self.live.fetch_add(1, Ordering::SeqCst);
         let program = crate::untrusted::quoted(&spec.program);
-        tracing::info!(env = %self.env_id, pid, %program, "spawned");
+        if self.may_log() {
+            tracing::info!(env = %self.env_id, pid, %program, "spawned");
+        }
         Ok(Child {
             pid,
             inner: Some(child),
@@ -376,16 +404,18 @@ struct OutputLog {
     stream: &'static str,
     partial: Vec<u8>,
     lines: usize,
+    gate: Option<LogGate>,
 }
 
 impl OutputLog {
-    fn new(env_id: &str, pid: u32, stream: &'static str) -> Self {
+    fn new(env_id: &str, pid: u32, stream: &'static str, gate: Option<LogGate>) -> Self {
         Self {
             env_id: env_id.to_owned(),
             pid,
             stream,
             partial: Vec::new(),
             lines: 0,
+            gate,
         }
     }
 
@@ -402,7 +432,8 @@ impl OutputLog {
     fn flush(&mut self) {
         let line = std::mem::take(&mut self.partial);
         self.lines += 1;
-        if self.lines <= MAX_LOGGED_LINES {
+        let allowed = || self.gate.as_ref().is_none_or(|gate| gate());
+        if self.lines <= MAX_LOGGED_LINES && allowed() {
             let text = crate::untrusted::logged(&String::from_utf8_lossy(&line));
             tracing::info!(env = %self.env_id, pid = self.pid, stream = self.stream, "{text}");
         } else if self.lines == MAX_LOGGED_LINES + 1 {
@@ -469,7 +500,7 @@ mod tests {
 
     #[test]
     fn logged_output_lines_are_cut_and_counted() {
-        let mut log = OutputLog::new("env", 1, "stdout");
+        let mut log = OutputLog::new("env", 1, "stdout", None);
         log.push(&[b'x'; 5000]);
         assert_eq!(log.partial.len(), MAX_LOGGED_LINE);
         log.push(b"\nshort\n");

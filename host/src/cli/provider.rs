@@ -189,9 +189,7 @@ fn ensure_target() -> anyhow::Result<()> {
 
 /// Loads `file` as the host would (no grants) to read its name, version and request.
 async fn describe(file: &Path) -> anyhow::Result<Built> {
-    let bytes = tokio::fs::read(file)
-        .await
-        .with_context(|| format!("reading {}", file.display()))?;
+    let bytes = crate::engine::read_component(file).await?;
     let engine = Engine::new(LimitsConfig::default(), NetConfig::default())?;
     let source = ProviderSource::DropIn {
         path: file.to_owned(),

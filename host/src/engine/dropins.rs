@@ -168,12 +168,7 @@ impl Engine {
 
     /// Loads `path` unless its content is what already loaded from it (`None` then).
     async fn load_changed(&self, path: &Path) -> Result<Option<Arc<LoadedProvider>>, EngineError> {
-        let bytes = tokio::fs::read(path)
-            .await
-            .map_err(|source| EngineError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
+        let bytes = read_component(path).await?;
         let unchanged = {
             let known = self.dropins.known();
             known.files.get(path).is_some_and(|e| {
@@ -288,8 +283,39 @@ fn unconsented(name: &str, path: &Path, sha256: &str) -> String {
     )
 }
 
+/// The bytes of the component file at `path`, refused unread past
+/// [`MAX_COMPONENT_BYTES`](super::MAX_COMPONENT_BYTES).
+pub async fn read_component(path: &Path) -> Result<Vec<u8>, EngineError> {
+    use tokio::io::AsyncReadExt;
+    let io = |source| EngineError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let limit = super::MAX_COMPONENT_BYTES as u64;
+    let too_large = |bytes| EngineError::TooLarge {
+        path: path.to_owned(),
+        bytes,
+    };
+    let file = tokio::fs::File::open(path).await.map_err(io)?;
+    let len = file.metadata().await.map_err(io)?.len();
+    if len > limit {
+        return Err(too_large(len));
+    }
+    // The length may change while the file is read: one byte past the limit is
+    // enough to tell, and all that is held.
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    (file.take(limit + 1).read_to_end(&mut bytes).await).map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 /// The `*.wasm` files in `dir` with their stamps. Hidden files are skipped: copy tools
-/// write into hidden temporaries before renaming.
+/// write into hidden temporaries before renaming. An entry that cannot be followed (a
+/// symlink in a loop, or into a directory the host may not read) is listed with its
+/// own stamp, so its load fails and is reported for that file alone: failing the
+/// whole listing would keep every other drop-in from loading, changing or going.
 fn list(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -311,9 +337,18 @@ fn list(dir: &Path) -> std::io::Result<BTreeMap<PathBuf, Stamp>> {
                 listed.insert(path, Stamp::of(&meta));
             }
             Ok(_) => {}
-            // Removed between the listing and now: the next event rescans.
+            // Removed between the listing and now (or a link to nothing): the next
+            // event rescans.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Err(_) => match std::fs::symlink_metadata(&path) {
+                Ok(meta) => {
+                    listed.insert(path, Stamp::of(&meta));
+                }
+                Err(e) => {
+                    let error = crate::untrusted::logged(&e.to_string());
+                    tracing::warn!(path = %path.display(), %error, "provider file cannot be read; skipped");
+                }
+            },
         }
     }
     Ok(listed)

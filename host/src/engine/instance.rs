@@ -29,7 +29,7 @@ pub struct HostState {
     wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
     pub(crate) net: NetHooks,
-    pub(crate) log_budget: LogBudget,
+    pub(crate) log_budget: Arc<LogBudget>,
     pub(crate) table: ResourceTable,
     /// The directories the guest sees, in order, opened when it asks for them.
     pub(crate) preopens: Vec<Preopen>,
@@ -88,7 +88,7 @@ impl HostState {
             wasi,
             http,
             net,
-            log_budget: LogBudget::default(),
+            log_budget: Arc::default(),
             table,
             preopens: Vec::new(),
             limits: StoreLimitsBuilder::new()
@@ -202,6 +202,10 @@ pub(crate) fn new_store(
     if let Some(tether) = spawn_guard {
         broker = broker.with_guard(tether.clone());
     }
+    // The provider's own lines and those its children write share one budget.
+    let log_budget = Arc::new(LogBudget::default());
+    let gate = log_budget.clone();
+    broker = broker.with_log_gate(Arc::new(move || gate.take(Instant::now()).is_some()));
     let mut state = HostState::new(
         wasi.build(),
         NetHooks::new(policy, Some(tls.clone())),
@@ -213,6 +217,7 @@ pub(crate) fn new_store(
         limits,
     );
     state.preopens = dirs;
+    state.log_budget = log_budget;
     Ok(configured_store(engine, state))
 }
 

@@ -43,6 +43,7 @@ use bindings::AnyPre;
 pub use bindings::WorldVersion;
 pub use cache::CompileCacheStats;
 pub use dir_watch::{DirWatch, DirWatchError, watch_dir};
+pub use dropins::read_component;
 pub use handle::ProviderHandle;
 pub(crate) use host::log::LogBudget;
 pub use instance::{HostState, InstanceSetup};
@@ -87,6 +88,10 @@ fn max_map_count() -> Option<u64> {
 pub(crate) const TICK: Duration = Duration::from_millis(10);
 /// Wasm stack a provider may use; deeper recursion traps with a stack overflow.
 pub const MAX_WASM_STACK: usize = 512 << 10;
+/// Largest provider component the host reads, from a drop-in file or an upload
+/// (built providers are a few hundred KiB; a sparse or wrong file must not be read
+/// whole into the host's memory).
+pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 
 /// Why loading or instantiating a provider failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +106,14 @@ pub enum EngineError {
         path: PathBuf,
         /// What the OS said.
         source: std::io::Error,
+    },
+    /// A component file over [`MAX_COMPONENT_BYTES`]; it is not read.
+    #[error("{path} has {bytes} bytes; a provider component is at most {MAX_COMPONENT_BYTES}")]
+    TooLarge {
+        /// The component file.
+        path: PathBuf,
+        /// Its size (at least, for a file that grew while read).
+        bytes: u64,
     },
     /// Not WebAssembly, or WebAssembly that is not a component (said in words).
     #[error("{0}")]

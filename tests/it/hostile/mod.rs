@@ -14,6 +14,8 @@ mod process;
 pub mod rig;
 mod spin;
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::support::{process_gone, wait_gone};
@@ -281,6 +283,33 @@ async fn hostile_log_flood_is_rate_limited() {
         .await;
     assert_eq!(env2["status"], "running");
     assert!(!rig.logged(id, "panicked"));
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn hostile_spawn_loop_log_lines_share_the_log_budget() {
+    // Each spawn of a granted command logs "spawned" and the child's output line:
+    // spawned one after another (the process cap never bites), they count against
+    // the provider's log budget like its own lines.
+    let mut rig = Rig::start(|_| {}).await;
+    let env = rig
+        .attack(
+            "spawner",
+            json!({"attack": "spawn-loop", "program": "/bin/echo", "args": ["hello", "again"], "count": 300}),
+        )
+        .await;
+    assert_eq!(env["status"], "running", "{env}");
+    let id = env["id"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let log = rig.server.log();
+    let lines = (log.lines())
+        .filter(|l| l.contains(id) && (l.contains("spawned") || l.contains("hello again")))
+        .count();
+    assert!(lines >= 100, "the burst should pass ({lines})");
+    assert!(
+        lines <= 400,
+        "{lines} lines about 300 spawns reached the log"
+    );
     rig.finish().await;
 }
 

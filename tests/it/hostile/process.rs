@@ -184,6 +184,117 @@ async fn hostile_star_never_matches_a_smuggled_option() {
     rig.finish().await;
 }
 
+#[tokio::test]
+async fn hostile_dangling_symlink_is_no_path_argument() {
+    // The provider plants `/workspace/planted -> ../../../planted.txt` (a file in the
+    // data directory that does not exist yet), then names the link as a `{path}`:
+    // `touch` would follow it and create the file outside every granted directory.
+    let mut rig = Rig::start(granting(
+        "  { program = \"touch\", args = [\"{path}\"] },",
+        "",
+    ))
+    .await;
+    let outside = rig.dir.path().join("planted.txt");
+    let (_, error) = rig
+        .refused(
+            "dangling",
+            json!({"attack": "symlink", "link": "planted", "target": "../../../planted.txt",
+                   "then": {"attack": "spawn", "program": "touch", "args": ["planted"]}}),
+        )
+        .await;
+    assert!(
+        error.contains("`touch` with these arguments is not"),
+        "{error}"
+    );
+    // A link that dangles inside the workspace is refused alike: what it points to
+    // may be swapped for a link out before the child follows it.
+    let (_, error) = rig
+        .refused(
+            "inside",
+            json!({"attack": "symlink", "link": "later", "target": "not-yet",
+                   "then": {"attack": "spawn", "program": "touch", "args": ["later"]}}),
+        )
+        .await;
+    assert!(error.contains("not"), "{error}");
+    // A plain new file in the workspace is still fine.
+    let env = rig
+        .attack(
+            "fine",
+            json!({"attack": "spawn", "program": "touch", "args": ["new-file"]}),
+        )
+        .await;
+    assert_eq!(env["status"], "running", "{env}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!outside.exists(), "a child followed a dangling link out");
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn hostile_proc_self_cwd_is_no_path_argument() {
+    // The host runs in `ws/sub` of the environment's workspace `ws`; the child runs
+    // in `ws`. The provider plants `ws/cwd -> ../../…/proc/self/cwd` and
+    // `ws/escape -> ../../../planted.txt`, then names `cwd/escape`: checked in the
+    // host, that is `ws/sub/escape` (nothing there yet, inside); opened by the child,
+    // `ws/escape`, the link out of every granted directory.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().canonicalize().expect("data dir");
+    let ws = data.join(".codebolt/environments/procs");
+    let sub = ws.join("sub");
+    std::fs::create_dir_all(&sub).expect("workspace");
+    let providers = data.join(".codebolt/providers");
+    std::fs::create_dir_all(&providers).expect("providers dir");
+    std::fs::copy(
+        crate::support::guests::HOSTILE,
+        providers.join("hostile.wasm"),
+    )
+    .expect("drop in hostile");
+    std::fs::write(
+        data.join("tether.toml"),
+        "[providers.hostile]\ncommands = [{ program = \"touch\", args = [\"{path}\"] }]\n",
+    )
+    .expect("tether.toml");
+    let server = crate::support::Server::start_in(&data, &sub);
+    let up = "../".repeat(ws.components().count() - 1);
+    let attack = json!({"attack": "symlink", "link": "cwd", "target": format!("{up}proc/self/cwd"),
+        "then": {"attack": "symlink", "link": "escape", "target": "../../../planted.txt",
+        "then": {"attack": "spawn", "program": "touch", "args": ["cwd/escape"]}}});
+    let (status, env) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(
+                json!({"name": "procs", "provider": "hostile", "config": attack,
+                        "start": true, "restartPolicy": "never"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{env}");
+    let id = env["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + WAIT;
+    let env = loop {
+        let (_, env) = server
+            .call("GET", &format!("/api/v1/environments/{id}"), None)
+            .await;
+        if env["status"] == "running" || env["status"] == "error" {
+            break env;
+        }
+        assert!(Instant::now() < deadline, "never settled: {env}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !data.join("planted.txt").exists(),
+        "a child went out through /proc/self/cwd: {env}"
+    );
+    assert_eq!(env["status"], "error", "{env}");
+    let error = env["lastError"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("`touch` with these arguments is not"),
+        "{error}"
+    );
+    server.stop();
+}
+
 /// Field `n` (1-based, as in proc(5)) of `/proc/PID/stat`.
 fn stat_field(pid: u32, n: usize) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -7,15 +7,23 @@ use std::time::Instant;
 
 use crate::engine::bindings::log::{Host, Level};
 use crate::engine::instance::HostState;
+use crate::sync::MutexExt;
 
 /// Lines a provider may log in a burst.
 const BURST: f64 = 200.0;
 /// Lines per second it may log after the burst.
 const PER_SECOND: f64 = 50.0;
 
-/// A token bucket over one instance's log lines, counting what it dropped.
+/// A token bucket over one instance's log lines, counting what it dropped. Shared
+/// (behind an `Arc`) by the instance and the output logs of the children it spawns,
+/// so a provider cannot pass its budget by logging through child processes.
 #[derive(Debug)]
 pub(crate) struct LogBudget {
+    bucket: std::sync::Mutex<Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
     tokens: f64,
     last: Instant,
     suppressed: u64,
@@ -24,25 +32,28 @@ pub(crate) struct LogBudget {
 impl Default for LogBudget {
     fn default() -> Self {
         Self {
-            tokens: BURST,
-            last: Instant::now(),
-            suppressed: 0,
+            bucket: std::sync::Mutex::new(Bucket {
+                tokens: BURST,
+                last: Instant::now(),
+                suppressed: 0,
+            }),
         }
     }
 }
 
 impl LogBudget {
     /// Whether one more line may be written now; if so, how many were dropped before it.
-    pub(crate) fn take(&mut self, now: Instant) -> Option<u64> {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * PER_SECOND).min(BURST);
-        if self.tokens < 1.0 {
-            self.suppressed += 1;
+    pub(crate) fn take(&self, now: Instant) -> Option<u64> {
+        let mut b = self.bucket.locked();
+        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+        b.last = now;
+        b.tokens = (b.tokens + elapsed * PER_SECOND).min(BURST);
+        if b.tokens < 1.0 {
+            b.suppressed += 1;
             return None;
         }
-        self.tokens -= 1.0;
-        Some(std::mem::take(&mut self.suppressed))
+        b.tokens -= 1.0;
+        Some(std::mem::take(&mut b.suppressed))
     }
 }
 
@@ -74,7 +85,7 @@ mod tests {
 
     #[test]
     fn a_flood_is_cut_to_the_burst_then_the_rate() {
-        let mut budget = LogBudget::default();
+        let budget = LogBudget::default();
         let start = Instant::now();
         let allowed = (0..10_000).filter(|_| budget.take(start).is_some()).count();
         assert_eq!(allowed, BURST as usize);
