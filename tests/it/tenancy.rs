@@ -543,6 +543,68 @@ async fn an_expired_token_is_refused_and_its_sockets_closed() {
     server.stop();
 }
 
+/// Follows the log of `id` as `token`; the open response.
+async fn follow_logs(server: &Server, id: &str, token: &str) -> reqwest::Response {
+    let follow = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/environments/{id}/logs?tail=0&follow=true",
+            server.base
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("follow");
+    assert_eq!(follow.status(), StatusCode::OK);
+    follow
+}
+
+/// Reads `follow` to its end (within `WAIT`); what came, or `None` if it stayed open.
+async fn follow_end(follow: &mut reqwest::Response) -> Option<String> {
+    let mut seen = String::new();
+    let read = async {
+        while let Ok(Some(chunk)) = follow.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    tokio::time::timeout(WAIT, read).await.ok()?;
+    Some(seen)
+}
+
+#[tokio::test]
+async fn a_followed_log_ends_when_its_token_is_revoked_or_expires() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (alice, alice_id) = token_for(&server, TOKEN, json!({"user": "alice"})).await;
+    let (brief, _) = token_for(&server, TOKEN, json!({"user": "alice", "expiresInSecs": 2})).await;
+    let id = create_env(&server, &alice, "dev").await;
+    let mut revoked = follow_logs(&server, &id, &alice).await;
+    let mut expiring = follow_logs(&server, &id, &brief).await;
+    let (phone, phone_id) = token_for(&server, TOKEN, json!({"user": "alice"})).await;
+    let mut others = follow_logs(&server, &id, &phone).await;
+
+    let (status, _) = server
+        .call("DELETE", &format!("/api/v1/tokens/{alice_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let said = follow_end(&mut revoked)
+        .await
+        .expect("the follow of a revoked token stayed open");
+    assert!(said.contains("the token was revoked"), "{said}");
+    let said = follow_end(&mut expiring)
+        .await
+        .expect("the follow of an expired token stayed open");
+    assert!(said.contains("the token expired"), "{said}");
+    // The follow of another token goes on, until that one is revoked too.
+    let still = tokio::time::timeout(Duration::from_millis(300), others.chunk()).await;
+    assert!(still.is_err(), "another token's follow ended: {still:?}");
+    let (status, _) = server
+        .call("DELETE", &format!("/api/v1/tokens/{phone_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(follow_end(&mut others).await.is_some());
+    server.stop();
+}
+
 fn edit_records(data_dir: &Path, edit: impl FnOnce(&mut Value)) {
     let path = data_dir.join(".codebolt/environments.json");
     let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
