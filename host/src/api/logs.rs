@@ -1,9 +1,9 @@
 //! `GET /api/v1/environments/{id}/logs`: an environment's log as NDJSON, one JSON object
 //! a line (`ts`, `level`, `source`, `message`, and `stream`/`pid` for process output),
 //! oldest first; with `follow=true` the response stays open and carries each new line
-//! as it is written, until the client leaves, the environment is deleted or the token
-//! stops working (revoked or expired: a last `WARN` line says which, as the app and
-//! events sockets close with 4003). Same rules as reading the environment:
+//! as it is written, until the client leaves, the environment is deleted, the host
+//! shuts down or the token stops working (revoked or expired; a last `WARN` line says
+//! which, as the app and events sockets close with 4003). Same rules as reading the environment:
 //! `envs:read`, and someone else's is 404.
 
 use std::collections::{HashMap, HashSet};
@@ -80,7 +80,9 @@ pub(crate) async fn logs(
     let seen: HashSet<String> = lines.iter().rev().take(64).cloned().collect();
     let head = futures_util::stream::iter(lines.into_iter().map(|l| Ok(format!("{l}\n"))));
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+    let closing = s.manager.closing();
     tokio::spawn(async move {
+        let mut closing = std::pin::pin!(closing);
         loop {
             let next = tokio::select! {
                 // The client left: stop at once, not at the next line.
@@ -89,6 +91,12 @@ pub(crate) async fn logs(
                 // must not go on reading what the environment logs.
                 why = who.ended() => {
                     let _ = tx.send(format!("{}\n", host_line(&format!("follow ended: {why}")))).await;
+                    return;
+                }
+                // The server lets open responses finish before it stops: this one
+                // would never finish on its own.
+                () = &mut closing => {
+                    let _ = tx.send(format!("{}\n", host_line("follow ended: the host is shutting down"))).await;
                     return;
                 }
                 next = live.0.recv() => next,
