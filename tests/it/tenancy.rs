@@ -830,3 +830,79 @@ async fn a_broken_token_file_stops_the_start_with_a_clear_error() {
             .contains(r#""id": "x""#)
     );
 }
+
+/// Runs `tether serve` on `data_dir`, expecting it to refuse to start; its stderr.
+fn refused_start(data_dir: &Path, token: Option<&str>) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir);
+    match token {
+        Some(token) => command.env("TETHER_API_TOKEN", token),
+        None => command.env_remove("TETHER_API_TOKEN"),
+    };
+    let stderr = data_dir.join("refused.log");
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap());
+    let mut child = command.spawn().unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the host started");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "the host exited cleanly");
+    std::fs::read_to_string(stderr).unwrap()
+}
+
+#[tokio::test]
+async fn token_files_open_to_other_users_stop_the_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let codebolt = dir.path().join(".codebolt");
+    std::fs::create_dir_all(&codebolt).unwrap();
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+
+    // An admin token written by hand, readable by every local user.
+    let admin_file = codebolt.join("api-token");
+    let admin = "hand-made-admin-token-0123456789";
+    std::fs::write(&admin_file, format!("{admin}\n")).unwrap();
+    mode(&admin_file, 0o644);
+    let err = refused_start(dir.path(), None);
+    assert!(
+        err.contains("api-token") && err.contains("open to other users") && err.contains("0644"),
+        "{err}"
+    );
+    mode(&admin_file, 0o620);
+    assert!(refused_start(dir.path(), None).contains("chmod 600"));
+    assert_eq!(std::fs::read_to_string(&admin_file).unwrap().trim(), admin);
+
+    // A token file anyone may write: anyone could add an admin token to it.
+    let tokens = codebolt.join("tokens.json");
+    std::fs::write(&tokens, r#"{"version": 1, "tokens": []}"#).unwrap();
+    mode(&tokens, 0o666);
+    let err = refused_start(dir.path(), Some(TOKEN));
+    assert!(
+        err.contains("tokens.json") && err.contains("other users may write it"),
+        "{err}"
+    );
+
+    // Private, both are taken.
+    mode(&admin_file, 0o600);
+    mode(&tokens, 0o644);
+    let server = Server::start_as(dir.path(), None);
+    let (status, _) = server
+        .call_with("GET", "/api/v1/environments", None, Some(admin))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop();
+}
