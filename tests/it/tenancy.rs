@@ -906,3 +906,34 @@ async fn token_files_open_to_other_users_stop_the_start() {
     assert_eq!(status, StatusCode::OK);
     server.stop();
 }
+
+#[tokio::test]
+async fn the_bearer_scheme_is_matched_in_any_case() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/v1/environments", server.base);
+    for header in [
+        format!("bearer {TOKEN}"),
+        format!("BEARER  {TOKEN}"),
+        format!("Bearer\t{TOKEN}"),
+    ] {
+        let response = client
+            .get(&url)
+            .header("authorization", &header)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::OK, "{header:?}");
+    }
+    for header in [format!("Basic {TOKEN}"), format!("Bearer{TOKEN}")] {
+        let response = client
+            .get(&url)
+            .header("authorization", &header)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{header:?}");
+    }
+    server.stop();
+}
