@@ -5,8 +5,8 @@
 //! records file never holds a usable secret. A token of an older generation (an
 //! earlier start) is refused.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use rand::RngCore;
@@ -36,6 +36,18 @@ pub(crate) enum TokenError {
     /// The token is too short to be a secret.
     #[error("API token must be at least 16 characters")]
     TooShort,
+    /// The token file is open to other users: they could read the operator's token,
+    /// or write one of their own choosing.
+    #[error(
+        "API token file {path} is open to other users (mode {mode:04o}); make it the host user's only: chmod 600 {path}",
+        path = path.display()
+    )]
+    Exposed {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
 }
 
 /// The API token.
@@ -49,7 +61,8 @@ impl std::fmt::Debug for ApiToken {
 }
 
 impl ApiToken {
-    /// `from_env` if given, else the token in `file`, else a new one written there (0600).
+    /// `from_env` if given, else the token in `file` (refused if other users may read or
+    /// write it), else a new one written there (0600).
     pub(crate) fn load_or_create(
         from_env: Option<String>,
         file: &Path,
@@ -61,8 +74,21 @@ impl ApiToken {
         if let Some(token) = from_env.filter(|t| !t.is_empty()) {
             return Self::new(token).map(|t| (t, TokenSource::Environment));
         }
-        match std::fs::read_to_string(file) {
-            Ok(text) => return Self::new(text.trim().to_owned()).map(|t| (t, TokenSource::File)),
+        match std::fs::File::open(file) {
+            Ok(mut f) => {
+                // The host writes it 0600; one made by hand under a usual umask is
+                // readable by every local user, who would then be the admin.
+                let mode = f.metadata().map_err(io)?.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(TokenError::Exposed {
+                        path: file.to_owned(),
+                        mode,
+                    });
+                }
+                let mut text = String::new();
+                f.read_to_string(&mut text).map_err(io)?;
+                return Self::new(text.trim().to_owned()).map(|t| (t, TokenSource::File));
+            }
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
             Err(_) => {}
         }

@@ -164,3 +164,41 @@ async fn an_environment_s_log_has_its_provider_its_runtime_and_its_lifecycle() {
     );
     server.stop();
 }
+
+#[tokio::test]
+async fn a_followed_log_does_not_hold_the_host_s_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (status, env) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "quiet", "provider": "local-process"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = env["id"].as_str().expect("id");
+    let mut follow = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/environments/{id}/logs?tail=0&follow=true",
+            server.base
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("follow");
+    assert_eq!(follow.status(), StatusCode::OK);
+    // `stop` fails the test if SIGTERM does not end the host in time.
+    let stopping = std::thread::spawn(move || server.stop());
+    let mut seen = String::new();
+    let read = async {
+        while let Ok(Some(chunk)) = follow.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("the follow outlived the host");
+    assert!(seen.contains("the host is shutting down"), "{seen}");
+    stopping.join().expect("the host stopped");
+}

@@ -375,3 +375,34 @@ fn serve_with_a_missing_config_is_an_error() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn operator_secrets_in_a_config_others_may_read_are_warned_of() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.toml");
+    let secret = "s3cret-operator-value";
+    write_config(
+        dir.path(),
+        &grant(&format!("config = {{ apiKey = \"{secret}\" }}\n")),
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = Server::start(dir.path());
+    let log = server.log();
+    assert!(
+        log.contains("holds operator config values and other users may read it")
+            && log.contains("0644"),
+        "{log}"
+    );
+    assert!(!log.contains(secret), "{log}");
+    server.stop();
+
+    // Private, it is not (the log file goes on from the first start).
+    let warned = |log: &str| log.matches("other users may read it").count();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let server = Server::start(dir.path());
+    let log = server.log();
+    assert!(log.matches("config: loaded").count() >= 2, "{log}");
+    assert_eq!(warned(&log), 1, "{log}");
+    server.stop();
+}

@@ -543,6 +543,68 @@ async fn an_expired_token_is_refused_and_its_sockets_closed() {
     server.stop();
 }
 
+/// Follows the log of `id` as `token`; the open response.
+async fn follow_logs(server: &Server, id: &str, token: &str) -> reqwest::Response {
+    let follow = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/environments/{id}/logs?tail=0&follow=true",
+            server.base
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("follow");
+    assert_eq!(follow.status(), StatusCode::OK);
+    follow
+}
+
+/// Reads `follow` to its end (within `WAIT`); what came, or `None` if it stayed open.
+async fn follow_end(follow: &mut reqwest::Response) -> Option<String> {
+    let mut seen = String::new();
+    let read = async {
+        while let Ok(Some(chunk)) = follow.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    tokio::time::timeout(WAIT, read).await.ok()?;
+    Some(seen)
+}
+
+#[tokio::test]
+async fn a_followed_log_ends_when_its_token_is_revoked_or_expires() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (alice, alice_id) = token_for(&server, TOKEN, json!({"user": "alice"})).await;
+    let (brief, _) = token_for(&server, TOKEN, json!({"user": "alice", "expiresInSecs": 2})).await;
+    let id = create_env(&server, &alice, "dev").await;
+    let mut revoked = follow_logs(&server, &id, &alice).await;
+    let mut expiring = follow_logs(&server, &id, &brief).await;
+    let (phone, phone_id) = token_for(&server, TOKEN, json!({"user": "alice"})).await;
+    let mut others = follow_logs(&server, &id, &phone).await;
+
+    let (status, _) = server
+        .call("DELETE", &format!("/api/v1/tokens/{alice_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let said = follow_end(&mut revoked)
+        .await
+        .expect("the follow of a revoked token stayed open");
+    assert!(said.contains("the token was revoked"), "{said}");
+    let said = follow_end(&mut expiring)
+        .await
+        .expect("the follow of an expired token stayed open");
+    assert!(said.contains("the token expired"), "{said}");
+    // The follow of another token goes on, until that one is revoked too.
+    let still = tokio::time::timeout(Duration::from_millis(300), others.chunk()).await;
+    assert!(still.is_err(), "another token's follow ended: {still:?}");
+    let (status, _) = server
+        .call("DELETE", &format!("/api/v1/tokens/{phone_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(follow_end(&mut others).await.is_some());
+    server.stop();
+}
+
 fn edit_records(data_dir: &Path, edit: impl FnOnce(&mut Value)) {
     let path = data_dir.join(".codebolt/environments.json");
     let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -767,4 +829,111 @@ async fn a_broken_token_file_stops_the_start_with_a_clear_error() {
             .unwrap()
             .contains(r#""id": "x""#)
     );
+}
+
+/// Runs `tether serve` on `data_dir`, expecting it to refuse to start; its stderr.
+fn refused_start(data_dir: &Path, token: Option<&str>) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tether"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir);
+    match token {
+        Some(token) => command.env("TETHER_API_TOKEN", token),
+        None => command.env_remove("TETHER_API_TOKEN"),
+    };
+    let stderr = data_dir.join("refused.log");
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap());
+    let mut child = command.spawn().unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the host started");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "the host exited cleanly");
+    std::fs::read_to_string(stderr).unwrap()
+}
+
+#[tokio::test]
+async fn token_files_open_to_other_users_stop_the_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let codebolt = dir.path().join(".codebolt");
+    std::fs::create_dir_all(&codebolt).unwrap();
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+
+    // An admin token written by hand, readable by every local user.
+    let admin_file = codebolt.join("api-token");
+    let admin = "hand-made-admin-token-0123456789";
+    std::fs::write(&admin_file, format!("{admin}\n")).unwrap();
+    mode(&admin_file, 0o644);
+    let err = refused_start(dir.path(), None);
+    assert!(
+        err.contains("api-token") && err.contains("open to other users") && err.contains("0644"),
+        "{err}"
+    );
+    mode(&admin_file, 0o620);
+    assert!(refused_start(dir.path(), None).contains("chmod 600"));
+    assert_eq!(std::fs::read_to_string(&admin_file).unwrap().trim(), admin);
+
+    // A token file anyone may write: anyone could add an admin token to it.
+    let tokens = codebolt.join("tokens.json");
+    std::fs::write(&tokens, r#"{"version": 1, "tokens": []}"#).unwrap();
+    mode(&tokens, 0o666);
+    let err = refused_start(dir.path(), Some(TOKEN));
+    assert!(
+        err.contains("tokens.json") && err.contains("other users may write it"),
+        "{err}"
+    );
+
+    // Private, both are taken.
+    mode(&admin_file, 0o600);
+    mode(&tokens, 0o644);
+    let server = Server::start_as(dir.path(), None);
+    let (status, _) = server
+        .call_with("GET", "/api/v1/environments", None, Some(admin))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop();
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_matched_in_any_case() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/v1/environments", server.base);
+    for header in [
+        format!("bearer {TOKEN}"),
+        format!("BEARER  {TOKEN}"),
+        format!("Bearer\t{TOKEN}"),
+    ] {
+        let response = client
+            .get(&url)
+            .header("authorization", &header)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::OK, "{header:?}");
+    }
+    for header in [format!("Basic {TOKEN}"), format!("Bearer{TOKEN}")] {
+        let response = client
+            .get(&url)
+            .header("authorization", &header)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{header:?}");
+    }
+    server.stop();
 }

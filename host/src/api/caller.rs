@@ -20,14 +20,13 @@ use crate::throttle::Throttled;
 /// Prefix of the subprotocol entry carrying the API token.
 const TOKEN_PROTOCOL: &str = "tether.bearer.";
 
-/// The bearer token of a request, if it carries one.
+/// The bearer token of a request, if it carries one. The scheme is matched in any
+/// case (RFC 9110 §11.1: `bearer x` is `Bearer x`), else a client sending it in lower
+/// case is told it sent no token at all.
 pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// The subprotocols a WebSocket upgrade offers, each trimmed.

@@ -1,8 +1,10 @@
 //! `GET /api/v1/environments/{id}/logs`: an environment's log as NDJSON, one JSON object
 //! a line (`ts`, `level`, `source`, `message`, and `stream`/`pid` for process output),
 //! oldest first; with `follow=true` the response stays open and carries each new line
-//! as it is written, until the client leaves or the environment is deleted.
-//! Same rules as reading the environment: `envs:read`, and someone else's is 404.
+//! as it is written, until the client leaves, the environment is deleted, the host
+//! shuts down or the token stops working (revoked or expired; a last `WARN` line says
+//! which, as the app and events sockets close with 4003). Same rules as reading the environment:
+//! `envs:read`, and someone else's is 404.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -79,23 +81,33 @@ pub(crate) async fn logs(
     let seen: HashSet<String> = lines.iter().rev().take(64).cloned().collect();
     let head = futures_util::stream::iter(lines.into_iter().map(|l| Ok(format!("{l}\n"))));
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+    let closing = s.manager.closing();
     tokio::spawn(async move {
+        let mut closing = std::pin::pin!(closing);
         loop {
             let next = tokio::select! {
                 // The client left: stop at once, not at the next line.
                 () = tx.closed() => return,
+                // The token was checked once, at the request; a revoked or expired one
+                // must not go on reading what the environment logs.
+                why = who.ended() => {
+                    let _ = tx.send(format!("{}\n", host_line(&format!("follow ended: {why}")))).await;
+                    return;
+                }
+                // The server lets open responses finish before it stops: this one
+                // would never finish on its own.
+                () = &mut closing => {
+                    let _ = tx.send(format!("{}\n", host_line("follow ended: the host is shutting down"))).await;
+                    return;
+                }
                 next = live.0.recv() => next,
             };
             let line = match next {
                 Ok(line) if seen.contains(&*line) => continue,
                 Ok(line) => line.to_string(),
-                Err(RecvError::Lagged(n)) => serde_json::json!({
-                    "ts": crate::logs::now_ts(),
-                    "level": "WARN",
-                    "source": "host",
-                    "message": format!("{n} lines skipped: this follower fell behind"),
-                })
-                .to_string(),
+                Err(RecvError::Lagged(n)) => {
+                    host_line(&format!("{n} lines skipped: this follower fell behind"))
+                }
                 Err(RecvError::Closed) => return,
             };
             if tx.send(format!("{line}\n")).await.is_err() {
@@ -108,4 +120,15 @@ pub(crate) async fn logs(
     });
     let body = Body::from_stream(head.chain(rest));
     Ok((ndjson, body).into_response())
+}
+
+/// A `WARN` line from the host to this follower only (it is not in the log).
+fn host_line(message: &str) -> String {
+    serde_json::json!({
+        "ts": crate::logs::now_ts(),
+        "level": "WARN",
+        "source": "host",
+        "message": message,
+    })
+    .to_string()
 }

@@ -690,7 +690,32 @@ fn read_file(source: &ConfigSource) -> Result<(FileConfig, toml::Table), ConfigE
     };
     let file = toml::from_str::<FileConfig>(&text).map_err(parse)?;
     let table = toml::from_str::<toml::Table>(&text).map_err(parse)?;
+    warn_if_secrets_exposed(path, &table);
     Ok((file, table))
+}
+
+/// Logs a warning when `path` holds operator config values (`[providers.NAME] config`,
+/// where API keys go) and users other than its owner may read it: the values are
+/// kept from the API and the log, but not from whoever reads the file.
+fn warn_if_secrets_exposed(path: &std::path::Path, table: &toml::Table) {
+    use std::os::unix::fs::PermissionsExt;
+    let holds_values =
+        (table.get("providers").and_then(|p| p.as_table())).is_some_and(|providers| {
+            (providers.values()).any(|p| {
+                (p.get("config").and_then(|c| c.as_table())).is_some_and(|c| !c.is_empty())
+            })
+        });
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if holds_values && mode & 0o044 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            "{} holds operator config values and other users may read it (mode {mode:04o}); chmod 600 it",
+            path.display()
+        );
+    }
 }
 
 /// `[relay]` over the defaults; every value must be positive.

@@ -654,6 +654,12 @@ impl Manager {
         Ok((lines, follow))
     }
 
+    /// Resolves when the host starts shutting down: a response the API holds open (a
+    /// followed log) ends then, or the server would wait on it forever.
+    pub(crate) fn closing(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.shared.closing.clone().cancelled_owned()
+    }
+
     /// Lines of environments' logs dropped since start because their writer was behind.
     pub(crate) fn log_lines_dropped(&self) -> u64 {
         self.shared.envs.logs().dropped()

@@ -4,6 +4,8 @@
 //! with mode 0600. Also the atomic write of the admin token file on rotation.
 
 use std::collections::HashSet;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -22,22 +24,34 @@ struct TokenFile {
     tokens: Vec<TokenRecord>,
 }
 
-/// Reads `path`; a missing file holds no tokens.
+/// Reads `path`; a missing file holds no tokens. A file other users may write is
+/// refused: whoever writes it makes tokens (an `admin` one among them).
 pub(super) fn read(path: &Path) -> Result<Vec<TokenRecord>, TenancyError> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(TenancyError::Io {
-                path: path.to_owned(),
-                source,
-            });
-        }
+    let io = |source| TenancyError::Io {
+        path: path.to_owned(),
+        source,
     };
-    parse(&bytes).map_err(|reason| TenancyError::File {
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(io(source)),
+    };
+    let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io)?;
+    let broken = |reason| TenancyError::File {
         path: path.to_owned(),
         reason,
-    })
+    };
+    let tokens = parse(&bytes).map_err(broken)?;
+    // Checked after the text, so a broken file is reported as such whatever its mode.
+    if mode & 0o022 != 0 {
+        return Err(broken(format!(
+            "other users may write it (mode {mode:04o}), and so make tokens; chmod 600 {}",
+            path.display()
+        )));
+    }
+    Ok(tokens)
 }
 
 /// Parses and checks the file's text.
