@@ -67,12 +67,15 @@ fn host_matches(pattern: &str, host: &str) -> bool {
 }
 
 /// Addresses no provider reaches unless a grant names them literally: the host
-/// itself, link-local networks (cloud metadata lives there) and "any".
+/// itself, link-local networks (cloud metadata lives there) and "any", also when
+/// written as an IPv6 address that carries an IPv4 one (mapped, compatible or NAT64).
 pub(crate) fn is_sensitive(ip: IpAddr) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
             v4.is_loopback()
-                || v4.is_unspecified()
+                // "This network" (0.0.0.0/8): never a destination on the wire; the local
+                // stack answers it.
+                || v4.octets()[0] == 0
                 || v4.is_link_local()
                 || v4.is_broadcast()
                 // Alibaba's metadata service and Azure's wire server sit outside 169.254/16.
@@ -80,6 +83,19 @@ pub(crate) fn is_sensitive(ip: IpAddr) -> bool {
                 || v4 == Ipv4Addr::new(168, 63, 129, 16)
         }
         IpAddr::V6(v6) => {
+            let [a, b, ..] = v6.segments();
+            // IPv4-compatible (`::a.b.c.d`, deprecated but still routed by some stacks)
+            // and the well-known NAT64 prefix (64:ff9b::/96) reach the IPv4 address
+            // they carry.
+            let carried = (v6.segments()[..6] == [0; 6] || (a, b) == (0x64, 0xff9b))
+                && v6.segments()[2..6] == [0; 4];
+            if carried {
+                let [.., hi, lo] = v6.segments();
+                let v4 = Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+                if is_sensitive(IpAddr::V4(v4)) {
+                    return true;
+                }
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
                 || (v6.segments()[0] & 0xffc0) == 0xfe80
@@ -301,10 +317,22 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "100.100.100.200",
+            "0.0.0.1",
+            "0.1.2.3",
+            "::7f00:1",
+            "::a9fe:a9fe",
+            "64:ff9b::7f00:1",
+            "64:ff9b::169.254.169.254",
         ] {
             assert!(is_sensitive(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "10.0.0.1", "2606:4700::1"] {
+        for ip in [
+            "93.184.216.34",
+            "10.0.0.1",
+            "2606:4700::1",
+            "64:ff9b::5db8:d822",
+            "64:ff9b:1::7f00:1",
+        ] {
             assert!(!is_sensitive(ip.parse().unwrap()), "{ip}");
         }
     }
