@@ -17,11 +17,13 @@ pub(super) const MAX_VALUE: usize = 32 << 10;
 pub(super) const MAX_VARS: usize = 64;
 
 /// Prefixes of variables that load code or configure a tool (the dynamic loader,
-/// interpreters, git, shells, TLS, ssh). A `set_env` wildcard never admits them.
+/// interpreters, git, shells, TLS, ssh, curl, compilers, Kerberos, Docker). A
+/// `set_env` wildcard never admits them.
 const TOOL_PREFIXES: &[&str] = &[
     "LD_", "DYLD_", "GIT_", "BASH_", "PYTHON", "PERL", "RUBY", "NODE_", "NPM_", "JAVA_", "_JAVA_",
-    "JDK_", "LUA_", "GCONV_", "GLIBC_", "MALLOC_", "OPENSSL_", "SSL_", "SSH_", "XDG_", "LESS",
+    "JDK_", "LUA_", "GCONV_", "GLIBC_", "MALLOC_", "OPENSSL_", "SSL", "SSH_", "XDG_", "LESS",
     "GEM_", "BUNDLE_", "CARGO_", "RUSTC", "RUSTUP_", "GO", "CC", "CXX", "CFLAGS", "LDFLAGS",
+    "CURL_", "GCC_", "KRB5", "DOCKER_",
 ];
 
 /// Whole names of such variables.
@@ -48,6 +50,20 @@ const TOOL_NAMES: &[&str] = &[
     "CURL_CA_BUNDLE",
     "RUSTFLAGS",
     "RUST_MIN_STACK",
+    // Shells' and tools' own configuration files.
+    "ZDOTDIR",
+    "INPUTRC",
+    "WGETRC",
+    "TERMINFO",
+    "KUBECONFIG",
+    "REQUESTS_CA_BUNDLE",
+    "COMPILER_PATH",
+    // Where tools send their traffic: through whoever the provider names.
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "FTP_PROXY",
+    "NO_PROXY",
 ];
 
 /// Whether `name` is a loader or tool-configuration variable (compared without
@@ -170,13 +186,15 @@ mod tests {
 
     #[test]
     fn wildcards_never_admit_tool_variables_exact_names_do() {
-        let g = grant(&[], &["LD_*", "G*", "P*", "NODE_OPTIONS"]);
+        let g = grant(&[], &["LD_*", "G*", "P*", "S*", "h*", "NODE_OPTIONS"]);
         for name in [
             "LD_PRELOAD",
             "GIT_CONFIG_GLOBAL",
             "GCONV_PATH",
             "PATH",
             "PYTHONPATH",
+            "SSLKEYLOGFILE",
+            "https_proxy",
         ] {
             assert_eq!(
                 child_env(&g, &vars(&[(name, "x")])),
