@@ -165,18 +165,7 @@ impl Server {
             .current_dir(cwd)
             .env("RUST_LOG", "info")
             .env("TETHER_API_TOKEN", TOKEN);
-        let (child, base) = spawn_announced(
-            command,
-            &data_dir.join("server.log"),
-            "tether listening on ",
-        );
-        Server {
-            child,
-            base,
-            data_dir: data_dir.to_owned(),
-            http: reqwest::Client::new(),
-            tls: None,
-        }
+        Server::announced(command, data_dir)
     }
 
     /// [`Server::start_args`] with the environment variables in `envs`.
@@ -200,6 +189,11 @@ impl Server {
             Some(token) => command.env("TETHER_API_TOKEN", token),
             None => command.env_remove("TETHER_API_TOKEN"),
         };
+        Server::announced(command, data_dir)
+    }
+
+    /// Runs `command` (a plain-HTTP `tether serve` on `data_dir`) until it listens.
+    fn announced(command: Command, data_dir: &Path) -> Server {
         let (child, base) = spawn_announced(
             command,
             &data_dir.join("server.log"),

@@ -913,27 +913,21 @@ async fn the_bearer_scheme_is_matched_in_any_case() {
     let server = Server::start(dir.path());
     let client = reqwest::Client::new();
     let url = format!("{}/api/v1/environments", server.base);
-    for header in [
-        format!("bearer {TOKEN}"),
-        format!("BEARER  {TOKEN}"),
-        format!("Bearer\t{TOKEN}"),
-    ] {
+    let cases = [
+        (format!("bearer {TOKEN}"), StatusCode::OK),
+        (format!("BEARER  {TOKEN}"), StatusCode::OK),
+        (format!("Bearer\t{TOKEN}"), StatusCode::OK),
+        (format!("Basic {TOKEN}"), StatusCode::UNAUTHORIZED),
+        (format!("Bearer{TOKEN}"), StatusCode::UNAUTHORIZED),
+    ];
+    for (header, expected) in cases {
         let response = client
             .get(&url)
             .header("authorization", &header)
             .send()
             .await
             .expect("request");
-        assert_eq!(response.status(), StatusCode::OK, "{header:?}");
-    }
-    for header in [format!("Basic {TOKEN}"), format!("Bearer{TOKEN}")] {
-        let response = client
-            .get(&url)
-            .header("authorization", &header)
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{header:?}");
+        assert_eq!(response.status(), expected, "{header:?}");
     }
     server.stop();
 }
