@@ -102,16 +102,7 @@ async fn an_environment_s_log_has_its_provider_its_runtime_and_its_lifecycle() {
     }
 
     // Followed live: a restart's lines arrive on the open response.
-    let mut follow = reqwest::Client::new()
-        .get(format!(
-            "{}/api/v1/environments/{id}/logs?tail=0&follow=true",
-            server.base
-        ))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("follow");
-    assert_eq!(follow.status(), StatusCode::OK);
+    let mut follow = server.follow_logs(&id, TOKEN).await;
     assert_eq!(follow.headers()["content-type"], "application/x-ndjson");
     let (status, _) = server
         .call("POST", &format!("/api/v1/environments/{id}/restart"), None)
@@ -178,16 +169,7 @@ async fn a_followed_log_does_not_hold_the_host_s_shutdown() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{env}");
     let id = env["id"].as_str().expect("id");
-    let mut follow = reqwest::Client::new()
-        .get(format!(
-            "{}/api/v1/environments/{id}/logs?tail=0&follow=true",
-            server.base
-        ))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("follow");
-    assert_eq!(follow.status(), StatusCode::OK);
+    let mut follow = server.follow_logs(id, TOKEN).await;
     // `stop` fails the test if SIGTERM does not end the host in time.
     let stopping = std::thread::spawn(move || server.stop());
     let mut seen = String::new();

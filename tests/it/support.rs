@@ -362,6 +362,21 @@ impl Server {
             .await
     }
 
+    /// Follows the log of `id` from now on as `token`; the open response (checked 200).
+    pub async fn follow_logs(&self, id: &str, token: &str) -> reqwest::Response {
+        let follow = reqwest::Client::new()
+            .get(format!(
+                "{}/api/v1/environments/{id}/logs?tail=0&follow=true",
+                self.base
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("follow");
+        assert_eq!(follow.status(), StatusCode::OK);
+        follow
+    }
+
     /// Creates a stopped `local-process` environment as `token`'s user; its id.
     pub async fn env_as(&self, token: &str, name: &str) -> String {
         let (status, env) = self.create_as(token, name, false).await;

@@ -543,21 +543,6 @@ async fn an_expired_token_is_refused_and_its_sockets_closed() {
     server.stop();
 }
 
-/// Follows the log of `id` as `token`; the open response.
-async fn follow_logs(server: &Server, id: &str, token: &str) -> reqwest::Response {
-    let follow = reqwest::Client::new()
-        .get(format!(
-            "{}/api/v1/environments/{id}/logs?tail=0&follow=true",
-            server.base
-        ))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("follow");
-    assert_eq!(follow.status(), StatusCode::OK);
-    follow
-}
-
 /// Reads `follow` to its end (within `WAIT`); what came, or `None` if it stayed open.
 async fn follow_end(follow: &mut reqwest::Response) -> Option<String> {
     let mut seen = String::new();
@@ -577,10 +562,10 @@ async fn a_followed_log_ends_when_its_token_is_revoked_or_expires() {
     let (alice, alice_id) = token_for(&server, TOKEN, json!({"user": "alice"})).await;
     let (brief, _) = token_for(&server, TOKEN, json!({"user": "alice", "expiresInSecs": 2})).await;
     let id = create_env(&server, &alice, "dev").await;
-    let mut revoked = follow_logs(&server, &id, &alice).await;
-    let mut expiring = follow_logs(&server, &id, &brief).await;
+    let mut revoked = server.follow_logs(&id, &alice).await;
+    let mut expiring = server.follow_logs(&id, &brief).await;
     let (phone, phone_id) = token_for(&server, TOKEN, json!({"user": "alice"})).await;
-    let mut others = follow_logs(&server, &id, &phone).await;
+    let mut others = server.follow_logs(&id, &phone).await;
 
     let (status, _) = server
         .call("DELETE", &format!("/api/v1/tokens/{alice_id}"), None)
