@@ -105,7 +105,7 @@ pub enum Denied {
     UrlNotGranted(String),
     /// A granted name resolved to an address reserved to the host or the cloud.
     #[error(
-        "address {0} is loopback, link-local, metadata or unspecified; only a grant naming it literally allows it"
+        "address {0} is loopback, link-local, metadata or unspecified (or carries such an IPv4 address); only a grant naming it literally allows it"
     )]
     SensitiveAddress(IpAddr),
     /// Binding a fixed address, listening or accepting: providers are clients only.
