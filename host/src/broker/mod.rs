@@ -103,9 +103,9 @@ pub enum Denied {
     /// The operator did not grant this destination.
     #[error("{0} is not granted to this provider by the operator")]
     UrlNotGranted(String),
-    /// A granted name resolved to an address reserved to the host or the cloud.
+    /// A granted name resolved to an address reserved to the host, the link or the cloud.
     #[error(
-        "address {0} is loopback, link-local, metadata or unspecified (or carries such an IPv4 address); only a grant naming it literally allows it"
+        "address {0} is loopback, link-local, metadata, broadcast, multicast or unspecified (or carries such an IPv4 address); only a grant naming it literally allows it"
     )]
     SensitiveAddress(IpAddr),
     /// Binding a fixed address, listening or accepting: providers are clients only.

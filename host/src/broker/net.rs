@@ -67,7 +67,8 @@ fn host_matches(pattern: &str, host: &str) -> bool {
 }
 
 /// Addresses no provider reaches unless a grant names them literally: the host
-/// itself, link-local networks (cloud metadata lives there) and "any", also when
+/// itself, link-local networks (cloud metadata lives there), broadcast and multicast
+/// (which reach every host on the link), and "any", also when
 /// written as an IPv6 address that carries an IPv4 one (see [`carried_ipv4`]).
 pub(crate) fn is_sensitive(ip: IpAddr) -> bool {
     match ip.to_canonical() {
@@ -78,6 +79,9 @@ pub(crate) fn is_sensitive(ip: IpAddr) -> bool {
                 || v4.octets()[0] == 0
                 || v4.is_link_local()
                 || v4.is_broadcast()
+                // Multicast (224.0.0.0/4) reaches every member on the link and beyond:
+                // mDNS, LLMNR and SSDP answer there, as link-local hosts would.
+                || v4.is_multicast()
                 // Alibaba's metadata service and Azure's wire server sit outside 169.254/16.
                 || v4 == Ipv4Addr::new(100, 100, 100, 200)
                 || v4 == Ipv4Addr::new(168, 63, 129, 16)
@@ -89,6 +93,9 @@ pub(crate) fn is_sensitive(ip: IpAddr) -> bool {
                 || v6.is_loopback()
                 || v6.is_unspecified()
                 || (v6.segments()[0] & 0xffc0) == 0xfe80
+                // Multicast (ff00::/8): `ff02::1` is every node on the link, the
+                // link-local hosts refused one by one above.
+                || v6.is_multicast()
                 // AWS's IPv6 metadata endpoint.
                 || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
         }
@@ -361,6 +368,12 @@ mod tests {
             "2001:0:7f00:1::",
             "2001:0:5db8:d822:0:0:5601:5601",
             "2001::ffff:ffff",
+            // Multicast: mDNS, all nodes on the link, an interface-local group.
+            "224.0.0.251",
+            "239.255.255.250",
+            "ff02::1",
+            "ff01::fb",
+            "ff0e::1",
             // ISATAP interface ids carrying loopback and the metadata address.
             "2001:db8::5efe:7f00:1",
             "2001:db8::200:5efe:169.254.169.254",
