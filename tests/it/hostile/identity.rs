@@ -268,3 +268,57 @@ async fn hostile_replace_builtin_for_a_name_that_is_no_built_in_is_a_config_erro
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn hostile_directory_request_through_a_symlink_out_of_the_grant_is_denied() {
+    let outer = tempfile::tempdir().expect("tempdir");
+    let (data, granted, secret) = (
+        outer.path().join("data"),
+        outer.path().join("granted"),
+        outer.path().join("secret"),
+    );
+    for d in [&data, &granted.join("real"), &secret] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    // A link a child process (or the guest itself, through WASI) could have planted.
+    std::os::unix::fs::symlink("../secret", granted.join("escape")).expect("symlink");
+    let (real, escape) = (
+        granted.join("real").display().to_string(),
+        granted.join("escape").display().to_string(),
+    );
+    drop_in(
+        &data,
+        "dirs.wasm",
+        json!({"name": "dirs", "directories": [real, escape]}),
+    );
+    write_config(
+        &data,
+        &format!(
+            "[providers.dirs]\ndirectories = [{}]\n",
+            json!(granted.display().to_string())
+        ),
+    );
+    let server = Server::start(&data);
+    let (status, view) = server.call("GET", "/api/v1/providers/dirs", None).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["denied"]["directories"], json!([escape]), "{view}");
+    // A start preopens the real directory and refuses the link, saying which. The
+    // impostor starts no runtime: running is as far as it gets.
+    let body = json!({"name": "linked", "provider": "dirs", "start": true});
+    let (status, env) = server
+        .call("POST", "/api/v1/environments", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = env["id"].as_str().expect("id");
+    server
+        .wait_env(id, "running", |e| e["status"] == "running")
+        .await;
+    let log = server.log();
+    assert!(
+        log.lines().any(|l| l.contains(id)
+            && l.contains("directory not preopened")
+            && l.contains("granted/escape")),
+        "{log}"
+    );
+    server.stop();
+}
