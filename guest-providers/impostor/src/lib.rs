@@ -6,7 +6,8 @@
 //! config it was handed in its metadata, so a test can see whether an operator's
 //! secret reached it. Never build this into anything but tests.
 //!
-//! The JSON keys: `name` (default `impostor`), `descriptionBytes` (default 0).
+//! The JSON keys: `name` (default `impostor`), `descriptionBytes` (default 0),
+//! `version` (default the crate's), `directories` (default none).
 
 use tether_provider_sdk::serde_json::{self, Value};
 use tether_provider_sdk::{
@@ -59,14 +60,24 @@ impl Provider for Impostor {
             .unwrap_or("impostor");
         let description_bytes =
             (spec.get("descriptionBytes").and_then(Value::as_u64)).unwrap_or(0) as usize;
+        let version = (spec.get("version").and_then(Value::as_str))
+            .unwrap_or(env!("CARGO_PKG_VERSION"));
+        let directories = (spec.get("directories").and_then(Value::as_array))
+            .map(|dirs| {
+                dirs.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
         ProviderInfo {
             name: name.to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: version.to_owned(),
             description: "d".repeat(description_bytes),
             capabilities: Capabilities {
                 commands: Vec::new(),
                 urls: Vec::new(),
-                directories: Vec::new(),
+                directories,
             },
             config_schema: r#"{"type": "object"}"#.to_owned(),
             message_types: Vec::new(),

@@ -24,6 +24,9 @@ const TOOL_PREFIXES: &[&str] = &[
     "JDK_", "LUA_", "GCONV_", "GLIBC_", "MALLOC_", "OPENSSL_", "SSL", "SSH_", "XDG_", "LESS",
     "GEM_", "BUNDLE_", "CARGO_", "RUSTC", "RUSTUP_", "GO", "CC", "CXX", "CFLAGS", "LDFLAGS",
     "CURL_", "GCC_", "KRB5", "DOCKER_",
+    // Runtimes that load a profiler, startup hook or agent named by a variable, and
+    // Erlang's flags (`-eval`).
+    "CORECLR_", "DOTNET_", "COMPLUS_", "ERL_",
 ];
 
 /// Whole names of such variables.
@@ -58,6 +61,31 @@ const TOOL_NAMES: &[&str] = &[
     "KUBECONFIG",
     "REQUESTS_CA_BUNDLE",
     "COMPILER_PATH",
+    // Files and programs these tools load or run: PHP's ini (`auto_prepend_file`),
+    // the AWS config (`credential_process`), vim's startup commands, sudo's askpass,
+    // Maven's and Gradle's JVM options (`-javaagent`), Mercurial's hooks, R's
+    // profiles, make's extra makefiles and flags, man's pager, shells' history file.
+    "PHPRC",
+    "PHP_INI_SCAN_DIR",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "VIMINIT",
+    "EXINIT",
+    "MYVIMRC",
+    "SUDO_ASKPASS",
+    "MAVEN_OPTS",
+    "GRADLE_OPTS",
+    "HGRCPATH",
+    "R_PROFILE",
+    "R_PROFILE_USER",
+    "R_ENVIRON",
+    "R_ENVIRON_USER",
+    "MAKEFILES",
+    "MAKEFLAGS",
+    "MFLAGS",
+    "MANPAGER",
+    "TERMINFO_DIRS",
+    "HISTFILE",
     // Where tools send their traffic: through whoever the provider names.
     "HTTP_PROXY",
     "HTTPS_PROXY",
@@ -186,7 +214,24 @@ mod tests {
 
     #[test]
     fn wildcards_never_admit_tool_variables_exact_names_do() {
-        let g = grant(&[], &["LD_*", "G*", "P*", "S*", "h*", "NODE_OPTIONS"]);
+        let g = grant(
+            &[],
+            &[
+                "LD_*",
+                "G*",
+                "P*",
+                "S*",
+                "h*",
+                "H*",
+                "A*",
+                "C*",
+                "D*",
+                "E*",
+                "M*",
+                "V*",
+                "NODE_OPTIONS",
+            ],
+        );
         for name in [
             "LD_PRELOAD",
             "GIT_CONFIG_GLOBAL",
@@ -195,6 +240,17 @@ mod tests {
             "PYTHONPATH",
             "SSLKEYLOGFILE",
             "https_proxy",
+            "PHPRC",
+            "AWS_CONFIG_FILE",
+            "CORECLR_PROFILER_PATH",
+            "DOTNET_STARTUP_HOOKS",
+            "COMPlus_EnableDiagnostics",
+            "ERL_AFLAGS",
+            "VIMINIT",
+            "SUDO_ASKPASS",
+            "MAVEN_OPTS",
+            "MAKEFILES",
+            "HGRCPATH",
         ] {
             assert_eq!(
                 child_env(&g, &vars(&[(name, "x")])),
@@ -204,6 +260,8 @@ mod tests {
         }
         assert!(child_env(&g, &vars(&[("NODE_OPTIONS", "x")])).is_ok());
         assert!(child_env(&g, &vars(&[("PLAIN", "x")])).is_ok());
+        // A wildcard still admits the ordinary variables next to them.
+        assert!(child_env(&g, &vars(&[("AWS_REGION", "eu-west-1")])).is_ok());
         assert!(is_tool_variable("ld_preload"));
         assert!(!is_tool_variable("TETHER_RUNTIME_TOKEN"));
     }

@@ -103,9 +103,9 @@ pub enum Denied {
     /// The operator did not grant this destination.
     #[error("{0} is not granted to this provider by the operator")]
     UrlNotGranted(String),
-    /// A granted name resolved to an address reserved to the host or the cloud.
+    /// A granted name resolved to an address reserved to the host, the link or the cloud.
     #[error(
-        "address {0} is loopback, link-local, metadata or unspecified; only a grant naming it literally allows it"
+        "address {0} is loopback, link-local, metadata, broadcast, multicast or unspecified (or carries such an IPv4 address); only a grant naming it literally allows it"
     )]
     SensitiveAddress(IpAddr),
     /// Binding a fixed address, listening or accepting: providers are clients only.
@@ -239,11 +239,21 @@ impl Capabilities {
 
     fn directory_granted(&self, dir: &str) -> bool {
         let dir = Path::new(dir);
-        dir.is_absolute()
+        let lexical = dir.is_absolute()
             && !dir
                 .components()
                 .any(|c| c == std::path::Component::ParentDir)
-            && self.granted.directories.iter().any(|g| dir.starts_with(g))
+            && self.granted.directories.iter().any(|g| dir.starts_with(g));
+        // Where it really leads must be granted too: a symlink inside a granted
+        // directory (which the provider's children or its guest may have made there)
+        // would otherwise preopen, and root `{path}` arguments in, what it points at.
+        // A missing directory is judged by its name; its preopen fails the start.
+        lexical
+            && dir.canonicalize().map_or(true, |real| {
+                (self.granted.directories.iter())
+                    .filter_map(|g| g.canonicalize().ok())
+                    .any(|g| real.starts_with(g))
+            })
     }
 
     /// Requested directories the grant allows: the ones to preopen.
@@ -334,6 +344,45 @@ mod tests {
         assert_eq!(caps.directories(), vec![PathBuf::from("/srv/repos/a")]);
         assert!(pat("git", &["**"]).covers(&pat("git", &["a", "**"])));
         assert!(!pat("git", &["*"]).covers(&pat("git", &["**"])));
+    }
+
+    #[test]
+    fn a_requested_directory_is_granted_only_where_it_really_leads() {
+        let root = tempfile::tempdir().unwrap();
+        let (granted, secret) = (root.path().join("granted"), root.path().join("secret"));
+        std::fs::create_dir_all(granted.join("real")).unwrap();
+        std::fs::create_dir_all(&secret).unwrap();
+        std::os::unix::fs::symlink("../secret", granted.join("escape")).unwrap();
+        std::os::unix::fs::symlink(&granted, root.path().join("alias")).unwrap();
+        let shown = |p: PathBuf| p.display().to_string();
+        let caps = Capabilities::new(
+            Request {
+                directories: vec![
+                    shown(granted.join("real")),
+                    shown(granted.join("escape")),
+                    shown(root.path().join("alias/real")),
+                    shown(granted.join("missing")),
+                ],
+                ..Request::default()
+            },
+            Grant {
+                // The operator's own symlink leads where it leads: into itself.
+                directories: vec![granted.clone(), root.path().join("alias")],
+                ..Grant::default()
+            },
+        );
+        assert_eq!(
+            caps.directories(),
+            vec![
+                granted.join("real"),
+                root.path().join("alias/real"),
+                granted.join("missing"),
+            ]
+        );
+        assert_eq!(
+            caps.denied().directories,
+            vec![shown(granted.join("escape"))]
+        );
     }
 
     #[test]

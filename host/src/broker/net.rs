@@ -67,8 +67,9 @@ fn host_matches(pattern: &str, host: &str) -> bool {
 }
 
 /// Addresses no provider reaches unless a grant names them literally: the host
-/// itself, link-local networks (cloud metadata lives there) and "any", also when
-/// written as an IPv6 address that carries an IPv4 one (mapped, compatible or NAT64).
+/// itself, link-local networks (cloud metadata lives there), broadcast and multicast
+/// (which reach every host on the link), and "any", also when
+/// written as an IPv6 address that carries an IPv4 one (see [`carried_ipv4`]).
 pub(crate) fn is_sensitive(ip: IpAddr) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
@@ -78,31 +79,63 @@ pub(crate) fn is_sensitive(ip: IpAddr) -> bool {
                 || v4.octets()[0] == 0
                 || v4.is_link_local()
                 || v4.is_broadcast()
+                // Multicast (224.0.0.0/4) reaches every member on the link and beyond:
+                // mDNS, LLMNR and SSDP answer there, as link-local hosts would.
+                || v4.is_multicast()
                 // Alibaba's metadata service and Azure's wire server sit outside 169.254/16.
                 || v4 == Ipv4Addr::new(100, 100, 100, 200)
                 || v4 == Ipv4Addr::new(168, 63, 129, 16)
         }
         IpAddr::V6(v6) => {
-            let [a, b, ..] = v6.segments();
-            // IPv4-compatible (`::a.b.c.d`, deprecated but still routed by some stacks)
-            // and the well-known NAT64 prefix (64:ff9b::/96) reach the IPv4 address
-            // they carry.
-            let carried = (v6.segments()[..6] == [0; 6] || (a, b) == (0x64, 0xff9b))
-                && v6.segments()[2..6] == [0; 4];
-            if carried {
-                let [.., hi, lo] = v6.segments();
-                let v4 = Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
-                if is_sensitive(IpAddr::V4(v4)) {
-                    return true;
-                }
-            }
-            v6.is_loopback()
+            carried_ipv4(v6)
+                .into_iter()
+                .any(|v4| is_sensitive(IpAddr::V4(v4)))
+                || v6.is_loopback()
                 || v6.is_unspecified()
                 || (v6.segments()[0] & 0xffc0) == 0xfe80
+                // Multicast (ff00::/8): `ff02::1` is every node on the link, the
+                // link-local hosts refused one by one above.
+                || v6.is_multicast()
                 // AWS's IPv6 metadata endpoint.
                 || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
         }
     }
+}
+
+/// The IPv4 addresses an IPv6 address carries by a well-known transition scheme; a
+/// host (or a relay it uses) that speaks the scheme delivers to them, so each is
+/// checked like a destination of its own:
+/// - IPv4-compatible `::a.b.c.d` (deprecated, still routed by some stacks);
+/// - IPv4-translated `::ffff:0:a.b.c.d` (SIIT, RFC 2765);
+/// - NAT64's well-known prefix `64:ff9b::/96`;
+/// - 6to4 `2002:AABB:CCDD::/48` (RFC 3056), the IPv4 address in bits 16 to 48;
+/// - Teredo `2001:0::/32` (RFC 4380): its server in bits 32 to 64 and its client,
+///   each bit inverted, in the last 32;
+/// - ISATAP, under any prefix (RFC 5214): an interface id `0:5efe:a.b.c.d` or
+///   `200:5efe:a.b.c.d`.
+///
+/// (IPv4-mapped `::ffff:a.b.c.d` is folded into IPv4 by `to_canonical` already.)
+fn carried_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    let mut carried = Vec::new();
+    let tail_is_v4 = s[..6] == [0; 6]
+        || s[..6] == [0, 0, 0, 0, 0xffff, 0]
+        || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    if tail_is_v4 {
+        carried.push(v4(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        carried.push(v4(s[1], s[2]));
+    }
+    if (s[0], s[1]) == (0x2001, 0) {
+        carried.push(v4(s[2], s[3]));
+        carried.push(v4(!s[6], !s[7]));
+    }
+    if matches!(s[4], 0 | 0x200) && s[5] == 0x5efe {
+        carried.push(v4(s[6], s[7]));
+    }
+    carried
 }
 
 /// One environment's network policy: its two keys, the resolver and the connection cap.
@@ -323,6 +356,27 @@ mod tests {
             "::a9fe:a9fe",
             "64:ff9b::7f00:1",
             "64:ff9b::169.254.169.254",
+            // IPv4-translated (SIIT), also spelt with the dotted quad.
+            "::ffff:0:7f00:1",
+            "::ffff:0:169.254.169.254",
+            // 6to4 carrying 127.0.0.1, 169.254.169.254 and 0.0.0.0, whatever the rest.
+            "2002:7f00:1::",
+            "2002:7f00:1:ffff::1",
+            "2002:a9fe:a9fe::1",
+            "2002::1",
+            // Teredo: a loopback server, or a metadata client (bits inverted).
+            "2001:0:7f00:1::",
+            "2001:0:5db8:d822:0:0:5601:5601",
+            "2001::ffff:ffff",
+            // Multicast: mDNS, all nodes on the link, an interface-local group.
+            "224.0.0.251",
+            "239.255.255.250",
+            "ff02::1",
+            "ff01::fb",
+            "ff0e::1",
+            // ISATAP interface ids carrying loopback and the metadata address.
+            "2001:db8::5efe:7f00:1",
+            "2001:db8::200:5efe:169.254.169.254",
         ] {
             assert!(is_sensitive(ip.parse().unwrap()), "{ip}");
         }
@@ -332,6 +386,14 @@ mod tests {
             "2606:4700::1",
             "64:ff9b::5db8:d822",
             "64:ff9b:1::7f00:1",
+            // 6to4 and Teredo carrying public addresses, and their neighbours.
+            "2002:5db8:d822::1",
+            "2001:0:5db8:d822:0:0:a247:2bdd",
+            "2001:db8::7f00:1",
+            "2003:7f00:1::",
+            "::ffff:1:7f00:1",
+            "2001:db8::5efe:5db8:d822",
+            "2001:db8::100:5efe:7f00:1",
         ] {
             assert!(!is_sensitive(ip.parse().unwrap()), "{ip}");
         }

@@ -82,6 +82,16 @@ impl ProviderDescription {
                 info.name
             ));
         }
+        // The version is shown wherever the provider is (log lines at every load and
+        // start, the CLI's `provider install` line, the dashboard), and not every one
+        // of them escapes it: refused here, where it enters, no escape can reach a
+        // terminal.
+        if info.version.chars().any(char::is_control) {
+            return Err(format!(
+                "version of provider {} has control characters",
+                info.name
+            ));
+        }
         let commands = info
             .capabilities
             .commands

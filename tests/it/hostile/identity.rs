@@ -268,3 +268,90 @@ async fn hostile_replace_builtin_for_a_name_that_is_no_built_in_is_a_config_erro
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn hostile_control_characters_in_a_provider_version_are_refused_at_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The version is shown with every load and start, and `tether provider install`
+    // printed it as it was: an escape in it would drive the operator's terminal.
+    let forged = "1.0\n2000-01-01T00:00:00.000000Z ERROR tether: FORGED\u{1b}[2J";
+    drop_in(
+        dir.path(),
+        "forger.wasm",
+        json!({"name": "forger", "version": forged}),
+    );
+    drop_in(
+        dir.path(),
+        "plain.wasm",
+        json!({"name": "plain", "version": "1.0.0-rc.1+build.5"}),
+    );
+    let server = Server::start(dir.path());
+    let reasons = degraded_reasons(&server).await;
+    let reason = (reasons.iter())
+        .find(|r| r.contains("forger.wasm"))
+        .unwrap_or_else(|| panic!("not reported: {reasons:?}; log:\n{}", server.log()));
+    assert!(
+        reason.contains("version of provider forger has control characters"),
+        "{reason}"
+    );
+    let (status, _) = server.call("GET", "/api/v1/providers/plain", None).await;
+    assert_eq!(status, StatusCode::OK, "a plain version loads");
+    let log = server.log();
+    assert!(!log.lines().any(|l| l.starts_with("2000-01-01")), "{log}");
+    assert!(!log.contains('\u{1b}'), "a raw escape reached the log");
+    server.stop();
+}
+
+#[tokio::test]
+async fn hostile_directory_request_through_a_symlink_out_of_the_grant_is_denied() {
+    let outer = tempfile::tempdir().expect("tempdir");
+    let (data, granted, secret) = (
+        outer.path().join("data"),
+        outer.path().join("granted"),
+        outer.path().join("secret"),
+    );
+    for d in [&data, &granted.join("real"), &secret] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    // A link a child process (or the guest itself, through WASI) could have planted.
+    std::os::unix::fs::symlink("../secret", granted.join("escape")).expect("symlink");
+    let (real, escape) = (
+        granted.join("real").display().to_string(),
+        granted.join("escape").display().to_string(),
+    );
+    drop_in(
+        &data,
+        "dirs.wasm",
+        json!({"name": "dirs", "directories": [real, escape]}),
+    );
+    write_config(
+        &data,
+        &format!(
+            "[providers.dirs]\ndirectories = [{}]\n",
+            json!(granted.display().to_string())
+        ),
+    );
+    let server = Server::start(&data);
+    let (status, view) = server.call("GET", "/api/v1/providers/dirs", None).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["denied"]["directories"], json!([escape]), "{view}");
+    // A start preopens the real directory and refuses the link, saying which. The
+    // impostor starts no runtime: running is as far as it gets.
+    let body = json!({"name": "linked", "provider": "dirs", "start": true});
+    let (status, env) = server
+        .call("POST", "/api/v1/environments", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = env["id"].as_str().expect("id");
+    server
+        .wait_env(id, "running", |e| e["status"] == "running")
+        .await;
+    let log = server.log();
+    assert!(
+        log.lines().any(|l| l.contains(id)
+            && l.contains("directory not preopened")
+            && l.contains("granted/escape")),
+        "{log}"
+    );
+    server.stop();
+}

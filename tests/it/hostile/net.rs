@@ -72,6 +72,29 @@ async fn hostile_http_to_a_granted_name_resolving_to_the_metadata_address_is_ref
 }
 
 #[tokio::test]
+async fn hostile_http_to_a_granted_name_resolving_to_6to4_or_teredo_carrying_loopback_is_refused() {
+    let mut rig = Rig::start(|_| {}).await;
+    // Both carry 127.0.0.1: 6to4 in bits 16-48, Teredo as its server. A relay (or the
+    // host's own 6to4 or Teredo interface) would deliver them to the host itself.
+    for (name, address) in [
+        ("sixtofour", "2002:7f00:1::"),
+        ("teredo", "2001:0:7f00:1::"),
+    ] {
+        let url = format!("http://{name}.test:{}/", rig.http_port);
+        let (id, error) = rig
+            .refused(name, json!({"attack": "http", "url": url}))
+            .await;
+        assert!(error.contains("DestinationIpProhibited"), "{error}");
+        assert!(
+            rig.logged(&id, &format!("address {address} is loopback")),
+            "{name}: the refusal must come from the address check, before any connect"
+        );
+    }
+    assert_eq!(rig.http_hits.load(Ordering::SeqCst), 0);
+    rig.finish().await;
+}
+
+#[tokio::test]
 async fn hostile_raw_tcp_connect_is_refused() {
     let mut rig = Rig::start(|_| {}).await;
     let addr = format!("127.0.0.1:{}", rig.http_port);

@@ -83,6 +83,8 @@ async fn hostile_ld_preload_and_ungranted_variables_never_reach_the_child() {
         ("preload", "LD_PRELOAD"),
         ("path", "PATH"),
         ("pythonpath", "PYTHONPATH"),
+        // PHP's ini file, whose `auto_prepend_file` runs code in every php child.
+        ("phprc", "PHPRC"),
     ] {
         let (_, error) = rig
             .refused(

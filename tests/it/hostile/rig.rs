@@ -19,7 +19,8 @@ mod guests {
 }
 
 /// The operator config of every hostile test. Only loopback and documentation-only
-/// names appear; `metadata.test` is refused before any packet is sent.
+/// names appear; `metadata.test`, `sixtofour.test` and `teredo.test` are refused
+/// before any packet is sent.
 pub const TETHER_TOML: &str = r#"
 [lifecycle]
 start_timeout_secs = 3
@@ -35,13 +36,19 @@ first_byte_timeout_ms = 2000
 [net.hosts]
 "loopback.test" = "127.0.0.1"
 "metadata.test" = "169.254.169.254"
+# 6to4 and Teredo addresses carrying 127.0.0.1: refused before any packet is sent.
+"sixtofour.test" = "2002:7f00:1::"
+"teredo.test" = "2001:0:7f00:1::"
 
 [providers.hostile]
 commands = [
   { program = "/bin/echo", args = ["hello", "*"] },
   { program = "/bin/sleep", args = ["*"] },
 ]
-urls = ["http://127.0.0.2:*", "http://loopback.test:*", "http://metadata.test:80"]
+urls = [
+  "http://127.0.0.2:*", "http://loopback.test:*", "http://metadata.test:80",
+  "http://sixtofour.test:*", "http://teredo.test:*",
+]
 "#;
 
 /// A server under attack plus its witnesses.
