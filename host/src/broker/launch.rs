@@ -41,19 +41,38 @@ const ANSWER: Duration = Duration::from_secs(10);
 /// outright.
 const GUARD_GRACE: Duration = Duration::from_secs(3);
 
-/// Asks the guard `pid` to kill its tree, and kills its process group after
-/// [`GUARD_GRACE`] in case the guard itself was stopped or killed.
-pub(super) fn stop_guard(pid: i32) {
-    if pid <= 0 {
-        return;
-    }
-    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(async move {
-            tokio::time::sleep(GUARD_GRACE).await;
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        });
-    }
+/// Asks the guard `child` to kill its tree, and kills its process group after
+/// [`GUARD_GRACE`] in case the guard itself was stopped or killed. The answer is the
+/// guard's exit status once it is reaped (`None` without a Tokio runtime).
+///
+/// The guard is reaped here and nowhere else: until then its process id, which is
+/// also its group's, cannot pass to another process, so the late `killpg` reaches
+/// this guard's group and no stranger's.
+pub(super) fn stop_guard(
+    mut child: tokio::process::Child,
+) -> Option<tokio::sync::oneshot::Receiver<std::process::ExitStatus>> {
+    let pid = Pid::from_raw(i32::try_from(child.id()?).ok()?);
+    let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+    let rt = tokio::runtime::Handle::try_current().ok()?;
+    let (tell, status) = tokio::sync::oneshot::channel();
+    rt.spawn(async move {
+        let ended = match tokio::time::timeout(GUARD_GRACE, child.wait()).await {
+            Ok(ended) => ended,
+            Err(_) => {
+                // Still unreaped: the id is this guard's.
+                let _ = killpg(pid, Signal::SIGKILL);
+                child.wait().await
+            }
+        };
+        // A guard that ended by itself killed its tree first; one killed from
+        // outside left its tree in the group, and the group keeps the id as long as
+        // any of them lives.
+        let _ = killpg(pid, Signal::SIGKILL);
+        if let Ok(ended) = ended {
+            let _ = tell.send(ended);
+        }
+    });
+    Some(status)
 }
 
 /// Starts `order` directly: the program in a process group of its own, killed when
@@ -253,38 +272,39 @@ impl Drop for Launching<'_> {
 /// The guard of a spare being handed its order. Dropped before the answer settles it
 /// (the caller gave up, the answer never came, the guard was gone), it stops the guard
 /// and whatever it may have started: nothing runs that no handle stands for.
-struct Handing(Option<i32>);
+struct Handing(Option<tokio::process::Child>);
 
 impl Handing {
     /// The answer came: the guard runs the program (or exits by itself after a refusal).
-    fn settled(mut self) {
-        self.0 = None;
+    fn settled(mut self) -> Option<tokio::process::Child> {
+        self.0.take()
     }
 }
 
 impl Drop for Handing {
     fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            stop_guard(pid);
+        if let Some(child) = self.0.take() {
+            stop_guard(child);
         }
     }
 }
 
 impl Spare {
     /// Hands `framed` (an encoded order) to this guard and waits for its answer.
-    async fn hand(mut self, framed: &[u8]) -> Result<tokio::process::Child, Handover> {
-        let handing = Handing(self.child.id().and_then(|pid| i32::try_from(pid).ok()));
+    async fn hand(self, framed: &[u8]) -> Result<tokio::process::Child, Handover> {
+        let Spare { child, mut socket } = self;
+        let handing = Handing(Some(child));
         let answer = async {
-            self.socket.write_all(framed).await?;
+            socket.write_all(framed).await?;
             let mut code = [0u8; 4];
-            self.socket.read_exact(&mut code).await?;
+            socket.read_exact(&mut code).await?;
             Ok::<_, std::io::Error>(i32::from_le_bytes(code))
         };
         match tokio::time::timeout(ANSWER, answer).await {
             Ok(Ok(code)) => {
-                handing.settled();
+                let child = handing.settled().ok_or(Handover::Lost)?;
                 match code {
-                    0 => Ok(self.child),
+                    0 => Ok(child),
                     errno => Err(Handover::Refused(std::io::Error::from_raw_os_error(errno))),
                 }
             }
@@ -306,6 +326,7 @@ impl Spare {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::ExitStatusExt;
     use std::path::Path;
 
     /// Guards running `script` (a shell script standing in for the guard program),
@@ -382,6 +403,61 @@ mod tests {
             spares.len() == SPARES && spares.iter().all(|s| s.child.id() != Some(taken))
         })
         .await;
+    }
+
+    /// A process leading a group of its own that got `pid` (the kernel hands out the
+    /// next id after `ns_last_pid`; another fork on the machine may take it first, so
+    /// this tries again), or `None` where this user may not set `ns_last_pid`.
+    fn claim(pid: u32) -> Option<tokio::process::Child> {
+        for _ in 0..200 {
+            if let Err(e) = std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()) {
+                assert!(!nix::unistd::geteuid().is_root(), "ns_last_pid: {e}");
+                return None;
+            }
+            let mut cmd = child_command("sleep");
+            let mut child = cmd.arg("30").kill_on_drop(true).spawn().unwrap();
+            if child.id() == Some(pid) {
+                return Some(child);
+            }
+            let _ = child.start_kill();
+        }
+        panic!("pid {pid} was never handed out again");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_guard_s_late_group_kill_never_reaches_the_next_holder_of_its_id() {
+        // A guard that ends on SIGTERM, as a healthy one does.
+        let guard = child_command("sleep").arg("30").spawn().unwrap();
+        let pid = guard.id().unwrap();
+        let status = stop_guard(guard).unwrap().await.unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+        // Its id, free again, names another process group within the grace.
+        let Some(mut stranger) = claim(pid) else {
+            eprintln!("skipped: this user cannot set ns_last_pid");
+            return;
+        };
+        tokio::time::sleep(GUARD_GRACE + Duration::from_secs(1)).await;
+        assert!(
+            stranger.try_wait().unwrap().is_none(),
+            "the guard's late kill reached the process that got its id"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_guard_deaf_to_sigterm_is_killed_with_its_group_after_the_grace() {
+        let mut cmd = child_command("sh");
+        let script = "trap '' TERM; sleep 30 & echo deaf; wait";
+        let mut guard = cmd.args(["-c", script]).spawn().unwrap();
+        let pid = guard.id().unwrap();
+        // SIGTERM before the trap is set would end it at once.
+        let mut said = [0u8; 5];
+        let mut out = guard.stdout.take().unwrap();
+        out.read_exact(&mut said).await.unwrap();
+        assert_eq!(&said, b"deaf\n");
+        let status = stop_guard(guard).unwrap().await.unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        let group = Pid::from_raw(i32::try_from(pid).unwrap());
+        until("the group gone", || killpg(group, None).is_err()).await;
     }
 
     #[tokio::test]

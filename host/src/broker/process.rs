@@ -180,6 +180,7 @@ impl ProcessBroker {
         Ok(Child {
             pid,
             inner: Some(child),
+            stopping: None,
             status: None,
             output,
             pumps,
@@ -221,6 +222,9 @@ impl ProcessBroker {
 pub struct Child {
     pid: u32,
     inner: Option<tokio::process::Child>,
+    /// A guard asked to stop: the task that reaps it ([`launch::stop_guard`]) tells
+    /// its status here.
+    stopping: Option<tokio::sync::oneshot::Receiver<ExitStatus>>,
     status: Option<ExitStatus>,
     output: Arc<Mutex<Tail>>,
     pumps: Vec<tokio::task::JoinHandle<()>>,
@@ -262,6 +266,12 @@ impl Child {
         if let Some(status) = self.status {
             return Some(status.into());
         }
+        if let Some(stopping) = self.stopping.as_mut() {
+            return match stopping.try_recv() {
+                Ok(status) => Some(self.stopped(status)),
+                Err(_) => None,
+            };
+        }
         let child = self.inner.as_mut()?;
         match child.try_wait() {
             Ok(Some(status)) => Some(self.reaped(status)),
@@ -274,12 +284,19 @@ impl Child {
         if let Some(status) = self.status {
             return status.into();
         }
-        let Some(child) = self.inner.as_mut() else {
-            return Exit::Code(-1);
-        };
-        let exit = match child.wait().await {
-            Ok(status) => self.reaped(status),
-            Err(_) => return Exit::Code(-1),
+        let exit = if let Some(stopping) = self.stopping.as_mut() {
+            match stopping.await {
+                Ok(status) => self.stopped(status),
+                Err(_) => return Exit::Code(-1),
+            }
+        } else {
+            let Some(child) = self.inner.as_mut() else {
+                return Exit::Code(-1);
+            };
+            match child.wait().await {
+                Ok(status) => self.reaped(status),
+                Err(_) => return Exit::Code(-1),
+            }
         };
         for pump in self.pumps.drain(..) {
             let _ = tokio::time::timeout(DRAIN, pump).await;
@@ -291,7 +308,7 @@ impl Child {
     pub fn kill(&mut self) {
         if self.guarded {
             self.stop_guard();
-        } else {
+        } else if self.status.is_none() {
             self.kill_group();
             if let Some(child) = self.inner.as_mut() {
                 let _ = child.start_kill();
@@ -307,41 +324,48 @@ impl Child {
         }
     }
 
+    /// Reaped here, just now.
     fn reaped(&mut self, status: ExitStatus) -> Exit {
+        if self.status.is_none() {
+            // A guard kills its tree before it exits; one killed outright (SIGKILL)
+            // could not, nor does an unguarded child: what it ran is still in its
+            // process group, orphaned. Now, while they hold the group's id (its
+            // leader's, just reaped and free again once they are gone), is the time.
+            self.kill_group();
+        }
+        self.stopped(status)
+    }
+
+    /// Ended, and its group seen to by whoever reaped it.
+    fn stopped(&mut self, status: ExitStatus) -> Exit {
         if self.status.is_none() {
             self.status = Some(status);
             self.live.fetch_sub(1, Ordering::SeqCst);
-            if self.guarded {
-                // A guard kills its tree before it exits; one killed outright
-                // (SIGKILL) could not, and what it ran is still in its process group,
-                // orphaned. Now, while the group still holds them, is the time.
-                self.kill_group();
-            }
         }
         status.into()
     }
 
-    /// Asks the guard to kill its tree ([`launch::stop_guard`]). A guard that is gone
-    /// already is reaped, which kills its group at once.
+    /// Asks the guard to kill its tree, handing it to [`launch::stop_guard`], which
+    /// reaps it and sees to its group. A guard that is gone already is reaped here,
+    /// which kills its group at once.
     fn stop_guard(&mut self) {
-        let Ok(pid) = i32::try_from(self.pid) else {
-            return;
-        };
-        if self.status.is_none() {
+        if self.status.is_none() && self.stopping.is_none() {
             let _ = self.try_wait();
         }
-        if pid <= 0 || self.status.is_some() {
+        if self.status.is_some() {
             return;
         }
-        launch::stop_guard(pid);
+        if let Some(child) = self.inner.take() {
+            self.stopping = launch::stop_guard(child);
+        }
     }
 
     fn kill_group(&self) {
         if let Ok(pid) = i32::try_from(self.pid)
             && pid > 0
         {
-            // The group outlives its leader; kill it even after the leader exited so
-            // nothing the child started is left behind.
+            // Only while the id is known to be this child's: its leader unreaped, or
+            // just reaped with the group's other members holding the id.
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
@@ -351,7 +375,8 @@ impl Drop for Child {
     fn drop(&mut self) {
         if self.guarded {
             self.stop_guard();
-        } else {
+        } else if self.status.is_none() {
+            // Unreaped, the leader holds the id; once reaped, its group was killed then.
             self.kill_group();
         }
         if self.status.is_none() {

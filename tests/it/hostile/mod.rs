@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::{process_gone, wait_gone};
-use rig::Rig;
+use rig::{Rig, TETHER_TOML};
 
 #[tokio::test]
 async fn hostile_reading_etc_passwd_is_refused() {
@@ -290,8 +290,13 @@ async fn hostile_log_flood_is_rate_limited() {
 async fn hostile_spawn_loop_log_lines_share_the_log_budget() {
     // Each spawn of a granted command logs "spawned" and the child's output line:
     // spawned one after another (the process cap never bites), they count against
-    // the provider's log budget like its own lines.
-    let mut rig = Rig::start(|_| {}).await;
+    // the provider's log budget like its own lines. 300 spawns in a start can take
+    // longer than the rig's 3 s on a loaded machine.
+    let mut rig = Rig::start(|dir| {
+        let toml = TETHER_TOML.replace("start_timeout_secs = 3", "start_timeout_secs = 30");
+        std::fs::write(dir.join("tether.toml"), toml).unwrap();
+    })
+    .await;
     let env = rig
         .attack(
             "spawner",

@@ -1,8 +1,8 @@
 //! `wasi:http/outgoing-handler`: every outgoing request goes through the broker.
 //!
 //! wasmtime-wasi-http parses the guest's request; our hook then checks the
-//! destination against the environment's [`NetPolicy`], resolves the name (operator
-//! overrides first), re-checks every address, takes a connection slot and connects
+//! destination against the environment's [`NetPolicy`], takes a connection slot,
+//! resolves the name (operator overrides first), re-checks every address and connects
 //! to the checked address only, under the configured connect and first-byte
 //! timeouts. A refusal never sends a packet. For `https` the checked connection then
 //! runs the TLS handshake of [`TlsClient`] (certificate checked against the URL's host
@@ -110,6 +110,12 @@ async fn send(
             return Err(Error::HttpProtocolError);
         }
     };
+    // The slot is taken before the name is looked up: a lookup runs on the blocking
+    // pool the whole host shares, and one that times out here keeps its thread, so
+    // the guest's lookups in flight are capped with its connections.
+    let permit = policy
+        .connection_slot()
+        .map_err(|d| refused(&policy, &dest, &d))?;
     let addrs = match policy.resolve(&scheme, &host, port).await {
         Ok(addrs) => addrs,
         Err(NetError::Denied(d)) => return Err(refused(&policy, &dest, &d)),
@@ -121,9 +127,6 @@ async fn send(
             });
         }
     };
-    let permit = policy
-        .connection_slot()
-        .map_err(|d| refused(&policy, &dest, &d))?;
     let config = policy.config();
     let connect_timeout = bounded(
         config.connect_timeout,
@@ -189,4 +192,37 @@ where
         }
     };
     Ok((response, Box::new(io)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{NetConfig, UrlPattern};
+
+    #[tokio::test]
+    async fn a_request_takes_its_slot_before_the_name_is_looked_up() {
+        let granted: Vec<UrlPattern> = vec![UrlPattern::parse("http://loop.test:*").unwrap()];
+        let config = NetConfig {
+            hosts: [("loop.test".to_string(), [127, 0, 0, 1].into())].into(),
+            max_connections: 1,
+            ..NetConfig::default()
+        };
+        let policy = NetPolicy::new("env".into(), granted.clone(), granted, config);
+        let _held = policy.connection_slot().unwrap();
+        let request = http::Request::get("http://loop.test:8080/")
+            .body(
+                http_body_util::Empty::new()
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            )
+            .unwrap();
+        // With no slot free the request ends there: the name (here an operator's
+        // override pointing inward, so a lookup would end in a refusal of its own) is
+        // never resolved.
+        let refused = send(policy, None, request, None).await.err();
+        assert!(
+            matches!(refused, Some(Error::ConnectionLimitReached)),
+            "{refused:?}"
+        );
+    }
 }
