@@ -102,7 +102,9 @@ fn routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of the whole API, as `GET /api/v1/openapi.json` serves it.
 pub(crate) fn spec() -> utoipa::openapi::OpenApi {
-    routes().into_openapi()
+    let mut api = routes().into_openapi();
+    openapi::refuse_several_authorizations(&mut api);
+    api
 }
 
 /// The whole router; `main` only binds and serves it.

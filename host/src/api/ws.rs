@@ -49,7 +49,7 @@ impl FromRequestParts<AppState> for RuntimeToken {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
-        bearer(parts)
+        bearer(parts)?
             .map(|t| RuntimeToken(t.to_owned()))
             .ok_or_else(|| ApiError::unauthorized("missing runtime token"))
     }
