@@ -8,6 +8,8 @@ mod caller;
 mod cluster;
 mod config;
 mod dashboard;
+#[cfg(test)]
+mod docs_contract;
 mod environments;
 mod error;
 mod events;

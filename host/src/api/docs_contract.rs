@@ -1,0 +1,160 @@
+//! The docs a client is written from, checked against the code that makes what the
+//! client sees: every close code the host sends is in `docs/protocol.md`'s table (and
+//! the table lists no code the host never sends), and every `error` frame code is in
+//! its row of the message table. A new constant or code fails here until documented.
+
+/// The files that define the host's close codes, as `const CLOSE_…: u16 = N;`.
+const CLOSE_SOURCES: [(&str, &str); 3] = [
+    ("relay/protocol.rs", include_str!("../relay/protocol.rs")),
+    ("relay/bridge.rs", include_str!("../relay/bridge.rs")),
+    ("api/events.rs", include_str!("events.rs")),
+];
+
+const PROTOCOL_MD: &str = include_str!("../../../docs/protocol.md");
+
+/// Every `(name, code)` a `const CLOSE_…: u16 = N;` line of `source` defines.
+fn close_constants(source: &str) -> Vec<(String, u16)> {
+    source
+        .lines()
+        .filter_map(|line| {
+            let rest = line.trim_start();
+            let rest = rest.strip_prefix("pub ").unwrap_or(rest);
+            let rest = rest.strip_prefix("pub(super) ").unwrap_or(rest);
+            let rest = rest.strip_prefix("pub(crate) ").unwrap_or(rest);
+            let (name, value) = rest.strip_prefix("const CLOSE_")?.split_once(": u16 = ")?;
+            let code = value.trim_end_matches(';').trim().parse().ok()?;
+            Some((format!("CLOSE_{name}"), code))
+        })
+        .collect()
+}
+
+/// The codes in the first column of `docs/protocol.md`'s "Close codes" table.
+fn documented_close_codes() -> Vec<u16> {
+    let table = PROTOCOL_MD
+        .split_once("\n## Close codes\n")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let table = table.split("\n## ").next().unwrap_or_default();
+    table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| ")?.split(" |").next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn every_close_code_is_in_the_protocol_table_and_only_those() {
+    let documented = documented_close_codes();
+    assert!(
+        documented.len() >= 10,
+        "no close code table in docs/protocol.md"
+    );
+    let mut sent = Vec::new();
+    for (file, source) in CLOSE_SOURCES {
+        let constants = close_constants(source);
+        assert!(!constants.is_empty(), "no close code constant in {file}");
+        for (name, code) in constants {
+            assert!(
+                documented.contains(&code),
+                "{file}'s {name} ({code}) is not in docs/protocol.md's close codes"
+            );
+            sent.push(code);
+        }
+    }
+    for code in documented {
+        assert!(
+            sent.contains(&code),
+            "docs/protocol.md lists close code {code}, which the host never sends"
+        );
+    }
+}
+
+#[test]
+fn every_error_frame_code_is_in_the_protocol_table() {
+    let inbound = include_str!("../relay/inbound.rs");
+    let row = PROTOCOL_MD
+        .lines()
+        .find(|l| l.starts_with("| `error` |"))
+        .expect("an `error` row in docs/protocol.md's message table");
+    let mut codes: Vec<&str> = inbound
+        .split("error_frame(")
+        .skip(1)
+        .filter_map(|call| call.trim_start().strip_prefix('"')?.split('"').next())
+        .collect();
+    assert!(codes.contains(&"invalid_message"), "{codes:?}");
+    // The one error frame made elsewhere: an app at an environment stopped on purpose.
+    codes.push(super::error::ErrorCode::Stopped.as_str());
+    for code in codes {
+        assert!(
+            row.contains(&format!("`{code}`")),
+            "docs/protocol.md's `error` row does not list {code}: {row}"
+        );
+    }
+}
+
+/// The section of `docs/rest.md` from `heading` to the next `## ` heading.
+fn rest_section(heading: &str) -> &'static str {
+    let rest = include_str!("../../../docs/rest.md");
+    let (_, after) = rest
+        .split_once(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("no {heading} in docs/rest.md"));
+    after.split("\n## ").next().unwrap_or_default()
+}
+
+/// Every property name of schema `name` in the spec, through `allOf`/`oneOf` and `$ref`s.
+fn properties(schemas: &serde_json::Value, name: &str) -> Vec<String> {
+    let schema = &schemas[name];
+    let mut out: Vec<String> = (schema["properties"].as_object())
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    for part in ["allOf", "oneOf"] {
+        for sub in schema[part].as_array().into_iter().flatten() {
+            if let Some(target) = sub["$ref"].as_str().and_then(|r| r.rsplit('/').next()) {
+                out.extend(properties(schemas, target));
+            }
+            if let Some(p) = sub["properties"].as_object() {
+                out.extend(p.keys().cloned());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_field_of_the_answers_rest_md_describes_is_there() {
+    let spec = super::spec().to_json().expect("the spec serialises");
+    let spec: serde_json::Value = serde_json::from_str(&spec).expect("the spec is JSON");
+    let schemas = &spec["components"]["schemas"];
+    for (schema, heading) in [
+        ("EnvironmentView", "## An environment as the API shows it"),
+        ("HostHealth", "## `/healthz`"),
+        ("StorageHealth", "## `/healthz`"),
+        ("ClusterView", "## `GET /api/v1/cluster` (admin)"),
+        ("HostView", "## `GET /api/v1/cluster` (admin)"),
+        ("ConflictView", "## `GET /api/v1/cluster` (admin)"),
+        ("RemovalView", "## `/api/v1/removals` (admin)"),
+    ] {
+        let section = rest_section(heading);
+        let fields = properties(schemas, schema);
+        assert!(!fields.is_empty(), "the spec has no fields for {schema}");
+        for field in fields {
+            assert!(
+                section.contains(&format!("`{field}`"))
+                    || section.contains(&format!("`{field}."))
+                    || section.contains(&format!("\"{field}\"")),
+                "docs/rest.md's {heading} does not name {schema}'s field {field}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_readme_names_every_error_code() {
+    let readme = include_str!("../../../README.md");
+    for code in super::error::ErrorCode::ALL {
+        let cell = format!("| `{}` |", code.as_str());
+        assert!(
+            readme.contains(&cell),
+            "README.md's error table has no {cell}"
+        );
+    }
+}
