@@ -158,3 +158,33 @@ fn the_readme_names_every_error_code() {
         );
     }
 }
+
+/// The default column of `docs/protocol.md`'s `[relay]` table, by setting.
+fn documented_relay_default(setting: &str) -> u64 {
+    let row = format!("| `{setting}` | ");
+    PROTOCOL_MD
+        .lines()
+        .find_map(|l| l.strip_prefix(&row)?.split(" |").next()?.parse().ok())
+        .unwrap_or_else(|| panic!("docs/protocol.md has no default for [relay] {setting}"))
+}
+
+#[test]
+fn the_protocol_limits_table_gives_the_relay_defaults() {
+    let d = crate::config::RelayConfig::default();
+    let actual = [
+        ("window_messages", d.window_messages as u64),
+        ("window_kib", d.window_bytes as u64 >> 10),
+        ("max_message_kib", d.max_message_bytes as u64 >> 10),
+        ("max_connections", d.max_connections as u64),
+        ("ping_interval_secs", d.ping_interval.as_secs()),
+        ("idle_timeout_secs", d.idle_timeout.as_secs()),
+        ("session_ttl_secs", d.session_ttl.as_secs()),
+    ];
+    for (setting, value) in actual {
+        assert_eq!(
+            documented_relay_default(setting),
+            value,
+            "docs/protocol.md's default of [relay] {setting}"
+        );
+    }
+}
