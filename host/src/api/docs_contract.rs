@@ -188,3 +188,49 @@ fn the_protocol_limits_table_gives_the_relay_defaults() {
         );
     }
 }
+
+/// The actions the README's audit table names: its `action` row's alternatives,
+/// `environment.create|patch|…` read as `environment.create`, `environment.patch`, ….
+fn documented_actions() -> Vec<String> {
+    let readme = include_str!("../../../README.md");
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| `action` |"))
+        .expect("an `action` row in the README's audit table");
+    let mut actions = Vec::new();
+    for (i, quoted) in row.split('`').enumerate() {
+        if i % 2 == 0 {
+            continue;
+        }
+        let Some((noun, verbs)) = quoted.split_once('.') else {
+            continue;
+        };
+        actions.extend(verbs.split('|').map(|verb| format!("{noun}.{verb}")));
+    }
+    actions
+}
+
+#[test]
+fn the_readme_names_every_audit_action() {
+    let source = include_str!("../audit/entry.rs");
+    let module = source
+        .split_once("pub mod action {")
+        .map(|(_, rest)| rest)
+        .and_then(|rest| rest.split_once("\n}"))
+        .map(|(body, _)| body)
+        .expect("the action module in audit/entry.rs");
+    let documented = documented_actions();
+    let mut seen = 0;
+    for line in module.lines() {
+        let Some((_, value)) = line.split_once(": &str = \"") else {
+            continue;
+        };
+        let action = value.trim_end_matches("\";");
+        assert!(
+            documented.iter().any(|a| a == action),
+            "the README's audit table does not name {action} (it names {documented:?})"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 10, "no actions read from audit/entry.rs");
+}
