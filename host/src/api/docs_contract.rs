@@ -234,3 +234,50 @@ fn the_readme_names_every_audit_action() {
     }
     assert!(seen >= 10, "no actions read from audit/entry.rs");
 }
+
+/// The quoted words of `source` that stand where a provider answer's `error.code` is
+/// made: `"code": "code"` fields and, with `arms`, `… => "code",` match arms.
+fn provider_error_codes(source: &str, arms: bool) -> Vec<String> {
+    let mut codes = Vec::new();
+    for line in source.lines() {
+        let line = line.trim();
+        if let Some((_, rest)) = line.split_once("\"code\": \"") {
+            codes.extend(rest.split('"').next().map(str::to_owned));
+        } else if let Some((_, rest)) = line.split_once("=> \"").filter(|_| arms) {
+            let code = rest.split('"').next().unwrap_or_default();
+            if rest.ends_with("\",") && code.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                codes.push(code.to_owned());
+            }
+        }
+    }
+    codes
+}
+
+#[test]
+fn every_provider_answer_error_code_is_in_the_protocol() {
+    // The paragraph after the provider-handled types' table lists them.
+    let (_, after) = PROTOCOL_MD
+        .split_once("`error.code` is one of")
+        .expect("the provider error codes in docs/protocol.md");
+    let paragraph = after.split("\n\n").next().unwrap_or_default();
+    // The arms of `error_value` map each failure to its code; elsewhere a code is a
+    // `"code": "…"` field of a `json!`.
+    let messages = include_str!("../lifecycle/messages.rs");
+    let error_value = (messages.split_once("fn error_value"))
+        .and_then(|(_, rest)| rest.split_once("\n}\n"))
+        .map(|(body, _)| body)
+        .expect("error_value in lifecycle/messages.rs");
+    let mut seen = provider_error_codes(error_value, true);
+    for source in [messages, include_str!("../lifecycle/peers.rs")] {
+        seen.extend(provider_error_codes(source, false));
+    }
+    for code in ["invalid_input", "provider_trapped", "busy", "too_large"] {
+        assert!(seen.iter().any(|c| c == code), "{code} not read: {seen:?}");
+    }
+    for code in seen {
+        assert!(
+            paragraph.contains(&format!("`{code}`")),
+            "docs/protocol.md's provider error codes do not list {code}"
+        );
+    }
+}
