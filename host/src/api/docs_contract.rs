@@ -281,3 +281,34 @@ fn every_provider_answer_error_code_is_in_the_protocol() {
         );
     }
 }
+
+#[test]
+fn rest_md_lists_every_operation_with_its_scopes_and_no_other() {
+    let spec = super::spec().to_json().expect("the spec serialises");
+    let spec: serde_json::Value = serde_json::from_str(&spec).expect("the spec is JSON");
+    let table = rest_section("## Operations");
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| `")).collect();
+    let mut operations = 0;
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("a path item") {
+            let start = format!("| `{}` | `{path}` | ", method.to_uppercase());
+            let Some(row) = rows.iter().find(|r| r.starts_with(&start)) else {
+                panic!("docs/rest.md's Operations has no row {start}");
+            };
+            let scopes = op["security"].as_array().into_iter().flatten();
+            for scope in scopes.flat_map(|r| r["bearer"].as_array().into_iter().flatten()) {
+                let scope = scope.as_str().unwrap_or_default();
+                assert!(row.contains(&format!("`{scope}`")), "{row} lacks {scope}");
+            }
+            if op.get("security").is_none() {
+                assert!(row.ends_with("| none |"), "{row}: the spec asks no token");
+            }
+            operations += 1;
+        }
+    }
+    assert_eq!(
+        rows.len(),
+        operations,
+        "docs/rest.md lists an operation the spec has not"
+    );
+}
