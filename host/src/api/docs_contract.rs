@@ -312,3 +312,18 @@ fn rest_md_lists_every_operation_with_its_scopes_and_no_other() {
         "docs/rest.md lists an operation the spec has not"
     );
 }
+
+/// A doc comment becomes a spec description as it is: an intra-doc link such as
+/// ``[`MAX_COMPONENT_BYTES`]`` names a Rust item a client cannot look up.
+#[test]
+fn the_spec_has_no_rustdoc_links() {
+    let spec = super::spec().to_json().expect("the spec serialises");
+    for (i, _) in spec.match_indices("`]") {
+        let after = spec[i + 2..].chars().next();
+        assert!(
+            after == Some('('),
+            "a rustdoc link in the spec: …{}…",
+            &spec[i.saturating_sub(60)..i + 2]
+        );
+    }
+}
