@@ -36,6 +36,9 @@ pub(crate) enum TokenError {
     /// The token is too short to be a secret.
     #[error("API token must be at least 16 characters")]
     TooShort,
+    /// The token (or its file) is longer than any token: the file is not a token file.
+    #[error("API token must be at most {MAX_TOKEN_BYTES} bytes")]
+    TooLong,
     /// The token file is open to other users: they could read the operator's token,
     /// or write one of their own choosing.
     #[error(
@@ -49,6 +52,10 @@ pub(crate) enum TokenError {
         mode: u32,
     },
 }
+
+/// The longest API token taken, from `TETHER_API_TOKEN` or the token file (the
+/// host's own are 64 characters); a longer file is not read past it.
+pub(crate) const MAX_TOKEN_BYTES: u64 = 4096;
 
 /// The API token.
 #[derive(Clone)]
@@ -75,7 +82,7 @@ impl ApiToken {
             return Self::new(token).map(|t| (t, TokenSource::Environment));
         }
         match std::fs::File::open(file) {
-            Ok(mut f) => {
+            Ok(f) => {
                 // The host writes it 0600; one made by hand under a usual umask is
                 // readable by every local user, who would then be the admin.
                 let mode = f.metadata().map_err(io)?.permissions().mode() & 0o777;
@@ -85,8 +92,16 @@ impl ApiToken {
                         mode,
                     });
                 }
-                let mut text = String::new();
-                f.read_to_string(&mut text).map_err(io)?;
+                let mut bytes = Vec::new();
+                f.take(MAX_TOKEN_BYTES + 2)
+                    .read_to_end(&mut bytes)
+                    .map_err(io)?;
+                // The host writes no newline; an editor's one is allowed for.
+                if bytes.len() as u64 > MAX_TOKEN_BYTES + 1 {
+                    return Err(TokenError::TooLong);
+                }
+                let text = String::from_utf8(bytes)
+                    .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
                 return Self::new(text.trim().to_owned()).map(|t| (t, TokenSource::File));
             }
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
@@ -110,6 +125,9 @@ impl ApiToken {
     fn new(token: String) -> Result<Self, TokenError> {
         if token.len() < 16 {
             return Err(TokenError::TooShort);
+        }
+        if token.len() as u64 > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLong);
         }
         Ok(Self(token))
     }
@@ -217,6 +235,25 @@ mod tests {
         assert_eq!(src, TokenSource::Environment);
         assert!(c.verify(&"x".repeat(20)));
         assert!(ApiToken::load_or_create(Some("short".into()), &file).is_err());
+    }
+
+    #[test]
+    fn a_token_longer_than_any_is_refused_and_its_file_not_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api-token");
+        let write = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        let longest = "x".repeat(MAX_TOKEN_BYTES as usize);
+        write(&format!("{longest}\n"));
+        let (token, _) = ApiToken::load_or_create(None, &file).unwrap();
+        assert!(token.verify(&longest));
+        write(&"x".repeat(1 << 20));
+        let refused = ApiToken::load_or_create(None, &file).unwrap_err();
+        assert!(matches!(refused, TokenError::TooLong), "{refused}");
+        let from_env = ApiToken::load_or_create(Some(format!("{longest}x")), &file);
+        assert!(matches!(from_env, Err(TokenError::TooLong)));
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod cli_env;
 mod cluster;
 mod crashloop;
 mod dashboard;
+mod docs_contract;
 mod edges;
 mod events;
 mod example_app;

@@ -200,6 +200,14 @@ async fn an_invalid_edit_is_reported_and_the_last_good_grants_stay_in_force() {
     })
     .await;
 
+    // So is a file over 1 MiB, valid as it may be: it is not read past the limit.
+    replace(&path, &format!("{}#{}\n", grant(""), "x".repeat(1 << 20)));
+    wait_status(&server, "the oversized file refused", |s| {
+        s["lastReload"]["outcome"] == "failed"
+            && (s["lastReload"]["error"].as_str()).is_some_and(|e| e.contains("at most 1 MiB"))
+    })
+    .await;
+
     // A later valid edit applies, and its diff names keys, never the values.
     replace(
         &path,

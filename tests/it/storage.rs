@@ -197,6 +197,10 @@ async fn a_full_disk_refuses_changes_keeps_what_is_stored_and_recovers_by_itself
         .await;
     assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{answer}");
     assert_eq!(answer["error"]["code"], "storage_full", "{answer}");
+    // So is an app's connect that would start one (before the upgrade, as the spec says).
+    let wake = server.ws_url(&format!("/ws/app/{}?thread=t&start=true", ids[1]));
+    let refusal = crate::support::Ws::connect(&wake, Some(crate::support::TOKEN)).await;
+    assert_eq!(refusal.err(), Some(StatusCode::INSUFFICIENT_STORAGE));
     // A refused change is not made.
     let (_, env) = server
         .call("GET", &format!("/api/v1/environments/{}", ids[1]), None)

@@ -916,3 +916,56 @@ async fn the_bearer_scheme_is_matched_in_any_case() {
     }
     server.stop();
 }
+
+/// Two `Authorization` headers are refused (400) wherever a token is read, whichever
+/// one is good: a proxy in front may check one while the host acts on the other.
+#[tokio::test]
+async fn several_authorization_headers_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let client = reqwest::Client::new();
+    let good = format!("Bearer {TOKEN}");
+    let upgrade = [
+        ("connection", "upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let none: &[(&str, &str)] = &[];
+    let cases = [
+        ("GET", "/api/v1/environments", none),
+        ("GET", "/api/v1/whoami", none),
+        ("DELETE", "/api/v1/tokens/tok_nope", none),
+        ("GET", "/ws/runtime/nope", &upgrade[..]),
+        ("GET", "/ws/app/nope?ticket=tkt_nope", &upgrade[..]),
+        ("GET", "/ws/events", &upgrade[..]),
+    ];
+    for (method, path, extra) in cases {
+        for (first, second) in [
+            (good.as_str(), "Bearer wrong"),
+            ("Bearer wrong", good.as_str()),
+        ] {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            let mut req = (client.request(method.clone(), format!("{}{path}", server.base)))
+                .header("authorization", first)
+                .header("authorization", second);
+            for (name, value) in extra {
+                req = req.header(*name, *value);
+            }
+            let resp = req.send().await.expect("request");
+            let (status, text) = crate::support::checked(method.as_str(), path, resp).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}: {text}");
+            let body: Value = serde_json::from_str(&text).expect("json");
+            assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("several `Authorization` headers"),
+                "{body}"
+            );
+        }
+    }
+    // One header still works, and the refusals counted as no failed authentication.
+    let (status, _) = server.call("GET", "/api/v1/whoami", None).await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop();
+}

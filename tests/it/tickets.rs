@@ -135,3 +135,26 @@ fn server_log_contains(dir: &tempfile::TempDir, secret: &str) -> bool {
                 .contains(secret)
         })
 }
+
+/// `?ticket=` given twice is refused (400) before either is looked at, on the events
+/// stream too (whose upgrade reads no other parameter), and neither ticket is used up.
+#[tokio::test]
+async fn a_ticket_given_twice_is_refused_and_neither_is_used() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (status, issued) = ticket(&server, TOKEN, json!({"events": true})).await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let good = issued["ticket"].as_str().expect("ticket").to_owned();
+    let twice = server.ws_url(&format!("/ws/events?ticket=tkt_other&ticket={good}"));
+    assert_eq!(
+        Ws::connect(&twice, None).await.err(),
+        Some(StatusCode::BAD_REQUEST)
+    );
+    // Still unused: it opens the stream once.
+    let once = server.ws_url(&format!("/ws/events?ticket={good}"));
+    let mut events = Ws::connect(&once, None)
+        .await
+        .expect("the ticket still works");
+    assert_eq!(events.next().await["type"], "snapshot");
+    server.stop();
+}

@@ -7,11 +7,9 @@ use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use axum::http::request::Parts;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
-use axum::extract::Query;
-
+use super::params::Params;
 use super::{ApiError, AppState, audited};
 use crate::audit::action;
 use crate::tenancy::{Opening, Principal, Ticket};
@@ -20,13 +18,29 @@ use crate::throttle::Throttled;
 /// Prefix of the subprotocol entry carrying the API token.
 const TOKEN_PROTOCOL: &str = "tether.bearer.";
 
+/// The refusal of a request with more than one `Authorization` header.
+pub(crate) const SEVERAL_AUTHORIZATIONS: &str =
+    "several `Authorization` headers: send exactly one, `Authorization: Bearer <token>`";
+
 /// The bearer token of a request, if it carries one. The scheme is matched in any
 /// case (RFC 9110 §11.1: `bearer x` is `Bearer x`), else a client sending it in lower
-/// case is told it sent no token at all.
-pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim_start().split_once([' ', '\t'])?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+/// case is told it sent no token at all. Several `Authorization` headers are refused
+/// (400): a proxy in front may check one and the host would act on another.
+pub(crate) fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
+    let mut values = parts.headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(SEVERAL_AUTHORIZATIONS));
+    }
+    let Ok(value) = value.to_str() else {
+        return Ok(None);
+    };
+    let Some((scheme, token)) = value.trim_start().split_once([' ', '\t']) else {
+        return Ok(None);
+    };
+    Ok(scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()))
 }
 
 /// The subprotocols a WebSocket upgrade offers, each trimmed.
@@ -82,7 +96,7 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        authenticate(state, parts, bearer(parts))
+        authenticate(state, parts, bearer(parts)?)
     }
 }
 
@@ -102,12 +116,15 @@ impl FromRequestParts<AppState> for AppCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let query = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
-            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        // Each parameter at most once, as everywhere: `?ticket=a&ticket=b` read as the
+        // last would let a proxy that logs or checks the first disagree with the host.
+        let Params(query) = Params::from_request_parts(parts, state).await?;
+        // Refused before a ticket is looked at too: the rule is one per request.
+        let header = bearer(parts)?;
         if let Some(ticket) = query.get("ticket") {
             return Ok(AppCaller::Ticket(ticket.clone()));
         }
-        let secret = subprotocol_token(parts).or_else(|| bearer(parts));
+        let secret = subprotocol_token(parts).or(header);
         authenticate(state, parts, secret).map(AppCaller::Token)
     }
 }

@@ -144,7 +144,7 @@ impl ErrorCode {
     pub(crate) fn meaning(self) -> &'static str {
         match self {
             ErrorCode::InvalidRequest => {
-                "The body is not a JSON object, or a field or query value is missing, unknown, given twice, of the wrong type or out of range (a name breaking the name rule, `config` over 256 KiB or nested more than 32 levels deep, an unknown scope, a provider that is not loaded, a component that does not load); the message names it."
+                "The body is not a JSON object, or a field or query value is missing, unknown, given twice (the `Authorization` header too), of the wrong type or out of range (a name breaking the name rule, `config` over 256 KiB or nested more than 32 levels deep, an unknown scope, a provider that is not loaded, a component that does not load); the message names it."
             }
             ErrorCode::InvalidJson => "The request body is not valid JSON.",
             ErrorCode::Unauthorized => {

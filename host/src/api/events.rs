@@ -44,7 +44,7 @@ const CLOSE_GOING_AWAY: u16 = 1001;
     ),
     responses(
         (status = 101, description = "Upgraded: a snapshot of every environment the caller reaches, then a frame per change (`docs/protocol.md`, \"The events stream\"), subprotocol `tether.v1`."),
-        (status = 400, description = "An upgrade request missing a WebSocket header (plain text).", content_type = "text/plain", body = String),
+        (status = 400, description = "A query parameter given twice (`invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content_type = "text/plain", body = String),
         (status = 401, description = "No token or ticket, or one that is unknown, revoked, expired or used (`unauthorized`).", body = ErrorBody),
         (status = 403, description = "The token lacks `envs:read` (`missing_scope`).", body = ErrorBody),
         (status = 426, description = "Not an upgrade request a WebSocket can be made of (plain text).", content_type = "text/plain", body = String),

@@ -8,6 +8,8 @@ mod caller;
 mod cluster;
 mod config;
 mod dashboard;
+#[cfg(test)]
+mod docs_contract;
 mod environments;
 mod error;
 mod events;
@@ -102,7 +104,9 @@ fn routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of the whole API, as `GET /api/v1/openapi.json` serves it.
 pub(crate) fn spec() -> utoipa::openapi::OpenApi {
-    routes().into_openapi()
+    let mut api = routes().into_openapi();
+    openapi::refuse_several_authorizations(&mut api);
+    api
 }
 
 /// The whole router; `main` only binds and serves it.

@@ -88,6 +88,56 @@ fn contract_text() -> String {
     text
 }
 
+/// What every operation taking a token says of a request with several
+/// `Authorization` headers ([`super::caller::bearer`]).
+const SEVERAL_AUTHORIZATIONS: &str = "Several `Authorization` headers (`invalid_request`).";
+
+/// Gives every operation that takes a token the 400 of a request carrying several
+/// `Authorization` headers: no handler owns that refusal, the token's extractor does.
+pub(super) fn refuse_several_authorizations(api: &mut utoipa::openapi::OpenApi) {
+    use std::collections::btree_map::Entry;
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    for item in api.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            if op.security.as_ref().is_none_or(Vec::is_empty) {
+                continue;
+            }
+            let body = || {
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build()
+            };
+            match op.responses.responses.entry("400".to_owned()) {
+                Entry::Occupied(mut said) => {
+                    if let RefOr::T(response) = said.get_mut() {
+                        response.description =
+                            format!("{} {SEVERAL_AUTHORIZATIONS}", response.description);
+                        // A WebSocket route's 400 may say only its plain-text refusal.
+                        let json = "application/json".to_owned();
+                        if !response.content.contains_key(&json) {
+                            response.content.shift_insert(0, json, RefOr::T(body()));
+                        }
+                    }
+                }
+                Entry::Vacant(unsaid) => {
+                    let response = ResponseBuilder::new()
+                        .description(SEVERAL_AUTHORIZATIONS)
+                        .content("application/json", body())
+                        .build();
+                    unsaid.insert(RefOr::T(response));
+                }
+            }
+        }
+    }
+}
+
 /// The document as served, made once.
 static SPEC_JSON: LazyLock<String> = LazyLock::new(|| {
     // Serialising a document of strings and maps cannot fail; an empty object would

@@ -82,9 +82,9 @@ pub(crate) async fn get(
     Ok(Json(s.manager.provider(&name)?))
 }
 
-/// `PUT /api/v1/providers/{name}`: the body (`application/wasm`, at most
-/// [`MAX_COMPONENT_BYTES`]) becomes the drop-in `{name}.wasm` if it loads and calls
-/// itself `name`; 201 with the provider as loaded. Audited as `provider.install`.
+/// `PUT /api/v1/providers/{name}`: the body (`application/wasm`, at most 64 MiB)
+/// becomes the drop-in `{name}.wasm` if it loads and calls itself `name`; 201 with
+/// the provider as loaded. Audited as `provider.install`.
 #[utoipa::path(
     put,
     path = "/api/v1/providers/{name}",

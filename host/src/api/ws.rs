@@ -49,7 +49,7 @@ impl FromRequestParts<AppState> for RuntimeToken {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
-        bearer(parts)
+        bearer(parts)?
             .map(|t| RuntimeToken(t.to_owned()))
             .ok_or_else(|| ApiError::unauthorized("missing runtime token"))
     }
@@ -144,7 +144,8 @@ pub(crate) async fn runtime(
         (status = 426, description = "Not an upgrade request a WebSocket can be made of (plain text).", content_type = "text/plain", body = String),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`), or starting it would pass `max_running` (`quota_exceeded`).", body = ErrorBody),
         (status = 500, description = "The records file could not be written (`store_error`) or the host failed (`internal_error`).", body = ErrorBody),
-        (status = 503, description = "Cluster mode: waking the environment counts against the user's `max_running` and could not be admitted across the cluster (`cluster_unavailable`): it was not woken.", body = ErrorBody),
+        (status = 503, description = "Waking the environment could not be recorded: the data directory's filesystem is read-only or fails (`storage_unavailable`); or, cluster mode, waking it counts against the user's `max_running` and could not be admitted across the cluster (`cluster_unavailable`). It was not woken.", body = ErrorBody),
+        (status = 507, description = "Waking the environment could not be recorded: the data directory's filesystem is full (`storage_full`). It was not woken.", body = ErrorBody),
     ),
     security(("bearer" = ["relay"])),
 )]
@@ -360,7 +361,8 @@ fn field(query: &HashMap<String, String>, key: &str) -> Option<String> {
         (status = 426, description = "Not an upgrade request a WebSocket can be made of (plain text).", content_type = "text/plain", body = String),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`), or the user is at a quota (`quota_exceeded`).", body = ErrorBody),
         (status = 500, description = "The records file or the audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
-        (status = 503, description = "Cluster mode: NATS does not answer, or another host has been admitting the user's change for over 5 s (`cluster_unavailable`): the environment's name could not be reserved or its making, counted against the user's limits, not admitted across the cluster; nothing was made.", body = ErrorBody),
+        (status = 503, description = "The environment could not be made or woken: the data directory's filesystem is read-only or fails (`storage_unavailable`); or, cluster mode, NATS does not answer, or another host has been admitting the user's change for over 5 s (`cluster_unavailable`): the environment's name could not be reserved or its making, counted against the user's limits, not admitted across the cluster. Nothing was made.", body = ErrorBody),
+        (status = 507, description = "The environment could not be made or woken: the data directory's filesystem is full (`storage_full`). Nothing was made.", body = ErrorBody),
     ),
     security(("bearer" = ["relay"])),
 )]

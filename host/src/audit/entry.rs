@@ -217,7 +217,7 @@ pub enum Outcome {
     Failed,
 }
 
-/// One line of the audit log. Build it with [`Entry::new`] and the setters.
+/// One line of the audit log (`.codebolt/audit.jsonl`, `GET /api/v1/audit`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Entry {
@@ -225,7 +225,7 @@ pub struct Entry {
     pub time: Timestamp,
     /// Who did it.
     pub actor: Actor,
-    /// What was done, `noun.verb` (see [`action`]).
+    /// What was done, `noun.verb` (the README's audit table lists them).
     pub action: Text,
     /// What it was done to: an environment or token id, a route.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -18,8 +18,8 @@ pub struct Grant {
     /// Host environment variables passed through to its children.
     pub env: Vec<String>,
     /// Variables the provider may set for its children: exact names, or `PREFIX*`
-    /// (which never admits a loader or tool variable, see the broker's
-    /// `env::is_tool_variable`).
+    /// (which never admits a loader or tool variable: SECURITY.md, "Variables of a
+    /// spawned process").
     #[serde(rename = "setEnv")]
     pub set_env: Vec<String>,
     /// Destinations it may reach, as `scheme://host:port` patterns.

@@ -92,10 +92,23 @@ pub enum ConfigError {
         /// Where it was looked for.
         searched: Vec<PathBuf>,
     },
+    /// The config file is larger than [`MAX_CONFIG_BYTES`].
+    #[error("{path} is larger than {limit} bytes: a tether.toml is at most 1 MiB")]
+    TooLarge {
+        /// The config file.
+        path: PathBuf,
+        /// The limit, [`MAX_CONFIG_BYTES`].
+        limit: u64,
+    },
     /// A value is out of range.
     #[error("{0}")]
     Invalid(String),
 }
+
+/// The most `tether.toml` may hold: far above any real one, and a bound on what a
+/// reload reads and parses when someone points the file at something huge (or at
+/// a device that never ends).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 fn list(paths: &[PathBuf]) -> String {
     let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
@@ -666,8 +679,14 @@ impl ServeConfig {
 /// defaults unless it was named explicitly.
 fn read_file(source: &ConfigSource) -> Result<(FileConfig, toml::Table), ConfigError> {
     let path = &source.path;
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
+    let text = match read_bounded(path) {
+        Ok(Some(text)) => text,
+        Ok(None) => {
+            return Err(ConfigError::TooLarge {
+                path: path.clone(),
+                limit: MAX_CONFIG_BYTES,
+            });
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !source.explicit => {
             return Ok((FileConfig::default(), toml::Table::new()));
         }
@@ -692,6 +711,22 @@ fn read_file(source: &ConfigSource) -> Result<(FileConfig, toml::Table), ConfigE
     let table = toml::from_str::<toml::Table>(&text).map_err(parse)?;
     warn_if_secrets_exposed(path, &table);
     Ok((file, table))
+}
+
+/// The text of `path`, or `None` when it holds more than [`MAX_CONFIG_BYTES`]; never
+/// reads more than one byte past the limit.
+fn read_bounded(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Ok(None);
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Logs a warning when `path` holds operator config values (`[providers.NAME] config`,

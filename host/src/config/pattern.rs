@@ -19,9 +19,9 @@ pub const ANY_REST: &str = "{any...}";
 
 /// A program with argument patterns: `*` matches one argument that is not an
 /// option (does not begin with `-`), `**` all the remaining arguments if none is
-/// an option, [`ANY_ARG`] any one argument and [`ANY_REST`] all the rest, options
-/// included; [`PATH_ARG`] one argument naming a path inside the environment's
-/// directories (see the broker's `PathScope`; never one beginning with `-`) and
+/// an option, `{any}` any one argument and `{any...}` all the rest, options
+/// included; `{path}` one argument naming a path inside the environment's
+/// directories (never one beginning with `-`) and
 /// `PREFIX{path}` such an argument after a fixed prefix (`--output={path}`);
 /// anything else matches itself. So a pattern admits an option only where it
 /// spells it out, or says `{any}`.

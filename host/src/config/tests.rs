@@ -214,3 +214,19 @@ fn sharing_memory_images_is_left_to_the_host_unless_set() {
     assert_eq!(set("true").unwrap().limits.share_memory_images, Some(true));
     assert!(set("\"yes\"").is_err(), "not a boolean");
 }
+
+#[test]
+fn a_config_file_over_one_mebibyte_is_refused_unread() {
+    // Comments only: a file just at the limit loads (as the defaults).
+    let line = format!("#{}\n", "x".repeat(1022));
+    let at_limit = line.repeat((MAX_CONFIG_BYTES / 1024) as usize);
+    assert_eq!(at_limit.len() as u64, MAX_CONFIG_BYTES);
+    load(&at_limit).unwrap();
+    let over = format!("{at_limit}#");
+    match load(&over) {
+        Err(ConfigError::TooLarge { limit, .. }) => assert_eq!(limit, MAX_CONFIG_BYTES),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    let message = load(&over).unwrap_err().to_string();
+    assert!(message.contains("at most 1 MiB"), "{message}");
+}
