@@ -11,6 +11,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite;
 
 /// Most bytes a relay socket (host or reference runtime) reads at once. tungstenite
 /// zero-fills this much of its read buffer before every read attempt (even one that
@@ -53,6 +54,27 @@ pub struct CloseReason {
     pub code: u16,
     /// Text for the peer.
     pub reason: String,
+}
+
+/// The close a peer gets for a frame that could not be read, or `None` when the
+/// connection is simply gone: a message over `max_message_bytes` (1009), text that is
+/// not UTF-8 (1007), a frame that breaks the protocol (1002, the reason saying how).
+/// Said with a close code (RFC 6455 §7.1.7), not by dropping the connection: a peer
+/// that only sees the connection drop takes it for a network cut and, resuming, sends
+/// the same frame again, for ever.
+pub fn read_error_close(e: &tungstenite::Error, max_message_bytes: usize) -> Option<CloseReason> {
+    let (code, reason) = match e {
+        tungstenite::Error::Capacity(_) => (
+            CLOSE_TOO_BIG,
+            format!("messages are limited to {max_message_bytes} bytes"),
+        ),
+        tungstenite::Error::Utf8(_) => (CLOSE_NOT_UTF8, "text frames must be UTF-8".to_owned()),
+        tungstenite::Error::Protocol(e) => {
+            (CLOSE_PROTOCOL, crate::untrusted::cut(&e.to_string(), 100))
+        }
+        _ => return None,
+    };
+    Some(CloseReason { code, reason })
 }
 
 /// Type of an acknowledgement frame, in either direction.
