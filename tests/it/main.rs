@@ -30,6 +30,7 @@ mod provisioning;
 mod quotas;
 mod records;
 mod relay;
+mod relay_edges;
 mod removals;
 mod sandbox;
 mod spine;

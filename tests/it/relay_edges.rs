@@ -1,0 +1,155 @@
+//! The relay's WebSocket surfaces probed as a careless or hostile peer would: limits a
+//! client must keep, and what the host says when a peer breaks them.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::{TOKEN, WAIT};
+
+/// What a fake host saw of one `tether env attach` session.
+struct Seen {
+    /// The first frame the CLI sent.
+    first: String,
+}
+
+/// A fake host for `tether env attach`: greets with a `maxMessageBytes` of 1024, waits
+/// for the CLI's first frame, then sends a message of `big` bytes, a small one, and
+/// closes with 4010.
+async fn fake_host(big: usize) -> (String, tokio::sync::oneshot::Receiver<Seen>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut ws = tokio_tungstenite::accept_async(stream)
+            .await
+            .expect("upgrade");
+        let greeting = json!({"type": "relayResumed", "session": "s", "received": 0,
+            "next": 1, "reset": false, "maxMessageBytes": 1024});
+        ws.send(Message::text(greeting.to_string()))
+            .await
+            .expect("greet");
+        let first = loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => break text.to_string(),
+                Some(Ok(_)) => continue,
+                other => panic!("the CLI sent nothing: {other:?}"),
+            }
+        };
+        let _ = tx.send(Seen { first });
+        let pad = "x".repeat(big);
+        let frames = [
+            json!({"relaySeq": 1, "type": "big", "pad": pad}),
+            json!({"relaySeq": 2, "type": "after"}),
+        ];
+        for frame in frames {
+            if ws.send(Message::text(frame.to_string())).await.is_err() {
+                return;
+            }
+        }
+        let close = CloseFrame {
+            code: CloseCode::Library(4010),
+            reason: "stopped".into(),
+        };
+        let _ = ws.close(Some(close)).await;
+        // Until the CLI hangs up.
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    (url, rx)
+}
+
+/// The host ending an attach session for good (4010: the environment stopped) while
+/// the terminal was still open left `tether env attach` running until the user typed a
+/// line: exiting waited for the thread reading stdin. It exits at once now, with 5.
+#[tokio::test]
+async fn attach_exits_when_the_host_ends_the_session_though_input_is_open() {
+    let (url, seen) = fake_host(10).await;
+    let mut attach = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["env", "attach", "e-1", "--thread", "t", "--url", &url])
+        .args(["--token", TOKEN])
+        .env_remove("TETHER_API_TOKEN")
+        .env_remove("TETHER_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tether env attach");
+    let mut stdin = attach.stdin.take().expect("stdin");
+    writeln!(stdin, "{}", json!({"type": "echo"})).expect("write");
+    tokio::time::timeout(WAIT, seen)
+        .await
+        .expect("the CLI sent a frame in time")
+        .expect("the fake host saw it");
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::task::spawn_blocking(move || attach.wait_with_output()),
+    )
+    .await
+    .expect("attach exited with its input still open")
+    .expect("join")
+    .expect("attach exits");
+    drop(stdin);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("\"after\""), "{stdout}\n{stderr}");
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+}
+
+/// `tether env attach` read with tungstenite's default limits (64 MiB a message), far
+/// past anything the host sends, and sent a line larger than the host takes, which the
+/// host closes with 1009 (and would again on every resume). It now refuses such a line
+/// and is closed by nothing larger than the host's limit allows.
+#[tokio::test]
+async fn attach_keeps_to_the_hosts_message_limit_both_ways() {
+    let (url, seen) = fake_host(7 << 20).await;
+    let mut attach = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["env", "attach", "e-1", "--thread", "t", "--url", &url])
+        .args(["--token", TOKEN])
+        .env_remove("TETHER_API_TOKEN")
+        .env_remove("TETHER_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tether env attach");
+    let mut stdin = attach.stdin.take().expect("stdin");
+    let too_big = json!({"type": "echo", "payload": "y".repeat(2000)});
+    let small = json!({"type": "echo", "payload": "small"});
+    writeln!(stdin, "{too_big}\n{small}").expect("write");
+    let seen = tokio::time::timeout(WAIT, seen)
+        .await
+        .expect("the CLI sent a frame in time")
+        .expect("the fake host saw it");
+    let first: Value = serde_json::from_str(&seen.first).expect("JSON");
+    assert_eq!(first["payload"], "small", "{}", seen.first.len());
+
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::task::spawn_blocking(move || attach.wait_with_output()),
+    )
+    .await
+    .expect("attach exited")
+    .expect("join")
+    .expect("attach exits");
+    drop(stdin);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stdout.contains("\"big\""),
+        "a 7 MiB message was read: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("over the host's limit of 1024"), "{stderr}");
+    assert!(
+        stderr.contains("larger than this session takes"),
+        "{stderr}"
+    );
+}
