@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{TOKEN, WAIT};
+use crate::support::{Server, TOKEN, WAIT, Ws};
 
 /// What a fake host saw of one `tether env attach` session.
 struct Seen {
@@ -152,4 +152,91 @@ async fn attach_keeps_to_the_hosts_message_limit_both_ways() {
         stderr.contains("larger than this session takes"),
         "{stderr}"
     );
+}
+
+/// Frames of `app` up to and including the first of type `until`.
+async fn frames_until(app: &mut Ws, until: &str) -> Vec<Value> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = app.next_any().await;
+        let done = frame["type"] == until;
+        frames.push(frame);
+        if done {
+            return frames;
+        }
+    }
+}
+
+/// A resumable app's session was found by its id alone: another app of the
+/// environment — on another thread (a ticket pins one), or another user (the admin on
+/// a user's environment, or the reverse) — naming the same `session` took it over, got
+/// what the runtime had sent its holder, and cut the holder off with 4009. A session is
+/// now its holder's (user and thread): the same id from anyone else is a session of
+/// their own.
+#[tokio::test]
+async fn a_session_is_resumed_only_by_its_own_user_and_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with_handoff(dir.path(), "");
+    let (alice, _) = server.user_token("alice").await;
+    let body = json!({"name": "held", "provider": "handoff", "start": true});
+    let (status, env) = server
+        .call_with("POST", "/api/v1/environments", Some(body), Some(&alice))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{env}");
+    let id = env["id"].as_str().expect("id").to_owned();
+    server
+        .wait_env(&id, "running", |e| e["status"] == "running")
+        .await;
+    let (url, token) = server.handoff_runtime("held");
+    let mut rt = Ws::connect(&url, Some(&token)).await.expect("runtime");
+    let app = |token: &str, thread: &str, resume: u64| {
+        let url = server.ws_url(&format!(
+            "/ws/app/{id}?thread={thread}&session=s-1&resume={resume}"
+        ));
+        let token = token.to_owned();
+        async move { Ws::connect(&url, Some(&token)).await.expect("app") }
+    };
+
+    // Alice's app on thread `a` goes away; the runtime answers it meanwhile (a plain
+    // app on `a` shows the answer was routed).
+    let mut holder = app(&alice, "a", 0).await;
+    let greeting = holder.next_any().await;
+    assert_eq!(greeting["type"], "relayResumed", "{greeting}");
+    let status = holder.next_any().await;
+    let last = status["relaySeq"].as_u64().expect("relaySeq");
+    drop(holder);
+    let mut witness = Ws::connect(
+        &server.ws_url(&format!("/ws/app/{id}?thread=a")),
+        Some(&alice),
+    )
+    .await
+    .expect("witness");
+    rt.send(json!({"type": "secret", "threadId": "a"})).await;
+    frames_until(&mut witness, "secret").await;
+
+    // The same session id on another thread, and from another user on the same thread:
+    // sessions of their own, told nothing of alice's.
+    for (user, who, thread) in [("alice", alice.as_str(), "b"), ("admin", TOKEN, "a")] {
+        let mut other = app(who, thread, 0).await;
+        let greeting = other.next_any().await;
+        assert_eq!(greeting["type"], "relayResumed", "{greeting}");
+        assert_eq!(greeting["next"], 1, "{greeting}");
+        assert_eq!(greeting["reset"], false, "{greeting}");
+        rt.send(json!({"type": "all"})).await;
+        let seen = frames_until(&mut other, "all").await;
+        assert!(
+            seen.iter().all(|f| f["type"] != "secret"),
+            "{user} on {thread} got alice's message: {seen:?}"
+        );
+        drop(other);
+    }
+
+    // Alice's session is still hers: resumed, the answer comes.
+    let mut holder = app(&alice, "a", last).await;
+    let greeting = holder.next_any().await;
+    assert_eq!(greeting["type"], "relayResumed", "{greeting}");
+    assert_eq!(greeting["reset"], false, "{greeting}");
+    let seen = frames_until(&mut holder, "secret").await;
+    assert_eq!(seen.last().map(|f| &f["threadId"]), Some(&json!("a")));
+    server.stop();
 }

@@ -89,6 +89,10 @@ pub struct Resume {
     pub session: String,
     /// The last `relaySeq` it received (0 for none).
     pub last: u64,
+    /// Whose session it is (an app's user and thread; empty for a runtime, which has
+    /// one): the same `session` presented by anyone else names another session, so
+    /// no one takes over, or is replayed, what was held for someone else.
+    pub holder: String,
 }
 
 impl Resume {
@@ -111,7 +115,19 @@ impl Resume {
         Ok(Some(Self {
             session: session.to_owned(),
             last,
+            holder: String::new(),
         }))
+    }
+
+    /// The same resume, of `holder`'s session.
+    pub fn held_by(self, holder: String) -> Self {
+        Self { holder, ..self }
+    }
+
+    /// The key the session is kept under: its holder's, and its id.
+    pub(super) fn key(&self) -> String {
+        // A session id has no NUL, so the two parts never run into each other.
+        format!("{}\0{}", self.holder, self.session)
     }
 }
 
@@ -343,7 +359,8 @@ mod tests {
             Resume::from_query(Some("s-1"), Some("5")),
             Ok(Some(Resume {
                 session: "s-1".into(),
-                last: 5
+                last: 5,
+                holder: String::new(),
             }))
         );
     }
