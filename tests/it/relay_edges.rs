@@ -240,3 +240,38 @@ async fn a_session_is_resumed_only_by_its_own_user_and_thread() {
     assert_eq!(seen.last().map(|f| &f["threadId"]), Some(&json!("a")));
     server.stop();
 }
+
+/// A binary frame that is not UTF-8 was ignored without being counted, while the peer
+/// counted it as sent: the host's count ran one short, so a resuming app dropped one
+/// frame too few from what it keeps and sent a frame the host had taken again. It is
+/// counted now, and the app is told it was not relayed.
+#[tokio::test]
+async fn a_binary_frame_that_is_not_text_is_counted_and_answered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with_handoff(dir.path(), "");
+    let (id, url, token) = server.handoff_env("binary").await;
+    let mut rt = Ws::connect(&url, Some(&token)).await.expect("runtime");
+    let app_url = server.ws_url(&format!("/ws/app/{id}?thread=t&session=bin&resume=0"));
+    let mut app = Ws::connect(&app_url, Some(TOKEN)).await.expect("app");
+    let greeting = app.next_any().await;
+    assert_eq!(greeting["type"], "relayResumed", "{greeting}");
+
+    app.send_message(Message::Binary(vec![0xff, 0xfe, 0x00].into()))
+        .await;
+    app.send(json!({"type": "m", "n": 1})).await;
+    assert_eq!(rt.next().await["n"], 1);
+    let (mut answered, mut counted) = (false, None);
+    while !answered || counted.is_none() {
+        let frame = app.next_any().await;
+        if frame["type"] == "error" {
+            assert_eq!(frame["error"]["code"], "invalid_message", "{frame}");
+            answered = true;
+        }
+        // An ack may come between the two; the one covering both says 2, not 1.
+        if frame["type"] == "relayAck" && frame["received"].as_u64() >= Some(2) {
+            counted = Some(frame);
+        }
+    }
+    assert_eq!(counted.map(|a| a["received"].clone()), Some(json!(2)));
+    server.stop();
+}

@@ -370,7 +370,8 @@ async fn read(
             Message::Binary(bytes) => match Utf8Bytes::try_from(bytes) {
                 Ok(text) => inbound.receive(text),
                 Err(_) => {
-                    tracing::debug!(env = %outbox.env_id(), "non-UTF-8 binary frame ignored")
+                    tracing::debug!(env = %outbox.env_id(), "non-UTF-8 binary frame dropped");
+                    inbound.receive_binary();
                 }
             },
             // Answered with a close frame of the same code (RFC 6455 §5.5.1), after

@@ -115,6 +115,27 @@ impl Inbound {
             Inbound::App(app) => app.receive(text),
         }
     }
+
+    /// Takes a binary frame that is not UTF-8: relayed to no one, but counted, since
+    /// the peer counted it as sent (an uncounted frame would shift the count a
+    /// resuming peer goes by, and it would send a later frame twice); an app is told.
+    pub(super) fn receive_binary(&self) {
+        match self {
+            Inbound::Runtime(runtime) => {
+                runtime.hub.received(StreamKey::Runtime, runtime.conn);
+            }
+            Inbound::App(app) => {
+                if app.hub.received(app.key, app.conn) {
+                    let frame = error_frame(
+                        "invalid_message",
+                        "a binary frame must hold UTF-8 text (one JSON object)",
+                        None,
+                    );
+                    app.hub.send_to_app(app.key, frame);
+                }
+            }
+        }
+    }
 }
 
 /// Runs once when a runtime connection leaves the hub while still its current one.
