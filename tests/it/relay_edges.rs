@@ -275,3 +275,68 @@ async fn a_binary_frame_that_is_not_text_is_counted_and_answered() {
     assert_eq!(counted.map(|a| a["received"].clone()), Some(json!(2)));
     server.stop();
 }
+
+/// A `relayAck` whose `received` was not a count (a string, negative, past 2^64) was
+/// taken for an ordinary message: relayed to the other side, and counted, though the
+/// peer counts no acknowledgement it sends — the host ran a frame ahead of the peer,
+/// which on resuming would not send a frame again that the host never had. Such an ack
+/// is now neither relayed nor counted, and an app is told.
+#[tokio::test]
+async fn an_ack_without_a_count_is_neither_relayed_nor_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with_handoff(dir.path(), "");
+    let (id, url, token) = server.handoff_env("acks").await;
+    let mut rt = Ws::connect(&format!("{url}?session=rt&resume=0"), Some(&token))
+        .await
+        .expect("runtime");
+    assert_eq!(rt.next_any().await["type"], "relayResumed");
+    let app_url = server.ws_url(&format!("/ws/app/{id}?thread=t&session=app&resume=0"));
+    let mut app = Ws::connect(&app_url, Some(TOKEN)).await.expect("app");
+    assert_eq!(app.next_any().await["type"], "relayResumed");
+
+    let bad = [
+        r#"{"type":"relayAck","received":"3"}"#,
+        r#"{"type":"relayAck","received":-1}"#,
+        r#"{"type":"relayAck","received":18446744073709551616}"#,
+        r#"{"type":"relayAck"}"#,
+    ];
+    for text in bad {
+        app.send_text(text).await;
+        rt.send_text(text).await;
+    }
+    app.send(json!({"type": "m", "n": 1})).await;
+    rt.send(json!({"type": "r", "threadId": "t", "n": 2})).await;
+
+    // Neither side was handed the other's bad acks (a relayed frame carries `relaySeq`,
+    // the host's own acks do not): the first message each gets is the real one.
+    let got = loop {
+        let frame = rt.next_any().await;
+        if frame["type"] != "relayAck" || frame.get("relaySeq").is_some() {
+            break frame;
+        }
+    };
+    assert_eq!(got["type"], "m", "{got}");
+    let (mut refused, mut counted, mut relayed) = (0, None, false);
+    while !relayed || refused < bad.len() || counted.is_none() {
+        let frame = app.next_any().await;
+        match frame["type"].as_str() {
+            Some("error") => {
+                assert_eq!(frame["error"]["code"], "invalid_message", "{frame}");
+                refused += 1;
+            }
+            Some("relayAck") => {
+                assert!(frame.get("relaySeq").is_none(), "relayed: {frame}");
+                counted = Some(frame["received"].clone());
+            }
+            Some("environmentStatus") => {}
+            _ => {
+                assert_eq!(frame["type"], "r", "{frame}");
+                relayed = true;
+            }
+        }
+    }
+    // Each of the app's bad acks was answered, and only its message counted.
+    assert_eq!(refused, bad.len());
+    assert_eq!(counted, Some(json!(1)));
+    server.stop();
+}

@@ -90,6 +90,16 @@ impl Reply {
     }
 }
 
+/// Why a `relayAck` without a count is refused.
+const BAD_ACK: &str = "`relayAck` needs `received`, a non-negative integer";
+
+/// A `relayAck` without a count a peer sent: not counted (the peer does not count its
+/// acknowledgements, so counting one would put the host a frame ahead of it) and not
+/// relayed (it is the relay's own frame).
+fn malformed_ack(hub: &Hub) {
+    tracing::debug!(env = %hub.env_id, "{BAD_ACK}: dropped");
+}
+
 /// An `error` frame for the app, echoing its `requestId` if it sent one.
 fn error_frame(code: &str, message: &str, request_id: Option<&Value>) -> String {
     let mut frame = json!({"type": "error", "error": {"code": code, "message": message}});
@@ -160,10 +170,16 @@ impl RuntimeInbound {
     /// a message routed to apps by its `threadId`.
     fn receive(&self, text: Utf8Bytes) {
         let Some(head) = Head::parse(&text) else {
+            if protocol::is_ack(&text) {
+                return malformed_ack(&self.hub);
+            }
             return self.receive_unread(text);
         };
-        if let Some(seq) = head.ack() {
-            return self.hub.acknowledge(StreamKey::Runtime, self.conn, seq);
+        if head.kind.as_deref() == Some(ACK) {
+            return match head.received {
+                Some(seq) => self.hub.acknowledge(StreamKey::Runtime, self.conn, seq),
+                None => malformed_ack(&self.hub),
+            };
         }
         if head.kind.as_deref() == Some(RUNTIME_BUSY) {
             // Counted like any frame, so a resuming runtime does not send it twice;
@@ -229,11 +245,19 @@ impl AppInbound {
     fn receive(&self, text: Utf8Bytes) {
         let hub = &self.hub;
         let head = Head::parse(&text);
-        if let Some(h) = &head
-            && h.kind.as_deref() == Some(ACK)
-        {
-            if let Some(seq) = h.received {
-                hub.acknowledge(self.key, self.conn, seq);
+        let ack = match &head {
+            Some(h) => (h.kind.as_deref() == Some(ACK)).then_some(h.received),
+            // Only a frame the quick reader and the head both failed on is looked at.
+            None => protocol::is_ack(&text).then_some(None),
+        };
+        if let Some(received) = ack {
+            match received {
+                Some(seq) => hub.acknowledge(self.key, self.conn, seq),
+                None => {
+                    malformed_ack(hub);
+                    let frame = error_frame("invalid_message", BAD_ACK, None);
+                    hub.send_to_app(self.key, frame);
+                }
             }
             return;
         }

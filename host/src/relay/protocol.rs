@@ -158,11 +158,18 @@ impl<'a> Head<'a> {
     }
 
     /// The acknowledged count, if this is an acknowledgement.
+    #[cfg(test)]
     pub(super) fn ack(&self) -> Option<u64> {
         (self.kind.as_deref() == Some(ACK))
             .then_some(self.received)
             .flatten()
     }
+}
+
+/// Whether `text` is a JSON object of `type` `relayAck`, whatever else it holds (for a
+/// frame [`Head::parse`] could not read).
+pub(super) fn is_ack(text: &str) -> bool {
+    serde_json::from_str::<Value>(text).is_ok_and(|v| v["type"] == ACK)
 }
 
 /// `text` (a JSON object) with `relaySeq` added as its first field; any other text is
