@@ -276,6 +276,90 @@ async fn a_binary_frame_that_is_not_text_is_counted_and_answered() {
     server.stop();
 }
 
+/// A client offering compression (`permessage-deflate`) is answered without it, and a
+/// compressed frame (RSV1 set) is closed with 1002, on the relay's sockets and the
+/// events stream alike.
+#[tokio::test]
+async fn compression_is_never_negotiated_and_a_compressed_frame_is_closed() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with_handoff(dir.path(), "");
+    let (id, _, _) = server.handoff_env("deflate").await;
+    for path in [format!("/ws/app/{id}?thread=t"), "/ws/events".to_owned()] {
+        let mut request = server.ws_url(&path).into_client_request().expect("request");
+        let headers = request.headers_mut();
+        let bearer = format!("Bearer {TOKEN}").parse().expect("header");
+        headers.insert("authorization", bearer);
+        let offer = "permessage-deflate; client_max_window_bits"
+            .parse()
+            .expect("header");
+        headers.insert("sec-websocket-extensions", offer);
+        let (mut ws, answer) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("upgrade");
+        assert!(
+            answer.headers().get("sec-websocket-extensions").is_none(),
+            "{path}: {answer:?}"
+        );
+        let mut compressed = Frame::message(b"{}".to_vec(), OpCode::Data(Data::Text), true);
+        compressed.header_mut().rsv1 = true;
+        ws.send(Message::Frame(compressed)).await.expect("send");
+        let code = tokio::time::timeout(WAIT, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => continue,
+                    _ => break None,
+                }
+            }
+        })
+        .await
+        .expect("closed in time");
+        assert_eq!(code, Some(1002), "{path}");
+    }
+    server.stop();
+}
+
+/// Runtimes that should not be there, as the contract says: a second connection of
+/// the same start replaces the first (4009), a runtime of an earlier start is refused
+/// (401) and one whose environment is stopped is told to exit (410).
+#[tokio::test]
+async fn runtimes_of_another_start_or_a_stopped_environment_are_turned_away() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_with_handoff(dir.path(), "");
+    let (id, url, token) = server.handoff_env("runtimes").await;
+    let mut first = Ws::connect(&url, Some(&token)).await.expect("runtime");
+    let mut second = Ws::connect(&url, Some(&token)).await.expect("runtime");
+    assert_eq!(first.close_code().await, Some(4009));
+    let mut app = server.app(&id, "t").await;
+    app.send(json!({"type": "m", "n": 1})).await;
+    assert_eq!(second.next().await["n"], 1);
+    drop(second);
+
+    server.stop_env(&id).await;
+    let (status, body) = server
+        .call("POST", &format!("/api/v1/environments/{id}/start"), None)
+        .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    server
+        .wait_env(&id, "running", |e| e["status"] == "running")
+        .await;
+    let (url, fresh) = server.handoff_runtime("runtimes");
+    assert_ne!(fresh, token);
+    assert_eq!(
+        Ws::connect(&url, Some(&token)).await.err(),
+        Some(reqwest::StatusCode::UNAUTHORIZED)
+    );
+    server.stop_env(&id).await;
+    assert_eq!(
+        Ws::connect(&url, Some(&fresh)).await.err(),
+        Some(reqwest::StatusCode::GONE)
+    );
+    server.stop();
+}
+
 /// A `relayAck` whose `received` was not a count (a string, negative, past 2^64) was
 /// taken for an ordinary message: relayed to the other side, and counted, though the
 /// peer counts no acknowledgement it sends — the host ran a frame ahead of the peer,
