@@ -209,7 +209,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 server::serve(settings, table, shutdown).await
             })?;
         }
-        Command::Env { command } => rt.block_on(env::run(command))?,
+        Command::Env { command } => {
+            let done = rt.block_on(env::run(command));
+            // `env attach` reads stdin on a blocking thread, which ends only with the
+            // input: dropping the runtime would wait for it, so a session the host
+            // ended kept the command running until the user typed a line.
+            rt.shutdown_background();
+            done?;
+        }
         Command::Token { command } => rt.block_on(token::run(command))?,
         Command::Removals { command } => rt.block_on(removals::run(command))?,
         Command::Runtime => {

@@ -229,6 +229,63 @@ async fn a_revoked_token_closes_its_stream_with_4003() {
     assert_eq!(ws.close_code().await, Some(CLOSE_REVOKED));
 }
 
+/// A frame the stream could not read (over 4 KiB, not UTF-8, breaking the protocol)
+/// ended it without a close frame, so a client could not tell it from a network cut
+/// and would send the same again; a client's own close went unanswered. Each is
+/// closed with its code now, as on app sockets.
+#[tokio::test]
+async fn a_frame_the_stream_cannot_read_is_closed_with_its_code() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+
+    let mut ws = events(&server, TOKEN).await.expect("events socket");
+    snapshot(&mut ws).await;
+    ws.send_text(&"x".repeat(4097)).await;
+    assert_eq!(ws.close_code().await, Some(1009));
+
+    let mut ws = events(&server, TOKEN).await.expect("events socket");
+    snapshot(&mut ws).await;
+    let not_utf8 = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    ws.send_message(Message::Frame(not_utf8)).await;
+    assert_eq!(ws.close_code().await, Some(1007));
+
+    let mut ws = events(&server, TOKEN).await.expect("events socket");
+    snapshot(&mut ws).await;
+    let mut reserved = Frame::message(b"{}".to_vec(), OpCode::Data(Data::Text), true);
+    reserved.header_mut().rsv2 = true;
+    ws.send_message(Message::Frame(reserved)).await;
+    assert_eq!(ws.close_code().await, Some(1002));
+
+    // A client's close is answered with its code, as the relay's sockets do.
+    let mut ws = events(&server, TOKEN).await.expect("events socket");
+    snapshot(&mut ws).await;
+    let bye = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    };
+    ws.send_message(Message::Close(Some(bye))).await;
+    assert_eq!(ws.close_code().await, Some(1000));
+
+    // What a client may send (up to the bound) is ignored, and the stream goes on.
+    let mut ws = events(&server, TOKEN).await.expect("events socket");
+    snapshot(&mut ws).await;
+    ws.send_text(&"x".repeat(4096)).await;
+    let (_, env) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "ev-after-noise", "provider": "local-process"})),
+        )
+        .await;
+    let created = until(&mut ws, "the create", |f| f["type"] == "environmentCreated").await;
+    assert_eq!(about(&created), &env["id"]);
+    server.stop();
+}
+
 #[tokio::test]
 async fn hand_edits_of_the_records_file_are_streamed() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -31,6 +31,7 @@ mod provisioning;
 mod quotas;
 mod records;
 mod relay;
+mod relay_edges;
 mod removals;
 mod sandbox;
 mod spine;

@@ -5,15 +5,19 @@
 //! Credentials as for `/ws/app` (bearer header, `tether.bearer.<token>`
 //! subprotocol, or an events ticket), with the `envs:read` scope; refused before the
 //! upgrade with a plain HTTP status. The stream is one-way: what the client sends is
-//! read only for its close (and bounded in size). The socket is closed with 4003 when
-//! the token stops working, and with 1001 when the host shuts down; a client that
-//! does not take a frame within [`SEND_TIMEOUT`] is dropped.
+//! read only for its close, bounded in size; a frame over the bound, not UTF-8 or
+//! breaking the protocol is closed with 1009, 1007 or 1002, as on the relay's sockets.
+//! The socket is closed with 4003 when the token stops working, and with 1001 when the
+//! host shuts down; a client that does not take a frame within [`SEND_TIMEOUT`] is
+//! dropped.
 
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite;
 use tracing::Instrument;
 
 use super::audited::Remote;
@@ -21,7 +25,7 @@ use super::error::ErrorBody;
 use super::ws::SUBPROTOCOL;
 use super::{ApiError, AppCaller, AppState, caller};
 use crate::lifecycle::EventStream;
-use crate::relay::CLOSE_REVOKED;
+use crate::relay::{self, CLOSE_REVOKED, CloseReason};
 use crate::tenancy::{Opening, Principal, Scope};
 
 /// How often the host pings the client, so proxies keep the quiet socket open.
@@ -77,7 +81,9 @@ pub(crate) async fn stream(
 /// How the stream ended.
 enum End {
     /// Close with this code and reason.
-    Close(u16, &'static str),
+    Close(u16, String),
+    /// The client closed: its close frame is answered (RFC 6455 §5.5.1).
+    ClosedByClient,
     /// The client left, or stopped taking frames: nothing more to send.
     Gone,
 }
@@ -89,14 +95,21 @@ async fn serve(mut socket: WebSocket, who: Principal, mut events: EventStream) {
         let outgoing = tokio::select! {
             frame = events.next() => match frame {
                 Some(frame) => Message::Text(frame.into()),
-                None => break End::Close(CLOSE_GOING_AWAY, "host shutting down"),
+                None => break End::Close(CLOSE_GOING_AWAY, "host shutting down".to_owned()),
             },
-            why = who.ended() => break End::Close(CLOSE_REVOKED, why),
+            why = who.ended() => break End::Close(CLOSE_REVOKED, why.to_owned()),
             _ = ping.tick() => Message::Ping(Default::default()),
             incoming = socket.recv() => match incoming {
                 // Pongs, and anything else the client says, are not for us.
-                Some(Ok(Message::Close(_)) | Err(_)) | None => break End::Gone,
+                Some(Ok(Message::Close(_))) => break End::ClosedByClient,
+                None => break End::Gone,
                 Some(Ok(_)) => continue,
+                // A frame over the limit, not UTF-8 or breaking the protocol is closed
+                // with its code, as on the relay's sockets; a broken connection is gone.
+                Some(Err(e)) => match unreadable(e) {
+                    Some(reason) => break End::Close(reason.code, reason.reason),
+                    None => break End::Gone,
+                },
             },
         };
         match tokio::time::timeout(SEND_TIMEOUT, socket.send(outgoing)).await {
@@ -108,12 +121,29 @@ async fn serve(mut socket: WebSocket, who: Principal, mut events: EventStream) {
             }
         }
     };
-    if let End::Close(code, reason) = end {
-        tracing::debug!(code, reason, "events stream closed");
-        let close = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Close(Some(close)))).await;
+    match end {
+        End::Close(code, reason) => {
+            tracing::debug!(code, %reason, "events stream closed");
+            let close = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let closing = socket.send(Message::Close(Some(close)));
+            let _ = tokio::time::timeout(SEND_TIMEOUT, closing).await;
+        }
+        // The reply tungstenite queued when it read the client's close goes out.
+        End::ClosedByClient => {
+            let _ = tokio::time::timeout(SEND_TIMEOUT, socket.flush()).await;
+        }
+        End::Gone => {}
     }
+}
+
+/// The close for a client frame that could not be read (1009, 1007 or 1002), or
+/// `None` for a connection that broke.
+fn unreadable(e: axum::Error) -> Option<CloseReason> {
+    let e = e.into_inner().downcast::<tungstenite::Error>().ok()?;
+    let close = relay::read_error_close(&e, MAX_INBOUND);
+    tracing::debug!(error = %e, code = ?close.as_ref().map(|c| c.code), "events client sent an unreadable frame");
+    close
 }

@@ -55,6 +55,14 @@ impl FromRequestParts<AppState> for RuntimeToken {
     }
 }
 
+/// Whose an app's resumable session is: `who`'s user on `thread`. Another user, or
+/// the same user on another thread (a ticket may pin one), naming the same session id
+/// gets a session of their own (`relay::Resume::holder`).
+fn holder(who: &Principal, thread: Option<&str>) -> String {
+    // Neither a user name nor a thread holds a control character.
+    format!("{}\n{}", who.user(), thread.unwrap_or_default())
+}
+
 fn resume_of(query: &HashMap<String, String>) -> Result<Option<Resume>, ApiError> {
     let get = |k: &str| query.get(k).map(String::as_str);
     Resume::from_query(get("session"), get("resume")).map_err(ApiError::bad_request)
@@ -174,7 +182,7 @@ pub(crate) async fn app(
     let asked = query.get("thread").filter(|t| !t.is_empty());
     super::tickets::check_id("thread", asked).map_err(ApiError::bad_request)?;
     let thread = pinned.or_else(|| asked.cloned());
-    let resume = resume_of(&query)?;
+    let resume = resume_of(&query)?.map(|r| r.held_by(holder(&who, thread.as_deref())));
     match s.manager.attach_app(&who, &id, thread, resume, start).await {
         Ok(connection) => Ok(connection.serve(upgrade, Some(SUBPROTOCOL))),
         Err(LifecycleError::Elsewhere { id, url, host }) if by_token && !forward.bridged => {
@@ -411,7 +419,7 @@ pub(crate) async fn provisioned(
         }
     };
     who.require(Scope::Relay)?;
-    let resume = resume_of(&query)?;
+    let resume = resume_of(&query)?.map(|r| r.held_by(holder(&who, target.thread.as_deref())));
     let provisioned = match s.manager.provision_app(&who, target, resume).await {
         Ok(p) => p,
         // The key's environment runs on another host: the app is bridged there with

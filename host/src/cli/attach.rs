@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
@@ -40,6 +40,14 @@ const DRAIN: Duration = Duration::from_secs(60);
 const ACK_EVERY: Duration = Duration::from_secs(10);
 /// The longest stdin line sent; the host's own message limit is usually lower.
 const MAX_LINE: usize = 1 << 20;
+/// The host's `maxMessageBytes` until its greeting says otherwise (`[relay]
+/// max_message_kib`'s default).
+const HOST_DEFAULT_MAX: usize = 1 << 20;
+/// Room for what the relay adds around a peer's message (`relaySeq`, a `relayRaw`
+/// envelope) and for its own frames.
+const ENVELOPE: usize = 64 << 10;
+/// The most taken in one frame whatever the host says (tungstenite's own default).
+const MAX_INBOUND: usize = 64 << 20;
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -134,9 +142,17 @@ impl Target {
             .headers_mut()
             .insert("Authorization", self.auth.clone());
         let connector = self.tls.clone().map(Connector::Rustls);
+        let bound = inbound_limit(peer.max_message_bytes());
+        let limits = WebSocketConfig::default()
+            .max_message_size(Some(bound))
+            .max_frame_size(Some(bound));
         // `true`: TCP_NODELAY, an interactive session must not wait on delayed ACKs.
-        let connecting =
-            tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector);
+        let connecting = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(limits),
+            true,
+            connector,
+        );
         let mut ws = match connecting.await {
             Ok((ws, _)) => ws,
             Err(tungstenite::Error::Http(response)) => {
@@ -245,7 +261,9 @@ impl Session {
             tokio::select! {
                 line = lines.recv(), if self.drain_until.is_none() => match line {
                     Some(line) => {
-                        let Some(text) = self.outgoing(&line) else { continue };
+                        let Some(text) = self.outgoing(&line, peer.max_message_bytes()) else {
+                            continue;
+                        };
                         if let Err(e) = ws.send(Message::text(peer.send(text))).await {
                             // Kept in the peer state: the resume sends it again.
                             return Ok(Ended::Dropped(e.to_string()));
@@ -264,6 +282,16 @@ impl Session {
                             return Err(why.into());
                         }
                         Some(Ok(_)) => continue,
+                        Some(Err(tungstenite::Error::Capacity(e))) => {
+                            // Sent again on every resume: only a bound this connection
+                            // was opened with before the host said its limit is worth
+                            // a reconnect.
+                            let bound = ws.get_config().max_message_size.unwrap_or(usize::MAX);
+                            if inbound_limit(peer.max_message_bytes()) > bound {
+                                return Ok(Ended::Dropped(e.to_string()));
+                            }
+                            bail!("the host sent a message larger than this session takes ({bound} bytes): {e}");
+                        }
                         Some(Err(e)) => return Ok(Ended::Dropped(e.to_string())),
                         None => return Ok(Ended::Dropped("closed without a close frame".into())),
                     };
@@ -297,18 +325,29 @@ impl Session {
     }
 
     /// A stdin line as the frame to send, or `None` (said why on stderr) if it is not
-    /// one JSON object.
-    fn outgoing(&mut self, line: &str) -> Option<String> {
+    /// one JSON object or is larger than the host takes (`max`): the host would close
+    /// the connection for it, and again on every resume.
+    fn outgoing(&mut self, line: &str, max: Option<usize>) -> Option<String> {
         let line = line.trim();
         if line.is_empty() {
             return None;
         }
         match serde_json::from_str::<Value>(line) {
             Ok(Value::Object(message)) => {
-                if let Some(id) = message.get("requestId").and_then(Value::as_str) {
-                    self.pending.insert(id.to_owned());
+                let id = message.get("requestId").and_then(Value::as_str);
+                let id = id.map(str::to_owned);
+                let text = Value::Object(message).to_string();
+                if let Some(max) = max.filter(|max| text.len() > *max) {
+                    eprintln!(
+                        "not sent: {} bytes, over the host's limit of {max}",
+                        text.len()
+                    );
+                    return None;
                 }
-                Some(Value::Object(message).to_string())
+                if let Some(id) = id {
+                    self.pending.insert(id);
+                }
+                Some(text)
             }
             Ok(_) => {
                 eprintln!("not sent: a line must be one JSON object");
@@ -334,6 +373,18 @@ impl Session {
         }
         super::output::line(&message.to_string())
     }
+}
+
+/// The largest frame taken from a host whose `maxMessageBytes` is `host_max`: a
+/// runtime's message that size, in the `relayRaw` envelope a text that is not JSON
+/// arrives in (escaping a control character takes 6 bytes), with room for the rest.
+/// Anything larger is no frame the host sends; nothing over [`MAX_INBOUND`] is taken.
+fn inbound_limit(host_max: Option<usize>) -> usize {
+    host_max
+        .unwrap_or(HOST_DEFAULT_MAX)
+        .saturating_mul(6)
+        .saturating_add(ENVELOPE)
+        .min(MAX_INBOUND)
 }
 
 /// Stdin's lines, read on a task of their own so a reconnect never loses one.

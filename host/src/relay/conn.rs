@@ -15,17 +15,14 @@ use axum::extract::ws::{CloseFrame as AxumCloseFrame, Message as AxumMessage, We
 use axum::response::Response;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::error::RelayError;
 use super::gate::Gated;
 use super::hub::Hub;
 use super::inbound::{AppInbound, Inbound, ProviderRoute, RuntimeInbound};
 use super::outbox::{Outbox, Take};
-use super::protocol::{
-    CLOSE_NOT_UTF8, CLOSE_PROTOCOL, CLOSE_TOO_BIG, CLOSE_UNRESPONSIVE, CloseReason, READ_CHUNK,
-    Resume,
-};
+use super::protocol::{CLOSE_UNRESPONSIVE, CloseReason, READ_CHUNK, Resume, read_error_close};
 use super::send::SendHalf;
 use super::socket::{Reader, Socket, Upgrade};
 use crate::config::RelayConfig;
@@ -357,31 +354,13 @@ async fn read(
     loop {
         let msg = match reader.next().await {
             None => return End::Gone,
-            Some(Err(tungstenite::Error::Capacity(_))) => {
-                tracing::info!(env = %outbox.env_id(), conn = outbox.id(), "message too big: closing");
-                return End::Close(Some(CloseReason {
-                    code: CLOSE_TOO_BIG,
-                    reason: format!("messages are limited to {} bytes", config.max_message_bytes),
-                }));
+            Some(Err(e)) => {
+                let Some(reason) = read_error_close(&e, config.max_message_bytes) else {
+                    return End::Gone;
+                };
+                tracing::info!(env = %outbox.env_id(), conn = outbox.id(), code = reason.code, error = %e, "unreadable frame: closing");
+                return End::Close(Some(reason));
             }
-            // Said with a close code (RFC 6455 §7.1.7), not by dropping the connection:
-            // a peer that only sees the connection drop takes it for a network cut and,
-            // resuming, sends the same frame again, for ever.
-            Some(Err(tungstenite::Error::Utf8(_))) => {
-                tracing::debug!(env = %outbox.env_id(), conn = outbox.id(), "text frame not UTF-8: closing");
-                return End::Close(Some(CloseReason {
-                    code: CLOSE_NOT_UTF8,
-                    reason: "text frames must be UTF-8".to_owned(),
-                }));
-            }
-            Some(Err(tungstenite::Error::Protocol(e))) => {
-                tracing::debug!(env = %outbox.env_id(), conn = outbox.id(), error = %e, "WebSocket protocol broken: closing");
-                return End::Close(Some(CloseReason {
-                    code: CLOSE_PROTOCOL,
-                    reason: crate::untrusted::cut(&e.to_string(), 100),
-                }));
-            }
-            Some(Err(_)) => return End::Gone,
             Some(Ok(msg)) => msg,
         };
         clock.heard();
@@ -391,7 +370,8 @@ async fn read(
             Message::Binary(bytes) => match Utf8Bytes::try_from(bytes) {
                 Ok(text) => inbound.receive(text),
                 Err(_) => {
-                    tracing::debug!(env = %outbox.env_id(), "non-UTF-8 binary frame ignored")
+                    tracing::debug!(env = %outbox.env_id(), "non-UTF-8 binary frame dropped");
+                    inbound.receive_binary();
                 }
             },
             // Answered with a close frame of the same code (RFC 6455 §5.5.1), after

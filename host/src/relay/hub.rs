@@ -125,6 +125,7 @@ impl Targets {
 pub(super) struct Stream {
     pub(super) window: Window,
     pub(super) conn: Option<Conn>,
+    /// The resumable session's key ([`Resume::key`]: its holder's and its id).
     session: Option<String>,
     /// Frames counted from the peer in this session.
     pub(super) received: u64,
@@ -186,10 +187,11 @@ impl Stream {
                 conn.sent = acked;
             }
             Some(r) => {
-                let same = self.session.as_deref() == Some(r.session.as_str());
+                let key = r.key();
+                let same = self.session.as_deref() == Some(key.as_str());
                 let reset = (!same && r.last > 0) || r.last > self.window.last();
                 if !same {
-                    self.session = Some(r.session.clone());
+                    self.session = Some(key);
                     self.received = 0;
                 }
                 conn.sent = if reset { acked } else { r.last.max(acked) };
@@ -424,7 +426,7 @@ impl Hub {
         self.expire_sessions(&mut s);
         let existing = resume
             .as_ref()
-            .and_then(|r| s.sessions.get(&r.session).copied());
+            .and_then(|r| s.sessions.get(&r.key()).copied());
         let replacing =
             existing.is_some_and(|id| s.apps.get(&id).is_some_and(|a| a.conn.is_some()));
         if !replacing && s.live() >= self.config.max_connections {
@@ -446,7 +448,7 @@ impl Hub {
         let outbox = Outbox::new(self.clone(), StreamKey::App(id), &conn, closed);
         stream.conn = Some(conn);
         if let Some(r) = resume {
-            s.sessions.insert(r.session, id);
+            s.sessions.insert(r.key(), id);
         }
         self.activity.touch();
         Ok(outbox)

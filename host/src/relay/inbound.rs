@@ -90,6 +90,16 @@ impl Reply {
     }
 }
 
+/// Why a `relayAck` without a count is refused.
+const BAD_ACK: &str = "`relayAck` needs `received`, a non-negative integer";
+
+/// A `relayAck` without a count a peer sent: not counted (the peer does not count its
+/// acknowledgements, so counting one would put the host a frame ahead of it) and not
+/// relayed (it is the relay's own frame).
+fn malformed_ack(hub: &Hub) {
+    tracing::debug!(env = %hub.env_id, "{BAD_ACK}: dropped");
+}
+
 /// An `error` frame for the app, echoing its `requestId` if it sent one.
 fn error_frame(code: &str, message: &str, request_id: Option<&Value>) -> String {
     let mut frame = json!({"type": "error", "error": {"code": code, "message": message}});
@@ -113,6 +123,27 @@ impl Inbound {
         match self {
             Inbound::Runtime(runtime) => runtime.receive(text),
             Inbound::App(app) => app.receive(text),
+        }
+    }
+
+    /// Takes a binary frame that is not UTF-8: relayed to no one, but counted, since
+    /// the peer counted it as sent (an uncounted frame would shift the count a
+    /// resuming peer goes by, and it would send a later frame twice); an app is told.
+    pub(super) fn receive_binary(&self) {
+        match self {
+            Inbound::Runtime(runtime) => {
+                runtime.hub.received(StreamKey::Runtime, runtime.conn);
+            }
+            Inbound::App(app) => {
+                if app.hub.received(app.key, app.conn) {
+                    let frame = error_frame(
+                        "invalid_message",
+                        "a binary frame must hold UTF-8 text (one JSON object)",
+                        None,
+                    );
+                    app.hub.send_to_app(app.key, frame);
+                }
+            }
         }
     }
 }
@@ -139,10 +170,16 @@ impl RuntimeInbound {
     /// a message routed to apps by its `threadId`.
     fn receive(&self, text: Utf8Bytes) {
         let Some(head) = Head::parse(&text) else {
+            if protocol::is_ack(&text) {
+                return malformed_ack(&self.hub);
+            }
             return self.receive_unread(text);
         };
-        if let Some(seq) = head.ack() {
-            return self.hub.acknowledge(StreamKey::Runtime, self.conn, seq);
+        if head.kind.as_deref() == Some(ACK) {
+            return match head.received {
+                Some(seq) => self.hub.acknowledge(StreamKey::Runtime, self.conn, seq),
+                None => malformed_ack(&self.hub),
+            };
         }
         if head.kind.as_deref() == Some(RUNTIME_BUSY) {
             // Counted like any frame, so a resuming runtime does not send it twice;
@@ -208,11 +245,19 @@ impl AppInbound {
     fn receive(&self, text: Utf8Bytes) {
         let hub = &self.hub;
         let head = Head::parse(&text);
-        if let Some(h) = &head
-            && h.kind.as_deref() == Some(ACK)
-        {
-            if let Some(seq) = h.received {
-                hub.acknowledge(self.key, self.conn, seq);
+        let ack = match &head {
+            Some(h) => (h.kind.as_deref() == Some(ACK)).then_some(h.received),
+            // Only a frame the quick reader and the head both failed on is looked at.
+            None => protocol::is_ack(&text).then_some(None),
+        };
+        if let Some(received) = ack {
+            match received {
+                Some(seq) => hub.acknowledge(self.key, self.conn, seq),
+                None => {
+                    malformed_ack(hub);
+                    let frame = error_frame("invalid_message", BAD_ACK, None);
+                    hub.send_to_app(self.key, frame);
+                }
             }
             return;
         }

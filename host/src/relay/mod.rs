@@ -43,6 +43,7 @@ pub use outbox::{Outbox, Take};
 pub use protocol::{
     CLOSE_GONE, CLOSE_REPLACED, CLOSE_REVOKED, CLOSE_START_FAILED, CLOSE_STOPPED, CLOSE_TOO_BIG,
     CLOSE_TOO_MANY, CLOSE_TOO_SLOW, CLOSE_UNRESPONSIVE, CloseReason, READ_CHUNK, Resume,
+    read_error_close,
 };
 pub use registry::Relay;
 pub use socket::Upgrade;

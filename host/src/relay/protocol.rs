@@ -11,6 +11,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite;
 
 /// Most bytes a relay socket (host or reference runtime) reads at once. tungstenite
 /// zero-fills this much of its read buffer before every read attempt (even one that
@@ -55,6 +56,27 @@ pub struct CloseReason {
     pub reason: String,
 }
 
+/// The close a peer gets for a frame that could not be read, or `None` when the
+/// connection is simply gone: a message over `max_message_bytes` (1009), text that is
+/// not UTF-8 (1007), a frame that breaks the protocol (1002, the reason saying how).
+/// Said with a close code (RFC 6455 §7.1.7), not by dropping the connection: a peer
+/// that only sees the connection drop takes it for a network cut and, resuming, sends
+/// the same frame again, for ever.
+pub fn read_error_close(e: &tungstenite::Error, max_message_bytes: usize) -> Option<CloseReason> {
+    let (code, reason) = match e {
+        tungstenite::Error::Capacity(_) => (
+            CLOSE_TOO_BIG,
+            format!("messages are limited to {max_message_bytes} bytes"),
+        ),
+        tungstenite::Error::Utf8(_) => (CLOSE_NOT_UTF8, "text frames must be UTF-8".to_owned()),
+        tungstenite::Error::Protocol(e) => {
+            (CLOSE_PROTOCOL, crate::untrusted::cut(&e.to_string(), 100))
+        }
+        _ => return None,
+    };
+    Some(CloseReason { code, reason })
+}
+
 /// Type of an acknowledgement frame, in either direction.
 pub(super) const ACK: &str = "relayAck";
 /// Longest session id accepted.
@@ -67,6 +89,10 @@ pub struct Resume {
     pub session: String,
     /// The last `relaySeq` it received (0 for none).
     pub last: u64,
+    /// Whose session it is (an app's user and thread; empty for a runtime, which has
+    /// one): the same `session` presented by anyone else names another session, so
+    /// no one takes over, or is replayed, what was held for someone else.
+    pub holder: String,
 }
 
 impl Resume {
@@ -89,7 +115,19 @@ impl Resume {
         Ok(Some(Self {
             session: session.to_owned(),
             last,
+            holder: String::new(),
         }))
+    }
+
+    /// The same resume, of `holder`'s session.
+    pub fn held_by(self, holder: String) -> Self {
+        Self { holder, ..self }
+    }
+
+    /// The key the session is kept under: its holder's, and its id.
+    pub(super) fn key(&self) -> String {
+        // A session id has no NUL, so the two parts never run into each other.
+        format!("{}\0{}", self.holder, self.session)
     }
 }
 
@@ -120,11 +158,18 @@ impl<'a> Head<'a> {
     }
 
     /// The acknowledged count, if this is an acknowledgement.
+    #[cfg(test)]
     pub(super) fn ack(&self) -> Option<u64> {
         (self.kind.as_deref() == Some(ACK))
             .then_some(self.received)
             .flatten()
     }
+}
+
+/// Whether `text` is a JSON object of `type` `relayAck`, whatever else it holds (for a
+/// frame [`Head::parse`] could not read).
+pub(super) fn is_ack(text: &str) -> bool {
+    serde_json::from_str::<Value>(text).is_ok_and(|v| v["type"] == ACK)
 }
 
 /// `text` (a JSON object) with `relaySeq` added as its first field; any other text is
@@ -321,7 +366,8 @@ mod tests {
             Resume::from_query(Some("s-1"), Some("5")),
             Ok(Some(Resume {
                 session: "s-1".into(),
-                last: 5
+                last: 5,
+                holder: String::new(),
             }))
         );
     }

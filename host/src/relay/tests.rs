@@ -28,6 +28,7 @@ fn resume(session: &str, last: u64) -> Option<Resume> {
     Some(Resume {
         session: session.into(),
         last,
+        holder: String::new(),
     })
 }
 
