@@ -104,3 +104,48 @@ fn a_log_that_stops_halfway_ends_the_command() {
     assert_eq!(code, Some(1), "{out}\n{err}");
     assert!(err.contains("did not send the whole log in time"), "{err}");
 }
+
+/// Runs `tether serve ARGS` that is expected to fail at once: exit code and stderr.
+fn serve_fails(data_dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("tether serve");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `tether serve` on a port in use says so once (the OS's words used to be printed
+/// twice, once in the error and again as its cause), and on a data directory that
+/// is a file says that, not `reading FILE/tether.toml: Not a directory` twice.
+#[test]
+fn serve_on_a_taken_port_or_a_file_as_data_dir_says_why_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").to_string();
+    let (code, err) = serve_fails(dir.path(), &["--listen", &port]);
+    assert_eq!(code, Some(1), "{err}");
+    let said = std::io::Error::from(std::io::ErrorKind::AddrInUse).to_string();
+    let line = err.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with(&format!("tether: listening on {port}: ")),
+        "{err}"
+    );
+    assert_eq!(line.matches("in use").count(), 1, "{said}: {err}");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").expect("write");
+    let (code, err) = serve_fails(&file, &["--listen", "127.0.0.1:0"]);
+    assert_eq!(code, Some(1), "{err}");
+    let line = err.lines().last().unwrap_or_default();
+    assert_eq!(
+        line,
+        format!("tether: --data-dir {} is not a directory", file.display()),
+        "{err}"
+    );
+}
