@@ -95,6 +95,15 @@ fn the_cli_against_a_server_that_is_not_tether_fails_clearly() {
     }
 }
 
+/// `tether token revoke ""` is refused by the CLI, before any call: it used to send
+/// `DELETE /api/v1/tokens/` and report the server's "no such route" as exit 3.
+#[test]
+fn revoking_an_empty_token_id_is_refused_before_any_call() {
+    let (code, out, err) = cli(fake_server(HTML, false), &["token", "revoke", ""]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(err.contains("\"\" is not a token id"), "{err}");
+}
+
 /// `tether env logs` (no `--follow`) against a server that sends the head of a log and
 /// then nothing: it gives up like any other call instead of waiting forever.
 #[test]
