@@ -196,6 +196,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cluster,
             host_id,
         } => {
+            // Said plainly before its path shows up inside another error (`reading
+            // FILE/tether.toml: Not a directory`); a missing one is created.
+            if std::fs::metadata(&data_dir).is_ok_and(|m| !m.is_dir()) {
+                anyhow::bail!("--data-dir {} is not a directory", data_dir.display());
+            }
             let source = ConfigSource::locate(config.as_deref(), &data_dir)?;
             let (mut settings, table) = ServeConfig::load_source(listen, data_dir, source)?;
             settings.serving =

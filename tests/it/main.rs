@@ -26,6 +26,7 @@ mod lifecycle;
 mod logs;
 mod openapi;
 mod operator_config;
+mod operator_edges;
 mod providers;
 mod provisioning;
 mod quotas;

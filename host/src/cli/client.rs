@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Args;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-use http::{Method, Request, Uri};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, LOCATION};
+use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1;
 use serde_json::Value;
@@ -26,6 +26,10 @@ const MAX_ANSWER_BYTES: usize = 256 << 20;
 /// The longest line of a followed log read before it is given up on (the host's own
 /// lines are a few KiB).
 const MAX_LINE_BYTES: usize = 1 << 20;
+/// The most of a refusal's `code` and `message` shown (the host's are a few dozen
+/// bytes and at most a few KiB).
+const MAX_CODE_BYTES: usize = 64;
+const MAX_MESSAGE_BYTES: usize = 4 << 10;
 
 /// Where the server is and how to authenticate to it.
 #[derive(Debug, Clone, Args)]
@@ -83,17 +87,77 @@ pub(crate) async fn send(
 ) -> anyhow::Result<Value> {
     let exchange = async {
         let response = open(server, method, path, content_type, body).await?;
-        let status = response.status();
-        anyhow::Ok((status, answer(response).await?))
+        let (head, body) = response.into_parts();
+        anyhow::Ok((head, answer(body).await?))
     };
-    let (status, bytes) = tokio::time::timeout(TIMEOUT, exchange)
+    let (head, bytes) = tokio::time::timeout(TIMEOUT, exchange)
         .await
         .context("the server did not answer in time")??;
-    let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    if !status.is_success() {
-        return Err(Refused::from_answer(status, &answer).into());
+    let answer = is_a(&head.headers, JSON)
+        .then(|| serde_json::from_slice::<Value>(&bytes).ok())
+        .flatten();
+    match answer {
+        // Tether answers every call with JSON, but for a deletion (204, no body).
+        Some(answer) if head.status.is_success() => Ok(answer),
+        None if head.status == StatusCode::NO_CONTENT => Ok(Value::Null),
+        Some(answer) if answer["error"].is_object() => {
+            Err(Refused::from_answer(head.status, &answer).into())
+        }
+        _ => Err(NotTether::new(&server.url, &head).into()),
     }
-    Ok(answer)
+}
+
+/// The media type of Tether's answers.
+const JSON: &str = "application/json";
+/// The media type of a log, read by [`follow_lines`].
+const NDJSON: &str = "application/x-ndjson";
+
+/// Whether `headers` say the body is of `media` (parameters such as `charset` aside).
+fn is_a(headers: &http::HeaderMap, media: &str) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(media))
+}
+
+/// The server's answer was not one Tether gives: a redirect, an HTML page, a proxy's
+/// error, text that is not JSON. `--url` most likely names something else.
+#[derive(Debug, thiserror::Error)]
+#[error("{url} answered {status}{what}: not an answer from a Tether server; is --url right?")]
+pub(crate) struct NotTether {
+    url: String,
+    status: StatusCode,
+    /// What came instead: where a redirect points, or the body's content type.
+    what: String,
+}
+
+impl NotTether {
+    fn new(url: &str, head: &http::response::Parts) -> Self {
+        // Header text is the peer's: cut and escaped before it reaches a terminal.
+        let header = |name| {
+            head.headers.get(name).map(|v| {
+                super::output::printable(&crate::untrusted::cut(
+                    &String::from_utf8_lossy(v.as_bytes()),
+                    200,
+                ))
+            })
+        };
+        let what = if head.status.is_redirection() {
+            let to = header(LOCATION).unwrap_or_else(|| "nowhere".to_owned());
+            format!(", a redirect to {to}, which the CLI does not follow")
+        } else {
+            match header(CONTENT_TYPE) {
+                Some(kind) => format!(" with {kind}"),
+                None => " with no content type".to_owned(),
+            }
+        };
+        Self {
+            url: crate::untrusted::named(url),
+            status: head.status,
+            what,
+        }
+    }
 }
 
 /// The server refused a request: its status and its `{"error": {code, message}}`.
@@ -110,12 +174,14 @@ impl Refused {
     pub(super) fn from_answer(status: http::StatusCode, answer: &Value) -> Self {
         let error = &answer["error"];
         // Shown to a person as the command's error: escaped like any server text.
-        let text =
-            |k: &str, none: &str| super::output::printable(error[k].as_str().unwrap_or(none));
+        let text = |k: &str, none: &str, max: usize| {
+            let text = crate::untrusted::cut(error[k].as_str().unwrap_or(none), max);
+            super::output::printable(&text)
+        };
         Self {
             status,
-            code: text("code", "no code"),
-            message: text("message", "no message"),
+            code: text("code", "no code", MAX_CODE_BYTES),
+            message: text("message", "no message", MAX_MESSAGE_BYTES),
         }
     }
 
@@ -131,46 +197,60 @@ impl Refused {
     }
 }
 
-/// Reads a streamed NDJSON answer to `GET path` (a followed log), handing each line to
-/// `line` until the server ends it.
+/// Reads a streamed NDJSON answer to `GET path` (a log), handing each line to `line`
+/// until the server ends it; unless `follow`, all of it within [`TIMEOUT`].
 pub(crate) async fn follow_lines(
     server: &ServerArgs,
     path: &str,
+    follow: bool,
     mut line: impl FnMut(&str),
 ) -> anyhow::Result<()> {
-    let opened = open(server, Method::GET, path, "application/json", Bytes::new());
-    let response = tokio::time::timeout(TIMEOUT, opened)
-        .await
-        .context("the server did not answer in time")??;
-    if !response.status().is_success() {
-        let status = response.status();
-        let bytes = answer(response).await?;
-        let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        return Err(Refused::from_answer(status, &answer).into());
-    }
-    let mut body = response.into_body();
-    let mut pending = Vec::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            pending.extend_from_slice(&data);
-            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                let text: Vec<u8> = pending.drain(..=end).collect();
-                line(String::from_utf8_lossy(&text).trim_end());
-            }
-            if pending.len() > MAX_LINE_BYTES {
-                bail!("the server sent a line longer than {MAX_LINE_BYTES} bytes");
+    let read = async {
+        let opened = open(server, Method::GET, path, "application/json", Bytes::new());
+        let response = tokio::time::timeout(TIMEOUT, opened)
+            .await
+            .context("the server did not answer in time")??;
+        let (head, mut body) = response.into_parts();
+        if !head.status.is_success() || !is_a(&head.headers, NDJSON) {
+            let bytes = answer(body).await?;
+            let answer = is_a(&head.headers, JSON)
+                .then(|| serde_json::from_slice::<Value>(&bytes).ok())
+                .flatten();
+            return Err(match answer {
+                Some(a) if !head.status.is_success() && a["error"].is_object() => {
+                    Refused::from_answer(head.status, &a).into()
+                }
+                _ => NotTether::new(&server.url, &head).into(),
+            });
+        }
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                pending.extend_from_slice(&data);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let text: Vec<u8> = pending.drain(..=end).collect();
+                    line(String::from_utf8_lossy(&text).trim_end());
+                }
+                if pending.len() > MAX_LINE_BYTES {
+                    bail!("the server sent a line longer than {MAX_LINE_BYTES} bytes");
+                }
             }
         }
+        Ok(())
+    };
+    if follow {
+        return read.await;
     }
-    Ok(())
+    // A log that is not followed is a bounded answer: a server that stops sending
+    // midway must not hold the command forever.
+    tokio::time::timeout(TIMEOUT, read)
+        .await
+        .context("the server did not send the whole log in time")?
 }
 
-/// The whole body of `response`, up to [`MAX_ANSWER_BYTES`].
-async fn answer(response: http::Response<hyper::body::Incoming>) -> anyhow::Result<Bytes> {
-    match Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-        .collect()
-        .await
-    {
+/// The whole of `body`, up to [`MAX_ANSWER_BYTES`].
+async fn answer(body: hyper::body::Incoming) -> anyhow::Result<Bytes> {
+    match Limited::new(body, MAX_ANSWER_BYTES).collect().await {
         Ok(body) => Ok(body.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             bail!("the server's answer is larger than {MAX_ANSWER_BYTES} bytes")
@@ -240,5 +320,6 @@ where
 {
     let (mut sender, connection) = http1::handshake(io).await?;
     tokio::spawn(connection);
-    Ok(sender.send_request(request).await?)
+    // Whatever answered is no HTTP server (or hung up): say so over hyper's words.
+    (sender.send_request(request).await).context("no HTTP answer from the server (is --url right?)")
 }

@@ -119,7 +119,10 @@ pub(crate) async fn run(command: EnvCommand) -> anyhow::Result<()> {
             if format.json {
                 return line(&serde_json::to_string_pretty(&list)?);
             }
-            print_table(list.as_array().map(Vec::as_slice).unwrap_or_default())
+            let list = list
+                .as_array()
+                .context("the server's answer is not a list of environments")?;
+            print_table(list)
         }
         EnvCommand::Get { server, format, id } => {
             let env = call(&server, Method::GET, &env_path(&id)?, None).await?;
@@ -167,7 +170,7 @@ pub(crate) async fn run(command: EnvCommand) -> anyhow::Result<()> {
         } => {
             let path = format!("{}/logs?tail={tail}&follow={follow}", env_path(&id)?);
             let mut failed = Ok(());
-            follow_lines(&server, &path, |text| {
+            follow_lines(&server, &path, follow, |text| {
                 if failed.is_err() {
                     return;
                 }
@@ -212,7 +215,9 @@ async fn wait_for(server: &ServerArgs, id: &str, running: bool) -> anyhow::Resul
     let mut tick = 0usize;
     while began.elapsed() < WAIT {
         let env = call(server, Method::GET, &env_path(id)?, None).await?;
-        let status = env["status"].as_str().unwrap_or("?");
+        let Some(status) = env["status"].as_str() else {
+            bail!("the server's answer is not an environment");
+        };
         let connected = env["runtime"]["connected"] == true;
         // The start's phase where the host reports one (it names the wait for the
         // runtime); the runtime's connection otherwise.
@@ -253,6 +258,9 @@ async fn wait_for(server: &ServerArgs, id: &str, running: bool) -> anyhow::Resul
 }
 
 fn show(env: &Value, format: Format) -> anyhow::Result<()> {
+    if !env["id"].is_string() {
+        bail!("the server's answer is not an environment");
+    }
     if format.json {
         return line(&serde_json::to_string_pretty(env)?);
     }

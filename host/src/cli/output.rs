@@ -45,11 +45,45 @@ pub(crate) fn printable(text: &str) -> String {
 
 /// Writes `tether: ERROR` to stderr, ignoring a stderr nobody reads.
 pub(crate) fn error(err: &anyhow::Error) {
-    let _ = writeln!(std::io::stderr().lock(), "tether: {err:#}");
+    let _ = writeln!(std::io::stderr().lock(), "tether: {}", chain(err));
+}
+
+/// `err` and its causes joined by `: `, leaving out a cause its message already ends
+/// with: many errors quote their source in their own text (`listening on ADDR:
+/// {source}`) and `{:#}` would print it twice.
+fn chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let said = cause.to_string();
+        if !text.is_empty() && text.ends_with(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_cause_quoted_in_its_errors_message_is_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("listening on here: {source}")]
+        struct Listen {
+            source: std::io::Error,
+        }
+        let refused = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let said = refused.to_string();
+        let err = anyhow::Error::new(Listen { source: refused }).context("serving");
+        assert_eq!(
+            super::chain(&err),
+            format!("serving: listening on here: {said}")
+        );
+    }
+
     #[test]
     fn control_characters_are_printed_escaped() {
         assert_eq!(super::printable("plain ü"), "plain ü");

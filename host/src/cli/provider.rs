@@ -86,7 +86,8 @@ pub(crate) async fn dev(
         tokio::spawn(async move {
             let path = format!("/api/v1/environments/{id}/logs?tail=0&follow=true");
             let short: String = id.chars().take(8).collect();
-            let shown = follow_lines(&server, &path, |line| print_log_line(&short, line)).await;
+            let shown =
+                follow_lines(&server, &path, true, |line| print_log_line(&short, line)).await;
             if let Err(e) = shown {
                 eprintln!("environment {id}: its log could not be followed: {e:#}");
             }

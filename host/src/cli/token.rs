@@ -89,7 +89,7 @@ pub(super) async fn run(command: TokenCommand) -> anyhow::Result<()> {
             call(&server, Method::GET, &path, None).await?
         }
         TokenCommand::Revoke { server, id } => {
-            if !id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
+            if id.is_empty() || !id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
                 bail!("{} is not a token id", crate::untrusted::named(&id));
             }
             call(

@@ -54,10 +54,7 @@ impl DataDirLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&path)
-                    .ok()
-                    .map(|pid| pid.trim().to_owned())
-                    .filter(|pid| !pid.is_empty())
+                let holder = holder_pid(&mut file)
                     .map(|pid| format!(" by pid {pid}"))
                     .unwrap_or_default();
                 return Err(LockError::Held {
@@ -73,6 +70,16 @@ impl DataDirLock {
         write!(file, "{}", std::process::id()).map_err(io)?;
         Ok(Self { _file: file })
     }
+}
+
+/// The pid the lock file names, if it names one: the file is in the data directory,
+/// where anyone who can write there may have put anything (a huge file, terminal
+/// escapes), so at most a few bytes are read and only a number is believed.
+fn holder_pid(file: &mut File) -> Option<u32> {
+    use std::io::Read;
+    let mut text = String::new();
+    (file.take(16)).read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -91,5 +98,15 @@ mod tests {
         );
         drop(first);
         assert!(DataDirLock::acquire(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn a_lock_file_that_names_no_pid_is_not_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = DataDirLock::acquire(dir.path()).unwrap();
+        let path = dir.path().join(".codebolt/tether.lock");
+        std::fs::write(&path, "\u{1b}[2J".repeat(100_000)).unwrap();
+        let err = DataDirLock::acquire(dir.path()).unwrap_err().to_string();
+        assert!(err.ends_with("is held)"), "{err}");
     }
 }

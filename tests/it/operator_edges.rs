@@ -1,0 +1,160 @@
+//! What an operator or a local user runs into: the `tether` CLI pointed at something
+//! that is not a Tether server (an HTML page, a proxy's error, a redirect, a peer that
+//! speaks no HTTP, one that stops halfway), and `tether serve` started wrongly.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Output};
+
+/// A peer that takes one connection on loopback, reads the request's head, writes
+/// `answer` and, if `hang`, keeps the connection open until the client leaves.
+fn fake_server(answer: &'static [u8], hang: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = conn.write_all(answer);
+        // Held until the CLI closes its end (it exits).
+        while hang && matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    addr
+}
+
+/// Runs `tether ARGS --url http://ADDR --token t`: exit code, stdout, stderr.
+fn cli(addr: SocketAddr, args: &[&str]) -> (Option<i32>, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(args)
+        .args(["--url", &format!("http://{addr}"), "--token", "t"])
+        .env_remove("TETHER_API_TOKEN")
+        .env_remove("TETHER_URL")
+        .output()
+        .expect("tether");
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (status.code(), text(stdout), text(stderr))
+}
+
+const HTML: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 27\r\n\r\n<html><body>hi</body></html";
+const PROXY_404: &[u8] =
+    b"HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: 9\r\n\r\nnot found";
+const REDIRECT: &[u8] = b"HTTP/1.1 301 Moved Permanently\r\nLocation: https://elsewhere.invalid/\r\nContent-Length: 0\r\n\r\n";
+const JSON_NO_ENV: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{\"hello\": 1}";
+const NOT_HTTP: &[u8] = b"SSH-2.0-OpenSSH_9.6\r\n\r\n";
+
+/// The CLI against a server that is not Tether: every verb fails with exit 1 and a
+/// message naming the URL and what came instead, never a success printing nothing
+/// (an HTML page used to list no environments and "delete" one, exit 0), never a
+/// "not found" exit 3 for a proxy's 404 page.
+#[test]
+fn the_cli_against_a_server_that_is_not_tether_fails_clearly() {
+    let cases: [(&[u8], &[&str], &str); 8] = [
+        (HTML, &["env", "list"], "answered 200 OK with text/html"),
+        (
+            HTML,
+            &["env", "delete", "e1"],
+            "answered 200 OK with text/html",
+        ),
+        (HTML, &["token", "list"], "answered 200 OK with text/html"),
+        (
+            HTML,
+            &["env", "logs", "e1"],
+            "answered 200 OK with text/html",
+        ),
+        (
+            PROXY_404,
+            &["env", "get", "e1"],
+            "answered 404 Not Found with text/html",
+        ),
+        (
+            REDIRECT,
+            &["env", "list"],
+            "a redirect to https://elsewhere.invalid/,",
+        ),
+        (JSON_NO_ENV, &["env", "get", "e1"], "is not an environment"),
+        (NOT_HTTP, &["removals", "list"], "no HTTP answer"),
+    ];
+    for (answer, args, says) in cases {
+        let (code, out, err) = cli(fake_server(answer, false), args);
+        let what = format!("{args:?} against {:?}", String::from_utf8_lossy(answer));
+        assert_eq!(code, Some(1), "{what}: {out}\n{err}");
+        assert!(out.is_empty(), "{what}: printed {out}");
+        assert!(err.contains(says), "{what}: {err}");
+    }
+}
+
+/// `tether token revoke ""` is refused by the CLI, before any call: it used to send
+/// `DELETE /api/v1/tokens/` and report the server's "no such route" as exit 3.
+#[test]
+fn revoking_an_empty_token_id_is_refused_before_any_call() {
+    let (code, out, err) = cli(fake_server(HTML, false), &["token", "revoke", ""]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(err.contains("\"\" is not a token id"), "{err}");
+}
+
+/// `tether env logs` (no `--follow`) against a server that sends the head of a log and
+/// then nothing: it gives up like any other call instead of waiting forever.
+#[test]
+fn a_log_that_stops_halfway_ends_the_command() {
+    let head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let (code, out, err) = cli(fake_server(head, true), &["env", "logs", "e1"]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(err.contains("did not send the whole log in time"), "{err}");
+}
+
+/// Runs `tether serve ARGS` that is expected to fail at once: exit code and stderr.
+fn serve_fails(data_dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("tether serve");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `tether serve` on a port in use says so once (the OS's words used to be printed
+/// twice, once in the error and again as its cause), and on a data directory that
+/// is a file says that, not `reading FILE/tether.toml: Not a directory` twice.
+#[test]
+fn serve_on_a_taken_port_or_a_file_as_data_dir_says_why_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").to_string();
+    let (code, err) = serve_fails(dir.path(), &["--listen", &port]);
+    assert_eq!(code, Some(1), "{err}");
+    let said = std::io::Error::from(std::io::ErrorKind::AddrInUse).to_string();
+    let line = err.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with(&format!("tether: listening on {port}: ")),
+        "{err}"
+    );
+    assert_eq!(line.matches("in use").count(), 1, "{said}: {err}");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").expect("write");
+    let (code, err) = serve_fails(&file, &["--listen", "127.0.0.1:0"]);
+    assert_eq!(code, Some(1), "{err}");
+    let line = err.lines().last().unwrap_or_default();
+    assert_eq!(
+        line,
+        format!("tether: --data-dir {} is not a directory", file.display()),
+        "{err}"
+    );
+}
