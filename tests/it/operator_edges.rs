@@ -158,3 +158,30 @@ fn serve_on_a_taken_port_or_a_file_as_data_dir_says_why_once() {
         "{err}"
     );
 }
+
+/// An `api-token` in the data directory far longer than any token (here a sparse
+/// 1 GiB file) is refused by the CLI without being read whole, and nothing is sent.
+#[test]
+fn a_data_dir_token_longer_than_any_is_refused_unread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join(".codebolt")).expect("mkdir");
+    let token = std::fs::File::create(dir.path().join(".codebolt/api-token")).expect("token");
+    token.set_len(1 << 30).expect("set_len");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["env", "list", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--url",
+            &format!("http://{}", listener.local_addr().expect("addr")),
+        ])
+        .env_remove("TETHER_API_TOKEN")
+        .env_remove("TETHER_URL")
+        .output()
+        .expect("tether");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("longer than 4096 bytes"), "{err}");
+    listener.set_nonblocking(true).expect("nonblocking");
+    assert!(listener.accept().is_err(), "the CLI called the server");
+}

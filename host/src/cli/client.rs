@@ -4,6 +4,7 @@
 //! `http://` or `https://`; over TLS the server's certificate must match the URL's host
 //! and chain to the system's roots or to `TETHER_CA_FILE` (see `client_tls`).
 
+use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -56,12 +57,26 @@ pub(super) fn admin_token(server: &ServerArgs) -> anyhow::Result<String> {
         return Ok(token.clone());
     }
     let file = server.data_dir.join(".codebolt/api-token");
-    let text = std::fs::read_to_string(&file).with_context(|| {
+    let unreadable = || {
         format!(
             "no admin token: pass --token, set TETHER_API_TOKEN, or point --data-dir at the server's data directory ({} unreadable)",
             file.display()
         )
-    })?;
+    };
+    // Read no further than the longest token the host takes (and an editor's newline).
+    let mut text = String::new();
+    let limit = crate::auth::MAX_TOKEN_BYTES + 1;
+    (std::fs::File::open(&file).with_context(unreadable)?)
+        .take(limit + 1)
+        .read_to_string(&mut text)
+        .with_context(unreadable)?;
+    if text.len() as u64 > limit {
+        bail!(
+            "{} is not an API token: it is longer than {} bytes",
+            file.display(),
+            crate::auth::MAX_TOKEN_BYTES
+        );
+    }
     Ok(text.trim().to_owned())
 }
 

@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 use super::TenancyError;
 use super::record::TokenRecord;
 
+/// The largest file read: far beyond any real set of tokens, and a file made too
+/// large by hand is refused without being read whole.
+pub(super) const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Version of the layout this host writes.
 const FORMAT_VERSION: u64 = 1;
 
@@ -31,18 +35,25 @@ pub(super) fn read(path: &Path) -> Result<Vec<TokenRecord>, TenancyError> {
         path: path.to_owned(),
         source,
     };
-    let mut file = match std::fs::File::open(path) {
+    let file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => return Err(io(source)),
     };
     let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(io)?;
+    (file.take(MAX_FILE_BYTES + 1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
     let broken = |reason| TenancyError::File {
         path: path.to_owned(),
         reason,
     };
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(broken(format!(
+            "it is larger than {MAX_FILE_BYTES} bytes; no set of tokens is that large"
+        )));
+    }
     let tokens = parse(&bytes).map_err(broken)?;
     // Checked after the text, so a broken file is reported as such whatever its mode.
     if mode & 0o022 != 0 {
@@ -139,6 +150,20 @@ mod tests {
         assert_eq!(mode, 0o600);
         // No temp file is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_file_over_the_limit_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = tokens_path(dir.path());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let file = std::fs::File::create(&path).unwrap();
+        // Sparse; the read stops one byte past the limit.
+        file.set_len(MAX_FILE_BYTES + 1).unwrap();
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(err.contains("larger than 67108864 bytes"), "{err}");
     }
 
     #[test]
