@@ -110,6 +110,44 @@ pub enum ConfigError {
 /// a device that never ends).
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
+/// The longest any duration setting may be (a year): longer is no one's intent, and
+/// a deadline reckoned from a clock reading and a near-endless setting would overflow.
+pub const MAX_SETTING_SECS: u64 = 366 * 24 * 3600;
+
+/// `n` seconds of setting `what`, at most [`MAX_SETTING_SECS`] and more than 0.
+fn setting_secs(n: u64, what: &str) -> Result<Duration, ConfigError> {
+    match n {
+        0 => Err(ConfigError::Invalid(format!("{what} must be > 0"))),
+        1..=MAX_SETTING_SECS => Ok(Duration::from_secs(n)),
+        _ => Err(ConfigError::Invalid(format!(
+            "{what} must be at most {MAX_SETTING_SECS} (a year), not {n}"
+        ))),
+    }
+}
+
+/// `n` milliseconds of setting `what`, at most [`MAX_SETTING_SECS`] and more than 0.
+fn setting_ms(n: u64, what: &str) -> Result<Duration, ConfigError> {
+    match n {
+        0 => Err(ConfigError::Invalid(format!("{what} must be > 0"))),
+        _ if n / 1000 < MAX_SETTING_SECS => Ok(Duration::from_millis(n)),
+        _ => Err(ConfigError::Invalid(format!(
+            "{what} must be at most {} (a year), not {n}",
+            MAX_SETTING_SECS * 1000
+        ))),
+    }
+}
+
+/// `n` KiB of setting `what` in bytes, at most `max_kib` and more than 0.
+fn setting_kib(n: usize, max_kib: usize, what: &str) -> Result<usize, ConfigError> {
+    match n {
+        0 => Err(ConfigError::Invalid(format!("{what} must be > 0"))),
+        _ if n <= max_kib => Ok(n << 10),
+        _ => Err(ConfigError::Invalid(format!(
+            "{what} must be at most {max_kib}, not {n}"
+        ))),
+    }
+}
+
 fn list(paths: &[PathBuf]) -> String {
     let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     shown.join(", ")
@@ -399,10 +437,7 @@ impl ServeConfig {
 
     fn apply(&mut self, file: FileConfig) -> Result<(), ConfigError> {
         let secs = |v: Option<u64>, default: Duration, what: &str| match v {
-            Some(0) => Err(ConfigError::Invalid(format!(
-                "lifecycle.{what} must be > 0"
-            ))),
-            Some(n) => Ok(Duration::from_secs(n)),
+            Some(n) => setting_secs(n, &format!("lifecycle.{what}")),
             None => Ok(default),
         };
         let l = &mut self.lifecycle;
@@ -432,8 +467,10 @@ impl ServeConfig {
             )));
         }
         if let Some(mib) = file.limits.memory_mib {
-            if mib == 0 {
-                return Err(ConfigError::Invalid("limits.memory_mib must be > 0".into()));
+            if mib == 0 || mib > MAX_MEMORY_MIB {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.memory_mib must be 1-{MAX_MEMORY_MIB}, not {mib}"
+                )));
             }
             self.limits.memory_bytes = mib << 20;
         }
@@ -441,8 +478,7 @@ impl ServeConfig {
             self.limits.max_processes = n;
         }
         let ms = |v: Option<u64>, default: Duration, what: &str| match v {
-            Some(0) => Err(ConfigError::Invalid(format!("{what} must be > 0"))),
-            Some(n) => Ok(Duration::from_millis(n)),
+            Some(n) => setting_ms(n, what),
             None => Ok(default),
         };
         let (h, fh) = (&mut self.health, file.health);
@@ -578,8 +614,7 @@ impl ServeConfig {
 
     fn apply_net(&mut self, file: FileNet) -> Result<(), ConfigError> {
         let ms = |v: Option<u64>, default: Duration, what: &str| match v {
-            Some(0) => Err(ConfigError::Invalid(format!("net.{what} must be > 0"))),
-            Some(n) => Ok(Duration::from_millis(n)),
+            Some(n) => setting_ms(n, &format!("net.{what}")),
             None => Ok(default),
         };
         let net = &mut self.net;
@@ -753,34 +788,42 @@ fn warn_if_secrets_exposed(path: &std::path::Path, table: &toml::Table) {
     }
 }
 
-/// `[relay]` over the defaults; every value must be positive.
+/// The largest `[relay] window_kib`: 4 GiB of held frames per connection.
+const MAX_WINDOW_KIB: usize = 4 << 20;
+
+/// The largest `[relay] max_message_kib`: 64 MiB, the most any client here reads.
+const MAX_MESSAGE_KIB: usize = 64 << 10;
+
+/// The largest `[limits] memory_mib`: 1 TiB per instance.
+const MAX_MEMORY_MIB: usize = 1 << 20;
+
+/// `[relay]` over the defaults; every value must be positive and bounded.
 fn relay_config(file: FileRelay) -> Result<RelayConfig, ConfigError> {
-    let positive = |v: Option<u64>, what: &str| match v {
+    let size = |v: Option<usize>, what: &str| match v {
         Some(0) => Err(ConfigError::Invalid(format!("relay.{what} must be > 0"))),
         other => Ok(other),
     };
-    let size = |v: Option<usize>, what: &str| positive(v.map(|n| n as u64), what);
     let mut r = RelayConfig::default();
     if let Some(n) = size(file.window_messages, "window_messages")? {
-        r.window_messages = n as usize;
+        r.window_messages = n;
     }
-    if let Some(n) = size(file.window_kib, "window_kib")? {
-        r.window_bytes = (n as usize) << 10;
+    if let Some(n) = file.window_kib {
+        r.window_bytes = setting_kib(n, MAX_WINDOW_KIB, "relay.window_kib")?;
     }
-    if let Some(n) = size(file.max_message_kib, "max_message_kib")? {
-        r.max_message_bytes = (n as usize) << 10;
+    if let Some(n) = file.max_message_kib {
+        r.max_message_bytes = setting_kib(n, MAX_MESSAGE_KIB, "relay.max_message_kib")?;
     }
     if let Some(n) = size(file.max_connections, "max_connections")? {
-        r.max_connections = n as usize;
+        r.max_connections = n;
     }
-    if let Some(n) = positive(file.ping_interval_secs, "ping_interval_secs")? {
-        r.ping_interval = Duration::from_secs(n);
+    if let Some(n) = file.ping_interval_secs {
+        r.ping_interval = setting_secs(n, "relay.ping_interval_secs")?;
     }
-    if let Some(n) = positive(file.idle_timeout_secs, "idle_timeout_secs")? {
-        r.idle_timeout = Duration::from_secs(n);
+    if let Some(n) = file.idle_timeout_secs {
+        r.idle_timeout = setting_secs(n, "relay.idle_timeout_secs")?;
     }
-    if let Some(n) = positive(file.session_ttl_secs, "session_ttl_secs")? {
-        r.session_ttl = Duration::from_secs(n);
+    if let Some(n) = file.session_ttl_secs {
+        r.session_ttl = setting_secs(n, "relay.session_ttl_secs")?;
     }
     if r.idle_timeout <= r.ping_interval {
         return Err(ConfigError::Invalid(

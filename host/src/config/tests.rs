@@ -133,6 +133,58 @@ fn unknown_keys_and_zero_timeouts_are_errors() {
 }
 
 #[test]
+fn durations_and_sizes_beyond_any_intent_are_errors_not_wrapped_or_overflowing() {
+    // Each was taken before: a size in KiB shifted past 64 bits came out as 0 bytes,
+    // and a near-endless interval overflowed the clock when a deadline was reckoned.
+    let cases = [
+        (
+            "[relay]\nmax_message_kib = 18014398509481984\n",
+            "relay.max_message_kib must be at most 65536",
+        ),
+        (
+            "[relay]\nmax_message_kib = 65537\n",
+            "relay.max_message_kib must be at most 65536",
+        ),
+        (
+            "[relay]\nwindow_kib = 18014398509481984\n",
+            "relay.window_kib must be at most",
+        ),
+        (
+            "[relay]\nping_interval_secs = 9000000000000000000\nidle_timeout_secs = 9100000000000000000\n",
+            "relay.ping_interval_secs must be at most 31622400 (a year)",
+        ),
+        (
+            "[relay]\nsession_ttl_secs = 31622401\n",
+            "relay.session_ttl_secs must be at most",
+        ),
+        (
+            "[lifecycle]\ncall_timeout_secs = 9000000000000000000\n",
+            "lifecycle.call_timeout_secs must be at most",
+        ),
+        (
+            "[health]\ninterval_ms = 9000000000000000000\n",
+            "health.interval_ms must be at most",
+        ),
+        (
+            "[net]\nconnect_timeout_ms = 9000000000000000000\n",
+            "net.connect_timeout_ms must be at most",
+        ),
+        (
+            "[limits]\nmemory_mib = 17592186044416\n",
+            "limits.memory_mib must be 1-1048576",
+        ),
+    ];
+    for (toml, needle) in cases {
+        match load(toml) {
+            Err(ConfigError::Invalid(why)) => assert!(why.contains(needle), "{toml}: {why}"),
+            other => panic!("{toml}: {other:?}"),
+        }
+    }
+    let c = load("[relay]\nmax_message_kib = 65536\nsession_ttl_secs = 31622400\n").unwrap();
+    assert_eq!(c.relay.max_message_bytes, 64 << 20);
+}
+
+#[test]
 fn set_env_entries_are_names_or_prefixes_and_env_entries_names() {
     let c = load("[providers.p]\nset_env = [\"TETHER_RUNTIME_URL\", \"APP_*\", \"LD_PRELOAD\"]\n")
         .unwrap();
