@@ -277,6 +277,10 @@ async fn a_template_ticket_opens_one_provisioned_connection() {
         (json!("provisioned"), json!(true))
     );
     echo(&mut ws, "by-ticket").await;
+    // The ticket's thread binds the socket's messages, as an environment ticket's does.
+    let other = json!({"type": "echo", "requestId": "other", "threadId": "t2", "payload": 1});
+    let refused = ws.request(other).await;
+    assert_eq!(refused["error"]["code"], "invalid_message", "{refused}");
     let env = server
         .wait_env(&id_of(&first), "alice's", |e| e["owner"] == "alice")
         .await;

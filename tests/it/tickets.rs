@@ -158,3 +158,53 @@ async fn a_ticket_given_twice_is_refused_and_neither_is_used() {
     assert_eq!(events.next().await["type"], "snapshot");
     server.stop();
 }
+
+/// A ticket that names a thread binds its socket's messages to that thread: one
+/// naming another thread, or every thread (`null`), is refused, not relayed. The
+/// ticket's holder (a browser, say) speaks on the thread it was given and no other.
+#[tokio::test]
+async fn a_ticket_s_thread_binds_the_messages_of_its_socket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let env = server
+        .running_env("pinned", "local-process", json!({}))
+        .await;
+    let id = env["id"].as_str().expect("id");
+    let (status, issued) = ticket(&server, TOKEN, json!({"environment": id, "thread": "t1"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let secret = issued["ticket"].as_str().expect("ticket");
+    let mut ws = with_ticket(&server, id, secret)
+        .await
+        .expect("the ticket works");
+    // Its own thread, named or left out, is answered there.
+    for (request, thread) in [("a", None), ("b", Some("t1"))] {
+        let mut msg = json!({"type": "echo", "requestId": request, "payload": "hi"});
+        if let Some(thread) = thread {
+            msg["threadId"] = json!(thread);
+        }
+        let answer = ws.request(msg).await;
+        assert_eq!(answer["type"], "echoResponse", "{answer}");
+        assert_eq!(answer["threadId"], "t1", "{answer}");
+    }
+    // Another thread, or none (every app), is refused on the socket.
+    for (request, thread) in [("c", json!("t2")), ("d", Value::Null)] {
+        let msg = json!({"type": "echo", "requestId": request, "threadId": thread, "payload": "x"});
+        let answer = ws.request(msg).await;
+        assert_eq!(answer["type"], "error", "{answer}");
+        assert_eq!(answer["error"]["code"], "invalid_message", "{answer}");
+        let why = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(why.contains("pins thread t1"), "{answer}");
+    }
+    // A token's socket names threads as before: its holder could join any of them.
+    let mut app = server.app(id, "t1").await;
+    let mut on_t2 = server.app(id, "t2").await;
+    app.send(json!({"type": "echo", "requestId": "e", "threadId": "t2", "payload": "to t2"}))
+        .await;
+    let answer = loop {
+        let reply = on_t2.next().await;
+        if reply["requestId"] == "e" {
+            break reply;
+        }
+    };
+    assert_eq!(answer["payload"], "to t2", "{answer}");
+}

@@ -34,7 +34,7 @@ use super::{ApiError, AppCaller, AppState, bearer, caller};
 use crate::audit::action;
 use crate::config::PublicUrl;
 use crate::lifecycle::{LifecycleError, ProvisionTarget};
-use crate::relay::{self, CLOSE_STOPPED, CLOSE_TOO_MANY, Resume};
+use crate::relay::{self, AppThread, CLOSE_STOPPED, CLOSE_TOO_MANY, Resume};
 use crate::tenancy::{Opening, Principal, Scope, TicketTarget};
 use crate::throttle::Throttled;
 
@@ -181,8 +181,8 @@ pub(crate) async fn app(
     // bounds a ticket's thread has (every frame without one is given it).
     let asked = query.get("thread").filter(|t| !t.is_empty());
     super::tickets::check_id("thread", asked).map_err(ApiError::bad_request)?;
-    let thread = pinned.or_else(|| asked.cloned());
-    let resume = resume_of(&query)?.map(|r| r.held_by(holder(&who, thread.as_deref())));
+    let thread = AppThread::ticketed(pinned, asked.cloned());
+    let resume = resume_of(&query)?.map(|r| r.held_by(holder(&who, thread.name.as_deref())));
     match s.manager.attach_app(&who, &id, thread, resume, start).await {
         Ok(connection) => Ok(connection.serve(upgrade, Some(SUBPROTOCOL))),
         Err(LifecycleError::Elsewhere { id, url, host }) if by_token && !forward.bridged => {
@@ -392,6 +392,7 @@ pub(crate) async fn provisioned(
             let target = ProvisionTarget {
                 template,
                 thread: field(&query, "thread"),
+                pinned: false,
                 workspace: field(&query, "workspace"),
                 start,
             };
@@ -411,6 +412,7 @@ pub(crate) async fn provisioned(
             };
             let target = ProvisionTarget {
                 template,
+                pinned: ticket.thread.is_some(),
                 thread: ticket.thread,
                 workspace,
                 start: false,

@@ -18,8 +18,8 @@ use super::{LifecycleError, Manager};
 use crate::auth;
 use crate::engine::{CallError, FailureKind, LogBudget};
 use crate::relay::{
-    CLOSE_REVOKED, CLOSE_START_FAILED, CloseReason, Connection, ProviderDesk, ProviderRequest,
-    ProviderRoute, RelayError, Resume,
+    AppThread, CLOSE_REVOKED, CLOSE_START_FAILED, CloseReason, Connection, ProviderDesk,
+    ProviderRequest, ProviderRoute, RelayError, Resume,
 };
 use crate::store::{DesiredState, Record};
 use crate::sync::MutexExt;
@@ -80,7 +80,7 @@ impl Manager {
         &self,
         who: &Principal,
         id: &str,
-        thread: Option<String>,
+        thread: AppThread,
         resume: Option<Resume>,
         start: bool,
     ) -> Result<Connection, LifecycleError> {
@@ -104,7 +104,7 @@ impl Manager {
         who: &Principal,
         record: Record,
         env: &Arc<Env>,
-        thread: Option<String>,
+        thread: AppThread,
         resume: Option<Resume>,
         first: Option<String>,
         start_failed: Option<CancellationToken>,

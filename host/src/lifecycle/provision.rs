@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use super::wake::{Wakes, wakes};
 use super::{LifecycleError, Manager};
 use crate::config::{Template, TemplateRestart, TemplateScope};
-use crate::relay::{Connection, Resume};
+use crate::relay::{AppThread, Connection, Resume};
 use crate::store::{DesiredState, ProvisionKey, Record, RestartPolicy, validate};
 use crate::sync::MutexExt;
 use crate::tenancy::Principal;
@@ -37,6 +37,8 @@ pub(crate) struct ProvisionTarget {
     pub template: String,
     /// `?thread=`: the app's relay thread, and the key of a `thread` template.
     pub thread: Option<String>,
+    /// A ticket named `thread`: the app's messages may name no other.
+    pub pinned: bool,
     /// `?workspace=`: the key of a `workspace` template.
     pub workspace: Option<String>,
     /// `?start=true`: start the environment even if its user stopped it on purpose.
@@ -215,7 +217,10 @@ impl Manager {
         let span = tracing::info_span!("provision", env = %id, template = %template.name);
         span.in_scope(|| tracing::info!(created, "app connecting through a template"));
         let first = json!({"type": "provisioned", "environmentId": id, "created": created});
-        let thread = target.thread;
+        let thread = AppThread {
+            name: target.thread,
+            pinned: target.pinned,
+        };
         let first = Some(first.to_string());
         let connection = self.admit_starting(who, record, env, thread, resume, first, span)?;
         Ok(Provisioned {

@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::envs::Env;
 use super::{LifecycleError, Manager, Status};
-use crate::relay::{Connection, Resume};
+use crate::relay::{AppThread, Connection, Resume};
 use crate::store::{DesiredState, Record, StopReason};
 use crate::tenancy::Principal;
 
@@ -77,7 +77,7 @@ impl Manager {
         who: &Principal,
         record: Record,
         env: Arc<Env>,
-        thread: Option<String>,
+        thread: AppThread,
         resume: Option<Resume>,
         first: Option<String>,
         span: tracing::Span,

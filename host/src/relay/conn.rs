@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use super::error::RelayError;
 use super::gate::Gated;
 use super::hub::Hub;
-use super::inbound::{AppInbound, Inbound, ProviderRoute, RuntimeInbound};
+use super::inbound::{AppInbound, AppThread, Inbound, ProviderRoute, RuntimeInbound};
 use super::outbox::{Outbox, Take};
 use super::protocol::{CLOSE_UNRESPONSIVE, CloseReason, READ_CHUNK, Resume, read_error_close};
 use super::send::SendHalf;
@@ -76,18 +76,20 @@ impl Connection {
     /// the message types the environment's provider answers.
     pub fn app(
         hub: &Arc<Hub>,
-        thread: Option<String>,
+        thread: AppThread,
         resume: Option<Resume>,
         greetings: impl IntoIterator<Item = String>,
         provider: ProviderRoute,
     ) -> Result<Self, RelayError> {
-        let outbox = hub.attach_app(thread.clone(), resume, greetings)?;
+        let AppThread { name, pinned } = thread;
+        let outbox = hub.attach_app(name.clone(), resume, greetings)?;
         let inbound = Inbound::App(AppInbound {
             hub: hub.clone(),
             key: outbox.key(),
             conn: outbox.id(),
-            thread_json: thread.as_deref().map(|t| Value::from(t).to_string()),
-            thread,
+            thread_json: name.as_deref().map(|t| Value::from(t).to_string()),
+            thread: name,
+            pinned,
             provider,
         });
         Ok(Self {

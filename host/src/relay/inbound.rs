@@ -17,6 +17,37 @@ use super::activity::{RUNTIME_BUSY, busy_flag};
 use super::hub::{Hub, StreamKey};
 use super::protocol::{self, ACK, Head};
 
+/// The thread an app joined, and whether a ticket pinned it there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppThread {
+    /// The thread (`None`: the app joined none).
+    pub name: Option<String>,
+    /// A ticket named the thread: the app's messages may name no other (a ticket
+    /// handed to a browser for one thread must not speak on the others).
+    pub pinned: bool,
+}
+
+impl AppThread {
+    /// `name`, as the app asked for it.
+    pub fn joined(name: Option<String>) -> Self {
+        Self {
+            name,
+            pinned: false,
+        }
+    }
+
+    /// `name`, decided by a ticket when it names one (`None`: the app's choice).
+    pub fn ticketed(pinned: Option<String>, asked: Option<String>) -> Self {
+        match pinned {
+            Some(name) => Self {
+                name: Some(name),
+                pinned: true,
+            },
+            None => Self::joined(asked),
+        }
+    }
+}
+
 /// A message an app sent that its environment's provider answers rather than the
 /// runtime: its `type`, the whole message (with the app's thread added), and where to
 /// send the answer.
@@ -237,6 +268,8 @@ pub(super) struct AppInbound {
     pub(super) thread: Option<String>,
     /// The same thread as a JSON string, made once to be spliced into its messages.
     pub(super) thread_json: Option<String>,
+    /// A ticket pinned the thread: a message naming another is refused.
+    pub(super) pinned: bool,
     pub(super) provider: ProviderRoute,
 }
 
@@ -278,6 +311,12 @@ impl AppInbound {
             && !self.provider.handles(kind)
         {
             let out = match (&self.thread_json, thread) {
+                // A pinned app naming a thread is checked on the general path.
+                (Some(_), Some(named))
+                    if self.pinned && Some(&**named) != self.thread.as_deref() =>
+                {
+                    None
+                }
                 (None, _) | (Some(_), Some(_)) => Some(text.clone()),
                 (Some(joined), None) if *no_thread_key => {
                     Some(Utf8Bytes::from(protocol::with_thread(&text, joined)))
@@ -332,6 +371,21 @@ impl AppInbound {
             let frame = error_frame(
                 "invalid_message",
                 "`threadId` must be a string (or null, or left out)",
+                msg.get("requestId"),
+            );
+            return hub.send_to_app(key, frame);
+        }
+        if self.pinned
+            && let Some(named) = msg.get("threadId")
+            && named.as_str() != self.thread.as_deref()
+        {
+            let pinned = self.thread.as_deref().unwrap_or_default();
+            let frame = error_frame(
+                "invalid_message",
+                &format!(
+                    "this connection's ticket pins thread {}: a message may name no other `threadId` (leave it out)",
+                    crate::untrusted::quoted(pinned)
+                ),
                 msg.get("requestId"),
             );
             return hub.send_to_app(key, frame);

@@ -38,7 +38,7 @@ pub use bridge::{BRIDGED, BridgeRefused, CLOSE_HOST_GONE, Upstream, bridge};
 pub use conn::{Connection, refuse, refuse_with};
 pub use error::RelayError;
 pub use hub::{AppSessions, Hub, StreamKey};
-pub use inbound::{ProviderDesk, ProviderRequest, ProviderRoute, ProviderTypes, Reply};
+pub use inbound::{AppThread, ProviderDesk, ProviderRequest, ProviderRoute, ProviderTypes, Reply};
 pub use outbox::{Outbox, Take};
 pub use protocol::{
     CLOSE_GONE, CLOSE_REPLACED, CLOSE_REVOKED, CLOSE_START_FAILED, CLOSE_STOPPED, CLOSE_TOO_BIG,
