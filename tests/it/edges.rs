@@ -308,8 +308,17 @@ fn endless_server() -> String {
             let Ok(mut stream) = stream else { return };
             std::thread::spawn(move || {
                 let mut request = [0u8; 4096];
-                let _ = stream.read(&mut request);
-                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n[";
+                let n = stream.read(&mut request).unwrap_or(0);
+                // A log is answered as one (the CLI takes nothing else for a log).
+                let log = String::from_utf8_lossy(&request[..n]).contains("/logs");
+                let kind = if log {
+                    "application/x-ndjson"
+                } else {
+                    "application/json"
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {kind}\r\nconnection: close\r\n\r\n["
+                );
                 if stream.write_all(head.as_bytes()).is_err() {
                     return;
                 }
