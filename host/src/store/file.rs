@@ -2,16 +2,46 @@
 //! host's own writes from outside edits, replaced atomically unless someone edited
 //! it meanwhile, and copied aside when it is invalid.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 use super::StoreError;
 
+/// The most the records file or its journal may hold: 1 GiB, some 10,000 records of
+/// 100 KiB each. A file made larger (by hand, or pointed at a device) is refused
+/// without being read into memory; the host neither loads it nor writes over it.
+pub(super) const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// The bytes of `path`, read no further than [`MAX_FILE_BYTES`]; a larger file is an
+/// `InvalidData` error saying so.
+pub(super) fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    let too_large = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "larger than {MAX_FILE_BYTES} bytes, more than any records file or journal holds; it was not read"
+            ),
+        )
+    };
+    let file = std::fs::File::open(path)?;
+    // A regular file's size says it at once; the bounded read covers the rest (a
+    // device, a file growing meanwhile).
+    if file.metadata()?.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
 /// The file's bytes; a missing file (deleted by hand) reads as an empty one.
 pub(super) fn read_file(path: &Path) -> Result<Vec<u8>, StoreError> {
-    match std::fs::read(path) {
+    match read_bounded(path) {
         Ok(bytes) => Ok(bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(b"{}".to_vec()),
         Err(source) => Err(StoreError::Io {

@@ -207,7 +207,7 @@ pub(super) fn old_path(journal: &Path) -> PathBuf {
 
 /// The content of `path`, empty if there is none.
 pub(super) fn read(path: &Path) -> std::io::Result<Vec<u8>> {
-    match std::fs::read(path) {
+    match super::file::read_bounded(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         other => other,
     }

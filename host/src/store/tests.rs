@@ -305,3 +305,25 @@ async fn a_follower_learns_which_records_changed_by_the_host_or_by_hand() {
     store.reload().await.unwrap().expect("changes");
     assert_eq!(ids(store.take_followed()), ["a", "b"]);
 }
+
+#[test]
+fn a_records_file_or_journal_over_the_limit_is_refused_unread_and_left_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("environments.json");
+    let journal = journal::path_for(&path);
+    for huge in [&path, &journal] {
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&journal);
+        // Sparse: the read stops one byte past the limit.
+        let file = std::fs::File::create(huge).unwrap();
+        file.set_len(file::MAX_FILE_BYTES + 1).unwrap();
+        let err = Store::open(path.clone()).unwrap_err().to_string();
+        assert!(err.contains("larger than 1073741824 bytes"), "{err}");
+        assert_eq!(
+            std::fs::metadata(huge).unwrap().len(),
+            file::MAX_FILE_BYTES + 1
+        );
+        let beside = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(beside, 1, "nothing is copied aside or written beside it");
+    }
+}
