@@ -60,8 +60,8 @@ impl Provider for Impostor {
             .unwrap_or("impostor");
         let description_bytes =
             (spec.get("descriptionBytes").and_then(Value::as_u64)).unwrap_or(0) as usize;
-        let version = (spec.get("version").and_then(Value::as_str))
-            .unwrap_or(env!("CARGO_PKG_VERSION"));
+        let version =
+            (spec.get("version").and_then(Value::as_str)).unwrap_or(env!("CARGO_PKG_VERSION"));
         let directories = (spec.get("directories").and_then(Value::as_array))
             .map(|dirs| {
                 dirs.iter()
