@@ -5,7 +5,7 @@
 //! records file never holds a usable secret. A token of an older generation (an
 //! earlier start) is refused.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -92,14 +92,10 @@ impl ApiToken {
                         mode,
                     });
                 }
-                let mut bytes = Vec::new();
-                f.take(MAX_TOKEN_BYTES + 2)
-                    .read_to_end(&mut bytes)
-                    .map_err(io)?;
                 // The host writes no newline; an editor's one is allowed for.
-                if bytes.len() as u64 > MAX_TOKEN_BYTES + 1 {
-                    return Err(TokenError::TooLong);
-                }
+                let bytes = crate::untrusted::read_at_most(f, MAX_TOKEN_BYTES + 1)
+                    .map_err(io)?
+                    .ok_or(TokenError::TooLong)?;
                 let text = String::from_utf8(bytes)
                     .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
                 return Self::new(text.trim().to_owned()).map(|t| (t, TokenSource::File));

@@ -3,7 +3,7 @@
 //! with control characters escaped, so a provider can neither grow the host's files
 //! nor forge log lines with newlines or terminal escapes. Every limit on what a
 //! provider sends the host is listed here and in SECURITY.md ("What a provider can
-//! send the host").
+//! send the host"). Also the bounded read of a file someone may have made huge.
 
 /// Longest error message of a provider kept (start errors, file-handler errors).
 pub(crate) const MAX_ERROR: usize = 4096;
@@ -13,6 +13,19 @@ pub(crate) const MAX_LAST_ERROR: usize = 4096;
 pub(crate) const MAX_QUOTED: usize = 200;
 /// Longest log message of a provider, and of any provider string in a host log line.
 pub(crate) const MAX_LOGGED: usize = 4096;
+
+/// What `source` holds, or `None` when it holds more than `limit` bytes: a file
+/// someone may have made huge (or pointed at a device) is never read more than one
+/// byte past the limit.
+pub(crate) fn read_at_most(
+    source: impl std::io::Read,
+    limit: u64,
+) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    source.take(limit + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
 
 /// `s` cut to at most `max` bytes (on a character boundary) plus a marker saying how
 /// long it was; unchanged when it fits.

@@ -4,7 +4,6 @@
 //! `http://` or `https://`; over TLS the server's certificate must match the URL's host
 //! and chain to the system's roots or to `TETHER_CA_FILE` (see `client_tls`).
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -64,19 +63,16 @@ pub(super) fn admin_token(server: &ServerArgs) -> anyhow::Result<String> {
         )
     };
     // Read no further than the longest token the host takes (and an editor's newline).
-    let mut text = String::new();
-    let limit = crate::auth::MAX_TOKEN_BYTES + 1;
-    (std::fs::File::open(&file).with_context(unreadable)?)
-        .take(limit + 1)
-        .read_to_string(&mut text)
-        .with_context(unreadable)?;
-    if text.len() as u64 > limit {
+    let opened = std::fs::File::open(&file).with_context(unreadable)?;
+    let read = crate::untrusted::read_at_most(opened, crate::auth::MAX_TOKEN_BYTES + 1);
+    let Some(bytes) = read.with_context(unreadable)? else {
         bail!(
             "{} is not an API token: it is longer than {} bytes",
             file.display(),
             crate::auth::MAX_TOKEN_BYTES
         );
-    }
+    };
+    let text = String::from_utf8(bytes).with_context(unreadable)?;
     Ok(text.trim().to_owned())
 }
 

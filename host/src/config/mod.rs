@@ -751,14 +751,10 @@ fn read_file(source: &ConfigSource) -> Result<(FileConfig, toml::Table), ConfigE
 /// The text of `path`, or `None` when it holds more than [`MAX_CONFIG_BYTES`]; never
 /// reads more than one byte past the limit.
 fn read_bounded(path: &Path) -> std::io::Result<Option<String>> {
-    use std::io::Read as _;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_CONFIG_BYTES + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+    let Some(bytes) = crate::untrusted::read_at_most(std::fs::File::open(path)?, MAX_CONFIG_BYTES)?
+    else {
         return Ok(None);
-    }
+    };
     String::from_utf8(bytes)
         .map(Some)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))

@@ -2,7 +2,7 @@
 //! host's own writes from outside edits, replaced atomically unless someone edited
 //! it meanwhile, and copied aside when it is invalid.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -31,12 +31,7 @@ pub(super) fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     if file.metadata()?.len() > MAX_FILE_BYTES {
         return Err(too_large());
     }
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(too_large());
-    }
-    Ok(bytes)
+    crate::untrusted::read_at_most(file, MAX_FILE_BYTES)?.ok_or_else(too_large)
 }
 
 /// The file's bytes; a missing file (deleted by hand) reads as an empty one.

@@ -4,7 +4,6 @@
 //! with mode 0600. Also the atomic write of the admin token file on rotation.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -41,19 +40,17 @@ pub(super) fn read(path: &Path) -> Result<Vec<TokenRecord>, TenancyError> {
         Err(source) => return Err(io(source)),
     };
     let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
-    let mut bytes = Vec::new();
-    (file.take(MAX_FILE_BYTES + 1))
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
     let broken = |reason| TenancyError::File {
         path: path.to_owned(),
         reason,
     };
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(broken(format!(
-            "it is larger than {MAX_FILE_BYTES} bytes; no set of tokens is that large"
-        )));
-    }
+    let bytes = crate::untrusted::read_at_most(file, MAX_FILE_BYTES)
+        .map_err(io)?
+        .ok_or_else(|| {
+            broken(format!(
+                "it is larger than {MAX_FILE_BYTES} bytes; no set of tokens is that large"
+            ))
+        })?;
     let tokens = parse(&bytes).map_err(broken)?;
     // Checked after the text, so a broken file is reported as such whatever its mode.
     if mode & 0o022 != 0 {
