@@ -1537,6 +1537,60 @@ async fn apps_on_another_host_go_through_nats_with_the_relays_guarantees() {
     b.stop();
 }
 
+/// Regression: an acknowledgement of tunnel messages never sent (injected on the
+/// subject by another NATS client) was taken as it came, opening the writer's window
+/// past what the other side holds; it now resets the tunnel, as a message out of turn
+/// does.
+#[tokio::test]
+async fn a_tunnel_message_acknowledging_what_was_never_sent_resets_the_tunnel() {
+    use futures_util::StreamExt;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    // A long lease: the tunnel is not reset for silence while the test looks.
+    let a = host(dir.path(), &nats, "a", "[cluster]\nlease_ttl_secs = 60\n");
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let mut down = client
+        .subscribe("tether.relay.probe-env.acked1.down")
+        .await
+        .expect("subscribe");
+    let open = json!({"tunnel": "acked1", "environment": "probe-env", "app": "127.0.0.1"});
+    let answer = client
+        .request("tether.tunnel.a", open.to_string().into())
+        .await
+        .expect("an answer");
+    assert_eq!(answer.payload.as_ref(), b"ok");
+    // A heartbeat acknowledging nothing is what a host sends: the tunnel stays open.
+    let up = "tether.relay.probe-env.acked1.up";
+    let acking = |ack: u64| {
+        let mut message = tunnel_message(1, 0, &[]).to_vec();
+        message[9..17].copy_from_slice(&ack.to_be_bytes());
+        bytes::Bytes::from(message)
+    };
+    client.publish(up, acking(0)).await.expect("publish");
+    // The running host has sent nothing yet: an acknowledgement of its message 5
+    // is not the other host's.
+    client.publish(up, acking(5)).await.expect("publish");
+    let reset = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(message) = down.next().await {
+            if message.payload.first() == Some(&3) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(reset, Ok(true), "no reset; log:\n{}", a.log());
+    assert!(
+        a.log().contains("acknowledged what was never sent"),
+        "{}",
+        a.log()
+    );
+    a.stop();
+}
+
 #[tokio::test]
 async fn apps_bridged_straight_to_the_running_host_get_its_relay_unchanged() {
     use futures_util::{SinkExt, StreamExt};
