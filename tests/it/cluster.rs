@@ -2541,6 +2541,67 @@ async fn hosts_bucket(nats: &Nats) -> async_nats::jetstream::kv::Store {
     js.get_key_value("tether-hosts").await.expect("hosts")
 }
 
+/// Regression: an entry of the hosts bucket was shown by `GET /api/v1/cluster` as it
+/// came, so a hand-written one (anyone with access to the NATS account) listed a host
+/// "reached" at any text, a `javascript:` or a credentialled URL among them, and
+/// "last seen" at any text. Such an entry is now left out, and logged once.
+#[tokio::test]
+async fn a_hosts_entry_that_is_not_a_hosts_is_left_out_of_the_cluster_view() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    // A long lease: the entries written below do not lapse while the test looks.
+    let a = host(dir.path(), &nats, "a", "[cluster]\nlease_ttl_secs = 60\n");
+    let hosts = hosts_bucket(&nats).await;
+    let entry = |id: &str, url: &str, seen: &str| {
+        json!({"id": id, "publicUrl": url, "load": 0, "seenAt": seen}).to_string()
+    };
+    let at = "2025-01-01T00:00:00Z";
+    for (id, value) in [
+        ("fine", entry("fine", "http://127.0.0.1:9", at)),
+        ("script", entry("script", "javascript:alert(1)", at)),
+        (
+            "creds",
+            entry("creds", "https://user:secret@127.0.0.1:9", at),
+        ),
+        (
+            "pathy",
+            entry("pathy", "http://127.0.0.1:9/elsewhere?x=1", at),
+        ),
+        (
+            "stamp",
+            entry("stamp", "http://127.0.0.1:9", "\u{1b}[2J yesterday"),
+        ),
+        ("other", entry("fine", "http://127.0.0.1:9", at)),
+    ] {
+        hosts.put(id, value.into()).await.expect("writing an entry");
+    }
+    until_host(&a, "fine", "the well-formed entry", |_| true).await;
+    // Listed once more: each malformed entry is logged once while it stays so.
+    let (status, view) = a.call("GET", "/api/v1/cluster", None).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    let listed: Vec<&str> = (view["hosts"].as_array().expect("hosts").iter())
+        .filter_map(|h| h["id"].as_str())
+        .collect();
+    assert_eq!(listed, ["a", "fine"], "{view}");
+    for key in ["script", "creds", "pathy", "stamp", "other"] {
+        assert_eq!(
+            times_logged(&a, &format!("key={key} ")),
+            1,
+            "{key}: {}",
+            a.log()
+        );
+    }
+    assert!(
+        a.log()
+            .contains("cluster: ignoring a malformed entry in the hosts bucket"),
+        "{}",
+        a.log()
+    );
+    a.stop();
+}
+
 #[tokio::test]
 async fn hosts_whose_templates_differ_are_named_by_the_others_until_they_agree() {
     let dir = tempfile::tempdir().expect("tempdir");
