@@ -1163,6 +1163,75 @@ async fn a_host_whose_clock_is_ahead_does_not_take_a_fresh_name_hold_for_stale()
     a.stop();
 }
 
+/// Regression: a name's hold was kept for as long as its record lived, even once the
+/// record had been renamed by hand (the names bucket still said the old name was
+/// its): a create of the old name answered `409 conflict` for good, though no
+/// environment had it. A hold whose record has another name now is stale once a
+/// minute old, as one whose record is gone; so is one that names no record id.
+#[tokio::test]
+async fn a_name_held_by_a_record_renamed_by_hand_is_free_after_a_minute() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let (status, old) = a
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "before", "provider": "handoff"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{old}");
+    let id = id_of(&old);
+    // A hold written by hand, naming no record at all.
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let names = js.get_key_value("tether-names").await.expect("names");
+    names
+        .put(hex::encode("scribbled"), "".into())
+        .await
+        .expect("put");
+    let held_since = Instant::now();
+    // Compacted into the file, which is edited by hand below.
+    assert!(a.records().to_string().contains(&id));
+    edit_records(&a.data_dir, |list| {
+        let record = list.iter_mut().find(|r| r["id"] == id.as_str());
+        record.expect("the record")["name"] = json!("after");
+    });
+    listed(&a, "after").await;
+    let records = js.get_key_value("tether-records").await.expect("records");
+    let deadline = Instant::now() + WAIT;
+    while bucket_record(&records, &id).await["name"] != "after" {
+        assert!(
+            Instant::now() < deadline,
+            "the rename never reached the bucket"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Fresh, both holds stand.
+    for name in ["before", "scribbled"] {
+        let body = json!({"name": name, "provider": "handoff"});
+        let (status, refused) = a.call("POST", "/api/v1/environments", Some(body)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{name}: {refused}");
+    }
+    tokio::time::sleep(Duration::from_secs(61).saturating_sub(held_since.elapsed())).await;
+    for name in ["before", "scribbled"] {
+        let body = json!({"name": name, "provider": "handoff"});
+        let (status, made) = a.call("POST", "/api/v1/environments", Some(body)).await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "{name}: {made}; log:\n{}",
+            a.log()
+        );
+    }
+    // The renamed record keeps its new name, unreserved as ever.
+    let env = listed(&a, "after").await;
+    assert_eq!(env["id"], id.as_str(), "{env}");
+    a.stop();
+}
+
 /// A renewal of a lease that NATS stored but whose answer never came (a NATS restart
 /// or a timeout at that moment) moves the key's revision on under the host: the
 /// host's next renewal finds the lease still says it, at its epoch, and keeps it,

@@ -636,11 +636,21 @@ impl Cluster {
         if age < STALE_NAME {
             return Ok(false);
         }
-        let record = (self.inner.records)
-            .entry(records::key_of(&holder))
-            .await
-            .map_err(|e| nats(e.to_string()))?;
-        if record.is_some_and(|r| r.operation == kv::Operation::Put) {
+        // A holder that is no record id (written by hand) has no record to look up.
+        let record = match crate::names::validate("environment", &holder) {
+            Ok(()) => (self.inner.records)
+                .entry(records::key_of(&holder))
+                .await
+                .map_err(|e| nats(e.to_string()))?,
+            Err(_) => None,
+        };
+        // Its record still holds the name unless it was renamed since (by hand, in a
+        // file or in the bucket: the API renames nothing); one the bucket holds
+        // invalid is left holding it.
+        let holds = record
+            .filter(|r| r.operation == kv::Operation::Put)
+            .is_some_and(|r| records::parse(&r).ok().is_none_or(|r| r.name == name));
+        if holds {
             return Ok(false);
         }
         Ok(names
