@@ -1035,6 +1035,62 @@ async fn cluster_mode_refuses_to_start_without_nats_or_jetstream() {
     assert!(err.contains("host id"), "{err}");
 }
 
+/// Regression: a bucket whose keys must lapse (`PREFIX-leases`, `PREFIX-hosts`,
+/// `PREFIX-admissions`) made by hand without an age limit was used as it was, so a
+/// dead host's leases would never lapse and its environments never be taken over.
+/// A host now refuses to start on such a bucket, saying which and what to do.
+#[tokio::test]
+async fn a_bucket_made_by_hand_without_an_age_limit_is_refused_at_start() {
+    use async_nats::jetstream::kv;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    for bucket in ["tether-leases", "tether-hosts", "tether-admissions"] {
+        let made = js
+            .create_key_value(kv::Config {
+                bucket: bucket.into(),
+                history: 1,
+                ..Default::default()
+            })
+            .await;
+        made.expect("making the bucket by hand");
+        let mut serve = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("host"))
+            .args(["--cluster", &nats.url(), "--host-id", "a"])
+            .env("TETHER_API_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running tether serve");
+        let deadline = Instant::now() + WAIT;
+        while serve.try_wait().expect("waiting").is_none() {
+            if Instant::now() > deadline {
+                let _ = serve.kill();
+                let _ = serve.wait();
+                panic!("tether serve started on {bucket} without an age limit");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = serve.wait_with_output().expect("its output");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("bucket {bucket}: it has no age limit")),
+            "{err}"
+        );
+        js.delete_key_value(bucket).await.expect("deleting it");
+    }
+    // Made by the hosts, they have one: a host starts.
+    let a = host(dir.path(), &nats, "a", "");
+    assert_eq!(a.call("GET", "/healthz", None).await.0, StatusCode::OK);
+    a.stop();
+}
+
 /// Every host id names one running process: a second `tether serve` started with a
 /// live host's id refuses to start, saying so, and leaves the first one's entry
 /// alone; a host restarted after a crash on its data directory takes its last run's

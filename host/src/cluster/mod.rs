@@ -1027,8 +1027,8 @@ async fn bucket(
         storage: jetstream::stream::StorageType::File,
         ..Default::default()
     };
-    match js.create_key_value(config).await {
-        Ok(store) => Ok(store),
+    let store = match js.create_key_value(config).await {
+        Ok(store) => store,
         // Made by another host already, perhaps with other settings: use it as it is.
         Err(created) => js
             .get_key_value(&name)
@@ -1036,8 +1036,25 @@ async fn bucket(
             .map_err(|e| ClusterError::Bucket {
                 bucket: name.clone(),
                 reason: format!("{created}; {e}"),
-            }),
+            })?,
+    };
+    if max_age.is_some() {
+        // Made by hand without one, its keys would never lapse: a dead host's leases,
+        // its entry and the admission keys it held would stand for good.
+        let status = (store.status().await).map_err(|e| ClusterError::Bucket {
+            bucket: name.clone(),
+            reason: e.to_string(),
+        })?;
+        if status.max_age().is_zero() {
+            return Err(ClusterError::Bucket {
+                reason: format!(
+                    "it has no age limit (made by hand?), so what a dead host held there would never lapse; delete it (nats kv del {name}) and start the hosts again: they make it with one"
+                ),
+                bucket: name,
+            });
+        }
     }
+    Ok(store)
 }
 
 /// Runs `work` in the background, in span `name`, until `closing` fires.
