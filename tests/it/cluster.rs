@@ -1035,6 +1035,64 @@ async fn cluster_mode_refuses_to_start_without_nats_or_jetstream() {
     assert!(err.contains("host id"), "{err}");
 }
 
+/// Regression: a record from the bucket whose unknown fields nested deep (deeper than
+/// the records file can hold it, not than the files that wrap it) was taken in. Once
+/// deleted and its removal failed, it went into the pending removals' journal, which
+/// could no longer be read at the next start: every pending removal in it was set
+/// aside, another environment's resource with them. Unknown fields are now bounded
+/// like `config`, and such a record is ignored, logged, as any invalid one.
+#[tokio::test]
+async fn a_record_from_the_bucket_nested_too_deep_is_refused_and_spoils_no_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let records = js.get_key_value("tether-records").await.expect("records");
+    // No provider of that name here: deleted, each removal fails and is kept.
+    let record = |id: &str| json!({"id": id, "name": id, "provider": "absent", "resourceId": id});
+    let mut deep = record("deep");
+    deep["nested"] = (0..124).fold(json!(1), |inner, _| json!([inner]));
+    for (id, value) in [("plain", record("plain")), ("deep", deep)] {
+        records
+            .put(id, value.to_string().into())
+            .await
+            .expect("writing a record");
+    }
+    listed(&a, "plain").await;
+    // Until the deep one is taken in, or refused.
+    let deadline = Instant::now() + WAIT;
+    let ids = loop {
+        let (_, list) = a.call("GET", "/api/v1/environments", None).await;
+        let ids: Vec<String> = (list.as_array().expect("list").iter()).map(id_of).collect();
+        if ids.len() == 2 || logged(&a, "deep", "ignoring an invalid record") {
+            break ids;
+        }
+        assert!(Instant::now() < deadline, "{list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Every record this host took in is deleted; each removal fails and waits.
+    for id in &ids {
+        let (status, body) = a
+            .call("DELETE", &format!("/api/v1/environments/{id}"), None)
+            .await;
+        assert!(status.is_success(), "{body}");
+        until_log(&a, id, "tried again later").await;
+    }
+    // Restarted, the host still has the pending removal.
+    a.stop();
+    let a = host(dir.path(), &nats, "a", "");
+    let (status, pending) = a.call("GET", "/api/v1/removals", None).await;
+    assert_eq!(status, StatusCode::OK, "{pending}");
+    assert_eq!(pending[0]["environmentId"], "plain", "{pending}");
+    // The deep one never came in: it is refused, saying why.
+    assert_eq!(ids, ["plain"]);
+    assert!(a.log().contains("unknown fields nest"), "{}", a.log());
+    a.stop();
+}
+
 /// Regression: a bucket whose keys must lapse (`PREFIX-leases`, `PREFIX-hosts`,
 /// `PREFIX-admissions`) made by hand without an age limit was used as it was, so a
 /// dead host's leases would never lapse and its environments never be taken over.
