@@ -1095,10 +1095,11 @@ async fn a_record_from_the_bucket_nested_too_deep_is_refused_and_spoils_no_journ
 
 /// Regression: a bucket whose keys must lapse (`PREFIX-leases`, `PREFIX-hosts`,
 /// `PREFIX-admissions`) made by hand without an age limit was used as it was, so a
-/// dead host's leases would never lapse and its environments never be taken over.
-/// A host now refuses to start on such a bucket, saying which and what to do.
+/// dead host's leases would never lapse and its environments never be taken over;
+/// nor did a hosts bucket's age have to be the leases'. A host now refuses to start
+/// on such a bucket, saying which and what to do.
 #[tokio::test]
-async fn a_bucket_made_by_hand_without_an_age_limit_is_refused_at_start() {
+async fn a_bucket_made_by_hand_whose_keys_would_not_lapse_as_they_must_is_refused_at_start() {
     use async_nats::jetstream::kv;
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1116,27 +1117,7 @@ async fn a_bucket_made_by_hand_without_an_age_limit_is_refused_at_start() {
             })
             .await;
         made.expect("making the bucket by hand");
-        let mut serve = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("host"))
-            .args(["--cluster", &nats.url(), "--host-id", "a"])
-            .env("TETHER_API_TOKEN", TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running tether serve");
-        let deadline = Instant::now() + WAIT;
-        while serve.try_wait().expect("waiting").is_none() {
-            if Instant::now() > deadline {
-                let _ = serve.kill();
-                let _ = serve.wait();
-                panic!("tether serve started on {bucket} without an age limit");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = serve.wait_with_output().expect("its output");
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = refused_start(dir.path(), &nats);
         assert!(
             err.contains(&format!("bucket {bucket}: it has no age limit")),
             "{err}"
@@ -1147,6 +1128,64 @@ async fn a_bucket_made_by_hand_without_an_age_limit_is_refused_at_start() {
     let a = host(dir.path(), &nats, "a", "");
     assert_eq!(a.call("GET", "/healthz", None).await.0, StatusCode::OK);
     a.stop();
+    // Host entries must lapse with the leases: a hosts bucket made by hand with
+    // another age is refused too...
+    js.delete_key_value("tether-hosts")
+        .await
+        .expect("deleting it");
+    js.create_key_value(kv::Config {
+        bucket: "tether-hosts".into(),
+        history: 1,
+        max_age: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .expect("making the bucket by hand");
+    let err = refused_start(dir.path(), &nats);
+    assert!(
+        err.contains("bucket tether-hosts: its age limit (3600 s) is not the leases bucket's"),
+        "{err}"
+    );
+    // ...and one the hosts make again takes the leases' age, whatever the host's
+    // own `lease_ttl_secs` (the leases bucket's is in force).
+    js.delete_key_value("tether-hosts")
+        .await
+        .expect("deleting it");
+    let a = host(dir.path(), &nats, "a", "[cluster]\nlease_ttl_secs = 7\n");
+    assert_eq!(a.call("GET", "/healthz", None).await.0, StatusCode::OK);
+    let hosts = hosts_bucket(&nats).await;
+    let leases = js.get_key_value("tether-leases").await.expect("leases");
+    assert_eq!(
+        hosts.status().await.expect("status").max_age(),
+        leases.status().await.expect("status").max_age()
+    );
+    a.stop();
+}
+
+/// Runs `tether serve` in cluster mode at `nats`, expecting it to refuse to start;
+/// what it said.
+fn refused_start(dir: &Path, nats: &Nats) -> String {
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("host"))
+        .args(["--cluster", &nats.url(), "--host-id", "a"])
+        .env("TETHER_API_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running tether serve");
+    let deadline = Instant::now() + WAIT;
+    while serve.try_wait().expect("waiting").is_none() {
+        if Instant::now() > deadline {
+            let _ = serve.kill();
+            let _ = serve.wait();
+            panic!("tether serve started");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = serve.wait_with_output().expect("its output");
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Every host id names one running process: a second `tether serve` started with a
