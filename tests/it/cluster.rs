@@ -1947,6 +1947,59 @@ async fn until_status(server: &Server, path: &str, token: &str, status: StatusCo
     }
 }
 
+/// Regression: a token changed in the tokens bucket (by hand: no host changes one in
+/// place) was ignored by every host that had it already, while a host joining later
+/// took the bucket's: the hosts disagreed on what the token may do for as long as
+/// they ran. A host now takes the bucket's, closing what the old one opened.
+#[tokio::test]
+async fn a_token_changed_in_the_bucket_is_in_force_on_hosts_that_had_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let (secret, id) = a.user_token("alice").await;
+    until_status(&a, "/api/v1/environments", &secret, StatusCode::OK).await;
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let tokens = js.get_key_value("tether-tokens").await.expect("tokens");
+    let deadline = Instant::now() + WAIT;
+    let mut record: Value = loop {
+        if let Some(bytes) = tokens.get(&id).await.expect("read") {
+            break serde_json::from_slice(&bytes).expect("token json");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the token never reached the bucket"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Expired, by hand.
+    record["expiresAt"] = json!("2001-01-01T00:00:00Z");
+    tokens
+        .put(&id, record.to_string().into())
+        .await
+        .expect("writing the token");
+    until_status(
+        &a,
+        "/api/v1/environments",
+        &secret,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    // A host joining now agrees.
+    let b = host(dir.path(), &nats, "b", "");
+    until_status(
+        &b,
+        "/api/v1/environments",
+        &secret,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    a.stop();
+    b.stop();
+}
+
 #[tokio::test]
 async fn tokens_made_or_revoked_on_one_host_hold_on_every_host() {
     let dir = tempfile::tempdir().expect("tempdir");
