@@ -1035,6 +1035,159 @@ async fn cluster_mode_refuses_to_start_without_nats_or_jetstream() {
     assert!(err.contains("host id"), "{err}");
 }
 
+/// Regression: a record from the bucket whose unknown fields nested deep (deeper than
+/// the records file can hold it, not than the files that wrap it) was taken in. Once
+/// deleted and its removal failed, it went into the pending removals' journal, which
+/// could no longer be read at the next start: every pending removal in it was set
+/// aside, another environment's resource with them. Unknown fields are now bounded
+/// like `config`, and such a record is ignored, logged, as any invalid one.
+#[tokio::test]
+async fn a_record_from_the_bucket_nested_too_deep_is_refused_and_spoils_no_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let records = js.get_key_value("tether-records").await.expect("records");
+    // No provider of that name here: deleted, each removal fails and is kept.
+    let record = |id: &str| json!({"id": id, "name": id, "provider": "absent", "resourceId": id});
+    let mut deep = record("deep");
+    deep["nested"] = (0..124).fold(json!(1), |inner, _| json!([inner]));
+    for (id, value) in [("plain", record("plain")), ("deep", deep)] {
+        records
+            .put(id, value.to_string().into())
+            .await
+            .expect("writing a record");
+    }
+    listed(&a, "plain").await;
+    // Until the deep one is taken in, or refused.
+    let deadline = Instant::now() + WAIT;
+    let ids = loop {
+        let (_, list) = a.call("GET", "/api/v1/environments", None).await;
+        let ids: Vec<String> = (list.as_array().expect("list").iter()).map(id_of).collect();
+        if ids.len() == 2 || logged(&a, "deep", "ignoring an invalid record") {
+            break ids;
+        }
+        assert!(Instant::now() < deadline, "{list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Every record this host took in is deleted; each removal fails and waits.
+    for id in &ids {
+        let (status, body) = a
+            .call("DELETE", &format!("/api/v1/environments/{id}"), None)
+            .await;
+        assert!(status.is_success(), "{body}");
+        until_log(&a, id, "tried again later").await;
+    }
+    // Restarted, the host still has the pending removal.
+    a.stop();
+    let a = host(dir.path(), &nats, "a", "");
+    let (status, pending) = a.call("GET", "/api/v1/removals", None).await;
+    assert_eq!(status, StatusCode::OK, "{pending}");
+    assert_eq!(pending[0]["environmentId"], "plain", "{pending}");
+    // The deep one never came in: it is refused, saying why.
+    assert_eq!(ids, ["plain"]);
+    assert!(a.log().contains("unknown fields nest"), "{}", a.log());
+    a.stop();
+}
+
+/// Regression: a bucket whose keys must lapse (`PREFIX-leases`, `PREFIX-hosts`,
+/// `PREFIX-admissions`) made by hand without an age limit was used as it was, so a
+/// dead host's leases would never lapse and its environments never be taken over;
+/// nor did a hosts bucket's age have to be the leases'. A host now refuses to start
+/// on such a bucket, saying which and what to do.
+#[tokio::test]
+async fn a_bucket_made_by_hand_whose_keys_would_not_lapse_as_they_must_is_refused_at_start() {
+    use async_nats::jetstream::kv;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    for bucket in ["tether-leases", "tether-hosts", "tether-admissions"] {
+        let made = js
+            .create_key_value(kv::Config {
+                bucket: bucket.into(),
+                history: 1,
+                ..Default::default()
+            })
+            .await;
+        made.expect("making the bucket by hand");
+        let err = refused_start(dir.path(), &nats);
+        assert!(
+            err.contains(&format!("bucket {bucket}: it has no age limit")),
+            "{err}"
+        );
+        js.delete_key_value(bucket).await.expect("deleting it");
+    }
+    // Made by the hosts, they have one: a host starts.
+    let a = host(dir.path(), &nats, "a", "");
+    assert_eq!(a.call("GET", "/healthz", None).await.0, StatusCode::OK);
+    a.stop();
+    // Host entries must lapse with the leases: a hosts bucket made by hand with
+    // another age is refused too...
+    js.delete_key_value("tether-hosts")
+        .await
+        .expect("deleting it");
+    js.create_key_value(kv::Config {
+        bucket: "tether-hosts".into(),
+        history: 1,
+        max_age: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .expect("making the bucket by hand");
+    let err = refused_start(dir.path(), &nats);
+    assert!(
+        err.contains("bucket tether-hosts: its age limit (3600 s) is not the leases bucket's"),
+        "{err}"
+    );
+    // ...and one the hosts make again takes the leases' age, whatever the host's
+    // own `lease_ttl_secs` (the leases bucket's is in force).
+    js.delete_key_value("tether-hosts")
+        .await
+        .expect("deleting it");
+    let a = host(dir.path(), &nats, "a", "[cluster]\nlease_ttl_secs = 7\n");
+    assert_eq!(a.call("GET", "/healthz", None).await.0, StatusCode::OK);
+    let hosts = hosts_bucket(&nats).await;
+    let leases = js.get_key_value("tether-leases").await.expect("leases");
+    assert_eq!(
+        hosts.status().await.expect("status").max_age(),
+        leases.status().await.expect("status").max_age()
+    );
+    a.stop();
+}
+
+/// Runs `tether serve` in cluster mode at `nats`, expecting it to refuse to start;
+/// what it said.
+fn refused_start(dir: &Path, nats: &Nats) -> String {
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("host"))
+        .args(["--cluster", &nats.url(), "--host-id", "a"])
+        .env("TETHER_API_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running tether serve");
+    let deadline = Instant::now() + WAIT;
+    while serve.try_wait().expect("waiting").is_none() {
+        if Instant::now() > deadline {
+            let _ = serve.kill();
+            let _ = serve.wait();
+            panic!("tether serve started");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = serve.wait_with_output().expect("its output");
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Every host id names one running process: a second `tether serve` started with a
 /// live host's id refuses to start, saying so, and leaves the first one's entry
 /// alone; a host restarted after a crash on its data directory takes its last run's
@@ -1160,6 +1313,75 @@ async fn a_host_whose_clock_is_ahead_does_not_take_a_fresh_name_hold_for_stale()
     // A name nobody holds is made as ever.
     let (status, made) = a.create_as(&token, "free", false).await;
     assert_eq!(status, StatusCode::CREATED, "{made}");
+    a.stop();
+}
+
+/// Regression: a name's hold was kept for as long as its record lived, even once the
+/// record had been renamed by hand (the names bucket still said the old name was
+/// its): a create of the old name answered `409 conflict` for good, though no
+/// environment had it. A hold whose record has another name now is stale once a
+/// minute old, as one whose record is gone; so is one that names no record id.
+#[tokio::test]
+async fn a_name_held_by_a_record_renamed_by_hand_is_free_after_a_minute() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let (status, old) = a
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "before", "provider": "handoff"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{old}");
+    let id = id_of(&old);
+    // A hold written by hand, naming no record at all.
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let names = js.get_key_value("tether-names").await.expect("names");
+    names
+        .put(hex::encode("scribbled"), "".into())
+        .await
+        .expect("put");
+    let held_since = Instant::now();
+    // Compacted into the file, which is edited by hand below.
+    assert!(a.records().to_string().contains(&id));
+    edit_records(&a.data_dir, |list| {
+        let record = list.iter_mut().find(|r| r["id"] == id.as_str());
+        record.expect("the record")["name"] = json!("after");
+    });
+    listed(&a, "after").await;
+    let records = js.get_key_value("tether-records").await.expect("records");
+    let deadline = Instant::now() + WAIT;
+    while bucket_record(&records, &id).await["name"] != "after" {
+        assert!(
+            Instant::now() < deadline,
+            "the rename never reached the bucket"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Fresh, both holds stand.
+    for name in ["before", "scribbled"] {
+        let body = json!({"name": name, "provider": "handoff"});
+        let (status, refused) = a.call("POST", "/api/v1/environments", Some(body)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{name}: {refused}");
+    }
+    tokio::time::sleep(Duration::from_secs(61).saturating_sub(held_since.elapsed())).await;
+    for name in ["before", "scribbled"] {
+        let body = json!({"name": name, "provider": "handoff"});
+        let (status, made) = a.call("POST", "/api/v1/environments", Some(body)).await;
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "{name}: {made}; log:\n{}",
+            a.log()
+        );
+    }
+    // The renamed record keeps its new name, unreserved as ever.
+    let env = listed(&a, "after").await;
+    assert_eq!(env["id"], id.as_str(), "{env}");
     a.stop();
 }
 
@@ -1537,6 +1759,60 @@ async fn apps_on_another_host_go_through_nats_with_the_relays_guarantees() {
     b.stop();
 }
 
+/// Regression: an acknowledgement of tunnel messages never sent (injected on the
+/// subject by another NATS client) was taken as it came, opening the writer's window
+/// past what the other side holds; it now resets the tunnel, as a message out of turn
+/// does.
+#[tokio::test]
+async fn a_tunnel_message_acknowledging_what_was_never_sent_resets_the_tunnel() {
+    use futures_util::StreamExt;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    // A long lease: the tunnel is not reset for silence while the test looks.
+    let a = host(dir.path(), &nats, "a", "[cluster]\nlease_ttl_secs = 60\n");
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let mut down = client
+        .subscribe("tether.relay.probe-env.acked1.down")
+        .await
+        .expect("subscribe");
+    let open = json!({"tunnel": "acked1", "environment": "probe-env", "app": "127.0.0.1"});
+    let answer = client
+        .request("tether.tunnel.a", open.to_string().into())
+        .await
+        .expect("an answer");
+    assert_eq!(answer.payload.as_ref(), b"ok");
+    // A heartbeat acknowledging nothing is what a host sends: the tunnel stays open.
+    let up = "tether.relay.probe-env.acked1.up";
+    let acking = |ack: u64| {
+        let mut message = tunnel_message(1, 0, &[]).to_vec();
+        message[9..17].copy_from_slice(&ack.to_be_bytes());
+        bytes::Bytes::from(message)
+    };
+    client.publish(up, acking(0)).await.expect("publish");
+    // The running host has sent nothing yet: an acknowledgement of its message 5
+    // is not the other host's.
+    client.publish(up, acking(5)).await.expect("publish");
+    let reset = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(message) = down.next().await {
+            if message.payload.first() == Some(&3) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(reset, Ok(true), "no reset; log:\n{}", a.log());
+    assert!(
+        a.log().contains("acknowledged what was never sent"),
+        "{}",
+        a.log()
+    );
+    a.stop();
+}
+
 #[tokio::test]
 async fn apps_bridged_straight_to_the_running_host_get_its_relay_unchanged() {
     use futures_util::{SinkExt, StreamExt};
@@ -1669,6 +1945,59 @@ async fn until_status(server: &Server, path: &str, token: &str, status: StatusCo
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Regression: a token changed in the tokens bucket (by hand: no host changes one in
+/// place) was ignored by every host that had it already, while a host joining later
+/// took the bucket's: the hosts disagreed on what the token may do for as long as
+/// they ran. A host now takes the bucket's, closing what the old one opened.
+#[tokio::test]
+async fn a_token_changed_in_the_bucket_is_in_force_on_hosts_that_had_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let (secret, id) = a.user_token("alice").await;
+    until_status(&a, "/api/v1/environments", &secret, StatusCode::OK).await;
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let tokens = js.get_key_value("tether-tokens").await.expect("tokens");
+    let deadline = Instant::now() + WAIT;
+    let mut record: Value = loop {
+        if let Some(bytes) = tokens.get(&id).await.expect("read") {
+            break serde_json::from_slice(&bytes).expect("token json");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the token never reached the bucket"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Expired, by hand.
+    record["expiresAt"] = json!("2001-01-01T00:00:00Z");
+    tokens
+        .put(&id, record.to_string().into())
+        .await
+        .expect("writing the token");
+    until_status(
+        &a,
+        "/api/v1/environments",
+        &secret,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    // A host joining now agrees.
+    let b = host(dir.path(), &nats, "b", "");
+    until_status(
+        &b,
+        "/api/v1/environments",
+        &secret,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    a.stop();
+    b.stop();
 }
 
 #[tokio::test]
@@ -2485,6 +2814,67 @@ async fn hosts_bucket(nats: &Nats) -> async_nats::jetstream::kv::Store {
     let client = async_nats::connect(nats.url()).await.expect("nats client");
     let js = async_nats::jetstream::new(client);
     js.get_key_value("tether-hosts").await.expect("hosts")
+}
+
+/// Regression: an entry of the hosts bucket was shown by `GET /api/v1/cluster` as it
+/// came, so a hand-written one (anyone with access to the NATS account) listed a host
+/// "reached" at any text, a `javascript:` or a credentialled URL among them, and
+/// "last seen" at any text. Such an entry is now left out, and logged once.
+#[tokio::test]
+async fn a_hosts_entry_that_is_not_a_hosts_is_left_out_of_the_cluster_view() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    // A long lease: the entries written below do not lapse while the test looks.
+    let a = host(dir.path(), &nats, "a", "[cluster]\nlease_ttl_secs = 60\n");
+    let hosts = hosts_bucket(&nats).await;
+    let entry = |id: &str, url: &str, seen: &str| {
+        json!({"id": id, "publicUrl": url, "load": 0, "seenAt": seen}).to_string()
+    };
+    let at = "2025-01-01T00:00:00Z";
+    for (id, value) in [
+        ("fine", entry("fine", "http://127.0.0.1:9", at)),
+        ("script", entry("script", "javascript:alert(1)", at)),
+        (
+            "creds",
+            entry("creds", "https://user:secret@127.0.0.1:9", at),
+        ),
+        (
+            "pathy",
+            entry("pathy", "http://127.0.0.1:9/elsewhere?x=1", at),
+        ),
+        (
+            "stamp",
+            entry("stamp", "http://127.0.0.1:9", "\u{1b}[2J yesterday"),
+        ),
+        ("other", entry("fine", "http://127.0.0.1:9", at)),
+    ] {
+        hosts.put(id, value.into()).await.expect("writing an entry");
+    }
+    until_host(&a, "fine", "the well-formed entry", |_| true).await;
+    // Listed once more: each malformed entry is logged once while it stays so.
+    let (status, view) = a.call("GET", "/api/v1/cluster", None).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    let listed: Vec<&str> = (view["hosts"].as_array().expect("hosts").iter())
+        .filter_map(|h| h["id"].as_str())
+        .collect();
+    assert_eq!(listed, ["a", "fine"], "{view}");
+    for key in ["script", "creds", "pathy", "stamp", "other"] {
+        assert_eq!(
+            times_logged(&a, &format!("key={key} ")),
+            1,
+            "{key}: {}",
+            a.log()
+        );
+    }
+    assert!(
+        a.log()
+            .contains("cluster: ignoring a malformed entry in the hosts bucket"),
+        "{}",
+        a.log()
+    );
+    a.stop();
 }
 
 #[tokio::test]

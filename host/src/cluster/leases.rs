@@ -15,7 +15,7 @@
 //! holds (their host died) and offers them to the lifecycle, after a pause that
 //! grows with this host's load: the least loaded host tends to claim first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::kv::{self, Operation};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -95,6 +96,27 @@ pub(super) struct HostValue {
 }
 
 impl HostValue {
+    /// The entry under `key` in the hosts bucket, checked: another host wrote it, or
+    /// anyone with access to the NATS account. Its public URL is shown to clients as
+    /// where the host is reached, and its time as when it was last seen.
+    fn read(key: &str, value: &[u8]) -> Result<Self, String> {
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(format!("{} bytes is too large", value.len()));
+        }
+        let host: HostValue = serde_json::from_slice(value)
+            .map_err(|e| crate::untrusted::shown(&e.to_string(), 200))?;
+        if host.id != key || !crate::config::is_host_id(&host.id) {
+            return Err("its id is not its key".into());
+        }
+        crate::config::PublicUrl::parse(&host.public_url)
+            .map_err(|e| crate::untrusted::shown(&e, 200))?;
+        let stamp = &host.seen_at;
+        if stamp.len() > 64 || time::OffsetDateTime::parse(stamp, &Rfc3339).is_err() {
+            return Err("seenAt is not an RFC 3339 time".into());
+        }
+        Ok(host)
+    }
+
     /// What it says of its `[templates]`, unread.
     pub(super) fn templates(&self) -> Option<&serde_json::Value> {
         self.templates.as_ref()
@@ -164,6 +186,9 @@ pub(super) struct Leases {
     /// replaces, fail, and leave the lease to lapse a whole lease later.
     writing: tokio::sync::Mutex<()>,
     events: Mutex<Option<mpsc::UnboundedSender<ClusterEvent>>>,
+    /// The keys of the hosts bucket whose entries were malformed when last listed
+    /// (each is logged once while it stays so).
+    malformed_hosts: Mutex<HashSet<String>>,
 }
 
 impl Leases {
@@ -191,6 +216,7 @@ impl Leases {
             wake: Notify::new(),
             writing: tokio::sync::Mutex::new(()),
             events: Mutex::new(None),
+            malformed_hosts: Mutex::default(),
         }
     }
 
@@ -648,26 +674,32 @@ impl Leases {
         }
     }
 
-    /// Every live host's entry: those whose value is a host's under its own id.
+    /// Every live host's entry: those whose value is a host's under its own id. A
+    /// malformed one is logged (once while it stays so) and left out.
     pub(super) async fn live_hosts(&self) -> Result<Vec<HostValue>, ClusterError> {
         let mut keys = (self.hosts.keys().await)
             .map_err(|e| ClusterError::Nats(format!("listing hosts: {e}")))?;
         let mut out = Vec::new();
+        let mut malformed = HashSet::new();
         while let Some(key) = keys.next().await {
             let Ok(key) = key else { continue };
             let Ok(Some(entry)) = self.hosts.entry(key.clone()).await else {
                 continue;
             };
-            if entry.operation != Operation::Put || entry.value.len() > MAX_VALUE_BYTES {
+            if entry.operation != Operation::Put {
                 continue;
             }
-            let Ok(host) = serde_json::from_slice::<HostValue>(&entry.value) else {
-                continue;
-            };
-            if host.id == key && crate::config::is_host_id(&host.id) {
-                out.push(host);
+            match HostValue::read(&key, &entry.value) {
+                Ok(host) => out.push(host),
+                Err(why) => {
+                    if !self.malformed_hosts.locked().contains(&key) {
+                        tracing::warn!(key = %key, %why, "cluster: ignoring a malformed entry in the hosts bucket");
+                    }
+                    malformed.insert(key);
+                }
             }
         }
+        *self.malformed_hosts.locked() = malformed;
         Ok(out)
     }
 

@@ -356,7 +356,7 @@ impl Cluster {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
-        let prefix = &config.prefix;
+        let prefix = &config.prefix.clone();
         let ttl = config.lease_ttl;
         let records = bucket(
             &js,
@@ -385,7 +385,26 @@ impl Cluster {
             64 << 10,
         )
         .await?;
-        let hosts = bucket(&js, prefix, "hosts", "live hosts", Some(ttl), 64 << 10).await?;
+        // The bucket's age limit is the lease in force: made by the first host, it
+        // holds for every host, whatever each one's own setting says.
+        let mut config = config;
+        let in_force = (lease_bucket.status().await)
+            .map_err(|e| ClusterError::Nats(format!("reading the leases bucket: {e}")))?
+            .max_age();
+        if !in_force.is_zero() && in_force != config.lease_ttl {
+            tracing::warn!(configured = ?config.lease_ttl, in_force = ?in_force, "cluster: the leases bucket was made with another lease_ttl_secs; using the bucket's (give every host the same)");
+            config.lease_ttl = in_force;
+        }
+        // Made (if missing) with the lease in force: entries lapse with the leases.
+        let hosts = bucket(
+            &js,
+            prefix,
+            "hosts",
+            "live hosts",
+            Some(config.lease_ttl),
+            64 << 10,
+        )
+        .await?;
         let token_bucket = bucket(
             &js,
             prefix,
@@ -425,15 +444,22 @@ impl Cluster {
             ])
             .await?,
         );
-        // The bucket's age limit is the lease in force: made by the first host, it
-        // holds for every host, whatever each one's own setting says.
-        let mut config = config;
-        let in_force = (lease_bucket.status().await)
-            .map_err(|e| ClusterError::Nats(format!("reading the leases bucket: {e}")))?
+        // Host entries are renewed with the leases and must lapse with them: sooner, a
+        // live host would seem dead between renewals (its removals taken over, its id
+        // free for a second process); later, a dead one would seem alive.
+        let entries_age = (hosts.status().await)
+            .map_err(|e| ClusterError::Nats(format!("reading the hosts bucket: {e}")))?
             .max_age();
-        if !in_force.is_zero() && in_force != config.lease_ttl {
-            tracing::warn!(configured = ?config.lease_ttl, in_force = ?in_force, "cluster: the leases bucket was made with another lease_ttl_secs; using the bucket's (give every host the same)");
-            config.lease_ttl = in_force;
+        if entries_age != config.lease_ttl {
+            return Err(ClusterError::Bucket {
+                reason: format!(
+                    "its age limit ({} s) is not the leases bucket's ({} s), so hosts would lapse apart from their leases; delete it (nats kv del {}) and start the hosts again: they make it with the leases' one",
+                    entries_age.as_secs_f64(),
+                    config.lease_ttl.as_secs_f64(),
+                    hosts.name
+                ),
+                bucket: hosts.name.clone(),
+            });
         }
         let closing = CancellationToken::new();
         let agreements = Arc::new(agreement::Agreements::new(
@@ -636,11 +662,21 @@ impl Cluster {
         if age < STALE_NAME {
             return Ok(false);
         }
-        let record = (self.inner.records)
-            .entry(records::key_of(&holder))
-            .await
-            .map_err(|e| nats(e.to_string()))?;
-        if record.is_some_and(|r| r.operation == kv::Operation::Put) {
+        // A holder that is no record id (written by hand) has no record to look up.
+        let record = match crate::names::validate("environment", &holder) {
+            Ok(()) => (self.inner.records)
+                .entry(records::key_of(&holder))
+                .await
+                .map_err(|e| nats(e.to_string()))?,
+            Err(_) => None,
+        };
+        // Its record still holds the name unless it was renamed since (by hand, in a
+        // file or in the bucket: the API renames nothing); one the bucket holds
+        // invalid is left holding it.
+        let holds = record
+            .filter(|r| r.operation == kv::Operation::Put)
+            .is_some_and(|r| records::parse(&r).ok().is_none_or(|r| r.name == name));
+        if holds {
             return Ok(false);
         }
         Ok(names
@@ -1017,8 +1053,8 @@ async fn bucket(
         storage: jetstream::stream::StorageType::File,
         ..Default::default()
     };
-    match js.create_key_value(config).await {
-        Ok(store) => Ok(store),
+    let store = match js.create_key_value(config).await {
+        Ok(store) => store,
         // Made by another host already, perhaps with other settings: use it as it is.
         Err(created) => js
             .get_key_value(&name)
@@ -1026,8 +1062,25 @@ async fn bucket(
             .map_err(|e| ClusterError::Bucket {
                 bucket: name.clone(),
                 reason: format!("{created}; {e}"),
-            }),
+            })?,
+    };
+    if max_age.is_some() {
+        // Made by hand without one, its keys would never lapse: a dead host's leases,
+        // its entry and the admission keys it held would stand for good.
+        let status = (store.status().await).map_err(|e| ClusterError::Bucket {
+            bucket: name.clone(),
+            reason: e.to_string(),
+        })?;
+        if status.max_age().is_zero() {
+            return Err(ClusterError::Bucket {
+                reason: format!(
+                    "it has no age limit (made by hand?), so what a dead host held there would never lapse; delete it (nats kv del {name}) and start the hosts again: they make it with one"
+                ),
+                bucket: name,
+            });
+        }
     }
+    Ok(store)
 }
 
 /// Runs `work` in the background, in span `name`, until `closing` fires.

@@ -836,7 +836,7 @@ fn parse_fields(fields: Map<String, Value>) -> Result<Record, String> {
 
 /// A record from the bucket, checked like a hand-edited one: another host, or
 /// anyone with access to the NATS account, wrote it.
-fn parse(entry: &kv::Entry) -> Result<Record, String> {
+pub(super) fn parse(entry: &kv::Entry) -> Result<Record, String> {
     if entry.value.len() > validate::MAX_RECORD_BYTES {
         return Err(format!("{} bytes is too large", entry.value.len()));
     }

@@ -160,6 +160,16 @@ async fn apply(tokens: &Tokens, entry: kv::Entry) {
         }
         Operation::Put => match parse(&entry) {
             Ok(record) => {
+                // Tokens are never changed in place; one changed in the bucket (by
+                // hand) is in force as the bucket has it on every host, not as each
+                // host first took it in: this host's goes, its connections closed.
+                if tokens.record(&record.id).is_some_and(|mine| mine != record) {
+                    tracing::warn!(token = %record.id, "cluster: a token was changed in the bucket; the bucket's is in force here from now on");
+                    if let Err(e) = tokens.forget(&record.id).await {
+                        tracing::error!(token = %record.id, error = %e, "cluster: a token changed in the bucket could not be changed here");
+                        return;
+                    }
+                }
                 if let Err(e) = tokens.adopt(record).await {
                     tracing::error!(token = %crate::untrusted::logged(&entry.key), error = %e, "cluster: a token from another host could not be taken in");
                 }

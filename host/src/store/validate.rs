@@ -52,6 +52,14 @@ pub(crate) fn check(record: &Record) -> Result<(), String> {
     names::validate("provider", &record.provider).map_err(|e| e.to_string())?;
     names::validate("user", &record.owner).map_err(|e| format!("owner: {e}"))?;
     check_config(&record.config)?;
+    // Kept as they came and written back inside the files that hold a record (a
+    // pending removal's journal wraps it three levels deeper than the records file):
+    // bounded as `config` is, so no file that holds the record is made unreadable.
+    if config_nesting(&record.extra) > MAX_CONFIG_DEPTH {
+        return Err(format!(
+            "unknown fields nest arrays and objects more than {MAX_CONFIG_DEPTH} levels deep (the record counts as one)"
+        ));
+    }
     check_idle_stop(record.idle_stop_secs)?;
     bounded(
         "resourceId",
@@ -299,6 +307,16 @@ mod tests {
                     r.config.insert("deep".into(), deep);
                 }),
                 "config nests",
+            ),
+            (
+                Box::new(|r| {
+                    let mut deep = Value::Null;
+                    for _ in 0..MAX_CONFIG_DEPTH {
+                        deep = Value::Array(vec![deep]);
+                    }
+                    r.extra.insert("deep".into(), deep);
+                }),
+                "unknown fields nest",
             ),
             (
                 Box::new(|r| r.runtime_token_sha256 = Some("zz".into())),

@@ -227,6 +227,14 @@ impl Tokens {
         Ok(true)
     }
 
+    /// Token `id`'s record, if this host has it (cluster mode: compared with the
+    /// bucket's).
+    pub(crate) fn record(&self, id: &str) -> Option<TokenRecord> {
+        let index = self.index.read_locked();
+        let hash = index.by_id.get(id)?;
+        index.by_hash.get(hash).map(|e| e.record.clone())
+    }
+
     /// Revokes token `id` because another host did (cluster mode): refused here from
     /// now on, and the connections it opened here are closed. `Ok(false)`: unknown.
     pub(crate) async fn forget(&self, id: &str) -> Result<bool, TenancyError> {

@@ -70,6 +70,8 @@ pub(super) struct Link {
     ack_sent: AtomicU64,
     /// The highest of this side's numbers the other side acknowledged.
     acked: AtomicU64,
+    /// The highest of this side's numbers sent: the other side can acknowledge no more.
+    sent: AtomicU64,
     /// Whether this side said it has no more to send.
     fin_sent: AtomicBool,
     /// When this side last published, in milliseconds since `born`.
@@ -142,6 +144,7 @@ impl Link {
             handed: AtomicU64::new(0),
             ack_sent: AtomicU64::new(0),
             acked: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
             fin_sent: AtomicBool::new(false),
             last_sent: AtomicU64::new(0),
             born: now,
@@ -159,6 +162,8 @@ impl Link {
         message.put_u64(seq);
         message.put_u64(ack);
         message.put_slice(data);
+        // Before it goes: its acknowledgement may come back at once.
+        self.sent.fetch_max(seq, Ordering::AcqRel);
         self.ack_sent.fetch_max(ack, Ordering::AcqRel);
         self.last_sent
             .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -224,6 +229,12 @@ impl Link {
                 u64::from_be_bytes(be)
             };
             let (kind, seq, ack) = (payload[0], number(1), number(9));
+            // Acknowledging more than was sent would open the writer's window past
+            // what the other side holds: not from the other host.
+            if ack > self.sent.load(Ordering::Acquire) {
+                self.broken("a tunnel message acknowledged what was never sent");
+                break;
+            }
             if self.acked.fetch_max(ack, Ordering::AcqRel) < ack {
                 acks = true;
             }
