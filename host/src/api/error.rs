@@ -169,7 +169,7 @@ impl ErrorCode {
                 "The body is larger than 2 MiB (64 MiB for `PUT /api/v1/providers/{name}`)."
             }
             ErrorCode::UnsupportedMediaType => {
-                "A JSON body was sent without `Content-Type: application/json`."
+                "A JSON body was sent without `Content-Type: application/json`, or a component without `application/wasm` (or `application/octet-stream`)."
             }
             ErrorCode::TooManyFailures => {
                 "This address failed to authenticate too often; `Retry-After` says when to try again."
