@@ -34,11 +34,17 @@ pub(crate) enum TokenError {
         source: std::io::Error,
     },
     /// The token is too short to be a secret.
-    #[error("API token must be at least 16 characters")]
-    TooShort,
+    #[error("{from}: an API token must be at least 16 characters{}", from.fix())]
+    TooShort {
+        /// Where it came from.
+        from: TokenOrigin,
+    },
     /// The token (or its file) is longer than any token: the file is not a token file.
-    #[error("API token must be at most {MAX_TOKEN_BYTES} bytes")]
-    TooLong,
+    #[error("{from}: an API token must be at most {MAX_TOKEN_BYTES} bytes{}", from.fix())]
+    TooLong {
+        /// Where it came from.
+        from: TokenOrigin,
+    },
     /// The token file is open to other users: they could read the operator's token,
     /// or write one of their own choosing.
     #[error(
@@ -51,6 +57,37 @@ pub(crate) enum TokenError {
         /// Its permission bits.
         mode: u32,
     },
+}
+
+/// Where a refused API token came from, so the operator knows what to fix.
+#[derive(Debug)]
+pub(crate) enum TokenOrigin {
+    /// `TETHER_API_TOKEN`.
+    Environment,
+    /// The token file.
+    File(std::path::PathBuf),
+}
+
+impl TokenOrigin {
+    /// What the operator can do about a refused token from here.
+    fn fix(&self) -> String {
+        match self {
+            Self::Environment => String::new(),
+            Self::File(path) => format!(
+                "; write a token of 16 to {MAX_TOKEN_BYTES} characters into it, or remove {} to have the host generate one",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for TokenOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Environment => f.write_str("TETHER_API_TOKEN"),
+            Self::File(path) => write!(f, "API token file {}", path.display()),
+        }
+    }
 }
 
 /// The longest API token taken, from `TETHER_API_TOKEN` or the token file (the
@@ -79,8 +116,10 @@ impl ApiToken {
             source,
         };
         if let Some(token) = from_env.filter(|t| !t.is_empty()) {
-            return Self::new(token).map(|t| (t, TokenSource::Environment));
+            return Self::new(token, TokenOrigin::Environment)
+                .map(|t| (t, TokenSource::Environment));
         }
+        let from_file = || TokenOrigin::File(file.to_owned());
         match std::fs::File::open(file) {
             Ok(f) => {
                 // The host writes it 0600; one made by hand under a usual umask is
@@ -95,10 +134,11 @@ impl ApiToken {
                 // The host writes no newline; an editor's one is allowed for.
                 let bytes = crate::untrusted::read_at_most(f, MAX_TOKEN_BYTES + 1)
                     .map_err(io)?
-                    .ok_or(TokenError::TooLong)?;
+                    .ok_or_else(|| TokenError::TooLong { from: from_file() })?;
                 let text = String::from_utf8(bytes)
                     .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-                return Self::new(text.trim().to_owned()).map(|t| (t, TokenSource::File));
+                return Self::new(text.trim().to_owned(), from_file())
+                    .map(|t| (t, TokenSource::File));
             }
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
             Err(_) => {}
@@ -118,12 +158,12 @@ impl ApiToken {
         Ok((Self(token), TokenSource::Generated))
     }
 
-    fn new(token: String) -> Result<Self, TokenError> {
+    fn new(token: String, from: TokenOrigin) -> Result<Self, TokenError> {
         if token.len() < 16 {
-            return Err(TokenError::TooShort);
+            return Err(TokenError::TooShort { from });
         }
         if token.len() as u64 > MAX_TOKEN_BYTES {
-            return Err(TokenError::TooLong);
+            return Err(TokenError::TooLong { from });
         }
         Ok(Self(token))
     }
@@ -247,9 +287,14 @@ mod tests {
         assert!(token.verify(&longest));
         write(&"x".repeat(1 << 20));
         let refused = ApiToken::load_or_create(None, &file).unwrap_err();
-        assert!(matches!(refused, TokenError::TooLong), "{refused}");
-        let from_env = ApiToken::load_or_create(Some(format!("{longest}x")), &file);
-        assert!(matches!(from_env, Err(TokenError::TooLong)));
+        assert!(matches!(refused, TokenError::TooLong { .. }), "{refused}");
+        assert!(refused.to_string().contains(&file.display().to_string()));
+        let from_env = ApiToken::load_or_create(Some(format!("{longest}x")), &file).unwrap_err();
+        assert!(matches!(from_env, TokenError::TooLong { .. }));
+        assert!(
+            from_env.to_string().starts_with("TETHER_API_TOKEN: "),
+            "{from_env}"
+        );
     }
 
     #[test]

@@ -206,3 +206,59 @@ async fn the_upload_endpoint_takes_only_a_loading_component_of_that_name_from_an
     assert!(providers.join("handoff.wasm").is_file());
     server.stop();
 }
+
+#[tokio::test]
+async fn an_upload_must_be_sent_as_a_component_and_its_refusal_shows_no_server_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let http = reqwest::Client::new();
+    let put = |content_type: Option<&str>, body: Vec<u8>| {
+        let mut request = http
+            .put(format!("{}/api/v1/providers/handoff", server.base))
+            .bearer_auth(TOKEN)
+            .body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.send()
+    };
+    let component = std::fs::read(crate::support::guests::HANDOFF).expect("handoff.wasm");
+
+    // The bytes of a component sent as a form, as text or as nothing: 415.
+    for content_type in [
+        Some("application/x-www-form-urlencoded"),
+        Some("text/plain"),
+        None,
+    ] {
+        let answer = put(content_type, component.clone()).await.expect("put");
+        assert_eq!(
+            answer.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{content_type:?}"
+        );
+        let body: serde_json::Value = answer.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "unsupported_media_type", "{body}");
+        assert!(
+            (body["error"]["message"].as_str()).is_some_and(|m| m.contains("application/wasm")),
+            "{body}"
+        );
+    }
+
+    // A refusal says why in words of the upload, never where the host keeps files.
+    let data_dir = dir.path().display().to_string();
+    for garbage in [b"garbage".to_vec(), Vec::new(), b"\0asm\x01\0\0\0".to_vec()] {
+        let answer = put(Some("application/wasm"), garbage).await.expect("put");
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+        let body = answer.text().await.expect("body");
+        assert!(body.contains("not a WebAssembly component"), "{body}");
+        assert!(!body.contains(&data_dir), "{body}");
+        assert!(!body.contains(".codebolt"), "{body}");
+    }
+
+    // `application/octet-stream` is taken as well.
+    let ok = put(Some("application/octet-stream"), component)
+        .await
+        .expect("put");
+    assert_eq!(ok.status(), StatusCode::CREATED);
+    server.stop();
+}

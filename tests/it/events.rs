@@ -4,11 +4,14 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::{Server, TOKEN, WAIT, Ws};
 
 /// Close code of a socket whose token was revoked or expired.
 const CLOSE_REVOKED: u16 = 4003;
+/// Close code of a socket silent past the idle timeout.
+const CLOSE_UNRESPONSIVE: u16 = 4011;
 
 async fn events(server: &Server, token: &str) -> Result<Ws, StatusCode> {
     Ws::connect(&server.ws_url("/ws/events"), Some(token)).await
@@ -283,6 +286,49 @@ async fn a_frame_the_stream_cannot_read_is_closed_with_its_code() {
         .await;
     let created = until(&mut ws, "the create", |f| f["type"] == "environmentCreated").await;
     assert_eq!(about(&created), &env["id"]);
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_answers_a_ping_is_closed_with_4011() {
+    // As app and runtime sockets: a peer gone without a FIN (a dead laptop, a cut
+    // network) must not hold its stream forever.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("tether.toml"),
+        "[relay]\nping_interval_secs = 1\nidle_timeout_secs = 2\n",
+    )
+    .expect("tether.toml");
+    let server = Server::start(dir.path());
+    let (pinged, code) = crate::support::silent_client_close(&server.base, "/ws/events").await;
+    assert!(pinged, "the host pinged before giving up");
+    assert_eq!(code, CLOSE_UNRESPONSIVE);
+
+    // One that answers its pings (as its client library does while it reads) stays
+    // past twice the idle timeout.
+    let mut ws = events(&server, TOKEN).await.expect("events socket");
+    snapshot(&mut ws).await;
+    let reading = async {
+        loop {
+            match ws.next_message().await {
+                Some(Message::Ping(_)) => {}
+                other => panic!("a quiet stream sent {other:?}"),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(4), reading).await;
+    let (status, _) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(json!({"name": "ev-alive", "provider": "local-process"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    until(&mut ws, "the creation", |f| {
+        f["type"] == "environmentCreated"
+    })
+    .await;
     server.stop();
 }
 

@@ -109,7 +109,12 @@ async fn a_hand_added_record_that_escapes_the_data_dir_is_held_back() {
     assert!(
         err["error"]["message"]
             .as_str()
-            .is_some_and(|m| m.contains("held back")),
+            .is_some_and(|m| m.contains("held back") && m.contains("environments.json")),
+        "{err}"
+    );
+    // The file by name, never where the host keeps it.
+    assert!(
+        !err.to_string().contains(&data.display().to_string()),
         "{err}"
     );
     // Host writes (the good record's start) kept the bad entry exactly as written.

@@ -328,58 +328,13 @@ async fn relay_auth_wrong_tokens_browser_subprotocol_and_foreign_runtime() {
 
 #[tokio::test]
 async fn relay_pings_and_closes_a_peer_that_never_answers() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let config = "[relay]\nping_interval_secs = 1\nidle_timeout_secs = 2\n";
     let server = Server::start_with_handoff(dir.path(), config);
     let (id, _, _) = server.handoff_env("silent").await;
     // A raw client: it completes the upgrade, then reads bytes and never answers a ping.
-    let addr = server.base.trim_start_matches("http://").to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let upgrade = format!(
-        "GET /ws/app/{id} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Authorization: Bearer {TOKEN}\r\n\r\n"
-    );
-    tcp.write_all(upgrade.as_bytes()).await.unwrap();
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 4096];
-    let mut pinged = false;
-    let close_code = 'read: loop {
-        let n = tokio::time::timeout(crate::support::WAIT, tcp.read(&mut buf))
-            .await
-            .expect("the host to act in time")
-            .unwrap();
-        assert!(n > 0, "connection ended without a close frame");
-        bytes.extend_from_slice(&buf[..n]);
-        // Skip the HTTP response, then walk the (unmasked, short) frames.
-        let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let mut at = head_end + 4;
-        while at + 4 <= bytes.len() {
-            let (opcode, short) = (bytes[at] & 0x0f, usize::from(bytes[at + 1] & 0x7f));
-            // Frames here are short: a 7-bit length, or 126 and a 16-bit one.
-            let (header, len) = match short {
-                126 => (
-                    4,
-                    usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])),
-                ),
-                127 => panic!("unexpectedly long frame"),
-                n => (2, n),
-            };
-            if at + header + len > bytes.len() {
-                break; // incomplete: read more
-            }
-            let payload = &bytes[at + header..at + header + len];
-            match opcode {
-                0x9 => pinged = true,
-                0x8 => break 'read u16::from_be_bytes([payload[0], payload[1]]),
-                _ => {}
-            }
-            at += header + len;
-        }
-    };
+    let (pinged, close_code) =
+        crate::support::silent_client_close(&server.base, &format!("/ws/app/{id}")).await;
     assert!(pinged, "the host pinged before giving up");
     assert_eq!(close_code, 4011);
     server.stop();

@@ -165,6 +165,9 @@ async fn a_full_disk_refuses_changes_keeps_what_is_stored_and_recovers_by_itself
                 assert_eq!(answer["error"]["code"], "storage_full", "{answer}");
                 let message = answer["error"]["message"].as_str().unwrap_or_default();
                 assert!(message.contains("full"), "{message}");
+                // The file by name, never where the host keeps it.
+                assert!(message.contains("environments.journal"), "{message}");
+                assert!(!message.contains(&data.display().to_string()), "{message}");
                 refused += 1;
                 if refused == 40 {
                     break;
@@ -197,6 +200,9 @@ async fn a_full_disk_refuses_changes_keeps_what_is_stored_and_recovers_by_itself
         .await;
     assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{answer}");
     assert_eq!(answer["error"]["code"], "storage_full", "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("tokens.json"), "{message}");
+    assert!(!message.contains(&data.display().to_string()), "{message}");
     // So is an app's connect that would start one (before the upgrade, as the spec says).
     let wake = server.ws_url(&format!("/ws/app/{}?thread=t&start=true", ids[1]));
     let refusal = crate::support::Ws::connect(&wake, Some(crate::support::TOKEN)).await;

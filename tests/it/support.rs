@@ -764,6 +764,67 @@ pub fn example_bin(name: &str) -> PathBuf {
     path
 }
 
+/// Upgrades `path` on the server at `base` (`http://host:port`) with the admin token
+/// as a raw client that reads bytes and never answers a ping (a peer gone silent);
+/// whether the host pinged, and the code of the close frame it then sent.
+pub async fn silent_client_close(base: &str, path: &str) -> (bool, u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://").to_owned();
+    let mut tcp = TcpStream::connect(&addr).await.expect("connect");
+    let upgrade = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    tcp.write_all(upgrade.as_bytes()).await.expect("upgrade");
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut pinged = false;
+    // Pings keep coming while the host waits: the bound is on the whole exchange.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let close_code = 'read: loop {
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no close within {WAIT:?} (pinged: {pinged})"))
+            .expect("read");
+        assert!(n > 0, "connection ended without a close frame");
+        bytes.extend_from_slice(&buf[..n]);
+        // Skip the HTTP response, then walk the (unmasked) frames from the start.
+        let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let mut at = head_end + 4;
+        while at + 2 <= bytes.len() {
+            let (opcode, short) = (bytes[at] & 0x0f, usize::from(bytes[at + 1] & 0x7f));
+            let (header, len) = match short {
+                126 if at + 4 <= bytes.len() => (
+                    4,
+                    usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])),
+                ),
+                126 => break, // incomplete: read more
+                127 if at + 10 <= bytes.len() => {
+                    let mut n = [0u8; 8];
+                    n.copy_from_slice(&bytes[at + 2..at + 10]);
+                    (10, usize::try_from(u64::from_be_bytes(n)).expect("length"))
+                }
+                127 => break, // incomplete: read more
+                n => (2, n),
+            };
+            if at + header + len > bytes.len() {
+                break; // incomplete: read more
+            }
+            let payload = &bytes[at + header..at + header + len];
+            match opcode {
+                0x9 => pinged = true,
+                0x8 => break 'read u16::from_be_bytes([payload[0], payload[1]]),
+                _ => {}
+            }
+            at += header + len;
+        }
+    };
+    (pinged, close_code)
+}
+
 /// A TCP relay in front of a server whose connections a test can cut, as a network
 /// would: every connection through it so far is dropped at once. It runs on a thread
 /// of its own, so a test blocked on a child process does not stall it.

@@ -892,6 +892,38 @@ async fn token_files_open_to_other_users_stop_the_start() {
     server.stop();
 }
 
+#[test]
+fn a_token_file_holding_no_token_is_named_in_the_refusal() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let codebolt = dir.path().join(".codebolt");
+    std::fs::create_dir_all(&codebolt).unwrap();
+    let admin_file = codebolt.join("api-token");
+    let write = |text: &str| {
+        std::fs::write(&admin_file, text).unwrap();
+        std::fs::set_permissions(&admin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    let named = admin_file.display().to_string();
+    // Too short to be a secret, empty, and longer than any token.
+    for (text, why) in [
+        ("short\n", "at least 16"),
+        ("", "at least 16"),
+        (&"x".repeat(8192), "at most 4096"),
+    ] {
+        write(text);
+        let err = refused_start(dir.path(), None);
+        assert!(err.contains(&named) && err.contains(why), "{err}");
+        assert!(err.contains("remove"), "the way out is said: {err}");
+    }
+    // A token given in the environment is named as such.
+    let err = refused_start(dir.path(), Some("short"));
+    assert!(
+        err.contains("TETHER_API_TOKEN") && err.contains("at least 16"),
+        "{err}"
+    );
+    assert!(!err.contains(&named), "{err}");
+}
+
 #[tokio::test]
 async fn the_bearer_scheme_is_matched_in_any_case() {
     let dir = tempfile::tempdir().expect("tempdir");

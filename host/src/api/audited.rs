@@ -83,7 +83,10 @@ pub(crate) async fn audited<T>(
         result?;
         return Err(ApiError::new(
             ErrorCode::AuditFailed,
-            format!("the change could not be recorded in the audit log: {e}"),
+            format!(
+                "the change could not be recorded in the audit log: {}",
+                super::client_text::audit(&e)
+            ),
         ));
     }
     result
@@ -157,7 +160,7 @@ pub(crate) async fn list(
         .map_err(|e| {
             ApiError::new(
                 ErrorCode::AuditFailed,
-                format!("reading the audit log: {e}"),
+                format!("reading the audit log: {}", super::client_text::audit(&e)),
             )
         })?;
     Ok(Json(entries))

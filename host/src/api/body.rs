@@ -118,12 +118,23 @@ impl<'de> Deserialize<'de> for UniqueFields {
 
 /// `application/json`, or any `+json` type, with or without parameters.
 fn is_json(value: Option<&axum::http::HeaderValue>) -> bool {
-    let Some(mime) = value.and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let essence = mime.split(';').next().unwrap_or("").trim();
+    let essence = essence(value);
     essence.eq_ignore_ascii_case("application/json")
         || (essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+/// Whether a `Content-Type` is one a component's bytes are sent as:
+/// `application/wasm`, or `application/octet-stream` (bytes of no stated kind).
+pub(crate) fn is_component(value: Option<&axum::http::HeaderValue>) -> bool {
+    let essence = essence(value);
+    essence.eq_ignore_ascii_case("application/wasm")
+        || essence.eq_ignore_ascii_case("application/octet-stream")
+}
+
+/// The media type without its parameters (`""` when there is none readable).
+fn essence(value: Option<&axum::http::HeaderValue>) -> &str {
+    let mime = value.and_then(|v| v.to_str().ok()).unwrap_or("");
+    mime.split(';').next().unwrap_or("").trim()
 }
 
 /// What kind of JSON value this is, in the contract's words.
@@ -285,6 +296,25 @@ mod tests {
             assert!(!is_json(Some(&HeaderValue::from_static(bad))), "{bad}");
         }
         assert!(!is_json(None));
+        for good in [
+            "application/wasm",
+            "Application/WASM; x=1",
+            "application/octet-stream",
+        ] {
+            assert!(
+                is_component(Some(&HeaderValue::from_static(good))),
+                "{good}"
+            );
+        }
+        for bad in [
+            "application/json",
+            "text/plain",
+            "application/wasm+json",
+            "",
+        ] {
+            assert!(!is_component(Some(&HeaderValue::from_static(bad))), "{bad}");
+        }
+        assert!(!is_component(None));
     }
 
     #[test]

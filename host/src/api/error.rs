@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::client_text;
 use crate::lifecycle::LifecycleError;
 use crate::store::{StorageProblem, StoreError};
 use crate::tenancy::{MissingScope, TenancyError};
@@ -169,7 +170,7 @@ impl ErrorCode {
                 "The body is larger than 2 MiB (64 MiB for `PUT /api/v1/providers/{name}`)."
             }
             ErrorCode::UnsupportedMediaType => {
-                "A JSON body was sent without `Content-Type: application/json`."
+                "A JSON body was sent without `Content-Type: application/json`, or a component without `application/wasm` (or `application/octet-stream`)."
             }
             ErrorCode::TooManyFailures => {
                 "This address failed to authenticate too often; `Retry-After` says when to try again."
@@ -362,7 +363,16 @@ impl IntoResponse for ApiError {
 
 impl From<LifecycleError> for ApiError {
     fn from(e: LifecycleError) -> Self {
-        let message = e.to_string();
+        let message = match &e {
+            // The records' files by name only: the client is not told where they are.
+            LifecycleError::Store(store) => {
+                format!(
+                    "persisting the change failed: {}",
+                    client_text::store(store)
+                )
+            }
+            _ => e.to_string(),
+        };
         match e {
             LifecycleError::NotFound(_)
             | LifecycleError::NoProvider(_)
@@ -403,7 +413,7 @@ impl From<MissingScope> for ApiError {
 
 impl From<TenancyError> for ApiError {
     fn from(e: TenancyError) -> Self {
-        let message = e.to_string();
+        let message = client_text::tenancy(&e);
         match e {
             TenancyError::Invalid(_) => Self::bad_request(message),
             TenancyError::NotFound(_) => Self::not_found(message),

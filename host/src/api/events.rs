@@ -9,7 +9,11 @@
 //! breaking the protocol is closed with 1009, 1007 or 1002, as on the relay's sockets.
 //! The socket is closed with 4003 when the token stops working, and with 1001 when the
 //! host shuts down; a client that does not take a frame within [`SEND_TIMEOUT`] is
-//! dropped.
+//! dropped. As on the relay's sockets, the host pings every `[relay]
+//! ping_interval_secs` and closes with 4011 a client it heard nothing from (not even
+//! a pong) for `idle_timeout_secs`: a peer gone without a FIN (a dead laptop, a cut
+//! network) would otherwise hold its socket and task for as long as the kernel keeps
+//! retrying.
 
 use std::time::Duration;
 
@@ -25,11 +29,9 @@ use super::error::ErrorBody;
 use super::ws::SUBPROTOCOL;
 use super::{ApiError, AppCaller, AppState, caller};
 use crate::lifecycle::EventStream;
-use crate::relay::{self, CLOSE_REVOKED, CloseReason};
+use crate::relay::{self, CLOSE_REVOKED, CLOSE_UNRESPONSIVE, CloseReason};
 use crate::tenancy::{Opening, Principal, Scope};
 
-/// How often the host pings the client, so proxies keep the quiet socket open.
-const PING_EVERY: Duration = Duration::from_secs(15);
 /// Longest a frame may wait for the client to take it before the socket is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest frame a client may send (it has nothing to say but a close).
@@ -70,12 +72,13 @@ pub(crate) async fn stream(
     };
     who.require(Scope::EnvsRead)?;
     let events = s.manager.watch_environments(&who);
+    let liveness = s.manager.liveness();
     let span = tracing::info_span!("events", user = %who.user(), token = %who.token_id());
     Ok(upgrade
         .protocols([SUBPROTOCOL])
         .max_message_size(MAX_INBOUND)
         .max_frame_size(MAX_INBOUND)
-        .on_upgrade(move |socket| serve(socket, who, events).instrument(span)))
+        .on_upgrade(move |socket| serve(socket, who, events, liveness).instrument(span)))
 }
 
 /// How the stream ended.
@@ -88,9 +91,17 @@ enum End {
     Gone,
 }
 
-async fn serve(mut socket: WebSocket, who: Principal, mut events: EventStream) {
-    let mut ping = tokio::time::interval(PING_EVERY);
+/// Streams `events` to the client, pinging it every `ping_every` and closing it with
+/// 4011 once nothing was heard from it for `idle_timeout`.
+async fn serve(
+    mut socket: WebSocket,
+    who: Principal,
+    mut events: EventStream,
+    (ping_every, idle_timeout): (Duration, Duration),
+) {
+    let mut ping = tokio::time::interval(ping_every);
     ping.reset();
+    let mut heard = tokio::time::Instant::now();
     let end = loop {
         let outgoing = tokio::select! {
             frame = events.next() => match frame {
@@ -98,12 +109,25 @@ async fn serve(mut socket: WebSocket, who: Principal, mut events: EventStream) {
                 None => break End::Close(CLOSE_GOING_AWAY, "host shutting down".to_owned()),
             },
             why = who.ended() => break End::Close(CLOSE_REVOKED, why.to_owned()),
-            _ = ping.tick() => Message::Ping(Default::default()),
+            _ = ping.tick() => {
+                if heard.elapsed() >= idle_timeout {
+                    tracing::info!("events client silent past the idle timeout: closing");
+                    break End::Close(
+                        CLOSE_UNRESPONSIVE,
+                        "nothing heard within the idle timeout".to_owned(),
+                    );
+                }
+                Message::Ping(Default::default())
+            }
             incoming = socket.recv() => match incoming {
-                // Pongs, and anything else the client says, are not for us.
                 Some(Ok(Message::Close(_))) => break End::ClosedByClient,
                 None => break End::Gone,
-                Some(Ok(_)) => continue,
+                // Pongs, and anything else the client says, are not for us, but they
+                // show it is there.
+                Some(Ok(_)) => {
+                    heard = tokio::time::Instant::now();
+                    continue;
+                }
                 // A frame over the limit, not UTF-8 or breaking the protocol is closed
                 // with its code, as on the relay's sockets; a broken connection is gone.
                 Some(Err(e)) => match unreadable(e) {

@@ -5,6 +5,7 @@
 mod audited;
 mod body;
 mod caller;
+mod client_text;
 mod cluster;
 mod config;
 mod dashboard;

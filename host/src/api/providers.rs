@@ -7,9 +7,11 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
 
 use super::audited::{Act, Remote, audited};
+use super::body::is_component;
 use super::error::{ErrorBody, ErrorCode};
 use super::{ApiError, AppState};
 use crate::audit::action;
@@ -82,8 +84,8 @@ pub(crate) async fn get(
     Ok(Json(s.manager.provider(&name)?))
 }
 
-/// `PUT /api/v1/providers/{name}`: the body (`application/wasm`, at most 64 MiB)
-/// becomes the drop-in `{name}.wasm` if it loads and calls itself `name`; 201 with
+/// `PUT /api/v1/providers/{name}`: the body (`application/wasm` or
+/// `application/octet-stream`, else 415, at most 64 MiB) becomes the drop-in `{name}.wasm` if it loads and calls itself `name`; 201 with
 /// the provider as loaded. Audited as `provider.install`.
 #[utoipa::path(
     put,
@@ -92,7 +94,7 @@ pub(crate) async fn get(
     params(
         ("name" = String, Path, description = "Provider name; the file becomes `{name}.wasm` in the providers directory."),
     ),
-    request_body(content = ComponentBytes, description = "A WebAssembly component (`wasm32-wasip2`) exporting the provider world, at most 64 MiB.", content_type = "application/wasm"),
+    request_body(content = ComponentBytes, description = "A WebAssembly component (`wasm32-wasip2`) exporting the provider world, at most 64 MiB, sent as `application/wasm` (or `application/octet-stream`).", content_type = "application/wasm"),
     responses(
         (status = 201, description = "Installed and loaded.", body = ProviderView),
         (status = 400, description = "The component does not load, or calls itself by another name (`invalid_request`).", body = ErrorBody),
@@ -100,6 +102,7 @@ pub(crate) async fn get(
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
         (status = 403, description = "The token lacks the `admin` scope (`missing_scope`).", body = ErrorBody),
         (status = 413, description = "The component is over 64 MiB (`body_too_large`).", body = ErrorBody),
+        (status = 415, description = "The body was not sent as `application/wasm` or `application/octet-stream` (`unsupported_media_type`).", body = ErrorBody),
         (status = 500, description = "The file or the audit log could not be written (`internal_error`, `audit_failed`).", body = ErrorBody),
     ),
     security(("bearer" = ["admin"])),
@@ -109,10 +112,17 @@ pub(crate) async fn install(
     remote: Remote,
     State(s): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<ProviderView>), ApiError> {
     let result = match (who.require(Scope::Admin), body) {
         (Err(e), _) => Err(e.into()),
+        // As JSON routes refuse a body not sent as JSON: a client that sends a
+        // component as something else (a form, text) has a bug worth hearing about.
+        (Ok(()), _) if !is_component(headers.get(CONTENT_TYPE)) => Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "send the component as `Content-Type: application/wasm` (or `application/octet-stream`)",
+        )),
         (Ok(()), Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             Err(ApiError::new(
                 ErrorCode::BodyTooLarge,

@@ -17,16 +17,92 @@ pub(super) const MAX_VALUE: usize = 32 << 10;
 pub(super) const MAX_VARS: usize = 64;
 
 /// Prefixes of variables that load code or configure a tool (the dynamic loader,
-/// interpreters, git, shells, TLS, ssh, curl, compilers, Kerberos, Docker). A
-/// `set_env` wildcard never admits them.
+/// interpreters, git, shells, TLS, ssh, curl, compilers, Kerberos, Docker, package
+/// managers). A `set_env` wildcard never admits them.
 const TOOL_PREFIXES: &[&str] = &[
-    "LD_", "DYLD_", "GIT_", "BASH_", "PYTHON", "PERL", "RUBY", "NODE_", "NPM_", "JAVA_", "_JAVA_",
-    "JDK_", "LUA_", "GCONV_", "GLIBC_", "MALLOC_", "OPENSSL_", "SSL", "SSH_", "XDG_", "LESS",
-    "GEM_", "BUNDLE_", "CARGO_", "RUSTC", "RUSTUP_", "GO", "CC", "CXX", "CFLAGS", "LDFLAGS",
-    "CURL_", "GCC_", "KRB5", "DOCKER_",
+    "LD_",
+    "DYLD_",
+    "GIT_",
+    "BASH_",
+    "PYTHON",
+    "PERL",
+    "RUBY",
+    "NODE_",
+    "NPM_",
+    "JAVA_",
+    "_JAVA_",
+    "JDK_",
+    "LUA_",
+    "GCONV_",
+    "GLIBC_",
+    "MALLOC_",
+    "OPENSSL_",
+    "SSL",
+    "SSH_",
+    "XDG_",
+    "LESS",
+    "GEM_",
+    "BUNDLE_",
+    "CARGO_",
+    "RUSTC",
+    "RUSTUP_",
+    "GO",
+    "CC",
+    "CXX",
+    "CFLAGS",
+    "LDFLAGS",
+    "CURL_",
+    "GCC_",
+    "KRB5",
+    "DOCKER_",
     // Runtimes that load a profiler, startup hook or agent named by a variable, and
     // Erlang's flags (`-eval`).
-    "CORECLR_", "DOTNET_", "COMPLUS_", "ERL_",
+    "CORECLR_",
+    "DOTNET_",
+    "COMPLUS_",
+    "ERL_",
+    // Package managers: an index, registry, config file or certificate of the
+    // provider's choosing installs (and runs) its code. `npm_config_*` is `NPM_`.
+    "PIP_",
+    "PIPX_",
+    "PIPENV_",
+    "UV_",
+    "POETRY_",
+    "PDM_",
+    "CONDA",
+    "YARN_",
+    "PNPM_",
+    "BUN_",
+    "DENO_",
+    "COREPACK_",
+    "COMPOSER",
+    // Build tools: flags, wrappers and search paths of compilers and linkers.
+    "CGO_",
+    "CPP",
+    "PKG_CONFIG",
+    "RUSTDOC",
+    // Programs other tools run: rsync's remote shell, Subversion's and CVS's ssh
+    // and editor, systemd's pager and editor, Terraform's CLI config and arguments.
+    "RSYNC_",
+    "SVN_",
+    "CVS",
+    "SYSTEMD_",
+    "TF_CLI_",
+    // Tools' plugin and module directories, config files and load paths.
+    "HELM_",
+    "ANSIBLE_",
+    "NIX_",
+    "JULIA_",
+    "GUILE_",
+    "TCL",
+    "R_LIBS",
+    "GTK_",
+    "GIO_",
+    "GST_PLUGIN",
+    "QT_PLUGIN",
+    "GNUPG",
+    // Proxies by another name.
+    "SOCKS",
 ];
 
 /// Whole names of such variables.
@@ -86,6 +162,30 @@ const TOOL_NAMES: &[&str] = &[
     "MANPAGER",
     "TERMINFO_DIRS",
     "HISTFILE",
+    // More programs tools run (tar's `--to-command`, zip's `-TT`, editors, gh's
+    // pager and browser), compilers' programs and search paths, and TLS roots.
+    "TAR_OPTIONS",
+    "ZIPOPT",
+    "SUDO_EDITOR",
+    "FCEDIT",
+    "HGEDITOR",
+    "GH_PAGER",
+    "GH_EDITOR",
+    "GH_BROWSER",
+    "LD",
+    "AR",
+    "AS",
+    "NM",
+    "RANLIB",
+    "LIBS",
+    "LDLIBS",
+    "CPATH",
+    "C_INCLUDE_PATH",
+    "CPLUS_INCLUDE_PATH",
+    "OBJC_INCLUDE_PATH",
+    "LIBRARY_PATH",
+    "AWS_CA_BUNDLE",
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
     // Where tools send their traffic: through whoever the provider names.
     "HTTP_PROXY",
     "HTTPS_PROXY",
@@ -258,10 +358,59 @@ mod tests {
                 "{name}"
             );
         }
+        // Package managers' indexes and config files, other programs tools run, build
+        // flags, TLS roots and proxies, under wildcards of their own.
+        let wild = grant(
+            &[],
+            &[
+                "PIP_*",
+                "YARN_*",
+                "npm_config_*",
+                "UV_*",
+                "RSYNC_*",
+                "TAR_*",
+                "CGO_*",
+                "SOCKS*",
+                "AWS_*",
+                "GH_*",
+                "RUSTDOC*",
+                "CPP*",
+                "L*",
+                "Z*",
+                "T*",
+            ],
+        );
+        for name in [
+            "PIP_INDEX_URL",
+            "PIP_CONFIG_FILE",
+            "YARN_RC_FILENAME",
+            "npm_config_registry",
+            "UV_INDEX_URL",
+            "RSYNC_RSH",
+            "TAR_OPTIONS",
+            "CGO_LDFLAGS",
+            "SOCKS_PROXY",
+            "AWS_CA_BUNDLE",
+            "GH_PAGER",
+            "RUSTDOCFLAGS",
+            "CPPFLAGS",
+            "LIBRARY_PATH",
+            "ZIPOPT",
+            "TCLLIBPATH",
+        ] {
+            assert_eq!(
+                child_env(&wild, &vars(&[(name, "x")])),
+                Err(Denied::EnvToolVariable(name.into())),
+                "{name}"
+            );
+        }
         assert!(child_env(&g, &vars(&[("NODE_OPTIONS", "x")])).is_ok());
         assert!(child_env(&g, &vars(&[("PLAIN", "x")])).is_ok());
         // A wildcard still admits the ordinary variables next to them.
         assert!(child_env(&g, &vars(&[("AWS_REGION", "eu-west-1")])).is_ok());
+        for plain in ["TARGET", "LANG", "ZONE", "AWS_REGION", "GH_REPO"] {
+            assert!(child_env(&wild, &vars(&[(plain, "x")])).is_ok(), "{plain}");
+        }
         assert!(is_tool_variable("ld_preload"));
         assert!(!is_tool_variable("TETHER_RUNTIME_TOKEN"));
     }

@@ -11,9 +11,10 @@ const COMPONENT: &[u8; 4] = &[0x0d, 0x00, 0x01, 0x00];
 /// The version and layer of a core module.
 const CORE_MODULE: &[u8; 4] = &[0x01, 0x00, 0x00, 0x00];
 
-/// Why `bytes` (read from `path`, if it came from a file) cannot be a component.
+/// Why `bytes` (read from `path`, if it came from a file; "the component" otherwise)
+/// cannot be a component.
 pub(crate) fn check(bytes: &[u8], path: Option<&Path>) -> Result<(), String> {
-    let what = path.map_or_else(|| "the provider".to_owned(), |p| p.display().to_string());
+    let what = path.map_or_else(|| "the component".to_owned(), |p| p.display().to_string());
     if bytes.is_empty() {
         return Err(format!("not a WebAssembly component: {what} is empty"));
     }

@@ -211,6 +211,14 @@ impl Manager {
             })
     }
 
+    /// How often a quiet socket is pinged, and how long a peer may be silent before
+    /// it counts as gone (`[relay] ping_interval_secs`, `idle_timeout_secs`): the
+    /// events stream keeps the relay's liveness.
+    pub(crate) fn liveness(&self) -> (std::time::Duration, std::time::Duration) {
+        let relay = self.shared.envs.relay_config();
+        (relay.ping_interval, relay.idle_timeout)
+    }
+
     pub(super) fn events(&self) -> &Events {
         &self.shared.driver.shared.events
     }

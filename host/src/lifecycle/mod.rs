@@ -370,12 +370,17 @@ impl Manager {
     /// `Conflict` for a record held back as invalid: the API never acts on one (its
     /// text stays as written until someone fixes or removes it in the file).
     fn refuse_held(&self, id: &str) -> Result<(), LifecycleError> {
+        // The file by name: the caller is told which file, not where the host keeps it.
+        let path = self.shared.store.path();
+        let file = path
+            .file_name()
+            .unwrap_or(path.as_os_str())
+            .to_string_lossy();
         match self.shared.store.held_reason(id) {
             None => Ok(()),
             Some(reason) => Err(LifecycleError::Conflict(format!(
-                "the record with id {} in {} is invalid and held back ({reason}); the host does not change it: fix or remove it in the file",
+                "the record with id {} in {file} is invalid and held back ({reason}); the host does not change it: fix or remove it in the file",
                 untrusted::named(id),
-                self.shared.store.path().display()
             ))),
         }
     }

@@ -20,8 +20,12 @@ impl Manager {
             .map_err(|e| LifecycleError::Invalid(e.to_string()))?;
         let providers = &self.shared.providers;
         let path = providers.dir().join(format!("{name}.wasm"));
-        let source = ProviderSource::DropIn { path: path.clone() };
-        let loaded = (providers.engine().load(bytes.clone(), source).await)
+        // Checked as bytes, not as the file they will become: the refusal goes to the
+        // client, who must not learn where the host keeps its files.
+        let loaded = (providers
+            .engine()
+            .load(bytes.clone(), ProviderSource::BuiltIn)
+            .await)
             .map_err(|e| LifecycleError::Invalid(format!("the component does not load: {e}")))?;
         if loaded.description.name != name {
             return Err(LifecycleError::Invalid(format!(
@@ -30,9 +34,15 @@ impl Manager {
             )));
         }
         let write = move || crate::atomic::replace_file(&path, &bytes);
+        // The operator reads the whole error (with the path) in the log; the client
+        // only what kind of failure it was.
+        let failed = |e: &dyn std::fmt::Display, kind: String| {
+            tracing::error!(provider = %name, error = %e, "installing a provider through the API failed");
+            LifecycleError::Internal(format!("installing the component failed: {kind}"))
+        };
         (tokio::task::spawn_blocking(write).await)
-            .map_err(|e| LifecycleError::Internal(format!("installing the component: {e}")))?
-            .map_err(|e| LifecycleError::Internal(format!("installing the component: {e}")))?;
+            .map_err(|e| failed(&e, "the write did not finish".into()))?
+            .map_err(|e| failed(&e, e.kind().to_string()))?;
         tracing::info!(provider = %name, version = %loaded.description.version, sha256 = %loaded.sha256, "provider installed through the API");
         providers.rescan().await;
         let view = providers.one(name)?;

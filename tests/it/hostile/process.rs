@@ -112,6 +112,39 @@ async fn hostile_ld_preload_and_ungranted_variables_never_reach_the_child() {
 }
 
 #[tokio::test]
+async fn hostile_package_manager_and_tool_program_variables_never_pass_a_wildcard() {
+    // Wildcards an operator might write for a tool's ordinary settings; each would
+    // otherwise let the provider name the index pip installs from, npm's or yarn's
+    // registry, the remote shell rsync runs or the command tar pipes files to.
+    let mut rig = Rig::start(granting(
+        "  { program = \"/usr/bin/env\", args = [] },",
+        "set_env = [\"PIP_*\", \"npm_config_*\", \"YARN_*\", \"RSYNC_*\", \"TAR_*\"]",
+    ))
+    .await;
+    for (name, var, value) in [
+        ("pip-index", "PIP_INDEX_URL", "http://127.0.0.1:9/simple"),
+        ("pip-config", "PIP_CONFIG_FILE", "/workspace/pip.conf"),
+        ("npm", "npm_config_registry", "http://127.0.0.1:9/"),
+        ("yarn", "YARN_NPM_REGISTRY_SERVER", "http://127.0.0.1:9/"),
+        ("rsync", "RSYNC_RSH", "/workspace/evil"),
+        ("tar", "TAR_OPTIONS", "--to-command=/workspace/evil"),
+    ] {
+        let (_, error) = rig
+            .refused(
+                name,
+                json!({"attack": "spawn-env", "program": "/usr/bin/env", "env": {var: value}}),
+            )
+            .await;
+        assert!(error.contains(var), "{error}");
+        assert!(
+            error.contains("only a `set_env` entry naming it exactly admits it"),
+            "{error}"
+        );
+    }
+    rig.finish().await;
+}
+
+#[tokio::test]
 async fn hostile_path_set_by_a_provider_never_chooses_the_program() {
     // The operator grants PATH by name, so the child gets it; the program is still
     // the host's `env`, not the one first on the provider's PATH.

@@ -61,4 +61,28 @@ mod tests {
         ));
         assert!(!allowed(&policy, any, SocketAddrUse::TcpListen));
     }
+
+    #[test]
+    fn a_wildcard_udp_grant_neither_sends_to_nor_hears_from_sensitive_peers() {
+        // wasmtime-wasi checks every received datagram's source as `UdpReceive` and
+        // drops the refused ones: a wildcard grant does not let loopback or the
+        // metadata service talk to the guest, and no bind but the implicit one passes.
+        let grant = vec![UrlPattern::parse("udp://*:*").unwrap()];
+        let policy = NetPolicy::new("env".into(), grant.clone(), grant, NetConfig::default());
+        for sensitive in [
+            "127.0.0.1:53",
+            "169.254.169.254:53",
+            "[::1]:53",
+            "0.0.0.0:53",
+        ] {
+            let addr: SocketAddr = sensitive.parse().unwrap();
+            assert!(!allowed(&policy, addr, SocketAddrUse::UdpReceive), "{addr}");
+            assert!(!allowed(&policy, addr, SocketAddrUse::UdpSend), "{addr}");
+        }
+        let public: SocketAddr = "192.0.2.7:53".parse().unwrap();
+        assert!(allowed(&policy, public, SocketAddrUse::UdpReceive));
+        assert!(allowed(&policy, public, SocketAddrUse::UdpSend));
+        let wildcard_port: SocketAddr = "0.0.0.0:5353".parse().unwrap();
+        assert!(!allowed(&policy, wildcard_port, SocketAddrUse::UdpBind));
+    }
 }
