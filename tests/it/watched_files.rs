@@ -1,0 +1,91 @@
+//! Files a running host watches, touched by other processes: `tether.toml` and the
+//! records file read by a backup or an operator's `cat` (no reload follows).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use notify::Watcher;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::{Server, WAIT, write_config};
+
+/// Counts the opens of `file` by anyone (the host included) while it lives.
+struct Opens {
+    count: Arc<AtomicUsize>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl Opens {
+    fn of(file: &Path) -> Opens {
+        let count = Arc::new(AtomicUsize::new(0));
+        let counted = count.clone();
+        let name = file.file_name().expect("a file name").to_owned();
+        let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+            let Ok(e) = e else { return };
+            let open = matches!(
+                e.kind,
+                notify::EventKind::Access(notify::event::AccessKind::Open(_))
+            );
+            if open && e.paths.iter().any(|p| p.file_name() == Some(&name)) {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .expect("a watcher");
+        let dir = file.parent().expect("a directory");
+        (watcher.watch(dir, notify::RecursiveMode::NonRecursive)).expect("watching");
+        Opens {
+            count,
+            _watcher: watcher,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+/// Reading `tether.toml` or the records file is no change: the host's own read of
+/// either used to count as one, so a single `cat` set off a reload every 300 ms (and
+/// a re-read of the records file every 200 ms) for as long as the host ran.
+#[tokio::test]
+async fn reading_a_watched_file_reloads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "[limits]\nmemory_mib = 128\n");
+    let server = Server::start(dir.path());
+    let body = json!({"name": "read", "provider": "local-process"});
+    let (status, env) = server
+        .call("POST", "/api/v1/environments", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let records = dir.path().join(".codebolt/environments.json");
+    // Written (compacted from the journal) a little after the create.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !records.is_file() {
+        assert!(std::time::Instant::now() < deadline, "no records file");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The host re-reads the records file after its own write: let that pass.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let config_opens = Opens::of(&dir.path().join("tether.toml"));
+    let record_opens = Opens::of(&records);
+    std::fs::read(dir.path().join("tether.toml")).expect("reading tether.toml");
+    std::fs::read(&records).expect("reading the records file");
+    // Several debounce times of either watcher.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let (status, body) = server.call("GET", "/api/v1/config/status", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["lastReload"].is_null(), "a read reloaded: {body}");
+    // Ours, and at most one late read of the host's own write.
+    assert_eq!(config_opens.count(), 1, "tether.toml was read again");
+    assert!(
+        record_opens.count() <= 2,
+        "the records file was read {} times",
+        record_opens.count()
+    );
+    server.stop();
+}
