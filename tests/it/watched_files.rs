@@ -89,3 +89,54 @@ async fn reading_a_watched_file_reloads_nothing() {
     );
     server.stop();
 }
+
+/// `tether.toml` rewritten in place by a slow writer (`generate > tether.toml`: the
+/// shell truncates it, the generator writes later) is read once the writer closes
+/// it: the empty or half-written file in between used to be put in force after
+/// 300 ms of quiet, dropping every grant and template until the rest arrived.
+#[tokio::test]
+async fn a_file_still_being_written_is_not_put_in_force() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let template = "[templates.t]\nprovider = \"local-process\"\nscope = \"user\"\n";
+    write_config(
+        dir.path(),
+        &format!("[limits]\nmemory_mib = 128\n{template}"),
+    );
+    let server = Server::start(dir.path());
+    let mut file = std::fs::File::create(dir.path().join("tether.toml")).expect("truncating");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    file.write_all(b"[limits]\nmemory_mib = 256\n")
+        .expect("writing half");
+    file.flush().expect("flush");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body) = server.call("GET", "/api/v1/config/status", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["lastReload"].is_null(),
+        "a file still being written was read: {body}"
+    );
+    let (status, templates) = server.call("GET", "/api/v1/templates", None).await;
+    assert_eq!(status, StatusCode::OK, "{templates}");
+    assert!(templates.to_string().contains("\"t\""), "{templates}");
+
+    file.write_all(template.as_bytes())
+        .expect("writing the rest");
+    drop(file);
+    let deadline = std::time::Instant::now() + WAIT;
+    let body = loop {
+        let (_, body) = server.call("GET", "/api/v1/config/status", None).await;
+        if !body["lastReload"].is_null() {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "never reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(body["lastReload"]["outcome"], "applied", "{body}");
+    assert_eq!(
+        body["lastReload"]["changed"],
+        json!(["limits.memory_mib"]),
+        "{body}"
+    );
+    server.stop();
+}

@@ -1,8 +1,10 @@
 //! Watching the records file for outside edits.
 //!
 //! The directory is watched, not the file: atomic writers (this host included)
-//! replace the file by renaming, which a watch on the old inode would miss. Bursts of
-//! events are debounced into one signal; what changed is [`super::Store::reload`]'s job.
+//! replace the file by renaming, which a watch on the old inode would miss. A file
+//! written in place is read once its writer closes it, never while it is being
+//! written. Bursts of events are debounced into one signal; what changed is the
+//! caller's job ([`super::Store::reload`], the reload of `tether.toml`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,13 +32,26 @@ pub(crate) fn watch(
     let name = file.file_name().map(|n| n.to_owned());
     let relevant = move |event: &notify::Result<notify::Event>| {
         event.as_ref().is_ok_and(|event| {
-            (event.paths.iter()).any(|p| p.file_name().map(|n| n.to_owned()) == name)
+            !still_writing(event)
+                && (event.paths.iter()).any(|p| p.file_name().map(|n| n.to_owned()) == name)
         })
     };
     crate::watch::debounced(&dir, relevant, debounce).map_err(|source| WatchError {
         path: dir.clone(),
         source,
     })
+}
+
+/// Whether `event` is a write under way (a truncation or a write into the file): what
+/// the file holds then may be half of what its writer means, and the writer's close,
+/// a rename or a removal follows it. Waiting for that, rather than for a quiet spell,
+/// keeps a slow writer's empty or half-written file (`generate > tether.toml`) from
+/// being put in force.
+fn still_writing(event: &notify::Event) -> bool {
+    matches!(
+        event.kind,
+        notify::EventKind::Modify(notify::event::ModifyKind::Data(_))
+    )
 }
 
 #[cfg(test)]
