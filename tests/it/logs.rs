@@ -184,3 +184,30 @@ async fn a_followed_log_does_not_hold_the_host_s_shutdown() {
     assert!(seen.contains("the host is shutting down"), "{seen}");
     stopping.join().expect("the host stopped");
 }
+
+/// An environment's log holds what its runtime prints and its provider logs (secrets
+/// among them, at times), and the API shows it to its owner only: the file is its
+/// owner's only too, like the records and the audit log (it used to be 0644).
+#[tokio::test]
+async fn an_environment_s_log_file_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let body = json!({"name": "private", "provider": "local-process"});
+    let (status, env) = server
+        .call("POST", "/api/v1/environments", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = env["id"].as_str().expect("id");
+    wait_line(&server, id, "the creation", |l| {
+        l["message"] == "environment created"
+    })
+    .await;
+    let path = dir.path().join(format!(".codebolt/logs/{id}.log"));
+    let mode = std::fs::metadata(&path)
+        .expect("the log file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{}: {mode:o}", path.display());
+    server.stop();
+}

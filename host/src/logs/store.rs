@@ -210,12 +210,15 @@ fn rotated(current: &Path) -> PathBuf {
 }
 
 /// Appends `lines` to `path`, moving it to `.1` whenever the next line would take it
-/// past the bound.
+/// past the bound. A new file is its owner's only: it holds what runtimes print and
+/// providers log, which the API shows only to the environment's owner.
 fn append(path: &Path, lines: &[String]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let open = || {
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)
     };
     let mut file = open()?;
