@@ -140,3 +140,52 @@ async fn a_file_still_being_written_is_not_put_in_force() {
     );
     server.stop();
 }
+
+/// A `tether.toml` edited into a syntax or type error never has its values quoted:
+/// the TOML crate's message showed the offending line (an `apiKey` in it) in the log,
+/// `GET /api/v1/config/status` and the unauthenticated `/healthz`. The error keeps
+/// the line and column.
+#[tokio::test]
+async fn a_broken_tether_toml_is_reported_without_its_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = "[providers.http-sandbox]\nconfig = { apiKey = \"sk-GOOD\" }\n";
+    write_config(dir.path(), good);
+    let server = Server::start(dir.path());
+    let broken = [
+        "[providers.http-sandbox]\nconfig = { apiKey = \"sk-SECRET-1\", model = m1 }\n",
+        "[providers.http-sandbox]\nconfig = \"sk-SECRET-2\"\n",
+        "[templates.t]\nprovider = \"local-process\"\nscope = \"sk-SECRET-3\"\n",
+    ];
+    let mut last = json!(null);
+    for (i, text) in broken.iter().enumerate() {
+        let tmp = dir.path().join("tether.toml.new");
+        std::fs::write(&tmp, text).expect("writing");
+        std::fs::rename(&tmp, dir.path().join("tether.toml")).expect("renaming");
+        let secret = format!("SECRET-{}", i + 1);
+        let deadline = std::time::Instant::now() + WAIT;
+        let status = loop {
+            let (_, body) = server.call("GET", "/api/v1/config/status", None).await;
+            if body["lastReload"]["at"] != last {
+                break body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never reloaded: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        last = status["lastReload"]["at"].clone();
+        assert_eq!(status["lastReload"]["outcome"], "failed", "{status}");
+        let (_, health) = server.call_with("GET", "/healthz", None, None).await;
+        assert_eq!(health["status"], "degraded", "{health}");
+        for shown in [status.to_string(), health.to_string(), server.log()] {
+            assert!(!shown.contains(&secret), "{secret} shown: {shown}");
+            assert!(!shown.contains("sk-GOOD"), "a value shown: {shown}");
+        }
+        assert!(
+            health.to_string().contains("line 2") || health.to_string().contains("line 3"),
+            "{health}"
+        );
+    }
+    server.stop();
+}
