@@ -189,3 +189,76 @@ async fn a_broken_tether_toml_is_reported_without_its_values() {
     }
     server.stop();
 }
+
+/// `tether.toml` replaced by a named pipe (some secret tools serve files as pipes):
+/// the reload's open waited for a writer on one of the runtime's threads, and the
+/// whole host stopped answering, `/healthz` included. It is refused now, like any
+/// other invalid edit.
+#[tokio::test]
+async fn a_named_pipe_in_place_of_tether_toml_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "[limits]\nmemory_mib = 128\n");
+    let server = Server::start(dir.path());
+    let pipe = dir.path().join("pipe");
+    nix::unistd::mkfifo(&pipe, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    std::fs::rename(&pipe, dir.path().join("tether.toml")).expect("renaming");
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        let call = server.call("GET", "/api/v1/config/status", None);
+        let (_, body) = tokio::time::timeout(WAIT, call)
+            .await
+            .expect("the host stopped answering");
+        if !body["lastReload"].is_null() {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "never reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["lastReload"]["outcome"], "failed", "{status}");
+    let error = status["lastReload"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("it is a named pipe, not a regular file"),
+        "{status}"
+    );
+    let health = tokio::time::timeout(WAIT, server.call_with("GET", "/healthz", None, None));
+    let (_, health) = health.await.expect("the host stopped answering");
+    assert_eq!(health["status"], "degraded", "{health}");
+    server.stop();
+}
+
+/// The records file replaced by a named pipe: its reload (and every compaction after
+/// it) waited for a writer forever, holding a thread, saying nothing. Now the read
+/// fails at once, saying what the file is, and the host goes on.
+#[tokio::test]
+async fn a_named_pipe_in_place_of_the_records_file_holds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let records = dir.path().join(".codebolt/environments.json");
+    let body = json!({"name": "first", "provider": "local-process"});
+    let (status, env) = server
+        .call("POST", "/api/v1/environments", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let pipe = dir.path().join("pipe");
+    nix::unistd::mkfifo(&pipe, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    std::fs::rename(&pipe, &records).expect("renaming");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !server
+        .log()
+        .contains("it is a named pipe, not a regular file")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pipe was never refused:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = json!({"name": "second", "provider": "local-process"});
+    let call = server.call("POST", "/api/v1/environments", Some(body));
+    let (status, env) = tokio::time::timeout(WAIT, call)
+        .await
+        .expect("the host stopped answering");
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    server.stop();
+}

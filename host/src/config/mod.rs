@@ -753,7 +753,8 @@ fn read_file(source: &ConfigSource) -> Result<(FileConfig, toml::Table), ConfigE
 /// The text of `path`, or `None` when it holds more than [`MAX_CONFIG_BYTES`]; never
 /// reads more than one byte past the limit.
 fn read_bounded(path: &Path) -> std::io::Result<Option<String>> {
-    let Some(bytes) = crate::untrusted::read_at_most(std::fs::File::open(path)?, MAX_CONFIG_BYTES)?
+    let Some(bytes) =
+        crate::untrusted::read_at_most(crate::untrusted::open_regular(path)?, MAX_CONFIG_BYTES)?
     else {
         return Ok(None);
     };
