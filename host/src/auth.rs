@@ -81,7 +81,7 @@ impl ApiToken {
         if let Some(token) = from_env.filter(|t| !t.is_empty()) {
             return Self::new(token).map(|t| (t, TokenSource::Environment));
         }
-        match std::fs::File::open(file) {
+        match crate::untrusted::open_regular(file) {
             Ok(f) => {
                 // The host writes it 0600; one made by hand under a usual umask is
                 // readable by every local user, who would then be the admin.

@@ -34,7 +34,7 @@ pub(super) fn read(path: &Path) -> Result<Vec<TokenRecord>, TenancyError> {
         path: path.to_owned(),
         source,
     };
-    let file = match std::fs::File::open(path) {
+    let file = match crate::untrusted::open_regular(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => return Err(io(source)),
