@@ -262,3 +262,25 @@ async fn a_named_pipe_in_place_of_the_records_file_holds_nothing() {
     assert_eq!(status, StatusCode::CREATED, "{env}");
     server.stop();
 }
+
+/// A provider's state directory (`/state`) is its own: it used to be made with the
+/// umask's mode (0755), so any local user could list and read what a provider kept
+/// there. Both `.codebolt/provider-state` and the provider's directory are 0700.
+#[tokio::test]
+async fn a_provider_s_state_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server
+        .running_env("stateful", "local-process", json!({}))
+        .await;
+    let root = dir.path().join(".codebolt/provider-state");
+    for path in [root.clone(), root.join("local-process")] {
+        let mode = std::fs::metadata(&path)
+            .expect("the state directory")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{}: {mode:o}", path.display());
+    }
+    server.stop();
+}
