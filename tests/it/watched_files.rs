@@ -284,3 +284,46 @@ async fn a_provider_s_state_directory_is_private() {
     }
     server.stop();
 }
+
+/// `tether.toml` from a Kubernetes ConfigMap: the file is a symlink through `..data`,
+/// and an update swaps `..data` to a new directory, leaving `tether.toml` itself
+/// untouched. The host used to see no change (only `SIGHUP` reloaded it).
+#[tokio::test]
+async fn a_config_map_update_is_reloaded() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("..2026_01_01_v1");
+    std::fs::create_dir(&first).expect("mkdir");
+    std::fs::write(first.join("tether.toml"), "[limits]\nmemory_mib = 128\n").expect("write");
+    symlink("..2026_01_01_v1", dir.path().join("..data")).expect("..data");
+    symlink("..data/tether.toml", dir.path().join("tether.toml")).expect("tether.toml");
+    let server = Server::start(dir.path());
+    // The watch may start just after the host listens.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let second = dir.path().join("..2026_01_01_v2");
+    std::fs::create_dir(&second).expect("mkdir");
+    std::fs::write(second.join("tether.toml"), "[limits]\nmemory_mib = 256\n").expect("write");
+    symlink("..2026_01_01_v2", dir.path().join("..data_tmp")).expect("..data_tmp");
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).expect("swap");
+
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        let (_, body) = server.call("GET", "/api/v1/config/status", None).await;
+        if !body["lastReload"].is_null() {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reloaded: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["lastReload"]["outcome"], "applied", "{status}");
+    assert_eq!(
+        status["lastReload"]["changed"],
+        json!(["limits.memory_mib"]),
+        "{status}"
+    );
+    server.stop();
+}

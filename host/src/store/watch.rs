@@ -23,18 +23,23 @@ pub(crate) struct WatchError {
 }
 
 /// Watches `file` and sends `()` on the returned channel once per burst of changes,
-/// `debounce` after the burst's last event.
+/// `debounce` after the burst's last event. A change to a `..name` entry beside it
+/// counts too: Kubernetes updates a mounted ConfigMap or Secret by swapping a `..data`
+/// symlink that `file` (a symlink itself) leads through, and `file` sees no event.
 pub(crate) fn watch(
     file: &Path,
     debounce: Duration,
 ) -> Result<(FileWatch, mpsc::Receiver<()>), WatchError> {
     let dir = file.parent().unwrap_or(Path::new(".")).to_owned();
     let name = file.file_name().map(|n| n.to_owned());
+    let ours = move |p: &Path| {
+        p.file_name()
+            .is_some_and(|n| Some(n) == name.as_deref() || n.as_encoded_bytes().starts_with(b".."))
+    };
     let relevant = move |event: &notify::Result<notify::Event>| {
-        event.as_ref().is_ok_and(|event| {
-            !still_writing(event)
-                && (event.paths.iter()).any(|p| p.file_name().map(|n| n.to_owned()) == name)
-        })
+        event
+            .as_ref()
+            .is_ok_and(|event| !still_writing(event) && event.paths.iter().any(|p| ours(p)))
     };
     crate::watch::debounced(&dir, relevant, debounce).map_err(|source| WatchError {
         path: dir.clone(),
