@@ -45,6 +45,16 @@ pub(crate) fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::F
     ))
 }
 
+/// The owner of a file described by `meta` when it is another user (neither this
+/// process's user nor root): whatever its mode says, its owner may change the mode
+/// and then read or rewrite it, so a file of secrets or of credentials the host
+/// trusts must not be theirs.
+pub(crate) fn foreign_owner(meta: &std::fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    (meta.uid() != me && meta.uid() != 0).then_some(meta.uid())
+}
+
 /// What `source` holds, or `None` when it holds more than `limit` bytes: a file
 /// someone may have made huge (or pointed at a device) is never read more than one
 /// byte past the limit.

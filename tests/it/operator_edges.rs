@@ -238,3 +238,32 @@ fn a_named_pipe_in_place_of_a_token_file_is_refused_at_once() {
         }
     }
 }
+
+/// `tokens.json` or `api-token` owned by another user (here `nobody`, mode 0600):
+/// its owner may change its mode and then rewrite it (an admin token of their own)
+/// or read it, so `tether serve` refuses it as it refuses one others may write.
+/// Needs root to hand the file to another user; skipped otherwise.
+#[test]
+fn a_token_file_owned_by_another_user_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: giving a file to another user needs root");
+        return;
+    }
+    for (file, text) in [
+        ("tokens.json", "{\"version\": 1, \"tokens\": []}\n"),
+        ("api-token", "0123456789abcdef0123456789abcdef"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let codebolt = dir.path().join(".codebolt");
+        std::fs::create_dir_all(&codebolt).expect("mkdir");
+        let path = codebolt.join(file);
+        std::fs::write(&path, text).expect("write");
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+        std::fs::set_permissions(&path, mode).expect("chmod");
+        let nobody = nix::unistd::Uid::from_raw(65534);
+        nix::unistd::chown(&path, Some(nobody), None).expect("chown");
+        let (code, err) = ends_in_time(dir.path(), &["serve", "--listen", "127.0.0.1:0"]);
+        assert_eq!(code, Some(1), "{file}: {err}");
+        assert!(err.contains("another user (uid 65534)"), "{file}: {err}");
+    }
+}
