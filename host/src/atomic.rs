@@ -2,7 +2,8 @@
 //! renamed over it, and the directory synced. A reader (or a directory watcher) sees
 //! the old file or the new one, never half of one; the temporary's name (`.NAME.xxxx`)
 //! ends in neither the file's extension nor anything a watcher loads. Also: keeping a
-//! bad file's text beside it before the host writes over it.
+//! bad file's text beside it before the host writes over it, or moving a file it
+//! would not read there whole.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,12 +27,29 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// `<name>.<why>-<unix time in ns>` (written as [`replace_file`] writes: whole, owner
 /// only, since records carry providers' configs); the copy's path.
 pub(crate) fn keep_beside(path: &Path, why: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    let copy = beside(path, why);
+    replace_file(&copy, bytes)?;
+    Ok(copy)
+}
+
+/// Moves `path`, a file the host would not read (too large, not a regular file), to
+/// where [`keep_beside`] keeps a copy: renamed whole, never read; its new path, or
+/// `None` when there is no file.
+pub(crate) fn move_beside(path: &Path, why: &str) -> std::io::Result<Option<PathBuf>> {
+    let moved = beside(path, why);
+    match std::fs::rename(path, &moved) {
+        Ok(()) => Ok(Some(moved)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `<path>.<why>-<unix time in ns>`.
+fn beside(path: &Path, why: &str) -> PathBuf {
     let stamp = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(format!(".{why}-{stamp}"));
-    let copy = path.with_file_name(name);
-    replace_file(&copy, bytes)?;
-    Ok(copy)
+    path.with_file_name(name)
 }
 
 /// [`keep_beside`] for the file as it is on disk now; `None` when there is none.

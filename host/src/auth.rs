@@ -57,6 +57,17 @@ pub(crate) enum TokenError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The token file belongs to another user, who may read or rewrite it at will.
+    #[error(
+        "API token file {path} belongs to another user (uid {uid}), who may read or change it; make it the host user's: chown and chmod 600 {path}",
+        path = path.display()
+    )]
+    Foreign {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
 }
 
 /// Where a refused API token came from, so the operator knows what to fix.
@@ -120,11 +131,18 @@ impl ApiToken {
                 .map(|t| (t, TokenSource::Environment));
         }
         let from_file = || TokenOrigin::File(file.to_owned());
-        match std::fs::File::open(file) {
+        match crate::untrusted::open_regular(file) {
             Ok(f) => {
                 // The host writes it 0600; one made by hand under a usual umask is
                 // readable by every local user, who would then be the admin.
-                let mode = f.metadata().map_err(io)?.permissions().mode() & 0o777;
+                let meta = f.metadata().map_err(io)?;
+                if let Some(uid) = crate::untrusted::foreign_owner(&meta) {
+                    return Err(TokenError::Foreign {
+                        path: file.to_owned(),
+                        uid,
+                    });
+                }
+                let mode = meta.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
                     return Err(TokenError::Exposed {
                         path: file.to_owned(),

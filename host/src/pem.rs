@@ -32,12 +32,27 @@ pub enum PemError {
     },
 }
 
-/// Reads `path` whole.
+/// The most a PEM file may hold: far above a chain, a key or a CA bundle (Mozilla's
+/// is some 200 KiB), and a bound on what a reload reads when the file is pointed at
+/// something endless.
+pub(crate) const MAX_PEM_BYTES: u64 = 16 << 20;
+
+/// Reads `path` whole: a regular file (a named pipe would hold the reader until some
+/// writer came) of at most [`MAX_PEM_BYTES`].
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>, PemError> {
-    std::fs::read(path).map_err(|source| PemError::Read {
-        path: path.to_owned(),
-        source,
-    })
+    let read = crate::untrusted::open_regular(path)
+        .and_then(|file| crate::untrusted::read_at_most(file, MAX_PEM_BYTES));
+    match read {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err(invalid(
+            path,
+            format!("larger than {MAX_PEM_BYTES} bytes, more than any PEM file holds; not read"),
+        )),
+        Err(source) => Err(PemError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 fn invalid(path: &Path, why: impl std::fmt::Display) -> PemError {

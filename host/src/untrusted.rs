@@ -14,6 +14,47 @@ pub(crate) const MAX_QUOTED: usize = 200;
 /// Longest log message of a provider, and of any provider string in a host log line.
 pub(crate) const MAX_LOGGED: usize = 4096;
 
+/// Opens `path` (through symlinks) for reading if it is a regular file, and refuses
+/// anything else with an `InvalidInput` error naming what it is: a named pipe put in
+/// a file's place would otherwise hold the open (and the thread making it) until some
+/// writer came, and a terminal or another device is no file the host reads.
+pub(crate) fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    // Without waiting for a writer; for a regular file the flag changes nothing.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    let what = if kind.is_file() {
+        return Ok(file);
+    } else if kind.is_fifo() {
+        "a named pipe"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "something else"
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("it is {what}, not a regular file"),
+    ))
+}
+
+/// The owner of a file described by `meta` when it is another user (neither this
+/// process's user nor root): whatever its mode says, its owner may change the mode
+/// and then read or rewrite it, so a file of secrets or of credentials the host
+/// trusts must not be theirs.
+pub(crate) fn foreign_owner(meta: &std::fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    (meta.uid() != me && meta.uid() != 0).then_some(meta.uid())
+}
+
 /// What `source` holds, or `None` when it holds more than `limit` bytes: a file
 /// someone may have made huge (or pointed at a device) is never read more than one
 /// byte past the limit.

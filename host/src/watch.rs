@@ -2,7 +2,8 @@
 //! directory: events the caller cares about are collapsed into one signal, sent once
 //! the directory has been quiet for the debounce time. Events are not interpreted;
 //! working out what changed is the caller's job, which also makes a missed or
-//! reordered event harmless.
+//! reordered event harmless. A mere read of a file is never an event: the caller's
+//! own read of what it watches would otherwise signal the next read, forever.
 
 use std::path::Path;
 use std::time::Duration;
@@ -22,7 +23,8 @@ impl std::fmt::Debug for Watch {
 }
 
 /// Watches `dir` (not recursively) and sends `()` on the returned channel once per
-/// burst of events that `relevant` accepts, `debounce` after the burst's last one.
+/// burst of events that `relevant` accepts (reads are never offered), `debounce`
+/// after the burst's last one.
 pub(crate) fn debounced(
     dir: &Path,
     relevant: impl Fn(&notify::Result<notify::Event>) -> bool + Send + 'static,
@@ -30,7 +32,7 @@ pub(crate) fn debounced(
 ) -> Result<(Watch, mpsc::Receiver<()>), notify::Error> {
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if relevant(&event) {
+        if !is_read(&event) && relevant(&event) {
             let _ = raw_tx.send(());
         }
     })?;
@@ -53,4 +55,13 @@ pub(crate) fn debounced(
         }
     });
     Ok((Watch { _watcher: watcher }, rx))
+}
+
+/// Whether `event` is only a read: a file opened, read, or closed without writing.
+/// A close after writing is a change (a writer done with the file).
+fn is_read(event: &notify::Result<notify::Event>) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    event.as_ref().is_ok_and(|e| {
+        matches!(e.kind, EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write))
+    })
 }

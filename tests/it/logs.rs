@@ -184,3 +184,85 @@ async fn a_followed_log_does_not_hold_the_host_s_shutdown() {
     assert!(seen.contains("the host is shutting down"), "{seen}");
     stopping.join().expect("the host stopped");
 }
+
+/// An environment's log holds what its runtime prints and its provider logs (secrets
+/// among them, at times), and the API shows it to its owner only: the file is its
+/// owner's only too, like the records and the audit log (it used to be 0644).
+#[tokio::test]
+async fn an_environment_s_log_file_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let body = json!({"name": "private", "provider": "local-process"});
+    let (status, env) = server
+        .call("POST", "/api/v1/environments", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = env["id"].as_str().expect("id");
+    wait_line(&server, id, "the creation", |l| {
+        l["message"] == "environment created"
+    })
+    .await;
+    let path = dir.path().join(format!(".codebolt/logs/{id}.log"));
+    let mode = std::fs::metadata(&path)
+        .expect("the log file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{}: {mode:o}", path.display());
+    server.stop();
+}
+
+/// A log whose last line a crash cut short (here mid-character): the host's next line
+/// used to follow it on the same line, and the tail stopped reading at the first line
+/// that was not UTF-8, so nothing written after the crash was ever shown. The torn
+/// line is ended (and left out of the tail), and what follows reads as usual.
+#[tokio::test]
+async fn a_line_torn_by_a_crash_hides_nothing_written_after_it() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let body = json!({"name": "torn", "provider": "local-process"});
+    let (status, env) = server
+        .call("POST", "/api/v1/environments", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = env["id"].as_str().expect("id").to_owned();
+    wait_line(&server, &id, "the creation", |l| {
+        l["message"] == "environment created"
+    })
+    .await;
+    server.kill();
+
+    let path = dir.path().join(format!(".codebolt/logs/{id}.log"));
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("the log");
+    file.write_all(b"{\"ts\":\"2026-01-01T00:00:00.000000Z\",\"message\":\"half \xc3")
+        .expect("a torn line");
+    drop(file);
+
+    let server = Server::start(dir.path());
+    let (status, body) = server
+        .call("POST", &format!("/api/v1/environments/{id}/start"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let all = wait_line(&server, &id, "a line after the crash", |l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("starting on provider"))
+    })
+    .await;
+    assert!(
+        all.iter().any(|l| l["message"] == "environment created"),
+        "{all:?}"
+    );
+    let (_, text) = get_logs(&server, &id, "?tail=10000", TOKEN).await;
+    for line in text.lines() {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "not JSON: {line:?}"
+        );
+    }
+    server.stop();
+}

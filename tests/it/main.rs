@@ -42,4 +42,5 @@ mod tenancy;
 mod tickets;
 mod tls;
 mod walkthroughs;
+mod watched_files;
 mod worlds;

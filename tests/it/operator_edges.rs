@@ -185,3 +185,85 @@ fn a_data_dir_token_longer_than_any_is_refused_unread() {
     listener.set_nonblocking(true).expect("nonblocking");
     assert!(listener.accept().is_err(), "the CLI called the server");
 }
+
+/// Runs `tether ARGS` in `data_dir` with no `TETHER_API_TOKEN`; killed (and the test
+/// failed) if it has not ended within [`crate::support::WAIT`]: exit code and stderr.
+fn ends_in_time(data_dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("TETHER_API_TOKEN")
+        .env_remove("TETHER_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tether");
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tether {args:?} never ended");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), err)
+}
+
+/// A named pipe in place of `tokens.json` or `api-token` (hand-made, or a secret
+/// tool's): `tether serve` and the CLI waited for a writer forever, silent (and
+/// `serve` deaf to SIGTERM); now they refuse it at once, saying what it is.
+#[test]
+fn a_named_pipe_in_place_of_a_token_file_is_refused_at_once() {
+    for file in ["tokens.json", "api-token"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join(".codebolt")).expect("mkdir");
+        let pipe = dir.path().join(".codebolt").join(file);
+        nix::unistd::mkfifo(&pipe, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let (code, err) = ends_in_time(dir.path(), &["serve", "--listen", "127.0.0.1:0"]);
+        assert_eq!(code, Some(1), "{file}: {err}");
+        assert!(
+            err.contains("it is a named pipe, not a regular file"),
+            "{file}: {err}"
+        );
+        if file == "api-token" {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let url = format!("http://{}", listener.local_addr().expect("addr"));
+            let (code, err) = ends_in_time(dir.path(), &["env", "list", "--url", &url]);
+            assert_eq!(code, Some(1), "the CLI: {err}");
+            assert!(err.contains("named pipe"), "the CLI: {err}");
+        }
+    }
+}
+
+/// `tokens.json` or `api-token` owned by another user (here `nobody`, mode 0600):
+/// its owner may change its mode and then rewrite it (an admin token of their own)
+/// or read it, so `tether serve` refuses it as it refuses one others may write.
+/// Needs root to hand the file to another user; skipped otherwise.
+#[test]
+fn a_token_file_owned_by_another_user_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: giving a file to another user needs root");
+        return;
+    }
+    for (file, text) in [
+        ("tokens.json", "{\"version\": 1, \"tokens\": []}\n"),
+        ("api-token", "0123456789abcdef0123456789abcdef"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let codebolt = dir.path().join(".codebolt");
+        std::fs::create_dir_all(&codebolt).expect("mkdir");
+        let path = codebolt.join(file);
+        std::fs::write(&path, text).expect("write");
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+        std::fs::set_permissions(&path, mode).expect("chmod");
+        let nobody = nix::unistd::Uid::from_raw(65534);
+        nix::unistd::chown(&path, Some(nobody), None).expect("chown");
+        let (code, err) = ends_in_time(dir.path(), &["serve", "--listen", "127.0.0.1:0"]);
+        assert_eq!(code, Some(1), "{file}: {err}");
+        assert!(err.contains("another user (uid 65534)"), "{file}: {err}");
+    }
+}

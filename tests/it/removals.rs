@@ -558,3 +558,46 @@ fn journal_entry(record: Value, error: &str) -> Value {
     json!({"record": record, "attempts": 1, "lastError": error,
            "failedAt": "2026-01-01T00:00:00Z", "nextAttemptAt": "2026-01-01T00:00:00Z"})
 }
+
+/// A `removals.json` made huge (here a sparse 256 MiB file) or replaced by a named
+/// pipe: the host read a huge one whole before refusing it and wrote it out again
+/// as its kept copy (256 MiB of memory, then of disk, for a file taking none), and
+/// waited at start for a pipe's writer. Now neither is read: each is moved aside
+/// whole, said in the log and `/healthz`, and the host starts.
+#[tokio::test]
+async fn a_huge_or_piped_removals_journal_is_moved_aside_unread() {
+    use std::os::unix::fs::MetadataExt;
+    for piped in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let codebolt = dir.path().join(".codebolt");
+        std::fs::create_dir_all(&codebolt).expect("mkdir");
+        let path = codebolt.join("removals.json");
+        if piped {
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        } else {
+            let file = std::fs::File::create(&path).expect("create");
+            file.set_len(256 << 20).expect("set_len");
+        }
+        let server = Server::start(dir.path());
+        let moved: Vec<_> = std::fs::read_dir(&codebolt)
+            .expect("read_dir")
+            .filter_map(Result::ok)
+            .filter(|e| (e.file_name().to_string_lossy()).starts_with("removals.json.rejected-"))
+            .collect();
+        assert_eq!(moved.len(), 1, "piped {piped}: {moved:?}");
+        let meta = std::fs::symlink_metadata(moved[0].path()).expect("meta");
+        let fifo = std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type());
+        assert_eq!(fifo, piped, "{meta:?}");
+        // Moved, not copied: the sparse file still takes (almost) no disk.
+        assert!(meta.blocks() < 2048, "{} blocks", meta.blocks());
+        assert!(!path.exists(), "still in place");
+        let health = healthz(&server).await;
+        let said = if piped {
+            "it is a named pipe, not a regular file"
+        } else {
+            "larger than the limit"
+        };
+        assert!(health.to_string().contains(said), "{health}");
+        server.stop();
+    }
+}

@@ -63,7 +63,7 @@ pub(super) fn admin_token(server: &ServerArgs) -> anyhow::Result<String> {
         )
     };
     // Read no further than the longest token the host takes (and an editor's newline).
-    let opened = std::fs::File::open(&file).with_context(unreadable)?;
+    let opened = crate::untrusted::open_regular(&file).with_context(unreadable)?;
     let read = crate::untrusted::read_at_most(opened, crate::auth::MAX_TOKEN_BYTES + 1);
     let Some(bytes) = read.with_context(unreadable)? else {
         bail!(

@@ -20,6 +20,7 @@ mod grant;
 mod locate;
 mod net;
 mod operator;
+mod parse_error;
 mod pattern;
 mod replace;
 mod serving;
@@ -43,6 +44,7 @@ pub use grant::{GIT_HARDENING, Grant, GrantOrigin, git_worktree_commands};
 pub use locate::{CONFIG_FILE_NAME, ConfigSource};
 pub use net::NetConfig;
 pub use operator::OperatorConfig;
+pub use parse_error::ParseError;
 pub(crate) use pattern::is_rest;
 pub use pattern::{
     ANY_ARG, ANY_REST, CommandPattern, PATH_ARG, PatternError, UrlPattern, UrlPatternError,
@@ -73,8 +75,8 @@ pub enum ConfigError {
     Parse {
         /// The config file.
         path: PathBuf,
-        /// Where and why parsing failed.
-        source: Box<toml::de::Error>,
+        /// Where and why parsing failed (quoting none of the file's values).
+        source: ParseError,
     },
     /// The data directory could not be created or resolved.
     #[error("data directory {path}: {source}")]
@@ -740,7 +742,7 @@ fn read_file(source: &ConfigSource) -> Result<(FileConfig, toml::Table), ConfigE
     };
     let parse = |e: toml::de::Error| ConfigError::Parse {
         path: path.clone(),
-        source: Box::new(e),
+        source: ParseError::new(&e, &text),
     };
     let file = toml::from_str::<FileConfig>(&text).map_err(parse)?;
     let table = toml::from_str::<toml::Table>(&text).map_err(parse)?;
@@ -751,7 +753,8 @@ fn read_file(source: &ConfigSource) -> Result<(FileConfig, toml::Table), ConfigE
 /// The text of `path`, or `None` when it holds more than [`MAX_CONFIG_BYTES`]; never
 /// reads more than one byte past the limit.
 fn read_bounded(path: &Path) -> std::io::Result<Option<String>> {
-    let Some(bytes) = crate::untrusted::read_at_most(std::fs::File::open(path)?, MAX_CONFIG_BYTES)?
+    let Some(bytes) =
+        crate::untrusted::read_at_most(crate::untrusted::open_regular(path)?, MAX_CONFIG_BYTES)?
     else {
         return Ok(None);
     };

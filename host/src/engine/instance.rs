@@ -172,7 +172,12 @@ pub(crate) fn new_store(
     dirs.push(match preopen(&setup.state_dir, STATE_GUEST_DIR) {
         Ok(dir) => dir,
         Err(_) => {
-            std::fs::create_dir_all(&setup.state_dir).map_err(|e| {
+            // The provider's alone (it may keep its backend's credentials there): no
+            // other local user lists or reads it, whatever the umask.
+            use std::os::unix::fs::DirBuilderExt;
+            let mut private = std::fs::DirBuilder::new();
+            private.recursive(true).mode(0o700);
+            private.create(&setup.state_dir).map_err(|e| {
                 EngineError::Instantiate(format!("creating {}: {e}", setup.state_dir.display()))
             })?;
             preopen(&setup.state_dir, STATE_GUEST_DIR)?

@@ -155,11 +155,12 @@ impl Removals {
                     keep_rejected(&path, text.as_bytes());
                 }
             }
-            Err(why) => {
+            Err(Unusable { why, bytes }) => {
                 tracing::error!(path = %path.display(), problem = %why, "removals journal: the file is skipped; no removal is retried from it");
                 state.load_problem = Some(why);
-                if let Ok(bytes) = std::fs::read(&path) {
-                    keep_rejected(&path, &bytes);
+                match bytes {
+                    Some(bytes) => keep_rejected(&path, &bytes),
+                    None => move_rejected(&path),
                 }
             }
         }
@@ -357,22 +358,35 @@ impl Removals {
     }
 }
 
+/// Why the file cannot be used at all, with its bytes when they were read.
+struct Unusable {
+    why: String,
+    bytes: Option<Vec<u8>>,
+}
+
 /// The file's text; `None` when there is none; `Err` when it cannot be used at all.
-fn read(path: &Path) -> Result<Option<String>, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+/// Only a regular file is opened (a named pipe would hold the start waiting for a
+/// writer), and no more than [`MAX_FILE_BYTES`] of it is read.
+fn read(path: &Path) -> Result<Option<String>, Unusable> {
+    let unread = |why: String| Unusable { why, bytes: None };
+    let file = match crate::untrusted::open_regular(path) {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("reading it failed: {e}")),
+        Err(e) => return Err(unread(format!("reading it failed: {e}"))),
     };
-    if bytes.len() > MAX_FILE_BYTES {
-        return Err(format!(
-            "it is {} bytes; the limit is {MAX_FILE_BYTES}",
-            bytes.len()
-        ));
-    }
-    String::from_utf8(bytes)
-        .map(Some)
-        .map_err(|_| "it is not UTF-8".to_owned())
+    let bytes = match crate::untrusted::read_at_most(file, MAX_FILE_BYTES as u64) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            return Err(unread(format!(
+                "it is larger than the limit, {MAX_FILE_BYTES} bytes; it was not read"
+            )));
+        }
+        Err(e) => return Err(unread(format!("reading it failed: {e}"))),
+    };
+    String::from_utf8(bytes).map(Some).map_err(|e| Unusable {
+        why: "it is not UTF-8".to_owned(),
+        bytes: Some(e.into_bytes()),
+    })
 }
 
 /// The good entries of the file's text, and what was wrong with the others.
@@ -443,6 +457,19 @@ fn entry(raw: &Value) -> Result<Pending, String> {
 }
 
 /// Keeps a file the host will write over: copied beside it, named for the moment.
+/// [`keep_rejected`] for a file that was not read: moved aside whole.
+fn move_rejected(path: &Path) {
+    match crate::atomic::move_beside(path, "rejected") {
+        Ok(Some(moved)) => {
+            tracing::warn!(moved = %moved.display(), "removals journal: the file is moved there before the host writes a new one")
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "removals journal: could not move it aside")
+        }
+    }
+}
+
 fn keep_rejected(path: &Path, bytes: &[u8]) {
     match crate::atomic::keep_beside(path, "rejected", bytes) {
         Ok(copy) => {

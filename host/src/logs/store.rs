@@ -124,7 +124,15 @@ impl EnvLogs {
             let Ok(f) = std::fs::File::open(&file) else {
                 continue;
             };
-            for line in BufReader::new(f).lines().map_while(Result::ok) {
+            for line in BufReader::new(f).split(b'\n').map_while(Result::ok) {
+                // A line a crash cut short (ended by the next start) is left out; one
+                // that is not UTF-8 must not end the reading of the lines after it.
+                let Ok(line) = String::from_utf8(line) else {
+                    continue;
+                };
+                if serde_json::from_str::<serde::de::IgnoredAny>(&line).is_err() {
+                    continue;
+                }
                 if since.is_none_or(|s| ts_of(&line).is_some_and(|ts| ts >= s)) {
                     lines.push(line);
                 }
@@ -210,17 +218,25 @@ fn rotated(current: &Path) -> PathBuf {
 }
 
 /// Appends `lines` to `path`, moving it to `.1` whenever the next line would take it
-/// past the bound.
+/// past the bound. A new file is its owner's only: it holds what runtimes print and
+/// providers log, which the API shows only to the environment's owner.
 fn append(path: &Path, lines: &[String]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let open = || {
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
+            .mode(0o600)
             .open(path)
     };
     let mut file = open()?;
     let mut size = file.metadata()?.len();
     let mut text = String::new();
+    if size > 0 && !ends_a_line(&file, size)? {
+        // The last line was cut short by a crash: end it, so the next starts its own.
+        text.push('\n');
+    }
     for line in lines {
         let len = line.len() as u64 + 1;
         if size > 0 && size + (text.len() as u64) + len > MAX_FILE_BYTES {
@@ -234,6 +250,14 @@ fn append(path: &Path, lines: &[String]) -> std::io::Result<()> {
         text.push('\n');
     }
     write_or_cut(&mut file, text.as_bytes(), size)
+}
+
+/// Whether `file`, `len` bytes long (more than 0), ends in a newline.
+fn ends_a_line(file: &std::fs::File, len: u64) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    Ok(last[0] == b'\n')
 }
 
 /// Appends `bytes` to `file` of length `len`; a write that fails half-way (a full

@@ -25,9 +25,8 @@ pub(super) fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
             ),
         )
     };
-    let file = std::fs::File::open(path)?;
-    // A regular file's size says it at once; the bounded read covers the rest (a
-    // device, a file growing meanwhile).
+    let file = crate::untrusted::open_regular(path)?;
+    // The size says it at once; the bounded read covers a file growing meanwhile.
     if file.metadata()?.len() > MAX_FILE_BYTES {
         return Err(too_large());
     }

@@ -34,12 +34,13 @@ pub(super) fn read(path: &Path) -> Result<Vec<TokenRecord>, TenancyError> {
         path: path.to_owned(),
         source,
     };
-    let file = match std::fs::File::open(path) {
+    let file = match crate::untrusted::open_regular(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => return Err(io(source)),
     };
-    let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
+    let meta = file.metadata().map_err(io)?;
+    let mode = meta.permissions().mode() & 0o777;
     let broken = |reason| TenancyError::File {
         path: path.to_owned(),
         reason,
@@ -53,6 +54,11 @@ pub(super) fn read(path: &Path) -> Result<Vec<TokenRecord>, TenancyError> {
         })?;
     let tokens = parse(&bytes).map_err(broken)?;
     // Checked after the text, so a broken file is reported as such whatever its mode.
+    if let Some(uid) = crate::untrusted::foreign_owner(&meta) {
+        return Err(broken(format!(
+            "it belongs to another user (uid {uid}), who may change it at will, and so make tokens; chown it to the host user"
+        )));
+    }
     if mode & 0o022 != 0 {
         return Err(broken(format!(
             "other users may write it (mode {mode:04o}), and so make tokens; chmod 600 {}",

@@ -320,3 +320,37 @@ async fn wait_for(server: &Server, line: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A certificate file replaced by a named pipe: the reload's read waited for a writer
+/// on one of the runtime's threads and the host stopped answering. It is refused like
+/// any bad renewal now, and the certificate in force stays.
+#[tokio::test]
+async fn a_named_pipe_in_place_of_the_certificate_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("tether test CA");
+    let server = tls_server(dir.path(), &ca, &[]);
+    let cert = dir.path().join("server.crt");
+    assert!(cert.is_file(), "no {}", cert.display());
+    let pipe = dir.path().join("pipe");
+    nix::unistd::mkfifo(&pipe, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    std::fs::rename(&pipe, &cert).expect("renaming");
+    // The watch may start after the host listens: a change of mode is an event too.
+    let deadline = Instant::now() + WAIT;
+    while !server.log().contains("TLS certificate not reloaded") {
+        assert!(Instant::now() < deadline, "no reload:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+        std::fs::set_permissions(&cert, mode).expect("chmod");
+    }
+    assert!(
+        server
+            .log()
+            .contains("it is a named pipe, not a regular file"),
+        "{}",
+        server.log()
+    );
+    let health = tokio::time::timeout(WAIT, server.call("GET", "/healthz", None));
+    let (status, _) = health.await.expect("the host stopped answering");
+    assert_eq!(status, StatusCode::OK);
+    server.stop();
+}
