@@ -3,6 +3,8 @@
 //! Without `--config`, the data directory is searched first and then the current
 //! directory; finding neither means the built-in defaults, and the file is then
 //! expected in the data directory (where a running host watches for it to appear).
+//! Something by that name that is not a file (a directory, a named pipe) is found,
+//! and refused when read, rather than skipped.
 //! A relative `--config` is looked up the same way; a `--config` naming no file is
 //! an error, so a typo never silently means "defaults".
 
@@ -59,7 +61,10 @@ impl ConfigSource {
         } else {
             searched.iter().map(|d| d.join(name)).collect()
         };
-        if let Some(path) = candidates.iter().find(|p| p.is_file()) {
+        // Anything by that name counts, not only a regular file: a directory, a named
+        // pipe or a dangling link where the operator's settings should be is reported
+        // when it is read, never passed over for the next directory or the defaults.
+        if let Some(path) = candidates.iter().find(|p| p.symlink_metadata().is_ok()) {
             return Ok(Self {
                 // Not canonicalized: a `tether.toml` that is a symlink is watched where
                 // the operator put it.
@@ -123,5 +128,33 @@ mod tests {
             err.contains("nope.toml") && err.contains("not found"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn something_not_a_file_in_the_data_directory_is_refused_not_passed_over() {
+        let data = tempfile::tempdir().unwrap();
+        let listen = "127.0.0.1:0".parse().unwrap();
+        // A directory in the file's place; a named pipe, the same.
+        std::fs::create_dir(data.path().join("tether.toml")).unwrap();
+        let source = ConfigSource::locate(None, data.path()).unwrap();
+        assert!(source.found, "{source:?}");
+        let err = super::super::ServeConfig::load_source(listen, data.path().into(), source)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tether.toml") && err.contains("a directory"),
+            "{err}"
+        );
+        std::fs::remove_dir(data.path().join("tether.toml")).unwrap();
+        nix::unistd::mkfifo(
+            &data.path().join("tether.toml"),
+            nix::sys::stat::Mode::S_IRWXU,
+        )
+        .unwrap();
+        let source = ConfigSource::locate(None, data.path()).unwrap();
+        let err = super::super::ServeConfig::load_source(listen, data.path().into(), source)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a named pipe"), "{err}");
     }
 }
