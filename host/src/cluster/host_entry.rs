@@ -75,10 +75,7 @@ impl ServerClock {
 impl HostEntry {
     /// This host's entry in `bucket`, its instance id kept in `kept_at`.
     pub(super) fn new(bucket: kv::Store, host_id: String, kept_at: PathBuf) -> Self {
-        let previous = std::fs::read(&kept_at)
-            .ok()
-            .filter(|b| b.len() == 32 && b.iter().all(u8::is_ascii_hexdigit))
-            .and_then(|b| String::from_utf8(b).ok());
+        let previous = kept_instance(&kept_at);
         Self {
             bucket,
             host_id,
@@ -298,9 +295,38 @@ impl HostEntry {
     }
 }
 
+/// The instance id the last run kept at `path`: 32 hexadecimal digits, or none. A file
+/// of anything else (a named pipe, a huge file) is neither waited on nor read past that.
+fn kept_instance(path: &std::path::Path) -> Option<String> {
+    crate::untrusted::open_regular(path)
+        .and_then(|f| crate::untrusted::read_at_most(f, 32))
+        .ok()
+        .flatten()
+        .filter(|b| b.len() == 32 && b.iter().all(u8::is_ascii_hexdigit))
+        .and_then(|b| String::from_utf8(b).ok())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::ServerClock;
+    use super::{ServerClock, kept_instance};
+
+    #[test]
+    fn the_kept_instance_is_32_hex_digits_from_a_file_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("instance");
+        assert_eq!(kept_instance(&path), None, "no file");
+        let id = "0123456789abcdef0123456789abcdef";
+        std::fs::write(&path, id).expect("write");
+        assert_eq!(kept_instance(&path).as_deref(), Some(id));
+        std::fs::write(&path, format!("{id}0")).expect("write");
+        assert_eq!(kept_instance(&path), None, "too long");
+        std::fs::write(&path, "zz23456789abcdef0123456789abcdef").expect("write");
+        assert_eq!(kept_instance(&path), None, "not hexadecimal");
+        // A named pipe with no writer is refused at once, not waited on.
+        std::fs::remove_file(&path).expect("remove");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        assert_eq!(kept_instance(&path), None, "a named pipe");
+    }
 
     #[test]
     fn the_server_s_clock_is_reckoned_from_the_stamp_of_a_write() {

@@ -66,15 +66,16 @@ impl Remembered {
     }
 
     fn read(&self) -> Result<Option<File>, String> {
-        let size = match std::fs::metadata(&self.path) {
-            Ok(meta) => meta.len(),
+        // Opened without waiting (a named pipe in its place would hold the start) and
+        // read no further than the limit.
+        let file = match crate::untrusted::open_regular(&self.path) {
+            Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.to_string()),
         };
-        if size > MAX_BYTES {
-            return Err(format!("{size} bytes is more than {MAX_BYTES}"));
-        }
-        let bytes = std::fs::read(&self.path).map_err(|e| e.to_string())?;
+        let bytes = crate::untrusted::read_at_most(file, MAX_BYTES)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("it is more than {MAX_BYTES} bytes"))?;
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| e.to_string())
@@ -156,6 +157,10 @@ mod tests {
         assert!(one.load().is_empty());
         let big = std::fs::File::create(&one.path).expect("create");
         big.set_len(MAX_BYTES + 1).expect("grow");
+        assert!(one.load().is_empty());
+        // A named pipe with no writer is refused at once, not waited on.
+        std::fs::remove_file(&one.path).expect("remove");
+        nix::unistd::mkfifo(&one.path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
         assert!(one.load().is_empty());
     }
 }
