@@ -327,3 +327,47 @@ async fn a_config_map_update_is_reloaded() {
     );
     server.stop();
 }
+
+/// A `tether.toml` every user may write grants whoever writes it anything: an edit
+/// made while it is so is refused like any invalid one, and the last good
+/// configuration stays in force.
+#[tokio::test]
+async fn an_edit_of_a_tether_toml_every_user_may_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "[limits]\nmemory_mib = 128\n");
+    let server = Server::start(dir.path());
+    let path = dir.path().join("tether.toml");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::write(&path, "[limits]\nmemory_mib = 256\n").unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        let (_, body) = server.call("GET", "/api/v1/config/status", None).await;
+        if !body["lastReload"].is_null() {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "never reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["lastReload"]["outcome"], "failed", "{status}");
+    let error = status["lastReload"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("every user may write it (mode 0666)"),
+        "{status}"
+    );
+    // Made private again, the same text is taken.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = server.call("GET", "/api/v1/config/status", None).await;
+        if body["lastReload"]["outcome"] == "applied" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never applied: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop();
+}

@@ -753,14 +753,46 @@ fn read_file(source: &ConfigSource) -> Result<(FileConfig, toml::Table), ConfigE
 /// The text of `path`, or `None` when it holds more than [`MAX_CONFIG_BYTES`]; never
 /// reads more than one byte past the limit.
 fn read_bounded(path: &Path) -> std::io::Result<Option<String>> {
-    let Some(bytes) =
-        crate::untrusted::read_at_most(crate::untrusted::open_regular(path)?, MAX_CONFIG_BYTES)?
-    else {
+    let file = crate::untrusted::open_regular(path)?;
+    refuse_if_others_may_write(&file.metadata()?)?;
+    let Some(bytes) = crate::untrusted::read_at_most(file, MAX_CONFIG_BYTES)? else {
         return Ok(None);
     };
     String::from_utf8(bytes)
         .map(Some)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Refuses a `tether.toml` that users other than the host's may change: it grants
+/// providers commands, hosts and directories, so whoever may write it may run
+/// anything as the host. Writable by everyone, or owned by another user (who may
+/// change its mode at will; root's is taken), it is refused; writable by the group
+/// is only warned of (a user-private group under a `002` umask is common).
+fn refuse_if_others_may_write(meta: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let refuse = |why: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{why}; whoever may change it may grant providers anything"),
+        ))
+    };
+    if let Some(uid) = crate::untrusted::foreign_owner(meta) {
+        return refuse(format!(
+            "it belongs to another user (uid {uid}): make it the host user's (chown)"
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o002 != 0 {
+        return refuse(format!(
+            "every user may write it (mode {mode:04o}): chmod o-w it"
+        ));
+    }
+    if mode & 0o020 != 0 {
+        tracing::warn!(
+            "tether.toml may be written by its group (mode {mode:04o}): every member may grant providers anything; chmod g-w it unless the group is the host user's alone"
+        );
+    }
+    Ok(())
 }
 
 /// Logs a warning when `path` holds operator config values (`[providers.NAME] config`,

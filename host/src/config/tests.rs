@@ -282,3 +282,29 @@ fn a_config_file_over_one_mebibyte_is_refused_unread() {
     let message = load(&over).unwrap_err().to_string();
     assert!(message.contains("at most 1 MiB"), "{message}");
 }
+
+#[test]
+fn a_tether_toml_others_may_change_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.toml");
+    std::fs::write(&path, "[limits]\nmemory_mib = 128\n").unwrap();
+    let load = || ServeConfig::load("127.0.0.1:0".parse().unwrap(), dir.path().into(), &path);
+    let mode = |m| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(0o666);
+    let err = load().unwrap_err().to_string();
+    assert!(
+        err.contains("tether.toml") && err.contains("every user may write it (mode 0666)"),
+        "{err}"
+    );
+    // The group's write is warned of, not refused: user-private groups are common.
+    mode(0o664);
+    assert_eq!(load().unwrap().limits.memory_bytes, 128 << 20);
+    mode(0o644);
+    // Another user's file (root's is taken): its owner may make it writable at will.
+    if nix::unistd::geteuid().is_root() {
+        nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let err = load().unwrap_err().to_string();
+        assert!(err.contains("belongs to another user (uid 65534)"), "{err}");
+    }
+}
