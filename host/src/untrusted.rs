@@ -55,6 +55,20 @@ pub(crate) fn foreign_owner(meta: &std::fs::Metadata) -> Option<u32> {
     (meta.uid() != me && meta.uid() != 0).then_some(meta.uid())
 }
 
+/// Why users other than the host's may change the file described by `meta`, if they
+/// may: it belongs to another user (root's is taken), or every user may write it. A
+/// file that decides what the host runs (its settings, a provider) must be neither.
+pub(crate) fn others_may_change(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(uid) = foreign_owner(meta) {
+        return Some(format!(
+            "it belongs to another user (uid {uid}): make it the host user's (chown)"
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    (mode & 0o002 != 0).then(|| format!("every user may write it (mode {mode:04o}): chmod o-w it"))
+}
+
 /// What `source` holds, or `None` when it holds more than `limit` bytes: a file
 /// someone may have made huge (or pointed at a device) is never read more than one
 /// byte past the limit.
@@ -186,6 +200,36 @@ impl<W: std::io::Write> std::io::Write for OneLine<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_others_may_change_is_told_from_one_they_may_not() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "x").unwrap();
+        let why = |mode| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            others_may_change(&std::fs::metadata(&path).unwrap())
+        };
+        assert_eq!(why(0o600), None);
+        assert_eq!(
+            why(0o664),
+            None,
+            "the group's write is the caller's to judge"
+        );
+        assert_eq!(
+            why(0o646).as_deref(),
+            Some("every user may write it (mode 0646): chmod o-w it")
+        );
+        if nix::unistd::geteuid().is_root() {
+            why(0o600);
+            nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            let why = others_may_change(&std::fs::metadata(&path).unwrap());
+            assert!(why.is_some_and(|w| w.contains("another user (uid 65534)")));
+            nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+            assert_eq!(others_may_change(&std::fs::metadata(&path).unwrap()), None);
+        }
+    }
 
     #[test]
     fn cut_keeps_short_strings_and_marks_long_ones() {

@@ -109,6 +109,42 @@ async fn a_huge_drop_in_is_refused_unread() {
     server.stop();
 }
 
+/// A drop-in every user may write (or another user's) runs whatever they put there with
+/// the grants the operator gave its name: it is refused and named in `/healthz`, and
+/// loads once it is the host user's alone.
+#[tokio::test]
+async fn a_drop_in_every_user_may_write_is_refused_until_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let providers = dir.path().join(".codebolt/providers");
+    std::fs::create_dir_all(&providers).unwrap();
+    let file = providers.join("handoff.wasm");
+    std::fs::copy(HANDOFF, &file).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let server = Server::start(dir.path());
+    let health = wait_get(&server, "/healthz", "handoff.wasm reported", |_, h| {
+        health_names(h, "handoff.wasm")
+    })
+    .await;
+    assert!(
+        health
+            .to_string()
+            .contains("every user may write it (mode 0666)"),
+        "{health}"
+    );
+    let (status, _) = server.call("GET", "/api/v1/providers/handoff", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    wait_get(
+        &server,
+        "/api/v1/providers/handoff",
+        "handoff loaded",
+        |s, _| s == StatusCode::OK,
+    )
+    .await;
+    server.stop();
+}
+
 /// Polls `GET path` until `pred` holds for its status and body, returning the body.
 async fn wait_get(
     server: &Server,

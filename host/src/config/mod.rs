@@ -770,23 +770,13 @@ fn read_bounded(path: &Path) -> std::io::Result<Option<String>> {
 /// is only warned of (a user-private group under a `002` umask is common).
 fn refuse_if_others_may_write(meta: &std::fs::Metadata) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let refuse = |why: String| {
-        Err(std::io::Error::new(
+    if let Some(why) = crate::untrusted::others_may_change(meta) {
+        return Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             format!("{why}; whoever may change it may grant providers anything"),
-        ))
-    };
-    if let Some(uid) = crate::untrusted::foreign_owner(meta) {
-        return refuse(format!(
-            "it belongs to another user (uid {uid}): make it the host user's (chown)"
         ));
     }
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o002 != 0 {
-        return refuse(format!(
-            "every user may write it (mode {mode:04o}): chmod o-w it"
-        ));
-    }
     if mode & 0o020 != 0 {
         tracing::warn!(
             "tether.toml may be written by its group (mode {mode:04o}): every member may grant providers anything; chmod g-w it unless the group is the host user's alone"

@@ -168,7 +168,7 @@ impl Engine {
 
     /// Loads `path` unless its content is what already loaded from it (`None` then).
     async fn load_changed(&self, path: &Path) -> Result<Option<Arc<LoadedProvider>>, EngineError> {
-        let bytes = read_component(path).await?;
+        let bytes = read_drop_in(path).await?;
         let unchanged = {
             let known = self.dropins.known();
             known.files.get(path).is_some_and(|e| {
@@ -286,6 +286,17 @@ fn unconsented(name: &str, path: &Path, sha256: &str) -> String {
 /// The bytes of the component file at `path`, refused unread past
 /// [`MAX_COMPONENT_BYTES`](super::MAX_COMPONENT_BYTES).
 pub async fn read_component(path: &Path) -> Result<Vec<u8>, EngineError> {
+    read_checked(path, false).await
+}
+
+/// The bytes of the drop-in at `path`, as [`read_component`], refused if users other
+/// than the host's may change it: whoever may swap a drop-in's bytes chooses the code
+/// that runs with the grants the operator gave its name.
+async fn read_drop_in(path: &Path) -> Result<Vec<u8>, EngineError> {
+    read_checked(path, true).await
+}
+
+async fn read_checked(path: &Path, private: bool) -> Result<Vec<u8>, EngineError> {
     use tokio::io::AsyncReadExt;
     let io = |source| EngineError::Io {
         path: path.to_owned(),
@@ -297,7 +308,14 @@ pub async fn read_component(path: &Path) -> Result<Vec<u8>, EngineError> {
         bytes,
     };
     let file = tokio::fs::File::open(path).await.map_err(io)?;
-    let len = file.metadata().await.map_err(io)?.len();
+    let meta = file.metadata().await.map_err(io)?;
+    if private && let Some(why) = crate::untrusted::others_may_change(&meta) {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{why}; whoever may change it chooses what this provider runs"),
+        )));
+    }
+    let len = meta.len();
     if len > limit {
         return Err(too_large(len));
     }
