@@ -58,7 +58,7 @@ impl HostState {
     pub(crate) fn detached(provider: &str, limits: &LimitsConfig) -> Self {
         Self::new(
             WasiCtxBuilder::new().build(),
-            NetHooks::new(NetPolicy::deny_all(), None),
+            NetHooks::new(NetPolicy::deny_all(), None, Arc::default()),
             "-".into(),
             provider.into(),
             None,
@@ -82,13 +82,14 @@ impl HostState {
         let mut table = ResourceTable::new();
         // Every WASI stream, HTTP body and child is an entry: cap what a guest can pile up.
         table.set_max_capacity(limits.max_resources);
+        let log_budget = net.log_budget().clone();
         let mut http = WasiHttpCtx::new();
         http.set_field_size_limit(limits.host_call_bytes);
         Self {
             wasi,
             http,
             net,
-            log_budget: Arc::default(),
+            log_budget,
             table,
             preopens: Vec::new(),
             limits: StoreLimitsBuilder::new()
@@ -186,15 +187,18 @@ pub(crate) fn new_store(
     for dir in caps.directories() {
         dirs.push(preopen(&dir, &dir.display().to_string())?);
     }
+    // The provider's own lines, those its children write and the refusals it meets
+    // share one budget.
+    let log_budget = Arc::new(LogBudget::default());
     let mut wasi = WasiCtxBuilder::new();
-    let check = policy.clone();
+    let (check, budget) = (policy.clone(), log_budget.clone());
     wasi.max_random_size(limits.host_call_bytes as u64)
         .allow_tcp(true)
         .allow_udp(true)
         // Names are resolved by the host for HTTP only; raw sockets take literal addresses.
         .allow_ip_name_lookup(false)
         .socket_addr_check(move |addr, usage| {
-            let verdict = super::host::sockets::allowed(&check, addr, usage);
+            let verdict = super::host::sockets::allowed(&check, &budget, addr, usage);
             Box::pin(async move { verdict })
         });
     let mut broker = ProcessBroker::new(
@@ -207,13 +211,11 @@ pub(crate) fn new_store(
     if let Some(tether) = spawn_guard {
         broker = broker.with_guard(tether.clone());
     }
-    // The provider's own lines and those its children write share one budget.
-    let log_budget = Arc::new(LogBudget::default());
     let gate = log_budget.clone();
     broker = broker.with_log_gate(Arc::new(move || gate.take(Instant::now()).is_some()));
     let mut state = HostState::new(
         wasi.build(),
-        NetHooks::new(policy, Some(tls.clone())),
+        NetHooks::new(policy, Some(tls.clone()), log_budget),
         setup.env_id,
         provider.to_owned(),
         Some(broker),
@@ -222,7 +224,6 @@ pub(crate) fn new_store(
         limits,
     );
     state.preopens = dirs;
-    state.log_budget = log_budget;
     Ok(configured_store(engine, state))
 }
 

@@ -9,7 +9,8 @@
 //! name), also under the connect timeout; a failed handshake is the TLS error code of
 //! `wasi:http` for the provider and a log line for the operator.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper::client::conn::http1;
@@ -22,21 +23,38 @@ use wasmtime_wasi_http::{
 use crate::broker::Denied;
 use crate::broker::net::{NetError, NetPolicy};
 use crate::broker::tls::TlsClient;
+use crate::engine::LogBudget;
 use crate::engine::instance::HostState;
 
-/// The `wasi:http` hooks of one instance: its environment's network policy and the
+/// The `wasi:http` hooks of one instance: its environment's network policy, the
 /// host's TLS client (`None`: `https` is refused, as for an instance serving no
-/// environment).
+/// environment), and the instance's log budget, which its refusals' log lines are
+/// counted against (a guest looping on a refused request logs a burst, not a line
+/// per call).
 #[derive(Debug, Clone)]
 pub(crate) struct NetHooks {
     policy: NetPolicy,
     tls: Option<TlsClient>,
+    log_budget: Arc<LogBudget>,
 }
 
 impl NetHooks {
-    /// Hooks enforcing `policy`, with `tls` for `https`.
-    pub(crate) fn new(policy: NetPolicy, tls: Option<TlsClient>) -> Self {
-        Self { policy, tls }
+    /// Hooks enforcing `policy`, with `tls` for `https`, logging within `log_budget`.
+    pub(crate) fn new(
+        policy: NetPolicy,
+        tls: Option<TlsClient>,
+        log_budget: Arc<LogBudget>,
+    ) -> Self {
+        Self {
+            policy,
+            tls,
+            log_budget,
+        }
+    }
+
+    /// The instance's log budget.
+    pub(crate) fn log_budget(&self) -> &Arc<LogBudget> {
+        &self.log_budget
     }
 }
 
@@ -65,14 +83,17 @@ impl WasiHttpHooks for NetHooks {
     ) -> ResponseFuture {
         // Response-processing errors surface through the body; nothing to report here.
         drop(fut);
-        let (policy, tls) = (self.policy.clone(), self.tls.clone());
-        Box::new(async move { send(policy, tls, request, options).await })
+        let hooks = self.clone();
+        Box::new(async move { send(hooks, request, options).await })
     }
 }
 
-fn refused(policy: &NetPolicy, dest: &str, denied: &Denied) -> Error {
+fn refused(hooks: &NetHooks, dest: &str, denied: &Denied) -> Error {
+    let policy = &hooks.policy;
     let reason = policy.explain(denied);
-    tracing::warn!(env = %policy.env_id(), %dest, %reason, "outgoing HTTP denied");
+    if hooks.log_budget.take(Instant::now()).is_some() {
+        tracing::warn!(env = %policy.env_id(), %dest, %reason, "outgoing HTTP denied");
+    }
     match denied {
         Denied::SensitiveAddress(_) => Error::DestinationIpProhibited,
         Denied::ConnectionLimit(_) => Error::ConnectionLimitReached,
@@ -86,11 +107,11 @@ fn bounded(ours: Duration, theirs: Option<Duration>) -> Duration {
 }
 
 async fn send(
-    policy: NetPolicy,
-    tls: Option<TlsClient>,
+    hooks: NetHooks,
     request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
 ) -> Result<Sent, Error> {
+    let (policy, tls) = (&hooks.policy, hooks.tls.clone());
     let uri = request.uri().clone();
     let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
     let host = uri.host().ok_or(Error::HttpRequestUriInvalid)?.to_owned();
@@ -101,12 +122,14 @@ async fn send(
     let dest = crate::untrusted::quoted(&format!("{scheme}://{host}:{port}"));
     policy
         .check_destination(&scheme, &host, port)
-        .map_err(|d| refused(&policy, &dest, &d))?;
+        .map_err(|d| refused(&hooks, &dest, &d))?;
     let tls = match (scheme.as_str(), tls) {
         ("http", _) => None,
         ("https", Some(tls)) => Some(tls),
         _ => {
-            tracing::warn!(env = %policy.env_id(), %dest, "outgoing HTTP refused: scheme not supported here");
+            if hooks.log_budget.take(Instant::now()).is_some() {
+                tracing::warn!(env = %policy.env_id(), %dest, "outgoing HTTP refused: scheme not supported here");
+            }
             return Err(Error::HttpProtocolError);
         }
     };
@@ -115,10 +138,10 @@ async fn send(
     // the guest's lookups in flight are capped with its connections.
     let permit = policy
         .connection_slot()
-        .map_err(|d| refused(&policy, &dest, &d))?;
+        .map_err(|d| refused(&hooks, &dest, &d))?;
     let addrs = match policy.resolve(&scheme, &host, port).await {
         Ok(addrs) => addrs,
-        Err(NetError::Denied(d)) => return Err(refused(&policy, &dest, &d)),
+        Err(NetError::Denied(d)) => return Err(refused(&hooks, &dest, &d)),
         Err(NetError::Resolve(name, why)) => {
             tracing::warn!(env = %policy.env_id(), %dest, %why, "outgoing HTTP: name did not resolve");
             return Err(Error::DnsError {
@@ -200,6 +223,26 @@ mod tests {
     use crate::config::{NetConfig, UrlPattern};
 
     #[tokio::test]
+    async fn a_loop_of_refused_requests_is_logged_within_the_instance_s_budget() {
+        let hooks = NetHooks::new(NetPolicy::deny_all(), None, Arc::default());
+        for _ in 0..10_000 {
+            let request = http::Request::get("http://denied.test/")
+                .body(
+                    http_body_util::Empty::new()
+                        .map_err(|e| match e {})
+                        .boxed_unsync(),
+                )
+                .unwrap();
+            assert!(send(hooks.clone(), request, None).await.is_err());
+        }
+        assert_eq!(
+            hooks.log_budget().take(Instant::now()),
+            None,
+            "the budget was not spent"
+        );
+    }
+
+    #[tokio::test]
     async fn a_request_takes_its_slot_before_the_name_is_looked_up() {
         let granted: Vec<UrlPattern> = vec![UrlPattern::parse("http://loop.test:*").unwrap()];
         let config = NetConfig {
@@ -219,7 +262,8 @@ mod tests {
         // With no slot free the request ends there: the name (here an operator's
         // override pointing inward, so a lookup would end in a refusal of its own) is
         // never resolved.
-        let refused = send(policy, None, request, None).await.err();
+        let hooks = NetHooks::new(policy, None, Arc::default());
+        let refused = send(hooks, request, None).await.err();
         assert!(
             matches!(refused, Some(Error::ConnectionLimitReached)),
             "{refused:?}"

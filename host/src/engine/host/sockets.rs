@@ -8,9 +8,18 @@ use wasmtime_wasi::sockets::SocketAddrUse;
 
 use crate::broker::Denied;
 use crate::broker::net::NetPolicy;
+use crate::engine::LogBudget;
 
-/// Whether `usage` of `addr` is allowed; a refusal is logged with the environment.
-pub(crate) fn allowed(policy: &NetPolicy, addr: SocketAddr, usage: SocketAddrUse) -> bool {
+/// Whether `usage` of `addr` is allowed; a refusal is logged with the environment,
+/// within the instance's `log_budget` (a guest looping on a refused connect, or a
+/// peer flooding a guest's socket with datagrams it may not hear, logs a burst, not a
+/// line each).
+pub(crate) fn allowed(
+    policy: &NetPolicy,
+    log_budget: &LogBudget,
+    addr: SocketAddr,
+    usage: SocketAddrUse,
+) -> bool {
     let verdict = match usage {
         // Connecting binds the wildcard address first; any other bind is a server's.
         SocketAddrUse::TcpBind | SocketAddrUse::UdpBind
@@ -29,7 +38,9 @@ pub(crate) fn allowed(policy: &NetPolicy, addr: SocketAddr, usage: SocketAddrUse
         Ok(()) => true,
         Err(denied) => {
             let reason = policy.explain(&denied);
-            tracing::warn!(env = %policy.env_id(), %addr, ?usage, %reason, "socket use denied");
+            if let Some(dropped) = log_budget.take(std::time::Instant::now()) {
+                tracing::warn!(env = %policy.env_id(), %addr, ?usage, %reason, dropped, "socket use denied");
+            }
             false
         }
     }
@@ -46,20 +57,60 @@ mod tests {
         let policy = NetPolicy::new("env".into(), grant.clone(), grant, NetConfig::default());
         let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
         let db: SocketAddr = "127.0.0.1:5432".parse().unwrap();
-        assert!(allowed(&policy, any, SocketAddrUse::TcpBind));
-        assert!(allowed(&policy, db, SocketAddrUse::TcpConnect));
+        assert!(allowed(
+            &policy,
+            &LogBudget::default(),
+            any,
+            SocketAddrUse::TcpBind
+        ));
+        assert!(allowed(
+            &policy,
+            &LogBudget::default(),
+            db,
+            SocketAddrUse::TcpConnect
+        ));
         assert!(!allowed(
             &policy,
+            &LogBudget::default(),
             "127.0.0.1:22".parse().unwrap(),
             SocketAddrUse::TcpConnect
         ));
-        assert!(!allowed(&policy, db, SocketAddrUse::UdpSend));
         assert!(!allowed(
             &policy,
+            &LogBudget::default(),
+            db,
+            SocketAddrUse::UdpSend
+        ));
+        assert!(!allowed(
+            &policy,
+            &LogBudget::default(),
             "0.0.0.0:8080".parse().unwrap(),
             SocketAddrUse::TcpBind
         ));
-        assert!(!allowed(&policy, any, SocketAddrUse::TcpListen));
+        assert!(!allowed(
+            &policy,
+            &LogBudget::default(),
+            any,
+            SocketAddrUse::TcpListen
+        ));
+    }
+
+    #[test]
+    fn a_flood_of_refusals_is_logged_within_the_instance_s_budget() {
+        // A peer sending datagrams the guest may not hear, as fast as it likes: each is
+        // refused, but only the budget's burst is logged, and the budget is spent for
+        // the instance's other lines too.
+        let policy = NetPolicy::new("env".into(), [], [], NetConfig::default());
+        let budget = LogBudget::default();
+        let peer: SocketAddr = "127.0.0.1:53".parse().unwrap();
+        for _ in 0..10_000 {
+            assert!(!allowed(&policy, &budget, peer, SocketAddrUse::UdpReceive));
+        }
+        assert_eq!(
+            budget.take(std::time::Instant::now()),
+            None,
+            "the budget was not spent"
+        );
     }
 
     #[test]
@@ -76,13 +127,39 @@ mod tests {
             "0.0.0.0:53",
         ] {
             let addr: SocketAddr = sensitive.parse().unwrap();
-            assert!(!allowed(&policy, addr, SocketAddrUse::UdpReceive), "{addr}");
-            assert!(!allowed(&policy, addr, SocketAddrUse::UdpSend), "{addr}");
+            assert!(
+                !allowed(
+                    &policy,
+                    &LogBudget::default(),
+                    addr,
+                    SocketAddrUse::UdpReceive
+                ),
+                "{addr}"
+            );
+            assert!(
+                !allowed(&policy, &LogBudget::default(), addr, SocketAddrUse::UdpSend),
+                "{addr}"
+            );
         }
         let public: SocketAddr = "192.0.2.7:53".parse().unwrap();
-        assert!(allowed(&policy, public, SocketAddrUse::UdpReceive));
-        assert!(allowed(&policy, public, SocketAddrUse::UdpSend));
+        assert!(allowed(
+            &policy,
+            &LogBudget::default(),
+            public,
+            SocketAddrUse::UdpReceive
+        ));
+        assert!(allowed(
+            &policy,
+            &LogBudget::default(),
+            public,
+            SocketAddrUse::UdpSend
+        ));
         let wildcard_port: SocketAddr = "0.0.0.0:5353".parse().unwrap();
-        assert!(!allowed(&policy, wildcard_port, SocketAddrUse::UdpBind));
+        assert!(!allowed(
+            &policy,
+            &LogBudget::default(),
+            wildcard_port,
+            SocketAddrUse::UdpBind
+        ));
     }
 }
