@@ -456,7 +456,6 @@ fn entry(raw: &Value) -> Result<Pending, String> {
     Ok(pending)
 }
 
-/// Keeps a file the host will write over: copied beside it, named for the moment.
 /// [`keep_rejected`] for a file that was not read: moved aside whole.
 fn move_rejected(path: &Path) {
     match crate::atomic::move_beside(path, "rejected") {
@@ -470,6 +469,7 @@ fn move_rejected(path: &Path) {
     }
 }
 
+/// Keeps a file the host will write over: copied beside it, named for the moment.
 fn keep_rejected(path: &Path, bytes: &[u8]) {
     match crate::atomic::keep_beside(path, "rejected", bytes) {
         Ok(copy) => {
