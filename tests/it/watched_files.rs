@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use notify::Watcher;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::{Server, WAIT, write_config};
 
@@ -45,6 +45,24 @@ impl Opens {
     fn count(&self) -> usize {
         self.count.load(Ordering::SeqCst)
     }
+}
+
+/// Polls `GET /api/v1/config/status` until `done` holds for it; the status then.
+async fn status_when(server: &Server, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = server.call("GET", "/api/v1/config/status", None).await;
+        if done(&body) {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The status once the host has reloaded (or failed to reload) at least once.
+async fn reloaded(server: &Server) -> Value {
+    status_when(server, "never reloaded", |b| !b["lastReload"].is_null()).await
 }
 
 /// Reading `tether.toml` or the records file is no change: the host's own read of
@@ -123,15 +141,7 @@ async fn a_file_still_being_written_is_not_put_in_force() {
     file.write_all(template.as_bytes())
         .expect("writing the rest");
     drop(file);
-    let deadline = std::time::Instant::now() + WAIT;
-    let body = loop {
-        let (_, body) = server.call("GET", "/api/v1/config/status", None).await;
-        if !body["lastReload"].is_null() {
-            break body;
-        }
-        assert!(std::time::Instant::now() < deadline, "never reloaded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let body = reloaded(&server).await;
     assert_eq!(body["lastReload"]["outcome"], "applied", "{body}");
     assert_eq!(
         body["lastReload"]["changed"],
@@ -162,18 +172,8 @@ async fn a_broken_tether_toml_is_reported_without_its_values() {
         std::fs::write(&tmp, text).expect("writing");
         std::fs::rename(&tmp, dir.path().join("tether.toml")).expect("renaming");
         let secret = format!("SECRET-{}", i + 1);
-        let deadline = std::time::Instant::now() + WAIT;
-        let status = loop {
-            let (_, body) = server.call("GET", "/api/v1/config/status", None).await;
-            if body["lastReload"]["at"] != last {
-                break body;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never reloaded: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let status =
+            status_when(&server, "never reloaded", |b| b["lastReload"]["at"] != last).await;
         last = status["lastReload"]["at"].clone();
         assert_eq!(status["lastReload"]["outcome"], "failed", "{status}");
         let (_, health) = server.call_with("GET", "/healthz", None, None).await;
@@ -307,18 +307,7 @@ async fn a_config_map_update_is_reloaded() {
     symlink("..2026_01_01_v2", dir.path().join("..data_tmp")).expect("..data_tmp");
     std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).expect("swap");
 
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        let (_, body) = server.call("GET", "/api/v1/config/status", None).await;
-        if !body["lastReload"].is_null() {
-            break body;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never reloaded: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = reloaded(&server).await;
     assert_eq!(status["lastReload"]["outcome"], "applied", "{status}");
     assert_eq!(
         status["lastReload"]["changed"],
@@ -340,15 +329,7 @@ async fn an_edit_of_a_tether_toml_every_user_may_write_is_refused() {
     let path = dir.path().join("tether.toml");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
     std::fs::write(&path, "[limits]\nmemory_mib = 256\n").unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        let (_, body) = server.call("GET", "/api/v1/config/status", None).await;
-        if !body["lastReload"].is_null() {
-            break body;
-        }
-        assert!(std::time::Instant::now() < deadline, "never reloaded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = reloaded(&server).await;
     assert_eq!(status["lastReload"]["outcome"], "failed", "{status}");
     let error = status["lastReload"]["error"].as_str().unwrap_or_default();
     assert!(
@@ -357,17 +338,9 @@ async fn an_edit_of_a_tether_toml_every_user_may_write_is_refused() {
     );
     // Made private again, the same text is taken.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (_, body) = server.call("GET", "/api/v1/config/status", None).await;
-        if body["lastReload"]["outcome"] == "applied" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never applied: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    status_when(&server, "never applied", |b| {
+        b["lastReload"]["outcome"] == "applied"
+    })
+    .await;
     server.stop();
 }
