@@ -131,7 +131,7 @@ fn setting_secs(n: u64, what: &str) -> Result<Duration, ConfigError> {
 fn setting_ms(n: u64, what: &str) -> Result<Duration, ConfigError> {
     match n {
         0 => Err(ConfigError::Invalid(format!("{what} must be > 0"))),
-        _ if n / 1000 < MAX_SETTING_SECS => Ok(Duration::from_millis(n)),
+        _ if n <= MAX_SETTING_SECS * 1000 => Ok(Duration::from_millis(n)),
         _ => Err(ConfigError::Invalid(format!(
             "{what} must be at most {} (a year), not {n}",
             MAX_SETTING_SECS * 1000

@@ -182,6 +182,14 @@ fn durations_and_sizes_beyond_any_intent_are_errors_not_wrapped_or_overflowing()
     }
     let c = load("[relay]\nmax_message_kib = 65536\nsession_ttl_secs = 31622400\n").unwrap();
     assert_eq!(c.relay.max_message_bytes, 64 << 20);
+    // A year in milliseconds is the bound, as it is in seconds; a millisecond more is not.
+    let c = load("[health]\ninterval_ms = 31622400000\n").unwrap();
+    assert_eq!(c.health.interval, Duration::from_secs(31_622_400));
+    let err = load("[health]\ninterval_ms = 31622400001\n").unwrap_err();
+    assert!(
+        err.to_string().contains("at most 31622400000 (a year)"),
+        "{err}"
+    );
 }
 
 #[test]
