@@ -104,10 +104,7 @@ pub(crate) async fn send(
     let (head, bytes) = tokio::time::timeout(TIMEOUT, exchange)
         .await
         .context("the server did not answer in time")??;
-    let answer = is_a(&head.headers, JSON)
-        .then(|| serde_json::from_slice::<Value>(&bytes).ok())
-        .flatten();
-    match answer {
+    match json_of(&head, &bytes) {
         // Tether answers every call with JSON, but for a deletion (204, no body).
         Some(answer) if head.status.is_success() => Ok(answer),
         None if head.status == StatusCode::NO_CONTENT => Ok(Value::Null),
@@ -130,6 +127,13 @@ fn is_a(headers: &http::HeaderMap, media: &str) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(media))
+}
+
+/// `bytes` as JSON, if `head` says they are JSON and they are.
+fn json_of(head: &http::response::Parts, bytes: &[u8]) -> Option<Value> {
+    is_a(&head.headers, JSON)
+        .then(|| serde_json::from_slice(bytes).ok())
+        .flatten()
 }
 
 /// The server's answer was not one Tether gives: a redirect, an HTML page, a proxy's
@@ -224,10 +228,7 @@ pub(crate) async fn follow_lines(
         let (head, mut body) = response.into_parts();
         if !head.status.is_success() || !is_a(&head.headers, NDJSON) {
             let bytes = answer(body).await?;
-            let answer = is_a(&head.headers, JSON)
-                .then(|| serde_json::from_slice::<Value>(&bytes).ok())
-                .flatten();
-            return Err(match answer {
+            return Err(match json_of(&head, &bytes) {
                 Some(a) if !head.status.is_success() && a["error"].is_object() => {
                     Refused::from_answer(head.status, &a).into()
                 }

@@ -754,7 +754,7 @@ fn read_file(source: &ConfigSource) -> Result<(FileConfig, toml::Table), ConfigE
 /// reads more than one byte past the limit.
 fn read_bounded(path: &Path) -> std::io::Result<Option<String>> {
     let file = crate::untrusted::open_regular(path)?;
-    refuse_if_others_may_write(&file.metadata()?)?;
+    refuse_if_others_may_write(path, &file.metadata()?)?;
     let Some(bytes) = crate::untrusted::read_at_most(file, MAX_CONFIG_BYTES)? else {
         return Ok(None);
     };
@@ -768,7 +768,7 @@ fn read_bounded(path: &Path) -> std::io::Result<Option<String>> {
 /// anything as the host. Writable by everyone, or owned by another user (who may
 /// change its mode at will; root's is taken), it is refused; writable by the group
 /// is only warned of (a user-private group under a `002` umask is common).
-fn refuse_if_others_may_write(meta: &std::fs::Metadata) -> std::io::Result<()> {
+fn refuse_if_others_may_write(path: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(why) = crate::untrusted::others_may_change(meta) {
         return Err(std::io::Error::new(
@@ -779,7 +779,9 @@ fn refuse_if_others_may_write(meta: &std::fs::Metadata) -> std::io::Result<()> {
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o020 != 0 {
         tracing::warn!(
-            "tether.toml may be written by its group (mode {mode:04o}): every member may grant providers anything; chmod g-w it unless the group is the host user's alone"
+            path = %path.display(),
+            "{} may be written by its group (mode {mode:04o}): every member may grant providers anything; chmod g-w it unless the group is the host user's alone",
+            path.display()
         );
     }
     Ok(())

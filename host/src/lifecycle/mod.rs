@@ -370,19 +370,19 @@ impl Manager {
     /// `Conflict` for a record held back as invalid: the API never acts on one (its
     /// text stays as written until someone fixes or removes it in the file).
     fn refuse_held(&self, id: &str) -> Result<(), LifecycleError> {
+        let Some(reason) = self.shared.store.held_reason(id) else {
+            return Ok(());
+        };
         // The file by name: the caller is told which file, not where the host keeps it.
         let path = self.shared.store.path();
         let file = path
             .file_name()
             .unwrap_or(path.as_os_str())
             .to_string_lossy();
-        match self.shared.store.held_reason(id) {
-            None => Ok(()),
-            Some(reason) => Err(LifecycleError::Conflict(format!(
-                "the record with id {} in {file} is invalid and held back ({reason}); the host does not change it: fix or remove it in the file",
-                untrusted::named(id),
-            ))),
-        }
+        Err(LifecycleError::Conflict(format!(
+            "the record with id {} in {file} is invalid and held back ({reason}); the host does not change it: fix or remove it in the file",
+            untrusted::named(id),
+        )))
     }
 
     /// The record of environment `id`, or `NotFound`.
