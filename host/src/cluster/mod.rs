@@ -89,6 +89,11 @@ const SYNC_WAIT: Duration = Duration::from_secs(3);
 /// How long record changes may go unwritten to the bucket before `/healthz` says so:
 /// longer than a retry or two, so a moment's trouble is not reported.
 const UNSHARED_AFTER: Duration = Duration::from_secs(5);
+/// The shortest lease: `lease_ttl_secs`'s bound, which a leases bucket made by hand
+/// must keep too.
+const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
+/// The longest lease, likewise.
+const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
 
 /// Changes of this host (of records, or of tokens) that their bucket did not take.
 #[derive(Debug)]
@@ -363,7 +368,7 @@ impl Cluster {
             prefix,
             "records",
             "environment records, by id",
-            None,
+            Age::Never,
             MAX_RECORD_BYTES,
         )
         .await?;
@@ -372,7 +377,7 @@ impl Cluster {
             prefix,
             "names",
             "environment names, each held by its record's id",
-            None,
+            Age::Never,
             1024,
         )
         .await?;
@@ -381,7 +386,11 @@ impl Cluster {
             prefix,
             "leases",
             "which host runs each environment",
-            Some(ttl),
+            Age::Lapses {
+                made: ttl,
+                least: MIN_LEASE_TTL,
+                most: MAX_LEASE_TTL,
+            },
             64 << 10,
         )
         .await?;
@@ -401,7 +410,11 @@ impl Cluster {
             prefix,
             "hosts",
             "live hosts",
-            Some(config.lease_ttl),
+            Age::Lapses {
+                made: config.lease_ttl,
+                least: MIN_LEASE_TTL,
+                most: MAX_LEASE_TTL,
+            },
             64 << 10,
         )
         .await?;
@@ -410,7 +423,7 @@ impl Cluster {
             prefix,
             "tokens",
             "user tokens by id (SHA-256 of the secret, never the secret)",
-            None,
+            Age::Never,
             tokens::MAX_TOKEN_BYTES as i32,
         )
         .await?;
@@ -419,7 +432,7 @@ impl Cluster {
             prefix,
             "removals",
             "deleted records whose resource a host is still to remove",
-            None,
+            Age::Never,
             MAX_RECORD_BYTES,
         )
         .await?;
@@ -428,7 +441,11 @@ impl Cluster {
             prefix,
             "admissions",
             "users whose change a host is checking against their limits",
-            Some(admissions::HELD_AT_MOST),
+            Age::Lapses {
+                made: admissions::HELD_AT_MOST,
+                least: admissions::HELD_AT_MOST,
+                most: admissions::HELD_AT_MOST * 6,
+            },
             1024,
         )
         .await?;
@@ -1033,14 +1050,29 @@ impl Cluster {
     }
 }
 
-/// Opens bucket `PREFIX-name` (one value per key, on disk; keys dropped `max_age`
-/// after their last write, if given), making it if it is missing.
+/// The age limit a bucket must have, whoever made it: the code relies on its keys
+/// lapsing, or on their never lapsing.
+#[derive(Debug, Clone, Copy)]
+enum Age {
+    /// None: its keys stand until deleted (a record, a name, a token, a removal).
+    Never,
+    /// Its keys lapse this long after their last write (made with `made` when
+    /// missing), an age between `least` and `most`.
+    Lapses {
+        made: Duration,
+        least: Duration,
+        most: Duration,
+    },
+}
+
+/// Opens bucket `PREFIX-name` (one value per key, on disk; keys dropped as `age`
+/// says), making it if it is missing.
 async fn bucket(
     js: &jetstream::Context,
     prefix: &str,
     name: &str,
     what: &str,
-    max_age: Option<Duration>,
+    age: Age,
     max_value_size: i32,
 ) -> Result<kv::Store, ClusterError> {
     let name = format!("{prefix}-{name}");
@@ -1048,7 +1080,10 @@ async fn bucket(
         bucket: name.clone(),
         description: format!("tether: {what}"),
         history: 1,
-        max_age: max_age.unwrap_or_default(),
+        max_age: match age {
+            Age::Never => Duration::ZERO,
+            Age::Lapses { made, .. } => made,
+        },
         max_value_size,
         storage: jetstream::stream::StorageType::File,
         ..Default::default()
@@ -1064,23 +1099,44 @@ async fn bucket(
                 reason: format!("{created}; {e}"),
             })?,
     };
-    if max_age.is_some() {
+    let status = (store.status().await).map_err(|e| ClusterError::Bucket {
+        bucket: name.clone(),
+        reason: e.to_string(),
+    })?;
+    match age_refused(status.max_age(), age, &name) {
+        Some(reason) => Err(ClusterError::Bucket {
+            bucket: name,
+            reason,
+        }),
+        None => Ok(store),
+    }
+}
+
+/// Why a bucket with age limit `found` cannot be used where `age` is needed (made
+/// by hand, or by another tool), if it cannot.
+fn age_refused(found: Duration, age: Age, name: &str) -> Option<String> {
+    let secs = found.as_secs_f64();
+    match age {
+        // Its keys would vanish while they still count: records (every host would
+        // delete the environment), names, tokens, removals not yet done.
+        Age::Never if !found.is_zero() => Some(format!(
+            "it has an age limit ({secs} s; made by hand?), so what it holds would vanish that long after it was written; remove the limit from its stream (KV_{name}) and start the hosts again"
+        )),
+        Age::Never => None,
         // Made by hand without one, its keys would never lapse: a dead host's leases,
         // its entry and the admission keys it held would stand for good.
-        let status = (store.status().await).map_err(|e| ClusterError::Bucket {
-            bucket: name.clone(),
-            reason: e.to_string(),
-        })?;
-        if status.max_age().is_zero() {
-            return Err(ClusterError::Bucket {
-                reason: format!(
-                    "it has no age limit (made by hand?), so what a dead host held there would never lapse; delete it (nats kv del {name}) and start the hosts again: they make it with one"
-                ),
-                bucket: name,
-            });
-        }
+        Age::Lapses { .. } if found.is_zero() => Some(format!(
+            "it has no age limit (made by hand?), so what a dead host held there would never lapse; delete it (nats kv del {name}) and start the hosts again: they make it with one"
+        )),
+        // Too short, a key lapses while its holder relies on it; too long, a dead
+        // holder's key stands that long.
+        Age::Lapses { least, most, .. } if found < least || found > most => Some(format!(
+            "its age limit ({secs} s; made by hand?) is not between {} and {} s, so what a host holds there would lapse too soon or a dead host's stand too long; delete it (nats kv del {name}) and start the hosts again: they make it with one",
+            least.as_secs(),
+            most.as_secs()
+        )),
+        Age::Lapses { .. } => None,
     }
-    Ok(store)
 }
 
 /// Runs `work` in the background, in span `name`, until `closing` fires.
@@ -1114,4 +1170,31 @@ fn by_host(leases: &HashMap<String, LeaseView>) -> HashMap<String, Vec<String>> 
         ids.sort();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_s_age_limit_is_refused_where_its_keys_would_lapse_wrongly() {
+        let secs = Duration::from_secs;
+        let lapses = Age::Lapses {
+            made: secs(10),
+            least: secs(10),
+            most: secs(60),
+        };
+        assert_eq!(age_refused(Duration::ZERO, Age::Never, "t-records"), None);
+        let why = age_refused(secs(3600), Age::Never, "t-records").expect("refused");
+        assert!(why.starts_with("it has an age limit (3600 s"), "{why}");
+        for fine in [10, 30, 60] {
+            assert_eq!(age_refused(secs(fine), lapses, "t-admissions"), None);
+        }
+        let why = age_refused(Duration::ZERO, lapses, "t-admissions").expect("refused");
+        assert!(why.starts_with("it has no age limit"), "{why}");
+        for wrong in [1, 86_400] {
+            let why = age_refused(secs(wrong), lapses, "t-admissions").expect("refused");
+            assert!(why.contains("is not between 10 and 60 s"), "{why}");
+        }
+    }
 }
