@@ -1,11 +1,142 @@
-//! Cluster mode with bad or stale entries in the shared buckets: a bucket made by
-//! hand with an age limit the hosts cannot use is refused at start.
+//! Cluster mode with bad or stale entries in the shared buckets: a record made
+//! invalid in the records bucket (by hand, or by a host's bug) is named in every
+//! host's `/healthz`, each host keeps serving its last good copy, and the record is
+//! repaired by a later good write or by the next change made through the API.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
+use serde_json::{Value, json};
 
-use crate::cluster::{Nats, host, until_health};
+use crate::cluster::{Nats, host, id_of, listed, until_env, until_health};
+use crate::support::{Server, WAIT};
+
+/// The records bucket of the cluster at `nats`.
+async fn records_bucket(nats: &Nats) -> async_nats::jetstream::kv::Store {
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    js.get_key_value("tether-records").await.expect("records")
+}
+
+/// Record `id` as the bucket has it now, once it parses and `pred` holds for it.
+async fn until_bucket(
+    records: &async_nats::jetstream::kv::Store,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let entry = records.get(id).await.expect("reading the record");
+        let record: Option<Value> = entry.and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(record) = record.filter(|r| pred(r)) {
+            return record;
+        }
+        assert!(Instant::now() < deadline, "the bucket's {id}: never {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Patches `id`'s config on `server`, expecting it taken.
+async fn patch_config(server: &Server, id: &str, config: Value) {
+    let path = format!("/api/v1/environments/{id}");
+    let (status, body) = server
+        .call("PATCH", &path, Some(json!({ "config": config })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Regression: a value under a record's key that is not a valid record (written by
+/// hand, or by a bug on another host) was ignored by every host, but the next change
+/// of that environment found the bucket at a revision it could not merge with and was
+/// tried again every second for good, `/healthz` blaming NATS; a restarted host did the
+/// same with its own copy. Now the bad value is named in `/healthz` (its key and why,
+/// never its content), every host keeps its last good copy, other records are
+/// untouched, and the next change made through the API is written over it, as is a
+/// later good value written by hand taken.
+#[tokio::test]
+async fn a_record_made_invalid_in_the_bucket_is_named_kept_and_repaired() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let b = host(dir.path(), &nats, "b", "");
+    let mut ids = Vec::new();
+    for name in ["spoilt", "other"] {
+        let body = json!({"name": name, "provider": "handoff", "config": {"v": 1}});
+        let (status, env) = a.call("POST", "/api/v1/environments", Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{env}");
+        listed(&b, name).await;
+        ids.push(id_of(&env));
+    }
+    let (spoilt, other) = (ids[0].clone(), ids[1].clone());
+    let records = records_bucket(&nats).await;
+    let good = until_bucket(&records, &spoilt, "written", |_| true).await;
+
+    // Not a record: `config` must be an object. Its text must not be shown.
+    let bad =
+        json!({"id": spoilt, "name": "spoilt", "provider": "handoff", "config": "s3cret-text"});
+    records
+        .put(&spoilt, bad.to_string().into())
+        .await
+        .expect("spoiling it");
+    for server in [&a, &b] {
+        let health = until_health(server, &["tether-records", &spoilt, "invalid"]).await;
+        assert!(!health.to_string().contains("s3cret"), "{health}");
+        // The last good copy is served.
+        let env = until_env(server, &spoilt, "kept", |e| e["config"]["v"] == 1).await;
+        assert_eq!(env["name"], "spoilt", "{env}");
+    }
+    for server in [&a, &b] {
+        assert!(!server.log().contains("s3cret"), "{}", server.log());
+    }
+    // Another record is changed as ever.
+    patch_config(&b, &other, json!({"v": 2})).await;
+    until_env(&a, &other, "patched on b", |e| e["config"]["v"] == 2).await;
+
+    // A change through the API is written over the bad value.
+    patch_config(&b, &spoilt, json!({"v": 3})).await;
+    let repaired = until_bucket(&records, &spoilt, "repaired", |r| r["config"]["v"] == 3).await;
+    assert_eq!(repaired["name"], "spoilt", "{repaired}");
+    until_env(&a, &spoilt, "patched on b", |e| e["config"]["v"] == 3).await;
+    for server in [&a, &b] {
+        until_health(server, &[]).await;
+    }
+
+    // Spoilt again, and a host restarted meanwhile: it keeps its own copy, does not
+    // try to write it over the bad value, and names it.
+    records
+        .put(&spoilt, bad.to_string().into())
+        .await
+        .expect("spoiling it again");
+    until_health(&a, &["tether-records", &spoilt, "invalid"]).await;
+    let b_dir = b.data_dir.clone();
+    b.stop();
+    let b = host(dir.path(), &nats, "b", "");
+    until_health(&b, &["tether-records", &spoilt, "invalid"]).await;
+    until_env(&b, &spoilt, "kept", |e| e["config"]["v"] == 3).await;
+    assert_eq!(b.data_dir, b_dir);
+    // Two retries' worth: nothing was tried.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!b.log().contains("writing a record failed"), "{}", b.log());
+    // A good value written by hand is taken by every host.
+    let mut fixed = good.clone();
+    fixed["config"] = json!({"v": 4});
+    records
+        .put(&spoilt, fixed.to_string().into())
+        .await
+        .expect("repairing it by hand");
+    for server in [&a, &b] {
+        until_env(server, &spoilt, "repaired by hand", |e| {
+            e["config"]["v"] == 4
+        })
+        .await;
+        until_health(server, &[]).await;
+    }
+    a.stop();
+    b.stop();
+}
 
 /// Regression: of the buckets made by hand before the hosts made them, only those
 /// whose keys must lapse were checked, and only for having an age limit at all. A

@@ -94,6 +94,8 @@ const UNSHARED_AFTER: Duration = Duration::from_secs(5);
 const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
 /// The longest lease, likewise.
 const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
+/// How many invalid records `/healthz` names one by one (the rest are counted).
+const INVALID_NAMED: usize = 8;
 
 /// Changes of this host (of records, or of tokens) that their bucket did not take.
 #[derive(Debug)]
@@ -309,6 +311,9 @@ struct Inner {
     /// be written to their bucket, how many, and why the last one could not; absent
     /// while every one is written.
     unshared: Mutex<BTreeMap<&'static str, Unshared>>,
+    /// The keys of the records bucket whose last value is not a valid record, with
+    /// why (never the value's text): named in `/healthz` until repaired.
+    invalid_records: Mutex<BTreeMap<String, String>>,
     /// The buckets as this host opened them, looked up every lease.
     buckets: Arc<buckets::Buckets>,
     conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
@@ -530,6 +535,7 @@ impl Cluster {
                 tunnels,
                 buckets,
                 unshared: Mutex::new(BTreeMap::new()),
+                invalid_records: Mutex::new(BTreeMap::new()),
                 conflicts: Mutex::new(Default::default()),
                 conflicts_seen: Default::default(),
                 closing,
@@ -968,6 +974,21 @@ impl Cluster {
                 ));
             }
         }
+        let invalid = self.inner.invalid_records.locked();
+        for (key, why) in invalid.iter().take(INVALID_NAMED) {
+            reasons.push(format!(
+                "cluster: record {key} in bucket {} is invalid ({why}); every host keeps its last good copy until a valid record is written there or the environment is changed through the API",
+                self.inner.records.name
+            ));
+        }
+        if invalid.len() > INVALID_NAMED {
+            reasons.push(format!(
+                "cluster: {} more invalid record(s) in bucket {} (see the log)",
+                invalid.len() - INVALID_NAMED,
+                self.inner.records.name
+            ));
+        }
+        drop(invalid);
         reasons.extend(self.inner.buckets.health());
         reasons.extend(self.inner.leases.health());
         reasons.extend(self.inner.agreements.health());
@@ -1006,6 +1027,12 @@ impl Cluster {
         if let Some(error) = error {
             now.error = error;
         }
+    }
+
+    /// The records bucket's keys whose last value is not a valid record are
+    /// `invalid` now (key: why), for `/healthz`.
+    fn invalid_records(&self, invalid: &BTreeMap<String, String>) {
+        *self.inner.invalid_records.locked() = invalid.clone();
     }
 
     /// Keeps a field conflict for `GET /api/v1/cluster` and logs it.
