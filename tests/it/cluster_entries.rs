@@ -46,6 +46,14 @@ async fn patch_config(server: &Server, id: &str, config: Value) {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// The generation of the runtime token `server`'s `handoff` environment `name` was
+/// last started with.
+fn generation(server: &Server, name: &str) -> u64 {
+    let (_, token) = server.handoff_runtime(name);
+    let generation = token.split_once('.').map(|(g, _)| g.parse().ok());
+    generation.flatten().expect("a runtime token")
+}
+
 /// Regression: a value under a record's key that is not a valid record (written by
 /// hand, or by a bug on another host) was ignored by every host, but the next change
 /// of that environment found the bucket at a revision it could not merge with and was
@@ -184,5 +192,59 @@ async fn a_bucket_made_by_hand_with_an_age_limit_the_hosts_cannot_use_is_refused
     let a = host(dir.path(), &nats, "a", "");
     assert_eq!(a.call("GET", "/healthz", None).await.0, StatusCode::OK);
     until_health(&a, &[]).await;
+    a.stop();
+}
+
+/// Regression: the host running an environment took changes of the instance's fields
+/// (`resourceId`, `runtimeGeneration`, `runtimeTokenSha256`, …) that someone else wrote
+/// to the records bucket (by hand, or a host's bug) as its own: the instance kept
+/// running while its runtime was told apart by a token hash it never minted, so a
+/// runtime with a token of the writer's making was let in. Only the host holding the
+/// lease writes those fields; one changed under it now makes it take the lease for
+/// contested: it lets no runtime in, stops the instance, says why, and the
+/// environment is started afresh, with a new token.
+#[tokio::test]
+async fn instance_fields_changed_in_the_bucket_under_a_lease_are_not_adopted() {
+    use sha2::Digest;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "[cluster]\nlease_ttl_secs = 3\n");
+    let (id, url, _) = a.handoff_env("held").await;
+    assert_eq!(generation(&a, "held"), 1);
+    let records = records_bucket(&nats).await;
+    let mut forged = until_bucket(&records, &id, "running", |r| {
+        r["runtimeGeneration"] == 1 && r["runtimeTokenSha256"].is_string()
+    })
+    .await;
+    let token = "7.forged";
+    forged["runtimeGeneration"] = json!(7);
+    forged["runtimeTokenSha256"] = json!(hex::encode(sha2::Sha256::digest(token)));
+    forged["resourceId"] = json!("elsewhere");
+    records
+        .put(&id, forged.to_string().into())
+        .await
+        .expect("writing under a's lease");
+    until_env(&a, &id, "taken in", |e| e["resourceId"] == "elsewhere").await;
+    // The writer's runtime is not let in.
+    let connected = crate::support::Ws::connect(&url, Some(token)).await;
+    assert!(connected.is_err(), "a runtime of a forged token was let in");
+    crate::cluster::until_log(&a, &id, "taking its lease for contested").await;
+    // The environment is started afresh, with a token of a's making.
+    let deadline = Instant::now() + WAIT;
+    while generation(&a, "held") != 8 {
+        assert!(
+            Instant::now() < deadline,
+            "never started again; log:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until_env(&a, &id, "running again", |e| {
+        e["status"] == "running" && e["host"] == "a"
+    })
+    .await;
     a.stop();
 }

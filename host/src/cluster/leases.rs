@@ -554,6 +554,28 @@ impl Leases {
         }
     }
 
+    /// Someone else changed the instance's fields of environment `id`, whose lease
+    /// this host holds, in the records bucket (by hand, or a host's bug): this host no
+    /// longer knows that what it runs is what the record says, so it takes the lease
+    /// for lost at once (no runtime is let in from here on), stops the instance and
+    /// gives the lease up, so that a fresh start (a new runtime token) follows.
+    pub(super) fn contested(self: &Arc<Self>, id: &str) {
+        let Some(held) = self.held.locked().remove(id) else {
+            return;
+        };
+        self.tell(ClusterEvent::LeaseLost(id.to_owned()));
+        let (this, key) = (self.clone(), key_of(id));
+        tokio::spawn(async move {
+            let _writing = this.writing.lock().await;
+            let deleted = (this.bucket)
+                .delete_expect_revision(&key, Some(held.revision))
+                .await;
+            if let Err(e) = deleted {
+                tracing::debug!(%key, error = %e, "cluster: giving up a contested lease (it lapses by itself)");
+            }
+        });
+    }
+
     fn lose(&self, id: &str) {
         if self.held.locked().remove(id).is_some() {
             self.tell(ClusterEvent::LeaseLost(id.to_owned()));

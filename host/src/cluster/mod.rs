@@ -314,6 +314,9 @@ struct Inner {
     /// The keys of the records bucket whose last value is not a valid record, with
     /// why (never the value's text): named in `/healthz` until repaired.
     invalid_records: Mutex<BTreeMap<String, String>>,
+    /// By environment whose lease this host took: the records bucket's last
+    /// revision then ([`Cluster::note_claim`]).
+    claimed_after: Mutex<HashMap<String, u64>>,
     /// The buckets as this host opened them, looked up every lease.
     buckets: Arc<buckets::Buckets>,
     conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
@@ -536,6 +539,7 @@ impl Cluster {
                 buckets,
                 unshared: Mutex::new(BTreeMap::new()),
                 invalid_records: Mutex::new(BTreeMap::new()),
+                claimed_after: Mutex::new(HashMap::new()),
                 conflicts: Mutex::new(Default::default()),
                 conflicts_seen: Default::default(),
                 closing,
@@ -634,13 +638,46 @@ impl Cluster {
         // Bounded: a start's answer waits for it, and a NATS that went away has each
         // request of the client wait out its own timeout (a lease taken after all is
         // never renewed, and lapses).
-        match tokio::time::timeout(REQUEST_WAIT, self.inner.leases.claim(id)).await {
-            Ok(claimed) => claimed,
-            Err(_) => Err(ClusterError::Nats(format!(
-                "claiming the lease of {id}: NATS did not answer within {} s",
-                REQUEST_WAIT.as_secs()
-            ))),
+        let held = self.holds(id);
+        let claimed = match tokio::time::timeout(REQUEST_WAIT, self.inner.leases.claim(id)).await {
+            Ok(claimed) => claimed?,
+            Err(_) => {
+                return Err(ClusterError::Nats(format!(
+                    "claiming the lease of {id}: NATS did not answer within {} s",
+                    REQUEST_WAIT.as_secs()
+                )));
+            }
+        };
+        if claimed && !held {
+            self.note_claim(id).await;
         }
+        Ok(claimed)
+    }
+
+    /// Notes the records bucket's last revision as this host takes environment `id`'s
+    /// lease: record changes up to it were written before, by the lease's last holder
+    /// among others; only later ones must be this host's own to change the instance's
+    /// fields ([`Cluster::contested`]). When NATS cannot say, none is checked.
+    async fn note_claim(&self, id: &str) {
+        let status = tokio::time::timeout(REQUEST_WAIT, self.inner.records.status()).await;
+        let after = match status {
+            Ok(Ok(status)) => status.info.state.last_sequence,
+            _ => {
+                tracing::debug!(env = %id, "cluster: the records bucket's revision is unknown; instance fields changed under this lease are not checked");
+                u64::MAX
+            }
+        };
+        self.inner
+            .claimed_after
+            .locked()
+            .insert(id.to_owned(), after);
+    }
+
+    /// Whether the records bucket's `revision` of environment `id` was written after
+    /// this host took its lease, which it holds.
+    fn under_lease(&self, id: &str, revision: u64) -> bool {
+        self.holds(id)
+            && (self.inner.claimed_after.locked().get(id)).is_some_and(|after| revision > *after)
     }
 
     /// Reserves environment name `name` for record `id` across the cluster: `false`
@@ -842,6 +879,7 @@ impl Cluster {
     /// Gives environment `id`'s lease up (it stopped here, or was deleted).
     pub(crate) async fn release(&self, id: &str) {
         self.inner.leases.release(id).await;
+        self.inner.claimed_after.locked().remove(id);
     }
 
     /// Whether host `host` is alive (this one is); an error when NATS cannot say.
@@ -874,6 +912,12 @@ impl Cluster {
         tokio::time::timeout(BOOKKEEPING_WAIT, work)
             .await
             .map_err(|_| ClusterError::Nats(format!("{doing}: NATS did not answer in time")))
+    }
+
+    /// Someone else changed the instance's fields of environment `id`, which this
+    /// host runs: see [`leases::Leases::contested`].
+    fn contested(&self, id: &str) {
+        self.inner.leases.contested(id);
     }
 
     /// Whether this host holds environment `id`'s lease.

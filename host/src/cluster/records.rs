@@ -434,6 +434,13 @@ impl Sync {
                 };
                 self.valid_again(&entry.key);
                 let fields = fields_of(&record);
+                if let (Some(base), Some(here)) = (
+                    self.synced.get(&entry.key),
+                    fields_of_id(&self.store, &record.id),
+                ) {
+                    let revision = entry.revision;
+                    self.contest_if_changed(&record.id, revision, &base.fields, &here, &fields);
+                }
                 self.deleted.remove(&entry.key);
                 let base = self.synced.insert(
                     entry.key.clone(),
@@ -463,6 +470,30 @@ impl Sync {
         }
         self.invalid.insert(key.clone(), why);
         self.cluster.invalid_records(&self.invalid);
+    }
+
+    /// `theirs`, the bucket's newer record `id` (at `revision`) after `base`, changed
+    /// an instance's field that this host (whose copy is `here`) did not: if this host
+    /// runs the environment and took its lease before that revision was written, only
+    /// its own writes change those, so someone else did (by hand, or a host's bug).
+    /// Its lease is taken for contested ([`Cluster::contested`]), never the fields
+    /// adopted by the instance running here.
+    fn contest_if_changed(
+        &self,
+        id: &str,
+        revision: u64,
+        base: &Map<String, Value>,
+        here: &Map<String, Value>,
+        theirs: &Map<String, Value>,
+    ) {
+        if !self.cluster.under_lease(id, revision) {
+            return;
+        }
+        let changed = merge::owner_fields_changed(base, here, theirs);
+        if !changed.is_empty() {
+            tracing::error!(env = %id, fields = ?changed, "cluster: someone other than this host changed the instance's fields of an environment it runs in the records bucket; taking its lease for contested: the instance here is stopped, and started again afresh (with a new runtime token)");
+            self.cluster.contested(id);
+        }
     }
 
     /// The bucket holds a valid record under `key` again (or none).
@@ -657,6 +688,7 @@ impl Sync {
                 }
             };
             let base_fields = base.map(|b| b.fields).unwrap_or_default();
+            self.contest_if_changed(id, entry.revision, &base_fields, &mine, &theirs);
             let (merged, clashes) = merge::merge(&base_fields, &mine, &theirs);
             self.report(id, clashes);
             self.synced.insert(
