@@ -1,7 +1,11 @@
-//! Cluster mode with bad or stale entries in the shared buckets: a record made
+//! Cluster mode with bad or stale entries in the shared buckets: a bucket made by
+//! hand with an age limit the hosts cannot use is refused at start; a record made
 //! invalid in the records bucket (by hand, or by a host's bug) is named in every
 //! host's `/healthz`, each host keeps serving its last good copy, and the record is
-//! repaired by a later good write or by the next change made through the API.
+//! repaired by a later good write or by the next change made through the API; the
+//! instance's fields changed under a lease by someone else are not adopted by the
+//! host running it; a host restarted after a crash gives up the leases its last run
+//! left and starts afresh what should run.
 
 use std::time::{Duration, Instant};
 
@@ -247,4 +251,89 @@ async fn instance_fields_changed_in_the_bucket_under_a_lease_are_not_adopted() {
     })
     .await;
     a.stop();
+}
+
+/// A host restarted with its `--host-id` after a crash finds a lease naming itself,
+/// from before: it must not take the environment for running (nothing runs it), but
+/// start it afresh through the lease's epoch, with a new runtime token.
+#[tokio::test]
+async fn a_host_restarted_after_a_crash_starts_afresh_what_its_stale_lease_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let (id, _, _) = a.handoff_env("again").await;
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let leases = js.get_key_value("tether-leases").await.expect("leases");
+    let before = leases.entry(&id).await.expect("entry").expect("a lease");
+    a.kill();
+    let a = host(dir.path(), &nats, "a", "");
+    // The lease from before (10 s) is still there when it comes back.
+    let entry = leases.entry(&id).await.expect("entry").expect("a lease");
+    assert!(entry.revision >= before.revision);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, env) = a
+            .call("GET", &format!("/api/v1/environments/{id}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{env}");
+        if env["status"] == "running" {
+            // Shown running: then it runs here, started afresh.
+            assert_eq!(generation(&a, "again"), 2, "{env}; log:\n{}", a.log());
+            break;
+        }
+        assert!(Instant::now() < deadline, "{env}; log:\n{}", a.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let view = crate::cluster::until_host(&a, "a", "running it", |h| {
+        h["environments"]
+            .as_array()
+            .is_some_and(|e| e.contains(&json!(id)))
+    })
+    .await;
+    assert_eq!(view["load"], 1, "{view}");
+    a.stop();
+}
+
+/// A host restarted after a crash finds a lease naming itself for an environment
+/// that is no longer to run (stopped on another host meanwhile): nothing runs it,
+/// so no host may show it running there, nor hold back a start elsewhere, for the
+/// rest of the old lease.
+#[tokio::test]
+async fn a_stale_lease_naming_a_restarted_host_is_not_shown_as_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    // A lease outlives the test's waits: only its being given up ends it.
+    let config = "[cluster]\nlease_ttl_secs = 120\n";
+    let a = host(dir.path(), &nats, "a", config);
+    let b = host(dir.path(), &nats, "b", config);
+    let (id, _, _) = a.handoff_env("halted").await;
+    until_env(&b, &id, "running on a", |e| e["host"] == "a").await;
+    a.kill();
+    let (status, body) = b
+        .call("POST", &format!("/api/v1/environments/{id}/stop"), None)
+        .await;
+    assert!(status.is_success(), "{body}");
+    let a = host(dir.path(), &nats, "a", config);
+    for server in [&a, &b] {
+        until_env(server, &id, "shown stopped", |e| {
+            e["desiredState"] == "stopped" && e["status"] != "running" && e["host"].is_null()
+        })
+        .await;
+    }
+    // And it starts where it is asked to.
+    let (status, body) = b
+        .call("POST", &format!("/api/v1/environments/{id}/start"), None)
+        .await;
+    assert!(status.is_success(), "{body}");
+    until_env(&b, &id, "running on b", |e| {
+        e["status"] == "running" && e["host"] == "b"
+    })
+    .await;
+    a.stop();
+    b.stop();
 }

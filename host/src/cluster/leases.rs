@@ -268,6 +268,7 @@ impl Leases {
         closing: CancellationToken,
     ) -> Result<(), ClusterError> {
         *self.events.locked() = Some(events);
+        self.give_up_stale().await?;
         let watch = self
             .bucket
             .watch_all()
@@ -291,6 +292,58 @@ impl Leases {
             async move { this.sweeps(store).await },
             "cluster_orphan_sweep",
         );
+        Ok(())
+    }
+
+    /// Gives up the leases naming this host that its last run left (it died holding
+    /// them; another process with this id was refused at start): nothing runs their
+    /// instances now, so no host may show them running here, nor wait out their lapse
+    /// to start them elsewhere. Those still to run are started afresh by the
+    /// recovery, through a new claim (a new epoch). Before anything is claimed here.
+    async fn give_up_stale(&self) -> Result<(), ClusterError> {
+        let failed = |e: &dyn std::fmt::Display| {
+            ClusterError::Nats(format!("reading the leases this host's last run left: {e}"))
+        };
+        let before = (self.bucket.status().await)
+            .map_err(|e| failed(&e))?
+            .info
+            .state
+            .last_sequence;
+        let mut keys = self.bucket.keys().await.map_err(|e| failed(&e))?;
+        let mut all = Vec::new();
+        while let Some(key) = keys.next().await {
+            all.push(key.map_err(|e| failed(&e))?);
+        }
+        let entries: Vec<_> = futures_util::stream::iter(all)
+            .map(|key| async move { self.bucket.entry(key).await })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        for entry in entries {
+            let Some(entry) = entry.map_err(|e| failed(&e))? else {
+                continue;
+            };
+            if entry.operation != Operation::Put || entry.revision > before {
+                continue;
+            }
+            let Some(lease) = decode(&entry) else {
+                continue;
+            };
+            if lease.host != self.host_id || self.holds(&lease.environment_id) {
+                continue;
+            }
+            let gone = (self.bucket)
+                .delete_expect_revision(&entry.key, Some(entry.revision))
+                .await;
+            match gone {
+                Ok(()) => {
+                    tracing::info!(env = %lease.environment_id, epoch = lease.epoch, "cluster: gave up a lease this host's last run left; nothing runs it now")
+                }
+                Err(e) => {
+                    tracing::debug!(env = %lease.environment_id, error = %e, "cluster: giving up a lease this host's last run left (it lapses by itself)")
+                }
+            }
+        }
         Ok(())
     }
 
