@@ -4,8 +4,8 @@
 //! host's `/healthz`, each host keeps serving its last good copy, and the record is
 //! repaired by a later good write or by the next change made through the API; the
 //! instance's fields changed under a lease by someone else are not adopted by the
-//! host running it; a host restarted after a crash gives up the leases its last run
-//! left and starts afresh what should run.
+//! host running it, nor a lease rewritten under its name; a host restarted after a
+//! crash gives up the leases its last run left and starts afresh what should run.
 
 use std::time::{Duration, Instant};
 
@@ -336,4 +336,48 @@ async fn a_stale_lease_naming_a_restarted_host_is_not_shown_as_running() {
     .await;
     a.stop();
     b.stop();
+}
+
+/// Regression: a lease rewritten in the bucket under its holder's name and epoch
+/// but with another URL (by hand, or a host's bug) was kept by the holder as its own
+/// renewal whose answer was lost; meanwhile every other host showed, and with
+/// `relay = "direct"` bridged apps with their tokens to, that URL. Only the holder
+/// writes its lease, always with its own URL: another one there is now taken for
+/// lost (stopped here, said why), and the environment started afresh.
+#[tokio::test]
+async fn a_lease_rewritten_under_its_holders_name_is_taken_for_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "[cluster]\nlease_ttl_secs = 3\n");
+    let (id, _, _) = a.handoff_env("rewritten").await;
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let leases = js.get_key_value("tether-leases").await.expect("leases");
+    let entry = leases.entry(&id).await.expect("entry").expect("a lease");
+    let mut lease: Value = serde_json::from_slice(&entry.value).expect("a lease");
+    lease["url"] = json!("http://192.0.2.1:2719");
+    leases
+        .update(&id, lease.to_string().into(), entry.revision)
+        .await
+        .expect("rewriting it");
+    let deadline = Instant::now() + WAIT;
+    while generation(&a, "rewritten") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "never started again; log:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    crate::cluster::until_log(&a, &id, "rewritten under this host's name").await;
+    until_env(&a, &id, "running again", |e| {
+        e["status"] == "running" && e["host"] == "a"
+    })
+    .await;
+    let now = leases.entry(&id).await.expect("entry").expect("a lease");
+    let now: Value = serde_json::from_slice(&now.value).expect("a lease");
+    assert_ne!(now["url"], "http://192.0.2.1:2719", "{now}");
+    a.stop();
 }

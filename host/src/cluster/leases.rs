@@ -154,6 +154,17 @@ struct Held {
     dirty: bool,
 }
 
+/// What a renewal that found another revision finds there.
+#[derive(Debug)]
+enum Mine {
+    /// This host's lease still, at this revision (an earlier renewal landed unanswered).
+    Still(u64),
+    /// Lapsed, or another host's now.
+    Lost,
+    /// Written under this host's name and epoch by someone else, at this revision.
+    Rewritten(u64),
+}
+
 /// Another host's lease, as last seen.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -555,7 +566,7 @@ impl Leases {
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                 match self.still_mine(&key, &held).await {
-                    Ok(Some(revision)) => {
+                    Ok(Mine::Still(revision)) => {
                         // An earlier renewal of this host landed though its answer
                         // was lost (NATS restarting, a timeout): the lease is still
                         // this host's, at its epoch. Renewed again at once on top.
@@ -568,9 +579,21 @@ impl Leases {
                         tracing::info!(env = %id, "cluster: a lease renewal landed unanswered; the lease is still this host's");
                         self.wake.notify_one();
                     }
-                    Ok(None) => {
+                    Ok(Mine::Lost) => {
                         tracing::warn!(env = %id, "cluster: lease lost (it lapsed, or another host holds it now)");
                         self.lose(id);
+                    }
+                    Ok(Mine::Rewritten(revision)) => {
+                        // Given up at once (the writing lock is held): nobody runs
+                        // it now, and nobody is to dial that URL.
+                        self.lose(id);
+                        if let Err(e) = self
+                            .bucket
+                            .delete_expect_revision(&key, Some(revision))
+                            .await
+                        {
+                            tracing::debug!(env = %id, error = %e, "cluster: giving up a rewritten lease (it lapses by itself)");
+                        }
                     }
                     Err(e) => self.renewal_failed(id, &held, &e.to_string()),
                 }
@@ -579,21 +602,32 @@ impl Leases {
         }
     }
 
-    /// The revision of lease `key` when the bucket still has it as `held` says
-    /// (this host, at its epoch: only this host writes that), `None` when not.
-    async fn still_mine(&self, key: &str, held: &Held) -> Result<Option<u64>, ClusterError> {
+    /// Whether the bucket still has lease `key` as `held` says (this host, at its
+    /// epoch: only this host writes that), and at which revision.
+    async fn still_mine(&self, key: &str, held: &Held) -> Result<Mine, ClusterError> {
         let entry = (self.bucket.entry(key).await)
             .map_err(|e| ClusterError::Nats(format!("reading lease {key}: {e}")))?;
-        Ok(entry
-            .filter(|e| e.operation == Operation::Put)
-            .filter(|e| {
-                decode(e).is_some_and(|lease| {
-                    lease.host == self.host_id
-                        && lease.epoch == held.value.epoch
-                        && lease.environment_id == held.value.environment_id
-                })
-            })
-            .map(|e| e.revision))
+        let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
+            return Ok(Mine::Lost);
+        };
+        let Some(lease) = decode(&entry) else {
+            return Ok(Mine::Lost);
+        };
+        let ours = lease.host == self.host_id
+            && lease.epoch == held.value.epoch
+            && lease.environment_id == held.value.environment_id;
+        // Every renewal of this host's writes its own URL: another one there was
+        // written by someone else under its name (other hosts would dial it with
+        // apps' tokens), which is no lease of its own to keep.
+        if ours && lease.url != held.value.url {
+            tracing::warn!(env = %held.value.environment_id, "cluster: the lease was rewritten under this host's name by someone else (another URL); taking it for lost and giving it up");
+            return Ok(Mine::Rewritten(entry.revision));
+        }
+        Ok(if ours {
+            Mine::Still(entry.revision)
+        } else {
+            Mine::Lost
+        })
     }
 
     /// A renewal of lease `id` that NATS did not take: lost once it was not renewed
