@@ -30,7 +30,7 @@ use crate::sandbox::{self, Service};
 use crate::support::{Server, TOKEN, WAIT, Ws, guests, write_config};
 
 /// A `nats-server -js` on loopback, with its store in a directory of the test's.
-struct Nats {
+pub(super) struct Nats {
     child: Child,
     port: u16,
     store: PathBuf,
@@ -68,7 +68,7 @@ fn nats_binary() -> Option<PathBuf> {
 
 impl Nats {
     /// Starts one with JetStream (`jetstream`) on `port` (0: a free one).
-    fn start(dir: &Path, port: u16, jetstream: bool) -> Option<Nats> {
+    pub(super) fn start(dir: &Path, port: u16, jetstream: bool) -> Option<Nats> {
         let binary = nats_binary()?;
         let port = if port == 0 { free_port() } else { port };
         let store = dir.join("nats-store");
@@ -103,7 +103,7 @@ impl Nats {
         })
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -137,7 +137,7 @@ fn free_port() -> u16 {
 
 /// Host `id` of the cluster at `nats`, in `dir/id`, with the `handoff` test provider
 /// and `config` as its `tether.toml`.
-fn host(dir: &Path, nats: &Nats, id: &str, config: &str) -> Server {
+pub(super) fn host(dir: &Path, nats: &Nats, id: &str, config: &str) -> Server {
     let data = dir.join(id);
     let providers = data.join(".codebolt/providers");
     std::fs::create_dir_all(&providers).expect("providers dir");
@@ -155,12 +155,17 @@ fn host(dir: &Path, nats: &Nats, id: &str, config: &str) -> Server {
 }
 
 /// Polls `server` until environment `id` satisfies `pred` there (404 counts as not yet).
-async fn until_env(server: &Server, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+pub(super) async fn until_env(
+    server: &Server,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     server.wait_env(id, what, pred).await
 }
 
 /// Polls `server`'s list until it holds an environment named `name`.
-async fn listed(server: &Server, name: &str) -> Value {
+pub(super) async fn listed(server: &Server, name: &str) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
         let (status, list) = server.call("GET", "/api/v1/environments", None).await;
@@ -194,7 +199,7 @@ async fn gone(server: &Server, id: &str) {
     }
 }
 
-fn id_of(env: &Value) -> String {
+pub(super) fn id_of(env: &Value) -> String {
     env["id"].as_str().expect("id").to_owned()
 }
 
@@ -449,7 +454,7 @@ async fn stopped_through(through: &Server, seen_on: &Server, id: &str) {
 const REMOVES: &str = "the provider removes the resource";
 
 /// Whether `server`'s log has a line about environment `id` saying `what`.
-fn logged(server: &Server, id: &str, what: &str) -> bool {
+pub(super) fn logged(server: &Server, id: &str, what: &str) -> bool {
     server
         .log()
         .lines()
@@ -457,7 +462,7 @@ fn logged(server: &Server, id: &str, what: &str) -> bool {
 }
 
 /// Waits until `server`'s log has a line about environment `id` saying `what`.
-async fn until_log(server: &Server, id: &str, what: &str) {
+pub(super) async fn until_log(server: &Server, id: &str, what: &str) {
     let deadline = Instant::now() + WAIT;
     while !logged(server, id, what) {
         assert!(
@@ -1164,7 +1169,7 @@ async fn a_bucket_made_by_hand_whose_keys_would_not_lapse_as_they_must_is_refuse
 
 /// Runs `tether serve` in cluster mode at `nats`, expecting it to refuse to start;
 /// what it said.
-fn refused_start(dir: &Path, nats: &Nats) -> String {
+pub(super) fn refused_start(dir: &Path, nats: &Nats) -> String {
     let mut serve = Command::new(env!("CARGO_BIN_EXE_tether"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.join("host"))
@@ -2577,7 +2582,12 @@ async fn a_template_connect_on_another_host_is_bridged_to_the_running_one() {
 }
 
 /// Host `id` as `server`'s `GET /api/v1/cluster` shows it, once `pred` holds for it.
-async fn until_host(server: &Server, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+pub(super) async fn until_host(
+    server: &Server,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
         let (status, view) = server.call("GET", "/api/v1/cluster", None).await;
@@ -2599,7 +2609,7 @@ async fn until_host(server: &Server, id: &str, what: &str, pred: impl Fn(&Value)
 
 /// `server`'s `/healthz` once one of its reasons contains every one of `words`
 /// (none: once it is `ok`).
-async fn until_health(server: &Server, words: &[&str]) -> Value {
+pub(super) async fn until_health(server: &Server, words: &[&str]) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
         let (status, health) = server.call("GET", "/healthz", None).await;
@@ -2625,7 +2635,7 @@ async fn until_health(server: &Server, words: &[&str]) -> Value {
 }
 
 /// How many times `server` logged `what`.
-fn times_logged(server: &Server, what: &str) -> usize {
+pub(super) fn times_logged(server: &Server, what: &str) -> usize {
     server.log().matches(what).count()
 }
 
@@ -2810,7 +2820,7 @@ impl Compared {
 }
 
 /// The hosts bucket of the cluster at `nats`.
-async fn hosts_bucket(nats: &Nats) -> async_nats::jetstream::kv::Store {
+pub(super) async fn hosts_bucket(nats: &Nats) -> async_nats::jetstream::kv::Store {
     let client = async_nats::connect(nats.url()).await.expect("nats client");
     let js = async_nats::jetstream::new(client);
     js.get_key_value("tether-hosts").await.expect("hosts")

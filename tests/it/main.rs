@@ -11,6 +11,7 @@ mod boundaries;
 mod certs;
 mod cli_env;
 mod cluster;
+mod cluster_entries;
 mod crashloop;
 mod dashboard;
 mod docs_contract;

@@ -154,6 +154,17 @@ struct Held {
     dirty: bool,
 }
 
+/// What a renewal that found another revision finds there.
+#[derive(Debug)]
+enum Mine {
+    /// This host's lease still, at this revision (an earlier renewal landed unanswered).
+    Still(u64),
+    /// Lapsed, or another host's now.
+    Lost,
+    /// Written under this host's name and epoch by someone else, at this revision.
+    Rewritten(u64),
+}
+
 /// Another host's lease, as last seen.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -268,6 +279,7 @@ impl Leases {
         closing: CancellationToken,
     ) -> Result<(), ClusterError> {
         *self.events.locked() = Some(events);
+        self.give_up_stale().await?;
         let watch = self
             .bucket
             .watch_all()
@@ -291,6 +303,58 @@ impl Leases {
             async move { this.sweeps(store).await },
             "cluster_orphan_sweep",
         );
+        Ok(())
+    }
+
+    /// Gives up the leases naming this host that its last run left (it died holding
+    /// them; another process with this id was refused at start): nothing runs their
+    /// instances now, so no host may show them running here, nor wait out their lapse
+    /// to start them elsewhere. Those still to run are started afresh by the
+    /// recovery, through a new claim (a new epoch). Before anything is claimed here.
+    async fn give_up_stale(&self) -> Result<(), ClusterError> {
+        let failed = |e: &dyn std::fmt::Display| {
+            ClusterError::Nats(format!("reading the leases this host's last run left: {e}"))
+        };
+        let before = (self.bucket.status().await)
+            .map_err(|e| failed(&e))?
+            .info
+            .state
+            .last_sequence;
+        let mut keys = self.bucket.keys().await.map_err(|e| failed(&e))?;
+        let mut all = Vec::new();
+        while let Some(key) = keys.next().await {
+            all.push(key.map_err(|e| failed(&e))?);
+        }
+        let entries: Vec<_> = futures_util::stream::iter(all)
+            .map(|key| async move { self.bucket.entry(key).await })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        for entry in entries {
+            let Some(entry) = entry.map_err(|e| failed(&e))? else {
+                continue;
+            };
+            if entry.operation != Operation::Put || entry.revision > before {
+                continue;
+            }
+            let Some(lease) = decode(&entry) else {
+                continue;
+            };
+            if lease.host != self.host_id || self.holds(&lease.environment_id) {
+                continue;
+            }
+            let gone = (self.bucket)
+                .delete_expect_revision(&entry.key, Some(entry.revision))
+                .await;
+            match gone {
+                Ok(()) => {
+                    tracing::info!(env = %lease.environment_id, epoch = lease.epoch, "cluster: gave up a lease this host's last run left; nothing runs it now")
+                }
+                Err(e) => {
+                    tracing::debug!(env = %lease.environment_id, error = %e, "cluster: giving up a lease this host's last run left (it lapses by itself)")
+                }
+            }
+        }
         Ok(())
     }
 
@@ -502,7 +566,7 @@ impl Leases {
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                 match self.still_mine(&key, &held).await {
-                    Ok(Some(revision)) => {
+                    Ok(Mine::Still(revision)) => {
                         // An earlier renewal of this host landed though its answer
                         // was lost (NATS restarting, a timeout): the lease is still
                         // this host's, at its epoch. Renewed again at once on top.
@@ -515,9 +579,21 @@ impl Leases {
                         tracing::info!(env = %id, "cluster: a lease renewal landed unanswered; the lease is still this host's");
                         self.wake.notify_one();
                     }
-                    Ok(None) => {
+                    Ok(Mine::Lost) => {
                         tracing::warn!(env = %id, "cluster: lease lost (it lapsed, or another host holds it now)");
                         self.lose(id);
+                    }
+                    Ok(Mine::Rewritten(revision)) => {
+                        // Given up at once (the writing lock is held): nobody runs
+                        // it now, and nobody is to dial that URL.
+                        self.lose(id);
+                        if let Err(e) = self
+                            .bucket
+                            .delete_expect_revision(&key, Some(revision))
+                            .await
+                        {
+                            tracing::debug!(env = %id, error = %e, "cluster: giving up a rewritten lease (it lapses by itself)");
+                        }
                     }
                     Err(e) => self.renewal_failed(id, &held, &e.to_string()),
                 }
@@ -526,21 +602,32 @@ impl Leases {
         }
     }
 
-    /// The revision of lease `key` when the bucket still has it as `held` says
-    /// (this host, at its epoch: only this host writes that), `None` when not.
-    async fn still_mine(&self, key: &str, held: &Held) -> Result<Option<u64>, ClusterError> {
+    /// Whether the bucket still has lease `key` as `held` says (this host, at its
+    /// epoch: only this host writes that), and at which revision.
+    async fn still_mine(&self, key: &str, held: &Held) -> Result<Mine, ClusterError> {
         let entry = (self.bucket.entry(key).await)
             .map_err(|e| ClusterError::Nats(format!("reading lease {key}: {e}")))?;
-        Ok(entry
-            .filter(|e| e.operation == Operation::Put)
-            .filter(|e| {
-                decode(e).is_some_and(|lease| {
-                    lease.host == self.host_id
-                        && lease.epoch == held.value.epoch
-                        && lease.environment_id == held.value.environment_id
-                })
-            })
-            .map(|e| e.revision))
+        let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
+            return Ok(Mine::Lost);
+        };
+        let Some(lease) = decode(&entry) else {
+            return Ok(Mine::Lost);
+        };
+        let ours = lease.host == self.host_id
+            && lease.epoch == held.value.epoch
+            && lease.environment_id == held.value.environment_id;
+        // Every renewal of this host's writes its own URL: another one there was
+        // written by someone else under its name (other hosts would dial it with
+        // apps' tokens), which is no lease of its own to keep.
+        if ours && lease.url != held.value.url {
+            tracing::warn!(env = %held.value.environment_id, "cluster: the lease was rewritten under this host's name by someone else (another URL); taking it for lost and giving it up");
+            return Ok(Mine::Rewritten(entry.revision));
+        }
+        Ok(if ours {
+            Mine::Still(entry.revision)
+        } else {
+            Mine::Lost
+        })
     }
 
     /// A renewal of lease `id` that NATS did not take: lost once it was not renewed
@@ -552,6 +639,28 @@ impl Leases {
         } else {
             tracing::warn!(env = %id, %error, "cluster: renewing a lease failed; trying again");
         }
+    }
+
+    /// Someone else changed the instance's fields of environment `id`, whose lease
+    /// this host holds, in the records bucket (by hand, or a host's bug): this host no
+    /// longer knows that what it runs is what the record says, so it takes the lease
+    /// for lost at once (no runtime is let in from here on), stops the instance and
+    /// gives the lease up, so that a fresh start (a new runtime token) follows.
+    pub(super) fn contested(self: &Arc<Self>, id: &str) {
+        let Some(held) = self.held.locked().remove(id) else {
+            return;
+        };
+        self.tell(ClusterEvent::LeaseLost(id.to_owned()));
+        let (this, key) = (self.clone(), key_of(id));
+        tokio::spawn(async move {
+            let _writing = this.writing.lock().await;
+            let deleted = (this.bucket)
+                .delete_expect_revision(&key, Some(held.revision))
+                .await;
+            if let Err(e) = deleted {
+                tracing::debug!(%key, error = %e, "cluster: giving up a contested lease (it lapses by itself)");
+            }
+        });
     }
 
     fn lose(&self, id: &str) {

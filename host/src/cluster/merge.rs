@@ -68,6 +68,18 @@ pub(super) fn merge(
     (out, clashes)
 }
 
+/// The owner's fields that `theirs` changed from `base` to something `mine` does not
+/// have either: changed by another writer than the one `mine` is from.
+pub(super) fn owner_fields_changed(
+    base: &Map<String, Value>,
+    mine: &Map<String, Value>,
+    theirs: &Map<String, Value>,
+) -> Vec<&'static str> {
+    (OWNER_FIELDS.iter().copied())
+        .filter(|&f| theirs.get(f) != base.get(f) && theirs.get(f) != mine.get(f))
+        .collect()
+}
+
 /// `mine` with the owner's fields put back to `theirs`: a host that does not hold
 /// the lease never writes what only the lease holder may.
 pub(super) fn fence(mine: &mut Map<String, Value>, theirs: &Map<String, Value>) -> bool {
@@ -121,6 +133,18 @@ mod tests {
         let (out, clashes) = merge(&base, &obj(json!({})), &obj(json!({"a": 1, "c": 5})));
         assert_eq!(Value::Object(out), json!({"c": 5}));
         assert!(clashes.is_empty());
+    }
+
+    #[test]
+    fn owner_fields_changed_by_another_writer_are_told_from_this_hosts_own() {
+        let base = obj(json!({"resourceId": "r1", "restarts": 0, "config": {}}));
+        // Another writer's change of a config, and this host's own change landed.
+        let theirs = obj(json!({"resourceId": "r1", "restarts": 1, "config": {"x": 1}}));
+        let here = obj(json!({"resourceId": "r1", "restarts": 1, "config": {}}));
+        assert!(owner_fields_changed(&base, &here, &theirs).is_empty());
+        // A resource id this host never had.
+        let theirs = obj(json!({"resourceId": "r2", "restarts": 1}));
+        assert_eq!(owner_fields_changed(&base, &here, &theirs), ["resourceId"]);
     }
 
     #[test]

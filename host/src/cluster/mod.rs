@@ -89,6 +89,13 @@ const SYNC_WAIT: Duration = Duration::from_secs(3);
 /// How long record changes may go unwritten to the bucket before `/healthz` says so:
 /// longer than a retry or two, so a moment's trouble is not reported.
 const UNSHARED_AFTER: Duration = Duration::from_secs(5);
+/// The shortest lease: `lease_ttl_secs`'s bound, which a leases bucket made by hand
+/// must keep too.
+const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
+/// The longest lease, likewise.
+const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
+/// How many invalid records `/healthz` names one by one (the rest are counted).
+const INVALID_NAMED: usize = 8;
 
 /// Changes of this host (of records, or of tokens) that their bucket did not take.
 #[derive(Debug)]
@@ -304,6 +311,12 @@ struct Inner {
     /// be written to their bucket, how many, and why the last one could not; absent
     /// while every one is written.
     unshared: Mutex<BTreeMap<&'static str, Unshared>>,
+    /// The keys of the records bucket whose last value is not a valid record, with
+    /// why (never the value's text): named in `/healthz` until repaired.
+    invalid_records: Mutex<BTreeMap<String, String>>,
+    /// By environment whose lease this host took: the records bucket's last
+    /// revision then ([`Cluster::note_claim`]).
+    claimed_after: Mutex<HashMap<String, u64>>,
     /// The buckets as this host opened them, looked up every lease.
     buckets: Arc<buckets::Buckets>,
     conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
@@ -363,7 +376,7 @@ impl Cluster {
             prefix,
             "records",
             "environment records, by id",
-            None,
+            Age::Never,
             MAX_RECORD_BYTES,
         )
         .await?;
@@ -372,7 +385,7 @@ impl Cluster {
             prefix,
             "names",
             "environment names, each held by its record's id",
-            None,
+            Age::Never,
             1024,
         )
         .await?;
@@ -381,7 +394,11 @@ impl Cluster {
             prefix,
             "leases",
             "which host runs each environment",
-            Some(ttl),
+            Age::Lapses {
+                made: ttl,
+                least: MIN_LEASE_TTL,
+                most: MAX_LEASE_TTL,
+            },
             64 << 10,
         )
         .await?;
@@ -401,7 +418,11 @@ impl Cluster {
             prefix,
             "hosts",
             "live hosts",
-            Some(config.lease_ttl),
+            Age::Lapses {
+                made: config.lease_ttl,
+                least: MIN_LEASE_TTL,
+                most: MAX_LEASE_TTL,
+            },
             64 << 10,
         )
         .await?;
@@ -410,7 +431,7 @@ impl Cluster {
             prefix,
             "tokens",
             "user tokens by id (SHA-256 of the secret, never the secret)",
-            None,
+            Age::Never,
             tokens::MAX_TOKEN_BYTES as i32,
         )
         .await?;
@@ -419,7 +440,7 @@ impl Cluster {
             prefix,
             "removals",
             "deleted records whose resource a host is still to remove",
-            None,
+            Age::Never,
             MAX_RECORD_BYTES,
         )
         .await?;
@@ -428,7 +449,11 @@ impl Cluster {
             prefix,
             "admissions",
             "users whose change a host is checking against their limits",
-            Some(admissions::HELD_AT_MOST),
+            Age::Lapses {
+                made: admissions::HELD_AT_MOST,
+                least: admissions::HELD_AT_MOST,
+                most: admissions::HELD_AT_MOST * 6,
+            },
             1024,
         )
         .await?;
@@ -513,6 +538,8 @@ impl Cluster {
                 tunnels,
                 buckets,
                 unshared: Mutex::new(BTreeMap::new()),
+                invalid_records: Mutex::new(BTreeMap::new()),
+                claimed_after: Mutex::new(HashMap::new()),
                 conflicts: Mutex::new(Default::default()),
                 conflicts_seen: Default::default(),
                 closing,
@@ -611,13 +638,46 @@ impl Cluster {
         // Bounded: a start's answer waits for it, and a NATS that went away has each
         // request of the client wait out its own timeout (a lease taken after all is
         // never renewed, and lapses).
-        match tokio::time::timeout(REQUEST_WAIT, self.inner.leases.claim(id)).await {
-            Ok(claimed) => claimed,
-            Err(_) => Err(ClusterError::Nats(format!(
-                "claiming the lease of {id}: NATS did not answer within {} s",
-                REQUEST_WAIT.as_secs()
-            ))),
+        let held = self.holds(id);
+        let claimed = match tokio::time::timeout(REQUEST_WAIT, self.inner.leases.claim(id)).await {
+            Ok(claimed) => claimed?,
+            Err(_) => {
+                return Err(ClusterError::Nats(format!(
+                    "claiming the lease of {id}: NATS did not answer within {} s",
+                    REQUEST_WAIT.as_secs()
+                )));
+            }
+        };
+        if claimed && !held {
+            self.note_claim(id).await;
         }
+        Ok(claimed)
+    }
+
+    /// Notes the records bucket's last revision as this host takes environment `id`'s
+    /// lease: record changes up to it were written before, by the lease's last holder
+    /// among others; only later ones must be this host's own to change the instance's
+    /// fields ([`Cluster::contested`]). When NATS cannot say, none is checked.
+    async fn note_claim(&self, id: &str) {
+        let status = tokio::time::timeout(REQUEST_WAIT, self.inner.records.status()).await;
+        let after = match status {
+            Ok(Ok(status)) => status.info.state.last_sequence,
+            _ => {
+                tracing::debug!(env = %id, "cluster: the records bucket's revision is unknown; instance fields changed under this lease are not checked");
+                u64::MAX
+            }
+        };
+        self.inner
+            .claimed_after
+            .locked()
+            .insert(id.to_owned(), after);
+    }
+
+    /// Whether the records bucket's `revision` of environment `id` was written after
+    /// this host took its lease, which it holds.
+    fn under_lease(&self, id: &str, revision: u64) -> bool {
+        self.holds(id)
+            && (self.inner.claimed_after.locked().get(id)).is_some_and(|after| revision > *after)
     }
 
     /// Reserves environment name `name` for record `id` across the cluster: `false`
@@ -819,6 +879,7 @@ impl Cluster {
     /// Gives environment `id`'s lease up (it stopped here, or was deleted).
     pub(crate) async fn release(&self, id: &str) {
         self.inner.leases.release(id).await;
+        self.inner.claimed_after.locked().remove(id);
     }
 
     /// Whether host `host` is alive (this one is); an error when NATS cannot say.
@@ -851,6 +912,12 @@ impl Cluster {
         tokio::time::timeout(BOOKKEEPING_WAIT, work)
             .await
             .map_err(|_| ClusterError::Nats(format!("{doing}: NATS did not answer in time")))
+    }
+
+    /// Someone else changed the instance's fields of environment `id`, which this
+    /// host runs: see [`leases::Leases::contested`].
+    fn contested(&self, id: &str) {
+        self.inner.leases.contested(id);
     }
 
     /// Whether this host holds environment `id`'s lease.
@@ -951,6 +1018,21 @@ impl Cluster {
                 ));
             }
         }
+        let invalid = self.inner.invalid_records.locked();
+        for (key, why) in invalid.iter().take(INVALID_NAMED) {
+            reasons.push(format!(
+                "cluster: record {key} in bucket {} is invalid ({why}); every host keeps its last good copy until a valid record is written there or the environment is changed through the API",
+                self.inner.records.name
+            ));
+        }
+        if invalid.len() > INVALID_NAMED {
+            reasons.push(format!(
+                "cluster: {} more invalid record(s) in bucket {} (see the log)",
+                invalid.len() - INVALID_NAMED,
+                self.inner.records.name
+            ));
+        }
+        drop(invalid);
         reasons.extend(self.inner.buckets.health());
         reasons.extend(self.inner.leases.health());
         reasons.extend(self.inner.agreements.health());
@@ -989,6 +1071,12 @@ impl Cluster {
         if let Some(error) = error {
             now.error = error;
         }
+    }
+
+    /// The records bucket's keys whose last value is not a valid record are
+    /// `invalid` now (key: why), for `/healthz`.
+    fn invalid_records(&self, invalid: &BTreeMap<String, String>) {
+        *self.inner.invalid_records.locked() = invalid.clone();
     }
 
     /// Keeps a field conflict for `GET /api/v1/cluster` and logs it.
@@ -1033,14 +1121,29 @@ impl Cluster {
     }
 }
 
-/// Opens bucket `PREFIX-name` (one value per key, on disk; keys dropped `max_age`
-/// after their last write, if given), making it if it is missing.
+/// The age limit a bucket must have, whoever made it: the code relies on its keys
+/// lapsing, or on their never lapsing.
+#[derive(Debug, Clone, Copy)]
+enum Age {
+    /// None: its keys stand until deleted (a record, a name, a token, a removal).
+    Never,
+    /// Its keys lapse this long after their last write (made with `made` when
+    /// missing), an age between `least` and `most`.
+    Lapses {
+        made: Duration,
+        least: Duration,
+        most: Duration,
+    },
+}
+
+/// Opens bucket `PREFIX-name` (one value per key, on disk; keys dropped as `age`
+/// says), making it if it is missing.
 async fn bucket(
     js: &jetstream::Context,
     prefix: &str,
     name: &str,
     what: &str,
-    max_age: Option<Duration>,
+    age: Age,
     max_value_size: i32,
 ) -> Result<kv::Store, ClusterError> {
     let name = format!("{prefix}-{name}");
@@ -1048,7 +1151,10 @@ async fn bucket(
         bucket: name.clone(),
         description: format!("tether: {what}"),
         history: 1,
-        max_age: max_age.unwrap_or_default(),
+        max_age: match age {
+            Age::Never => Duration::ZERO,
+            Age::Lapses { made, .. } => made,
+        },
         max_value_size,
         storage: jetstream::stream::StorageType::File,
         ..Default::default()
@@ -1064,23 +1170,44 @@ async fn bucket(
                 reason: format!("{created}; {e}"),
             })?,
     };
-    if max_age.is_some() {
+    let status = (store.status().await).map_err(|e| ClusterError::Bucket {
+        bucket: name.clone(),
+        reason: e.to_string(),
+    })?;
+    match age_refused(status.max_age(), age, &name) {
+        Some(reason) => Err(ClusterError::Bucket {
+            bucket: name,
+            reason,
+        }),
+        None => Ok(store),
+    }
+}
+
+/// Why a bucket with age limit `found` cannot be used where `age` is needed (made
+/// by hand, or by another tool), if it cannot.
+fn age_refused(found: Duration, age: Age, name: &str) -> Option<String> {
+    let secs = found.as_secs_f64();
+    match age {
+        // Its keys would vanish while they still count: records (every host would
+        // delete the environment), names, tokens, removals not yet done.
+        Age::Never if !found.is_zero() => Some(format!(
+            "it has an age limit ({secs} s; made by hand?), so what it holds would vanish that long after it was written; remove the limit from its stream (KV_{name}) and start the hosts again"
+        )),
+        Age::Never => None,
         // Made by hand without one, its keys would never lapse: a dead host's leases,
         // its entry and the admission keys it held would stand for good.
-        let status = (store.status().await).map_err(|e| ClusterError::Bucket {
-            bucket: name.clone(),
-            reason: e.to_string(),
-        })?;
-        if status.max_age().is_zero() {
-            return Err(ClusterError::Bucket {
-                reason: format!(
-                    "it has no age limit (made by hand?), so what a dead host held there would never lapse; delete it (nats kv del {name}) and start the hosts again: they make it with one"
-                ),
-                bucket: name,
-            });
-        }
+        Age::Lapses { .. } if found.is_zero() => Some(format!(
+            "it has no age limit (made by hand?), so what a dead host held there would never lapse; delete it (nats kv del {name}) and start the hosts again: they make it with one"
+        )),
+        // Too short, a key lapses while its holder relies on it; too long, a dead
+        // holder's key stands that long.
+        Age::Lapses { least, most, .. } if found < least || found > most => Some(format!(
+            "its age limit ({secs} s; made by hand?) is not between {} and {} s, so what a host holds there would lapse too soon or a dead host's stand too long; delete it (nats kv del {name}) and start the hosts again: they make it with one",
+            least.as_secs(),
+            most.as_secs()
+        )),
+        Age::Lapses { .. } => None,
     }
-    Ok(store)
 }
 
 /// Runs `work` in the background, in span `name`, until `closing` fires.
@@ -1114,4 +1241,31 @@ fn by_host(leases: &HashMap<String, LeaseView>) -> HashMap<String, Vec<String>> 
         ids.sort();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_s_age_limit_is_refused_where_its_keys_would_lapse_wrongly() {
+        let secs = Duration::from_secs;
+        let lapses = Age::Lapses {
+            made: secs(10),
+            least: secs(10),
+            most: secs(60),
+        };
+        assert_eq!(age_refused(Duration::ZERO, Age::Never, "t-records"), None);
+        let why = age_refused(secs(3600), Age::Never, "t-records").expect("refused");
+        assert!(why.starts_with("it has an age limit (3600 s"), "{why}");
+        for fine in [10, 30, 60] {
+            assert_eq!(age_refused(secs(fine), lapses, "t-admissions"), None);
+        }
+        let why = age_refused(Duration::ZERO, lapses, "t-admissions").expect("refused");
+        assert!(why.starts_with("it has no age limit"), "{why}");
+        for wrong in [1, 86_400] {
+            let why = age_refused(secs(wrong), lapses, "t-admissions").expect("refused");
+            assert!(why.contains("is not between 10 and 60 s"), "{why}");
+        }
+    }
 }

@@ -59,6 +59,9 @@ struct Sync {
     unwritten: HashSet<String>,
     /// The keys whose last bucket entry could not be applied to the local store.
     unapplied: HashSet<String>,
+    /// The keys whose last bucket entry is not a valid record, with why: the last
+    /// good copy stays in force, and the next change made here is written over it.
+    invalid: BTreeMap<String, String>,
     /// Where the revisions last synced are kept between runs.
     remembered: Remembered,
     /// Whether `synced` changed since it was last saved.
@@ -116,6 +119,7 @@ pub(super) async fn start(
         deleted: Default::default(),
         unwritten: Default::default(),
         unapplied: Default::default(),
+        invalid: BTreeMap::new(),
         unsaved: false,
     };
     // From here on the store keeps what changes; everything it has counts as changed
@@ -414,6 +418,7 @@ impl Sync {
         }
         match entry.operation {
             Operation::Delete | Operation::Purge => {
+                self.valid_again(&entry.key);
                 self.synced.remove(&entry.key);
                 self.deleted.insert(entry.key.clone());
                 let id = id_of_key(&entry.key)?;
@@ -423,11 +428,19 @@ impl Sync {
                 let record = match parse(&entry) {
                     Ok(record) => record,
                     Err(why) => {
-                        tracing::error!(key = %entry.key, revision = entry.revision, %why, "cluster: ignoring an invalid record from the bucket");
+                        self.spoilt(&entry, why);
                         return None;
                     }
                 };
+                self.valid_again(&entry.key);
                 let fields = fields_of(&record);
+                if let (Some(base), Some(here)) = (
+                    self.synced.get(&entry.key),
+                    fields_of_id(&self.store, &record.id),
+                ) {
+                    let revision = entry.revision;
+                    self.contest_if_changed(&record.id, revision, &base.fields, &here, &fields);
+                }
                 self.deleted.remove(&entry.key);
                 let base = self.synced.insert(
                     entry.key.clone(),
@@ -438,6 +451,56 @@ impl Sync {
                 );
                 self.plan_here(record, base.map(|b| b.fields))
             }
+        }
+    }
+
+    /// The bucket's `entry` is not a valid record, for `why`: logged and named in
+    /// `/healthz` (its key and why, never its text), and ignored. The last good copy
+    /// (the bucket's before, else this host's own) stays in force here, taken as at
+    /// the bad entry's revision: a change made here later is a compare-and-set on top
+    /// of the bad entry, which replaces it; until then nothing is written over it.
+    fn spoilt(&mut self, entry: &kv::Entry, why: String) {
+        let key = &entry.key;
+        tracing::error!(%key, revision = entry.revision, %why, "cluster: ignoring an invalid record from the bucket; the last good copy stays in force until a valid record is written there or the environment is changed through the API");
+        let last_good = (self.synced.get(key).map(|s| s.fields.clone()))
+            .or_else(|| id_of_key(key).and_then(|id| fields_of_id(&self.store, &id)));
+        if let Some(fields) = last_good {
+            let revision = entry.revision;
+            self.synced.insert(key.clone(), Synced { revision, fields });
+        }
+        self.invalid.insert(key.clone(), why);
+        self.cluster.invalid_records(&self.invalid);
+    }
+
+    /// `theirs`, the bucket's newer record `id` (at `revision`) after `base`, changed
+    /// an instance's field that this host (whose copy is `here`) did not: if this host
+    /// runs the environment and took its lease before that revision was written, only
+    /// its own writes change those, so someone else did (by hand, or a host's bug).
+    /// Its lease is taken for contested ([`Cluster::contested`]), never the fields
+    /// adopted by the instance running here.
+    fn contest_if_changed(
+        &self,
+        id: &str,
+        revision: u64,
+        base: &Map<String, Value>,
+        here: &Map<String, Value>,
+        theirs: &Map<String, Value>,
+    ) {
+        if !self.cluster.under_lease(id, revision) {
+            return;
+        }
+        let changed = merge::owner_fields_changed(base, here, theirs);
+        if !changed.is_empty() {
+            tracing::error!(env = %id, fields = ?changed, "cluster: someone other than this host changed the instance's fields of an environment it runs in the records bucket; taking its lease for contested: the instance here is stopped, and started again afresh (with a new runtime token)");
+            self.cluster.contested(id);
+        }
+    }
+
+    /// The bucket holds a valid record under `key` again (or none).
+    fn valid_again(&mut self, key: &str) {
+        if self.invalid.remove(key).is_some() {
+            tracing::info!(%key, "cluster: the records bucket holds a valid record under this key again");
+            self.cluster.invalid_records(&self.invalid);
         }
     }
 
@@ -509,6 +572,7 @@ impl Sync {
         for (id, key, fields, sent, outcome) in outcomes {
             let written = match outcome {
                 Ok(revision) => {
+                    self.valid_again(&key);
                     self.synced.insert(
                         key.clone(),
                         Synced {
@@ -539,6 +603,7 @@ impl Sync {
         for (id, key) in gone {
             match self.cluster.records_bucket().delete(&key).await {
                 Ok(()) => {
+                    self.valid_again(&key);
                     self.synced.remove(&key);
                     self.deleted.insert(key);
                 }
@@ -587,6 +652,7 @@ impl Sync {
             mine = sent;
             match cas(&bucket, key, bytes, base.as_ref().map(|b| b.revision)).await {
                 Ok(revision) => {
+                    self.valid_again(key);
                     self.synced.insert(
                         key.to_owned(),
                         Synced {
@@ -613,10 +679,16 @@ impl Sync {
                 self.tell(changes);
                 return Ok(());
             }
-            let theirs = parse(&entry)
-                .map(|r| fields_of(&r))
-                .map_err(ClusterError::Nats)?;
+            let theirs = match parse(&entry) {
+                Ok(record) => fields_of(&record),
+                Err(why) => {
+                    // Nothing to merge with: this host's copy is written over it.
+                    self.spoilt(&entry, why);
+                    continue;
+                }
+            };
             let base_fields = base.map(|b| b.fields).unwrap_or_default();
+            self.contest_if_changed(id, entry.revision, &base_fields, &mine, &theirs);
             let (merged, clashes) = merge::merge(&base_fields, &mine, &theirs);
             self.report(id, clashes);
             self.synced.insert(
@@ -840,12 +912,30 @@ pub(super) fn parse(entry: &kv::Entry) -> Result<Record, String> {
     if entry.value.len() > validate::MAX_RECORD_BYTES {
         return Err(format!("{} bytes is too large", entry.value.len()));
     }
-    let record: Record = serde_json::from_slice(&entry.value).map_err(|e| e.to_string())?;
+    let record: Record = serde_json::from_slice(&entry.value).map_err(|e| not_a_record(&e))?;
     validate::check(&record)?;
     if key_of(&record.id) != entry.key {
         return Err("its id does not match its key".into());
     }
     Ok(record)
+}
+
+/// Why a value is not a record, without quoting it: serde's own words can hold
+/// the value's text (a secret in `config`), so only the kind of fault and where.
+fn not_a_record(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax | Category::Eof => "not valid JSON".to_owned(),
+        Category::Io => "unreadable".to_owned(),
+        // A missing field's name is tether's own, never the value's.
+        Category::Data if e.to_string().starts_with("missing field") => {
+            let said = e.to_string();
+            let said = said.split(" at line ").next().unwrap_or_default();
+            crate::untrusted::shown(said, 120)
+        }
+        Category::Data => "not a record (a field of the wrong type or value)".to_owned(),
+    };
+    format!("{what}, at line {} column {}", e.line(), e.column())
 }
 
 #[cfg(test)]
@@ -861,6 +951,26 @@ mod tests {
             assert_eq!(id_of_key(&key_of(id)).as_deref(), Some(id));
         }
         assert_eq!(id_of_key("_zz"), None);
+    }
+
+    #[test]
+    fn why_a_value_is_not_a_record_never_quotes_it() {
+        let why = |text: &str| {
+            let e = serde_json::from_str::<Record>(text).expect_err("not a record");
+            not_a_record(&e)
+        };
+        let config = r#"{"id":"e","name":"e","provider":"p","config":"s3cret"}"#;
+        let said = why(config);
+        assert!(
+            said.starts_with("not a record") && !said.contains("s3cret"),
+            "{said}"
+        );
+        assert!(why(r#"{"id":"s3cret"#).starts_with("not valid JSON"));
+        let said = why(r#"{"id":"e","provider":"p"}"#);
+        assert!(
+            said.starts_with("missing field `name`, at line 1"),
+            "{said}"
+        );
     }
 
     /// Regression: another host's change was merged with the local record when its

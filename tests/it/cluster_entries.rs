@@ -1,0 +1,383 @@
+//! Cluster mode with bad or stale entries in the shared buckets: a bucket made by
+//! hand with an age limit the hosts cannot use is refused at start; a record made
+//! invalid in the records bucket (by hand, or by a host's bug) is named in every
+//! host's `/healthz`, each host keeps serving its last good copy, and the record is
+//! repaired by a later good write or by the next change made through the API; the
+//! instance's fields changed under a lease by someone else are not adopted by the
+//! host running it, nor a lease rewritten under its name; a host restarted after a
+//! crash gives up the leases its last run left and starts afresh what should run.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::cluster::{Nats, host, id_of, listed, until_env, until_health};
+use crate::support::{Server, WAIT};
+
+/// The records bucket of the cluster at `nats`.
+async fn records_bucket(nats: &Nats) -> async_nats::jetstream::kv::Store {
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    js.get_key_value("tether-records").await.expect("records")
+}
+
+/// Record `id` as the bucket has it now, once it parses and `pred` holds for it.
+async fn until_bucket(
+    records: &async_nats::jetstream::kv::Store,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let entry = records.get(id).await.expect("reading the record");
+        let record: Option<Value> = entry.and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(record) = record.filter(|r| pred(r)) {
+            return record;
+        }
+        assert!(Instant::now() < deadline, "the bucket's {id}: never {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Patches `id`'s config on `server`, expecting it taken.
+async fn patch_config(server: &Server, id: &str, config: Value) {
+    let path = format!("/api/v1/environments/{id}");
+    let (status, body) = server
+        .call("PATCH", &path, Some(json!({ "config": config })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// The generation of the runtime token `server`'s `handoff` environment `name` was
+/// last started with.
+fn generation(server: &Server, name: &str) -> u64 {
+    let (_, token) = server.handoff_runtime(name);
+    let generation = token.split_once('.').map(|(g, _)| g.parse().ok());
+    generation.flatten().expect("a runtime token")
+}
+
+/// Regression: a value under a record's key that is not a valid record (written by
+/// hand, or by a bug on another host) was ignored by every host, but the next change
+/// of that environment found the bucket at a revision it could not merge with and was
+/// tried again every second for good, `/healthz` blaming NATS; a restarted host did the
+/// same with its own copy. Now the bad value is named in `/healthz` (its key and why,
+/// never its content), every host keeps its last good copy, other records are
+/// untouched, and the next change made through the API is written over it, as is a
+/// later good value written by hand taken.
+#[tokio::test]
+async fn a_record_made_invalid_in_the_bucket_is_named_kept_and_repaired() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let b = host(dir.path(), &nats, "b", "");
+    let mut ids = Vec::new();
+    for name in ["spoilt", "other"] {
+        let body = json!({"name": name, "provider": "handoff", "config": {"v": 1}});
+        let (status, env) = a.call("POST", "/api/v1/environments", Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{env}");
+        listed(&b, name).await;
+        ids.push(id_of(&env));
+    }
+    let (spoilt, other) = (ids[0].clone(), ids[1].clone());
+    let records = records_bucket(&nats).await;
+    let good = until_bucket(&records, &spoilt, "written", |_| true).await;
+
+    // Not a record: `config` must be an object. Its text must not be shown.
+    let bad =
+        json!({"id": spoilt, "name": "spoilt", "provider": "handoff", "config": "s3cret-text"});
+    records
+        .put(&spoilt, bad.to_string().into())
+        .await
+        .expect("spoiling it");
+    for server in [&a, &b] {
+        let health = until_health(server, &["tether-records", &spoilt, "invalid"]).await;
+        assert!(!health.to_string().contains("s3cret"), "{health}");
+        // The last good copy is served.
+        let env = until_env(server, &spoilt, "kept", |e| e["config"]["v"] == 1).await;
+        assert_eq!(env["name"], "spoilt", "{env}");
+    }
+    for server in [&a, &b] {
+        assert!(!server.log().contains("s3cret"), "{}", server.log());
+    }
+    // Another record is changed as ever.
+    patch_config(&b, &other, json!({"v": 2})).await;
+    until_env(&a, &other, "patched on b", |e| e["config"]["v"] == 2).await;
+
+    // A change through the API is written over the bad value.
+    patch_config(&b, &spoilt, json!({"v": 3})).await;
+    let repaired = until_bucket(&records, &spoilt, "repaired", |r| r["config"]["v"] == 3).await;
+    assert_eq!(repaired["name"], "spoilt", "{repaired}");
+    until_env(&a, &spoilt, "patched on b", |e| e["config"]["v"] == 3).await;
+    for server in [&a, &b] {
+        until_health(server, &[]).await;
+    }
+
+    // Spoilt again, and a host restarted meanwhile: it keeps its own copy, does not
+    // try to write it over the bad value, and names it.
+    records
+        .put(&spoilt, bad.to_string().into())
+        .await
+        .expect("spoiling it again");
+    until_health(&a, &["tether-records", &spoilt, "invalid"]).await;
+    let b_dir = b.data_dir.clone();
+    b.stop();
+    let b = host(dir.path(), &nats, "b", "");
+    until_health(&b, &["tether-records", &spoilt, "invalid"]).await;
+    until_env(&b, &spoilt, "kept", |e| e["config"]["v"] == 3).await;
+    assert_eq!(b.data_dir, b_dir);
+    // Two retries' worth: nothing was tried.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!b.log().contains("writing a record failed"), "{}", b.log());
+    // A good value written by hand is taken by every host.
+    let mut fixed = good.clone();
+    fixed["config"] = json!({"v": 4});
+    records
+        .put(&spoilt, fixed.to_string().into())
+        .await
+        .expect("repairing it by hand");
+    for server in [&a, &b] {
+        until_env(server, &spoilt, "repaired by hand", |e| {
+            e["config"]["v"] == 4
+        })
+        .await;
+        until_health(server, &[]).await;
+    }
+    a.stop();
+    b.stop();
+}
+
+/// Regression: of the buckets made by hand before the hosts made them, only those
+/// whose keys must lapse were checked, and only for having an age limit at all. A
+/// records (names, tokens, removals) bucket made with one would drop what it holds
+/// that long after it was written (every host then deletes the environment); an
+/// admissions bucket made with a day's would hold back a user's counted changes
+/// for a day after its host died, and a leases bucket's age is the lease in force,
+/// outside `lease_ttl_secs`'s bounds. Each is now refused at start, naming it.
+#[tokio::test]
+async fn a_bucket_made_by_hand_with_an_age_limit_the_hosts_cannot_use_is_refused_at_start() {
+    use async_nats::jetstream::kv;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let refused = [
+        ("tether-records", 3600, "it has an age limit (3600 s"),
+        ("tether-names", 3600, "it has an age limit (3600 s"),
+        ("tether-tokens", 3600, "it has an age limit (3600 s"),
+        ("tether-removals", 3600, "it has an age limit (3600 s"),
+        ("tether-admissions", 86_400, "is not between 10 and 60 s"),
+        ("tether-leases", 86_400, "is not between 2 and 3600 s"),
+    ];
+    for (bucket, secs, said) in refused {
+        js.create_key_value(kv::Config {
+            bucket: bucket.into(),
+            history: 1,
+            max_age: Duration::from_secs(secs),
+            ..Default::default()
+        })
+        .await
+        .expect("making the bucket by hand");
+        let err = crate::cluster::refused_start(dir.path(), &nats);
+        assert!(err.contains(&format!("bucket {bucket}: ")), "{err}");
+        assert!(err.contains(said), "{err}");
+        // It, and those the refused host made before it, are made anew next time.
+        for made in refused.map(|(bucket, ..)| bucket) {
+            let _ = js.delete_key_value(made).await;
+        }
+    }
+    // Made by the hosts, they are as they must be: a host starts.
+    let a = host(dir.path(), &nats, "a", "");
+    assert_eq!(a.call("GET", "/healthz", None).await.0, StatusCode::OK);
+    until_health(&a, &[]).await;
+    a.stop();
+}
+
+/// Regression: the host running an environment took changes of the instance's fields
+/// (`resourceId`, `runtimeGeneration`, `runtimeTokenSha256`, …) that someone else wrote
+/// to the records bucket (by hand, or a host's bug) as its own: the instance kept
+/// running while its runtime was told apart by a token hash it never minted, so a
+/// runtime with a token of the writer's making was let in. Only the host holding the
+/// lease writes those fields; one changed under it now makes it take the lease for
+/// contested: it lets no runtime in, stops the instance, says why, and the
+/// environment is started afresh, with a new token.
+#[tokio::test]
+async fn instance_fields_changed_in_the_bucket_under_a_lease_are_not_adopted() {
+    use sha2::Digest;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "[cluster]\nlease_ttl_secs = 3\n");
+    let (id, url, _) = a.handoff_env("held").await;
+    assert_eq!(generation(&a, "held"), 1);
+    let records = records_bucket(&nats).await;
+    let mut forged = until_bucket(&records, &id, "running", |r| {
+        r["runtimeGeneration"] == 1 && r["runtimeTokenSha256"].is_string()
+    })
+    .await;
+    let token = "7.forged";
+    forged["runtimeGeneration"] = json!(7);
+    forged["runtimeTokenSha256"] = json!(hex::encode(sha2::Sha256::digest(token)));
+    forged["resourceId"] = json!("elsewhere");
+    records
+        .put(&id, forged.to_string().into())
+        .await
+        .expect("writing under a's lease");
+    until_env(&a, &id, "taken in", |e| e["resourceId"] == "elsewhere").await;
+    // The writer's runtime is not let in.
+    let connected = crate::support::Ws::connect(&url, Some(token)).await;
+    assert!(connected.is_err(), "a runtime of a forged token was let in");
+    crate::cluster::until_log(&a, &id, "taking its lease for contested").await;
+    // The environment is started afresh, with a token of a's making.
+    let deadline = Instant::now() + WAIT;
+    while generation(&a, "held") != 8 {
+        assert!(
+            Instant::now() < deadline,
+            "never started again; log:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until_env(&a, &id, "running again", |e| {
+        e["status"] == "running" && e["host"] == "a"
+    })
+    .await;
+    a.stop();
+}
+
+/// A host restarted with its `--host-id` after a crash finds a lease naming itself,
+/// from before: it must not take the environment for running (nothing runs it), but
+/// start it afresh through the lease's epoch, with a new runtime token.
+#[tokio::test]
+async fn a_host_restarted_after_a_crash_starts_afresh_what_its_stale_lease_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let (id, _, _) = a.handoff_env("again").await;
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let leases = js.get_key_value("tether-leases").await.expect("leases");
+    let before = leases.entry(&id).await.expect("entry").expect("a lease");
+    a.kill();
+    let a = host(dir.path(), &nats, "a", "");
+    // The lease from before (10 s) is still there when it comes back.
+    let entry = leases.entry(&id).await.expect("entry").expect("a lease");
+    assert!(entry.revision >= before.revision);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, env) = a
+            .call("GET", &format!("/api/v1/environments/{id}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{env}");
+        if env["status"] == "running" {
+            // Shown running: then it runs here, started afresh.
+            assert_eq!(generation(&a, "again"), 2, "{env}; log:\n{}", a.log());
+            break;
+        }
+        assert!(Instant::now() < deadline, "{env}; log:\n{}", a.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let view = crate::cluster::until_host(&a, "a", "running it", |h| {
+        h["environments"]
+            .as_array()
+            .is_some_and(|e| e.contains(&json!(id)))
+    })
+    .await;
+    assert_eq!(view["load"], 1, "{view}");
+    a.stop();
+}
+
+/// A host restarted after a crash finds a lease naming itself for an environment
+/// that is no longer to run (stopped on another host meanwhile): nothing runs it,
+/// so no host may show it running there, nor hold back a start elsewhere, for the
+/// rest of the old lease.
+#[tokio::test]
+async fn a_stale_lease_naming_a_restarted_host_is_not_shown_as_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    // A lease outlives the test's waits: only its being given up ends it.
+    let config = "[cluster]\nlease_ttl_secs = 120\n";
+    let a = host(dir.path(), &nats, "a", config);
+    let b = host(dir.path(), &nats, "b", config);
+    let (id, _, _) = a.handoff_env("halted").await;
+    until_env(&b, &id, "running on a", |e| e["host"] == "a").await;
+    a.kill();
+    let (status, body) = b
+        .call("POST", &format!("/api/v1/environments/{id}/stop"), None)
+        .await;
+    assert!(status.is_success(), "{body}");
+    let a = host(dir.path(), &nats, "a", config);
+    for server in [&a, &b] {
+        until_env(server, &id, "shown stopped", |e| {
+            e["desiredState"] == "stopped" && e["status"] != "running" && e["host"].is_null()
+        })
+        .await;
+    }
+    // And it starts where it is asked to.
+    let (status, body) = b
+        .call("POST", &format!("/api/v1/environments/{id}/start"), None)
+        .await;
+    assert!(status.is_success(), "{body}");
+    until_env(&b, &id, "running on b", |e| {
+        e["status"] == "running" && e["host"] == "b"
+    })
+    .await;
+    a.stop();
+    b.stop();
+}
+
+/// Regression: a lease rewritten in the bucket under its holder's name and epoch
+/// but with another URL (by hand, or a host's bug) was kept by the holder as its own
+/// renewal whose answer was lost; meanwhile every other host showed, and with
+/// `relay = "direct"` bridged apps with their tokens to, that URL. Only the holder
+/// writes its lease, always with its own URL: another one there is now taken for
+/// lost (stopped here, said why), and the environment started afresh.
+#[tokio::test]
+async fn a_lease_rewritten_under_its_holders_name_is_taken_for_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "[cluster]\nlease_ttl_secs = 3\n");
+    let (id, _, _) = a.handoff_env("rewritten").await;
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let leases = js.get_key_value("tether-leases").await.expect("leases");
+    let entry = leases.entry(&id).await.expect("entry").expect("a lease");
+    let mut lease: Value = serde_json::from_slice(&entry.value).expect("a lease");
+    lease["url"] = json!("http://192.0.2.1:2719");
+    leases
+        .update(&id, lease.to_string().into(), entry.revision)
+        .await
+        .expect("rewriting it");
+    let deadline = Instant::now() + WAIT;
+    while generation(&a, "rewritten") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "never started again; log:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    crate::cluster::until_log(&a, &id, "rewritten under this host's name").await;
+    until_env(&a, &id, "running again", |e| {
+        e["status"] == "running" && e["host"] == "a"
+    })
+    .await;
+    let now = leases.entry(&id).await.expect("entry").expect("a lease");
+    let now: Value = serde_json::from_slice(&now.value).expect("a lease");
+    assert_ne!(now["url"], "http://192.0.2.1:2719", "{now}");
+    a.stop();
+}
