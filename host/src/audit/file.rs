@@ -107,7 +107,9 @@ pub(super) fn open_all(path: &Path, keep: usize, files: &Mutex<()>) -> std::io::
         } else {
             rotated(path, i)
         };
-        match File::open(&p) {
+        // A named pipe in a file's place would hold this read, and with it the
+        // rotation lock the writer needs.
+        match crate::untrusted::open_regular(&p) {
             Ok(f) => out.push(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -127,14 +129,17 @@ fn parent(path: &Path) -> &Path {
     path.parent().unwrap_or(Path::new("."))
 }
 
-/// Opens for appending; created 0600, as it names users and their addresses.
+/// Opens for appending; created 0600, as it names users and their addresses. Only a
+/// regular file, never through a link (`untrusted::open_to_write`).
 fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .read(true)
-        .mode(0o600)
-        .open(path)
+    crate::untrusted::open_to_write(
+        path,
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .mode(0o600),
+    )
 }
 
 fn remove(path: &Path) -> std::io::Result<()> {

@@ -24,7 +24,12 @@ pub(super) fn mark(config: &ServeConfig, name: &str) {
     let made = std::fs::create_dir_all(&dir).and_then(|()| {
         crate::names::join("environment", &dir, name)
             .map_err(std::io::Error::other)
-            .and_then(|path| std::fs::write(path, b""))
+            .and_then(|path| {
+                // Never through a link someone left under the name: it is truncated.
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create(true).truncate(true);
+                crate::untrusted::open_to_write(&path, &mut options).map(drop)
+            })
     });
     if let Err(e) = made {
         tracing::warn!(%name, error = %e, "could not mark the workspace as being deleted; a crash now would leave it behind");

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -61,8 +61,10 @@ pub(crate) struct EnvLogs {
     /// Live followers, by environment.
     followers: Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>,
     dropped: AtomicU64,
-    /// Whether the last write failed (so a run of failures is reported once).
-    failing: AtomicBool,
+    /// The environments whose last write failed, so a run of failures is reported
+    /// once per log: one file that cannot be written (a link left in its place) is
+    /// not reported again at every batch the others' succeed in.
+    failing: Mutex<HashSet<String>>,
     /// The environments that have a log: lines for any other (one deleted a moment
     /// ago, say) are dropped, so a deleted environment's file is never made again.
     known: Mutex<HashSet<String>>,
@@ -83,7 +85,7 @@ impl EnvLogs {
             queue,
             followers: Mutex::default(),
             dropped: AtomicU64::new(0),
-            failing: AtomicBool::new(false),
+            failing: Mutex::default(),
             known: Mutex::default(),
         });
         let writer = Arc::downgrade(&logs);
@@ -121,7 +123,8 @@ impl EnvLogs {
         let current = self.path(env);
         let mut lines: Vec<String> = Vec::new();
         for file in [rotated(&current), current] {
-            let Ok(f) = std::fs::File::open(&file) else {
+            // A named pipe in the file's place would hold the read for good.
+            let Ok(f) = crate::untrusted::open_regular(&file) else {
                 continue;
             };
             for line in BufReader::new(f).split(b'\n').map_while(Result::ok) {
@@ -164,6 +167,7 @@ impl EnvLogs {
         let _ = std::fs::remove_file(rotated(&current));
         let _ = std::fs::remove_file(&current);
         self.followers.locked().remove(env);
+        self.failing.locked().remove(env);
     }
 
     /// Lines dropped because the writer was behind, since start.
@@ -191,7 +195,7 @@ impl EnvLogs {
                 // stderr is on the same full disk.
                 self.dropped
                     .fetch_add(lines.len() as u64, Ordering::Relaxed);
-                if !self.failing.swap(true, Ordering::Relaxed) {
+                if self.failing.locked().insert(env.clone()) {
                     let _ = writeln!(
                         std::io::stderr(),
                         "env-logs: writing {}: {e}; lines are dropped and counted until writes work again",
@@ -200,7 +204,7 @@ impl EnvLogs {
                 }
                 continue;
             }
-            self.failing.store(false, Ordering::Relaxed);
+            self.failing.locked().remove(&env);
             let followers = self.followers.locked();
             if let Some(sender) = followers.get(&env) {
                 for line in lines {
@@ -219,16 +223,19 @@ fn rotated(current: &Path) -> PathBuf {
 
 /// Appends `lines` to `path`, moving it to `.1` whenever the next line would take it
 /// past the bound. A new file is its owner's only: it holds what runtimes print and
-/// providers log, which the API shows only to the environment's owner.
+/// providers log, which the API shows only to the environment's owner. Anything but a
+/// regular file in its place (a link, a named pipe) is refused, not written through.
 fn append(path: &Path, lines: &[String]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let open = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .mode(0o600)
-            .open(path)
+        crate::untrusted::open_to_write(
+            path,
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .mode(0o600),
+        )
     };
     let mut file = open()?;
     let mut size = file.metadata()?.len();

@@ -1,0 +1,230 @@
+//! Files the host appends to or writes in place in the data directory, swapped by
+//! someone else who may write there (another process, a careless operator, a
+//! sidecar) for a symbolic link to a file elsewhere, a named pipe, or a huge file: the
+//! host never writes through the link, never waits on the pipe, reads no more of the
+//! huge file than it needs, says what is wrong, and serves on (or, for a file it
+//! cannot do without, refuses to start and says why).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{Server, TOKEN, WAIT};
+
+fn mkfifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+}
+
+/// A named pipe at `path` held open by a reader that never reads, its buffer full:
+/// the next write to it waits for good. Kept so while the answer lives.
+fn full_pipe(path: &Path) -> std::fs::File {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    mkfifo(path);
+    let mut pipe = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .expect("opening the pipe");
+    while pipe.write(&[b'x'; 4096]).is_ok() {}
+    pipe
+}
+
+fn swap_for_link(path: &Path, target: &Path) {
+    let _ = std::fs::remove_file(path);
+    std::os::unix::fs::symlink(target, path).expect("symlink");
+}
+
+/// The text of `id`'s log, read through the API (within [`WAIT`]: a read that hangs
+/// fails the test).
+async fn tail(server: &Server, id: &str) -> (StatusCode, String) {
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/environments/{id}/logs?tail=10000",
+            server.base
+        ))
+        .bearer_auth(TOKEN)
+        .timeout(WAIT)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("reading {id}'s log: {e}"));
+    let status = response.status();
+    (status, response.text().await.expect("log text"))
+}
+
+/// Waits until `id`'s log has a line whose message contains `text`.
+async fn wait_message(server: &Server, id: &str, text: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, log) = tail(server, id).await;
+        assert_eq!(status, StatusCode::OK, "{log}");
+        if log.lines().any(|l| {
+            serde_json::from_str::<Value>(l)
+                .is_ok_and(|v| v["message"].as_str().is_some_and(|m| m.contains(text)))
+        }) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in {id}'s log:\n{log}\nserver log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates a stopped `local-process` environment and waits for its log file.
+async fn created(server: &Server, name: &str) -> String {
+    let body = json!({"name": name, "provider": "local-process"});
+    let (status, env) = server
+        .call("POST", "/api/v1/environments", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = env["id"].as_str().expect("id").to_owned();
+    wait_message(server, &id, "environment created").await;
+    id
+}
+
+async fn start(server: &Server, id: &str) {
+    let (status, body) = server
+        .call("POST", &format!("/api/v1/environments/{id}/start"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+}
+
+/// One environment's log swapped for a link to a file outside the data directory used
+/// to be appended to through it, and one swapped for a named pipe nobody reads held the
+/// one thread that writes every environment's log (and a tail of it, the request) once
+/// the pipe was full: no environment's log was written again. Now neither is written, the server
+/// log says why, the other logs go on and a tail of the pipe's answers.
+#[tokio::test]
+async fn a_log_swapped_for_a_link_or_a_pipe_is_neither_written_through_nor_waited_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let target = outside.path().join("elsewhere");
+    std::fs::write(&target, "keep\n").expect("write");
+    let server = Server::start(dir.path());
+    let linked = created(&server, "linked").await;
+    let piped = created(&server, "piped").await;
+    let plain = created(&server, "plain").await;
+    let logs = dir.path().join(".codebolt/logs");
+    swap_for_link(&logs.join(format!("{linked}.log")), &target);
+    let _pipe = full_pipe(&logs.join(format!("{piped}.log")));
+
+    start(&server, &linked).await;
+    start(&server, &piped).await;
+    server
+        .wait_env(&piped, "running", |e| e["status"] == "running")
+        .await;
+    start(&server, &plain).await;
+    wait_message(&server, &plain, "environment running").await;
+
+    assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep\n");
+    let (status, text) = tail(&server, &piped).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let log = server.log();
+    assert!(
+        log.contains("it is a symbolic link, not a regular file"),
+        "{log}"
+    );
+    let (status, health) = server.call("GET", "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    server.stop();
+}
+
+/// `tether serve` on `data_dir`, expected to refuse to start: what it printed. It
+/// must end by itself within [`WAIT`] (a start that hangs fails the test).
+fn refused_start(data_dir: &Path) -> String {
+    let log = data_dir.join("server.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("TETHER_API_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("tether serve");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "tether serve did not refuse to start (it hangs, or serves):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "{text}");
+    text
+}
+
+/// The audit log swapped for a named pipe was taken for the log: entries went into the
+/// pipe, and once it was full the audit writer, and every change waiting for its entry
+/// to be durable, hung for good. Now the start is refused, naming the file and what
+/// it is.
+#[test]
+fn an_audit_log_that_is_a_named_pipe_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let codebolt = dir.path().join(".codebolt");
+    std::fs::create_dir_all(&codebolt).expect("mkdir");
+    mkfifo(&codebolt.join("audit.jsonl"));
+    let text = refused_start(dir.path());
+    assert!(
+        text.contains("audit.jsonl") && text.contains("it is a named pipe"),
+        "{text}"
+    );
+}
+
+/// The data directory's lock file swapped for a link to a file elsewhere: the host
+/// used to cut that file and write its pid into it. Now the start is refused, and the
+/// file elsewhere is as it was.
+#[test]
+fn a_lock_file_that_is_a_link_is_refused_not_written_through() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let target = outside.path().join("elsewhere");
+    std::fs::write(&target, "keep\n").expect("write");
+    let codebolt = dir.path().join(".codebolt");
+    std::fs::create_dir_all(&codebolt).expect("mkdir");
+    swap_for_link(&codebolt.join("tether.lock"), &target);
+    let text = refused_start(dir.path());
+    assert!(
+        text.contains("tether.lock") && text.contains("it is a symbolic link"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep\n");
+}
+
+/// A delete marks the environment's name in `.codebolt/deleting/`; a link left under
+/// that name used to be followed, and the file it named cut to nothing. Now the mark
+/// is not made (the delete goes on, as when marking fails) and the file is intact.
+#[tokio::test]
+async fn a_delete_mark_that_is_a_link_is_not_written_through() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let target = outside.path().join("elsewhere");
+    std::fs::write(&target, "keep\n").expect("write");
+    let server = Server::start(dir.path());
+    let id = created(&server, "marked").await;
+    let marks = dir.path().join(".codebolt/deleting");
+    std::fs::create_dir_all(&marks).expect("mkdir");
+    swap_for_link(&marks.join("marked"), &target);
+    let (status, body) = server
+        .call("DELETE", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert!(status.is_success(), "{status}: {body}");
+    assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep\n");
+    server.stop();
+}
