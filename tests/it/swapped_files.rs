@@ -137,6 +137,49 @@ async fn a_log_swapped_for_a_link_or_a_pipe_is_neither_written_through_nor_waite
     server.stop();
 }
 
+/// The highest resident memory the process `pid` has had, in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// A log file grown far past what the host writes (here 400 MiB, sparse, ahead of a
+/// last line) used to be read whole by a tail, into memory as large as the file. A
+/// tail reads the end only: the last line is there, and the server's peak memory
+/// does not grow by anything like the file's size.
+#[tokio::test]
+async fn a_huge_log_is_tailed_from_its_end_in_bounded_memory() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let id = created(&server, "huge").await;
+    let path = dir.path().join(format!(".codebolt/logs/{id}.log"));
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("the log");
+    let len = file.metadata().expect("metadata").len();
+    file.set_len(len + (400 << 20)).expect("set_len");
+    file.write_all(b"\n{\"ts\":\"2026-01-01T00:00:00.000000Z\",\"message\":\"the last line\"}\n")
+        .expect("write");
+    drop(file);
+
+    let before = peak_kib(server.pid());
+    let (status, text) = tail(&server, &id).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(text.contains("the last line"), "{text}");
+    let grown = peak_kib(server.pid()).saturating_sub(before);
+    assert!(
+        grown < 64 << 10,
+        "the server's peak memory grew by {grown} KiB reading a tail"
+    );
+    server.stop();
+}
+
 /// `tether serve` on `data_dir`, expected to refuse to start: what it printed. It
 /// must end by itself within [`WAIT`] (a start that hangs fails the test).
 fn refused_start(data_dir: &Path) -> String {

@@ -1,7 +1,7 @@
 //! The files of the per-environment logs, their writer thread, tails and followers.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -123,14 +123,13 @@ impl EnvLogs {
         let current = self.path(env);
         let mut lines: Vec<String> = Vec::new();
         for file in [rotated(&current), current] {
-            // A named pipe in the file's place would hold the read for good.
-            let Ok(f) = crate::untrusted::open_regular(&file) else {
+            let Some(end) = read_end(&file) else {
                 continue;
             };
-            for line in BufReader::new(f).split(b'\n').map_while(Result::ok) {
+            for line in end.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 // A line a crash cut short (ended by the next start) is left out; one
                 // that is not UTF-8 must not end the reading of the lines after it.
-                let Ok(line) = String::from_utf8(line) else {
+                let Ok(line) = String::from_utf8(line.to_vec()) else {
                     continue;
                 };
                 if serde_json::from_str::<serde::de::IgnoredAny>(&line).is_err() {
@@ -213,6 +212,37 @@ impl EnvLogs {
             }
         }
     }
+}
+
+/// The whole lines in the last [`MAX_FILE_BYTES`] of the log file `path` (all the
+/// host writes to one before it rotates), or `None` when it cannot be read or is no
+/// regular file (a named pipe would hold the read for good). A file grown past that
+/// by something else costs a tail no more time or memory than one the host wrote.
+fn read_end(path: &Path) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = crate::untrusted::open_regular(path)
+        .inspect_err(|e| {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "an environment's log file cannot be read; its lines are left out of the tail");
+            }
+        })
+        .ok()?;
+    let len = file.metadata().ok()?.len();
+    // From the byte before the window: if it ends a line, the window starts a whole one.
+    let start = len.saturating_sub(MAX_FILE_BYTES + 1);
+    file.seek(SeekFrom::Start(start)).ok()?;
+    let mut bytes = Vec::new();
+    (file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)).ok()?;
+    if start > 0 {
+        // Up to the first newline is the end of a line begun before the window (only
+        // that newline when the window starts a line): left out.
+        let first = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |i| i + 1);
+        bytes.drain(..first);
+    }
+    Some(bytes)
 }
 
 fn rotated(current: &Path) -> PathBuf {
@@ -300,6 +330,31 @@ mod tests {
             env: env.into(),
             json: format!("{{\"ts\":\"{ts}\",\"message\":\"{message}\"}}"),
         }
+    }
+
+    #[test]
+    fn a_tail_reads_whole_lines_from_the_end_of_a_file_past_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.log");
+        // Lines of 100 bytes: the window of MAX_FILE_BYTES starts mid-line.
+        let text: String = (0..30_000).map(|i| format!("{i:099}\n")).collect();
+        std::fs::write(&path, &text).unwrap();
+        let end = read_end(&path).unwrap();
+        assert!(end.len() as u64 <= MAX_FILE_BYTES);
+        assert!(end.ends_with(format!("{:099}\n", 29_999).as_bytes()));
+        let first = end.split(|&b| b == b'\n').next().unwrap();
+        assert_eq!(first.len(), 99, "{}", String::from_utf8_lossy(first));
+        // A window that starts a line keeps it.
+        let exact: String = (0..(MAX_FILE_BYTES / 64 + 1))
+            .map(|i| format!("{i:063}\n"))
+            .collect();
+        std::fs::write(&path, &exact).unwrap();
+        let end = read_end(&path).unwrap();
+        assert_eq!(end.len() as u64, MAX_FILE_BYTES);
+        assert_eq!(&end[..64], format!("{:063}\n", 1).as_bytes());
+        let pipe = dir.path().join("pipe.log");
+        nix::unistd::mkfifo(&pipe, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(read_end(&pipe).is_none());
     }
 
     #[test]
