@@ -19,17 +19,41 @@ pub(crate) const MAX_LOGGED: usize = 4096;
 /// a file's place would otherwise hold the open (and the thread making it) until some
 /// writer came, and a terminal or another device is no file the host reads.
 pub(crate) fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    open_to_read(path, 0)
+}
+
+/// [`open_regular`] for a file only the host writes (an environment's log, the audit
+/// log): a symbolic link in its place is refused too, so a link left there cannot
+/// make the host show a file from elsewhere as its own.
+pub(crate) fn open_own(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    open_to_read(path, libc::O_NOFOLLOW)
+}
+
+fn open_to_read(path: &std::path::Path, flags: libc::c_int) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     // Without waiting for a writer; for a regular file the flag changes nothing.
-    let file = std::fs::OpenOptions::new()
+    let opened = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
+        .custom_flags(libc::O_NONBLOCK | flags)
+        .open(path);
+    let file = opened.map_err(|e| named_refusal(path, e))?;
     let kind = file.metadata()?.file_type();
     if kind.is_file() {
         return Ok(file);
     }
     Err(not_regular(kind))
+}
+
+/// `e`, from opening `path`, said as what is there when that is why: a link (under
+/// O_NOFOLLOW), a named pipe without a reader (under O_NONBLOCK, for a write), a
+/// directory (for a write).
+fn named_refusal(path: &std::path::Path, e: std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENXIO | libc::EISDIR) => {
+            std::fs::symlink_metadata(path).map_or(e, |m| not_regular(m.file_type()))
+        }
+        _ => e,
+    }
 }
 
 /// Opens `path` with `options` (append or write, create, mode: the caller's) if it is
@@ -47,20 +71,7 @@ pub(crate) fn open_to_write(
     let opened = options
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
         .open(path);
-    let file = match opened {
-        Ok(file) => file,
-        // A link (O_NOFOLLOW), a pipe without a reader (O_NONBLOCK), a directory:
-        // named by what is there, not by the errno.
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ELOOP | libc::ENXIO | libc::EISDIR)
-            ) =>
-        {
-            return Err(std::fs::symlink_metadata(path).map_or(e, |m| not_regular(m.file_type())));
-        }
-        Err(e) => return Err(e),
-    };
+    let file = opened.map_err(|e| named_refusal(path, e))?;
     let kind = file.metadata()?.file_type();
     if !kind.is_file() {
         return Err(not_regular(kind));
@@ -326,6 +337,12 @@ mod tests {
         assert!(refused(&pipe).contains("a named pipe"));
         drop(reader);
         assert!(refused(std::path::Path::new("/dev/null")).contains("a device"));
+
+        // Read: the host's own files through no link either; others' through one.
+        let e = open_own(&link).unwrap_err();
+        assert!(e.to_string().contains("a symbolic link"), "{e}");
+        assert!(open_own(&made).is_ok());
+        assert!(open_regular(&link).is_ok());
     }
 
     #[test]

@@ -137,6 +137,30 @@ async fn a_log_swapped_for_a_link_or_a_pipe_is_neither_written_through_nor_waite
     server.stop();
 }
 
+/// A rotated log (`<id>.log.1`) swapped for a link to a file elsewhere was read
+/// through it: the environment's owner was shown whatever lines of that file parse
+/// as JSON. Now the link is not followed.
+#[tokio::test]
+async fn a_rotated_log_that_is_a_link_is_not_read_through() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let target = outside.path().join("elsewhere.jsonl");
+    std::fs::write(
+        &target,
+        "{\"ts\":\"2026-01-01T00:00:00.000000Z\",\"message\":\"from elsewhere\"}\n",
+    )
+    .expect("write");
+    let server = Server::start(dir.path());
+    let id = created(&server, "rotated").await;
+    let logs = dir.path().join(".codebolt/logs");
+    swap_for_link(&logs.join(format!("{id}.log.1")), &target);
+    let (status, text) = tail(&server, &id).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(text.contains("environment created"), "{text}");
+    assert!(!text.contains("from elsewhere"), "{text}");
+    server.stop();
+}
+
 /// The highest resident memory the process `pid` has had, in KiB.
 fn peak_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");

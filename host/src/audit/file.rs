@@ -108,8 +108,8 @@ pub(super) fn open_all(path: &Path, keep: usize, files: &Mutex<()>) -> std::io::
             rotated(path, i)
         };
         // A named pipe in a file's place would hold this read, and with it the
-        // rotation lock the writer needs.
-        match crate::untrusted::open_regular(&p) {
+        // rotation lock the writer needs; a link would show a file from elsewhere.
+        match crate::untrusted::open_own(&p) {
             Ok(f) => out.push(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),

@@ -216,11 +216,12 @@ impl EnvLogs {
 
 /// The whole lines in the last [`MAX_FILE_BYTES`] of the log file `path` (all the
 /// host writes to one before it rotates), or `None` when it cannot be read or is no
-/// regular file (a named pipe would hold the read for good). A file grown past that
+/// regular file (a named pipe would hold the read for good; a link would show its
+/// owner a file from elsewhere). A file grown past that
 /// by something else costs a tail no more time or memory than one the host wrote.
 fn read_end(path: &Path) -> Option<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = crate::untrusted::open_regular(path)
+    let mut file = crate::untrusted::open_own(path)
         .inspect_err(|e| {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path = %path.display(), error = %e, "an environment's log file cannot be read; its lines are left out of the tail");
