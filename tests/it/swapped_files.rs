@@ -275,23 +275,33 @@ fn a_lock_file_that_is_a_link_is_refused_not_written_through() {
 }
 
 /// A delete marks the environment's name in `.codebolt/deleting/`; a link left under
-/// that name used to be followed, and the file it named cut to nothing. Now the mark
-/// is not made (the delete goes on, as when marking fails) and the file is intact.
+/// that name used to be followed, and the file it named cut to nothing, and a named
+/// pipe there held the delete (and the thread serving it) until a reader came. Now
+/// the mark is not made (the delete goes on, as when marking fails), the file is
+/// intact and the delete answers.
 #[tokio::test]
-async fn a_delete_mark_that_is_a_link_is_not_written_through() {
+async fn a_delete_mark_that_is_a_link_or_a_pipe_is_not_written_through_nor_waited_on() {
     let dir = tempfile::tempdir().expect("tempdir");
     let outside = tempfile::tempdir().expect("tempdir");
     let target = outside.path().join("elsewhere");
     std::fs::write(&target, "keep\n").expect("write");
     let server = Server::start(dir.path());
-    let id = created(&server, "marked").await;
+    let linked = created(&server, "linked").await;
+    let piped = created(&server, "piped").await;
     let marks = dir.path().join(".codebolt/deleting");
     std::fs::create_dir_all(&marks).expect("mkdir");
-    swap_for_link(&marks.join("marked"), &target);
-    let (status, body) = server
-        .call("DELETE", &format!("/api/v1/environments/{id}"), None)
-        .await;
-    assert!(status.is_success(), "{status}: {body}");
+    swap_for_link(&marks.join("linked"), &target);
+    mkfifo(&marks.join("piped"));
+    for id in [linked, piped] {
+        let response = reqwest::Client::new()
+            .delete(format!("{}/api/v1/environments/{id}", server.base))
+            .bearer_auth(TOKEN)
+            .timeout(WAIT)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("deleting {id}: {e}"));
+        assert!(response.status().is_success(), "{response:?}");
+    }
     assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep\n");
     server.stop();
 }
