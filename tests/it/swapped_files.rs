@@ -161,6 +161,39 @@ async fn a_rotated_log_that_is_a_link_is_not_read_through() {
     server.stop();
 }
 
+/// An environment's workspace (`.codebolt/environments/<name>`) swapped for a link to
+/// a directory elsewhere was taken as the workspace: the provider and the runtime it
+/// started worked there, and deleting the environment emptied that directory. Now
+/// the start fails saying why, and the directory elsewhere is left as it was.
+#[tokio::test]
+async fn a_workspace_that_is_a_link_is_not_used_nor_emptied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let precious = outside.path().join("precious");
+    std::fs::write(&precious, "keep\n").expect("write");
+    let server = Server::start(dir.path());
+    let id = created(&server, "linked").await;
+    let workspaces = dir.path().join(".codebolt/environments");
+    std::fs::create_dir_all(&workspaces).expect("mkdir");
+    swap_for_link(&workspaces.join("linked"), outside.path());
+    start(&server, &id).await;
+    let env = server
+        .wait_env(&id, "a failed start", |e| e["status"] == "error")
+        .await;
+    let why = env["lastError"].as_str().unwrap_or_default();
+    assert!(why.contains("it is a symbolic link"), "{env}");
+    let response = reqwest::Client::new()
+        .delete(format!("{}/api/v1/environments/{id}", server.base))
+        .bearer_auth(TOKEN)
+        .timeout(WAIT)
+        .send()
+        .await
+        .expect("delete");
+    assert!(response.status().is_success(), "{response:?}");
+    assert_eq!(std::fs::read_to_string(&precious).expect("read"), "keep\n");
+    server.stop();
+}
+
 /// The highest resident memory the process `pid` has had, in KiB.
 fn peak_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
