@@ -161,6 +161,43 @@ async fn a_rotated_log_that_is_a_link_is_not_read_through() {
     server.stop();
 }
 
+/// The directory of delete marks (`.codebolt/deleting`) swapped for a link to a
+/// directory elsewhere: a delete cut and removed the file there named after the
+/// environment, and the next start removed every file there (as marks of deletes a
+/// crash interrupted). Now the link is not used: the delete goes on unmarked, the
+/// start says why it finishes no deletes, and the files elsewhere are intact.
+#[tokio::test]
+async fn a_marks_directory_that_is_a_link_is_not_used() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    for name in ["victim", "other"] {
+        std::fs::write(outside.path().join(name), "keep\n").expect("write");
+    }
+    let codebolt = dir.path().join(".codebolt");
+    std::fs::create_dir_all(&codebolt).expect("mkdir");
+    swap_for_link(&codebolt.join("deleting"), outside.path());
+    let server = Server::start(dir.path());
+    let id = created(&server, "victim").await;
+    let (status, body) = server
+        .call("DELETE", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert!(status.is_success(), "{status}: {body}");
+    server.stop();
+    let server = Server::start(dir.path());
+    let (status, _) = server.call("GET", "/api/v1/environments", None).await;
+    assert_eq!(status, StatusCode::OK);
+    for name in ["victim", "other"] {
+        let kept = std::fs::read_to_string(outside.path().join(name));
+        assert_eq!(kept.ok().as_deref(), Some("keep\n"), "{name}");
+    }
+    let log = server.log();
+    assert!(
+        log.contains("is a symbolic link, not the host's directory"),
+        "{log}"
+    );
+    server.stop();
+}
+
 /// An environment's workspace (`.codebolt/environments/<name>`) swapped for a link to
 /// a directory elsewhere was taken as the workspace: the provider and the runtime it
 /// started worked there, and deleting the environment emptied that directory. Now
