@@ -134,6 +134,18 @@ async fn a_log_swapped_for_a_link_or_a_pipe_is_neither_written_through_nor_waite
     );
     let (status, health) = server.call("GET", "/healthz", None).await;
     assert_eq!(status, StatusCode::OK, "{health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    let said = |what: &str| {
+        (health["reasons"].as_array().into_iter().flatten()).any(|r| {
+            r.as_str()
+                .is_some_and(|r| r.starts_with("environment log: ") && r.contains(what))
+        })
+    };
+    assert!(
+        said("it is a symbolic link, not a regular file"),
+        "{health}"
+    );
+    assert!(said("it is a named pipe, not a regular file"), "{health}");
     server.stop();
 }
 

@@ -61,10 +61,11 @@ pub(crate) struct EnvLogs {
     /// Live followers, by environment.
     followers: Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>,
     dropped: AtomicU64,
-    /// The environments whose last write failed, so a run of failures is reported
-    /// once per log: one file that cannot be written (a link left in its place) is
-    /// not reported again at every batch the others' succeed in.
-    failing: Mutex<HashSet<String>>,
+    /// Why the last write of each environment whose last write failed failed: a run
+    /// of failures is logged once per log (one file that cannot be written, a link
+    /// left in its place, is not logged again at every batch the others' succeed
+    /// in), and `/healthz` names them while they last.
+    failing: Mutex<HashMap<String, String>>,
     /// The environments that have a log: lines for any other (one deleted a moment
     /// ago, say) are dropped, so a deleted environment's file is never made again.
     known: Mutex<HashSet<String>>,
@@ -169,6 +170,25 @@ impl EnvLogs {
         self.failing.locked().remove(env);
     }
 
+    /// For `/healthz`: the logs whose last write failed and why (a few, then how
+    /// many more), empty while every write works.
+    pub(crate) fn failing(&self) -> Vec<String> {
+        const SHOWN: usize = 3;
+        let failing = self.failing.locked();
+        let mut whys: Vec<&String> = failing.values().collect();
+        whys.sort();
+        let mut out: Vec<String> = (whys.iter().take(SHOWN))
+            .map(|why| format!("environment log: {why}; its lines are dropped"))
+            .collect();
+        if whys.len() > SHOWN {
+            out.push(format!(
+                "environment logs: {} more cannot be written",
+                whys.len() - SHOWN
+            ));
+        }
+        out
+    }
+
     /// Lines dropped because the writer was behind, since start.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -194,11 +214,16 @@ impl EnvLogs {
                 // stderr is on the same full disk.
                 self.dropped
                     .fetch_add(lines.len() as u64, Ordering::Relaxed);
-                if self.failing.locked().insert(env.clone()) {
+                let why = format!("writing {}: {e}", path.display());
+                if self
+                    .failing
+                    .locked()
+                    .insert(env.clone(), why.clone())
+                    .is_none()
+                {
                     let _ = writeln!(
                         std::io::stderr(),
-                        "env-logs: writing {}: {e}; lines are dropped and counted until writes work again",
-                        path.display()
+                        "env-logs: {why}; lines are dropped and counted until writes work again",
                     );
                 }
                 continue;
@@ -356,6 +381,25 @@ mod tests {
         let pipe = dir.path().join("pipe.log");
         nix::unistd::mkfifo(&pipe, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         assert!(read_end(&pipe).is_none());
+    }
+
+    #[test]
+    fn logs_that_cannot_be_written_are_named_a_few_then_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = EnvLogs::install(dir.path().join("logs")).unwrap();
+        for env in ["e1", "e2", "e3", "e4", "e5"] {
+            logs.track(env);
+            std::fs::create_dir(dir.path().join(format!("logs/{env}.log"))).unwrap();
+            logs.write(vec![line(env, "2026-01-01T00:00:00Z", "a")]);
+        }
+        let failing = logs.failing();
+        assert_eq!(failing.len(), 4, "{failing:?}");
+        assert!(failing[0].contains("e1.log: it is a directory, not a regular file"));
+        assert_eq!(failing[3], "environment logs: 2 more cannot be written");
+        logs.remove("e1");
+        std::fs::remove_dir(dir.path().join("logs/e2.log")).unwrap();
+        logs.write(vec![line("e2", "2026-01-01T00:00:01Z", "b")]);
+        assert_eq!(logs.failing().len(), 3);
     }
 
     #[test]
