@@ -336,6 +336,55 @@ fn an_audit_log_that_is_a_named_pipe_is_refused_at_start() {
     );
 }
 
+/// A rotated audit log (`audit.jsonl.1`) swapped for a named pipe or a link: a query
+/// opened it (the pipe held the query, and the rotation lock with it, so the writer
+/// and every change waiting on it hung once the log rotated; the link showed a file
+/// from elsewhere as the log). Now the query answers 500 `audit_failed` at once, and
+/// the server log names the file and what it is.
+#[tokio::test]
+async fn a_rotated_audit_log_that_is_a_pipe_or_a_link_is_not_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let target = outside.path().join("elsewhere.jsonl");
+    std::fs::write(&target, "{}\n").expect("write");
+    let codebolt = dir.path().join(".codebolt");
+    std::fs::create_dir_all(&codebolt).expect("mkdir");
+    let server = Server::start(dir.path());
+    for (file, make) in [("audit.jsonl.1", true), ("audit.jsonl.2", false)] {
+        let path = codebolt.join(file);
+        if make {
+            mkfifo(&path);
+        } else {
+            let _ = std::fs::remove_file(codebolt.join("audit.jsonl.1"));
+            swap_for_link(&path, &target);
+        }
+        let response = reqwest::Client::new()
+            .get(format!("{}/api/v1/audit", server.base))
+            .bearer_auth(TOKEN)
+            .timeout(WAIT)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("the audit query with {file}: {e}"));
+        assert_eq!(
+            response.status(),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{file}"
+        );
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "audit_failed", "{body}");
+    }
+    let log = server.log();
+    assert!(
+        log.contains("audit.jsonl.1: it is a named pipe, not a regular file"),
+        "{log}"
+    );
+    assert!(
+        log.contains("audit.jsonl.2: it is a symbolic link, not a regular file"),
+        "{log}"
+    );
+    server.stop();
+}
+
 /// The data directory's lock file swapped for a link to a file elsewhere: the host
 /// used to cut that file and write its pid into it. Now the start is refused, and the
 /// file elsewhere is as it was.

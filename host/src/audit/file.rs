@@ -112,7 +112,13 @@ pub(super) fn open_all(path: &Path, keep: usize, files: &Mutex<()>) -> std::io::
         match crate::untrusted::open_own(&p) {
             Ok(f) => out.push(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            // Which file: the error is reported against the log as a whole.
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", p.display()),
+                ));
+            }
         }
     }
     Ok(out)
