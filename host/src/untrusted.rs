@@ -3,7 +3,9 @@
 //! with control characters escaped, so a provider can neither grow the host's files
 //! nor forge log lines with newlines or terminal escapes. Every limit on what a
 //! provider sends the host is listed here and in SECURITY.md ("What a provider can
-//! send the host"). Also the bounded read of a file someone may have made huge.
+//! send the host"). Also the files of the data directory someone else may have
+//! swapped: opened to read or to write only if they are regular files, the host's own
+//! through no symbolic link, without waiting on a named pipe, and read bounded.
 
 /// Longest error message of a provider kept (start errors, file-handler errors).
 pub(crate) const MAX_ERROR: usize = 4096;
