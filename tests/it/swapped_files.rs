@@ -385,6 +385,41 @@ async fn a_rotated_audit_log_that_is_a_pipe_or_a_link_is_not_read() {
     server.stop();
 }
 
+/// A directory left in the place of the oldest rotated audit log (`audit.jsonl.1`
+/// with `keep_files = 1`): the rotation could not remove it, so once the log was full
+/// every change was refused (500 `audit_failed`) for good. Now it is moved aside
+/// (`audit.jsonl.1.rejected-<ns>`, logged) and the rotation goes on.
+#[tokio::test]
+async fn a_directory_in_the_place_of_a_rotated_audit_log_does_not_stop_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let codebolt = dir.path().join(".codebolt");
+    std::fs::create_dir_all(codebolt.join("audit.jsonl.1")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("tether.toml"),
+        "[audit]\nmax_file_mib = 1\nkeep_files = 1\n",
+    )
+    .expect("tether.toml");
+    // A log that is full: the next entry rotates it.
+    std::fs::write(codebolt.join("audit.jsonl"), "{}\n".repeat(1 << 19)).expect("write");
+    let server = Server::start(dir.path());
+    let body = json!({"name": "after", "provider": "local-process"});
+    let (status, env) = server
+        .call("POST", "/api/v1/environments", Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let aside = std::fs::read_dir(&codebolt)
+        .expect("read_dir")
+        .filter_map(Result::ok)
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("audit.jsonl.1.rejected-")
+        });
+    assert!(aside, "the directory was not moved aside");
+    assert!(std::fs::metadata(codebolt.join("audit.jsonl.1")).is_ok_and(|m| m.is_file()));
+    server.stop();
+}
+
 /// The data directory's lock file swapped for a link to a file elsewhere: the host
 /// used to cut that file and write its pid into it. Now the start is refused, and the
 /// file elsewhere is as it was.
