@@ -305,7 +305,7 @@ fn append(path: &Path, lines: &[String]) -> std::io::Result<()> {
         if size > 0 && size + (text.len() as u64) + len > MAX_FILE_BYTES {
             write_or_cut(&mut file, text.as_bytes(), size)?;
             text.clear();
-            std::fs::rename(path, rotated(path))?;
+            rotate(path)?;
             file = open()?;
             size = 0;
         }
@@ -313,6 +313,17 @@ fn append(path: &Path, lines: &[String]) -> std::io::Result<()> {
         text.push('\n');
     }
     write_or_cut(&mut file, text.as_bytes(), size)
+}
+
+/// Moves `path` to `<path>.1`. A directory someone left at `.1` is moved aside whole
+/// first (`.1.rejected-<ns>`): the rename over it would fail, and with it every
+/// write of this log from then on.
+fn rotate(path: &Path) -> std::io::Result<()> {
+    let to = rotated(path);
+    if std::fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir()) {
+        crate::atomic::move_beside(&to, "rejected")?;
+    }
+    std::fs::rename(path, to)
 }
 
 /// Whether `file`, `len` bytes long (more than 0), ends in a newline.
@@ -400,6 +411,34 @@ mod tests {
         std::fs::remove_dir(dir.path().join("logs/e2.log")).unwrap();
         logs.write(vec![line("e2", "2026-01-01T00:00:01Z", "b")]);
         assert_eq!(logs.failing().len(), 3);
+    }
+
+    /// A directory at `<id>.log.1` made every rotation fail, and so every write of
+    /// the log once it was full; it is moved aside and the rotation goes on.
+    #[test]
+    fn a_directory_in_the_place_of_the_rotated_log_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = EnvLogs::install(dir.path().join("logs")).unwrap();
+        logs.track("e1");
+        std::fs::create_dir_all(dir.path().join("logs/e1.log.1/inside")).unwrap();
+        let big = "x".repeat(4096);
+        let many: Vec<Line> = (0..300)
+            .map(|_| line("e1", "2026-01-01T00:00:03Z", &big))
+            .collect();
+        logs.write(many);
+        logs.write(vec![line("e1", "2026-01-01T00:00:04Z", "last")]);
+        assert!(logs.failing().is_empty(), "{:?}", logs.failing());
+        assert!(dir.path().join("logs/e1.log.1").is_file());
+        let aside = std::fs::read_dir(dir.path().join("logs"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("e1.log.1.rejected-")
+            });
+        assert!(aside);
+        assert!(logs.tail("e1", 1, None)[0].contains("last"));
     }
 
     #[test]
