@@ -3,7 +3,9 @@
 //! with control characters escaped, so a provider can neither grow the host's files
 //! nor forge log lines with newlines or terminal escapes. Every limit on what a
 //! provider sends the host is listed here and in SECURITY.md ("What a provider can
-//! send the host"). Also the bounded read of a file someone may have made huge.
+//! send the host"). Also the files of the data directory someone else may have
+//! swapped: opened to read or to write only if they are regular files, the host's own
+//! through no symbolic link, without waiting on a named pipe, and read bounded.
 
 /// Longest error message of a provider kept (start errors, file-handler errors).
 pub(crate) const MAX_ERROR: usize = 4096;
@@ -19,15 +21,75 @@ pub(crate) const MAX_LOGGED: usize = 4096;
 /// a file's place would otherwise hold the open (and the thread making it) until some
 /// writer came, and a terminal or another device is no file the host reads.
 pub(crate) fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    open_to_read(path, 0)
+}
+
+/// [`open_regular`] for a file only the host writes (an environment's log, the audit
+/// log): a symbolic link in its place is refused too, so a link left there cannot
+/// make the host show a file from elsewhere as its own.
+pub(crate) fn open_own(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    open_to_read(path, libc::O_NOFOLLOW)
+}
+
+fn open_to_read(path: &std::path::Path, flags: libc::c_int) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
     // Without waiting for a writer; for a regular file the flag changes nothing.
-    let file = std::fs::OpenOptions::new()
+    let opened = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
+        .custom_flags(libc::O_NONBLOCK | flags)
+        .open(path);
+    let file = opened.map_err(|e| named_refusal(path, e))?;
     let kind = file.metadata()?.file_type();
-    let what = if kind.is_file() {
+    if kind.is_file() {
         return Ok(file);
+    }
+    Err(not_regular(kind))
+}
+
+/// `e`, from opening `path`, said as what is there when that is why: a link (under
+/// O_NOFOLLOW), a named pipe without a reader (under O_NONBLOCK, for a write), a
+/// directory (for a write).
+fn named_refusal(path: &std::path::Path, e: std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENXIO | libc::EISDIR) => {
+            std::fs::symlink_metadata(path).map_or(e, |m| not_regular(m.file_type()))
+        }
+        _ => e,
+    }
+}
+
+/// Opens `path` with `options` (append or write, create, mode: the caller's) if it is
+/// a regular file or is made one, and refuses anything else with an `InvalidInput`
+/// error naming what it is. Every file the host appends to or writes in place in the
+/// data directory opens here, where anyone who may write there can swap one: a
+/// symbolic link is never followed (it would carry the host's writes to a file
+/// elsewhere), a named pipe is not waited on for a reader (which would hold the
+/// thread, and whatever waits on it, for good), and a device or directory is no file.
+pub(crate) fn open_to_write(
+    path: &std::path::Path,
+    options: &mut std::fs::OpenOptions,
+) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = options
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path);
+    let file = opened.map_err(|e| named_refusal(path, e))?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(not_regular(kind));
+    }
+    // Back to plain writes, as the callers expect.
+    let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    Ok(file)
+}
+
+/// The error for a path that is `kind` but should be a regular file.
+fn not_regular(kind: std::fs::FileType) -> std::io::Error {
+    use std::os::unix::fs::FileTypeExt;
+    let what = if kind.is_symlink() {
+        "a symbolic link"
     } else if kind.is_fifo() {
         "a named pipe"
     } else if kind.is_dir() {
@@ -39,10 +101,10 @@ pub(crate) fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::F
     } else {
         "something else"
     };
-    Err(std::io::Error::new(
+    std::io::Error::new(
         std::io::ErrorKind::InvalidInput,
         format!("it is {what}, not a regular file"),
-    ))
+    )
 }
 
 /// The owner of a file described by `meta` when it is another user (neither this
@@ -229,6 +291,60 @@ mod tests {
             nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
             assert_eq!(others_may_change(&std::fs::metadata(&path).unwrap()), None);
         }
+    }
+
+    #[test]
+    fn open_to_write_takes_regular_files_only_and_follows_no_link() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let append = || {
+            let mut o = std::fs::OpenOptions::new();
+            o.append(true).create(true).mode(0o600);
+            o
+        };
+        let made = dir.path().join("made");
+        let mut f = open_to_write(&made, &mut append()).unwrap();
+        f.write_all(b"a").unwrap();
+        let mut f = open_to_write(&made, &mut append()).unwrap();
+        f.write_all(b"b").unwrap();
+        assert_eq!(std::fs::read(&made).unwrap(), b"ab");
+
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "keep").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nothing"), &dangling).unwrap();
+        let pipe = dir.path().join("pipe");
+        nix::unistd::mkfifo(&pipe, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let refused = |path: &std::path::Path| {
+            let e = open_to_write(path, &mut append()).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+            e.to_string()
+        };
+        assert!(refused(&link).contains("a symbolic link"));
+        assert!(refused(&dangling).contains("a symbolic link"));
+        assert!(!dir.path().join("nothing").exists());
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"keep");
+        assert!(refused(&pipe).contains("a named pipe"));
+        assert!(refused(dir.path()).contains("a directory"));
+        // A pipe with a reader opens, and is refused all the same.
+        let _reader = open_regular(&pipe).unwrap_err();
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&pipe)
+            .unwrap();
+        assert!(refused(&pipe).contains("a named pipe"));
+        drop(reader);
+        assert!(refused(std::path::Path::new("/dev/null")).contains("a device"));
+
+        // Read: the host's own files through no link either; others' through one.
+        let e = open_own(&link).unwrap_err();
+        assert!(e.to_string().contains("a symbolic link"), "{e}");
+        assert!(open_own(&made).is_ok());
+        assert!(open_regular(&link).is_ok());
     }
 
     #[test]

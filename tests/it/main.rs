@@ -39,6 +39,7 @@ mod sandbox;
 mod spine;
 mod storage;
 mod support;
+mod swapped_files;
 mod tenancy;
 mod tickets;
 mod tls;

@@ -52,9 +52,10 @@ pub(super) fn tenancy(e: &TenancyError) -> String {
             "token file {} is invalid; the operator must fix it",
             named(path)
         ),
-        TenancyError::Invalid(_) | TenancyError::NotFound(_) | TenancyError::Conflict(_) => {
-            e.to_string()
-        }
+        TenancyError::Invalid(_)
+        | TenancyError::NotFound(_)
+        | TenancyError::Conflict(_)
+        | TenancyError::Limit(_) => e.to_string(),
     }
 }
 

@@ -52,7 +52,7 @@ impl FromObject for CreateBody {
         (status = 413, description = "The body is over 2 MiB (`body_too_large`).", body = ErrorBody),
         (status = 415, description = "The body is not sent as `application/json` (`unsupported_media_type`).", body = ErrorBody),
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
-        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`), or the host holds 10,000 user tokens, as many as it takes (`quota_exceeded`).", body = ErrorBody),
         (status = 403, description = "The token lacks the `admin` scope (`missing_scope`).", body = ErrorBody),
         (status = 500, description = "The tokens file or the audit log could not be written (`store_error`, `audit_failed`).", body = ErrorBody),
         (status = 503, description = "The data directory's filesystem is read-only (`storage_unavailable`): nothing was changed.", body = ErrorBody),

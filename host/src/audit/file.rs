@@ -107,10 +107,18 @@ pub(super) fn open_all(path: &Path, keep: usize, files: &Mutex<()>) -> std::io::
         } else {
             rotated(path, i)
         };
-        match File::open(&p) {
+        // A named pipe in a file's place would hold this read, and with it the
+        // rotation lock the writer needs; a link would show a file from elsewhere.
+        match crate::untrusted::open_own(&p) {
             Ok(f) => out.push(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            // Which file: the error is reported against the log as a whole.
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", p.display()),
+                ));
+            }
         }
     }
     Ok(out)
@@ -127,18 +135,30 @@ fn parent(path: &Path) -> &Path {
     path.parent().unwrap_or(Path::new("."))
 }
 
-/// Opens for appending; created 0600, as it names users and their addresses.
+/// Opens for appending; created 0600, as it names users and their addresses. Only a
+/// regular file, never through a link (`untrusted::open_to_write`).
 fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .read(true)
-        .mode(0o600)
-        .open(path)
+    crate::untrusted::open_to_write(
+        path,
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .mode(0o600),
+    )
 }
 
+/// Removes `path` to make room. A directory someone left there is moved aside whole
+/// (`<name>.rejected-<ns>`), never removed: it would otherwise fail every rotation,
+/// and with it every change waiting for its entry, for good.
 fn remove(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => {
+            let moved = crate::atomic::move_beside(path, "rejected")?;
+            let moved = moved.as_deref().unwrap_or(path);
+            tracing::warn!(path = %path.display(), moved = %moved.display(), "a directory in the place of an audit log file was moved aside");
+            Ok(())
+        }
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }

@@ -182,9 +182,13 @@ impl AuditLog {
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r)
-            .map_err(|source| AuditError::Io {
-                path: self.inner.path.clone(),
-                source,
+            .map_err(|source| {
+                // The client is told the kind of failure only; the operator, what.
+                tracing::error!(error = %source, "reading the audit log failed");
+                AuditError::Io {
+                    path: self.inner.path.clone(),
+                    source,
+                }
             })
     }
 

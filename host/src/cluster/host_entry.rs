@@ -174,14 +174,14 @@ impl HostEntry {
 
     async fn joined(&self, revision: u64, sent: time::OffsetDateTime) {
         self.revision.store(revision, Ordering::Release);
-        // Kept for the next run, so it knows this run's entry at once.
-        let kept = async {
-            if let Some(dir) = self.kept_at.parent() {
-                tokio::fs::create_dir_all(dir).await?;
-            }
-            tokio::fs::write(&self.kept_at, &self.instance).await
-        };
-        if let Err(e) = kept.await {
+        // Kept for the next run, so it knows this run's entry at once; replaced whole,
+        // so a link or a named pipe left in its place is replaced, never written through.
+        let (path, instance) = (self.kept_at.clone(), self.instance.clone());
+        let kept = tokio::task::spawn_blocking(move || {
+            crate::atomic::replace_file(&path, instance.as_bytes())
+        });
+        let kept = kept.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = kept {
             tracing::warn!(error = %e, path = %self.kept_at.display(), "cluster: cannot keep this host's instance id; a restart after a crash waits two renewals for its entry");
         }
         self.clock_from(revision, sent).await;

@@ -164,9 +164,12 @@ pub(crate) fn new_store(
     // preopen with cap-std, which refuses `..`, absolute and symlink escapes. They are
     // opened when the guest asks for them; a missing one fails here, where the
     // environment's start can say which.
+    let preopened = |host: &std::path::Path, made: std::io::Result<Preopen>| {
+        made.map_err(|e| EngineError::Instantiate(format!("preopening {}: {e}", host.display())))
+    };
+    // The workspace and the state directory are the host's own: never through a link.
     let preopen = |host: &std::path::Path, guest: &str| {
-        Preopen::at(host.to_owned(), guest.to_owned())
-            .map_err(|e| EngineError::Instantiate(format!("preopening {}: {e}", host.display())))
+        preopened(host, Preopen::own(host.to_owned(), guest.to_owned()))
     };
     let mut dirs = vec![preopen(&setup.workspace, WORKSPACE_GUEST_DIR)?];
     // After the first start the state directory exists: one stat, no mkdir.
@@ -184,8 +187,10 @@ pub(crate) fn new_store(
             preopen(&setup.state_dir, STATE_GUEST_DIR)?
         }
     });
+    // The operator's grants, as the operator made them (a link among them).
     for dir in caps.directories() {
-        dirs.push(preopen(&dir, &dir.display().to_string())?);
+        let made = Preopen::at(dir.clone(), dir.display().to_string());
+        dirs.push(preopened(&dir, made)?);
     }
     // The provider's own lines, those its children write and the refusals it meets
     // share one budget.

@@ -337,6 +337,7 @@ impl Manager {
             reasons.push(format!("records file: {held}"));
         }
         reasons.extend(self.shared.providers.load_failures());
+        reasons.extend(self.shared.envs.logs().failing());
         reasons.extend(self.cluster().map(Cluster::health).unwrap_or_default());
         reasons.extend(self.config_health());
         let removals = self.shared.driver.shared.removals.health();

@@ -18,13 +18,35 @@ fn marks(config: &ServeConfig) -> PathBuf {
     config.codebolt_dir().join("deleting")
 }
 
+/// The marks directory, if it is one the host may make and remove files in: not a
+/// symbolic link, which would have marks made (and removed, and every file swept at
+/// start) in a directory elsewhere.
+fn marks_dir(config: &ServeConfig) -> std::io::Result<PathBuf> {
+    let dir = marks(config);
+    if std::fs::symlink_metadata(&dir)?.file_type().is_symlink() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{} is a symbolic link, not the host's directory; remove it",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(dir)
+}
+
 /// Marks `name`'s workspace as being deleted.
 pub(super) fn mark(config: &ServeConfig, name: &str) {
-    let dir = marks(config);
-    let made = std::fs::create_dir_all(&dir).and_then(|()| {
+    let made = std::fs::create_dir_all(marks(config)).and_then(|()| {
+        let dir = marks_dir(config)?;
         crate::names::join("environment", &dir, name)
             .map_err(std::io::Error::other)
-            .and_then(|path| std::fs::write(path, b""))
+            .and_then(|path| {
+                // Never through a link someone left under the name: it is truncated.
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create(true).truncate(true);
+                crate::untrusted::open_to_write(&path, &mut options).map(drop)
+            })
     });
     if let Err(e) = made {
         tracing::warn!(%name, error = %e, "could not mark the workspace as being deleted; a crash now would leave it behind");
@@ -33,7 +55,10 @@ pub(super) fn mark(config: &ServeConfig, name: &str) {
 
 /// Clears `name`'s mark (the workspace is gone, or the delete did not happen).
 pub(super) fn unmark(config: &ServeConfig, name: &str) {
-    if let Ok(path) = crate::names::join("environment", &marks(config), name) {
+    let Ok(dir) = marks_dir(config) else {
+        return;
+    };
+    if let Ok(path) = crate::names::join("environment", &dir, name) {
         remove_file(&path);
     }
 }
@@ -50,7 +75,15 @@ fn remove_file(path: &Path) {
 
 /// At start: finishes the deletes a crash interrupted (see the module's comment).
 pub(super) fn sweep(config: &ServeConfig, store: &Store) {
-    let Ok(entries) = std::fs::read_dir(marks(config)) else {
+    let dir = match marks_dir(config) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "delete marks are not read: interrupted deletes are not finished");
+            return;
+        }
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.filter_map(Result::ok) {

@@ -1,9 +1,9 @@
 //! The files of the per-environment logs, their writer thread, tails and followers.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -61,8 +61,11 @@ pub(crate) struct EnvLogs {
     /// Live followers, by environment.
     followers: Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>,
     dropped: AtomicU64,
-    /// Whether the last write failed (so a run of failures is reported once).
-    failing: AtomicBool,
+    /// Why the last write of each environment whose last write failed failed: a run
+    /// of failures is logged once per log (one file that cannot be written, a link
+    /// left in its place, is not logged again at every batch the others' succeed
+    /// in), and `/healthz` names them while they last.
+    failing: Mutex<HashMap<String, String>>,
     /// The environments that have a log: lines for any other (one deleted a moment
     /// ago, say) are dropped, so a deleted environment's file is never made again.
     known: Mutex<HashSet<String>>,
@@ -83,7 +86,7 @@ impl EnvLogs {
             queue,
             followers: Mutex::default(),
             dropped: AtomicU64::new(0),
-            failing: AtomicBool::new(false),
+            failing: Mutex::default(),
             known: Mutex::default(),
         });
         let writer = Arc::downgrade(&logs);
@@ -121,13 +124,13 @@ impl EnvLogs {
         let current = self.path(env);
         let mut lines: Vec<String> = Vec::new();
         for file in [rotated(&current), current] {
-            let Ok(f) = std::fs::File::open(&file) else {
+            let Some(end) = read_end(&file) else {
                 continue;
             };
-            for line in BufReader::new(f).split(b'\n').map_while(Result::ok) {
+            for line in end.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 // A line a crash cut short (ended by the next start) is left out; one
                 // that is not UTF-8 must not end the reading of the lines after it.
-                let Ok(line) = String::from_utf8(line) else {
+                let Ok(line) = String::from_utf8(line.to_vec()) else {
                     continue;
                 };
                 if serde_json::from_str::<serde::de::IgnoredAny>(&line).is_err() {
@@ -164,6 +167,26 @@ impl EnvLogs {
         let _ = std::fs::remove_file(rotated(&current));
         let _ = std::fs::remove_file(&current);
         self.followers.locked().remove(env);
+        self.failing.locked().remove(env);
+    }
+
+    /// For `/healthz`: the logs whose last write failed and why (a few, then how
+    /// many more), empty while every write works.
+    pub(crate) fn failing(&self) -> Vec<String> {
+        const SHOWN: usize = 3;
+        let failing = self.failing.locked();
+        let mut whys: Vec<&String> = failing.values().collect();
+        whys.sort();
+        let mut out: Vec<String> = (whys.iter().take(SHOWN))
+            .map(|why| format!("environment log: {why}; its lines are dropped"))
+            .collect();
+        if whys.len() > SHOWN {
+            out.push(format!(
+                "environment logs: {} more cannot be written",
+                whys.len() - SHOWN
+            ));
+        }
+        out
     }
 
     /// Lines dropped because the writer was behind, since start.
@@ -191,16 +214,21 @@ impl EnvLogs {
                 // stderr is on the same full disk.
                 self.dropped
                     .fetch_add(lines.len() as u64, Ordering::Relaxed);
-                if !self.failing.swap(true, Ordering::Relaxed) {
+                let why = format!("writing {}: {e}", path.display());
+                if self
+                    .failing
+                    .locked()
+                    .insert(env.clone(), why.clone())
+                    .is_none()
+                {
                     let _ = writeln!(
                         std::io::stderr(),
-                        "env-logs: writing {}: {e}; lines are dropped and counted until writes work again",
-                        path.display()
+                        "env-logs: {why}; lines are dropped and counted until writes work again",
                     );
                 }
                 continue;
             }
-            self.failing.store(false, Ordering::Relaxed);
+            self.failing.locked().remove(&env);
             let followers = self.followers.locked();
             if let Some(sender) = followers.get(&env) {
                 for line in lines {
@@ -211,6 +239,38 @@ impl EnvLogs {
     }
 }
 
+/// The whole lines in the last [`MAX_FILE_BYTES`] of the log file `path` (all the
+/// host writes to one before it rotates), or `None` when it cannot be read or is no
+/// regular file (a named pipe would hold the read for good; a link would show its
+/// owner a file from elsewhere). A file grown past that
+/// by something else costs a tail no more time or memory than one the host wrote.
+fn read_end(path: &Path) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = crate::untrusted::open_own(path)
+        .inspect_err(|e| {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "an environment's log file cannot be read; its lines are left out of the tail");
+            }
+        })
+        .ok()?;
+    let len = file.metadata().ok()?.len();
+    // From the byte before the window: if it ends a line, the window starts a whole one.
+    let start = len.saturating_sub(MAX_FILE_BYTES + 1);
+    file.seek(SeekFrom::Start(start)).ok()?;
+    let mut bytes = Vec::new();
+    (file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)).ok()?;
+    if start > 0 {
+        // Up to the first newline is the end of a line begun before the window (only
+        // that newline when the window starts a line): left out.
+        let first = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |i| i + 1);
+        bytes.drain(..first);
+    }
+    Some(bytes)
+}
+
 fn rotated(current: &Path) -> PathBuf {
     let mut name = current.as_os_str().to_owned();
     name.push(".1");
@@ -219,16 +279,19 @@ fn rotated(current: &Path) -> PathBuf {
 
 /// Appends `lines` to `path`, moving it to `.1` whenever the next line would take it
 /// past the bound. A new file is its owner's only: it holds what runtimes print and
-/// providers log, which the API shows only to the environment's owner.
+/// providers log, which the API shows only to the environment's owner. Anything but a
+/// regular file in its place (a link, a named pipe) is refused, not written through.
 fn append(path: &Path, lines: &[String]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let open = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .mode(0o600)
-            .open(path)
+        crate::untrusted::open_to_write(
+            path,
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .mode(0o600),
+        )
     };
     let mut file = open()?;
     let mut size = file.metadata()?.len();
@@ -242,7 +305,7 @@ fn append(path: &Path, lines: &[String]) -> std::io::Result<()> {
         if size > 0 && size + (text.len() as u64) + len > MAX_FILE_BYTES {
             write_or_cut(&mut file, text.as_bytes(), size)?;
             text.clear();
-            std::fs::rename(path, rotated(path))?;
+            rotate(path)?;
             file = open()?;
             size = 0;
         }
@@ -250,6 +313,17 @@ fn append(path: &Path, lines: &[String]) -> std::io::Result<()> {
         text.push('\n');
     }
     write_or_cut(&mut file, text.as_bytes(), size)
+}
+
+/// Moves `path` to `<path>.1`. A directory someone left at `.1` is moved aside whole
+/// first (`.1.rejected-<ns>`): the rename over it would fail, and with it every
+/// write of this log from then on.
+fn rotate(path: &Path) -> std::io::Result<()> {
+    let to = rotated(path);
+    if std::fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir()) {
+        crate::atomic::move_beside(&to, "rejected")?;
+    }
+    std::fs::rename(path, to)
 }
 
 /// Whether `file`, `len` bytes long (more than 0), ends in a newline.
@@ -293,6 +367,78 @@ mod tests {
             env: env.into(),
             json: format!("{{\"ts\":\"{ts}\",\"message\":\"{message}\"}}"),
         }
+    }
+
+    #[test]
+    fn a_tail_reads_whole_lines_from_the_end_of_a_file_past_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.log");
+        // Lines of 100 bytes: the window of MAX_FILE_BYTES starts mid-line.
+        let text: String = (0..30_000).map(|i| format!("{i:099}\n")).collect();
+        std::fs::write(&path, &text).unwrap();
+        let end = read_end(&path).unwrap();
+        assert!(end.len() as u64 <= MAX_FILE_BYTES);
+        assert!(end.ends_with(format!("{:099}\n", 29_999).as_bytes()));
+        let first = end.split(|&b| b == b'\n').next().unwrap();
+        assert_eq!(first.len(), 99, "{}", String::from_utf8_lossy(first));
+        // A window that starts a line keeps it.
+        let exact: String = (0..(MAX_FILE_BYTES / 64 + 1))
+            .map(|i| format!("{i:063}\n"))
+            .collect();
+        std::fs::write(&path, &exact).unwrap();
+        let end = read_end(&path).unwrap();
+        assert_eq!(end.len() as u64, MAX_FILE_BYTES);
+        assert_eq!(&end[..64], format!("{:063}\n", 1).as_bytes());
+        let pipe = dir.path().join("pipe.log");
+        nix::unistd::mkfifo(&pipe, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(read_end(&pipe).is_none());
+    }
+
+    #[test]
+    fn logs_that_cannot_be_written_are_named_a_few_then_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = EnvLogs::install(dir.path().join("logs")).unwrap();
+        for env in ["e1", "e2", "e3", "e4", "e5"] {
+            logs.track(env);
+            std::fs::create_dir(dir.path().join(format!("logs/{env}.log"))).unwrap();
+            logs.write(vec![line(env, "2026-01-01T00:00:00Z", "a")]);
+        }
+        let failing = logs.failing();
+        assert_eq!(failing.len(), 4, "{failing:?}");
+        assert!(failing[0].contains("e1.log: it is a directory, not a regular file"));
+        assert_eq!(failing[3], "environment logs: 2 more cannot be written");
+        logs.remove("e1");
+        std::fs::remove_dir(dir.path().join("logs/e2.log")).unwrap();
+        logs.write(vec![line("e2", "2026-01-01T00:00:01Z", "b")]);
+        assert_eq!(logs.failing().len(), 3);
+    }
+
+    /// A directory at `<id>.log.1` made every rotation fail, and so every write of
+    /// the log once it was full; it is moved aside and the rotation goes on.
+    #[test]
+    fn a_directory_in_the_place_of_the_rotated_log_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = EnvLogs::install(dir.path().join("logs")).unwrap();
+        logs.track("e1");
+        std::fs::create_dir_all(dir.path().join("logs/e1.log.1/inside")).unwrap();
+        let big = "x".repeat(4096);
+        let many: Vec<Line> = (0..300)
+            .map(|_| line("e1", "2026-01-01T00:00:03Z", &big))
+            .collect();
+        logs.write(many);
+        logs.write(vec![line("e1", "2026-01-01T00:00:04Z", "last")]);
+        assert!(logs.failing().is_empty(), "{:?}", logs.failing());
+        assert!(dir.path().join("logs/e1.log.1").is_file());
+        let aside = std::fs::read_dir(dir.path().join("logs"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("e1.log.1.rejected-")
+            });
+        assert!(aside);
+        assert!(logs.tail("e1", 1, None)[0].contains("last"));
     }
 
     #[test]

@@ -218,15 +218,19 @@ pub(super) fn read(path: &Path) -> std::io::Result<Vec<u8>> {
 pub(super) fn open_append(path: &Path) -> std::io::Result<File> {
     std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
     let existed = path.exists();
-    let file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)?;
+    let file = open_to_append(path)?;
     if !existed {
         sync_dir(path)?;
     }
     Ok(file)
+}
+
+/// `path` opened to append, created 0600; only a regular file, never through a link.
+fn open_to_append(path: &Path) -> std::io::Result<File> {
+    crate::untrusted::open_to_write(
+        path,
+        OpenOptions::new().append(true).create(true).mode(0o600),
+    )
 }
 
 /// Appends `bytes` and syncs them: once this returns, they survive a crash.
@@ -276,12 +280,7 @@ pub(super) fn rotate(path: &Path, old: &Path) -> Result<File, RotateError> {
         error,
         restored: true,
     })?;
-    let fresh = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|file| sync_dir(path).map(|()| file));
+    let fresh = open_to_append(path).and_then(|file| sync_dir(path).map(|()| file));
     fresh.map_err(|error| RotateError {
         error,
         // Over the new empty file, if it was made.

@@ -96,9 +96,7 @@ pub(super) fn open(path: &Path) -> Result<(State, Appender), StoreError> {
 
     // Cut a torn tail off so the next append follows a whole entry.
     if active_scan.torn.is_some() {
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&active)
+        let file = crate::untrusted::open_to_write(&active, OpenOptions::new().write(true))
             .map_err(io(&active))?;
         file.set_len(active_scan.good_len).map_err(io(&active))?;
         file.sync_all().map_err(io(&active))?;
@@ -128,13 +126,15 @@ pub(super) fn open(path: &Path) -> Result<(State, Appender), StoreError> {
         match write_unless_changed(path, &text, sha(&bytes))? {
             Replaced::Done => {
                 journal::remove(&old).map_err(io(&old))?;
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o600)
-                    .open(&active)
-                    .map_err(io(&active))?;
+                let file = crate::untrusted::open_to_write(
+                    &active,
+                    OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .mode(0o600),
+                )
+                .map_err(io(&active))?;
                 file.set_len(0).map_err(io(&active))?;
                 file.sync_all().map_err(io(&active))?;
                 appender_len = 0;

@@ -33,6 +33,9 @@ pub(crate) enum TenancyError {
     /// No such token, or not one the caller may see.
     #[error("{0}")]
     NotFound(String),
+    /// The host holds as many user tokens as it takes ([`tokens::MAX_TOKENS`]).
+    #[error("{0}")]
+    Limit(String),
     /// The request conflicts with how the host was started.
     #[error("{0}")]
     Conflict(String),

@@ -119,6 +119,11 @@ struct Index {
     admin: Arc<Grant>,
 }
 
+/// User tokens a host holds at most (expired ones count until revoked): each change
+/// rewrites the whole file, and with this many of the largest records it still
+/// stays under the size the host reads at start ([`file::MAX_FILE_BYTES`]).
+pub(crate) const MAX_TOKENS: usize = 10_000;
+
 /// A change to the user tokens made on this host, for a follower (cluster mode).
 #[derive(Debug, Clone)]
 pub(crate) enum TokenChange {
@@ -136,6 +141,8 @@ pub(crate) struct Tokens {
     /// One change at a time, from the file write to the swap in memory.
     writer: tokio::sync::Mutex<()>,
     path: PathBuf,
+    /// [`MAX_TOKENS`] (lower in tests).
+    max_tokens: usize,
     /// Where the operator's token lives, when it came from a file (rotation writes
     /// it); `None` when `TETHER_API_TOKEN` set it.
     admin_file: Option<PathBuf>,
@@ -178,6 +185,7 @@ impl Tokens {
             follower: std::sync::Mutex::new(None),
             writer: tokio::sync::Mutex::new(()),
             path,
+            max_tokens: MAX_TOKENS,
             admin_file,
         })
     }
@@ -324,6 +332,13 @@ impl Tokens {
         };
         let _writing = self.writer.lock().await;
         let mut records = self.records();
+        if records.len() >= self.max_tokens {
+            return Err(TenancyError::Limit(format!(
+                "the host holds {} user tokens, as many as it takes ({}); revoke unused or expired ones first",
+                records.len(),
+                self.max_tokens
+            )));
+        }
         records.push(new_record.clone());
         self.persist(records).await?;
         let entry = entry(new_record.clone(), hash);
@@ -490,6 +505,65 @@ mod tests {
             user: user.into(),
             ..NewToken::default()
         }
+    }
+
+    /// Tokens were made without bound, each change rewriting the whole file, until
+    /// the file passed the size the host reads at start and the host would not start
+    /// again. Past the bound a create is refused, saying why, and nothing is written.
+    #[tokio::test]
+    async fn the_host_makes_at_most_its_bound_of_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tokens = open(dir.path());
+        tokens.max_tokens = 3;
+        let mut made = Vec::new();
+        for _ in 0..3 {
+            made.push(tokens.create(new("alice")).await.unwrap());
+        }
+        let written = std::fs::read(file::tokens_path(dir.path())).unwrap();
+        let refused = tokens.create(new("bob")).await.unwrap_err();
+        assert!(matches!(refused, TenancyError::Limit(_)), "{refused:?}");
+        assert!(refused.to_string().contains("3 user tokens"), "{refused}");
+        assert_eq!(
+            std::fs::read(file::tokens_path(dir.path())).unwrap(),
+            written
+        );
+        let admin = tokens.authenticate(ADMIN).unwrap();
+        tokens.revoke(&admin, &made[0].view.id).await.unwrap();
+        tokens.create(new("bob")).await.unwrap();
+    }
+
+    /// The bound keeps the file readable at start: [`MAX_TOKENS`] of the largest
+    /// records a create takes fit in [`file::MAX_FILE_BYTES`].
+    #[test]
+    fn the_bound_of_the_largest_tokens_fits_the_file_the_host_reads() {
+        let largest = TokenRecord {
+            id: format!("{ID_PREFIX}{}", "f".repeat(16)),
+            user: "u".repeat(crate::names::MAX_NAME_LEN),
+            scopes: Scopes::parse(Scope::ALL.map(Scope::name)).unwrap(),
+            environments: Some(vec![
+                "e".repeat(crate::names::MAX_NAME_LEN);
+                record::MAX_TOKEN_ENVIRONMENTS
+            ]),
+            // Each quote is written escaped: twice its length.
+            note: Some("\"".repeat(record::MAX_NOTE_BYTES)),
+            created_at: "2026-01-01T00:00:00.000000000Z".into(),
+            expires_at: Some("2036-01-01T00:00:00.000000000Z".into()),
+            sha256: "0".repeat(64),
+        };
+        largest.check().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.json");
+        let size = |n: usize| {
+            file::write(&path, vec![largest.clone(); n]).unwrap();
+            std::fs::metadata(&path).unwrap().len()
+        };
+        let (one, two) = (size(1), size(2));
+        let most = one + (two - one) * (MAX_TOKENS as u64 - 1);
+        assert!(
+            most < file::MAX_FILE_BYTES,
+            "{MAX_TOKENS} tokens of {} bytes take {most} bytes",
+            two - one
+        );
     }
 
     #[tokio::test]

@@ -46,6 +46,21 @@ impl Preopen {
         })
     }
 
+    /// [`Preopen::at`] for a directory the host makes under its data directory (an
+    /// environment's workspace, a provider's state): a symbolic link in its place is
+    /// refused, or whoever may write the data directory could hand the provider, and
+    /// the runtime it starts there, any directory of the host's user to change or
+    /// empty (a provider's removal empties its workspace).
+    pub(crate) fn own(host: PathBuf, guest: String) -> io::Result<Self> {
+        if std::fs::symlink_metadata(&host)?.file_type().is_symlink() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it is a symbolic link, not a directory the host made; remove it",
+            ));
+        }
+        Self::at(host, guest)
+    }
+
     /// Opens it, read-write, as wasmtime-wasi opens its own preopens.
     fn open(&self) -> wasmtime::Result<Dir> {
         let failed =
