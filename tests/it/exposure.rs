@@ -1,14 +1,15 @@
 //! What callers without an admin token learn about the host: `/healthz` without a
-//! token or with a user's never names the host's files, paths or reasons.
+//! token or with a user's, and a tenant's views of its own environments (REST and
+//! `/ws/events`), never name the host's files, paths or reasons.
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::guests::LOCAL_PROCESS;
-use crate::support::{Server, write_config};
+use crate::support::{Server, TOKEN, Ws, write_config};
 
-/// A data directory with a provider file that does not load (so `/healthz` has a
-/// reason naming a file), and a drop-in `local-process`.
+/// A data directory whose `local-process` is a drop-in (so views have a file path to
+/// show) beside a file that does not load (so `/healthz` has a reason naming a file).
 fn drop_in_host() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let providers = dir.path().join(".codebolt/providers");
@@ -74,5 +75,110 @@ async fn bad_tokens_on_healthz_count_towards_the_throttle() {
     );
     let (status, _) = server.call("GET", "/api/v1/whoami", None).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    server.stop();
+}
+
+/// The host paths an admin's view of `env` shows: its workspace, its resource and
+/// its drop-in provider's file.
+fn host_paths(env: &Value) -> Vec<String> {
+    let paths = [
+        &env["workspacePath"],
+        &env["resourceId"],
+        &env["providerStatus"]["loaded"]["source"]["path"],
+    ];
+    let paths: Vec<String> = (paths.iter())
+        .map(|p| p.as_str().unwrap_or_default().to_owned())
+        .collect();
+    for p in &paths {
+        assert!(p.starts_with('/'), "an admin sees absolute paths: {env}");
+    }
+    paths
+}
+
+/// A tenant's own environment showed `workspacePath`, `resourceId` (for
+/// `local-process`, the same absolute path under the data directory) and its drop-in
+/// provider's absolute path, on REST and in `/ws/events`. They are the admin's now.
+#[tokio::test]
+async fn a_tenant_sees_its_environment_without_the_host_paths() {
+    let dir = drop_in_host();
+    let server = Server::start(dir.path());
+    let (alice, _) = server.user_token("alice").await;
+    let events_url = server.ws_url("/ws/events");
+    let mut admin_events = Ws::connect(&events_url, Some(TOKEN)).await.expect("events");
+    let mut alice_events = Ws::connect(&events_url, Some(&alice))
+        .await
+        .expect("events");
+    for ws in [&mut admin_events, &mut alice_events] {
+        assert_eq!(ws.next_any().await["type"], "snapshot");
+    }
+
+    let (status, made) = server.create_as(&alice, "mine", true).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let id = made["id"].as_str().expect("id").to_owned();
+    let admin_view = server
+        .wait_env(&id, "running with a workspace", |e| {
+            e["status"] == "running" && e["workspacePath"].is_string()
+        })
+        .await;
+    let paths = host_paths(&admin_view);
+    let hidden = |shown: &str| {
+        for p in &paths {
+            assert!(!shown.contains(p.as_str()), "{p} shown to alice: {shown}");
+        }
+    };
+    let alone = |env: &Value| {
+        assert_eq!(env["workspacePath"], Value::Null, "{env}");
+        assert_eq!(env["resourceId"], Value::Null, "{env}");
+        assert_eq!(
+            env["providerStatus"]["loaded"]["source"],
+            json!({"kind": "dropIn"}),
+            "{env}"
+        );
+        hidden(&env.to_string());
+    };
+
+    // REST: the answers to her create, read, list and changes.
+    alone(&made);
+    let path = format!("/api/v1/environments/{id}");
+    let (_, got) = server.call_with("GET", &path, None, Some(&alice)).await;
+    alone(&got);
+    let (_, list) = (server.call_with("GET", "/api/v1/environments", None, Some(&alice))).await;
+    alone(&list[0]);
+    let patch = json!({"idleStopSecs": 3600});
+    let (_, patched) = server
+        .call_with("PATCH", &path, Some(patch), Some(&alice))
+        .await;
+    alone(&patched);
+    let (_, restarted) = server
+        .call_with("POST", &format!("{path}/restart"), None, Some(&alice))
+        .await;
+    alone(&restarted);
+
+    // Events: the admin gets a frame with the workspace; alice gets the same frames,
+    // in the same order, without it.
+    let mut seen = 0;
+    loop {
+        let frame = admin_events.next_any().await;
+        seen += 1;
+        if frame["environment"]["workspacePath"].is_string() {
+            break;
+        }
+    }
+    for _ in 0..seen {
+        let frame = alice_events.next_any().await;
+        hidden(&frame.to_string());
+        if frame["environment"].is_object() {
+            alone(&frame["environment"]);
+        }
+    }
+    let mut again = Ws::connect(&events_url, Some(&alice))
+        .await
+        .expect("events");
+    let snapshot = again.next_any().await;
+    alone(&snapshot["environments"][0]);
+
+    // The admin still sees every path.
+    let (_, admins) = server.call("GET", &path, None).await;
+    host_paths(&admins);
     server.stop();
 }

@@ -11,6 +11,7 @@ use super::progress::{StartPhase, StartProgress};
 use super::provider_status::ProviderStatus;
 use crate::engine::ProviderHandle;
 use crate::store::{DesiredState, ProvisionKey, Record, RestartPolicy, StopReason};
+use crate::tenancy::Principal;
 
 /// Live status of an environment (`docs/rest.md` says what leads to each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, ToSchema)]
@@ -88,10 +89,12 @@ pub(crate) struct EnvironmentView {
     /// When the current (or failed) start began (RFC 3339).
     #[schema(required = true)]
     pub started_at: Option<String>,
-    /// The provider's resource, handed back to it after a host restart.
+    /// The provider's resource, handed back to it after a host restart; admins only
+    /// (`null` to others).
     #[schema(required = true)]
     pub resource_id: Option<String>,
-    /// Where the runtime works, as the provider reported at start.
+    /// Where the runtime works, as the provider reported at start; admins only
+    /// (`null` to others).
     #[schema(required = true)]
     pub workspace_path: Option<String>,
     /// Last failure, until the next successful start.
@@ -189,6 +192,28 @@ impl EnvironmentView {
             self.start_phase = Some(start.phase);
             self.start_phase_since = Some(start.phase_since);
             self.started_at = Some(start.started_at);
+        }
+        self
+    }
+
+    /// As `who` is shown it. Where the host keeps things is the operator's business:
+    /// `workspacePath`, `resourceId` (for `local-process` and `git-worktree` the same
+    /// host path) and a drop-in provider's `path` go to admins only (`null`, or absent
+    /// for the path, to anyone else).
+    pub(crate) fn seen_by(self, who: &Principal) -> Self {
+        if who.is_admin() {
+            self
+        } else {
+            self.without_host_paths()
+        }
+    }
+
+    /// As anyone but an admin is shown it (see [`EnvironmentView::seen_by`]).
+    pub(crate) fn without_host_paths(mut self) -> Self {
+        self.workspace_path = None;
+        self.resource_id = None;
+        if let Some(loaded) = &mut self.provider_status.loaded {
+            loaded.source.path = None;
         }
         self
     }
