@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::guests::LOCAL_PROCESS;
-use crate::support::{Server, TOKEN, Ws, write_config};
+use crate::support::{Server, TOKEN, WAIT, Ws, write_config};
 
 /// A data directory whose `local-process` is a drop-in (so views have a file path to
 /// show) beside a file that does not load (so `/healthz` has a reason naming a file).
@@ -180,5 +180,65 @@ async fn a_tenant_sees_its_environment_without_the_host_paths() {
     // The admin still sees every path.
     let (_, admins) = server.call("GET", &path, None).await;
     host_paths(&admins);
+    server.stop();
+}
+
+/// `id`'s log as `token` reads it: the tail, or with `follow` what a follower is sent
+/// while the environment restarts, up to its `environment running` line.
+async fn log_text(server: &Server, id: &str, token: &str, follow: bool) -> String {
+    if follow {
+        let mut response = server.follow_logs(id, token).await;
+        let restart = format!("/api/v1/environments/{id}/restart");
+        let (status, _) = server.call("POST", &restart, None).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let mut text = String::new();
+        while !text.contains("environment running") {
+            let chunk = tokio::time::timeout(WAIT, response.chunk()).await;
+            let chunk = chunk.expect("a line in time").expect("the body");
+            text.push_str(&String::from_utf8_lossy(&chunk.expect("more lines")));
+        }
+        return text;
+    }
+    let url = format!("{}/api/v1/environments/{id}/logs?tail=1000", server.base);
+    let resp = (reqwest::Client::new().get(url).bearer_auth(token).send())
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.text().await.expect("the log")
+}
+
+/// A tenant's environment log said where the host keeps its workspace: the
+/// provider's `using new workspace /abs/…` and the host's `environment running
+/// resource=/abs/…`. A user's token reads `<data-dir>` there now; the admin's, the path.
+#[tokio::test]
+async fn a_tenant_reads_its_log_without_the_data_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let data_dir = std::fs::canonicalize(dir.path()).expect("canonical");
+    let data_dir = data_dir.to_string_lossy().into_owned();
+    let (alice, _) = server.user_token("alice").await;
+    let (status, made) = server.create_as(&alice, "logged", true).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let id = made["id"].as_str().expect("id").to_owned();
+    server
+        .wait_env(&id, "running", |e| e["status"] == "running")
+        .await;
+
+    let admins = log_text(&server, &id, TOKEN, false).await;
+    assert!(
+        admins.contains(&format!("resource={data_dir}/")),
+        "{admins}"
+    );
+    for follow in [false, true] {
+        let hers = log_text(&server, &id, &alice, follow).await;
+        assert!(
+            !hers.contains(&data_dir),
+            "{data_dir} shown to alice: {hers}"
+        );
+        assert!(
+            hers.contains("resource=<data-dir>/.codebolt/environments/logged"),
+            "{hers}"
+        );
+    }
     server.stop();
 }

@@ -15,6 +15,7 @@ mod environments;
 mod error;
 mod events;
 mod health;
+mod host_paths;
 mod logs;
 mod metrics;
 mod openapi;
