@@ -242,3 +242,36 @@ async fn a_tenant_reads_its_log_without_the_data_directory() {
     }
     server.stop();
 }
+
+/// A start the operator's grant refuses said what to add "of
+/// /abs/path/tether.toml" in `lastError`, which the environment's owner reads: with
+/// `local-process` closed to tenants (`commands = []`, as a hosted set-up should),
+/// every user trying it learnt where the operator keeps the file. It is named by its
+/// name now.
+#[tokio::test]
+async fn a_refused_start_names_tether_toml_without_its_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), "[providers.local-process]\ncommands = []\n");
+    let server = Server::start(dir.path());
+    let data_dir = std::fs::canonicalize(dir.path()).expect("canonical");
+    let data_dir = data_dir.to_string_lossy().into_owned();
+    let (alice, _) = server.user_token("alice").await;
+    let (status, made) = server.create_as(&alice, "refused", true).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let id = made["id"].as_str().expect("id").to_owned();
+    server
+        .wait_env(&id, "refused", |e| e["status"] == "error")
+        .await;
+    let path = format!("/api/v1/environments/{id}");
+    let (_, env) = server.call_with("GET", &path, None, Some(&alice)).await;
+    let error = env["lastError"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("to commands in [providers.local-process] of tether.toml"),
+        "{env}"
+    );
+    assert!(
+        !error.contains(&data_dir),
+        "{data_dir} shown to alice: {error}"
+    );
+    server.stop();
+}
