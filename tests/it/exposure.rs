@@ -275,3 +275,70 @@ async fn a_refused_start_names_tether_toml_without_its_path() {
     );
     server.stop();
 }
+
+/// A failed start's `lastError` named the data directory to the environment's owner
+/// (`creating workspace /abs/.codebolt/environments/NAME: …`) on REST, in
+/// `/ws/events` and in the `environmentStatus` an app is greeted with. Anyone but an
+/// admin reads `<data-dir>` there now.
+#[tokio::test]
+async fn a_tenant_reads_last_error_without_the_data_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let data_dir = std::fs::canonicalize(dir.path()).expect("canonical");
+    let data_dir = data_dir.to_string_lossy().into_owned();
+    let (alice, _) = server.user_token("alice").await;
+    let mut events = Ws::connect(&server.ws_url("/ws/events"), Some(&alice))
+        .await
+        .expect("events");
+    assert_eq!(events.next_any().await["type"], "snapshot");
+    let (status, made) = server.create_as(&alice, "blocked", false).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let id = made["id"].as_str().expect("id").to_owned();
+    // A file where its workspace would be made: the start fails naming that path.
+    let workspace = dir.path().join(".codebolt/environments/blocked");
+    std::fs::create_dir_all(workspace.parent().expect("parent")).expect("environments dir");
+    let _ = std::fs::remove_dir(&workspace);
+    std::fs::write(&workspace, "not a directory").expect("blocking file");
+    let path = format!("/api/v1/environments/{id}");
+    let (status, _) = server
+        .call_with("POST", &format!("{path}/start"), None, Some(&alice))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let admins = server
+        .wait_env(&id, "failed", |e| e["status"] == "error")
+        .await;
+    let error = admins["lastError"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("{data_dir}/.codebolt/environments/blocked")),
+        "{admins}"
+    );
+
+    let hers = |shown: &str| {
+        assert!(
+            !shown.contains(&data_dir),
+            "{data_dir} shown to alice: {shown}"
+        );
+    };
+    let (_, env) = server.call_with("GET", &path, None, Some(&alice)).await;
+    let error = env["lastError"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("<data-dir>/.codebolt/environments/blocked"),
+        "{env}"
+    );
+    hers(&env.to_string());
+    loop {
+        let frame = events.next_any().await;
+        hers(&frame.to_string());
+        if frame["type"] == "environmentStatus" && frame["status"] == "error" {
+            assert!(frame["lastError"].is_string(), "{frame}");
+            break;
+        }
+    }
+    let app_url = server.ws_url(&format!("/ws/app/{id}?thread=t"));
+    let mut app = Ws::connect(&app_url, Some(&alice)).await.expect("app");
+    let greeting = app.next_any().await;
+    assert_eq!(greeting["type"], "environmentStatus", "{greeting}");
+    assert!(greeting["lastError"].is_string(), "{greeting}");
+    hers(&greeting.to_string());
+    server.stop();
+}

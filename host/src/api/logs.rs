@@ -5,7 +5,7 @@
 //! shuts down or the token stops working (revoked or expired; a last `WARN` line says
 //! which, as the app and events sockets close with 4003). Same rules as reading the environment:
 //! `envs:read`, and someone else's is 404; to anyone but an admin the data directory's
-//! path reads `<data-dir>` (`host_paths`).
+//! path reads `<data-dir>` (`crate::host_paths`).
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -18,9 +18,9 @@ use futures_util::StreamExt;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::error::ErrorBody;
-use super::host_paths::HiddenDataDir;
 use super::params::Params;
 use super::{ApiError, AppState};
+use crate::host_paths::HiddenDataDir;
 use crate::logs::{MAX_TAIL, parse_since};
 use crate::tenancy::{Principal, Scope};
 
@@ -80,7 +80,7 @@ pub(crate) async fn logs(
         false => HiddenDataDir::new(&s.manager.data_dir()),
     };
     let shown = move |line: &str| match &hidden {
-        Some(h) => format!("{}\n", h.hide(line)),
+        Some(h) => format!("{}\n", h.hide_in_json(line)),
         None => format!("{line}\n"),
     };
     let ndjson = [(CONTENT_TYPE, "application/x-ndjson")];

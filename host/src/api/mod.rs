@@ -15,7 +15,6 @@ mod environments;
 mod error;
 mod events;
 mod health;
-mod host_paths;
 mod logs;
 mod metrics;
 mod openapi;

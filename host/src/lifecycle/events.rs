@@ -79,18 +79,24 @@ impl Events {
 
     /// The live status of `view` changed (or its runtime came or went).
     pub(super) fn status(&self, view: &EnvironmentView) {
-        let frame = json!({
-            "type": "environmentStatus",
-            "environmentId": view.id,
-            "name": view.name,
-            "provider": view.provider,
-            "owner": view.owner,
-            "status": view.status,
-            "desiredState": view.desired_state,
-            "runtime": {"connected": view.runtime.connected},
-            "lastError": view.last_error,
-        });
-        self.publish(view, None, frame, None);
+        if !self.wanted() {
+            return;
+        }
+        let frame = |v: &EnvironmentView| {
+            json!({
+                "type": "environmentStatus",
+                "environmentId": v.id,
+                "name": v.name,
+                "provider": v.provider,
+                "owner": v.owner,
+                "status": v.status,
+                "desiredState": v.desired_state,
+                "runtime": {"connected": v.runtime.connected},
+                "lastError": v.last_error,
+            })
+        };
+        let others = frame(&view.clone().without_host_paths());
+        self.publish(view, None, frame(view), Some(others));
     }
 
     /// `view` was just created.
