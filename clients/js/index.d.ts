@@ -232,13 +232,15 @@ export class TetherClient {
   listRemovals(): Promise<Removal[]>;
   retryRemoval(id: string): Promise<Removal>;
   dropRemoval(id: string): Promise<Removal>;
+  /** `/healthz`: `status` for any caller; the other fields only with an admin's token. */
   health(): Promise<{
     status: 'ok' | 'degraded';
-    reasons: string[];
-    /** A storage failure in force, or null (docs/rest.md, `/healthz`). */
-    storage: null | { problem: 'full' | 'readOnly' | 'failing'; path: string; error: string; since: string };
-    /** Deleted environments' resources the host still tries to remove. */
-    pendingRemovals: number;
+    /** Admin only: why it is degraded. */
+    reasons?: string[];
+    /** Admin only: a storage failure in force, or null (docs/rest.md, `/healthz`). */
+    storage?: null | { problem: 'full' | 'readOnly' | 'failing'; path: string; error: string; since: string };
+    /** Admin only: deleted environments' resources the host still tries to remove. */
+    pendingRemovals?: number;
   }>;
 
   connectApp(id: string, options?: { thread?: string; start?: boolean; session?: string; maxPending?: number } & ReconnectOptions): AppConnection;

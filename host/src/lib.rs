@@ -31,7 +31,8 @@
 //! - `sync` recovers poisoned locks, in one place; `atomic` replaces a file all at once.
 //! - `names` is the one rule for names that become paths (environments, providers);
 //!   `untrusted` cuts and escapes the strings a provider sends before the host
-//!   stores, shows or logs them.
+//!   stores, shows or logs them; `host_paths` takes the data directory's path out of
+//!   text a user's token reads.
 //! - `reference_runtime` is the runtime `tether runtime` runs inside an environment;
 //!   `scaffold` writes a new provider crate (`tether provider new`).
 //! - TLS: `server` serves over TLS when given a certificate (renewed live);
@@ -56,6 +57,7 @@ mod atomic;
 mod auth;
 mod client_tls;
 mod cluster;
+mod host_paths;
 mod lifecycle;
 mod logs;
 mod names;

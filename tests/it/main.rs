@@ -18,6 +18,7 @@ mod docs_contract;
 mod edges;
 mod events;
 mod example_app;
+mod exposure;
 mod git_worktree;
 mod hostile;
 mod idle;

@@ -645,7 +645,7 @@ async fn a_hand_edit_of_owner_moves_an_environment_between_users() {
     });
     let deadline = Instant::now() + WAIT;
     loop {
-        let (_, health) = server.call_with("GET", "/healthz", None, None).await;
+        let (_, health) = server.call("GET", "/healthz", None).await;
         if health.to_string().contains("owner") {
             break;
         }

@@ -283,7 +283,7 @@ export class TetherClient {
     return this.call('GET', '/api/v1/config/status');
   }
 
-  /** `/healthz`: `{status: "ok" | "degraded", reasons}`. */
+  /** `/healthz`: `{status: "ok" | "degraded"}`; with an admin's token also `reasons`, `storage`, `pendingRemovals`. */
   health() {
     return this.call('GET', '/healthz');
   }

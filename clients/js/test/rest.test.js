@@ -78,6 +78,9 @@ test('tokens, whoami, tickets, templates, providers, audit, config status, healt
   await assert.rejects(admin.dropRemoval('never-deleted'), (e) => e.status === 404 && e.code === 'not_found');
   await assert.rejects(carol.listRemovals(), (e) => e.status === 403 && e.code === 'missing_scope');
   assert.ok(['ok', 'degraded'].includes((await admin.health()).status));
+  assert.ok(Array.isArray((await admin.health()).reasons));
+  // A user's token gets the status only.
+  assert.deepEqual(Object.keys(await carol.health()), ['status']);
 
   await admin.revokeToken(issued.id);
   await assert.rejects(carol.whoami(), (e) => e.status === 401);

@@ -100,6 +100,29 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
+/// Whether a request is an admin's, for answers that show admins more (`/healthz`): a
+/// good token with the `admin` scope. No token, a bad one, several `Authorization`
+/// headers or a throttled address make it not an admin's, never an error. A bad token
+/// still counts as a failed authentication (and is audited), so such a route is no way
+/// around the throttle for guessing tokens.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AdminOrNot(pub(crate) bool);
+
+impl FromRequestParts<AppState> for AdminOrNot {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, std::convert::Infallible> {
+        let Ok(Some(secret)) = bearer(parts) else {
+            return Ok(Self(false));
+        };
+        let admin = authenticate(state, parts, Some(secret)).is_ok_and(|p| p.is_admin());
+        Ok(Self(admin))
+    }
+}
+
 /// The caller of an app (or events) WebSocket upgrade: a single-use ticket (`?ticket=`, for
 /// browsers, so no token is ever in a URL), else the subprotocol entry, else the
 /// bearer header.

@@ -126,6 +126,7 @@ fn every_field_of_the_answers_rest_md_describes_is_there() {
     let schemas = &spec["components"]["schemas"];
     for (schema, heading) in [
         ("EnvironmentView", "## An environment as the API shows it"),
+        ("HealthAnswer", "## `/healthz`"),
         ("HostHealth", "## `/healthz`"),
         ("StorageHealth", "## `/healthz`"),
         ("ClusterView", "## `GET /api/v1/cluster` (admin)"),

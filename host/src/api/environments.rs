@@ -127,7 +127,8 @@ pub(crate) async fn list(
         crate::tenancy::check_user(owner)
             .map_err(|e| ApiError::bad_request(format!("owner: {e}")))?;
     }
-    Ok(Json(s.manager.list(&who, owner.map(String::as_str))))
+    let views = s.manager.list(&who, owner.map(String::as_str));
+    Ok(Json(views.into_iter().map(|v| v.seen_by(&who)).collect()))
 }
 
 /// `POST /api/v1/environments`: 201 with the new environment.
@@ -170,7 +171,7 @@ pub(crate) async fn create(
         owner: Some(&owner),
     };
     let view = audited(&s, act, result).await?;
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok((StatusCode::CREATED, Json(view.seen_by(&who))))
 }
 
 async fn create_as(
@@ -225,7 +226,7 @@ pub(crate) async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Json<EnvironmentView>> {
     who.require(Scope::EnvsRead)?;
-    Ok(Json(s.manager.get(&who, &id)?))
+    Ok(Json(s.manager.get(&who, &id)?.seen_by(&who)))
 }
 
 /// `PATCH /api/v1/environments/{id}`: changes config, restart policy, idle timeout.
@@ -275,7 +276,7 @@ pub(crate) async fn patch(
             .map_err(ApiError::from),
     };
     let view = changed(&s, &who, remote, action::ENVIRONMENT_PATCH, &id, result).await?;
-    Ok(Json(view))
+    Ok(Json(view.seen_by(&who)))
 }
 
 /// Audits a change to environment `id` that answers with its view.
@@ -396,7 +397,7 @@ pub(crate) async fn start(
             .map_err(ApiError::from),
     };
     let view = changed(&s, &who, remote, action::ENVIRONMENT_START, &id, result).await?;
-    Ok((StatusCode::ACCEPTED, Json(view)))
+    Ok((StatusCode::ACCEPTED, Json(view.seen_by(&who))))
 }
 
 /// `POST /api/v1/environments/{id}/stop`: stop: desired state `stopped`; the reply shows where it is heading (`stopping`).
@@ -435,7 +436,7 @@ pub(crate) async fn stop(
             .map_err(ApiError::from),
     };
     let view = changed(&s, &who, remote, action::ENVIRONMENT_STOP, &id, result).await?;
-    Ok((StatusCode::ACCEPTED, Json(view)))
+    Ok((StatusCode::ACCEPTED, Json(view.seen_by(&who))))
 }
 
 /// `POST /api/v1/environments/{id}/restart`: restart: stop and start again (`restarting`).
@@ -470,5 +471,5 @@ pub(crate) async fn restart(
         Ok(()) => s.manager.restart(&who, &id).await.map_err(ApiError::from),
     };
     let view = changed(&s, &who, remote, action::ENVIRONMENT_RESTART, &id, result).await?;
-    Ok((StatusCode::ACCEPTED, Json(view)))
+    Ok((StatusCode::ACCEPTED, Json(view.seen_by(&who))))
 }

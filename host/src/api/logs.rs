@@ -4,7 +4,8 @@
 //! as it is written, until the client leaves, the environment is deleted, the host
 //! shuts down or the token stops working (revoked or expired; a last `WARN` line says
 //! which, as the app and events sockets close with 4003). Same rules as reading the environment:
-//! `envs:read`, and someone else's is 404.
+//! `envs:read`, and someone else's is 404; to anyone but an admin the data directory's
+//! path reads `<data-dir>` (`crate::host_paths`).
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -19,6 +20,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::error::ErrorBody;
 use super::params::Params;
 use super::{ApiError, AppState};
+use crate::host_paths::HiddenDataDir;
 use crate::logs::{MAX_TAIL, parse_since};
 use crate::tenancy::{Principal, Scope};
 
@@ -36,7 +38,7 @@ const DEFAULT_TAIL: usize = 100;
         ("follow" = Option<bool>, Query, description = "`true`: keep the response open and send each new line as it is written."),
     ),
     responses(
-        (status = 200, description = "NDJSON, one object a line: `ts`, `level`, `source`, `message`, and `stream`/`pid` for process output; oldest first.", content_type = "application/x-ndjson", body = String),
+        (status = 200, description = "NDJSON, one object a line: `ts`, `level`, `source`, `message`, and `stream`/`pid` for process output; oldest first. To anyone but an admin, the data directory's absolute path reads `<data-dir>`.", content_type = "application/x-ndjson", body = String),
         (status = 400, description = "`tail`, `since` or `follow` is malformed (`invalid_request`).", body = ErrorBody),
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
@@ -72,14 +74,24 @@ pub(crate) async fn logs(
         Some(_) => return Err(ApiError::bad_request("follow must be true or false")),
     };
     let (lines, live) = s.manager.env_logs(&who, &id, tail, since, follow).await?;
+    // Where the host keeps things is the admins' (docs/rest.md).
+    let hidden = match who.is_admin() {
+        true => None,
+        false => HiddenDataDir::new(&s.manager.data_dir()),
+    };
+    let shown = move |line: &str| match &hidden {
+        Some(h) => format!("{}\n", h.hide_in_json(line)),
+        None => format!("{line}\n"),
+    };
     let ndjson = [(CONTENT_TYPE, "application/x-ndjson")];
     let Some(mut live) = live else {
-        let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let body: String = lines.iter().map(|l| shown(l)).collect();
         return Ok((ndjson, body).into_response());
     };
     // A line written between the follow starting and the tail being read is in both.
     let seen: HashSet<String> = lines.iter().rev().take(64).cloned().collect();
-    let head = futures_util::stream::iter(lines.into_iter().map(|l| Ok(format!("{l}\n"))));
+    let head: Vec<String> = lines.iter().map(|l| shown(l)).collect();
+    let head = futures_util::stream::iter(head.into_iter().map(Ok));
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
     let closing = s.manager.closing();
     tokio::spawn(async move {
@@ -110,7 +122,7 @@ pub(crate) async fn logs(
                 }
                 Err(RecvError::Closed) => return,
             };
-            if tx.send(format!("{line}\n")).await.is_err() {
+            if tx.send(shown(&line)).await.is_err() {
                 return;
             }
         }

@@ -14,6 +14,7 @@ mod docs_contract;
 mod environments;
 mod error;
 mod events;
+mod health;
 mod logs;
 mod metrics;
 mod openapi;
@@ -34,7 +35,7 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use crate::audit::AuditLog;
-use crate::lifecycle::{HostHealth, Manager};
+use crate::lifecycle::Manager;
 use crate::tenancy::{Tickets, Tokens};
 use crate::throttle::Throttle;
 pub(crate) use caller::{AppCaller, bearer};
@@ -95,7 +96,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ws::provisioned))
         .routes(routes!(ws::app))
         .routes(routes!(ws::runtime))
-        .routes(routes!(healthz))
+        .routes(routes!(health::healthz))
         .routes(routes!(metrics::metrics))
         .routes(routes!(openapi::spec_json))
         .routes(routes!(openapi::docs_redirect))
@@ -143,22 +144,6 @@ async fn only_app_sockets(
 /// connect), and nothing that merely starts alike.
 fn is_app_socket(path: &str) -> bool {
     path == "/ws/app" || path.starts_with("/ws/app/")
-}
-
-/// Liveness: 200 while the host serves, with `degraded` and the reasons when something
-/// needs a person (an invalid records file, a provider that failed to load).
-#[utoipa::path(
-    get,
-    path = "/healthz",
-    tag = "host",
-    responses(
-        (status = 200, description = "The host serves; `degraded` with reasons when something needs a person.", body = HostHealth),
-    ),
-)]
-async fn healthz(
-    axum::extract::State(s): axum::extract::State<AppState>,
-) -> axum::Json<HostHealth> {
-    axum::Json(s.manager.health())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::sync::{Arc, LazyLock};
 use axum::extract::Path;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Redirect, Response};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::Config;
 
@@ -106,7 +106,11 @@ pub(super) fn refuse_several_authorizations(api: &mut utoipa::openapi::OpenApi) 
             &mut item.patch,
         ];
         for op in operations.into_iter().flatten() {
-            if op.security.as_ref().is_none_or(Vec::is_empty) {
+            // No token, or one optional (`/healthz`): several headers are not refused.
+            let optional = |s: &Vec<SecurityRequirement>| {
+                s.is_empty() || s.contains(&SecurityRequirement::default())
+            };
+            if op.security.as_ref().is_none_or(optional) {
                 continue;
             }
             let body = || {

@@ -45,12 +45,16 @@ pub struct GrantOrigin {
 }
 
 impl GrantOrigin {
-    /// `add ENTRY to KEY in [providers.NAME] of FILE`.
+    /// `add ENTRY to KEY in [providers.NAME] of FILE`, FILE by its name only: a
+    /// refusal reaches the environment's `lastError`, which its owner reads, and where
+    /// the operator keeps the file is the operator's (`GET /api/v1/config/status` and
+    /// the log at start say it).
     pub fn fix(&self, key: &str, entry: &str) -> String {
+        let file = self.file.file_name().unwrap_or(self.file.as_os_str());
         format!(
             "add {entry} to {key} in [providers.{}] of {}",
             toml_key(&self.provider),
-            self.file.display()
+            file.to_string_lossy()
         )
     }
 }

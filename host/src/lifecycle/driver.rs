@@ -17,6 +17,7 @@ use super::{EnvironmentView, Status, provider_status};
 use crate::audit::{Actor, AuditLog, Entry, Outcome};
 use crate::cluster::Cluster;
 use crate::engine::{Call, CallError, Engine, ProviderHandle};
+use crate::host_paths::HiddenDataDir;
 use crate::store::{Record, Store};
 
 #[derive(Debug)]
@@ -131,7 +132,12 @@ impl Driver {
             idleness,
         )
         .with_start(start);
-        EnvironmentView { host, ..view }
+        let data_dir = HiddenDataDir::new(&self.shared.config.get().data_dir);
+        EnvironmentView {
+            host,
+            data_dir,
+            ..view
+        }
     }
 
     /// Moves `env` toward its desired state, in the background.

@@ -31,13 +31,20 @@ struct Change {
     /// subscriber who reached it only as that user's is told it is gone.
     moved_from: Option<String>,
     frame: String,
+    /// The frame as a caller who is not an admin sees it, when it differs
+    /// ([`EnvironmentView::seen_by`]).
+    others_frame: Option<String>,
 }
 
 impl Change {
     /// What `who` is sent of this change, if anything.
     fn frame_for(&self, who: &Principal) -> Option<String> {
         if who.reaches(&self.owner, &self.id) {
-            return Some(self.frame.clone());
+            let frame = match &self.others_frame {
+                Some(others) if !who.is_admin() => others,
+                _ => &self.frame,
+            };
+            return Some(frame.clone());
         }
         let before = self.moved_from.as_deref()?;
         who.reaches(before, &self.id)
@@ -72,30 +79,43 @@ impl Events {
 
     /// The live status of `view` changed (or its runtime came or went).
     pub(super) fn status(&self, view: &EnvironmentView) {
-        let frame = json!({
-            "type": "environmentStatus",
-            "environmentId": view.id,
-            "name": view.name,
-            "provider": view.provider,
-            "owner": view.owner,
-            "status": view.status,
-            "desiredState": view.desired_state,
-            "runtime": {"connected": view.runtime.connected},
-            "lastError": view.last_error,
-        });
-        self.publish(view, None, frame);
+        if !self.wanted() {
+            return;
+        }
+        let frame = |v: &EnvironmentView| {
+            json!({
+                "type": "environmentStatus",
+                "environmentId": v.id,
+                "name": v.name,
+                "provider": v.provider,
+                "owner": v.owner,
+                "status": v.status,
+                "desiredState": v.desired_state,
+                "runtime": {"connected": v.runtime.connected},
+                "lastError": v.last_error,
+            })
+        };
+        let others = frame(&view.clone().without_host_paths());
+        self.publish(view, None, frame(view), Some(others));
     }
 
     /// `view` was just created.
     pub(super) fn created(&self, view: &EnvironmentView) {
-        let frame = json!({"type": "environmentCreated", "environment": view});
-        self.publish(view, None, frame);
+        let frame = |v: &EnvironmentView| json!({"type": "environmentCreated", "environment": v});
+        self.publish(
+            view,
+            None,
+            frame(view),
+            Some(frame(&view.clone().without_host_paths())),
+        );
     }
 
     /// `view`'s record changed; `moved_from` is its owner before, if that changed.
     pub(super) fn changed(&self, view: &EnvironmentView, moved_from: Option<String>) {
-        let frame = json!({"type": "environmentChanged", "environment": view});
-        self.publish(view, moved_from.filter(|o| *o != view.owner), frame);
+        let frame = |v: &EnvironmentView| json!({"type": "environmentChanged", "environment": v});
+        let moved_from = moved_from.filter(|o| *o != view.owner);
+        let others = frame(&view.clone().without_host_paths());
+        self.publish(view, moved_from, frame(view), Some(others));
     }
 
     /// `record`'s environment is gone.
@@ -107,16 +127,25 @@ impl Events {
             owner: record.owner.clone(),
             moved_from: None,
             frame,
+            others_frame: None,
         });
     }
 
-    fn publish(&self, view: &EnvironmentView, moved_from: Option<String>, frame: Value) {
+    fn publish(
+        &self,
+        view: &EnvironmentView,
+        moved_from: Option<String>,
+        frame: Value,
+        others_frame: Option<Value>,
+    ) {
+        let others_frame = others_frame.filter(|o| *o != frame);
         self.send(Change {
             id: view.id.clone(),
             name: view.name.clone(),
             owner: view.owner.clone(),
             moved_from,
             frame: frame.to_string(),
+            others_frame: others_frame.map(|o| o.to_string()),
         });
     }
 
@@ -195,7 +224,9 @@ impl EventStream {
 
 /// Every environment `who` reaches, as one `snapshot` frame.
 fn snapshot(manager: &Manager, who: &Principal, resync: bool) -> String {
-    let environments = manager.list(who, None);
+    let environments: Vec<_> = (manager.list(who, None).into_iter())
+        .map(|v| v.seen_by(who))
+        .collect();
     json!({"type": "snapshot", "resync": resync, "environments": environments}).to_string()
 }
 
@@ -283,6 +314,7 @@ mod tests {
             owner: "bob".into(),
             moved_from: Some("alice".into()),
             frame: "to bob".into(),
+            others_frame: None,
         });
         events.deleted(&record("mine", "alice"));
         // Bob's deletion is not hers; her environment moving to Bob is, to her, gone.

@@ -660,6 +660,11 @@ impl Manager {
         Ok((lines, follow))
     }
 
+    /// The data directory (absolute, canonical).
+    pub(crate) fn data_dir(&self) -> std::path::PathBuf {
+        self.shared.config.get().data_dir.clone()
+    }
+
     /// Resolves when the host starts shutting down: a response the API holds open (a
     /// followed log) ends then, or the server would wait on it forever.
     pub(crate) fn closing(&self) -> impl Future<Output = ()> + Send + 'static {

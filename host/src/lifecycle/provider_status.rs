@@ -30,7 +30,43 @@ pub(crate) struct LoadedView {
     /// SHA-256 of its component, hex.
     pub sha256: String,
     /// Built in, or the drop-in file it came from.
-    pub source: ProviderSource,
+    pub source: LoadedSource,
+}
+
+/// Where the loaded provider came from, as an environment's view shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LoadedSource {
+    /// `builtIn` or `dropIn`.
+    pub kind: SourceKind,
+    /// A drop-in's file: its absolute path, shown to admins only (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// Whether a provider is built in or dropped in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) enum SourceKind {
+    /// Embedded in the binary.
+    BuiltIn,
+    /// A file in the providers directory.
+    DropIn,
+}
+
+impl From<&ProviderSource> for LoadedSource {
+    fn from(source: &ProviderSource) -> Self {
+        match source {
+            ProviderSource::BuiltIn => Self {
+                kind: SourceKind::BuiltIn,
+                path: None,
+            },
+            ProviderSource::DropIn { path } => Self {
+                kind: SourceKind::DropIn,
+                path: Some(path.display().to_string()),
+            },
+        }
+    }
 }
 
 /// The provider side of an environment, for people and tools.
@@ -94,7 +130,7 @@ pub(super) fn provider_status(
         loaded: Some(LoadedView {
             version: version.clone(),
             sha256: loaded.sha256.clone(),
-            source: loaded.source.clone(),
+            source: LoadedSource::from(&loaded.source),
         }),
         message,
     }

@@ -10,7 +10,9 @@ use super::idle::Idleness;
 use super::progress::{StartPhase, StartProgress};
 use super::provider_status::ProviderStatus;
 use crate::engine::ProviderHandle;
+use crate::host_paths::HiddenDataDir;
 use crate::store::{DesiredState, ProvisionKey, Record, RestartPolicy, StopReason};
+use crate::tenancy::Principal;
 
 /// Live status of an environment (`docs/rest.md` says what leads to each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, ToSchema)]
@@ -88,13 +90,16 @@ pub(crate) struct EnvironmentView {
     /// When the current (or failed) start began (RFC 3339).
     #[schema(required = true)]
     pub started_at: Option<String>,
-    /// The provider's resource, handed back to it after a host restart.
+    /// The provider's resource, handed back to it after a host restart; admins only
+    /// (`null` to others).
     #[schema(required = true)]
     pub resource_id: Option<String>,
-    /// Where the runtime works, as the provider reported at start.
+    /// Where the runtime works, as the provider reported at start; admins only
+    /// (`null` to others).
     #[schema(required = true)]
     pub workspace_path: Option<String>,
-    /// Last failure, until the next successful start.
+    /// Last failure, until the next successful start; anyone but an admin reads the
+    /// data directory's path in it as `<data-dir>`.
     #[schema(required = true)]
     pub last_error: Option<String>,
     /// Restarts after failures so far.
@@ -138,6 +143,9 @@ pub(crate) struct EnvironmentView {
     /// when no host runs it, and always absent on a host running alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The data directory, taken out of `lastError` for anyone but an admin.
+    #[serde(skip)]
+    pub data_dir: Option<HiddenDataDir>,
 }
 
 impl EnvironmentView {
@@ -180,6 +188,7 @@ impl EnvironmentView {
             created_at: record.created_at,
             updated_at: record.updated_at,
             host: None,
+            data_dir: None,
         }
     }
 
@@ -193,7 +202,41 @@ impl EnvironmentView {
         self
     }
 
-    /// The `environmentStatus` event sent to apps.
+    /// As `who` is shown it. Where the host keeps things is the operator's business:
+    /// `workspacePath`, `resourceId` (for `local-process` and `git-worktree` the same
+    /// host path) and a drop-in provider's `path` go to admins only (`null`, or absent
+    /// for the path, to anyone else), and `lastError` names the data directory
+    /// `<data-dir>` to anyone else.
+    pub(crate) fn seen_by(self, who: &Principal) -> Self {
+        if who.is_admin() {
+            self
+        } else {
+            self.without_host_paths()
+        }
+    }
+
+    /// As anyone but an admin is shown it (see [`EnvironmentView::seen_by`]).
+    pub(crate) fn without_host_paths(mut self) -> Self {
+        self.workspace_path = None;
+        self.resource_id = None;
+        self.last_error = self.shown_error();
+        if let Some(loaded) = &mut self.provider_status.loaded {
+            loaded.source.path = None;
+        }
+        self
+    }
+
+    /// `lastError` as anyone but an admin reads it.
+    fn shown_error(&self) -> Option<String> {
+        let error = self.last_error.as_deref()?;
+        Some(match &self.data_dir {
+            Some(hidden) => hidden.hide(error),
+            None => error.to_owned(),
+        })
+    }
+
+    /// The `environmentStatus` event sent to apps (any of the environment's users:
+    /// `lastError` as anyone but an admin reads it).
     pub(crate) fn status_event(&self) -> String {
         json!({
             "type": "environmentStatus",
@@ -204,7 +247,7 @@ impl EnvironmentView {
             "startPhase": self.start_phase,
             "startPhaseSince": self.start_phase_since,
             "startedAt": self.started_at,
-            "lastError": self.last_error,
+            "lastError": self.shown_error(),
         })
         .to_string()
     }
