@@ -52,13 +52,27 @@ fn beside(path: &Path, why: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// [`keep_beside`] for the file as it is on disk now; `None` when there is none.
-pub(crate) fn keep_copy_beside(path: &Path, why: &str) -> std::io::Result<Option<PathBuf>> {
-    match std::fs::read(path) {
-        Ok(bytes) => keep_beside(path, why, &bytes).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+/// [`keep_beside`] for the file as it is on disk now; `None` when there is none. It is
+/// read as the host reads any file someone may have swapped (no waiting on a named
+/// pipe, nothing but a regular file) and no further than `limit`: a file that grew
+/// past it since the host last read it is not copied (an `InvalidData` error).
+pub(crate) fn keep_copy_beside(
+    path: &Path,
+    why: &str,
+    limit: u64,
+) -> std::io::Result<Option<PathBuf>> {
+    let file = match crate::untrusted::open_regular(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bytes = crate::untrusted::read_at_most(file, limit)?.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes; no copy was kept"),
+        )
+    })?;
+    keep_beside(path, why, &bytes).map(Some)
 }
 
 #[cfg(test)]
@@ -72,12 +86,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("records.json");
         assert!(
-            keep_copy_beside(&path, "invalid")
+            keep_copy_beside(&path, "invalid", 1024)
                 .expect("no file")
                 .is_none()
         );
         std::fs::write(&path, b"{ broken").expect("write");
-        let first = keep_copy_beside(&path, "invalid")
+        let first = keep_copy_beside(&path, "invalid", 1024)
             .expect("kept")
             .expect("a copy");
         let second = keep_beside(&path, "invalid", b"other").expect("kept");
@@ -92,5 +106,27 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// The file is one someone may have swapped since the host read it: a named pipe
+    /// is refused rather than waited on, and a file grown past the bound not copied.
+    #[test]
+    fn a_copy_is_kept_of_a_regular_file_within_the_bound_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pipe = dir.path().join("pipe.json");
+        nix::unistd::mkfifo(&pipe, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let refused = keep_copy_beside(&pipe, "invalid", 1024).expect_err("a pipe");
+        assert!(refused.to_string().contains("named pipe"), "{refused}");
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b'x'; 1025]).expect("write");
+        let refused = keep_copy_beside(&big, "invalid", 1024).expect_err("too large");
+        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidData);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("read_dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "no copy is made: {left:?}");
     }
 }

@@ -307,7 +307,15 @@ async fn read_checked(path: &Path, private: bool) -> Result<Vec<u8>, EngineError
         path: path.to_owned(),
         bytes,
     };
-    let file = tokio::fs::File::open(path).await.map_err(io)?;
+    // A named pipe swapped in after the listing is refused, not waited on.
+    let opened = {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || crate::untrusted::open_regular(&path)).await
+    };
+    let file = opened
+        .map_err(|e| io(std::io::Error::other(e)))?
+        .map(tokio::fs::File::from_std)
+        .map_err(io)?;
     let meta = file.metadata().await.map_err(io)?;
     if private && let Some(why) = crate::untrusted::others_may_change(&meta) {
         return Err(io(std::io::Error::new(
@@ -388,6 +396,20 @@ mod tests {
 
     fn sha(engine: &Engine, name: &str) -> Option<String> {
         engine.provider(name).map(|p| p.sha256.clone())
+    }
+
+    /// A drop-in swapped for a named pipe between the listing and the read is
+    /// refused, not waited on (which would hold a blocking thread for good).
+    #[tokio::test]
+    async fn a_named_pipe_in_a_component_s_place_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let pipe = dir.path().join("p.wasm");
+        nix::unistd::mkfifo(&pipe, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(30), read_component(&pipe))
+            .await
+            .expect("the read waited on the pipe");
+        let refused = read.expect_err("a pipe is no component").to_string();
+        assert!(refused.contains("named pipe"), "{refused}");
     }
 
     #[tokio::test]

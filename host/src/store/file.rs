@@ -52,7 +52,7 @@ pub(super) fn sha(bytes: &[u8]) -> [u8; 32] {
 
 /// Copies an invalid records file aside before the host replaces it.
 pub(super) fn keep_copy(path: &Path) -> Result<(), StoreError> {
-    let kept = crate::atomic::keep_copy_beside(path, INVALID);
+    let kept = crate::atomic::keep_copy_beside(path, INVALID, MAX_FILE_BYTES);
     if let Some(copy) = kept.map_err(|source| kept_error(path, source))? {
         logged(copy);
     }
@@ -116,7 +116,8 @@ pub(super) fn write_unless_changed(
         Ok(()) => {
             // The temp file's name now holds the text that was replaced; dropping
             // `tmp` removes it.
-            let before = std::fs::read(tmp.path()).map_err(io)?;
+            // Bounded like any read of the file: it may be anything someone put there.
+            let before = read_bounded(tmp.path()).map_err(io)?;
             if sha(&before) == seen {
                 Replaced::Done
             } else {

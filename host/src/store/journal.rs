@@ -276,6 +276,12 @@ pub(super) struct RotateError {
 /// directory before anything is appended to the new file. On failure the move is
 /// undone if it happened.
 pub(super) fn rotate(path: &Path, old: &Path) -> Result<File, RotateError> {
+    // Nothing of the host's is at `old` when a rotation begins; a directory someone
+    // made there would fail every rename, and the journal would grow for good.
+    if std::fs::symlink_metadata(old).is_ok_and(|m| m.is_dir()) {
+        let moved = crate::atomic::move_beside(old, "rejected");
+        tracing::warn!(path = %old.display(), moved = ?moved, "a directory in the place of the journal's rotation was moved aside");
+    }
     std::fs::rename(path, old).map_err(|error| RotateError {
         error,
         restored: true,
@@ -298,7 +304,7 @@ pub(super) fn remove(path: &Path) -> std::io::Result<()> {
 
 /// Keeps a copy of a damaged journal beside it (`<name>.damaged-<ns>`), for a person.
 pub(super) fn keep_copy(path: &Path) -> std::io::Result<Option<PathBuf>> {
-    crate::atomic::keep_copy_beside(path, "damaged")
+    crate::atomic::keep_copy_beside(path, "damaged", super::file::MAX_FILE_BYTES)
 }
 
 fn sync_dir(path: &Path) -> std::io::Result<()> {
@@ -333,6 +339,29 @@ mod tests {
         .unwrap();
         encode(3, &OpRef::Remove { id: "a" }, &mut out).unwrap();
         out
+    }
+
+    /// A directory made at `environments.journal.old` while the host ran failed every
+    /// rotation, so no compaction ever ended and the journal grew for good.
+    #[test]
+    fn a_rotation_moves_a_directory_in_its_way_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("environments.journal");
+        let old = old_path(&path);
+        let entries = sample();
+        append(&open_append(&path).unwrap(), &entries).unwrap();
+        std::fs::create_dir_all(old.join("inside")).unwrap();
+        let fresh = rotate(&path, &old).unwrap();
+        assert_eq!(fresh.metadata().unwrap().len(), 0);
+        assert_eq!(std::fs::read(&old).unwrap(), entries);
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("environments.journal.old.rejected-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert!(dir.path().join(&aside[0]).join("inside").is_dir());
     }
 
     #[test]

@@ -297,6 +297,7 @@ async fn hostile_spawn_loop_log_lines_share_the_log_budget() {
         std::fs::write(dir.join("tether.toml"), toml).unwrap();
     })
     .await;
+    let began = std::time::Instant::now();
     let env = rig
         .attack(
             "spawner",
@@ -307,13 +308,16 @@ async fn hostile_spawn_loop_log_lines_share_the_log_budget() {
     let id = env["id"].as_str().unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     let log = rig.server.log();
+    // The budget is a burst of 200 lines and 50 a second after it: on a loaded
+    // machine the 300 spawns take longer and more pass, but never more than that.
+    let allowed = 200 + (50.0 * began.elapsed().as_secs_f64()).ceil() as usize;
     let lines = (log.lines())
         .filter(|l| l.contains(id) && (l.contains("spawned") || l.contains("hello again")))
         .count();
     assert!(lines >= 100, "the burst should pass ({lines})");
     assert!(
-        lines <= 400,
-        "{lines} lines about 300 spawns reached the log"
+        lines <= allowed,
+        "{lines} lines about 300 spawns (600 lines unbudgeted) reached the log; the budget allows {allowed}"
     );
     rig.finish().await;
 }
