@@ -123,14 +123,21 @@ impl TenancyConfig {
     }
 }
 
-/// A user's limits as JSON: `null` for no limit.
+/// A user's limits as JSON: `null` for no limit (and for every provider allowed).
 fn quota_canonical(quota: &Quota) -> Value {
     // Destructured whole, as the tenancy config above.
     let Quota {
         max_environments,
         max_running,
+        providers,
     } = quota;
-    serde_json::json!({"maxEnvironments": max_environments, "maxRunning": max_running})
+    // A set (sorted, each once): the order a list is written in allows nothing more.
+    let providers = providers.as_deref();
+    serde_json::json!({
+        "maxEnvironments": max_environments,
+        "maxRunning": max_running,
+        "providers": providers,
+    })
 }
 
 /// What `grant` lets a provider do, as JSON: every list a set (matching does not
@@ -310,6 +317,14 @@ mod tests {
             "max_running = 2\nticket_ttl_secs = 9\n",
         );
         assert_eq!(tenancy_of(&tickets), one);
+        // A providers list is a set.
+        let listed = |list: &str| {
+            tenancy_of(&TENANCY.replace(
+                "max_running = 2\n",
+                &format!("max_running = 2\nproviders = {list}\n"),
+            ))
+        };
+        assert_eq!(listed(r#"["b", "a"]"#), listed(r#"["a", "b", "a"]"#));
         // Nor is a host's other settings.
         assert_eq!(
             tenancy_of(&format!("[cluster]\nlease_ttl_secs = 6\n{TENANCY}")),
@@ -324,6 +339,15 @@ mod tests {
             TENANCY.replace("max_environments = 10\n", ""),
             TENANCY.replace("max_running = 2", "max_running = 3"),
             TENANCY.replace("max_running = 5", "max_running = 6"),
+            TENANCY.replace(
+                "max_running = 2\n",
+                "max_running = 2\nproviders = [\"a\"]\n",
+            ),
+            TENANCY.replace("max_running = 2\n", "max_running = 2\nproviders = []\n"),
+            TENANCY.replace(
+                "max_running = 5\n",
+                "max_running = 5\nproviders = [\"a\"]\n",
+            ),
             TENANCY.replace("max_environments = 20", "max_environments = 21"),
             // carol's limits given to another user.
             TENANCY.replace("[tenancy.users.carol]", "[tenancy.users.dave]"),

@@ -133,6 +133,19 @@ pub(crate) enum LifecycleError {
         /// How many they have.
         used: usize,
     },
+    /// The owner may not create environments with this provider (`[tenancy]
+    /// providers`).
+    #[error(
+        "{owner} may not create environments with provider {provider}: [tenancy] providers allows {allowed}"
+    )]
+    ProviderNotAllowed {
+        /// Whose.
+        owner: String,
+        /// The provider asked for, quoted for a message.
+        provider: String,
+        /// The providers allowed, for the message (`none` if none).
+        allowed: String,
+    },
     /// Cluster mode: what the change needs from the cluster could not be had now
     /// (NATS away, or another host admitting the same user's change for too long).
     #[error("{0}")]
@@ -172,6 +185,8 @@ pub(crate) struct CreateRequest {
     pub restart_policy: RestartPolicy,
     /// Seconds idle before the host stops it (`None` or 0: never).
     pub idle_stop_secs: Option<u64>,
+    /// Asked by an admin: the owner's `[tenancy] providers` list does not apply.
+    pub by_admin: bool,
 }
 
 /// Whether the host needs a person.
@@ -493,6 +508,11 @@ impl Manager {
         // the refusal quotes it (cut, escaped), never the whole.
         crate::names::validate("provider", &req.provider)
             .map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+        // Before whether it is loaded: a user learns nothing of the providers they
+        // may not use.
+        if !req.by_admin {
+            (self.shared.quotas).check_provider(&req.owner, &req.provider)?;
+        }
         if !self.shared.providers.is_loaded(&req.provider) {
             return Err(LifecycleError::Invalid(format!(
                 "no provider named {} is loaded",

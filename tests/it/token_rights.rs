@@ -1,0 +1,102 @@
+//! Which of a user's tokens may list and revoke the user's other tokens: one with
+//! every user scope and no environment limit (and the admin); a narrower one, such as
+//! the relay-only token an app hands a browser, sees and revokes only itself.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::Server;
+
+/// The ids in a token list.
+fn ids(list: &Value) -> Vec<&str> {
+    (list.as_array().into_iter().flatten())
+        .filter_map(|t| t["id"].as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_narrow_token_sees_and_revokes_only_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (full, full_id) = server.user_token("alice").await;
+    let env = server.env_as(&full, "alice-env").await;
+    let (relay, relay_id) = server
+        .user_token_with("alice", json!({"scopes": ["relay"], "environments": [env]}))
+        .await;
+    let (reader, reader_id) = server
+        .user_token_with(
+            "alice",
+            json!({"scopes": ["envs:read", "envs:write", "envs:delete"]}),
+        )
+        .await;
+    let (limited, limited_id) = server
+        .user_token_with(
+            "alice",
+            json!({"environments": [env], "note": "the browser's"}),
+        )
+        .await;
+
+    for (narrow, own) in [
+        (&relay, &relay_id),
+        (&reader, &reader_id),
+        (&limited, &limited_id),
+    ] {
+        let (status, list) = server
+            .call_with("GET", "/api/v1/tokens", None, Some(narrow))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        assert_eq!(ids(&list), [own.as_str()], "{list}");
+        // Another token of the user, and one that does not exist, are refused alike.
+        for other in [full_id.as_str(), "tok_0000000000000000"] {
+            let (status, body) = server
+                .call_with(
+                    "DELETE",
+                    &format!("/api/v1/tokens/{other}"),
+                    None,
+                    Some(narrow),
+                )
+                .await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+            assert_eq!(body["error"]["code"], "forbidden", "{body}");
+        }
+    }
+    // Nothing was revoked: the full token still works and sees all four.
+    let (status, list) = server
+        .call_with("GET", "/api/v1/tokens", None, Some(&full))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(ids(&list).len(), 4, "{list}");
+
+    // A narrow token may revoke itself.
+    let (status, body) = server
+        .call_with(
+            "DELETE",
+            &format!("/api/v1/tokens/{relay_id}"),
+            None,
+            Some(&relay),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = server
+        .call_with("GET", "/api/v1/whoami", None, Some(&relay))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The full token revokes a sibling; the admin revokes the full one.
+    let (status, body) = server
+        .call_with(
+            "DELETE",
+            &format!("/api/v1/tokens/{reader_id}"),
+            None,
+            Some(&full),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, list) = server.call("GET", "/api/v1/tokens?user=alice", None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(ids(&list).len(), 2, "{list}");
+    let (status, body) = server
+        .call("DELETE", &format!("/api/v1/tokens/{full_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    server.stop();
+}
