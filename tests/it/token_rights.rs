@@ -5,7 +5,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::Server;
+use crate::support::{Server, Ws};
 
 /// The ids in a token list.
 fn ids(list: &Value) -> Vec<&str> {
@@ -98,5 +98,56 @@ async fn a_narrow_token_sees_and_revokes_only_itself() {
         .call("DELETE", &format!("/api/v1/tokens/{full_id}"), None)
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_token_limited_to_environments_reaches_no_other_through_a_template() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    crate::support::write_config(
+        dir.path(),
+        "[templates.chat]\nprovider = \"local-process\"\nscope = \"thread\"\n",
+    );
+    let server = Server::start(dir.path());
+    let full = server.user_token("alice").await.0;
+    let url = |thread: &str| server.ws_url(&format!("/ws/app?template=chat&thread={thread}"));
+    let mut environments = Vec::new();
+    for thread in ["t1", "t2"] {
+        let mut ws = Ws::connect(&url(thread), Some(&full))
+            .await
+            .expect("provisioned");
+        let first = ws.next_any().await;
+        assert_eq!(first["type"], "provisioned", "{first}");
+        let id = first["environmentId"].as_str().expect("id").to_owned();
+        server
+            .wait_env(&id, "running", |e| e["runtime"]["connected"] == true)
+            .await;
+        environments.push(id);
+    }
+    let (limited, _) = server
+        .user_token_with(
+            "alice",
+            json!({"scopes": ["relay"], "environments": [environments[0]]}),
+        )
+        .await;
+    // Its own environment's thread connects; the other thread's environment, running
+    // and the user's, is not one the token reaches.
+    let mut ws = Ws::connect(&url("t1"), Some(&limited))
+        .await
+        .expect("the token's own environment");
+    let first = ws.next_any().await;
+    assert_eq!(first["environmentId"], environments[0].as_str(), "{first}");
+    let refused = Ws::connect(&url("t2"), Some(&limited)).await.err();
+    assert_eq!(refused, Some(StatusCode::BAD_REQUEST));
+    // Nor through a ticket for the template.
+    let body = json!({"template": "chat", "thread": "t2"});
+    let (status, ticket) = server
+        .call_with("POST", "/api/v1/tickets", Some(body), Some(&limited))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{ticket}");
+    let secret = ticket["ticket"].as_str().expect("ticket");
+    let by_ticket = server.ws_url(&format!("/ws/app?ticket={secret}"));
+    let refused = Ws::connect(&by_ticket, None).await.err();
+    assert_eq!(refused, Some(StatusCode::BAD_REQUEST));
     server.stop();
 }

@@ -357,7 +357,7 @@ fn field(query: &HashMap<String, String>, key: &str) -> Option<String> {
     ),
     responses(
         (status = 101, description = "Upgraded: the first frame is `provisioned` (`docs/protocol.md`, Provisioning); close codes as for `/ws/app/{id}`. Cluster mode: when the environment runs on another host, the app is bridged there (the same path and query) and that host's relay serves it, as for `/ws/app/{id}`; a refusal there is answered with its status, code and message."),
-        (status = 400, description = "A malformed query (`start` other than `true` or `false`, `session`, `resume`, …; `invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content(
+        (status = 400, description = "A malformed query (`start` other than `true` or `false`, `session`, `resume`, …; `invalid_request`), a token limited to named environments whose key's environment is not one of them, new or existing (`invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content(
             (ErrorBody = "application/json"),
             (String = "text/plain"),
         )),
