@@ -246,7 +246,7 @@ pub(crate) async fn get(
         (status = 415, description = "The body is not sent as `application/json` (`unsupported_media_type`).", body = ErrorBody),
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
-        (status = 403, description = "The token lacks the `envs:write` scope (`missing_scope`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `envs:write` scope (`missing_scope`), or is a user's and the environment was provisioned from a template, whose settings only an admin changes (`forbidden`).", body = ErrorBody),
         (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
         (status = 409, description = "The record is held back as invalid in `environments.json`; the host does not change it (`conflict`).", body = ErrorBody),
         (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),

@@ -385,7 +385,9 @@ impl From<LifecycleError> for ApiError {
                 Self::unauthorized(message)
             }
             LifecycleError::StoppedOnPurpose(_) => Self::new(ErrorCode::Stopped, message),
-            LifecycleError::ProviderNotAllowed { .. } => Self::forbidden(message),
+            LifecycleError::ProviderNotAllowed { .. } | LifecycleError::Forbidden(_) => {
+                Self::forbidden(message)
+            }
             LifecycleError::QuotaExceeded { .. } => Self::new(ErrorCode::QuotaExceeded, message),
             LifecycleError::TooManyConnections(_) => {
                 Self::new(ErrorCode::TooManyConnections, message)

@@ -133,6 +133,10 @@ pub(crate) enum LifecycleError {
         /// How many they have.
         used: usize,
     },
+    /// The caller may not make this change (a user's patch of an environment
+    /// provisioned from a template, whose settings are the operator's).
+    #[error("{0}")]
+    Forbidden(String),
     /// The owner may not create environments with this provider (`[tenancy]
     /// providers`).
     #[error(
@@ -556,7 +560,18 @@ impl Manager {
         idle_stop_secs: Option<u64>,
     ) -> Result<EnvironmentView, LifecycleError> {
         validate::check_idle_stop(idle_stop_secs).map_err(LifecycleError::Invalid)?;
-        let mut merged = self.reachable_for_change(who, id)?.config;
+        let record = self.reachable_for_change(who, id)?;
+        // A template's environment has the template's config, restart policy and idle
+        // timeout: the operator's choice, which a user's connect cannot override and
+        // neither may a user's patch.
+        if record.provision_key.is_some() && !who.is_admin() {
+            return Err(LifecycleError::Forbidden(format!(
+                "environment {} was provisioned from template {}: its settings are the template's, and only an admin may change them",
+                record.id,
+                record.template().unwrap_or_default()
+            )));
+        }
+        let mut merged = record.config;
         if let Some(patch) = config.clone() {
             merge_patch(&mut merged, patch);
             validate::check_config(&merged).map_err(LifecycleError::Invalid)?;
