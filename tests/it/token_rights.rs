@@ -151,3 +151,32 @@ async fn a_token_limited_to_environments_reaches_no_other_through_a_template() {
     assert_eq!(refused, Some(StatusCode::BAD_REQUEST));
     server.stop();
 }
+
+#[tokio::test]
+async fn a_limited_token_mints_tickets_and_watches_events_only_for_its_environments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let full = server.user_token("alice").await.0;
+    let one = server.env_as(&full, "one").await;
+    let two = server.env_as(&full, "two").await;
+    let (limited, _) = server
+        .user_token_with("alice", json!({"environments": [one]}))
+        .await;
+    let ticket = |environment: &str| {
+        let body = json!({"environment": environment, "thread": "t"});
+        server.call_with("POST", "/api/v1/tickets", Some(body), Some(&limited))
+    };
+    assert_eq!(ticket(&one).await.0, StatusCode::CREATED);
+    let (status, body) = ticket(&two).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let mut events = Ws::connect(&server.ws_url("/ws/events"), Some(&limited))
+        .await
+        .expect("events");
+    let first = events.next_any().await;
+    assert_eq!(first["type"], "snapshot", "{first}");
+    let seen: Vec<&str> = (first["environments"].as_array().into_iter().flatten())
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    assert_eq!(seen, [one.as_str()], "{first}");
+    server.stop();
+}
