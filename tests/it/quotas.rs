@@ -208,3 +208,34 @@ async fn wait_until_allowed(server: &Server, token: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_user_cannot_start_an_environment_on_a_provider_the_list_no_longer_allows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), "[tenancy]\nmax_running = 5\n");
+    let server = Server::start(dir.path());
+    let alice = server.user_token("alice").await.0;
+    let id = server.env_as(&alice, "before-the-list").await;
+    write_config(dir.path(), "[tenancy]\nproviders = [\"http-sandbox\"]\n");
+    wait_applied(&server).await;
+    for action in ["start", "restart"] {
+        let path = format!("/api/v1/environments/{id}/{action}");
+        let (status, body) = server.call_with("POST", &path, None, Some(&alice)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{action}: {body}");
+        assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    }
+    let (_, env) = server
+        .call("GET", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert_eq!(env["desiredState"], "stopped", "{env}");
+    // The admin may; and a stop is never refused.
+    let start = format!("/api/v1/environments/{id}/start");
+    assert_eq!(
+        server.call("POST", &start, None).await.0,
+        StatusCode::ACCEPTED
+    );
+    let stop = format!("/api/v1/environments/{id}/stop");
+    let (status, body) = server.call_with("POST", &stop, None, Some(&alice)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    server.stop();
+}

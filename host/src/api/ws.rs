@@ -145,7 +145,7 @@ pub(crate) async fn runtime(
             (String = "text/plain"),
         )),
         (status = 401, description = "No token or ticket, or one that is unknown, revoked, expired or used (`unauthorized`).", body = ErrorBody),
-        (status = 403, description = "The token lacks `relay` (or `envs:write`, for `start=true`) (`missing_scope`).", body = ErrorBody),
+        (status = 403, description = "The token lacks `relay` (or `envs:write`, for `start=true`) (`missing_scope`), or the connect would start a user's environment whose provider is outside the user's `[tenancy] providers` (`forbidden`).", body = ErrorBody),
         (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
         (status = 409, description = "The relay could not admit the app, or (cluster mode) the app used a ticket on a host that does not run the environment: the message names the host that does (`conflict`).", body = ErrorBody),
         (status = 502, description = "Cluster mode: the host running the environment could not be reached to bridge the app there (`host_unreachable`).", body = ErrorBody),

@@ -18,7 +18,7 @@ pub struct Quota {
     pub max_environments: Option<usize>,
     /// Environments the user may have with desired state `running`.
     pub max_running: Option<usize>,
-    /// The providers the user may create environments with (`None`: every loaded
+    /// The providers the user may create and start environments with (`None`: every loaded
     /// one). Shared, so looking a user's limits up copies no list.
     pub providers: Option<Arc<BTreeSet<String>>>,
 }

@@ -137,11 +137,9 @@ pub(crate) enum LifecycleError {
     /// provisioned from a template, whose settings are the operator's).
     #[error("{0}")]
     Forbidden(String),
-    /// The owner may not create environments with this provider (`[tenancy]
-    /// providers`).
-    #[error(
-        "{owner} may not create environments with provider {provider}: [tenancy] providers allows {allowed}"
-    )]
+    /// The owner may not create (or start) environments with this provider
+    /// (`[tenancy] providers`).
+    #[error("{owner} may not use provider {provider}: [tenancy] providers allows {allowed}")]
     ProviderNotAllowed {
         /// Whose.
         owner: String,
@@ -594,6 +592,21 @@ impl Manager {
         self.view(id)
     }
 
+    /// `ProviderNotAllowed` when a user (not an admin) asks `record` to run and its
+    /// provider is outside the owner's `[tenancy] providers` (the list changed since
+    /// it was made, or an admin made it for them). A template's environment runs on
+    /// the operator's choice of provider and is not checked.
+    pub(super) fn check_users_start(
+        &self,
+        who: &Principal,
+        record: &Record,
+    ) -> Result<(), LifecycleError> {
+        if who.is_admin() || record.provision_key.is_some() {
+            return Ok(());
+        }
+        (self.shared.quotas).check_provider(&record.owner, &record.provider)
+    }
+
     /// Sets the desired state and lets the environment converge on it.
     pub(crate) async fn set_desired(
         &self,
@@ -602,6 +615,9 @@ impl Manager {
         desired: DesiredState,
     ) -> Result<EnvironmentView, LifecycleError> {
         let record = self.reachable_for_change(who, id)?;
+        if desired == DesiredState::Running {
+            self.check_users_start(who, &record)?;
+        }
         let env = self.known_env(id)?;
         let admitted = match desired {
             DesiredState::Running => self.admit(&record.owner, false).await?,
@@ -661,6 +677,7 @@ impl Manager {
         id: &str,
     ) -> Result<EnvironmentView, LifecycleError> {
         let record = self.reachable_for_change(who, id)?;
+        self.check_users_start(who, &record)?;
         let env = self.known_env(id)?;
         let admitted = self.admit(&record.owner, false).await?;
         (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(id))?;

@@ -129,7 +129,7 @@ impl Quotas {
         Ok(())
     }
 
-    /// `ProviderNotAllowed` if `owner` may not create environments with `provider`.
+    /// `ProviderNotAllowed` if `owner` may not use `provider` (create or start).
     pub(super) fn check_provider(&self, owner: &str, provider: &str) -> Result<(), LifecycleError> {
         let quota = self.config.read_locked().quota_of(owner);
         if quota.allows_provider(provider) {
