@@ -131,13 +131,17 @@ fn quota_canonical(quota: &Quota) -> Value {
         max_running,
         providers,
     } = quota;
-    // A set (sorted, each once): the order a list is written in allows nothing more.
-    let providers = providers.as_deref();
-    serde_json::json!({
+    let mut canonical = serde_json::json!({
         "maxEnvironments": max_environments,
         "maxRunning": max_running,
-        "providers": providers,
-    })
+    });
+    // Only when set: a host without a list hashes as a host of a version before
+    // lists did, so a rolling upgrade does not see every host's limits differ. A set
+    // (sorted, each once): the order a list is written in allows nothing more.
+    if let (Some(providers), Some(map)) = (providers, canonical.as_object_mut()) {
+        map.insert("providers".into(), serde_json::json!(providers.as_ref()));
+    }
+    canonical
 }
 
 /// What `grant` lets a provider do, as JSON: every list a set (matching does not
@@ -302,6 +306,22 @@ mod tests {
     const TENANCY: &str = "[tenancy]\nmax_environments = 10\nmax_running = 2\n\
         [tenancy.users.bob]\nmax_running = 5\n\
         [tenancy.users.carol]\nmax_environments = 20\nmax_running = 4\n";
+
+    #[test]
+    fn limits_without_a_providers_list_hash_as_before_lists() {
+        // What a host of the version before `providers` publishes for TENANCY.
+        let before = serde_json::json!({
+            "default": {"maxEnvironments": 10, "maxRunning": 2},
+            "users": {
+                "bob": {"maxEnvironments": 10, "maxRunning": 5},
+                "carol": {"maxEnvironments": 20, "maxRunning": 4},
+            },
+        });
+        assert_eq!(
+            tenancy_of(TENANCY),
+            canonical_digest(TENANCY_DOMAIN, &before)
+        );
+    }
 
     #[test]
     fn the_order_of_the_tenancy_limits_does_not_count() {
