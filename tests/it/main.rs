@@ -44,6 +44,7 @@ mod swapped_files;
 mod tenancy;
 mod tickets;
 mod tls;
+mod token_rights;
 mod walkthroughs;
 mod watched_files;
 mod worlds;

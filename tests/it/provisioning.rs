@@ -406,3 +406,44 @@ async fn a_user_gets_at_most_max_per_user_environments_of_a_template() {
     let count = listed.as_array().map_or(0, Vec::len);
     assert_eq!(count, 5, "{listed}");
 }
+
+#[tokio::test]
+async fn a_user_cannot_patch_what_the_template_set_and_the_admin_can() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), TEMPLATES);
+    let server = Server::start(dir.path());
+    let alice = server.user_token("alice").await.0;
+    let (_ws, first) = provision(&server, &alice, "p1").await;
+    let id = id_of(&first);
+    let path = format!("/api/v1/environments/{id}");
+    for body in [
+        json!({"config": {"note": "mine"}}),
+        json!({"restartPolicy": "always"}),
+        json!({"idleStopSecs": 0}),
+    ] {
+        let (status, answer) = server
+            .call_with("PATCH", &path, Some(body.clone()), Some(&alice))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], "forbidden", "{answer}");
+    }
+    let (_, env) = server.call("GET", &path, None).await;
+    assert_eq!(env["config"]["note"], "shown", "{env}");
+    // An environment the user made is theirs to change; the admin changes either.
+    let own = server.env_as(&alice, "alice-own").await;
+    let (status, answer) = server
+        .call_with(
+            "PATCH",
+            &format!("/api/v1/environments/{own}"),
+            Some(json!({"config": {"note": "mine"}})),
+            Some(&alice),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (status, answer) = server
+        .call("PATCH", &path, Some(json!({"config": {"note": "ops"}})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["config"]["note"], "ops", "{answer}");
+    server.stop();
+}

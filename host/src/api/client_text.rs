@@ -55,6 +55,7 @@ pub(super) fn tenancy(e: &TenancyError) -> String {
         TenancyError::Invalid(_)
         | TenancyError::NotFound(_)
         | TenancyError::Conflict(_)
+        | TenancyError::Forbidden(_)
         | TenancyError::Limit(_) => e.to_string(),
     }
 }

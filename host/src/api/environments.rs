@@ -144,7 +144,7 @@ pub(crate) async fn list(
         (status = 415, description = "The body is not sent as `application/json` (`unsupported_media_type`).", body = ErrorBody),
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`), or the owner is at `max_environments` (or, with `start`, `max_running`) (`quota_exceeded`).", body = ErrorBody),
-        (status = 403, description = "The token lacks `envs:write` (or `admin`, for another owner) (`missing_scope`), or is limited to named environments (`forbidden`).", body = ErrorBody),
+        (status = 403, description = "The token lacks `envs:write` (or `admin`, for another owner) (`missing_scope`), is limited to named environments, or is a user's and names a provider outside the user's `[tenancy] providers` (`forbidden`).", body = ErrorBody),
         (status = 409, description = "The name is taken (`conflict`).", body = ErrorBody),
         (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
         (status = 503, description = "The data directory's filesystem is read-only or fails (`storage_unavailable`: `/healthz` says why), or, in cluster mode, NATS does not answer or another host has been admitting the owner's change for over 5 s (`cluster_unavailable`: the name could not be reserved across the cluster, or the change, counted against the owner's limits, could not be admitted): nothing was changed.", body = ErrorBody),
@@ -199,6 +199,7 @@ async fn create_as(
             start: body.start,
             restart_policy: body.restart_policy,
             idle_stop_secs: body.idle_stop_secs,
+            by_admin: who.is_admin(),
         })
         .await?)
 }
@@ -245,7 +246,7 @@ pub(crate) async fn get(
         (status = 415, description = "The body is not sent as `application/json` (`unsupported_media_type`).", body = ErrorBody),
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
-        (status = 403, description = "The token lacks the `envs:write` scope (`missing_scope`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `envs:write` scope (`missing_scope`), or is a user's and the environment was provisioned from a template, whose settings only an admin changes (`forbidden`).", body = ErrorBody),
         (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
         (status = 409, description = "The record is held back as invalid in `environments.json`; the host does not change it (`conflict`).", body = ErrorBody),
         (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
@@ -373,7 +374,7 @@ pub(crate) async fn delete(
         (status = 202, description = "Accepted; the lifecycle works towards it.", body = EnvironmentView),
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`), or a start would pass the owner's `max_running` (`quota_exceeded`).", body = ErrorBody),
-        (status = 403, description = "The token lacks the `envs:write` scope (`missing_scope`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `envs:write` scope (`missing_scope`), or is a user's and the environment's provider is outside the user's `[tenancy] providers` (`forbidden`; not for an environment provisioned from a template).", body = ErrorBody),
         (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
         (status = 409, description = "The record is held back as invalid in `environments.json`; the host does not change it (`conflict`).", body = ErrorBody),
         (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
@@ -451,7 +452,7 @@ pub(crate) async fn stop(
         (status = 202, description = "Accepted; the lifecycle works towards it.", body = EnvironmentView),
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`), or a start would pass the owner's `max_running` (`quota_exceeded`).", body = ErrorBody),
-        (status = 403, description = "The token lacks the `envs:write` scope (`missing_scope`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `envs:write` scope (`missing_scope`), or is a user's and the environment's provider is outside the user's `[tenancy] providers` (`forbidden`; not for an environment provisioned from a template).", body = ErrorBody),
         (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
         (status = 409, description = "The record is held back as invalid in `environments.json`; the host does not change it (`conflict`).", body = ErrorBody),
         (status = 500, description = "The records, tokens or audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),

@@ -385,6 +385,9 @@ impl From<LifecycleError> for ApiError {
                 Self::unauthorized(message)
             }
             LifecycleError::StoppedOnPurpose(_) => Self::new(ErrorCode::Stopped, message),
+            LifecycleError::ProviderNotAllowed { .. } | LifecycleError::Forbidden(_) => {
+                Self::forbidden(message)
+            }
             LifecycleError::QuotaExceeded { .. } => Self::new(ErrorCode::QuotaExceeded, message),
             LifecycleError::TooManyConnections(_) => {
                 Self::new(ErrorCode::TooManyConnections, message)
@@ -417,6 +420,7 @@ impl From<TenancyError> for ApiError {
         match e {
             TenancyError::Invalid(_) => Self::bad_request(message),
             TenancyError::NotFound(_) => Self::not_found(message),
+            TenancyError::Forbidden(_) => Self::forbidden(message),
             TenancyError::Limit(_) => Self::new(ErrorCode::QuotaExceeded, message),
             TenancyError::Conflict(_) => Self::new(ErrorCode::Conflict, message),
             // A full or read-only disk is said as for the records.

@@ -100,7 +100,7 @@ async fn create_for(who: &Principal, s: &AppState, new: NewToken) -> Result<Issu
         ("user" = Option<String>, Query, description = "Only this user's tokens (another user's need `admin`)."),
     ),
     responses(
-        (status = 200, description = "The caller's user's tokens (every user's, for `admin`), never their secrets.", body = Vec<TokenView>),
+        (status = 200, description = "The caller's user's tokens (every user's, for `admin`), never their secrets; a token that lacks a user scope or is limited to named environments sees only itself.", body = Vec<TokenView>),
         (status = 400, description = "`user` is not a valid user name (`invalid_request`).", body = ErrorBody),
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
@@ -132,6 +132,7 @@ pub(crate) async fn list(
         (status = 200, description = "Revoked; its connections are closed.", body = TokenView),
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 403, description = "The caller's token lacks a user scope or is limited to named environments, and `id` is not its own: such a token may revoke only itself (`forbidden`).", body = ErrorBody),
         (status = 404, description = "No such token, or another user's (`not_found`).", body = ErrorBody),
         (status = 500, description = "The tokens file or the audit log could not be written (`store_error`, `audit_failed`).", body = ErrorBody),
         (status = 503, description = "The data directory's filesystem is read-only (`storage_unavailable`): nothing was changed.", body = ErrorBody),

@@ -145,7 +145,7 @@ pub(crate) async fn runtime(
             (String = "text/plain"),
         )),
         (status = 401, description = "No token or ticket, or one that is unknown, revoked, expired or used (`unauthorized`).", body = ErrorBody),
-        (status = 403, description = "The token lacks `relay` (or `envs:write`, for `start=true`) (`missing_scope`).", body = ErrorBody),
+        (status = 403, description = "The token lacks `relay` (or `envs:write`, for `start=true`) (`missing_scope`), or the connect would start a user's environment whose provider is outside the user's `[tenancy] providers` (`forbidden`).", body = ErrorBody),
         (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
         (status = 409, description = "The relay could not admit the app, or (cluster mode) the app used a ticket on a host that does not run the environment: the message names the host that does (`conflict`).", body = ErrorBody),
         (status = 502, description = "Cluster mode: the host running the environment could not be reached to bridge the app there (`host_unreachable`).", body = ErrorBody),
@@ -357,7 +357,7 @@ fn field(query: &HashMap<String, String>, key: &str) -> Option<String> {
     ),
     responses(
         (status = 101, description = "Upgraded: the first frame is `provisioned` (`docs/protocol.md`, Provisioning); close codes as for `/ws/app/{id}`. Cluster mode: when the environment runs on another host, the app is bridged there (the same path and query) and that host's relay serves it, as for `/ws/app/{id}`; a refusal there is answered with its status, code and message."),
-        (status = 400, description = "A malformed query (`start` other than `true` or `false`, `session`, `resume`, …; `invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content(
+        (status = 400, description = "A malformed query (`start` other than `true` or `false`, `session`, `resume`, …; `invalid_request`), a token limited to named environments whose key's environment is not one of them, new or existing (`invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content(
             (ErrorBody = "application/json"),
             (String = "text/plain"),
         )),

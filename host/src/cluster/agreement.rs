@@ -571,8 +571,9 @@ mod tests {
         let quota = crate::config::Quota {
             max_environments: Some(3),
             max_running: None,
+            providers: None,
         };
-        tenancy.users.insert("bob".into(), quota);
+        tenancy.users.insert("bob".into(), quota.clone());
         tenancy.users.insert("alice".into(), quota);
         let own = Published::of_tenancy(&tenancy);
         assert_eq!(own.names, ["alice", "bob"]);

@@ -123,14 +123,25 @@ impl TenancyConfig {
     }
 }
 
-/// A user's limits as JSON: `null` for no limit.
+/// A user's limits as JSON: `null` for no limit (and for every provider allowed).
 fn quota_canonical(quota: &Quota) -> Value {
     // Destructured whole, as the tenancy config above.
     let Quota {
         max_environments,
         max_running,
+        providers,
     } = quota;
-    serde_json::json!({"maxEnvironments": max_environments, "maxRunning": max_running})
+    let mut canonical = serde_json::json!({
+        "maxEnvironments": max_environments,
+        "maxRunning": max_running,
+    });
+    // Only when set: a host without a list hashes as a host of a version before
+    // lists did, so a rolling upgrade does not see every host's limits differ. A set
+    // (sorted, each once): the order a list is written in allows nothing more.
+    if let (Some(providers), Some(map)) = (providers, canonical.as_object_mut()) {
+        map.insert("providers".into(), serde_json::json!(providers.as_ref()));
+    }
+    canonical
 }
 
 /// What `grant` lets a provider do, as JSON: every list a set (matching does not
@@ -297,6 +308,22 @@ mod tests {
         [tenancy.users.carol]\nmax_environments = 20\nmax_running = 4\n";
 
     #[test]
+    fn limits_without_a_providers_list_hash_as_before_lists() {
+        // What a host of the version before `providers` publishes for TENANCY.
+        let before = serde_json::json!({
+            "default": {"maxEnvironments": 10, "maxRunning": 2},
+            "users": {
+                "bob": {"maxEnvironments": 10, "maxRunning": 5},
+                "carol": {"maxEnvironments": 20, "maxRunning": 4},
+            },
+        });
+        assert_eq!(
+            tenancy_of(TENANCY),
+            canonical_digest(TENANCY_DOMAIN, &before)
+        );
+    }
+
+    #[test]
     fn the_order_of_the_tenancy_limits_does_not_count() {
         let one = tenancy_of(TENANCY);
         assert_eq!(one.len(), 64);
@@ -310,6 +337,14 @@ mod tests {
             "max_running = 2\nticket_ttl_secs = 9\n",
         );
         assert_eq!(tenancy_of(&tickets), one);
+        // A providers list is a set.
+        let listed = |list: &str| {
+            tenancy_of(&TENANCY.replace(
+                "max_running = 2\n",
+                &format!("max_running = 2\nproviders = {list}\n"),
+            ))
+        };
+        assert_eq!(listed(r#"["b", "a"]"#), listed(r#"["a", "b", "a"]"#));
         // Nor is a host's other settings.
         assert_eq!(
             tenancy_of(&format!("[cluster]\nlease_ttl_secs = 6\n{TENANCY}")),
@@ -324,6 +359,15 @@ mod tests {
             TENANCY.replace("max_environments = 10\n", ""),
             TENANCY.replace("max_running = 2", "max_running = 3"),
             TENANCY.replace("max_running = 5", "max_running = 6"),
+            TENANCY.replace(
+                "max_running = 2\n",
+                "max_running = 2\nproviders = [\"a\"]\n",
+            ),
+            TENANCY.replace("max_running = 2\n", "max_running = 2\nproviders = []\n"),
+            TENANCY.replace(
+                "max_running = 5\n",
+                "max_running = 5\nproviders = [\"a\"]\n",
+            ),
             TENANCY.replace("max_environments = 20", "max_environments = 21"),
             // carol's limits given to another user.
             TENANCY.replace("[tenancy.users.carol]", "[tenancy.users.dave]"),

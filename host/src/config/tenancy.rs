@@ -1,8 +1,10 @@
 //! `[tenancy]` in `tether.toml`: how many environments each user may have, and have
-//! running, with per-user overrides (`[tenancy.users.NAME]`). The lifecycle enforces
-//! them; this only reads and checks them.
+//! running, and which providers they may create them with, with per-user overrides
+//! (`[tenancy.users.NAME]`). The lifecycle enforces them; this only reads and checks
+//! them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -10,12 +12,22 @@ use serde::Deserialize;
 use super::ConfigError;
 
 /// One user's limits; `None` is no limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Quota {
     /// Environments the user may own.
     pub max_environments: Option<usize>,
     /// Environments the user may have with desired state `running`.
     pub max_running: Option<usize>,
+    /// The providers the user may create and start environments with (`None`: every loaded
+    /// one). Shared, so looking a user's limits up copies no list.
+    pub providers: Option<Arc<BTreeSet<String>>>,
+}
+
+impl Quota {
+    /// Whether the user may create an environment with `provider`.
+    pub fn allows_provider(&self, provider: &str) -> bool {
+        self.providers.as_ref().is_none_or(|p| p.contains(provider))
+    }
 }
 
 /// Every user's limits: the defaults and the overrides.
@@ -42,7 +54,7 @@ impl Default for TenancyConfig {
 impl TenancyConfig {
     /// The limits of `user`.
     pub fn quota_of(&self, user: &str) -> Quota {
-        self.users.get(user).copied().unwrap_or(self.default)
+        self.users.get(user).unwrap_or(&self.default).clone()
     }
 }
 
@@ -52,6 +64,7 @@ impl TenancyConfig {
 pub(super) struct FileTenancy {
     max_environments: Option<usize>,
     max_running: Option<usize>,
+    providers: Option<Vec<String>>,
     ticket_ttl_secs: Option<u64>,
     #[serde(default)]
     users: BTreeMap<String, FileQuota>,
@@ -62,6 +75,7 @@ pub(super) struct FileTenancy {
 struct FileQuota {
     max_environments: Option<usize>,
     max_running: Option<usize>,
+    providers: Option<Vec<String>>,
 }
 
 /// Most users with their own limits (each is a line in the file; this bounds lookups
@@ -73,6 +87,7 @@ pub(super) fn tenancy_config(file: FileTenancy) -> Result<TenancyConfig, ConfigE
     let default = Quota {
         max_environments: file.max_environments,
         max_running: file.max_running,
+        providers: providers_of("tenancy.providers", file.providers)?,
     };
     if file.users.len() > MAX_OVERRIDES {
         return Err(ConfigError::Invalid(format!(
@@ -84,9 +99,11 @@ pub(super) fn tenancy_config(file: FileTenancy) -> Result<TenancyConfig, ConfigE
     for (user, q) in file.users {
         crate::names::validate("user", &user)
             .map_err(|e| ConfigError::Invalid(format!("tenancy.users: {e}")))?;
+        let key = format!("tenancy.users.{user}.providers");
         let quota = Quota {
             max_environments: q.max_environments.or(default.max_environments),
             max_running: q.max_running.or(default.max_running),
+            providers: providers_of(&key, q.providers)?.or_else(|| default.providers.clone()),
         };
         users.insert(user, quota);
     }
@@ -106,6 +123,22 @@ pub(super) fn tenancy_config(file: FileTenancy) -> Result<TenancyConfig, ConfigE
     })
 }
 
+/// A `providers` list as written: each a provider name (by the name rule; it need not
+/// be loaded yet, a drop-in may come later).
+fn providers_of(
+    key: &str,
+    list: Option<Vec<String>>,
+) -> Result<Option<Arc<BTreeSet<String>>>, ConfigError> {
+    let Some(list) = list else {
+        return Ok(None);
+    };
+    for name in &list {
+        crate::names::validate("provider", name)
+            .map_err(|e| ConfigError::Invalid(format!("{key}: {e}")))?;
+    }
+    Ok(Some(Arc::new(list.into_iter().collect())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,12 +154,35 @@ mod tests {
             c.quota_of("bob"),
             Quota {
                 max_environments: Some(10),
-                max_running: Some(5)
+                max_running: Some(5),
+                providers: None,
             }
         );
         assert_eq!(c.quota_of("alice"), c.default);
         let bad: FileTenancy =
             toml::from_str("[users.\"../x\"]\nmax_running = 1\n").unwrap_or_default();
+        assert!(tenancy_config(bad).is_err());
+    }
+
+    #[test]
+    fn a_users_providers_replace_the_default_list_and_an_absent_list_allows_all() {
+        let file: FileTenancy = toml::from_str(
+            "providers = [\"http-sandbox\"]\n[users.bob]\nproviders = [\"local-process\"]\n\
+             [users.carol]\nmax_running = 1\n",
+        )
+        .unwrap_or_default();
+        let c = tenancy_config(file).unwrap_or_default();
+        assert!(c.quota_of("alice").allows_provider("http-sandbox"));
+        assert!(!c.quota_of("alice").allows_provider("local-process"));
+        assert!(c.quota_of("bob").allows_provider("local-process"));
+        assert!(!c.quota_of("bob").allows_provider("http-sandbox"));
+        assert!(!c.quota_of("carol").allows_provider("local-process"));
+        assert!(
+            TenancyConfig::default()
+                .quota_of("x")
+                .allows_provider("local-process")
+        );
+        let bad: FileTenancy = toml::from_str("providers = [\"../x\"]\n").unwrap_or_default();
         assert!(tenancy_config(bad).is_err());
     }
 }

@@ -133,6 +133,21 @@ pub(crate) enum LifecycleError {
         /// How many they have.
         used: usize,
     },
+    /// The caller may not make this change (a user's patch of an environment
+    /// provisioned from a template, whose settings are the operator's).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The owner may not create (or start) environments with this provider
+    /// (`[tenancy] providers`).
+    #[error("{owner} may not use provider {provider}: [tenancy] providers allows {allowed}")]
+    ProviderNotAllowed {
+        /// Whose.
+        owner: String,
+        /// The provider asked for, quoted for a message.
+        provider: String,
+        /// The providers allowed, for the message (`none` if none).
+        allowed: String,
+    },
     /// Cluster mode: what the change needs from the cluster could not be had now
     /// (NATS away, or another host admitting the same user's change for too long).
     #[error("{0}")]
@@ -172,6 +187,8 @@ pub(crate) struct CreateRequest {
     pub restart_policy: RestartPolicy,
     /// Seconds idle before the host stops it (`None` or 0: never).
     pub idle_stop_secs: Option<u64>,
+    /// Asked by an admin: the owner's `[tenancy] providers` list does not apply.
+    pub by_admin: bool,
 }
 
 /// Whether the host needs a person.
@@ -493,6 +510,11 @@ impl Manager {
         // the refusal quotes it (cut, escaped), never the whole.
         crate::names::validate("provider", &req.provider)
             .map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+        // Before whether it is loaded: a user learns nothing of the providers they
+        // may not use.
+        if !req.by_admin {
+            (self.shared.quotas).check_provider(&req.owner, &req.provider)?;
+        }
         if !self.shared.providers.is_loaded(&req.provider) {
             return Err(LifecycleError::Invalid(format!(
                 "no provider named {} is loaded",
@@ -536,7 +558,18 @@ impl Manager {
         idle_stop_secs: Option<u64>,
     ) -> Result<EnvironmentView, LifecycleError> {
         validate::check_idle_stop(idle_stop_secs).map_err(LifecycleError::Invalid)?;
-        let mut merged = self.reachable_for_change(who, id)?.config;
+        let record = self.reachable_for_change(who, id)?;
+        // A template's environment has the template's config, restart policy and idle
+        // timeout: the operator's choice, which a user's connect cannot override and
+        // neither may a user's patch.
+        if record.provision_key.is_some() && !who.is_admin() {
+            return Err(LifecycleError::Forbidden(format!(
+                "environment {} was provisioned from template {}: its settings are the template's, and only an admin may change them",
+                record.id,
+                record.template().unwrap_or_default()
+            )));
+        }
+        let mut merged = record.config;
         if let Some(patch) = config.clone() {
             merge_patch(&mut merged, patch);
             validate::check_config(&merged).map_err(LifecycleError::Invalid)?;
@@ -559,6 +592,21 @@ impl Manager {
         self.view(id)
     }
 
+    /// `ProviderNotAllowed` when a user (not an admin) asks `record` to run and its
+    /// provider is outside the owner's `[tenancy] providers` (the list changed since
+    /// it was made, or an admin made it for them). A template's environment runs on
+    /// the operator's choice of provider and is not checked.
+    pub(super) fn check_users_start(
+        &self,
+        who: &Principal,
+        record: &Record,
+    ) -> Result<(), LifecycleError> {
+        if who.is_admin() || record.provision_key.is_some() {
+            return Ok(());
+        }
+        (self.shared.quotas).check_provider(&record.owner, &record.provider)
+    }
+
     /// Sets the desired state and lets the environment converge on it.
     pub(crate) async fn set_desired(
         &self,
@@ -567,6 +615,9 @@ impl Manager {
         desired: DesiredState,
     ) -> Result<EnvironmentView, LifecycleError> {
         let record = self.reachable_for_change(who, id)?;
+        if desired == DesiredState::Running {
+            self.check_users_start(who, &record)?;
+        }
         let env = self.known_env(id)?;
         let admitted = match desired {
             DesiredState::Running => self.admit(&record.owner, false).await?,
@@ -626,6 +677,7 @@ impl Manager {
         id: &str,
     ) -> Result<EnvironmentView, LifecycleError> {
         let record = self.reachable_for_change(who, id)?;
+        self.check_users_start(who, &record)?;
         let env = self.known_env(id)?;
         let admitted = self.admit(&record.owner, false).await?;
         (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(id))?;

@@ -156,6 +156,11 @@ impl KeyLocks {
     }
 }
 
+/// The refusal of a template connect made with a token limited to named environments
+/// whose key's environment is not one of them (or does not exist yet).
+const LIMITED: &str =
+    "this token is limited to named environments and reaches no other through a template";
+
 impl Manager {
     /// Every template, as `GET /api/v1/templates` shows them (no secret values).
     pub(crate) fn templates(&self) -> Vec<crate::config::TemplateView> {
@@ -245,6 +250,11 @@ impl Manager {
         record: Record,
         start: bool,
     ) -> Result<Record, LifecycleError> {
+        // A token limited to other environments does not reach this one, running or
+        // not; said as for a key without one, so the token learns nothing of which.
+        if !who.reaches(&record.owner, &record.id) {
+            return Err(LifecycleError::Invalid(LIMITED.into()));
+        }
         self.known_env(&record.id)?;
         self.refuse_running_elsewhere(&record).await?;
         if wakes(&record, start, Wakes::NotStoppedOnPurpose)? {
@@ -285,9 +295,7 @@ impl Manager {
         key: ProvisionKey,
     ) -> Result<Made, LifecycleError> {
         if !who.may_create() {
-            return Err(LifecycleError::Invalid(
-                "this token is limited to named environments and cannot provision one".into(),
-            ));
+            return Err(LifecycleError::Invalid(LIMITED.into()));
         }
         if !self.shared.providers.is_loaded(&template.provider) {
             return Err(LifecycleError::Conflict(format!(

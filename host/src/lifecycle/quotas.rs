@@ -129,6 +129,23 @@ impl Quotas {
         Ok(())
     }
 
+    /// `ProviderNotAllowed` if `owner` may not use `provider` (create or start).
+    pub(super) fn check_provider(&self, owner: &str, provider: &str) -> Result<(), LifecycleError> {
+        let quota = self.config.read_locked().quota_of(owner);
+        if quota.allows_provider(provider) {
+            return Ok(());
+        }
+        let allowed = (quota.providers.as_deref())
+            .map(|p| p.iter().map(String::as_str).collect::<Vec<_>>().join(", "))
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "none".to_owned());
+        Err(LifecycleError::ProviderNotAllowed {
+            owner: owner.to_owned(),
+            provider: crate::untrusted::named(provider),
+            allowed,
+        })
+    }
+
     /// `QuotaExceeded` if `owner` may not have one more running environment besides
     /// `id` (which is not counted: asking a running one to run again is no change).
     pub(super) fn check_running(

@@ -55,6 +55,7 @@ impl Manager {
         if !who.reaches(&record.owner, &record.id) {
             return Err(LifecycleError::NotFound(record.id));
         }
+        self.check_users_start(who, &record)?;
         let admitted = self.admit(&record.owner, false).await?;
         (self.shared.quotas).check_running(&self.shared.store, &record.owner, Some(&record.id))?;
         let id = record.id.clone();

@@ -33,6 +33,10 @@ pub(crate) enum TenancyError {
     /// No such token, or not one the caller may see.
     #[error("{0}")]
     NotFound(String),
+    /// The caller's token may not do this to another token (it is narrower than
+    /// its user's full tokens).
+    #[error("{0}")]
+    Forbidden(String),
     /// The host holds as many user tokens as it takes ([`tokens::MAX_TOKENS`]).
     #[error("{0}")]
     Limit(String),

@@ -99,6 +99,23 @@ impl Principal {
         self.0.environments.is_none()
     }
 
+    /// Whether it may list and revoke its user's other tokens: an admin's, or a user
+    /// token holding every user scope and not limited to named environments. A
+    /// narrower one (the kind an app hands a browser) sees and revokes only itself:
+    /// it must not learn its siblings' notes and environments, nor cut them off.
+    pub(crate) fn manages_tokens(&self) -> bool {
+        self.is_admin()
+            || (self.0.environments.is_none() && self.0.scopes.allows_all(Scopes::USER_DEFAULT))
+    }
+
+    /// Whether it may see or revoke token `id` of `user`.
+    pub(crate) fn sees_token(&self, user: &str, id: &str) -> bool {
+        if self.is_admin() {
+            return true;
+        }
+        user == self.0.user && (id == self.0.token_id || self.manages_tokens())
+    }
+
     /// Resolves when the token stops working (revoked, rotated or expired), saying why.
     pub(crate) async fn ended(&self) -> &'static str {
         let expiry = async {
@@ -147,6 +164,22 @@ mod tests {
         assert!(admin.reaches("bob", "e2"));
         let admin_limited = principal(ADMIN_USER, Scopes::ADMIN, Some(vec!["e1"]));
         assert!(!admin_limited.reaches("bob", "e2"));
+    }
+
+    #[test]
+    fn only_a_full_unlimited_token_manages_its_users_tokens() {
+        let full = principal("alice", Scopes::USER_DEFAULT, None);
+        assert!(full.manages_tokens());
+        assert!(full.sees_token("alice", "tok_other"));
+        assert!(!full.sees_token("bob", "tok_other"));
+        let relay = principal("alice", Scopes::parse(["relay"]).unwrap(), None);
+        assert!(!relay.manages_tokens());
+        assert!(relay.sees_token("alice", "tok_0000000000000001"));
+        assert!(!relay.sees_token("alice", "tok_other"));
+        let limited = principal("alice", Scopes::USER_DEFAULT, Some(vec!["e1"]));
+        assert!(!limited.manages_tokens());
+        let admin = principal(ADMIN_USER, Scopes::ADMIN, None);
+        assert!(admin.sees_token("bob", "tok_other"));
     }
 
     #[test]

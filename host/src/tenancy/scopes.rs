@@ -100,6 +100,11 @@ impl Scopes {
         self.0 & (scope.bit() | Scope::Admin.bit()) != 0
     }
 
+    /// Whether this set allows every scope of `other`.
+    pub(crate) fn allows_all(self, other: Scopes) -> bool {
+        other.iter().all(|scope| self.allows(scope))
+    }
+
     /// Whether the set is empty.
     pub(crate) fn is_empty(self) -> bool {
         self.0 == 0

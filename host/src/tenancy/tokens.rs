@@ -360,7 +360,7 @@ impl Tokens {
     pub(crate) fn list(&self, who: &Principal, user: Option<&str>) -> Vec<TokenView> {
         let index = self.index.read_locked();
         let mut views: Vec<TokenView> = (index.by_hash.values())
-            .filter(|e| who.is_admin() || e.record.user == who.user())
+            .filter(|e| who.sees_token(&e.record.user, &e.record.id))
             .filter(|e| user.is_none_or(|u| e.record.user == u))
             .map(Entry::view)
             .collect();
@@ -370,7 +370,9 @@ impl Tokens {
 
     /// Revokes token `id` at once: it is refused from now on and every connection
     /// it opened is told. `who` may revoke any token as `admin`, else its user's own;
-    /// anyone else's answers `NotFound`, like one that does not exist.
+    /// anyone else's answers `NotFound`, like one that does not exist. A token that
+    /// does not manage its user's tokens ([`Principal::manages_tokens`]) may revoke
+    /// only itself: any other id is `Forbidden`, before it is looked up.
     pub(crate) async fn revoke(
         &self,
         who: &Principal,
@@ -378,12 +380,17 @@ impl Tokens {
     ) -> Result<TokenView, TenancyError> {
         let not_found =
             || TenancyError::NotFound(format!("no token with id {}", crate::untrusted::named(id)));
+        if !who.manages_tokens() && id != who.token_id() {
+            return Err(TenancyError::Forbidden(
+                "this token may revoke only itself: it lacks a user scope or is limited to named environments".into(),
+            ));
+        }
         let _writing = self.writer.lock().await;
         let hash = {
             let index = self.index.read_locked();
             let hash = *index.by_id.get(id).ok_or_else(not_found)?;
             let visible = (index.by_hash.get(&hash))
-                .is_some_and(|e| who.is_admin() || e.record.user == who.user());
+                .is_some_and(|e| who.sees_token(&e.record.user, &e.record.id));
             if !visible {
                 return Err(not_found());
             }
