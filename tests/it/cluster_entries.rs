@@ -381,3 +381,110 @@ async fn a_lease_rewritten_under_its_holders_name_is_taken_for_lost() {
     assert_ne!(now["url"], "http://192.0.2.1:2719", "{now}");
     a.stop();
 }
+
+/// Rewrites environment `id`'s lease in the bucket to name host `holder` at `url`.
+async fn rewrite_lease(nats: &Nats, id: &str, holder: &str, url: &str) {
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let leases = js.get_key_value("tether-leases").await.expect("leases");
+    let entry = leases.entry(id).await.expect("entry").expect("a lease");
+    let mut lease: Value = serde_json::from_slice(&entry.value).expect("a lease");
+    lease["host"] = json!(holder);
+    lease["url"] = json!(url);
+    leases
+        .update(id, lease.to_string().into(), entry.revision)
+        .await
+        .expect("rewriting the lease");
+}
+
+/// Writes an entry for host `id` reached at `url` into the hosts bucket.
+async fn put_host(nats: &Nats, id: &str, url: &str) {
+    let hosts = crate::cluster::hosts_bucket(nats).await;
+    let seen = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("a time");
+    let entry = json!({"id": id, "publicUrl": url, "load": 0, "seenAt": seen});
+    hosts
+        .put(id, entry.to_string().into())
+        .await
+        .expect("writing a host's entry");
+}
+
+/// The status and body an app's upgrade to environment `id` on `server` is refused with.
+async fn app_refused(server: &Server, id: &str) -> (StatusCode, String) {
+    use tokio_tungstenite::tungstenite::{Error, client::IntoClientRequest};
+    let mut request = server
+        .ws_url(&format!("/ws/app/{id}"))
+        .into_client_request()
+        .expect("request");
+    let bearer = format!("Bearer {}", crate::support::TOKEN);
+    (request.headers_mut()).insert("authorization", bearer.parse().expect("header"));
+    // Bridged to a listener that never answers, the upgrade would wait for ever.
+    let answer = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await;
+    match answer.expect("an answer: the app was bridged to where nothing answers") {
+        Err(Error::Http(answer)) => {
+            let body = answer.body().as_deref().unwrap_or_default();
+            (answer.status(), String::from_utf8_lossy(body).into_owned())
+        }
+        Ok(_) => panic!("the app was bridged"),
+        Err(e) => panic!("the upgrade failed: {e}"),
+    }
+}
+
+/// Regression: with `relay = "direct"` a host bridged an app, its token in the
+/// upgrade, to whatever URL the running host's lease gave, and anyone who can write
+/// the leases bucket writes that. The URL is now dialled only when it is the one
+/// its host publishes in the hosts bucket: otherwise the app is answered 502
+/// `host_unreachable` and `/healthz` names the environment and why.
+#[tokio::test]
+async fn a_direct_bridge_dials_only_the_url_the_running_host_publishes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let ttl = "[cluster]\nlease_ttl_secs = 60\n";
+    let a = host(dir.path(), &nats, "a", ttl);
+    let c = host(
+        dir.path(),
+        &nats,
+        "c",
+        &format!("{ttl}relay = \"direct\"\n"),
+    );
+    let (id, _, _) = a.handoff_env("misdirected").await;
+    until_env(&c, &id, "running on a", |e| e["host"] == "a").await;
+
+    // A listener standing in at the false URL: it must never be dialled.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").expect("trap");
+    trap.set_nonblocking(true).expect("nonblocking");
+    let false_url = format!("http://{}", trap.local_addr().expect("addr"));
+
+    // A host whose entry publishes another URL than the one its lease gives.
+    put_host(&nats, "ghost", "http://127.0.0.1:9").await;
+    rewrite_lease(&nats, &id, "ghost", &false_url).await;
+    until_env(&c, &id, "on ghost", |e| e["host"] == "ghost").await;
+    let (status, body) = app_refused(&c, &id).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("host_unreachable"), "{body}");
+    assert!(body.contains("publishes http://127.0.0.1:9"), "{body}");
+    until_health(&c, &[&id, "not bridged", "publishes"]).await;
+
+    // A host with no entry at all.
+    rewrite_lease(&nats, &id, "phantom", &false_url).await;
+    until_env(&c, &id, "on phantom", |e| e["host"] == "phantom").await;
+    let (status, body) = app_refused(&c, &id).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("no valid entry"), "{body}");
+    until_health(&c, &[&id, "not bridged", "no valid entry"]).await;
+    assert!(
+        matches!(trap.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the false URL was dialled"
+    );
+
+    // Its host's lease back (as its own next claim writes it): `/healthz` clears.
+    let hosts = crate::cluster::hosts_bucket(&nats).await;
+    hosts.delete("ghost").await.expect("removing ghost");
+    rewrite_lease(&nats, &id, "a", &a.base).await;
+    until_health(&c, &[]).await;
+    a.stop();
+    c.stop();
+}

@@ -35,6 +35,7 @@
 mod admissions;
 mod agreement;
 mod buckets;
+mod direct;
 mod host_entry;
 mod leases;
 mod merge;
@@ -60,6 +61,7 @@ use crate::store::{Changes, Record, Store};
 use crate::sync::MutexExt;
 
 pub(crate) use admissions::Admission;
+pub(crate) use direct::Lease as DirectLease;
 pub(crate) use leases::LeaseView;
 pub(crate) use removals::Abandoned;
 pub(crate) use tunnel::{Accepted, TunnelStream};
@@ -319,6 +321,8 @@ struct Inner {
     claimed_after: Mutex<HashMap<String, u64>>,
     /// The buckets as this host opened them, looked up every lease.
     buckets: Arc<buckets::Buckets>,
+    /// Leases whose URL a direct bridge refused to dial.
+    direct: direct::Refusals,
     conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
     /// Field conflicts since start (the list keeps only the latest).
     conflicts_seen: std::sync::atomic::AtomicU64,
@@ -537,6 +541,7 @@ impl Cluster {
                 hurry: tokio::sync::Notify::new(),
                 tunnels,
                 buckets,
+                direct: direct::Refusals::default(),
                 unshared: Mutex::new(BTreeMap::new()),
                 invalid_records: Mutex::new(BTreeMap::new()),
                 claimed_after: Mutex::new(HashMap::new()),
@@ -630,6 +635,28 @@ impl Cluster {
         (self.inner.tunnels)
             .dial(host, environment, app, &self.inner.closing)
             .await
+    }
+
+    /// With `relay = "direct"`: `Ok` when `lease`'s URL, which a bridge is about
+    /// to dial with an app's token, is the one its host publishes in the hosts
+    /// bucket; otherwise why not (logged, and named in `/healthz` while the lease
+    /// stays so). NATS not answering is a refusal too.
+    pub(crate) async fn check_direct(&self, lease: &DirectLease<'_>) -> Result<(), String> {
+        let published = self
+            .bookkeeping(
+                "reading a host's entry",
+                self.inner.leases.published_url(lease.host),
+            )
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|read| read.map_err(|e| e.to_string()));
+        match published {
+            Ok(published) => self.inner.direct.check(lease, published.as_deref()),
+            Err(e) => {
+                tracing::warn!(env = %lease.environment_id, host = %lease.host, error = %e, "cluster: cannot check the URL in a lease against its host's entry; not bridging");
+                Err(format!("cannot check host {}'s URL: {e}", lease.host))
+            }
+        }
     }
 
     /// Claims environment `id` for this host: `true` when this host holds its lease
@@ -1035,6 +1062,11 @@ impl Cluster {
         drop(invalid);
         reasons.extend(self.inner.buckets.health());
         reasons.extend(self.inner.leases.health());
+        reasons.extend(
+            self.inner
+                .direct
+                .health(|id| self.inner.leases.elsewhere(id)),
+        );
         reasons.extend(self.inner.agreements.health());
         reasons
     }
