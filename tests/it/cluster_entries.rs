@@ -488,3 +488,52 @@ async fn a_direct_bridge_dials_only_the_url_the_running_host_publishes() {
     a.stop();
     c.stop();
 }
+
+/// Regression: an entry of the tokens bucket that was not a valid token (garbled,
+/// or forged) was ignored, and every host kept its last copy of that token in
+/// force. It now fails closed: the token is refused on every host, `/healthz` names
+/// its key (never the value), and a valid entry written there again restores it.
+#[tokio::test]
+async fn an_invalid_token_in_the_bucket_is_refused_on_every_host_until_repaired() {
+    use crate::cluster::until_status;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let b = host(dir.path(), &nats, "b", "");
+    let (secret, id) = a.user_token("alice").await;
+    let path = "/api/v1/environments";
+    until_status(&b, path, &secret, StatusCode::OK).await;
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let tokens = js.get_key_value("tether-tokens").await.expect("tokens");
+    let good = tokens.get(&id).await.expect("read").expect("the token");
+
+    // Garbled: refused on both hosts, named by key in both `/healthz`.
+    let garbled = "{\"not\": \"a token SECRET-LOOKING-TEXT\"";
+    tokens.put(&id, garbled.into()).await.expect("garbling");
+    for server in [&a, &b] {
+        until_status(server, path, &secret, StatusCode::UNAUTHORIZED).await;
+        let health = until_health(server, &[&id, "invalid", "refused on every host"]).await;
+        assert!(!health.to_string().contains("SECRET-LOOKING"), "{health}");
+    }
+    // Parsed, but failing the checks: still refused.
+    let mut forged: Value = serde_json::from_slice(&good).expect("json");
+    forged["sha256"] = json!("not hex");
+    tokens
+        .put(&id, forged.to_string().into())
+        .await
+        .expect("forging");
+    until_health(&a, &[&id, "invalid", "sha256"]).await;
+    until_status(&a, path, &secret, StatusCode::UNAUTHORIZED).await;
+
+    // The valid entry again: in force on both hosts, `/healthz` clear.
+    tokens.put(&id, good).await.expect("repairing");
+    for server in [&a, &b] {
+        until_status(server, path, &secret, StatusCode::OK).await;
+        until_health(server, &[]).await;
+    }
+    a.stop();
+    b.stop();
+}

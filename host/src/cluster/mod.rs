@@ -316,6 +316,9 @@ struct Inner {
     /// The keys of the records bucket whose last value is not a valid record, with
     /// why (never the value's text): named in `/healthz` until repaired.
     invalid_records: Mutex<BTreeMap<String, String>>,
+    /// The keys of the tokens bucket whose last value is not a valid token, with
+    /// why: the token is refused, and named in `/healthz`, until repaired.
+    invalid_tokens: Mutex<BTreeMap<String, String>>,
     /// By environment whose lease this host took: the records bucket's last
     /// revision then ([`Cluster::note_claim`]).
     claimed_after: Mutex<HashMap<String, u64>>,
@@ -544,6 +547,7 @@ impl Cluster {
                 direct: direct::Refusals::default(),
                 unshared: Mutex::new(BTreeMap::new()),
                 invalid_records: Mutex::new(BTreeMap::new()),
+                invalid_tokens: Mutex::new(BTreeMap::new()),
                 claimed_after: Mutex::new(HashMap::new()),
                 conflicts: Mutex::new(Default::default()),
                 conflicts_seen: Default::default(),
@@ -1060,6 +1064,21 @@ impl Cluster {
             ));
         }
         drop(invalid);
+        let invalid = self.inner.invalid_tokens.locked();
+        for (key, why) in invalid.iter().take(INVALID_NAMED) {
+            reasons.push(format!(
+                "cluster: token {key} in bucket {} is invalid ({why}); it is refused on every host until a valid token is written there or it is revoked",
+                self.inner.tokens.name
+            ));
+        }
+        if invalid.len() > INVALID_NAMED {
+            reasons.push(format!(
+                "cluster: {} more invalid token(s) in bucket {} (see the log)",
+                invalid.len() - INVALID_NAMED,
+                self.inner.tokens.name
+            ));
+        }
+        drop(invalid);
         reasons.extend(self.inner.buckets.health());
         reasons.extend(self.inner.leases.health());
         reasons.extend(
@@ -1109,6 +1128,20 @@ impl Cluster {
     /// `invalid` now (key: why), for `/healthz`.
     fn invalid_records(&self, invalid: &BTreeMap<String, String>) {
         *self.inner.invalid_records.locked() = invalid.clone();
+    }
+
+    /// The tokens bucket's key `key` holds an invalid token (`why`), or no longer
+    /// (`None`), for `/healthz`.
+    fn invalid_token(&self, key: &str, why: Option<String>) {
+        let mut invalid = self.inner.invalid_tokens.locked();
+        match why {
+            Some(why) => {
+                invalid.insert(crate::untrusted::logged(key), why);
+            }
+            None => {
+                invalid.remove(&*crate::untrusted::logged(key));
+            }
+        }
     }
 
     /// Keeps a field conflict for `GET /api/v1/cluster` and logs it.
