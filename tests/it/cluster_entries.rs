@@ -537,3 +537,43 @@ async fn an_invalid_token_in_the_bucket_is_refused_on_every_host_until_repaired(
     a.stop();
     b.stop();
 }
+
+/// Regression: a valid record written to the records bucket with a name another
+/// record has was only logged, each host silently not applying it. `/healthz` now
+/// names its key, the name and the record that holds it while so; neither record is
+/// lost or overwritten, here or in the bucket.
+#[tokio::test]
+async fn a_record_whose_name_another_has_is_named_in_healthz_and_neither_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let body = json!({"name": "twin", "provider": "handoff"});
+    let (status, env) = a.call("POST", "/api/v1/environments", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = id_of(&env);
+    let records = records_bucket(&nats).await;
+    let mut twin = until_bucket(&records, &id, "written", |_| true).await;
+    let other = "env-twin-by-hand";
+    twin["id"] = json!(other);
+    let put = twin.to_string();
+    records
+        .put(other, put.clone().into())
+        .await
+        .expect("writing");
+
+    until_health(&a, &[other, "twin", &id, "not applied"]).await;
+    let (status, _) = a
+        .call("GET", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "the holder is kept");
+    let both = until_bucket(&records, other, "kept", |_| true).await;
+    assert_eq!(both.to_string(), put, "the other is not overwritten");
+    until_bucket(&records, &id, "kept", |r| r["name"] == "twin").await;
+
+    // Gone from the bucket: `/healthz` clears.
+    records.delete(other).await.expect("deleting");
+    until_health(&a, &[]).await;
+    a.stop();
+}

@@ -319,6 +319,9 @@ struct Inner {
     /// The keys of the tokens bucket whose last value is not a valid token, with
     /// why: the token is refused, and named in `/healthz`, until repaired.
     invalid_tokens: Mutex<BTreeMap<String, String>>,
+    /// The keys of the records bucket whose record is not applied here because
+    /// another record has its name: named in `/healthz` while so.
+    name_clashes: Mutex<BTreeMap<String, records::NameClash>>,
     /// By environment whose lease this host took: the records bucket's last
     /// revision then ([`Cluster::note_claim`]).
     claimed_after: Mutex<HashMap<String, u64>>,
@@ -548,6 +551,7 @@ impl Cluster {
                 unshared: Mutex::new(BTreeMap::new()),
                 invalid_records: Mutex::new(BTreeMap::new()),
                 invalid_tokens: Mutex::new(BTreeMap::new()),
+                name_clashes: Mutex::new(BTreeMap::new()),
                 claimed_after: Mutex::new(HashMap::new()),
                 conflicts: Mutex::new(Default::default()),
                 conflicts_seen: Default::default(),
@@ -1064,6 +1068,23 @@ impl Cluster {
             ));
         }
         drop(invalid);
+        let clashes = self.inner.name_clashes.locked();
+        for (key, clash) in clashes.iter().take(INVALID_NAMED) {
+            reasons.push(format!(
+                "cluster: record {key} in bucket {} has name {}, which record {} has on this host; it is not applied here until one is renamed",
+                self.inner.records.name,
+                crate::untrusted::named(&clash.name),
+                crate::untrusted::logged(&clash.holder)
+            ));
+        }
+        if clashes.len() > INVALID_NAMED {
+            reasons.push(format!(
+                "cluster: {} more record(s) in bucket {} not applied for a name another record has (see the log)",
+                clashes.len() - INVALID_NAMED,
+                self.inner.records.name
+            ));
+        }
+        drop(clashes);
         let invalid = self.inner.invalid_tokens.locked();
         for (key, why) in invalid.iter().take(INVALID_NAMED) {
             reasons.push(format!(
@@ -1140,6 +1161,21 @@ impl Cluster {
             }
             None => {
                 invalid.remove(&*crate::untrusted::logged(key));
+            }
+        }
+    }
+
+    /// The records bucket's key `key` holds a record not applied here for its name
+    /// (`clash`), or no longer (`None`), for `/healthz`.
+    fn name_clash(&self, key: &str, clash: Option<records::NameClash>) {
+        let key = crate::untrusted::logged(key);
+        let mut clashes = self.inner.name_clashes.locked();
+        match clash {
+            Some(clash) => {
+                clashes.insert(key, clash);
+            }
+            None => {
+                clashes.remove(&key);
             }
         }
     }
