@@ -1937,7 +1937,7 @@ async fn apps_bridged_straight_to_the_running_host_get_its_relay_unchanged() {
 }
 
 /// Polls until `server` answers `GET path` with `token` by `status`.
-async fn until_status(server: &Server, path: &str, token: &str, status: StatusCode) {
+pub(super) async fn until_status(server: &Server, path: &str, token: &str, status: StatusCode) {
     let deadline = Instant::now() + WAIT;
     loop {
         let (got, body) = server.call_with("GET", path, None, Some(token)).await;

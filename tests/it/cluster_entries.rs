@@ -381,3 +381,199 @@ async fn a_lease_rewritten_under_its_holders_name_is_taken_for_lost() {
     assert_ne!(now["url"], "http://192.0.2.1:2719", "{now}");
     a.stop();
 }
+
+/// Rewrites environment `id`'s lease in the bucket to name host `holder` at `url`.
+async fn rewrite_lease(nats: &Nats, id: &str, holder: &str, url: &str) {
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let leases = js.get_key_value("tether-leases").await.expect("leases");
+    let entry = leases.entry(id).await.expect("entry").expect("a lease");
+    let mut lease: Value = serde_json::from_slice(&entry.value).expect("a lease");
+    lease["host"] = json!(holder);
+    lease["url"] = json!(url);
+    leases
+        .update(id, lease.to_string().into(), entry.revision)
+        .await
+        .expect("rewriting the lease");
+}
+
+/// Writes an entry for host `id` reached at `url` into the hosts bucket.
+async fn put_host(nats: &Nats, id: &str, url: &str) {
+    let hosts = crate::cluster::hosts_bucket(nats).await;
+    let seen = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("a time");
+    let entry = json!({"id": id, "publicUrl": url, "load": 0, "seenAt": seen});
+    hosts
+        .put(id, entry.to_string().into())
+        .await
+        .expect("writing a host's entry");
+}
+
+/// The status and body an app's upgrade to environment `id` on `server` is refused with.
+async fn app_refused(server: &Server, id: &str) -> (StatusCode, String) {
+    use tokio_tungstenite::tungstenite::{Error, client::IntoClientRequest};
+    let mut request = server
+        .ws_url(&format!("/ws/app/{id}"))
+        .into_client_request()
+        .expect("request");
+    let bearer = format!("Bearer {}", crate::support::TOKEN);
+    (request.headers_mut()).insert("authorization", bearer.parse().expect("header"));
+    // Bridged to a listener that never answers, the upgrade would wait for ever.
+    let answer = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await;
+    match answer.expect("an answer: the app was bridged to where nothing answers") {
+        Err(Error::Http(answer)) => {
+            let body = answer.body().as_deref().unwrap_or_default();
+            (answer.status(), String::from_utf8_lossy(body).into_owned())
+        }
+        Ok(_) => panic!("the app was bridged"),
+        Err(e) => panic!("the upgrade failed: {e}"),
+    }
+}
+
+/// Regression: with `relay = "direct"` a host bridged an app, its token in the
+/// upgrade, to whatever URL the running host's lease gave, and anyone who can write
+/// the leases bucket writes that. The URL is now dialled only when it is the one
+/// its host publishes in the hosts bucket: otherwise the app is answered 502
+/// `host_unreachable` and `/healthz` names the environment and why.
+#[tokio::test]
+async fn a_direct_bridge_dials_only_the_url_the_running_host_publishes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let ttl = "[cluster]\nlease_ttl_secs = 60\n";
+    let a = host(dir.path(), &nats, "a", ttl);
+    let c = host(
+        dir.path(),
+        &nats,
+        "c",
+        &format!("{ttl}relay = \"direct\"\n"),
+    );
+    let (id, _, _) = a.handoff_env("misdirected").await;
+    until_env(&c, &id, "running on a", |e| e["host"] == "a").await;
+
+    // A listener standing in at the false URL: it must never be dialled.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").expect("trap");
+    trap.set_nonblocking(true).expect("nonblocking");
+    let false_url = format!("http://{}", trap.local_addr().expect("addr"));
+
+    // A host whose entry publishes another URL than the one its lease gives.
+    put_host(&nats, "ghost", "http://127.0.0.1:9").await;
+    rewrite_lease(&nats, &id, "ghost", &false_url).await;
+    until_env(&c, &id, "on ghost", |e| e["host"] == "ghost").await;
+    let (status, body) = app_refused(&c, &id).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("host_unreachable"), "{body}");
+    assert!(body.contains("publishes http://127.0.0.1:9"), "{body}");
+    until_health(&c, &[&id, "not bridged", "publishes"]).await;
+
+    // A host with no entry at all.
+    rewrite_lease(&nats, &id, "phantom", &false_url).await;
+    until_env(&c, &id, "on phantom", |e| e["host"] == "phantom").await;
+    let (status, body) = app_refused(&c, &id).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("no valid entry"), "{body}");
+    until_health(&c, &[&id, "not bridged", "no valid entry"]).await;
+    assert!(
+        matches!(trap.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the false URL was dialled"
+    );
+
+    // Its host's lease back (as its own next claim writes it): `/healthz` clears.
+    let hosts = crate::cluster::hosts_bucket(&nats).await;
+    hosts.delete("ghost").await.expect("removing ghost");
+    rewrite_lease(&nats, &id, "a", &a.base).await;
+    until_health(&c, &[]).await;
+    a.stop();
+    c.stop();
+}
+
+/// Regression: an entry of the tokens bucket that was not a valid token (garbled,
+/// or forged) was ignored, and every host kept its last copy of that token in
+/// force. It now fails closed: the token is refused on every host, `/healthz` names
+/// its key (never the value), and a valid entry written there again restores it.
+#[tokio::test]
+async fn an_invalid_token_in_the_bucket_is_refused_on_every_host_until_repaired() {
+    use crate::cluster::until_status;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let b = host(dir.path(), &nats, "b", "");
+    let (secret, id) = a.user_token("alice").await;
+    let path = "/api/v1/environments";
+    until_status(&b, path, &secret, StatusCode::OK).await;
+    let client = async_nats::connect(nats.url()).await.expect("nats client");
+    let js = async_nats::jetstream::new(client);
+    let tokens = js.get_key_value("tether-tokens").await.expect("tokens");
+    let good = tokens.get(&id).await.expect("read").expect("the token");
+
+    // Garbled: refused on both hosts, named by key in both `/healthz`.
+    let garbled = "{\"not\": \"a token SECRET-LOOKING-TEXT\"";
+    tokens.put(&id, garbled.into()).await.expect("garbling");
+    for server in [&a, &b] {
+        until_status(server, path, &secret, StatusCode::UNAUTHORIZED).await;
+        let health = until_health(server, &[&id, "invalid", "refused on every host"]).await;
+        assert!(!health.to_string().contains("SECRET-LOOKING"), "{health}");
+    }
+    // Parsed, but failing the checks: still refused.
+    let mut forged: Value = serde_json::from_slice(&good).expect("json");
+    forged["sha256"] = json!("not hex");
+    tokens
+        .put(&id, forged.to_string().into())
+        .await
+        .expect("forging");
+    until_health(&a, &[&id, "invalid", "sha256"]).await;
+    until_status(&a, path, &secret, StatusCode::UNAUTHORIZED).await;
+
+    // The valid entry again: in force on both hosts, `/healthz` clear.
+    tokens.put(&id, good).await.expect("repairing");
+    for server in [&a, &b] {
+        until_status(server, path, &secret, StatusCode::OK).await;
+        until_health(server, &[]).await;
+    }
+    a.stop();
+    b.stop();
+}
+
+/// Regression: a valid record written to the records bucket with a name another
+/// record has was only logged, each host silently not applying it. `/healthz` now
+/// names its key, the name and the record that holds it while so; neither record is
+/// lost or overwritten, here or in the bucket.
+#[tokio::test]
+async fn a_record_whose_name_another_has_is_named_in_healthz_and_neither_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let body = json!({"name": "twin", "provider": "handoff"});
+    let (status, env) = a.call("POST", "/api/v1/environments", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = id_of(&env);
+    let records = records_bucket(&nats).await;
+    let mut twin = until_bucket(&records, &id, "written", |_| true).await;
+    let other = "env-twin-by-hand";
+    twin["id"] = json!(other);
+    let put = twin.to_string();
+    records
+        .put(other, put.clone().into())
+        .await
+        .expect("writing");
+
+    until_health(&a, &[other, "twin", &id, "not applied"]).await;
+    let (status, _) = a
+        .call("GET", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "the holder is kept");
+    let both = until_bucket(&records, other, "kept", |_| true).await;
+    assert_eq!(both.to_string(), put, "the other is not overwritten");
+    until_bucket(&records, &id, "kept", |r| r["name"] == "twin").await;
+
+    // Gone from the bucket: `/healthz` clears.
+    records.delete(other).await.expect("deleting");
+    until_health(&a, &[]).await;
+    a.stop();
+}

@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use hyper::upgrade::OnUpgrade;
 
 use super::audited::{Act, Remote, audited};
-use super::error::ErrorBody;
+use super::error::{ErrorBody, ErrorCode};
 use super::params::Params;
 use super::{ApiError, AppCaller, AppState, bearer, caller};
 use crate::audit::action;
@@ -224,6 +224,12 @@ async fn bridge_to(
             return Err(ApiError::bridged(StatusCode::BAD_GATEWAY, e.to_string()));
         }
         None => {
+            // Anyone who can write the leases bucket could have put any URL there:
+            // it is dialled only when its host publishes it as its own.
+            if let Err(why) = s.manager.check_direct(&id, &host, &url).await {
+                let message = format!("the host running environment {id} cannot be reached: {why}");
+                return Err(ApiError::new(ErrorCode::HostUnreachable, message));
+            }
             // Checked when the lease was read; its ws(s):// form is the one to dial.
             let base = PublicUrl::parse(&url)
                 .map_err(|e| ApiError::bridged(StatusCode::BAD_GATEWAY, e))?

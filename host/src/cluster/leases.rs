@@ -440,6 +440,20 @@ impl Leases {
         Ok(entry.is_some_and(|e| e.operation == Operation::Put))
     }
 
+    /// The public URL host `host` publishes in its entry in the hosts bucket, as
+    /// that host wrote it; `None` when it has no entry or one that is not a host's.
+    /// An error when NATS cannot say.
+    pub(super) async fn published_url(&self, host: &str) -> Result<Option<String>, ClusterError> {
+        let entry = (self.hosts.entry(host).await)
+            .map_err(|e| ClusterError::Nats(format!("reading host {host}'s entry: {e}")))?;
+        let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
+            return Ok(None);
+        };
+        Ok(HostValue::read(host, &entry.value)
+            .ok()
+            .map(|value| value.public_url))
+    }
+
     pub(super) fn held_count(&self) -> usize {
         self.held.locked().len()
     }

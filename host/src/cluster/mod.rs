@@ -35,6 +35,7 @@
 mod admissions;
 mod agreement;
 mod buckets;
+mod direct;
 mod host_entry;
 mod leases;
 mod merge;
@@ -60,6 +61,7 @@ use crate::store::{Changes, Record, Store};
 use crate::sync::MutexExt;
 
 pub(crate) use admissions::Admission;
+pub(crate) use direct::Lease as DirectLease;
 pub(crate) use leases::LeaseView;
 pub(crate) use removals::Abandoned;
 pub(crate) use tunnel::{Accepted, TunnelStream};
@@ -314,11 +316,19 @@ struct Inner {
     /// The keys of the records bucket whose last value is not a valid record, with
     /// why (never the value's text): named in `/healthz` until repaired.
     invalid_records: Mutex<BTreeMap<String, String>>,
+    /// The keys of the tokens bucket whose last value is not a valid token, with
+    /// why: the token is refused, and named in `/healthz`, until repaired.
+    invalid_tokens: Mutex<BTreeMap<String, String>>,
+    /// The keys of the records bucket whose record is not applied here because
+    /// another record has its name: named in `/healthz` while so.
+    name_clashes: Mutex<BTreeMap<String, records::NameClash>>,
     /// By environment whose lease this host took: the records bucket's last
     /// revision then ([`Cluster::note_claim`]).
     claimed_after: Mutex<HashMap<String, u64>>,
     /// The buckets as this host opened them, looked up every lease.
     buckets: Arc<buckets::Buckets>,
+    /// Leases whose URL a direct bridge refused to dial.
+    direct: direct::Refusals,
     conflicts: Mutex<std::collections::VecDeque<ConflictView>>,
     /// Field conflicts since start (the list keeps only the latest).
     conflicts_seen: std::sync::atomic::AtomicU64,
@@ -537,8 +547,11 @@ impl Cluster {
                 hurry: tokio::sync::Notify::new(),
                 tunnels,
                 buckets,
+                direct: direct::Refusals::default(),
                 unshared: Mutex::new(BTreeMap::new()),
                 invalid_records: Mutex::new(BTreeMap::new()),
+                invalid_tokens: Mutex::new(BTreeMap::new()),
+                name_clashes: Mutex::new(BTreeMap::new()),
                 claimed_after: Mutex::new(HashMap::new()),
                 conflicts: Mutex::new(Default::default()),
                 conflicts_seen: Default::default(),
@@ -630,6 +643,28 @@ impl Cluster {
         (self.inner.tunnels)
             .dial(host, environment, app, &self.inner.closing)
             .await
+    }
+
+    /// With `relay = "direct"`: `Ok` when `lease`'s URL, which a bridge is about
+    /// to dial with an app's token, is the one its host publishes in the hosts
+    /// bucket; otherwise why not (logged, and named in `/healthz` while the lease
+    /// stays so). NATS not answering is a refusal too.
+    pub(crate) async fn check_direct(&self, lease: &DirectLease<'_>) -> Result<(), String> {
+        let published = self
+            .bookkeeping(
+                "reading a host's entry",
+                self.inner.leases.published_url(lease.host),
+            )
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|read| read.map_err(|e| e.to_string()));
+        match published {
+            Ok(published) => self.inner.direct.check(lease, published.as_deref()),
+            Err(e) => {
+                tracing::warn!(env = %lease.environment_id, host = %lease.host, error = %e, "cluster: cannot check the URL in a lease against its host's entry; not bridging");
+                Err(format!("cannot check host {}'s URL: {e}", lease.host))
+            }
+        }
     }
 
     /// Claims environment `id` for this host: `true` when this host holds its lease
@@ -1033,8 +1068,45 @@ impl Cluster {
             ));
         }
         drop(invalid);
+        let clashes = self.inner.name_clashes.locked();
+        for (key, clash) in clashes.iter().take(INVALID_NAMED) {
+            reasons.push(format!(
+                "cluster: record {key} in bucket {} has name {}, which record {} has on this host; it is not applied here until one is renamed",
+                self.inner.records.name,
+                crate::untrusted::named(&clash.name),
+                crate::untrusted::logged(&clash.holder)
+            ));
+        }
+        if clashes.len() > INVALID_NAMED {
+            reasons.push(format!(
+                "cluster: {} more record(s) in bucket {} not applied for a name another record has (see the log)",
+                clashes.len() - INVALID_NAMED,
+                self.inner.records.name
+            ));
+        }
+        drop(clashes);
+        let invalid = self.inner.invalid_tokens.locked();
+        for (key, why) in invalid.iter().take(INVALID_NAMED) {
+            reasons.push(format!(
+                "cluster: token {key} in bucket {} is invalid ({why}); it is refused on every host until a valid token is written there or it is revoked",
+                self.inner.tokens.name
+            ));
+        }
+        if invalid.len() > INVALID_NAMED {
+            reasons.push(format!(
+                "cluster: {} more invalid token(s) in bucket {} (see the log)",
+                invalid.len() - INVALID_NAMED,
+                self.inner.tokens.name
+            ));
+        }
+        drop(invalid);
         reasons.extend(self.inner.buckets.health());
         reasons.extend(self.inner.leases.health());
+        reasons.extend(
+            self.inner
+                .direct
+                .health(|id| self.inner.leases.elsewhere(id)),
+        );
         reasons.extend(self.inner.agreements.health());
         reasons
     }
@@ -1077,6 +1149,35 @@ impl Cluster {
     /// `invalid` now (key: why), for `/healthz`.
     fn invalid_records(&self, invalid: &BTreeMap<String, String>) {
         *self.inner.invalid_records.locked() = invalid.clone();
+    }
+
+    /// The tokens bucket's key `key` holds an invalid token (`why`), or no longer
+    /// (`None`), for `/healthz`.
+    fn invalid_token(&self, key: &str, why: Option<String>) {
+        let mut invalid = self.inner.invalid_tokens.locked();
+        match why {
+            Some(why) => {
+                invalid.insert(crate::untrusted::logged(key), why);
+            }
+            None => {
+                invalid.remove(&*crate::untrusted::logged(key));
+            }
+        }
+    }
+
+    /// The records bucket's key `key` holds a record not applied here for its name
+    /// (`clash`), or no longer (`None`), for `/healthz`.
+    fn name_clash(&self, key: &str, clash: Option<records::NameClash>) {
+        let key = crate::untrusted::logged(key);
+        let mut clashes = self.inner.name_clashes.locked();
+        match clash {
+            Some(clash) => {
+                clashes.insert(key, clash);
+            }
+            None => {
+                clashes.remove(&key);
+            }
+        }
     }
 
     /// Keeps a field conflict for `GET /api/v1/cluster` and logs it.

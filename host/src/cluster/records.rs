@@ -379,22 +379,34 @@ impl Sync {
             .into_values()
             .filter_map(|entry| {
                 let key = entry.key.clone();
+                // A newer entry there: any clash of its name is told again by its apply.
+                self.cluster.name_clash(&key, None);
                 let plan = self.plan(entry)?;
                 self.unapplied.remove(&key);
                 Some((key, plan))
             })
             .collect();
         let store = &self.store;
-        let done: Vec<(String, Option<Applied>)> = futures_util::stream::iter(plans)
-            .map(|(key, plan)| async move { (key, plan.run(store).await) })
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
+        let done: Vec<(String, Result<Applied, Option<NameClash>>)> =
+            futures_util::stream::iter(plans)
+                .map(|(key, plan)| async move { (key, plan.run(store).await) })
+                .buffer_unordered(IN_FLIGHT)
+                .collect()
+                .await;
         // One entry per record: nothing to reconcile between them.
         for (key, one) in done {
-            let Some((one, clashes)) = one else {
-                self.unapplied.insert(key);
-                continue;
+            let (one, clashes) = match one {
+                Ok(one) => {
+                    self.cluster.name_clash(&key, None);
+                    one
+                }
+                Err(clash) => {
+                    if clash.is_some() {
+                        self.cluster.name_clash(&key, clash);
+                    }
+                    self.unapplied.insert(key);
+                    continue;
+                }
             };
             if let Some(id) = id_of_key(&key) {
                 self.report(&id, clashes);
@@ -751,6 +763,15 @@ impl Sync {
     }
 }
 
+/// A record from the bucket not applied here because another record has its name.
+#[derive(Debug, Clone)]
+pub(super) struct NameClash {
+    /// The name.
+    pub name: String,
+    /// The id of the record that holds it here.
+    pub holder: String,
+}
+
 /// What an [`Apply`] changed in the local store, and the fields where another
 /// host's value lost to this host's.
 type Applied = (Changes, Vec<Clash>);
@@ -771,22 +792,28 @@ enum Apply {
 
 impl Apply {
     /// Makes the change in `store`; what changed there and the fields where another
-    /// host's value lost to this host's, `None` when it could not.
-    async fn run(self, store: &Store) -> Option<Applied> {
+    /// host's value lost to this host's. `Err` when it could not: with the name
+    /// clash, when that is why.
+    async fn run(self, store: &Store) -> Result<Applied, Option<NameClash>> {
         let mut changes = Changes::default();
         let mut clashes = Vec::new();
         match self {
             Apply::Insert(record) => {
                 let id = record.id.clone();
+                let name = record.name.clone();
                 match store.insert(record).await {
                     Ok(()) => changes.added.push(id),
                     Err(e @ StoreError::NameTaken(_)) => {
                         tracing::error!(env = %id, error = %e, "cluster: another host made an environment with a name this host has; it is not applied here until one is renamed");
-                        return None;
+                        let holder = store.select(|r| (r.name == name).then(|| r.id.clone()));
+                        return Err(Some(NameClash {
+                            name,
+                            holder: holder.into_iter().next().unwrap_or_default(),
+                        }));
                     }
                     Err(e) => {
                         tracing::warn!(env = %id, error = %e, "cluster: a record from another host could not be stored here");
-                        return None;
+                        return Err(None);
                     }
                 }
             }
@@ -799,7 +826,7 @@ impl Apply {
                     Ok(before) => changes.changed.push(before),
                     Err(e) => {
                         tracing::warn!(env = %id, error = %e, "cluster: a change from another host could not be stored here");
-                        return None;
+                        return Err(None);
                     }
                 }
             }
@@ -807,11 +834,11 @@ impl Apply {
                 Ok(gone) => changes.removed.push(gone),
                 Err(e) => {
                     tracing::warn!(env = %id, error = %e, "cluster: a record deleted on another host could not be removed here");
-                    return None;
+                    return Err(None);
                 }
             },
         }
-        Some((changes, clashes))
+        Ok((changes, clashes))
     }
 }
 

@@ -36,7 +36,7 @@ pub(super) async fn start(cluster: Cluster, tokens: Arc<Tokens>) -> Result<(), C
         if let Some(entry) = (bucket.entry(key.clone()).await)
             .map_err(|e| nats(&format!("reading token {key}"), e.to_string()))?
         {
-            apply(&tokens, entry).await;
+            apply(&cluster, &tokens, entry).await;
         }
     }
     // This host's tokens the cluster does not know are shared; those it revoked while
@@ -86,7 +86,7 @@ impl Sync {
         loop {
             tokio::select! {
                 entry = watch.next() => match entry {
-                    Some(Ok(entry)) => apply(&self.tokens, entry).await,
+                    Some(Ok(entry)) => apply(&self.cluster, &self.tokens, entry).await,
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "cluster: the tokens watch failed; watching again");
                         watch = self.rewatch().await;
@@ -151,11 +151,16 @@ impl Sync {
 }
 
 /// Applies a bucket entry here: a token to accept, or one to refuse from now on.
-async fn apply(tokens: &Tokens, entry: kv::Entry) {
+/// An entry that is not a valid token (garbled, or forged) fails closed: the token
+/// under its key is refused here, its connections closed, and `/healthz` names the
+/// key until a valid entry (or a revoke) is written there.
+async fn apply(cluster: &Cluster, tokens: &Tokens, entry: kv::Entry) {
+    let key = crate::untrusted::logged(&entry.key);
     match entry.operation {
         Operation::Delete | Operation::Purge => {
+            cluster.invalid_token(&entry.key, None);
             if let Err(e) = tokens.forget(&entry.key).await {
-                tracing::error!(token = %crate::untrusted::logged(&entry.key), error = %e, "cluster: a token revoked on another host could not be revoked here");
+                tracing::error!(token = %key, error = %e, "cluster: a token revoked on another host could not be revoked here");
             }
         }
         Operation::Put => match parse(&entry) {
@@ -170,12 +175,23 @@ async fn apply(tokens: &Tokens, entry: kv::Entry) {
                         return;
                     }
                 }
-                if let Err(e) = tokens.adopt(record).await {
-                    tracing::error!(token = %crate::untrusted::logged(&entry.key), error = %e, "cluster: a token from another host could not be taken in");
+                match tokens.adopt(record).await {
+                    Ok(_) => cluster.invalid_token(&entry.key, None),
+                    Err(e @ crate::tenancy::TenancyError::Invalid(_)) => {
+                        tracing::error!(token = %key, error = %e, "cluster: an invalid token in the bucket; refused here until a valid one is written");
+                        cluster.invalid_token(&entry.key, Some(e.to_string()));
+                    }
+                    Err(e) => {
+                        tracing::error!(token = %key, error = %e, "cluster: a token from another host could not be taken in");
+                    }
                 }
             }
             Err(why) => {
-                tracing::error!(key = %crate::untrusted::logged(&entry.key), %why, "cluster: ignoring an invalid token from the bucket");
+                tracing::error!(token = %key, %why, "cluster: an invalid token in the bucket; refused here until a valid one is written");
+                cluster.invalid_token(&entry.key, Some(why));
+                if let Err(e) = tokens.forget(&entry.key).await {
+                    tracing::error!(token = %key, error = %e, "cluster: a token made invalid in the bucket could not be refused here");
+                }
             }
         },
     }

@@ -359,6 +359,21 @@ impl Manager {
         Some(cluster.tunnel(host, id, app).await)
     }
 
+    /// Cluster mode with `relay = "direct"`: `Ok` when `url`, which host `host`'s
+    /// lease of environment `id` gives and a bridge is about to dial with an app's
+    /// token, is the public URL `host` itself publishes; otherwise why not.
+    pub(crate) async fn check_direct(&self, id: &str, host: &str, url: &str) -> Result<(), String> {
+        let Some(cluster) = self.cluster() else {
+            return Ok(());
+        };
+        let lease = crate::cluster::DirectLease {
+            environment_id: id,
+            host,
+            url,
+        };
+        cluster.check_direct(&lease).await
+    }
+
     /// How long a bridged app may leave a frame unread before its bridge lets go of
     /// it: the relay's idle timeout, as for an app connected here.
     pub(crate) fn bridge_stall(&self) -> std::time::Duration {
