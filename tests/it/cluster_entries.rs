@@ -410,6 +410,12 @@ async fn put_host(nats: &Nats, id: &str, url: &str) {
         .expect("writing a host's entry");
 }
 
+/// Removes host `id`'s entry from the hosts bucket.
+async fn hosts_bucket_delete(nats: &Nats, id: &str) {
+    let hosts = crate::cluster::hosts_bucket(nats).await;
+    hosts.delete(id).await.expect("removing a host's entry");
+}
+
 /// The status and body an app's upgrade to environment `id` on `server` is refused with.
 async fn app_refused(server: &Server, id: &str) -> (StatusCode, String) {
     use tokio_tungstenite::tungstenite::{Error, client::IntoClientRequest};
@@ -479,6 +485,19 @@ async fn a_direct_bridge_dials_only_the_url_the_running_host_publishes() {
         matches!(trap.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the false URL was dialled"
     );
+
+    // A host that publishes its URL, takes the connection and never answers: the
+    // app is answered in bounded time, not held for good.
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").expect("mute");
+    let mute_url = format!("http://{}", mute.local_addr().expect("addr"));
+    put_host(&nats, "mute", &mute_url).await;
+    rewrite_lease(&nats, &id, "mute", &mute_url).await;
+    until_env(&c, &id, "on mute", |e| e["host"] == "mute").await;
+    let (status, body) = app_refused(&c, &id).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("did not answer the upgrade within"), "{body}");
+    hosts_bucket_delete(&nats, "mute").await;
+    drop(mute);
 
     // Its host's lease back (as its own next claim writes it): `/healthz` clears.
     let hosts = crate::cluster::hosts_bucket(&nats).await;

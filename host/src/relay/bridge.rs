@@ -42,6 +42,9 @@ pub const BRIDGED: &str = "tether-bridged";
 
 /// How long reaching the other host's URL may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long reaching the other host and its answer to the upgrade may take in all
+/// (TCP, TLS, the request and a refusal's body).
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(15);
 /// The most of the other host's refusal passed on to the app.
 const MAX_REFUSAL_BYTES: usize = 64 << 10;
 /// Bytes read at once in each direction.
@@ -81,11 +84,23 @@ pub async fn bridge(
     protocol: &'static str,
     stall: Duration,
 ) -> Result<Response, BridgeRefused> {
-    let (io, host, path): (Box<dyn Io>, String, String) = match upstream {
-        Upstream::Direct(url) => dial(&url).await?,
-        Upstream::Stream(stream, path) => (Box::new(stream), "tunnel".to_owned(), path),
+    let upgraded = async {
+        let (io, host, path): (Box<dyn Io>, String, String) = match upstream {
+            Upstream::Direct(url) => dial(&url).await?,
+            Upstream::Stream(stream, path) => (Box::new(stream), "tunnel".to_owned(), path),
+        };
+        handshake(io, &host, &path, authorization, protocol).await
     };
-    let other = handshake(io, &host, &path, authorization, protocol).await?;
+    // A host that takes the connection and then never answers (hung, or not a host
+    // at all) must not hold the app's upgrade, and its connection slot, for good.
+    let other = tokio::time::timeout(UPGRADE_TIMEOUT, upgraded)
+        .await
+        .map_err(|_| {
+            unreachable(format!(
+                "the host running it did not answer the upgrade within {} s",
+                UPGRADE_TIMEOUT.as_secs()
+            ))
+        })??;
     let answer = app.answer(Some(protocol));
     tokio::spawn(async move {
         match app.on_upgrade.await {
