@@ -1053,53 +1053,48 @@ impl Cluster {
                 ));
             }
         }
-        let invalid = self.inner.invalid_records.locked();
-        for (key, why) in invalid.iter().take(INVALID_NAMED) {
-            reasons.push(format!(
-                "cluster: record {key} in bucket {} is invalid ({why}); every host keeps its last good copy until a valid record is written there or the environment is changed through the API",
-                self.inner.records.name
-            ));
-        }
-        if invalid.len() > INVALID_NAMED {
-            reasons.push(format!(
-                "cluster: {} more invalid record(s) in bucket {} (see the log)",
-                invalid.len() - INVALID_NAMED,
-                self.inner.records.name
-            ));
-        }
-        drop(invalid);
-        let clashes = self.inner.name_clashes.locked();
-        for (key, clash) in clashes.iter().take(INVALID_NAMED) {
-            reasons.push(format!(
-                "cluster: record {key} in bucket {} has name {}, which record {} has on this host; it is not applied here until one is renamed",
-                self.inner.records.name,
-                crate::untrusted::named(&clash.name),
-                crate::untrusted::logged(&clash.holder)
-            ));
-        }
-        if clashes.len() > INVALID_NAMED {
-            reasons.push(format!(
-                "cluster: {} more record(s) in bucket {} not applied for a name another record has (see the log)",
-                clashes.len() - INVALID_NAMED,
-                self.inner.records.name
-            ));
-        }
-        drop(clashes);
-        let invalid = self.inner.invalid_tokens.locked();
-        for (key, why) in invalid.iter().take(INVALID_NAMED) {
-            reasons.push(format!(
-                "cluster: token {key} in bucket {} is invalid ({why}); it is refused on every host until a valid token is written there or it is revoked",
-                self.inner.tokens.name
-            ));
-        }
-        if invalid.len() > INVALID_NAMED {
-            reasons.push(format!(
-                "cluster: {} more invalid token(s) in bucket {} (see the log)",
-                invalid.len() - INVALID_NAMED,
-                self.inner.tokens.name
-            ));
-        }
-        drop(invalid);
+        let records = &self.inner.records.name;
+        name_some(
+            &mut reasons,
+            &self.inner.invalid_records.locked(),
+            |key, why| {
+                format!(
+                    "cluster: record {key} in bucket {records} is invalid ({why}); every host keeps its last good copy until a valid record is written there or the environment is changed through the API"
+                )
+            },
+            |more| {
+                format!("cluster: {more} more invalid record(s) in bucket {records} (see the log)")
+            },
+        );
+        name_some(
+            &mut reasons,
+            &self.inner.name_clashes.locked(),
+            |key, clash| {
+                format!(
+                    "cluster: record {key} in bucket {records} has name {}, which record {} has on this host; it is not applied here until one is renamed",
+                    crate::untrusted::named(&clash.name),
+                    crate::untrusted::logged(&clash.holder)
+                )
+            },
+            |more| {
+                format!(
+                    "cluster: {more} more record(s) in bucket {records} not applied for a name another record has (see the log)"
+                )
+            },
+        );
+        let tokens = &self.inner.tokens.name;
+        name_some(
+            &mut reasons,
+            &self.inner.invalid_tokens.locked(),
+            |key, why| {
+                format!(
+                    "cluster: token {key} in bucket {tokens} is invalid ({why}); it is refused on every host until a valid token is written there or it is revoked"
+                )
+            },
+            |more| {
+                format!("cluster: {more} more invalid token(s) in bucket {tokens} (see the log)")
+            },
+        );
         reasons.extend(self.inner.buckets.health());
         reasons.extend(self.inner.leases.health());
         reasons.extend(
@@ -1219,6 +1214,21 @@ impl Cluster {
 
     fn closing(&self) -> &CancellationToken {
         &self.inner.closing
+    }
+}
+
+/// Pushes a reason for each of `entries` by key, the first [`INVALID_NAMED`] of them
+/// (`one`), and one counting the rest (`more`): a bucket full of bad entries does not
+/// make `/healthz` as long.
+fn name_some<V>(
+    reasons: &mut Vec<String>,
+    entries: &BTreeMap<String, V>,
+    one: impl Fn(&str, &V) -> String,
+    more: impl Fn(usize) -> String,
+) {
+    reasons.extend((entries.iter().take(INVALID_NAMED)).map(|(key, v)| one(key, v)));
+    if entries.len() > INVALID_NAMED {
+        reasons.push(more(entries.len() - INVALID_NAMED));
     }
 }
 
