@@ -44,6 +44,20 @@ pub(crate) fn move_beside(path: &Path, why: &str) -> std::io::Result<Option<Path
     }
 }
 
+/// Moves a directory someone left at `path`, where the host is about to rename or
+/// remove one of its files, aside whole (`<name>.rejected-<ns>`, never removed) and
+/// logs it; nothing else there is touched. A directory there would otherwise fail that
+/// rename or removal every time, and whatever waits on it (a log's rotation, the
+/// journal's compaction) for good.
+pub(crate) fn move_directory_aside(path: &Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        let moved = move_beside(path, "rejected")?;
+        let moved = moved.as_deref().unwrap_or(path);
+        tracing::warn!(path = %path.display(), moved = %moved.display(), "a directory in the place of one of the host's files was moved aside");
+    }
+    Ok(())
+}
+
 /// `<path>.<why>-<unix time in ns>`.
 fn beside(path: &Path, why: &str) -> PathBuf {
     let stamp = time::OffsetDateTime::now_utc().unix_timestamp_nanos();

@@ -38,7 +38,11 @@ fn open_to_read(path: &std::path::Path, flags: libc::c_int) -> std::io::Result<s
         .read(true)
         .custom_flags(libc::O_NONBLOCK | flags)
         .open(path);
-    let file = opened.map_err(|e| named_refusal(path, e))?;
+    regular(opened.map_err(|e| named_refusal(path, e))?)
+}
+
+/// `file` if it is a regular file, else the error naming what it is.
+fn regular(file: std::fs::File) -> std::io::Result<std::fs::File> {
     let kind = file.metadata()?.file_type();
     if kind.is_file() {
         return Ok(file);
@@ -73,11 +77,7 @@ pub(crate) fn open_to_write(
     let opened = options
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
         .open(path);
-    let file = opened.map_err(|e| named_refusal(path, e))?;
-    let kind = file.metadata()?.file_type();
-    if !kind.is_file() {
-        return Err(not_regular(kind));
-    }
+    let file = regular(opened.map_err(|e| named_refusal(path, e))?)?;
     // Back to plain writes, as the callers expect.
     let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)?;
     let flags = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;

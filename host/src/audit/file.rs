@@ -149,16 +149,11 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 }
 
 /// Removes `path` to make room. A directory someone left there is moved aside whole
-/// (`<name>.rejected-<ns>`), never removed: it would otherwise fail every rotation,
-/// and with it every change waiting for its entry, for good.
+/// (`atomic::move_directory_aside`): it would otherwise fail every rotation, and with
+/// it every change waiting for its entry, for good.
 fn remove(path: &Path) -> std::io::Result<()> {
+    crate::atomic::move_directory_aside(path)?;
     match std::fs::remove_file(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => {
-            let moved = crate::atomic::move_beside(path, "rejected")?;
-            let moved = moved.as_deref().unwrap_or(path);
-            tracing::warn!(path = %path.display(), moved = %moved.display(), "a directory in the place of an audit log file was moved aside");
-            Ok(())
-        }
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }

@@ -320,9 +320,7 @@ fn append(path: &Path, lines: &[String]) -> std::io::Result<()> {
 /// write of this log from then on.
 fn rotate(path: &Path) -> std::io::Result<()> {
     let to = rotated(path);
-    if std::fs::symlink_metadata(&to).is_ok_and(|m| m.is_dir()) {
-        crate::atomic::move_beside(&to, "rejected")?;
-    }
+    crate::atomic::move_directory_aside(&to)?;
     std::fs::rename(path, to)
 }
 

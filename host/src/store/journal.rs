@@ -278,10 +278,10 @@ pub(super) struct RotateError {
 pub(super) fn rotate(path: &Path, old: &Path) -> Result<File, RotateError> {
     // Nothing of the host's is at `old` when a rotation begins; a directory someone
     // made there would fail every rename, and the journal would grow for good.
-    if std::fs::symlink_metadata(old).is_ok_and(|m| m.is_dir()) {
-        let moved = crate::atomic::move_beside(old, "rejected");
-        tracing::warn!(path = %old.display(), moved = ?moved, "a directory in the place of the journal's rotation was moved aside");
-    }
+    crate::atomic::move_directory_aside(old).map_err(|error| RotateError {
+        error,
+        restored: true,
+    })?;
     std::fs::rename(path, old).map_err(|error| RotateError {
         error,
         restored: true,
