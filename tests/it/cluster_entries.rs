@@ -418,6 +418,15 @@ async fn hosts_bucket_delete(nats: &Nats, id: &str) {
 
 /// The status and body an app's upgrade to environment `id` on `server` is refused with.
 async fn app_refused(server: &Server, id: &str) -> (StatusCode, String) {
+    app_refused_with(server, id, &[]).await
+}
+
+/// [`app_refused`], the upgrade carrying `headers` too.
+async fn app_refused_with(
+    server: &Server,
+    id: &str,
+    headers: &[(&'static str, &str)],
+) -> (StatusCode, String) {
     use tokio_tungstenite::tungstenite::{Error, client::IntoClientRequest};
     let mut request = server
         .ws_url(&format!("/ws/app/{id}"))
@@ -425,6 +434,9 @@ async fn app_refused(server: &Server, id: &str) -> (StatusCode, String) {
         .expect("request");
     let bearer = format!("Bearer {}", crate::support::TOKEN);
     (request.headers_mut()).insert("authorization", bearer.parse().expect("header"));
+    for (name, value) in headers {
+        (request.headers_mut()).insert(*name, value.parse().expect("header"));
+    }
     // Bridged to a listener that never answers, the upgrade would wait for ever.
     let answer = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await;
     match answer.expect("an answer: the app was bridged to where nothing answers") {
@@ -506,6 +518,99 @@ async fn a_direct_bridge_dials_only_the_url_the_running_host_publishes() {
     until_health(&c, &[]).await;
     a.stop();
     c.stop();
+}
+
+/// Regression: a `409` telling a client which host runs its environment gave the
+/// URL in that environment's lease as where to connect, unchecked, and anyone who
+/// can write the leases bucket writes that. The URL is now given only when the
+/// host publishes it as its own; otherwise the host is named alone.
+#[tokio::test]
+async fn a_conflict_names_a_lease_url_only_when_its_host_publishes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let ttl = "[cluster]\nlease_ttl_secs = 60\n";
+    let a = host(dir.path(), &nats, "a", ttl);
+    let b = host(dir.path(), &nats, "b", ttl);
+    let (id, _, _) = a.handoff_env("pointed").await;
+    until_env(&b, &id, "running on a", |e| e["host"] == "a").await;
+    // An app that came through a bridge is not bridged on: it is told where to go.
+    let bridged = [("tether-bridged", "1")];
+    let (status, body) = app_refused_with(&b, &id, &bridged).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let genuine = format!("runs on host a at {}: connect there", a.base);
+    assert!(body.contains(&genuine), "{body}");
+
+    // A lease rewritten to give a URL its host does not publish.
+    let false_url = "http://127.0.0.1:7";
+    put_host(&nats, "ghost", "http://127.0.0.1:9").await;
+    rewrite_lease(&nats, &id, "ghost", false_url).await;
+    until_env(&b, &id, "on ghost", |e| e["host"] == "ghost").await;
+    let (status, body) = app_refused_with(&b, &id, &bridged).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body.contains("runs on host ghost: connect there"), "{body}");
+    assert!(!body.contains(false_url), "{body}");
+
+    // The same URL once that host publishes it: given.
+    put_host(&nats, "ghost", false_url).await;
+    let (status, body) = app_refused_with(&b, &id, &bridged).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body.contains(&format!("runs on host ghost at {false_url}")),
+        "{body}"
+    );
+    hosts_bucket_delete(&nats, "ghost").await;
+    a.stop();
+    b.stop();
+}
+
+/// Regression: any value under a host's key in the hosts bucket counted as that
+/// host being alive, so a delete left the resource's removal to the host that ran
+/// the environment last while anyone had written junk under its key, and nobody
+/// removed it. Only a host's valid entry counts now; otherwise the deleting host
+/// removes the resource itself.
+#[tokio::test]
+async fn a_host_entry_that_is_not_a_hosts_does_not_hold_a_removal() {
+    use crate::cluster::logged;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let a = host(dir.path(), &nats, "a", "");
+    let body = json!({"name": "left-to-ghost", "provider": "handoff"});
+    let (status, env) = a.call("POST", "/api/v1/environments", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let id = id_of(&env);
+    // The record as a host called `ghost` that ran it last would have left it.
+    let records = records_bucket(&nats).await;
+    let mut record = until_bucket(&records, &id, "written", |_| true).await;
+    record["lastHost"] = json!("ghost");
+    record["resourceId"] = json!("left-by-ghost");
+    record["config"]["ranOn"] = json!("ghost");
+    records
+        .put(&id, record.to_string().into())
+        .await
+        .expect("writing");
+    until_env(&a, &id, "ran on ghost", |e| e["config"]["ranOn"] == "ghost").await;
+    let hosts = crate::cluster::hosts_bucket(&nats).await;
+    let junk = json!({"id": "ghost", "note": "not a host's entry"});
+    hosts
+        .put("ghost", junk.to_string().into())
+        .await
+        .expect("junk");
+
+    let (status, _) = a
+        .call("DELETE", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert!(status.is_success(), "{status}");
+    crate::cluster::until_log(&a, &id, "the provider removes the resource").await;
+    assert!(
+        !logged(&a, &id, "the host that ran it last removes its resource"),
+        "{}",
+        a.log()
+    );
+    a.stop();
 }
 
 /// Regression: an entry of the tokens bucket that was not a valid token (garbled,
@@ -593,6 +698,18 @@ async fn a_record_whose_name_another_has_is_named_in_healthz_and_neither_is_lost
 
     // Gone from the bucket: `/healthz` clears.
     records.delete(other).await.expect("deleting");
+    until_health(&a, &[]).await;
+
+    // Written again, then the record here that has the name is deleted: the one held
+    // back is stored once its name is free, without another change to its entry.
+    records.put(other, put.into()).await.expect("writing again");
+    until_health(&a, &[other, "twin", &id, "not applied"]).await;
+    let (status, _) = a
+        .call("DELETE", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert!(status.is_success(), "{status}");
+    let held = until_env(&a, other, "stored once its name is free", |_| true).await;
+    assert_eq!(held["name"], "twin", "{held}");
     until_health(&a, &[]).await;
     a.stop();
 }

@@ -108,7 +108,7 @@ pub(crate) async fn runtime(
     s.throttle.check(remote).map_err(throttled)?;
     let resume = resume_of(&query)?;
     // A stopped environment's runtime is told it is gone (410), so it exits.
-    let connection = match s.manager.attach_runtime(&id, &token, resume) {
+    let connection = match s.manager.attach_runtime(&id, &token, resume).await {
         Ok(connection) => connection,
         Err(e @ LifecycleError::InvalidToken(_)) => {
             s.throttle.failed(remote).map_err(throttled)?;
@@ -199,7 +199,8 @@ pub(crate) async fn app(
 /// The host running an app's environment, from [`LifecycleError::Elsewhere`].
 struct Elsewhere {
     id: String,
-    url: String,
+    /// The URL its lease gives when its host publishes it as its own; else why not.
+    url: Result<String, String>,
     host: String,
 }
 
@@ -226,10 +227,10 @@ async fn bridge_to(
         None => {
             // Anyone who can write the leases bucket could have put any URL there:
             // it is dialled only when its host publishes it as its own.
-            if let Err(why) = s.manager.check_direct(&id, &host, &url).await {
+            let url = url.map_err(|why| {
                 let message = format!("the host running environment {id} cannot be reached: {why}");
-                return Err(ApiError::new(ErrorCode::HostUnreachable, message));
-            }
+                ApiError::new(ErrorCode::HostUnreachable, message)
+            })?;
             // Checked when the lease was read; its ws(s):// form is the one to dial.
             let base = PublicUrl::parse(&url)
                 .map_err(|e| ApiError::bridged(StatusCode::BAD_GATEWAY, e))?

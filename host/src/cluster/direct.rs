@@ -40,29 +40,35 @@ struct Refused {
     why: String,
 }
 
+/// Checks `lease`'s URL against `published`, what its holder's entry in the hosts
+/// bucket says of its public URL (`None`: it has no valid entry): why not, if they
+/// differ.
+pub(super) fn compare(lease: &Lease<'_>, published: Option<&str>) -> Result<(), String> {
+    match published {
+        Some(url) if url == lease.url => Ok(()),
+        Some(url) => Err(format!(
+            "its lease names host {} at {}, but that host publishes {url}",
+            lease.host,
+            crate::untrusted::logged(lease.url)
+        )),
+        None => Err(format!(
+            "its lease names host {} at {}, which has no valid entry in the hosts bucket",
+            lease.host,
+            crate::untrusted::logged(lease.url)
+        )),
+    }
+}
+
 impl Refusals {
-    /// Checks `lease`'s URL against `published`, what its holder's entry in the
-    /// hosts bucket says of its public URL (`None`: it has no valid entry). The
-    /// reason to refuse to dial it, if any, is logged and kept for `/healthz`.
-    pub(super) fn check(&self, lease: &Lease<'_>, published: Option<&str>) -> Result<(), String> {
-        let why = match published {
-            Some(url) if url == lease.url => {
-                self.refused.locked().remove(lease.environment_id);
-                return Ok(());
-            }
-            Some(url) => format!(
-                "its lease names host {} at {}, but that host publishes {url}",
-                lease.host,
-                crate::untrusted::logged(lease.url)
-            ),
-            None => format!(
-                "its lease names host {} at {}, which has no valid entry in the hosts bucket",
-                lease.host,
-                crate::untrusted::logged(lease.url)
-            ),
+    /// Notes what [`compare`] said of `lease`: a refusal to dial it is logged and
+    /// kept for `/healthz`; a match clears what was kept.
+    pub(super) fn note(&self, lease: &Lease<'_>, compared: &Result<(), String>) {
+        let mut refused = self.refused.locked();
+        let Err(why) = compared else {
+            refused.remove(lease.environment_id);
+            return;
         };
         tracing::error!(env = %lease.environment_id, %why, "cluster: not bridging an app to the URL in a lease (relay = \"direct\")");
-        let mut refused = self.refused.locked();
         if refused.len() < KEPT || refused.contains_key(lease.environment_id) {
             let kept = Refused {
                 host: lease.host.to_owned(),
@@ -71,7 +77,6 @@ impl Refusals {
             };
             refused.insert(lease.environment_id.to_owned(), kept);
         }
-        Err(why)
     }
 
     /// Why `/healthz` should name a refused lease, for those `still(id)` says this

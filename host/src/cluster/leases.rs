@@ -430,14 +430,14 @@ impl Leases {
     }
 
     /// Whether host `host` is alive: its entry in the hosts bucket, which lapses a
-    /// lease after its last renewal, is there. An error when NATS cannot say.
+    /// lease after its last renewal, is there and is a host's. A value that is not
+    /// (written by hand, or by someone else) keeps no dead host's work from being
+    /// taken over. An error when NATS cannot say.
     pub(super) async fn host_alive(&self, host: &str) -> Result<bool, ClusterError> {
         if host == self.host_id {
             return Ok(true);
         }
-        let entry = (self.hosts.entry(host).await)
-            .map_err(|e| ClusterError::Nats(format!("reading host {host}'s entry: {e}")))?;
-        Ok(entry.is_some_and(|e| e.operation == Operation::Put))
+        Ok(self.published_url(host).await?.is_some())
     }
 
     /// The public URL host `host` publishes in its entry in the hosts bucket, as

@@ -61,7 +61,7 @@ use crate::store::{Changes, Record, Store};
 use crate::sync::MutexExt;
 
 pub(crate) use admissions::Admission;
-pub(crate) use direct::Lease as DirectLease;
+use direct::Lease as DirectLease;
 pub(crate) use leases::LeaseView;
 pub(crate) use removals::Abandoned;
 pub(crate) use tunnel::{Accepted, TunnelStream};
@@ -645,26 +645,39 @@ impl Cluster {
             .await
     }
 
-    /// With `relay = "direct"`: `Ok` when `lease`'s URL, which a bridge is about
-    /// to dial with an app's token, is the one its host publishes in the hosts
-    /// bucket; otherwise why not (logged, and named in `/healthz` while the lease
-    /// stays so). NATS not answering is a refusal too.
-    pub(crate) async fn check_direct(&self, lease: &DirectLease<'_>) -> Result<(), String> {
+    /// The URL in `lease` (of an environment another host runs), when its host
+    /// publishes that URL as its own in the hosts bucket: only then may a bridge dial
+    /// it with an app's token (`relay = "direct"`) or a refusal tell a client to
+    /// connect there. Anyone who can write the leases bucket could have put another
+    /// URL in it. Otherwise why not; with `relay = "direct"` that is logged and named
+    /// in `/healthz` while the lease stays so. NATS not answering is a refusal too.
+    pub(crate) async fn confirmed_url(&self, lease: &LeaseView) -> Result<String, String> {
         let published = self
             .bookkeeping(
                 "reading a host's entry",
-                self.inner.leases.published_url(lease.host),
+                self.inner.leases.published_url(&lease.host),
             )
             .await
             .map_err(|e| e.to_string())
             .and_then(|read| read.map_err(|e| e.to_string()));
-        match published {
-            Ok(published) => self.inner.direct.check(lease, published.as_deref()),
+        let lease = DirectLease {
+            environment_id: &lease.environment_id,
+            host: &lease.host,
+            url: &lease.url,
+        };
+        let compared = match published {
+            Ok(published) => direct::compare(&lease, published.as_deref()),
             Err(e) => {
-                tracing::warn!(env = %lease.environment_id, host = %lease.host, error = %e, "cluster: cannot check the URL in a lease against its host's entry; not bridging");
-                Err(format!("cannot check host {}'s URL: {e}", lease.host))
+                tracing::warn!(env = %lease.environment_id, host = %lease.host, error = %e, "cluster: cannot check the URL in a lease against its host's entry");
+                return Err(format!("cannot check host {}'s URL: {e}", lease.host));
             }
+        };
+        if self.relay() == ClusterRelay::Direct {
+            self.inner.direct.note(&lease, &compared);
+        } else if let Err(why) = &compared {
+            tracing::warn!(env = %lease.environment_id, %why, "cluster: the URL in a lease is not its host's own; not giving it to clients");
         }
+        compared.map(|()| lease.url.to_owned())
     }
 
     /// Claims environment `id` for this host: `true` when this host holds its lease
@@ -1071,7 +1084,7 @@ impl Cluster {
             &self.inner.name_clashes.locked(),
             |key, clash| {
                 format!(
-                    "cluster: record {key} in bucket {records} has name {}, which record {} has on this host; it is not applied here until one is renamed",
+                    "cluster: record {key} in bucket {records} has name {}, which record {} has on this host; it is not applied here until that name is free here (one renamed or deleted)",
                     crate::untrusted::named(&clash.name),
                     crate::untrusted::logged(&clash.holder)
                 )

@@ -59,6 +59,9 @@ struct Sync {
     unwritten: HashSet<String>,
     /// The keys whose last bucket entry could not be applied to the local store.
     unapplied: HashSet<String>,
+    /// Of those, the records another host made that are held back because a record
+    /// here has their name, by key: stored once that name is free here.
+    held_back: HashMap<String, Record>,
     /// The keys whose last bucket entry is not a valid record, with why: the last
     /// good copy stays in force, and the next change made here is written over it.
     invalid: BTreeMap<String, String>,
@@ -119,6 +122,7 @@ pub(super) async fn start(
         deleted: Default::default(),
         unwritten: Default::default(),
         unapplied: Default::default(),
+        held_back: HashMap::new(),
         invalid: BTreeMap::new(),
         unsaved: false,
     };
@@ -315,6 +319,10 @@ impl Sync {
                     pending = !self.publish().await;
                     self.unsaved = true;
                     self.written(pending, edit);
+                    // A record renamed or deleted here may have freed a held-back name.
+                    let mut changes = Changes::default();
+                    self.retry_held_back(&mut changes).await;
+                    self.tell(changes);
                 }
                 _ = retry.tick(), if pending => {
                     pending = !self.publish().await;
@@ -381,41 +389,77 @@ impl Sync {
                 let key = entry.key.clone();
                 // A newer entry there: any clash of its name is told again by its apply.
                 self.cluster.name_clash(&key, None);
+                self.held_back.remove(&key);
                 let plan = self.plan(entry)?;
                 self.unapplied.remove(&key);
                 Some((key, plan))
             })
             .collect();
         let store = &self.store;
-        let done: Vec<(String, Result<Applied, Option<NameClash>>)> =
-            futures_util::stream::iter(plans)
-                .map(|(key, plan)| async move { (key, plan.run(store).await) })
-                .buffer_unordered(IN_FLIGHT)
-                .collect()
-                .await;
+        let done: Vec<(String, Result<Applied, Unapplied>)> = futures_util::stream::iter(plans)
+            .map(|(key, plan)| async move { (key, plan.run(store).await) })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
         // One entry per record: nothing to reconcile between them.
         for (key, one) in done {
-            let (one, clashes) = match one {
-                Ok(one) => {
-                    self.cluster.name_clash(&key, None);
-                    one
-                }
-                Err(clash) => {
-                    if clash.is_some() {
-                        self.cluster.name_clash(&key, clash);
-                    }
-                    self.unapplied.insert(key);
-                    continue;
-                }
-            };
-            if let Some(id) = id_of_key(&key) {
-                self.report(&id, clashes);
-            }
-            changes.added.extend(one.added);
-            changes.changed.extend(one.changed);
-            changes.removed.extend(one.removed);
+            self.applied(key, one, changes);
         }
         self.unsaved = true;
+        self.retry_held_back(changes).await;
+    }
+
+    /// Notes what applying the bucket's entry under `key` did.
+    fn applied(&mut self, key: String, one: Result<Applied, Unapplied>, changes: &mut Changes) {
+        let (one, clashes) = match one {
+            Ok(one) => {
+                self.cluster.name_clash(&key, None);
+                self.unapplied.remove(&key);
+                one
+            }
+            Err(Unapplied::NameTaken { clash, record }) => {
+                self.cluster.name_clash(&key, Some(clash));
+                self.held_back.insert(key.clone(), *record);
+                self.unapplied.insert(key);
+                return;
+            }
+            Err(Unapplied::Failed) => {
+                self.unapplied.insert(key);
+                return;
+            }
+        };
+        if let Some(id) = id_of_key(&key) {
+            self.report(&id, clashes);
+        }
+        changes.added.extend(one.added);
+        changes.changed.extend(one.changed);
+        changes.removed.extend(one.removed);
+    }
+
+    /// Stores the records held back for a name clash whose name is free here now
+    /// (the record that had it was renamed or deleted, here or on another host).
+    async fn retry_held_back(&mut self, changes: &mut Changes) {
+        if self.held_back.is_empty() {
+            return;
+        }
+        let names: HashSet<String> = self
+            .store
+            .select(|r| Some(r.name.clone()))
+            .into_iter()
+            .collect();
+        let free: Vec<String> = (self.held_back.iter())
+            .filter(|(_, record)| !names.contains(&record.name))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in free {
+            let Some(record) = self.held_back.remove(&key) else {
+                continue;
+            };
+            tracing::info!(env = %record.id, name = %record.name, "cluster: the name of a record held back is free here now; storing it");
+            let one = Apply::Insert(record).run(&self.store).await;
+            self.applied(key, one, changes);
+            self.unsaved = true;
+        }
     }
 
     /// What a bucket entry asks of the local store, its bookkeeping done; `None`
@@ -763,6 +807,18 @@ impl Sync {
     }
 }
 
+/// Why a bucket entry was not applied to the local store.
+#[derive(Debug)]
+enum Unapplied {
+    /// Another record here has its record's name: held back until it is free.
+    NameTaken {
+        clash: NameClash,
+        record: Box<Record>,
+    },
+    /// Anything else (logged where it happened).
+    Failed,
+}
+
 /// A record from the bucket not applied here because another record has its name.
 #[derive(Debug, Clone)]
 pub(super) struct NameClash {
@@ -792,28 +848,29 @@ enum Apply {
 
 impl Apply {
     /// Makes the change in `store`; what changed there and the fields where another
-    /// host's value lost to this host's. `Err` when it could not: with the name
-    /// clash, when that is why.
-    async fn run(self, store: &Store) -> Result<Applied, Option<NameClash>> {
+    /// host's value lost to this host's. `Err` when it could not, and why.
+    async fn run(self, store: &Store) -> Result<Applied, Unapplied> {
         let mut changes = Changes::default();
         let mut clashes = Vec::new();
         match self {
             Apply::Insert(record) => {
                 let id = record.id.clone();
                 let name = record.name.clone();
-                match store.insert(record).await {
+                match store.insert(record.clone()).await {
                     Ok(()) => changes.added.push(id),
                     Err(e @ StoreError::NameTaken(_)) => {
-                        tracing::error!(env = %id, error = %e, "cluster: another host made an environment with a name this host has; it is not applied here until one is renamed");
+                        tracing::error!(env = %id, error = %e, "cluster: another host made an environment with a name this host has; it is not applied here until that name is free here (the other renamed or deleted)");
                         let holder = store.select(|r| (r.name == name).then(|| r.id.clone()));
-                        return Err(Some(NameClash {
+                        let clash = NameClash {
                             name,
                             holder: holder.into_iter().next().unwrap_or_default(),
-                        }));
+                        };
+                        let record = Box::new(record);
+                        return Err(Unapplied::NameTaken { clash, record });
                     }
                     Err(e) => {
                         tracing::warn!(env = %id, error = %e, "cluster: a record from another host could not be stored here");
-                        return Err(None);
+                        return Err(Unapplied::Failed);
                     }
                 }
             }
@@ -826,7 +883,7 @@ impl Apply {
                     Ok(before) => changes.changed.push(before),
                     Err(e) => {
                         tracing::warn!(env = %id, error = %e, "cluster: a change from another host could not be stored here");
-                        return Err(None);
+                        return Err(Unapplied::Failed);
                     }
                 }
             }
@@ -834,7 +891,7 @@ impl Apply {
                 Ok(gone) => changes.removed.push(gone),
                 Err(e) => {
                     tracing::warn!(env = %id, error = %e, "cluster: a record deleted on another host could not be removed here");
-                    return Err(None);
+                    return Err(Unapplied::Failed);
                 }
             },
         }

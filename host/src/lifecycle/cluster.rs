@@ -308,20 +308,26 @@ impl Manager {
         self.shared.driver.shared.cluster.as_ref()
     }
 
-    /// `Conflict` when another host runs environment `id`: its runtime and apps
-    /// connect there (the message says where).
-    pub(super) fn refuse_elsewhere(&self, id: &str) -> Result<(), LifecycleError> {
+    /// Whether another host runs environment `id` (as this host last saw its lease).
+    pub(super) fn runs_elsewhere(&self, id: &str) -> bool {
+        self.cluster().is_some_and(|c| c.elsewhere(id).is_some())
+    }
+
+    /// `Elsewhere` when another host runs environment `id`: its runtime and apps
+    /// connect there (the message says where, when that host confirms the URL).
+    pub(super) async fn refuse_elsewhere(&self, id: &str) -> Result<(), LifecycleError> {
         let Some(cluster) = self.cluster() else {
             return Ok(());
         };
-        match cluster.elsewhere(id) {
-            Some(lease) => Err(LifecycleError::Elsewhere {
-                id: id.to_owned(),
-                host: lease.host,
-                url: lease.url,
-            }),
-            None => Ok(()),
-        }
+        let Some(lease) = cluster.elsewhere(id) else {
+            return Ok(());
+        };
+        let url = cluster.confirmed_url(&lease).await;
+        Err(LifecycleError::Elsewhere {
+            id: id.to_owned(),
+            host: lease.host,
+            url,
+        })
     }
 
     /// `Elsewhere` when another host runs `record`'s environment. Its lease as last
@@ -333,11 +339,11 @@ impl Manager {
         &self,
         record: &Record,
     ) -> Result<(), LifecycleError> {
-        self.refuse_elsewhere(&record.id)?;
+        self.refuse_elsewhere(&record.id).await?;
         if record.desired_state == DesiredState::Running && !self.lease_ahead(&record.id).await {
             // Not taken: held here already, or by another host (now seen), or NATS
             // could not say (then the start's own claim decides, as before).
-            self.refuse_elsewhere(&record.id)?;
+            self.refuse_elsewhere(&record.id).await?;
         }
         Ok(())
     }
@@ -359,21 +365,6 @@ impl Manager {
         Some(cluster.tunnel(host, id, app).await)
     }
 
-    /// Cluster mode with `relay = "direct"`: `Ok` when `url`, which host `host`'s
-    /// lease of environment `id` gives and a bridge is about to dial with an app's
-    /// token, is the public URL `host` itself publishes; otherwise why not.
-    pub(crate) async fn check_direct(&self, id: &str, host: &str, url: &str) -> Result<(), String> {
-        let Some(cluster) = self.cluster() else {
-            return Ok(());
-        };
-        let lease = crate::cluster::DirectLease {
-            environment_id: id,
-            host,
-            url,
-        };
-        cluster.check_direct(&lease).await
-    }
-
     /// How long a bridged app may leave a frame unread before its bridge lets go of
     /// it: the relay's idle timeout, as for an app connected here.
     pub(crate) fn bridge_stall(&self) -> std::time::Duration {
@@ -381,10 +372,10 @@ impl Manager {
     }
 
     /// `Conflict` unless this host holds environment `id`'s lease (for its runtime).
-    pub(super) fn refuse_unheld(&self, id: &str) -> Result<(), LifecycleError> {
+    pub(super) async fn refuse_unheld(&self, id: &str) -> Result<(), LifecycleError> {
         match self.cluster() {
             Some(cluster) if !cluster.holds(id) => {
-                self.refuse_elsewhere(id)?;
+                self.refuse_elsewhere(id).await?;
                 Err(LifecycleError::Conflict(format!(
                     "environment {id} does not run on this host (host {})",
                     cluster.host_id()

@@ -98,14 +98,16 @@ pub(crate) enum LifecycleError {
     #[error("{0}")]
     Conflict(String),
     /// Cluster mode: another host runs the environment; its peers connect there.
-    #[error("environment {id} runs on host {host} at {url}: connect there")]
+    #[error("environment {id} runs on host {host}{}: connect there", at_url(.url))]
     Elsewhere {
         /// The environment.
         id: String,
         /// The host running it.
         host: String,
-        /// Where that host is reached (`http(s)://`).
-        url: String,
+        /// Where that host is reached (`http(s)://`): the URL its lease gives, when
+        /// that host publishes it as its own; otherwise why not (anyone who can write
+        /// the leases bucket could have put another there), and it is not said.
+        url: Result<String, String>,
     },
     /// A runtime presented the token of an earlier start (its runtime outlived it).
     #[error("{0}")]
@@ -158,6 +160,13 @@ pub(crate) enum LifecycleError {
     /// The host could not do its part (writing a file, say); the message says what.
     #[error("{0}")]
     Internal(String),
+}
+
+/// " at URL" for [`LifecycleError::Elsewhere`] when the URL is confirmed.
+fn at_url(url: &Result<String, String>) -> String {
+    url.as_ref()
+        .map(|url| format!(" at {url}"))
+        .unwrap_or_default()
 }
 
 impl From<StoreError> for LifecycleError {
@@ -756,7 +765,7 @@ impl Manager {
             }
         };
         self.release_record_name(&record).await;
-        let here = self.refuse_elsewhere(id).is_ok();
+        let here = !self.runs_elsewhere(id);
         if here {
             if removal.here {
                 self.driver().destroy_locked(&env, &record).await;

@@ -36,7 +36,7 @@ fn refused(e: RelayError) -> LifecycleError {
 impl Manager {
     /// Admits the runtime of environment `id` if `token` is its current token.
     /// `resume` continues a resumable session (see `docs/protocol.md`).
-    pub(crate) fn attach_runtime(
+    pub(crate) async fn attach_runtime(
         &self,
         id: &str,
         token: &str,
@@ -44,7 +44,7 @@ impl Manager {
     ) -> Result<Connection, LifecycleError> {
         let record = self.known_record(id)?;
         let env = self.known_env(id)?;
-        self.refuse_unheld(id)?;
+        self.refuse_unheld(id).await?;
         let expected = record.runtime_token_sha256.as_deref().unwrap_or_default();
         auth::verify_runtime_token(token, record.runtime_generation, expected).map_err(|e| {
             tracing::warn!(env = %id, error = %e, "runtime refused");
@@ -86,7 +86,7 @@ impl Manager {
     ) -> Result<Connection, LifecycleError> {
         let record = self.reachable(who, id)?;
         let env = self.known_env(id)?;
-        self.refuse_elsewhere(id)?;
+        self.refuse_elsewhere(id).await?;
         if !wakes(&record, start, Wakes::Asleep)? {
             return self.admit_app(who, record, &env, thread, resume, None, None);
         }
