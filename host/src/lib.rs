@@ -62,6 +62,7 @@ mod lifecycle;
 mod logs;
 mod names;
 mod pem;
+mod redact;
 mod reference_runtime;
 mod scaffold;
 mod server;

@@ -576,3 +576,90 @@ async fn an_environment_runs_against_the_sandbox_service_over_https() {
     server.stop();
     service.stop();
 }
+
+/// A remote API on loopback that refuses every request with 401, quoting the key it
+/// was sent (as some do: `invalid key sk-…`). Its port.
+async fn api_quoting_the_key() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let request = String::from_utf8_lossy(&request).to_string();
+                let key = (request.lines())
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .starts_with("authorization:")
+                            .then_some(l)
+                    })
+                    .and_then(|l| l.split_whitespace().last())
+                    .unwrap_or_default()
+                    .to_owned();
+                let body = json!({"error": {"message": format!("invalid key {key}")}}).to_string();
+                let answer = format!(
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+/// Regression: what the operator's config hands a provider (an API key, an internal
+/// service's URL) was shown to anyone who could read the environment once the
+/// provider quoted it: `lastError` read "the sandbox API at http://… refused the API
+/// key (401: invalid key sk-…)", and its log said as much. Each such value is now
+/// shown as `<config:KEY>`, to every caller.
+#[tokio::test]
+async fn what_the_operator_hands_a_provider_is_not_shown_when_it_is_quoted_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = api_quoting_the_key().await;
+    let key = "sk-operator-secret-0123";
+    let api_url = format!("http://127.0.0.1:{port}/v1");
+    write_config(
+        dir.path(),
+        &format!(
+            "[providers.http-sandbox]\nurls = [\"http://127.0.0.1:{port}\"]\n\
+             config = {{ apiUrl = \"{api_url}\", apiKey = \"{key}\" }}\n"
+        ),
+    );
+    let server = Server::start(dir.path());
+    let env = failed_env(&server, "quoted", json!({})).await;
+    let id = id_of(&env);
+    let error = env["lastError"].as_str().unwrap_or_default();
+    assert!(error.contains("refused the API key"), "{error}");
+    assert!(
+        error.contains("<config:apiUrl>") && error.contains("invalid key <config:apiKey>"),
+        "{error}"
+    );
+    let (_, listed) = server.call("GET", "/api/v1/environments", None).await;
+    let (_, one) = server
+        .call("GET", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    let response = reqwest::Client::new()
+        .get(format!("{}/api/v1/environments/{id}/logs", server.base))
+        .bearer_auth(crate::support::TOKEN)
+        .send()
+        .await
+        .expect("logs");
+    let log = response.text().await.expect("log text");
+    assert!(log.contains("<config:apiKey>"), "{log}");
+    for shown in [listed.to_string(), one.to_string(), log] {
+        assert!(!shown.contains(key), "{shown}");
+        assert!(!shown.contains(&api_url), "{shown}");
+    }
+    server.stop();
+}

@@ -79,9 +79,17 @@ pub(crate) async fn logs(
         true => None,
         false => HiddenDataDir::new(&s.manager.data_dir()),
     };
-    let shown = move |line: &str| match &hidden {
-        Some(h) => format!("{}\n", h.hide_in_json(line)),
-        None => format!("{line}\n"),
+    // What the provider was handed and may have quoted is shown to no one.
+    let handed = s.manager.handed_values(&id);
+    let shown = move |line: &str| {
+        let line = match handed.is_empty() {
+            true => line.to_owned(),
+            false => handed.hide_in_json(line),
+        };
+        match &hidden {
+            Some(h) => format!("{}\n", h.hide_in_json(&line)),
+            None => format!("{line}\n"),
+        }
     };
     let ndjson = [(CONTENT_TYPE, "application/x-ndjson")];
     let Some(mut live) = live else {

@@ -33,6 +33,11 @@ impl OperatorConfig {
         self.values.keys().map(String::as_str)
     }
 
+    /// The values set: handed to the provider, never shown.
+    pub fn values(&self) -> &Map<String, Value> {
+        &self.values
+    }
+
     /// `environment` with the operator's values laid over it (the operator's win).
     pub fn merged_over(&self, environment: &Map<String, Value>) -> Map<String, Value> {
         let mut merged = environment.clone();

@@ -103,6 +103,11 @@ const DEFAULT_MAX_PER_USER: usize = 100;
 const MAX_MAX_PER_USER: usize = 1_000_000;
 
 impl Template {
+    /// The values of its `secret_keys`: handed to the provider, never shown.
+    pub fn secrets(&self) -> &Map<String, Value> {
+        &self.secrets
+    }
+
     /// `environment` with the template's secret values laid over it.
     pub fn with_secrets(&self, environment: &Map<String, Value>) -> Map<String, Value> {
         let mut merged = environment.clone();

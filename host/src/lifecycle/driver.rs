@@ -18,6 +18,7 @@ use crate::audit::{Actor, AuditLog, Entry, Outcome};
 use crate::cluster::Cluster;
 use crate::engine::{Call, CallError, Engine, ProviderHandle};
 use crate::host_paths::HiddenDataDir;
+use crate::redact::ConfigValues;
 use crate::store::{Record, Store};
 
 #[derive(Debug)]
@@ -122,20 +123,34 @@ impl Driver {
                 host = Some(cluster.host_id().to_owned());
             }
         }
+        let config = self.shared.config.get();
+        // What the provider says may quote what it was handed (`crate::redact`).
+        let handed = ConfigValues::handed(&config, &record.provider, record.template());
+        let mut metadata = live.metadata.clone();
+        if !handed.is_empty() {
+            for value in metadata.values_mut() {
+                *value = handed.hide(value);
+            }
+        }
         let view = EnvironmentView::new(
             record,
             status,
             connected,
-            live.metadata.clone(),
+            metadata,
             live.provider.as_ref(),
             provider,
             idleness,
         )
         .with_start(start);
-        let data_dir = HiddenDataDir::new(&self.shared.config.get().data_dir);
+        let data_dir = HiddenDataDir::new(&config.data_dir);
+        let last_error = match (view.last_error, handed.is_empty()) {
+            (Some(error), false) => Some(handed.hide(&error)),
+            (error, _) => error,
+        };
         EnvironmentView {
             host,
             data_dir,
+            last_error,
             ..view
         }
     }

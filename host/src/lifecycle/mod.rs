@@ -721,6 +721,15 @@ impl Manager {
         Ok((lines, follow))
     }
 
+    /// What environment `id`'s provider is handed beyond its record's config, to take
+    /// out of the text it shows (`crate::redact`); nothing for an unknown id.
+    pub(crate) fn handed_values(&self, id: &str) -> crate::redact::ConfigValues {
+        let config = self.shared.config.get();
+        let handed =
+            |r: &Record| crate::redact::ConfigValues::handed(&config, &r.provider, r.template());
+        self.shared.store.peek(id, handed).unwrap_or_default()
+    }
+
     /// The data directory (absolute, canonical).
     pub(crate) fn data_dir(&self) -> std::path::PathBuf {
         self.shared.config.get().data_dir.clone()
