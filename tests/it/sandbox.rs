@@ -598,11 +598,7 @@ async fn api_quoting_the_key() -> u16 {
                 }
                 let request = String::from_utf8_lossy(&request).to_string();
                 let key = (request.lines())
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .starts_with("authorization:")
-                            .then_some(l)
-                    })
+                    .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
                     .and_then(|l| l.split_whitespace().last())
                     .unwrap_or_default()
                     .to_owned();
