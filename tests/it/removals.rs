@@ -601,3 +601,37 @@ async fn a_huge_or_piped_removals_journal_is_moved_aside_unread() {
         server.stop();
     }
 }
+
+/// A pending removal's `lastError` quoting what the operator's config hands the
+/// provider (here the sandbox API's URL, in the refusal of the host's own attempt at
+/// start) reads `<config:KEY>` there too, as an environment's does.
+#[tokio::test]
+async fn a_pending_removal_shows_no_operator_config_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api_url = "http://127.0.0.1:9/v1";
+    write_config(
+        dir.path(),
+        &format!(
+            "[providers.http-sandbox]\nconfig = {{ apiUrl = \"{api_url}\", apiKey = \"{KEY}\" }}\n"
+        ),
+    );
+    let record = journal_record("env-quoted", "quoted", "sb-1");
+    let entry = journal_entry(record, "HTTP 500");
+    let codebolt = dir.path().join(".codebolt");
+    std::fs::create_dir_all(&codebolt).expect("dir");
+    let doc = json!({"version": 1, "removals": [entry]});
+    std::fs::write(codebolt.join("removals.json"), doc.to_string()).expect("write");
+    let server = Server::start(dir.path());
+    until_removals(&server, "the attempt at start failed", |list| {
+        list.iter().any(|r| r["attempts"].as_u64() >= Some(2))
+    })
+    .await;
+    let listed = removals(&server).await;
+    let error = listed[0]["lastError"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("DELETE <config:apiUrl>/sandboxes/sb-1"),
+        "{error}"
+    );
+    assert!(!error.contains(api_url), "{error}");
+    server.stop();
+}

@@ -7,7 +7,9 @@ use utoipa::ToSchema;
 
 use super::Manager;
 use super::removals::{Pending, RemovalsError};
+use crate::config::ServeConfig;
 use crate::lifecycle::LifecycleError;
+use crate::redact::ConfigValues;
 use crate::store::{StorageProblem, StoreError};
 
 /// A deleted environment whose resource the host still tries to remove.
@@ -38,8 +40,15 @@ pub(crate) struct RemovalView {
 }
 
 impl RemovalView {
-    fn of((pending, in_flight): (Pending, bool)) -> Self {
+    /// `pending` as shown, on a host whose settings are `config`: what its provider
+    /// was handed and quoted back in `lastError` reads `<config:KEY>` (`crate::redact`).
+    fn of(config: &ServeConfig, (pending, in_flight): (Pending, bool)) -> Self {
         let record = pending.record;
+        let handed = ConfigValues::handed(config, &record.provider, record.template());
+        let last_error = match handed.is_empty() {
+            true => pending.last_error,
+            false => handed.hide(&pending.last_error),
+        };
         Self {
             environment_id: record.id,
             name: record.name,
@@ -47,7 +56,7 @@ impl RemovalView {
             owner: record.owner,
             resource_id: record.resource_id,
             attempts: pending.attempts,
-            last_error: pending.last_error,
+            last_error,
             failed_at: pending.failed_at,
             next_attempt_at: pending.next_attempt_at,
             in_flight,
@@ -73,7 +82,9 @@ impl Manager {
     /// Every pending removal, by environment id.
     pub(crate) fn removals(&self) -> Vec<RemovalView> {
         let removals = &self.shared.driver.shared.removals;
-        removals.list().into_iter().map(RemovalView::of).collect()
+        let config = self.shared.config.get();
+        let shown = |pending| RemovalView::of(&config, pending);
+        removals.list().into_iter().map(shown).collect()
     }
 
     /// Makes `id`'s removal due now (the retry task takes it within a second, unless
@@ -85,7 +96,10 @@ impl Manager {
             return None;
         }
         tracing::info!(env = %id, "an operator asked for the removal to be tried now");
-        removals.get(id).map(RemovalView::of)
+        let config = self.shared.config.get();
+        removals
+            .get(id)
+            .map(|pending| RemovalView::of(&config, pending))
     }
 
     /// Takes `id` out of the journal: the host no longer tries to remove its resource
@@ -99,6 +113,7 @@ impl Manager {
         };
         let resource = (pending.record.resource_id.as_deref()).map(crate::untrusted::logged);
         tracing::warn!(env = %id, resource = ?resource, "an operator dropped a pending removal: the host no longer tries to remove the resource");
-        Ok(Some(RemovalView::of((pending, in_flight))))
+        let config = self.shared.config.get();
+        Ok(Some(RemovalView::of(&config, (pending, in_flight))))
     }
 }
