@@ -3,12 +3,14 @@
 //! Plain HTTP by default; with a certificate, over TLS through [`listener`], with the
 //! certificate of [`tls`] renewed from its files without a restart.
 
+mod body_deadline;
 mod connections;
 mod http;
 mod listener;
 mod open_files;
 mod tls;
 mod tunnels;
+mod write_deadline;
 
 use std::future::Future;
 use std::io::Write;
