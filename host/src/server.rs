@@ -281,7 +281,7 @@ pub(crate) async fn run(
         }
         Some(cert) => {
             let _renewals = cert.watch()?;
-            let tls = TlsListener::new(listener, cert.server_config()?)
+            let tls = TlsListener::new(listener, cert.server_config()?, per_address)
                 .map_err(|source| ServeError::Listen { addr, source })?;
             // The listener set TCP_NODELAY before the handshake.
             http::serve(tls, app, stopped, header_timeout, connections).await;
