@@ -3,12 +3,14 @@
 //! Plain HTTP by default; with a certificate, over TLS through [`listener`], with the
 //! certificate of [`tls`] renewed from its files without a restart.
 
+mod body_deadline;
 mod connections;
 mod http;
 mod listener;
 mod open_files;
 mod tls;
 mod tunnels;
+mod write_deadline;
 
 use std::future::Future;
 use std::io::Write;
@@ -279,7 +281,7 @@ pub(crate) async fn run(
         }
         Some(cert) => {
             let _renewals = cert.watch()?;
-            let tls = TlsListener::new(listener, cert.server_config()?)
+            let tls = TlsListener::new(listener, cert.server_config()?, per_address)
                 .map_err(|source| ServeError::Listen { addr, source })?;
             // The listener set TCP_NODELAY before the handshake.
             http::serve(tls, app, stopped, header_timeout, connections).await;

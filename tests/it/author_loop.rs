@@ -208,6 +208,32 @@ async fn the_upload_endpoint_takes_only_a_loading_component_of_that_name_from_an
 }
 
 #[tokio::test]
+async fn a_user_upload_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let user = server.user_token("mallory").await.0;
+    let addr = server.base.trim_start_matches("http://");
+    // A component of 60 MB announced, 3 bytes of it sent: the host must not wait for
+    // (and hold) the rest of a body it is going to refuse anyway.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "PUT /api/v1/providers/evil HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {user}\r\n\
+         Content-Type: application/wasm\r\nContent-Length: 60000000\r\n\r\n\0as"
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(WAIT, stream.read(&mut answer)).await;
+    let n = read
+        .expect("answered before the body was sent")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("\"missing_scope\""), "{answer}");
+    server.stop();
+}
+
+#[tokio::test]
 async fn an_upload_must_be_sent_as_a_component_and_its_refusal_shows_no_server_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path());

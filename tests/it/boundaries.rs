@@ -1,7 +1,7 @@
 //! What an app or a stranger can make the host do at its edges: provider requests
 //! bounded in number and in the size of their answers, a connect's thread bounded,
 //! forged runtime tokens counted against their address, and connections that are slow
-//! to send their headers closed.
+//! to send their headers or their bodies, or never read the answers, closed.
 
 use std::collections::HashMap;
 
@@ -233,6 +233,82 @@ async fn connections_slow_with_their_headers_are_closed_and_websockets_are_not()
     // And plain requests are served as ever.
     let (status, _) = server.call("GET", "/healthz", None).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn connections_that_never_read_their_answers_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(
+        dir.path(),
+        "[server]\nheader_timeout_secs = 1\nmax_connections = 4\n",
+    );
+    let server = Server::start(dir.path());
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    // Without a token: requests for the spec, pipelined, far more answer than the
+    // sockets' buffers hold, and not a byte of it read. Every slot is taken by them.
+    let pipelined = b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
+    let mut unread = Vec::new();
+    for _ in 0..6 {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        stream.write_all(&pipelined).await.expect("write");
+        unread.push(stream);
+    }
+    // They are closed like connections slow with their headers, and the host serves
+    // others again while they are still held open by the client.
+    served(&server, "/healthz").await;
+    drop(unread);
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_given_up_on_and_its_connection_closed() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), "[server]\nheader_timeout_secs = 1\n");
+    let server = Server::start(dir.path());
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let head = format!(
+        "POST /api/v1/environments HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\n"
+    );
+    // A length announced and not sent; a chunked body without its last chunk.
+    for rest in [
+        "Content-Length: 1000\r\n\r\n{\"name\": \"sl",
+        "Transfer-Encoding: chunked\r\n\r\n4\r\n{\"na\r\n",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        stream
+            .write_all(format!("{head}{rest}").as_bytes())
+            .await
+            .expect("write");
+        let answer = answer_until_closed(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{rest}: {answer}");
+        assert!(answer.contains("\"invalid_request\""), "{answer}");
+        assert!(answer.contains("nothing of it arrived for 1 s"), "{answer}");
+    }
+    let (status, list) = server.call("GET", "/api/v1/environments", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+}
+
+/// Everything the host sends on `stream` until it closes it (panics if it is still
+/// open after `WAIT`).
+async fn answer_until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(crate::support::WAIT, stream.read_to_end(&mut answer));
+    let read = read
+        .await
+        .expect("the host answered and closed the connection");
+    // A reset after the answer (the client's unread bytes) ends the read as well.
+    if let Err(e) = read {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[tokio::test]

@@ -5,10 +5,9 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, StatusCode};
 
 use super::audited::{Act, Remote, audited};
 use super::body::is_component;
@@ -97,10 +96,10 @@ pub(crate) async fn get(
     request_body(content = ComponentBytes, description = "A WebAssembly component (`wasm32-wasip2`) exporting the provider world, at most 64 MiB, sent as `application/wasm` (or `application/octet-stream`).", content_type = "application/wasm"),
     responses(
         (status = 201, description = "Installed and loaded.", body = ProviderView),
-        (status = 400, description = "The component does not load, or calls itself by another name (`invalid_request`).", body = ErrorBody),
+        (status = 400, description = "The component does not load, calls itself by another name, or stopped arriving for `[server] header_timeout_secs` (`invalid_request`).", body = ErrorBody),
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
-        (status = 403, description = "The token lacks the `admin` scope (`missing_scope`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `admin` scope (`missing_scope`); answered before the body is read.", body = ErrorBody),
         (status = 413, description = "The component is over 64 MiB (`body_too_large`).", body = ErrorBody),
         (status = 415, description = "The body was not sent as `application/wasm` or `application/octet-stream` (`unsupported_media_type`).", body = ErrorBody),
         (status = 500, description = "The file or the audit log could not be written (`internal_error`, `audit_failed`).", body = ErrorBody),
@@ -112,29 +111,13 @@ pub(crate) async fn install(
     remote: Remote,
     State(s): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<(StatusCode, Json<ProviderView>), ApiError> {
-    let result = match (who.require(Scope::Admin), body) {
-        (Err(e), _) => Err(e.into()),
-        // As JSON routes refuse a body not sent as JSON: a client that sends a
-        // component as something else (a form, text) has a bug worth hearing about.
-        (Ok(()), _) if !is_component(headers.get(CONTENT_TYPE)) => Err(ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "send the component as `Content-Type: application/wasm` (or `application/octet-stream`)",
-        )),
-        (Ok(()), Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Err(ApiError::new(
-                ErrorCode::BodyTooLarge,
-                format!("a component is limited to {MAX_COMPONENT_BYTES} bytes"),
-            ))
-        }
-        (Ok(()), Err(rejection)) => Err(ApiError::bad_request(format!(
-            "the component could not be read: {rejection}"
-        ))),
-        (Ok(()), Ok(bytes)) => {
+    let result = match read_component(&who, &s, request).await {
+        Ok(bytes) => {
             (s.manager.install_provider(&name, bytes.to_vec()).await).map_err(ApiError::from)
         }
+        Err(e) => Err(e),
     };
     let act = Act {
         who: &who,
@@ -145,4 +128,33 @@ pub(crate) async fn install(
     };
     let view = audited(&s, act, result).await?;
     Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// The component `request` carries, read only once the caller is known to be an
+/// admin and the type is right: read first, anyone with a token could make the host
+/// hold up to [`MAX_COMPONENT_BYTES`] per connection before being refused.
+async fn read_component(
+    who: &Principal,
+    s: &AppState,
+    request: Request,
+) -> Result<Bytes, ApiError> {
+    who.require(Scope::Admin)?;
+    // As JSON routes refuse a body not sent as JSON: a client that sends a component
+    // as something else (a form, text) has a bug worth hearing about.
+    if !is_component(request.headers().get(CONTENT_TYPE)) {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "send the component as `Content-Type: application/wasm` (or `application/octet-stream`)",
+        ));
+    }
+    Bytes::from_request(request, s).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::BodyTooLarge,
+                format!("a component is limited to {MAX_COMPONENT_BYTES} bytes"),
+            )
+        } else {
+            ApiError::bad_request(format!("the component could not be read: {rejection}"))
+        }
+    })
 }

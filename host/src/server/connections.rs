@@ -49,8 +49,9 @@ pub(super) fn default_limit(open_files: Option<u64>) -> usize {
     usize::try_from(usable).map_or(FALLBACK, |n| n.min(FALLBACK))
 }
 
-/// Connections open per address, for `max_connections_per_address`.
-type PerAddress = Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>;
+/// Connections open per address, for `max_connections_per_address` (and TLS
+/// handshakes in progress per address, in `listener.rs`).
+pub(super) type PerAddress = Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>;
 
 /// Why a connection was turned away.
 #[derive(Debug, Clone, Copy)]
@@ -199,14 +200,14 @@ pub(crate) struct Slotted<Io> {
 
 /// One of an address's connections, given back when dropped.
 #[derive(Debug)]
-struct AddressSlot {
+pub(super) struct AddressSlot {
     by_address: PerAddress,
     key: IpAddr,
 }
 
 impl AddressSlot {
     /// A slot of `ip`'s, unless it holds `most` already.
-    fn take(by_address: &PerAddress, ip: IpAddr, most: usize) -> Option<Self> {
+    pub(super) fn take(by_address: &PerAddress, ip: IpAddr, most: usize) -> Option<Self> {
         let key = crate::throttle::key(ip);
         let mut counts = by_address.locked();
         let open = counts.entry(key).or_default();

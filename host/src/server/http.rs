@@ -2,7 +2,9 @@
 //! header read timeout in force: `axum::serve` gives hyper no timer, and without one
 //! hyper cannot time anything out, so a peer that sends its headers a byte at a time,
 //! or opens connections and sends nothing, would hold them (and their descriptors) for
-//! as long as it liked.
+//! as long as it liked. The same bound applies to a peer that takes nothing the host
+//! writes ([`WriteDeadline`]) until the connection is upgraded to a WebSocket, and to
+//! a request body from which nothing arrives ([`BodyDeadline`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,20 +14,23 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::connect_info::ConnectInfo;
 use axum::serve::Listener;
-use hyper::Request;
 use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
+use super::body_deadline::BodyDeadline;
 use super::connections::Connections;
+use super::write_deadline::{Upgraded, WriteDeadline};
 
 /// Serves `router` on `listener` until `stop` fires, then lets every request in
 /// progress finish (connections upgraded to WebSockets are the relay's by then) and
 /// returns. A connection that takes longer than `header_timeout` to send a request's
-/// headers, or kept alive, to begin its next request, is closed; one past the limit of
-/// `connections` is refused.
+/// headers, or kept alive, to begin its next request, or whose peer takes nothing the
+/// host writes for that long, is closed, and a body paused that long is given up on;
+/// one past the limit of `connections` is refused.
 pub(super) async fn serve<L>(
     mut listener: L,
     router: Router,
@@ -48,18 +53,26 @@ pub(super) async fn serve<L>(
                 continue;
             }
         };
+        let upgraded = Upgraded::default();
+        let io = WriteDeadline::new(io, header_timeout, upgraded.clone());
         let router = router.clone();
         // Each request learns its peer's address, as `ConnectInfo` (throttling, audit).
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let mut request = request.map(Body::new);
+            let mut request =
+                request.map(|body| Body::new(BodyDeadline::new(body, header_timeout)));
             request.extensions_mut().insert(ConnectInfo(remote));
             let mut router = router.clone();
+            let upgraded = upgraded.clone();
             async move {
                 std::future::poll_fn(|cx| {
                     <Router as Service<Request<Body>>>::poll_ready(&mut router, cx)
                 })
                 .await?;
-                router.call(request).await
+                let response = router.call(request).await?;
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    upgraded.set();
+                }
+                Ok::<_, std::convert::Infallible>(response)
             }
         });
         let stop = stop.clone();

@@ -4,7 +4,12 @@
 //!
 //! A handshake never holds up the accept loop, is bounded in time, and at most
 //! [`MAX_HANDSHAKES`] run at once, so a client that opens connections and stalls
-//! mid-handshake costs a task each, for a while, and nothing else. A failed handshake
+//! mid-handshake costs a task each, for a while, and nothing else. One address (IPv6:
+//! its /64) may have at most [`MAX_HANDSHAKES_PER_ADDRESS`] of them in progress (or
+//! `[server] max_connections_per_address`, if lower); past that its new connections
+//! are closed at once: stalled handshakes from one client would otherwise take every
+//! slot and hold the accept loop, so nobody else's connection would be taken until
+//! theirs timed out, again and again. A failed handshake
 //! (a client that does not trust the certificate, a scanner) is logged at debug level
 //! only: it is the client's business and would otherwise flood the log.
 
@@ -18,10 +23,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::connections::{AddressSlot, PerAddress};
+
 /// Longest a client may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; the accept loop waits for a slot beyond that.
 const MAX_HANDSHAKES: usize = 256;
+/// Handshakes in progress at once from one address, so one client cannot take them all.
+const MAX_HANDSHAKES_PER_ADDRESS: usize = MAX_HANDSHAKES / 4;
 
 /// A listener yielding TLS connections; dropping it stops the accept loop.
 pub(crate) struct TlsListener {
@@ -31,16 +40,21 @@ pub(crate) struct TlsListener {
 }
 
 impl TlsListener {
-    /// Serves TLS with `config` on the bound `listener`.
+    /// Serves TLS with `config` on the bound `listener`; `per_address` is
+    /// `[server] max_connections_per_address`.
     pub(crate) fn new(
         listener: TcpListener,
         config: Arc<rustls::ServerConfig>,
+        per_address: Option<usize>,
     ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         let stop = CancellationToken::new();
         let acceptor = TlsAcceptor::from(config);
-        tokio::spawn(accept_loop(listener, acceptor, tx, stop.clone()));
+        let share = per_address.map_or(MAX_HANDSHAKES_PER_ADDRESS, |most| {
+            most.min(MAX_HANDSHAKES_PER_ADDRESS)
+        });
+        tokio::spawn(accept_loop(listener, acceptor, tx, share, stop.clone()));
         Ok(Self {
             ready,
             local,
@@ -53,9 +67,11 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    share: usize,
     stop: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let by_address = PerAddress::default();
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -72,6 +88,10 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(address_slot) = AddressSlot::take(&by_address, peer.ip(), share) else {
+            tracing::debug!(%peer, "too many TLS handshakes in progress from this address");
+            continue;
+        };
         // As on plain connections: small frames go out at once, and the handshake's
         // last flight is not held back behind an unacknowledged one.
         if let Err(e) = stream.set_nodelay(true) {
@@ -80,7 +100,9 @@ async fn accept_loop(
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-            match handshake.await {
+            let handshake = handshake.await;
+            drop(address_slot);
+            match handshake {
                 Ok(Ok(tls)) => {
                     drop(slot);
                     let _ = tx.send((tls, peer)).await;

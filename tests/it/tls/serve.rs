@@ -1,7 +1,8 @@
 //! `tether serve --tls-cert --tls-key`: REST, app and runtime WebSockets over TLS,
 //! runtimes handed `wss://` URLs (or the public URL's), clients that do not trust the
-//! certificate refused, a renewed certificate served without a restart, and bad
-//! certificate files refused at start-up.
+//! certificate refused, a renewed certificate served without a restart, bad
+//! certificate files refused at start-up, and handshakes stalled by one address
+//! holding up no one else's.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -166,6 +167,41 @@ async fn apps_and_runtimes_connect_over_wss_and_untrusting_clients_are_refused()
         .request(json!({"type": "echo", "requestId": "e2", "payload": 2}))
         .await;
     assert_eq!(reply["payload"], 2, "{reply}");
+    server.stop();
+}
+
+#[tokio::test]
+async fn handshakes_stalled_from_one_address_hold_up_no_one_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("tether test CA");
+    let server = tls_server(dir.path(), &ca, &[]);
+    let addr: std::net::SocketAddr = (server.base.trim_start_matches("https://"))
+        .parse()
+        .expect("address");
+    // One client (127.0.0.2) opens more connections than handshakes may run at once
+    // and sends nothing on any of them.
+    let mut stalled = Vec::new();
+    for _ in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().expect("address"))
+            .expect("bind 127.0.0.2");
+        stalled.push(socket.connect(addr).await.expect("connect"));
+    }
+    // Another client's handshake goes through while the first of them is still
+    // waiting out its handshake timeout: it did not have to wait for them to end.
+    served_certificate(&addr.to_string(), ca.client_config()).await;
+    let mut byte = [0u8; 1];
+    let first = stalled[0].try_read(&mut byte);
+    assert!(
+        first
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "the stalled handshakes had to end first: {first:?}"
+    );
+    let (status, _) = server.call("GET", "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    drop(stalled);
     server.stop();
 }
 
