@@ -18,6 +18,7 @@ mod health;
 mod logs;
 mod metrics;
 mod openapi;
+mod origin;
 mod params;
 mod providers;
 mod removals;
