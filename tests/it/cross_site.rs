@@ -1,7 +1,8 @@
 //! What a page of another web site can do to the host through its visitor's browser.
 //! The browser holds no credential the host honours (no cookie, no basic auth), but it
 //! opens any WebSocket the page asks for, with the page's `Origin`: made-up tickets
-//! from a page the operator visits must not lock the operator's own address out.
+//! from a page the operator visits must not lock the operator's own address out. And
+//! what a browser keeps of the host's answers: nothing a token read, in its cache.
 
 use reqwest::StatusCode;
 use tokio_tungstenite::connect_async;
@@ -60,5 +61,68 @@ async fn made_up_tickets_from_another_sites_page_do_not_lock_out_the_hosts_own_c
     let own = Some(server.base.as_str());
     assert_eq!(upgrade(&server, "/ws/events", own, Some(TOKEN)).await, 101);
     assert_eq!(upgrade(&server, "/ws/events", None, Some(TOKEN)).await, 101);
+    server.stop();
+}
+
+#[tokio::test]
+async fn what_a_token_reads_is_never_kept_in_a_browsers_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (status, env) = server
+        .call(
+            "POST",
+            "/api/v1/environments",
+            Some(
+                serde_json::json!({"name": "cached", "provider": "local-process",
+                                    "config": {"apiKey": "kept-out-of-caches"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{env}");
+    let client = reqwest::Client::new();
+    let get = |path: &str, token: Option<&str>| {
+        let mut req = client.get(format!("{}{path}", server.base));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send()
+    };
+    let id = env["id"].as_str().expect("id");
+    // What a browser's disk cache would otherwise hold after the tab is closed:
+    // records with their config, the tokens, the audit log, answers and refusals.
+    for (path, token) in [
+        ("/api/v1/environments".to_owned(), Some(TOKEN)),
+        (format!("/api/v1/environments/{id}"), Some(TOKEN)),
+        ("/api/v1/tokens".to_owned(), Some(TOKEN)),
+        ("/api/v1/audit".to_owned(), Some(TOKEN)),
+        ("/api/v1/whoami".to_owned(), Some(TOKEN)),
+        ("/healthz".to_owned(), Some(TOKEN)),
+        ("/api/v1/environments".to_owned(), None),
+        ("/no/such/route".to_owned(), None),
+    ] {
+        let r = get(&path, token).await.expect("request");
+        let cache = r
+            .headers()
+            .get("cache-control")
+            .map(|v| v.to_str().unwrap_or("?").to_owned());
+        assert_eq!(
+            cache.as_deref(),
+            Some("no-store"),
+            "{path} ({})",
+            r.status()
+        );
+    }
+    let r = client
+        .post(format!("{}/api/v1/tickets", server.base))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"environment": id}))
+        .send()
+        .await
+        .expect("ticket");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    // The dashboard's assets, which hold nothing of anyone's, keep their revalidation.
+    let r = get("/ui/app.css", None).await.expect("asset");
+    assert_eq!(r.headers()["cache-control"], "no-cache");
     server.stop();
 }
