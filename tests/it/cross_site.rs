@@ -126,3 +126,40 @@ async fn what_a_token_reads_is_never_kept_in_a_browsers_cache() {
     assert_eq!(r.headers()["cache-control"], "no-cache");
     server.stop();
 }
+
+#[tokio::test]
+async fn no_other_site_may_frame_the_hosts_pages_or_have_their_types_sniffed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let client = reqwest::Client::new();
+    // The dashboard and the API docs (Swagger UI, whose Authorize dialog takes a
+    // token) both run on the host's origin.
+    for path in [
+        "/",
+        "/ui/js/main.js",
+        "/api/docs/",
+        "/api/docs/swagger-initializer.js",
+    ] {
+        let r = client
+            .get(format!("{}{path}", server.base))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        let header = |name: &str| {
+            (r.headers().get(name))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(header("x-frame-options"), "DENY", "{path}");
+        assert!(
+            header("content-security-policy").contains("frame-ancestors 'none'"),
+            "{path}: {}",
+            header("content-security-policy")
+        );
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header("referrer-policy"), "no-referrer", "{path}");
+    }
+    server.stop();
+}
