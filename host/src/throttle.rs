@@ -8,6 +8,12 @@
 //! attempt learns nothing and does not extend the window: a user behind the same NAT
 //! as an attacker gets back in when the window ends.
 //!
+//! Failures a page of another web origin causes count apart from the address's
+//! others ([`Source`]): any site the operator visits can have the operator's browser
+//! open sockets to the host with made-up tickets, and counted with the rest of the
+//! address, a few of those would lock out the operator's own CLI, dashboard and
+//! runtimes on the same machine. Such pages lock out only pages of other origins.
+//!
 //! IPv6 addresses count by their /64 (one host usually holds a whole /64, so counting
 //! single addresses would let it try 2^64 times), and IPv4-mapped IPv6 as the IPv4
 //! address. Memory is bounded: at most `max_tracked_addresses` windows, the oldest
@@ -44,6 +50,38 @@ impl Throttled {
     }
 }
 
+/// Where a failed authentication came from: an address, and whether the request came
+/// from a page of another origin than the host's (a browser's `Origin` naming another
+/// host). The two count apart, so such pages cannot lock the rest of the address out;
+/// a client forging `Origin` gains one more window of tries, no more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Source {
+    /// The peer's address, as it connected (the audit log's `remote`).
+    pub(crate) addr: IpAddr,
+    /// A page of another origin sent the request.
+    pub(crate) other_origin: bool,
+}
+
+impl Source {
+    /// What the throttle counts `self` by: the address's unit ([`key`]) and the side.
+    fn counted(self) -> Self {
+        Self {
+            addr: key(self.addr),
+            ..self
+        }
+    }
+}
+
+impl From<IpAddr> for Source {
+    /// A request from `addr` that no page of another origin sent.
+    fn from(addr: IpAddr) -> Self {
+        Self {
+            addr,
+            other_origin: false,
+        }
+    }
+}
+
 /// One address's current window.
 #[derive(Debug, Clone, Copy)]
 struct Window {
@@ -53,12 +91,12 @@ struct Window {
 
 #[derive(Debug, Default)]
 struct State {
-    windows: HashMap<IpAddr, Window>,
+    windows: HashMap<Source, Window>,
     /// Addresses in the order their windows started (so oldest first). An entry whose
     /// start no longer matches the map's is stale (that window ended and a new one
     /// began); stale entries are always expired, so dropping expired entries from the
     /// front keeps this queue as long as the map.
-    order: VecDeque<(IpAddr, Instant)>,
+    order: VecDeque<(Source, Instant)>,
 }
 
 /// Failed-authentication counts by address; share it behind an `Arc`.
@@ -92,10 +130,11 @@ impl Throttle {
         }
     }
 
-    /// Before verifying a token from `remote`: `Err` while the address is refused.
-    pub(crate) fn check(&self, remote: IpAddr) -> Result<(), Throttled> {
+    /// Before verifying a token from `remote`: `Err` while the address (or, for a page
+    /// of another origin, such pages at the address) is refused.
+    pub(crate) fn check(&self, remote: impl Into<Source>) -> Result<(), Throttled> {
         let now = (self.clock)();
-        let key = key(remote);
+        let key = remote.into().counted();
         let mut s = self.state.locked();
         s.expire(now, self.config.window);
         match s.windows.get(&key) {
@@ -108,9 +147,9 @@ impl Throttle {
 
     /// After a bad or missing token from `remote`: counts it, and says whether the
     /// address is refused from now on.
-    pub(crate) fn failed(&self, remote: IpAddr) -> Result<(), Throttled> {
+    pub(crate) fn failed(&self, remote: impl Into<Source>) -> Result<(), Throttled> {
         let now = (self.clock)();
-        let key = key(remote);
+        let key = remote.into().counted();
         let window = self.config.window;
         let mut s = self.state.locked();
         s.expire(now, window);
@@ -141,7 +180,8 @@ impl Throttle {
         }
     }
 
-    /// Addresses with a live window (for `/metrics` and tests).
+    /// Live windows, an address's and its other-origin pages' apart (for `/metrics`
+    /// and tests).
     pub(crate) fn tracked(&self) -> usize {
         self.state.locked().windows.len()
     }
@@ -260,6 +300,31 @@ mod tests {
     }
 
     #[test]
+    fn pages_of_other_origins_lock_out_only_such_pages_of_the_address() {
+        let (_now, clock) = manual();
+        let t = Throttle::with_clock(config(2, 100), clock);
+        let page = |addr| Source {
+            addr,
+            other_origin: true,
+        };
+        t.failed(page(v4(1))).unwrap();
+        assert!(t.failed(page(v4(1))).is_err());
+        assert!(t.check(page(v4(1))).is_err());
+        // The same address's own callers (CLI, runtimes, the host's dashboard) go on.
+        t.check(v4(1)).unwrap();
+        t.failed(v4(1)).unwrap();
+        // And the side they fail on is theirs alone: a forger gains one window, no more.
+        assert!(t.failed(v4(1)).is_err());
+        assert!(t.check(v4(1)).is_err() && t.check(page(v4(1))).is_err());
+        // Counted by the address's unit, like everything else.
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::2".parse().unwrap();
+        t.failed(page(a)).unwrap();
+        assert!(t.failed(page(b)).is_err());
+        t.check(a).unwrap();
+    }
+
+    #[test]
     fn ipv6_counts_by_its_64_and_mapped_ipv4_as_ipv4() {
         let (_now, clock) = manual();
         let t = Throttle::with_clock(config(2, 100), clock);
@@ -267,9 +332,11 @@ mod tests {
         let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
         t.failed(a).unwrap();
         assert!(t.failed(b).is_err());
-        t.check("2001:db8:1:3::1".parse().unwrap()).unwrap();
-        t.failed("::ffff:192.0.2.1".parse().unwrap()).unwrap();
-        assert!(t.failed("192.0.2.1".parse().unwrap()).is_err());
+        t.check("2001:db8:1:3::1".parse::<IpAddr>().unwrap())
+            .unwrap();
+        t.failed("::ffff:192.0.2.1".parse::<IpAddr>().unwrap())
+            .unwrap();
+        assert!(t.failed("192.0.2.1".parse::<IpAddr>().unwrap()).is_err());
     }
 
     #[test]

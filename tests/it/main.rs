@@ -13,6 +13,7 @@ mod cli_env;
 mod cluster;
 mod cluster_entries;
 mod crashloop;
+mod cross_site;
 mod dashboard;
 mod docs_contract;
 mod edges;

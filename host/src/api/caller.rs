@@ -7,13 +7,12 @@ use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use axum::http::request::Parts;
 
-use std::net::IpAddr;
-
+use super::origin::source_of;
 use super::params::Params;
 use super::{ApiError, AppState, audited};
 use crate::audit::action;
 use crate::tenancy::{Opening, Principal, Ticket};
-use crate::throttle::Throttled;
+use crate::throttle::{Source, Throttled};
 
 /// Prefix of the subprotocol entry carrying the API token.
 const TOKEN_PROTOCOL: &str = "tether.bearer.";
@@ -65,7 +64,8 @@ fn subprotocol_token(parts: &Parts) -> Option<&str> {
 
 /// The caller presenting `secret`. An address that presented wrong tokens too often
 /// is refused (429) before its token is even looked at, until its window passes; a
-/// missing token is not a guess and is not counted.
+/// missing token is not a guess and is not counted. Pages of other origins count
+/// apart from the rest of their address ([`Source`]).
 fn authenticate(
     state: &AppState,
     parts: &Parts,
@@ -76,16 +76,17 @@ fn authenticate(
             "missing API token: send `Authorization: Bearer <token>`",
         ));
     };
-    let remote = audited::remote_of(parts);
+    let source = source_of(parts);
+    let remote = source.addr;
     let throttled = |t: Throttled| {
         audited::refused(state, remote, action::AUTH_THROTTLED, &t.to_string());
         ApiError::throttled(t.to_string(), t.retry_after_secs())
     };
-    state.throttle.check(remote).map_err(throttled)?;
+    state.throttle.check(source).map_err(throttled)?;
     state.tokens.authenticate(secret).map_err(|refused| {
         let reason = refused.to_string();
         audited::refused(state, remote, action::AUTH_REFUSED, &reason);
-        match state.throttle.failed(remote) {
+        match state.throttle.failed(source) {
             Err(t) => throttled(t),
             Ok(()) => ApiError::unauthorized(reason),
         }
@@ -130,9 +131,9 @@ impl FromRequestParts<AppState> for AdminOrNot {
 pub(crate) enum AppCaller {
     /// A token was presented and is good.
     Token(Principal),
-    /// A ticket was presented; it is taken (or refused) by [`redeem`] for the
-    /// environment in the path.
-    Ticket(String),
+    /// A ticket was presented, from `source`; it is taken (or refused) by [`redeem`]
+    /// for the environment in the path.
+    Ticket(String, Source),
 }
 
 impl FromRequestParts<AppState> for AppCaller {
@@ -145,7 +146,7 @@ impl FromRequestParts<AppState> for AppCaller {
         // Refused before a ticket is looked at too: the rule is one per request.
         let header = bearer(parts)?;
         if let Some(ticket) = query.get("ticket") {
-            return Ok(AppCaller::Ticket(ticket.clone()));
+            return Ok(AppCaller::Ticket(ticket.clone(), source_of(parts)));
         }
         let secret = subprotocol_token(parts).or(header);
         authenticate(state, parts, secret).map(AppCaller::Token)
@@ -153,22 +154,23 @@ impl FromRequestParts<AppState> for AppCaller {
 }
 
 /// Takes the ticket `secret` for `opening`. A bad ticket counts as a failed
-/// authentication of `remote`, like a bad token.
+/// authentication of `source`, like a bad token.
 pub(crate) fn redeem(
     state: &AppState,
-    remote: IpAddr,
+    source: Source,
     secret: &str,
     opening: Opening<'_>,
 ) -> Result<Ticket, ApiError> {
+    let remote = source.addr;
     let throttled = |t: Throttled| {
         audited::refused(state, remote, action::AUTH_THROTTLED, &t.to_string());
         ApiError::throttled(t.to_string(), t.retry_after_secs())
     };
-    state.throttle.check(remote).map_err(throttled)?;
+    state.throttle.check(source).map_err(throttled)?;
     state.tickets.redeem(secret, opening).map_err(|bad| {
         let reason = bad.to_string();
         audited::refused(state, remote, action::AUTH_REFUSED, &reason);
-        match state.throttle.failed(remote) {
+        match state.throttle.failed(source) {
             Err(t) => throttled(t),
             Ok(()) => ApiError::unauthorized(reason),
         }

@@ -24,7 +24,6 @@ use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite;
 use tracing::Instrument;
 
-use super::audited::Remote;
 use super::error::ErrorBody;
 use super::ws::SUBPROTOCOL;
 use super::{ApiError, AppCaller, AppState, caller};
@@ -60,14 +59,13 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 )]
 pub(crate) async fn stream(
     caller: AppCaller,
-    Remote(remote): Remote,
     State(s): State<AppState>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let who = match caller {
         AppCaller::Token(who) => who,
-        AppCaller::Ticket(secret) => {
-            caller::redeem(&s, remote, &secret, Opening::Events)?.principal
+        AppCaller::Ticket(secret, from) => {
+            caller::redeem(&s, from, &secret, Opening::Events)?.principal
         }
     };
     who.require(Scope::EnvsRead)?;

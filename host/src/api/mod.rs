@@ -18,6 +18,7 @@ mod health;
 mod logs;
 mod metrics;
 mod openapi;
+mod origin;
 mod params;
 mod providers;
 mod removals;
@@ -118,7 +119,20 @@ pub(crate) fn router(state: AppState) -> Router {
     dashboard::beside(router)
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(no_store))
         .with_state(state)
+}
+
+/// Every answer whose handler sets no `Cache-Control` (the dashboard's assets set
+/// `no-cache`) is `no-store`: a browser otherwise writes what a token read (records
+/// with their config, tokens, the audit log) to its disk cache, where it outlives the
+/// tab the dashboard kept the token in.
+async fn no_store(mut response: axum::response::Response) -> axum::response::Response {
+    use axum::http::{HeaderValue, header::CACHE_CONTROL};
+    (response.headers_mut())
+        .entry(CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
 }
 
 /// The router other hosts' tunnels reach (cluster mode, `cluster/tunnel/`): only

@@ -9,7 +9,9 @@ use std::fmt::Write as _;
 use std::sync::{Arc, LazyLock};
 
 use axum::extract::Path;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{
+    CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
 use axum::response::{IntoResponse, Redirect, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -195,6 +197,17 @@ pub(crate) async fn docs_index() -> Result<Response, ApiError> {
     docs_file(Path("index.html".to_owned())).await
 }
 
+/// What the docs page's answers add to their type: no other site may frame the page
+/// (it runs on the dashboard's origin and takes a token in its Authorize dialog), no
+/// browser second-guesses a type, no URL leaves in a `Referer`. Swagger UI sets inline
+/// styles, so its scripts and styles are not restricted the way the dashboard's are.
+const DOCS_HEADERS: [(axum::http::HeaderName, &str); 4] = [
+    (CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+    (X_FRAME_OPTIONS, "DENY"),
+    (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (REFERRER_POLICY, "no-referrer"),
+];
+
 /// One of the page's assets.
 #[utoipa::path(
     get,
@@ -215,11 +228,15 @@ pub(crate) async fn docs_file(Path(file): Path<String>) -> Result<Response, ApiE
             )
         })?
         .ok_or_else(|| ApiError::not_found("no such file of the docs page"))?;
-    Ok((
+    let mut response = (
         [(CONTENT_TYPE, asset.content_type)],
         asset.bytes.into_owned(),
     )
-        .into_response())
+        .into_response();
+    for (name, value) in DOCS_HEADERS {
+        (response.headers_mut()).insert(name, axum::http::HeaderValue::from_static(value));
+    }
+    Ok(response)
 }
 
 #[cfg(test)]

@@ -170,8 +170,8 @@ pub(crate) async fn app(
     let by_token = matches!(caller, AppCaller::Token(_));
     let (who, pinned) = match caller {
         AppCaller::Token(who) => (who, None),
-        AppCaller::Ticket(secret) => {
-            let ticket = caller::redeem(&s, remote, &secret, Opening::Environment(&id))?;
+        AppCaller::Ticket(secret, from) => {
+            let ticket = caller::redeem(&s, from, &secret, Opening::Environment(&id))?;
             (ticket.principal, ticket.thread)
         }
     };
@@ -406,8 +406,8 @@ pub(crate) async fn provisioned(
             (who, target)
         }
         // A template ticket decides the template, thread and workspace.
-        AppCaller::Ticket(secret) => {
-            let ticket = caller::redeem(&s, remote.0, &secret, Opening::Template)?;
+        AppCaller::Ticket(secret, from) => {
+            let ticket = caller::redeem(&s, from, &secret, Opening::Template)?;
             let TicketTarget::Template {
                 template,
                 workspace,
