@@ -264,17 +264,23 @@ async fn attach_gives_up_on_a_host_that_never_answers_the_upgrade() {
     );
 }
 
-/// A session cut by a host restart (1012) behind a proxy met the proxy's 502 page on
-/// its first reconnect, took it for Tether's refusal and ended (exit 1, "no message").
-/// Only Tether's own JSON refusal ends a session now; the next try resumes it.
-#[tokio::test]
-async fn attach_resumes_past_a_proxys_error_page() {
+/// What a reconnecting `attach` meets while the host restarts, before it is back.
+#[derive(Clone, Copy)]
+enum Meanwhile {
+    /// A proxy in front answers its 502 page.
+    ProxyPage,
+    /// The host takes the upgrade, then closes with 1001 (going away) before greeting.
+    ClosedBeforeGreeting,
+}
+
+/// A host that greets, takes the CLI's first line, restarts (1012), is `meanwhile` on
+/// the first reconnect, then is back: it had the line, answers it and is stopped (4010).
+async fn restarting_host(meanwhile: Meanwhile) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move {
-        // The host, until it restarts.
         let (stream, _) = listener.accept().await.expect("accept");
         let mut ws = tokio_tungstenite::accept_async(stream)
             .await
@@ -291,18 +297,29 @@ async fn attach_resumes_past_a_proxys_error_page() {
         };
         let _ = ws.close(Some(restart)).await;
         drop(ws);
-        // The proxy, while the host is away.
         let (mut stream, _) = listener.accept().await.expect("accept");
-        let mut buf = vec![0u8; 8192];
-        let _ = stream.read(&mut buf).await;
-        let page = "<html><body>502 Bad Gateway</body></html>";
-        let response = format!(
-            "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
-            page.len()
-        );
-        let _ = stream.write_all(response.as_bytes()).await;
-        drop(stream);
-        // The host again: it had the line, answers it and is stopped.
+        match meanwhile {
+            Meanwhile::ProxyPage => {
+                let mut buf = vec![0u8; 8192];
+                let _ = stream.read(&mut buf).await;
+                let page = "<html><body>502 Bad Gateway</body></html>";
+                let response = format!(
+                    "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+            Meanwhile::ClosedBeforeGreeting => {
+                if let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await {
+                    let away = CloseFrame {
+                        code: CloseCode::Away,
+                        reason: "shutting down".into(),
+                    };
+                    let _ = ws.close(Some(away)).await;
+                    while let Some(Ok(_)) = ws.next().await {}
+                }
+            }
+        }
         let (stream, _) = listener.accept().await.expect("accept");
         let mut ws = tokio_tungstenite::accept_async(stream)
             .await
@@ -317,7 +334,29 @@ async fn attach_resumes_past_a_proxys_error_page() {
         let _ = ws.close(Some(stopped)).await;
         while let Some(Ok(_)) = ws.next().await {}
     });
-    let out = attach(&url).await;
+    url
+}
+
+/// A session cut by a host restart (1012) behind a proxy met the proxy's 502 page on
+/// its first reconnect, took it for Tether's refusal and ended (exit 1, "no message").
+/// Only Tether's own JSON refusal ends a session now; the next try resumes it.
+#[tokio::test]
+async fn attach_resumes_past_a_proxys_error_page() {
+    let out = attach(&restarting_host(Meanwhile::ProxyPage).await).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("\"after\""), "{stdout}\n{stderr}");
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+}
+
+/// A reconnect the host closed with a code that asks for one more (1001, going away)
+/// before its greeting ended the session (exit 1) as if the code were final. Only a
+/// close that ends a session (revoked, stopped, ...) does now; this one is retried.
+#[tokio::test]
+async fn attach_retries_a_reconnect_closed_before_the_greeting_with_a_resumable_code() {
+    let out = attach(&restarting_host(Meanwhile::ClosedBeforeGreeting).await).await;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),

@@ -229,7 +229,14 @@ impl Target {
             tokio::time::sleep(wait).await;
             match self.connect(peer, session).await {
                 Ok(ws) => return Ok(ws),
-                Err(e) if e.is::<Refused>() || e.is::<Closed>() => return Err(e),
+                // A close asking for another try (the host going away between the
+                // upgrade and its greeting) is retried like a failed connection.
+                Err(e)
+                    if e.is::<Refused>()
+                        || e.downcast_ref::<Closed>().is_some_and(|c| !c.resumable()) =>
+                {
+                    return Err(e);
+                }
                 Err(e) if Instant::now() >= give_up => {
                     return Err(e.context(format!(
                         "could not reconnect within {} s",
