@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{Client, DRAIN, Ws, next_frame};
+use crate::client::{Client, DRAIN, Ws, next_frame, shown};
 
 /// Which provisioned environment to talk to.
 #[derive(clap::Args)]
@@ -149,11 +149,11 @@ impl Chat {
                     line.push_str(" (runtime connected)");
                 }
                 if let Some(error) = frame["lastError"].as_str() {
-                    line.push_str(&format!(": {error}"));
+                    line.push_str(&format!(": {}", shown(error)));
                 }
                 println!("{line}");
             }
-            "echoResponse" => println!("< {}", frame["payload"]),
+            "echoResponse" => println!("< {}", shown(&frame["payload"].to_string())),
             "error" => {
                 let (code, message) = (&frame["error"]["code"], &frame["error"]["message"]);
                 println!("! {}: {}", str_of(code), str_of(message));
@@ -161,7 +161,7 @@ impl Chat {
                     println!("  (its user stopped it; pass --start to start it again)");
                 }
             }
-            _ => println!("< {frame}"),
+            _ => println!("< {}", shown(&frame.to_string())),
         }
         // `execOutput` is a chunk of an answer, not the answer.
         if frame["type"] != "execOutput"
@@ -182,8 +182,9 @@ fn closed(code: Option<u16>) -> anyhow::Result<()> {
     }
 }
 
-fn str_of(value: &Value) -> &str {
-    value.as_str().unwrap_or("?")
+/// A string field of a frame, for printing ([`shown`]).
+fn str_of(value: &Value) -> String {
+    shown(value.as_str().unwrap_or("?"))
 }
 
 /// Sleeps until `deadline`, or forever without one.

@@ -48,8 +48,10 @@ impl Client {
             }
         };
         let tls = tls_config()?;
+        // A server that takes a request and never answers must not hold the app.
         let http = reqwest::Client::builder()
             .use_preconfigured_tls((*tls).clone())
+            .timeout(3 * WAIT)
             .build()?;
         Ok(Client {
             base: server.trim_end_matches('/').to_owned(),
@@ -88,8 +90,8 @@ impl Client {
             let (code, message) = (&body["error"]["code"], &body["error"]["message"]);
             bail!(
                 "HTTP {status}: {} ({})",
-                message.as_str().unwrap_or("?"),
-                code.as_str().unwrap_or("?")
+                shown(message.as_str().unwrap_or("?")),
+                shown(code.as_str().unwrap_or("?"))
             );
         }
         Ok(body)
@@ -105,18 +107,45 @@ impl Client {
         // `true`: TCP_NODELAY, so an interactive exchange never waits on delayed ACKs.
         let connecting =
             tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
-        match connecting.await {
+        // A server that takes the connection and never answers the upgrade must not hold
+        // the app.
+        let Ok(connected) = tokio::time::timeout(WAIT, connecting).await else {
+            bail!(
+                "the server did not answer the app WebSocket in {} s",
+                WAIT.as_secs()
+            );
+        };
+        match connected {
             Ok((ws, _)) => Ok(ws),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 let status = response.status();
                 let body = response.body().as_deref().unwrap_or_default();
                 let body: Value = serde_json::from_slice(body).unwrap_or_default();
                 let message = body["error"]["message"].as_str().unwrap_or("");
-                bail!("the server refused the app WebSocket: HTTP {status} {message}")
+                bail!(
+                    "the server refused the app WebSocket: HTTP {status} {}",
+                    shown(message)
+                )
             }
             Err(e) => Err(e).context("opening the app WebSocket"),
         }
     }
+}
+
+/// Text from the server (a provider's `lastError`, a frame) as it may be printed:
+/// control characters escaped (`\u{1b}`), so what a provider, a runtime or a server
+/// wrote cannot clear the screen, set the title or write the clipboard of the terminal.
+/// JSON leaves the C1 controls (`\u{9b}`) raw; they are escaped here too.
+pub(crate) fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// What the client trusts over TLS: the system's roots plus `TETHER_CA_FILE`.

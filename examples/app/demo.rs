@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{Client, WAIT, Ws, next_frame};
+use crate::client::{Client, WAIT, Ws, next_frame, shown};
 
 /// Creates and starts an environment, then echoes, resumes and execs through it.
 pub(crate) async fn run(client: &Client, name: Option<String>) -> anyhow::Result<()> {
@@ -29,13 +29,16 @@ pub(crate) async fn run(client: &Client, name: Option<String>) -> anyhow::Result
     loop {
         let path = format!("/api/v1/environments/{id}");
         let env = client.api(Method::GET, &path, None).await?;
-        let status = env["status"].as_str().unwrap_or("unknown").to_owned();
+        let status = shown(env["status"].as_str().unwrap_or("unknown"));
         if status != last_status {
             println!("status: {status}");
             last_status = status.clone();
         }
         if status == "error" {
-            bail!("the environment failed: {}", env["lastError"]);
+            bail!(
+                "the environment failed: {}",
+                shown(&env["lastError"].to_string())
+            );
         }
         if status == "running" && env["runtime"]["connected"] == true {
             break;
@@ -58,7 +61,7 @@ pub(crate) async fn run(client: &Client, name: Option<String>) -> anyhow::Result
     let echo = json!({ "type": "echo", "requestId": "1", "payload": "hello from the example app" });
     ws.send(Message::text(echo.to_string())).await?;
     let reply = wait_for(&mut ws, "1", &mut last_seq).await?;
-    println!("echo reply: {}", reply["payload"]);
+    println!("echo reply: {}", shown(&reply["payload"].to_string()));
 
     // 5. A network blip: drop the connection and resume where we stopped. The host
     //    replays anything numbered after `last_seq` and says how many of our frames it had.
@@ -75,13 +78,13 @@ pub(crate) async fn run(client: &Client, name: Option<String>) -> anyhow::Result
         match msg["type"].as_str() {
             Some("execOutput") => print!("{}", msg["data"].as_str().unwrap_or_default()),
             Some("execExit") if msg.get("error").is_some() => {
-                bail!("exec failed: {}", msg["error"])
+                bail!("exec failed: {}", shown(&msg["error"].to_string()))
             }
             Some("execExit") => {
                 println!("exec exited with code {}", msg["code"]);
                 break;
             }
-            _ => bail!("unexpected reply: {msg}"),
+            _ => bail!("unexpected reply: {}", shown(&msg.to_string())),
         }
     }
     let _ = ws.close(None).await;
@@ -104,7 +107,8 @@ async fn resume(client: &Client, path: &str, resume: u64) -> anyhow::Result<Ws> 
     };
     println!(
         "relay session: host had {} of our frames, replays from #{}",
-        greeting["received"], greeting["next"]
+        shown(&greeting["received"].to_string()),
+        shown(&greeting["next"].to_string())
     );
     Ok(ws)
 }
@@ -127,15 +131,19 @@ async fn wait_for(ws: &mut Ws, request_id: &str, last_seq: &mut u64) -> anyhow::
         if msg["type"] == "relayLost" {
             println!(
                 "(the host could not replay messages {} to {})",
-                msg["from"], msg["to"]
+                shown(&msg["from"].to_string()),
+                shown(&msg["to"].to_string())
             );
         }
         if msg["requestId"] == request_id {
             if msg["type"] == "error" {
-                bail!("the runtime answered with an error: {}", msg["error"]);
+                bail!(
+                    "the runtime answered with an error: {}",
+                    shown(&msg["error"].to_string())
+                );
             }
             return Ok(msg);
         }
-        println!("(other message: {msg})");
+        println!("(other message: {})", shown(&msg.to_string()));
     }
 }

@@ -261,7 +261,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let source = ConfigSource::locate(config.as_deref(), &data_dir)?;
             let report = rt.block_on(inspect(&file, source, &data_dir))?;
-            output::line(&serde_json::to_string_pretty(&report)?)?;
+            output::json(&report)?;
         }
     }
     Ok(())

@@ -262,7 +262,8 @@ async fn an_app_connect_with_a_start_that_is_not_true_or_false_is_a_bad_query() 
 
 /// A provider's error (or a hand edit) may hold terminal escapes; `tether env get`
 /// printed `lastError` as it was, so it could clear the operator's screen or set the
-/// terminal's title. The human form escapes control characters; `--json` is data.
+/// terminal's title. The human form escapes control characters; `--json` is the same
+/// data with them written as `\u` escapes.
 #[tokio::test]
 async fn the_cli_prints_server_text_with_control_characters_escaped() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -292,7 +293,13 @@ async fn the_cli_prints_server_text_with_control_characters_escaped() {
         "a raw control character was printed: {human:?}"
     );
     assert!(human.contains(r"boom\u{1b}[2J"), "{human}");
-    let data: Value = serde_json::from_str(&run(&["--json"])).expect("--json");
+    // JSON keeps the C1 controls (`\u{9b}`, a one-byte CSI) raw: `--json` escapes them.
+    let json = run(&["--json"]);
+    assert!(
+        !json.contains(|c: char| c.is_control() && c != '\n'),
+        "a raw control character was printed: {json:?}"
+    );
+    let data: Value = serde_json::from_str(&json).expect("--json");
     assert_eq!(data["lastError"], hostile);
     server.stop();
 }

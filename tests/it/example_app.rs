@@ -142,3 +142,104 @@ async fn chat_provisions_a_thread_shows_the_phases_and_answers_what_was_typed_ea
     assert!(!output.status.success(), "{out}{err}");
     assert!(err.contains("HTTP 401"), "{err}");
 }
+
+/// What a hostile host puts in its text: clear the screen, write the clipboard (OSC
+/// 52), set the title, the one-byte CSI (C1) and a carriage return.
+const HOSTILE: &str =
+    "ok\u{1b}[2J\u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{9b}31m\u{1b}]0;pwned\u{7}\rforged";
+
+/// `tether-app chat --template chat --thread t` against `url`, with no input, on a
+/// blocking thread (a fake host may be on this test's runtime).
+async fn chat_with(url: String) -> Output {
+    // Built (if need be) before the wait below starts.
+    tokio::task::spawn_blocking(|| example_bin("tether-app"))
+        .await
+        .expect("building tether-app");
+    let run = tokio::task::spawn_blocking(move || {
+        let args = [
+            "--server",
+            &url,
+            "--token",
+            "t",
+            "chat",
+            "--template",
+            "chat",
+        ];
+        run(&[&args[..], &["--thread", "t"]].concat(), "")
+    });
+    // Generous: a host that never answers is given up on after the app's 10 s.
+    tokio::time::timeout(crate::support::WAIT * 3, run)
+        .await
+        .expect("tether-app exited")
+        .expect("join")
+}
+
+/// `tether-app chat` printed a status's `lastError` (a provider's words), an error's
+/// message and any other frame as they came, C1 controls and all (the `lastError` and
+/// the message with ESC too): a provider could clear the user's screen or write their
+/// clipboard. They are printed escaped now.
+#[tokio::test]
+async fn chat_prints_a_hostile_hosts_text_escaped() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut ws = tokio_tungstenite::accept_async(stream)
+            .await
+            .expect("upgrade");
+        let frames = [
+            serde_json::json!({"type": "provisioned", "environmentId": HOSTILE}),
+            serde_json::json!({"type": "environmentStatus", "status": HOSTILE, "lastError": HOSTILE}),
+            serde_json::json!({"type": "error", "error": {"code": HOSTILE, "message": HOSTILE}}),
+            serde_json::json!({"type": "echoResponse", "payload": HOSTILE}),
+            serde_json::json!({"type": "other", "data": HOSTILE}),
+        ];
+        for frame in frames {
+            let _ = ws.send(Message::text(frame.to_string())).await;
+        }
+        let failed = CloseFrame {
+            code: CloseCode::Library(4014),
+            reason: "failed".into(),
+        };
+        let _ = ws.close(Some(failed)).await;
+    });
+    let output = chat_with(url).await;
+    let (out, err) = text(&output);
+    assert!(!output.status.success(), "{out}{err}");
+    let raw = |t: &str| t.chars().any(|c| c.is_control() && c != '\n');
+    assert!(
+        !raw(&out) && !raw(&err),
+        "a raw control character: {out:?} {err:?}"
+    );
+    assert!(out.contains(r"status: ok\u{1b}[2J"), "{out}");
+    assert!(err.contains("failed to start (close 4014)"), "{err}");
+}
+
+/// A host that took the connection and never answered the WebSocket upgrade held
+/// `tether-app chat` for good; it gives up after its 10 s wait now.
+#[tokio::test]
+async fn chat_gives_up_on_a_host_that_never_answers() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let output = chat_with(url).await;
+    let (out, err) = text(&output);
+    assert!(!output.status.success(), "{out}{err}");
+    assert!(
+        err.contains("did not answer the app WebSocket in 10 s"),
+        "{err}"
+    );
+}

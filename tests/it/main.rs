@@ -22,6 +22,7 @@ mod example_app;
 mod exposure;
 mod git_worktree;
 mod hostile;
+mod hostile_server;
 mod idle;
 mod journal;
 mod js_client;

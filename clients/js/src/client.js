@@ -171,6 +171,11 @@ export class TetherClient {
         buffered += chunk.value;
         const lines = buffered.split('\n');
         buffered = lines.pop();
+        // A server streaming without a line end (a wrong URL, a hostile peer) must not
+        // grow this string until the process runs out of memory.
+        if (buffered.length > MAX_LOG_LINE) {
+          throw new TetherError('invalid_response', `following the log of ${id}: a line longer than ${MAX_LOG_LINE} characters`);
+        }
         for (const line of parseLines(lines.join('\n'))) {
           // A chunk can hold several lines: none is yielded once `signal` has fired.
           if (signal?.aborted) return;
@@ -346,6 +351,9 @@ export class TetherClient {
 }
 
 const enc = encodeURIComponent;
+
+/** The longest line of a followed log taken (the host's are a few KiB), as the CLI. */
+const MAX_LOG_LINE = 1 << 20;
 
 /** NDJSON lines as objects; a line that is not JSON is kept as `{message}`. */
 function parseLines(text) {

@@ -1,6 +1,7 @@
 // REST round trips and typed errors against a real server.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import http from 'node:http';
 
 import { TetherError } from '../index.js';
 import { client, uniqueName, url } from './support.js';
@@ -102,4 +103,26 @@ test('logs, and following them as they are written', { timeout: 60_000 }, async 
   assert.equal((await lines.next()).done, true);
   assert.ok((await tether.logs(env.id, { tail: 5 })).length > 0);
   await tether.deleteEnvironment(env.id);
+});
+
+// A followed log whose server streamed without a line end grew one string for as long
+// as it sent; the client gives up past 1 MiB with `invalid_response`.
+test('a followed log line without end is given up on', { timeout: 30_000 }, async () => {
+  const server = http.createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+    res.write('x'.repeat(2 << 20)); // and never a line end, nor an end
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  try {
+    const fake = client({ url: `http://127.0.0.1:${server.address().port}` });
+    await assert.rejects(
+      (async () => {
+        for await (const _line of fake.followLogs('e-1')) assert.fail('a line was yielded');
+      })(),
+      (e) => e instanceof TetherError && e.code === 'invalid_response' && /longer than/.test(e.message),
+    );
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
 });

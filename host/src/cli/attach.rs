@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-use super::client::{Refused, ServerArgs, admin_token};
+use super::client::{NotTether, Refused, ServerArgs, admin_token};
 use super::env::env_path;
 use crate::relay::peer::{Incoming, PeerState};
 
@@ -48,6 +48,8 @@ const HOST_DEFAULT_MAX: usize = 1 << 20;
 const ENVELOPE: usize = 64 << 10;
 /// The most taken in one frame whatever the host says (tungstenite's own default).
 const MAX_INBOUND: usize = 64 << 20;
+/// How much of a greeting that is not `relayResumed` an error quotes.
+const GREETING_QUOTED: usize = 200;
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -98,6 +100,8 @@ pub(crate) async fn run(args: Attach) -> anyhow::Result<()> {
 
 /// Where to connect and with what.
 struct Target {
+    /// `--url`, as the user gave it, for messages.
+    server: String,
     url: String,
     auth: HeaderValue,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -128,6 +132,7 @@ impl Target {
         let auth = HeaderValue::from_str(&format!("Bearer {}", admin_token(&args.server)?))
             .context("the token holds characters not allowed in an HTTP header")?;
         Ok(Self {
+            server: args.server.url.clone(),
             url: format!("{base}{path}?thread={thread}{start}"),
             auth,
             tls,
@@ -153,18 +158,36 @@ impl Target {
             true,
             connector,
         );
-        let mut ws = match connecting.await {
+        // A host that takes the connection and never answers the upgrade must not hold
+        // the session (or a reconnect, whose give-up time it would never reach) forever.
+        let connected = tokio::time::timeout(super::client::TIMEOUT, connecting).await;
+        let Ok(connected) = connected else {
+            bail!(
+                "the host did not answer the WebSocket upgrade within {} s",
+                super::client::TIMEOUT.as_secs()
+            );
+        };
+        let mut ws = match connected {
             Ok((ws, _)) => ws,
             Err(tungstenite::Error::Http(response)) => {
-                let status = response.status();
-                let body = response.body().as_deref().unwrap_or_default();
+                let (head, body) = response.into_parts();
+                // Only Tether's own refusal (JSON) ends the session; anything else (a
+                // proxy's 502 page while the host restarts) is no answer from the host,
+                // and a reconnect tries again. The body is what came with the head, so
+                // it may be cut: the content type decides.
+                if !super::client::is_a(&head.headers, super::client::JSON) {
+                    return Err(NotTether::new(&self.server, &head).into());
+                }
+                let body = body.as_deref().unwrap_or_default();
                 let answer: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-                return Err(Refused::from_answer(status, &answer).into());
+                return Err(Refused::from_answer(head.status, &answer).into());
             }
             Err(e) => return Err(e).context("opening the app WebSocket"),
         };
+        // One deadline for the greeting, however many pings come before it.
+        let deadline = Instant::now() + super::client::TIMEOUT;
         let greeting = loop {
-            match tokio::time::timeout(super::client::TIMEOUT, ws.next()).await {
+            match tokio::time::timeout_at(deadline, ws.next()).await {
                 Ok(Some(Ok(Message::Text(text)))) => break text,
                 Ok(Some(Ok(Message::Close(frame)))) => return Err(closed(frame).into()),
                 Ok(Some(Ok(_))) => continue,
@@ -176,7 +199,11 @@ impl Target {
         let reset = serde_json::from_str::<Value>(&greeting)
             .is_ok_and(|g| g["type"] == "relayResumed" && g["reset"] == true);
         let Incoming::Resumed(resend) = peer.on_frame(&greeting) else {
-            bail!("the host did not answer with relayResumed: {greeting}");
+            // Quoted cut and escaped: the frame is the host's, up to the session's bound.
+            bail!(
+                "the host did not answer with relayResumed: {}",
+                crate::untrusted::shown(&greeting, GREETING_QUOTED)
+            );
         };
         if reset && session.connected {
             eprintln!("the host no longer knew this session: what was in flight is gone");
@@ -202,7 +229,14 @@ impl Target {
             tokio::time::sleep(wait).await;
             match self.connect(peer, session).await {
                 Ok(ws) => return Ok(ws),
-                Err(e) if e.is::<Refused>() || e.is::<Closed>() => return Err(e),
+                // A close asking for another try (the host going away between the
+                // upgrade and its greeting) is retried like a failed connection.
+                Err(e)
+                    if e.is::<Refused>()
+                        || e.downcast_ref::<Closed>().is_some_and(|c| !c.resumable()) =>
+                {
+                    return Err(e);
+                }
                 Err(e) if Instant::now() >= give_up => {
                     return Err(e.context(format!(
                         "could not reconnect within {} s",
@@ -371,7 +405,7 @@ impl Session {
         {
             self.pending.remove(id);
         }
-        super::output::line(&message.to_string())
+        super::output::line(&super::output::printable_json(&message.to_string()))
     }
 }
 
@@ -416,9 +450,10 @@ pub(crate) struct Closed {
 
 fn closed(frame: Option<CloseFrame>) -> Closed {
     match frame {
+        // The host's text (at most 123 bytes), printed as the command's error: escaped.
         Some(frame) => Closed {
             code: frame.code.into(),
-            reason: frame.reason.to_string(),
+            reason: super::output::printable(&frame.reason),
         },
         None => Closed {
             code: CloseCode::Status.into(),

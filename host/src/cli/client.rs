@@ -116,12 +116,12 @@ pub(crate) async fn send(
 }
 
 /// The media type of Tether's answers.
-const JSON: &str = "application/json";
+pub(super) const JSON: &str = "application/json";
 /// The media type of a log, read by [`follow_lines`].
 const NDJSON: &str = "application/x-ndjson";
 
 /// Whether `headers` say the body is of `media` (parameters such as `charset` aside).
-fn is_a(headers: &http::HeaderMap, media: &str) -> bool {
+pub(super) fn is_a(headers: &http::HeaderMap, media: &str) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -148,7 +148,8 @@ pub(crate) struct NotTether {
 }
 
 impl NotTether {
-    fn new(url: &str, head: &http::response::Parts) -> Self {
+    /// What `url` answered instead of Tether's JSON, from the head of the answer.
+    pub(super) fn new(url: &str, head: &http::response::Parts) -> Self {
         // Header text is the peer's: cut and escaped before it reaches a terminal.
         let header = |name| {
             head.headers.get(name).map(|v| {

@@ -11,7 +11,7 @@ use http::Method;
 use serde_json::{Value, json};
 
 use super::client::{ServerArgs, call, follow_lines};
-use super::output::{line, printable};
+use super::output::{json as print_json, line, printable, printable_json};
 
 /// Longest `--wait` waits.
 const WAIT: Duration = Duration::from_secs(300);
@@ -117,7 +117,7 @@ pub(crate) async fn run(command: EnvCommand) -> anyhow::Result<()> {
         EnvCommand::List { server, format } => {
             let list = call(&server, Method::GET, "/api/v1/environments", None).await?;
             if format.json {
-                return line(&serde_json::to_string_pretty(&list)?);
+                return print_json(&list);
             }
             let list = list
                 .as_array()
@@ -175,7 +175,7 @@ pub(crate) async fn run(command: EnvCommand) -> anyhow::Result<()> {
                     return;
                 }
                 failed = if format.json {
-                    line(text)
+                    line(&printable_json(text))
                 } else {
                     line(&log_line(text))
                 };
@@ -262,7 +262,7 @@ fn show(env: &Value, format: Format) -> anyhow::Result<()> {
         bail!("the server's answer is not an environment");
     }
     if format.json {
-        return line(&serde_json::to_string_pretty(env)?);
+        return print_json(env);
     }
     let field = |key: &str| match &env[key] {
         Value::Null => "-".to_owned(),

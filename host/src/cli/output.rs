@@ -43,6 +43,34 @@ pub(crate) fn printable(text: &str) -> String {
     out
 }
 
+/// JSON text from or for the server (`--json`, `attach`'s lines) as it may be printed:
+/// every control character but a newline written as a `\u` escape. JSON leaves DEL and
+/// the C1 controls (`\u{9b}`, the one-byte CSI) raw, and a server that is not Tether
+/// may send anything, ESC included; escaped, the text is still the same JSON, while a
+/// provider's or a peer's string can no longer drive the terminal. The newlines of
+/// pretty-printed JSON are kept (inside JSON strings there are none raw).
+pub(crate) fn printable_json(text: &str) -> String {
+    let escaped = |c: char| c.is_control() && c != '\n';
+    if !text.chars().any(escaped) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if escaped(c) {
+            // Every control character is below U+00A0: four hex digits always do.
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Prints `value` as pretty JSON for scripts, through [`printable_json`].
+pub(crate) fn json(value: &serde_json::Value) -> anyhow::Result<()> {
+    line(&printable_json(&serde_json::to_string_pretty(value)?))
+}
+
 /// Writes `tether: ERROR` to stderr, ignoring a stderr nobody reads.
 pub(crate) fn error(err: &anyhow::Error) {
     let _ = writeln!(std::io::stderr().lock(), "tether: {}", chain(err));
@@ -82,6 +110,23 @@ mod tests {
             super::chain(&err),
             format!("serving: listening on here: {said}")
         );
+    }
+
+    #[test]
+    fn json_is_printed_with_its_control_characters_escaped_and_still_the_same() {
+        let value = serde_json::json!({"a": "x\u{1b}]52;c;aGk=\u{7}\u{9b}2J\u{7f}\n"});
+        let pretty = serde_json::to_string_pretty(&value).expect("json");
+        let shown = super::printable_json(&pretty);
+        assert!(
+            !shown.contains(|c: char| c.is_control() && c != '\n'),
+            "{shown}"
+        );
+        assert!(shown.contains(r"\u009b2J\u007f"), "{shown}");
+        assert_eq!(shown.lines().count(), 3, "{shown}");
+        let back: serde_json::Value = serde_json::from_str(&shown).expect("still JSON");
+        assert_eq!(back, value);
+        // A line that is not JSON (from a server that is not Tether) is shown escaped too.
+        assert_eq!(super::printable_json("a\u{1b}[2J\rb"), r"a\u001b[2J\u000db");
     }
 
     #[test]

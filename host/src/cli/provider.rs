@@ -215,12 +215,14 @@ async fn install_component(built: &Built, to: &Destination) -> anyhow::Result<St
         let path = format!("/api/v1/providers/{}", built.name);
         let body = Bytes::from(built.bytes.clone());
         let view = send(&to.server, Method::PUT, &path, "application/wasm", body).await?;
+        // The server's words, escaped like any it sends.
+        let said = |key: &str| printable(view[key].as_str().unwrap_or("?"));
         return Ok(format!(
             "installed {} {} on {} (sha256 {})",
             built.name,
-            view["version"].as_str().unwrap_or("?"),
+            said("version"),
             to.server.url,
-            view["sha256"].as_str().unwrap_or("?")
+            said("sha256")
         ));
     }
     let target = (to.server.data_dir)

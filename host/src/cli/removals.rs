@@ -53,6 +53,5 @@ pub(super) async fn run(command: RemovalsCommand) -> anyhow::Result<()> {
             .await?
         }
     };
-    super::output::line(&serde_json::to_string_pretty(&answer)?)?;
-    Ok(())
+    super::output::json(&answer)
 }

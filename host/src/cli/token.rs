@@ -101,6 +101,5 @@ pub(super) async fn run(command: TokenCommand) -> anyhow::Result<()> {
             .await?
         }
     };
-    super::output::line(&serde_json::to_string_pretty(&answer)?)?;
-    Ok(())
+    super::output::json(&answer)
 }
