@@ -595,13 +595,14 @@ impl Manager {
     /// `ProviderNotAllowed` when a user (not an admin) asks `record` to run and its
     /// provider is outside the owner's `[tenancy] providers` (the list changed since
     /// it was made, or an admin made it for them). A template's environment runs on
-    /// the operator's choice of provider and is not checked.
+    /// the operator's choice of provider and is not checked, while that template
+    /// still stands on that provider.
     pub(super) fn check_users_start(
         &self,
         who: &Principal,
         record: &Record,
     ) -> Result<(), LifecycleError> {
-        if who.is_admin() || record.provision_key.is_some() {
+        if who.is_admin() || self.template_vouches(record) {
             return Ok(());
         }
         (self.shared.quotas).check_provider(&record.owner, &record.provider)

@@ -235,6 +235,19 @@ impl Manager {
         })
     }
 
+    /// Whether `record` was provisioned from a template that is still defined and
+    /// still runs on the record's provider: the operator's choice, which the owner's
+    /// `[tenancy] providers` does not govern. A template removed, or moved to another
+    /// provider, no longer vouches for the environments it made; otherwise a user
+    /// would keep starting a provider the operator took away from them.
+    pub(super) fn template_vouches(&self, record: &Record) -> bool {
+        let Some(name) = record.template() else {
+            return false;
+        };
+        let config = self.driver().shared.config.get();
+        (config.templates.get(name)).is_some_and(|t| t.provider == record.provider)
+    }
+
     /// `owner`'s environment for `key`, if this host knows of one.
     fn provisioned_for(&self, owner: &str, key: &ProvisionKey) -> Option<Record> {
         (self.shared.store).find(|r| r.owner == owner && r.provision_key.as_ref() == Some(key))
