@@ -54,6 +54,8 @@ pub(crate) struct Provisioned {
     pub environment_id: String,
     /// Whether this connect made it.
     pub created: bool,
+    /// Whether this connect asked it, stopped, to run again (audited as a start).
+    pub woke: bool,
 }
 
 /// How long a connect that lost its key's name to another host waits for that
@@ -202,16 +204,22 @@ impl Manager {
         };
         let key = key_of(template, &target)?;
         let owner = who.user().to_owned();
-        let (record, created) = {
+        let (record, created, woke) = {
             let _key = self.shared.provisions.lock(&owner, &key).await;
             let found = self.provisioned_for(&owner, &key);
             match found {
-                Some(record) => (self.existing(who, record, target.start).await?, false),
+                Some(record) => {
+                    let (record, woke) = self.existing(who, record, target.start).await?;
+                    (record, false, woke)
+                }
                 None => match self.create_provisioned(who, template, key.clone()).await? {
-                    Made::Created(record) => (*record, true),
+                    Made::Created(record) => (*record, true, false),
                     // Another host made it a moment ago: this connect finds it there.
                     Made::Elsewhere(e) => match self.made_elsewhere(&owner, &key).await {
-                        Some(record) => (self.existing(who, record, target.start).await?, false),
+                        Some(record) => {
+                            let (record, woke) = self.existing(who, record, target.start).await?;
+                            (record, false, woke)
+                        }
                         None => return Err(e),
                     },
                 },
@@ -232,6 +240,7 @@ impl Manager {
             connection,
             environment_id: id,
             created,
+            woke,
         })
     }
 
@@ -254,15 +263,15 @@ impl Manager {
     }
 
     /// The record of an environment found for a key, asked to run if it is stopped
-    /// (not if its user stopped it on purpose). `Elsewhere` when another host runs it:
-    /// the app is bridged there (`api/ws.rs`), as by id, and that host's relay, which
-    /// its runtime joins, serves it.
+    /// (not if its user stopped it on purpose), and whether it was. `Elsewhere` when
+    /// another host runs it: the app is bridged there (`api/ws.rs`), as by id, and
+    /// that host's relay, which its runtime joins, serves it.
     async fn existing(
         &self,
         who: &Principal,
         record: Record,
         start: bool,
-    ) -> Result<Record, LifecycleError> {
+    ) -> Result<(Record, bool), LifecycleError> {
         // A token limited to other environments does not reach this one, running or
         // not; said as for a key without one, so the token learns nothing of which.
         if !who.reaches(&record.owner, &record.id) {
@@ -271,9 +280,9 @@ impl Manager {
         self.known_env(&record.id)?;
         self.refuse_running_elsewhere(&record).await?;
         if wakes(&record, start, Wakes::NotStoppedOnPurpose)? {
-            return self.wake(who, record).await;
+            return Ok((self.wake(who, record).await?, true));
         }
-        Ok(record)
+        Ok((record, false))
     }
 
     /// Cluster mode, after this host lost the derived name of `owner`'s `key` to
