@@ -327,6 +327,10 @@ impl Manager {
         }
         validate::check_config(&template.config).map_err(LifecycleError::Invalid)?;
         let owner = who.user().to_owned();
+        let name = derived_name(&owner, &key);
+        // The key's previous environment, deleted a moment ago, may still be removing
+        // its workspace: the directory this one's name gets.
+        self.shared.deleting.done(&name).await;
         // Always counted: every template has a `max_per_user`.
         let admitted = self.admit(&owner, true).await?;
         // Admitted, this host has every record the cluster admitted before: one of
@@ -338,7 +342,7 @@ impl Manager {
         }
         let mut record = Record::new(
             uuid::Uuid::new_v4().to_string(),
-            derived_name(&owner, &key),
+            name,
             template.provider.clone(),
             template.config.clone(),
         );
