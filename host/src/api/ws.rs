@@ -373,7 +373,7 @@ fn field(query: &HashMap<String, String>, key: &str) -> Option<String> {
             (String = "text/plain"),
         )),
         (status = 401, description = "No token or ticket, or one that is unknown, revoked, expired or used (`unauthorized`).", body = ErrorBody),
-        (status = 403, description = "The token lacks `relay` (or `envs:write`, for `start=true`) (`missing_scope`).", body = ErrorBody),
+        (status = 403, description = "The token lacks `relay` (or `envs:write`, for `start=true`) (`missing_scope`), or the key's environment, made before the template was pointed at another provider, is on a provider outside the user's `[tenancy] providers` and the connect would start it (`forbidden`).", body = ErrorBody),
         (status = 404, description = "No such template (`not_found`).", body = ErrorBody),
         (status = 409, description = "The template's provider is not loaded, or the derived name is taken by an environment made by hand, or (cluster mode) the app used a ticket on a host that does not run the environment: the message names the host that does (`conflict`).", body = ErrorBody),
         (status = 502, description = "Cluster mode: the host running the environment could not be reached to bridge the app there (`host_unreachable`).", body = ErrorBody),
