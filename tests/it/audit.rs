@@ -270,3 +270,66 @@ async fn an_address_that_keeps_guessing_is_throttled_and_others_are_not() {
     assert_eq!(r.status(), StatusCode::OK);
     server.stop();
 }
+
+/// An app's connect that asks a stopped environment to run again (`start=true`, by id
+/// or through a template) is a start by the app's token, and is audited as one before
+/// the app is admitted, as `POST …/start` is before it is answered. Before, such a
+/// start left no line: the log showed the user's stop and then nothing, while the
+/// environment ran again.
+#[tokio::test]
+async fn a_start_asked_by_an_apps_connect_is_audited_before_it_is_admitted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(
+        dir.path(),
+        "[templates.chat]\nprovider = \"local-process\"\nscope = \"thread\"\n",
+    );
+    let server = Server::start(dir.path());
+    let (alice, alice_id) = server.user_token("alice").await;
+    let starts = || {
+        let lines = audit_lines(dir.path());
+        let starts: Vec<Value> = (lines.into_iter())
+            .filter(|e| e["action"] == "environment.start")
+            .collect();
+        starts
+    };
+    let template = server.ws_url("/ws/app?template=chat&thread=t1&start=true");
+    let mut app = crate::support::Ws::connect(&template, Some(&alice))
+        .await
+        .expect("provisioned");
+    let first = app.next_any().await;
+    assert_eq!(first["created"], true, "{first}");
+    let id = first["environmentId"].as_str().expect("id").to_owned();
+    drop(app);
+    // Made running, not started again: a create, no start.
+    assert!(starts().is_empty(), "{:?}", starts());
+
+    for (n, url) in [
+        (1, server.ws_url(&format!("/ws/app/{id}?start=true"))),
+        (2, template.clone()),
+    ] {
+        let stop = format!("/api/v1/environments/{id}/stop");
+        let (status, body) = server.call_with("POST", &stop, None, Some(&alice)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let _app = crate::support::Ws::connect(&url, Some(&alice))
+            .await
+            .expect("admitted");
+        // Durable before the upgrade was answered: no waiting.
+        let starts = starts();
+        assert_eq!(starts.len(), n, "{url}: {starts:?}");
+        let entry = &starts[n - 1];
+        assert_eq!(entry["target"], id.as_str(), "{entry}");
+        assert_eq!(entry["owner"], "alice", "{entry}");
+        assert_eq!(entry["outcome"], "ok", "{entry}");
+        assert_eq!(
+            entry["actor"],
+            json!({"user": "alice", "tokenId": alice_id}),
+            "{entry}"
+        );
+    }
+    // Joining one that runs starts nothing.
+    let _again = crate::support::Ws::connect(&template, Some(&alice))
+        .await
+        .expect("admitted");
+    assert_eq!(starts().len(), 2, "{:?}", starts());
+    server.stop();
+}

@@ -447,3 +447,87 @@ async fn a_user_cannot_patch_what_the_template_set_and_the_admin_can() {
     assert_eq!(answer["config"]["note"], "ops", "{answer}");
     server.stop();
 }
+
+/// Polls `GET /api/v1/templates` until `pred` holds of the list (a reload of
+/// `tether.toml` is applied); at most `WAIT`.
+async fn wait_templates(server: &Server, pred: impl Fn(&Value) -> bool) {
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    loop {
+        let (_, templates) = server.call("GET", "/api/v1/templates", None).await;
+        if pred(&templates) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "templates not reloaded: {templates}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A template is the operator's choice of provider, so the environments it makes are
+/// not held to the user's `[tenancy] providers`. Once the operator removes the
+/// template, or points it at another provider, that choice is gone: the user's start
+/// of such an environment is checked against the list like any other. Before, the
+/// exemption outlived the template, and a user kept starting a `local-process`
+/// environment (a shell on the host) the operator had taken the template away from.
+#[tokio::test]
+async fn a_template_taken_away_no_longer_starts_its_environments_outside_the_users_providers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limited = "[tenancy]\nproviders = [\"http-sandbox\"]\n";
+    let shell = "[templates.shell]\nprovider = \"local-process\"\nscope = \"thread\"\n";
+    write_config(dir.path(), &format!("{limited}{shell}"));
+    let server = Server::start(dir.path());
+    let alice = server.user_token("alice").await.0;
+    let mut app = Ws::connect(&url(&server, "template=shell&thread=t1"), Some(&alice))
+        .await
+        .expect("provisioned connection");
+    let first = app.next_any().await;
+    assert_eq!(first["type"], "provisioned", "{first}");
+    let id = id_of(&first);
+    drop(app);
+    let call = |action: &'static str| {
+        let (server, alice, id) = (&server, alice.clone(), id.clone());
+        async move {
+            let path = format!("/api/v1/environments/{id}/{action}");
+            server.call_with("POST", &path, None, Some(&alice)).await
+        }
+    };
+    // While the template stands, its environment is hers to stop and start.
+    for action in ["stop", "start", "stop"] {
+        let (status, body) = call(action).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{action}: {body}");
+    }
+
+    write_config(dir.path(), limited);
+    wait_templates(&server, |t| t.as_array().is_some_and(Vec::is_empty)).await;
+    for action in ["start", "restart"] {
+        let (status, body) = call(action).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{action}: {body}");
+        assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    }
+    let wake = server.ws_url(&format!("/ws/app/{id}?start=true"));
+    let refused = Ws::connect(&wake, Some(&alice)).await.err();
+    assert_eq!(refused, Some(StatusCode::FORBIDDEN));
+
+    // Back under the same name on another provider: not the choice that made it.
+    let moved = shell.replace("local-process", "http-sandbox");
+    write_config(dir.path(), &format!("{limited}{moved}"));
+    wait_templates(&server, |t| t[0]["provider"] == "http-sandbox").await;
+    let (status, body) = call("start").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (_, env) = server
+        .call("GET", &format!("/api/v1/environments/{id}"), None)
+        .await;
+    assert_eq!(env["desiredState"], "stopped", "{env}");
+    // The admin may; a stop is never refused.
+    let start = format!("/api/v1/environments/{id}/start");
+    assert_eq!(
+        server.call("POST", &start, None).await.0,
+        StatusCode::ACCEPTED
+    );
+    let (status, body) = call("stop").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    server.stop();
+}

@@ -635,3 +635,67 @@ async fn a_pending_removal_shows_no_operator_config_value() {
     assert!(!error.contains(api_url), "{error}");
     server.stop();
 }
+
+/// A template connect right after its key's environment was deleted makes the new
+/// environment under the same derived name, so the same workspace directory, while
+/// the delete is still removing the old one's resource and then that directory:
+/// with `local-process` the new environment's start failed (`spawning tether: No
+/// such file or directory`), its workspace emptied under it. A new environment of a
+/// name whose delete is under way now waits for that delete to finish.
+#[tokio::test]
+async fn a_template_connect_waits_for_the_delete_of_its_keys_previous_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start_hanging_deletes(dir.path(), 1);
+    let config = format!(
+        "[lifecycle]\nremoval_retry_secs = 600\nstop_timeout_secs = 3\n{}\
+         [templates.box]\nprovider = \"http-sandbox\"\nscope = \"thread\"\n",
+        grant(&service, KEY)
+    );
+    write_config(dir.path(), &config);
+    let server = Server::start(dir.path());
+    let url = server.ws_url("/ws/app?template=box&thread=t1");
+    let provisioned = |mut ws: crate::support::Ws| async move {
+        let first = ws.next_any().await;
+        assert_eq!(first["type"], "provisioned", "{first}");
+        (ws, first["environmentId"].as_str().expect("id").to_owned())
+    };
+    let ws = crate::support::Ws::connect(&url, Some(TOKEN))
+        .await
+        .expect("provisioned");
+    let (ws, old) = provisioned(ws).await;
+    server
+        .wait_env(&old, "running", |e| e["status"] == "running")
+        .await;
+    drop(ws);
+
+    // The delete's removal of the sandbox hangs (until `stop_timeout_secs`), its
+    // record gone at once; the key's next connect comes meanwhile.
+    let path = format!("/api/v1/environments/{old}");
+    let delete = server.call("DELETE", &path, None);
+    let connect = async {
+        let deadline = Instant::now() + WAIT;
+        while server.call("GET", &path, None).await.0 != StatusCode::NOT_FOUND {
+            assert!(Instant::now() < deadline, "{}", server.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ws = crate::support::Ws::connect(&url, Some(TOKEN))
+            .await
+            .expect("provisioned again");
+        // Admitted only once the old environment's delete was done: its failed
+        // removal is already kept for a retry.
+        let pending = removals(&server).await;
+        let ids: Vec<&str> = (pending.iter())
+            .filter_map(|r| r["environmentId"].as_str())
+            .collect();
+        assert_eq!(ids, [old.as_str()], "{pending:?}");
+        provisioned(ws).await
+    };
+    let ((status, body), (_ws, new)) = tokio::join!(delete, connect);
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_ne!(new, old);
+    server
+        .wait_env(&new, "running", |e| e["status"] == "running")
+        .await;
+    server.stop();
+    service.stop();
+}

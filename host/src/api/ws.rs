@@ -151,7 +151,7 @@ pub(crate) async fn runtime(
         (status = 502, description = "Cluster mode: the host running the environment could not be reached to bridge the app there (`host_unreachable`).", body = ErrorBody),
         (status = 426, description = "Not an upgrade request a WebSocket can be made of (plain text).", content_type = "text/plain", body = String),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`), or starting it would pass `max_running` (`quota_exceeded`).", body = ErrorBody),
-        (status = 500, description = "The records file could not be written (`store_error`) or the host failed (`internal_error`).", body = ErrorBody),
+        (status = 500, description = "The records file could not be written (`store_error`), the audit log could not take the start this connect asked for (`audit_failed`: the environment was asked to run, the app is not admitted), or the host failed (`internal_error`).", body = ErrorBody),
         (status = 503, description = "Waking the environment could not be recorded: the data directory's filesystem is read-only or fails (`storage_unavailable`); or, cluster mode, waking it counts against the user's `max_running` and could not be admitted across the cluster (`cluster_unavailable`). It was not woken.", body = ErrorBody),
         (status = 507, description = "Waking the environment could not be recorded: the data directory's filesystem is full (`storage_full`). It was not woken.", body = ErrorBody),
     ),
@@ -184,7 +184,12 @@ pub(crate) async fn app(
     let thread = AppThread::ticketed(pinned, asked.cloned());
     let resume = resume_of(&query)?.map(|r| r.held_by(holder(&who, thread.name.as_deref())));
     match s.manager.attach_app(&who, &id, thread, resume, start).await {
-        Ok(connection) => Ok(connection.serve(upgrade, Some(SUBPROTOCOL))),
+        Ok(joined) => {
+            if let Some(owner) = &joined.woke {
+                audit_start(&s, &who, Remote(remote), &id, owner).await?;
+            }
+            Ok(joined.connection.serve(upgrade, Some(SUBPROTOCOL)))
+        }
         Err(LifecycleError::Elsewhere { id, url, host }) if by_token && !forward.bridged => {
             let path = format!("/ws/app/{id}?{}", forward.query);
             let elsewhere = Elsewhere { id, url, host };
@@ -369,13 +374,13 @@ fn field(query: &HashMap<String, String>, key: &str) -> Option<String> {
             (String = "text/plain"),
         )),
         (status = 401, description = "No token or ticket, or one that is unknown, revoked, expired or used (`unauthorized`).", body = ErrorBody),
-        (status = 403, description = "The token lacks `relay` (or `envs:write`, for `start=true`) (`missing_scope`).", body = ErrorBody),
+        (status = 403, description = "The token lacks `relay` (or `envs:write`, for `start=true`) (`missing_scope`), or the key's environment, made before the template was pointed at another provider, is on a provider outside the user's `[tenancy] providers` and the connect would start it (`forbidden`).", body = ErrorBody),
         (status = 404, description = "No such template (`not_found`).", body = ErrorBody),
         (status = 409, description = "The template's provider is not loaded, or the derived name is taken by an environment made by hand, or (cluster mode) the app used a ticket on a host that does not run the environment: the message names the host that does (`conflict`).", body = ErrorBody),
         (status = 502, description = "Cluster mode: the host running the environment could not be reached to bridge the app there (`host_unreachable`).", body = ErrorBody),
         (status = 426, description = "Not an upgrade request a WebSocket can be made of (plain text).", content_type = "text/plain", body = String),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`), or the user is at a quota (`quota_exceeded`).", body = ErrorBody),
-        (status = 500, description = "The records file or the audit log could not be written (`store_error`, `audit_failed`) or the host failed (`internal_error`).", body = ErrorBody),
+        (status = 500, description = "The records file or the audit log could not be written (`store_error`; `audit_failed`: the environment was made or asked to run, and the app is not admitted) or the host failed (`internal_error`).", body = ErrorBody),
         (status = 503, description = "The environment could not be made or woken: the data directory's filesystem is read-only or fails (`storage_unavailable`); or, cluster mode, NATS does not answer, or another host has been admitting the user's change for over 5 s (`cluster_unavailable`): the environment's name could not be reserved or its making, counted against the user's limits, not admitted across the cluster. Nothing was made.", body = ErrorBody),
         (status = 507, description = "The environment could not be made or woken: the data directory's filesystem is full (`storage_full`). Nothing was made.", body = ErrorBody),
     ),
@@ -452,5 +457,30 @@ pub(crate) async fn provisioned(
         };
         audited(&s, act, Ok(())).await?;
     }
+    if provisioned.woke {
+        let id = &provisioned.environment_id;
+        audit_start(&s, &who, remote, id, who.user()).await?;
+    }
     Ok(provisioned.connection.serve(upgrade, Some(SUBPROTOCOL)))
+}
+
+/// Records an app's connect that asked a stopped environment to run again as the
+/// start it is (`environment.start` by the app's token), durably before the app is
+/// admitted, as `POST …/start` is before it is answered: one the log cannot take is
+/// answered 500 `audit_failed` and the app is not admitted (the start stands).
+async fn audit_start(
+    s: &AppState,
+    who: &Principal,
+    remote: Remote,
+    id: &str,
+    owner: &str,
+) -> Result<(), ApiError> {
+    let act = Act {
+        who,
+        remote,
+        action: action::ENVIRONMENT_START,
+        target: id,
+        owner: Some(owner),
+    };
+    audited(s, act, Ok(())).await
 }

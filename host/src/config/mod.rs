@@ -661,15 +661,18 @@ impl ServeConfig {
     }
 
     /// `environment` config with the secret values of its `template` (if it was
-    /// provisioned from one) and then the operator's config for `provider` laid over
-    /// it: what the provider is handed, never what is stored or shown.
+    /// provisioned from one that still runs on `provider`) and then the operator's
+    /// config for `provider` laid over it: what the provider is handed, never what is
+    /// stored or shown. A template since moved to another provider keeps its secrets
+    /// for that one: they are not handed to the provider its old environments run on.
     pub fn merged_config(
         &self,
         provider: &str,
         template: Option<&str>,
         environment: &serde_json::Map<String, serde_json::Value>,
     ) -> serde_json::Map<String, serde_json::Value> {
-        let environment = match template.and_then(|t| self.templates.get(t)) {
+        let template = template.and_then(|t| self.templates.get(t));
+        let environment = match template.filter(|t| t.provider == provider) {
             Some(template) => template.with_secrets(environment),
             None => environment.clone(),
         };

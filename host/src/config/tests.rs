@@ -61,6 +61,21 @@ fn config_only_table_keeps_the_default_grant() {
 }
 
 #[test]
+fn a_templates_secrets_go_only_to_the_provider_it_runs_on() {
+    let c = load(
+        "[templates.chat]\nprovider = \"http-sandbox\"\nscope = \"thread\"\n\
+         config = { apiKey = \"k\" }\nsecret_keys = [\"apiKey\"]\n",
+    )
+    .unwrap();
+    let none = serde_json::Map::new();
+    let merged = c.merged_config("http-sandbox", Some("chat"), &none);
+    assert_eq!(merged["apiKey"], "k");
+    // An environment the template made before it moved to `http-sandbox`.
+    let merged = c.merged_config("local-process", Some("chat"), &none);
+    assert!(merged.get("apiKey").is_none(), "{merged:?}");
+}
+
+#[test]
 fn relay_section_is_read_and_checked() {
     let c = load("[relay]\nwindow_messages = 20000\nmax_message_kib = 64\n").unwrap();
     assert_eq!(c.relay.window_messages, 20000);

@@ -254,6 +254,8 @@ struct Shared {
     quotas: Quotas,
     /// One lock per provision key.
     provisions: KeyLocks,
+    /// Names whose delete is under way (`workspaces.rs`).
+    deleting: workspaces::Deleting,
     /// Fired when the host starts shutting down.
     closing: CancellationToken,
 }
@@ -310,6 +312,7 @@ impl Manager {
                 ),
                 quotas,
                 provisions: KeyLocks::default(),
+                deleting: workspaces::Deleting::default(),
                 providers,
                 engine,
                 config,
@@ -543,6 +546,8 @@ impl Manager {
             record.desired_state = DesiredState::Running;
         }
         let id = record.id.clone();
+        // A delete of an environment of this name still removing its workspace.
+        self.shared.deleting.done(&record.name).await;
         let admitted = self.admit(&record.owner, false).await?;
         (self.shared.quotas).check_new(&self.shared.store, &record.owner, req.start)?;
         self.insert_record(record).await?;
@@ -604,13 +609,14 @@ impl Manager {
     /// `ProviderNotAllowed` when a user (not an admin) asks `record` to run and its
     /// provider is outside the owner's `[tenancy] providers` (the list changed since
     /// it was made, or an admin made it for them). A template's environment runs on
-    /// the operator's choice of provider and is not checked.
+    /// the operator's choice of provider and is not checked, while that template
+    /// still stands on that provider.
     pub(super) fn check_users_start(
         &self,
         who: &Principal,
         record: &Record,
     ) -> Result<(), LifecycleError> {
-        if who.is_admin() || record.provision_key.is_some() {
+        if who.is_admin() || self.template_vouches(record) {
             return Ok(());
         }
         (self.shared.quotas).check_provider(&record.owner, &record.provider)
@@ -755,8 +761,11 @@ impl Manager {
         env.deleting.cancel();
         let _op = env.op.lock().await;
         let config = self.shared.config.get();
-        if let Some(name) = self.shared.store.peek(id, |r| r.name.clone()) {
-            workspaces::mark(&config, &name);
+        let name = self.shared.store.peek(id, |r| r.name.clone());
+        // Until the workspace is gone, a new environment of this name waits.
+        let _deleting = name.as_deref().map(|n| self.shared.deleting.hold(n));
+        if let Some(name) = &name {
+            workspaces::mark(&config, name);
         }
         // Another host running it removes its resource when the delete reaches it,
         // and so may the host that ran it last (`leave_removal`).

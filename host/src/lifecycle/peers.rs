@@ -33,6 +33,17 @@ fn refused(e: RelayError) -> LifecycleError {
     }
 }
 
+/// An app admitted to an environment by id.
+#[derive(Debug)]
+pub(crate) struct Joined {
+    /// Ready to be served on the app's socket.
+    pub connection: Connection,
+    /// The environment's owner, when this connect asked it to run again (asleep for
+    /// idleness, or stopped and `start=true`): a start by the app's token, which the
+    /// API audits before the upgrade as `POST …/start` is.
+    pub woke: Option<String>,
+}
+
 impl Manager {
     /// Admits the runtime of environment `id` if `token` is its current token.
     /// `resume` continues a resumable session (see `docs/protocol.md`).
@@ -83,16 +94,25 @@ impl Manager {
         thread: AppThread,
         resume: Option<Resume>,
         start: bool,
-    ) -> Result<Connection, LifecycleError> {
+    ) -> Result<Joined, LifecycleError> {
         let record = self.reachable(who, id)?;
         let env = self.known_env(id)?;
         self.refuse_elsewhere(id).await?;
         if !wakes(&record, start, Wakes::Asleep)? {
-            return self.admit_app(who, record, &env, thread, resume, None, None);
+            let connection = self.admit_app(who, record, &env, thread, resume, None, None)?;
+            return Ok(Joined {
+                connection,
+                woke: None,
+            });
         }
         let record = self.wake(who, record).await?;
+        let owner = record.owner.clone();
         let span = tracing::info_span!("app", env = %id);
-        self.admit_starting(who, record, env, thread, resume, None, span)
+        let connection = self.admit_starting(who, record, env, thread, resume, None, span)?;
+        Ok(Joined {
+            connection,
+            woke: Some(owner),
+        })
     }
 
     /// Attaches `who`'s app to `env` (whose record is `record`); `first`, if given, is

@@ -54,6 +54,8 @@ pub(crate) struct Provisioned {
     pub environment_id: String,
     /// Whether this connect made it.
     pub created: bool,
+    /// Whether this connect asked it, stopped, to run again (audited as a start).
+    pub woke: bool,
 }
 
 /// How long a connect that lost its key's name to another host waits for that
@@ -202,16 +204,22 @@ impl Manager {
         };
         let key = key_of(template, &target)?;
         let owner = who.user().to_owned();
-        let (record, created) = {
+        let (record, created, woke) = {
             let _key = self.shared.provisions.lock(&owner, &key).await;
             let found = self.provisioned_for(&owner, &key);
             match found {
-                Some(record) => (self.existing(who, record, target.start).await?, false),
+                Some(record) => {
+                    let (record, woke) = self.existing(who, record, target.start).await?;
+                    (record, false, woke)
+                }
                 None => match self.create_provisioned(who, template, key.clone()).await? {
-                    Made::Created(record) => (*record, true),
+                    Made::Created(record) => (*record, true, false),
                     // Another host made it a moment ago: this connect finds it there.
                     Made::Elsewhere(e) => match self.made_elsewhere(&owner, &key).await {
-                        Some(record) => (self.existing(who, record, target.start).await?, false),
+                        Some(record) => {
+                            let (record, woke) = self.existing(who, record, target.start).await?;
+                            (record, false, woke)
+                        }
                         None => return Err(e),
                     },
                 },
@@ -232,7 +240,21 @@ impl Manager {
             connection,
             environment_id: id,
             created,
+            woke,
         })
+    }
+
+    /// Whether `record` was provisioned from a template that is still defined and
+    /// still runs on the record's provider: the operator's choice, which the owner's
+    /// `[tenancy] providers` does not govern. A template removed, or moved to another
+    /// provider, no longer vouches for the environments it made; otherwise a user
+    /// would keep starting a provider the operator took away from them.
+    pub(super) fn template_vouches(&self, record: &Record) -> bool {
+        let Some(name) = record.template() else {
+            return false;
+        };
+        let config = self.driver().shared.config.get();
+        (config.templates.get(name)).is_some_and(|t| t.provider == record.provider)
     }
 
     /// `owner`'s environment for `key`, if this host knows of one.
@@ -241,15 +263,15 @@ impl Manager {
     }
 
     /// The record of an environment found for a key, asked to run if it is stopped
-    /// (not if its user stopped it on purpose). `Elsewhere` when another host runs it:
-    /// the app is bridged there (`api/ws.rs`), as by id, and that host's relay, which
-    /// its runtime joins, serves it.
+    /// (not if its user stopped it on purpose), and whether it was. `Elsewhere` when
+    /// another host runs it: the app is bridged there (`api/ws.rs`), as by id, and
+    /// that host's relay, which its runtime joins, serves it.
     async fn existing(
         &self,
         who: &Principal,
         record: Record,
         start: bool,
-    ) -> Result<Record, LifecycleError> {
+    ) -> Result<(Record, bool), LifecycleError> {
         // A token limited to other environments does not reach this one, running or
         // not; said as for a key without one, so the token learns nothing of which.
         if !who.reaches(&record.owner, &record.id) {
@@ -258,9 +280,9 @@ impl Manager {
         self.known_env(&record.id)?;
         self.refuse_running_elsewhere(&record).await?;
         if wakes(&record, start, Wakes::NotStoppedOnPurpose)? {
-            return self.wake(who, record).await;
+            return Ok((self.wake(who, record).await?, true));
         }
-        Ok(record)
+        Ok((record, false))
     }
 
     /// Cluster mode, after this host lost the derived name of `owner`'s `key` to
@@ -305,6 +327,10 @@ impl Manager {
         }
         validate::check_config(&template.config).map_err(LifecycleError::Invalid)?;
         let owner = who.user().to_owned();
+        let name = derived_name(&owner, &key);
+        // The key's previous environment, deleted a moment ago, may still be removing
+        // its workspace: the directory this one's name gets.
+        self.shared.deleting.done(&name).await;
         // Always counted: every template has a `max_per_user`.
         let admitted = self.admit(&owner, true).await?;
         // Admitted, this host has every record the cluster admitted before: one of
@@ -316,7 +342,7 @@ impl Manager {
         }
         let mut record = Record::new(
             uuid::Uuid::new_v4().to_string(),
-            derived_name(&owner, &key),
+            name,
             template.provider.clone(),
             template.config.clone(),
         );

@@ -8,10 +8,66 @@
 //! The mark is not synced: it must survive the host's death, which the page cache
 //! does; after a power loss the worst case is a workspace left behind, as before.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
 use crate::store::Store;
+use crate::sync::MutexExt;
+
+/// Names whose delete is under way on this host: the record is gone, so the name is
+/// free in the store, but the provider's removal and the workspace's are not done. A
+/// new environment of such a name (a create, or a template connect re-making the
+/// environment of its key, whose name is always the same) would get the directory
+/// the delete is about to empty and remove, so it waits for the delete first.
+#[derive(Debug, Default)]
+pub(super) struct Deleting(Mutex<HashMap<String, CancellationToken>>);
+
+/// A delete's hold on its environment's name; released (and waiters woken) on drop.
+pub(super) struct DeletingName<'a> {
+    deleting: &'a Deleting,
+    name: String,
+    done: CancellationToken,
+}
+
+impl Deleting {
+    /// Holds `name` until the returned guard is dropped (a delete holds it under its
+    /// environment's operation lock, so one at a time).
+    pub(super) fn hold(&self, name: &str) -> DeletingName<'_> {
+        let done = CancellationToken::new();
+        self.0.locked().insert(name.to_owned(), done.clone());
+        DeletingName {
+            deleting: self,
+            name: name.to_owned(),
+            done,
+        }
+    }
+
+    /// Returns once no delete holds `name`.
+    pub(super) async fn done(&self, name: &str) {
+        loop {
+            let held = self.0.locked().get(name).cloned();
+            match held {
+                Some(done) => done.cancelled().await,
+                None => return,
+            }
+        }
+    }
+}
+
+impl Drop for DeletingName<'_> {
+    fn drop(&mut self) {
+        let mut held = self.deleting.0.locked();
+        // Only its own entry: never one a later hold put there.
+        if held.get(&self.name) == Some(&self.done) {
+            held.remove(&self.name);
+        }
+        self.done.cancel();
+    }
+}
 
 /// Where the marks live.
 fn marks(config: &ServeConfig) -> PathBuf {
