@@ -103,12 +103,45 @@ impl Nginx {
     }
 
     /// Stops nginx (its workers with it).
-    pub(crate) fn stop(mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGQUIT,
-        );
-        let _ = self.child.wait();
+    pub(crate) fn stop(self) {
+        drop(self);
+    }
+
+    /// Asks the master to stop, gives it 5 s, then kills it and every worker it had.
+    fn shut_down(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let workers = self.workers();
+        let master = Pid::from_raw(self.child.id() as i32);
+        let _ = kill(master, Signal::SIGQUIT);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = kill(master, Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+        // Workers still holding a connection outlive a master that did not wait for
+        // them; orphaned, nothing else would end them.
+        // Only a process that is still nginx: a pid freed a moment ago may be reused.
+        for worker in workers {
+            let comm = std::fs::read_to_string(format!("/proc/{worker}/comm"));
+            if comm.is_ok_and(|c| c.trim() == "nginx") {
+                let _ = kill(Pid::from_raw(worker as i32), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Nginx {
+    /// A benchmark that returns early (a failed case) stops nginx too: its master,
+    /// killed with the benchmark's thread, would leave its workers running for good.
+    fn drop(&mut self) {
+        self.shut_down();
     }
 }
 
