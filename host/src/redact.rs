@@ -88,25 +88,29 @@ fn collect(prefix: &str, config: &Map<String, Value>, values: &mut Vec<(String, 
         } else {
             format!("{prefix}.{key}")
         };
-        match value {
-            Value::String(text) if text.chars().count() >= MIN_CHARS => {
-                let Ok(quoted) = serde_json::to_string(text) else {
-                    continue;
-                };
-                let escaped = quoted[1..quoted.len() - 1].to_owned();
-                // The key is the operator's (checked TOML), shown as it is written.
-                values.push((text.clone(), escaped, format!("<config:{key}>")));
-            }
-            Value::Object(inner) => collect(&key, inner, values),
-            Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    let mut one = Map::new();
-                    one.insert(i.to_string(), item.clone());
-                    collect(&key, &one, values);
-                }
-            }
-            _ => {}
+        collect_value(key, value, values);
+    }
+}
+
+/// Adds `value`, set under `key`, or its string leaves (nested keys dotted, list
+/// items numbered) to `values`.
+fn collect_value(key: String, value: &Value, values: &mut Vec<(String, String, String)>) {
+    match value {
+        Value::String(text) if text.chars().count() >= MIN_CHARS => {
+            let Ok(quoted) = serde_json::to_string(text) else {
+                return;
+            };
+            let escaped = quoted[1..quoted.len() - 1].to_owned();
+            // The key is the operator's (checked TOML), shown as it is written.
+            values.push((text.clone(), escaped, format!("<config:{key}>")));
         }
+        Value::Object(inner) => collect(&key, inner, values),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                collect_value(format!("{key}.{i}"), item, values);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -28,7 +28,8 @@ pub(crate) struct RemovalView {
     pub(crate) resource_id: Option<String>,
     /// Attempts that failed so far (the delete's own included).
     pub(crate) attempts: u32,
-    /// What the last attempt said.
+    /// What the last attempt said (a value of the operator's config quoted in it
+    /// reads `<config:KEY>`).
     pub(crate) last_error: String,
     /// When the first attempt failed (RFC 3339).
     pub(crate) failed_at: String,

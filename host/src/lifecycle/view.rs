@@ -99,7 +99,8 @@ pub(crate) struct EnvironmentView {
     #[schema(required = true)]
     pub workspace_path: Option<String>,
     /// Last failure, until the next successful start; anyone but an admin reads the
-    /// data directory's path in it as `<data-dir>`.
+    /// data directory's path in it as `<data-dir>`, and everyone a value of the
+    /// operator's config (or a template's secret) it quotes as `<config:KEY>`.
     #[schema(required = true)]
     pub last_error: Option<String>,
     /// Restarts after failures so far.
@@ -122,7 +123,8 @@ pub(crate) struct EnvironmentView {
     /// Why it was last stopped (`user`, `idle`); cleared by the next start.
     #[schema(required = true)]
     pub stop_reason: Option<StopReason>,
-    /// Facts the provider reported at start.
+    /// Facts the provider reported at start (a value of the operator's config quoted
+    /// in one reads `<config:KEY>`).
     pub metadata: BTreeMap<String, String>,
     /// Version of the provider instance serving it, while one does.
     #[schema(required = true)]
