@@ -277,7 +277,10 @@ where
                     let incoming = lock(&out.peer).on_frame(&text);
                     match incoming {
                         Incoming::Message(msg) => {
-                            if lock(&out.peer).ack(false).is_some() {
+                            // Only ask: the writer takes the ack. Taking it here left
+                            // the writer nothing to send, and the host's window for this
+                            // runtime filled until apps were told `not_delivered`.
+                            if lock(&out.peer).ack_due() {
                                 flush.notify_one();
                             }
                             handle(msg, tx, tasks)

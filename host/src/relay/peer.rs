@@ -127,6 +127,12 @@ impl PeerState {
         Incoming::Message(msg)
     }
 
+    /// Whether enough arrived since the last `relayAck` for one to be due; unlike
+    /// [`PeerState::ack`] it takes nothing, so whoever writes the ack still finds it due.
+    pub fn ack_due(&self) -> bool {
+        self.last_seq - self.acked_to_host >= ACK_EVERY
+    }
+
     /// A `relayAck` to send if enough arrived since the last one (or `force`d and any).
     pub fn ack(&mut self, force: bool) -> Option<String> {
         let due = self.last_seq - self.acked_to_host;
@@ -162,5 +168,17 @@ mod tests {
         assert_eq!(p.query(), "session=s&resume=1");
         assert_eq!(p.ack(true), Some(protocol::ack_frame(1)));
         assert_eq!(p.ack(true), None);
+    }
+
+    #[test]
+    fn asking_whether_an_ack_is_due_leaves_it_due() {
+        let mut p = PeerState::new("s");
+        for seq in 1..=ACK_EVERY {
+            assert!(!p.ack_due());
+            p.on_frame(&format!(r#"{{"relaySeq":{seq}}}"#));
+        }
+        assert!(p.ack_due() && p.ack_due());
+        assert_eq!(p.ack(false), Some(protocol::ack_frame(ACK_EVERY)));
+        assert!(!p.ack_due());
     }
 }
