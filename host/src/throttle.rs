@@ -8,11 +8,12 @@
 //! attempt learns nothing and does not extend the window: a user behind the same NAT
 //! as an attacker gets back in when the window ends.
 //!
-//! Failures a page of another web origin causes count apart from the address's
-//! others ([`Source`]): any site the operator visits can have the operator's browser
-//! open sockets to the host with made-up tickets, and counted with the rest of the
+//! Failures are counted apart by who could have caused them ([`Page`]): requests
+//! without `Origin` (the CLI, runtimes, an app's backend), the host's own pages, and
+//! pages of other origins. Any site the operator visits can have the operator's
+//! browser open sockets to the host with made-up tickets; counted with the rest of the
 //! address, a few of those would lock out the operator's own CLI, dashboard and
-//! runtimes on the same machine. Such pages lock out only pages of other origins.
+//! runtimes on the same machine. A page can at worst lock out pages like itself.
 //!
 //! IPv6 addresses count by their /64 (one host usually holds a whole /64, so counting
 //! single addresses would let it try 2^64 times), and IPv4-mapped IPv6 as the IPv4
@@ -50,16 +51,28 @@ impl Throttled {
     }
 }
 
-/// Where a failed authentication came from: an address, and whether the request came
-/// from a page of another origin than the host's (a browser's `Origin` naming another
-/// host). The two count apart, so such pages cannot lock the rest of the address out;
-/// a client forging `Origin` gains one more window of tries, no more.
+/// Where a failed authentication came from: an address, and which kind of caller
+/// ([`Page`]). Each kind counts apart, so a web page cannot lock the address's tools
+/// out; a client forging `Origin` gains two more windows of tries, no more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Source {
     /// The peer's address, as it connected (the audit log's `remote`).
     pub(crate) addr: IpAddr,
-    /// A page of another origin sent the request.
-    pub(crate) other_origin: bool,
+    /// Whether a web page sent the request, and whose.
+    pub(crate) page: Page,
+}
+
+/// Whether a web page sent a request (a browser's `Origin`), and whether that page is
+/// of the host it calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Page {
+    /// No `Origin`: the CLI, a runtime, an app's backend.
+    None,
+    /// A page whose origin is the host it calls: the dashboard, or a page whose own
+    /// name was made to resolve to the host (DNS rebinding), which cannot be told apart.
+    Own,
+    /// A page of another host or port, an opaque `null` origin, or one unreadable.
+    Other,
 }
 
 impl Source {
@@ -73,11 +86,11 @@ impl Source {
 }
 
 impl From<IpAddr> for Source {
-    /// A request from `addr` that no page of another origin sent.
+    /// A request from `addr` that no web page sent.
     fn from(addr: IpAddr) -> Self {
         Self {
             addr,
-            other_origin: false,
+            page: Page::None,
         }
     }
 }
@@ -130,8 +143,8 @@ impl Throttle {
         }
     }
 
-    /// Before verifying a token from `remote`: `Err` while the address (or, for a page
-    /// of another origin, such pages at the address) is refused.
+    /// Before verifying a token from `remote`: `Err` while callers of its kind at its
+    /// address ([`Page`]) are refused.
     pub(crate) fn check(&self, remote: impl Into<Source>) -> Result<(), Throttled> {
         let now = (self.clock)();
         let key = remote.into().counted();
@@ -300,27 +313,30 @@ mod tests {
     }
 
     #[test]
-    fn pages_of_other_origins_lock_out_only_such_pages_of_the_address() {
+    fn each_kind_of_caller_locks_out_only_its_own_kind_at_the_address() {
         let (_now, clock) = manual();
         let t = Throttle::with_clock(config(2, 100), clock);
-        let page = |addr| Source {
-            addr,
-            other_origin: true,
-        };
-        t.failed(page(v4(1))).unwrap();
-        assert!(t.failed(page(v4(1))).is_err());
-        assert!(t.check(page(v4(1))).is_err());
+        let page = |addr, page| Source { addr, page };
+        t.failed(page(v4(1), Page::Other)).unwrap();
+        assert!(t.failed(page(v4(1), Page::Other)).is_err());
+        assert!(t.check(page(v4(1), Page::Other)).is_err());
         // The same address's own callers (CLI, runtimes, the host's dashboard) go on.
         t.check(v4(1)).unwrap();
+        t.check(page(v4(1), Page::Own)).unwrap();
+        // A page of the host's own origin (or one rebinding its name to the host)
+        // locks out such pages, never the address's tools.
+        t.failed(page(v4(1), Page::Own)).unwrap();
+        assert!(t.failed(page(v4(1), Page::Own)).is_err());
+        t.check(v4(1)).unwrap();
+        // And the side tools fail on is theirs alone: a forger gains a window, no more.
         t.failed(v4(1)).unwrap();
-        // And the side they fail on is theirs alone: a forger gains one window, no more.
         assert!(t.failed(v4(1)).is_err());
-        assert!(t.check(v4(1)).is_err() && t.check(page(v4(1))).is_err());
+        assert!(t.check(v4(1)).is_err());
         // Counted by the address's unit, like everything else.
         let a: IpAddr = "2001:db8::1".parse().unwrap();
         let b: IpAddr = "2001:db8::2".parse().unwrap();
-        t.failed(page(a)).unwrap();
-        assert!(t.failed(page(b)).is_err());
+        t.failed(page(a, Page::Other)).unwrap();
+        assert!(t.failed(page(b, Page::Other)).is_err());
         t.check(a).unwrap();
     }
 

@@ -14,8 +14,26 @@ use crate::support::{Server, TOKEN, write_config};
 /// A WebSocket upgrade of `path` as a browser sends it: with `origin`, and the token
 /// as a bearer header when given; the status it is answered with (101 when upgraded).
 async fn upgrade(server: &Server, path: &str, origin: Option<&str>, token: Option<&str>) -> u16 {
+    upgrade_to(server, path, None, origin, token).await
+}
+
+/// [`upgrade`] with `host` as the request's `Host` (the name a browser called, when it
+/// is not the address connected to).
+async fn upgrade_to(
+    server: &Server,
+    path: &str,
+    host: Option<&str>,
+    origin: Option<&str>,
+    token: Option<&str>,
+) -> u16 {
     let mut req = server.ws_url(path).into_client_request().expect("request");
     let headers = req.headers_mut();
+    if let Some(host) = host {
+        headers.insert(
+            http::header::HOST,
+            http::HeaderValue::from_str(host).expect("host"),
+        );
+    }
     if let Some(origin) = origin {
         headers.insert(
             http::header::ORIGIN,
@@ -60,6 +78,35 @@ async fn made_up_tickets_from_another_sites_page_do_not_lock_out_the_hosts_own_c
     assert_eq!(status, StatusCode::OK, "{body}");
     let own = Some(server.base.as_str());
     assert_eq!(upgrade(&server, "/ws/events", own, Some(TOKEN)).await, 101);
+    assert_eq!(upgrade(&server, "/ws/events", None, Some(TOKEN)).await, 101);
+    server.stop();
+}
+
+/// A page whose own name was made to resolve to the host (DNS rebinding) calls it with
+/// its own name as `Host` and `Origin`: to the host, a page of its own origin. It can
+/// lock out such pages at the address, never the CLI or runtimes (no `Origin`), which
+/// it used to, counted with them.
+#[tokio::test]
+async fn a_page_rebinding_its_name_to_the_host_does_not_lock_out_its_tools() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), "[auth]\nmax_failures_per_minute = 5\n");
+    let server = Server::start(dir.path());
+    let port = server.base.rsplit(':').next().expect("port");
+    let rebound = format!("rebound.example:{port}");
+    let origin = format!("http://{rebound}");
+    let page = |path: String| {
+        let (rebound, origin) = (rebound.clone(), origin.clone());
+        let server = &server;
+        async move { upgrade_to(server, &path, Some(&rebound), Some(&origin), None).await }
+    };
+    for n in 0..4 {
+        let path = format!("/ws/events?ticket=tkt_{n:064x}");
+        assert_eq!(page(path).await, 401, "try {n}");
+    }
+    assert_eq!(page(format!("/ws/events?ticket=tkt_{:064x}", 4)).await, 429);
+    // The CLI and runtimes at the same address go on.
+    let (status, body) = server.call("GET", "/api/v1/whoami", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(upgrade(&server, "/ws/events", None, Some(TOKEN)).await, 101);
     server.stop();
 }

@@ -64,8 +64,8 @@ fn subprotocol_token(parts: &Parts) -> Option<&str> {
 
 /// The caller presenting `secret`. An address that presented wrong tokens too often
 /// is refused (429) before its token is even looked at, until its window passes; a
-/// missing token is not a guess and is not counted. Pages of other origins count
-/// apart from the rest of their address ([`Source`]).
+/// missing token is not a guess and is not counted. Web pages count apart from the
+/// rest of their address ([`Source`]).
 fn authenticate(
     state: &AppState,
     parts: &Parts,

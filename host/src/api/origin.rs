@@ -1,23 +1,24 @@
-//! Whether a request comes from a web page of another origin than the host's. The
+//! Whether a request comes from a web page, and whether of the host's own origin. The
 //! host honours no credential a browser sends on its own (no cookie, no basic auth),
-//! so such a page can only make its visitor's browser present made-up tokens and
-//! tickets; the throttle counts those apart ([`crate::throttle::Source`]), so that any
-//! site the operator visits cannot lock the operator's own address out.
+//! so a page can only make its visitor's browser present made-up tokens and tickets;
+//! the throttle counts those apart by [`Page`], so that no site the operator visits
+//! can lock the operator's tools (the CLI, local runtimes) out of their own address.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::{HOST, ORIGIN};
 use axum::http::request::Parts;
 
 use super::audited::remote_of;
-use crate::throttle::Source;
+use crate::throttle::{Page, Source};
 
-/// Whether `parts` carries an `Origin` (browsers send one on every WebSocket handshake
-/// and cross-origin request) that is not the host it calls: another host or port
-/// than its `Host`, an opaque `null`, or anything unreadable. No `Origin` (the CLI, a
-/// runtime, an app's backend) and the host's own pages (the dashboard) are not.
-pub(crate) fn other_origin(parts: &Parts) -> bool {
+/// Which page, if any, sent `parts`: none without an `Origin` (the CLI, a runtime, an
+/// app's backend); [`Page::Own`] when it names the host it calls (its `Host`);
+/// otherwise (another host or port, an opaque `null`, anything unreadable, or no
+/// `Host` to compare with) [`Page::Other`]. Browsers send `Origin` on every WebSocket
+/// handshake and cross-origin request.
+pub(crate) fn page_of(parts: &Parts) -> Page {
     let Some(origin) = parts.headers.get(ORIGIN) else {
-        return false;
+        return Page::None;
     };
     let host = (parts.headers.get(HOST).and_then(|h| h.to_str().ok()))
         .or_else(|| parts.uri.authority().map(|a| a.as_str()));
@@ -27,8 +28,8 @@ pub(crate) fn other_origin(parts: &Parts) -> bool {
         .and_then(|o| o.split_once("://"))
         .map(|(_, authority)| authority);
     match (called, host) {
-        (Some(called), Some(host)) => !called.eq_ignore_ascii_case(host.trim()),
-        _ => true,
+        (Some(called), Some(host)) if called.eq_ignore_ascii_case(host.trim()) => Page::Own,
+        _ => Page::Other,
     }
 }
 
@@ -36,7 +37,7 @@ pub(crate) fn other_origin(parts: &Parts) -> bool {
 pub(crate) fn source_of(parts: &Parts) -> Source {
     Source {
         addr: remote_of(parts),
-        other_origin: other_origin(parts),
+        page: page_of(parts),
     }
 }
 
@@ -65,14 +66,20 @@ mod tests {
     }
 
     #[test]
-    fn only_an_origin_naming_another_host_is_another_origin() {
+    fn an_origin_is_the_hosts_own_only_when_it_names_the_host_called() {
         let host = Some("127.0.0.1:2719");
-        assert!(!other_origin(&parts(host, None)));
-        assert!(!other_origin(&parts(host, Some("http://127.0.0.1:2719"))));
-        assert!(!other_origin(&parts(
-            Some("Tether.Example"),
-            Some("https://tether.example")
-        )));
+        assert_eq!(page_of(&parts(host, None)), Page::None);
+        assert_eq!(
+            page_of(&parts(host, Some("http://127.0.0.1:2719"))),
+            Page::Own
+        );
+        assert_eq!(
+            page_of(&parts(
+                Some("Tether.Example"),
+                Some("https://tether.example")
+            )),
+            Page::Own
+        );
         for origin in [
             "http://evil.example",
             "http://127.0.0.1:2720",
@@ -80,9 +87,12 @@ mod tests {
             "null",
             "127.0.0.1:2719",
         ] {
-            assert!(other_origin(&parts(host, Some(origin))), "{origin}");
+            assert_eq!(page_of(&parts(host, Some(origin))), Page::Other, "{origin}");
         }
         // No `Host` to compare with: a browser's `Origin` is not taken as the host's.
-        assert!(other_origin(&parts(None, Some("http://127.0.0.1:2719"))));
+        assert_eq!(
+            page_of(&parts(None, Some("http://127.0.0.1:2719"))),
+            Page::Other
+        );
     }
 }
