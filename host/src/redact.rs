@@ -4,8 +4,10 @@
 //! the provider says back (a failed start's `lastError`, its log lines) may quote
 //! them, as may a remote API's answer it passes on (`the sandbox API at URL refused
 //! the API key`, `invalid key sk-…`). Such text is shown with `<config:KEY>` in place
-//! of each value, to every caller.
+//! of each value, to every caller: the value as it is, and as a URL's query or form
+//! carries it (percent-encoded, as an error naming the URL a request went to shows it).
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value};
 
 use crate::config::ServeConfig;
@@ -17,6 +19,14 @@ const MIN_CHARS: usize = 6;
 /// Most values taken out of one text (the deepest config an operator writes has a
 /// handful); the rest are left, not the text slowed down without bound.
 const MOST_VALUES: usize = 64;
+
+/// What a URL's query or a form leaves as it is: RFC 3986's unreserved characters.
+/// Everything else is percent-encoded, as clients encode a query value.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// The config values to take out of one environment's text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,7 +112,13 @@ fn collect_value(key: String, value: &Value, values: &mut Vec<(String, String, S
             };
             let escaped = quoted[1..quoted.len() - 1].to_owned();
             // The key is the operator's (checked TOML), shown as it is written.
-            values.push((text.clone(), escaped, format!("<config:{key}>")));
+            let mark = format!("<config:{key}>");
+            // Percent-encoded, it needs no JSON escaping.
+            let encoded = utf8_percent_encode(text, QUERY_VALUE).to_string();
+            if encoded != *text {
+                values.push((encoded.clone(), encoded, mark.clone()));
+            }
+            values.push((text.clone(), escaped, mark));
         }
         Value::Object(inner) => collect(&key, inner, values),
         Value::Array(items) => {
@@ -148,5 +164,23 @@ mod tests {
             r#"{"message":"refused <config:apiKey>"}"#
         );
         assert!(ConfigValues::new([&map(json!({"a": "short"}))]).is_empty());
+    }
+
+    #[test]
+    fn a_value_is_replaced_as_a_urls_query_carries_it_too() {
+        let operator = map(json!({"apiKey": "k3y+with/slash=", "plain": "abc-def_1"}));
+        let values = ConfigValues::new([&operator]);
+        let text = "GET http://api.example/v1?key=k3y%2Bwith%2Fslash%3D&id=abc-def_1 failed";
+        assert_eq!(
+            values.hide(text),
+            "GET http://api.example/v1?key=<config:apiKey>&id=<config:plain> failed"
+        );
+        let line = json!({"message": text}).to_string();
+        assert_eq!(
+            values.hide_in_json(&line),
+            json!({"message": "GET http://api.example/v1?key=<config:apiKey>&id=<config:plain> failed"})
+                .to_string()
+        );
+        assert_eq!(values.hide("k3y+with/slash="), "<config:apiKey>");
     }
 }

@@ -602,7 +602,10 @@ async fn api_quoting_the_key() -> u16 {
                     .and_then(|l| l.split_whitespace().last())
                     .unwrap_or_default()
                     .to_owned();
-                let body = json!({"error": {"message": format!("invalid key {key}")}}).to_string();
+                // And as a URL's query would carry it, as an error naming the URL does.
+                let in_query = (key.replace('/', "%2F").replace('+', "%2B")).replace('=', "%3D");
+                let message = format!("invalid key {key} (?key={in_query})");
+                let body = json!({"error": {"message": message}}).to_string();
                 let answer = format!(
                     "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
@@ -623,7 +626,7 @@ async fn api_quoting_the_key() -> u16 {
 async fn what_the_operator_hands_a_provider_is_not_shown_when_it_is_quoted_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = api_quoting_the_key().await;
-    let key = "sk-operator-secret-0123";
+    let key = "sk-operator/secret+0123=";
     let api_url = format!("http://127.0.0.1:{port}/v1");
     write_config(
         dir.path(),
@@ -638,7 +641,8 @@ async fn what_the_operator_hands_a_provider_is_not_shown_when_it_is_quoted_back(
     let error = env["lastError"].as_str().unwrap_or_default();
     assert!(error.contains("refused the API key"), "{error}");
     assert!(
-        error.contains("<config:apiUrl>") && error.contains("invalid key <config:apiKey>"),
+        error.contains("<config:apiUrl>")
+            && error.contains("invalid key <config:apiKey> (?key=<config:apiKey>)"),
         "{error}"
     );
     let (_, listed) = server.call("GET", "/api/v1/environments", None).await;
@@ -653,8 +657,9 @@ async fn what_the_operator_hands_a_provider_is_not_shown_when_it_is_quoted_back(
         .expect("logs");
     let log = response.text().await.expect("log text");
     assert!(log.contains("<config:apiKey>"), "{log}");
+    let in_query = "sk-operator%2Fsecret%2B0123%3D";
     for shown in [listed.to_string(), one.to_string(), log] {
-        assert!(!shown.contains(key), "{shown}");
+        assert!(!shown.contains(key) && !shown.contains(in_query), "{shown}");
         assert!(!shown.contains(&api_url), "{shown}");
     }
     server.stop();
