@@ -277,7 +277,9 @@ where
                     let incoming = lock(&out.peer).on_frame(&text);
                     match incoming {
                         Incoming::Message(msg) => {
-                            if lock(&out.peer).ack(false).is_some() {
+                            // The writer makes the acknowledgement: taking it here
+                            // would mark it sent and the writer would find none due.
+                            if lock(&out.peer).ack_due() {
                                 flush.notify_one();
                             }
                             handle(msg, tx, tasks)
