@@ -277,9 +277,8 @@ where
                     let incoming = lock(&out.peer).on_frame(&text);
                     match incoming {
                         Incoming::Message(msg) => {
-                            // Only ask: the writer takes the ack. Taking it here left
-                            // the writer nothing to send, and the host's window for this
-                            // runtime filled until apps were told `not_delivered`.
+                            // The writer makes the acknowledgement: taking it here
+                            // would mark it sent and the writer would find none due.
                             if lock(&out.peer).ack_due() {
                                 flush.notify_one();
                             }

@@ -36,6 +36,7 @@ mod provisioning;
 mod quotas;
 mod records;
 mod relay;
+mod relay_acks;
 mod relay_edges;
 mod removals;
 mod sandbox;

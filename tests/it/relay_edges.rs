@@ -424,25 +424,3 @@ async fn an_ack_without_a_count_is_neither_relayed_nor_counted() {
     assert_eq!(counted, Some(json!(1)));
     server.stop();
 }
-
-/// The reference runtime acknowledges what it receives: a long run of requests, one at
-/// a time, never fills its window at the host. It used to take the due ack in its
-/// reader and leave its writer nothing to send, so after `window_messages` requests
-/// apps were answered `not_delivered` ("the runtime is not keeping up") until its next
-/// ping 10 s later.
-#[tokio::test]
-async fn the_reference_runtime_acknowledges_a_long_run_of_requests() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    crate::support::write_config(dir.path(), "[relay]\nwindow_messages = 64\n");
-    let server = Server::start(dir.path());
-    let env = server.running_env("acks", "local-process", json!({})).await;
-    let id = env["id"].as_str().expect("id");
-    let mut app = server.app(id, "t").await;
-    for i in 0..400 {
-        let reply = app
-            .request(json!({"type": "echo", "requestId": format!("r{i}"), "payload": i}))
-            .await;
-        assert_eq!(reply["type"], "echoResponse", "request {i}: {reply}");
-    }
-    server.stop();
-}

@@ -1,7 +1,10 @@
 import { ReconnectingSocket } from './socket.js';
 import { TetherError } from './errors.js';
 
-/** Acknowledge the host's messages after this many (`docs/protocol.md`, "Resuming"). */
+/**
+ * Acknowledge the host's messages after this many (`docs/protocol.md`, "Resuming"), or
+ * after half the host's window when its greeting's `windowMessages` is smaller.
+ */
 const ACK_EVERY = 32;
 /** …and at least this often while any are unacknowledged. */
 const ACK_INTERVAL_MS = 10_000;
@@ -32,6 +35,7 @@ export class AppConnection extends ReconnectingSocket {
   #target;
   #session;
   #lastSeq = 0; // the last relaySeq received
+  #ackEvery = ACK_EVERY; // half the host's window, at most ACK_EVERY
   #ackedToHost = 0; // the last relaySeq acknowledged to the host
   #sent = 0; // frames of this session the host will have counted once all arrive
   #unacked = []; // [{n, text}] sent and not yet counted by the host
@@ -203,9 +207,12 @@ export class AppConnection extends ReconnectingSocket {
   }
 
   /** The greeting of a (re)connect: re-send what the host did not count, then the queue. */
-  #resumed({ received, next, reset, maxMessageBytes }) {
+  #resumed({ received, next, reset, maxMessageBytes, windowMessages }) {
     this.#hostCounted(received);
     if (Number.isSafeInteger(maxMessageBytes) && maxMessageBytes > 0) this.#maxMessageBytes = maxMessageBytes;
+    if (Number.isSafeInteger(windowMessages) && windowMessages > 0) {
+      this.#ackEvery = Math.min(ACK_EVERY, Math.max(1, Math.floor(windowMessages / 2)));
+    }
     this.#lastSeq = Math.max(0, next - 1);
     this.#ackedToHost = Math.min(this.#ackedToHost, this.#lastSeq);
     // The host counts on from `received`: what is sent again is numbered from there.
@@ -259,7 +266,7 @@ export class AppConnection extends ReconnectingSocket {
 
   #ack(force) {
     const due = this.#lastSeq - this.#ackedToHost;
-    if (!this.#ready || !(due >= ACK_EVERY || (force && due > 0))) return;
+    if (!this.#ready || !(due >= this.#ackEvery || (force && due > 0))) return;
     if (this.write(JSON.stringify({ type: 'relayAck', received: this.#lastSeq }))) {
       this.#ackedToHost = this.#lastSeq;
     }

@@ -148,6 +148,50 @@ fn every_field_of_the_answers_rest_md_describes_is_there() {
     }
 }
 
+/// The `(status, code)` rows of a Markdown error table in `doc`: rows of the shape
+/// `| 400 | \`invalid_request\` | …`, a status in parentheses (an `error` frame's) read
+/// as the status.
+fn error_rows(doc: &str) -> Vec<(u16, String)> {
+    doc.lines()
+        .filter_map(|line| {
+            let mut cells = line.strip_prefix("| ")?.split(" | ");
+            let status = cells.next()?.trim_matches(['(', ')']).parse().ok()?;
+            let code = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((status, code.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_error_tables_give_each_code_its_status_and_no_other_code() {
+    let rest = rest_section("## Errors");
+    let readme = include_str!("../../../README.md");
+    for (doc, rows) in [
+        ("docs/rest.md", error_rows(rest)),
+        ("README.md", error_rows(readme)),
+    ] {
+        for code in super::error::ErrorCode::ALL {
+            let status = code.status().as_u16();
+            assert!(
+                rows.contains(&(status, code.as_str().to_owned())),
+                "{doc}'s error table has no row {status} `{}`",
+                code.as_str()
+            );
+        }
+        for (status, code) in &rows {
+            let known = super::error::ErrorCode::ALL
+                .iter()
+                .find(|c| c.as_str() == code);
+            // The one exception the docs spell out: a runtime that must exit, 410 `conflict`.
+            let exception = *status == 410 && code == "conflict";
+            assert!(
+                known.is_some_and(|c| c.status().as_u16() == *status) || exception,
+                "{doc}'s error table lists {status} `{code}`, which the host never answers"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_readme_names_every_error_code() {
     let readme = include_str!("../../../README.md");

@@ -173,8 +173,8 @@ impl Stream {
     }
 
     /// Hands a new connection the stream, replacing any current one; a resumable one
-    /// is greeted with the largest frame it may send, `max_message_bytes`.
-    fn connect(&mut self, conn: &mut Conn, resume: Option<&Resume>, max_message_bytes: usize) {
+    /// is greeted with the largest frame it may send and the window it must ack within.
+    fn connect(&mut self, conn: &mut Conn, resume: Option<&Resume>, config: &RelayConfig) {
         if let Some(old) = self.conn.take() {
             old.close(CLOSE_REPLACED, "replaced by a newer connection");
         }
@@ -201,7 +201,7 @@ impl Stream {
                     self.received,
                     conn.sent + 1,
                     reset,
-                    max_message_bytes,
+                    config,
                 ));
                 if let (false, Some((from, to))) = (reset, self.window.lost_after(r.last)) {
                     conn.control.push_back(protocol::lost_frame(from, to));
@@ -342,8 +342,7 @@ impl Hub {
         if s.runtime.conn.is_none() && s.live() >= self.config.max_connections {
             return Err(RelayError::TooManyConnections(self.config.max_connections));
         }
-        s.runtime
-            .connect(&mut conn, resume.as_ref(), self.config.max_message_bytes);
+        s.runtime.connect(&mut conn, resume.as_ref(), &self.config);
         let outbox = Outbox::new(self.clone(), StreamKey::Runtime, &conn, closed);
         tracing::info!(env = %self.env_id, conn = conn.id, resumable = conn.resumable,
             waiting = s.runtime.window.len(), "runtime connected");
@@ -444,7 +443,7 @@ impl Hub {
                 stream.offer(&greeting.into());
             }
         }
-        stream.connect(&mut conn, resume.as_ref(), self.config.max_message_bytes);
+        stream.connect(&mut conn, resume.as_ref(), &self.config);
         let outbox = Outbox::new(self.clone(), StreamKey::App(id), &conn, closed);
         stream.conn = Some(conn);
         if let Some(r) = resume {

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use super::protocol;
 
-/// Acknowledge the host's messages at least this often.
+/// Acknowledge the host's messages at least this often; sooner when the host's
+/// window (its `relayResumed` says) is smaller than twice this.
 const ACK_EVERY: u64 = 32;
 
 /// What an incoming frame turned out to be.
@@ -34,6 +35,12 @@ pub struct PeerState {
     sent: u64,
     unacked: VecDeque<(u64, String)>,
     max_message_bytes: Option<usize>,
+    /// Acknowledge after this many messages: half the host's window, at most [`ACK_EVERY`].
+    ack_every: u64,
+    /// Acknowledge after this many bytes of messages: half the host's window in bytes.
+    ack_bytes: Option<u64>,
+    /// Bytes of the messages received since the last acknowledgement.
+    bytes_due: u64,
 }
 
 impl PeerState {
@@ -46,6 +53,9 @@ impl PeerState {
             sent: 0,
             unacked: VecDeque::new(),
             max_message_bytes: None,
+            ack_every: ACK_EVERY,
+            ack_bytes: None,
+            bytes_due: 0,
         }
     }
 
@@ -99,6 +109,12 @@ impl PeerState {
                 self.max_message_bytes = msg["maxMessageBytes"]
                     .as_u64()
                     .and_then(|n| usize::try_from(n).ok());
+                // Half the window, so an acknowledgement is always on its way before the
+                // host's window fills (a host that does not say keeps the default).
+                if let Some(window) = msg["windowMessages"].as_u64() {
+                    self.ack_every = (window / 2).clamp(1, ACK_EVERY);
+                }
+                self.ack_bytes = msg["windowBytes"].as_u64().map(|b| (b / 2).max(1));
                 self.last_seq = msg["next"].as_u64().unwrap_or(1).saturating_sub(1);
                 self.acked_to_host = self.acked_to_host.min(self.last_seq);
                 // The host counts from `received` on: renumber what is resent.
@@ -123,21 +139,24 @@ impl PeerState {
                 return Incoming::Nothing;
             }
             self.last_seq = seq;
+            self.bytes_due += text.len() as u64;
         }
         Incoming::Message(msg)
     }
 
-    /// Whether enough arrived since the last `relayAck` for one to be due; unlike
-    /// [`PeerState::ack`] it takes nothing, so whoever writes the ack still finds it due.
+    /// Whether enough arrived since the last acknowledgement that one is due now.
     pub fn ack_due(&self) -> bool {
-        self.last_seq - self.acked_to_host >= ACK_EVERY
+        let due = self.last_seq.saturating_sub(self.acked_to_host);
+        let full = self.ack_bytes.is_some_and(|half| self.bytes_due >= half);
+        due > 0 && (due >= self.ack_every || full)
     }
 
     /// A `relayAck` to send if enough arrived since the last one (or `force`d and any).
     pub fn ack(&mut self, force: bool) -> Option<String> {
-        let due = self.last_seq - self.acked_to_host;
-        if due >= ACK_EVERY || (force && due > 0) {
+        let due = self.last_seq.saturating_sub(self.acked_to_host);
+        if self.ack_due() || (force && due > 0) {
             self.acked_to_host = self.last_seq;
+            self.bytes_due = 0;
             Some(protocol::ack_frame(self.last_seq))
         } else {
             None
@@ -157,7 +176,11 @@ mod tests {
         }
         assert_eq!(p.on_frame(&protocol::ack_frame(1)), Incoming::Nothing);
         assert_eq!(p.unacknowledged(), 2);
-        let resumed = protocol::resumed_frame("s", 2, 1, false, 4096);
+        let config = crate::config::RelayConfig {
+            max_message_bytes: 4096,
+            ..Default::default()
+        };
+        let resumed = protocol::resumed_frame("s", 2, 1, false, &config);
         assert_eq!(p.on_frame(&resumed), Incoming::Resumed(vec!["m3".into()]));
         assert_eq!(p.max_message_bytes(), Some(4096));
         assert!(matches!(
@@ -171,14 +194,28 @@ mod tests {
     }
 
     #[test]
-    fn asking_whether_an_ack_is_due_leaves_it_due() {
+    fn acknowledges_every_half_window_of_a_small_host_window() {
         let mut p = PeerState::new("s");
-        for seq in 1..=ACK_EVERY {
-            assert!(!p.ack_due());
+        let config = crate::config::RelayConfig {
+            window_messages: 8,
+            window_bytes: 1 << 20,
+            ..Default::default()
+        };
+        p.on_frame(&protocol::resumed_frame("s", 0, 1, false, &config));
+        for seq in 1..=3 {
             p.on_frame(&format!(r#"{{"relaySeq":{seq}}}"#));
+            assert_eq!(p.ack(false), None);
         }
-        assert!(p.ack_due() && p.ack_due());
-        assert_eq!(p.ack(false), Some(protocol::ack_frame(ACK_EVERY)));
-        assert!(!p.ack_due());
+        p.on_frame(r#"{"relaySeq":4}"#);
+        assert_eq!(p.ack(false), Some(protocol::ack_frame(4)));
+        // And by bytes: half of a 64-byte window is due after 32 bytes of messages.
+        let config = crate::config::RelayConfig {
+            window_bytes: 64,
+            ..Default::default()
+        };
+        p.on_frame(&protocol::resumed_frame("s", 0, 5, false, &config));
+        let big = format!(r#"{{"relaySeq":5,"pad":"{}"}}"#, "x".repeat(40));
+        p.on_frame(&big);
+        assert_eq!(p.ack(false), Some(protocol::ack_frame(5)));
     }
 }

@@ -13,6 +13,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;
 
+use crate::config::RelayConfig;
+
 /// Most bytes a relay socket (host or reference runtime) reads at once. tungstenite
 /// zero-fills this much of its read buffer before every read attempt (even one that
 /// finds nothing), so its 128 KiB default cost more than all the relay's own work per
@@ -233,15 +235,18 @@ pub(super) fn ack_frame(received: u64) -> String {
     format!("{{\"type\":\"{ACK}\",\"received\":{received}}}")
 }
 
-/// The first frame of a resumable connection. `max_message_bytes` is the largest
-/// frame the host takes from the peer: a peer that sent a larger one would be closed
-/// with 1009 and, resuming, send it again, for ever.
+/// The first frame of a resumable connection. `maxMessageBytes` is the largest frame
+/// the host takes from the peer: a peer that sent a larger one would be closed with
+/// 1009 and, resuming, send it again, for ever. `windowMessages` and `windowBytes`
+/// bound what the host holds for the peer unacknowledged: a peer that acknowledges
+/// less often than every half window is cut off (an app, 4008) or refused more (a
+/// runtime: apps get `not_delivered`), and it cannot know the operator's setting.
 pub(super) fn resumed_frame(
     session: &str,
     received: u64,
     next: u64,
     reset: bool,
-    max_message_bytes: usize,
+    config: &RelayConfig,
 ) -> String {
     json!({
         "type": "relayResumed",
@@ -249,7 +254,9 @@ pub(super) fn resumed_frame(
         "received": received,
         "next": next,
         "reset": reset,
-        "maxMessageBytes": max_message_bytes,
+        "maxMessageBytes": config.max_message_bytes,
+        "windowMessages": config.window_messages,
+        "windowBytes": config.window_bytes,
     })
     .to_string()
 }
