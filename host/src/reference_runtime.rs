@@ -3,7 +3,8 @@
 //! `TETHER_RUNTIME_TOKEN` as a bearer token. It answers `echo`, runs `exec` commands in its
 //! current directory (streaming their output), and reports anything else as an error. Lost
 //! connections are retried with capped exponential backoff; a refused handshake (401, 403,
-//! 404, 410) means the token is stale or the environment is gone, so it stops with an error.
+//! 404, 410) means the token is stale or the environment is gone, and a close with 4009 (a
+//! newer runtime took over) or 4010 (stopped) is final too, so it stops with an error.
 //! It speaks the relay's resume protocol (`docs/protocol.md`): one session per process, so a
 //! reconnect gets exactly the messages it had not received, and re-sends exactly the frames
 //! the host had not counted. It pings the host and treats a host silent for
@@ -110,6 +111,23 @@ pub(crate) enum RuntimeError {
     /// Carries the HTTP status of the refusal.
     #[error("the host refused the runtime (HTTP {0}): stale token or environment gone")]
     Refused(u16),
+    /// The host closed the connection for good: 4009 (a newer runtime connection took
+    /// over) or 4010 (the environment was stopped or deleted, or the host shuts down).
+    #[error("the host closed the runtime for good (close {0}): replaced, or stopped")]
+    Closed(u16),
+}
+
+/// Close codes after which a runtime does not connect again (`docs/protocol.md`):
+/// reconnecting after 4009 would close the newer runtime in turn, for ever.
+const FINAL_CLOSES: [u16; 2] = [4009, 4010];
+
+/// Why a connection to the host ended.
+#[derive(Debug)]
+enum Ended {
+    /// Closed with one of [`FINAL_CLOSES`]: do not connect again.
+    Final(u16),
+    /// Anything else: connect again and resume.
+    Lost(String),
 }
 
 /// Runs the runtime until `shutdown` completes (then `Ok`) or the host refuses it for good.
@@ -190,7 +208,7 @@ async fn connect_loop(
                 let (since, (mut write, mut read)) = (Instant::now(), ws.split());
                 let ended = match resume(&mut write, &mut read, &out.peer).await {
                     Ok(()) => serve(&mut write, read, tx, out, tasks, shutdown.as_mut()).await,
-                    Err(reason) => Some(reason),
+                    Err(reason) => Some(Ended::Lost(reason)),
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(1), write.close()).await;
                 if since.elapsed() >= MAX_BACKOFF {
@@ -198,7 +216,10 @@ async fn connect_loop(
                 }
                 match ended {
                     None => return Ok(()),
-                    Some(reason) => tracing::warn!(%reason, "runtime connection to host lost"),
+                    Some(Ended::Final(code)) => return Err(RuntimeError::Closed(code)),
+                    Some(Ended::Lost(reason)) => {
+                        tracing::warn!(%reason, "runtime connection to host lost");
+                    }
                 }
             }
             Ok(Err(tungstenite::Error::Http(resp)))
@@ -258,7 +279,7 @@ async fn serve<W, R>(
     out: &mut Outbox,
     tasks: &mut JoinSet<()>,
     shutdown: Pin<&mut impl Future<Output = ()>>,
-) -> Option<String>
+) -> Option<Ended>
 where
     W: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
     R: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
@@ -268,11 +289,13 @@ where
         loop {
             let next = tokio::time::timeout(HOST_IDLE_TIMEOUT, read.next()).await;
             let Ok(next) = next else {
-                return "host unresponsive: nothing heard within the idle timeout".to_owned();
+                return Ended::Lost(
+                    "host unresponsive: nothing heard within the idle timeout".to_owned(),
+                );
             };
             let reply = match next {
-                None => return "connection closed".to_owned(),
-                Some(Err(e)) => return e.to_string(),
+                None => return Ended::Lost("connection closed".to_owned()),
+                Some(Err(e)) => return Ended::Lost(e.to_string()),
                 Some(Ok(Message::Text(text))) => {
                     let incoming = lock(&out.peer).on_frame(&text);
                     match incoming {
@@ -299,7 +322,11 @@ where
                     None
                 }
                 Some(Ok(Message::Close(f))) => {
-                    return format!("closed by host: {}", f.map_or(1005, |f| f.code.into()));
+                    let code = f.map_or(1005, |f| f.code.into());
+                    if FINAL_CLOSES.contains(&code) {
+                        return Ended::Final(code);
+                    }
+                    return Ended::Lost(format!("closed by host: {code}"));
                 }
                 Some(Ok(_)) => None,
             };
@@ -354,8 +381,8 @@ where
     };
     tokio::select! {
         _ = shutdown => None,
-        reason = reader => Some(reason),
-        reason = writer => Some(reason),
+        ended = reader => Some(ended),
+        reason = writer => Some(Ended::Lost(reason)),
     }
 }
 

@@ -424,3 +424,46 @@ async fn an_ack_without_a_count_is_neither_relayed_nor_counted() {
     assert_eq!(counted, Some(json!(1)));
     server.stop();
 }
+
+/// A second reference runtime with the same start's URL and token (run by hand, or
+/// left over) takes over the environment's runtime connection: the first is closed
+/// with 4009 and must stop there, as the close-code table says. It used to connect
+/// again, closing the newer one with 4009 in turn, for ever: two runtimes each
+/// replacing the other every few hundred milliseconds.
+#[tokio::test]
+async fn a_reference_runtime_replaced_by_a_newer_one_exits_instead_of_taking_over_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let env = server
+        .running_env("twice", "local-process", json!({}))
+        .await;
+    // The pid reported is the guard's; the runtime is its child.
+    let guard = crate::support::runtime_pid(&env);
+    let children = std::fs::read_to_string(format!("/proc/{guard}/task/{guard}/children"))
+        .expect("the guard's children");
+    let first: u32 = (children.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no runtime under the guard: {children:?}"));
+    let environ = std::fs::read(format!("/proc/{first}/environ")).expect("runtime environment");
+    let var = |name: &str| {
+        environ
+            .split(|b| *b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok())
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(str::to_owned))
+            .unwrap_or_else(|| panic!("{name} in the runtime's environment"))
+    };
+    let mut second = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .arg("runtime")
+        .env_clear()
+        .env("TETHER_RUNTIME_URL", var("TETHER_RUNTIME_URL"))
+        .env("TETHER_RUNTIME_TOKEN", var("TETHER_RUNTIME_TOKEN"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("a second runtime");
+    crate::support::wait_gone(first).await;
+    let _ = second.kill();
+    let _ = second.wait();
+    server.stop();
+}
