@@ -124,6 +124,7 @@ async fn two_users_each_see_and_touch_only_their_own() {
         ("POST", "/start", None),
         ("POST", "/stop", None),
         ("POST", "/restart", None),
+        ("GET", "/logs", None),
         ("DELETE", "", None),
     ] {
         let (status, gone) = server
@@ -152,6 +153,19 @@ async fn two_users_each_see_and_touch_only_their_own() {
             );
         }
     }
+    // A ticket for it too.
+    let ticket = |id: &str| json!({"environment": id, "thread": "t"});
+    let (status, gone) = server
+        .call_with("POST", "/api/v1/tickets", Some(ticket(missing)), Some(&bob))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{gone}");
+    let (status, other) = server
+        .call_with("POST", "/api/v1/tickets", Some(ticket(&mine)), Some(&bob))
+        .await;
+    assert_eq!(
+        (status, answer(&mine, &other)),
+        (StatusCode::NOT_FOUND, answer(missing, &gone))
+    );
     assert_eq!(
         app(&server, &mine, &bob).await.err(),
         Some(StatusCode::NOT_FOUND)
