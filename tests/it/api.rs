@@ -78,11 +78,12 @@ async fn runtime_sockets_need_the_current_runtime_token() {
         Ws::connect(&url, Some(&forged)).await.err(),
         Some(StatusCode::UNAUTHORIZED)
     );
-    // Unknown environments are 404 whatever the token.
+    // An unknown environment is answered like a wrong token: the route tells no one
+    // which ids exist.
     let other = server.ws_url("/ws/runtime/no-such-env");
     assert_eq!(
         Ws::connect(&other, Some(&forged)).await.err(),
-        Some(StatusCode::NOT_FOUND)
+        Some(StatusCode::UNAUTHORIZED)
     );
     // The refused attempts did not disturb the real runtime.
     let env = server

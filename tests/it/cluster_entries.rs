@@ -541,6 +541,14 @@ async fn a_conflict_names_a_lease_url_only_when_its_host_publishes_it() {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let genuine = format!("runs on host a at {}: connect there", a.base);
     assert!(body.contains(&genuine), "{body}");
+    // The runtime route takes no API token: a wrong runtime token hears neither where
+    // the environment runs nor that it exists, as at an id that is no environment's.
+    let forged = format!("1.{}", "0".repeat(64));
+    for at in [id.as_str(), "6f1c7a2e-0000-4000-8000-00000000dead"] {
+        let runtime = b.ws_url(&format!("/ws/runtime/{at}"));
+        let refused = crate::support::Ws::connect(&runtime, Some(&forged)).await;
+        assert_eq!(refused.err(), Some(StatusCode::UNAUTHORIZED), "{at}");
+    }
 
     // A lease rewritten to give a URL its host does not publish.
     let false_url = "http://127.0.0.1:7";

@@ -124,6 +124,7 @@ async fn two_users_each_see_and_touch_only_their_own() {
         ("POST", "/start", None),
         ("POST", "/stop", None),
         ("POST", "/restart", None),
+        ("GET", "/logs", None),
         ("DELETE", "", None),
     ] {
         let (status, gone) = server
@@ -152,6 +153,19 @@ async fn two_users_each_see_and_touch_only_their_own() {
             );
         }
     }
+    // A ticket for it too.
+    let ticket = |id: &str| json!({"environment": id, "thread": "t"});
+    let (status, gone) = server
+        .call_with("POST", "/api/v1/tickets", Some(ticket(missing)), Some(&bob))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{gone}");
+    let (status, other) = server
+        .call_with("POST", "/api/v1/tickets", Some(ticket(&mine)), Some(&bob))
+        .await;
+    assert_eq!(
+        (status, answer(&mine, &other)),
+        (StatusCode::NOT_FOUND, answer(missing, &gone))
+    );
     assert_eq!(
         app(&server, &mine, &bob).await.err(),
         Some(StatusCode::NOT_FOUND)
@@ -664,6 +678,38 @@ async fn a_hand_edit_of_owner_moves_an_environment_between_users() {
     server.stop();
 }
 
+/// A follow of an environment's log was admitted as its owner's: when a hand edit moves
+/// the environment to another user, the old owner reads no more of it (as its apps are
+/// closed), and the new owner may follow it.
+#[tokio::test]
+async fn a_followed_log_ends_when_its_environment_moves_to_another_owner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (alice, _) = token_for(&server, TOKEN, json!({"user": "alice"})).await;
+    let (bob, _) = token_for(&server, TOKEN, json!({"user": "bob"})).await;
+    let id = create_env(&server, &alice, "handed-over").await;
+    let mut follow = server.follow_logs(&id, &alice).await;
+
+    assert_eq!(server.records()["environments"][0]["owner"], "alice");
+    edit_records(dir.path(), |doc| {
+        doc["environments"][0]["owner"] = json!("bob")
+    });
+    let path = format!("/api/v1/environments/{id}");
+    wait_status(&server, &path, &bob, StatusCode::OK).await;
+    let said = follow_end(&mut follow)
+        .await
+        .expect("the old owner's follow stayed open after the environment moved");
+    assert!(said.contains("moved to another owner"), "{said}");
+    let (status, _) = server
+        .call_with("GET", &format!("{path}/logs"), None, Some(&alice))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let mut theirs = server.follow_logs(&id, &bob).await;
+    let still = tokio::time::timeout(Duration::from_millis(300), theirs.chunk()).await;
+    assert!(still.is_err(), "the new owner's follow ended: {still:?}");
+    server.stop();
+}
+
 fn tether_token(args: &[&str], data_dir: &Path) -> Result<Value, String> {
     let out = Command::new(env!("CARGO_BIN_EXE_tether"))
         .arg("token")
@@ -999,5 +1045,64 @@ async fn several_authorization_headers_are_refused() {
     // One header still works, and the refusals counted as no failed authentication.
     let (status, _) = server.call("GET", "/api/v1/whoami", None).await;
     assert_eq!(status, StatusCode::OK);
+    server.stop();
+}
+
+/// The runtime route takes no API token, so anyone may knock on it: a token that is
+/// no runtime's is answered alike for an environment that exists (started or not)
+/// and for one that does not, so it tells neither which ids are environments nor how
+/// many starts one had (a token of an earlier generation reads like a forgery).
+#[tokio::test]
+async fn the_runtime_route_answers_a_wrong_token_alike_for_every_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (bob, _) = server.user_token("bob").await;
+    let (status, made) = server.create_as(&bob, "bob-run", true).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let started = made["id"].as_str().expect("id").to_owned();
+    server
+        .wait_env(&started, "running and connected", |e| {
+            e["status"] == "running" && e["runtime"]["connected"] == true
+        })
+        .await;
+    let never = create_env(&server, &bob, "bob-idle").await;
+    let missing = "6f1c7a2e-0000-4000-8000-00000000dead";
+    let client = reqwest::Client::new();
+    let knock = |id: String, token: String| {
+        let client = client.clone();
+        let url = format!("{}/ws/runtime/{id}", server.base);
+        async move {
+            let resp = (client.get(url))
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+                .header("authorization", format!("Bearer {token}"))
+                .send()
+                .await
+                .expect("request");
+            let path = format!("/ws/runtime/{id}");
+            let (status, text) = crate::support::checked("GET", &path, resp).await;
+            (status, text.replace(&id, "ID"))
+        }
+    };
+    // Generation 0 is earlier than the started one's, 1 is its own (a wrong secret),
+    // and the API tokens are no runtime's at all.
+    let zeros = "0".repeat(64);
+    for token in [format!("0.{zeros}"), format!("1.{zeros}"), bob.clone()] {
+        let gone = knock(missing.to_owned(), token.clone()).await;
+        assert_eq!(gone.0, StatusCode::UNAUTHORIZED, "{token}: {}", gone.1);
+        for id in [&started, &never] {
+            let answer = knock(id.clone(), token.clone()).await;
+            assert_eq!(answer, gone, "{token} at {id}");
+        }
+    }
+    // The knocking did not disturb the real runtime.
+    let env = server
+        .wait_env(&started, "still connected", |e| {
+            e["runtime"]["connected"] == true
+        })
+        .await;
+    assert_eq!(env["status"], "running");
     server.stop();
 }

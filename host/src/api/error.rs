@@ -149,7 +149,7 @@ impl ErrorCode {
             }
             ErrorCode::InvalidJson => "The request body is not valid JSON.",
             ErrorCode::Unauthorized => {
-                "No token, or one that is unknown, revoked, rotated away or expired; a ticket unknown, used or expired; a runtime token of an earlier start."
+                "No token, or one that is unknown, revoked, rotated away or expired; a ticket unknown, used or expired; a runtime token that is not the current start's of an existing environment (all read `invalid runtime token`)."
             }
             ErrorCode::Forbidden => {
                 "A token limited to named environments tried to create one (provisioning one through a template is `invalid_request`)."

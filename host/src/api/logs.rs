@@ -2,8 +2,8 @@
 //! a line (`ts`, `level`, `source`, `message`, and `stream`/`pid` for process output),
 //! oldest first; with `follow=true` the response stays open and carries each new line
 //! as it is written, until the client leaves, the environment is deleted, the host
-//! shuts down or the token stops working (revoked or expired; a last `WARN` line says
-//! which, as the app and events sockets close with 4003). Same rules as reading the environment:
+//! shuts down, the token stops working (revoked or expired) or the environment moves to
+//! another owner (a last `WARN` line says which, as the app sockets close with 4003). Same rules as reading the environment:
 //! `envs:read`, and someone else's is 404; to anyone but an admin the data directory's
 //! path reads `<data-dir>` (`crate::host_paths`).
 
@@ -92,7 +92,7 @@ pub(crate) async fn logs(
         }
     };
     let ndjson = [(CONTENT_TYPE, "application/x-ndjson")];
-    let Some(mut live) = live else {
+    let Some((mut live, moves)) = live else {
         let body: String = lines.iter().map(|l| shown(l)).collect();
         return Ok((ndjson, body).into_response());
     };
@@ -112,6 +112,11 @@ pub(crate) async fn logs(
                 // must not go on reading what the environment logs.
                 why = who.ended() => {
                     let _ = tx.send(format!("{}\n", host_line(&format!("follow ended: {why}")))).await;
+                    return;
+                }
+                // Admitted as the old owner's: ended as that owner's apps are closed.
+                () = moves.cancelled() => {
+                    let _ = tx.send(format!("{}\n", host_line("follow ended: the environment moved to another owner"))).await;
                     return;
                 }
                 // The server lets open responses finish before it stops: this one

@@ -112,8 +112,8 @@ pub(crate) enum LifecycleError {
     /// A runtime presented the token of an earlier start (its runtime outlived it).
     #[error("{0}")]
     Unauthorized(String),
-    /// A runtime presented a token of no start at all: a guess, counted against its
-    /// address like a wrong API token.
+    /// A runtime presented a token of no start at all, or for an id that is no
+    /// environment's: a guess, counted against its address like a wrong API token.
     #[error("{0}")]
     InvalidToken(String),
     /// The environment has its maximum number of connections.
@@ -704,8 +704,10 @@ impl Manager {
     }
 
     /// The last `tail` lines of environment `id`'s log at or after `since` (a line's
-    /// `ts` form), and, if `follow`, the lines written from now on; `NotFound` for an
-    /// environment `who` does not reach.
+    /// `ts` form), and, if `follow`, the lines written from now on with what fires when
+    /// the environment moves to another owner (the follow ends then, as its apps are
+    /// closed: it was admitted as the old owner's); `NotFound` for an environment `who`
+    /// does not reach.
     pub(crate) async fn env_logs(
         &self,
         who: &Principal,
@@ -713,11 +715,14 @@ impl Manager {
         tail: usize,
         since: Option<String>,
         follow: bool,
-    ) -> Result<(Vec<String>, Option<Follow>), LifecycleError> {
+    ) -> Result<(Vec<String>, Option<(Follow, CancellationToken)>), LifecycleError> {
+        // Taken before the owner is checked, so a move in between still ends it.
+        let moves = self.shared.envs.get(id).map(|env| env.owner_moves());
         self.reachable(who, id)?;
+        let moves = moves.ok_or_else(|| LifecycleError::NotFound(id.to_owned()))?;
         let logs = self.shared.envs.logs().clone();
         // Subscribed before the tail is read, so no line falls between the two.
-        let follow = follow.then(|| logs.follow(id));
+        let follow = follow.then(|| (logs.follow(id), moves));
         // Reading and splitting up to two rotated files is blocking work: off the
         // threads that serve the API and the relay.
         let id = id.to_owned();

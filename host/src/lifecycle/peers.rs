@@ -53,21 +53,27 @@ impl Manager {
         token: &str,
         resume: Option<Resume>,
     ) -> Result<Connection, LifecycleError> {
-        let record = self.known_record(id)?;
-        let env = self.known_env(id)?;
-        self.refuse_unheld(id).await?;
+        // Anyone may knock here (no API token is needed): a wrong token is answered
+        // alike whether `id` is an environment or not, and before anything else about
+        // it (in cluster mode, which host runs it) is said, so the route tells a
+        // stranger nothing of which ids exist, nor how many starts one had.
+        let forged = || auth::RuntimeTokenError::Invalid.to_string();
+        let Some(record) = self.shared.store.get(id) else {
+            tracing::warn!(env = %id, "runtime refused: no such environment");
+            return Err(LifecycleError::InvalidToken(forged()));
+        };
         let expected = record.runtime_token_sha256.as_deref().unwrap_or_default();
         auth::verify_runtime_token(token, record.runtime_generation, expected).map_err(|e| {
             tracing::warn!(env = %id, error = %e, "runtime refused");
             match e {
-                auth::RuntimeTokenError::Invalid => LifecycleError::InvalidToken(e.to_string()),
-                // The log has the generations; the peer is not told how many starts
-                // there were.
-                auth::RuntimeTokenError::Stale { .. } => LifecycleError::Unauthorized(
-                    "the runtime token of an earlier start of this environment".into(),
-                ),
+                auth::RuntimeTokenError::Invalid => LifecycleError::InvalidToken(forged()),
+                // Not counted against the address (a runtime that outlived its start
+                // is no guess), but worded as a forgery: the log has the generations.
+                auth::RuntimeTokenError::Stale { .. } => LifecycleError::Unauthorized(forged()),
             }
         })?;
+        let env = self.known_env(id)?;
+        self.refuse_unheld(id).await?;
         if record.desired_state != DesiredState::Running {
             return Err(LifecycleError::Conflict("environment is stopped".into()));
         }
