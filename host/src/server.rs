@@ -78,6 +78,9 @@ pub(crate) enum ServeError {
     /// Cluster mode cannot start (NATS unreachable, no JetStream).
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// One of the host's directories in the data directory is a link (or no directory).
+    #[error("the data directory: {source}")]
+    OwnDir { source: std::io::Error },
     /// The per-environment logs directory cannot be made.
     #[error("setting up the environments' logs: {source}")]
     Logs { source: std::io::Error },
@@ -90,6 +93,8 @@ pub(crate) async fn serve(
     table: toml::Table,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Before the lock, which is made in `.codebolt/`: a link there is followed by nothing.
+    crate::own_dirs::check_at_start(&config).map_err(|source| ServeError::OwnDir { source })?;
     // Before anything else, so a second host fails fast and touches nothing.
     let _lock = DataDirLock::acquire(&config.data_dir)?;
     open_files::raise();
@@ -176,7 +181,7 @@ pub(crate) async fn run(
     let config_throttle = config.throttle.clone();
     let ticket_ttl = config.tenancy.ticket_ttl;
     log_config_source(&config);
-    let logs = EnvLogs::install(config.codebolt_dir().join("logs"))
+    let logs = EnvLogs::install(config.data_dir.clone(), config.codebolt_dir().join("logs"))
         .map_err(|source| ServeError::Logs { source })?;
     let manager = Manager::new(
         config,
