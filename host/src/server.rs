@@ -119,7 +119,10 @@ pub(crate) async fn run(
         addr: config.listen,
         source,
     })?;
-    let header_timeout = config.serving.header_timeout;
+    let timeouts = http::Timeouts {
+        header: config.serving.header_timeout,
+        body: config.serving.body_timeout,
+    };
     let max_connections = (config.serving.max_connections)
         .unwrap_or_else(|| connections::default_limit(open_files::limit()));
     tracing::info!(max_connections, "connections served at once");
@@ -259,7 +262,7 @@ pub(crate) async fn run(
             listener,
             router,
             stopped.clone(),
-            header_timeout,
+            timeouts,
             bridged,
         ));
     }
@@ -282,14 +285,14 @@ pub(crate) async fn run(
                     tracing::debug!(error = %e, "could not set TCP_NODELAY");
                 }
             });
-            http::serve(listener, app, stopped, header_timeout, connections).await;
+            http::serve(listener, app, stopped, timeouts, connections).await;
         }
         Some(cert) => {
             let _renewals = cert.watch()?;
             let tls = TlsListener::new(listener, cert.server_config()?, per_address)
                 .map_err(|source| ServeError::Listen { addr, source })?;
             // The listener set TCP_NODELAY before the handshake.
-            http::serve(tls, app, stopped, header_timeout, connections).await;
+            http::serve(tls, app, stopped, timeouts, connections).await;
         }
     }
     tracing::info!("stopped");

@@ -48,7 +48,7 @@ impl FromObject for CreateBody {
     request_body(content = NewToken, content_type = "application/json"),
     responses(
         (status = 201, description = "Made; `token` is the secret, shown only here.", body = Issued),
-        (status = 400, description = "The body is not JSON (`invalid_json`); or it stopped arriving for `[server] header_timeout_secs`, is not an object, has an unknown field or a bad value (`invalid_request`).", body = ErrorBody),
+        (status = 400, description = "The body is not JSON (`invalid_json`); or it stopped arriving for `[server] header_timeout_secs` or was not whole within `body_timeout_secs`, is not an object, has an unknown field or a bad value (`invalid_request`).", body = ErrorBody),
         (status = 413, description = "The body is over 2 MiB (`body_too_large`).", body = ErrorBody),
         (status = 415, description = "The body is not sent as `application/json` (`unsupported_media_type`).", body = ErrorBody),
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
