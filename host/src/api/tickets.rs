@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::body::{Body, Fields, FromObject};
+use super::body::{Deferred, Fields, FromObject};
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::tenancy::{Principal, Scope, TicketTarget};
@@ -132,8 +132,14 @@ impl FromObject for TicketBody {
 pub(crate) async fn create(
     who: Principal,
     State(s): State<AppState>,
-    Body(body): Body<TicketBody>,
+    body: Deferred<TicketBody>,
 ) -> Result<(StatusCode, Json<TicketView>), ApiError> {
+    // Before the body is read: a token that can have no ticket at all is refused at
+    // once; which of the two scopes is needed depends on the body.
+    if who.require(Scope::EnvsRead).is_err() {
+        who.require(Scope::Relay)?;
+    }
+    let body = body.read().await?;
     if body.events {
         who.require(Scope::EnvsRead)?;
     } else {
