@@ -182,16 +182,20 @@ export interface ClientOptions {
   getTicket?: (target: TicketTarget) => Promise<string>;
   fetch?: typeof fetch;
   WebSocket?: typeof WebSocket;
+  /** How long a REST call may take before it fails with `timeout` (default 30000; `0`: no limit). */
+  timeoutMs?: number;
 }
 
 export class TetherClient {
   constructor(options: ClientOptions);
   readonly url: string;
   token?: string;
+  /** The default deadline of a REST call in ms (`0`: none). */
+  timeoutMs: number;
   call(
     method: string,
     path: string,
-    options?: { body?: unknown; query?: Record<string, unknown>; signal?: AbortSignal; raw?: boolean; headers?: Record<string, string> },
+    options?: { body?: unknown; query?: Record<string, unknown>; signal?: AbortSignal; raw?: boolean; headers?: Record<string, string>; timeoutMs?: number },
   ): Promise<any>;
 
   listEnvironments(filter?: { owner?: string }): Promise<Environment[]>;

@@ -29,6 +29,7 @@
 //! - `logs` keeps each environment's own log (`.codebolt/logs/`), fed by a `tracing`
 //!   layer with every event that carries the environment's id.
 //! - `sync` recovers poisoned locks, in one place; `atomic` replaces a file all at once.
+//! - `own_dirs` refuses a link in place of the host's directories in the data directory.
 //! - `names` is the one rule for names that become paths (environments, providers);
 //!   `untrusted` cuts and escapes the strings a provider sends before the host
 //!   stores, shows or logs them; `host_paths` takes the data directory's path out of
@@ -61,6 +62,7 @@ mod host_paths;
 mod lifecycle;
 mod logs;
 mod names;
+mod own_dirs;
 mod pem;
 mod redact;
 mod reference_runtime;

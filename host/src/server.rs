@@ -78,6 +78,9 @@ pub(crate) enum ServeError {
     /// Cluster mode cannot start (NATS unreachable, no JetStream).
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    /// One of the host's directories in the data directory is a link (or no directory).
+    #[error("the data directory: {source}")]
+    OwnDir { source: std::io::Error },
     /// The per-environment logs directory cannot be made.
     #[error("setting up the environments' logs: {source}")]
     Logs { source: std::io::Error },
@@ -90,6 +93,8 @@ pub(crate) async fn serve(
     table: toml::Table,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Before the lock, which is made in `.codebolt/`: a link there is followed by nothing.
+    crate::own_dirs::check_at_start(&config).map_err(|source| ServeError::OwnDir { source })?;
     // Before anything else, so a second host fails fast and touches nothing.
     let _lock = DataDirLock::acquire(&config.data_dir)?;
     open_files::raise();
@@ -114,7 +119,10 @@ pub(crate) async fn run(
         addr: config.listen,
         source,
     })?;
-    let header_timeout = config.serving.header_timeout;
+    let timeouts = http::Timeouts {
+        header: config.serving.header_timeout,
+        body: config.serving.body_timeout,
+    };
     let max_connections = (config.serving.max_connections)
         .unwrap_or_else(|| connections::default_limit(open_files::limit()));
     tracing::info!(max_connections, "connections served at once");
@@ -176,7 +184,7 @@ pub(crate) async fn run(
     let config_throttle = config.throttle.clone();
     let ticket_ttl = config.tenancy.ticket_ttl;
     log_config_source(&config);
-    let logs = EnvLogs::install(config.codebolt_dir().join("logs"))
+    let logs = EnvLogs::install(config.data_dir.clone(), config.codebolt_dir().join("logs"))
         .map_err(|source| ServeError::Logs { source })?;
     let manager = Manager::new(
         config,
@@ -254,7 +262,7 @@ pub(crate) async fn run(
             listener,
             router,
             stopped.clone(),
-            header_timeout,
+            timeouts,
             bridged,
         ));
     }
@@ -277,14 +285,14 @@ pub(crate) async fn run(
                     tracing::debug!(error = %e, "could not set TCP_NODELAY");
                 }
             });
-            http::serve(listener, app, stopped, header_timeout, connections).await;
+            http::serve(listener, app, stopped, timeouts, connections).await;
         }
         Some(cert) => {
             let _renewals = cert.watch()?;
             let tls = TlsListener::new(listener, cert.server_config()?, per_address)
                 .map_err(|source| ServeError::Listen { addr, source })?;
             // The listener set TCP_NODELAY before the handshake.
-            http::serve(tls, app, stopped, header_timeout, connections).await;
+            http::serve(tls, app, stopped, timeouts, connections).await;
         }
     }
     tracing::info!("stopped");

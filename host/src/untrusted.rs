@@ -25,10 +25,26 @@ pub(crate) fn open_regular(path: &std::path::Path) -> std::io::Result<std::fs::F
 }
 
 /// [`open_regular`] for a file only the host writes (an environment's log, the audit
-/// log): a symbolic link in its place is refused too, so a link left there cannot
-/// make the host show a file from elsewhere as its own.
+/// log): a symbolic link or a hard link in its place is refused too, so a link left
+/// there cannot make the host show a file from elsewhere as its own.
 pub(crate) fn open_own(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-    open_to_read(path, libc::O_NOFOLLOW)
+    sole_name(open_to_read(path, libc::O_NOFOLLOW)?)
+}
+
+/// `file` if this is its only name. A hard link left in place of one of the host's
+/// files is a second name of a file elsewhere (one its maker may read, or one the
+/// host must not write: another user's, the host's settings): written, it would carry
+/// the host's writes there as a symbolic link would.
+fn sole_name(file: std::fs::File) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let names = file.metadata()?.nlink();
+    if names > 1 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("it is a hard link ({names} names for one file), not the host's own file"),
+        ));
+    }
+    Ok(file)
 }
 
 fn open_to_read(path: &std::path::Path, flags: libc::c_int) -> std::io::Result<std::fs::File> {
@@ -66,8 +82,8 @@ fn named_refusal(path: &std::path::Path, e: std::io::Error) -> std::io::Error {
 /// a regular file or is made one, and refuses anything else with an `InvalidInput`
 /// error naming what it is. Every file the host appends to or writes in place in the
 /// data directory opens here, where anyone who may write there can swap one: a
-/// symbolic link is never followed (it would carry the host's writes to a file
-/// elsewhere), a named pipe is not waited on for a reader (which would hold the
+/// symbolic link is never followed and a hard link never written (either would carry
+/// the host's writes to a file elsewhere), a named pipe is not waited on for a reader (which would hold the
 /// thread, and whatever waits on it, for good), and a device or directory is no file.
 pub(crate) fn open_to_write(
     path: &std::path::Path,
@@ -77,7 +93,7 @@ pub(crate) fn open_to_write(
     let opened = options
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
         .open(path);
-    let file = regular(opened.map_err(|e| named_refusal(path, e))?)?;
+    let file = sole_name(regular(opened.map_err(|e| named_refusal(path, e))?)?)?;
     // Back to plain writes, as the callers expect.
     let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)?;
     let flags = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;

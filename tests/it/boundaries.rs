@@ -295,6 +295,59 @@ async fn a_body_that_stops_arriving_is_given_up_on_and_its_connection_closed() {
     assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
 }
 
+/// A body trickled a byte at a time, each inside the pause allowed, kept its
+/// connection (and a `max_connections` slot) for as long as its sender liked. Now it
+/// must arrive whole within `[server] body_timeout_secs`: past that it is answered 400
+/// and the connection closed, however it goes on trickling.
+#[tokio::test]
+async fn a_body_trickled_forever_is_given_up_on_at_its_whole_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(
+        dir.path(),
+        "[server]\nheader_timeout_secs = 2\nbody_timeout_secs = 3\n",
+    );
+    let server = Server::start(dir.path());
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /api/v1/environments HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{\"name\": \""
+    );
+    writer.write_all(head.as_bytes()).await.expect("write");
+    // A byte every half second, well inside the 2 s pause, for far longer than 3 s.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100_000 {
+            if writer.write_all(b"a").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    });
+    let answer = {
+        use tokio::io::AsyncReadExt;
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(crate::support::WAIT, reader.read_to_end(&mut answer));
+        let read = read
+            .await
+            .expect("the host answered and closed the connection");
+        if let Err(e) = read {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    trickle.abort();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"invalid_request\""), "{answer}");
+    assert!(
+        answer.contains("did not arrive whole within 3 s"),
+        "{answer}"
+    );
+}
+
 /// Everything the host sends on `stream` until it closes it (panics if it is still
 /// open after `WAIT`).
 async fn answer_until_closed(stream: &mut tokio::net::TcpStream) -> String {

@@ -27,6 +27,7 @@ mod idle;
 mod journal;
 mod js_client;
 mod lifecycle;
+mod linked_dirs;
 mod logs;
 mod openapi;
 mod operator_config;

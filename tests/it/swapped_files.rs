@@ -58,7 +58,7 @@ async fn tail(server: &Server, id: &str) -> (StatusCode, String) {
 }
 
 /// Waits until `id`'s log has a line whose message contains `text`.
-async fn wait_message(server: &Server, id: &str, text: &str) {
+pub(crate) async fn wait_message(server: &Server, id: &str, text: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
         let (status, log) = tail(server, id).await;
@@ -79,7 +79,7 @@ async fn wait_message(server: &Server, id: &str, text: &str) {
 }
 
 /// Creates a stopped `local-process` environment and waits for its log file.
-async fn created(server: &Server, name: &str) -> String {
+pub(crate) async fn created(server: &Server, name: &str) -> String {
     let body = json!({"name": name, "provider": "local-process"});
     let (status, env) = server
         .call("POST", "/api/v1/environments", Some(body))
@@ -90,7 +90,7 @@ async fn created(server: &Server, name: &str) -> String {
     id
 }
 
-async fn start(server: &Server, id: &str) {
+pub(crate) async fn start(server: &Server, id: &str) {
     let (status, body) = server
         .call("POST", &format!("/api/v1/environments/{id}/start"), None)
         .await;
@@ -288,7 +288,7 @@ async fn a_huge_log_is_tailed_from_its_end_in_bounded_memory() {
 
 /// `tether serve` on `data_dir`, expected to refuse to start: what it printed. It
 /// must end by itself within [`WAIT`] (a start that hangs fails the test).
-fn refused_start(data_dir: &Path) -> String {
+pub(crate) fn refused_start(data_dir: &Path) -> String {
     let log = data_dir.join("server.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])

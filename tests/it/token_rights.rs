@@ -180,3 +180,80 @@ async fn a_limited_token_mints_tickets_and_watches_events_only_for_its_environme
     assert_eq!(seen, [one.as_str()], "{first}");
     server.stop();
 }
+
+/// Sends `method path` as `token` with headers announcing a 1000-byte JSON body and
+/// not a byte of it: what the host answers (within [`crate::support::WAIT`]).
+async fn answer_without_body(server: &Server, token: &str, method: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Up to the end of the headers and the short error body after them.
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            if String::from_utf8_lossy(&answer).contains("}}") {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(crate::support::WAIT, read)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no answer while the body is awaited"));
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A token without the right to a JSON route (create or patch an environment, make a
+/// token, get a ticket) had its body read, and waited for, before its 403: a body that
+/// never came held the request (and its connection) until the body's timeouts. Now
+/// the scope is checked first, and the 403 comes at once, the body unread.
+#[tokio::test]
+async fn a_token_without_the_scope_is_refused_before_its_body_is_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    crate::support::write_config(dir.path(), "[server]\nheader_timeout_secs = 3600\n");
+    let server = Server::start(dir.path());
+    let (full, _) = server.user_token("alice").await;
+    let env = server.env_as(&full, "alice-env").await;
+    let (relay, _) = server
+        .user_token_with("alice", json!({"scopes": ["relay"]}))
+        .await;
+    let (writer, _) = server
+        .user_token_with("alice", json!({"scopes": ["envs:write"]}))
+        .await;
+    for (token, method, path, scope) in [
+        (
+            &relay,
+            "POST",
+            "/api/v1/environments".to_owned(),
+            "envs:write",
+        ),
+        (
+            &relay,
+            "PATCH",
+            format!("/api/v1/environments/{env}"),
+            "envs:write",
+        ),
+        (&full, "POST", "/api/v1/tokens".to_owned(), "admin"),
+        (&writer, "POST", "/api/v1/tickets".to_owned(), "relay"),
+    ] {
+        let answer = answer_without_body(&server, token, method, &path).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 403"),
+            "{method} {path}: {answer}"
+        );
+        assert!(
+            answer.contains("\"missing_scope\""),
+            "{method} {path}: {answer}"
+        );
+        assert!(answer.contains(scope), "{method} {path}: {answer}");
+    }
+}

@@ -24,8 +24,10 @@ export class TetherClient {
    *   from when the page holds no token (your backend calls `POST /api/v1/tickets`)
    * @param {typeof fetch} [options.fetch] defaults to `globalThis.fetch`
    * @param {typeof WebSocket} [options.WebSocket] defaults to `globalThis.WebSocket`
+   * @param {number} [options.timeoutMs] how long a REST call may take, answer and body,
+   *   before it fails with `timeout` (default 30000, as the CLI; `0` waits for ever)
    */
-  constructor({ url, token, tickets = false, getTicket, fetch, WebSocket } = {}) {
+  constructor({ url, token, tickets = false, getTicket, fetch, WebSocket, timeoutMs = DEFAULT_TIMEOUT_MS } = {}) {
     if (!url) throw new TypeError('TetherClient: `url` is required');
     /** The server's base URL, without a trailing slash. */
     this.url = String(url).replace(/\/+$/, '');
@@ -34,24 +36,47 @@ export class TetherClient {
     this.getTicket = getTicket ?? ((target) => this.createTicket(target).then((t) => t.ticket));
     this.fetch = fetch ?? globalThis.fetch?.bind(globalThis);
     this.WebSocket = WebSocket ?? globalThis.WebSocket;
+    /** The default deadline of a REST call in ms (`0`: none). */
+    this.timeoutMs = timeoutMs;
   }
 
   // ---- REST -------------------------------------------------------------------
 
   /**
    * One REST call: JSON in, JSON out; any non-2xx answer throws a {@link TetherError}
-   * with the server's `code` and the HTTP status.
+   * with the server's `code` and the HTTP status. A call not done within `timeoutMs`
+   * (the client's, 30000 unless set; `0` waits for ever) throws `timeout`: with `raw`,
+   * the deadline covers the answer's headers, the caller reads the body.
    * @param {string} method
    * @param {string} path below the server URL, e.g. `/api/v1/whoami`
-   * @param {{body?: unknown, query?: Record<string, unknown>, signal?: AbortSignal, raw?: boolean, headers?: Record<string,string>}} [options]
+   * @param {{body?: unknown, query?: Record<string, unknown>, signal?: AbortSignal, raw?: boolean, headers?: Record<string,string>, timeoutMs?: number}} [options]
    * @returns {Promise<any>} the parsed body (`undefined` for 204), or the `Response` when `raw`
    */
-  async call(method, path, { body, query, signal, raw = false, headers = {} } = {}) {
+  async call(method, path, { raw = false, ...options } = {}) {
+    const { response, text } = await this.#exchange(method, path, { ...options, read: !raw });
+    if (raw) return response;
+    if (response.status === 204 || text === '') return undefined;
+    try {
+      return JSON.parse(text);
+    } catch (cause) {
+      // `/healthz` and `/metrics` are the only answers that are not JSON.
+      return text;
+    }
+  }
+
+  /**
+   * Sends a request and, when `read`, reads the answer's body as text, all within one
+   * deadline: a server that took the connection and then went quiet must not keep the
+   * caller waiting for ever.
+   * @returns {Promise<{response: Response, text?: string}>}
+   */
+  async #exchange(method, path, { body, query, signal, headers = {}, timeoutMs = this.timeoutMs, read }) {
     const url = new URL(this.url + path);
     for (const [key, value] of Object.entries(query ?? {})) {
       if (value !== undefined && value !== null) url.searchParams.set(key, String(value));
     }
-    const init = { method, signal, headers: { ...headers } };
+    const deadline = new Deadline(signal, timeoutMs);
+    const init = { method, signal: deadline.signal, headers: { ...headers } };
     if (this.token) init.headers.authorization = `Bearer ${this.token}`;
     if (body instanceof Uint8Array || body instanceof ArrayBuffer) {
       init.body = body;
@@ -60,23 +85,35 @@ export class TetherClient {
       init.body = JSON.stringify(body);
       init.headers['content-type'] = 'application/json';
     }
-    let response;
+    const failed = (cause) => {
+      if (deadline.expired) {
+        return new TetherError('timeout', `${method} ${path}: no answer within ${timeoutMs} ms`, { cause });
+      }
+      if (signal?.aborted) return new TetherError('aborted', `${method} ${path}: aborted`, { cause });
+      return new TetherError('network', `${method} ${path}: ${cause?.message ?? cause}`, { cause });
+    };
     try {
-      response = await this.fetch(url, init);
-    } catch (cause) {
-      if (signal?.aborted) throw new TetherError('aborted', `${method} ${path}: aborted`, { cause });
-      throw new TetherError('network', `${method} ${path}: ${cause?.message ?? cause}`, { cause });
-    }
-    if (!response.ok) throw await errorOf(response, method, path);
-    if (raw) return response;
-    if (response.status === 204) return undefined;
-    const text = await response.text();
-    if (text === '') return undefined;
-    try {
-      return JSON.parse(text);
-    } catch (cause) {
-      // `/healthz` and `/metrics` are the only answers that are not JSON.
-      return text;
+      let response;
+      try {
+        response = await this.fetch(url, init);
+      } catch (cause) {
+        throw failed(cause);
+      }
+      if (!response.ok) {
+        const error = await errorOf(response, method, path);
+        // An error body cut short by the deadline is still a timeout, not the status.
+        if (deadline.expired) throw failed(undefined);
+        throw error;
+      }
+      if (!read) return { response };
+      try {
+        return { response, text: response.status === 204 ? '' : await response.text() };
+      } catch (cause) {
+        throw failed(cause);
+      }
+    } finally {
+      // A `raw` caller still reads the body: its own signal must still reach it.
+      deadline.clear({ detach: read });
     }
   }
 
@@ -136,11 +173,11 @@ export class TetherClient {
    * @returns {Promise<object[]>} `{ts, level, source, message, stream?, pid?}` each
    */
   async logs(id, { tail, since } = {}) {
-    const response = await this.call('GET', `/api/v1/environments/${enc(id)}/logs`, {
+    const { text } = await this.#exchange('GET', `/api/v1/environments/${enc(id)}/logs`, {
       query: { tail, since },
-      raw: true,
+      read: true,
     });
-    return parseLines(await response.text());
+    return parseLines(text);
   }
 
   /**
@@ -351,6 +388,42 @@ export class TetherClient {
 }
 
 const enc = encodeURIComponent;
+
+/** A REST call's deadline when the client is given none: the CLI's and the example app's. */
+const DEFAULT_TIMEOUT_MS = 30_000;
+
+/**
+ * One call's deadline joined with the caller's own `signal`: `signal` fires when either
+ * does, `expired` says it was the deadline. `0` (or not a finite number) sets none.
+ */
+class Deadline {
+  #controller = new AbortController();
+  #timer;
+  #outer;
+  #forward = () => this.#controller.abort(this.#outer.reason);
+  expired = false;
+
+  constructor(outer, timeoutMs) {
+    this.signal = this.#controller.signal;
+    this.#outer = outer;
+    if (outer) {
+      if (outer.aborted) this.#controller.abort(outer.reason);
+      else outer.addEventListener('abort', this.#forward, { once: true });
+    }
+    if (Number.isFinite(timeoutMs) && timeoutMs > 0) {
+      this.#timer = setTimeout(() => {
+        this.expired = true;
+        this.#controller.abort(new TetherError('timeout', `no answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+    }
+  }
+
+  /** Ends the deadline; `detach` also stops following the caller's signal. */
+  clear({ detach }) {
+    clearTimeout(this.#timer);
+    if (detach) this.#outer?.removeEventListener('abort', this.#forward);
+  }
+}
 
 /** The longest line of a followed log taken (the host's are a few KiB), as the CLI. */
 const MAX_LOG_LINE = 1 << 20;

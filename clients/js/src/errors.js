@@ -3,7 +3,7 @@
  * the client's own, listed below) and, for HTTP answers, the status.
  *
  * Client codes: `network` (no answer), `invalid_response` (an answer that is not the
- * documented shape), `timeout` (a request had no reply in time), `closed` (the
+ * documented shape), `timeout` (a request or REST call had no reply in time), `closed` (the
  * connection ended for good), `backpressure` (too many frames not yet acknowledged),
  * `too_large` (a message larger than the host takes, `maxMessageBytes` in its
  * greeting), `aborted` (the caller's signal fired).

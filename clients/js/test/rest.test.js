@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 
 import { TetherError } from '../index.js';
-import { client, uniqueName, url } from './support.js';
+import { client, silentServer, uniqueName, url } from './support.js';
 
 test('environments: create, read, list, patch, start, stop, delete', { timeout: 60_000 }, async () => {
   const tether = client();
@@ -124,5 +124,34 @@ test('a followed log line without end is given up on', { timeout: 30_000 }, asyn
   } finally {
     server.closeAllConnections();
     server.close();
+  }
+});
+
+// A server that took the connection and never answered kept every REST call waiting for
+// ever; each now gives up after the client's `timeoutMs` (30 s unless set) with `timeout`.
+test('a REST call to a server that never answers times out', { timeout: 30_000 }, async () => {
+  assert.equal(client().timeoutMs, 30_000);
+  const isTimeout = (e) => e instanceof TetherError && e.code === 'timeout' && e.status === undefined;
+  const silent = await silentServer();
+  const stalled = await silentServer({ headers: true });
+  try {
+    const quiet = client({ url: silent.url, timeoutMs: 200 });
+    await assert.rejects(quiet.whoami(), isTimeout);
+    await assert.rejects(quiet.logs('e-1', { tail: 5 }), isTimeout);
+    await assert.rejects(quiet.createEnvironment({ name: 'x', provider: 'local-process' }), isTimeout);
+    // Per call, over the client's default.
+    await assert.rejects(client({ url: silent.url }).call('GET', '/api/v1/whoami', { timeoutMs: 200 }), isTimeout);
+    // Headers, then a body that never comes: the body is inside the deadline too.
+    const half = client({ url: stalled.url, timeoutMs: 200 });
+    await assert.rejects(half.whoami(), isTimeout);
+    await assert.rejects(half.logs('e-1'), isTimeout);
+    // The caller's own signal still says `aborted`.
+    const controller = new AbortController();
+    const pending = client({ url: silent.url }).call('GET', '/api/v1/whoami', { signal: controller.signal });
+    controller.abort();
+    await assert.rejects(pending, (e) => e instanceof TetherError && e.code === 'aborted');
+  } finally {
+    await silent.close();
+    await stalled.close();
   }
 });

@@ -108,3 +108,30 @@ export async function tcpProxy() {
     },
   };
 }
+
+/**
+ * A server on loopback that accepts connections and never answers (`headers: false`),
+ * or sends the headers of a 200 JSON answer and then nothing more (`headers: true`):
+ * what a wedged server or a half-open proxy looks like to a client.
+ */
+export async function silentServer({ headers = false } = {}) {
+  const open = new Set();
+  const server = net.createServer((socket) => {
+    open.add(socket);
+    socket.on('close', () => open.delete(socket));
+    socket.on('error', () => {});
+    if (headers) {
+      socket.once('data', () => {
+        socket.write('HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n');
+      });
+    }
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    close() {
+      for (const socket of open) socket.destroy();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}

@@ -88,6 +88,28 @@ impl<S: Send + Sync, T: FromObject> FromRequest<S> for Body<T> {
     }
 }
 
+/// A JSON object body not read yet: its handler checks the caller's rights first and
+/// then reads it ([`Deferred::read`]), so a caller without them is refused at once,
+/// without the host reading (or waiting up to its timeouts for) a body it would throw
+/// away.
+#[derive(Debug)]
+pub(crate) struct Deferred<T>(Request, std::marker::PhantomData<fn() -> T>);
+
+impl<S: Send + Sync, T> FromRequest<S> for Deferred<T> {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(req, std::marker::PhantomData))
+    }
+}
+
+impl<T: FromObject> Deferred<T> {
+    /// Reads the body as [`Body`] does, with its errors.
+    pub(crate) async fn read(self) -> Result<T, ApiError> {
+        Body::<T>::from_request(self.0, &()).await.map(|Body(t)| t)
+    }
+}
+
 /// The first top-level key of a JSON object that is given twice, if any (compared as
 /// decoded, so `"na\u006de"` repeats `"name"`).
 struct UniqueFields(Option<String>);

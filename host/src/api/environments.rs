@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::audited::{Act, Remote, audited};
-use super::body::{Body, Fields, FromObject};
+use super::body::{Deferred, Fields, FromObject};
 use super::error::ErrorBody;
 use super::params::Params;
 use super::{ApiError, AppState};
@@ -139,7 +139,7 @@ pub(crate) async fn list(
     request_body(content = CreateBody, content_type = "application/json"),
     responses(
         (status = 201, description = "Created (and, with `start`, starting).", body = EnvironmentView),
-        (status = 400, description = "The body is not JSON (`invalid_json`); or it stopped arriving for `[server] header_timeout_secs`, is not an object, has an unknown field or a bad value, or names a provider that is not loaded (`invalid_request`).", body = ErrorBody),
+        (status = 400, description = "The body is not JSON (`invalid_json`); or it stopped arriving for `[server] header_timeout_secs` or was not whole within `body_timeout_secs`, is not an object, has an unknown field or a bad value, or names a provider that is not loaded (`invalid_request`).", body = ErrorBody),
         (status = 413, description = "The body is over 2 MiB (`body_too_large`).", body = ErrorBody),
         (status = 415, description = "The body is not sent as `application/json` (`unsupported_media_type`).", body = ErrorBody),
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
@@ -156,8 +156,21 @@ pub(crate) async fn create(
     who: Principal,
     remote: Remote,
     State(s): State<AppState>,
-    Body(body): Body<CreateBody>,
+    body: Deferred<CreateBody>,
 ) -> ApiResult<(StatusCode, Json<EnvironmentView>)> {
+    // Before the body is read: a token that may not create is refused at once, its
+    // body (and the name in it) unread, so the audit entry has no target.
+    if let Err(e) = who.require(Scope::EnvsWrite) {
+        let act = Act {
+            who: &who,
+            remote,
+            action: action::ENVIRONMENT_CREATE,
+            target: "",
+            owner: Some(who.user()),
+        };
+        return audited(&s, act, Err(e.into())).await;
+    }
+    let body = body.read().await?;
     let owner = body.owner.clone().unwrap_or_else(|| who.user().to_owned());
     let name = body.name.clone();
     let result = create_as(&who, &s, body, owner.clone()).await;
@@ -241,7 +254,7 @@ pub(crate) async fn get(
     request_body(content = PatchBody, content_type = "application/json"),
     responses(
         (status = 200, description = "The environment as changed.", body = EnvironmentView),
-        (status = 400, description = "The body is not JSON (`invalid_json`); or it stopped arriving for `[server] header_timeout_secs`, is not an object, has an unknown field or a bad value (`invalid_request`).", body = ErrorBody),
+        (status = 400, description = "The body is not JSON (`invalid_json`); or it stopped arriving for `[server] header_timeout_secs` or was not whole within `body_timeout_secs`, is not an object, has an unknown field or a bad value (`invalid_request`).", body = ErrorBody),
         (status = 413, description = "The body is over 2 MiB (`body_too_large`).", body = ErrorBody),
         (status = 415, description = "The body is not sent as `application/json` (`unsupported_media_type`).", body = ErrorBody),
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
@@ -260,21 +273,25 @@ pub(crate) async fn patch(
     remote: Remote,
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Body(body): Body<PatchBody>,
+    body: Deferred<PatchBody>,
 ) -> ApiResult<Json<EnvironmentView>> {
     let result = match who.require(Scope::EnvsWrite) {
         Err(e) => Err(e.into()),
-        Ok(()) => (s
-            .manager
-            .patch(
-                &who,
-                &id,
-                body.config,
-                body.restart_policy,
-                body.idle_stop_secs,
-            )
-            .await)
-            .map_err(ApiError::from),
+        // Read only once the token may change environments; a body that cannot be
+        // read is answered as before, without an audit entry.
+        Ok(()) => {
+            let body = body.read().await?;
+            (s.manager)
+                .patch(
+                    &who,
+                    &id,
+                    body.config,
+                    body.restart_policy,
+                    body.idle_stop_secs,
+                )
+                .await
+                .map_err(ApiError::from)
+        }
     };
     let view = changed(&s, &who, remote, action::ENVIRONMENT_PATCH, &id, result).await?;
     Ok(Json(view.seen_by(&who)))

@@ -96,7 +96,7 @@ pub(crate) async fn get(
     request_body(content = ComponentBytes, description = "A WebAssembly component (`wasm32-wasip2`) exporting the provider world, at most 64 MiB, sent as `application/wasm` (or `application/octet-stream`).", content_type = "application/wasm"),
     responses(
         (status = 201, description = "Installed and loaded.", body = ProviderView),
-        (status = 400, description = "The component does not load, calls itself by another name, or stopped arriving for `[server] header_timeout_secs` (`invalid_request`).", body = ErrorBody),
+        (status = 400, description = "The component does not load, calls itself by another name, or stopped arriving for `[server] header_timeout_secs` or was not whole within `body_timeout_secs` (`invalid_request`).", body = ErrorBody),
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
         (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
         (status = 403, description = "The token lacks the `admin` scope (`missing_scope`); answered before the body is read.", body = ErrorBody),

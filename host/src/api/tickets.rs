@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::body::{Body, Fields, FromObject};
+use super::body::{Deferred, Fields, FromObject};
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::tenancy::{Principal, Scope, TicketTarget};
@@ -119,7 +119,7 @@ impl FromObject for TicketBody {
     request_body(content = TicketBody, content_type = "application/json"),
     responses(
         (status = 201, description = "The ticket, valid once within `expiresInSecs`.", body = TicketView),
-        (status = 400, description = "The body is not JSON (`invalid_json`); or it stopped arriving for `[server] header_timeout_secs`, is not an object, has an unknown field or a bad value (`invalid_request`).", body = ErrorBody),
+        (status = 400, description = "The body is not JSON (`invalid_json`); or it stopped arriving for `[server] header_timeout_secs` or was not whole within `body_timeout_secs`, is not an object, has an unknown field or a bad value (`invalid_request`).", body = ErrorBody),
         (status = 413, description = "The body is over 2 MiB (`body_too_large`).", body = ErrorBody),
         (status = 415, description = "The body is not sent as `application/json` (`unsupported_media_type`).", body = ErrorBody),
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
@@ -132,8 +132,14 @@ impl FromObject for TicketBody {
 pub(crate) async fn create(
     who: Principal,
     State(s): State<AppState>,
-    Body(body): Body<TicketBody>,
+    body: Deferred<TicketBody>,
 ) -> Result<(StatusCode, Json<TicketView>), ApiError> {
+    // Before the body is read: a token that can have no ticket at all is refused at
+    // once; which of the two scopes is needed depends on the body.
+    if who.require(Scope::EnvsRead).is_err() {
+        who.require(Scope::Relay)?;
+    }
+    let body = body.read().await?;
     if body.events {
         who.require(Scope::EnvsRead)?;
     } else {

@@ -9,7 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::audited::{Act, Remote, audited};
-use super::body::{Body, Fields, FromObject};
+use super::body::{Deferred, Fields, FromObject};
 use super::error::ErrorBody;
 use super::params::Params;
 use super::{ApiError, AppState};
@@ -48,7 +48,7 @@ impl FromObject for CreateBody {
     request_body(content = NewToken, content_type = "application/json"),
     responses(
         (status = 201, description = "Made; `token` is the secret, shown only here.", body = Issued),
-        (status = 400, description = "The body is not JSON (`invalid_json`); or it stopped arriving for `[server] header_timeout_secs`, is not an object, has an unknown field or a bad value (`invalid_request`).", body = ErrorBody),
+        (status = 400, description = "The body is not JSON (`invalid_json`); or it stopped arriving for `[server] header_timeout_secs` or was not whole within `body_timeout_secs`, is not an object, has an unknown field or a bad value (`invalid_request`).", body = ErrorBody),
         (status = 413, description = "The body is over 2 MiB (`body_too_large`).", body = ErrorBody),
         (status = 415, description = "The body is not sent as `application/json` (`unsupported_media_type`).", body = ErrorBody),
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
@@ -64,8 +64,21 @@ pub(crate) async fn create(
     who: Principal,
     remote: Remote,
     State(s): State<AppState>,
-    Body(CreateBody(new)): Body<CreateBody>,
+    body: Deferred<CreateBody>,
 ) -> Result<(StatusCode, Json<Issued>), ApiError> {
+    // Before the body is read: only an admin makes tokens; anyone else is refused at
+    // once, the body (and the user in it) unread, so the audit entry has no target.
+    if let Err(e) = who.require(Scope::Admin) {
+        let act = Act {
+            who: &who,
+            remote,
+            action: action::TOKEN_CREATE,
+            target: "",
+            owner: None,
+        };
+        return audited(&s, act, Err(e.into())).await;
+    }
+    let CreateBody(new) = body.read().await?;
     let user = new.user.clone();
     let result = create_for(&who, &s, new).await;
     let target = result

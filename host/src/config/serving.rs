@@ -18,6 +18,7 @@ pub(super) struct FileServer {
     tls_key: Option<PathBuf>,
     public_url: Option<String>,
     header_timeout_secs: Option<u64>,
+    body_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
     max_connections_per_address: Option<usize>,
 }
@@ -27,6 +28,11 @@ pub(super) struct FileServer {
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most seconds `header_timeout_secs` may be.
 const MAX_HEADER_TIMEOUT_SECS: u64 = 3600;
+/// How long a request's body may take to arrive whole, by default: a body trickled in
+/// just under `header_timeout_secs` a byte would otherwise hold its connection for ever.
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Most seconds `body_timeout_secs` may be.
+const MAX_BODY_TIMEOUT_SECS: u64 = 86_400;
 /// Most `max_connections` may be.
 const MAX_CONNECTIONS: usize = 10_000_000;
 
@@ -50,6 +56,8 @@ pub struct ServingConfig {
     /// A connection that takes longer to send a request's headers (or, kept alive,
     /// to begin its next request) is closed.
     pub header_timeout: Duration,
+    /// A request body not read whole this long after its reading began fails (400).
+    pub body_timeout: Duration,
     /// Connections served at once, WebSockets included; `None`: all but an eighth of
     /// the open-files limit the host starts with.
     pub max_connections: Option<usize>,
@@ -64,6 +72,7 @@ impl Default for ServingConfig {
             tls: None,
             public_url: None,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             max_connections: None,
             max_connections_per_address: None,
         }
@@ -142,6 +151,12 @@ pub(super) fn serving_config(file: FileServer) -> Result<ServingConfig, ConfigEr
         "header_timeout_secs",
     )?
     .map_or(DEFAULT_HEADER_TIMEOUT, Duration::from_secs);
+    let body_timeout = within(
+        file.body_timeout_secs,
+        MAX_BODY_TIMEOUT_SECS,
+        "body_timeout_secs",
+    )?
+    .map_or(DEFAULT_BODY_TIMEOUT, Duration::from_secs);
     let max_connections = within(file.max_connections, MAX_CONNECTIONS, "max_connections")?;
     let max_connections_per_address = within(
         file.max_connections_per_address,
@@ -152,6 +167,7 @@ pub(super) fn serving_config(file: FileServer) -> Result<ServingConfig, ConfigEr
         tls: tls_files(file.tls_cert, file.tls_key, "server.tls_")?,
         public_url,
         header_timeout,
+        body_timeout,
         max_connections,
         max_connections_per_address,
     })

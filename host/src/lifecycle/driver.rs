@@ -293,13 +293,24 @@ impl Driver {
     /// Removes a deleted environment's workspace; only ever a directory under the data
     /// directory, so the name must pass the rule.
     pub(super) async fn remove_workspace(&self, env: &Env, record: &Record) {
-        match self.shared.config.get().workspace_dir(&record.name) {
-            Ok(workspace) => match tokio::fs::remove_dir_all(&workspace).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        let config = self.shared.config.get();
+        match config.workspace_dir(&record.name) {
+            // Never under a link in place of the workspaces' directory: it would
+            // remove a directory elsewhere.
+            Ok(workspace) => match crate::own_dirs::check(
+                &config.data_dir,
+                workspace.parent().unwrap_or(&workspace),
+            ) {
                 Err(e) => {
-                    tracing::warn!(env = %env.id, error = %e, "could not remove the workspace")
+                    tracing::error!(env = %env.id, error = %e, "not removing the workspace")
                 }
+                Ok(()) => match tokio::fs::remove_dir_all(&workspace).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(env = %env.id, error = %e, "could not remove the workspace")
+                    }
+                },
             },
             Err(e) => {
                 tracing::error!(env = %env.id, error = %e, "not removing a workspace outside the data directory")

@@ -228,12 +228,17 @@ impl Driver {
                 .workspace_dir(&record.name)
                 .map_err(|e| e.to_string())?,
         };
-        tokio::fs::create_dir_all(&workspace)
-            .await
+        // Its parents must be the host's own directories, not links to elsewhere (the
+        // workspace itself is checked where it is preopened).
+        let parent = workspace.parent().unwrap_or(&workspace);
+        crate::own_dirs::create(&config.data_dir, parent)
+            .and_then(|()| std::fs::create_dir_all(&workspace))
             .map_err(|e| format!("creating workspace {}: {e}", workspace.display()))?;
         let state_dir = config
             .provider_state_dir(&provider.description.name)
             .map_err(|e| e.to_string())?;
+        crate::own_dirs::check(&config.data_dir, state_dir.parent().unwrap_or(&state_dir))
+            .map_err(|e| format!("provider state {}: {e}", state_dir.display()))?;
         let (state, changes) = crate::engine::persisted::channel(record.provider_state.clone());
         s.tasks
             .spawn(persist_state(self.clone(), env.id.clone(), changes));

@@ -157,7 +157,13 @@ impl Manager {
         }
         .await;
         env.hub.close("removal done");
-        if let Err(e) = tokio::fs::remove_dir_all(&workspace).await
+        let data_dir = self.shared.config.get().data_dir.clone();
+        let parent = workspace.parent().unwrap_or(&workspace);
+        let removed = match crate::own_dirs::check(&data_dir, parent) {
+            Ok(()) => tokio::fs::remove_dir_all(&workspace).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(env = %id, error = %e, "could not remove a removal's scratch workspace");

@@ -98,9 +98,11 @@ pub(super) fn mark(config: &ServeConfig, name: &str) {
         crate::names::join("environment", &dir, name)
             .map_err(std::io::Error::other)
             .and_then(|path| {
-                // Never through a link someone left under the name: it is truncated.
+                // Never through a link someone left under the name. Not truncated on
+                // open: a hard link there would be cut before it is refused, and the
+                // mark is its name alone.
                 let mut options = std::fs::OpenOptions::new();
-                options.write(true).create(true).truncate(true);
+                options.write(true).create(true).truncate(false);
                 crate::untrusted::open_to_write(&path, &mut options).map(drop)
             })
     });
@@ -149,7 +151,10 @@ pub(super) fn sweep(config: &ServeConfig, store: &Store) {
         if store.find(|r| r.name == name).is_none() {
             // A name that is not one the host makes is not a path it may remove.
             if let Ok(workspace) = config.workspace_dir(&name) {
-                match std::fs::remove_dir_all(&workspace) {
+                let parent = workspace.parent().unwrap_or(&workspace);
+                match crate::own_dirs::check(&config.data_dir, parent)
+                    .and_then(|()| std::fs::remove_dir_all(&workspace))
+                {
                     Ok(()) => {
                         tracing::info!(%name, "removed the workspace of an environment deleted just before the host stopped");
                     }

@@ -56,6 +56,8 @@ pub(super) struct Line {
 /// The per-environment logs under one data directory.
 #[derive(Debug)]
 pub(crate) struct EnvLogs {
+    /// The data directory, below which no directory of `dir` may be a link.
+    root: PathBuf,
     dir: PathBuf,
     queue: SyncSender<Line>,
     /// Live followers, by environment.
@@ -76,12 +78,13 @@ pub(crate) struct EnvLogs {
 pub(crate) struct Follow(pub(crate) broadcast::Receiver<Arc<str>>);
 
 impl EnvLogs {
-    /// Logs under `dir` (created), with their writer thread; installed as the
-    /// destination of [`super::EnvLogLayer`].
-    pub(crate) fn install(dir: PathBuf) -> std::io::Result<Arc<Self>> {
-        std::fs::create_dir_all(&dir)?;
+    /// Logs under `dir` (created), below the data directory `root`, with their writer
+    /// thread; installed as the destination of [`super::EnvLogLayer`].
+    pub(crate) fn install(root: PathBuf, dir: PathBuf) -> std::io::Result<Arc<Self>> {
+        crate::own_dirs::create(&root, &dir)?;
         let (queue, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let logs = Arc::new(Self {
+            root,
             dir,
             queue,
             followers: Mutex::default(),
@@ -117,10 +120,20 @@ impl EnvLogs {
         self.dir.join(format!("{env}.log"))
     }
 
+    /// Whether the logs' directory is still the host's own: a link put in its place
+    /// would have logs written, read and removed in a directory elsewhere.
+    fn own_dir(&self) -> std::io::Result<()> {
+        crate::own_dirs::check(&self.root, &self.dir)
+    }
+
     /// The last `tail` lines (at most [`MAX_TAIL`]) of `env`'s log with a `ts` at or
     /// after `since` (RFC 3339), oldest first.
     pub(crate) fn tail(&self, env: &str, tail: usize, since: Option<&str>) -> Vec<String> {
         let tail = tail.min(MAX_TAIL);
+        if let Err(e) = self.own_dir() {
+            tracing::warn!(error = %e, "environments' logs are not read");
+            return Vec::new();
+        }
         let current = self.path(env);
         let mut lines: Vec<String> = Vec::new();
         for file in [rotated(&current), current] {
@@ -164,8 +177,10 @@ impl EnvLogs {
         let mut known = self.known.locked();
         known.remove(env);
         let current = self.path(env);
-        let _ = std::fs::remove_file(rotated(&current));
-        let _ = std::fs::remove_file(&current);
+        if self.own_dir().is_ok() {
+            let _ = std::fs::remove_file(rotated(&current));
+            let _ = std::fs::remove_file(&current);
+        }
         self.followers.locked().remove(env);
         self.failing.locked().remove(env);
     }
@@ -205,9 +220,15 @@ impl EnvLogs {
                 by_env.entry(line.env).or_default().push(line.json);
             }
         }
+        // Once per batch: the directory is the same for every environment's log.
+        let own_dir = self.own_dir();
         for (env, lines) in by_env {
             let path = self.path(&env);
-            if let Err(e) = append(&path, &lines) {
+            let written = match &own_dir {
+                Ok(()) => append(&path, &lines),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            if let Err(e) = written {
                 // Counted with the dropped lines (a full disk drops them); reported
                 // once per run of failures, and not through tracing, which would log
                 // into the log being written, nor with `eprintln!`, which panics when
@@ -395,7 +416,7 @@ mod tests {
     #[test]
     fn logs_that_cannot_be_written_are_named_a_few_then_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let logs = EnvLogs::install(dir.path().join("logs")).unwrap();
+        let logs = EnvLogs::install(dir.path().to_owned(), dir.path().join("logs")).unwrap();
         for env in ["e1", "e2", "e3", "e4", "e5"] {
             logs.track(env);
             std::fs::create_dir(dir.path().join(format!("logs/{env}.log"))).unwrap();
@@ -416,7 +437,7 @@ mod tests {
     #[test]
     fn a_directory_in_the_place_of_the_rotated_log_is_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let logs = EnvLogs::install(dir.path().join("logs")).unwrap();
+        let logs = EnvLogs::install(dir.path().to_owned(), dir.path().join("logs")).unwrap();
         logs.track("e1");
         std::fs::create_dir_all(dir.path().join("logs/e1.log.1/inside")).unwrap();
         let big = "x".repeat(4096);
@@ -442,7 +463,7 @@ mod tests {
     #[test]
     fn tails_rotates_follows_and_removes() {
         let dir = tempfile::tempdir().unwrap();
-        let logs = EnvLogs::install(dir.path().join("logs")).unwrap();
+        let logs = EnvLogs::install(dir.path().to_owned(), dir.path().join("logs")).unwrap();
         logs.track("e1");
         logs.track("e2");
         let mut follow = logs.follow("e1");

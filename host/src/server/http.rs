@@ -4,7 +4,8 @@
 //! or opens connections and sends nothing, would hold them (and their descriptors) for
 //! as long as it liked. The same bound applies to a peer that takes nothing the host
 //! writes ([`WriteDeadline`]) until the connection is upgraded to a WebSocket, and to
-//! a request body from which nothing arrives ([`BodyDeadline`]).
+//! a request body from which nothing arrives, and, over `body_timeout`, to a whole
+//! body ([`BodyDeadline`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,21 +26,30 @@ use super::body_deadline::BodyDeadline;
 use super::connections::Connections;
 use super::write_deadline::{Upgraded, WriteDeadline};
 
+/// How long a peer may take: `header` for a request's headers, a pause in its body
+/// and taking what the host writes; `body` for a whole request body.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timeouts {
+    pub(super) header: Duration,
+    pub(super) body: Duration,
+}
+
 /// Serves `router` on `listener` until `stop` fires, then lets every request in
 /// progress finish (connections upgraded to WebSockets are the relay's by then) and
 /// returns. A connection that takes longer than `header_timeout` to send a request's
 /// headers, or kept alive, to begin its next request, or whose peer takes nothing the
-/// host writes for that long, is closed, and a body paused that long is given up on;
-/// one past the limit of `connections` is refused.
+/// host writes for that long, is closed, and a body paused that long (or not whole
+/// within `timeouts.body`) is given up on; one past the limit of `connections` is refused.
 pub(super) async fn serve<L>(
     mut listener: L,
     router: Router,
     stop: CancellationToken,
-    header_timeout: Duration,
+    timeouts: Timeouts,
     connections: Arc<Connections>,
 ) where
     L: Listener<Addr = SocketAddr>,
 {
+    let header_timeout = timeouts.header;
     let tasks = TaskTracker::new();
     loop {
         let (io, remote) = tokio::select! {
@@ -58,8 +68,8 @@ pub(super) async fn serve<L>(
         let router = router.clone();
         // Each request learns its peer's address, as `ConnectInfo` (throttling, audit).
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let mut request =
-                request.map(|body| Body::new(BodyDeadline::new(body, header_timeout)));
+            let mut request = request
+                .map(|body| Body::new(BodyDeadline::new(body, header_timeout, timeouts.body)));
             request.extensions_mut().insert(ConnectInfo(remote));
             let mut router = router.clone();
             let upgraded = upgraded.clone();
