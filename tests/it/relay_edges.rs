@@ -452,7 +452,9 @@ async fn a_reference_runtime_replaced_by_a_newer_one_exits_instead_of_taking_ove
             .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(str::to_owned))
             .unwrap_or_else(|| panic!("{name} in the runtime's environment"))
     };
-    let mut second = Command::new(env!("CARGO_BIN_EXE_tether"))
+    // Killed when dropped, so a failing run leaves no runtime retrying behind it.
+    let mut second = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .kill_on_drop(true)
         .arg("runtime")
         .env_clear()
         .env("TETHER_RUNTIME_URL", var("TETHER_RUNTIME_URL"))
@@ -463,7 +465,6 @@ async fn a_reference_runtime_replaced_by_a_newer_one_exits_instead_of_taking_ove
         .spawn()
         .expect("a second runtime");
     crate::support::wait_gone(first).await;
-    let _ = second.kill();
-    let _ = second.wait();
+    let _ = second.kill().await;
     server.stop();
 }
