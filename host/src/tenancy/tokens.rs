@@ -227,6 +227,17 @@ impl Tokens {
             }
         }
         let mut records = self.records();
+        // The same bound as a create here: past it the file would outgrow what the
+        // host reads at start, and this host would not start again. Whoever made it
+        // elsewhere is told by that host's own bound; here it is refused and logged.
+        if records.len() >= self.max_tokens {
+            return Err(TenancyError::Limit(format!(
+                "token from the cluster: {} not taken in: this host holds {} user tokens, as many as it takes ({})",
+                record.id,
+                records.len(),
+                self.max_tokens
+            )));
+        }
         records.push(record.clone());
         self.persist(records).await?;
         let mut index = self.index.write_locked();
@@ -537,6 +548,39 @@ mod tests {
         let admin = tokens.authenticate(ADMIN).unwrap();
         tokens.revoke(&admin, &made[0].view.id).await.unwrap();
         tokens.create(new("bob")).await.unwrap();
+    }
+
+    /// A token made on another host (cluster mode) counted against nothing here: hosts
+    /// creating at their bound together, or whoever may write the tokens bucket, grew
+    /// every host's file past what it reads at start. Adopting is bounded as creating
+    /// is, and a refused one leaves the file as it was.
+    #[tokio::test]
+    async fn tokens_from_the_cluster_are_taken_in_only_up_to_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tokens = open(dir.path());
+        tokens.max_tokens = 2;
+        let elsewhere = tempfile::tempdir().unwrap();
+        let other = open(elsewhere.path());
+        let mut made = Vec::new();
+        for _ in 0..3 {
+            made.push(other.create(new("alice")).await.unwrap());
+        }
+        let records: Vec<TokenRecord> = made
+            .iter()
+            .map(|m| other.record(&m.view.id).unwrap())
+            .collect();
+        assert!(tokens.adopt(records[0].clone()).await.unwrap());
+        assert!(tokens.adopt(records[1].clone()).await.unwrap());
+        let written = std::fs::read(file::tokens_path(dir.path())).unwrap();
+        let refused = tokens.adopt(records[2].clone()).await.unwrap_err();
+        assert!(matches!(refused, TenancyError::Limit(_)), "{refused:?}");
+        assert!(refused.to_string().contains("2 user tokens"), "{refused}");
+        assert!(tokens.authenticate(&made[2].token).is_err());
+        assert!(tokens.authenticate(&made[1].token).is_ok());
+        assert_eq!(
+            std::fs::read(file::tokens_path(dir.path())).unwrap(),
+            written
+        );
     }
 
     /// The bound keeps the file readable at start: [`MAX_TOKENS`] of the largest
