@@ -36,6 +36,8 @@ export class AppConnection extends ReconnectingSocket {
   #session;
   #lastSeq = 0; // the last relaySeq received
   #ackEvery = ACK_EVERY; // half the host's window, at most ACK_EVERY
+  #ackBytes = Infinity; // half the host's window in bytes, from its greeting
+  #bytesDue = 0; // UTF-8 bytes of the messages received since the last acknowledgement
   #ackedToHost = 0; // the last relaySeq acknowledged to the host
   #sent = 0; // frames of this session the host will have counted once all arrive
   #unacked = []; // [{n, text}] sent and not yet counted by the host
@@ -200,6 +202,10 @@ export class AppConnection extends ReconnectingSocket {
     if (typeof msg.relaySeq === 'number') {
       if (msg.relaySeq <= this.#lastSeq) return; // a replay of what arrived before
       this.#lastSeq = msg.relaySeq;
+      // Large messages fill the host's window by bytes long before by count. Up to three
+      // bytes a character is counted unless that reaches the half window: then exactly.
+      const most = text.length * 3;
+      this.#bytesDue += this.#bytesDue + most < this.#ackBytes ? most : encoder.encode(text).length;
       this.#ack(false);
     }
     if (msg.type === 'provisioned') this.environmentId = msg.environmentId;
@@ -207,12 +213,13 @@ export class AppConnection extends ReconnectingSocket {
   }
 
   /** The greeting of a (re)connect: re-send what the host did not count, then the queue. */
-  #resumed({ received, next, reset, maxMessageBytes, windowMessages }) {
+  #resumed({ received, next, reset, maxMessageBytes, windowMessages, windowBytes }) {
     this.#hostCounted(received);
     if (Number.isSafeInteger(maxMessageBytes) && maxMessageBytes > 0) this.#maxMessageBytes = maxMessageBytes;
     if (Number.isSafeInteger(windowMessages) && windowMessages > 0) {
       this.#ackEvery = Math.min(ACK_EVERY, Math.max(1, Math.floor(windowMessages / 2)));
     }
+    if (Number.isSafeInteger(windowBytes) && windowBytes > 0) this.#ackBytes = Math.max(1, Math.floor(windowBytes / 2));
     this.#lastSeq = Math.max(0, next - 1);
     this.#ackedToHost = Math.min(this.#ackedToHost, this.#lastSeq);
     // The host counts on from `received`: what is sent again is numbered from there.
@@ -266,9 +273,11 @@ export class AppConnection extends ReconnectingSocket {
 
   #ack(force) {
     const due = this.#lastSeq - this.#ackedToHost;
-    if (!this.#ready || !(due >= this.#ackEvery || (force && due > 0))) return;
+    const full = due > 0 && this.#bytesDue >= this.#ackBytes;
+    if (!this.#ready || !(due >= this.#ackEvery || full || (force && due > 0))) return;
     if (this.write(JSON.stringify({ type: 'relayAck', received: this.#lastSeq }))) {
       this.#ackedToHost = this.#lastSeq;
+      this.#bytesDue = 0;
     }
   }
 

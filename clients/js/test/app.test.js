@@ -121,6 +121,27 @@ test('messages past the window while away are reported as lost, the rest arrive 
   assert.ok(received.length + count >= total, `${received.length} received + ${count} lost < ${total}`);
 });
 
+test('large replies are acknowledged by bytes: the window never fills', { timeout: 120_000 }, async (t) => {
+  const admin = client();
+  const env = await runningEnv(admin, 'bytes');
+  const app = admin.connectApp(env.id, { thread: 'bytes' });
+  t.after(() => app.close());
+  const resumes = [];
+  app.on('resumed', (r) => resumes.push(r));
+  const lost = [];
+  app.on('lost', (l) => lost.push(l));
+  await app.once('resumed');
+  // 40 replies of 400 KB, one after another: 16 MB, twice the host's default window of
+  // 8 MiB, which 32 of them (the count between acknowledgements) would overfill.
+  const payload = 'x'.repeat(400_000);
+  for (let i = 0; i < 40; i += 1) {
+    const reply = await app.request({ type: 'echo', payload: `${i}${payload}` });
+    assert.equal(reply.payload.length, payload.length + String(i).length);
+  }
+  assert.equal(resumes.length, 1, `reconnected: ${JSON.stringify(resumes)}`);
+  assert.deepEqual(lost, []);
+});
+
 test('a browser-style connect with a ticket', { timeout: 60_000 }, async (t) => {
   const admin = client();
   const issued = await admin.createToken({ user: uniqueName('js-dora') });
