@@ -5,6 +5,7 @@
 
 mod body_deadline;
 mod connections;
+pub(crate) mod forwarded;
 mod http;
 mod listener;
 mod open_files;
@@ -127,6 +128,9 @@ pub(crate) async fn run(
         .unwrap_or_else(|| connections::default_limit(open_files::limit()));
     tracing::info!(max_connections, "connections served at once");
     let per_address = config.serving.max_connections_per_address;
+    let proxies = std::sync::Arc::new(forwarded::TrustedProxies::new(
+        config.serving.trusted_proxies.clone(),
+    ));
     // First, so a bad certificate stops the host before it does anything else.
     let serving_cert = match &config.serving.tls {
         Some(files) => Some(ServingCert::load(files.clone())?),
@@ -264,6 +268,8 @@ pub(crate) async fn run(
             stopped.clone(),
             timeouts,
             bridged,
+            // Bridged apps carry no proxy's header that this host could vouch for.
+            std::sync::Arc::new(forwarded::TrustedProxies::default()),
         ));
     }
     let stopping = stopped.clone();
@@ -285,14 +291,14 @@ pub(crate) async fn run(
                     tracing::debug!(error = %e, "could not set TCP_NODELAY");
                 }
             });
-            http::serve(listener, app, stopped, timeouts, connections).await;
+            http::serve(listener, app, stopped, timeouts, connections, proxies).await;
         }
         Some(cert) => {
             let _renewals = cert.watch()?;
             let tls = TlsListener::new(listener, cert.server_config()?, per_address)
                 .map_err(|source| ServeError::Listen { addr, source })?;
             // The listener set TCP_NODELAY before the handshake.
-            http::serve(tls, app, stopped, timeouts, connections).await;
+            http::serve(tls, app, stopped, timeouts, connections, proxies).await;
         }
     }
     tracing::info!("stopped");

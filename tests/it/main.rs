@@ -34,6 +34,7 @@ mod operator_config;
 mod operator_edges;
 mod providers;
 mod provisioning;
+mod proxies;
 mod quotas;
 mod records;
 mod relay;

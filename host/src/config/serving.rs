@@ -21,7 +21,11 @@ pub(super) struct FileServer {
     body_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
     max_connections_per_address: Option<usize>,
+    trusted_proxies: Option<Vec<String>>,
 }
+
+/// Most entries `trusted_proxies` may have.
+const MAX_TRUSTED_PROXIES: usize = 64;
 
 /// How long a connection may take to send a request's headers, by default (and how
 /// long a kept-alive connection may wait before its next request).
@@ -64,6 +68,9 @@ pub struct ServingConfig {
     /// Connections one address (IPv6: its /64) may hold at once; `None`: no limit
     /// beyond `max_connections` (the default: behind a proxy every app has one address).
     pub max_connections_per_address: Option<usize>,
+    /// Peers whose `X-Forwarded-For` names the client (addresses and networks); empty:
+    /// the header is ignored, every request is its connection's peer's.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ServingConfig {
@@ -75,6 +82,7 @@ impl Default for ServingConfig {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             max_connections: None,
             max_connections_per_address: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -163,6 +171,17 @@ pub(super) fn serving_config(file: FileServer) -> Result<ServingConfig, ConfigEr
         MAX_CONNECTIONS,
         "max_connections_per_address",
     )?;
+    let trusted_proxies = file.trusted_proxies.unwrap_or_default();
+    if trusted_proxies.len() > MAX_TRUSTED_PROXIES {
+        return Err(ConfigError::Invalid(format!(
+            "server.trusted_proxies has {} entries; at most {MAX_TRUSTED_PROXIES} (use networks like 10.0.0.0/8)",
+            trusted_proxies.len()
+        )));
+    }
+    let trusted_proxies = (trusted_proxies.iter())
+        .map(|entry| crate::server::forwarded::parse_net(entry))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::Invalid(format!("server.trusted_proxies: {e}")))?;
     Ok(ServingConfig {
         tls: tls_files(file.tls_cert, file.tls_key, "server.tls_")?,
         public_url,
@@ -170,6 +189,7 @@ pub(super) fn serving_config(file: FileServer) -> Result<ServingConfig, ConfigEr
         body_timeout,
         max_connections,
         max_connections_per_address,
+        trusted_proxies,
     })
 }
 

@@ -24,6 +24,7 @@ use tower_service::Service;
 
 use super::body_deadline::BodyDeadline;
 use super::connections::Connections;
+use super::forwarded::TrustedProxies;
 use super::write_deadline::{Upgraded, WriteDeadline};
 
 /// How long a peer may take: `header` for a request's headers, a pause in its body
@@ -46,6 +47,7 @@ pub(super) async fn serve<L>(
     stop: CancellationToken,
     timeouts: Timeouts,
     connections: Arc<Connections>,
+    proxies: Arc<TrustedProxies>,
 ) where
     L: Listener<Addr = SocketAddr>,
 {
@@ -66,11 +68,19 @@ pub(super) async fn serve<L>(
         let upgraded = Upgraded::default();
         let io = WriteDeadline::new(io, header_timeout, upgraded.clone());
         let router = router.clone();
-        // Each request learns its peer's address, as `ConnectInfo` (throttling, audit).
+        let proxies = proxies.clone();
+        // Each request learns its client's address, as `ConnectInfo` (throttling,
+        // audit): its peer's, or behind a trusted proxy the one the proxy names.
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let mut request = request
                 .map(|body| Body::new(BodyDeadline::new(body, header_timeout, timeouts.body)));
-            request.extensions_mut().insert(ConnectInfo(remote));
+            let client = proxies.client_of(remote.ip(), request.headers());
+            let client = if client == remote.ip() {
+                remote
+            } else {
+                SocketAddr::new(client, 0)
+            };
+            request.extensions_mut().insert(ConnectInfo(client));
             let mut router = router.clone();
             let upgraded = upgraded.clone();
             async move {
