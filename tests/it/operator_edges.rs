@@ -188,7 +188,7 @@ fn a_data_dir_token_longer_than_any_is_refused_unread() {
 
 /// Runs `tether ARGS` in `data_dir` with no `TETHER_API_TOKEN`; killed (and the test
 /// failed) if it has not ended within [`crate::support::WAIT`]: exit code and stderr.
-fn ends_in_time(data_dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+pub(crate) fn ends_in_time(data_dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
         .args(args)
         .arg("--data-dir")
