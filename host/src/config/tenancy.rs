@@ -174,6 +174,21 @@ mod tests {
     }
 
     #[test]
+    fn max_connections_is_a_limit_like_the_others() {
+        let file: FileTenancy = toml::from_str(
+            "max_connections = 20\n[users.bob]\nmax_connections = 0\n[users.carol]\nmax_running = 1\n",
+        )
+        .unwrap_or_default();
+        let c = tenancy_config(file).unwrap_or_default();
+        assert_eq!(c.quota_of("admin").max_connections, Some(20));
+        // 0 is a limit (none at all), as for the other limits.
+        assert_eq!(c.quota_of("bob").max_connections, Some(0));
+        assert_eq!(c.quota_of("carol").max_connections, Some(20));
+        assert_eq!(TenancyConfig::default().quota_of("x").max_connections, None);
+        assert!(toml::from_str::<FileTenancy>("max_connections = -1\n").is_err());
+    }
+
+    #[test]
     fn a_users_providers_replace_the_default_list_and_an_absent_list_allows_all() {
         let file: FileTenancy = toml::from_str(
             "providers = [\"http-sandbox\"]\n[users.bob]\nproviders = [\"local-process\"]\n\
