@@ -453,3 +453,41 @@ async fn a_revoked_tokens_connections_stop_counting_and_the_admin_is_held_to_the
     drop((first, second, one, a, b));
     server.stop();
 }
+
+/// Cluster mode: each host counts the connections it holds. An app bridged from the
+/// host it reached to the one running its environment holds a place on both; the
+/// runtime holds none; closing the app gives both back.
+#[tokio::test]
+async fn cluster_each_host_counts_the_connections_it_holds_and_a_bridged_app_on_both() {
+    use crate::cluster::{Nats, host, until_env};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = Nats::start(dir.path(), 0, true) else {
+        return;
+    };
+    let limit = "[tenancy]\nmax_connections = 1\n";
+    let a = host(dir.path(), &nats, "a", limit);
+    let c = host(dir.path(), &nats, "c", limit);
+    // The admin is held to the default too; the runtime on `a` is not counted.
+    let (id, url, token) = a.handoff_env("counted").await;
+    let _runtime = Ws::connect(&url, Some(&token)).await.expect("runtime on a");
+    until_env(&c, &id, "running on a", |e| {
+        e["host"] == "a" && e["runtime"]["connected"] == true
+    })
+    .await;
+
+    // Through `c`, bridged to `a`: `c` holds its place, and `a` the bridged one.
+    let bridged = admitted_app(&c, &id, TOKEN).await;
+    assert_at_limit(&mut events_as(&c, TOKEN).await, 1).await;
+    assert_at_limit(&mut app_as(&c, &id, TOKEN).await, 1).await;
+    assert_at_limit(&mut app_as(&a, &id, TOKEN).await, 1).await;
+    // Closing it gives both back.
+    closed_by_client(bridged).await;
+    let here = admitted_app(&a, &id, TOKEN).await;
+    // `a`'s own app does not count on `c`: an events stream there is admitted.
+    let mut events = events_as(&c, TOKEN).await;
+    assert_eq!(events.next_any().await["type"], "snapshot");
+    drop((here, events));
+    a.stop();
+    c.stop();
+}
