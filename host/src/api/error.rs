@@ -176,7 +176,7 @@ impl ErrorCode {
                 "This address failed to authenticate too often; `Retry-After` says when to try again."
             }
             ErrorCode::QuotaExceeded => {
-                "The change would take the owner past a `[tenancy]` limit (`max_environments`, `max_running`), or the host past its 10,000 user tokens; the message names it, its value and the use."
+                "The change would take the owner past a `[tenancy]` limit (`max_environments`, `max_running`), a log follow its user past `max_connections` on this host (WebSockets are closed with 4016 instead), or the host past its 10,000 user tokens; the message names it, its value and the use."
             }
             ErrorCode::TooManyConnections => {
                 "The caller's address (IPv6: its /64) holds `[server] max_connections_per_address` connections already: answered to any request, before routing, with `Retry-After: 1`, and the connection is closed. (An environment with its maximum of WebSocket connections is not answered this over HTTP: the WebSocket routes upgrade such a connection and close it with 4013.)"

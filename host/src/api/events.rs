@@ -7,6 +7,8 @@
 //! upgrade with a plain HTTP status. The stream is one-way: what the client sends is
 //! read only for its close, bounded in size; a frame over the bound, not UTF-8 or
 //! breaking the protocol is closed with 1009, 1007 or 1002, as on the relay's sockets.
+//! A caller whose user holds their `[tenancy] max_connections` already is upgraded
+//! and closed with 4016; an admitted stream counts against it until it ends.
 //! The socket is closed with 4003 when the token stops working, and with 1001 when the
 //! host shuts down; a client that does not take a frame within [`SEND_TIMEOUT`] is
 //! dropped. As on the relay's sockets, the host pings every `[relay]
@@ -48,7 +50,7 @@ const CLOSE_GOING_AWAY: u16 = 1001;
         ("ticket" = Option<String>, Query, description = "A single-use events ticket from `POST /api/v1/tickets {\"events\": true}`, instead of a token."),
     ),
     responses(
-        (status = 101, description = "Upgraded: a snapshot of every environment the caller reaches, then a frame per change (`docs/protocol.md`, \"The events stream\"), subprotocol `tether.v1`."),
+        (status = 101, description = "Upgraded: a snapshot of every environment the caller reaches, then a frame per change (`docs/protocol.md`, \"The events stream\"), subprotocol `tether.v1`. A caller whose user holds `[tenancy] max_connections` on this host already is closed at once with 4016."),
         (status = 400, description = "A query parameter given twice (`invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content_type = "text/plain", body = String),
         (status = 401, description = "No token or ticket, or one that is unknown, revoked, expired or used (`unauthorized`).", body = ErrorBody),
         (status = 403, description = "The token lacks `envs:read` (`missing_scope`).", body = ErrorBody),
@@ -69,14 +71,25 @@ pub(crate) async fn stream(
         }
     };
     who.require(Scope::EnvsRead)?;
+    let upgrade = upgrade.protocols([SUBPROTOCOL]);
+    let held = match s.manager.hold_connection(&who) {
+        Ok(held) => held,
+        Err(e) => return Ok(super::ws::at_user_limit(upgrade, e)),
+    };
     let events = s.manager.watch_environments(&who);
     let liveness = s.manager.liveness();
     let span = tracing::info_span!("events", user = %who.user(), token = %who.token_id());
     Ok(upgrade
-        .protocols([SUBPROTOCOL])
         .max_message_size(MAX_INBOUND)
         .max_frame_size(MAX_INBOUND)
-        .on_upgrade(move |socket| serve(socket, who, events, liveness).instrument(span)))
+        .on_upgrade(move |socket| {
+            async move {
+                serve(socket, who, events, liveness).await;
+                // The user's place is given back once the stream is over, however.
+                drop(held);
+            }
+            .instrument(span)
+        }))
 }
 
 /// How the stream ended.

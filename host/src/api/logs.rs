@@ -3,7 +3,9 @@
 //! oldest first; with `follow=true` the response stays open and carries each new line
 //! as it is written, until the client leaves, the environment is deleted, the host
 //! shuts down, the token stops working (revoked or expired) or the environment moves to
-//! another owner (a last `WARN` line says which, as the app sockets close with 4003). Same rules as reading the environment:
+//! another owner (a last `WARN` line says which, as the app sockets close with 4003). A
+//! follow counts against its user's `[tenancy] max_connections` while it is open; past
+//! it the request is 429 `quota_exceeded`. Same rules as reading the environment:
 //! `envs:read`, and someone else's is 404; to anyone but an admin the data directory's
 //! path reads `<data-dir>` (`crate::host_paths`).
 
@@ -41,7 +43,7 @@ const DEFAULT_TAIL: usize = 100;
         (status = 200, description = "NDJSON, one object a line: `ts`, `level`, `source`, `message`, and `stream`/`pid` for process output; oldest first. To anyone but an admin, the data directory's absolute path reads `<data-dir>`.", content_type = "application/x-ndjson", body = String),
         (status = 400, description = "`tail`, `since` or `follow` is malformed (`invalid_request`).", body = ErrorBody),
         (status = 401, description = "No token, or one that is unknown, revoked or expired (`unauthorized`).", body = ErrorBody),
-        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`).", body = ErrorBody),
+        (status = 429, description = "This address failed to authenticate too often (`too_many_failures`; see `Retry-After`), or, with `follow=true`, the user holds `[tenancy] max_connections` on this host already (`quota_exceeded`).", body = ErrorBody),
         (status = 403, description = "The token lacks the `envs:read` scope (`missing_scope`).", body = ErrorBody),
         (status = 404, description = "No such environment, or another user's (`not_found`).", body = ErrorBody),
     ),
@@ -96,6 +98,9 @@ pub(crate) async fn logs(
         let body: String = lines.iter().map(|l| shown(l)).collect();
         return Ok((ndjson, body).into_response());
     };
+    // A follow is held open for the user: it counts against their `max_connections`
+    // until its task ends (the client left, or the follow was ended).
+    let held = s.manager.hold_connection(&who)?;
     // A line written between the follow starting and the tail being read is in both.
     let seen: HashSet<String> = lines.iter().rev().take(64).cloned().collect();
     let head: Vec<String> = lines.iter().map(|l| shown(l)).collect();
@@ -103,6 +108,7 @@ pub(crate) async fn logs(
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
     let closing = s.manager.closing();
     tokio::spawn(async move {
+        let _held = held;
         let mut closing = std::pin::pin!(closing);
         loop {
             let next = tokio::select! {

@@ -24,7 +24,7 @@ struct StatusLabel {
     path = "/metrics",
     tag = "host",
     responses(
-        (status = 200, description = "OpenMetrics text (a counter's name ends in `_total`): `tether_environments{status}`, `tether_runtimes_connected`, `tether_providers_loaded`, `tether_provider_load_failures`, `tether_environment_log_lines_dropped_total`, `tether_removals_pending`, `tether_audit_lines_failed_total`, `tether_connections_open`, `tether_connections_max`, `tether_connections_refused_total`, `tether_compile_cache_hits_total`/`misses_total`; in cluster mode also `tether_cluster_environments_here`, `tether_cluster_connected`, `tether_cluster_conflicts_total`, `tether_cluster_templates_differ`, `tether_cluster_providers_differ`, `tether_cluster_tenancy_differ`, `tether_cluster_tunnels_open` and `tether_cluster_tunnels_refused_total` (`docs/rest.md`, \"/metrics\").", content_type = "application/openmetrics-text", body = String),
+        (status = 200, description = "OpenMetrics text (a counter's name ends in `_total`): `tether_environments{status}`, `tether_runtimes_connected`, `tether_providers_loaded`, `tether_provider_load_failures`, `tether_environment_log_lines_dropped_total`, `tether_removals_pending`, `tether_audit_lines_failed_total`, `tether_connections_open`, `tether_connections_max`, `tether_connections_refused_total`, `tether_user_connections_refused_total`, `tether_compile_cache_hits_total`/`misses_total`; in cluster mode also `tether_cluster_environments_here`, `tether_cluster_connected`, `tether_cluster_conflicts_total`, `tether_cluster_templates_differ`, `tether_cluster_providers_differ`, `tether_cluster_tenancy_differ`, `tether_cluster_tunnels_open` and `tether_cluster_tunnels_refused_total` (`docs/rest.md`, \"/metrics\").", content_type = "application/openmetrics-text", body = String),
         (status = 500, description = "The metrics could not be encoded (`internal_error`).", body = ErrorBody),
     ),
 )]
@@ -96,6 +96,13 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
         "connections_refused",
         "Connections turned away at a limit: max_connections (503 server_busy) or max_connections_per_address (429 too_many_connections)",
         refused,
+    );
+    let at_user_limit = Counter::<u64>::default();
+    at_user_limit.inc_by(s.manager.connections_refused_at_user_limit());
+    registry.register(
+        "user_connections_refused",
+        "App sockets, events streams and log follows refused because their user held [tenancy] max_connections on this host (close 4016, or 429 quota_exceeded)",
+        at_user_limit,
     );
     if let Some(cache) = counts.compile_cache {
         let hits = Counter::<u64>::default();

@@ -9,6 +9,9 @@
 //! closed with 4003 when its token is revoked or expires. An app connecting to an
 //! environment asleep for idleness wakes it (`lifecycle/wake.rs`); one its user stopped
 //! on purpose is upgraded, told so and closed with 4015 unless it asks `start=true`.
+//! An app of a user holding their `[tenancy] max_connections` already is upgraded and
+//! closed with 4016 before anything is woken or made for it; an admitted app's place
+//! is kept, by its connection or its bridge, until it ends. Runtimes are not counted.
 //!
 //! `/ws/app?template=NAME&thread=T` (`&workspace=W`) connects an app to the
 //! environment provisioned for it from a template (`lifecycle/provision.rs`): found
@@ -34,7 +37,9 @@ use super::{ApiError, AppCaller, AppState, bearer, caller};
 use crate::audit::action;
 use crate::config::PublicUrl;
 use crate::lifecycle::{LifecycleError, ProvisionTarget};
-use crate::relay::{self, AppThread, CLOSE_STOPPED, CLOSE_TOO_MANY, Resume};
+use crate::relay::{
+    self, AppThread, CLOSE_STOPPED, CLOSE_TOO_MANY, CLOSE_USER_LIMIT, Held, Resume,
+};
 use crate::tenancy::{Opening, Principal, Scope, TicketTarget};
 use crate::throttle::Throttled;
 
@@ -139,7 +144,7 @@ pub(crate) async fn runtime(
         ("resume" = Option<u64>, Query, description = "With `session`: the last sequence number received."),
     ),
     responses(
-        (status = 101, description = "Upgraded: the app's socket, subprotocol `tether.v1` (`docs/protocol.md`). A full environment is closed at once with 4013; one stopped on purpose gets an `error` frame with code `stopped` and close 4015 unless `start=true`."),
+        (status = 101, description = "Upgraded: the app's socket, subprotocol `tether.v1` (`docs/protocol.md`). A full environment is closed at once with 4013; one stopped on purpose gets an `error` frame with code `stopped` and close 4015 unless `start=true`; a user holding `[tenancy] max_connections` on this host already is closed at once with 4016."),
         (status = 400, description = "A malformed query (`thread` over 256 bytes or with control characters, `start` other than `true` or `false`, `session`, `resume`, …; `invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content(
             (ErrorBody = "application/json"),
             (String = "text/plain"),
@@ -183,17 +188,28 @@ pub(crate) async fn app(
     super::tickets::check_id("thread", asked).map_err(ApiError::bad_request)?;
     let thread = AppThread::ticketed(pinned, asked.cloned());
     let resume = resume_of(&query)?.map(|r| r.held_by(holder(&who, thread.name.as_deref())));
+    // Before anything is woken for it.
+    let held = match s.manager.hold_connection(&who) {
+        Ok(held) => Held::new(held),
+        Err(e) => return Ok(at_user_limit(check, e)),
+    };
     match s.manager.attach_app(&who, &id, thread, resume, start).await {
         Ok(joined) => {
             if let Some(owner) = &joined.woke {
                 audit_start(&s, &who, Remote(remote), &id, owner).await?;
             }
-            Ok(joined.connection.serve(upgrade, Some(SUBPROTOCOL)))
+            let connection = joined.connection.holding(held);
+            Ok(connection.serve(upgrade, Some(SUBPROTOCOL)))
         }
         Err(LifecycleError::Elsewhere { id, url, host }) if by_token && !forward.bridged => {
             let path = format!("/ws/app/{id}?{}", forward.query);
             let elsewhere = Elsewhere { id, url, host };
-            bridge_to(&s, remote, elsewhere, path, forward, check, upgrade).await
+            let to = Bridged {
+                elsewhere,
+                path,
+                held,
+            };
+            bridge_to(&s, remote, to, forward, check, upgrade).await
         }
         // A ticket was used up here; only a token can be presented there again. An app
         // bridged here already is not bridged on (`Forward::bridged`).
@@ -209,6 +225,15 @@ struct Elsewhere {
     host: String,
 }
 
+/// Where a bridge takes an app: the host running its environment, the path (with
+/// its query) to ask there, and the app's place under its user's `max_connections`
+/// on this host, kept until the bridge ends.
+struct Bridged {
+    elsewhere: Elsewhere,
+    path: String,
+    held: Held,
+}
+
 /// Bridges an app to `path` (with its query) on the host running its environment:
 /// through a NATS tunnel, or straight to that host's URL (`[cluster] relay`). That
 /// host answers the upgrade (or refuses it: its status, code and message are
@@ -216,13 +241,16 @@ struct Elsewhere {
 async fn bridge_to(
     s: &AppState,
     remote: std::net::IpAddr,
-    to: Elsewhere,
-    path: String,
+    to: Bridged,
     forward: Forward,
     check: WebSocketUpgrade,
     upgrade: relay::Upgrade,
 ) -> Result<Response, ApiError> {
-    let Elsewhere { id, url, host } = to;
+    let Bridged {
+        elsewhere: Elsewhere { id, url, host },
+        path,
+        held,
+    } = to;
     tracing::debug!(env = %id, %host, "bridging an app to the host running its environment");
     let upstream = match s.manager.tunnel_to(&host, &id, remote).await {
         Some(Ok(stream)) => relay::Upstream::Stream(stream, path),
@@ -246,9 +274,16 @@ async fn bridge_to(
     let stall = s.manager.bridge_stall();
     // The bridge answers the upgrade itself.
     drop(check);
-    relay::bridge(upgrade, upstream, forward.authorization, SUBPROTOCOL, stall)
-        .await
-        .map_err(|refused| ApiError::bridged(refused.status, refused.body))
+    relay::bridge(
+        upgrade,
+        upstream,
+        forward.authorization,
+        SUBPROTOCOL,
+        stall,
+        held,
+    )
+    .await
+    .map_err(|refused| ApiError::bridged(refused.status, refused.body))
 }
 
 /// What an app's upgrade carries that a bridge presents again to the host running
@@ -348,6 +383,23 @@ fn refused(e: LifecycleError, upgrade: WebSocketUpgrade) -> Result<Response, Api
     }
 }
 
+/// A connection of a user at `[tenancy] max_connections` (`e`, the lifecycle's
+/// `QuotaExceeded`): upgraded and closed at once with 4016, the reason saying the
+/// limit, its value and the use, as the 429 `quota_exceeded` of a followed log does.
+pub(crate) fn at_user_limit(upgrade: WebSocketUpgrade, e: LifecycleError) -> Response {
+    let mut reason = e.to_string();
+    // A close frame's reason is at most 123 bytes; a long user name is the caller's own.
+    if let LifecycleError::QuotaExceeded { limit, used, .. } = &e
+        && reason.len() > MAX_CLOSE_REASON
+    {
+        reason = format!("at the max_connections quota: {used} of {limit} in use");
+    }
+    relay::refuse(upgrade, CLOSE_USER_LIMIT, reason)
+}
+
+/// Most bytes of a close frame's reason (RFC 6455 §5.5: 125 with the code).
+const MAX_CLOSE_REASON: usize = 123;
+
 /// A query value given and not empty.
 fn field(query: &HashMap<String, String>, key: &str) -> Option<String> {
     query.get(key).filter(|v| !v.is_empty()).cloned()
@@ -368,7 +420,7 @@ fn field(query: &HashMap<String, String>, key: &str) -> Option<String> {
         ("resume" = Option<u64>, Query, description = "With `session`: the last sequence number received."),
     ),
     responses(
-        (status = 101, description = "Upgraded: the first frame is `provisioned` (`docs/protocol.md`, Provisioning); close codes as for `/ws/app/{id}`. Cluster mode: when the environment runs on another host, the app is bridged there (the same path and query) and that host's relay serves it, as for `/ws/app/{id}`; a refusal there is answered with its status, code and message."),
+        (status = 101, description = "Upgraded: the first frame is `provisioned` (`docs/protocol.md`, Provisioning); close codes as for `/ws/app/{id}` (4016 before anything is made or woken). Cluster mode: when the environment runs on another host, the app is bridged there (the same path and query) and that host's relay serves it, as for `/ws/app/{id}`; a refusal there is answered with its status, code and message."),
         (status = 400, description = "A malformed query (`start` other than `true` or `false`, `session`, `resume`, …; `invalid_request`), a token limited to named environments whose key's environment is not one of them, new or existing (`invalid_request`), or an upgrade request missing a WebSocket header (plain text).", content(
             (ErrorBody = "application/json"),
             (String = "text/plain"),
@@ -434,6 +486,11 @@ pub(crate) async fn provisioned(
     };
     who.require(Scope::Relay)?;
     let resume = resume_of(&query)?.map(|r| r.held_by(holder(&who, target.thread.as_deref())));
+    // Before anything is made or woken for it.
+    let held = match s.manager.hold_connection(&who) {
+        Ok(held) => Held::new(held),
+        Err(e) => return Ok(at_user_limit(check, e)),
+    };
     let provisioned = match s.manager.provision_app(&who, target, resume).await {
         Ok(p) => p,
         // The key's environment runs on another host: the app is bridged there with
@@ -443,7 +500,12 @@ pub(crate) async fn provisioned(
         Err(LifecycleError::Elsewhere { id, url, host }) if by_token && !forward.bridged => {
             let path = format!("/ws/app?{}", forward.query);
             let elsewhere = Elsewhere { id, url, host };
-            return bridge_to(&s, remote.0, elsewhere, path, forward, check, upgrade).await;
+            let to = Bridged {
+                elsewhere,
+                path,
+                held,
+            };
+            return bridge_to(&s, remote.0, to, forward, check, upgrade).await;
         }
         Err(e) => return refused(e, check),
     };
@@ -461,7 +523,8 @@ pub(crate) async fn provisioned(
         let id = &provisioned.environment_id;
         audit_start(&s, &who, remote, id, who.user()).await?;
     }
-    Ok(provisioned.connection.serve(upgrade, Some(SUBPROTOCOL)))
+    let connection = provisioned.connection.holding(held);
+    Ok(connection.serve(upgrade, Some(SUBPROTOCOL)))
 }
 
 /// Records an app's connect that asked a stopped environment to run again as the

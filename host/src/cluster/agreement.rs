@@ -571,6 +571,7 @@ mod tests {
         let quota = crate::config::Quota {
             max_environments: Some(3),
             max_running: None,
+            max_connections: None,
             providers: None,
         };
         tenancy.users.insert("bob".into(), quota.clone());

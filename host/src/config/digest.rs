@@ -129,6 +129,7 @@ fn quota_canonical(quota: &Quota) -> Value {
     let Quota {
         max_environments,
         max_running,
+        max_connections,
         providers,
     } = quota;
     let mut canonical = serde_json::json!({
@@ -140,6 +141,11 @@ fn quota_canonical(quota: &Quota) -> Value {
     // (sorted, each once): the order a list is written in allows nothing more.
     if let (Some(providers), Some(map)) = (providers, canonical.as_object_mut()) {
         map.insert("providers".into(), serde_json::json!(providers.as_ref()));
+    }
+    // Only when set, likewise. Each host counts its own connections (`docs/cluster.md`,
+    // "Quotas"), but two hosts with different limits still let a user do different things.
+    if let (Some(max), Some(map)) = (max_connections, canonical.as_object_mut()) {
+        map.insert("maxConnections".into(), serde_json::json!(max));
     }
     canonical
 }
@@ -369,6 +375,14 @@ mod tests {
                 "max_running = 5\nproviders = [\"a\"]\n",
             ),
             TENANCY.replace("max_environments = 20", "max_environments = 21"),
+            TENANCY.replace(
+                "max_running = 2\n",
+                "max_running = 2\nmax_connections = 4\n",
+            ),
+            TENANCY.replace(
+                "max_running = 5\n",
+                "max_running = 5\nmax_connections = 4\n",
+            ),
             // carol's limits given to another user.
             TENANCY.replace("[tenancy.users.carol]", "[tenancy.users.dave]"),
             TENANCY.replace(

@@ -1,5 +1,6 @@
 //! `[tenancy]` in `tether.toml`: how many environments each user may have, and have
-//! running, and which providers they may create them with, with per-user overrides
+//! running, which providers they may create them with, and how many long-lived
+//! connections (app sockets, events streams, followed logs) they may hold, with per-user overrides
 //! (`[tenancy.users.NAME]`). The lifecycle enforces them; this only reads and checks
 //! them.
 
@@ -18,6 +19,9 @@ pub struct Quota {
     pub max_environments: Option<usize>,
     /// Environments the user may have with desired state `running`.
     pub max_running: Option<usize>,
+    /// Long-lived connections the user may hold on this host at once: app sockets,
+    /// `/ws/events` streams and followed logs (`tenancy/connections.rs`).
+    pub max_connections: Option<usize>,
     /// The providers the user may create and start environments with (`None`: every loaded
     /// one). Shared, so looking a user's limits up copies no list.
     pub providers: Option<Arc<BTreeSet<String>>>,
@@ -64,6 +68,7 @@ impl TenancyConfig {
 pub(super) struct FileTenancy {
     max_environments: Option<usize>,
     max_running: Option<usize>,
+    max_connections: Option<usize>,
     providers: Option<Vec<String>>,
     ticket_ttl_secs: Option<u64>,
     #[serde(default)]
@@ -75,6 +80,7 @@ pub(super) struct FileTenancy {
 struct FileQuota {
     max_environments: Option<usize>,
     max_running: Option<usize>,
+    max_connections: Option<usize>,
     providers: Option<Vec<String>>,
 }
 
@@ -87,6 +93,7 @@ pub(super) fn tenancy_config(file: FileTenancy) -> Result<TenancyConfig, ConfigE
     let default = Quota {
         max_environments: file.max_environments,
         max_running: file.max_running,
+        max_connections: file.max_connections,
         providers: providers_of("tenancy.providers", file.providers)?,
     };
     if file.users.len() > MAX_OVERRIDES {
@@ -103,6 +110,7 @@ pub(super) fn tenancy_config(file: FileTenancy) -> Result<TenancyConfig, ConfigE
         let quota = Quota {
             max_environments: q.max_environments.or(default.max_environments),
             max_running: q.max_running.or(default.max_running),
+            max_connections: q.max_connections.or(default.max_connections),
             providers: providers_of(&key, q.providers)?.or_else(|| default.providers.clone()),
         };
         users.insert(user, quota);
@@ -155,6 +163,7 @@ mod tests {
             Quota {
                 max_environments: Some(10),
                 max_running: Some(5),
+                max_connections: None,
                 providers: None,
             }
         );
@@ -162,6 +171,21 @@ mod tests {
         let bad: FileTenancy =
             toml::from_str("[users.\"../x\"]\nmax_running = 1\n").unwrap_or_default();
         assert!(tenancy_config(bad).is_err());
+    }
+
+    #[test]
+    fn max_connections_is_a_limit_like_the_others() {
+        let file: FileTenancy = toml::from_str(
+            "max_connections = 20\n[users.bob]\nmax_connections = 0\n[users.carol]\nmax_running = 1\n",
+        )
+        .unwrap_or_default();
+        let c = tenancy_config(file).unwrap_or_default();
+        assert_eq!(c.quota_of("admin").max_connections, Some(20));
+        // 0 is a limit (none at all), as for the other limits.
+        assert_eq!(c.quota_of("bob").max_connections, Some(0));
+        assert_eq!(c.quota_of("carol").max_connections, Some(20));
+        assert_eq!(TenancyConfig::default().quota_of("x").max_connections, None);
+        assert!(toml::from_str::<FileTenancy>("max_connections = -1\n").is_err());
     }
 
     #[test]

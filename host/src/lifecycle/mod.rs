@@ -126,7 +126,7 @@ pub(crate) enum LifecycleError {
     /// The change would take the owner past one of their limits.
     #[error("{owner} is at the {quota} quota: {used} of {limit} in use")]
     QuotaExceeded {
-        /// The setting (`max_environments`, `max_running`).
+        /// The setting (`max_environments`, `max_running`, `max_connections`).
         quota: &'static str,
         /// Whose.
         owner: String,

@@ -1,5 +1,6 @@
 //! Each user's limits (`[tenancy]`): how many environments they may own and have
-//! running. A change that could take a user past one is checked and made while holding
+//! running, and how many long-lived connections they may hold (counted in
+//! `tenancy/connections.rs`, checked here against the limit in force). A change that could take a user past one is checked and made while holding
 //! that user's admission lock, so concurrent requests cannot both pass a check that
 //! only one of them fits (100 parallel creates at a limit of 10 make exactly 10). A
 //! user without limits is not admitted one request at a time: nothing is counted for
@@ -19,6 +20,7 @@ use crate::cluster::{Admission, Cluster};
 use crate::config::TenancyConfig;
 use crate::store::{DesiredState, Store};
 use crate::sync::{MutexExt, RwLockExt};
+use crate::tenancy::{AtLimit, HeldConnection, Principal, UserConnections};
 
 /// A user's admission for a change checked against their limits: this host's lock
 /// and, in a cluster, the user's key there ([`Admission`]). Held from before the
@@ -78,6 +80,8 @@ pub(super) struct Quotas {
     /// Swapped by a reload of `tether.toml`.
     config: RwLock<TenancyConfig>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The long-lived connections each user holds on this host.
+    connections: Arc<UserConnections>,
 }
 
 impl Quotas {
@@ -85,6 +89,7 @@ impl Quotas {
         Self {
             config: RwLock::new(config),
             locks: Mutex::default(),
+            connections: Arc::default(),
         }
     }
 
@@ -167,6 +172,42 @@ impl Quotas {
 }
 
 impl Manager {
+    /// Counts one more long-lived connection of `who`'s user (an app socket, an
+    /// events stream, a followed log) until the guard drops; `QuotaExceeded` when
+    /// the user holds their `max_connections` on this host already. The limit is
+    /// the one in force now (a reload applies to the next connection; those open
+    /// stay open, counted).
+    pub(crate) fn hold_connection(
+        &self,
+        who: &Principal,
+    ) -> Result<HeldConnection, LifecycleError> {
+        let user = who.user();
+        let quotas = &self.shared.quotas;
+        let limit = quotas.config.read_locked().quota_of(user).max_connections;
+        quotas
+            .connections
+            .hold(user, limit)
+            .map_err(|AtLimit { limit, used }| {
+                tracing::info!(
+                    user,
+                    limit,
+                    "connection refused: the user is at max_connections"
+                );
+                LifecycleError::QuotaExceeded {
+                    quota: "max_connections",
+                    owner: user.to_owned(),
+                    limit,
+                    used,
+                }
+            })
+    }
+
+    /// Connections refused since the host started because their user was at
+    /// `max_connections`.
+    pub(crate) fn connections_refused_at_user_limit(&self) -> u64 {
+        self.shared.quotas.connections.refused()
+    }
+
     /// Holds `owner`'s admission for a change checked against their limits (and a
     /// template's `max_per_user` when `counted`): this host's lock and, in a cluster,
     /// the user's key there, once this host has every record change the cluster

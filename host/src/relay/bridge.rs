@@ -30,6 +30,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
 
+use super::conn::Held;
 use super::socket::Upgrade;
 
 /// Close code for an app whose bridged host went away without closing (RFC 6455's
@@ -76,13 +77,15 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 /// `authorization` and `protocol`; once that host took it, answers the app's
 /// upgrade and passes bytes both ways until either side is done. A side that takes
 /// nothing for `stall` is let go of, as the relay lets go of a peer that stopped
-/// reading, so a stalled app holds no bridge, tunnel or window.
+/// reading, so a stalled app holds no bridge, tunnel or window. `held` is kept
+/// until the bridge ends.
 pub async fn bridge(
     app: Upgrade,
     upstream: Upstream,
     authorization: Option<HeaderValue>,
     protocol: &'static str,
     stall: Duration,
+    held: Held,
 ) -> Result<Response, BridgeRefused> {
     let upgraded = async {
         let (io, host, path): (Box<dyn Io>, String, String) = match upstream {
@@ -107,6 +110,7 @@ pub async fn bridge(
             Ok(upgraded) => splice(TokioIo::new(upgraded), other, stall).await,
             Err(e) => tracing::debug!(error = %e, "a bridged app's upgrade failed"),
         }
+        drop(held);
     });
     Ok(answer)
 }

@@ -38,6 +38,28 @@ pub struct Connection {
     inbound: Inbound,
     config: Arc<RelayConfig>,
     ends: Option<Ends>,
+    held: Option<Held>,
+}
+
+/// What a connection keeps for as long as it lives (its user's place under
+/// `[tenancy] max_connections`), dropped with it however it ends.
+pub struct Held {
+    _kept: Box<dyn Send + Sync>,
+}
+
+impl Held {
+    /// Keeps `value` until this is dropped.
+    pub fn new(value: impl Send + Sync + 'static) -> Self {
+        Self {
+            _kept: Box::new(value),
+        }
+    }
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Held(..)")
+    }
 }
 
 /// A signal from above that ends a connection with the reason it resolves to.
@@ -68,6 +90,7 @@ impl Connection {
             inbound,
             config: hub.config().clone(),
             ends: None,
+            held: None,
         })
     }
 
@@ -97,6 +120,7 @@ impl Connection {
             inbound,
             config: hub.config().clone(),
             ends: None,
+            held: None,
         })
     }
 
@@ -104,6 +128,12 @@ impl Connection {
     /// resolves (the credential that admitted the peer was revoked, say).
     pub fn ends_when(mut self, signal: impl Future<Output = CloseReason> + Send + 'static) -> Self {
         self.ends = Some(Ends(Box::pin(signal)));
+        self
+    }
+
+    /// Keeps `held` until the connection ends, or is dropped unserved.
+    pub fn holding(mut self, held: Held) -> Self {
+        self.held = Some(held);
         self
     }
 
@@ -128,6 +158,7 @@ impl Connection {
             inbound,
             config,
             ends,
+            held,
         } = self;
         let socket = Arc::new(socket);
         let limits = WebSocketConfig::default()
@@ -172,6 +203,7 @@ impl Connection {
         send.uninstall();
         // The inbound detaches from the hub as it drops, after the socket is done.
         drop(inbound);
+        drop(held);
     }
 }
 

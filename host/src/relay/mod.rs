@@ -35,15 +35,15 @@ mod window;
 
 pub use activity::{Activity, now_ms};
 pub use bridge::{BRIDGED, BridgeRefused, CLOSE_HOST_GONE, Upstream, bridge};
-pub use conn::{Connection, refuse, refuse_with};
+pub use conn::{Connection, Held, refuse, refuse_with};
 pub use error::RelayError;
 pub use hub::{AppSessions, Hub, StreamKey};
 pub use inbound::{AppThread, ProviderDesk, ProviderRequest, ProviderRoute, ProviderTypes, Reply};
 pub use outbox::{Outbox, Take};
 pub use protocol::{
     CLOSE_GONE, CLOSE_REPLACED, CLOSE_REVOKED, CLOSE_START_FAILED, CLOSE_STOPPED, CLOSE_TOO_BIG,
-    CLOSE_TOO_MANY, CLOSE_TOO_SLOW, CLOSE_UNRESPONSIVE, CloseReason, READ_CHUNK, Resume,
-    read_error_close,
+    CLOSE_TOO_MANY, CLOSE_TOO_SLOW, CLOSE_UNRESPONSIVE, CLOSE_USER_LIMIT, CloseReason, READ_CHUNK,
+    Resume, read_error_close,
 };
 pub use registry::Relay;
 pub use socket::Upgrade;

@@ -48,6 +48,9 @@ pub const CLOSE_START_FAILED: u16 = 4014;
 /// Close code: the app connected through a template to an environment its user
 /// stopped on purpose, without `start=true`.
 pub const CLOSE_STOPPED: u16 = 4015;
+/// Close code: the connection's user holds their `[tenancy] max_connections` on this
+/// host already (app sockets and `/ws/events` alike).
+pub const CLOSE_USER_LIMIT: u16 = 4016;
 
 /// How a connection ends, when the relay ends it.
 #[derive(Debug, Clone, PartialEq, Eq)]

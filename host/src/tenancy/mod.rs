@@ -5,8 +5,10 @@
 //! registry (`tokens`) turns a presented secret into a [`Principal`] in one map
 //! lookup, and every check of what a principal may do is a method of it
 //! (`principal`). Environments carry an `owner`; the lifecycle asks the principal
-//! whether it reaches one, and answers "not found" when it does not.
+//! whether it reaches one, and answers "not found" when it does not. How many
+//! long-lived connections each user holds is counted in `connections`.
 
+mod connections;
 mod file;
 mod principal;
 mod record;
@@ -16,6 +18,7 @@ mod tokens;
 
 use std::path::PathBuf;
 
+pub(crate) use connections::{AtLimit, HeldConnection, UserConnections};
 pub(crate) use file::tokens_path;
 pub(crate) use principal::{ADMIN_TOKEN_ID, ADMIN_USER, MissingScope, Principal};
 pub(crate) use record::TokenRecord;
