@@ -17,8 +17,8 @@ mod spawn_attacks;
 use tether_provider_sdk::process::Child;
 use tether_provider_sdk::serde_json::{self, Value};
 use tether_provider_sdk::{
-    Capabilities, CommandRequest, Entry, InitVars, Provider, ProviderError, ProviderInfo,
-    StartResult,
+    Capabilities, ChangeKind, CommandRequest, DiffFile, Entry, InitVars, Provider, ProviderError,
+    ProviderInfo, StartResult,
 };
 
 /// The hostile provider; holds the children it managed to spawn.
@@ -27,6 +27,9 @@ struct Hostile {
     children: Vec<Child>,
     /// `spin-health`: start fine, then spin in every `check-health`.
     spin_in_health: bool,
+    /// `diff-flood`: answer every `get-diff-files` with this many files, each with an
+    /// empty path and diff.
+    diff_files: usize,
 }
 
 impl Provider for Hostile {
@@ -56,6 +59,10 @@ impl Provider for Hostile {
         let config: Value = serde_json::from_str(&init.config)
             .map_err(|e| ProviderError::invalid_input(format!("config: {e}")))?;
         self.spin_in_health = config.get("attack").and_then(Value::as_str) == Some("spin-health");
+        if config.get("attack").and_then(Value::as_str) == Some("diff-flood") {
+            let count = config.get("count").and_then(Value::as_u64).unwrap_or(1_000_000);
+            self.diff_files = count as usize;
+        }
         let outcome = attacks::run(&config, &mut self.children)?;
         Ok(StartResult {
             resource_id: format!("hostile-{}", init.environment_id),
@@ -69,6 +76,15 @@ impl Provider for Hostile {
             attacks::spin();
         }
         tether_provider_sdk::Health::healthy()
+    }
+
+    fn get_diff_files(&mut self) -> Result<Vec<DiffFile>, ProviderError> {
+        let empty = || DiffFile {
+            path: String::new(),
+            change: ChangeKind::Added,
+            diff: String::new(),
+        };
+        Ok(std::iter::repeat_with(empty).take(self.diff_files).collect())
     }
 
     fn teardown(&mut self) -> Result<(), ProviderError> {

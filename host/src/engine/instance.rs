@@ -12,7 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use super::EngineError;
-use super::host::http::NetHooks;
+use super::host::http::{HTTP_RESOURCE_BYTES, NetHooks};
 use super::host::log::LogBudget;
 use super::host::preopens::Preopen;
 use super::persisted::StateWriter;
@@ -84,7 +84,7 @@ impl HostState {
         table.set_max_capacity(limits.max_resources);
         let log_budget = net.log_budget().clone();
         let mut http = WasiHttpCtx::new();
-        http.set_field_size_limit(limits.host_call_bytes);
+        http.set_field_size_limit(limits.host_call_bytes.min(HTTP_RESOURCE_BYTES));
         Self {
             wasi,
             http,

@@ -304,7 +304,8 @@ impl Driver {
                 Err(e) => {
                     tracing::error!(env = %env.id, error = %e, "not removing the workspace")
                 }
-                Ok(()) => match tokio::fs::remove_dir_all(&workspace).await {
+                // However deep the provider nested it (see `trees`).
+                Ok(()) => match crate::trees::remove_tree_blocking(workspace).await {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {

@@ -85,12 +85,20 @@ pub(super) fn error_value(err: &CallError) -> Value {
     json!({"code": code, "message": err.to_string()})
 }
 
+/// The fewest bytes one file of a diff adds to a frame besides its path and diff:
+/// `{"path":"","change":"added","diff":""},`.
+const DIFF_FILE_FRAME_BYTES: usize = 39;
+
 /// The `error` for a reply whose content alone passes `max` bytes (before it is made
-/// into a frame, which escaping can make several times larger).
+/// into a frame, which escaping can make several times larger). A diff's files count
+/// with the frame each takes, empty or not: a million empty files are 43 MB as a
+/// frame and far more as JSON values, which are then not made.
 pub(super) fn too_large(reply: &Reply, max: usize) -> Option<Value> {
     let len = match reply {
         Reply::Text(text) => text.len(),
-        Reply::Diff(files) => files.iter().map(|f| f.path.len() + f.diff.len()).sum(),
+        Reply::Diff(files) => (files.iter())
+            .map(|f| f.path.len() + f.diff.len() + DIFF_FILE_FRAME_BYTES)
+            .sum(),
         _ => 0,
     };
     (len > max).then(|| too_large_error(len, max))
@@ -150,6 +158,22 @@ mod tests {
             to_call("providerReadFile", &wrong).err(),
             Some(BadRequest("`path` must be a string".into()))
         );
+    }
+
+    #[test]
+    fn a_diff_counts_at_most_the_frame_its_files_make() {
+        let file = |path: &str, change, diff: &str| crate::engine::DiffFile {
+            path: path.into(),
+            change,
+            diff: diff.into(),
+        };
+        let files = vec![file("", "added", ""), file("a", "modified", "d\n\u{1}")];
+        let reply = Reply::Diff(files.clone());
+        let frame = reply_message("providerGetDiffFiles", &Map::new(), reply.clone());
+        let made = frame["files"].to_string().len();
+        assert!(too_large(&reply, made).is_none(), "{frame}");
+        let counted = 2 * DIFF_FILE_FRAME_BYTES + "ad\n\u{1}".len();
+        assert!(too_large(&reply, counted - 1).is_some());
     }
 
     #[test]

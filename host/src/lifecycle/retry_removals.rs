@@ -74,7 +74,7 @@ impl Manager {
     /// Starts the retry task, after removing scratch workspaces a crash left.
     pub(super) fn spawn_removal_retries(&self) {
         let root = scratch_root(self);
-        if let Err(e) = std::fs::remove_dir_all(&root)
+        if let Err(e) = crate::trees::remove_tree(&root)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(path = %root.display(), error = %e, "could not remove the scratch workspaces of earlier removals");
@@ -160,7 +160,7 @@ impl Manager {
         let data_dir = self.shared.config.get().data_dir.clone();
         let parent = workspace.parent().unwrap_or(&workspace);
         let removed = match crate::own_dirs::check(&data_dir, parent) {
-            Ok(()) => tokio::fs::remove_dir_all(&workspace).await,
+            Ok(()) => crate::trees::remove_tree_blocking(workspace.clone()).await,
             Err(e) => Err(e),
         };
         if let Err(e) = removed

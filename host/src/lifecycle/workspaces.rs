@@ -153,7 +153,7 @@ pub(super) fn sweep(config: &ServeConfig, store: &Store) {
             if let Ok(workspace) = config.workspace_dir(&name) {
                 let parent = workspace.parent().unwrap_or(&workspace);
                 match crate::own_dirs::check(&config.data_dir, parent)
-                    .and_then(|()| std::fs::remove_dir_all(&workspace))
+                    .and_then(|()| crate::trees::remove_tree(&workspace))
                 {
                     Ok(()) => {
                         tracing::info!(%name, "removed the workspace of an environment deleted just before the host stopped");

@@ -3,12 +3,16 @@
 //! well-behaved `local-process` environment keeps relaying echoes, and checks that
 //! the attack is refused or contained with a clear error, that `/healthz` answers,
 //! and that no process outlives its environment. Network attacks are in [`net`];
-//! issue 10's provider identity (names, built-ins) in [`identity`], and bounds on
-//! what a provider sends the host in [`bounds`].
+//! issue 10's provider identity (names, built-ins) in [`identity`], bounds on
+//! what a provider sends the host in [`bounds`], host memory it could make the
+//! host hold outside its own in [`hoards`], and what it leaves in its workspace for
+//! the host to remove in [`leftovers`].
 
 mod bounds;
 mod git;
+mod hoards;
 mod identity;
+mod leftovers;
 mod net;
 mod process;
 pub mod rig;

@@ -58,6 +58,15 @@ impl NetHooks {
     }
 }
 
+/// The most of the host's memory one `wasi:http` resource of a guest may hold: the
+/// header fields of one `fields` (as wasmtime-wasi-http counts them, names and values
+/// with their in-memory overhead), or one chunk of an outgoing body (a body not yet
+/// sent buffers two, and takes two handles: its request and itself). Handles are
+/// capped (`limits.max_resources`), so this bounds what a guest can pile up in the
+/// host outside its own memory. Real header blocks are a few KiB (servers refuse
+/// more than 8–32 KiB), and a larger body is written in more chunks.
+pub(crate) const HTTP_RESOURCE_BYTES: usize = 16 << 10;
+
 impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView {
@@ -85,6 +94,10 @@ impl WasiHttpHooks for NetHooks {
         drop(fut);
         let hooks = self.clone();
         Box::new(async move { send(hooks, request, options).await })
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        HTTP_RESOURCE_BYTES
     }
 }
 
