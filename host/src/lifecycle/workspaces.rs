@@ -151,10 +151,9 @@ pub(super) fn sweep(config: &ServeConfig, store: &Store) {
         if store.find(|r| r.name == name).is_none() {
             // A name that is not one the host makes is not a path it may remove.
             if let Ok(workspace) = config.workspace_dir(&name) {
-                let parent = workspace.parent().unwrap_or(&workspace);
-                match crate::own_dirs::check(&config.data_dir, parent)
-                    .and_then(|()| std::fs::remove_dir_all(&workspace))
-                {
+                // Never through a link in place of the workspaces' directory.
+                let removed = crate::own_dirs::remove_dir_all(&config.data_dir, &workspace);
+                match removed {
                     Ok(()) => {
                         tracing::info!(%name, "removed the workspace of an environment deleted just before the host stopped");
                     }
