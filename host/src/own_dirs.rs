@@ -77,6 +77,12 @@ fn split(path: &Path) -> io::Result<(&Path, &str)> {
 }
 
 impl OwnDir {
+    /// The names in it (not `.` and `..`), read through its descriptor.
+    pub(crate) fn names(&self) -> io::Result<Vec<std::ffi::OsString>> {
+        let entries = cap_primitives::fs::read_dir(&self.fd, Path::new("."))?;
+        entries.map(|entry| entry.map(|e| e.file_name())).collect()
+    }
+
     /// Its device and inode, to know it again by.
     pub(crate) fn identity(&self) -> io::Result<(u64, u64)> {
         use std::os::unix::fs::MetadataExt;
@@ -134,6 +140,11 @@ impl OwnDir {
             Mode::from_bits_truncate(mode),
         )?;
         Ok(File::from(fd))
+    }
+
+    /// Where it was reached, for messages.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The path of its entry `name`, for messages.
@@ -389,6 +400,25 @@ mod tests {
         assert!(aside.join("new").is_dir());
         assert!(outside_victim.join("precious").exists());
         assert!(!outside.path().join("new").exists());
+    }
+
+    /// The names in a directory are read through its descriptor: those of the
+    /// directory opened, not of the one its path names now.
+    #[test]
+    fn names_are_those_of_the_directory_opened() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = root.path();
+        let deleting = root.join(".codebolt/deleting");
+        std::fs::create_dir_all(&deleting).unwrap();
+        std::fs::write(deleting.join("mine"), "").unwrap();
+        std::fs::write(outside.path().join("theirs"), "").unwrap();
+        let opened = open(root, &deleting).unwrap();
+        swap_for_link(&deleting, outside.path());
+        assert_eq!(opened.names().unwrap(), ["mine"]);
+        opened.remove_file("mine").unwrap();
+        assert!(opened.remove_file("theirs").is_err());
+        assert!(outside.path().join("theirs").exists());
     }
 
     /// A link inside the directory removed (or in its place) is removed, never
