@@ -147,6 +147,25 @@ impl OwnDir {
         &self.path
     }
 
+    /// Replaces its file `name` with `bytes` all at once, as `atomic::replace_file`
+    /// does (a hidden temporary beside it, owner only, synced, renamed over it, the
+    /// directory synced), every step relative to this descriptor.
+    pub(crate) fn replace_file(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let tmp = format!(".{}.{:016x}", plain(name)?, rand::random::<u64>());
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
+        let written = self.open_file(&tmp, flags, 0o600).and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            self.rename(&tmp, name)
+        });
+        if written.is_err() {
+            let _ = self.remove_file(&tmp);
+        }
+        written?;
+        self.fd.sync_all()
+    }
+
     /// The path of its entry `name`, for messages.
     pub(crate) fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
