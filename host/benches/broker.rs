@@ -100,6 +100,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         env_id: "bench".into(),
         workspace: dir.path().to_owned(),
         state_dir: dir.path().join(".state"),
+        made: None,
         request: hostile.description.request(),
         grant: Grant {
             urls: vec![literal],

@@ -292,6 +292,7 @@ async fn instance(
         env_id: id,
         workspace: dir.to_owned(),
         state_dir: dir.join(".state"),
+        made: None,
         request: provider.description.request(),
         grant: Grant::default(),
         runtime: Arc::new(NoRuntime),

@@ -243,6 +243,7 @@ impl ProviderEngine {
             env_id: "bench".into(),
             workspace: scratch.path().to_owned(),
             state_dir: scratch.path().join(".state"),
+            made: None,
             request: hostile.description.request(),
             grant: Grant {
                 urls,

@@ -29,7 +29,8 @@
 //! - `logs` keeps each environment's own log (`.codebolt/logs/`), fed by a `tracing`
 //!   layer with every event that carries the environment's id.
 //! - `sync` recovers poisoned locks, in one place; `atomic` replaces a file all at once.
-//! - `own_dirs` refuses a link in place of the host's directories in the data directory;
+//! - `own_dirs` reaches the host's directories in the data directory through no link
+//!   (one `O_NOFOLLOW` directory descriptor per part) and acts relative to them;
 //!   `trees` removes a tree a provider filled (a workspace), however deep.
 //! - `names` is the one rule for names that become paths (environments, providers);
 //!   `untrusted` cuts and escapes the strings a provider sends before the host

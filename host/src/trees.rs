@@ -3,39 +3,41 @@
 //! recurses, one stack frame and one open directory per level, so a chain of
 //! directories nested deeper than any path could name (a provider makes one through
 //! WASI by walking down by descriptor) overflows the stack of the thread removing it,
-//! which aborts the host, or runs the host out of open files first. [`remove_tree`]
+//! which aborts the host, or runs the host out of open files first. [`remove_tree_at`]
 //! walks down and back up without recursion, with a few descriptors open whatever the
 //! depth, and follows no link.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
-use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat};
+use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
 /// A directory's device and inode: which directory an open descriptor is.
 type Identity = (libc::dev_t, libc::ino_t);
 
-/// Removes `path` and everything below it; a link or a file at `path` is removed
-/// itself, and no link below it is followed. `NotFound` when nothing is there. The
-/// host's memory grows by 16 bytes a level (the directories above the one being
-/// emptied), never its stack or its open files.
-pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
-    if !std::fs::symlink_metadata(path)?.is_dir() {
-        return std::fs::remove_file(path);
+/// Removes the entry `name` of the directory `at` and, for a directory, everything
+/// below it; a link or a file there is removed itself, and no link below it is
+/// followed. `NotFound` when nothing is there. The host's memory grows by 16 bytes a
+/// level (the directories above the one being emptied), never its stack or its open
+/// files. `own_dirs` calls it with the parent reached through no link.
+pub(crate) fn remove_tree_at(at: impl AsFd, name: &Path) -> io::Result<()> {
+    let at = at.as_fd();
+    if !is_directory(at, name)? {
+        return Ok(unlinkat(at, name, UnlinkatFlags::NoRemoveDir)?);
     }
-    let mut dir = open_dir(AT_FDCWD, path)?;
+    let mut dir = open_dir(at, name)?;
     let mut above: Vec<Identity> = Vec::new();
     loop {
-        if let Some(name) = empty_but_directories(&dir)? {
-            let child = open_dir(&dir, name.as_c_str())?;
+        if let Some(child) = empty_but_directories(&dir)? {
+            let opened = open_dir(&dir, child.as_c_str())?;
             above.push(identity(&dir)?);
-            dir = child;
+            dir = opened;
             continue;
         }
         // `dir` is empty: climb to its parent and remove it there.
@@ -49,19 +51,16 @@ pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
                 "a directory was moved out of the tree being removed",
             ));
         }
-        let name = name_in(&parent, own)?;
-        ignore_gone(unlinkat(&parent, name.as_c_str(), UnlinkatFlags::RemoveDir))?;
+        let child = name_in(&parent, own)?;
+        ignore_gone(unlinkat(
+            &parent,
+            child.as_c_str(),
+            UnlinkatFlags::RemoveDir,
+        ))?;
         dir = parent;
     }
     drop(dir);
-    std::fs::remove_dir(path)
-}
-
-/// [`remove_tree`] on a blocking thread.
-pub(crate) async fn remove_tree_blocking(path: PathBuf) -> io::Result<()> {
-    tokio::task::spawn_blocking(move || remove_tree(&path))
-        .await
-        .map_err(io::Error::other)?
+    Ok(unlinkat(at, name, UnlinkatFlags::RemoveDir)?)
 }
 
 fn open_dir<P: ?Sized + nix::NixPath>(at: impl AsFd, path: &P) -> io::Result<OwnedFd> {
@@ -100,7 +99,7 @@ fn empty_but_directories(dir: &OwnedFd) -> io::Result<Option<CString>> {
     Ok(None)
 }
 
-fn is_directory(dir: &OwnedFd, name: &CStr) -> io::Result<bool> {
+fn is_directory<P: ?Sized + nix::NixPath>(dir: impl AsFd, name: &P) -> io::Result<bool> {
     let stat = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
     Ok(SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
 }
@@ -135,6 +134,8 @@ fn ignore_gone(result: nix::Result<()>) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use nix::fcntl::AT_FDCWD;
+
     use super::*;
 
     #[test]
@@ -155,7 +156,7 @@ mod tests {
         std::fs::create_dir(&outside).expect("outside");
         std::fs::write(outside.join("kept"), "x").expect("kept");
         std::os::unix::fs::symlink(&outside, root.join("link")).expect("link");
-        remove_tree(&root).expect("removed");
+        remove_tree_at(AT_FDCWD, &root).expect("removed");
         assert!(!root.exists());
         assert!(outside.join("kept").exists(), "a link was followed");
     }
@@ -165,9 +166,9 @@ mod tests {
         let top = tempfile::tempdir().expect("tempdir");
         let file = top.path().join("f");
         std::fs::write(&file, "x").expect("file");
-        remove_tree(&file).expect("removed");
+        remove_tree_at(AT_FDCWD, &file).expect("removed");
         assert!(!file.exists());
-        let missing = remove_tree(&file).expect_err("nothing there");
+        let missing = remove_tree_at(AT_FDCWD, &file).expect_err("nothing there");
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
     }
 }

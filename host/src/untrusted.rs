@@ -31,6 +31,16 @@ pub(crate) fn open_own(path: &std::path::Path) -> std::io::Result<std::fs::File>
     sole_name(open_to_read(path, libc::O_NOFOLLOW)?)
 }
 
+/// The checks of [`open_own`] on a file the caller opened itself to read (relative to
+/// one of the host's directories held open, with `O_NONBLOCK | O_NOFOLLOW`); `path`
+/// names it in errors.
+pub(crate) fn opened_own(
+    path: &std::path::Path,
+    opened: std::io::Result<std::fs::File>,
+) -> std::io::Result<std::fs::File> {
+    sole_name(regular(opened.map_err(|e| named_refusal(path, e))?)?)
+}
+
 /// `file` if this is its only name. A hard link left in place of one of the host's
 /// files is a second name of a file elsewhere (one its maker may read, or one the
 /// host must not write: another user's, the host's settings): written, it would carry
@@ -93,6 +103,16 @@ pub(crate) fn open_to_write(
     let opened = options
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
         .open(path);
+    opened_to_write(path, opened)
+}
+
+/// The checks of [`open_to_write`] on a file the caller opened itself (relative to one
+/// of the host's directories held open, `own_dirs::OwnDir::open_file`, with
+/// `O_NONBLOCK | O_NOFOLLOW`); `path` names it in errors.
+pub(crate) fn opened_to_write(
+    path: &std::path::Path,
+    opened: std::io::Result<std::fs::File>,
+) -> std::io::Result<std::fs::File> {
     let file = sole_name(regular(opened.map_err(|e| named_refusal(path, e))?)?)?;
     // Back to plain writes, as the callers expect.
     let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)?;

@@ -177,3 +177,69 @@ async fn a_host_file_that_is_a_hard_link_is_not_written() {
     wait_message(&server, &plain, "environment created").await;
     server.stop();
 }
+
+/// A thread swapping the workspaces' directory for a link to a directory elsewhere and
+/// back, as fast as it can, while environments are deleted: the host checked the path,
+/// then removed the workspace by path, and a swap in between had it remove the
+/// directory of the same name elsewhere (`rm -rf` outside the data directory). Now it
+/// removes through the directory it opened, reached through no link: every directory
+/// elsewhere is intact.
+#[tokio::test]
+async fn deletes_raced_by_a_swapping_thread_remove_nothing_elsewhere() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const ROUNDS: usize = 300;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let codebolt = dir.path().join(".codebolt");
+    let environments = codebolt.join("environments");
+    std::fs::create_dir_all(&environments).expect("mkdir");
+    let server = Server::start(dir.path());
+    let mut ids = Vec::new();
+    for i in 0..ROUNDS {
+        let name = format!("victim-{i}");
+        std::fs::create_dir(outside.path().join(&name)).expect("mkdir");
+        std::fs::write(outside.path().join(&name).join("precious"), "keep\n").expect("write");
+        let body = serde_json::json!({"name": name, "provider": "local-process"});
+        let (status, env) = server
+            .call("POST", "/api/v1/environments", Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{env}");
+        ids.push(env["id"].as_str().expect("id").to_owned());
+    }
+    let (real, link) = (codebolt.join("real"), codebolt.join("link"));
+    std::os::unix::fs::symlink(outside.path(), &link).expect("symlink");
+    let stop = Arc::new(AtomicBool::new(false));
+    // Renames only: `environments` is always the real directory or the link.
+    let swapper = {
+        let (stop, environments) = (stop.clone(), environments.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = std::fs::rename(&environments, &real);
+                let _ = std::fs::rename(&link, &environments);
+                let _ = std::fs::rename(&environments, &link);
+                let _ = std::fs::rename(&real, &environments);
+            }
+        })
+    };
+    for id in &ids {
+        let (status, body) = server
+            .call("DELETE", &format!("/api/v1/environments/{id}"), None)
+            .await;
+        assert!(status.is_success(), "{status}: {body}");
+    }
+    // Each delete's workspace removal runs after its answer: wait for the last.
+    let deadline = Instant::now() + WAIT;
+    while server.log().matches("environment deleted").count() < ROUNDS && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().expect("swapper");
+    let lost: Vec<String> = (0..ROUNDS)
+        .map(|i| format!("victim-{i}"))
+        .filter(|name| !outside.path().join(name).join("precious").exists())
+        .collect();
+    assert!(lost.is_empty(), "removed elsewhere: {lost:?}");
+    server.stop();
+}

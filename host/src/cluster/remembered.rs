@@ -30,6 +30,8 @@ struct File {
 /// The file of one host's records sync.
 #[derive(Debug)]
 pub(super) struct Remembered {
+    /// The data directory, from which `cluster/` is reached through no link.
+    root: PathBuf,
     path: PathBuf,
     bucket: String,
 }
@@ -39,6 +41,7 @@ impl Remembered {
     pub(super) fn beside(records: &Path, bucket: String) -> Self {
         let dir = records.parent().unwrap_or(Path::new("."));
         Self {
+            root: dir.parent().unwrap_or(dir).to_owned(),
             path: dir.join("cluster").join("records-synced.json"),
             bucket,
         }
@@ -84,8 +87,8 @@ impl Remembered {
     /// Replaces the file with `revisions`, off the async threads (it may be large).
     pub(super) async fn save(&self, revisions: BTreeMap<String, u64>) {
         let file = self.file(revisions);
-        let path = self.path.clone();
-        let saved = tokio::task::spawn_blocking(move || write(&path, &file)).await;
+        let (root, path) = (self.root.clone(), self.path.clone());
+        let saved = tokio::task::spawn_blocking(move || write(&root, &path, &file)).await;
         match saved {
             Ok(saved) => self.report(saved),
             Err(e) => self.report(Err(std::io::Error::other(e))),
@@ -95,7 +98,7 @@ impl Remembered {
     /// Replaces the file with `revisions` at once: at shutdown, when a task handed
     /// the write might never run.
     pub(super) fn save_now(&self, revisions: BTreeMap<String, u64>) {
-        self.report(write(&self.path, &self.file(revisions)));
+        self.report(write(&self.root, &self.path, &self.file(revisions)));
     }
 
     fn file(&self, revisions: BTreeMap<String, u64>) -> File {
@@ -112,9 +115,15 @@ impl Remembered {
     }
 }
 
-fn write(path: &Path, file: &File) -> std::io::Result<()> {
+/// Replaces the file at `path` relative to its directory, made or opened from `root`
+/// through no link (see `own_dirs`): a link in place of `cluster/` would carry the
+/// write elsewhere.
+fn write(root: &Path, path: &Path, file: &File) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(file).map_err(std::io::Error::other)?;
-    crate::atomic::replace_file(path, &bytes)
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::other("no file name"));
+    };
+    crate::own_dirs::create(root, dir)?.replace_file(&name.to_string_lossy(), &bytes)
 }
 
 #[cfg(test)]
@@ -123,6 +132,23 @@ mod tests {
 
     fn at(dir: &Path, bucket: &str) -> Remembered {
         Remembered::beside(&dir.join("environments.json"), bucket.into())
+    }
+
+    /// `cluster/` swapped for a link to a directory elsewhere: the file is not
+    /// written there (the save fails, and is logged).
+    #[test]
+    fn a_cluster_directory_that_is_a_link_is_not_written_in() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        let codebolt = dir.path().join(".codebolt");
+        std::fs::create_dir(&codebolt).expect("mkdir");
+        std::os::unix::fs::symlink(outside.path(), codebolt.join("cluster")).expect("symlink");
+        let one = at(&codebolt, "1");
+        let written = write(&one.root, &one.path, &one.file(BTreeMap::new()));
+        let e = written.expect_err("written through the link");
+        assert!(e.to_string().contains("is a symbolic link"), "{e}");
+        let names: Vec<_> = std::fs::read_dir(outside.path()).expect("ls").collect();
+        assert!(names.is_empty(), "{names:?}");
     }
 
     #[tokio::test]

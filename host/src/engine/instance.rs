@@ -119,6 +119,11 @@ pub struct InstanceSetup {
     pub workspace: PathBuf,
     /// The provider's own state directory, preopened as `/state`.
     pub state_dir: PathBuf,
+    /// The device and inode of the workspace and of the state directory as the host
+    /// made them, reached through no link, when it did: found at their paths when
+    /// the instance is made, or it is not (a part of a path swapped for a link since
+    /// would hand the provider a directory elsewhere).
+    pub made: Option<[(u64, u64); 2]>,
     /// What the provider asks for in this environment (its `info()` request, with
     /// `{projectPath}` resolved).
     pub request: Request,
@@ -168,25 +173,33 @@ pub(crate) fn new_store(
         made.map_err(|e| EngineError::Instantiate(format!("preopening {}: {e}", host.display())))
     };
     // The workspace and the state directory are the host's own: never through a link.
-    let preopen = |host: &std::path::Path, guest: &str| {
-        preopened(host, Preopen::own(host.to_owned(), guest.to_owned()))
+    let preopen = |host: &std::path::Path, guest: &str, made: Option<(u64, u64)>| {
+        let own = Preopen::own(host.to_owned(), guest.to_owned());
+        preopened(host, own.and_then(|p| p.made_as(made)))
     };
-    let mut dirs = vec![preopen(&setup.workspace, WORKSPACE_GUEST_DIR)?];
+    let [workspace_made, state_made] = setup.made.map_or([None, None], |m| m.map(Some));
+    let mut dirs = vec![preopen(
+        &setup.workspace,
+        WORKSPACE_GUEST_DIR,
+        workspace_made,
+    )?];
     // After the first start the state directory exists: one stat, no mkdir.
-    dirs.push(match preopen(&setup.state_dir, STATE_GUEST_DIR) {
-        Ok(dir) => dir,
-        Err(_) => {
-            // The provider's alone (it may keep its backend's credentials there): no
-            // other local user lists or reads it, whatever the umask.
-            use std::os::unix::fs::DirBuilderExt;
-            let mut private = std::fs::DirBuilder::new();
-            private.recursive(true).mode(0o700);
-            private.create(&setup.state_dir).map_err(|e| {
-                EngineError::Instantiate(format!("creating {}: {e}", setup.state_dir.display()))
-            })?;
-            preopen(&setup.state_dir, STATE_GUEST_DIR)?
-        }
-    });
+    dirs.push(
+        match preopen(&setup.state_dir, STATE_GUEST_DIR, state_made) {
+            Ok(dir) => dir,
+            Err(_) => {
+                // The provider's alone (it may keep its backend's credentials there): no
+                // other local user lists or reads it, whatever the umask.
+                use std::os::unix::fs::DirBuilderExt;
+                let mut private = std::fs::DirBuilder::new();
+                private.recursive(true).mode(0o700);
+                private.create(&setup.state_dir).map_err(|e| {
+                    EngineError::Instantiate(format!("creating {}: {e}", setup.state_dir.display()))
+                })?;
+                preopen(&setup.state_dir, STATE_GUEST_DIR, state_made)?
+            }
+        },
+    );
     // The operator's grants, as the operator made them (a link among them).
     for dir in caps.directories() {
         let made = Preopen::at(dir.clone(), dir.display().to_string());

@@ -32,6 +32,7 @@ async fn instance(
         env_id: "env-1".into(),
         workspace: workspace.to_owned(),
         state_dir: workspace.join(".provider-state"),
+        made: None,
         request: provider.description.request(),
         grant,
         runtime: Arc::new(NoRuntime),
@@ -328,6 +329,46 @@ async fn directories_are_opened_when_the_guest_first_uses_them_and_closed_with_i
     assert_eq!(open_on(&state), 0);
 }
 
+/// The host made the workspace through no link and noted which directory it is; a
+/// path swapped since (here: another directory at it) hands the provider nothing.
+#[tokio::test]
+async fn a_workspace_other_than_the_one_the_host_made_is_not_preopened() {
+    use std::os::unix::fs::MetadataExt;
+    let (engine, p) = local_process().await;
+    let ws = tempfile::tempdir().expect("tempdir");
+    let workspace = ws.path().join("w");
+    let state_dir = ws.path().join(".provider-state");
+    std::fs::create_dir(&workspace).expect("mkdir");
+    std::fs::create_dir(&state_dir).expect("mkdir");
+    let id = |p: &std::path::Path| {
+        let m = std::fs::metadata(p).expect("stat");
+        (m.dev(), m.ino())
+    };
+    let made = [id(&workspace), id(&state_dir)];
+    std::fs::rename(&workspace, ws.path().join("w.aside")).expect("rename");
+    std::fs::create_dir(&workspace).expect("mkdir");
+    let (state, _rx) = persisted::channel(Default::default());
+    let setup = InstanceSetup {
+        env_id: "env-1".into(),
+        workspace: workspace.clone(),
+        state_dir,
+        made: Some(made),
+        request: p.description.request(),
+        grant: Grant::default(),
+        runtime: Arc::new(NoRuntime),
+        state,
+        refusals: Default::default(),
+    };
+    let made = engine.instantiate(&p, setup).await;
+    let Err(EngineError::Instantiate(why)) = made else {
+        panic!("instantiated over another workspace: {:?}", made.err());
+    };
+    assert!(
+        why.contains("another directory is there than the one the host made"),
+        "{why}"
+    );
+}
+
 #[tokio::test]
 async fn a_missing_workspace_is_named_when_the_instance_is_made_or_first_used() {
     let (engine, p) = local_process().await;
@@ -338,6 +379,7 @@ async fn a_missing_workspace_is_named_when_the_instance_is_made_or_first_used() 
         env_id: "env-1".into(),
         workspace: gone.clone(),
         state_dir: ws.path().join(".provider-state"),
+        made: None,
         request: p.description.request(),
         grant: Grant::default(),
         runtime: Arc::new(NoRuntime),

@@ -294,27 +294,26 @@ impl Driver {
     /// directory, so the name must pass the rule.
     pub(super) async fn remove_workspace(&self, env: &Env, record: &Record) {
         let config = self.shared.config.get();
-        match config.workspace_dir(&record.name) {
-            // Never under a link in place of the workspaces' directory: it would
-            // remove a directory elsewhere.
-            Ok(workspace) => match crate::own_dirs::check(
-                &config.data_dir,
-                workspace.parent().unwrap_or(&workspace),
-            ) {
-                Err(e) => {
-                    tracing::error!(env = %env.id, error = %e, "not removing the workspace")
-                }
-                // However deep the provider nested it (see `trees`).
-                Ok(()) => match crate::trees::remove_tree_blocking(workspace).await {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!(env = %env.id, error = %e, "could not remove the workspace")
-                    }
-                },
-            },
+        let workspace = match config.workspace_dir(&record.name) {
+            Ok(workspace) => workspace,
             Err(e) => {
-                tracing::error!(env = %env.id, error = %e, "not removing a workspace outside the data directory")
+                tracing::error!(env = %env.id, error = %e, "not removing a workspace outside the data directory");
+                return;
+            }
+        };
+        let data_dir = config.data_dir.clone();
+        let removed =
+            tokio::task::spawn_blocking(move || remove_own_workspace(&data_dir, &workspace)).await;
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(WorkspaceRemoval::Refused(e))) => {
+                tracing::error!(env = %env.id, error = %e, "not removing the workspace")
+            }
+            Ok(Err(WorkspaceRemoval::Failed(e))) => {
+                tracing::warn!(env = %env.id, error = %e, "could not remove the workspace")
+            }
+            Err(e) => {
+                tracing::warn!(env = %env.id, error = %e, "could not remove the workspace")
             }
         }
     }
@@ -339,5 +338,34 @@ impl Driver {
     pub(super) async fn drain(&self) {
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+    }
+}
+
+/// Why a workspace was not removed.
+pub(super) enum WorkspaceRemoval {
+    /// Its parent is not the host's own directory (a link in its place): never
+    /// through it, which would remove a directory elsewhere.
+    Refused(std::io::Error),
+    /// The removal itself failed.
+    Failed(std::io::Error),
+}
+
+/// Removes `workspace` (and everything in it) relative to its parent, reached from
+/// `data_dir` through no link (see `own_dirs`); one not there is removed already.
+pub(super) fn remove_own_workspace(
+    data_dir: &std::path::Path,
+    workspace: &std::path::Path,
+) -> Result<(), WorkspaceRemoval> {
+    let (Some(parent), Some(name)) = (workspace.parent(), workspace.file_name()) else {
+        return Ok(());
+    };
+    let parent = match crate::own_dirs::open(data_dir, parent) {
+        Ok(parent) => parent,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(WorkspaceRemoval::Refused(e)),
+    };
+    match parent.remove_dir_all(&name.to_string_lossy()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(WorkspaceRemoval::Failed(e)),
+        _ => Ok(()),
     }
 }

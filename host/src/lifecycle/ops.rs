@@ -228,16 +228,26 @@ impl Driver {
                 .workspace_dir(&record.name)
                 .map_err(|e| e.to_string())?,
         };
-        // Its parents must be the host's own directories, not links to elsewhere (the
-        // workspace itself is checked where it is preopened).
-        let parent = workspace.parent().unwrap_or(&workspace);
-        crate::own_dirs::create(&config.data_dir, parent)
-            .and_then(|()| std::fs::create_dir_all(&workspace))
+        // It and its parents must be the host's own directories, not links to
+        // elsewhere: made by a walk that follows none (see `own_dirs`).
+        let workspace_made = crate::own_dirs::create(&config.data_dir, &workspace)
+            .and_then(|dir| dir.identity())
             .map_err(|e| format!("creating workspace {}: {e}", workspace.display()))?;
         let state_dir = config
             .provider_state_dir(&provider.description.name)
             .map_err(|e| e.to_string())?;
-        crate::own_dirs::check(&config.data_dir, state_dir.parent().unwrap_or(&state_dir))
+        // Made here, through no link (see `own_dirs`), and the provider's alone (it
+        // may keep its backend's credentials there): no other local user lists or
+        // reads it, whatever the umask.
+        let (Some(parent), Some(name)) = (state_dir.parent(), state_dir.file_name()) else {
+            return Err(format!(
+                "provider state {}: no directory",
+                state_dir.display()
+            ));
+        };
+        let state_made = crate::own_dirs::create(&config.data_dir, parent)
+            .and_then(|dir| dir.child_with_mode(&name.to_string_lossy(), 0o700))
+            .and_then(|dir| dir.identity())
             .map_err(|e| format!("provider state {}: {e}", state_dir.display()))?;
         let (state, changes) = crate::engine::persisted::channel(record.provider_state.clone());
         s.tasks
@@ -248,6 +258,7 @@ impl Driver {
             env_id: env.id.clone(),
             workspace,
             state_dir,
+            made: Some([workspace_made, state_made]),
             request: request_for(provider, record),
             grant: config.grant_for(&provider.description.name),
             runtime: Arc::new(HubPort(env.hub.clone())),

@@ -30,6 +30,7 @@ use tracing::Instrument;
 
 use super::Manager;
 use super::deadline::{GRACE, shut_down_within};
+use super::driver::WorkspaceRemoval;
 use super::removals::{Pending, Removals, delay};
 use crate::audit::{Outcome, action};
 
@@ -74,7 +75,9 @@ impl Manager {
     /// Starts the retry task, after removing scratch workspaces a crash left.
     pub(super) fn spawn_removal_retries(&self) {
         let root = scratch_root(self);
-        if let Err(e) = crate::trees::remove_tree(&root)
+        let data_dir = self.shared.config.get().data_dir.clone();
+        // Through no link in place of `.codebolt` or of the directory itself.
+        if let Err(e) = crate::own_dirs::remove_dir_all(&data_dir, &root)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(path = %root.display(), error = %e, "could not remove the scratch workspaces of earlier removals");
@@ -158,14 +161,19 @@ impl Manager {
         .await;
         env.hub.close("removal done");
         let data_dir = self.shared.config.get().data_dir.clone();
-        let parent = workspace.parent().unwrap_or(&workspace);
-        let removed = match crate::own_dirs::check(&data_dir, parent) {
-            Ok(()) => crate::trees::remove_tree_blocking(workspace.clone()).await,
-            Err(e) => Err(e),
+        // Through no link in place of the scratch directories' directory.
+        let removed = tokio::task::spawn_blocking(move || {
+            super::driver::remove_own_workspace(&data_dir, &workspace)
+        })
+        .await;
+        let failed = match removed {
+            Ok(Ok(())) => None,
+            Ok(Err(WorkspaceRemoval::Refused(e) | WorkspaceRemoval::Failed(e))) => {
+                Some(e.to_string())
+            }
+            Err(e) => Some(e.to_string()),
         };
-        if let Err(e) = removed
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
+        if let Some(e) = failed {
             tracing::warn!(env = %id, error = %e, "could not remove a removal's scratch workspace");
         }
         match tried {

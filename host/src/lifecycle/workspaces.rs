@@ -9,12 +9,13 @@
 //! does; after a power loss the worst case is a workspace left behind, as before.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
+use crate::own_dirs::OwnDir;
 use crate::store::Store;
 use crate::sync::MutexExt;
 
@@ -74,36 +75,30 @@ fn marks(config: &ServeConfig) -> PathBuf {
     config.codebolt_dir().join("deleting")
 }
 
-/// The marks directory, if it is one the host may make and remove files in: not a
-/// symbolic link, which would have marks made (and removed, and every file swept at
-/// start) in a directory elsewhere.
-fn marks_dir(config: &ServeConfig) -> std::io::Result<PathBuf> {
+/// The marks directory (made when `create`), reached through no link (see
+/// `own_dirs`): a link in its place, or in place of `.codebolt`, would have marks made
+/// (and removed, and every file swept at start) in a directory elsewhere.
+fn marks_dir(config: &ServeConfig, create: bool) -> std::io::Result<OwnDir> {
     let dir = marks(config);
-    if std::fs::symlink_metadata(&dir)?.file_type().is_symlink() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!(
-                "{} is a symbolic link, not the host's directory; remove it",
-                dir.display()
-            ),
-        ));
+    if create {
+        crate::own_dirs::create(&config.data_dir, &dir)
+    } else {
+        crate::own_dirs::open(&config.data_dir, &dir)
     }
-    Ok(dir)
 }
 
 /// Marks `name`'s workspace as being deleted.
 pub(super) fn mark(config: &ServeConfig, name: &str) {
-    let made = std::fs::create_dir_all(marks(config)).and_then(|()| {
-        let dir = marks_dir(config)?;
-        crate::names::join("environment", &dir, name)
+    let made = marks_dir(config, true).and_then(|dir| {
+        crate::names::join("environment", dir.path(), name)
             .map_err(std::io::Error::other)
             .and_then(|path| {
                 // Never through a link someone left under the name. Not truncated on
                 // open: a hard link there would be cut before it is refused, and the
                 // mark is its name alone.
-                let mut options = std::fs::OpenOptions::new();
-                options.write(true).create(true).truncate(false);
-                crate::untrusted::open_to_write(&path, &mut options).map(drop)
+                let flags = nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CREAT;
+                let opened = dir.open_file(name, flags, 0o666);
+                crate::untrusted::opened_to_write(&path, opened).map(drop)
             })
     });
     if let Err(e) = made {
@@ -113,27 +108,27 @@ pub(super) fn mark(config: &ServeConfig, name: &str) {
 
 /// Clears `name`'s mark (the workspace is gone, or the delete did not happen).
 pub(super) fn unmark(config: &ServeConfig, name: &str) {
-    let Ok(dir) = marks_dir(config) else {
+    let Ok(dir) = marks_dir(config, false) else {
         return;
     };
-    if let Ok(path) = crate::names::join("environment", &dir, name) {
-        remove_file(&path);
+    if crate::names::join("environment", dir.path(), name).is_ok() {
+        remove_file(&dir, name);
     }
 }
 
-fn remove_file(path: &Path) {
-    match std::fs::remove_file(path) {
+fn remove_file(dir: &OwnDir, name: &str) {
+    match dir.remove_file(name) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "could not clear a delete mark")
+            tracing::warn!(path = %dir.join(name).display(), error = %e, "could not clear a delete mark")
         }
     }
 }
 
 /// At start: finishes the deletes a crash interrupted (see the module's comment).
 pub(super) fn sweep(config: &ServeConfig, store: &Store) {
-    let dir = match marks_dir(config) {
+    let dir = match marks_dir(config, false) {
         Ok(dir) => dir,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
         Err(e) => {
@@ -141,20 +136,19 @@ pub(super) fn sweep(config: &ServeConfig, store: &Store) {
             return;
         }
     };
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Ok(names) = dir.names() else {
         return;
     };
-    for entry in entries.filter_map(Result::ok) {
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+    for name in names {
+        let Some(name) = name.to_str().map(str::to_owned) else {
             continue;
         };
         if store.find(|r| r.name == name).is_none() {
             // A name that is not one the host makes is not a path it may remove.
             if let Ok(workspace) = config.workspace_dir(&name) {
-                let parent = workspace.parent().unwrap_or(&workspace);
-                match crate::own_dirs::check(&config.data_dir, parent)
-                    .and_then(|()| crate::trees::remove_tree(&workspace))
-                {
+                // Never through a link in place of the workspaces' directory.
+                let removed = crate::own_dirs::remove_dir_all(&config.data_dir, &workspace);
+                match removed {
                     Ok(()) => {
                         tracing::info!(%name, "removed the workspace of an environment deleted just before the host stopped");
                     }
@@ -166,6 +160,6 @@ pub(super) fn sweep(config: &ServeConfig, store: &Store) {
                 }
             }
         }
-        remove_file(&entry.path());
+        remove_file(&dir, &name);
     }
 }

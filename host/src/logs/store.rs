@@ -2,13 +2,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::broadcast;
 
+use crate::own_dirs::OwnDir;
 use crate::sync::MutexExt;
 
 /// A log file is rotated to `<id>.log.1` past this size, so one environment's logs take
@@ -117,27 +118,32 @@ impl EnvLogs {
     }
 
     fn path(&self, env: &str) -> PathBuf {
-        self.dir.join(format!("{env}.log"))
+        self.dir.join(name(env))
     }
 
-    /// Whether the logs' directory is still the host's own: a link put in its place
-    /// would have logs written, read and removed in a directory elsewhere.
-    fn own_dir(&self) -> std::io::Result<()> {
-        crate::own_dirs::check(&self.root, &self.dir)
+    /// The logs' directory, reached through no link (see `own_dirs`): a link put in
+    /// its place would have logs written, read and removed in a directory elsewhere.
+    /// Files are opened, rotated and removed relative to it.
+    fn own_dir(&self) -> std::io::Result<OwnDir> {
+        crate::own_dirs::open(&self.root, &self.dir)
     }
 
     /// The last `tail` lines (at most [`MAX_TAIL`]) of `env`'s log with a `ts` at or
     /// after `since` (RFC 3339), oldest first.
     pub(crate) fn tail(&self, env: &str, tail: usize, since: Option<&str>) -> Vec<String> {
         let tail = tail.min(MAX_TAIL);
-        if let Err(e) = self.own_dir() {
-            tracing::warn!(error = %e, "environments' logs are not read");
-            return Vec::new();
-        }
-        let current = self.path(env);
+        let dir = match self.own_dir() {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, "environments' logs are not read");
+                return Vec::new();
+            }
+        };
+        let current = name(env);
         let mut lines: Vec<String> = Vec::new();
         for file in [rotated(&current), current] {
-            let Some(end) = read_end(&file) else {
+            let Some(end) = read_end(&dir, &file) else {
                 continue;
             };
             for line in end.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -176,10 +182,10 @@ impl EnvLogs {
     pub(crate) fn remove(&self, env: &str) {
         let mut known = self.known.locked();
         known.remove(env);
-        let current = self.path(env);
-        if self.own_dir().is_ok() {
-            let _ = std::fs::remove_file(rotated(&current));
-            let _ = std::fs::remove_file(&current);
+        let current = name(env);
+        if let Ok(dir) = self.own_dir() {
+            let _ = dir.remove_file(&rotated(&current));
+            let _ = dir.remove_file(&current);
         }
         self.followers.locked().remove(env);
         self.failing.locked().remove(env);
@@ -225,7 +231,7 @@ impl EnvLogs {
         for (env, lines) in by_env {
             let path = self.path(&env);
             let written = match &own_dir {
-                Ok(()) => append(&path, &lines),
+                Ok(dir) => append(dir, &name(&env), &lines),
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
             };
             if let Err(e) = written {
@@ -265,9 +271,11 @@ impl EnvLogs {
 /// regular file (a named pipe would hold the read for good; a link would show its
 /// owner a file from elsewhere). A file grown past that
 /// by something else costs a tail no more time or memory than one the host wrote.
-fn read_end(path: &Path) -> Option<Vec<u8>> {
+fn read_end(dir: &OwnDir, name: &str) -> Option<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = crate::untrusted::open_own(path)
+    let path = dir.join(name);
+    let opened = dir.open_file(name, nix::fcntl::OFlag::O_RDONLY, 0);
+    let mut file = crate::untrusted::opened_own(&path, opened)
         .inspect_err(|e| {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path = %path.display(), error = %e, "an environment's log file cannot be read; its lines are left out of the tail");
@@ -292,27 +300,26 @@ fn read_end(path: &Path) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-fn rotated(current: &Path) -> PathBuf {
-    let mut name = current.as_os_str().to_owned();
-    name.push(".1");
-    PathBuf::from(name)
+/// The file name of `env`'s log.
+fn name(env: &str) -> String {
+    format!("{env}.log")
+}
+
+/// The name a log is rotated to.
+fn rotated(current: &str) -> String {
+    format!("{current}.1")
 }
 
 /// Appends `lines` to `path`, moving it to `.1` whenever the next line would take it
 /// past the bound. A new file is its owner's only: it holds what runtimes print and
 /// providers log, which the API shows only to the environment's owner. Anything but a
 /// regular file in its place (a link, a named pipe) is refused, not written through.
-fn append(path: &Path, lines: &[String]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+fn append(dir: &OwnDir, name: &str, lines: &[String]) -> std::io::Result<()> {
+    use nix::fcntl::OFlag;
+    let path = dir.join(name);
     let open = || {
-        crate::untrusted::open_to_write(
-            path,
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .read(true)
-                .mode(0o600),
-        )
+        let flags = OFlag::O_CREAT | OFlag::O_APPEND | OFlag::O_RDWR;
+        crate::untrusted::opened_to_write(&path, dir.open_file(name, flags, 0o600))
     };
     let mut file = open()?;
     let mut size = file.metadata()?.len();
@@ -326,7 +333,7 @@ fn append(path: &Path, lines: &[String]) -> std::io::Result<()> {
         if size > 0 && size + (text.len() as u64) + len > MAX_FILE_BYTES {
             write_or_cut(&mut file, text.as_bytes(), size)?;
             text.clear();
-            rotate(path)?;
+            rotate(dir, name)?;
             file = open()?;
             size = 0;
         }
@@ -339,10 +346,18 @@ fn append(path: &Path, lines: &[String]) -> std::io::Result<()> {
 /// Moves `path` to `<path>.1`. A directory someone left at `.1` is moved aside whole
 /// first (`.1.rejected-<ns>`): the rename over it would fail, and with it every
 /// write of this log from then on.
-fn rotate(path: &Path) -> std::io::Result<()> {
-    let to = rotated(path);
-    crate::atomic::move_directory_aside(&to)?;
-    std::fs::rename(path, to)
+fn rotate(dir: &OwnDir, name: &str) -> std::io::Result<()> {
+    let to = rotated(name);
+    if dir
+        .kind_of(&to)
+        .is_ok_and(|k| k == nix::sys::stat::SFlag::S_IFDIR)
+    {
+        let stamp = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+        let aside = format!("{to}.rejected-{stamp}");
+        dir.rename(&to, &aside)?;
+        tracing::warn!(path = %dir.join(&to).display(), moved = %dir.join(&aside).display(), "a directory in the place of one of the host's files was moved aside");
+    }
+    dir.rename(name, &to)
 }
 
 /// Whether `file`, `len` bytes long (more than 0), ends in a newline.
@@ -392,10 +407,11 @@ mod tests {
     fn a_tail_reads_whole_lines_from_the_end_of_a_file_past_the_bound() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("e.log");
+        let own = crate::own_dirs::open(dir.path(), dir.path()).unwrap();
         // Lines of 100 bytes: the window of MAX_FILE_BYTES starts mid-line.
         let text: String = (0..30_000).map(|i| format!("{i:099}\n")).collect();
         std::fs::write(&path, &text).unwrap();
-        let end = read_end(&path).unwrap();
+        let end = read_end(&own, "e.log").unwrap();
         assert!(end.len() as u64 <= MAX_FILE_BYTES);
         assert!(end.ends_with(format!("{:099}\n", 29_999).as_bytes()));
         let first = end.split(|&b| b == b'\n').next().unwrap();
@@ -405,12 +421,12 @@ mod tests {
             .map(|i| format!("{i:063}\n"))
             .collect();
         std::fs::write(&path, &exact).unwrap();
-        let end = read_end(&path).unwrap();
+        let end = read_end(&own, "e.log").unwrap();
         assert_eq!(end.len() as u64, MAX_FILE_BYTES);
         assert_eq!(&end[..64], format!("{:063}\n", 1).as_bytes());
         let pipe = dir.path().join("pipe.log");
         nix::unistd::mkfifo(&pipe, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        assert!(read_end(&pipe).is_none());
+        assert!(read_end(&own, "pipe.log").is_none());
     }
 
     #[test]

@@ -61,6 +61,18 @@ impl Preopen {
         Self::at(host, guest)
     }
 
+    /// `self` if it is the directory of device and inode `made` (when given), the one
+    /// the host made: refused if another is at its path now.
+    pub(crate) fn made_as(self, made: Option<(u64, u64)>) -> io::Result<Self> {
+        match made {
+            Some(made) if made != self.identity => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "another directory is there than the one the host made; was a directory on its path swapped for a link?",
+            )),
+            _ => Ok(self),
+        }
+    }
+
     /// Opens it, read-write, as wasmtime-wasi opens its own preopens.
     fn open(&self) -> wasmtime::Result<Dir> {
         let failed =
