@@ -9,8 +9,8 @@
 //! the one before with `O_NOFOLLOW | O_DIRECTORY` (a link, or anything but a
 //! directory, stops the walk and is named in the error), and the act is done relative
 //! to the last descriptor ([`OwnDir`]: `mkdirat`, `openat`, `unlinkat`, `renameat`, and
-//! cap-primitives' `remove_dir_all`, which opens each directory it empties the same
-//! way). A part swapped after it was opened no longer matters: the descriptor is the
+//! `trees`' removal, which opens each directory it empties the same way, without
+//! recursion). A part swapped after it was opened no longer matters: the descriptor is the
 //! directory that was there. At start every directory is walked once (a link stops
 //! the start). The files in them are opened through no link, as `untrusted` says.
 
