@@ -42,7 +42,10 @@ pub(crate) fn run(config: &Value, children: &mut Vec<Child>) -> Result<String, P
         }
         "hoard-headers" | "hoard-bodies" => {
             let count = config.get("count").and_then(Value::as_u64).unwrap_or(4000);
-            let stop_at = config.get("stopAt").and_then(Value::as_u64).unwrap_or(1 << 30);
+            let stop_at = config
+                .get("stopAt")
+                .and_then(Value::as_u64)
+                .unwrap_or(1 << 30);
             let (kept, bytes) = if config["attack"] == "hoard-headers" {
                 let per = config.get("perFields").and_then(Value::as_u64);
                 http::hoard_headers(count, per.unwrap_or(960 << 10), stop_at)
@@ -52,7 +55,10 @@ pub(crate) fn run(config: &Value, children: &mut Vec<Child>) -> Result<String, P
             Ok(format!("kept {kept} resources holding {bytes} bytes"))
         }
         "nest" => {
-            let depth = config.get("depth").and_then(Value::as_u64).unwrap_or(10_000);
+            let depth = config
+                .get("depth")
+                .and_then(Value::as_u64)
+                .unwrap_or(10_000);
             crate::links::nest(depth).map(|d| format!("nested {d} directories"))
         }
         "diff-flood" => Ok("will answer get-diff-files with many empty files".to_owned()),

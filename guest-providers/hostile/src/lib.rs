@@ -60,7 +60,10 @@ impl Provider for Hostile {
             .map_err(|e| ProviderError::invalid_input(format!("config: {e}")))?;
         self.spin_in_health = config.get("attack").and_then(Value::as_str) == Some("spin-health");
         if config.get("attack").and_then(Value::as_str) == Some("diff-flood") {
-            let count = config.get("count").and_then(Value::as_u64).unwrap_or(1_000_000);
+            let count = config
+                .get("count")
+                .and_then(Value::as_u64)
+                .unwrap_or(1_000_000);
             self.diff_files = count as usize;
         }
         let outcome = attacks::run(&config, &mut self.children)?;
@@ -84,7 +87,9 @@ impl Provider for Hostile {
             change: ChangeKind::Added,
             diff: String::new(),
         };
-        Ok(std::iter::repeat_with(empty).take(self.diff_files).collect())
+        Ok(std::iter::repeat_with(empty)
+            .take(self.diff_files)
+            .collect())
     }
 
     fn teardown(&mut self) -> Result<(), ProviderError> {

@@ -33,16 +33,16 @@ pub(crate) fn nest(depth: u64) -> Result<u64, ProviderError> {
     let mut dir = workspace()?;
     let flags = DescriptorFlags::READ | DescriptorFlags::MUTATE_DIRECTORY;
     for reached in 0..depth {
-        let open = |dir: &Descriptor| dir.open_at(PathFlags::empty(), "d", OpenFlags::DIRECTORY, flags);
+        let open =
+            |dir: &Descriptor| dir.open_at(PathFlags::empty(), "d", OpenFlags::DIRECTORY, flags);
         let next = match open(&dir) {
             Ok(next) => next,
             Err(_) => {
                 dir.create_directory_at("d").map_err(|e| {
                     ProviderError::failed(format!("mkdir at depth {reached}: {e:?}"))
                 })?;
-                open(&dir).map_err(|e| {
-                    ProviderError::failed(format!("open at depth {reached}: {e:?}"))
-                })?
+                open(&dir)
+                    .map_err(|e| ProviderError::failed(format!("open at depth {reached}: {e:?}")))?
             }
         };
         dir = next;
