@@ -239,13 +239,19 @@ impl Driver {
         // Made here, through no link (see `own_dirs`), and the provider's alone (it
         // may keep its backend's credentials there): no other local user lists or
         // reads it, whatever the umask.
-        let (Some(parent), Some(name)) = (state_dir.parent(), state_dir.file_name()) else {
+        // `.codebolt/provider-state` too: its listing names the providers in use.
+        let parts = state_dir.parent().and_then(|parent| {
+            let above = parent.parent()?;
+            Some((above, parent.file_name()?, state_dir.file_name()?))
+        });
+        let Some((above, parent, name)) = parts else {
             return Err(format!(
                 "provider state {}: no directory",
                 state_dir.display()
             ));
         };
-        let state_made = crate::own_dirs::create(&config.data_dir, parent)
+        let state_made = crate::own_dirs::create(&config.data_dir, above)
+            .and_then(|dir| dir.child_with_mode(&parent.to_string_lossy(), 0o700))
             .and_then(|dir| dir.child_with_mode(&name.to_string_lossy(), 0o700))
             .and_then(|dir| dir.identity())
             .map_err(|e| format!("provider state {}: {e}", state_dir.display()))?;
