@@ -171,4 +171,74 @@ mod tests {
         let missing = remove_tree_at(AT_FDCWD, &file).expect_err("nothing there");
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
     }
+
+    /// What a random tree holds at one place: a directory to go into, a file, an
+    /// empty file that is read-only, a link out of the tree to a directory, or to a
+    /// file, outside.
+    #[derive(Debug, Clone)]
+    enum Entry {
+        Dir(Vec<Entry>),
+        File,
+        ReadOnly,
+        LinkToDir,
+        LinkToFile,
+    }
+
+    fn entry() -> impl proptest::strategy::Strategy<Value = Entry> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Entry::File),
+            Just(Entry::ReadOnly),
+            Just(Entry::LinkToDir),
+            Just(Entry::LinkToFile),
+            Just(Entry::Dir(Vec::new())),
+        ];
+        leaf.prop_recursive(6, 64, 6, |inner| {
+            proptest::collection::vec(inner, 0..6).prop_map(Entry::Dir)
+        })
+    }
+
+    fn make(at: &Path, entries: &[Entry], outside: &Path) {
+        for (i, entry) in entries.iter().enumerate() {
+            let path = at.join(format!("e{i}"));
+            match entry {
+                Entry::Dir(inner) => {
+                    std::fs::create_dir(&path).expect("mkdir");
+                    make(&path, inner, outside);
+                }
+                Entry::File => std::fs::write(&path, "x").expect("file"),
+                Entry::ReadOnly => {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::write(&path, "").expect("file");
+                    let read_only = std::fs::Permissions::from_mode(0o400);
+                    std::fs::set_permissions(&path, read_only).expect("chmod");
+                }
+                Entry::LinkToDir => std::os::unix::fs::symlink(outside, &path).expect("link"),
+                Entry::LinkToFile => {
+                    std::os::unix::fs::symlink(outside.join("kept"), &path).expect("link")
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any tree of directories, files and links out of it is removed whole, and
+        /// nothing a link points to is touched.
+        #[test]
+        fn any_tree_goes_and_nothing_its_links_reach(entries in proptest::collection::vec(entry(), 0..8)) {
+            let top = tempfile::tempdir().expect("tempdir");
+            let outside = top.path().join("outside");
+            std::fs::create_dir_all(outside.join("inner")).expect("outside");
+            std::fs::write(outside.join("kept"), "keep").expect("kept");
+            let root = top.path().join("ws");
+            std::fs::create_dir(&root).expect("root");
+            make(&root, &entries, &outside);
+            remove_tree_at(AT_FDCWD, &root).expect("removed");
+            proptest::prop_assert!(std::fs::symlink_metadata(&root).is_err());
+            proptest::prop_assert_eq!(std::fs::read_to_string(outside.join("kept")).ok(), Some("keep".to_owned()));
+            proptest::prop_assert!(outside.join("inner").is_dir());
+        }
+    }
 }
