@@ -342,7 +342,7 @@ impl Driver {
 }
 
 /// Why a workspace was not removed.
-pub(super) enum WorkspaceRemoval {
+enum WorkspaceRemoval {
     /// Its parent is not the host's own directory (a link in its place): never
     /// through it, which would remove a directory elsewhere.
     Refused(std::io::Error),
@@ -352,7 +352,7 @@ pub(super) enum WorkspaceRemoval {
 
 /// Removes `workspace` (and everything in it) relative to its parent, reached from
 /// `data_dir` through no link (see `own_dirs`); one not there is removed already.
-pub(super) fn remove_own_workspace(
+fn remove_own_workspace(
     data_dir: &std::path::Path,
     workspace: &std::path::Path,
 ) -> Result<(), WorkspaceRemoval> {

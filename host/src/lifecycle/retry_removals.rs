@@ -30,7 +30,6 @@ use tracing::Instrument;
 
 use super::Manager;
 use super::deadline::{GRACE, shut_down_within};
-use super::driver::WorkspaceRemoval;
 use super::removals::{Pending, Removals, delay};
 use crate::audit::{Outcome, action};
 
@@ -163,17 +162,13 @@ impl Manager {
         let data_dir = self.shared.config.get().data_dir.clone();
         // Through no link in place of the scratch directories' directory.
         let removed = tokio::task::spawn_blocking(move || {
-            super::driver::remove_own_workspace(&data_dir, &workspace)
+            crate::own_dirs::remove_dir_all(&data_dir, &workspace)
         })
-        .await;
-        let failed = match removed {
-            Ok(Ok(())) => None,
-            Ok(Err(WorkspaceRemoval::Refused(e) | WorkspaceRemoval::Failed(e))) => {
-                Some(e.to_string())
-            }
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(e) = failed {
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = removed
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
             tracing::warn!(env = %id, error = %e, "could not remove a removal's scratch workspace");
         }
         match tried {
