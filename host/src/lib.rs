@@ -60,6 +60,7 @@ mod atomic;
 mod auth;
 mod client_tls;
 mod cluster;
+mod disk_quota;
 mod host_paths;
 mod lifecycle;
 mod logs;

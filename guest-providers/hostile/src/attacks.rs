@@ -61,6 +61,21 @@ pub(crate) fn run(config: &Value, children: &mut Vec<Child>) -> Result<String, P
                 .unwrap_or(10_000);
             crate::links::nest(depth).map(|d| format!("nested {d} directories"))
         }
+        "fill" => {
+            let number = |key: &str, default: u64| {
+                config.get(key).and_then(Value::as_u64).unwrap_or(default)
+            };
+            let dir = config
+                .get("dir")
+                .and_then(Value::as_str)
+                .unwrap_or("/workspace");
+            crate::disk::fill(
+                dir,
+                number("chunk", 1 << 20) as usize,
+                number("stopAt", 1 << 30),
+            )
+        }
+        "move" => crate::disk::move_in(),
         "diff-flood" => Ok("will answer get-diff-files with many empty files".to_owned()),
         "read-passwd" => read_all(&["/etc/passwd"]),
         "read" => read_all(&[text(config, "path")?]),

@@ -9,6 +9,7 @@
 //! panic) never return. Never build this into anything but tests.
 
 mod attacks;
+mod disk;
 mod floods;
 mod http;
 mod links;

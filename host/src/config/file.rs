@@ -119,6 +119,8 @@ pub(super) struct FileLifecycle {
 #[serde(deny_unknown_fields)]
 pub(super) struct FileLimits {
     pub(super) memory_mib: Option<usize>,
+    pub(super) workspace_mib: Option<u64>,
+    pub(super) state_mib: Option<u64>,
     pub(super) max_processes: Option<usize>,
     pub(super) max_resources: Option<usize>,
     pub(super) guest_threads: Option<usize>,

@@ -26,6 +26,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
         "limits",
         &[
             "memory_mib",
+            "workspace_mib",
+            "state_mib",
             "max_processes",
             "max_resources",
             "guest_threads",

@@ -262,6 +262,11 @@ pub struct LimitsConfig {
     pub max_processes: usize,
     /// Bytes of output kept per child process.
     pub output_tail_bytes: usize,
+    /// Bytes an environment's workspace may hold before its provider's writes there
+    /// fail as on a full disk (see `disk_quota`).
+    pub workspace_bytes: u64,
+    /// Bytes a provider's state directory may hold, likewise.
+    pub state_bytes: u64,
     /// Persisted provider state entries per environment.
     pub max_state_entries: usize,
     /// Entries in an instance's resource table (streams, bodies, children, ...).
@@ -352,6 +357,8 @@ impl Default for LimitsConfig {
             max_processes: 32,
             output_tail_bytes: 64 << 10,
             max_state_entries: 64,
+            workspace_bytes: 8 << 30,
+            state_bytes: 256 << 20,
             max_resources: 4096,
             guest_threads: default_guest_threads(),
             host_call_bytes: 1 << 20,
@@ -475,6 +482,27 @@ impl ServeConfig {
                 )));
             }
             self.limits.memory_bytes = mib << 20;
+        }
+        for (setting, mib, bytes) in [
+            (
+                "workspace_mib",
+                file.limits.workspace_mib,
+                &mut self.limits.workspace_bytes,
+            ),
+            (
+                "state_mib",
+                file.limits.state_mib,
+                &mut self.limits.state_bytes,
+            ),
+        ] {
+            if let Some(mib) = mib {
+                if mib == 0 || mib > MAX_DISK_MIB {
+                    return Err(ConfigError::Invalid(format!(
+                        "limits.{setting} must be 1-{MAX_DISK_MIB}, not {mib}"
+                    )));
+                }
+                *bytes = mib << 20;
+            }
         }
         if let Some(n) = file.limits.max_processes {
             self.limits.max_processes = n;
@@ -819,6 +847,9 @@ const MAX_WINDOW_KIB: usize = 4 << 20;
 
 /// The largest `[relay] max_message_kib`: 64 MiB, the most any client here reads.
 const MAX_MESSAGE_KIB: usize = 64 << 10;
+
+/// The largest `[limits] workspace_mib` and `state_mib`: 1 PiB.
+const MAX_DISK_MIB: u64 = 1 << 30;
 
 /// The largest `[limits] memory_mib`: 1 TiB per instance.
 const MAX_MEMORY_MIB: usize = 1 << 20;

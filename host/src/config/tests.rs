@@ -188,6 +188,14 @@ fn durations_and_sizes_beyond_any_intent_are_errors_not_wrapped_or_overflowing()
             "[limits]\nmemory_mib = 17592186044416\n",
             "limits.memory_mib must be 1-1048576",
         ),
+        (
+            "[limits]\nworkspace_mib = 0\n",
+            "limits.workspace_mib must be 1-1073741824",
+        ),
+        (
+            "[limits]\nstate_mib = 1073741825\n",
+            "limits.state_mib must be 1-1073741824",
+        ),
     ];
     for (toml, needle) in cases {
         match load(toml) {
@@ -195,6 +203,11 @@ fn durations_and_sizes_beyond_any_intent_are_errors_not_wrapped_or_overflowing()
             other => panic!("{toml}: {other:?}"),
         }
     }
+    let c = load("[limits]\nworkspace_mib = 1073741824\nstate_mib = 1\n").unwrap();
+    assert_eq!(
+        (c.limits.workspace_bytes, c.limits.state_bytes),
+        (1 << 50, 1 << 20)
+    );
     let c = load("[relay]\nmax_message_kib = 65536\nsession_ttl_secs = 31622400\n").unwrap();
     assert_eq!(c.relay.max_message_bytes, 64 << 20);
     // A year in milliseconds is the bound, as it is in seconds; a millisecond more is not.

@@ -12,6 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use super::EngineError;
+use super::host::filesystem::Quotas;
 use super::host::http::{HTTP_RESOURCE_BYTES, NetHooks};
 use super::host::log::LogBudget;
 use super::host::preopens::Preopen;
@@ -33,6 +34,8 @@ pub struct HostState {
     pub(crate) table: ResourceTable,
     /// The directories the guest sees, in order, opened when it asks for them.
     pub(crate) preopens: Vec<Preopen>,
+    /// Which disk quota each open descriptor is under.
+    pub(crate) disk: Quotas,
     limits: StoreLimits,
     pub(crate) env_id: String,
     pub(crate) provider: String,
@@ -92,6 +95,7 @@ impl HostState {
             log_budget,
             table,
             preopens: Vec::new(),
+            disk: Quotas::default(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
                 .instances(16)
@@ -146,6 +150,8 @@ pub(crate) struct StoreSettings<'a> {
     pub(crate) tls: &'a TlsClient,
     /// The spawn guards children run under (see [`crate::broker::launch`]).
     pub(crate) spawn_guard: Option<&'a Arc<crate::broker::launch::Guards>>,
+    /// The quotas on workspaces and state directories.
+    pub(crate) disk: &'a crate::disk_quota::DiskQuotas,
 }
 
 pub(crate) fn new_store(
@@ -159,6 +165,7 @@ pub(crate) fn new_store(
         net,
         tls,
         spawn_guard,
+        disk,
     } = settings;
     let caps = Capabilities::new(setup.request, setup.grant).with_refusals(setup.refusals);
     for reason in crate::broker::directory_fixes(&caps) {
@@ -173,19 +180,27 @@ pub(crate) fn new_store(
         made.map_err(|e| EngineError::Instantiate(format!("preopening {}: {e}", host.display())))
     };
     // The workspace and the state directory are the host's own: never through a link.
-    let preopen = |host: &std::path::Path, guest: &str, made: Option<(u64, u64)>| {
+    // What the guest writes there is capped (see `crate::disk_quota`).
+    let preopen = |host: &std::path::Path, guest: &str, made: Option<(u64, u64)>, cap: u64| {
         let own = Preopen::own(host.to_owned(), guest.to_owned());
-        preopened(host, own.and_then(|p| p.made_as(made)))
+        let own = own.and_then(|p| p.made_as(made));
+        preopened(host, own.map(|p| p.with_quota(disk, cap)))
     };
     let [workspace_made, state_made] = setup.made.map_or([None, None], |m| m.map(Some));
     let mut dirs = vec![preopen(
         &setup.workspace,
         WORKSPACE_GUEST_DIR,
         workspace_made,
+        limits.workspace_bytes,
     )?];
     // After the first start the state directory exists: one stat, no mkdir.
     dirs.push(
-        match preopen(&setup.state_dir, STATE_GUEST_DIR, state_made) {
+        match preopen(
+            &setup.state_dir,
+            STATE_GUEST_DIR,
+            state_made,
+            limits.state_bytes,
+        ) {
             Ok(dir) => dir,
             Err(_) => {
                 // The provider's alone (it may keep its backend's credentials there): no
@@ -196,7 +211,12 @@ pub(crate) fn new_store(
                 private.create(&setup.state_dir).map_err(|e| {
                     EngineError::Instantiate(format!("creating {}: {e}", setup.state_dir.display()))
                 })?;
-                preopen(&setup.state_dir, STATE_GUEST_DIR, state_made)?
+                preopen(
+                    &setup.state_dir,
+                    STATE_GUEST_DIR,
+                    state_made,
+                    limits.state_bytes,
+                )?
             }
         },
     );

@@ -195,6 +195,8 @@ pub struct Engine {
     stacks: Arc<stacks::Stacks>,
     /// The spawn guards instances' children run under, once set.
     spawn_guard: std::sync::OnceLock<Arc<crate::broker::launch::Guards>>,
+    /// The caps on what guests write in workspaces and state directories.
+    disk: crate::disk_quota::DiskQuotas,
 }
 
 impl std::fmt::Debug for Engine {
@@ -242,6 +244,7 @@ impl Engine {
         let mut linker = Linker::new(&wasm);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(setup)?;
         host::preopens::add_to_linker(&mut linker).map_err(setup)?;
+        host::filesystem::add_to_linker(&mut linker).map_err(setup)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(setup)?;
         bindings::add_to_linker(&mut linker).map_err(setup)?;
         spawn_ticker(&wasm);
@@ -258,6 +261,7 @@ impl Engine {
             guests,
             stacks,
             spawn_guard: std::sync::OnceLock::new(),
+            disk: Default::default(),
         })
     }
 
@@ -381,6 +385,7 @@ impl Engine {
             net: &net,
             tls: &self.tls,
             spawn_guard: self.spawn_guard.get(),
+            disk: &self.disk,
         };
         let store = instance::new_store(&self.wasm, &provider.description.name, setup, settings)?;
         handle::instantiate(&self.guests, provider, (store, self.stacks.slot()), limits).await

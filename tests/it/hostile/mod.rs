@@ -9,6 +9,7 @@
 //! the host to remove in [`leftovers`].
 
 mod bounds;
+mod disk;
 mod git;
 mod hoards;
 mod identity;

@@ -1,5 +1,6 @@
 //! Host implementations of the provider world's imports, one file per interface.
 
+pub(crate) mod filesystem;
 pub(crate) mod http;
 pub(crate) mod log;
 pub(crate) mod preopens;

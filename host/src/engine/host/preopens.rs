@@ -14,12 +14,14 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use wasmtime::component::Resource;
 use wasmtime_wasi::filesystem::{Descriptor, Dir};
 use wasmtime_wasi::p2::bindings::filesystem::preopens;
 use wasmtime_wasi::{FsPerms, OpenMode};
 
+use crate::disk_quota::{DiskQuota, DiskQuotas};
 use crate::engine::instance::HostState;
 
 /// One directory to preopen.
@@ -30,6 +32,9 @@ pub(crate) struct Preopen {
     guest: String,
     /// Its device and inode when the instance was made.
     identity: (u64, u64),
+    /// The cap on what the guest writes there (the workspace's and the state
+    /// directory's; none on a directory the operator granted).
+    quota: Option<Arc<DiskQuota>>,
 }
 
 impl Preopen {
@@ -43,7 +48,15 @@ impl Preopen {
             host,
             guest,
             identity: (meta.dev(), meta.ino()),
+            quota: None,
         })
+    }
+
+    /// Puts what the guest writes under it under the quota the engine keeps for this
+    /// directory, capped at `limit` bytes.
+    pub(crate) fn with_quota(mut self, quotas: &DiskQuotas, limit: u64) -> Self {
+        self.quota = Some(quotas.on(&self.host, self.identity, limit));
+        self
     }
 
     /// [`Preopen::at`] for a directory the host makes under its data directory (an
@@ -110,8 +123,9 @@ impl preopens::Host for HostState {
     fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<Descriptor>, String)>> {
         let mut out = Vec::with_capacity(self.preopens.len());
         for dir in &self.preopens {
-            let opened = Descriptor::Dir(dir.open()?);
-            out.push((self.table.push(opened)?, dir.guest.clone()));
+            let opened = self.table.push(Descriptor::Dir(dir.open()?))?;
+            self.disk.note(opened.rep(), dir.quota.clone());
+            out.push((opened, dir.guest.clone()));
         }
         Ok(out)
     }

@@ -1,0 +1,113 @@
+//! Filling the disk through WASI: `fill` writes one file in `dir` (`/workspace` or
+//! `/state`) until the host refuses, frees it and writes again after the host had time
+//! to see it go, makes empty files until refused, and tries to grow a file to a
+//! terabyte without writing it. The outcome names what each step got, for the tests to
+//! hold against the quota. `move` carries a file into the workspace from `/state`, where
+//! it was counted against another quota.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::time::Duration;
+
+use tether_provider_sdk::ProviderError;
+
+fn failed(what: &str, e: std::io::Error) -> ProviderError {
+    ProviderError::failed(format!("{what}: {e}"))
+}
+
+/// Writes `path` in `chunk`-byte pieces until a write fails or `stop_at` bytes are
+/// written; the bytes written and the error.
+fn write_until_refused(
+    path: &str,
+    chunk: usize,
+    stop_at: u64,
+) -> Result<(u64, String), ProviderError> {
+    let mut file = File::create(path).map_err(|e| failed("create", e))?;
+    let piece = vec![0x5a_u8; chunk];
+    let mut written = 0u64;
+    while written < stop_at {
+        if let Err(e) = file.write_all(&piece).and_then(|()| file.flush()) {
+            return Ok((written, e.to_string()));
+        }
+        written += chunk as u64;
+    }
+    Ok((written, "never refused".to_owned()))
+}
+
+/// The `fill` attack in `dir`.
+pub(crate) fn fill(dir: &str, chunk: usize, stop_at: u64) -> Result<String, ProviderError> {
+    let path = format!("{dir}/fill");
+    let (first, refused) = write_until_refused(&path, chunk, stop_at)?;
+    let code = stream_error_code(dir, "fill");
+    fs::remove_file(&path).map_err(|e| failed("remove", e))?;
+    // The host walks the tree again at most once a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (again, _) = write_until_refused(&path, chunk, chunk as u64)?;
+    fs::remove_file(&path).map_err(|e| failed("remove again", e))?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut files = 0u64;
+    let entries = loop {
+        match File::create(format!("{dir}/e{files}")) {
+            Ok(_) => files += 1,
+            Err(e) => break e.to_string(),
+        }
+        if files >= 1 << 20 {
+            break "never refused".to_owned();
+        }
+    };
+    let grown = File::create(format!("{dir}/sparse"))
+        .and_then(|f| f.set_len(1 << 40))
+        .map_or_else(|e| e.to_string(), |()| "grown".to_owned());
+    Ok(format!(
+        "wrote {first} bytes until: {refused} ({code}); after freeing wrote {again}; made {files} files until: {entries}; growing to 1 TiB: {grown}"
+    ))
+}
+
+/// What the host answers, at the WASI level, to one more byte appended to `dir/name`
+/// through a stream: the `filesystem-error-code` of the stream's error (Rust's standard
+/// library reports every failed stream write as an I/O error, whatever its code).
+fn stream_error_code(dir: &str, name: &str) -> String {
+    use crate::http::bindings::wasi::filesystem::{preopens, types};
+    use crate::http::bindings::wasi::io::streams::StreamError;
+    let Some(root) = preopens::get_directories()
+        .into_iter()
+        .find_map(|(d, path)| (path == dir).then_some(d))
+    else {
+        return format!("no {dir} preopen");
+    };
+    let flags = types::DescriptorFlags::WRITE;
+    let file = match root.open_at(
+        types::PathFlags::empty(),
+        name,
+        types::OpenFlags::empty(),
+        flags,
+    ) {
+        Ok(file) => file,
+        Err(e) => return format!("open: {e:?}"),
+    };
+    let stream = match file.append_via_stream() {
+        Ok(stream) => stream,
+        Err(e) => return format!("append: {e:?}"),
+    };
+    match stream.blocking_write_and_flush(b"x") {
+        Ok(()) => "written".to_owned(),
+        Err(StreamError::LastOperationFailed(e)) => match types::filesystem_error_code(&e) {
+            Some(code) => format!("{code:?}"),
+            None => format!("no code: {}", e.to_debug_string()),
+        },
+        Err(StreamError::Closed) => "closed".to_owned(),
+    }
+}
+
+/// The `move` attack: a file made in `/state` moved, then hard-linked, into the
+/// workspace, where it would count against no quota it was charged to.
+pub(crate) fn move_in() -> Result<String, ProviderError> {
+    fs::write("/state/moved", b"payload").map_err(|e| failed("write /state/moved", e))?;
+    let show = |r: std::io::Result<()>| r.map_or_else(|e| e.to_string(), |()| "done".to_owned());
+    let renamed = show(fs::rename("/state/moved", "/workspace/moved"));
+    let linked = show(fs::hard_link("/state/moved", "/workspace/linked"));
+    let within = show(fs::rename("/state/moved", "/state/kept"));
+    Ok(format!(
+        "rename: {renamed}; link: {linked}; within /state: {within}"
+    ))
+}
