@@ -76,6 +76,15 @@ pub(crate) fn run(config: &Value, children: &mut Vec<Child>) -> Result<String, P
             )
         }
         "move" => crate::disk::move_in(),
+        "hoard-sockets" => {
+            let count = config.get("count").and_then(Value::as_u64).unwrap_or(4096);
+            Ok(crate::disk::hoard_sockets(count))
+        }
+        "hoard-files" => {
+            let count = config.get("count").and_then(Value::as_u64).unwrap_or(4096);
+            let streams = config.get("streams").and_then(Value::as_bool) == Some(true);
+            Ok(crate::disk::hoard_files(count, streams))
+        }
         "diff-flood" => Ok("will answer get-diff-files with many empty files".to_owned()),
         "read-passwd" => read_all(&["/etc/passwd"]),
         "read" => read_all(&[text(config, "path")?]),

@@ -3,7 +3,8 @@
 //! to see it go, makes empty files until refused, and tries to grow a file to a
 //! terabyte without writing it. The outcome names what each step got, for the tests to
 //! hold against the quota. `move` carries a file into the workspace from `/state`, where
-//! it was counted against another quota.
+//! it was counted against another quota. `hoard-files` and `hoard-sockets` keep open
+//! files on the host (descriptors, file streams, sockets) until refused.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -110,4 +111,74 @@ pub(crate) fn move_in() -> Result<String, ProviderError> {
     Ok(format!(
         "rename: {renamed}; link: {linked}; within /state: {within}"
     ))
+}
+
+/// The `hoard-files` attack: opens the workspace directory `count` times and keeps every
+/// descriptor for the instance's life (each holds an open file on the host); with
+/// `streams`, opens a file each time and keeps only a stream reading it (which keeps the
+/// file open after its descriptor is dropped). The number kept and what stopped it.
+pub(crate) fn hoard_files(count: u64, streams: bool) -> String {
+    use crate::http::bindings::wasi::filesystem::{preopens, types};
+    let Some(root) = preopens::get_directories()
+        .into_iter()
+        .find_map(|(d, path)| (path == "/workspace").then_some(d))
+    else {
+        return "no /workspace preopen".to_owned();
+    };
+    let (mut held, mut reading) = (Vec::new(), Vec::new());
+    let mut stopped = "never refused".to_owned();
+    let (name, open_flags) = if streams {
+        if let Err(e) = fs::write("/workspace/hoarded", b"x") {
+            return format!("write: {e}");
+        }
+        ("hoarded", types::OpenFlags::empty())
+    } else {
+        (".", types::OpenFlags::DIRECTORY)
+    };
+    while ((held.len() + reading.len()) as u64) < count {
+        let opened = root.open_at(
+            types::PathFlags::empty(),
+            name,
+            open_flags,
+            types::DescriptorFlags::READ,
+        );
+        let outcome = match opened {
+            Ok(file) if streams => file.read_via_stream(0).map(|stream| reading.push(stream)),
+            Ok(dir) => {
+                held.push(dir);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            stopped = format!("{e:?}");
+            break;
+        }
+    }
+    let kept = held.len() + reading.len();
+    // Held until the instance ends.
+    std::mem::forget(held);
+    std::mem::forget(reading);
+    format!("kept {kept} open descriptors until: {stopped}")
+}
+
+/// The `hoard-sockets` attack: makes TCP sockets (no address needed) until refused and
+/// keeps them; the number kept and what stopped it.
+pub(crate) fn hoard_sockets(count: u64) -> String {
+    use crate::http::bindings::wasi::sockets::network::IpAddressFamily;
+    use crate::http::bindings::wasi::sockets::tcp_create_socket::create_tcp_socket;
+    let mut held = Vec::new();
+    let mut stopped = "never refused".to_owned();
+    while (held.len() as u64) < count {
+        match create_tcp_socket(IpAddressFamily::Ipv4) {
+            Ok(socket) => held.push(socket),
+            Err(e) => {
+                stopped = format!("{e:?}");
+                break;
+            }
+        }
+    }
+    let kept = held.len();
+    std::mem::forget(held);
+    format!("kept {kept} sockets until: {stopped}")
 }

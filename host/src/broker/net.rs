@@ -278,6 +278,12 @@ impl NetPolicy {
             .map_err(|_| Denied::ConnectionLimit(self.config.max_connections))
     }
 
+    /// Whether some address of `scheme` (`tcp`, `udp`) is both requested and granted.
+    pub fn grants_scheme(&self, scheme: &str) -> bool {
+        let names = |patterns: &[UrlPattern]| patterns.iter().any(|p| p.scheme() == scheme);
+        names(&self.requested) && names(&self.granted)
+    }
+
     /// Checks a raw socket connect or bind (`wasi:sockets`) to a literal address: a
     /// `tcp://` or `udp://` pattern on both keys must name it.
     pub fn check_socket(&self, scheme: &str, addr: SocketAddr) -> Result<(), Denied> {

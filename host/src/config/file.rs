@@ -121,6 +121,8 @@ pub(super) struct FileLimits {
     pub(super) memory_mib: Option<usize>,
     pub(super) workspace_mib: Option<u64>,
     pub(super) state_mib: Option<u64>,
+    pub(super) max_open_files: Option<usize>,
+    pub(super) host_open_files: Option<usize>,
     pub(super) max_processes: Option<usize>,
     pub(super) max_resources: Option<usize>,
     pub(super) guest_threads: Option<usize>,

@@ -28,6 +28,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "memory_mib",
             "workspace_mib",
             "state_mib",
+            "max_open_files",
+            "host_open_files",
             "max_processes",
             "max_resources",
             "guest_threads",

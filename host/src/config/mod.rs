@@ -267,6 +267,12 @@ pub struct LimitsConfig {
     pub workspace_bytes: u64,
     /// Bytes a provider's state directory may hold, likewise.
     pub state_bytes: u64,
+    /// Open files (descriptors, directory listings, file streams) one instance may hold
+    /// on the host through WASI.
+    pub max_open_files: usize,
+    /// Open files all instances together may hold; `None`: a sixteenth of the process's
+    /// open-files limit.
+    pub host_open_files: Option<usize>,
     /// Persisted provider state entries per environment.
     pub max_state_entries: usize,
     /// Entries in an instance's resource table (streams, bodies, children, ...).
@@ -357,6 +363,8 @@ impl Default for LimitsConfig {
             max_processes: 32,
             output_tail_bytes: 64 << 10,
             max_state_entries: 64,
+            max_open_files: 256,
+            host_open_files: None,
             workspace_bytes: 8 << 30,
             state_bytes: 256 << 20,
             max_resources: 4096,
@@ -503,6 +511,22 @@ impl ServeConfig {
                 }
                 *bytes = mib << 20;
             }
+        }
+        if let Some(n) = file.limits.max_open_files {
+            if n == 0 {
+                return Err(ConfigError::Invalid(
+                    "limits.max_open_files must be > 0".into(),
+                ));
+            }
+            self.limits.max_open_files = n;
+        }
+        if let Some(n) = file.limits.host_open_files {
+            if n == 0 {
+                return Err(ConfigError::Invalid(
+                    "limits.host_open_files must be > 0".into(),
+                ));
+            }
+            self.limits.host_open_files = Some(n);
         }
         if let Some(n) = file.limits.max_processes {
             self.limits.max_processes = n;

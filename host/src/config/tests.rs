@@ -196,6 +196,14 @@ fn durations_and_sizes_beyond_any_intent_are_errors_not_wrapped_or_overflowing()
             "[limits]\nstate_mib = 1073741825\n",
             "limits.state_mib must be 1-1073741824",
         ),
+        (
+            "[limits]\nmax_open_files = 0\n",
+            "limits.max_open_files must be > 0",
+        ),
+        (
+            "[limits]\nhost_open_files = 0\n",
+            "limits.host_open_files must be > 0",
+        ),
     ];
     for (toml, needle) in cases {
         match load(toml) {

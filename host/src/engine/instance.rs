@@ -15,6 +15,7 @@ use super::EngineError;
 use super::host::filesystem::Quotas;
 use super::host::http::{HTTP_RESOURCE_BYTES, NetHooks};
 use super::host::log::LogBudget;
+use super::host::open_files::{HostFiles, OpenFiles};
 use super::host::preopens::Preopen;
 use super::persisted::StateWriter;
 use super::types::{RuntimePort, STATE_GUEST_DIR, WORKSPACE_GUEST_DIR};
@@ -36,6 +37,8 @@ pub struct HostState {
     pub(crate) preopens: Vec<Preopen>,
     /// Which disk quota each open descriptor is under.
     pub(crate) disk: Quotas,
+    /// The open files the guest holds on the host.
+    pub(crate) files: OpenFiles,
     limits: StoreLimits,
     pub(crate) env_id: String,
     pub(crate) provider: String,
@@ -87,6 +90,12 @@ impl HostState {
         table.set_max_capacity(limits.max_resources);
         let log_budget = net.log_budget().clone();
         let mut http = WasiHttpCtx::new();
+        // An instance serving no environment has no directory to open files in.
+        let files = OpenFiles::new(
+            HostFiles::new(),
+            limits.max_open_files,
+            limits.max_open_files,
+        );
         http.set_field_size_limit(limits.host_call_bytes.min(HTTP_RESOURCE_BYTES));
         Self {
             wasi,
@@ -96,6 +105,7 @@ impl HostState {
             table,
             preopens: Vec::new(),
             disk: Quotas::default(),
+            files,
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
                 .instances(16)
@@ -152,6 +162,8 @@ pub(crate) struct StoreSettings<'a> {
     pub(crate) spawn_guard: Option<&'a Arc<crate::broker::launch::Guards>>,
     /// The quotas on workspaces and state directories.
     pub(crate) disk: &'a crate::disk_quota::DiskQuotas,
+    /// The count of open files all instances hold.
+    pub(crate) files: &'a Arc<HostFiles>,
 }
 
 pub(crate) fn new_store(
@@ -166,6 +178,7 @@ pub(crate) fn new_store(
         tls,
         spawn_guard,
         disk,
+        files,
     } = settings;
     let caps = Capabilities::new(setup.request, setup.grant).with_refusals(setup.refusals);
     for reason in crate::broker::directory_fixes(&caps) {
@@ -232,7 +245,9 @@ pub(crate) fn new_store(
     let (check, budget) = (policy.clone(), log_budget.clone());
     wasi.max_random_size(limits.host_call_bytes as u64)
         .allow_tcp(true)
-        .allow_udp(true)
+        // A UDP socket's datagram streams keep it open after it is dropped, uncounted
+        // (see `host::open_files`): none for a provider that may not use one.
+        .allow_udp(policy.grants_scheme("udp"))
         // Names are resolved by the host for HTTP only; raw sockets take literal addresses.
         .allow_ip_name_lookup(false)
         .socket_addr_check(move |addr, usage| {
@@ -262,6 +277,10 @@ pub(crate) fn new_store(
         limits,
     );
     state.preopens = dirs;
+    let host_cap = limits
+        .host_open_files
+        .unwrap_or_else(super::host::open_files::default_host_cap);
+    state.files = OpenFiles::new(files.clone(), limits.max_open_files, host_cap);
     Ok(configured_store(engine, state))
 }
 

@@ -197,6 +197,8 @@ pub struct Engine {
     spawn_guard: std::sync::OnceLock<Arc<crate::broker::launch::Guards>>,
     /// The caps on what guests write in workspaces and state directories.
     disk: crate::disk_quota::DiskQuotas,
+    /// The open files guests hold, all instances together.
+    files: Arc<host::open_files::HostFiles>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -245,6 +247,7 @@ impl Engine {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(setup)?;
         host::preopens::add_to_linker(&mut linker).map_err(setup)?;
         host::filesystem::add_to_linker(&mut linker).map_err(setup)?;
+        host::sockets::add_to_linker(&mut linker).map_err(setup)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(setup)?;
         bindings::add_to_linker(&mut linker).map_err(setup)?;
         spawn_ticker(&wasm);
@@ -262,6 +265,7 @@ impl Engine {
             stacks,
             spawn_guard: std::sync::OnceLock::new(),
             disk: Default::default(),
+            files: host::open_files::HostFiles::new(),
         })
     }
 
@@ -386,6 +390,7 @@ impl Engine {
             tls: &self.tls,
             spawn_guard: self.spawn_guard.get(),
             disk: &self.disk,
+            files: &self.files,
         };
         let store = instance::new_store(&self.wasm, &provider.description.name, setup, settings)?;
         handle::instantiate(&self.guests, provider, (store, self.stacks.slot()), limits).await

@@ -15,6 +15,7 @@ mod hoards;
 mod identity;
 mod leftovers;
 mod net;
+mod open_files;
 mod process;
 pub mod rig;
 mod spin;

@@ -10,6 +10,11 @@
 //! noted by its handle (see [`Quotas`]). Renames and hard links between trees under
 //! different quotas (or none) fail with `cross-device`, as between file systems, or a
 //! file made where no quota counts could be moved into the workspace.
+//!
+//! The calls that open a file on the host (`open-at`, `read-directory`, the
+//! `*-via-stream` calls) and the drops of what they make (descriptors, listings, and the
+//! `wasi:io` streams) are served here too, to count the instance's open files
+//! ([`super::open_files`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,20 +23,25 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 use wasmtime::StoreContextMut;
-use wasmtime::component::{Linker, Resource};
+use wasmtime::component::{Linker, Resource, ResourceType};
 use wasmtime_wasi::filesystem::WasiFilesystemView;
 use wasmtime_wasi::p2::bindings::filesystem::types::{
-    Descriptor, DescriptorFlags, ErrorCode, Host as _, HostDescriptor, OpenFlags, PathFlags,
+    Descriptor, DescriptorFlags, ErrorCode, Host as _, HostDescriptor, HostDirectoryEntryStream,
+    OpenFlags, PathFlags,
 };
+use wasmtime_wasi::p2::bindings::io::streams::{HostInputStream, HostOutputStream};
 use wasmtime_wasi::p2::{
-    DynOutputStream, FsResult, OutputStream, Pollable, StreamError, StreamResult,
+    DynInputStream, DynOutputStream, FsResult, OutputStream, Pollable, ReaddirIterator,
+    StreamError, StreamResult,
 };
 
+use super::open_files::TooMany;
 use crate::disk_quota::{DiskQuota, ENTRY_BYTES};
 use crate::engine::instance::HostState;
 
-/// The interface as wasmtime-wasi links it (every 0.2 guest resolves to it).
+/// The interfaces as wasmtime-wasi links them (every 0.2 guest resolves to them).
 const TYPES: &str = "wasi:filesystem/types@0.2.12";
+const STREAMS: &str = "wasi:io/streams@0.2.12";
 
 /// Which quota each open descriptor of an instance is under, by its handle. Every
 /// descriptor the guest gets is made by `open-at` or `get-directories`, and each sets
@@ -105,20 +115,59 @@ fn add_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "[method]descriptor.write-via-stream",
         |mut store: Store<'_>, (fd, offset): (Resource<Descriptor>, u64)| {
             let state = store.data_mut();
+            if let Err(e) = state.files.take(&state.env_id) {
+                return Ok((Err(too_many(e)),));
+            }
             let quota = state.disk.of(&fd);
             let mut fs = state.filesystem();
             let stream = HostDescriptor::write_via_stream(&mut fs, fd, offset);
-            capped(&mut fs, stream, quota)
+            let stream = capped(&mut fs, stream, quota)?;
+            Ok(counted_stream(state, stream))
         },
     )?;
     types.func_wrap(
         "[method]descriptor.append-via-stream",
         |mut store: Store<'_>, (fd,): (Resource<Descriptor>,)| {
             let state = store.data_mut();
+            if let Err(e) = state.files.take(&state.env_id) {
+                return Ok((Err(too_many(e)),));
+            }
             let quota = state.disk.of(&fd);
             let mut fs = state.filesystem();
             let stream = HostDescriptor::append_via_stream(&mut fs, fd);
-            capped(&mut fs, stream, quota)
+            let stream = capped(&mut fs, stream, quota)?;
+            Ok(counted_stream(state, stream))
+        },
+    )?;
+    types.func_wrap(
+        "[method]descriptor.read-via-stream",
+        |mut store: Store<'_>, (fd, offset): (Resource<Descriptor>, u64)| {
+            let state = store.data_mut();
+            if let Err(e) = state.files.take(&state.env_id) {
+                return Ok((Err(too_many(e)),));
+            }
+            let mut fs = state.filesystem();
+            let stream = HostDescriptor::read_via_stream(&mut fs, fd, offset);
+            let stream = answer(&mut fs, stream)?;
+            Ok(counted_stream(state, stream))
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.read-directory",
+        |mut store: Store<'_>, (fd,): (Resource<Descriptor>,)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if let Err(e) = state.files.take(&state.env_id) {
+                    return Ok((Err(too_many(e)),));
+                }
+                let mut fs = state.filesystem();
+                let listing = HostDescriptor::read_directory(&mut fs, fd).await;
+                let listing = answer(&mut fs, listing)?;
+                if listing.0.is_err() {
+                    state.files.give();
+                }
+                Ok(listing)
+            })
         },
     )?;
     types.func_wrap_async(
@@ -139,12 +188,16 @@ fn add_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 {
                     return Ok((Err(e),));
                 }
+                if let Err(e) = state.files.take(&state.env_id) {
+                    return Ok((Err(too_many(e)),));
+                }
                 let mut fs = state.filesystem();
                 let opened =
                     HostDescriptor::open_at(&mut fs, fd, path_flags, path, open_flags, flags).await;
                 let opened = answer(&mut fs, opened)?;
-                if let (Ok(child),) = &opened {
-                    state.disk.note(child.rep(), quota);
+                match &opened {
+                    (Ok(child),) => state.disk.note(child.rep(), quota),
+                    (Err(_),) => state.files.give(),
                 }
                 Ok(opened)
             })
@@ -225,7 +278,68 @@ fn add_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })
         },
     )?;
+    // What gives an open file back.
+    types.resource(
+        "descriptor",
+        ResourceType::host::<Descriptor>(),
+        |mut store, rep| {
+            let state = store.data_mut();
+            state.files.give();
+            HostDescriptor::drop(&mut state.filesystem(), Resource::new_own(rep))
+        },
+    )?;
+    types.resource(
+        "directory-entry-stream",
+        ResourceType::host::<ReaddirIterator>(),
+        |mut store, rep| {
+            let state = store.data_mut();
+            state.files.give();
+            HostDirectoryEntryStream::drop(&mut state.filesystem(), Resource::new_own(rep))
+        },
+    )?;
+    let mut streams = linker.instance(STREAMS)?;
+    streams.resource_async(
+        "output-stream",
+        ResourceType::host::<DynOutputStream>(),
+        |mut store, rep| {
+            Box::new(async move {
+                let state = store.data_mut();
+                state.files.drop_stream(rep);
+                HostOutputStream::drop(&mut state.table, Resource::new_own(rep)).await
+            })
+        },
+    )?;
+    streams.resource_async(
+        "input-stream",
+        ResourceType::host::<DynInputStream>(),
+        |mut store, rep| {
+            Box::new(async move {
+                let state = store.data_mut();
+                state.files.drop_stream(rep);
+                HostInputStream::drop(&mut state.table, Resource::new_own(rep)).await
+            })
+        },
+    )?;
     Ok(())
+}
+
+/// What the guest gets for an open past a cap on open files.
+fn too_many(e: TooMany) -> ErrorCode {
+    tracing::debug!(reason = %e, "open refused");
+    ErrorCode::InsufficientMemory
+}
+
+/// Notes the stream a `*-via-stream` call made as holding the file counted for it, or
+/// gives the file back when none was made.
+fn counted_stream<S: 'static>(
+    state: &mut HostState,
+    stream: (Result<Resource<S>, ErrorCode>,),
+) -> (Result<Resource<S>, ErrorCode>,) {
+    match &stream {
+        (Ok(made),) => state.files.note_stream(made.rep()),
+        (Err(_),) => state.files.give(),
+    }
+    stream
 }
 
 /// Takes `bytes` from the quota `fd` is under, if any.

@@ -3,6 +3,7 @@
 pub(crate) mod filesystem;
 pub(crate) mod http;
 pub(crate) mod log;
+pub(crate) mod open_files;
 pub(crate) mod preopens;
 mod process;
 mod runtime;

@@ -118,11 +118,14 @@ fn open_dir(path: &Path) -> io::Result<File> {
 
 impl preopens::Host for HostState {
     /// Opens every directory anew: each descriptor handed out holds its own handle,
-    /// closed when the guest drops it. What a guest can hold this way is bounded as
-    /// every other descriptor of its is, by its resource table's capacity.
+    /// closed when the guest drops it, and counts as an open file (past the caps of
+    /// `open_files` the call traps).
     fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<Descriptor>, String)>> {
         let mut out = Vec::with_capacity(self.preopens.len());
         for dir in &self.preopens {
+            // Each is an open file; past the cap the guest is holding on to far too
+            // many, and this call has no error to return.
+            self.files.take(&self.env_id)?;
             let opened = self.table.push(Descriptor::Dir(dir.open()?))?;
             self.disk.note(opened.rep(), dir.quota.clone());
             out.push((opened, dir.guest.clone()));

@@ -1,10 +1,21 @@
 //! `wasi:sockets`: the address check wasmtime-wasi calls before every bind, listen,
 //! accept, connect and datagram. Implicit binds pass; listening never does; connects
 //! and datagrams need a `tcp://ip:port` or `udp://ip:port` grant naming the address.
+//! Each socket is an open file on the host: making one counts against the instance's
+//! open files (see [`super::open_files`]), dropping it gives it back.
 
 use std::net::SocketAddr;
 
-use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, Resource, ResourceType};
+use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, Host as _, IpAddressFamily};
+use wasmtime_wasi::p2::bindings::sockets::tcp::HostTcpSocket;
+use wasmtime_wasi::p2::bindings::sockets::udp::HostUdpSocket;
+use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket};
+use wasmtime_wasi::p2::{SocketResult, TcpSocket, UdpSocket};
+use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView, WasiSocketsView};
+
+use crate::engine::instance::HostState;
 
 use crate::broker::Denied;
 use crate::broker::net::NetPolicy;
@@ -44,6 +55,90 @@ pub(crate) fn allowed(
             false
         }
     }
+}
+
+/// Puts the counting creates and drops in place of wasmtime-wasi's (added before, and
+/// so shadowed).
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let added = add_calls(linker);
+    linker.allow_shadowing(false);
+    added
+}
+
+type Store<'a> = StoreContextMut<'a, HostState>;
+type Made<T> = wasmtime::Result<(Result<Resource<T>, ErrorCode>,)>;
+
+fn add_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker
+        .instance("wasi:sockets/tcp-create-socket@0.2.12")?
+        .func_wrap(
+            "create-tcp-socket",
+            |mut store: Store<'_>, (family,): (IpAddressFamily,)| -> Made<TcpSocket> {
+                let state = store.data_mut();
+                if state.files.take(&state.env_id).is_err() {
+                    return Ok((Err(ErrorCode::NewSocketLimit),));
+                }
+                let mut view = state.sockets();
+                let made = tcp_create_socket::Host::create_tcp_socket(&mut view, family);
+                let made = made_answer(&mut view, made)?;
+                Ok(given_back_unless_made(state, made))
+            },
+        )?;
+    linker
+        .instance("wasi:sockets/udp-create-socket@0.2.12")?
+        .func_wrap_async(
+            "create-udp-socket",
+            |mut store: Store<'_>, (family,): (IpAddressFamily,)| {
+                Box::new(async move {
+                    let state = store.data_mut();
+                    if state.files.take(&state.env_id).is_err() {
+                        return Ok((Err(ErrorCode::NewSocketLimit),));
+                    }
+                    let mut view = state.sockets();
+                    let made = udp_create_socket::Host::create_udp_socket(&mut view, family).await;
+                    let made = made_answer(&mut view, made)?;
+                    Ok(given_back_unless_made(state, made))
+                })
+            },
+        )?;
+    linker.instance("wasi:sockets/tcp@0.2.12")?.resource(
+        "tcp-socket",
+        ResourceType::host::<TcpSocket>(),
+        |mut store, rep| {
+            let state = store.data_mut();
+            state.files.give();
+            HostTcpSocket::drop(&mut state.sockets(), Resource::new_own(rep))
+        },
+    )?;
+    linker.instance("wasi:sockets/udp@0.2.12")?.resource(
+        "udp-socket",
+        ResourceType::host::<UdpSocket>(),
+        |mut store, rep| {
+            let state = store.data_mut();
+            state.files.give();
+            HostUdpSocket::drop(&mut state.sockets(), Resource::new_own(rep))
+        },
+    )?;
+    Ok(())
+}
+
+/// wasmtime-wasi's answer as the guest gets it: its error code, or the trap.
+fn made_answer<T>(view: &mut WasiSocketsCtxView<'_>, made: SocketResult<Resource<T>>) -> Made<T> {
+    match made {
+        Ok(socket) => Ok((Ok(socket),)),
+        Err(e) => Ok((Err(view.convert_error_code(e)?),)),
+    }
+}
+
+fn given_back_unless_made<T>(
+    state: &mut HostState,
+    made: (Result<Resource<T>, ErrorCode>,),
+) -> (Result<Resource<T>, ErrorCode>,) {
+    if made.0.is_err() {
+        state.files.give();
+    }
+    made
 }
 
 #[cfg(test)]

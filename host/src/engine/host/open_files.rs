@@ -1,0 +1,172 @@
+//! The open files a guest holds on the host through `wasi:filesystem`: every
+//! descriptor (a preopen handed out by `get-directories`, whatever `open-at` opens), every
+//! directory listing (`read-directory`) and every file stream (`read-via-stream`,
+//! `write-via-stream`, `append-via-stream`, which keep the file open after its descriptor
+//! is dropped) is one. Without a count, the resource table's cap (4,096 handles) was the
+//! only bound: a few instances could take every descriptor the host may open, and the
+//! host could no longer accept a connection or write a record.
+//!
+//! An instance holds at most `[limits] max_open_files` (256), and all instances together
+//! at most `[limits] host_open_files` (by default a sixteenth of the host's open-files
+//! limit). Past either an open fails with `insufficient-memory`, and a `get-directories`
+//! past the instance's own cap traps (it has no error to return); a drop gives the file
+//! back. Sockets are not counted here: an instance may make them only when it is granted
+//! a raw socket address (see `engine::instance`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The default of `[limits] host_open_files`: a sixteenth of the process's open-files
+/// limit (the server raises it to the hard limit at start), at least 64. The server's
+/// connections take at most seven eighths by default (`server::connections`); the
+/// eighth left is for the host's own files and the providers' children, and guests get
+/// half of it.
+pub(crate) fn default_host_cap() -> usize {
+    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) if soft != RLIM_INFINITY => {
+            usize::try_from(soft / 16).unwrap_or(usize::MAX).max(64)
+        }
+        _ => 1 << 20,
+    }
+}
+
+/// The count over every instance of the engine.
+pub(crate) struct HostFiles {
+    held: AtomicUsize,
+}
+
+impl HostFiles {
+    /// An empty count.
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            held: AtomicUsize::new(0),
+        })
+    }
+
+    /// Open files held by all instances now.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+/// Which cap an open would pass.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TooMany {
+    /// The instance's own.
+    #[error("the provider holds {0} open files, its cap ([limits] max_open_files)")]
+    Instance(usize),
+    /// All instances' together.
+    #[error("providers hold {0} open files on this host, the cap ([limits] host_open_files)")]
+    Host(usize),
+}
+
+/// One instance's count.
+pub(crate) struct OpenFiles {
+    host: Arc<HostFiles>,
+    /// The instance's cap and the host's.
+    caps: (usize, usize),
+    held: usize,
+    /// The file streams counted, by handle (a stream handle is reused by other streams
+    /// once dropped, which are not counted).
+    streams: HashSet<u32>,
+    /// Whether a refusal was logged (one line an instance).
+    logged: bool,
+}
+
+impl OpenFiles {
+    /// A count against `host`, capped at `instance` for this instance and `host_cap` for
+    /// all of them.
+    pub(crate) fn new(host: Arc<HostFiles>, instance: usize, host_cap: usize) -> Self {
+        Self {
+            host,
+            caps: (instance, host_cap),
+            held: 0,
+            streams: HashSet::new(),
+            logged: false,
+        }
+    }
+
+    /// Counts one more open file, or says which cap it would pass.
+    pub(crate) fn take(&mut self, env: &str) -> Result<(), TooMany> {
+        let (instance, host_cap) = self.caps;
+        let refused = if self.held >= instance {
+            Some(TooMany::Instance(instance))
+        } else {
+            let taken = self
+                .host
+                .held
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                    (held < host_cap).then_some(held + 1)
+                });
+            taken.is_err().then_some(TooMany::Host(host_cap))
+        };
+        match refused {
+            None => {
+                self.held += 1;
+                Ok(())
+            }
+            Some(too_many) => {
+                if !self.logged {
+                    self.logged = true;
+                    tracing::warn!(env, reason = %too_many, "open refused");
+                }
+                Err(too_many)
+            }
+        }
+    }
+
+    /// Gives one back.
+    pub(crate) fn give(&mut self) {
+        if self.held > 0 {
+            self.held -= 1;
+            self.host.held.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Notes that the stream `rep` holds the file counted last.
+    pub(crate) fn note_stream(&mut self, rep: u32) {
+        self.streams.insert(rep);
+    }
+
+    /// Gives back the file of the stream `rep`, if it was counted.
+    pub(crate) fn drop_stream(&mut self, rep: u32) {
+        if self.streams.remove(&rep) {
+            self.give();
+        }
+    }
+}
+
+impl Drop for OpenFiles {
+    fn drop(&mut self) {
+        self.host.held.fetch_sub(self.held, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_keep_to_their_cap_and_the_host_s() {
+        let host = HostFiles::new();
+        let mut a = OpenFiles::new(host.clone(), 2, 3);
+        let mut b = OpenFiles::new(host.clone(), 2, 3);
+        assert!(a.take("a").is_ok() && a.take("a").is_ok());
+        assert!(matches!(a.take("a"), Err(TooMany::Instance(2))));
+        assert!(b.take("b").is_ok());
+        assert!(matches!(b.take("b"), Err(TooMany::Host(3))));
+        a.note_stream(7);
+        a.drop_stream(8);
+        assert_eq!(host.held(), 3, "an uncounted stream gives nothing back");
+        a.drop_stream(7);
+        assert!(b.take("b").is_ok());
+        drop(b);
+        assert_eq!(host.held(), 1, "an instance's files go back with it");
+        a.give();
+        a.give();
+        assert_eq!(host.held(), 0);
+    }
+}

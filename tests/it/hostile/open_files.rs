@@ -1,0 +1,74 @@
+//! Open files a provider holds on the host through WASI (descriptors, listings, file
+//! streams, sockets): one instance keeps to `[limits] max_open_files`, all of them to
+//! `host_open_files`, so hostile instances cannot take every descriptor the host may
+//! open; what an instance held goes back when it ends.
+
+use serde_json::{Value, json};
+
+use super::rig::{Rig, TETHER_TOML};
+
+/// How many files a `hoard-files` attack kept, and what stopped it.
+fn kept(env: &Value) -> (u64, String) {
+    let outcome = env["metadata"]["outcome"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let count = outcome
+        .strip_prefix("kept ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {env}"));
+    (count, outcome)
+}
+
+#[tokio::test]
+async fn hostile_open_files_are_capped_per_instance_and_per_host() {
+    let mut rig = Rig::start(|dir| {
+        let toml = TETHER_TOML.replace(
+            "[limits]\n",
+            "[limits]\nmax_open_files = 64\nhost_open_files = 100\n",
+        );
+        std::fs::write(dir.join("tether.toml"), toml).expect("tether.toml");
+    })
+    .await;
+    // Each instance has its workspace open besides what it hoards.
+    let first = rig
+        .attack("first", json!({"attack": "hoard-files", "count": 4096}))
+        .await;
+    assert_eq!(first["status"], "running", "{first}");
+    let (count, outcome) = kept(&first);
+    assert!((50..=63).contains(&count), "{outcome}");
+    assert!(outcome.contains("insufficient-memory"), "{outcome}");
+    // The host's cap: 100 in all, 64 of them the first instance's.
+    let second = rig
+        .attack(
+            "second",
+            json!({"attack": "hoard-files", "count": 4096, "streams": true}),
+        )
+        .await;
+    let (count, outcome) = kept(&second);
+    assert!(
+        count <= 34,
+        "file streams count too, against the host's cap: {outcome}"
+    );
+    assert!(outcome.contains("insufficient-memory"), "{outcome}");
+    // An instance that ends gives its files back.
+    rig.delete(first["id"].as_str().expect("id")).await;
+    let third = rig
+        .attack("third", json!({"attack": "hoard-files", "count": 4096}))
+        .await;
+    let (count, outcome) = kept(&third);
+    assert!(
+        count >= 50,
+        "the first instance's files were not given back: {outcome}"
+    );
+    // Sockets are open files too; made without any address granted.
+    rig.delete(third["id"].as_str().expect("id")).await;
+    let sockets = rig
+        .attack("sockets", json!({"attack": "hoard-sockets", "count": 4096}))
+        .await;
+    let (count, outcome) = kept(&sockets);
+    assert!((50..=64).contains(&count), "{outcome}");
+    assert!(outcome.contains("new-socket-limit"), "{outcome}");
+    rig.finish().await;
+}
