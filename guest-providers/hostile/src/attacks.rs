@@ -76,6 +76,10 @@ pub(crate) fn run(config: &Value, children: &mut Vec<Child>) -> Result<String, P
             )
         }
         "move" => crate::disk::move_in(),
+        "hoard-connections" => {
+            let count = config.get("count").and_then(Value::as_u64).unwrap_or(4096);
+            Ok(crate::disk::hoard_connections(text(config, "addr")?, count))
+        }
         "hoard-sockets" => {
             let count = config.get("count").and_then(Value::as_u64).unwrap_or(4096);
             Ok(crate::disk::hoard_sockets(count))

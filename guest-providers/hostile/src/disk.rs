@@ -3,8 +3,9 @@
 //! to see it go, makes empty files until refused, and tries to grow a file to a
 //! terabyte without writing it. The outcome names what each step got, for the tests to
 //! hold against the quota. `move` carries a file into the workspace from `/state`, where
-//! it was counted against another quota. `hoard-files` and `hoard-sockets` keep open
-//! files on the host (descriptors, file streams, sockets) until refused.
+//! it was counted against another quota. `hoard-files`, `hoard-sockets` and
+//! `hoard-connections` keep open files on the host (descriptors, file streams, sockets,
+//! connections) until refused.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -181,4 +182,23 @@ pub(crate) fn hoard_sockets(count: u64) -> String {
     let kept = held.len();
     std::mem::forget(held);
     format!("kept {kept} sockets until: {stopped}")
+}
+
+/// The `hoard-connections` attack: connects to `addr` (a granted address) until
+/// refused and keeps every connection; the number kept and what stopped it.
+pub(crate) fn hoard_connections(addr: &str, count: u64) -> String {
+    let mut held = Vec::new();
+    let mut stopped = "never refused".to_owned();
+    while (held.len() as u64) < count {
+        match std::net::TcpStream::connect(addr) {
+            Ok(stream) => held.push(stream),
+            Err(e) => {
+                stopped = e.to_string();
+                break;
+            }
+        }
+    }
+    let kept = held.len();
+    std::mem::forget(held);
+    format!("kept {kept} connections until: {stopped}")
 }

@@ -11,6 +11,22 @@ use serde_json::json;
 use super::rig::{Rig, TETHER_TOML};
 use crate::support::{TOKEN, WAIT};
 
+/// Removes a tree with `rm -rf` when dropped: the test's own clean-up (std's recursive
+/// removal, when the rig's directory goes) would overflow the test thread's stack on a
+/// tree this deep and abort every test, instead of failing this one.
+struct RemovedWithoutRecursion(std::path::PathBuf);
+
+impl Drop for RemovedWithoutRecursion {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = std::process::Command::new("rm")
+                .arg("-rf")
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
 #[tokio::test]
 async fn hostile_workspace_nested_30000_deep_is_removed_with_the_host_unharmed() {
     // Making 30,000 directories can take longer than the rig's 3 s start.
@@ -19,6 +35,8 @@ async fn hostile_workspace_nested_30000_deep_is_removed_with_the_host_unharmed()
         std::fs::write(dir.join("tether.toml"), toml).expect("tether.toml");
     })
     .await;
+    // Dropped before the rig, whatever fails.
+    let _removed = RemovedWithoutRecursion(rig.workspace("deep"));
     let env = rig
         .attack("deep", json!({"attack": "nest", "depth": 30_000}))
         .await;
@@ -40,12 +58,6 @@ async fn hostile_workspace_nested_30000_deep_is_removed_with_the_host_unharmed()
         let running = rig.server.running();
         if !running || Instant::now() > deadline {
             let log = rig.server.log();
-            // The test's own clean-up (std's recursive removal) would overflow the
-            // stack on this tree; rm walks it without recursing.
-            let _ = std::process::Command::new("rm")
-                .arg("-rf")
-                .arg(&workspace)
-                .status();
             let tail = &log[log.len().saturating_sub(3000)..];
             panic!("the workspace is still there (server running: {running}); log:\n{tail}");
         }

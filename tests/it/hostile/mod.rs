@@ -5,8 +5,9 @@
 //! and that no process outlives its environment. Network attacks are in [`net`];
 //! issue 10's provider identity (names, built-ins) in [`identity`], bounds on
 //! what a provider sends the host in [`bounds`], host memory it could make the
-//! host hold outside its own in [`hoards`], and what it leaves in its workspace for
-//! the host to remove in [`leftovers`].
+//! host hold outside its own in [`hoards`], what it leaves in its workspace for
+//! the host to remove in [`leftovers`], the disk it fills in [`disk`] and the files it
+//! keeps open on the host in [`open_files`].
 
 mod bounds;
 mod disk;

@@ -1,7 +1,8 @@
 //! Open files a provider holds on the host through WASI (descriptors, listings, file
 //! streams, sockets): one instance keeps to `[limits] max_open_files`, all of them to
 //! `host_open_files`, so hostile instances cannot take every descriptor the host may
-//! open; what an instance held goes back when it ends.
+//! open; what an instance held goes back when it ends. A connection counts its socket
+//! and its two streams, which keep it open after the socket is dropped.
 
 use serde_json::{Value, json};
 
@@ -70,5 +71,39 @@ async fn hostile_open_files_are_capped_per_instance_and_per_host() {
     let (count, outcome) = kept(&sockets);
     assert!((50..=64).contains(&count), "{outcome}");
     assert!(outcome.contains("new-socket-limit"), "{outcome}");
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn hostile_connections_count_their_streams_as_open_files() {
+    // Accepts on a granted address and keeps every connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let mut rig = Rig::start(|dir| {
+        let toml = TETHER_TOML
+            .replace("[limits]\n", "[limits]\nmax_open_files = 64\n")
+            .replace("urls = [\n", "urls = [\n  \"tcp://127.0.0.2:*\",\n");
+        std::fs::write(dir.join("tether.toml"), toml).expect("tether.toml");
+    })
+    .await;
+    let addr = format!("127.0.0.2:{port}");
+    let env = rig
+        .attack(
+            "connections",
+            json!({"attack": "hoard-connections", "addr": addr, "count": 4096}),
+        )
+        .await;
+    assert_eq!(env["status"], "running", "{env}");
+    let (count, outcome) = kept(&env);
+    // A socket and its two streams: three of the 64 a connection.
+    assert!((16..=21).contains(&count), "{outcome}");
     rig.finish().await;
 }

@@ -9,8 +9,8 @@
 //! An instance holds at most `[limits] max_open_files` (256), and all instances together
 //! at most `[limits] host_open_files` (by default a sixteenth of the host's open-files
 //! limit). Past either an open fails with `insufficient-memory`, and a `get-directories`
-//! past the instance's own cap traps (it has no error to return); a drop gives the file
-//! back. Sockets are not counted here: an instance may make them only when it is granted
+//! past twice the instance's own cap, or past the host's, traps (it has no error to
+//! return); a drop gives the file back. Sockets are not counted here: an instance may make them only when it is granted
 //! a raw socket address (see `engine::instance`).
 
 use std::collections::HashSet;
@@ -91,7 +91,19 @@ impl OpenFiles {
 
     /// Counts one more open file, or says which cap it would pass.
     pub(crate) fn take(&mut self, env: &str) -> Result<(), TooMany> {
-        let (instance, host_cap) = self.caps;
+        self.take_within(env, self.caps.0)
+    }
+
+    /// [`OpenFiles::take`] for a directory `get-directories` hands out: past the
+    /// instance's cap up to twice it, so that a guest whose first use of a file comes
+    /// when it holds its cap in sockets gets its directories (a refusal there traps),
+    /// while a guest calling it over and over to hoard them is still stopped.
+    pub(crate) fn take_preopen(&mut self, env: &str) -> Result<(), TooMany> {
+        self.take_within(env, self.caps.0.saturating_mul(2))
+    }
+
+    fn take_within(&mut self, env: &str, instance: usize) -> Result<(), TooMany> {
+        let host_cap = self.caps.1;
         let refused = if self.held >= instance {
             Some(TooMany::Instance(instance))
         } else {
@@ -156,6 +168,9 @@ mod tests {
         let mut b = OpenFiles::new(host.clone(), 2, 3);
         assert!(a.take("a").is_ok() && a.take("a").is_ok());
         assert!(matches!(a.take("a"), Err(TooMany::Instance(2))));
+        let mut c = OpenFiles::new(HostFiles::new(), 1, 10);
+        assert!(c.take("c").is_ok() && c.take_preopen("c").is_ok());
+        assert!(matches!(c.take_preopen("c"), Err(TooMany::Instance(2))));
         assert!(b.take("b").is_ok());
         assert!(matches!(b.take("b"), Err(TooMany::Host(3))));
         a.note_stream(7);

@@ -125,7 +125,7 @@ impl preopens::Host for HostState {
         for dir in &self.preopens {
             // Each is an open file; past the cap the guest is holding on to far too
             // many, and this call has no error to return.
-            self.files.take(&self.env_id)?;
+            self.files.take_preopen(&self.env_id)?;
             let opened = self.table.push(Descriptor::Dir(dir.open()?))?;
             self.disk.note(opened.rep(), dir.quota.clone());
             out.push((opened, dir.guest.clone()));
