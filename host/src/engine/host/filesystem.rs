@@ -35,7 +35,7 @@ use wasmtime_wasi::p2::{
     StreamError, StreamResult,
 };
 
-use super::open_files::TooMany;
+use super::open_files::{TooMany, drop_gives_back};
 use crate::disk_quota::{DiskQuota, ENTRY_BYTES};
 use crate::engine::instance::HostState;
 
@@ -65,10 +65,7 @@ impl Quotas {
 
 /// Puts the calls above in place of wasmtime-wasi's (added before, and so shadowed).
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.allow_shadowing(true);
-    let added = add_calls(linker);
-    linker.allow_shadowing(false);
-    added
+    super::shadowing(linker, add_calls)
 }
 
 type Store<'a> = StoreContextMut<'a, HostState>;
@@ -279,24 +276,12 @@ fn add_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
     // What gives an open file back.
-    types.resource(
-        "descriptor",
-        ResourceType::host::<Descriptor>(),
-        |mut store, rep| {
-            let state = store.data_mut();
-            state.files.give();
-            HostDescriptor::drop(&mut state.filesystem(), Resource::new_own(rep))
-        },
-    )?;
-    types.resource(
-        "directory-entry-stream",
-        ResourceType::host::<ReaddirIterator>(),
-        |mut store, rep| {
-            let state = store.data_mut();
-            state.files.give();
-            HostDirectoryEntryStream::drop(&mut state.filesystem(), Resource::new_own(rep))
-        },
-    )?;
+    drop_gives_back::<Descriptor>(&mut types, "descriptor", |state, fd| {
+        HostDescriptor::drop(&mut state.filesystem(), fd)
+    })?;
+    drop_gives_back::<ReaddirIterator>(&mut types, "directory-entry-stream", |state, listing| {
+        HostDirectoryEntryStream::drop(&mut state.filesystem(), listing)
+    })?;
     let mut streams = linker.instance(STREAMS)?;
     streams.resource_async(
         "output-stream",

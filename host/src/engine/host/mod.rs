@@ -10,7 +10,21 @@ mod runtime;
 pub(crate) mod sockets;
 mod state;
 
+use wasmtime::component::Linker;
+
 use super::bindings::types;
 use super::instance::HostState;
+
+/// Adds what `add` defines in place of the definitions of the same names already in
+/// `linker` (wasmtime-wasi's, added before).
+pub(crate) fn shadowing(
+    linker: &mut Linker<HostState>,
+    add: impl FnOnce(&mut Linker<HostState>) -> wasmtime::Result<()>,
+) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let added = add(linker);
+    linker.allow_shadowing(false);
+    added
+}
 
 impl types::Host for HostState {}

@@ -17,6 +17,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use wasmtime::component::{LinkerInstance, Resource, ResourceType};
+
+use crate::engine::instance::HostState;
+
 /// The default of `[limits] host_open_files`: a sixteenth of the process's open-files
 /// limit (the server raises it to the hard limit at start), at least 64. The server's
 /// connections take at most seven eighths by default (`server::connections`); the
@@ -149,6 +153,20 @@ impl OpenFiles {
             self.give();
         }
     }
+}
+
+/// Defines the drop of the resource `name` (of host type `T`) in `instance` as giving
+/// back the open file it held, then `drop` (wasmtime-wasi's own).
+pub(crate) fn drop_gives_back<T: 'static>(
+    instance: &mut LinkerInstance<'_, HostState>,
+    name: &str,
+    drop: fn(&mut HostState, Resource<T>) -> wasmtime::Result<()>,
+) -> wasmtime::Result<()> {
+    instance.resource(name, ResourceType::host::<T>(), move |mut store, rep| {
+        let state = store.data_mut();
+        state.files.give();
+        drop(state, Resource::new_own(rep))
+    })
 }
 
 impl Drop for OpenFiles {

@@ -138,8 +138,7 @@ impl preopens::Host for HostState {
 pub(crate) fn add_to_linker(
     linker: &mut wasmtime::component::Linker<HostState>,
 ) -> wasmtime::Result<()> {
-    linker.allow_shadowing(true);
-    let added = preopens::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |s| s);
-    linker.allow_shadowing(false);
-    added
+    super::shadowing(linker, |linker| {
+        preopens::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |s| s)
+    })
 }

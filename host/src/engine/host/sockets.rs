@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use wasmtime::StoreContextMut;
-use wasmtime::component::{Linker, Resource, ResourceType};
+use wasmtime::component::{Linker, Resource};
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, Host as _, IpAddressFamily};
 use wasmtime_wasi::p2::bindings::sockets::tcp::HostTcpSocket;
 use wasmtime_wasi::p2::bindings::sockets::udp::HostUdpSocket;
@@ -16,6 +16,7 @@ use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket}
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, SocketResult, TcpSocket, UdpSocket};
 use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView, WasiSocketsView};
 
+use super::open_files::drop_gives_back;
 use crate::engine::instance::HostState;
 
 use crate::broker::Denied;
@@ -61,10 +62,7 @@ pub(crate) fn allowed(
 /// Puts the counting creates and drops in place of wasmtime-wasi's (added before, and
 /// so shadowed).
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.allow_shadowing(true);
-    let added = add_calls(linker);
-    linker.allow_shadowing(false);
-    added
+    super::shadowing(linker, add_calls)
 }
 
 type Store<'a> = StoreContextMut<'a, HostState>;
@@ -137,24 +135,13 @@ fn add_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok((connected,))
         },
     )?;
-    tcp.resource(
-        "tcp-socket",
-        ResourceType::host::<TcpSocket>(),
-        |mut store, rep| {
-            let state = store.data_mut();
-            state.files.give();
-            HostTcpSocket::drop(&mut state.sockets(), Resource::new_own(rep))
-        },
-    )?;
-    linker.instance("wasi:sockets/udp@0.2.12")?.resource(
-        "udp-socket",
-        ResourceType::host::<UdpSocket>(),
-        |mut store, rep| {
-            let state = store.data_mut();
-            state.files.give();
-            HostUdpSocket::drop(&mut state.sockets(), Resource::new_own(rep))
-        },
-    )?;
+    drop_gives_back::<TcpSocket>(&mut tcp, "tcp-socket", |state, socket| {
+        HostTcpSocket::drop(&mut state.sockets(), socket)
+    })?;
+    let mut udp = linker.instance("wasi:sockets/udp@0.2.12")?;
+    drop_gives_back::<UdpSocket>(&mut udp, "udp-socket", |state, socket| {
+        HostUdpSocket::drop(&mut state.sockets(), socket)
+    })?;
     Ok(())
 }
 
