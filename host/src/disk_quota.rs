@@ -31,14 +31,14 @@ use crate::sync::MutexExt;
 
 /// What an entry counts at least: a block, as an empty file or a short link takes an
 /// inode and a directory entry, if no data block.
-pub(crate) const ENTRY_BYTES: u64 = 4096;
+pub const ENTRY_BYTES: u64 = 4096;
 
 /// Directories deeper than this make a tree count as full: the walk keeps one open
 /// directory a level, and no provider needs more.
 const MAX_DEPTH: usize = 256;
 
 /// A device and inode: which directory a quota is about.
-pub(crate) type Identity = (u64, u64);
+pub type Identity = (u64, u64);
 
 /// `used` before the first walk.
 const UNKNOWN: u64 = u64::MAX;
@@ -228,7 +228,7 @@ impl DiskQuotas {
 /// The bytes the tree at `root` takes on disk: every entry's blocks, at least
 /// [`ENTRY_BYTES`] each, a file with several links once. Stops counting once past
 /// `stop_above`. No link is followed; the root must be the directory `identity` names.
-pub(crate) fn usage(root: &Path, identity: Identity, stop_above: u64) -> io::Result<u64> {
+pub fn usage(root: &Path, identity: Identity, stop_above: u64) -> io::Result<u64> {
     let top = open_dir(AT_FDCWD, root)?;
     let stat = fstat(&top)?;
     if (stat.st_dev, stat.st_ino) != identity {

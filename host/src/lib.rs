@@ -31,7 +31,9 @@
 //! - `sync` recovers poisoned locks, in one place; `atomic` replaces a file all at once.
 //! - `own_dirs` reaches the host's directories in the data directory through no link
 //!   (one `O_NOFOLLOW` directory descriptor per part) and acts relative to them;
-//!   `trees` removes a tree a provider filled (a workspace), however deep.
+//!   `trees` removes a tree a provider filled (a workspace), however deep;
+//!   [`disk_quota`] caps the disk a provider's writes take in its workspace and state
+//!   directory.
 //! - `names` is the one rule for names that become paths (environments, providers);
 //!   `untrusted` cuts and escapes the strings a provider sends before the host
 //!   stores, shows or logs them; `host_paths` takes the data directory's path out of
@@ -46,11 +48,13 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 // Public for the binary (`cli`), the relay client in tests (`relay::peer`) and the
-// benchmarks, which drive the audit log, engine, broker and store directly.
+// benchmarks, which drive the audit log, engine, broker, store and disk quota's walk
+// directly.
 pub mod audit;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod disk_quota;
 pub mod engine;
 pub mod relay;
 pub mod store;
@@ -60,7 +64,6 @@ mod atomic;
 mod auth;
 mod client_tls;
 mod cluster;
-mod disk_quota;
 mod host_paths;
 mod lifecycle;
 mod logs;
