@@ -53,6 +53,8 @@ pub(crate) struct DiskQuota {
     /// Every byte ever charged: what came in during a walk is added to its figure.
     charged: AtomicU64,
     walks: tokio::sync::Mutex<Walks>,
+    /// Writes refused, counted with every other quota's of the engine.
+    refused: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -70,7 +72,7 @@ pub(crate) struct Full {
 }
 
 impl DiskQuota {
-    fn new(root: PathBuf, identity: Identity, limit: u64) -> Self {
+    fn new(root: PathBuf, identity: Identity, limit: u64, refused: Arc<AtomicU64>) -> Self {
         Self {
             root,
             identity,
@@ -78,11 +80,13 @@ impl DiskQuota {
             used: AtomicU64::new(UNKNOWN),
             charged: AtomicU64::new(0),
             walks: tokio::sync::Mutex::new(Walks::default()),
+            refused,
         }
     }
 
-    /// The error a refused charge gets.
+    /// The error a refused charge gets; the refusal is counted.
     pub(crate) fn full(&self) -> Full {
+        self.refused.fetch_add(1, Ordering::Relaxed);
         Full {
             root: self.root.clone(),
             bytes: self.limit.load(Ordering::Relaxed),
@@ -194,6 +198,8 @@ fn due(walks: &Walks, now: Instant) -> bool {
 #[derive(Default)]
 pub(crate) struct DiskQuotas {
     by_dir: Mutex<QuotaMap>,
+    /// Writes refused by any of them since the engine started.
+    refused: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -204,6 +210,11 @@ struct QuotaMap {
 }
 
 impl DiskQuotas {
+    /// Writes refused at a quota since the engine started.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     /// The quota on the directory at `root` (device and inode `identity`), now capped
     /// at `limit` bytes (a changed setting applies to the instances already writing).
     pub(crate) fn on(&self, root: &Path, identity: Identity, limit: u64) -> Arc<DiskQuota> {
@@ -214,7 +225,8 @@ impl DiskQuotas {
             quota.limit.store(limit, Ordering::Relaxed);
             return quota;
         }
-        let quota = Arc::new(DiskQuota::new(root.to_owned(), identity, limit));
+        let refused = self.refused.clone();
+        let quota = Arc::new(DiskQuota::new(root.to_owned(), identity, limit, refused));
         map.quotas.insert(identity, Arc::downgrade(&quota));
         // Amortised: quotas of ended instances go when the map has doubled.
         if map.quotas.len() >= 2 * map.kept.max(64) {

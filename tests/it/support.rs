@@ -258,6 +258,17 @@ impl Server {
         std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
     }
 
+    /// `/metrics` as the admin reads it.
+    pub async fn metrics(&self) -> String {
+        let resp = (self.http.get(format!("{}/metrics", self.base)))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.text().await.expect("metrics body")
+    }
+
     /// An authorised request.
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         self.call_with(method, path, body, Some(TOKEN)).await

@@ -24,7 +24,7 @@ struct StatusLabel {
     path = "/metrics",
     tag = "host",
     responses(
-        (status = 200, description = "OpenMetrics text (a counter's name ends in `_total`): `tether_environments{status}`, `tether_runtimes_connected`, `tether_providers_loaded`, `tether_provider_load_failures`, `tether_environment_log_lines_dropped_total`, `tether_removals_pending`, `tether_audit_lines_failed_total`, `tether_connections_open`, `tether_connections_max`, `tether_connections_refused_total`, `tether_user_connections_refused_total`, `tether_compile_cache_hits_total`/`misses_total`; in cluster mode also `tether_cluster_environments_here`, `tether_cluster_connected`, `tether_cluster_conflicts_total`, `tether_cluster_templates_differ`, `tether_cluster_providers_differ`, `tether_cluster_tenancy_differ`, `tether_cluster_tunnels_open` and `tether_cluster_tunnels_refused_total` (`docs/rest.md`, \"/metrics\").", content_type = "application/openmetrics-text", body = String),
+        (status = 200, description = "OpenMetrics text (a counter's name ends in `_total`): `tether_environments{status}`, `tether_runtimes_connected`, `tether_providers_loaded`, `tether_provider_load_failures`, `tether_environment_log_lines_dropped_total`, `tether_removals_pending`, `tether_audit_lines_failed_total`, `tether_connections_open`, `tether_connections_max`, `tether_connections_refused_total`, `tether_user_connections_refused_total`, `tether_guest_open_files`, `tether_guest_opens_refused_total`, `tether_guest_writes_refused_total`, `tether_compile_cache_hits_total`/`misses_total`; in cluster mode also `tether_cluster_environments_here`, `tether_cluster_connected`, `tether_cluster_conflicts_total`, `tether_cluster_templates_differ`, `tether_cluster_providers_differ`, `tether_cluster_tenancy_differ`, `tether_cluster_tunnels_open` and `tether_cluster_tunnels_refused_total` (`docs/rest.md`, \"/metrics\").", content_type = "application/openmetrics-text", body = String),
         (status = 500, description = "The metrics could not be encoded (`internal_error`).", body = ErrorBody),
     ),
 )]
@@ -103,6 +103,28 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
         "user_connections_refused",
         "App sockets, events streams and log follows refused because their user held [tenancy] max_connections on this host (close 4016, or 429 quota_exceeded)",
         at_user_limit,
+    );
+    let guests = counts.guest_files;
+    let open_files = Gauge::<i64>::default();
+    open_files.set(i64::try_from(guests.open_files).unwrap_or(i64::MAX));
+    registry.register(
+        "guest_open_files",
+        "Files providers' instances hold open on the host through WASI (at most [limits] host_open_files)",
+        open_files,
+    );
+    let opens_refused = Counter::<u64>::default();
+    opens_refused.inc_by(guests.opens_refused);
+    registry.register(
+        "guest_opens_refused",
+        "Opens refused to providers at [limits] max_open_files or host_open_files",
+        opens_refused,
+    );
+    let writes_refused = Counter::<u64>::default();
+    writes_refused.inc_by(guests.writes_refused);
+    registry.register(
+        "guest_writes_refused",
+        "Writes refused to providers at a disk quota ([limits] workspace_mib, state_mib)",
+        writes_refused,
     );
     if let Some(cache) = counts.compile_cache {
         let hits = Counter::<u64>::default();

@@ -177,6 +177,17 @@ pub struct LoadFailure {
     pub error: String,
 }
 
+/// What guests hold and were refused on the host (see [`Engine::guest_files`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GuestFiles {
+    /// Open files all instances hold now (`[limits] host_open_files` at most).
+    pub open_files: usize,
+    /// Opens refused at `max_open_files` or `host_open_files` since start.
+    pub opens_refused: u64,
+    /// Writes refused at a disk quota (`workspace_mib`, `state_mib`) since start.
+    pub writes_refused: u64,
+}
+
 /// The process-wide engine and the providers it has loaded.
 pub struct Engine {
     wasm: wasmtime::Engine,
@@ -375,6 +386,15 @@ impl Engine {
     /// Files that failed to load, with the reasons.
     pub fn failures(&self) -> Vec<LoadFailure> {
         self.failures.read_locked().clone()
+    }
+
+    /// What guests hold and were refused on the host's disk and open files.
+    pub fn guest_files(&self) -> GuestFiles {
+        GuestFiles {
+            open_files: self.files.held(),
+            opens_refused: self.files.refused(),
+            writes_refused: self.disk.refused(),
+        }
     }
 
     /// Starts an instance of `provider` serving one environment.

@@ -54,6 +54,8 @@ pub(crate) struct ProviderCounts {
     pub load_failures: usize,
     /// Compile cache hits and misses, when the cache is on.
     pub compile_cache: Option<CompileCacheStats>,
+    /// What guests hold and were refused on the host's disk and open files.
+    pub guest_files: crate::engine::GuestFiles,
 }
 
 /// The engine's providers seen with the operator's grants and config.
@@ -191,6 +193,7 @@ impl Providers {
             loaded: engine.providers().len(),
             load_failures: engine.failures().len(),
             compile_cache: engine.compile_cache_stats(),
+            guest_files: engine.guest_files(),
         }
     }
 

@@ -103,6 +103,9 @@ async fn hostile_filling_the_workspace_and_the_state_directory_stops_at_their_qu
     );
     // Every entry counts a block at least: 8 MiB is 2,048 of them.
     assert!((1_500..2_048).contains(&files), "{outcome}");
+    let metrics = rig.server.metrics().await;
+    let refused = super::open_files::metric(&metrics, "tether_guest_writes_refused_total");
+    assert!(refused >= 3, "{metrics}");
     let (bytes, entries) = on_disk(&rig.workspace("filler"));
     assert!(
         bytes <= 8 * MIB && entries < 2_048,

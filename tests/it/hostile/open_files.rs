@@ -8,6 +8,15 @@ use serde_json::{Value, json};
 
 use super::rig::{Rig, TETHER_TOML};
 
+/// The value of the metric `name` in `/metrics`.
+pub(super) fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
 /// How many files a `hoard-files` attack kept, and what stopped it.
 fn kept(env: &Value) -> (u64, String) {
     let outcome = env["metadata"]["outcome"]
@@ -40,6 +49,12 @@ async fn hostile_open_files_are_capped_per_instance_and_per_host() {
     let (count, outcome) = kept(&first);
     assert!((50..=63).contains(&count), "{outcome}");
     assert!(outcome.contains("insufficient-memory"), "{outcome}");
+    let metrics = rig.server.metrics().await;
+    assert!(
+        metric(&metrics, "tether_guest_open_files") >= 50
+            && metric(&metrics, "tether_guest_opens_refused_total") >= 1,
+        "{metrics}"
+    );
     // The host's cap: 100 in all, 64 of them the first instance's.
     let second = rig
         .attack(

@@ -396,7 +396,10 @@ struct CappedStream {
     walk: Option<JoinHandle<()>>,
 }
 
-fn full() -> StreamError {
+/// The stream's error past its quota (the refusal counted).
+fn full(quota: &DiskQuota) -> StreamError {
+    let refused = quota.full();
+    tracing::debug!(%refused, "stream write refused");
     StreamError::LastOperationFailed(std::io::Error::from_raw_os_error(libc::ENOSPC).into())
 }
 
@@ -404,7 +407,7 @@ fn full() -> StreamError {
 impl OutputStream for CappedStream {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
         if !self.quota.try_take(bytes.len() as u64) {
-            return Err(full());
+            return Err(full(&self.quota));
         }
         self.inner.write(bytes)
     }
@@ -424,7 +427,7 @@ impl OutputStream for CappedStream {
             return Ok(permit.min(room));
         }
         if !self.quota.walk_due() {
-            return Err(full());
+            return Err(full(&self.quota));
         }
         let quota = self.quota.clone();
         match tokio::runtime::Handle::try_current() {
@@ -432,7 +435,7 @@ impl OutputStream for CappedStream {
                 self.walk = Some(runtime.spawn(async move { quota.recount().await }));
                 Ok(0)
             }
-            Err(_) => Err(full()),
+            Err(_) => Err(full(&self.quota)),
         }
     }
 

@@ -15,7 +15,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use wasmtime::component::{LinkerInstance, Resource, ResourceType};
 
@@ -39,6 +39,8 @@ pub(crate) fn default_host_cap() -> usize {
 /// The count over every instance of the engine.
 pub(crate) struct HostFiles {
     held: AtomicUsize,
+    /// Opens refused at either cap since the engine started.
+    refused: AtomicU64,
 }
 
 impl HostFiles {
@@ -46,13 +48,18 @@ impl HostFiles {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             held: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
         })
     }
 
     /// Open files held by all instances now.
-    #[cfg(test)]
     pub(crate) fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
+    }
+
+    /// Opens refused at a cap since the engine started.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 }
 
@@ -125,6 +132,7 @@ impl OpenFiles {
                 Ok(())
             }
             Some(too_many) => {
+                self.host.refused.fetch_add(1, Ordering::Relaxed);
                 if !self.logged {
                     self.logged = true;
                     tracing::warn!(env, reason = %too_many, "open refused");
