@@ -71,6 +71,12 @@ impl HostState {
             Arc::new(super::types::NoRuntime),
             StateWriter::detached(),
             limits,
+            // No directory to open files in; a count of its own.
+            OpenFiles::new(
+                HostFiles::new(),
+                limits.max_open_files,
+                limits.max_open_files,
+            ),
         )
     }
 
@@ -84,18 +90,13 @@ impl HostState {
         runtime: Arc<dyn RuntimePort>,
         state: StateWriter,
         limits: &LimitsConfig,
+        files: OpenFiles,
     ) -> Self {
         let mut table = ResourceTable::new();
         // Every WASI stream, HTTP body and child is an entry: cap what a guest can pile up.
         table.set_max_capacity(limits.max_resources);
         let log_budget = net.log_budget().clone();
         let mut http = WasiHttpCtx::new();
-        // An instance serving no environment has no directory to open files in.
-        let files = OpenFiles::new(
-            HostFiles::new(),
-            limits.max_open_files,
-            limits.max_open_files,
-        );
         http.set_field_size_limit(limits.host_call_bytes.min(HTTP_RESOURCE_BYTES));
         Self {
             wasi,
@@ -266,6 +267,9 @@ pub(crate) fn new_store(
     }
     let gate = log_budget.clone();
     broker = broker.with_log_gate(Arc::new(move || gate.take(Instant::now()).is_some()));
+    let host_cap = limits
+        .host_open_files
+        .unwrap_or_else(|| files.default_cap());
     let mut state = HostState::new(
         wasi.build(),
         NetHooks::new(policy, Some(tls.clone()), log_budget),
@@ -275,12 +279,9 @@ pub(crate) fn new_store(
         setup.runtime,
         setup.state,
         limits,
+        OpenFiles::new(files.clone(), limits.max_open_files, host_cap),
     );
     state.preopens = dirs;
-    let host_cap = limits
-        .host_open_files
-        .unwrap_or_else(super::host::open_files::default_host_cap);
-    state.files = OpenFiles::new(files.clone(), limits.max_open_files, host_cap);
     Ok(configured_store(engine, state))
 }
 

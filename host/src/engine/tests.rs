@@ -21,24 +21,38 @@ async fn local_process() -> (Engine, Arc<LoadedProvider>) {
     (engine, provider)
 }
 
-async fn instance(
-    engine: &Engine,
+/// What environment `env-1` at `workspace` gives its instance, and the reader of the
+/// state it persists.
+fn setup(
     provider: &LoadedProvider,
     workspace: &std::path::Path,
+    state_dir: std::path::PathBuf,
+    made: Option<[(u64, u64); 2]>,
     grant: Grant,
-) -> (ProviderHandle, StateReader) {
+) -> (InstanceSetup, StateReader) {
     let (state, rx) = persisted::channel(Default::default());
     let setup = InstanceSetup {
         env_id: "env-1".into(),
         workspace: workspace.to_owned(),
-        state_dir: workspace.join(".provider-state"),
-        made: None,
+        state_dir,
+        made,
         request: provider.description.request(),
         grant,
         runtime: Arc::new(NoRuntime),
         state,
         refusals: Default::default(),
     };
+    (setup, rx)
+}
+
+async fn instance(
+    engine: &Engine,
+    provider: &LoadedProvider,
+    workspace: &std::path::Path,
+    grant: Grant,
+) -> (ProviderHandle, StateReader) {
+    let state_dir = workspace.join(".provider-state");
+    let (setup, rx) = self::setup(provider, workspace, state_dir, None, grant);
     (
         engine
             .instantiate(provider, setup)
@@ -347,18 +361,7 @@ async fn a_workspace_other_than_the_one_the_host_made_is_not_preopened() {
     let made = [id(&workspace), id(&state_dir)];
     std::fs::rename(&workspace, ws.path().join("w.aside")).expect("rename");
     std::fs::create_dir(&workspace).expect("mkdir");
-    let (state, _rx) = persisted::channel(Default::default());
-    let setup = InstanceSetup {
-        env_id: "env-1".into(),
-        workspace: workspace.clone(),
-        state_dir,
-        made: Some(made),
-        request: p.description.request(),
-        grant: Grant::default(),
-        runtime: Arc::new(NoRuntime),
-        state,
-        refusals: Default::default(),
-    };
+    let (setup, _rx) = setup(&p, &workspace, state_dir, Some(made), Grant::default());
     let made = engine.instantiate(&p, setup).await;
     let Err(EngineError::Instantiate(why)) = made else {
         panic!("instantiated over another workspace: {:?}", made.err());
@@ -374,18 +377,8 @@ async fn a_missing_workspace_is_named_when_the_instance_is_made_or_first_used() 
     let (engine, p) = local_process().await;
     let ws = tempfile::tempdir().expect("tempdir");
     let gone = ws.path().join("gone");
-    let (state, _rx) = persisted::channel(Default::default());
-    let setup = InstanceSetup {
-        env_id: "env-1".into(),
-        workspace: gone.clone(),
-        state_dir: ws.path().join(".provider-state"),
-        made: None,
-        request: p.description.request(),
-        grant: Grant::default(),
-        runtime: Arc::new(NoRuntime),
-        state,
-        refusals: Default::default(),
-    };
+    let state_dir = ws.path().join(".provider-state");
+    let (setup, _rx) = setup(&p, &gone, state_dir, None, Grant::default());
     let made = engine.instantiate(&p, setup).await;
     let Err(EngineError::Instantiate(why)) = made else {
         panic!("instantiated over a missing workspace: {:?}", made.err());

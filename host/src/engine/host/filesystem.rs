@@ -180,13 +180,14 @@ fn add_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Box::new(async move {
                 let state = store.data_mut();
                 let quota = state.disk.of(&fd);
+                if let Err(e) = state.files.take(&state.env_id) {
+                    return Ok((Err(too_many(e)),));
+                }
                 if open_flags.contains(OpenFlags::CREATE)
                     && let Err(e) = charge(state, &fd, ENTRY_BYTES).await
                 {
+                    state.files.give();
                     return Ok((Err(e),));
-                }
-                if let Err(e) = state.files.take(&state.env_id) {
-                    return Ok((Err(too_many(e)),));
                 }
                 let mut fs = state.filesystem();
                 let opened =
@@ -327,20 +328,20 @@ fn counted_stream<S: 'static>(
     stream
 }
 
-/// Takes `bytes` from the quota `fd` is under, if any.
+/// Takes `bytes` from the quota `fd` is under, if any. (A refusal's log line carries
+/// the environment through the span every guest call runs in.)
 fn charge(
     state: &HostState,
     fd: &Resource<Descriptor>,
     bytes: u64,
 ) -> impl Future<Output = Result<(), ErrorCode>> + Send + 'static {
     let quota = state.disk.of(fd);
-    let env = state.env_id.clone();
     async move {
         let Some(quota) = quota else {
             return Ok(());
         };
         quota.take(bytes).await.map_err(|full| {
-            tracing::debug!(%env, %full, "write refused");
+            tracing::debug!(%full, "write refused");
             ErrorCode::InsufficientSpace
         })
     }

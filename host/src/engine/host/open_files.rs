@@ -22,11 +22,11 @@ use wasmtime::component::{LinkerInstance, Resource, ResourceType};
 use crate::engine::instance::HostState;
 
 /// The default of `[limits] host_open_files`: a sixteenth of the process's open-files
-/// limit (the server raises it to the hard limit at start), at least 64. The server's
-/// connections take at most seven eighths by default (`server::connections`); the
-/// eighth left is for the host's own files and the providers' children, and guests get
-/// half of it.
-pub(crate) fn default_host_cap() -> usize {
+/// limit (the server raises it to the hard limit at start, before the engine is made),
+/// at least 64. The server's connections take at most seven eighths by default
+/// (`server::connections`); the eighth left is for the host's own files and the
+/// providers' children, and guests get half of it.
+fn default_host_cap() -> usize {
     use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, _)) if soft != RLIM_INFINITY => {
@@ -38,6 +38,8 @@ pub(crate) fn default_host_cap() -> usize {
 
 /// The count over every instance of the engine.
 pub(crate) struct HostFiles {
+    /// `[limits] host_open_files` when it is not set, read once.
+    default_cap: usize,
     held: AtomicUsize,
     /// Opens refused at either cap since the engine started.
     refused: AtomicU64,
@@ -47,9 +49,15 @@ impl HostFiles {
     /// An empty count.
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
+            default_cap: default_host_cap(),
             held: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
         })
+    }
+
+    /// The cap on all instances' open files when `[limits] host_open_files` is not set.
+    pub(crate) fn default_cap(&self) -> usize {
+        self.default_cap
     }
 
     /// Open files held by all instances now.
