@@ -89,6 +89,22 @@ pub(crate) fn run(config: &Value, children: &mut Vec<Child>) -> Result<String, P
             let streams = config.get("streams").and_then(Value::as_bool) == Some(true);
             Ok(crate::disk::hoard_files(count, streams))
         }
+        "hoard-listings" => {
+            let files = config
+                .get("files")
+                .and_then(Value::as_u64)
+                .unwrap_or(20_000);
+            let name_bytes = config
+                .get("nameBytes")
+                .and_then(Value::as_u64)
+                .unwrap_or(200);
+            let count = config.get("count").and_then(Value::as_u64).unwrap_or(100);
+            Ok(crate::disk::hoard_listings(
+                files,
+                name_bytes as usize,
+                count,
+            ))
+        }
         "diff-flood" => Ok("will answer get-diff-files with many empty files".to_owned()),
         "read-passwd" => read_all(&["/etc/passwd"]),
         "read" => read_all(&[text(config, "path")?]),

@@ -5,7 +5,7 @@
 //! hold against the quota. `move` carries a file into the workspace from `/state`, where
 //! it was counted against another quota. `hoard-files`, `hoard-sockets` and
 //! `hoard-connections` keep open files on the host (descriptors, file streams, sockets,
-//! connections) until refused.
+//! connections) until refused; `hoard-listings` keeps listings of a huge directory.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -201,4 +201,69 @@ pub(crate) fn hoard_connections(addr: &str, count: u64) -> String {
     let kept = held.len();
     std::mem::forget(held);
     format!("kept {kept} connections until: {stopped}")
+}
+
+/// The `hoard-listings` attack: makes a directory of `files` entries with `name_bytes`-long
+/// names, reads one listing of it to the end, then makes `count` listings of it and keeps
+/// each after reading its first entry (a host that reads the whole directory into its
+/// memory for each listing holds every name `count` times). The entries the full
+/// listing had, the listings kept and what stopped them.
+pub(crate) fn hoard_listings(files: u64, name_bytes: usize, count: u64) -> String {
+    use crate::http::bindings::wasi::filesystem::{preopens, types};
+    if let Err(e) = fs::create_dir_all("/workspace/huge") {
+        return format!("mkdir: {e}");
+    }
+    for i in 0..files {
+        let name = format!("/workspace/huge/{i:0>name_bytes$}");
+        if let Err(e) = File::create(&name) {
+            return format!("made {i} files until: {e}");
+        }
+    }
+    let Some(root) = preopens::get_directories()
+        .into_iter()
+        .find_map(|(d, path)| (path == "/workspace").then_some(d))
+    else {
+        return "no /workspace preopen".to_owned();
+    };
+    let opened = root.open_at(
+        types::PathFlags::empty(),
+        "huge",
+        types::OpenFlags::DIRECTORY,
+        types::DescriptorFlags::READ,
+    );
+    let Ok(dir) = opened else {
+        return "cannot open /workspace/huge".to_owned();
+    };
+    let listed = match dir.read_directory() {
+        Ok(listing) => {
+            let mut n = 0u64;
+            loop {
+                match listing.read_directory_entry() {
+                    Ok(Some(_)) => n += 1,
+                    Ok(None) => break n.to_string(),
+                    Err(e) => break format!("{n} then {e:?}"),
+                }
+            }
+        }
+        Err(e) => format!("{e:?}"),
+    };
+    let mut held = Vec::new();
+    let mut stopped = "never refused".to_owned();
+    while (held.len() as u64) < count {
+        let first = dir.read_directory().and_then(|listing| {
+            listing.read_directory_entry()?;
+            Ok(listing)
+        });
+        match first {
+            Ok(listing) => held.push(listing),
+            Err(e) => {
+                stopped = format!("{e:?}");
+                break;
+            }
+        }
+    }
+    let kept = held.len();
+    std::mem::forget(held);
+    std::mem::forget(dir);
+    format!("listed {listed} entries; kept {kept} listings until: {stopped}")
 }

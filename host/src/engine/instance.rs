@@ -246,8 +246,8 @@ pub(crate) fn new_store(
     let (check, budget) = (policy.clone(), log_budget.clone());
     wasi.max_random_size(limits.host_call_bytes as u64)
         .allow_tcp(true)
-        // A UDP socket's datagram streams keep it open after it is dropped, uncounted
-        // (see `host::open_files`): none for a provider that may not use one.
+        // Every datagram is checked against a `udp://` grant: no UDP socket for a
+        // provider that has none (it could do nothing with it but hold a file open).
         .allow_udp(policy.grants_scheme("udp"))
         // Names are resolved by the host for HTTP only; raw sockets take literal addresses.
         .allow_ip_name_lookup(false)

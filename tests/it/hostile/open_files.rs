@@ -1,8 +1,9 @@
 //! Open files a provider holds on the host through WASI (descriptors, listings, file
 //! streams, sockets): one instance keeps to `[limits] max_open_files`, all of them to
 //! `host_open_files`, so hostile instances cannot take every descriptor the host may
-//! open; what an instance held goes back when it ends. A connection counts its socket
-//! and its two streams, which keep it open after the socket is dropped.
+//! open; what an instance held goes back when it ends. A connection counts once (its
+//! streams cannot outlive its socket). A listing of a huge directory holds a batch of
+//! its entries in host memory, not all of them.
 
 use serde_json::{Value, json};
 
@@ -15,6 +16,13 @@ pub(super) fn metric(metrics: &str, name: &str) -> u64 {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+/// The files the process `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .count()
 }
 
 /// How many files a `hoard-files` attack kept, and what stopped it.
@@ -90,7 +98,7 @@ async fn hostile_open_files_are_capped_per_instance_and_per_host() {
 }
 
 #[tokio::test]
-async fn hostile_connections_count_their_streams_as_open_files() {
+async fn hostile_connections_count_one_open_file_each_and_the_host_holds_no_more() {
     // Accepts on a granted address and keeps every connection.
     let listener = tokio::net::TcpListener::bind("127.0.0.2:0")
         .await
@@ -110,6 +118,7 @@ async fn hostile_connections_count_their_streams_as_open_files() {
     })
     .await;
     let addr = format!("127.0.0.2:{port}");
+    let before = open_fds(rig.server.pid());
     let env = rig
         .attack(
             "connections",
@@ -118,7 +127,46 @@ async fn hostile_connections_count_their_streams_as_open_files() {
         .await;
     assert_eq!(env["status"], "running", "{env}");
     let (count, outcome) = kept(&env);
-    // A socket and its two streams: three of the 64 a connection.
-    assert!((16..=21).contains(&count), "{outcome}");
+    // A connection is one socket, its streams with it (the guest opened no directory).
+    assert!((60..=64).contains(&count), "{outcome}");
+    assert!(outcome.contains("os error 33"), "{outcome}");
+    // What the host holds for them: no more than the cap.
+    let grown = open_fds(rig.server.pid()).saturating_sub(before);
+    assert!(
+        grown <= 64,
+        "the host opened {grown} files for {count} connections"
+    );
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn hostile_listings_of_a_huge_directory_hold_little_host_memory() {
+    // wasmtime-wasi's own `read-directory` read the whole directory into host memory for
+    // each listing: 20,000 names of 200 bytes are about 5 MiB a listing, 500 MiB for the
+    // 100 kept here (and the default cap allows 256 an instance, of directories as large
+    // as the disk quota lets a guest make). The host's listings read 128 entries at a time.
+    let mut rig = Rig::start(|dir| {
+        let toml = TETHER_TOML.replace("start_timeout_secs = 3", "start_timeout_secs = 120");
+        std::fs::write(dir.join("tether.toml"), toml).expect("tether.toml");
+    })
+    .await;
+    let pid = rig.server.pid();
+    let peak_before = super::bounds::status_kib(pid, "VmHWM:");
+    let env = rig
+        .attack(
+            "listings",
+            json!({"attack": "hoard-listings", "files": 20_000, "nameBytes": 200, "count": 100}),
+        )
+        .await;
+    assert_eq!(env["status"], "running", "{env}");
+    let outcome = env["metadata"]["outcome"].as_str().unwrap_or_default();
+    assert!(
+        outcome.starts_with("listed 20000 entries; kept 100 listings"),
+        "{outcome}"
+    );
+    let grown_mib = super::bounds::status_kib(pid, "VmHWM:").saturating_sub(peak_before) >> 10;
+    // Generous: the guest's own memory is part of the peak.
+    assert!(grown_mib < 64, "peak RSS grew {grown_mib} MiB: {outcome}");
+    rig.assert_host_fine().await;
     rig.finish().await;
 }

@@ -14,7 +14,7 @@
 //! The calls that open a file on the host (`open-at`, `read-directory`, the
 //! `*-via-stream` calls) and the drops of what they make (descriptors, listings, and the
 //! `wasi:io` streams) are served here too, to count the instance's open files
-//! ([`super::open_files`]).
+//! ([`super::open_files`]); a listing is the host's own ([`super::listing`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,15 +26,14 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource, ResourceType};
 use wasmtime_wasi::filesystem::WasiFilesystemView;
 use wasmtime_wasi::p2::bindings::filesystem::types::{
-    Descriptor, DescriptorFlags, ErrorCode, Host as _, HostDescriptor, HostDirectoryEntryStream,
-    OpenFlags, PathFlags,
+    Descriptor, DescriptorFlags, ErrorCode, Host as _, HostDescriptor, OpenFlags, PathFlags,
 };
 use wasmtime_wasi::p2::bindings::io::streams::{HostInputStream, HostOutputStream};
 use wasmtime_wasi::p2::{
-    DynInputStream, DynOutputStream, FsResult, OutputStream, Pollable, ReaddirIterator,
-    StreamError, StreamResult,
+    DynInputStream, DynOutputStream, FsResult, OutputStream, Pollable, StreamError, StreamResult,
 };
 
+use super::listing::Listing;
 use super::open_files::{TooMany, drop_gives_back};
 use crate::disk_quota::{DiskQuota, ENTRY_BYTES};
 use crate::engine::instance::HostState;
@@ -154,16 +153,34 @@ fn add_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut store: Store<'_>, (fd,): (Resource<Descriptor>,)| {
             Box::new(async move {
                 let state = store.data_mut();
+                let dir = match state.table.get(&fd)? {
+                    wasmtime_wasi::filesystem::Descriptor::Dir(d) => d.dir.clone(),
+                    wasmtime_wasi::filesystem::Descriptor::File(_) => {
+                        return Ok((Err(ErrorCode::NotDirectory),));
+                    }
+                };
                 if let Err(e) = state.files.take(&state.env_id) {
                     return Ok((Err(too_many(e)),));
                 }
-                let mut fs = state.filesystem();
-                let listing = HostDescriptor::read_directory(&mut fs, fd).await;
-                let listing = answer(&mut fs, listing)?;
-                if listing.0.is_err() {
-                    state.files.give();
+                let opened = tokio::task::spawn_blocking(move || Listing::open(&*dir))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                match opened {
+                    Ok(listing) => Ok((Ok(state.table.push(listing)?),)),
+                    Err(e) => {
+                        state.files.give();
+                        answer(&mut state.filesystem(), Err(e.into()))
+                    }
                 }
-                Ok(listing)
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]directory-entry-stream.read-directory-entry",
+        |mut store: Store<'_>, (listing,): (Resource<Listing>,)| {
+            Box::new(async move {
+                let next = store.data_mut().table.get_mut(&listing)?.next().await;
+                answer(&mut store.data_mut().filesystem(), next)
             })
         },
     )?;
@@ -280,8 +297,9 @@ fn add_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     drop_gives_back::<Descriptor>(&mut types, "descriptor", |state, fd| {
         HostDescriptor::drop(&mut state.filesystem(), fd)
     })?;
-    drop_gives_back::<ReaddirIterator>(&mut types, "directory-entry-stream", |state, listing| {
-        HostDirectoryEntryStream::drop(&mut state.filesystem(), listing)
+    drop_gives_back::<Listing>(&mut types, "directory-entry-stream", |state, listing| {
+        state.table.delete(listing)?;
+        Ok(())
     })?;
     let mut streams = linker.instance(STREAMS)?;
     streams.resource_async(

@@ -2,6 +2,7 @@
 
 pub(crate) mod filesystem;
 pub(crate) mod http;
+mod listing;
 pub(crate) mod log;
 pub(crate) mod open_files;
 pub(crate) mod preopens;

@@ -10,8 +10,8 @@
 //! at most `[limits] host_open_files` (by default a sixteenth of the host's open-files
 //! limit). Past either an open fails with `insufficient-memory`, and a `get-directories`
 //! past twice the instance's own cap, or past the host's, traps (it has no error to
-//! return); a drop gives the file back. Sockets are not counted here: an instance may make them only when it is granted
-//! a raw socket address (see `engine::instance`).
+//! return); a drop gives the file back. Sockets are counted the same way
+//! (`super::sockets`).
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -2,8 +2,11 @@
 //! accept, connect and datagram. Implicit binds pass; listening never does; connects
 //! and datagrams need a `tcp://ip:port` or `udp://ip:port` grant naming the address.
 //! Each socket is an open file on the host: making one counts against the instance's
-//! open files (see [`super::open_files`]), and so does each of a connection's two
-//! streams (they keep it open after the socket is dropped); dropping each gives it back.
+//! open files (see [`super::open_files`]) and dropping it gives it back. A socket's
+//! streams (a TCP connection's two, a UDP socket's two datagram streams) need no count of
+//! their own: they are its children in the resource table, which refuses to drop a
+//! socket while they live (the guest traps), so they never keep a socket's file open
+//! after it.
 
 use std::net::SocketAddr;
 
@@ -13,7 +16,7 @@ use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, Host as _, IpAddr
 use wasmtime_wasi::p2::bindings::sockets::tcp::HostTcpSocket;
 use wasmtime_wasi::p2::bindings::sockets::udp::HostUdpSocket;
 use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket};
-use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, SocketResult, TcpSocket, UdpSocket};
+use wasmtime_wasi::p2::{SocketResult, TcpSocket, UdpSocket};
 use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView, WasiSocketsView};
 
 use super::open_files::drop_gives_back;
@@ -67,8 +70,6 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 
 type Store<'a> = StoreContextMut<'a, HostState>;
 type Made<T> = wasmtime::Result<(Result<Resource<T>, ErrorCode>,)>;
-type Connected =
-    wasmtime::Result<(Result<(Resource<DynInputStream>, Resource<DynOutputStream>), ErrorCode>,)>;
 
 fn add_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker
@@ -104,37 +105,6 @@ fn add_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             },
         )?;
     let mut tcp = linker.instance("wasi:sockets/tcp@0.2.12")?;
-    tcp.func_wrap(
-        "[method]tcp-socket.finish-connect",
-        |mut store: Store<'_>, (socket,): (Resource<TcpSocket>,)| -> Connected {
-            // A connection's two streams keep it open after the socket is dropped: each
-            // counts as an open file of its own.
-            let state = store.data_mut();
-            if state.files.take(&state.env_id).is_err() {
-                return Ok((Err(ErrorCode::NewSocketLimit),));
-            }
-            if state.files.take(&state.env_id).is_err() {
-                state.files.give();
-                return Ok((Err(ErrorCode::NewSocketLimit),));
-            }
-            let mut view = state.sockets();
-            let connected = match HostTcpSocket::finish_connect(&mut view, socket) {
-                Ok(streams) => Ok(streams),
-                Err(e) => Err(view.convert_error_code(e)?),
-            };
-            match &connected {
-                Ok((input, output)) => {
-                    state.files.note_stream(input.rep());
-                    state.files.note_stream(output.rep());
-                }
-                Err(_) => {
-                    state.files.give();
-                    state.files.give();
-                }
-            }
-            Ok((connected,))
-        },
-    )?;
     drop_gives_back::<TcpSocket>(&mut tcp, "tcp-socket", |state, socket| {
         HostTcpSocket::drop(&mut state.sockets(), socket)
     })?;
