@@ -160,6 +160,13 @@ pub fn main() -> ExitCode {
     if argv.peek().is_some_and(|a| a == tether_guard::GUARD_ARG) {
         std::process::exit(tether_guard::main(argv));
     }
+    // Likewise the compiler child of an untrusted provider (`engine::compile`).
+    if argv
+        .next_if(|a| a == crate::engine::compile::COMPILE_ARG)
+        .is_some()
+    {
+        std::process::exit(crate::engine::compile::child_main(argv));
+    }
     let cli = Cli::parse();
     init_logging();
     match run(cli) {
@@ -178,6 +185,12 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// This binary as a child will run it: still this very program after an upgrade has
+/// replaced (or removed) the file it was started from.
+pub(crate) fn own_binary() -> PathBuf {
+    PathBuf::from("/proc/self/exe")
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -209,6 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let tether =
                 std::env::current_exe().context("locating this binary for the spawn guard")?;
             settings.spawn_guard = Some(crate::broker::spawn_guard_program(&tether));
+            settings.compiler = Some(own_binary());
             rt.block_on(async {
                 let shutdown = server::shutdown_signal();
                 server::serve(settings, table, shutdown).await
@@ -295,6 +309,7 @@ async fn inspect(
     });
     let (settings, _) = ServeConfig::load_source(listen, data_dir, source)?;
     let engine = Engine::new(settings.limits.clone(), settings.net.clone())?;
+    engine.set_compiler(own_binary());
     let bytes = crate::engine::read_component(file).await?;
     let source = ProviderSource::DropIn {
         path: file.to_owned(),

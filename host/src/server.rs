@@ -155,6 +155,9 @@ pub(crate) async fn run(
     if let Some(tether) = &config.spawn_guard {
         engine.set_spawn_guard(tether.clone());
     }
+    if let Some(tether) = &config.compiler {
+        engine.set_compiler(tether.clone());
+    }
     engine.load_all(&config.providers_dir()).await;
     let runtime_base = config.serving.runtime_base(reachable(addr));
     let cluster = match &config.cluster {

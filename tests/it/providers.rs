@@ -615,3 +615,147 @@ async fn instances_share_or_copy_the_memory_image_as_the_operator_says() {
         }
     }
 }
+
+/// A component of one core function: `depth` nested loops around code that reads and
+/// writes each of `locals` locals. Tiny (tens of kilobytes), but every loop needs every
+/// local as a block parameter: Cranelift takes gigabytes and minutes over it.
+fn costly_to_compile(depth: usize, locals: u32) -> Vec<u8> {
+    fn leb(mut n: u64, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    fn section(id: u8, payload: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(payload.len() as u64, out);
+        out.extend_from_slice(payload);
+    }
+    let mut body = Vec::new();
+    body.push(1); // one run of locals: `locals` i32s
+    leb(u64::from(locals), &mut body);
+    body.push(0x7f);
+    body.extend(std::iter::repeat_n([0x03, 0x40], depth).flatten()); // loop
+    for i in 0..locals {
+        // local.get i; local.get j; i32.add; local.set i
+        body.push(0x20);
+        leb(u64::from(i), &mut body);
+        body.push(0x20);
+        leb(u64::from((i * 7 + 1) % locals), &mut body);
+        body.push(0x6a);
+        body.push(0x21);
+        leb(u64::from(i), &mut body);
+    }
+    // local.get 0; br_if 0; end
+    body.extend(std::iter::repeat_n([0x20, 0x00, 0x0d, 0x00, 0x0b], depth).flatten());
+    body.push(0x0b);
+    let mut code = vec![1];
+    leb(body.len() as u64, &mut code);
+    code.extend(body);
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[1, 0x60, 0, 0], &mut module); // type: [] -> []
+    section(3, &[1, 0], &mut module); // one function of that type
+    section(10, &code, &mut module);
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    section(1, &module, &mut component); // a core module
+    component
+}
+
+/// The reason `/healthz` gives for `file`.
+fn health_reason(health: &Value, file: &str) -> String {
+    (health["reasons"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .find(|r| r.contains(file))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_drop_in_that_is_costly_to_compile_is_stopped_at_the_compile_limits() {
+    // Compiled in the host, the 31 KB component below grew the process past 1.3 GB
+    // in two minutes, still compiling (the host compiled before any instance limit
+    // applied). Now a child compiles it first, within `[limits] compile_mib` and
+    // `compile_secs`, and the host compiles only what fitted.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let providers = dir.path().join(".codebolt/providers");
+    std::fs::create_dir_all(&providers).expect("providers dir");
+    std::fs::write(providers.join("costly.wasm"), costly_to_compile(300, 3000)).expect("write");
+    std::fs::copy(HANDOFF, providers.join("handoff.wasm")).expect("drop in");
+    write_config(
+        dir.path(),
+        "[limits]\ncompile_mib = 256\ncompile_secs = 60\n",
+    );
+    let server = Server::start(dir.path());
+    let health = wait_get(&server, "/healthz", "costly.wasm reported", |_, h| {
+        health_names(h, "costly.wasm")
+    })
+    .await;
+    let reason = health_reason(&health, "costly.wasm");
+    assert!(
+        reason.contains("compiling it needed more than 256 MiB of memory ([limits] compile_mib)"),
+        "{reason}"
+    );
+    // What fits is compiled apart too, and served as ever.
+    let (status, _) = server.call("GET", "/api/v1/providers/handoff", None).await;
+    assert_eq!(status, StatusCode::OK);
+    server.handoff_env("beside-it").await;
+    // An upload is compiled apart as well.
+    let uploaded = reqwest::Client::new()
+        .put(format!("{}/api/v1/providers/costly", server.base))
+        .bearer_auth(crate::support::TOKEN)
+        .header("content-type", "application/wasm")
+        .body(costly_to_compile(300, 3001))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(uploaded.status(), StatusCode::BAD_REQUEST);
+    let body: Value = uploaded.json().await.expect("json");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("more than 256 MiB of memory"), "{body}");
+    let peak_mib = crate::hostile::bounds::status_kib(server.pid(), "VmHWM:") >> 10;
+    assert!(peak_mib < 200, "the host's peak RSS was {peak_mib} MiB");
+
+    // Time: with memory to spare, the child is stopped at `compile_secs`.
+    write_config(
+        dir.path(),
+        "[limits]\ncompile_mib = 4096\ncompile_secs = 2\n",
+    );
+    wait_get(&server, "/api/v1/config/status", "the reload", |_, s| {
+        s["lastReload"]["outcome"] == "applied"
+    })
+    .await;
+    std::fs::write(providers.join("slow.wasm"), costly_to_compile(301, 3000)).expect("write");
+    let health = wait_get(&server, "/healthz", "slow.wasm reported", |_, h| {
+        health_names(h, "slow.wasm")
+    })
+    .await;
+    let reason = health_reason(&health, "slow.wasm");
+    assert!(
+        reason.contains("compiling it took longer than 2 s ([limits] compile_secs)"),
+        "{reason}"
+    );
+    // No compiler of this host's is left behind (other tests' hosts compile too).
+    let parent = server.pid().to_string();
+    let compilers = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| {
+            let dir = e.ok()?.path();
+            let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            Some((cmdline, stat))
+        })
+        .filter(|(cmdline, stat)| {
+            // `PID (COMMAND) STATE PPID ...`; the command may hold spaces.
+            let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+            after.split(' ').nth(1) == Some(parent.as_str())
+                && cmdline.windows(16).any(|w| w == b"__tether-compile")
+        })
+        .count();
+    assert_eq!(compilers, 0, "compilers left running");
+    server.stop();
+}

@@ -192,6 +192,7 @@ fn ensure_target() -> anyhow::Result<()> {
 async fn describe(file: &Path) -> anyhow::Result<Built> {
     let bytes = crate::engine::read_component(file).await?;
     let engine = Engine::new(LimitsConfig::default(), NetConfig::default())?;
+    engine.set_compiler(super::own_binary());
     let source = ProviderSource::DropIn {
         path: file.to_owned(),
     };

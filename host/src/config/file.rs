@@ -127,6 +127,8 @@ pub(super) struct FileLimits {
     pub(super) max_resources: Option<usize>,
     pub(super) guest_threads: Option<usize>,
     pub(super) share_memory_images: Option<bool>,
+    pub(super) compile_mib: Option<u64>,
+    pub(super) compile_secs: Option<u64>,
 }
 
 /// `[providers.NAME]`: a grant (any of the first five keys replaces the built-in

@@ -34,6 +34,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_resources",
             "guest_threads",
             "share_memory_images",
+            "compile_mib",
+            "compile_secs",
             "fuel",
         ],
     ),

@@ -199,6 +199,10 @@ pub struct ServeConfig {
     /// The `tether` binary whose spawn guard runs every brokered child (set by
     /// `tether serve` to itself); `None` kills only the child's process group.
     pub spawn_guard: Option<PathBuf>,
+    /// The `tether` binary that compiles providers that are not built in first, in a
+    /// child process under `[limits] compile_mib` and `compile_secs` (set by `tether
+    /// serve` to itself); `None` compiles them in the host.
+    pub compiler: Option<PathBuf>,
     /// The `tether.toml` these settings were read from (or would be).
     pub source: ConfigSource,
 }
@@ -286,6 +290,11 @@ pub struct LimitsConfig {
     /// instead of each copying it; `None` leaves it to `vm.max_map_count` (see
     /// `engine`).
     pub share_memory_images: Option<bool>,
+    /// Memory a provider that is not built in may take to compile (see
+    /// `engine::compile`).
+    pub compile_bytes: u64,
+    /// Time it may take to compile.
+    pub compile_time: Duration,
 }
 
 /// Health checking of running environments.
@@ -371,6 +380,8 @@ impl Default for LimitsConfig {
             guest_threads: default_guest_threads(),
             host_call_bytes: 1 << 20,
             share_memory_images: None,
+            compile_bytes: 2 << 30,
+            compile_time: Duration::from_secs(120),
         }
     }
 }
@@ -418,6 +429,7 @@ impl ServeConfig {
         let (file, table) = read_file(&self.source)?;
         let mut config = Self::defaults(self.listen, self.data_dir.clone());
         config.spawn_guard = self.spawn_guard.clone();
+        config.compiler = self.compiler.clone();
         config.source = ConfigSource {
             found: self.source.path.is_file(),
             ..self.source.clone()
@@ -447,6 +459,7 @@ impl ServeConfig {
             templates: BTreeMap::new(),
             throttle: ThrottleConfig::default(),
             spawn_guard: None,
+            compiler: None,
             source: ConfigSource::at(&data_dir.join(CONFIG_FILE_NAME)),
             data_dir,
         }
@@ -511,6 +524,17 @@ impl ServeConfig {
                 }
                 *bytes = mib << 20;
             }
+        }
+        if let Some(mib) = file.limits.compile_mib {
+            if !(MIN_COMPILE_MIB..=MAX_MEMORY_MIB as u64).contains(&mib) {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.compile_mib must be {MIN_COMPILE_MIB}-{MAX_MEMORY_MIB}, not {mib}"
+                )));
+            }
+            self.limits.compile_bytes = mib << 20;
+        }
+        if let Some(secs) = file.limits.compile_secs {
+            self.limits.compile_time = setting_secs(secs, "limits.compile_secs")?;
         }
         if let Some(n) = file.limits.max_open_files {
             if n == 0 {
@@ -877,6 +901,10 @@ const MAX_DISK_MIB: u64 = 1 << 30;
 
 /// The largest `[limits] memory_mib`: 1 TiB per instance.
 const MAX_MEMORY_MIB: usize = 1 << 20;
+
+/// The least `[limits] compile_mib`: the compiler process itself takes tens of MiB
+/// before it compiles anything.
+const MIN_COMPILE_MIB: u64 = 64;
 
 /// `[relay]` over the defaults; every value must be positive and bounded.
 fn relay_config(file: FileRelay) -> Result<RelayConfig, ConfigError> {

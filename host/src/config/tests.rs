@@ -204,6 +204,14 @@ fn durations_and_sizes_beyond_any_intent_are_errors_not_wrapped_or_overflowing()
             "[limits]\nhost_open_files = 0\n",
             "limits.host_open_files must be > 0",
         ),
+        (
+            "[limits]\ncompile_mib = 63\n",
+            "limits.compile_mib must be 64-1048576, not 63",
+        ),
+        (
+            "[limits]\ncompile_secs = 0\n",
+            "limits.compile_secs must be > 0",
+        ),
     ];
     for (toml, needle) in cases {
         match load(toml) {
@@ -211,6 +219,11 @@ fn durations_and_sizes_beyond_any_intent_are_errors_not_wrapped_or_overflowing()
             other => panic!("{toml}: {other:?}"),
         }
     }
+    let c = load("[limits]\ncompile_mib = 512\ncompile_secs = 30\n").unwrap();
+    assert_eq!(
+        (c.limits.compile_bytes, c.limits.compile_time),
+        (512 << 20, Duration::from_secs(30))
+    );
     let c = load("[limits]\nworkspace_mib = 1073741824\nstate_mib = 1\n").unwrap();
     assert_eq!(
         (c.limits.workspace_bytes, c.limits.state_bytes),

@@ -12,6 +12,7 @@
 mod bindings;
 mod builtin;
 mod cache;
+pub(crate) mod compile;
 mod dir_watch;
 mod dispatch;
 mod dropins;
@@ -188,6 +189,18 @@ pub struct GuestFiles {
     pub writes_refused: u64,
 }
 
+/// wasmtime's settings for providers: what the host's engine compiles with, and a
+/// compiler child too (see [`compile`]), so that its cache entries are the host's.
+fn wasm_config(share_images: bool, cache: Option<wasmtime::Cache>) -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    config.cache(cache);
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.max_wasm_stack(MAX_WASM_STACK);
+    config.memory_init_cow(share_images);
+    config
+}
+
 /// The process-wide engine and the providers it has loaded.
 pub struct Engine {
     wasm: wasmtime::Engine,
@@ -210,6 +223,12 @@ pub struct Engine {
     disk: crate::disk_quota::DiskQuotas,
     /// The open files guests hold, all instances together.
     files: Arc<host::open_files::HostFiles>,
+    /// Whether instances map their provider's initial memory copy-on-write.
+    share_images: bool,
+    /// The program drop-ins are first compiled by, once set (see [`compile`]).
+    compiler: std::sync::OnceLock<compile::Compiler>,
+    /// Components compiled by it into the cache (the host then loads them from there).
+    compiled_apart: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -235,11 +254,6 @@ impl Engine {
         let setup = |e: wasmtime::Error| EngineError::Setup(format!("{e:#}"));
         let tls = TlsClient::from_config(&net)?;
         let compile_cache = cache::open(cache)?;
-        let mut config = wasmtime::Config::new();
-        config.cache(compile_cache.clone());
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        config.max_wasm_stack(MAX_WASM_STACK);
         let cap = max_map_count();
         let share = limits
             .share_memory_images
@@ -250,7 +264,7 @@ impl Engine {
             "instances {} their provider's initial memory image",
             if share { "share" } else { "copy" }
         );
-        config.memory_init_cow(share);
+        let mut config = wasm_config(share, compile_cache.clone());
         let stacks = stacks::Stacks::new();
         config.with_host_stack(stacks.clone());
         let wasm = wasmtime::Engine::new(&config).map_err(setup)?;
@@ -277,6 +291,9 @@ impl Engine {
             spawn_guard: std::sync::OnceLock::new(),
             disk: Default::default(),
             files: host::open_files::HostFiles::new(),
+            share_images: share,
+            compiler: std::sync::OnceLock::new(),
+            compiled_apart: Default::default(),
         })
     }
 
@@ -294,11 +311,18 @@ impl Engine {
             .get_or_init(|| crate::broker::launch::Guards::new(tether));
     }
 
+    /// Compiles every provider that is not built in with `tether` first, in a child
+    /// process within `[limits] compile_mib` and `compile_secs` (see [`compile`]).
+    /// Set once; later calls change nothing.
+    pub fn set_compiler(&self, tether: PathBuf) {
+        self.compiler.get_or_init(|| compile::Compiler::new(tether));
+    }
+
     /// Loads the built-in providers, then every `*.wasm` in `dir` (if it exists); later
     /// changes to `dir` are picked up by [`Engine::rescan`].
     pub async fn load_all(&self, dir: &Path) {
         for (name, bytes) in builtin::BUILTINS {
-            match self.load(bytes.to_vec(), ProviderSource::BuiltIn).await {
+            match self.load_trusted(bytes.to_vec()).await {
                 Ok(p) => self.register(p),
                 Err(e) => {
                     tracing::error!(provider = name, error = %e, "built-in provider failed to load")
@@ -308,17 +332,54 @@ impl Engine {
         self.rescan(dir).await;
     }
 
-    /// Compiles `bytes` and reads the provider's `info()`.
+    /// Compiles `bytes` (first in a compiler child, once one is set: see
+    /// [`Engine::set_compiler`]) and reads the provider's `info()`.
     pub async fn load(
         &self,
         bytes: Vec<u8>,
         source: ProviderSource,
+    ) -> Result<Arc<LoadedProvider>, EngineError> {
+        self.load_compiled(bytes, source, true).await
+    }
+
+    /// [`Engine::load`] for a built-in provider: the binary's own code, compiled by the
+    /// host directly.
+    async fn load_trusted(&self, bytes: Vec<u8>) -> Result<Arc<LoadedProvider>, EngineError> {
+        self.load_compiled(bytes, ProviderSource::BuiltIn, false)
+            .await
+    }
+
+    async fn load_compiled(
+        &self,
+        bytes: Vec<u8>,
+        source: ProviderSource,
+        apart: bool,
     ) -> Result<Arc<LoadedProvider>, EngineError> {
         let path = match &source {
             ProviderSource::DropIn { path } => Some(path.as_path()),
             ProviderSource::BuiltIn => None,
         };
         header::check(&bytes, path).map_err(EngineError::NotComponent)?;
+        if let Some(compiler) = self.compiler.get().filter(|_| apart) {
+            let settings = compile::Settings {
+                share_images: self.share_images,
+                cache_dir: self.compile_cache.as_ref().map(|c| c.directory().clone()),
+            };
+            let budget = {
+                let limits = &self.settings.read_locked().0;
+                compile::Budget {
+                    bytes: limits.compile_bytes,
+                    time: limits.compile_time,
+                }
+            };
+            let compiled = compiler.try_compile(&bytes, &settings, budget).await?;
+            if compiled == compile::Compiled::Compiled && self.compile_cache.is_some() {
+                // The host's compile below finds the child's work in the cache: it is
+                // counted as the miss it was, not as a hit.
+                self.compiled_apart
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let wasm = self.wasm.clone();
         let component = tokio::task::spawn_blocking(move || Component::new(&wasm, &bytes))

@@ -11,7 +11,7 @@ use super::rig::Rig;
 use crate::support::Server;
 
 /// A field of `/proc/<pid>/status`, in KiB.
-pub(super) fn status_kib(pid: u32, field: &str) -> u64 {
+pub(crate) fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     (status.lines())
         .find_map(|l| l.strip_prefix(field))

@@ -9,7 +9,7 @@
 //! the host to remove in [`leftovers`], the disk it fills in [`disk`] and the files it
 //! keeps open on the host in [`open_files`].
 
-mod bounds;
+pub(crate) mod bounds;
 mod disk;
 mod git;
 mod hoards;
