@@ -8,7 +8,11 @@
 //! from the same run and the same component (see `bare`), with the ratios
 //! Tether ÷ bare; the two sides' calls are timed in alternating blocks.
 //!
-//! Prints two tables; run with `cargo bench -p tether --bench providers` (add
+//! A third table loads each as a drop-in is loaded, compiled first by a compiler child
+//! (the `tether` binary, `engine::compile`), beside the host compiling it itself: cold,
+//! warm, and with no cache (where the component is compiled twice).
+//!
+//! Prints three tables; run with `cargo bench -p tether --bench providers` (add
 //! `--profile dev` for a quick look). Instances are instantiated but not started, so
 //! no resource or runtime exists behind them: this is the engine's share alone. Each
 //! provider is measured in a process of its own (the benchmark runs itself with
@@ -52,6 +56,16 @@ struct Row {
     health_p50: Duration,
     bare: BareFigures,
     rss_per_instance: f64,
+    apart: ApartFigures,
+}
+
+/// Loads compiled apart first (see `engine::compile`), medians as the others.
+struct ApartFigures {
+    cold: Duration,
+    warm: Duration,
+    /// With no cache, in the host alone and then apart.
+    uncached: Duration,
+    uncached_apart: Duration,
 }
 
 /// Bare wasmtime's figures, measured as Tether's are.
@@ -69,11 +83,12 @@ async fn run() -> Result<(), BoxError> {
             .find(|(n, _)| n == name)
             .ok_or_else(|| format!("no built-in provider {name:?}"))?;
         let r = measure(name, bytes).await?;
-        println!("{}\n{}", row(&r), beside_bare(&r));
+        println!("{}\n{}\n{}", row(&r), beside_bare(&r), beside_apart(&r));
         return Ok(());
     }
     let mut rows = Vec::new();
     let mut beside = Vec::new();
+    let mut apart = Vec::new();
     for (name, _) in builtin_components() {
         eprintln!("measuring {name} ...");
         let out = std::process::Command::new(std::env::current_exe()?)
@@ -87,6 +102,7 @@ async fn run() -> Result<(), BoxError> {
         let mut lines = out.lines();
         rows.extend(lines.next().map(str::to_owned));
         beside.extend(lines.next().map(str::to_owned));
+        apart.extend(lines.next().map(str::to_owned));
     }
     println!(
         "| provider | component | cold load (compile) | warm load (cache) | cold/warm | instantiate | check-health p50 | RSS per idle instance |"
@@ -99,7 +115,31 @@ async fn run() -> Result<(), BoxError> {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     beside.iter().for_each(|r| println!("{r}"));
+    println!();
+    println!(
+        "| provider | cold load: in the host | apart | ratio | warm load: in the host | apart | ratio | no cache: in the host | apart | ratio |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    apart.iter().for_each(|r| println!("{r}"));
     Ok(())
+}
+
+fn beside_apart(r: &Row) -> String {
+    let ratio = |a: Duration, h: Duration| a.as_secs_f64() / h.as_secs_f64();
+    let a = &r.apart;
+    format!(
+        "| {} | {:.1} ms | {:.1} ms | {:.2}× | {:.2} ms | {:.2} ms | {:.2}× | {:.1} ms | {:.1} ms | {:.2}× |",
+        r.name,
+        ms(r.cold),
+        ms(a.cold),
+        ratio(a.cold, r.cold),
+        ms(r.warm),
+        ms(a.warm),
+        ratio(a.warm, r.warm),
+        ms(a.uncached),
+        ms(a.uncached_apart),
+        ratio(a.uncached_apart, a.uncached),
+    )
 }
 
 fn row(r: &Row) -> String {
@@ -136,17 +176,37 @@ fn beside_bare(r: &Row) -> String {
 async fn measure(name: &str, bytes: &[u8]) -> Result<Row, BoxError> {
     let mut cold = Vec::new();
     let mut warm = Vec::new();
+    let (mut cold_apart, mut warm_apart) = (Vec::new(), Vec::new());
+    let (mut uncached, mut uncached_apart) = (Vec::new(), Vec::new());
+    let none = CompileCacheConfig::disabled();
     for _ in 0..LOADS {
-        let cache = tempfile::tempdir()?;
-        let config = CompileCacheConfig::in_dir(cache.path().join("cache"));
-        // A fresh engine per load, as a fresh process would have.
-        let (elapsed, hits) = timed_load(&config, bytes).await?;
-        check(hits == (0, 1), "the cold load compiled", hits)?;
-        cold.push(elapsed);
-        let (elapsed, hits) = timed_load(&config, bytes).await?;
-        check(hits == (1, 0), "the warm load came from the cache", hits)?;
-        warm.push(elapsed);
+        for (apart, cold, warm) in [
+            (false, &mut cold, &mut warm),
+            (true, &mut cold_apart, &mut warm_apart),
+        ] {
+            let cache = tempfile::tempdir()?;
+            let config = CompileCacheConfig::in_dir(cache.path().join("cache"));
+            // A fresh engine per load, as a fresh process would have.
+            let (elapsed, hits) = timed_load(&config, bytes, apart).await?;
+            check(hits == Some((0, 1)), "the cold load compiled", hits)?;
+            cold.push(elapsed);
+            let (elapsed, hits) = timed_load(&config, bytes, apart).await?;
+            check(
+                hits == Some((1, 0)),
+                "the warm load came from the cache",
+                hits,
+            )?;
+            warm.push(elapsed);
+        }
+        uncached.push(timed_load(&none, bytes, false).await?.0);
+        uncached_apart.push(timed_load(&none, bytes, true).await?.0);
     }
+    let apart = ApartFigures {
+        cold: median(&mut cold_apart),
+        warm: median(&mut warm_apart),
+        uncached: median(&mut uncached),
+        uncached_apart: median(&mut uncached_apart),
+    };
 
     let engine = Engine::new(LimitsConfig::default(), Default::default())?;
     let provider = engine.load(bytes.to_vec(), ProviderSource::BuiltIn).await?;
@@ -196,6 +256,7 @@ async fn measure(name: &str, bytes: &[u8]) -> Result<Row, BoxError> {
         health_p50,
         bare,
         rss_per_instance,
+        apart,
     })
 }
 
@@ -264,21 +325,23 @@ fn same_health(tether: &HealthReport, bare: &bare::Health) -> bool {
     tether.state == state && tether.detail == bare.detail
 }
 
-/// Loads `bytes` in a new engine using the cache `config`; the time of the load alone
-/// and the cache's (hits, misses) after it.
+/// Loads `bytes` in a new engine using the cache `config`, compiled `apart` first or
+/// not; the time of the load alone and the cache's (hits, misses) after it.
 async fn timed_load(
     config: &CompileCacheConfig,
     bytes: &[u8],
-) -> Result<(Duration, (usize, usize)), BoxError> {
+    apart: bool,
+) -> Result<(Duration, Option<(usize, usize)>), BoxError> {
     let engine = Engine::with_compile_cache(LimitsConfig::default(), Default::default(), config)?;
+    if apart {
+        engine.set_compiler(env!("CARGO_BIN_EXE_tether").into());
+    }
     let bytes = bytes.to_vec();
     let start = Instant::now();
     engine.load(bytes, ProviderSource::BuiltIn).await?;
     let elapsed = start.elapsed();
-    let stats = engine
-        .compile_cache_stats()
-        .ok_or("the engine has no compile cache")?;
-    Ok((elapsed, (stats.hits, stats.misses)))
+    let stats = engine.compile_cache_stats();
+    Ok((elapsed, stats.map(|s| (s.hits, s.misses))))
 }
 
 async fn instance(
@@ -344,7 +407,7 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn check(ok: bool, what: &str, hits: (usize, usize)) -> Result<(), BoxError> {
+fn check(ok: bool, what: &str, hits: Option<(usize, usize)>) -> Result<(), BoxError> {
     if ok {
         Ok(())
     } else {
