@@ -758,4 +758,18 @@ async fn a_drop_in_that_is_costly_to_compile_is_stopped_at_the_compile_limits() 
         .count();
     assert_eq!(compilers, 0, "compilers left running");
     server.stop();
+
+    // A restart with the file still there and the limits no higher does not spend the
+    // budget on it again.
+    let server = Server::start(dir.path());
+    let health = wait_get(&server, "/healthz", "slow.wasm reported", |_, h| {
+        health_names(h, "slow.wasm")
+    })
+    .await;
+    let reason = health_reason(&health, "slow.wasm");
+    assert!(
+        reason.contains("longer than 2 s ([limits] compile_secs) when it was tried before"),
+        "{reason}"
+    );
+    server.stop();
 }

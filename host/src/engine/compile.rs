@@ -8,10 +8,15 @@
 //! by the host. With the compile cache on (the default) the child's work is kept there
 //! and the host's compile is a cache hit; with it off the component is compiled twice.
 //! Built-in providers are the binary's own and compiled in the host directly.
+//!
+//! A component stopped at a limit is remembered by its SHA-256 in the cache's directory
+//! (`refused/`): loaded again (a restart, a rescan) under limits no more generous, it is
+//! refused at once instead of costing the budget again, which would hold up every
+//! start-up while the file stays in place.
 
 use std::ffi::OsString;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -66,9 +71,33 @@ impl Compiler {
     pub(crate) async fn try_compile(
         &self,
         bytes: &[u8],
+        sha256: &str,
         settings: &Settings,
         budget: Budget,
     ) -> Result<Compiled, EngineError> {
+        let remembered = settings
+            .cache_dir
+            .as_deref()
+            .map(|dir| Remembered::new(dir, sha256));
+        if let Some(overrun) = remembered.as_ref().and_then(|r| r.within(budget)) {
+            return Err(overrun.error(budget, true));
+        }
+        let compiled = self.run(bytes, settings, budget).await;
+        if let (Err(Failed::Over(overrun)), Some(remembered)) = (&compiled, &remembered) {
+            remembered.note(*overrun, budget);
+        }
+        compiled.map_err(|failed| match failed {
+            Failed::Over(overrun) => overrun.error(budget, false),
+            Failed::Other(e) => e,
+        })
+    }
+
+    async fn run(
+        &self,
+        bytes: &[u8],
+        settings: &Settings,
+        budget: Budget,
+    ) -> Result<Compiled, Failed> {
         let mut command = tokio::process::Command::new(&self.program);
         command
             .arg(COMPILE_ARG)
@@ -88,7 +117,7 @@ impl Compiler {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| EngineError::Compile(format!("starting the compiler process: {e}")))?;
+            .map_err(|e| failed(format!("starting the compiler process: {e}")))?;
         let (stdin, stdout, stderr) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let feed = async {
@@ -104,14 +133,10 @@ impl Compiler {
         .await;
         let Ok((status, outcome, said)) = ran else {
             let _ = child.kill().await;
-            return Err(EngineError::Compile(format!(
-                "compiling it took longer than {} s ([limits] compile_secs); it was stopped",
-                budget.time.as_secs()
-            )));
+            return Err(Failed::Over(Overrun::Time));
         };
-        let status =
-            status.map_err(|e| EngineError::Compile(format!("waiting for the compiler: {e}")))?;
-        verdict(status, &said, budget)?;
+        let status = status.map_err(|e| failed(format!("waiting for the compiler: {e}")))?;
+        verdict(status, &said)?;
         Ok(if outcome == CACHED {
             Compiled::Cached
         } else {
@@ -143,32 +168,106 @@ async fn read_some(stream: Option<impl tokio::io::AsyncRead + Unpin>) -> String 
     String::from_utf8_lossy(&said).trim().to_owned()
 }
 
+/// Why a child did not compile a component.
+#[derive(Debug)]
+enum Failed {
+    /// It went past its budget.
+    Over(Overrun),
+    /// Anything else (wasmtime's refusal, a crash).
+    Other(EngineError),
+}
+
+fn failed(message: String) -> Failed {
+    Failed::Other(EngineError::Compile(message))
+}
+
+/// Which limit a compile went past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Overrun {
+    Memory,
+    Time,
+}
+
+impl Overrun {
+    /// The error a load gets; `remembered` when it was not tried again.
+    fn error(self, budget: Budget, remembered: bool) -> EngineError {
+        let what = match self {
+            Self::Memory => format!(
+                "compiling it needed more than {} MiB of memory ([limits] compile_mib)",
+                budget.bytes >> 20
+            ),
+            Self::Time => format!(
+                "compiling it took longer than {} s ([limits] compile_secs)",
+                budget.time.as_secs()
+            ),
+        };
+        EngineError::Compile(if remembered {
+            format!("{what} when it was tried before; not tried again until the limit is raised")
+        } else {
+            format!("{what}; it was stopped")
+        })
+    }
+}
+
+/// Where the component with one SHA-256 is remembered as refused.
+struct Remembered {
+    path: PathBuf,
+}
+
+impl Remembered {
+    fn new(cache_dir: &Path, sha256: &str) -> Self {
+        Self {
+            path: cache_dir.join("refused").join(sha256),
+        }
+    }
+
+    /// The limit the component went past before, if `budget` is no more generous.
+    fn within(&self, budget: Budget) -> Option<Overrun> {
+        let file = std::fs::File::open(&self.path).ok()?;
+        let text = crate::untrusted::read_at_most(file, 64).ok()??;
+        let text = String::from_utf8(text).ok()?;
+        let (kind, limit) = text.trim().split_once(' ')?;
+        let limit: u64 = limit.parse().ok()?;
+        match kind {
+            "memory" if budget.bytes <= limit => Some(Overrun::Memory),
+            "time" if budget.time.as_secs() <= limit => Some(Overrun::Time),
+            _ => None,
+        }
+    }
+
+    /// Notes that the component went past `overrun` under `budget`.
+    fn note(&self, overrun: Overrun, budget: Budget) {
+        let line = match overrun {
+            Overrun::Memory => format!("memory {}\n", budget.bytes),
+            Overrun::Time => format!("time {}\n", budget.time.as_secs()),
+        };
+        if let Err(e) = crate::atomic::replace_file(&self.path, line.as_bytes()) {
+            tracing::warn!(path = %self.path.display(), error = %e, "a refused component could not be remembered; it will be compiled again at its next load");
+        }
+    }
+}
+
 /// What the child's exit says.
-fn verdict(status: ExitStatus, said: &str, budget: Budget) -> Result<(), EngineError> {
+fn verdict(status: ExitStatus, said: &str) -> Result<(), Failed> {
     use std::os::unix::process::ExitStatusExt;
     if status.success() {
         return Ok(());
     }
     // Rust says so before it aborts on a failed allocation.
     if said.contains("memory allocation of") {
-        return Err(EngineError::Compile(format!(
-            "compiling it needed more than {} MiB of memory ([limits] compile_mib); it was stopped",
-            budget.bytes >> 20
-        )));
+        return Err(Failed::Over(Overrun::Memory));
     }
     let said = crate::untrusted::cut(said, 4096);
-    Err(EngineError::Compile(
-        match (status.code(), status.signal()) {
-            (Some(REFUSED), _) => said,
-            (_, Some(signal)) => {
-                format!("the compiler process was killed by signal {signal}: {said}")
-            }
-            (code, _) => format!(
-                "the compiler process failed (exit {}): {said}",
-                code.unwrap_or(-1)
-            ),
-        },
-    ))
+    Err(failed(match (status.code(), status.signal()) {
+        (Some(REFUSED), _) => said,
+        (_, Some(signal)) => {
+            format!("the compiler process was killed by signal {signal}: {said}")
+        }
+        (code, _) => format!(
+            "the compiler process failed (exit {}): {said}",
+            code.unwrap_or(-1)
+        ),
+    }))
 }
 
 /// The child: `tether __tether-compile BYTES share|copy [CACHE-DIR]`, the component on
@@ -248,19 +347,49 @@ mod tests {
     #[test]
     fn the_child_s_exit_is_read_as_a_refusal_a_memory_overrun_or_a_crash() {
         use std::os::unix::process::ExitStatusExt;
-        assert!(verdict(ExitStatus::from_raw(0), "", budget()).is_ok());
-        let refused = verdict(ExitStatus::from_raw(REFUSED << 8), "bad magic", budget());
+        assert!(verdict(ExitStatus::from_raw(0), "").is_ok());
+        let Err(Failed::Other(refused)) = verdict(ExitStatus::from_raw(REFUSED << 8), "bad magic")
+        else {
+            panic!("a refusal");
+        };
         assert_eq!(
-            refused.unwrap_err().to_string(),
+            refused.to_string(),
             "not a loadable provider component: bad magic"
         );
         let oom = verdict(
             ExitStatus::from_raw(libc::SIGABRT),
             "memory allocation of 1048576 bytes failed",
-            budget(),
         );
-        assert!(oom.unwrap_err().to_string().contains("more than 256 MiB"));
-        let crash = verdict(ExitStatus::from_raw(libc::SIGSEGV), "", budget());
-        assert!(crash.unwrap_err().to_string().contains("signal 11"));
+        assert!(matches!(oom, Err(Failed::Over(Overrun::Memory))));
+        let Err(Failed::Other(crash)) = verdict(ExitStatus::from_raw(libc::SIGSEGV), "") else {
+            panic!("a crash");
+        };
+        assert!(crash.to_string().contains("signal 11"));
+        let said = Overrun::Memory.error(budget(), false).to_string();
+        assert!(said.contains("more than 256 MiB"), "{said}");
+    }
+
+    #[test]
+    fn an_overrun_is_remembered_until_the_limit_is_raised() {
+        let dir = tempfile::tempdir().unwrap();
+        let remembered = Remembered::new(dir.path(), "abc");
+        assert_eq!(remembered.within(budget()), None);
+        remembered.note(Overrun::Memory, budget());
+        assert_eq!(remembered.within(budget()), Some(Overrun::Memory));
+        let raised = Budget {
+            bytes: budget().bytes * 2,
+            ..budget()
+        };
+        assert_eq!(remembered.within(raised), None, "more memory: tried again");
+        remembered.note(Overrun::Time, budget());
+        assert_eq!(remembered.within(raised), Some(Overrun::Time));
+        let longer = Budget {
+            time: Duration::from_secs(2),
+            ..raised
+        };
+        assert_eq!(remembered.within(longer), None, "more time: tried again");
+        // Anything else in the file counts as nothing remembered.
+        std::fs::write(dir.path().join("refused/abc"), "memory lots\n").unwrap();
+        assert_eq!(remembered.within(budget()), None);
     }
 }

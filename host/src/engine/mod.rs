@@ -360,6 +360,7 @@ impl Engine {
             ProviderSource::BuiltIn => None,
         };
         header::check(&bytes, path).map_err(EngineError::NotComponent)?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
         if let Some(compiler) = self.compiler.get().filter(|_| apart) {
             let settings = compile::Settings {
                 share_images: self.share_images,
@@ -372,7 +373,7 @@ impl Engine {
                     time: limits.compile_time,
                 }
             };
-            let compiled = compiler.try_compile(&bytes, &settings, budget).await?;
+            let compiled = (compiler.try_compile(&bytes, &sha256, &settings, budget)).await?;
             if compiled == compile::Compiled::Compiled && self.compile_cache.is_some() {
                 // The host's compile below finds the child's work in the cache: it is
                 // counted as the miss it was, not as a hit.
@@ -380,7 +381,6 @@ impl Engine {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        let sha256 = hex::encode(Sha256::digest(&bytes));
         let wasm = self.wasm.clone();
         let component = tokio::task::spawn_blocking(move || Component::new(&wasm, &bytes))
             .await
