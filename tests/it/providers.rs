@@ -91,15 +91,7 @@ async fn a_huge_drop_in_is_refused_unread() {
     drop(huge);
     std::fs::copy(HANDOFF, providers.join("handoff.wasm")).unwrap();
     let server = Server::start(dir.path());
-    let health = wait_get(&server, "/healthz", "huge.wasm reported", |_, h| {
-        health_names(h, "huge.wasm")
-    })
-    .await;
-    let reason = (health["reasons"].as_array().into_iter().flatten())
-        .filter_map(Value::as_str)
-        .find(|r| r.contains("huge.wasm"))
-        .unwrap_or_default()
-        .to_owned();
+    let reason = load_failure(&server, "huge.wasm").await;
     assert!(
         reason.contains("has 1073741824 bytes; a provider component is at most 67108864"),
         "{reason}"
@@ -666,8 +658,12 @@ fn costly_to_compile(depth: usize, locals: u32) -> Vec<u8> {
     component
 }
 
-/// The reason `/healthz` gives for `file`.
-fn health_reason(health: &Value, file: &str) -> String {
+/// The reason `/healthz` gives for the drop-in `file`, once it gives one.
+async fn load_failure(server: &Server, file: &str) -> String {
+    let health = wait_get(server, "/healthz", &format!("{file} reported"), |_, h| {
+        health_names(h, file)
+    })
+    .await;
     (health["reasons"].as_array().into_iter().flatten())
         .filter_map(Value::as_str)
         .find(|r| r.contains(file))
@@ -691,11 +687,7 @@ async fn a_drop_in_that_is_costly_to_compile_is_stopped_at_the_compile_limits() 
         "[limits]\ncompile_mib = 256\ncompile_secs = 60\n",
     );
     let server = Server::start(dir.path());
-    let health = wait_get(&server, "/healthz", "costly.wasm reported", |_, h| {
-        health_names(h, "costly.wasm")
-    })
-    .await;
-    let reason = health_reason(&health, "costly.wasm");
+    let reason = load_failure(&server, "costly.wasm").await;
     assert!(
         reason.contains("compiling it needed more than 256 MiB of memory ([limits] compile_mib)"),
         "{reason}"
@@ -730,11 +722,7 @@ async fn a_drop_in_that_is_costly_to_compile_is_stopped_at_the_compile_limits() 
     })
     .await;
     std::fs::write(providers.join("slow.wasm"), costly_to_compile(301, 3000)).expect("write");
-    let health = wait_get(&server, "/healthz", "slow.wasm reported", |_, h| {
-        health_names(h, "slow.wasm")
-    })
-    .await;
-    let reason = health_reason(&health, "slow.wasm");
+    let reason = load_failure(&server, "slow.wasm").await;
     assert!(
         reason.contains("compiling it took longer than 2 s ([limits] compile_secs)"),
         "{reason}"
@@ -762,11 +750,7 @@ async fn a_drop_in_that_is_costly_to_compile_is_stopped_at_the_compile_limits() 
     // A restart with the file still there and the limits no higher does not spend the
     // budget on it again.
     let server = Server::start(dir.path());
-    let health = wait_get(&server, "/healthz", "slow.wasm reported", |_, h| {
-        health_names(h, "slow.wasm")
-    })
-    .await;
-    let reason = health_reason(&health, "slow.wasm");
+    let reason = load_failure(&server, "slow.wasm").await;
     assert!(
         reason.contains("longer than 2 s ([limits] compile_secs) when it was tried before"),
         "{reason}"
